@@ -1,0 +1,352 @@
+//! Physical units with dimensional analysis.
+//!
+//! A [`Quantity`] is an `f64` magnitude in base units (FLOP, bytes, seconds,
+//! joules, dollars) plus a [`Dim`]: the integer exponent of each base
+//! dimension. Everything the language can measure (compute rates, capacities,
+//! bandwidths, latencies, power, energy, prices) is a product of these five,
+//! so a fixed-size exponent vector is enough and comparisons are cheap.
+//!
+//! Precision: magnitudes are IEEE-754 doubles. Every prefix is an exact power
+//! of two or of ten, integers up to 2^53 are exact, and one unit conversion
+//! costs at most one rounding (relative error <= 2^-53, about 1.1e-16). Bits
+//! and bytes share a dimension: `1 b` is exactly `0.125 B`.
+
+use std::fmt;
+
+/// Number of base dimensions.
+pub const BASES: usize = 5;
+/// Base dimension names, in exponent order, as printed.
+pub const BASE_NAMES: [&str; BASES] = ["FLOP", "B", "s", "J", "$"];
+
+/// Exponents of the base dimensions [FLOP, byte, second, joule, dollar].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Dim(pub [i8; BASES]);
+
+impl Dim {
+    pub const NONE: Dim = Dim([0; BASES]);
+    pub const FLOP: Dim = Dim([1, 0, 0, 0, 0]);
+    pub const BYTES: Dim = Dim([0, 1, 0, 0, 0]);
+    pub const TIME: Dim = Dim([0, 0, 1, 0, 0]);
+    pub const ENERGY: Dim = Dim([0, 0, 0, 1, 0]);
+    pub const MONEY: Dim = Dim([0, 0, 0, 0, 1]);
+    pub const FLOP_RATE: Dim = Dim([1, 0, -1, 0, 0]);
+    pub const BANDWIDTH: Dim = Dim([0, 1, -1, 0, 0]);
+    pub const POWER: Dim = Dim([0, 0, -1, 1, 0]);
+    pub const PRICE_RATE: Dim = Dim([0, 0, -1, 0, 1]);
+
+    pub fn mul(self, o: Dim) -> Dim {
+        let mut d = self.0;
+        for (a, b) in d.iter_mut().zip(o.0) {
+            *a = a.saturating_add(b);
+        }
+        Dim(d)
+    }
+    pub fn div(self, o: Dim) -> Dim {
+        let mut d = self.0;
+        for (a, b) in d.iter_mut().zip(o.0) {
+            *a = a.saturating_sub(b);
+        }
+        Dim(d)
+    }
+    pub fn is_none(self) -> bool {
+        self == Dim::NONE
+    }
+    /// A human name for well-known dimensions, used in diagnostics.
+    pub fn describe(self) -> String {
+        let name = match self {
+            Dim::NONE => "a plain number",
+            Dim::FLOP => "an amount of compute (FLOP)",
+            Dim::BYTES => "a size (B)",
+            Dim::TIME => "a time (s)",
+            Dim::ENERGY => "an energy (J)",
+            Dim::MONEY => "an amount of money ($)",
+            Dim::FLOP_RATE => "a compute rate (FLOP/s)",
+            Dim::BANDWIDTH => "a bandwidth (B/s)",
+            Dim::POWER => "a power (W)",
+            Dim::PRICE_RATE => "a price rate ($/h)",
+            _ => return format!("a quantity in {self}"),
+        };
+        name.to_string()
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_none() {
+            return write!(f, "1");
+        }
+        // Named compound units first, so `W` prints as `W`, not `J/s`.
+        match *self {
+            Dim::POWER => return write!(f, "W"),
+            Dim::PRICE_RATE => return write!(f, "$/h"),
+            _ => {}
+        }
+        let mut num = Vec::new();
+        let mut den = Vec::new();
+        for (i, &e) in self.0.iter().enumerate() {
+            let name = BASE_NAMES[i];
+            let part = |e: i8| {
+                if e == 1 {
+                    name.to_string()
+                } else {
+                    format!("{name}^{e}")
+                }
+            };
+            match e.cmp(&0) {
+                std::cmp::Ordering::Greater => num.push(part(e)),
+                std::cmp::Ordering::Less => den.push(part(-e)),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        let num = if num.is_empty() {
+            "1".to_string()
+        } else {
+            num.join("*")
+        };
+        if den.is_empty() {
+            write!(f, "{num}")
+        } else {
+            write!(f, "{num}/{}", den.join("/"))
+        }
+    }
+}
+
+impl fmt::Debug for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// A magnitude in base units with its dimension.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub struct Quantity {
+    pub value: f64,
+    pub dim: Dim,
+}
+
+impl Quantity {
+    pub fn new(value: f64, dim: Dim) -> Self {
+        Quantity { value, dim }
+    }
+    pub fn plain(value: f64) -> Self {
+        Quantity {
+            value,
+            dim: Dim::NONE,
+        }
+    }
+    /// The value as an exact integer, if it is a plain number with no fraction.
+    pub fn as_int(&self) -> Option<i64> {
+        if self.dim.is_none()
+            && self.value.fract() == 0.0
+            && self.value.abs() < 9.007_199_254_740_992e15
+        {
+            Some(self.value as i64)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dim.is_none() {
+            return write!(f, "{}", format_number(self.value));
+        }
+        // $/h is stored per second; print it per hour as written.
+        if self.dim == Dim::PRICE_RATE {
+            return write!(f, "${}/h", format_number(self.value * 3600.0));
+        }
+        let (scaled, prefix) = si_scale(self.value);
+        write!(f, "{} {}{}", format_number(scaled), prefix, self.dim)
+    }
+}
+
+/// Picks an SI prefix so the mantissa lies in [1, 1000) when possible.
+fn si_scale(v: f64) -> (f64, &'static str) {
+    const STEPS: [(f64, &str); 10] = [
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1.0, ""),
+        (1e-3, "m"),
+        (1e-6, "u"),
+        (1e-9, "n"),
+    ];
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() {
+        return (v, "");
+    }
+    for (scale, p) in STEPS {
+        if a >= scale {
+            return (v / scale, p);
+        }
+    }
+    (v / 1e-9, "n")
+}
+
+/// Prints a number with at most 6 significant digits and no trailing zeros,
+/// so reports and snapshots stay stable across platforms.
+pub fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return format!("{}", v as i64);
+    }
+    let s = if v.abs() >= 1e-3 {
+        let digits = 6usize.saturating_sub(v.abs().log10().floor().max(0.0) as usize + 1);
+        format!("{v:.digits$}")
+    } else {
+        format!("{v:.3e}")
+    };
+    if s.contains('.') && !s.contains('e') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Parses a unit expression such as `TFLOP/s`, `GiB`, `Gb/s`, `$/h`, `us`.
+/// Returns the factor to base units and the dimension.
+pub fn parse_unit(text: &str) -> Option<(f64, Dim)> {
+    let mut parts = text.split('/');
+    let first = parts.next()?;
+    let (mut factor, mut dim) = if first.is_empty() {
+        (1.0, Dim::NONE)
+    } else {
+        unit_word(first)?
+    };
+    let mut any_den = false;
+    for p in parts {
+        let (f, d) = unit_word(p)?;
+        factor /= f;
+        dim = dim.div(d);
+        any_den = true;
+    }
+    if first.is_empty() && !any_den {
+        return None;
+    }
+    Some((factor, dim))
+}
+
+/// One unit word: an optional prefix and a base unit.
+pub fn unit_word(w: &str) -> Option<(f64, Dim)> {
+    // Bases that take no prefix.
+    match w {
+        "h" => return Some((3600.0, Dim::TIME)),
+        "min" => return Some((60.0, Dim::TIME)),
+        "$" => return Some((1.0, Dim::MONEY)),
+        _ => {}
+    }
+    const BASES: [(&str, f64, Dim); 6] = [
+        ("FLOP", 1.0, Dim::FLOP),
+        ("B", 1.0, Dim::BYTES),
+        ("b", 0.125, Dim::BYTES),
+        ("s", 1.0, Dim::TIME),
+        ("W", 1.0, Dim::POWER),
+        ("J", 1.0, Dim::ENERGY),
+    ];
+    for (base, bf, dim) in BASES {
+        if let Some(prefix) = w.strip_suffix(base) {
+            let pf = prefix_factor(prefix, base)?;
+            return Some((pf * bf, dim));
+        }
+    }
+    None
+}
+
+fn prefix_factor(p: &str, base: &str) -> Option<f64> {
+    let si = match p {
+        "" => Some(1.0),
+        "k" => Some(1e3),
+        "M" => Some(1e6),
+        "G" => Some(1e9),
+        "T" => Some(1e12),
+        "P" => Some(1e15),
+        "E" => Some(1e18),
+        _ => None,
+    };
+    if let Some(f) = si {
+        return Some(f);
+    }
+    match (p, base) {
+        ("Ki", "B" | "b") => Some(1024.0),
+        ("Mi", "B" | "b") => Some(1024.0 * 1024.0),
+        ("Gi", "B" | "b") => Some(1024f64.powi(3)),
+        ("Ti", "B" | "b") => Some(1024f64.powi(4)),
+        ("Pi", "B" | "b") => Some(1024f64.powi(5)),
+        ("Ei", "B" | "b") => Some(1024f64.powi(6)),
+        ("m", "s") => Some(1e-3),
+        ("u", "s") => Some(1e-6),
+        ("n", "s") => Some(1e-9),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(text: &str) -> (f64, Dim) {
+        parse_unit(text).unwrap_or_else(|| panic!("unit {text} should parse"))
+    }
+
+    #[test]
+    fn bits_and_bytes_differ_by_eight() {
+        assert_eq!(q("Gb").0 * 8.0, q("GB").0);
+        assert_eq!(q("Gb/s").1, Dim::BANDWIDTH);
+        assert_eq!(q("400 Gb/s".split(' ').nth(1).unwrap()).0 * 400.0, 50e9);
+    }
+
+    #[test]
+    fn binary_and_si_prefixes_are_exact() {
+        assert_eq!(q("GiB").0, 1073741824.0);
+        assert_eq!(q("GB").0, 1e9);
+        assert_eq!(q("TiB").0, 1099511627776.0);
+        assert_eq!(q("KiB").0, 1024.0);
+        // SI prefixes on binary units are not the same number.
+        assert_ne!(q("TB").0, q("TiB").0);
+    }
+
+    #[test]
+    fn compound_units() {
+        assert_eq!(q("TFLOP/s"), (1e12, Dim::FLOP_RATE));
+        assert_eq!(q("TB/s"), (1e12, Dim::BANDWIDTH));
+        assert_eq!(q("kW"), (1e3, Dim::POWER));
+        assert_eq!(q("MW"), (1e6, Dim::POWER));
+        assert_eq!(q("J/s").1, Dim::POWER);
+        assert_eq!(q("$/h"), (1.0 / 3600.0, Dim::PRICE_RATE));
+        assert_eq!(q("us"), (1e-6, Dim::TIME));
+        assert_eq!(q("ns"), (1e-9, Dim::TIME));
+        assert_eq!(q("ms"), (1e-3, Dim::TIME));
+    }
+
+    #[test]
+    fn unknown_units_are_rejected() {
+        for bad in ["GX", "mB", "KiW", "", "/", "Gi", "TFLOPS", "uW"] {
+            assert!(parse_unit(bad).is_none(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn dimension_algebra() {
+        let energy = Dim::POWER.mul(Dim::TIME);
+        assert_eq!(energy, Dim::ENERGY);
+        assert_eq!(Dim::BYTES.div(Dim::BANDWIDTH), Dim::TIME);
+        assert_eq!(Dim::FLOP.div(Dim::FLOP_RATE), Dim::TIME);
+        assert!(Dim::BYTES.div(Dim::BYTES).is_none());
+        assert_ne!(Dim::BYTES, Dim::BANDWIDTH);
+    }
+
+    #[test]
+    fn display_is_stable() {
+        assert_eq!(Quantity::new(80e9, Dim::BYTES).to_string(), "80 GB");
+        assert_eq!(Quantity::new(3.35e12, Dim::BANDWIDTH).to_string(), "3.35 TB/s");
+        assert_eq!(Quantity::new(989.4e12, Dim::FLOP_RATE).to_string(), "989.4 TFLOP/s");
+        assert_eq!(Quantity::new(700.0, Dim::POWER).to_string(), "700 W");
+        assert_eq!(Quantity::new(2.5 / 3600.0, Dim::PRICE_RATE).to_string(), "$2.5/h");
+        assert_eq!(Quantity::new(5e-6, Dim::TIME).to_string(), "5 us");
+        assert_eq!(Quantity::plain(0.9).to_string(), "0.9");
+        assert_eq!(format_number(1.0 / 3.0), "0.33333");
+    }
+}
