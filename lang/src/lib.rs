@@ -6,9 +6,13 @@
 //! crate, and the AST is public only for the formatter's round trip tests.
 
 pub mod ast;
+pub mod check;
 pub mod diagnostic;
+pub mod fmt;
 pub mod lexer;
 pub mod parser;
+pub mod program;
+pub mod shape;
 pub mod source;
 pub mod span;
 pub mod units;

@@ -40,8 +40,8 @@ impl Recovered {
 
 /// Builds an expression node, collapsing it to an error if the tree would be
 /// deeper than [`MAX_EXPR_DEPTH`] (so later recursive passes stay bounded).
-pub(crate) fn mk(diags: &mut Vec<Diagnostic>, kind: ExprKind, l: usize, r: usize) -> Expr {
-    let e = Expr::new(kind, Span::new(l, r));
+pub(crate) fn mk(file: FileId, diags: &mut Vec<Diagnostic>, kind: ExprKind, l: usize, r: usize) -> Expr {
+    let e = Expr::new(kind, Span::at(file, l, r));
     if e.depth > MAX_EXPR_DEPTH {
         if !diags.iter().any(|d| d.code == Code::L013) {
             diags.push(
@@ -54,7 +54,7 @@ pub(crate) fn mk(diags: &mut Vec<Diagnostic>, kind: ExprKind, l: usize, r: usize
                 .with_help("split the expression with `let` bindings"),
             );
         }
-        return Expr::error(Span::new(l, r));
+        return Expr::error(Span::at(file, l, r));
     }
     e
 }
@@ -76,6 +76,7 @@ pub fn parse(src: &str, file_id: FileId) -> Parsed {
     let tokens = lexed.tokens;
     let eof = src.len();
     let result = generated::FileParser::new().parse(
+        file_id,
         &mut diags,
         &mut recovered,
         tokens.into_iter().map(Ok::<_, ()>),

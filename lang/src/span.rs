@@ -27,6 +27,12 @@ impl Span {
             end: end.min(u32::MAX as usize) as u32,
         }
     }
+    pub fn at(file: FileId, start: usize, end: usize) -> Span {
+        Span {
+            file,
+            ..Span::new(start, end)
+        }
+    }
     pub fn in_file(self, file: FileId) -> Span {
         if self.file == FileId::UNSET {
             Span { file, ..self }

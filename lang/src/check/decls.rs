@@ -1,0 +1,1465 @@
+//! Declarations: hardware, tables, workloads, plans and studies.
+//!
+//! Each kind has a small schema (which item keys it takes, in which form,
+//! with which units). Items are grouped by key first so unknown, repeated
+//! and missing keys are reported uniformly; then each key is read with the
+//! units it must have. Instantiation is memoized by the instance key
+//! (`Name(arg=value, ...)`), so a device used by a hundred nodes is checked
+//! once and its diagnostics appear once.
+
+use std::collections::BTreeMap;
+
+use crate::ast::{Decl, DeclKind, Item, ItemForm, Knob, PlanDecl, PlanItem};
+use crate::check::eval::{unit_name, Env};
+use crate::check::value::{Instance, Value};
+use crate::check::{suggest, Checker};
+use crate::diagnostic::{Code, Diagnostic};
+use crate::program::*;
+use crate::span::Span;
+use crate::units::{Dim, Quantity};
+
+/// A key a declaration accepts: its name, allowed forms, whether it may repeat.
+struct Key {
+    name: &'static str,
+    forms: &'static [ItemForm],
+    multi: bool,
+    required: bool,
+}
+
+const fn key(name: &'static str, forms: &'static [ItemForm], multi: bool, required: bool) -> Key {
+    Key {
+        name,
+        forms,
+        multi,
+        required,
+    }
+}
+
+const V: &[ItemForm] = &[ItemForm::Value];
+const A: &[ItemForm] = &[ItemForm::Assign];
+const N: &[ItemForm] = &[ItemForm::Named];
+const VN: &[ItemForm] = &[ItemForm::Value, ItemForm::Named];
+const VA: &[ItemForm] = &[ItemForm::Value, ItemForm::Assign];
+
+const DEVICE_KEYS: &[Key] = &[
+    key("compute", VA, false, true),
+    key("memory", VN, true, true),
+    key("power", VA, false, true),
+    key("price", VA, false, false),
+    key("efficiency", VA, false, false),
+];
+const NODE_KEYS: &[Key] = &[
+    key("device", V, false, true),
+    key("link", N, true, false),
+    key("nic", V, false, false),
+    key("host", N, false, false),
+    key("power", VA, false, false),
+    key("price", VA, false, false),
+];
+const CLUSTER_KEYS: &[Key] = &[key("node", V, false, true), key("fabric", N, false, false)];
+const TABLE_KEYS: &[Key] = &[
+    key("rows", A, false, false),
+    key("dim", A, false, false),
+    key("pooling", A, false, false),
+    key("dtype", A, false, false),
+];
+const WORKLOAD_KEYS: &[Key] = &[
+    key("model", V, false, true),
+    key("train", VA, false, false),
+    key("prefill", VA, false, false),
+    key("decode", VA, false, false),
+];
+const PLAN_KEYS: &[Key] = &[
+    key("expect", N, true, false),
+    key("source", VA, false, false),
+    key("workloads", VA, false, false),
+];
+
+/// Plan knobs and the kind of value each takes.
+pub const KNOBS: &[(&str, &str)] = &[
+    ("dp", "int"),
+    ("tp", "int"),
+    ("pp", "int"),
+    ("cp", "int"),
+    ("ep", "int"),
+    ("zero", "int"),
+    ("microbatch", "int"),
+    ("virtual_stages", "int"),
+    ("recompute", "none|selective|full"),
+    ("sequence_parallel", "bool"),
+    ("nodes", "int"),
+];
+
+/// Metrics usable in objectives, constraints and `expect`, with dimensions.
+pub fn metric_dim(name: &str) -> Option<Dim> {
+    Some(match name {
+        "tokens_per_s" | "samples_per_s" | "mfu" | "hfu" | "devices" | "throughput_per_dollar" | "throughput_per_watt"
+        | "throughput" => Dim::NONE,
+        "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
+        "memory" | "hbm" => Dim::BYTES,
+        "power" => Dim::POWER,
+        "energy_per_step" => Dim::ENERGY,
+        "cost_per_million_tokens" => Dim::MONEY,
+        "model_tflops_per_device" | "hardware_tflops_per_device" => Dim::FLOP_RATE,
+        _ => return None,
+    })
+}
+
+pub const METRICS: &[&str] = &[
+    "tokens_per_s",
+    "samples_per_s",
+    "throughput",
+    "step_time",
+    "iteration_time",
+    "ttft",
+    "tpot",
+    "mfu",
+    "hfu",
+    "memory",
+    "hbm",
+    "power",
+    "energy_per_step",
+    "cost_per_million_tokens",
+    "throughput_per_dollar",
+    "throughput_per_watt",
+    "model_tflops_per_device",
+    "hardware_tflops_per_device",
+    "devices",
+];
+
+impl Checker {
+    /// Groups items by key, reporting unknown keys, wrong forms, repeats
+    /// and missing required keys.
+    fn group<'a>(&mut self, what: &str, decl_span: Span, items: &'a [Item], keys: &[Key]) -> BTreeMap<&'static str, Vec<&'a Item>> {
+        let mut out: BTreeMap<&'static str, Vec<&'a Item>> = BTreeMap::new();
+        for it in items {
+            if it.key.name.is_empty() {
+                continue; // a syntax error, already reported
+            }
+            let Some(k) = keys.iter().find(|k| k.name == it.key.name) else {
+                let mut d = Diagnostic::error(Code::L060, format!("{what} has no field `{}`", it.key.name), it.key.span)
+                    .with_label(it.key.span, "unknown field");
+                d = match suggest(&it.key.name, keys.iter().map(|k| k.name)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!(
+                        "{what} takes: {}",
+                        keys.iter().map(|k| format!("`{}`", k.name)).collect::<Vec<_>>().join(", ")
+                    )),
+                };
+                self.diags.push(d);
+                continue;
+            };
+            if !k.forms.contains(&it.form) {
+                let want = match k.forms[0] {
+                    ItemForm::Assign => format!("`{} = value`", k.name),
+                    ItemForm::Value => format!("`{} value`", k.name),
+                    ItemForm::Named => format!("`{} name = value`", k.name),
+                };
+                self.diags.push(
+                    Diagnostic::error(Code::L043, format!("field `{}` is written in the wrong form", k.name), it.span)
+                        .with_label(it.span, "written like this")
+                        .with_help(format!("write it as {want}")),
+                );
+                continue;
+            }
+            if it.count.is_some() && !matches!(k.name, "device" | "node" | "nic") {
+                let cs = it.count.as_ref().map_or(it.span, |c| c.span);
+                self.diags.push(
+                    Diagnostic::error(Code::L043, format!("field `{}` does not take a count", k.name), cs)
+                        .with_label(cs, "`x count` is only for `device`, `node` and `nic`"),
+                );
+            }
+            let entry = out.entry(k.name).or_default();
+            if !k.multi && let Some(first) = entry.first() {
+                self.diags.push(
+                    Diagnostic::error(Code::L062, format!("field `{}` is given twice", k.name), it.key.span)
+                        .with_label(it.key.span, "given again here")
+                        .with_label(first.key.span, "first given here")
+                        .with_help("remove one of them"),
+                );
+                continue;
+            }
+            entry.push(it);
+        }
+        for k in keys {
+            if k.required && !out.contains_key(k.name) {
+                self.diags.push(
+                    Diagnostic::error(Code::L061, format!("{what} is missing field `{}`", k.name), decl_span)
+                        .with_label(decl_span, format!("needs `{}`", k.name)),
+                );
+            }
+        }
+        out
+    }
+
+    /// A quantity of the given dimension, or a reported error.
+    pub(crate) fn quantity(&mut self, v: &Value, span: Span, dim: Dim, what: &str, example: &str) -> Option<f64> {
+        let q = self.num(v, span)?;
+        if q.dim != dim {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L041,
+                    format!("{what} must be {}, but this is {}", dim.describe(), q.dim.describe()),
+                    span,
+                )
+                .with_label(span, format!("this is in {}", unit_name(q.dim)))
+                .with_help(format!("write it like `{example}`")),
+            );
+            return None;
+        }
+        if !(q.value.is_finite() && q.value >= 0.0) {
+            self.diags.push(
+                Diagnostic::error(Code::L046, format!("{what} must not be negative"), span).with_label(span, format!("{q}")),
+            );
+            return None;
+        }
+        Some(q.value)
+    }
+
+    fn decl_env(&mut self, inst: &Instance, params: &[crate::ast::Param]) -> Env {
+        let mut env = Env::new();
+        for (k, v) in &inst.args {
+            let span = params.iter().find(|p| p.name.name == *k).map_or(Span::new(0, 0), |p| p.name.span);
+            env.bind(k, v.clone(), span);
+        }
+        env
+    }
+
+    fn block_decl(&self, name: &str) -> Option<crate::ast::BlockDecl> {
+        let d = self.decls.get(name)?;
+        match &self.files[d.file].decls[d.idx] {
+            Decl::Block(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    fn expect_kind(&mut self, v: &Value, span: Span, kind: DeclKind) -> Option<Instance> {
+        match v {
+            Value::Decl(i) if i.kind == kind => Some(i.clone()),
+            Value::Decl(i) => {
+                self.diags.push(
+                    Diagnostic::error(Code::L032, format!("`{}` is a {}, not a {}", i.name, i.kind.keyword(), kind.keyword()), span)
+                        .with_label(span, format!("expected a {}", kind.keyword())),
+                );
+                None
+            }
+            other => {
+                self.type_error(other, span, &format!("a {}", kind.keyword()));
+                None
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ hardware
+
+    pub(crate) fn device(&mut self, inst: &Instance, use_span: Span) -> Option<Device> {
+        let key = inst.key();
+        if let Some(d) = self.memo_devices.get(&key) {
+            return d.clone();
+        }
+        if !self.enter(&key, use_span) {
+            return None;
+        }
+        let b = self.block_decl(&inst.name)?;
+        let before = self.error_count();
+        let mut env = self.decl_env(inst, &b.params);
+        let g = self.group(&format!("device `{}`", inst.name), b.name.span, &b.items, DEVICE_KEYS);
+        let mut dev = Device {
+            name: key.clone(),
+            compute: BTreeMap::new(),
+            memories: Vec::new(),
+            power: 0.0,
+            price: None,
+            efficiency: BTreeMap::new(),
+            span: b.name.span,
+        };
+        if let Some(it) = g.get("compute").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(fields) = self.record(&v, it.value.span, "compute rates per element type") {
+                for (name, nspan, fv, fspan) in fields {
+                    let Some(dt) = DType::parse(&name) else {
+                        let mut d = Diagnostic::error(Code::L063, format!("unknown element type `{name}`"), nspan)
+                            .with_label(nspan, "not an element type");
+                        d = match suggest(&name, DType::NAMES.iter().copied()) {
+                            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                            None => d.with_help("element types: fp64, fp32, tf32, bf16, fp16, fp8, int8"),
+                        };
+                        self.diags.push(d);
+                        continue;
+                    };
+                    if let Some(r) = self.quantity(&fv, fspan, Dim::FLOP_RATE, &format!("compute `{name}`"), "989 TFLOP/s") {
+                        dev.compute.insert(dt, r);
+                    }
+                }
+            }
+        }
+        for it in g.get("memory").into_iter().flatten() {
+            let name = it.name.as_ref().map_or("hbm".to_string(), |n| n.name.clone());
+            let v = self.eval(&it.value, &mut env);
+            if let Some(m) = self.memory(&name, &v, it.value.span) {
+                dev.memories.push(m);
+            }
+        }
+        if let Some(it) = g.get("power").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            dev.power = self.quantity(&v, it.value.span, Dim::POWER, "power", "700 W").unwrap_or(0.0);
+        }
+        if let Some(it) = g.get("price").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            dev.price = self.quantity(&v, it.value.span, Dim::PRICE_RATE, "price", "$2.50/h");
+        }
+        if let Some(it) = g.get("efficiency").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(fields) = self.record(&v, it.value.span, "efficiency factors") {
+                for (name, _, fv, fspan) in fields {
+                    let Some(q) = self.num(&fv, fspan) else { continue };
+                    if q.dim.is_none() && !(q.value > 0.0 && q.value <= 1.0) {
+                        self.diags.push(
+                            Diagnostic::error(Code::L046, format!("efficiency `{name}` must be in (0, 1], got {q}"), fspan)
+                                .with_label(fspan, "a fraction of peak is expected")
+                                .with_help("efficiency factors are achieved / peak, e.g. `matmul = 0.7`"),
+                        );
+                        continue;
+                    }
+                    dev.efficiency.insert(name, q);
+                }
+            }
+        }
+        self.leave(&key);
+        let ok = self.error_count() == before;
+        let result = ok.then_some(dev);
+        if let Some(d) = &result {
+            self.program.devices.insert(key.clone(), d.clone());
+        }
+        self.memo_devices.insert(key, result.clone());
+        result
+    }
+
+    fn record(&mut self, v: &Value, span: Span, what: &str) -> Option<Vec<(String, Span, Value, Span)>> {
+        match v {
+            Value::Record(fs) => Some(fs.clone()),
+            Value::Error => None,
+            other => {
+                self.type_error(other, span, &format!("a record `{{ name = value, ... }}` of {what}"));
+                None
+            }
+        }
+    }
+
+    fn memory(&mut self, name: &str, v: &Value, span: Span) -> Option<Memory> {
+        let Value::Pair(a, b) = v else {
+            if !matches!(v, Value::Error) {
+                self.diags.push(
+                    Diagnostic::error(Code::L043, format!("memory `{name}` needs a capacity and a bandwidth"), span)
+                        .with_label(span, format!("this is {}", v.describe()))
+                        .with_help("write it like `80 GB @ 3.35 TB/s`"),
+                );
+            }
+            return None;
+        };
+        let capacity = self.quantity(&a.0, a.1, Dim::BYTES, &format!("capacity of `{name}`"), "80 GB");
+        let bandwidth = self.quantity(&b.0, b.1, Dim::BANDWIDTH, &format!("bandwidth of `{name}`"), "3.35 TB/s");
+        Some(Memory {
+            name: name.to_string(),
+            capacity: capacity?,
+            bandwidth: bandwidth?,
+        })
+    }
+
+    /// Binds a constructor's arguments (`switch(450 GB/s, latency = 1 us)`).
+    fn ctor_args(
+        &mut self,
+        ctor: &str,
+        args: &[(Option<String>, Value, Span)],
+        params: &[&str],
+        span: Span,
+    ) -> BTreeMap<String, (Value, Span)> {
+        let mut out = BTreeMap::new();
+        let mut pos = 0;
+        for (name, v, s) in args {
+            let p = match name {
+                Some(n) if params.contains(&n.as_str()) => n.clone(),
+                Some(n) => {
+                    let mut d = Diagnostic::error(Code::L033, format!("`{ctor}` has no parameter `{n}`"), *s)
+                        .with_label(*s, "unknown parameter");
+                    d = match suggest(n, params.iter().copied()) {
+                        Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                        None => d.with_help(format!("`{ctor}({})`", params.join(", "))),
+                    };
+                    self.diags.push(d);
+                    continue;
+                }
+                None => match params.get(pos) {
+                    Some(p) => {
+                        pos += 1;
+                        p.to_string()
+                    }
+                    None => {
+                        self.diags.push(
+                            Diagnostic::error(Code::L035, format!("`{ctor}` takes at most {} arguments", params.len()), *s)
+                                .with_label(*s, "this one is extra")
+                                .with_help(format!("`{ctor}({})`", params.join(", "))),
+                        );
+                        continue;
+                    }
+                },
+            };
+            if out.insert(p.clone(), (v.clone(), *s)).is_some() {
+                self.diags.push(
+                    Diagnostic::error(Code::L036, format!("argument `{p}` of `{ctor}` is given twice"), *s)
+                        .with_label(*s, "given again here"),
+                );
+            }
+        }
+        let _ = span;
+        out
+    }
+
+    fn ctor_quantity(
+        &mut self,
+        args: &BTreeMap<String, (Value, Span)>,
+        p: &str,
+        dim: Dim,
+        example: &str,
+        default: Option<f64>,
+        ctor_span: Span,
+        ctor: &str,
+    ) -> Option<f64> {
+        match args.get(p) {
+            Some((v, s)) => self.quantity(v, *s, dim, &format!("`{p}`"), example),
+            None => {
+                if default.is_none() {
+                    self.diags.push(
+                        Diagnostic::error(Code::L034, format!("`{ctor}` needs argument `{p}`"), ctor_span)
+                            .with_label(ctor_span, format!("`{p}` is missing"))
+                            .with_help(format!("pass `{p} = {example}`")),
+                    );
+                }
+                default
+            }
+        }
+    }
+
+    pub(crate) fn node(&mut self, inst: &Instance, use_span: Span) -> Option<Node> {
+        let key = inst.key();
+        if let Some(n) = self.memo_nodes.get(&key) {
+            return n.clone();
+        }
+        if !self.enter(&key, use_span) {
+            return None;
+        }
+        let b = self.block_decl(&inst.name)?;
+        let before = self.error_count();
+        let mut env = self.decl_env(inst, &b.params);
+        let g = self.group(&format!("node `{}`", inst.name), b.name.span, &b.items, NODE_KEYS);
+        let mut device = None;
+        let mut per_node = 1;
+        if let Some(it) = g.get("device").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(i) = self.expect_kind(&v, it.value.span, DeclKind::Device) {
+                device = self.device(&i, it.value.span);
+            }
+            per_node = self.item_count(it, &mut env).unwrap_or(1);
+        }
+        let mut links = Vec::new();
+        for it in g.get("link").into_iter().flatten() {
+            let name = it.name.as_ref().map_or(String::new(), |n| n.name.clone());
+            let v = self.eval(&it.value, &mut env);
+            match v {
+                Value::Ctor(c, args) if c == "switch" || c == "mesh" => {
+                    let a = self.ctor_args(&c, &args, &["bandwidth", "latency"], it.value.span);
+                    let bw = self.ctor_quantity(&a, "bandwidth", Dim::BANDWIDTH, "450 GB/s", None, it.value.span, &c);
+                    let lat = self.ctor_quantity(&a, "latency", Dim::TIME, "1 us", Some(0.0), it.value.span, &c);
+                    if let (Some(bandwidth), Some(latency)) = (bw, lat) {
+                        links.push(Link {
+                            name,
+                            kind: if c == "switch" { LinkKind::Switch } else { LinkKind::Mesh },
+                            bandwidth,
+                            latency,
+                        });
+                    }
+                }
+                Value::Error => {}
+                other => {
+                    self.diags.push(
+                        Diagnostic::error(Code::L043, format!("link `{name}` needs a topology"), it.value.span)
+                            .with_label(it.value.span, format!("this is {}", other.describe()))
+                            .with_help("write `switch(450 GB/s)` for an NVSwitch-style link or `mesh(64 GB/s)` for point-to-point links"),
+                    );
+                }
+            }
+        }
+        let mut nic_bandwidth = 0.0;
+        let mut nics = 0;
+        if let Some(it) = g.get("nic").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            nic_bandwidth = self.quantity(&v, it.value.span, Dim::BANDWIDTH, "NIC bandwidth", "400 Gb/s").unwrap_or(0.0);
+            nics = self.item_count(it, &mut env).unwrap_or(1);
+        }
+        let mut host_memory = None;
+        if let Some(it) = g.get("host").and_then(|v| v.first()) {
+            let name = it.name.as_ref().map_or("memory".into(), |n| n.name.clone());
+            if name != "memory" {
+                let s = it.name.as_ref().map_or(it.span, |n| n.span);
+                self.diags.push(
+                    Diagnostic::error(Code::L060, format!("host has no field `{name}`"), s)
+                        .with_label(s, "unknown field")
+                        .with_help("write `host memory = 2 TiB @ 300 GB/s`"),
+                );
+            } else {
+                let v = self.eval(&it.value, &mut env);
+                host_memory = self.memory("host", &v, it.value.span);
+            }
+        }
+        let mut power_overhead = 0.0;
+        if let Some(it) = g.get("power").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            power_overhead = self.quantity(&v, it.value.span, Dim::POWER, "node power overhead", "1500 W").unwrap_or(0.0);
+        }
+        let mut price = None;
+        if let Some(it) = g.get("price").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            price = self.quantity(&v, it.value.span, Dim::PRICE_RATE, "price", "$20/h");
+        }
+        self.leave(&key);
+        let result = match device {
+            Some(device) if self.error_count() == before => Some(Node {
+                name: key.clone(),
+                device,
+                devices_per_node: per_node,
+                links,
+                nic_bandwidth,
+                nics,
+                host_memory,
+                power_overhead,
+                price,
+                span: b.name.span,
+            }),
+            _ => None,
+        };
+        if let Some(n) = &result {
+            self.program.nodes.insert(key.clone(), n.clone());
+        }
+        self.memo_nodes.insert(key, result.clone());
+        result
+    }
+
+    fn item_count(&mut self, it: &Item, env: &mut Env) -> Option<u64> {
+        match &it.count {
+            None => Some(1),
+            Some(c) => {
+                let v = self.eval(c, env);
+                self.count(&v, c.span, "a count")
+            }
+        }
+    }
+
+    pub(crate) fn cluster(&mut self, inst: &Instance, use_span: Span) -> Option<Cluster> {
+        let key = inst.key();
+        if let Some(c) = self.memo_clusters.get(&key) {
+            return c.clone();
+        }
+        if !self.enter(&key, use_span) {
+            return None;
+        }
+        let b = self.block_decl(&inst.name)?;
+        let before = self.error_count();
+        let mut env = self.decl_env(inst, &b.params);
+        let g = self.group(&format!("cluster `{}`", inst.name), b.name.span, &b.items, CLUSTER_KEYS);
+        let mut node = None;
+        let mut count = 1;
+        if let Some(it) = g.get("node").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(i) = self.expect_kind(&v, it.value.span, DeclKind::Node) {
+                node = self.node(&i, it.value.span);
+            }
+            count = self.item_count(it, &mut env).unwrap_or(1);
+        }
+        let mut fabric = None;
+        if let Some(it) = g.get("fabric").and_then(|v| v.first()) {
+            let name = it.name.as_ref().map_or(String::new(), |n| n.name.clone());
+            let v = self.eval(&it.value, &mut env);
+            fabric = self.fabric(&name, &v, it.value.span, count);
+        }
+        self.leave(&key);
+        let result = match node {
+            Some(node) if self.error_count() == before => Some(Cluster {
+                name: key.clone(),
+                node,
+                nodes: count,
+                fabric,
+                span: b.name.span,
+            }),
+            _ => None,
+        };
+        if let Some(c) = &result {
+            self.program.clusters.insert(key.clone(), c.clone());
+        }
+        self.memo_clusters.insert(key, result.clone());
+        result
+    }
+
+    fn fabric(&mut self, name: &str, v: &Value, span: Span, nodes: u64) -> Option<Fabric> {
+        let (c, args) = match v {
+            Value::Ctor(c, args) if c == "fat_tree" || c == "rail_optimized" => (c.clone(), args.clone()),
+            Value::Error => return None,
+            other => {
+                self.diags.push(
+                    Diagnostic::error(Code::L043, format!("fabric `{name}` needs a topology"), span)
+                        .with_label(span, format!("this is {}", other.describe()))
+                        .with_help("write `fat_tree(bandwidth = 200 Gb/s, latency = 5 us)` or `rail_optimized(...)`"),
+                );
+                return None;
+            }
+        };
+        let a = self.ctor_args(&c, &args, &["bandwidth", "latency", "rack_nodes", "pod_nodes", "oversubscription"], span);
+        let bandwidth = self.ctor_quantity(&a, "bandwidth", Dim::BANDWIDTH, "400 Gb/s", None, span, &c);
+        let latency = self.ctor_quantity(&a, "latency", Dim::TIME, "5 us", None, span, &c);
+        let rack_nodes = match a.get("rack_nodes") {
+            Some((v, s)) => self.count(v, *s, "`rack_nodes`"),
+            None => Some(1),
+        };
+        let pod_nodes = match a.get("pod_nodes") {
+            Some((v, s)) => self.count(v, *s, "`pod_nodes`"),
+            None => Some(nodes),
+        };
+        let oversubscription = match a.get("oversubscription") {
+            Some((v, s)) => {
+                let q = self.num(v, *s)?;
+                if !q.dim.is_none() || q.value < 1.0 {
+                    self.diags.push(
+                        Diagnostic::error(Code::L046, format!("oversubscription must be a ratio of at least 1, got {q}"), *s)
+                            .with_label(*s, "write 7 for 1:7")
+                            .with_help("1 means full bisection; 7 means seven times more downlink than uplink bandwidth"),
+                    );
+                    None
+                } else {
+                    Some(q.value)
+                }
+            }
+            None => Some(1.0),
+        };
+        Some(Fabric {
+            name: name.to_string(),
+            kind: if c == "fat_tree" { FabricKind::FatTree } else { FabricKind::RailOptimized },
+            bandwidth: bandwidth?,
+            latency: latency?,
+            rack_nodes: rack_nodes?,
+            pod_nodes: pod_nodes?,
+            oversubscription: oversubscription?,
+        })
+    }
+
+    pub(crate) fn table(&mut self, inst: &Instance, use_span: Span) -> Option<EmbeddingTable> {
+        let b = self.block_decl(&inst.name)?;
+        let key = inst.key();
+        if !self.enter(&key, use_span) {
+            return None;
+        }
+        let mut env = self.decl_env(inst, &b.params);
+        let g = self.group(&format!("table `{}`", inst.name), b.name.span, &b.items, TABLE_KEYS);
+        let field = |c: &mut Checker, name: &str, env: &mut Env| -> Option<(Value, Span)> {
+            if let Some(it) = g.get(name).and_then(|v| v.first()) {
+                return Some((c.eval(&it.value, env), it.value.span));
+            }
+            env.lookup(name).map(|v| (v, use_span))
+        };
+        let get = |c: &mut Checker, name: &str, env: &mut Env| -> Option<u64> {
+            match field(c, name, env) {
+                Some((v, s)) => c.count(&v, s, &format!("table `{name}`")),
+                None => {
+                    c.diags.push(
+                        Diagnostic::error(Code::L061, format!("table `{}` does not say its `{name}`", inst.name), b.name.span)
+                            .with_label(b.name.span, format!("needs `{name} = ...` or a parameter `{name}`")),
+                    );
+                    None
+                }
+            }
+        };
+        let rows = get(self, "rows", &mut env);
+        let dim = get(self, "dim", &mut env);
+        let pooling = get(self, "pooling", &mut env);
+        let dtype = match g.get("dtype").and_then(|v| v.first()) {
+            Some(it) => {
+                let v = self.eval(&it.value, &mut env);
+                self.dtype(&v, it.value.span)
+            }
+            None => Some(DType::F32),
+        };
+        self.leave(&key);
+        Some(EmbeddingTable {
+            name: inst.name.clone(),
+            rows: rows?,
+            dim: dim?,
+            pooling: pooling?,
+            dtype: dtype?,
+        })
+    }
+
+    fn dtype(&mut self, v: &Value, span: Span) -> Option<DType> {
+        match v {
+            Value::Sym(n, s) => match DType::parse(n) {
+                Some(d) => Some(d),
+                None => {
+                    let mut d = Diagnostic::error(Code::L063, format!("unknown element type `{n}`"), *s).with_label(*s, "not an element type");
+                    d = match suggest(n, DType::NAMES.iter().copied()) {
+                        Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                        None => d.with_help("element types: fp64, fp32, tf32, bf16, fp16, fp8, int8"),
+                    };
+                    self.diags.push(d);
+                    None
+                }
+            },
+            Value::Error => None,
+            other => {
+                self.type_error(other, span, "an element type such as bf16");
+                None
+            }
+        }
+    }
+
+    fn choice(&mut self, v: &Value, span: Span, what: &str, options: &[&str]) -> Option<String> {
+        match v {
+            Value::Sym(n, s) if options.contains(&n.as_str()) => {
+                let _ = s;
+                Some(n.clone())
+            }
+            Value::Sym(n, s) => {
+                let mut d = Diagnostic::error(Code::L063, format!("unknown {what} `{n}`"), *s).with_label(*s, format!("not a {what}"));
+                d = match suggest(n, options.iter().copied()) {
+                    Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                    None => d.with_help(format!("choose one of: {}", options.join(", "))),
+                };
+                self.diags.push(d);
+                None
+            }
+            Value::Error => None,
+            other => {
+                self.type_error(other, span, &format!("a {what} ({})", options.join(", ")));
+                None
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ workloads
+
+    pub(crate) fn workload(&mut self, inst: &Instance, use_span: Span) -> Option<Workload> {
+        let key = inst.key();
+        if let Some(w) = self.memo_workloads.get(&key) {
+            return w.clone();
+        }
+        if !self.enter(&key, use_span) {
+            return None;
+        }
+        let b = self.block_decl(&inst.name)?;
+        let before = self.error_count();
+        let mut env = self.decl_env(inst, &b.params);
+        let g = self.group(&format!("workload `{}`", inst.name), b.name.span, &b.items, WORKLOAD_KEYS);
+        let mut model = None;
+        if let Some(it) = g.get("model").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(i) = self.expect_kind(&v, it.value.span, DeclKind::Model) {
+                model = self.build_model(&i).map(|m| (m, it.value.span));
+            }
+        }
+        let phases: Vec<&Item> = ["train", "prefill", "decode"].iter().filter_map(|p| g.get(p).and_then(|v| v.first().copied())).collect();
+        let mut phase = None;
+        if phases.len() != 1 {
+            let mut d = Diagnostic::error(
+                Code::L070,
+                format!("workload `{}` needs exactly one phase (train, prefill or decode), found {}", inst.name, phases.len()),
+                b.name.span,
+            )
+            .with_label(b.name.span, "this workload");
+            for p in &phases {
+                d = d.with_label(p.key.span, "a phase");
+            }
+            d = d.with_help("a workload is one model in one phase; declare one workload per phase");
+            self.diags.push(d);
+        } else if let Some(it) = phases.first() {
+            let v = self.eval(&it.value, &mut env);
+            phase = self.phase(&it.key.name, &v, it.value.span);
+        }
+        self.leave(&key);
+        let (Some((model, mspan)), Some((phase, dtype, pspan))) = (model, phase) else {
+            self.memo_workloads.insert(key, None);
+            return None;
+        };
+        let mut bindings = BTreeMap::new();
+        match &phase {
+            Phase::Train { global_batch, seq, .. } => {
+                bindings.insert("batch".to_string(), *global_batch as i64);
+                if let Some(s) = seq {
+                    bindings.insert("seq".to_string(), *s as i64);
+                }
+            }
+            Phase::Prefill { batch, prompt } => {
+                bindings.insert("batch".to_string(), *batch as i64);
+                bindings.insert("seq".to_string(), *prompt as i64);
+            }
+            Phase::Decode { batch, .. } => {
+                bindings.insert("batch".to_string(), *batch as i64);
+                bindings.insert("seq".to_string(), 1);
+            }
+        }
+        for i in &model.graph.inputs {
+            let t = model.graph.tensor(*i);
+            for d in &t.shape.0 {
+                for s in &d.syms {
+                    if !bindings.contains_key(s) {
+                        let setting = if s == "seq" { "seq" } else { s.as_str() };
+                        self.diags.push(
+                            Diagnostic::error(
+                                Code::L059,
+                                format!("model `{}` has input `{}` with dimension `{s}`, which `{}` does not set", model.name, t.name, phase.name()),
+                                pspan,
+                            )
+                            .with_label(pspan, format!("no `{setting}` here"))
+                            .with_label(mspan, "the model")
+                            .with_help(match s.as_str() {
+                                "seq" => "add `seq = ...` to the train settings".to_string(),
+                                other => format!("only `batch` and `seq` are bound by workloads; make `{other}` a model parameter"),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        let result = (self.error_count() == before).then(|| Workload {
+            name: key.clone(),
+            model,
+            phase,
+            dtype,
+            bindings,
+            span: b.name.span,
+        });
+        if let Some(w) = &result {
+            self.program.workloads.insert(key.clone(), w.clone());
+        }
+        self.memo_workloads.insert(key, result.clone());
+        result
+    }
+
+    fn phase(&mut self, name: &str, v: &Value, span: Span) -> Option<(Phase, DType, Span)> {
+        let fields = self.record(v, span, "phase settings")?;
+        let allowed: &[&str] = match name {
+            "train" => &["seq", "global_batch", "dtype", "optimizer"],
+            "prefill" => &["batch", "prompt", "dtype"],
+            _ => &["batch", "context", "prompt", "generate", "dtype"],
+        };
+        let mut got: BTreeMap<String, (Value, Span)> = BTreeMap::new();
+        let mut ok = true;
+        for (k, ks, fv, fs) in fields {
+            if !allowed.contains(&k.as_str()) {
+                let mut d = Diagnostic::error(Code::L071, format!("`{name}` has no setting `{k}`"), ks).with_label(ks, "unknown setting");
+                d = match suggest(&k, allowed.iter().copied()) {
+                    Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                    None => d.with_help(format!("`{name}` takes: {}", allowed.join(", "))),
+                };
+                self.diags.push(d);
+                ok = false;
+                continue;
+            }
+            got.insert(k, (fv, fs));
+        }
+        let need = |c: &mut Checker, k: &str| -> Option<u64> {
+            match got.get(k) {
+                Some((v, s)) => c.count(v, *s, &format!("`{k}`")),
+                None => {
+                    c.diags.push(
+                        Diagnostic::error(Code::L071, format!("`{name}` needs setting `{k}`"), span)
+                            .with_label(span, format!("`{k}` is missing"))
+                            .with_help(format!("add `{k} = ...`")),
+                    );
+                    None
+                }
+            }
+        };
+        let opt = |c: &mut Checker, k: &str, got: &BTreeMap<String, (Value, Span)>| -> Option<Option<u64>> {
+            match got.get(k) {
+                Some((v, s)) => c.count(v, *s, &format!("`{k}`")).map(Some),
+                None => Some(None),
+            }
+        };
+        let dtype = match got.get("dtype") {
+            Some((v, s)) => {
+                let (v, s) = (v.clone(), *s);
+                self.dtype(&v, s)
+            }
+            None => Some(DType::Bf16),
+        };
+        let phase = match name {
+            "train" => {
+                let global_batch = need(self, "global_batch");
+                let seq = opt(self, "seq", &got);
+                let optimizer = match got.get("optimizer") {
+                    Some((v, s)) => {
+                        let (v, s) = (v.clone(), *s);
+                        self.choice(&v, s, "optimizer", &["adam", "adamw", "sgd", "adagrad"]).map(|o| match o.as_str() {
+                            "adamw" => Optimizer::AdamW,
+                            "sgd" => Optimizer::Sgd,
+                            "adagrad" => Optimizer::Adagrad,
+                            _ => Optimizer::Adam,
+                        })
+                    }
+                    None => Some(Optimizer::Adam),
+                };
+                Phase::Train {
+                    global_batch: global_batch?,
+                    seq: seq?,
+                    optimizer: optimizer?,
+                }
+            }
+            "prefill" => {
+                let batch = need(self, "batch");
+                let prompt = need(self, "prompt");
+                Phase::Prefill {
+                    batch: batch?,
+                    prompt: prompt?,
+                }
+            }
+            _ => {
+                let batch = need(self, "batch");
+                let context = opt(self, "context", &got);
+                let prompt = opt(self, "prompt", &got);
+                let generate = opt(self, "generate", &got);
+                let (context, prompt, generate) = (context?, prompt?, generate?);
+                // With a prompt and a generation length, the average context
+                // over the generated tokens is prompt + generate / 2.
+                let context = match (context, prompt) {
+                    (Some(c), _) => c,
+                    (None, Some(p)) => p + generate.unwrap_or(0) / 2,
+                    (None, None) => {
+                        self.diags.push(
+                            Diagnostic::error(Code::L071, "`decode` needs `context` (or `prompt` and `generate`)", span)
+                                .with_label(span, "the KV-cache length is not given")
+                                .with_help("add `context = 4096`, or `prompt = 128, generate = 128`"),
+                        );
+                        return None;
+                    }
+                };
+                Phase::Decode {
+                    batch: batch?,
+                    context,
+                    generate,
+                }
+            }
+        };
+        if !ok {
+            return None;
+        }
+        Some((phase, dtype?, span))
+    }
+
+    // ------------------------------------------------------------ plans
+
+    /// The system a plan or study runs on: a cluster, or one node.
+    fn system(&mut self, v: &Value, span: Span) -> Option<Cluster> {
+        match v {
+            Value::Decl(i) if i.kind == DeclKind::Cluster => self.cluster(i, span),
+            Value::Decl(i) if i.kind == DeclKind::Node => {
+                let n = self.node(i, span)?;
+                Some(Cluster {
+                    name: n.name.clone(),
+                    span: n.span,
+                    node: n,
+                    nodes: 1,
+                    fabric: None,
+                })
+            }
+            Value::Decl(i) => {
+                self.diags.push(
+                    Diagnostic::error(Code::L032, format!("`{}` is a {}, not a system", i.name, i.kind.keyword()), span)
+                        .with_label(span, "expected a cluster or a node"),
+                );
+                None
+            }
+            other => {
+                self.type_error(other, span, "a cluster or a node");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn plan(&mut self, p: &PlanDecl) {
+        let before = self.error_count();
+        let mut env = Env::new();
+        let sv = self.eval(&p.system, &mut env);
+        let mut items = Vec::new();
+        let mut search = BTreeMap::new();
+        let mut fixed = BTreeMap::new();
+        let mut objective = None;
+        let mut constraints = Vec::new();
+        for it in &p.items {
+            match it {
+                PlanItem::Search { knobs, .. } => self.knobs(knobs, &mut search, false),
+                PlanItem::Fix { knobs, .. } => self.knobs(knobs, &mut fixed, true),
+                PlanItem::Objective { goal, metric, span } => {
+                    if metric_dim(&metric.name).is_none() {
+                        self.unknown_metric(&metric.name, metric.span);
+                    } else if let Some((_, first)) = &objective {
+                        self.diags.push(
+                            Diagnostic::error(Code::L062, "the objective is given twice", *span)
+                                .with_label(*span, "given again here")
+                                .with_label(*first, "first given here"),
+                        );
+                    } else {
+                        let g = match goal {
+                            crate::ast::Goal::Maximize => Goal::Maximize,
+                            crate::ast::Goal::Minimize => Goal::Minimize,
+                        };
+                        objective = Some(((g, metric.name.clone()), *span));
+                    }
+                }
+                PlanItem::SubjectTo { constraints: cs, .. } => {
+                    for c in cs {
+                        if let Some(c) = self.constraint(c) {
+                            constraints.push(c);
+                        }
+                    }
+                }
+                PlanItem::Item(i) => items.push(i.clone()),
+                PlanItem::Error(_) => {}
+            }
+        }
+        // A pin must lie inside the searched domain of the same knob.
+        for (k, (fv, fspan)) in &fixed {
+            if let Some((sv, sspan)) = search.get(k)
+                && !domain_contains(sv, fv)
+            {
+                self.diags.push(
+                    Diagnostic::error(Code::L073, format!("`fix {k}` pins a value outside `search {k}`"), *fspan)
+                        .with_label(*fspan, "pinned here")
+                        .with_label(*sspan, "searched over this domain")
+                        .with_help(format!("widen the search domain or change the pin; `fix` overrides `search` for `{k}`")),
+                );
+            }
+        }
+        let kind = if p.kind == DeclKind::Plan { "plan" } else { "study" };
+        let g = self.group(&format!("{kind} `{}`", p.name.name), p.name.span, &items, PLAN_KEYS);
+        let mut expect = BTreeMap::new();
+        for it in g.get("expect").into_iter().flatten() {
+            let Some(n) = &it.name else { continue };
+            let Some(dim) = metric_dim(&n.name) else {
+                self.unknown_metric(&n.name, n.span);
+                continue;
+            };
+            let v = self.eval(&it.value, &mut env);
+            if let Some(q) = self.quantity(&v, it.value.span, dim, &format!("expected `{}`", n.name), &example_for(dim)) {
+                expect.insert(n.name.clone(), Quantity::new(q, dim));
+            }
+        }
+        let mut source = None;
+        if let Some(it) = g.get("source").and_then(|v| v.first()) {
+            match self.eval(&it.value, &mut env) {
+                Value::Str(s) => source = Some(s),
+                other => {
+                    self.type_error(&other, it.value.span, "a string");
+                }
+            }
+        }
+        let objective = objective.map(|o| o.0).unwrap_or((Goal::Maximize, "throughput".to_string()));
+        let search: BTreeMap<String, Domain> = search.into_iter().map(|(k, v)| (k, v.0)).collect();
+        let fixed: BTreeMap<String, Domain> = fixed.into_iter().map(|(k, v)| (k, v.0)).collect();
+        if p.kind == DeclKind::Plan {
+            let Some(wexpr) = &p.workload else { return };
+            if g.contains_key("workloads") {
+                let it = g["workloads"][0];
+                self.diags.push(
+                    Diagnostic::error(Code::L060, "a plan has one workload, named after `for`", it.key.span)
+                        .with_label(it.key.span, "`workloads` is for studies")
+                        .with_help("use `study NAME on SYSTEM { workloads { ... } }` for a workload mix"),
+                );
+            }
+            let system = self.system(&sv, p.system.span);
+            let wv = self.eval(wexpr, &mut env);
+            let workload = self.expect_kind(&wv, wexpr.span, DeclKind::Workload).and_then(|i| self.workload(&i, wexpr.span));
+            if let (Some(system), Some(workload)) = (system, workload)
+                && self.error_count() == before
+            {
+                self.program.plans.insert(
+                    p.name.name.clone(),
+                    Plan {
+                        name: p.name.name.clone(),
+                        system,
+                        workload,
+                        search,
+                        fixed,
+                        objective,
+                        constraints,
+                        expect,
+                        source,
+                        span: p.name.span,
+                    },
+                );
+            }
+        } else {
+            let systems = self.sweep_systems(&sv, p.system.span);
+            let mut workloads = Vec::new();
+            match g.get("workloads").and_then(|v| v.first()) {
+                None => {
+                    self.diags.push(
+                        Diagnostic::error(Code::L061, format!("study `{}` is missing field `workloads`", p.name.name), p.name.span)
+                            .with_label(p.name.span, "needs `workloads { name = weight, ... }`"),
+                    );
+                }
+                Some(it) => {
+                    let v = self.eval(&it.value, &mut env);
+                    if let Some(fields) = self.record(&v, it.value.span, "workload weights") {
+                        let mut total = 0.0;
+                        for (name, nspan, wv, ws) in fields {
+                            let inst = self.lookup_global(&name, nspan);
+                            let Some(i) = self.expect_kind(&inst, nspan, DeclKind::Workload) else { continue };
+                            let w = self.workload(&i, nspan);
+                            let weight = self.num(&wv, ws);
+                            if let (Some(w), Some(q)) = (w, weight) {
+                                if !q.dim.is_none() || q.value <= 0.0 {
+                                    self.diags.push(
+                                        Diagnostic::error(Code::L046, format!("weight of `{name}` must be a positive fraction"), ws)
+                                            .with_label(ws, format!("{q}")),
+                                    );
+                                    continue;
+                                }
+                                total += q.value;
+                                workloads.push((w, q.value));
+                            }
+                        }
+                        if !workloads.is_empty() && (total - 1.0).abs() > 1e-9 {
+                            self.diags.push(
+                                Diagnostic::warning(Code::L075, format!("workload weights sum to {}, not 1", crate::units::format_number(total)), it.value.span)
+                                    .with_label(it.value.span, "these weights")
+                                    .with_help("weights are fractions of the fleet's time; they are used as given"),
+                            );
+                        }
+                    }
+                }
+            }
+            if self.error_count() == before && !systems.is_empty() {
+                self.program.studies.insert(
+                    p.name.name.clone(),
+                    Study {
+                        name: p.name.name.clone(),
+                        systems,
+                        workloads,
+                        search,
+                        objective,
+                        constraints,
+                        span: p.name.span,
+                    },
+                );
+            }
+        }
+    }
+
+    fn unknown_metric(&mut self, name: &str, span: Span) {
+        let mut d = Diagnostic::error(Code::L074, format!("unknown metric `{name}`"), span).with_label(span, "not a metric");
+        d = match suggest(name, METRICS.iter().copied()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!("metrics: {}", METRICS.join(", "))),
+        };
+        self.diags.push(d);
+    }
+
+    /// Expands a system with set- or range-valued arguments into one system
+    /// per point. Ranges step by doubling from the low end (`64..2048` is
+    /// 64, 128, ..., 2048); sets list their points.
+    fn sweep_systems(&mut self, v: &Value, span: Span) -> Vec<Cluster> {
+        let Value::Decl(inst) = v else {
+            return self.system(v, span).into_iter().collect();
+        };
+        let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        for (k, a) in &inst.args {
+            let options: Vec<Value> = match a {
+                Value::Set(xs) => xs.iter().map(|(v, _)| v.clone()).collect(),
+                Value::Range(lo, hi) => {
+                    let mut out = Vec::new();
+                    let mut x = lo.value;
+                    if x <= 0.0 {
+                        self.diags.push(
+                            Diagnostic::error(Code::L046, format!("sweep of `{k}` must start above 0"), span)
+                                .with_label(span, "ranges in sweeps step by doubling"),
+                        );
+                        return Vec::new();
+                    }
+                    while x <= hi.value && out.len() < 64 {
+                        out.push(Value::Num(Quantity::new(x, lo.dim)));
+                        x *= 2.0;
+                    }
+                    if out.last() != Some(&Value::Num(*hi)) {
+                        out.push(Value::Num(*hi));
+                    }
+                    out
+                }
+                other => vec![other.clone()],
+            };
+            let mut next = Vec::new();
+            for p in &points {
+                for o in &options {
+                    let mut q = p.clone();
+                    q.push((k.clone(), o.clone()));
+                    next.push(q);
+                }
+            }
+            points = next;
+            if points.len() > 10_000 {
+                self.diags.push(
+                    Diagnostic::error(Code::L046, format!("this sweep has more than 10000 points"), span)
+                        .with_label(span, "too many systems")
+                        .with_help("narrow the ranges or use sets of chosen points"),
+                );
+                return Vec::new();
+            }
+        }
+        let mut out = Vec::new();
+        for args in points {
+            let i = Instance {
+                kind: inst.kind,
+                name: inst.name.clone(),
+                args,
+            };
+            if let Some(c) = self.system(&Value::Decl(i), span) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn knobs(&mut self, knobs: &[Knob], out: &mut BTreeMap<String, (Domain, Span)>, fixing: bool) {
+        let mut env = Env::new();
+        for k in knobs {
+            let name = &k.name().name;
+            let nspan = k.name().span;
+            let Some((_, kind)) = KNOBS.iter().find(|(n, _)| n == name) else {
+                let mut d = Diagnostic::error(Code::L072, format!("unknown plan knob `{name}`"), nspan).with_label(nspan, "not a knob");
+                d = match suggest(name, KNOBS.iter().map(|(n, _)| *n)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!("knobs: {}", KNOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
+                };
+                self.diags.push(d);
+                continue;
+            };
+            if let Some((_, first)) = out.get(name) {
+                self.diags.push(
+                    Diagnostic::error(Code::L062, format!("knob `{name}` is given twice"), nspan)
+                        .with_label(nspan, "given again here")
+                        .with_label(*first, "first given here"),
+                );
+                continue;
+            }
+            let v = self.eval(k.value(), &mut env);
+            let vspan = k.value().span;
+            let dom = self.domain(name, kind, &v, vspan);
+            let Some(dom) = dom else { continue };
+            if fixing && !matches!(k, Knob::Eq(..)) {
+                self.diags.push(
+                    Diagnostic::error(Code::L073, format!("`fix` pins one value: write `fix {name} = ...`"), nspan)
+                        .with_label(nspan, "`in` is for `search`"),
+                );
+                continue;
+            }
+            if fixing && !matches!(dom, Domain::Ints(ref v) if v.len() == 1) && !matches!(dom, Domain::Choices(ref v) if v.len() == 1) && !matches!(dom, Domain::Bools(ref v) if v.len() == 1) {
+                self.diags.push(
+                    Diagnostic::error(Code::L073, format!("`fix {name}` needs a single value"), vspan)
+                        .with_label(vspan, "this is not one value")
+                        .with_help(format!("use `search {name} in ...` to explore several values")),
+                );
+                continue;
+            }
+            out.insert(name.clone(), (dom, nspan.to(vspan)));
+        }
+    }
+
+    fn domain(&mut self, knob: &str, kind: &str, v: &Value, span: Span) -> Option<Domain> {
+        if let Value::Sym(n, _) = v
+            && n == "auto"
+        {
+            return Some(Domain::Auto);
+        }
+        let elems: Vec<(Value, Span)> = match v {
+            Value::Set(xs) => xs.clone(),
+            Value::Range(lo, hi) if kind == "int" => {
+                let (Some(a), Some(b)) = (Quantity::as_int(lo), Quantity::as_int(hi)) else {
+                    self.diags.push(
+                        Diagnostic::error(Code::L045, format!("`{knob}` ranges over whole numbers"), span).with_label(span, "not integers"),
+                    );
+                    return None;
+                };
+                return self.check_knob_range(knob, a, b, span).map(|_| Domain::IntRange(a, b));
+            }
+            other => vec![(other.clone(), span)],
+        };
+        match kind {
+            "int" => {
+                let mut out = Vec::new();
+                for (e, s) in &elems {
+                    let i = self.int(e, *s, &format!("`{knob}`"))?;
+                    self.check_knob_range(knob, i, i, *s)?;
+                    out.push(i);
+                }
+                Some(Domain::Ints(out))
+            }
+            "bool" => {
+                let mut out = Vec::new();
+                for (e, s) in &elems {
+                    match e {
+                        Value::Bool(b) => out.push(*b),
+                        other => {
+                            self.type_error(other, *s, "`true` or `false`");
+                            return None;
+                        }
+                    }
+                }
+                Some(Domain::Bools(out))
+            }
+            _ => {
+                let options: Vec<&str> = kind.split('|').collect();
+                let mut out = Vec::new();
+                for (e, s) in &elems {
+                    out.push(self.choice(e, *s, &format!("`{knob}` setting"), &options)?);
+                }
+                Some(Domain::Choices(out))
+            }
+        }
+    }
+
+    fn check_knob_range(&mut self, knob: &str, lo: i64, hi: i64, span: Span) -> Option<()> {
+        let (min, max) = if knob == "zero" { (0, 3) } else { (1, i64::MAX) };
+        if lo < min || hi > max {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L046,
+                    if knob == "zero" {
+                        format!("`zero` is a ZeRO stage from 0 to 3, got {}", if lo < min { lo } else { hi })
+                    } else {
+                        format!("`{knob}` must be at least 1, got {lo}")
+                    },
+                    span,
+                )
+                .with_label(span, "out of range"),
+            );
+            return None;
+        }
+        Some(())
+    }
+
+    fn constraint(&mut self, e: &crate::ast::Expr) -> Option<Constraint> {
+        use crate::ast::{BinOp, ExprKind};
+        let ExprKind::Binary(op, a, b) = &e.kind else {
+            self.diags.push(
+                Diagnostic::error(Code::L043, "a constraint compares two metrics", e.span)
+                    .with_label(e.span, "not a comparison")
+                    .with_help("write e.g. `memory <= 0.9 * hbm`"),
+            );
+            return None;
+        };
+        let cmp = match op {
+            BinOp::Lt => Cmp::Lt,
+            BinOp::Le => Cmp::Le,
+            BinOp::Gt => Cmp::Gt,
+            BinOp::Ge => Cmp::Ge,
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(Code::L043, format!("constraints use <, <=, > or >=, not `{}`", op.symbol()), e.span)
+                        .with_label(e.span, "here"),
+                );
+                return None;
+            }
+        };
+        let (l, ld) = self.metric_expr(a)?;
+        let (r, rd) = self.metric_expr(b)?;
+        if ld != rd {
+            self.diags.push(
+                Diagnostic::error(Code::L040, format!("cannot compare {} with {}", ld.describe(), rd.describe()), e.span)
+                    .with_label(a.span, format!("this is in {}", unit_name(ld)))
+                    .with_label(b.span, format!("this is in {}", unit_name(rd))),
+            );
+            return None;
+        }
+        Some(Constraint {
+            lhs: l,
+            cmp,
+            rhs: r,
+            span: e.span,
+        })
+    }
+
+    fn metric_expr(&mut self, e: &crate::ast::Expr) -> Option<(MetricExpr, Dim)> {
+        use crate::ast::{BinOp, ExprKind};
+        match &e.kind {
+            ExprKind::Name(n) => match metric_dim(n) {
+                Some(d) => Some((MetricExpr::Metric(n.clone()), d)),
+                None => {
+                    let mut env = Env::new();
+                    let v = self.lookup_global(n, e.span);
+                    if let Value::Num(q) = v {
+                        return Some((MetricExpr::Const(q), q.dim));
+                    }
+                    if let Value::Sym(..) = v {
+                        self.unknown_metric(n, e.span);
+                    } else {
+                        self.type_error(&v, e.span, "a metric or a number");
+                    }
+                    let _ = &mut env;
+                    None
+                }
+            },
+            ExprKind::Number(v, _) => Some((MetricExpr::Const(Quantity::plain(*v)), Dim::NONE)),
+            ExprKind::Quantity(q, _) => Some((MetricExpr::Const(*q), q.dim)),
+            ExprKind::Neg(a) => {
+                let (m, d) = self.metric_expr(a)?;
+                Some((MetricExpr::Neg(Box::new(m)), d))
+            }
+            ExprKind::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div), a, b) => {
+                let (x, xd) = self.metric_expr(a)?;
+                let (y, yd) = self.metric_expr(b)?;
+                let d = match op {
+                    BinOp::Add | BinOp::Sub => {
+                        if xd != yd {
+                            self.diags.push(
+                                Diagnostic::error(Code::L040, format!("cannot apply `{}` to {} and {}", op.symbol(), xd.describe(), yd.describe()), e.span)
+                                    .with_label(a.span, format!("this is in {}", unit_name(xd)))
+                                    .with_label(b.span, format!("this is in {}", unit_name(yd))),
+                            );
+                            return None;
+                        }
+                        xd
+                    }
+                    BinOp::Mul => xd.mul(yd),
+                    _ => xd.div(yd),
+                };
+                let c = op.symbol().chars().next().unwrap_or('+');
+                Some((MetricExpr::Binary(c, Box::new(x), Box::new(y)), d))
+            }
+            _ => {
+                self.diags.push(
+                    Diagnostic::error(Code::L043, "expected a metric expression", e.span)
+                        .with_label(e.span, "metrics combine with + - * / and numbers"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn domain_contains(d: &Domain, fixed: &Domain) -> bool {
+    match (d, fixed) {
+        (Domain::Auto, _) => true,
+        (Domain::Ints(xs), Domain::Ints(v)) => v.iter().all(|x| xs.contains(x)),
+        (Domain::IntRange(a, b), Domain::Ints(v)) => v.iter().all(|x| a <= x && x <= b),
+        (Domain::Choices(xs), Domain::Choices(v)) => v.iter().all(|x| xs.contains(x)),
+        (Domain::Bools(xs), Domain::Bools(v)) => v.iter().all(|x| xs.contains(x)),
+        _ => true,
+    }
+}
+
+fn example_for(d: Dim) -> String {
+    match d {
+        Dim::FLOP_RATE => "137 TFLOP/s".into(),
+        Dim::TIME => "1.42 s".into(),
+        Dim::BYTES => "80 GB".into(),
+        Dim::POWER => "700 W".into(),
+        Dim::ENERGY => "1 MJ".into(),
+        Dim::MONEY => "$1.5".into(),
+        _ => "1000".into(),
+    }
+}

@@ -1,0 +1,407 @@
+//! The checker: from parsed files to a [`Program`].
+//!
+//! Order of work: load the root files and their imports (depth first, so a
+//! cycle is seen as a file already on the stack), index every top-level
+//! declaration by name (one namespace across files, so duplicates are
+//! errors wherever they live), then evaluate: constants lazily, hardware and
+//! workloads by instantiation (memoized per argument list), plans and
+//! studies last. Everything that can go wrong becomes a diagnostic; the
+//! checker never stops at the first one.
+
+mod decls;
+mod eval;
+mod model;
+mod ops;
+mod value;
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+pub use decls::{metric_dim, KNOBS, METRICS};
+pub use ops::OP_NAMES;
+
+use crate::ast::{Decl, DeclKind, File};
+use crate::diagnostic::{self, Code, Diagnostic};
+use crate::parser;
+use crate::program::*;
+use crate::source::{LoadError, Loader, MemLoader, SourceMap};
+use crate::span::{FileId, Span};
+use value::{Instance, Value};
+
+/// Largest file accepted, in bytes.
+pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub(crate) struct DeclRef {
+    pub file: usize,
+    pub idx: usize,
+    pub kind: DeclKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum LetState {
+    Pending(usize, usize),
+    InProgress,
+    Done(Value),
+}
+
+/// The result of checking: the program (complete only when there are no
+/// errors), every diagnostic in a deterministic order, and the sources they
+/// point into.
+#[derive(Debug)]
+pub struct Checked {
+    pub program: Program,
+    pub diagnostics: Vec<Diagnostic>,
+    pub sources: SourceMap,
+}
+
+impl Checked {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.is_error())
+    }
+    pub fn render(&self, color: bool) -> String {
+        diagnostic::render(&self.diagnostics, &self.sources, color)
+    }
+}
+
+pub(crate) struct Checker {
+    pub sources: SourceMap,
+    pub files: Rc<Vec<File>>,
+    pub decls: BTreeMap<String, DeclRef>,
+    pub lets: BTreeMap<String, LetState>,
+    pub diags: Vec<Diagnostic>,
+    pub program: Program,
+    pub models: BTreeMap<String, Option<ModelInstance>>,
+    pub memo_devices: BTreeMap<String, Option<Device>>,
+    pub memo_nodes: BTreeMap<String, Option<Node>>,
+    pub memo_clusters: BTreeMap<String, Option<Cluster>>,
+    pub memo_workloads: BTreeMap<String, Option<Workload>>,
+    /// Instances being built, to report cyclic definitions.
+    in_progress: Vec<String>,
+}
+
+/// Checks the given root files and everything they import.
+pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
+    let mut c = Checker {
+        sources: SourceMap::default(),
+        files: Rc::new(Vec::new()),
+        decls: BTreeMap::new(),
+        lets: BTreeMap::new(),
+        diags: Vec::new(),
+        program: Program::default(),
+        models: BTreeMap::new(),
+        memo_devices: BTreeMap::new(),
+        memo_nodes: BTreeMap::new(),
+        memo_clusters: BTreeMap::new(),
+        memo_workloads: BTreeMap::new(),
+        in_progress: Vec::new(),
+    };
+    let mut files = Vec::new();
+    let mut loaded: BTreeMap<String, FileId> = BTreeMap::new();
+    for r in roots {
+        if loaded.contains_key(r) {
+            continue;
+        }
+        c.load(r, None, loader, &mut files, &mut loaded, &mut Vec::new());
+    }
+    c.files = Rc::new(files);
+    c.index();
+    c.evaluate();
+    let mut diags = std::mem::take(&mut c.diags);
+    diagnostic::sort(&mut diags);
+    diags.dedup();
+    let program = if diags.iter().any(|d| d.is_error()) {
+        // Keep what was resolved, but the caller must not trust it whole.
+        c.program
+    } else {
+        c.program
+    };
+    Checked {
+        program,
+        diagnostics: diags,
+        sources: c.sources,
+    }
+}
+
+/// Checks one in-memory source (tests, fuzzing, `fmt` round trips).
+pub fn check_source(name: &str, text: &str) -> Checked {
+    let mut l = MemLoader::default();
+    l.files.insert(name.to_string(), text.to_string());
+    check(&[name.to_string()], &l)
+}
+
+impl Checker {
+    pub(crate) fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// Loads one file and, depth first, its imports.
+    fn load(
+        &mut self,
+        name: &str,
+        import_span: Option<Span>,
+        loader: &dyn Loader,
+        files: &mut Vec<File>,
+        loaded: &mut BTreeMap<String, FileId>,
+        stack: &mut Vec<String>,
+    ) {
+        let text = match loader.load(name) {
+            Ok(t) => t,
+            Err(e) => {
+                let id = self.sources.add(name, "");
+                files.push(File { decls: Vec::new() });
+                loaded.insert(name.to_string(), id);
+                let at = import_span.unwrap_or(Span::new(0, 0).in_file(id));
+                let (code, msg, help) = match e {
+                    LoadError::NotFound => (Code::L020, format!("cannot find `{name}`"), "check the path".to_string()),
+                    LoadError::NotUtf8 => (
+                        Code::L005,
+                        format!("`{name}` is not UTF-8 text"),
+                        "Gantry sources are UTF-8 text files; is this a binary file?".to_string(),
+                    ),
+                    LoadError::TooLarge(n) => (
+                        Code::L006,
+                        format!("`{name}` is {n} bytes, more than the {} byte limit", MAX_FILE_BYTES),
+                        "split the file and import the parts".to_string(),
+                    ),
+                    LoadError::Other(m) => (Code::L020, format!("cannot read `{name}`: {m}"), "check the path and permissions".to_string()),
+                };
+                self.diags.push(Diagnostic::error(code, msg, at).with_label(at, "while loading this").with_help(help));
+                return;
+            }
+        };
+        if text.len() > MAX_FILE_BYTES {
+            let id = self.sources.add(name, "");
+            files.push(File { decls: Vec::new() });
+            loaded.insert(name.to_string(), id);
+            let at = import_span.unwrap_or(Span::new(0, 0).in_file(id));
+            self.diags.push(
+                Diagnostic::error(Code::L006, format!("`{name}` is {} bytes, more than the {MAX_FILE_BYTES} byte limit", text.len()), at)
+                    .with_label(at, "too large"),
+            );
+            return;
+        }
+        let id = self.sources.add(name, text);
+        let parsed = parser::parse(self.sources.text(id), id);
+        self.diags.extend(parsed.diagnostics);
+        let file = parsed.file;
+        let imports: Vec<(String, Span)> = file
+            .decls
+            .iter()
+            .filter_map(|d| match d {
+                Decl::Import { path, span } => Some((path.clone(), *span)),
+                _ => None,
+            })
+            .collect();
+        files.push(file);
+        loaded.insert(name.to_string(), id);
+        stack.push(name.to_string());
+        for (path, span) in imports {
+            let Some(resolved) = loader.resolve(name, &path) else {
+                self.diags.push(
+                    Diagnostic::error(Code::L020, format!("cannot find imported file `{path}`"), span)
+                        .with_label(span, "imported here")
+                        .with_help("paths are relative to the importing file, or to a folder above it that holds `stdlib/`"),
+                );
+                continue;
+            };
+            if let Some(pos) = stack.iter().position(|s| *s == resolved) {
+                let mut cycle: Vec<String> = stack[pos..].to_vec();
+                cycle.push(resolved.clone());
+                self.diags.push(
+                    Diagnostic::error(Code::L021, format!("import cycle: {}", cycle.join(" -> ")), span)
+                        .with_label(span, "this import closes the cycle")
+                        .with_help("move the shared declarations into a file that both import"),
+                );
+                continue;
+            }
+            if loaded.contains_key(&resolved) {
+                continue;
+            }
+            self.load(&resolved, Some(span), loader, files, loaded, stack);
+        }
+        stack.pop();
+    }
+
+    /// Indexes top-level declarations; reports duplicates.
+    fn index(&mut self) {
+        let files = self.files.clone();
+        for (fi, f) in files.iter().enumerate() {
+            for (di, d) in f.decls.iter().enumerate() {
+                let (name, kind) = match d {
+                    Decl::Let { name, .. } => (name, DeclKind::Let),
+                    Decl::Block(b) => (&b.name, b.kind),
+                    Decl::Model(m) => (&m.name, DeclKind::Model),
+                    Decl::Plan(p) => (&p.name, p.kind),
+                    _ => continue,
+                };
+                if let Some(prev) = self.decls.get(&name.name) {
+                    self.diags.push(
+                        Diagnostic::error(Code::L031, format!("`{}` is defined twice", name.name), name.span)
+                            .with_label(name.span, format!("this {} ...", kind.keyword()))
+                            .with_label(prev.span, format!("... has the same name as this {}", prev.kind.keyword()))
+                            .with_help("every top-level declaration needs its own name, across all imported files"),
+                    );
+                    continue;
+                }
+                if crate::check::ops::is_op(&name.name) {
+                    self.diags.push(
+                        Diagnostic::error(Code::L031, format!("`{}` is the name of a built-in op", name.name), name.span)
+                            .with_label(name.span, "shadows the op")
+                            .with_help("choose another name"),
+                    );
+                    continue;
+                }
+                self.decls.insert(
+                    name.name.clone(),
+                    DeclRef {
+                        file: fi,
+                        idx: di,
+                        kind,
+                        span: name.span,
+                    },
+                );
+                if kind == DeclKind::Let {
+                    self.lets.insert(name.name.clone(), LetState::Pending(fi, di));
+                }
+            }
+        }
+    }
+
+    fn evaluate(&mut self) {
+        let decls: Vec<(String, DeclRef)> = self.decls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let files = self.files.clone();
+        for (name, d) in &decls {
+            match &files[d.file].decls[d.idx] {
+                Decl::Let { .. } => {
+                    let v = match self.lets.get(name).cloned() {
+                        Some(LetState::Pending(f, i)) => self.eval_let(name, f, i),
+                        Some(LetState::Done(v)) => v,
+                        _ => Value::Error,
+                    };
+                    if let Value::Num(q) = v {
+                        self.program.constants.insert(name.clone(), q);
+                    }
+                }
+                Decl::Block(b) => {
+                    // Declarations whose parameters all have defaults are
+                    // instantiated on their own, so their errors show even
+                    // when nothing uses them.
+                    if b.params.iter().any(|p| p.default.is_none()) {
+                        continue;
+                    }
+                    let Some(args) = self.bind_params(name, &b.params, Vec::new(), b.name.span) else {
+                        continue;
+                    };
+                    let inst = Instance {
+                        kind: b.kind,
+                        name: name.clone(),
+                        args,
+                    };
+                    match b.kind {
+                        DeclKind::Device => {
+                            self.device(&inst, b.name.span);
+                        }
+                        DeclKind::Node => {
+                            self.node(&inst, b.name.span);
+                        }
+                        DeclKind::Cluster => {
+                            self.cluster(&inst, b.name.span);
+                        }
+                        DeclKind::Workload => {
+                            self.workload(&inst, b.name.span);
+                        }
+                        DeclKind::Table => {
+                            self.table(&inst, b.name.span);
+                        }
+                        _ => {}
+                    }
+                }
+                Decl::Model(m) => {
+                    if m.params.iter().all(|p| p.default.is_some())
+                        && let Some(args) = self.bind_params(name, &m.params, Vec::new(), m.name.span)
+                    {
+                        let inst = Instance {
+                            kind: DeclKind::Model,
+                            name: name.clone(),
+                            args,
+                        };
+                        self.build_model(&inst);
+                    }
+                }
+                Decl::Plan(p) => {
+                    let p = p.clone();
+                    self.plan(&p);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Marks an instance as being built; false (and a diagnostic) on a cycle.
+    pub(crate) fn enter(&mut self, key: &str, span: Span) -> bool {
+        if self.in_progress.iter().any(|k| k == key) {
+            self.diags.push(
+                Diagnostic::error(Code::L037, format!("`{key}` is defined in terms of itself"), span)
+                    .with_label(span, "used here while it is being built"),
+            );
+            return false;
+        }
+        self.in_progress.push(key.to_string());
+        true
+    }
+
+    pub(crate) fn leave(&mut self, key: &str) {
+        if let Some(pos) = self.in_progress.iter().rposition(|k| k == key) {
+            self.in_progress.remove(pos);
+        }
+    }
+}
+
+/// The closest known name, for "did you mean" help (edit distance <= 2,
+/// or <= 1 for short names).
+pub fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<String> {
+    let limit = if name.len() <= 3 { 1 } else { 2 };
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        if k == name || k.is_empty() {
+            continue;
+        }
+        let d = edit_distance(name, k);
+        if d <= limit && best.is_none_or(|(bd, bk)| d < bd || (d == bd && k < bk)) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > 2 {
+        return usize::MAX;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("d_modle", ["d_model", "d_ff"].into_iter()), Some("d_model".into()));
+        assert_eq!(suggest("zzz", ["d_model"].into_iter()), None);
+    }
+}

@@ -1,0 +1,517 @@
+//! The canonical formatter (`gantry fmt`).
+//!
+//! It prints the syntax tree, not the tokens, so layout is canonical: two
+//! spaces of indent, one item per line, single spaces around operators,
+//! minimal parentheses, numbers and units exactly as written (`80 GiB` stays
+//! `80 GiB`: the formatter never changes a value). Comments are kept: each
+//! is printed before the first node that starts after it, or at the end of
+//! the line it trailed. Blank lines between items are kept (at most one), so
+//! the author's grouping survives. A record written over several lines stays
+//! multi-line. Files with syntax errors are not formatted.
+
+use crate::ast::*;
+use crate::diagnostic::Diagnostic;
+use crate::lexer::Comment;
+use crate::parser;
+use crate::span::FileId;
+
+/// Formats a whole file, or returns its syntax errors.
+pub fn format_source(src: &str) -> Result<String, Vec<Diagnostic>> {
+    let parsed = parser::parse(src, FileId(0));
+    let errors: Vec<Diagnostic> = parsed.diagnostics.into_iter().filter(|d| d.is_error()).collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut p = Printer {
+        src,
+        comments: parsed.comments,
+        next: 0,
+        out: String::new(),
+        indent: 0,
+    };
+    p.file(&parsed.file);
+    Ok(p.out)
+}
+
+struct Printer<'a> {
+    src: &'a str,
+    comments: Vec<Comment>,
+    next: usize,
+    out: String,
+    indent: usize,
+}
+
+const AT: u8 = 1;
+const CMP: u8 = 2;
+const RANGE: u8 = 3;
+const SUM: u8 = 4;
+const PROD: u8 = 5;
+const UNARY: u8 = 6;
+const POSTFIX: u8 = 7;
+
+fn level(e: &Expr) -> u8 {
+    match &e.kind {
+        ExprKind::At(..) => AT,
+        ExprKind::Binary(op, ..) if op.is_comparison() => CMP,
+        ExprKind::Range(..) => RANGE,
+        ExprKind::Binary(BinOp::Add | BinOp::Sub, ..) => SUM,
+        ExprKind::Binary(..) => PROD,
+        ExprKind::Neg(_) => UNARY,
+        ExprKind::Call(..) | ExprKind::Member(..) => POSTFIX,
+        _ => 8,
+    }
+}
+
+impl Printer<'_> {
+    fn line_start(&mut self) {
+        for _ in 0..self.indent {
+            self.out.push_str("  ");
+        }
+    }
+
+    /// Prints the comments that start before `pos`, each on its own line.
+    fn leading(&mut self, pos: u32) {
+        while self.next < self.comments.len() && self.comments[self.next].span.start < pos {
+            let c = self.comments[self.next].clone();
+            // Keep a blank line above a comment block if the source had one.
+            if self.blank_before(c.span.start) && !self.out.is_empty() && !self.out.ends_with("{\n") && !self.out.ends_with("\n\n") {
+                self.out.push('\n');
+            }
+            for (i, line) in c.text.lines().enumerate() {
+                if i == 0 {
+                    self.line_start();
+                }
+                self.out.push_str(if i == 0 { line.trim_end() } else { line.trim_end() });
+                self.out.push('\n');
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Appends a comment that trails `end` on the same source line.
+    fn trailing(&mut self, end: u32) {
+        if let Some(c) = self.comments.get(self.next)
+            && c.span.start >= end
+            && !self.src[end as usize..c.span.start as usize].contains('\n')
+            && !c.text.contains('\n')
+        {
+            let text = c.text.clone();
+            self.out.push_str("  ");
+            self.out.push_str(text.trim_end());
+            self.next += 1;
+        }
+    }
+
+    /// True if there is an empty line between the previous token and `pos`.
+    fn blank_before(&self, pos: u32) -> bool {
+        let before = &self.src[..pos as usize];
+        let trimmed = before.trim_end_matches([' ', '\t', '\r']);
+        let Some(rest) = trimmed.strip_suffix('\n') else {
+            return false;
+        };
+        rest.trim_end_matches([' ', '\t', '\r']).ends_with('\n')
+    }
+
+    fn file(&mut self, f: &File) {
+        let mut prev: Option<&Decl> = None;
+        for d in &f.decls {
+            if let Decl::Error(_) = d {
+                continue;
+            }
+            if let Some(p) = prev {
+                let same_group = matches!((p, d), (Decl::Import { .. }, Decl::Import { .. }) | (Decl::Let { .. }, Decl::Let { .. }));
+                if !same_group || self.blank_before(self.first_pos(d.span().start)) {
+                    self.out.push('\n');
+                }
+            }
+            self.leading(d.span().start);
+            self.line_start();
+            self.decl(d);
+            self.trailing(d.span().end);
+            self.out.push('\n');
+            prev = Some(d);
+        }
+        // Comments after the last declaration.
+        if self.next < self.comments.len() && !self.out.is_empty() {
+            self.out.push('\n');
+        }
+        self.leading(u32::MAX);
+    }
+
+    /// The start of a node's leading comments, if any, else its own start.
+    fn first_pos(&self, start: u32) -> u32 {
+        self.comments.get(self.next).filter(|c| c.span.start < start).map_or(start, |c| c.span.start)
+    }
+
+    fn decl(&mut self, d: &Decl) {
+        match d {
+            Decl::Import { path, .. } => {
+                self.out.push_str("import ");
+                self.string(path);
+            }
+            Decl::Let { name, value, .. } => {
+                self.out.push_str(&format!("let {} = ", name.name));
+                self.expr(value, 0);
+            }
+            Decl::Block(b) => {
+                self.out.push_str(&format!("{} {}", b.kind.keyword(), b.name.name));
+                self.params(&b.params);
+                self.block(&b.items, b.span.end, |p, it| p.item(it), |it| it.span);
+            }
+            Decl::Model(m) => {
+                self.out.push_str(&format!("model {}", m.name.name));
+                self.params(&m.params);
+                self.block(&m.body, m.span.end, |p, s| p.stmt(s), |s| s.span());
+            }
+            Decl::Plan(pd) => {
+                self.out.push_str(&format!("{} {} on ", pd.kind.keyword(), pd.name.name));
+                self.expr(&pd.system, 0);
+                if let Some(w) = &pd.workload {
+                    self.out.push_str(" for ");
+                    self.expr(w, 0);
+                }
+                self.block(&pd.items, pd.span.end, |p, it| p.plan_item(it), |it| it.span());
+            }
+            Decl::Error(_) => {}
+        }
+    }
+
+    fn params(&mut self, params: &[Param]) {
+        if params.is_empty() {
+            return;
+        }
+        self.out.push('(');
+        for (i, p) in params.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            self.out.push_str(&p.name.name);
+            if let Some(t) = &p.ty {
+                self.out.push_str(": ");
+                self.expr(t, 8);
+            }
+            if let Some(d) = &p.default {
+                self.out.push_str(" = ");
+                self.expr(d, 0);
+            }
+        }
+        self.out.push(')');
+    }
+
+    fn block<T>(&mut self, items: &[T], end: u32, mut print: impl FnMut(&mut Self, &T), span: impl Fn(&T) -> crate::span::Span) {
+        self.out.push_str(" {\n");
+        self.indent += 1;
+        for (i, it) in items.iter().enumerate() {
+            let s = span(it);
+            if s.start == s.end {
+                continue;
+            }
+            if i > 0 && self.blank_before(self.first_pos(s.start)) {
+                self.out.push('\n');
+            }
+            self.leading(s.start);
+            self.line_start();
+            print(self, it);
+            self.trailing(s.end);
+            self.out.push('\n');
+        }
+        // Comments before the closing brace.
+        self.leading(end.saturating_sub(1));
+        self.indent -= 1;
+        self.line_start();
+        self.out.push('}');
+    }
+
+    fn item(&mut self, it: &Item) {
+        self.out.push_str(&it.key.name);
+        match it.form {
+            ItemForm::Assign => {
+                self.out.push_str(" = ");
+                self.expr(&it.value, 0);
+            }
+            ItemForm::Value => {
+                self.out.push(' ');
+                self.expr(&it.value, 0);
+                if let Some(c) = &it.count {
+                    self.out.push_str(" x ");
+                    self.expr(c, 0);
+                }
+            }
+            ItemForm::Named => {
+                if let Some(n) = &it.name {
+                    self.out.push(' ');
+                    self.out.push_str(&n.name);
+                }
+                self.out.push_str(" = ");
+                self.expr(&it.value, 0);
+            }
+        }
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Let { name, value, .. } => {
+                self.out.push_str(&format!("let {} = ", name.name));
+                self.expr(value, 0);
+            }
+            Stmt::Input { name, dtype, dims, .. } => {
+                self.out.push_str(&format!("input {}: {}[", name.name, dtype.name));
+                self.list(dims);
+                self.out.push(']');
+            }
+            Stmt::Assign { name, value, .. } => {
+                self.out.push_str(&format!("{} = ", name.name));
+                self.expr(value, 0);
+            }
+            Stmt::Output { name, value, .. } => {
+                self.out.push_str(&format!("output {} = ", name.name));
+                self.expr(value, 0);
+            }
+            Stmt::Repeat { count, body, span } => {
+                self.out.push_str("repeat ");
+                self.expr(count, 0);
+                self.block(body, span.end, |p, s| p.stmt(s), |s| s.span());
+            }
+            Stmt::Error(_) => {}
+        }
+    }
+
+    fn plan_item(&mut self, it: &PlanItem) {
+        match it {
+            PlanItem::Search { knobs, .. } => {
+                self.out.push_str("search ");
+                self.knobs(knobs);
+            }
+            PlanItem::Fix { knobs, .. } => {
+                self.out.push_str("fix ");
+                self.knobs(knobs);
+            }
+            PlanItem::Objective { goal, metric, .. } => {
+                let g = match goal {
+                    Goal::Maximize => "maximize",
+                    Goal::Minimize => "minimize",
+                };
+                self.out.push_str(&format!("objective {g} {}", metric.name));
+            }
+            PlanItem::SubjectTo { constraints, .. } => {
+                self.out.push_str("subject to ");
+                self.list(constraints);
+            }
+            PlanItem::Item(i) => self.item(i),
+            PlanItem::Error(_) => {}
+        }
+    }
+
+    fn knobs(&mut self, knobs: &[Knob]) {
+        for (i, k) in knobs.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            match k {
+                Knob::In(n, e) => {
+                    self.out.push_str(&format!("{} in ", n.name));
+                    self.expr(e, 0);
+                }
+                Knob::Eq(n, e) => {
+                    self.out.push_str(&format!("{} = ", n.name));
+                    self.expr(e, 0);
+                }
+            }
+        }
+    }
+
+    fn list(&mut self, xs: &[Expr]) {
+        for (i, x) in xs.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            self.expr(x, 0);
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        self.out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\t' => self.out.push_str("\\t"),
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    /// Prints `e`, parenthesized if its precedence is below `min`.
+    fn expr(&mut self, e: &Expr, min: u8) {
+        let lv = level(e);
+        let paren = lv < min;
+        if paren {
+            self.out.push('(');
+        }
+        match &e.kind {
+            ExprKind::Number(_, text) => self.out.push_str(text),
+            ExprKind::Quantity(_, text) => self.out.push_str(&quantity_text(text)),
+            ExprKind::Str(s) => self.string(s),
+            ExprKind::Bool(b) => self.out.push_str(if *b { "true" } else { "false" }),
+            ExprKind::Name(n) => self.out.push_str(n),
+            ExprKind::Neg(a) => {
+                self.out.push('-');
+                self.expr(a, UNARY);
+            }
+            ExprKind::Binary(op, a, b) => {
+                let (l, r) = if op.is_comparison() { (RANGE, RANGE) } else { (lv, lv + 1) };
+                self.expr(a, l);
+                self.out.push_str(&format!(" {} ", op.symbol()));
+                self.expr(b, r);
+            }
+            ExprKind::Range(a, b) => {
+                self.expr(a, SUM);
+                self.out.push_str("..");
+                self.expr(b, SUM);
+            }
+            ExprKind::At(a, b) => {
+                self.expr(a, CMP);
+                self.out.push_str(" @ ");
+                self.expr(b, CMP);
+            }
+            ExprKind::Call(f, args) => {
+                self.expr(f, POSTFIX);
+                self.out.push('(');
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push_str(", ");
+                    }
+                    if let Some(n) = &a.name {
+                        self.out.push_str(&format!("{} = ", n.name));
+                    }
+                    self.expr(&a.value, 0);
+                }
+                self.out.push(')');
+            }
+            ExprKind::Member(a, m) => {
+                self.expr(a, POSTFIX);
+                self.out.push('.');
+                self.out.push_str(&m.name);
+            }
+            ExprKind::List(xs) => {
+                self.out.push('[');
+                self.list(xs);
+                self.out.push(']');
+            }
+            ExprKind::Set(xs) => {
+                self.out.push('{');
+                self.list(xs);
+                self.out.push('}');
+            }
+            ExprKind::Record(fs) => self.record(fs, e),
+            ExprKind::Error => {}
+        }
+        if paren {
+            self.out.push(')');
+        }
+    }
+
+    fn record(&mut self, fs: &[Field], e: &Expr) {
+        let multiline = self.src[e.span.range()].contains('\n') && !fs.is_empty();
+        if !multiline {
+            self.out.push_str("{ ");
+            for (i, f) in fs.iter().enumerate() {
+                if i > 0 {
+                    self.out.push_str(", ");
+                }
+                self.out.push_str(&format!("{} = ", f.name.name));
+                self.expr(&f.value, 0);
+            }
+            self.out.push_str(if fs.is_empty() { "}" } else { " }" });
+            return;
+        }
+        self.out.push_str("{\n");
+        self.indent += 1;
+        for f in fs {
+            self.leading(f.name.span.start);
+            self.line_start();
+            self.out.push_str(&format!("{} = ", f.name.name));
+            self.expr(&f.value, 0);
+            self.trailing_after_comma(f.value.span.end);
+            self.out.push('\n');
+        }
+        self.leading(e.span.end.saturating_sub(1));
+        self.indent -= 1;
+        self.line_start();
+        self.out.push('}');
+    }
+
+    /// Like [`Self::trailing`], but skips a comma after the field.
+    fn trailing_after_comma(&mut self, end: u32) {
+        let rest = &self.src[end as usize..];
+        let skip = rest.len() - rest.trim_start_matches([' ', '\t', ',']).len();
+        self.trailing(end + skip as u32);
+    }
+}
+
+/// A quantity as written, with exactly one space between number and unit.
+fn quantity_text(text: &str) -> String {
+    if text.starts_with('$') {
+        return text.to_string();
+    }
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_' || b[i] == b'.') {
+        i += 1;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        if j < b.len() && b[j].is_ascii_digit() {
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            i = j;
+        }
+    }
+    let (num, unit) = text.split_at(i);
+    format!("{} {}", num, unit.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fmt(s: &str) -> String {
+        format_source(s).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn canonical_layout() {
+        let src = "device   H{power 700W\n compute {bf16=989 TFLOP/s}}\n";
+        assert_eq!(fmt(src), "device H {\n  power 700 W\n  compute { bf16 = 989 TFLOP/s }\n}\n");
+    }
+
+    #[test]
+    fn comments_survive() {
+        let src = "// header\ndevice H { // trailing\n  power 700 W // watts\n  // before price\n  price $2/h\n}\n// end\n";
+        let out = fmt(src);
+        for c in ["// header", "// trailing", "// watts", "// before price", "// end"] {
+            assert!(out.contains(c), "{c} lost in:\n{out}");
+        }
+        assert_eq!(fmt(&out), out, "not idempotent");
+    }
+
+    #[test]
+    fn minimal_parentheses() {
+        let out = fmt("let a = (1 + 2) * 3 - (4 - 5)\nlet b = 1 + (2 * 3)\n");
+        assert_eq!(out, "let a = (1 + 2) * 3 - (4 - 5)\nlet b = 1 + 2 * 3\n");
+    }
+
+    #[test]
+    fn quantity_spacing() {
+        assert_eq!(quantity_text("80GiB"), "80 GiB");
+        assert_eq!(quantity_text("1e9 B"), "1e9 B");
+        assert_eq!(quantity_text("1EFLOP/s"), "1 EFLOP/s");
+        assert_eq!(quantity_text("$2.50/h"), "$2.50/h");
+    }
+}

@@ -1,0 +1,750 @@
+//! The checked program: what the front end hands to the compiler.
+//!
+//! Everything here is resolved: names are bound, units are checked and
+//! converted to base units (FLOP, B, s, J, $), parameters are substituted,
+//! and each workload's model is a graph of built-in ops with shapes. The
+//! types are plain data with ordered maps so that printing them
+//! ([`Program::summary`]) is deterministic; no AST or parser type appears.
+//! A `repeat` block stays one [`Repeat`] with a count, never unrolled.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::shape::Shape;
+use crate::span::Span;
+use crate::units::{format_number, Dim, Quantity};
+
+/// Element types.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum DType {
+    F64,
+    F32,
+    Tf32,
+    Bf16,
+    F16,
+    Fp8,
+    I64,
+    I32,
+    I8,
+    /// The workload's compute dtype (decided when a workload binds the model).
+    Act,
+}
+
+impl DType {
+    pub const NAMES: &'static [&'static str] = &[
+        "fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int64", "int32", "int8", "f32", "f16", "i64", "i32", "ids",
+    ];
+    pub fn parse(s: &str) -> Option<DType> {
+        Some(match s {
+            "fp64" | "f64" => DType::F64,
+            "fp32" | "f32" => DType::F32,
+            "tf32" => DType::Tf32,
+            "bf16" => DType::Bf16,
+            "fp16" | "f16" => DType::F16,
+            "fp8" => DType::Fp8,
+            "int64" | "i64" | "ids" => DType::I64,
+            "int32" | "i32" => DType::I32,
+            "int8" | "i8" => DType::I8,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "fp64",
+            DType::F32 => "fp32",
+            DType::Tf32 => "tf32",
+            DType::Bf16 => "bf16",
+            DType::F16 => "fp16",
+            DType::Fp8 => "fp8",
+            DType::I64 => "int64",
+            DType::I32 => "int32",
+            DType::I8 => "int8",
+            DType::Act => "act",
+        }
+    }
+    /// Bytes per element; `None` for [`DType::Act`], which the workload decides.
+    pub fn bytes(self) -> Option<u32> {
+        Some(match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::Tf32 | DType::I32 => 4,
+            DType::Bf16 | DType::F16 => 2,
+            DType::Fp8 | DType::I8 => 1,
+            DType::Act => return None,
+        })
+    }
+    pub fn is_int(self) -> bool {
+        matches!(self, DType::I64 | DType::I32 | DType::I8)
+    }
+}
+
+// ---------------------------------------------------------------- hardware
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Memory {
+    pub name: String,
+    /// Bytes.
+    pub capacity: f64,
+    /// Bytes per second.
+    pub bandwidth: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Device {
+    pub name: String,
+    /// Peak dense FLOP/s per dtype.
+    pub compute: BTreeMap<DType, f64>,
+    pub memories: Vec<Memory>,
+    /// Watts at full load.
+    pub power: f64,
+    /// Dollars per second (written per hour in the source).
+    pub price: Option<f64>,
+    /// Calibration factors, shared by every run of this device. Mostly
+    /// plain fractions; curve knees carry units (e.g. `matmul_knee = 1 GFLOP`).
+    pub efficiency: BTreeMap<String, Quantity>,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// All devices of the node reach each other through a switch (NVSwitch).
+    Switch,
+    /// Point-to-point links in a ring or mesh (e.g. Infinity Fabric).
+    Mesh,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub name: String,
+    pub kind: LinkKind,
+    /// Bytes per second per device, each direction.
+    pub bandwidth: f64,
+    /// Seconds.
+    pub latency: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub device: Device,
+    pub devices_per_node: u64,
+    pub links: Vec<Link>,
+    /// NIC bandwidth in bytes per second, each direction, and NIC count.
+    pub nic_bandwidth: f64,
+    pub nics: u64,
+    pub host_memory: Option<Memory>,
+    /// Watts beyond the devices' own (CPUs, NICs, fans).
+    pub power_overhead: f64,
+    /// Dollars per second for the whole node, if declared.
+    pub price: Option<f64>,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FabricKind {
+    FatTree,
+    RailOptimized,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fabric {
+    pub name: String,
+    pub kind: FabricKind,
+    /// Bytes per second per NIC port, each direction.
+    pub bandwidth: f64,
+    /// Seconds, one hop.
+    pub latency: f64,
+    /// Nodes behind one top-of-rack (or leaf) switch.
+    pub rack_nodes: u64,
+    /// Nodes in a full-bisection pod.
+    pub pod_nodes: u64,
+    /// Oversubscription above the pod (1 = full bisection).
+    pub oversubscription: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub node: Node,
+    pub nodes: u64,
+    pub fabric: Option<Fabric>,
+    pub span: Span,
+}
+
+impl Cluster {
+    pub fn devices(&self) -> u64 {
+        self.nodes * self.node.devices_per_node
+    }
+}
+
+// ---------------------------------------------------------------- models
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TensorId(pub u32);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingTable {
+    pub name: String,
+    pub rows: u64,
+    pub dim: u64,
+    pub pooling: u64,
+    pub dtype: DType,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Silu,
+    Sigmoid,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Silu => "silu",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OpKind {
+    Linear { d_in: u64, d_out: u64, bias: bool },
+    MatMul,
+    Embedding { vocab: u64, dim: u64 },
+    EmbeddingBag { tables: Vec<EmbeddingTable> },
+    Attention { heads: u64, kv_heads: u64, head_dim: u64, causal: bool },
+    RmsNorm { dim: u64 },
+    LayerNorm { dim: u64 },
+    Softmax,
+    Activation(Activation),
+    Binary(BinaryOp),
+    /// Multiply by a constant.
+    Scale(f64),
+    Mlp { dims: Vec<u64>, activation: Activation },
+    Interact { vectors: u64, dim: u64 },
+    Moe { experts: u64, top_k: u64, d_model: u64, d_ff: u64 },
+    Reshape,
+    Concat { axis: usize },
+}
+
+impl OpKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Linear { .. } => "linear",
+            OpKind::MatMul => "matmul",
+            OpKind::Embedding { .. } => "embedding",
+            OpKind::EmbeddingBag { .. } => "embedding_bag",
+            OpKind::Attention { .. } => "attention",
+            OpKind::RmsNorm { .. } => "rmsnorm",
+            OpKind::LayerNorm { .. } => "layernorm",
+            OpKind::Softmax => "softmax",
+            OpKind::Activation(a) => a.name(),
+            OpKind::Binary(BinaryOp::Add) => "add",
+            OpKind::Binary(BinaryOp::Sub) => "sub",
+            OpKind::Binary(BinaryOp::Mul) => "mul",
+            OpKind::Binary(BinaryOp::Div) => "div",
+            OpKind::Scale(_) => "scale",
+            OpKind::Mlp { .. } => "mlp",
+            OpKind::Interact { .. } => "interact",
+            OpKind::Moe { .. } => "moe",
+            OpKind::Reshape => "reshape",
+            OpKind::Concat { .. } => "concat",
+        }
+    }
+    /// Attributes for the summary, in a fixed order.
+    fn attrs(&self) -> String {
+        match self {
+            OpKind::Linear { d_in, d_out, bias } => format!("{d_in}->{d_out}{}", if *bias { " +bias" } else { "" }),
+            OpKind::Embedding { vocab, dim } => format!("vocab={vocab} dim={dim}"),
+            OpKind::EmbeddingBag { tables } => {
+                let rows: u64 = tables.iter().map(|t| t.rows).sum();
+                format!("tables={} rows={rows}", tables.len())
+            }
+            OpKind::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                causal,
+            } => format!("heads={heads} kv_heads={kv_heads} head_dim={head_dim}{}", if *causal { " causal" } else { "" }),
+            OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } => format!("dim={dim}"),
+            OpKind::Scale(s) => format_number(*s),
+            OpKind::Mlp { dims, activation } => format!(
+                "{} {}",
+                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("-"),
+                activation.name()
+            ),
+            OpKind::Interact { vectors, dim } => format!("vectors={vectors} dim={dim}"),
+            OpKind::Moe {
+                experts,
+                top_k,
+                d_model,
+                d_ff,
+            } => format!("experts={experts} top_k={top_k} d_model={d_model} d_ff={d_ff}"),
+            OpKind::Concat { axis } => format!("axis={axis}"),
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Op {
+    pub kind: OpKind,
+    pub inputs: Vec<TensorId>,
+    pub output: TensorId,
+    /// The call in the source, for later diagnostics.
+    pub span: Span,
+}
+
+/// A value threaded through a `repeat` body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Carry {
+    /// The value entering the first iteration.
+    pub init: TensorId,
+    /// The body's view of the value at the start of an iteration.
+    pub param: TensorId,
+    /// The value at the end of an iteration.
+    pub next: TensorId,
+    /// The value after the last iteration.
+    pub result: TensorId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Repeat {
+    pub count: u64,
+    pub carried: Vec<Carry>,
+    pub body: Vec<Item>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Op(Op),
+    Repeat(Repeat),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    pub tensors: Vec<Tensor>,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<(String, TensorId)>,
+    pub body: Vec<Item>,
+}
+
+impl Graph {
+    pub fn tensor(&self, id: TensorId) -> &Tensor {
+        &self.tensors[id.0 as usize]
+    }
+}
+
+/// A model declaration applied to arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInstance {
+    pub name: String,
+    pub args: BTreeMap<String, String>,
+    pub graph: Graph,
+}
+
+// ---------------------------------------------------------------- workloads
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimizer {
+    Adam,
+    AdamW,
+    Sgd,
+    Adagrad,
+}
+
+impl Optimizer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Optimizer::Adam => "adam",
+            Optimizer::AdamW => "adamw",
+            Optimizer::Sgd => "sgd",
+            Optimizer::Adagrad => "adagrad",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    Train {
+        global_batch: u64,
+        seq: Option<u64>,
+        optimizer: Optimizer,
+    },
+    Prefill {
+        batch: u64,
+        prompt: u64,
+    },
+    Decode {
+        batch: u64,
+        /// Tokens already in the KV cache when a step runs (average).
+        context: u64,
+        /// Tokens generated per request, if stated.
+        generate: Option<u64>,
+    },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Train { .. } => "train",
+            Phase::Prefill { .. } => "prefill",
+            Phase::Decode { .. } => "decode",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub model: ModelInstance,
+    pub phase: Phase,
+    pub dtype: DType,
+    /// Values of the model's shape symbols for one step (`batch`, `seq`).
+    pub bindings: BTreeMap<String, i64>,
+    pub span: Span,
+}
+
+// ---------------------------------------------------------------- plans
+
+/// Which values a plan knob may take.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Domain {
+    /// Let the planner choose freely.
+    Auto,
+    Ints(Vec<i64>),
+    IntRange(i64, i64),
+    Choices(Vec<String>),
+    Bools(Vec<bool>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    Maximize,
+    Minimize,
+}
+
+/// A metric expression in an objective or constraint, dimension-checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricExpr {
+    Const(Quantity),
+    Metric(String),
+    Neg(Box<MetricExpr>),
+    Binary(char, Box<MetricExpr>, Box<MetricExpr>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraint {
+    pub lhs: MetricExpr,
+    pub cmp: Cmp,
+    pub rhs: MetricExpr,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub system: Cluster,
+    pub workload: Workload,
+    pub search: BTreeMap<String, Domain>,
+    pub fixed: BTreeMap<String, Domain>,
+    pub objective: (Goal, String),
+    pub constraints: Vec<Constraint>,
+    /// Published figures this plan is expected to reproduce (`expect`).
+    pub expect: BTreeMap<String, Quantity>,
+    pub source: Option<String>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Study {
+    pub name: String,
+    /// One system per point of the declared sweep.
+    pub systems: Vec<Cluster>,
+    pub workloads: Vec<(Workload, f64)>,
+    pub search: BTreeMap<String, Domain>,
+    pub objective: (Goal, String),
+    pub constraints: Vec<Constraint>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Program {
+    pub devices: BTreeMap<String, Device>,
+    pub nodes: BTreeMap<String, Node>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub workloads: BTreeMap<String, Workload>,
+    pub plans: BTreeMap<String, Plan>,
+    pub studies: BTreeMap<String, Study>,
+    pub constants: BTreeMap<String, Quantity>,
+}
+
+fn q(v: f64, d: Dim) -> String {
+    Quantity::new(v, d).to_string()
+}
+
+impl Program {
+    /// A stable, human-readable dump (used by snapshots and `gantry check -v`).
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for (n, v) in &self.constants {
+            let _ = writeln!(s, "let {n} = {v}");
+        }
+        for d in self.devices.values() {
+            write_device(&mut s, d, "");
+        }
+        for n in self.nodes.values() {
+            write_node(&mut s, n, "");
+        }
+        for c in self.clusters.values() {
+            write_cluster(&mut s, c);
+        }
+        for w in self.workloads.values() {
+            write_workload(&mut s, w);
+        }
+        for p in self.plans.values() {
+            let _ = writeln!(
+                s,
+                "plan {} on {} ({} devices) for {}",
+                p.name,
+                p.system.name,
+                p.system.devices(),
+                p.workload.name
+            );
+            for (k, d) in &p.search {
+                let _ = writeln!(s, "  search {k} in {}", domain(d));
+            }
+            for (k, d) in &p.fixed {
+                let _ = writeln!(s, "  fix {k} = {}", domain(d));
+            }
+            let _ = writeln!(s, "  objective {} {}", goal(p.objective.0), p.objective.1);
+            for c in &p.constraints {
+                let _ = writeln!(s, "  subject to {}", constraint(c));
+            }
+            for (k, v) in &p.expect {
+                let _ = writeln!(s, "  expect {k} = {v}");
+            }
+        }
+        for st in self.studies.values() {
+            let _ = writeln!(s, "study {} over {} systems", st.name, st.systems.len());
+            for c in &st.systems {
+                let _ = writeln!(s, "  system {} ({} devices)", c.name, c.devices());
+            }
+            for (w, weight) in &st.workloads {
+                let _ = writeln!(s, "  workload {} weight {}", w.name, format_number(*weight));
+            }
+            let _ = writeln!(s, "  objective {} {}", goal(st.objective.0), st.objective.1);
+        }
+        s
+    }
+}
+
+fn goal(g: Goal) -> &'static str {
+    match g {
+        Goal::Maximize => "maximize",
+        Goal::Minimize => "minimize",
+    }
+}
+
+fn domain(d: &Domain) -> String {
+    match d {
+        Domain::Auto => "auto".into(),
+        Domain::Ints(v) => format!("{{{}}}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+        Domain::IntRange(a, b) => format!("{a}..{b}"),
+        Domain::Choices(v) => format!("{{{}}}", v.join(", ")),
+        Domain::Bools(v) => format!("{{{}}}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+fn metric_expr(m: &MetricExpr) -> String {
+    match m {
+        MetricExpr::Const(q) => q.to_string(),
+        MetricExpr::Metric(n) => n.clone(),
+        MetricExpr::Neg(a) => format!("-{}", metric_expr(a)),
+        MetricExpr::Binary(op, a, b) => format!("({} {op} {})", metric_expr(a), metric_expr(b)),
+    }
+}
+
+fn constraint(c: &Constraint) -> String {
+    let op = match c.cmp {
+        Cmp::Lt => "<",
+        Cmp::Le => "<=",
+        Cmp::Gt => ">",
+        Cmp::Ge => ">=",
+    };
+    format!("{} {op} {}", metric_expr(&c.lhs), metric_expr(&c.rhs))
+}
+
+fn write_device(s: &mut String, d: &Device, indent: &str) {
+    let _ = writeln!(s, "{indent}device {}", d.name);
+    for (dt, f) in &d.compute {
+        let _ = writeln!(s, "{indent}  compute {} = {}", dt.name(), q(*f, Dim::FLOP_RATE));
+    }
+    for m in &d.memories {
+        let _ = writeln!(
+            s,
+            "{indent}  memory {} = {} @ {}",
+            m.name,
+            q(m.capacity, Dim::BYTES),
+            q(m.bandwidth, Dim::BANDWIDTH)
+        );
+    }
+    let _ = writeln!(s, "{indent}  power {}", q(d.power, Dim::POWER));
+    if let Some(p) = d.price {
+        let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));
+    }
+    for (k, v) in &d.efficiency {
+        let _ = writeln!(s, "{indent}  efficiency {k} = {v}");
+    }
+}
+
+fn write_node(s: &mut String, n: &Node, indent: &str) {
+    let _ = writeln!(s, "{indent}node {} = {} x {}", n.name, n.device.name, n.devices_per_node);
+    for l in &n.links {
+        let _ = writeln!(
+            s,
+            "{indent}  link {} {:?} {} latency {}",
+            l.name,
+            l.kind,
+            q(l.bandwidth, Dim::BANDWIDTH),
+            q(l.latency, Dim::TIME)
+        );
+    }
+    if n.nics > 0 {
+        let _ = writeln!(s, "{indent}  nic {} x {}", q(n.nic_bandwidth, Dim::BANDWIDTH), n.nics);
+    }
+    if let Some(h) = &n.host_memory {
+        let _ = writeln!(
+            s,
+            "{indent}  host {} @ {}",
+            q(h.capacity, Dim::BYTES),
+            q(h.bandwidth, Dim::BANDWIDTH)
+        );
+    }
+    if n.power_overhead > 0.0 {
+        let _ = writeln!(s, "{indent}  power overhead {}", q(n.power_overhead, Dim::POWER));
+    }
+    if let Some(p) = n.price {
+        let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));
+    }
+}
+
+fn write_cluster(s: &mut String, c: &Cluster) {
+    let _ = writeln!(
+        s,
+        "cluster {} = {} x {} ({} devices)",
+        c.name,
+        c.node.name,
+        c.nodes,
+        c.devices()
+    );
+    if let Some(f) = &c.fabric {
+        let _ = writeln!(
+            s,
+            "  fabric {} {:?} {} latency {} rack {} pod {} oversubscription {}",
+            f.name,
+            f.kind,
+            q(f.bandwidth, Dim::BANDWIDTH),
+            q(f.latency, Dim::TIME),
+            f.rack_nodes,
+            f.pod_nodes,
+            format_number(f.oversubscription)
+        );
+    }
+}
+
+fn write_workload(s: &mut String, w: &Workload) {
+    let args: Vec<String> = w.model.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(s, "workload {} = {}({})", w.name, w.model.name, args.join(", "));
+    let phase = match &w.phase {
+        Phase::Train {
+            global_batch,
+            seq,
+            optimizer,
+        } => format!(
+            "train global_batch={global_batch}{} optimizer={}",
+            seq.map(|s| format!(" seq={s}")).unwrap_or_default(),
+            optimizer.name()
+        ),
+        Phase::Prefill { batch, prompt } => format!("prefill batch={batch} prompt={prompt}"),
+        Phase::Decode {
+            batch,
+            context,
+            generate,
+        } => format!(
+            "decode batch={batch} context={context}{}",
+            generate.map(|g| format!(" generate={g}")).unwrap_or_default()
+        ),
+    };
+    let binds: Vec<String> = w.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(s, "  {phase} dtype={} bind {}", w.dtype.name(), binds.join(" "));
+    let g = &w.model.graph;
+    for i in &g.inputs {
+        let t = g.tensor(*i);
+        let _ = writeln!(s, "  input {}: {}{}", t.name, t.dtype.name(), t.shape);
+    }
+    write_items(s, g, &g.body, "  ");
+    for (n, t) in &g.outputs {
+        let _ = writeln!(s, "  output {n} = %{}", t.0);
+    }
+}
+
+fn write_items(s: &mut String, g: &Graph, items: &[Item], indent: &str) {
+    for it in items {
+        match it {
+            Item::Op(op) => {
+                let ins: Vec<String> = op.inputs.iter().map(|i| format!("%{}", i.0)).collect();
+                let out = g.tensor(op.output);
+                let attrs = op.kind.attrs();
+                let _ = writeln!(
+                    s,
+                    "{indent}%{} = {}({}){}{} : {}{}",
+                    op.output.0,
+                    op.kind.name(),
+                    ins.join(", "),
+                    if attrs.is_empty() { "" } else { " " },
+                    attrs,
+                    out.dtype.name(),
+                    out.shape
+                );
+            }
+            Item::Repeat(r) => {
+                let carried: Vec<String> = r
+                    .carried
+                    .iter()
+                    .map(|c| format!("%{}=%{}->%{}->%{}", c.param.0, c.init.0, c.next.0, c.result.0))
+                    .collect();
+                let _ = writeln!(s, "{indent}repeat {} carry {} {{", r.count, carried.join(" "));
+                write_items(s, g, &r.body, &format!("{indent}  "));
+                let _ = writeln!(s, "{indent}}}");
+            }
+        }
+    }
+}
