@@ -392,7 +392,8 @@ pub enum Phase {
     },
     Prefill {
         batch: u64,
-        prompt: u64,
+        /// Prompt length; absent for models without a sequence (DLRM).
+        prompt: Option<u64>,
     },
     Decode {
         batch: u64,
@@ -693,7 +694,10 @@ fn write_workload(s: &mut String, w: &Workload) {
             seq.map(|s| format!(" seq={s}")).unwrap_or_default(),
             optimizer.name()
         ),
-        Phase::Prefill { batch, prompt } => format!("prefill batch={batch} prompt={prompt}"),
+        Phase::Prefill { batch, prompt } => format!(
+            "prefill batch={batch}{}",
+            prompt.map(|p| format!(" prompt={p}")).unwrap_or_default()
+        ),
         Phase::Decode {
             batch,
             context,

@@ -88,6 +88,7 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("recompute", "none|selective|full"),
     ("sequence_parallel", "bool"),
     ("nodes", "int"),
+    ("batch", "int"),
 ];
 
 /// Metrics usable in objectives, constraints and `expect`, with dimensions.
@@ -795,7 +796,9 @@ impl Checker {
             }
             Phase::Prefill { batch, prompt } => {
                 bindings.insert("batch".to_string(), *batch as i64);
-                bindings.insert("seq".to_string(), *prompt as i64);
+                if let Some(p) = prompt {
+                    bindings.insert("seq".to_string(), *p as i64);
+                }
             }
             Phase::Decode { batch, .. } => {
                 bindings.insert("batch".to_string(), *batch as i64);
@@ -817,6 +820,7 @@ impl Checker {
                             .with_label(pspan, format!("no `{setting}` here"))
                             .with_label(mspan, "the model")
                             .with_help(match s.as_str() {
+                                "seq" if phase.name() == "prefill" => "add `prompt = ...` to the prefill settings".to_string(),
                                 "seq" => "add `seq = ...` to the train settings".to_string(),
                                 other => format!("only `batch` and `seq` are bound by workloads; make `{other}` a model parameter"),
                             }),
@@ -912,7 +916,7 @@ impl Checker {
             }
             "prefill" => {
                 let batch = need(self, "batch");
-                let prompt = need(self, "prompt");
+                let prompt = opt(self, "prompt", &got);
                 Phase::Prefill {
                     batch: batch?,
                     prompt: prompt?,
