@@ -230,7 +230,9 @@ pub enum OpKind {
     MatMul,
     Embedding { vocab: u64, dim: u64 },
     EmbeddingBag { tables: Vec<EmbeddingTable> },
-    Attention { heads: u64, kv_heads: u64, head_dim: u64, causal: bool },
+    /// `dropout` is the probability applied to the attention probabilities.
+    Attention { heads: u64, kv_heads: u64, head_dim: u64, causal: bool, dropout: f64 },
+    Dropout(f64),
     RmsNorm { dim: u64 },
     LayerNorm { dim: u64 },
     Softmax,
@@ -256,6 +258,7 @@ impl OpKind {
             OpKind::RmsNorm { .. } => "rmsnorm",
             OpKind::LayerNorm { .. } => "layernorm",
             OpKind::Softmax => "softmax",
+            OpKind::Dropout(_) => "dropout",
             OpKind::Activation(a) => a.name(),
             OpKind::Binary(BinaryOp::Add) => "add",
             OpKind::Binary(BinaryOp::Sub) => "sub",
@@ -283,9 +286,14 @@ impl OpKind {
                 kv_heads,
                 head_dim,
                 causal,
-            } => format!("heads={heads} kv_heads={kv_heads} head_dim={head_dim}{}", if *causal { " causal" } else { "" }),
+                dropout,
+            } => format!(
+                "heads={heads} kv_heads={kv_heads} head_dim={head_dim}{}{}",
+                if *causal { " causal" } else { "" },
+                if *dropout > 0.0 { format!(" dropout={}", format_number(*dropout)) } else { String::new() }
+            ),
             OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } => format!("dim={dim}"),
-            OpKind::Scale(s) => format_number(*s),
+            OpKind::Scale(s) | OpKind::Dropout(s) => format_number(*s),
             OpKind::Mlp { dims, activation } => format!(
                 "{} {}",
                 dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("-"),

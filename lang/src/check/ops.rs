@@ -22,7 +22,8 @@ const SIGS: &[(&str, &[&str], usize)] = &[
     ("matmul", &["a", "b"], 2),
     ("embedding", &["ids", "vocab", "dim"], 3),
     ("embedding_bag", &["ids", "tables"], 2),
-    ("attention", &["q", "k", "v", "heads", "kv_heads", "causal"], 4),
+    ("attention", &["q", "k", "v", "heads", "kv_heads", "causal", "dropout"], 4),
+    ("dropout", &["x", "p"], 1),
     ("rmsnorm", &["x"], 1),
     ("layernorm", &["x"], 1),
     ("softmax", &["x"], 1),
@@ -37,7 +38,8 @@ const SIGS: &[(&str, &[&str], usize)] = &[
     ("concat", &["xs", "axis"], 1),
 ];
 
-pub const OP_NAMES: [&str; 17] = [
+pub const OP_NAMES: [&str; 18] = [
+    "dropout",
     "linear",
     "matmul",
     "embedding",
@@ -161,6 +163,22 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A probability in [0, 1); absent means 0.
+    fn probability(&mut self, args: &Args, p: &str) -> Option<f64> {
+        let Some((v, s)) = args.get(p).cloned() else {
+            return Some(0.0);
+        };
+        let q = self.num(&v, s)?;
+        if !q.dim.is_none() || !(0.0..1.0).contains(&q.value) {
+            self.diags.push(
+                Diagnostic::error(Code::L046, format!("`{p}` must be a probability in [0, 1), got {q}"), s)
+                    .with_label(s, "out of range"),
+            );
+            return None;
+        }
+        Some(q.value)
     }
 
     fn activation_arg(&mut self, args: &Args, p: &str) -> Option<Activation> {
@@ -343,6 +361,7 @@ impl Checker {
                     None => heads,
                 };
                 let causal = self.bool_arg(args, "causal", true)?;
+                let dropout = self.probability(args, "dropout")?;
                 for (s, sp, n) in [(&qs, qspan, "q"), (&ks, kspan, "k"), (&vs, vspan, "v")] {
                     if s.rank() != 3 {
                         return self.rank_error(name, &format!("`{n}`"), s, "3 ([batch, seq, features])", sp);
@@ -387,6 +406,7 @@ impl Checker {
                         kv_heads,
                         head_dim,
                         causal,
+                        dropout,
                     },
                     inputs: vec![q, k, v],
                     shape: qs,
@@ -410,6 +430,19 @@ impl Checker {
                 };
                 Some(Out {
                     kind,
+                    inputs: vec![x],
+                    shape: xs,
+                    dtype: act,
+                })
+            }
+            "dropout" => {
+                let (x, xs, _, _) = self.tensor_arg(args, "x", env)?;
+                let p = match args.get("p") {
+                    Some(_) => self.probability(args, "p")?,
+                    None => 0.1,
+                };
+                Some(Out {
+                    kind: OpKind::Dropout(p),
                     inputs: vec![x],
                     shape: xs,
                     dtype: act,
