@@ -22,7 +22,7 @@ pub enum Severity {
 
 macro_rules! codes {
     ($($code:ident => $desc:literal,)*) => {
-        /// Stable diagnostic codes of the front end. Never renumber; retire
+        /// Stable diagnostic codes: `L0xx` front end, `C0xx` compiler. Never renumber; retire
         /// codes by leaving them unused.
         #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
         pub enum Code { $($code,)* }
@@ -88,6 +88,15 @@ codes! {
     L074 => "unknown metric",
     L075 => "workload mix weights do not sum to 1",
     L080 => "unused value",
+    C001 => "design point needs more devices than the system has",
+    C002 => "tensor parallelism does not divide the attention heads",
+    C003 => "microbatches do not divide the batch",
+    C004 => "pipeline stages do not fit the layers",
+    C005 => "expert parallelism does not divide the experts",
+    C006 => "invalid --fix argument",
+    C007 => "no such plan",
+    C008 => "workload cannot be priced",
+    C009 => "missing calibration or hardware figure",
 }
 
 impl fmt::Display for Code {

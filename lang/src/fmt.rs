@@ -81,7 +81,7 @@ impl Printer<'_> {
                 if i == 0 {
                     self.line_start();
                 }
-                self.out.push_str(if i == 0 { line.trim_end() } else { line.trim_end() });
+                self.out.push_str(line.trim_end());
                 self.out.push('\n');
             }
             self.next += 1;

@@ -538,7 +538,7 @@ fn join(src: &str, raw: Vec<(usize, Raw, usize)>, out: &mut Lexed) {
                         && let Some((f, d)) = units::unit_word(&src[ws..we])
                     {
                         factor = 1.0 / f;
-                        dim = dim.div(d);
+                        dim = dim.per(d);
                         end = we;
                         next = i + 4;
                     }

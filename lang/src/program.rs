@@ -409,6 +409,8 @@ pub enum Phase {
         context: u64,
         /// Tokens generated per request, if stated.
         generate: Option<u64>,
+        /// Prompt tokens per request, if stated (its prefill is part of serving).
+        prompt: Option<u64>,
     },
 }
 
@@ -710,8 +712,10 @@ fn write_workload(s: &mut String, w: &Workload) {
             batch,
             context,
             generate,
+            prompt,
         } => format!(
-            "decode batch={batch} context={context}{}",
+            "decode batch={batch} context={context}{}{}",
+            prompt.map(|p| format!(" prompt={p}")).unwrap_or_default(),
             generate.map(|g| format!(" generate={g}")).unwrap_or_default()
         ),
     };

@@ -34,14 +34,14 @@ impl Dim {
     pub const POWER: Dim = Dim([0, 0, -1, 1, 0]);
     pub const PRICE_RATE: Dim = Dim([0, 0, -1, 0, 1]);
 
-    pub fn mul(self, o: Dim) -> Dim {
+    pub fn times(self, o: Dim) -> Dim {
         let mut d = self.0;
         for (a, b) in d.iter_mut().zip(o.0) {
             *a = a.saturating_add(b);
         }
         Dim(d)
     }
-    pub fn div(self, o: Dim) -> Dim {
+    pub fn per(self, o: Dim) -> Dim {
         let mut d = self.0;
         for (a, b) in d.iter_mut().zip(o.0) {
             *a = a.saturating_sub(b);
@@ -220,7 +220,7 @@ pub fn parse_unit(text: &str) -> Option<(f64, Dim)> {
     for p in parts {
         let (f, d) = unit_word(p)?;
         factor /= f;
-        dim = dim.div(d);
+        dim = dim.per(d);
         any_den = true;
     }
     if first.is_empty() && !any_den {
@@ -330,11 +330,11 @@ mod tests {
 
     #[test]
     fn dimension_algebra() {
-        let energy = Dim::POWER.mul(Dim::TIME);
+        let energy = Dim::POWER.times(Dim::TIME);
         assert_eq!(energy, Dim::ENERGY);
-        assert_eq!(Dim::BYTES.div(Dim::BANDWIDTH), Dim::TIME);
-        assert_eq!(Dim::FLOP.div(Dim::FLOP_RATE), Dim::TIME);
-        assert!(Dim::BYTES.div(Dim::BYTES).is_none());
+        assert_eq!(Dim::BYTES.per(Dim::BANDWIDTH), Dim::TIME);
+        assert_eq!(Dim::FLOP.per(Dim::FLOP_RATE), Dim::TIME);
+        assert!(Dim::BYTES.per(Dim::BYTES).is_none());
         assert_ne!(Dim::BYTES, Dim::BANDWIDTH);
     }
 

@@ -420,11 +420,9 @@ impl Checker {
         &mut self,
         args: &BTreeMap<String, (Value, Span)>,
         p: &str,
-        dim: Dim,
-        example: &str,
+        (dim, example): (Dim, &str),
         default: Option<f64>,
-        ctor_span: Span,
-        ctor: &str,
+        (ctor, ctor_span): (&str, Span),
     ) -> Option<f64> {
         match args.get(p) {
             Some((v, s)) => self.quantity(v, *s, dim, &format!("`{p}`"), example),
@@ -469,8 +467,8 @@ impl Checker {
             match v {
                 Value::Ctor(c, args) if c == "switch" || c == "mesh" => {
                     let a = self.ctor_args(&c, &args, &["bandwidth", "latency"], it.value.span);
-                    let bw = self.ctor_quantity(&a, "bandwidth", Dim::BANDWIDTH, "450 GB/s", None, it.value.span, &c);
-                    let lat = self.ctor_quantity(&a, "latency", Dim::TIME, "1 us", Some(0.0), it.value.span, &c);
+                    let bw = self.ctor_quantity(&a, "bandwidth", (Dim::BANDWIDTH, "450 GB/s"), None, (&c, it.value.span));
+                    let lat = self.ctor_quantity(&a, "latency", (Dim::TIME, "1 us"), Some(0.0), (&c, it.value.span));
                     if let (Some(bandwidth), Some(latency)) = (bw, lat) {
                         links.push(Link {
                             name,
@@ -614,8 +612,8 @@ impl Checker {
             }
         };
         let a = self.ctor_args(&c, &args, &["bandwidth", "latency", "rack_nodes", "pod_nodes", "oversubscription"], span);
-        let bandwidth = self.ctor_quantity(&a, "bandwidth", Dim::BANDWIDTH, "400 Gb/s", None, span, &c);
-        let latency = self.ctor_quantity(&a, "latency", Dim::TIME, "5 us", None, span, &c);
+        let bandwidth = self.ctor_quantity(&a, "bandwidth", (Dim::BANDWIDTH, "400 Gb/s"), None, (&c, span));
+        let latency = self.ctor_quantity(&a, "latency", (Dim::TIME, "5 us"), None, (&c, span));
         let rack_nodes = match a.get("rack_nodes") {
             Some((v, s)) => self.count(v, *s, "`rack_nodes`"),
             None => Some(1),
@@ -946,6 +944,7 @@ impl Checker {
                     batch: batch?,
                     context,
                     generate,
+                    prompt,
                 }
             }
         };
@@ -1207,7 +1206,7 @@ impl Checker {
             points = next;
             if points.len() > 10_000 {
                 self.diags.push(
-                    Diagnostic::error(Code::L046, format!("this sweep has more than 10000 points"), span)
+                    Diagnostic::error(Code::L046, "this sweep has more than 10000 points", span)
                         .with_label(span, "too many systems")
                         .with_help("narrow the ranges or use sets of chosen points"),
                 );
@@ -1428,8 +1427,8 @@ impl Checker {
                         }
                         xd
                     }
-                    BinOp::Mul => xd.mul(yd),
-                    _ => xd.div(yd),
+                    BinOp::Mul => xd.times(yd),
+                    _ => xd.per(yd),
                 };
                 let c = op.symbol().chars().next().unwrap_or('+');
                 Some((MetricExpr::Binary(c, Box::new(x), Box::new(y)), d))

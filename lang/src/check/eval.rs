@@ -496,7 +496,7 @@ impl Checker {
                 let v = if op == BinOp::Add { x.value + y.value } else { x.value - y.value };
                 Value::Num(Quantity::new(v, x.dim))
             }
-            BinOp::Mul => Value::Num(Quantity::new(x.value * y.value, x.dim.mul(y.dim))),
+            BinOp::Mul => Value::Num(Quantity::new(x.value * y.value, x.dim.times(y.dim))),
             BinOp::Div | BinOp::Rem => {
                 if y.value == 0.0 {
                     self.diags.push(
@@ -506,7 +506,7 @@ impl Checker {
                     return Value::Error;
                 }
                 if op == BinOp::Div {
-                    Value::Num(Quantity::new(x.value / y.value, x.dim.div(y.dim)))
+                    Value::Num(Quantity::new(x.value / y.value, x.dim.per(y.dim)))
                 } else {
                     if !same(self) {
                         return Value::Error;
@@ -531,7 +531,7 @@ impl Checker {
     }
 
     pub(crate) fn unit_mismatch(&mut self, op: &str, a: (Quantity, Span), b: (Quantity, Span), span: Span) -> Value {
-        let help = if a.0.dim.div(b.0.dim) == Dim::TIME || b.0.dim.div(a.0.dim) == Dim::TIME {
+        let help = if a.0.dim.per(b.0.dim) == Dim::TIME || b.0.dim.per(a.0.dim) == Dim::TIME {
             "one side is a rate; multiply or divide by a time to convert".to_string()
         } else {
             "both sides must measure the same thing".to_string()
@@ -551,8 +551,8 @@ impl Checker {
 
     /// A number, or a reported error. Reports undefined names.
     pub(crate) fn num(&mut self, v: &Value, span: Span) -> Option<Quantity> {
-        let mut env = Env::new();
-        self.num_in(v, span, &mut env)
+        let env = Env::new();
+        self.num_in(v, span, &env)
     }
 
     pub(crate) fn num_in(&mut self, v: &Value, span: Span, env: &Env) -> Option<Quantity> {

@@ -75,9 +75,7 @@ impl Checker {
         });
         self.run_stmts(&m.body, &mut env);
         self.report_unused(&mut env);
-        let Some(mut g) = env.graph.take() else {
-            return None;
-        };
+        let mut g = env.graph.take()?;
         if g.outputs.is_empty() && self.error_count() == errors_before {
             self.diags.push(
                 Diagnostic::error(Code::L058, format!("model `{}` has no output", m.name.name), m.name.span)

@@ -1,0 +1,694 @@
+//! The IR: a checked workload lowered to per-op costs.
+//!
+//! Each op of the model graph becomes an [`IrOp`] with its forward FLOPs,
+//! HBM bytes, parameters and saved activations *per sample* (batch = 1),
+//! because within one workload every op's cost is linear in the batch: the
+//! sequence length is fixed by the workload, so even attention's quadratic
+//! term is a constant per sample. The cost model multiplies by the
+//! microbatch. Ops stay in segments: the prologue, each `repeat` body once
+//! with its count, the epilogue; nothing is unrolled, so a 126-layer model
+//! lowers exactly as fast as a 2-layer one.
+//!
+//! Tensor parallelism is derived here, not hard-coded: a tensor is
+//! *sharded* if it was produced by a column-parallel linear (one whose input
+//! is replicated) or computed from sharded tensors; a linear whose input is
+//! sharded is row-parallel and its output needs an all-reduce. On a
+//! transformer block this finds exactly Megatron's pattern (QKV and MLP-up
+//! column-parallel, attention output projection and MLP-down row-parallel,
+//! two all-reduces per layer) and it applies unchanged to other graphs.
+
+use std::collections::BTreeMap;
+
+use gantry_lang::program::{DType, Graph, Item, OpKind, Phase, TensorId, Workload};
+
+/// What kind of hardware resource an op mostly uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Dense matrix multiplication (linear, matmul, MLP, MoE experts).
+    Matmul,
+    /// Attention scores and the weighted sum of values.
+    Attention,
+    /// Memory-bound elementwise work: norms, activations, dropout, softmax, adds.
+    Elementwise,
+    /// Embedding and embedding-bag lookups.
+    Embedding,
+    /// Data movement only (reshape, concat).
+    Layout,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Matmul => "matmul",
+            Class::Attention => "attention",
+            Class::Elementwise => "elementwise",
+            Class::Embedding => "embedding",
+            Class::Layout => "layout",
+        }
+    }
+}
+
+/// A matrix product `[m, k] x [k, n]`, per sample (`m` scales with batch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: f64,
+    pub n: f64,
+    pub k: f64,
+    /// Independent products of this shape per sample (e.g. heads).
+    pub count: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IrOp {
+    pub op: &'static str,
+    pub class: Class,
+    /// Forward FLOPs per sample.
+    pub flops: f64,
+    /// Forward HBM bytes per sample for activations (reads + writes).
+    pub bytes: f64,
+    /// Parameters.
+    pub params: f64,
+    /// Bytes of activations kept for the backward pass, per sample, that
+    /// are replicated across tensor-parallel ranks (sharded only by
+    /// sequence parallelism). A tensor saved by several ops counts once.
+    pub saved_rep: f64,
+    /// Saved bytes that tensor parallelism splits across ranks.
+    pub saved_shard: f64,
+    /// Of `saved_shard`, the attention probabilities (and their dropout
+    /// mask and output) that selective recomputation drops.
+    pub saved_probs: f64,
+    /// The dominant matrix product, for the shape-dependent efficiency.
+    pub gemm: Option<Gemm>,
+    /// Splits across tensor-parallel ranks (else replicated on each).
+    pub tp_sharded: bool,
+    /// Elements per sample all-reduced over the tensor-parallel group after
+    /// this op in the forward pass (row-parallel outputs, vocab-parallel
+    /// embeddings). The backward pass all-reduces the same amount.
+    pub tp_allreduce: f64,
+    /// Part of the attention core that selective recomputation recomputes.
+    pub attention_core: bool,
+    /// Bytes per sample read from embedding tables (lookups).
+    pub lookup_bytes: f64,
+    /// Bytes of embedding tables (parameters stored in the table dtype).
+    pub table_bytes: f64,
+    /// Attention heads (query, key/value), for divisibility checks.
+    pub heads: Option<(u64, u64)>,
+    /// Mixture of experts: experts, and bytes per sample dispatched to them.
+    pub experts: Option<(u64, f64)>,
+    /// Nested-repeat multiplicity inside its segment.
+    pub mult: f64,
+}
+
+impl IrOp {
+    fn new(op: &'static str, class: Class) -> IrOp {
+        IrOp {
+            op,
+            class,
+            flops: 0.0,
+            bytes: 0.0,
+            params: 0.0,
+            saved_rep: 0.0,
+            saved_shard: 0.0,
+            saved_probs: 0.0,
+            gemm: None,
+            tp_sharded: false,
+            tp_allreduce: 0.0,
+            attention_core: false,
+            lookup_bytes: 0.0,
+            table_bytes: 0.0,
+            heads: None,
+            experts: None,
+            mult: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentKind {
+    Prologue,
+    Body,
+    Epilogue,
+}
+
+/// A run of ops executed `count` times in sequence (a `repeat` body), or once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub kind: SegmentKind,
+    pub count: u64,
+    pub ops: Vec<IrOp>,
+}
+
+/// Per-sample totals of a segment (one repetition).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub flops: f64,
+    pub params: f64,
+    pub saved: f64,
+    pub table_bytes: f64,
+}
+
+impl Segment {
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for o in &self.ops {
+            t.flops += o.flops * o.mult;
+            t.params += o.params * o.mult;
+            t.saved += (o.saved_rep + o.saved_shard) * o.mult;
+            t.table_bytes += o.table_bytes * o.mult;
+        }
+        t
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ir {
+    pub workload: String,
+    pub model: String,
+    pub phase: Phase,
+    /// Activation / compute element type and its size.
+    pub dtype: DType,
+    pub act_bytes: f64,
+    /// Tokens per sample in one step (the sequence, or 1 when decoding).
+    pub tokens_per_sample: f64,
+    /// Width of the value passed between pipeline stages, per token.
+    pub hidden: f64,
+    pub segments: Vec<Segment>,
+}
+
+impl Ir {
+    /// The repeated body with the most repetitions (the transformer layers).
+    pub fn body(&self) -> Option<&Segment> {
+        self.segments.iter().filter(|s| s.kind == SegmentKind::Body).max_by_key(|s| s.count)
+    }
+    pub fn layers(&self) -> u64 {
+        self.body().map_or(0, |b| b.count)
+    }
+    /// Forward FLOPs per sample of the whole model.
+    pub fn flops_per_sample(&self) -> f64 {
+        self.segments.iter().map(|s| s.totals().flops * s.count as f64).sum()
+    }
+    pub fn params(&self) -> f64 {
+        self.segments.iter().map(|s| s.totals().params * s.count as f64).sum()
+    }
+    pub fn table_bytes(&self) -> f64 {
+        self.segments.iter().map(|s| s.totals().table_bytes * s.count as f64).sum()
+    }
+    /// Samples processed by one step of the workload.
+    pub fn samples_per_step(&self) -> u64 {
+        match &self.phase {
+            Phase::Train { global_batch, .. } => *global_batch,
+            Phase::Prefill { batch, .. } | Phase::Decode { batch, .. } => *batch,
+        }
+    }
+}
+
+/// Lowering failures: a workload whose graph the cost model cannot price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LowerError {
+    UnboundDim { tensor: String, dim: String },
+}
+
+impl std::fmt::Display for LowerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LowerError::UnboundDim { tensor, dim } => write!(f, "dimension `{dim}` of `{tensor}` is not bound by the workload"),
+        }
+    }
+}
+
+/// Bytes per element of a dtype, with `Act` resolved to the workload's.
+fn elem_bytes(d: DType, act: DType) -> f64 {
+    match d {
+        DType::Act => act.bytes().unwrap_or(2) as f64,
+        other => other.bytes().unwrap_or(2) as f64,
+    }
+}
+
+/// Compute dtype of a workload: TF32 runs on tensor cores but stores fp32.
+fn act_dtype(d: DType) -> DType {
+    d
+}
+
+struct Lowering<'a> {
+    graph: &'a Graph,
+    binding: BTreeMap<String, i64>,
+    beta: f64,
+    /// Context length for attention keys in decode (KV cache).
+    context: Option<f64>,
+    sharded: Vec<bool>,
+    numel: Vec<f64>,
+    /// Tensors already saved for backward by an earlier op.
+    saved: Vec<bool>,
+    training: bool,
+}
+
+/// Lowers a checked workload to per-sample op costs.
+pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
+    let g = &w.model.graph;
+    let mut binding = w.bindings.clone();
+    binding.insert("batch".into(), 1);
+    let act = act_dtype(w.dtype);
+    let beta = elem_bytes(DType::Act, act);
+    let mut numel = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        let n = t.shape.numel();
+        match n.eval(&binding) {
+            Some(v) => numel.push(v as f64),
+            None => {
+                return Err(LowerError::UnboundDim {
+                    tensor: t.name.clone(),
+                    dim: n.to_string(),
+                })
+            }
+        }
+    }
+    let context = match &w.phase {
+        Phase::Decode { context, .. } => Some(*context as f64),
+        _ => None,
+    };
+    let tokens_per_sample = match &w.phase {
+        Phase::Decode { .. } => 1.0,
+        _ => binding.get("seq").copied().unwrap_or(1) as f64,
+    };
+    let mut l = Lowering {
+        graph: g,
+        binding,
+        beta,
+        context,
+        sharded: vec![false; g.tensors.len()],
+        saved: vec![false; g.tensors.len()],
+        numel,
+        training: matches!(w.phase, Phase::Train { .. }),
+    };
+    let mut segments = Vec::new();
+    let mut current = Vec::new();
+    let mut seen_body = false;
+    for item in &g.body {
+        match item {
+            Item::Op(op) => current.push(l.op(op, 1.0)),
+            Item::Repeat(r) => {
+                if !current.is_empty() {
+                    segments.push(Segment {
+                        kind: if seen_body { SegmentKind::Epilogue } else { SegmentKind::Prologue },
+                        count: 1,
+                        ops: std::mem::take(&mut current),
+                    });
+                }
+                let mut ops = Vec::new();
+                l.repeat(r, 1.0, &mut ops);
+                segments.push(Segment {
+                    kind: SegmentKind::Body,
+                    count: r.count,
+                    ops,
+                });
+                seen_body = true;
+            }
+        }
+    }
+    if !current.is_empty() {
+        segments.push(Segment {
+            kind: if seen_body { SegmentKind::Epilogue } else { SegmentKind::Prologue },
+            count: 1,
+            ops: current,
+        });
+    }
+    // The value between pipeline stages: the widest carried tensor of the
+    // body, per token.
+    let hidden = g
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Item::Repeat(r) => Some(r.carried.iter().map(|c| l.numel[c.param.0 as usize]).sum::<f64>()),
+            _ => None,
+        })
+        .fold(0.0, f64::max)
+        / tokens_per_sample.max(1.0);
+    Ok(Ir {
+        workload: w.name.clone(),
+        model: w.model.name.clone(),
+        phase: w.phase.clone(),
+        dtype: act,
+        act_bytes: beta,
+        tokens_per_sample,
+        hidden,
+        segments,
+    })
+}
+
+impl Lowering<'_> {
+    fn n(&self, t: TensorId) -> f64 {
+        self.numel[t.0 as usize]
+    }
+
+    /// Records that `o` keeps tensor `t` (of `bytes_per` bytes per element)
+    /// for the backward pass, unless an earlier op already keeps it.
+    fn save(&mut self, o: &mut IrOp, t: TensorId, bytes_per: f64) {
+        let i = t.0 as usize;
+        if self.saved[i] {
+            return;
+        }
+        self.saved[i] = true;
+        let b = bytes_per * self.numel[i];
+        if self.sharded[i] {
+            o.saved_shard += b;
+        } else {
+            o.saved_rep += b;
+        }
+    }
+
+    fn repeat(&mut self, r: &gantry_lang::program::Repeat, mult: f64, out: &mut Vec<IrOp>) {
+        // Carried values enter each iteration replicated, like the input.
+        for c in &r.carried {
+            self.sharded[c.param.0 as usize] = self.sharded[c.init.0 as usize];
+        }
+        for item in &r.body {
+            match item {
+                Item::Op(op) => out.push(self.op(op, mult)),
+                Item::Repeat(inner) => self.repeat(inner, mult * inner.count as f64, out),
+            }
+        }
+        for c in &r.carried {
+            self.sharded[c.result.0 as usize] = self.sharded[c.next.0 as usize];
+        }
+    }
+
+    fn op(&mut self, op: &gantry_lang::program::Op, mult: f64) -> IrOp {
+        let beta = self.beta;
+        let out_n = self.n(op.output);
+        let in_n: f64 = op.inputs.iter().map(|i| self.n(*i)).sum();
+        let any_sharded = op.inputs.iter().any(|i| self.sharded[i.0 as usize]);
+        let mut o = match &op.kind {
+            OpKind::Linear { d_in, d_out, bias } => {
+                let (di, dout) = (*d_in as f64, *d_out as f64);
+                let m = in_n / di;
+                let mut o = IrOp::new("linear", Class::Matmul);
+                o.flops = 2.0 * m * di * dout;
+                o.params = di * dout + if *bias { dout } else { 0.0 };
+                o.bytes = beta * (m * di + m * dout);
+                self.save(&mut o, op.inputs[0], beta);
+                o.gemm = Some(Gemm {
+                    m,
+                    n: dout,
+                    k: di,
+                    count: 1.0,
+                });
+                o.tp_sharded = true;
+                if any_sharded {
+                    // Row-parallel: partial sums are all-reduced.
+                    o.tp_allreduce = m * dout;
+                    self.sharded[op.output.0 as usize] = false;
+                } else {
+                    self.sharded[op.output.0 as usize] = true;
+                }
+                o
+            }
+            OpKind::MatMul => {
+                let a = self.graph.tensor(op.inputs[0]);
+                let b = self.graph.tensor(op.inputs[1]);
+                let r = a.shape.rank();
+                let dims = |t: &gantry_lang::program::Tensor, i: usize| t.shape.0[i].eval(&self.binding).unwrap_or(1) as f64;
+                let (m, k, n) = (dims(a, r - 2), dims(a, r - 1), dims(b, r - 1));
+                let count = self.n(op.inputs[0]) / (m * k);
+                let mut o = IrOp::new("matmul", Class::Matmul);
+                o.flops = 2.0 * m * k * n * count;
+                o.bytes = beta * (in_n + out_n);
+                for i in op.inputs.clone() {
+                    self.save(&mut o, i, beta);
+                }
+                o.gemm = Some(Gemm { m, n, k, count });
+                o.tp_sharded = any_sharded;
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+            OpKind::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                dropout,
+                ..
+            } => {
+                let (h, hd) = (*heads as f64, *head_dim as f64);
+                let q_tokens = self.n(op.inputs[0]) / (h * hd);
+                let kv_tokens = self.context.unwrap_or(self.n(op.inputs[1]) / (*kv_heads as f64 * hd));
+                let scores = h * q_tokens * kv_tokens;
+                let mut o = IrOp::new("attention", Class::Attention);
+                o.flops = 4.0 * scores * hd;
+                let kv_elems = 2.0 * kv_tokens * *kv_heads as f64 * hd;
+                let qo = self.n(op.inputs[0]) + out_n;
+                // Scores are materialized in training (Megatron-style kernels:
+                // write scores, softmax read/write, dropout, read for the
+                // weighted sum); inference kernels keep them on chip.
+                let materialized = self.context.is_none() && self.is_training();
+                let score_passes = if materialized {
+                    if *dropout > 0.0 { 5.0 + 1.0 / beta } else { 4.0 }
+                } else {
+                    0.0
+                };
+                o.bytes = beta * (qo + kv_elems) + beta * score_passes * scores;
+                // q, k, v, and the softmax output (plus dropout mask and
+                // output when attention dropout is on).
+                let probs = if *dropout > 0.0 { 2.0 * beta + 1.0 } else { beta };
+                if self.context.is_some() {
+                    // Decode: the KV cache is accounted separately.
+                    self.save(&mut o, op.inputs[0], beta);
+                } else {
+                    for i in op.inputs.clone() {
+                        self.save(&mut o, i, beta);
+                    }
+                }
+                o.saved_probs = probs * scores;
+                o.saved_shard += o.saved_probs;
+                o.gemm = Some(Gemm {
+                    m: q_tokens,
+                    n: kv_tokens,
+                    k: hd,
+                    count: 2.0 * h,
+                });
+                o.heads = Some((*heads, *kv_heads));
+                o.attention_core = true;
+                o.tp_sharded = true;
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+            OpKind::Embedding { vocab, dim } => {
+                let mut o = IrOp::new("embedding", Class::Embedding);
+                o.params = (*vocab * *dim) as f64;
+                o.bytes = beta * 2.0 * out_n;
+                o.lookup_bytes = beta * out_n;
+                // Vocab-parallel under TP: each rank looks up its rows and
+                // the partial results are all-reduced.
+                o.tp_sharded = true;
+                o.tp_allreduce = out_n;
+                self.sharded[op.output.0 as usize] = false;
+                o
+            }
+            OpKind::EmbeddingBag { tables } => {
+                let mut o = IrOp::new("embedding_bag", Class::Embedding);
+                for t in tables {
+                    let tb = t.dtype.bytes().unwrap_or(4) as f64;
+                    o.params += (t.rows * t.dim) as f64;
+                    o.table_bytes += (t.rows * t.dim) as f64 * tb;
+                    o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
+                }
+                o.bytes = o.lookup_bytes + beta * out_n;
+                self.sharded[op.output.0 as usize] = false;
+                o
+            }
+            OpKind::Mlp { dims, .. } => {
+                let mut o = IrOp::new("mlp", Class::Matmul);
+                let m = in_n / dims[0] as f64;
+                let mut widest = (0.0f64, 0.0, 0.0);
+                for w in dims.windows(2) {
+                    let (a, b) = (w[0] as f64, w[1] as f64);
+                    o.flops += 2.0 * m * a * b;
+                    o.params += a * b + b;
+                    // Input of each layer and its activation are saved.
+                    o.saved_rep += beta * m * (a + b);
+                    o.bytes += beta * m * (a + 3.0 * b);
+                    if a * b > widest.1 * widest.2 {
+                        widest = (m, a, b);
+                    }
+                }
+                o.gemm = Some(Gemm {
+                    m: widest.0,
+                    n: widest.2,
+                    k: widest.1,
+                    count: 1.0,
+                });
+                self.sharded[op.output.0 as usize] = false;
+                o
+            }
+            OpKind::Interact { vectors, dim } => {
+                let (n, d) = (*vectors as f64, *dim as f64);
+                let mut o = IrOp::new("interact", Class::Matmul);
+                o.flops = 2.0 * n * n * d;
+                o.bytes = beta * (in_n + out_n + n * n);
+                for i in op.inputs.clone() {
+                    self.save(&mut o, i, beta);
+                }
+                o.gemm = Some(Gemm { m: n, n, k: d, count: 1.0 });
+                self.sharded[op.output.0 as usize] = false;
+                o
+            }
+            OpKind::Moe {
+                experts,
+                top_k,
+                d_model,
+                d_ff,
+            } => {
+                let (e, k, d, f) = (*experts as f64, *top_k as f64, *d_model as f64, *d_ff as f64);
+                let tokens = in_n / d;
+                let mut o = IrOp::new("moe", Class::Matmul);
+                // Router, then top_k gated (SwiGLU) experts per token.
+                o.flops = 2.0 * tokens * d * e + k * tokens * 6.0 * d * f;
+                o.params = d * e + e * 3.0 * d * f;
+                o.bytes = beta * tokens * (2.0 * d + k * (2.0 * d + 3.0 * f));
+                o.saved_shard = beta * tokens * k * (d + 3.0 * f);
+                o.gemm = Some(Gemm {
+                    m: tokens * k / e,
+                    n: f,
+                    k: d,
+                    count: e,
+                });
+                o.experts = Some((*experts, beta * tokens * k * d));
+                o.tp_sharded = true;
+                if any_sharded {
+                    o.tp_allreduce = 0.0;
+                }
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+            OpKind::Reshape => {
+                let o = IrOp::new("reshape", Class::Layout);
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+            OpKind::Concat { .. } => {
+                let mut o = IrOp::new("concat", Class::Layout);
+                o.bytes = beta * (in_n + out_n);
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+            other => {
+                // Elementwise family: norms, softmax, activations, dropout,
+                // binary ops, scaling.
+                let name = other.name();
+                let mut o = IrOp::new(name, Class::Elementwise);
+                let flops_per = match other {
+                    OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => 5.0,
+                    OpKind::Activation(_) => 8.0,
+                    OpKind::Dropout(_) => 2.0,
+                    _ => 1.0,
+                };
+                o.flops = flops_per * out_n;
+                o.bytes = beta * (in_n + out_n) + if matches!(other, OpKind::Dropout(_)) { out_n } else { 0.0 };
+                // What backward needs: norms and activations their input,
+                // softmax its output, dropout its 1-byte mask, products
+                // their inputs; sums and scalings nothing.
+                match other {
+                    OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Activation(_) => self.save(&mut o, op.inputs[0], beta),
+                    OpKind::Softmax => {
+                        self.sharded[op.output.0 as usize] = any_sharded;
+                        self.save(&mut o, op.output, beta)
+                    }
+                    OpKind::Dropout(_) => {
+                        if any_sharded {
+                            o.saved_shard += out_n;
+                        } else {
+                            o.saved_rep += out_n;
+                        }
+                    }
+                    OpKind::Binary(gantry_lang::program::BinaryOp::Mul | gantry_lang::program::BinaryOp::Div) => {
+                        for i in op.inputs.clone() {
+                            self.save(&mut o, i, beta);
+                        }
+                    }
+                    _ => {}
+                }
+                if let OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } = other {
+                    o.params = *dim as f64 * if matches!(other, OpKind::LayerNorm { .. }) { 2.0 } else { 1.0 };
+                }
+                o.tp_sharded = any_sharded;
+                self.sharded[op.output.0 as usize] = any_sharded;
+                o
+            }
+        };
+        o.mult = mult;
+        o
+    }
+
+    fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(src: &str) -> Workload {
+        let c = gantry_lang::check::check_source("t.gantry", src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        c.program.workloads.values().next().cloned().expect("a workload")
+    }
+
+    const GPT: &str = "model GPT(l, h, a, v) {
+  input t: i32[batch, seq]
+  x = embedding(t, v, h)
+  repeat l {
+    y = layernorm(x)
+    q = linear(y, h, h, bias = true)
+    k = linear(y, h, h, bias = true)
+    w = linear(y, h, h, bias = true)
+    c = attention(q, k, w, heads = a, causal = true, dropout = 0.1)
+    x = x + dropout(linear(c, h, h, bias = true))
+    y = layernorm(x)
+    x = x + dropout(linear(gelu(linear(y, h, 4 * h, bias = true)), 4 * h, h, bias = true))
+  }
+  output o = linear(layernorm(x), h, v)
+}
+workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
+  train { seq = 32, global_batch = 8 } }";
+
+    #[test]
+    fn gpt_flops_match_megatron_formula() {
+        let ir = lower(&workload(GPT)).expect("lowers");
+        let (s, h, l, v) = (32.0, 64.0, 4.0, 1000.0);
+        // Forward FLOPs per sample: 24 s h^2 + 4 s^2 h per layer, 2 s h V logits.
+        let expect = l * (24.0 * s * h * h + 4.0 * s * s * h) + 2.0 * s * h * v;
+        let got: f64 = ir.segments.iter().map(|seg| {
+            seg.ops.iter().filter(|o| matches!(o.class, Class::Matmul | Class::Attention)).map(|o| o.flops * o.mult).sum::<f64>() * seg.count as f64
+        }).sum();
+        assert!((got - expect).abs() / expect < 1e-12, "{got} vs {expect}");
+        assert_eq!(ir.layers(), 4);
+        assert_eq!(ir.hidden, h);
+    }
+
+    #[test]
+    fn gpt_activation_memory_matches_korthikanti() {
+        // sbh(34 + 5as/h) bytes per layer per sample, fp16/bf16.
+        let ir = lower(&workload(GPT)).expect("lowers");
+        let (s, h, a) = (32.0, 64.0, 4.0);
+        let body = ir.body().expect("body");
+        let saved = body.totals().saved;
+        let expect = s * h * (34.0 + 5.0 * a * s / h);
+        assert!((saved - expect).abs() < 1e-9, "{saved} vs {expect}");
+    }
+
+    #[test]
+    fn tensor_parallel_roles_are_derived() {
+        let ir = lower(&workload(GPT)).expect("lowers");
+        let body = ir.body().expect("body");
+        let allreduces = body.ops.iter().filter(|o| o.tp_allreduce > 0.0).count();
+        assert_eq!(allreduces, 2, "Megatron has two all-reduces per layer");
+        // Korthikanti et al.: with tensor parallelism t the saved bytes are
+        // sbh(10 + 24/t + 5as/(ht)): 10 sbh replicated, the rest split.
+        let (s, h, a) = (32.0, 64.0, 4.0);
+        let rep: f64 = body.ops.iter().map(|o| o.saved_rep).sum();
+        let shard: f64 = body.ops.iter().map(|o| o.saved_shard).sum();
+        let probs: f64 = body.ops.iter().map(|o| o.saved_probs).sum();
+        assert!((rep - 10.0 * s * h).abs() < 1e-9, "{rep}");
+        assert!((shard - s * h * (24.0 + 5.0 * a * s / h)).abs() < 1e-9, "{shard}");
+        assert!((probs - 5.0 * a * s * s).abs() < 1e-9, "{probs}");
+    }
+}

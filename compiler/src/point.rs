@@ -1,0 +1,280 @@
+//! Design points: the knobs of one configuration, their defaults, and the
+//! checks that reject contradictory pins with the numbers that clash.
+//!
+//! Defaults for unpinned knobs (documented in docs/COST-MODEL.md):
+//! tp = pp = cp = ep = 1, dp = devices / (tp * pp * cp), zero = 0,
+//! recompute = none, microbatch = 1, virtual_stages = 1,
+//! sequence_parallel = false, batch = the workload's batch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gantry_lang::program::{Cluster, Domain, Phase};
+
+use crate::ir::Ir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Recompute {
+    None,
+    Selective,
+    Full,
+}
+
+impl Recompute {
+    pub fn name(self) -> &'static str {
+        match self {
+            Recompute::None => "none",
+            Recompute::Selective => "selective",
+            Recompute::Full => "full",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Recompute> {
+        Some(match s {
+            "none" => Recompute::None,
+            "selective" => Recompute::Selective,
+            "full" => Recompute::Full,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DesignPoint {
+    pub dp: u64,
+    pub tp: u64,
+    pub pp: u64,
+    pub cp: u64,
+    pub ep: u64,
+    pub zero: u8,
+    pub recompute: Recompute,
+    pub microbatch: u64,
+    pub virtual_stages: u64,
+    pub sequence_parallel: bool,
+    /// Inference batch (decode/prefill); training uses the global batch.
+    pub batch: u64,
+}
+
+impl DesignPoint {
+    pub fn devices(&self) -> u64 {
+        self.dp * self.tp * self.pp * self.cp
+    }
+}
+
+impl fmt::Display for DesignPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sp={}",
+            self.dp,
+            self.tp,
+            self.pp,
+            self.cp,
+            self.ep,
+            self.zero,
+            self.recompute.name(),
+            self.microbatch,
+            self.virtual_stages,
+            self.sequence_parallel
+        )
+    }
+}
+
+/// A pin that cannot hold, with the numbers that clash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PinError {
+    pub code: gantry_lang::diagnostic::Code,
+    pub knob: &'static str,
+    pub message: String,
+    pub help: String,
+}
+
+/// A knob value given on the command line or in a plan's `fix`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pin {
+    Int(i64),
+    Choice(String),
+    Bool(bool),
+}
+
+/// Parses `dp=4,tp=8,recompute=full` into pins.
+pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |m: String| PinError {
+            code: gantry_lang::diagnostic::Code::C006,
+            knob: "fix",
+            message: m,
+            help: "write knobs as `name=value` separated by commas, e.g. `--fix tp=8,pp=4,microbatch=1`".into(),
+        };
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(bad(format!("`{part}` is not `knob=value`")));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let Some((_, kind)) = gantry_lang::check::KNOBS.iter().find(|(n, _)| *n == k) else {
+            let names: Vec<&str> = gantry_lang::check::KNOBS.iter().map(|(n, _)| *n).collect();
+            return Err(PinError {
+                help: format!("knobs: {}", names.join(", ")),
+                ..bad(format!("unknown knob `{k}`"))
+            });
+        };
+        let pin = match *kind {
+            "int" => Pin::Int(v.parse().map_err(|_| bad(format!("`{k}` takes a whole number, got `{v}`")))?),
+            "bool" => Pin::Bool(v.parse().map_err(|_| bad(format!("`{k}` takes true or false, got `{v}`")))?),
+            choices => {
+                if !choices.split('|').any(|c| c == v) {
+                    return Err(bad(format!("`{k}` takes one of {}, got `{v}`", choices.replace('|', ", "))));
+                }
+                Pin::Choice(v.to_string())
+            }
+        };
+        if out.insert(k.to_string(), pin).is_some() {
+            return Err(bad(format!("`{k}` is pinned twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Pins from a plan's `fix` block (single values only).
+pub fn pins_from_plan(fixed: &BTreeMap<String, Domain>) -> BTreeMap<String, Pin> {
+    let mut out = BTreeMap::new();
+    for (k, d) in fixed {
+        let pin = match d {
+            Domain::Ints(v) if v.len() == 1 => Pin::Int(v[0]),
+            Domain::Choices(v) if v.len() == 1 => Pin::Choice(v[0].clone()),
+            Domain::Bools(v) if v.len() == 1 => Pin::Bool(v[0]),
+            _ => continue,
+        };
+        out.insert(k.clone(), pin);
+    }
+    out
+}
+
+fn err(code: gantry_lang::diagnostic::Code, knob: &'static str, message: String, help: impl Into<String>) -> PinError {
+    PinError {
+        code,
+        knob,
+        message,
+        help: help.into(),
+    }
+}
+
+/// Builds a design point from pins and defaults, and checks it against the
+/// workload and the system. Never adjusts a pin silently.
+pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Result<DesignPoint, PinError> {
+    use gantry_lang::diagnostic::Code;
+    let int = |k: &str, d: i64| -> i64 {
+        match pins.get(k) {
+            Some(Pin::Int(v)) => *v,
+            _ => d,
+        }
+    };
+    let devices = system.devices() as i64;
+    for k in ["tp", "pp", "cp", "ep", "dp", "microbatch", "virtual_stages", "batch"] {
+        if let Some(Pin::Int(v)) = pins.get(k)
+            && *v < 1
+        {
+            let knob: &'static str = gantry_lang::check::KNOBS.iter().find(|(n, _)| *n == k).map_or("fix", |(n, _)| n);
+            return Err(err(Code::C006, knob, format!("`{k}` must be at least 1, got {v}"), "every parallel degree is a positive count"));
+        }
+    }
+    let (tp, pp, cp) = (int("tp", 1), int("pp", 1), int("cp", 1));
+    let model_par = tp * pp * cp;
+    let dp = match pins.get("dp") {
+        Some(Pin::Int(v)) => *v,
+        _ => (devices / model_par).max(1),
+    };
+    if dp * model_par > devices {
+        return Err(err(
+            Code::C001,
+            "dp",
+            format!("dp x tp x pp x cp = {dp} x {tp} x {pp} x {cp} = {} devices, but `{}` has {devices}", dp * model_par, system.name),
+            "lower a degree or use a larger system",
+        ));
+    }
+    let zero = int("zero", 0);
+    if !(0..=3).contains(&zero) {
+        return Err(err(Code::C006, "zero", format!("`zero` is a ZeRO stage 0-3, got {zero}"), "use 0, 1, 2 or 3"));
+    }
+    let recompute = match pins.get("recompute") {
+        Some(Pin::Choice(c)) => Recompute::parse(c).unwrap_or(Recompute::None),
+        _ => Recompute::None,
+    };
+    let sequence_parallel = matches!(pins.get("sequence_parallel"), Some(Pin::Bool(true)));
+    let microbatch = int("microbatch", 1);
+    let virtual_stages = int("virtual_stages", 1);
+    let ep = int("ep", 1);
+    // Heads must split evenly across tensor-parallel ranks.
+    for seg in &ir.segments {
+        for op in &seg.ops {
+            if let Some((h, kv)) = op.heads {
+                if h as i64 % tp != 0 {
+                    return Err(err(
+                        Code::C002,
+                        "tp",
+                        format!("tp = {tp} does not divide the {h} attention heads"),
+                        format!("choose tp among the divisors of {h}"),
+                    ));
+                }
+                if (kv as i64) % tp != 0 && tp % kv as i64 != 0 {
+                    return Err(err(
+                        Code::C002,
+                        "tp",
+                        format!("tp = {tp} neither divides nor is a multiple of the {kv} key/value heads"),
+                        "key/value heads are split or replicated evenly across tensor-parallel ranks",
+                    ));
+                }
+            }
+            if let Some((e, _)) = op.experts
+                && (e as i64) % ep != 0
+            {
+                return Err(err(Code::C005, "ep", format!("ep = {ep} does not divide the {e} experts"), format!("choose ep among the divisors of {e}")));
+            }
+        }
+    }
+    let layers = ir.layers() as i64;
+    if pp > 1 && pp > layers {
+        return Err(err(Code::C004, "pp", format!("pp = {pp} stages but the model has {layers} layers"), "each stage needs at least one layer"));
+    }
+    if virtual_stages > 1 && (pp == 1 || layers % (pp * virtual_stages) != 0) {
+        return Err(err(
+            Code::C004,
+            "virtual_stages",
+            format!("{virtual_stages} virtual stages on pp = {pp} need the {layers} layers to divide by pp x virtual_stages = {}", pp * virtual_stages),
+            "the interleaved schedule gives each virtual stage the same number of layers",
+        ));
+    }
+    let batch = match &ir.phase {
+        Phase::Train { global_batch, .. } => {
+            let gb = *global_batch as i64;
+            if gb % (dp * microbatch) != 0 {
+                return Err(err(
+                    Code::C003,
+                    "microbatch",
+                    format!("global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}", dp * microbatch),
+                    "choose a microbatch and dp whose product divides the global batch",
+                ));
+            }
+            gb
+        }
+        Phase::Prefill { batch, .. } | Phase::Decode { batch, .. } => {
+            let b = int("batch", *batch as i64);
+            if b % dp != 0 {
+                return Err(err(Code::C003, "dp", format!("batch {b} does not split over dp = {dp} replicas"), "choose dp dividing the batch"));
+            }
+            b
+        }
+    };
+    Ok(DesignPoint {
+        dp: dp as u64,
+        tp: tp as u64,
+        pp: pp as u64,
+        cp: cp as u64,
+        ep: ep as u64,
+        zero: zero as u8,
+        recompute,
+        microbatch: microbatch as u64,
+        virtual_stages: virtual_stages as u64,
+        sequence_parallel,
+        batch: batch as u64,
+    })
+}
