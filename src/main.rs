@@ -24,6 +24,13 @@ enum Format {
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum Color {
     Auto,
     Always,
@@ -60,6 +67,26 @@ enum Command {
         /// Print the formatted text instead of writing it.
         #[arg(long)]
         stdout: bool,
+    },
+    /// Evaluate a plan at one design point and report its cost.
+    Plan {
+        file: String,
+        /// Which plan of the file (default: the only one, or the first).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Pins, e.g. `dp=4,tp=8,pp=2,recompute=full,microbatch=1`.
+        #[arg(long)]
+        fix: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[arg(long = "lib")]
+        lib: Vec<PathBuf>,
+    },
+    /// Compare predictions with the published figures in examples/reference.
+    Validate {
+        /// Folder of reference files.
+        #[arg(default_value = "examples/reference")]
+        dir: PathBuf,
     },
     /// Explain a diagnostic code (e.g. `gantry explain L040`), or list them all.
     Explain { code: Option<String> },
@@ -112,6 +139,8 @@ fn main() -> ExitCode {
         }
         Command::Fmt { files, check, stdout } => fmt_files(&files, check, stdout),
         Command::Explain { code } => explain(code.as_deref()),
+        Command::Plan { file, plan, fix, format, lib } => plan_cmd(&file, plan.as_deref(), fix.as_deref(), format, &lib),
+        Command::Validate { dir } => validate_cmd(&dir),
     }
 }
 
@@ -184,4 +213,104 @@ fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
         }
     }
     ExitCode::from(status)
+}
+
+fn plan_cmd(file: &str, plan: Option<&str>, fix: Option<&str>, format: ReportFormat, lib: &[PathBuf]) -> ExitCode {
+    use gantry_compiler::{plan, point, report};
+    let checked = check_files(&[file.to_string()], lib);
+    if checked.has_errors() {
+        eprint!("{}", checked.render(use_color(Color::Auto)));
+        return ExitCode::from(1);
+    }
+    let pins = match fix.map(point::parse_fix).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            return ExitCode::from(2);
+        }
+    };
+    let chosen = match plan {
+        Some(name) => checked.program.plans.get(name),
+        None => checked.program.plans.values().next(),
+    };
+    let Some(p) = chosen else {
+        let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
+        eprintln!(
+            "error[C007]: {}\n  help: plans in this file: {}",
+            plan.map_or("the file declares no plan".to_string(), |n| format!("no plan named `{n}`")),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        );
+        return ExitCode::from(1);
+    };
+    match plan::evaluate(p, &pins) {
+        Ok(ev) => {
+            match format {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&ev)).unwrap_or_default()),
+                ReportFormat::Text => print!("{}", report::text(&ev, false)),
+                ReportFormat::Markdown => print!("{}", report::text(&ev, true)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {} (knob `{}`)\n  help: {}", e.code, e.message, e.knob, e.help);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate_cmd(dir: &std::path::Path) -> ExitCode {
+    use gantry_compiler::validate;
+    let files = gantry::gantry_files(dir);
+    if files.is_empty() {
+        eprintln!("error: no .gantry files under {}", dir.display());
+        return ExitCode::from(2);
+    }
+    let mut by_section: std::collections::BTreeMap<char, Vec<f64>> = Default::default();
+    let mut failed = false;
+    println!("{:<44} {:<28} {:>14} {:>14} {:>8}", "plan", "metric", "predicted", "published", "error");
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let section = name.chars().next().unwrap_or('?').to_ascii_uppercase();
+        let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
+        if checked.has_errors() {
+            eprint!("{}", checked.render(false));
+            failed = true;
+            continue;
+        }
+        for r in validate::rows(&checked.program) {
+            match r {
+                Ok(row) => {
+                    let e = row.error_pct();
+                    println!(
+                        "{:<44} {:<28} {:>14} {:>14} {:>+7.1}%{}",
+                        format!("{}:{}", name.trim_end_matches(".gantry"), row.plan),
+                        row.metric,
+                        fmt_metric(row.predicted),
+                        fmt_metric(row.published),
+                        e,
+                        if row.feasible { "" } else { "  (infeasible)" }
+                    );
+                    by_section.entry(section).or_default().push(e);
+                }
+                Err((plan, e)) => {
+                    println!("{name}:{plan}: error[{}]: {}", e.code, e.message);
+                    failed = true;
+                }
+            }
+        }
+    }
+    println!();
+    for (s, errs) in &by_section {
+        let max = errs.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        println!("section {s}: {} figures, median |error| {:.1}%, max |error| {:.1}%", errs.len(), validate::median(errs), max);
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+fn fmt_metric(v: f64) -> String {
+    if v.abs() >= 1e9 {
+        format!("{:.1}e12", v / 1e12)
+    } else {
+        gantry_lang::units::format_number((v * 1000.0).round() / 1000.0)
+    }
 }

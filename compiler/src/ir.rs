@@ -187,6 +187,26 @@ impl Ir {
     pub fn flops_per_sample(&self) -> f64 {
         self.segments.iter().map(|s| s.totals().flops * s.count as f64).sum()
     }
+    /// Forward FLOPs per sample that recomputation repeats.
+    pub fn recompute_flops_per_sample(&self, r: crate::point::Recompute) -> f64 {
+        use crate::point::Recompute;
+        self.segments
+            .iter()
+            .map(|s| {
+                let f: f64 = s
+                    .ops
+                    .iter()
+                    .filter(|o| match r {
+                        Recompute::Full => s.kind == SegmentKind::Body,
+                        Recompute::Selective => o.attention_core,
+                        Recompute::None => false,
+                    })
+                    .map(|o| o.flops * o.mult)
+                    .sum();
+                f * s.count as f64
+            })
+            .sum()
+    }
     pub fn params(&self) -> f64 {
         self.segments.iter().map(|s| s.totals().params * s.count as f64).sum()
     }

@@ -3,4 +3,11 @@
 //! Input is a checked [`gantry_lang::program::Program`]; nothing here sees
 //! source text or the AST.
 
+pub mod collective;
+pub mod cost;
+pub mod hardware;
 pub mod ir;
+pub mod plan;
+pub mod point;
+pub mod report;
+pub mod validate;

@@ -1,0 +1,833 @@
+//! The cost model: one step of a workload on a system at a design point.
+//!
+//! Every figure is a sum of terms with a name, each a formula over IR
+//! quantities and hardware figures:
+//!
+//! * an op's time is its roofline, `max(FLOPs / (peak x e), bytes / (HBM x
+//!   e_mem))`, where `e` for a matrix product follows the device's
+//!   saturating curve `e_matmul x F / (F + knee)` in the product's size `F`,
+//!   plus a kernel launch overhead;
+//! * backward costs twice the forward for products and twice the traffic
+//!   for elementwise ops; recomputation adds forward passes (all of a layer
+//!   for `full`, the attention core for `selective`);
+//! * tensor-parallel all-reduces come from the IR (`tp_allreduce`), once
+//!   forward and once backward (again when recomputing);
+//! * the pipeline runs `m` microbatches in `(m + (p - 1) / v)` slots of the
+//!   slowest stage (1F1B, interleaved with `v` virtual stages), each slot
+//!   also paying the stage-to-stage sends;
+//! * data-parallel gradient reduction overlaps the last microbatch's
+//!   backward; only what sticks out is exposed. ZeRO-3 gathers overlap the
+//!   whole compute.
+//!
+//! The evaluator does no allocation proportional to the model and no
+//! string work on the hot path except the small communication list, so the
+//! search can call it millions of times.
+
+use gantry_lang::program::{Optimizer, Phase};
+
+use crate::collective::{Collective, Level, Topology};
+use crate::hardware::Hardware;
+use crate::ir::{Class, Ir, IrOp, Segment, SegmentKind};
+use crate::point::{DesignPoint, Recompute};
+
+/// Time of one forward (or backward) pass over some ops, split by class.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClassTimes {
+    pub matmul: f64,
+    pub attention: f64,
+    pub elementwise: f64,
+    pub embedding: f64,
+    pub layout: f64,
+}
+
+impl ClassTimes {
+    pub fn total(&self) -> f64 {
+        self.matmul + self.attention + self.elementwise + self.embedding + self.layout
+    }
+    fn add(&mut self, c: Class, t: f64) {
+        match c {
+            Class::Matmul => self.matmul += t,
+            Class::Attention => self.attention += t,
+            Class::Elementwise => self.elementwise += t,
+            Class::Embedding => self.embedding += t,
+            Class::Layout => self.layout += t,
+        }
+    }
+    fn scaled(&self, k: f64) -> ClassTimes {
+        ClassTimes {
+            matmul: self.matmul * k,
+            attention: self.attention * k,
+            elementwise: self.elementwise * k,
+            embedding: self.embedding * k,
+            layout: self.layout * k,
+        }
+    }
+    fn plus(&self, o: &ClassTimes) -> ClassTimes {
+        ClassTimes {
+            matmul: self.matmul + o.matmul,
+            attention: self.attention + o.attention,
+            elementwise: self.elementwise + o.elementwise,
+            embedding: self.embedding + o.embedding,
+            layout: self.layout + o.layout,
+        }
+    }
+}
+
+/// One kind of communication in a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comm {
+    pub what: &'static str,
+    pub collective: Collective,
+    pub group: u64,
+    pub level: Level,
+    pub algorithm: &'static str,
+    /// Bytes per device per step.
+    pub bytes: f64,
+    /// Seconds per step if nothing overlapped.
+    pub time: f64,
+    /// Seconds per step on the critical path.
+    pub exposed: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Memory {
+    pub weights: f64,
+    pub gradients: f64,
+    pub optimizer: f64,
+    pub activations: f64,
+    pub kv_cache: f64,
+    pub embeddings: f64,
+    pub reserve: f64,
+    pub capacity: f64,
+}
+
+impl Memory {
+    pub fn total(&self) -> f64 {
+        self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache + self.embeddings + self.reserve
+    }
+}
+
+/// The step time, split so that the parts add up to `step`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTime {
+    /// Compute of all microbatches on the slowest stage, by op class
+    /// (forward, backward and recomputation together).
+    pub compute: ClassTimes,
+    /// Of `compute`, the part spent recomputing forward passes.
+    pub recompute: f64,
+    /// Tensor/sequence-parallel collectives on the critical path.
+    pub tp_comm: f64,
+    /// Context-parallel K/V exchange not hidden behind attention.
+    pub cp_comm: f64,
+    /// Expert-parallel and embedding all-to-alls.
+    pub all_to_all: f64,
+    /// Pipeline sends between stages.
+    pub pp_comm: f64,
+    /// Idle time of the pipeline schedule (fill and drain).
+    pub bubble: f64,
+    /// Data-parallel reduction (and ZeRO gathers) not hidden behind compute.
+    pub dp_exposed: f64,
+    /// Optimizer step.
+    pub optimizer: f64,
+    /// Prefill share per generated token when serving (decode only).
+    pub prefill: f64,
+    pub step: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    pub point: DesignPoint,
+    pub devices: u64,
+    pub feasible: bool,
+    pub time: StepTime,
+    pub memory: Memory,
+    pub comms: Vec<Comm>,
+    /// Layers per pipeline stage.
+    pub stage_layers: Vec<u64>,
+    pub samples_per_step: f64,
+    pub tokens_per_step: f64,
+    pub model_flops: f64,
+    pub hardware_flops: f64,
+    pub peak: f64,
+    pub power: f64,
+    pub price_per_s: Option<f64>,
+    pub ttft: Option<f64>,
+    pub tpot: Option<f64>,
+}
+
+impl Estimate {
+    pub fn step_time(&self) -> f64 {
+        self.time.step
+    }
+    pub fn samples_per_s(&self) -> f64 {
+        self.samples_per_step / self.time.step
+    }
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens_per_step / self.time.step
+    }
+    pub fn model_tflops_per_device(&self) -> f64 {
+        self.model_flops / self.time.step / self.devices as f64 / 1e12
+    }
+    pub fn hardware_tflops_per_device(&self) -> f64 {
+        self.hardware_flops / self.time.step / self.devices as f64 / 1e12
+    }
+    pub fn mfu(&self) -> f64 {
+        self.model_tflops_per_device() * 1e12 / self.peak
+    }
+    pub fn hfu(&self) -> f64 {
+        self.hardware_tflops_per_device() * 1e12 / self.peak
+    }
+    pub fn energy_per_step(&self) -> f64 {
+        self.power * self.time.step
+    }
+    pub fn cost_per_million_tokens(&self) -> Option<f64> {
+        let p = self.price_per_s?;
+        (self.tokens_per_step > 0.0).then(|| p * self.time.step / self.tokens_per_step * 1e6)
+    }
+    pub fn cost_per_million_samples(&self) -> Option<f64> {
+        let p = self.price_per_s?;
+        Some(p * self.time.step / self.samples_per_step * 1e6)
+    }
+    /// The named metric, for objectives, constraints and `expect`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "tokens_per_s" => self.tokens_per_s(),
+            "samples_per_s" => self.samples_per_s(),
+            "throughput" => {
+                if self.tokens_per_step > 0.0 {
+                    self.tokens_per_s()
+                } else {
+                    self.samples_per_s()
+                }
+            }
+            "step_time" | "iteration_time" => self.time.step,
+            "ttft" => self.ttft?,
+            "tpot" => self.tpot?,
+            "mfu" => self.mfu(),
+            "hfu" => self.hfu(),
+            "memory" => self.memory.total(),
+            "hbm" => self.memory.capacity,
+            "power" => self.power,
+            "energy_per_step" => self.energy_per_step(),
+            "cost_per_million_tokens" => self.cost_per_million_tokens()?,
+            "throughput_per_dollar" => {
+                let t = self.metric("throughput")?;
+                t / self.price_per_s?
+            }
+            "throughput_per_watt" => self.metric("throughput")? / self.power,
+            "model_tflops_per_device" => self.model_tflops_per_device() * 1e12,
+            "hardware_tflops_per_device" => self.hardware_tflops_per_device() * 1e12,
+            "devices" => self.devices as f64,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-pass costs of one segment repetition for one microbatch.
+#[derive(Clone, Copy, Debug, Default)]
+struct SegCost {
+    fwd: ClassTimes,
+    bwd: ClassTimes,
+    /// Extra forward time when recomputing (full: all, selective: attention core).
+    recompute: f64,
+    /// Tensor-parallel collective seconds per pass.
+    tp_fwd: f64,
+    tp_bytes_fwd: f64,
+    /// Context-parallel exchange seconds, and attention compute to hide it.
+    cp: f64,
+    cp_bytes: f64,
+    attention_time: f64,
+    /// Expert all-to-all seconds per pass, and bytes.
+    a2a: f64,
+    a2a_bytes: f64,
+    params: f64,
+    /// Activation bytes saved per microbatch under this point's settings.
+    saved: f64,
+    flops: f64,
+    recompute_flops: f64,
+}
+
+/// Evaluates design points of one workload on one system.
+pub struct Evaluator<'a> {
+    pub ir: &'a Ir,
+    pub hw: &'a Hardware,
+    /// The prompt's prefill, when a decode workload states its prompt.
+    pub prefill: Option<&'a Ir>,
+}
+
+impl Evaluator<'_> {
+    fn op_time(&self, o: &IrOp, p: &DesignPoint, b: f64, backward: bool) -> (f64, f64) {
+        let hw = self.hw;
+        let (t, c) = (p.tp as f64, p.cp as f64);
+        let split = match o.class {
+            Class::Matmul | Class::Attention => {
+                if o.tp_sharded { t * c } else { c }
+            }
+            Class::Embedding => c,
+            _ => {
+                if o.tp_sharded || p.sequence_parallel { t * c } else { c }
+            }
+        };
+        let ep = if o.experts.is_some() { 1.0 } else { 1.0 };
+        let mult = o.mult * b / split / ep;
+        let flops = o.flops * mult * if backward { 2.0 } else { 1.0 };
+        let mut bytes = o.bytes * mult * if backward { 2.0 } else { 1.0 };
+        // Weights stream from HBM once per pass and microbatch.
+        if o.class == Class::Matmul {
+            let wsplit = if o.tp_sharded { t } else { 1.0 } * if o.experts.is_some() { p.ep as f64 } else { 1.0 };
+            bytes += o.params * o.mult * self.ir.act_bytes / wsplit * if backward { 2.0 } else { 1.0 };
+        }
+        if o.class == Class::Embedding {
+            // Lookups (and, backward, the sparse update) are random row reads.
+            bytes += o.lookup_bytes * mult * if backward { 1.0 } else { 0.0 };
+        }
+        let compute = match (o.gemm, o.class) {
+            (Some(g), Class::Matmul | Class::Attention) if flops > 0.0 => {
+                let per = flops / (g.count * if o.class == Class::Matmul && o.experts.is_none() { 1.0 } else { 1.0 });
+                let base = if o.class == Class::Attention { hw.e_attention } else { hw.e_matmul };
+                let e = base * per / (per + hw.matmul_knee);
+                flops / (hw.peak * e.max(1e-6))
+            }
+            _ => 0.0,
+        };
+        let memory = bytes / (hw.hbm_bandwidth * hw.e_memory);
+        let launches = if o.class == Class::Layout && o.bytes == 0.0 { 0.0 } else { o.mult };
+        (compute.max(memory) + launches * hw.kernel_overhead, flops)
+    }
+
+    fn segment(&self, s: &Segment, p: &DesignPoint, b: f64, training: bool) -> SegCost {
+        let mut sc = SegCost::default();
+        let beta = self.ir.act_bytes;
+        let t = p.tp as f64;
+        let c = p.cp as f64;
+        let topo = &self.hw.topo;
+        let mut saved_rep = 0.0;
+        let mut saved_shard = 0.0;
+        let mut saved_probs = 0.0;
+        for o in &s.ops {
+            let (tf, ff) = self.op_time(o, p, b, false);
+            sc.fwd.add(o.class, tf);
+            sc.flops += ff;
+            if training {
+                let (tb, _) = self.op_time(o, p, b, true);
+                sc.bwd.add(o.class, tb);
+                let recomputed = match p.recompute {
+                    Recompute::Full => s.kind == SegmentKind::Body,
+                    Recompute::Selective => o.attention_core,
+                    Recompute::None => false,
+                };
+                if recomputed {
+                    sc.recompute += tf;
+                    sc.recompute_flops += ff;
+                }
+            }
+            if o.class == Class::Attention {
+                sc.attention_time += tf;
+            }
+            if o.tp_allreduce > 0.0 && p.tp > 1 {
+                let bytes = o.tp_allreduce * o.mult * b * beta / c;
+                sc.tp_bytes_fwd += bytes;
+                sc.tp_fwd += topo.time(Collective::AllReduce, p.tp, 1, bytes);
+            }
+            if o.class == Class::Attention && p.cp > 1 {
+                // Ring exchange of K/V blocks: (c - 1) steps of this rank's
+                // K/V shard; backward sends K, V and their gradients.
+                let kv = o.saved_shard.max(0.0);
+                let bytes = kv * o.mult * b / (t * c) * (c - 1.0);
+                sc.cp_bytes += bytes;
+                sc.cp += topo.time(Collective::SendRecv, 2, p.tp, bytes);
+            }
+            if let Some((_, dispatch)) = o.experts
+                && p.ep > 1
+            {
+                let bytes = dispatch * o.mult * b / (t * c);
+                sc.a2a_bytes += 2.0 * bytes;
+                sc.a2a += 2.0 * topo.time(Collective::AllToAll, p.ep, p.tp * p.cp, bytes);
+            }
+            let psplit = if o.tp_sharded && o.class != Class::Elementwise { t } else { 1.0 };
+            let esplit = if o.experts.is_some() { p.ep as f64 } else { 1.0 };
+            sc.params += o.params * o.mult / psplit / esplit;
+            saved_rep += o.saved_rep * o.mult;
+            saved_shard += o.saved_shard * o.mult;
+            saved_probs += o.saved_probs * o.mult;
+        }
+        // Activation memory per microbatch for this segment.
+        let shard_div = t * c;
+        let rep_div = if p.sequence_parallel { t * c } else { c };
+        sc.saved = b
+            * match p.recompute {
+                Recompute::Full if s.kind == SegmentKind::Body => self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div,
+                Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
+                _ => saved_rep / rep_div + saved_shard / shard_div,
+            };
+        sc
+    }
+
+    /// Evaluates one design point. `p` must come from [`crate::point::resolve`].
+    pub fn evaluate(&self, p: &DesignPoint) -> Estimate {
+        match self.ir.phase {
+            Phase::Train { .. } => self.train(p),
+            _ => self.infer(p),
+        }
+    }
+
+    fn split_layers(&self, p: &DesignPoint, per_layer: f64, first_extra: f64, last_extra: f64) -> Vec<u64> {
+        let layers = self.ir.layers();
+        let pp = p.pp.max(1);
+        if pp == 1 {
+            return vec![layers];
+        }
+        if p.virtual_stages > 1 || per_layer <= 0.0 {
+            let base = layers / pp;
+            let rem = layers % pp;
+            return (0..pp).map(|i| base + u64::from(i >= pp - rem)).collect();
+        }
+        // Balance: the fewest layers on the busiest stage such that the
+        // first and last stages, which also hold the prologue and the
+        // epilogue, take fewer layers in proportion to that extra work.
+        let extra_first = (first_extra / per_layer).round() as u64;
+        let extra_last = (last_extra / per_layer).round() as u64;
+        let mut cap = layers.div_ceil(pp);
+        loop {
+            let first = cap.saturating_sub(extra_first).max(1);
+            let last = cap.saturating_sub(extra_last).max(1);
+            let middle = cap * (pp - 2);
+            if first + last + middle >= layers {
+                let mut v = vec![cap; pp as usize];
+                v[0] = first;
+                v[pp as usize - 1] = last;
+                // Remove the surplus from the middle stages, last first.
+                let mut surplus = v.iter().sum::<u64>() - layers;
+                let mut i = pp as usize - 2;
+                while surplus > 0 && i >= 1 {
+                    let take = surplus.min(v[i] - 1);
+                    v[i] -= take;
+                    surplus -= take;
+                    i -= 1;
+                }
+                if surplus > 0 {
+                    v[0] -= surplus.min(v[0] - 1);
+                }
+                return v;
+            }
+            cap += 1;
+        }
+    }
+
+    fn train(&self, p: &DesignPoint) -> Estimate {
+        let ir = self.ir;
+        let hw = self.hw;
+        let topo: &Topology = &hw.topo;
+        let (global_batch, optimizer) = match ir.phase {
+            Phase::Train { global_batch, optimizer, .. } => (global_batch as f64, optimizer),
+            _ => (1.0, Optimizer::Adam),
+        };
+        let b = p.microbatch as f64;
+        let m = (global_batch / (p.dp as f64 * b)).max(1.0);
+        let pp = p.pp.max(1);
+        let v = p.virtual_stages.max(1) as f64;
+        let beta = ir.act_bytes;
+
+        // Costs of each segment once, for one microbatch.
+        let mut body = SegCost::default();
+        let mut layers = 0u64;
+        let mut pro = SegCost::default();
+        let mut epi = SegCost::default();
+        let mut total_flops = 0.0;
+        let mut total_recompute_flops = 0.0;
+        for s in &ir.segments {
+            let sc = self.segment(s, p, b, true);
+            total_flops += sc.flops * s.count as f64;
+            total_recompute_flops += sc.recompute_flops * s.count as f64;
+            match s.kind {
+                SegmentKind::Body if s.count >= layers => {
+                    body = sc;
+                    layers = s.count;
+                }
+                SegmentKind::Prologue | SegmentKind::Body => pro = add_seg(&pro, &sc, s.count as f64),
+                SegmentKind::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
+            }
+        }
+        let tp_passes = 2.0 + if p.recompute == Recompute::Full { 1.0 } else { 0.0 };
+        let seg_time = |s: &SegCost, recompute: bool| {
+            s.fwd.total() + s.bwd.total() + if recompute { s.recompute } else { 0.0 } + s.tp_fwd * tp_passes + (s.cp - s.attention_time * 3.0).max(0.0) + s.a2a * 2.0
+        };
+        let t_layer = seg_time(&body, true);
+        let t_pro = seg_time(&pro, false);
+        let t_epi = seg_time(&epi, false);
+        let stage_layers = self.split_layers(p, t_layer, t_pro, t_epi);
+        let n_stages = stage_layers.len();
+        let stage_time = |i: usize| {
+            stage_layers[i] as f64 * t_layer + if i == 0 { t_pro } else { 0.0 } + if i == n_stages - 1 { t_epi } else { 0.0 }
+        };
+        let (slow, t_stage) = (0..n_stages).map(|i| (i, stage_time(i))).fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
+
+        // Pipeline sends: the hidden state of one microbatch, split across
+        // tensor-parallel ranks (Megatron's scatter/gather), each way.
+        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * beta / (p.tp * p.cp) as f64;
+        let stride_pp = p.tp * p.cp * p.dp;
+        let t_send = if pp > 1 { topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes) } else { 0.0 };
+        let slots = m + (pp as f64 - 1.0) / v;
+        let slot = t_stage + if pp > 1 { 2.0 * v * t_send } else { 0.0 };
+        let pipeline = slots * slot;
+        let bubble = (pp as f64 - 1.0) / v * slot;
+
+        // What the slowest stage holds.
+        let sl = stage_layers[slow] as f64;
+        let mut stage_params = sl * body.params;
+        let mut stage_saved_layers = stage_layers[0] as f64 * body.saved;
+        if slow == 0 {
+            stage_params += pro.params;
+        }
+        if slow == n_stages - 1 {
+            stage_params += epi.params;
+        }
+        let first_params = stage_layers[0] as f64 * body.params + pro.params + if n_stages == 1 { epi.params } else { 0.0 };
+        let params_gpu = stage_params.max(first_params);
+        stage_saved_layers += pro.saved + if n_stages == 1 { epi.saved } else { 0.0 };
+
+        // Data parallelism: gradient reduction and ZeRO traffic.
+        let mut comms = Vec::new();
+        let grad_bytes = params_gpu * beta;
+        let dp_stride = p.tp * p.cp;
+        let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
+        let compute_all = m * t_stage;
+        let mut dp_exposed = 0.0;
+        if p.dp > 1 {
+            let level = topo.level(p.dp, dp_stride);
+            if p.zero >= 3 {
+                let gathers = m * if p.recompute == Recompute::Full { 3.0 } else { 2.0 };
+                let t_ag = topo.time(Collective::AllGather, p.dp, dp_stride, grad_bytes);
+                let t_rs = topo.time(Collective::ReduceScatter, p.dp, dp_stride, grad_bytes);
+                let total = gathers * t_ag + m * t_rs;
+                dp_exposed = (total - compute_all).max(0.0);
+                comms.push(Comm {
+                    what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
+                    collective: Collective::AllGather,
+                    group: p.dp,
+                    level,
+                    algorithm: topo.algorithm(Collective::AllGather, p.dp, dp_stride),
+                    bytes: (gathers + m) * grad_bytes,
+                    time: total,
+                    exposed: dp_exposed,
+                });
+            } else {
+                let t_ar = topo.time(Collective::AllReduce, p.dp, dp_stride, grad_bytes);
+                dp_exposed = (t_ar - t_bwd_last).max(0.0);
+                comms.push(Comm {
+                    what: if p.zero >= 1 { "gradient reduce-scatter + parameter all-gather (ZeRO)" } else { "data-parallel gradient all-reduce" },
+                    collective: Collective::AllReduce,
+                    group: p.dp,
+                    level,
+                    algorithm: topo.algorithm(Collective::AllReduce, p.dp, dp_stride),
+                    bytes: 2.0 * grad_bytes,
+                    time: t_ar,
+                    exposed: dp_exposed,
+                });
+            }
+        }
+        // Embedding-bag all-to-all (recommendation models): pooled lookups
+        // are exchanged between the table owners and the data-parallel
+        // ranks, forward and backward, every microbatch.
+        let mut a2a_emb = 0.0;
+        let mut a2a_emb_bytes = 0.0;
+        let devices = p.devices();
+        for s in &ir.segments {
+            for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
+                if devices > 1 {
+                    let out_bytes = o.bytes - o.lookup_bytes;
+                    let bytes = out_bytes * b;
+                    a2a_emb_bytes += 2.0 * m * bytes;
+                    a2a_emb += 2.0 * m * topo.time(Collective::AllToAll, devices, 1, bytes);
+                }
+            }
+        }
+        if a2a_emb > 0.0 {
+            comms.push(Comm {
+                what: "pooled embedding all-to-all",
+                collective: Collective::AllToAll,
+                group: devices,
+                level: topo.level(devices, 1),
+                algorithm: topo.algorithm(Collective::AllToAll, devices, 1),
+                bytes: a2a_emb_bytes,
+                time: a2a_emb,
+                exposed: a2a_emb,
+            });
+        }
+        if body.tp_fwd > 0.0 || pro.tp_fwd + epi.tp_fwd > 0.0 {
+            let per_mb = (sl * body.tp_fwd + pro.tp_fwd + epi.tp_fwd) * tp_passes;
+            let bytes = (sl * body.tp_bytes_fwd + pro.tp_bytes_fwd + epi.tp_bytes_fwd) * tp_passes * m;
+            comms.push(Comm {
+                what: if p.sequence_parallel { "tensor/sequence-parallel reduce-scatter + all-gather" } else { "tensor-parallel all-reduce" },
+                collective: Collective::AllReduce,
+                group: p.tp,
+                level: topo.level(p.tp, 1),
+                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
+                bytes,
+                time: per_mb * m,
+                exposed: per_mb * m,
+            });
+        }
+        if pp > 1 {
+            comms.push(Comm {
+                what: "pipeline activations and gradients",
+                collective: Collective::SendRecv,
+                group: 2,
+                level: topo.level(2, stride_pp),
+                algorithm: topo.algorithm(Collective::SendRecv, 2, stride_pp),
+                bytes: 2.0 * v * m * p2p_bytes,
+                time: slots * 2.0 * v * t_send,
+                exposed: slots * 2.0 * v * t_send,
+            });
+        }
+        if body.cp > 0.0 {
+            comms.push(Comm {
+                what: "context-parallel K/V ring",
+                collective: Collective::SendRecv,
+                group: p.cp,
+                level: topo.level(p.cp, p.tp),
+                algorithm: "ring",
+                bytes: 3.0 * body.cp_bytes * sl * m,
+                time: 3.0 * body.cp * sl * m,
+                exposed: (body.cp - body.attention_time).max(0.0) * 3.0 * sl * m,
+            });
+        }
+        if body.a2a > 0.0 {
+            comms.push(Comm {
+                what: "expert all-to-all (dispatch and combine)",
+                collective: Collective::AllToAll,
+                group: p.ep,
+                level: topo.level(p.ep, p.tp * p.cp),
+                algorithm: "pairwise",
+                bytes: 2.0 * body.a2a_bytes * sl * m,
+                time: 2.0 * body.a2a * sl * m,
+                exposed: 2.0 * body.a2a * sl * m,
+            });
+        }
+
+        // Optimizer: a streaming update over this rank's share of the states.
+        let bytes_per_param = match optimizer {
+            Optimizer::Adam | Optimizer::AdamW => 16.0 + 12.0 + beta,
+            Optimizer::Adagrad => 12.0 + 8.0 + beta,
+            Optimizer::Sgd => 8.0 + 4.0 + beta,
+        };
+        let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
+        let opt_time = params_gpu / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
+
+        // Memory of the most loaded stage (the first: it holds the most
+        // microbatches in flight).
+        let state_bytes = match optimizer {
+            Optimizer::Adam | Optimizer::AdamW => 8.0,
+            Optimizer::Adagrad => 4.0,
+            Optimizer::Sgd => 0.0,
+        } + if beta < 4.0 { 4.0 } else { 0.0 };
+        let dp = p.dp as f64;
+        let mut emb_tables = 0.0;
+        let mut emb_params = 0.0;
+        for s in &ir.segments {
+            for o in s.ops.iter().filter(|o| o.table_bytes > 0.0) {
+                emb_tables += o.table_bytes * o.mult;
+                emb_params += o.params * o.mult;
+            }
+        }
+        let dense_params = params_gpu - emb_params;
+        let in_flight = (pp as f64).min(m);
+        let interleave = if v > 1.0 { 1.0 + (pp as f64 - 1.0) / (pp as f64 * m) } else { 1.0 };
+        let memory = Memory {
+            weights: dense_params * beta / if p.zero >= 3 { dp } else { 1.0 },
+            gradients: dense_params * beta.max(if beta < 4.0 { 4.0 } else { beta }) / if p.zero >= 2 { dp } else { 1.0 },
+            optimizer: dense_params * state_bytes / if p.zero >= 1 { dp } else { 1.0 },
+            activations: stage_saved_layers * in_flight * interleave,
+            kv_cache: 0.0,
+            // Tables are sharded over all devices, with their optimizer state.
+            embeddings: emb_tables * (1.0 + state_bytes / 4.0 * f64::from(u8::from(state_bytes > 4.0))) / devices as f64,
+            reserve: hw.reserve,
+            capacity: hw.hbm_capacity,
+        };
+        let compute = body
+            .fwd
+            .plus(&body.bwd)
+            .scaled(sl)
+            .plus(&pro.fwd.plus(&pro.bwd).scaled(if slow == 0 { 1.0 } else { 0.0 }))
+            .plus(&epi.fwd.plus(&epi.bwd).scaled(if slow == n_stages - 1 { 1.0 } else { 0.0 }))
+            .scaled(m);
+        let recompute = body.recompute * sl * m;
+        let tp_comm = (sl * body.tp_fwd + if slow == 0 { pro.tp_fwd } else { 0.0 } + if slow == n_stages - 1 { epi.tp_fwd } else { 0.0 }) * tp_passes * m;
+        let pp_comm = if pp > 1 { m * 2.0 * v * t_send } else { 0.0 };
+        let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
+        let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
+        let step = pipeline + dp_exposed + opt_time + a2a_emb;
+        let time = StepTime {
+            compute,
+            recompute,
+            tp_comm,
+            cp_comm,
+            all_to_all: a2a,
+            pp_comm,
+            bubble,
+            dp_exposed,
+            optimizer: opt_time,
+            prefill: 0.0,
+            step,
+        };
+        let samples = global_batch;
+        let _ = (total_flops, total_recompute_flops);
+        // Model FLOPs exclude recomputation, hardware FLOPs include it.
+        let model_flops = 3.0 * ir.flops_per_sample() * samples;
+        let hardware_flops = model_flops + ir.recompute_flops_per_sample(p.recompute) * samples;
+        Estimate {
+            point: *p,
+            devices,
+            feasible: memory.total() <= memory.capacity,
+            time,
+            memory,
+            comms,
+            stage_layers,
+            samples_per_step: samples,
+            tokens_per_step: if ir.tokens_per_sample > 1.0 { samples * ir.tokens_per_sample } else { 0.0 },
+            model_flops,
+            hardware_flops,
+            peak: hw.peak,
+            power: devices as f64 * hw.device_power + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
+            price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),
+            ttft: None,
+            tpot: None,
+        }
+    }
+
+    /// Forward-only time of one pass over all segments for `b` samples per
+    /// replica, summed over pipeline stages (a request crosses them all).
+    fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64) -> (f64, f64, f64, f64) {
+        let ev = Evaluator { ir, hw: self.hw, prefill: None };
+        let mut t = 0.0;
+        let mut tp = 0.0;
+        let mut flops = 0.0;
+        let mut params = 0.0;
+        for s in &ir.segments {
+            let sc = ev.segment(s, p, b, false);
+            t += sc.fwd.total() * s.count as f64;
+            tp += sc.tp_fwd * s.count as f64;
+            flops += sc.flops * s.count as f64;
+            params += sc.params * s.count as f64;
+        }
+        (t, tp, flops, params)
+    }
+
+    fn infer(&self, p: &DesignPoint) -> Estimate {
+        let ir = self.ir;
+        let hw = self.hw;
+        let topo = &hw.topo;
+        let b = (p.batch as f64 / p.dp as f64).max(1.0);
+        let (t_fwd, t_tp, flops, params) = self.forward(ir, p, b);
+        let pp = p.pp.max(1) as f64;
+        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
+        let stride_pp = p.tp * p.cp * p.dp;
+        let t_send = if p.pp > 1 { topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes) } else { 0.0 };
+        let pass = t_fwd + t_tp + (pp - 1.0) * t_send;
+        let devices = p.devices();
+        // KV cache: keys and values of every layer for the whole context.
+        let (context, generate, prompt) = match ir.phase {
+            Phase::Decode { context, generate, prompt, .. } => (context as f64, generate, prompt),
+            Phase::Prefill { prompt, .. } => (prompt.unwrap_or(0) as f64, None, None),
+            _ => (0.0, None, None),
+        };
+        let max_context = match (prompt, generate) {
+            (Some(pr), Some(g)) => (pr + g) as f64,
+            _ => context,
+        };
+        let mut kv_per_token = 0.0;
+        for s in &ir.segments {
+            for o in &s.ops {
+                if let (Some((h, kv)), Some(g)) = (o.heads, o.gemm) {
+                    let hd = g.k;
+                    let kv_split = (kv as f64).min(p.tp as f64);
+                    let _ = h;
+                    kv_per_token += 2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
+                }
+            }
+        }
+        let mut comms = Vec::new();
+        if t_tp > 0.0 {
+            comms.push(Comm {
+                what: "tensor-parallel all-reduce",
+                collective: Collective::AllReduce,
+                group: p.tp,
+                level: topo.level(p.tp, 1),
+                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
+                bytes: 0.0,
+                time: t_tp,
+                exposed: t_tp,
+            });
+        }
+        let (step, ttft, tpot, prefill_share, tokens_per_step) = match (&ir.phase, self.prefill) {
+            (Phase::Decode { .. }, Some(pre)) => {
+                // Serving: every request's prompt is prefilled once and
+                // then `generate` tokens are decoded; in steady state each
+                // decode step also carries 1/generate of a batch's prefill.
+                let (tpf, ttp, _, _) = self.forward(pre, p, b);
+                let t_pre = tpf + ttp + (pp - 1.0) * t_send;
+                let g = generate.unwrap_or(1).max(1) as f64;
+                (pass + t_pre / g, Some(t_pre), Some(pass), t_pre / g, b * p.dp as f64)
+            }
+            (Phase::Decode { .. }, None) => (pass, None, Some(pass), 0.0, b * p.dp as f64),
+            _ => (pass, Some(pass), None, 0.0, b * p.dp as f64 * ir.tokens_per_sample),
+        };
+        let memory = Memory {
+            weights: params * ir.act_bytes / pp,
+            gradients: 0.0,
+            optimizer: 0.0,
+            activations: 0.0,
+            kv_cache: kv_per_token * max_context * b / pp,
+            embeddings: 0.0,
+            reserve: hw.reserve,
+            capacity: hw.hbm_capacity,
+        };
+        let samples = b * p.dp as f64;
+        let _ = flops;
+        let model_flops = ir.flops_per_sample() * samples;
+        Estimate {
+            point: *p,
+            devices,
+            feasible: memory.total() <= memory.capacity,
+            time: StepTime {
+                compute: ClassTimes::default().plus(&ClassTimes { matmul: t_fwd, ..ClassTimes::default() }),
+                tp_comm: t_tp,
+                pp_comm: (pp - 1.0) * t_send,
+                prefill: prefill_share,
+                step,
+                ..StepTime::default()
+            },
+            memory,
+            comms,
+            stage_layers: vec![ir.layers().div_ceil(p.pp.max(1)); p.pp.max(1) as usize],
+            samples_per_step: samples,
+            tokens_per_step: if ir.tokens_per_sample > 1.0 || matches!(ir.phase, Phase::Decode { .. }) { tokens_per_step } else { 0.0 },
+            model_flops,
+            hardware_flops: model_flops,
+            peak: hw.peak,
+            power: devices as f64 * hw.device_power + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
+            price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),
+            ttft,
+            tpot,
+        }
+    }
+}
+
+fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
+    SegCost {
+        fwd: a.fwd.plus(&s.fwd.scaled(k)),
+        bwd: a.bwd.plus(&s.bwd.scaled(k)),
+        recompute: a.recompute + s.recompute * k,
+        tp_fwd: a.tp_fwd + s.tp_fwd * k,
+        tp_bytes_fwd: a.tp_bytes_fwd + s.tp_bytes_fwd * k,
+        cp: a.cp + s.cp * k,
+        cp_bytes: a.cp_bytes + s.cp_bytes * k,
+        attention_time: a.attention_time + s.attention_time * k,
+        a2a: a.a2a + s.a2a * k,
+        a2a_bytes: a.a2a_bytes + s.a2a_bytes * k,
+        params: a.params + s.params * k,
+        saved: a.saved + s.saved * k,
+        flops: a.flops + s.flops * k,
+        recompute_flops: a.recompute_flops + s.recompute_flops * k,
+    }
+}

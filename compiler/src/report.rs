@@ -1,0 +1,234 @@
+//! Reports of an evaluated design point: text, markdown and the
+//! `gantry.plan/1` JSON contract. Only formatting lives here; every number
+//! is a field or method of [`crate::cost::Estimate`].
+
+use gantry_lang::program::Phase;
+use gantry_lang::units::{format_number, Dim, Quantity};
+use serde_json::{json, Map, Value};
+
+use crate::cost::Estimate;
+use crate::plan::Evaluation;
+
+fn opt(v: Option<f64>) -> Value {
+    v.filter(|x| x.is_finite()).map_or(Value::Null, |x| json!(x))
+}
+
+/// The `gantry.plan/1` JSON object.
+pub fn json(ev: &Evaluation) -> Value {
+    let e = &ev.estimate;
+    let p = &e.point;
+    let t = &e.time;
+    let m = &e.memory;
+    let mut metrics = Map::new();
+    metrics.insert("step_time_s".into(), json!(t.step));
+    metrics.insert("tokens_per_s".into(), if e.tokens_per_step > 0.0 { json!(e.tokens_per_s()) } else { Value::Null });
+    metrics.insert("samples_per_s".into(), json!(e.samples_per_s()));
+    metrics.insert("model_tflops_per_device".into(), json!(e.model_tflops_per_device()));
+    metrics.insert("hardware_tflops_per_device".into(), json!(e.hardware_tflops_per_device()));
+    metrics.insert("mfu".into(), json!(e.mfu()));
+    metrics.insert("hfu".into(), json!(e.hfu()));
+    metrics.insert("memory_per_device_bytes".into(), json!(m.total()));
+    metrics.insert("power_w".into(), json!(e.power));
+    metrics.insert("energy_per_step_j".into(), json!(e.energy_per_step()));
+    metrics.insert("cost_per_million_tokens_usd".into(), opt(e.cost_per_million_tokens()));
+    metrics.insert("cost_per_million_samples_usd".into(), opt(e.cost_per_million_samples()));
+    if !matches!(ev.ir.phase, Phase::Train { .. }) {
+        metrics.insert("ttft_s".into(), opt(e.ttft));
+        metrics.insert("tpot_s".into(), opt(e.tpot));
+    }
+    let comms: Vec<Value> = e
+        .comms
+        .iter()
+        .map(|c| {
+            json!({
+                "what": c.what,
+                "collective": c.collective.name(),
+                "group": c.group,
+                "level": c.level.name(),
+                "algorithm": c.algorithm,
+                "bytes_per_step": c.bytes,
+                "time_s": c.time,
+                "exposed_s": c.exposed,
+            })
+        })
+        .collect();
+    json!({
+        "schema": "gantry.plan/1",
+        "plan": ev.plan,
+        "workload": ev.workload,
+        "system": ev.system,
+        "device": ev.hardware.device,
+        "devices": e.devices,
+        "parallelism": {
+            "dp": p.dp, "tp": p.tp, "pp": p.pp, "cp": p.cp, "ep": p.ep, "zero": p.zero,
+            "recompute": p.recompute.name(), "microbatch": p.microbatch,
+            "virtual_stages": p.virtual_stages, "sequence_parallel": p.sequence_parallel,
+            "batch": p.batch, "stage_layers": e.stage_layers,
+        },
+        "feasible": e.feasible,
+        "metrics": metrics,
+        "breakdown": {
+            "time_s": {
+                "compute": {
+                    "matmul": t.compute.matmul, "attention": t.compute.attention,
+                    "elementwise": t.compute.elementwise, "embedding": t.compute.embedding,
+                    "layout": t.compute.layout,
+                },
+                "recompute": t.recompute,
+                "tensor_parallel_comm": t.tp_comm,
+                "context_parallel_comm": t.cp_comm,
+                "all_to_all": t.all_to_all,
+                "pipeline_comm": t.pp_comm,
+                "pipeline_bubble": t.bubble,
+                "data_parallel_exposed": t.dp_exposed,
+                "optimizer": t.optimizer,
+                "prefill_share": t.prefill,
+                "step": t.step,
+            },
+            "memory_bytes": {
+                "weights": m.weights, "gradients": m.gradients, "optimizer_states": m.optimizer,
+                "activations": m.activations, "kv_cache": m.kv_cache, "embedding_tables": m.embeddings,
+                "reserve": m.reserve, "total": m.total(), "capacity": m.capacity,
+            },
+            "communication": comms,
+            "flops_per_step": { "model": e.model_flops, "hardware": e.hardware_flops },
+            "calibration": ev.hardware.declared,
+        },
+    })
+}
+
+fn q(v: f64, d: Dim) -> String {
+    Quantity::new(v, d).to_string()
+}
+
+fn pct(x: f64, of: f64) -> String {
+    if of > 0.0 { format!("{:5.1}%", 100.0 * x / of) } else { "    -".into() }
+}
+
+/// A readable text report; `markdown` switches to tables.
+pub fn text(ev: &Evaluation, markdown: bool) -> String {
+    let e: &Estimate = &ev.estimate;
+    let p = &e.point;
+    let t = &e.time;
+    let m = &e.memory;
+    let mut s = String::new();
+    let h = |s: &mut String, title: &str| {
+        if markdown {
+            s.push_str(&format!("\n### {title}\n\n| item | value | share |\n|---|---:|---:|\n"));
+        } else {
+            s.push_str(&format!("\n{title}\n"));
+        }
+    };
+    let row = |s: &mut String, k: &str, v: String, share: String| {
+        if markdown {
+            s.push_str(&format!("| {k} | {v} | {} |\n", share.trim()));
+        } else {
+            s.push_str(&format!("  {k:<34} {v:>18}  {share}\n"));
+        }
+    };
+    if markdown {
+        s.push_str(&format!("## Plan `{}`: `{}` on `{}`\n\n", ev.plan, ev.workload, ev.system));
+    } else {
+        s.push_str(&format!("plan {}: {} on {} ({} x {})\n", ev.plan, ev.workload, ev.system, e.devices, ev.hardware.device));
+    }
+    s.push_str(&format!(
+        "{}design point: dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sequence_parallel={}{}\n",
+        if markdown { "" } else { "  " },
+        p.dp,
+        p.tp,
+        p.pp,
+        p.cp,
+        p.ep,
+        p.zero,
+        p.recompute.name(),
+        p.microbatch,
+        p.virtual_stages,
+        p.sequence_parallel,
+        if matches!(ev.ir.phase, Phase::Train { .. }) { String::new() } else { format!(" batch={}", p.batch) },
+    ));
+    if p.pp > 1 {
+        let layers: Vec<String> = e.stage_layers.iter().map(|l| l.to_string()).collect();
+        s.push_str(&format!("{}layers per stage: {}\n", if markdown { "" } else { "  " }, layers.join(" ")));
+    }
+    let feas = if e.feasible {
+        "feasible".to_string()
+    } else {
+        format!("INFEASIBLE: needs {} per device, HBM holds {}", q(m.total(), Dim::BYTES), q(m.capacity, Dim::BYTES))
+    };
+    s.push_str(&format!("{}{feas}\n", if markdown { "" } else { "  " }));
+
+    h(&mut s, "Metrics");
+    row(&mut s, "step time", q(t.step, Dim::TIME), String::new());
+    if e.tokens_per_step > 0.0 {
+        row(&mut s, "tokens/s", format_number(e.tokens_per_s().round()), String::new());
+    }
+    row(&mut s, "samples/s", format_number(e.samples_per_s()), String::new());
+    row(&mut s, "model TFLOP/s per device", format!("{:.1}", e.model_tflops_per_device()), String::new());
+    row(&mut s, "hardware TFLOP/s per device", format!("{:.1}", e.hardware_tflops_per_device()), String::new());
+    row(&mut s, "MFU / HFU", format!("{:.1}% / {:.1}%", 100.0 * e.mfu(), 100.0 * e.hfu()), String::new());
+    if let Some(x) = e.ttft {
+        row(&mut s, "time to first token", q(x, Dim::TIME), String::new());
+    }
+    if let Some(x) = e.tpot {
+        row(&mut s, "time per output token", q(x, Dim::TIME), String::new());
+    }
+    row(&mut s, "power", q(e.power, Dim::POWER), String::new());
+    row(&mut s, "energy per step", q(e.energy_per_step(), Dim::ENERGY), String::new());
+    if let Some(c) = e.cost_per_million_tokens() {
+        row(&mut s, "cost per million tokens", format!("${:.3}", c), String::new());
+    } else if let Some(c) = e.cost_per_million_samples() {
+        row(&mut s, "cost per million samples", format!("${:.3}", c), String::new());
+    }
+
+    h(&mut s, "Step time");
+    let st = t.step;
+    for (k, v) in [
+        ("compute: matmul", t.compute.matmul),
+        ("compute: attention", t.compute.attention),
+        ("compute: elementwise", t.compute.elementwise),
+        ("compute: embedding", t.compute.embedding),
+        ("compute: layout", t.compute.layout),
+        ("  of which recomputation", t.recompute),
+        ("tensor/sequence-parallel comms", t.tp_comm),
+        ("context-parallel comms", t.cp_comm),
+        ("all-to-all", t.all_to_all),
+        ("pipeline sends", t.pp_comm),
+        ("pipeline bubble", t.bubble),
+        ("data-parallel comms (exposed)", t.dp_exposed),
+        ("optimizer step", t.optimizer),
+        ("prefill share", t.prefill),
+    ] {
+        if v > 0.0 {
+            row(&mut s, k, q(v, Dim::TIME), pct(v, st));
+        }
+    }
+
+    h(&mut s, "Memory per device");
+    for (k, v) in [
+        ("weights", m.weights),
+        ("gradients", m.gradients),
+        ("optimizer states", m.optimizer),
+        ("activations", m.activations),
+        ("KV cache", m.kv_cache),
+        ("embedding tables", m.embeddings),
+        ("reserve", m.reserve),
+    ] {
+        if v > 0.0 {
+            row(&mut s, k, q(v, Dim::BYTES), pct(v, m.capacity));
+        }
+    }
+    row(&mut s, "total", q(m.total(), Dim::BYTES), pct(m.total(), m.capacity));
+
+    if !e.comms.is_empty() {
+        h(&mut s, "Communication per step");
+        for c in &e.comms {
+            row(
+                &mut s,
+                c.what,
+                format!("{} in {}", q(c.bytes, Dim::BYTES), q(c.time, Dim::TIME)),
+                format!("{} over {} ({}, {}), exposed {}", c.collective.name(), c.group, c.algorithm, c.level.name(), q(c.exposed, Dim::TIME)),
+            );
+        }
+    }
+    s
+}
