@@ -11,7 +11,9 @@
 //! efficiency). All-reduce, reduce-scatter and all-gather use a ring inside
 //! one level and a hierarchical ring across two (reduce-scatter in the node,
 //! ring across nodes on each GPU's own NIC, all-gather in the node), which
-//! is what NCCL does on rail-optimized clusters at these sizes.
+//! is what NCCL does on rail-optimized clusters at these sizes. Latency
+//! follows NCCL's algorithms: rings take one step per rank, all-reduce
+//! across nodes uses trees (logarithmic).
 
 use gantry_lang::program::Cluster;
 
@@ -137,10 +139,19 @@ impl Topology {
         let (g_in, g_out, _) = self.footprint(size, stride);
         let (gi, go, g) = (g_in as f64, g_out as f64, size as f64);
         let out_bw = self.out_bw_at(level);
-        let ring = |n: f64, s: f64, bw: f64, lat: f64| if n <= 1.0 { 0.0 } else { (n - 1.0) / n * s / bw + (n - 1.0) * lat };
+        let ring = |n: f64, s: f64, bw: f64| if n <= 1.0 { 0.0 } else { (n - 1.0) / n * s / bw };
+        // Latency: NCCL's rings pass through every rank, so a ring
+        // collective takes (n - 1) steps, each as slow as the slowest hop
+        // (the fabric when the group leaves the node). All-reduce switches
+        // to trees across nodes: 2 log2(n) steps.
+        let hop = if go > 1.0 { self.out_lat.max(self.up_lat) } else { self.up_lat };
+        let ring_lat = (g - 1.0) * hop;
+        let tree_lat = 2.0 * g.log2().ceil() * hop;
         match c {
-            Collective::AllReduce => 2.0 * (ring(gi, bytes, self.up_bw, self.up_lat) + ring(go, bytes / gi, out_bw, self.out_lat)),
-            Collective::ReduceScatter | Collective::AllGather => ring(gi, bytes, self.up_bw, self.up_lat) + ring(go, bytes / gi, out_bw, self.out_lat),
+            Collective::AllReduce => {
+                2.0 * (ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw)) + if go > 1.0 { tree_lat } else { 2.0 * ring_lat }
+            }
+            Collective::ReduceScatter | Collective::AllGather => ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat,
             Collective::AllToAll => {
                 let inside = bytes * (gi - 1.0) / g / self.up_bw;
                 let outside = bytes * (g - gi) / g / out_bw;

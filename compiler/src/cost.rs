@@ -268,8 +268,7 @@ impl Evaluator<'_> {
                 if o.tp_sharded || p.sequence_parallel { t * c } else { c }
             }
         };
-        let ep = if o.experts.is_some() { 1.0 } else { 1.0 };
-        let mult = o.mult * b / split / ep;
+        let mult = o.mult * b / split;
         let flops = o.flops * mult * if backward { 2.0 } else { 1.0 };
         let mut bytes = o.bytes * mult * if backward { 2.0 } else { 1.0 };
         // Weights stream from HBM once per pass and microbatch.
@@ -283,7 +282,10 @@ impl Evaluator<'_> {
         }
         let compute = match (o.gemm, o.class) {
             (Some(g), Class::Matmul | Class::Attention) if flops > 0.0 => {
-                let per = flops / (g.count * if o.class == Class::Matmul && o.experts.is_none() { 1.0 } else { 1.0 });
+                // FLOPs of one product: the batch of `count` independent
+                // products (heads, experts) per sample is split over samples.
+                let instances = if g.count > 1.0 { g.count * mult } else { 1.0 };
+                let per = flops / instances.max(1.0);
                 let base = if o.class == Class::Attention { hw.e_attention } else { hw.e_matmul };
                 let e = base * per / (per + hw.matmul_knee);
                 flops / (hw.peak * e.max(1e-6))
@@ -488,7 +490,9 @@ impl Evaluator<'_> {
 
         // Data parallelism: gradient reduction and ZeRO traffic.
         let mut comms = Vec::new();
-        let grad_bytes = params_gpu * beta;
+        // Embedding tables are model-parallel: only dense gradients are reduced.
+        let table_params: f64 = ir.segments.iter().flat_map(|s| s.ops.iter().filter(|o| o.table_bytes > 0.0).map(|o| o.params * o.mult)).sum();
+        let grad_bytes = (params_gpu - table_params) * beta;
         let dp_stride = p.tp * p.cp;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
         let compute_all = m * t_stage;
@@ -496,11 +500,26 @@ impl Evaluator<'_> {
         if p.dp > 1 {
             let level = topo.level(p.dp, dp_stride);
             if p.zero >= 3 {
+                // ZeRO-3 gathers each parameter tensor before every forward
+                // (and recomputed forward) and backward use, and
+                // reduce-scatters its gradient: one collective per tensor,
+                // each paying the ring's latency over the whole dp group.
+                // They are on the critical path (fetches wait for compute
+                // to need them; measured ZeRO-3 runs scale that way).
                 let gathers = m * if p.recompute == Recompute::Full { 3.0 } else { 2.0 };
-                let t_ag = topo.time(Collective::AllGather, p.dp, dp_stride, grad_bytes);
-                let t_rs = topo.time(Collective::ReduceScatter, p.dp, dp_stride, grad_bytes);
-                let total = gathers * t_ag + m * t_rs;
-                dp_exposed = (total - compute_all).max(0.0);
+                let mut total = 0.0;
+                for s in &ir.segments {
+                    let reps = s.count as f64 * if s.kind == SegmentKind::Body { sl / layers.max(1) as f64 } else { 1.0 };
+                    for o in s.ops.iter().filter(|o| o.params > 0.0 && o.table_bytes == 0.0) {
+                        let n = (o.tensors * o.mult).max(1.0);
+                        let bytes = o.params * o.mult * beta / p.tp as f64 / n;
+                        let t_ag = topo.time(Collective::AllGather, p.dp, dp_stride, bytes);
+                        let t_rs = topo.time(Collective::ReduceScatter, p.dp, dp_stride, bytes);
+                        total += reps * n * (gathers * t_ag + m * t_rs);
+                    }
+                }
+                let _ = compute_all;
+                dp_exposed = total;
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
                     collective: Collective::AllGather,
@@ -554,9 +573,10 @@ impl Evaluator<'_> {
                 exposed: a2a_emb,
             });
         }
-        if body.tp_fwd > 0.0 || pro.tp_fwd + epi.tp_fwd > 0.0 {
-            let per_mb = (sl * body.tp_fwd + pro.tp_fwd + epi.tp_fwd) * tp_passes;
-            let bytes = (sl * body.tp_bytes_fwd + pro.tp_bytes_fwd + epi.tp_bytes_fwd) * tp_passes * m;
+        let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
+        let tp_comm_step = (sl * body.tp_fwd + on_slow(pro.tp_fwd, epi.tp_fwd)) * tp_passes * m;
+        if tp_comm_step > 0.0 {
+            let bytes = (sl * body.tp_bytes_fwd + on_slow(pro.tp_bytes_fwd, epi.tp_bytes_fwd)) * tp_passes * m;
             comms.push(Comm {
                 what: if p.sequence_parallel { "tensor/sequence-parallel reduce-scatter + all-gather" } else { "tensor-parallel all-reduce" },
                 collective: Collective::AllReduce,
@@ -564,8 +584,8 @@ impl Evaluator<'_> {
                 level: topo.level(p.tp, 1),
                 algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
                 bytes,
-                time: per_mb * m,
-                exposed: per_mb * m,
+                time: tp_comm_step,
+                exposed: tp_comm_step,
             });
         }
         if pp > 1 {
@@ -612,7 +632,17 @@ impl Evaluator<'_> {
             Optimizer::Sgd => 8.0 + 4.0 + beta,
         };
         let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
-        let opt_time = params_gpu / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
+        let mut emb_tables = 0.0;
+        let mut emb_params = 0.0;
+        for s in &ir.segments {
+            for o in s.ops.iter().filter(|o| o.table_bytes > 0.0) {
+                emb_tables += o.table_bytes * o.mult;
+                emb_params += o.params * o.mult;
+            }
+        }
+        // Embedding tables are updated sparsely in their backward pass.
+        let dense_params = params_gpu - emb_params;
+        let opt_time = dense_params / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
 
         // Memory of the most loaded stage (the first: it holds the most
         // microbatches in flight).
@@ -622,15 +652,6 @@ impl Evaluator<'_> {
             Optimizer::Sgd => 0.0,
         } + if beta < 4.0 { 4.0 } else { 0.0 };
         let dp = p.dp as f64;
-        let mut emb_tables = 0.0;
-        let mut emb_params = 0.0;
-        for s in &ir.segments {
-            for o in s.ops.iter().filter(|o| o.table_bytes > 0.0) {
-                emb_tables += o.table_bytes * o.mult;
-                emb_params += o.params * o.mult;
-            }
-        }
-        let dense_params = params_gpu - emb_params;
         let in_flight = (pp as f64).min(m);
         let interleave = if v > 1.0 { 1.0 + (pp as f64 - 1.0) / (pp as f64 * m) } else { 1.0 };
         let memory = Memory {
@@ -652,7 +673,7 @@ impl Evaluator<'_> {
             .plus(&epi.fwd.plus(&epi.bwd).scaled(if slow == n_stages - 1 { 1.0 } else { 0.0 }))
             .scaled(m);
         let recompute = body.recompute * sl * m;
-        let tp_comm = (sl * body.tp_fwd + if slow == 0 { pro.tp_fwd } else { 0.0 } + if slow == n_stages - 1 { epi.tp_fwd } else { 0.0 }) * tp_passes * m;
+        let tp_comm = tp_comm_step;
         let pp_comm = if pp > 1 { m * 2.0 * v * t_send } else { 0.0 };
         let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;

@@ -95,6 +95,9 @@ pub struct IrOp {
     pub heads: Option<(u64, u64)>,
     /// Mixture of experts: experts, and bytes per sample dispatched to them.
     pub experts: Option<(u64, f64)>,
+    /// Parameter tensors (a weight and a bias are two), for per-tensor
+    /// collectives such as ZeRO-3 gathers.
+    pub tensors: f64,
     /// Nested-repeat multiplicity inside its segment.
     pub mult: f64,
 }
@@ -118,6 +121,7 @@ impl IrOp {
             table_bytes: 0.0,
             heads: None,
             experts: None,
+            tensors: 0.0,
             mult: 1.0,
         }
     }
@@ -404,6 +408,7 @@ impl Lowering<'_> {
                 let mut o = IrOp::new("linear", Class::Matmul);
                 o.flops = 2.0 * m * di * dout;
                 o.params = di * dout + if *bias { dout } else { 0.0 };
+                o.tensors = if *bias { 2.0 } else { 1.0 };
                 o.bytes = beta * (m * di + m * dout);
                 self.save(&mut o, op.inputs[0], beta);
                 o.gemm = Some(Gemm {
@@ -459,8 +464,11 @@ impl Lowering<'_> {
                 // write scores, softmax read/write, dropout, read for the
                 // weighted sum); inference kernels keep them on chip.
                 let materialized = self.context.is_none() && self.is_training();
+                // Forward passes over the score matrix: write scores, softmax
+                // read and write, (dropout read, write and a 1-byte mask),
+                // read by the weighted sum.
                 let score_passes = if materialized {
-                    if *dropout > 0.0 { 5.0 + 1.0 / beta } else { 4.0 }
+                    if *dropout > 0.0 { 6.0 + 1.0 / beta } else { 4.0 }
                 } else {
                     0.0
                 };
@@ -493,6 +501,7 @@ impl Lowering<'_> {
             OpKind::Embedding { vocab, dim } => {
                 let mut o = IrOp::new("embedding", Class::Embedding);
                 o.params = (*vocab * *dim) as f64;
+                o.tensors = 1.0;
                 o.bytes = beta * 2.0 * out_n;
                 o.lookup_bytes = beta * out_n;
                 // Vocab-parallel under TP: each rank looks up its rows and
@@ -522,6 +531,7 @@ impl Lowering<'_> {
                     let (a, b) = (w[0] as f64, w[1] as f64);
                     o.flops += 2.0 * m * a * b;
                     o.params += a * b + b;
+                    o.tensors += 2.0;
                     // Input of each layer and its activation are saved.
                     o.saved_rep += beta * m * (a + b);
                     o.bytes += beta * m * (a + 3.0 * b);
@@ -562,6 +572,7 @@ impl Lowering<'_> {
                 // Router, then top_k gated (SwiGLU) experts per token.
                 o.flops = 2.0 * tokens * d * e + k * tokens * 6.0 * d * f;
                 o.params = d * e + e * 3.0 * d * f;
+                o.tensors = 1.0 + 3.0 * e;
                 o.bytes = beta * tokens * (2.0 * d + k * (2.0 * d + 3.0 * f));
                 o.saved_shard = beta * tokens * k * (d + 3.0 * f);
                 o.gemm = Some(Gemm {
@@ -626,7 +637,9 @@ impl Lowering<'_> {
                     _ => {}
                 }
                 if let OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } = other {
-                    o.params = *dim as f64 * if matches!(other, OpKind::LayerNorm { .. }) { 2.0 } else { 1.0 };
+                    let n = if matches!(other, OpKind::LayerNorm { .. }) { 2.0 } else { 1.0 };
+                    o.params = *dim as f64 * n;
+                    o.tensors = n;
                 }
                 o.tp_sharded = any_sharded;
                 self.sharded[op.output.0 as usize] = any_sharded;

@@ -3,7 +3,8 @@
 //!
 //! Defaults for unpinned knobs (documented in docs/COST-MODEL.md):
 //! tp = pp = cp = ep = 1, dp = devices / (tp * pp * cp), zero = 0,
-//! recompute = none, microbatch = 1, virtual_stages = 1,
+//! recompute = none, microbatch = the per-replica batch without pipeline
+//! parallelism and 1 with it, virtual_stages = 1,
 //! sequence_parallel = false, batch = the workload's batch.
 
 use std::collections::BTreeMap;
@@ -200,7 +201,13 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
         _ => Recompute::None,
     };
     let sequence_parallel = matches!(pins.get("sequence_parallel"), Some(Pin::Bool(true)));
-    let microbatch = int("microbatch", 1);
+    // Without a pipeline there is nothing to interleave: the default
+    // microbatch is the whole per-replica batch (no gradient accumulation).
+    let microbatch = match (&ir.phase, pins.get("microbatch")) {
+        (_, Some(Pin::Int(v))) => *v,
+        (Phase::Train { global_batch, .. }, _) if pp == 1 => (*global_batch as i64 / dp).max(1),
+        _ => 1,
+    };
     let virtual_stages = int("virtual_stages", 1);
     let ep = int("ep", 1);
     // Heads must split evenly across tensor-parallel ranks.

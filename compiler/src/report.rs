@@ -188,7 +188,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         ("compute: elementwise", t.compute.elementwise),
         ("compute: embedding", t.compute.embedding),
         ("compute: layout", t.compute.layout),
-        ("  of which recomputation", t.recompute),
+        ("recomputation (forward again)", t.recompute),
         ("tensor/sequence-parallel comms", t.tp_comm),
         ("context-parallel comms", t.cp_comm),
         ("all-to-all", t.all_to_all),
