@@ -131,6 +131,8 @@ pub struct StepTime {
     pub optimizer: f64,
     /// Prefill share per generated token when serving (decode only).
     pub prefill: f64,
+    /// Fixed host-side time per step (the device's `step_overhead`).
+    pub overhead: f64,
     pub step: f64,
 }
 
@@ -293,7 +295,7 @@ impl Evaluator<'_> {
             _ => 0.0,
         };
         let memory = bytes / (hw.hbm_bandwidth * hw.e_memory);
-        let launches = if o.class == Class::Layout && o.bytes == 0.0 { 0.0 } else { o.mult };
+        let launches = if o.class == Class::Layout && o.bytes == 0.0 { 0.0 } else { o.mult * o.kernels };
         (compute.max(memory) + launches * hw.kernel_overhead, flops)
     }
 
@@ -677,7 +679,7 @@ impl Evaluator<'_> {
         let pp_comm = if pp > 1 { m * 2.0 * v * t_send } else { 0.0 };
         let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
-        let step = pipeline + dp_exposed + opt_time + a2a_emb;
+        let step = pipeline + dp_exposed + opt_time + a2a_emb + hw.step_overhead;
         let time = StepTime {
             compute,
             recompute,
@@ -689,6 +691,7 @@ impl Evaluator<'_> {
             dp_exposed,
             optimizer: opt_time,
             prefill: 0.0,
+            overhead: hw.step_overhead,
             step,
         };
         let samples = global_batch;
@@ -744,7 +747,7 @@ impl Evaluator<'_> {
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
         let stride_pp = p.tp * p.cp * p.dp;
         let t_send = if p.pp > 1 { topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes) } else { 0.0 };
-        let pass = t_fwd + t_tp + (pp - 1.0) * t_send;
+        let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead;
         let devices = p.devices();
         // KV cache: keys and values of every layer for the whole context.
         let (context, generate, prompt) = match ir.phase {
@@ -815,6 +818,7 @@ impl Evaluator<'_> {
                 tp_comm: t_tp,
                 pp_comm: (pp - 1.0) * t_send,
                 prefill: prefill_share,
+                overhead: hw.step_overhead,
                 step,
                 ..StepTime::default()
             },

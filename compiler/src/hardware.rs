@@ -21,6 +21,7 @@ pub const FACTORS: &[(&str, &str)] = &[
     ("scaleup", "fraction of scale-up link bandwidth collectives reach (bus bandwidth)"),
     ("scaleout", "fraction of NIC bandwidth collectives reach"),
     ("kernel_overhead", "fixed time per kernel launch"),
+    ("step_overhead", "fixed host-side time per step (framework, synchronisation, input pipeline)"),
     ("reserve", "HBM kept back for the runtime, allocator and fragmentation"),
 ];
 
@@ -36,6 +37,7 @@ pub struct Hardware {
     pub e_attention: f64,
     pub e_memory: f64,
     pub kernel_overhead: f64,
+    pub step_overhead: f64,
     pub reserve: f64,
     pub topo: Topology,
     pub device_power: f64,
@@ -89,6 +91,7 @@ impl Hardware {
             e_attention: factor(d, "attention", Dim::NONE, e_matmul),
             e_memory: factor(d, "memory", Dim::NONE, 1.0),
             kernel_overhead: factor(d, "kernel_overhead", Dim::TIME, 0.0),
+            step_overhead: factor(d, "step_overhead", Dim::TIME, 0.0),
             reserve: factor(d, "reserve", Dim::BYTES, 0.0),
             topo,
             device_power: d.power,

@@ -95,6 +95,9 @@ pub struct IrOp {
     pub heads: Option<(u64, u64)>,
     /// Mixture of experts: experts, and bytes per sample dispatched to them.
     pub experts: Option<(u64, f64)>,
+    /// Kernels launched per forward pass (an embedding bag launches one
+    /// lookup per table, an MLP a GEMM and an activation per layer).
+    pub kernels: f64,
     /// Parameter tensors (a weight and a bias are two), for per-tensor
     /// collectives such as ZeRO-3 gathers.
     pub tensors: f64,
@@ -122,6 +125,7 @@ impl IrOp {
             heads: None,
             experts: None,
             tensors: 0.0,
+            kernels: 1.0,
             mult: 1.0,
         }
     }
@@ -520,11 +524,13 @@ impl Lowering<'_> {
                     o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
                 }
                 o.bytes = o.lookup_bytes + beta * out_n;
+                o.kernels = tables.len() as f64;
                 self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::Mlp { dims, .. } => {
                 let mut o = IrOp::new("mlp", Class::Matmul);
+                o.kernels = 0.0;
                 let m = in_n / dims[0] as f64;
                 let mut widest = (0.0f64, 0.0, 0.0);
                 for w in dims.windows(2) {
@@ -532,6 +538,7 @@ impl Lowering<'_> {
                     o.flops += 2.0 * m * a * b;
                     o.params += a * b + b;
                     o.tensors += 2.0;
+                    o.kernels += 2.0;
                     // Input of each layer and its activation are saved.
                     o.saved_rep += beta * m * (a + b);
                     o.bytes += beta * m * (a + 3.0 * b);

@@ -83,6 +83,7 @@ pub fn json(ev: &Evaluation) -> Value {
                 "data_parallel_exposed": t.dp_exposed,
                 "optimizer": t.optimizer,
                 "prefill_share": t.prefill,
+                "step_overhead": t.overhead,
                 "step": t.step,
             },
             "memory_bytes": {
@@ -197,6 +198,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         ("data-parallel comms (exposed)", t.dp_exposed),
         ("optimizer step", t.optimizer),
         ("prefill share", t.prefill),
+        ("fixed step overhead", t.overhead),
     ] {
         if v > 0.0 {
             row(&mut s, k, q(v, Dim::TIME), pct(v, st));
