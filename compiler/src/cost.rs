@@ -271,8 +271,17 @@ impl Evaluator<'_> {
             }
         };
         let mult = o.mult * b / split;
+        // Backward: products compute two gradients (input and weight), twice
+        // the FLOPs and traffic; streaming ops read the incoming gradient and
+        // what they saved and write one gradient, about their forward
+        // traffic; the attention core re-reads the score matrix once more.
+        let bwd_bytes = match o.class {
+            Class::Matmul => 2.0,
+            Class::Attention => 1.3,
+            _ => 1.0,
+        };
         let flops = o.flops * mult * if backward { 2.0 } else { 1.0 };
-        let mut bytes = o.bytes * mult * if backward { 2.0 } else { 1.0 };
+        let mut bytes = o.bytes * mult * if backward { bwd_bytes } else { 1.0 };
         // Weights stream from HBM once per pass and microbatch.
         if o.class == Class::Matmul {
             let wsplit = if o.tp_sharded { t } else { 1.0 } * if o.experts.is_some() { p.ep as f64 } else { 1.0 };
@@ -365,6 +374,17 @@ impl Evaluator<'_> {
                 _ => saved_rep / rep_div + saved_shard / shard_div,
             };
         sc
+    }
+
+    /// Forward and backward time of one repetition of the main repeated
+    /// block (one transformer layer) for one microbatch, collectives
+    /// included; backward includes recomputation.
+    pub fn layer_times(&self, p: &DesignPoint) -> Option<(f64, f64)> {
+        let body = self.ir.body()?;
+        let sc = self.segment(body, p, p.microbatch as f64, true);
+        let fwd = sc.fwd.total() + sc.tp_fwd;
+        let bwd = sc.bwd.total() + sc.tp_fwd + sc.recompute + if p.recompute == Recompute::Full { sc.tp_fwd } else { 0.0 };
+        Some((fwd, bwd))
     }
 
     /// Evaluates one design point. `p` must come from [`crate::point::resolve`].
