@@ -154,3 +154,19 @@ fn memory_is_reported_infeasible_with_numbers() {
     // 175e9 params x (2 + 2 + 12) bytes is about 2.8 TB.
     assert!(e.memory.total() > 2.5e12 && e.memory.total() < 3.5e12, "{}", e.memory.total());
 }
+
+#[test]
+fn uneven_stages_follow_llama3() {
+    // 126 layers on 16 stages: one layer fewer on the first and the last
+    // stage, which also hold the embedding and the output head.
+    let p = plan("examples/llm_train.gantry", Some("llama3_405b_meta"));
+    let ir = lower(&p.workload).expect("lowers");
+    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let pins = parse_fix("tp=8,pp=16,dp=128,microbatch=1,recompute=full").expect("pins");
+    let e = ev.evaluate(&resolve(&pins, &ir, &p.system).expect("valid"));
+    let mut want = vec![8u64; 16];
+    want[0] = 7;
+    want[15] = 7;
+    assert_eq!(e.stage_layers, want);
+}

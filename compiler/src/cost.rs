@@ -406,36 +406,34 @@ impl Evaluator<'_> {
             let rem = layers % pp;
             return (0..pp).map(|i| base + u64::from(i >= pp - rem)).collect();
         }
-        // Balance: the fewest layers on the busiest stage such that the
-        // first and last stages, which also hold the prologue and the
-        // epilogue, take fewer layers in proportion to that extra work.
-        let extra_first = (first_extra / per_layer).round() as u64;
-        let extra_last = (last_extra / per_layer).round() as u64;
-        let mut cap = layers.div_ceil(pp);
-        loop {
-            let first = cap.saturating_sub(extra_first).max(1);
-            let last = cap.saturating_sub(extra_last).max(1);
-            let middle = cap * (pp - 2);
-            if first + last + middle >= layers {
-                let mut v = vec![cap; pp as usize];
-                v[0] = first;
-                v[pp as usize - 1] = last;
-                // Remove the surplus from the middle stages, last first.
-                let mut surplus = v.iter().sum::<u64>() - layers;
-                let mut i = pp as usize - 2;
-                while surplus > 0 && i >= 1 {
-                    let take = surplus.min(v[i] - 1);
-                    v[i] -= take;
-                    surplus -= take;
-                    i -= 1;
+        // Balance: start from ceil(layers / pp) everywhere, then take layers
+        // away one at a time from the busiest stage (the first and last also
+        // run the prologue and the epilogue), preferring the earliest stage
+        // on ties because it holds the most microbatches in flight. For
+        // Llama 3 405B (126 layers, 16 stages) this gives the first and last
+        // stage one layer fewer, as Meta ran it.
+        let cap = layers.div_ceil(pp);
+        let mut v = vec![cap; pp as usize];
+        let time = |i: usize, n: u64| {
+            n as f64 * per_layer + if i == 0 { first_extra } else { 0.0 } + if i == pp as usize - 1 { last_extra } else { 0.0 }
+        };
+        let mut surplus = v.iter().sum::<u64>() - layers;
+        while surplus > 0 {
+            let mut best: Option<(usize, f64)> = None;
+            for (i, &n) in v.iter().enumerate() {
+                if n <= 1 {
+                    continue;
                 }
-                if surplus > 0 {
-                    v[0] -= surplus.min(v[0] - 1);
+                let t = time(i, n);
+                if best.is_none_or(|(_, bt)| t > bt * (1.0 + 1e-12)) {
+                    best = Some((i, t));
                 }
-                return v;
             }
-            cap += 1;
+            let Some((i, _)) = best else { break };
+            v[i] -= 1;
+            surplus -= 1;
         }
+        v
     }
 
     fn train(&self, p: &DesignPoint) -> Estimate {
@@ -741,15 +739,15 @@ impl Evaluator<'_> {
 
     /// Forward-only time of one pass over all segments for `b` samples per
     /// replica, summed over pipeline stages (a request crosses them all).
-    fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64) -> (f64, f64, f64, f64) {
+    fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64) -> (ClassTimes, f64, f64, f64) {
         let ev = Evaluator { ir, hw: self.hw, prefill: None };
-        let mut t = 0.0;
+        let mut t = ClassTimes::default();
         let mut tp = 0.0;
         let mut flops = 0.0;
         let mut params = 0.0;
         for s in &ir.segments {
             let sc = ev.segment(s, p, b, false);
-            t += sc.fwd.total() * s.count as f64;
+            t = t.plus(&sc.fwd.scaled(s.count as f64));
             tp += sc.tp_fwd * s.count as f64;
             flops += sc.flops * s.count as f64;
             params += sc.params * s.count as f64;
@@ -762,7 +760,8 @@ impl Evaluator<'_> {
         let hw = self.hw;
         let topo = &hw.topo;
         let b = (p.batch as f64 / p.dp as f64).max(1.0);
-        let (t_fwd, t_tp, flops, params) = self.forward(ir, p, b);
+        let (classes, t_tp, flops, params) = self.forward(ir, p, b);
+        let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
         let stride_pp = p.tp * p.cp * p.dp;
@@ -809,12 +808,12 @@ impl Evaluator<'_> {
                 // then `generate` tokens are decoded; in steady state each
                 // decode step also carries 1/generate of a batch's prefill.
                 let (tpf, ttp, _, _) = self.forward(pre, p, b);
-                let t_pre = tpf + ttp + (pp - 1.0) * t_send;
+                let t_pre = tpf.total() + ttp + (pp - 1.0) * t_send;
                 let g = generate.unwrap_or(1).max(1) as f64;
                 (pass + t_pre / g, Some(t_pre), Some(pass), t_pre / g, b * p.dp as f64)
             }
             (Phase::Decode { .. }, None) => (pass, None, Some(pass), 0.0, b * p.dp as f64),
-            _ => (pass, Some(pass), None, 0.0, b * p.dp as f64 * ir.tokens_per_sample),
+            _ => (pass, (ir.tokens_per_sample > 1.0).then_some(pass), None, 0.0, b * p.dp as f64 * ir.tokens_per_sample),
         };
         let memory = Memory {
             weights: params * ir.act_bytes / pp,
@@ -834,7 +833,7 @@ impl Evaluator<'_> {
             devices,
             feasible: memory.total() <= memory.capacity,
             time: StepTime {
-                compute: ClassTimes::default().plus(&ClassTimes { matmul: t_fwd, ..ClassTimes::default() }),
+                compute: classes,
                 tp_comm: t_tp,
                 pp_comm: (pp - 1.0) * t_send,
                 prefill: prefill_share,

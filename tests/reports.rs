@@ -1,0 +1,96 @@
+//! Snapshots of `gantry plan` reports (text and `gantry.plan/1` JSON) for
+//! examples of every workload class, plus the JSON contract's keys.
+//! Numbers are rounded to 6 significant digits so a snapshot states the
+//! model's figures, not floating-point noise.
+
+use std::collections::BTreeMap;
+
+use gantry_compiler::plan::evaluate;
+use gantry_compiler::point::parse_fix;
+use gantry_compiler::report::{json, text};
+use serde_json::Value;
+
+fn round(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && f.fract() != 0.0
+            {
+                let digits = 6 - (f.abs().log10().floor() as i32 + 1);
+                let scale = 10f64.powi(digits.clamp(-300, 300));
+                if let Some(r) = serde_json::Number::from_f64((f * scale).round() / scale) {
+                    *n = r;
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(round),
+        Value::Object(o) => o.values_mut().for_each(round),
+        _ => {}
+    }
+}
+
+const CASES: &[(&str, &str, &str, &str)] = &[
+    ("llm_train_meta", "examples/llm_train.gantry", "llama3_405b_meta", "zero=1,recompute=full,microbatch=1,virtual_stages=1"),
+    ("llm_decode", "examples/llm_decode.gantry", "", ""),
+    ("llm_prefill", "examples/llm_prefill.gantry", "", ""),
+    ("dlrm_train", "examples/dlrm_train.gantry", "", ""),
+    ("dlrm_inference", "examples/dlrm_inference.gantry", "", ""),
+    ("a01_gpt_1p7b", "examples/reference/a01_gpt_1p7b.gantry", "", ""),
+    ("b02_175b_selective", "examples/reference/b02_175b.gantry", "b02_gpt_175b_sp_selective", ""),
+    ("a16_zero3", "examples/reference/a16_gpt3_175b_zero3_1536.gantry", "", ""),
+];
+
+#[test]
+fn plan_reports() {
+    for (name, file, plan, fix) in CASES {
+        let c = gantry::check_files(&[file.to_string()], &[]);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let p = if plan.is_empty() { c.program.plans.values().next() } else { c.program.plans.get(*plan) }.expect("plan");
+        let pins = if fix.is_empty() { BTreeMap::new() } else { parse_fix(fix).expect("pins") };
+        let ev = evaluate(p, &pins).unwrap_or_else(|e| panic!("{name}: {}", e.message));
+        let mut j = json(&ev);
+        // The contract's keys, spelled exactly.
+        for k in ["schema", "workload", "system", "devices", "parallelism", "feasible", "metrics", "breakdown"] {
+            assert!(j.get(k).is_some(), "{name}: missing `{k}`");
+        }
+        assert_eq!(j["schema"], "gantry.plan/1");
+        for k in ["dp", "tp", "pp", "cp", "ep", "zero", "recompute", "microbatch", "virtual_stages"] {
+            assert!(j["parallelism"].get(k).is_some(), "{name}: missing parallelism.{k}");
+        }
+        for k in [
+            "step_time_s",
+            "tokens_per_s",
+            "samples_per_s",
+            "model_tflops_per_device",
+            "hardware_tflops_per_device",
+            "mfu",
+            "hfu",
+            "memory_per_device_bytes",
+            "power_w",
+            "energy_per_step_j",
+            "cost_per_million_tokens_usd",
+        ] {
+            assert!(j["metrics"].get(k).is_some(), "{name}: missing metrics.{k}");
+        }
+        if !matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. }) {
+            assert!(j["metrics"].get("ttft_s").is_some() && j["metrics"].get("tpot_s").is_some(), "{name}: ttft/tpot");
+        }
+        // The time breakdown adds up to the step.
+        let t = &j["breakdown"]["time_s"];
+        let c = &t["compute"];
+        let parts: f64 = ["matmul", "attention", "elementwise", "embedding", "layout"].iter().map(|k| c[k].as_f64().unwrap_or(0.0)).sum::<f64>()
+            + ["recompute", "tensor_parallel_comm", "context_parallel_comm", "all_to_all", "pipeline_comm", "pipeline_bubble", "data_parallel_exposed", "optimizer", "prefill_share", "step_overhead"]
+                .iter()
+                .map(|k| t[k].as_f64().unwrap_or(0.0))
+                .sum::<f64>();
+        let step = t["step"].as_f64().unwrap_or(0.0);
+        if matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. }) {
+            assert!((parts - step).abs() <= 1e-6 * step, "{name}: parts {parts} vs step {step}");
+        }
+        round(&mut j);
+        insta::with_settings!({ snapshot_path => "report_snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(format!("{name}.txt"), text(&ev, false));
+            insta::assert_snapshot!(format!("{name}.json"), serde_json::to_string_pretty(&j).unwrap_or_default());
+        });
+    }
+}
