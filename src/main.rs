@@ -285,8 +285,8 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
                         "{:<44} {:<28} {:>14} {:>14} {:>+7.1}%{}",
                         format!("{}:{}", name.trim_end_matches(".gantry"), row.plan),
                         row.metric,
-                        fmt_metric(row.predicted),
-                        fmt_metric(row.published),
+                        fmt_metric(&row.metric, row.predicted),
+                        fmt_metric(&row.metric, row.published),
                         e,
                         if row.feasible { "" } else { "  (infeasible)" }
                     );
@@ -307,10 +307,9 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
-fn fmt_metric(v: f64) -> String {
-    if v.abs() >= 1e9 {
-        format!("{:.1}e12", v / 1e12)
-    } else {
-        gantry_lang::units::format_number((v * 1000.0).round() / 1000.0)
+fn fmt_metric(metric: &str, v: f64) -> String {
+    match gantry_lang::check::metric_dim(metric) {
+        Some(d) if !d.is_none() => gantry_lang::units::Quantity::new(v, d).to_string(),
+        _ => gantry_lang::units::format_number(v),
     }
 }
