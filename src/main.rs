@@ -31,6 +31,13 @@ enum ReportFormat {
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum ExportKind {
+    Megatron,
+    Torchrec,
+    Trace,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum Color {
     Auto,
     Always,
@@ -74,9 +81,20 @@ enum Command {
         /// Which plan of the file (default: the only one, or the first).
         #[arg(long)]
         plan: Option<String>,
-        /// Pins, e.g. `dp=4,tp=8,pp=2,recompute=full,microbatch=1`.
+        /// Evaluate this one design point instead of searching, e.g.
+        /// `dp=4,tp=8,pp=2,recompute=full,microbatch=1` (unpinned knobs take
+        /// their documented defaults).
         #[arg(long)]
         fix: Option<String>,
+        /// Pins that narrow the search without stopping it (same syntax as --fix).
+        #[arg(long)]
+        pin: Option<String>,
+        /// How many of the best design points to list.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Also write an export of the best plan: megatron, torchrec or trace.
+        #[arg(long, value_enum)]
+        export: Option<ExportKind>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
         #[arg(long = "lib")]
@@ -139,7 +157,19 @@ fn main() -> ExitCode {
         }
         Command::Fmt { files, check, stdout } => fmt_files(&files, check, stdout),
         Command::Explain { code } => explain(code.as_deref()),
-        Command::Plan { file, plan, fix, format, lib } => plan_cmd(&file, plan.as_deref(), fix.as_deref(), format, &lib),
+        Command::Plan {
+            file,
+            plan,
+            fix,
+            pin,
+            top,
+            export,
+            format,
+            lib,
+        } => match fix {
+            Some(f) => plan_cmd(&file, plan.as_deref(), Some(&f), format, &lib),
+            None => search_cmd(&file, plan.as_deref(), pin.as_deref(), top, export, format, &lib),
+        },
         Command::Validate { dir } => validate_cmd(&dir),
     }
 }
@@ -312,4 +342,104 @@ fn fmt_metric(metric: &str, v: f64) -> String {
         Some(d) if !d.is_none() => gantry_lang::units::Quantity::new(v, d).to_string(),
         _ => gantry_lang::units::format_number(v),
     }
+}
+
+fn load_plan(file: &str, plan: Option<&str>, lib: &[PathBuf]) -> Result<gantry_lang::program::Plan, ExitCode> {
+    let checked = check_files(&[file.to_string()], lib);
+    if checked.has_errors() {
+        eprint!("{}", checked.render(use_color(Color::Auto)));
+        return Err(ExitCode::from(1));
+    }
+    let chosen = match plan {
+        Some(name) => checked.program.plans.get(name),
+        None => checked.program.plans.values().next(),
+    };
+    match chosen {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
+            eprintln!(
+                "error[C007]: {}\n  help: plans in this file: {}",
+                plan.map_or("the file declares no plan".to_string(), |n| format!("no plan named `{n}`")),
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            );
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn search_cmd(file: &str, plan: Option<&str>, pin: Option<&str>, top: usize, export: Option<ExportKind>, format: ReportFormat, lib: &[PathBuf]) -> ExitCode {
+    use gantry_compiler::{explain, export as ex, placement, plan as gplan, point, report};
+    let p = match load_plan(file, plan, lib) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let pins = match pin.map(point::parse_fix).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = gplan::search(&p, &pins, top.max(1));
+    let seconds = started.elapsed().as_secs_f64();
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            return ExitCode::from(1);
+        }
+    };
+    let metric = &p.objective.1;
+    let best = &s.best.estimate;
+    match format {
+        ReportFormat::Json => {
+            let mut j = report::json(&s.best);
+            j["search"] = serde_json::json!({
+                "evaluated": s.stats.evaluated,
+                "pruned": s.stats.pruned,
+                "invalid": s.stats.invalid,
+                "infeasible": s.stats.infeasible,
+                "space": s.space_size,
+                "egraph_nodes": 0,
+                "stop_reason": s.stop.name(),
+                "seconds": seconds,
+                "optimality_gap": 0.0,
+            });
+            j["placement"] = placement::json(best, &p.system, &s.best.hardware.topo);
+            j["explanation"] = serde_json::json!(s.explanation);
+            j["top"] = serde_json::Value::Array(
+                s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
+            );
+            println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        }
+        _ => {
+            print!("{}", report::text(&s.best, format == ReportFormat::Markdown));
+            println!("\nSearch");
+            println!(
+                "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible; {} in {:.3} s; optimality gap 0 (exhaustive)",
+                s.space_size, s.stats.evaluated, s.stats.pruned, s.stats.invalid, s.stats.infeasible, s.stop.name(), seconds
+            );
+            println!("\nTop {} by {}", s.top.len(), metric);
+            for (i, e) in s.top.iter().enumerate() {
+                println!("  {:>2}. {:<110} {}", i + 1, e.point.to_string(), gantry_lang::units::format_number(e.metric(metric).unwrap_or(f64::NAN)));
+            }
+            println!("\nWhy");
+            for line in &s.explanation {
+                println!("  {line}");
+            }
+            let _ = explain::parts;
+        }
+    }
+    if let Some(kind) = export {
+        let text = match kind {
+            ExportKind::Megatron => ex::megatron(best, &s.best.ir),
+            ExportKind::Torchrec => serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default(),
+            ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
+        };
+        eprintln!("--- export ---");
+        println!("{text}");
+    }
+    ExitCode::SUCCESS
 }

@@ -95,6 +95,8 @@ pub struct IrOp {
     pub heads: Option<(u64, u64)>,
     /// Mixture of experts: experts, and bytes per sample dispatched to them.
     pub experts: Option<(u64, f64)>,
+    /// Embedding tables of an embedding bag: name, bytes, lookup bytes per sample.
+    pub tables: Vec<(String, f64, f64)>,
     /// Kernels launched per forward pass (an embedding bag launches one
     /// lookup per table, an MLP a GEMM and an activation per layer).
     pub kernels: f64,
@@ -125,6 +127,7 @@ impl IrOp {
             heads: None,
             experts: None,
             tensors: 0.0,
+            tables: Vec::new(),
             kernels: 1.0,
             mult: 1.0,
         }
@@ -522,6 +525,7 @@ impl Lowering<'_> {
                     o.params += (t.rows * t.dim) as f64;
                     o.table_bytes += (t.rows * t.dim) as f64 * tb;
                     o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
+                    o.tables.push((t.name.clone(), (t.rows * t.dim) as f64 * tb, (t.pooling * t.dim) as f64 * tb));
                 }
                 o.bytes = o.lookup_bytes + beta * out_n;
                 o.kernels = tables.len() as f64;

@@ -5,9 +5,13 @@
 
 pub mod collective;
 pub mod cost;
+pub mod explain;
+pub mod export;
 pub mod hardware;
 pub mod ir;
+pub mod placement;
 pub mod plan;
 pub mod point;
 pub mod report;
+pub mod search;
 pub mod validate;

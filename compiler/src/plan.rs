@@ -125,3 +125,86 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         batch_candidates: candidates.len(),
     })
 }
+
+/// The result of searching a plan's design space.
+pub struct Searched {
+    pub best: Evaluation,
+    pub top: Vec<Estimate>,
+    pub stats: crate::search::Stats,
+    pub stop: crate::search::StopReason,
+    pub space_size: usize,
+    /// The winner's bottleneck and why the runner-up loses.
+    pub explanation: Vec<String>,
+    pub tables: Vec<crate::placement::TablePlacement>,
+}
+
+/// Searches the plan's space (its `search` domains, `fix` pins and
+/// `overrides`) and keeps the best `k` points.
+pub fn search(plan: &Plan, overrides: &BTreeMap<String, Pin>, k: usize) -> Result<Searched, PinError> {
+    use crate::search;
+    let ir = lower(&plan.workload).map_err(|e| error(Code::C008, "fix", format!("cannot price `{}`: {e}", plan.workload.name), "bind every shape symbol in the workload"))?;
+    let hardware = Hardware::new(&plan.system, plan.workload.dtype).map_err(|m| {
+        error(Code::C009, "fix", format!("device `{}` has no {}", m.device, m.what), "add the figure to the device in stdlib, or choose another dtype")
+    })?;
+    let prefill = prefill_of(&plan.workload);
+    let space = search::space(plan, &ir, overrides);
+    let out = search::run(plan, &ir, &hardware, prefill.as_ref(), &space, k.max(2));
+    let Some(best) = out.top.first().cloned() else {
+        if let Some(t) = &out.tightest {
+            let p = &t.estimate.point;
+            let m = &t.estimate.memory;
+            return Err(error(
+                Code::C010,
+                "search",
+                format!(
+                    "no design point fits: the closest, tp={} pp={} cp={} dp={} zero={} recompute={} microbatch={}, misses {} by {:.0}% (needs {} per device; HBM is {})",
+                    p.tp,
+                    p.pp,
+                    p.cp,
+                    p.dp,
+                    p.zero,
+                    p.recompute.name(),
+                    p.microbatch,
+                    t.what,
+                    100.0 * (t.ratio - 1.0),
+                    gantry_lang::units::Quantity::new(m.total(), gantry_lang::units::Dim::BYTES),
+                    gantry_lang::units::Quantity::new(m.capacity, gantry_lang::units::Dim::BYTES),
+                ),
+                "widen the search (more devices, deeper pipelines, ZeRO-3, full recomputation) or relax the constraints",
+            ));
+        }
+        return Err(out.first_error.unwrap_or_else(|| {
+            error(
+                Code::C010,
+                "search",
+                format!("the search space of `{}` holds no valid design point ({} candidates)", plan.name, space.size()),
+                "check the domains: degrees must divide the devices, heads and batch",
+            )
+        }));
+    };
+    let decode = crate::explain::phase_is_decode(&ir.phase);
+    let mut explanation = vec![format!("bottleneck: {}", crate::explain::bottleneck(&best, decode))];
+    if let Some(second) = out.top.get(1) {
+        explanation.push(crate::explain::versus(&best, second, &plan.objective.1));
+    }
+    let per_rank = hardware.hbm_capacity - hardware.reserve - best.memory.weights - best.memory.gradients - best.memory.optimizer - best.memory.activations;
+    let tables = crate::placement::tables(&ir, best.devices, per_rank, plan.system.node.host_memory.is_some(), 0.10);
+    let top = out.top.clone();
+    Ok(Searched {
+        best: Evaluation {
+            plan: plan.name.clone(),
+            workload: plan.workload.name.clone(),
+            system: plan.system.name.clone(),
+            hardware,
+            ir,
+            estimate: best,
+            batch_candidates: 0,
+        },
+        top,
+        stats: out.stats,
+        stop: out.stop,
+        space_size: space.size(),
+        explanation,
+        tables,
+    })
+}

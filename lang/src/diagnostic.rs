@@ -97,6 +97,7 @@ codes! {
     C007 => "no such plan",
     C008 => "workload cannot be priced",
     C009 => "missing calibration or hardware figure",
+    C010 => "no design point is feasible",
 }
 
 impl fmt::Display for Code {

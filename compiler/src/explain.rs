@@ -1,0 +1,109 @@
+//! Plain-words explanations: what binds the winner, why the runner-up loses.
+
+use gantry_lang::program::Phase;
+use gantry_lang::units::{Dim, Quantity};
+
+use crate::cost::Estimate;
+
+fn s(v: f64) -> String {
+    Quantity::new(v, Dim::TIME).to_string()
+}
+
+/// The named parts of a step, largest first.
+pub fn parts(e: &Estimate) -> Vec<(&'static str, f64)> {
+    let t = &e.time;
+    let mut v = vec![
+        ("compute (matrix products)", t.compute.matmul + t.compute.attention),
+        ("HBM-bound streaming ops", t.compute.elementwise + t.compute.embedding + t.compute.layout),
+        ("recomputation", t.recompute),
+        ("scale-up link (tensor/sequence-parallel collectives)", t.tp_comm),
+        ("fabric (exposed data-parallel / ZeRO traffic)", t.dp_exposed),
+        ("pipeline bubble", t.bubble),
+        ("pipeline sends", t.pp_comm),
+        ("all-to-all and context-parallel exchange", t.all_to_all + t.cp_comm),
+        ("prefill share", t.prefill),
+        ("optimizer and fixed overheads", t.optimizer + t.overhead),
+    ];
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+/// The binding constraint or bottleneck of a design point.
+pub fn bottleneck(e: &Estimate, decode: bool) -> String {
+    let (name, t) = parts(e)[0];
+    let share = 100.0 * t / e.time.step;
+    let mem = e.memory.total() / e.memory.capacity;
+    let mut out = if decode && name.starts_with("compute") {
+        format!(
+            "HBM bandwidth: each decode step streams the weights and the KV cache; products take {} of the {} step ({share:.0}%)",
+            s(t),
+            s(e.time.step)
+        )
+    } else {
+        format!("{name}: {} of the {} step ({share:.0}%)", s(t), s(e.time.step))
+    };
+    if mem > 0.85 {
+        out.push_str(&format!(
+            "; HBM capacity is nearly binding: {} of {} used ({:.0}%)",
+            Quantity::new(e.memory.total(), Dim::BYTES),
+            Quantity::new(e.memory.capacity, Dim::BYTES),
+            100.0 * mem
+        ));
+    }
+    out
+}
+
+/// Why `b` (the runner-up) loses to `a`, in one sentence with numbers.
+pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
+    let (ma, mb) = (a.metric(metric).unwrap_or(0.0), b.metric(metric).unwrap_or(0.0));
+    let gap = if ma != 0.0 { 100.0 * (ma - mb).abs() / ma.abs() } else { 0.0 };
+    let pa = parts(a);
+    let pb = parts(b);
+    let mut worst = ("", 0.0f64);
+    for (n, tb) in &pb {
+        let ta = pa.iter().find(|(x, _)| x == n).map_or(0.0, |x| x.1);
+        if tb - ta > worst.1 {
+            worst = (n, tb - ta);
+        }
+    }
+    let knobs = diff_knobs(a, b);
+    if worst.1 > 0.0 {
+        format!("the runner-up ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step", worst.0, s(worst.1))
+    } else {
+        format!("the runner-up ({knobs}) is {gap:.1}% worse on {metric}")
+    }
+}
+
+fn diff_knobs(a: &Estimate, b: &Estimate) -> String {
+    let (p, q) = (&a.point, &b.point);
+    let mut v = Vec::new();
+    macro_rules! d {
+        ($f:ident, $n:literal) => {
+            if p.$f != q.$f {
+                v.push(format!("{}={} instead of {}", $n, q.$f, p.$f));
+            }
+        };
+    }
+    d!(tp, "tp");
+    d!(pp, "pp");
+    d!(dp, "dp");
+    d!(cp, "cp");
+    d!(ep, "ep");
+    d!(zero, "zero");
+    d!(microbatch, "microbatch");
+    d!(virtual_stages, "virtual_stages");
+    d!(sequence_parallel, "sequence_parallel");
+    d!(batch, "batch");
+    if p.recompute != q.recompute {
+        v.push(format!("recompute={} instead of {}", q.recompute.name(), p.recompute.name()));
+    }
+    if v.is_empty() { "same knobs".into() } else { v.join(", ") }
+}
+
+pub fn is_decode(e: &Estimate) -> bool {
+    e.tpot.is_some()
+}
+
+pub fn phase_is_decode(p: &Phase) -> bool {
+    matches!(p, Phase::Decode { .. })
+}

@@ -1,0 +1,350 @@
+//! The outer search: enumerate meshes and knobs, prune by sound memory
+//! bounds, evaluate every surviving point with the cost model, keep the
+//! best K.
+//!
+//! The space is the product of every knob's domain (the plan's `search`
+//! domains, its `fix` pins, or the defaults below). A mesh `(tp, cp, pp)`
+//! whose weights, gradients and optimizer state alone exceed HBM at the
+//! most sharded ZeRO stage in the domain is skipped whole: that bound is a
+//! lower bound on the memory of every point under it, so nothing feasible
+//! is lost. Every other point is evaluated (the cost model takes about a
+//! microsecond), so the answer is exact within the space and the
+//! optimality gap is 0; the report says so, and says how many points were
+//! pruned and why.
+
+use std::collections::BTreeMap;
+
+use gantry_lang::program::{Cmp, Constraint, Domain, Goal, MetricExpr, Phase, Plan};
+
+use crate::cost::{Estimate, Evaluator};
+use crate::hardware::Hardware;
+use crate::ir::Ir;
+use crate::point::{resolve, Pin, PinError, Recompute};
+
+/// Candidate values of each knob.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Space {
+    pub tp: Vec<i64>,
+    pub cp: Vec<i64>,
+    pub pp: Vec<i64>,
+    pub ep: Vec<i64>,
+    pub dp: Option<Vec<i64>>,
+    pub zero: Vec<i64>,
+    pub recompute: Vec<&'static str>,
+    pub microbatch: Option<Vec<i64>>,
+    pub virtual_stages: Vec<i64>,
+    pub sequence_parallel: Vec<bool>,
+    pub batch: Option<Vec<i64>>,
+}
+
+impl Space {
+    pub fn size(&self) -> usize {
+        self.tp.len()
+            * self.cp.len()
+            * self.pp.len()
+            * self.ep.len()
+            * self.dp.as_ref().map_or(1, |v| v.len())
+            * self.zero.len()
+            * self.recompute.len()
+            * self.microbatch.as_ref().map_or(4, |v| v.len())
+            * self.virtual_stages.len()
+            * self.sequence_parallel.len()
+            * self.batch.as_ref().map_or(1, |v| v.len())
+    }
+}
+
+fn ints(d: Option<&Domain>, default: Vec<i64>) -> Vec<i64> {
+    match d {
+        Some(Domain::Ints(v)) => v.clone(),
+        Some(Domain::IntRange(a, b)) => (*a..=*b).collect(),
+        _ => default,
+    }
+}
+
+fn pow2_upto(n: i64) -> Vec<i64> {
+    let mut v = Vec::new();
+    let mut x = 1;
+    while x <= n.max(1) {
+        v.push(x);
+        x *= 2;
+    }
+    v
+}
+
+/// Builds the search space of a plan (with extra pins from the command line).
+pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
+    let mut fixed: BTreeMap<String, Domain> = plan.fixed.clone();
+    for (k, v) in overrides {
+        let d = match v {
+            Pin::Int(i) => Domain::Ints(vec![*i]),
+            Pin::Choice(c) => Domain::Choices(vec![c.clone()]),
+            Pin::Bool(b) => Domain::Bools(vec![*b]),
+        };
+        fixed.insert(k.clone(), d);
+    }
+    let get = |k: &str| fixed.get(k).or_else(|| plan.search.get(k));
+    let heads = ir.segments.iter().flat_map(|s| s.ops.iter()).find_map(|o| o.heads).map_or(1, |(h, _)| h as i64);
+    let experts = ir.segments.iter().flat_map(|s| s.ops.iter()).find_map(|o| o.experts).map_or(1, |(e, _)| e as i64);
+    let per_node = plan.system.node.devices_per_node as i64;
+    let layers = ir.layers().max(1) as i64;
+    let training = matches!(ir.phase, Phase::Train { .. });
+    let tp_default: Vec<i64> = pow2_upto(per_node.min(heads)).into_iter().filter(|t| heads % t == 0).collect();
+    let recompute: Vec<&'static str> = match get("recompute") {
+        Some(Domain::Choices(v)) => v.iter().filter_map(|c| Recompute::parse(c).map(|r| r.name())).collect(),
+        _ if training => vec!["none", "selective", "full"],
+        _ => vec!["none"],
+    };
+    let sequence_parallel = match get("sequence_parallel") {
+        Some(Domain::Bools(v)) => v.clone(),
+        _ if training => vec![false, true],
+        _ => vec![false],
+    };
+    Space {
+        tp: ints(get("tp"), tp_default),
+        cp: ints(get("cp"), vec![1]),
+        pp: ints(get("pp"), if training { (1..=layers.min(64)).collect() } else { vec![1] }),
+        ep: ints(get("ep"), if experts > 1 { pow2_upto(experts).into_iter().filter(|e| experts % e == 0).collect() } else { vec![1] }),
+        dp: match get("dp") {
+            Some(Domain::Auto) | None => None,
+            Some(d) => Some(ints(Some(d), vec![])),
+        },
+        zero: ints(get("zero"), if training { vec![0, 1, 3] } else { vec![0] }),
+        recompute,
+        microbatch: match get("microbatch") {
+            Some(Domain::Auto) | None => None,
+            Some(d) => Some(ints(Some(d), vec![1])),
+        },
+        virtual_stages: ints(get("virtual_stages"), if training { vec![1, 2, 4] } else { vec![1] }),
+        sequence_parallel,
+        batch: match get("batch") {
+            Some(Domain::Auto) | None => None,
+            Some(d) => Some(ints(Some(d), vec![])),
+        },
+    }
+}
+
+/// Why the search stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every point was evaluated or pruned by a sound bound.
+    Exhausted,
+}
+
+impl StopReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Exhausted => "exhausted (every point evaluated or pruned by a sound bound)",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub space: usize,
+    pub evaluated: usize,
+    pub pruned: usize,
+    pub invalid: usize,
+    pub infeasible: usize,
+}
+
+/// The tightest reason nothing fitted, for the empty-set diagnostic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tightest {
+    pub estimate: Estimate,
+    /// Needed / available.
+    pub ratio: f64,
+    pub what: String,
+}
+
+pub struct Outcome {
+    pub top: Vec<Estimate>,
+    pub stats: Stats,
+    pub stop: StopReason,
+    pub tightest: Option<Tightest>,
+    pub first_error: Option<PinError>,
+}
+
+fn metric_value(m: &MetricExpr, e: &Estimate) -> Option<f64> {
+    Some(match m {
+        MetricExpr::Const(q) => q.value,
+        MetricExpr::Metric(n) => e.metric(n)?,
+        MetricExpr::Neg(a) => -metric_value(a, e)?,
+        MetricExpr::Binary(op, a, b) => {
+            let (x, y) = (metric_value(a, e)?, metric_value(b, e)?);
+            match op {
+                '+' => x + y,
+                '-' => x - y,
+                '*' => x * y,
+                _ => x / y,
+            }
+        }
+    })
+}
+
+/// Whether `e` meets a constraint, and by how much it misses (lhs / rhs).
+pub fn meets(c: &Constraint, e: &Estimate) -> (bool, f64) {
+    let (Some(l), Some(r)) = (metric_value(&c.lhs, e), metric_value(&c.rhs, e)) else {
+        return (true, 1.0);
+    };
+    let ok = match c.cmp {
+        Cmp::Lt => l < r,
+        Cmp::Le => l <= r,
+        Cmp::Gt => l > r,
+        Cmp::Ge => l >= r,
+    };
+    let ratio = match c.cmp {
+        Cmp::Lt | Cmp::Le => l / r,
+        Cmp::Gt | Cmp::Ge => r / l,
+    };
+    (ok, ratio)
+}
+
+/// Objective value, oriented so that larger is better.
+pub fn score(plan: &Plan, e: &Estimate) -> f64 {
+    let v = e.metric(&plan.objective.1).unwrap_or(f64::NAN);
+    if plan.objective.0 == Goal::Maximize { v } else { -v }
+}
+
+/// Runs the search; `k` is how many of the best points to keep.
+pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space, k: usize) -> Outcome {
+    let ev = Evaluator { ir, hw, prefill };
+    let devices = plan.system.devices() as i64;
+    let mut stats = Stats {
+        space: sp.size(),
+        ..Stats::default()
+    };
+    let mut top: Vec<(f64, Estimate)> = Vec::new();
+    let mut tightest: Option<Tightest> = None;
+    let mut first_error = None;
+    let global = ir.samples_per_step() as i64;
+    let params = ir.params() - ir.segments.iter().flat_map(|s| s.ops.iter().map(move |o| o.params * o.mult * if o.table_bytes > 0.0 { s.count as f64 } else { 0.0 })).sum::<f64>();
+    let min_zero = sp.zero.iter().copied().max().unwrap_or(0);
+    let training = matches!(ir.phase, Phase::Train { .. });
+    let beta = ir.act_bytes;
+    for &tp in &sp.tp {
+        for &cp in &sp.cp {
+            for &pp in &sp.pp {
+                let mesh = tp * cp * pp;
+                if mesh > devices {
+                    stats.invalid += 1;
+                    continue;
+                }
+                let dps: Vec<i64> = match &sp.dp {
+                    Some(v) => v.clone(),
+                    None => vec![devices / mesh],
+                };
+                for dp in dps {
+                    // Sound memory bound: this mesh's share of the dense
+                    // parameters with their gradients and optimizer state,
+                    // at the most sharded ZeRO stage searched.
+                    let share = params / (tp * pp) as f64;
+                    let d = dp as f64;
+                    let bound = if training {
+                        let (w, g, o) = (beta, 4.0f64.max(beta), 8.0 + if beta < 4.0 { 4.0 } else { 0.0 });
+                        share * (if min_zero >= 3 { w / d } else { w } + if min_zero >= 2 { g / d } else { g } + if min_zero >= 1 { o / d } else { o })
+                    } else {
+                        share * beta
+                    };
+                    if bound > hw.hbm_capacity {
+                        stats.pruned += sp.zero.len() * sp.recompute.len() * sp.virtual_stages.len() * sp.sequence_parallel.len() * sp.ep.len();
+                        continue;
+                    }
+                    let mbs: Vec<i64> = match &sp.microbatch {
+                        Some(v) => v.clone(),
+                        None if !training => vec![1],
+                        None => {
+                            let per = (global / dp).max(1);
+                            let mut v: Vec<i64> = pow2_upto(per.min(16)).into_iter().filter(|m| per % m == 0).collect();
+                            if pp == 1 && !v.contains(&per) {
+                                v.push(per);
+                            }
+                            v
+                        }
+                    };
+                    let batches: Vec<Option<i64>> = match &sp.batch {
+                        Some(v) => v.iter().map(|b| Some(*b)).collect(),
+                        None => vec![None],
+                    };
+                    for &ep in &sp.ep {
+                        for &zero in &sp.zero {
+                            for rc in &sp.recompute {
+                                for &mb in &mbs {
+                                    for &v in &sp.virtual_stages {
+                                        if v > 1 && pp == 1 {
+                                            continue;
+                                        }
+                                        for &seqp in &sp.sequence_parallel {
+                                            if seqp && tp == 1 {
+                                                continue;
+                                            }
+                                            for b in &batches {
+                                                let mut pins = BTreeMap::new();
+                                                pins.insert("tp".to_string(), Pin::Int(tp));
+                                                pins.insert("cp".to_string(), Pin::Int(cp));
+                                                pins.insert("pp".to_string(), Pin::Int(pp));
+                                                pins.insert("dp".to_string(), Pin::Int(dp));
+                                                pins.insert("ep".to_string(), Pin::Int(ep));
+                                                pins.insert("zero".to_string(), Pin::Int(zero));
+                                                pins.insert("recompute".to_string(), Pin::Choice(rc.to_string()));
+                                                pins.insert("microbatch".to_string(), Pin::Int(mb));
+                                                pins.insert("virtual_stages".to_string(), Pin::Int(v));
+                                                pins.insert("sequence_parallel".to_string(), Pin::Bool(seqp));
+                                                if let Some(b) = b {
+                                                    pins.insert("batch".to_string(), Pin::Int(*b));
+                                                }
+                                                let point = match resolve(&pins, ir, &plan.system) {
+                                                    Ok(p) => p,
+                                                    Err(e) => {
+                                                        stats.invalid += 1;
+                                                        first_error.get_or_insert(e);
+                                                        continue;
+                                                    }
+                                                };
+                                                let e = ev.evaluate(&point);
+                                                stats.evaluated += 1;
+                                                // Feasibility: HBM, then the plan's constraints.
+                                                let mut worst: Option<(f64, String)> = None;
+                                                if !e.feasible {
+                                                    worst = Some((e.memory.total() / e.memory.capacity, "memory per device exceeds HBM".into()));
+                                                }
+                                                for c in &plan.constraints {
+                                                    let (ok, ratio) = meets(c, &e);
+                                                    if !ok && worst.as_ref().is_none_or(|w| ratio < w.0) {
+                                                        worst = Some((ratio, "a `subject to` constraint".into()));
+                                                    }
+                                                }
+                                                if let Some((ratio, what)) = worst {
+                                                    stats.infeasible += 1;
+                                                    if tightest.as_ref().is_none_or(|t| ratio < t.ratio) {
+                                                        tightest = Some(Tightest { estimate: e, ratio, what });
+                                                    }
+                                                    continue;
+                                                }
+                                                let s = score(plan, &e);
+                                                if !s.is_finite() {
+                                                    continue;
+                                                }
+                                                if top.len() < k || s > top[top.len() - 1].0 {
+                                                    let pos = top.partition_point(|(x, _)| *x >= s);
+                                                    top.insert(pos, (s, e));
+                                                    top.truncate(k);
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Outcome {
+        top: top.into_iter().map(|(_, e)| e).collect(),
+        stats,
+        stop: StopReason::Exhausted,
+        tightest,
+        first_error,
+    }
+}
