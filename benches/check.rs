@@ -47,7 +47,18 @@ fn main() {
         assert!(!f.is_empty());
     }
     let (c, f) = (median(check_s), median(fmt_s));
-    println!("front end on a generated {lines}-line file ({} KiB), median of {runs} runs:", src.len() / 1024);
-    println!("  check: {:.1} ms  = {:.0} lines/s", c * 1e3, lines as f64 / c);
-    println!("  fmt:   {:.1} ms  = {:.0} lines/s", f * 1e3, lines as f64 / f);
+    println!(
+        "front end on a generated {lines}-line file ({} KiB), median of {runs} runs:",
+        src.len() / 1024
+    );
+    println!(
+        "  check: {:.1} ms  = {:.0} lines/s",
+        c * 1e3,
+        lines as f64 / c
+    );
+    println!(
+        "  fmt:   {:.1} ms  = {:.0} lines/s",
+        f * 1e3,
+        lines as f64 / f
+    );
 }

@@ -8,15 +8,24 @@ use std::time::Instant;
 use gantry_compiler::cost::Evaluator;
 use gantry_compiler::hardware::Hardware;
 use gantry_compiler::ir::lower;
-use gantry_compiler::point::{resolve, Pin};
+use gantry_compiler::point::{Pin, resolve};
 
 fn main() {
     let checked = gantry::check_files(&["examples/llm_train.gantry".to_string()], &[]);
     assert!(!checked.has_errors(), "{}", checked.render(false));
-    let plan = checked.program.plans.values().find(|p| p.system.devices() == 16_384).expect("a 16,384-GPU plan");
+    let plan = checked
+        .program
+        .plans
+        .values()
+        .find(|p| p.system.devices() == 16_384)
+        .expect("a 16,384-GPU plan");
     let ir = lower(&plan.workload).expect("lowers");
     let hw = Hardware::new(&plan.system, plan.workload.dtype).expect("hardware");
-    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
     // A spread of valid points: tp x pp x microbatch x recompute x zero.
     let mut points = Vec::new();
     for tp in [1, 2, 4, 8] {

@@ -1,1 +1,6 @@
-fn main(){ lalrpop::Configuration::new().emit_rerun_directives(true).process_current_dir().unwrap(); }
+fn main() {
+    lalrpop::Configuration::new()
+        .emit_rerun_directives(true)
+        .process_current_dir()
+        .unwrap();
+}

@@ -92,7 +92,10 @@ impl Loader for FsLoader {
 pub fn check_files(paths: &[String], lib_dirs: &[PathBuf]) -> Checked {
     let mut loader = FsLoader::new();
     loader.lib_dirs.splice(0..0, lib_dirs.iter().cloned());
-    let roots: Vec<String> = paths.iter().map(|p| normalize(Path::new(p)).to_string_lossy().into_owned()).collect();
+    let roots: Vec<String> = paths
+        .iter()
+        .map(|p| normalize(Path::new(p)).to_string_lossy().into_owned())
+        .collect();
     check::check(&roots, &loader)
 }
 
@@ -101,7 +104,9 @@ pub fn gantry_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

@@ -11,7 +11,11 @@ use gantry::check_files;
 use gantry_lang::diagnostic;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "Hardware/software co-design for AI infrastructure")]
+#[command(
+    name = "gantry",
+    version,
+    about = "Hardware/software co-design for AI infrastructure"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,7 +143,10 @@ fn main() -> ExitCode {
             match format {
                 Format::Json => {
                     let json = diagnostic::to_json(&checked.diagnostics, &checked.sources);
-                    println!("{}", serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into()));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into())
+                    );
                 }
                 Format::Text => {
                     eprint!("{}", checked.render(use_color(color)));
@@ -149,13 +156,25 @@ fn main() -> ExitCode {
                     let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
                     let warnings = checked.diagnostics.len() - errors;
                     if errors > 0 || warnings > 0 {
-                        eprintln!("{errors} error{}, {warnings} warning{}", plural(errors), plural(warnings));
+                        eprintln!(
+                            "{errors} error{}, {warnings} warning{}",
+                            plural(errors),
+                            plural(warnings)
+                        );
                     }
                 }
             }
-            if checked.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if checked.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
-        Command::Fmt { files, check, stdout } => fmt_files(&files, check, stdout),
+        Command::Fmt {
+            files,
+            check,
+            stdout,
+        } => fmt_files(&files, check, stdout),
         Command::Explain { code } => explain(code.as_deref()),
         Command::Plan {
             file,
@@ -168,7 +187,15 @@ fn main() -> ExitCode {
             lib,
         } => match fix {
             Some(f) => plan_cmd(&file, plan.as_deref(), Some(&f), format, &lib),
-            None => search_cmd(&file, plan.as_deref(), pin.as_deref(), top, export, format, &lib),
+            None => search_cmd(
+                &file,
+                plan.as_deref(),
+                pin.as_deref(),
+                top,
+                export,
+                format,
+                &lib,
+            ),
         },
         Command::Validate { dir } => validate_cmd(&dir),
     }
@@ -236,7 +263,10 @@ fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
                 let mut sources = gantry_lang::source::SourceMap::default();
                 let id = sources.add(f.clone(), text.clone());
                 let diags: Vec<_> = diags.into_iter().map(|d| d.in_file(id)).collect();
-                eprint!("{}", diagnostic::render(&diags, &sources, use_color(Color::Auto)));
+                eprint!(
+                    "{}",
+                    diagnostic::render(&diags, &sources, use_color(Color::Auto))
+                );
                 eprintln!("{f}: not formatted because it has syntax errors");
                 status = status.max(1);
             }
@@ -245,7 +275,13 @@ fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
     ExitCode::from(status)
 }
 
-fn plan_cmd(file: &str, plan: Option<&str>, fix: Option<&str>, format: ReportFormat, lib: &[PathBuf]) -> ExitCode {
+fn plan_cmd(
+    file: &str,
+    plan: Option<&str>,
+    fix: Option<&str>,
+    format: ReportFormat,
+    lib: &[PathBuf],
+) -> ExitCode {
     use gantry_compiler::{plan, point, report};
     let checked = check_files(&[file.to_string()], lib);
     if checked.has_errors() {
@@ -267,22 +303,34 @@ fn plan_cmd(file: &str, plan: Option<&str>, fix: Option<&str>, format: ReportFor
         let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
         eprintln!(
             "error[C007]: {}\n  help: plans in this file: {}",
-            plan.map_or("the file declares no plan".to_string(), |n| format!("no plan named `{n}`")),
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            plan.map_or("the file declares no plan".to_string(), |n| format!(
+                "no plan named `{n}`"
+            )),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         );
         return ExitCode::from(1);
     };
     match plan::evaluate(p, &pins) {
         Ok(ev) => {
             match format {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&ev)).unwrap_or_default()),
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::json(&ev)).unwrap_or_default()
+                ),
                 ReportFormat::Text => print!("{}", report::text(&ev, false)),
                 ReportFormat::Markdown => print!("{}", report::text(&ev, true)),
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error[{}]: {} (knob `{}`)\n  help: {}", e.code, e.message, e.knob, e.help);
+            eprintln!(
+                "error[{}]: {} (knob `{}`)\n  help: {}",
+                e.code, e.message, e.knob, e.help
+            );
             ExitCode::from(1)
         }
     }
@@ -297,9 +345,15 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
     }
     let mut by_section: std::collections::BTreeMap<char, Vec<f64>> = Default::default();
     let mut failed = false;
-    println!("{:<44} {:<28} {:>14} {:>14} {:>8}", "plan", "metric", "predicted", "published", "error");
+    println!(
+        "{:<44} {:<28} {:>14} {:>14} {:>8}",
+        "plan", "metric", "predicted", "published", "error"
+    );
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let section = name.chars().next().unwrap_or('?').to_ascii_uppercase();
         let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
         if checked.has_errors() {
@@ -332,9 +386,18 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
     println!();
     for (s, errs) in &by_section {
         let max = errs.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-        println!("section {s}: {} figures, median |error| {:.1}%, max |error| {:.1}%", errs.len(), validate::median(errs), max);
+        println!(
+            "section {s}: {} figures, median |error| {:.1}%, max |error| {:.1}%",
+            errs.len(),
+            validate::median(errs),
+            max
+        );
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn fmt_metric(metric: &str, v: f64) -> String {
@@ -344,7 +407,11 @@ fn fmt_metric(metric: &str, v: f64) -> String {
     }
 }
 
-fn load_plan(file: &str, plan: Option<&str>, lib: &[PathBuf]) -> Result<gantry_lang::program::Plan, ExitCode> {
+fn load_plan(
+    file: &str,
+    plan: Option<&str>,
+    lib: &[PathBuf],
+) -> Result<gantry_lang::program::Plan, ExitCode> {
     let checked = check_files(&[file.to_string()], lib);
     if checked.has_errors() {
         eprint!("{}", checked.render(use_color(Color::Auto)));
@@ -360,15 +427,29 @@ fn load_plan(file: &str, plan: Option<&str>, lib: &[PathBuf]) -> Result<gantry_l
             let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
             eprintln!(
                 "error[C007]: {}\n  help: plans in this file: {}",
-                plan.map_or("the file declares no plan".to_string(), |n| format!("no plan named `{n}`")),
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                plan.map_or("the file declares no plan".to_string(), |n| format!(
+                    "no plan named `{n}`"
+                )),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
             );
             Err(ExitCode::from(1))
         }
     }
 }
 
-fn search_cmd(file: &str, plan: Option<&str>, pin: Option<&str>, top: usize, export: Option<ExportKind>, format: ReportFormat, lib: &[PathBuf]) -> ExitCode {
+fn search_cmd(
+    file: &str,
+    plan: Option<&str>,
+    pin: Option<&str>,
+    top: usize,
+    export: Option<ExportKind>,
+    format: ReportFormat,
+    lib: &[PathBuf],
+) -> ExitCode {
     use gantry_compiler::{explain, export as ex, placement, plan as gplan, point, report};
     let p = match load_plan(file, plan, lib) {
         Ok(p) => p,
@@ -415,15 +496,29 @@ fn search_cmd(file: &str, plan: Option<&str>, pin: Option<&str>, top: usize, exp
             println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
         }
         _ => {
-            print!("{}", report::text(&s.best, format == ReportFormat::Markdown));
+            print!(
+                "{}",
+                report::text(&s.best, format == ReportFormat::Markdown)
+            );
             println!("\nSearch");
             println!(
                 "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible; {} in {:.3} s; optimality gap 0 (exhaustive)",
-                s.space_size, s.stats.evaluated, s.stats.pruned, s.stats.invalid, s.stats.infeasible, s.stop.name(), seconds
+                s.space_size,
+                s.stats.evaluated,
+                s.stats.pruned,
+                s.stats.invalid,
+                s.stats.infeasible,
+                s.stop.name(),
+                seconds
             );
             println!("\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
-                println!("  {:>2}. {:<110} {}", i + 1, e.point.to_string(), gantry_lang::units::format_number(e.metric(metric).unwrap_or(f64::NAN)));
+                println!(
+                    "  {:>2}. {:<110} {}",
+                    i + 1,
+                    e.point.to_string(),
+                    gantry_lang::units::format_number(e.metric(metric).unwrap_or(f64::NAN))
+                );
             }
             println!("\nWhy");
             for line in &s.explanation {
@@ -435,7 +530,9 @@ fn search_cmd(file: &str, plan: Option<&str>, pin: Option<&str>, top: usize, exp
     if let Some(kind) = export {
         let text = match kind {
             ExportKind::Megatron => ex::megatron(best, &s.best.ir),
-            ExportKind::Torchrec => serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default(),
+            ExportKind::Torchrec => {
+                serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default()
+            }
             ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
         };
         eprintln!("--- export ---");

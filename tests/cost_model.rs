@@ -9,7 +9,7 @@ use std::path::Path;
 use gantry_compiler::cost::Evaluator;
 use gantry_compiler::hardware::Hardware;
 use gantry_compiler::ir::lower;
-use gantry_compiler::point::{parse_fix, resolve, Pin};
+use gantry_compiler::point::{Pin, parse_fix, resolve};
 use gantry_compiler::validate::{median, rows};
 use gantry_lang::diagnostic::Code;
 use gantry_lang::program::Plan;
@@ -29,10 +29,17 @@ fn reference_errors() -> Vec<(String, String, f64)> {
     for f in gantry::gantry_files(Path::new("examples/reference")) {
         let c = gantry::check_files(&[f.to_string_lossy().into_owned()], &[]);
         assert!(!c.has_errors(), "{}", c.render(false));
-        let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for r in rows(&c.program) {
             let r = r.unwrap_or_else(|(p, e)| panic!("{stem}:{p}: {}", e.message));
-            assert!(r.feasible, "{stem}:{}: the published configuration must fit in memory", r.plan);
+            assert!(
+                r.feasible,
+                "{stem}:{}: the published configuration must fit in memory",
+                r.plan
+            );
             out.push((stem.clone(), r.metric.clone(), r.error_pct()));
         }
     }
@@ -42,9 +49,17 @@ fn reference_errors() -> Vec<(String, String, f64)> {
 #[test]
 fn reference_runs_within_tolerance() {
     let errs = reference_errors();
-    let section = |p: &str| errs.iter().filter(|(s, ..)| s.starts_with(p)).cloned().collect::<Vec<_>>();
+    let section = |p: &str| {
+        errs.iter()
+            .filter(|(s, ..)| s.starts_with(p))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     // A: Megatron Table 1 rows within 10%, median at most 5%.
-    let table1: Vec<_> = errs.iter().filter(|(s, ..)| s.starts_with('a') && s[1..3].parse::<u32>().is_ok_and(|n| n <= 10)).collect();
+    let table1: Vec<_> = errs
+        .iter()
+        .filter(|(s, ..)| s.starts_with('a') && s[1..3].parse::<u32>().is_ok_and(|n| n <= 10))
+        .collect();
     assert_eq!(table1.len(), 10);
     for (s, m, e) in &table1 {
         assert!(e.abs() <= 10.0, "{s} {m}: {e:+.1}%");
@@ -52,13 +67,19 @@ fn reference_runs_within_tolerance() {
     let med = median(&table1.iter().map(|x| x.2).collect::<Vec<_>>());
     assert!(med <= 5.0, "Table 1 median error {med:.1}%");
     // The six extra 175B rows (PTD-P and ZeRO-3) within 15%.
-    let extra: Vec<_> = errs.iter().filter(|(s, ..)| s.starts_with("a1") && s[1..3].parse::<u32>().is_ok_and(|n| n > 10)).collect();
+    let extra: Vec<_> = errs
+        .iter()
+        .filter(|(s, ..)| s.starts_with("a1") && s[1..3].parse::<u32>().is_ok_and(|n| n > 10))
+        .collect();
     assert_eq!(extra.len(), 6);
     for (s, m, e) in extra {
         assert!(e.abs() <= 15.0, "{s} {m}: {e:+.1}%");
     }
     // B: both iteration-time columns within 10%.
-    let b: Vec<_> = section("b").into_iter().filter(|(_, m, _)| m == "iteration_time").collect();
+    let b: Vec<_> = section("b")
+        .into_iter()
+        .filter(|(_, m, _)| m == "iteration_time")
+        .collect();
     assert_eq!(b.len(), 8);
     for (s, m, e) in b {
         assert!(e.abs() <= 10.0, "{s} {m}: {e:+.1}%");
@@ -77,10 +98,17 @@ fn reference_runs_within_tolerance() {
 fn megatron_22b_layer_times_within_15_percent() {
     // Korthikanti et al. 2022: one 22B layer, s = 2048, t = 8, forward /
     // backward in ms, for five settings.
-    let p = plan("examples/reference/b01_22b.gantry", Some("b01_gpt_22b_full_recompute"));
+    let p = plan(
+        "examples/reference/b01_22b.gantry",
+        Some("b01_gpt_22b_full_recompute"),
+    );
     let ir = lower(&p.workload).expect("lowers");
     let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
-    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
     let cases = [
         ("none", false, 7.7, 11.9),
         ("none", true, 7.2, 11.8),
@@ -89,23 +117,48 @@ fn megatron_22b_layer_times_within_15_percent() {
         ("selective", true, 7.2, 13.1),
     ];
     for (rc, sp, f_ms, b_ms) in cases {
-        let pins = parse_fix(&format!("tp=8,pp=1,dp=1,microbatch=4,recompute={rc},sequence_parallel={sp}")).expect("pins");
+        let pins = parse_fix(&format!(
+            "tp=8,pp=1,dp=1,microbatch=4,recompute={rc},sequence_parallel={sp}"
+        ))
+        .expect("pins");
         let point = resolve(&pins, &ir, &p.system).expect("valid point");
         let (f, b) = ev.layer_times(&point).expect("a layer");
-        let (fe, be) = (100.0 * (f * 1e3 - f_ms) / f_ms, 100.0 * (b * 1e3 - b_ms) / b_ms);
-        eprintln!("{rc} sp={sp}: {:.2}/{:.2} ms vs {f_ms}/{b_ms}", f * 1e3, b * 1e3);
-        assert!(fe.abs() <= 15.0 && be.abs() <= 15.0, "{rc} sp={sp}: {:.2}/{:.2} ms vs {f_ms}/{b_ms} ({fe:+.1}%/{be:+.1}%)", f * 1e3, b * 1e3);
+        let (fe, be) = (
+            100.0 * (f * 1e3 - f_ms) / f_ms,
+            100.0 * (b * 1e3 - b_ms) / b_ms,
+        );
+        eprintln!(
+            "{rc} sp={sp}: {:.2}/{:.2} ms vs {f_ms}/{b_ms}",
+            f * 1e3,
+            b * 1e3
+        );
+        assert!(
+            fe.abs() <= 15.0 && be.abs() <= 15.0,
+            "{rc} sp={sp}: {:.2}/{:.2} ms vs {f_ms}/{b_ms} ({fe:+.1}%/{be:+.1}%)",
+            f * 1e3,
+            b * 1e3
+        );
     }
 }
 
 #[test]
 fn pipeline_bubble_follows_the_schedule() {
-    let p = plan("examples/reference/b02_175b.gantry", Some("b02_gpt_175b_full_recompute"));
+    let p = plan(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_full_recompute"),
+    );
     let ir = lower(&p.workload).expect("lowers");
     let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
-    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
     let at = |v: u64| {
-        let pins = parse_fix(&format!("tp=8,pp=8,dp=1,microbatch=1,recompute=full,virtual_stages={v}")).expect("pins");
+        let pins = parse_fix(&format!(
+            "tp=8,pp=8,dp=1,microbatch=1,recompute=full,virtual_stages={v}"
+        ))
+        .expect("pins");
         ev.evaluate(&resolve(&pins, &ir, &p.system).expect("valid"))
     };
     let (one, two) = (at(1), at(2));
@@ -114,13 +167,25 @@ fn pipeline_bubble_follows_the_schedule() {
     let m = 64.0;
     let slots = m + 7.0;
     let pipe = one.time.step - one.time.dp_exposed - one.time.optimizer - one.time.overhead;
-    assert!((one.time.bubble / pipe - 7.0 / slots).abs() < 1e-9, "{}", one.time.bubble / pipe);
-    assert!((one.time.bubble / two.time.bubble - 2.0).abs() < 0.05, "{} vs {}", one.time.bubble, two.time.bubble);
+    assert!(
+        (one.time.bubble / pipe - 7.0 / slots).abs() < 1e-9,
+        "{}",
+        one.time.bubble / pipe
+    );
+    assert!(
+        (one.time.bubble / two.time.bubble - 2.0).abs() < 0.05,
+        "{} vs {}",
+        one.time.bubble,
+        two.time.bubble
+    );
 }
 
 #[test]
 fn contradictory_pins_are_diagnostics() {
-    let p = plan("examples/reference/b01_22b.gantry", Some("b01_gpt_22b_full_recompute"));
+    let p = plan(
+        "examples/reference/b01_22b.gantry",
+        Some("b01_gpt_22b_full_recompute"),
+    );
     let ir = lower(&p.workload).expect("lowers");
     let check = |fix: &str, code: Code, needle: &str| {
         let pins = parse_fix(fix).expect("parses");
@@ -135,24 +200,41 @@ fn contradictory_pins_are_diagnostics() {
     check("tp=1,pp=8,dp=1,virtual_stages=5", Code::C004, "48 layers");
     assert_eq!(parse_fix("tp=two").expect_err("bad").code, Code::C006);
     assert_eq!(parse_fix("tq=2").expect_err("bad").code, Code::C006);
-    assert_eq!(parse_fix("recompute=some").expect_err("bad").code, Code::C006);
+    assert_eq!(
+        parse_fix("recompute=some").expect_err("bad").code,
+        Code::C006
+    );
     let mut pins = BTreeMap::new();
     pins.insert("tp".to_string(), Pin::Int(0));
-    assert_eq!(resolve(&pins, &ir, &p.system).expect_err("zero").code, Code::C006);
+    assert_eq!(
+        resolve(&pins, &ir, &p.system).expect_err("zero").code,
+        Code::C006
+    );
 }
 
 #[test]
 fn memory_is_reported_infeasible_with_numbers() {
     // 175B on 8 GPUs without model parallelism cannot fit.
-    let p = plan("examples/reference/b02_175b.gantry", Some("b02_gpt_175b_full_recompute"));
+    let p = plan(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_full_recompute"),
+    );
     let ir = lower(&p.workload).expect("lowers");
     let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
-    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
     let pins = parse_fix("tp=1,pp=1,dp=64,microbatch=1,recompute=full").expect("pins");
     let e = ev.evaluate(&resolve(&pins, &ir, &p.system).expect("valid"));
     assert!(!e.feasible);
     // 175e9 params x (2 + 2 + 12) bytes is about 2.8 TB.
-    assert!(e.memory.total() > 2.5e12 && e.memory.total() < 3.5e12, "{}", e.memory.total());
+    assert!(
+        e.memory.total() > 2.5e12 && e.memory.total() < 3.5e12,
+        "{}",
+        e.memory.total()
+    );
 }
 
 #[test]
@@ -162,7 +244,11 @@ fn uneven_stages_follow_llama3() {
     let p = plan("examples/llm_train.gantry", Some("llama3_405b_meta"));
     let ir = lower(&p.workload).expect("lowers");
     let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
-    let ev = Evaluator { ir: &ir, hw: &hw, prefill: None };
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
     let pins = parse_fix("tp=8,pp=16,dp=128,microbatch=1,recompute=full").expect("pins");
     let e = ev.evaluate(&resolve(&pins, &ir, &p.system).expect("valid"));
     let mut want = vec![8u64; 16];

@@ -18,7 +18,8 @@ fn corpus_loader() -> (MemLoader, Vec<String>) {
     for dir in ["stdlib", "examples"] {
         for p in gantry::gantry_files(Path::new(dir)) {
             let name = p.to_string_lossy().replace('\\', "/");
-            l.files.insert(name.clone(), std::fs::read_to_string(&p).expect("read"));
+            l.files
+                .insert(name.clone(), std::fs::read_to_string(&p).expect("read"));
             names.push(name);
         }
     }
@@ -29,12 +30,20 @@ fn corpus_loader() -> (MemLoader, Vec<String>) {
 /// diagnostics as (code, message), which must not depend on layout.
 fn meaning(loader: &MemLoader, name: &str) -> (String, Vec<(String, String)>) {
     let c = check(&[name.to_string()], loader);
-    let diags = c.diagnostics.iter().map(|d| (d.code.to_string(), d.message.clone())).collect();
+    let diags = c
+        .diagnostics
+        .iter()
+        .map(|d| (d.code.to_string(), d.message.clone()))
+        .collect();
     (c.program.summary(), diags)
 }
 
 fn comments(src: &str) -> Vec<String> {
-    let mut v: Vec<String> = lex(src).comments.into_iter().map(|c| c.text.trim().to_string()).collect();
+    let mut v: Vec<String> = lex(src)
+        .comments
+        .into_iter()
+        .map(|c| c.text.trim().to_string())
+        .collect();
     v.sort();
     v
 }
@@ -51,18 +60,27 @@ fn fmt_is_idempotent_and_keeps_meaning_on_the_corpus() {
         assert_eq!(comments(src), comments(&once), "{name}: comments changed");
         let mut formatted = loader.clone();
         formatted.files.insert(name.clone(), once.clone());
-        assert_eq!(meaning(&loader, name), meaning(&formatted, name), "{name}: meaning changed");
+        assert_eq!(
+            meaning(&loader, name),
+            meaning(&formatted, name),
+            "{name}: meaning changed"
+        );
     }
 }
 
 // ---- generated programs ----
 
 fn unit() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["", " GB", " GiB", " TB/s", " Gb/s", " TFLOP/s", " W", " us", " s", " B"])
+    prop::sample::select(vec![
+        "", " GB", " GiB", " TB/s", " Gb/s", " TFLOP/s", " W", " us", " s", " B",
+    ])
 }
 
 fn number() -> impl Strategy<Value = String> {
-    prop_oneof![(1u32..5000).prop_map(|n| n.to_string()), (1u32..999, 1u32..99).prop_map(|(a, b)| format!("{a}.{b}"))]
+    prop_oneof![
+        (1u32..5000).prop_map(|n| n.to_string()),
+        (1u32..999, 1u32..99).prop_map(|(a, b)| format!("{a}.{b}"))
+    ]
 }
 
 /// Expressions over plain numbers and quantities, some ill-typed on purpose.
@@ -73,7 +91,11 @@ fn expr() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(4, 24, 2, |inner| {
         prop_oneof![
-            (inner.clone(), prop::sample::select(vec!["+", "-", "*", "/"]), inner.clone())
+            (
+                inner.clone(),
+                prop::sample::select(vec!["+", "-", "*", "/"]),
+                inner.clone()
+            )
                 .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
             inner.clone().prop_map(|a| format!("({a})")),
             inner.clone().prop_map(|a| format!("-{a}")),
@@ -83,7 +105,10 @@ fn expr() -> impl Strategy<Value = String> {
 }
 
 fn layout() -> impl Strategy<Value = (&'static str, &'static str)> {
-    (prop::sample::select(vec![" ", "  ", "\t"]), prop::sample::select(vec!["", " // note", "  /* c */"]))
+    (
+        prop::sample::select(vec![" ", "  ", "\t"]),
+        prop::sample::select(vec!["", " // note", "  /* c */"]),
+    )
 }
 
 fn program() -> impl Strategy<Value = String> {

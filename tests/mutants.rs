@@ -9,10 +9,10 @@
 //! `GANTRY_MUTANT_SEED` to explore other seeds; a failure prints the seed
 //! and the mutant.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use gantry_lang::check::{check, Checked};
+use gantry_lang::check::{Checked, check};
 use gantry_lang::source::MemLoader;
 
 const MIN_MUTANTS: usize = 10_000;
@@ -28,15 +28,57 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
 /// Fragments worth inserting: brackets, operators, units, keywords, junk.
 const SNIPPETS: &[&str] = &[
-    "{", "}", "(", ")", "[", "]", ",", "=", "@", "..", "x", "\n", "\"", "/*", "*/", "//", "$", "-", "*", "/", "GB/s",
-    " TFLOP/s", "repeat 3 {", "model", "device", "plan", "import \"stdlib/hardware/h100.gantry\"\n", "0", "1e400",
-    "99999999999999999999", "é", "\u{0}", "\t", ";", "let", "input", "output", "linear(", "x 8", "in", "auto",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "=",
+    "@",
+    "..",
+    "x",
+    "\n",
+    "\"",
+    "/*",
+    "*/",
+    "//",
+    "$",
+    "-",
+    "*",
+    "/",
+    "GB/s",
+    " TFLOP/s",
+    "repeat 3 {",
+    "model",
+    "device",
+    "plan",
+    "import \"stdlib/hardware/h100.gantry\"\n",
+    "0",
+    "1e400",
+    "99999999999999999999",
+    "é",
+    "\u{0}",
+    "\t",
+    ";",
+    "let",
+    "input",
+    "output",
+    "linear(",
+    "x 8",
+    "in",
+    "auto",
 ];
 
 fn mutate(src: &str, rng: &mut Rng) -> String {
@@ -118,7 +160,10 @@ fn check_with(loader: &MemLoader, name: &str, text: &str) -> Checked {
 fn assert_invariants(c: &Checked, what: &str) {
     for d in &c.diagnostics {
         for span in std::iter::once(d.span).chain(d.labels.iter().map(|l| l.span)) {
-            let file = c.sources.get(span.file).unwrap_or_else(|| panic!("{what}: diagnostic {:?} points at no file", d.code));
+            let file = c
+                .sources
+                .get(span.file)
+                .unwrap_or_else(|| panic!("{what}: diagnostic {:?} points at no file", d.code));
             assert!(
                 span.start <= span.end && span.end as usize <= file.text.len(),
                 "{what}: span {}..{} outside {} ({} bytes) in {:?}: {}",
@@ -135,9 +180,15 @@ fn assert_invariants(c: &Checked, what: &str) {
 
 #[test]
 fn mutants_never_panic_and_spans_stay_in_bounds() {
-    let seed: u64 = std::env::var("GANTRY_MUTANT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x6a6e_7472_7931);
+    let seed: u64 = std::env::var("GANTRY_MUTANT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6a6e_7472_7931);
     let corpus = corpus();
-    assert!(corpus.len() >= 5, "the corpus should hold the stdlib and examples");
+    assert!(
+        corpus.len() >= 5,
+        "the corpus should hold the stdlib and examples"
+    );
     let mut loader = MemLoader::default();
     for (n, t) in &corpus {
         loader.files.insert(n.clone(), t.clone());
@@ -171,7 +222,10 @@ fn mutants_never_panic_and_spans_stay_in_bounds() {
     assert!(run >= MIN_MUTANTS, "only {run} mutants");
     // Most mutants are broken; if almost none report errors the checker is
     // accepting garbage.
-    assert!(with_errors * 2 > run, "only {with_errors} of {run} mutants reported an error");
+    assert!(
+        with_errors * 2 > run,
+        "only {with_errors} of {run} mutants reported an error"
+    );
     println!("{run} mutants, {with_errors} with errors, seed {seed}");
 }
 
@@ -181,11 +235,20 @@ fn hostile_inputs_get_diagnostics() {
         ("empty", String::new()),
         ("whitespace", " \n\t\n".into()),
         ("garbage", "\u{1}\u{2}ÿþ\u{7f}{{{)))]]]".repeat(1000)),
-        ("deep parens", format!("let a = {}1{}", "(".repeat(100_000), ")".repeat(100_000))),
-        ("deep braces", format!("model M() {{ {} }}", "repeat 1 {".repeat(50_000))),
+        (
+            "deep parens",
+            format!("let a = {}1{}", "(".repeat(100_000), ")".repeat(100_000)),
+        ),
+        (
+            "deep braces",
+            format!("model M() {{ {} }}", "repeat 1 {".repeat(50_000)),
+        ),
         ("deep unary", format!("let a = {}1", "-".repeat(200_000))),
         ("long sum", format!("let a = 1{}", " + 1".repeat(200_000))),
-        ("deep record", format!("let a = {}", "{ b = ".repeat(10_000))),
+        (
+            "deep record",
+            format!("let a = {}", "{ b = ".repeat(10_000)),
+        ),
         ("unterminated string", "let a = \"abc".into()),
         ("unterminated comment", "/* never closed".into()),
     ];
@@ -223,8 +286,19 @@ fn non_utf8_and_missing_files_are_diagnostics() {
     let bin = dir.join("binary.gantry");
     std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x80, 0x81]).expect("write");
     let c = gantry::check_files(&[bin.to_string_lossy().into_owned()], &[]);
-    assert!(c.diagnostics.iter().any(|d| d.code == gantry_lang::diagnostic::Code::L005));
-    let c = gantry::check_files(&[dir.join("nope.gantry").to_string_lossy().into_owned()], &[]);
-    assert!(c.diagnostics.iter().any(|d| d.code == gantry_lang::diagnostic::Code::L020));
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.code == gantry_lang::diagnostic::Code::L005)
+    );
+    let c = gantry::check_files(
+        &[dir.join("nope.gantry").to_string_lossy().into_owned()],
+        &[],
+    );
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.code == gantry_lang::diagnostic::Code::L020)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -30,14 +30,34 @@ fn round(v: &mut Value) {
 }
 
 const CASES: &[(&str, &str, &str, &str)] = &[
-    ("llm_train_meta", "examples/llm_train.gantry", "llama3_405b_meta", "zero=1,recompute=full,microbatch=1,virtual_stages=1"),
+    (
+        "llm_train_meta",
+        "examples/llm_train.gantry",
+        "llama3_405b_meta",
+        "zero=1,recompute=full,microbatch=1,virtual_stages=1",
+    ),
     ("llm_decode", "examples/llm_decode.gantry", "", ""),
     ("llm_prefill", "examples/llm_prefill.gantry", "", ""),
     ("dlrm_train", "examples/dlrm_train.gantry", "", ""),
     ("dlrm_inference", "examples/dlrm_inference.gantry", "", ""),
-    ("a01_gpt_1p7b", "examples/reference/a01_gpt_1p7b.gantry", "", ""),
-    ("b02_175b_selective", "examples/reference/b02_175b.gantry", "b02_gpt_175b_sp_selective", ""),
-    ("a16_zero3", "examples/reference/a16_gpt3_175b_zero3_1536.gantry", "", ""),
+    (
+        "a01_gpt_1p7b",
+        "examples/reference/a01_gpt_1p7b.gantry",
+        "",
+        "",
+    ),
+    (
+        "b02_175b_selective",
+        "examples/reference/b02_175b.gantry",
+        "b02_gpt_175b_sp_selective",
+        "",
+    ),
+    (
+        "a16_zero3",
+        "examples/reference/a16_gpt3_175b_zero3_1536.gantry",
+        "",
+        "",
+    ),
 ];
 
 #[test]
@@ -45,17 +65,48 @@ fn plan_reports() {
     for (name, file, plan, fix) in CASES {
         let c = gantry::check_files(&[file.to_string()], &[]);
         assert!(!c.has_errors(), "{}", c.render(false));
-        let p = if plan.is_empty() { c.program.plans.values().next() } else { c.program.plans.get(*plan) }.expect("plan");
-        let pins = if fix.is_empty() { BTreeMap::new() } else { parse_fix(fix).expect("pins") };
+        let p = if plan.is_empty() {
+            c.program.plans.values().next()
+        } else {
+            c.program.plans.get(*plan)
+        }
+        .expect("plan");
+        let pins = if fix.is_empty() {
+            BTreeMap::new()
+        } else {
+            parse_fix(fix).expect("pins")
+        };
         let ev = evaluate(p, &pins).unwrap_or_else(|e| panic!("{name}: {}", e.message));
         let mut j = json(&ev);
         // The contract's keys, spelled exactly.
-        for k in ["schema", "workload", "system", "devices", "parallelism", "feasible", "metrics", "breakdown"] {
+        for k in [
+            "schema",
+            "workload",
+            "system",
+            "devices",
+            "parallelism",
+            "feasible",
+            "metrics",
+            "breakdown",
+        ] {
             assert!(j.get(k).is_some(), "{name}: missing `{k}`");
         }
         assert_eq!(j["schema"], "gantry.plan/1");
-        for k in ["dp", "tp", "pp", "cp", "ep", "zero", "recompute", "microbatch", "virtual_stages"] {
-            assert!(j["parallelism"].get(k).is_some(), "{name}: missing parallelism.{k}");
+        for k in [
+            "dp",
+            "tp",
+            "pp",
+            "cp",
+            "ep",
+            "zero",
+            "recompute",
+            "microbatch",
+            "virtual_stages",
+        ] {
+            assert!(
+                j["parallelism"].get(k).is_some(),
+                "{name}: missing parallelism.{k}"
+            );
         }
         for k in [
             "step_time_s",
@@ -73,19 +124,39 @@ fn plan_reports() {
             assert!(j["metrics"].get(k).is_some(), "{name}: missing metrics.{k}");
         }
         if !matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. }) {
-            assert!(j["metrics"].get("ttft_s").is_some() && j["metrics"].get("tpot_s").is_some(), "{name}: ttft/tpot");
+            assert!(
+                j["metrics"].get("ttft_s").is_some() && j["metrics"].get("tpot_s").is_some(),
+                "{name}: ttft/tpot"
+            );
         }
         // The time breakdown adds up to the step.
         let t = &j["breakdown"]["time_s"];
         let c = &t["compute"];
-        let parts: f64 = ["matmul", "attention", "elementwise", "embedding", "layout"].iter().map(|k| c[k].as_f64().unwrap_or(0.0)).sum::<f64>()
-            + ["recompute", "tensor_parallel_comm", "context_parallel_comm", "all_to_all", "pipeline_comm", "pipeline_bubble", "data_parallel_exposed", "optimizer", "prefill_share", "step_overhead"]
-                .iter()
-                .map(|k| t[k].as_f64().unwrap_or(0.0))
-                .sum::<f64>();
+        let parts: f64 = ["matmul", "attention", "elementwise", "embedding", "layout"]
+            .iter()
+            .map(|k| c[k].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            + [
+                "recompute",
+                "tensor_parallel_comm",
+                "context_parallel_comm",
+                "all_to_all",
+                "pipeline_comm",
+                "pipeline_bubble",
+                "data_parallel_exposed",
+                "optimizer",
+                "prefill_share",
+                "step_overhead",
+            ]
+            .iter()
+            .map(|k| t[k].as_f64().unwrap_or(0.0))
+            .sum::<f64>();
         let step = t["step"].as_f64().unwrap_or(0.0);
         if matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. }) {
-            assert!((parts - step).abs() <= 1e-6 * step, "{name}: parts {parts} vs step {step}");
+            assert!(
+                (parts - step).abs() <= 1e-6 * step,
+                "{name}: parts {parts} vs step {step}"
+            );
         }
         round(&mut j);
         insta::with_settings!({ snapshot_path => "report_snapshots", prepend_module_to_snapshot => false }, {

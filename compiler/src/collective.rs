@@ -80,7 +80,11 @@ impl Topology {
     /// `e_up`, `e_out`: achievable fractions of link and NIC bandwidth.
     pub fn new(c: &Cluster, e_up: f64, e_out: f64) -> Topology {
         let n = &c.node;
-        let link = n.links.iter().map(|l| (l.bandwidth, l.latency)).fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+        let link = n
+            .links
+            .iter()
+            .map(|l| (l.bandwidth, l.latency))
+            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
         let per_node = n.devices_per_node.max(1);
         let nic_per_gpu = n.nic_bandwidth * n.nics as f64 / per_node as f64;
         let (lat, rack, pod, over) = match &c.fabric {
@@ -104,9 +108,17 @@ impl Topology {
     pub fn footprint(&self, size: u64, stride: u64) -> (u64, u64, u64) {
         let size = size.max(1);
         let stride = stride.max(1);
-        let g_in = if stride >= self.per_node { 1 } else { (self.per_node / stride).min(size).max(1) };
+        let g_in = if stride >= self.per_node {
+            1
+        } else {
+            (self.per_node / stride).min(size).max(1)
+        };
         let g_out = size.div_ceil(g_in);
-        let span_nodes = if g_out <= 1 { 1 } else { g_out * (stride / self.per_node).max(1) };
+        let span_nodes = if g_out <= 1 {
+            1
+        } else {
+            g_out * (stride / self.per_node).max(1)
+        };
         (g_in, g_out, span_nodes)
     }
 
@@ -127,7 +139,11 @@ impl Topology {
     }
 
     fn out_bw_at(&self, level: Level) -> f64 {
-        if level == Level::Aggregation { self.out_bw / self.oversubscription } else { self.out_bw }
+        if level == Level::Aggregation {
+            self.out_bw / self.oversubscription
+        } else {
+            self.out_bw
+        }
     }
 
     /// Seconds for one collective of `bytes` (the full buffer per rank).
@@ -139,23 +155,38 @@ impl Topology {
         let (g_in, g_out, _) = self.footprint(size, stride);
         let (gi, go, g) = (g_in as f64, g_out as f64, size as f64);
         let out_bw = self.out_bw_at(level);
-        let ring = |n: f64, s: f64, bw: f64| if n <= 1.0 { 0.0 } else { (n - 1.0) / n * s / bw };
+        let ring = |n: f64, s: f64, bw: f64| {
+            if n <= 1.0 {
+                0.0
+            } else {
+                (n - 1.0) / n * s / bw
+            }
+        };
         // Latency: NCCL's rings pass through every rank, so a ring
         // collective takes (n - 1) steps, each as slow as the slowest hop
         // (the fabric when the group leaves the node). All-reduce switches
         // to trees across nodes: 2 log2(n) steps.
-        let hop = if go > 1.0 { self.out_lat.max(self.up_lat) } else { self.up_lat };
+        let hop = if go > 1.0 {
+            self.out_lat.max(self.up_lat)
+        } else {
+            self.up_lat
+        };
         let ring_lat = (g - 1.0) * hop;
         let tree_lat = 2.0 * g.log2().ceil() * hop;
         match c {
             Collective::AllReduce => {
-                2.0 * (ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw)) + if go > 1.0 { tree_lat } else { 2.0 * ring_lat }
+                2.0 * (ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw))
+                    + if go > 1.0 { tree_lat } else { 2.0 * ring_lat }
             }
-            Collective::ReduceScatter | Collective::AllGather => ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat,
+            Collective::ReduceScatter | Collective::AllGather => {
+                ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat
+            }
             Collective::AllToAll => {
                 let inside = bytes * (gi - 1.0) / g / self.up_bw;
                 let outside = bytes * (g - gi) / g / out_bw;
-                inside + outside + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
+                inside
+                    + outside
+                    + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
             }
             Collective::SendRecv => {
                 if stride < self.per_node {
@@ -222,7 +253,10 @@ mod tests {
         let want = 2.0 * (7.0 / 8.0 * s / 300e9 + 3.0 / 4.0 * (s / 8.0) / 25e9);
         let t = topo().time(Collective::AllReduce, 32, 1, s);
         assert!((t - want).abs() < 1e-12);
-        assert_eq!(topo().algorithm(Collective::AllReduce, 32, 1), "hierarchical ring");
+        assert_eq!(
+            topo().algorithm(Collective::AllReduce, 32, 1),
+            "hierarchical ring"
+        );
     }
 
     #[test]

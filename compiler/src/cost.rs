@@ -103,7 +103,13 @@ pub struct Memory {
 
 impl Memory {
     pub fn total(&self) -> f64 {
-        self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache + self.embeddings + self.reserve
+        self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.kv_cache
+            + self.embeddings
+            + self.reserve
     }
 }
 
@@ -263,11 +269,19 @@ impl Evaluator<'_> {
         let (t, c) = (p.tp as f64, p.cp as f64);
         let split = match o.class {
             Class::Matmul | Class::Attention => {
-                if o.tp_sharded { t * c } else { c }
+                if o.tp_sharded {
+                    t * c
+                } else {
+                    c
+                }
             }
             Class::Embedding => c,
             _ => {
-                if o.tp_sharded || p.sequence_parallel { t * c } else { c }
+                if o.tp_sharded || p.sequence_parallel {
+                    t * c
+                } else {
+                    c
+                }
             }
         };
         let mult = o.mult * b / split;
@@ -284,8 +298,14 @@ impl Evaluator<'_> {
         let mut bytes = o.bytes * mult * if backward { bwd_bytes } else { 1.0 };
         // Weights stream from HBM once per pass and microbatch.
         if o.class == Class::Matmul {
-            let wsplit = if o.tp_sharded { t } else { 1.0 } * if o.experts.is_some() { p.ep as f64 } else { 1.0 };
-            bytes += o.params * o.mult * self.ir.act_bytes / wsplit * if backward { 2.0 } else { 1.0 };
+            let wsplit = if o.tp_sharded { t } else { 1.0 }
+                * if o.experts.is_some() {
+                    p.ep as f64
+                } else {
+                    1.0
+                };
+            bytes +=
+                o.params * o.mult * self.ir.act_bytes / wsplit * if backward { 2.0 } else { 1.0 };
         }
         if o.class == Class::Embedding {
             // Lookups (and, backward, the sparse update) are random row reads.
@@ -297,14 +317,22 @@ impl Evaluator<'_> {
                 // products (heads, experts) per sample is split over samples.
                 let instances = if g.count > 1.0 { g.count * mult } else { 1.0 };
                 let per = flops / instances.max(1.0);
-                let base = if o.class == Class::Attention { hw.e_attention } else { hw.e_matmul };
+                let base = if o.class == Class::Attention {
+                    hw.e_attention
+                } else {
+                    hw.e_matmul
+                };
                 let e = base * per / (per + hw.matmul_knee);
                 flops / (hw.peak * e.max(1e-6))
             }
             _ => 0.0,
         };
         let memory = bytes / (hw.hbm_bandwidth * hw.e_memory);
-        let launches = if o.class == Class::Layout && o.bytes == 0.0 { 0.0 } else { o.mult * o.kernels };
+        let launches = if o.class == Class::Layout && o.bytes == 0.0 {
+            0.0
+        } else {
+            o.mult * o.kernels
+        };
         (compute.max(memory) + launches * hw.kernel_overhead, flops)
     }
 
@@ -357,8 +385,16 @@ impl Evaluator<'_> {
                 sc.a2a_bytes += 2.0 * bytes;
                 sc.a2a += 2.0 * topo.time(Collective::AllToAll, p.ep, p.tp * p.cp, bytes);
             }
-            let psplit = if o.tp_sharded && o.class != Class::Elementwise { t } else { 1.0 };
-            let esplit = if o.experts.is_some() { p.ep as f64 } else { 1.0 };
+            let psplit = if o.tp_sharded && o.class != Class::Elementwise {
+                t
+            } else {
+                1.0
+            };
+            let esplit = if o.experts.is_some() {
+                p.ep as f64
+            } else {
+                1.0
+            };
             sc.params += o.params * o.mult / psplit / esplit;
             saved_rep += o.saved_rep * o.mult;
             saved_shard += o.saved_shard * o.mult;
@@ -367,12 +403,13 @@ impl Evaluator<'_> {
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;
         let rep_div = if p.sequence_parallel { t * c } else { c };
-        sc.saved = b
-            * match p.recompute {
-                Recompute::Full if s.kind == SegmentKind::Body => self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div,
-                Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
-                _ => saved_rep / rep_div + saved_shard / shard_div,
-            };
+        sc.saved = b * match p.recompute {
+            Recompute::Full if s.kind == SegmentKind::Body => {
+                self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div
+            }
+            Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
+            _ => saved_rep / rep_div + saved_shard / shard_div,
+        };
         sc
     }
 
@@ -383,7 +420,14 @@ impl Evaluator<'_> {
         let body = self.ir.body()?;
         let sc = self.segment(body, p, p.microbatch as f64, true);
         let fwd = sc.fwd.total() + sc.tp_fwd;
-        let bwd = sc.bwd.total() + sc.tp_fwd + sc.recompute + if p.recompute == Recompute::Full { sc.tp_fwd } else { 0.0 };
+        let bwd = sc.bwd.total()
+            + sc.tp_fwd
+            + sc.recompute
+            + if p.recompute == Recompute::Full {
+                sc.tp_fwd
+            } else {
+                0.0
+            };
         Some((fwd, bwd))
     }
 
@@ -395,7 +439,13 @@ impl Evaluator<'_> {
         }
     }
 
-    fn split_layers(&self, p: &DesignPoint, per_layer: f64, first_extra: f64, last_extra: f64) -> Vec<u64> {
+    fn split_layers(
+        &self,
+        p: &DesignPoint,
+        per_layer: f64,
+        first_extra: f64,
+        last_extra: f64,
+    ) -> Vec<u64> {
         let layers = self.ir.layers();
         let pp = p.pp.max(1);
         if pp == 1 {
@@ -415,7 +465,13 @@ impl Evaluator<'_> {
         let cap = layers.div_ceil(pp);
         let mut v = vec![cap; pp as usize];
         let time = |i: usize, n: u64| {
-            n as f64 * per_layer + if i == 0 { first_extra } else { 0.0 } + if i == pp as usize - 1 { last_extra } else { 0.0 }
+            n as f64 * per_layer
+                + if i == 0 { first_extra } else { 0.0 }
+                + if i == pp as usize - 1 {
+                    last_extra
+                } else {
+                    0.0
+                }
         };
         let mut surplus = v.iter().sum::<u64>() - layers;
         while surplus > 0 {
@@ -441,7 +497,11 @@ impl Evaluator<'_> {
         let hw = self.hw;
         let topo: &Topology = &hw.topo;
         let (global_batch, optimizer) = match ir.phase {
-            Phase::Train { global_batch, optimizer, .. } => (global_batch as f64, optimizer),
+            Phase::Train {
+                global_batch,
+                optimizer,
+                ..
+            } => (global_batch as f64, optimizer),
             _ => (1.0, Optimizer::Adam),
         };
         let b = p.microbatch as f64;
@@ -466,13 +526,25 @@ impl Evaluator<'_> {
                     body = sc;
                     layers = s.count;
                 }
-                SegmentKind::Prologue | SegmentKind::Body => pro = add_seg(&pro, &sc, s.count as f64),
+                SegmentKind::Prologue | SegmentKind::Body => {
+                    pro = add_seg(&pro, &sc, s.count as f64)
+                }
                 SegmentKind::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
             }
         }
-        let tp_passes = 2.0 + if p.recompute == Recompute::Full { 1.0 } else { 0.0 };
+        let tp_passes = 2.0
+            + if p.recompute == Recompute::Full {
+                1.0
+            } else {
+                0.0
+            };
         let seg_time = |s: &SegCost, recompute: bool| {
-            s.fwd.total() + s.bwd.total() + if recompute { s.recompute } else { 0.0 } + s.tp_fwd * tp_passes + (s.cp - s.attention_time * 3.0).max(0.0) + s.a2a * 2.0
+            s.fwd.total()
+                + s.bwd.total()
+                + if recompute { s.recompute } else { 0.0 }
+                + s.tp_fwd * tp_passes
+                + (s.cp - s.attention_time * 3.0).max(0.0)
+                + s.a2a * 2.0
         };
         let t_layer = seg_time(&body, true);
         let t_pro = seg_time(&pro, false);
@@ -480,15 +552,23 @@ impl Evaluator<'_> {
         let stage_layers = self.split_layers(p, t_layer, t_pro, t_epi);
         let n_stages = stage_layers.len();
         let stage_time = |i: usize| {
-            stage_layers[i] as f64 * t_layer + if i == 0 { t_pro } else { 0.0 } + if i == n_stages - 1 { t_epi } else { 0.0 }
+            stage_layers[i] as f64 * t_layer
+                + if i == 0 { t_pro } else { 0.0 }
+                + if i == n_stages - 1 { t_epi } else { 0.0 }
         };
-        let (slow, t_stage) = (0..n_stages).map(|i| (i, stage_time(i))).fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
+        let (slow, t_stage) = (0..n_stages)
+            .map(|i| (i, stage_time(i)))
+            .fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
 
         // Pipeline sends: the hidden state of one microbatch, split across
         // tensor-parallel ranks (Megatron's scatter/gather), each way.
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * beta / (p.tp * p.cp) as f64;
         let stride_pp = p.tp * p.cp * p.dp;
-        let t_send = if pp > 1 { topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes) } else { 0.0 };
+        let t_send = if pp > 1 {
+            topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
+        } else {
+            0.0
+        };
         let slots = m + (pp as f64 - 1.0) / v;
         let slot = t_stage + if pp > 1 { 2.0 * v * t_send } else { 0.0 };
         let pipeline = slots * slot;
@@ -504,14 +584,25 @@ impl Evaluator<'_> {
         if slow == n_stages - 1 {
             stage_params += epi.params;
         }
-        let first_params = stage_layers[0] as f64 * body.params + pro.params + if n_stages == 1 { epi.params } else { 0.0 };
+        let first_params = stage_layers[0] as f64 * body.params
+            + pro.params
+            + if n_stages == 1 { epi.params } else { 0.0 };
         let params_gpu = stage_params.max(first_params);
         stage_saved_layers += pro.saved + if n_stages == 1 { epi.saved } else { 0.0 };
 
         // Data parallelism: gradient reduction and ZeRO traffic.
         let mut comms = Vec::new();
         // Embedding tables are model-parallel: only dense gradients are reduced.
-        let table_params: f64 = ir.segments.iter().flat_map(|s| s.ops.iter().filter(|o| o.table_bytes > 0.0).map(|o| o.params * o.mult)).sum();
+        let table_params: f64 = ir
+            .segments
+            .iter()
+            .flat_map(|s| {
+                s.ops
+                    .iter()
+                    .filter(|o| o.table_bytes > 0.0)
+                    .map(|o| o.params * o.mult)
+            })
+            .sum();
         let grad_bytes = (params_gpu - table_params) * beta;
         let dp_stride = p.tp * p.cp;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
@@ -526,11 +617,24 @@ impl Evaluator<'_> {
                 // each paying the ring's latency over the whole dp group.
                 // They are on the critical path (fetches wait for compute
                 // to need them; measured ZeRO-3 runs scale that way).
-                let gathers = m * if p.recompute == Recompute::Full { 3.0 } else { 2.0 };
+                let gathers = m * if p.recompute == Recompute::Full {
+                    3.0
+                } else {
+                    2.0
+                };
                 let mut total = 0.0;
                 for s in &ir.segments {
-                    let reps = s.count as f64 * if s.kind == SegmentKind::Body { sl / layers.max(1) as f64 } else { 1.0 };
-                    for o in s.ops.iter().filter(|o| o.params > 0.0 && o.table_bytes == 0.0) {
+                    let reps = s.count as f64
+                        * if s.kind == SegmentKind::Body {
+                            sl / layers.max(1) as f64
+                        } else {
+                            1.0
+                        };
+                    for o in s
+                        .ops
+                        .iter()
+                        .filter(|o| o.params > 0.0 && o.table_bytes == 0.0)
+                    {
                         let n = (o.tensors * o.mult).max(1.0);
                         let bytes = o.params * o.mult * beta / p.tp as f64 / n;
                         let t_ag = topo.time(Collective::AllGather, p.dp, dp_stride, bytes);
@@ -554,7 +658,11 @@ impl Evaluator<'_> {
                 let t_ar = topo.time(Collective::AllReduce, p.dp, dp_stride, grad_bytes);
                 dp_exposed = (t_ar - t_bwd_last).max(0.0);
                 comms.push(Comm {
-                    what: if p.zero >= 1 { "gradient reduce-scatter + parameter all-gather (ZeRO)" } else { "data-parallel gradient all-reduce" },
+                    what: if p.zero >= 1 {
+                        "gradient reduce-scatter + parameter all-gather (ZeRO)"
+                    } else {
+                        "data-parallel gradient all-reduce"
+                    },
                     collective: Collective::AllReduce,
                     group: p.dp,
                     level,
@@ -596,9 +704,15 @@ impl Evaluator<'_> {
         let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
         let tp_comm_step = (sl * body.tp_fwd + on_slow(pro.tp_fwd, epi.tp_fwd)) * tp_passes * m;
         if tp_comm_step > 0.0 {
-            let bytes = (sl * body.tp_bytes_fwd + on_slow(pro.tp_bytes_fwd, epi.tp_bytes_fwd)) * tp_passes * m;
+            let bytes = (sl * body.tp_bytes_fwd + on_slow(pro.tp_bytes_fwd, epi.tp_bytes_fwd))
+                * tp_passes
+                * m;
             comms.push(Comm {
-                what: if p.sequence_parallel { "tensor/sequence-parallel reduce-scatter + all-gather" } else { "tensor-parallel all-reduce" },
+                what: if p.sequence_parallel {
+                    "tensor/sequence-parallel reduce-scatter + all-gather"
+                } else {
+                    "tensor-parallel all-reduce"
+                },
                 collective: Collective::AllReduce,
                 group: p.tp,
                 level: topo.level(p.tp, 1),
@@ -673,15 +787,22 @@ impl Evaluator<'_> {
         } + if beta < 4.0 { 4.0 } else { 0.0 };
         let dp = p.dp as f64;
         let in_flight = (pp as f64).min(m);
-        let interleave = if v > 1.0 { 1.0 + (pp as f64 - 1.0) / (pp as f64 * m) } else { 1.0 };
+        let interleave = if v > 1.0 {
+            1.0 + (pp as f64 - 1.0) / (pp as f64 * m)
+        } else {
+            1.0
+        };
         let memory = Memory {
             weights: dense_params * beta / if p.zero >= 3 { dp } else { 1.0 },
-            gradients: dense_params * beta.max(if beta < 4.0 { 4.0 } else { beta }) / if p.zero >= 2 { dp } else { 1.0 },
+            gradients: dense_params * beta.max(if beta < 4.0 { 4.0 } else { beta })
+                / if p.zero >= 2 { dp } else { 1.0 },
             optimizer: dense_params * state_bytes / if p.zero >= 1 { dp } else { 1.0 },
             activations: stage_saved_layers * in_flight * interleave,
             kv_cache: 0.0,
             // Tables are sharded over all devices, with their optimizer state.
-            embeddings: emb_tables * (1.0 + state_bytes / 4.0 * f64::from(u8::from(state_bytes > 4.0))) / devices as f64,
+            embeddings: emb_tables
+                * (1.0 + state_bytes / 4.0 * f64::from(u8::from(state_bytes > 4.0)))
+                / devices as f64,
             reserve: hw.reserve,
             capacity: hw.hbm_capacity,
         };
@@ -689,8 +810,16 @@ impl Evaluator<'_> {
             .fwd
             .plus(&body.bwd)
             .scaled(sl)
-            .plus(&pro.fwd.plus(&pro.bwd).scaled(if slow == 0 { 1.0 } else { 0.0 }))
-            .plus(&epi.fwd.plus(&epi.bwd).scaled(if slow == n_stages - 1 { 1.0 } else { 0.0 }))
+            .plus(
+                &pro.fwd
+                    .plus(&pro.bwd)
+                    .scaled(if slow == 0 { 1.0 } else { 0.0 }),
+            )
+            .plus(
+                &epi.fwd
+                    .plus(&epi.bwd)
+                    .scaled(if slow == n_stages - 1 { 1.0 } else { 0.0 }),
+            )
             .scaled(m);
         let recompute = body.recompute * sl * m;
         let tp_comm = tp_comm_step;
@@ -726,11 +855,16 @@ impl Evaluator<'_> {
             comms,
             stage_layers,
             samples_per_step: samples,
-            tokens_per_step: if ir.tokens_per_sample > 1.0 { samples * ir.tokens_per_sample } else { 0.0 },
+            tokens_per_step: if ir.tokens_per_sample > 1.0 {
+                samples * ir.tokens_per_sample
+            } else {
+                0.0
+            },
             model_flops,
             hardware_flops,
             peak: hw.peak,
-            power: devices as f64 * hw.device_power + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
+            power: devices as f64 * hw.device_power
+                + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
             price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),
             ttft: None,
             tpot: None,
@@ -740,7 +874,11 @@ impl Evaluator<'_> {
     /// Forward-only time of one pass over all segments for `b` samples per
     /// replica, summed over pipeline stages (a request crosses them all).
     fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64) -> (ClassTimes, f64, f64, f64) {
-        let ev = Evaluator { ir, hw: self.hw, prefill: None };
+        let ev = Evaluator {
+            ir,
+            hw: self.hw,
+            prefill: None,
+        };
         let mut t = ClassTimes::default();
         let mut tp = 0.0;
         let mut flops = 0.0;
@@ -765,12 +903,21 @@ impl Evaluator<'_> {
         let pp = p.pp.max(1) as f64;
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
         let stride_pp = p.tp * p.cp * p.dp;
-        let t_send = if p.pp > 1 { topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes) } else { 0.0 };
+        let t_send = if p.pp > 1 {
+            topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
+        } else {
+            0.0
+        };
         let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead;
         let devices = p.devices();
         // KV cache: keys and values of every layer for the whole context.
         let (context, generate, prompt) = match ir.phase {
-            Phase::Decode { context, generate, prompt, .. } => (context as f64, generate, prompt),
+            Phase::Decode {
+                context,
+                generate,
+                prompt,
+                ..
+            } => (context as f64, generate, prompt),
             Phase::Prefill { prompt, .. } => (prompt.unwrap_or(0) as f64, None, None),
             _ => (0.0, None, None),
         };
@@ -785,7 +932,8 @@ impl Evaluator<'_> {
                     let hd = g.k;
                     let kv_split = (kv as f64).min(p.tp as f64);
                     let _ = h;
-                    kv_per_token += 2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
+                    kv_per_token +=
+                        2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
                 }
             }
         }
@@ -810,10 +958,22 @@ impl Evaluator<'_> {
                 let (tpf, ttp, _, _) = self.forward(pre, p, b);
                 let t_pre = tpf.total() + ttp + (pp - 1.0) * t_send;
                 let g = generate.unwrap_or(1).max(1) as f64;
-                (pass + t_pre / g, Some(t_pre), Some(pass), t_pre / g, b * p.dp as f64)
+                (
+                    pass + t_pre / g,
+                    Some(t_pre),
+                    Some(pass),
+                    t_pre / g,
+                    b * p.dp as f64,
+                )
             }
             (Phase::Decode { .. }, None) => (pass, None, Some(pass), 0.0, b * p.dp as f64),
-            _ => (pass, (ir.tokens_per_sample > 1.0).then_some(pass), None, 0.0, b * p.dp as f64 * ir.tokens_per_sample),
+            _ => (
+                pass,
+                (ir.tokens_per_sample > 1.0).then_some(pass),
+                None,
+                0.0,
+                b * p.dp as f64 * ir.tokens_per_sample,
+            ),
         };
         let memory = Memory {
             weights: params * ir.act_bytes / pp,
@@ -845,11 +1005,18 @@ impl Evaluator<'_> {
             comms,
             stage_layers: vec![ir.layers().div_ceil(p.pp.max(1)); p.pp.max(1) as usize],
             samples_per_step: samples,
-            tokens_per_step: if ir.tokens_per_sample > 1.0 || matches!(ir.phase, Phase::Decode { .. }) { tokens_per_step } else { 0.0 },
+            tokens_per_step: if ir.tokens_per_sample > 1.0
+                || matches!(ir.phase, Phase::Decode { .. })
+            {
+                tokens_per_step
+            } else {
+                0.0
+            },
             model_flops,
             hardware_flops: model_flops,
             peak: hw.peak,
-            power: devices as f64 * hw.device_power + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
+            power: devices as f64 * hw.device_power
+                + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
             price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),
             ttft,
             tpot,

@@ -13,14 +13,29 @@ fn s(v: f64) -> String {
 pub fn parts(e: &Estimate) -> Vec<(&'static str, f64)> {
     let t = &e.time;
     let mut v = vec![
-        ("compute (matrix products)", t.compute.matmul + t.compute.attention),
-        ("HBM-bound streaming ops", t.compute.elementwise + t.compute.embedding + t.compute.layout),
+        (
+            "compute (matrix products)",
+            t.compute.matmul + t.compute.attention,
+        ),
+        (
+            "HBM-bound streaming ops",
+            t.compute.elementwise + t.compute.embedding + t.compute.layout,
+        ),
         ("recomputation", t.recompute),
-        ("scale-up link (tensor/sequence-parallel collectives)", t.tp_comm),
-        ("fabric (exposed data-parallel / ZeRO traffic)", t.dp_exposed),
+        (
+            "scale-up link (tensor/sequence-parallel collectives)",
+            t.tp_comm,
+        ),
+        (
+            "fabric (exposed data-parallel / ZeRO traffic)",
+            t.dp_exposed,
+        ),
         ("pipeline bubble", t.bubble),
         ("pipeline sends", t.pp_comm),
-        ("all-to-all and context-parallel exchange", t.all_to_all + t.cp_comm),
+        (
+            "all-to-all and context-parallel exchange",
+            t.all_to_all + t.cp_comm,
+        ),
         ("prefill share", t.prefill),
         ("optimizer and fixed overheads", t.optimizer + t.overhead),
     ];
@@ -40,7 +55,11 @@ pub fn bottleneck(e: &Estimate, decode: bool) -> String {
             s(e.time.step)
         )
     } else {
-        format!("{name}: {} of the {} step ({share:.0}%)", s(t), s(e.time.step))
+        format!(
+            "{name}: {} of the {} step ({share:.0}%)",
+            s(t),
+            s(e.time.step)
+        )
     };
     if mem > 0.85 {
         out.push_str(&format!(
@@ -55,8 +74,15 @@ pub fn bottleneck(e: &Estimate, decode: bool) -> String {
 
 /// Why `b` (the runner-up) loses to `a`, in one sentence with numbers.
 pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
-    let (ma, mb) = (a.metric(metric).unwrap_or(0.0), b.metric(metric).unwrap_or(0.0));
-    let gap = if ma != 0.0 { 100.0 * (ma - mb).abs() / ma.abs() } else { 0.0 };
+    let (ma, mb) = (
+        a.metric(metric).unwrap_or(0.0),
+        b.metric(metric).unwrap_or(0.0),
+    );
+    let gap = if ma != 0.0 {
+        100.0 * (ma - mb).abs() / ma.abs()
+    } else {
+        0.0
+    };
     let pa = parts(a);
     let pb = parts(b);
     let mut worst = ("", 0.0f64);
@@ -68,7 +94,11 @@ pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
     }
     let knobs = diff_knobs(a, b);
     if worst.1 > 0.0 {
-        format!("the runner-up ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step", worst.0, s(worst.1))
+        format!(
+            "the runner-up ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step",
+            worst.0,
+            s(worst.1)
+        )
     } else {
         format!("the runner-up ({knobs}) is {gap:.1}% worse on {metric}")
     }
@@ -95,9 +125,17 @@ fn diff_knobs(a: &Estimate, b: &Estimate) -> String {
     d!(sequence_parallel, "sequence_parallel");
     d!(batch, "batch");
     if p.recompute != q.recompute {
-        v.push(format!("recompute={} instead of {}", q.recompute.name(), p.recompute.name()));
+        v.push(format!(
+            "recompute={} instead of {}",
+            q.recompute.name(),
+            p.recompute.name()
+        ));
     }
-    if v.is_empty() { "same knobs".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "same knobs".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 pub fn is_decode(e: &Estimate) -> bool {

@@ -1,7 +1,7 @@
 //! Exports to the frameworks people run: a Megatron-LM argument line, a
 //! TorchRec sharding plan, and a Chrome trace of one training step.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::cost::Estimate;
 use crate::ir::Ir;
@@ -19,13 +19,19 @@ pub fn megatron(e: &Estimate, ir: &Ir) -> String {
         format!("--global-batch-size {}", ir.samples_per_step()),
     ];
     if p.virtual_stages > 1 {
-        a.push(format!("--num-layers-per-virtual-pipeline-stage {}", ir.layers() / (p.pp * p.virtual_stages)));
+        a.push(format!(
+            "--num-layers-per-virtual-pipeline-stage {}",
+            ir.layers() / (p.pp * p.virtual_stages)
+        ));
     }
     if p.sequence_parallel {
         a.push("--sequence-parallel".into());
     }
     match p.recompute {
-        Recompute::Full => a.push("--recompute-granularity full --recompute-method uniform --recompute-num-layers 1".into()),
+        Recompute::Full => a.push(
+            "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1"
+                .into(),
+        ),
         Recompute::Selective => a.push("--recompute-granularity selective".into()),
         Recompute::None => {}
     }
@@ -62,10 +68,13 @@ pub fn torchrec(tables: &[TablePlacement]) -> Value {
 pub fn trace(e: &Estimate) -> Value {
     let p = &e.point;
     let stages = p.pp.max(1) as usize;
-    let m = (e.samples_per_step / (p.dp as f64 * p.microbatch as f64)).round().max(1.0) as usize;
+    let m = (e.samples_per_step / (p.dp as f64 * p.microbatch as f64))
+        .round()
+        .max(1.0) as usize;
     // Split the slot time of the slowest stage into forward and backward
     // (backward about twice the forward, plus recomputation).
-    let slot = (e.time.step - e.time.dp_exposed - e.time.optimizer - e.time.overhead) / (m as f64 + (stages as f64 - 1.0) / p.virtual_stages as f64);
+    let slot = (e.time.step - e.time.dp_exposed - e.time.optimizer - e.time.overhead)
+        / (m as f64 + (stages as f64 - 1.0) / p.virtual_stages as f64);
     let fwd = slot / 3.0;
     let bwd = slot - fwd;
     let us = |s: f64| s * 1e6;

@@ -14,15 +14,36 @@ use crate::collective::Topology;
 
 /// Names of the efficiency factors the cost model reads, with their meaning.
 pub const FACTORS: &[(&str, &str)] = &[
-    ("matmul", "fraction of peak FLOP/s a large matrix product reaches"),
-    ("matmul_knee", "FLOP per product at which it reaches half of that fraction"),
-    ("attention", "fraction of peak for attention score and value products (default: matmul)"),
-    ("memory", "fraction of HBM bandwidth streaming kernels reach"),
-    ("scaleup", "fraction of scale-up link bandwidth collectives reach (bus bandwidth)"),
+    (
+        "matmul",
+        "fraction of peak FLOP/s a large matrix product reaches",
+    ),
+    (
+        "matmul_knee",
+        "FLOP per product at which it reaches half of that fraction",
+    ),
+    (
+        "attention",
+        "fraction of peak for attention score and value products (default: matmul)",
+    ),
+    (
+        "memory",
+        "fraction of HBM bandwidth streaming kernels reach",
+    ),
+    (
+        "scaleup",
+        "fraction of scale-up link bandwidth collectives reach (bus bandwidth)",
+    ),
     ("scaleout", "fraction of NIC bandwidth collectives reach"),
     ("kernel_overhead", "fixed time per kernel launch"),
-    ("step_overhead", "fixed host-side time per step (framework, synchronisation, input pipeline)"),
-    ("reserve", "HBM kept back for the runtime, allocator and fragmentation"),
+    (
+        "step_overhead",
+        "fixed host-side time per step (framework, synchronisation, input pipeline)",
+    ),
+    (
+        "reserve",
+        "HBM kept back for the runtime, allocator and fragmentation",
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,7 +78,10 @@ pub struct MissingFigure {
 }
 
 fn factor(d: &Device, k: &str, dim: Dim, default: f64) -> f64 {
-    d.efficiency.get(k).filter(|q| q.dim == dim).map_or(default, |q| q.value)
+    d.efficiency
+        .get(k)
+        .filter(|q| q.dim == dim)
+        .map_or(default, |q| q.value)
 }
 
 impl Hardware {
@@ -67,18 +91,33 @@ impl Hardware {
         let peak = d
             .compute
             .get(&dtype)
-            .or_else(|| if dtype == DType::F32 { d.compute.get(&DType::Tf32) } else { None })
+            .or_else(|| {
+                if dtype == DType::F32 {
+                    d.compute.get(&DType::Tf32)
+                } else {
+                    None
+                }
+            })
             .copied()
             .ok_or_else(|| MissingFigure {
                 device: d.name.clone(),
                 what: format!("a `{}` compute rate", dtype.name()),
             })?;
-        let hbm = d.memories.iter().find(|m| m.name == "hbm").or(d.memories.first()).ok_or_else(|| MissingFigure {
-            device: d.name.clone(),
-            what: "a memory".into(),
-        })?;
+        let hbm = d
+            .memories
+            .iter()
+            .find(|m| m.name == "hbm")
+            .or(d.memories.first())
+            .ok_or_else(|| MissingFigure {
+                device: d.name.clone(),
+                what: "a memory".into(),
+            })?;
         let e_matmul = factor(d, "matmul", Dim::NONE, 1.0);
-        let topo = Topology::new(c, factor(d, "scaleup", Dim::NONE, 1.0), factor(d, "scaleout", Dim::NONE, 1.0));
+        let topo = Topology::new(
+            c,
+            factor(d, "scaleup", Dim::NONE, 1.0),
+            factor(d, "scaleout", Dim::NONE, 1.0),
+        );
         let per_node = c.node.devices_per_node.max(1);
         Ok(Hardware {
             device: d.name.clone(),

@@ -189,14 +189,20 @@ pub struct Ir {
 impl Ir {
     /// The repeated body with the most repetitions (the transformer layers).
     pub fn body(&self) -> Option<&Segment> {
-        self.segments.iter().filter(|s| s.kind == SegmentKind::Body).max_by_key(|s| s.count)
+        self.segments
+            .iter()
+            .filter(|s| s.kind == SegmentKind::Body)
+            .max_by_key(|s| s.count)
     }
     pub fn layers(&self) -> u64 {
         self.body().map_or(0, |b| b.count)
     }
     /// Forward FLOPs per sample of the whole model.
     pub fn flops_per_sample(&self) -> f64 {
-        self.segments.iter().map(|s| s.totals().flops * s.count as f64).sum()
+        self.segments
+            .iter()
+            .map(|s| s.totals().flops * s.count as f64)
+            .sum()
     }
     /// Forward FLOPs per sample that recomputation repeats.
     pub fn recompute_flops_per_sample(&self, r: crate::point::Recompute) -> f64 {
@@ -219,10 +225,16 @@ impl Ir {
             .sum()
     }
     pub fn params(&self) -> f64 {
-        self.segments.iter().map(|s| s.totals().params * s.count as f64).sum()
+        self.segments
+            .iter()
+            .map(|s| s.totals().params * s.count as f64)
+            .sum()
     }
     pub fn table_bytes(&self) -> f64 {
-        self.segments.iter().map(|s| s.totals().table_bytes * s.count as f64).sum()
+        self.segments
+            .iter()
+            .map(|s| s.totals().table_bytes * s.count as f64)
+            .sum()
     }
     /// Samples processed by one step of the workload.
     pub fn samples_per_step(&self) -> u64 {
@@ -242,7 +254,10 @@ pub enum LowerError {
 impl std::fmt::Display for LowerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LowerError::UnboundDim { tensor, dim } => write!(f, "dimension `{dim}` of `{tensor}` is not bound by the workload"),
+            LowerError::UnboundDim { tensor, dim } => write!(
+                f,
+                "dimension `{dim}` of `{tensor}` is not bound by the workload"
+            ),
         }
     }
 }
@@ -289,7 +304,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
                 return Err(LowerError::UnboundDim {
                     tensor: t.name.clone(),
                     dim: n.to_string(),
-                })
+                });
             }
         }
     }
@@ -320,7 +335,11 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
             Item::Repeat(r) => {
                 if !current.is_empty() {
                     segments.push(Segment {
-                        kind: if seen_body { SegmentKind::Epilogue } else { SegmentKind::Prologue },
+                        kind: if seen_body {
+                            SegmentKind::Epilogue
+                        } else {
+                            SegmentKind::Prologue
+                        },
                         count: 1,
                         ops: std::mem::take(&mut current),
                     });
@@ -338,7 +357,11 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
     }
     if !current.is_empty() {
         segments.push(Segment {
-            kind: if seen_body { SegmentKind::Epilogue } else { SegmentKind::Prologue },
+            kind: if seen_body {
+                SegmentKind::Epilogue
+            } else {
+                SegmentKind::Prologue
+            },
             count: 1,
             ops: current,
         });
@@ -349,7 +372,12 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         .body
         .iter()
         .filter_map(|i| match i {
-            Item::Repeat(r) => Some(r.carried.iter().map(|c| l.numel[c.param.0 as usize]).sum::<f64>()),
+            Item::Repeat(r) => Some(
+                r.carried
+                    .iter()
+                    .map(|c| l.numel[c.param.0 as usize])
+                    .sum::<f64>(),
+            ),
             _ => None,
         })
         .fold(0.0, f64::max)
@@ -438,7 +466,9 @@ impl Lowering<'_> {
                 let a = self.graph.tensor(op.inputs[0]);
                 let b = self.graph.tensor(op.inputs[1]);
                 let r = a.shape.rank();
-                let dims = |t: &gantry_lang::program::Tensor, i: usize| t.shape.0[i].eval(&self.binding).unwrap_or(1) as f64;
+                let dims = |t: &gantry_lang::program::Tensor, i: usize| {
+                    t.shape.0[i].eval(&self.binding).unwrap_or(1) as f64
+                };
                 let (m, k, n) = (dims(a, r - 2), dims(a, r - 1), dims(b, r - 1));
                 let count = self.n(op.inputs[0]) / (m * k);
                 let mut o = IrOp::new("matmul", Class::Matmul);
@@ -461,7 +491,9 @@ impl Lowering<'_> {
             } => {
                 let (h, hd) = (*heads as f64, *head_dim as f64);
                 let q_tokens = self.n(op.inputs[0]) / (h * hd);
-                let kv_tokens = self.context.unwrap_or(self.n(op.inputs[1]) / (*kv_heads as f64 * hd));
+                let kv_tokens = self
+                    .context
+                    .unwrap_or(self.n(op.inputs[1]) / (*kv_heads as f64 * hd));
                 let scores = h * q_tokens * kv_tokens;
                 let mut o = IrOp::new("attention", Class::Attention);
                 o.flops = 4.0 * scores * hd;
@@ -475,14 +507,22 @@ impl Lowering<'_> {
                 // read and write, (dropout read, write and a 1-byte mask),
                 // read by the weighted sum.
                 let score_passes = if materialized {
-                    if *dropout > 0.0 { 6.0 + 1.0 / beta } else { 4.0 }
+                    if *dropout > 0.0 {
+                        6.0 + 1.0 / beta
+                    } else {
+                        4.0
+                    }
                 } else {
                     0.0
                 };
                 o.bytes = beta * (qo + kv_elems) + beta * score_passes * scores;
                 // q, k, v, and the softmax output (plus dropout mask and
                 // output when attention dropout is on).
-                let probs = if *dropout > 0.0 { 2.0 * beta + 1.0 } else { beta };
+                let probs = if *dropout > 0.0 {
+                    2.0 * beta + 1.0
+                } else {
+                    beta
+                };
                 if self.context.is_some() {
                     // Decode: the KV cache is accounted separately.
                     self.save(&mut o, op.inputs[0], beta);
@@ -525,7 +565,11 @@ impl Lowering<'_> {
                     o.params += (t.rows * t.dim) as f64;
                     o.table_bytes += (t.rows * t.dim) as f64 * tb;
                     o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
-                    o.tables.push((t.name.clone(), (t.rows * t.dim) as f64 * tb, (t.pooling * t.dim) as f64 * tb));
+                    o.tables.push((
+                        t.name.clone(),
+                        (t.rows * t.dim) as f64 * tb,
+                        (t.pooling * t.dim) as f64 * tb,
+                    ));
                 }
                 o.bytes = o.lookup_bytes + beta * out_n;
                 o.kernels = tables.len() as f64;
@@ -567,7 +611,12 @@ impl Lowering<'_> {
                 for i in op.inputs.clone() {
                     self.save(&mut o, i, beta);
                 }
-                o.gemm = Some(Gemm { m: n, n, k: d, count: 1.0 });
+                o.gemm = Some(Gemm {
+                    m: n,
+                    n,
+                    k: d,
+                    count: 1.0,
+                });
                 self.sharded[op.output.0 as usize] = false;
                 o
             }
@@ -577,7 +626,12 @@ impl Lowering<'_> {
                 d_model,
                 d_ff,
             } => {
-                let (e, k, d, f) = (*experts as f64, *top_k as f64, *d_model as f64, *d_ff as f64);
+                let (e, k, d, f) = (
+                    *experts as f64,
+                    *top_k as f64,
+                    *d_model as f64,
+                    *d_ff as f64,
+                );
                 let tokens = in_n / d;
                 let mut o = IrOp::new("moe", Class::Matmul);
                 // Router, then top_k gated (SwiGLU) experts per token.
@@ -623,12 +677,19 @@ impl Lowering<'_> {
                     _ => 1.0,
                 };
                 o.flops = flops_per * out_n;
-                o.bytes = beta * (in_n + out_n) + if matches!(other, OpKind::Dropout(_)) { out_n } else { 0.0 };
+                o.bytes = beta * (in_n + out_n)
+                    + if matches!(other, OpKind::Dropout(_)) {
+                        out_n
+                    } else {
+                        0.0
+                    };
                 // What backward needs: norms and activations their input,
                 // softmax its output, dropout its 1-byte mask, products
                 // their inputs; sums and scalings nothing.
                 match other {
-                    OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Activation(_) => self.save(&mut o, op.inputs[0], beta),
+                    OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Activation(_) => {
+                        self.save(&mut o, op.inputs[0], beta)
+                    }
                     OpKind::Softmax => {
                         self.sharded[op.output.0 as usize] = any_sharded;
                         self.save(&mut o, op.output, beta)
@@ -640,7 +701,9 @@ impl Lowering<'_> {
                             o.saved_rep += out_n;
                         }
                     }
-                    OpKind::Binary(gantry_lang::program::BinaryOp::Mul | gantry_lang::program::BinaryOp::Div) => {
+                    OpKind::Binary(
+                        gantry_lang::program::BinaryOp::Mul | gantry_lang::program::BinaryOp::Div,
+                    ) => {
                         for i in op.inputs.clone() {
                             self.save(&mut o, i, beta);
                         }
@@ -648,7 +711,11 @@ impl Lowering<'_> {
                     _ => {}
                 }
                 if let OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } = other {
-                    let n = if matches!(other, OpKind::LayerNorm { .. }) { 2.0 } else { 1.0 };
+                    let n = if matches!(other, OpKind::LayerNorm { .. }) {
+                        2.0
+                    } else {
+                        1.0
+                    };
                     o.params = *dim as f64 * n;
                     o.tensors = n;
                 }
@@ -673,7 +740,12 @@ mod tests {
     fn workload(src: &str) -> Workload {
         let c = gantry_lang::check::check_source("t.gantry", src);
         assert!(!c.has_errors(), "{}", c.render(false));
-        c.program.workloads.values().next().cloned().expect("a workload")
+        c.program
+            .workloads
+            .values()
+            .next()
+            .cloned()
+            .expect("a workload")
     }
 
     const GPT: &str = "model GPT(l, h, a, v) {
@@ -700,9 +772,18 @@ workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
         let (s, h, l, v) = (32.0, 64.0, 4.0, 1000.0);
         // Forward FLOPs per sample: 24 s h^2 + 4 s^2 h per layer, 2 s h V logits.
         let expect = l * (24.0 * s * h * h + 4.0 * s * s * h) + 2.0 * s * h * v;
-        let got: f64 = ir.segments.iter().map(|seg| {
-            seg.ops.iter().filter(|o| matches!(o.class, Class::Matmul | Class::Attention)).map(|o| o.flops * o.mult).sum::<f64>() * seg.count as f64
-        }).sum();
+        let got: f64 = ir
+            .segments
+            .iter()
+            .map(|seg| {
+                seg.ops
+                    .iter()
+                    .filter(|o| matches!(o.class, Class::Matmul | Class::Attention))
+                    .map(|o| o.flops * o.mult)
+                    .sum::<f64>()
+                    * seg.count as f64
+            })
+            .sum();
         assert!((got - expect).abs() / expect < 1e-12, "{got} vs {expect}");
         assert_eq!(ir.layers(), 4);
         assert_eq!(ir.hidden, h);
@@ -732,7 +813,10 @@ workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
         let shard: f64 = body.ops.iter().map(|o| o.saved_shard).sum();
         let probs: f64 = body.ops.iter().map(|o| o.saved_probs).sum();
         assert!((rep - 10.0 * s * h).abs() < 1e-9, "{rep}");
-        assert!((shard - s * h * (24.0 + 5.0 * a * s / h)).abs() < 1e-9, "{shard}");
+        assert!(
+            (shard - s * h * (24.0 + 5.0 * a * s / h)).abs() < 1e-9,
+            "{shard}"
+        );
         assert!((probs - 5.0 * a * s * s).abs() < 1e-9, "{probs}");
     }
 }

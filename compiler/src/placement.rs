@@ -8,7 +8,7 @@
 //! oversubscribed layer. Embedding tables are placed by [`tables`].
 
 use gantry_lang::program::Cluster;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::collective::Topology;
 use crate::cost::Estimate;
@@ -21,7 +21,12 @@ pub const MAX_LISTED_RANKS: u64 = 1024;
 /// The mesh order, innermost first, with strides.
 pub fn axes(e: &Estimate) -> [(&'static str, u64, u64); 4] {
     let p = &e.point;
-    [("tp", p.tp, 1), ("cp", p.cp, p.tp), ("pp", p.pp, p.tp * p.cp), ("dp", p.dp, p.tp * p.cp * p.pp)]
+    [
+        ("tp", p.tp, 1),
+        ("cp", p.cp, p.tp),
+        ("pp", p.pp, p.tp * p.cp),
+        ("dp", p.dp, p.tp * p.cp * p.pp),
+    ]
 }
 
 pub fn json(e: &Estimate, c: &Cluster, topo: &Topology) -> Value {
@@ -81,7 +86,13 @@ pub struct TablePlacement {
 /// loaded rank exceeds the mean by more than `tolerance`, the costliest
 /// table-wise tables are split row-wise over all ranks until balanced;
 /// tables that fit nowhere go to host memory if the node has it.
-pub fn tables(ir: &Ir, devices: u64, capacity_per_rank: f64, host: bool, tolerance: f64) -> Vec<TablePlacement> {
+pub fn tables(
+    ir: &Ir,
+    devices: u64,
+    capacity_per_rank: f64,
+    host: bool,
+    tolerance: f64,
+) -> Vec<TablePlacement> {
     let mut list: Vec<(String, f64, f64)> = Vec::new();
     for s in &ir.segments {
         for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
@@ -93,22 +104,44 @@ pub fn tables(ir: &Ir, devices: u64, capacity_per_rank: f64, host: bool, toleran
     let mut mem = vec![0.0f64; n];
     let mut out: Vec<TablePlacement> = Vec::new();
     let mut order: Vec<usize> = (0..list.len()).collect();
-    order.sort_by(|&a, &b| list[b].2.total_cmp(&list[a].2).then(list[b].1.total_cmp(&list[a].1)));
+    order.sort_by(|&a, &b| {
+        list[b]
+            .2
+            .total_cmp(&list[a].2)
+            .then(list[b].1.total_cmp(&list[a].1))
+    });
     for i in order {
         let (name, bytes, cost) = &list[i];
-        let best = (0..n).filter(|r| mem[*r] + bytes <= capacity_per_rank).min_by(|a, b| load[*a].total_cmp(&load[*b]));
+        let best = (0..n)
+            .filter(|r| mem[*r] + bytes <= capacity_per_rank)
+            .min_by(|a, b| load[*a].total_cmp(&load[*b]));
         match best {
             Some(r) => {
                 load[r] += cost;
                 mem[r] += bytes;
-                out.push(TablePlacement { table: name.clone(), sharding: "table_wise", ranks: vec![r as u64], bytes: *bytes, cost: *cost });
+                out.push(TablePlacement {
+                    table: name.clone(),
+                    sharding: "table_wise",
+                    ranks: vec![r as u64],
+                    bytes: *bytes,
+                    cost: *cost,
+                });
             }
-            None if mem.iter().all(|m| m + bytes / n as f64 <= capacity_per_rank) => {
+            None if mem
+                .iter()
+                .all(|m| m + bytes / n as f64 <= capacity_per_rank) =>
+            {
                 for r in 0..n {
                     load[r] += cost / n as f64;
                     mem[r] += bytes / n as f64;
                 }
-                out.push(TablePlacement { table: name.clone(), sharding: "row_wise", ranks: (0..n as u64).collect(), bytes: *bytes, cost: *cost });
+                out.push(TablePlacement {
+                    table: name.clone(),
+                    sharding: "row_wise",
+                    ranks: (0..n as u64).collect(),
+                    bytes: *bytes,
+                    cost: *cost,
+                });
             }
             None => out.push(TablePlacement {
                 table: name.clone(),
@@ -123,7 +156,11 @@ pub fn tables(ir: &Ir, devices: u64, capacity_per_rank: f64, host: bool, toleran
     // row-wise until the imbalance is within tolerance.
     for _ in 0..out.len() {
         let mean = load.iter().sum::<f64>() / n as f64;
-        let (busiest, max) = load.iter().copied().enumerate().fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
+        let (busiest, max) = load
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
         if mean <= 0.0 || max <= mean * (1.0 + tolerance) {
             break;
         }
@@ -134,7 +171,9 @@ pub fn tables(ir: &Ir, devices: u64, capacity_per_rank: f64, host: bool, toleran
         else {
             break;
         };
-        if !mem.iter().enumerate().all(|(r, m)| m + t.bytes / n as f64 - if r == busiest { t.bytes } else { 0.0 } <= capacity_per_rank) {
+        if !mem.iter().enumerate().all(|(r, m)| {
+            m + t.bytes / n as f64 - if r == busiest { t.bytes } else { 0.0 } <= capacity_per_rank
+        }) {
             break;
         }
         load[busiest] -= t.cost;

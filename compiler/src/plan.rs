@@ -14,8 +14,8 @@ use gantry_lang::program::{Domain, Goal, Phase, Plan, Workload};
 
 use crate::cost::{Estimate, Evaluator};
 use crate::hardware::Hardware;
-use crate::ir::{lower, Ir};
-use crate::point::{pins_from_plan, resolve, Pin, PinError};
+use crate::ir::{Ir, lower};
+use crate::point::{Pin, PinError, pins_from_plan, resolve};
 
 /// A plan evaluated at one design point, with what the report needs.
 pub struct Evaluation {
@@ -40,18 +40,33 @@ fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinErro
 
 /// Lowers the decode workload's prompt as a prefill of the same batch.
 fn prefill_of(w: &Workload) -> Option<Ir> {
-    let Phase::Decode { batch, prompt: Some(prompt), .. } = w.phase else {
+    let Phase::Decode {
+        batch,
+        prompt: Some(prompt),
+        ..
+    } = w.phase
+    else {
         return None;
     };
     let mut pre = w.clone();
-    pre.phase = Phase::Prefill { batch, prompt: Some(prompt) };
+    pre.phase = Phase::Prefill {
+        batch,
+        prompt: Some(prompt),
+    };
     pre.bindings.insert("seq".into(), prompt as i64);
     lower(&pre).ok()
 }
 
 /// Evaluates `plan` with its pins plus `overrides` (which win).
 pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evaluation, PinError> {
-    let ir = lower(&plan.workload).map_err(|e| error(Code::C008, "fix", format!("cannot price `{}`: {e}", plan.workload.name), "bind every shape symbol in the workload"))?;
+    let ir = lower(&plan.workload).map_err(|e| {
+        error(
+            Code::C008,
+            "fix",
+            format!("cannot price `{}`: {e}", plan.workload.name),
+            "bind every shape symbol in the workload",
+        )
+    })?;
     let hardware = Hardware::new(&plan.system, plan.workload.dtype).map_err(|m| {
         error(
             Code::C009,
@@ -100,8 +115,15 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
                     (true, false) => true,
                     (false, true) => false,
                     _ => {
-                        let (x, y) = (e.metric(&goal.1).unwrap_or(0.0), cur.metric(&goal.1).unwrap_or(0.0));
-                        if goal.0 == Goal::Maximize { x > y } else { x < y }
+                        let (x, y) = (
+                            e.metric(&goal.1).unwrap_or(0.0),
+                            cur.metric(&goal.1).unwrap_or(0.0),
+                        );
+                        if goal.0 == Goal::Maximize {
+                            x > y
+                        } else {
+                            x < y
+                        }
                     }
                 },
             };
@@ -112,7 +134,14 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         match (best, first_err) {
             (Some(b), _) => b,
             (None, Some(e)) => return Err(e),
-            (None, None) => return Err(error(Code::C006, "batch", "the batch domain is empty".into(), "search batch over at least one value")),
+            (None, None) => {
+                return Err(error(
+                    Code::C006,
+                    "batch",
+                    "the batch domain is empty".into(),
+                    "search batch over at least one value",
+                ));
+            }
         }
     };
     Ok(Evaluation {
@@ -140,11 +169,27 @@ pub struct Searched {
 
 /// Searches the plan's space (its `search` domains, `fix` pins and
 /// `overrides`) and keeps the best `k` points.
-pub fn search(plan: &Plan, overrides: &BTreeMap<String, Pin>, k: usize) -> Result<Searched, PinError> {
+pub fn search(
+    plan: &Plan,
+    overrides: &BTreeMap<String, Pin>,
+    k: usize,
+) -> Result<Searched, PinError> {
     use crate::search;
-    let ir = lower(&plan.workload).map_err(|e| error(Code::C008, "fix", format!("cannot price `{}`: {e}", plan.workload.name), "bind every shape symbol in the workload"))?;
+    let ir = lower(&plan.workload).map_err(|e| {
+        error(
+            Code::C008,
+            "fix",
+            format!("cannot price `{}`: {e}", plan.workload.name),
+            "bind every shape symbol in the workload",
+        )
+    })?;
     let hardware = Hardware::new(&plan.system, plan.workload.dtype).map_err(|m| {
-        error(Code::C009, "fix", format!("device `{}` has no {}", m.device, m.what), "add the figure to the device in stdlib, or choose another dtype")
+        error(
+            Code::C009,
+            "fix",
+            format!("device `{}` has no {}", m.device, m.what),
+            "add the figure to the device in stdlib, or choose another dtype",
+        )
     })?;
     let prefill = prefill_of(&plan.workload);
     let space = search::space(plan, &ir, overrides);
@@ -177,18 +222,36 @@ pub fn search(plan: &Plan, overrides: &BTreeMap<String, Pin>, k: usize) -> Resul
             error(
                 Code::C010,
                 "search",
-                format!("the search space of `{}` holds no valid design point ({} candidates)", plan.name, space.size()),
+                format!(
+                    "the search space of `{}` holds no valid design point ({} candidates)",
+                    plan.name,
+                    space.size()
+                ),
                 "check the domains: degrees must divide the devices, heads and batch",
             )
         }));
     };
     let decode = crate::explain::phase_is_decode(&ir.phase);
-    let mut explanation = vec![format!("bottleneck: {}", crate::explain::bottleneck(&best, decode))];
+    let mut explanation = vec![format!(
+        "bottleneck: {}",
+        crate::explain::bottleneck(&best, decode)
+    )];
     if let Some(second) = out.top.get(1) {
         explanation.push(crate::explain::versus(&best, second, &plan.objective.1));
     }
-    let per_rank = hardware.hbm_capacity - hardware.reserve - best.memory.weights - best.memory.gradients - best.memory.optimizer - best.memory.activations;
-    let tables = crate::placement::tables(&ir, best.devices, per_rank, plan.system.node.host_memory.is_some(), 0.10);
+    let per_rank = hardware.hbm_capacity
+        - hardware.reserve
+        - best.memory.weights
+        - best.memory.gradients
+        - best.memory.optimizer
+        - best.memory.activations;
+    let tables = crate::placement::tables(
+        &ir,
+        best.devices,
+        per_rank,
+        plan.system.node.host_memory.is_some(),
+        0.10,
+    );
     let top = out.top.clone();
     Ok(Searched {
         best: Evaluation {

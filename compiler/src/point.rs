@@ -101,11 +101,13 @@ pub enum Pin {
 pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = |m: String| PinError {
+        let bad = |m: String| {
+            PinError {
             code: gantry_lang::diagnostic::Code::C006,
             knob: "fix",
             message: m,
             help: "write knobs as `name=value` separated by commas, e.g. `--fix tp=8,pp=4,microbatch=1`".into(),
+        }
         };
         let Some((k, v)) = part.split_once('=') else {
             return Err(bad(format!("`{part}` is not `knob=value`")));
@@ -119,11 +121,20 @@ pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
             });
         };
         let pin = match *kind {
-            "int" => Pin::Int(v.parse().map_err(|_| bad(format!("`{k}` takes a whole number, got `{v}`")))?),
-            "bool" => Pin::Bool(v.parse().map_err(|_| bad(format!("`{k}` takes true or false, got `{v}`")))?),
+            "int" => Pin::Int(
+                v.parse()
+                    .map_err(|_| bad(format!("`{k}` takes a whole number, got `{v}`")))?,
+            ),
+            "bool" => Pin::Bool(
+                v.parse()
+                    .map_err(|_| bad(format!("`{k}` takes true or false, got `{v}`")))?,
+            ),
             choices => {
                 if !choices.split('|').any(|c| c == v) {
-                    return Err(bad(format!("`{k}` takes one of {}, got `{v}`", choices.replace('|', ", "))));
+                    return Err(bad(format!(
+                        "`{k}` takes one of {}, got `{v}`",
+                        choices.replace('|', ", ")
+                    )));
                 }
                 Pin::Choice(v.to_string())
             }
@@ -150,7 +161,12 @@ pub fn pins_from_plan(fixed: &BTreeMap<String, Domain>) -> BTreeMap<String, Pin>
     out
 }
 
-fn err(code: gantry_lang::diagnostic::Code, knob: &'static str, message: String, help: impl Into<String>) -> PinError {
+fn err(
+    code: gantry_lang::diagnostic::Code,
+    knob: &'static str,
+    message: String,
+    help: impl Into<String>,
+) -> PinError {
     PinError {
         code,
         knob,
@@ -161,7 +177,11 @@ fn err(code: gantry_lang::diagnostic::Code, knob: &'static str, message: String,
 
 /// Builds a design point from pins and defaults, and checks it against the
 /// workload and the system. Never adjusts a pin silently.
-pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Result<DesignPoint, PinError> {
+pub fn resolve(
+    pins: &BTreeMap<String, Pin>,
+    ir: &Ir,
+    system: &Cluster,
+) -> Result<DesignPoint, PinError> {
     use gantry_lang::diagnostic::Code;
     let int = |k: &str, d: i64| -> i64 {
         match pins.get(k) {
@@ -170,12 +190,29 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
         }
     };
     let devices = system.devices() as i64;
-    for k in ["tp", "pp", "cp", "ep", "dp", "microbatch", "virtual_stages", "batch"] {
+    for k in [
+        "tp",
+        "pp",
+        "cp",
+        "ep",
+        "dp",
+        "microbatch",
+        "virtual_stages",
+        "batch",
+    ] {
         if let Some(Pin::Int(v)) = pins.get(k)
             && *v < 1
         {
-            let knob: &'static str = gantry_lang::check::KNOBS.iter().find(|(n, _)| *n == k).map_or("fix", |(n, _)| n);
-            return Err(err(Code::C006, knob, format!("`{k}` must be at least 1, got {v}"), "every parallel degree is a positive count"));
+            let knob: &'static str = gantry_lang::check::KNOBS
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map_or("fix", |(n, _)| n);
+            return Err(err(
+                Code::C006,
+                knob,
+                format!("`{k}` must be at least 1, got {v}"),
+                "every parallel degree is a positive count",
+            ));
         }
     }
     let (tp, pp, cp) = (int("tp", 1), int("pp", 1), int("cp", 1));
@@ -188,13 +225,22 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
         return Err(err(
             Code::C001,
             "dp",
-            format!("dp x tp x pp x cp = {dp} x {tp} x {pp} x {cp} = {} devices, but `{}` has {devices}", dp * model_par, system.name),
+            format!(
+                "dp x tp x pp x cp = {dp} x {tp} x {pp} x {cp} = {} devices, but `{}` has {devices}",
+                dp * model_par,
+                system.name
+            ),
             "lower a degree or use a larger system",
         ));
     }
     let zero = int("zero", 0);
     if !(0..=3).contains(&zero) {
-        return Err(err(Code::C006, "zero", format!("`zero` is a ZeRO stage 0-3, got {zero}"), "use 0, 1, 2 or 3"));
+        return Err(err(
+            Code::C006,
+            "zero",
+            format!("`zero` is a ZeRO stage 0-3, got {zero}"),
+            "use 0, 1, 2 or 3",
+        ));
     }
     let recompute = match pins.get("recompute") {
         Some(Pin::Choice(c)) => Recompute::parse(c).unwrap_or(Recompute::None),
@@ -226,7 +272,9 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
                     return Err(err(
                         Code::C002,
                         "tp",
-                        format!("tp = {tp} neither divides nor is a multiple of the {kv} key/value heads"),
+                        format!(
+                            "tp = {tp} neither divides nor is a multiple of the {kv} key/value heads"
+                        ),
                         "key/value heads are split or replicated evenly across tensor-parallel ranks",
                     ));
                 }
@@ -234,19 +282,32 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
             if let Some((e, _)) = op.experts
                 && (e as i64) % ep != 0
             {
-                return Err(err(Code::C005, "ep", format!("ep = {ep} does not divide the {e} experts"), format!("choose ep among the divisors of {e}")));
+                return Err(err(
+                    Code::C005,
+                    "ep",
+                    format!("ep = {ep} does not divide the {e} experts"),
+                    format!("choose ep among the divisors of {e}"),
+                ));
             }
         }
     }
     let layers = ir.layers() as i64;
     if pp > 1 && pp > layers {
-        return Err(err(Code::C004, "pp", format!("pp = {pp} stages but the model has {layers} layers"), "each stage needs at least one layer"));
+        return Err(err(
+            Code::C004,
+            "pp",
+            format!("pp = {pp} stages but the model has {layers} layers"),
+            "each stage needs at least one layer",
+        ));
     }
     if virtual_stages > 1 && (pp == 1 || layers % (pp * virtual_stages) != 0) {
         return Err(err(
             Code::C004,
             "virtual_stages",
-            format!("{virtual_stages} virtual stages on pp = {pp} need the {layers} layers to divide by pp x virtual_stages = {}", pp * virtual_stages),
+            format!(
+                "{virtual_stages} virtual stages on pp = {pp} need the {layers} layers to divide by pp x virtual_stages = {}",
+                pp * virtual_stages
+            ),
             "the interleaved schedule gives each virtual stage the same number of layers",
         ));
     }
@@ -257,7 +318,10 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
                 return Err(err(
                     Code::C003,
                     "microbatch",
-                    format!("global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}", dp * microbatch),
+                    format!(
+                        "global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}",
+                        dp * microbatch
+                    ),
                     "choose a microbatch and dp whose product divides the global batch",
                 ));
             }
@@ -266,7 +330,12 @@ pub fn resolve(pins: &BTreeMap<String, Pin>, ir: &Ir, system: &Cluster) -> Resul
         Phase::Prefill { batch, .. } | Phase::Decode { batch, .. } => {
             let b = int("batch", *batch as i64);
             if b % dp != 0 {
-                return Err(err(Code::C003, "dp", format!("batch {b} does not split over dp = {dp} replicas"), "choose dp dividing the batch"));
+                return Err(err(
+                    Code::C003,
+                    "dp",
+                    format!("batch {b} does not split over dp = {dp} replicas"),
+                    "choose dp dividing the batch",
+                ));
             }
             b
         }

@@ -3,14 +3,15 @@
 //! is a field or method of [`crate::cost::Estimate`].
 
 use gantry_lang::program::Phase;
-use gantry_lang::units::{format_number, Dim, Quantity};
-use serde_json::{json, Map, Value};
+use gantry_lang::units::{Dim, Quantity, format_number};
+use serde_json::{Map, Value, json};
 
 use crate::cost::Estimate;
 use crate::plan::Evaluation;
 
 fn opt(v: Option<f64>) -> Value {
-    v.filter(|x| x.is_finite()).map_or(Value::Null, |x| json!(x))
+    v.filter(|x| x.is_finite())
+        .map_or(Value::Null, |x| json!(x))
 }
 
 /// The `gantry.plan/1` JSON object.
@@ -21,17 +22,36 @@ pub fn json(ev: &Evaluation) -> Value {
     let m = &e.memory;
     let mut metrics = Map::new();
     metrics.insert("step_time_s".into(), json!(t.step));
-    metrics.insert("tokens_per_s".into(), if e.tokens_per_step > 0.0 { json!(e.tokens_per_s()) } else { Value::Null });
+    metrics.insert(
+        "tokens_per_s".into(),
+        if e.tokens_per_step > 0.0 {
+            json!(e.tokens_per_s())
+        } else {
+            Value::Null
+        },
+    );
     metrics.insert("samples_per_s".into(), json!(e.samples_per_s()));
-    metrics.insert("model_tflops_per_device".into(), json!(e.model_tflops_per_device()));
-    metrics.insert("hardware_tflops_per_device".into(), json!(e.hardware_tflops_per_device()));
+    metrics.insert(
+        "model_tflops_per_device".into(),
+        json!(e.model_tflops_per_device()),
+    );
+    metrics.insert(
+        "hardware_tflops_per_device".into(),
+        json!(e.hardware_tflops_per_device()),
+    );
     metrics.insert("mfu".into(), json!(e.mfu()));
     metrics.insert("hfu".into(), json!(e.hfu()));
     metrics.insert("memory_per_device_bytes".into(), json!(m.total()));
     metrics.insert("power_w".into(), json!(e.power));
     metrics.insert("energy_per_step_j".into(), json!(e.energy_per_step()));
-    metrics.insert("cost_per_million_tokens_usd".into(), opt(e.cost_per_million_tokens()));
-    metrics.insert("cost_per_million_samples_usd".into(), opt(e.cost_per_million_samples()));
+    metrics.insert(
+        "cost_per_million_tokens_usd".into(),
+        opt(e.cost_per_million_tokens()),
+    );
+    metrics.insert(
+        "cost_per_million_samples_usd".into(),
+        opt(e.cost_per_million_samples()),
+    );
     if !matches!(ev.ir.phase, Phase::Train { .. }) {
         metrics.insert("ttft_s".into(), opt(e.ttft));
         metrics.insert("tpot_s".into(), opt(e.tpot));
@@ -103,7 +123,11 @@ fn q(v: f64, d: Dim) -> String {
 }
 
 fn pct(x: f64, of: f64) -> String {
-    if of > 0.0 { format!("{:5.1}%", 100.0 * x / of) } else { "    -".into() }
+    if of > 0.0 {
+        format!("{:5.1}%", 100.0 * x / of)
+    } else {
+        "    -".into()
+    }
 }
 
 /// A readable text report; `markdown` switches to tables.
@@ -115,7 +139,9 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
     let mut s = String::new();
     let h = |s: &mut String, title: &str| {
         if markdown {
-            s.push_str(&format!("\n### {title}\n\n| item | value | share |\n|---|---:|---:|\n"));
+            s.push_str(&format!(
+                "\n### {title}\n\n| item | value | share |\n|---|---:|---:|\n"
+            ));
         } else {
             s.push_str(&format!("\n{title}\n"));
         }
@@ -128,9 +154,15 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         }
     };
     if markdown {
-        s.push_str(&format!("## Plan `{}`: `{}` on `{}`\n\n", ev.plan, ev.workload, ev.system));
+        s.push_str(&format!(
+            "## Plan `{}`: `{}` on `{}`\n\n",
+            ev.plan, ev.workload, ev.system
+        ));
     } else {
-        s.push_str(&format!("plan {}: {} on {} ({} x {})\n", ev.plan, ev.workload, ev.system, e.devices, ev.hardware.device));
+        s.push_str(&format!(
+            "plan {}: {} on {} ({} x {})\n",
+            ev.plan, ev.workload, ev.system, e.devices, ev.hardware.device
+        ));
     }
     s.push_str(&format!(
         "{}design point: dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sequence_parallel={}{}\n",
@@ -149,36 +181,94 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
     ));
     if p.pp > 1 {
         let layers: Vec<String> = e.stage_layers.iter().map(|l| l.to_string()).collect();
-        s.push_str(&format!("{}layers per stage: {}\n", if markdown { "" } else { "  " }, layers.join(" ")));
+        s.push_str(&format!(
+            "{}layers per stage: {}\n",
+            if markdown { "" } else { "  " },
+            layers.join(" ")
+        ));
     }
     let feas = if e.feasible {
         "feasible".to_string()
     } else {
-        format!("INFEASIBLE: needs {} per device, HBM holds {}", q(m.total(), Dim::BYTES), q(m.capacity, Dim::BYTES))
+        format!(
+            "INFEASIBLE: needs {} per device, HBM holds {}",
+            q(m.total(), Dim::BYTES),
+            q(m.capacity, Dim::BYTES)
+        )
     };
     s.push_str(&format!("{}{feas}\n", if markdown { "" } else { "  " }));
 
     h(&mut s, "Metrics");
     row(&mut s, "step time", q(t.step, Dim::TIME), String::new());
     if e.tokens_per_step > 0.0 {
-        row(&mut s, "tokens/s", format_number(e.tokens_per_s().round()), String::new());
+        row(
+            &mut s,
+            "tokens/s",
+            format_number(e.tokens_per_s().round()),
+            String::new(),
+        );
     }
-    row(&mut s, "samples/s", format_number(e.samples_per_s()), String::new());
-    row(&mut s, "model TFLOP/s per device", format!("{:.1}", e.model_tflops_per_device()), String::new());
-    row(&mut s, "hardware TFLOP/s per device", format!("{:.1}", e.hardware_tflops_per_device()), String::new());
-    row(&mut s, "MFU / HFU", format!("{:.1}% / {:.1}%", 100.0 * e.mfu(), 100.0 * e.hfu()), String::new());
+    row(
+        &mut s,
+        "samples/s",
+        format_number(e.samples_per_s()),
+        String::new(),
+    );
+    row(
+        &mut s,
+        "model TFLOP/s per device",
+        format!("{:.1}", e.model_tflops_per_device()),
+        String::new(),
+    );
+    row(
+        &mut s,
+        "hardware TFLOP/s per device",
+        format!("{:.1}", e.hardware_tflops_per_device()),
+        String::new(),
+    );
+    row(
+        &mut s,
+        "MFU / HFU",
+        format!("{:.1}% / {:.1}%", 100.0 * e.mfu(), 100.0 * e.hfu()),
+        String::new(),
+    );
     if let Some(x) = e.ttft {
-        row(&mut s, "time to first token", q(x, Dim::TIME), String::new());
+        row(
+            &mut s,
+            "time to first token",
+            q(x, Dim::TIME),
+            String::new(),
+        );
     }
     if let Some(x) = e.tpot {
-        row(&mut s, "time per output token", q(x, Dim::TIME), String::new());
+        row(
+            &mut s,
+            "time per output token",
+            q(x, Dim::TIME),
+            String::new(),
+        );
     }
     row(&mut s, "power", q(e.power, Dim::POWER), String::new());
-    row(&mut s, "energy per step", q(e.energy_per_step(), Dim::ENERGY), String::new());
+    row(
+        &mut s,
+        "energy per step",
+        q(e.energy_per_step(), Dim::ENERGY),
+        String::new(),
+    );
     if let Some(c) = e.cost_per_million_tokens() {
-        row(&mut s, "cost per million tokens", format!("${:.3}", c), String::new());
+        row(
+            &mut s,
+            "cost per million tokens",
+            format!("${:.3}", c),
+            String::new(),
+        );
     } else if let Some(c) = e.cost_per_million_samples() {
-        row(&mut s, "cost per million samples", format!("${:.3}", c), String::new());
+        row(
+            &mut s,
+            "cost per million samples",
+            format!("${:.3}", c),
+            String::new(),
+        );
     }
 
     h(&mut s, "Step time");
@@ -219,7 +309,12 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
             row(&mut s, k, q(v, Dim::BYTES), pct(v, m.capacity));
         }
     }
-    row(&mut s, "total", q(m.total(), Dim::BYTES), pct(m.total(), m.capacity));
+    row(
+        &mut s,
+        "total",
+        q(m.total(), Dim::BYTES),
+        pct(m.total(), m.capacity),
+    );
 
     if !e.comms.is_empty() {
         h(&mut s, "Communication per step");
@@ -228,7 +323,14 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
                 &mut s,
                 c.what,
                 format!("{} in {}", q(c.bytes, Dim::BYTES), q(c.time, Dim::TIME)),
-                format!("{} over {} ({}, {}), exposed {}", c.collective.name(), c.group, c.algorithm, c.level.name(), q(c.exposed, Dim::TIME)),
+                format!(
+                    "{} over {} ({}, {}), exposed {}",
+                    c.collective.name(),
+                    c.group,
+                    c.algorithm,
+                    c.level.name(),
+                    q(c.exposed, Dim::TIME)
+                ),
             );
         }
     }

@@ -19,7 +19,7 @@ use gantry_lang::program::{Cmp, Constraint, Domain, Goal, MetricExpr, Phase, Pla
 use crate::cost::{Estimate, Evaluator};
 use crate::hardware::Hardware;
 use crate::ir::Ir;
-use crate::point::{resolve, Pin, PinError, Recompute};
+use crate::point::{Pin, PinError, Recompute, resolve};
 
 /// Candidate values of each knob.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,14 +83,30 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
         fixed.insert(k.clone(), d);
     }
     let get = |k: &str| fixed.get(k).or_else(|| plan.search.get(k));
-    let heads = ir.segments.iter().flat_map(|s| s.ops.iter()).find_map(|o| o.heads).map_or(1, |(h, _)| h as i64);
-    let experts = ir.segments.iter().flat_map(|s| s.ops.iter()).find_map(|o| o.experts).map_or(1, |(e, _)| e as i64);
+    let heads = ir
+        .segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .find_map(|o| o.heads)
+        .map_or(1, |(h, _)| h as i64);
+    let experts = ir
+        .segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .find_map(|o| o.experts)
+        .map_or(1, |(e, _)| e as i64);
     let per_node = plan.system.node.devices_per_node as i64;
     let layers = ir.layers().max(1) as i64;
     let training = matches!(ir.phase, Phase::Train { .. });
-    let tp_default: Vec<i64> = pow2_upto(per_node.min(heads)).into_iter().filter(|t| heads % t == 0).collect();
+    let tp_default: Vec<i64> = pow2_upto(per_node.min(heads))
+        .into_iter()
+        .filter(|t| heads % t == 0)
+        .collect();
     let recompute: Vec<&'static str> = match get("recompute") {
-        Some(Domain::Choices(v)) => v.iter().filter_map(|c| Recompute::parse(c).map(|r| r.name())).collect(),
+        Some(Domain::Choices(v)) => v
+            .iter()
+            .filter_map(|c| Recompute::parse(c).map(|r| r.name()))
+            .collect(),
         _ if training => vec!["none", "selective", "full"],
         _ => vec!["none"],
     };
@@ -102,8 +118,25 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
     Space {
         tp: ints(get("tp"), tp_default),
         cp: ints(get("cp"), vec![1]),
-        pp: ints(get("pp"), if training { (1..=layers.min(64)).collect() } else { vec![1] }),
-        ep: ints(get("ep"), if experts > 1 { pow2_upto(experts).into_iter().filter(|e| experts % e == 0).collect() } else { vec![1] }),
+        pp: ints(
+            get("pp"),
+            if training {
+                (1..=layers.min(64)).collect()
+            } else {
+                vec![1]
+            },
+        ),
+        ep: ints(
+            get("ep"),
+            if experts > 1 {
+                pow2_upto(experts)
+                    .into_iter()
+                    .filter(|e| experts % e == 0)
+                    .collect()
+            } else {
+                vec![1]
+            },
+        ),
         dp: match get("dp") {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![])),
@@ -114,7 +147,10 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![1])),
         },
-        virtual_stages: ints(get("virtual_stages"), if training { vec![1, 2, 4] } else { vec![1] }),
+        virtual_stages: ints(
+            get("virtual_stages"),
+            if training { vec![1, 2, 4] } else { vec![1] },
+        ),
         sequence_parallel,
         batch: match get("batch") {
             Some(Domain::Auto) | None => None,
@@ -202,11 +238,22 @@ pub fn meets(c: &Constraint, e: &Estimate) -> (bool, f64) {
 /// Objective value, oriented so that larger is better.
 pub fn score(plan: &Plan, e: &Estimate) -> f64 {
     let v = e.metric(&plan.objective.1).unwrap_or(f64::NAN);
-    if plan.objective.0 == Goal::Maximize { v } else { -v }
+    if plan.objective.0 == Goal::Maximize {
+        v
+    } else {
+        -v
+    }
 }
 
 /// Runs the search; `k` is how many of the best points to keep.
-pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space, k: usize) -> Outcome {
+pub fn run(
+    plan: &Plan,
+    ir: &Ir,
+    hw: &Hardware,
+    prefill: Option<&Ir>,
+    sp: &Space,
+    k: usize,
+) -> Outcome {
     let ev = Evaluator { ir, hw, prefill };
     let devices = plan.system.devices() as i64;
     let mut stats = Stats {
@@ -217,7 +264,21 @@ pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
     let global = ir.samples_per_step() as i64;
-    let params = ir.params() - ir.segments.iter().flat_map(|s| s.ops.iter().map(move |o| o.params * o.mult * if o.table_bytes > 0.0 { s.count as f64 } else { 0.0 })).sum::<f64>();
+    let params = ir.params()
+        - ir.segments
+            .iter()
+            .flat_map(|s| {
+                s.ops.iter().map(move |o| {
+                    o.params
+                        * o.mult
+                        * if o.table_bytes > 0.0 {
+                            s.count as f64
+                        } else {
+                            0.0
+                        }
+                })
+            })
+            .sum::<f64>();
     let min_zero = sp.zero.iter().copied().max().unwrap_or(0);
     let training = matches!(ir.phase, Phase::Train { .. });
     let beta = ir.act_bytes;
@@ -240,13 +301,24 @@ pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space
                     let share = params / (tp * pp) as f64;
                     let d = dp as f64;
                     let bound = if training {
-                        let (w, g, o) = (beta, 4.0f64.max(beta), 8.0 + if beta < 4.0 { 4.0 } else { 0.0 });
-                        share * (if min_zero >= 3 { w / d } else { w } + if min_zero >= 2 { g / d } else { g } + if min_zero >= 1 { o / d } else { o })
+                        let (w, g, o) = (
+                            beta,
+                            4.0f64.max(beta),
+                            8.0 + if beta < 4.0 { 4.0 } else { 0.0 },
+                        );
+                        share
+                            * (if min_zero >= 3 { w / d } else { w }
+                                + if min_zero >= 2 { g / d } else { g }
+                                + if min_zero >= 1 { o / d } else { o })
                     } else {
                         share * beta
                     };
                     if bound > hw.hbm_capacity {
-                        stats.pruned += sp.zero.len() * sp.recompute.len() * sp.virtual_stages.len() * sp.sequence_parallel.len() * sp.ep.len();
+                        stats.pruned += sp.zero.len()
+                            * sp.recompute.len()
+                            * sp.virtual_stages.len()
+                            * sp.sequence_parallel.len()
+                            * sp.ep.len();
                         continue;
                     }
                     let mbs: Vec<i64> = match &sp.microbatch {
@@ -254,7 +326,10 @@ pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space
                         None if !training => vec![1],
                         None => {
                             let per = (global / dp).max(1);
-                            let mut v: Vec<i64> = pow2_upto(per.min(16)).into_iter().filter(|m| per % m == 0).collect();
+                            let mut v: Vec<i64> = pow2_upto(per.min(16))
+                                .into_iter()
+                                .filter(|m| per % m == 0)
+                                .collect();
                             if pp == 1 && !v.contains(&per) {
                                 v.push(per);
                             }
@@ -285,10 +360,19 @@ pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space
                                                 pins.insert("dp".to_string(), Pin::Int(dp));
                                                 pins.insert("ep".to_string(), Pin::Int(ep));
                                                 pins.insert("zero".to_string(), Pin::Int(zero));
-                                                pins.insert("recompute".to_string(), Pin::Choice(rc.to_string()));
+                                                pins.insert(
+                                                    "recompute".to_string(),
+                                                    Pin::Choice(rc.to_string()),
+                                                );
                                                 pins.insert("microbatch".to_string(), Pin::Int(mb));
-                                                pins.insert("virtual_stages".to_string(), Pin::Int(v));
-                                                pins.insert("sequence_parallel".to_string(), Pin::Bool(seqp));
+                                                pins.insert(
+                                                    "virtual_stages".to_string(),
+                                                    Pin::Int(v),
+                                                );
+                                                pins.insert(
+                                                    "sequence_parallel".to_string(),
+                                                    Pin::Bool(seqp),
+                                                );
                                                 if let Some(b) = b {
                                                     pins.insert("batch".to_string(), Pin::Int(*b));
                                                 }
@@ -305,18 +389,35 @@ pub fn run(plan: &Plan, ir: &Ir, hw: &Hardware, prefill: Option<&Ir>, sp: &Space
                                                 // Feasibility: HBM, then the plan's constraints.
                                                 let mut worst: Option<(f64, String)> = None;
                                                 if !e.feasible {
-                                                    worst = Some((e.memory.total() / e.memory.capacity, "memory per device exceeds HBM".into()));
+                                                    worst = Some((
+                                                        e.memory.total() / e.memory.capacity,
+                                                        "memory per device exceeds HBM".into(),
+                                                    ));
                                                 }
                                                 for c in &plan.constraints {
                                                     let (ok, ratio) = meets(c, &e);
-                                                    if !ok && worst.as_ref().is_none_or(|w| ratio < w.0) {
-                                                        worst = Some((ratio, "a `subject to` constraint".into()));
+                                                    if !ok
+                                                        && worst
+                                                            .as_ref()
+                                                            .is_none_or(|w| ratio < w.0)
+                                                    {
+                                                        worst = Some((
+                                                            ratio,
+                                                            "a `subject to` constraint".into(),
+                                                        ));
                                                     }
                                                 }
                                                 if let Some((ratio, what)) = worst {
                                                     stats.infeasible += 1;
-                                                    if tightest.as_ref().is_none_or(|t| ratio < t.ratio) {
-                                                        tightest = Some(Tightest { estimate: e, ratio, what });
+                                                    if tightest
+                                                        .as_ref()
+                                                        .is_none_or(|t| ratio < t.ratio)
+                                                    {
+                                                        tightest = Some(Tightest {
+                                                            estimate: e,
+                                                            ratio,
+                                                            what,
+                                                        });
                                                     }
                                                     continue;
                                                 }

@@ -57,5 +57,9 @@ pub fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().map(|x| x.abs()).collect();
     s.sort_by(|a, b| a.total_cmp(b));
     let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }

@@ -53,8 +53,15 @@ impl DeclKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decl {
-    Import { path: String, span: Span },
-    Let { name: Ident, value: Expr, span: Span },
+    Import {
+        path: String,
+        span: Span,
+    },
+    Let {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
     Block(BlockDecl),
     Model(ModelDecl),
     Plan(PlanDecl),
@@ -123,11 +130,32 @@ pub struct ModelDecl {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stmt {
-    Let { name: Ident, value: Expr, span: Span },
-    Input { name: Ident, dtype: Ident, dims: Vec<Expr>, span: Span },
-    Assign { name: Ident, value: Expr, span: Span },
-    Output { name: Ident, value: Expr, span: Span },
-    Repeat { count: Expr, body: Vec<Stmt>, span: Span },
+    Let {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Input {
+        name: Ident,
+        dtype: Ident,
+        dims: Vec<Expr>,
+        span: Span,
+    },
+    Assign {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Output {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Repeat {
+        count: Expr,
+        body: Vec<Stmt>,
+        span: Span,
+    },
     Error(Span),
 }
 
@@ -184,10 +212,23 @@ pub enum Goal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanItem {
-    Search { knobs: Vec<Knob>, span: Span },
-    Fix { knobs: Vec<Knob>, span: Span },
-    Objective { goal: Goal, metric: Ident, span: Span },
-    SubjectTo { constraints: Vec<Expr>, span: Span },
+    Search {
+        knobs: Vec<Knob>,
+        span: Span,
+    },
+    Fix {
+        knobs: Vec<Knob>,
+        span: Span,
+    },
+    Objective {
+        goal: Goal,
+        metric: Ident,
+        span: Span,
+    },
+    SubjectTo {
+        constraints: Vec<Expr>,
+        span: Span,
+    },
     Item(Item),
     Error(Span),
 }
@@ -237,7 +278,10 @@ impl BinOp {
         }
     }
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne)
+        matches!(
+            self,
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne
+        )
     }
 }
 
@@ -295,7 +339,12 @@ impl Expr {
             ExprKind::Binary(_, a, b) | ExprKind::Range(a, b) | ExprKind::At(a, b) => {
                 a.depth.max(b.depth)
             }
-            ExprKind::Call(f, args) => args.iter().map(|a| a.value.depth).max().unwrap_or(0).max(f.depth),
+            ExprKind::Call(f, args) => args
+                .iter()
+                .map(|a| a.value.depth)
+                .max()
+                .unwrap_or(0)
+                .max(f.depth),
             ExprKind::List(xs) | ExprKind::Set(xs) => xs.iter().map(|x| x.depth).max().unwrap_or(0),
             ExprKind::Record(fs) => fs.iter().map(|f| f.value.depth).max().unwrap_or(0),
             _ => 0,

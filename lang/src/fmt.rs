@@ -6,8 +6,11 @@
 //! `80 GiB`: the formatter never changes a value). Comments are kept: each
 //! is printed before the first node that starts after it, or at the end of
 //! the line it trailed. Blank lines between items are kept (at most one), so
-//! the author's grouping survives. A record written over several lines stays
-//! multi-line. Files with syntax errors are not formatted.
+//! the author's grouping survives. A record, list, set or argument list
+//! written over several lines stays multi-line, one element per line (lists,
+//! sets and arguments with a trailing comma), with the comments between its
+//! elements kept in place. An empty block prints as `{}`. Files with syntax
+//! errors are not formatted.
 
 use crate::ast::*;
 use crate::diagnostic::Diagnostic;
@@ -18,7 +21,11 @@ use crate::span::FileId;
 /// Formats a whole file, or returns its syntax errors.
 pub fn format_source(src: &str) -> Result<String, Vec<Diagnostic>> {
     let parsed = parser::parse(src, FileId(0));
-    let errors: Vec<Diagnostic> = parsed.diagnostics.into_iter().filter(|d| d.is_error()).collect();
+    let errors: Vec<Diagnostic> = parsed
+        .diagnostics
+        .into_iter()
+        .filter(|d| d.is_error())
+        .collect();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -74,7 +81,10 @@ impl Printer<'_> {
         while self.next < self.comments.len() && self.comments[self.next].span.start < pos {
             let c = self.comments[self.next].clone();
             // Keep a blank line above a comment block if the source had one.
-            if self.blank_before(c.span.start) && !self.out.is_empty() && !self.out.ends_with("{\n") && !self.out.ends_with("\n\n") {
+            let opened = ["{\n", "[\n", "(\n", "\n\n"]
+                .iter()
+                .any(|o| self.out.ends_with(o));
+            if self.blank_before(c.span.start) && !self.out.is_empty() && !opened {
                 self.out.push('\n');
             }
             for (i, line) in c.text.lines().enumerate() {
@@ -119,7 +129,11 @@ impl Printer<'_> {
                 continue;
             }
             if let Some(p) = prev {
-                let same_group = matches!((p, d), (Decl::Import { .. }, Decl::Import { .. }) | (Decl::Let { .. }, Decl::Let { .. }));
+                let same_group = matches!(
+                    (p, d),
+                    (Decl::Import { .. }, Decl::Import { .. })
+                        | (Decl::Let { .. }, Decl::Let { .. })
+                );
                 if !same_group || self.blank_before(self.first_pos(d.span().start)) {
                     self.out.push('\n');
                 }
@@ -140,7 +154,10 @@ impl Printer<'_> {
 
     /// The start of a node's leading comments, if any, else its own start.
     fn first_pos(&self, start: u32) -> u32 {
-        self.comments.get(self.next).filter(|c| c.span.start < start).map_or(start, |c| c.span.start)
+        self.comments
+            .get(self.next)
+            .filter(|c| c.span.start < start)
+            .map_or(start, |c| c.span.start)
     }
 
     fn decl(&mut self, d: &Decl) {
@@ -154,7 +171,8 @@ impl Printer<'_> {
                 self.expr(value, 0);
             }
             Decl::Block(b) => {
-                self.out.push_str(&format!("{} {}", b.kind.keyword(), b.name.name));
+                self.out
+                    .push_str(&format!("{} {}", b.kind.keyword(), b.name.name));
                 self.params(&b.params);
                 self.block(&b.items, b.span.end, |p, it| p.item(it), |it| it.span);
             }
@@ -164,13 +182,19 @@ impl Printer<'_> {
                 self.block(&m.body, m.span.end, |p, s| p.stmt(s), |s| s.span());
             }
             Decl::Plan(pd) => {
-                self.out.push_str(&format!("{} {} on ", pd.kind.keyword(), pd.name.name));
+                self.out
+                    .push_str(&format!("{} {} on ", pd.kind.keyword(), pd.name.name));
                 self.expr(&pd.system, 0);
                 if let Some(w) = &pd.workload {
                     self.out.push_str(" for ");
                     self.expr(w, 0);
                 }
-                self.block(&pd.items, pd.span.end, |p, it| p.plan_item(it), |it| it.span());
+                self.block(
+                    &pd.items,
+                    pd.span.end,
+                    |p, it| p.plan_item(it),
+                    |it| it.span(),
+                );
             }
             Decl::Error(_) => {}
         }
@@ -198,7 +222,25 @@ impl Printer<'_> {
         self.out.push(')');
     }
 
-    fn block<T>(&mut self, items: &[T], end: u32, mut print: impl FnMut(&mut Self, &T), span: impl Fn(&T) -> crate::span::Span) {
+    fn block<T>(
+        &mut self,
+        items: &[T],
+        end: u32,
+        mut print: impl FnMut(&mut Self, &T),
+        span: impl Fn(&T) -> crate::span::Span,
+    ) {
+        let empty = items.iter().all(|it| {
+            let s = span(it);
+            s.start == s.end
+        });
+        let comment_inside = self
+            .comments
+            .get(self.next)
+            .is_some_and(|c| c.span.start < end);
+        if empty && !comment_inside {
+            self.out.push_str(" {}");
+            return;
+        }
         self.out.push_str(" {\n");
         self.indent += 1;
         for (i, it) in items.iter().enumerate() {
@@ -254,8 +296,11 @@ impl Printer<'_> {
                 self.out.push_str(&format!("let {} = ", name.name));
                 self.expr(value, 0);
             }
-            Stmt::Input { name, dtype, dims, .. } => {
-                self.out.push_str(&format!("input {}: {}[", name.name, dtype.name));
+            Stmt::Input {
+                name, dtype, dims, ..
+            } => {
+                self.out
+                    .push_str(&format!("input {}: {}[", name.name, dtype.name));
                 self.list(dims);
                 self.out.push(']');
             }
@@ -361,7 +406,11 @@ impl Printer<'_> {
                 self.expr(a, UNARY);
             }
             ExprKind::Binary(op, a, b) => {
-                let (l, r) = if op.is_comparison() { (RANGE, RANGE) } else { (lv, lv + 1) };
+                let (l, r) = if op.is_comparison() {
+                    (RANGE, RANGE)
+                } else {
+                    (lv, lv + 1)
+                };
                 self.expr(a, l);
                 self.out.push_str(&format!(" {} ", op.symbol()));
                 self.expr(b, r);
@@ -378,17 +427,26 @@ impl Printer<'_> {
             }
             ExprKind::Call(f, args) => {
                 self.expr(f, POSTFIX);
-                self.out.push('(');
-                for (i, a) in args.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push_str(", ");
-                    }
+                let open = self.src[f.span.end as usize..]
+                    .find('(')
+                    .map_or(f.span.end, |i| f.span.end + i as u32);
+                let arg_span = |a: &Arg| match &a.name {
+                    Some(n) => n.span.to(a.value.span),
+                    None => a.value.span,
+                };
+                let print = |p: &mut Self, a: &Arg| {
                     if let Some(n) = &a.name {
-                        self.out.push_str(&format!("{} = ", n.name));
+                        p.out.push_str(&format!("{} = ", n.name));
                     }
-                    self.expr(&a.value, 0);
-                }
-                self.out.push(')');
+                    p.expr(&a.value, 0);
+                };
+                self.seq(
+                    ('(', ')'),
+                    args,
+                    (open, e.span.end.saturating_sub(1)),
+                    arg_span,
+                    print,
+                );
             }
             ExprKind::Member(a, m) => {
                 self.expr(a, POSTFIX);
@@ -396,14 +454,12 @@ impl Printer<'_> {
                 self.out.push_str(&m.name);
             }
             ExprKind::List(xs) => {
-                self.out.push('[');
-                self.list(xs);
-                self.out.push(']');
+                let within = (e.span.start, e.span.end.saturating_sub(1));
+                self.seq(('[', ']'), xs, within, |x| x.span, |p, x| p.expr(x, 0));
             }
             ExprKind::Set(xs) => {
-                self.out.push('{');
-                self.list(xs);
-                self.out.push('}');
+                let within = (e.span.start, e.span.end.saturating_sub(1));
+                self.seq(('{', '}'), xs, within, |x| x.span, |p, x| p.expr(x, 0));
             }
             ExprKind::Record(fs) => self.record(fs, e),
             ExprKind::Error => {}
@@ -411,6 +467,63 @@ impl Printer<'_> {
         if paren {
             self.out.push(')');
         }
+    }
+
+    /// A bracketed, comma-separated sequence whose brackets sit at byte
+    /// offsets `open` and `close`. On one line if it was written on one line
+    /// (at its own level: a newline inside an element does not count);
+    /// otherwise one element per line, each with a trailing comma, and the
+    /// comments between elements where they were.
+    fn seq<T>(
+        &mut self,
+        (open_ch, close_ch): (char, char),
+        items: &[T],
+        (open, close): (u32, u32),
+        span: impl Fn(&T) -> crate::span::Span,
+        mut print: impl FnMut(&mut Self, &T),
+    ) {
+        let mut gaps = Vec::with_capacity(items.len() + 1);
+        let mut at = open + 1;
+        for it in items {
+            let s = span(it);
+            gaps.push((at, s.start));
+            at = s.end;
+        }
+        gaps.push((at, close));
+        let multiline = !items.is_empty()
+            && gaps.iter().any(|&(a, b)| {
+                a <= b
+                    && self
+                        .src
+                        .get(a as usize..b as usize)
+                        .is_some_and(|t| t.contains('\n'))
+            });
+        self.out.push(open_ch);
+        if !multiline {
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    self.out.push_str(", ");
+                }
+                print(self, it);
+            }
+            self.out.push(close_ch);
+            return;
+        }
+        self.out.push('\n');
+        self.indent += 1;
+        for it in items {
+            let s = span(it);
+            self.leading(s.start);
+            self.line_start();
+            print(self, it);
+            self.out.push(',');
+            self.trailing_after_comma(s.end);
+            self.out.push('\n');
+        }
+        self.leading(close);
+        self.indent -= 1;
+        self.line_start();
+        self.out.push(close_ch);
     }
 
     fn record(&mut self, fs: &[Field], e: &Expr) {
@@ -488,14 +601,23 @@ mod tests {
     #[test]
     fn canonical_layout() {
         let src = "device   H{power 700W\n compute {bf16=989 TFLOP/s}}\n";
-        assert_eq!(fmt(src), "device H {\n  power 700 W\n  compute { bf16 = 989 TFLOP/s }\n}\n");
+        assert_eq!(
+            fmt(src),
+            "device H {\n  power 700 W\n  compute { bf16 = 989 TFLOP/s }\n}\n"
+        );
     }
 
     #[test]
     fn comments_survive() {
         let src = "// header\ndevice H { // trailing\n  power 700 W // watts\n  // before price\n  price $2/h\n}\n// end\n";
         let out = fmt(src);
-        for c in ["// header", "// trailing", "// watts", "// before price", "// end"] {
+        for c in [
+            "// header",
+            "// trailing",
+            "// watts",
+            "// before price",
+            "// end",
+        ] {
             assert!(out.contains(c), "{c} lost in:\n{out}");
         }
         assert_eq!(fmt(&out), out, "not idempotent");
@@ -505,6 +627,79 @@ mod tests {
     fn minimal_parentheses() {
         let out = fmt("let a = (1 + 2) * 3 - (4 - 5)\nlet b = 1 + (2 * 3)\n");
         assert_eq!(out, "let a = (1 + 2) * 3 - (4 - 5)\nlet b = 1 + 2 * 3\n");
+    }
+
+    #[test]
+    fn multi_line_list_stays_multi_line_with_comments_in_place() {
+        let src = "let widths = [512, // first\n  // second next\n  256,\n  64 // last\n]\n";
+        let out = fmt(src);
+        assert_eq!(
+            out,
+            "let widths = [\n  512,  // first\n  // second next\n  256,\n  64,  // last\n]\n"
+        );
+        assert_eq!(fmt(&out), out, "not idempotent");
+    }
+
+    #[test]
+    fn one_line_list_stays_one_line() {
+        assert_eq!(
+            fmt("let a = [1,2,  3]\nlet b = [1, 2,]\n"),
+            "let a = [1, 2, 3]\nlet b = [1, 2]\n"
+        );
+    }
+
+    #[test]
+    fn multi_line_call_puts_one_argument_per_line() {
+        let src = "model M(d = 4) {\n  input t: i32[batch, seq]\n  x = embedding(t,\n    100, dim = d)\n  output y = x\n}\n";
+        let out = fmt(src);
+        assert!(
+            out.contains("  x = embedding(\n    t,\n    100,\n    dim = d,\n  )\n"),
+            "{out}"
+        );
+        assert_eq!(fmt(&out), out, "not idempotent");
+    }
+
+    #[test]
+    fn a_newline_inside_an_element_does_not_split_the_outer_call() {
+        let src = "let x = max(1, len([\n  2,\n  3]))\nlet y = f(a, [\n  1,\n  2])\n";
+        let out = fmt(src);
+        assert!(
+            out.starts_with("let x = max(1, len([\n  2,\n  3,\n]))\n"),
+            "{out}"
+        );
+        assert!(out.contains("let y = f(a, [\n  1,\n  2,\n])\n"), "{out}");
+        assert_eq!(fmt(&out), out, "not idempotent");
+    }
+
+    #[test]
+    fn multi_line_set_gets_trailing_commas() {
+        let src = "plan p on N for w {\n  search tp in {1,\n    2, 4,}\n}\n";
+        let out = fmt(src);
+        assert_eq!(
+            out,
+            "plan p on N for w {\n  search tp in {\n    1,\n    2,\n    4,\n  }\n}\n"
+        );
+        assert_eq!(fmt(&out), out, "not idempotent");
+        // A one-line set drops a trailing comma.
+        assert_eq!(fmt("let s = {1, 2,}\n"), "let s = {1, 2}\n");
+    }
+
+    #[test]
+    fn empty_block_prints_on_one_line() {
+        assert_eq!(fmt("table T(rows) {\n}\n"), "table T(rows) {}\n");
+        assert_eq!(fmt("device D {}\n"), "device D {}\n");
+        // A comment keeps the block open.
+        assert_eq!(
+            fmt("device D {\n  // later\n}\n"),
+            "device D {\n  // later\n}\n"
+        );
+    }
+
+    #[test]
+    fn keyword_annotations_round_trip() {
+        let src =
+            "model M(tables: [table], d: int = 4) {\n  input t: i32[batch]\n  output y = t\n}\n";
+        assert_eq!(fmt(src), src);
     }
 
     #[test]

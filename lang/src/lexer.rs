@@ -5,7 +5,11 @@
 //! into one `Quantity` token, because only the lexer can see that the `/` in
 //! `TFLOP/s` has no spaces around it (so `80 GB / 2` still divides). Bad
 //! characters become diagnostics and are skipped, so the parser always sees a
-//! well-formed token stream and can report every syntax error in one run.
+//! well-formed token stream and can report every syntax error in one run. A
+//! literal that cannot be read (an overflowing number, an unknown unit, a
+//! misplaced `$`, an unterminated string) is reported here and becomes one
+//! [`Tok::Bad`], which the parser accepts as a literal and the checker as
+//! an already-reported value: one mistake, one diagnostic.
 //! Bracket nesting is bounded here, before any recursive code sees the input.
 
 use logos::Logos;
@@ -170,6 +174,11 @@ pub enum Tok {
     /// A number with a unit (magnitude in base units) and its text as written.
     Quantity(QtyLit),
     Str(String),
+    /// A literal the lexer already reported (an overflowing number, an
+    /// unknown unit, an unterminated string, a misplaced `$`). The parser
+    /// accepts it wherever a literal may stand and the checker treats its
+    /// value as already reported, so one mistake gives one diagnostic.
+    Bad,
     LBrace,
     RBrace,
     LParen,
@@ -205,6 +214,7 @@ impl std::fmt::Display for Tok {
             Tok::Quantity(QtyLit { text: t, .. }) => write!(f, "quantity `{t}`"),
             Tok::Str(s) => write!(f, "string \"{s}\""),
             Tok::Semi => write!(f, "end of line"),
+            Tok::Bad => write!(f, "invalid literal"),
             other => write!(f, "`{}`", tok_text(other)),
         }
     }
@@ -263,7 +273,7 @@ pub fn tok_text(t: &Tok) -> &'static str {
         Tok::Dot => ".",
         Tok::At => "@",
         Tok::Semi => ";",
-        Tok::Ident(_) | Tok::Number(..) | Tok::Quantity(..) | Tok::Str(_) => "",
+        Tok::Ident(_) | Tok::Number(..) | Tok::Quantity(..) | Tok::Str(_) | Tok::Bad => "",
     }
 }
 
@@ -292,6 +302,10 @@ pub struct Lexed {
     pub tokens: Vec<(usize, Tok, usize)>,
     pub comments: Vec<Comment>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The lexer dropped the rest of the file (brackets nested too deep, or
+    /// a block comment never closed), so the parser's complaints about the
+    /// file ending early would only repeat that diagnostic.
+    pub truncated: bool,
 }
 
 /// Lexes `src`. Never fails: problems are returned as diagnostics.
@@ -303,14 +317,24 @@ pub fn lex(src: &str) -> Lexed {
     let flush_bad = |out: &mut Lexed, run: &mut Option<(usize, usize)>| {
         if let Some((s, e)) = run.take() {
             let text: String = src[s..e].chars().take(16).collect();
+            let plural = src[s..e].chars().count() > 1;
+            let help = if text.starts_with('#') {
+                "comments start with `//` (or `/* ... */`); `#` is not a comment marker"
+            } else {
+                "Gantry source uses ASCII letters, digits, `_` and the operators listed in docs/LANGUAGE.md"
+            };
             out.diagnostics.push(
                 Diagnostic::error(
                     Code::L001,
-                    format!("unexpected character{} `{}`", if e - s > 1 { "s" } else { "" }, text.escape_debug()),
+                    format!(
+                        "unexpected character{} `{}`",
+                        if plural { "s" } else { "" },
+                        text.escape_debug()
+                    ),
                     Span::new(s, e),
                 )
                 .with_label(Span::new(s, e), "not part of any token")
-                .with_help("Gantry source uses ASCII letters, digits, `_` and the operators listed in docs/LANGUAGE.md"),
+                .with_help(help),
             );
         }
     };
@@ -330,13 +354,17 @@ pub fn lex(src: &str) -> Lexed {
                     }
                     None => {
                         lexer.bump(rest.len());
+                        out.truncated = true;
                         out.diagnostics.push(
                             Diagnostic::error(
                                 Code::L002,
                                 "unterminated block comment",
                                 Span::new(span.start, span.start + 2),
                             )
-                            .with_label(Span::new(span.start, span.start + 2), "comment opened here")
+                            .with_label(
+                                Span::new(span.start, span.start + 2),
+                                "comment opened here",
+                            )
                             .with_help("close it with `*/`"),
                         );
                     }
@@ -345,10 +373,16 @@ pub fn lex(src: &str) -> Lexed {
             Ok(Raw::UnterminatedStr) => {
                 flush_bad(&mut out, &mut bad_run);
                 out.diagnostics.push(
-                    Diagnostic::error(Code::L002, "unterminated string", Span::new(span.start, span.end))
-                        .with_label(Span::new(span.start, span.end), "string starts here")
-                        .with_help("close the string with `\"` on the same line"),
+                    Diagnostic::error(
+                        Code::L002,
+                        "unterminated string",
+                        Span::new(span.start, span.end),
+                    )
+                    .with_label(Span::new(span.start, span.end), "string starts here")
+                    .with_help("close the string with `\"` on the same line"),
                 );
+                // Stands in for the string so the line still parses.
+                raw.push((span.start, Raw::UnterminatedStr, span.end));
             }
             Ok(t) => {
                 flush_bad(&mut out, &mut bad_run);
@@ -386,6 +420,7 @@ fn terminate(src: &str, tokens: Vec<(usize, Tok, usize)>) -> Vec<(usize, Tok, us
                 | Tok::Number(_)
                 | Tok::Quantity(_)
                 | Tok::Str(_)
+                | Tok::Bad
                 | Tok::True
                 | Tok::False
                 | Tok::X
@@ -476,6 +511,9 @@ fn same_line(src: &str, a: usize, b: usize) -> bool {
 }
 
 /// Joins numbers and unit words into quantities, and maps raw tokens to `Tok`.
+/// A literal that cannot be read is reported here and becomes one
+/// [`Tok::Bad`] covering all of it (number and unit), so nothing after the
+/// report sees a half-read literal.
 fn join(src: &str, raw: Vec<(usize, Raw, usize)>, out: &mut Lexed) {
     let mut i = 0;
     while i < raw.len() {
@@ -483,56 +521,78 @@ fn join(src: &str, raw: Vec<(usize, Raw, usize)>, out: &mut Lexed) {
         match t {
             Raw::Number => {
                 let text = &src[s..e];
-                let Some(v) = parse_number(text) else {
+                let value = parse_number(text);
+                if value.is_none() {
                     out.diagnostics.push(
-                        Diagnostic::error(Code::L003, format!("invalid number `{text}`"), Span::new(s, e))
-                            .with_label(Span::new(s, e), "cannot be read as a number"),
+                        Diagnostic::error(Code::L003, format!("number `{text}` is too large for a double"), Span::new(s, e))
+                            .with_label(Span::new(s, e), "overflows a 64-bit float (the largest is about 1.8e308)")
+                            .with_help("Gantry numbers are IEEE-754 doubles; write a smaller number, or use a unit with a larger prefix"),
                     );
-                    i += 1;
-                    continue;
-                };
+                }
                 // A unit word on the same line right after the number?
                 if let Some((end_idx, unit_end)) = unit_after(src, &raw, i + 1, e) {
                     let unit_text = src[raw[i + 1].0..unit_end].to_string();
-                    match units::parse_unit(&unit_text) {
-                        Some((f, dim)) => {
+                    match (units::parse_unit(&unit_text), value) {
+                        (Some((f, dim)), Some(v)) => {
                             let q = units::Quantity::new(v * f, dim);
                             let text = src[s..unit_end].to_string();
-                            out.tokens.push((s, Tok::Quantity(QtyLit { value: q, text }), unit_end));
+                            out.tokens.push((
+                                s,
+                                Tok::Quantity(QtyLit { value: q, text }),
+                                unit_end,
+                            ));
                             i = end_idx;
                             continue;
                         }
-                        None if looks_like_unit(&unit_text) => {
+                        (Some(_), None) => {
+                            out.tokens.push((s, Tok::Bad, unit_end));
+                            i = end_idx;
+                            continue;
+                        }
+                        (None, _) if looks_like_unit(&unit_text) => {
                             out.diagnostics.push(
                                 Diagnostic::error(
                                     Code::L004,
                                     format!("unknown unit `{unit_text}`"),
                                     Span::new(raw[i + 1].0, unit_end),
                                 )
-                                .with_label(Span::new(raw[i + 1].0, unit_end), "not a unit Gantry knows")
+                                .with_label(
+                                    Span::new(raw[i + 1].0, unit_end),
+                                    "not a unit Gantry knows",
+                                )
                                 .with_help(unit_help(&unit_text)),
                             );
-                            out.tokens.push((s, Tok::Number(NumLit { value: v, text: text.to_string() }), e));
+                            out.tokens.push((s, Tok::Bad, unit_end));
                             i = end_idx;
                             continue;
                         }
-                        None => {}
+                        (None, _) => {}
                     }
                 }
-                out.tokens.push((s, Tok::Number(NumLit { value: v, text: text.to_string() }), e));
+                let tok = match value {
+                    Some(v) => Tok::Number(NumLit {
+                        value: v,
+                        text: text.to_string(),
+                    }),
+                    None => Tok::Bad,
+                };
+                out.tokens.push((s, tok, e));
                 i += 1;
             }
             Raw::Dollar => {
-                // `$2.50/h` or `$100`
-                if let Some(&(ns, Raw::Number, ne)) = raw.get(i + 1)
-                    && ns == e
-                    && let Some(v) = parse_number(&src[ns..ne])
-                {
+                // `$2.50/h` or `$100`; `$ 2.50/h` (a space after `$`) is
+                // reported and read as one bad literal.
+                let amount = match raw.get(i + 1) {
+                    Some(&(ns, Raw::Number, ne)) if same_line(src, e, ns) => Some((ns, ne)),
+                    _ => None,
+                };
+                if let Some((ns, ne)) = amount {
                     let mut end = ne;
                     let mut next = i + 2;
                     let mut factor = 1.0;
                     let mut dim = units::Dim::MONEY;
-                    if let (Some(&(ss, Raw::Slash, se)), Some(&(ws, Raw::Ident, we))) = (raw.get(i + 2), raw.get(i + 3))
+                    if let (Some(&(ss, Raw::Slash, se)), Some(&(ws, Raw::Ident, we))) =
+                        (raw.get(i + 2), raw.get(i + 3))
                         && ss == ne
                         && ws == se
                         && let Some((f, d)) = units::unit_word(&src[ws..we])
@@ -542,16 +602,71 @@ fn join(src: &str, raw: Vec<(usize, Raw, usize)>, out: &mut Lexed) {
                         end = we;
                         next = i + 4;
                     }
-                    let q = units::Quantity::new(v * factor, dim);
-                    out.tokens.push((s, Tok::Quantity(QtyLit { value: q, text: src[s..end].to_string() }), end));
+                    let adjacent = ns == e;
+                    match parse_number(&src[ns..ne]) {
+                        Some(v) if adjacent => {
+                            let q = units::Quantity::new(v * factor, dim);
+                            out.tokens.push((
+                                s,
+                                Tok::Quantity(QtyLit {
+                                    value: q,
+                                    text: src[s..end].to_string(),
+                                }),
+                                end,
+                            ));
+                        }
+                        Some(_) => {
+                            let written = &src[s..end];
+                            let joined: String =
+                                written.chars().filter(|c| !c.is_whitespace()).collect();
+                            out.diagnostics.push(
+                                Diagnostic::error(
+                                    Code::L001,
+                                    "`$` must be followed directly by the amount",
+                                    Span::new(s, end),
+                                )
+                                .with_label(Span::new(e, ns), "no space is allowed here")
+                                .with_help(format!("write `{joined}`")),
+                            );
+                            out.tokens.push((s, Tok::Bad, end));
+                        }
+                        None => {
+                            let text = &src[ns..ne];
+                            out.diagnostics.push(
+                                Diagnostic::error(
+                                    Code::L003,
+                                    format!("number `{text}` is too large for a double"),
+                                    Span::new(ns, ne),
+                                )
+                                .with_label(
+                                    Span::new(ns, ne),
+                                    "overflows a 64-bit float (the largest is about 1.8e308)",
+                                )
+                                .with_help(
+                                    "Gantry numbers are IEEE-754 doubles; write a smaller number",
+                                ),
+                            );
+                            out.tokens.push((s, Tok::Bad, end));
+                        }
+                    }
                     i = next;
                     continue;
                 }
                 out.diagnostics.push(
-                    Diagnostic::error(Code::L001, "`$` must be followed by an amount", Span::new(s, e))
-                        .with_label(Span::new(s, e), "expected a number right after `$`")
-                        .with_help("write prices as `$2.50/h` or `$30000`"),
+                    Diagnostic::error(
+                        Code::L001,
+                        "`$` must be followed by an amount",
+                        Span::new(s, e),
+                    )
+                    .with_label(Span::new(s, e), "expected a number right after `$`")
+                    .with_help("write prices as `$2.50/h` or `$30000`"),
                 );
+                out.tokens.push((s, Tok::Bad, e));
+                i += 1;
+            }
+            Raw::UnterminatedStr => {
+                // Already reported while lexing.
+                out.tokens.push((s, Tok::Bad, e));
                 i += 1;
             }
             _ => {
@@ -565,7 +680,12 @@ fn join(src: &str, raw: Vec<(usize, Raw, usize)>, out: &mut Lexed) {
 /// If a unit expression (`Word(/Word)*`, words adjacent to the slashes)
 /// starts at raw index `j` on the same line as a number ending at `num_end`,
 /// returns the index after it and its end offset.
-fn unit_after(src: &str, raw: &[(usize, Raw, usize)], j: usize, num_end: usize) -> Option<(usize, usize)> {
+fn unit_after(
+    src: &str,
+    raw: &[(usize, Raw, usize)],
+    j: usize,
+    num_end: usize,
+) -> Option<(usize, usize)> {
     let &(ws, ref wt, we) = raw.get(j)?;
     let word_like = matches!(wt, Raw::Ident | Raw::Dollar);
     if !word_like || !same_line(src, num_end, ws) {
@@ -579,7 +699,8 @@ fn unit_after(src: &str, raw: &[(usize, Raw, usize)], j: usize, num_end: usize) 
     }
     let mut k = j + 1;
     let mut end = we;
-    while let (Some(&(ss, Raw::Slash, se)), Some(&(ns, ref nt, ne))) = (raw.get(k), raw.get(k + 1)) {
+    while let (Some(&(ss, Raw::Slash, se)), Some(&(ns, ref nt, ne))) = (raw.get(k), raw.get(k + 1))
+    {
         if ss != end || ns != se || !matches!(nt, Raw::Ident | Raw::X) {
             break;
         }
@@ -672,7 +793,9 @@ fn map_raw(t: &Raw, text: &str) -> Tok {
         Raw::At => Tok::At,
         Raw::Semi => Tok::Semi,
         // Handled by the caller before mapping.
-        Raw::Number | Raw::Dollar | Raw::BlockCommentStart | Raw::UnterminatedStr => Tok::Ident(text.to_string()),
+        Raw::Number | Raw::Dollar | Raw::BlockCommentStart | Raw::UnterminatedStr => {
+            Tok::Ident(text.to_string())
+        }
     }
 }
 
@@ -713,6 +836,7 @@ fn limit_nesting(out: &mut Lexed) {
                         .with_help("split the expression with `let` bindings"),
                     );
                     out.tokens.truncate(idx);
+                    out.truncated = true;
                     return;
                 }
             }
@@ -744,7 +868,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match &t[2] {
-            Tok::Quantity(QtyLit { value: q, .. }) => assert!((q.value * 3600.0 - 2.5).abs() < 1e-12),
+            Tok::Quantity(QtyLit { value: q, .. }) => {
+                assert!((q.value * 3600.0 - 2.5).abs() < 1e-12)
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -798,5 +924,47 @@ mod tests {
         let l = lex(&src);
         assert_eq!(l.diagnostics[0].code, Code::L013);
         assert!(l.tokens.len() <= MAX_NESTING);
+        assert!(l.truncated);
+    }
+
+    /// Reported literals become one `Bad` token covering all of them, so
+    /// the parser and checker see something already reported, not a half.
+    fn bad(src: &str) -> (Vec<Code>, Vec<Tok>) {
+        let l = lex(src);
+        (
+            l.diagnostics.iter().map(|d| d.code).collect(),
+            l.tokens.into_iter().map(|t| t.1).collect(),
+        )
+    }
+
+    #[test]
+    fn reported_literals_become_one_bad_token() {
+        assert_eq!(bad("1e999"), (vec![Code::L003], vec![Tok::Bad, Tok::Semi]));
+        assert_eq!(
+            bad("1e999 GB"),
+            (vec![Code::L003], vec![Tok::Bad, Tok::Semi])
+        );
+        assert_eq!(
+            bad("989 TFLOPS"),
+            (vec![Code::L004], vec![Tok::Bad, Tok::Semi])
+        );
+        assert_eq!(
+            bad("$ 2.50/h"),
+            (vec![Code::L001], vec![Tok::Bad, Tok::Semi])
+        );
+        assert_eq!(bad("$"), (vec![Code::L001], vec![Tok::Bad, Tok::Semi]));
+        assert_eq!(bad("\"abc"), (vec![Code::L002], vec![Tok::Bad, Tok::Semi]));
+    }
+
+    #[test]
+    fn one_multibyte_character_is_singular() {
+        let l = lex("1 \u{2022}");
+        assert_eq!(l.diagnostics[0].message, "unexpected character `\u{2022}`");
+    }
+
+    #[test]
+    fn unclosed_block_comment_truncates() {
+        assert!(lex("a /* b").truncated);
+        assert!(!lex("a /* b */").truncated);
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write;
 
 use crate::shape::Shape;
 use crate::span::Span;
-use crate::units::{format_number, Dim, Quantity};
+use crate::units::{Dim, Quantity, format_number};
 
 /// Element types.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
@@ -31,9 +31,15 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every spelling [`DType::parse`] accepts.
     pub const NAMES: &'static [&'static str] = &[
-        "fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int64", "int32", "int8", "f32", "f16", "i64", "i32", "ids",
+        "fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int64", "int32", "int8", "f64", "f32",
+        "f16", "i64", "i32", "i8", "ids",
     ];
+    /// One line listing the element types, for `help:` texts.
+    pub fn help() -> String {
+        "element types: fp64, fp32, tf32, bf16, fp16, fp8, int64, int32, int8 (also spelt f64, f32, f16, i64, i32, i8; `ids` is int64)".to_string()
+    }
     pub fn parse(s: &str) -> Option<DType> {
         Some(match s {
             "fp64" | "f64" => DType::F64,
@@ -226,25 +232,57 @@ pub enum BinaryOp {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum OpKind {
-    Linear { d_in: u64, d_out: u64, bias: bool },
+    Linear {
+        d_in: u64,
+        d_out: u64,
+        bias: bool,
+    },
     MatMul,
-    Embedding { vocab: u64, dim: u64 },
-    EmbeddingBag { tables: Vec<EmbeddingTable> },
+    Embedding {
+        vocab: u64,
+        dim: u64,
+    },
+    EmbeddingBag {
+        tables: Vec<EmbeddingTable>,
+    },
     /// `dropout` is the probability applied to the attention probabilities.
-    Attention { heads: u64, kv_heads: u64, head_dim: u64, causal: bool, dropout: f64 },
+    Attention {
+        heads: u64,
+        kv_heads: u64,
+        head_dim: u64,
+        causal: bool,
+        dropout: f64,
+    },
     Dropout(f64),
-    RmsNorm { dim: u64 },
-    LayerNorm { dim: u64 },
+    RmsNorm {
+        dim: u64,
+    },
+    LayerNorm {
+        dim: u64,
+    },
     Softmax,
     Activation(Activation),
     Binary(BinaryOp),
     /// Multiply by a constant.
     Scale(f64),
-    Mlp { dims: Vec<u64>, activation: Activation },
-    Interact { vectors: u64, dim: u64 },
-    Moe { experts: u64, top_k: u64, d_model: u64, d_ff: u64 },
+    Mlp {
+        dims: Vec<u64>,
+        activation: Activation,
+    },
+    Interact {
+        vectors: u64,
+        dim: u64,
+    },
+    Moe {
+        experts: u64,
+        top_k: u64,
+        d_model: u64,
+        d_ff: u64,
+    },
     Reshape,
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
 }
 
 impl OpKind {
@@ -275,7 +313,9 @@ impl OpKind {
     /// Attributes for the summary, in a fixed order.
     fn attrs(&self) -> String {
         match self {
-            OpKind::Linear { d_in, d_out, bias } => format!("{d_in}->{d_out}{}", if *bias { " +bias" } else { "" }),
+            OpKind::Linear { d_in, d_out, bias } => {
+                format!("{d_in}->{d_out}{}", if *bias { " +bias" } else { "" })
+            }
             OpKind::Embedding { vocab, dim } => format!("vocab={vocab} dim={dim}"),
             OpKind::EmbeddingBag { tables } => {
                 let rows: u64 = tables.iter().map(|t| t.rows).sum();
@@ -290,13 +330,20 @@ impl OpKind {
             } => format!(
                 "heads={heads} kv_heads={kv_heads} head_dim={head_dim}{}{}",
                 if *causal { " causal" } else { "" },
-                if *dropout > 0.0 { format!(" dropout={}", format_number(*dropout)) } else { String::new() }
+                if *dropout > 0.0 {
+                    format!(" dropout={}", format_number(*dropout))
+                } else {
+                    String::new()
+                }
             ),
             OpKind::RmsNorm { dim } | OpKind::LayerNorm { dim } => format!("dim={dim}"),
             OpKind::Scale(s) | OpKind::Dropout(s) => format_number(*s),
             OpKind::Mlp { dims, activation } => format!(
                 "{} {}",
-                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("-"),
+                dims.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-"),
                 activation.name()
             ),
             OpKind::Interact { vectors, dim } => format!("vectors={vectors} dim={dim}"),
@@ -501,8 +548,13 @@ pub struct Study {
     pub systems: Vec<Cluster>,
     pub workloads: Vec<(Workload, f64)>,
     pub search: BTreeMap<String, Domain>,
+    /// Knobs pinned to one value for every system and workload (`fix`).
+    pub fixed: BTreeMap<String, Domain>,
     pub objective: (Goal, String),
     pub constraints: Vec<Constraint>,
+    /// Published figures the study is expected to reproduce (`expect`).
+    pub expect: BTreeMap<String, Quantity>,
+    pub source: Option<String>,
     pub span: Span,
 }
 
@@ -549,19 +601,8 @@ impl Program {
                 p.system.devices(),
                 p.workload.name
             );
-            for (k, d) in &p.search {
-                let _ = writeln!(s, "  search {k} in {}", domain(d));
-            }
-            for (k, d) in &p.fixed {
-                let _ = writeln!(s, "  fix {k} = {}", domain(d));
-            }
-            let _ = writeln!(s, "  objective {} {}", goal(p.objective.0), p.objective.1);
-            for c in &p.constraints {
-                let _ = writeln!(s, "  subject to {}", constraint(c));
-            }
-            for (k, v) in &p.expect {
-                let _ = writeln!(s, "  expect {k} = {v}");
-            }
+            write_search(&mut s, &p.search, &p.fixed, &p.objective, &p.constraints);
+            write_expect(&mut s, &p.expect, &p.source);
         }
         for st in self.studies.values() {
             let _ = writeln!(s, "study {} over {} systems", st.name, st.systems.len());
@@ -571,9 +612,44 @@ impl Program {
             for (w, weight) in &st.workloads {
                 let _ = writeln!(s, "  workload {} weight {}", w.name, format_number(*weight));
             }
-            let _ = writeln!(s, "  objective {} {}", goal(st.objective.0), st.objective.1);
+            write_search(
+                &mut s,
+                &st.search,
+                &st.fixed,
+                &st.objective,
+                &st.constraints,
+            );
+            write_expect(&mut s, &st.expect, &st.source);
         }
         s
+    }
+}
+
+fn write_search(
+    s: &mut String,
+    search: &BTreeMap<String, Domain>,
+    fixed: &BTreeMap<String, Domain>,
+    objective: &(Goal, String),
+    constraints: &[Constraint],
+) {
+    for (k, d) in search {
+        let _ = writeln!(s, "  search {k} in {}", domain(d));
+    }
+    for (k, d) in fixed {
+        let _ = writeln!(s, "  fix {k} = {}", pinned(d));
+    }
+    let _ = writeln!(s, "  objective {} {}", goal(objective.0), objective.1);
+    for c in constraints {
+        let _ = writeln!(s, "  subject to {}", constraint(c));
+    }
+}
+
+fn write_expect(s: &mut String, expect: &BTreeMap<String, Quantity>, source: &Option<String>) {
+    for (k, v) in expect {
+        let _ = writeln!(s, "  expect {k} = {v}");
+    }
+    if let Some(src) = source {
+        let _ = writeln!(s, "  source {src:?}");
     }
 }
 
@@ -587,10 +663,32 @@ fn goal(g: Goal) -> &'static str {
 fn domain(d: &Domain) -> String {
     match d {
         Domain::Auto => "auto".into(),
-        Domain::Ints(v) => format!("{{{}}}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+        Domain::Ints(v) => format!(
+            "{{{}}}",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Domain::IntRange(a, b) => format!("{a}..{b}"),
         Domain::Choices(v) => format!("{{{}}}", v.join(", ")),
-        Domain::Bools(v) => format!("{{{}}}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
+        Domain::Bools(v) => format!(
+            "{{{}}}",
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A `fix` domain holds one value; print it bare (`8`, not `{8}`).
+fn pinned(d: &Domain) -> String {
+    match d {
+        Domain::Ints(v) if v.len() == 1 => v[0].to_string(),
+        Domain::Choices(v) if v.len() == 1 => v[0].clone(),
+        Domain::Bools(v) if v.len() == 1 => v[0].to_string(),
+        other => domain(other),
     }
 }
 
@@ -616,7 +714,12 @@ fn constraint(c: &Constraint) -> String {
 fn write_device(s: &mut String, d: &Device, indent: &str) {
     let _ = writeln!(s, "{indent}device {}", d.name);
     for (dt, f) in &d.compute {
-        let _ = writeln!(s, "{indent}  compute {} = {}", dt.name(), q(*f, Dim::FLOP_RATE));
+        let _ = writeln!(
+            s,
+            "{indent}  compute {} = {}",
+            dt.name(),
+            q(*f, Dim::FLOP_RATE)
+        );
     }
     for m in &d.memories {
         let _ = writeln!(
@@ -637,7 +740,11 @@ fn write_device(s: &mut String, d: &Device, indent: &str) {
 }
 
 fn write_node(s: &mut String, n: &Node, indent: &str) {
-    let _ = writeln!(s, "{indent}node {} = {} x {}", n.name, n.device.name, n.devices_per_node);
+    let _ = writeln!(
+        s,
+        "{indent}node {} = {} x {}",
+        n.name, n.device.name, n.devices_per_node
+    );
     for l in &n.links {
         let _ = writeln!(
             s,
@@ -649,7 +756,12 @@ fn write_node(s: &mut String, n: &Node, indent: &str) {
         );
     }
     if n.nics > 0 {
-        let _ = writeln!(s, "{indent}  nic {} x {}", q(n.nic_bandwidth, Dim::BANDWIDTH), n.nics);
+        let _ = writeln!(
+            s,
+            "{indent}  nic {} x {}",
+            q(n.nic_bandwidth, Dim::BANDWIDTH),
+            n.nics
+        );
     }
     if let Some(h) = &n.host_memory {
         let _ = writeln!(
@@ -660,7 +772,11 @@ fn write_node(s: &mut String, n: &Node, indent: &str) {
         );
     }
     if n.power_overhead > 0.0 {
-        let _ = writeln!(s, "{indent}  power overhead {}", q(n.power_overhead, Dim::POWER));
+        let _ = writeln!(
+            s,
+            "{indent}  power overhead {}",
+            q(n.power_overhead, Dim::POWER)
+        );
     }
     if let Some(p) = n.price {
         let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));
@@ -692,8 +808,19 @@ fn write_cluster(s: &mut String, c: &Cluster) {
 }
 
 fn write_workload(s: &mut String, w: &Workload) {
-    let args: Vec<String> = w.model.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let _ = writeln!(s, "workload {} = {}({})", w.name, w.model.name, args.join(", "));
+    let args: Vec<String> = w
+        .model
+        .args
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "workload {} = {}({})",
+        w.name,
+        w.model.name,
+        args.join(", ")
+    );
     let phase = match &w.phase {
         Phase::Train {
             global_batch,
@@ -716,11 +843,18 @@ fn write_workload(s: &mut String, w: &Workload) {
         } => format!(
             "decode batch={batch} context={context}{}{}",
             prompt.map(|p| format!(" prompt={p}")).unwrap_or_default(),
-            generate.map(|g| format!(" generate={g}")).unwrap_or_default()
+            generate
+                .map(|g| format!(" generate={g}"))
+                .unwrap_or_default()
         ),
     };
     let binds: Vec<String> = w.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let _ = writeln!(s, "  {phase} dtype={} bind {}", w.dtype.name(), binds.join(" "));
+    let _ = writeln!(
+        s,
+        "  {phase} dtype={} bind {}",
+        w.dtype.name(),
+        binds.join(" ")
+    );
     let g = &w.model.graph;
     for i in &g.inputs {
         let t = g.tensor(*i);
@@ -755,9 +889,19 @@ fn write_items(s: &mut String, g: &Graph, items: &[Item], indent: &str) {
                 let carried: Vec<String> = r
                     .carried
                     .iter()
-                    .map(|c| format!("%{}=%{}->%{}->%{}", c.param.0, c.init.0, c.next.0, c.result.0))
+                    .map(|c| {
+                        format!(
+                            "%{}=%{}->%{}->%{}",
+                            c.param.0, c.init.0, c.next.0, c.result.0
+                        )
+                    })
                     .collect();
-                let _ = writeln!(s, "{indent}repeat {} carry {} {{", r.count, carried.join(" "));
+                let _ = writeln!(
+                    s,
+                    "{indent}repeat {} carry {} {{",
+                    r.count,
+                    carried.join(" ")
+                );
                 write_items(s, g, &r.body, &format!("{indent}  "));
                 let _ = writeln!(s, "{indent}}}");
             }

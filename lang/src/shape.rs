@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(bs.to_string(), "batch*seq");
         let twice = bs.mul(&Dim::known(2));
         assert_eq!(twice.to_string(), "2*batch*seq");
-        assert_eq!(twice.div(&Dim::sym("seq")), Some(Dim::sym("batch").mul(&Dim::known(2))));
+        assert_eq!(
+            twice.div(&Dim::sym("seq")),
+            Some(Dim::sym("batch").mul(&Dim::known(2)))
+        );
         assert_eq!(Dim::known(10).div(&Dim::known(3)), None);
         assert_eq!(Dim::known(4096).div(&Dim::known(32)), Some(Dim::known(128)));
         assert_eq!(Dim::sym("batch").div(&Dim::sym("seq")), None);

@@ -147,44 +147,107 @@ impl Quantity {
     }
 }
 
+/// Prints a quantity in a unit the language itself accepts, so a summary
+/// line can be pasted back into a source file: an SI prefix for large
+/// magnitudes (`80 GB`, `989.4 TFLOP/s`), sub-unit prefixes only for
+/// seconds (`5 us`; a byte count below one prints as `0.125 B`, never
+/// `125 mB`), a binary prefix for sizes that are exact in it and not in SI
+/// (`2 TiB`), times of a second or more in plain seconds (`10800 s`), and
+/// money with a leading `$` (`$30000`, `$2.5/h`).
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.dim.is_none() {
-            return write!(f, "{}", format_number(self.value));
+        let v = self.value;
+        let sign = if v < 0.0 { "-" } else { "" };
+        match self.dim {
+            Dim::NONE => write!(f, "{}", format_number(v)),
+            // Stored per second; printed per hour, as written.
+            Dim::PRICE_RATE => write!(f, "{sign}${}/h", format_number((v * 3600.0).abs())),
+            Dim::MONEY => write!(f, "{sign}${}", format_number(v.abs())),
+            Dim::TIME => {
+                let a = v.abs();
+                let (scale, prefix) = if a >= 1.0 || a == 0.0 || !a.is_finite() {
+                    (1.0, "")
+                } else if a >= 1e-3 {
+                    (1e-3, "m")
+                } else if a >= 1e-6 {
+                    (1e-6, "u")
+                } else {
+                    (1e-9, "n")
+                };
+                write!(f, "{} {prefix}s", format_number(v / scale))
+            }
+            dim => {
+                let unit = dim.to_string();
+                let prefixable = ["FLOP", "B", "J", "W"].iter().any(|b| unit.starts_with(b))
+                    && !unit.contains(['^', '*', '$']);
+                if !prefixable {
+                    return write!(f, "{} {unit}", format_number(v));
+                }
+                let (scale, prefix) = si_scale(v);
+                // A size exact with a binary prefix prints with it, unless
+                // SI is exact too and no longer (`80 GB`, but `64 KiB`).
+                let sizes = dim == Dim::BYTES || dim == Dim::BANDWIDTH;
+                if sizes && let Some((text, bprefix)) = binary_text(v) {
+                    let shorter = exact_text(v, scale).is_none_or(|si| digits(&text) < digits(&si));
+                    if shorter {
+                        return write!(f, "{text} {bprefix}{unit}");
+                    }
+                }
+                write!(f, "{} {prefix}{unit}", format_number(v / scale))
+            }
         }
-        // $/h is stored per second; print it per hour as written.
-        if self.dim == Dim::PRICE_RATE {
-            return write!(f, "${}/h", format_number(self.value * 3600.0));
-        }
-        let (scaled, prefix) = si_scale(self.value);
-        write!(f, "{} {}{}", format_number(scaled), prefix, self.dim)
     }
 }
 
-/// Picks an SI prefix so the mantissa lies in [1, 1000) when possible.
+/// Picks an SI prefix so the mantissa lies in [1, 1000) when possible;
+/// magnitudes below 1 get none (only seconds have sub-unit prefixes here).
 fn si_scale(v: f64) -> (f64, &'static str) {
-    const STEPS: [(f64, &str); 10] = [
+    const STEPS: [(f64, &str); 6] = [
         (1e18, "E"),
         (1e15, "P"),
         (1e12, "T"),
         (1e9, "G"),
         (1e6, "M"),
         (1e3, "k"),
-        (1.0, ""),
-        (1e-3, "m"),
-        (1e-6, "u"),
-        (1e-9, "n"),
     ];
     let a = v.abs();
-    if a == 0.0 || !a.is_finite() {
-        return (v, "");
+    if !a.is_finite() {
+        return (1.0, "");
     }
-    for (scale, p) in STEPS {
-        if a >= scale {
-            return (v / scale, p);
-        }
-    }
-    (v / 1e-9, "n")
+    STEPS
+        .iter()
+        .find(|(scale, _)| a >= *scale)
+        .map_or((1.0, ""), |&(scale, p)| (scale, p))
+}
+
+/// `v / scale` as printed, if printing loses nothing.
+fn exact_text(v: f64, scale: f64) -> Option<String> {
+    let text = format_number(v / scale);
+    let back: f64 = text.parse().ok()?;
+    ((back * scale - v).abs() <= v.abs() * 1e-12).then_some(text)
+}
+
+/// Significant digits of a printed number.
+fn digits(text: &str) -> usize {
+    text.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .trim_start_matches('0')
+        .len()
+}
+
+/// `v` with the largest binary prefix it reaches, if printing loses nothing.
+fn binary_text(v: f64) -> Option<(String, &'static str)> {
+    const STEPS: [(i32, &str); 6] = [
+        (6, "Ei"),
+        (5, "Pi"),
+        (4, "Ti"),
+        (3, "Gi"),
+        (2, "Mi"),
+        (1, "Ki"),
+    ];
+    let &(k, p) = STEPS.iter().find(|(k, _)| v.abs() >= 1024f64.powi(*k))?;
+    exact_text(v, 1024f64.powi(k)).map(|t| (t, p))
 }
 
 /// Prints a number with at most 6 significant digits and no trailing zeros,
@@ -341,12 +404,94 @@ mod tests {
     #[test]
     fn display_is_stable() {
         assert_eq!(Quantity::new(80e9, Dim::BYTES).to_string(), "80 GB");
-        assert_eq!(Quantity::new(3.35e12, Dim::BANDWIDTH).to_string(), "3.35 TB/s");
-        assert_eq!(Quantity::new(989.4e12, Dim::FLOP_RATE).to_string(), "989.4 TFLOP/s");
+        assert_eq!(
+            Quantity::new(3.35e12, Dim::BANDWIDTH).to_string(),
+            "3.35 TB/s"
+        );
+        assert_eq!(
+            Quantity::new(989.4e12, Dim::FLOP_RATE).to_string(),
+            "989.4 TFLOP/s"
+        );
         assert_eq!(Quantity::new(700.0, Dim::POWER).to_string(), "700 W");
-        assert_eq!(Quantity::new(2.5 / 3600.0, Dim::PRICE_RATE).to_string(), "$2.5/h");
+        assert_eq!(
+            Quantity::new(2.5 / 3600.0, Dim::PRICE_RATE).to_string(),
+            "$2.5/h"
+        );
         assert_eq!(Quantity::new(5e-6, Dim::TIME).to_string(), "5 us");
         assert_eq!(Quantity::plain(0.9).to_string(), "0.9");
         assert_eq!(format_number(1.0 / 3.0), "0.33333");
+    }
+
+    fn show(text: &str) -> String {
+        let (n, u) = text.split_once(' ').unwrap_or((text, ""));
+        let (f, d) = if u.is_empty() { (1.0, Dim::NONE) } else { q(u) };
+        Quantity::new(n.parse::<f64>().expect("number") * f, d).to_string()
+    }
+
+    #[test]
+    fn display_never_prints_sub_byte_prefixes() {
+        assert_eq!(show("1 b"), "0.125 B");
+        assert_eq!(show("4 b"), "0.5 B");
+        assert_eq!(show("8 b"), "1 B");
+        assert_eq!(show("400 Gb/s"), "50 GB/s");
+    }
+
+    #[test]
+    fn display_writes_money_with_a_leading_dollar() {
+        assert_eq!(Quantity::new(30000.0, Dim::MONEY).to_string(), "$30000");
+        assert_eq!(Quantity::new(60.0, Dim::MONEY).to_string(), "$60");
+        assert_eq!(Quantity::new(-1.5, Dim::MONEY).to_string(), "-$1.5");
+        assert_eq!(
+            Quantity::new(30.0 / 3600.0, Dim::PRICE_RATE).to_string(),
+            "$30/h"
+        );
+    }
+
+    #[test]
+    fn display_keeps_long_times_in_seconds() {
+        assert_eq!(show("3 h"), "10800 s");
+        assert_eq!(show("5 min"), "300 s");
+        assert_eq!(show("1.5 s"), "1.5 s");
+        assert_eq!(show("2 ms"), "2 ms");
+        assert_eq!(show("500 ns"), "500 ns");
+        assert_eq!(Quantity::new(0.0, Dim::TIME).to_string(), "0 s");
+    }
+
+    #[test]
+    fn display_uses_binary_prefixes_when_exact() {
+        assert_eq!(show("2 TiB"), "2 TiB");
+        assert_eq!(show("80 GiB"), "80 GiB");
+        assert_eq!(show("1.5 TiB"), "1.5 TiB");
+        assert_eq!(show("64 KiB"), "64 KiB");
+        assert_eq!(show("100 GiB/s"), "100 GiB/s");
+        // SI wins where it is exact, even if binary would be too.
+        assert_eq!(show("80 GB"), "80 GB");
+        assert_eq!(show("1000 B"), "1 kB");
+        assert_eq!(show("2048 B"), "2 KiB");
+        assert_eq!(show("3.35 TB/s"), "3.35 TB/s");
+    }
+
+    #[test]
+    fn display_output_parses_back() {
+        for text in [
+            "1 b",
+            "2 TiB",
+            "3 h",
+            "80 GB",
+            "989.4 TFLOP/s",
+            "700 W",
+            "2 kW",
+            "21.6 MJ",
+            "5 us",
+            "1 GFLOP",
+        ] {
+            let shown = show(text);
+            let (n, u) = shown.split_once(' ').expect("number and unit");
+            assert!(
+                parse_unit(u).is_some(),
+                "{text} prints as {shown}, whose unit does not parse"
+            );
+            assert!(n.parse::<f64>().is_ok(), "{shown}");
+        }
     }
 }

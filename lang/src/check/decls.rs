@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use crate::ast::{Decl, DeclKind, Item, ItemForm, Knob, PlanDecl, PlanItem};
-use crate::check::eval::{unit_name, Env};
+use crate::check::eval::{Env, article, count_of, unit_name};
 use crate::check::value::{Instance, Value};
-use crate::check::{suggest, Checker};
+use crate::check::{Checker, suggest};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::program::*;
 use crate::span::Span;
@@ -94,7 +94,13 @@ pub const KNOBS: &[(&str, &str)] = &[
 /// Metrics usable in objectives, constraints and `expect`, with dimensions.
 pub fn metric_dim(name: &str) -> Option<Dim> {
     Some(match name {
-        "tokens_per_s" | "samples_per_s" | "mfu" | "hfu" | "devices" | "throughput_per_dollar" | "throughput_per_watt"
+        "tokens_per_s"
+        | "samples_per_s"
+        | "mfu"
+        | "hfu"
+        | "devices"
+        | "throughput_per_dollar"
+        | "throughput_per_watt"
         | "throughput" => Dim::NONE,
         "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
         "memory" | "hbm" => Dim::BYTES,
@@ -130,77 +136,135 @@ pub const METRICS: &[&str] = &[
 
 impl Checker {
     /// Groups items by key, reporting unknown keys, wrong forms, repeats
-    /// and missing required keys.
-    fn group<'a>(&mut self, what: &str, decl_span: Span, items: &'a [Item], keys: &[Key]) -> BTreeMap<&'static str, Vec<&'a Item>> {
+    /// and missing required keys. A key that is there but broken (written
+    /// in the wrong form, misspelt close to a required key) counts as
+    /// given, and nothing is reported missing from a declaration with a
+    /// syntax error (`broken`): the first report says it all.
+    fn group<'a>(
+        &mut self,
+        what: &str,
+        decl_span: Span,
+        items: &'a [Item],
+        keys: &[Key],
+        broken: bool,
+    ) -> BTreeMap<&'static str, Vec<&'a Item>> {
         let mut out: BTreeMap<&'static str, Vec<&'a Item>> = BTreeMap::new();
+        let mut present: Vec<&str> = Vec::new();
         for it in items {
             if it.key.name.is_empty() {
                 continue; // a syntax error, already reported
             }
             let Some(k) = keys.iter().find(|k| k.name == it.key.name) else {
-                let mut d = Diagnostic::error(Code::L060, format!("{what} has no field `{}`", it.key.name), it.key.span)
-                    .with_label(it.key.span, "unknown field");
+                if self.broken(it.span) {
+                    continue; // the line did not parse; that was reported
+                }
+                let mut d = Diagnostic::error(
+                    Code::L060,
+                    format!("{what} has no field `{}`", it.key.name),
+                    it.key.span,
+                )
+                .with_label(it.key.span, "unknown field");
                 d = match suggest(&it.key.name, keys.iter().map(|k| k.name)) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    Some(s) => {
+                        if let Some(k) = keys.iter().find(|k| k.name == s) {
+                            present.push(k.name);
+                        }
+                        d.with_help(format!("did you mean `{s}`?"))
+                    }
                     None => d.with_help(format!(
                         "{what} takes: {}",
-                        keys.iter().map(|k| format!("`{}`", k.name)).collect::<Vec<_>>().join(", ")
+                        keys.iter()
+                            .map(|k| format!("`{}`", k.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 };
                 self.diags.push(d);
                 continue;
             };
             if !k.forms.contains(&it.form) {
+                present.push(k.name);
                 let want = match k.forms[0] {
                     ItemForm::Assign => format!("`{} = value`", k.name),
                     ItemForm::Value => format!("`{} value`", k.name),
                     ItemForm::Named => format!("`{} name = value`", k.name),
                 };
                 self.diags.push(
-                    Diagnostic::error(Code::L043, format!("field `{}` is written in the wrong form", k.name), it.span)
-                        .with_label(it.span, "written like this")
-                        .with_help(format!("write it as {want}")),
+                    Diagnostic::error(
+                        Code::L043,
+                        format!("field `{}` is written in the wrong form", k.name),
+                        it.span,
+                    )
+                    .with_label(it.span, "written like this")
+                    .with_help(format!("write it as {want}")),
                 );
                 continue;
             }
             if it.count.is_some() && !matches!(k.name, "device" | "node" | "nic") {
                 let cs = it.count.as_ref().map_or(it.span, |c| c.span);
                 self.diags.push(
-                    Diagnostic::error(Code::L043, format!("field `{}` does not take a count", k.name), cs)
-                        .with_label(cs, "`x count` is only for `device`, `node` and `nic`"),
+                    Diagnostic::error(
+                        Code::L043,
+                        format!("field `{}` does not take a count", k.name),
+                        cs,
+                    )
+                    .with_label(cs, "`x count` is only for `device`, `node` and `nic`"),
                 );
             }
             let entry = out.entry(k.name).or_default();
-            if !k.multi && let Some(first) = entry.first() {
+            if !k.multi
+                && let Some(first) = entry.first()
+            {
                 self.diags.push(
-                    Diagnostic::error(Code::L062, format!("field `{}` is given twice", k.name), it.key.span)
-                        .with_label(it.key.span, "given again here")
-                        .with_label(first.key.span, "first given here")
-                        .with_help("remove one of them"),
+                    Diagnostic::error(
+                        Code::L062,
+                        format!("field `{}` is given twice", k.name),
+                        it.key.span,
+                    )
+                    .with_label(it.key.span, "given again here")
+                    .with_label(first.key.span, "first given here")
+                    .with_help("remove one of them"),
                 );
                 continue;
             }
             entry.push(it);
         }
-        for k in keys {
-            if k.required && !out.contains_key(k.name) {
-                self.diags.push(
-                    Diagnostic::error(Code::L061, format!("{what} is missing field `{}`", k.name), decl_span)
+        if !broken {
+            for k in keys {
+                if k.required && !out.contains_key(k.name) && !present.contains(&k.name) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L061,
+                            format!("{what} is missing field `{}`", k.name),
+                            decl_span,
+                        )
                         .with_label(decl_span, format!("needs `{}`", k.name)),
-                );
+                    );
+                }
             }
         }
         out
     }
 
     /// A quantity of the given dimension, or a reported error.
-    pub(crate) fn quantity(&mut self, v: &Value, span: Span, dim: Dim, what: &str, example: &str) -> Option<f64> {
+    pub(crate) fn quantity(
+        &mut self,
+        v: &Value,
+        span: Span,
+        dim: Dim,
+        what: &str,
+        example: &str,
+    ) -> Option<f64> {
         let q = self.num(v, span)?;
         if q.dim != dim {
             self.diags.push(
                 Diagnostic::error(
                     Code::L041,
-                    format!("{what} must be {}, but this is {}", dim.describe(), q.dim.describe()),
+                    format!(
+                        "{what} must be {}, but this is {}",
+                        dim.describe(),
+                        q.dim.describe()
+                    ),
                     span,
                 )
                 .with_label(span, format!("this is in {}", unit_name(q.dim)))
@@ -210,7 +274,8 @@ impl Checker {
         }
         if !(q.value.is_finite() && q.value >= 0.0) {
             self.diags.push(
-                Diagnostic::error(Code::L046, format!("{what} must not be negative"), span).with_label(span, format!("{q}")),
+                Diagnostic::error(Code::L046, format!("{what} must not be negative"), span)
+                    .with_label(span, format!("{q}")),
             );
             return None;
         }
@@ -220,7 +285,10 @@ impl Checker {
     fn decl_env(&mut self, inst: &Instance, params: &[crate::ast::Param]) -> Env {
         let mut env = Env::new();
         for (k, v) in &inst.args {
-            let span = params.iter().find(|p| p.name.name == *k).map_or(Span::new(0, 0), |p| p.name.span);
+            let span = params
+                .iter()
+                .find(|p| p.name.name == *k)
+                .map_or(Span::new(0, 0), |p| p.name.span);
             env.bind(k, v.clone(), span);
         }
         env
@@ -239,8 +307,17 @@ impl Checker {
             Value::Decl(i) if i.kind == kind => Some(i.clone()),
             Value::Decl(i) => {
                 self.diags.push(
-                    Diagnostic::error(Code::L032, format!("`{}` is a {}, not a {}", i.name, i.kind.keyword(), kind.keyword()), span)
-                        .with_label(span, format!("expected a {}", kind.keyword())),
+                    Diagnostic::error(
+                        Code::L032,
+                        format!(
+                            "`{}` is a {}, not a {}",
+                            i.name,
+                            i.kind.keyword(),
+                            kind.keyword()
+                        ),
+                        span,
+                    )
+                    .with_label(span, format!("expected a {}", kind.keyword())),
                 );
                 None
             }
@@ -264,7 +341,13 @@ impl Checker {
         let b = self.block_decl(&inst.name)?;
         let before = self.error_count();
         let mut env = self.decl_env(inst, &b.params);
-        let g = self.group(&format!("device `{}`", inst.name), b.name.span, &b.items, DEVICE_KEYS);
+        let g = self.group(
+            &format!("device `{}`", inst.name),
+            b.name.span,
+            &b.items,
+            DEVICE_KEYS,
+            self.broken(b.span),
+        );
         let mut dev = Device {
             name: key.clone(),
             compute: BTreeMap::new(),
@@ -279,23 +362,36 @@ impl Checker {
             if let Some(fields) = self.record(&v, it.value.span, "compute rates per element type") {
                 for (name, nspan, fv, fspan) in fields {
                     let Some(dt) = DType::parse(&name) else {
-                        let mut d = Diagnostic::error(Code::L063, format!("unknown element type `{name}`"), nspan)
-                            .with_label(nspan, "not an element type");
+                        let mut d = Diagnostic::error(
+                            Code::L063,
+                            format!("unknown element type `{name}`"),
+                            nspan,
+                        )
+                        .with_label(nspan, "not an element type");
                         d = match suggest(&name, DType::NAMES.iter().copied()) {
                             Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                            None => d.with_help("element types: fp64, fp32, tf32, bf16, fp16, fp8, int8"),
+                            None => d.with_help(DType::help()),
                         };
                         self.diags.push(d);
                         continue;
                     };
-                    if let Some(r) = self.quantity(&fv, fspan, Dim::FLOP_RATE, &format!("compute `{name}`"), "989 TFLOP/s") {
+                    if let Some(r) = self.quantity(
+                        &fv,
+                        fspan,
+                        Dim::FLOP_RATE,
+                        &format!("compute `{name}`"),
+                        "989 TFLOP/s",
+                    ) {
                         dev.compute.insert(dt, r);
                     }
                 }
             }
         }
         for it in g.get("memory").into_iter().flatten() {
-            let name = it.name.as_ref().map_or("hbm".to_string(), |n| n.name.clone());
+            let name = it
+                .name
+                .as_ref()
+                .map_or("hbm".to_string(), |n| n.name.clone());
             let v = self.eval(&it.value, &mut env);
             if let Some(m) = self.memory(&name, &v, it.value.span) {
                 dev.memories.push(m);
@@ -303,7 +399,9 @@ impl Checker {
         }
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            dev.power = self.quantity(&v, it.value.span, Dim::POWER, "power", "700 W").unwrap_or(0.0);
+            dev.power = self
+                .quantity(&v, it.value.span, Dim::POWER, "power", "700 W")
+                .unwrap_or(0.0);
         }
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
@@ -313,12 +411,20 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             if let Some(fields) = self.record(&v, it.value.span, "efficiency factors") {
                 for (name, _, fv, fspan) in fields {
-                    let Some(q) = self.num(&fv, fspan) else { continue };
+                    let Some(q) = self.num(&fv, fspan) else {
+                        continue;
+                    };
                     if q.dim.is_none() && !(q.value > 0.0 && q.value <= 1.0) {
                         self.diags.push(
-                            Diagnostic::error(Code::L046, format!("efficiency `{name}` must be in (0, 1], got {q}"), fspan)
-                                .with_label(fspan, "a fraction of peak is expected")
-                                .with_help("efficiency factors are achieved / peak, e.g. `matmul = 0.7`"),
+                            Diagnostic::error(
+                                Code::L046,
+                                format!("efficiency `{name}` must be in (0, 1], got {q}"),
+                                fspan,
+                            )
+                            .with_label(fspan, "a fraction of peak is expected")
+                            .with_help(
+                                "efficiency factors are achieved / peak, e.g. `matmul = 0.7`",
+                            ),
                         );
                         continue;
                     }
@@ -327,7 +433,7 @@ impl Checker {
             }
         }
         self.leave(&key);
-        let ok = self.error_count() == before;
+        let ok = self.error_count() == before && !self.broken(b.span);
         let result = ok.then_some(dev);
         if let Some(d) = &result {
             self.program.devices.insert(key.clone(), d.clone());
@@ -336,12 +442,21 @@ impl Checker {
         result
     }
 
-    fn record(&mut self, v: &Value, span: Span, what: &str) -> Option<Vec<(String, Span, Value, Span)>> {
+    fn record(
+        &mut self,
+        v: &Value,
+        span: Span,
+        what: &str,
+    ) -> Option<Vec<(String, Span, Value, Span)>> {
         match v {
             Value::Record(fs) => Some(fs.clone()),
             Value::Error => None,
             other => {
-                self.type_error(other, span, &format!("a record `{{ name = value, ... }}` of {what}"));
+                self.type_error(
+                    other,
+                    span,
+                    &format!("a record `{{ name = value, ... }}` of {what}"),
+                );
                 None
             }
         }
@@ -351,15 +466,31 @@ impl Checker {
         let Value::Pair(a, b) = v else {
             if !matches!(v, Value::Error) {
                 self.diags.push(
-                    Diagnostic::error(Code::L043, format!("memory `{name}` needs a capacity and a bandwidth"), span)
-                        .with_label(span, format!("this is {}", v.describe()))
-                        .with_help("write it like `80 GB @ 3.35 TB/s`"),
+                    Diagnostic::error(
+                        Code::L043,
+                        format!("memory `{name}` needs a capacity and a bandwidth"),
+                        span,
+                    )
+                    .with_label(span, format!("this is {}", v.describe()))
+                    .with_help("write it like `80 GB @ 3.35 TB/s`"),
                 );
             }
             return None;
         };
-        let capacity = self.quantity(&a.0, a.1, Dim::BYTES, &format!("capacity of `{name}`"), "80 GB");
-        let bandwidth = self.quantity(&b.0, b.1, Dim::BANDWIDTH, &format!("bandwidth of `{name}`"), "3.35 TB/s");
+        let capacity = self.quantity(
+            &a.0,
+            a.1,
+            Dim::BYTES,
+            &format!("capacity of `{name}`"),
+            "80 GB",
+        );
+        let bandwidth = self.quantity(
+            &b.0,
+            b.1,
+            Dim::BANDWIDTH,
+            &format!("bandwidth of `{name}`"),
+            "3.35 TB/s",
+        );
         Some(Memory {
             name: name.to_string(),
             capacity: capacity?,
@@ -367,27 +498,45 @@ impl Checker {
         })
     }
 
-    /// Binds a constructor's arguments (`switch(450 GB/s, latency = 1 us)`).
+    /// Binds a constructor's arguments (`switch(450 GB/s, latency = 1 us)`)
+    /// like a declaration's. `None` after an argument error: the error is
+    /// reported, and what the constructor then lacks is not.
     fn ctor_args(
         &mut self,
         ctor: &str,
         args: &[(Option<String>, Value, Span)],
         params: &[&str],
-        span: Span,
-    ) -> BTreeMap<String, (Value, Span)> {
+    ) -> Option<BTreeMap<String, (Value, Span)>> {
         let mut out = BTreeMap::new();
         let mut pos = 0;
+        let mut ok = true;
+        let mut named_seen = false;
+        let mut unplaced = Vec::new();
         for (name, v, s) in args {
             let p = match name {
-                Some(n) if params.contains(&n.as_str()) => n.clone(),
+                Some(n) if params.contains(&n.as_str()) => {
+                    named_seen = true;
+                    n.clone()
+                }
                 Some(n) => {
-                    let mut d = Diagnostic::error(Code::L033, format!("`{ctor}` has no parameter `{n}`"), *s)
-                        .with_label(*s, "unknown parameter");
+                    named_seen = true;
+                    let mut d = Diagnostic::error(
+                        Code::L033,
+                        format!("`{ctor}` has no parameter `{n}`"),
+                        *s,
+                    )
+                    .with_label(*s, "unknown parameter");
                     d = match suggest(n, params.iter().copied()) {
                         Some(x) => d.with_help(format!("did you mean `{x}`?")),
                         None => d.with_help(format!("`{ctor}({})`", params.join(", "))),
                     };
                     self.diags.push(d);
+                    ok = false;
+                    continue;
+                }
+                None if named_seen => {
+                    unplaced.push(*s);
+                    ok = false;
                     continue;
                 }
                 None => match params.get(pos) {
@@ -397,23 +546,36 @@ impl Checker {
                     }
                     None => {
                         self.diags.push(
-                            Diagnostic::error(Code::L035, format!("`{ctor}` takes at most {} arguments", params.len()), *s)
-                                .with_label(*s, "this one is extra")
-                                .with_help(format!("`{ctor}({})`", params.join(", "))),
+                            Diagnostic::error(
+                                Code::L035,
+                                format!(
+                                    "`{ctor}` takes at most {}",
+                                    count_of(params.len(), "argument")
+                                ),
+                                *s,
+                            )
+                            .with_label(*s, "this one is extra")
+                            .with_help(format!("`{ctor}({})`", params.join(", "))),
                         );
+                        ok = false;
                         continue;
                     }
                 },
             };
             if out.insert(p.clone(), (v.clone(), *s)).is_some() {
                 self.diags.push(
-                    Diagnostic::error(Code::L036, format!("argument `{p}` of `{ctor}` is given twice"), *s)
-                        .with_label(*s, "given again here"),
+                    Diagnostic::error(
+                        Code::L036,
+                        format!("argument `{p}` of `{ctor}` is given twice"),
+                        *s,
+                    )
+                    .with_label(*s, "given again here"),
                 );
+                ok = false;
             }
         }
-        let _ = span;
-        out
+        self.positional_after_named(&unplaced);
+        ok.then_some(out)
     }
 
     fn ctor_quantity(
@@ -429,9 +591,13 @@ impl Checker {
             None => {
                 if default.is_none() {
                     self.diags.push(
-                        Diagnostic::error(Code::L034, format!("`{ctor}` needs argument `{p}`"), ctor_span)
-                            .with_label(ctor_span, format!("`{p}` is missing"))
-                            .with_help(format!("pass `{p} = {example}`")),
+                        Diagnostic::error(
+                            Code::L034,
+                            format!("`{ctor}` needs argument `{p}`"),
+                            ctor_span,
+                        )
+                        .with_label(ctor_span, format!("`{p}` is missing"))
+                        .with_help(format!("pass `{p} = {example}`")),
                     );
                 }
                 default
@@ -450,7 +616,13 @@ impl Checker {
         let b = self.block_decl(&inst.name)?;
         let before = self.error_count();
         let mut env = self.decl_env(inst, &b.params);
-        let g = self.group(&format!("node `{}`", inst.name), b.name.span, &b.items, NODE_KEYS);
+        let g = self.group(
+            &format!("node `{}`", inst.name),
+            b.name.span,
+            &b.items,
+            NODE_KEYS,
+            self.broken(b.span),
+        );
         let mut device = None;
         let mut per_node = 1;
         if let Some(it) = g.get("device").and_then(|v| v.first()) {
@@ -466,13 +638,31 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             match v {
                 Value::Ctor(c, args) if c == "switch" || c == "mesh" => {
-                    let a = self.ctor_args(&c, &args, &["bandwidth", "latency"], it.value.span);
-                    let bw = self.ctor_quantity(&a, "bandwidth", (Dim::BANDWIDTH, "450 GB/s"), None, (&c, it.value.span));
-                    let lat = self.ctor_quantity(&a, "latency", (Dim::TIME, "1 us"), Some(0.0), (&c, it.value.span));
+                    let Some(a) = self.ctor_args(&c, &args, &["bandwidth", "latency"]) else {
+                        continue;
+                    };
+                    let bw = self.ctor_quantity(
+                        &a,
+                        "bandwidth",
+                        (Dim::BANDWIDTH, "450 GB/s"),
+                        None,
+                        (&c, it.value.span),
+                    );
+                    let lat = self.ctor_quantity(
+                        &a,
+                        "latency",
+                        (Dim::TIME, "1 us"),
+                        Some(0.0),
+                        (&c, it.value.span),
+                    );
                     if let (Some(bandwidth), Some(latency)) = (bw, lat) {
                         links.push(Link {
                             name,
-                            kind: if c == "switch" { LinkKind::Switch } else { LinkKind::Mesh },
+                            kind: if c == "switch" {
+                                LinkKind::Switch
+                            } else {
+                                LinkKind::Mesh
+                            },
                             bandwidth,
                             latency,
                         });
@@ -492,7 +682,15 @@ impl Checker {
         let mut nics = 0;
         if let Some(it) = g.get("nic").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            nic_bandwidth = self.quantity(&v, it.value.span, Dim::BANDWIDTH, "NIC bandwidth", "400 Gb/s").unwrap_or(0.0);
+            nic_bandwidth = self
+                .quantity(
+                    &v,
+                    it.value.span,
+                    Dim::BANDWIDTH,
+                    "NIC bandwidth",
+                    "400 Gb/s",
+                )
+                .unwrap_or(0.0);
             nics = self.item_count(it, &mut env).unwrap_or(1);
         }
         let mut host_memory = None;
@@ -513,7 +711,15 @@ impl Checker {
         let mut power_overhead = 0.0;
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            power_overhead = self.quantity(&v, it.value.span, Dim::POWER, "node power overhead", "1500 W").unwrap_or(0.0);
+            power_overhead = self
+                .quantity(
+                    &v,
+                    it.value.span,
+                    Dim::POWER,
+                    "node power overhead",
+                    "1500 W",
+                )
+                .unwrap_or(0.0);
         }
         let mut price = None;
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
@@ -522,7 +728,7 @@ impl Checker {
         }
         self.leave(&key);
         let result = match device {
-            Some(device) if self.error_count() == before => Some(Node {
+            Some(device) if self.error_count() == before && !self.broken(b.span) => Some(Node {
                 name: key.clone(),
                 device,
                 devices_per_node: per_node,
@@ -564,7 +770,13 @@ impl Checker {
         let b = self.block_decl(&inst.name)?;
         let before = self.error_count();
         let mut env = self.decl_env(inst, &b.params);
-        let g = self.group(&format!("cluster `{}`", inst.name), b.name.span, &b.items, CLUSTER_KEYS);
+        let g = self.group(
+            &format!("cluster `{}`", inst.name),
+            b.name.span,
+            &b.items,
+            CLUSTER_KEYS,
+            self.broken(b.span),
+        );
         let mut node = None;
         let mut count = 1;
         if let Some(it) = g.get("node").and_then(|v| v.first()) {
@@ -582,7 +794,7 @@ impl Checker {
         }
         self.leave(&key);
         let result = match node {
-            Some(node) if self.error_count() == before => Some(Cluster {
+            Some(node) if self.error_count() == before && !self.broken(b.span) => Some(Cluster {
                 name: key.clone(),
                 node,
                 nodes: count,
@@ -600,7 +812,9 @@ impl Checker {
 
     fn fabric(&mut self, name: &str, v: &Value, span: Span, nodes: u64) -> Option<Fabric> {
         let (c, args) = match v {
-            Value::Ctor(c, args) if c == "fat_tree" || c == "rail_optimized" => (c.clone(), args.clone()),
+            Value::Ctor(c, args) if c == "fat_tree" || c == "rail_optimized" => {
+                (c.clone(), args.clone())
+            }
             Value::Error => return None,
             other => {
                 self.diags.push(
@@ -611,8 +825,24 @@ impl Checker {
                 return None;
             }
         };
-        let a = self.ctor_args(&c, &args, &["bandwidth", "latency", "rack_nodes", "pod_nodes", "oversubscription"], span);
-        let bandwidth = self.ctor_quantity(&a, "bandwidth", (Dim::BANDWIDTH, "400 Gb/s"), None, (&c, span));
+        let a = self.ctor_args(
+            &c,
+            &args,
+            &[
+                "bandwidth",
+                "latency",
+                "rack_nodes",
+                "pod_nodes",
+                "oversubscription",
+            ],
+        )?;
+        let bandwidth = self.ctor_quantity(
+            &a,
+            "bandwidth",
+            (Dim::BANDWIDTH, "400 Gb/s"),
+            None,
+            (&c, span),
+        );
         let latency = self.ctor_quantity(&a, "latency", (Dim::TIME, "5 us"), None, (&c, span));
         let rack_nodes = match a.get("rack_nodes") {
             Some((v, s)) => self.count(v, *s, "`rack_nodes`"),
@@ -640,7 +870,11 @@ impl Checker {
         };
         Some(Fabric {
             name: name.to_string(),
-            kind: if c == "fat_tree" { FabricKind::FatTree } else { FabricKind::RailOptimized },
+            kind: if c == "fat_tree" {
+                FabricKind::FatTree
+            } else {
+                FabricKind::RailOptimized
+            },
             bandwidth: bandwidth?,
             latency: latency?,
             rack_nodes: rack_nodes?,
@@ -656,20 +890,35 @@ impl Checker {
             return None;
         }
         let mut env = self.decl_env(inst, &b.params);
-        let g = self.group(&format!("table `{}`", inst.name), b.name.span, &b.items, TABLE_KEYS);
+        let g = self.group(
+            &format!("table `{}`", inst.name),
+            b.name.span,
+            &b.items,
+            TABLE_KEYS,
+            self.broken(b.span),
+        );
         let field = |c: &mut Checker, name: &str, env: &mut Env| -> Option<(Value, Span)> {
             if let Some(it) = g.get(name).and_then(|v| v.first()) {
                 return Some((c.eval(&it.value, env), it.value.span));
             }
             env.lookup(name).map(|v| (v, use_span))
         };
+        let broken = self.broken(b.span);
         let get = |c: &mut Checker, name: &str, env: &mut Env| -> Option<u64> {
             match field(c, name, env) {
                 Some((v, s)) => c.count(&v, s, &format!("table `{name}`")),
+                None if broken => None,
                 None => {
                     c.diags.push(
-                        Diagnostic::error(Code::L061, format!("table `{}` does not say its `{name}`", inst.name), b.name.span)
-                            .with_label(b.name.span, format!("needs `{name} = ...` or a parameter `{name}`")),
+                        Diagnostic::error(
+                            Code::L061,
+                            format!("table `{}` does not say its `{name}`", inst.name),
+                            b.name.span,
+                        )
+                        .with_label(
+                            b.name.span,
+                            format!("needs `{name} = ...` or a parameter `{name}`"),
+                        ),
                     );
                     None
                 }
@@ -686,6 +935,9 @@ impl Checker {
             None => Some(DType::F32),
         };
         self.leave(&key);
+        if broken {
+            return None;
+        }
         Some(EmbeddingTable {
             name: inst.name.clone(),
             rows: rows?,
@@ -700,10 +952,12 @@ impl Checker {
             Value::Sym(n, s) => match DType::parse(n) {
                 Some(d) => Some(d),
                 None => {
-                    let mut d = Diagnostic::error(Code::L063, format!("unknown element type `{n}`"), *s).with_label(*s, "not an element type");
+                    let mut d =
+                        Diagnostic::error(Code::L063, format!("unknown element type `{n}`"), *s)
+                            .with_label(*s, "not an element type");
                     d = match suggest(n, DType::NAMES.iter().copied()) {
                         Some(x) => d.with_help(format!("did you mean `{x}`?")),
-                        None => d.with_help("element types: fp64, fp32, tf32, bf16, fp16, fp8, int8"),
+                        None => d.with_help(DType::help()),
                     };
                     self.diags.push(d);
                     None
@@ -724,7 +978,8 @@ impl Checker {
                 Some(n.clone())
             }
             Value::Sym(n, s) => {
-                let mut d = Diagnostic::error(Code::L063, format!("unknown {what} `{n}`"), *s).with_label(*s, format!("not a {what}"));
+                let mut d = Diagnostic::error(Code::L063, format!("unknown {what} `{n}`"), *s)
+                    .with_label(*s, format!("not {} {what}", article(what)));
                 d = match suggest(n, options.iter().copied()) {
                     Some(x) => d.with_help(format!("did you mean `{x}`?")),
                     None => d.with_help(format!("choose one of: {}", options.join(", "))),
@@ -734,7 +989,11 @@ impl Checker {
             }
             Value::Error => None,
             other => {
-                self.type_error(other, span, &format!("a {what} ({})", options.join(", ")));
+                self.type_error(
+                    other,
+                    span,
+                    &format!("{} {what} ({})", article(what), options.join(", ")),
+                );
                 None
             }
         }
@@ -753,7 +1012,13 @@ impl Checker {
         let b = self.block_decl(&inst.name)?;
         let before = self.error_count();
         let mut env = self.decl_env(inst, &b.params);
-        let g = self.group(&format!("workload `{}`", inst.name), b.name.span, &b.items, WORKLOAD_KEYS);
+        let g = self.group(
+            &format!("workload `{}`", inst.name),
+            b.name.span,
+            &b.items,
+            WORKLOAD_KEYS,
+            self.broken(b.span),
+        );
         let mut model = None;
         if let Some(it) = g.get("model").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
@@ -761,12 +1026,21 @@ impl Checker {
                 model = self.build_model(&i).map(|m| (m, it.value.span));
             }
         }
-        let phases: Vec<&Item> = ["train", "prefill", "decode"].iter().filter_map(|p| g.get(p).and_then(|v| v.first().copied())).collect();
+        let phases: Vec<&Item> = ["train", "prefill", "decode"]
+            .iter()
+            .filter_map(|p| g.get(p).and_then(|v| v.first().copied()))
+            .collect();
         let mut phase = None;
-        if phases.len() != 1 {
+        if phases.is_empty() && self.broken(b.span) {
+            // The phase is probably the line that did not parse.
+        } else if phases.len() != 1 {
             let mut d = Diagnostic::error(
                 Code::L070,
-                format!("workload `{}` needs exactly one phase (train, prefill or decode), found {}", inst.name, phases.len()),
+                format!(
+                    "workload `{}` needs exactly one phase (train, prefill or decode), found {}",
+                    inst.name,
+                    phases.len()
+                ),
                 b.name.span,
             )
             .with_label(b.name.span, "this workload");
@@ -786,7 +1060,9 @@ impl Checker {
         };
         let mut bindings = BTreeMap::new();
         match &phase {
-            Phase::Train { global_batch, seq, .. } => {
+            Phase::Train {
+                global_batch, seq, ..
+            } => {
                 bindings.insert("batch".to_string(), *global_batch as i64);
                 if let Some(s) = seq {
                     bindings.insert("seq".to_string(), *s as i64);
@@ -808,7 +1084,11 @@ impl Checker {
             for d in &t.shape.0 {
                 for s in &d.syms {
                     if !bindings.contains_key(s) {
-                        let setting = if s == "seq" { "seq" } else { s.as_str() };
+                        // The setting that binds the symbol, in this phase's words.
+                        let setting = match (s.as_str(), phase.name()) {
+                            ("seq", "prefill") => "prompt",
+                            (other, _) => other,
+                        };
                         self.diags.push(
                             Diagnostic::error(
                                 Code::L059,
@@ -827,7 +1107,7 @@ impl Checker {
                 }
             }
         }
-        let result = (self.error_count() == before).then(|| Workload {
+        let result = (self.error_count() == before && !self.broken(b.span)).then(|| Workload {
             name: key.clone(),
             model,
             phase,
@@ -853,7 +1133,9 @@ impl Checker {
         let mut ok = true;
         for (k, ks, fv, fs) in fields {
             if !allowed.contains(&k.as_str()) {
-                let mut d = Diagnostic::error(Code::L071, format!("`{name}` has no setting `{k}`"), ks).with_label(ks, "unknown setting");
+                let mut d =
+                    Diagnostic::error(Code::L071, format!("`{name}` has no setting `{k}`"), ks)
+                        .with_label(ks, "unknown setting");
                 d = match suggest(&k, allowed.iter().copied()) {
                     Some(x) => d.with_help(format!("did you mean `{x}`?")),
                     None => d.with_help(format!("`{name}` takes: {}", allowed.join(", "))),
@@ -869,15 +1151,22 @@ impl Checker {
                 Some((v, s)) => c.count(v, *s, &format!("`{k}`")),
                 None => {
                     c.diags.push(
-                        Diagnostic::error(Code::L071, format!("`{name}` needs setting `{k}`"), span)
-                            .with_label(span, format!("`{k}` is missing"))
-                            .with_help(format!("add `{k} = ...`")),
+                        Diagnostic::error(
+                            Code::L071,
+                            format!("`{name}` needs setting `{k}`"),
+                            span,
+                        )
+                        .with_label(span, format!("`{k}` is missing"))
+                        .with_help(format!("add `{k} = ...`")),
                     );
                     None
                 }
             }
         };
-        let opt = |c: &mut Checker, k: &str, got: &BTreeMap<String, (Value, Span)>| -> Option<Option<u64>> {
+        let opt = |c: &mut Checker,
+                   k: &str,
+                   got: &BTreeMap<String, (Value, Span)>|
+         -> Option<Option<u64>> {
             match got.get(k) {
                 Some((v, s)) => c.count(v, *s, &format!("`{k}`")).map(Some),
                 None => Some(None),
@@ -897,12 +1186,13 @@ impl Checker {
                 let optimizer = match got.get("optimizer") {
                     Some((v, s)) => {
                         let (v, s) = (v.clone(), *s);
-                        self.choice(&v, s, "optimizer", &["adam", "adamw", "sgd", "adagrad"]).map(|o| match o.as_str() {
-                            "adamw" => Optimizer::AdamW,
-                            "sgd" => Optimizer::Sgd,
-                            "adagrad" => Optimizer::Adagrad,
-                            _ => Optimizer::Adam,
-                        })
+                        self.choice(&v, s, "optimizer", &["adam", "adamw", "sgd", "adagrad"])
+                            .map(|o| match o.as_str() {
+                                "adamw" => Optimizer::AdamW,
+                                "sgd" => Optimizer::Sgd,
+                                "adagrad" => Optimizer::Adagrad,
+                                _ => Optimizer::Adam,
+                            })
                     }
                     None => Some(Optimizer::Adam),
                 };
@@ -933,9 +1223,13 @@ impl Checker {
                     (None, Some(p)) => p + generate.unwrap_or(0) / 2,
                     (None, None) => {
                         self.diags.push(
-                            Diagnostic::error(Code::L071, "`decode` needs `context` (or `prompt` and `generate`)", span)
-                                .with_label(span, "the KV-cache length is not given")
-                                .with_help("add `context = 4096`, or `prompt = 128, generate = 128`"),
+                            Diagnostic::error(
+                                Code::L071,
+                                "`decode` needs `context` (or `prompt` and `generate`)",
+                                span,
+                            )
+                            .with_label(span, "the KV-cache length is not given")
+                            .with_help("add `context = 4096`, or `prompt = 128, generate = 128`"),
                         );
                         return None;
                     }
@@ -972,8 +1266,12 @@ impl Checker {
             }
             Value::Decl(i) => {
                 self.diags.push(
-                    Diagnostic::error(Code::L032, format!("`{}` is a {}, not a system", i.name, i.kind.keyword()), span)
-                        .with_label(span, "expected a cluster or a node"),
+                    Diagnostic::error(
+                        Code::L032,
+                        format!("`{}` is a {}, not a system", i.name, i.kind.keyword()),
+                        span,
+                    )
+                    .with_label(span, "expected a cluster or a node"),
                 );
                 None
             }
@@ -1014,7 +1312,9 @@ impl Checker {
                         objective = Some(((g, metric.name.clone()), *span));
                     }
                 }
-                PlanItem::SubjectTo { constraints: cs, .. } => {
+                PlanItem::SubjectTo {
+                    constraints: cs, ..
+                } => {
                     for c in cs {
                         if let Some(c) = self.constraint(c) {
                             constraints.push(c);
@@ -1038,8 +1338,18 @@ impl Checker {
                 );
             }
         }
-        let kind = if p.kind == DeclKind::Plan { "plan" } else { "study" };
-        let g = self.group(&format!("{kind} `{}`", p.name.name), p.name.span, &items, PLAN_KEYS);
+        let kind = if p.kind == DeclKind::Plan {
+            "plan"
+        } else {
+            "study"
+        };
+        let g = self.group(
+            &format!("{kind} `{}`", p.name.name),
+            p.name.span,
+            &items,
+            PLAN_KEYS,
+            self.broken(p.span),
+        );
         let mut expect = BTreeMap::new();
         for it in g.get("expect").into_iter().flatten() {
             let Some(n) = &it.name else { continue };
@@ -1048,7 +1358,13 @@ impl Checker {
                 continue;
             };
             let v = self.eval(&it.value, &mut env);
-            if let Some(q) = self.quantity(&v, it.value.span, dim, &format!("expected `{}`", n.name), &example_for(dim)) {
+            if let Some(q) = self.quantity(
+                &v,
+                it.value.span,
+                dim,
+                &format!("expected `{}`", n.name),
+                &example_for(dim),
+            ) {
                 expect.insert(n.name.clone(), Quantity::new(q, dim));
             }
         }
@@ -1061,7 +1377,9 @@ impl Checker {
                 }
             }
         }
-        let objective = objective.map(|o| o.0).unwrap_or((Goal::Maximize, "throughput".to_string()));
+        let objective = objective
+            .map(|o| o.0)
+            .unwrap_or((Goal::Maximize, "throughput".to_string()));
         let search: BTreeMap<String, Domain> = search.into_iter().map(|(k, v)| (k, v.0)).collect();
         let fixed: BTreeMap<String, Domain> = fixed.into_iter().map(|(k, v)| (k, v.0)).collect();
         if p.kind == DeclKind::Plan {
@@ -1069,16 +1387,25 @@ impl Checker {
             if g.contains_key("workloads") {
                 let it = g["workloads"][0];
                 self.diags.push(
-                    Diagnostic::error(Code::L060, "a plan has one workload, named after `for`", it.key.span)
-                        .with_label(it.key.span, "`workloads` is for studies")
-                        .with_help("use `study NAME on SYSTEM { workloads { ... } }` for a workload mix"),
+                    Diagnostic::error(
+                        Code::L060,
+                        "a plan has one workload, named after `for`",
+                        it.key.span,
+                    )
+                    .with_label(it.key.span, "`workloads` is for studies")
+                    .with_help(
+                        "use `study NAME on SYSTEM { workloads { ... } }` for a workload mix",
+                    ),
                 );
             }
             let system = self.system(&sv, p.system.span);
             let wv = self.eval(wexpr, &mut env);
-            let workload = self.expect_kind(&wv, wexpr.span, DeclKind::Workload).and_then(|i| self.workload(&i, wexpr.span));
+            let workload = self
+                .expect_kind(&wv, wexpr.span, DeclKind::Workload)
+                .and_then(|i| self.workload(&i, wexpr.span));
             if let (Some(system), Some(workload)) = (system, workload)
                 && self.error_count() == before
+                && !self.broken(p.span)
             {
                 self.program.plans.insert(
                     p.name.name.clone(),
@@ -1100,10 +1427,15 @@ impl Checker {
             let systems = self.sweep_systems(&sv, p.system.span);
             let mut workloads = Vec::new();
             match g.get("workloads").and_then(|v| v.first()) {
+                None if self.broken(p.span) => {}
                 None => {
                     self.diags.push(
-                        Diagnostic::error(Code::L061, format!("study `{}` is missing field `workloads`", p.name.name), p.name.span)
-                            .with_label(p.name.span, "needs `workloads { name = weight, ... }`"),
+                        Diagnostic::error(
+                            Code::L061,
+                            format!("study `{}` is missing field `workloads`", p.name.name),
+                            p.name.span,
+                        )
+                        .with_label(p.name.span, "needs `workloads { name = weight, ... }`"),
                     );
                 }
                 Some(it) => {
@@ -1112,14 +1444,22 @@ impl Checker {
                         let mut total = 0.0;
                         for (name, nspan, wv, ws) in fields {
                             let inst = self.lookup_global(&name, nspan);
-                            let Some(i) = self.expect_kind(&inst, nspan, DeclKind::Workload) else { continue };
+                            let Some(i) = self.expect_kind(&inst, nspan, DeclKind::Workload) else {
+                                continue;
+                            };
                             let w = self.workload(&i, nspan);
                             let weight = self.num(&wv, ws);
                             if let (Some(w), Some(q)) = (w, weight) {
                                 if !q.dim.is_none() || q.value <= 0.0 {
                                     self.diags.push(
-                                        Diagnostic::error(Code::L046, format!("weight of `{name}` must be a positive fraction"), ws)
-                                            .with_label(ws, format!("{q}")),
+                                        Diagnostic::error(
+                                            Code::L046,
+                                            format!(
+                                                "weight of `{name}` must be a positive fraction"
+                                            ),
+                                            ws,
+                                        )
+                                        .with_label(ws, format!("{q}")),
                                     );
                                     continue;
                                 }
@@ -1137,7 +1477,7 @@ impl Checker {
                     }
                 }
             }
-            if self.error_count() == before && !systems.is_empty() {
+            if self.error_count() == before && !systems.is_empty() && !self.broken(p.span) {
                 self.program.studies.insert(
                     p.name.name.clone(),
                     Study {
@@ -1145,8 +1485,11 @@ impl Checker {
                         systems,
                         workloads,
                         search,
+                        fixed,
                         objective,
                         constraints,
+                        expect,
+                        source,
                         span: p.name.span,
                     },
                 );
@@ -1155,7 +1498,8 @@ impl Checker {
     }
 
     fn unknown_metric(&mut self, name: &str, span: Span) {
-        let mut d = Diagnostic::error(Code::L074, format!("unknown metric `{name}`"), span).with_label(span, "not a metric");
+        let mut d = Diagnostic::error(Code::L074, format!("unknown metric `{name}`"), span)
+            .with_label(span, "not a metric");
         d = match suggest(name, METRICS.iter().copied()) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None => d.with_help(format!("metrics: {}", METRICS.join(", "))),
@@ -1179,8 +1523,12 @@ impl Checker {
                     let mut x = lo.value;
                     if x <= 0.0 {
                         self.diags.push(
-                            Diagnostic::error(Code::L046, format!("sweep of `{k}` must start above 0"), span)
-                                .with_label(span, "ranges in sweeps step by doubling"),
+                            Diagnostic::error(
+                                Code::L046,
+                                format!("sweep of `{k}` must start above 0"),
+                                span,
+                            )
+                            .with_label(span, "ranges in sweeps step by doubling"),
                         );
                         return Vec::new();
                     }
@@ -1233,10 +1581,15 @@ impl Checker {
             let name = &k.name().name;
             let nspan = k.name().span;
             let Some((_, kind)) = KNOBS.iter().find(|(n, _)| n == name) else {
-                let mut d = Diagnostic::error(Code::L072, format!("unknown plan knob `{name}`"), nspan).with_label(nspan, "not a knob");
+                let mut d =
+                    Diagnostic::error(Code::L072, format!("unknown plan knob `{name}`"), nspan)
+                        .with_label(nspan, "not a knob");
                 d = match suggest(name, KNOBS.iter().map(|(n, _)| *n)) {
                     Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None => d.with_help(format!("knobs: {}", KNOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
+                    None => d.with_help(format!(
+                        "knobs: {}",
+                        KNOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    )),
                 };
                 self.diags.push(d);
                 continue;
@@ -1255,16 +1608,30 @@ impl Checker {
             let Some(dom) = dom else { continue };
             if fixing && !matches!(k, Knob::Eq(..)) {
                 self.diags.push(
-                    Diagnostic::error(Code::L073, format!("`fix` pins one value: write `fix {name} = ...`"), nspan)
-                        .with_label(nspan, "`in` is for `search`"),
+                    Diagnostic::error(
+                        Code::L073,
+                        format!("`fix` pins one value: write `fix {name} = ...`"),
+                        nspan,
+                    )
+                    .with_label(nspan, "`in` is for `search`"),
                 );
                 continue;
             }
-            if fixing && !matches!(dom, Domain::Ints(ref v) if v.len() == 1) && !matches!(dom, Domain::Choices(ref v) if v.len() == 1) && !matches!(dom, Domain::Bools(ref v) if v.len() == 1) {
+            if fixing
+                && !matches!(dom, Domain::Ints(ref v) if v.len() == 1)
+                && !matches!(dom, Domain::Choices(ref v) if v.len() == 1)
+                && !matches!(dom, Domain::Bools(ref v) if v.len() == 1)
+            {
                 self.diags.push(
-                    Diagnostic::error(Code::L073, format!("`fix {name}` needs a single value"), vspan)
-                        .with_label(vspan, "this is not one value")
-                        .with_help(format!("use `search {name} in ...` to explore several values")),
+                    Diagnostic::error(
+                        Code::L073,
+                        format!("`fix {name}` needs a single value"),
+                        vspan,
+                    )
+                    .with_label(vspan, "this is not one value")
+                    .with_help(format!(
+                        "use `search {name} in ...` to explore several values"
+                    )),
                 );
                 continue;
             }
@@ -1283,11 +1650,18 @@ impl Checker {
             Value::Range(lo, hi) if kind == "int" => {
                 let (Some(a), Some(b)) = (Quantity::as_int(lo), Quantity::as_int(hi)) else {
                     self.diags.push(
-                        Diagnostic::error(Code::L045, format!("`{knob}` ranges over whole numbers"), span).with_label(span, "not integers"),
+                        Diagnostic::error(
+                            Code::L045,
+                            format!("`{knob}` ranges over whole numbers"),
+                            span,
+                        )
+                        .with_label(span, "not integers"),
                     );
                     return None;
                 };
-                return self.check_knob_range(knob, a, b, span).map(|_| Domain::IntRange(a, b));
+                return self
+                    .check_knob_range(knob, a, b, span)
+                    .map(|_| Domain::IntRange(a, b));
             }
             other => vec![(other.clone(), span)],
         };
@@ -1326,13 +1700,20 @@ impl Checker {
     }
 
     fn check_knob_range(&mut self, knob: &str, lo: i64, hi: i64, span: Span) -> Option<()> {
-        let (min, max) = if knob == "zero" { (0, 3) } else { (1, i64::MAX) };
+        let (min, max) = if knob == "zero" {
+            (0, 3)
+        } else {
+            (1, i64::MAX)
+        };
         if lo < min || hi > max {
             self.diags.push(
                 Diagnostic::error(
                     Code::L046,
                     if knob == "zero" {
-                        format!("`zero` is a ZeRO stage from 0 to 3, got {}", if lo < min { lo } else { hi })
+                        format!(
+                            "`zero` is a ZeRO stage from 0 to 3, got {}",
+                            if lo < min { lo } else { hi }
+                        )
                     } else {
                         format!("`{knob}` must be at least 1, got {lo}")
                     },
@@ -1362,8 +1743,12 @@ impl Checker {
             BinOp::Ge => Cmp::Ge,
             _ => {
                 self.diags.push(
-                    Diagnostic::error(Code::L043, format!("constraints use <, <=, > or >=, not `{}`", op.symbol()), e.span)
-                        .with_label(e.span, "here"),
+                    Diagnostic::error(
+                        Code::L043,
+                        format!("constraints use <, <=, > or >=, not `{}`", op.symbol()),
+                        e.span,
+                    )
+                    .with_label(e.span, "here"),
                 );
                 return None;
             }
@@ -1372,9 +1757,13 @@ impl Checker {
         let (r, rd) = self.metric_expr(b)?;
         if ld != rd {
             self.diags.push(
-                Diagnostic::error(Code::L040, format!("cannot compare {} with {}", ld.describe(), rd.describe()), e.span)
-                    .with_label(a.span, format!("this is in {}", unit_name(ld)))
-                    .with_label(b.span, format!("this is in {}", unit_name(rd))),
+                Diagnostic::error(
+                    Code::L040,
+                    format!("cannot compare {} with {}", ld.describe(), rd.describe()),
+                    e.span,
+                )
+                .with_label(a.span, format!("this is in {}", unit_name(ld)))
+                .with_label(b.span, format!("this is in {}", unit_name(rd))),
             );
             return None;
         }
@@ -1419,9 +1808,18 @@ impl Checker {
                     BinOp::Add | BinOp::Sub => {
                         if xd != yd {
                             self.diags.push(
-                                Diagnostic::error(Code::L040, format!("cannot apply `{}` to {} and {}", op.symbol(), xd.describe(), yd.describe()), e.span)
-                                    .with_label(a.span, format!("this is in {}", unit_name(xd)))
-                                    .with_label(b.span, format!("this is in {}", unit_name(yd))),
+                                Diagnostic::error(
+                                    Code::L040,
+                                    format!(
+                                        "cannot apply `{}` to {} and {}",
+                                        op.symbol(),
+                                        xd.describe(),
+                                        yd.describe()
+                                    ),
+                                    e.span,
+                                )
+                                .with_label(a.span, format!("this is in {}", unit_name(xd)))
+                                .with_label(b.span, format!("this is in {}", unit_name(yd))),
                             );
                             return None;
                         }

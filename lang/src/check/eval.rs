@@ -12,10 +12,21 @@ use std::collections::BTreeMap;
 use crate::ast::{BinOp, Decl, Expr, ExprKind, Param};
 use crate::check::model::GraphBuilder;
 use crate::check::value::{Instance, Value};
-use crate::check::{suggest, Checker, LetState};
+use crate::check::{Checker, LetState, suggest};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::span::Span;
 use crate::units::{Dim, Quantity};
+
+/// Functions every file can call; top-level names may not shadow them.
+pub const BUILTIN_FUNCTIONS: [&str; 7] = [
+    "len",
+    "min",
+    "max",
+    "switch",
+    "mesh",
+    "fat_tree",
+    "rail_optimized",
+];
 
 #[derive(Clone, Debug)]
 pub struct Binding {
@@ -97,7 +108,9 @@ impl Checker {
                 let v = self.eval(a, env);
                 match v {
                     Value::Num(q) => Value::Num(Quantity::new(-q.value, q.dim)),
-                    Value::Tensor(t) if env.graph.is_some() => self.tensor_scale(env, t, -1.0, span),
+                    Value::Tensor(t) if env.graph.is_some() => {
+                        self.tensor_scale(env, t, -1.0, span)
+                    }
                     other => self.type_error(&other, a.span, "a number to negate"),
                 }
             }
@@ -131,17 +144,30 @@ impl Checker {
                 let vb = self.eval(b, env);
                 Value::Pair(Box::new((va, a.span)), Box::new((vb, b.span)))
             }
-            ExprKind::List(xs) => Value::List(xs.iter().map(|x| (self.eval(x, env), x.span)).collect()),
+            ExprKind::List(xs) => {
+                Value::List(xs.iter().map(|x| (self.eval(x, env), x.span)).collect())
+            }
             ExprKind::Set(xs) => {
-                let vals: Vec<(Value, Span)> = xs.iter().map(|x| (self.eval(x, env), x.span)).collect();
-                for (i, (v, s)) in vals.iter().enumerate() {
-                    if let Some((_, first)) = vals[..i].iter().find(|(w, _)| w == v && *v != Value::Error) {
+                // A repeated element is warned about and kept once.
+                let mut vals: Vec<(Value, Span)> = Vec::with_capacity(xs.len());
+                for x in xs {
+                    let v = self.eval(x, env);
+                    if let Some((_, first)) =
+                        vals.iter().find(|(w, _)| *w == v && v != Value::Error)
+                    {
                         self.diags.push(
-                            Diagnostic::warning(Code::L062, format!("`{v}` appears twice in this set"), *s)
-                                .with_label(*s, "repeated here")
-                                .with_label(*first, "first here"),
+                            Diagnostic::warning(
+                                Code::L062,
+                                format!("`{v}` appears twice in this set"),
+                                x.span,
+                            )
+                            .with_label(x.span, "repeated here")
+                            .with_label(*first, "first here")
+                            .with_help("a set holds each value once; the repeat is ignored"),
                         );
+                        continue;
                     }
+                    vals.push((v, x.span));
                 }
                 Value::Set(vals)
             }
@@ -150,10 +176,14 @@ impl Checker {
                 for f in fields {
                     if let Some((_, first, _, _)) = out.iter().find(|(k, ..)| *k == f.name.name) {
                         self.diags.push(
-                            Diagnostic::error(Code::L062, format!("field `{}` is given twice", f.name.name), f.name.span)
-                                .with_label(f.name.span, "given again here")
-                                .with_label(*first, "first given here")
-                                .with_help("remove one of them"),
+                            Diagnostic::error(
+                                Code::L062,
+                                format!("field `{}` is given twice", f.name.name),
+                                f.name.span,
+                            )
+                            .with_label(f.name.span, "given again here")
+                            .with_label(*first, "first given here")
+                            .with_help("remove one of them"),
                         );
                         continue;
                     }
@@ -175,9 +205,20 @@ impl Checker {
                                 field.span,
                             )
                             .with_label(field.span, "unknown field");
-                            if let Some(s) = suggest(&field.name, names.iter().map(|s| s.as_str())) {
-                                d = d.with_help(format!("did you mean `{s}`?"));
-                            }
+                            d = match suggest(&field.name, names.iter().map(|s| s.as_str())) {
+                                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                                None if names.is_empty() => {
+                                    d.with_help("this record has no fields")
+                                }
+                                None => d.with_help(format!(
+                                    "its fields are: {}",
+                                    names
+                                        .iter()
+                                        .map(|n| format!("`{n}`"))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )),
+                            };
                             self.diags.push(d);
                             Value::Error
                         }
@@ -190,14 +231,42 @@ impl Checker {
         }
     }
 
-    fn call(&mut self, callee: &Expr, args: &[crate::ast::Arg], span: Span, env: &mut Env) -> Value {
+    fn call(
+        &mut self,
+        callee: &Expr,
+        args: &[crate::ast::Arg],
+        span: Span,
+        env: &mut Env,
+    ) -> Value {
         let Some(name) = callee.as_name() else {
             let v = self.eval(callee, env);
             return self.type_error(&v, callee.span, "the name of a declaration, op or function");
         };
         let mut vals = Vec::with_capacity(args.len());
+        // `reshape`'s shape may hold products of symbols (`[batch * seq, d]`),
+        // which are dimensions, not numbers.
+        let reshape = name == "reshape" && env.graph.is_some() && !self.decls.contains_key(name);
+        let mut positional = 0;
         for a in args {
-            let value = self.eval(&a.value, env);
+            let is_shape = reshape
+                && match &a.name {
+                    Some(n) => n.name == "shape",
+                    None => positional == 1,
+                };
+            if a.name.is_none() {
+                positional += 1;
+            }
+            let value = match &a.value.kind {
+                ExprKind::List(xs) if is_shape => Value::List(
+                    xs.iter()
+                        .map(|x| {
+                            let d = self.dim_expr(x, env);
+                            (d.map_or(Value::Error, Value::Dim), x.span)
+                        })
+                        .collect(),
+                ),
+                _ => self.eval(&a.value, env),
+            };
             vals.push(ArgVal {
                 name: a.name.as_ref().map(|n| (n.name.clone(), n.span)),
                 value,
@@ -216,9 +285,15 @@ impl Checker {
         if crate::check::ops::is_op(name) {
             if env.graph.is_none() {
                 self.diags.push(
-                    Diagnostic::error(Code::L051, format!("`{name}` is a model op and can only be used inside a model"), callee.span)
-                        .with_label(callee.span, "outside any model")
-                        .with_help("ops build model graphs; declare a `model` and call it from a workload"),
+                    Diagnostic::error(
+                        Code::L051,
+                        format!("`{name}` is a model op and can only be used inside a model"),
+                        callee.span,
+                    )
+                    .with_label(callee.span, "outside any model")
+                    .with_help(
+                        "ops build model graphs; declare a `model` and call it from a workload",
+                    ),
                 );
                 return Value::Error;
             }
@@ -226,11 +301,21 @@ impl Checker {
         }
         match name {
             "len" => {
-                if vals.len() != 1 || vals[0].name.is_some() {
+                if let Some((n, ns)) = vals.iter().find_map(|a| a.name.clone()) {
+                    self.diags.push(
+                        Diagnostic::error(Code::L033, format!("`len` has no parameter `{n}`"), ns)
+                            .with_label(ns, "the argument of `len` has no name")
+                            .with_help("write `len(xs)`"),
+                    );
+                    return Value::Error;
+                }
+                if vals.len() != 1 {
                     return self.arg_count("len", 1, vals.len(), span);
                 }
                 match &vals[0].value {
-                    Value::List(xs) | Value::Set(xs) => Value::Num(Quantity::plain(xs.len() as f64)),
+                    Value::List(xs) | Value::Set(xs) => {
+                        Value::Num(Quantity::plain(xs.len() as f64))
+                    }
                     Value::Error => Value::Error,
                     other => self.type_error(other, vals[0].span, "a list"),
                 }
@@ -238,6 +323,18 @@ impl Checker {
             "min" | "max" => {
                 if vals.is_empty() {
                     return self.arg_count(name, 1, 0, span);
+                }
+                if let Some((n, ns)) = vals.iter().find_map(|a| a.name.clone()) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L033,
+                            format!("`{name}` has no parameter `{n}`"),
+                            ns,
+                        )
+                        .with_label(ns, "arguments of `min` and `max` have no names")
+                        .with_help(format!("write `{name}(a, b, ...)`")),
+                    );
+                    return Value::Error;
                 }
                 let mut best: Option<(Quantity, Span)> = None;
                 for a in &vals {
@@ -248,7 +345,11 @@ impl Checker {
                         if b.dim != q.dim {
                             return self.unit_mismatch(name, (b, bs), (q, a.span), span);
                         }
-                        let better = if name == "min" { q.value < b.value } else { q.value > b.value };
+                        let better = if name == "min" {
+                            q.value < b.value
+                        } else {
+                            q.value > b.value
+                        };
                         if better {
                             best = Some((q, a.span));
                         }
@@ -260,14 +361,20 @@ impl Checker {
             }
             "switch" | "mesh" | "fat_tree" | "rail_optimized" => Value::Ctor(
                 name.to_string(),
-                vals.into_iter().map(|a| (a.name.map(|n| n.0), a.value, a.span)).collect(),
+                vals.into_iter()
+                    .map(|a| (a.name.map(|n| n.0), a.value, a.span))
+                    .collect(),
             ),
             _ => {
                 let mut known: Vec<&str> = self.decls.keys().map(|s| s.as_str()).collect();
                 known.extend(crate::check::ops::OP_NAMES);
-                known.extend(["len", "min", "max", "switch", "mesh", "fat_tree", "rail_optimized"]);
+                known.extend(BUILTIN_FUNCTIONS);
                 let mut d = Diagnostic::error(
-                    if env.graph.is_some() { Code::L052 } else { Code::L030 },
+                    if env.graph.is_some() {
+                        Code::L052
+                    } else {
+                        Code::L030
+                    },
                     format!("`{name}` is not an op, function or declaration"),
                     callee.span,
                 )
@@ -287,7 +394,7 @@ impl Checker {
         self.diags.push(
             Diagnostic::error(
                 if got > want { Code::L035 } else { Code::L034 },
-                format!("`{name}` takes {want} argument{}, got {got}", if want == 1 { "" } else { "s" }),
+                format!("`{name}` takes {}, got {got}", count_of(want, "argument")),
                 span,
             )
             .with_label(span, "in this call"),
@@ -302,9 +409,13 @@ impl Checker {
                 LetState::Done(v) => v,
                 LetState::InProgress => {
                     self.diags.push(
-                        Diagnostic::error(Code::L037, format!("`{name}` is defined in terms of itself"), span)
-                            .with_label(span, "used here while it is being computed")
-                            .with_help("break the cycle by writing one of the values as a number"),
+                        Diagnostic::error(
+                            Code::L037,
+                            format!("`{name}` is defined in terms of itself"),
+                            span,
+                        )
+                        .with_label(span, "used here while it is being computed")
+                        .with_help("break the cycle by writing one of the values as a number"),
                     );
                     Value::Error
                 }
@@ -332,12 +443,16 @@ impl Checker {
             }
             v => v,
         };
-        self.lets.insert(name.to_string(), LetState::Done(v.clone()));
+        self.lets
+            .insert(name.to_string(), LetState::Done(v.clone()));
         v
     }
 
     /// Binds call arguments to a declaration's parameters: positional first,
     /// then named; defaults are evaluated with earlier parameters in scope.
+    /// A missing parameter is not reported when an argument error already
+    /// explains it: a positional argument after a named one (which slot it
+    /// meant is unknown), or an unknown name close to the parameter's.
     pub(crate) fn bind_params(
         &mut self,
         what: &str,
@@ -348,24 +463,25 @@ impl Checker {
         let mut slots: Vec<Option<(Value, Span)>> = vec![None; params.len()];
         let mut ok = true;
         let mut positional_done = false;
+        let mut unplaced: Vec<Span> = Vec::new();
+        let mut meant: Vec<String> = Vec::new();
         let mut pos = 0;
         for a in args {
             match a.name {
                 None => {
                     if positional_done {
-                        self.diags.push(
-                            Diagnostic::error(Code::L043, "positional argument after a named one", a.span)
-                                .with_label(a.span, "this argument has no name")
-                                .with_help("write positional arguments first, or name this one"),
-                        );
                         ok = false;
+                        unplaced.push(a.span);
                         continue;
                     }
                     if pos >= params.len() {
                         self.diags.push(
                             Diagnostic::error(
                                 Code::L035,
-                                format!("`{what}` takes {} argument{}, got more", params.len(), if params.len() == 1 { "" } else { "s" }),
+                                format!(
+                                    "`{what}` takes {}, got more",
+                                    count_of(params.len(), "argument")
+                                ),
                                 a.span,
                             )
                             .with_label(a.span, "this one is extra")
@@ -381,11 +497,22 @@ impl Checker {
                     positional_done = true;
                     match params.iter().position(|p| p.name.name == n) {
                         None => {
-                            let mut d = Diagnostic::error(Code::L033, format!("`{what}` has no parameter `{n}`"), nspan)
-                                .with_label(nspan, "unknown parameter");
+                            let mut d = Diagnostic::error(
+                                Code::L033,
+                                format!("`{what}` has no parameter `{n}`"),
+                                nspan,
+                            )
+                            .with_label(nspan, "unknown parameter");
                             d = match suggest(&n, params.iter().map(|p| p.name.name.as_str())) {
-                                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                                None => d.with_help(format!("the parameters are: {}", param_list(params))),
+                                Some(s) => {
+                                    let help = format!("did you mean `{s}`?");
+                                    meant.push(s);
+                                    d.with_help(help)
+                                }
+                                None => d.with_help(format!(
+                                    "the parameters are: {}",
+                                    param_list(params)
+                                )),
                             };
                             self.diags.push(d);
                             ok = false;
@@ -393,9 +520,13 @@ impl Checker {
                         Some(i) => {
                             if let Some((_, first)) = &slots[i] {
                                 self.diags.push(
-                                    Diagnostic::error(Code::L036, format!("argument `{n}` is given twice"), nspan)
-                                        .with_label(nspan, "given again here")
-                                        .with_label(*first, "first given here"),
+                                    Diagnostic::error(
+                                        Code::L036,
+                                        format!("argument `{n}` is given twice"),
+                                        nspan,
+                                    )
+                                    .with_label(nspan, "given again here")
+                                    .with_label(*first, "first given here"),
                                 );
                                 ok = false;
                             } else {
@@ -406,6 +537,7 @@ impl Checker {
                 }
             }
         }
+        self.positional_after_named(&unplaced);
         let mut env = Env::new();
         let mut out = Vec::with_capacity(params.len());
         for (p, slot) in params.iter().zip(slots) {
@@ -422,12 +554,18 @@ impl Checker {
                         v
                     }
                     None => {
-                        self.diags.push(
-                            Diagnostic::error(Code::L034, format!("`{what}` needs argument `{}`", p.name.name), call_span)
+                        if unplaced.is_empty() && !meant.contains(&p.name.name) {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    Code::L034,
+                                    format!("`{what}` needs argument `{}`", p.name.name),
+                                    call_span,
+                                )
                                 .with_label(call_span, format!("`{}` is not given", p.name.name))
                                 .with_label(p.name.span, "declared here without a default")
                                 .with_help(format!("pass `{} = ...`", p.name.name)),
-                        );
+                            );
+                        }
                         ok = false;
                         Value::Error
                     }
@@ -437,6 +575,28 @@ impl Checker {
             out.push((p.name.name.clone(), v));
         }
         ok.then_some(out)
+    }
+
+    /// One diagnostic for the positional arguments of a call that follow a
+    /// named one (none if `spans` is empty).
+    pub(crate) fn positional_after_named(&mut self, spans: &[Span]) {
+        let Some(&first) = spans.first() else { return };
+        let (msg, help) = if spans.len() == 1 {
+            (
+                "positional argument after a named one",
+                "write positional arguments first, or name this one",
+            )
+        } else {
+            (
+                "positional arguments after a named one",
+                "write positional arguments first, or name these",
+            )
+        };
+        let mut d = Diagnostic::error(Code::L043, msg, first);
+        for s in spans {
+            d = d.with_label(*s, "this argument has no name");
+        }
+        self.diags.push(d.with_help(help));
     }
 
     fn instantiate_call(
@@ -453,8 +613,15 @@ impl Checker {
             Decl::Model(m) => &m.params,
             Decl::Plan(_) => {
                 self.diags.push(
-                    Diagnostic::error(Code::L032, format!("`{name}` is a {} and cannot be used as a value", decl.kind.keyword()), callee_span)
-                        .with_label(callee_span, "used as a value here"),
+                    Diagnostic::error(
+                        Code::L032,
+                        format!(
+                            "`{name}` is a {} and cannot be used as a value",
+                            decl.kind.keyword()
+                        ),
+                        callee_span,
+                    )
+                    .with_label(callee_span, "used as a value here"),
                 );
                 return Value::Error;
             }
@@ -470,11 +637,20 @@ impl Checker {
         }
     }
 
-    fn binary(&mut self, op: BinOp, a: (Value, Span), b: (Value, Span), span: Span, env: &mut Env) -> Value {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        a: (Value, Span),
+        b: (Value, Span),
+        span: Span,
+        env: &mut Env,
+    ) -> Value {
         if matches!(a.0, Value::Error) || matches!(b.0, Value::Error) {
             return Value::Error;
         }
-        if env.graph.is_some() && (matches!(a.0, Value::Tensor(_)) || matches!(b.0, Value::Tensor(_))) {
+        if env.graph.is_some()
+            && (matches!(a.0, Value::Tensor(_)) || matches!(b.0, Value::Tensor(_)))
+        {
             return self.tensor_binary(op, a, b, span, env);
         }
         let (Some(x), Some(y)) = (self.num_in(&a.0, a.1, env), self.num_in(&b.0, b.1, env)) else {
@@ -493,7 +669,11 @@ impl Checker {
                 if !same(self) {
                     return Value::Error;
                 }
-                let v = if op == BinOp::Add { x.value + y.value } else { x.value - y.value };
+                let v = if op == BinOp::Add {
+                    x.value + y.value
+                } else {
+                    x.value - y.value
+                };
                 Value::Num(Quantity::new(v, x.dim))
             }
             BinOp::Mul => Value::Num(Quantity::new(x.value * y.value, x.dim.times(y.dim))),
@@ -530,7 +710,13 @@ impl Checker {
         }
     }
 
-    pub(crate) fn unit_mismatch(&mut self, op: &str, a: (Quantity, Span), b: (Quantity, Span), span: Span) -> Value {
+    pub(crate) fn unit_mismatch(
+        &mut self,
+        op: &str,
+        a: (Quantity, Span),
+        b: (Quantity, Span),
+        span: Span,
+    ) -> Value {
         let help = if a.0.dim.per(b.0.dim) == Dim::TIME || b.0.dim.per(a.0.dim) == Dim::TIME {
             "one side is a rate; multiply or divide by a time to convert".to_string()
         } else {
@@ -539,7 +725,11 @@ impl Checker {
         self.diags.push(
             Diagnostic::error(
                 Code::L040,
-                format!("cannot apply `{op}` to {} and {}", a.0.dim.describe(), b.0.dim.describe()),
+                format!(
+                    "cannot apply `{op}` to {} and {}",
+                    a.0.dim.describe(),
+                    b.0.dim.describe()
+                ),
                 span,
             )
             .with_label(a.1, format!("this is in {}", unit_name(a.0.dim)))
@@ -572,11 +762,20 @@ impl Checker {
 
     /// A plain integer, or a reported error.
     pub(crate) fn int(&mut self, v: &Value, span: Span, what: &str) -> Option<i64> {
-        let q = self.num(v, span)?;
+        self.int_in(v, span, what, &Env::new())
+    }
+
+    /// [`Self::int`], suggesting `env`'s local names for an undefined one.
+    pub(crate) fn int_in(&mut self, v: &Value, span: Span, what: &str, env: &Env) -> Option<i64> {
+        let q = self.num_in(v, span, env)?;
         if !q.dim.is_none() {
             self.diags.push(
-                Diagnostic::error(Code::L041, format!("{what} must be a plain number, not {}", q.dim.describe()), span)
-                    .with_label(span, format!("this is in {}", unit_name(q.dim))),
+                Diagnostic::error(
+                    Code::L041,
+                    format!("{what} must be a plain number, not {}", q.dim.describe()),
+                    span,
+                )
+                .with_label(span, format!("this is in {}", unit_name(q.dim))),
             );
             return None;
         }
@@ -584,8 +783,12 @@ impl Checker {
             Some(i) => Some(i),
             None => {
                 self.diags.push(
-                    Diagnostic::error(Code::L045, format!("{what} must be a whole number, got {}", q), span)
-                        .with_label(span, "not an integer"),
+                    Diagnostic::error(
+                        Code::L045,
+                        format!("{what} must be a whole number, got {}", q),
+                        span,
+                    )
+                    .with_label(span, "not an integer"),
                 );
                 None
             }
@@ -594,11 +797,20 @@ impl Checker {
 
     /// A positive integer (counts, sizes), or a reported error.
     pub(crate) fn count(&mut self, v: &Value, span: Span, what: &str) -> Option<u64> {
-        let i = self.int(v, span, what)?;
+        self.count_in(v, span, what, &Env::new())
+    }
+
+    /// [`Self::count`], suggesting `env`'s local names for an undefined one.
+    pub(crate) fn count_in(&mut self, v: &Value, span: Span, what: &str, env: &Env) -> Option<u64> {
+        let i = self.int_in(v, span, what, env)?;
         if i < 1 {
             self.diags.push(
-                Diagnostic::error(Code::L046, format!("{what} must be at least 1, got {i}"), span)
-                    .with_label(span, "too small"),
+                Diagnostic::error(
+                    Code::L046,
+                    format!("{what} must be at least 1, got {i}"),
+                    span,
+                )
+                .with_label(span, "too small"),
             );
             return None;
         }
@@ -609,7 +821,8 @@ impl Checker {
         let mut known: Vec<String> = env.names();
         known.extend(self.decls.keys().cloned());
         known.extend(self.lets.keys().cloned());
-        let mut d = Diagnostic::error(Code::L030, format!("`{name}` is not defined"), span).with_label(span, "not found in this scope");
+        let mut d = Diagnostic::error(Code::L030, format!("`{name}` is not defined"), span)
+            .with_label(span, "not found in this scope");
         if let Some(s) = suggest(name, known.iter().map(|s| s.as_str())) {
             d = d.with_help(format!("did you mean `{s}`?"));
         }
@@ -617,15 +830,27 @@ impl Checker {
     }
 
     pub(crate) fn type_error(&mut self, got: &Value, span: Span, want: &str) -> Value {
+        self.type_error_in(got, span, want, &Env::new())
+    }
+
+    /// [`Self::type_error`], suggesting `env`'s local names for an undefined one.
+    pub(crate) fn type_error_in(
+        &mut self,
+        got: &Value,
+        span: Span,
+        want: &str,
+        env: &Env,
+    ) -> Value {
         match got {
             Value::Error => {}
-            Value::Sym(n, s) => {
-                let env = Env::new();
-                self.undefined(n, *s, &env)
-            }
+            Value::Sym(n, s) => self.undefined(n, *s, env),
             _ => self.diags.push(
-                Diagnostic::error(Code::L043, format!("expected {want}, found {}", got.describe()), span)
-                    .with_label(span, format!("this is {}", got.describe())),
+                Diagnostic::error(
+                    Code::L043,
+                    format!("expected {want}, found {}", got.describe()),
+                    span,
+                )
+                .with_label(span, format!("this is {}", got.describe())),
             ),
         }
         Value::Error
@@ -637,7 +862,18 @@ pub fn is_choice_name(n: &str) -> bool {
     crate::program::DType::parse(n).is_some()
         || matches!(
             n,
-            "auto" | "none" | "selective" | "full" | "adam" | "adamw" | "sgd" | "adagrad" | "relu" | "gelu" | "silu" | "sigmoid"
+            "auto"
+                | "none"
+                | "selective"
+                | "full"
+                | "adam"
+                | "adamw"
+                | "sgd"
+                | "adagrad"
+                | "relu"
+                | "gelu"
+                | "silu"
+                | "sigmoid"
         )
 }
 
@@ -649,9 +885,26 @@ pub fn unit_name(d: Dim) -> String {
     }
 }
 
+/// "1 argument", "3 arguments".
+pub fn count_of(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// "a" or "an" before `word`, by its first letter.
+pub fn article(word: &str) -> &'static str {
+    match word.trim_start_matches('`').chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u' | 'A' | 'E' | 'I' | 'O' | 'U') => "an",
+        _ => "a",
+    }
+}
+
 fn param_list(params: &[Param]) -> String {
     if params.is_empty() {
         return "none".into();
     }
-    params.iter().map(|p| format!("`{}`", p.name.name)).collect::<Vec<_>>().join(", ")
+    params
+        .iter()
+        .map(|p| format!("`{}`", p.name.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

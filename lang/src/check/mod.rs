@@ -17,7 +17,7 @@ mod value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-pub use decls::{metric_dim, KNOBS, METRICS};
+pub use decls::{KNOBS, METRICS, metric_dim};
 pub use ops::OP_NAMES;
 
 use crate::ast::{Decl, DeclKind, File};
@@ -79,6 +79,13 @@ pub(crate) struct Checker {
     pub memo_workloads: BTreeMap<String, Option<Workload>>,
     /// Instances being built, to report cyclic definitions.
     in_progress: Vec<String>,
+    /// Loaded files, each after the files it imports (depth-first post
+    /// order): the order declarations are indexed in, so that of two
+    /// declarations with one name the imported one counts as the first.
+    load_order: Vec<usize>,
+    /// Where the lexer and parser reported errors, so the checker can stay
+    /// quiet about what a syntax error already explains.
+    syntax_errors: Vec<Span>,
 }
 
 /// Checks the given root files and everything they import.
@@ -96,6 +103,8 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         memo_clusters: BTreeMap::new(),
         memo_workloads: BTreeMap::new(),
         in_progress: Vec::new(),
+        load_order: Vec::new(),
+        syntax_errors: Vec::new(),
     };
     let mut files = Vec::new();
     let mut loaded: BTreeMap<String, FileId> = BTreeMap::new();
@@ -136,6 +145,16 @@ impl Checker {
         self.diags.iter().filter(|d| d.is_error()).count()
     }
 
+    /// True if a lexer or parser error lies inside `span` (a declaration, an
+    /// item). Such a declaration is memoized as failed, and nothing is
+    /// reported *missing* from it (a field, an output, a phase): the thing
+    /// is usually there but broken, and the syntax error already says so.
+    pub(crate) fn broken(&self, span: Span) -> bool {
+        self.syntax_errors.iter().any(|e| {
+            e.file == span.file && span.start <= e.start && e.start < span.end.max(span.start + 1)
+        })
+    }
+
     /// Loads one file and, depth first, its imports.
     fn load(
         &mut self,
@@ -154,7 +173,11 @@ impl Checker {
                 loaded.insert(name.to_string(), id);
                 let at = import_span.unwrap_or(Span::new(0, 0).in_file(id));
                 let (code, msg, help) = match e {
-                    LoadError::NotFound => (Code::L020, format!("cannot find `{name}`"), "check the path".to_string()),
+                    LoadError::NotFound => (
+                        Code::L020,
+                        format!("cannot find `{name}`"),
+                        "check the path".to_string(),
+                    ),
                     LoadError::NotUtf8 => (
                         Code::L005,
                         format!("`{name}` is not UTF-8 text"),
@@ -162,12 +185,23 @@ impl Checker {
                     ),
                     LoadError::TooLarge(n) => (
                         Code::L006,
-                        format!("`{name}` is {n} bytes, more than the {} byte limit", MAX_FILE_BYTES),
+                        format!(
+                            "`{name}` is {n} bytes, more than the {} byte limit",
+                            MAX_FILE_BYTES
+                        ),
                         "split the file and import the parts".to_string(),
                     ),
-                    LoadError::Other(m) => (Code::L020, format!("cannot read `{name}`: {m}"), "check the path and permissions".to_string()),
+                    LoadError::Other(m) => (
+                        Code::L020,
+                        format!("cannot read `{name}`: {m}"),
+                        "check the path and permissions".to_string(),
+                    ),
                 };
-                self.diags.push(Diagnostic::error(code, msg, at).with_label(at, "while loading this").with_help(help));
+                self.diags.push(
+                    Diagnostic::error(code, msg, at)
+                        .with_label(at, "while loading this")
+                        .with_help(help),
+                );
                 return;
             }
         };
@@ -177,13 +211,27 @@ impl Checker {
             loaded.insert(name.to_string(), id);
             let at = import_span.unwrap_or(Span::new(0, 0).in_file(id));
             self.diags.push(
-                Diagnostic::error(Code::L006, format!("`{name}` is {} bytes, more than the {MAX_FILE_BYTES} byte limit", text.len()), at)
-                    .with_label(at, "too large"),
+                Diagnostic::error(
+                    Code::L006,
+                    format!(
+                        "`{name}` is {} bytes, more than the {MAX_FILE_BYTES} byte limit",
+                        text.len()
+                    ),
+                    at,
+                )
+                .with_label(at, "too large"),
             );
             return;
         }
         let id = self.sources.add(name, text);
         let parsed = parser::parse(self.sources.text(id), id);
+        self.syntax_errors.extend(
+            parsed
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.span),
+        );
         self.diags.extend(parsed.diagnostics);
         let file = parsed.file;
         let imports: Vec<(String, Span)> = file
@@ -194,6 +242,7 @@ impl Checker {
                 _ => None,
             })
             .collect();
+        let index = files.len();
         files.push(file);
         loaded.insert(name.to_string(), id);
         stack.push(name.to_string());
@@ -210,9 +259,13 @@ impl Checker {
                 let mut cycle: Vec<String> = stack[pos..].to_vec();
                 cycle.push(resolved.clone());
                 self.diags.push(
-                    Diagnostic::error(Code::L021, format!("import cycle: {}", cycle.join(" -> ")), span)
-                        .with_label(span, "this import closes the cycle")
-                        .with_help("move the shared declarations into a file that both import"),
+                    Diagnostic::error(
+                        Code::L021,
+                        format!("import cycle: {}", cycle.join(" -> ")),
+                        span,
+                    )
+                    .with_label(span, "this import closes the cycle")
+                    .with_help("move the shared declarations into a file that both import"),
                 );
                 continue;
             }
@@ -222,12 +275,16 @@ impl Checker {
             self.load(&resolved, Some(span), loader, files, loaded, stack);
         }
         stack.pop();
+        self.load_order.push(index);
     }
 
     /// Indexes top-level declarations; reports duplicates.
     fn index(&mut self) {
         let files = self.files.clone();
-        for (fi, f) in files.iter().enumerate() {
+        let mut order = self.load_order.clone();
+        order.extend((0..files.len()).filter(|i| !self.load_order.contains(i)));
+        for fi in order {
+            let f = &files[fi];
             for (di, d) in f.decls.iter().enumerate() {
                 let (name, kind) = match d {
                     Decl::Let { name, .. } => (name, DeclKind::Let),
@@ -247,9 +304,25 @@ impl Checker {
                 }
                 if crate::check::ops::is_op(&name.name) {
                     self.diags.push(
-                        Diagnostic::error(Code::L031, format!("`{}` is the name of a built-in op", name.name), name.span)
-                            .with_label(name.span, "shadows the op")
-                            .with_help("choose another name"),
+                        Diagnostic::error(
+                            Code::L031,
+                            format!("`{}` is the name of a built-in op", name.name),
+                            name.span,
+                        )
+                        .with_label(name.span, "shadows the op")
+                        .with_help("choose another name"),
+                    );
+                    continue;
+                }
+                if eval::BUILTIN_FUNCTIONS.contains(&name.name.as_str()) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L031,
+                            format!("`{}` is the name of a built-in function", name.name),
+                            name.span,
+                        )
+                        .with_label(name.span, "shadows the function")
+                        .with_help("choose another name"),
                     );
                     continue;
                 }
@@ -263,14 +336,19 @@ impl Checker {
                     },
                 );
                 if kind == DeclKind::Let {
-                    self.lets.insert(name.name.clone(), LetState::Pending(fi, di));
+                    self.lets
+                        .insert(name.name.clone(), LetState::Pending(fi, di));
                 }
             }
         }
     }
 
     fn evaluate(&mut self) {
-        let decls: Vec<(String, DeclRef)> = self.decls.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let decls: Vec<(String, DeclRef)> = self
+            .decls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let files = self.files.clone();
         for (name, d) in &decls {
             match &files[d.file].decls[d.idx] {
@@ -291,7 +369,8 @@ impl Checker {
                     if b.params.iter().any(|p| p.default.is_none()) {
                         continue;
                     }
-                    let Some(args) = self.bind_params(name, &b.params, Vec::new(), b.name.span) else {
+                    let Some(args) = self.bind_params(name, &b.params, Vec::new(), b.name.span)
+                    else {
                         continue;
                     };
                     let inst = Instance {
@@ -320,7 +399,8 @@ impl Checker {
                 }
                 Decl::Model(m) => {
                     if m.params.iter().all(|p| p.default.is_some())
-                        && let Some(args) = self.bind_params(name, &m.params, Vec::new(), m.name.span)
+                        && let Some(args) =
+                            self.bind_params(name, &m.params, Vec::new(), m.name.span)
                     {
                         let inst = Instance {
                             kind: DeclKind::Model,
@@ -343,8 +423,12 @@ impl Checker {
     pub(crate) fn enter(&mut self, key: &str, span: Span) -> bool {
         if self.in_progress.iter().any(|k| k == key) {
             self.diags.push(
-                Diagnostic::error(Code::L037, format!("`{key}` is defined in terms of itself"), span)
-                    .with_label(span, "used here while it is being built"),
+                Diagnostic::error(
+                    Code::L037,
+                    format!("`{key}` is defined in terms of itself"),
+                    span,
+                )
+                .with_label(span, "used here while it is being built"),
             );
             return false;
         }
@@ -360,20 +444,45 @@ impl Checker {
 }
 
 /// The closest known name, for "did you mean" help (edit distance <= 2,
-/// or <= 1 for short names).
+/// or <= 1 for short names). Ties go to the likelier slip: a name that is a
+/// prefix of the other (`tpp` -> `tp`), then one with the same first
+/// letter, then one whose letters appear in order in the other; then to
+/// the alphabetically first.
 pub fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<String> {
     let limit = if name.len() <= 3 { 1 } else { 2 };
-    let mut best: Option<(usize, &str)> = None;
+    let mut best: Option<((usize, u8, &str), &str)> = None;
     for k in known {
         if k == name || k.is_empty() {
             continue;
         }
         let d = edit_distance(name, k);
-        if d <= limit && best.is_none_or(|(bd, bk)| d < bd || (d == bd && k < bk)) {
-            best = Some((d, k));
+        if d > limit {
+            continue;
+        }
+        let key = (d, closeness(name, k), k);
+        if best.is_none_or(|(bk, _)| key < bk) {
+            best = Some((key, k));
         }
     }
     best.map(|(_, k)| k.to_string())
+}
+
+/// 0 for a prefix either way, 1 for the same first letter, 2 for a
+/// subsequence either way, 3 otherwise.
+fn closeness(a: &str, b: &str) -> u8 {
+    let subsequence = |short: &str, long: &str| {
+        let mut it = long.chars();
+        short.chars().all(|c| it.any(|x| x == c))
+    };
+    if a.starts_with(b) || b.starts_with(a) {
+        0
+    } else if a.chars().next() == b.chars().next() {
+        1
+    } else if subsequence(a, b) || subsequence(b, a) {
+        2
+    } else {
+        3
+    }
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -401,7 +510,18 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("d_modle", ["d_model", "d_ff"].into_iter()), Some("d_model".into()));
+        assert_eq!(
+            suggest("d_modle", ["d_model", "d_ff"].into_iter()),
+            Some("d_model".into())
+        );
         assert_eq!(suggest("zzz", ["d_model"].into_iter()), None);
+        // Ties: a prefix beats an alphabetically earlier name.
+        assert_eq!(suggest("tpp", ["pp", "tp"].into_iter()), Some("tp".into()));
+        assert_eq!(suggest("dpp", ["pp", "dp"].into_iter()), Some("dp".into()));
+        // Then a shared first letter.
+        assert_eq!(
+            suggest("bxtch", ["axtch", "batch"].into_iter()),
+            Some("batch".into())
+        );
     }
 }

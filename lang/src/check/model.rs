@@ -8,11 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ast::{Decl, Stmt};
+use crate::check::Checker;
 use crate::check::eval::Env;
 use crate::check::value::{Instance, Value};
-use crate::check::Checker;
 use crate::diagnostic::{Code, Diagnostic};
-use crate::program::{Carry, DType, Graph, Item, ModelInstance, Op, OpKind, Repeat, Tensor, TensorId};
+use crate::program::{
+    Carry, DType, Graph, Item, ModelInstance, Op, OpKind, Repeat, Tensor, TensorId,
+};
 use crate::shape::{Dim, Shape};
 use crate::span::Span;
 
@@ -23,6 +25,8 @@ pub struct GraphBuilder {
     pub outputs: Vec<(String, TensorId)>,
     /// Item lists under construction; the last is the innermost `repeat`.
     pub blocks: Vec<Vec<Item>>,
+    /// Where each output was declared, to report one declared twice.
+    pub output_spans: BTreeMap<String, Span>,
 }
 
 impl GraphBuilder {
@@ -37,7 +41,14 @@ impl GraphBuilder {
     pub fn get(&self, id: TensorId) -> &Tensor {
         &self.tensors[id.0 as usize]
     }
-    pub fn push(&mut self, kind: OpKind, inputs: Vec<TensorId>, shape: Shape, dtype: DType, span: Span) -> TensorId {
+    pub fn push(
+        &mut self,
+        kind: OpKind,
+        inputs: Vec<TensorId>,
+        shape: Shape,
+        dtype: DType,
+        span: Span,
+    ) -> TensorId {
         let output = self.tensor("", shape, dtype);
         if let Some(b) = self.blocks.last_mut() {
             b.push(Item::Op(Op {
@@ -66,7 +77,11 @@ impl Checker {
         let errors_before = self.error_count();
         let mut env = Env::new();
         for (k, v) in &inst.args {
-            let span = m.params.iter().find(|p| p.name.name == *k).map_or(m.name.span, |p| p.name.span);
+            let span = m
+                .params
+                .iter()
+                .find(|p| p.name.name == *k)
+                .map_or(m.name.span, |p| p.name.span);
             env.bind(k, v.clone(), span);
         }
         env.graph = Some(GraphBuilder {
@@ -76,19 +91,27 @@ impl Checker {
         self.run_stmts(&m.body, &mut env);
         self.report_unused(&mut env);
         let mut g = env.graph.take()?;
-        if g.outputs.is_empty() && self.error_count() == errors_before {
+        if g.outputs.is_empty() && self.error_count() == errors_before && !self.broken(m.span) {
             self.diags.push(
-                Diagnostic::error(Code::L058, format!("model `{}` has no output", m.name.name), m.name.span)
-                    .with_label(m.name.span, "declares no `output`")
-                    .with_help("add `output name = expression` to say what the model computes"),
+                Diagnostic::error(
+                    Code::L058,
+                    format!("model `{}` has no output", m.name.name),
+                    m.name.span,
+                )
+                .with_label(m.name.span, "declares no `output`")
+                .with_help("add `output name = expression` to say what the model computes"),
             );
         }
-        let result = if self.error_count() > errors_before {
+        let result = if self.error_count() > errors_before || self.broken(m.span) {
             None
         } else {
             Some(ModelInstance {
                 name: inst.name.clone(),
-                args: inst.args.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                args: inst
+                    .args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
                 graph: Graph {
                     tensors: std::mem::take(&mut g.tensors),
                     inputs: g.inputs,
@@ -106,9 +129,15 @@ impl Checker {
             for (name, b) in scope {
                 if b.warn_unused && !b.used && !name.starts_with('_') {
                     self.diags.push(
-                        Diagnostic::warning(Code::L080, format!("`{name}` is computed but never used"), b.span)
-                            .with_label(b.span, "assigned here")
-                            .with_help(format!("use it, make it an `output`, or rename it `_{name}`")),
+                        Diagnostic::warning(
+                            Code::L080,
+                            format!("`{name}` is computed but never used"),
+                            b.span,
+                        )
+                        .with_label(b.span, "assigned here")
+                        .with_help(format!(
+                            "use it, make it an `output`, or rename it `_{name}`"
+                        )),
                     );
                 }
             }
@@ -139,11 +168,19 @@ impl Checker {
                     match v {
                         Value::Tensor(t) => {
                             if let Some(g) = env.graph.as_mut() {
-                                if g.outputs.iter().any(|(n, _)| *n == name.name) {
+                                if let Some(first) = g.output_spans.get(&name.name) {
                                     self.diags.push(
-                                        Diagnostic::error(Code::L031, format!("output `{}` is declared twice", name.name), name.span)
-                                            .with_label(name.span, "declared again here"),
+                                        Diagnostic::error(
+                                            Code::L031,
+                                            format!("output `{}` is declared twice", name.name),
+                                            name.span,
+                                        )
+                                        .with_label(name.span, "declared again here")
+                                        .with_label(*first, "first declared here")
+                                        .with_help("give each output its own name"),
                                     );
+                                } else {
+                                    g.output_spans.insert(name.name.clone(), name.span);
                                 }
                                 if g.tensors[t.0 as usize].name.is_empty() {
                                     g.tensors[t.0 as usize].name = name.name.clone();
@@ -156,39 +193,41 @@ impl Checker {
                         }
                     }
                 }
-                Stmt::Input { name, dtype, dims, span } => {
-                    let Some(dt) = DType::parse(&dtype.name) else {
-                        let mut d = Diagnostic::error(Code::L063, format!("unknown element type `{}`", dtype.name), dtype.span)
-                            .with_label(dtype.span, "not an element type");
+                Stmt::Input {
+                    name, dtype, dims, ..
+                } => {
+                    let dt = DType::parse(&dtype.name);
+                    if dt.is_none() {
+                        let mut d = Diagnostic::error(
+                            Code::L063,
+                            format!("unknown element type `{}`", dtype.name),
+                            dtype.span,
+                        )
+                        .with_label(dtype.span, "not an element type");
                         d = match crate::check::suggest(&dtype.name, DType::NAMES.iter().copied()) {
                             Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                            None => d.with_help(format!("element types: {}", DType::NAMES.join(", "))),
+                            None => d.with_help(DType::help()),
                         };
                         self.diags.push(d);
-                        continue;
-                    };
-                    let mut shape = Vec::new();
-                    let mut ok = true;
+                    }
+                    let mut shape = Some(Vec::new());
                     for d in dims {
-                        let v = self.eval(d, env);
-                        match v {
-                            Value::Sym(n, _) => shape.push(Dim::sym(&n)),
-                            Value::Error => ok = false,
-                            other => match self.count(&other, d.span, "a dimension") {
-                                Some(n) => shape.push(Dim::known(n as i64)),
-                                None => ok = false,
-                            },
+                        let dim = self.dim_expr(d, env);
+                        shape = shape.zip(dim).map(|(mut s, d)| {
+                            s.push(d);
+                            s
+                        });
+                    }
+                    // A broken input is still bound, so its uses stay quiet.
+                    let v = match (dt, shape, env.graph.as_mut()) {
+                        (Some(dt), Some(shape), Some(g)) => {
+                            let t = g.tensor(&name.name, Shape(shape), dt);
+                            g.inputs.push(t);
+                            Value::Tensor(t)
                         }
-                    }
-                    if !ok {
-                        continue;
-                    }
-                    if let Some(g) = env.graph.as_mut() {
-                        let t = g.tensor(&name.name, Shape(shape), dt);
-                        g.inputs.push(t);
-                        env.bind(&name.name, Value::Tensor(t), name.span);
-                    }
-                    let _ = span;
+                        _ => Value::Error,
+                    };
+                    env.bind(&name.name, v, name.span);
                 }
                 Stmt::Repeat { count, body, span } => self.run_repeat(count, body, *span, env),
             }
@@ -204,7 +243,12 @@ impl Checker {
         let mut carried: Vec<(String, TensorId, TensorId)> = Vec::new();
         let mut inner = BTreeMap::new();
         for name in &assigned {
-            let outer = env.scopes.iter().rev().find_map(|s| s.get(name)).map(|b| (b.value.clone(), b.span));
+            let outer = env
+                .scopes
+                .iter()
+                .rev()
+                .find_map(|s| s.get(name))
+                .map(|b| (b.value.clone(), b.span));
             if let (Some((Value::Tensor(t), bspan)), Some(g)) = (outer, env.graph.as_mut()) {
                 let tt = g.get(t).clone();
                 let p = g.tensor(name, tt.shape, tt.dtype);
@@ -290,6 +334,27 @@ impl Checker {
         }
         for (name, result, s) in results {
             env.bind_with(&name, Value::Tensor(result), s, true);
+        }
+    }
+}
+
+impl Checker {
+    /// A tensor dimension: a positive integer, a symbol (`batch`), or a
+    /// product of these (`batch * seq`, `2 * seq`); `None` once reported.
+    pub(crate) fn dim_expr(&mut self, e: &crate::ast::Expr, env: &mut Env) -> Option<Dim> {
+        if let crate::ast::ExprKind::Binary(crate::ast::BinOp::Mul, a, b) = &e.kind {
+            let x = self.dim_expr(a, env);
+            let y = self.dim_expr(b, env);
+            return Some(x?.mul(&y?));
+        }
+        let v = self.eval(e, env);
+        match v {
+            Value::Sym(n, _) => Some(Dim::sym(&n)),
+            Value::Dim(d) => Some(d),
+            Value::Error => None,
+            other => self
+                .count_in(&other, e.span, "a dimension", env)
+                .map(|n| Dim::known(n as i64)),
         }
     }
 }

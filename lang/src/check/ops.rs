@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 
 use crate::ast::BinOp;
-use crate::check::eval::{ArgVal, Env};
+use crate::check::eval::{ArgVal, Env, count_of};
 use crate::check::value::Value;
-use crate::check::Checker;
+use crate::check::{Checker, suggest};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::program::{Activation, BinaryOp, DType, EmbeddingTable, OpKind, TensorId};
 use crate::shape::{Dim, Shape};
@@ -22,7 +22,11 @@ const SIGS: &[(&str, &[&str], usize)] = &[
     ("matmul", &["a", "b"], 2),
     ("embedding", &["ids", "vocab", "dim"], 3),
     ("embedding_bag", &["ids", "tables"], 2),
-    ("attention", &["q", "k", "v", "heads", "kv_heads", "causal", "dropout"], 4),
+    (
+        "attention",
+        &["q", "k", "v", "heads", "kv_heads", "causal", "dropout"],
+        4,
+    ),
     ("dropout", &["x", "p"], 1),
     ("rmsnorm", &["x"], 1),
     ("layernorm", &["x"], 1),
@@ -73,13 +77,24 @@ struct Out {
 }
 
 impl Checker {
+    /// Binds an op's arguments like a declaration's: positional first, then
+    /// named, and a missing argument is not reported when an argument error
+    /// already explains it.
     fn bind_op(&mut self, name: &str, vals: Vec<ArgVal>, span: Span) -> Option<Args> {
         let (_, params, required) = SIGS.iter().find(|(n, ..)| *n == name)?;
         let mut out: Args = BTreeMap::new();
         let mut pos = 0;
         let mut ok = true;
+        let mut named_seen = false;
+        let mut unplaced: Vec<Span> = Vec::new();
+        let mut meant: Vec<&str> = Vec::new();
         for a in vals {
             let pname: &'static str = match &a.name {
+                None if named_seen => {
+                    ok = false;
+                    unplaced.push(a.span);
+                    continue;
+                }
                 None => match params.get(pos) {
                     Some(p) => {
                         pos += 1;
@@ -87,31 +102,59 @@ impl Checker {
                     }
                     None => {
                         self.diags.push(
-                            Diagnostic::error(Code::L035, format!("`{name}` takes at most {} arguments", params.len()), a.span)
-                                .with_label(a.span, "this one is extra")
-                                .with_help(format!("`{name}({})`", params.join(", "))),
+                            Diagnostic::error(
+                                Code::L035,
+                                format!(
+                                    "`{name}` takes at most {}",
+                                    count_of(params.len(), "argument")
+                                ),
+                                a.span,
+                            )
+                            .with_label(a.span, "this one is extra")
+                            .with_help(format!("`{name}({})`", params.join(", "))),
                         );
                         ok = false;
                         continue;
                     }
                 },
-                Some((n, nspan)) => match params.iter().find(|p| **p == n.as_str()) {
-                    Some(p) => p,
-                    None => {
-                        self.diags.push(
-                            Diagnostic::error(Code::L033, format!("`{name}` has no parameter `{n}`"), *nspan)
-                                .with_label(*nspan, "unknown parameter")
-                                .with_help(format!("`{name}({})`", params.join(", "))),
-                        );
-                        ok = false;
-                        continue;
+                Some((n, nspan)) => {
+                    named_seen = true;
+                    match params.iter().find(|p| **p == n.as_str()) {
+                        Some(p) => p,
+                        None => {
+                            let mut d = Diagnostic::error(
+                                Code::L033,
+                                format!("`{name}` has no parameter `{n}`"),
+                                *nspan,
+                            )
+                            .with_label(*nspan, "unknown parameter");
+                            d = match suggest(n, params.iter().copied()) {
+                                Some(s) => {
+                                    if let Some(p) = params.iter().find(|p| **p == s) {
+                                        meant.push(p);
+                                    }
+                                    d.with_help(format!(
+                                        "did you mean `{s}`? the signature is `{name}({})`",
+                                        params.join(", ")
+                                    ))
+                                }
+                                None => d.with_help(format!("`{name}({})`", params.join(", "))),
+                            };
+                            self.diags.push(d);
+                            ok = false;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if out.contains_key(pname) {
                 self.diags.push(
-                    Diagnostic::error(Code::L036, format!("argument `{pname}` of `{name}` is given twice"), a.span)
-                        .with_label(a.span, "given again here"),
+                    Diagnostic::error(
+                        Code::L036,
+                        format!("argument `{pname}` of `{name}` is given twice"),
+                        a.span,
+                    )
+                    .with_label(a.span, "given again here"),
                 );
                 ok = false;
                 continue;
@@ -121,20 +164,32 @@ impl Checker {
             }
             out.insert(pname, (a.value, a.span));
         }
+        self.positional_after_named(&unplaced);
         for p in &params[..*required] {
             if !out.contains_key(p) {
-                self.diags.push(
-                    Diagnostic::error(Code::L034, format!("`{name}` needs argument `{p}`"), span)
+                if unplaced.is_empty() && !meant.contains(p) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L034,
+                            format!("`{name}` needs argument `{p}`"),
+                            span,
+                        )
                         .with_label(span, format!("`{p}` is missing"))
                         .with_help(format!("`{name}({})`", params.join(", "))),
-                );
+                    );
+                }
                 ok = false;
             }
         }
         ok.then_some(out)
     }
 
-    fn tensor_arg(&mut self, args: &Args, p: &str, env: &Env) -> Option<(TensorId, Shape, DType, Span)> {
+    fn tensor_arg(
+        &mut self,
+        args: &Args,
+        p: &str,
+        env: &Env,
+    ) -> Option<(TensorId, Shape, DType, Span)> {
         let (v, s) = args.get(p)?;
         match v {
             Value::Tensor(t) => {
@@ -142,15 +197,15 @@ impl Checker {
                 Some((*t, tt.shape.clone(), tt.dtype, *s))
             }
             other => {
-                self.type_error(other, *s, "a tensor");
+                self.type_error_in(other, *s, "a tensor", env);
                 None
             }
         }
     }
 
-    fn int_arg(&mut self, args: &Args, p: &str) -> Option<u64> {
+    fn int_arg(&mut self, args: &Args, p: &str, env: &Env) -> Option<u64> {
         let (v, s) = args.get(p)?.clone();
-        self.count(&v, s, &format!("`{p}`"))
+        self.count_in(&v, s, &format!("`{p}`"), env)
     }
 
     fn bool_arg(&mut self, args: &Args, p: &str, default: bool) -> Option<bool> {
@@ -173,8 +228,12 @@ impl Checker {
         let q = self.num(&v, s)?;
         if !q.dim.is_none() || !(0.0..1.0).contains(&q.value) {
             self.diags.push(
-                Diagnostic::error(Code::L046, format!("`{p}` must be a probability in [0, 1), got {q}"), s)
-                    .with_label(s, "out of range"),
+                Diagnostic::error(
+                    Code::L046,
+                    format!("`{p}` must be a probability in [0, 1), got {q}"),
+                    s,
+                )
+                .with_label(s, "out of range"),
             );
             return None;
         }
@@ -209,7 +268,13 @@ impl Checker {
         }
     }
 
-    fn shape_error(&mut self, span: Span, msg: String, labels: Vec<(Span, String)>, help: Option<String>) -> Option<Out> {
+    fn shape_error(
+        &mut self,
+        span: Span,
+        msg: String,
+        labels: Vec<(Span, String)>,
+        help: Option<String>,
+    ) -> Option<Out> {
         let mut d = Diagnostic::error(Code::L050, msg, span);
         for (s, l) in labels {
             d = d.with_label(s, l);
@@ -221,15 +286,33 @@ impl Checker {
         None
     }
 
-    fn rank_error(&mut self, name: &str, what: &str, shape: &Shape, want: &str, span: Span) -> Option<Out> {
+    fn rank_error(
+        &mut self,
+        name: &str,
+        what: &str,
+        shape: &Shape,
+        want: &str,
+        span: Span,
+    ) -> Option<Out> {
         self.diags.push(
-            Diagnostic::error(Code::L053, format!("`{name}` needs {what} of rank {want}, got {shape}"), span)
-                .with_label(span, format!("this has shape {shape}")),
+            Diagnostic::error(
+                Code::L053,
+                format!("`{name}` needs {what} of rank {want}, got {shape}"),
+                span,
+            )
+            .with_label(span, format!("this has shape {shape}")),
         );
         None
     }
 
-    pub(crate) fn apply_op(&mut self, name: &str, vals: Vec<ArgVal>, callee: Span, span: Span, env: &mut Env) -> Value {
+    pub(crate) fn apply_op(
+        &mut self,
+        name: &str,
+        vals: Vec<ArgVal>,
+        callee: Span,
+        span: Span,
+        env: &mut Env,
+    ) -> Value {
         let Some(args) = self.bind_op(name, vals, span) else {
             return Value::Error;
         };
@@ -240,13 +323,20 @@ impl Checker {
         }
     }
 
-    fn op_rule(&mut self, name: &str, args: &Args, callee: Span, span: Span, env: &Env) -> Option<Out> {
+    fn op_rule(
+        &mut self,
+        name: &str,
+        args: &Args,
+        callee: Span,
+        span: Span,
+        env: &Env,
+    ) -> Option<Out> {
         let act = DType::Act;
         match name {
             "linear" => {
                 let (x, xs, _, xspan) = self.tensor_arg(args, "x", env)?;
-                let d_in = self.int_arg(args, "d_in")?;
-                let d_out = self.int_arg(args, "d_out")?;
+                let d_in = self.int_arg(args, "d_in", env)?;
+                let d_out = self.int_arg(args, "d_out", env)?;
                 let bias = self.bool_arg(args, "bias", false)?;
                 let Some(last) = xs.last() else {
                     return self.rank_error(name, "an input", &xs, "at least 1", xspan);
@@ -300,8 +390,8 @@ impl Checker {
             }
             "embedding" => {
                 let (ids, is, idt, ispan) = self.tensor_arg(args, "ids", env)?;
-                let vocab = self.int_arg(args, "vocab")?;
-                let dim = self.int_arg(args, "dim")?;
+                let vocab = self.int_arg(args, "vocab", env)?;
+                let dim = self.int_arg(args, "dim", env)?;
                 if !idt.is_int() {
                     return self.dtype_error(name, "ids", idt, ispan);
                 }
@@ -327,7 +417,10 @@ impl Checker {
                 if is.0[1] != Dim::known(tables.len() as i64) {
                     return self.shape_error(
                         span,
-                        format!("`embedding_bag` has {} tables but the ids have shape {is}", tables.len()),
+                        format!(
+                            "`embedding_bag` has {} tables but the ids have shape {is}",
+                            tables.len()
+                        ),
                         vec![
                             (ispan, format!("{} columns of ids", is.0[1])),
                             (tspan, format!("{} tables", tables.len())),
@@ -347,7 +440,11 @@ impl Checker {
                 Some(Out {
                     kind: OpKind::EmbeddingBag { tables },
                     inputs: vec![ids],
-                    shape: Shape(vec![is.0[0].clone(), is.0[1].clone(), Dim::known(dim as i64)]),
+                    shape: Shape(vec![
+                        is.0[0].clone(),
+                        is.0[1].clone(),
+                        Dim::known(dim as i64),
+                    ]),
                     dtype: act,
                 })
             }
@@ -355,33 +452,52 @@ impl Checker {
                 let (q, qs, _, qspan) = self.tensor_arg(args, "q", env)?;
                 let (k, ks, _, kspan) = self.tensor_arg(args, "k", env)?;
                 let (v, vs, _, vspan) = self.tensor_arg(args, "v", env)?;
-                let heads = self.int_arg(args, "heads")?;
+                let heads = self.int_arg(args, "heads", env)?;
                 let kv_heads = match args.get("kv_heads") {
-                    Some(_) => self.int_arg(args, "kv_heads")?,
+                    Some(_) => self.int_arg(args, "kv_heads", env)?,
                     None => heads,
                 };
                 let causal = self.bool_arg(args, "causal", true)?;
                 let dropout = self.probability(args, "dropout")?;
                 for (s, sp, n) in [(&qs, qspan, "q"), (&ks, kspan, "k"), (&vs, vspan, "v")] {
                     if s.rank() != 3 {
-                        return self.rank_error(name, &format!("`{n}`"), s, "3 ([batch, seq, features])", sp);
+                        return self.rank_error(
+                            name,
+                            &format!("`{n}`"),
+                            s,
+                            "3 ([batch, seq, features])",
+                            sp,
+                        );
                     }
                 }
                 let hspan = args["heads"].1;
                 if heads % kv_heads != 0 {
-                    self.diags.push(
-                        Diagnostic::error(Code::L055, format!("{heads} query heads cannot be grouped over {kv_heads} key/value heads"), span)
-                            .with_label(hspan, format!("heads = {heads}"))
-                            .with_help("grouped-query attention needs `heads` to be a multiple of `kv_heads`"),
-                    );
+                    let mut d = Diagnostic::error(
+                        Code::L055,
+                        format!(
+                            "{heads} query heads cannot be grouped over {kv_heads} key/value heads"
+                        ),
+                        span,
+                    )
+                    .with_label(hspan, format!("heads = {heads}"));
+                    if let Some((_, kspan)) = args.get("kv_heads") {
+                        d = d.with_label(*kspan, format!("kv_heads = {kv_heads}"));
+                    }
+                    self.diags.push(d.with_help(
+                        "grouped-query attention needs `heads` to be a multiple of `kv_heads`",
+                    ));
                     return None;
                 }
                 let Some(hd) = qs.0[2].div(&Dim::known(heads as i64)) else {
                     self.diags.push(
-                        Diagnostic::error(Code::L055, format!("query features {} do not split into {heads} heads", qs.0[2]), span)
-                            .with_label(qspan, format!("this has shape {qs}"))
-                            .with_label(hspan, format!("heads = {heads}"))
-                            .with_help("the last dimension of q must be heads * head_dim"),
+                        Diagnostic::error(
+                            Code::L055,
+                            format!("query features {} do not split into {heads} heads", qs.0[2]),
+                            span,
+                        )
+                        .with_label(qspan, format!("this has shape {qs}"))
+                        .with_label(hspan, format!("heads = {heads}"))
+                        .with_help("the last dimension of q must be heads * head_dim"),
                     );
                     return None;
                 };
@@ -457,12 +573,23 @@ impl Checker {
                 };
                 if items.is_empty() {
                     self.diags.push(
-                        Diagnostic::error(Code::L051, "`mlp` needs at least one layer width", dspan).with_label(dspan, "empty list"),
+                        Diagnostic::error(
+                            Code::L051,
+                            "`mlp` needs at least one layer width",
+                            dspan,
+                        )
+                        .with_label(dspan, "empty list"),
                     );
                     return None;
                 }
                 let Some(first) = xs.last().and_then(|d| d.as_known()) else {
-                    return self.rank_error(name, "an input with a known last dimension", &xs, "at least 1", xspan);
+                    return self.rank_error(
+                        name,
+                        "an input with a known last dimension",
+                        &xs,
+                        "at least 1",
+                        xspan,
+                    );
                 };
                 let mut dims = vec![first as u64];
                 for (v, s) in &items {
@@ -484,7 +611,13 @@ impl Checker {
                     return self.rank_error(name, "`dense`", &as_, "2 ([batch, dim])", aspan);
                 }
                 if bs.rank() != 3 {
-                    return self.rank_error(name, "`sparse`", &bs, "3 ([batch, tables, dim])", bspan);
+                    return self.rank_error(
+                        name,
+                        "`sparse`",
+                        &bs,
+                        "3 ([batch, tables, dim])",
+                        bspan,
+                    );
                 }
                 if as_.0[0] != bs.0[0] || as_.0[1] != bs.0[2] {
                     return self.shape_error(
@@ -494,8 +627,37 @@ impl Checker {
                         Some("the bottom MLP's output width must equal the embedding dim".into()),
                     );
                 }
-                let n = bs.0[1].as_known().unwrap_or(0).max(0) as u64 + 1;
-                let d = as_.0[1].as_known().unwrap_or(0).max(0) as u64;
+                // The output width d + n'(n' - 1)/2 is no monomial, so both
+                // the vector count and the width must be numbers.
+                let (Some(n), Some(d)) = (bs.0[1].as_known(), as_.0[1].as_known()) else {
+                    let mut labels = Vec::new();
+                    if bs.0[1].as_known().is_none() {
+                        labels.push((
+                            bspan,
+                            format!(
+                                "sparse has shape {bs}: `{}` vectors is not a number",
+                                bs.0[1]
+                            ),
+                        ));
+                    }
+                    if as_.0[1].as_known().is_none() {
+                        labels.push((
+                            aspan,
+                            format!(
+                                "dense has shape {as_}: width `{}` is not a number",
+                                as_.0[1]
+                            ),
+                        ));
+                    }
+                    return self.shape_error(
+                        span,
+                        format!("`interact` needs a known number of vectors and a known width; got dense {as_} and sparse {bs}"),
+                        labels,
+                        Some("the output width is d + n(n + 1)/2; make the table count and the embedding dim numbers or model parameters".into()),
+                    );
+                };
+                let n = n.max(0) as u64 + 1;
+                let d = d.max(0) as u64;
                 let out = d + n * (n - 1) / 2;
                 Some(Out {
                     kind: OpKind::Interact { vectors: n, dim: d },
@@ -506,19 +668,31 @@ impl Checker {
             }
             "moe" => {
                 let (x, xs, _, xspan) = self.tensor_arg(args, "x", env)?;
-                let experts = self.int_arg(args, "experts")?;
-                let top_k = self.int_arg(args, "top_k")?;
-                let d_ff = self.int_arg(args, "d_ff")?;
+                let experts = self.int_arg(args, "experts", env)?;
+                let top_k = self.int_arg(args, "top_k", env)?;
+                let d_ff = self.int_arg(args, "d_ff", env)?;
                 if top_k > experts {
                     self.diags.push(
-                        Diagnostic::error(Code::L046, format!("`top_k` = {top_k} is more than the {experts} experts"), args["top_k"].1)
-                            .with_label(args["top_k"].1, "too many")
-                            .with_help("each token is routed to top_k of the experts; top_k <= experts"),
+                        Diagnostic::error(
+                            Code::L046,
+                            format!("`top_k` = {top_k} is more than the {experts} experts"),
+                            args["top_k"].1,
+                        )
+                        .with_label(args["top_k"].1, "too many")
+                        .with_help(
+                            "each token is routed to top_k of the experts; top_k <= experts",
+                        ),
                     );
                     return None;
                 }
                 let Some(d_model) = xs.last().and_then(|d| d.as_known()) else {
-                    return self.rank_error(name, "an input with a known last dimension", &xs, "at least 1", xspan);
+                    return self.rank_error(
+                        name,
+                        "an input with a known last dimension",
+                        &xs,
+                        "at least 1",
+                        xspan,
+                    );
                 };
                 Some(Out {
                     kind: OpKind::Moe {
@@ -543,7 +717,13 @@ impl Checker {
                 for (v, s) in &items {
                     match v {
                         Value::Sym(n, _) => dims.push(Dim::sym(n)),
-                        other => dims.push(Dim::known(self.count(other, *s, "a dimension")? as i64)),
+                        Value::Dim(d) => dims.push(d.clone()),
+                        Value::Error => return None,
+                        other => {
+                            dims.push(Dim::known(
+                                self.count_in(other, *s, "a dimension", env)? as i64
+                            ))
+                        }
                     }
                 }
                 let new = Shape(dims);
@@ -585,7 +765,10 @@ impl Checker {
                     }
                 }
                 if ts.is_empty() {
-                    self.diags.push(Diagnostic::error(Code::L051, "`concat` needs at least one tensor", lspan).with_label(lspan, "empty list"));
+                    self.diags.push(
+                        Diagnostic::error(Code::L051, "`concat` needs at least one tensor", lspan)
+                            .with_label(lspan, "empty list"),
+                    );
                     return None;
                 }
                 let rank = ts[0].1.rank() as i64;
@@ -600,8 +783,12 @@ impl Checker {
                 if ax < 0 || ax >= rank {
                     let s = args.get("axis").map_or(span, |a| a.1);
                     self.diags.push(
-                        Diagnostic::error(Code::L046, format!("axis {axis} is out of range for rank {rank}"), s)
-                            .with_label(s, "no such axis"),
+                        Diagnostic::error(
+                            Code::L046,
+                            format!("axis {axis} is out of range for rank {rank}"),
+                            s,
+                        )
+                        .with_label(s, "no such axis"),
                     );
                     return None;
                 }
@@ -619,8 +806,14 @@ impl Checker {
                     if a != b {
                         return self.shape_error(
                             span,
-                            format!("`concat` inputs differ outside axis {ax}: {} and {sh}", ts[0].1),
-                            vec![(ts[0].2, format!("shape {}", ts[0].1)), (*s, format!("shape {sh}"))],
+                            format!(
+                                "`concat` inputs differ outside axis {ax}: {} and {sh}",
+                                ts[0].1
+                            ),
+                            vec![
+                                (ts[0].2, format!("shape {}", ts[0].1)),
+                                (*s, format!("shape {sh}")),
+                            ],
                             None,
                         );
                     }
@@ -633,8 +826,12 @@ impl Checker {
                     None if ts.len() == 1 => total,
                     None => {
                         self.diags.push(
-                            Diagnostic::error(Code::L050, "`concat` along a symbolic axis is not supported", span)
-                                .with_label(span, "the concatenated axis must have known sizes"),
+                            Diagnostic::error(
+                                Code::L050,
+                                "`concat` along a symbolic axis is not supported",
+                                span,
+                            )
+                            .with_label(span, "the concatenated axis must have known sizes"),
                         );
                         return None;
                     }
@@ -655,9 +852,13 @@ impl Checker {
 
     fn dtype_error(&mut self, op: &str, arg: &str, got: DType, span: Span) -> Option<Out> {
         self.diags.push(
-            Diagnostic::error(Code::L054, format!("`{op}` needs integer `{arg}`, got {}", got.name()), span)
-                .with_label(span, format!("element type {}", got.name()))
-                .with_help("declare the input with an integer type, e.g. `input ids: i32[batch, seq]`"),
+            Diagnostic::error(
+                Code::L054,
+                format!("`{op}` needs integer `{arg}`, got {}", got.name()),
+                span,
+            )
+            .with_label(span, format!("element type {}", got.name()))
+            .with_help("declare the input with an integer type, e.g. `input ids: i32[batch, seq]`"),
         );
         None
     }
@@ -668,7 +869,10 @@ impl Checker {
             return None;
         };
         if items.is_empty() {
-            self.diags.push(Diagnostic::error(Code::L051, "`embedding_bag` needs at least one table", span).with_label(span, "empty list"));
+            self.diags.push(
+                Diagnostic::error(Code::L051, "`embedding_bag` needs at least one table", span)
+                    .with_label(span, "empty list"),
+            );
             return None;
         }
         let mut out = Vec::new();
@@ -679,8 +883,12 @@ impl Checker {
             };
             if inst.kind != crate::ast::DeclKind::Table {
                 self.diags.push(
-                    Diagnostic::error(Code::L032, format!("`{}` is a {}, not a table", inst.name, inst.kind.keyword()), *s)
-                        .with_label(*s, "expected a table"),
+                    Diagnostic::error(
+                        Code::L032,
+                        format!("`{}` is a {}, not a table", inst.name, inst.kind.keyword()),
+                        *s,
+                    )
+                    .with_label(*s, "expected a table"),
                 );
                 return None;
             }
@@ -691,7 +899,14 @@ impl Checker {
         Some(out)
     }
 
-    pub(crate) fn tensor_binary(&mut self, op: BinOp, a: (Value, Span), b: (Value, Span), span: Span, env: &mut Env) -> Value {
+    pub(crate) fn tensor_binary(
+        &mut self,
+        op: BinOp,
+        a: (Value, Span),
+        b: (Value, Span),
+        span: Span,
+        env: &mut Env,
+    ) -> Value {
         let bop = match op {
             BinOp::Add => BinaryOp::Add,
             BinOp::Sub => BinaryOp::Sub,
@@ -699,8 +914,12 @@ impl Checker {
             BinOp::Div => BinaryOp::Div,
             _ => {
                 self.diags.push(
-                    Diagnostic::error(Code::L043, format!("`{}` is not defined on tensors", op.symbol()), span)
-                        .with_label(span, "tensors support + - * /"),
+                    Diagnostic::error(
+                        Code::L043,
+                        format!("`{}` is not defined on tensors", op.symbol()),
+                        span,
+                    )
+                    .with_label(span, "tensors support + - * /"),
                 );
                 return Value::Error;
             }
@@ -713,10 +932,14 @@ impl Checker {
                 let (xs, ys) = (g.get(*x).shape.clone(), g.get(*y).shape.clone());
                 if xs != ys {
                     self.diags.push(
-                        Diagnostic::error(Code::L050, format!("`{}` of tensors with shapes {xs} and {ys}", op.symbol()), span)
-                            .with_label(a.1, format!("this has shape {xs}"))
-                            .with_label(b.1, format!("this has shape {ys}"))
-                            .with_help("elementwise ops need equal shapes"),
+                        Diagnostic::error(
+                            Code::L050,
+                            format!("`{}` of tensors with shapes {xs} and {ys}", op.symbol()),
+                            span,
+                        )
+                        .with_label(a.1, format!("this has shape {xs}"))
+                        .with_label(b.1, format!("this has shape {ys}"))
+                        .with_help("elementwise ops need equal shapes"),
                     );
                     return Value::Error;
                 }
@@ -724,7 +947,11 @@ impl Checker {
             }
             (Value::Tensor(t), other) | (other, Value::Tensor(t)) => {
                 let t = *t;
-                let ospan = if matches!(a.0, Value::Tensor(_)) { b.1 } else { a.1 };
+                let ospan = if matches!(a.0, Value::Tensor(_)) {
+                    b.1
+                } else {
+                    a.1
+                };
                 let tensor_first = matches!(a.0, Value::Tensor(_));
                 let Some(q) = self.num(&other.clone(), ospan) else {
                     return Value::Error;
@@ -737,9 +964,16 @@ impl Checker {
                     (BinaryOp::Div, true) if q.value != 0.0 => 1.0 / q.value,
                     _ => {
                         self.diags.push(
-                            Diagnostic::error(Code::L043, format!("`{}` of a tensor and a number is not supported", op.symbol()), span)
-                                .with_label(ospan, "a number")
-                                .with_help("a tensor may be scaled: `x * 0.5` or `x / 2`"),
+                            Diagnostic::error(
+                                Code::L043,
+                                format!(
+                                    "`{}` of a tensor and a number is not supported",
+                                    op.symbol()
+                                ),
+                                span,
+                            )
+                            .with_label(ospan, "a number")
+                            .with_help("a tensor may be scaled: `x * 0.5` or `x / 2`"),
                         );
                         return Value::Error;
                     }
@@ -750,7 +984,13 @@ impl Checker {
         }
     }
 
-    pub(crate) fn tensor_scale(&mut self, env: &mut Env, t: TensorId, factor: f64, span: Span) -> Value {
+    pub(crate) fn tensor_scale(
+        &mut self,
+        env: &mut Env,
+        t: TensorId,
+        factor: f64,
+        span: Span,
+    ) -> Value {
         let Some(g) = env.graph.as_mut() else {
             return Value::Error;
         };

@@ -43,6 +43,9 @@ pub enum Value {
     Ctor(String, Vec<(Option<String>, Value, Span)>),
     Decl(Instance),
     Tensor(TensorId),
+    /// A symbolic tensor dimension such as `batch*seq`, from a product of
+    /// symbols in a shape list (`reshape(x, [batch * seq, d])`).
+    Dim(crate::shape::Dim),
     /// Already reported; consumers stay quiet to avoid cascades.
     Error,
 }
@@ -62,6 +65,7 @@ impl Value {
             Value::Ctor(n, _) => format!("`{n}(...)`"),
             Value::Decl(i) => format!("{} `{}`", i.kind.keyword(), i.name),
             Value::Tensor(_) => "a tensor".into(),
+            Value::Dim(d) => format!("the dimension `{d}`"),
             Value::Error => "an invalid value".into(),
         }
     }
@@ -69,7 +73,12 @@ impl Value {
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |xs: &[(Value, Span)]| xs.iter().map(|(v, _)| v.to_string()).collect::<Vec<_>>().join(", ");
+        let list = |xs: &[(Value, Span)]| {
+            xs.iter()
+                .map(|(v, _)| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match self {
             Value::Num(q) => write!(f, "{q}"),
             Value::Bool(b) => write!(f, "{b}"),
@@ -95,6 +104,7 @@ impl fmt::Display for Value {
             }
             Value::Decl(i) => write!(f, "{}", i.key()),
             Value::Tensor(t) => write!(f, "%{}", t.0),
+            Value::Dim(d) => write!(f, "{d}"),
             Value::Error => write!(f, "<error>"),
         }
     }
