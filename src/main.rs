@@ -483,13 +483,20 @@ fn search_cmd(
                 "invalid": s.stats.invalid,
                 "infeasible": s.stats.infeasible,
                 "space": s.space_size,
-                "egraph_nodes": 0,
+                "egraph_nodes": s.egraph_nodes,
+                "egraph_stop_reason": s.egraph_stop,
                 "stop_reason": s.stop.name(),
                 "seconds": seconds,
                 "optimality_gap": 0.0,
             });
             j["placement"] = placement::json(best, &p.system, &s.best.hardware.topo);
             j["explanation"] = serde_json::json!(s.explanation);
+            j["layer_plans"] = serde_json::Value::Array(
+                s.layer_plans
+                    .iter()
+                    .map(|l| serde_json::json!({ "tp": l.tp, "sequence_parallel": l.sequence_parallel, "allreduces": l.allreduces, "reduce_scatters": l.reduce_scatters, "all_gathers": l.all_gathers, "forward_s": l.seconds, "term": l.term }))
+                    .collect(),
+            );
             j["top"] = serde_json::Value::Array(
                 s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
             );
@@ -519,6 +526,19 @@ fn search_cmd(
                     e.point.to_string(),
                     gantry_lang::units::format_number(e.metric(metric).unwrap_or(f64::NAN))
                 );
+            }
+            if !s.layer_plans.is_empty() {
+                println!("\nRepeated block (e-graph: {} nodes, {})", s.egraph_nodes, s.egraph_stop);
+                for l in &s.layer_plans {
+                    println!(
+                        "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
+                        l.tp,
+                        if l.sequence_parallel { "sequence parallel" } else if l.tp > 1 { "tensor parallel" } else { "replicated" },
+                        l.allreduces,
+                        l.reduce_scatters,
+                        l.all_gathers
+                    );
+                }
             }
             println!("\nWhy");
             for line in &s.explanation {

@@ -413,6 +413,20 @@ impl Evaluator<'_> {
         sc
     }
 
+    /// Forward time of each op of the main repeated block at this point's
+    /// microbatch, unsharded (tp = cp = 1): what the e-graph's cost
+    /// function divides by the degree it prices.
+    pub fn body_op_times(&self, p: &DesignPoint) -> Vec<f64> {
+        let Some(body) = self.ir.body() else {
+            return Vec::new();
+        };
+        let mut q = *p;
+        q.tp = 1;
+        q.cp = 1;
+        q.sequence_parallel = false;
+        body.ops.iter().map(|o| self.op_time(o, &q, p.microbatch as f64, false).0).collect()
+    }
+
     /// Forward and backward time of one repetition of the main repeated
     /// block (one transformer layer) for one microbatch, collectives
     /// included; backward includes recomputation.

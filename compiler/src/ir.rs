@@ -95,6 +95,9 @@ pub struct IrOp {
     pub heads: Option<(u64, u64)>,
     /// Mixture of experts: experts, and bytes per sample dispatched to them.
     pub experts: Option<(u64, f64)>,
+    /// Producers of this op's tensor inputs within its segment (index into
+    /// the segment's ops), or -1 for a value from outside the segment.
+    pub args: Vec<i64>,
     /// Embedding tables of an embedding bag: name, bytes, lookup bytes per sample.
     pub tables: Vec<(String, f64, f64)>,
     /// Kernels launched per forward pass (an embedding bag launches one
@@ -127,6 +130,7 @@ impl IrOp {
             heads: None,
             experts: None,
             tensors: 0.0,
+            args: Vec::new(),
             tables: Vec::new(),
             kernels: 1.0,
             mult: 1.0,
@@ -285,6 +289,8 @@ struct Lowering<'a> {
     numel: Vec<f64>,
     /// Tensors already saved for backward by an earlier op.
     saved: Vec<bool>,
+    /// Index of the op producing each tensor within the current segment.
+    producer: Vec<i64>,
     training: bool,
 }
 
@@ -323,6 +329,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         context,
         sharded: vec![false; g.tensors.len()],
         saved: vec![false; g.tensors.len()],
+        producer: vec![-1; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
     };
@@ -331,8 +338,13 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
     let mut seen_body = false;
     for item in &g.body {
         match item {
-            Item::Op(op) => current.push(l.op(op, 1.0)),
+            Item::Op(op) => {
+                let o = l.op(op, 1.0);
+                l.producer[op.output.0 as usize] = current.len() as i64;
+                current.push(o);
+            }
             Item::Repeat(r) => {
+                l.producer.iter_mut().for_each(|p| *p = -1);
                 if !current.is_empty() {
                     segments.push(Segment {
                         kind: if seen_body {
@@ -352,6 +364,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
                     ops,
                 });
                 seen_body = true;
+                l.producer.iter_mut().for_each(|p| *p = -1);
             }
         }
     }
@@ -422,7 +435,11 @@ impl Lowering<'_> {
         }
         for item in &r.body {
             match item {
-                Item::Op(op) => out.push(self.op(op, mult)),
+                Item::Op(op) => {
+                    let o = self.op(op, mult);
+                    self.producer[op.output.0 as usize] = out.len() as i64;
+                    out.push(o);
+                }
                 Item::Repeat(inner) => self.repeat(inner, mult * inner.count as f64, out),
             }
         }
@@ -725,6 +742,7 @@ impl Lowering<'_> {
             }
         };
         o.mult = mult;
+        o.args = op.inputs.iter().map(|i| self.producer[i.0 as usize]).collect();
         o
     }
 

@@ -5,6 +5,7 @@
 
 pub mod collective;
 pub mod cost;
+pub mod egraph;
 pub mod explain;
 pub mod export;
 pub mod hardware;

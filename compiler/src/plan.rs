@@ -165,6 +165,23 @@ pub struct Searched {
     /// The winner's bottleneck and why the runner-up loses.
     pub explanation: Vec<String>,
     pub tables: Vec<crate::placement::TablePlacement>,
+    /// The e-graph's best form of the repeated block per tensor-parallel degree.
+    pub layer_plans: Vec<LayerPlan>,
+    pub egraph_nodes: usize,
+    pub egraph_stop: String,
+}
+
+/// The extracted distributed form of one repeated block on one mesh.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerPlan {
+    pub tp: i64,
+    /// Forward seconds per microbatch of the extracted block (e-graph cost).
+    pub seconds: f64,
+    pub sequence_parallel: bool,
+    pub allreduces: usize,
+    pub reduce_scatters: usize,
+    pub all_gathers: usize,
+    pub term: String,
 }
 
 /// Searches the plan's space (its `search` domains, `fix` pins and
@@ -193,7 +210,48 @@ pub fn search(
     })?;
     let prefill = prefill_of(&plan.workload);
     let space = search::space(plan, &ir, overrides);
-    let out = search::run(plan, &ir, &hardware, prefill.as_ref(), &space, k.max(2));
+    // Saturate the repeated block once; extract per tensor-parallel degree.
+    let mut layer_plans = Vec::new();
+    let mut sp_by_tp = BTreeMap::new();
+    let mut egraph_nodes = 0;
+    let mut egraph_stop = "not run (no repeated block)".to_string();
+    if let (Some(body), Phase::Train { .. }) = (ir.body(), &ir.phase) {
+        let ev = Evaluator { ir: &ir, hw: &hardware, prefill: None };
+        let probe = crate::point::DesignPoint {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            cp: 1,
+            ep: 1,
+            zero: 0,
+            recompute: crate::point::Recompute::None,
+            microbatch: 1,
+            virtual_stages: 1,
+            sequence_parallel: false,
+            batch: 1,
+        };
+        let block = crate::egraph::saturate(body, ev.body_op_times(&probe), crate::egraph::Limits::default());
+        egraph_nodes = block.nodes;
+        egraph_stop = block.stop_reason.clone();
+        let hidden_bytes = ir.tokens_per_sample * ir.hidden * ir.act_bytes;
+        for &tp in &space.tp {
+            let ar = hardware.topo.time(crate::collective::Collective::AllReduce, tp as u64, 1, hidden_bytes);
+            let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
+            let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
+            let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);
+            sp_by_tp.insert(tp, uses_sp);
+            layer_plans.push(LayerPlan {
+                tp,
+                seconds: cost,
+                sequence_parallel: uses_sp,
+                allreduces: ar_n,
+                reduce_scatters: rs_n,
+                all_gathers: ag_n,
+                term: term.to_string(),
+            });
+        }
+    }
+    let out = search::run(plan, &ir, &hardware, prefill.as_ref(), &space, k.max(2), space.sp_open.then_some(&sp_by_tp));
     let Some(best) = out.top.first().cloned() else {
         if let Some(t) = &out.tightest {
             let p = &t.estimate.point;
@@ -216,6 +274,24 @@ pub fn search(
                     gantry_lang::units::Quantity::new(m.capacity, gantry_lang::units::Dim::BYTES),
                 ),
                 "widen the search (more devices, deeper pipelines, ZeRO-3, full recomputation) or relax the constraints",
+            ));
+        }
+        if let Some(m) = &out.pruned_closest {
+            return Err(error(
+                Code::C010,
+                "search",
+                format!(
+                    "no design point fits: {} of {} parameters with their gradients and optimizer state need {} per device even at tp={} pp={} cp={} (dp={}); HBM is {}",
+                    ir.model,
+                    gantry_lang::units::format_number((ir.params() / 1e9 * 10.0).round() / 10.0) + "B",
+                    gantry_lang::units::Quantity::new(m.bound, gantry_lang::units::Dim::BYTES),
+                    m.tp,
+                    m.pp,
+                    m.cp,
+                    m.dp,
+                    gantry_lang::units::Quantity::new(m.capacity, gantry_lang::units::Dim::BYTES),
+                ),
+                "shard further (larger tp or pp, ZeRO-3), use more devices, or devices with more HBM",
             ));
         }
         return Err(out.first_error.unwrap_or_else(|| {
@@ -269,5 +345,8 @@ pub fn search(
         space_size: space.size(),
         explanation,
         tables,
+        layer_plans,
+        egraph_nodes,
+        egraph_stop,
     })
 }

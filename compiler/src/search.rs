@@ -24,6 +24,8 @@ use crate::point::{Pin, PinError, Recompute, resolve};
 /// Candidate values of each knob.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Space {
+    /// Whether the plan itself constrains sequence parallelism.
+    pub sp_open: bool,
     pub tp: Vec<i64>,
     pub cp: Vec<i64>,
     pub pp: Vec<i64>,
@@ -115,7 +117,9 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
         _ if training => vec![false, true],
         _ => vec![false],
     };
+    // Left open by the plan: the e-graph decides per tensor-parallel degree.
     Space {
+        sp_open: get("sequence_parallel").is_none(),
         tp: ints(get("tp"), tp_default),
         cp: ints(get("cp"), vec![1]),
         pp: ints(
@@ -192,7 +196,20 @@ pub struct Tightest {
     pub what: String,
 }
 
+/// The mesh that came closest to fitting among those the memory bound pruned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrunedMesh {
+    pub tp: i64,
+    pub pp: i64,
+    pub cp: i64,
+    pub dp: i64,
+    /// Bytes per device of weights, gradients and optimizer state alone.
+    pub bound: f64,
+    pub capacity: f64,
+}
+
 pub struct Outcome {
+    pub pruned_closest: Option<PrunedMesh>,
     pub top: Vec<Estimate>,
     pub stats: Stats,
     pub stop: StopReason,
@@ -246,6 +263,8 @@ pub fn score(plan: &Plan, e: &Estimate) -> f64 {
 }
 
 /// Runs the search; `k` is how many of the best points to keep.
+/// `sp_by_tp`, when given, is the e-graph's choice of sequence parallelism
+/// for each tensor-parallel degree, used where the plan leaves it open.
 pub fn run(
     plan: &Plan,
     ir: &Ir,
@@ -253,6 +272,7 @@ pub fn run(
     prefill: Option<&Ir>,
     sp: &Space,
     k: usize,
+    sp_by_tp: Option<&BTreeMap<i64, bool>>,
 ) -> Outcome {
     let ev = Evaluator { ir, hw, prefill };
     let devices = plan.system.devices() as i64;
@@ -263,6 +283,7 @@ pub fn run(
     let mut top: Vec<(f64, Estimate)> = Vec::new();
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
+    let mut pruned_closest: Option<PrunedMesh> = None;
     let global = ir.samples_per_step() as i64;
     let params = ir.params()
         - ir.segments
@@ -314,6 +335,9 @@ pub fn run(
                         share * beta
                     };
                     if bound > hw.hbm_capacity {
+                        if pruned_closest.as_ref().is_none_or(|m: &PrunedMesh| bound < m.bound) {
+                            pruned_closest = Some(PrunedMesh { tp, pp, cp, dp, bound, capacity: hw.hbm_capacity });
+                        }
                         stats.pruned += sp.zero.len()
                             * sp.recompute.len()
                             * sp.virtual_stages.len()
@@ -350,6 +374,12 @@ pub fn run(
                                         }
                                         for &seqp in &sp.sequence_parallel {
                                             if seqp && tp == 1 {
+                                                continue;
+                                            }
+                                            if let Some(choice) = sp_by_tp.and_then(|m| m.get(&tp))
+                                                && *choice != seqp
+                                            {
+                                                stats.pruned += 1;
                                                 continue;
                                             }
                                             for b in &batches {
@@ -442,6 +472,7 @@ pub fn run(
         }
     }
     Outcome {
+        pruned_closest,
         top: top.into_iter().map(|(_, e)| e).collect(),
         stats,
         stop: StopReason::Exhausted,

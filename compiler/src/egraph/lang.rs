@@ -1,0 +1,128 @@
+//! The language of sharded blocks, its analysis and its mesh cost.
+
+use egg::{define_language, Analysis, CostFunction, DidMerge, EGraph, Id, Language};
+
+define_language! {
+    /// Ops of a block. The first child of an op is its IR op index.
+    pub enum Shard {
+        "input" = Input,
+        // Unsharded ops (replicated on every tensor-parallel rank).
+        "lin" = Lin([Id; 2]),
+        "attn" = Attn([Id; 4]),
+        "ew" = Ew([Id; 2]),
+        "ew2" = Ew2([Id; 3]),
+        // Tensor-parallel forms: features (columns, heads) split over the axis.
+        "lin-col" = LinCol([Id; 2]),
+        "lin-row" = LinRow([Id; 2]),
+        "attn-heads" = AttnHeads([Id; 4]),
+        "ew-shard" = EwShard([Id; 2]),
+        "ew2-shard" = Ew2Shard([Id; 3]),
+        // Sequence-parallel elementwise ops (on a sequence shard).
+        "ew-seq" = EwSeq([Id; 2]),
+        "ew2-seq" = Ew2Seq([Id; 3]),
+        // An elementwise op fused into the elementwise op feeding it: one
+        // kernel, the intermediate never round-trips HBM.
+        "fused" = Fused([Id; 2]),
+        // A forward recomputed in backward instead of keeping activations.
+        "recompute" = Recompute([Id; 1]),
+        // Collectives over the tensor-parallel axis.
+        "allreduce" = AllReduce([Id; 1]),
+        "reduce-scatter" = ReduceScatter([Id; 1]),
+        "all-gather" = AllGather([Id; 1]),
+        "gather-feat" = GatherFeat([Id; 1]),
+        "scatter" = Scatter([Id; 1]),
+        // Pipeline: a run of layers, and two runs on consecutive stages.
+        "layers" = Layers([Id; 1]),
+        "stages" = Stages([Id; 2]),
+        Num(i64),
+    }
+}
+
+/// Per-class facts: the IR op index that produced the value (if any).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Info {
+    pub op: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ShardAnalysis {
+    /// Elements per sample that a row-parallel op's output all-reduces.
+    pub elems: Vec<f64>,
+}
+
+impl Analysis<Shard> for ShardAnalysis {
+    type Data = Info;
+    fn make(egraph: &mut EGraph<Shard, Self>, enode: &Shard, _id: Id) -> Info {
+        let op = match enode {
+            Shard::Num(n) => Some(*n),
+            _ => enode.children().first().and_then(|c| egraph[*c].data.op),
+        };
+        Info { op }
+    }
+    fn merge(&mut self, a: &mut Info, b: Info) -> DidMerge {
+        if a.op.is_none() && b.op.is_some() {
+            a.op = b.op;
+            return DidMerge(true, false);
+        }
+        DidMerge(false, a.op != b.op)
+    }
+}
+
+/// Prices a node on one mesh: op times divided by the tensor-parallel
+/// degree when sharded, collectives by their closed forms.
+#[derive(Clone, Debug)]
+pub struct BlockCost<'a> {
+    pub egraph: &'a EGraph<Shard, ShardAnalysis>,
+    pub tp: f64,
+    /// Forward time of each IR op at tp = 1.
+    pub op_time: &'a [f64],
+    /// Seconds for an all-reduce of the block's hidden state on this mesh.
+    pub allreduce: f64,
+    /// Fraction of an elementwise op's time saved by fusing it into the
+    /// previous one (the intermediate never round-trips HBM).
+    pub fusion_saving: f64,
+    /// Extra cost of a recomputed forward, relative to the forward.
+    pub recompute_weight: f64,
+    /// A tiny per-node price so that, among equal costs, simpler plans win.
+    pub epsilon: f64,
+}
+
+impl BlockCost<'_> {
+    /// Forward time of the IR op an op node names (its first child).
+    fn time(&self, enode: &Shard) -> f64 {
+        let Some(first) = enode.children().first() else {
+            return 0.0;
+        };
+        self.egraph[*first].data.op.and_then(|i| self.op_time.get(i as usize)).copied().unwrap_or(0.0)
+    }
+}
+
+impl CostFunction<Shard> for BlockCost<'_> {
+    type Cost = f64;
+    fn cost<C>(&mut self, enode: &Shard, mut costs: C) -> f64
+    where
+        C: FnMut(Id) -> f64,
+    {
+        let kids: f64 = enode.children().iter().map(|c| costs(*c)).sum();
+        let own = match enode {
+            Shard::Input | Shard::Num(_) => return 0.0,
+            Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => self.time(enode),
+            Shard::LinCol(_)
+            | Shard::LinRow(_)
+            | Shard::AttnHeads(_)
+            | Shard::EwShard(_)
+            | Shard::Ew2Shard(_)
+            | Shard::EwSeq(_)
+            | Shard::Ew2Seq(_) => self.time(enode) / self.tp,
+            // (fused i x): op i runs inside the kernel that produced x, on
+            // x's layout; its HBM round trip is saved.
+            Shard::Fused(_) => (1.0 - self.fusion_saving) * self.time(enode) / self.tp,
+            Shard::Layers(_) | Shard::Stages(_) => 0.0,
+            Shard::Recompute(_) => kids * self.recompute_weight,
+            Shard::AllReduce(_) => self.allreduce,
+            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => self.allreduce / 2.0,
+            Shard::Scatter(_) => 0.0,
+        };
+        (own + kids + self.epsilon).max(0.0)
+    }
+}

@@ -1,0 +1,149 @@
+//! The e-graph of one repeated block: sharding strategies and collectives.
+//!
+//! The block (one transformer layer, say) is written as a term over the
+//! IR's ops (`lin`, `attn`, `ew`, `ew2`, each naming its IR op by index).
+//! Rewrites add equivalent distributed forms: column- and row-parallel
+//! linears with the collectives they need, head-parallel attention,
+//! elementwise ops on feature or sequence shards, `allreduce =
+//! all-gather . reduce-scatter`, fusion of elementwise chains and
+//! recomputation. Shardings name the tensor-parallel *axis*, not a degree,
+//! so the e-graph is saturated once per model; each mesh then extracts
+//! with a cost function that prices nodes at that mesh's degree and link
+//! bandwidth (`cost.rs`-derived per-op times, `collective.rs` collectives).
+//! Only the block is built, once, whatever the layer count.
+
+pub mod collectives;
+pub mod fusion;
+pub mod lang;
+pub mod pipeline;
+pub mod sharding;
+
+use egg::{Extractor, Id, RecExpr, Runner};
+
+pub use lang::{BlockCost, Info, Shard, ShardAnalysis};
+
+use crate::ir::{Class, Segment};
+
+/// Bounds of one saturation run.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub nodes: usize,
+    pub iterations: usize,
+    pub seconds: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            nodes: 20_000,
+            iterations: 12,
+            seconds: 0.5,
+        }
+    }
+}
+
+/// A saturated block, ready for per-mesh extraction.
+pub struct Block {
+    pub runner: Runner<Shard, ShardAnalysis>,
+    pub root: Id,
+    pub stop_reason: String,
+    pub nodes: usize,
+    /// Forward time of each IR op of the block at tp = 1 (seconds per microbatch).
+    pub op_time: Vec<f64>,
+}
+
+/// Builds the block term from an IR segment, following its data flow: each
+/// op's children are its IR op index and the terms of its inputs (the
+/// block input for values from outside the segment). The root scatters the
+/// block's output, so a plan whose output is already sequence-sharded pays
+/// nothing at the boundary (`scatter . all-gather` cancels).
+pub fn block_term(seg: &Segment) -> RecExpr<Shard> {
+    let mut e = RecExpr::default();
+    let input = e.add(Shard::Input);
+    let mut ids: Vec<Id> = Vec::with_capacity(seg.ops.len());
+    for (i, o) in seg.ops.iter().enumerate() {
+        let idx = e.add(Shard::Num(i as i64));
+        let arg = |k: usize| -> Id { o.args.get(k).and_then(|&a| (a >= 0).then(|| ids.get(a as usize).copied()).flatten()).unwrap_or(input) };
+        let node = match (o.class, o.args.len()) {
+            (Class::Matmul, _) if o.op == "linear" => Shard::Lin([idx, arg(0)]),
+            (Class::Attention, _) => Shard::Attn([idx, arg(0), arg(1), arg(2)]),
+            (_, 2) => Shard::Ew2([idx, arg(0), arg(1)]),
+            _ => Shard::Ew([idx, arg(0)]),
+        };
+        ids.push(e.add(node));
+    }
+    let last = ids.last().copied().unwrap_or(input);
+    e.add(Shard::Scatter([last]));
+    e
+}
+
+/// Saturates the block's e-graph once with every rule family.
+pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
+    let term = block_term(seg);
+    let elems: Vec<f64> = seg.ops.iter().map(|o| o.tp_allreduce.max(0.0)).collect();
+    let mut rules = sharding::rules();
+    rules.extend(collectives::rules());
+    rules.extend(fusion::rules());
+    rules.extend(fusion::recompute_rules());
+    let runner = Runner::<Shard, ShardAnalysis>::new(ShardAnalysis { elems })
+        .with_node_limit(limits.nodes)
+        .with_iter_limit(limits.iterations)
+        .with_time_limit(std::time::Duration::from_secs_f64(limits.seconds))
+        .with_expr(&term)
+        .run(&rules);
+    let stop_reason = match &runner.stop_reason {
+        Some(egg::StopReason::Saturated) => "saturated".to_string(),
+        Some(egg::StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
+        Some(egg::StopReason::NodeLimit(n)) => format!("node limit ({n})"),
+        Some(egg::StopReason::TimeLimit(s)) => format!("time limit ({s:.2} s)"),
+        Some(egg::StopReason::Other(s)) => s.clone(),
+        None => "not run".to_string(),
+    };
+    let root = runner.roots[0];
+    let nodes = runner.egraph.total_number_of_nodes();
+    Block {
+        runner,
+        root,
+        stop_reason,
+        nodes,
+        op_time,
+    }
+}
+
+/// The cheapest distributed form of the block on a mesh of tensor-parallel
+/// degree `tp` whose hidden-state all-reduce takes `allreduce` seconds.
+pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) {
+    let cost = BlockCost {
+        egraph: &block.runner.egraph,
+        tp,
+        op_time: &block.op_time,
+        allreduce,
+        fusion_saving: 0.5,
+        recompute_weight: 1.0,
+        epsilon: 1e-12,
+    };
+    let ex = Extractor::new(&block.runner.egraph, cost);
+    ex.find_best(block.root)
+}
+
+/// Whether an extracted block runs elementwise ops on sequence shards
+/// (sequence parallelism was found, not assumed).
+pub fn uses_sequence_parallel(e: &RecExpr<Shard>) -> bool {
+    e.as_ref().iter().any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_)))
+}
+
+/// Counts collectives of each kind in an extracted block.
+pub fn collective_counts(e: &RecExpr<Shard>) -> (usize, usize, usize) {
+    let mut ar = 0;
+    let mut rs = 0;
+    let mut ag = 0;
+    for n in e.as_ref() {
+        match n {
+            Shard::AllReduce(_) => ar += 1,
+            Shard::ReduceScatter(_) => rs += 1,
+            Shard::AllGather(_) | Shard::GatherFeat(_) => ag += 1,
+            _ => {}
+        }
+    }
+    (ar, rs, ag)
+}

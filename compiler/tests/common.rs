@@ -1,0 +1,46 @@
+//! Loads `.gantry` files of this workspace for the compiler's tests
+//! (imports resolve against the workspace root, where `stdlib/` lives).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use gantry_lang::check::{check, Checked};
+use gantry_lang::program::Plan;
+use gantry_lang::source::{LoadError, Loader};
+
+pub struct Workspace;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Loader for Workspace {
+    fn resolve(&self, importer: &str, path: &str) -> Option<String> {
+        // Relative to the importing file first, then to the workspace root.
+        let dir = std::path::Path::new(importer).parent().map(|d| d.join(path));
+        if let Some(d) = dir
+            && root().join(&d).is_file()
+        {
+            return Some(d.to_string_lossy().into_owned());
+        }
+        root().join(path).is_file().then(|| path.to_string())
+    }
+    fn load(&self, name: &str) -> Result<String, LoadError> {
+        std::fs::read_to_string(root().join(name)).map_err(|_| LoadError::NotFound)
+    }
+}
+
+pub fn checked(file: &str) -> Checked {
+    let c = check(&[file.to_string()], &Workspace);
+    assert!(!c.has_errors(), "{}", c.render(false));
+    c
+}
+
+pub fn plan(file: &str, name: Option<&str>) -> Plan {
+    let c = checked(file);
+    match name {
+        Some(n) => c.program.plans.get(n).cloned().expect("plan exists"),
+        None => c.program.plans.values().next().cloned().expect("a plan"),
+    }
+}
