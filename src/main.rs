@@ -528,12 +528,21 @@ fn search_cmd(
                 );
             }
             if !s.layer_plans.is_empty() {
-                println!("\nRepeated block (e-graph: {} nodes, {})", s.egraph_nodes, s.egraph_stop);
+                println!(
+                    "\nRepeated block (e-graph: {} nodes, {})",
+                    s.egraph_nodes, s.egraph_stop
+                );
                 for l in &s.layer_plans {
                     println!(
                         "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
                         l.tp,
-                        if l.sequence_parallel { "sequence parallel" } else if l.tp > 1 { "tensor parallel" } else { "replicated" },
+                        if l.sequence_parallel {
+                            "sequence parallel"
+                        } else if l.tp > 1 {
+                            "tensor parallel"
+                        } else {
+                            "replicated"
+                        },
                         l.allreduces,
                         l.reduce_scatters,
                         l.all_gathers

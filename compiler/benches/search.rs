@@ -36,17 +36,35 @@ fn time(p: &Plan, runs: usize) -> (f64, usize) {
 
 fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn main() {
     let p = common::plan("examples/llm_train.gantry", Some("llama3_405b_best"));
     let (t126, n126) = time(&p, 3);
-    println!("Llama 3 405B, 126 layers, {} GPUs: full search {:.3} s ({} points evaluated)", p.system.devices(), t126, n126);
+    println!(
+        "Llama 3 405B, 126 layers, {} GPUs: full search {:.3} s ({} points evaluated)",
+        p.system.devices(),
+        t126,
+        n126
+    );
     let p32 = with_layers(&p, 32);
     let (t32, n32) = time(&p32, 3);
-    println!("same width, 32 layers: {:.3} s ({} points evaluated); 126-layer / 32-layer time = {:.2}", t32, n32, t126 / t32);
+    println!(
+        "same width, 32 layers: {:.3} s ({} points evaluated); 126-layer / 32-layer time = {:.2}",
+        t32,
+        n32,
+        t126 / t32
+    );
     if let Some(kib) = peak_rss_kib() {
-        println!("peak resident memory of the process: {:.1} MiB", kib as f64 / 1024.0);
+        println!(
+            "peak resident memory of the process: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
     }
 }

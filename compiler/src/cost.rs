@@ -424,7 +424,10 @@ impl Evaluator<'_> {
         q.tp = 1;
         q.cp = 1;
         q.sequence_parallel = false;
-        body.ops.iter().map(|o| self.op_time(o, &q, p.microbatch as f64, false).0).collect()
+        body.ops
+            .iter()
+            .map(|o| self.op_time(o, &q, p.microbatch as f64, false).0)
+            .collect()
     }
 
     /// Forward and backward time of one repetition of the main repeated

@@ -742,7 +742,11 @@ impl Lowering<'_> {
             }
         };
         o.mult = mult;
-        o.args = op.inputs.iter().map(|i| self.producer[i.0 as usize]).collect();
+        o.args = op
+            .inputs
+            .iter()
+            .map(|i| self.producer[i.0 as usize])
+            .collect();
         o
     }
 

@@ -216,7 +216,11 @@ pub fn search(
     let mut egraph_nodes = 0;
     let mut egraph_stop = "not run (no repeated block)".to_string();
     if let (Some(body), Phase::Train { .. }) = (ir.body(), &ir.phase) {
-        let ev = Evaluator { ir: &ir, hw: &hardware, prefill: None };
+        let ev = Evaluator {
+            ir: &ir,
+            hw: &hardware,
+            prefill: None,
+        };
         let probe = crate::point::DesignPoint {
             dp: 1,
             tp: 1,
@@ -230,12 +234,21 @@ pub fn search(
             sequence_parallel: false,
             batch: 1,
         };
-        let block = crate::egraph::saturate(body, ev.body_op_times(&probe), crate::egraph::Limits::default());
+        let block = crate::egraph::saturate(
+            body,
+            ev.body_op_times(&probe),
+            crate::egraph::Limits::default(),
+        );
         egraph_nodes = block.nodes;
         egraph_stop = block.stop_reason.clone();
         let hidden_bytes = ir.tokens_per_sample * ir.hidden * ir.act_bytes;
         for &tp in &space.tp {
-            let ar = hardware.topo.time(crate::collective::Collective::AllReduce, tp as u64, 1, hidden_bytes);
+            let ar = hardware.topo.time(
+                crate::collective::Collective::AllReduce,
+                tp as u64,
+                1,
+                hidden_bytes,
+            );
             let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
             let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
             let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);
@@ -251,7 +264,15 @@ pub fn search(
             });
         }
     }
-    let out = search::run(plan, &ir, &hardware, prefill.as_ref(), &space, k.max(2), space.sp_open.then_some(&sp_by_tp));
+    let out = search::run(
+        plan,
+        &ir,
+        &hardware,
+        prefill.as_ref(),
+        &space,
+        k.max(2),
+        space.sp_open.then_some(&sp_by_tp),
+    );
     let Some(best) = out.top.first().cloned() else {
         if let Some(t) = &out.tightest {
             let p = &t.estimate.point;
@@ -283,7 +304,8 @@ pub fn search(
                 format!(
                     "no design point fits: {} of {} parameters with their gradients and optimizer state need {} per device even at tp={} pp={} cp={} (dp={}); HBM is {}",
                     ir.model,
-                    gantry_lang::units::format_number((ir.params() / 1e9 * 10.0).round() / 10.0) + "B",
+                    gantry_lang::units::format_number((ir.params() / 1e9 * 10.0).round() / 10.0)
+                        + "B",
                     gantry_lang::units::Quantity::new(m.bound, gantry_lang::units::Dim::BYTES),
                     m.tp,
                     m.pp,

@@ -335,8 +335,18 @@ pub fn run(
                         share * beta
                     };
                     if bound > hw.hbm_capacity {
-                        if pruned_closest.as_ref().is_none_or(|m: &PrunedMesh| bound < m.bound) {
-                            pruned_closest = Some(PrunedMesh { tp, pp, cp, dp, bound, capacity: hw.hbm_capacity });
+                        if pruned_closest
+                            .as_ref()
+                            .is_none_or(|m: &PrunedMesh| bound < m.bound)
+                        {
+                            pruned_closest = Some(PrunedMesh {
+                                tp,
+                                pp,
+                                cp,
+                                dp,
+                                bound,
+                                capacity: hw.hbm_capacity,
+                            });
                         }
                         stats.pruned += sp.zero.len()
                             * sp.recompute.len()

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use gantry_lang::check::{check, Checked};
+use gantry_lang::check::{Checked, check};
 use gantry_lang::program::Plan;
 use gantry_lang::source::{LoadError, Loader};
 
@@ -18,7 +18,9 @@ pub fn root() -> PathBuf {
 impl Loader for Workspace {
     fn resolve(&self, importer: &str, path: &str) -> Option<String> {
         // Relative to the importing file first, then to the workspace root.
-        let dir = std::path::Path::new(importer).parent().map(|d| d.join(path));
+        let dir = std::path::Path::new(importer)
+            .parent()
+            .map(|d| d.join(path));
         if let Some(d) = dir
             && root().join(&d).is_file()
         {

@@ -4,7 +4,7 @@
 //! parallelism, found rather than hard-coded; a scatter of a gathered value
 //! cancels.
 
-use egg::{rewrite as rw, Rewrite};
+use egg::{Rewrite, rewrite as rw};
 
 use super::lang::{Shard, ShardAnalysis};
 

@@ -1,7 +1,7 @@
 //! Rule family: fusion of elementwise chains into one kernel (the runtime
 //! JITs these), and recomputation of forwards in backward.
 
-use egg::{rewrite as rw, Rewrite};
+use egg::{Rewrite, rewrite as rw};
 
 use super::lang::{Shard, ShardAnalysis};
 

@@ -1,6 +1,6 @@
 //! The language of sharded blocks, its analysis and its mesh cost.
 
-use egg::{define_language, Analysis, CostFunction, DidMerge, EGraph, Id, Language};
+use egg::{Analysis, CostFunction, DidMerge, EGraph, Id, Language, define_language};
 
 define_language! {
     /// Ops of a block. The first child of an op is its IR op index.
@@ -93,7 +93,12 @@ impl BlockCost<'_> {
         let Some(first) = enode.children().first() else {
             return 0.0;
         };
-        self.egraph[*first].data.op.and_then(|i| self.op_time.get(i as usize)).copied().unwrap_or(0.0)
+        self.egraph[*first]
+            .data
+            .op
+            .and_then(|i| self.op_time.get(i as usize))
+            .copied()
+            .unwrap_or(0.0)
     }
 }
 
@@ -120,7 +125,9 @@ impl CostFunction<Shard> for BlockCost<'_> {
             Shard::Layers(_) | Shard::Stages(_) => 0.0,
             Shard::Recompute(_) => kids * self.recompute_weight,
             Shard::AllReduce(_) => self.allreduce,
-            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => self.allreduce / 2.0,
+            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
+                self.allreduce / 2.0
+            }
             Shard::Scatter(_) => 0.0,
         };
         (own + kids + self.epsilon).max(0.0)

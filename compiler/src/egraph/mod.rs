@@ -63,7 +63,12 @@ pub fn block_term(seg: &Segment) -> RecExpr<Shard> {
     let mut ids: Vec<Id> = Vec::with_capacity(seg.ops.len());
     for (i, o) in seg.ops.iter().enumerate() {
         let idx = e.add(Shard::Num(i as i64));
-        let arg = |k: usize| -> Id { o.args.get(k).and_then(|&a| (a >= 0).then(|| ids.get(a as usize).copied()).flatten()).unwrap_or(input) };
+        let arg = |k: usize| -> Id {
+            o.args
+                .get(k)
+                .and_then(|&a| (a >= 0).then(|| ids.get(a as usize).copied()).flatten())
+                .unwrap_or(input)
+        };
         let node = match (o.class, o.args.len()) {
             (Class::Matmul, _) if o.op == "linear" => Shard::Lin([idx, arg(0)]),
             (Class::Attention, _) => Shard::Attn([idx, arg(0), arg(1), arg(2)]),
@@ -129,7 +134,9 @@ pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) 
 /// Whether an extracted block runs elementwise ops on sequence shards
 /// (sequence parallelism was found, not assumed).
 pub fn uses_sequence_parallel(e: &RecExpr<Shard>) -> bool {
-    e.as_ref().iter().any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_)))
+    e.as_ref()
+        .iter()
+        .any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_)))
 }
 
 /// Counts collectives of each kind in an extracted block.

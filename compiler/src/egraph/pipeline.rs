@@ -16,8 +16,21 @@ struct Split {
 }
 
 impl Applier<Shard, ShardAnalysis> for Split {
-    fn apply_one(&self, egraph: &mut EGraph<Shard, ShardAnalysis>, eclass: Id, subst: &Subst, _ast: Option<&PatternAst<Shard>>, _rule: Symbol) -> Vec<Id> {
-        let Some(n) = egraph[subst[self.n]].nodes.iter().find_map(|x| if let Shard::Num(v) = x { Some(*v) } else { None }) else {
+    fn apply_one(
+        &self,
+        egraph: &mut EGraph<Shard, ShardAnalysis>,
+        eclass: Id,
+        subst: &Subst,
+        _ast: Option<&PatternAst<Shard>>,
+        _rule: Symbol,
+    ) -> Vec<Id> {
+        let Some(n) = egraph[subst[self.n]].nodes.iter().find_map(|x| {
+            if let Shard::Num(v) = x {
+                Some(*v)
+            } else {
+                None
+            }
+        }) else {
             return vec![];
         };
         let mut changed = vec![];
@@ -44,7 +57,14 @@ impl Applier<Shard, ShardAnalysis> for Split {
 
 pub fn rules() -> Vec<Rewrite<Shard, ShardAnalysis>> {
     let pat: Pattern<Shard> = "(layers ?n)".parse().expect("pattern");
-    let split = Rewrite::new("split-stages", pat, Split { n: "?n".parse().expect("var") }).expect("rule");
+    let split = Rewrite::new(
+        "split-stages",
+        pat,
+        Split {
+            n: "?n".parse().expect("var"),
+        },
+    )
+    .expect("rule");
     vec![split]
 }
 
@@ -78,8 +98,13 @@ mod tests {
     fn reaches(start: &str, goal: &str, iters: usize) -> bool {
         let start: RecExpr<Shard> = start.parse().expect("start");
         let goal: Pattern<Shard> = goal.parse().expect("goal");
-        let runner = Runner::<Shard, ShardAnalysis>::default().with_iter_limit(iters).with_expr(&start).run(&super::rules());
-        !goal.search_eclass(&runner.egraph, runner.roots[0]).is_none_or(|m| m.substs.is_empty())
+        let runner = Runner::<Shard, ShardAnalysis>::default()
+            .with_iter_limit(iters)
+            .with_expr(&start)
+            .run(&super::rules());
+        !goal
+            .search_eclass(&runner.egraph, runner.roots[0])
+            .is_none_or(|m| m.substs.is_empty())
     }
 
     #[test]
@@ -90,13 +115,25 @@ mod tests {
     #[test]
     fn uneven_split_of_126_layers() {
         // Llama 3 405B: 126 layers; 63 + 63, and the uneven 62 + 64.
-        assert!(reaches("(layers 126)", "(stages (layers 63) (layers 63))", 2));
-        assert!(reaches("(layers 126)", "(stages (layers 62) (layers 64))", 2));
+        assert!(reaches(
+            "(layers 126)",
+            "(stages (layers 63) (layers 63))",
+            2
+        ));
+        assert!(reaches(
+            "(layers 126)",
+            "(stages (layers 62) (layers 64))",
+            2
+        ));
     }
 
     #[test]
     fn four_stages_nest() {
-        assert!(reaches("(layers 8)", "(stages (stages (layers 2) (layers 2)) (stages (layers 2) (layers 2)))", 4));
+        assert!(reaches(
+            "(layers 8)",
+            "(stages (stages (layers 2) (layers 2)) (stages (layers 2) (layers 2)))",
+            4
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! tensor; the rules move it outward through ops that can run on shards and
 //! cancel it into an all-reduce at a row-parallel linear.
 
-use egg::{rewrite as rw, Rewrite};
+use egg::{Rewrite, rewrite as rw};
 
 use super::lang::{Shard, ShardAnalysis};
 
