@@ -264,7 +264,7 @@ pub fn search(
             });
         }
     }
-    let out = search::run(
+    let mut out = search::run(
         plan,
         &ir,
         &hardware,
@@ -334,9 +334,13 @@ pub fn search(
         "bottleneck: {}",
         crate::explain::bottleneck(&best, decode)
     )];
-    if let Some(second) = out.top.get(1) {
+    // The runner-up: the best point on a different mesh (tp, pp, cp, dp,
+    // ep), else the next point.
+    let runner_up = out.runner_up.as_ref().or(out.top.get(1));
+    if let Some(second) = runner_up {
         explanation.push(crate::explain::versus(&best, second, &plan.objective.1));
     }
+    out.top.truncate(k.max(1));
     let per_rank = hardware.hbm_capacity
         - hardware.reserve
         - best.memory.weights

@@ -65,7 +65,7 @@ impl fmt::Display for DesignPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sp={}",
+            "dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sp={} batch={}",
             self.dp,
             self.tp,
             self.pp,
@@ -75,7 +75,8 @@ impl fmt::Display for DesignPoint {
             self.recompute.name(),
             self.microbatch,
             self.virtual_stages,
-            self.sequence_parallel
+            self.sequence_parallel,
+            self.batch
         )
     }
 }

@@ -209,6 +209,8 @@ pub struct PrunedMesh {
 }
 
 pub struct Outcome {
+    /// The best point on a mesh (tp, pp, cp, dp, ep) other than the winner's.
+    pub runner_up: Option<Estimate>,
     pub pruned_closest: Option<PrunedMesh>,
     pub top: Vec<Estimate>,
     pub stats: Stats,
@@ -284,6 +286,7 @@ pub fn run(
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
     let mut pruned_closest: Option<PrunedMesh> = None;
+    let mut per_mesh: BTreeMap<(i64, i64, i64, i64, i64), (f64, Estimate)> = BTreeMap::new();
     let global = ir.samples_per_step() as i64;
     let params = ir.params()
         - ir.segments
@@ -465,6 +468,13 @@ pub fn run(
                                                 if !s.is_finite() {
                                                     continue;
                                                 }
+                                                let mesh = (tp, pp, cp, dp, ep);
+                                                match per_mesh.get(&mesh) {
+                                                    Some((best, _)) if *best >= s => {}
+                                                    _ => {
+                                                        per_mesh.insert(mesh, (s, e.clone()));
+                                                    }
+                                                }
                                                 if top.len() < k || s > top[top.len() - 1].0 {
                                                     let pos = top.partition_point(|(x, _)| *x >= s);
                                                     top.insert(pos, (s, e));
@@ -481,7 +491,22 @@ pub fn run(
             }
         }
     }
+    let winner = top.first().map(|(_, e)| {
+        (
+            e.point.tp as i64,
+            e.point.pp as i64,
+            e.point.cp as i64,
+            e.point.dp as i64,
+            e.point.ep as i64,
+        )
+    });
+    let runner_up = per_mesh
+        .into_iter()
+        .filter(|(m, _)| Some(*m) != winner)
+        .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+        .map(|(_, (_, e))| e);
     Outcome {
+        runner_up,
         pruned_closest,
         top: top.into_iter().map(|(_, e)| e).collect(),
         stats,

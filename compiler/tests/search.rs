@@ -344,3 +344,73 @@ fn published_configurations_rank() {
         }
     }
 }
+
+/// Snapshots of search results: the winner, the runners-up, the
+/// explanation, the e-graph's block plans and the exports.
+#[test]
+fn search_snapshots() {
+    for (snap, file, plan) in [
+        (
+            "search_gpt_22b",
+            "examples/reference/b01_22b.gantry",
+            Some("b01_gpt_22b_full_recompute"),
+        ),
+        ("search_dlrm_train", "examples/dlrm_train.gantry", None),
+        ("search_llm_decode", "examples/llm_decode.gantry", None),
+    ] {
+        let p = common::plan(file, plan);
+        let p = if snap == "search_gpt_22b" {
+            unpinned(p)
+        } else {
+            p
+        };
+        let s = search(&p, &BTreeMap::new(), 5).expect("search");
+        let metric = &p.objective.1;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "plan {} ({} points in the space, {} evaluated)\n",
+            p.name, s.space_size, s.stats.evaluated
+        ));
+        out.push_str(&format!("best: {}\n", s.best.estimate.point));
+        for (i, e) in s.top.iter().enumerate() {
+            out.push_str(&format!(
+                "  {}. {} {metric}={:.6e}\n",
+                i + 1,
+                e.point,
+                e.metric(metric).unwrap_or(f64::NAN)
+            ));
+        }
+        for l in &s.explanation {
+            out.push_str(&format!("why: {l}\n"));
+        }
+        for l in &s.layer_plans {
+            out.push_str(&format!(
+                "block tp={}: sp={} ar={} rs={} ag={}\n  {}\n",
+                l.tp, l.sequence_parallel, l.allreduces, l.reduce_scatters, l.all_gathers, l.term
+            ));
+        }
+        if matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. }) {
+            out.push_str(&format!(
+                "megatron: {}\n",
+                export::megatron(&s.best.estimate, &s.best.ir)
+            ));
+            let trace = export::trace(&s.best.estimate);
+            out.push_str(&format!(
+                "trace events: {}\n",
+                trace["traceEvents"].as_array().map_or(0, |a| a.len())
+            ));
+        }
+        if !s.tables.is_empty() {
+            let (_, imb) = placement::balance(&s.tables, s.best.estimate.devices);
+            let rw = s.tables.iter().filter(|t| t.sharding == "row_wise").count();
+            out.push_str(&format!(
+                "tables: {} placed, {rw} row-wise, lookup imbalance {:.1}%\n",
+                s.tables.len(),
+                100.0 * imb
+            ));
+        }
+        insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(snap, out);
+        });
+    }
+}

@@ -14,8 +14,6 @@ pub fn rules() -> Vec<Rewrite<Shard, ShardAnalysis>> {
         rw!("allreduce-join"; "(all-gather (reduce-scatter ?x))" => "(allreduce ?x)"),
         rw!("sequence-parallel-unary"; "(ew ?i (all-gather ?y))" => "(all-gather (ew-seq ?i ?y))"),
         rw!("sequence-parallel-binary"; "(ew2 ?i (all-gather ?a) (all-gather ?b))" => "(all-gather (ew2-seq ?i ?a ?b))"),
-        // The block input is replicated; its sequence shard is a free slice.
-        rw!("input-is-gathered-slice"; "input" => "(all-gather (scatter input))"),
         rw!("scatter-of-gather"; "(scatter (all-gather ?x))" => "?x"),
     ]
 }
@@ -44,6 +42,6 @@ mod tests {
 
     test_fn! { residual_add_on_sequence_shards, all(),
         runner = Runner::<Shard, ShardAnalysis>::default(),
-        "(scatter (ew2 2 input (allreduce (lin-row 1 input))))" => "(ew2-seq 2 (scatter input) (reduce-scatter (lin-row 1 input)))"
+        "(scatter (ew2 2 (all-gather input) (allreduce (lin-row 1 input))))" => "(ew2-seq 2 input (reduce-scatter (lin-row 1 input)))"
     }
 }

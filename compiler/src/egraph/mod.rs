@@ -45,7 +45,8 @@ impl Default for Limits {
 /// A saturated block, ready for per-mesh extraction.
 pub struct Block {
     pub runner: Runner<Shard, ShardAnalysis>,
-    pub root: Id,
+    /// The block with a replicated boundary, and with a sequence-sharded one.
+    pub roots: [Id; 2],
     pub stop_reason: String,
     pub nodes: usize,
     /// Forward time of each IR op of the block at tp = 1 (seconds per microbatch).
@@ -54,12 +55,22 @@ pub struct Block {
 
 /// Builds the block term from an IR segment, following its data flow: each
 /// op's children are its IR op index and the terms of its inputs (the
-/// block input for values from outside the segment). The root scatters the
-/// block's output, so a plan whose output is already sequence-sharded pays
-/// nothing at the boundary (`scatter . all-gather` cancels).
-pub fn block_term(seg: &Segment) -> RecExpr<Shard> {
+/// block input for values from outside the segment). Consecutive blocks
+/// hand each other their boundary value in one layout: replicated (the
+/// term is the block as written), or sequence-sharded (the input arrives
+/// as shards and is all-gathered where a replicated value is needed, and
+/// the output is scattered, which cancels against a trailing all-gather).
+/// Both are saturated together and the cheaper extraction wins.
+pub fn block_term(seg: &Segment, sequence_boundary: bool) -> RecExpr<Shard> {
     let mut e = RecExpr::default();
-    let input = e.add(Shard::Input);
+    let leaf = e.add(Shard::Input);
+    // With a sequence-sharded boundary the block receives its input as
+    // sequence shards: the replicated value costs an all-gather.
+    let input = if sequence_boundary {
+        e.add(Shard::AllGather([leaf]))
+    } else {
+        leaf
+    };
     let mut ids: Vec<Id> = Vec::with_capacity(seg.ops.len());
     for (i, o) in seg.ops.iter().enumerate() {
         let idx = e.add(Shard::Num(i as i64));
@@ -78,13 +89,16 @@ pub fn block_term(seg: &Segment) -> RecExpr<Shard> {
         ids.push(e.add(node));
     }
     let last = ids.last().copied().unwrap_or(input);
-    e.add(Shard::Scatter([last]));
+    if sequence_boundary {
+        e.add(Shard::Scatter([last]));
+    }
     e
 }
 
 /// Saturates the block's e-graph once with every rule family.
 pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
-    let term = block_term(seg);
+    let replicated = block_term(seg, false);
+    let sequence = block_term(seg, true);
     let elems: Vec<f64> = seg.ops.iter().map(|o| o.tp_allreduce.max(0.0)).collect();
     let mut rules = sharding::rules();
     rules.extend(collectives::rules());
@@ -94,7 +108,8 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
         .with_node_limit(limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(std::time::Duration::from_secs_f64(limits.seconds))
-        .with_expr(&term)
+        .with_expr(&replicated)
+        .with_expr(&sequence)
         .run(&rules);
     let stop_reason = match &runner.stop_reason {
         Some(egg::StopReason::Saturated) => "saturated".to_string(),
@@ -104,11 +119,11 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
         Some(egg::StopReason::Other(s)) => s.clone(),
         None => "not run".to_string(),
     };
-    let root = runner.roots[0];
+    let roots = [runner.roots[0], runner.roots[1]];
     let nodes = runner.egraph.total_number_of_nodes();
     Block {
         runner,
-        root,
+        roots,
         stop_reason,
         nodes,
         op_time,
@@ -128,7 +143,9 @@ pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) 
         epsilon: 1e-12,
     };
     let ex = Extractor::new(&block.runner.egraph, cost);
-    ex.find_best(block.root)
+    let (a, ta) = ex.find_best(block.roots[0]);
+    let (b, tb) = ex.find_best(block.roots[1]);
+    if b < a { (b, tb) } else { (a, ta) }
 }
 
 /// Whether an extracted block runs elementwise ops on sequence shards
