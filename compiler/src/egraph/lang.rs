@@ -102,6 +102,39 @@ impl BlockCost<'_> {
     }
 }
 
+impl BlockCost<'_> {
+    /// Cost of an extracted term with shared subterms counted once (egg's
+    /// extractor sums children as a tree, which double-counts a value used
+    /// twice, such as the normalized input of q, k and v).
+    pub fn dag_cost(&self, e: &egg::RecExpr<Shard>) -> f64 {
+        let nodes = e.as_ref();
+        let op_of = |n: &Shard| -> f64 {
+            match n.children().first().map(|c| &nodes[usize::from(*c)]) {
+                Some(Shard::Num(i)) => self.op_time.get(*i as usize).copied().unwrap_or(0.0),
+                _ => 0.0,
+            }
+        };
+        nodes
+            .iter()
+            .map(|n| match n {
+                Shard::Input | Shard::Num(_) | Shard::Layers(_) | Shard::Stages(_) | Shard::Scatter(_) => 0.0,
+                Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => op_of(n),
+                Shard::LinCol(_)
+                | Shard::LinRow(_)
+                | Shard::AttnHeads(_)
+                | Shard::EwShard(_)
+                | Shard::Ew2Shard(_)
+                | Shard::EwSeq(_)
+                | Shard::Ew2Seq(_) => op_of(n) / self.tp,
+                Shard::Fused(_) => (1.0 - self.fusion_saving) * op_of(n) / self.tp,
+                Shard::Recompute(_) => 0.0,
+                Shard::AllReduce(_) => self.allreduce,
+                Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => self.allreduce / 2.0,
+            })
+            .sum()
+    }
+}
+
 impl CostFunction<Shard> for BlockCost<'_> {
     type Cost = f64;
     fn cost<C>(&mut self, enode: &Shard, mut costs: C) -> f64

@@ -142,9 +142,11 @@ pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) 
         recompute_weight: 1.0,
         epsilon: 1e-12,
     };
-    let ex = Extractor::new(&block.runner.egraph, cost);
-    let (a, ta) = ex.find_best(block.roots[0]);
-    let (b, tb) = ex.find_best(block.roots[1]);
+    let ex = Extractor::new(&block.runner.egraph, cost.clone());
+    let (_, ta) = ex.find_best(block.roots[0]);
+    let (_, tb) = ex.find_best(block.roots[1]);
+    // Compare the two boundary layouts by their true (shared) cost.
+    let (a, b) = (cost.dag_cost(&ta), cost.dag_cost(&tb));
     if b < a { (b, tb) } else { (a, ta) }
 }
 
