@@ -283,11 +283,6 @@ fn plan_cmd(
     lib: &[PathBuf],
 ) -> ExitCode {
     use gantry_compiler::{plan, point, report};
-    let checked = check_files(&[file.to_string()], lib);
-    if checked.has_errors() {
-        eprint!("{}", checked.render(use_color(Color::Auto)));
-        return ExitCode::from(1);
-    }
     let pins = match fix.map(point::parse_fix).transpose() {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
@@ -295,25 +290,11 @@ fn plan_cmd(
             return ExitCode::from(2);
         }
     };
-    let chosen = match plan {
-        Some(name) => checked.program.plans.get(name),
-        None => checked.program.plans.values().next(),
+    let p = match load_plan(file, plan, lib) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let Some(p) = chosen else {
-        let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
-        eprintln!(
-            "error[C007]: {}\n  help: plans in this file: {}",
-            plan.map_or("the file declares no plan".to_string(), |n| format!(
-                "no plan named `{n}`"
-            )),
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-        return ExitCode::from(1);
-    };
+    let p = &p;
     match plan::evaluate(p, &pins) {
         Ok(ev) => {
             match format {

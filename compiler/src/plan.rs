@@ -57,8 +57,9 @@ fn prefill_of(w: &Workload) -> Option<Ir> {
     lower(&pre).ok()
 }
 
-/// Evaluates `plan` with its pins plus `overrides` (which win).
-pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evaluation, PinError> {
+/// The plan's workload lowered, its hardware read, and the prompt's
+/// prefill when the workload decodes after one.
+fn prepare(plan: &Plan) -> Result<(Ir, Hardware, Option<Ir>), PinError> {
     let ir = lower(&plan.workload).map_err(|e| {
         error(
             Code::C008,
@@ -76,6 +77,12 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         )
     })?;
     let prefill = prefill_of(&plan.workload);
+    Ok((ir, hardware, prefill))
+}
+
+/// Evaluates `plan` with its pins plus `overrides` (which win).
+pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evaluation, PinError> {
+    let (ir, hardware, prefill) = prepare(plan)?;
     let mut pins = pins_from_plan(&plan.fixed);
     for (k, v) in overrides {
         pins.insert(k.clone(), v.clone());
@@ -192,23 +199,7 @@ pub fn search(
     k: usize,
 ) -> Result<Searched, PinError> {
     use crate::search;
-    let ir = lower(&plan.workload).map_err(|e| {
-        error(
-            Code::C008,
-            "fix",
-            format!("cannot price `{}`: {e}", plan.workload.name),
-            "bind every shape symbol in the workload",
-        )
-    })?;
-    let hardware = Hardware::new(&plan.system, plan.workload.dtype).map_err(|m| {
-        error(
-            Code::C009,
-            "fix",
-            format!("device `{}` has no {}", m.device, m.what),
-            "add the figure to the device in stdlib, or choose another dtype",
-        )
-    })?;
-    let prefill = prefill_of(&plan.workload);
+    let (ir, hardware, prefill) = prepare(plan)?;
     let space = search::space(plan, &ir, overrides);
     // Saturate the repeated block once; extract per tensor-parallel degree.
     let mut layer_plans = Vec::new();
