@@ -104,6 +104,16 @@ enum Command {
         #[arg(long = "lib")]
         lib: Vec<PathBuf>,
     },
+    /// Run the co-design studies of a file: every system of each sweep
+    /// against its workload mix.
+    Study {
+        file: String,
+        /// Which study (default: all of them).
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long = "lib")]
+        lib: Vec<PathBuf>,
+    },
     /// Compare predictions with the published figures in examples/reference.
     Validate {
         /// Folder of reference files.
@@ -112,6 +122,12 @@ enum Command {
     },
     /// Explain a diagnostic code (e.g. `gantry explain L040`), or list them all.
     Explain { code: Option<String> },
+    /// Run a design point on simulated devices and compare with the reference interpreter.
+    Run(gantry::runtime_cli::RunArgs),
+    /// Print the JIT kernels of one device's shard (Cranelift IR).
+    Kernels(gantry::runtime_cli::KernelsArgs),
+    /// Time the JIT kernels on this host and print a `device` declaration for it.
+    Calibrate(gantry::runtime_cli::CalibrateArgs),
 }
 
 fn use_color(c: Color) -> bool {
@@ -198,6 +214,10 @@ fn main() -> ExitCode {
             ),
         },
         Command::Validate { dir } => validate_cmd(&dir),
+        Command::Study { file, study, lib } => study_cmd(&file, study.as_deref(), &lib),
+        Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
+        Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
+        Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),
     }
 }
 
@@ -547,6 +567,23 @@ fn search_cmd(
         };
         eprintln!("--- export ---");
         println!("{text}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn study_cmd(file: &str, study: Option<&str>, lib: &[PathBuf]) -> ExitCode {
+    let checked = check_files(&[file.to_string()], lib);
+    if checked.has_errors() {
+        eprint!("{}", checked.render(use_color(Color::Auto)));
+        return ExitCode::from(1);
+    }
+    let studies: Vec<_> = checked.program.studies.values().filter(|s| study.is_none_or(|n| s.name == n)).collect();
+    if studies.is_empty() {
+        eprintln!("error[C007]: {}", study.map_or("the file declares no study".to_string(), |n| format!("no study named `{n}`")));
+        return ExitCode::from(1);
+    }
+    for st in studies {
+        print!("{}", gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st)));
     }
     ExitCode::SUCCESS
 }

@@ -914,7 +914,8 @@ impl Evaluator<'_> {
         let ir = self.ir;
         let hw = self.hw;
         let topo = &hw.topo;
-        let b = (p.batch as f64 / p.dp as f64).max(1.0);
+        // Inference batch is per replica.
+        let b = (p.batch as f64).max(1.0);
         let (classes, t_tp, flops, params) = self.forward(ir, p, b);
         let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;

@@ -15,4 +15,5 @@ pub mod plan;
 pub mod point;
 pub mod report;
 pub mod search;
+pub mod study;
 pub mod validate;

@@ -5,7 +5,8 @@
 //! tp = pp = cp = ep = 1, dp = devices / (tp * pp * cp), zero = 0,
 //! recompute = none, microbatch = the per-replica batch without pipeline
 //! parallelism and 1 with it, virtual_stages = 1,
-//! sequence_parallel = false, batch = the workload's batch.
+//! sequence_parallel = false, batch = the workload's batch (for inference,
+//! per model replica: dp replicas serve dp times the batch).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -328,18 +329,9 @@ pub fn resolve(
             }
             gb
         }
-        Phase::Prefill { batch, .. } | Phase::Decode { batch, .. } => {
-            let b = int("batch", *batch as i64);
-            if b % dp != 0 {
-                return Err(err(
-                    Code::C003,
-                    "dp",
-                    format!("batch {b} does not split over dp = {dp} replicas"),
-                    "choose dp dividing the batch",
-                ));
-            }
-            b
-        }
+        // Inference: `batch` is what one model replica serves per step; dp
+        // replicas serve dp times as much.
+        Phase::Prefill { batch, .. } | Phase::Decode { batch, .. } => int("batch", *batch as i64),
     };
     Ok(DesignPoint {
         dp: dp as u64,

@@ -117,7 +117,11 @@ impl BlockCost<'_> {
         nodes
             .iter()
             .map(|n| match n {
-                Shard::Input | Shard::Num(_) | Shard::Layers(_) | Shard::Stages(_) | Shard::Scatter(_) => 0.0,
+                Shard::Input
+                | Shard::Num(_)
+                | Shard::Layers(_)
+                | Shard::Stages(_)
+                | Shard::Scatter(_) => 0.0,
                 Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => op_of(n),
                 Shard::LinCol(_)
                 | Shard::LinRow(_)
@@ -129,7 +133,9 @@ impl BlockCost<'_> {
                 Shard::Fused(_) => (1.0 - self.fusion_saving) * op_of(n) / self.tp,
                 Shard::Recompute(_) => 0.0,
                 Shard::AllReduce(_) => self.allreduce,
-                Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => self.allreduce / 2.0,
+                Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
+                    self.allreduce / 2.0
+                }
             })
             .sum()
     }

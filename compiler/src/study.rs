@@ -1,0 +1,94 @@
+//! Co-design studies: every system of a sweep against a workload mix.
+//!
+//! For each system and each workload the planner finds the best design point
+//! (its own throughput objective, under the study's constraints). The
+//! study's objective (for example `throughput_per_dollar`) is then taken on
+//! each workload's best point and normalised by the best system for that
+//! workload, so workloads measured in tokens and in samples can be mixed;
+//! the fleet score of a system is the weighted sum of these normalised
+//! scores (1.0 = best on every workload).
+
+use std::collections::BTreeMap;
+
+use gantry_lang::program::{Goal, Plan, Study};
+
+use crate::cost::Estimate;
+use crate::plan::search;
+
+/// One workload on one system.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub workload: String,
+    pub weight: f64,
+    /// The best design point, or why there is none.
+    pub best: Result<Estimate, String>,
+    /// The study's objective on that point.
+    pub value: Option<f64>,
+    /// `value` relative to the best system for this workload.
+    pub relative: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub system: String,
+    pub devices: u64,
+    pub cells: Vec<Cell>,
+    pub score: f64,
+}
+
+pub fn run(study: &Study) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for sys in &study.systems {
+        let mut cells = Vec::new();
+        for (w, weight) in &study.workloads {
+            let plan = Plan {
+                name: format!("{}:{}", study.name, w.name),
+                system: sys.clone(),
+                workload: w.clone(),
+                search: study.search.clone(),
+                fixed: study.fixed.clone(),
+                objective: (Goal::Maximize, "throughput".to_string()),
+                constraints: study.constraints.clone(),
+                expect: BTreeMap::new(),
+                source: None,
+                span: study.span,
+            };
+            let best = search(&plan, &BTreeMap::new(), 1).map(|s| s.best.estimate).map_err(|e| format!("error[{}]: {}", e.code, e.message));
+            let value = best.as_ref().ok().and_then(|e| e.metric(&study.objective.1));
+            cells.push(Cell {
+                workload: w.name.clone(),
+                weight: *weight,
+                best,
+                value,
+                relative: 0.0,
+            });
+        }
+        rows.push(Row {
+            system: sys.name.clone(),
+            devices: sys.devices(),
+            cells,
+            score: 0.0,
+        });
+    }
+    // Normalise per workload by the best system, oriented by the goal.
+    let n = study.workloads.len();
+    for j in 0..n {
+        let vals: Vec<f64> = rows.iter().filter_map(|r| r.cells[j].value).collect();
+        let best = match study.objective.0 {
+            Goal::Maximize => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Goal::Minimize => vals.iter().copied().fold(f64::INFINITY, f64::min),
+        };
+        for r in &mut rows {
+            let c = &mut r.cells[j];
+            c.relative = match (c.value, study.objective.0) {
+                (Some(v), Goal::Maximize) if best > 0.0 => v / best,
+                (Some(v), Goal::Minimize) if v > 0.0 => best / v,
+                _ => 0.0,
+            };
+        }
+    }
+    for r in &mut rows {
+        r.score = r.cells.iter().map(|c| c.weight * c.relative).sum();
+    }
+    rows
+}
