@@ -8,6 +8,21 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use gantry::check_files;
+
+/// `print!` that ignores a closed pipe (`gantry explain | head`) instead of
+/// panicking; nothing else can fail when writing to stdout.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
 use gantry_lang::diagnostic;
 
 #[derive(Parser)]
@@ -159,7 +174,7 @@ fn main() -> ExitCode {
             match format {
                 Format::Json => {
                     let json = diagnostic::to_json(&checked.diagnostics, &checked.sources);
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&json).unwrap_or_else(|_| "[]".into())
                     );
@@ -167,7 +182,7 @@ fn main() -> ExitCode {
                 Format::Text => {
                     eprint!("{}", checked.render(use_color(color)));
                     if verbose && !checked.has_errors() {
-                        print!("{}", checked.program.summary());
+                        out!("{}", checked.program.summary());
                     }
                     let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
                     let warnings = checked.diagnostics.len() - errors;
@@ -230,13 +245,13 @@ fn explain(code: Option<&str>) -> ExitCode {
     match code {
         None => {
             for c in all {
-                println!("{c}  {}", c.description());
+                outln!("{c}  {}", c.description());
             }
             ExitCode::SUCCESS
         }
         Some(want) => match all.iter().find(|c| c.as_str().eq_ignore_ascii_case(want)) {
             Some(c) => {
-                println!("{c}: {}", c.description());
+                outln!("{c}: {}", c.description());
                 ExitCode::SUCCESS
             }
             None => {
@@ -266,7 +281,7 @@ fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
         match gantry_lang::fmt::format_source(&text) {
             Ok(out) => {
                 if stdout {
-                    print!("{out}");
+                    out!("{out}");
                 } else if check {
                     if out != text {
                         eprintln!("{f}: not formatted");
@@ -318,12 +333,12 @@ fn plan_cmd(
     match plan::evaluate(p, &pins) {
         Ok(ev) => {
             match format {
-                ReportFormat::Json => println!(
+                ReportFormat::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&report::json(&ev)).unwrap_or_default()
                 ),
-                ReportFormat::Text => print!("{}", report::text(&ev, false)),
-                ReportFormat::Markdown => print!("{}", report::text(&ev, true)),
+                ReportFormat::Text => out!("{}", report::text(&ev, false)),
+                ReportFormat::Markdown => out!("{}", report::text(&ev, true)),
             }
             ExitCode::SUCCESS
         }
@@ -346,9 +361,13 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
     }
     let mut by_section: std::collections::BTreeMap<char, Vec<f64>> = Default::default();
     let mut failed = false;
-    println!(
+    outln!(
         "{:<44} {:<28} {:>14} {:>14} {:>8}",
-        "plan", "metric", "predicted", "published", "error"
+        "plan",
+        "metric",
+        "predicted",
+        "published",
+        "error"
     );
     for f in &files {
         let name = f
@@ -366,7 +385,7 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
             match r {
                 Ok(row) => {
                     let e = row.error_pct();
-                    println!(
+                    outln!(
                         "{:<44} {:<28} {:>14} {:>14} {:>+7.1}%{}",
                         format!("{}:{}", name.trim_end_matches(".gantry"), row.plan),
                         row.metric,
@@ -378,16 +397,16 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
                     by_section.entry(section).or_default().push(e);
                 }
                 Err((plan, e)) => {
-                    println!("{name}:{plan}: error[{}]: {}", e.code, e.message);
+                    outln!("{name}:{plan}: error[{}]: {}", e.code, e.message);
                     failed = true;
                 }
             }
         }
     }
-    println!();
+    outln!();
     for (s, errs) in &by_section {
         let max = errs.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-        println!(
+        outln!(
             "section {s}: {} figures, median |error| {:.1}%, max |error| {:.1}%",
             errs.len(),
             validate::median(errs),
@@ -501,15 +520,15 @@ fn search_cmd(
             j["top"] = serde_json::Value::Array(
                 s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
             );
-            println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
         }
         _ => {
-            print!(
+            out!(
                 "{}",
                 report::text(&s.best, format == ReportFormat::Markdown)
             );
-            println!("\nSearch");
-            println!(
+            outln!("\nSearch");
+            outln!(
                 "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible; {} in {:.3} s; optimality gap 0 (exhaustive)",
                 s.space_size,
                 s.stats.evaluated,
@@ -519,9 +538,9 @@ fn search_cmd(
                 s.stop.name(),
                 seconds
             );
-            println!("\nTop {} by {}", s.top.len(), metric);
+            outln!("\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
-                println!(
+                outln!(
                     "  {:>2}. {:<110} {}",
                     i + 1,
                     e.point.to_string(),
@@ -529,12 +548,13 @@ fn search_cmd(
                 );
             }
             if !s.layer_plans.is_empty() {
-                println!(
+                outln!(
                     "\nRepeated block (e-graph: {} nodes, {})",
-                    s.egraph_nodes, s.egraph_stop
+                    s.egraph_nodes,
+                    s.egraph_stop
                 );
                 for l in &s.layer_plans {
-                    println!(
+                    outln!(
                         "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
                         l.tp,
                         if l.sequence_parallel {
@@ -550,9 +570,9 @@ fn search_cmd(
                     );
                 }
             }
-            println!("\nWhy");
+            outln!("\nWhy");
             for line in &s.explanation {
-                println!("  {line}");
+                outln!("  {line}");
             }
             let _ = explain::parts;
         }
@@ -566,7 +586,7 @@ fn search_cmd(
             ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
         };
         eprintln!("--- export ---");
-        println!("{text}");
+        outln!("{text}");
     }
     ExitCode::SUCCESS
 }
@@ -577,13 +597,26 @@ fn study_cmd(file: &str, study: Option<&str>, lib: &[PathBuf]) -> ExitCode {
         eprint!("{}", checked.render(use_color(Color::Auto)));
         return ExitCode::from(1);
     }
-    let studies: Vec<_> = checked.program.studies.values().filter(|s| study.is_none_or(|n| s.name == n)).collect();
+    let studies: Vec<_> = checked
+        .program
+        .studies
+        .values()
+        .filter(|s| study.is_none_or(|n| s.name == n))
+        .collect();
     if studies.is_empty() {
-        eprintln!("error[C007]: {}", study.map_or("the file declares no study".to_string(), |n| format!("no study named `{n}`")));
+        eprintln!(
+            "error[C007]: {}",
+            study.map_or("the file declares no study".to_string(), |n| format!(
+                "no study named `{n}`"
+            ))
+        );
         return ExitCode::from(1);
     }
     for st in studies {
-        print!("{}", gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st)));
+        out!(
+            "{}",
+            gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st))
+        );
     }
     ExitCode::SUCCESS
 }
