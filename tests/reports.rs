@@ -175,7 +175,10 @@ fn codesign_study_table() {
     assert_eq!(rows.len(), st.systems.len());
     // The best system scores 1 on every workload it wins; scores are in [0, 1].
     assert!(rows.iter().all(|r| (0.0..=1.0 + 1e-9).contains(&r.score)));
-    assert!(rows.iter().any(|r| r.cells.iter().any(|c| (c.relative - 1.0).abs() < 1e-12)));
+    assert!(
+        rows.iter()
+            .any(|r| r.cells.iter().any(|c| (c.relative - 1.0).abs() < 1e-12))
+    );
     insta::with_settings!({ snapshot_path => "report_snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("codesign_study_fleet_size", gantry_compiler::report::study_text(st, &rows));
     });

@@ -339,11 +339,20 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
 
 /// A study as a table: one row per system, one column per workload.
 pub fn study_text(st: &gantry_lang::program::Study, rows: &[crate::study::Row]) -> String {
-    let mut s = format!("study {}: {} systems x {} workloads, objective {} (per workload relative to the best system, weighted)\n", st.name, rows.len(), st.workloads.len(), st.objective.1);
+    let mut s = format!(
+        "study {}: {} systems x {} workloads, objective {} (per workload relative to the best system, weighted)\n",
+        st.name,
+        rows.len(),
+        st.workloads.len(),
+        st.objective.1
+    );
     let mut order: Vec<&crate::study::Row> = rows.iter().collect();
     order.sort_by(|a, b| b.score.total_cmp(&a.score));
     for r in order {
-        s.push_str(&format!("  {:<44} {:>6} devices  score {:.3}\n", r.system, r.devices, r.score));
+        s.push_str(&format!(
+            "  {:<44} {:>6} devices  score {:.3}\n",
+            r.system, r.devices, r.score
+        ));
         for c in &r.cells {
             match &c.best {
                 Ok(e) => s.push_str(&format!(
@@ -355,7 +364,11 @@ pub fn study_text(st: &gantry_lang::program::Study, rows: &[crate::study::Row]) 
                     100.0 * c.relative,
                     e.point
                 )),
-                Err(m) => s.push_str(&format!("      {:<34} x{:<4} no feasible plan: {m}\n", c.workload, format_number(c.weight))),
+                Err(m) => s.push_str(&format!(
+                    "      {:<34} x{:<4} no feasible plan: {m}\n",
+                    c.workload,
+                    format_number(c.weight)
+                )),
             }
         }
     }

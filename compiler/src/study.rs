@@ -53,8 +53,13 @@ pub fn run(study: &Study) -> Vec<Row> {
                 source: None,
                 span: study.span,
             };
-            let best = search(&plan, &BTreeMap::new(), 1).map(|s| s.best.estimate).map_err(|e| format!("error[{}]: {}", e.code, e.message));
-            let value = best.as_ref().ok().and_then(|e| e.metric(&study.objective.1));
+            let best = search(&plan, &BTreeMap::new(), 1)
+                .map(|s| s.best.estimate)
+                .map_err(|e| format!("error[{}]: {}", e.code, e.message));
+            let value = best
+                .as_ref()
+                .ok()
+                .and_then(|e| e.metric(&study.objective.1));
             cells.push(Cell {
                 workload: w.name.clone(),
                 weight: *weight,
