@@ -163,6 +163,9 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
     }
 }
 
+/// A mesh: tp, pp, cp, dp, ep.
+type Mesh = (i64, i64, i64, i64, i64);
+
 /// Why the search stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -286,7 +289,7 @@ pub fn run(
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
     let mut pruned_closest: Option<PrunedMesh> = None;
-    let mut per_mesh: BTreeMap<(i64, i64, i64, i64, i64), (f64, Estimate)> = BTreeMap::new();
+    let mut per_mesh: BTreeMap<Mesh, (f64, Estimate)> = BTreeMap::new();
     let global = ir.samples_per_step() as i64;
     let params = ir.params()
         - ir.segments
