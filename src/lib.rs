@@ -8,6 +8,8 @@
 //! project that has a `stdlib/`), then against the folders given with
 //! `--lib`, then against the bundled standard library of this checkout.
 
+pub mod runtime_cli;
+
 use std::path::{Component, Path, PathBuf};
 
 use gantry_lang::check::{self, Checked, MAX_FILE_BYTES};

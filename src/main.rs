@@ -137,6 +137,12 @@ enum Command {
     },
     /// Explain a diagnostic code (e.g. `gantry explain L040`), or list them all.
     Explain { code: Option<String> },
+    /// Run a design point on simulated devices and compare with the reference interpreter.
+    Run(gantry::runtime_cli::RunArgs),
+    /// Print the JIT kernels of one device's shard (Cranelift IR).
+    Kernels(gantry::runtime_cli::KernelsArgs),
+    /// Time the JIT kernels on this host and print a `device` declaration for it.
+    Calibrate(gantry::runtime_cli::CalibrateArgs),
 }
 
 fn use_color(c: Color) -> bool {
@@ -224,6 +230,9 @@ fn main() -> ExitCode {
         },
         Command::Validate { dir } => validate_cmd(&dir),
         Command::Study { file, study, lib } => study_cmd(&file, study.as_deref(), &lib),
+        Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
+        Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
+        Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),
     }
 }
 

@@ -1,0 +1,2004 @@
+//! Simulated multi-device execution of one design point.
+//!
+//! Each device is a thread with its own memory (a map from tensor to local
+//! buffer), its own JIT context and one endpoint of the in-memory
+//! collectives ([`crate::comm`]). Ranks are laid out Megatron-style,
+//! tensor-parallel innermost: `rank = (stage * dp + replica) * tp + t`.
+//!
+//! - Data parallelism: replica `d` runs samples `d * B/dp ..` of the batch,
+//!   in microbatches of the design point's size.
+//! - Tensor parallelism follows the compiler's propagation rule (see
+//!   [`crate::layout`]): column-parallel linears split their output,
+//!   row-parallel ones all-reduce, attention splits heads (key/value heads
+//!   are replicated when there are fewer than `tp`), embeddings are
+//!   vocab-parallel with an all-reduce, elementwise ops follow their inputs.
+//! - Pipeline parallelism splits the largest top-level `repeat` into the
+//!   stages' layer counts; stage 0 also runs what precedes it, the last
+//!   stage what follows. Microbatches move between stages by send/recv in
+//!   1F1B order ([`one_f_one_b`]; forward only: backward actions are not
+//!   executed, see docs/RUNTIME.md).
+//! - `embedding_bag` tables are sharded table-wise over the devices of a
+//!   stage, with two all-to-alls (ids out, pooled vectors back), as the
+//!   cost model prices them.
+//! - `moe` experts are split over `ep` data-parallel ranks (all-to-all
+//!   dispatch and return) and each expert's width over `tp` (all-reduce).
+//!
+//! A run of elementwise ops whose intermediate results have no other use
+//! becomes one fused kernel. [`run`] compares the outputs with the
+//! reference interpreter and, when they diverge, runs again with tracing
+//! to name the first op whose local result differs from the reference.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use gantry_compiler::point::DesignPoint;
+use gantry_lang::program::{
+    Activation, BinaryOp, Graph, Item, Op, OpKind, Repeat, TensorId, Workload,
+};
+
+use crate::comm::{Endpoint, Kind, mesh};
+use crate::error::{RCode, RuntimeError, mismatch, unsupported};
+use crate::graph::{self, Param, numel};
+use crate::init::Init;
+use crate::jit::{self, AttentionSpec, Binary, Expr, Jit, KernelSpec, Unary};
+use crate::layout::{Layout, block, slice_cols};
+use crate::reference;
+
+/// The parallel layout the executor runs: the design point's degrees,
+/// the microbatch size and the layers of each pipeline stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parallel {
+    pub dp: usize,
+    pub tp: usize,
+    pub pp: usize,
+    pub ep: usize,
+    pub microbatch: usize,
+    pub stage_layers: Vec<usize>,
+}
+
+impl Parallel {
+    pub fn devices(&self) -> usize {
+        self.dp * self.tp * self.pp
+    }
+
+    /// The layout of a design point for `workload`. Stage layer counts
+    /// come from `stage_layers` (the cost model's split) when they cover
+    /// the pipelined `repeat` exactly, else the layers are split evenly.
+    /// Knobs that change only training memory (zero, recompute) do not
+    /// affect a forward pass and are ignored; knobs the runtime does not
+    /// execute are R003.
+    pub fn from_point(
+        p: &DesignPoint,
+        workload: &Workload,
+        stage_layers: &[u64],
+    ) -> Result<Parallel, RuntimeError> {
+        if p.cp > 1 {
+            return Err(unsupported(format!(
+                "context parallelism (cp = {}) is not executed by the runtime",
+                p.cp
+            ))
+            .with_help("pin cp=1"));
+        }
+        if p.sequence_parallel {
+            return Err(
+                unsupported("sequence parallelism is not executed by the runtime")
+                    .with_help("pin sequence_parallel=false"),
+            );
+        }
+        if p.virtual_stages > 1 {
+            return Err(unsupported(format!(
+                "interleaved pipelines (virtual_stages = {}) are not executed by the runtime",
+                p.virtual_stages
+            ))
+            .with_help("pin virtual_stages=1"));
+        }
+        let layers =
+            pipelined_repeat(&workload.model.graph.body).map_or(0, |(_, r)| r.count as usize);
+        let pp = p.pp as usize;
+        let given: Vec<usize> = stage_layers.iter().map(|x| *x as usize).collect();
+        let stage_layers = if given.len() == pp
+            && given.iter().sum::<usize>() == layers
+            && given.iter().all(|x| *x > 0)
+        {
+            given
+        } else {
+            even_split(layers, pp)
+        };
+        let batch = workload.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
+        let per_replica = batch / (p.dp as usize).max(1);
+        // Serving without a pipeline runs the whole per-replica batch at once.
+        let microbatch =
+            if pp == 1 && !matches!(workload.phase, gantry_lang::program::Phase::Train { .. }) {
+                per_replica
+            } else {
+                p.microbatch as usize
+            };
+        Ok(Parallel {
+            dp: p.dp as usize,
+            tp: p.tp as usize,
+            pp,
+            ep: p.ep as usize,
+            microbatch,
+            stage_layers,
+        })
+    }
+}
+
+/// `layers` split into `pp` counts differing by at most one (later stages
+/// take the remainder).
+pub fn even_split(layers: usize, pp: usize) -> Vec<usize> {
+    let pp = pp.max(1);
+    (0..pp)
+        .map(|i| layers / pp + usize::from(i >= pp - layers % pp))
+        .collect()
+}
+
+/// A step of a pipeline stage's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward(usize),
+    Backward(usize),
+}
+
+/// The 1F1B schedule of `stage` of `pp` over `m` microbatches: warm-up
+/// forwards, then alternating forward and backward, then the remaining
+/// backwards.
+pub fn one_f_one_b(pp: usize, stage: usize, m: usize) -> Vec<Action> {
+    let warm = (pp - stage - 1).min(m);
+    let mut v = Vec::with_capacity(2 * m);
+    let (mut f, mut b) = (0, 0);
+    while f < warm {
+        v.push(Action::Forward(f));
+        f += 1;
+    }
+    while f < m {
+        v.push(Action::Forward(f));
+        f += 1;
+        v.push(Action::Backward(b));
+        b += 1;
+    }
+    while b < m {
+        v.push(Action::Backward(b));
+        b += 1;
+    }
+    v
+}
+
+/// The top-level `repeat` with the most iterations (ties: the first), and
+/// its index among the top-level items.
+pub fn pipelined_repeat(items: &[Item]) -> Option<(usize, &Repeat)> {
+    let mut best: Option<(usize, &Repeat)> = None;
+    for (i, it) in items.iter().enumerate() {
+        if let Item::Repeat(r) = it
+            && best.is_none_or(|(_, b)| r.count > b.count)
+        {
+            best = Some((i, r));
+        }
+    }
+    best
+}
+
+/// Options of a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seed: u64,
+    /// Largest accepted relative error (normwise) per output.
+    pub tolerance: f64,
+    /// How long a device waits for a message before giving up.
+    pub timeout: Duration,
+    /// Fault injection for testing the divergence diagnostic: device 0
+    /// adds 1 to the first element of its result of the op producing this
+    /// tensor (every microbatch and iteration).
+    pub fault: Option<TensorId>,
+    /// Also compare every op's local result on every device with the
+    /// reference (not only the outputs): slower, and strict even where an
+    /// output saturates (e.g. a ReLU before a sigmoid).
+    pub check_all: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig {
+            seed: 0,
+            tolerance: 1e-4,
+            timeout: Duration::from_secs(120),
+            fault: None,
+            check_all: false,
+        }
+    }
+}
+
+/// One output compared with the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputCheck {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub max_abs: f64,
+    pub max_rel: f64,
+}
+
+/// The first op whose result on some device differs from the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// `linear %12`, `attention %9 (iteration 1)`.
+    pub op: String,
+    pub device: usize,
+    pub microbatch: usize,
+    pub max_abs: f64,
+    pub max_rel: f64,
+}
+
+/// What a run did and how close it came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunReport {
+    pub parallel: Parallel,
+    pub devices: usize,
+    pub microbatches: usize,
+    /// Kernels compiled, summed over devices.
+    pub kernels: usize,
+    pub outputs: Vec<OutputCheck>,
+    pub divergence: Option<Divergence>,
+    pub tolerance: f64,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.outputs.iter().all(|o| o.max_rel <= self.tolerance) && self.divergence.is_none()
+    }
+    /// The R001 diagnostic of a failed run.
+    pub fn error(&self) -> Option<RuntimeError> {
+        let bad = self
+            .outputs
+            .iter()
+            .find(|o| o.max_rel > self.tolerance)
+            .or_else(|| self.divergence.as_ref().and(self.outputs.first()))?;
+        let at = match &self.divergence {
+            Some(d) => format!(
+                "; first diverging op: {} on device {} (microbatch {}), max rel error {:.3e}",
+                d.op, d.device, d.microbatch, d.max_rel
+            ),
+            None => String::new(),
+        };
+        Some(
+            RuntimeError::new(RCode::R001, format!("output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}", bad.name, bad.max_rel, self.tolerance))
+                .with_help("this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line"),
+        )
+    }
+}
+
+/// Checks that `par` fits the workload's graph (R002 / R003).
+pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
+    let g = &w.model.graph;
+    if par.dp == 0 || par.tp == 0 || par.pp == 0 || par.ep == 0 || par.microbatch == 0 {
+        return Err(mismatch(
+            "every parallel degree and the microbatch must be at least 1",
+        ));
+    }
+    let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
+    if !batch.is_multiple_of(par.dp) {
+        return Err(
+            mismatch(format!("batch {batch} does not split over dp = {}", par.dp))
+                .with_help("choose dp dividing the batch"),
+        );
+    }
+    let per = batch / par.dp;
+    if !per.is_multiple_of(par.microbatch) {
+        return Err(mismatch(format!(
+            "the per-replica batch {per} is not a multiple of microbatch {}",
+            par.microbatch
+        ))
+        .with_help("choose a microbatch dividing batch / dp"));
+    }
+    let repeat = pipelined_repeat(&g.body);
+    let layers = repeat.map_or(0, |(_, r)| r.count as usize);
+    if par.pp > 1 {
+        if repeat.is_none() {
+            return Err(mismatch(format!(
+                "pp = {} but the model has no repeated layers to split",
+                par.pp
+            ))
+            .with_help("pin pp=1"));
+        }
+        let repeats = g
+            .body
+            .iter()
+            .filter(|i| matches!(i, Item::Repeat(_)))
+            .count();
+        if repeats > 1 {
+            return Err(
+                unsupported("pipelining a model with several top-level `repeat` blocks")
+                    .with_help("pin pp=1"),
+            );
+        }
+    }
+    if par.pp > 1
+        && (par.stage_layers.len() != par.pp
+            || par.stage_layers.iter().sum::<usize>() != layers
+            || par.stage_layers.contains(&0))
+    {
+        return Err(mismatch(format!(
+            "stage layers {:?} do not cover the {layers} layers in {} stages",
+            par.stage_layers, par.pp
+        )));
+    }
+    if par.ep > 1 && !par.dp.is_multiple_of(par.ep) {
+        return Err(
+            mismatch(format!("ep = {} does not divide dp = {}", par.ep, par.dp))
+                .with_help("expert-parallel groups are made of data-parallel replicas"),
+        );
+    }
+    for op in graph::ops(&g.body) {
+        match &op.kind {
+            OpKind::Attention {
+                heads, kv_heads, ..
+            } => {
+                let (h, kv, tp) = (*heads as usize, *kv_heads as usize, par.tp);
+                if h % tp != 0 || (kv % tp != 0 && tp % kv != 0) {
+                    return Err(mismatch(format!(
+                        "tp = {tp} does not split {h} heads and {kv} key/value heads"
+                    ))
+                    .with_help(format!("choose tp among the divisors of {h}")));
+                }
+            }
+            OpKind::Moe { experts, .. } if !(*experts as usize).is_multiple_of(par.ep) => {
+                return Err(mismatch(format!(
+                    "ep = {} does not divide the {experts} experts",
+                    par.ep
+                )));
+            }
+            _ => {}
+        }
+    }
+    if par.dp > 1 || par.microbatch < batch {
+        for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
+            let tensor = g.tensor(*t);
+            if graph::batch_axis(&tensor.shape, &w.bindings).is_none() {
+                return Err(unsupported(format!(
+                    "tensor `{}` {} has no `batch` axis to split samples along",
+                    tensor.name, tensor.shape
+                ))
+                .with_help("pin dp=1 and a microbatch equal to the batch"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `w` under `par` on simulated devices and compares every output
+/// with the reference interpreter.
+pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, RuntimeError> {
+    validate(w, par)?;
+    let g = &w.model.graph;
+    let init = Init::new(cfg.seed);
+    let gshapes = graph::shapes(g, &w.bindings)?;
+    let inputs: Vec<Vec<f32>> = g
+        .inputs
+        .iter()
+        .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
+        .collect();
+    let reference = reference::run(g, &w.bindings, &init, Some(inputs.clone()), false)?;
+    let (outs, kernels) = simulate(w, par, cfg, &inputs, false)?;
+    let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
+    let mut report = RunReport {
+        parallel: par.clone(),
+        devices: par.devices(),
+        microbatches: batch / par.dp / par.microbatch,
+        kernels,
+        outputs: Vec::new(),
+        divergence: None,
+        tolerance: cfg.tolerance,
+    };
+    for (i, (name, shape, want)) in reference.outputs.iter().enumerate() {
+        let (abs, rel) = graph::compare(&outs[i], want);
+        report.outputs.push(OutputCheck {
+            name: name.clone(),
+            shape: shape.clone(),
+            max_abs: abs,
+            max_rel: rel,
+        });
+    }
+    if !report.passed() || cfg.check_all {
+        report.divergence = locate(w, par, cfg, &inputs)?;
+    }
+    Ok(report)
+}
+
+/// The Cranelift IR of every kernel device `rank` compiles for one
+/// microbatch, in order of first use. Nothing is computed and no weight is
+/// made, so this works at full scale.
+pub fn kernels(
+    w: &Workload,
+    par: &Parallel,
+    rank: usize,
+) -> Result<Vec<(String, String)>, RuntimeError> {
+    validate(w, par)?;
+    if rank >= par.devices() {
+        return Err(mismatch(format!(
+            "device {rank} does not exist: the design point uses {} devices",
+            par.devices()
+        )));
+    }
+    let jit = Jit::new()?.with_clif(true);
+    let mut dev = Dev::new(w, par, rank, Init::new(0), jit, None, false)?;
+    dev.microbatch(0, &[])?;
+    Ok(dev.jit.clif().to_vec())
+}
+
+type Record = ((TensorId, Vec<u64>), usize, Layout, Vec<f32>);
+
+struct DeviceResult {
+    outputs: Vec<(usize, Vec<Vec<f32>>)>,
+    records: Vec<Record>,
+    kernels: usize,
+}
+
+/// Runs every device; returns the assembled outputs and the kernel count.
+fn simulate(
+    w: &Workload,
+    par: &Parallel,
+    cfg: &RunConfig,
+    inputs: &[Vec<f32>],
+    trace: bool,
+) -> Result<(Vec<Vec<f32>>, usize), RuntimeError> {
+    let (results, _) = simulate_devices(w, par, cfg, inputs, trace)?;
+    let g = &w.model.graph;
+    let gshapes = graph::shapes(g, &w.bindings)?;
+    let per = per_replica(w, par);
+    let mut outs: Vec<Vec<f32>> = g
+        .outputs
+        .iter()
+        .map(|(_, t)| vec![0.0; numel(&gshapes[t.0 as usize])])
+        .collect();
+    let mut kernels = 0;
+    for (rank, res) in results.iter().enumerate() {
+        kernels += res.kernels;
+        let d = (rank / par.tp) % par.dp;
+        for (mb, vals) in &res.outputs {
+            for (i, (_, t)) in g.outputs.iter().enumerate() {
+                let shape = &gshapes[t.0 as usize];
+                match graph::batch_axis(&g.tensor(*t).shape, &w.bindings) {
+                    Some((axis, each)) => graph::put_samples(
+                        &mut outs[i],
+                        shape,
+                        axis,
+                        each,
+                        d * per + mb * par.microbatch,
+                        par.microbatch,
+                        &vals[i],
+                    ),
+                    None => outs[i].copy_from_slice(&vals[i]),
+                }
+            }
+        }
+    }
+    Ok((outs, kernels))
+}
+
+fn per_replica(w: &Workload, par: &Parallel) -> usize {
+    w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize / par.dp
+}
+
+fn simulate_devices(
+    w: &Workload,
+    par: &Parallel,
+    cfg: &RunConfig,
+    inputs: &[Vec<f32>],
+    trace: bool,
+) -> Result<(Vec<DeviceResult>, ()), RuntimeError> {
+    let g = &w.model.graph;
+    let gshapes = graph::shapes(g, &w.bindings)?;
+    let n = par.devices();
+    let per = per_replica(w, par);
+    let m = per / par.microbatch;
+    let endpoints = mesh(n, cfg.timeout);
+    let init = Init::new(cfg.seed);
+    let results: Vec<Result<DeviceResult, RuntimeError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(rank, ep)| {
+                let d = (rank / par.tp) % par.dp;
+                // This replica's samples of every input, per microbatch.
+                let mb_inputs: Vec<Vec<Vec<f32>>> = (0..m)
+                    .map(|mb| {
+                        g.inputs
+                            .iter()
+                            .zip(inputs)
+                            .map(|(t, data)| {
+                                match graph::batch_axis(&g.tensor(*t).shape, &w.bindings) {
+                                    Some((axis, each)) => graph::take_samples(
+                                        data,
+                                        &gshapes[t.0 as usize],
+                                        axis,
+                                        each,
+                                        d * per + mb * par.microbatch,
+                                        par.microbatch,
+                                    ),
+                                    None => data.clone(),
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                s.spawn(move || -> Result<DeviceResult, RuntimeError> {
+                    let jit = Jit::new()?;
+                    let mut dev = Dev::new(w, par, rank, init, jit, Some(ep), trace)?;
+                    dev.fault = cfg.fault.filter(|_| rank == 0);
+                    let mut outputs = Vec::new();
+                    for action in one_f_one_b(par.pp, dev.stage, m) {
+                        // Forward pass only: backward actions keep their place in the order.
+                        if let Action::Forward(mb) = action
+                            && let Some(o) = dev.microbatch(mb, &mb_inputs[mb])?
+                        {
+                            outputs.push((mb, o));
+                        }
+                    }
+                    Ok(DeviceResult {
+                        outputs,
+                        records: dev.records.take().unwrap_or_default(),
+                        kernels: dev.jit.compiled(),
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RuntimeError::new(
+                        RCode::R006,
+                        "a simulated device panicked (a runtime bug)",
+                    ))
+                })
+            })
+            .collect()
+    });
+    // Report the root cause: a device's own error before the peers' broken channels.
+    let mut ok = Vec::with_capacity(n);
+    let mut first_err: Option<RuntimeError> = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                let better = match &first_err {
+                    None => true,
+                    Some(cur) => cur.code == RCode::R006 && e.code != RCode::R006,
+                };
+                if better {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok((ok, ())),
+    }
+}
+
+/// Runs again with tracing and finds the first op (in the reference's
+/// execution order) whose local result on some device differs.
+fn locate(
+    w: &Workload,
+    par: &Parallel,
+    cfg: &RunConfig,
+    inputs: &[Vec<f32>],
+) -> Result<Option<Divergence>, RuntimeError> {
+    let g = &w.model.graph;
+    let init = Init::new(cfg.seed);
+    let reference = reference::run(g, &w.bindings, &init, Some(inputs.to_vec()), true)?;
+    let gshapes = graph::shapes(g, &w.bindings)?;
+    let order: HashMap<(TensorId, Vec<u64>), usize> = reference
+        .trace
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.clone(), i))
+        .collect();
+    let (results, _) = simulate_devices(w, par, cfg, inputs, true)?;
+    let per = per_replica(w, par);
+    let mut best: Option<(usize, Divergence)> = None;
+    for (rank, res) in results.iter().enumerate() {
+        let d = (rank / par.tp) % par.dp;
+        let t = rank % par.tp;
+        for ((id, path), mb, layout, data) in &res.records {
+            let Some(want) = reference.traced(*id, path) else {
+                continue;
+            };
+            let gshape = &gshapes[id.0 as usize];
+            let want = match graph::batch_axis(&g.tensor(*id).shape, &w.bindings) {
+                Some((axis, each)) => graph::take_samples(
+                    want,
+                    gshape,
+                    axis,
+                    each,
+                    d * per + mb * par.microbatch,
+                    par.microbatch,
+                ),
+                None => want.to_vec(),
+            };
+            let width = *gshape.last().unwrap_or(&1);
+            let want = slice_cols(&want, width, layout.range(width, par.tp, t));
+            let (abs, rel) = graph::compare(data, &want);
+            if rel > cfg.tolerance {
+                let idx = order
+                    .get(&(*id, path.clone()))
+                    .copied()
+                    .unwrap_or(usize::MAX);
+                if best.as_ref().is_none_or(|(b, _)| idx < *b) {
+                    let name = graph::ops(&g.body)
+                        .iter()
+                        .find(|o| o.output == *id)
+                        .map_or("op", |o| o.kind.name());
+                    let it = if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (iteration {})",
+                            path.iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join(".")
+                        )
+                    };
+                    best = Some((
+                        idx,
+                        Divergence {
+                            op: format!("{name} %{}{it}", id.0),
+                            device: rank,
+                            microbatch: *mb,
+                            max_abs: abs,
+                            max_rel: rel,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    Ok(best.map(|(_, d)| d))
+}
+
+// ---------------------------------------------------------------- devices
+
+/// A tensor on one device.
+#[derive(Clone, Debug)]
+struct Local {
+    layout: Layout,
+    data: Vec<f32>,
+}
+
+fn is_elementwise(k: &OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Activation(_) | OpKind::Binary(_) | OpKind::Scale(_) | OpKind::Dropout(_)
+    )
+}
+
+fn unary_of(a: Activation) -> Unary {
+    match a {
+        Activation::Relu => Unary::Relu,
+        Activation::Gelu => Unary::Gelu,
+        Activation::Silu => Unary::Silu,
+        Activation::Sigmoid => Unary::Sigmoid,
+    }
+}
+
+fn binary_of(b: BinaryOp) -> Binary {
+    match b {
+        BinaryOp::Add => Binary::Add,
+        BinaryOp::Sub => Binary::Sub,
+        BinaryOp::Mul => Binary::Mul,
+        BinaryOp::Div => Binary::Div,
+    }
+}
+
+/// Prepared local weights of one op at one iteration.
+type Weights = Vec<Vec<f32>>;
+
+struct Dev<'a> {
+    g: &'a Graph,
+    par: &'a Parallel,
+    rank: usize,
+    stage: usize,
+    d: usize,
+    t: usize,
+    /// Shapes with `batch` bound to the microbatch size.
+    shapes: Vec<Vec<usize>>,
+    init: Init,
+    jit: Jit,
+    ep: Option<Endpoint>,
+    /// Dry run: compile kernels, compute nothing.
+    dry: bool,
+    fused: Vec<bool>,
+    producer: HashMap<TensorId, &'a Op>,
+    /// Column-parallel linears whose outputs are split into fewer blocks
+    /// than ranks (key/value projections with fewer heads than `tp`).
+    col_groups: HashMap<TensorId, usize>,
+    weights: HashMap<(u32, Vec<u64>), Weights>,
+    env: HashMap<TensorId, Local>,
+    records: Option<Vec<Record>>,
+    mb: usize,
+    fault: Option<TensorId>,
+}
+
+impl<'a> Dev<'a> {
+    fn new(
+        w: &'a Workload,
+        par: &'a Parallel,
+        rank: usize,
+        init: Init,
+        jit: Jit,
+        ep: Option<Endpoint>,
+        trace: bool,
+    ) -> Result<Dev<'a>, RuntimeError> {
+        let g = &w.model.graph;
+        let mut b = w.bindings.clone();
+        b.insert("batch".into(), par.microbatch as i64);
+        let shapes = graph::shapes(g, &b)?;
+        let mut producer = HashMap::new();
+        for op in graph::ops(&g.body) {
+            producer.insert(op.output, op);
+        }
+        // Uses of every tensor (op inputs, carries, outputs).
+        let mut uses = vec![0u32; g.tensors.len()];
+        count_uses(&g.body, &mut uses);
+        for (_, t) in &g.outputs {
+            uses[t.0 as usize] += 1;
+        }
+        let mut fused = vec![false; g.tensors.len()];
+        mark_fused(&g.body, &uses, &mut fused);
+        let mut col_groups = HashMap::new();
+        for op in graph::ops(&g.body) {
+            if let OpKind::Attention { kv_heads, .. } = op.kind
+                && (kv_heads as usize) < par.tp
+            {
+                for kv in &op.inputs[1..3] {
+                    if matches!(
+                        producer.get(kv).map(|o| &o.kind),
+                        Some(OpKind::Linear { .. })
+                    ) {
+                        col_groups.insert(*kv, kv_heads as usize);
+                    }
+                }
+            }
+        }
+        let dry = ep.is_none();
+        Ok(Dev {
+            g,
+            par,
+            rank,
+            stage: rank / (par.tp * par.dp),
+            d: (rank / par.tp) % par.dp,
+            t: rank % par.tp,
+            shapes,
+            init,
+            jit,
+            ep,
+            dry,
+            fused,
+            producer,
+            col_groups,
+            weights: HashMap::new(),
+            env: HashMap::new(),
+            records: trace.then(Vec::new),
+            mb: 0,
+            fault: None,
+        })
+    }
+
+    // ------------------------------------------------------------ groups
+
+    fn rank_of(&self, stage: usize, d: usize, t: usize) -> usize {
+        (stage * self.par.dp + d) * self.par.tp + t
+    }
+    fn tp_group(&self) -> Vec<usize> {
+        (0..self.par.tp)
+            .map(|t| self.rank_of(self.stage, self.d, t))
+            .collect()
+    }
+    fn stage_group(&self) -> Vec<usize> {
+        let n = self.par.dp * self.par.tp;
+        (self.stage * n..(self.stage + 1) * n).collect()
+    }
+    fn ep_group(&self) -> Vec<usize> {
+        let e0 = self.d - self.d % self.par.ep;
+        (e0..e0 + self.par.ep)
+            .map(|d| self.rank_of(self.stage, d, self.t))
+            .collect()
+    }
+    fn endpoint(&self) -> Result<&Endpoint, RuntimeError> {
+        self.ep
+            .as_ref()
+            .ok_or_else(|| RuntimeError::new(RCode::R006, "a dry run has no collectives"))
+    }
+    fn all_reduce_tp(&self, data: &mut [f32]) -> Result<(), RuntimeError> {
+        if self.dry || self.par.tp == 1 {
+            return Ok(());
+        }
+        let group = self.tp_group();
+        self.endpoint()?.all_reduce(&group, data)
+    }
+
+    // ------------------------------------------------------------ layouts
+
+    fn width(&self, t: TensorId) -> usize {
+        *self.shapes[t.0 as usize].last().unwrap_or(&1)
+    }
+    fn numel(&self, t: TensorId) -> usize {
+        numel(&self.shapes[t.0 as usize])
+    }
+    fn local_len(&self, t: TensorId, l: Layout) -> usize {
+        let w = self.width(t);
+        self.numel(t) / w.max(1) * l.range(w, self.par.tp, self.t).len()
+    }
+
+    fn get(&self, t: TensorId) -> Result<&Local, RuntimeError> {
+        self.env.get(&t).ok_or_else(|| {
+            unsupported(format!(
+                "tensor %{} is read before it is computed on device {}",
+                t.0, self.rank
+            ))
+        })
+    }
+
+    /// The tensor `t` in layout `to` (gathering across ranks or slicing locally).
+    fn as_layout(&self, t: TensorId, to: Layout) -> Result<Vec<f32>, RuntimeError> {
+        let x = self.get(t)?;
+        if x.layout == to {
+            return Ok(x.data.clone());
+        }
+        let width = self.width(t);
+        let full = match x.layout {
+            Layout::Rep => x.data.clone(),
+            Layout::Split { groups } => {
+                if self.dry {
+                    Vec::new()
+                } else {
+                    let parts = self.endpoint()?.all_gather(&self.tp_group(), &x.data)?;
+                    let copies = self.par.tp / groups;
+                    let blocks: Vec<&Vec<f32>> = parts.iter().step_by(copies.max(1)).collect();
+                    let rows = self.numel(t) / width.max(1);
+                    let mut full = Vec::with_capacity(rows * width);
+                    for r in 0..rows {
+                        for (bi, b) in blocks.iter().enumerate() {
+                            let bw = block(width, groups, bi).len();
+                            full.extend_from_slice(&b[r * bw..(r + 1) * bw]);
+                        }
+                    }
+                    full
+                }
+            }
+        };
+        Ok(match to {
+            Layout::Rep => full,
+            Layout::Split { .. } if self.dry => Vec::new(),
+            Layout::Split { .. } => slice_cols(&full, width, to.range(width, self.par.tp, self.t)),
+        })
+    }
+
+    fn rep(&self, t: TensorId) -> Result<Vec<f32>, RuntimeError> {
+        self.as_layout(t, Layout::Rep)
+    }
+
+    // ------------------------------------------------------------ kernels
+
+    fn mm(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        bp: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        if self.dry {
+            self.jit.prepare(&KernelSpec::MatMul {
+                k,
+                n,
+                bias: bias.is_some(),
+            })?;
+            return Ok(Vec::new());
+        }
+        let mut c = vec![0.0; m * n];
+        self.jit.matmul(m, k, n, a, bp, bias, &mut c)?;
+        Ok(c)
+    }
+
+    fn ew(&mut self, expr: &Expr, inputs: &[&[f32]], len: usize) -> Result<Vec<f32>, RuntimeError> {
+        if self.dry {
+            self.jit
+                .prepare(&KernelSpec::Elementwise { expr: expr.clone() })?;
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0.0; len];
+        self.jit.elementwise(expr, inputs, &mut out)?;
+        Ok(out)
+    }
+
+    /// Prepared weights of `op` at `path`, made on first use by `make`.
+    fn weights(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        make: impl FnOnce(&Self, &[Param]) -> Weights,
+    ) -> Weights {
+        let key = (op.output.0, path.to_vec());
+        if let Some(w) = self.weights.get(&key) {
+            return w.clone();
+        }
+        let w = if self.dry {
+            Vec::new()
+        } else {
+            make(self, &graph::params(&op.kind))
+        };
+        self.weights.insert(key, w.clone());
+        w
+    }
+
+    fn record(&mut self, t: TensorId, path: &[u64], l: &Local) {
+        let mb = self.mb;
+        if let Some(r) = &mut self.records {
+            r.push(((t, path.to_vec()), mb, l.layout, l.data.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------ program
+
+    /// Runs one microbatch of this device's stage. Returns the graph
+    /// outputs on the last stage's first tensor-parallel rank.
+    fn microbatch(
+        &mut self,
+        mb: usize,
+        inputs: &[Vec<f32>],
+    ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
+        self.mb = mb;
+        self.env.clear();
+        for (i, t) in self.g.inputs.iter().enumerate() {
+            let data = inputs.get(i).cloned().unwrap_or_default();
+            self.env.insert(
+                *t,
+                Local {
+                    layout: Layout::Rep,
+                    data,
+                },
+            );
+        }
+        let g = self.g;
+        let last = self.par.pp - 1;
+        match pipelined_repeat(&g.body).filter(|_| self.par.pp > 1) {
+            None => self.items(&g.body, &mut Vec::new())?,
+            Some((idx, rep)) => {
+                let l0: usize = self.par.stage_layers[..self.stage].iter().sum();
+                let l1 = l0 + self.par.stage_layers[self.stage];
+                let live = boundary_live(&g.body, idx);
+                if self.stage == 0 {
+                    self.items(&g.body[..idx], &mut Vec::new())?;
+                } else {
+                    self.recv_boundary(rep, &live)?;
+                }
+                for i in l0..l1 {
+                    for c in &rep.carried {
+                        if i == 0 {
+                            let v = self.get(c.init)?.clone();
+                            self.env.insert(c.param, v);
+                        } else if i > l0 {
+                            let v = self.get(c.next)?.clone();
+                            self.env.insert(c.param, v);
+                        }
+                    }
+                    let mut path = vec![i as u64];
+                    self.items(&rep.body, &mut path)?;
+                }
+                if self.stage < last {
+                    self.send_boundary(rep, &live)?;
+                    return Ok(None);
+                }
+                for c in &rep.carried {
+                    let v = self.get(c.next)?.clone();
+                    self.env.insert(c.result, v);
+                }
+                self.items(&g.body[idx + 1..], &mut Vec::new())?;
+            }
+        }
+        if self.stage != last {
+            return Ok(None);
+        }
+        let mut outs = Vec::new();
+        for (_, t) in &g.outputs {
+            outs.push(self.rep(*t)?);
+        }
+        Ok((self.t == 0).then_some(outs))
+    }
+
+    fn send_boundary(&mut self, rep: &Repeat, live: &[TensorId]) -> Result<(), RuntimeError> {
+        if self.dry {
+            return Ok(());
+        }
+        let dst = self.rank_of(self.stage + 1, self.d, self.t);
+        let tensors: Vec<TensorId> = rep
+            .carried
+            .iter()
+            .map(|c| c.next)
+            .chain(live.iter().copied())
+            .collect();
+        for t in tensors {
+            let x = self.get(t)?;
+            let mut msg = vec![x.layout.code() as f32];
+            msg.extend_from_slice(&x.data);
+            self.endpoint()?.send(dst, Kind::SendRecv, msg)?;
+        }
+        Ok(())
+    }
+
+    fn recv_boundary(&mut self, rep: &Repeat, live: &[TensorId]) -> Result<(), RuntimeError> {
+        let src = self.rank_of(self.stage - 1, self.d, self.t);
+        let tensors: Vec<TensorId> = rep
+            .carried
+            .iter()
+            .map(|c| c.param)
+            .chain(live.iter().copied())
+            .collect();
+        for t in tensors {
+            let local = if self.dry {
+                Local {
+                    layout: Layout::Rep,
+                    data: Vec::new(),
+                }
+            } else {
+                let msg = self.endpoint()?.recv(src, Kind::SendRecv)?;
+                let layout = Layout::split(msg.first().copied().unwrap_or(0.0) as usize);
+                let data = msg.get(1..).unwrap_or(&[]).to_vec();
+                if data.len() != self.local_len(t, layout) {
+                    return Err(RuntimeError::new(
+                        RCode::R006,
+                        format!(
+                            "device {} received {} floats for %{}, expected {}",
+                            self.rank,
+                            data.len(),
+                            t.0,
+                            self.local_len(t, layout)
+                        ),
+                    ));
+                }
+                Local { layout, data }
+            };
+            self.env.insert(t, local);
+        }
+        Ok(())
+    }
+
+    fn items(&mut self, items: &[Item], path: &mut Vec<u64>) -> Result<(), RuntimeError> {
+        for it in items {
+            match it {
+                Item::Op(op) => self.op(op, path)?,
+                Item::Repeat(r) => {
+                    for i in 0..r.count {
+                        for c in &r.carried {
+                            let src = if i == 0 { c.init } else { c.next };
+                            let v = self.get(src)?.clone();
+                            self.env.insert(c.param, v);
+                        }
+                        path.push(i);
+                        self.items(&r.body, path)?;
+                        path.pop();
+                    }
+                    for c in &r.carried {
+                        let src = if r.count == 0 { c.init } else { c.next };
+                        let v = self.get(src)?.clone();
+                        self.env.insert(c.result, v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, op: &Op, path: &[u64]) -> Result<(), RuntimeError> {
+        if self.fused[op.output.0 as usize] {
+            return Ok(());
+        }
+        let out = match &op.kind {
+            k if is_elementwise(k) => self.elementwise(op)?,
+            OpKind::Linear { d_in, d_out, bias } => {
+                self.linear(op, path, *d_in as usize, *d_out as usize, *bias)?
+            }
+            OpKind::MatMul => self.matmul(op)?,
+            OpKind::Embedding { vocab, dim } => {
+                self.embedding(op, path, *vocab as usize, *dim as usize)?
+            }
+            OpKind::EmbeddingBag { .. } => self.embedding_bag(op, path)?,
+            OpKind::Attention { .. } => self.attention(op)?,
+            OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => {
+                self.row_op(op, path)?
+            }
+            OpKind::Mlp { dims, activation } => self.mlp(op, path, dims, *activation)?,
+            OpKind::Interact { vectors, dim } => {
+                let dense = self.rep(op.inputs[0])?;
+                let sparse = self.rep(op.inputs[1])?;
+                let b = self.shapes[op.inputs[0].0 as usize][0];
+                // `vectors` counts the dense vector too.
+                let (n, d) = ((*vectors as usize).saturating_sub(1), *dim as usize);
+                let data = if self.dry {
+                    self.jit.prepare(&KernelSpec::Interact { n, dim: d })?;
+                    Vec::new()
+                } else {
+                    let mut out = vec![0.0; self.numel(op.output)];
+                    self.jit.interact(n, d, b, &dense, &sparse, &mut out)?;
+                    out
+                };
+                Local {
+                    layout: Layout::Rep,
+                    data,
+                }
+            }
+            OpKind::Moe {
+                experts,
+                top_k,
+                d_model,
+                d_ff,
+            } => self.moe(
+                op,
+                path,
+                *experts as usize,
+                *top_k as usize,
+                *d_model as usize,
+                *d_ff as usize,
+            )?,
+            OpKind::Reshape => Local {
+                layout: Layout::Rep,
+                data: self.rep(op.inputs[0])?,
+            },
+            OpKind::Concat { axis } => {
+                let parts: Vec<Vec<f32>> = op
+                    .inputs
+                    .iter()
+                    .map(|i| self.rep(*i))
+                    .collect::<Result<_, _>>()?;
+                let data = if self.dry {
+                    Vec::new()
+                } else {
+                    let out_shape = &self.shapes[op.output.0 as usize];
+                    let outer: usize = out_shape[..*axis].iter().product();
+                    let mut out = Vec::with_capacity(numel(out_shape));
+                    for o in 0..outer {
+                        for (p, i) in parts.iter().zip(&op.inputs) {
+                            let chunk: usize = self.shapes[i.0 as usize][*axis..].iter().product();
+                            out.extend_from_slice(&p[o * chunk..(o + 1) * chunk]);
+                        }
+                    }
+                    out
+                };
+                Local {
+                    layout: Layout::Rep,
+                    data,
+                }
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "op `{}` is not executed by the runtime",
+                    other.name()
+                )));
+            }
+        };
+        let mut out = out;
+        if self.fault == Some(op.output)
+            && let Some(x) = out.data.first_mut()
+        {
+            *x += 1.0;
+        }
+        self.record(op.output, path, &out);
+        self.env.insert(op.output, out);
+        Ok(())
+    }
+
+    /// A fused elementwise chain ending at `op`.
+    fn elementwise(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+        let mut leaves = Vec::new();
+        let expr = self.expr_of(op, &mut leaves);
+        // Leaves agree on one layout: the first split one, if any.
+        let mut layout = Layout::Rep;
+        for l in &leaves {
+            let x = self.get(*l)?;
+            if x.layout != Layout::Rep {
+                layout = x.layout;
+                break;
+            }
+        }
+        let data: Vec<Vec<f32>> = leaves
+            .iter()
+            .map(|l| self.as_layout(*l, layout))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let len = self.local_len(op.output, layout);
+        let out = self.ew(&expr, &refs, len)?;
+        Ok(Local { layout, data: out })
+    }
+
+    fn expr_of(&self, op: &Op, leaves: &mut Vec<TensorId>) -> Expr {
+        let arg =
+            |this: &Self, i: usize, leaves: &mut Vec<TensorId>| this.expr_at(op.inputs[i], leaves);
+        match &op.kind {
+            OpKind::Activation(a) => Expr::Unary(unary_of(*a), Box::new(arg(self, 0, leaves))),
+            OpKind::Scale(c) => Expr::Unary(
+                Unary::Scale((*c as f32).to_bits()),
+                Box::new(arg(self, 0, leaves)),
+            ),
+            OpKind::Binary(b) => {
+                let x = arg(self, 0, leaves);
+                let y = arg(self, 1, leaves);
+                Expr::Binary(binary_of(*b), Box::new(x), Box::new(y))
+            }
+            _ => arg(self, 0, leaves),
+        }
+    }
+
+    fn expr_at(&self, t: TensorId, leaves: &mut Vec<TensorId>) -> Expr {
+        if self.fused[t.0 as usize]
+            && let Some(op) = self.producer.get(&t)
+        {
+            return self.expr_of(op, leaves);
+        }
+        let i = match leaves.iter().position(|l| *l == t) {
+            Some(i) => i,
+            None => {
+                leaves.push(t);
+                leaves.len() - 1
+            }
+        };
+        Expr::Input(i as u8)
+    }
+
+    fn linear(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Local, RuntimeError> {
+        let (tp, t) = (self.par.tp, self.t);
+        let x = self.get(op.inputs[0])?.layout;
+        let row_parallel = x == Layout::split(tp) && tp > 1;
+        let rows = self.numel(op.inputs[0]) / d_in.max(1);
+        if row_parallel {
+            let ks = Layout::split(tp).range(d_in, tp, t);
+            let kl = ks.len();
+            let with_bias = bias && t == 0;
+            let w = self.weights(op, path, |dev, ps| {
+                let mut v = vec![jit::pack_b(
+                    &ps[0].block(&dev.init, op.output, path, ks.clone(), 0..d_out),
+                    kl,
+                    d_out,
+                )];
+                if bias {
+                    v.push(ps[1].full(&dev.init, op.output, path));
+                }
+                v
+            });
+            let xl = self.get(op.inputs[0])?.data.clone();
+            let empty = Vec::new();
+            let bias_v = if with_bias {
+                Some(w.get(1).unwrap_or(&empty).as_slice())
+            } else {
+                None
+            };
+            let empty = Vec::new();
+            let mut y = self.mm(rows, kl, d_out, &xl, w.first().unwrap_or(&empty), bias_v)?;
+            self.all_reduce_tp(&mut y)?;
+            return Ok(Local {
+                layout: Layout::Rep,
+                data: y,
+            });
+        }
+        // Column-parallel (or plain when tp = 1).
+        let groups = self.col_groups.get(&op.output).copied().unwrap_or(tp);
+        let layout = Layout::split(groups);
+        let cols = layout.range(d_out, tp, t);
+        let nl = cols.len();
+        let w = self.weights(op, path, |dev, ps| {
+            let mut v = vec![jit::pack_b(
+                &ps[0].block(&dev.init, op.output, path, 0..d_in, cols.clone()),
+                d_in,
+                nl,
+            )];
+            if bias {
+                v.push(ps[1].block(&dev.init, op.output, path, 0..1, cols.clone()));
+            }
+            v
+        });
+        let xr = self.rep(op.inputs[0])?;
+        let empty = Vec::new();
+        let y = self.mm(
+            rows,
+            d_in,
+            nl,
+            &xr,
+            w.first().unwrap_or(&empty),
+            if bias {
+                Some(w.get(1).unwrap_or(&empty))
+            } else {
+                None
+            },
+        )?;
+        Ok(Local { layout, data: y })
+    }
+
+    fn matmul(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+        let a = self.get(op.inputs[0])?.layout;
+        let b = self.get(op.inputs[1])?.layout;
+        let (layout, bl) = if a == Layout::Rep && b != Layout::Rep {
+            (b, b)
+        } else {
+            (Layout::Rep, Layout::Rep)
+        };
+        let av = self.rep(op.inputs[0])?;
+        let bv = self.as_layout(op.inputs[1], bl)?;
+        let ashape = self.shapes[op.inputs[0].0 as usize].clone();
+        let r = ashape.len();
+        let (m, k) = (ashape[r - 2], ashape[r - 1]);
+        let n_full = self.width(op.inputs[1]);
+        let n = bl.range(n_full, self.par.tp, self.t).len();
+        let count = numel(&ashape) / (m * k).max(1);
+        let mut out = Vec::with_capacity(count * m * n);
+        for i in 0..count {
+            if self.dry {
+                self.mm(m, k, n, &[], &[], None)?;
+                break;
+            }
+            let packed = jit::pack_b(&bv[i * k * n..(i + 1) * k * n], k, n);
+            let c = self.mm(m, k, n, &av[i * m * k..(i + 1) * m * k], &packed, None)?;
+            out.extend_from_slice(&c);
+        }
+        Ok(Local { layout, data: out })
+    }
+
+    fn embedding(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        vocab: usize,
+        dim: usize,
+    ) -> Result<Local, RuntimeError> {
+        let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
+        let start = rows.start;
+        let w = self.weights(op, path, |dev, ps| {
+            vec![ps[0].block(&dev.init, op.output, path, rows.clone(), 0..dim)]
+        });
+        let ids = self.rep(op.inputs[0])?;
+        let mut out = vec![0.0; if self.dry { 0 } else { self.numel(op.output) }];
+        if self.dry {
+            self.jit.prepare(&KernelSpec::Gather {
+                dim,
+                pooling: 1,
+                stride: 1,
+            })?;
+        } else {
+            let empty = Vec::new();
+            self.jit.gather(
+                dim,
+                1,
+                1,
+                0,
+                &ids,
+                w.first().unwrap_or(&empty),
+                vocab,
+                start,
+                &mut out,
+            )?;
+        }
+        self.all_reduce_tp(&mut out)?;
+        Ok(Local {
+            layout: Layout::Rep,
+            data: out,
+        })
+    }
+
+    fn embedding_bag(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
+        let OpKind::EmbeddingBag { tables } = &op.kind else {
+            return Err(unsupported("not an embedding_bag"));
+        };
+        let n = tables.len();
+        let dim = tables.first().map_or(0, |t| t.dim as usize);
+        let group = self.stage_group();
+        let size = group.len();
+        let me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
+        let owned = |o: usize| -> Vec<usize> { (0..n).filter(|i| i % size == o).collect() };
+        let mine = owned(me);
+        let w = self.weights(op, path, |dev, ps| {
+            mine.iter()
+                .map(|i| ps[*i].full(&dev.init, op.output, path))
+                .collect()
+        });
+        let ids = self.rep(op.inputs[0])?;
+        let b = self.shapes[op.inputs[0].0 as usize][0];
+        // Pooled vectors of `my` tables for one set of ids [b, mine.len()].
+        let pool = |dev: &mut Self, ids: &[f32]| -> Result<Vec<f32>, RuntimeError> {
+            let stride = mine.len();
+            let mut out = vec![0.0; if dev.dry { 0 } else { b * stride * dim }];
+            for (j, ti) in mine.iter().enumerate() {
+                let t = &tables[*ti];
+                if dev.dry {
+                    dev.jit.prepare(&KernelSpec::Gather {
+                        dim,
+                        pooling: t.pooling as usize,
+                        stride,
+                    })?;
+                } else {
+                    dev.jit.gather(
+                        dim,
+                        t.pooling as usize,
+                        stride,
+                        j,
+                        ids,
+                        &w[j],
+                        t.rows as usize,
+                        0,
+                        &mut out,
+                    )?;
+                }
+            }
+            Ok(out)
+        };
+        if size == 1 || self.dry {
+            let data = if size == 1 {
+                pool(self, &ids)?
+            } else {
+                pool(self, &[])?
+            };
+            return Ok(Local {
+                layout: Layout::Rep,
+                data: if self.dry { Vec::new() } else { data },
+            });
+        }
+        // Ids out to the table owners, pooled vectors back.
+        let parts: Vec<Vec<f32>> = (0..size)
+            .map(|o| {
+                let cols = owned(o);
+                let mut p = Vec::with_capacity(b * cols.len());
+                for s in 0..b {
+                    p.extend(cols.iter().map(|c| ids[s * n + c]));
+                }
+                p
+            })
+            .collect();
+        let received = self.endpoint()?.all_to_all(&group, parts)?;
+        let mut replies = Vec::with_capacity(size);
+        for ids_q in &received {
+            replies.push(if mine.is_empty() {
+                Vec::new()
+            } else {
+                pool(self, ids_q)?
+            });
+        }
+        let pooled = self.endpoint()?.all_to_all(&group, replies)?;
+        let mut out = vec![0.0; b * n * dim];
+        for (o, p) in pooled.iter().enumerate() {
+            let cols = owned(o);
+            for s in 0..b {
+                for (j, c) in cols.iter().enumerate() {
+                    let src = &p[(s * cols.len() + j) * dim..][..dim];
+                    out[(s * n + c) * dim..][..dim].copy_from_slice(src);
+                }
+            }
+        }
+        Ok(Local {
+            layout: Layout::Rep,
+            data: out,
+        })
+    }
+
+    fn attention(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+        let OpKind::Attention {
+            heads,
+            kv_heads,
+            head_dim,
+            causal,
+            ..
+        } = op.kind
+        else {
+            return Err(unsupported("not attention"));
+        };
+        let (h, kvh, hd, tp, t) = (
+            heads as usize,
+            kv_heads as usize,
+            head_dim as usize,
+            self.par.tp,
+            self.t,
+        );
+        let group = h / kvh.max(1);
+        let ql = self.get(op.inputs[0])?.layout;
+        let (q_layout, hl, qoff) = if ql == Layout::split(tp) && tp > 1 {
+            (ql, h / tp, t * (h / tp))
+        } else {
+            (Layout::Rep, h, 0)
+        };
+        // Key/value heads the local query heads read.
+        let need = (qoff / group, (qoff + hl - 1) / group + 1);
+        let mut kv_layout = Layout::Rep;
+        let mut kv_off = 0;
+        let mut kv_local = kvh;
+        let kl = self.get(op.inputs[1])?.layout;
+        let vl = self.get(op.inputs[2])?.layout;
+        if let Layout::Split { groups } = kl
+            && kl == vl
+            && kvh % groups == 0
+        {
+            let bi = kl.block_of(tp, t);
+            let per = kvh / groups;
+            if bi * per <= need.0 && need.1 <= (bi + 1) * per {
+                kv_layout = kl;
+                kv_off = bi * per;
+                kv_local = per;
+            }
+        }
+        let q = self.as_layout(op.inputs[0], q_layout)?;
+        let k = self.as_layout(op.inputs[1], kv_layout)?;
+        let v = self.as_layout(op.inputs[2], kv_layout)?;
+        let qs = &self.shapes[op.inputs[0].0 as usize];
+        let ks = &self.shapes[op.inputs[1].0 as usize];
+        let spec = AttentionSpec {
+            heads: hl,
+            head_dim: hd,
+            seq_q: qs[1],
+            seq_kv: ks[1],
+            group,
+            q_head_offset: qoff,
+            kv_head_offset: kv_off,
+            kv_heads: kv_local,
+            causal,
+        };
+        let b = qs[0];
+        let data = if self.dry {
+            self.jit.prepare(&KernelSpec::Attention(spec))?;
+            Vec::new()
+        } else {
+            let mut out = vec![0.0; q.len()];
+            self.jit.attention(&spec, b, &q, &k, &v, &mut out)?;
+            out
+        };
+        Ok(Local {
+            layout: q_layout,
+            data,
+        })
+    }
+
+    fn row_op(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
+        let layout = self.get(op.inputs[0])?.layout;
+        let x = self.rep(op.inputs[0])?;
+        let dim = self.width(op.inputs[0]);
+        let w = self.weights(op, path, |dev, ps| {
+            ps.iter()
+                .map(|p| p.full(&dev.init, op.output, path))
+                .collect()
+        });
+        let full = if self.dry {
+            let spec = match op.kind {
+                OpKind::RmsNorm { .. } => KernelSpec::RmsNorm { dim },
+                OpKind::LayerNorm { .. } => KernelSpec::LayerNorm { dim },
+                _ => KernelSpec::Softmax { dim },
+            };
+            self.jit.prepare(&spec)?;
+            Vec::new()
+        } else {
+            let mut out = vec![0.0; x.len()];
+            match op.kind {
+                OpKind::RmsNorm { .. } => self.jit.rmsnorm(dim, &x, &w[0], &mut out)?,
+                OpKind::LayerNorm { .. } => self.jit.layernorm(dim, &x, &w[0], &w[1], &mut out)?,
+                _ => self.jit.softmax(dim, &x, &mut out)?,
+            }
+            out
+        };
+        // The result keeps its input's layout (the compiler's rule).
+        let data = if layout == Layout::Rep || self.dry {
+            full
+        } else {
+            slice_cols(&full, dim, layout.range(dim, self.par.tp, self.t))
+        };
+        Ok(Local { layout, data })
+    }
+
+    fn mlp(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        dims: &[u64],
+        act: Activation,
+    ) -> Result<Local, RuntimeError> {
+        let widths = graph::mlp_widths(dims);
+        let w = self.weights(op, path, |dev, ps| {
+            let mut v = Vec::new();
+            for l in 0..widths.len() - 1 {
+                v.push(jit::pack_b(
+                    &ps[2 * l].full(&dev.init, op.output, path),
+                    widths[l],
+                    widths[l + 1],
+                ));
+                v.push(ps[2 * l + 1].full(&dev.init, op.output, path));
+            }
+            v
+        });
+        let mut h = self.rep(op.inputs[0])?;
+        let rows = self.numel(op.inputs[0]) / widths[0].max(1);
+        let expr = Expr::Unary(unary_of(act), Box::new(Expr::Input(0)));
+        let empty = Vec::new();
+        for l in 0..widths.len() - 1 {
+            let y = self.mm(
+                rows,
+                widths[l],
+                widths[l + 1],
+                &h,
+                w.get(2 * l).unwrap_or(&empty),
+                Some(w.get(2 * l + 1).unwrap_or(&empty)),
+            )?;
+            h = self.ew(&expr, &[&y], rows * widths[l + 1])?;
+        }
+        Ok(Local {
+            layout: Layout::Rep,
+            data: h,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        experts: usize,
+        top_k: usize,
+        d: usize,
+        f: usize,
+    ) -> Result<Local, RuntimeError> {
+        let (tp, t, ep) = (self.par.tp, self.t, self.par.ep);
+        let fl = Layout::split(tp).range(f, tp, t);
+        let flen = fl.len();
+        let ep_rank = self.d % ep;
+        let local_experts = block(experts, ep, ep_rank);
+        let first = local_experts.start;
+        let w = self.weights(op, path, |dev, ps| {
+            let mut v = vec![jit::pack_b(
+                &ps[0].full(&dev.init, op.output, path),
+                d,
+                experts,
+            )];
+            for e in local_experts.clone() {
+                v.push(jit::pack_b(
+                    &ps[1 + 3 * e].block(&dev.init, op.output, path, 0..d, fl.clone()),
+                    d,
+                    flen,
+                ));
+                v.push(jit::pack_b(
+                    &ps[2 + 3 * e].block(&dev.init, op.output, path, 0..d, fl.clone()),
+                    d,
+                    flen,
+                ));
+                v.push(jit::pack_b(
+                    &ps[3 + 3 * e].block(&dev.init, op.output, path, fl.clone(), 0..d),
+                    flen,
+                    d,
+                ));
+            }
+            v
+        });
+        let swiglu = Expr::Binary(
+            Binary::Mul,
+            Box::new(Expr::Unary(Unary::Silu, Box::new(Expr::Input(0)))),
+            Box::new(Expr::Input(1)),
+        );
+        let x = self.rep(op.inputs[0])?;
+        if self.dry {
+            self.mm(0, d, experts, &[], &[], None)?;
+            self.mm(0, d, flen, &[], &[], None)?;
+            self.ew(&swiglu, &[], 0)?;
+            self.mm(0, flen, d, &[], &[], None)?;
+            return Ok(Local {
+                layout: Layout::Rep,
+                data: Vec::new(),
+            });
+        }
+        let tokens = x.len() / d.max(1);
+        let logits = self.mm(tokens, d, experts, &x, &w[0], None)?;
+        // Routing: top-k logits (ties to the lower expert), softmax gates.
+        let mut choices: Vec<Vec<(usize, f32)>> = Vec::with_capacity(tokens);
+        for tk in 0..tokens {
+            let row = &logits[tk * experts..(tk + 1) * experts];
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
+            order.truncate(top_k);
+            let max = order
+                .iter()
+                .map(|e| row[*e])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let ex: Vec<f32> = order.iter().map(|e| (row[*e] - max).exp()).collect();
+            let sum: f32 = ex.iter().sum();
+            choices.push(
+                order
+                    .into_iter()
+                    .zip(ex)
+                    .map(|(e, x)| (e, x / sum))
+                    .collect(),
+            );
+        }
+        // Dispatch records [expert, token row] to the expert owners.
+        let per_owner = experts / ep;
+        let mut sent: Vec<Vec<(usize, usize)>> = vec![Vec::new(); ep];
+        let mut parts: Vec<Vec<f32>> = vec![Vec::new(); ep];
+        for (tk, ch) in choices.iter().enumerate() {
+            for (c, (e, _)) in ch.iter().enumerate() {
+                let o = e / per_owner.max(1);
+                sent[o].push((tk, c));
+                parts[o].push(*e as f32);
+                parts[o].extend_from_slice(&x[tk * d..(tk + 1) * d]);
+            }
+        }
+        let group = self.ep_group();
+        let received = if ep > 1 {
+            self.endpoint()?.all_to_all(&group, parts)?
+        } else {
+            parts
+        };
+        let mut replies = Vec::with_capacity(received.len());
+        for msg in &received {
+            let recs = msg.len() / (d + 1);
+            let mut reply = vec![0.0; recs * d];
+            for e in local_experts.clone() {
+                let rows: Vec<usize> = (0..recs)
+                    .filter(|r| msg[r * (d + 1)] as usize == e)
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut xe = Vec::with_capacity(rows.len() * d);
+                for r in &rows {
+                    xe.extend_from_slice(&msg[r * (d + 1) + 1..(r + 1) * (d + 1)]);
+                }
+                let base = 1 + 3 * (e - first);
+                let a = self.mm(rows.len(), d, flen, &xe, &w[base], None)?;
+                let b = self.mm(rows.len(), d, flen, &xe, &w[base + 1], None)?;
+                let hgate = self.ew(&swiglu, &[&a, &b], a.len())?;
+                let y = self.mm(rows.len(), flen, d, &hgate, &w[base + 2], None)?;
+                for (i, r) in rows.iter().enumerate() {
+                    reply[r * d..(r + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
+                }
+            }
+            replies.push(reply);
+        }
+        let back = if ep > 1 {
+            self.endpoint()?.all_to_all(&group, replies)?
+        } else {
+            replies
+        };
+        let mut ys: HashMap<(usize, usize), &[f32]> = HashMap::new();
+        for (o, recs) in sent.iter().enumerate() {
+            for (i, key) in recs.iter().enumerate() {
+                ys.insert(*key, &back[o][i * d..(i + 1) * d]);
+            }
+        }
+        let mut out = vec![0.0f32; x.len()];
+        for (tk, ch) in choices.iter().enumerate() {
+            for (c, (_, gate)) in ch.iter().enumerate() {
+                if let Some(y) = ys.get(&(tk, c)) {
+                    for j in 0..d {
+                        out[tk * d + j] += gate * y[j];
+                    }
+                }
+            }
+        }
+        self.all_reduce_tp(&mut out)?;
+        Ok(Local {
+            layout: Layout::Rep,
+            data: out,
+        })
+    }
+}
+
+fn count_uses(items: &[Item], uses: &mut [u32]) {
+    for it in items {
+        match it {
+            Item::Op(op) => {
+                for i in &op.inputs {
+                    uses[i.0 as usize] += 1;
+                }
+            }
+            Item::Repeat(r) => {
+                for c in &r.carried {
+                    uses[c.init.0 as usize] += 1;
+                    uses[c.next.0 as usize] += 1;
+                }
+                count_uses(&r.body, uses);
+            }
+        }
+    }
+}
+
+/// Marks elementwise ops computed inside their only consumer, an
+/// elementwise op of the same block.
+fn mark_fused(items: &[Item], uses: &[u32], fused: &mut [bool]) {
+    let mut elementwise_here: BTreeSet<TensorId> = BTreeSet::new();
+    for it in items {
+        match it {
+            Item::Op(op) => {
+                if is_elementwise(&op.kind) {
+                    for i in &op.inputs {
+                        if elementwise_here.contains(i) && uses[i.0 as usize] == 1 {
+                            fused[i.0 as usize] = true;
+                        }
+                    }
+                    elementwise_here.insert(op.output);
+                }
+            }
+            Item::Repeat(r) => mark_fused(&r.body, uses, fused),
+        }
+    }
+}
+
+fn inputs_of(items: &[Item], out: &mut BTreeSet<TensorId>) {
+    for it in items {
+        match it {
+            Item::Op(op) => out.extend(op.inputs.iter().copied()),
+            Item::Repeat(r) => {
+                out.extend(r.carried.iter().map(|c| c.init));
+                inputs_of(&r.body, out);
+            }
+        }
+    }
+}
+
+fn outputs_of(items: &[Item], out: &mut BTreeSet<TensorId>) {
+    for it in items {
+        match it {
+            Item::Op(op) => {
+                out.insert(op.output);
+            }
+            Item::Repeat(r) => out.extend(r.carried.iter().map(|c| c.result)),
+        }
+    }
+}
+
+/// Tensors made before the pipelined repeat (at index `idx`) that later
+/// stages read, other than the repeat's carried values.
+fn boundary_live(items: &[Item], idx: usize) -> Vec<TensorId> {
+    let mut made = BTreeSet::new();
+    outputs_of(&items[..idx], &mut made);
+    let mut read = BTreeSet::new();
+    if let Item::Repeat(r) = &items[idx] {
+        inputs_of(&r.body, &mut read);
+    }
+    inputs_of(&items[idx + 1..], &mut read);
+    made.intersection(&read).copied().collect()
+}
+
+/// Input names and values for a reference run of the same graph (used by
+/// the CLI to print what was run).
+pub fn describe(par: &Parallel) -> String {
+    format!(
+        "dp={} tp={} pp={} ep={} microbatch={} stage layers {:?}",
+        par.dp, par.tp, par.pp, par.ep, par.microbatch, par.stage_layers
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_f_one_b_orders_warmup_steady_cooldown() {
+        use Action::*;
+        assert_eq!(
+            one_f_one_b(1, 0, 2),
+            vec![Forward(0), Backward(0), Forward(1), Backward(1)]
+        );
+        assert_eq!(
+            one_f_one_b(3, 0, 3),
+            vec![
+                Forward(0),
+                Forward(1),
+                Forward(2),
+                Backward(0),
+                Backward(1),
+                Backward(2)
+            ]
+        );
+        assert_eq!(
+            one_f_one_b(3, 1, 3),
+            vec![
+                Forward(0),
+                Forward(1),
+                Backward(0),
+                Forward(2),
+                Backward(1),
+                Backward(2)
+            ]
+        );
+        assert_eq!(even_split(5, 2), vec![2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    const SRC: &str = "model T(d = 16, heads = 4, kv = 2, layers = 2) {
+  input tokens: i32[batch, seq]
+  x = embedding(tokens, 50, d)
+  repeat layers {
+    h = rmsnorm(x)
+    q = linear(h, d, d)
+    k = linear(h, d, d / heads * kv)
+    v = linear(h, d, d / heads * kv)
+    a = attention(q, k, v, heads = heads, kv_heads = kv, causal = true)
+    x = x + linear(a, d, d, bias = true)
+    h = layernorm(x)
+    x = x + linear(silu(linear(h, d, 2 * d)) * linear(h, d, 2 * d), 2 * d, d)
+  }
+  output logits = linear(rmsnorm(x), d, 50)
+}
+workload w {
+  model T
+  train { seq = 5, global_batch = 4, dtype = fp32 }
+}
+";
+
+    fn workload() -> Workload {
+        let c = gantry_lang::check::check_source("t.gantry", SRC);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        c.program.workloads["w"].clone()
+    }
+
+    #[test]
+    fn sharded_runs_match_reference() {
+        let w = workload();
+        for (dp, tp, pp, mb) in [
+            (1, 1, 1, 4),
+            (2, 1, 1, 1),
+            (1, 2, 1, 2),
+            (1, 4, 1, 4),
+            (1, 1, 2, 1),
+            (2, 2, 2, 1),
+        ] {
+            let par = Parallel {
+                dp,
+                tp,
+                pp,
+                ep: 1,
+                microbatch: mb,
+                stage_layers: even_split(2, pp),
+            };
+            let r = run(&w, &par, &RunConfig::default()).expect("runs");
+            assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {:?}", r);
+        }
+    }
+
+    #[test]
+    fn divergence_names_the_first_diverging_op() {
+        let w = workload();
+        // The first attention op of the body.
+        let att = graph::ops(&w.model.graph.body)
+            .into_iter()
+            .find(|o| matches!(o.kind, OpKind::Attention { .. }))
+            .expect("attention")
+            .output;
+        let par = Parallel {
+            dp: 1,
+            tp: 2,
+            pp: 2,
+            ep: 1,
+            microbatch: 2,
+            stage_layers: vec![1, 1],
+        };
+        let cfg = RunConfig {
+            fault: Some(att),
+            ..RunConfig::default()
+        };
+        let r = run(&w, &par, &cfg).expect("runs");
+        assert!(!r.passed());
+        let d = r.divergence.clone().expect("located");
+        assert_eq!(d.op, format!("attention %{} (iteration 0)", att.0));
+        assert_eq!(d.device, 0);
+        let e = r.error().expect("an error");
+        assert_eq!(e.code, RCode::R001);
+        assert!(
+            e.message.contains("first diverging op: attention"),
+            "{}",
+            e.message
+        );
+    }
+}

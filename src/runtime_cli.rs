@@ -1,0 +1,489 @@
+//! The runtime's subcommands: `gantry run`, `gantry kernels` and
+//! `gantry calibrate`. This is the driver side: it reads files, owns the
+//! clock (calibration timings) and prints; the work is in `gantry-runtime`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use gantry_compiler::point::{self, Pin};
+use gantry_lang::program::{Cluster, DType, Device, Goal, Memory, Node, Phase, Plan, Workload};
+use gantry_runtime::calibrate::{self, MatmulTiming, Measurements};
+use gantry_runtime::exec::{self, Parallel, RunConfig};
+use gantry_runtime::jit::{self, Expr, Jit, Unary};
+use gantry_runtime::scale::{Scale, scaled_workload};
+use gantry_runtime::{RuntimeError, plan_json};
+
+use crate::{FsLoader, check_files};
+
+/// Which workload, design point and scale to run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The .gantry file.
+    pub file: String,
+    /// Which plan of the file (default: the first; a file without plans
+    /// runs its first workload).
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Pins, e.g. `dp=2,tp=2,pp=2,microbatch=1`.
+    #[arg(long)]
+    pub fix: Option<String>,
+    /// The design point from `gantry plan --format json` output instead of pins.
+    #[arg(long = "plan-json")]
+    pub plan_json: Option<PathBuf>,
+    /// Simulated devices (default: the product of the pinned degrees).
+    #[arg(long)]
+    pub devices: Option<u64>,
+    /// Model arguments, `batch`, `seq` and `rows` at a small scale, e.g.
+    /// `layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4`.
+    #[arg(long)]
+    pub scale: Option<String>,
+    #[arg(long = "lib")]
+    pub lib: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest accepted relative error per output.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Emit {
+    Clif,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KernelsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = Emit::Clif)]
+    pub emit: Emit,
+    /// Whose shard (global rank).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CalibrateArgs {
+    /// Name of the declared device.
+    #[arg(long, default_value = "HostCpu")]
+    pub name: String,
+    /// Smaller problems and fewer repetitions (seconds instead of a minute).
+    #[arg(long)]
+    pub quick: bool,
+    /// Power to declare, in watts (cannot be measured from user space).
+    #[arg(long, default_value_t = 100.0)]
+    pub power: f64,
+}
+
+fn fail(e: &RuntimeError) -> ExitCode {
+    eprintln!("{}", e.render());
+    ExitCode::from(1)
+}
+
+/// A device with every dtype, so any workload's point can be resolved on
+/// `n` simulated devices.
+fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
+    let compute: BTreeMap<DType, f64> = [
+        DType::F64,
+        DType::F32,
+        DType::Tf32,
+        DType::Bf16,
+        DType::F16,
+        DType::Fp8,
+        DType::I64,
+        DType::I32,
+        DType::I8,
+    ]
+    .into_iter()
+    .map(|d| (d, 1e15))
+    .collect();
+    let device = Device {
+        name: "simulated".into(),
+        compute,
+        memories: vec![Memory {
+            name: "hbm".into(),
+            capacity: 1e18,
+            bandwidth: 1e13,
+        }],
+        power: 1.0,
+        price: None,
+        efficiency: BTreeMap::new(),
+        span,
+    };
+    let node = Node {
+        name: "simulated".into(),
+        device,
+        devices_per_node: n,
+        links: Vec::new(),
+        nic_bandwidth: 0.0,
+        nics: 0,
+        host_memory: None,
+        power_overhead: 0.0,
+        price: None,
+        span,
+    };
+    Cluster {
+        name: format!("simulated({n})"),
+        node,
+        nodes: 1,
+        fabric: None,
+        span,
+    }
+}
+
+/// A resolved run: the (scaled) workload, the parallel layout and the plan's name.
+pub struct Target {
+    pub workload: Workload,
+    pub par: Parallel,
+    pub plan: String,
+}
+
+fn pin_int(pins: &BTreeMap<String, Pin>, k: &str) -> Option<u64> {
+    match pins.get(k) {
+        Some(Pin::Int(v)) if *v > 0 => Some(*v as u64),
+        _ => None,
+    }
+}
+
+/// Checks the file, picks the plan, applies `--scale` and resolves the
+/// design point on the simulated devices (diagnostics go to stderr).
+pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
+    let checked = check_files(std::slice::from_ref(&a.file), &a.lib);
+    if checked.has_errors() {
+        eprint!("{}", checked.render(false));
+        return Err(ExitCode::from(1));
+    }
+    let program = &checked.program;
+    let mut plan: Plan = match &a.plan {
+        Some(name) => match program.plans.get(name) {
+            Some(p) => p.clone(),
+            None => {
+                let names: Vec<&str> = program.plans.keys().map(|s| s.as_str()).collect();
+                eprintln!(
+                    "error[C007]: no plan named `{name}`\n  help: plans in this file: {}",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                );
+                return Err(ExitCode::from(1));
+            }
+        },
+        None => match (
+            program.plans.values().next(),
+            program.workloads.values().next(),
+        ) {
+            (Some(p), _) => p.clone(),
+            (None, Some(w)) => Plan {
+                name: "simulated".into(),
+                system: simulated_system(1, w.span),
+                workload: w.clone(),
+                search: BTreeMap::new(),
+                fixed: BTreeMap::new(),
+                objective: (Goal::Maximize, "samples_per_s".into()),
+                constraints: Vec::new(),
+                expect: BTreeMap::new(),
+                source: None,
+                span: w.span,
+            },
+            (None, None) => {
+                eprintln!(
+                    "error[R002]: `{}` declares no plan and no workload to run",
+                    a.file
+                );
+                return Err(ExitCode::from(1));
+            }
+        },
+    };
+    if let Some(s) = &a.scale {
+        let scale = Scale::parse(s).map_err(|e| fail(&e))?;
+        let mut loader = FsLoader::new();
+        loader.lib_dirs.splice(0..0, a.lib.iter().cloned());
+        plan.workload =
+            scaled_workload(&plan.workload, &a.file, &scale, &loader).map_err(|e| fail(&e))?;
+    }
+    let workload = plan.workload.clone();
+    if let Some(path) = &a.plan_json {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            eprintln!("error: cannot read `{}`: {e}", path.display());
+            ExitCode::from(2)
+        })?;
+        let pp = plan_json::parse(&text, &workload.name).map_err(|e| fail(&e))?;
+        if let Some(n) = a.devices
+            && n < pp.point.devices()
+        {
+            return Err(fail(&RuntimeError::new(
+                gantry_runtime::RCode::R002,
+                format!(
+                    "the plan uses {} devices but only {n} are simulated",
+                    pp.point.devices()
+                ),
+            )));
+        }
+        let par =
+            Parallel::from_point(&pp.point, &workload, &pp.stage_layers).map_err(|e| fail(&e))?;
+        return Ok(Target {
+            workload,
+            par,
+            plan: pp.plan,
+        });
+    }
+    let mut pins = match a.fix.as_deref().map(point::parse_fix).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            return Err(ExitCode::from(2));
+        }
+    };
+    for (k, v) in point::pins_from_plan(&plan.fixed) {
+        pins.entry(k).or_insert(v);
+    }
+    if !matches!(workload.phase, Phase::Train { .. }) && !pins.contains_key("batch") {
+        let b = workload.bindings.get("batch").copied().unwrap_or(1);
+        pins.insert("batch".into(), Pin::Int(b));
+    }
+    plan.fixed.clear();
+    let devices = a.devices.unwrap_or_else(|| {
+        ["dp", "tp", "pp", "cp"]
+            .iter()
+            .map(|k| pin_int(&pins, k).unwrap_or(1))
+            .product()
+    });
+    plan.system = simulated_system(devices.max(1), plan.span);
+    let ev = match gantry_compiler::plan::evaluate(&plan, &pins) {
+        Ok(ev) => ev,
+        Err(e) => {
+            eprintln!(
+                "error[{}]: {} (knob `{}`)\n  help: {}",
+                e.code, e.message, e.knob, e.help
+            );
+            return Err(ExitCode::from(1));
+        }
+    };
+    let par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
+        .map_err(|e| fail(&e))?;
+    if (par.devices() as u64) < devices {
+        eprintln!(
+            "note: the design point uses {} of the {devices} devices",
+            par.devices()
+        );
+    }
+    Ok(Target {
+        workload,
+        par,
+        plan: plan.name,
+    })
+}
+
+/// `gantry run`.
+pub fn run_cmd(a: &RunArgs) -> ExitCode {
+    let t = match resolve_target(&a.target) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let args: Vec<String> = t
+        .workload
+        .model
+        .args
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let binds: Vec<String> = t
+        .workload
+        .bindings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "run {} ({}): {}({})",
+        t.plan,
+        t.workload.name,
+        t.workload.model.name,
+        if args.join(", ").len() > 200 {
+            "...".to_string()
+        } else {
+            args.join(", ")
+        }
+    );
+    println!(
+        "  bind {}; {} simulated devices: {}",
+        binds.join(" "),
+        t.par.devices(),
+        exec::describe(&t.par)
+    );
+    let cfg = RunConfig {
+        seed: a.seed,
+        tolerance: a.tolerance,
+        ..RunConfig::default()
+    };
+    let report = match exec::run(&t.workload, &t.par, &cfg) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    println!(
+        "  {} microbatches per replica, {} kernels compiled over all devices",
+        report.microbatches, report.kernels
+    );
+    for o in &report.outputs {
+        println!(
+            "  output {} {:?}: max abs error {:.3e}, max rel error {:.3e}",
+            o.name, o.shape, o.max_abs, o.max_rel
+        );
+    }
+    match report.error() {
+        Some(e) => fail(&e),
+        None => {
+            println!(
+                "ok: every output within {:.0e} (relative) of the reference interpreter",
+                a.tolerance
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `gantry kernels`.
+pub fn kernels_cmd(a: &KernelsArgs) -> ExitCode {
+    let t = match resolve_target(&a.target) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    match exec::kernels(&t.workload, &t.par, a.device) {
+        Ok(ks) => {
+            println!(
+                "; {} kernels of device {} ({}), {}",
+                ks.len(),
+                a.device,
+                t.workload.name,
+                exec::describe(&t.par)
+            );
+            for (i, (name, clif)) in ks.iter().enumerate() {
+                println!("\n; kernel {i}: {name}\n{clif}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Median seconds of `reps` runs of `f` after one warm-up run.
+fn time(reps: usize, mut f: impl FnMut() -> Result<(), RuntimeError>) -> Result<f64, RuntimeError> {
+    f()?;
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        f()?;
+        v.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(median(v))
+}
+
+fn host_memory_bytes() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(16e9, |kib| kib * 1024.0)
+}
+
+/// Times the JIT kernels on this host.
+pub fn measure(quick: bool, power: f64) -> Result<Measurements, RuntimeError> {
+    let mut jit = Jit::new()?;
+    let shapes: &[(usize, usize, usize)] = if quick {
+        &[(64, 64, 64), (128, 128, 128), (8, 512, 512)]
+    } else {
+        &[
+            (256, 256, 256),
+            (512, 512, 512),
+            (1024, 1024, 1024),
+            (8, 4096, 4096),
+        ]
+    };
+    let reps = if quick { 3 } else { 5 };
+    let mut matmul = Vec::new();
+    for &(m, k, n) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let bp = jit::pack_b(&b, k, n);
+        let mut c = vec![0.0; m * n];
+        let s = time(reps, || jit.matmul(m, k, n, &a, &bp, None, &mut c))?;
+        matmul.push(MatmulTiming {
+            m,
+            k,
+            n,
+            flops_per_s: 2.0 * (m * k * n) as f64 / s.max(1e-12),
+        });
+    }
+    let len = if quick { 1 << 20 } else { 16 << 20 };
+    let x: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    let mut y = vec![0.0f32; len];
+    let bytes = 8.0 * len as f64;
+    let copy = time(reps, || {
+        y.copy_from_slice(&x);
+        Ok(())
+    })?;
+    let scale = Expr::Unary(Unary::Scale(2.0f32.to_bits()), Box::new(Expr::Input(0)));
+    let ew = time(reps, || jit.elementwise(&scale, &[&x], &mut y))?;
+    let (rows, dim) = (1 << 16, 64);
+    let table: Vec<f32> = (0..rows * dim).map(|i| i as f32).collect();
+    let lookups = len / dim;
+    let ids: Vec<f32> = (0..lookups).map(|i| ((i * 7919) % rows) as f32).collect();
+    let mut out = vec![0.0f32; lookups * dim];
+    let g = time(reps, || {
+        jit.gather(dim, 1, 1, 0, &ids, &table, rows, 0, &mut out)
+    })?;
+    Ok(Measurements {
+        matmul,
+        elementwise_bw: bytes / ew.max(1e-12),
+        gather_bw: bytes / g.max(1e-12),
+        copy_bw: bytes / copy.max(1e-12),
+        memory_bytes: host_memory_bytes(),
+        power_w: power,
+    })
+}
+
+/// `gantry calibrate`.
+pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
+    let valid = a
+        .name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && a.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        eprintln!(
+            "error: `{}` is not a device name (letters, digits and `_`, starting with a letter)",
+            a.name
+        );
+        return ExitCode::from(2);
+    }
+    match measure(a.quick, a.power) {
+        Ok(m) => {
+            print!("{}", calibrate::device_decl(&a.name, &m));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
