@@ -1021,7 +1021,7 @@ impl Evaluator<'_> {
             },
             memory,
             comms,
-            stage_layers: vec![ir.layers().div_ceil(p.pp.max(1)); p.pp.max(1) as usize],
+            stage_layers: self.split_layers(p, 1.0, 0.0, 0.0),
             samples_per_step: samples,
             tokens_per_step: if ir.tokens_per_sample > 1.0
                 || matches!(ir.phase, Phase::Decode { .. })

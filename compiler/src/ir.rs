@@ -664,11 +664,12 @@ impl Lowering<'_> {
                     count: e,
                 });
                 o.experts = Some((*experts, beta * tokens * k * d));
+                // Under tensor parallelism each expert's FFN is split like a
+                // Megatron MLP (column then row), so the combined output is
+                // all-reduced and leaves replicated.
                 o.tp_sharded = true;
-                if any_sharded {
-                    o.tp_allreduce = 0.0;
-                }
-                self.sharded[op.output.0 as usize] = any_sharded;
+                o.tp_allreduce = out_n;
+                self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::Reshape => {
