@@ -515,7 +515,14 @@ impl Checker {
                         Some(format!("k and v need kv_heads * head_dim = {want_kv} features")),
                     );
                 }
-                let head_dim = hd.as_known().unwrap_or(0).max(0) as u64;
+                let Some(head_dim) = hd.as_known().map(|h| h.max(0) as u64) else {
+                    return self.shape_error(
+                        span,
+                        format!("`attention` needs a known head size, but q's features {} over {heads} heads give {hd}", qs.0[2]),
+                        vec![(qspan, format!("q has shape {qs}"))],
+                        Some("the last dimension of q must be a number (heads * head_dim), not a shape symbol".into()),
+                    );
+                };
                 Some(Out {
                     kind: OpKind::Attention {
                         heads,
@@ -534,7 +541,18 @@ impl Checker {
                 let Some(last) = xs.last().cloned() else {
                     return self.rank_error(name, "an input", &xs, "at least 1", xspan);
                 };
-                let dim = last.as_known().unwrap_or(0).max(0) as u64;
+                let dim = match (name, last.as_known()) {
+                    (_, Some(d)) => d.max(0) as u64,
+                    ("rmsnorm" | "layernorm", None) => {
+                        return self.shape_error(
+                            span,
+                            format!("`{name}` normalizes over the last dimension, which must be a number, not `{last}`"),
+                            vec![(xspan, format!("this has shape {xs}"))],
+                            Some("normalize over the feature dimension: make it the last one".into()),
+                        );
+                    }
+                    (_, None) => 0,
+                };
                 let kind = match name {
                     "rmsnorm" => OpKind::RmsNorm { dim },
                     "layernorm" => OpKind::LayerNorm { dim },
