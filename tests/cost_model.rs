@@ -197,7 +197,7 @@ fn contradictory_pins_are_diagnostics() {
     check("tp=3", Code::C002, "64 attention heads");
     check("tp=8,pp=2,dp=1", Code::C001, "16 devices");
     check("tp=8,dp=1,microbatch=3", Code::C003, "global batch 4");
-    check("tp=1,pp=8,dp=1,virtual_stages=5", Code::C004, "48 layers");
+    check("tp=1,pp=8,dp=1,virtual_stages=7", Code::C004, "has 48");
     assert_eq!(parse_fix("tp=two").expect_err("bad").code, Code::C006);
     assert_eq!(parse_fix("tq=2").expect_err("bad").code, Code::C006);
     assert_eq!(

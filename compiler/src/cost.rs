@@ -468,7 +468,7 @@ impl Evaluator<'_> {
         if pp == 1 {
             return vec![layers];
         }
-        if p.virtual_stages > 1 || per_layer <= 0.0 {
+        if per_layer <= 0.0 {
             let base = layers / pp;
             let rem = layers % pp;
             return (0..pp).map(|i| base + u64::from(i >= pp - rem)).collect();

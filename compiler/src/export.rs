@@ -19,9 +19,26 @@ pub fn megatron(e: &Estimate, ir: &Ir) -> String {
         format!("--global-batch-size {}", ir.samples_per_step()),
     ];
     if p.virtual_stages > 1 {
+        let layers = ir.layers();
+        if layers % (p.pp * p.virtual_stages) == 0
+            && e.stage_layers.iter().all(|n| *n == layers / p.pp)
+        {
+            a.push(format!(
+                "--num-layers-per-virtual-pipeline-stage {}",
+                layers / (p.pp * p.virtual_stages)
+            ));
+        } else {
+            // Uneven stages: Megatron-LM's virtual stages per rank.
+            a.push(format!(
+                "--num-virtual-stages-per-pipeline-rank {}",
+                p.virtual_stages
+            ));
+        }
+    }
+    if p.pp > 1 && e.stage_layers.windows(2).any(|w| w[0] != w[1]) {
+        let (first, last) = (e.stage_layers[0], e.stage_layers[e.stage_layers.len() - 1]);
         a.push(format!(
-            "--num-layers-per-virtual-pipeline-stage {}",
-            ir.layers() / (p.pp * p.virtual_stages)
+            "--decoder-first-pipeline-num-layers {first} --decoder-last-pipeline-num-layers {last}"
         ));
     }
     if p.sequence_parallel {

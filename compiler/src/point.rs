@@ -302,15 +302,15 @@ pub fn resolve(
             "each stage needs at least one layer",
         ));
     }
-    if virtual_stages > 1 && (pp == 1 || layers % (pp * virtual_stages) != 0) {
+    if virtual_stages > 1 && (pp == 1 || layers < pp * virtual_stages) {
         return Err(err(
             Code::C004,
             "virtual_stages",
             format!(
-                "{virtual_stages} virtual stages on pp = {pp} need the {layers} layers to divide by pp x virtual_stages = {}",
+                "{virtual_stages} virtual stages on pp = {pp} need at least pp x virtual_stages = {} layers; the model has {layers}",
                 pp * virtual_stages
             ),
-            "the interleaved schedule gives each virtual stage the same number of layers",
+            "every virtual stage holds at least one layer; use fewer virtual stages or pipeline stages",
         ));
     }
     let batch = match &ir.phase {
