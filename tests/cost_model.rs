@@ -256,3 +256,33 @@ fn uneven_stages_follow_llama3() {
     want[15] = 7;
     assert_eq!(e.stage_layers, want);
 }
+
+#[test]
+fn cold_embedding_tables_spill_to_host_memory() {
+    // The extra-large DLRM (421 GiB of tables) on one A100 of a DGX node
+    // with 2 TiB of host memory: the tables that do not fit in HBM stay in
+    // host memory, and their lookups cross the host link.
+    let p = plan("examples/reference/c03_dlrm_xl_8gpu.gantry", None);
+    let ir = lower(&p.workload).expect("lowers");
+    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let ev = Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
+    let one =
+        ev.evaluate(&resolve(&parse_fix("dp=1").expect("pins"), &ir, &p.system).expect("valid"));
+    assert!(one.feasible);
+    assert!(
+        one.memory.host_embeddings > 300e9,
+        "{}",
+        one.memory.host_embeddings
+    );
+    assert!((one.memory.total() - one.memory.capacity).abs() < 1.0);
+    assert!(one.time.host_lookups > 0.0);
+    // On eight GPUs everything fits in HBM and nothing crosses the host link.
+    let eight =
+        ev.evaluate(&resolve(&parse_fix("dp=8").expect("pins"), &ir, &p.system).expect("valid"));
+    assert_eq!(eight.memory.host_embeddings, 0.0);
+    assert_eq!(eight.time.host_lookups, 0.0);
+}

@@ -146,6 +146,7 @@ fn plan_reports() {
                 "data_parallel_exposed",
                 "optimizer",
                 "prefill_share",
+                "host_embedding_lookups",
                 "step_overhead",
             ]
             .iter()

@@ -99,6 +99,8 @@ pub struct Memory {
     pub embeddings: f64,
     pub reserve: f64,
     pub capacity: f64,
+    /// Embedding-table bytes per device kept in host memory (not in HBM).
+    pub host_embeddings: f64,
 }
 
 impl Memory {
@@ -139,6 +141,8 @@ pub struct StepTime {
     pub prefill: f64,
     /// Fixed host-side time per step (the device's `step_overhead`).
     pub overhead: f64,
+    /// Embedding lookups and updates served from host memory.
+    pub host_lookups: f64,
     pub step: f64,
 }
 
@@ -816,13 +820,40 @@ impl Evaluator<'_> {
             optimizer: dense_params * state_bytes / if p.zero >= 1 { dp } else { 1.0 },
             activations: stage_saved_layers * in_flight * interleave,
             kv_cache: 0.0,
-            // Tables are sharded over all devices, with their optimizer state.
+            // Tables are sharded over all devices, with their optimizer
+            // state (tables are stored in their own dtype: no master copy).
             embeddings: emb_tables
-                * (1.0 + state_bytes / 4.0 * f64::from(u8::from(state_bytes > 4.0)))
+                * match optimizer {
+                    Optimizer::Adam | Optimizer::AdamW => 3.0,
+                    Optimizer::Adagrad => 2.0,
+                    Optimizer::Sgd => 1.0,
+                }
                 / devices as f64,
             reserve: hw.reserve,
             capacity: hw.hbm_capacity,
+            host_embeddings: 0.0,
         };
+        // Tables that do not fit in HBM stay in host memory when the node
+        // has it; their share of the lookups and sparse updates then
+        // crosses the host link (host bandwidth split over the node's GPUs).
+        let mut memory = memory;
+        let mut host_lookups = 0.0;
+        if memory.total() > memory.capacity && memory.embeddings > 0.0 && hw.host_bandwidth > 0.0 {
+            let room = (memory.capacity - (memory.total() - memory.embeddings)).max(0.0);
+            let host = memory.embeddings - room;
+            let fraction = host / memory.embeddings;
+            memory.host_embeddings = host;
+            memory.embeddings = room;
+            let lookups: f64 = ir
+                .segments
+                .iter()
+                .flat_map(|s| s.ops.iter())
+                .map(|o| o.lookup_bytes * o.mult)
+                .sum();
+            // Forward reads, backward read and write of the looked-up rows.
+            let bytes = 3.0 * lookups * b * m * fraction;
+            host_lookups = bytes / (hw.host_bandwidth / hw.devices_per_node as f64);
+        }
         let compute = body
             .fwd
             .plus(&body.bwd)
@@ -843,7 +874,7 @@ impl Evaluator<'_> {
         let pp_comm = if pp > 1 { m * 2.0 * v * t_send } else { 0.0 };
         let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
-        let step = pipeline + dp_exposed + opt_time + a2a_emb + hw.step_overhead;
+        let step = pipeline + dp_exposed + opt_time + a2a_emb + hw.step_overhead + host_lookups;
         let time = StepTime {
             compute,
             recompute,
@@ -856,6 +887,7 @@ impl Evaluator<'_> {
             optimizer: opt_time,
             prefill: 0.0,
             overhead: hw.step_overhead,
+            host_lookups,
             step,
         };
         let samples = global_batch;
@@ -1002,6 +1034,7 @@ impl Evaluator<'_> {
             embeddings: 0.0,
             reserve: hw.reserve,
             capacity: hw.hbm_capacity,
+            host_embeddings: 0.0,
         };
         let samples = b * p.dp as f64;
         let _ = flops;

@@ -38,6 +38,7 @@ pub fn parts(e: &Estimate) -> Vec<(&'static str, f64)> {
         ),
         ("prefill share", t.prefill),
         ("optimizer and fixed overheads", t.optimizer + t.overhead),
+        ("host-memory embedding lookups", t.host_lookups),
     ];
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v

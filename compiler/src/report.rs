@@ -104,12 +104,14 @@ pub fn json(ev: &Evaluation) -> Value {
                 "optimizer": t.optimizer,
                 "prefill_share": t.prefill,
                 "step_overhead": t.overhead,
+                "host_embedding_lookups": t.host_lookups,
                 "step": t.step,
             },
             "memory_bytes": {
                 "weights": m.weights, "gradients": m.gradients, "optimizer_states": m.optimizer,
                 "activations": m.activations, "kv_cache": m.kv_cache, "embedding_tables": m.embeddings,
                 "reserve": m.reserve, "total": m.total(), "capacity": m.capacity,
+                "host_embedding_tables": m.host_embeddings,
             },
             "communication": comms,
             "flops_per_step": { "model": e.model_flops, "hardware": e.hardware_flops },
@@ -289,6 +291,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         ("optimizer step", t.optimizer),
         ("prefill share", t.prefill),
         ("fixed step overhead", t.overhead),
+        ("embedding lookups from host memory", t.host_lookups),
     ] {
         if v > 0.0 {
             row(&mut s, k, q(v, Dim::TIME), pct(v, st));
