@@ -20,7 +20,7 @@ pub fn megatron(e: &Estimate, ir: &Ir) -> String {
     ];
     if p.virtual_stages > 1 {
         let layers = ir.layers();
-        if layers % (p.pp * p.virtual_stages) == 0
+        if layers.is_multiple_of(p.pp * p.virtual_stages)
             && e.stage_layers.iter().all(|n| *n == layers / p.pp)
         {
             a.push(format!(
