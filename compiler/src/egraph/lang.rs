@@ -103,6 +103,34 @@ impl BlockCost<'_> {
 }
 
 impl BlockCost<'_> {
+    /// A node's own cost, given the forward time `t` of the IR op it names
+    /// and `child` of the op under it (what a `recompute` repeats).
+    fn own(&self, n: &Shard, t: f64, child: f64) -> f64 {
+        match n {
+            Shard::Input
+            | Shard::Num(_)
+            | Shard::Layers(_)
+            | Shard::Stages(_)
+            | Shard::Scatter(_) => 0.0,
+            Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => t,
+            Shard::LinCol(_)
+            | Shard::LinRow(_)
+            | Shard::AttnHeads(_)
+            | Shard::EwShard(_)
+            | Shard::Ew2Shard(_)
+            | Shard::EwSeq(_)
+            | Shard::Ew2Seq(_) => t / self.tp,
+            // (fused i x): op i runs inside the kernel that produced x, on
+            // x's layout; its HBM round trip is saved.
+            Shard::Fused(_) => (1.0 - self.fusion_saving) * t / self.tp,
+            Shard::Recompute(_) => self.recompute_weight * child,
+            Shard::AllReduce(_) => self.allreduce,
+            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
+                self.allreduce / 2.0
+            }
+        }
+    }
+
     /// Cost of an extracted term with shared subterms counted once (egg's
     /// extractor sums children as a tree, which double-counts a value used
     /// twice, such as the normalized input of q, k and v).
@@ -111,33 +139,16 @@ impl BlockCost<'_> {
         let op_of = |n: &Shard| -> f64 {
             match n.children().first().map(|c| &nodes[usize::from(*c)]) {
                 Some(Shard::Num(i)) => self.op_time.get(*i as usize).copied().unwrap_or(0.0),
-                _ => 0.0,
+                Some(inner) => match inner.children().first().map(|c| &nodes[usize::from(*c)]) {
+                    Some(Shard::Num(i)) => {
+                        self.op_time.get(*i as usize).copied().unwrap_or(0.0) / self.tp
+                    }
+                    _ => 0.0,
+                },
+                None => 0.0,
             }
         };
-        nodes
-            .iter()
-            .map(|n| match n {
-                Shard::Input
-                | Shard::Num(_)
-                | Shard::Layers(_)
-                | Shard::Stages(_)
-                | Shard::Scatter(_) => 0.0,
-                Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => op_of(n),
-                Shard::LinCol(_)
-                | Shard::LinRow(_)
-                | Shard::AttnHeads(_)
-                | Shard::EwShard(_)
-                | Shard::Ew2Shard(_)
-                | Shard::EwSeq(_)
-                | Shard::Ew2Seq(_) => op_of(n) / self.tp,
-                Shard::Fused(_) => (1.0 - self.fusion_saving) * op_of(n) / self.tp,
-                Shard::Recompute(_) => 0.0,
-                Shard::AllReduce(_) => self.allreduce,
-                Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
-                    self.allreduce / 2.0
-                }
-            })
-            .sum()
+        nodes.iter().map(|n| self.own(n, op_of(n), op_of(n))).sum()
     }
 }
 
@@ -147,28 +158,11 @@ impl CostFunction<Shard> for BlockCost<'_> {
     where
         C: FnMut(Id) -> f64,
     {
+        if matches!(enode, Shard::Input | Shard::Num(_)) {
+            return 0.0;
+        }
         let kids: f64 = enode.children().iter().map(|c| costs(*c)).sum();
-        let own = match enode {
-            Shard::Input | Shard::Num(_) => return 0.0,
-            Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => self.time(enode),
-            Shard::LinCol(_)
-            | Shard::LinRow(_)
-            | Shard::AttnHeads(_)
-            | Shard::EwShard(_)
-            | Shard::Ew2Shard(_)
-            | Shard::EwSeq(_)
-            | Shard::Ew2Seq(_) => self.time(enode) / self.tp,
-            // (fused i x): op i runs inside the kernel that produced x, on
-            // x's layout; its HBM round trip is saved.
-            Shard::Fused(_) => (1.0 - self.fusion_saving) * self.time(enode) / self.tp,
-            Shard::Layers(_) | Shard::Stages(_) => 0.0,
-            Shard::Recompute(_) => kids * self.recompute_weight,
-            Shard::AllReduce(_) => self.allreduce,
-            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
-                self.allreduce / 2.0
-            }
-            Shard::Scatter(_) => 0.0,
-        };
-        (own + kids + self.epsilon).max(0.0)
+        let t = self.time(enode);
+        (self.own(enode, t, t / self.tp) + kids + self.epsilon).max(0.0)
     }
 }
