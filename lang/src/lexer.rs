@@ -401,8 +401,106 @@ pub fn lex(src: &str) -> Lexed {
     collect_line_comments(src, &mut out.comments);
     join(src, raw, &mut out);
     limit_nesting(&mut out);
+    close_before_declarations(src, &mut out);
     out.tokens = terminate(src, std::mem::take(&mut out.tokens));
     out
+}
+
+/// Whether the token at `i` starts a top-level declaration header: at the
+/// start of a line, `import "..."`, `device|node|cluster|table|workload|model
+/// NAME [(...)] {`, or `plan|study NAME on`. No valid file has such a header
+/// inside brackets, so meeting one there means a bracket was left open.
+fn declaration_header(src: &str, toks: &[(usize, Tok, usize)], i: usize) -> bool {
+    let (s, t, _) = &toks[i];
+    if !(src[..*s].ends_with('\n') || *s == 0) {
+        return false;
+    }
+    let at = |k: usize| toks.get(i + k).map(|x| &x.1);
+    match t {
+        Tok::Import => matches!(at(1), Some(Tok::Str(_))),
+        Tok::Plan | Tok::Study => {
+            matches!(at(1), Some(Tok::Ident(_))) && matches!(at(2), Some(Tok::On))
+        }
+        Tok::Device | Tok::Node | Tok::Cluster | Tok::Table | Tok::Workload | Tok::Model => {
+            if !matches!(at(1), Some(Tok::Ident(_))) {
+                return false;
+            }
+            match at(2) {
+                Some(Tok::LBrace) => true,
+                Some(Tok::LParen) => {
+                    let mut depth = 0usize;
+                    for (k, (_, tok, _)) in toks.iter().enumerate().skip(i + 2) {
+                        match tok {
+                            Tok::LParen => depth += 1,
+                            Tok::RParen => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    return matches!(
+                                        toks.get(k + 1).map(|x| &x.1),
+                                        Some(Tok::LBrace)
+                                    );
+                                }
+                            }
+                            Tok::LBrace | Tok::RBrace => return false,
+                            _ => {}
+                        }
+                    }
+                    false
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Closes brackets left open before a line that starts a new declaration,
+/// with one diagnostic per unclosed bracket, so the declarations after it
+/// are still read (instead of the rest of the file being swallowed).
+fn close_before_declarations(src: &str, out: &mut Lexed) {
+    let toks = std::mem::take(&mut out.tokens);
+    let mut fixed = Vec::with_capacity(toks.len());
+    let mut stack: Vec<(Tok, usize, usize)> = Vec::new();
+    for i in 0..toks.len() {
+        if !stack.is_empty() && declaration_header(src, &toks, i) {
+            let at = fixed
+                .last()
+                .map_or(toks[i].0, |x: &(usize, Tok, usize)| x.2);
+            while let Some((open, s, e)) = stack.pop() {
+                let (close, text) = match open {
+                    Tok::LParen => (Tok::RParen, ")"),
+                    Tok::LBracket => (Tok::RBracket, "]"),
+                    _ => (Tok::RBrace, "}"),
+                };
+                out.diagnostics.push(
+                    Diagnostic::error(
+                        Code::L010,
+                        format!("`{}` is never closed", tok_text(&open)),
+                        Span::new(s, e),
+                    )
+                    .with_label(Span::new(s, e), "opened here")
+                    .with_label(
+                        Span::new(toks[i].0, toks[i].2),
+                        "a new declaration starts here",
+                    )
+                    .with_help(format!(
+                        "close it with `{text}` before the next declaration"
+                    )),
+                );
+                fixed.push((at, close, at));
+            }
+        }
+        let (s, t, e) = &toks[i];
+        match t {
+            Tok::LBrace | Tok::LParen | Tok::LBracket => stack.push((t.clone(), *s, *e)),
+            Tok::RBrace | Tok::RParen | Tok::RBracket => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        fixed.push(toks[i].clone());
+    }
+    out.tokens = fixed;
 }
 
 /// Newlines end items and statements, as in Go: a newline becomes a `;`
@@ -916,6 +1014,27 @@ mod tests {
         let l = lex("a // one\n/* two */ b \"// not\"");
         assert_eq!(l.comments.len(), 2);
         assert_eq!(l.tokens.len(), 5);
+    }
+
+    #[test]
+    fn unclosed_bracket_is_closed_before_the_next_declaration() {
+        let l = lex("let a = max(1,\n  2\ndevice D {\n  power 700 W\n}\n");
+        assert_eq!(l.diagnostics.len(), 1, "{:?}", l.diagnostics);
+        assert!(l.diagnostics[0].message.contains("never closed"));
+        // A `)` was inserted before `device`.
+        let pos = l
+            .tokens
+            .iter()
+            .position(|t| t.1 == Tok::Device)
+            .expect("device");
+        assert!(l.tokens[..pos].iter().any(|t| t.1 == Tok::RParen));
+        // Indented item keywords inside blocks are not declarations.
+        assert!(lex("node N {\n  device H x 8\n}\n").diagnostics.is_empty());
+        assert!(
+            lex("workload W {\nmodel M(a = 1)\ntrain { seq = 1 }\n}\n")
+                .diagnostics
+                .is_empty()
+        );
     }
 
     #[test]
