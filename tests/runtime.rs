@@ -11,9 +11,11 @@ fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::run
     let a = TargetArgs {
         file: file.into(),
         plan: plan.map(str::to_string),
-        fix: Some(format!(
-            "{fix},cp=1,sequence_parallel=false,virtual_stages=1"
-        )),
+        fix: Some(if fix.contains("sequence_parallel") {
+            format!("{fix},cp=1,virtual_stages=1")
+        } else {
+            format!("{fix},cp=1,sequence_parallel=false,virtual_stages=1")
+        }),
         plan_json: None,
         devices: None,
         scale: Some(scale.into()),
@@ -50,6 +52,8 @@ const LLAMA_POINTS: &[&str] = &[
     "dp=2,tp=2,pp=1,microbatch=1",
     "dp=1,tp=2,pp=2,microbatch=1",
     "dp=1,tp=4,pp=1",
+    "dp=1,tp=2,pp=1,sequence_parallel=true",
+    "dp=1,tp=2,pp=2,microbatch=2,sequence_parallel=true",
 ];
 const GPT: &str = "layers=2,d_model=32,heads=4,vocab=40,max_seq=8,d_ff=64,seq=6,batch=4";
 const GPT_POINTS: &[&str] = &[
@@ -235,6 +239,7 @@ proptest! {
         pp_pick in 0usize..3,
         dp_pick in 0usize..3,
         mb_pick in 0usize..3,
+        sp in any::<bool>(),
     ) {
         let heads = 1 << heads_log;
         let kvs = divisors(heads);
@@ -251,7 +256,7 @@ proptest! {
         let c = gantry_lang::check::check_source("p.gantry", &src);
         prop_assert!(!c.has_errors(), "{}", c.render(false));
         let w = c.program.workloads["w"].clone();
-        let par = Parallel { dp, tp, pp, ep: 1, microbatch, stage_layers: even_split(layers, pp) };
+        let par = Parallel { dp, tp, pp, ep: 1, microbatch, stage_layers: even_split(layers, pp), sp };
         let r = exec::run(&w, &par, &RunConfig::default()).map_err(|e| TestCaseError::fail(e.render()))?;
         prop_assert!(r.passed(), "{:?}\n{src}", r);
     }

@@ -41,7 +41,7 @@ use crate::error::{RCode, RuntimeError, mismatch, unsupported};
 use crate::graph::{self, Param, numel};
 use crate::init::Init;
 use crate::jit::{self, AttentionSpec, Binary, Expr, Jit, KernelSpec, Unary};
-use crate::layout::{Layout, block, slice_cols};
+use crate::layout::{Layout, block};
 use crate::reference;
 
 /// The parallel layout the executor runs: the design point's degrees,
@@ -54,6 +54,11 @@ pub struct Parallel {
     pub ep: usize,
     pub microbatch: usize,
     pub stage_layers: Vec<usize>,
+    /// Sequence parallelism (with `tp > 1`): row-parallel linears
+    /// reduce-scatter rows instead of all-reducing, and the row-wise ops
+    /// after them (norms, elementwise, residuals) run on the local rows;
+    /// the rows are all-gathered before any other op reads them.
+    pub sp: bool,
 }
 
 impl Parallel {
@@ -78,12 +83,6 @@ impl Parallel {
                 p.cp
             ))
             .with_help("pin cp=1"));
-        }
-        if p.sequence_parallel {
-            return Err(
-                unsupported("sequence parallelism is not executed by the runtime")
-                    .with_help("pin sequence_parallel=false"),
-            );
         }
         if p.virtual_stages > 1 {
             return Err(unsupported(format!(
@@ -120,6 +119,7 @@ impl Parallel {
             ep: p.ep as usize,
             microbatch,
             stage_layers,
+            sp: p.sequence_parallel,
         })
     }
 }
@@ -617,7 +617,7 @@ fn locate(
                 None => want.to_vec(),
             };
             let width = *gshape.last().unwrap_or(&1);
-            let want = slice_cols(&want, width, layout.range(width, par.tp, t));
+            let want = layout.local_part(&want, width, par.tp, t);
             let (abs, rel) = graph::compare(data, &want);
             if rel > cfg.tolerance {
                 let idx = order
@@ -827,6 +827,9 @@ impl<'a> Dev<'a> {
         numel(&self.shapes[t.0 as usize])
     }
     fn local_len(&self, t: TensorId, l: Layout) -> usize {
+        if l == Layout::Rows {
+            return block(self.numel(t), self.par.tp, self.t).len();
+        }
         let w = self.width(t);
         self.numel(t) / w.max(1) * l.range(w, self.par.tp, self.t).len()
     }
@@ -849,6 +852,11 @@ impl<'a> Dev<'a> {
         let width = self.width(t);
         let full = match x.layout {
             Layout::Rep => x.data.clone(),
+            Layout::Rows if self.dry => Vec::new(),
+            Layout::Rows => self
+                .endpoint()?
+                .all_gather(&self.tp_group(), &x.data)?
+                .concat(),
             Layout::Split { groups } => {
                 if self.dry {
                     Vec::new()
@@ -870,8 +878,8 @@ impl<'a> Dev<'a> {
         };
         Ok(match to {
             Layout::Rep => full,
-            Layout::Split { .. } if self.dry => Vec::new(),
-            Layout::Split { .. } => slice_cols(&full, width, to.range(width, self.par.tp, self.t)),
+            _ if self.dry => Vec::new(),
+            _ => to.local_part(&full, width, self.par.tp, self.t),
         })
     }
 
@@ -1023,7 +1031,11 @@ impl<'a> Dev<'a> {
         for t in tensors {
             let x = self.get(t)?;
             let mut msg = vec![x.layout.code() as f32];
-            msg.extend_from_slice(&x.data);
+            if x.layout == Layout::Rows {
+                msg.extend_from_slice(&self.rep(t)?);
+            } else {
+                msg.extend_from_slice(&x.data);
+            }
             self.endpoint()?.send(dst, Kind::SendRecv, msg)?;
         }
         Ok(())
@@ -1194,13 +1206,18 @@ impl<'a> Dev<'a> {
     fn elementwise(&mut self, op: &Op) -> Result<Local, RuntimeError> {
         let mut leaves = Vec::new();
         let expr = self.expr_of(op, &mut leaves);
-        // Leaves agree on one layout: the first split one, if any.
+        // Leaves agree on one layout: the first column split, if any, else
+        // row blocks if any leaf has them (a replicated leaf is sliced
+        // locally), else replicated.
         let mut layout = Layout::Rep;
         for l in &leaves {
             let x = self.get(*l)?;
-            if x.layout != Layout::Rep {
+            if let Layout::Split { .. } = x.layout {
                 layout = x.layout;
                 break;
+            }
+            if x.layout == Layout::Rows {
+                layout = Layout::Rows;
             }
         }
         let data: Vec<Vec<f32>> = leaves
@@ -1283,6 +1300,16 @@ impl<'a> Dev<'a> {
             };
             let empty = Vec::new();
             let mut y = self.mm(rows, kl, d_out, &xl, w.first().unwrap_or(&empty), bias_v)?;
+            if self.par.sp && Layout::rows_fit(rows, tp) {
+                // Sequence parallelism: each rank keeps its block of rows.
+                if !self.dry {
+                    y = self.endpoint()?.reduce_scatter(&self.tp_group(), &y)?;
+                }
+                return Ok(Local {
+                    layout: Layout::Rows,
+                    data: y,
+                });
+            }
             self.all_reduce_tp(&mut y)?;
             return Ok(Local {
                 layout: Layout::Rep,
@@ -1325,7 +1352,7 @@ impl<'a> Dev<'a> {
     fn matmul(&mut self, op: &Op) -> Result<Local, RuntimeError> {
         let a = self.get(op.inputs[0])?.layout;
         let b = self.get(op.inputs[1])?.layout;
-        let (layout, bl) = if a == Layout::Rep && b != Layout::Rep {
+        let (layout, bl) = if a == Layout::Rep && matches!(b, Layout::Split { .. }) {
             (b, b)
         } else {
             (Layout::Rep, Layout::Rep)
@@ -1563,7 +1590,13 @@ impl<'a> Dev<'a> {
 
     fn row_op(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
         let layout = self.get(op.inputs[0])?.layout;
-        let x = self.rep(op.inputs[0])?;
+        // Row blocks are normalized where they are; a column split is
+        // gathered first.
+        let x = if layout == Layout::Rows {
+            self.get(op.inputs[0])?.data.clone()
+        } else {
+            self.rep(op.inputs[0])?
+        };
         let dim = self.width(op.inputs[0]);
         let w = self.weights(op, path, |dev, ps| {
             ps.iter()
@@ -1588,10 +1621,10 @@ impl<'a> Dev<'a> {
             out
         };
         // The result keeps its input's layout (the compiler's rule).
-        let data = if layout == Layout::Rep || self.dry {
+        let data = if matches!(layout, Layout::Rep | Layout::Rows) || self.dry {
             full
         } else {
-            slice_cols(&full, dim, layout.range(dim, self.par.tp, self.t))
+            layout.local_part(&full, dim, self.par.tp, self.t)
         };
         Ok(Local { layout, data })
     }
@@ -1870,8 +1903,18 @@ fn boundary_live(items: &[Item], idx: usize) -> Vec<TensorId> {
 /// the CLI to print what was run).
 pub fn describe(par: &Parallel) -> String {
     format!(
-        "dp={} tp={} pp={} ep={} microbatch={} stage layers {:?}",
-        par.dp, par.tp, par.pp, par.ep, par.microbatch, par.stage_layers
+        "dp={} tp={} pp={} ep={} microbatch={} stage layers {:?}{}",
+        par.dp,
+        par.tp,
+        par.pp,
+        par.ep,
+        par.microbatch,
+        par.stage_layers,
+        if par.sp && par.tp > 1 {
+            " sequence-parallel"
+        } else {
+            ""
+        }
     )
 }
 
@@ -1961,9 +2004,60 @@ workload w {
                 ep: 1,
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
+                sp: false,
             };
             let r = run(&w, &par, &RunConfig::default()).expect("runs");
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {:?}", r);
+        }
+    }
+
+    #[test]
+    fn sequence_parallel_runs_match_reference_op_by_op() {
+        let w = workload();
+        let g = &w.model.graph;
+        let cfg = RunConfig {
+            check_all: true,
+            ..RunConfig::default()
+        };
+        let init = Init::new(cfg.seed);
+        let gshapes = graph::shapes(g, &w.bindings).expect("shapes");
+        let inputs: Vec<Vec<f32>> = g
+            .inputs
+            .iter()
+            .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
+            .collect();
+        // (dp, tp, pp, microbatch, rows split): 5 rows per sample, so a
+        // microbatch of 1 cannot be cut into 2 row blocks (all-reduce).
+        for (dp, tp, pp, mb, split) in [
+            (1, 2, 1, 4, true),
+            (1, 4, 1, 4, true),
+            (1, 2, 2, 2, true),
+            (2, 2, 2, 1, false),
+        ] {
+            let par = Parallel {
+                dp,
+                tp,
+                pp,
+                ep: 1,
+                microbatch: mb,
+                stage_layers: even_split(2, pp),
+                sp: true,
+            };
+            let r = run(&w, &par, &cfg).expect("runs");
+            assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {r:?}");
+            assert!(r.divergence.is_none(), "{:?}", r.divergence);
+            assert!(r.outputs.iter().all(|o| o.max_rel <= 1e-4), "{r:?}");
+            let (res, _) = simulate_devices(&w, &par, &cfg, &inputs, true).expect("runs");
+            let rows = res
+                .iter()
+                .flat_map(|d| &d.records)
+                .filter(|(_, _, l, _)| *l == Layout::Rows)
+                .count();
+            assert_eq!(
+                rows > 0,
+                split,
+                "dp={dp} tp={tp} pp={pp}: {rows} row-split values"
+            );
         }
     }
 
@@ -1983,6 +2077,7 @@ workload w {
             ep: 1,
             microbatch: 2,
             stage_layers: vec![1, 1],
+            sp: false,
         };
         let cfg = RunConfig {
             fault: Some(att),

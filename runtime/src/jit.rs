@@ -39,8 +39,10 @@ use crate::error::{RCode, RuntimeError};
 
 /// Columns per packed panel of a matrix product's right-hand side.
 pub const NR: usize = 8;
-/// Rows of the matrix-product micro-kernel (6 x 8 accumulators in 12 registers).
-const MR: usize = 6;
+/// Rows of the matrix-product micro-kernel (4 x 8: 8 accumulator registers).
+const MR: usize = 4;
+/// Steps of `k` per iteration of the micro-kernel's loop.
+const KU: usize = 2;
 /// Rows per cache block of the left-hand side.
 const MC: i64 = 48;
 /// Keys per block of the attention kernel's online softmax.
@@ -212,22 +214,50 @@ fn buffer_err(kernel: &str, what: &str, need: usize, have: usize) -> RuntimeErro
     .with_help("this is a runtime bug; please report it with the command line")
 }
 
+/// A JIT module for the host CPU at Cranelift optimization level `opt`.
+fn host_module(opt: &str) -> Result<JITModule, RuntimeError> {
+    let mut flags = settings::builder();
+    for (k, v) in [
+        ("opt_level", opt),
+        ("is_pic", "false"),
+        ("use_colocated_libcalls", "false"),
+    ] {
+        flags.set(k, v).map_err(jit_err)?;
+    }
+    let isa = cranelift_native::builder()
+        .map_err(jit_err)?
+        .finish(settings::Flags::new(flags))
+        .map_err(jit_err)?;
+    let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+    // Without the FMA feature Cranelift lowers `fma` to a call to `fmaf`.
+    builder.symbol("fmaf", host_fmaf as *const u8);
+    Ok(JITModule::new(builder))
+}
+
 /// The JIT context: code memory, compilation contexts and a kernel cache.
 pub struct Jit {
     module: Option<JITModule>,
+    /// Matrix products: compiled without Cranelift's mid-end optimizer,
+    /// so instructions stay in the order they are built (see `Gen::micro`).
+    plain: Option<JITModule>,
     ctx: Context,
     fctx: FunctionBuilderContext,
     cache: HashMap<KernelSpec, KernelFn>,
     capture: bool,
     clif: Vec<(String, String)>,
+    capture_asm: bool,
+    asm: Vec<(String, String)>,
     scratch: Vec<f32>,
     next_id: u32,
 }
 
 impl Drop for Jit {
     fn drop(&mut self) {
-        if let Some(m) = self.module.take() {
-            self.cache.clear();
+        self.cache.clear();
+        for m in [self.module.take(), self.plain.take()]
+            .into_iter()
+            .flatten()
+        {
             // SAFETY: kernel pointers never leave this context (they are only
             // called from its methods, which borrow it), so once the context
             // is dropped no kernel is running or can be called again.
@@ -239,29 +269,18 @@ impl Drop for Jit {
 impl Jit {
     /// A context for the host CPU.
     pub fn new() -> Result<Jit, RuntimeError> {
-        let mut flags = settings::builder();
-        for (k, v) in [
-            ("opt_level", "speed"),
-            ("is_pic", "false"),
-            ("use_colocated_libcalls", "false"),
-        ] {
-            flags.set(k, v).map_err(jit_err)?;
-        }
-        let isa = cranelift_native::builder()
-            .map_err(jit_err)?
-            .finish(settings::Flags::new(flags))
-            .map_err(jit_err)?;
-        let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
-        // Without the FMA feature Cranelift lowers `fma` to a call to `fmaf`.
-        builder.symbol("fmaf", host_fmaf as *const u8);
-        let module = JITModule::new(builder);
+        let module = host_module("speed")?;
+        let plain = host_module("none")?;
         Ok(Jit {
             ctx: module.make_context(),
             module: Some(module),
+            plain: Some(plain),
             fctx: FunctionBuilderContext::new(),
             cache: HashMap::new(),
             capture: false,
             clif: Vec::new(),
+            capture_asm: false,
+            asm: Vec::new(),
             scratch: Vec::new(),
             next_id: 0,
         })
@@ -276,6 +295,19 @@ impl Jit {
     /// The IR of the kernels compiled so far (with [`Jit::with_clif`]), by name.
     pub fn clif(&self) -> &[(String, String)] {
         &self.clif
+    }
+
+    /// Keeps the machine code (Cranelift's disassembly of the final
+    /// instructions, registers allocated) of every kernel compiled from now on.
+    pub fn with_asm(mut self, on: bool) -> Jit {
+        self.capture_asm = on;
+        self
+    }
+
+    /// The machine code of the kernels compiled so far (with
+    /// [`Jit::with_asm`]), by name.
+    pub fn asm(&self) -> &[(String, String)] {
+        &self.asm
     }
 
     /// Number of kernels compiled so far.
@@ -301,10 +333,12 @@ impl Jit {
     }
 
     fn compile(&mut self, spec: &KernelSpec) -> Result<KernelFn, RuntimeError> {
-        let module = self
-            .module
-            .as_mut()
-            .ok_or_else(|| jit_err("the context was freed"))?;
+        let module = if matches!(spec, KernelSpec::MatMul { .. }) {
+            self.plain.as_mut()
+        } else {
+            self.module.as_mut()
+        }
+        .ok_or_else(|| jit_err("the context was freed"))?;
         let cfg = module.target_config();
         let ptr = cfg.pointer_type();
         let mut sig = module.make_signature();
@@ -347,7 +381,13 @@ impl Jit {
             self.clif
                 .push((spec.name(), self.ctx.func.display().to_string()));
         }
+        self.ctx.set_disasm(self.capture_asm);
         let defined = module.define_function(id, &mut self.ctx);
+        if self.capture_asm
+            && let Some(text) = self.ctx.compiled_code().and_then(|c| c.vcode.clone())
+        {
+            self.asm.push((spec.name(), text));
+        }
         module.clear_context(&mut self.ctx);
         defined.map_err(jit_err)?;
         module.finalize_definitions().map_err(jit_err)?;
@@ -654,14 +694,12 @@ pub fn packed_len(k: usize, n: usize) -> usize {
 pub fn pack_b(b: &[f32], k: usize, n: usize) -> Vec<f32> {
     let panels = n.div_ceil(NR);
     let mut out = vec![0.0f32; panels * NR * k];
-    for p in 0..panels {
-        for kk in 0..k {
-            for j in 0..NR {
-                let col = p * NR + j;
-                if col < n {
-                    out[(p * k + kk) * NR + j] = b[kk * n + col];
-                }
-            }
+    // Row by row, so that `b` is read in order (a panel at a time would
+    // read one float run per row, a page apart for wide matrices).
+    for (kk, row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
+        for (p, cols) in row.chunks(NR).enumerate() {
+            let at = (p * k + kk) * NR;
+            out[at..at + cols.len()].copy_from_slice(cols);
         }
     }
     out
@@ -772,6 +810,26 @@ impl<'a> Gen<'a> {
         self.b.ins().brif(cond, yes, &[], done, &[]);
         self.b.switch_to_block(yes);
         then(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+    }
+
+    /// Runs `then` when `cond` is true and `other` when it is false.
+    fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self),
+        other: impl FnOnce(&mut Self),
+    ) {
+        let yes = self.b.create_block();
+        let no = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(cond, yes, &[], no, &[]);
+        self.b.switch_to_block(yes);
+        then(self);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(no);
+        other(self);
         self.b.ins().jump(done, &[]);
         self.b.switch_to_block(done);
     }
@@ -1166,6 +1224,15 @@ impl<'a> Gen<'a> {
 
     /// One micro-tile: `rows` rows from `a_row`, one panel of packed `b`,
     /// into `c_row`; `width` valid columns (`NR` for a full panel).
+    ///
+    /// Compiled without the mid-end optimizer, so the code keeps this
+    /// order: per step, the panel's `NR / 4` vectors, then per row one
+    /// broadcast of A and its `fma`s. The accumulators are variables, never
+    /// memory; the loop bumps the A and B pointers and compares B against
+    /// its end. `KU` steps per iteration let the register allocator
+    /// alternate each accumulator between two registers (`vfmadd213ps`
+    /// writes over a multiplicand, not the addend) instead of copying it
+    /// back at the loop edge.
     #[allow(clippy::too_many_arguments)]
     fn micro(
         &mut self,
@@ -1183,12 +1250,8 @@ impl<'a> Gen<'a> {
         let accs: Vec<Vec<Variable>> = (0..rows)
             .map(|_| (0..nv).map(|_| self.var(V4, zero)).collect())
             .collect();
-        let pa = self.var(self.ptr, a_row);
-        let pb = self.var(self.ptr, panel);
         let lda = 4 * k as i64;
-        let step = |g: &mut Self, u: i64| {
-            let a = g.b.use_var(pa);
-            let b = g.b.use_var(pb);
+        let step = |g: &mut Self, a: Value, b: Value, u: i64| {
             let bv: Vec<Value> = (0..nv)
                 .map(|v| g.load(V4, b, 4 * (u * NR as i64) + 16 * v as i64))
                 .collect();
@@ -1202,17 +1265,36 @@ impl<'a> Gen<'a> {
                 }
             }
         };
-        // One k step per iteration: unrolling makes Cranelift hoist the
-        // loads of every step and spill the accumulators.
-        self.for_count(k, |g, _| {
-            step(g, 0);
-            let a = g.b.use_var(pa);
-            let a = g.b.ins().iadd_imm_s(a, 4);
-            g.b.def_var(pa, a);
-            let b = g.b.use_var(pb);
-            let b = g.b.ins().iadd_imm_s(b, 4 * NR as i64);
-            g.b.def_var(pb, b);
-        });
+        let pa = self.var(self.ptr, a_row);
+        let pb = self.var(self.ptr, panel);
+        let main = k / KU * KU;
+        if main > 0 {
+            // A bottom-tested loop (it runs at least once): one compare and
+            // one branch per KU steps.
+            let bstep = 4 * (KU * NR) as i64;
+            let end = self.b.ins().iadd_imm_s(panel, 4 * (main * NR) as i64);
+            let body = self.b.create_block();
+            let exit = self.b.create_block();
+            self.b.ins().jump(body, &[]);
+            self.b.switch_to_block(body);
+            let a = self.b.use_var(pa);
+            let b = self.b.use_var(pb);
+            for u in 0..KU {
+                step(self, a, b, u as i64);
+            }
+            let a2 = self.b.ins().iadd_imm_s(a, 4 * KU as i64);
+            self.b.def_var(pa, a2);
+            let b2 = self.b.ins().iadd_imm_s(b, bstep);
+            self.b.def_var(pb, b2);
+            let go = self.b.ins().icmp(IntCC::UnsignedLessThan, b2, end);
+            self.b.ins().brif(go, body, &[], exit, &[]);
+            self.b.switch_to_block(exit);
+        }
+        let a = self.b.use_var(pa);
+        let b = self.b.use_var(pb);
+        for u in 0..k - main {
+            step(self, a, b, u as i64);
+        }
         let ldc = 4 * n as i64;
         for (r, acc_r) in accs.iter().enumerate() {
             for (v, acc) in acc_r.iter().enumerate() {
@@ -1254,6 +1336,7 @@ impl<'a> Gen<'a> {
         let zero = self.iconst(0);
         let full = n / NR;
         let tail = n % NR;
+        let mr = MR;
         self.for_range(zero, m, MC, |g, i0| {
             let i0_mc = g.b.ins().iadd_imm_s(i0, MC);
             let iend = g.imin(i0_mc, m);
@@ -1261,17 +1344,21 @@ impl<'a> Gen<'a> {
                 let pb = g.offset(bp, p, 4 * (k * NR) as i64);
                 let pbias = bias.map(|bb| g.offset(bb, p, 4 * NR as i64));
                 let cp = g.offset(c, p, 4 * NR as i64);
-                let end_mr = g.b.ins().iadd_imm_s(iend, -(MR as i64 - 1));
-                let i = g.for_range(i0, end_mr, MR as i64, |g, i| {
+                let end_mr = g.b.ins().iadd_imm_s(iend, -(mr as i64 - 1));
+                let i = g.for_range(i0, end_mr, mr as i64, |g, i| {
                     let ar = g.offset(a, i, 4 * k as i64);
                     let cr = g.offset(cp, i, 4 * n as i64);
-                    g.micro(ar, pb, cr, pbias, MR, k, n, width);
+                    g.micro(ar, pb, cr, pbias, mr, k, n, width);
                 });
-                g.for_range(i, iend, 1, |g, i| {
-                    let ar = g.offset(a, i, 4 * k as i64);
-                    let cr = g.offset(cp, i, 4 * n as i64);
-                    g.micro(ar, pb, cr, pbias, 1, k, n, width);
-                });
+                // The last 1..MR-1 rows in one tile of exactly that many
+                // rows, so that the panel is read once more, not once per row.
+                let ar = g.offset(a, i, 4 * k as i64);
+                let cr = g.offset(cp, i, 4 * n as i64);
+                let rem = g.b.ins().isub(iend, i);
+                for rows in (1..mr).rev() {
+                    let is = g.b.ins().icmp_imm_s(IntCC::Equal, rem, rows as i64);
+                    g.if_then(is, |g| g.micro(ar, pb, cr, pbias, rows, k, n, width));
+                }
             };
             if full > 0 {
                 let z = g.iconst(0);
@@ -1504,6 +1591,13 @@ impl<'a> Gen<'a> {
         let local = self.arg_int(ints, 3);
         let col = self.arg_int(ints, 4);
         let zero = self.iconst(0);
+        let last = self.b.ins().iadd_imm_s(total, -1);
+        let nvec = dim / 4;
+        // Pieces of a row: (type, byte offset).
+        let pieces: Vec<(Type, i64)> = (0..nvec)
+            .map(|v| (V4, 16 * v as i64))
+            .chain((nvec * 4..dim).map(|t| (types::F32, 4 * t as i64)))
+            .collect();
         self.for_range(zero, count, 1, |g, r| {
             let rs = g.b.ins().imul_imm_s(r, stride as i64);
             let pos = g.b.ins().iadd(rs, col);
@@ -1512,43 +1606,68 @@ impl<'a> Gen<'a> {
             let id = g.b.ins().fcvt_to_sint_sat(types::I64, idf);
             let z = g.iconst(0);
             let id = g.imax(id, z);
-            let last = g.b.ins().iadd_imm_s(total, -1);
             let id = g.imin(id, last);
             let orow = g.offset(out, pos, 4 * dim as i64);
-            let nvec = dim / 4;
-            let mut c0 = 0;
-            // Chunks of up to 8 vectors (and the scalar tail as a last chunk).
-            while c0 < nvec || (c0 == nvec && !dim.is_multiple_of(4)) {
-                let vector = c0 < nvec;
-                let cn = if vector { (nvec - c0).min(8) } else { dim % 4 };
-                let (ty, width) = if vector { (V4, 16) } else { (types::F32, 4) };
-                let base = if vector {
-                    16 * c0 as i64
-                } else {
-                    16 * nvec as i64
-                };
-                let zc = g.fconst(ty, 0.0);
-                let accs: Vec<Variable> = (0..cn).map(|_| g.var(ty, zc)).collect();
-                g.for_count(pooling, |g, p| {
-                    let row = g.b.ins().iadd(id, p);
-                    let row = g.b.ins().urem(row, total);
-                    let lrow = g.b.ins().isub(row, start);
+            if pooling == 1 {
+                // A plain copy of the row (or zeros when it is not held here).
+                let lrow = g.b.ins().isub(id, start);
+                let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
+                let tr = g.offset(table, lrow, 4 * dim as i64);
+                g.if_else(
+                    inside,
+                    |g| {
+                        for chunk in pieces.chunks(8) {
+                            let vals: Vec<Value> =
+                                chunk.iter().map(|(ty, o)| g.load(*ty, tr, *o)).collect();
+                            for ((_, o), v) in chunk.iter().zip(vals) {
+                                g.store(v, orow, *o);
+                            }
+                        }
+                    },
+                    |g| {
+                        let zv = g.fconst(V4, 0.0);
+                        let zs = g.fconst(types::F32, 0.0);
+                        for (ty, o) in &pieces {
+                            g.store(if *ty == V4 { zv } else { zs }, orow, *o);
+                        }
+                    },
+                );
+                return;
+            }
+            // Chunks of up to 8 pieces accumulated over the pooled rows
+            // `id, id + 1, ...` (wrapping at `total`).
+            for chunk in pieces.chunks(8) {
+                let accs: Vec<Variable> = chunk
+                    .iter()
+                    .map(|(ty, _)| {
+                        let zc = g.fconst(*ty, 0.0);
+                        g.var(*ty, zc)
+                    })
+                    .collect();
+                let row = g.var(types::I64, id);
+                g.for_count(pooling, |g, _| {
+                    let cur = g.b.use_var(row);
+                    let lrow = g.b.ins().isub(cur, start);
                     let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
                     g.if_then(inside, |g| {
                         let tr = g.offset(table, lrow, 4 * dim as i64);
-                        for (c, acc) in accs.iter().enumerate() {
-                            let x = g.load(ty, tr, base + width * c as i64);
-                            let cur = g.b.use_var(*acc);
-                            let n = g.b.ins().fadd(cur, x);
+                        for ((ty, o), acc) in chunk.iter().zip(&accs) {
+                            let x = g.load(*ty, tr, *o);
+                            let a = g.b.use_var(*acc);
+                            let n = g.b.ins().fadd(a, x);
                             g.b.def_var(*acc, n);
                         }
                     });
+                    let next = g.b.ins().iadd_imm_s(cur, 1);
+                    let wrap = g.b.ins().icmp(IntCC::Equal, next, total);
+                    let z = g.iconst(0);
+                    let next = g.b.ins().select(wrap, z, next);
+                    g.b.def_var(row, next);
                 });
-                for (c, acc) in accs.iter().enumerate() {
+                for ((_, o), acc) in chunk.iter().zip(&accs) {
                     let val = g.b.use_var(*acc);
-                    g.store(val, orow, base + width * c as i64);
+                    g.store(val, orow, *o);
                 }
-                c0 += if vector { cn } else { 1 };
             }
         });
     }
@@ -1638,6 +1757,47 @@ mod tests {
                 .expect("runs");
             close(&c, &r::matmul(&a, &b, m, k, n));
         }
+    }
+
+    /// The micro-kernel's loop: every accumulator stays in a register (no
+    /// vector spill or reload), one broadcast per row and step, and `fma`s
+    /// with a register addend.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_inner_loop_keeps_accumulators_in_registers() {
+        if !std::arch::is_x86_feature_detected!("fma")
+            || !std::arch::is_x86_feature_detected!("avx2")
+        {
+            return;
+        }
+        let mut jit = Jit::new().expect("jit").with_asm(true);
+        let (m, k, n) = (8, 64, 16);
+        let mut c = vec![0.0; m * n];
+        jit.matmul(
+            m,
+            k,
+            n,
+            &[1.0; 8 * 64],
+            &pack_b(&[1.0; 64 * 16], k, n),
+            None,
+            &mut c,
+        )
+        .expect("runs");
+        assert!(c.iter().all(|v| *v == k as f32));
+        let (_, asm) = &jit.asm()[0];
+        // The loop holding the full MR x NR tile: the block with the most fmas.
+        let blocks: Vec<&str> = asm.split("\nblock").collect();
+        let tile = blocks
+            .iter()
+            .max_by_key(|b| b.matches("vfmadd").count())
+            .expect("blocks");
+        assert_eq!(tile.matches("vfmadd").count(), MR * NR / 4 * KU, "{tile}");
+        assert_eq!(tile.matches("vbroadcastss").count(), MR * KU, "{tile}");
+        let spills = tile
+            .lines()
+            .filter(|l| l.contains("rsp") && l.contains("xmm"))
+            .count();
+        assert_eq!(spills, 0, "vector spills in the micro-kernel:\n{tile}");
     }
 
     #[test]

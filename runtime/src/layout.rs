@@ -17,6 +17,10 @@ pub enum Layout {
     Rep,
     /// The last axis is cut into `groups` contiguous blocks.
     Split { groups: usize },
+    /// Sequence parallelism: the rows (the flattened tensor) are cut into
+    /// `tp` contiguous blocks, rank `t` holding block `t`; only used when
+    /// the blocks fall on row boundaries.
+    Rows,
 }
 
 impl Layout {
@@ -33,21 +37,36 @@ impl Layout {
         match self {
             Layout::Rep => 0,
             Layout::Split { groups } => rank / (tp / groups).max(1),
+            Layout::Rows => rank,
         }
     }
     /// The range of the last axis (of length `len`) that `rank` holds.
     pub fn range(self, len: usize, tp: usize, rank: usize) -> Range<usize> {
         match self {
-            Layout::Rep => 0..len,
+            Layout::Rep | Layout::Rows => 0..len,
             Layout::Split { groups } => block(len, groups, self.block_of(tp, rank)),
         }
     }
-    /// A number for messages: 0 for `Rep`, else the block count.
+    /// A number for messages: 0 for `Rep` (and `Rows`, which is gathered
+    /// before it is sent), else the block count.
     pub fn code(self) -> usize {
         match self {
-            Layout::Rep => 0,
+            Layout::Rep | Layout::Rows => 0,
             Layout::Split { groups } => groups,
         }
+    }
+    /// The part of the full tensor `full` (rows of `width`) that `rank` of
+    /// `tp` holds.
+    pub fn local_part(self, full: &[f32], width: usize, tp: usize, rank: usize) -> Vec<f32> {
+        match self {
+            Layout::Rows => full[block(full.len(), tp, rank)].to_vec(),
+            _ => slice_cols(full, width, self.range(width, tp, rank)),
+        }
+    }
+    /// Whether `rows` rows cut into `tp` row blocks fall on row boundaries
+    /// (so that [`Layout::Rows`] can hold them).
+    pub fn rows_fit(rows: usize, tp: usize) -> bool {
+        tp > 1 && rows.is_multiple_of(tp)
     }
 }
 
@@ -90,6 +109,12 @@ mod tests {
         let l = Layout::split(2);
         assert_eq!(l.range(8, 4, 3), 4..8);
         assert_eq!(Layout::split(1), Layout::Rep);
+        let full = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(
+            Layout::Rows.local_part(&full, 2, 2, 1),
+            vec![5.0, 6.0, 7.0, 8.0]
+        );
+        assert!(Layout::rows_fit(4, 2) && !Layout::rows_fit(3, 2) && !Layout::rows_fit(4, 1));
         assert_eq!(
             slice_cols(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 1..3),
             vec![2.0, 3.0, 5.0, 6.0]
