@@ -294,6 +294,23 @@ impl Checker {
         env
     }
 
+    /// Starts building an instance of a block declaration: its syntax, the
+    /// error count before it, and its parameters bound; `None` on a cycle.
+    fn open(
+        &mut self,
+        inst: &Instance,
+        key: &str,
+        use_span: Span,
+    ) -> Option<(crate::ast::BlockDecl, usize, Env)> {
+        let b = self.block_decl(&inst.name)?;
+        if !self.enter(key, use_span) {
+            return None;
+        }
+        let before = self.error_count();
+        let env = self.decl_env(inst, &b.params);
+        Some((b, before, env))
+    }
+
     fn block_decl(&self, name: &str) -> Option<crate::ast::BlockDecl> {
         let d = self.decls.get(name)?;
         match &self.files[d.file].decls[d.idx] {
@@ -335,12 +352,7 @@ impl Checker {
         if let Some(d) = self.memo_devices.get(&key) {
             return d.clone();
         }
-        if !self.enter(&key, use_span) {
-            return None;
-        }
-        let b = self.block_decl(&inst.name)?;
-        let before = self.error_count();
-        let mut env = self.decl_env(inst, &b.params);
+        let (b, before, mut env) = self.open(inst, &key, use_span)?;
         let g = self.group(
             &format!("device `{}`", inst.name),
             b.name.span,
@@ -610,12 +622,7 @@ impl Checker {
         if let Some(n) = self.memo_nodes.get(&key) {
             return n.clone();
         }
-        if !self.enter(&key, use_span) {
-            return None;
-        }
-        let b = self.block_decl(&inst.name)?;
-        let before = self.error_count();
-        let mut env = self.decl_env(inst, &b.params);
+        let (b, before, mut env) = self.open(inst, &key, use_span)?;
         let g = self.group(
             &format!("node `{}`", inst.name),
             b.name.span,
@@ -764,12 +771,7 @@ impl Checker {
         if let Some(c) = self.memo_clusters.get(&key) {
             return c.clone();
         }
-        if !self.enter(&key, use_span) {
-            return None;
-        }
-        let b = self.block_decl(&inst.name)?;
-        let before = self.error_count();
-        let mut env = self.decl_env(inst, &b.params);
+        let (b, before, mut env) = self.open(inst, &key, use_span)?;
         let g = self.group(
             &format!("cluster `{}`", inst.name),
             b.name.span,
@@ -1006,12 +1008,7 @@ impl Checker {
         if let Some(w) = self.memo_workloads.get(&key) {
             return w.clone();
         }
-        if !self.enter(&key, use_span) {
-            return None;
-        }
-        let b = self.block_decl(&inst.name)?;
-        let before = self.error_count();
-        let mut env = self.decl_env(inst, &b.params);
+        let (b, before, mut env) = self.open(inst, &key, use_span)?;
         let g = self.group(
             &format!("workload `{}`", inst.name),
             b.name.span,
