@@ -23,6 +23,14 @@ fn plan(file: &str, name: Option<&str>) -> Plan {
     }
 }
 
+/// The plan's lowered workload and its hardware, for an `Evaluator`.
+fn setup(p: &Plan) -> (gantry_compiler::ir::Ir, Hardware) {
+    (
+        lower(&p.workload).expect("lowers"),
+        Hardware::new(&p.system, p.workload.dtype).expect("hardware"),
+    )
+}
+
 /// (file stem, metric, signed error %) for every reference figure.
 fn reference_errors() -> Vec<(String, String, f64)> {
     let mut out = Vec::new();
@@ -102,8 +110,7 @@ fn megatron_22b_layer_times_within_15_percent() {
         "examples/reference/b01_22b.gantry",
         Some("b01_gpt_22b_full_recompute"),
     );
-    let ir = lower(&p.workload).expect("lowers");
-    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let (ir, hw) = setup(&p);
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,
@@ -147,8 +154,7 @@ fn pipeline_bubble_follows_the_schedule() {
         "examples/reference/b02_175b.gantry",
         Some("b02_gpt_175b_full_recompute"),
     );
-    let ir = lower(&p.workload).expect("lowers");
-    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let (ir, hw) = setup(&p);
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,
@@ -219,8 +225,7 @@ fn memory_is_reported_infeasible_with_numbers() {
         "examples/reference/b02_175b.gantry",
         Some("b02_gpt_175b_full_recompute"),
     );
-    let ir = lower(&p.workload).expect("lowers");
-    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let (ir, hw) = setup(&p);
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,
@@ -242,8 +247,7 @@ fn uneven_stages_follow_llama3() {
     // 126 layers on 16 stages: one layer fewer on the first and the last
     // stage, which also hold the embedding and the output head.
     let p = plan("examples/llm_train.gantry", Some("llama3_405b_meta"));
-    let ir = lower(&p.workload).expect("lowers");
-    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let (ir, hw) = setup(&p);
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,
@@ -263,8 +267,7 @@ fn cold_embedding_tables_spill_to_host_memory() {
     // with 2 TiB of host memory: the tables that do not fit in HBM stay in
     // host memory, and their lookups cross the host link.
     let p = plan("examples/reference/c03_dlrm_xl_8gpu.gantry", None);
-    let ir = lower(&p.workload).expect("lowers");
-    let hw = Hardware::new(&p.system, p.workload.dtype).expect("hardware");
+    let (ir, hw) = setup(&p);
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,
