@@ -470,7 +470,7 @@ fn search_cmd(
     format: ReportFormat,
     lib: &[PathBuf],
 ) -> ExitCode {
-    use gantry_compiler::{explain, export as ex, placement, plan as gplan, point, report};
+    use gantry_compiler::{export as ex, placement, plan as gplan, point, report};
     let p = match load_plan(file, plan, lib) {
         Ok(p) => p,
         Err(code) => return code,
@@ -574,7 +574,6 @@ fn search_cmd(
             for line in &s.explanation {
                 outln!("  {line}");
             }
-            let _ = explain::parts;
         }
     }
     if let Some(kind) = export {

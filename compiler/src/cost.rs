@@ -536,12 +536,8 @@ impl Evaluator<'_> {
         let mut layers = 0u64;
         let mut pro = SegCost::default();
         let mut epi = SegCost::default();
-        let mut total_flops = 0.0;
-        let mut total_recompute_flops = 0.0;
         for s in &ir.segments {
             let sc = self.segment(s, p, b, true);
-            total_flops += sc.flops * s.count as f64;
-            total_recompute_flops += sc.recompute_flops * s.count as f64;
             match s.kind {
                 SegmentKind::Body if s.count >= layers => {
                     body = sc;
@@ -627,7 +623,6 @@ impl Evaluator<'_> {
         let grad_bytes = (params_gpu - table_params) * beta;
         let dp_stride = p.tp * p.cp;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
-        let compute_all = m * t_stage;
         let mut dp_exposed = 0.0;
         if p.dp > 1 {
             let level = topo.level(p.dp, dp_stride);
@@ -663,7 +658,6 @@ impl Evaluator<'_> {
                         total += reps * n * (gathers * t_ag + m * t_rs);
                     }
                 }
-                let _ = compute_all;
                 dp_exposed = total;
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
@@ -891,7 +885,6 @@ impl Evaluator<'_> {
             step,
         };
         let samples = global_batch;
-        let _ = (total_flops, total_recompute_flops);
         // Model FLOPs exclude recomputation, hardware FLOPs include it.
         let model_flops = 3.0 * ir.flops_per_sample() * samples;
         let hardware_flops = model_flops + ir.recompute_flops_per_sample(p.recompute) * samples;
@@ -948,7 +941,7 @@ impl Evaluator<'_> {
         let topo = &hw.topo;
         // Inference batch is per replica.
         let b = (p.batch as f64).max(1.0);
-        let (classes, t_tp, flops, params) = self.forward(ir, p, b);
+        let (classes, t_tp, _, params) = self.forward(ir, p, b);
         let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
@@ -978,10 +971,9 @@ impl Evaluator<'_> {
         let mut kv_per_token = 0.0;
         for s in &ir.segments {
             for o in &s.ops {
-                if let (Some((h, kv)), Some(g)) = (o.heads, o.gemm) {
+                if let (Some((_, kv)), Some(g)) = (o.heads, o.gemm) {
                     let hd = g.k;
                     let kv_split = (kv as f64).min(p.tp as f64);
-                    let _ = h;
                     kv_per_token +=
                         2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
                 }
@@ -1037,7 +1029,6 @@ impl Evaluator<'_> {
             host_embeddings: 0.0,
         };
         let samples = b * p.dp as f64;
-        let _ = flops;
         let model_flops = ir.flops_per_sample() * samples;
         Estimate {
             point: *p,

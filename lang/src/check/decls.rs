@@ -975,10 +975,7 @@ impl Checker {
 
     fn choice(&mut self, v: &Value, span: Span, what: &str, options: &[&str]) -> Option<String> {
         match v {
-            Value::Sym(n, s) if options.contains(&n.as_str()) => {
-                let _ = s;
-                Some(n.clone())
-            }
+            Value::Sym(n, _) if options.contains(&n.as_str()) => Some(n.clone()),
             Value::Sym(n, s) => {
                 let mut d = Diagnostic::error(Code::L063, format!("unknown {what} `{n}`"), *s)
                     .with_label(*s, format!("not {} {what}", article(what)));
@@ -1778,7 +1775,6 @@ impl Checker {
             ExprKind::Name(n) => match metric_dim(n) {
                 Some(d) => Some((MetricExpr::Metric(n.clone()), d)),
                 None => {
-                    let mut env = Env::new();
                     let v = self.lookup_global(n, e.span);
                     if let Value::Num(q) = v {
                         return Some((MetricExpr::Const(q), q.dim));
@@ -1788,7 +1784,6 @@ impl Checker {
                     } else {
                         self.type_error(&v, e.span, "a metric or a number");
                     }
-                    let _ = &mut env;
                     None
                 }
             },

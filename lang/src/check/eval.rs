@@ -297,7 +297,7 @@ impl Checker {
                 );
                 return Value::Error;
             }
-            return self.apply_op(name, vals, callee.span, span, env);
+            return self.apply_op(name, vals, span, env);
         }
         match name {
             "len" => {

@@ -309,28 +309,20 @@ impl Checker {
         &mut self,
         name: &str,
         vals: Vec<ArgVal>,
-        callee: Span,
         span: Span,
         env: &mut Env,
     ) -> Value {
         let Some(args) = self.bind_op(name, vals, span) else {
             return Value::Error;
         };
-        let out = self.op_rule(name, &args, callee, span, env);
+        let out = self.op_rule(name, &args, span, env);
         match (out, env.graph.as_mut()) {
             (Some(o), Some(g)) => Value::Tensor(g.push(o.kind, o.inputs, o.shape, o.dtype, span)),
             _ => Value::Error,
         }
     }
 
-    fn op_rule(
-        &mut self,
-        name: &str,
-        args: &Args,
-        callee: Span,
-        span: Span,
-        env: &Env,
-    ) -> Option<Out> {
+    fn op_rule(&mut self, name: &str, args: &Args, span: Span, env: &Env) -> Option<Out> {
         let act = DType::Act;
         match name {
             "linear" => {
@@ -861,10 +853,7 @@ impl Checker {
                     dtype: act,
                 })
             }
-            _ => {
-                let _ = callee;
-                None
-            }
+            _ => None,
         }
     }
 
