@@ -189,6 +189,13 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
             layers.join(" ")
         ));
     }
+    if ev.hardware.declared.is_empty() {
+        s.push_str(&format!(
+            "{}note: device {} declares no efficiency factors; figures assume ideal efficiency (optimistic)\n",
+            if markdown { "" } else { "  " },
+            ev.hardware.device
+        ));
+    }
     let feas = if e.feasible {
         "feasible".to_string()
     } else {
