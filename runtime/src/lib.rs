@@ -11,6 +11,7 @@
 //! Shapes are concrete here: a workload is instantiated at a small scale
 //! ([`scale`]) and bound (`batch`, `seq`) before anything runs.
 
+pub mod backward;
 pub mod calibrate;
 pub mod comm;
 pub mod error;
