@@ -294,6 +294,23 @@ struct Lowering<'a> {
     training: bool,
 }
 
+/// Closes the ops run so far (outside any `repeat`) into a segment: the
+/// prologue before the first body, an epilogue after one.
+fn flush(segments: &mut Vec<Segment>, current: &mut Vec<IrOp>, seen_body: bool) {
+    if current.is_empty() {
+        return;
+    }
+    segments.push(Segment {
+        kind: if seen_body {
+            SegmentKind::Epilogue
+        } else {
+            SegmentKind::Prologue
+        },
+        count: 1,
+        ops: std::mem::take(current),
+    });
+}
+
 /// Lowers a checked workload to per-sample op costs.
 pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
     let g = &w.model.graph;
@@ -338,24 +355,10 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
     let mut seen_body = false;
     for item in &g.body {
         match item {
-            Item::Op(op) => {
-                let o = l.op(op, 1.0);
-                l.producer[op.output.0 as usize] = current.len() as i64;
-                current.push(o);
-            }
+            Item::Op(op) => l.push(op, 1.0, &mut current),
             Item::Repeat(r) => {
                 l.producer.iter_mut().for_each(|p| *p = -1);
-                if !current.is_empty() {
-                    segments.push(Segment {
-                        kind: if seen_body {
-                            SegmentKind::Epilogue
-                        } else {
-                            SegmentKind::Prologue
-                        },
-                        count: 1,
-                        ops: std::mem::take(&mut current),
-                    });
-                }
+                flush(&mut segments, &mut current, seen_body);
                 let mut ops = Vec::new();
                 l.repeat(r, 1.0, &mut ops);
                 segments.push(Segment {
@@ -368,17 +371,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
             }
         }
     }
-    if !current.is_empty() {
-        segments.push(Segment {
-            kind: if seen_body {
-                SegmentKind::Epilogue
-            } else {
-                SegmentKind::Prologue
-            },
-            count: 1,
-            ops: current,
-        });
-    }
+    flush(&mut segments, &mut current, seen_body);
     // The value between pipeline stages: the widest carried tensor of the
     // body, per token.
     let hidden = g
@@ -428,6 +421,13 @@ impl Lowering<'_> {
         }
     }
 
+    /// Lowers one op onto `out`, recording it as its output's producer.
+    fn push(&mut self, op: &gantry_lang::program::Op, mult: f64, out: &mut Vec<IrOp>) {
+        let o = self.op(op, mult);
+        self.producer[op.output.0 as usize] = out.len() as i64;
+        out.push(o);
+    }
+
     fn repeat(&mut self, r: &gantry_lang::program::Repeat, mult: f64, out: &mut Vec<IrOp>) {
         // Carried values enter each iteration replicated, like the input.
         for c in &r.carried {
@@ -435,11 +435,7 @@ impl Lowering<'_> {
         }
         for item in &r.body {
             match item {
-                Item::Op(op) => {
-                    let o = self.op(op, mult);
-                    self.producer[op.output.0 as usize] = out.len() as i64;
-                    out.push(o);
-                }
+                Item::Op(op) => self.push(op, mult, out),
                 Item::Repeat(inner) => self.repeat(inner, mult * inner.count as f64, out),
             }
         }

@@ -630,15 +630,10 @@ impl Checker {
             NODE_KEYS,
             self.broken(b.span),
         );
-        let mut device = None;
-        let mut per_node = 1;
-        if let Some(it) = g.get("device").and_then(|v| v.first()) {
-            let v = self.eval(&it.value, &mut env);
-            if let Some(i) = self.expect_kind(&v, it.value.span, DeclKind::Device) {
-                device = self.device(&i, it.value.span);
-            }
-            per_node = self.item_count(it, &mut env).unwrap_or(1);
-        }
+        let (device, per_node) = match g.get("device").and_then(|v| v.first()) {
+            Some(it) => self.part(it, &mut env, DeclKind::Device, Self::device),
+            None => (None, 1),
+        };
         let mut links = Vec::new();
         for it in g.get("link").into_iter().flatten() {
             let name = it.name.as_ref().map_or(String::new(), |n| n.name.clone());
@@ -756,6 +751,23 @@ impl Checker {
         result
     }
 
+    /// A `device X x N` / `node X x N` item: the part built by `build`, and
+    /// how many of it (1 when the count is missing or invalid, which is
+    /// reported).
+    fn part<T>(
+        &mut self,
+        it: &Item,
+        env: &mut Env,
+        kind: DeclKind,
+        build: fn(&mut Self, &Instance, Span) -> Option<T>,
+    ) -> (Option<T>, u64) {
+        let v = self.eval(&it.value, env);
+        let built = self
+            .expect_kind(&v, it.value.span, kind)
+            .and_then(|i| build(self, &i, it.value.span));
+        (built, self.item_count(it, env).unwrap_or(1))
+    }
+
     fn item_count(&mut self, it: &Item, env: &mut Env) -> Option<u64> {
         match &it.count {
             None => Some(1),
@@ -779,15 +791,10 @@ impl Checker {
             CLUSTER_KEYS,
             self.broken(b.span),
         );
-        let mut node = None;
-        let mut count = 1;
-        if let Some(it) = g.get("node").and_then(|v| v.first()) {
-            let v = self.eval(&it.value, &mut env);
-            if let Some(i) = self.expect_kind(&v, it.value.span, DeclKind::Node) {
-                node = self.node(&i, it.value.span);
-            }
-            count = self.item_count(it, &mut env).unwrap_or(1);
-        }
+        let (node, count) = match g.get("node").and_then(|v| v.first()) {
+            Some(it) => self.part(it, &mut env, DeclKind::Node, Self::node),
+            None => (None, 1),
+        };
         let mut fabric = None;
         if let Some(it) = g.get("fabric").and_then(|v| v.first()) {
             let name = it.name.as_ref().map_or(String::new(), |n| n.name.clone());

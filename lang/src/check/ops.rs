@@ -576,11 +576,11 @@ impl Checker {
             }
             "mlp" => {
                 let (x, xs, _, xspan) = self.tensor_arg(args, "x", env)?;
-                let (dv, dspan) = args["dims"].clone();
-                let Value::List(items) = dv else {
-                    self.type_error(&dv, dspan, "a list of layer widths such as [512, 256, 128]");
-                    return None;
-                };
+                let (items, dspan) = self.list_arg(
+                    args,
+                    "dims",
+                    "a list of layer widths such as [512, 256, 128]",
+                )?;
                 if items.is_empty() {
                     self.diags.push(
                         Diagnostic::error(
@@ -718,11 +718,8 @@ impl Checker {
             }
             "reshape" => {
                 let (x, xs, xdt, _) = self.tensor_arg(args, "x", env)?;
-                let (sv, sspan) = args["shape"].clone();
-                let Value::List(items) = sv else {
-                    self.type_error(&sv, sspan, "a shape such as [batch, seq, 4096]");
-                    return None;
-                };
+                let (items, sspan) =
+                    self.list_arg(args, "shape", "a shape such as [batch, seq, 4096]")?;
                 let mut dims = Vec::new();
                 for (v, s) in &items {
                     match v {
@@ -757,11 +754,8 @@ impl Checker {
                 })
             }
             "concat" => {
-                let (lv, lspan) = args["xs"].clone();
-                let Value::List(items) = lv else {
-                    self.type_error(&lv, lspan, "a list of tensors such as [a, b]");
-                    return None;
-                };
+                let (items, lspan) =
+                    self.list_arg(args, "xs", "a list of tensors such as [a, b]")?;
                 let g = env.graph.as_ref()?;
                 let mut ts = Vec::new();
                 for (v, s) in &items {
@@ -868,6 +862,18 @@ impl Checker {
             .with_help("declare the input with an integer type, e.g. `input ids: i32[batch, seq]`"),
         );
         None
+    }
+
+    /// A list-valued argument, or a reported type error naming `what`.
+    fn list_arg(&mut self, args: &Args, p: &str, what: &str) -> Option<(Vec<(Value, Span)>, Span)> {
+        let (v, span) = args.get(p)?.clone();
+        match v {
+            Value::List(items) => Some((items, span)),
+            other => {
+                self.type_error(&other, span, what);
+                None
+            }
+        }
     }
 
     fn tables(&mut self, v: &Value, span: Span) -> Option<Vec<EmbeddingTable>> {
