@@ -57,6 +57,14 @@ pub enum Unary {
     Sigmoid,
     /// Multiply by a constant (the f32's bits).
     Scale(u32),
+    /// `d/dx relu(x)`: 1 where `x > 0`, else 0 (also for NaN).
+    ReluGrad,
+    /// `d/dx gelu(x)` of the tanh approximation.
+    GeluGrad,
+    /// `d/dx silu(x) = s (1 + x (1 - s))`, `s = sigmoid(x)`.
+    SiluGrad,
+    /// `d/dx sigmoid(x) = s (1 - s)`.
+    SigmoidGrad,
 }
 
 /// A binary elementwise operation.
@@ -144,6 +152,21 @@ pub enum KernelSpec {
     Softmax {
         dim: usize,
     },
+    /// Gradients of [`KernelSpec::RmsNorm`] per row of `dim`: `dx`
+    /// (overwritten) and the gain's gradient (accumulated); rows at run time.
+    RmsNormGrad {
+        dim: usize,
+    },
+    /// Gradients of [`KernelSpec::LayerNorm`]: `dx` (overwritten), the
+    /// gain's and the shift's gradients (accumulated).
+    LayerNormGrad {
+        dim: usize,
+    },
+    /// Gradient of [`KernelSpec::Softmax`] from its output `y`:
+    /// `dx = y (dy - sum(dy y))` per row.
+    SoftmaxGrad {
+        dim: usize,
+    },
     /// Batch at run time.
     Attention(AttentionSpec),
     /// Pooled row lookups: `ids` has `stride` ids per lookup row, the
@@ -173,6 +196,9 @@ impl KernelSpec {
             KernelSpec::RmsNorm { dim } => format!("rmsnorm dim={dim}"),
             KernelSpec::LayerNorm { dim } => format!("layernorm dim={dim}"),
             KernelSpec::Softmax { dim } => format!("softmax dim={dim}"),
+            KernelSpec::RmsNormGrad { dim } => format!("rmsnorm_grad dim={dim}"),
+            KernelSpec::LayerNormGrad { dim } => format!("layernorm_grad dim={dim}"),
+            KernelSpec::SoftmaxGrad { dim } => format!("softmax_grad dim={dim}"),
             KernelSpec::Attention(a) => format!(
                 "attention heads={} head_dim={} seq_q={} seq_kv={} group={} q_off={} kv_off={} kv_heads={}{}",
                 a.heads,
@@ -365,6 +391,9 @@ impl Jit {
                 KernelSpec::RmsNorm { dim } => g.norm(ptrs, ints, *dim, false),
                 KernelSpec::LayerNorm { dim } => g.norm(ptrs, ints, *dim, true),
                 KernelSpec::Softmax { dim } => g.softmax(ptrs, ints, *dim),
+                KernelSpec::RmsNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, false),
+                KernelSpec::LayerNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, true),
+                KernelSpec::SoftmaxGrad { dim } => g.softmax_grad(ptrs, ints, *dim),
                 KernelSpec::Attention(a) => g.attention(ptrs, ints, a),
                 KernelSpec::Gather {
                     dim,
@@ -529,6 +558,106 @@ impl Jit {
         let mut ptrs = vec![x.as_ptr() as *mut f32];
         ptrs.extend(params.iter().map(|p| p.as_ptr() as *mut f32));
         ptrs.push(out.as_mut_ptr());
+        self.call(&spec, &ptrs, &[rows as i64])
+    }
+
+    /// Gradients of [`Jit::rmsnorm`] over rows of `dim` (`rows =
+    /// x.len() / dim`, which must divide): `dx` is overwritten, `dgain`
+    /// accumulates (`+=`) the gain's gradient summed over the rows.
+    pub fn rmsnorm_grad(
+        &mut self,
+        dim: usize,
+        x: &[f32],
+        gain: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dgain: &mut [f32],
+    ) -> Result<(), RuntimeError> {
+        let spec = KernelSpec::RmsNormGrad { dim };
+        self.rows_grad(spec, dim, x, &[gain], dy, dx, &mut [dgain])
+    }
+
+    /// Gradients of [`Jit::layernorm`] over rows of `dim`: `dx` is
+    /// overwritten, `dgain` and `dbias` accumulate (`+=`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_grad(
+        &mut self,
+        dim: usize,
+        x: &[f32],
+        gain: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dgain: &mut [f32],
+        dbias: &mut [f32],
+    ) -> Result<(), RuntimeError> {
+        let spec = KernelSpec::LayerNormGrad { dim };
+        self.rows_grad(spec, dim, x, &[gain], dy, dx, &mut [dgain, dbias])
+    }
+
+    /// Gradient of [`Jit::softmax`] over rows of `dim` from its output `y`:
+    /// `dx = y (dy - sum(dy y))` per row (overwritten).
+    pub fn softmax_grad(
+        &mut self,
+        dim: usize,
+        y: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), RuntimeError> {
+        self.rows_grad(
+            KernelSpec::SoftmaxGrad { dim },
+            dim,
+            y,
+            &[],
+            dy,
+            dx,
+            &mut [],
+        )
+    }
+
+    /// Row-wise gradient kernels. Buffers go to the kernel in the order
+    /// `x, params.., dy, dx, grads..`; `x` must hold whole rows.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_grad(
+        &mut self,
+        spec: KernelSpec,
+        dim: usize,
+        x: &[f32],
+        params: &[&[f32]],
+        dy: &[f32],
+        dx: &mut [f32],
+        grads: &mut [&mut [f32]],
+    ) -> Result<(), RuntimeError> {
+        let nm = spec.name();
+        if dim == 0 {
+            return Ok(());
+        }
+        let rows = x.len() / dim;
+        if rows * dim != x.len() {
+            return Err(RuntimeError::new(
+                RCode::R005,
+                format!(
+                    "kernel `{nm}` needs whole rows of {dim} floats, got {} floats",
+                    x.len()
+                ),
+            )
+            .with_help("this is a runtime bug; please report it with the command line"));
+        }
+        check(&nm, "dy", rows * dim, dy.len())?;
+        check(&nm, "dx", rows * dim, dx.len())?;
+        for p in params {
+            check(&nm, "parameters", dim, p.len())?;
+        }
+        for p in grads.iter() {
+            check(&nm, "parameter gradients", dim, p.len())?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut ptrs = vec![x.as_ptr() as *mut f32];
+        ptrs.extend(params.iter().map(|p| p.as_ptr() as *mut f32));
+        ptrs.push(dy.as_ptr() as *mut f32);
+        ptrs.push(dx.as_mut_ptr());
+        ptrs.extend(grads.iter_mut().map(|p| p.as_mut_ptr()));
         self.call(&spec, &ptrs, &[rows as i64])
     }
 
@@ -919,6 +1048,18 @@ impl<'a> Gen<'a> {
         self.b.ins().fdiv(one, d)
     }
 
+    /// `(sigmoid(x), 1 - sigmoid(x))`, the second as `e^-x sigmoid(x)`,
+    /// without the cancellation of `1 - s` where `s` is near 1.
+    fn sigmoid_pair(&mut self, ty: Type, x: Value) -> (Value, Value) {
+        let nx = self.b.ins().fneg(x);
+        let e = self.exp(ty, nx);
+        let one = self.fconst(ty, 1.0);
+        let d = self.b.ins().fadd(one, e);
+        let s = self.b.ins().fdiv(one, d);
+        let t = self.b.ins().fmul(e, s);
+        (s, t)
+    }
+
     fn unary(&mut self, ty: Type, op: Unary, x: Value) -> Value {
         match op {
             Unary::Relu => {
@@ -945,6 +1086,53 @@ impl<'a> Gen<'a> {
             Unary::Scale(bits) => {
                 let c = self.fconst(ty, f32::from_bits(bits));
                 self.b.ins().fmul(x, c)
+            }
+            Unary::ReluGrad => {
+                let z = self.fconst(ty, 0.0);
+                let one = self.fconst(ty, 1.0);
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                if ty == V4 {
+                    // The all-ones lanes of the mask select 1.0's bits.
+                    let m = self.b.ins().bitcast(
+                        V4,
+                        MemFlagsData::new().with_endianness(Endianness::Little),
+                        pos,
+                    );
+                    self.b.ins().band(m, one)
+                } else {
+                    self.b.ins().select(pos, one, z)
+                }
+            }
+            Unary::SigmoidGrad => {
+                let (s, t) = self.sigmoid_pair(ty, x);
+                self.b.ins().fmul(s, t)
+            }
+            Unary::SiluGrad => {
+                let (s, t) = self.sigmoid_pair(ty, x);
+                let one = self.fconst(ty, 1.0);
+                let u = self.fma(x, t, one);
+                self.b.ins().fmul(s, u)
+            }
+            Unary::GeluGrad => {
+                // With u = sqrt(2/pi) (x + 0.044715 x^3), t = tanh(u) and
+                // s = sigmoid(2u) = (1 + t) / 2, so 1 - t^2 = 4 s (1 - s) and
+                // gelu'(x) = s (1 + 2 sqrt(2/pi) x (1 - s) (1 + 3 * 0.044715 x^2)).
+                let c = self.fconst(ty, 0.044_715);
+                let x2 = self.b.ins().fmul(x, x);
+                let one = self.fconst(ty, 1.0);
+                let inner = self.fma(c, x2, one);
+                let u = self.b.ins().fmul(x, inner);
+                let k2 = 2.0 * (2.0 / std::f32::consts::PI).sqrt();
+                let k = self.fconst(ty, k2);
+                let u2 = self.b.ins().fmul(u, k);
+                let (s, t) = self.sigmoid_pair(ty, u2);
+                let c3 = self.fconst(ty, 3.0 * 0.044_715);
+                let du = self.fma(c3, x2, one);
+                let kv = self.fconst(ty, k2);
+                let kx = self.b.ins().fmul(x, kv);
+                let w = self.b.ins().fmul(kx, du);
+                let v = self.fma(w, t, one);
+                self.b.ins().fmul(s, v)
             }
         }
     }
@@ -1218,6 +1406,213 @@ impl<'a> Gen<'a> {
             g.map_row(&[orow], orow, dim, |g, ty, v| {
                 let i = if ty == V4 { invv } else { inv };
                 g.b.ins().fmul(v[0], i)
+            });
+        });
+    }
+
+    /// Sums over a row of `dim` floats: `f(g, ty, off, imm, accs)` folds
+    /// the piece of type `ty` at byte offset `off + imm` into the `n`
+    /// running sums `accs` (vectors over the first `dim / 4 * 4` floats,
+    /// then scalars); returns the `n` totals.
+    fn row_sums(
+        &mut self,
+        dim: usize,
+        n: usize,
+        mut f: impl FnMut(&mut Self, Type, Value, i64, &[Value]) -> Vec<Value>,
+    ) -> Vec<Value> {
+        let zv = self.fconst(V4, 0.0);
+        let accs: Vec<Variable> = (0..n).map(|_| self.var(V4, zv)).collect();
+        self.for_count(dim / 4, |g, j| {
+            let off = g.b.ins().imul_imm_s(j, 16);
+            let cur: Vec<Value> = accs.iter().map(|a| g.b.use_var(*a)).collect();
+            let next = f(g, V4, off, 0, &cur);
+            for (a, v) in accs.iter().zip(next) {
+                g.b.def_var(*a, v);
+            }
+        });
+        let zs = self.fconst(types::F32, 0.0);
+        let mut tail = vec![zs; n];
+        let z = self.iconst(0);
+        for t in dim / 4 * 4..dim {
+            tail = f(self, types::F32, z, 4 * t as i64, &tail);
+        }
+        accs.iter()
+            .zip(tail)
+            .map(|(a, t)| {
+                let v = self.b.use_var(*a);
+                let h = self.hsum(v);
+                self.b.ins().fadd(h, t)
+            })
+            .collect()
+    }
+
+    /// Runs `f(g, ty, off, imm)` over the pieces of a row of `dim` floats,
+    /// like [`Gen::row_sums`].
+    fn row_each(&mut self, dim: usize, mut f: impl FnMut(&mut Self, Type, Value, i64)) {
+        self.for_count(dim / 4, |g, j| {
+            let off = g.b.ins().imul_imm_s(j, 16);
+            f(g, V4, off, 0);
+        });
+        let z = self.iconst(0);
+        for t in dim / 4 * 4..dim {
+            f(self, types::F32, z, 4 * t as i64);
+        }
+    }
+
+    /// `load(ty, base + off + imm)`.
+    fn load_at(&mut self, ty: Type, base: Value, off: Value, imm: i64) -> Value {
+        let a = self.b.ins().iadd(base, off);
+        self.load(ty, a, imm)
+    }
+
+    /// `store(v, base + off + imm)`.
+    fn store_at(&mut self, v: Value, base: Value, off: Value, imm: i64) {
+        let a = self.b.ins().iadd(base, off);
+        self.store(v, a, imm);
+    }
+
+    /// Gradients of rmsnorm (`layer = false`) or layernorm: buffers `x,
+    /// gain, dy, dx, dgain (, dbias)`, as `backward.rs` defines them.
+    fn norm_grad(&mut self, ptrs: Value, ints: Value, dim: usize, layer: bool) {
+        let x = self.arg_ptr(ptrs, 0);
+        let gain = self.arg_ptr(ptrs, 1);
+        let dy = self.arg_ptr(ptrs, 2);
+        let dx = self.arg_ptr(ptrs, 3);
+        let dgain = self.arg_ptr(ptrs, 4);
+        let dbias = if layer {
+            Some(self.arg_ptr(ptrs, 5))
+        } else {
+            None
+        };
+        let rows = self.arg_int(ints, 0);
+        let zero = self.iconst(0);
+        self.for_range(zero, rows, 1, |g, r| {
+            let roff = g.b.ins().imul_imm_s(r, 4 * dim as i64);
+            let xr = g.b.ins().iadd(x, roff);
+            let dyr = g.b.ins().iadd(dy, roff);
+            let dxr = g.b.ins().iadd(dx, roff);
+            let inv_n = g.fconst(types::F32, 1.0 / dim as f32);
+            let eps = g.fconst(types::F32, crate::graph::NORM_EPS);
+            let one = g.fconst(types::F32, 1.0);
+            if let Some(dbias) = dbias {
+                let sx = g.row_sums(dim, 1, |g, ty, o, i, a| {
+                    let xv = g.load_at(ty, xr, o, i);
+                    vec![g.b.ins().fadd(a[0], xv)]
+                });
+                let mean = g.b.ins().fmul(sx[0], inv_n);
+                let mv = g.b.ins().splat(V4, mean);
+                // Variance, sum(dy g) and sum(dy g (x - mean)) in one pass.
+                let s = g.row_sums(dim, 3, |g, ty, o, i, a| {
+                    let xv = g.load_at(ty, xr, o, i);
+                    let gv = g.load_at(ty, gain, o, i);
+                    let dyv = g.load_at(ty, dyr, o, i);
+                    let m = if ty == V4 { mv } else { mean };
+                    let d = g.b.ins().fsub(xv, m);
+                    let dyg = g.b.ins().fmul(dyv, gv);
+                    let var = g.fma(d, d, a[0]);
+                    let s1 = g.b.ins().fadd(a[1], dyg);
+                    let s2 = g.fma(dyg, d, a[2]);
+                    vec![var, s1, s2]
+                });
+                let var = g.b.ins().fmul(s[0], inv_n);
+                let ve = g.b.ins().fadd(var, eps);
+                let sd = g.b.ins().sqrt(ve);
+                let inv = g.b.ins().fdiv(one, sd);
+                let s1 = s[1];
+                let s2 = g.b.ins().fmul(s[2], inv);
+                let c = g.b.ins().fmul(inv, inv_n);
+                let vs = [mv, g.b.ins().splat(V4, inv), g.b.ins().splat(V4, s1)];
+                let vs2 = [g.b.ins().splat(V4, s2), g.b.ins().splat(V4, c)];
+                // dx = inv dy g - inv / n (s1 + xh s2), xh = (x - mean) inv.
+                g.row_each(dim, |g, ty, o, i| {
+                    let (m, iv, s1, s2, c) = if ty == V4 {
+                        (vs[0], vs[1], vs[2], vs2[0], vs2[1])
+                    } else {
+                        (mean, inv, s1, s2, c)
+                    };
+                    let xv = g.load_at(ty, xr, o, i);
+                    let gv = g.load_at(ty, gain, o, i);
+                    let dyv = g.load_at(ty, dyr, o, i);
+                    let d = g.b.ins().fsub(xv, m);
+                    let xh = g.b.ins().fmul(d, iv);
+                    let dg = g.load_at(ty, dgain, o, i);
+                    let dg = g.fma(dyv, xh, dg);
+                    g.store_at(dg, dgain, o, i);
+                    let db = g.load_at(ty, dbias, o, i);
+                    let db = g.b.ins().fadd(db, dyv);
+                    g.store_at(db, dbias, o, i);
+                    let dyg = g.b.ins().fmul(dyv, gv);
+                    let a = g.b.ins().fmul(dyg, iv);
+                    let t = g.fma(xh, s2, s1);
+                    let t = g.b.ins().fmul(t, c);
+                    let r = g.b.ins().fsub(a, t);
+                    g.store_at(r, dxr, o, i);
+                });
+            } else {
+                // sum(x^2) and sum(dy g x) in one pass.
+                let s = g.row_sums(dim, 2, |g, ty, o, i, a| {
+                    let xv = g.load_at(ty, xr, o, i);
+                    let gv = g.load_at(ty, gain, o, i);
+                    let dyv = g.load_at(ty, dyr, o, i);
+                    let ss = g.fma(xv, xv, a[0]);
+                    let dyg = g.b.ins().fmul(dyv, gv);
+                    let dot = g.fma(dyg, xv, a[1]);
+                    vec![ss, dot]
+                });
+                let ms = g.b.ins().fmul(s[0], inv_n);
+                let me = g.b.ins().fadd(ms, eps);
+                let sd = g.b.ins().sqrt(me);
+                let inv = g.b.ins().fdiv(one, sd);
+                // dx = inv g dy - x inv^3 dot / n.
+                let i2 = g.b.ins().fmul(inv, inv);
+                let i3 = g.b.ins().fmul(i2, inv);
+                let k = g.b.ins().fmul(i3, s[1]);
+                let k = g.b.ins().fmul(k, inv_n);
+                let vs = [g.b.ins().splat(V4, inv), g.b.ins().splat(V4, k)];
+                g.row_each(dim, |g, ty, o, i| {
+                    let (iv, k) = if ty == V4 { (vs[0], vs[1]) } else { (inv, k) };
+                    let xv = g.load_at(ty, xr, o, i);
+                    let gv = g.load_at(ty, gain, o, i);
+                    let dyv = g.load_at(ty, dyr, o, i);
+                    let dyi = g.b.ins().fmul(dyv, iv);
+                    let dg = g.load_at(ty, dgain, o, i);
+                    let dg = g.fma(dyi, xv, dg);
+                    g.store_at(dg, dgain, o, i);
+                    let a = g.b.ins().fmul(dyi, gv);
+                    let t = g.b.ins().fmul(xv, k);
+                    let r = g.b.ins().fsub(a, t);
+                    g.store_at(r, dxr, o, i);
+                });
+            }
+        });
+    }
+
+    /// Softmax gradient from the output: buffers `y, dy, dx`.
+    fn softmax_grad(&mut self, ptrs: Value, ints: Value, dim: usize) {
+        let y = self.arg_ptr(ptrs, 0);
+        let dy = self.arg_ptr(ptrs, 1);
+        let dx = self.arg_ptr(ptrs, 2);
+        let rows = self.arg_int(ints, 0);
+        let zero = self.iconst(0);
+        self.for_range(zero, rows, 1, |g, r| {
+            let roff = g.b.ins().imul_imm_s(r, 4 * dim as i64);
+            let yr = g.b.ins().iadd(y, roff);
+            let dyr = g.b.ins().iadd(dy, roff);
+            let dxr = g.b.ins().iadd(dx, roff);
+            let s = g.row_sums(dim, 1, |g, ty, o, i, a| {
+                let yv = g.load_at(ty, yr, o, i);
+                let dyv = g.load_at(ty, dyr, o, i);
+                vec![g.fma(yv, dyv, a[0])]
+            });
+            let dot = s[0];
+            let dotv = g.b.ins().splat(V4, dot);
+            g.row_each(dim, |g, ty, o, i| {
+                let d = if ty == V4 { dotv } else { dot };
+                let yv = g.load_at(ty, yr, o, i);
+                let dyv = g.load_at(ty, dyr, o, i);
+                let t = g.b.ins().fsub(dyv, d);
+                let r = g.b.ins().fmul(yv, t);
+                g.store_at(r, dxr, o, i);
             });
         });
     }

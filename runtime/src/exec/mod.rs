@@ -44,6 +44,11 @@ use crate::jit::{self, AttentionSpec, Binary, Expr, Jit, KernelSpec, Unary};
 use crate::layout::{Layout, block};
 use crate::reference;
 
+mod grad;
+
+use grad::Tape;
+pub use grad::{GradCheck, ParamGrad, Reduce};
+
 /// The parallel layout the executor runs: the design point's degrees,
 /// the microbatch size and the layers of each pipeline stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +199,13 @@ pub struct RunConfig {
     /// reference (not only the outputs): slower, and strict even where an
     /// output saturates (e.g. a ReLU before a sigmoid).
     pub check_all: bool,
+    /// Also run the backward pass of one training step (loss = the sum of
+    /// every output element) on the devices and compare every parameter
+    /// gradient with the reference backward ([`crate::backward`]).
+    pub gradients: bool,
+    /// Fault injection for the gradient check: device 0 adds 1 to the
+    /// first element of its gradient of the op producing this tensor.
+    pub grad_fault: Option<TensorId>,
 }
 
 impl Default for RunConfig {
@@ -204,6 +216,8 @@ impl Default for RunConfig {
             timeout: Duration::from_secs(120),
             fault: None,
             check_all: false,
+            gradients: false,
+            grad_fault: None,
         }
     }
 }
@@ -238,15 +252,28 @@ pub struct RunReport {
     pub kernels: usize,
     pub outputs: Vec<OutputCheck>,
     pub divergence: Option<Divergence>,
+    /// The parameter gradients of one training step, when asked for.
+    pub gradients: Option<GradCheck>,
     pub tolerance: f64,
 }
 
 impl RunReport {
     pub fn passed(&self) -> bool {
-        self.outputs.iter().all(|o| o.max_rel <= self.tolerance) && self.divergence.is_none()
+        self.outputs.iter().all(|o| o.max_rel <= self.tolerance)
+            && self.divergence.is_none()
+            && self
+                .gradients
+                .as_ref()
+                .is_none_or(|g| g.passed(self.tolerance))
     }
     /// The R001 diagnostic of a failed run.
     pub fn error(&self) -> Option<RuntimeError> {
+        if self.outputs.iter().all(|o| o.max_rel <= self.tolerance)
+            && self.divergence.is_none()
+            && let Some(g) = &self.gradients
+        {
+            return g.error(self.tolerance);
+        }
         let bad = self
             .outputs
             .iter()
@@ -377,7 +404,19 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
         .collect();
     let reference = reference::run(g, &w.bindings, &init, Some(inputs.clone()), false)?;
-    let (outs, kernels) = simulate(w, par, cfg, &inputs, false)?;
+    let (outs, kernels, pgrads) = simulate(w, par, cfg, &inputs, false)?;
+    let gradients = if cfg.gradients {
+        let want = crate::backward::backward(
+            g,
+            &w.bindings,
+            &init,
+            Some(inputs.clone()),
+            &Default::default(),
+        )?;
+        Some(grad::check(g, &pgrads, &want)?)
+    } else {
+        None
+    };
     let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
     let mut report = RunReport {
         parallel: par.clone(),
@@ -386,6 +425,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         kernels,
         outputs: Vec::new(),
         divergence: None,
+        gradients,
         tolerance: cfg.tolerance,
     };
     for (i, (name, shape, want)) in reference.outputs.iter().enumerate() {
@@ -397,7 +437,8 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             max_rel: rel,
         });
     }
-    if !report.passed() || cfg.check_all {
+    let outputs_ok = report.outputs.iter().all(|o| o.max_rel <= cfg.tolerance);
+    if !outputs_ok || cfg.check_all {
         report.divergence = locate(w, par, cfg, &inputs)?;
     }
     Ok(report)
@@ -430,6 +471,7 @@ struct DeviceResult {
     outputs: Vec<(usize, Vec<Vec<f32>>)>,
     records: Vec<Record>,
     kernels: usize,
+    grads: Vec<ParamGrad>,
 }
 
 /// Runs every device; returns the assembled outputs and the kernel count.
@@ -439,7 +481,7 @@ fn simulate(
     cfg: &RunConfig,
     inputs: &[Vec<f32>],
     trace: bool,
-) -> Result<(Vec<Vec<f32>>, usize), RuntimeError> {
+) -> Result<(Vec<Vec<f32>>, usize, Vec<Vec<ParamGrad>>), RuntimeError> {
     let (results, _) = simulate_devices(w, par, cfg, inputs, trace)?;
     let g = &w.model.graph;
     let gshapes = graph::shapes(g, &w.bindings)?;
@@ -471,7 +513,8 @@ fn simulate(
             }
         }
     }
-    Ok((outs, kernels))
+    let grads = results.into_iter().map(|r| r.grads).collect();
+    Ok((outs, kernels, grads))
 }
 
 fn per_replica(w: &Workload, par: &Parallel) -> usize {
@@ -524,19 +567,34 @@ fn simulate_devices(
                     let jit = Jit::new()?;
                     let mut dev = Dev::new(w, par, rank, init, jit, Some(ep), trace)?;
                     dev.fault = cfg.fault.filter(|_| rank == 0);
+                    dev.grad_fault = cfg.grad_fault.filter(|_| rank == 0);
+                    let grads = cfg.gradients && !trace;
+                    if grads {
+                        dev.start_gradients();
+                    }
                     let mut outputs = Vec::new();
                     for action in one_f_one_b(par.pp, dev.stage, m) {
-                        // Forward pass only: backward actions keep their place in the order.
-                        if let Action::Forward(mb) = action
-                            && let Some(o) = dev.microbatch(mb, &mb_inputs[mb])?
-                        {
-                            outputs.push((mb, o));
+                        match action {
+                            Action::Forward(mb) => {
+                                if let Some(o) = dev.microbatch(mb, &mb_inputs[mb])? {
+                                    outputs.push((mb, o));
+                                }
+                            }
+                            // Without gradients, backward actions only keep their place.
+                            Action::Backward(mb) if grads => dev.backward(mb)?,
+                            Action::Backward(_) => {}
                         }
                     }
+                    let grads = if grads {
+                        dev.finish_gradients()?
+                    } else {
+                        Vec::new()
+                    };
                     Ok(DeviceResult {
                         outputs,
                         records: dev.records.take().unwrap_or_default(),
                         kernels: dev.jit.compiled(),
+                        grads,
                     })
                 })
             })
@@ -718,6 +776,14 @@ struct Dev<'a> {
     records: Option<Vec<Record>>,
     mb: usize,
     fault: Option<TensorId>,
+    /// Training: the tape of the microbatch being run forward, the tapes
+    /// of the microbatches waiting for their backward pass, and the
+    /// parameter gradients accumulated so far.
+    grad: bool,
+    tape: Option<Tape>,
+    tapes: HashMap<usize, Tape>,
+    pgrads: std::collections::BTreeMap<crate::backward::ParamKey, ParamGrad>,
+    grad_fault: Option<TensorId>,
 }
 
 impl<'a> Dev<'a> {
@@ -782,6 +848,11 @@ impl<'a> Dev<'a> {
             records: trace.then(Vec::new),
             mb: 0,
             fault: None,
+            grad: false,
+            tape: None,
+            tapes: HashMap::new(),
+            pgrads: Default::default(),
+            grad_fault: None,
         })
     }
 
@@ -845,7 +916,11 @@ impl<'a> Dev<'a> {
 
     /// The tensor `t` in layout `to` (gathering across ranks or slicing locally).
     fn as_layout(&self, t: TensorId, to: Layout) -> Result<Vec<f32>, RuntimeError> {
-        let x = self.get(t)?;
+        self.convert(t, self.get(t)?, to)
+    }
+
+    /// `x`, a local part of tensor `t`, in layout `to`.
+    fn convert(&self, t: TensorId, x: &Local, to: Layout) -> Result<Vec<f32>, RuntimeError> {
         if x.layout == to {
             return Ok(x.data.clone());
         }
@@ -958,6 +1033,21 @@ impl<'a> Dev<'a> {
         mb: usize,
         inputs: &[Vec<f32>],
     ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
+        if self.grad {
+            self.tape = Some(Tape::default());
+        }
+        let outs = self.forward(mb, inputs)?;
+        if let Some(tape) = self.tape.take() {
+            self.tapes.insert(mb, tape);
+        }
+        Ok(outs)
+    }
+
+    fn forward(
+        &mut self,
+        mb: usize,
+        inputs: &[Vec<f32>],
+    ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
         self.mb = mb;
         self.env.clear();
         for (i, t) in self.g.inputs.iter().enumerate() {
@@ -969,6 +1059,7 @@ impl<'a> Dev<'a> {
                     data,
                 },
             );
+            self.bind(*t);
         }
         let g = self.g;
         let last = self.par.pp - 1;
@@ -988,9 +1079,11 @@ impl<'a> Dev<'a> {
                         if i == 0 {
                             let v = self.get(c.init)?.clone();
                             self.env.insert(c.param, v);
+                            self.alias(c.param, c.init);
                         } else if i > l0 {
                             let v = self.get(c.next)?.clone();
                             self.env.insert(c.param, v);
+                            self.alias(c.param, c.next);
                         }
                     }
                     let mut path = vec![i as u64];
@@ -1003,6 +1096,7 @@ impl<'a> Dev<'a> {
                 for c in &rep.carried {
                     let v = self.get(c.next)?.clone();
                     self.env.insert(c.result, v);
+                    self.alias(c.result, c.next);
                 }
                 self.items(&g.body[idx + 1..], &mut Vec::new())?;
             }
@@ -1029,6 +1123,9 @@ impl<'a> Dev<'a> {
             .chain(live.iter().copied())
             .collect();
         for t in tensors {
+            if let Some(tape) = &mut self.tape {
+                tape.sent.push(tape.slot(t)?);
+            }
             let x = self.get(t)?;
             let mut msg = vec![x.layout.code() as f32];
             if x.layout == Layout::Rows {
@@ -1074,6 +1171,11 @@ impl<'a> Dev<'a> {
                 Local { layout, data }
             };
             self.env.insert(t, local);
+            self.bind(t);
+            if let Some(tape) = &mut self.tape {
+                let s = tape.slot(t)?;
+                tape.received.push(s);
+            }
         }
         Ok(())
     }
@@ -1088,6 +1190,7 @@ impl<'a> Dev<'a> {
                             let src = if i == 0 { c.init } else { c.next };
                             let v = self.get(src)?.clone();
                             self.env.insert(c.param, v);
+                            self.alias(c.param, src);
                         }
                         path.push(i);
                         self.items(&r.body, path)?;
@@ -1097,6 +1200,7 @@ impl<'a> Dev<'a> {
                         let src = if r.count == 0 { c.init } else { c.next };
                         let v = self.get(src)?.clone();
                         self.env.insert(c.result, v);
+                        self.alias(c.result, src);
                     }
                 }
             }
@@ -1199,6 +1303,9 @@ impl<'a> Dev<'a> {
         }
         self.record(op.output, path, &out);
         self.env.insert(op.output, out);
+        if let Some(tape) = &mut self.tape {
+            tape.push(op, path, &self.env[&op.output])?;
+        }
         Ok(())
     }
 
@@ -1513,7 +1620,16 @@ impl<'a> Dev<'a> {
         })
     }
 
-    fn attention(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+    /// The local attention of `op` given its operands' layouts: the
+    /// kernel's spec (local heads and their offsets), the layout the query
+    /// (and result) is used in and the layout of the keys and values.
+    fn attention_plan(
+        &self,
+        op: &Op,
+        ql: Layout,
+        kl: Layout,
+        vl: Layout,
+    ) -> Result<(AttentionSpec, Layout, Layout), RuntimeError> {
         let OpKind::Attention {
             heads,
             kv_heads,
@@ -1532,7 +1648,6 @@ impl<'a> Dev<'a> {
             self.t,
         );
         let group = h / kvh.max(1);
-        let ql = self.get(op.inputs[0])?.layout;
         let (q_layout, hl, qoff) = if ql == Layout::split(tp) && tp > 1 {
             (ql, h / tp, t * (h / tp))
         } else {
@@ -1543,8 +1658,6 @@ impl<'a> Dev<'a> {
         let mut kv_layout = Layout::Rep;
         let mut kv_off = 0;
         let mut kv_local = kvh;
-        let kl = self.get(op.inputs[1])?.layout;
-        let vl = self.get(op.inputs[2])?.layout;
         if let Layout::Split { groups } = kl
             && kl == vl
             && kvh % groups == 0
@@ -1557,9 +1670,6 @@ impl<'a> Dev<'a> {
                 kv_local = per;
             }
         }
-        let q = self.as_layout(op.inputs[0], q_layout)?;
-        let k = self.as_layout(op.inputs[1], kv_layout)?;
-        let v = self.as_layout(op.inputs[2], kv_layout)?;
         let qs = &self.shapes[op.inputs[0].0 as usize];
         let ks = &self.shapes[op.inputs[1].0 as usize];
         let spec = AttentionSpec {
@@ -1573,7 +1683,20 @@ impl<'a> Dev<'a> {
             kv_heads: kv_local,
             causal,
         };
-        let b = qs[0];
+        Ok((spec, q_layout, kv_layout))
+    }
+
+    fn attention(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+        let (spec, q_layout, kv_layout) = self.attention_plan(
+            op,
+            self.get(op.inputs[0])?.layout,
+            self.get(op.inputs[1])?.layout,
+            self.get(op.inputs[2])?.layout,
+        )?;
+        let q = self.as_layout(op.inputs[0], q_layout)?;
+        let k = self.as_layout(op.inputs[1], kv_layout)?;
+        let v = self.as_layout(op.inputs[2], kv_layout)?;
+        let b = self.shapes[op.inputs[0].0 as usize][0];
         let data = if self.dry {
             self.jit.prepare(&KernelSpec::Attention(spec))?;
             Vec::new()
@@ -1627,6 +1750,42 @@ impl<'a> Dev<'a> {
             layout.local_part(&full, dim, self.par.tp, self.t)
         };
         Ok(Local { layout, data })
+    }
+
+    /// Sends `[expert, token row]` records to the expert owners (an
+    /// all-to-all over the expert-parallel group). Returns, per owner, the
+    /// `(token, choice)` pairs sent (in record order) and, per sender, the
+    /// records received.
+    #[allow(clippy::type_complexity)]
+    fn moe_dispatch(
+        &self,
+        x: &[f32],
+        choices: &[Vec<(usize, f32)>],
+        d: usize,
+        experts: usize,
+    ) -> Result<(Vec<Vec<(usize, usize)>>, Vec<Vec<f32>>), RuntimeError> {
+        let ep = self.par.ep;
+        let per_owner = experts / ep;
+        let mut sent: Vec<Vec<(usize, usize)>> = vec![Vec::new(); ep];
+        let mut parts: Vec<Vec<f32>> = vec![Vec::new(); ep];
+        for (tk, ch) in choices.iter().enumerate() {
+            for (c, (e, _)) in ch.iter().enumerate() {
+                let o = e / per_owner.max(1);
+                sent[o].push((tk, c));
+                parts[o].push(*e as f32);
+                parts[o].extend_from_slice(&x[tk * d..(tk + 1) * d]);
+            }
+        }
+        Ok((sent, self.ep_exchange(parts)?))
+    }
+
+    /// An all-to-all over the expert-parallel group (the identity at `ep = 1`).
+    fn ep_exchange(&self, parts: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        if self.par.ep > 1 {
+            self.endpoint()?.all_to_all(&self.ep_group(), parts)
+        } else {
+            Ok(parts)
+        }
     }
 
     fn mlp(
@@ -1729,45 +1888,8 @@ impl<'a> Dev<'a> {
         }
         let tokens = x.len() / d.max(1);
         let logits = self.mm(tokens, d, experts, &x, &w[0], None)?;
-        // Routing: top-k logits (ties to the lower expert), softmax gates.
-        let mut choices: Vec<Vec<(usize, f32)>> = Vec::with_capacity(tokens);
-        for tk in 0..tokens {
-            let row = &logits[tk * experts..(tk + 1) * experts];
-            let mut order: Vec<usize> = (0..experts).collect();
-            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
-            order.truncate(top_k);
-            let max = order
-                .iter()
-                .map(|e| row[*e])
-                .fold(f32::NEG_INFINITY, f32::max);
-            let ex: Vec<f32> = order.iter().map(|e| (row[*e] - max).exp()).collect();
-            let sum: f32 = ex.iter().sum();
-            choices.push(
-                order
-                    .into_iter()
-                    .zip(ex)
-                    .map(|(e, x)| (e, x / sum))
-                    .collect(),
-            );
-        }
-        // Dispatch records [expert, token row] to the expert owners.
-        let per_owner = experts / ep;
-        let mut sent: Vec<Vec<(usize, usize)>> = vec![Vec::new(); ep];
-        let mut parts: Vec<Vec<f32>> = vec![Vec::new(); ep];
-        for (tk, ch) in choices.iter().enumerate() {
-            for (c, (e, _)) in ch.iter().enumerate() {
-                let o = e / per_owner.max(1);
-                sent[o].push((tk, c));
-                parts[o].push(*e as f32);
-                parts[o].extend_from_slice(&x[tk * d..(tk + 1) * d]);
-            }
-        }
-        let group = self.ep_group();
-        let received = if ep > 1 {
-            self.endpoint()?.all_to_all(&group, parts)?
-        } else {
-            parts
-        };
+        let choices = route(&logits, experts, top_k);
+        let (sent, received) = self.moe_dispatch(&x, &choices, d, experts)?;
         let mut replies = Vec::with_capacity(received.len());
         for msg in &received {
             let recs = msg.len() / (d + 1);
@@ -1794,11 +1916,7 @@ impl<'a> Dev<'a> {
             }
             replies.push(reply);
         }
-        let back = if ep > 1 {
-            self.endpoint()?.all_to_all(&group, replies)?
-        } else {
-            replies
-        };
+        let back = self.ep_exchange(replies)?;
         let mut ys: HashMap<(usize, usize), &[f32]> = HashMap::new();
         for (o, recs) in sent.iter().enumerate() {
             for (i, key) in recs.iter().enumerate() {
@@ -1821,6 +1939,30 @@ impl<'a> Dev<'a> {
             data: out,
         })
     }
+}
+
+/// MoE routing of every token: the `top_k` largest logits (ties to the
+/// lower expert) with softmax gates over the chosen logits.
+fn route(logits: &[f32], experts: usize, top_k: usize) -> Vec<Vec<(usize, f32)>> {
+    logits
+        .chunks(experts.max(1))
+        .map(|row| {
+            let mut order: Vec<usize> = (0..experts).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
+            order.truncate(top_k);
+            let max = order
+                .iter()
+                .map(|e| row[*e])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let ex: Vec<f32> = order.iter().map(|e| (row[*e] - max).exp()).collect();
+            let sum: f32 = ex.iter().sum();
+            order
+                .into_iter()
+                .zip(ex)
+                .map(|(e, x)| (e, x / sum))
+                .collect()
+        })
+        .collect()
 }
 
 fn count_uses(items: &[Item], uses: &mut [u32]) {
@@ -1980,7 +2122,7 @@ workload w {
 }
 ";
 
-    fn workload() -> Workload {
+    pub(super) fn workload() -> Workload {
         let c = gantry_lang::check::check_source("t.gantry", SRC);
         assert!(!c.has_errors(), "{}", c.render(false));
         c.program.workloads["w"].clone()
@@ -2092,6 +2234,79 @@ workload w {
         assert_eq!(e.code, RCode::R001);
         assert!(
             e.message.contains("first diverging op: attention"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[cfg(test)]
+mod grad_tests {
+    use super::run_tests::workload;
+    use super::*;
+
+    fn par(dp: usize, tp: usize, pp: usize, mb: usize, sp: bool) -> Parallel {
+        Parallel {
+            dp,
+            tp,
+            pp,
+            ep: 1,
+            microbatch: mb,
+            stage_layers: even_split(2, pp),
+            sp,
+        }
+    }
+
+    #[test]
+    fn sharded_gradients_match_reference() {
+        let w = workload();
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        for p in [
+            par(1, 1, 1, 4, false),
+            par(2, 1, 1, 1, false),
+            par(1, 2, 1, 2, false),
+            par(1, 4, 1, 4, false),
+            par(1, 2, 1, 4, true),
+            par(1, 1, 2, 1, false),
+            par(2, 2, 2, 1, false),
+            par(1, 2, 2, 2, true),
+        ] {
+            let r = run(&w, &p, &cfg).expect("runs");
+            let g = r.gradients.as_ref().expect("gradients");
+            eprintln!("{}: {:?}", describe(&p), g);
+            assert!(r.passed(), "{}: {:?}", describe(&p), r);
+            assert!(g.params > 0 && g.blocks >= g.params);
+        }
+    }
+
+    #[test]
+    fn a_wrong_gradient_is_named() {
+        let w = workload();
+        let g = &w.model.graph;
+        // The first column-parallel linear of the layers.
+        let target = graph::ops(&g.body)
+            .iter()
+            .find(|o| matches!(o.kind, OpKind::Linear { .. }))
+            .map(|o| o.output)
+            .expect("a linear");
+        let cfg = RunConfig {
+            gradients: true,
+            grad_fault: Some(target),
+            ..RunConfig::default()
+        };
+        let r = run(&w, &par(2, 2, 1, 1, false), &cfg).expect("runs");
+        assert!(!r.passed());
+        assert!(
+            r.outputs.iter().all(|o| o.max_rel <= 1e-4),
+            "outputs are fine"
+        );
+        let e = r.error().expect("an error");
+        assert_eq!(e.code, RCode::R001);
+        assert!(
+            e.message.contains(&format!("linear %{}", target.0)),
             "{}",
             e.message
         );

@@ -1,0 +1,1292 @@
+//! The backward pass of one training step on the simulated devices.
+//!
+//! The loss is the one [`crate::backward`] defines: the sum of every
+//! element of every graph output. In training mode each device records a
+//! tape of its forward pass per microbatch (fusion is off, so every op's
+//! result is a value on the tape; carried values are aliased, not
+//! copied) and runs the backward pass when the 1F1B schedule reaches
+//! `Backward(mb)`: the last stage seeds the outputs with ones, the other
+//! stages receive the gradients of the values they sent and send the
+//! gradients of the values they received.
+//!
+//! A gradient is kept in the layout of its forward value, and every rank
+//! holds the *complete* gradient of its local part (a replicated value's
+//! gradient is replicated). An op's backward yields, per input, either a
+//! complete gradient in some layout or a *partial* sum over the
+//! tensor-parallel ranks (a column-parallel linear's input, attention's
+//! keys and values under head parallelism); [`Dev::to_layout`] turns it
+//! into the input's layout: partial sums are all-reduced (reduce-scattered
+//! for sequence-parallel rows, the adjoint of the forward all-gather), a
+//! slice that was read from a replicated value is all-gathered. This is
+//! Megatron's f/g pair derived from layouts rather than written per op.
+//!
+//! GEMMs of the backward pass (`dX = dY Wᵀ`, `dW = Xᵀ dY`, experts, MLPs)
+//! and the elementwise, norm and softmax gradients run on JIT kernels;
+//! attention's, interact's and concat's local gradients reuse the
+//! reference's plain loops (they are checked against finite differences
+//! there). Parameter gradients are summed over the microbatches and then
+//! reduced: over data-parallel replicas, over tensor-parallel ranks too
+//! where the forward ran on sequence-parallel rows (norm gains), over the
+//! replicas that hold the same experts, and not at all for table-wise
+//! sharded embedding tables (the owner already received every sample's
+//! gradient through the all-to-all). [`check`] compares every device's
+//! blocks with the reference gradients and checks that the blocks cover
+//! every parameter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use gantry_lang::program::{Activation, BinaryOp, Graph, OpKind, TensorId};
+
+use super::{Dev, Local, route};
+use crate::backward::{self as refgrad, Gradients, ParamKey};
+use crate::comm::Kind;
+use crate::error::{RCode, RuntimeError, unsupported};
+use crate::graph::{self, numel};
+use crate::jit::{self, Binary, Expr, Unary};
+use crate::layout::Layout;
+use crate::reference::clamp_id;
+
+/// How a parameter gradient is reduced after the last microbatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// Summed over the data-parallel replicas.
+    Replicas,
+    /// Summed over the tensor-parallel ranks (each saw its own rows), then
+    /// over the replicas.
+    TensorAndReplicas,
+    /// Summed over the replicas that hold the same experts.
+    ExpertReplicas,
+    /// Already complete on its one owner.
+    Owner,
+}
+
+/// A block of one parameter's gradient on one device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamGrad {
+    pub key: ParamKey,
+    /// Rows and columns of the parameter (rows `0..1` for a vector).
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub data: Vec<f32>,
+    pub reduce: Reduce,
+}
+
+/// Every device's parameter gradients compared with the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradCheck {
+    /// Parameter instances (per op, iteration and slot) in the reference.
+    pub params: usize,
+    /// Their elements, all covered by some device's block.
+    pub elements: usize,
+    /// Blocks compared (summed over devices).
+    pub blocks: usize,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    /// The parameter with the largest relative error.
+    pub worst: String,
+    /// A parameter some of whose gradient no device holds.
+    pub uncovered: Option<String>,
+}
+
+impl GradCheck {
+    pub fn passed(&self, tolerance: f64) -> bool {
+        self.max_rel <= tolerance && self.uncovered.is_none()
+    }
+    /// The R001 diagnostic of a failed gradient check.
+    pub fn error(&self, tolerance: f64) -> Option<RuntimeError> {
+        if let Some(p) = &self.uncovered {
+            return Some(RuntimeError::new(
+                RCode::R001,
+                format!("no device holds the whole gradient of {p}"),
+            ));
+        }
+        (self.max_rel > tolerance).then(|| {
+            RuntimeError::new(
+                RCode::R001,
+                format!(
+                    "the gradient of {} differs from the reference: max rel error {:.3e} > {:.0e}",
+                    self.worst, self.max_rel, tolerance
+                ),
+            )
+            .with_help("this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line")
+        })
+    }
+}
+
+/// A gradient contribution to one input of an op.
+enum Grad {
+    /// Complete, for the local part of the given layout.
+    In(Layout, Vec<f32>),
+    /// The whole tensor's shape; the gradient is the sum over the
+    /// tensor-parallel ranks.
+    Partial(Vec<f32>),
+}
+
+struct Entry {
+    op: TensorId,
+    path: Vec<u64>,
+    ins: Vec<usize>,
+    out: usize,
+}
+
+/// The forward values of one microbatch on one device.
+#[derive(Default)]
+pub(super) struct Tape {
+    values: Vec<Local>,
+    ids: Vec<TensorId>,
+    slot_of: HashMap<TensorId, usize>,
+    entries: Vec<Entry>,
+    /// Values received from the previous stage, in message order.
+    pub(super) received: Vec<usize>,
+    /// Values sent to the next stage, in message order.
+    pub(super) sent: Vec<usize>,
+}
+
+impl Tape {
+    pub(super) fn slot(&self, t: TensorId) -> Result<usize, RuntimeError> {
+        self.slot_of
+            .get(&t)
+            .copied()
+            .ok_or_else(|| unsupported(format!("tensor %{} is not on the tape", t.0)))
+    }
+    fn bind(&mut self, t: TensorId, v: Local) -> usize {
+        self.values.push(v);
+        self.ids.push(t);
+        let s = self.values.len() - 1;
+        self.slot_of.insert(t, s);
+        s
+    }
+    /// Records the op producing `out` (its inputs are already bound).
+    pub(super) fn push(
+        &mut self,
+        op: &gantry_lang::program::Op,
+        path: &[u64],
+        out: &Local,
+    ) -> Result<(), RuntimeError> {
+        let ins = op
+            .inputs
+            .iter()
+            .map(|i| self.slot(*i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self.bind(op.output, out.clone());
+        self.entries.push(Entry {
+            op: op.output,
+            path: path.to_vec(),
+            ins,
+            out,
+        });
+        Ok(())
+    }
+}
+
+fn acc(slot: &mut Option<Vec<f32>>, g: Vec<f32>) {
+    match slot {
+        Some(s) => s.iter_mut().zip(g).for_each(|(a, b)| *a += b),
+        None => *slot = Some(g),
+    }
+}
+
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+fn col_sums(a: &[f32], cols: usize) -> Vec<f32> {
+    let mut s = vec![0.0; cols];
+    for row in a.chunks(cols.max(1)) {
+        s.iter_mut().zip(row).for_each(|(x, y)| *x += y);
+    }
+    s
+}
+
+fn grad_of(a: Activation) -> Unary {
+    match a {
+        Activation::Relu => Unary::ReluGrad,
+        Activation::Gelu => Unary::GeluGrad,
+        Activation::Silu => Unary::SiluGrad,
+        Activation::Sigmoid => Unary::SigmoidGrad,
+    }
+}
+
+fn input(i: u8) -> Box<Expr> {
+    Box::new(Expr::Input(i))
+}
+
+/// `dy * f'(x)` as one fused kernel expression over `[dy, x]`.
+fn chain(a: Activation) -> Expr {
+    Expr::Binary(
+        Binary::Mul,
+        input(0),
+        Box::new(Expr::Unary(grad_of(a), input(1))),
+    )
+}
+
+impl Dev<'_> {
+    // ------------------------------------------------------------ tape
+
+    /// Training mode: record tapes, keep every op's result (no fusion).
+    pub(super) fn start_gradients(&mut self) {
+        self.grad = true;
+        self.fused.iter_mut().for_each(|f| *f = false);
+    }
+
+    /// Puts the current value of `t` on the tape.
+    pub(super) fn bind(&mut self, t: TensorId) {
+        if let (Some(tape), Some(v)) = (&mut self.tape, self.env.get(&t)) {
+            tape.bind(t, v.clone());
+        }
+    }
+
+    /// `dst` names the same value as `src` (a carried value).
+    pub(super) fn alias(&mut self, dst: TensorId, src: TensorId) {
+        if let Some(tape) = &mut self.tape
+            && let Some(s) = tape.slot_of.get(&src).copied()
+        {
+            tape.slot_of.insert(dst, s);
+        }
+    }
+
+    // ------------------------------------------------------------ groups
+
+    fn replica_group(&self, same_expert: bool) -> Vec<usize> {
+        let ep = self.par.ep.max(1);
+        (0..self.par.dp)
+            .filter(|d| !same_expert || d % ep == self.d % ep)
+            .map(|d| self.rank_of(self.stage, d, self.t))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ layouts
+
+    /// A gradient contribution to tensor `t` in layout `to`.
+    fn to_layout(&self, t: TensorId, g: Grad, to: Layout) -> Result<Vec<f32>, RuntimeError> {
+        match g {
+            Grad::Partial(mut full) => match to {
+                Layout::Rows => self.endpoint()?.reduce_scatter(&self.tp_group(), &full),
+                _ => {
+                    self.all_reduce_tp(&mut full)?;
+                    Ok(if to == Layout::Rep {
+                        full
+                    } else {
+                        to.local_part(&full, self.width(t), self.par.tp, self.t)
+                    })
+                }
+            },
+            Grad::In(l, data) => self.convert(t, &Local { layout: l, data }, to),
+        }
+    }
+
+    // ------------------------------------------------------------ kernels
+
+    /// `aᵀ b` for `a [m, k]`, `b [m, n]`.
+    fn mm_tn(
+        &mut self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.mm(k, m, n, &transpose(a, m, k), &jit::pack_b(b, m, n), None)
+    }
+
+    /// `a bᵀ` for `a [m, n]`, `b [k, n]`.
+    fn mm_nt(
+        &mut self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.mm(m, n, k, a, &jit::pack_b(&transpose(b, k, n), n, k), None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_pgrad(
+        &mut self,
+        op: TensorId,
+        path: &[u64],
+        slot: u32,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        data: Vec<f32>,
+        reduce: Reduce,
+    ) {
+        let key = (op, path.to_vec(), slot);
+        match self.pgrads.get_mut(&key) {
+            Some(p) => p.data.iter_mut().zip(data).for_each(|(a, b)| *a += b),
+            None => {
+                self.pgrads.insert(
+                    key.clone(),
+                    ParamGrad {
+                        key,
+                        rows,
+                        cols,
+                        data,
+                        reduce,
+                    },
+                );
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ passes
+
+    /// The backward pass of microbatch `mb`.
+    pub(super) fn backward(&mut self, mb: usize) -> Result<(), RuntimeError> {
+        let tape = self.tapes.remove(&mb).ok_or_else(|| {
+            unsupported(format!("backward of microbatch {mb} before its forward"))
+        })?;
+        self.mb = mb;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; tape.values.len()];
+        if self.stage + 1 == self.par.pp {
+            for (_, t) in &self.g.outputs {
+                let s = tape.slot(*t)?;
+                acc(&mut grads[s], vec![1.0; tape.values[s].data.len()]);
+            }
+        } else {
+            let src = self.rank_of(self.stage + 1, self.d, self.t);
+            for &s in &tape.sent {
+                let msg = self.endpoint()?.recv(src, Kind::SendRecv)?;
+                let layout = Layout::split(msg.first().copied().unwrap_or(0.0) as usize);
+                let data = msg.get(1..).unwrap_or(&[]).to_vec();
+                let t = tape.ids[s];
+                if data.len() != self.local_len(t, layout) {
+                    return Err(RuntimeError::new(
+                        RCode::R006,
+                        format!(
+                            "device {} received a gradient of {} floats for %{}, expected {}",
+                            self.rank,
+                            data.len(),
+                            t.0,
+                            self.local_len(t, layout)
+                        ),
+                    ));
+                }
+                let g = self.to_layout(t, Grad::In(layout, data), tape.values[s].layout)?;
+                acc(&mut grads[s], g);
+            }
+        }
+        for e in tape.entries.iter().rev() {
+            let Some(dy) = grads[e.out].take() else {
+                continue;
+            };
+            for (i, g) in self.op_backward(&tape, e, dy)? {
+                let s = e.ins[i];
+                let g = self.to_layout(tape.ids[s], g, tape.values[s].layout)?;
+                acc(&mut grads[s], g);
+            }
+        }
+        if self.stage > 0 {
+            let dst = self.rank_of(self.stage - 1, self.d, self.t);
+            for &s in &tape.received {
+                let v = &tape.values[s];
+                let mut msg = vec![v.layout.code() as f32];
+                match grads[s].take() {
+                    Some(g) => msg.extend_from_slice(&g),
+                    None => msg.resize(1 + v.data.len(), 0.0),
+                }
+                self.endpoint()?.send(dst, Kind::SendRecv, msg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reduces the accumulated parameter gradients over the devices that
+    /// share them; returns this device's blocks.
+    pub(super) fn finish_gradients(&mut self) -> Result<Vec<ParamGrad>, RuntimeError> {
+        let mut pgrads = std::mem::take(&mut self.pgrads);
+        let ep = self.endpoint()?;
+        // Sequence-parallel partial sums first, then replicas; every device
+        // of a group walks the same keys in the same order.
+        for p in pgrads.values_mut() {
+            if p.reduce == Reduce::TensorAndReplicas && self.par.tp > 1 {
+                ep.all_reduce(&self.tp_group(), &mut p.data)?;
+            }
+        }
+        let replicas = self.replica_group(false);
+        for p in pgrads.values_mut() {
+            if matches!(p.reduce, Reduce::Replicas | Reduce::TensorAndReplicas) {
+                ep.all_reduce(&replicas, &mut p.data)?;
+            }
+        }
+        let experts = self.replica_group(true);
+        for p in pgrads.values_mut() {
+            if p.reduce == Reduce::ExpertReplicas {
+                ep.all_reduce(&experts, &mut p.data)?;
+            }
+        }
+        let mut out: Vec<ParamGrad> = pgrads.into_values().collect();
+        if let Some(f) = self.grad_fault
+            && let Some(x) = out
+                .iter_mut()
+                .find(|p| p.key.0 == f)
+                .and_then(|p| p.data.first_mut())
+        {
+            *x += 1.0;
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ ops
+
+    fn op_backward(
+        &mut self,
+        tape: &Tape,
+        e: &Entry,
+        dy: Vec<f32>,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let op = *self
+            .producer
+            .get(&e.op)
+            .ok_or_else(|| unsupported(format!("no op produces %{}", e.op.0)))?;
+        let path = e.path.as_slice();
+        let lay = tape.values[e.out].layout;
+        let val = |i: usize| &tape.values[e.ins[i]];
+        let ps = graph::params(&op.kind);
+        let slot = |i: usize| ps[i].slot;
+        Ok(match &op.kind {
+            OpKind::Dropout(_) => vec![(0, Grad::In(lay, dy))],
+            OpKind::Activation(a) => {
+                let x = self.convert(op.inputs[0], val(0), lay)?;
+                let dx = self.ew(&chain(*a), &[&dy, &x], dy.len())?;
+                vec![(0, Grad::In(lay, dx))]
+            }
+            OpKind::Scale(c) => {
+                let e = Expr::Unary(Unary::Scale((*c as f32).to_bits()), input(0));
+                vec![(0, Grad::In(lay, self.ew(&e, &[&dy], dy.len())?))]
+            }
+            OpKind::Binary(b) => {
+                let x = self.convert(op.inputs[0], val(0), lay)?;
+                let y = self.convert(op.inputs[1], val(1), lay)?;
+                let n = dy.len();
+                let neg =
+                    |e: Box<Expr>| Box::new(Expr::Unary(Unary::Scale((-1.0f32).to_bits()), e));
+                let (dx, dyy) = match b {
+                    BinaryOp::Add => (dy.clone(), dy),
+                    BinaryOp::Sub => {
+                        let d = self.ew(&neg(input(0)), &[&dy], n)?;
+                        (dy, d)
+                    }
+                    BinaryOp::Mul => {
+                        let e = Expr::Binary(Binary::Mul, input(0), input(1));
+                        (self.ew(&e, &[&dy, &y], n)?, self.ew(&e, &[&dy, &x], n)?)
+                    }
+                    BinaryOp::Div => {
+                        let q = Expr::Binary(Binary::Div, input(0), input(1));
+                        // d(x/y)/dy = -dy * x / (y * y)
+                        let r = Expr::Binary(
+                            Binary::Div,
+                            Box::new(Expr::Binary(Binary::Mul, neg(input(0)), input(1))),
+                            Box::new(Expr::Binary(Binary::Mul, input(2), input(2))),
+                        );
+                        (self.ew(&q, &[&dy, &y], n)?, self.ew(&r, &[&dy, &x, &y], n)?)
+                    }
+                };
+                vec![(0, Grad::In(lay, dx)), (1, Grad::In(lay, dyy))]
+            }
+            OpKind::Reshape => vec![(0, Grad::In(Layout::Rep, dy))],
+            OpKind::Linear { d_in, d_out, bias } => self.linear_backward(
+                op,
+                path,
+                val(0),
+                lay,
+                dy,
+                *d_in as usize,
+                *d_out as usize,
+                *bias,
+            )?,
+            OpKind::MatMul => self.matmul_backward(op, val(0), val(1), dy)?,
+            OpKind::Embedding { vocab, dim } => {
+                let (vocab, dim) = (*vocab as usize, *dim as usize);
+                let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
+                let ids = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                let mut dw = vec![0.0; rows.len() * dim];
+                for (tok, id) in ids.iter().enumerate() {
+                    let r = clamp_id(*id, vocab as u64);
+                    if rows.contains(&r) {
+                        let o = (r - rows.start) * dim;
+                        for j in 0..dim {
+                            dw[o + j] += dy[tok * dim + j];
+                        }
+                    }
+                }
+                self.add_pgrad(op.output, path, slot(0), rows, 0..dim, dw, Reduce::Replicas);
+                Vec::new()
+            }
+            OpKind::EmbeddingBag { .. } => {
+                self.embedding_bag_backward(op, path, val(0), &dy)?;
+                Vec::new()
+            }
+            OpKind::Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                ..
+            } => {
+                let (spec, ql, kvl) =
+                    self.attention_plan(op, val(0).layout, val(1).layout, val(2).layout)?;
+                let q = self.convert(op.inputs[0], val(0), ql)?;
+                let k = self.convert(op.inputs[1], val(1), kvl)?;
+                let v = self.convert(op.inputs[2], val(2), kvl)?;
+                let b = self.shapes[op.inputs[0].0 as usize][0];
+                let (dq, dk, dv) = attention_backward(&spec, b, &q, &k, &v, &dy);
+                let mut out = vec![(0, Grad::In(ql, dq))];
+                if ql == Layout::Rep {
+                    out.push((1, Grad::In(kvl, dk)));
+                    out.push((2, Grad::In(kvl, dv)));
+                } else {
+                    // Each rank's query heads add to their key/value heads.
+                    let (kvh, hd) = (*kv_heads as usize, *head_dim as usize);
+                    let _ = heads;
+                    let rows = dk.len() / (spec.kv_heads * hd).max(1);
+                    let place = |local: &[f32]| {
+                        let mut full = vec![0.0; rows * kvh * hd];
+                        let w = spec.kv_heads * hd;
+                        for r in 0..rows {
+                            let o = r * kvh * hd + spec.kv_head_offset * hd;
+                            full[o..o + w].copy_from_slice(&local[r * w..(r + 1) * w]);
+                        }
+                        full
+                    };
+                    out.push((1, Grad::Partial(place(&dk))));
+                    out.push((2, Grad::Partial(place(&dv))));
+                }
+                out
+            }
+            OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => {
+                let l = val(0).layout;
+                let rows_local = l == Layout::Rows;
+                let x = if rows_local {
+                    val(0).data.clone()
+                } else {
+                    self.convert(op.inputs[0], val(0), Layout::Rep)?
+                };
+                let dyf = if rows_local || l == Layout::Rep {
+                    dy
+                } else {
+                    self.convert(
+                        op.output,
+                        &Local {
+                            layout: l,
+                            data: dy,
+                        },
+                        Layout::Rep,
+                    )?
+                };
+                let dim = self.width(op.inputs[0]);
+                let mut dx = vec![0.0; x.len()];
+                let reduce = if rows_local {
+                    Reduce::TensorAndReplicas
+                } else {
+                    Reduce::Replicas
+                };
+                match op.kind {
+                    OpKind::RmsNorm { .. } => {
+                        let gain = ps[0].full(&self.init, op.output, path);
+                        let mut dg = vec![0.0; dim];
+                        self.jit
+                            .rmsnorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg)?;
+                        self.add_pgrad(op.output, path, slot(0), 0..1, 0..dim, dg, reduce);
+                    }
+                    OpKind::LayerNorm { .. } => {
+                        let gain = ps[0].full(&self.init, op.output, path);
+                        let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
+                        self.jit
+                            .layernorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg, &mut db)?;
+                        self.add_pgrad(op.output, path, slot(0), 0..1, 0..dim, dg, reduce);
+                        self.add_pgrad(op.output, path, slot(1), 0..1, 0..dim, db, reduce);
+                    }
+                    _ => {
+                        let mut y = vec![0.0; x.len()];
+                        self.jit.softmax(dim, &x, &mut y)?;
+                        self.jit.softmax_grad(dim, &y, &dyf, &mut dx)?;
+                    }
+                }
+                let l = if rows_local {
+                    Layout::Rows
+                } else {
+                    Layout::Rep
+                };
+                vec![(0, Grad::In(l, dx))]
+            }
+            OpKind::Mlp { dims, activation } => {
+                let widths = graph::mlp_widths(dims);
+                let x = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                let rows = x.len() / widths[0].max(1);
+                let ws: Vec<Vec<f32>> = (0..widths.len() - 1)
+                    .map(|l| ps[2 * l].full(&self.init, op.output, path))
+                    .collect();
+                // Recompute the layers' inputs and pre-activations.
+                let (mut hs, mut zs) = (vec![x], Vec::new());
+                for l in 0..widths.len() - 1 {
+                    let b = ps[2 * l + 1].full(&self.init, op.output, path);
+                    let packed = jit::pack_b(&ws[l], widths[l], widths[l + 1]);
+                    let z = self.mm(rows, widths[l], widths[l + 1], &hs[l], &packed, Some(&b))?;
+                    let act = Expr::Unary(super::unary_of(*activation), input(0));
+                    hs.push(self.ew(&act, &[&z], z.len())?);
+                    zs.push(z);
+                }
+                let mut g = dy;
+                for l in (0..widths.len() - 1).rev() {
+                    let dz = self.ew(&chain(*activation), &[&g, &zs[l]], g.len())?;
+                    let (a, b) = (widths[l], widths[l + 1]);
+                    let dw = self.mm_tn(&hs[l], &dz, rows, a, b)?;
+                    let db = col_sums(&dz, b);
+                    self.add_pgrad(
+                        op.output,
+                        path,
+                        slot(2 * l),
+                        0..a,
+                        0..b,
+                        dw,
+                        Reduce::Replicas,
+                    );
+                    self.add_pgrad(
+                        op.output,
+                        path,
+                        slot(2 * l + 1),
+                        0..1,
+                        0..b,
+                        db,
+                        Reduce::Replicas,
+                    );
+                    g = self.mm_nt(&dz, &ws[l], rows, b, a)?;
+                }
+                vec![(0, Grad::In(Layout::Rep, g))]
+            }
+            OpKind::Interact { vectors, dim } => {
+                let dense = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                let sparse = self.convert(op.inputs[1], val(1), Layout::Rep)?;
+                let b = self.shapes[op.inputs[0].0 as usize][0];
+                let n = (*vectors as usize).saturating_sub(1);
+                let (dd, ds) = refgrad::interact_grad(&dense, &sparse, &dy, b, n, *dim as usize);
+                vec![
+                    (0, Grad::In(Layout::Rep, dd)),
+                    (1, Grad::In(Layout::Rep, ds)),
+                ]
+            }
+            OpKind::Concat { axis } => {
+                let shapes: Vec<&[usize]> = op
+                    .inputs
+                    .iter()
+                    .map(|i| self.shapes[i.0 as usize].as_slice())
+                    .collect();
+                refgrad::concat_grad(&dy, &shapes, *axis)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, g)| (i, Grad::In(Layout::Rep, g)))
+                    .collect()
+            }
+            OpKind::Moe {
+                experts,
+                top_k,
+                d_model,
+                d_ff,
+            } => self.moe_backward(
+                op,
+                path,
+                val(0),
+                &dy,
+                [
+                    *experts as usize,
+                    *top_k as usize,
+                    *d_model as usize,
+                    *d_ff as usize,
+                ],
+            )?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &mut self,
+        op: &gantry_lang::program::Op,
+        path: &[u64],
+        x: &Local,
+        out_layout: Layout,
+        dy: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let (tp, t) = (self.par.tp, self.t);
+        let ps = graph::params(&op.kind);
+        let rows = self.numel(op.inputs[0]) / d_in.max(1);
+        if x.layout == Layout::split(tp) && tp > 1 {
+            // Row-parallel: the output (and its gradient) is whole.
+            let ks = Layout::split(tp).range(d_in, tp, t);
+            let kl = ks.len();
+            let dyf = self.convert(
+                op.output,
+                &Local {
+                    layout: out_layout,
+                    data: dy,
+                },
+                Layout::Rep,
+            )?;
+            let w = ps[0].block(&self.init, op.output, path, ks.clone(), 0..d_out);
+            let dw = self.mm_tn(&x.data, &dyf, rows, kl, d_out)?;
+            self.add_pgrad(
+                op.output,
+                path,
+                ps[0].slot,
+                ks,
+                0..d_out,
+                dw,
+                Reduce::Replicas,
+            );
+            if bias {
+                let db = col_sums(&dyf, d_out);
+                self.add_pgrad(
+                    op.output,
+                    path,
+                    ps[1].slot,
+                    0..1,
+                    0..d_out,
+                    db,
+                    Reduce::Replicas,
+                );
+            }
+            let dx = self.mm_nt(&dyf, &w, rows, d_out, kl)?;
+            return Ok(vec![(0, Grad::In(x.layout, dx))]);
+        }
+        // Column-parallel: each rank's columns add to the whole input.
+        let groups = self.col_groups.get(&op.output).copied().unwrap_or(tp);
+        let layout = Layout::split(groups);
+        let cols = layout.range(d_out, tp, t);
+        let nl = cols.len();
+        let xr = self.convert(op.inputs[0], x, Layout::Rep)?;
+        let w = ps[0].block(&self.init, op.output, path, 0..d_in, cols.clone());
+        let dw = self.mm_tn(&xr, &dy, rows, d_in, nl)?;
+        self.add_pgrad(
+            op.output,
+            path,
+            ps[0].slot,
+            0..d_in,
+            cols.clone(),
+            dw,
+            Reduce::Replicas,
+        );
+        if bias {
+            let db = col_sums(&dy, nl);
+            self.add_pgrad(
+                op.output,
+                path,
+                ps[1].slot,
+                0..1,
+                cols,
+                db,
+                Reduce::Replicas,
+            );
+        }
+        let mut dx = self.mm_nt(&dy, &w, rows, nl, d_in)?;
+        if layout == Layout::Rep {
+            return Ok(vec![(0, Grad::In(Layout::Rep, dx))]);
+        }
+        // A block held by several ranks adds once.
+        if t % (tp / groups).max(1) != 0 {
+            dx.fill(0.0);
+        }
+        Ok(vec![(0, Grad::Partial(dx))])
+    }
+
+    fn matmul_backward(
+        &mut self,
+        op: &gantry_lang::program::Op,
+        a: &Local,
+        b: &Local,
+        dy: Vec<f32>,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let bl = if a.layout == Layout::Rep && matches!(b.layout, Layout::Split { .. }) {
+            b.layout
+        } else {
+            Layout::Rep
+        };
+        let av = self.convert(op.inputs[0], a, Layout::Rep)?;
+        let bv = self.convert(op.inputs[1], b, bl)?;
+        let ashape = self.shapes[op.inputs[0].0 as usize].clone();
+        let r = ashape.len();
+        let (m, k) = (ashape[r - 2], ashape[r - 1]);
+        let n = bl
+            .range(self.width(op.inputs[1]), self.par.tp, self.t)
+            .len();
+        let count = numel(&ashape) / (m * k).max(1);
+        let (mut da, mut db) = (Vec::with_capacity(av.len()), Vec::with_capacity(bv.len()));
+        for i in 0..count {
+            let dyi = &dy[i * m * n..(i + 1) * m * n];
+            da.extend(self.mm_nt(dyi, &bv[i * k * n..(i + 1) * k * n], m, n, k)?);
+            db.extend(self.mm_tn(&av[i * m * k..(i + 1) * m * k], dyi, m, k, n)?);
+        }
+        Ok(match bl {
+            Layout::Split { groups } => {
+                if self.t % (self.par.tp / groups).max(1) != 0 {
+                    da.fill(0.0);
+                }
+                vec![(0, Grad::Partial(da)), (1, Grad::In(bl, db))]
+            }
+            _ => vec![
+                (0, Grad::In(Layout::Rep, da)),
+                (1, Grad::In(Layout::Rep, db)),
+            ],
+        })
+    }
+
+    fn embedding_bag_backward(
+        &mut self,
+        op: &gantry_lang::program::Op,
+        path: &[u64],
+        ids: &Local,
+        dy: &[f32],
+    ) -> Result<(), RuntimeError> {
+        let OpKind::EmbeddingBag { tables } = &op.kind else {
+            return Err(unsupported("not an embedding_bag"));
+        };
+        let ps = graph::params(&op.kind);
+        let n = tables.len();
+        let dim = tables.first().map_or(0, |t| t.dim as usize);
+        let group = self.stage_group();
+        let size = group.len();
+        let me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
+        let owned = |o: usize| -> Vec<usize> { (0..n).filter(|i| i % size == o).collect() };
+        let mine = owned(me);
+        let ids = self.convert(op.inputs[0], ids, Layout::Rep)?;
+        let b = self.shapes[op.inputs[0].0 as usize][0];
+        let mut dtab: Vec<Vec<f32>> = mine
+            .iter()
+            .map(|i| vec![0.0; tables[*i].rows as usize * dim])
+            .collect();
+        // Scatter-add pooled gradients `dq [samples, mine, dim]` for ids `q`.
+        let mut scatter = |q: &[f32], dq: &[f32]| {
+            let stride = mine.len();
+            for s in 0..q.len() / stride.max(1) {
+                for (j, ti) in mine.iter().enumerate() {
+                    let t = &tables[*ti];
+                    let id = clamp_id(q[s * stride + j], t.rows);
+                    let src = &dq[(s * stride + j) * dim..][..dim];
+                    for p in 0..t.pooling as usize {
+                        let row = (id + p) % t.rows as usize;
+                        for (a, g) in dtab[j][row * dim..(row + 1) * dim].iter_mut().zip(src) {
+                            *a += g;
+                        }
+                    }
+                }
+            }
+        };
+        if size == 1 {
+            scatter(&ids, dy);
+        } else {
+            // The ids again (the owners need them), then the pooled
+            // gradients back along the reverse of the forward all-to-all;
+            // one tensor-parallel rank per replica sends them.
+            let ids_out: Vec<Vec<f32>> = (0..size)
+                .map(|o| {
+                    let cols = owned(o);
+                    (0..b)
+                        .flat_map(|s| cols.iter().map(move |c| (s, *c)))
+                        .map(|(s, c)| ids[s * n + c])
+                        .collect()
+                })
+                .collect();
+            let grads_out: Vec<Vec<f32>> = (0..size)
+                .map(|o| {
+                    if self.t != 0 {
+                        return Vec::new();
+                    }
+                    let cols = owned(o);
+                    let mut p = Vec::with_capacity(b * cols.len() * dim);
+                    for s in 0..b {
+                        for c in &cols {
+                            p.extend_from_slice(&dy[(s * n + c) * dim..][..dim]);
+                        }
+                    }
+                    p
+                })
+                .collect();
+            let ep = self.endpoint()?;
+            let ids_in = ep.all_to_all(&group, ids_out)?;
+            let grads_in = ep.all_to_all(&group, grads_out)?;
+            for (q, dq) in ids_in.iter().zip(&grads_in) {
+                if !dq.is_empty() {
+                    scatter(q, dq);
+                }
+            }
+        }
+        for (j, ti) in mine.iter().enumerate() {
+            let rows = tables[*ti].rows as usize;
+            let g = std::mem::take(&mut dtab[j]);
+            self.add_pgrad(
+                op.output,
+                path,
+                ps[*ti].slot,
+                0..rows,
+                0..dim,
+                g,
+                Reduce::Owner,
+            );
+        }
+        Ok(())
+    }
+
+    /// MoE backward, recomputing the routing, the dispatch and the experts'
+    /// activations (activation recomputation of the whole layer).
+    fn moe_backward(
+        &mut self,
+        op: &gantry_lang::program::Op,
+        path: &[u64],
+        x: &Local,
+        dy: &[f32],
+        [experts, top_k, d, f]: [usize; 4],
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let (tp, t, ep) = (self.par.tp, self.t, self.par.ep);
+        let ps = graph::params(&op.kind);
+        let fl = Layout::split(tp).range(f, tp, t);
+        let flen = fl.len();
+        let local = crate::layout::block(experts, ep, self.d % ep);
+        let x = self.convert(op.inputs[0], x, Layout::Rep)?;
+        let tokens = x.len() / d.max(1);
+        let router = ps[0].full(&self.init, op.output, path);
+        let logits = self.mm(
+            tokens,
+            d,
+            experts,
+            &x,
+            &jit::pack_b(&router, d, experts),
+            None,
+        )?;
+        let choices = route(&logits, experts, top_k);
+        let (sent, received) = self.moe_dispatch(&x, &choices, d, experts)?;
+        // Expert weights (local blocks) and the recomputed activations.
+        let mut ws = HashMap::new();
+        for e in local.clone() {
+            let w1 = ps[1 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
+            let w3 = ps[2 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
+            let w2 = ps[3 + 3 * e].block(&self.init, op.output, path, fl.clone(), 0..d);
+            ws.insert(e, [w1, w3, w2]);
+        }
+        let silu = |a: &[f32]| -> Vec<f32> { a.iter().map(|v| v / (1.0 + (-v).exp())).collect() };
+        struct Work {
+            e: usize,
+            rows: Vec<usize>,
+            xe: Vec<f32>,
+            a: Vec<f32>,
+            b: Vec<f32>,
+            h: Vec<f32>,
+        }
+        let mut work: Vec<Vec<Work>> = Vec::with_capacity(received.len());
+        let mut replies = Vec::with_capacity(received.len());
+        for msg in &received {
+            let recs = msg.len() / (d + 1);
+            let mut reply = vec![0.0; recs * d];
+            let mut mine = Vec::new();
+            for e in local.clone() {
+                let rows: Vec<usize> = (0..recs)
+                    .filter(|r| msg[r * (d + 1)] as usize == e)
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut xe = Vec::with_capacity(rows.len() * d);
+                for r in &rows {
+                    xe.extend_from_slice(&msg[r * (d + 1) + 1..(r + 1) * (d + 1)]);
+                }
+                let [w1, w3, w2] = &ws[&e];
+                let n = rows.len();
+                let a = self.mm(n, d, flen, &xe, &jit::pack_b(w1, d, flen), None)?;
+                let b = self.mm(n, d, flen, &xe, &jit::pack_b(w3, d, flen), None)?;
+                let h: Vec<f32> = silu(&a).iter().zip(&b).map(|(s, b)| s * b).collect();
+                let y = self.mm(n, flen, d, &h, &jit::pack_b(w2, flen, d), None)?;
+                for (i, r) in rows.iter().enumerate() {
+                    reply[r * d..(r + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
+                }
+                mine.push(Work {
+                    e,
+                    rows,
+                    xe,
+                    a,
+                    b,
+                    h,
+                });
+            }
+            work.push(mine);
+            replies.push(reply);
+        }
+        // The experts' outputs, whole (they are partial sums over the
+        // width shards), give the gates' gradients.
+        let back = self.ep_exchange(replies)?;
+        let mut flat: Vec<f32> = back.concat();
+        self.all_reduce_tp(&mut flat)?;
+        let mut y_of: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut off = 0;
+        for recs in &sent {
+            for key in recs {
+                y_of.insert(*key, off);
+                off += d;
+            }
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let mut dlogits = vec![0.0f32; tokens * experts];
+        for (tk, ch) in choices.iter().enumerate() {
+            let dyt = &dy[tk * d..(tk + 1) * d];
+            let dg: Vec<f32> = (0..ch.len())
+                .map(|c| {
+                    y_of.get(&(tk, c))
+                        .map_or(0.0, |o| dot(dyt, &flat[*o..o + d]))
+                })
+                .collect();
+            let mean: f32 = ch.iter().zip(&dg).map(|((_, g), x)| g * x).sum();
+            for (c, (e, g)) in ch.iter().enumerate() {
+                dlogits[tk * experts + e] = g * (dg[c] - mean);
+            }
+        }
+        // Gradients of the experts' outputs go back to the owners.
+        let parts: Vec<Vec<f32>> = sent
+            .iter()
+            .map(|recs| {
+                recs.iter()
+                    .flat_map(|(tk, c)| {
+                        let g = choices[*tk][*c].1;
+                        dy[tk * d..(tk + 1) * d].iter().map(move |v| g * v)
+                    })
+                    .collect()
+            })
+            .collect();
+        let dys = self.ep_exchange(parts)?;
+        let mut dx_replies = Vec::with_capacity(dys.len());
+        for (mine, dmsg) in work.iter().zip(&dys) {
+            let mut reply = vec![0.0; dmsg.len()];
+            for wk in mine {
+                let n = wk.rows.len();
+                let mut dye = Vec::with_capacity(n * d);
+                for r in &wk.rows {
+                    dye.extend_from_slice(&dmsg[r * d..(r + 1) * d]);
+                }
+                let [w1, w3, w2] = ws[&wk.e].clone();
+                let dh = self.mm_nt(&dye, &w2, n, d, flen)?;
+                let dw2 = self.mm_tn(&wk.h, &dye, n, flen, d)?;
+                // h = silu(a) * b
+                let sa = silu(&wk.a);
+                let da: Vec<f32> = (0..dh.len())
+                    .map(|i| dh[i] * wk.b[i] * refgrad::activation_grad(Activation::Silu, wk.a[i]))
+                    .collect();
+                let db: Vec<f32> = dh.iter().zip(&sa).map(|(g, s)| g * s).collect();
+                let dw1 = self.mm_tn(&wk.xe, &da, n, d, flen)?;
+                let dw3 = self.mm_tn(&wk.xe, &db, n, d, flen)?;
+                let mut dxe = self.mm_nt(&da, &w1, n, flen, d)?;
+                let dxe3 = self.mm_nt(&db, &w3, n, flen, d)?;
+                dxe.iter_mut().zip(dxe3).for_each(|(a, b)| *a += b);
+                for (i, r) in wk.rows.iter().enumerate() {
+                    reply[r * d..(r + 1) * d].copy_from_slice(&dxe[i * d..(i + 1) * d]);
+                }
+                let e = wk.e;
+                let red = Reduce::ExpertReplicas;
+                self.add_pgrad(
+                    op.output,
+                    path,
+                    ps[1 + 3 * e].slot,
+                    0..d,
+                    fl.clone(),
+                    dw1,
+                    red,
+                );
+                self.add_pgrad(
+                    op.output,
+                    path,
+                    ps[2 + 3 * e].slot,
+                    0..d,
+                    fl.clone(),
+                    dw3,
+                    red,
+                );
+                self.add_pgrad(
+                    op.output,
+                    path,
+                    ps[3 + 3 * e].slot,
+                    fl.clone(),
+                    0..d,
+                    dw2,
+                    red,
+                );
+            }
+            dx_replies.push(reply);
+        }
+        let dxs = self.ep_exchange(dx_replies)?;
+        let mut dx_experts = vec![0.0f32; x.len()];
+        for (o, recs) in sent.iter().enumerate() {
+            for (i, (tk, _)) in recs.iter().enumerate() {
+                for j in 0..d {
+                    dx_experts[tk * d + j] += dxs[o][i * d + j];
+                }
+            }
+        }
+        let dr = self.mm_tn(&x, &dlogits, tokens, d, experts)?;
+        self.add_pgrad(
+            op.output,
+            path,
+            ps[0].slot,
+            0..d,
+            0..experts,
+            dr,
+            Reduce::Replicas,
+        );
+        let dx_router = self.mm_nt(&dlogits, &router, tokens, experts, d)?;
+        Ok(vec![
+            (0, Grad::In(Layout::Rep, dx_router)),
+            (
+                0,
+                if tp > 1 {
+                    Grad::Partial(dx_experts)
+                } else {
+                    Grad::In(Layout::Rep, dx_experts)
+                },
+            ),
+        ])
+    }
+}
+
+/// Local attention gradients for the heads of `spec` (query head `i` is
+/// global head `q_head_offset + i` and reads key/value head
+/// `(q_head_offset + i) / group - kv_head_offset` of the local ones); each
+/// head's gradient is the reference's ([`refgrad::attention_grad`]).
+fn attention_backward(
+    spec: &jit::AttentionSpec,
+    b: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let hd = spec.head_dim;
+    let (sq, skv) = (spec.seq_q, spec.seq_kv);
+    let (qw, kw) = (spec.heads * hd, spec.kv_heads * hd);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let cut = |src: &[f32], rows: usize, width: usize, h: usize| -> Vec<f32> {
+        (0..rows)
+            .flat_map(|r| {
+                src[r * width + h * hd..r * width + (h + 1) * hd]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    let add = |dst: &mut [f32], part: &[f32], rows: usize, width: usize, h: usize| {
+        for r in 0..rows {
+            for j in 0..hd {
+                dst[r * width + h * hd + j] += part[r * hd + j];
+            }
+        }
+    };
+    for h in 0..spec.heads {
+        let g = (spec.q_head_offset + h) / spec.group.max(1) - spec.kv_head_offset;
+        let (qh, kh, vh) = (
+            cut(q, b * sq, qw, h),
+            cut(k, b * skv, kw, g),
+            cut(v, b * skv, kw, g),
+        );
+        let doh = cut(dout, b * sq, qw, h);
+        let (a, bk, c) =
+            refgrad::attention_grad(&qh, &kh, &vh, &doh, [b, sq, skv], 1, 1, hd, spec.causal);
+        add(&mut dq, &a, b * sq, qw, h);
+        add(&mut dk, &bk, b * skv, kw, g);
+        add(&mut dv, &c, b * skv, kw, g);
+    }
+    (dq, dk, dv)
+}
+
+/// Compares every device's gradient blocks with the reference.
+pub fn check(
+    g: &Graph,
+    devices: &[Vec<ParamGrad>],
+    want: &Gradients,
+) -> Result<GradCheck, RuntimeError> {
+    let ops: BTreeMap<TensorId, &gantry_lang::program::Op> = graph::ops(&g.body)
+        .into_iter()
+        .map(|o| (o.output, o))
+        .collect();
+    let name = |key: &ParamKey| -> String {
+        let kind = ops.get(&key.0).map_or("op", |o| o.kind.name());
+        let it = if key.1.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (iteration {})",
+                key.1
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(".")
+            )
+        };
+        format!("`{kind} %{}`{it} parameter {}", key.0.0, key.2)
+    };
+    let shape_of = |key: &ParamKey| -> Option<Vec<usize>> {
+        let op = ops.get(&key.0)?;
+        graph::params(&op.kind)
+            .into_iter()
+            .find(|p| p.slot == key.2)
+            .map(|p| p.shape)
+    };
+    let mut covered: BTreeMap<&ParamKey, Vec<bool>> = BTreeMap::new();
+    let mut out = GradCheck {
+        params: want.params.len(),
+        elements: want.params.values().map(Vec::len).sum(),
+        blocks: 0,
+        max_abs: 0.0,
+        max_rel: 0.0,
+        worst: String::new(),
+        uncovered: None,
+    };
+    for p in devices.iter().flatten() {
+        let shape = shape_of(&p.key)
+            .ok_or_else(|| unsupported(format!("a gradient for unknown {}", name(&p.key))))?;
+        let width = *shape.last().unwrap_or(&1);
+        let rows = if shape.len() == 1 {
+            0..1
+        } else {
+            p.rows.clone()
+        };
+        let zeros;
+        let full = match want.params.get(&p.key) {
+            Some(v) => v,
+            None => {
+                zeros = vec![0.0; numel(&shape)];
+                &zeros
+            }
+        };
+        let mut block = Vec::with_capacity(p.data.len());
+        let mask = covered
+            .entry(&p.key)
+            .or_insert_with(|| vec![false; full.len()]);
+        for r in rows {
+            for c in p.cols.clone() {
+                let i = r * width + c;
+                block.push(full.get(i).copied().unwrap_or(f32::NAN));
+                if let Some(m) = mask.get_mut(i) {
+                    *m = true;
+                }
+            }
+        }
+        let (abs, rel) = graph::compare(&p.data, &block);
+        out.blocks += 1;
+        out.max_abs = out.max_abs.max(abs);
+        if out.worst.is_empty() || rel > out.max_rel {
+            out.max_rel = rel;
+            out.worst = name(&p.key);
+        }
+    }
+    for (key, v) in &want.params {
+        let whole = covered.get(key).is_some_and(|m| m.iter().all(|b| *b));
+        if !whole && v.iter().any(|x| *x != 0.0) {
+            out.uncovered = Some(name(key));
+            break;
+        }
+    }
+    Ok(out)
+}
