@@ -50,9 +50,21 @@ pub struct RunArgs {
     /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Largest accepted relative error per output.
+    /// Largest accepted relative error per output and per parameter
+    /// gradient.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
+    /// Gradients of one step: `auto` (training workloads), `on` (any
+    /// workload; the loss is the sum of the outputs) or `off`.
+    #[arg(long, value_enum, default_value_t = Grads::Auto)]
+    pub grad: Grads,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Grads {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -322,9 +334,15 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         t.par.devices(),
         exec::describe(&t.par)
     );
+    let gradients = match a.grad {
+        Grads::On => true,
+        Grads::Off => false,
+        Grads::Auto => matches!(t.workload.phase, Phase::Train { .. }),
+    };
     let cfg = RunConfig {
         seed: a.seed,
         tolerance: a.tolerance,
+        gradients,
         ..RunConfig::default()
     };
     let report = match exec::run(&t.workload, &t.par, &cfg) {
@@ -341,11 +359,26 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             o.name, o.shape, o.max_abs, o.max_rel
         );
     }
+    if let Some(g) = &report.gradients {
+        println!(
+            "  gradients of one step (loss = sum of outputs): {} parameter tensors, {} elements, {} device blocks",
+            g.params, g.elements, g.blocks
+        );
+        println!(
+            "  gradient max abs error {:.3e}, max rel error {:.3e} (worst: {})",
+            g.max_abs, g.max_rel, g.worst
+        );
+    }
     match report.error() {
         Some(e) => fail(&e),
         None => {
             println!(
-                "ok: every output within {:.0e} (relative) of the reference interpreter",
+                "ok: every output{} within {:.0e} (relative) of the reference interpreter",
+                if report.gradients.is_some() {
+                    " and parameter gradient"
+                } else {
+                    ""
+                },
                 a.tolerance
             );
             ExitCode::SUCCESS

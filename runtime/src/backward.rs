@@ -8,8 +8,25 @@
 //! every op at every iteration. Ops: `linear` (with bias), `matmul`,
 //! `add`/`sub`/`mul`/`div`, `scale`, the activations, `rmsnorm`,
 //! `layernorm`, `softmax`, `dropout` (identity), `embedding`, `attention`
-//! (causal, grouped-query; the probabilities are recomputed), `reshape`;
-//! anything else is R003. Ids get no gradient.
+//! (causal, grouped-query; the probabilities are recomputed), `reshape`,
+//! and the DLRM and MoE ops:
+//!
+//! - `embedding_bag`: each table's rows `(i + p) mod rows`, `p < pooling`,
+//!   collect the pooled gradient of sample `s` (id `i` clamped as the
+//!   forward clamps it; a row hit twice collects it twice),
+//!   [`embedding_bag_grad`];
+//! - `interact`: the dense and pooled vectors get `g v_j` / `g v_i` from
+//!   each pair's dot product and the dense vector its copied gradient,
+//!   [`interact_grad`];
+//! - `mlp`: linear + bias + activation per layer (the last included),
+//!   [`mlp_grad`];
+//! - `moe`: the routing (top `top_k`, ties to the lower expert) is
+//!   recomputed and held fixed, the router gets its gradient through the
+//!   gates (the softmax of the chosen logits) only, the SwiGLU experts
+//!   through [`swiglu_grad`], [`moe_grad`];
+//! - `concat` along any axis splits the gradient back, [`concat_grad`].
+//!
+//! Every op the language has is covered. Ids get no gradient.
 //!
 //! [`data_parallel`] is the sharded path for `dp > 1, tp = pp = 1`: each
 //! replica (a thread) computes the gradients of its contiguous shard of
@@ -712,6 +729,8 @@ pub fn interact_grad(
     let vecs = n + 1;
     let width = d + vecs * (vecs - 1) / 2;
     let (mut dd, mut ds) = (vec![0.0f32; dense.len()], vec![0.0f32; sparse.len()]);
+    // The gradients of one sample's `v_0..v_n`, `[n + 1, d]`.
+    let mut dv = vec![0.0f32; vecs * d];
     for s in 0..b {
         let g = &dout[s * width..(s + 1) * width];
         let v = |i: usize| -> &[f32] {
@@ -721,22 +740,21 @@ pub fn interact_grad(
                 &sparse[(s * n + i - 1) * d..(s * n + i) * d]
             }
         };
-        // The slot of `v_i` in `dd` or `ds`.
-        let at = |i: usize| if i == 0 { s * d } else { (s * n + i - 1) * d };
-        dd[s * d..(s + 1) * d].copy_from_slice(&g[..d]);
+        dv.fill(0.0);
+        dv[..d].copy_from_slice(&g[..d]);
         let mut k = d;
         for i in 0..vecs {
             for j in i + 1..vecs {
                 let gk = g[k];
                 k += 1;
                 for c in 0..d {
-                    let (vi, vj) = (v(i)[c], v(j)[c]);
-                    let di = if i == 0 { &mut dd } else { &mut ds };
-                    di[at(i) + c] += gk * vj;
-                    ds[at(j) + c] += gk * vi;
+                    dv[i * d + c] += gk * v(j)[c];
+                    dv[j * d + c] += gk * v(i)[c];
                 }
             }
         }
+        dd[s * d..(s + 1) * d].copy_from_slice(&dv[..d]);
+        ds[s * n * d..(s + 1) * n * d].copy_from_slice(&dv[d..]);
     }
     (dd, ds)
 }

@@ -79,6 +79,11 @@ pub struct GradCheck {
     pub params: usize,
     /// Their elements, all covered by some device's block.
     pub elements: usize,
+    /// How many of those are not zero in the reference.
+    pub nonzero: usize,
+    /// Parameter instances whose reference gradient is all zero (a check
+    /// of zero gradients, e.g. behind a dead ReLU, checks little).
+    pub zero_params: usize,
     /// Blocks compared (summed over devices).
     pub blocks: usize,
     pub max_abs: f64,
@@ -792,7 +797,7 @@ impl Dev<'_> {
             return Ok(vec![(0, Grad::In(Layout::Rep, dx))]);
         }
         // A block held by several ranks adds once.
-        if t % (tp / groups).max(1) != 0 {
+        if !t.is_multiple_of((tp / groups).max(1)) {
             dx.fill(0.0);
         }
         Ok(vec![(0, Grad::Partial(dx))])
@@ -827,7 +832,7 @@ impl Dev<'_> {
         }
         Ok(match bl {
             Layout::Split { groups } => {
-                if self.t % (self.par.tp / groups).max(1) != 0 {
+                if !self.t.is_multiple_of((self.par.tp / groups).max(1)) {
                     da.fill(0.0);
                 }
                 vec![(0, Grad::Partial(da)), (1, Grad::In(bl, db))]
@@ -1200,6 +1205,39 @@ fn attention_backward(
     (dq, dk, dv)
 }
 
+/// The smallest scale a parameter's gradient is compared at, as a
+/// fraction of the step's largest gradient element. Some exact gradients
+/// are zero (a key projection's bias: the softmax is shift-invariant), and
+/// both sides then hold rounding noise that a relative error of its own
+/// would call a mismatch.
+pub const FLOOR: f64 = 1e-3;
+
+/// Max absolute difference and normwise relative error (the difference
+/// over the larger of the block's largest magnitude and `floor`); any NaN
+/// or length mismatch is infinite.
+fn compare(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
+    if got.len() != want.len() {
+        return (f64::INFINITY, f64::INFINITY);
+    }
+    let (mut abs, mut scale) = (0.0f64, floor);
+    for (g, w) in got.iter().zip(want) {
+        let d = (f64::from(*g) - f64::from(*w)).abs();
+        if d.is_nan() {
+            return (f64::INFINITY, f64::INFINITY);
+        }
+        abs = abs.max(d);
+        scale = scale.max(f64::from(*w).abs());
+    }
+    let rel = if scale > 0.0 {
+        abs / scale
+    } else if abs > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    (abs, rel)
+}
+
 /// Compares every device's gradient blocks with the reference.
 pub fn check(
     g: &Graph,
@@ -1233,10 +1271,27 @@ pub fn check(
             .find(|p| p.slot == key.2)
             .map(|p| p.shape)
     };
+    let floor = FLOOR
+        * want
+            .params
+            .values()
+            .flatten()
+            .fold(0.0f64, |m, x| m.max(f64::from(*x).abs()));
     let mut covered: BTreeMap<&ParamKey, Vec<bool>> = BTreeMap::new();
     let mut out = GradCheck {
         params: want.params.len(),
         elements: want.params.values().map(Vec::len).sum(),
+        nonzero: want
+            .params
+            .values()
+            .flatten()
+            .filter(|x| **x != 0.0)
+            .count(),
+        zero_params: want
+            .params
+            .values()
+            .filter(|v| v.iter().all(|x| *x == 0.0))
+            .count(),
         blocks: 0,
         max_abs: 0.0,
         max_rel: 0.0,
@@ -1273,7 +1328,7 @@ pub fn check(
                 }
             }
         }
-        let (abs, rel) = graph::compare(&p.data, &block);
+        let (abs, rel) = compare(&p.data, &block, floor);
         out.blocks += 1;
         out.max_abs = out.max_abs.max(abs);
         if out.worst.is_empty() || rel > out.max_rel {

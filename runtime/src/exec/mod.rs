@@ -467,6 +467,10 @@ pub fn kernels(
 
 type Record = ((TensorId, Vec<u64>), usize, Layout, Vec<f32>);
 
+/// The assembled outputs, the kernel count and every device's parameter
+/// gradients.
+type Simulated = (Vec<Vec<f32>>, usize, Vec<Vec<ParamGrad>>);
+
 struct DeviceResult {
     outputs: Vec<(usize, Vec<Vec<f32>>)>,
     records: Vec<Record>,
@@ -481,7 +485,7 @@ fn simulate(
     cfg: &RunConfig,
     inputs: &[Vec<f32>],
     trace: bool,
-) -> Result<(Vec<Vec<f32>>, usize, Vec<Vec<ParamGrad>>), RuntimeError> {
+) -> Result<Simulated, RuntimeError> {
     let (results, _) = simulate_devices(w, par, cfg, inputs, trace)?;
     let g = &w.model.graph;
     let gshapes = graph::shapes(g, &w.bindings)?;
