@@ -13,11 +13,17 @@ fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::run
     let a = TargetArgs {
         file: file.into(),
         plan: plan.map(str::to_string),
-        fix: Some(if fix.contains("sequence_parallel") {
-            format!("{fix},cp=1,virtual_stages=1")
-        } else {
-            format!("{fix},cp=1,sequence_parallel=false,virtual_stages=1")
-        }),
+        // Knobs the point leaves open are pinned to their plain values.
+        fix: Some(
+            [
+                ("cp", "1"),
+                ("sequence_parallel", "false"),
+                ("virtual_stages", "1"),
+            ]
+            .iter()
+            .filter(|(k, _)| !fix.contains(&format!("{k}=")))
+            .fold(fix.to_string(), |f, (k, v)| format!("{f},{k}={v}")),
+        ),
         plan_json: None,
         devices: None,
         scale: Some(scale.into()),
@@ -66,7 +72,7 @@ fn check(file: &str, plan: Option<&str>, fixes: &[&str], scale: &str) {
     }
 }
 
-const LLAMA: &str = "layers=2,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=6,batch=4";
+const LLAMA: &str = "layers=4,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=6,batch=4";
 const LLAMA_POINTS: &[&str] = &[
     "dp=1,tp=1,pp=1",
     "dp=2,tp=2,pp=1,microbatch=1",
@@ -74,6 +80,14 @@ const LLAMA_POINTS: &[&str] = &[
     "dp=1,tp=4,pp=1",
     "dp=1,tp=2,pp=1,sequence_parallel=true",
     "dp=1,tp=2,pp=2,microbatch=2,sequence_parallel=true",
+];
+/// The shape of the point the planner picks for Llama 3 405B on 16,384
+/// H100 (tp=4 cp=2 pp=32 with 2 virtual stages, selective recomputation),
+/// at 16 devices, and its neighbours.
+const LLAMA_TRAIN_POINTS: &[&str] = &[
+    "dp=1,tp=4,cp=2,pp=2,virtual_stages=2,microbatch=1,sequence_parallel=true",
+    "dp=2,tp=2,cp=2,pp=1,microbatch=1",
+    "dp=1,tp=1,cp=3,pp=2,virtual_stages=2,microbatch=2",
 ];
 const GPT: &str = "layers=2,d_model=32,heads=4,vocab=40,max_seq=8,d_ff=64,seq=6,batch=4";
 const GPT_POINTS: &[&str] = &[
@@ -95,6 +109,12 @@ fn llm_examples_match_reference() {
         "examples/llm_train.gantry",
         Some("llama3_405b_best"),
         LLAMA_POINTS,
+        LLAMA,
+    );
+    check(
+        "examples/llm_train.gantry",
+        Some("llama3_405b_best"),
+        LLAMA_TRAIN_POINTS,
         LLAMA,
     );
     check("examples/llm_prefill.gantry", None, LLAMA_POINTS, LLAMA);
@@ -305,7 +325,7 @@ proptest! {
         let c = gantry_lang::check::check_source("p.gantry", &src);
         prop_assert!(!c.has_errors(), "{}", c.render(false));
         let w = c.program.workloads["w"].clone();
-        let par = Parallel { dp, tp, pp, ep: 1, microbatch, stage_layers: even_split(layers, pp), sp };
+        let par = Parallel { dp, tp, pp, ep: 1, cp: 1, vp: 1, microbatch, stage_layers: even_split(layers, pp), sp };
         let r = exec::run(&w, &par, &RunConfig::default()).map_err(|e| TestCaseError::fail(e.render()))?;
         prop_assert!(r.passed(), "{:?}\n{src}", r);
     }

@@ -10,10 +10,15 @@
 //! ring all-reduce. Because all devices of a group issue their collectives
 //! in the same program order, FIFO channels match messages without tags;
 //! each message still carries its kind, and a mismatch is an R006 error
-//! instead of silent corruption. A device that fails drops its endpoint;
+//! instead of silent corruption. The one exception is the pipeline: an
+//! interleaved schedule sends activations and gradients between the same
+//! two stages in an order neither side controls, so those two kinds are
+//! tags (a message of the other kind waits in a per-sender queue). A device that fails drops its endpoint;
 //! its peers then see a disconnected channel (or a timeout) and fail too,
 //! so a broken run ends instead of hanging.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
 
@@ -26,7 +31,10 @@ pub enum Kind {
     ReduceScatter,
     AllGather,
     AllToAll,
+    /// Pipeline activations (forward).
     SendRecv,
+    /// Pipeline gradients (backward).
+    GradSendRecv,
 }
 
 struct Msg {
@@ -39,6 +47,10 @@ pub struct Endpoint {
     pub rank: usize,
     to: Vec<Sender<Msg>>,
     from: Vec<Receiver<Msg>>,
+    /// Messages from each device that arrived before a receive of their
+    /// kind (an interleaved pipeline sends activations and gradients
+    /// between the same two stages); each kind stays in order.
+    pending: Vec<RefCell<VecDeque<Msg>>>,
     timeout: Duration,
 }
 
@@ -63,6 +75,7 @@ pub fn mesh(n: usize, timeout: Duration) -> Vec<Endpoint> {
             rank,
             to: to.into_iter().flatten().collect(),
             from: from.into_iter().flatten().collect(),
+            pending: (0..n).map(|_| RefCell::new(VecDeque::new())).collect(),
             timeout,
         })
         .collect()
@@ -98,23 +111,38 @@ impl Endpoint {
                 self.rank
             ))
         })?;
-        let m = ch.recv_timeout(self.timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => broken(format!(
-                "device {} waited {:?} for device {src}",
-                self.rank, self.timeout
-            )),
-            RecvTimeoutError::Disconnected => broken(format!(
-                "device {src} stopped before sending to device {}",
-                self.rank
-            )),
-        })?;
-        if m.kind != kind {
-            return Err(broken(format!(
-                "device {} expected a {kind:?} message from device {src}, got {:?}",
-                self.rank, m.kind
-            )));
+        let pipeline = |k: Kind| matches!(k, Kind::SendRecv | Kind::GradSendRecv);
+        if let Some(q) = self.pending.get(src) {
+            let mut q = q.borrow_mut();
+            if let Some(i) = q.iter().position(|m| m.kind == kind) {
+                return Ok(q.remove(i).map(|m| m.data).unwrap_or_default());
+            }
         }
-        Ok(m.data)
+        loop {
+            let m = ch.recv_timeout(self.timeout).map_err(|e| match e {
+                RecvTimeoutError::Timeout => broken(format!(
+                    "device {} waited {:?} for a {kind:?} message from device {src}",
+                    self.rank, self.timeout
+                )),
+                RecvTimeoutError::Disconnected => broken(format!(
+                    "device {src} stopped before sending to device {}",
+                    self.rank
+                )),
+            })?;
+            if m.kind == kind {
+                return Ok(m.data);
+            }
+            // Only the two pipeline kinds may overtake each other.
+            if !(pipeline(kind) && pipeline(m.kind)) {
+                return Err(broken(format!(
+                    "device {} expected a {kind:?} message from device {src}, got {:?}",
+                    self.rank, m.kind
+                )));
+            }
+            if let Some(q) = self.pending.get(src) {
+                q.borrow_mut().push_back(m);
+            }
+        }
     }
 
     fn position(&self, group: &[usize]) -> Result<usize, RuntimeError> {

@@ -255,6 +255,15 @@ pub fn batch_axis(shape: &Shape, bindings: &BTreeMap<String, i64>) -> Option<(us
     (b > 0 && whole % b == 0).then_some((axis, (whole / b) as usize))
 }
 
+/// The axis of a tensor whose dimension is exactly `seq` (context
+/// parallelism cuts it into contiguous chunks). `None` when there is none.
+pub fn seq_axis(shape: &Shape) -> Option<usize> {
+    shape
+        .0
+        .iter()
+        .position(|d| d.coef == 1 && d.syms.len() == 1 && d.syms[0] == "seq")
+}
+
 /// Copies samples `start..start + count` of a tensor (along its batch
 /// axis) out of `data`.
 pub fn take_samples(

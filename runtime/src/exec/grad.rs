@@ -259,11 +259,14 @@ impl Dev<'_> {
 
     // ------------------------------------------------------------ groups
 
+    /// The devices holding the same parameter blocks: every replica (or
+    /// those with the same experts) and every sequence chunk.
     fn replica_group(&self, same_expert: bool) -> Vec<usize> {
         let ep = self.par.ep.max(1);
         (0..self.par.dp)
             .filter(|d| !same_expert || d % ep == self.d % ep)
-            .map(|d| self.rank_of(self.stage, d, self.t))
+            .flat_map(|d| (0..self.par.cp).map(move |c| (d, c)))
+            .map(|(d, c)| self.rank_at(self.stage, d, c, self.t))
             .collect()
     }
 
@@ -344,22 +347,23 @@ impl Dev<'_> {
 
     // ------------------------------------------------------------ passes
 
-    /// The backward pass of microbatch `mb`.
-    pub(super) fn backward(&mut self, mb: usize) -> Result<(), RuntimeError> {
-        let tape = self.tapes.remove(&mb).ok_or_else(|| {
+    /// The backward pass of model chunk `chunk` of microbatch `mb`.
+    pub(super) fn backward(&mut self, mb: usize, chunk: usize) -> Result<(), RuntimeError> {
+        let tape = self.tapes.remove(&(mb, chunk)).ok_or_else(|| {
             unsupported(format!("backward of microbatch {mb} before its forward"))
         })?;
         self.mb = mb;
+        let (k, last) = self.virtual_stage(chunk);
+        let (prev, next) = self.neighbours();
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; tape.values.len()];
-        if self.stage + 1 == self.par.pp {
+        if self.par.pp == 1 || k == last {
             for (_, t) in &self.g.outputs {
                 let s = tape.slot(*t)?;
                 acc(&mut grads[s], vec![1.0; tape.values[s].data.len()]);
             }
         } else {
-            let src = self.rank_of(self.stage + 1, self.d, self.t);
             for &s in &tape.sent {
-                let msg = self.endpoint()?.recv(src, Kind::SendRecv)?;
+                let msg = self.endpoint()?.recv(next, Kind::GradSendRecv)?;
                 let layout = Layout::split(msg.first().copied().unwrap_or(0.0) as usize);
                 let data = msg.get(1..).unwrap_or(&[]).to_vec();
                 let t = tape.ids[s];
@@ -389,8 +393,7 @@ impl Dev<'_> {
                 acc(&mut grads[s], g);
             }
         }
-        if self.stage > 0 {
-            let dst = self.rank_of(self.stage - 1, self.d, self.t);
+        if self.par.pp > 1 && k > 0 {
             for &s in &tape.received {
                 let v = &tape.values[s];
                 let mut msg = vec![v.layout.code() as f32];
@@ -398,7 +401,7 @@ impl Dev<'_> {
                     Some(g) => msg.extend_from_slice(&g),
                     None => msg.resize(1 + v.data.len(), 0.0),
                 }
-                self.endpoint()?.send(dst, Kind::SendRecv, msg)?;
+                self.endpoint()?.send(prev, Kind::GradSendRecv, msg)?;
             }
         }
         Ok(())
@@ -536,13 +539,24 @@ impl Dev<'_> {
                 head_dim,
                 ..
             } => {
-                let (spec, ql, kvl) =
+                let (mut spec, ql, kvl) =
                     self.attention_plan(op, val(0).layout, val(1).layout, val(2).layout)?;
                 let q = self.convert(op.inputs[0], val(0), ql)?;
-                let k = self.convert(op.inputs[1], val(1), kvl)?;
-                let v = self.convert(op.inputs[2], val(2), kvl)?;
+                let mut k = self.convert(op.inputs[1], val(1), kvl)?;
+                let mut v = self.convert(op.inputs[2], val(2), kvl)?;
                 let b = self.shapes[op.inputs[0].0 as usize][0];
-                let (dq, dk, dv) = attention_backward(&spec, b, &q, &k, &v, &dy);
+                let n = self.cp_chunks(&spec);
+                if self.par.cp > 1 {
+                    spec.seq_kv *= n;
+                    k = self.cp_gather(&k, b, n)?;
+                    v = self.cp_gather(&v, b, n)?;
+                }
+                let (dq, mut dk, mut dv) = attention_backward(&spec, b, &q, &k, &v, &dy);
+                if self.par.cp > 1 {
+                    // Keys and values of other chunks send their gradients home.
+                    dk = self.cp_scatter(&dk, b, n)?;
+                    dv = self.cp_scatter(&dv, b, n)?;
+                }
                 let mut out = vec![(0, Grad::In(ql, dq))];
                 if ql == Layout::Rep {
                     out.push((1, Grad::In(kvl, dk)));

@@ -57,7 +57,15 @@ pub struct Parallel {
     pub tp: usize,
     pub pp: usize,
     pub ep: usize,
+    /// Context parallelism: every sample's sequence is cut into `cp`
+    /// contiguous chunks, one per rank; attention gathers keys and values.
+    pub cp: usize,
+    /// Virtual pipeline stages (model chunks) per device: Megatron's
+    /// interleaved 1F1B schedule ([`schedule`]).
+    pub vp: usize,
     pub microbatch: usize,
+    /// Layers of each (physical) pipeline stage; with `vp > 1` each
+    /// stage's layers are cut into `vp` chunks ([`chunk_layers`]).
     pub stage_layers: Vec<usize>,
     /// Sequence parallelism (with `tp > 1`): row-parallel linears
     /// reduce-scatter rows instead of all-reducing, and the row-wise ops
@@ -66,36 +74,38 @@ pub struct Parallel {
     pub sp: bool,
 }
 
+impl Default for Parallel {
+    /// One device, one microbatch of one sample.
+    fn default() -> Parallel {
+        Parallel {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            ep: 1,
+            cp: 1,
+            vp: 1,
+            microbatch: 1,
+            stage_layers: Vec::new(),
+            sp: false,
+        }
+    }
+}
+
 impl Parallel {
     pub fn devices(&self) -> usize {
-        self.dp * self.tp * self.pp
+        self.dp * self.cp * self.tp * self.pp
     }
 
     /// The layout of a design point for `workload`. Stage layer counts
     /// come from `stage_layers` (the cost model's split) when they cover
     /// the pipelined `repeat` exactly, else the layers are split evenly.
     /// Knobs that change only training memory (zero, recompute) do not
-    /// affect a forward pass and are ignored; knobs the runtime does not
-    /// execute are R003.
+    /// change what is computed and are ignored.
     pub fn from_point(
         p: &DesignPoint,
         workload: &Workload,
         stage_layers: &[u64],
     ) -> Result<Parallel, RuntimeError> {
-        if p.cp > 1 {
-            return Err(unsupported(format!(
-                "context parallelism (cp = {}) is not executed by the runtime",
-                p.cp
-            ))
-            .with_help("pin cp=1"));
-        }
-        if p.virtual_stages > 1 {
-            return Err(unsupported(format!(
-                "interleaved pipelines (virtual_stages = {}) are not executed by the runtime",
-                p.virtual_stages
-            ))
-            .with_help("pin virtual_stages=1"));
-        }
         let layers =
             pipelined_repeat(&workload.model.graph.body).map_or(0, |(_, r)| r.count as usize);
         let pp = p.pp as usize;
@@ -122,6 +132,8 @@ impl Parallel {
             tp: p.tp as usize,
             pp,
             ep: p.ep as usize,
+            cp: p.cp as usize,
+            vp: p.virtual_stages.max(1) as usize,
             microbatch,
             stage_layers,
             sp: p.sequence_parallel,
@@ -167,6 +179,65 @@ pub fn one_f_one_b(pp: usize, stage: usize, m: usize) -> Vec<Action> {
         b += 1;
     }
     v
+}
+
+/// The steps of `stage` of `pp` over `m` microbatches with `vp` model
+/// chunks per stage, each with its chunk. `vp = 1` is [`one_f_one_b`];
+/// otherwise Megatron-LM's interleaved 1F1B: `(pp - stage - 1) * 2 +
+/// (vp - 1) * pp` warm-up forwards (all of them when that reaches
+/// `m * vp`), then one forward and one backward alternately, then the
+/// remaining backwards. Forward `k` runs chunk `(k mod pp·vp) / pp` of
+/// microbatch `(k / pp·vp) * pp + k mod pp`; backward `k` the same
+/// microbatch with the chunks in reverse. Needs `m` to be a multiple of
+/// `pp` (checked by [`validate`]).
+pub fn schedule(pp: usize, vp: usize, stage: usize, m: usize) -> Vec<(Action, usize)> {
+    if vp <= 1 {
+        return one_f_one_b(pp, stage, m)
+            .into_iter()
+            .map(|a| (a, 0))
+            .collect();
+    }
+    let total = m * vp;
+    let group = pp * vp;
+    let at = |k: usize, forward: bool| {
+        let chunk = (k % group) / pp;
+        let mb = (k / group) * pp + k % pp;
+        (mb, if forward { chunk } else { vp - 1 - chunk })
+    };
+    let warm = ((pp - stage - 1) * 2 + (vp - 1) * pp).min(total);
+    let mut v = Vec::with_capacity(2 * total);
+    for k in 0..warm {
+        let (mb, c) = at(k, true);
+        v.push((Action::Forward(mb), c));
+    }
+    for k in 0..total - warm {
+        let (mb, c) = at(k + warm, true);
+        v.push((Action::Forward(mb), c));
+        let (mb, c) = at(k, false);
+        v.push((Action::Backward(mb), c));
+    }
+    for k in total - warm..total {
+        let (mb, c) = at(k, false);
+        v.push((Action::Backward(mb), c));
+    }
+    v
+}
+
+/// The layers of every virtual stage `k = chunk * pp + stage`, in model
+/// order: stage `s`'s layers are cut into `vp` chunks differing by at most
+/// one ([`even_split`]), and virtual stages take consecutive layers.
+pub fn chunk_layers(stage_layers: &[usize], vp: usize) -> Vec<std::ops::Range<usize>> {
+    let pp = stage_layers.len();
+    let vp = vp.max(1);
+    let splits: Vec<Vec<usize>> = stage_layers.iter().map(|n| even_split(*n, vp)).collect();
+    let mut out = Vec::with_capacity(pp * vp);
+    let mut at = 0;
+    for k in 0..pp * vp {
+        let n = splits[k % pp][k / pp];
+        out.push(at..at + n);
+        at += n;
+    }
+    out
 }
 
 /// The top-level `repeat` with the most iterations (ties: the first), and
@@ -296,7 +367,14 @@ impl RunReport {
 /// Checks that `par` fits the workload's graph (R002 / R003).
 pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
     let g = &w.model.graph;
-    if par.dp == 0 || par.tp == 0 || par.pp == 0 || par.ep == 0 || par.microbatch == 0 {
+    if par.dp == 0
+        || par.tp == 0
+        || par.pp == 0
+        || par.ep == 0
+        || par.cp == 0
+        || par.vp == 0
+        || par.microbatch == 0
+    {
         return Err(mismatch(
             "every parallel degree and the microbatch must be at least 1",
         ));
@@ -347,6 +425,65 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
             "stage layers {:?} do not cover the {layers} layers in {} stages",
             par.stage_layers, par.pp
         )));
+    }
+    if par.vp > 1 {
+        if par.pp == 1 {
+            return Err(mismatch(format!(
+                "virtual_stages = {} needs a pipeline (pp > 1)",
+                par.vp
+            ))
+            .with_help("pin virtual_stages=1"));
+        }
+        if par.stage_layers.iter().any(|n| *n < par.vp) {
+            return Err(mismatch(format!(
+                "stage layers {:?} cannot make {} model chunks each",
+                par.stage_layers, par.vp
+            ))
+            .with_help("every virtual stage needs at least one layer"));
+        }
+        let m = per / par.microbatch;
+        if !m.is_multiple_of(par.pp) {
+            return Err(mismatch(format!(
+                "the interleaved schedule needs the microbatches per replica ({m}) to be a multiple of pp = {}",
+                par.pp
+            ))
+            .with_help("choose a microbatch giving a multiple of pp microbatches, as Megatron-LM requires"));
+        }
+    }
+    if par.cp > 1 {
+        let seq = w.bindings.get("seq").copied().unwrap_or(0).max(0) as usize;
+        if seq == 0 || !seq.is_multiple_of(par.cp) {
+            return Err(
+                mismatch(format!("seq {seq} does not split over cp = {}", par.cp))
+                    .with_help("choose cp dividing the sequence length"),
+            );
+        }
+        for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
+            let tensor = g.tensor(*t);
+            if graph::seq_axis(&tensor.shape).is_none() {
+                return Err(unsupported(format!(
+                    "tensor `{}` {} has no `seq` axis to cut into context-parallel chunks",
+                    tensor.name, tensor.shape
+                ))
+                .with_help("pin cp=1"));
+            }
+        }
+        for op in graph::ops(&g.body) {
+            if matches!(
+                op.kind,
+                OpKind::MatMul
+                    | OpKind::Reshape
+                    | OpKind::Concat { .. }
+                    | OpKind::EmbeddingBag { .. }
+                    | OpKind::Interact { .. }
+            ) {
+                return Err(unsupported(format!(
+                    "`{}` may mix sequence positions; context parallelism runs token-wise ops and attention",
+                    op.kind.name()
+                ))
+                .with_help("pin cp=1"));
+            }
+        }
     }
     if par.ep > 1 && !par.dp.is_multiple_of(par.ep) {
         return Err(
@@ -461,7 +598,7 @@ pub fn kernels(
     }
     let jit = Jit::new()?.with_clif(true);
     let mut dev = Dev::new(w, par, rank, Init::new(0), jit, None, false)?;
-    dev.microbatch(0, &[])?;
+    dev.microbatch(0, 0, &[])?;
     Ok(dev.jit.clif().to_vec())
 }
 
@@ -489,7 +626,6 @@ fn simulate(
     let (results, _) = simulate_devices(w, par, cfg, inputs, trace)?;
     let g = &w.model.graph;
     let gshapes = graph::shapes(g, &w.bindings)?;
-    let per = per_replica(w, par);
     let mut outs: Vec<Vec<f32>> = g
         .outputs
         .iter()
@@ -498,22 +634,19 @@ fn simulate(
     let mut kernels = 0;
     for (rank, res) in results.iter().enumerate() {
         kernels += res.kernels;
-        let d = (rank / par.tp) % par.dp;
+        let (d, c) = replica_of(par, rank);
         for (mb, vals) in &res.outputs {
             for (i, (_, t)) in g.outputs.iter().enumerate() {
-                let shape = &gshapes[t.0 as usize];
-                match graph::batch_axis(&g.tensor(*t).shape, &w.bindings) {
-                    Some((axis, each)) => graph::put_samples(
-                        &mut outs[i],
-                        shape,
-                        axis,
-                        each,
-                        d * per + mb * par.microbatch,
-                        par.microbatch,
-                        &vals[i],
-                    ),
-                    None => outs[i].copy_from_slice(&vals[i]),
-                }
+                let at = Part { d, c, mb: *mb };
+                paste(
+                    w,
+                    par,
+                    *t,
+                    &gshapes[t.0 as usize],
+                    &mut outs[i],
+                    &vals[i],
+                    at,
+                );
             }
         }
     }
@@ -523,6 +656,94 @@ fn simulate(
 
 fn per_replica(w: &Workload, par: &Parallel) -> usize {
     w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize / par.dp
+}
+
+/// The data-parallel replica and the context-parallel rank of `rank`.
+fn replica_of(par: &Parallel, rank: usize) -> (usize, usize) {
+    (
+        (rank / (par.tp * par.cp)) % par.dp,
+        (rank / par.tp) % par.cp,
+    )
+}
+
+/// Which part of a whole-batch tensor a device holds: replica `d`'s
+/// microbatch `mb`, sequence chunk `c`.
+#[derive(Clone, Copy)]
+struct Part {
+    d: usize,
+    c: usize,
+    mb: usize,
+}
+
+/// The part `at` of `data`, a whole-batch value of tensor `t`: its
+/// samples along the batch axis, then (with `cp > 1`) its chunk of the
+/// `seq` axis. A tensor without those axes is whole everywhere.
+fn cut(
+    w: &Workload,
+    par: &Parallel,
+    t: TensorId,
+    shape: &[usize],
+    data: &[f32],
+    at: Part,
+) -> Vec<f32> {
+    let tensor = w.model.graph.tensor(t);
+    let mut shape = shape.to_vec();
+    let mut out = match graph::batch_axis(&tensor.shape, &w.bindings) {
+        Some((axis, each)) => {
+            let start = at.d * per_replica(w, par) + at.mb * par.microbatch;
+            let v = graph::take_samples(data, &shape, axis, each, start, par.microbatch);
+            shape[axis] = par.microbatch * each;
+            v
+        }
+        None => data.to_vec(),
+    };
+    if par.cp > 1
+        && let Some(ax) = graph::seq_axis(&tensor.shape)
+    {
+        let chunk = shape[ax] / par.cp;
+        out = graph::take_samples(&out, &shape, ax, 1, at.c * chunk, chunk);
+    }
+    out
+}
+
+/// Writes `part` (laid out as [`cut`] returns it) into `whole`.
+fn paste(
+    w: &Workload,
+    par: &Parallel,
+    t: TensorId,
+    shape: &[usize],
+    whole: &mut [f32],
+    part: &[f32],
+    at: Part,
+) {
+    let tensor = w.model.graph.tensor(t);
+    let batch = graph::batch_axis(&tensor.shape, &w.bindings);
+    let start = at.d * per_replica(w, par) + at.mb * par.microbatch;
+    let mut mb_shape = shape.to_vec();
+    let mut mb_part = part.to_vec();
+    if let Some((axis, each)) = batch {
+        mb_shape[axis] = par.microbatch * each;
+    }
+    if par.cp > 1
+        && let Some(ax) = graph::seq_axis(&tensor.shape)
+    {
+        // The microbatch's values with this chunk written in.
+        let mut mb_whole = match batch {
+            Some((axis, each)) => {
+                graph::take_samples(whole, shape, axis, each, start, par.microbatch)
+            }
+            None => whole.to_vec(),
+        };
+        let chunk = mb_shape[ax] / par.cp;
+        graph::put_samples(&mut mb_whole, &mb_shape, ax, 1, at.c * chunk, chunk, part);
+        mb_part = mb_whole;
+    }
+    match batch {
+        Some((axis, each)) => {
+            graph::put_samples(whole, shape, axis, each, start, par.microbatch, &mb_part)
+        }
+        None => whole.copy_from_slice(&mb_part),
+    }
 }
 
 fn simulate_devices(
@@ -544,25 +765,17 @@ fn simulate_devices(
             .into_iter()
             .enumerate()
             .map(|(rank, ep)| {
-                let d = (rank / par.tp) % par.dp;
-                // This replica's samples of every input, per microbatch.
+                let (d, c) = replica_of(par, rank);
+                // This replica's samples (and sequence chunk) of every
+                // input, per microbatch.
                 let mb_inputs: Vec<Vec<Vec<f32>>> = (0..m)
                     .map(|mb| {
                         g.inputs
                             .iter()
                             .zip(inputs)
                             .map(|(t, data)| {
-                                match graph::batch_axis(&g.tensor(*t).shape, &w.bindings) {
-                                    Some((axis, each)) => graph::take_samples(
-                                        data,
-                                        &gshapes[t.0 as usize],
-                                        axis,
-                                        each,
-                                        d * per + mb * par.microbatch,
-                                        par.microbatch,
-                                    ),
-                                    None => data.clone(),
-                                }
+                                let at = Part { d, c, mb };
+                                cut(w, par, *t, &gshapes[t.0 as usize], data, at)
                             })
                             .collect()
                     })
@@ -577,15 +790,15 @@ fn simulate_devices(
                         dev.start_gradients();
                     }
                     let mut outputs = Vec::new();
-                    for action in one_f_one_b(par.pp, dev.stage, m) {
+                    for (action, chunk) in schedule(par.pp, par.vp, dev.stage, m) {
                         match action {
                             Action::Forward(mb) => {
-                                if let Some(o) = dev.microbatch(mb, &mb_inputs[mb])? {
+                                if let Some(o) = dev.microbatch(mb, chunk, &mb_inputs[mb])? {
                                     outputs.push((mb, o));
                                 }
                             }
                             // Without gradients, backward actions only keep their place.
-                            Action::Backward(mb) if grads => dev.backward(mb)?,
+                            Action::Backward(mb) if grads => dev.backward(mb, chunk)?,
                             Action::Backward(_) => {}
                         }
                     }
@@ -657,27 +870,19 @@ fn locate(
         .map(|(i, (k, _))| (k.clone(), i))
         .collect();
     let (results, _) = simulate_devices(w, par, cfg, inputs, true)?;
-    let per = per_replica(w, par);
     let mut best: Option<(usize, Divergence)> = None;
     for (rank, res) in results.iter().enumerate() {
-        let d = (rank / par.tp) % par.dp;
+        let (d, c) = replica_of(par, rank);
         let t = rank % par.tp;
         for ((id, path), mb, layout, data) in &res.records {
             let Some(want) = reference.traced(*id, path) else {
                 continue;
             };
             let gshape = &gshapes[id.0 as usize];
-            let want = match graph::batch_axis(&g.tensor(*id).shape, &w.bindings) {
-                Some((axis, each)) => graph::take_samples(
-                    want,
-                    gshape,
-                    axis,
-                    each,
-                    d * per + mb * par.microbatch,
-                    par.microbatch,
-                ),
-                None => want.to_vec(),
-            };
+            if par.cp > 1 && graph::seq_axis(&g.tensor(*id).shape).is_none() {
+                continue;
+            }
+            let want = cut(w, par, *id, gshape, want, Part { d, c, mb: *mb });
             let width = *gshape.last().unwrap_or(&1);
             let want = layout.local_part(&want, width, par.tp, t);
             let (abs, rel) = graph::compare(data, &want);
@@ -762,8 +967,11 @@ struct Dev<'a> {
     rank: usize,
     stage: usize,
     d: usize,
+    /// Context-parallel rank (sequence chunk).
+    c: usize,
     t: usize,
-    /// Shapes with `batch` bound to the microbatch size.
+    /// Shapes with `batch` bound to the microbatch size (and `seq` to the
+    /// chunk length with context parallelism).
     shapes: Vec<Vec<usize>>,
     init: Init,
     jit: Jit,
@@ -785,7 +993,7 @@ struct Dev<'a> {
     /// parameter gradients accumulated so far.
     grad: bool,
     tape: Option<Tape>,
-    tapes: HashMap<usize, Tape>,
+    tapes: HashMap<(usize, usize), Tape>,
     pgrads: std::collections::BTreeMap<crate::backward::ParamKey, ParamGrad>,
     grad_fault: Option<TensorId>,
 }
@@ -803,6 +1011,11 @@ impl<'a> Dev<'a> {
         let g = &w.model.graph;
         let mut b = w.bindings.clone();
         b.insert("batch".into(), par.microbatch as i64);
+        if par.cp > 1
+            && let Some(seq) = b.get_mut("seq")
+        {
+            *seq /= par.cp as i64;
+        }
         let shapes = graph::shapes(g, &b)?;
         let mut producer = HashMap::new();
         for op in graph::ops(&g.body) {
@@ -836,8 +1049,9 @@ impl<'a> Dev<'a> {
             g,
             par,
             rank,
-            stage: rank / (par.tp * par.dp),
-            d: (rank / par.tp) % par.dp,
+            stage: rank / (par.tp * par.cp * par.dp),
+            d: replica_of(par, rank).0,
+            c: replica_of(par, rank).1,
             t: rank % par.tp,
             shapes,
             init,
@@ -862,8 +1076,19 @@ impl<'a> Dev<'a> {
 
     // ------------------------------------------------------------ groups
 
+    /// The rank at `stage`, replica `d`, tensor-parallel rank `t` and this
+    /// device's sequence chunk.
     fn rank_of(&self, stage: usize, d: usize, t: usize) -> usize {
-        (stage * self.par.dp + d) * self.par.tp + t
+        self.rank_at(stage, d, self.c, t)
+    }
+    fn rank_at(&self, stage: usize, d: usize, c: usize, t: usize) -> usize {
+        ((stage * self.par.dp + d) * self.par.cp + c) * self.par.tp + t
+    }
+    /// The context-parallel group (the sequence chunks of this replica).
+    fn cp_group(&self) -> Vec<usize> {
+        (0..self.par.cp)
+            .map(|c| self.rank_at(self.stage, self.d, c, self.t))
+            .collect()
     }
     fn tp_group(&self) -> Vec<usize> {
         (0..self.par.tp)
@@ -871,7 +1096,7 @@ impl<'a> Dev<'a> {
             .collect()
     }
     fn stage_group(&self) -> Vec<usize> {
-        let n = self.par.dp * self.par.tp;
+        let n = self.par.dp * self.par.cp * self.par.tp;
         (self.stage * n..(self.stage + 1) * n).collect()
     }
     fn ep_group(&self) -> Vec<usize> {
@@ -1035,21 +1260,40 @@ impl<'a> Dev<'a> {
     fn microbatch(
         &mut self,
         mb: usize,
+        chunk: usize,
         inputs: &[Vec<f32>],
     ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
         if self.grad {
             self.tape = Some(Tape::default());
         }
-        let outs = self.forward(mb, inputs)?;
+        let outs = self.forward(mb, chunk, inputs)?;
         if let Some(tape) = self.tape.take() {
-            self.tapes.insert(mb, tape);
+            self.tapes.insert((mb, chunk), tape);
         }
         Ok(outs)
+    }
+
+    /// This device's virtual pipeline stage for model chunk `chunk`, and
+    /// the last virtual stage.
+    fn virtual_stage(&self, chunk: usize) -> (usize, usize) {
+        (
+            chunk * self.par.pp + self.stage,
+            self.par.pp * self.par.vp - 1,
+        )
+    }
+    /// The devices of the previous and the next virtual stage.
+    fn neighbours(&self) -> (usize, usize) {
+        let pp = self.par.pp;
+        (
+            self.rank_of((self.stage + pp - 1) % pp, self.d, self.t),
+            self.rank_of((self.stage + 1) % pp, self.d, self.t),
+        )
     }
 
     fn forward(
         &mut self,
         mb: usize,
+        chunk: usize,
         inputs: &[Vec<f32>],
     ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
         self.mb = mb;
@@ -1066,17 +1310,18 @@ impl<'a> Dev<'a> {
             self.bind(*t);
         }
         let g = self.g;
-        let last = self.par.pp - 1;
         match pipelined_repeat(&g.body).filter(|_| self.par.pp > 1) {
             None => self.items(&g.body, &mut Vec::new())?,
             Some((idx, rep)) => {
-                let l0: usize = self.par.stage_layers[..self.stage].iter().sum();
-                let l1 = l0 + self.par.stage_layers[self.stage];
+                let (k, last) = self.virtual_stage(chunk);
+                let range = chunk_layers(&self.par.stage_layers, self.par.vp)[k].clone();
+                let (l0, l1) = (range.start, range.end);
                 let live = boundary_live(&g.body, idx);
-                if self.stage == 0 {
+                let (prev, next) = self.neighbours();
+                if k == 0 {
                     self.items(&g.body[..idx], &mut Vec::new())?;
                 } else {
-                    self.recv_boundary(rep, &live)?;
+                    self.recv_boundary(rep, &live, prev)?;
                 }
                 for i in l0..l1 {
                     for c in &rep.carried {
@@ -1093,8 +1338,8 @@ impl<'a> Dev<'a> {
                     let mut path = vec![i as u64];
                     self.items(&rep.body, &mut path)?;
                 }
-                if self.stage < last {
-                    self.send_boundary(rep, &live)?;
+                if k < last {
+                    self.send_boundary(rep, &live, next)?;
                     return Ok(None);
                 }
                 for c in &rep.carried {
@@ -1105,9 +1350,6 @@ impl<'a> Dev<'a> {
                 self.items(&g.body[idx + 1..], &mut Vec::new())?;
             }
         }
-        if self.stage != last {
-            return Ok(None);
-        }
         let mut outs = Vec::new();
         for (_, t) in &g.outputs {
             outs.push(self.rep(*t)?);
@@ -1115,11 +1357,15 @@ impl<'a> Dev<'a> {
         Ok((self.t == 0).then_some(outs))
     }
 
-    fn send_boundary(&mut self, rep: &Repeat, live: &[TensorId]) -> Result<(), RuntimeError> {
+    fn send_boundary(
+        &mut self,
+        rep: &Repeat,
+        live: &[TensorId],
+        dst: usize,
+    ) -> Result<(), RuntimeError> {
         if self.dry {
             return Ok(());
         }
-        let dst = self.rank_of(self.stage + 1, self.d, self.t);
         let tensors: Vec<TensorId> = rep
             .carried
             .iter()
@@ -1142,8 +1388,12 @@ impl<'a> Dev<'a> {
         Ok(())
     }
 
-    fn recv_boundary(&mut self, rep: &Repeat, live: &[TensorId]) -> Result<(), RuntimeError> {
-        let src = self.rank_of(self.stage - 1, self.d, self.t);
+    fn recv_boundary(
+        &mut self,
+        rep: &Repeat,
+        live: &[TensorId],
+        src: usize,
+    ) -> Result<(), RuntimeError> {
         let tensors: Vec<TensorId> = rep
             .carried
             .iter()
@@ -1690,17 +1940,62 @@ impl<'a> Dev<'a> {
         Ok((spec, q_layout, kv_layout))
     }
 
+    /// With context parallelism, how many sequence chunks of keys the
+    /// local queries read: those up to their own (causal) or all.
+    fn cp_chunks(&self, spec: &AttentionSpec) -> usize {
+        if spec.causal { self.c + 1 } else { self.par.cp }
+    }
+
+    /// All-gathers keys (or values) `x [b, chunk, w]` over the
+    /// context-parallel group and keeps the first `n` chunks of every
+    /// sample: `[b, n * chunk, w]`. Query `i` of chunk `c` then sees key
+    /// `j <= i + (n - 1) * chunk`, its global position, under the kernel's
+    /// causal rule.
+    fn cp_gather(&self, x: &[f32], b: usize, n: usize) -> Result<Vec<f32>, RuntimeError> {
+        if self.dry {
+            return Ok(Vec::new());
+        }
+        let parts = self.endpoint()?.all_gather(&self.cp_group(), x)?;
+        let per = x.len() / b.max(1);
+        let mut out = Vec::with_capacity(b * n * per);
+        for bi in 0..b {
+            for p in &parts[..n] {
+                out.extend_from_slice(&p[bi * per..(bi + 1) * per]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The adjoint of [`Dev::cp_gather`]: gradients `dx [b, n * chunk, w]`
+    /// summed over the group into each rank's own chunk.
+    fn cp_scatter(&self, dx: &[f32], b: usize, n: usize) -> Result<Vec<f32>, RuntimeError> {
+        let per = dx.len() / (b * n).max(1);
+        let mut buf = vec![0.0; self.par.cp * b * per];
+        for bi in 0..b {
+            for c in 0..n {
+                buf[(c * b + bi) * per..][..per].copy_from_slice(&dx[(bi * n + c) * per..][..per]);
+            }
+        }
+        self.endpoint()?.reduce_scatter(&self.cp_group(), &buf)
+    }
+
     fn attention(&mut self, op: &Op) -> Result<Local, RuntimeError> {
-        let (spec, q_layout, kv_layout) = self.attention_plan(
+        let (mut spec, q_layout, kv_layout) = self.attention_plan(
             op,
             self.get(op.inputs[0])?.layout,
             self.get(op.inputs[1])?.layout,
             self.get(op.inputs[2])?.layout,
         )?;
         let q = self.as_layout(op.inputs[0], q_layout)?;
-        let k = self.as_layout(op.inputs[1], kv_layout)?;
-        let v = self.as_layout(op.inputs[2], kv_layout)?;
+        let mut k = self.as_layout(op.inputs[1], kv_layout)?;
+        let mut v = self.as_layout(op.inputs[2], kv_layout)?;
         let b = self.shapes[op.inputs[0].0 as usize][0];
+        if self.par.cp > 1 {
+            let n = self.cp_chunks(&spec);
+            spec.seq_kv *= n;
+            k = self.cp_gather(&k, b, n)?;
+            v = self.cp_gather(&v, b, n)?;
+        }
         let data = if self.dry {
             self.jit.prepare(&KernelSpec::Attention(spec))?;
             Vec::new()
@@ -2105,7 +2400,7 @@ mod tests {
 mod run_tests {
     use super::*;
 
-    const SRC: &str = "model T(d = 16, heads = 4, kv = 2, layers = 2) {
+    pub(super) const SRC: &str = "model T(d = 16, heads = 4, kv = 2, layers = 2) {
   input tokens: i32[batch, seq]
   x = embedding(tokens, 50, d)
   repeat layers {
@@ -2148,6 +2443,8 @@ workload w {
                 tp,
                 pp,
                 ep: 1,
+                cp: 1,
+                vp: 1,
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: false,
@@ -2185,6 +2482,8 @@ workload w {
                 tp,
                 pp,
                 ep: 1,
+                cp: 1,
+                vp: 1,
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: true,
@@ -2221,6 +2520,8 @@ workload w {
             tp: 2,
             pp: 2,
             ep: 1,
+            cp: 1,
+            vp: 1,
             microbatch: 2,
             stage_layers: vec![1, 1],
             sp: false,
@@ -2255,6 +2556,8 @@ mod grad_tests {
             tp,
             pp,
             ep: 1,
+            cp: 1,
+            vp: 1,
             microbatch: mb,
             stage_layers: even_split(2, pp),
             sp,
@@ -2284,6 +2587,84 @@ mod grad_tests {
             assert!(r.passed(), "{}: {:?}", describe(&p), r);
             assert!(g.params > 0 && g.blocks >= g.params);
         }
+    }
+
+    /// Context parallelism and interleaved pipelines, forward and backward:
+    /// 4 layers, sequences of 6.
+    #[test]
+    fn context_parallel_and_interleaved_runs_match_reference() {
+        let src = super::run_tests::SRC
+            .replace("layers = 2", "layers = 4")
+            .replace("seq = 5", "seq = 6");
+        let c = gantry_lang::check::check_source("t.gantry", &src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads["w"].clone();
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        // (dp, tp, pp, cp, vp, microbatch, sp)
+        for (dp, tp, pp, cp, vp, mb, sp) in [
+            (1, 1, 1, 2, 1, 4, false),
+            (1, 1, 1, 3, 1, 2, false),
+            (1, 2, 1, 2, 1, 4, false),
+            (1, 2, 1, 2, 1, 4, true),
+            (2, 2, 2, 2, 1, 1, false),
+            (1, 1, 2, 1, 2, 1, false),
+            (1, 2, 2, 1, 2, 2, true),
+            (1, 1, 4, 1, 1, 1, false),
+            (2, 1, 2, 2, 2, 1, false),
+        ] {
+            let p = Parallel {
+                dp,
+                tp,
+                pp,
+                cp,
+                vp,
+                microbatch: mb,
+                stage_layers: even_split(4, pp),
+                sp,
+                ..Parallel::default()
+            };
+            let r =
+                run(&w, &p, &cfg).unwrap_or_else(|e| panic!("{}: {}", describe(&p), e.render()));
+            let g = r.gradients.as_ref().expect("gradients");
+            eprintln!("{}: outputs {:?}, {:?}", describe(&p), r.outputs, g);
+            assert!(r.passed(), "{}: {:?}", describe(&p), r);
+            assert_eq!(g.zero_params, 0, "{}", describe(&p));
+        }
+    }
+
+    #[test]
+    fn interleaved_schedule_is_megatrons() {
+        use Action::*;
+        // pp = 2, two chunks, 2 microbatches: stage 1 warms up with
+        // (2 - 1 - 1) * 2 + (2 - 1) * 2 = 2 forwards.
+        assert_eq!(
+            schedule(2, 2, 1, 2),
+            vec![
+                (Forward(0), 0),
+                (Forward(1), 0),
+                (Forward(0), 1),
+                (Backward(0), 1),
+                (Forward(1), 1),
+                (Backward(1), 1),
+                (Backward(0), 0),
+                (Backward(1), 0),
+            ]
+        );
+        // Every stage runs every (microbatch, chunk) once each way.
+        for stage in 0..4 {
+            let s = schedule(4, 3, stage, 8);
+            assert_eq!(s.len(), 2 * 8 * 3);
+            for mb in 0..8 {
+                for c in 0..3 {
+                    assert_eq!(s.iter().filter(|x| **x == (Forward(mb), c)).count(), 1);
+                    assert_eq!(s.iter().filter(|x| **x == (Backward(mb), c)).count(), 1);
+                }
+            }
+        }
+        assert_eq!(chunk_layers(&[3, 4], 2), vec![0..1, 1..3, 3..5, 5..7]);
     }
 
     #[test]
