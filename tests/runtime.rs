@@ -132,6 +132,8 @@ fn moe_example_matches_reference() {
             "dp=2,ep=2,tp=1,pp=1,microbatch=1",
             "dp=1,tp=2,pp=2,microbatch=1",
             "dp=4,ep=4,tp=1,pp=1,microbatch=1",
+            "dp=4,ep=1,tp=1,pp=1,microbatch=1",
+            "dp=2,ep=2,tp=2,pp=1,microbatch=1",
         ],
         scale,
     );
@@ -161,6 +163,45 @@ fn reference_examples_match_reference() {
             Some('d') => check(&f, None, &LLAMA_POINTS[..3], LLAMA),
             _ => panic!("unexpected reference file {f}"),
         }
+    }
+}
+
+/// Every example with a model runs the design point the planner picks
+/// for it on 8 simulated devices (scaled down), gradients included for
+/// training.
+#[test]
+fn planner_points_run() {
+    let llama = "layers=4,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=8";
+    let moe = "layers=4,d_model=32,heads=4,kv_heads=2,d_ff=24,experts=4,vocab=40,seq=8,batch=8";
+    let dlrm = "rows=50,batch=8";
+    for (file, scale) in [
+        ("examples/llm_train.gantry", llama),
+        ("examples/llm_prefill.gantry", llama),
+        ("examples/llm_decode.gantry", llama),
+        ("examples/moe_train.gantry", moe),
+        ("examples/dlrm_train.gantry", dlrm),
+        ("examples/dlrm_inference.gantry", dlrm),
+        ("examples/codesign_study.gantry", dlrm),
+    ] {
+        let a = TargetArgs {
+            file: file.into(),
+            plan: None,
+            fix: None,
+            plan_json: None,
+            devices: Some(8),
+            scale: Some(scale.into()),
+            lib: Vec::new(),
+        };
+        let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file}: does not resolve"));
+        let cfg = RunConfig {
+            gradients: matches!(t.workload.phase, Phase::Train { .. }),
+            seed: 2,
+            ..RunConfig::default()
+        };
+        let r = exec::run(&t.workload, &t.par, &cfg)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.render()));
+        eprintln!("{file}: {}", exec::describe(&t.par));
+        assert!(r.passed(), "{file}: {r:?}");
     }
 }
 

@@ -28,7 +28,8 @@ use std::collections::HashMap;
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, Endianness, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types,
+    AbiParam, Endianness, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type,
+    UserFuncName, Value, types,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -47,6 +48,15 @@ const KU: usize = 2;
 const MC: i64 = 48;
 /// Keys per block of the attention kernel's online softmax.
 pub const KEY_BLOCK: usize = 64;
+/// Lookups per block of the gather kernel: one call prefetches the rows
+/// of a later block, then the block is copied.
+const GATHER_BLOCK: i64 = 8;
+/// Lookups between a row's prefetch and its copy (a multiple of
+/// [`GATHER_BLOCK`]): about the rows in flight from memory.
+const GATHER_AHEAD: i64 = 16;
+/// Most bytes prefetched per lookup (the start of a pooled run of rows;
+/// the hardware prefetcher streams the rest).
+const PREFETCH_CAP: usize = 1024;
 
 /// A unary elementwise operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,6 +233,31 @@ impl KernelSpec {
 
 type KernelFn = unsafe extern "C" fn(*const *mut f32, *const i64);
 
+/// The gather kernel's prefetch: `bytes` from each of the `n` addresses
+/// in `addrs` (0: none), clipped at `end`, into the L2 cache (`T1`: on
+/// this host `T0` is slower for random rows from DRAM). Prefetches are
+/// hints: they read no data and never fault, whatever the address.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn host_prefetch(addrs: *const usize, n: i64, bytes: i64, end: usize) {
+    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+    for i in 0..n.max(0) as usize {
+        // SAFETY: the kernel passes its stack array of at least `n`
+        // addresses (see `Gen::gather`).
+        let a = unsafe { *addrs.add(i) };
+        if a == 0 {
+            continue;
+        }
+        let stop = end.min(a.saturating_add(bytes.max(0) as usize));
+        // From the start of the first line (rows need not be aligned).
+        let mut p = a & !63;
+        while p < stop {
+            // SAFETY: a prefetch is a hint: it reads nothing and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) };
+            p += 64;
+        }
+    }
+}
+
 extern "C" fn host_fmaf(a: f32, b: f32, c: f32) -> f32 {
     a.mul_add(b, c)
 }
@@ -257,6 +292,8 @@ fn host_module(opt: &str) -> Result<JITModule, RuntimeError> {
     let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
     // Without the FMA feature Cranelift lowers `fma` to a call to `fmaf`.
     builder.symbol("fmaf", host_fmaf as *const u8);
+    #[cfg(target_arch = "x86_64")]
+    builder.symbol("gantry_prefetch", host_prefetch as *const u8);
     Ok(JITModule::new(builder))
 }
 
@@ -377,6 +414,21 @@ impl Jit {
             .map_err(jit_err)?;
         self.ctx.func.signature = sig;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
+        // The gather kernel prefetches rows through a host function
+        // (Cranelift has no prefetch instruction); x86-64 only.
+        let prefetch = if cfg!(target_arch = "x86_64") && matches!(spec, KernelSpec::Gather { .. })
+        {
+            let mut psig = module.make_signature();
+            for ty in [ptr, types::I64, types::I64, ptr] {
+                psig.params.push(AbiParam::new(ty));
+            }
+            let pid = module
+                .declare_function("gantry_prefetch", Linkage::Import, &psig)
+                .map_err(jit_err)?;
+            Some(module.declare_func_in_func(pid, &mut self.ctx.func))
+        } else {
+            None
+        };
         {
             let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let mut g = Gen::new(b, ptr);
@@ -399,7 +451,7 @@ impl Jit {
                     dim,
                     pooling,
                     stride,
-                } => g.gather(ptrs, ints, *dim, *pooling, *stride),
+                } => g.gather(ptrs, ints, *dim, *pooling, *stride, prefetch),
                 KernelSpec::Interact { n, dim } => g.interact(ptrs, ints, *n, *dim),
             }
             g.b.ins().return_(&[]);
@@ -1976,7 +2028,21 @@ impl<'a> Gen<'a> {
         });
     }
 
-    fn gather(&mut self, ptrs: Value, ints: Value, dim: usize, pooling: usize, stride: usize) {
+    /// Pooled row lookups. With `prefetch` (a host function, see
+    /// `host_prefetch`), lookups go in blocks of [`GATHER_BLOCK`]: before
+    /// copying a block, one call prefetches the rows of the lookups
+    /// [`GATHER_AHEAD`] further on, so that many rows are in flight from
+    /// memory at once instead of the few the out-of-order window holds
+    /// (each row costs 16 loads and 16 stores at 128 bits).
+    fn gather(
+        &mut self,
+        ptrs: Value,
+        ints: Value,
+        dim: usize,
+        pooling: usize,
+        stride: usize,
+        prefetch: Option<FuncRef>,
+    ) {
         let ids = self.arg_ptr(ptrs, 0);
         let table = self.arg_ptr(ptrs, 1);
         let out = self.arg_ptr(ptrs, 2);
@@ -1987,13 +2053,16 @@ impl<'a> Gen<'a> {
         let col = self.arg_int(ints, 4);
         let zero = self.iconst(0);
         let last = self.b.ins().iadd_imm_s(total, -1);
+        let row_bytes = 4 * dim as i64;
         let nvec = dim / 4;
         // Pieces of a row: (type, byte offset).
         let pieces: Vec<(Type, i64)> = (0..nvec)
             .map(|v| (V4, 16 * v as i64))
             .chain((nvec * 4..dim).map(|t| (types::F32, 4 * t as i64)))
             .collect();
-        self.for_range(zero, count, 1, |g, r| {
+        // Lookup `r`: its position in `ids` (and `out` rows), its first
+        // row relative to the local range, and whether that row is local.
+        let lookup = |g: &mut Self, r: Value| -> (Value, Value, Value) {
             let rs = g.b.ins().imul_imm_s(r, stride as i64);
             let pos = g.b.ins().iadd(rs, col);
             let ip = g.offset(ids, pos, 4);
@@ -2002,12 +2071,16 @@ impl<'a> Gen<'a> {
             let z = g.iconst(0);
             let id = g.imax(id, z);
             let id = g.imin(id, last);
-            let orow = g.offset(out, pos, 4 * dim as i64);
+            let lrow = g.b.ins().isub(id, start);
+            let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
+            (pos, lrow, inside)
+        };
+        let mut body = |g: &mut Self, r: Value| {
+            let (pos, lrow, inside) = lookup(g, r);
+            let orow = g.offset(out, pos, row_bytes);
             if pooling == 1 {
                 // A plain copy of the row (or zeros when it is not held here).
-                let lrow = g.b.ins().isub(id, start);
-                let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
-                let tr = g.offset(table, lrow, 4 * dim as i64);
+                let tr = g.offset(table, lrow, row_bytes);
                 g.if_else(
                     inside,
                     |g| {
@@ -2031,6 +2104,7 @@ impl<'a> Gen<'a> {
             }
             // Chunks of up to 8 pieces accumulated over the pooled rows
             // `id, id + 1, ...` (wrapping at `total`).
+            let id = g.b.ins().iadd(lrow, start);
             for chunk in pieces.chunks(8) {
                 let accs: Vec<Variable> = chunk
                     .iter()
@@ -2045,7 +2119,7 @@ impl<'a> Gen<'a> {
                     let lrow = g.b.ins().isub(cur, start);
                     let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
                     g.if_then(inside, |g| {
-                        let tr = g.offset(table, lrow, 4 * dim as i64);
+                        let tr = g.offset(table, lrow, row_bytes);
                         for ((ty, o), acc) in chunk.iter().zip(&accs) {
                             let x = g.load(*ty, tr, *o);
                             let a = g.b.use_var(*acc);
@@ -2064,6 +2138,47 @@ impl<'a> Gen<'a> {
                     g.store(val, orow, *o);
                 }
             }
+        };
+        let Some(pf) = prefetch else {
+            self.for_range(zero, count, 1, body);
+            return;
+        };
+        let slots = GATHER_AHEAD.max(GATHER_BLOCK);
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            8 * slots as u32,
+            3,
+        ));
+        let addrs = self.b.ins().stack_addr(self.ptr, slot, 0);
+        let end = self.offset(table, local, row_bytes);
+        let bytes = self.iconst(PREFETCH_CAP.min(4 * dim * pooling) as i64);
+        // Prefetches the first rows of lookups `lo..hi` (`hi - lo <= slots`).
+        let issue = |g: &mut Self, lo: Value, hi: Value| {
+            let hi = g.imin(hi, count);
+            let n = g.b.ins().isub(hi, lo);
+            let some = g.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+            g.if_then(some, |g| {
+                g.for_range(lo, hi, 1, |g, j| {
+                    let (_, lrow, inside) = lookup(g, j);
+                    let tr = g.offset(table, lrow, row_bytes);
+                    let z = g.iconst(0);
+                    let a = g.b.ins().select(inside, tr, z);
+                    let k = g.b.ins().isub(j, lo);
+                    let at = g.offset(addrs, k, 8);
+                    g.store(a, at, 0);
+                });
+                g.b.ins().call(pf, &[addrs, n, bytes, end]);
+            });
+        };
+        let ahead = self.iconst(GATHER_AHEAD);
+        issue(self, zero, ahead);
+        self.for_range(zero, count, GATHER_BLOCK, |g, b0| {
+            let lo = g.b.ins().iadd_imm_s(b0, GATHER_AHEAD);
+            let hi = g.b.ins().iadd_imm_s(lo, GATHER_BLOCK);
+            issue(g, lo, hi);
+            let b1 = g.b.ins().iadd_imm_s(b0, GATHER_BLOCK);
+            let b1 = g.imin(b1, count);
+            g.for_range(b0, b1, 1, &mut body);
         });
     }
 

@@ -412,6 +412,30 @@ impl Dev<'_> {
     pub(super) fn finish_gradients(&mut self) -> Result<Vec<ParamGrad>, RuntimeError> {
         let mut pgrads = std::mem::take(&mut self.pgrads);
         let ep = self.endpoint()?;
+        // The members of each group must hold the same blocks, or the
+        // reductions below would pair different parameters.
+        for (group, pick) in [
+            (self.replica_group(false), Reduce::Replicas),
+            (self.replica_group(true), Reduce::ExpertReplicas),
+        ] {
+            let mine: Vec<f32> = pgrads
+                .values()
+                .filter(|p| {
+                    p.reduce == pick
+                        || (pick == Reduce::Replicas && p.reduce == Reduce::TensorAndReplicas)
+                })
+                .map(|p| p.data.len() as f32)
+                .collect();
+            let all = ep.all_gather(&group, &[mine.len() as f32, mine.iter().sum()])?;
+            if all.iter().any(|a| a[..] != all[0][..]) {
+                return Err(RuntimeError::new(
+                    RCode::R006,
+                    format!(
+                        "devices {group:?} hold different parameter gradients to reduce (a runtime bug)"
+                    ),
+                ));
+            }
+        }
         // Sequence-parallel partial sums first, then replicas; every device
         // of a group walks the same keys in the same order.
         for p in pgrads.values_mut() {
@@ -989,6 +1013,32 @@ impl Dev<'_> {
             let w3 = ps[2 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
             let w2 = ps[3 + 3 * e].block(&self.init, op.output, path, fl.clone(), 0..d);
             ws.insert(e, [w1, w3, w2]);
+        }
+        // Every local expert has a gradient, zero when no token chose it
+        // here, so the replicas that reduce it hold the same blocks.
+        for e in local.clone() {
+            let red = Reduce::ExpertReplicas;
+            let zeros = vec![0.0; d * flen];
+            let p = op.output;
+            self.add_pgrad(
+                p,
+                path,
+                ps[1 + 3 * e].slot,
+                0..d,
+                fl.clone(),
+                zeros.clone(),
+                red,
+            );
+            self.add_pgrad(
+                p,
+                path,
+                ps[2 + 3 * e].slot,
+                0..d,
+                fl.clone(),
+                zeros.clone(),
+                red,
+            );
+            self.add_pgrad(p, path, ps[3 + 3 * e].slot, fl.clone(), 0..d, zeros, red);
         }
         let silu = |a: &[f32]| -> Vec<f32> { a.iter().map(|v| v / (1.0 + (-v).exp())).collect() };
         struct Work {

@@ -2344,13 +2344,19 @@ fn boundary_live(items: &[Item], idx: usize) -> Vec<TensorId> {
 /// the CLI to print what was run).
 pub fn describe(par: &Parallel) -> String {
     format!(
-        "dp={} tp={} pp={} ep={} microbatch={} stage layers {:?}{}",
+        "dp={} tp={} pp={} cp={} ep={} microbatch={} stage layers {:?}{}{}",
         par.dp,
         par.tp,
         par.pp,
+        par.cp,
         par.ep,
         par.microbatch,
         par.stage_layers,
+        if par.vp > 1 {
+            format!(" in {} virtual stages each", par.vp)
+        } else {
+            String::new()
+        },
         if par.sp && par.tp > 1 {
             " sequence-parallel"
         } else {
