@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use gantry_compiler::point::DesignPoint;
 use gantry_lang::program::{
-    Activation, BinaryOp, Graph, Item, Op, OpKind, Repeat, TensorId, Workload,
+    Activation, BinaryOp, Graph, Item, Op, OpKind, Phase, Repeat, TensorId, Workload,
 };
 
 use crate::comm::{Endpoint, Kind, mesh};
@@ -532,6 +532,9 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
 /// with the reference interpreter.
 pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, RuntimeError> {
     validate(w, par)?;
+    if let Phase::Decode { context, .. } = w.phase {
+        return run_decode(w, par, cfg, context as usize);
+    }
     let g = &w.model.graph;
     let init = Init::new(cfg.seed);
     let gshapes = graph::shapes(g, &w.bindings)?;
@@ -541,7 +544,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
         .collect();
     let reference = reference::run(g, &w.bindings, &init, Some(inputs.clone()), false)?;
-    let (outs, kernels, pgrads) = simulate(w, par, cfg, &inputs, false)?;
+    let (outs, kernels, pgrads) = simulate(w, par, cfg, &inputs, false, None)?;
     let gradients = if cfg.gradients {
         let want = crate::backward::backward(
             g,
@@ -581,6 +584,96 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
     Ok(report)
 }
 
+/// A decode step with a KV cache. The reference runs the whole sequence
+/// (`context` prompt tokens and the step's `seq` new ones) with plain
+/// causal attention and its last `seq` positions are the expected
+/// outputs. The devices run the prompt first (keeping each attention's
+/// local keys and values, sharded as the keys and values are), then the
+/// step, whose attention reads the cache followed by its own keys.
+fn run_decode(
+    w: &Workload,
+    par: &Parallel,
+    cfg: &RunConfig,
+    context: usize,
+) -> Result<RunReport, RuntimeError> {
+    if cfg.gradients {
+        return Err(unsupported(
+            "gradients of a decode step (a training step's loss is defined on a whole sequence)",
+        )
+        .with_help("run with --grad off"));
+    }
+    if par.cp > 1 {
+        return Err(
+            mismatch("a decode step cannot be cut into context-parallel chunks")
+                .with_help("pin cp=1"),
+        );
+    }
+    let g = &w.model.graph;
+    let step = w.bindings.get("seq").copied().unwrap_or(1).max(1) as usize;
+    let bound = |seq: usize| {
+        let mut v = w.clone();
+        v.bindings.insert("seq".into(), seq as i64);
+        v
+    };
+    let (whole, prompt) = (bound(context + step), bound(context));
+    for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
+        let tensor = g.tensor(*t);
+        if graph::seq_axis(&tensor.shape).is_none() {
+            return Err(unsupported(format!(
+                "tensor `{}` {} has no `seq` axis to hold the prompt and the step",
+                tensor.name, tensor.shape
+            )));
+        }
+    }
+    let init = Init::new(cfg.seed);
+    let shapes = graph::shapes(g, &whole.bindings)?;
+    // Positions `from..from + len` of every sample of tensor `t`.
+    let positions = |t: TensorId, data: &[f32], from: usize, len: usize| -> Vec<f32> {
+        let axis = graph::seq_axis(&g.tensor(t).shape).unwrap_or(0);
+        graph::take_samples(data, &shapes[t.0 as usize], axis, 1, from, len)
+    };
+    let inputs: Vec<Vec<f32>> = g
+        .inputs
+        .iter()
+        .map(|i| graph::input_values(g, *i, &shapes[i.0 as usize], &init))
+        .collect();
+    let reference = reference::run(g, &whole.bindings, &init, Some(inputs.clone()), false)?;
+    let split = |from: usize, len: usize| -> Vec<Vec<f32>> {
+        g.inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(t, x)| positions(*t, x, from, len))
+            .collect()
+    };
+    let (prompt_in, step_in) = (split(0, context), split(context, step));
+    let (outs, kernels, _) = simulate(w, par, cfg, &step_in, false, Some((&prompt, &prompt_in)))?;
+    let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
+    let mut report = RunReport {
+        parallel: par.clone(),
+        devices: par.devices(),
+        microbatches: batch / par.dp / par.microbatch,
+        kernels,
+        outputs: Vec::new(),
+        divergence: None,
+        gradients: None,
+        tolerance: cfg.tolerance,
+    };
+    for (i, ((name, shape, want), (_, t))) in reference.outputs.iter().zip(&g.outputs).enumerate() {
+        let want = positions(*t, want, context, step);
+        let (abs, rel) = graph::compare(&outs[i], &want);
+        let axis = graph::seq_axis(&g.tensor(*t).shape).unwrap_or(0);
+        let mut shape = shape.clone();
+        shape[axis] = step;
+        report.outputs.push(OutputCheck {
+            name: name.clone(),
+            shape,
+            max_abs: abs,
+            max_rel: rel,
+        });
+    }
+    Ok(report)
+}
+
 /// The Cranelift IR of every kernel device `rank` compiles for one
 /// microbatch, in order of first use. Nothing is computed and no weight is
 /// made, so this works at full scale.
@@ -615,6 +708,11 @@ struct DeviceResult {
     grads: Vec<ParamGrad>,
 }
 
+/// A decode step's prompt: the workload bound to the prompt's length and
+/// its whole-batch inputs. Every device first runs it forward, keeping the
+/// keys and values of every attention (its KV cache), then the step.
+type Prompt<'w> = Option<(&'w Workload, &'w [Vec<f32>])>;
+
 /// Runs every device; returns the assembled outputs and the kernel count.
 fn simulate(
     w: &Workload,
@@ -622,8 +720,9 @@ fn simulate(
     cfg: &RunConfig,
     inputs: &[Vec<f32>],
     trace: bool,
+    prompt: Prompt,
 ) -> Result<Simulated, RuntimeError> {
-    let (results, _) = simulate_devices(w, par, cfg, inputs, trace)?;
+    let (results, _) = simulate_devices(w, par, cfg, inputs, trace, prompt)?;
     let g = &w.model.graph;
     let gshapes = graph::shapes(g, &w.bindings)?;
     let mut outs: Vec<Vec<f32>> = g
@@ -752,9 +851,14 @@ fn simulate_devices(
     cfg: &RunConfig,
     inputs: &[Vec<f32>],
     trace: bool,
+    prompt: Prompt,
 ) -> Result<(Vec<DeviceResult>, ()), RuntimeError> {
     let g = &w.model.graph;
     let gshapes = graph::shapes(g, &w.bindings)?;
+    let pshapes = match prompt {
+        Some((pw, _)) => graph::shapes(g, &pw.bindings)?,
+        None => Vec::new(),
+    };
     let n = par.devices();
     let per = per_replica(w, par);
     let m = per / par.microbatch;
@@ -780,9 +884,39 @@ fn simulate_devices(
                             .collect()
                     })
                     .collect();
+                let prompt_inputs: Option<(&Workload, Vec<Vec<Vec<f32>>>)> =
+                    prompt.map(|(pw, data)| {
+                        let per_mb = (0..m)
+                            .map(|mb| {
+                                g.inputs
+                                    .iter()
+                                    .zip(data)
+                                    .map(|(t, x)| {
+                                        let at = Part { d, c, mb };
+                                        cut(pw, par, *t, &pshapes[t.0 as usize], x, at)
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        (pw, per_mb)
+                    });
                 s.spawn(move || -> Result<DeviceResult, RuntimeError> {
+                    let mut ep = Some(ep);
+                    let mut cache = HashMap::new();
+                    if let Some((pw, pin)) = &prompt_inputs {
+                        let mut pre = Dev::new(pw, par, rank, init, Jit::new()?, ep.take(), false)?;
+                        pre.kv_record = true;
+                        for (action, chunk) in schedule(par.pp, par.vp, pre.stage, m) {
+                            if let Action::Forward(mb) = action {
+                                pre.microbatch(mb, chunk, &pin[mb])?;
+                            }
+                        }
+                        cache = std::mem::take(&mut pre.kv_cache);
+                        ep = pre.ep.take();
+                    }
                     let jit = Jit::new()?;
-                    let mut dev = Dev::new(w, par, rank, init, jit, Some(ep), trace)?;
+                    let mut dev = Dev::new(w, par, rank, init, jit, ep, trace)?;
+                    dev.kv_cache = cache;
                     dev.fault = cfg.fault.filter(|_| rank == 0);
                     dev.grad_fault = cfg.grad_fault.filter(|_| rank == 0);
                     let grads = cfg.gradients && !trace;
@@ -869,7 +1003,7 @@ fn locate(
         .enumerate()
         .map(|(i, (k, _))| (k.clone(), i))
         .collect();
-    let (results, _) = simulate_devices(w, par, cfg, inputs, true)?;
+    let (results, _) = simulate_devices(w, par, cfg, inputs, true, None)?;
     let mut best: Option<(usize, Divergence)> = None;
     for (rank, res) in results.iter().enumerate() {
         let (d, c) = replica_of(par, rank);
@@ -996,6 +1130,10 @@ struct Dev<'a> {
     tapes: HashMap<(usize, usize), Tape>,
     pgrads: std::collections::BTreeMap<crate::backward::ParamKey, ParamGrad>,
     grad_fault: Option<TensorId>,
+    /// Decode: record every attention's local keys and values (the
+    /// prompt's pass), or read them back before the step's own.
+    kv_record: bool,
+    kv_cache: HashMap<(usize, u32, Vec<u64>), (Vec<f32>, Vec<f32>)>,
 }
 
 impl<'a> Dev<'a> {
@@ -1071,6 +1209,8 @@ impl<'a> Dev<'a> {
             tapes: HashMap::new(),
             pgrads: Default::default(),
             grad_fault: None,
+            kv_record: false,
+            kv_cache: HashMap::new(),
         })
     }
 
@@ -1476,7 +1616,7 @@ impl<'a> Dev<'a> {
                 self.embedding(op, path, *vocab as usize, *dim as usize)?
             }
             OpKind::EmbeddingBag { .. } => self.embedding_bag(op, path)?,
-            OpKind::Attention { .. } => self.attention(op)?,
+            OpKind::Attention { .. } => self.attention(op, path)?,
             OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => {
                 self.row_op(op, path)?
             }
@@ -1979,7 +2119,7 @@ impl<'a> Dev<'a> {
         self.endpoint()?.reduce_scatter(&self.cp_group(), &buf)
     }
 
-    fn attention(&mut self, op: &Op) -> Result<Local, RuntimeError> {
+    fn attention(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
         let (mut spec, q_layout, kv_layout) = self.attention_plan(
             op,
             self.get(op.inputs[0])?.layout,
@@ -1995,6 +2135,27 @@ impl<'a> Dev<'a> {
             spec.seq_kv *= n;
             k = self.cp_gather(&k, b, n)?;
             v = self.cp_gather(&v, b, n)?;
+        }
+        let key = (self.mb, op.output.0, path.to_vec());
+        if self.kv_record && !self.dry {
+            self.kv_cache.insert(key, (k.clone(), v.clone()));
+        } else if let Some((ck, cv)) = self.kv_cache.get(&key) {
+            // Decode: each sample's cached keys and values, then the step's.
+            let step = k.len() / b.max(1);
+            let past = ck.len() / b.max(1);
+            let join = |cached: &[f32], new: &[f32]| -> Vec<f32> {
+                (0..b)
+                    .flat_map(|bi| {
+                        cached[bi * past..(bi + 1) * past]
+                            .iter()
+                            .chain(&new[bi * step..(bi + 1) * step])
+                            .copied()
+                    })
+                    .collect()
+            };
+            spec.seq_kv += past / (step / spec.seq_kv.max(1)).max(1);
+            k = join(ck, &k);
+            v = join(cv, &v);
         }
         let data = if self.dry {
             self.jit.prepare(&KernelSpec::Attention(spec))?;
@@ -2498,7 +2659,7 @@ workload w {
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {r:?}");
             assert!(r.divergence.is_none(), "{:?}", r.divergence);
             assert!(r.outputs.iter().all(|o| o.max_rel <= 1e-4), "{r:?}");
-            let (res, _) = simulate_devices(&w, &par, &cfg, &inputs, true).expect("runs");
+            let (res, _) = simulate_devices(&w, &par, &cfg, &inputs, true, None).expect("runs");
             let rows = res
                 .iter()
                 .flat_map(|d| &d.records)
@@ -2671,6 +2832,61 @@ mod grad_tests {
             }
         }
         assert_eq!(chunk_layers(&[3, 4], 2), vec![0..1, 1..3, 3..5, 5..7]);
+    }
+
+    /// A decode step reads the prompt's keys and values from its cache:
+    /// its outputs match the last position of the whole sequence, which
+    /// differ from the step run alone.
+    #[test]
+    fn decode_steps_read_the_kv_cache() {
+        let src = super::run_tests::SRC.replace(
+            "train { seq = 5, global_batch = 4, dtype = fp32 }",
+            "decode { batch = 4, context = 5, dtype = fp32 }",
+        );
+        let c = gantry_lang::check::check_source("t.gantry", &src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads["w"].clone();
+        assert_eq!(w.bindings.get("seq"), Some(&1));
+        for (dp, tp, pp, mb) in [(1, 1, 1, 4), (2, 2, 1, 2), (1, 4, 2, 1), (1, 2, 2, 2)] {
+            let p = Parallel {
+                microbatch: mb,
+                stage_layers: even_split(2, pp),
+                ..par(dp, tp, pp, mb, tp > 1)
+            };
+            let r = run(&w, &p, &RunConfig::default()).expect("runs");
+            assert!(r.passed(), "{}: {r:?}", describe(&p));
+            assert_eq!(r.outputs[0].shape, vec![4, 1, 50]);
+        }
+        // Without the cache the step's logits are another function.
+        let g = &w.model.graph;
+        let init = Init::new(0);
+        let alone = reference::run(g, &w.bindings, &init, None, false).expect("runs");
+        let mut whole_b = w.bindings.clone();
+        whole_b.insert("seq".into(), 6);
+        let shapes = graph::shapes(g, &whole_b).expect("shapes");
+        let inputs: Vec<Vec<f32>> = g
+            .inputs
+            .iter()
+            .map(|i| graph::input_values(g, *i, &shapes[i.0 as usize], &init))
+            .collect();
+        // The step alone, fed the same last token.
+        let last: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|x| x.chunks(6).map(|s| s[5]).collect())
+            .collect();
+        let alone_last = reference::run(g, &w.bindings, &init, Some(last), false).expect("runs");
+        let whole = reference::run(g, &whole_b, &init, Some(inputs), false).expect("runs");
+        let want: Vec<f32> = whole.outputs[0]
+            .2
+            .chunks(6 * 50)
+            .flat_map(|s| s[5 * 50..].to_vec())
+            .collect();
+        let (_, rel) = graph::compare(&alone_last.outputs[0].2, &want);
+        assert!(
+            rel > 1e-2,
+            "the prompt changes the step's logits ({rel:.2e})"
+        );
+        assert_eq!(alone.outputs[0].1, vec![4, 1, 50]);
     }
 
     #[test]
