@@ -1092,6 +1092,9 @@ fn binary_of(b: BinaryOp) -> Binary {
     }
 }
 
+/// Local keys and values per (microbatch, attention op, iterations).
+type KvCache = HashMap<(usize, u32, Vec<u64>), (Vec<f32>, Vec<f32>)>;
+
 /// Prepared local weights of one op at one iteration.
 type Weights = Vec<Vec<f32>>;
 
@@ -1133,7 +1136,7 @@ struct Dev<'a> {
     /// Decode: record every attention's local keys and values (the
     /// prompt's pass), or read them back before the step's own.
     kv_record: bool,
-    kv_cache: HashMap<(usize, u32, Vec<u64>), (Vec<f32>, Vec<f32>)>,
+    kv_cache: KvCache,
 }
 
 impl<'a> Dev<'a> {
