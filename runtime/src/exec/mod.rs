@@ -3,7 +3,8 @@
 //! Each device is a thread with its own memory (a map from tensor to local
 //! buffer), its own JIT context and one endpoint of the in-memory
 //! collectives ([`crate::comm`]). Ranks are laid out Megatron-style,
-//! tensor-parallel innermost: `rank = (stage * dp + replica) * tp + t`.
+//! tensor-parallel innermost:
+//! `rank = ((stage * dp + replica) * cp + chunk) * tp + t`.
 //!
 //! - Data parallelism: replica `d` runs samples `d * B/dp ..` of the batch,
 //!   in microbatches of the design point's size.
@@ -12,21 +13,27 @@
 //!   row-parallel ones all-reduce, attention splits heads (key/value heads
 //!   are replicated when there are fewer than `tp`), embeddings are
 //!   vocab-parallel with an all-reduce, elementwise ops follow their inputs.
+//! - Context parallelism cuts every sequence into `cp` chunks; attention
+//!   all-gathers the keys and values it may see.
 //! - Pipeline parallelism splits the largest top-level `repeat` into the
-//!   stages' layer counts; stage 0 also runs what precedes it, the last
-//!   stage what follows. Microbatches move between stages by send/recv in
-//!   1F1B order ([`one_f_one_b`]; forward only: backward actions are not
-//!   executed, see docs/RUNTIME.md).
+//!   stages' layer counts (and, interleaved, each stage's layers into model
+//!   chunks); the first virtual stage also runs what precedes it, the last
+//!   what follows. Microbatches move between stages by send/recv in the
+//!   order of [`schedule`] (1F1B or Megatron's interleaved 1F1B).
 //! - `embedding_bag` tables are sharded table-wise over the devices of a
 //!   stage, with two all-to-alls (ids out, pooled vectors back), as the
 //!   cost model prices them.
 //! - `moe` experts are split over `ep` data-parallel ranks (all-to-all
 //!   dispatch and return) and each expert's width over `tp` (all-reduce).
+//! - A decode step first runs its prompt, keeping every attention's local
+//!   keys and values (the KV cache), then the step.
 //!
 //! A run of elementwise ops whose intermediate results have no other use
-//! becomes one fused kernel. [`run`] compares the outputs with the
-//! reference interpreter and, when they diverge, runs again with tracing
-//! to name the first op whose local result differs from the reference.
+//! becomes one fused kernel (not when gradients are asked for: the
+//! backward pass, [`grad`], needs every value). [`run`] compares the
+//! outputs (and gradients) with the reference and, when an output
+//! diverges, runs again with tracing to name the first op whose local
+//! result differs from the reference.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
