@@ -16,6 +16,10 @@
 //! share of tokens. Every kernel has one ABI:
 //! `extern "C" fn(ptrs: *const *mut f32, ints: *const i64)`.
 //!
+//! The gather kernel also calls one host function, `host_prefetch`
+//! (Cranelift has no prefetch instruction): it prefetches the table rows
+//! of lookups a block ahead, hints that read nothing and never fault.
+//!
 //! Vectors are 128 bits (`f32x4`; the x64 backend has no wider float
 //! vectors): width comes from unrolling with independent accumulators.
 //! Matrix products read the right-hand matrix *packed* ([`pack_b`]):
@@ -2472,6 +2476,57 @@ mod tests {
             jit.interact(n, d, b, &dense, &sparse, &mut out)
                 .expect("runs");
             close(&out, &r::interact(&dense, &sparse, b, n, d));
+        }
+    }
+
+    /// The gather kernel's blocks (prefetch ahead, then copy) at counts
+    /// around the block and prefetch distances, pooled and not, with a
+    /// shard of the table, a column of several, ids out of range.
+    #[test]
+    fn gather_blocks_match_reference() {
+        let mut jit = Jit::new().expect("jit");
+        let total = 37;
+        let ahead = (GATHER_AHEAD + GATHER_BLOCK) as usize;
+        for dim in [1, 5, 8, 64] {
+            let table = data(total * dim, 15);
+            for pooling in [1, 3] {
+                for (start, local) in [(0, total), (9, 20), (30, 7)] {
+                    for count in [1, 7, 8, 9, 16, 17, ahead - 1, ahead, ahead + 1, 100] {
+                        let (stride, col) = (3, 2);
+                        let ids: Vec<f32> = (0..count * stride)
+                            .map(|i| match i % 11 {
+                                0 => -5.0,
+                                1 => 1e9,
+                                _ => ((i * 7) % (total + 3)) as f32,
+                            })
+                            .collect();
+                        let mut out = vec![f32::NAN; count * stride * dim];
+                        let shard = &table[start * dim..(start + local) * dim];
+                        jit.gather(
+                            dim, pooling, stride, col, &ids, shard, total, start, &mut out,
+                        )
+                        .expect("runs");
+                        for r in 0..count {
+                            let pos = r * stride + col;
+                            let id = r::clamp_id(ids[pos], total as u64);
+                            let mut want = vec![0.0f32; dim];
+                            for p in 0..pooling {
+                                let row = (id + p) % total;
+                                if (start..start + local).contains(&row) {
+                                    for (w, t) in want.iter_mut().zip(&table[row * dim..]) {
+                                        *w += t;
+                                    }
+                                }
+                            }
+                            assert_eq!(
+                                out[pos * dim..][..dim],
+                                want[..],
+                                "dim {dim} pooling {pooling} shard {start}+{local} count {count} row {r}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! design point the cost model prices computes the same function as the
 //! model.
 //!
-//! Two independent paths compute every graph: [`reference`] is a plain-loop
+//! Two independent paths compute every graph: [`reference`](mod@reference) is a plain-loop
 //! f32 interpreter that knows nothing of devices or kernels; [`exec`] splits
 //! the graph over simulated devices (threads with their own memory and real
 //! in-memory collectives) and runs Cranelift-compiled kernels from [`jit`],

@@ -540,6 +540,15 @@ impl Dev<'_> {
                 let (vocab, dim) = (*vocab as usize, *dim as usize);
                 let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
                 let ids = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                // Under sequence parallelism the output is row blocks.
+                let dy = self.convert(
+                    op.output,
+                    &Local {
+                        layout: lay,
+                        data: dy,
+                    },
+                    Layout::Rep,
+                )?;
                 let mut dw = vec![0.0; rows.len() * dim];
                 for (tok, id) in ids.iter().enumerate() {
                     let r = clamp_id(*id, vocab as u64);

@@ -30,7 +30,7 @@
 //!
 //! A run of elementwise ops whose intermediate results have no other use
 //! becomes one fused kernel (not when gradients are asked for: the
-//! backward pass, [`grad`], needs every value). [`run`] compares the
+//! backward pass, `grad.rs`, needs every value). [`run`] compares the
 //! outputs (and gradients) with the reference and, when an output
 //! diverges, runs again with tracing to name the first op whose local
 //! result differs from the reference.
@@ -1922,6 +1922,18 @@ impl<'a> Dev<'a> {
                 start,
                 &mut out,
             )?;
+        }
+        let rows = self.numel(op.output) / dim.max(1);
+        if self.par.sp && self.par.tp > 1 && Layout::rows_fit(rows, self.par.tp) {
+            // Sequence parallelism: the partial lookups are reduce-scattered
+            // into the row blocks the residual stream is kept in.
+            if !self.dry {
+                out = self.endpoint()?.reduce_scatter(&self.tp_group(), &out)?;
+            }
+            return Ok(Local {
+                layout: Layout::Rows,
+                data: out,
+            });
         }
         self.all_reduce_tp(&mut out)?;
         Ok(Local {
