@@ -283,8 +283,10 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             return Err(ExitCode::from(1));
         }
     };
+    let placement = gantry_compiler::plan::table_placement(&ev, &plan);
     let par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| fail(&e))?
+        .with_tables(&workload, &placement);
     if (par.devices() as u64) < devices {
         eprintln!(
             "note: the design point uses {} of the {devices} devices",
@@ -334,6 +336,15 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         t.par.devices(),
         exec::describe(&t.par)
     );
+    if !t.par.tables.is_empty() {
+        let count = |f: fn(&exec::TableShard) -> bool| t.par.tables.iter().filter(|s| f(s)).count();
+        println!(
+            "  embedding tables: {} table-wise, {} row-wise, {} replicated (the planner's placement)",
+            count(|s| matches!(s, exec::TableShard::Table(_))),
+            count(|s| matches!(s, exec::TableShard::Row)),
+            count(|s| matches!(s, exec::TableShard::Replicated)),
+        );
+    }
     let gradients = match a.grad {
         Grads::On => true,
         Grads::Off => false,

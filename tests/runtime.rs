@@ -152,6 +152,44 @@ fn dlrm_examples_shard_embeddings() {
     );
 }
 
+/// Embedding tables sharded table-wise, row-wise, replicated and mixed,
+/// forward and backward.
+#[test]
+fn dlrm_table_shardings_match_reference() {
+    use gantry_runtime::exec::TableShard::{Replicated, Row, Table};
+    for fix in ["dp=2,tp=2,pp=1", "dp=4,tp=1,pp=1,microbatch=1"] {
+        let t = target("examples/dlrm_train.gantry", None, fix, DLRM);
+        let n = 26;
+        for tables in [
+            vec![Row; n],
+            vec![Replicated; n],
+            (0..n)
+                .map(|i| match i % 3 {
+                    0 => Table(i % 4),
+                    1 => Row,
+                    _ => Replicated,
+                })
+                .collect(),
+        ] {
+            let par = Parallel {
+                tables,
+                ..t.par.clone()
+            };
+            let cfg = RunConfig {
+                gradients: true,
+                seed: 2,
+                ..RunConfig::default()
+            };
+            let r = exec::run(&t.workload, &par, &cfg)
+                .unwrap_or_else(|e| panic!("{fix}: {}", e.render()));
+            assert!(r.passed(), "{fix} {:?}: {r:?}", par.tables);
+            let g = r.gradients.expect("gradients");
+            assert_eq!(g.zero_params, 0, "{fix}");
+            assert!(g.uncovered.is_none());
+        }
+    }
+}
+
 #[test]
 fn reference_examples_match_reference() {
     for f in gantry::gantry_files(std::path::Path::new("examples/reference")) {
@@ -366,7 +404,7 @@ proptest! {
         let c = gantry_lang::check::check_source("p.gantry", &src);
         prop_assert!(!c.has_errors(), "{}", c.render(false));
         let w = c.program.workloads["w"].clone();
-        let par = Parallel { dp, tp, pp, ep: 1, cp: 1, vp: 1, microbatch, stage_layers: even_split(layers, pp), sp };
+        let par = Parallel { dp, tp, pp, microbatch, stage_layers: even_split(layers, pp), sp, ..Parallel::default() };
         let r = exec::run(&w, &par, &RunConfig::default()).map_err(|e| TestCaseError::fail(e.render()))?;
         prop_assert!(r.passed(), "{:?}\n{src}", r);
     }

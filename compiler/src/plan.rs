@@ -29,6 +29,22 @@ pub struct Evaluation {
     pub batch_candidates: usize,
 }
 
+/// The embedding tables' placement for an evaluated point: what HBM is
+/// left after weights, gradients, optimizer state and activations holds
+/// tables ([`crate::placement::tables`], balanced within 10%).
+pub fn table_placement(ev: &Evaluation, plan: &Plan) -> Vec<crate::placement::TablePlacement> {
+    let (h, m) = (&ev.hardware, &ev.estimate.memory);
+    let per_rank =
+        h.hbm_capacity - h.reserve - m.weights - m.gradients - m.optimizer - m.activations;
+    crate::placement::tables(
+        &ev.ir,
+        ev.estimate.devices,
+        per_rank,
+        plan.system.node.host_memory.is_some(),
+        0.10,
+    )
+}
+
 fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinError {
     PinError {
         code,
@@ -332,30 +348,19 @@ pub fn search(
         explanation.push(crate::explain::versus(&best, second, &plan.objective.1));
     }
     out.top.truncate(k.max(1));
-    let per_rank = hardware.hbm_capacity
-        - hardware.reserve
-        - best.memory.weights
-        - best.memory.gradients
-        - best.memory.optimizer
-        - best.memory.activations;
-    let tables = crate::placement::tables(
-        &ir,
-        best.devices,
-        per_rank,
-        plan.system.node.host_memory.is_some(),
-        0.10,
-    );
     let top = out.top.clone();
+    let best = Evaluation {
+        plan: plan.name.clone(),
+        workload: plan.workload.name.clone(),
+        system: plan.system.name.clone(),
+        hardware,
+        ir,
+        estimate: best,
+        batch_candidates: 0,
+    };
+    let tables = table_placement(&best, plan);
     Ok(Searched {
-        best: Evaluation {
-            plan: plan.name.clone(),
-            workload: plan.workload.name.clone(),
-            system: plan.system.name.clone(),
-            hardware,
-            ir,
-            estimate: best,
-            batch_candidates: 0,
-        },
+        best,
         top,
         stats: out.stats,
         stop: out.stop,

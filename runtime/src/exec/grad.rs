@@ -38,7 +38,7 @@ use std::ops::Range;
 
 use gantry_lang::program::{Activation, BinaryOp, Graph, OpKind, TensorId};
 
-use super::{Dev, Local, route};
+use super::{Dev, Local, TableShard, route};
 use crate::backward::{self as refgrad, Gradients, ParamKey};
 use crate::comm::Kind;
 use crate::error::{RCode, RuntimeError, unsupported};
@@ -891,6 +891,11 @@ impl Dev<'_> {
         })
     }
 
+    /// Table gradients: replicated tables from this device's own samples
+    /// (summed over the replicas later); served tables (whole or by rows)
+    /// from every requester's pooled gradients, sent back along the
+    /// reverse of the forward all-to-all by one tensor-parallel rank per
+    /// replica.
     fn embedding_bag_backward(
         &mut self,
         op: &gantry_lang::program::Op,
@@ -907,59 +912,51 @@ impl Dev<'_> {
         let group = self.stage_group();
         let size = group.len();
         let me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
-        let owned = |o: usize| -> Vec<usize> { (0..n).filter(|i| i % size == o).collect() };
-        let mine = owned(me);
         let ids = self.convert(op.inputs[0], ids, Layout::Rep)?;
         let b = self.shapes[op.inputs[0].0 as usize][0];
-        let mut dtab: Vec<Vec<f32>> = mine
+        let mut dtab: Vec<Vec<f32>> = tables
             .iter()
-            .map(|i| vec![0.0; tables[*i].rows as usize * dim])
+            .map(|t| vec![0.0; t.rows as usize * dim])
             .collect();
-        // Scatter-add pooled gradients `dq [samples, mine, dim]` for ids `q`.
-        let mut scatter = |q: &[f32], dq: &[f32]| {
-            let stride = mine.len();
-            for s in 0..q.len() / stride.max(1) {
-                for (j, ti) in mine.iter().enumerate() {
-                    let t = &tables[*ti];
-                    let id = clamp_id(q[s * stride + j], t.rows);
-                    let src = &dq[(s * stride + j) * dim..][..dim];
-                    for p in 0..t.pooling as usize {
-                        let row = (id + p) % t.rows as usize;
-                        for (a, g) in dtab[j][row * dim..(row + 1) * dim].iter_mut().zip(src) {
-                            *a += g;
-                        }
-                    }
-                }
+        // Adds the pooled gradients `dq [samples, cols, dim]` of ids `q`.
+        let mut scatter = |q: &[f32], dq: &[f32], cols: &[usize]| {
+            for (j, ti) in cols.iter().enumerate() {
+                let t = &tables[*ti];
+                let g = refgrad::embedding_bag_table_grad(
+                    q,
+                    dq,
+                    cols.len(),
+                    j,
+                    t.rows,
+                    t.pooling as usize,
+                    dim,
+                );
+                dtab[*ti].iter_mut().zip(g).for_each(|(a, x)| *a += x);
             }
         };
-        if size == 1 {
-            scatter(&ids, dy);
-        } else {
-            // The ids again (the owners need them), then the pooled
-            // gradients back along the reverse of the forward all-to-all;
-            // one tensor-parallel rank per replica sends them.
-            let ids_out: Vec<Vec<f32>> = (0..size)
-                .map(|o| {
-                    let cols = owned(o);
-                    (0..b)
-                        .flat_map(|s| cols.iter().map(move |c| (s, *c)))
-                        .map(|(s, c)| ids[s * n + c])
-                        .collect()
-                })
-                .collect();
-            let grads_out: Vec<Vec<f32>> = (0..size)
-                .map(|o| {
-                    if self.t != 0 {
-                        return Vec::new();
+        let pick = |x: &[f32], cols: &[usize], width: usize| -> Vec<f32> {
+            (0..b)
+                .flat_map(|s| cols.iter().map(move |c| (s, *c)))
+                .flat_map(|(s, c)| x[(s * n + c) * width..][..width].iter().copied())
+                .collect()
+        };
+        let local: Vec<usize> = (0..n)
+            .filter(|i| self.table_shard(*i, size) == TableShard::Replicated)
+            .collect();
+        if !local.is_empty() {
+            scatter(&pick(&ids, &local, 1), &pick(dy, &local, dim), &local);
+        }
+        if local.len() < n {
+            let served: Vec<Vec<usize>> = (0..size).map(|o| self.served_by(o, n, size)).collect();
+            let ids_out: Vec<Vec<f32>> = served.iter().map(|c| pick(&ids, c, 1)).collect();
+            let grads_out: Vec<Vec<f32>> = served
+                .iter()
+                .map(|c| {
+                    if self.t == 0 {
+                        pick(dy, c, dim)
+                    } else {
+                        Vec::new()
                     }
-                    let cols = owned(o);
-                    let mut p = Vec::with_capacity(b * cols.len() * dim);
-                    for s in 0..b {
-                        for c in &cols {
-                            p.extend_from_slice(&dy[(s * n + c) * dim..][..dim]);
-                        }
-                    }
-                    p
                 })
                 .collect();
             let ep = self.endpoint()?;
@@ -967,22 +964,21 @@ impl Dev<'_> {
             let grads_in = ep.all_to_all(&group, grads_out)?;
             for (q, dq) in ids_in.iter().zip(&grads_in) {
                 if !dq.is_empty() {
-                    scatter(q, dq);
+                    scatter(q, dq, &served[me]);
                 }
             }
         }
-        for (j, ti) in mine.iter().enumerate() {
-            let rows = tables[*ti].rows as usize;
-            let g = std::mem::take(&mut dtab[j]);
-            self.add_pgrad(
-                op.output,
-                path,
-                ps[*ti].slot,
-                0..rows,
-                0..dim,
-                g,
-                Reduce::Owner,
-            );
+        for (i, t) in tables.iter().enumerate() {
+            let rows = self.held_rows(i, t.rows as usize, size, me);
+            let (reduce, held) = match self.table_shard(i, size) {
+                TableShard::Replicated => (Reduce::Replicas, true),
+                TableShard::Row => (Reduce::Owner, true),
+                TableShard::Table(o) => (Reduce::Owner, o == me),
+            };
+            if held {
+                let g = dtab[i][rows.start * dim..rows.end * dim].to_vec();
+                self.add_pgrad(op.output, path, ps[i].slot, rows, 0..dim, g, reduce);
+            }
         }
         Ok(())
     }

@@ -79,6 +79,25 @@ pub struct Parallel {
     /// after them (norms, elementwise, residuals) run on the local rows;
     /// the rows are all-gathered before any other op reads them.
     pub sp: bool,
+    /// How each `embedding_bag` table is sharded over the devices of a
+    /// stage, in table order (the planner's placement); tables past the
+    /// end are table-wise on device `table mod devices`.
+    pub tables: Vec<TableShard>,
+}
+
+/// The sharding of one embedding table over the devices of a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableShard {
+    /// Held whole by one device (its index in the stage); lookups go to it
+    /// by all-to-all and pooled vectors come back.
+    Table(usize),
+    /// Rows cut into contiguous blocks, one per device; every device pools
+    /// the rows it holds and the requester sums the partial vectors.
+    Row,
+    /// Every device holds the table (data-parallel, or in host memory that
+    /// every device reads) and looks up its own samples; gradients are
+    /// summed over the replicas.
+    Replicated,
 }
 
 impl Default for Parallel {
@@ -94,6 +113,7 @@ impl Default for Parallel {
             microbatch: 1,
             stage_layers: Vec::new(),
             sp: false,
+            tables: Vec::new(),
         }
     }
 }
@@ -144,7 +164,46 @@ impl Parallel {
             microbatch,
             stage_layers,
             sp: p.sequence_parallel,
+            tables: Vec::new(),
         })
+    }
+}
+
+impl Parallel {
+    /// The planner's embedding-table placement
+    /// ([`gantry_compiler::placement::tables`]) as shardings of the
+    /// workload's `embedding_bag` tables, matched by name: table-wise on
+    /// the given device, row-wise, or replicated for tables kept in host
+    /// memory (every device reads the host copy).
+    pub fn with_tables(
+        mut self,
+        w: &Workload,
+        placement: &[gantry_compiler::placement::TablePlacement],
+    ) -> Parallel {
+        let names: Vec<&str> = graph::ops(&w.model.graph.body)
+            .into_iter()
+            .find_map(|o| match &o.kind {
+                OpKind::EmbeddingBag { tables } => {
+                    Some(tables.iter().map(|t| t.name.as_str()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.tables = names
+            .iter()
+            .enumerate()
+            .map(
+                |(i, name)| match placement.iter().find(|p| p.table == *name) {
+                    Some(p) if p.sharding == "table_wise" => {
+                        TableShard::Table(p.ranks.first().copied().unwrap_or(0) as usize)
+                    }
+                    Some(p) if p.sharding == "row_wise" => TableShard::Row,
+                    Some(_) => TableShard::Replicated,
+                    None => TableShard::Table(i),
+                },
+            )
+            .collect();
+        self
     }
 }
 
@@ -1942,6 +2001,37 @@ impl<'a> Dev<'a> {
         })
     }
 
+    /// How table `i` of `n` is sharded over the `size` devices of a stage.
+    fn table_shard(&self, i: usize, size: usize) -> TableShard {
+        match self.par.tables.get(i).copied() {
+            _ if size == 1 => TableShard::Replicated,
+            Some(TableShard::Table(o)) => TableShard::Table(o % size),
+            Some(s) => s,
+            None => TableShard::Table(i % size),
+        }
+    }
+
+    /// The tables device `o` of the stage serves to others (held whole or
+    /// by rows), in table order.
+    fn served_by(&self, o: usize, n: usize, size: usize) -> Vec<usize> {
+        (0..n)
+            .filter(|i| match self.table_shard(*i, size) {
+                TableShard::Table(owner) => owner == o,
+                TableShard::Row => true,
+                TableShard::Replicated => false,
+            })
+            .collect()
+    }
+
+    /// The rows of table `i` (of `rows`) this device holds.
+    fn held_rows(&self, i: usize, rows: usize, size: usize, me: usize) -> std::ops::Range<usize> {
+        match self.table_shard(i, size) {
+            TableShard::Row => block(rows, size, me),
+            TableShard::Table(o) if o != me => 0..0,
+            _ => 0..rows,
+        }
+    }
+
     fn embedding_bag(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
         let OpKind::EmbeddingBag { tables } = &op.kind else {
             return Err(unsupported("not an embedding_bag"));
@@ -1951,82 +2041,101 @@ impl<'a> Dev<'a> {
         let group = self.stage_group();
         let size = group.len();
         let me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
-        let owned = |o: usize| -> Vec<usize> { (0..n).filter(|i| i % size == o).collect() };
-        let mine = owned(me);
+        let held: Vec<std::ops::Range<usize>> = (0..n)
+            .map(|i| self.held_rows(i, tables[i].rows as usize, size, me))
+            .collect();
         let w = self.weights(op, path, |dev, ps| {
-            mine.iter()
-                .map(|i| ps[*i].full(&dev.init, op.output, path))
+            (0..n)
+                .map(|i| ps[i].block(&dev.init, op.output, path, held[i].clone(), 0..dim))
                 .collect()
         });
         let ids = self.rep(op.inputs[0])?;
         let b = self.shapes[op.inputs[0].0 as usize][0];
-        // Pooled vectors of `my` tables for one set of ids [b, mine.len()].
-        let pool = |dev: &mut Self, ids: &[f32]| -> Result<Vec<f32>, RuntimeError> {
-            let stride = mine.len();
-            let mut out = vec![0.0; if dev.dry { 0 } else { b * stride * dim }];
-            for (j, ti) in mine.iter().enumerate() {
-                let t = &tables[*ti];
-                if dev.dry {
-                    dev.jit.prepare(&KernelSpec::Gather {
-                        dim,
-                        pooling: t.pooling as usize,
-                        stride,
-                    })?;
-                } else {
-                    dev.jit.gather(
-                        dim,
-                        t.pooling as usize,
-                        stride,
-                        j,
-                        ids,
-                        &w[j],
-                        t.rows as usize,
-                        0,
-                        &mut out,
-                    )?;
+        // Pooled (partial, for row-wise tables) vectors of `cols` for ids
+        // laid out `[samples, cols.len()]`: `[samples, cols.len(), dim]`.
+        let pool =
+            |dev: &mut Self, ids: &[f32], cols: &[usize]| -> Result<Vec<f32>, RuntimeError> {
+                let stride = cols.len();
+                let samples = if stride == 0 { 0 } else { ids.len() / stride };
+                let mut out = vec![0.0; if dev.dry { 0 } else { samples * stride * dim }];
+                for (j, ti) in cols.iter().enumerate() {
+                    let t = &tables[*ti];
+                    if dev.dry {
+                        dev.jit.prepare(&KernelSpec::Gather {
+                            dim,
+                            pooling: t.pooling as usize,
+                            stride,
+                        })?;
+                    } else {
+                        dev.jit.gather(
+                            dim,
+                            t.pooling as usize,
+                            stride,
+                            j,
+                            ids,
+                            &w[*ti],
+                            t.rows as usize,
+                            held[*ti].start,
+                            &mut out,
+                        )?;
+                    }
+                }
+                Ok(out)
+            };
+        let pick = |ids: &[f32], cols: &[usize]| -> Vec<f32> {
+            (0..b)
+                .flat_map(|s| cols.iter().map(move |c| ids[s * n + c]))
+                .collect()
+        };
+        let mut out = vec![0.0; if self.dry { 0 } else { b * n * dim }];
+        // Tables this device looks up itself.
+        let local: Vec<usize> = (0..n)
+            .filter(|i| self.table_shard(*i, size) == TableShard::Replicated)
+            .collect();
+        if !local.is_empty() {
+            let ids_l = if self.dry {
+                Vec::new()
+            } else {
+                pick(&ids, &local)
+            };
+            let pooled = pool(self, &ids_l, &local)?;
+            for s in 0..b.min(pooled.len()) {
+                for (j, c) in local.iter().enumerate() {
+                    let src = &pooled[(s * local.len() + j) * dim..][..dim];
+                    out[(s * n + c) * dim..][..dim].copy_from_slice(src);
                 }
             }
-            Ok(out)
-        };
-        if size == 1 || self.dry {
-            let data = if size == 1 {
-                pool(self, &ids)?
-            } else {
-                pool(self, &[])?
-            };
+        }
+        if local.len() == n {
             return Ok(Local {
                 layout: Layout::Rep,
-                data: if self.dry { Vec::new() } else { data },
+                data: out,
             });
         }
-        // Ids out to the table owners, pooled vectors back.
-        let parts: Vec<Vec<f32>> = (0..size)
-            .map(|o| {
-                let cols = owned(o);
-                let mut p = Vec::with_capacity(b * cols.len());
-                for s in 0..b {
-                    p.extend(cols.iter().map(|c| ids[s * n + c]));
-                }
-                p
-            })
-            .collect();
+        let served: Vec<Vec<usize>> = (0..size).map(|o| self.served_by(o, n, size)).collect();
+        if self.dry {
+            pool(self, &[], &served[me])?;
+            return Ok(Local {
+                layout: Layout::Rep,
+                data: Vec::new(),
+            });
+        }
+        // Ids out to the devices serving each table, pooled vectors back.
+        let parts: Vec<Vec<f32>> = served.iter().map(|cols| pick(&ids, cols)).collect();
         let received = self.endpoint()?.all_to_all(&group, parts)?;
         let mut replies = Vec::with_capacity(size);
         for ids_q in &received {
-            replies.push(if mine.is_empty() {
-                Vec::new()
-            } else {
-                pool(self, ids_q)?
-            });
+            replies.push(pool(self, ids_q, &served[me])?);
         }
         let pooled = self.endpoint()?.all_to_all(&group, replies)?;
-        let mut out = vec![0.0; b * n * dim];
         for (o, p) in pooled.iter().enumerate() {
-            let cols = owned(o);
+            let cols = &served[o];
             for s in 0..b {
                 for (j, c) in cols.iter().enumerate() {
                     let src = &p[(s * cols.len() + j) * dim..][..dim];
-                    out[(s * n + c) * dim..][..dim].copy_from_slice(src);
+                    for (a, x) in out[(s * n + c) * dim..][..dim].iter_mut().zip(src) {
+                        *a += x;
+                    }
                 }
             }
         }
