@@ -3,7 +3,7 @@
 //! A [`Jit`] is a reusable context: it owns the `JITModule` (the code
 //! memory), Cranelift's compilation context and the function-builder
 //! context, and a cache of compiled kernels keyed by [`KernelSpec`]. Each
-//! kernel is built by a short-lived [`Gen`] (a `FunctionBuilder` plus
+//! kernel is built by a short-lived `Gen` (a `FunctionBuilder` plus
 //! helpers), defined, finalized and cached. Cranelift types never leave this
 //! file: callers describe kernels with plain data and call them through
 //! typed, length-checked methods, so no caller can make a kernel read or

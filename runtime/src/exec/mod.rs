@@ -2056,7 +2056,7 @@ impl<'a> Dev<'a> {
         let pool =
             |dev: &mut Self, ids: &[f32], cols: &[usize]| -> Result<Vec<f32>, RuntimeError> {
                 let stride = cols.len();
-                let samples = if stride == 0 { 0 } else { ids.len() / stride };
+                let samples = ids.len().checked_div(stride).unwrap_or(0);
                 let mut out = vec![0.0; if dev.dry { 0 } else { samples * stride * dim }];
                 for (j, ti) in cols.iter().enumerate() {
                     let t = &tables[*ti];
