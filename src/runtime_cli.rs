@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// workload; the loss is the sum of the outputs) or `off`.
     #[arg(long, value_enum, default_value_t = Grads::Auto)]
     pub grad: Grads,
+    /// Largest simulated memory in GB (all devices and the reference);
+    /// a bigger run is refused with R007 before anything is allocated.
+    #[arg(long = "max-memory", default_value_t = 4.0)]
+    pub max_memory: f64,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -354,6 +358,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         seed: a.seed,
         tolerance: a.tolerance,
         gradients,
+        max_bytes: a.max_memory * 1e9,
         ..RunConfig::default()
     };
     let report = match exec::run(&t.workload, &t.par, &cfg) {

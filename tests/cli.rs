@@ -191,3 +191,35 @@ fn validate_and_study_run() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("study fleet_size"));
 }
+
+/// A full-scale run is refused before anything is allocated (R007), and
+/// a scaled one prints the gradient check.
+#[test]
+fn run_refuses_full_scale_and_checks_gradients() {
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--devices", "8"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("R007") && err.contains("--scale"), "{err}");
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--fix",
+        "dp=1,tp=2,cp=2,pp=2,virtual_stages=2,microbatch=1,sequence_parallel=true",
+        "--scale",
+        "layers=4,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=4",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("gradients of one step"), "{out}");
+    assert!(out.contains("in 2 virtual stages each"), "{out}");
+    let (code, out, _) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--grad",
+        "off",
+        "--fix",
+        "dp=2,tp=1,pp=1",
+        "--scale",
+        "layers=2,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=4",
+    ]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("gradients of one step"), "{out}");
+}

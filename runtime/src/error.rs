@@ -22,6 +22,8 @@ pub enum RCode {
     R005,
     /// A simulated device failed or a collective broke down.
     R006,
+    /// The simulated run would need more memory than allowed.
+    R007,
 }
 
 impl RCode {
@@ -32,6 +34,7 @@ impl RCode {
         RCode::R004,
         RCode::R005,
         RCode::R006,
+        RCode::R007,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +44,7 @@ impl RCode {
             RCode::R004 => "R004",
             RCode::R005 => "R005",
             RCode::R006 => "R006",
+            RCode::R007 => "R007",
         }
     }
     pub fn description(self) -> &'static str {
@@ -55,6 +59,7 @@ impl RCode {
             RCode::R004 => "a --scale override cannot be applied",
             RCode::R005 => "a kernel failed to compile (a runtime bug)",
             RCode::R006 => "a simulated device failed or a collective broke down",
+            RCode::R007 => "the simulated run would need more memory than allowed (scale it down)",
         }
     }
 }

@@ -343,6 +343,9 @@ pub struct RunConfig {
     /// Fault injection for the gradient check: device 0 adds 1 to the
     /// first element of its gradient of the op producing this tensor.
     pub grad_fault: Option<TensorId>,
+    /// Largest simulated memory (bytes, all devices and the reference
+    /// together, estimated by [`footprint`]) a run may use (R007 above).
+    pub max_bytes: f64,
 }
 
 impl Default for RunConfig {
@@ -355,6 +358,7 @@ impl Default for RunConfig {
             check_all: false,
             gradients: false,
             grad_fault: None,
+            max_bytes: 4e9,
         }
     }
 }
@@ -598,6 +602,19 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
 /// with the reference interpreter.
 pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, RuntimeError> {
     validate(w, par)?;
+    let need = footprint(w, par, cfg.gradients)?;
+    if need > cfg.max_bytes {
+        return Err(RuntimeError::new(
+            RCode::R007,
+            format!(
+                "running `{}` at this scale needs about {:.3} GB of simulated memory (weights on every replica, activations, the reference), more than the {:.3} GB allowed",
+                w.name,
+                need / 1e9,
+                cfg.max_bytes / 1e9
+            ),
+        )
+        .with_help("scale the workload down with --scale (e.g. layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4, or rows=10000 for DLRM tables), or raise --max-memory"));
+    }
     if let Phase::Decode { context, .. } = w.phase {
         return run_decode(w, par, cfg, context as usize);
     }
@@ -648,6 +665,41 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         report.divergence = locate(w, par, cfg, &inputs)?;
     }
     Ok(report)
+}
+
+/// An upper estimate of a run's memory in bytes (f32): every parameter
+/// once for the reference and once per data-parallel and context-parallel
+/// replica, every op result of the whole batch twice (the reference's and
+/// the devices'), and with gradients the same again.
+pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, RuntimeError> {
+    fn walk(items: &[Item], shapes: &[Vec<usize>], mult: f64, acc: &mut (f64, f64)) {
+        for it in items {
+            match it {
+                Item::Op(op) => {
+                    let params: usize = graph::params(&op.kind)
+                        .iter()
+                        .map(|p| numel(&p.shape))
+                        .sum();
+                    acc.0 += mult * params as f64;
+                    acc.1 += mult * numel(&shapes[op.output.0 as usize]) as f64;
+                }
+                Item::Repeat(r) => walk(&r.body, shapes, mult * r.count as f64, acc),
+            }
+        }
+    }
+    let g = &w.model.graph;
+    let mut bindings = w.bindings.clone();
+    if let Phase::Decode { context, .. } = w.phase {
+        let seq = bindings.get("seq").copied().unwrap_or(1);
+        bindings.insert("seq".into(), seq + context as i64);
+    }
+    let shapes = graph::shapes(g, &bindings)?;
+    let mut acc = (0.0, 0.0);
+    walk(&g.body, &shapes, 1.0, &mut acc);
+    let (params, acts) = acc;
+    let copies = 1.0 + (par.dp * par.cp) as f64;
+    let once = params * copies + 2.0 * acts;
+    Ok(4.0 * once * if gradients { 2.0 } else { 1.0 })
 }
 
 /// A decode step with a KV cache. The reference runs the whole sequence
