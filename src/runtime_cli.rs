@@ -47,9 +47,10 @@ pub struct TargetArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Seed of the weights and inputs.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the weights and inputs (default: the plan's `simulate`
+    /// `seed=`, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Largest accepted relative error per output and per parameter
     /// gradient.
     #[arg(long, default_value_t = 1e-4)]
@@ -162,6 +163,8 @@ pub struct Target {
     pub workload: Workload,
     pub par: Parallel,
     pub plan: String,
+    /// The `seed=` of the scale, if it names one.
+    pub seed: Option<u64>,
 }
 
 fn pin_int(pins: &BTreeMap<String, Pin>, k: &str) -> Option<u64> {
@@ -211,6 +214,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
                 constraints: Vec::new(),
                 expect: BTreeMap::new(),
                 source: None,
+                simulate: None,
                 span: w.span,
             },
             (None, None) => {
@@ -222,8 +226,34 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             }
         },
     };
-    if let Some(s) = &a.scale {
-        let scale = Scale::parse(s).map_err(|e| fail(&e))?;
+    // The plan's `simulate` scale, with `--scale` keys over it.
+    let from_file = plan.simulate.as_deref().map(Scale::parse).transpose();
+    let from_flag = a.scale.as_deref().map(Scale::parse).transpose();
+    let scale = match (
+        from_file.map_err(|e| fail(&e))?,
+        from_flag.map_err(|e| fail(&e))?,
+    ) {
+        (Some(f), Some(o)) => Some(f.overridden(&o)),
+        (f, o) => f.or(o),
+    };
+    // `seed=` is not a model argument: it picks the weights and inputs.
+    let mut seed = None;
+    let scale = match scale {
+        Some(mut s) => {
+            if let Some(i) = s.args.iter().position(|(k, _)| k == "seed") {
+                let (_, v) = s.args.remove(i);
+                seed = Some(v.parse::<u64>().map_err(|_| {
+                    fail(&RuntimeError::new(
+                        gantry_runtime::RCode::R004,
+                        format!("`seed={v}` is not a whole number"),
+                    ))
+                })?);
+            }
+            (!s.args.is_empty()).then_some(s)
+        }
+        None => None,
+    };
+    if let Some(scale) = scale {
         let mut loader = FsLoader::new();
         loader.lib_dirs.splice(0..0, a.lib.iter().cloned());
         plan.workload =
@@ -253,6 +283,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             workload,
             par,
             plan: pp.plan,
+            seed,
         });
     }
     let mut pins = match a.fix.as_deref().map(point::parse_fix).transpose() {
@@ -301,6 +332,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         workload,
         par,
         plan: plan.name,
+        seed,
     })
 }
 
@@ -355,7 +387,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         Grads::Auto => matches!(t.workload.phase, Phase::Train { .. }),
     };
     let cfg = RunConfig {
-        seed: a.seed,
+        seed: a.seed.or(t.seed).unwrap_or(0),
         tolerance: a.tolerance,
         gradients,
         max_bytes: a.max_memory * 1e9,
@@ -384,6 +416,12 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             "  gradient max abs error {:.3e}, max rel error {:.3e} (worst: {})",
             g.max_abs, g.max_rel, g.worst
         );
+        if g.zero_params > 0 {
+            println!(
+                "  note: {} of the {} parameter gradients are zero in the reference too (a dead ReLU at this scale?); another --seed checks more",
+                g.zero_params, g.params
+            );
+        }
     }
     match report.error() {
         Some(e) => fail(&e),

@@ -196,9 +196,32 @@ fn validate_and_study_run() {
 /// a scaled one prints the gradient check.
 #[test]
 fn run_refuses_full_scale_and_checks_gradients() {
-    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--devices", "8"]);
+    let (code, _, err) = gantry(&["run", "examples/reference/a01_gpt_1p7b.gantry"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("R007") && err.contains("--scale"), "{err}");
+    // The pinned Meta configuration is 16,384 devices: refused too.
+    let (code, _, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--plan",
+        "llama3_405b_meta",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("R007") && err.contains("16384 devices"),
+        "{err}"
+    );
+    // The plan's `simulate` scale, with `--scale` keys over it.
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--devices",
+        "4",
+        "--scale",
+        "batch=4",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("bind batch=4 seq=16"), "{out}");
     let (code, out, err) = gantry(&[
         "run",
         "examples/llm_train.gantry",

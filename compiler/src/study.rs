@@ -51,6 +51,7 @@ pub fn run(study: &Study) -> Vec<Row> {
                 constraints: study.constraints.clone(),
                 expect: BTreeMap::new(),
                 source: None,
+                simulate: None,
                 span: study.span,
             };
             let best = search(&plan, &BTreeMap::new(), 1)

@@ -538,6 +538,10 @@ pub struct Plan {
     /// Published figures this plan is expected to reproduce (`expect`).
     pub expect: BTreeMap<String, Quantity>,
     pub source: Option<String>,
+    /// The small scale `gantry run` instantiates the workload at
+    /// (`simulate "layers=2, d_model=256, seq=16, batch=4"`, the syntax of
+    /// `--scale`, whose keys override it).
+    pub simulate: Option<String>,
     pub span: Span,
 }
 

@@ -78,6 +78,18 @@ impl Scale {
         Ok(Scale { args })
     }
 
+    /// `self` with the keys of `over` replaced or added (`--scale` over a
+    /// plan's `simulate`).
+    pub fn overridden(mut self, over: &Scale) -> Scale {
+        for (k, v) in &over.args {
+            match self.args.iter_mut().find(|(a, _)| a == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => self.args.push((k.clone(), v.clone())),
+            }
+        }
+        self
+    }
+
     fn get(&self, k: &str) -> Option<&str> {
         self.args
             .iter()

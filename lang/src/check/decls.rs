@@ -72,6 +72,7 @@ const WORKLOAD_KEYS: &[Key] = &[
 const PLAN_KEYS: &[Key] = &[
     key("expect", N, true, false),
     key("source", VA, false, false),
+    key("simulate", VA, false, false),
     key("workloads", VA, false, false),
 ];
 
@@ -1378,6 +1379,19 @@ impl Checker {
                 }
             }
         }
+        let mut simulate = None;
+        if let Some(it) = g.get("simulate").and_then(|v| v.first()) {
+            match self.eval(&it.value, &mut env) {
+                Value::Str(s) => simulate = Some(s),
+                other => {
+                    self.type_error(
+                        &other,
+                        it.value.span,
+                        "a string such as \"layers=2, seq=16, batch=4\"",
+                    );
+                }
+            }
+        }
         let objective = objective
             .map(|o| o.0)
             .unwrap_or((Goal::Maximize, "throughput".to_string()));
@@ -1420,6 +1434,7 @@ impl Checker {
                         constraints,
                         expect,
                         source,
+                        simulate,
                         span: p.name.span,
                     },
                 );

@@ -602,6 +602,16 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
 /// with the reference interpreter.
 pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, RuntimeError> {
     validate(w, par)?;
+    if par.devices() > MAX_DEVICES {
+        return Err(RuntimeError::new(
+            RCode::R007,
+            format!(
+                "the design point uses {} devices; the runtime simulates at most {MAX_DEVICES} (one thread each)",
+                par.devices()
+            ),
+        )
+        .with_help("pin smaller degrees with --fix (e.g. tp=2,pp=2,dp=2) or let the planner choose for --devices 8"));
+    }
     let need = footprint(w, par, cfg.gradients)?;
     if need > cfg.max_bytes {
         return Err(RuntimeError::new(
@@ -666,6 +676,9 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
     }
     Ok(report)
 }
+
+/// The most simulated devices (threads) a run may use.
+pub const MAX_DEVICES: usize = 512;
 
 /// An upper estimate of a run's memory in bytes (f32): every parameter
 /// once for the reference and once per data-parallel and context-parallel
