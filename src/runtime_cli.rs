@@ -416,6 +416,21 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             "  gradient max abs error {:.3e}, max rel error {:.3e} (worst: {})",
             g.max_abs, g.max_rel, g.worst
         );
+        if let Some(s) = &report.step {
+            println!(
+                "  {} step (ZeRO-{}): {} parameter blocks {} the unsharded step bit for bit; optimizer state {} floats on the fullest device ({} unsharded)",
+                s.optimizer,
+                s.zero,
+                s.blocks,
+                if s.mismatched.is_empty() {
+                    "equal"
+                } else {
+                    "do NOT all equal"
+                },
+                s.state,
+                s.state_unsharded
+            );
+        }
         if g.zero_params > 0 {
             println!(
                 "  note: {} of the {} parameter gradients are zero in the reference too (a dead ReLU at this scale?); another --seed checks more",

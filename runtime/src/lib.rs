@@ -20,6 +20,7 @@ pub mod graph;
 pub mod init;
 pub mod jit;
 pub mod layout;
+pub mod optim;
 pub mod plan_json;
 pub mod reference;
 pub mod scale;

@@ -119,6 +119,48 @@ impl GradCheck {
     }
 }
 
+/// The optimizer step of one or more devices: every parameter block's
+/// update under the design point's ZeRO stage against the replicated
+/// update of the same block, and the optimizer state held.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepCheck {
+    pub optimizer: String,
+    pub zero: u8,
+    /// Parameter blocks updated (summed over devices).
+    pub blocks: usize,
+    /// Blocks whose sharded update differs from the replicated one.
+    pub mismatched: Vec<String>,
+    /// Optimizer-state floats held: the most on one device, and what that
+    /// device would hold with the state of its blocks unsharded.
+    pub state: usize,
+    pub state_unsharded: usize,
+}
+
+impl StepCheck {
+    pub(super) fn merge(mut self, o: StepCheck) -> StepCheck {
+        self.blocks += o.blocks;
+        self.mismatched.extend(o.mismatched);
+        if o.state > self.state {
+            self.state = o.state;
+            self.state_unsharded = o.state_unsharded;
+        }
+        self
+    }
+    /// The R001 diagnostic of a sharded step that differs.
+    pub fn error(&self) -> Option<RuntimeError> {
+        let first = self.mismatched.first()?;
+        Some(RuntimeError::new(
+            RCode::R001,
+            format!(
+                "the ZeRO-{} {} step of {first} differs from the unsharded step ({} blocks differ)",
+                self.zero,
+                self.optimizer,
+                self.mismatched.len()
+            ),
+        ))
+    }
+}
+
 /// A gradient contribution to one input of an op.
 enum Grad {
     /// Complete, for the local part of the given layout.
@@ -465,6 +507,95 @@ impl Dev<'_> {
             *x += 1.0;
         }
         Ok(out)
+    }
+
+    /// One optimizer step on this device's parameter blocks (gradients
+    /// already reduced). Without ZeRO every device updates its whole
+    /// blocks with whole state. With `zero >= 1` a block shared by `R`
+    /// devices (its reduction group) is cut into `R` contiguous parts:
+    /// device `i` keeps state for part `i` only, updates it and the group
+    /// all-gathers the parts. (With `zero >= 2` the gradient of part `i` is
+    /// the reduce-scatter half of the all-reduce already done, so it is
+    /// bit-identical; the all-gather half is kept for the gradient check.)
+    /// Every block's result is compared bit for bit with the replicated
+    /// update computed here from the same gradient.
+    pub(super) fn optimizer_step(
+        &mut self,
+        grads: &[ParamGrad],
+        opt: gantry_lang::program::Optimizer,
+    ) -> Result<StepCheck, RuntimeError> {
+        let h = crate::optim::defaults(opt);
+        let per = crate::optim::state_per_param(opt);
+        let mut check = StepCheck {
+            optimizer: opt.name().to_string(),
+            zero: self.par.zero,
+            ..StepCheck::default()
+        };
+        // Blocks reduced over all replicas first, then expert blocks, as
+        // the reductions were ordered.
+        for experts in [false, true] {
+            for p in grads {
+                let group = match p.reduce {
+                    Reduce::Owner => vec![self.rank],
+                    Reduce::ExpertReplicas if experts => self.replica_group(true),
+                    Reduce::Replicas | Reduce::TensorAndReplicas if !experts => {
+                        self.replica_group(false)
+                    }
+                    _ => continue,
+                };
+                if experts && p.reduce == Reduce::Owner {
+                    continue;
+                }
+                let op = *self
+                    .producer
+                    .get(&p.key.0)
+                    .ok_or_else(|| unsupported(format!("no op produces %{}", p.key.0.0)))?;
+                let param = graph::params(&op.kind)
+                    .into_iter()
+                    .find(|x| x.slot == p.key.2)
+                    .ok_or_else(|| unsupported("a gradient of an unknown parameter"))?;
+                let w0 = param.block(
+                    &self.init,
+                    op.output,
+                    &p.key.1,
+                    p.rows.clone(),
+                    p.cols.clone(),
+                );
+                let mut whole = w0.clone();
+                crate::optim::first_step(opt, &h, &mut whole, &p.data);
+                check.blocks += 1;
+                check.state_unsharded += per * w0.len();
+                let sharded = if self.par.zero == 0 || group.len() == 1 {
+                    check.state += per * w0.len();
+                    whole.clone()
+                } else {
+                    let mut me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
+                    if self.step_fault {
+                        me = (me + 1) % group.len();
+                    }
+                    let part = crate::layout::block(w0.len(), group.len(), me);
+                    let mut mine = w0[part.clone()].to_vec();
+                    crate::optim::first_step(opt, &h, &mut mine, &p.data[part.clone()]);
+                    check.state += per * part.len();
+                    self.endpoint()?.all_gather(&group, &mine)?.concat()
+                };
+                let same = sharded.len() == whole.len()
+                    && sharded
+                        .iter()
+                        .zip(&whole)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                if !same {
+                    check.mismatched.push(format!(
+                        "`{} %{}` parameter {} on device {}",
+                        op.kind.name(),
+                        op.output.0,
+                        p.key.2,
+                        self.rank
+                    ));
+                }
+            }
+        }
+        Ok(check)
     }
 
     // ------------------------------------------------------------ ops

@@ -54,7 +54,7 @@ use crate::reference;
 mod grad;
 
 use grad::Tape;
-pub use grad::{GradCheck, ParamGrad, Reduce};
+pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
 
 /// The parallel layout the executor runs: the design point's degrees,
 /// the microbatch size and the layers of each pipeline stage.
@@ -79,6 +79,10 @@ pub struct Parallel {
     /// after them (norms, elementwise, residuals) run on the local rows;
     /// the rows are all-gathered before any other op reads them.
     pub sp: bool,
+    /// ZeRO stage: with `zero >= 1` the optimizer state of a block shared
+    /// by `R` devices is cut into `R` parts, one per device, and the step
+    /// all-gathers the updated parts (see [`crate::optim`]).
+    pub zero: u8,
     /// How each `embedding_bag` table is sharded over the devices of a
     /// stage, in table order (the planner's placement); tables past the
     /// end are table-wise on device `table mod devices`.
@@ -113,6 +117,7 @@ impl Default for Parallel {
             microbatch: 1,
             stage_layers: Vec::new(),
             sp: false,
+            zero: 0,
             tables: Vec::new(),
         }
     }
@@ -164,6 +169,7 @@ impl Parallel {
             microbatch,
             stage_layers,
             sp: p.sequence_parallel,
+            zero: p.zero,
             tables: Vec::new(),
         })
     }
@@ -343,6 +349,9 @@ pub struct RunConfig {
     /// Fault injection for the gradient check: device 0 adds 1 to the
     /// first element of its gradient of the op producing this tensor.
     pub grad_fault: Option<TensorId>,
+    /// Fault injection for the optimizer step: under ZeRO, device 0
+    /// updates the wrong part of every shared block.
+    pub step_fault: bool,
     /// Largest simulated memory (bytes, all devices and the reference
     /// together, estimated by [`footprint`]) a run may use (R007 above).
     pub max_bytes: f64,
@@ -358,6 +367,7 @@ impl Default for RunConfig {
             check_all: false,
             gradients: false,
             grad_fault: None,
+            step_fault: false,
             max_bytes: 4e9,
         }
     }
@@ -395,6 +405,9 @@ pub struct RunReport {
     pub divergence: Option<Divergence>,
     /// The parameter gradients of one training step, when asked for.
     pub gradients: Option<GradCheck>,
+    /// The optimizer step that follows them (training workloads), summed
+    /// over devices.
+    pub step: Option<StepCheck>,
     pub tolerance: f64,
 }
 
@@ -406,6 +419,7 @@ impl RunReport {
                 .gradients
                 .as_ref()
                 .is_none_or(|g| g.passed(self.tolerance))
+            && self.step.as_ref().is_none_or(|s| s.mismatched.is_empty())
     }
     /// The R001 diagnostic of a failed run.
     pub fn error(&self) -> Option<RuntimeError> {
@@ -413,7 +427,10 @@ impl RunReport {
             && self.divergence.is_none()
             && let Some(g) = &self.gradients
         {
-            return g.error(self.tolerance);
+            if let Some(e) = g.error(self.tolerance) {
+                return Some(e);
+            }
+            return self.step.as_ref().and_then(StepCheck::error);
         }
         let bad = self
             .outputs
@@ -637,7 +654,8 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
         .collect();
     let reference = reference::run(g, &w.bindings, &init, Some(inputs.clone()), false)?;
-    let (outs, kernels, pgrads) = simulate(w, par, cfg, &inputs, false, None)?;
+    let (outs, kernels, pgrads, steps) = simulate(w, par, cfg, &inputs, false, None)?;
+    let step = steps.into_iter().flatten().reduce(|a, b| a.merge(b));
     let gradients = if cfg.gradients {
         let want = crate::backward::backward(
             g,
@@ -659,6 +677,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         outputs: Vec::new(),
         divergence: None,
         gradients,
+        step,
         tolerance: cfg.tolerance,
     };
     for (i, (name, shape, want)) in reference.outputs.iter().enumerate() {
@@ -777,7 +796,8 @@ fn run_decode(
             .collect()
     };
     let (prompt_in, step_in) = (split(0, context), split(context, step));
-    let (outs, kernels, _) = simulate(w, par, cfg, &step_in, false, Some((&prompt, &prompt_in)))?;
+    let (outs, kernels, _, _) =
+        simulate(w, par, cfg, &step_in, false, Some((&prompt, &prompt_in)))?;
     let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
     let mut report = RunReport {
         parallel: par.clone(),
@@ -787,6 +807,7 @@ fn run_decode(
         outputs: Vec::new(),
         divergence: None,
         gradients: None,
+        step: None,
         tolerance: cfg.tolerance,
     };
     for (i, ((name, shape, want), (_, t))) in reference.outputs.iter().zip(&g.outputs).enumerate() {
@@ -828,15 +849,21 @@ pub fn kernels(
 
 type Record = ((TensorId, Vec<u64>), usize, Layout, Vec<f32>);
 
-/// The assembled outputs, the kernel count and every device's parameter
-/// gradients.
-type Simulated = (Vec<Vec<f32>>, usize, Vec<Vec<ParamGrad>>);
+/// The assembled outputs, the kernel count, every device's parameter
+/// gradients and optimizer step.
+type Simulated = (
+    Vec<Vec<f32>>,
+    usize,
+    Vec<Vec<ParamGrad>>,
+    Vec<Option<StepCheck>>,
+);
 
 struct DeviceResult {
     outputs: Vec<(usize, Vec<Vec<f32>>)>,
     records: Vec<Record>,
     kernels: usize,
     grads: Vec<ParamGrad>,
+    step: Option<StepCheck>,
 }
 
 /// A decode step's prompt: the workload bound to the prompt's length and
@@ -880,8 +907,9 @@ fn simulate(
             }
         }
     }
+    let steps = results.iter().map(|r| r.step.clone()).collect();
     let grads = results.into_iter().map(|r| r.grads).collect();
-    Ok((outs, kernels, grads))
+    Ok((outs, kernels, grads, steps))
 }
 
 fn per_replica(w: &Workload, par: &Parallel) -> usize {
@@ -1050,6 +1078,7 @@ fn simulate_devices(
                     dev.kv_cache = cache;
                     dev.fault = cfg.fault.filter(|_| rank == 0);
                     dev.grad_fault = cfg.grad_fault.filter(|_| rank == 0);
+                    dev.step_fault = cfg.step_fault && rank == 0;
                     let grads = cfg.gradients && !trace;
                     if grads {
                         dev.start_gradients();
@@ -1067,16 +1096,24 @@ fn simulate_devices(
                             Action::Backward(_) => {}
                         }
                     }
-                    let grads = if grads {
-                        dev.finish_gradients()?
+                    let (grads, step) = if grads {
+                        let g = dev.finish_gradients()?;
+                        let step = match w.phase {
+                            Phase::Train { optimizer, .. } => {
+                                Some(dev.optimizer_step(&g, optimizer)?)
+                            }
+                            _ => None,
+                        };
+                        (g, step)
                     } else {
-                        Vec::new()
+                        (Vec::new(), None)
                     };
                     Ok(DeviceResult {
                         outputs,
                         records: dev.records.take().unwrap_or_default(),
                         kernels: dev.jit.compiled(),
                         grads,
+                        step,
                     })
                 })
             })
@@ -1264,6 +1301,7 @@ struct Dev<'a> {
     tapes: HashMap<(usize, usize), Tape>,
     pgrads: std::collections::BTreeMap<crate::backward::ParamKey, ParamGrad>,
     grad_fault: Option<TensorId>,
+    step_fault: bool,
     /// Decode: record every attention's local keys and values (the
     /// prompt's pass), or read them back before the step's own.
     kv_record: bool,
@@ -1343,6 +1381,7 @@ impl<'a> Dev<'a> {
             tapes: HashMap::new(),
             pgrads: Default::default(),
             grad_fault: None,
+            step_fault: false,
             kv_record: false,
             kv_cache: HashMap::new(),
         })
@@ -2701,12 +2740,13 @@ fn boundary_live(items: &[Item], idx: usize) -> Vec<TensorId> {
 /// the CLI to print what was run).
 pub fn describe(par: &Parallel) -> String {
     format!(
-        "dp={} tp={} pp={} cp={} ep={} microbatch={} stage layers {:?}{}{}",
+        "dp={} tp={} pp={} cp={} ep={} zero={} microbatch={} stage layers {:?}{}{}",
         par.dp,
         par.tp,
         par.pp,
         par.cp,
         par.ep,
+        par.zero,
         par.microbatch,
         par.stage_layers,
         if par.vp > 1 {
@@ -2809,6 +2849,7 @@ workload w {
                 cp: 1,
                 vp: 1,
                 tables: Vec::new(),
+                zero: 0,
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: false,
@@ -2849,6 +2890,7 @@ workload w {
                 cp: 1,
                 vp: 1,
                 tables: Vec::new(),
+                zero: 0,
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: true,
@@ -2888,6 +2930,7 @@ workload w {
             cp: 1,
             vp: 1,
             tables: Vec::new(),
+            zero: 0,
             microbatch: 2,
             stage_layers: vec![1, 1],
             sp: false,
@@ -2925,6 +2968,7 @@ mod grad_tests {
             cp: 1,
             vp: 1,
             tables: Vec::new(),
+            zero: 0,
             microbatch: mb,
             stage_layers: even_split(2, pp),
             sp,
@@ -3087,6 +3131,48 @@ mod grad_tests {
             "the prompt changes the step's logits ({rel:.2e})"
         );
         assert_eq!(alone.outputs[0].1, vec![4, 1, 50]);
+    }
+
+    /// ZeRO's sharded optimizer step equals the replicated one bit for
+    /// bit and holds a 1/dp share of the state; a device that updates the
+    /// wrong part is caught.
+    #[test]
+    fn zero_steps_equal_the_replicated_step() {
+        let w = workload();
+        for zero in 0..=3u8 {
+            let p = Parallel {
+                zero,
+                ..par(4, 1, 1, 1, false)
+            };
+            let cfg = RunConfig {
+                gradients: true,
+                ..RunConfig::default()
+            };
+            let r = run(&w, &p, &cfg).expect("runs");
+            let s = r.step.as_ref().expect("a step");
+            assert!(r.passed(), "zero={zero}: {s:?}");
+            assert_eq!(s.optimizer, "adam");
+            if zero == 0 {
+                assert_eq!(s.state, s.state_unsharded);
+            } else {
+                // Every block is shared by the 4 replicas.
+                assert!(4 * s.state <= s.state_unsharded + 4 * 25, "{s:?}");
+            }
+            let bad = run(
+                &w,
+                &p,
+                &RunConfig {
+                    step_fault: true,
+                    ..cfg
+                },
+            )
+            .expect("runs");
+            if zero > 0 {
+                assert!(!bad.passed());
+                let e = bad.error().expect("an error");
+                assert!(e.message.contains("step of"), "{}", e.message);
+            }
+        }
     }
 
     #[test]
