@@ -327,6 +327,19 @@ pub fn resolve(
                     "choose a microbatch and dp whose product divides the global batch",
                 ));
             }
+            // Megatron-LM's interleaved schedule runs microbatches in groups
+            // of pp (so does the runtime's).
+            let m = gb / (dp * microbatch);
+            if virtual_stages > 1 && m % pp != 0 {
+                return Err(err(
+                    Code::C004,
+                    "virtual_stages",
+                    format!(
+                        "the interleaved schedule needs the {m} microbatches per replica to be a multiple of pp = {pp}"
+                    ),
+                    "use a smaller microbatch or dp, or virtual_stages = 1",
+                ));
+            }
             gb
         }
         // Inference: `batch` is what one model replica serves per step; dp

@@ -483,25 +483,12 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
     }
     let repeat = pipelined_repeat(&g.body);
     let layers = repeat.map_or(0, |(_, r)| r.count as usize);
-    if par.pp > 1 {
-        if repeat.is_none() {
-            return Err(mismatch(format!(
-                "pp = {} but the model has no repeated layers to split",
-                par.pp
-            ))
-            .with_help("pin pp=1"));
-        }
-        let repeats = g
-            .body
-            .iter()
-            .filter(|i| matches!(i, Item::Repeat(_)))
-            .count();
-        if repeats > 1 {
-            return Err(
-                unsupported("pipelining a model with several top-level `repeat` blocks")
-                    .with_help("pin pp=1"),
-            );
-        }
+    if par.pp > 1 && repeat.is_none() {
+        return Err(mismatch(format!(
+            "pp = {} but the model has no repeated layers to split",
+            par.pp
+        ))
+        .with_help("pin pp=1"));
     }
     if par.pp > 1
         && (par.stage_layers.len() != par.pp
@@ -3172,6 +3159,46 @@ mod grad_tests {
                 let e = bad.error().expect("an error");
                 assert!(e.message.contains("step of"), "{}", e.message);
             }
+        }
+    }
+
+    /// A model with two top-level `repeat`s: the larger is pipelined, the
+    /// other runs on the first virtual stage (as the cost model splits it).
+    #[test]
+    fn models_with_several_repeats_pipeline_the_largest() {
+        let src = "model Two(d = 16, layers = 2) {
+  input tokens: i32[batch, seq]
+  x = embedding(tokens, 40, d)
+  repeat layers {
+    x = x + linear(relu(linear(rmsnorm(x), d, 2 * d)), 2 * d, d)
+  }
+  x = linear(x, d, d)
+  repeat 2 * layers {
+    x = x + linear(silu(linear(rmsnorm(x), d, 2 * d)), 2 * d, d)
+  }
+  output logits = linear(rmsnorm(x), d, 40)
+}
+workload w {
+  model Two
+  train { seq = 4, global_batch = 4, dtype = fp32 }
+}
+";
+        let c = gantry_lang::check::check_source("t.gantry", src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads["w"].clone();
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        for (pp, vp, tp) in [(2, 1, 1), (2, 2, 2), (4, 1, 1)] {
+            let p = Parallel {
+                vp,
+                stage_layers: even_split(4, pp),
+                ..par(1, tp, pp, 1, false)
+            };
+            let r = run(&w, &p, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
+            assert!(r.passed(), "{}: {r:?}", describe(&p));
+            assert_eq!(r.gradients.as_ref().map(|g| g.zero_params), Some(0));
         }
     }
 
