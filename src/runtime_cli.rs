@@ -165,6 +165,62 @@ pub struct Target {
     pub plan: String,
     /// The `seed=` of the scale, if it names one.
     pub seed: Option<u64>,
+    /// The cost model's communication of this point at this scale: what,
+    /// bytes per device per step (empty for `--plan-json`).
+    pub comms: Vec<(String, f64)>,
+}
+
+/// One row of the traffic comparison: a purpose, the bytes the busiest
+/// device sent in the run (elements times the workload's dtype bytes),
+/// and the cost model's communications of that purpose (bytes per device
+/// per step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficRow {
+    pub label: String,
+    pub measured: f64,
+    pub model: Vec<(String, f64)>,
+}
+
+/// The run's traffic next to the cost model's, by purpose.
+pub fn traffic_rows(t: &Target, report: &exec::RunReport) -> Vec<TrafficRow> {
+    let bytes = t.workload.dtype.bytes().unwrap_or(4) as f64;
+    let mut labels: Vec<String> = report.traffic.keys().cloned().collect();
+    for (what, _) in &t.comms {
+        let l = comm_label(what).to_string();
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+    }
+    labels
+        .into_iter()
+        .map(|l| TrafficRow {
+            measured: report.traffic.get(&l).map_or(0, |v| v.0) as f64 * bytes,
+            model: t
+                .comms
+                .iter()
+                .filter(|(w, _)| comm_label(w) == l)
+                .cloned()
+                .collect(),
+            label: l,
+        })
+        .collect()
+}
+
+/// The runtime's traffic label of a cost-model communication.
+fn comm_label(what: &str) -> &'static str {
+    if what.contains("tensor") {
+        "tensor"
+    } else if what.contains("context") {
+        "context"
+    } else if what.contains("pipeline") {
+        "pipeline"
+    } else if what.contains("expert") {
+        "expert"
+    } else if what.contains("embedding") {
+        "embedding"
+    } else {
+        "data"
+    }
 }
 
 fn pin_int(pins: &BTreeMap<String, Pin>, k: &str) -> Option<u64> {
@@ -284,6 +340,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             par,
             plan: pp.plan,
             seed,
+            comms: Vec::new(),
         });
     }
     let mut pins = match a.fix.as_deref().map(point::parse_fix).transpose() {
@@ -333,6 +390,12 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         par,
         plan: plan.name,
         seed,
+        comms: ev
+            .estimate
+            .comms
+            .iter()
+            .map(|c| (c.what.to_string(), c.bytes))
+            .collect(),
     })
 }
 
@@ -438,6 +501,30 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             );
         }
     }
+    let rows = traffic_rows(&t, &report);
+    if !rows.is_empty() {
+        println!(
+            "  bytes sent by the busiest device per step ({} B per element), run vs cost model:",
+            t.workload.dtype.bytes().unwrap_or(4)
+        );
+        for r in rows {
+            let model: Vec<String> = r
+                .model
+                .iter()
+                .map(|(w, b)| format!("{w} {}", human_bytes(*b)))
+                .collect();
+            println!(
+                "    {:<10} {:>11}   {}",
+                r.label,
+                human_bytes(r.measured),
+                if model.is_empty() {
+                    "(not in the cost model)".to_string()
+                } else {
+                    model.join("; ")
+                }
+            );
+        }
+    }
     match report.error() {
         Some(e) => fail(&e),
         None => {
@@ -476,6 +563,15 @@ pub fn kernels_cmd(a: &KernelsArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+fn human_bytes(b: f64) -> String {
+    match b {
+        b if b >= 1e9 => format!("{:.3} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.3} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.3} kB", b / 1e3),
+        b => format!("{b:.0} B"),
     }
 }
 

@@ -242,9 +242,12 @@ struct SegCost {
     bwd: ClassTimes,
     /// Extra forward time when recomputing (full: all, selective: attention core).
     recompute: f64,
-    /// Tensor-parallel collective seconds per pass.
+    /// Tensor-parallel collective seconds (and bytes) of the forward and
+    /// of the backward pass.
     tp_fwd: f64,
     tp_bytes_fwd: f64,
+    tp_bwd: f64,
+    tp_bytes_bwd: f64,
     /// Context-parallel exchange seconds, and attention compute to hide it.
     cp: f64,
     cp_bytes: f64,
@@ -374,11 +377,15 @@ impl Evaluator<'_> {
                 sc.tp_bytes_fwd += bytes;
                 sc.tp_fwd += topo.time(Collective::AllReduce, p.tp, 1, bytes);
             }
+            if o.tp_allreduce_bwd > 0.0 && p.tp > 1 {
+                let bytes = o.tp_allreduce_bwd * o.mult * b * beta / c;
+                sc.tp_bytes_bwd += bytes;
+                sc.tp_bwd += topo.time(Collective::AllReduce, p.tp, 1, bytes);
+            }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
                 // K/V shard; backward sends K, V and their gradients.
-                let kv = o.saved_shard.max(0.0);
-                let bytes = kv * o.mult * b / (t * c) * (c - 1.0);
+                let bytes = o.kv_bytes * o.mult * b / (t * c) * (c - 1.0);
                 sc.cp_bytes += bytes;
                 sc.cp += topo.time(Collective::SendRecv, 2, p.tp, bytes);
             }
@@ -442,7 +449,7 @@ impl Evaluator<'_> {
         let sc = self.segment(body, p, p.microbatch as f64, true);
         let fwd = sc.fwd.total() + sc.tp_fwd;
         let bwd = sc.bwd.total()
-            + sc.tp_fwd
+            + sc.tp_bwd
             + sc.recompute
             + if p.recompute == Recompute::Full {
                 sc.tp_fwd
@@ -559,7 +566,8 @@ impl Evaluator<'_> {
             s.fwd.total()
                 + s.bwd.total()
                 + if recompute { s.recompute } else { 0.0 }
-                + s.tp_fwd * tp_passes
+                + s.tp_fwd * (tp_passes - 1.0)
+                + s.tp_bwd
                 + (s.cp - s.attention_time * 3.0).max(0.0)
                 + s.a2a * 2.0
         };
@@ -621,11 +629,18 @@ impl Evaluator<'_> {
             })
             .sum();
         let grad_bytes = (params_gpu - table_params) * beta;
-        let dp_stride = p.tp * p.cp;
+        // Gradients are reduced over every rank holding the same weights:
+        // the data-parallel replicas and, with context parallelism, their
+        // sequence chunks (Megatron-LM's data-parallel group with context
+        // parallelism), tensor-parallel ranks apart.
+        let dp_group = p.dp * p.cp;
+        let dp_stride = p.tp;
+        // Bytes each member sends per byte of a ring collective's buffer.
+        let ring = |n: u64| (n.max(1) - 1) as f64 / n.max(1) as f64;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
         let mut dp_exposed = 0.0;
-        if p.dp > 1 {
-            let level = topo.level(p.dp, dp_stride);
+        if dp_group > 1 {
+            let level = topo.level(dp_group, dp_stride);
             if p.zero >= 3 {
                 // ZeRO-3 gathers each parameter tensor before every forward
                 // (and recomputed forward) and backward use, and
@@ -653,8 +668,8 @@ impl Evaluator<'_> {
                     {
                         let n = (o.tensors * o.mult).max(1.0);
                         let bytes = o.params * o.mult * beta / p.tp as f64 / n;
-                        let t_ag = topo.time(Collective::AllGather, p.dp, dp_stride, bytes);
-                        let t_rs = topo.time(Collective::ReduceScatter, p.dp, dp_stride, bytes);
+                        let t_ag = topo.time(Collective::AllGather, dp_group, dp_stride, bytes);
+                        let t_rs = topo.time(Collective::ReduceScatter, dp_group, dp_stride, bytes);
                         total += reps * n * (gathers * t_ag + m * t_rs);
                     }
                 }
@@ -662,15 +677,15 @@ impl Evaluator<'_> {
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
                     collective: Collective::AllGather,
-                    group: p.dp,
+                    group: dp_group,
                     level,
-                    algorithm: topo.algorithm(Collective::AllGather, p.dp, dp_stride),
-                    bytes: (gathers + m) * grad_bytes,
+                    algorithm: topo.algorithm(Collective::AllGather, dp_group, dp_stride),
+                    bytes: (gathers + m) * grad_bytes * ring(dp_group),
                     time: total,
                     exposed: dp_exposed,
                 });
             } else {
-                let t_ar = topo.time(Collective::AllReduce, p.dp, dp_stride, grad_bytes);
+                let t_ar = topo.time(Collective::AllReduce, dp_group, dp_stride, grad_bytes);
                 dp_exposed = (t_ar - t_bwd_last).max(0.0);
                 comms.push(Comm {
                     what: if p.zero >= 1 {
@@ -679,10 +694,10 @@ impl Evaluator<'_> {
                         "data-parallel gradient all-reduce"
                     },
                     collective: Collective::AllReduce,
-                    group: p.dp,
+                    group: dp_group,
                     level,
-                    algorithm: topo.algorithm(Collective::AllReduce, p.dp, dp_stride),
-                    bytes: 2.0 * grad_bytes,
+                    algorithm: topo.algorithm(Collective::AllReduce, dp_group, dp_stride),
+                    bytes: 2.0 * grad_bytes * ring(dp_group),
                     time: t_ar,
                     exposed: dp_exposed,
                 });
@@ -711,17 +726,33 @@ impl Evaluator<'_> {
                 group: devices,
                 level: topo.level(devices, 1),
                 algorithm: topo.algorithm(Collective::AllToAll, devices, 1),
-                bytes: a2a_emb_bytes,
+                bytes: a2a_emb_bytes * ring(devices),
                 time: a2a_emb,
                 exposed: a2a_emb,
             });
         }
         let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
-        let tp_comm_step = (sl * body.tp_fwd + on_slow(pro.tp_fwd, epi.tp_fwd)) * tp_passes * m;
+        // Forward all-reduces run once more under full recomputation.
+        let tp_of = |f: f64, b: f64| f * (tp_passes - 1.0) + b;
+        let tp_comm_step = (sl * tp_of(body.tp_fwd, body.tp_bwd)
+            + on_slow(tp_of(pro.tp_fwd, pro.tp_bwd), tp_of(epi.tp_fwd, epi.tp_bwd)))
+            * m;
         if tp_comm_step > 0.0 {
-            let bytes = (sl * body.tp_bytes_fwd + on_slow(pro.tp_bytes_fwd, epi.tp_bytes_fwd))
-                * tp_passes
-                * m;
+            // Sent per device: a ring all-reduce (or reduce-scatter plus
+            // all-gather) sends 2 (t - 1) / t of the buffer. Sequence
+            // parallelism also all-gathers each column-parallel input again
+            // in the backward pass (Korthikanti et al. 2022, overlapped with
+            // the weight-gradient GEMM, so it adds bytes, not time).
+            let regather = if p.sequence_parallel { 1.25 } else { 1.0 };
+            let bytes = (sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
+                + on_slow(
+                    tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
+                    tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
+                ))
+                * m
+                * 2.0
+                * ring(p.tp)
+                * regather;
             comms.push(Comm {
                 what: if p.sequence_parallel {
                     "tensor/sequence-parallel reduce-scatter + all-gather"
@@ -744,7 +775,23 @@ impl Evaluator<'_> {
                 group: 2,
                 level: topo.level(2, stride_pp),
                 algorithm: topo.algorithm(Collective::SendRecv, 2, stride_pp),
-                bytes: 2.0 * v * m * p2p_bytes,
+                // Sent by the busiest device: a middle stage sends each
+                // chunk's activations forward and gradients back (2 v
+                // messages per microbatch) and receives as many; with two
+                // stages the first sends no gradient from its first chunk
+                // and the last no activation from its last (2 v - 1).
+                // Without sequence parallelism each received block is
+                // all-gathered over the t ranks (Megatron-LM's
+                // scatter/gather), (t - 1) blocks more per message, which
+                // the time leaves out (it runs inside the node).
+                bytes: if pp == 2 { 2.0 * v - 1.0 } else { 2.0 * v }
+                    * m
+                    * p2p_bytes
+                    * if p.sequence_parallel {
+                        1.0
+                    } else {
+                        p.tp as f64
+                    },
                 time: slots * 2.0 * v * t_send,
                 exposed: slots * 2.0 * v * t_send,
             });
@@ -768,7 +815,7 @@ impl Evaluator<'_> {
                 group: p.ep,
                 level: topo.level(p.ep, p.tp * p.cp),
                 algorithm: "pairwise",
-                bytes: 2.0 * body.a2a_bytes * sl * m,
+                bytes: 2.0 * body.a2a_bytes * sl * m * ring(p.ep),
                 time: 2.0 * body.a2a * sl * m,
                 exposed: 2.0 * body.a2a * sl * m,
             });
@@ -1073,6 +1120,8 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         recompute: a.recompute + s.recompute * k,
         tp_fwd: a.tp_fwd + s.tp_fwd * k,
         tp_bytes_fwd: a.tp_bytes_fwd + s.tp_bytes_fwd * k,
+        tp_bwd: a.tp_bwd + s.tp_bwd * k,
+        tp_bytes_bwd: a.tp_bytes_bwd + s.tp_bytes_bwd * k,
         cp: a.cp + s.cp * k,
         cp_bytes: a.cp_bytes + s.cp_bytes * k,
         attention_time: a.attention_time + s.attention_time * k,

@@ -77,14 +77,23 @@ pub struct IrOp {
     /// Of `saved_shard`, the attention probabilities (and their dropout
     /// mask and output) that selective recomputation drops.
     pub saved_probs: f64,
+    /// Attention: the bytes of its keys and values per sample (what
+    /// context parallelism exchanges).
+    pub kv_bytes: f64,
     /// The dominant matrix product, for the shape-dependent efficiency.
     pub gemm: Option<Gemm>,
     /// Splits across tensor-parallel ranks (else replicated on each).
     pub tp_sharded: bool,
     /// Elements per sample all-reduced over the tensor-parallel group after
     /// this op in the forward pass (row-parallel outputs, vocab-parallel
-    /// embeddings). The backward pass all-reduces the same amount.
+    /// embeddings).
     pub tp_allreduce: f64,
+    /// Elements per sample all-reduced in the backward pass: the gradient
+    /// of a replicated input of column-parallel work (Megatron's `f`),
+    /// once per input tensor however many projections read it. In a
+    /// transformer layer it equals the forward amount; the embedding has
+    /// only the forward one and the output head only the backward one.
+    pub tp_allreduce_bwd: f64,
     /// Part of the attention core that selective recomputation recomputes.
     pub attention_core: bool,
     /// Bytes per sample read from embedding tables (lookups).
@@ -120,10 +129,12 @@ impl IrOp {
             params: 0.0,
             saved_rep: 0.0,
             saved_shard: 0.0,
+            kv_bytes: 0.0,
             saved_probs: 0.0,
             gemm: None,
             tp_sharded: false,
             tp_allreduce: 0.0,
+            tp_allreduce_bwd: 0.0,
             attention_core: false,
             lookup_bytes: 0.0,
             table_bytes: 0.0,
@@ -289,6 +300,8 @@ struct Lowering<'a> {
     numel: Vec<f64>,
     /// Tensors already saved for backward by an earlier op.
     saved: Vec<bool>,
+    /// Tensors whose gradient an earlier op already all-reduces.
+    bwd_reduced: Vec<bool>,
     /// Index of the op producing each tensor within the current segment.
     producer: Vec<i64>,
     training: bool,
@@ -346,6 +359,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         context,
         sharded: vec![false; g.tensors.len()],
         saved: vec![false; g.tensors.len()],
+        bwd_reduced: vec![false; g.tensors.len()],
         producer: vec![-1; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
@@ -403,6 +417,18 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
 impl Lowering<'_> {
     fn n(&self, t: TensorId) -> f64 {
         self.numel[t.0 as usize]
+    }
+
+    /// The elements of `t`'s gradient all-reduced in the backward pass by
+    /// the first column-parallel reader of replicated `t` (0 for later
+    /// readers: their partial sums are added up first).
+    fn bwd_allreduce(&mut self, t: TensorId) -> f64 {
+        let i = t.0 as usize;
+        if self.sharded[i] || self.bwd_reduced[i] {
+            return 0.0;
+        }
+        self.bwd_reduced[i] = true;
+        self.numel[i]
     }
 
     /// Records that `o` keeps tensor `t` (of `bytes_per` bytes per element)
@@ -471,6 +497,7 @@ impl Lowering<'_> {
                     o.tp_allreduce = m * dout;
                     self.sharded[op.output.0 as usize] = false;
                 } else {
+                    o.tp_allreduce_bwd = self.bwd_allreduce(op.inputs[0]);
                     self.sharded[op.output.0 as usize] = true;
                 }
                 o
@@ -529,6 +556,7 @@ impl Lowering<'_> {
                     0.0
                 };
                 o.bytes = beta * (qo + kv_elems) + beta * score_passes * scores;
+                o.kv_bytes = beta * kv_elems;
                 // q, k, v, and the softmax output (plus dropout mask and
                 // output when attention dropout is on).
                 let probs = if *dropout > 0.0 {
@@ -665,6 +693,7 @@ impl Lowering<'_> {
                 // all-reduced and leaves replicated.
                 o.tp_sharded = true;
                 o.tp_allreduce = out_n;
+                o.tp_allreduce_bwd = self.bwd_allreduce(op.inputs[0]);
                 self.sharded[op.output.0 as usize] = false;
                 o
             }

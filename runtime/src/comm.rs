@@ -17,8 +17,8 @@
 //! its peers then see a disconnected channel (or a timeout) and fail too,
 //! so a broken run ends instead of hanging.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ pub struct Endpoint {
     /// between the same two stages); each kind stays in order.
     pending: Vec<RefCell<VecDeque<Msg>>>,
     timeout: Duration,
+    /// What the messages sent now are for (`""`: instrumentation, not
+    /// counted), and the floats sent under each label.
+    label: Cell<&'static str>,
+    traffic: RefCell<BTreeMap<&'static str, usize>>,
 }
 
 /// Channels between `n` devices; element `r` is device `r`'s endpoint.
@@ -77,6 +81,8 @@ pub fn mesh(n: usize, timeout: Duration) -> Vec<Endpoint> {
             from: from.into_iter().flatten().collect(),
             pending: (0..n).map(|_| RefCell::new(VecDeque::new())).collect(),
             timeout,
+            label: Cell::new("tensor"),
+            traffic: RefCell::new(BTreeMap::new()),
         })
         .collect()
 }
@@ -86,7 +92,30 @@ fn broken(message: String) -> RuntimeError {
 }
 
 impl Endpoint {
+    /// Counts the messages sent from now on under `label` (`""`: not at
+    /// all); returns the previous label.
+    pub fn label(&self, label: &'static str) -> &'static str {
+        self.label.replace(label)
+    }
+
+    /// Floats sent so far, per label.
+    pub fn traffic(&self) -> BTreeMap<&'static str, usize> {
+        self.traffic.borrow().clone()
+    }
+
+    /// Forgets the traffic counted so far.
+    pub fn reset_traffic(&self) {
+        self.traffic.borrow_mut().clear();
+    }
+
     pub fn send(&self, dst: usize, kind: Kind, data: Vec<f32>) -> Result<(), RuntimeError> {
+        let label = self.label.get();
+        if !label.is_empty() {
+            // A pipeline message's first float is its layout, not payload.
+            let header = usize::from(matches!(kind, Kind::SendRecv | Kind::GradSendRecv));
+            *self.traffic.borrow_mut().entry(label).or_default() +=
+                data.len() - header.min(data.len());
+        }
         self.to
             .get(dst)
             .ok_or_else(|| {

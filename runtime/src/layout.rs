@@ -47,12 +47,21 @@ impl Layout {
             Layout::Split { groups } => block(len, groups, self.block_of(tp, rank)),
         }
     }
-    /// A number for messages: 0 for `Rep` (and `Rows`, which is gathered
-    /// before it is sent), else the block count.
-    pub fn code(self) -> usize {
+    /// A number for messages: 0 for `Rep`, -1 for `Rows`, else the block
+    /// count.
+    pub fn code(self) -> f32 {
         match self {
-            Layout::Rep | Layout::Rows => 0,
-            Layout::Split { groups } => groups,
+            Layout::Rep => 0.0,
+            Layout::Rows => -1.0,
+            Layout::Split { groups } => groups as f32,
+        }
+    }
+    /// The layout of a message's code (see [`Layout::code`]).
+    pub fn from_code(code: f32) -> Layout {
+        if code < 0.0 {
+            Layout::Rows
+        } else {
+            Layout::split(code as usize)
         }
     }
     /// The part of the full tensor `full` (rows of `width`) that `rank` of

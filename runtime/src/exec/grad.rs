@@ -395,6 +395,7 @@ impl Dev<'_> {
             unsupported(format!("backward of microbatch {mb} before its forward"))
         })?;
         self.mb = mb;
+        self.slot_converted.get_mut().clear();
         let (k, last) = self.virtual_stage(chunk);
         let (prev, next) = self.neighbours();
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; tape.values.len()];
@@ -406,7 +407,7 @@ impl Dev<'_> {
         } else {
             for &s in &tape.sent {
                 let msg = self.endpoint()?.recv(next, Kind::GradSendRecv)?;
-                let layout = Layout::split(msg.first().copied().unwrap_or(0.0) as usize);
+                let layout = Layout::from_code(msg.first().copied().unwrap_or(0.0));
                 let data = msg.get(1..).unwrap_or(&[]).to_vec();
                 let t = tape.ids[s];
                 if data.len() != self.local_len(t, layout) {
@@ -421,32 +422,92 @@ impl Dev<'_> {
                         ),
                     ));
                 }
-                let g = self.to_layout(t, Grad::In(layout, data), tape.values[s].layout)?;
-                acc(&mut grads[s], g);
+                // The gather after a scattered send is the pipeline's.
+                let was = self.label("pipeline");
+                let g = self.to_layout(t, Grad::In(layout, data), tape.values[s].layout);
+                self.label(was);
+                acc(&mut grads[s], g?);
             }
         }
+        // Partial sums over the tensor-parallel ranks are added up locally
+        // and reduced once, when the value's gradient is needed (Megatron's
+        // one all-reduce for the q, k and v projections' input).
+        let mut partial: Vec<Option<Vec<f32>>> = vec![None; tape.values.len()];
         for e in tape.entries.iter().rev() {
-            let Some(dy) = grads[e.out].take() else {
+            self.label("tensor");
+            let Some(dy) = self.settle(&tape, e.out, &mut grads, &mut partial)? else {
                 continue;
             };
             for (i, g) in self.op_backward(&tape, e, dy)? {
                 let s = e.ins[i];
-                let g = self.to_layout(tape.ids[s], g, tape.values[s].layout)?;
-                acc(&mut grads[s], g);
+                match g {
+                    Grad::Partial(p) => acc(&mut partial[s], p),
+                    g => {
+                        let g = self.to_layout(tape.ids[s], g, tape.values[s].layout)?;
+                        acc(&mut grads[s], g);
+                    }
+                }
             }
         }
         if self.par.pp > 1 && k > 0 {
             for &s in &tape.received {
+                self.label("tensor");
                 let v = &tape.values[s];
-                let mut msg = vec![v.layout.code() as f32];
-                match grads[s].take() {
-                    Some(g) => msg.extend_from_slice(&g),
-                    None => msg.resize(1 + v.data.len(), 0.0),
-                }
+                let g = self
+                    .settle(&tape, s, &mut grads, &mut partial)?
+                    .unwrap_or_else(|| vec![0.0; v.data.len()]);
+                let g = Local {
+                    layout: v.layout,
+                    data: g,
+                };
+                // Gradients go back scattered like the activations came.
+                let (layout, data) = self.scattered(tape.ids[s], &g)?;
+                let mut msg = vec![layout.code()];
+                msg.extend_from_slice(&data);
+                let was = self.label("pipeline");
                 self.endpoint()?.send(prev, Kind::GradSendRecv, msg)?;
+                self.label(was);
             }
         }
         Ok(())
+    }
+
+    /// Value `x` (slot `s` of tensor `t`) in layout `to`, converted once
+    /// per backward pass (the three projections reading one
+    /// sequence-parallel input gather it once, as in the forward pass).
+    fn slot_as(
+        &self,
+        t: TensorId,
+        s: usize,
+        x: &Local,
+        to: Layout,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        if x.layout == to {
+            return Ok(x.data.clone());
+        }
+        if let Some(v) = self.slot_converted.borrow().get(&(s, to)) {
+            return Ok(v.clone());
+        }
+        let v = self.convert(t, x, to)?;
+        self.slot_converted.borrow_mut().insert((s, to), v.clone());
+        Ok(v)
+    }
+
+    /// The whole gradient of slot `s` in its forward layout: the complete
+    /// contributions plus the reduced partial sums.
+    fn settle(
+        &self,
+        tape: &Tape,
+        s: usize,
+        grads: &mut [Option<Vec<f32>>],
+        partial: &mut [Option<Vec<f32>>],
+    ) -> Result<Option<Vec<f32>>, RuntimeError> {
+        let mut g = grads[s].take();
+        if let Some(p) = partial[s].take() {
+            let r = self.to_layout(tape.ids[s], Grad::Partial(p), tape.values[s].layout)?;
+            acc(&mut g, r);
+        }
+        Ok(g)
     }
 
     /// Reduces the accumulated parameter gradients over the devices that
@@ -454,6 +515,7 @@ impl Dev<'_> {
     pub(super) fn finish_gradients(&mut self) -> Result<Vec<ParamGrad>, RuntimeError> {
         let mut pgrads = std::mem::take(&mut self.pgrads);
         let ep = self.endpoint()?;
+        ep.label("");
         // The members of each group must hold the same blocks, or the
         // reductions below would pair different parameters.
         for (group, pick) in [
@@ -480,21 +542,36 @@ impl Dev<'_> {
         }
         // Sequence-parallel partial sums first, then replicas; every device
         // of a group walks the same keys in the same order.
+        ep.label("tensor");
         for p in pgrads.values_mut() {
             if p.reduce == Reduce::TensorAndReplicas && self.par.tp > 1 {
                 ep.all_reduce(&self.tp_group(), &mut p.data)?;
             }
         }
+        // With ZeRO >= 1 only the reduce-scatter half of the all-reduce is
+        // the model's traffic; the all-gather half serves the gradient check.
+        let reduce = |group: &[usize], data: &mut Vec<f32>| -> Result<(), RuntimeError> {
+            if self.par.zero == 0 || group.len() <= 1 {
+                return ep.all_reduce(group, data);
+            }
+            let part = ep.reduce_scatter(group, data)?;
+            let was = ep.label("");
+            let whole = ep.all_gather(group, &part)?.concat();
+            ep.label(was);
+            *data = whole;
+            Ok(())
+        };
+        ep.label("data");
         let replicas = self.replica_group(false);
         for p in pgrads.values_mut() {
             if matches!(p.reduce, Reduce::Replicas | Reduce::TensorAndReplicas) {
-                ep.all_reduce(&replicas, &mut p.data)?;
+                reduce(&replicas, &mut p.data)?;
             }
         }
         let experts = self.replica_group(true);
         for p in pgrads.values_mut() {
             if p.reduce == Reduce::ExpertReplicas {
-                ep.all_reduce(&experts, &mut p.data)?;
+                reduce(&experts, &mut p.data)?;
             }
         }
         let mut out: Vec<ParamGrad> = pgrads.into_values().collect();
@@ -526,6 +603,7 @@ impl Dev<'_> {
     ) -> Result<StepCheck, RuntimeError> {
         let h = crate::optim::defaults(opt);
         let per = crate::optim::state_per_param(opt);
+        self.label("data");
         let mut check = StepCheck {
             optimizer: opt.name().to_string(),
             zero: self.par.zero,
@@ -618,7 +696,7 @@ impl Dev<'_> {
         Ok(match &op.kind {
             OpKind::Dropout(_) => vec![(0, Grad::In(lay, dy))],
             OpKind::Activation(a) => {
-                let x = self.convert(op.inputs[0], val(0), lay)?;
+                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?;
                 let dx = self.ew(&chain(*a), &[&dy, &x], dy.len())?;
                 vec![(0, Grad::In(lay, dx))]
             }
@@ -627,8 +705,8 @@ impl Dev<'_> {
                 vec![(0, Grad::In(lay, self.ew(&e, &[&dy], dy.len())?))]
             }
             OpKind::Binary(b) => {
-                let x = self.convert(op.inputs[0], val(0), lay)?;
-                let y = self.convert(op.inputs[1], val(1), lay)?;
+                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?;
+                let y = self.slot_as(op.inputs[1], e.ins[1], val(1), lay)?;
                 let n = dy.len();
                 let neg =
                     |e: Box<Expr>| Box::new(Expr::Unary(Unary::Scale((-1.0f32).to_bits()), e));
@@ -659,7 +737,7 @@ impl Dev<'_> {
             OpKind::Linear { d_in, d_out, bias } => self.linear_backward(
                 op,
                 path,
-                val(0),
+                (e.ins[0], val(0)),
                 lay,
                 dy,
                 *d_in as usize,
@@ -670,7 +748,7 @@ impl Dev<'_> {
             OpKind::Embedding { vocab, dim } => {
                 let (vocab, dim) = (*vocab as usize, *dim as usize);
                 let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
-                let ids = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                let ids = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
                 // Under sequence parallelism the output is row blocks.
                 let dy = self.convert(
                     op.output,
@@ -705,9 +783,9 @@ impl Dev<'_> {
             } => {
                 let (mut spec, ql, kvl) =
                     self.attention_plan(op, val(0).layout, val(1).layout, val(2).layout)?;
-                let q = self.convert(op.inputs[0], val(0), ql)?;
-                let mut k = self.convert(op.inputs[1], val(1), kvl)?;
-                let mut v = self.convert(op.inputs[2], val(2), kvl)?;
+                let q = self.slot_as(op.inputs[0], e.ins[0], val(0), ql)?;
+                let mut k = self.slot_as(op.inputs[1], e.ins[1], val(1), kvl)?;
+                let mut v = self.slot_as(op.inputs[2], e.ins[2], val(2), kvl)?;
                 let b = self.shapes[op.inputs[0].0 as usize][0];
                 let n = self.cp_chunks(&spec);
                 if self.par.cp > 1 {
@@ -722,7 +800,10 @@ impl Dev<'_> {
                     dv = self.cp_scatter(&dv, b, n)?;
                 }
                 let mut out = vec![(0, Grad::In(ql, dq))];
-                if ql == Layout::Rep {
+                // Keys and values split one block per rank are read only by
+                // that rank's query heads: their gradients are whole.
+                let own = matches!(kvl, Layout::Split { groups } if groups == self.par.tp);
+                if ql == Layout::Rep || own {
                     out.push((1, Grad::In(kvl, dk)));
                     out.push((2, Grad::In(kvl, dv)));
                 } else {
@@ -750,7 +831,7 @@ impl Dev<'_> {
                 let x = if rows_local {
                     val(0).data.clone()
                 } else {
-                    self.convert(op.inputs[0], val(0), Layout::Rep)?
+                    self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?
                 };
                 let dyf = if rows_local || l == Layout::Rep {
                     dy
@@ -802,7 +883,7 @@ impl Dev<'_> {
             }
             OpKind::Mlp { dims, activation } => {
                 let widths = graph::mlp_widths(dims);
-                let x = self.convert(op.inputs[0], val(0), Layout::Rep)?;
+                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
                 let rows = x.len() / widths[0].max(1);
                 let ws: Vec<Vec<f32>> = (0..widths.len() - 1)
                     .map(|l| ps[2 * l].full(&self.init, op.output, path))
@@ -846,8 +927,8 @@ impl Dev<'_> {
                 vec![(0, Grad::In(Layout::Rep, g))]
             }
             OpKind::Interact { vectors, dim } => {
-                let dense = self.convert(op.inputs[0], val(0), Layout::Rep)?;
-                let sparse = self.convert(op.inputs[1], val(1), Layout::Rep)?;
+                let dense = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
+                let sparse = self.slot_as(op.inputs[1], e.ins[1], val(1), Layout::Rep)?;
                 let b = self.shapes[op.inputs[0].0 as usize][0];
                 let n = (*vectors as usize).saturating_sub(1);
                 let (dd, ds) = refgrad::interact_grad(&dense, &sparse, &dy, b, n, *dim as usize);
@@ -893,7 +974,7 @@ impl Dev<'_> {
         &mut self,
         op: &gantry_lang::program::Op,
         path: &[u64],
-        x: &Local,
+        (xs, x): (usize, &Local),
         out_layout: Layout,
         dy: Vec<f32>,
         d_in: usize,
@@ -946,7 +1027,7 @@ impl Dev<'_> {
         let layout = Layout::split(groups);
         let cols = layout.range(d_out, tp, t);
         let nl = cols.len();
-        let xr = self.convert(op.inputs[0], x, Layout::Rep)?;
+        let xr = self.slot_as(op.inputs[0], xs, x, Layout::Rep)?;
         let w = ps[0].block(&self.init, op.output, path, 0..d_in, cols.clone());
         let dw = self.mm_tn(&xr, &dy, rows, d_in, nl)?;
         self.add_pgrad(
@@ -1091,6 +1172,7 @@ impl Dev<'_> {
                 })
                 .collect();
             let ep = self.endpoint()?;
+            ep.label("embedding");
             let ids_in = ep.all_to_all(&group, ids_out)?;
             let grads_in = ep.all_to_all(&group, grads_out)?;
             for (q, dq) in ids_in.iter().zip(&grads_in) {

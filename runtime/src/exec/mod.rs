@@ -35,7 +35,7 @@
 //! diverges, runs again with tracing to name the first op whose local
 //! result differs from the reference.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use gantry_compiler::point::DesignPoint;
@@ -408,6 +408,11 @@ pub struct RunReport {
     /// The optimizer step that follows them (training workloads), summed
     /// over devices.
     pub step: Option<StepCheck>,
+    /// Floats the devices sent, per purpose (`tensor`, `context`,
+    /// `pipeline`, `expert`, `embedding`, `data`): the most one device
+    /// sent, and the total. Gathering outputs and gradients for the
+    /// comparisons is not counted.
+    pub traffic: BTreeMap<String, (usize, usize)>,
     pub tolerance: f64,
 }
 
@@ -641,7 +646,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         .map(|i| graph::input_values(g, *i, &gshapes[i.0 as usize], &init))
         .collect();
     let reference = reference::run(g, &w.bindings, &init, Some(inputs.clone()), false)?;
-    let (outs, kernels, pgrads, steps) = simulate(w, par, cfg, &inputs, false, None)?;
+    let (outs, kernels, pgrads, steps, traffic) = simulate(w, par, cfg, &inputs, false, None)?;
     let step = steps.into_iter().flatten().reduce(|a, b| a.merge(b));
     let gradients = if cfg.gradients {
         let want = crate::backward::backward(
@@ -665,6 +670,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         divergence: None,
         gradients,
         step,
+        traffic,
         tolerance: cfg.tolerance,
     };
     for (i, (name, shape, want)) in reference.outputs.iter().enumerate() {
@@ -783,7 +789,7 @@ fn run_decode(
             .collect()
     };
     let (prompt_in, step_in) = (split(0, context), split(context, step));
-    let (outs, kernels, _, _) =
+    let (outs, kernels, _, _, traffic) =
         simulate(w, par, cfg, &step_in, false, Some((&prompt, &prompt_in)))?;
     let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as usize;
     let mut report = RunReport {
@@ -795,6 +801,7 @@ fn run_decode(
         divergence: None,
         gradients: None,
         step: None,
+        traffic,
         tolerance: cfg.tolerance,
     };
     for (i, ((name, shape, want), (_, t))) in reference.outputs.iter().zip(&g.outputs).enumerate() {
@@ -837,12 +844,13 @@ pub fn kernels(
 type Record = ((TensorId, Vec<u64>), usize, Layout, Vec<f32>);
 
 /// The assembled outputs, the kernel count, every device's parameter
-/// gradients and optimizer step.
+/// gradients and optimizer step, and the traffic.
 type Simulated = (
     Vec<Vec<f32>>,
     usize,
     Vec<Vec<ParamGrad>>,
     Vec<Option<StepCheck>>,
+    BTreeMap<String, (usize, usize)>,
 );
 
 struct DeviceResult {
@@ -851,6 +859,7 @@ struct DeviceResult {
     kernels: usize,
     grads: Vec<ParamGrad>,
     step: Option<StepCheck>,
+    traffic: BTreeMap<&'static str, usize>,
 }
 
 /// A decode step's prompt: the workload bound to the prompt's length and
@@ -895,8 +904,16 @@ fn simulate(
         }
     }
     let steps = results.iter().map(|r| r.step.clone()).collect();
+    let mut traffic: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in &results {
+        for (k, v) in &r.traffic {
+            let e = traffic.entry(k.to_string()).or_default();
+            e.0 = e.0.max(*v);
+            e.1 += v;
+        }
+    }
     let grads = results.into_iter().map(|r| r.grads).collect();
-    Ok((outs, kernels, grads, steps))
+    Ok((outs, kernels, grads, steps, traffic))
 }
 
 fn per_replica(w: &Workload, par: &Parallel) -> usize {
@@ -1059,6 +1076,10 @@ fn simulate_devices(
                         }
                         cache = std::mem::take(&mut pre.kv_cache);
                         ep = pre.ep.take();
+                        // The step's traffic is what a decode step sends.
+                        if let Some(e) = &ep {
+                            e.reset_traffic();
+                        }
                     }
                     let jit = Jit::new()?;
                     let mut dev = Dev::new(w, par, rank, init, jit, ep, trace)?;
@@ -1101,6 +1122,7 @@ fn simulate_devices(
                         kernels: dev.jit.compiled(),
                         grads,
                         step,
+                        traffic: dev.ep.as_ref().map(|e| e.traffic()).unwrap_or_default(),
                     })
                 })
             })
@@ -1277,6 +1299,10 @@ struct Dev<'a> {
     col_groups: HashMap<TensorId, usize>,
     weights: HashMap<(u32, Vec<u64>), Weights>,
     env: HashMap<TensorId, Local>,
+    /// Conversions of the current values to other layouts ([`Dev::as_layout`]).
+    converted: std::cell::RefCell<HashMap<(TensorId, Layout), Vec<f32>>>,
+    /// The same for the tape's values during a backward pass, by slot.
+    slot_converted: std::cell::RefCell<HashMap<(usize, Layout), Vec<f32>>>,
     records: Option<Vec<Record>>,
     mb: usize,
     fault: Option<TensorId>,
@@ -1360,6 +1386,8 @@ impl<'a> Dev<'a> {
             col_groups,
             weights: HashMap::new(),
             env: HashMap::new(),
+            converted: Default::default(),
+            slot_converted: Default::default(),
             records: trace.then(Vec::new),
             mb: 0,
             fault: None,
@@ -1444,8 +1472,26 @@ impl<'a> Dev<'a> {
     }
 
     /// The tensor `t` in layout `to` (gathering across ranks or slicing locally).
+    /// The tensor `t` in layout `to`. A conversion is made once per value
+    /// (three projections reading one sequence-parallel input all-gather
+    /// it once, as Megatron-LM's fused QKV projection does).
     fn as_layout(&self, t: TensorId, to: Layout) -> Result<Vec<f32>, RuntimeError> {
-        self.convert(t, self.get(t)?, to)
+        let x = self.get(t)?;
+        if x.layout == to || self.dry {
+            return self.convert(t, x, to);
+        }
+        if let Some(v) = self.converted.borrow().get(&(t, to)) {
+            return Ok(v.clone());
+        }
+        let v = self.convert(t, x, to)?;
+        self.converted.borrow_mut().insert((t, to), v.clone());
+        Ok(v)
+    }
+
+    /// Binds `t` to a new value (and forgets its conversions).
+    fn put(&mut self, t: TensorId, v: Local) {
+        self.converted.get_mut().retain(|(k, _), _| *k != t);
+        self.env.insert(t, v);
     }
 
     /// `x`, a local part of tensor `t`, in layout `to`.
@@ -1598,9 +1644,10 @@ impl<'a> Dev<'a> {
     ) -> Result<Option<Vec<Vec<f32>>>, RuntimeError> {
         self.mb = mb;
         self.env.clear();
+        self.converted.get_mut().clear();
         for (i, t) in self.g.inputs.iter().enumerate() {
             let data = inputs.get(i).cloned().unwrap_or_default();
-            self.env.insert(
+            self.put(
                 *t,
                 Local {
                     layout: Layout::Rep,
@@ -1627,11 +1674,11 @@ impl<'a> Dev<'a> {
                     for c in &rep.carried {
                         if i == 0 {
                             let v = self.get(c.init)?.clone();
-                            self.env.insert(c.param, v);
+                            self.put(c.param, v);
                             self.alias(c.param, c.init);
                         } else if i > l0 {
                             let v = self.get(c.next)?.clone();
-                            self.env.insert(c.param, v);
+                            self.put(c.param, v);
                             self.alias(c.param, c.next);
                         }
                     }
@@ -1644,12 +1691,14 @@ impl<'a> Dev<'a> {
                 }
                 for c in &rep.carried {
                     let v = self.get(c.next)?.clone();
-                    self.env.insert(c.result, v);
+                    self.put(c.result, v);
                     self.alias(c.result, c.next);
                 }
                 self.items(&g.body[idx + 1..], &mut Vec::new())?;
             }
         }
+        // Gathering the outputs for the comparison is not the model's traffic.
+        self.label("");
         let mut outs = Vec::new();
         for (_, t) in &g.outputs {
             outs.push(self.rep(*t)?);
@@ -1676,16 +1725,35 @@ impl<'a> Dev<'a> {
             if let Some(tape) = &mut self.tape {
                 tape.sent.push(tape.slot(t)?);
             }
-            let x = self.get(t)?;
-            let mut msg = vec![x.layout.code() as f32];
-            if x.layout == Layout::Rows {
-                msg.extend_from_slice(&self.rep(t)?);
-            } else {
-                msg.extend_from_slice(&x.data);
-            }
+            let (layout, data) = self.scattered(t, self.get(t)?)?;
+            let mut msg = vec![layout.code()];
+            msg.extend_from_slice(&data);
+            let prev = self.label("pipeline");
             self.endpoint()?.send(dst, Kind::SendRecv, msg)?;
+            self.label(prev);
         }
         Ok(())
+    }
+
+    /// What a device sends of `x` (a part of `t`) to the next stage:
+    /// Megatron-LM's scatter/gather, each tensor-parallel rank sends only
+    /// its block of rows of a whole (or row-block) value when the rows
+    /// divide by `tp`; a split value goes as it is.
+    fn scattered(&self, t: TensorId, x: &Local) -> Result<(Layout, Vec<f32>), RuntimeError> {
+        let rows = self.numel(t) / self.width(t).max(1);
+        Ok(match x.layout {
+            Layout::Rep | Layout::Rows if Layout::rows_fit(rows, self.par.tp) => {
+                (Layout::Rows, self.convert(t, x, Layout::Rows)?)
+            }
+            Layout::Rows => (Layout::Rep, self.convert(t, x, Layout::Rep)?),
+            l => (l, x.data.clone()),
+        })
+    }
+
+    /// Counts this device's messages from now on under `label` (see
+    /// [`crate::comm::Endpoint::label`]); returns the previous label.
+    fn label(&self, label: &'static str) -> &'static str {
+        self.ep.as_ref().map_or("", |e| e.label(label))
     }
 
     fn recv_boundary(
@@ -1708,7 +1776,7 @@ impl<'a> Dev<'a> {
                 }
             } else {
                 let msg = self.endpoint()?.recv(src, Kind::SendRecv)?;
-                let layout = Layout::split(msg.first().copied().unwrap_or(0.0) as usize);
+                let layout = Layout::from_code(msg.first().copied().unwrap_or(0.0));
                 let data = msg.get(1..).unwrap_or(&[]).to_vec();
                 if data.len() != self.local_len(t, layout) {
                     return Err(RuntimeError::new(
@@ -1722,9 +1790,23 @@ impl<'a> Dev<'a> {
                         ),
                     ));
                 }
-                Local { layout, data }
+                // Without sequence parallelism the stage works on whole
+                // values: the row blocks are all-gathered (Megatron-LM's
+                // gather after the scattered send).
+                if layout == Layout::Rows && !self.par.sp {
+                    let was = self.label("pipeline");
+                    let data = self.convert(t, &Local { layout, data }, Layout::Rep);
+                    self.label(was);
+                    let data = data?;
+                    Local {
+                        layout: Layout::Rep,
+                        data,
+                    }
+                } else {
+                    Local { layout, data }
+                }
             };
-            self.env.insert(t, local);
+            self.put(t, local);
             self.bind(t);
             if let Some(tape) = &mut self.tape {
                 let s = tape.slot(t)?;
@@ -1743,7 +1825,7 @@ impl<'a> Dev<'a> {
                         for c in &r.carried {
                             let src = if i == 0 { c.init } else { c.next };
                             let v = self.get(src)?.clone();
-                            self.env.insert(c.param, v);
+                            self.put(c.param, v);
                             self.alias(c.param, src);
                         }
                         path.push(i);
@@ -1753,7 +1835,7 @@ impl<'a> Dev<'a> {
                     for c in &r.carried {
                         let src = if r.count == 0 { c.init } else { c.next };
                         let v = self.get(src)?.clone();
-                        self.env.insert(c.result, v);
+                        self.put(c.result, v);
                         self.alias(c.result, src);
                     }
                 }
@@ -1766,6 +1848,7 @@ impl<'a> Dev<'a> {
         if self.fused[op.output.0 as usize] {
             return Ok(());
         }
+        self.label("tensor");
         let out = match &op.kind {
             k if is_elementwise(k) => self.elementwise(op)?,
             OpKind::Linear { d_in, d_out, bias } => {
@@ -1856,7 +1939,7 @@ impl<'a> Dev<'a> {
             *x += 1.0;
         }
         self.record(op.output, path, &out);
-        self.env.insert(op.output, out);
+        self.put(op.output, out);
         if let Some(tape) = &mut self.tape {
             tape.push(op, path, &self.env[&op.output])?;
         }
@@ -2213,6 +2296,7 @@ impl<'a> Dev<'a> {
         }
         // Ids out to the devices serving each table, pooled vectors back.
         let parts: Vec<Vec<f32>> = served.iter().map(|cols| pick(&ids, cols)).collect();
+        self.label("embedding");
         let received = self.endpoint()?.all_to_all(&group, parts)?;
         let mut replies = Vec::with_capacity(size);
         for ids_q in &received {
@@ -2317,7 +2401,9 @@ impl<'a> Dev<'a> {
         if self.dry {
             return Ok(Vec::new());
         }
+        let was = self.label("context");
         let parts = self.endpoint()?.all_gather(&self.cp_group(), x)?;
+        self.label(was);
         let per = x.len() / b.max(1);
         let mut out = Vec::with_capacity(b * n * per);
         for bi in 0..b {
@@ -2338,7 +2424,10 @@ impl<'a> Dev<'a> {
                 buf[(c * b + bi) * per..][..per].copy_from_slice(&dx[(bi * n + c) * per..][..per]);
             }
         }
-        self.endpoint()?.reduce_scatter(&self.cp_group(), &buf)
+        let was = self.label("context");
+        let out = self.endpoint()?.reduce_scatter(&self.cp_group(), &buf);
+        self.label(was);
+        out
     }
 
     fn attention(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
@@ -2464,7 +2553,10 @@ impl<'a> Dev<'a> {
     /// An all-to-all over the expert-parallel group (the identity at `ep = 1`).
     fn ep_exchange(&self, parts: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, RuntimeError> {
         if self.par.ep > 1 {
-            self.endpoint()?.all_to_all(&self.ep_group(), parts)
+            let was = self.label("expert");
+            let out = self.endpoint()?.all_to_all(&self.ep_group(), parts);
+            self.label(was);
+            out
         } else {
             Ok(parts)
         }

@@ -1,0 +1,117 @@
+//! The cost model's communication volumes checked by execution: the bytes
+//! each simulated device sends, per purpose (tensor, sequence, context,
+//! pipeline, data parallelism), against the cost model's per-device bytes
+//! for the same design point at the same scale.
+
+use gantry::runtime_cli::{TargetArgs, resolve_target, traffic_rows};
+use gantry_runtime::exec::{self, RunConfig};
+
+/// Llama with as many key/value heads as the largest tp below, so no
+/// key/value head is replicated (the one traffic the cost model leaves out).
+const SCALE: &str = "layers=4,d_model=64,heads=4,kv_heads=4,d_ff=128,vocab=256,seq=16,batch=8";
+
+fn rows(fix: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
+    let a = TargetArgs {
+        file: "examples/llm_train.gantry".into(),
+        plan: None,
+        fix: Some(fix.into()),
+        plan_json: None,
+        devices: None,
+        scale: Some(SCALE.into()),
+        lib: Vec::new(),
+    };
+    let t = resolve_target(&a).unwrap_or_else(|_| panic!("{fix}: does not resolve"));
+    let cfg = RunConfig {
+        gradients: true,
+        ..RunConfig::default()
+    };
+    let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
+    assert!(r.passed(), "{fix}: {r:?}");
+    traffic_rows(&t, &r)
+}
+
+#[test]
+fn measured_traffic_equals_the_cost_model() {
+    // (point, purposes that must match, relative tolerance)
+    let cases: &[(&str, &[&str], f64)] = &[
+        (
+            "dp=1,tp=2,pp=1,cp=1,zero=0,virtual_stages=1,sequence_parallel=false",
+            &["tensor"],
+            0.0,
+        ),
+        (
+            "dp=1,tp=4,pp=1,cp=1,zero=0,virtual_stages=1,sequence_parallel=false",
+            &["tensor"],
+            0.0,
+        ),
+        (
+            "dp=4,tp=1,pp=1,cp=1,zero=0,virtual_stages=1,sequence_parallel=false",
+            &["data"],
+            0.0,
+        ),
+        (
+            "dp=4,tp=1,pp=1,cp=1,zero=2,virtual_stages=1,sequence_parallel=false",
+            &["data"],
+            0.0,
+        ),
+        (
+            "dp=1,tp=1,pp=4,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel=false",
+            &["pipeline"],
+            0.0,
+        ),
+        (
+            "dp=1,tp=1,pp=2,cp=1,zero=0,microbatch=1,virtual_stages=2,sequence_parallel=false",
+            &["pipeline"],
+            0.0,
+        ),
+        (
+            "dp=1,tp=2,pp=2,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel=false",
+            &["tensor", "pipeline"],
+            0.0,
+        ),
+        (
+            "dp=1,tp=1,pp=1,cp=2,zero=0,virtual_stages=1,sequence_parallel=false",
+            &["context", "data"],
+            0.0,
+        ),
+        (
+            "dp=2,tp=2,pp=1,cp=2,zero=1,microbatch=1,virtual_stages=1,sequence_parallel=false",
+            &["context", "data", "tensor"],
+            0.0,
+        ),
+        // Sequence parallelism: the norm gains' gradients are all-reduced
+        // over the tensor-parallel ranks too, which the cost model leaves out.
+        (
+            "dp=1,tp=2,pp=1,cp=1,zero=0,virtual_stages=1,sequence_parallel=true",
+            &["tensor"],
+            0.01,
+        ),
+    ];
+    for (fix, check, tol) in cases {
+        let rows = rows(fix);
+        for label in *check {
+            let row = rows
+                .iter()
+                .find(|r| r.label == *label)
+                .unwrap_or_else(|| panic!("{fix}: no {label} traffic in {rows:?}"));
+            let model: f64 = row.model.iter().map(|(_, b)| b).sum();
+            assert!(model > 0.0, "{fix}: the cost model has no {label} traffic");
+            let err = (row.measured - model).abs() / model;
+            eprintln!("{fix}: {label} run {} B, model {model} B", row.measured);
+            assert!(
+                err <= *tol + 1e-9,
+                "{fix}: {label} traffic {} B measured, {model} B in the cost model",
+                row.measured
+            );
+        }
+        // Every purpose the run used is one the cost model prices.
+        for r in &rows {
+            assert!(
+                !r.model.is_empty() || r.measured == 0.0,
+                "{fix}: {} traffic ({} B) missing from the cost model",
+                r.label,
+                r.measured
+            );
+        }
+    }
+}
