@@ -311,8 +311,14 @@ pub fn put_samples(
 /// The maximum absolute and relative (normwise: max |a - b| / max |b|)
 /// differences between two tensors.
 pub fn compare(got: &[f32], want: &[f32]) -> (f64, f64) {
+    compare_at(got, want, 0.0)
+}
+
+/// [`compare`] with the scale of the relative error at least `floor`; any
+/// NaN or length mismatch is infinite.
+pub fn compare_at(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
     let mut abs = 0.0f64;
-    let mut scale = 0.0f64;
+    let mut scale = floor;
     let mut bad = got.len() != want.len();
     for (g, w) in got.iter().zip(want) {
         let d = (f64::from(*g) - f64::from(*w)).abs();

@@ -1274,16 +1274,9 @@ impl Dev<'_> {
             let mut reply = vec![0.0; recs * d];
             let mut mine = Vec::new();
             for e in local.clone() {
-                let rows: Vec<usize> = (0..recs)
-                    .filter(|r| msg[r * (d + 1)] as usize == e)
-                    .collect();
-                if rows.is_empty() {
+                let Some((rows, xe)) = super::expert_rows(msg, d, e) else {
                     continue;
-                }
-                let mut xe = Vec::with_capacity(rows.len() * d);
-                for r in &rows {
-                    xe.extend_from_slice(&msg[r * (d + 1) + 1..(r + 1) * (d + 1)]);
-                }
+                };
                 let [w1, w3, w2] = &ws[&e];
                 let n = rows.len();
                 let a = self.mm(n, d, flen, &xe, &jit::pack_b(w1, d, flen), None)?;
@@ -1494,32 +1487,6 @@ fn attention_backward(
 /// would call a mismatch.
 pub const FLOOR: f64 = 1e-3;
 
-/// Max absolute difference and normwise relative error (the difference
-/// over the larger of the block's largest magnitude and `floor`); any NaN
-/// or length mismatch is infinite.
-fn compare(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
-    if got.len() != want.len() {
-        return (f64::INFINITY, f64::INFINITY);
-    }
-    let (mut abs, mut scale) = (0.0f64, floor);
-    for (g, w) in got.iter().zip(want) {
-        let d = (f64::from(*g) - f64::from(*w)).abs();
-        if d.is_nan() {
-            return (f64::INFINITY, f64::INFINITY);
-        }
-        abs = abs.max(d);
-        scale = scale.max(f64::from(*w).abs());
-    }
-    let rel = if scale > 0.0 {
-        abs / scale
-    } else if abs > 0.0 {
-        f64::INFINITY
-    } else {
-        0.0
-    };
-    (abs, rel)
-}
-
 /// Compares every device's gradient blocks with the reference.
 pub fn check(
     g: &Graph,
@@ -1610,7 +1577,7 @@ pub fn check(
                 }
             }
         }
-        let (abs, rel) = compare(&p.data, &block, floor);
+        let (abs, rel) = graph::compare_at(&p.data, &block, floor);
         out.blocks += 1;
         out.max_abs = out.max_abs.max(abs);
         if out.worst.is_empty() || rel > out.max_rel {

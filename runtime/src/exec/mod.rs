@@ -2669,16 +2669,9 @@ impl<'a> Dev<'a> {
             let recs = msg.len() / (d + 1);
             let mut reply = vec![0.0; recs * d];
             for e in local_experts.clone() {
-                let rows: Vec<usize> = (0..recs)
-                    .filter(|r| msg[r * (d + 1)] as usize == e)
-                    .collect();
-                if rows.is_empty() {
+                let Some((rows, xe)) = expert_rows(msg, d, e) else {
                     continue;
-                }
-                let mut xe = Vec::with_capacity(rows.len() * d);
-                for r in &rows {
-                    xe.extend_from_slice(&msg[r * (d + 1) + 1..(r + 1) * (d + 1)]);
-                }
+                };
                 let base = 1 + 3 * (e - first);
                 let a = self.mm(rows.len(), d, flen, &xe, &w[base], None)?;
                 let b = self.mm(rows.len(), d, flen, &xe, &w[base + 1], None)?;
@@ -2713,6 +2706,24 @@ impl<'a> Dev<'a> {
             data: out,
         })
     }
+}
+
+/// The records of dispatch message `msg` (`[expert, token row]` records
+/// of `d + 1` floats) for expert `e`: their indices and token rows, or
+/// `None` when there are none.
+fn expert_rows(msg: &[f32], d: usize, e: usize) -> Option<(Vec<usize>, Vec<f32>)> {
+    let recs = msg.len() / (d + 1);
+    let rows: Vec<usize> = (0..recs)
+        .filter(|r| msg[r * (d + 1)] as usize == e)
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut xe = Vec::with_capacity(rows.len() * d);
+    for r in &rows {
+        xe.extend_from_slice(&msg[r * (d + 1) + 1..(r + 1) * (d + 1)]);
+    }
+    Some((rows, xe))
 }
 
 /// MoE routing of every token: the `top_k` largest logits (ties to the
