@@ -30,6 +30,44 @@ fn rows(fix: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
     traffic_rows(&t, &r)
 }
 
+/// Expert parallelism (tensor-parallel degree 1): the dispatch records
+/// carry the expert's index as one more element per token, and the busiest
+/// device may receive more tokens than the average the cost model uses.
+#[test]
+fn expert_traffic_is_the_cost_models() {
+    let a = TargetArgs {
+        file: "examples/moe_train.gantry".into(),
+        plan: None,
+        fix: Some(
+            "dp=2,ep=2,tp=1,pp=1,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel=false"
+                .into(),
+        ),
+        plan_json: None,
+        devices: None,
+        scale: None,
+        lib: Vec::new(),
+    };
+    let t = resolve_target(&a).unwrap_or_else(|_| panic!("does not resolve"));
+    let cfg = RunConfig {
+        gradients: true,
+        ..RunConfig::default()
+    };
+    let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
+    assert!(r.passed(), "{r:?}");
+    for row in traffic_rows(&t, &r) {
+        let model: f64 = row.model.iter().map(|(_, b)| b).sum();
+        eprintln!("{}: run {} B, model {model} B", row.label, row.measured);
+        assert!(model > 0.0, "{} missing from the cost model", row.label);
+        let err = (row.measured - model).abs() / model;
+        assert!(
+            err < 0.05,
+            "{}: run {} B, model {model} B",
+            row.label,
+            row.measured
+        );
+    }
+}
+
 #[test]
 fn measured_traffic_equals_the_cost_model() {
     // (point, purposes that must match, relative tolerance)

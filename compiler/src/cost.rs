@@ -256,6 +256,8 @@ struct SegCost {
     a2a: f64,
     a2a_bytes: f64,
     params: f64,
+    /// Of `params`, the experts' (sharded over `ep`).
+    expert_params: f64,
     /// Activation bytes saved per microbatch under this point's settings.
     saved: f64,
     flops: f64,
@@ -407,6 +409,9 @@ impl Evaluator<'_> {
                 1.0
             };
             sc.params += o.params * o.mult / psplit / esplit;
+            if o.experts.is_some() {
+                sc.expert_params += o.params * o.mult / psplit / esplit;
+            }
             saved_rep += o.saved_rep * o.mult;
             saved_shard += o.saved_shard * o.mult;
             saved_probs += o.saved_probs * o.mult;
@@ -629,6 +634,15 @@ impl Evaluator<'_> {
             })
             .sum();
         let grad_bytes = (params_gpu - table_params) * beta;
+        // Expert weights live on `ep` ranks of the data-parallel group: their
+        // gradients are reduced over the other `dp cp / ep` only.
+        let expert_layers = if stage_params >= first_params {
+            sl
+        } else {
+            stage_layers[0] as f64
+        };
+        let expert_bytes = (expert_layers * body.expert_params * beta).min(grad_bytes);
+        let dense_bytes = grad_bytes - expert_bytes;
         // Gradients are reduced over every rank holding the same weights:
         // the data-parallel replicas and, with context parallelism, their
         // sequence chunks (Megatron-LM's data-parallel group with context
@@ -685,7 +699,18 @@ impl Evaluator<'_> {
                     exposed: dp_exposed,
                 });
             } else {
-                let t_ar = topo.time(Collective::AllReduce, dp_group, dp_stride, grad_bytes);
+                let expert_group = (dp_group / p.ep.max(1)).max(1);
+                let t_ar = topo.time(Collective::AllReduce, dp_group, dp_stride, dense_bytes)
+                    + if expert_bytes > 0.0 && expert_group > 1 {
+                        topo.time(
+                            Collective::AllReduce,
+                            expert_group,
+                            dp_stride * p.ep,
+                            expert_bytes,
+                        )
+                    } else {
+                        0.0
+                    };
                 dp_exposed = (t_ar - t_bwd_last).max(0.0);
                 comms.push(Comm {
                     what: if p.zero >= 1 {
@@ -697,7 +722,8 @@ impl Evaluator<'_> {
                     group: dp_group,
                     level,
                     algorithm: topo.algorithm(Collective::AllReduce, dp_group, dp_stride),
-                    bytes: 2.0 * grad_bytes * ring(dp_group),
+                    bytes: 2.0 * dense_bytes * ring(dp_group)
+                        + 2.0 * expert_bytes * ring(expert_group),
                     time: t_ar,
                     exposed: dp_exposed,
                 });
@@ -719,7 +745,7 @@ impl Evaluator<'_> {
                 }
             }
         }
-        if a2a_emb > 0.0 {
+        if a2a_emb_bytes > 0.0 {
             comms.push(Comm {
                 what: "pooled embedding all-to-all",
                 collective: Collective::AllToAll,
@@ -796,7 +822,7 @@ impl Evaluator<'_> {
                 exposed: slots * 2.0 * v * t_send,
             });
         }
-        if body.cp > 0.0 {
+        if body.cp_bytes > 0.0 {
             comms.push(Comm {
                 what: "context-parallel K/V ring",
                 collective: Collective::SendRecv,
@@ -808,7 +834,7 @@ impl Evaluator<'_> {
                 exposed: (body.cp - body.attention_time).max(0.0) * 3.0 * sl * m,
             });
         }
-        if body.a2a > 0.0 {
+        if body.a2a_bytes > 0.0 {
             comms.push(Comm {
                 what: "expert all-to-all (dispatch and combine)",
                 collective: Collective::AllToAll,
@@ -1128,6 +1154,7 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         a2a: a.a2a + s.a2a * k,
         a2a_bytes: a.a2a_bytes + s.a2a_bytes * k,
         params: a.params + s.params * k,
+        expert_params: a.expert_params + s.expert_params * k,
         saved: a.saved + s.saved * k,
         flops: a.flops + s.flops * k,
         recompute_flops: a.recompute_flops + s.recompute_flops * k,

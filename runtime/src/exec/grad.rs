@@ -1214,16 +1214,25 @@ impl Dev<'_> {
         let x = self.convert(op.inputs[0], x, Layout::Rep)?;
         let tokens = x.len() / d.max(1);
         let router = ps[0].full(&self.init, op.output, path);
-        let logits = self.mm(
-            tokens,
-            d,
-            experts,
-            &x,
-            &jit::pack_b(&router, d, experts),
-            None,
-        )?;
-        let choices = route(&logits, experts, top_k);
-        let (sent, received) = self.moe_dispatch(&x, &choices, d, experts)?;
+        let saved = self
+            .moe_saved
+            .remove(&(self.mb, op.output.0, path.to_vec()));
+        let (choices, sent, received, saved_back) = match saved {
+            Some(s) => (s.choices, s.sent, s.received, Some(s.back)),
+            None => {
+                let logits = self.mm(
+                    tokens,
+                    d,
+                    experts,
+                    &x,
+                    &jit::pack_b(&router, d, experts),
+                    None,
+                )?;
+                let choices = route(&logits, experts, top_k);
+                let (sent, received) = self.moe_dispatch(&x, &choices, d, experts)?;
+                (choices, sent, received, None)
+            }
+        };
         // Expert weights (local blocks) and the recomputed activations.
         let mut ws = HashMap::new();
         for e in local.clone() {
@@ -1300,7 +1309,10 @@ impl Dev<'_> {
         }
         // The experts' outputs, whole (they are partial sums over the
         // width shards), give the gates' gradients.
-        let back = self.ep_exchange(replies)?;
+        let back = match saved_back {
+            Some(b) => b,
+            None => self.ep_exchange(replies)?,
+        };
         let mut flat: Vec<f32> = back.concat();
         self.all_reduce_tp(&mut flat)?;
         let mut y_of: HashMap<(usize, usize), usize> = HashMap::new();

@@ -1269,6 +1269,16 @@ fn binary_of(b: BinaryOp) -> Binary {
     }
 }
 
+/// What a `moe` op's backward pass reuses from its forward pass: the
+/// routing, the records each device sent and received, and the experts'
+/// outputs that came back.
+struct MoeSaved {
+    choices: Vec<Vec<(usize, f32)>>,
+    sent: Vec<Vec<(usize, usize)>>,
+    received: Vec<Vec<f32>>,
+    back: Vec<Vec<f32>>,
+}
+
 /// Local keys and values per (microbatch, attention op, iterations).
 type KvCache = HashMap<(usize, u32, Vec<u64>), (Vec<f32>, Vec<f32>)>;
 
@@ -1319,6 +1329,8 @@ struct Dev<'a> {
     /// prompt's pass), or read them back before the step's own.
     kv_record: bool,
     kv_cache: KvCache,
+    /// MoE forward state per (microbatch, op, iterations), for backward.
+    moe_saved: HashMap<(usize, u32, Vec<u64>), MoeSaved>,
 }
 
 impl<'a> Dev<'a> {
@@ -1399,6 +1411,7 @@ impl<'a> Dev<'a> {
             step_fault: false,
             kv_record: false,
             kv_cache: HashMap::new(),
+            moe_saved: HashMap::new(),
         })
     }
 
@@ -2684,6 +2697,18 @@ impl<'a> Dev<'a> {
             replies.push(reply);
         }
         let back = self.ep_exchange(replies)?;
+        if self.grad {
+            // The backward pass reuses the routing and the exchanges.
+            self.moe_saved.insert(
+                (self.mb, op.output.0, path.to_vec()),
+                MoeSaved {
+                    choices: choices.clone(),
+                    sent: sent.clone(),
+                    received: received.clone(),
+                    back: back.clone(),
+                },
+            );
+        }
         let mut ys: HashMap<(usize, usize), &[f32]> = HashMap::new();
         for (o, recs) in sent.iter().enumerate() {
             for (i, key) in recs.iter().enumerate() {
