@@ -256,7 +256,11 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             }
         },
         None => match (
-            program.plans.values().next(),
+            // The first plan in the file (the map is alphabetical).
+            program
+                .plans
+                .values()
+                .min_by_key(|p| (p.span.file, p.span.start)),
             program.workloads.values().next(),
         ) {
             (Some(p), _) => p.clone(),

@@ -673,10 +673,25 @@ pub fn embedding_bag_table_grad(
     pooling: usize,
     dim: usize,
 ) -> Vec<f32> {
+    let mut dt = vec![0.0f32; rows as usize * dim];
+    embedding_bag_table_grad_into(&mut dt, ids, dpooled, (stride, col), rows, pooling, dim);
+    dt
+}
+
+/// [`embedding_bag_table_grad`] added into `dt` (`[rows, dim]`); `at` is
+/// `(stride, col)`.
+pub fn embedding_bag_table_grad_into(
+    dt: &mut [f32],
+    ids: &[f32],
+    dpooled: &[f32],
+    (stride, col): (usize, usize),
+    rows: u64,
+    pooling: usize,
+    dim: usize,
+) {
     let n = rows as usize;
-    let mut dt = vec![0.0f32; n * dim];
     if n == 0 {
-        return dt;
+        return;
     }
     for s in 0..ids.len() / stride.max(1) {
         let id = r::clamp_id(ids[s * stride + col], rows);
@@ -689,7 +704,6 @@ pub fn embedding_bag_table_grad(
                 .for_each(|(a, b)| *a += b);
         }
     }
-    dt
 }
 
 /// The gradients of an `embedding_bag` op w.r.t. each of its tables (in

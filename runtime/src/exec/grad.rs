@@ -1134,16 +1134,15 @@ impl Dev<'_> {
         let mut scatter = |q: &[f32], dq: &[f32], cols: &[usize]| {
             for (j, ti) in cols.iter().enumerate() {
                 let t = &tables[*ti];
-                let g = refgrad::embedding_bag_table_grad(
+                refgrad::embedding_bag_table_grad_into(
+                    &mut dtab[*ti],
                     q,
                     dq,
-                    cols.len(),
-                    j,
+                    (cols.len(), j),
                     t.rows,
                     t.pooling as usize,
                     dim,
                 );
-                dtab[*ti].iter_mut().zip(g).for_each(|(a, x)| *a += x);
             }
         };
         let pick = |x: &[f32], cols: &[usize], width: usize| -> Vec<f32> {
