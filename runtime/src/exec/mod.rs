@@ -851,6 +851,10 @@ pub fn kernels(
     }
     let jit = Jit::new()?.with_clif(true);
     let mut dev = Dev::new(w, par, rank, Init::new(0), jit, None, false)?;
+    // A decode step's attention reads the prompt's cached keys too.
+    if let Phase::Decode { context, .. } = w.phase {
+        dev.dry_context = context as usize;
+    }
     dev.microbatch(0, 0, &[])?;
     Ok(dev.jit.clif().to_vec())
 }
@@ -1345,6 +1349,8 @@ struct Dev<'a> {
     kv_cache: KvCache,
     /// MoE forward state per (microbatch, op, iterations), for backward.
     moe_saved: HashMap<(usize, u32, Vec<u64>), MoeSaved>,
+    /// Dry runs of a decode step: the cached prompt length.
+    dry_context: usize,
 }
 
 impl<'a> Dev<'a> {
@@ -1435,6 +1441,7 @@ impl<'a> Dev<'a> {
             kv_record: false,
             kv_cache: HashMap::new(),
             moe_saved: HashMap::new(),
+            dry_context: 0,
         })
     }
 
@@ -2484,6 +2491,9 @@ impl<'a> Dev<'a> {
             v = self.cp_gather(&v, b, n)?;
         }
         let key = (self.mb, op.output.0, path.to_vec());
+        if self.dry {
+            spec.seq_kv += self.dry_context;
+        }
         if self.kv_record && !self.dry {
             self.kv_cache.insert(key, (k.clone(), v.clone()));
         } else if let Some((ck, cv)) = self.kv_cache.get(&key) {
