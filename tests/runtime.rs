@@ -332,7 +332,10 @@ fn data_parallel_gradients_match_reference() {
     }
 }
 
-/// A Llama-like model with the given sizes.
+/// A Llama-like model with the given sizes, trained with `optimizer`;
+/// with `extra = Some((count, before))` a second top-level `repeat` of
+/// `count` MLP blocks runs before (or after) the layers. The runtime
+/// pipelines the larger repeat (the first of two equal ones).
 #[allow(clippy::too_many_arguments)]
 fn model_source(
     d_head: usize,
@@ -343,24 +346,81 @@ fn model_source(
     vocab: usize,
     seq: usize,
     batch: usize,
+    extra: Option<(usize, bool)>,
+    optimizer: &str,
 ) -> String {
+    let block = |n: usize| {
+        format!(
+            "
+  repeat {n} {{
+    x = x + linear(silu(linear(rmsnorm(x), d, ff, bias = true)), ff, d)
+  }}"
+        )
+    };
+    let (pre, post) = match extra {
+        Some((n, true)) => (block(n), String::new()),
+        Some((n, false)) => (String::new(), block(n)),
+        None => (String::new(), String::new()),
+    };
     format!(
         "model P(layers = {layers}, heads = {heads}, kv = {kv}, hd = {d_head}, ff = {ff}, vocab = {vocab}) {{
   let d = heads * hd
   input tokens: i32[batch, seq]
-  x = embedding(tokens, vocab, d)
+  x = embedding(tokens, vocab, d){pre}
   repeat layers {{
     h = rmsnorm(x)
     a = attention(linear(h, d, d), linear(h, d, kv * hd), linear(h, d, kv * hd), heads = heads, kv_heads = kv, causal = true)
     x = x + linear(a, d, d)
     h = layernorm(x)
     x = x + linear(gelu(linear(h, d, ff, bias = true)) * linear(h, d, ff), ff, d)
-  }}
+  }}{post}
   output logits = linear(rmsnorm(x), d, vocab)
 }}
 workload w {{
   model P
-  train {{ seq = {seq}, global_batch = {batch}, dtype = fp32 }}
+  train {{ seq = {seq}, global_batch = {batch}, dtype = fp32, optimizer = {optimizer} }}
+}}
+"
+    )
+}
+
+/// A DLRM-like model (the stdlib DLRM's ops, small): a bottom MLP to the
+/// table dimension, pooled lookups in `tables` (rows, pooling), the dot
+/// interaction, a top MLP to width 1 and a sigmoid. `bottom_act` and
+/// `top_act` are the MLPs' activations; with a ReLU last top layer every
+/// gradient may die, so callers pick which.
+#[allow(clippy::too_many_arguments)]
+fn dlrm_source(
+    tables: &[(usize, usize)],
+    dim: usize,
+    dense: usize,
+    bottom: usize,
+    top: usize,
+    bottom_act: &str,
+    top_act: &str,
+    batch: usize,
+    optimizer: &str,
+) -> String {
+    let list = tables
+        .iter()
+        .map(|(rows, pooling)| format!("T(rows = {rows}, pooling = {pooling})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table T(rows, dim = {dim}, pooling = 1) {{
+  dtype = fp32
+}}
+model D(tables = [{list}], dense_features = {dense}) {{
+  input dense: fp32[batch, dense_features]
+  input sparse: i32[batch, len(tables)]
+  b = mlp(dense, [{bottom}, {dim}], activation = {bottom_act})
+  e = embedding_bag(sparse, tables)
+  z = interact(b, e)
+  output ctr = sigmoid(mlp(z, [{top}, 1], activation = {top_act}))
+}}
+workload w {{
+  model D
+  train {{ global_batch = {batch}, dtype = fp32, optimizer = {optimizer} }}
 }}
 "
     )
@@ -370,42 +430,198 @@ fn divisors(n: usize) -> Vec<usize> {
     (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+const OPTIMIZERS: [&str; 4] = ["adam", "adamw", "sgd", "adagrad"];
 
+/// The most simulated devices a random design point uses (threads, each
+/// compiling its own kernels: the cost of a case in debug builds).
+const MAX_RANDOM_DEVICES: usize = 12;
+
+/// Fixed seed and no regression file: every run draws the same cases.
+/// `GANTRY_PROPTEST_CASES` and `GANTRY_PROPTEST_SEED` override both, to
+/// explore further by hand.
+fn random_config(cases: u32, seed: u64) -> ProptestConfig {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let cases = env("GANTRY_PROPTEST_CASES").map_or(cases, |c| c as u32);
+    let seed = env("GANTRY_PROPTEST_SEED").unwrap_or(seed);
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Checks a training run of a random design point: outputs, every
+/// parameter gradient block and the (ZeRO) optimizer step. With
+/// `no_zero_grads` no parameter's reference gradient may be all zero;
+/// with `zero_shards` ZeRO must hold less optimizer state than unsharded.
+fn check_train(
+    w: &gantry_lang::program::Workload,
+    par: &Parallel,
+    src: &str,
+    no_zero_grads: bool,
+    zero_shards: bool,
+) -> Result<(), TestCaseError> {
+    let cfg = RunConfig {
+        gradients: true,
+        ..RunConfig::default()
+    };
+    let r = exec::run(w, par, &cfg)
+        .map_err(|e| TestCaseError::fail(format!("{}\n{par:?}\n{src}", e.render())))?;
+    prop_assert!(
+        r.passed(),
+        "{:?}\n{}\n{src}",
+        r,
+        r.error().map(|e| e.render()).unwrap_or_default()
+    );
+    let g = r
+        .gradients
+        .as_ref()
+        .ok_or_else(|| TestCaseError::fail("no gradient check"))?;
+    prop_assert!(g.uncovered.is_none(), "{g:?}\n{par:?}\n{src}");
+    prop_assert!(g.params > 0 && g.blocks >= g.params, "{g:?}\n{src}");
+    if no_zero_grads {
+        prop_assert_eq!(g.zero_params, 0, "{:?}\n{:?}\n{}", g, par, src);
+    }
+    let s = r
+        .step
+        .as_ref()
+        .ok_or_else(|| TestCaseError::fail("no optimizer step"))?;
+    prop_assert!(
+        s.mismatched.is_empty() && s.blocks > 0,
+        "{s:?}\n{par:?}\n{src}"
+    );
+    prop_assert_eq!(s.zero, par.zero);
+    prop_assert!(s.state <= s.state_unsharded, "{:?}", s);
+    if zero_shards {
+        prop_assert!(s.state < s.state_unsharded, "{:?}\n{:?}", s, par);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(random_config(16, 0x5eed_0001))]
+
+    /// Random small Llama-like models at random design points (data,
+    /// tensor, sequence, context, pipeline and interleaved pipeline
+    /// parallelism, ZeRO 0 to 3, a second top-level repeat), one training
+    /// step each: outputs, gradients and the optimizer step against the
+    /// reference. A forward-only run of the same point (fusion on) too.
     #[test]
     fn random_shardings_match_reference(
-        heads_log in 0usize..3,
-        kv_pick in 0usize..3,
-        d_head in 1usize..6,
-        layers in 1usize..4,
-        ff in 1usize..20,
-        vocab in 1usize..30,
-        seq in 1usize..7,
-        batch_log in 0usize..3,
-        tp_pick in 0usize..3,
-        pp_pick in 0usize..3,
-        dp_pick in 0usize..3,
-        mb_pick in 0usize..3,
+        (heads_log, kv_pick, d_head, layers, ff, vocab) in
+            (0usize..3, 0usize..3, 1usize..7, 1usize..5, 1usize..16, 1usize..24),
+        (seq_pick, batch_pick, extra_pick, opt) in (0usize..5, 0usize..4, 0usize..8, 0usize..4),
+        (pipe, split_pick, tp_pick, cp_pick, dp_pick, mb_pick) in
+            (0usize..3, 0usize..4, 0usize..3, 0usize..3, 0usize..3, 0usize..3),
         sp in any::<bool>(),
+        zero in 0u8..4,
     ) {
         let heads = 1 << heads_log;
         let kvs = divisors(heads);
         let kv = kvs[kv_pick % kvs.len()];
-        let batch = 1 << batch_log;
-        let tps: Vec<usize> = divisors(heads).into_iter().filter(|t| kv.is_multiple_of(*t) || t.is_multiple_of(kv)).collect();
+        // Models under 4 wide are numerically degenerate for gradients: a
+        // norm over 1 or 2 features is nearly a sign function, and its
+        // derivative cancels in f32; over 3 the gradients still differ by
+        // up to 3e-4 (relative) between the kernels and the reference at
+        // some seeds, with or without sharding.
+        let d_head = d_head.max(4usize.div_ceil(heads));
+        // Sequence lengths with several divisors (for cp).
+        let seq = [1, 2, 4, 6, 3][seq_pick];
+        // pipe: 0 no pipeline, 1 1F1B over 2 or 3 stages, 2 interleaved:
+        // 2 stages of at least `vp` layers each and an even number of
+        // microbatches per replica (Megatron-LM's condition, R002
+        // otherwise).
+        let (pp, vp, layers, batch) = match pipe {
+            0 => (1, 1, layers, [1, 2, 4, 6][batch_pick]),
+            1 => ((2 + split_pick % 2).min(layers), 1, layers, [1, 2, 4, 6][batch_pick]),
+            _ if split_pick == 3 => (2, 3, 6, [2, 4, 6, 4][batch_pick]),
+            _ => (2, 2, layers.max(4), [2, 4, 6, 4][batch_pick]),
+        };
+        // Stage layer counts: even, or the layers left over all on one
+        // stage (the cost model's split need not be even).
+        let stage_layers = if split_pick % 2 == 0 {
+            even_split(layers, pp)
+        } else {
+            let mut s = vec![vp; pp];
+            s[split_pick / 2 % pp] += layers - vp * pp;
+            s
+        };
+        // A second top-level repeat of at most `layers` blocks, before
+        // or after the layers (pipelined instead when before and as long).
+        let extra = (extra_pick >= 4).then(|| (1 + extra_pick % layers, extra_pick % 2 == 0));
+        let tps: Vec<usize> = divisors(heads)
+            .into_iter()
+            .filter(|t| (kv.is_multiple_of(*t) || t.is_multiple_of(kv)) && t * pp <= MAX_RANDOM_DEVICES)
+            .collect();
         let tp = tps[tp_pick % tps.len()];
-        let pp = 1 + pp_pick % layers.min(2);
-        let dps = divisors(batch);
+        let cps: Vec<usize> = divisors(seq).into_iter().filter(|c| tp * pp * c <= MAX_RANDOM_DEVICES).collect();
+        let cp = cps[cp_pick % cps.len()];
+        let dps: Vec<usize> = divisors(batch)
+            .into_iter()
+            .filter(|d| tp * cp * pp * d <= MAX_RANDOM_DEVICES && (vp == 1 || (batch / d).is_multiple_of(pp)))
+            .collect();
         let dp = dps[dp_pick % dps.len()];
-        let mbs = divisors(batch / dp);
+        let per = batch / dp;
+        let mbs: Vec<usize> = divisors(per).into_iter().filter(|m| vp == 1 || (per / m).is_multiple_of(pp)).collect();
         let microbatch = mbs[mb_pick % mbs.len()];
-        let src = model_source(d_head, heads, kv, layers, ff, vocab, seq, batch);
+        let src = model_source(d_head, heads, kv, layers, ff, vocab, seq, batch, extra, OPTIMIZERS[opt]);
         let c = gantry_lang::check::check_source("p.gantry", &src);
         prop_assert!(!c.has_errors(), "{}", c.render(false));
         let w = c.program.workloads["w"].clone();
-        let par = Parallel { dp, tp, pp, microbatch, stage_layers: even_split(layers, pp), sp, ..Parallel::default() };
-        let r = exec::run(&w, &par, &RunConfig::default()).map_err(|e| TestCaseError::fail(e.render()))?;
+        let par = Parallel { dp, tp, pp, cp, vp, microbatch, stage_layers, sp, zero, ..Parallel::default() };
+        // Forward only (fusion on), then a training step.
+        let r = exec::run(&w, &par, &RunConfig::default())
+            .map_err(|e| TestCaseError::fail(format!("{}\n{par:?}\n{src}", e.render())))?;
         prop_assert!(r.passed(), "{:?}\n{src}", r);
+        prop_assert!(r.gradients.is_none());
+        // Every block is shared by the dp * cp replicas (and at least 4
+        // wide), so ZeRO shards its state.
+        check_train(&w, &par, &src, false, zero > 0 && dp * cp > 1)?;
+    }
+
+    /// Random small DLRM-like models with every embedding table sharded
+    /// table-wise (on a random device), row-wise (also with fewer rows
+    /// than devices) or replicated, at random dp / tp / microbatch and
+    /// ZeRO stage, one training step each. Without ReLUs no gradient is
+    /// zero, so the check covers every parameter.
+    #[test]
+    fn random_table_shardings_match_reference(
+        tables in prop::collection::vec((1usize..9, 1usize..4, 0usize..12), 1..5),
+        (dim, dense, bottom, top) in (1usize..5, 1usize..5, 1usize..6, 1usize..6),
+        (bottom_act, top_act, opt) in (0usize..4, 0usize..3, 0usize..4),
+        (batch_pick, dp_pick, tp_pick, mb_pick, listed) in (0usize..4, 0usize..4, 0usize..3, 0usize..3, 0usize..6),
+        zero in 0u8..4,
+    ) {
+        use gantry_runtime::exec::TableShard::{Replicated, Row, Table};
+        let batch = [1, 2, 4, 6][batch_pick];
+        let tps = [1, 2, 4];
+        let tp = tps[tp_pick];
+        let dps: Vec<usize> = divisors(batch).into_iter().filter(|d| d * tp <= 8).collect();
+        let dp = dps[dp_pick % dps.len()];
+        let mbs = divisors(batch / dp);
+        let microbatch = mbs[mb_pick % mbs.len()];
+        let acts = ["gelu", "silu", "sigmoid", "relu"];
+        let src = dlrm_source(
+            &tables.iter().map(|(r, p, _)| (*r, *p)).collect::<Vec<_>>(),
+            dim, dense, bottom, top, acts[bottom_act], acts[top_act], batch, OPTIMIZERS[opt],
+        );
+        let c = gantry_lang::check::check_source("p.gantry", &src);
+        prop_assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads["w"].clone();
+        // Table `i` past the end of the list is table-wise on device `i mod devices`.
+        let shards: Vec<_> = tables
+            .iter()
+            .take(if listed == 0 { tables.len() / 2 } else { tables.len() })
+            .map(|(_, _, s)| match s {
+                0..=5 => Table(*s),
+                6..=8 => Row,
+                _ => Replicated,
+            })
+            .collect();
+        let par = Parallel { dp, tp, microbatch, zero, tables: shards, ..Parallel::default() };
+        // ReLU only in the bottom MLP (the top's last layer feeds the
+        // sigmoid: a dead ReLU there kills every gradient).
+        check_train(&w, &par, &src, acts[bottom_act] != "relu", false)?;
     }
 }
