@@ -769,16 +769,23 @@ impl Evaluator<'_> {
             // parallelism also all-gathers each column-parallel input again
             // in the backward pass (Korthikanti et al. 2022, overlapped with
             // the weight-gradient GEMM, so it adds bytes, not time).
-            let regather = if p.sequence_parallel { 1.25 } else { 1.0 };
-            let bytes = (sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
+            // The re-gather is an all-gather (half an all-reduce) of each
+            // input whose gradient the backward pass reduces.
+            let bwd_bytes = sl * body.tp_bytes_bwd + on_slow(pro.tp_bytes_bwd, epi.tp_bytes_bwd);
+            let regather = if p.sequence_parallel {
+                bwd_bytes * ring(p.tp)
+            } else {
+                0.0
+            };
+            let bytes = ((sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
                 + on_slow(
                     tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
                     tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
                 ))
-                * m
                 * 2.0
                 * ring(p.tp)
-                * regather;
+                + regather)
+                * m;
             comms.push(Comm {
                 what: if p.sequence_parallel {
                     "tensor/sequence-parallel reduce-scatter + all-gather"
