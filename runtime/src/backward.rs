@@ -222,7 +222,7 @@ impl<'g> Tape<'g> {
             OpKind::EmbeddingBag { tables } => {
                 let ws: Vec<Vec<f32>> =
                     (0..tables.len()).map(|t| self.param(op, path, t)).collect();
-                embedding_bag(x, &ws, tables)
+                r::embedding_bag(x, &ws, tables)
             }
             OpKind::Interact { vectors, dim } => r::interact(
                 x,
@@ -233,7 +233,7 @@ impl<'g> Tape<'g> {
             ),
             OpKind::Mlp { dims, activation } => {
                 let ws = self.params(op, path);
-                mlp_forward(x, &ws, &graph::mlp_widths(dims), *activation).0
+                r::mlp_forward(x, &ws, &graph::mlp_widths(dims), *activation).0
             }
             OpKind::Moe {
                 experts,
@@ -255,47 +255,6 @@ impl<'g> Tape<'g> {
             }
         })
     }
-}
-
-/// The pooled lookups of `embedding_bag` (as [`r::run`] computes them):
-/// `ids [b, n]`, one table `[rows, dim]` per column; `[b, n, dim]`.
-fn embedding_bag(ids: &[f32], ws: &[Vec<f32>], tables: &[EmbeddingTable]) -> Vec<f32> {
-    let n = tables.len();
-    let d = tables.first().map_or(0, |t| t.dim as usize);
-    let b = ids.len() / n.max(1);
-    let mut out = vec![0.0f32; b * n * d];
-    for (t, (table, w)) in tables.iter().zip(ws).enumerate() {
-        for s in 0..b {
-            let id = r::clamp_id(ids[s * n + t], table.rows);
-            for p in 0..table.pooling as usize {
-                let row = (id + p) % table.rows as usize;
-                for j in 0..d {
-                    out[(s * n + t) * d + j] += w[row * d + j];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The forward pass of `mlp` (linear + bias + activation per layer, as
-/// [`r::run`] computes it): the output and each layer's input and
-/// pre-activation (`layers[l] = (input, pre-activation)`).
-#[allow(clippy::type_complexity)]
-fn mlp_forward(
-    x: &[f32],
-    w: &[Vec<f32>],
-    widths: &[usize],
-    act: Activation,
-) -> (Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>) {
-    let mut h = x.to_vec();
-    let mut layers = Vec::with_capacity(widths.len().saturating_sub(1));
-    for l in 0..widths.len().saturating_sub(1) {
-        let z = r::linear(&h, &w[2 * l], Some(&w[2 * l + 1]), widths[l], widths[l + 1]);
-        let next = z.iter().map(|v| r::activation(act, *v)).collect();
-        layers.push((std::mem::replace(&mut h, next), z));
-    }
-    (h, layers)
 }
 
 fn mm_dims(a: &[usize], b: &[usize]) -> (usize, usize, usize, usize) {
@@ -785,7 +744,7 @@ pub fn mlp_grad(
     act: Activation,
     dy: &[f32],
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let (_, layers) = mlp_forward(x, w, widths, act);
+    let (_, layers) = r::mlp_forward(x, w, widths, act);
     let mut dw: Vec<Vec<f32>> = w.iter().map(|p| vec![0.0f32; p.len()]).collect();
     let mut g = dy.to_vec();
     for (l, (h, z)) in layers.iter().enumerate().rev() {
@@ -1524,7 +1483,7 @@ workload w {
         let dy: Vec<f32> = (0..24)
             .map(|i| init.symmetric(Key::input(9), i, 1.0))
             .collect();
-        let y = embedding_bag(&ids, &ws, &tables);
+        let y = r::embedding_bag(&ids, &ws, &tables);
         let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| f64::from(a * b)).sum();
         let grads = embedding_bag_grad(&ids, &dy, &tables);
         let rhs: f64 = grads

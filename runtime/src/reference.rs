@@ -26,7 +26,9 @@
 
 use std::collections::BTreeMap;
 
-use gantry_lang::program::{Activation, BinaryOp, Graph, Item, Op, OpKind, TensorId};
+use gantry_lang::program::{
+    Activation, BinaryOp, EmbeddingTable, Graph, Item, Op, OpKind, TensorId,
+};
 
 use crate::error::{RuntimeError, unsupported};
 use crate::graph::{self, NORM_EPS, numel};
@@ -194,23 +196,8 @@ impl Interp<'_> {
                 out
             }
             OpKind::EmbeddingBag { tables } => {
-                let n = tables.len();
-                let d = tables.first().map_or(0, |t| t.dim as usize);
-                let b = x.len() / n.max(1);
-                let mut out = vec![0.0; b * n * d];
-                for (t, table) in tables.iter().enumerate() {
-                    let wt = w(t);
-                    for s in 0..b {
-                        let id = clamp_id(x[s * n + t], table.rows);
-                        for p in 0..table.pooling as usize {
-                            let row = (id + p) % table.rows as usize;
-                            for j in 0..d {
-                                out[(s * n + t) * d + j] += wt[row * d + j];
-                            }
-                        }
-                    }
-                }
-                out
+                let ws: Vec<Vec<f32>> = (0..tables.len()).map(w).collect();
+                embedding_bag(x, &ws, tables)
             }
             OpKind::Attention {
                 heads,
@@ -250,12 +237,8 @@ impl Interp<'_> {
                 activation: act,
             } => {
                 let widths = graph::mlp_widths(dims);
-                let mut h = x.to_vec();
-                for l in 0..widths.len() - 1 {
-                    let y = linear(&h, &w(2 * l), Some(&w(2 * l + 1)), widths[l], widths[l + 1]);
-                    h = y.iter().map(|v| activation(*act, *v)).collect();
-                }
-                h
+                let ws: Vec<Vec<f32>> = (0..2 * (widths.len() - 1)).map(w).collect();
+                mlp_forward(x, &ws, &widths, *act).0
             }
             OpKind::Interact { vectors, dim } => {
                 let b = self.shape(op.inputs[0])[0];
@@ -290,6 +273,46 @@ impl Interp<'_> {
             }
         })
     }
+}
+
+/// The pooled lookups of `embedding_bag`:
+/// `ids [b, n]`, one table `[rows, dim]` per column; `[b, n, dim]`.
+pub fn embedding_bag(ids: &[f32], ws: &[Vec<f32>], tables: &[EmbeddingTable]) -> Vec<f32> {
+    let n = tables.len();
+    let d = tables.first().map_or(0, |t| t.dim as usize);
+    let b = ids.len() / n.max(1);
+    let mut out = vec![0.0f32; b * n * d];
+    for (t, (table, w)) in tables.iter().zip(ws).enumerate() {
+        for s in 0..b {
+            let id = clamp_id(ids[s * n + t], table.rows);
+            for p in 0..table.pooling as usize {
+                let row = (id + p) % table.rows as usize;
+                for j in 0..d {
+                    out[(s * n + t) * d + j] += w[row * d + j];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The forward pass of `mlp` (linear + bias + activation per layer): the output and each layer's input and
+/// pre-activation (`layers[l] = (input, pre-activation)`).
+#[allow(clippy::type_complexity)]
+pub fn mlp_forward(
+    x: &[f32],
+    w: &[Vec<f32>],
+    widths: &[usize],
+    act: Activation,
+) -> (Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>) {
+    let mut h = x.to_vec();
+    let mut layers = Vec::with_capacity(widths.len().saturating_sub(1));
+    for l in 0..widths.len().saturating_sub(1) {
+        let z = linear(&h, &w[2 * l], Some(&w[2 * l + 1]), widths[l], widths[l + 1]);
+        let next = z.iter().map(|v| activation(act, *v)).collect();
+        layers.push((std::mem::replace(&mut h, next), z));
+    }
+    (h, layers)
 }
 
 /// An id stored as f32, clamped to `0..rows`.
