@@ -518,7 +518,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                 .map(|(w, b)| format!("{w} {}", human_bytes(*b)))
                 .collect();
             println!(
-                "    {:<10} {:>11}   {}",
+                "    {:<10} {:>13}   {}",
                 r.label,
                 human_bytes(r.measured),
                 if model.is_empty() {
@@ -570,13 +570,18 @@ pub fn kernels_cmd(a: &KernelsArgs) -> ExitCode {
     }
 }
 
+/// Whole bytes with thousands separators, so the run's and the cost
+/// model's figures compare digit by digit.
 fn human_bytes(b: f64) -> String {
-    match b {
-        b if b >= 1e9 => format!("{:.3} GB", b / 1e9),
-        b if b >= 1e6 => format!("{:.3} MB", b / 1e6),
-        b if b >= 1e3 => format!("{:.3} kB", b / 1e3),
-        b => format!("{b:.0} B"),
+    let digits = format!("{:.0}", b.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
     }
+    out + " B"
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
