@@ -27,8 +27,9 @@ use gantry_lang::program::{Optimizer, Phase};
 
 use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
-use crate::ir::{Class, Ir, IrOp, Segment, SegmentKind};
+use crate::ir::{Class, Ir, IrOp, Segment, SegmentKind, TpVariant};
 use crate::point::{DesignPoint, Recompute};
+use crate::sharded::{Kind, Pass};
 
 /// Time of one forward (or backward) pass over some ops, split by class.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -354,6 +355,12 @@ impl Evaluator<'_> {
         let mut saved_rep = 0.0;
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
+        let c_div = c;
+        let variant = TpVariant {
+            sequence_parallel: p.sequence_parallel,
+            kv_replicated: self.ir.kv_heads_min.is_some_and(|k| p.tp as u64 > k),
+        }
+        .index();
         for o in &s.ops {
             let (tf, ff) = self.op_time(o, p, b, false);
             sc.fwd.add(o.class, tf);
@@ -374,15 +381,35 @@ impl Evaluator<'_> {
             if o.class == Class::Attention {
                 sc.attention_time += tf;
             }
-            if o.tp_allreduce > 0.0 && p.tp > 1 {
-                let bytes = o.tp_allreduce * o.mult * b * beta / c;
-                sc.tp_bytes_fwd += bytes;
-                sc.tp_fwd += topo.time(Collective::AllReduce, p.tp, 1, bytes);
-            }
-            if o.tp_allreduce_bwd > 0.0 && p.tp > 1 {
-                let bytes = o.tp_allreduce_bwd * o.mult * b * beta / c;
-                sc.tp_bytes_bwd += bytes;
-                sc.tp_bwd += topo.time(Collective::AllReduce, p.tp, 1, bytes);
+            if p.tp > 1 {
+                // The sharded program's collectives for this op: time on
+                // the tensor-parallel group, bytes as each rank sends them.
+                for c in &o.tp_comms[variant] {
+                    let buffer = c.elems * o.mult * b * beta / c_div;
+                    let kind = match c.kind {
+                        Kind::AllReduce => Collective::AllReduce,
+                        Kind::ReduceScatter => Collective::ReduceScatter,
+                        Kind::AllGather => Collective::AllGather,
+                    };
+                    // A value re-gathered for a weight gradient overlaps
+                    // that GEMM (Korthikanti et al. 2022): bytes, no time.
+                    let time = if c.overlapped {
+                        0.0
+                    } else {
+                        topo.time(kind, p.tp, 1, buffer)
+                    };
+                    let sent = buffer * c.kind.sent_per_byte(t);
+                    match c.pass {
+                        Pass::Forward => {
+                            sc.tp_fwd += time;
+                            sc.tp_bytes_fwd += sent;
+                        }
+                        Pass::Backward => {
+                            sc.tp_bwd += time;
+                            sc.tp_bytes_bwd += sent;
+                        }
+                    }
+                }
             }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
@@ -764,27 +791,13 @@ impl Evaluator<'_> {
             + on_slow(tp_of(pro.tp_fwd, pro.tp_bwd), tp_of(epi.tp_fwd, epi.tp_bwd)))
             * m;
         if tp_comm_step > 0.0 {
-            // Sent per device: a ring all-reduce (or reduce-scatter plus
-            // all-gather) sends 2 (t - 1) / t of the buffer. Sequence
-            // parallelism also all-gathers each column-parallel input again
-            // in the backward pass (Korthikanti et al. 2022, overlapped with
-            // the weight-gradient GEMM, so it adds bytes, not time).
-            // The re-gather is an all-gather (half an all-reduce) of each
-            // input whose gradient the backward pass reduces.
-            let bwd_bytes = sl * body.tp_bytes_bwd + on_slow(pro.tp_bytes_bwd, epi.tp_bytes_bwd);
-            let regather = if p.sequence_parallel {
-                bwd_bytes * ring(p.tp)
-            } else {
-                0.0
-            };
-            let bytes = ((sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
+            // Bytes each rank sends, summed over the sharded program's
+            // collectives (ring factors applied per collective).
+            let bytes = (sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
                 + on_slow(
                     tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
                     tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
                 ))
-                * 2.0
-                * ring(p.tp)
-                + regather)
                 * m;
             comms.push(Comm {
                 what: if p.sequence_parallel {

@@ -9,17 +9,18 @@
 //! with its count, the epilogue; nothing is unrolled, so a 126-layer model
 //! lowers exactly as fast as a 2-layer one.
 //!
-//! Tensor parallelism is derived here, not hard-coded: a tensor is
-//! *sharded* if it was produced by a column-parallel linear (one whose input
-//! is replicated) or computed from sharded tensors; a linear whose input is
-//! sharded is row-parallel and its output needs an all-reduce. On a
-//! transformer block this finds exactly Megatron's pattern (QKV and MLP-up
-//! column-parallel, attention output projection and MLP-down row-parallel,
-//! two all-reduces per layer) and it applies unchanged to other graphs.
+//! Tensor parallelism is not decided here: the sharded program
+//! ([`crate::sharded`]) of the graph gives every tensor's layout and every
+//! collective, and lowering copies them onto the ops (whether an op's work
+//! is divided, what it keeps for backward split or whole, and the
+//! collectives it causes per sample in four variants: with and without
+//! sequence parallelism, with key/value heads split or replicated).
 
 use std::collections::BTreeMap;
 
 use gantry_lang::program::{DType, Graph, Item, OpKind, Phase, TensorId, Workload};
+
+use crate::sharded::{Layout, Mesh, Program};
 
 /// What kind of hardware resource an op mostly uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +59,33 @@ pub struct Gemm {
     pub count: f64,
 }
 
+/// One tensor-parallel collective of an op, from the sharded program.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TpComm {
+    pub kind: crate::sharded::Kind,
+    pub pass: crate::sharded::Pass,
+    /// Elements per sample of the whole tensor.
+    pub elems: f64,
+    /// Hidden behind compute (a backward re-gather under the weight
+    /// gradient's GEMM).
+    pub overlapped: bool,
+}
+
+/// Which sharded program a design point's collectives come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpVariant {
+    pub sequence_parallel: bool,
+    /// Fewer key/value heads than tensor-parallel ranks (they are
+    /// replicated in groups).
+    pub kv_replicated: bool,
+}
+
+impl TpVariant {
+    pub fn index(self) -> usize {
+        usize::from(self.sequence_parallel) + 2 * usize::from(self.kv_replicated)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct IrOp {
     pub op: &'static str,
@@ -82,18 +110,14 @@ pub struct IrOp {
     pub kv_bytes: f64,
     /// The dominant matrix product, for the shape-dependent efficiency.
     pub gemm: Option<Gemm>,
-    /// Splits across tensor-parallel ranks (else replicated on each).
+    /// Splits across tensor-parallel ranks (else replicated on each), as
+    /// the sharded program divides it.
     pub tp_sharded: bool,
-    /// Elements per sample all-reduced over the tensor-parallel group after
-    /// this op in the forward pass (row-parallel outputs, vocab-parallel
-    /// embeddings).
-    pub tp_allreduce: f64,
-    /// Elements per sample all-reduced in the backward pass: the gradient
-    /// of a replicated input of column-parallel work (Megatron's `f`),
-    /// once per input tensor however many projections read it. In a
-    /// transformer layer it equals the forward amount; the embedding has
-    /// only the forward one and the output head only the backward one.
-    pub tp_allreduce_bwd: f64,
+    /// The op's tensor-parallel collectives from the sharded program, per
+    /// variant ([`TpVariant::index`]): kind, pass and elements per sample.
+    pub tp_comms: [Vec<TpComm>; 4],
+    /// Elements per sample of the op's output.
+    pub out_elems: f64,
     /// Part of the attention core that selective recomputation recomputes.
     pub attention_core: bool,
     /// Bytes per sample read from embedding tables (lookups).
@@ -133,8 +157,8 @@ impl IrOp {
             saved_probs: 0.0,
             gemm: None,
             tp_sharded: false,
-            tp_allreduce: 0.0,
-            tp_allreduce_bwd: 0.0,
+            tp_comms: Default::default(),
+            out_elems: 0.0,
             attention_core: false,
             lookup_bytes: 0.0,
             table_bytes: 0.0,
@@ -199,6 +223,11 @@ pub struct Ir {
     /// Width of the value passed between pipeline stages, per token.
     pub hidden: f64,
     pub segments: Vec<Segment>,
+    /// Why the model has no sharded program for tp > 1, if it has none.
+    pub tp_unshardable: Option<String>,
+    /// The fewest key/value heads of any attention (beyond that many
+    /// tensor-parallel ranks they are replicated in groups).
+    pub kv_heads_min: Option<u64>,
 }
 
 impl Ir {
@@ -296,12 +325,12 @@ struct Lowering<'a> {
     beta: f64,
     /// Context length for attention keys in decode (KV cache).
     context: Option<f64>,
-    sharded: Vec<bool>,
     numel: Vec<f64>,
+    /// The sharded programs, one per [`TpVariant`] (index 0 decides what
+    /// is split: no sequence parallelism, key/value heads split).
+    programs: [Program; 4],
     /// Tensors already saved for backward by an earlier op.
     saved: Vec<bool>,
-    /// Tensors whose gradient an earlier op already all-reduces.
-    bwd_reduced: Vec<bool>,
     /// Index of the op producing each tensor within the current segment.
     producer: Vec<i64>,
     training: bool,
@@ -352,14 +381,14 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         Phase::Decode { .. } => 1.0,
         _ => binding.get("seq").copied().unwrap_or(1) as f64,
     };
+    let (programs, tp_unshardable) = programs(g, &numel);
     let mut l = Lowering {
         graph: g,
         binding,
         beta,
         context,
-        sharded: vec![false; g.tensors.len()],
+        programs,
         saved: vec![false; g.tensors.len()],
-        bwd_reduced: vec![false; g.tensors.len()],
         producer: vec![-1; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
@@ -411,7 +440,58 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         tokens_per_sample,
         hidden,
         segments,
+        tp_unshardable,
+        kv_heads_min: kv_heads_min(g),
     })
+}
+
+fn kv_heads_min(g: &Graph) -> Option<u64> {
+    crate::sharded::ops_of(&g.body)
+        .iter()
+        .filter_map(|op| match op.kind {
+            OpKind::Attention { kv_heads, .. } => Some(kv_heads),
+            _ => None,
+        })
+        .min()
+}
+
+/// The four sharded programs of [`TpVariant`], built on a symbolic degree
+/// (one the planner accepts): 2 where key/value heads split, a degree
+/// above every key/value head count where they are replicated. A graph
+/// with no sharded program lowers replicated, with the reason kept.
+fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], Option<String>) {
+    let replicated = || crate::sharded::build(g, numel, &Mesh::new(1, false));
+    let build = |v: usize| {
+        let tp = if v >= 2 { 1 << 20 } else { 2 };
+        let mesh = Mesh {
+            tp,
+            sp: v % 2 == 1,
+            rows_fit: None,
+            symbolic: true,
+        };
+        crate::sharded::build(g, numel, &mesh)
+    };
+    let mut why = None;
+    let progs: Vec<Program> = (0..4)
+        .map(|v| match build(v) {
+            Ok(p) => p,
+            Err(e) => {
+                why.get_or_insert(e.reason);
+                replicated().unwrap_or_else(|_| unreachable_program())
+            }
+        })
+        .collect();
+    let arr: [Program; 4] = match progs.try_into() {
+        Ok(a) => a,
+        Err(_) => std::array::from_fn(|_| unreachable_program()),
+    };
+    (arr, why)
+}
+
+/// An empty program (only for the impossible case of a replicated build
+/// failing, which has no failure path).
+fn unreachable_program() -> Program {
+    Program::empty()
 }
 
 impl Lowering<'_> {
@@ -419,16 +499,9 @@ impl Lowering<'_> {
         self.numel[t.0 as usize]
     }
 
-    /// The elements of `t`'s gradient all-reduced in the backward pass by
-    /// the first column-parallel reader of replicated `t` (0 for later
-    /// readers: their partial sums are added up first).
-    fn bwd_allreduce(&mut self, t: TensorId) -> f64 {
-        let i = t.0 as usize;
-        if self.sharded[i] || self.bwd_reduced[i] {
-            return 0.0;
-        }
-        self.bwd_reduced[i] = true;
-        self.numel[i]
+    /// Whether the sharded program splits tensor `t` over the ranks.
+    fn sharded(&self, t: TensorId) -> bool {
+        self.programs[0].layout(t) != Layout::Rep
     }
 
     /// Records that `o` keeps tensor `t` (of `bytes_per` bytes per element)
@@ -440,7 +513,7 @@ impl Lowering<'_> {
         }
         self.saved[i] = true;
         let b = bytes_per * self.numel[i];
-        if self.sharded[i] {
+        if self.sharded(t) {
             o.saved_shard += b;
         } else {
             o.saved_rep += b;
@@ -455,18 +528,11 @@ impl Lowering<'_> {
     }
 
     fn repeat(&mut self, r: &gantry_lang::program::Repeat, mult: f64, out: &mut Vec<IrOp>) {
-        // Carried values enter each iteration replicated, like the input.
-        for c in &r.carried {
-            self.sharded[c.param.0 as usize] = self.sharded[c.init.0 as usize];
-        }
         for item in &r.body {
             match item {
                 Item::Op(op) => self.push(op, mult, out),
                 Item::Repeat(inner) => self.repeat(inner, mult * inner.count as f64, out),
             }
-        }
-        for c in &r.carried {
-            self.sharded[c.result.0 as usize] = self.sharded[c.next.0 as usize];
         }
     }
 
@@ -474,7 +540,6 @@ impl Lowering<'_> {
         let beta = self.beta;
         let out_n = self.n(op.output);
         let in_n: f64 = op.inputs.iter().map(|i| self.n(*i)).sum();
-        let any_sharded = op.inputs.iter().any(|i| self.sharded[i.0 as usize]);
         let mut o = match &op.kind {
             OpKind::Linear { d_in, d_out, bias } => {
                 let (di, dout) = (*d_in as f64, *d_out as f64);
@@ -491,15 +556,6 @@ impl Lowering<'_> {
                     k: di,
                     count: 1.0,
                 });
-                o.tp_sharded = true;
-                if any_sharded {
-                    // Row-parallel: partial sums are all-reduced.
-                    o.tp_allreduce = m * dout;
-                    self.sharded[op.output.0 as usize] = false;
-                } else {
-                    o.tp_allreduce_bwd = self.bwd_allreduce(op.inputs[0]);
-                    self.sharded[op.output.0 as usize] = true;
-                }
                 o
             }
             OpKind::MatMul => {
@@ -518,8 +574,6 @@ impl Lowering<'_> {
                     self.save(&mut o, i, beta);
                 }
                 o.gemm = Some(Gemm { m, n, k, count });
-                o.tp_sharded = any_sharded;
-                self.sharded[op.output.0 as usize] = any_sharded;
                 o
             }
             OpKind::Attention {
@@ -582,8 +636,6 @@ impl Lowering<'_> {
                 });
                 o.heads = Some((*heads, *kv_heads));
                 o.attention_core = true;
-                o.tp_sharded = true;
-                self.sharded[op.output.0 as usize] = any_sharded;
                 o
             }
             OpKind::Embedding { vocab, dim } => {
@@ -592,11 +644,6 @@ impl Lowering<'_> {
                 o.tensors = 1.0;
                 o.bytes = beta * 2.0 * out_n;
                 o.lookup_bytes = beta * out_n;
-                // Vocab-parallel under TP: each rank looks up its rows and
-                // the partial results are all-reduced.
-                o.tp_sharded = true;
-                o.tp_allreduce = out_n;
-                self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::EmbeddingBag { tables } => {
@@ -614,7 +661,6 @@ impl Lowering<'_> {
                 }
                 o.bytes = o.lookup_bytes + beta * out_n;
                 o.kernels = tables.len() as f64;
-                self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::Mlp { dims, .. } => {
@@ -641,7 +687,6 @@ impl Lowering<'_> {
                     k: widest.1,
                     count: 1.0,
                 });
-                self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::Interact { vectors, dim } => {
@@ -658,7 +703,6 @@ impl Lowering<'_> {
                     k: d,
                     count: 1.0,
                 });
-                self.sharded[op.output.0 as usize] = false;
                 o
             }
             OpKind::Moe {
@@ -688,24 +732,12 @@ impl Lowering<'_> {
                     count: e,
                 });
                 o.experts = Some((*experts, beta * tokens * k * d));
-                // Under tensor parallelism each expert's FFN is split like a
-                // Megatron MLP (column then row), so the combined output is
-                // all-reduced and leaves replicated.
-                o.tp_sharded = true;
-                o.tp_allreduce = out_n;
-                o.tp_allreduce_bwd = self.bwd_allreduce(op.inputs[0]);
-                self.sharded[op.output.0 as usize] = false;
                 o
             }
-            OpKind::Reshape => {
-                let o = IrOp::new("reshape", Class::Layout);
-                self.sharded[op.output.0 as usize] = any_sharded;
-                o
-            }
+            OpKind::Reshape => IrOp::new("reshape", Class::Layout),
             OpKind::Concat { .. } => {
                 let mut o = IrOp::new("concat", Class::Layout);
                 o.bytes = beta * (in_n + out_n);
-                self.sharded[op.output.0 as usize] = any_sharded;
                 o
             }
             other => {
@@ -733,12 +765,9 @@ impl Lowering<'_> {
                     OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Activation(_) => {
                         self.save(&mut o, op.inputs[0], beta)
                     }
-                    OpKind::Softmax => {
-                        self.sharded[op.output.0 as usize] = any_sharded;
-                        self.save(&mut o, op.output, beta)
-                    }
+                    OpKind::Softmax => self.save(&mut o, op.output, beta),
                     OpKind::Dropout(_) => {
-                        if any_sharded {
+                        if self.sharded(op.output) {
                             o.saved_shard += out_n;
                         } else {
                             o.saved_rep += out_n;
@@ -762,11 +791,26 @@ impl Lowering<'_> {
                     o.params = *dim as f64 * n;
                     o.tensors = n;
                 }
-                o.tp_sharded = any_sharded;
-                self.sharded[op.output.0 as usize] = any_sharded;
                 o
             }
         };
+        if let Some(so) = self.programs[0].op(op.output) {
+            o.tp_sharded = so.strategy.divides_work(so.layout);
+        }
+        for (v, p) in self.programs.iter().enumerate() {
+            o.tp_comms[v] = p.op(op.output).map_or_else(Vec::new, |so| {
+                so.comms
+                    .iter()
+                    .map(|c| TpComm {
+                        kind: c.kind,
+                        pass: c.pass,
+                        elems: c.elems,
+                        overlapped: c.why == crate::sharded::Why::Regather,
+                    })
+                    .collect()
+            });
+        }
+        o.out_elems = out_n;
         o.mult = mult;
         o.args = op
             .inputs
@@ -852,8 +896,24 @@ workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
     fn tensor_parallel_roles_are_derived() {
         let ir = lower(&workload(GPT)).expect("lowers");
         let body = ir.body().expect("body");
-        let allreduces = body.ops.iter().filter(|o| o.tp_allreduce > 0.0).count();
-        assert_eq!(allreduces, 2, "Megatron has two all-reduces per layer");
+        use crate::sharded::{Kind, Pass};
+        let count = |v: usize, pass: Pass, kind: Kind| {
+            body.ops
+                .iter()
+                .flat_map(|o| o.tp_comms[v].iter())
+                .filter(|c| c.pass == pass && c.kind == kind)
+                .count()
+        };
+        // Megatron: two all-reduces per layer forward and two backward; with
+        // sequence parallelism each becomes a reduce-scatter and an
+        // all-gather, and backward re-gathers the two column inputs.
+        assert_eq!(count(0, Pass::Forward, Kind::AllReduce), 2);
+        assert_eq!(count(0, Pass::Backward, Kind::AllReduce), 2);
+        assert_eq!(count(0, Pass::Forward, Kind::AllGather), 0);
+        assert_eq!(count(1, Pass::Forward, Kind::ReduceScatter), 2);
+        assert_eq!(count(1, Pass::Forward, Kind::AllGather), 2);
+        assert_eq!(count(1, Pass::Backward, Kind::ReduceScatter), 2);
+        assert_eq!(count(1, Pass::Backward, Kind::AllGather), 4);
         // Korthikanti et al.: with tensor parallelism t the saved bytes are
         // sbh(10 + 24/t + 5as/(ht)): 10 sbh replicated, the rest split.
         let (s, h, a) = (32.0, 64.0, 4.0);

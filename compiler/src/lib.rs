@@ -15,5 +15,6 @@ pub mod plan;
 pub mod point;
 pub mod report;
 pub mod search;
+pub mod sharded;
 pub mod study;
 pub mod validate;

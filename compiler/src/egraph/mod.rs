@@ -99,7 +99,7 @@ pub fn block_term(seg: &Segment, sequence_boundary: bool) -> RecExpr<Shard> {
 pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
     let replicated = block_term(seg, false);
     let sequence = block_term(seg, true);
-    let elems: Vec<f64> = seg.ops.iter().map(|o| o.tp_allreduce.max(0.0)).collect();
+    let elems: Vec<f64> = seg.ops.iter().map(|o| o.out_elems.max(0.0)).collect();
     let mut rules = sharding::rules();
     rules.extend(collectives::rules());
     rules.extend(fusion::rules());
