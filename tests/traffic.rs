@@ -117,12 +117,20 @@ fn measured_traffic_equals_the_cost_model() {
             &["context", "data", "tensor"],
             0.0,
         ),
-        // Sequence parallelism: the norm gains' gradients are all-reduced
-        // over the tensor-parallel ranks too, which the cost model leaves out.
+        // Sequence parallelism, the norm gains' gradients all-reduced over
+        // the tensor-parallel ranks once per step included.
         (
             "dp=1,tp=2,pp=1,cp=1,zero=0,virtual_stages=1,sequence_parallel=true",
             &["tensor"],
-            0.01,
+            0.0,
+        ),
+        // Known gap: with a pipeline and sequence parallelism the busiest
+        // device sends 4.6% more than the cost model's slowest stage
+        // (283,584 vs 271,104 B); not yet traced.
+        (
+            "dp=1,tp=4,pp=2,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel=true",
+            &["tensor"],
+            0.05,
         ),
     ];
     for (fix, check, tol) in cases {

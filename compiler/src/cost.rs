@@ -249,6 +249,9 @@ struct SegCost {
     tp_bytes_fwd: f64,
     tp_bwd: f64,
     tp_bytes_bwd: f64,
+    /// Parameters whose gradients are partial over the tensor-parallel
+    /// ranks (norm gains on sequence rows): all-reduced once per step.
+    tp_param_elems: f64,
     /// Context-parallel exchange seconds, and attention compute to hide it.
     cp: f64,
     cp_bytes: f64,
@@ -358,7 +361,7 @@ impl Evaluator<'_> {
         let c_div = c;
         let variant = TpVariant {
             sequence_parallel: p.sequence_parallel,
-            kv_replicated: self.ir.kv_heads_min.is_some_and(|k| p.tp as u64 > k),
+            kv_replicated: self.ir.kv_heads_min.is_some_and(|k| p.tp > k),
         }
         .index();
         for o in &s.ops {
@@ -410,6 +413,9 @@ impl Evaluator<'_> {
                         }
                     }
                 }
+            }
+            if p.tp > 1 && o.tp_param_reduce[variant] {
+                sc.tp_param_elems += o.params * o.mult;
             }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
@@ -787,9 +793,19 @@ impl Evaluator<'_> {
         let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
         // Forward all-reduces run once more under full recomputation.
         let tp_of = |f: f64, b: f64| f * (tp_passes - 1.0) + b;
+        // Once per step: the gradients of parameters used on sequence rows
+        // (norm gains), all-reduced over the tensor-parallel ranks.
+        let param_buffer =
+            (sl * body.tp_param_elems + on_slow(pro.tp_param_elems, epi.tp_param_elems)) * beta;
+        let tp_param_time = if param_buffer > 0.0 {
+            topo.time(Collective::AllReduce, p.tp, 1, param_buffer)
+        } else {
+            0.0
+        };
         let tp_comm_step = (sl * tp_of(body.tp_fwd, body.tp_bwd)
             + on_slow(tp_of(pro.tp_fwd, pro.tp_bwd), tp_of(epi.tp_fwd, epi.tp_bwd)))
-            * m;
+            * m
+            + tp_param_time;
         if tp_comm_step > 0.0 {
             // Bytes each rank sends, summed over the sharded program's
             // collectives (ring factors applied per collective).
@@ -798,7 +814,8 @@ impl Evaluator<'_> {
                     tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
                     tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
                 ))
-                * m;
+                * m
+                + param_buffer * Kind::AllReduce.sent_per_byte(p.tp as f64);
             comms.push(Comm {
                 what: if p.sequence_parallel {
                     "tensor/sequence-parallel reduce-scatter + all-gather"
@@ -1168,6 +1185,7 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         tp_bytes_fwd: a.tp_bytes_fwd + s.tp_bytes_fwd * k,
         tp_bwd: a.tp_bwd + s.tp_bwd * k,
         tp_bytes_bwd: a.tp_bytes_bwd + s.tp_bytes_bwd * k,
+        tp_param_elems: a.tp_param_elems + s.tp_param_elems * k,
         cp: a.cp + s.cp * k,
         cp_bytes: a.cp_bytes + s.cp_bytes * k,
         attention_time: a.attention_time + s.attention_time * k,

@@ -116,6 +116,10 @@ pub struct IrOp {
     /// The op's tensor-parallel collectives from the sharded program, per
     /// variant ([`TpVariant::index`]): kind, pass and elements per sample.
     pub tp_comms: [Vec<TpComm>; 4],
+    /// Per variant: the op's parameter gradients are partial sums over
+    /// the tensor-parallel ranks (it ran on sequence rows) and are
+    /// all-reduced once per step.
+    pub tp_param_reduce: [bool; 4],
     /// Elements per sample of the op's output.
     pub out_elems: f64,
     /// Part of the attention core that selective recomputation recomputes.
@@ -158,6 +162,7 @@ impl IrOp {
             gemm: None,
             tp_sharded: false,
             tp_comms: Default::default(),
+            tp_param_reduce: [false; 4],
             out_elems: 0.0,
             attention_core: false,
             lookup_bytes: 0.0,
@@ -798,6 +803,7 @@ impl Lowering<'_> {
             o.tp_sharded = so.strategy.divides_work(so.layout);
         }
         for (v, p) in self.programs.iter().enumerate() {
+            o.tp_param_reduce[v] = p.op(op.output).is_some_and(|so| so.params_partial);
             o.tp_comms[v] = p.op(op.output).map_or_else(Vec::new, |so| {
                 so.comms
                     .iter()

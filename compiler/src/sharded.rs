@@ -39,7 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gantry_lang::program::{Graph, Item, Op, OpKind, TensorId};
+use gantry_lang::program::{BinaryOp, Graph, Item, Op, OpKind, TensorId};
 
 /// How a tensor lies across the tensor-parallel ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,6 +171,10 @@ pub struct ShardedOp {
     /// The layout the result is stored in.
     pub layout: Layout,
     pub comms: Vec<Comm>,
+    /// Its parameters' gradients are partial sums over the ranks (a
+    /// row-wise op with weights on sequence rows): all-reduced once per
+    /// step, after the last microbatch.
+    pub params_partial: bool,
 }
 
 /// The mesh a program is built for.
@@ -403,6 +407,7 @@ impl Builder<'_> {
                 reads: vec![Layout::Rep; op.inputs.len()],
                 layout: Layout::Rep,
                 comms: Vec::new(),
+                params_partial: false,
             });
         }
     }
@@ -538,6 +543,8 @@ impl Builder<'_> {
             }
         };
         self.layouts[op.output.0 as usize] = layout;
+        let params_partial = layout == Layout::Rows
+            && matches!(op.kind, OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. });
         self.ops.push(ShardedOp {
             output: op.output,
             op: op.kind.name(),
@@ -545,6 +552,7 @@ impl Builder<'_> {
             reads,
             layout,
             comms,
+            params_partial,
         });
         Ok(())
     }
@@ -646,6 +654,11 @@ fn gather(t: TensorId, elems: f64) -> Comm {
     }
 }
 
+/// Re-reads a forward value in a layout, noting the gather it needs.
+type Reread<'a> = dyn FnMut(TensorId, Layout, &mut Vec<Comm>) + 'a;
+/// Converts a gradient from one layout to another, noting the gather.
+type Convert<'a> = dyn FnMut(TensorId, Layout, Layout, &mut Vec<Comm>) + 'a;
+
 /// What an op's backward gives each input, and the collectives its own
 /// re-reads and conversions need.
 #[allow(clippy::too_many_arguments)]
@@ -655,8 +668,8 @@ fn contributions(
     tp: usize,
     lay: &dyn Fn(TensorId) -> Layout,
     elems: &dyn Fn(TensorId) -> f64,
-    reread: &mut dyn FnMut(TensorId, Layout, &mut Vec<Comm>),
-    convert: &mut dyn FnMut(TensorId, Layout, Layout, &mut Vec<Comm>),
+    reread: &mut Reread,
+    convert: &mut Convert,
     comms: &mut Vec<Comm>,
 ) -> Vec<(usize, Contribution)> {
     use Contribution::{In, Partial};
@@ -667,9 +680,11 @@ fn contributions(
             reread(ins[0], out, comms);
             vec![(0, In(out))]
         }
-        (OpKind::Binary(_), _) => {
-            reread(ins[0], out, comms);
-            reread(ins[1], out, comms);
+        (OpKind::Binary(b), _) => {
+            if matches!(b, BinaryOp::Mul | BinaryOp::Div) {
+                reread(ins[0], out, comms);
+                reread(ins[1], out, comms);
+            }
             vec![(0, In(out)), (1, In(out))]
         }
         (OpKind::Scale(_) | OpKind::Dropout(_), _) => vec![(0, In(out))],

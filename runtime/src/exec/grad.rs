@@ -705,8 +705,16 @@ impl Dev<'_> {
                 vec![(0, Grad::In(lay, self.ew(&e, &[&dy], dy.len())?))]
             }
             OpKind::Binary(b) => {
-                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?;
-                let y = self.slot_as(op.inputs[1], e.ins[1], val(1), lay)?;
+                // Sums and differences need no forward values.
+                let reads = matches!(b, BinaryOp::Mul | BinaryOp::Div);
+                let (x, y) = if reads {
+                    (
+                        self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?,
+                        self.slot_as(op.inputs[1], e.ins[1], val(1), lay)?,
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
                 let n = dy.len();
                 let neg =
                     |e: Box<Expr>| Box::new(Expr::Unary(Unary::Scale((-1.0f32).to_bits()), e));
@@ -781,8 +789,7 @@ impl Dev<'_> {
                 head_dim,
                 ..
             } => {
-                let (mut spec, ql, kvl) =
-                    self.attention_plan(op, val(0).layout, val(1).layout, val(2).layout)?;
+                let (mut spec, ql, kvl) = self.attention_plan(op)?;
                 let q = self.slot_as(op.inputs[0], e.ins[0], val(0), ql)?;
                 let mut k = self.slot_as(op.inputs[1], e.ins[1], val(1), kvl)?;
                 let mut v = self.slot_as(op.inputs[2], e.ins[2], val(2), kvl)?;
@@ -826,25 +833,15 @@ impl Dev<'_> {
                 out
             }
             OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => {
-                let l = val(0).layout;
-                let rows_local = l == Layout::Rows;
+                let rows_local = lay == Layout::Rows;
                 let x = if rows_local {
-                    val(0).data.clone()
+                    self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rows)?
                 } else {
                     self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?
                 };
-                let dyf = if rows_local || l == Layout::Rep {
-                    dy
-                } else {
-                    self.convert(
-                        op.output,
-                        &Local {
-                            layout: l,
-                            data: dy,
-                        },
-                        Layout::Rep,
-                    )?
-                };
+                // The result is row blocks or whole (the sharded program
+                // never keeps a row-wise op's result split by features).
+                let dyf = dy;
                 let dim = self.width(op.inputs[0]);
                 let mut dx = vec![0.0; x.len()];
                 let reduce = if rows_local {
@@ -984,7 +981,7 @@ impl Dev<'_> {
         let (tp, t) = (self.par.tp, self.t);
         let ps = graph::params(&op.kind);
         let rows = self.numel(op.inputs[0]) / d_in.max(1);
-        if x.layout == Layout::split(tp) && tp > 1 {
+        if self.planned(op.output)?.strategy == gantry_compiler::sharded::Strategy::Row {
             // Row-parallel: the output (and its gradient) is whole.
             let ks = Layout::split(tp).range(d_in, tp, t);
             let kl = ks.len();
@@ -1023,8 +1020,11 @@ impl Dev<'_> {
             return Ok(vec![(0, Grad::In(x.layout, dx))]);
         }
         // Column-parallel: each rank's columns add to the whole input.
-        let groups = self.col_groups.get(&op.output).copied().unwrap_or(tp);
-        let layout = Layout::split(groups);
+        let layout = self.layout(op.output);
+        let groups = match layout {
+            Layout::Split { groups } => groups,
+            _ => 1,
+        };
         let cols = layout.range(d_out, tp, t);
         let nl = cols.len();
         let xr = self.slot_as(op.inputs[0], xs, x, Layout::Rep)?;
@@ -1069,10 +1069,9 @@ impl Dev<'_> {
         b: &Local,
         dy: Vec<f32>,
     ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
-        let bl = if a.layout == Layout::Rep && matches!(b.layout, Layout::Split { .. }) {
-            b.layout
-        } else {
-            Layout::Rep
+        let bl = match self.planned(op.output)?.strategy {
+            gantry_compiler::sharded::Strategy::Column => b.layout,
+            _ => Layout::Rep,
         };
         let av = self.convert(op.inputs[0], a, Layout::Rep)?;
         let bv = self.convert(op.inputs[1], b, bl)?;

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use gantry_compiler::point::DesignPoint;
+use gantry_compiler::sharded::{self, Program, Strategy};
 use gantry_lang::program::{
     Activation, BinaryOp, Graph, Item, Op, OpKind, Phase, Repeat, TensorId, Workload,
 };
@@ -1262,6 +1263,43 @@ struct Local {
     data: Vec<f32>,
 }
 
+/// The compiler's sharded program for this device's mesh, with the rows
+/// of each tensor at this microbatch (sequence parallelism needs them to
+/// cut into `tp` blocks).
+fn sharded_program(
+    g: &Graph,
+    shapes: &[Vec<usize>],
+    par: &Parallel,
+) -> Result<Program, RuntimeError> {
+    let elems: Vec<f64> = shapes.iter().map(|s| numel(s) as f64).collect();
+    let rows_fit = shapes
+        .iter()
+        .map(|s| {
+            let width = s.last().copied().unwrap_or(1).max(1);
+            Layout::rows_fit(numel(s) / width, par.tp)
+        })
+        .collect();
+    let mesh = sharded::Mesh {
+        tp: par.tp,
+        sp: par.sp,
+        rows_fit: Some(rows_fit),
+        symbolic: false,
+    };
+    sharded::build(g, &elems, &mesh).map_err(|e| {
+        unsupported(format!("tp = {}: {}", par.tp, e.reason))
+            .with_help("run this model with tp = 1, or write the block so its residual stream keeps one layout")
+    })
+}
+
+/// The runtime's form of a layout of the sharded program.
+fn layout_of(l: sharded::Layout) -> Layout {
+    match l {
+        sharded::Layout::Rep => Layout::Rep,
+        sharded::Layout::Cols { groups } => Layout::split(groups),
+        sharded::Layout::Rows => Layout::Rows,
+    }
+}
+
 fn is_elementwise(k: &OpKind) -> bool {
     matches!(
         k,
@@ -1322,9 +1360,9 @@ struct Dev<'a> {
     dry: bool,
     fused: Vec<bool>,
     producer: HashMap<TensorId, &'a Op>,
-    /// Column-parallel linears whose outputs are split into fewer blocks
-    /// than ranks (key/value projections with fewer heads than `tp`).
-    col_groups: HashMap<TensorId, usize>,
+    /// The compiler's sharded program for this mesh: every layout this
+    /// device reads and writes comes from it ([`gantry_compiler::sharded`]).
+    program: Program,
     weights: HashMap<(u32, Vec<u64>), Weights>,
     env: HashMap<TensorId, Local>,
     /// Conversions of the current values to other layouts ([`Dev::as_layout`]).
@@ -1393,21 +1431,7 @@ impl<'a> Dev<'a> {
                 fused[t.0 as usize] = false;
             }
         }
-        let mut col_groups = HashMap::new();
-        for op in graph::ops(&g.body) {
-            if let OpKind::Attention { kv_heads, .. } = op.kind
-                && (kv_heads as usize) < par.tp
-            {
-                for kv in &op.inputs[1..3] {
-                    if matches!(
-                        producer.get(kv).map(|o| &o.kind),
-                        Some(OpKind::Linear { .. })
-                    ) {
-                        col_groups.insert(*kv, kv_heads as usize);
-                    }
-                }
-            }
-        }
+        let program = sharded_program(g, &shapes, par)?;
         let dry = ep.is_none();
         Ok(Dev {
             g,
@@ -1424,7 +1448,7 @@ impl<'a> Dev<'a> {
             dry,
             fused,
             producer,
-            col_groups,
+            program,
             weights: HashMap::new(),
             env: HashMap::new(),
             converted: Default::default(),
@@ -1578,6 +1602,18 @@ impl<'a> Dev<'a> {
 
     fn rep(&self, t: TensorId) -> Result<Vec<f32>, RuntimeError> {
         self.as_layout(t, Layout::Rep)
+    }
+
+    /// The layout the sharded program stores `t` in.
+    fn layout(&self, t: TensorId) -> Layout {
+        layout_of(self.program.layout(t))
+    }
+
+    /// The sharded program's op producing `t`.
+    fn planned(&self, t: TensorId) -> Result<&sharded::ShardedOp, RuntimeError> {
+        self.program
+            .op(t)
+            .ok_or_else(|| unsupported(format!("no sharded op produces %{}", t.0)))
     }
 
     // ------------------------------------------------------------ kernels
@@ -1993,20 +2029,9 @@ impl<'a> Dev<'a> {
     fn elementwise(&mut self, op: &Op) -> Result<Local, RuntimeError> {
         let mut leaves = Vec::new();
         let expr = self.expr_of(op, &mut leaves);
-        // Leaves agree on one layout: the first column split, if any, else
-        // row blocks if any leaf has them (a replicated leaf is sliced
-        // locally), else replicated.
-        let mut layout = Layout::Rep;
-        for l in &leaves {
-            let x = self.get(*l)?;
-            if let Layout::Split { .. } = x.layout {
-                layout = x.layout;
-                break;
-            }
-            if x.layout == Layout::Rows {
-                layout = Layout::Rows;
-            }
-        }
+        // The sharded program's layout of the chain's result; every leaf
+        // is read in it (a replicated leaf is sliced locally).
+        let layout = self.layout(op.output);
         let data: Vec<Vec<f32>> = leaves
             .iter()
             .map(|l| self.as_layout(*l, layout))
@@ -2060,8 +2085,7 @@ impl<'a> Dev<'a> {
         bias: bool,
     ) -> Result<Local, RuntimeError> {
         let (tp, t) = (self.par.tp, self.t);
-        let x = self.get(op.inputs[0])?.layout;
-        let row_parallel = x == Layout::split(tp) && tp > 1;
+        let row_parallel = self.planned(op.output)?.strategy == Strategy::Row;
         let rows = self.numel(op.inputs[0]) / d_in.max(1);
         if row_parallel {
             let ks = Layout::split(tp).range(d_in, tp, t);
@@ -2087,7 +2111,7 @@ impl<'a> Dev<'a> {
             };
             let empty = Vec::new();
             let mut y = self.mm(rows, kl, d_out, &xl, w.first().unwrap_or(&empty), bias_v)?;
-            if self.par.sp && Layout::rows_fit(rows, tp) {
+            if self.layout(op.output) == Layout::Rows {
                 // Sequence parallelism: each rank keeps its block of rows.
                 if !self.dry {
                     y = self.endpoint()?.reduce_scatter(&self.tp_group(), &y)?;
@@ -2104,8 +2128,7 @@ impl<'a> Dev<'a> {
             });
         }
         // Column-parallel (or plain when tp = 1).
-        let groups = self.col_groups.get(&op.output).copied().unwrap_or(tp);
-        let layout = Layout::split(groups);
+        let layout = self.layout(op.output);
         let cols = layout.range(d_out, tp, t);
         let nl = cols.len();
         let w = self.weights(op, path, |dev, ps| {
@@ -2137,13 +2160,15 @@ impl<'a> Dev<'a> {
     }
 
     fn matmul(&mut self, op: &Op) -> Result<Local, RuntimeError> {
-        let a = self.get(op.inputs[0])?.layout;
-        let b = self.get(op.inputs[1])?.layout;
-        let (layout, bl) = if a == Layout::Rep && matches!(b, Layout::Split { .. }) {
-            (b, b)
-        } else {
-            (Layout::Rep, Layout::Rep)
-        };
+        let planned = self.planned(op.output)?;
+        let bl = layout_of(
+            planned
+                .reads
+                .get(1)
+                .copied()
+                .unwrap_or(sharded::Layout::Rep),
+        );
+        let layout = layout_of(planned.layout);
         let av = self.rep(op.inputs[0])?;
         let bv = self.as_layout(op.inputs[1], bl)?;
         let ashape = self.shapes[op.inputs[0].0 as usize].clone();
@@ -2199,8 +2224,7 @@ impl<'a> Dev<'a> {
                 &mut out,
             )?;
         }
-        let rows = self.numel(op.output) / dim.max(1);
-        if self.par.sp && self.par.tp > 1 && Layout::rows_fit(rows, self.par.tp) {
+        if self.layout(op.output) == Layout::Rows {
             // Sequence parallelism: the partial lookups are reduce-scattered
             // into the row blocks the residual stream is kept in.
             if !self.dry {
@@ -2366,13 +2390,7 @@ impl<'a> Dev<'a> {
     /// The local attention of `op` given its operands' layouts: the
     /// kernel's spec (local heads and their offsets), the layout the query
     /// (and result) is used in and the layout of the keys and values.
-    fn attention_plan(
-        &self,
-        op: &Op,
-        ql: Layout,
-        kl: Layout,
-        vl: Layout,
-    ) -> Result<(AttentionSpec, Layout, Layout), RuntimeError> {
+    fn attention_plan(&self, op: &Op) -> Result<(AttentionSpec, Layout, Layout), RuntimeError> {
         let OpKind::Attention {
             heads,
             kv_heads,
@@ -2391,27 +2409,40 @@ impl<'a> Dev<'a> {
             self.t,
         );
         let group = h / kvh.max(1);
-        let (q_layout, hl, qoff) = if ql == Layout::split(tp) && tp > 1 {
-            (ql, h / tp, t * (h / tp))
-        } else {
-            (Layout::Rep, h, 0)
+        // The sharded program reads q split by heads (or whole) and k, v
+        // split into their own blocks (or whole).
+        let planned = self.planned(op.output)?;
+        let read = |i: usize| {
+            layout_of(
+                planned
+                    .reads
+                    .get(i)
+                    .copied()
+                    .unwrap_or(sharded::Layout::Rep),
+            )
         };
-        // Key/value heads the local query heads read.
-        let need = (qoff / group, (qoff + hl - 1) / group + 1);
-        let mut kv_layout = Layout::Rep;
-        let mut kv_off = 0;
-        let mut kv_local = kvh;
-        if let Layout::Split { groups } = kl
-            && kl == vl
-            && kvh % groups == 0
-        {
-            let bi = kl.block_of(tp, t);
-            let per = kvh / groups;
-            if bi * per <= need.0 && need.1 <= (bi + 1) * per {
-                kv_layout = kl;
-                kv_off = bi * per;
-                kv_local = per;
+        let (q_layout, kv_layout) = (read(0), read(1));
+        let (hl, qoff) = if q_layout == Layout::Rep {
+            (h, 0)
+        } else {
+            (h / tp, t * (h / tp))
+        };
+        let (kv_off, kv_local) = match kv_layout {
+            Layout::Split { groups } => {
+                let per = kvh / groups.max(1);
+                (kv_layout.block_of(tp, t) * per, per)
             }
+            _ => (0, kvh),
+        };
+        // Every local query head must find its key/value head locally.
+        let need = (qoff / group, (qoff + hl).saturating_sub(1) / group + 1);
+        if need.0 < kv_off || need.1 > kv_off + kv_local {
+            return Err(unsupported(format!(
+                "attention %{}: query heads {}..{} read key/value heads outside the local block",
+                op.output.0,
+                qoff,
+                qoff + hl
+            )));
         }
         let qs = &self.shapes[op.inputs[0].0 as usize];
         let ks = &self.shapes[op.inputs[1].0 as usize];
@@ -2474,12 +2505,7 @@ impl<'a> Dev<'a> {
     }
 
     fn attention(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
-        let (mut spec, q_layout, kv_layout) = self.attention_plan(
-            op,
-            self.get(op.inputs[0])?.layout,
-            self.get(op.inputs[1])?.layout,
-            self.get(op.inputs[2])?.layout,
-        )?;
+        let (mut spec, q_layout, kv_layout) = self.attention_plan(op)?;
         let q = self.as_layout(op.inputs[0], q_layout)?;
         let mut k = self.as_layout(op.inputs[1], kv_layout)?;
         let mut v = self.as_layout(op.inputs[2], kv_layout)?;
@@ -2529,9 +2555,9 @@ impl<'a> Dev<'a> {
     }
 
     fn row_op(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
-        let layout = self.get(op.inputs[0])?.layout;
-        // Row blocks are normalized where they are; a column split is
-        // gathered first.
+        // Row blocks are normalized where they are; anything else is read
+        // whole (a feature split is gathered) and the result is whole.
+        let layout = self.layout(op.output);
         let x = if layout == Layout::Rows {
             self.get(op.inputs[0])?.data.clone()
         } else {
@@ -2560,13 +2586,7 @@ impl<'a> Dev<'a> {
             }
             out
         };
-        // The result keeps its input's layout (the compiler's rule).
-        let data = if matches!(layout, Layout::Rep | Layout::Rows) || self.dry {
-            full
-        } else {
-            layout.local_part(&full, dim, self.par.tp, self.t)
-        };
-        Ok(Local { layout, data })
+        Ok(Local { layout, data: full })
     }
 
     /// Sends `[expert, token row]` records to the expert owners (an
