@@ -252,7 +252,7 @@ pub fn concat(dy: &[f32], shapes: &[&[usize]], axis: usize) -> Vec<Vec<f32>> {
         starts.push(at);
         at += w;
     }
-    let rows = if total == 0 { 0 } else { dy.len() / total };
+    let rows = dy.len().checked_div(total).unwrap_or(0);
     widths
         .iter()
         .zip(&starts)
