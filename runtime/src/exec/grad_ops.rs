@@ -415,47 +415,60 @@ mod tests {
             }
         }
         if t.get(*i).map(String::as_str) == Some("as") {
-            *i += 2;
             path.push("as".into());
+            path.extend(t.get(*i + 1).cloned());
+            *i += 2;
         }
         out.push((path, false));
     }
 
     /// Every way `src` reaches into the reference modules for something
     /// not in [`ALLOWED`]: imports (of a module, a glob, an alias or a
-    /// disallowed item) and paths `backward::x` / `reference::x`.
+    /// disallowed item) and paths `backward::x` / `reference::x` (or
+    /// through a module alias an import made).
     fn violations(src: &str) -> Vec<String> {
         let t = tokens(src);
-        let mut bad = Vec::new();
+        let (mut bad, mut modules) = (
+            Vec::new(),
+            MODULES.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        );
+        let mut code = Vec::new();
         let mut i = 0;
         while i < t.len() {
-            if t[i] == "use" {
+            if t[i] != "use" {
+                code.push(i);
                 i += 1;
-                let mut paths = Vec::new();
-                use_tree(&t, &mut i, &[], &mut paths);
-                for (p, glob) in paths {
-                    let Some(m) = p.iter().position(|s| MODULES.contains(&s.as_str())) else {
-                        continue;
-                    };
-                    let item = p.get(m + 1).map(String::as_str);
-                    let aliased = p.last().map(String::as_str) == Some("as");
-                    if glob
-                        || aliased
-                        || p.len() != m + 2
-                        || !item.is_some_and(|x| ALLOWED.contains(&x))
-                    {
-                        bad.push(format!("use {}", p.join("::")));
-                    }
-                }
                 continue;
             }
-            if MODULES.contains(&t[i].as_str()) && t.get(i + 1).map(String::as_str) == Some("::") {
+            i += 1;
+            let mut paths = Vec::new();
+            use_tree(&t, &mut i, &[], &mut paths);
+            for (p, glob) in paths {
+                let Some(m) = p.iter().position(|s| MODULES.contains(&s.as_str())) else {
+                    continue;
+                };
+                let item = p.get(m + 1).map(String::as_str);
+                let alias = p.iter().position(|s| s == "as");
+                if alias.is_some_and(|a| a <= m + 2 && !item.is_some_and(|x| ALLOWED.contains(&x)))
+                {
+                    modules.extend(p.last().cloned());
+                }
+                if glob
+                    || alias.is_some()
+                    || p.len() != m + 2
+                    || !item.is_some_and(|x| ALLOWED.contains(&x))
+                {
+                    bad.push(format!("use {}", p.join("::")));
+                }
+            }
+        }
+        for i in code {
+            if modules.contains(&t[i]) && t.get(i + 1).map(String::as_str) == Some("::") {
                 let item = t.get(i + 2).map_or("", String::as_str);
                 if !ALLOWED.contains(&item) {
                     bad.push(format!("{}::{item}", t[i]));
                 }
             }
-            i += 1;
         }
         bad
     }
@@ -509,6 +522,10 @@ mod tests {
         ] {
             assert!(!violations(src).is_empty(), "{src}");
         }
+        // The call through the alias is named too, not only the import.
+        let aliased = "use crate::backward::{self as refgrad, Gradients};\n\
+                       fn f() { refgrad::attention_grad(); }";
+        assert_eq!(violations(aliased).len(), 2, "{:?}", violations(aliased));
         let fine = "use crate::backward::{Gradients, ParamKey};\n\
                     use crate::reference::clamp_id; // backward::attention_grad\n\
                     fn f() { let s = \"reference::softmax\"; self.backward(); let c = '\"'; }";
