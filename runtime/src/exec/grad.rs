@@ -22,9 +22,10 @@
 //!
 //! GEMMs of the backward pass (`dX = dY Wᵀ`, `dW = Xᵀ dY`, experts, MLPs)
 //! and the elementwise, norm and softmax gradients run on JIT kernels;
-//! attention's, interact's and concat's local gradients reuse the
-//! reference's plain loops (they are checked against finite differences
-//! there). Parameter gradients are summed over the microbatches and then
+//! attention's, interact's, concat's, the embedding bag's and the SwiGLU
+//! gate's local gradients are [`super::grad_ops`]'s own (none of the
+//! reference's gradient arithmetic is called: it is what they are checked
+//! against). Parameter gradients are summed over the microbatches and then
 //! reduced: over data-parallel replicas, over tensor-parallel ranks too
 //! where the forward ran on sequence-parallel rows (norm gains), over the
 //! replicas that hold the same experts, and not at all for table-wise
@@ -38,8 +39,9 @@ use std::ops::Range;
 
 use gantry_lang::program::{Activation, BinaryOp, Graph, OpKind, TensorId};
 
+use super::grad_ops;
 use super::{Dev, Local, TableShard, route};
-use crate::backward::{self as refgrad, Gradients, ParamKey};
+use crate::backward::{Gradients, ParamKey};
 use crate::comm::Kind;
 use crate::error::{RCode, RuntimeError, unsupported};
 use crate::graph::{self, numel};
@@ -800,7 +802,7 @@ impl Dev<'_> {
                     k = self.cp_gather(&k, b, n)?;
                     v = self.cp_gather(&v, b, n)?;
                 }
-                let (dq, mut dk, mut dv) = attention_backward(&spec, b, &q, &k, &v, &dy);
+                let (dq, mut dk, mut dv) = grad_ops::attention(&spec, b, &q, &k, &v, &dy);
                 if self.par.cp > 1 {
                     // Keys and values of other chunks send their gradients home.
                     dk = self.cp_scatter(&dk, b, n)?;
@@ -928,7 +930,7 @@ impl Dev<'_> {
                 let sparse = self.slot_as(op.inputs[1], e.ins[1], val(1), Layout::Rep)?;
                 let b = self.shapes[op.inputs[0].0 as usize][0];
                 let n = (*vectors as usize).saturating_sub(1);
-                let (dd, ds) = refgrad::interact_grad(&dense, &sparse, &dy, b, n, *dim as usize);
+                let (dd, ds) = grad_ops::interact(&dense, &sparse, &dy, b, n, *dim as usize);
                 vec![
                     (0, Grad::In(Layout::Rep, dd)),
                     (1, Grad::In(Layout::Rep, ds)),
@@ -940,7 +942,7 @@ impl Dev<'_> {
                     .iter()
                     .map(|i| self.shapes[i.0 as usize].as_slice())
                     .collect();
-                refgrad::concat_grad(&dy, &shapes, *axis)
+                grad_ops::concat(&dy, &shapes, *axis)
                     .into_iter()
                     .enumerate()
                     .map(|(i, g)| (i, Grad::In(Layout::Rep, g)))
@@ -1133,7 +1135,7 @@ impl Dev<'_> {
         let mut scatter = |q: &[f32], dq: &[f32], cols: &[usize]| {
             for (j, ti) in cols.iter().enumerate() {
                 let t = &tables[*ti];
-                refgrad::embedding_bag_table_grad_into(
+                grad_ops::embedding_bag_scatter(
                     &mut dtab[*ti],
                     q,
                     dq,
@@ -1362,11 +1364,7 @@ impl Dev<'_> {
                 let dh = self.mm_nt(&dye, &w2, n, d, flen)?;
                 let dw2 = self.mm_tn(&wk.h, &dye, n, flen, d)?;
                 // h = silu(a) * b
-                let sa = silu(&wk.a);
-                let da: Vec<f32> = (0..dh.len())
-                    .map(|i| dh[i] * wk.b[i] * refgrad::activation_grad(Activation::Silu, wk.a[i]))
-                    .collect();
-                let db: Vec<f32> = dh.iter().zip(&sa).map(|(g, s)| g * s).collect();
+                let (da, db) = grad_ops::swiglu_gate(&dh, &wk.a, &wk.b);
                 let dw1 = self.mm_tn(&wk.xe, &da, n, d, flen)?;
                 let dw3 = self.mm_tn(&wk.xe, &db, n, d, flen)?;
                 let mut dxe = self.mm_nt(&da, &w1, n, flen, d)?;
@@ -1439,55 +1437,6 @@ impl Dev<'_> {
             ),
         ])
     }
-}
-
-/// Local attention gradients for the heads of `spec` (query head `i` is
-/// global head `q_head_offset + i` and reads key/value head
-/// `(q_head_offset + i) / group - kv_head_offset` of the local ones); each
-/// head's gradient is the reference's ([`refgrad::attention_grad`]).
-fn attention_backward(
-    spec: &jit::AttentionSpec,
-    b: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    dout: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let hd = spec.head_dim;
-    let (sq, skv) = (spec.seq_q, spec.seq_kv);
-    let (qw, kw) = (spec.heads * hd, spec.kv_heads * hd);
-    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    let cut = |src: &[f32], rows: usize, width: usize, h: usize| -> Vec<f32> {
-        (0..rows)
-            .flat_map(|r| {
-                src[r * width + h * hd..r * width + (h + 1) * hd]
-                    .iter()
-                    .copied()
-            })
-            .collect()
-    };
-    let add = |dst: &mut [f32], part: &[f32], rows: usize, width: usize, h: usize| {
-        for r in 0..rows {
-            for j in 0..hd {
-                dst[r * width + h * hd + j] += part[r * hd + j];
-            }
-        }
-    };
-    for h in 0..spec.heads {
-        let g = (spec.q_head_offset + h) / spec.group.max(1) - spec.kv_head_offset;
-        let (qh, kh, vh) = (
-            cut(q, b * sq, qw, h),
-            cut(k, b * skv, kw, g),
-            cut(v, b * skv, kw, g),
-        );
-        let doh = cut(dout, b * sq, qw, h);
-        let (a, bk, c) =
-            refgrad::attention_grad(&qh, &kh, &vh, &doh, [b, sq, skv], 1, 1, hd, spec.causal);
-        add(&mut dq, &a, b * sq, qw, h);
-        add(&mut dk, &bk, b * skv, kw, g);
-        add(&mut dv, &c, b * skv, kw, g);
-    }
-    (dq, dk, dv)
 }
 
 /// The smallest scale a parameter's gradient is compared at, as a

@@ -54,6 +54,7 @@ use crate::layout::{Layout, block};
 use crate::reference;
 
 mod grad;
+mod grad_ops;
 
 use grad::Tape;
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
