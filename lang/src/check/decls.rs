@@ -473,7 +473,9 @@ impl Checker {
                     it.value.span,
                 )
                 .with_label(it.value.span, "the reserve is at least the whole memory")
-                .with_help("the reserve is the HBM kept back for the runtime, e.g. `reserve = 2 GB`"),
+                .with_help(
+                    "the reserve is the HBM kept back for the runtime, e.g. `reserve = 2 GB`",
+                ),
             );
         }
         self.leave(&key);
