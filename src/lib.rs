@@ -8,7 +8,86 @@
 //! project that has a `stdlib/`), then against the folders given with
 //! `--lib`, then against the bundled standard library of this checkout.
 
+/// `print!` to stdout that never panics: a closed pipe (`gantry kernels
+/// ... | head -1`) ends the process quietly with exit code 0, since the
+/// reader has all it asked for; any other write error is ignored.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        $crate::exit_on_closed_pipe(write!(std::io::stdout().lock(), $($t)*));
+    }};
+}
+
+/// `println!` to stdout that never panics (see [`out!`]).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        $crate::exit_on_closed_pipe(writeln!(std::io::stdout().lock(), $($t)*));
+    }};
+}
+
+/// Ends the process quietly (exit 0) when stdout's reader has gone away.
+pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
+    if let Err(e) = r
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 pub mod runtime_cli;
+
+/// Prints a pin or planner error and returns its exit code: 2 for `C006`
+/// (a malformed or out-of-range `--fix`/`--pin`, a usage error), 1 for
+/// every other code (the pins do not fit this plan, or nothing is
+/// feasible). One rule for every command (docs/PLANNER.md, "Exit codes").
+pub fn pin_error(e: &gantry_compiler::point::PinError) -> std::process::ExitCode {
+    pin_error_with(e, &Default::default())
+}
+
+/// [`pin_error`] for a point resolved with command-line `pins`: a `C001`
+/// (too many devices) names the degrees given on the command line, the
+/// knobs the user changed, rather than the compiler's guess.
+pub fn pin_error_with(
+    e: &gantry_compiler::point::PinError,
+    pins: &std::collections::BTreeMap<String, gantry_compiler::point::Pin>,
+) -> std::process::ExitCode {
+    let given: Vec<&str> = ["dp", "tp", "pp", "cp"]
+        .into_iter()
+        .filter(|k| pins.contains_key(*k))
+        .collect();
+    let knob = match e.knob {
+        "search" | "fix" => String::new(),
+        _ if e.code == gantry_lang::diagnostic::Code::C001 && !given.is_empty() => {
+            format!(" (knob `{}`)", given.join("`, `"))
+        }
+        k => format!(" (knob `{k}`)"),
+    };
+    eprintln!("error[{}]: {}{knob}\n  help: {}", e.code, e.message, e.help);
+    std::process::ExitCode::from(if e.code == gantry_lang::diagnostic::Code::C006 {
+        2
+    } else {
+        1
+    })
+}
+
+/// Warns (`C013`) about each command-line pin that overrides a different
+/// value in the plan's `fix` block, naming both.
+pub fn warn_overridden(
+    flag: &str,
+    pins: &std::collections::BTreeMap<String, gantry_compiler::point::Pin>,
+    fixed: &std::collections::BTreeMap<String, gantry_lang::program::Domain>,
+) {
+    for (k, cli, plan) in gantry_compiler::point::overridden(pins, fixed) {
+        eprintln!(
+            "warning[C013]: {flag} {k}={cli} overrides the plan's `fix {k} = {plan}`\n  help: the command line wins; drop `{k}` from {flag} to use the plan's value"
+        );
+    }
+}
+
+use std::io::Read;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -85,9 +164,25 @@ impl Loader for FsLoader {
         if meta.len() > MAX_FILE_BYTES as u64 {
             return Err(LoadError::TooLarge(meta.len()));
         }
-        let bytes = std::fs::read(name).map_err(|e| LoadError::Other(e.to_string()))?;
+        // Devices and pipes report a length of 0: the read itself is bounded.
+        let bytes = match read_bounded(Path::new(name), MAX_FILE_BYTES as u64) {
+            Ok(Ok(b)) => b,
+            Ok(Err(n)) => return Err(LoadError::TooLarge(n)),
+            Err(e) => return Err(LoadError::Other(e.to_string())),
+        };
         String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8)
     }
+}
+
+/// Reads at most `limit` bytes of a file. `Ok(Err(n))` when it holds more:
+/// `n` is the bytes read before stopping (`limit` + 1), so `/dev/zero` or
+/// an endless pipe costs `limit` bytes of memory, not all of it.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Result<Vec<u8>, u64>> {
+    let f = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    f.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    let n = bytes.len() as u64;
+    Ok(if n > limit { Err(n) } else { Ok(bytes) })
 }
 
 /// Checks files on disk with the default loader.

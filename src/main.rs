@@ -9,20 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use gantry::check_files;
 
-/// `print!` that ignores a closed pipe (`gantry explain | head`) instead of
-/// panicking; nothing else can fail when writing to stdout.
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let _ = write!(std::io::stdout().lock(), $($t)*);
-    }};
-}
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout().lock(), $($t)*);
-    }};
-}
+use gantry::{out, outln, pin_error, pin_error_with};
 use gantry_lang::diagnostic;
 
 #[derive(Parser)]
@@ -103,7 +90,7 @@ enum Command {
         /// Evaluate this one design point instead of searching, e.g.
         /// `dp=4,tp=8,pp=2,recompute=full,microbatch=1` (unpinned knobs take
         /// their documented defaults).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["pin", "top", "export"])]
         fix: Option<String>,
         /// Pins that narrow the search without stopping it (same syntax as --fix).
         #[arg(long)]
@@ -265,10 +252,18 @@ fn explain(code: Option<&str>) -> ExitCode {
 fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
     let mut status = 0u8;
     for f in files {
-        let text = match std::fs::read(f).map(String::from_utf8) {
-            Ok(Ok(t)) => t,
+        let limit = gantry_lang::check::MAX_FILE_BYTES as u64;
+        let text = match gantry::read_bounded(std::path::Path::new(f), limit) {
+            Ok(Ok(b)) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    eprintln!("error[L005]: `{f}` is not UTF-8 text");
+                    status = status.max(1);
+                    continue;
+                }
+            },
             Ok(Err(_)) => {
-                eprintln!("error[L005]: `{f}` is not UTF-8 text");
+                eprintln!("error[L006]: `{f}` is more than the {limit} byte limit");
                 status = status.max(1);
                 continue;
             }
@@ -320,16 +315,14 @@ fn plan_cmd(
     use gantry_compiler::{plan, point, report};
     let pins = match fix.map(point::parse_fix).transpose() {
         Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
-            return ExitCode::from(2);
-        }
+        Err(e) => return pin_error(&e),
     };
     let p = match load_plan(file, plan, lib) {
         Ok(p) => p,
         Err(code) => return code,
     };
     let p = &p;
+    gantry::warn_overridden("--fix", &pins, &p.fixed);
     match plan::evaluate(p, &pins) {
         Ok(ev) => {
             match format {
@@ -340,16 +333,59 @@ fn plan_cmd(
                 ReportFormat::Text => out!("{}", report::text(&ev, false)),
                 ReportFormat::Markdown => out!("{}", report::text(&ev, true)),
             }
-            ExitCode::SUCCESS
+            // The point is reported either way; an infeasible one (over
+            // HBM, or missing a `subject to` constraint) exits 1.
+            let e = &ev.estimate;
+            let mut misses = Vec::new();
+            if !e.feasible {
+                misses.push(format!(
+                    "needs {} per device, HBM holds {}",
+                    gantry_lang::units::Quantity::new(
+                        e.memory.total(),
+                        gantry_lang::units::Dim::BYTES
+                    ),
+                    gantry_lang::units::Quantity::new(
+                        e.memory.capacity,
+                        gantry_lang::units::Dim::BYTES
+                    )
+                ));
+            }
+            for c in &p.constraints {
+                if !gantry_compiler::search::meets(c, e).0 {
+                    misses.push(format!("misses `subject to {}`", constraint_text(c)));
+                }
+            }
+            if misses.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error[C010]: the pinned design point is INFEASIBLE: {}\n  help: pin other knobs, or search without --fix",
+                    misses.join("; ")
+                );
+                ExitCode::from(1)
+            }
         }
-        Err(e) => {
-            eprintln!(
-                "error[{}]: {} (knob `{}`)\n  help: {}",
-                e.code, e.message, e.knob, e.help
-            );
-            ExitCode::from(1)
+        Err(e) => pin_error_with(&e, &pins),
+    }
+}
+
+fn constraint_text(c: &gantry_lang::program::Constraint) -> String {
+    use gantry_lang::program::{Cmp, MetricExpr};
+    fn expr(m: &MetricExpr) -> String {
+        match m {
+            MetricExpr::Const(q) => q.to_string(),
+            MetricExpr::Metric(n) => n.clone(),
+            MetricExpr::Neg(a) => format!("-{}", expr(a)),
+            MetricExpr::Binary(op, a, b) => format!("({} {op} {})", expr(a), expr(b)),
         }
     }
+    let op = match c.cmp {
+        Cmp::Lt => "<",
+        Cmp::Le => "<=",
+        Cmp::Gt => ">",
+        Cmp::Ge => ">=",
+    };
+    format!("{} {op} {}", expr(&c.lhs), expr(&c.rhs))
 }
 
 fn validate_cmd(dir: &std::path::Path) -> ExitCode {
@@ -477,20 +513,15 @@ fn search_cmd(
     };
     let pins = match pin.map(point::parse_fix).transpose() {
         Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
-            return ExitCode::from(2);
-        }
+        Err(e) => return pin_error(&e),
     };
+    gantry::warn_overridden("--pin", &pins, &p.fixed);
     let started = std::time::Instant::now();
     let result = gplan::search(&p, &pins, top.max(1));
     let seconds = started.elapsed().as_secs_f64();
     let s = match result {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
-            return ExitCode::from(1);
-        }
+        Err(e) => return pin_error_with(&e, &pins),
     };
     let metric = &p.objective.1;
     let best = &s.best.estimate;

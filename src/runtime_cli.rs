@@ -29,11 +29,12 @@ pub struct TargetArgs {
     /// Pins, e.g. `dp=2,tp=2,pp=2,microbatch=1`.
     #[arg(long)]
     pub fix: Option<String>,
-    /// The design point from `gantry plan --format json` output instead of pins.
-    #[arg(long = "plan-json")]
+    /// The design point from `gantry plan --format json` output instead of
+    /// pins (it sets the devices too: not with --fix or --devices).
+    #[arg(long = "plan-json", conflicts_with_all = ["fix", "devices"])]
     pub plan_json: Option<PathBuf>,
-    /// Simulated devices (default: the product of the pinned degrees).
-    #[arg(long)]
+    /// Simulated devices, 1 to 2^24 (default: the product of the pinned degrees).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=gantry_lang::check::MAX_KNOB_VALUE as u64))]
     pub devices: Option<u64>,
     /// Model arguments, `batch`, `seq` and `rows` at a small scale, e.g.
     /// `layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4`.
@@ -53,7 +54,7 @@ pub struct RunArgs {
     pub seed: Option<u64>,
     /// Largest accepted relative error per output and per parameter
     /// gradient.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
     pub tolerance: f64,
     /// Gradients of one step: `auto` (training workloads), `on` (any
     /// workload; the loss is the sum of the outputs) or `off`.
@@ -61,7 +62,7 @@ pub struct RunArgs {
     pub grad: Grads,
     /// Largest simulated memory in GB (all devices and the reference);
     /// a bigger run is refused with R007 before anything is allocated.
-    #[arg(long = "max-memory", default_value_t = 4.0)]
+    #[arg(long = "max-memory", default_value_t = 4.0, value_parser = positive)]
     pub max_memory: f64,
 }
 
@@ -98,8 +99,28 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub quick: bool,
     /// Power to declare, in watts (cannot be measured from user space).
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 100.0, value_parser = positive)]
     pub power: f64,
+}
+
+/// A finite number at least 0 (`--tolerance`): NaN would pass every
+/// comparison and infinity every result.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be a finite number at least 0, got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number above 0 (`--max-memory`, `--power`): NaN would disable
+/// the memory guard.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(x) => Err(format!("must be a finite number above 0, got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn fail(e: &RuntimeError) -> ExitCode {
@@ -321,22 +342,26 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     }
     let workload = plan.workload.clone();
     if let Some(path) = &a.plan_json {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            eprintln!("error: cannot read `{}`: {e}", path.display());
-            ExitCode::from(2)
-        })?;
+        // Bounded: `/dev/zero` or an endless pipe reports a length of 0.
+        let limit = gantry_lang::check::MAX_FILE_BYTES as u64;
+        let bytes = match crate::read_bounded(path, limit) {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return Err(fail(&RuntimeError::new(
+                    gantry_runtime::RCode::R002,
+                    format!(
+                        "plan JSON `{}` is more than the {limit} byte limit",
+                        path.display()
+                    ),
+                )));
+            }
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", path.display());
+                return Err(ExitCode::from(2));
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
         let pp = plan_json::parse(&text, &workload.name).map_err(|e| fail(&e))?;
-        if let Some(n) = a.devices
-            && n < pp.point.devices()
-        {
-            return Err(fail(&RuntimeError::new(
-                gantry_runtime::RCode::R002,
-                format!(
-                    "the plan uses {} devices but only {n} are simulated",
-                    pp.point.devices()
-                ),
-            )));
-        }
         let par =
             Parallel::from_point(&pp.point, &workload, &pp.stage_layers).map_err(|e| fail(&e))?;
         return Ok(Target {
@@ -349,11 +374,10 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     }
     let mut pins = match a.fix.as_deref().map(point::parse_fix).transpose() {
         Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
-            return Err(ExitCode::from(2));
-        }
+        Err(e) => return Err(crate::pin_error(&e)),
     };
+    crate::warn_overridden("--fix", &pins, &plan.fixed);
+    let cli_pins = pins.clone();
     for (k, v) in point::pins_from_plan(&plan.fixed) {
         pins.entry(k).or_insert(v);
     }
@@ -362,22 +386,27 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         pins.insert("batch".into(), Pin::Int(b));
     }
     plan.fixed.clear();
-    let devices = a.devices.unwrap_or_else(|| {
-        ["dp", "tp", "pp", "cp"]
+    // Pins are at most 2^24 each: their product is checked, and so is the
+    // device count against the same bound as --devices.
+    let max = gantry_lang::check::MAX_KNOB_VALUE as u64;
+    let devices = match a.devices {
+        Some(n) => n,
+        None => ["dp", "tp", "pp", "cp"]
             .iter()
             .map(|k| pin_int(&pins, k).unwrap_or(1))
-            .product()
-    });
+            .try_fold(1u64, |x, y| x.checked_mul(y))
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                fail(&RuntimeError::new(
+                    gantry_runtime::RCode::R007,
+                    format!("the pinned degrees need more than {max} simulated devices"),
+                ))
+            })?,
+    };
     plan.system = simulated_system(devices.max(1), plan.span);
     let ev = match gantry_compiler::plan::evaluate(&plan, &pins) {
         Ok(ev) => ev,
-        Err(e) => {
-            eprintln!(
-                "error[{}]: {} (knob `{}`)\n  help: {}",
-                e.code, e.message, e.knob, e.help
-            );
-            return Err(ExitCode::from(1));
-        }
+        Err(e) => return Err(crate::pin_error_with(&e, &cli_pins)),
     };
     let placement = gantry_compiler::plan::table_placement(&ev, &plan);
     let par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
@@ -422,7 +451,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    println!(
+    crate::outln!(
         "run {} ({}): {}({})",
         t.plan,
         t.workload.name,
@@ -433,7 +462,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             args.join(", ")
         }
     );
-    println!(
+    crate::outln!(
         "  bind {}; {} simulated devices: {}",
         binds.join(" "),
         t.par.devices(),
@@ -441,7 +470,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
     );
     if !t.par.tables.is_empty() {
         let count = |f: fn(&exec::TableShard) -> bool| t.par.tables.iter().filter(|s| f(s)).count();
-        println!(
+        crate::outln!(
             "  embedding tables: {} table-wise, {} row-wise, {} replicated (the planner's placement)",
             count(|s| matches!(s, exec::TableShard::Table(_))),
             count(|s| matches!(s, exec::TableShard::Row)),
@@ -464,27 +493,35 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    println!(
+    crate::outln!(
         "  {} microbatches per replica, {} kernels compiled over all devices",
-        report.microbatches, report.kernels
+        report.microbatches,
+        report.kernels
     );
     for o in &report.outputs {
-        println!(
+        crate::outln!(
             "  output {} {:?}: max abs error {:.3e}, max rel error {:.3e}",
-            o.name, o.shape, o.max_abs, o.max_rel
+            o.name,
+            o.shape,
+            o.max_abs,
+            o.max_rel
         );
     }
     if let Some(g) = &report.gradients {
-        println!(
+        crate::outln!(
             "  gradients of one step (loss = sum of outputs): {} parameter tensors, {} elements, {} device blocks",
-            g.params, g.elements, g.blocks
+            g.params,
+            g.elements,
+            g.blocks
         );
-        println!(
+        crate::outln!(
             "  gradient max abs error {:.3e}, max rel error {:.3e} (worst: {})",
-            g.max_abs, g.max_rel, g.worst
+            g.max_abs,
+            g.max_rel,
+            g.worst
         );
         if let Some(s) = &report.step {
-            println!(
+            crate::outln!(
                 "  {} step (ZeRO-{}): {} parameter blocks {} the unsharded step bit for bit; optimizer state {} floats on the fullest device ({} unsharded)",
                 s.optimizer,
                 s.zero,
@@ -499,15 +536,16 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             );
         }
         if g.zero_params > 0 {
-            println!(
+            crate::outln!(
                 "  note: {} of the {} parameter gradients are zero in the reference too (a dead ReLU at this scale?); another --seed checks more",
-                g.zero_params, g.params
+                g.zero_params,
+                g.params
             );
         }
     }
     let rows = traffic_rows(&t, &report);
     if !rows.is_empty() {
-        println!(
+        crate::outln!(
             "  bytes sent by the busiest device per step ({} B per element), run vs cost model:",
             t.workload.dtype.bytes().unwrap_or(4)
         );
@@ -517,7 +555,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                 .iter()
                 .map(|(w, b)| format!("{w} {}", human_bytes(*b)))
                 .collect();
-            println!(
+            crate::outln!(
                 "    {:<10} {:>13}   {}",
                 r.label,
                 human_bytes(r.measured),
@@ -532,7 +570,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
     match report.error() {
         Some(e) => fail(&e),
         None => {
-            println!(
+            crate::outln!(
                 "ok: every output{} within {:.0e} (relative) of the reference interpreter",
                 if report.gradients.is_some() {
                     " and parameter gradient"
@@ -554,7 +592,7 @@ pub fn kernels_cmd(a: &KernelsArgs) -> ExitCode {
     };
     match exec::kernels(&t.workload, &t.par, a.device) {
         Ok(ks) => {
-            println!(
+            crate::outln!(
                 "; {} kernels of device {} ({}), {}",
                 ks.len(),
                 a.device,
@@ -562,7 +600,7 @@ pub fn kernels_cmd(a: &KernelsArgs) -> ExitCode {
                 exec::describe(&t.par)
             );
             for (i, (name, clif)) in ks.iter().enumerate() {
-                println!("\n; kernel {i}: {name}\n{clif}");
+                crate::outln!("\n; kernel {i}: {name}\n{clif}");
             }
             ExitCode::SUCCESS
         }
@@ -688,7 +726,7 @@ pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
     }
     match measure(a.quick, a.power) {
         Ok(m) => {
-            print!("{}", calibrate::device_decl(&a.name, &m));
+            crate::out!("{}", calibrate::device_decl(&a.name, &m));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),

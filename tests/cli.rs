@@ -246,3 +246,304 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert_eq!(code, 0);
     assert!(!out.contains("gradients of one step"), "{out}");
 }
+
+/// No panic, whatever the command: a panic exits 101 and says "panicked".
+fn no_panic(code: i32, err: &str) {
+    assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");
+}
+
+/// The exit-code table of docs/PLANNER.md ("Exit codes"), one row at a
+/// time: 0 ok, 1 diagnostics or an infeasible point, 2 usage.
+#[test]
+fn exit_code_table() {
+    // 0: a clean check, a feasible fixed point, a search.
+    let (code, _, err) = gantry(&["check", "examples/llm_train.gantry"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = gantry(&["plan", "examples/reference/b01_22b.gantry"]);
+    assert_eq!(code, 0, "{err}");
+    // 1: diagnostics in a file.
+    let bad = temp("exit1.gantry", "let x = 80 GB + 3 GB/s\n");
+    let (code, _, _) = gantry(&["check", &bad]);
+    assert_eq!(code, 1);
+    // 1: pins that do not fit the plan (C001-C005, C012).
+    let (code, _, err) = gantry(&["plan", "examples/reference/b01_22b.gantry", "--fix", "tp=3"]);
+    assert_eq!(code, 1, "{err}");
+    // 1: an infeasible --fix (over HBM, or missing a `subject to`): the
+    // point is still reported on stdout.
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/llm_train.gantry",
+        "--fix",
+        "tp=8,pp=4,dp=2,microbatch=1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("C010") && err.contains("INFEASIBLE") && err.contains("memory <="),
+        "{err}"
+    );
+    assert!(out.contains("INFEASIBLE"), "{out}");
+    // 2: usage, from clap or a malformed/out-of-range pin (C006), the same
+    // code whichever check finds it, in plan, search and run alike.
+    let (code, _, _) = gantry(&["plan"]);
+    assert_eq!(code, 2);
+    for args in [
+        &["plan", "examples/llm_train.gantry", "--fix", "tp"][..],
+        &["plan", "examples/llm_train.gantry", "--fix", "tp=0"],
+        &["plan", "examples/llm_train.gantry", "--pin", "tp=0"],
+        &["plan", "examples/llm_train.gantry", "--fix", "zero=4"],
+        &["run", "examples/llm_train.gantry", "--fix", "tp=0"],
+    ] {
+        let (code, _, err) = gantry(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("C006"), "{args:?}: {err}");
+    }
+}
+
+/// `--pin tp=0` divided by zero in the search; `--fix
+/// tp=4611686018427387904,pp=4` overflowed the device product.
+#[test]
+fn pins_are_bounded_and_products_checked() {
+    for pin in ["tp=0", "pp=0", "cp=0", "dp=0", "microbatch=0", "batch=-1"] {
+        for flag in ["--pin", "--fix"] {
+            let (code, _, err) = gantry(&["plan", "examples/llm_train.gantry", flag, pin]);
+            no_panic(code, &err);
+            assert_eq!(code, 2, "{flag} {pin}: {err}");
+            assert!(err.contains("C006"), "{flag} {pin}: {err}");
+        }
+    }
+    let (code, _, err) = gantry(&[
+        "plan",
+        "examples/llm_train.gantry",
+        "--fix",
+        "tp=4611686018427387904,pp=4",
+    ]);
+    no_panic(code, &err);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("16777216"), "{err}");
+    // Every pin at the bound: the product overflows i64, and is checked.
+    let big = "tp=16777216,pp=16777216,cp=16777216,dp=16777216";
+    for flag in ["--pin", "--fix"] {
+        let (code, _, err) = gantry(&["plan", "examples/llm_train.gantry", flag, big]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{flag}: {err}");
+        assert!(
+            err.contains("C001") || err.contains("C010"),
+            "{flag}: {err}"
+        );
+    }
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--fix", big]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    // The knob named is the one pinned past the system, not `dp`.
+    let (code, _, err) = gantry(&["plan", "examples/reference/b01_22b.gantry", "--fix", "cp=2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C001") && err.contains("knob `cp`"), "{err}");
+}
+
+/// Pins that did nothing are errors; a pin over the file's `fix` warns.
+#[test]
+fn pins_the_plan_cannot_use() {
+    let b01 = "examples/reference/b01_22b.gantry";
+    for (pin, needle) in [
+        ("batch=4096", "training plan"),
+        ("ep=8", "no experts"),
+        ("nodes=2", "node count"),
+    ] {
+        let (code, _, err) = gantry(&["plan", b01, "--fix", pin]);
+        assert_eq!(code, 1, "{pin}: {err}");
+        assert!(err.contains("C012") && err.contains(needle), "{pin}: {err}");
+    }
+    let (code, _, err) = gantry(&["plan", b01, "--pin", "ep=8"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C012"), "{err}");
+    let (code, _, err) = gantry(&["plan", b01, "--fix", "tpp=2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown knob `tpp`"), "{err}");
+    // The plan fixes recompute = full: --fix overrides it, with a warning
+    // that names both values.
+    let (code, out, err) = gantry(&["plan", b01, "--fix", "microbatch=2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("C013") && err.contains("microbatch=2") && err.contains("fix microbatch = 4"),
+        "{err}"
+    );
+    assert!(out.contains("microbatch=2"), "{out}");
+    // The same value: no warning.
+    let (_, _, err) = gantry(&["plan", b01, "--fix", "microbatch=4"]);
+    assert!(!err.contains("C013"), "{err}");
+    // --fix evaluates one point: the search's flags are refused.
+    let (code, _, err) = gantry(&["plan", b01, "--fix", "tp=8", "--pin", "pp=1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--fix") && err.contains("--pin"), "{err}");
+}
+
+/// `search tp in 1..1000000` ran 119 s and `batch in 1..10000000000`
+/// aborted on an 80 GB allocation: both are refused before any work.
+#[test]
+fn search_space_is_bounded() {
+    let head = r#"import "stdlib/hardware/dgx_h100.gantry"
+import "stdlib/models/llama.gantry"
+workload w {
+  model Llama(layers = 4, d_model = 512, heads = 8, kv_heads = 8, d_ff = 1024, vocab = 1000)
+  train { seq = 128, global_batch = 64, dtype = bf16, optimizer = adamw }
+}
+workload d {
+  model Llama(layers = 4, d_model = 512, heads = 8, kv_heads = 8, d_ff = 1024, vocab = 1000)
+  decode { batch = 8, context = 128, dtype = bf16 }
+}
+"#;
+    let cases = [
+        (
+            "tp_range.gantry",
+            "plan p on DGX_H100 for w {\n  search tp in 1..1000000\n  objective maximize tokens_per_s\n}\n",
+            &["plan"][..],
+            "C011",
+        ),
+        (
+            "batch_range.gantry",
+            "plan p on DGX_H100 for d {\n  search batch in 1..10000000000\n  objective maximize tokens_per_s\n}\n",
+            &["plan"][..],
+            "L046",
+        ),
+        (
+            "vs_range.gantry",
+            "plan p on DGX_H100 for w {\n  search virtual_stages in 1..100000, pp = 2\n  objective maximize tokens_per_s\n}\n",
+            &["plan"][..],
+            "C011",
+        ),
+        (
+            "batch_fix.gantry",
+            "plan p on DGX_H100 for d {\n  search batch in 1..1000000\n  objective maximize tokens_per_s\n}\n",
+            &["plan", "--fix", "tp=1"][..],
+            "C011",
+        ),
+    ];
+    for (name, plan, args, want) in cases {
+        let f = temp(name, &format!("{head}{plan}"));
+        let mut a = vec![args[0], f.as_str()];
+        a.extend_from_slice(&args[1..]);
+        let started = std::time::Instant::now();
+        let (code, _, err) = gantry(&a);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(started.elapsed().as_secs() < 20, "{name} took too long");
+    }
+}
+
+/// `/dev/zero` has a length of 0 in its metadata: every read is bounded
+/// by the 64 MiB limit itself.
+#[cfg(target_os = "linux")]
+#[test]
+fn unbounded_inputs_are_refused() {
+    for args in [
+        &["check", "/dev/zero"][..],
+        &["plan", "/dev/zero"],
+        &["fmt", "--check", "/dev/zero"],
+    ] {
+        let (code, _, err) = gantry(args);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("L006"), "{args:?}: {err}");
+    }
+    let (code, _, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--plan-json",
+        "/dev/zero",
+    ]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("R002") && err.contains("byte limit"), "{err}");
+}
+
+/// Flags that were silently ignored or disabled a check are usage errors.
+#[test]
+fn runtime_flags_are_validated() {
+    let f = "examples/llm_train.gantry";
+    let json = temp("plan.json", "{}");
+    for args in [
+        &["run", f, "--devices", "0"][..],
+        &["run", f, "--max-memory", "nan"],
+        &["run", f, "--max-memory", "-1"],
+        &["run", f, "--max-memory", "inf"],
+        &["run", f, "--tolerance=nan"],
+        &["run", f, "--tolerance=-1"],
+        &["run", f, "--tolerance=inf"],
+        &["kernels", f, "--devices", "0"],
+        &["calibrate", "--power", "nan"],
+    ] {
+        let (code, _, err) = gantry(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    for other in [["--fix", "tp=2"], ["--devices", "4"]] {
+        let (code, _, err) = gantry(&["run", f, "--plan-json", &json, other[0], other[1]]);
+        assert_eq!(code, 2, "{other:?}: {err}");
+        assert!(
+            err.contains("--plan-json") && err.contains(other[0]),
+            "{other:?}: {err}"
+        );
+    }
+}
+
+/// Spawns gantry with stdout piped, reads at most one line (or none) and
+/// closes the pipe: the process must end quietly (exit 0, no panic).
+fn closed_pipe(args: &[&str], read_first_line: bool) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    if let Some(out) = child.stdout.take()
+        && read_first_line
+    {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let out = child.wait_with_output().expect("waits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+}
+
+/// `gantry kernels ... | head -1` (also `run`) panicked on the closed pipe.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let scale = "layers=2,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=4";
+    let f = "examples/llm_train.gantry";
+    closed_pipe(
+        &["kernels", f, "--fix", "dp=1,tp=2", "--scale", scale],
+        true,
+    );
+    closed_pipe(&["run", f, "--fix", "dp=2", "--scale", scale], true);
+    closed_pipe(&["explain"], true);
+    closed_pipe(&["plan", "examples/reference/b01_22b.gantry"], true);
+    // calibrate prints once, at the end: the pipe is closed long before.
+    closed_pipe(&["calibrate", "--quick"], false);
+}
+
+/// The checker's `efficiency` names are the ones the cost model reads.
+#[test]
+fn efficiency_schema_matches_the_cost_model() {
+    let lang: Vec<&str> = gantry_lang::check::EFFICIENCY
+        .iter()
+        .map(|(n, ..)| *n)
+        .collect();
+    let cost: Vec<&str> = gantry_compiler::hardware::FACTORS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(lang, cost);
+    let f = temp(
+        "eff.gantry",
+        "device D {\n  compute { bf16 = 100 TFLOP/s }\n  memory hbm = 16 GB @ 1 TB/s\n  power 300 W\n  efficiency { matmull = 0.5, scale_up = 0.3, memory = 2 GB }\n}\n",
+    );
+    let (code, _, err) = gantry(&["check", "--color", "never", &f]);
+    assert_eq!(code, 1, "{err}");
+    for needle in ["did you mean `matmul`?", "did you mean `scaleup`?", "L041"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}

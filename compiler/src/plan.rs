@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use gantry_lang::diagnostic::Code;
-use gantry_lang::program::{Domain, Goal, Phase, Plan, Workload};
+use gantry_lang::program::{Goal, Phase, Plan, Workload};
 
 use crate::cost::{Estimate, Evaluator};
 use crate::hardware::Hardware;
@@ -110,10 +110,20 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
     };
     let searched_batch = !pins.contains_key("batch") && !matches!(ir.phase, Phase::Train { .. });
     let candidates: Vec<i64> = match plan.search.get("batch") {
-        Some(Domain::Ints(v)) if searched_batch => v.clone(),
-        Some(Domain::IntRange(a, b)) if searched_batch => (*a..=*b).collect(),
+        Some(d) if searched_batch => crate::search::domain_values(d).unwrap_or_default(),
         _ => Vec::new(),
     };
+    if candidates.len() > crate::search::MAX_DOMAIN_VALUES {
+        return Err(error(
+            Code::C011,
+            "batch",
+            format!(
+                "`batch` ranges over more than {} values (the limit per knob)",
+                crate::search::MAX_DOMAIN_VALUES
+            ),
+            "narrow the plan's `search batch` range, or pin `batch` with --fix",
+        ));
+    }
     let goal = plan.objective.clone();
     let estimate = if candidates.is_empty() {
         let point = resolve(&pins, &ir, &plan.system)?;
@@ -217,6 +227,7 @@ pub fn search(
     use crate::search;
     let (ir, hardware, prefill) = prepare(plan)?;
     let space = search::space(plan, &ir, overrides);
+    space.check_size()?;
     // Saturate the repeated block once; extract per tensor-parallel degree.
     let mut layer_plans = Vec::new();
     let mut sp_by_tp = BTreeMap::new();

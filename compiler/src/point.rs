@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use gantry_lang::check::MAX_KNOB_VALUE;
 use gantry_lang::program::{Cluster, Domain, Phase};
 
 use crate::ir::Ir;
@@ -123,10 +124,37 @@ pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
             });
         };
         let pin = match *kind {
-            "int" => Pin::Int(
-                v.parse()
-                    .map_err(|_| bad(format!("`{k}` takes a whole number, got `{v}`")))?,
-            ),
+            "int" => {
+                let i: i64 = v
+                    .parse()
+                    .map_err(|_| bad(format!("`{k}` takes a whole number, got `{v}`")))?;
+                let (lo, hi) = if k == "zero" {
+                    (0, 3)
+                } else {
+                    (1, MAX_KNOB_VALUE)
+                };
+                if !(lo..=hi).contains(&i) {
+                    return Err(PinError {
+                        help: if k == "zero" {
+                            "`zero` is a ZeRO stage: 0, 1, 2 or 3".into()
+                        } else {
+                            format!(
+                                "every degree, microbatch and batch is a positive count of at most {MAX_KNOB_VALUE} (2^24)"
+                            )
+                        },
+                        ..bad(format!("`{k}` must be from {lo} to {hi}, got {i}"))
+                    });
+                }
+                if k == "nodes" {
+                    return Err(PinError {
+                        code: gantry_lang::diagnostic::Code::C012,
+                        knob: "nodes",
+                        message: "`nodes` cannot be pinned: the node count is the system's".into(),
+                        help: "declare a cluster with that many nodes, or pin `dp`".into(),
+                    });
+                }
+                Pin::Int(i)
+            }
             "bool" => Pin::Bool(
                 v.parse()
                     .map_err(|_| bad(format!("`{k}` takes true or false, got `{v}`")))?,
@@ -161,6 +189,32 @@ pub fn pins_from_plan(fixed: &BTreeMap<String, Domain>) -> BTreeMap<String, Pin>
         out.insert(k.clone(), pin);
     }
     out
+}
+
+/// Command-line pins that override a different value in the plan's `fix`
+/// block, as `(knob, command-line value, plan value)`; the driver warns
+/// about each (`C013`).
+pub fn overridden(
+    cli: &BTreeMap<String, Pin>,
+    fixed: &BTreeMap<String, Domain>,
+) -> Vec<(String, String, String)> {
+    let plan = pins_from_plan(fixed);
+    cli.iter()
+        .filter_map(|(k, v)| {
+            let p = plan.get(k)?;
+            (p != v).then(|| (k.clone(), v.to_string(), p.to_string()))
+        })
+        .collect()
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pin::Int(i) => write!(f, "{i}"),
+            Pin::Choice(c) => f.write_str(c),
+            Pin::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 fn err(
@@ -218,18 +272,33 @@ pub fn resolve(
         }
     }
     let (tp, pp, cp) = (int("tp", 1), int("pp", 1), int("cp", 1));
-    let model_par = tp * pp * cp;
-    let dp = match pins.get("dp") {
-        Some(Pin::Int(v)) => *v,
-        _ => (devices / model_par).max(1),
+    // Degrees come from the user: every product is checked (an overflow
+    // means more devices than any system has).
+    let model_par = tp.checked_mul(pp).and_then(|x| x.checked_mul(cp));
+    let dp = match (pins.get("dp"), model_par) {
+        (Some(Pin::Int(v)), _) => *v,
+        (_, Some(m)) => (devices / m).max(1),
+        (_, None) => 1,
     };
-    if dp * model_par > devices {
+    let used = model_par.and_then(|m| m.checked_mul(dp));
+    if used.is_none_or(|u| u > devices) {
+        // Name the knob that was pinned past the system: a pinned `dp` only
+        // when the model-parallel degrees fit on their own.
+        let knob = if pins.contains_key("dp") && model_par.is_some_and(|m| m <= devices) {
+            "dp"
+        } else {
+            ["tp", "pp", "cp"]
+                .into_iter()
+                .filter(|k| pins.contains_key(*k))
+                .max_by_key(|k| int(k, 1))
+                .unwrap_or("dp")
+        };
         return Err(err(
             Code::C001,
-            "dp",
+            knob,
             format!(
                 "dp x tp x pp x cp = {dp} x {tp} x {pp} x {cp} = {} devices, but `{}` has {devices}",
-                dp * model_par,
+                used.map_or("more than 2^63".to_string(), |u| u.to_string()),
                 system.name
             ),
             "lower a degree or use a larger system",
@@ -293,6 +362,28 @@ pub fn resolve(
             }
         }
     }
+    let has_experts = ir
+        .segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .any(|o| o.experts.is_some());
+    if ep > 1 && !has_experts {
+        return Err(err(
+            Code::C012,
+            "ep",
+            format!("ep = {ep} but `{}` has no experts", ir.model),
+            "expert parallelism splits the experts of a mixture-of-experts model; leave `ep` at 1 for a dense model",
+        ));
+    }
+    if matches!(ir.phase, Phase::Train { .. }) && pins.contains_key("batch") {
+        return Err(err(
+            Code::C012,
+            "batch",
+            "`batch` is a serving knob; a training plan takes its global batch from the workload"
+                .into(),
+            "change the workload's `batch`, or pin `microbatch` and `dp`",
+        ));
+    }
     let layers = ir.layers() as i64;
     if pp > 1 && pp > layers {
         return Err(err(
@@ -302,13 +393,14 @@ pub fn resolve(
             "each stage needs at least one layer",
         ));
     }
-    if virtual_stages > 1 && (pp == 1 || layers < pp * virtual_stages) {
+    let chunks = pp.checked_mul(virtual_stages);
+    if virtual_stages > 1 && (pp == 1 || chunks.is_none_or(|c| layers < c)) {
         return Err(err(
             Code::C004,
             "virtual_stages",
             format!(
                 "{virtual_stages} virtual stages on pp = {pp} need at least pp x virtual_stages = {} layers; the model has {layers}",
-                pp * virtual_stages
+                chunks.map_or("more than 2^63".to_string(), |c| c.to_string())
             ),
             "every virtual stage holds at least one layer; use fewer virtual stages or pipeline stages",
         ));
@@ -316,20 +408,21 @@ pub fn resolve(
     let batch = match &ir.phase {
         Phase::Train { global_batch, .. } => {
             let gb = *global_batch as i64;
-            if gb % (dp * microbatch) != 0 {
+            let per_step = dp.checked_mul(microbatch).filter(|x| *x > 0);
+            let Some(per_step) = per_step.filter(|x| gb % x == 0) else {
                 return Err(err(
                     Code::C003,
                     "microbatch",
                     format!(
                         "global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}",
-                        dp * microbatch
+                        per_step.map_or("more than 2^63".to_string(), |x| x.to_string())
                     ),
                     "choose a microbatch and dp whose product divides the global batch",
                 ));
-            }
+            };
             // Megatron-LM's interleaved schedule runs microbatches in groups
             // of pp (so does the runtime's).
-            let m = gb / (dp * microbatch);
+            let m = gb / per_step;
             if virtual_stages > 1 && m % pp != 0 {
                 return Err(err(
                     Code::C004,

@@ -39,36 +39,117 @@ pub struct Space {
     pub batch: Option<Vec<i64>>,
 }
 
+/// The most design points a search space may hold: 1,000,000. The search
+/// is exhaustive, and a point costs about 5 us (release) to resolve and
+/// price or reject, so this bounds a search to a few seconds; the largest bundled space
+/// (examples/dlrm_inference.gantry) holds 261,124. A larger space is
+/// refused with `C011` before anything is evaluated.
+pub const MAX_SPACE_POINTS: usize = 1_000_000;
+
+/// The most values one knob's domain may hold (a `search tp in 1..N`
+/// range included): 65,536, the bundled DLRM plans search `batch in
+/// 256..65536`. Longer ranges are refused with `C011` before they are
+/// enumerated (and the e-graph extracts once per `tp` value).
+pub const MAX_DOMAIN_VALUES: usize = 65_536;
+
 impl Space {
+    /// The number of points (saturating: an over-large space reads as
+    /// `usize::MAX`, never wraps).
     pub fn size(&self) -> usize {
-        self.tp.len()
-            * self.cp.len()
-            * self.pp.len()
-            * self.ep.len()
-            * self.dp.as_ref().map_or(1, |v| v.len())
-            * self.zero.len()
-            * self.recompute.len()
-            * self.microbatch.as_ref().map_or(4, |v| v.len())
-            * self.virtual_stages.len()
-            * self.sequence_parallel.len()
-            * self.batch.as_ref().map_or(1, |v| v.len())
+        [
+            self.tp.len(),
+            self.cp.len(),
+            self.pp.len(),
+            self.ep.len(),
+            self.dp.as_ref().map_or(1, |v| v.len()),
+            self.zero.len(),
+            self.recompute.len(),
+            self.microbatch.as_ref().map_or(4, |v| v.len()),
+            self.virtual_stages.len(),
+            self.sequence_parallel.len(),
+            self.batch.as_ref().map_or(1, |v| v.len()),
+        ]
+        .into_iter()
+        .fold(1usize, |a, n| a.saturating_mul(n))
+    }
+
+    /// Refuses a space over [`MAX_SPACE_POINTS`], or a knob over
+    /// [`MAX_DOMAIN_VALUES`] values, naming the largest knob.
+    pub fn check_size(&self) -> Result<(), PinError> {
+        let knobs: [(&'static str, usize); 8] = [
+            ("tp", self.tp.len()),
+            ("cp", self.cp.len()),
+            ("pp", self.pp.len()),
+            ("ep", self.ep.len()),
+            ("virtual_stages", self.virtual_stages.len()),
+            ("dp", self.dp.as_ref().map_or(1, |v| v.len())),
+            (
+                "microbatch",
+                self.microbatch.as_ref().map_or(1, |v| v.len()),
+            ),
+            ("batch", self.batch.as_ref().map_or(1, |v| v.len())),
+        ];
+        let (knob, n) = knobs
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .unwrap_or(("search", 0));
+        if n > MAX_DOMAIN_VALUES {
+            return Err(too_large(
+                knob,
+                format!(
+                    "`{knob}` ranges over more than {MAX_DOMAIN_VALUES} values (the limit per knob)"
+                ),
+            ));
+        }
+        let size = self.size();
+        if size > MAX_SPACE_POINTS {
+            return Err(too_large(
+                knob,
+                format!(
+                    "the search space holds {} design points, more than the limit of {MAX_SPACE_POINTS} (`{knob}` alone has {n} values)",
+                    if size == usize::MAX {
+                        "too many".to_string()
+                    } else {
+                        size.to_string()
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn too_large(knob: &'static str, message: String) -> PinError {
+    PinError {
+        code: gantry_lang::diagnostic::Code::C011,
+        knob,
+        message,
+        help: "narrow the `search` ranges, use sets of chosen values (`tp in {1, 2, 4, 8}`) or pin knobs with --pin".into(),
+    }
+}
+
+/// The values of an integer domain, at most [`MAX_DOMAIN_VALUES`] + 1 of
+/// them (one more than the limit, so [`Space::check_size`] sees it is
+/// over): a range is never enumerated past the limit.
+pub fn domain_values(d: &Domain) -> Option<Vec<i64>> {
+    match d {
+        Domain::Ints(v) => Some(v.iter().copied().take(MAX_DOMAIN_VALUES + 1).collect()),
+        Domain::IntRange(a, b) => Some((*a..=*b).take(MAX_DOMAIN_VALUES + 1).collect()),
+        _ => None,
     }
 }
 
 fn ints(d: Option<&Domain>, default: Vec<i64>) -> Vec<i64> {
-    match d {
-        Some(Domain::Ints(v)) => v.clone(),
-        Some(Domain::IntRange(a, b)) => (*a..=*b).collect(),
-        _ => default,
-    }
+    d.and_then(domain_values).unwrap_or(default)
 }
 
 fn pow2_upto(n: i64) -> Vec<i64> {
     let mut v = Vec::new();
-    let mut x = 1;
+    let mut x: i64 = 1;
     while x <= n.max(1) {
         v.push(x);
-        x *= 2;
+        let Some(next) = x.checked_mul(2) else { break };
+        x = next;
     }
     v
 }
@@ -312,11 +393,11 @@ pub fn run(
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
-                let mesh = tp * cp * pp;
-                if mesh > devices {
+                let mesh = tp.checked_mul(cp).and_then(|m| m.checked_mul(pp));
+                let Some(mesh) = mesh.filter(|m| (1..=devices).contains(m)) else {
                     stats.invalid += 1;
                     continue;
-                }
+                };
                 let dps: Vec<i64> = match &sp.dp {
                     Some(v) => v.clone(),
                     None => vec![devices / mesh],
@@ -365,7 +446,7 @@ pub fn run(
                         Some(v) => v.clone(),
                         None if !training => vec![1],
                         None => {
-                            let per = (global / dp).max(1);
+                            let per = (global / dp.max(1)).max(1);
                             let mut v: Vec<i64> = pow2_upto(per.min(16))
                                 .into_iter()
                                 .filter(|m| per % m == 0)

@@ -98,6 +98,9 @@ codes! {
     C008 => "workload cannot be priced",
     C009 => "missing calibration or hardware figure",
     C010 => "no design point is feasible",
+    C011 => "search space too large",
+    C012 => "pin the plan cannot use",
+    C013 => "command-line pin overrides the plan's `fix`",
 }
 
 impl fmt::Display for Code {

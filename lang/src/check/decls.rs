@@ -92,6 +92,27 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("batch", "int"),
 ];
 
+/// The largest value of any integer plan knob (in a `fix`, a `search`
+/// domain or a `--fix`/`--pin`): 2^24 = 16,777,216. Far above the device
+/// count of any system and any serving batch, and small enough that the
+/// product of two pins cannot overflow.
+pub const MAX_KNOB_VALUE: i64 = 1 << 24;
+
+/// The `efficiency` factors the cost model reads (compiler/src/hardware.rs),
+/// with the dimension each takes, the largest accepted value of those with
+/// a unit (fractions lie in (0, 1]) and an example.
+pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
+    ("matmul", Dim::NONE, 1.0, "matmul = 0.7"),
+    ("matmul_knee", Dim::FLOP, 1e18, "matmul_knee = 4 GFLOP"),
+    ("attention", Dim::NONE, 1.0, "attention = 0.6"),
+    ("memory", Dim::NONE, 1.0, "memory = 0.6"),
+    ("scaleup", Dim::NONE, 1.0, "scaleup = 0.9"),
+    ("scaleout", Dim::NONE, 1.0, "scaleout = 0.9"),
+    ("kernel_overhead", Dim::TIME, 1.0, "kernel_overhead = 5 us"),
+    ("step_overhead", Dim::TIME, 3600.0, "step_overhead = 5 ms"),
+    ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
+];
+
 /// Metrics usable in objectives, constraints and `expect`, with dimensions.
 pub fn metric_dim(name: &str) -> Option<Dim> {
     Some(match name {
@@ -423,27 +444,39 @@ impl Checker {
         if let Some(it) = g.get("efficiency").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
             if let Some(fields) = self.record(&v, it.value.span, "efficiency factors") {
-                for (name, _, fv, fspan) in fields {
-                    let Some(q) = self.num(&fv, fspan) else {
-                        continue;
-                    };
-                    if q.dim.is_none() && !(q.value > 0.0 && q.value <= 1.0) {
-                        self.diags.push(
-                            Diagnostic::error(
-                                Code::L046,
-                                format!("efficiency `{name}` must be in (0, 1], got {q}"),
-                                fspan,
-                            )
-                            .with_label(fspan, "a fraction of peak is expected")
-                            .with_help(
-                                "efficiency factors are achieved / peak, e.g. `matmul = 0.7`",
-                            ),
-                        );
-                        continue;
+                for (name, nspan, fv, fspan) in fields {
+                    if let Some(q) = self.efficiency_factor(&name, nspan, &fv, fspan) {
+                        dev.efficiency.insert(name, q);
                     }
-                    dev.efficiency.insert(name, q);
                 }
             }
+        }
+        // A reserve that leaves no HBM would make every point infeasible
+        // with a figure that does not say why.
+        if let (Some(r), Some(hbm)) = (
+            dev.efficiency.get("reserve"),
+            dev.memories
+                .iter()
+                .find(|m| m.name == "hbm")
+                .or(dev.memories.first()),
+        ) && r.value >= hbm.capacity
+            && let Some(it) = g.get("efficiency").and_then(|v| v.first())
+        {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L046,
+                    format!(
+                        "efficiency `reserve` = {r} leaves nothing of the {} of `{}`",
+                        Quantity::new(hbm.capacity, Dim::BYTES),
+                        hbm.name
+                    ),
+                    it.value.span,
+                )
+                .with_label(it.value.span, "the reserve is at least the whole memory")
+                .with_help(
+                    "the reserve is the HBM kept back for the runtime, e.g. `reserve = 2 GB`",
+                ),
+            );
         }
         self.leave(&key);
         let ok = self.error_count() == before && !self.broken(b.span);
@@ -453,6 +486,76 @@ impl Checker {
         }
         self.memo_devices.insert(key, result.clone());
         result
+    }
+
+    /// One field of a device's `efficiency` record, checked against
+    /// [`EFFICIENCY`]: the name must be one the cost model reads (`L060`,
+    /// with a did-you-mean), the unit that factor's (`L041`), and the value
+    /// in range (`L046`): fractions in (0, 1], quantities finite, not
+    /// negative and at most the documented bound.
+    fn efficiency_factor(
+        &mut self,
+        name: &str,
+        nspan: Span,
+        fv: &Value,
+        fspan: Span,
+    ) -> Option<Quantity> {
+        let Some(&(_, dim, max, example)) = EFFICIENCY.iter().find(|(n, ..)| *n == name) else {
+            let known = || EFFICIENCY.iter().map(|(n, ..)| *n);
+            let mut d = Diagnostic::error(
+                Code::L060,
+                format!("unknown efficiency factor `{name}`"),
+                nspan,
+            )
+            .with_label(nspan, "the cost model does not read this factor");
+            d = match suggest(name, known()) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help(format!(
+                    "efficiency factors: {}",
+                    known().collect::<Vec<_>>().join(", ")
+                )),
+            };
+            self.diags.push(d);
+            return None;
+        };
+        let what = format!("efficiency `{name}`");
+        let value = self.quantity(fv, fspan, dim, &what, example)?;
+        let q = Quantity::new(value, dim);
+        let bad = if dim.is_none() {
+            !(value > 0.0 && value <= 1.0)
+        } else {
+            value > max
+        };
+        if bad {
+            let (msg, help) = if dim.is_none() {
+                (
+                    format!("{what} must be in (0, 1], got {q}"),
+                    format!("efficiency factors are achieved / peak, e.g. `{example}`"),
+                )
+            } else {
+                (
+                    format!(
+                        "{what} must be at most {}, got {q}",
+                        Quantity::new(max, dim)
+                    ),
+                    format!("write it like `{example}`"),
+                )
+            };
+            self.diags.push(
+                Diagnostic::error(Code::L046, msg, fspan)
+                    .with_label(
+                        fspan,
+                        if dim.is_none() {
+                            "a fraction of peak is expected"
+                        } else {
+                            "out of range"
+                        },
+                    )
+                    .with_help(help),
+            );
+            return None;
+        }
+        Some(q)
     }
 
     fn record(
@@ -1719,7 +1822,7 @@ impl Checker {
         let (min, max) = if knob == "zero" {
             (0, 3)
         } else {
-            (1, i64::MAX)
+            (1, MAX_KNOB_VALUE)
         };
         if lo < min || hi > max {
             self.diags.push(
@@ -1730,8 +1833,10 @@ impl Checker {
                             "`zero` is a ZeRO stage from 0 to 3, got {}",
                             if lo < min { lo } else { hi }
                         )
-                    } else {
+                    } else if lo < min {
                         format!("`{knob}` must be at least 1, got {lo}")
+                    } else {
+                        format!("`{knob}` must be at most {MAX_KNOB_VALUE}, got {hi}")
                     },
                     span,
                 )
