@@ -255,18 +255,21 @@ pub fn search(
         let block = crate::egraph::saturate(
             body,
             ev.body_op_times(&probe),
+            ir.tokens_per_sample * ir.hidden,
             crate::egraph::Limits::default(),
         );
         egraph_nodes = block.nodes;
         egraph_stop = block.stop_reason.clone();
-        let hidden_bytes = ir.tokens_per_sample * ir.hidden * ir.act_bytes;
+        // All-reduce seconds per element per sample, from the time of one
+        // hidden state on this mesh's tensor-parallel group.
+        let hidden = (ir.tokens_per_sample * ir.hidden).max(1.0);
         for &tp in &space.tp {
             let ar = hardware.topo.time(
                 crate::collective::Collective::AllReduce,
                 tp as u64,
                 1,
-                hidden_bytes,
-            );
+                hidden * ir.act_bytes,
+            ) / hidden;
             let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
             let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
             let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);

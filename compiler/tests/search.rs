@@ -79,12 +79,14 @@ fn block_is_saturated_once_whatever_the_layer_count() {
     let na = egraph::saturate(
         a.body().expect("body"),
         vec![1.0; a.body().expect("body").ops.len()],
+        1.0,
         egraph::Limits::default(),
     )
     .nodes;
     let nb = egraph::saturate(
         b.body().expect("body"),
         vec![1.0; b.body().expect("body").ops.len()],
+        1.0,
         egraph::Limits::default(),
     )
     .nodes;

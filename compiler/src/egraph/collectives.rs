@@ -14,6 +14,8 @@ pub fn rules() -> Vec<Rewrite<Shard, ShardAnalysis>> {
         rw!("allreduce-join"; "(all-gather (reduce-scatter ?x))" => "(allreduce ?x)"),
         rw!("sequence-parallel-unary"; "(ew ?i (all-gather ?y))" => "(all-gather (ew-seq ?i ?y))"),
         rw!("sequence-parallel-binary"; "(ew2 ?i (all-gather ?a) (all-gather ?b))" => "(all-gather (ew2-seq ?i ?a ?b))"),
+        // Row-wise reductions run on sequence rows (whole rows each).
+        rw!("sequence-parallel-reduction"; "(red ?i (all-gather ?y))" => "(all-gather (red-seq ?i ?y))"),
         rw!("scatter-of-gather"; "(scatter (all-gather ?x))" => "?x"),
     ]
 }

@@ -11,15 +11,30 @@ define_language! {
         "attn" = Attn([Id; 4]),
         "ew" = Ew([Id; 2]),
         "ew2" = Ew2([Id; 3]),
+        // A reduction over the last dimension (norms, softmax): it needs
+        // whole rows, so it never runs on feature shards.
+        "red" = Red([Id; 2]),
+        // A batched matrix product `a x b`.
+        "mm" = Mm([Id; 3]),
+        // A mixture of experts.
+        "moe" = Moe([Id; 2]),
+        // Any other op (DLRM ops, reshape, concat, embeddings): replicated
+        // on whole inputs; no rule shards it.
+        "op" = Opaque(Box<[Id]>),
         // Tensor-parallel forms: features (columns, heads) split over the axis.
         "lin-col" = LinCol([Id; 2]),
         "lin-row" = LinRow([Id; 2]),
         "attn-heads" = AttnHeads([Id; 4]),
         "ew-shard" = EwShard([Id; 2]),
         "ew2-shard" = Ew2Shard([Id; 3]),
+        // `a x b` with b split along its kept (last) dimension.
+        "mm-col" = MmCol([Id; 3]),
+        // Every expert's hidden width split (partial sums of the output).
+        "moe-width" = MoeWidth([Id; 2]),
         // Sequence-parallel elementwise ops (on a sequence shard).
         "ew-seq" = EwSeq([Id; 2]),
         "ew2-seq" = Ew2Seq([Id; 3]),
+        "red-seq" = RedSeq([Id; 2]),
         // An elementwise op fused into the elementwise op feeding it: one
         // kernel, the intermediate never round-trips HBM.
         "fused" = Fused([Id; 2]),
@@ -44,17 +59,30 @@ pub struct Info {
     pub op: Option<i64>,
 }
 
+impl ShardAnalysis {
+    /// Elements per sample of the value IR op `op` produces.
+    pub fn elems_of(&self, op: Option<i64>) -> f64 {
+        op.and_then(|i| self.elems.get(i as usize))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ShardAnalysis {
-    /// Elements per sample that a row-parallel op's output all-reduces.
+    /// Elements per sample of each IR op's output, then of the block's
+    /// input.
     pub elems: Vec<f64>,
 }
 
 impl Analysis<Shard> for ShardAnalysis {
     type Data = Info;
     fn make(egraph: &mut EGraph<Shard, Self>, enode: &Shard, _id: Id) -> Info {
+        // The block input stands for the pseudo-op after the block's last
+        // (its size is the last entry of `elems`).
         let op = match enode {
             Shard::Num(n) => Some(*n),
+            Shard::Input => Some(egraph.analysis.elems.len().saturating_sub(1) as i64),
             _ => enode.children().first().and_then(|c| egraph[*c].data.op),
         };
         Info { op }
@@ -76,8 +104,12 @@ pub struct BlockCost<'a> {
     pub tp: f64,
     /// Forward time of each IR op at tp = 1.
     pub op_time: &'a [f64],
-    /// Seconds for an all-reduce of the block's hidden state on this mesh.
-    pub allreduce: f64,
+    /// Elements per sample of each IR op's output (what a collective of
+    /// that value moves).
+    pub elems: &'a [f64],
+    /// Seconds per element of an all-reduce on this mesh (reduce-scatter
+    /// and all-gather move half as much).
+    pub allreduce_per_elem: f64,
     /// Fraction of an elementwise op's time saved by fusing it into the
     /// previous one (the intermediate never round-trips HBM).
     pub fusion_saving: f64,
@@ -88,45 +120,64 @@ pub struct BlockCost<'a> {
 }
 
 impl BlockCost<'_> {
-    /// Forward time of the IR op an op node names (its first child).
+    /// The IR op an op node names (its first child), or for a collective
+    /// the op that produced the value it moves.
+    fn op_of(&self, enode: &Shard) -> Option<i64> {
+        let first = enode.children().first()?;
+        self.egraph[*first].data.op
+    }
+    /// Forward time of the IR op an op node names.
     fn time(&self, enode: &Shard) -> f64 {
-        let Some(first) = enode.children().first() else {
-            return 0.0;
-        };
-        self.egraph[*first]
-            .data
-            .op
+        self.op_of(enode)
             .and_then(|i| self.op_time.get(i as usize))
             .copied()
             .unwrap_or(0.0)
+    }
+    /// Seconds of an all-reduce of IR op `op`'s output.
+    fn allreduce(&self, op: Option<i64>) -> f64 {
+        let n = op
+            .and_then(|i| self.elems.get(i as usize))
+            .copied()
+            .unwrap_or(0.0);
+        n * self.allreduce_per_elem
     }
 }
 
 impl BlockCost<'_> {
     /// A node's own cost, given the forward time `t` of the IR op it names
     /// and `child` of the op under it (what a `recompute` repeats).
-    fn own(&self, n: &Shard, t: f64, child: f64) -> f64 {
+    fn own(&self, n: &Shard, t: f64, child: f64, op: Option<i64>) -> f64 {
         match n {
             Shard::Input
             | Shard::Num(_)
             | Shard::Layers(_)
             | Shard::Stages(_)
             | Shard::Scatter(_) => 0.0,
-            Shard::Lin(_) | Shard::Attn(_) | Shard::Ew(_) | Shard::Ew2(_) => t,
+            Shard::Lin(_)
+            | Shard::Attn(_)
+            | Shard::Ew(_)
+            | Shard::Ew2(_)
+            | Shard::Red(_)
+            | Shard::Mm(_)
+            | Shard::Moe(_)
+            | Shard::Opaque(_) => t,
             Shard::LinCol(_)
             | Shard::LinRow(_)
             | Shard::AttnHeads(_)
             | Shard::EwShard(_)
             | Shard::Ew2Shard(_)
             | Shard::EwSeq(_)
-            | Shard::Ew2Seq(_) => t / self.tp,
+            | Shard::Ew2Seq(_)
+            | Shard::RedSeq(_)
+            | Shard::MmCol(_)
+            | Shard::MoeWidth(_) => t / self.tp,
             // (fused i x): op i runs inside the kernel that produced x, on
             // x's layout; its HBM round trip is saved.
             Shard::Fused(_) => (1.0 - self.fusion_saving) * t / self.tp,
             Shard::Recompute(_) => self.recompute_weight * child,
-            Shard::AllReduce(_) => self.allreduce,
+            Shard::AllReduce(_) => self.allreduce(op),
             Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
-                self.allreduce / 2.0
+                self.allreduce(op) / 2.0
             }
         }
     }
@@ -136,19 +187,24 @@ impl BlockCost<'_> {
     /// twice, such as the normalized input of q, k and v).
     pub fn dag_cost(&self, e: &egg::RecExpr<Shard>) -> f64 {
         let nodes = e.as_ref();
-        let op_of = |n: &Shard| -> f64 {
-            match n.children().first().map(|c| &nodes[usize::from(*c)]) {
-                Some(Shard::Num(i)) => self.op_time.get(*i as usize).copied().unwrap_or(0.0),
-                Some(inner) => match inner.children().first().map(|c| &nodes[usize::from(*c)]) {
-                    Some(Shard::Num(i)) => {
-                        self.op_time.get(*i as usize).copied().unwrap_or(0.0) / self.tp
-                    }
-                    _ => 0.0,
-                },
-                None => 0.0,
-            }
-        };
-        nodes.iter().map(|n| self.own(n, op_of(n), op_of(n))).sum()
+        // Children come before parents in a RecExpr: one pass finds each
+        // node's IR op and its own cost.
+        let mut op: Vec<Option<i64>> = Vec::with_capacity(nodes.len());
+        let mut own: Vec<f64> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let o = match n {
+                Shard::Num(i) => Some(*i),
+                _ => n.children().first().and_then(|c| op[usize::from(*c)]),
+            };
+            let t = o
+                .and_then(|i| self.op_time.get(i as usize))
+                .copied()
+                .unwrap_or(0.0);
+            let child = n.children().first().map_or(0.0, |c| own[usize::from(*c)]);
+            op.push(o);
+            own.push(self.own(n, t, child, o));
+        }
+        own.iter().sum()
     }
 }
 
@@ -163,6 +219,7 @@ impl CostFunction<Shard> for BlockCost<'_> {
         }
         let kids: f64 = enode.children().iter().map(|c| costs(*c)).sum();
         let t = self.time(enode);
-        (self.own(enode, t, t / self.tp) + kids + self.epsilon).max(0.0)
+        let child = enode.children().first().map_or(0.0, |c| costs(*c));
+        (self.own(enode, t, child.min(t), self.op_of(enode)) + kids + self.epsilon).max(0.0)
     }
 }

@@ -34,10 +34,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        // A sharding decision moves one op per iteration along a chain,
+        // so the iteration limit is above the longest blocks (60 ops);
+        // nodes and time bound the rest.
         Limits {
-            nodes: 20_000,
-            iterations: 12,
-            seconds: 0.5,
+            nodes: 50_000,
+            iterations: 200,
+            seconds: 2.0,
         }
     }
 }
@@ -80,11 +83,20 @@ pub fn block_term(seg: &Segment, sequence_boundary: bool) -> RecExpr<Shard> {
                 .and_then(|&a| (a >= 0).then(|| ids.get(a as usize).copied()).flatten())
                 .unwrap_or(input)
         };
-        let node = match (o.class, o.args.len()) {
-            (Class::Matmul, _) if o.op == "linear" => Shard::Lin([idx, arg(0)]),
-            (Class::Attention, _) => Shard::Attn([idx, arg(0), arg(1), arg(2)]),
-            (_, 2) => Shard::Ew2([idx, arg(0), arg(1)]),
-            _ => Shard::Ew([idx, arg(0)]),
+        // Each op by its class: a rule may only shard what it knows.
+        let node = match (o.op, o.class) {
+            ("linear", _) => Shard::Lin([idx, arg(0)]),
+            ("matmul", _) => Shard::Mm([idx, arg(0), arg(1)]),
+            ("moe", _) => Shard::Moe([idx, arg(0)]),
+            (_, Class::Attention) => Shard::Attn([idx, arg(0), arg(1), arg(2)]),
+            ("rmsnorm" | "layernorm" | "softmax", _) => Shard::Red([idx, arg(0)]),
+            (_, Class::Elementwise) if o.args.len() == 2 => Shard::Ew2([idx, arg(0), arg(1)]),
+            (_, Class::Elementwise) => Shard::Ew([idx, arg(0)]),
+            _ => Shard::Opaque(
+                std::iter::once(idx)
+                    .chain((0..o.args.len()).map(arg))
+                    .collect(),
+            ),
         };
         ids.push(e.add(node));
     }
@@ -96,10 +108,13 @@ pub fn block_term(seg: &Segment, sequence_boundary: bool) -> RecExpr<Shard> {
 }
 
 /// Saturates the block's e-graph once with every rule family.
-pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
+pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limits) -> Block {
     let replicated = block_term(seg, false);
     let sequence = block_term(seg, true);
-    let elems: Vec<f64> = seg.ops.iter().map(|o| o.out_elems.max(0.0)).collect();
+    // Output elements of each op, then the block input's (the widest op
+    // output stands in for the residual stream it carries).
+    let mut elems: Vec<f64> = seg.ops.iter().map(|o| o.out_elems.max(0.0)).collect();
+    elems.push(input_elems);
     let mut rules = sharding::rules();
     rules.extend(collectives::rules());
     rules.extend(fusion::rules());
@@ -131,13 +146,16 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, limits: Limits) -> Block {
 }
 
 /// The cheapest distributed form of the block on a mesh of tensor-parallel
-/// degree `tp` whose hidden-state all-reduce takes `allreduce` seconds.
-pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) {
+/// degree `tp` whose all-reduces take `allreduce_per_elem` seconds per
+/// element per sample (each collective is priced by the size of the value
+/// it moves).
+pub fn extract(block: &Block, tp: f64, allreduce_per_elem: f64) -> (f64, RecExpr<Shard>) {
     let cost = BlockCost {
         egraph: &block.runner.egraph,
         tp,
         op_time: &block.op_time,
-        allreduce,
+        elems: &block.runner.egraph.analysis.elems,
+        allreduce_per_elem,
         fusion_saving: 0.5,
         recompute_weight: 1.0,
         epsilon: 1e-12,
@@ -155,7 +173,7 @@ pub fn extract(block: &Block, tp: f64, allreduce: f64) -> (f64, RecExpr<Shard>) 
 pub fn uses_sequence_parallel(e: &RecExpr<Shard>) -> bool {
     e.as_ref()
         .iter()
-        .any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_)))
+        .any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_) | Shard::RedSeq(_)))
 }
 
 /// Counts collectives of each kind in an extracted block.
@@ -172,4 +190,89 @@ pub fn collective_counts(e: &RecExpr<Shard>) -> (usize, usize, usize) {
         }
     }
     (ar, rs, ag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::lower;
+
+    fn body_of(src: &str) -> crate::ir::Segment {
+        let c = gantry_lang::check::check_source("t.gantry", src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads.values().next().expect("workload");
+        lower(w).expect("lowers").body().expect("body").clone()
+    }
+
+    /// A block of `n` ops: norms, projections, activations, products and
+    /// residual adds in turn.
+    fn long_block(n: usize) -> String {
+        let mut body = String::new();
+        let mut i = 0;
+        while i + 4 <= n {
+            body.push_str(&format!(
+                "    h{i} = rmsnorm(x)\n    x = x + linear(silu(linear(h{i}, 16, 32)), 32, 16)\n"
+            ));
+            i += 5;
+        }
+        format!(
+            "model M(l) {{\n  input x0: f32[batch, seq, 16]\n  x = x0\n  repeat l {{\n{body}  }}\n  output y = x\n}}\nworkload W {{ model M(l = 2)\n  train {{ seq = 8, global_batch = 4 }} }}"
+        )
+    }
+
+    const MIXTRAL: &str = "model Mixtral(layers, d, heads, kv_heads, f, experts, top_k, vocab) {
+  input tokens: i32[batch, seq]
+  x = embedding(tokens, vocab, d)
+  repeat layers {
+    h = rmsnorm(x)
+    q = linear(h, d, d)
+    k = linear(h, d, kv_heads * (d / heads))
+    v = linear(h, d, kv_heads * (d / heads))
+    a = attention(q, k, v, heads = heads, kv_heads = kv_heads, causal = true)
+    x = x + linear(a, d, d)
+    x = x + moe(rmsnorm(x), experts = experts, top_k = top_k, d_ff = f)
+  }
+  output logits = linear(rmsnorm(x), d, vocab)
+}
+workload W { model Mixtral(layers = 2, d = 64, heads = 8, kv_heads = 2, f = 128, experts = 8, top_k = 2, vocab = 100)
+  train { seq = 16, global_batch = 4 } }";
+
+    #[test]
+    fn sixty_op_and_mixtral_blocks_saturate() {
+        let long = body_of(&long_block(60));
+        assert!(long.ops.len() >= 60, "{} ops", long.ops.len());
+        let b = saturate(&long, vec![1.0; long.ops.len()], 1.0, Limits::default());
+        eprintln!(
+            "60-op block: {} ops, {} nodes, {}",
+            long.ops.len(),
+            b.nodes,
+            b.stop_reason
+        );
+        assert_eq!(b.stop_reason, "saturated");
+        let mx = body_of(MIXTRAL);
+        let b = saturate(&mx, vec![1.0; mx.ops.len()], 1.0, Limits::default());
+        eprintln!(
+            "Mixtral block: {} ops, {} nodes, {}",
+            mx.ops.len(),
+            b.nodes,
+            b.stop_reason
+        );
+        assert_eq!(b.stop_reason, "saturated");
+    }
+
+    #[test]
+    fn moe_is_its_own_op_with_split_experts() {
+        let mx = body_of(MIXTRAL);
+        let t = block_term(&mx, false).to_string();
+        assert!(t.contains("(moe "), "{t}");
+        let b = saturate(&mx, vec![1.0; mx.ops.len()], 1.0, Limits::default());
+        let (_, e) = extract(&b, 4.0, 1e-9);
+        let s = e.to_string();
+        assert!(s.contains("moe-width"), "{s}");
+        // Norms never run on feature shards.
+        assert!(
+            !s.contains("(ew-shard 0") && !s.contains("(ew-shard 7"),
+            "{s}"
+        );
+    }
 }

@@ -1,5 +1,8 @@
 //! Rule family: tensor-parallel sharding of each op, with the collective
-//! each choice needs. `gather-feat` is the all-gather of a feature-sharded
+//! each choice needs. Only ops whose class allows a split have a rule:
+//! reductions over the last dimension (`red`), `op` (DLRM ops, reshape,
+//! concat) and a product whose left operand is split have none, so a
+//! feature split reaching them stays gathered. `gather-feat` is the all-gather of a feature-sharded
 //! tensor; the rules move it outward through ops that can run on shards and
 //! cancel it into an all-reduce at a row-parallel linear.
 
@@ -19,6 +22,10 @@ pub fn rules() -> Vec<Rewrite<Shard, ShardAnalysis>> {
         // Elementwise ops run on feature shards.
         rw!("elementwise-on-features"; "(ew ?i (gather-feat ?y))" => "(gather-feat (ew-shard ?i ?y))"),
         rw!("binary-on-features"; "(ew2 ?i (gather-feat ?a) (gather-feat ?b))" => "(gather-feat (ew2-shard ?i ?a ?b))"),
+        // A product keeps a split of its right operand's kept dimension.
+        rw!("matmul-column"; "(mm ?i ?a (gather-feat ?b))" => "(gather-feat (mm-col ?i ?a ?b))"),
+        // Every expert's width splits; the combined output is all-reduced.
+        rw!("expert-width"; "(moe ?i ?x)" => "(allreduce (moe-width ?i ?x))"),
     ]
 }
 
