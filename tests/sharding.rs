@@ -73,6 +73,10 @@ const MIXTRAL: &str = "    h = rmsnorm(x)
     x = x + linear(a, d, d)
     x = x + moe(rmsnorm(x), experts = experts, top_k = 2, d_ff = f)";
 
+/// The carried value produced by a linear: a split form would leave the
+/// iteration split, so the body's linears run whole.
+const LINEAR_CARRY: &str = "    x = linear(relu(x), d, d)";
+
 /// The sharded program of the file's workload on `tp` ranks, and the
 /// names of its tensors.
 fn program(body: &str, tp: usize, sp: bool) -> (Program, Vec<String>) {
@@ -245,6 +249,28 @@ fn mixtral_experts_split_their_width() {
 }
 
 #[test]
+fn a_linear_carry_runs_its_body_whole() {
+    let (p, _) = program(LINEAR_CARRY, 2, false);
+    let c2 = Cols { groups: 2 };
+    assert_eq!(
+        shape_of(&p),
+        vec![
+            ("embedding", Vocab, Rep),
+            ("relu", Local, Rep),
+            ("linear", Replicated, Rep),
+            ("rmsnorm", Replicated, Rep),
+            ("linear", Column, c2),
+        ]
+    );
+    // Only the embedding's all-reduce forward; backward only the head's
+    // input (the body's whole linear gives whole input gradients).
+    let expect_fwd: BTreeMap<Kind, f64> = [(AR, S * D)].into();
+    assert_eq!(volume(&p, Pass::Forward), expect_fwd);
+    let expect_bwd: BTreeMap<Kind, f64> = [(AR, S * D)].into();
+    assert_eq!(volume(&p, Pass::Backward), expect_bwd);
+}
+
+#[test]
 fn sequence_parallel_keeps_row_blocks_between_projections() {
     let (p, _) = program(THREE_LINEAR, 2, true);
     let c2 = Cols { groups: 2 };
@@ -315,6 +341,7 @@ fn named_blocks_run_exactly_as_priced() {
         ("matmul_attention", MATMUL_ATTENTION),
         ("three_linear", THREE_LINEAR),
         ("mixtral", MIXTRAL),
+        ("linear_carry", LINEAR_CARRY),
     ] {
         for tp in [2, 4] {
             for sp in [false, true] {

@@ -327,6 +327,17 @@ pub fn resolve(
     };
     let virtual_stages = int("virtual_stages", 1);
     let ep = int("ep", 1);
+    // The model must have a sharded program for tp > 1.
+    if tp > 1
+        && let Some(why) = &ir.tp_unshardable
+    {
+        return Err(err(
+            Code::C002,
+            "tp",
+            format!("tp = {tp}: the model has no tensor-parallel form: {why}"),
+            "pin tp=1, or end the repeated block with an elementwise op (a residual add) on the carried value",
+        ));
+    }
     // Heads must split evenly across tensor-parallel ranks.
     for seg in &ir.segments {
         for op in &seg.ops {

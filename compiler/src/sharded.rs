@@ -29,7 +29,8 @@
 //!   run replicated on gathered inputs.
 //! - a carried value (a `repeat`'s residual stream) leaves an iteration in
 //!   the layout it entered with: the elementwise op producing it is asked
-//!   for that layout.
+//!   for that layout; a body where that cannot hold (a linear produces the
+//!   carried value) runs its linears whole, which always can.
 //!
 //! Backward collectives are derived from the same layouts, as the
 //! runtime's backward pass does: a contribution that is a partial sum over
@@ -269,6 +270,7 @@ pub fn build(g: &Graph, numel: &[f64], mesh: &Mesh) -> Result<Program, Unshardab
         kv_groups: kv_groups(g, mesh.tp),
         gathered: BTreeSet::new(),
         ops: Vec::new(),
+        whole_linears: false,
     };
     if mesh.tp > 1 {
         b.items(&g.body)?;
@@ -346,6 +348,9 @@ struct Builder<'a> {
     /// Forward conversions already made (one per value and layout).
     gathered: BTreeSet<(TensorId, Layout)>,
     ops: Vec<ShardedOp>,
+    /// Inside a `repeat` whose split form would change the carried
+    /// value's layout: linears run whole (replicated).
+    whole_linears: bool,
 }
 
 impl Builder<'_> {
@@ -417,28 +422,48 @@ impl Builder<'_> {
             match it {
                 Item::Op(op) => self.op(op)?,
                 Item::Repeat(r) => {
-                    for c in &r.carried {
-                        let l = self.l(c.init);
-                        self.layouts[c.param.0 as usize] = l;
-                        self.demand[c.next.0 as usize] = Some(l);
-                    }
-                    self.items(&r.body)?;
-                    for c in &r.carried {
-                        let (enter, leave) = (self.l(c.init), self.l(c.next));
-                        if enter != leave {
-                            return Err(Unshardable {
-                                reason: format!(
-                                    "the carried value `{}` enters each iteration {} but leaves it {}",
-                                    self.g.tensor(c.param).name,
-                                    enter.name(),
-                                    leave.name()
-                                ),
-                            });
-                        }
-                        self.layouts[c.result.0 as usize] = leave;
+                    // A body whose split form would change the carried
+                    // value's layout runs with whole linears instead
+                    // (sound, and the same layout every iteration).
+                    let saved = (self.ops.len(), self.layouts.clone(), self.gathered.clone());
+                    let first = self.repeat(r);
+                    if first.is_err() && !self.whole_linears {
+                        self.ops.truncate(saved.0);
+                        self.layouts = saved.1;
+                        self.gathered = saved.2;
+                        self.whole_linears = true;
+                        let second = self.repeat(r);
+                        self.whole_linears = false;
+                        second?;
+                    } else {
+                        first?;
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn repeat(&mut self, r: &gantry_lang::program::Repeat) -> Result<(), Unshardable> {
+        for c in &r.carried {
+            let l = self.l(c.init);
+            self.layouts[c.param.0 as usize] = l;
+            self.demand[c.next.0 as usize] = Some(l);
+        }
+        self.items(&r.body)?;
+        for c in &r.carried {
+            let (enter, leave) = (self.l(c.init), self.l(c.next));
+            if enter != leave {
+                return Err(Unshardable {
+                    reason: format!(
+                        "the carried value `{}` enters each iteration {} but leaves it {}",
+                        self.g.tensor(c.param).name,
+                        enter.name(),
+                        leave.name()
+                    ),
+                });
+            }
+            self.layouts[c.result.0 as usize] = leave;
         }
         Ok(())
     }
@@ -459,6 +484,10 @@ impl Builder<'_> {
                 });
                 let reads = ins.iter().map(|t| self.read(*t, lay, &mut comms)).collect();
                 (Strategy::Local, reads, lay)
+            }
+            OpKind::Linear { .. } if self.whole_linears => {
+                let r = self.read(ins[0], Layout::Rep, &mut comms);
+                (Strategy::Replicated, vec![r], Layout::Rep)
             }
             OpKind::Linear { .. } => {
                 let x = ins[0];
