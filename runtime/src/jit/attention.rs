@@ -8,7 +8,7 @@
 //! lives in a caller-owned scratch buffer of [`KEY_BLOCK`] floats.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 use cranelift_frontend::Variable;
 
 use super::codegen::{Gen, V4};
@@ -75,6 +75,21 @@ impl Jit {
     }
 }
 
+/// What one query row's code needs from the enclosing loops.
+#[derive(Clone, Copy)]
+struct QueryRow {
+    /// The query row, its output row (`head_dim` floats each).
+    qrow: Value,
+    orow: Value,
+    /// Row 0 of this head's keys and values (rows `kv_heads * head_dim` apart).
+    kbase: Value,
+    vbase: Value,
+    /// [`KEY_BLOCK`] floats: one block's scores, then its probabilities.
+    scratch: Value,
+    /// Keys the row sees (all, or up to its causal position).
+    visible: Value,
+}
+
 impl Gen<'_> {
     pub(super) fn attention(&mut self, ptrs: Value, ints: Value, s: &AttentionSpec) {
         let q = self.arg_ptr(ptrs, 0);
@@ -83,11 +98,10 @@ impl Gen<'_> {
         let out = self.arg_ptr(ptrs, 3);
         let scratch = self.arg_ptr(ptrs, 4);
         let batch = self.arg_int(ints, 0);
-        let hd = s.head_dim;
-        let qf = (s.heads * hd) as i64;
-        let kf = (s.kv_heads * hd) as i64;
+        let hd = s.head_dim as i64;
+        let qf = (s.heads * s.head_dim) as i64;
+        let kf = (s.kv_heads * s.head_dim) as i64;
         let (sq, skv) = (s.seq_q as i64, s.seq_kv as i64);
-        let scale = 1.0 / (hd as f32).sqrt();
         let zero = self.iconst(0);
         self.for_range(zero, batch, 1, |g, b| {
             g.for_count(s.heads, |g, h| {
@@ -96,16 +110,16 @@ impl Gen<'_> {
                 let gkv = g.b.ins().udiv_imm_s(gh, s.group as i64);
                 let kvh = g.b.ins().iadd_imm_s(gkv, -(s.kv_head_offset as i64));
                 let kbase = g.offset(k, b, 4 * skv * kf);
-                let kbase = g.offset(kbase, kvh, 4 * hd as i64);
+                let kbase = g.offset(kbase, kvh, 4 * hd);
                 let vbase = g.offset(v, b, 4 * skv * kf);
-                let vbase = g.offset(vbase, kvh, 4 * hd as i64);
+                let vbase = g.offset(vbase, kvh, 4 * hd);
                 g.for_count(s.seq_q, |g, i| {
                     let bi = g.b.ins().imul_imm_s(b, sq);
                     let row = g.b.ins().iadd(bi, i);
                     let qrow = g.offset(q, row, 4 * qf);
-                    let qrow = g.offset(qrow, h, 4 * hd as i64);
+                    let qrow = g.offset(qrow, h, 4 * hd);
                     let orow = g.offset(out, row, 4 * qf);
-                    let orow = g.offset(orow, h, 4 * hd as i64);
+                    let orow = g.offset(orow, h, 4 * hd);
                     let visible = if s.causal {
                         let vis = g.b.ins().iadd_imm_s(i, skv - sq + 1);
                         let z = g.iconst(0);
@@ -115,151 +129,183 @@ impl Gen<'_> {
                     } else {
                         g.iconst(skv)
                     };
-                    // Zero the output row; it accumulates unnormalized sums.
-                    let zv = g.fconst(V4, 0.0);
-                    for c in 0..hd / 4 {
-                        g.store(zv, orow, 16 * c as i64);
-                    }
-                    let zs = g.fconst(types::F32, 0.0);
-                    for t in hd / 4 * 4..hd {
-                        g.store(zs, orow, 4 * t as i64);
-                    }
-                    let big = g.fconst(types::F32, -1e30);
-                    let mvar = g.var(types::F32, big);
-                    let lvar = g.var(types::F32, zs);
-                    let z = g.iconst(0);
-                    g.for_range(z, visible, KEY_BLOCK as i64, |g, j0| {
-                        let rest = g.b.ins().isub(visible, j0);
-                        let kb = g.iconst(KEY_BLOCK as i64);
-                        let jn = g.imin(rest, kb);
-                        // Scores of the block, and their maximum.
-                        let bmax = g.var(types::F32, big);
-                        let z = g.iconst(0);
-                        let scl = g.fconst(types::F32, scale);
-                        g.for_range(z, jn, 1, |g, j| {
-                            let jj = g.b.ins().iadd(j0, j);
-                            let krow = g.offset(kbase, jj, 4 * kf);
-                            let d = g.dot(qrow, krow, hd);
-                            let sc = g.b.ins().fmul(d, scl);
-                            let sp = g.offset(scratch, j, 4);
-                            g.store(sc, sp, 0);
-                            let cur = g.b.use_var(bmax);
-                            let nm = g.b.ins().fmax(cur, sc);
-                            g.b.def_var(bmax, nm);
-                        });
-                        let m_old = g.b.use_var(mvar);
-                        let bm = g.b.use_var(bmax);
-                        let m_new = g.b.ins().fmax(m_old, bm);
-                        let dm = g.b.ins().fsub(m_old, m_new);
-                        let corr = g.exp(types::F32, dm);
-                        // p = exp(s - m_new), summed.
-                        let mv = g.b.ins().splat(V4, m_new);
-                        let zv = g.fconst(V4, 0.0);
-                        let pacc = g.var(V4, zv);
-                        let z = g.iconst(0);
-                        let end4 = g.b.ins().iadd_imm_s(jn, -3);
-                        let j = g.for_range(z, end4, 4, |g, j| {
-                            let sp = g.offset(scratch, j, 4);
-                            let x = g.load(V4, sp, 0);
-                            let d = g.b.ins().fsub(x, mv);
-                            let e = g.exp(V4, d);
-                            g.store(e, sp, 0);
-                            let cur = g.b.use_var(pacc);
-                            let n = g.b.ins().fadd(cur, e);
-                            g.b.def_var(pacc, n);
-                        });
-                        let pv = g.b.use_var(pacc);
-                        let ps = g.hsum(pv);
-                        let psum = g.var(types::F32, ps);
-                        g.for_range(j, jn, 1, |g, j| {
-                            let sp = g.offset(scratch, j, 4);
-                            let x = g.load(types::F32, sp, 0);
-                            let d = g.b.ins().fsub(x, m_new);
-                            let e = g.exp(types::F32, d);
-                            g.store(e, sp, 0);
-                            let cur = g.b.use_var(psum);
-                            let n = g.b.ins().fadd(cur, e);
-                            g.b.def_var(psum, n);
-                        });
-                        let l_old = g.b.use_var(lvar);
-                        let ps = g.b.use_var(psum);
-                        let l_new = g.fma(l_old, corr, ps);
-                        g.b.def_var(lvar, l_new);
-                        g.b.def_var(mvar, m_new);
-                        // out = out * corr + sum_j p_j v_j, in chunks of 8 vectors.
-                        let corrv = g.b.ins().splat(V4, corr);
-                        let nvec = hd / 4;
-                        let mut c0 = 0;
-                        while c0 < nvec {
-                            let cn = (nvec - c0).min(8);
-                            let accs: Vec<Variable> = (0..cn)
-                                .map(|c| {
-                                    let o = g.load(V4, orow, 16 * (c0 + c) as i64);
-                                    let o = g.b.ins().fmul(o, corrv);
-                                    g.var(V4, o)
-                                })
-                                .collect();
-                            let z = g.iconst(0);
-                            g.for_range(z, jn, 1, |g, j| {
-                                let sp = g.offset(scratch, j, 4);
-                                let p = g.load(types::F32, sp, 0);
-                                let pv = g.b.ins().splat(V4, p);
-                                let jj = g.b.ins().iadd(j0, j);
-                                let vrow = g.offset(vbase, jj, 4 * kf);
-                                for (c, acc) in accs.iter().enumerate() {
-                                    let x = g.load(V4, vrow, 16 * (c0 + c) as i64);
-                                    let cur = g.b.use_var(*acc);
-                                    let n = g.fma(pv, x, cur);
-                                    g.b.def_var(*acc, n);
-                                }
-                            });
-                            for (c, acc) in accs.iter().enumerate() {
-                                let val = g.b.use_var(*acc);
-                                g.store(val, orow, 16 * (c0 + c) as i64);
-                            }
-                            c0 += cn;
-                        }
-                        if !hd.is_multiple_of(4) {
-                            let tails: Vec<Variable> = (hd / 4 * 4..hd)
-                                .map(|t| {
-                                    let o = g.load(types::F32, orow, 4 * t as i64);
-                                    let o = g.b.ins().fmul(o, corr);
-                                    g.var(types::F32, o)
-                                })
-                                .collect();
-                            let z = g.iconst(0);
-                            g.for_range(z, jn, 1, |g, j| {
-                                let sp = g.offset(scratch, j, 4);
-                                let p = g.load(types::F32, sp, 0);
-                                let jj = g.b.ins().iadd(j0, j);
-                                let vrow = g.offset(vbase, jj, 4 * kf);
-                                for (ti, acc) in tails.iter().enumerate() {
-                                    let x = g.load(types::F32, vrow, 4 * (hd / 4 * 4 + ti) as i64);
-                                    let cur = g.b.use_var(*acc);
-                                    let n = g.fma(p, x, cur);
-                                    g.b.def_var(*acc, n);
-                                }
-                            });
-                            for (ti, acc) in tails.iter().enumerate() {
-                                let val = g.b.use_var(*acc);
-                                g.store(val, orow, 4 * (hd / 4 * 4 + ti) as i64);
-                            }
-                        }
-                    });
-                    // Normalize (a row that saw no key stays zero).
-                    let l = g.b.use_var(lvar);
-                    let zs = g.fconst(types::F32, 0.0);
-                    let pos = g.b.ins().fcmp(FloatCC::GreaterThan, l, zs);
-                    let one = g.fconst(types::F32, 1.0);
-                    let inv = g.b.ins().fdiv(one, l);
-                    let inv = g.b.ins().select(pos, inv, zs);
-                    let invv = g.b.ins().splat(V4, inv);
-                    g.map_row(&[orow], orow, hd, |g, ty, vals| {
-                        let i = if ty == V4 { invv } else { inv };
-                        g.b.ins().fmul(vals[0], i)
-                    });
+                    let r = QueryRow {
+                        qrow,
+                        orow,
+                        kbase,
+                        vbase,
+                        scratch,
+                        visible,
+                    };
+                    g.attention_row(s, r);
                 });
             });
+        });
+    }
+
+    /// One query row: the output row accumulates unnormalized sums over
+    /// blocks of keys (running maximum `m`, running sum `l`), then is
+    /// divided by `l`.
+    fn attention_row(&mut self, s: &AttentionSpec, r: QueryRow) {
+        let hd = s.head_dim;
+        let zv = self.fconst(V4, 0.0);
+        for c in 0..hd / 4 {
+            self.store(zv, r.orow, 16 * c as i64);
+        }
+        let zs = self.fconst(types::F32, 0.0);
+        for t in hd / 4 * 4..hd {
+            self.store(zs, r.orow, 4 * t as i64);
+        }
+        let big = self.fconst(types::F32, -1e30);
+        let mvar = self.var(types::F32, big);
+        let lvar = self.var(types::F32, zs);
+        let z = self.iconst(0);
+        self.for_range(z, r.visible, KEY_BLOCK as i64, |g, j0| {
+            let rest = g.b.ins().isub(r.visible, j0);
+            let kb = g.iconst(KEY_BLOCK as i64);
+            let jn = g.imin(rest, kb);
+            let bm = g.attention_scores(s, r, j0, jn);
+            let m_old = g.b.use_var(mvar);
+            let m_new = g.b.ins().fmax(m_old, bm);
+            let dm = g.b.ins().fsub(m_old, m_new);
+            let corr = g.exp(types::F32, dm);
+            let ps = g.attention_probs(r.scratch, jn, m_new);
+            let l_old = g.b.use_var(lvar);
+            let l_new = g.fma(l_old, corr, ps);
+            g.b.def_var(lvar, l_new);
+            g.b.def_var(mvar, m_new);
+            g.attention_values(s, r, j0, jn, corr);
+        });
+        // Normalize (a row that saw no key stays zero).
+        let l = self.b.use_var(lvar);
+        let pos = self.b.ins().fcmp(FloatCC::GreaterThan, l, zs);
+        let one = self.fconst(types::F32, 1.0);
+        let inv = self.b.ins().fdiv(one, l);
+        let inv = self.b.ins().select(pos, inv, zs);
+        let invv = self.b.ins().splat(V4, inv);
+        self.map_row(&[r.orow], r.orow, hd, |g, ty, vals| {
+            let i = if ty == V4 { invv } else { inv };
+            g.b.ins().fmul(vals[0], i)
+        });
+    }
+
+    /// Scaled scores of keys `j0..j0 + jn` into the scratch block; returns
+    /// their maximum.
+    fn attention_scores(&mut self, s: &AttentionSpec, r: QueryRow, j0: Value, jn: Value) -> Value {
+        let kf = (s.kv_heads * s.head_dim) as i64;
+        let big = self.fconst(types::F32, -1e30);
+        let bmax = self.var(types::F32, big);
+        let z = self.iconst(0);
+        let scl = self.fconst(types::F32, 1.0 / (s.head_dim as f32).sqrt());
+        self.for_range(z, jn, 1, |g, j| {
+            let jj = g.b.ins().iadd(j0, j);
+            let krow = g.offset(r.kbase, jj, 4 * kf);
+            let d = g.dot(r.qrow, krow, s.head_dim);
+            let sc = g.b.ins().fmul(d, scl);
+            let sp = g.offset(r.scratch, j, 4);
+            g.store(sc, sp, 0);
+            let cur = g.b.use_var(bmax);
+            let nm = g.b.ins().fmax(cur, sc);
+            g.b.def_var(bmax, nm);
+        });
+        self.b.use_var(bmax)
+    }
+
+    /// `p = exp(score - m)` in place over the `jn` scores of the scratch
+    /// block; returns their sum.
+    fn attention_probs(&mut self, scratch: Value, jn: Value, m: Value) -> Value {
+        let mv = self.b.ins().splat(V4, m);
+        let zv = self.fconst(V4, 0.0);
+        let pacc = self.var(V4, zv);
+        let z = self.iconst(0);
+        let end4 = self.b.ins().iadd_imm_s(jn, -3);
+        let j = self.for_range(z, end4, 4, |g, j| {
+            let sp = g.offset(scratch, j, 4);
+            let x = g.load(V4, sp, 0);
+            let d = g.b.ins().fsub(x, mv);
+            let e = g.exp(V4, d);
+            g.store(e, sp, 0);
+            let cur = g.b.use_var(pacc);
+            let n = g.b.ins().fadd(cur, e);
+            g.b.def_var(pacc, n);
+        });
+        let pv = self.b.use_var(pacc);
+        let ps = self.hsum(pv);
+        let psum = self.var(types::F32, ps);
+        self.for_range(j, jn, 1, |g, j| {
+            let sp = g.offset(scratch, j, 4);
+            let x = g.load(types::F32, sp, 0);
+            let d = g.b.ins().fsub(x, m);
+            let e = g.exp(types::F32, d);
+            g.store(e, sp, 0);
+            let cur = g.b.use_var(psum);
+            let n = g.b.ins().fadd(cur, e);
+            g.b.def_var(psum, n);
+        });
+        self.b.use_var(psum)
+    }
+
+    /// `out = out * corr + sum_j p_j v_j` over the block's `jn` keys: the
+    /// row's vectors in chunks of up to 8 accumulators (registers), then
+    /// its scalar tail.
+    fn attention_values(
+        &mut self,
+        s: &AttentionSpec,
+        r: QueryRow,
+        j0: Value,
+        jn: Value,
+        corr: Value,
+    ) {
+        let hd = s.head_dim;
+        let corrv = self.b.ins().splat(V4, corr);
+        let pieces: Vec<(Type, i64)> = (0..hd / 4)
+            .map(|c| (V4, 16 * c as i64))
+            .chain((hd / 4 * 4..hd).map(|t| (types::F32, 4 * t as i64)))
+            .collect();
+        for chunk in pieces.chunks(8) {
+            let accs: Vec<Variable> = chunk
+                .iter()
+                .map(|(ty, o)| {
+                    let c = if *ty == V4 { corrv } else { corr };
+                    let x = self.load(*ty, r.orow, *o);
+                    let x = self.b.ins().fmul(x, c);
+                    self.var(*ty, x)
+                })
+                .collect();
+            self.attention_value_chunk(s, r, j0, jn, chunk, &accs);
+            for ((_, o), acc) in chunk.iter().zip(&accs) {
+                let val = self.b.use_var(*acc);
+                self.store(val, r.orow, *o);
+            }
+        }
+    }
+
+    /// The loop over keys for one chunk of the output row: `accs[c] +=
+    /// p_j * v_j[chunk[c]]`.
+    fn attention_value_chunk(
+        &mut self,
+        s: &AttentionSpec,
+        r: QueryRow,
+        j0: Value,
+        jn: Value,
+        chunk: &[(Type, i64)],
+        accs: &[Variable],
+    ) {
+        let kf = (s.kv_heads * s.head_dim) as i64;
+        let z = self.iconst(0);
+        self.for_range(z, jn, 1, |g, j| {
+            let sp = g.offset(r.scratch, j, 4);
+            let p = g.load(types::F32, sp, 0);
+            let pv = g.b.ins().splat(V4, p);
+            let jj = g.b.ins().iadd(j0, j);
+            let vrow = g.offset(r.vbase, jj, 4 * kf);
+            for ((ty, o), acc) in chunk.iter().zip(accs) {
+                let x = g.load(*ty, vrow, *o);
+                let cur = g.b.use_var(*acc);
+                let pp = if *ty == V4 { pv } else { p };
+                let n = g.fma(pp, x, cur);
+                g.b.def_var(*acc, n);
+            }
         });
     }
 }

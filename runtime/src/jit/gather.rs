@@ -115,6 +115,41 @@ impl Jit {
     }
 }
 
+/// The gather kernel's arguments and shape, as its generators see them.
+#[derive(Clone, Copy)]
+struct Lookups {
+    ids: Value,
+    table: Value,
+    out: Value,
+    /// Lookups, the table's global rows, the first local row, local rows,
+    /// the column of `ids` read.
+    count: Value,
+    total: Value,
+    start: Value,
+    local: Value,
+    col: Value,
+    /// `total - 1`, the largest id.
+    last: Value,
+    dim: usize,
+    pooling: usize,
+    stride: usize,
+}
+
+impl Lookups {
+    fn row_bytes(&self) -> i64 {
+        4 * self.dim as i64
+    }
+
+    /// Pieces of a row: (type, byte offset), vectors then scalars.
+    fn pieces(&self) -> Vec<(Type, i64)> {
+        let nvec = self.dim / 4;
+        (0..nvec)
+            .map(|v| (V4, 16 * v as i64))
+            .chain((nvec * 4..self.dim).map(|t| (types::F32, 4 * t as i64)))
+            .collect()
+    }
+}
+
 impl Gen<'_> {
     /// Pooled row lookups. With `prefetch` (a host function, see
     /// `host_prefetch`), lookups go in blocks of [`GATHER_BLOCK`]: before
@@ -131,142 +166,179 @@ impl Gen<'_> {
         stride: usize,
         prefetch: Option<FuncRef>,
     ) {
-        let ids = self.arg_ptr(ptrs, 0);
-        let table = self.arg_ptr(ptrs, 1);
-        let out = self.arg_ptr(ptrs, 2);
-        let count = self.arg_int(ints, 0);
         let total = self.arg_int(ints, 1);
-        let start = self.arg_int(ints, 2);
-        let local = self.arg_int(ints, 3);
-        let col = self.arg_int(ints, 4);
+        let a = Lookups {
+            ids: self.arg_ptr(ptrs, 0),
+            table: self.arg_ptr(ptrs, 1),
+            out: self.arg_ptr(ptrs, 2),
+            count: self.arg_int(ints, 0),
+            total,
+            start: self.arg_int(ints, 2),
+            local: self.arg_int(ints, 3),
+            col: self.arg_int(ints, 4),
+            last: self.b.ins().iadd_imm_s(total, -1),
+            dim,
+            pooling,
+            stride,
+        };
         let zero = self.iconst(0);
-        let last = self.b.ins().iadd_imm_s(total, -1);
-        let row_bytes = 4 * dim as i64;
-        let nvec = dim / 4;
-        // Pieces of a row: (type, byte offset).
-        let pieces: Vec<(Type, i64)> = (0..nvec)
-            .map(|v| (V4, 16 * v as i64))
-            .chain((nvec * 4..dim).map(|t| (types::F32, 4 * t as i64)))
-            .collect();
-        // Lookup `r`: its position in `ids` (and `out` rows), its first
-        // row relative to the local range, and whether that row is local.
-        let lookup = |g: &mut Self, r: Value| -> (Value, Value, Value) {
-            let rs = g.b.ins().imul_imm_s(r, stride as i64);
-            let pos = g.b.ins().iadd(rs, col);
-            let ip = g.offset(ids, pos, 4);
-            let idf = g.load(types::F32, ip, 0);
-            let id = g.b.ins().fcvt_to_sint_sat(types::I64, idf);
-            let z = g.iconst(0);
-            let id = g.imax(id, z);
-            let id = g.imin(id, last);
-            let lrow = g.b.ins().isub(id, start);
-            let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
-            (pos, lrow, inside)
-        };
-        let mut body = |g: &mut Self, r: Value| {
-            let (pos, lrow, inside) = lookup(g, r);
-            let orow = g.offset(out, pos, row_bytes);
-            if pooling == 1 {
-                // A plain copy of the row (or zeros when it is not held here).
-                let tr = g.offset(table, lrow, row_bytes);
-                g.if_else(
-                    inside,
-                    |g| {
-                        for chunk in pieces.chunks(8) {
-                            let vals: Vec<Value> =
-                                chunk.iter().map(|(ty, o)| g.load(*ty, tr, *o)).collect();
-                            for ((_, o), v) in chunk.iter().zip(vals) {
-                                g.store(v, orow, *o);
-                            }
-                        }
-                    },
-                    |g| {
-                        let zv = g.fconst(V4, 0.0);
-                        let zs = g.fconst(types::F32, 0.0);
-                        for (ty, o) in &pieces {
-                            g.store(if *ty == V4 { zv } else { zs }, orow, *o);
-                        }
-                    },
-                );
-                return;
+        match prefetch {
+            Some(pf) => self.gather_prefetched(a, pf),
+            None => {
+                self.for_range(zero, a.count, 1, |g, r| g.gather_one(a, r));
             }
-            // Chunks of up to 8 pieces accumulated over the pooled rows
-            // `id, id + 1, ...` (wrapping at `total`).
-            let id = g.b.ins().iadd(lrow, start);
-            for chunk in pieces.chunks(8) {
-                let accs: Vec<Variable> = chunk
-                    .iter()
-                    .map(|(ty, _)| {
-                        let zc = g.fconst(*ty, 0.0);
-                        g.var(*ty, zc)
-                    })
-                    .collect();
-                let row = g.var(types::I64, id);
-                g.for_count(pooling, |g, _| {
-                    let cur = g.b.use_var(row);
-                    let lrow = g.b.ins().isub(cur, start);
-                    let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, local);
-                    g.if_then(inside, |g| {
-                        let tr = g.offset(table, lrow, row_bytes);
-                        for ((ty, o), acc) in chunk.iter().zip(&accs) {
-                            let x = g.load(*ty, tr, *o);
-                            let a = g.b.use_var(*acc);
-                            let n = g.b.ins().fadd(a, x);
-                            g.b.def_var(*acc, n);
-                        }
-                    });
-                    let next = g.b.ins().iadd_imm_s(cur, 1);
-                    let wrap = g.b.ins().icmp(IntCC::Equal, next, total);
-                    let z = g.iconst(0);
-                    let next = g.b.ins().select(wrap, z, next);
-                    g.b.def_var(row, next);
-                });
-                for ((_, o), acc) in chunk.iter().zip(&accs) {
-                    let val = g.b.use_var(*acc);
-                    g.store(val, orow, *o);
+        }
+    }
+
+    /// Lookup `r`: its position in `ids` (and `out` rows), its first row
+    /// relative to the local range, and whether that row is local.
+    fn gather_lookup(&mut self, a: Lookups, r: Value) -> (Value, Value, Value) {
+        let rs = self.b.ins().imul_imm_s(r, a.stride as i64);
+        let pos = self.b.ins().iadd(rs, a.col);
+        let ip = self.offset(a.ids, pos, 4);
+        let idf = self.load(types::F32, ip, 0);
+        let id = self.b.ins().fcvt_to_sint_sat(types::I64, idf);
+        let z = self.iconst(0);
+        let id = self.imax(id, z);
+        let id = self.imin(id, a.last);
+        let lrow = self.b.ins().isub(id, a.start);
+        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, lrow, a.local);
+        (pos, lrow, inside)
+    }
+
+    /// Lookup `r` into its output row.
+    fn gather_one(&mut self, a: Lookups, r: Value) {
+        let (pos, lrow, inside) = self.gather_lookup(a, r);
+        let orow = self.offset(a.out, pos, a.row_bytes());
+        if a.pooling == 1 {
+            self.gather_copy(a, lrow, inside, orow);
+        } else {
+            self.gather_pooled(a, lrow, orow);
+        }
+    }
+
+    /// A plain copy of the row (or zeros when it is not held here).
+    fn gather_copy(&mut self, a: Lookups, lrow: Value, inside: Value, orow: Value) {
+        let pieces = a.pieces();
+        let tr = self.offset(a.table, lrow, a.row_bytes());
+        self.if_else(
+            inside,
+            |g| {
+                for chunk in pieces.chunks(8) {
+                    let vals: Vec<Value> =
+                        chunk.iter().map(|(ty, o)| g.load(*ty, tr, *o)).collect();
+                    for ((_, o), v) in chunk.iter().zip(vals) {
+                        g.store(v, orow, *o);
+                    }
                 }
+            },
+            |g| {
+                let zv = g.fconst(V4, 0.0);
+                let zs = g.fconst(types::F32, 0.0);
+                for (ty, o) in &pieces {
+                    g.store(if *ty == V4 { zv } else { zs }, orow, *o);
+                }
+            },
+        );
+    }
+
+    /// Chunks of up to 8 pieces accumulated over the pooled rows `id, id +
+    /// 1, ...` (wrapping at `total`), the local ones only.
+    fn gather_pooled(&mut self, a: Lookups, lrow: Value, orow: Value) {
+        let id = self.b.ins().iadd(lrow, a.start);
+        for chunk in a.pieces().chunks(8) {
+            let accs: Vec<Variable> = chunk
+                .iter()
+                .map(|(ty, _)| {
+                    let zc = self.fconst(*ty, 0.0);
+                    self.var(*ty, zc)
+                })
+                .collect();
+            let row = self.var(types::I64, id);
+            self.for_count(a.pooling, |g, _| {
+                let cur = g.b.use_var(row);
+                let lrow = g.b.ins().isub(cur, a.start);
+                let inside = g.b.ins().icmp(IntCC::UnsignedLessThan, lrow, a.local);
+                g.if_then(inside, |g| {
+                    let tr = g.offset(a.table, lrow, a.row_bytes());
+                    for ((ty, o), acc) in chunk.iter().zip(&accs) {
+                        let x = g.load(*ty, tr, *o);
+                        let s = g.b.use_var(*acc);
+                        let n = g.b.ins().fadd(s, x);
+                        g.b.def_var(*acc, n);
+                    }
+                });
+                let next = g.b.ins().iadd_imm_s(cur, 1);
+                let wrap = g.b.ins().icmp(IntCC::Equal, next, a.total);
+                let z = g.iconst(0);
+                let next = g.b.ins().select(wrap, z, next);
+                g.b.def_var(row, next);
+            });
+            for ((_, o), acc) in chunk.iter().zip(&accs) {
+                let val = self.b.use_var(*acc);
+                self.store(val, orow, *o);
             }
-        };
-        let Some(pf) = prefetch else {
-            self.for_range(zero, count, 1, body);
-            return;
-        };
+        }
+    }
+
+    /// Blocks of [`GATHER_BLOCK`] lookups, each after prefetching the rows
+    /// of the block [`GATHER_AHEAD`] lookups further on.
+    fn gather_prefetched(&mut self, a: Lookups, pf: FuncRef) {
         let slots = GATHER_AHEAD.max(GATHER_BLOCK);
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             8 * slots as u32,
             3,
         ));
-        let addrs = self.b.ins().stack_addr(self.ptr, slot, 0);
-        let end = self.offset(table, local, row_bytes);
-        let bytes = self.iconst(PREFETCH_CAP.min(4 * dim * pooling) as i64);
-        // Prefetches the first rows of lookups `lo..hi` (`hi - lo <= slots`).
-        let issue = |g: &mut Self, lo: Value, hi: Value| {
-            let hi = g.imin(hi, count);
-            let n = g.b.ins().isub(hi, lo);
-            let some = g.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
-            g.if_then(some, |g| {
-                g.for_range(lo, hi, 1, |g, j| {
-                    let (_, lrow, inside) = lookup(g, j);
-                    let tr = g.offset(table, lrow, row_bytes);
-                    let z = g.iconst(0);
-                    let a = g.b.ins().select(inside, tr, z);
-                    let k = g.b.ins().isub(j, lo);
-                    let at = g.offset(addrs, k, 8);
-                    g.store(a, at, 0);
-                });
-                g.b.ins().call(pf, &[addrs, n, bytes, end]);
-            });
+        let p = Prefetch {
+            f: pf,
+            addrs: self.b.ins().stack_addr(self.ptr, slot, 0),
+            end: self.offset(a.table, a.local, a.row_bytes()),
+            bytes: self.iconst(PREFETCH_CAP.min(4 * a.dim * a.pooling) as i64),
         };
+        let zero = self.iconst(0);
         let ahead = self.iconst(GATHER_AHEAD);
-        issue(self, zero, ahead);
-        self.for_range(zero, count, GATHER_BLOCK, |g, b0| {
+        self.gather_issue(a, p, zero, ahead);
+        self.for_range(zero, a.count, GATHER_BLOCK, |g, b0| {
             let lo = g.b.ins().iadd_imm_s(b0, GATHER_AHEAD);
             let hi = g.b.ins().iadd_imm_s(lo, GATHER_BLOCK);
-            issue(g, lo, hi);
+            g.gather_issue(a, p, lo, hi);
             let b1 = g.b.ins().iadd_imm_s(b0, GATHER_BLOCK);
-            let b1 = g.imin(b1, count);
-            g.for_range(b0, b1, 1, &mut body);
+            let b1 = g.imin(b1, a.count);
+            g.for_range(b0, b1, 1, |g, r| g.gather_one(a, r));
         });
     }
+
+    /// Prefetches the first rows of lookups `lo..hi` (`hi - lo <= slots`):
+    /// their addresses (0 for rows not held here) into the stack array,
+    /// then one call of the host function.
+    fn gather_issue(&mut self, a: Lookups, p: Prefetch, lo: Value, hi: Value) {
+        let hi = self.imin(hi, a.count);
+        let n = self.b.ins().isub(hi, lo);
+        let some = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, n, 0);
+        self.if_then(some, |g| {
+            g.for_range(lo, hi, 1, |g, j| {
+                let (_, lrow, inside) = g.gather_lookup(a, j);
+                let tr = g.offset(a.table, lrow, a.row_bytes());
+                let z = g.iconst(0);
+                let addr = g.b.ins().select(inside, tr, z);
+                let k = g.b.ins().isub(j, lo);
+                let at = g.offset(p.addrs, k, 8);
+                g.store(addr, at, 0);
+            });
+            g.b.ins().call(p.f, &[p.addrs, n, p.bytes, p.end]);
+        });
+    }
+}
+
+/// The prefetch call's fixed operands.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    f: FuncRef,
+    /// The stack array of addresses.
+    addrs: Value,
+    /// The end of the local table (prefetches stop there).
+    end: Value,
+    /// Bytes per row prefetched.
+    bytes: Value,
 }
