@@ -5,14 +5,24 @@
 //! this one file (the `transmute` to a function pointer, the call, the
 //! freeing of code memory), behind [`Jit::call`], which the kernel
 //! families reach only after checking their buffers. Compilation reuses
-//! one Cranelift `Context` and `FunctionBuilderContext` and two
-//! `JITModule`s (optimized, and plain for matrix products) for the whole
-//! life of the context, so a kernel costs only its own code generation.
+//! one `JITModule` (with its ISA and flags), one Cranelift `Context` and
+//! one `FunctionBuilderContext` for the whole life of the context, so a
+//! kernel costs only its own code generation.
+//!
+//! Settings, measured with `cargo bench --bench kernels` and per-kernel
+//! timings on the reference host: `opt_level=none` for every kernel. The
+//! mid-end's e-graph pass (`speed`) costs about a quarter of a kernel's
+//! compile time and made no kernel faster: its elaboration places pure
+//! instructions after the loads of a loop body, which lengthens live
+//! ranges (the matrix product's accumulators spilled; layernorm ran at
+//! half speed, attention and softmax about 30% slower). The IR verifier
+//! (about a third of the compile time) runs in debug builds only.
 
 use std::collections::HashMap;
 
 use cranelift_codegen::Context;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, UserFuncName, types};
+use cranelift_codegen::ir::types::I64;
+use cranelift_codegen::ir::{AbiParam, FuncRef, InstBuilder, Type, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -43,13 +53,22 @@ pub(super) fn buffer_err(kernel: &str, what: &str, need: usize, have: usize) -> 
     .with_help("this is a runtime bug; please report it with the command line")
 }
 
-/// A JIT module for the host CPU at Cranelift optimization level `opt`.
-pub(super) fn host_module(opt: &str) -> Result<JITModule, RuntimeError> {
+/// The JIT module for the host CPU.
+pub(super) fn host_module() -> Result<JITModule, RuntimeError> {
     let mut flags = settings::builder();
     for (k, v) in [
-        ("opt_level", opt),
+        ("opt_level", "none"),
         ("is_pic", "false"),
         ("use_colocated_libcalls", "false"),
+        // Debug builds (and so every test) keep the verifier.
+        (
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        ),
     ] {
         flags.set(k, v).map_err(jit_err)?;
     }
@@ -68,9 +87,6 @@ pub(super) fn host_module(opt: &str) -> Result<JITModule, RuntimeError> {
 /// The JIT context: code memory, compilation contexts and a kernel cache.
 pub struct Jit {
     module: Option<JITModule>,
-    /// Matrix products: compiled without Cranelift's mid-end optimizer,
-    /// so instructions stay in the order they are built (see `Gen::micro`).
-    plain: Option<JITModule>,
     ctx: Context,
     fctx: FunctionBuilderContext,
     cache: HashMap<KernelSpec, KernelFn>,
@@ -85,10 +101,7 @@ pub struct Jit {
 impl Drop for Jit {
     fn drop(&mut self) {
         self.cache.clear();
-        for m in [self.module.take(), self.plain.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(m) = self.module.take() {
             // SAFETY: kernel pointers never leave this context (they are only
             // called from its methods, which borrow it), so once the context
             // is dropped no kernel is running or can be called again.
@@ -100,12 +113,10 @@ impl Drop for Jit {
 impl Jit {
     /// A context for the host CPU.
     pub fn new() -> Result<Jit, RuntimeError> {
-        let module = host_module("speed")?;
-        let plain = host_module("none")?;
+        let module = host_module()?;
         Ok(Jit {
             ctx: module.make_context(),
             module: Some(module),
-            plain: Some(plain),
             fctx: FunctionBuilderContext::new(),
             cache: HashMap::new(),
             capture: false,
@@ -164,12 +175,10 @@ impl Jit {
     }
 
     fn compile(&mut self, spec: &KernelSpec) -> Result<KernelFn, RuntimeError> {
-        let module = if matches!(spec, KernelSpec::MatMul { .. }) {
-            self.plain.as_mut()
-        } else {
-            self.module.as_mut()
-        }
-        .ok_or_else(|| jit_err("the context was freed"))?;
+        let module = self
+            .module
+            .as_mut()
+            .ok_or_else(|| jit_err("the context was freed"))?;
         let cfg = module.target_config();
         let ptr = cfg.pointer_type();
         let mut sig = module.make_signature();
@@ -182,47 +191,21 @@ impl Jit {
             .map_err(jit_err)?;
         self.ctx.func.signature = sig;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
-        // The gather kernel prefetches rows through a host function
-        // (Cranelift has no prefetch instruction); x86-64 only.
-        let prefetch = if cfg!(target_arch = "x86_64") && matches!(spec, KernelSpec::Gather { .. })
-        {
-            let mut psig = module.make_signature();
-            for ty in [ptr, types::I64, types::I64, ptr] {
-                psig.params.push(AbiParam::new(ty));
+        let host = match host_import(spec, ptr) {
+            Some((symbol, params)) => {
+                let mut hsig = module.make_signature();
+                hsig.params.extend(params.into_iter().map(AbiParam::new));
+                let hid = module
+                    .declare_function(symbol, Linkage::Import, &hsig)
+                    .map_err(jit_err)?;
+                Some(module.declare_func_in_func(hid, &mut self.ctx.func))
             }
-            let pid = module
-                .declare_function("gantry_prefetch", Linkage::Import, &psig)
-                .map_err(jit_err)?;
-            Some(module.declare_func_in_func(pid, &mut self.ctx.func))
-        } else {
-            None
+            None => None,
         };
         {
             let b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let mut g = Gen::new(b, ptr);
-            let entry = g.b.create_block();
-            g.b.append_block_params_for_function_params(entry);
-            g.b.switch_to_block(entry);
-            let ptrs = g.b.block_params(entry)[0];
-            let ints = g.b.block_params(entry)[1];
-            match spec {
-                KernelSpec::MatMul { k, n, bias } => g.matmul(ptrs, ints, *k, *n, *bias),
-                KernelSpec::Elementwise { expr } => g.elementwise(ptrs, ints, expr),
-                KernelSpec::RmsNorm { dim } => g.norm(ptrs, ints, *dim, false),
-                KernelSpec::LayerNorm { dim } => g.norm(ptrs, ints, *dim, true),
-                KernelSpec::Softmax { dim } => g.softmax(ptrs, ints, *dim),
-                KernelSpec::RmsNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, false),
-                KernelSpec::LayerNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, true),
-                KernelSpec::SoftmaxGrad { dim } => g.softmax_grad(ptrs, ints, *dim),
-                KernelSpec::Attention(a) => g.attention(ptrs, ints, a),
-                KernelSpec::Gather {
-                    dim,
-                    pooling,
-                    stride,
-                } => g.gather(ptrs, ints, *dim, *pooling, *stride, prefetch),
-                KernelSpec::Interact { n, dim } => g.interact(ptrs, ints, *n, *dim),
-            }
-            g.b.ins().return_(&[]);
+            generate(&mut g, spec, host);
             g.b.seal_all_blocks();
             g.b.finalize(cfg);
         }
@@ -278,4 +261,44 @@ pub(super) fn check(
         return Err(buffer_err(kernel, what, need, have));
     }
     Ok(())
+}
+
+/// The host function a kernel calls, if any (Cranelift has neither a
+/// prefetch nor a streaming store): its symbol and parameter types.
+/// x86-64 only; elsewhere the kernels do without.
+fn host_import(spec: &KernelSpec, ptr: Type) -> Option<(&'static str, Vec<Type>)> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    match spec {
+        KernelSpec::Gather { .. } => Some(("gantry_prefetch", vec![ptr, I64, I64, ptr])),
+        _ => None,
+    }
+}
+
+/// The body of the kernel of `spec`, from the entry block to the return.
+fn generate(g: &mut Gen, spec: &KernelSpec, host: Option<FuncRef>) {
+    let entry = g.b.create_block();
+    g.b.append_block_params_for_function_params(entry);
+    g.b.switch_to_block(entry);
+    let ptrs = g.b.block_params(entry)[0];
+    let ints = g.b.block_params(entry)[1];
+    match spec {
+        KernelSpec::MatMul { k, n, bias } => g.matmul(ptrs, ints, *k, *n, *bias),
+        KernelSpec::Elementwise { expr } => g.elementwise(ptrs, ints, expr),
+        KernelSpec::RmsNorm { dim } => g.norm(ptrs, ints, *dim, false),
+        KernelSpec::LayerNorm { dim } => g.norm(ptrs, ints, *dim, true),
+        KernelSpec::Softmax { dim } => g.softmax(ptrs, ints, *dim),
+        KernelSpec::RmsNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, false),
+        KernelSpec::LayerNormGrad { dim } => g.norm_grad(ptrs, ints, *dim, true),
+        KernelSpec::SoftmaxGrad { dim } => g.softmax_grad(ptrs, ints, *dim),
+        KernelSpec::Attention(a) => g.attention(ptrs, ints, a),
+        KernelSpec::Gather {
+            dim,
+            pooling,
+            stride,
+        } => g.gather(ptrs, ints, *dim, *pooling, *stride, host),
+        KernelSpec::Interact { n, dim } => g.interact(ptrs, ints, *n, *dim),
+    }
+    g.b.ins().return_(&[]);
 }

@@ -6,8 +6,11 @@
 //! tail, and the activation functions ([`Gen::unary`]) are shared with
 //! the backward kernels' fused `dy * f'(x)` expressions.
 
-use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    Block, BlockArg, Endianness, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type,
+    Value, types,
+};
 
 use super::codegen::{Gen, V4};
 use super::context::{Jit, buffer_err, check};
@@ -154,58 +157,154 @@ impl Gen<'_> {
         }
     }
 
+    /// `out[i] = e(inputs[i])`: one loop whose body computes [`width`]
+    /// floats, entered with the buffers' addresses as block parameters, so
+    /// that one copy of the expression serves the whole run: full chunks
+    /// read the inputs and write the output in place; the last `len %
+    /// width` floats go through zero-padded stack buffers, copied in and
+    /// out one float at a time (the padding lanes are computed, never
+    /// stored). One copy, not one per vector width and a scalar one, keeps
+    /// the code, and so the compile time, small.
     pub(super) fn elementwise(&mut self, ptrs: Value, ints: Value, e: &Expr) {
         let arity = e.arity();
         let ins: Vec<Value> = (0..arity).map(|i| self.arg_ptr(ptrs, i)).collect();
         let out = self.arg_ptr(ptrs, arity);
         let len = self.arg_int(ints, 0);
+        let w = width(e) as i64;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (4 * w * (arity as i64 + 1)) as u32,
+            4,
+        ));
+        let tout = self.b.ins().stack_addr(self.ptr, slot, 0);
+        let tins: Vec<Value> = (0..arity as i64)
+            .map(|k| self.b.ins().iadd_imm_s(tout, 4 * w * (k + 1)))
+            .collect();
+        let header = self.b.create_block();
+        let main = self.b.create_block();
+        let finish = self.b.create_block();
+        let body = self.b.create_block();
+        let after = self.b.create_block();
+        let tail_in = self.b.create_block();
+        let tail_out = self.b.create_block();
+        let exit = self.b.create_block();
+        for blk in [header, main, finish, after, tail_in, tail_out] {
+            self.b.append_block_param(blk, types::I64);
+        }
+        for _ in 0..=arity {
+            self.b.append_block_param(body, self.ptr);
+        }
+        self.b.append_block_param(body, types::I64);
+        self.b.append_block_param(body, types::I8);
         let zero = self.iconst(0);
-        // 16 floats per iteration, then 4, then one at a time.
-        let end16 = self.b.ins().iadd_imm_s(len, -15);
-        let i = self.for_range(zero, end16, 16, |g, i| {
-            let off = g.b.ins().imul_imm_s(i, 4);
-            let mut results = Vec::new();
-            for u in 0..4i64 {
-                let leaves: Vec<Value> = ins
-                    .iter()
-                    .map(|p| {
-                        let a = g.b.ins().iadd(*p, off);
-                        g.load(V4, a, 16 * u)
-                    })
-                    .collect();
-                results.push(g.expr(V4, e, &leaves));
+        self.b.ins().jump(header, &[zero.into()]);
+        // header(i): a full chunk left?
+        self.b.switch_to_block(header);
+        let i = self.b.block_params(header)[0];
+        let ie = self.b.ins().iadd_imm_s(i, w);
+        let full = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, ie, len);
+        self.b
+            .ins()
+            .brif(full, main, &[i.into()], finish, &[i.into()]);
+        // main(i): the chunk in place.
+        self.b.switch_to_block(main);
+        let i = self.b.block_params(main)[0];
+        let off = self.b.ins().imul_imm_s(i, 4);
+        let mut args: Vec<Value> = ins.iter().map(|p| self.b.ins().iadd(*p, off)).collect();
+        let dst = self.b.ins().iadd(out, off);
+        args.extend([dst, i]);
+        let no = self.b.ins().iconst(types::I8, 0);
+        args.push(no);
+        self.jump_with(body, &args);
+        // body(srcs.., dst, i, last): one chunk.
+        self.b.switch_to_block(body);
+        let params = self.b.block_params(body).to_vec();
+        let (srcs, rest) = params.split_at(arity);
+        let (dst, i, last) = (rest[0], rest[1], rest[2]);
+        self.expr_chunk(e, srcs, dst, w);
+        self.b
+            .ins()
+            .brif(last, tail_out, &[i.into()], after, &[i.into()]);
+        // after(i): the next chunk.
+        self.b.switch_to_block(after);
+        let i = self.b.block_params(after)[0];
+        let i2 = self.b.ins().iadd_imm_s(i, w);
+        self.b.ins().jump(header, &[i2.into()]);
+        // finish(i): the tail, if any.
+        self.b.switch_to_block(finish);
+        let i = self.b.block_params(finish)[0];
+        let rem = self.b.ins().isub(len, i);
+        let some = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, rem, 0);
+        self.b.ins().brif(some, tail_in, &[i.into()], exit, &[]);
+        // tail_in(i): the last floats into the padded buffers.
+        self.b.switch_to_block(tail_in);
+        let i = self.b.block_params(tail_in)[0];
+        let rem = self.b.ins().isub(len, i);
+        let zv = self.fconst(V4, 0.0);
+        for (p, t) in ins.iter().zip(&tins) {
+            for u in 0..w / 4 {
+                self.store(zv, *t, 16 * u);
             }
-            let o = g.b.ins().iadd(out, off);
-            for (u, r) in results.into_iter().enumerate() {
-                g.store(r, o, 16 * u as i64);
-            }
-        });
-        let end4 = self.b.ins().iadd_imm_s(len, -3);
-        let i = self.for_range(i, end4, 4, |g, i| {
-            let off = g.b.ins().imul_imm_s(i, 4);
-            let leaves: Vec<Value> = ins
-                .iter()
-                .map(|p| {
-                    let a = g.b.ins().iadd(*p, off);
-                    g.load(V4, a, 0)
-                })
-                .collect();
-            let r = g.expr(V4, e, &leaves);
-            let o = g.b.ins().iadd(out, off);
-            g.store(r, o, 0);
-        });
-        self.for_range(i, len, 1, |g, i| {
-            let off = g.b.ins().imul_imm_s(i, 4);
-            let leaves: Vec<Value> = ins
-                .iter()
-                .map(|p| {
-                    let a = g.b.ins().iadd(*p, off);
-                    g.load(types::F32, a, 0)
-                })
-                .collect();
-            let r = g.expr(types::F32, e, &leaves);
-            let o = g.b.ins().iadd(out, off);
-            g.store(r, o, 0);
+            let src = self.offset(*p, i, 4);
+            self.copy_floats(src, *t, rem);
+        }
+        let mut args = tins.clone();
+        args.extend([tout, i]);
+        let yes = self.b.ins().iconst(types::I8, 1);
+        args.push(yes);
+        self.jump_with(body, &args);
+        // tail_out(i): the valid floats of the padded result to `out`.
+        self.b.switch_to_block(tail_out);
+        let i = self.b.block_params(tail_out)[0];
+        let rem = self.b.ins().isub(len, i);
+        let dst = self.offset(out, i, 4);
+        self.copy_floats(tout, dst, rem);
+        self.b.ins().jump(exit, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    fn jump_with(&mut self, block: Block, args: &[Value]) {
+        let args: Vec<BlockArg> = args.iter().map(|v| (*v).into()).collect();
+        self.b.ins().jump(block, &args);
+    }
+
+    /// `w` floats of `e` from `srcs` to `dst`: `w / 4` independent vectors.
+    fn expr_chunk(&mut self, e: &Expr, srcs: &[Value], dst: Value, w: i64) {
+        let results: Vec<Value> = (0..w / 4)
+            .map(|u| {
+                let leaves: Vec<Value> = srcs.iter().map(|p| self.load(V4, *p, 16 * u)).collect();
+                self.expr(V4, e, &leaves)
+            })
+            .collect();
+        for (u, r) in results.into_iter().enumerate() {
+            self.store(r, dst, 16 * u as i64);
+        }
+    }
+
+    /// `n` floats from `src` to `dst`, one at a time.
+    fn copy_floats(&mut self, src: Value, dst: Value, n: Value) {
+        let z = self.iconst(0);
+        self.for_range(z, n, 1, |g, j| {
+            let o = g.b.ins().imul_imm_s(j, 4);
+            let x = g.load_at(types::F32, src, o, 0);
+            g.store_at(x, dst, o, 0);
         });
     }
+}
+
+/// Floats per chunk of an elementwise kernel: 4 vectors when the
+/// expression is a few arithmetic operations (memory-bound: fewer loop
+/// iterations), 2 when it evaluates `exp` or divides (compute-bound: the
+/// out-of-order core overlaps chunks, and half the code compiles faster).
+pub(super) fn width(e: &Expr) -> usize {
+    fn heavy(e: &Expr) -> bool {
+        match e {
+            Expr::Input(_) => false,
+            Expr::Unary(Unary::Relu | Unary::Scale(_) | Unary::ReluGrad, a) => heavy(a),
+            Expr::Unary(_, _) => true,
+            Expr::Binary(Binary::Div, _, _) => true,
+            Expr::Binary(_, a, b) => heavy(a) || heavy(b),
+        }
+    }
+    if heavy(e) { 8 } else { 16 }
 }

@@ -5,8 +5,9 @@
 //! the micro-kernel streams it linearly. Weights are packed once when they
 //! are made. Shaped so: the packing layout, its length, the entry point
 //! and the micro-kernel that reads it are one unit; changing the panel
-//! width touches only this file. These kernels are compiled by the
-//! context's plain (`opt_level=none`) module: see [`Gen::micro`].
+//! width touches only this file. Like every kernel, these are compiled
+//! with `opt_level=none`, which the micro-kernel relies on: see
+//! [`Gen::micro`].
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value, types};

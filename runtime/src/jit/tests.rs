@@ -5,6 +5,7 @@
 //! share the data and comparison helpers and run through the public
 //! [`Jit`] methods only.
 
+use super::elementwise;
 use super::gather::{GATHER_AHEAD, GATHER_BLOCK};
 use super::gemm::{KU, MR};
 use super::*;
@@ -319,4 +320,50 @@ fn kernels_reject_short_buffers() {
         .matmul(2, 3, 2, &a, &pack_b(&[0.0; 6], 3, 2), None, &mut c)
         .unwrap_err();
     assert_eq!(e.code, RCode::R005);
+}
+
+/// The one-body elementwise loop: lengths around both chunk widths (8
+/// for expressions that divide or call `exp`, 16 otherwise), a long run,
+/// inputs and output off a 16-byte boundary; nothing written outside the
+/// output; exact results for exact operations.
+#[test]
+fn elementwise_tails_and_offsets() {
+    let mut jit = Jit::new().expect("jit");
+    let scale = Expr::Unary(Unary::Scale(3.0f32.to_bits()), Box::new(Expr::Input(0)));
+    let div = Expr::Binary(
+        Binary::Div,
+        Box::new(Expr::Input(0)),
+        Box::new(Expr::Input(1)),
+    );
+    assert_eq!(
+        (elementwise::width(&scale), elementwise::width(&div)),
+        (16, 8)
+    );
+    let n = 100_003;
+    let x: Vec<f32> = (0..n + 1).map(|i| (i % 1000) as f32 - 500.0).collect();
+    let y: Vec<f32> = (0..n + 1).map(|i| (i % 7) as f32 + 1.0).collect();
+    for len in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 23, 24, 25, 33, n - 1, n] {
+        for skew in [0, 1] {
+            let (xs, ys) = (&x[skew..skew + len], &y[skew..skew + len]);
+            let mut buf = vec![f32::NAN; len + 2];
+            let out = &mut buf[skew..skew + len];
+            jit.elementwise(&scale, &[xs], out).expect("runs");
+            assert!(
+                out.iter().zip(xs).all(|(o, a)| *o == a * 3.0),
+                "scale len {len} skew {skew}"
+            );
+            jit.elementwise(&div, &[xs, ys], out).expect("runs");
+            assert!(
+                out.iter()
+                    .zip(xs.iter().zip(ys))
+                    .all(|(o, (a, b))| *o == a / b),
+                "div len {len} skew {skew}"
+            );
+            let outside = [&buf[..skew], &buf[skew + len..]];
+            assert!(
+                outside.iter().all(|s| s.iter().all(|v| v.is_nan())),
+                "wrote outside the output, len {len} skew {skew}"
+            );
+        }
+    }
 }
