@@ -8,7 +8,9 @@
 //! only what two or more of them use lives here.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{
+    ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value, types,
+};
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 /// A short-lived function builder with the helpers the kernels share.
@@ -32,12 +34,18 @@ impl<'a> Gen<'a> {
         self.b.ins().iconst(types::I64, v)
     }
 
+    /// `v` as an `f32` or in every lane of an `f32x4`. A vector constant
+    /// is a `vconst` (one load from the function's constant pool, where
+    /// equal constants are stored once; zero is a register `xor`), not
+    /// `splat(f32const)`, which without the mid-end stays three
+    /// instructions at every use.
     pub(super) fn fconst(&mut self, ty: Type, v: f32) -> Value {
-        let s = self.b.ins().f32const(v);
         if ty == V4 {
-            self.b.ins().splat(V4, s)
+            let bytes: Vec<u8> = v.to_le_bytes().repeat(4);
+            let c = self.b.func.dfg.constants.insert(ConstantData::from(bytes));
+            self.b.ins().vconst(V4, c)
         } else {
-            s
+            self.b.ins().f32const(v)
         }
     }
 
@@ -335,12 +343,32 @@ impl<'a> Gen<'a> {
         self.store(v, a, imm);
     }
 
-    /// Dot product of two rows of `len` floats (4 vector accumulators).
+    /// Dot product of two rows of `len` floats (4 vector accumulators,
+    /// vector `v` into accumulator `v % 4`). Rows of 8 vectors or more run
+    /// a loop over chunks of 4 vectors (unrolling a long row would only
+    /// lengthen the code and its compile time), then the last vectors.
     pub(super) fn dot(&mut self, x: Value, y: Value, len: usize) -> Value {
         let nvec = len / 4;
         let zero = self.fconst(V4, 0.0);
         let mut accs = [zero; 4];
-        for v in 0..nvec {
+        let looped = if nvec >= 8 { nvec / 4 * 4 } else { 0 };
+        if looped > 0 {
+            let vars: Vec<Variable> = (0..4).map(|_| self.var(V4, zero)).collect();
+            self.for_count(looped / 4, |g, j| {
+                let off = g.b.ins().imul_imm_s(j, 64);
+                for (u, acc) in vars.iter().enumerate() {
+                    let a = g.load_at(V4, x, off, 16 * u as i64);
+                    let b = g.load_at(V4, y, off, 16 * u as i64);
+                    let cur = g.b.use_var(*acc);
+                    let n = g.fma(a, b, cur);
+                    g.b.def_var(*acc, n);
+                }
+            });
+            for (a, v) in accs.iter_mut().zip(&vars) {
+                *a = self.b.use_var(*v);
+            }
+        }
+        for v in looped..nvec {
             let a = self.load(V4, x, 16 * v as i64);
             let b = self.load(V4, y, 16 * v as i64);
             accs[v % 4] = self.fma(a, b, accs[v % 4]);

@@ -294,8 +294,9 @@ impl Gen<'_> {
 
 /// Floats per chunk of an elementwise kernel: 4 vectors when the
 /// expression is a few arithmetic operations (memory-bound: fewer loop
-/// iterations), 2 when it evaluates `exp` or divides (compute-bound: the
-/// out-of-order core overlaps chunks, and half the code compiles faster).
+/// iterations per byte), 1 when it evaluates `exp` or divides
+/// (compute-bound: the out-of-order core overlaps consecutive chunks, and
+/// one copy of a long expression compiles several times faster than four).
 pub(super) fn width(e: &Expr) -> usize {
     fn heavy(e: &Expr) -> bool {
         match e {
@@ -306,5 +307,5 @@ pub(super) fn width(e: &Expr) -> usize {
             Expr::Binary(_, a, b) => heavy(a) || heavy(b),
         }
     }
-    if heavy(e) { 8 } else { 16 }
+    if heavy(e) { 4 } else { 16 }
 }

@@ -322,7 +322,7 @@ fn kernels_reject_short_buffers() {
     assert_eq!(e.code, RCode::R005);
 }
 
-/// The one-body elementwise loop: lengths around both chunk widths (8
+/// The one-body elementwise loop: lengths around both chunk widths (4
 /// for expressions that divide or call `exp`, 16 otherwise), a long run,
 /// inputs and output off a 16-byte boundary; nothing written outside the
 /// output; exact results for exact operations.
@@ -337,7 +337,7 @@ fn elementwise_tails_and_offsets() {
     );
     assert_eq!(
         (elementwise::width(&scale), elementwise::width(&div)),
-        (16, 8)
+        (16, 4)
     );
     let n = 100_003;
     let x: Vec<f32> = (0..n + 1).map(|i| (i % 1000) as f32 - 500.0).collect();
