@@ -12,17 +12,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+/// Runs the contenders `fs` in `rounds` interleaved rounds (each one once
+/// per round, in order, after one warm-up round), so that a burst of noise
+/// from other processes on shared cores hits all of them alike. Returns
+/// each contender's (best, median) seconds.
+fn interleaved(rounds: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<(f64, f64)> {
+    let mut times = vec![Vec::with_capacity(rounds); fs.len()];
+    for round in 0..=rounds {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            f();
+            if round > 0 {
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    times
+        .into_iter()
+        .map(|t| (t.iter().copied().fold(f64::INFINITY, f64::min), median(t)))
+        .collect()
 }
 
 fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
@@ -94,7 +102,7 @@ fn streaming(jit: &mut Jit) {
     let len = 16 << 20; // 64 MiB of f32
     let x: Vec<f32> = (0..len).map(|i| i as f32).collect();
     let x2 = x.clone();
-    let mut y = vec![0.0f32; len];
+    let y = vec![0.0f32; len];
     let bytes = 8.0 * len as f64;
     let dim = 64;
     let lookups = len / dim;
@@ -114,37 +122,48 @@ fn streaming(jit: &mut Jit) {
         "gather, 16 MiB table",
         "gather, permuted 64 MiB",
     ];
-    let mut times = vec![Vec::with_capacity(ROUNDS); names.len()];
-    for round in 0..=ROUNDS {
-        for (k, t) in times.iter_mut().enumerate() {
-            let start = Instant::now();
-            match k {
-                0 => y.copy_from_slice(&x),
-                1 => jit.elementwise(&scale, &[&x], &mut y).expect("runs"),
-                2 => jit.elementwise(&sm, &[&x, &x2], &mut y).expect("runs"),
-                3 => jit
-                    .gather(dim, 1, 1, 0, &ids, &table, rows, 0, &mut y)
-                    .expect("runs"),
-                _ => jit
-                    .gather(dim, 1, 1, 0, &perm, &x, lookups, 0, &mut y)
-                    .expect("runs"),
-            }
-            // Round 0 warms up (page faults, compilation).
-            if round > 0 {
-                t.push(start.elapsed().as_secs_f64());
-            }
-        }
-    }
-    // The permuted gather must have moved the copy's rows.
+    let (x, x2, table) = (&x, &x2, &table);
+    let (ids, perm) = (&ids, &perm);
+    let y = std::cell::RefCell::new(y);
+    let jit = std::cell::RefCell::new(jit);
+    let stats = interleaved(
+        ROUNDS,
+        &mut [
+            &mut || y.borrow_mut().copy_from_slice(x),
+            &mut || {
+                let out = &mut y.borrow_mut()[..];
+                jit.borrow_mut()
+                    .elementwise(&scale, &[x], out)
+                    .expect("runs")
+            },
+            &mut || {
+                let out = &mut y.borrow_mut()[..];
+                jit.borrow_mut()
+                    .elementwise(&sm, &[x, x2], out)
+                    .expect("runs")
+            },
+            &mut || {
+                let out = &mut y.borrow_mut()[..];
+                jit.borrow_mut()
+                    .gather(dim, 1, 1, 0, ids, table, rows, 0, out)
+                    .expect("runs")
+            },
+            &mut || {
+                let out = &mut y.borrow_mut()[..];
+                jit.borrow_mut()
+                    .gather(dim, 1, 1, 0, perm, x, lookups, 0, out)
+                    .expect("runs")
+            },
+        ],
+    );
+    let y = y.into_inner();
+    // The permuted gather (last each round) must have moved the copy's rows.
     for (r, id) in perm.iter().enumerate().step_by(4099) {
         let id = *id as usize;
         assert_eq!(y[r * dim..][..dim], x[id * dim..][..dim], "gather row {r}");
     }
-    let best: Vec<f64> = times
-        .iter()
-        .map(|t| t.iter().copied().fold(f64::INFINITY, f64::min))
-        .collect();
-    let med: Vec<f64> = times.iter().map(|t| median(t.clone())).collect();
+    let best: Vec<f64> = stats.iter().map(|s| s.0).collect();
+    let med: Vec<f64> = stats.iter().map(|s| s.1).collect();
     println!(
         "\nstreaming, 64 MiB read + 64 MiB written (GB/s, best of {ROUNDS} interleaved rounds; \
          % of copy: best vs best, median vs median):"
@@ -171,11 +190,12 @@ fn streaming(jit: &mut Jit) {
 fn main() {
     let mut jit = Jit::new().expect("jit");
     println!(
-        "matrix products (GFLOP/s, median; JIT with prepacked weights, and with packing included):"
+        "matrix products (GFLOP/s, best and median of interleaved rounds: JIT with prepacked \
+         weights, JIT with packing included, sgemm; % of sgemm: best vs best, median vs median):"
     );
     println!(
-        "{:>16} {:>10} {:>12} {:>10} {:>8} {:>8}",
-        "m x k x n", "jit", "jit+pack", "sgemm", "ratio", "ratio+p"
+        "{:>16} {:>15} {:>15} {:>15} {:>13} {:>13}",
+        "m x k x n", "jit", "jit+pack", "sgemm", "jit/sgemm", "jit+p/sgemm"
     );
     for (m, k, n) in [
         (256, 256, 256),
@@ -192,30 +212,50 @@ fn main() {
         let bp = jit::pack_b(&b, k, n);
         let mut c = vec![0.0f32; m * n];
         let mut c2 = vec![0.0f32; m * n];
-        let reps = if m * k * n > 1 << 28 { 5 } else { 11 };
+        let rounds = if m * k * n > 1 << 28 { 5 } else { 11 };
         let flops = 2.0 * (m * k * n) as f64;
-        let t_jit = time(reps, || {
-            jit.matmul(m, k, n, &a, &bp, None, &mut c).expect("runs")
-        });
-        let t_pack = time(reps, || {
-            let bp = jit::pack_b(&b, k, n);
-            jit.matmul(m, k, n, &a, &bp, None, &mut c).expect("runs")
-        });
-        let t_ref = time(reps, || sgemm(m, k, n, &a, &b, &mut c2));
+        let jit_cell = std::cell::RefCell::new(&mut jit);
+        let c_cell = std::cell::RefCell::new(&mut c);
+        let s = interleaved(
+            rounds,
+            &mut [
+                &mut || {
+                    let c = &mut c_cell.borrow_mut()[..];
+                    jit_cell
+                        .borrow_mut()
+                        .matmul(m, k, n, &a, &bp, None, c)
+                        .expect("runs")
+                },
+                &mut || {
+                    let c = &mut c_cell.borrow_mut()[..];
+                    let bp = jit::pack_b(&b, k, n);
+                    jit_cell
+                        .borrow_mut()
+                        .matmul(m, k, n, &a, &bp, None, c)
+                        .expect("runs")
+                },
+                &mut || sgemm(m, k, n, &a, &b, &mut c2),
+            ],
+        );
         let err = c
             .iter()
             .zip(&c2)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
         assert!(err < 1e-2, "jit and sgemm disagree by {err}");
+        let rate = |t: f64| flops / t / 1e9;
+        let pair = |(best, med): (f64, f64)| format!("{:.1} / {:.1}", rate(best), rate(med));
+        let pct = |(b0, m0): (f64, f64), (b1, m1): (f64, f64)| {
+            format!("{:.0}% / {:.0}%", 100.0 * b1 / b0, 100.0 * m1 / m0)
+        };
         println!(
-            "{:>16} {:>10.1} {:>12.1} {:>10.1} {:>7.0}% {:>7.0}%",
+            "{:>16} {:>15} {:>15} {:>15} {:>13} {:>13}",
             format!("{m}x{k}x{n}"),
-            flops / t_jit / 1e9,
-            flops / t_pack / 1e9,
-            flops / t_ref / 1e9,
-            100.0 * t_ref / t_jit,
-            100.0 * t_ref / t_pack
+            pair(s[0]),
+            pair(s[1]),
+            pair(s[2]),
+            pct(s[0], s[2]),
+            pct(s[1], s[2]),
         );
     }
 
