@@ -228,8 +228,9 @@ pub struct Ir {
     /// Width of the value passed between pipeline stages, per token.
     pub hidden: f64,
     pub segments: Vec<Segment>,
-    /// Why the model has no sharded program for tp > 1, if it has none.
-    pub tp_unshardable: Option<String>,
+    /// Per [`TpVariant`]: why the model has no sharded program in that
+    /// variant for tp > 1, if it has none.
+    pub tp_unshardable: [Option<String>; 4],
     /// The fewest key/value heads of any attention (beyond that many
     /// tensor-parallel ranks they are replicated in groups).
     pub kv_heads_min: Option<u64>,
@@ -464,7 +465,7 @@ fn kv_heads_min(g: &Graph) -> Option<u64> {
 /// (one the planner accepts): 2 where key/value heads split, a degree
 /// above every key/value head count where they are replicated. A graph
 /// with no sharded program lowers replicated, with the reason kept.
-fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], Option<String>) {
+fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], [Option<String>; 4]) {
     let replicated = || crate::sharded::build(g, numel, &Mesh::new(1, false));
     let build = |v: usize| {
         let tp = if v >= 2 { 1 << 20 } else { 2 };
@@ -476,12 +477,12 @@ fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], Option<String>) {
         };
         crate::sharded::build(g, numel, &mesh)
     };
-    let mut why = None;
+    let mut why: [Option<String>; 4] = Default::default();
     let progs: Vec<Program> = (0..4)
         .map(|v| match build(v) {
             Ok(p) => p,
             Err(e) => {
-                why.get_or_insert(e.reason);
+                why[v] = Some(e.reason);
                 replicated().unwrap_or_else(|_| unreachable_program())
             }
         })

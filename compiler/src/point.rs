@@ -327,15 +327,26 @@ pub fn resolve(
     };
     let virtual_stages = int("virtual_stages", 1);
     let ep = int("ep", 1);
-    // The model must have a sharded program for tp > 1.
+    // The model must have a sharded program for tp > 1 in this variant.
+    let variant = crate::ir::TpVariant {
+        sequence_parallel,
+        kv_replicated: ir.kv_heads_min.is_some_and(|k| tp as u64 > k),
+    };
     if tp > 1
-        && let Some(why) = &ir.tp_unshardable
+        && let Some(why) = &ir.tp_unshardable[variant.index()]
     {
         return Err(err(
             Code::C002,
             "tp",
-            format!("tp = {tp}: the model has no tensor-parallel form: {why}"),
-            "pin tp=1, or end the repeated block with an elementwise op (a residual add) on the carried value",
+            format!(
+                "tp = {tp}{}: the model has no tensor-parallel form: {why}",
+                if sequence_parallel {
+                    " with sequence parallelism"
+                } else {
+                    ""
+                }
+            ),
+            "pin tp=1 (or sequence_parallel=false), or end the repeated block with an elementwise op (a residual add) on the carried value",
         ));
     }
     // Heads must split evenly across tensor-parallel ranks.
