@@ -533,12 +533,15 @@ fn search_cmd(
                 "pruned": s.stats.pruned,
                 "invalid": s.stats.invalid,
                 "infeasible": s.stats.infeasible,
+                "redundant": s.stats.redundant,
+                "egraph_sequence_parallel": s.stats.egraph,
                 "space": s.space_size,
                 "egraph_nodes": s.egraph_nodes,
                 "egraph_stop_reason": s.egraph_stop,
                 "stop_reason": s.stop.name(),
                 "seconds": seconds,
-                "optimality_gap": 0.0,
+                "optimality_gap": s.optimality_gap,
+                "optimality_gap_to": s.stats.gap_to(),
             });
             j["placement"] = placement::json(best, &p.system, &s.best.hardware.topo);
             j["explanation"] = serde_json::json!(s.explanation);
@@ -560,14 +563,18 @@ fn search_cmd(
             );
             outln!("\nSearch");
             outln!(
-                "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible; {} in {:.3} s; optimality gap 0 (exhaustive)",
+                "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible, {} redundant, {} set aside by the e-graph's sequence-parallel choice; {} in {:.3} s; optimality gap {} to {}",
                 s.space_size,
                 s.stats.evaluated,
                 s.stats.pruned,
                 s.stats.invalid,
                 s.stats.infeasible,
+                s.stats.redundant,
+                s.stats.egraph,
                 s.stop.name(),
-                seconds
+                seconds,
+                s.optimality_gap,
+                s.stats.gap_to()
             );
             outln!("\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {

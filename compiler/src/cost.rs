@@ -28,6 +28,7 @@ use gantry_lang::program::{Optimizer, Phase};
 use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
 use crate::ir::{Class, Ir, IrOp, Segment, SegmentKind, TpVariant};
+use crate::memory::{self, Held, Role};
 use crate::point::{DesignPoint, Recompute};
 use crate::sharded::{Kind, Pass};
 
@@ -431,19 +432,10 @@ impl Evaluator<'_> {
                 sc.a2a_bytes += 2.0 * bytes;
                 sc.a2a += 2.0 * topo.time(Collective::AllToAll, p.ep, p.tp * p.cp, bytes);
             }
-            let psplit = if o.tp_sharded && o.class != Class::Elementwise {
-                t
-            } else {
-                1.0
-            };
-            let esplit = if o.experts.is_some() {
-                p.ep as f64
-            } else {
-                1.0
-            };
-            sc.params += o.params * o.mult / psplit / esplit;
+            let held = memory::op_params(o, p);
+            sc.params += held;
             if o.experts.is_some() {
-                sc.expert_params += o.params * o.mult / psplit / esplit;
+                sc.expert_params += held;
             }
             saved_rep += o.saved_rep * o.mult;
             saved_shard += o.saved_shard * o.mult;
@@ -581,17 +573,15 @@ impl Evaluator<'_> {
         let mut layers = 0u64;
         let mut pro = SegCost::default();
         let mut epi = SegCost::default();
-        for s in &ir.segments {
+        for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
             let sc = self.segment(s, p, b, true);
-            match s.kind {
-                SegmentKind::Body if s.count >= layers => {
+            match role {
+                Role::Body => {
                     body = sc;
                     layers = s.count;
                 }
-                SegmentKind::Prologue | SegmentKind::Body => {
-                    pro = add_seg(&pro, &sc, s.count as f64)
-                }
-                SegmentKind::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
+                Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
+                Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
             }
         }
         let tp_passes = 2.0
@@ -656,17 +646,8 @@ impl Evaluator<'_> {
         // Data parallelism: gradient reduction and ZeRO traffic.
         let mut comms = Vec::new();
         // Embedding tables are model-parallel: only dense gradients are reduced.
-        let table_params: f64 = ir
-            .segments
-            .iter()
-            .flat_map(|s| {
-                s.ops
-                    .iter()
-                    .filter(|o| o.table_bytes > 0.0)
-                    .map(|o| o.params * o.mult)
-            })
-            .sum();
-        let grad_bytes = (params_gpu - table_params) * beta;
+        let dense_params = params_gpu - memory::table_params(ir);
+        let grad_bytes = dense_params * beta;
         // Expert weights live on `ep` ranks of the data-parallel group: their
         // gradients are reduced over the other `dp cp / ep` only.
         let expert_layers = if stage_params >= first_params {
@@ -674,8 +655,13 @@ impl Evaluator<'_> {
         } else {
             stage_layers[0] as f64
         };
-        let expert_bytes = (expert_layers * body.expert_params * beta).min(grad_bytes);
-        let dense_bytes = grad_bytes - expert_bytes;
+        let expert_params = (expert_layers * body.expert_params).min(dense_params);
+        let held = Held {
+            dense: dense_params - expert_params,
+            expert: expert_params,
+        };
+        let expert_bytes = held.expert * beta;
+        let dense_bytes = held.dense * beta;
         // Gradients are reduced over every rank holding the same weights:
         // the data-parallel replicas and, with context parallelism, their
         // sequence chunks (Megatron-LM's data-parallel group with context
@@ -891,56 +877,22 @@ impl Evaluator<'_> {
             Optimizer::Sgd => 8.0 + 4.0 + beta,
         };
         let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
-        let mut emb_tables = 0.0;
-        let mut emb_params = 0.0;
-        for s in &ir.segments {
-            for o in s.ops.iter().filter(|o| o.table_bytes > 0.0) {
-                emb_tables += o.table_bytes * o.mult;
-                emb_params += o.params * o.mult;
-            }
-        }
         // Embedding tables are updated sparsely in their backward pass.
-        let dense_params = params_gpu - emb_params;
         let opt_time = dense_params / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
 
         // Memory of the most loaded stage (the first: it holds the most
-        // microbatches in flight).
-        let state_bytes = match optimizer {
-            Optimizer::Adam | Optimizer::AdamW => 8.0,
-            Optimizer::Adagrad => 4.0,
-            Optimizer::Sgd => 0.0,
-        } + if beta < 4.0 { 4.0 } else { 0.0 };
-        let dp = p.dp as f64;
+        // microbatches in flight): its parameters' state, and activations.
         let in_flight = (pp as f64).min(m);
         let interleave = if v > 1.0 {
             1.0 + (pp as f64 - 1.0) / (pp as f64 * m)
         } else {
             1.0
         };
-        let memory = Memory {
-            weights: dense_params * beta / if p.zero >= 3 { dp } else { 1.0 },
-            gradients: dense_params * beta.max(if beta < 4.0 { 4.0 } else { beta })
-                / if p.zero >= 2 { dp } else { 1.0 },
-            optimizer: dense_params * state_bytes / if p.zero >= 1 { dp } else { 1.0 },
-            activations: stage_saved_layers * in_flight * interleave,
-            kv_cache: 0.0,
-            // Tables are sharded over all devices, with their optimizer
-            // state (tables are stored in their own dtype: no master copy).
-            embeddings: emb_tables
-                * match optimizer {
-                    Optimizer::Adam | Optimizer::AdamW => 3.0,
-                    Optimizer::Adagrad => 2.0,
-                    Optimizer::Sgd => 1.0,
-                }
-                / devices as f64,
-            reserve: hw.reserve,
-            capacity: hw.hbm_capacity,
-            host_embeddings: 0.0,
-        };
+        let mut memory = self.state_memory(held, p);
+        memory.activations = stage_saved_layers * in_flight * interleave;
         // Tables that do not fit in HBM stay in host memory when the node
         // has it; their share of the lookups and sparse updates then
         // crosses the host link (host bandwidth split over the node's GPUs).
-        let mut memory = memory;
         let mut host_lookups = 0.0;
         if memory.total() > memory.capacity && memory.embeddings > 0.0 && hw.host_bandwidth > 0.0 {
             let room = (memory.capacity - (memory.total() - memory.embeddings)).max(0.0);
@@ -1063,32 +1015,10 @@ impl Evaluator<'_> {
         };
         let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead;
         let devices = p.devices();
-        // KV cache: keys and values of every layer for the whole context.
-        let (context, generate, prompt) = match ir.phase {
-            Phase::Decode {
-                context,
-                generate,
-                prompt,
-                ..
-            } => (context as f64, generate, prompt),
-            Phase::Prefill { prompt, .. } => (prompt.unwrap_or(0) as f64, None, None),
-            _ => (0.0, None, None),
+        let generate = match ir.phase {
+            Phase::Decode { generate, .. } => generate,
+            _ => None,
         };
-        let max_context = match (prompt, generate) {
-            (Some(pr), Some(g)) => (pr + g) as f64,
-            _ => context,
-        };
-        let mut kv_per_token = 0.0;
-        for s in &ir.segments {
-            for o in &s.ops {
-                if let (Some((_, kv)), Some(g)) = (o.heads, o.gemm) {
-                    let hd = g.k;
-                    let kv_split = (kv as f64).min(p.tp as f64);
-                    kv_per_token +=
-                        2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
-                }
-            }
-        }
         let mut comms = Vec::new();
         if t_tp > 0.0 {
             comms.push(Comm {
@@ -1127,17 +1057,15 @@ impl Evaluator<'_> {
                 b * p.dp as f64 * ir.tokens_per_sample,
             ),
         };
-        let memory = Memory {
-            weights: params * ir.act_bytes / pp,
-            gradients: 0.0,
-            optimizer: 0.0,
-            activations: 0.0,
-            kv_cache: kv_per_token * max_context * b / pp,
-            embeddings: 0.0,
-            reserve: hw.reserve,
-            capacity: hw.hbm_capacity,
-            host_embeddings: 0.0,
-        };
+        let mut memory = self.state_memory(
+            Held {
+                dense: params / pp,
+                expert: 0.0,
+            },
+            p,
+        );
+        // KV cache: keys and values of every layer for the whole context.
+        memory.kv_cache = self.kv_per_token(p) * self.max_context() * b / pp;
         let samples = b * p.dp as f64;
         let model_flops = ir.flops_per_sample() * samples;
         Estimate {

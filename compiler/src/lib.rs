@@ -10,6 +10,7 @@ pub mod explain;
 pub mod export;
 pub mod hardware;
 pub mod ir;
+pub mod memory;
 pub mod placement;
 pub mod plan;
 pub mod point;

@@ -194,7 +194,10 @@ pub struct Searched {
     pub top: Vec<Estimate>,
     pub stats: crate::search::Stats,
     pub stop: crate::search::StopReason,
+    /// Points enumerated (`stats.space`).
     pub space_size: usize,
+    /// The best point's gap to the optimum named by `stats.gap_to()`.
+    pub optimality_gap: f64,
     /// The winner's bottleneck and why the runner-up loses.
     pub explanation: Vec<String>,
     pub tables: Vec<crate::placement::TablePlacement>,
@@ -323,7 +326,7 @@ pub fn search(
                 Code::C010,
                 "search",
                 format!(
-                    "no design point fits: {} of {} parameters with their gradients and optimizer state need {} per device even at tp={} pp={} cp={} (dp={}); HBM is {}",
+                    "no design point fits: {} of {} parameters with their gradients and optimizer state need at least {} per device (reserve included) even at tp={} pp={} cp={} (dp={}); HBM is {}",
                     ir.model,
                     gantry_lang::units::format_number((ir.params() / 1e9 * 10.0).round() / 10.0)
                         + "B",
@@ -343,8 +346,7 @@ pub fn search(
                 "search",
                 format!(
                     "the search space of `{}` holds no valid design point ({} candidates)",
-                    plan.name,
-                    space.size()
+                    plan.name, out.stats.space
                 ),
                 "check the domains: degrees must divide the devices, heads and batch",
             )
@@ -376,9 +378,10 @@ pub fn search(
     Ok(Searched {
         best,
         top,
+        optimality_gap: out.optimality_gap,
+        space_size: out.stats.space,
         stats: out.stats,
         stop: out.stop,
-        space_size: space.size(),
         explanation,
         tables,
         layer_plans,

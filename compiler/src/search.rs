@@ -1,16 +1,16 @@
-//! The outer search: enumerate meshes and knobs, prune by sound memory
-//! bounds, evaluate every surviving point with the cost model, keep the
+//! The outer search: enumerate meshes and knobs, prune by a sound memory
+//! bound, evaluate every surviving point with the cost model, keep the
 //! best K.
 //!
 //! The space is the product of every knob's domain (the plan's `search`
-//! domains, its `fix` pins, or the defaults below). A mesh `(tp, cp, pp)`
-//! whose weights, gradients and optimizer state alone exceed HBM at the
-//! most sharded ZeRO stage in the domain is skipped whole: that bound is a
-//! lower bound on the memory of every point under it, so nothing feasible
+//! domains, its `fix` pins, or the defaults below). A point whose memory
+//! bound ([`Evaluator::memory_floor`]: the evaluator's own memory function
+//! with the activation terms at their minimum, so never above the evaluated
+//! memory) exceeds HBM is not evaluated: it cannot fit, so nothing feasible
 //! is lost. Every other point is evaluated (the cost model takes about a
 //! microsecond), so the answer is exact within the space and the
-//! optimality gap is 0; the report says so, and says how many points were
-//! pruned and why.
+//! optimality gap is 0; the report says so, what the gap is measured
+//! against, and how many points went which way ([`Stats`]).
 
 use std::collections::BTreeMap;
 
@@ -262,13 +262,39 @@ impl StopReason {
     }
 }
 
+/// What became of each enumerated point; `space` is their number and
+/// equals `redundant + egraph + invalid + pruned + evaluated`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     pub space: usize,
+    /// Evaluated with the cost model (feasible or not).
     pub evaluated: usize,
+    /// Pruned by the memory bound alone: [`Evaluator::memory_floor`]
+    /// exceeds HBM, so the point cannot fit.
     pub pruned: usize,
+    /// The mesh exceeds the devices, or the pins do not resolve (degrees
+    /// that do not divide the devices, heads, experts, layers or batch).
     pub invalid: usize,
+    /// Of `evaluated`, over HBM or violating a `subject to` constraint.
     pub infeasible: usize,
+    /// A knob with no effect at this mesh (virtual stages without a
+    /// pipeline, sequence parallelism without tensor parallelism).
+    pub redundant: usize,
+    /// Sequence parallelism other than the e-graph's choice for this tp
+    /// (where the plan leaves it open); not bounded, so the answer is
+    /// exact only with the e-graph's choice.
+    pub egraph: usize,
+}
+
+impl Stats {
+    /// What the optimality gap is measured against.
+    pub fn gap_to(&self) -> &'static str {
+        if self.egraph > 0 {
+            "the best feasible point of the space with the e-graph's sequence-parallel choice per tp (exhaustive)"
+        } else {
+            "the best feasible point of the space (exhaustive)"
+        }
+    }
 }
 
 /// The tightest reason nothing fitted, for the empty-set diagnostic.
@@ -287,12 +313,16 @@ pub struct PrunedMesh {
     pub pp: i64,
     pub cp: i64,
     pub dp: i64,
-    /// Bytes per device of weights, gradients and optimizer state alone.
+    /// The memory bound per device ([`Evaluator::memory_floor`]): weights,
+    /// gradients, optimizer state, the tables' share and the reserve.
     pub bound: f64,
     pub capacity: f64,
 }
 
 pub struct Outcome {
+    /// The gap of the best point to the optimum of [`Stats::gap_to`]: 0,
+    /// since every point is evaluated or shown not to fit.
+    pub optimality_gap: f64,
     /// The best point on a mesh (tp, pp, cp, dp, ep) other than the winner's.
     pub runner_up: Option<Estimate>,
     pub pruned_closest: Option<PrunedMesh>,
@@ -351,6 +381,13 @@ pub fn score(plan: &Plan, e: &Estimate) -> f64 {
 /// Runs the search; `k` is how many of the best points to keep.
 /// `sp_by_tp`, when given, is the e-graph's choice of sequence parallelism
 /// for each tensor-parallel degree, used where the plan leaves it open.
+///
+/// Every enumerated point is counted once, under the first of: redundant
+/// (a knob that does nothing at this mesh), set aside by the e-graph's
+/// sequence-parallel choice, invalid (the mesh exceeds the devices, or
+/// [`resolve`] rejects the pins), pruned by the memory bound
+/// ([`Evaluator::memory_floor`] above HBM), evaluated (then feasible or
+/// infeasible).
 pub fn run(
     plan: &Plan,
     ir: &Ir,
@@ -362,89 +399,39 @@ pub fn run(
 ) -> Outcome {
     let ev = Evaluator { ir, hw, prefill };
     let devices = plan.system.devices() as i64;
-    let mut stats = Stats {
-        space: sp.size(),
-        ..Stats::default()
-    };
+    let mut stats = Stats::default();
     let mut top: Vec<(f64, Estimate)> = Vec::new();
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
     let mut pruned_closest: Option<PrunedMesh> = None;
     let mut per_mesh: BTreeMap<Mesh, (f64, Estimate)> = BTreeMap::new();
     let global = ir.samples_per_step() as i64;
-    let params = ir.params()
-        - ir.segments
-            .iter()
-            .flat_map(|s| {
-                s.ops.iter().map(move |o| {
-                    o.params
-                        * o.mult
-                        * if o.table_bytes > 0.0 {
-                            s.count as f64
-                        } else {
-                            0.0
-                        }
-                })
-            })
-            .sum::<f64>();
-    let min_zero = sp.zero.iter().copied().max().unwrap_or(0);
     let training = matches!(ir.phase, Phase::Train { .. });
-    let beta = ir.act_bytes;
+    let batches: Vec<Option<i64>> = match &sp.batch {
+        Some(v) => v.iter().map(|b| Some(*b)).collect(),
+        None => vec![None],
+    };
+    // The memory bound depends on (tp, pp, cp, dp, ep, zero) only.
+    let mut floors: BTreeMap<(u64, u64, u64, u64, u64, u8), f64> = BTreeMap::new();
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
-                let mesh = tp.checked_mul(cp).and_then(|m| m.checked_mul(pp));
-                let Some(mesh) = mesh.filter(|m| (1..=devices).contains(m)) else {
-                    stats.invalid += 1;
-                    continue;
-                };
+                // Degrees from the input: an overflowing product is no mesh.
+                let mesh = tp
+                    .checked_mul(cp)
+                    .and_then(|m| m.checked_mul(pp))
+                    .filter(|m| *m >= 1)
+                    .unwrap_or(i64::MAX);
+                let fits = mesh <= devices;
                 let dps: Vec<i64> = match &sp.dp {
                     Some(v) => v.clone(),
-                    None => vec![devices / mesh],
+                    None if fits => vec![devices / mesh],
+                    None => vec![0],
                 };
                 for dp in dps {
-                    // Sound memory bound: this mesh's share of the dense
-                    // parameters with their gradients and optimizer state,
-                    // at the most sharded ZeRO stage searched.
-                    let share = params / (tp * pp) as f64;
-                    let d = dp as f64;
-                    let bound = if training {
-                        let (w, g, o) = (
-                            beta,
-                            4.0f64.max(beta),
-                            8.0 + if beta < 4.0 { 4.0 } else { 0.0 },
-                        );
-                        share
-                            * (if min_zero >= 3 { w / d } else { w }
-                                + if min_zero >= 2 { g / d } else { g }
-                                + if min_zero >= 1 { o / d } else { o })
-                    } else {
-                        share * beta
-                    };
-                    if bound > hw.hbm_capacity {
-                        if pruned_closest
-                            .as_ref()
-                            .is_none_or(|m: &PrunedMesh| bound < m.bound)
-                        {
-                            pruned_closest = Some(PrunedMesh {
-                                tp,
-                                pp,
-                                cp,
-                                dp,
-                                bound,
-                                capacity: hw.hbm_capacity,
-                            });
-                        }
-                        stats.pruned += sp.zero.len()
-                            * sp.recompute.len()
-                            * sp.virtual_stages.len()
-                            * sp.sequence_parallel.len()
-                            * sp.ep.len();
-                        continue;
-                    }
                     let mbs: Vec<i64> = match &sp.microbatch {
                         Some(v) => v.clone(),
-                        None if !training => vec![1],
+                        None if !training || !fits || dp <= 0 => vec![1],
                         None => {
                             let per = (global / dp.max(1)).max(1);
                             let mut v: Vec<i64> = pow2_upto(per.min(16))
@@ -457,29 +444,29 @@ pub fn run(
                             v
                         }
                     };
-                    let batches: Vec<Option<i64>> = match &sp.batch {
-                        Some(v) => v.iter().map(|b| Some(*b)).collect(),
-                        None => vec![None],
-                    };
                     for &ep in &sp.ep {
                         for &zero in &sp.zero {
                             for rc in &sp.recompute {
                                 for &mb in &mbs {
                                     for &v in &sp.virtual_stages {
-                                        if v > 1 && pp == 1 {
-                                            continue;
-                                        }
                                         for &seqp in &sp.sequence_parallel {
-                                            if seqp && tp == 1 {
-                                                continue;
-                                            }
-                                            if let Some(choice) = sp_by_tp.and_then(|m| m.get(&tp))
-                                                && *choice != seqp
-                                            {
-                                                stats.pruned += 1;
-                                                continue;
-                                            }
                                             for b in &batches {
+                                                stats.space += 1;
+                                                if (v > 1 && pp == 1) || (seqp && tp == 1) {
+                                                    stats.redundant += 1;
+                                                    continue;
+                                                }
+                                                if let Some(choice) =
+                                                    sp_by_tp.and_then(|m| m.get(&tp))
+                                                    && *choice != seqp
+                                                {
+                                                    stats.egraph += 1;
+                                                    continue;
+                                                }
+                                                if !fits {
+                                                    stats.invalid += 1;
+                                                    continue;
+                                                }
                                                 let mut pins = BTreeMap::new();
                                                 pins.insert("tp".to_string(), Pin::Int(tp));
                                                 pins.insert("cp".to_string(), Pin::Int(cp));
@@ -511,6 +498,33 @@ pub fn run(
                                                         continue;
                                                     }
                                                 };
+                                                // Sound memory bound: the evaluated
+                                                // memory with its activation terms at
+                                                // their minimum.
+                                                let key = (
+                                                    point.tp, point.pp, point.cp, point.dp,
+                                                    point.ep, point.zero,
+                                                );
+                                                let bound =
+                                                    *floors.entry(key).or_insert_with(|| {
+                                                        ev.memory_floor(&point).total()
+                                                    });
+                                                if bound > hw.hbm_capacity {
+                                                    stats.pruned += 1;
+                                                    if pruned_closest.as_ref().is_none_or(
+                                                        |m: &PrunedMesh| bound < m.bound,
+                                                    ) {
+                                                        pruned_closest = Some(PrunedMesh {
+                                                            tp,
+                                                            pp,
+                                                            cp,
+                                                            dp: point.dp as i64,
+                                                            bound,
+                                                            capacity: hw.hbm_capacity,
+                                                        });
+                                                    }
+                                                    continue;
+                                                }
                                                 let e = ev.evaluate(&point);
                                                 stats.evaluated += 1;
                                                 // Feasibility: HBM, then the plan's constraints.
@@ -590,6 +604,7 @@ pub fn run(
         .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
         .map(|(_, (_, e))| e);
     Outcome {
+        optimality_gap: 0.0,
         runner_up,
         pruned_closest,
         top: top.into_iter().map(|(_, e)| e).collect(),

@@ -1,0 +1,254 @@
+//! Memory per device: one function for the cost model's evaluation and for
+//! the search's pruning bound.
+//!
+//! [`Evaluator::state_memory`] gives the bytes per device that depend only
+//! on the parameters a device holds and on the point's sharding (tp, pp,
+//! cp, dp, ep, ZeRO stage): weights, gradients, optimizer state, its share
+//! of the embedding tables and the reserve. The evaluator adds the
+//! activations (training) or the KV cache (inference) to it; the search's
+//! bound, [`Evaluator::memory_floor`], is the same function at the fewest
+//! parameters any stage split can leave on the most loaded device, with the
+//! activation-dependent terms at their minimum. Every term is a
+//! non-negative multiple of the parameters held, so the bound never exceeds
+//! the evaluated memory (`compiler/tests/search_bound.rs` checks it over
+//! random points of every example).
+
+use gantry_lang::program::{Optimizer, Phase};
+
+use crate::cost::{Evaluator, Memory};
+use crate::ir::{Class, Ir, IrOp, SegmentKind};
+use crate::point::DesignPoint;
+
+/// Optimizer-state values per parameter, kept in fp32: Adam and AdamW two
+/// moments, Adagrad the sum of squared gradients, SGD none (plain SGD, as
+/// the DLRM references run it).
+pub fn optimizer_states(opt: Optimizer) -> f64 {
+    match opt {
+        Optimizer::Adam | Optimizer::AdamW => 2.0,
+        Optimizer::Adagrad => 1.0,
+        Optimizer::Sgd => 0.0,
+    }
+}
+
+/// The workload's optimizer (`None` when it does not train).
+pub fn optimizer(ir: &Ir) -> Option<Optimizer> {
+    match ir.phase {
+        Phase::Train { optimizer, .. } => Some(optimizer),
+        _ => None,
+    }
+}
+
+/// Parameters one device holds on its pipeline stage, by how ZeRO shards
+/// them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Held {
+    /// Dense parameters (the same on all `dp x cp` ranks of the
+    /// data-parallel group).
+    pub dense: f64,
+    /// Expert parameters, already divided over `ep` (the same on the
+    /// `dp x cp / ep` ranks that hold the same experts).
+    pub expert: f64,
+}
+
+/// What a segment is to the pipeline: the repeated body that is split into
+/// stages, or extra work on the first or the last stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Body,
+    Prologue,
+    Epilogue,
+}
+
+/// The role of each segment of `ir`: the body with the most repetitions
+/// is pipelined ([`Ir::body`]); other bodies and prologues run on the first
+/// stage, epilogues on the last.
+pub fn roles(ir: &Ir) -> Vec<Role> {
+    let body = ir.body().map(|b| b as *const _);
+    ir.segments
+        .iter()
+        .map(|s| match s.kind {
+            SegmentKind::Body if Some(s as *const _) == body => Role::Body,
+            SegmentKind::Prologue | SegmentKind::Body => Role::Prologue,
+            SegmentKind::Epilogue => Role::Epilogue,
+        })
+        .collect()
+}
+
+/// Parameters of one op on one device: divided over the tensor-parallel
+/// ranks when the op's work is sharded (elementwise ops keep whole
+/// parameters), and experts over the expert-parallel ranks.
+pub fn op_params(o: &IrOp, p: &DesignPoint) -> f64 {
+    let psplit = if o.tp_sharded && o.class != Class::Elementwise {
+        p.tp as f64
+    } else {
+        1.0
+    };
+    let esplit = if o.experts.is_some() {
+        p.ep as f64
+    } else {
+        1.0
+    };
+    o.params * o.mult / psplit / esplit
+}
+
+/// Parameters of the embedding tables (sharded over all devices, counted
+/// in [`Memory::embeddings`], not as dense parameters).
+pub fn table_params(ir: &Ir) -> f64 {
+    ir.segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .filter(|o| o.table_bytes > 0.0)
+        .fold(0.0, |a, o| a + o.params * o.mult)
+}
+
+impl Evaluator<'_> {
+    /// Memory per device of `held` parameters at `p`, without activations
+    /// and KV cache: weights in the compute dtype, gradients (fp32 when the
+    /// dtype is narrower), optimizer state with an fp32 master copy for
+    /// narrow dtypes, the embedding tables with their optimizer state, and
+    /// the reserve. ZeRO-1 shards the optimizer state, ZeRO-2 also the
+    /// gradients, ZeRO-3 also the weights, over the ranks that hold the
+    /// same parameters: `dp x cp` for dense ones, `dp x cp / ep` for
+    /// experts. Inference holds weights only.
+    pub fn state_memory(&self, held: Held, p: &DesignPoint) -> Memory {
+        let beta = self.ir.act_bytes;
+        let mut m = Memory {
+            reserve: self.hw.reserve,
+            capacity: self.hw.hbm_capacity,
+            ..Memory::default()
+        };
+        let Some(opt) = optimizer(self.ir) else {
+            m.weights = (held.dense + held.expert) * beta;
+            return m;
+        };
+        let group = (p.dp * p.cp).max(1);
+        let dense_group = group as f64;
+        let expert_group = (group / p.ep.max(1)).max(1) as f64;
+        // Bytes of `bytes_per_param` per held parameter, sharded from ZeRO
+        // stage `stage` on.
+        let sharded = |bytes_per_param: f64, stage: u8| {
+            let (d, e) = if p.zero >= stage {
+                (dense_group, expert_group)
+            } else {
+                (1.0, 1.0)
+            };
+            bytes_per_param * (held.dense / d + held.expert / e)
+        };
+        let master = if beta < 4.0 { 4.0 } else { 0.0 };
+        m.weights = sharded(beta, 3);
+        m.gradients = sharded(beta.max(4.0), 2);
+        m.optimizer = sharded(4.0 * optimizer_states(opt) + master, 1);
+        // Tables are sharded over all devices, with their optimizer state
+        // (stored in their own dtype: no master copy).
+        let tables: f64 = self
+            .ir
+            .segments
+            .iter()
+            .flat_map(|s| s.ops.iter())
+            .filter(|o| o.table_bytes > 0.0)
+            .fold(0.0, |a, o| a + o.table_bytes * o.mult);
+        m.embeddings = tables * (1.0 + optimizer_states(opt)) / p.devices().max(1) as f64;
+        m
+    }
+
+    /// Bytes of KV cache per token of context, per device (inference).
+    pub(crate) fn kv_per_token(&self, p: &DesignPoint) -> f64 {
+        let ir = self.ir;
+        let mut kv_per_token = 0.0;
+        for s in &ir.segments {
+            for o in &s.ops {
+                if let (Some((_, kv)), Some(g)) = (o.heads, o.gemm) {
+                    let hd = g.k;
+                    let kv_split = (kv as f64).min(p.tp as f64);
+                    kv_per_token +=
+                        2.0 * kv as f64 * hd * ir.act_bytes * o.mult * s.count as f64 / kv_split;
+                }
+            }
+        }
+        kv_per_token
+    }
+
+    /// Tokens of context the KV cache holds (inference).
+    pub(crate) fn max_context(&self) -> f64 {
+        let (context, generate, prompt) = match self.ir.phase {
+            Phase::Decode {
+                context,
+                generate,
+                prompt,
+                ..
+            } => (context as f64, generate, prompt),
+            Phase::Prefill { prompt, .. } => (prompt.unwrap_or(0) as f64, None, None),
+            _ => (0.0, None, None),
+        };
+        match (prompt, generate) {
+            (Some(pr), Some(g)) => (pr + g) as f64,
+            _ => context,
+        }
+    }
+
+    /// The search's memory bound at `p`: [`Evaluator::state_memory`] at
+    /// the fewest parameters the most loaded device can hold whatever the
+    /// stage split (the first stage keeps at least
+    /// `layers - (pp - 1) ceil(layers / pp)` layers, one at least, and the
+    /// prologue), with activations at zero, the KV cache at a batch of one
+    /// and the embedding tables at zero where host memory can take them.
+    /// It depends only on tp, pp, cp, dp, ep and the ZeRO stage, and never
+    /// exceeds `evaluate(p).memory.total()`.
+    pub fn memory_floor(&self, p: &DesignPoint) -> Memory {
+        let ir = self.ir;
+        let pp = p.pp.max(1);
+        if optimizer(ir).is_none() {
+            // Inference holds every stage's weights divided evenly.
+            let params: f64 = ir
+                .segments
+                .iter()
+                .map(|s| s.ops.iter().map(|o| op_params(o, p)).sum::<f64>() * s.count as f64)
+                .sum();
+            let mut m = self.state_memory(
+                Held {
+                    dense: params / pp as f64,
+                    expert: 0.0,
+                },
+                p,
+            );
+            m.kv_cache = self.kv_per_token(p) * self.max_context() / pp as f64;
+            return m;
+        }
+        let layers = ir.layers();
+        let min_layers = if pp == 1 {
+            layers
+        } else {
+            layers.saturating_sub((pp - 1) * layers.div_ceil(pp)).max(1)
+        } as f64;
+        let (mut body, mut body_expert, mut pro, mut epi) = (0.0, 0.0, 0.0, 0.0);
+        for (s, role) in ir.segments.iter().zip(roles(ir)) {
+            let all: f64 = s.ops.iter().map(|o| op_params(o, p)).sum();
+            match role {
+                Role::Body => {
+                    body = all;
+                    body_expert = s
+                        .ops
+                        .iter()
+                        .filter(|o| o.experts.is_some())
+                        .map(|o| op_params(o, p))
+                        .sum();
+                }
+                Role::Prologue => pro += all * s.count as f64,
+                Role::Epilogue => epi += all * s.count as f64,
+            }
+        }
+        let held = min_layers * body + pro + if pp == 1 { epi } else { 0.0 } - table_params(ir);
+        let expert = (min_layers * body_expert).min(held);
+        let mut m = self.state_memory(
+            Held {
+                dense: held - expert,
+                expert,
+            },
+            p,
+        );
+        if self.hw.host_bandwidth > 0.0 {
+            m.embeddings = 0.0;
+        }
+        m
+    }
+}
