@@ -4,22 +4,26 @@
 //! takes the rule's own left- and right-hand patterns (the `Pattern` ASTs
 //! inside the `Rewrite`, so the text tested is the text saturated), binds
 //! the op variables (`?i`, `?j`) to concrete ops (linears with random
-//! weights of odd sizes, relu / scale / silu, add / mul, rmsnorm / softmax
-//! over the last dimension, per-head attention, a matrix product, a small
-//! mixture of SwiGLU experts with fixed gates) and the value variables to
+//! weights of odd sizes, with and without a bias, relu / scale / silu,
+//! add / mul, rmsnorm / layernorm / softmax over the last dimension,
+//! per-head attention with and without a causal mask, a matrix product, a
+//! small mixture of SwiGLU experts with fixed gates) and the value variables to
 //! random tensors laid out as the left-hand side needs them (whole, feature
 //! blocks of the last dimension, row blocks, or per-shard partial sums),
 //! then runs both sides in a small shard-level interpreter written here,
 //! independently of the compiler and the runtime: every sharded form runs
 //! its op's kernel on each shard's local data, and collectives do what
-//! they say. Blocks are cut as `runtime/src/layout.rs::block` cuts them
+//! they say (a row-parallel linear's bias joins shard 0's partial sum, as
+//! the runtime adds it on rank 0). Blocks are cut as `runtime/src/layout.rs::block` cuts them
 //! (uneven when the size does not divide; the last blocks are the larger).
 //! Both sides must give the same layout and, gathered, the same tensor
 //! within 1e-5 of the largest magnitude, at 2, 3 and 4 shards.
 //!
 //! A table of rule names per family must match what the families return,
 //! so a new rule cannot go unexamined; a deliberately wrong rule (a norm on
-//! feature shards) shows the harness can fail.
+//! feature shards) shows the harness can fail. Not modelled: dropout's
+//! random masks, broadcasting binary ops, grouped key/value heads, and the
+//! pipeline family (its split is a custom applier over layer counts).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -205,10 +209,11 @@ enum Kind {
 /// A concrete IR op bound to an op variable.
 #[derive(Clone, Debug)]
 enum Op {
-    /// `x W` with `W` of shape `k x n` (k from the input).
+    /// `x W (+ b)` with `W` of shape `k x n` (k from the input).
     Linear {
         n: usize,
         seed: u64,
+        bias: bool,
     },
     Relu,
     Scale(f64),
@@ -216,10 +221,13 @@ enum Op {
     Add,
     Mul,
     RmsNorm,
+    LayerNorm,
     Softmax,
-    /// Per-head `softmax(q kᵀ / sqrt(dh)) v`, heads of width `dh`.
+    /// Per-head `softmax(q kᵀ / sqrt(dh)) v`, heads of width `dh`, with a
+    /// causal mask or without.
     Attn {
         dh: usize,
+        causal: bool,
     },
     Matmul,
     /// `Σ_e g_e · (silu(x W1_e) ⊙ x W3_e) W2_e`, hidden width `f`.
@@ -240,7 +248,7 @@ impl Op {
             Op::Linear { .. } => Kind::Linear,
             Op::Relu | Op::Scale(_) | Op::Silu => Kind::Unary,
             Op::Add | Op::Mul => Kind::Binary,
-            Op::RmsNorm | Op::Softmax => Kind::Reduce,
+            Op::RmsNorm | Op::LayerNorm | Op::Softmax => Kind::Reduce,
             Op::Attn { .. } => Kind::Attn,
             Op::Matmul => Kind::Matmul,
             Op::Moe { .. } => Kind::Moe,
@@ -265,6 +273,19 @@ impl Op {
                 }
                 o
             }
+            Op::LayerNorm => {
+                let mut o = x.clone();
+                let c = x.c.max(1) as f64;
+                for i in 0..x.r {
+                    let m = (0..x.c).map(|j| x.at(i, j)).sum::<f64>() / c;
+                    let var = (0..x.c).map(|j| (x.at(i, j) - m).powi(2)).sum::<f64>() / c;
+                    let s = 1.0 / (var + 1e-5).sqrt();
+                    for j in 0..x.c {
+                        o.set(i, j, (x.at(i, j) - m) * s);
+                    }
+                }
+                o
+            }
             Op::Softmax => softmax_rows(x),
             other => return Err(format!("{other:?} is not a one-input pointwise/row op")),
         })
@@ -278,16 +299,20 @@ impl Op {
         }
     }
 
-    /// The linear's weight for input width `k`.
-    fn weight(&self, k: usize) -> Result<T, String> {
+    /// The linear's weight for input width `k`, and its bias (a `1 x n`
+    /// row) if it has one.
+    fn weight(&self, k: usize) -> Result<(T, Option<T>), String> {
         match self {
-            Op::Linear { n, seed } => Ok(weight(*seed, k, *n)),
+            Op::Linear { n, seed, bias } => Ok((
+                weight(*seed, k, *n),
+                bias.then(|| weight(seed.wrapping_add(7), 1, *n)),
+            )),
             other => Err(format!("{other:?} is not a linear")),
         }
     }
 
     fn attn(&self, q: &T, k: &T, v: &T) -> Result<T, String> {
-        let Op::Attn { dh } = self else {
+        let Op::Attn { dh, causal } = self else {
             return Err(format!("{self:?} is not attention"));
         };
         q.same_shape(k)?;
@@ -302,6 +327,14 @@ impl Op {
                 .cols(c.clone())
                 .matmul(&k.cols(c.clone()).transpose())?
                 .map(|x| x / (*dh as f64).sqrt());
+            let mut s = s;
+            if *causal {
+                for i in 0..s.r {
+                    for j in i + 1..s.c {
+                        s.set(i, j, f64::NEG_INFINITY);
+                    }
+                }
+            }
             heads.push(softmax_rows(&s).matmul(&v.cols(c))?);
         }
         let refs: Vec<&T> = heads.iter().collect();
@@ -343,6 +376,21 @@ impl Op {
         }
         Ok(out)
     }
+}
+
+/// `x + b` with the `1 x n` row `b` added to every row.
+fn add_bias(x: T, b: Option<&T>) -> Result<T, String> {
+    let Some(b) = b else { return Ok(x) };
+    if b.c != x.c {
+        return Err(format!("bias of {} on width {}", b.c, x.c));
+    }
+    let mut o = x;
+    for i in 0..o.r {
+        for j in 0..o.c {
+            o.d[i * o.c + j] += b.d[j];
+        }
+    }
+    Ok(o)
 }
 
 fn softmax_rows(x: &T) -> T {
@@ -492,7 +540,8 @@ fn eval(ast: &PatternAst<Shard>, id: Id, env: &Env) -> Result<Val, String> {
     Ok(match n {
         Shard::Lin([i, x]) => {
             let x = ev(*x)?.whole()?;
-            Val::Whole(x.matmul(&op(*i)?.weight(x.c)?)?)
+            let (w, b) = op(*i)?.weight(x.c)?;
+            Val::Whole(add_bias(x.matmul(&w)?, b.as_ref())?)
         }
         Shard::Attn([i, q, k, v]) => {
             Val::Whole(op(*i)?.attn(&ev(*q)?.whole()?, &ev(*k)?.whole()?, &ev(*v)?.whole()?)?)
@@ -503,11 +552,14 @@ fn eval(ast: &PatternAst<Shard>, id: Id, env: &Env) -> Result<Val, String> {
         Shard::Moe([i, x]) => Val::Whole(op(*i)?.moe(&ev(*x)?.whole()?, None)?),
         Shard::LinCol([i, x]) => {
             let x = ev(*x)?.whole()?;
-            let w = op(*i)?.weight(x.c)?;
+            let (w, b) = op(*i)?.weight(x.c)?;
+            // Each shard its output columns (and their bias entries).
             let parts = (0..p)
                 .map(|s| {
                     let cols = block(w.c, p, s);
-                    Ok((cols.clone(), x.matmul(&w.cols(cols))?))
+                    let bs = b.as_ref().map(|b| b.cols(cols.clone()));
+                    let y = add_bias(x.matmul(&w.cols(cols.clone()))?, bs.as_ref())?;
+                    Ok((cols, y))
                 })
                 .collect::<Result<_, String>>()?;
             Val::Feat(parts)
@@ -515,16 +567,23 @@ fn eval(ast: &PatternAst<Shard>, id: Id, env: &Env) -> Result<Val, String> {
         Shard::LinRow([i, y]) => {
             let y = ev(*y)?.feat()?;
             let k = y.last().map_or(0, |(r, _)| r.end);
-            let w = op(*i)?.weight(k)?;
+            let (w, b) = op(*i)?.weight(k)?;
+            // Each shard its input-row block times the matching weight
+            // rows; the bias joins one shard's partial sum only (shard 0,
+            // as runtime/src/exec/mod.rs adds it on rank 0).
             let parts = y
                 .into_iter()
-                .map(|(r, t)| t.matmul(&w.rows(r)))
+                .enumerate()
+                .map(|(s, (r, t))| {
+                    let bs = if s == 0 { b.as_ref() } else { None };
+                    add_bias(t.matmul(&w.rows(r))?, bs)
+                })
                 .collect::<Result<_, String>>()?;
             Val::Partial(parts)
         }
         Shard::AttnHeads([i, q, k, v]) => {
             let o = op(*i)?;
-            let Op::Attn { dh } = o else {
+            let Op::Attn { dh, .. } = o else {
                 return Err(format!("{o:?} is not attention"));
             };
             let (q, k, v) = (ev(*q)?.feat()?, ev(*k)?.feat()?, ev(*v)?.feat()?);
@@ -791,11 +850,31 @@ const SHARDS: [usize; 3] = [2, 3, 4];
 /// Concrete ops of a kind.
 fn variants(k: Kind, d: Dims, seed: u64) -> Vec<Op> {
     match k {
-        Kind::Linear => vec![Op::Linear { n: d.n, seed }],
+        Kind::Linear => vec![
+            Op::Linear {
+                n: d.n,
+                seed,
+                bias: false,
+            },
+            Op::Linear {
+                n: d.n,
+                seed,
+                bias: true,
+            },
+        ],
         Kind::Unary => vec![Op::Relu, Op::Scale(1.7), Op::Silu],
         Kind::Binary => vec![Op::Add, Op::Mul],
-        Kind::Reduce => vec![Op::RmsNorm, Op::Softmax],
-        Kind::Attn => vec![Op::Attn { dh: d.dh }],
+        Kind::Reduce => vec![Op::RmsNorm, Op::LayerNorm, Op::Softmax],
+        Kind::Attn => vec![
+            Op::Attn {
+                dh: d.dh,
+                causal: false,
+            },
+            Op::Attn {
+                dh: d.dh,
+                causal: true,
+            },
+        ],
         Kind::Matmul => vec![Op::Matmul],
         Kind::Moe => vec![Op::Moe {
             experts: 3,
@@ -1092,13 +1171,14 @@ fn column_then_head_parallel_needs_whole_heads_per_shard() {
         let mut rng = Rng::new(p as u64);
         let var = |s: &str| s.parse::<Var>().expect("var");
         let mut ops = BTreeMap::new();
-        ops.insert(var("?a"), Op::Attn { dh });
+        ops.insert(var("?a"), Op::Attn { dh, causal: true });
         for (j, v) in ["?q", "?k", "?v"].iter().enumerate() {
             ops.insert(
                 var(v),
                 Op::Linear {
                     n: heads * dh,
                     seed: 50 + j as u64,
+                    bias: true,
                 },
             );
         }
