@@ -7,15 +7,17 @@
 //! weights of odd sizes, with and without a bias, relu / scale / silu,
 //! add / mul, rmsnorm / layernorm / softmax over the last dimension,
 //! per-head attention with and without a causal mask, a matrix product, a
-//! small mixture of SwiGLU experts with fixed gates) and the value variables to
-//! random tensors laid out as the left-hand side needs them (whole, feature
-//! blocks of the last dimension, row blocks, or per-shard partial sums),
+//! small mixture of SwiGLU experts with fixed gates) and the value
+//! variables to random tensors laid out as the left-hand side needs them
+//! (whole, feature blocks of the last dimension, row blocks, or per-shard
+//! partial sums),
 //! then runs both sides in a small shard-level interpreter written here,
 //! independently of the compiler and the runtime: every sharded form runs
 //! its op's kernel on each shard's local data, and collectives do what
 //! they say (a row-parallel linear's bias joins shard 0's partial sum, as
-//! the runtime adds it on rank 0). Blocks are cut as `runtime/src/layout.rs::block` cuts them
-//! (uneven when the size does not divide; the last blocks are the larger).
+//! the runtime adds it on rank 0). Blocks are cut as
+//! `runtime/src/layout.rs::block` cuts them (uneven when the size does not
+//! divide; the last blocks are the larger).
 //! Both sides must give the same layout and, gathered, the same tensor
 //! within 1e-5 of the largest magnitude, at 2, 3 and 4 shards.
 //!
