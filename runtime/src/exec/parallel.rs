@@ -174,7 +174,21 @@ impl Parallel {
 
 /// Checks that `par` fits the workload's graph (R002 / R003).
 pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
-    let g = &w.model.graph;
+    let (batch, per) = validate_batch(w, par)?;
+    validate_pipeline(w, par, per)?;
+    if par.cp > 1 {
+        validate_context(w, par)?;
+    }
+    validate_ops(w, par)?;
+    if par.dp > 1 || par.microbatch < batch {
+        validate_batch_axes(w)?;
+    }
+    Ok(())
+}
+
+/// Every degree is positive and the batch splits over `dp` replicas and
+/// into microbatches; returns the batch and the per-replica batch.
+fn validate_batch(w: &Workload, par: &Parallel) -> Result<(usize, usize), RuntimeError> {
     if par.dp == 0
         || par.tp == 0
         || par.pp == 0
@@ -202,6 +216,13 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
         ))
         .with_help("choose a microbatch dividing batch / dp"));
     }
+    Ok((batch, per))
+}
+
+/// The pipeline has layers to split, the stages cover them, and the
+/// interleaved schedule's model chunks and microbatches fit.
+fn validate_pipeline(w: &Workload, par: &Parallel, per: usize) -> Result<(), RuntimeError> {
+    let g = &w.model.graph;
     let repeat = pipelined_repeat(&g.body);
     let layers = repeat.map_or(0, |(_, r)| r.count as usize);
     if par.pp > 1 && repeat.is_none() {
@@ -245,41 +266,53 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
             .with_help("choose a microbatch giving a multiple of pp microbatches, as Megatron-LM requires"));
         }
     }
-    if par.cp > 1 {
-        let seq = w.bindings.get("seq").copied().unwrap_or(0).max(0) as usize;
-        if seq == 0 || !seq.is_multiple_of(par.cp) {
-            return Err(
-                mismatch(format!("seq {seq} does not split over cp = {}", par.cp))
-                    .with_help("choose cp dividing the sequence length"),
-            );
-        }
-        for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
-            let tensor = g.tensor(*t);
-            if graph::seq_axis(&tensor.shape).is_none() {
-                return Err(unsupported(format!(
-                    "tensor `{}` {} has no `seq` axis to cut into context-parallel chunks",
-                    tensor.name, tensor.shape
-                ))
-                .with_help("pin cp=1"));
-            }
-        }
-        for op in graph::ops(&g.body) {
-            if matches!(
-                op.kind,
-                OpKind::MatMul
-                    | OpKind::Reshape
-                    | OpKind::Concat { .. }
-                    | OpKind::EmbeddingBag { .. }
-                    | OpKind::Interact { .. }
-            ) {
-                return Err(unsupported(format!(
-                    "`{}` may mix sequence positions; context parallelism runs token-wise ops and attention",
-                    op.kind.name()
-                ))
-                .with_help("pin cp=1"));
-            }
+    Ok(())
+}
+
+/// Context parallelism: the sequence splits over `cp`, every input and
+/// output has a `seq` axis, and no op mixes sequence positions.
+fn validate_context(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
+    let g = &w.model.graph;
+    let seq = w.bindings.get("seq").copied().unwrap_or(0).max(0) as usize;
+    if seq == 0 || !seq.is_multiple_of(par.cp) {
+        return Err(
+            mismatch(format!("seq {seq} does not split over cp = {}", par.cp))
+                .with_help("choose cp dividing the sequence length"),
+        );
+    }
+    for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
+        let tensor = g.tensor(*t);
+        if graph::seq_axis(&tensor.shape).is_none() {
+            return Err(unsupported(format!(
+                "tensor `{}` {} has no `seq` axis to cut into context-parallel chunks",
+                tensor.name, tensor.shape
+            ))
+            .with_help("pin cp=1"));
         }
     }
+    for op in graph::ops(&g.body) {
+        if matches!(
+            op.kind,
+            OpKind::MatMul
+                | OpKind::Reshape
+                | OpKind::Concat { .. }
+                | OpKind::EmbeddingBag { .. }
+                | OpKind::Interact { .. }
+        ) {
+            return Err(unsupported(format!(
+                "`{}` may mix sequence positions; context parallelism runs token-wise ops and attention",
+                op.kind.name()
+            ))
+            .with_help("pin cp=1"));
+        }
+    }
+    Ok(())
+}
+
+/// Expert-parallel groups, attention heads and experts split as the
+/// degrees ask.
+fn validate_ops(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
+    let g = &w.model.graph;
     if par.ep > 1 && !par.dp.is_multiple_of(par.ep) {
         return Err(
             mismatch(format!("ep = {} does not divide dp = {}", par.ep, par.dp))
@@ -310,16 +343,21 @@ pub fn validate(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
             _ => {}
         }
     }
-    if par.dp > 1 || par.microbatch < batch {
-        for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
-            let tensor = g.tensor(*t);
-            if graph::batch_axis(&tensor.shape, &w.bindings).is_none() {
-                return Err(unsupported(format!(
-                    "tensor `{}` {} has no `batch` axis to split samples along",
-                    tensor.name, tensor.shape
-                ))
-                .with_help("pin dp=1 and a microbatch equal to the batch"));
-            }
+    Ok(())
+}
+
+/// Splitting samples (over replicas or microbatches) needs a `batch` axis
+/// on every input and output.
+fn validate_batch_axes(w: &Workload) -> Result<(), RuntimeError> {
+    let g = &w.model.graph;
+    for t in g.inputs.iter().chain(g.outputs.iter().map(|(_, t)| t)) {
+        let tensor = g.tensor(*t);
+        if graph::batch_axis(&tensor.shape, &w.bindings).is_none() {
+            return Err(unsupported(format!(
+                "tensor `{}` {} has no `batch` axis to split samples along",
+                tensor.name, tensor.shape
+            ))
+            .with_help("pin dp=1 and a microbatch equal to the batch"));
         }
     }
     Ok(())

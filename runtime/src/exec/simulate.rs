@@ -10,13 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use gantry_lang::program::{Phase, TensorId, Workload};
 
-use crate::comm::mesh;
+use crate::comm::{Endpoint, mesh};
 use crate::error::{RCode, RuntimeError};
 use crate::graph::{self, numel};
 use crate::init::Init;
 use crate::jit::Jit;
 use crate::layout::Layout;
 
+use super::attention::KvCache;
 use super::device::Dev;
 use super::grad::{ParamGrad, StepCheck};
 use super::parallel::Parallel;
@@ -190,6 +191,158 @@ pub(super) fn paste(
     }
 }
 
+/// This replica's samples (and sequence chunk) of every input of
+/// `w`, per microbatch: `(d, c)` is the device's replica and chunk.
+fn device_inputs(
+    w: &Workload,
+    par: &Parallel,
+    shapes: &[Vec<usize>],
+    inputs: &[Vec<f32>],
+    (d, c): (usize, usize),
+    m: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    let g = &w.model.graph;
+    (0..m)
+        .map(|mb| {
+            g.inputs
+                .iter()
+                .zip(inputs)
+                .map(|(t, data)| {
+                    let at = Part { d, c, mb };
+                    cut(w, par, *t, &shapes[t.0 as usize], data, at)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One device's share of a run: its inputs per microbatch and, for a
+/// decode step, the prompt's workload and inputs per microbatch.
+struct DeviceWork<'w> {
+    rank: usize,
+    mb_inputs: Vec<Vec<Vec<f32>>>,
+    prompt: Option<(&'w Workload, Vec<Vec<Vec<f32>>>)>,
+}
+
+/// Runs a decode step's prompt forward on device `rank` and returns its
+/// KV cache; the endpoint is handed back in `ep` with its traffic reset
+/// (the step's traffic is what a decode step sends).
+fn run_prompt(
+    pw: &Workload,
+    par: &Parallel,
+    rank: usize,
+    init: Init,
+    ep: &mut Option<Endpoint>,
+    pin: &[Vec<Vec<f32>>],
+) -> Result<KvCache, RuntimeError> {
+    let m = pin.len();
+    let mut pre = Dev::new(pw, par, rank, init, Jit::new()?, ep.take(), false)?;
+    pre.kv_record = true;
+    for (action, chunk) in schedule(par.pp, par.vp, pre.stage, m) {
+        if let Action::Forward(mb) = action {
+            pre.microbatch(mb, chunk, &pin[mb])?;
+        }
+    }
+    *ep = pre.ep.take();
+    if let Some(e) = ep {
+        e.reset_traffic();
+    }
+    Ok(std::mem::take(&mut pre.kv_cache))
+}
+
+/// Runs one device through its schedule (after its prompt, for a decode
+/// step): forwards, backwards when gradients are asked for, then the
+/// optimizer step of a training workload.
+fn run_device(
+    w: &Workload,
+    par: &Parallel,
+    cfg: &RunConfig,
+    work: DeviceWork,
+    ep: Endpoint,
+    trace: bool,
+) -> Result<DeviceResult, RuntimeError> {
+    let DeviceWork {
+        rank,
+        mb_inputs,
+        prompt,
+    } = work;
+    let m = mb_inputs.len();
+    let init = Init::new(cfg.seed);
+    let mut ep = Some(ep);
+    let mut cache = HashMap::new();
+    if let Some((pw, pin)) = &prompt {
+        cache = run_prompt(pw, par, rank, init, &mut ep, pin)?;
+    }
+    let jit = Jit::new()?;
+    let mut dev = Dev::new(w, par, rank, init, jit, ep, trace)?;
+    dev.kv_cache = cache;
+    dev.fault = cfg.fault.filter(|_| rank == 0);
+    dev.grad_fault = cfg.grad_fault.filter(|_| rank == 0);
+    dev.step_fault = cfg.step_fault && rank == 0;
+    let grads = cfg.gradients && !trace;
+    if grads {
+        dev.start_gradients();
+    }
+    let mut outputs = Vec::new();
+    for (action, chunk) in schedule(par.pp, par.vp, dev.stage, m) {
+        match action {
+            Action::Forward(mb) => {
+                if let Some(o) = dev.microbatch(mb, chunk, &mb_inputs[mb])? {
+                    outputs.push((mb, o));
+                }
+            }
+            // Without gradients, backward actions only keep their place.
+            Action::Backward(mb) if grads => dev.backward(mb, chunk)?,
+            Action::Backward(_) => {}
+        }
+    }
+    let (grads, step) = if grads {
+        let g = dev.finish_gradients()?;
+        let step = match w.phase {
+            Phase::Train { optimizer, .. } => Some(dev.optimizer_step(&g, optimizer)?),
+            _ => None,
+        };
+        (g, step)
+    } else {
+        (Vec::new(), None)
+    };
+    Ok(DeviceResult {
+        outputs,
+        records: dev.records.take().unwrap_or_default(),
+        kernels: dev.jit.compiled(),
+        grads,
+        step,
+        traffic: dev.ep.as_ref().map(|e| e.traffic()).unwrap_or_default(),
+    })
+}
+
+/// Every device's result, or the root cause of a failure: a device's own
+/// error before the peers' broken channels (R006).
+fn first_error(
+    results: Vec<Result<DeviceResult, RuntimeError>>,
+) -> Result<Vec<DeviceResult>, RuntimeError> {
+    let mut ok = Vec::with_capacity(results.len());
+    let mut first_err: Option<RuntimeError> = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                let better = match &first_err {
+                    None => true,
+                    Some(cur) => cur.code == RCode::R006 && e.code != RCode::R006,
+                };
+                if better {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(ok),
+    }
+}
+
 pub(super) fn simulate_devices(
     w: &Workload,
     par: &Parallel,
@@ -208,105 +361,19 @@ pub(super) fn simulate_devices(
     let per = per_replica(w, par);
     let m = per / par.microbatch;
     let endpoints = mesh(n, cfg.timeout);
-    let init = Init::new(cfg.seed);
     let results: Vec<Result<DeviceResult, RuntimeError>> = std::thread::scope(|s| {
         let handles: Vec<_> = endpoints
             .into_iter()
             .enumerate()
             .map(|(rank, ep)| {
-                let (d, c) = replica_of(par, rank);
-                // This replica's samples (and sequence chunk) of every
-                // input, per microbatch.
-                let mb_inputs: Vec<Vec<Vec<f32>>> = (0..m)
-                    .map(|mb| {
-                        g.inputs
-                            .iter()
-                            .zip(inputs)
-                            .map(|(t, data)| {
-                                let at = Part { d, c, mb };
-                                cut(w, par, *t, &gshapes[t.0 as usize], data, at)
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let prompt_inputs: Option<(&Workload, Vec<Vec<Vec<f32>>>)> =
-                    prompt.map(|(pw, data)| {
-                        let per_mb = (0..m)
-                            .map(|mb| {
-                                g.inputs
-                                    .iter()
-                                    .zip(data)
-                                    .map(|(t, x)| {
-                                        let at = Part { d, c, mb };
-                                        cut(pw, par, *t, &pshapes[t.0 as usize], x, at)
-                                    })
-                                    .collect()
-                            })
-                            .collect();
-                        (pw, per_mb)
-                    });
-                s.spawn(move || -> Result<DeviceResult, RuntimeError> {
-                    let mut ep = Some(ep);
-                    let mut cache = HashMap::new();
-                    if let Some((pw, pin)) = &prompt_inputs {
-                        let mut pre = Dev::new(pw, par, rank, init, Jit::new()?, ep.take(), false)?;
-                        pre.kv_record = true;
-                        for (action, chunk) in schedule(par.pp, par.vp, pre.stage, m) {
-                            if let Action::Forward(mb) = action {
-                                pre.microbatch(mb, chunk, &pin[mb])?;
-                            }
-                        }
-                        cache = std::mem::take(&mut pre.kv_cache);
-                        ep = pre.ep.take();
-                        // The step's traffic is what a decode step sends.
-                        if let Some(e) = &ep {
-                            e.reset_traffic();
-                        }
-                    }
-                    let jit = Jit::new()?;
-                    let mut dev = Dev::new(w, par, rank, init, jit, ep, trace)?;
-                    dev.kv_cache = cache;
-                    dev.fault = cfg.fault.filter(|_| rank == 0);
-                    dev.grad_fault = cfg.grad_fault.filter(|_| rank == 0);
-                    dev.step_fault = cfg.step_fault && rank == 0;
-                    let grads = cfg.gradients && !trace;
-                    if grads {
-                        dev.start_gradients();
-                    }
-                    let mut outputs = Vec::new();
-                    for (action, chunk) in schedule(par.pp, par.vp, dev.stage, m) {
-                        match action {
-                            Action::Forward(mb) => {
-                                if let Some(o) = dev.microbatch(mb, chunk, &mb_inputs[mb])? {
-                                    outputs.push((mb, o));
-                                }
-                            }
-                            // Without gradients, backward actions only keep their place.
-                            Action::Backward(mb) if grads => dev.backward(mb, chunk)?,
-                            Action::Backward(_) => {}
-                        }
-                    }
-                    let (grads, step) = if grads {
-                        let g = dev.finish_gradients()?;
-                        let step = match w.phase {
-                            Phase::Train { optimizer, .. } => {
-                                Some(dev.optimizer_step(&g, optimizer)?)
-                            }
-                            _ => None,
-                        };
-                        (g, step)
-                    } else {
-                        (Vec::new(), None)
-                    };
-                    Ok(DeviceResult {
-                        outputs,
-                        records: dev.records.take().unwrap_or_default(),
-                        kernels: dev.jit.compiled(),
-                        grads,
-                        step,
-                        traffic: dev.ep.as_ref().map(|e| e.traffic()).unwrap_or_default(),
-                    })
-                })
+                let at = replica_of(par, rank);
+                let work = DeviceWork {
+                    rank,
+                    mb_inputs: device_inputs(w, par, &gshapes, inputs, at, m),
+                    prompt: prompt
+                        .map(|(pw, data)| (pw, device_inputs(pw, par, &pshapes, data, at, m))),
+                };
+                s.spawn(move || run_device(w, par, cfg, work, ep, trace))
             })
             .collect();
         handles
@@ -321,25 +388,5 @@ pub(super) fn simulate_devices(
             })
             .collect()
     });
-    // Report the root cause: a device's own error before the peers' broken channels.
-    let mut ok = Vec::with_capacity(n);
-    let mut first_err: Option<RuntimeError> = None;
-    for r in results {
-        match r {
-            Ok(v) => ok.push(v),
-            Err(e) => {
-                let better = match &first_err {
-                    None => true,
-                    Some(cur) => cur.code == RCode::R006 && e.code != RCode::R006,
-                };
-                if better {
-                    first_err = Some(e);
-                }
-            }
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok((ok, ())),
-    }
+    Ok((first_error(results)?, ()))
 }
