@@ -7,11 +7,13 @@
 //! every device.
 
 /// `layers` split into `pp` counts differing by at most one (later stages
-/// take the remainder).
+/// take the remainder): the compiler's one layer split,
+/// [`gantry_compiler::point::stage_layers`], unweighted.
 pub fn even_split(layers: usize, pp: usize) -> Vec<usize> {
-    let pp = pp.max(1);
-    (0..pp)
-        .map(|i| layers / pp + usize::from(i >= pp - layers % pp))
+    let even = gantry_compiler::point::StageTimes::default();
+    gantry_compiler::point::stage_layers(layers as u64, pp as u64, even)
+        .into_iter()
+        .map(|n| n as usize)
         .collect()
 }
 
