@@ -497,6 +497,8 @@ impl Evaluator<'_> {
         }
     }
 
+    /// The cost model's pipeline split: [`crate::point::stage_layers`]
+    /// over the model's layers, balanced with these times.
     fn split_layers(
         &self,
         p: &DesignPoint,
@@ -504,50 +506,12 @@ impl Evaluator<'_> {
         first_extra: f64,
         last_extra: f64,
     ) -> Vec<u64> {
-        let layers = self.ir.layers();
-        let pp = p.pp.max(1);
-        if pp == 1 {
-            return vec![layers];
-        }
-        if per_layer <= 0.0 {
-            let base = layers / pp;
-            let rem = layers % pp;
-            return (0..pp).map(|i| base + u64::from(i >= pp - rem)).collect();
-        }
-        // Balance: start from ceil(layers / pp) everywhere, then take layers
-        // away one at a time from the busiest stage (the first and last also
-        // run the prologue and the epilogue), preferring the earliest stage
-        // on ties because it holds the most microbatches in flight. For
-        // Llama 3 405B (126 layers, 16 stages) this gives the first and last
-        // stage one layer fewer, as Meta ran it.
-        let cap = layers.div_ceil(pp);
-        let mut v = vec![cap; pp as usize];
-        let time = |i: usize, n: u64| {
-            n as f64 * per_layer
-                + if i == 0 { first_extra } else { 0.0 }
-                + if i == pp as usize - 1 {
-                    last_extra
-                } else {
-                    0.0
-                }
+        let times = crate::point::StageTimes {
+            per_layer,
+            first_extra,
+            last_extra,
         };
-        let mut surplus = v.iter().sum::<u64>() - layers;
-        while surplus > 0 {
-            let mut best: Option<(usize, f64)> = None;
-            for (i, &n) in v.iter().enumerate() {
-                if n <= 1 {
-                    continue;
-                }
-                let t = time(i, n);
-                if best.is_none_or(|(_, bt)| t > bt * (1.0 + 1e-12)) {
-                    best = Some((i, t));
-                }
-            }
-            let Some((i, _)) = best else { break };
-            v[i] -= 1;
-            surplus -= 1;
-        }
-        v
+        crate::point::stage_layers(self.ir.layers(), p.pp, times)
     }
 
     fn train(&self, p: &DesignPoint) -> Estimate {

@@ -475,3 +475,100 @@ pub fn resolve(
         batch: batch as u64,
     })
 }
+
+/// The times a balanced pipeline split weighs: one layer's, and the extra
+/// work of the first stage (the prologue, e.g. the embedding) and of the
+/// last (the epilogue, e.g. the head). The default (no time per layer)
+/// asks for the even split.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    pub per_layer: f64,
+    pub first_extra: f64,
+    pub last_extra: f64,
+}
+
+/// The layers of each of `pp` pipeline stages: the one layer split of
+/// Gantry. The cost model balances it with `times` (and reports it as
+/// [`crate::cost::Estimate::stage_layers`], which the exports, the
+/// placement and the runtime read); the runtime falls back to it (even)
+/// when a plan's split does not cover its repeat, and cuts a stage's
+/// layers into virtual-stage chunks with it.
+///
+/// With `times.per_layer <= 0`: counts differing by at most one, later
+/// stages taking the remainder (`5` over `2` is `[2, 3]`). Otherwise:
+/// start from `ceil(layers / pp)` everywhere, then take layers away one
+/// at a time from the busiest stage (the first and last also run the
+/// prologue and the epilogue), preferring the earliest stage on ties
+/// because it holds the most microbatches in flight; no stage goes below
+/// one layer. For Llama 3 405B (126 layers, 16 stages) this gives the
+/// first and last stage one layer fewer, as Meta ran it.
+pub fn stage_layers(layers: u64, pp: u64, times: StageTimes) -> Vec<u64> {
+    let pp = pp.max(1);
+    if pp == 1 {
+        return vec![layers];
+    }
+    if times.per_layer <= 0.0 {
+        let base = layers / pp;
+        let rem = layers % pp;
+        return (0..pp).map(|i| base + u64::from(i >= pp - rem)).collect();
+    }
+    let cap = layers.div_ceil(pp);
+    let mut v = vec![cap; pp as usize];
+    let time = |i: usize, n: u64| {
+        n as f64 * times.per_layer
+            + if i == 0 { times.first_extra } else { 0.0 }
+            + if i == pp as usize - 1 {
+                times.last_extra
+            } else {
+                0.0
+            }
+    };
+    let mut surplus = v.iter().sum::<u64>() - layers;
+    while surplus > 0 {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, &n) in v.iter().enumerate() {
+            if n <= 1 {
+                continue;
+            }
+            let t = time(i, n);
+            if best.is_none_or(|(_, bt)| t > bt * (1.0 + 1e-12)) {
+                best = Some((i, t));
+            }
+        }
+        let Some((i, _)) = best else { break };
+        v[i] -= 1;
+        surplus -= 1;
+    }
+    v
+}
+
+#[cfg(test)]
+mod stage_layer_tests {
+    use super::{StageTimes, stage_layers};
+
+    #[test]
+    fn even_split_gives_later_stages_the_remainder() {
+        assert_eq!(stage_layers(5, 2, StageTimes::default()), vec![2, 3]);
+        assert_eq!(stage_layers(7, 3, StageTimes::default()), vec![2, 2, 3]);
+        assert_eq!(stage_layers(4, 1, StageTimes::default()), vec![4]);
+        assert_eq!(stage_layers(4, 0, StageTimes::default()), vec![4]);
+    }
+
+    #[test]
+    fn balanced_split_lightens_the_first_and_last_stage() {
+        let t = StageTimes {
+            per_layer: 1.0,
+            first_extra: 0.6,
+            last_extra: 0.6,
+        };
+        let v = stage_layers(126, 16, t);
+        assert_eq!(v.iter().sum::<u64>(), 126);
+        assert_eq!((v[0], v[15]), (7, 7));
+        // Equal times: the even split.
+        let even = StageTimes {
+            per_layer: 1.0,
+            ..StageTimes::default()
+        };
+        assert_eq!(stage_layers(7, 3, even), vec![2, 2, 3]);
+    }
+}

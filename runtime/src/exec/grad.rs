@@ -39,8 +39,10 @@ use std::ops::Range;
 
 use gantry_lang::program::{Activation, BinaryOp, Graph, OpKind, TensorId};
 
+use super::device::{Dev, Local};
 use super::grad_ops;
-use super::{Dev, Local, TableShard, route};
+use super::moe::route;
+use super::parallel::TableShard;
 use crate::backward::{Gradients, ParamKey};
 use crate::comm::Kind;
 use crate::error::{RCode, RuntimeError, unsupported};
@@ -893,7 +895,7 @@ impl Dev<'_> {
                     let b = ps[2 * l + 1].full(&self.init, op.output, path);
                     let packed = jit::pack_b(&ws[l], widths[l], widths[l + 1]);
                     let z = self.mm(rows, widths[l], widths[l + 1], &hs[l], &packed, Some(&b))?;
-                    let act = Expr::Unary(super::unary_of(*activation), input(0));
+                    let act = Expr::Unary(super::elementwise::unary_of(*activation), input(0));
                     hs.push(self.ew(&act, &[&z], z.len())?);
                     zs.push(z);
                 }
@@ -1283,7 +1285,7 @@ impl Dev<'_> {
             let mut reply = vec![0.0; recs * d];
             let mut mine = Vec::new();
             for e in local.clone() {
-                let Some((rows, xe)) = super::expert_rows(msg, d, e) else {
+                let Some((rows, xe)) = super::moe::expert_rows(msg, d, e) else {
                     continue;
                 };
                 let [w1, w3, w2] = &ws[&e];
