@@ -124,13 +124,18 @@ fn measured_traffic_equals_the_cost_model() {
             &["tensor"],
             0.0,
         ),
-        // Known gap: with a pipeline and sequence parallelism the busiest
-        // device sends 4.6% more than the cost model's slowest stage
-        // (283,584 vs 271,104 B); not yet traced.
+        // A pipeline with sequence parallelism: the last stage (the head's
+        // gather, re-gather and reduce-scatter) sends more than the first
+        // (the embedding's reduce-scatter and gather).
         (
             "dp=1,tp=4,pp=2,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel=true",
             &["tensor"],
-            0.05,
+            0.0,
+        ),
+        (
+            "dp=1,tp=2,pp=2,cp=2,zero=1,microbatch=1,virtual_stages=2,sequence_parallel=true",
+            &["tensor", "pipeline", "context"],
+            0.0,
         ),
     ];
     for (fix, check, tol) in cases {

@@ -757,15 +757,31 @@ impl Evaluator<'_> {
             * m
             + tp_param_time;
         if tp_comm_step > 0.0 {
-            // Bytes each rank sends, summed over the sharded program's
-            // collectives (ring factors applied per collective).
-            let bytes = (sl * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
-                + on_slow(
-                    tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
-                    tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
-                ))
-                * m
-                + param_buffer * Kind::AllReduce.sent_per_byte(p.tp as f64);
+            // Bytes the busiest rank sends, summed over the sharded
+            // program's collectives (ring factors applied per collective):
+            // the stage that sends most, which need not be the slowest (the
+            // head's collectives outweigh the embedding's under sequence
+            // parallelism).
+            let ar = Kind::AllReduce.sent_per_byte(p.tp as f64);
+            let bytes = (0..n_stages)
+                .map(|i| {
+                    let (first, last) = (i == 0, i == n_stages - 1);
+                    let on = |f: f64, l: f64| {
+                        (if first { f } else { 0.0 }) + (if last { l } else { 0.0 })
+                    };
+                    let layers = stage_layers[i] as f64;
+                    (layers * tp_of(body.tp_bytes_fwd, body.tp_bytes_bwd)
+                        + on(
+                            tp_of(pro.tp_bytes_fwd, pro.tp_bytes_bwd),
+                            tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
+                        ))
+                        * m
+                        + (layers * body.tp_param_elems
+                            + on(pro.tp_param_elems, epi.tp_param_elems))
+                            * beta
+                            * ar
+                })
+                .fold(0.0, f64::max);
             comms.push(Comm {
                 what: if p.sequence_parallel {
                     "tensor/sequence-parallel reduce-scatter + all-gather"
