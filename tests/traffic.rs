@@ -6,18 +6,21 @@
 use gantry::runtime_cli::{TargetArgs, resolve_target, traffic_rows};
 use gantry_runtime::exec::{self, RunConfig};
 
-/// Llama with as many key/value heads as the largest tp below, so no
-/// key/value head is replicated (the one traffic the cost model leaves out).
+/// Llama with as many key/value heads as the largest tp below.
 const SCALE: &str = "layers=4,d_model=64,heads=4,kv_heads=4,d_ff=128,vocab=256,seq=16,batch=8";
 
 fn rows(fix: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
+    rows_at(fix, SCALE)
+}
+
+fn rows_at(fix: &str, scale: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
     let a = TargetArgs {
         file: "examples/llm_train.gantry".into(),
         plan: None,
         fix: Some(fix.into()),
         plan_json: None,
         devices: None,
-        scale: Some(SCALE.into()),
+        scale: Some(scale.into()),
         lib: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{fix}: does not resolve"));
@@ -164,5 +167,25 @@ fn measured_traffic_equals_the_cost_model() {
                 r.measured
             );
         }
+    }
+}
+
+/// Fewer key/value heads than ranks: the key/value projections are
+/// replicated in groups and their gradients all-reduced; priced exactly.
+#[test]
+fn replicated_key_value_heads_traffic_is_the_cost_models() {
+    let scale = "layers=2,d_model=64,heads=4,kv_heads=2,d_ff=128,vocab=256,seq=16,batch=4";
+    for sp in [false, true] {
+        let fix = format!(
+            "dp=1,tp=4,pp=1,cp=1,zero=0,microbatch=1,virtual_stages=1,sequence_parallel={sp}"
+        );
+        let rows = rows_at(&fix, scale);
+        let row = rows
+            .iter()
+            .find(|r| r.label == "tensor")
+            .unwrap_or_else(|| panic!("{fix}: no tensor traffic"));
+        let model: f64 = row.model.iter().map(|(_, b)| b).sum();
+        assert!(model > 0.0);
+        assert_eq!(row.measured, model, "{fix}: tensor bytes run vs model");
     }
 }
