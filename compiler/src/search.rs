@@ -413,6 +413,7 @@ pub fn run(
     };
     // The memory bound depends on (tp, pp, cp, dp, ep, zero) only.
     let mut floors: BTreeMap<(u64, u64, u64, u64, u64, u8), f64> = BTreeMap::new();
+    let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
@@ -467,28 +468,39 @@ pub fn run(
                                                     stats.invalid += 1;
                                                     continue;
                                                 }
-                                                let mut pins = BTreeMap::new();
-                                                pins.insert("tp".to_string(), Pin::Int(tp));
-                                                pins.insert("cp".to_string(), Pin::Int(cp));
-                                                pins.insert("pp".to_string(), Pin::Int(pp));
-                                                pins.insert("dp".to_string(), Pin::Int(dp));
-                                                pins.insert("ep".to_string(), Pin::Int(ep));
-                                                pins.insert("zero".to_string(), Pin::Int(zero));
-                                                pins.insert(
-                                                    "recompute".to_string(),
+                                                // One map for every point: values
+                                                // are overwritten in place (no key
+                                                // allocation per point).
+                                                let ints = [
+                                                    ("tp", tp),
+                                                    ("cp", cp),
+                                                    ("pp", pp),
+                                                    ("dp", dp),
+                                                    ("ep", ep),
+                                                    ("zero", zero),
+                                                    ("microbatch", mb),
+                                                    ("virtual_stages", v),
+                                                ];
+                                                for (k, x) in ints {
+                                                    set_pin(&mut pins, k, Pin::Int(x));
+                                                }
+                                                set_pin(
+                                                    &mut pins,
+                                                    "recompute",
                                                     Pin::Choice(rc.to_string()),
                                                 );
-                                                pins.insert("microbatch".to_string(), Pin::Int(mb));
-                                                pins.insert(
-                                                    "virtual_stages".to_string(),
-                                                    Pin::Int(v),
-                                                );
-                                                pins.insert(
-                                                    "sequence_parallel".to_string(),
+                                                set_pin(
+                                                    &mut pins,
+                                                    "sequence_parallel",
                                                     Pin::Bool(seqp),
                                                 );
-                                                if let Some(b) = b {
-                                                    pins.insert("batch".to_string(), Pin::Int(*b));
+                                                match b {
+                                                    Some(b) => {
+                                                        set_pin(&mut pins, "batch", Pin::Int(*b))
+                                                    }
+                                                    None => {
+                                                        pins.remove("batch");
+                                                    }
                                                 }
                                                 let point = match resolve(&pins, ir, &plan.system) {
                                                     Ok(p) => p,
@@ -612,5 +624,15 @@ pub fn run(
         stop: StopReason::Exhausted,
         tightest,
         first_error,
+    }
+}
+
+/// Sets pin `k`, allocating its key only the first time.
+fn set_pin(pins: &mut BTreeMap<String, Pin>, k: &str, v: Pin) {
+    match pins.get_mut(k) {
+        Some(slot) => *slot = v,
+        None => {
+            pins.insert(k.to_string(), v);
+        }
     }
 }
