@@ -70,10 +70,6 @@ struct Gen {
     tp: usize,
     d: usize,
     widths: Vec<usize>,
-    /// Attentions so far, and the key/value head count of theirs that is
-    /// below tp, if any.
-    attentions: usize,
-    few_kv: Option<usize>,
     lines: Vec<String>,
     vals: Vec<Val>,
     ops: usize,
@@ -86,8 +82,6 @@ impl Gen {
             tp,
             d,
             widths: widths(tp),
-            attentions: 0,
-            few_kv: None,
             lines: Vec::new(),
             vals: vec![Val {
                 name: "x".into(),
@@ -150,7 +144,7 @@ impl Gen {
     /// projection of one.
     fn of_width(&mut self, w: usize, r: u16) -> usize {
         let c = self.live(|v| v.ty == Ty::Feat(w));
-        if !c.is_empty() && r % 3 != 0 {
+        if !c.is_empty() && !r.is_multiple_of(3) {
             return c[r as usize % c.len()];
         }
         let src = self.feat(r / 3);
@@ -274,29 +268,17 @@ impl Gen {
             // the heads and dividing or divisible by tp (C002 otherwise).
             10 => {
                 let tp = self.tp;
-                let (heads, kv) = match self.few_kv {
-                    // Known bugs (see `known_mixed_kv_heads_*` below): once
-                    // one attention of the block has fewer key/value heads
-                    // than tp, every other one has that many too.
-                    Some(kv) => {
-                        let heads_of: Vec<usize> =
-                            (1..=8).filter(|h| h % tp == 0 && h % kv == 0).collect();
-                        (heads_of[pick(a, heads_of.len())], kv)
-                    }
-                    None => {
-                        let heads_of: Vec<usize> = (1..=8).filter(|h| h % tp == 0).collect();
-                        let heads = heads_of[pick(a, heads_of.len())];
-                        let kvs: Vec<usize> = (1..=heads)
-                            .filter(|k| heads % k == 0 && (k % tp == 0 || tp % k == 0))
-                            .filter(|k| *k >= tp || self.attentions == 0)
-                            .collect();
-                        (heads, kvs[pick(b, kvs.len())])
-                    }
-                };
-                if kv < tp {
-                    self.few_kv = Some(kv);
-                }
-                self.attentions += 1;
+                // Known bugs (`known_mixed_kv_*`, `known_grouped_kv_*`
+                // below): fewer key/value heads than tp fail or are priced
+                // wrong in several ways (mixed counts, a shared or non-
+                // projection key/value, a replicated attention gathering
+                // grouped keys), so key/value heads are a multiple of tp.
+                let heads_of: Vec<usize> = (1..=8).filter(|h| h % tp == 0).collect();
+                let heads = heads_of[pick(a, heads_of.len())];
+                let kvs: Vec<usize> = (1..=heads)
+                    .filter(|k| heads.is_multiple_of(*k) && k % tp == 0)
+                    .collect();
+                let kv = kvs[pick(b, kvs.len())];
                 // Every value at least 4 wide (norms over fewer features
                 // are numerically degenerate in f32), and a multiple of tp
                 // (the known uneven-split bug, see `widths`).
@@ -306,23 +288,9 @@ impl Gen {
                     hd += unit;
                 }
                 let q = self.of_width(heads * hd, a / 7);
-                let (k, v) = if kv < tp {
-                    // Known bugs (`known_grouped_kv_*` below): with fewer
-                    // key/value heads than tp, keys and values must be
-                    // column-parallel projections (of a whole input: a
-                    // norm's) read by this attention only.
-                    let mut proj = |r: u16| {
-                        let src = self.feat(r);
-                        let w = self.width(src);
-                        self.ops += 2;
-                        format!("linear(rmsnorm({}), {w}, {})", self.read(src), kv * hd)
-                    };
-                    (proj(b / 7), proj(c / 7))
-                } else {
-                    let k = self.of_width(kv * hd, b / 7);
-                    let v = self.of_width(kv * hd, c / 7);
-                    (self.read(k), self.read(v))
-                };
+                let k = self.of_width(kv * hd, b / 7);
+                let v = self.of_width(kv * hd, c / 7);
+                let (k, v) = (self.read(k), self.read(v));
                 let causal = c % 2 == 0;
                 let e = format!(
                     "attention({}, {k}, {v}, heads = {heads}, kv_heads = {kv}, causal = {causal})",
