@@ -841,16 +841,19 @@ fn known_grouped_kv_not_a_projection() {
     );
 }
 
-/// Known bug: sequence parallelism when a microbatch's tokens (4) do not
-/// cut into tp = 8 row blocks: the run keeps whole rows, the cost model
-/// prices row blocks. Measured: run 896 B, model 1176 B. The generator
-/// draws a sequence length divisible by tp.
+/// Sequence parallelism when a microbatch's tokens (4) do not cut into
+/// tp = 8 row blocks: the run would keep whole rows while the cost model
+/// priced row blocks (run 896 B vs model 1176 B); the planner now refuses
+/// the point (C002).
 #[test]
-#[ignore = "known bug: sp with 4 tokens on tp 8, run 896 B vs model 1176 B"]
-fn known_sequence_parallel_rows_do_not_fit() {
-    expect_exact(
-        "sp_rows",
-        "    x = x + linear(relu(linear(rmsnorm(x), 8, 16)), 16, 8)",
-        at(8, true, 8, 4),
+fn sequence_parallel_rows_that_do_not_divide_are_refused() {
+    let body = "    x = x + linear(relu(linear(rmsnorm(x), 8, 16)), 16, 8)";
+    let p = at(8, true, 8, 4);
+    let r = run_source("sp_rows", &p.source(body), &p.fix());
+    assert!(
+        matches!(&r, Err(e) if e.contains("does not resolve")),
+        "sp with 4 rows on tp 8 must be refused"
     );
+    // Without sequence parallelism the same block runs exactly as priced.
+    expect_exact("sp_rows_off", body, at(8, false, 8, 4));
 }
