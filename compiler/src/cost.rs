@@ -360,8 +360,13 @@ impl Evaluator<'_> {
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
         let c_div = c;
+        // Sequence parallelism cuts a microbatch's token rows into tp
+        // blocks; rows that do not divide stay whole (the runtime's
+        // program all-reduces them), which is the program without it.
+        let rows = b * self.ir.tokens_per_sample / c;
+        let rows_fit = rows.fract() == 0.0 && (rows as u64).is_multiple_of(p.tp.max(1));
         let variant = TpVariant {
-            sequence_parallel: p.sequence_parallel,
+            sequence_parallel: p.sequence_parallel && rows_fit,
             kv_replicated: self.ir.kv_heads_min.is_some_and(|k| p.tp > k),
         }
         .index();

@@ -327,19 +327,6 @@ pub fn resolve(
     };
     let virtual_stages = int("virtual_stages", 1);
     let ep = int("ep", 1);
-    // Sequence parallelism cuts a microbatch's rows into tp blocks; rows
-    // that do not divide stay whole in the run, which prices differently.
-    let rows = microbatch as f64 * ir.tokens_per_sample / cp.max(1) as f64;
-    if sequence_parallel && tp > 1 && rows.fract() == 0.0 && (rows as i64) % tp != 0 {
-        return Err(err(
-            Code::C002,
-            "sequence_parallel",
-            format!(
-                "sequence parallelism with tp = {tp} needs a microbatch's {rows} token rows to divide by {tp}"
-            ),
-            "choose tp dividing microbatch x seq / cp, or pin sequence_parallel=false",
-        ));
-    }
     // The model must have a sharded program for tp > 1 in this variant.
     let variant = crate::ir::TpVariant {
         sequence_parallel,
