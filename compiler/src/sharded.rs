@@ -322,6 +322,21 @@ fn kv_groups(g: &Graph, tp: usize) -> BTreeMap<TensorId, usize> {
     m
 }
 
+/// Whether key/value heads cut into `groups` blocks over `tp` ranks give
+/// every rank the key/value heads its `heads / tp` query heads read.
+fn kv_blocks_fit(heads: u64, kv_heads: u64, groups: usize, tp: usize) -> bool {
+    let (h, kvh, g) = (heads as usize, kv_heads as usize, groups.max(1));
+    if kvh == 0 || !kvh.is_multiple_of(g) || !h.is_multiple_of(kvh) || !tp.is_multiple_of(g) {
+        return false;
+    }
+    let (group, per, hl) = (h / kvh, kvh / g, h / tp.max(1));
+    (0..tp).all(|t| {
+        let (q0, q1) = (t * hl, (t + 1) * hl);
+        let block = t / (tp / g);
+        q1 > q0 && block * per <= q0 / group && (q1 - 1) / group < (block + 1) * per
+    })
+}
+
 /// Every op of a body, nested repeats included, in order.
 pub fn ops_of(items: &[Item]) -> Vec<&Op> {
     let mut v = Vec::new();
@@ -511,13 +526,24 @@ impl Builder<'_> {
                     (Strategy::Replicated, vec![ra, rb], Layout::Rep)
                 }
             }
-            OpKind::Attention { heads, .. } => {
+            OpKind::Attention {
+                heads, kv_heads, ..
+            } => {
                 let (q, k, v) = (ins[0], ins[1], ins[2]);
                 let split = self.l(q) == Layout::cols(tp)
                     && (self.mesh.symbolic || (*heads as usize).is_multiple_of(tp));
                 if split {
+                    // Keys and values are read split only in whole
+                    // key/value heads per block, every local query head's
+                    // among them; otherwise whole.
                     let kvl = match (self.l(k), self.l(v)) {
-                        (a @ Layout::Cols { .. }, b) if a == b => a,
+                        (a @ Layout::Cols { groups }, b)
+                            if a == b
+                                && (self.mesh.symbolic
+                                    || kv_blocks_fit(*heads, *kv_heads, groups, tp)) =>
+                        {
+                            a
+                        }
                         _ => Layout::Rep,
                     };
                     let rk = self.read(k, kvl, &mut comms);
