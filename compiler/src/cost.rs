@@ -359,7 +359,6 @@ impl Evaluator<'_> {
         let mut saved_rep = 0.0;
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
-        let c_div = c;
         // Sequence parallelism cuts a microbatch's token rows into tp
         // blocks; rows that do not divide stay whole (the runtime's
         // program all-reduces them), which is the program without it.
@@ -393,22 +392,22 @@ impl Evaluator<'_> {
             if p.tp > 1 {
                 // The sharded program's collectives for this op: time on
                 // the tensor-parallel group, bytes as each rank sends them.
-                for c in &o.tp_comms[variant] {
-                    let buffer = c.elems * o.mult * b * beta / c_div;
-                    let kind = match c.kind {
+                for comm in &o.tp_comms[variant] {
+                    let buffer = comm.elems * o.mult * b * beta / c;
+                    let kind = match comm.kind {
                         Kind::AllReduce => Collective::AllReduce,
                         Kind::ReduceScatter => Collective::ReduceScatter,
                         Kind::AllGather => Collective::AllGather,
                     };
                     // A value re-gathered for a weight gradient overlaps
                     // that GEMM (Korthikanti et al. 2022): bytes, no time.
-                    let time = if c.overlapped {
+                    let time = if comm.overlapped {
                         0.0
                     } else {
                         topo.time(kind, p.tp, 1, buffer)
                     };
-                    let sent = buffer * c.kind.sent_per_byte(t);
-                    match c.pass {
+                    let sent = buffer * comm.kind.sent_per_byte(t);
+                    match comm.pass {
                         Pass::Forward => {
                             sc.tp_fwd += time;
                             sc.tp_bytes_fwd += sent;

@@ -478,26 +478,15 @@ fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], [Option<String>; 4]) {
         crate::sharded::build(g, numel, &mesh)
     };
     let mut why: [Option<String>; 4] = Default::default();
-    let progs: Vec<Program> = (0..4)
-        .map(|v| match build(v) {
-            Ok(p) => p,
-            Err(e) => {
-                why[v] = Some(e.reason);
-                replicated().unwrap_or_else(|_| unreachable_program())
-            }
-        })
-        .collect();
-    let arr: [Program; 4] = match progs.try_into() {
-        Ok(a) => a,
-        Err(_) => std::array::from_fn(|_| unreachable_program()),
-    };
-    (arr, why)
-}
-
-/// An empty program (only for the impossible case of a replicated build
-/// failing, which has no failure path).
-fn unreachable_program() -> Program {
-    Program::empty()
+    let progs = std::array::from_fn(|v| match build(v) {
+        Ok(p) => p,
+        Err(e) => {
+            why[v] = Some(e.reason);
+            // A replicated build has no failure path.
+            replicated().unwrap_or_else(|_| Program::empty())
+        }
+    });
+    (progs, why)
 }
 
 impl Lowering<'_> {

@@ -1,6 +1,6 @@
 //! The outer search: enumerate meshes and knobs, prune by a sound memory
-//! bound, evaluate every surviving point with the cost model, keep the
-//! best K.
+//! bound (never above the evaluated memory: `compiler/tests/search_bound.rs`),
+//! evaluate every surviving point with the cost model, keep the best K.
 //!
 //! The space is the product of every knob's domain (the plan's `search`
 //! domains, its `fix` pins, or the defaults below). A point whose memory

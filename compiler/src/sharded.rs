@@ -6,12 +6,14 @@
 //! order (`repeat` bodies once): each op with the layout it reads every
 //! input in, the layout of its result, its strategy, and every collective
 //! it causes, forward and backward, with the tensor and its elements per
-//! sample. There is exactly one rule, [`build`]; `ir.rs` derives its
-//! tensor-parallel costs from it and the runtime asks it, op by op, which
-//! layouts to use. Nothing else decides a layout, so the three cannot
-//! disagree.
+//! sample. The rule is [`build`]; `ir.rs` derives its tensor-parallel
+//! costs from it and the runtime asks it, op by op, which layouts to use.
+//! Nothing else decides a layout. That the runtime's bytes equal the
+//! priced ones is checked by `tests/sharding.rs`, `tests/sharding_prop.rs`
+//! and `tests/traffic.rs` (known exceptions are the `known_*` cases there).
 //!
-//! The rule is sound by op class, not by pattern:
+//! The rule goes by op class, not by pattern (outputs and gradients of
+//! random blocks equal the reference in `tests/sharding_prop.rs`):
 //! - contractions (`linear`, `matmul`): a linear whose input is split along
 //!   its features is row-parallel (partial sums, all-reduced, or
 //!   reduce-scattered into sequence rows); otherwise column-parallel on the
@@ -647,7 +649,6 @@ fn backward(g: &Graph, numel: &[f64], prog: &mut Program) {
         elems: elems(t),
         why: Why::GradReduce,
     };
-    let mut extra: Vec<(usize, Comm)> = Vec::new();
     for i in (0..prog.ops.len()).rev() {
         let so = &prog.ops[i];
         let Some(op) = ops.get(&so.output).copied() else {
@@ -692,10 +693,7 @@ fn backward(g: &Graph, numel: &[f64], prog: &mut Program) {
         prog.ops[i].comms.extend(comms);
     }
     for (t, i) in partial {
-        extra.push((i, reduction(t)));
-    }
-    for (i, c) in extra {
-        prog.ops[i].comms.push(c);
+        prog.ops[i].comms.push(reduction(t));
     }
 }
 

@@ -59,15 +59,6 @@ pub struct Info {
     pub op: Option<i64>,
 }
 
-impl ShardAnalysis {
-    /// Elements per sample of the value IR op `op` produces.
-    pub fn elems_of(&self, op: Option<i64>) -> f64 {
-        op.and_then(|i| self.elems.get(i as usize))
-            .copied()
-            .unwrap_or(0.0)
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct ShardAnalysis {
     /// Elements per sample of each IR op's output, then of the block's
