@@ -24,20 +24,11 @@ use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
 /// tiny, odd and even.
 const WIDTHS: [usize; 12] = [4, 5, 6, 7, 8, 9, 10, 12, 13, 16, 17, 24];
 
-/// The widths a block on `tp` ranks draws from: every width at tp = 1,
-/// else the multiples of tp (odd ones at tp = 3) up to 24.
-///
-/// Known bug (uneven splits, see `known_uneven_split_*` below): a
-/// collective over a tensor that does not cut evenly into tp blocks makes
-/// the busiest rank send more than the cost model's (tp - 1) / tp share
-/// of it, so the run's tensor bytes exceed the model's. Until it is fixed
-/// the generator keeps every split width a multiple of tp.
-fn widths(tp: usize) -> Vec<usize> {
-    if tp == 1 {
-        WIDTHS.to_vec()
-    } else {
-        (4..=24).filter(|w| w % tp == 0).collect()
-    }
+/// The widths a block draws from, whatever tp: splits that do not cut
+/// evenly into tp blocks are priced by the busiest rank's exact share
+/// (`uneven_split_*` below).
+fn widths(_tp: usize) -> Vec<usize> {
+    WIDTHS.to_vec()
 }
 
 /// The most ops a generated block holds.
@@ -164,17 +155,19 @@ impl Gen {
         }
     }
 
-    /// Scores `matmul(q, reshape(k, [batch, w, seq]))`.
+    /// Scores `matmul(q, reshape(k, [batch, w, seq])) / w` (scaled, as
+    /// attention scales them, so that chains of unnormalized products over
+    /// several layers stay finite in f32).
     fn scores(&mut self, a: u16, b: u16) -> usize {
         let q = self.feat(a);
         let w = self.width(q);
         let k = self.of_width(w, b);
         let e = format!(
-            "matmul({}, reshape({}, [batch, {w}, seq]))",
+            "matmul({}, reshape({}, [batch, {w}, seq])) / {w}",
             self.read(q),
             self.read(k)
         );
-        self.bind(e, Ty::Scores, 2)
+        self.bind(e, Ty::Scores, 3)
     }
 
     fn step(&mut self, (class, a, b, c): Step) {
@@ -265,27 +258,22 @@ impl Gen {
                 self.bind(e, ty, 1);
             }
             // Attention: heads a multiple of tp, key/value heads dividing
-            // the heads and dividing or divisible by tp (C002 otherwise).
+            // the heads and dividing or divisible by tp (C002 otherwise);
+            // each block's attentions may mix key/value head counts above
+            // and below tp, and share or transform their keys.
             10 => {
                 let tp = self.tp;
-                // Known bugs (`known_mixed_kv_*`, `known_grouped_kv_*`
-                // below): fewer key/value heads than tp fail or are priced
-                // wrong in several ways (mixed counts, a shared or non-
-                // projection key/value, a replicated attention gathering
-                // grouped keys), so key/value heads are a multiple of tp.
                 let heads_of: Vec<usize> = (1..=8).filter(|h| h % tp == 0).collect();
                 let heads = heads_of[pick(a, heads_of.len())];
                 let kvs: Vec<usize> = (1..=heads)
-                    .filter(|k| heads.is_multiple_of(*k) && k % tp == 0)
+                    .filter(|k| heads.is_multiple_of(*k) && (k % tp == 0 || tp % k == 0))
                     .collect();
                 let kv = kvs[pick(b, kvs.len())];
                 // Every value at least 4 wide (norms over fewer features
-                // are numerically degenerate in f32), and a multiple of tp
-                // (the known uneven-split bug, see `widths`).
-                let unit = self.tp / gcd(kv, self.tp);
-                let mut hd = unit * (1 + pick(c, 2));
+                // are numerically degenerate in f32).
+                let mut hd = 1 + pick(c, 3);
                 while kv * hd < 4 {
-                    hd += unit;
+                    hd += 1;
                 }
                 let q = self.of_width(heads * hd, a / 7);
                 let k = self.of_width(kv * hd, b / 7);
@@ -395,10 +383,6 @@ impl Gen {
             .push(format!("    x = x + ({})", terms.join(" + ")));
         (self.lines.join("\n"), self.ops)
     }
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The model around a block and the point it runs at.
@@ -744,13 +728,12 @@ fn expect_exact(name: &str, body: &str, p: Point) {
     }
 }
 
-/// Known bug: a feature split that does not cut evenly (5 features on 2
-/// ranks) makes the busiest rank send its larger block; the cost model
-/// prices (tp - 1) / tp of the tensor. Measured: run 624 B, model 608 B.
-/// The generator keeps split widths multiples of tp (`widths`).
+/// A feature split that does not cut evenly (5 features on 2 ranks): the
+/// busiest rank sends its larger block, and the cost model prices that
+/// rank's exact share (`Comm::busiest_sent`). Was run 624 B, model 608 B
+/// when the model priced (tp - 1) / tp of the tensor.
 #[test]
-#[ignore = "known bug: uneven feature split, run 624 B vs model 608 B"]
-fn known_uneven_split_gather() {
+fn uneven_split_gather() {
     expect_exact(
         "uneven_split",
         "    x = x + linear(layernorm(linear(x, 8, 5)), 5, 8)",
@@ -758,11 +741,10 @@ fn known_uneven_split_gather() {
     );
 }
 
-/// Known bug: the same with an all-reduce whose buffer (4 tokens x 4
-/// features) does not cut into 3 blocks: run 352 B, model 341.33 B.
+/// The same with an all-reduce whose buffer (4 tokens x 4 features) does
+/// not cut into 3 blocks. Was run 352 B, model 341.33 B.
 #[test]
-#[ignore = "known bug: uneven all-reduce blocks, run 352 B vs model 341.33 B"]
-fn known_uneven_split_all_reduce() {
+fn uneven_split_all_reduce() {
     expect_exact(
         "uneven_all_reduce",
         "    x = x + linear(relu(linear(x, 4, 8)), 8, 4)",
@@ -770,17 +752,13 @@ fn known_uneven_split_all_reduce() {
     );
 }
 
-/// Known bug: two attentions with different key/value head counts, one
-/// below tp and one not (kv_heads 1 and 2 at tp = 2). The cost model
-/// prices its key/value-replicated program (a symbolic degree above every
-/// key/value head count), where the second attention's keys and values
-/// are also grouped and their gradients partial sums: two all-reduces the
-/// run does not make. Measured: run 1152 B, model 1408 B. The generator
-/// gives every attention of a block the same key/value head count once
-/// one is below tp.
+/// Two attentions with different key/value head counts, one below tp and
+/// one not (kv_heads 1 and 2 at tp = 2): the cost model reads the program
+/// built on the point's own degree (`Ir::tp_table`), which groups only
+/// the first. Was run 1152 B, model 1408 B when it priced one symbolic
+/// key/value-replicated program for every degree above the fewest heads.
 #[test]
-#[ignore = "known bug: mixed kv_heads around tp, run 1152 B vs model 1408 B"]
-fn known_mixed_kv_heads_bytes() {
+fn mixed_kv_heads_bytes() {
     expect_exact(
         "mixed_kv_heads",
         "    a = attention(linear(x, 16, 8), linear(x, 16, 4), linear(x, 16, 4), heads = 2, kv_heads = 1)
@@ -790,15 +768,11 @@ fn known_mixed_kv_heads_bytes() {
     );
 }
 
-/// Known bug: one key/value projection read by two attentions with
-/// kv_heads 1 and 2, both below tp = 4: the projection takes the last
-/// attention's 2 groups and the first cannot run (R003: "attention %5:
-/// query heads 0..1 read key/value heads outside the local block"). The
-/// planner accepts the point. The generator gives each attention with
-/// fewer key/value heads than tp its own key and value projections.
+/// One key/value projection read by two attentions with kv_heads 1 and 2,
+/// both below tp = 4 (was R003 in the run, then run 2208 B vs model
+/// 2016 B).
 #[test]
-#[ignore = "known bug: kv projection shared by kv_heads 1 and 2 at tp 4, run 2208 B vs model 2016 B (was R003)"]
-fn known_mixed_kv_heads_shared_projection() {
+fn mixed_kv_heads_shared_projection() {
     expect_exact(
         "mixed_kv_shared",
         "    k = linear(x, 16, 4)
@@ -809,13 +783,12 @@ fn known_mixed_kv_heads_shared_projection() {
     );
 }
 
-/// Known bug: a key/value projection split into kv_heads = 2 groups on
-/// tp = 4 ranks, also read by another op: gathering the grouped layout
-/// costs the run more than the model's ring share. Measured: run 1152 B,
-/// model 1056 B.
+/// A key/value projection split into kv_heads = 2 groups on tp = 4 ranks,
+/// also read by another op: gathering the grouped layout makes every rank
+/// send its whole group block to 3 others, not a quarter of the tensor.
+/// Was run 1152 B, model 1056 B.
 #[test]
-#[ignore = "known bug: grouped kv projection read elsewhere, run 1152 B vs model 1056 B"]
-fn known_grouped_kv_read_elsewhere() {
+fn grouped_kv_read_elsewhere() {
     expect_exact(
         "grouped_kv_read",
         "    k = linear(x, 8, 8)
@@ -825,13 +798,11 @@ fn known_grouped_kv_read_elsewhere() {
     );
 }
 
-/// Known bug: keys and values that are not a projection (here a ReLU of
-/// one) with fewer key/value heads than tp are split into tp blocks, and
-/// the attention cannot run (R003: "attention %6: query heads 0..1 read
-/// key/value heads outside the local block"). The planner accepts it.
+/// Keys and values that are not a projection (a ReLU of one) with fewer
+/// key/value heads than tp (was R003 in the run, then run 1152 B vs model
+/// 768 B).
 #[test]
-#[ignore = "known bug: kv_heads 2 < tp 4 with keys from relu(linear), run 1152 B vs model 768 B (was R003)"]
-fn known_grouped_kv_not_a_projection() {
+fn grouped_kv_not_a_projection() {
     expect_exact(
         "grouped_kv_relu",
         "    k = relu(linear(x, 8, 8))

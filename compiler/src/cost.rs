@@ -27,7 +27,7 @@ use gantry_lang::program::{Optimizer, Phase};
 
 use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
-use crate::ir::{Class, Ir, IrOp, Segment, SegmentKind, TpVariant};
+use crate::ir::{Class, Ir, IrOp, SegmentKind};
 use crate::memory::{self, Held, Role};
 use crate::point::{DesignPoint, Recompute};
 use crate::sharded::{Kind, Pass};
@@ -253,6 +253,9 @@ struct SegCost {
     /// Parameters whose gradients are partial over the tensor-parallel
     /// ranks (norm gains on sequence rows): all-reduced once per step.
     tp_param_elems: f64,
+    /// Elements the busiest rank sends for those all-reduces (one per
+    /// parameter tensor, exact for uneven blocks).
+    tp_param_sent: f64,
     /// Context-parallel exchange seconds, and attention compute to hide it.
     cp: f64,
     cp_bytes: f64,
@@ -350,7 +353,8 @@ impl Evaluator<'_> {
         (compute.max(memory) + launches * hw.kernel_overhead, flops)
     }
 
-    fn segment(&self, s: &Segment, p: &DesignPoint, b: f64, training: bool) -> SegCost {
+    fn segment(&self, si: usize, p: &DesignPoint, b: f64, training: bool) -> SegCost {
+        let s = &self.ir.segments[si];
         let mut sc = SegCost::default();
         let beta = self.ir.act_bytes;
         let t = p.tp as f64;
@@ -364,12 +368,13 @@ impl Evaluator<'_> {
         // program all-reduces them), which is the program without it.
         let rows = b * self.ir.tokens_per_sample / c;
         let rows_fit = rows.fract() == 0.0 && (rows as u64).is_multiple_of(p.tp.max(1));
-        let variant = TpVariant {
-            sequence_parallel: p.sequence_parallel && rows_fit,
-            kv_replicated: self.ir.kv_heads_min.is_some_and(|k| p.tp > k),
-        }
-        .index();
-        for o in &s.ops {
+        let table = self
+            .ir
+            .tp_table(p.tp as usize, p.sequence_parallel && rows_fit);
+        let no_tp = Vec::new();
+        let tp_ops = table.ops.get(si).unwrap_or(&no_tp);
+        for (j, o) in s.ops.iter().enumerate() {
+            let otp = tp_ops.get(j);
             let (tf, ff) = self.op_time(o, p, b, false);
             sc.fwd.add(o.class, tf);
             sc.flops += ff;
@@ -392,7 +397,7 @@ impl Evaluator<'_> {
             if p.tp > 1 {
                 // The sharded program's collectives for this op: time on
                 // the tensor-parallel group, bytes as each rank sends them.
-                for comm in &o.tp_comms[variant] {
+                for comm in otp.map_or(&[][..], |x| &x.comms[..]) {
                     let buffer = comm.elems * o.mult * b * beta / c;
                     let kind = match comm.kind {
                         Kind::AllReduce => Collective::AllReduce,
@@ -406,7 +411,12 @@ impl Evaluator<'_> {
                     } else {
                         topo.time(kind, p.tp, 1, buffer)
                     };
-                    let sent = buffer * comm.kind.sent_per_byte(t);
+                    // The busiest rank's share, exact for uneven blocks.
+                    let sent = o.mult
+                        * beta
+                        * comm
+                            .comm
+                            .busiest_sent(comm.elems * b / c, comm.width, p.tp as usize);
                     match comm.pass {
                         Pass::Forward => {
                             sc.tp_fwd += time;
@@ -419,8 +429,19 @@ impl Evaluator<'_> {
                     }
                 }
             }
-            if p.tp > 1 && o.tp_param_reduce[variant] {
+            if p.tp > 1 && otp.is_some_and(|x| x.param_reduce) {
                 sc.tp_param_elems += o.params * o.mult;
+                let tensors = o.tensors.max(1.0);
+                let ar = crate::sharded::Comm {
+                    kind: Kind::AllReduce,
+                    pass: Pass::Backward,
+                    tensor: o.output,
+                    elems: o.params / tensors,
+                    why: crate::sharded::Why::GradReduce,
+                    from: crate::sharded::Layout::Rep,
+                };
+                sc.tp_param_sent +=
+                    o.mult * tensors * ar.busiest_sent(o.params / tensors, 0.0, p.tp as usize);
             }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
@@ -479,7 +500,7 @@ impl Evaluator<'_> {
     /// block (one transformer layer) for one microbatch, collectives
     /// included; backward includes recomputation.
     pub fn layer_times(&self, p: &DesignPoint) -> Option<(f64, f64)> {
-        let body = self.ir.body()?;
+        let body = self.ir.body_index()?;
         let sc = self.segment(body, p, p.microbatch as f64, true);
         let fwd = sc.fwd.total() + sc.tp_fwd;
         let bwd = sc.bwd.total()
@@ -541,8 +562,9 @@ impl Evaluator<'_> {
         let mut layers = 0u64;
         let mut pro = SegCost::default();
         let mut epi = SegCost::default();
-        for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
-            let sc = self.segment(s, p, b, true);
+        for (si, role) in memory::roles(ir).into_iter().enumerate() {
+            let sc = self.segment(si, p, b, true);
+            let s = &ir.segments[si];
             match role {
                 Role::Body => {
                     body = sc;
@@ -766,7 +788,6 @@ impl Evaluator<'_> {
             // the stage that sends most, which need not be the slowest (the
             // head's collectives outweigh the embedding's under sequence
             // parallelism).
-            let ar = Kind::AllReduce.sent_per_byte(p.tp as f64);
             let bytes = (0..n_stages)
                 .map(|i| {
                     let (first, last) = (i == 0, i == n_stages - 1);
@@ -780,10 +801,8 @@ impl Evaluator<'_> {
                             tp_of(epi.tp_bytes_fwd, epi.tp_bytes_bwd),
                         ))
                         * m
-                        + (layers * body.tp_param_elems
-                            + on(pro.tp_param_elems, epi.tp_param_elems))
+                        + (layers * body.tp_param_sent + on(pro.tp_param_sent, epi.tp_param_sent))
                             * beta
-                            * ar
                 })
                 .fold(0.0, f64::max);
             comms.push(Comm {
@@ -971,8 +990,8 @@ impl Evaluator<'_> {
         let mut tp = 0.0;
         let mut flops = 0.0;
         let mut params = 0.0;
-        for s in &ir.segments {
-            let sc = ev.segment(s, p, b, false);
+        for (si, s) in ir.segments.iter().enumerate() {
+            let sc = ev.segment(si, p, b, false);
             t = t.plus(&sc.fwd.scaled(s.count as f64));
             tp += sc.tp_fwd * s.count as f64;
             flops += sc.flops * s.count as f64;
@@ -1098,6 +1117,7 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         tp_bwd: a.tp_bwd + s.tp_bwd * k,
         tp_bytes_bwd: a.tp_bytes_bwd + s.tp_bytes_bwd * k,
         tp_param_elems: a.tp_param_elems + s.tp_param_elems * k,
+        tp_param_sent: a.tp_param_sent + s.tp_param_sent * k,
         cp: a.cp + s.cp * k,
         cp_bytes: a.cp_bytes + s.cp_bytes * k,
         attention_time: a.attention_time + s.attention_time * k,

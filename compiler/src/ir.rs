@@ -11,12 +11,16 @@
 //!
 //! Tensor parallelism is not decided here: the sharded program
 //! ([`crate::sharded`]) of the graph gives every tensor's layout and every
-//! collective, and lowering copies them onto the ops (whether an op's work
-//! is divided, what it keeps for backward split or whole, and the
-//! collectives it causes per sample in four variants: with and without
-//! sequence parallelism, with key/value heads split or replicated).
+//! collective. Lowering copies what does not depend on the degree from a
+//! program on a symbolic degree (whether an op's work is divided, what it
+//! keeps for backward split or whole); the collectives are read, per
+//! design point, from the program built on that point's concrete degree
+//! ([`Ir::tp_table`], built once per degree and sequence-parallel choice
+//! and kept), so that key/value head grouping, uneven splits and heads
+//! that do not divide are priced as the runtime runs them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use gantry_lang::program::{DType, Graph, Item, OpKind, Phase, TensorId, Workload};
 
@@ -69,20 +73,123 @@ pub struct TpComm {
     /// Hidden behind compute (a backward re-gather under the weight
     /// gradient's GEMM).
     pub overlapped: bool,
+    /// The collective as the program states it (for the busiest rank's
+    /// exact share, [`crate::sharded::Comm::busiest_sent`]).
+    pub comm: crate::sharded::Comm,
+    /// Width of the tensor's last dimension (its rows' length).
+    pub width: f64,
 }
 
-/// Which sharded program a design point's collectives come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TpVariant {
-    pub sequence_parallel: bool,
-    /// Fewer key/value heads than tensor-parallel ranks (they are
-    /// replicated in groups).
-    pub kv_replicated: bool,
+/// An op's part of the sharded program on one concrete degree.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpTp {
+    /// Its tensor-parallel collectives, forward and backward.
+    pub comms: Vec<TpComm>,
+    /// Its parameter gradients are partial sums over the tensor-parallel
+    /// ranks (it ran on sequence rows): all-reduced once per step.
+    pub param_reduce: bool,
 }
 
-impl TpVariant {
-    pub fn index(self) -> usize {
-        usize::from(self.sequence_parallel) + 2 * usize::from(self.kv_replicated)
+/// The sharded program of the model on one tensor-parallel degree and
+/// sequence-parallel choice, as the cost model reads it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TpTable {
+    /// Why the model has no sharded program here, if it has none (its ops
+    /// then carry no collectives; the planner refuses the point, C002).
+    pub unshardable: Option<String>,
+    /// Per segment, per op (the [`Ir::segments`] order).
+    pub ops: Vec<Vec<OpTp>>,
+}
+
+/// What is needed to build the sharded program on any degree, and the
+/// programs built so far.
+pub struct Programs {
+    graph: Arc<Graph>,
+    numel: Arc<[f64]>,
+    widths: Arc<[f64]>,
+    /// The output tensor of every op, per segment.
+    outputs: Vec<Vec<TensorId>>,
+    memo: Mutex<HashMap<(usize, bool), Arc<TpTable>>>,
+}
+
+impl Clone for Programs {
+    fn clone(&self) -> Self {
+        Programs {
+            graph: self.graph.clone(),
+            numel: self.numel.clone(),
+            widths: self.widths.clone(),
+            outputs: self.outputs.clone(),
+            memo: Mutex::new(self.memo.lock().map(|m| m.clone()).unwrap_or_default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Programs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Programs")
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Programs {
+    /// Programs are a function of the graph and its sizes.
+    fn eq(&self, other: &Self) -> bool {
+        self.graph == other.graph && self.numel == other.numel
+    }
+}
+
+impl Programs {
+    fn table(&self, tp: usize, sp: bool) -> Arc<TpTable> {
+        let key = (tp, sp && tp > 1);
+        if let Some(t) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return t;
+        }
+        let t = Arc::new(self.build(key.0, key.1));
+        if let Ok(mut m) = self.memo.lock() {
+            m.insert(key, t.clone());
+        }
+        t
+    }
+
+    fn build(&self, tp: usize, sp: bool) -> TpTable {
+        let mesh = Mesh::new(tp, sp);
+        let (program, unshardable) = match crate::sharded::build(&self.graph, &self.numel, &mesh) {
+            Ok(p) => (p, None),
+            // A replicated build has no failure path.
+            Err(e) => (
+                crate::sharded::build(&self.graph, &self.numel, &Mesh::new(1, false))
+                    .unwrap_or_else(|_| Program::empty()),
+                Some(e.reason),
+            ),
+        };
+        let width = |t: TensorId| self.widths.get(t.0 as usize).copied().unwrap_or(0.0);
+        let ops = self
+            .outputs
+            .iter()
+            .map(|seg| {
+                seg.iter()
+                    .map(|t| {
+                        program.op(*t).map_or_else(OpTp::default, |so| OpTp {
+                            param_reduce: so.params_partial,
+                            comms: so
+                                .comms
+                                .iter()
+                                .map(|c| TpComm {
+                                    kind: c.kind,
+                                    pass: c.pass,
+                                    elems: c.elems,
+                                    overlapped: c.why == crate::sharded::Why::Regather,
+                                    comm: *c,
+                                    width: width(c.tensor),
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        TpTable { unshardable, ops }
     }
 }
 
@@ -113,13 +220,9 @@ pub struct IrOp {
     /// Splits across tensor-parallel ranks (else replicated on each), as
     /// the sharded program divides it.
     pub tp_sharded: bool,
-    /// The op's tensor-parallel collectives from the sharded program, per
-    /// variant ([`TpVariant::index`]): kind, pass and elements per sample.
-    pub tp_comms: [Vec<TpComm>; 4],
-    /// Per variant: the op's parameter gradients are partial sums over
-    /// the tensor-parallel ranks (it ran on sequence rows) and are
-    /// all-reduced once per step.
-    pub tp_param_reduce: [bool; 4],
+    /// The graph tensor the op produces (its collectives are looked up by
+    /// it in [`Ir::tp_table`]).
+    pub output: TensorId,
     /// Elements per sample of the op's output.
     pub out_elems: f64,
     /// Part of the attention core that selective recomputation recomputes.
@@ -161,8 +264,7 @@ impl IrOp {
             saved_probs: 0.0,
             gemm: None,
             tp_sharded: false,
-            tp_comms: Default::default(),
-            tp_param_reduce: [false; 4],
+            output: TensorId(0),
             out_elems: 0.0,
             attention_core: false,
             lookup_bytes: 0.0,
@@ -228,15 +330,25 @@ pub struct Ir {
     /// Width of the value passed between pipeline stages, per token.
     pub hidden: f64,
     pub segments: Vec<Segment>,
-    /// Per [`TpVariant`]: why the model has no sharded program in that
-    /// variant for tp > 1, if it has none.
-    pub tp_unshardable: [Option<String>; 4],
-    /// The fewest key/value heads of any attention (beyond that many
-    /// tensor-parallel ranks they are replicated in groups).
-    pub kv_heads_min: Option<u64>,
+    /// The sharded programs, built per degree on demand.
+    pub programs: Programs,
 }
 
 impl Ir {
+    /// The sharded program on tensor-parallel degree `tp`, with sequence
+    /// parallelism or not, as the cost model reads it (built once).
+    pub fn tp_table(&self, tp: usize, sequence_parallel: bool) -> Arc<TpTable> {
+        self.programs.table(tp, sequence_parallel)
+    }
+    /// The index of [`Ir::body`] in `segments`.
+    pub fn body_index(&self) -> Option<usize> {
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind == SegmentKind::Body)
+            .max_by_key(|(_, s)| s.count)
+            .map(|(i, _)| i)
+    }
     /// The repeated body with the most repetitions (the transformer layers).
     pub fn body(&self) -> Option<&Segment> {
         self.segments
@@ -332,9 +444,8 @@ struct Lowering<'a> {
     /// Context length for attention keys in decode (KV cache).
     context: Option<f64>,
     numel: Vec<f64>,
-    /// The sharded programs, one per [`TpVariant`] (index 0 decides what
-    /// is split: no sequence parallelism, key/value heads split).
-    programs: [Program; 4],
+    /// The sharded program on a symbolic degree: what is split.
+    base: Program,
     /// Tensors already saved for backward by an earlier op.
     saved: Vec<bool>,
     /// Index of the op producing each tensor within the current segment.
@@ -387,13 +498,25 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         Phase::Decode { .. } => 1.0,
         _ => binding.get("seq").copied().unwrap_or(1) as f64,
     };
-    let (programs, tp_unshardable) = programs(g, &numel);
+    let base = crate::sharded::build(g, &numel, &Mesh::symbolic(2))
+        .or_else(|_| crate::sharded::build(g, &numel, &Mesh::new(1, false)))
+        .unwrap_or_else(|_| Program::empty());
+    let widths: Vec<f64> = g
+        .tensors
+        .iter()
+        .map(|t| {
+            t.shape
+                .last()
+                .and_then(|d| d.eval(&binding))
+                .map_or(0.0, |v| v as f64)
+        })
+        .collect();
     let mut l = Lowering {
         graph: g,
         binding,
         beta,
         context,
-        programs,
+        base,
         saved: vec![false; g.tensors.len()],
         producer: vec![-1; g.tensors.len()],
         numel,
@@ -445,48 +568,18 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         act_bytes: beta,
         tokens_per_sample,
         hidden,
+        programs: Programs {
+            graph: Arc::new(g.clone()),
+            numel: l.numel.clone().into(),
+            widths: widths.into(),
+            outputs: segments
+                .iter()
+                .map(|s| s.ops.iter().map(|o| o.output).collect())
+                .collect(),
+            memo: Mutex::new(HashMap::new()),
+        },
         segments,
-        tp_unshardable,
-        kv_heads_min: kv_heads_min(g),
     })
-}
-
-fn kv_heads_min(g: &Graph) -> Option<u64> {
-    crate::sharded::ops_of(&g.body)
-        .iter()
-        .filter_map(|op| match op.kind {
-            OpKind::Attention { kv_heads, .. } => Some(kv_heads),
-            _ => None,
-        })
-        .min()
-}
-
-/// The four sharded programs of [`TpVariant`], built on a symbolic degree
-/// (one the planner accepts): 2 where key/value heads split, a degree
-/// above every key/value head count where they are replicated. A graph
-/// with no sharded program lowers replicated, with the reason kept.
-fn programs(g: &Graph, numel: &[f64]) -> ([Program; 4], [Option<String>; 4]) {
-    let replicated = || crate::sharded::build(g, numel, &Mesh::new(1, false));
-    let build = |v: usize| {
-        let tp = if v >= 2 { 1 << 20 } else { 2 };
-        let mesh = Mesh {
-            tp,
-            sp: v % 2 == 1,
-            rows_fit: None,
-            symbolic: true,
-        };
-        crate::sharded::build(g, numel, &mesh)
-    };
-    let mut why: [Option<String>; 4] = Default::default();
-    let progs = std::array::from_fn(|v| match build(v) {
-        Ok(p) => p,
-        Err(e) => {
-            why[v] = Some(e.reason);
-            // A replicated build has no failure path.
-            replicated().unwrap_or_else(|_| Program::empty())
-        }
-    });
-    (progs, why)
 }
 
 impl Lowering<'_> {
@@ -496,7 +589,7 @@ impl Lowering<'_> {
 
     /// Whether the sharded program splits tensor `t` over the ranks.
     fn sharded(&self, t: TensorId) -> bool {
-        self.programs[0].layout(t) != Layout::Rep
+        self.base.layout(t) != Layout::Rep
     }
 
     /// Records that `o` keeps tensor `t` (of `bytes_per` bytes per element)
@@ -789,23 +882,10 @@ impl Lowering<'_> {
                 o
             }
         };
-        if let Some(so) = self.programs[0].op(op.output) {
+        if let Some(so) = self.base.op(op.output) {
             o.tp_sharded = so.strategy.divides_work(so.layout);
         }
-        for (v, p) in self.programs.iter().enumerate() {
-            o.tp_param_reduce[v] = p.op(op.output).is_some_and(|so| so.params_partial);
-            o.tp_comms[v] = p.op(op.output).map_or_else(Vec::new, |so| {
-                so.comms
-                    .iter()
-                    .map(|c| TpComm {
-                        kind: c.kind,
-                        pass: c.pass,
-                        elems: c.elems,
-                        overlapped: c.why == crate::sharded::Why::Regather,
-                    })
-                    .collect()
-            });
-        }
+        o.output = op.output;
         o.out_elems = out_n;
         o.mult = mult;
         o.args = op
@@ -893,10 +973,11 @@ workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
         let ir = lower(&workload(GPT)).expect("lowers");
         let body = ir.body().expect("body");
         use crate::sharded::{Kind, Pass};
+        let bi = ir.body_index().expect("body");
         let count = |v: usize, pass: Pass, kind: Kind| {
-            body.ops
+            ir.tp_table(4, v == 1).ops[bi]
                 .iter()
-                .flat_map(|o| o.tp_comms[v].iter())
+                .flat_map(|o| o.comms.iter())
                 .filter(|c| c.pass == pass && c.kind == kind)
                 .count()
         };

@@ -328,12 +328,8 @@ pub fn resolve(
     let virtual_stages = int("virtual_stages", 1);
     let ep = int("ep", 1);
     // The model must have a sharded program for tp > 1 in this variant.
-    let variant = crate::ir::TpVariant {
-        sequence_parallel,
-        kv_replicated: ir.kv_heads_min.is_some_and(|k| tp as u64 > k),
-    };
     if tp > 1
-        && let Some(why) = &ir.tp_unshardable[variant.index()]
+        && let Some(why) = &ir.tp_table(tp as usize, sequence_parallel).unshardable
     {
         return Err(err(
             Code::C002,

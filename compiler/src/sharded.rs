@@ -132,6 +132,39 @@ pub struct Comm {
     pub tensor: TensorId,
     pub elems: f64,
     pub why: Why,
+    /// An all-gather's source layout (what each rank contributes); `Rep`
+    /// for reductions, whose buffer is cut into `tp` flat blocks.
+    pub from: Layout,
+}
+
+impl Comm {
+    /// Elements the busiest rank sends for a buffer of `n` elements whose
+    /// rows are `width` wide, on `tp` ranks, as the runtime's collectives
+    /// move them: blocks are cut with `block(len, parts, i) = [i len /
+    /// parts, (i + 1) len / parts)`, so the last rank always holds a largest
+    /// block and sends the most in every kind (an all-reduce is a
+    /// reduce-scatter, `n - b`, then an all-gather, `(tp - 1) b`; an
+    /// all-gather sends its block to every other rank, including ranks
+    /// holding a copy of the same key/value group). Exact for uneven
+    /// splits; `(tp - 1) / tp` of the buffer (twice for an all-reduce) when
+    /// blocks are even. A reduce-scatter's blocks are sequence rows, which
+    /// are even by construction (sequence parallelism needs them to be).
+    pub fn busiest_sent(&self, n: f64, width: f64, tp: usize) -> f64 {
+        let t = tp as f64;
+        if tp <= 1 {
+            return 0.0;
+        }
+        // The last of `parts` blocks of `len`: len - floor((parts-1) len / parts).
+        let last = |len: f64, parts: f64| len - ((parts - 1.0) * len / parts).floor();
+        match (self.kind, self.from) {
+            (Kind::AllReduce, _) => n - last(n, t) + (t - 1.0) * last(n, t),
+            (Kind::ReduceScatter, _) => n - last(n, t),
+            (Kind::AllGather, Layout::Cols { groups }) if width > 0.0 => {
+                (t - 1.0) * (n / width) * last(width, groups as f64)
+            }
+            (Kind::AllGather, _) => (t - 1.0) * last(n, t),
+        }
+    }
 }
 
 /// How an op's work is divided.
@@ -202,6 +235,14 @@ impl Mesh {
             sp,
             rows_fit: None,
             symbolic: false,
+        }
+    }
+    /// A degree standing for any the planner accepts (what is split, not
+    /// how much): head splits are not re-checked.
+    pub fn symbolic(tp: usize) -> Mesh {
+        Mesh {
+            symbolic: true,
+            ..Mesh::new(tp, false)
         }
     }
 }
@@ -397,6 +438,7 @@ impl Builder<'_> {
                 tensor: t,
                 elems: self.elems(t),
                 why: Why::Gather,
+                from: have,
             });
         }
         want
@@ -416,6 +458,7 @@ impl Builder<'_> {
             tensor: out,
             elems: self.elems(out),
             why: Why::Reduce,
+            from: Layout::Rep,
         });
         if rows { Layout::Rows } else { Layout::Rep }
     }
@@ -584,6 +627,7 @@ impl Builder<'_> {
                     tensor: op.output,
                     elems: self.elems(op.output),
                     why: Why::Reduce,
+                    from: Layout::Rep,
                 });
                 (Strategy::ExpertWidth, vec![r], Layout::Rep)
             }
@@ -648,6 +692,7 @@ fn backward(g: &Graph, numel: &[f64], prog: &mut Program) {
         tensor: t,
         elems: elems(t),
         why: Why::GradReduce,
+        from: Layout::Rep,
     };
     for i in (0..prog.ops.len()).rev() {
         let so = &prog.ops[i];
@@ -661,14 +706,14 @@ fn backward(g: &Graph, numel: &[f64], prog: &mut Program) {
         let mut reread = |t: TensorId, want: Layout, comms: &mut Vec<Comm>| {
             let have = lay(t);
             if have != want && have != Layout::Rep && regathered.insert((t, want)) {
-                let mut c = gather(t, elems(t));
+                let mut c = gather(t, elems(t), have);
                 c.why = Why::Regather;
                 comms.push(c);
             }
         };
         let mut convert = |t: TensorId, from: Layout, to: Layout, comms: &mut Vec<Comm>| {
             if from != to && from != Layout::Rep {
-                comms.push(gather(t, elems(t)));
+                comms.push(gather(t, elems(t), from));
             }
         };
         let cs = contributions(
@@ -697,13 +742,14 @@ fn backward(g: &Graph, numel: &[f64], prog: &mut Program) {
     }
 }
 
-fn gather(t: TensorId, elems: f64) -> Comm {
+fn gather(t: TensorId, elems: f64, from: Layout) -> Comm {
     Comm {
         kind: Kind::AllGather,
         pass: Pass::Backward,
         tensor: t,
         elems,
         why: Why::GradGather,
+        from,
     }
 }
 
@@ -796,6 +842,7 @@ fn contributions(
                 tensor: op.output,
                 elems: *top_k as f64 * elems(op.output),
                 why: Why::GradReduce,
+                from: Layout::Rep,
             });
             vec![(0, In(Layout::Rep)), (0, Partial)]
         }
