@@ -266,7 +266,9 @@ impl Gen {
                 let heads_of: Vec<usize> = (1..=8).filter(|h| h % tp == 0).collect();
                 let heads = heads_of[pick(a, heads_of.len())];
                 let kvs: Vec<usize> = (1..=heads)
-                    .filter(|k| heads.is_multiple_of(*k) && (k % tp == 0 || tp % k == 0))
+                    .filter(|k| {
+                        heads.is_multiple_of(*k) && (k.is_multiple_of(tp) || tp.is_multiple_of(*k))
+                    })
                     .collect();
                 let kv = kvs[pick(b, kvs.len())];
                 // Every value at least 4 wide (norms over fewer features
