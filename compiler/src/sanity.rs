@@ -228,7 +228,9 @@ pub fn missing_metric(
         "cost_per_million_tokens" | "throughput_per_dollar" if hw.price_per_device.is_none() => {
             Some("neither the device nor the node declares a `price`")
         }
-        "cost_per_million_tokens" if ir.tokens_per_sample <= 0.0 => {
+        "cost_per_million_tokens"
+            if ir.tokens_per_sample <= 1.0 && !matches!(ir.phase, Phase::Decode { .. }) =>
+        {
             Some("the workload's samples are not token sequences")
         }
         _ => None,
