@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use gantry_compiler::point::{self, Pin};
-use gantry_lang::program::{Cluster, DType, Device, Goal, Memory, Node, Phase, Plan, Workload};
+use gantry_lang::program::{
+    Cluster, DType, Device, Goal, Link, LinkKind, Memory, Node, Phase, Plan, Workload,
+};
 use gantry_runtime::calibrate::{self, MatmulTiming, Measurements};
 use gantry_runtime::exec::{self, Parallel, RunConfig};
 use gantry_runtime::jit::{self, Expr, Jit, Unary};
@@ -162,7 +164,14 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         name: "simulated".into(),
         device,
         devices_per_node: n,
-        links: Vec::new(),
+        // The simulated devices exchange data in memory; the cost model
+        // needs a link to price their collectives (C014 without one).
+        links: vec![Link {
+            name: "memory".into(),
+            kind: LinkKind::Switch,
+            bandwidth: 1e12,
+            latency: 0.0,
+        }],
         nic_bandwidth: 0.0,
         nics: 0,
         host_memory: None,

@@ -547,3 +547,70 @@ fn efficiency_schema_matches_the_cost_model() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+const RELIABILITY: &str = "tests/inputs/_cli/reliability.gantry";
+
+fn step_time(plan: &str) -> f64 {
+    let (code, out, err) = gantry(&["plan", RELIABILITY, "--plan", plan, "--format", "json"]);
+    assert_eq!(code, 0, "{plan}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    v["metrics"]["step_time_s"].as_f64().expect("step_time_s")
+}
+
+/// A fabric's `bandwidth` was ignored (issue 11): it is the per-port limit
+/// on the NIC, so ports slower than the NICs slow the data-parallel
+/// all-reduce, and faster ones change nothing.
+#[test]
+fn fabric_bandwidth_limits_the_nic() {
+    let base = step_time("base");
+    let slow = step_time("slow_ports");
+    let fast = step_time("fast_ports");
+    assert!(slow > 5.0 * base, "1 Gb/s ports: {slow} vs {base}");
+    assert_eq!(fast, base, "ports faster than the NICs");
+}
+
+/// A node without a `link` priced tensor-parallel traffic at inf and was
+/// picked as the best point (issue 11): now C014 naming the node, whether
+/// pinned or searched; serving replicas, which do not talk, still run.
+#[test]
+fn a_link_the_node_does_not_declare_is_an_error_naming_it() {
+    for plan in ["no_link", "no_link_search"] {
+        let (code, out, err) = gantry(&["plan", RELIABILITY, "--plan", plan]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{plan}: {err}");
+        assert!(
+            err.contains("C014") && err.contains("node `Linkless` declares no `link`"),
+            "{plan}: {err}"
+        );
+        assert!(!out.contains("inf") && !out.contains("NaN"), "{out}");
+    }
+    let (code, _, err) = gantry(&["plan", RELIABILITY, "--plan", "no_link_serving"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `subject to ttft <= 1 ns` on a training plan was treated as met.
+#[test]
+fn a_metric_the_plan_does_not_have_is_an_error() {
+    for (plan, what) in [
+        ("ttft_on_training", "constrains `ttft`"),
+        ("tpot_objective", "optimizes `tpot`"),
+    ] {
+        for extra in [&[][..], &["--fix", "tp=8"]] {
+            let mut args = vec!["plan", RELIABILITY, "--plan", plan];
+            args.extend_from_slice(extra);
+            let (code, _, err) = gantry(&args);
+            assert_eq!(code, 1, "{plan}: {err}");
+            assert!(err.contains("C015") && err.contains(what), "{plan}: {err}");
+        }
+    }
+}
+
+/// The new codes are in `gantry explain`.
+#[test]
+fn explain_knows_the_reliability_codes() {
+    for c in ["C014", "C015", "C016"] {
+        let (code, out, _) = gantry(&["explain", c]);
+        assert_eq!(code, 0, "{c}");
+        assert!(out.starts_with(c), "{out}");
+    }
+}

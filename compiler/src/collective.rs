@@ -86,7 +86,13 @@ impl Topology {
             .map(|l| (l.bandwidth, l.latency))
             .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
         let per_node = n.devices_per_node.max(1);
-        let nic_per_gpu = n.nic_bandwidth * n.nics as f64 / per_node as f64;
+        // The fabric's `bandwidth` is per switch port: a NIC faster than
+        // its port runs at the port's rate (docs/COST-MODEL.md, §5).
+        let port = c
+            .fabric
+            .as_ref()
+            .map_or(n.nic_bandwidth, |f| n.nic_bandwidth.min(f.bandwidth));
+        let nic_per_gpu = port * n.nics as f64 / per_node as f64;
         let (lat, rack, pod, over) = match &c.fabric {
             Some(f) => (f.latency, f.rack_nodes, f.pod_nodes, f.oversubscription),
             None => (0.0, 1, c.nodes, 1.0),
@@ -182,8 +188,18 @@ impl Topology {
                 ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat
             }
             Collective::AllToAll => {
-                let inside = bytes * (gi - 1.0) / g / self.up_bw;
-                let outside = bytes * (g - gi) / g / out_bw;
+                // A level the group does not use costs nothing, even where
+                // the node lacks it (0 / 0 would be NaN).
+                let inside = if gi > 1.0 {
+                    bytes * (gi - 1.0) / g / self.up_bw
+                } else {
+                    0.0
+                };
+                let outside = if g > gi {
+                    bytes * (g - gi) / g / out_bw
+                } else {
+                    0.0
+                };
                 inside
                     + outside
                     + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
@@ -266,6 +282,26 @@ mod tests {
         assert_eq!(topo().level(32, 8), Level::Aggregation);
         // Same ring factor almost, but a quarter of the bandwidth.
         assert!(beyond > 3.5 * inside);
+    }
+
+    #[test]
+    fn all_to_all_without_a_link_it_does_not_use_is_finite() {
+        // One rank per node: no scale-up traffic, so no link is needed
+        // (the all-to-all used to be 0 / 0 = NaN on a node without one).
+        let t = Topology {
+            per_node: 1,
+            up_bw: 0.0,
+            ..topo()
+        };
+        let x = t.time(Collective::AllToAll, 8, 1, 8e9);
+        assert!(x.is_finite() && x > 0.0, "{x}");
+        // In one node, without NICs: no scale-out traffic.
+        let t = Topology {
+            out_bw: 0.0,
+            ..topo()
+        };
+        let x = t.time(Collective::AllToAll, 8, 1, 8e9);
+        assert!(x.is_finite() && x > 0.0, "{x}");
     }
 
     #[test]

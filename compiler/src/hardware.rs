@@ -49,6 +49,8 @@ pub const FACTORS: &[(&str, &str)] = &[
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hardware {
     pub device: String,
+    /// The node's name, for diagnostics about its links.
+    pub node: String,
     pub peak: f64,
     pub hbm_capacity: f64,
     pub hbm_bandwidth: f64,
@@ -121,6 +123,7 @@ impl Hardware {
         let per_node = c.node.devices_per_node.max(1);
         Ok(Hardware {
             device: d.name.clone(),
+            node: c.node.name.clone(),
             peak,
             hbm_capacity: hbm.capacity,
             hbm_bandwidth: hbm.bandwidth,

@@ -15,6 +15,7 @@ pub mod placement;
 pub mod plan;
 pub mod point;
 pub mod report;
+pub mod sanity;
 pub mod search;
 pub mod sharded;
 pub mod study;

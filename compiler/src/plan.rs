@@ -93,6 +93,7 @@ fn prepare(plan: &Plan) -> Result<(Ir, Hardware, Option<Ir>), PinError> {
         )
     })?;
     let prefill = prefill_of(&plan.workload);
+    crate::sanity::check_metrics(plan, &ir, &hardware, prefill.as_ref())?;
     Ok((ir, hardware, prefill))
 }
 
@@ -127,7 +128,9 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
     let goal = plan.objective.clone();
     let estimate = if candidates.is_empty() {
         let point = resolve(&pins, &ir, &plan.system)?;
-        ev.evaluate(&point)
+        let e = ev.evaluate(&point);
+        crate::sanity::verify(&e, &hardware)?;
+        e
     } else {
         let mut best: Option<Estimate> = None;
         let mut first_err = None;
@@ -142,6 +145,11 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
                 }
             };
             let e = ev.evaluate(&point);
+            // A meaningless result is never a candidate (issue 11).
+            if let Err(err) = crate::sanity::verify(&e, &hardware) {
+                first_err = Some(err);
+                continue;
+            }
             let better = match &best {
                 None => true,
                 Some(cur) => match (e.feasible, cur.feasible) {
@@ -298,6 +306,14 @@ pub fn search(
         space.sp_open.then_some(&sp_by_tp),
     );
     let Some(best) = out.top.first().cloned() else {
+        // Results that were not meaningful numbers say why before any
+        // closest point does: the input is wrong, not the space too small.
+        if let Some(e) = out
+            .first_error
+            .take_if(|e| crate::sanity::is_result_error(e.code))
+        {
+            return Err(e);
+        }
         if let Some(t) = &out.tightest {
             let p = &t.estimate.point;
             let m = &t.estimate.memory;

@@ -352,8 +352,10 @@ fn metric_value(m: &MetricExpr, e: &Estimate) -> Option<f64> {
 
 /// Whether `e` meets a constraint, and by how much it misses (lhs / rhs).
 pub fn meets(c: &Constraint, e: &Estimate) -> (bool, f64) {
+    // A metric the point does not have never meets a constraint (the
+    // planner refuses such constraints up front, `C015`).
     let (Some(l), Some(r)) = (metric_value(&c.lhs, e), metric_value(&c.rhs, e)) else {
-        return (true, 1.0);
+        return (false, f64::INFINITY);
     };
     let ok = match c.cmp {
         Cmp::Lt => l < r,
@@ -538,6 +540,21 @@ pub fn run(
                                                     continue;
                                                 }
                                                 let e = ev.evaluate(&point);
+                                                // A result that is not a meaningful
+                                                // number is never ranked (issue 11):
+                                                // counted invalid, and its reason is
+                                                // the one reported if nothing is left.
+                                                if let Err(err) = crate::sanity::verify(&e, hw) {
+                                                    stats.invalid += 1;
+                                                    if first_error.as_ref().is_none_or(
+                                                        |f: &PinError| {
+                                                            !crate::sanity::is_result_error(f.code)
+                                                        },
+                                                    ) {
+                                                        first_error = Some(err);
+                                                    }
+                                                    continue;
+                                                }
                                                 stats.evaluated += 1;
                                                 // Feasibility: HBM, then the plan's constraints.
                                                 let mut worst: Option<(f64, String)> = None;

@@ -57,10 +57,31 @@ pub fn run(study: &Study) -> Vec<Row> {
             let best = search(&plan, &BTreeMap::new(), 1)
                 .map(|s| s.best.estimate)
                 .map_err(|e| format!("error[{}]: {}", e.code, e.message));
-            let value = best
-                .as_ref()
-                .ok()
-                .and_then(|e| e.metric(&study.objective.1));
+            // The study's objective on the best point: a metric the point
+            // does not have (`C015`) or that is not a meaningful number
+            // (`C016`) makes the cell an error, not a silent zero.
+            let obj = &study.objective.1;
+            let (best, value) = match best {
+                Ok(e) => match e.metric(obj) {
+                    Some(v) if v.is_finite() && v >= 0.0 => (Ok(e), Some(v)),
+                    Some(v) => (
+                        Err(format!(
+                            "error[C016]: the study's objective `{obj}` is {} on the best point of `{}`",
+                            gantry_lang::units::format_number(v),
+                            w.name
+                        )),
+                        None,
+                    ),
+                    None => (
+                        Err(format!(
+                            "error[C015]: the study's objective `{obj}` has no value for `{}` on `{}` (a metric of another phase, or no `price`)",
+                            w.name, sys.name
+                        )),
+                        None,
+                    ),
+                },
+                Err(e) => (Err(e), None),
+            };
             cells.push(Cell {
                 workload: w.name.clone(),
                 weight: *weight,

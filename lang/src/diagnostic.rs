@@ -101,6 +101,9 @@ codes! {
     C011 => "search space too large",
     C012 => "pin the plan cannot use",
     C013 => "command-line pin overrides the plan's `fix`",
+    C014 => "design point needs a link its node does not declare",
+    C015 => "constraint or objective on a metric the plan does not have",
+    C016 => "result is not a meaningful number",
 }
 
 impl fmt::Display for Code {

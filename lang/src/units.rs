@@ -253,6 +253,17 @@ fn binary_text(v: f64) -> Option<(String, &'static str)> {
 /// Prints a number with at most 6 significant digits and no trailing zeros,
 /// so reports and snapshots stay stable across platforms.
 pub fn format_number(v: f64) -> String {
+    if !v.is_finite() {
+        // `inf`, `-inf`, `NaN`: the digit count below needs a finite log.
+        return format!("{v}");
+    }
+    if v.abs() >= 1e21 {
+        // Past any figure a report holds (`1e308`, not 309 digits).
+        let s = format!("{v:.5e}");
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let m = m.trim_end_matches('0').trim_end_matches('.');
+        return format!("{m}e{e}");
+    }
     if v.fract() == 0.0 && v.abs() < 1e15 {
         return format!("{}", v as i64);
     }
@@ -352,6 +363,21 @@ mod tests {
 
     fn q(text: &str) -> (f64, Dim) {
         parse_unit(text).unwrap_or_else(|| panic!("unit {text} should parse"))
+    }
+
+    #[test]
+    fn extreme_numbers_print_without_panicking() {
+        // An infinite figure used to overflow the digit count (issue 11).
+        assert_eq!(format_number(f64::INFINITY), "inf");
+        assert_eq!(format_number(f64::NEG_INFINITY), "-inf");
+        assert_eq!(format_number(f64::NAN), "NaN");
+        assert_eq!(format_number(1e308), "1e308");
+        assert_eq!(format_number(-2.5e300), "-2.5e300");
+        assert_eq!(
+            Quantity::new(f64::INFINITY, Dim::BYTES).to_string(),
+            "inf B"
+        );
+        assert_eq!(format_number(123456.0), "123456");
     }
 
     #[test]

@@ -113,6 +113,59 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
 ];
 
+/// The physical range of a hardware figure (`L046` outside it): whether
+/// zero is allowed, and the largest accepted value in base units.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FigureRange {
+    /// Rates, bandwidths, capacities, device powers and prices must be
+    /// above zero (a zero one makes a step time or a price infinite);
+    /// latencies and a node's power overhead may be zero.
+    pub positive: bool,
+    pub max: f64,
+}
+
+/// Compute rates per device, in FLOP/s: at most 1e18 (1 EFLOP/s; the
+/// densest figure in the stdlib, B200 fp8, is 4.5e15).
+pub const MAX_FLOP_RATE: FigureRange = FigureRange {
+    positive: true,
+    max: 1e18,
+};
+/// Memory, link, NIC and fabric bandwidths, in B/s: at most 1e18 (1 EB/s;
+/// on-chip SRAM reaches about 1e14).
+pub const MAX_BANDWIDTH: FigureRange = FigureRange {
+    positive: true,
+    max: 1e18,
+};
+/// Memory capacities (HBM, other memories, host memory), in B: at most
+/// 1e15 (1 PB, as the `reserve` bound; a node's host memory is about 2e12).
+pub const MAX_CAPACITY: FigureRange = FigureRange {
+    positive: true,
+    max: 1e15,
+};
+/// A device's power, in W: above zero, at most 1e6 (1 MW; a GPU draws
+/// about 1e3).
+pub const DEVICE_POWER: FigureRange = FigureRange {
+    positive: true,
+    max: 1e6,
+};
+/// A node's power beyond its devices', in W: zero or more, at most 1e6.
+pub const NODE_POWER: FigureRange = FigureRange {
+    positive: false,
+    max: 1e6,
+};
+/// Prices, in $/s: above zero, at most $1,000,000/h (a device costs a few
+/// $/h, a node a few tens).
+pub const MAX_PRICE: FigureRange = FigureRange {
+    positive: true,
+    max: 1e6 / 3600.0,
+};
+/// Link and fabric latencies, in s: zero or more, at most 1 s (real ones
+/// are microseconds).
+pub const MAX_LATENCY: FigureRange = FigureRange {
+    positive: false,
+    max: 1.0,
+};
+
 /// Metrics usable in objectives, constraints and `expect`, with dimensions.
 pub fn metric_dim(name: &str) -> Option<Dim> {
     Some(match name {
@@ -294,7 +347,14 @@ impl Checker {
             );
             return None;
         }
-        if !(q.value.is_finite() && q.value >= 0.0) {
+        if !q.value.is_finite() {
+            self.diags.push(
+                Diagnostic::error(Code::L046, format!("{what} must be a finite number"), span)
+                    .with_label(span, format!("{q}: too large for a double")),
+            );
+            return None;
+        }
+        if q.value < 0.0 {
             self.diags.push(
                 Diagnostic::error(Code::L046, format!("{what} must not be negative"), span)
                     .with_label(span, format!("{q}")),
@@ -302,6 +362,42 @@ impl Checker {
             return None;
         }
         Some(q.value)
+    }
+
+    /// A hardware figure: a finite quantity of `dim` within `range`
+    /// (`L046` otherwise, with the documented bound). `-0` counts as zero.
+    pub(crate) fn figure(
+        &mut self,
+        v: &Value,
+        span: Span,
+        (dim, range): (Dim, FigureRange),
+        what: &str,
+        example: &str,
+    ) -> Option<f64> {
+        let value = self.quantity(v, span, dim, what, example)?;
+        let q = Quantity::new(value, dim);
+        let (msg, label) = if range.positive && value <= 0.0 {
+            (
+                format!("{what} must be above zero, got {q}"),
+                "a zero figure makes every time or price that divides by it infinite",
+            )
+        } else if value > range.max {
+            (
+                format!(
+                    "{what} must be at most {}, got {q}",
+                    Quantity::new(range.max, dim)
+                ),
+                "beyond any real hardware (docs/LANGUAGE.md, §5.2 \"Hardware figures\")",
+            )
+        } else {
+            return Some(value);
+        };
+        self.diags.push(
+            Diagnostic::error(Code::L046, msg, span)
+                .with_label(span, label)
+                .with_help(format!("write it like `{example}`")),
+        );
+        None
     }
 
     fn decl_env(&mut self, inst: &Instance, params: &[crate::ast::Param]) -> Env {
@@ -409,10 +505,10 @@ impl Checker {
                         self.diags.push(d);
                         continue;
                     };
-                    if let Some(r) = self.quantity(
+                    if let Some(r) = self.figure(
                         &fv,
                         fspan,
-                        Dim::FLOP_RATE,
+                        (Dim::FLOP_RATE, MAX_FLOP_RATE),
                         &format!("compute `{name}`"),
                         "989 TFLOP/s",
                     ) {
@@ -434,12 +530,24 @@ impl Checker {
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
             dev.power = self
-                .quantity(&v, it.value.span, Dim::POWER, "power", "700 W")
+                .figure(
+                    &v,
+                    it.value.span,
+                    (Dim::POWER, DEVICE_POWER),
+                    "power",
+                    "700 W",
+                )
                 .unwrap_or(0.0);
         }
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            dev.price = self.quantity(&v, it.value.span, Dim::PRICE_RATE, "price", "$2.50/h");
+            dev.price = self.figure(
+                &v,
+                it.value.span,
+                (Dim::PRICE_RATE, MAX_PRICE),
+                "price",
+                "$2.50/h",
+            );
         }
         if let Some(it) = g.get("efficiency").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
@@ -593,17 +701,17 @@ impl Checker {
             }
             return None;
         };
-        let capacity = self.quantity(
+        let capacity = self.figure(
             &a.0,
             a.1,
-            Dim::BYTES,
+            (Dim::BYTES, MAX_CAPACITY),
             &format!("capacity of `{name}`"),
             "80 GB",
         );
-        let bandwidth = self.quantity(
+        let bandwidth = self.figure(
             &b.0,
             b.1,
-            Dim::BANDWIDTH,
+            (Dim::BANDWIDTH, MAX_BANDWIDTH),
             &format!("bandwidth of `{name}`"),
             "3.35 TB/s",
         );
@@ -698,12 +806,12 @@ impl Checker {
         &mut self,
         args: &BTreeMap<String, (Value, Span)>,
         p: &str,
-        (dim, example): (Dim, &str),
+        (dim, range, example): (Dim, FigureRange, &str),
         default: Option<f64>,
         (ctor, ctor_span): (&str, Span),
     ) -> Option<f64> {
         match args.get(p) {
-            Some((v, s)) => self.quantity(v, *s, dim, &format!("`{p}`"), example),
+            Some((v, s)) => self.figure(v, *s, (dim, range), &format!("`{p}`"), example),
             None => {
                 if default.is_none() {
                     self.diags.push(
@@ -750,14 +858,14 @@ impl Checker {
                     let bw = self.ctor_quantity(
                         &a,
                         "bandwidth",
-                        (Dim::BANDWIDTH, "450 GB/s"),
+                        (Dim::BANDWIDTH, MAX_BANDWIDTH, "450 GB/s"),
                         None,
                         (&c, it.value.span),
                     );
                     let lat = self.ctor_quantity(
                         &a,
                         "latency",
-                        (Dim::TIME, "1 us"),
+                        (Dim::TIME, MAX_LATENCY, "1 us"),
                         Some(0.0),
                         (&c, it.value.span),
                     );
@@ -789,10 +897,10 @@ impl Checker {
         if let Some(it) = g.get("nic").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
             nic_bandwidth = self
-                .quantity(
+                .figure(
                     &v,
                     it.value.span,
-                    Dim::BANDWIDTH,
+                    (Dim::BANDWIDTH, MAX_BANDWIDTH),
                     "NIC bandwidth",
                     "400 Gb/s",
                 )
@@ -818,10 +926,10 @@ impl Checker {
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
             power_overhead = self
-                .quantity(
+                .figure(
                     &v,
                     it.value.span,
-                    Dim::POWER,
+                    (Dim::POWER, NODE_POWER),
                     "node power overhead",
                     "1500 W",
                 )
@@ -830,7 +938,13 @@ impl Checker {
         let mut price = None;
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            price = self.quantity(&v, it.value.span, Dim::PRICE_RATE, "price", "$20/h");
+            price = self.figure(
+                &v,
+                it.value.span,
+                (Dim::PRICE_RATE, MAX_PRICE),
+                "price",
+                "$20/h",
+            );
         }
         self.leave(&key);
         let result = match device {
@@ -952,11 +1066,17 @@ impl Checker {
         let bandwidth = self.ctor_quantity(
             &a,
             "bandwidth",
-            (Dim::BANDWIDTH, "400 Gb/s"),
+            (Dim::BANDWIDTH, MAX_BANDWIDTH, "400 Gb/s"),
             None,
             (&c, span),
         );
-        let latency = self.ctor_quantity(&a, "latency", (Dim::TIME, "5 us"), None, (&c, span));
+        let latency = self.ctor_quantity(
+            &a,
+            "latency",
+            (Dim::TIME, MAX_LATENCY, "5 us"),
+            None,
+            (&c, span),
+        );
         let rack_nodes = match a.get("rack_nodes") {
             Some((v, s)) => self.count(v, *s, "`rack_nodes`"),
             None => Some(1),
@@ -968,9 +1088,9 @@ impl Checker {
         let oversubscription = match a.get("oversubscription") {
             Some((v, s)) => {
                 let q = self.num(v, *s)?;
-                if !q.dim.is_none() || q.value < 1.0 {
+                if !q.dim.is_none() || !(1.0..=1e6).contains(&q.value) {
                     self.diags.push(
-                        Diagnostic::error(Code::L046, format!("oversubscription must be a ratio of at least 1, got {q}"), *s)
+                        Diagnostic::error(Code::L046, format!("oversubscription must be a ratio from 1 to 1e6, got {q}"), *s)
                             .with_label(*s, "write 7 for 1:7")
                             .with_help("1 means full bisection; 7 means seven times more downlink than uplink bandwidth"),
                     );
