@@ -231,6 +231,70 @@ fn err(
     }
 }
 
+/// A point's knobs as typed values (`None`: not pinned, the default
+/// applies). The search fills one per point without building a pin map;
+/// [`resolve`] reads one from pins.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Knobs {
+    pub tp: Option<i64>,
+    pub pp: Option<i64>,
+    pub cp: Option<i64>,
+    pub ep: Option<i64>,
+    pub dp: Option<i64>,
+    pub microbatch: Option<i64>,
+    pub virtual_stages: Option<i64>,
+    pub batch: Option<i64>,
+    pub zero: Option<i64>,
+    pub recompute: Option<Recompute>,
+    pub sequence_parallel: Option<bool>,
+}
+
+impl Knobs {
+    /// The typed knobs of `pins` (pins of another type than the knob's
+    /// are left to the checker and read as unpinned, as before).
+    pub fn from_pins(pins: &BTreeMap<String, Pin>) -> Knobs {
+        let int = |k: &str| match pins.get(k) {
+            Some(Pin::Int(v)) => Some(*v),
+            _ => None,
+        };
+        Knobs {
+            tp: int("tp"),
+            pp: int("pp"),
+            cp: int("cp"),
+            ep: int("ep"),
+            dp: int("dp"),
+            microbatch: int("microbatch"),
+            virtual_stages: int("virtual_stages"),
+            batch: int("batch"),
+            zero: int("zero"),
+            recompute: match pins.get("recompute") {
+                Some(Pin::Choice(c)) => Some(Recompute::parse(c).unwrap_or(Recompute::None)),
+                _ => None,
+            },
+            sequence_parallel: match pins.get("sequence_parallel") {
+                Some(Pin::Bool(b)) => Some(*b),
+                _ => None,
+            },
+        }
+    }
+
+    /// An integer knob by name.
+    fn int(&self, k: &str) -> Option<i64> {
+        match k {
+            "tp" => self.tp,
+            "pp" => self.pp,
+            "cp" => self.cp,
+            "ep" => self.ep,
+            "dp" => self.dp,
+            "microbatch" => self.microbatch,
+            "virtual_stages" => self.virtual_stages,
+            "batch" => self.batch,
+            "zero" => self.zero,
+            _ => None,
+        }
+    }
+}
+
 /// Builds a design point from pins and defaults, and checks it against the
 /// workload and the system. Never adjusts a pin silently.
 pub fn resolve(
@@ -238,13 +302,13 @@ pub fn resolve(
     ir: &Ir,
     system: &Cluster,
 ) -> Result<DesignPoint, PinError> {
+    resolve_knobs(&Knobs::from_pins(pins), ir, system)
+}
+
+/// [`resolve`] on typed knobs.
+pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignPoint, PinError> {
     use gantry_lang::diagnostic::Code;
-    let int = |k: &str, d: i64| -> i64 {
-        match pins.get(k) {
-            Some(Pin::Int(v)) => *v,
-            _ => d,
-        }
-    };
+    let int = |k: &str, d: i64| -> i64 { knobs.int(k).unwrap_or(d) };
     let devices = system.devices() as i64;
     for k in [
         "tp",
@@ -256,8 +320,8 @@ pub fn resolve(
         "virtual_stages",
         "batch",
     ] {
-        if let Some(Pin::Int(v)) = pins.get(k)
-            && *v < 1
+        if let Some(v) = knobs.int(k)
+            && v < 1
         {
             let knob: &'static str = gantry_lang::check::KNOBS
                 .iter()
@@ -275,8 +339,8 @@ pub fn resolve(
     // Degrees come from the user: every product is checked (an overflow
     // means more devices than any system has).
     let model_par = tp.checked_mul(pp).and_then(|x| x.checked_mul(cp));
-    let dp = match (pins.get("dp"), model_par) {
-        (Some(Pin::Int(v)), _) => *v,
+    let dp = match (knobs.dp, model_par) {
+        (Some(v), _) => v,
         (_, Some(m)) => (devices / m).max(1),
         (_, None) => 1,
     };
@@ -284,12 +348,12 @@ pub fn resolve(
     if used.is_none_or(|u| u > devices) {
         // Name the knob that was pinned past the system: a pinned `dp` only
         // when the model-parallel degrees fit on their own.
-        let knob = if pins.contains_key("dp") && model_par.is_some_and(|m| m <= devices) {
+        let knob = if knobs.dp.is_some() && model_par.is_some_and(|m| m <= devices) {
             "dp"
         } else {
             ["tp", "pp", "cp"]
                 .into_iter()
-                .filter(|k| pins.contains_key(*k))
+                .filter(|k| knobs.int(k).is_some())
                 .max_by_key(|k| int(k, 1))
                 .unwrap_or("dp")
         };
@@ -313,15 +377,12 @@ pub fn resolve(
             "use 0, 1, 2 or 3",
         ));
     }
-    let recompute = match pins.get("recompute") {
-        Some(Pin::Choice(c)) => Recompute::parse(c).unwrap_or(Recompute::None),
-        _ => Recompute::None,
-    };
-    let sequence_parallel = matches!(pins.get("sequence_parallel"), Some(Pin::Bool(true)));
+    let recompute = knobs.recompute.unwrap_or(Recompute::None);
+    let sequence_parallel = knobs.sequence_parallel == Some(true);
     // Without a pipeline there is nothing to interleave: the default
     // microbatch is the whole per-replica batch (no gradient accumulation).
-    let microbatch = match (&ir.phase, pins.get("microbatch")) {
-        (_, Some(Pin::Int(v))) => *v,
+    let microbatch = match (&ir.phase, knobs.microbatch) {
+        (_, Some(v)) => v,
         (Phase::Train { global_batch, .. }, _) if pp == 1 => (*global_batch as i64 / dp).max(1),
         _ => 1,
     };
@@ -393,7 +454,7 @@ pub fn resolve(
             "expert parallelism splits the experts of a mixture-of-experts model; leave `ep` at 1 for a dense model",
         ));
     }
-    if matches!(ir.phase, Phase::Train { .. }) && pins.contains_key("batch") {
+    if matches!(ir.phase, Phase::Train { .. }) && knobs.batch.is_some() {
         return Err(err(
             Code::C012,
             "batch",

@@ -19,7 +19,7 @@ use gantry_lang::program::{Cmp, Constraint, Domain, Goal, MetricExpr, Phase, Pla
 use crate::cost::{Estimate, Evaluator};
 use crate::hardware::Hardware;
 use crate::ir::Ir;
-use crate::point::{Pin, PinError, Recompute, resolve};
+use crate::point::{Pin, PinError, Recompute};
 
 /// Candidate values of each knob.
 #[derive(Clone, Debug, PartialEq)]
@@ -387,7 +387,7 @@ pub fn score(plan: &Plan, e: &Estimate) -> f64 {
 /// Every enumerated point is counted once, under the first of: redundant
 /// (a knob that does nothing at this mesh), set aside by the e-graph's
 /// sequence-parallel choice, invalid (the mesh exceeds the devices, or
-/// [`resolve`] rejects the pins), pruned by the memory bound
+/// [`crate::point::resolve_knobs`] rejects the knobs), pruned by the memory bound
 /// ([`Evaluator::memory_floor`] above HBM), evaluated (then feasible or
 /// infeasible).
 pub fn run(
@@ -415,7 +415,6 @@ pub fn run(
     };
     // The memory bound depends on (tp, pp, cp, dp, ep, zero) only.
     let mut floors: BTreeMap<(u64, u64, u64, u64, u64, u8), f64> = BTreeMap::new();
-    let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
@@ -470,41 +469,28 @@ pub fn run(
                                                     stats.invalid += 1;
                                                     continue;
                                                 }
-                                                // One map for every point: values
-                                                // are overwritten in place (no key
-                                                // allocation per point).
-                                                let ints = [
-                                                    ("tp", tp),
-                                                    ("cp", cp),
-                                                    ("pp", pp),
-                                                    ("dp", dp),
-                                                    ("ep", ep),
-                                                    ("zero", zero),
-                                                    ("microbatch", mb),
-                                                    ("virtual_stages", v),
-                                                ];
-                                                for (k, x) in ints {
-                                                    set_pin(&mut pins, k, Pin::Int(x));
-                                                }
-                                                set_pin(
-                                                    &mut pins,
-                                                    "recompute",
-                                                    Pin::Choice(rc.to_string()),
-                                                );
-                                                set_pin(
-                                                    &mut pins,
-                                                    "sequence_parallel",
-                                                    Pin::Bool(seqp),
-                                                );
-                                                match b {
-                                                    Some(b) => {
-                                                        set_pin(&mut pins, "batch", Pin::Int(*b))
-                                                    }
-                                                    None => {
-                                                        pins.remove("batch");
-                                                    }
-                                                }
-                                                let point = match resolve(&pins, ir, &plan.system) {
+                                                // Typed knobs: no pin map per point.
+                                                let knobs = crate::point::Knobs {
+                                                    tp: Some(tp),
+                                                    cp: Some(cp),
+                                                    pp: Some(pp),
+                                                    dp: Some(dp),
+                                                    ep: Some(ep),
+                                                    zero: Some(zero),
+                                                    microbatch: Some(mb),
+                                                    virtual_stages: Some(v),
+                                                    recompute: Some(
+                                                        Recompute::parse(rc)
+                                                            .unwrap_or(Recompute::None),
+                                                    ),
+                                                    sequence_parallel: Some(seqp),
+                                                    batch: *b,
+                                                };
+                                                let point = match crate::point::resolve_knobs(
+                                                    &knobs,
+                                                    ir,
+                                                    &plan.system,
+                                                ) {
                                                     Ok(p) => p,
                                                     Err(e) => {
                                                         stats.invalid += 1;
@@ -641,15 +627,5 @@ pub fn run(
         stop: StopReason::Exhausted,
         tightest,
         first_error,
-    }
-}
-
-/// Sets pin `k`, allocating its key only the first time.
-fn set_pin(pins: &mut BTreeMap<String, Pin>, k: &str, v: Pin) {
-    match pins.get_mut(k) {
-        Some(slot) => *slot = v,
-        None => {
-            pins.insert(k.to_string(), v);
-        }
     }
 }

@@ -10,7 +10,8 @@
 //! costs from it and the runtime asks it, op by op, which layouts to use.
 //! Nothing else decides a layout. That the runtime's bytes equal the
 //! priced ones is checked by `tests/sharding.rs`, `tests/sharding_prop.rs`
-//! and `tests/traffic.rs` (known exceptions are the `known_*` cases there).
+//! and `tests/traffic.rs`, uneven splits and grouped key/value heads
+//! included (the busiest rank's share is [`Comm::busiest_sent`]).
 //!
 //! The rule goes by op class, not by pattern (outputs and gradients of
 //! random blocks equal the reference in `tests/sharding_prop.rs`):
