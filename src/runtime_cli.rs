@@ -44,6 +44,13 @@ pub struct TargetArgs {
     pub scale: Option<String>,
     #[arg(long = "lib")]
     pub lib: Vec<PathBuf>,
+    /// Contractions (linear, matmul, attention) to run whole on every
+    /// tensor-parallel rank, by the name of the tensor each produces, e.g.
+    /// `q,gate`: a pinned layout choice that replaces the e-graph
+    /// extraction's, in the run and in the cost model it is checked
+    /// against (training plans).
+    #[arg(long, value_delimiter = ',', conflicts_with = "plan_json")]
+    pub whole: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -413,14 +420,20 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             })?,
     };
     plan.system = simulated_system(devices.max(1), plan.span);
-    let ev = match gantry_compiler::plan::evaluate(&plan, &pins) {
+    let mut ev = match gantry_compiler::plan::evaluate(&plan, &pins) {
         Ok(ev) => ev,
         Err(e) => return Err(crate::pin_error_with(&e, &cli_pins)),
     };
+    if !a.whole.is_empty() {
+        pin_whole(&mut ev, &workload, &a.whole).map_err(|e| fail(&e))?;
+    }
     let placement = gantry_compiler::plan::table_placement(&ev, &plan);
-    let par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
+    let mut par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
         .map_err(|e| fail(&e))?
         .with_tables(&workload, &placement);
+    // The contractions the extraction runs whole (or `--whole` pins): the
+    // program the cost model priced is the one the devices run.
+    par.whole = ev.ir.whole(par.tp).into_iter().collect();
     if (par.devices() as u64) < devices {
         eprintln!(
             "note: the design point uses {} of the {devices} devices",
@@ -439,6 +452,58 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             .map(|c| (c.what.to_string(), c.bytes))
             .collect(),
     })
+}
+
+/// Applies `--whole`: the named contractions run whole at the point's
+/// degree, and the point is priced again with that program.
+fn pin_whole(
+    ev: &mut gantry_compiler::plan::Evaluation,
+    workload: &Workload,
+    names: &[String],
+) -> Result<(), RuntimeError> {
+    use gantry_lang::program::OpKind;
+    if !matches!(workload.phase, Phase::Train { .. }) {
+        return Err(RuntimeError::new(
+            gantry_runtime::RCode::R002,
+            "`--whole` pins a training plan's layouts; this workload does not train",
+        ));
+    }
+    let g = &workload.model.graph;
+    let ops = gantry_compiler::sharded::ops_of(&g.body);
+    let mut whole = std::collections::BTreeSet::new();
+    for name in names {
+        let found: Vec<_> = ops
+            .iter()
+            .filter(|o| g.tensor(o.output).name == *name)
+            .filter(|o| {
+                matches!(
+                    o.kind,
+                    OpKind::Linear { .. } | OpKind::MatMul | OpKind::Attention { .. }
+                )
+            })
+            .map(|o| o.output)
+            .collect();
+        if found.is_empty() {
+            return Err(RuntimeError::new(
+                gantry_runtime::RCode::R002,
+                format!(
+                    "`--whole {name}`: no linear, matmul or attention of `{}` produces a tensor named `{name}`",
+                    workload.model.name
+                ),
+            ));
+        }
+        whole.extend(found);
+    }
+    let tp = ev.estimate.point.tp as usize;
+    ev.ir.set_whole(tp, whole);
+    let priced = gantry_compiler::cost::Evaluator {
+        ir: &ev.ir,
+        hw: &ev.hardware,
+        prefill: None,
+    }
+    .evaluate(&ev.estimate.point);
+    ev.estimate = priced;
+    Ok(())
 }
 
 /// `gantry run`.

@@ -28,6 +28,7 @@ fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::run
         devices: None,
         scale: Some(scale.into()),
         lib: Vec::new(),
+        whole: Vec::new(),
     };
     match resolve_target(&a) {
         Ok(t) => t,
@@ -229,6 +230,7 @@ fn planner_points_run() {
             devices: Some(8),
             scale: Some(scale.into()),
             lib: Vec::new(),
+            whole: Vec::new(),
         };
         let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file}: does not resolve"));
         let cfg = RunConfig {

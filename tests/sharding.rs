@@ -353,6 +353,7 @@ fn args(name: &str, body: &str, fix: &str) -> TargetArgs {
         devices: None,
         scale: None,
         lib: Vec::new(),
+        whole: Vec::new(),
     }
 }
 

@@ -539,6 +539,7 @@ fn run_source(name: &str, src: &str, fix: &str) -> Result<Outcome, String> {
         devices: None,
         scale: None,
         lib: Vec::new(),
+        whole: Vec::new(),
     };
     let t = resolve_target(&a)
         .map_err(|_| format!("does not resolve at {fix} (see stderr):\n{src}"))?;
@@ -676,10 +677,8 @@ fn print_program(src: &str, p: &Point) {
         .collect();
     let mesh = if std::env::var("GANTRY_PROP_SYMBOLIC").is_ok() {
         Mesh {
-            tp: 1 << 20,
             sp: p.sp,
-            rows_fit: None,
-            symbolic: true,
+            ..Mesh::symbolic(1 << 20)
         }
     } else {
         Mesh::new(p.tp, p.sp)

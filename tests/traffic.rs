@@ -22,6 +22,7 @@ fn rows_at(fix: &str, scale: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
         devices: None,
         scale: Some(scale.into()),
         lib: Vec::new(),
+        whole: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{fix}: does not resolve"));
     let cfg = RunConfig {
@@ -49,6 +50,7 @@ fn expert_traffic_is_the_cost_models() {
         devices: None,
         scale: None,
         lib: Vec::new(),
+        whole: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("does not resolve"));
     let cfg = RunConfig {

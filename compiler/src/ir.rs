@@ -19,7 +19,7 @@
 //! and kept), so that key/value head grouping, uneven splits and heads
 //! that do not divide are priced as the runtime runs them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use gantry_lang::program::{DType, Graph, Item, OpKind, Phase, TensorId, Workload};
@@ -110,6 +110,8 @@ pub struct Programs {
     /// The output tensor of every op, per segment.
     outputs: Vec<Vec<TensorId>>,
     memo: Mutex<HashMap<(usize, bool), Arc<TpTable>>>,
+    /// Per degree, the contractions the e-graph's extraction runs whole.
+    whole: Mutex<HashMap<usize, BTreeSet<TensorId>>>,
 }
 
 impl Clone for Programs {
@@ -120,6 +122,7 @@ impl Clone for Programs {
             widths: self.widths.clone(),
             outputs: self.outputs.clone(),
             memo: Mutex::new(self.memo.lock().map(|m| m.clone()).unwrap_or_default()),
+            whole: Mutex::new(self.whole.lock().map(|m| m.clone()).unwrap_or_default()),
         }
     }
 }
@@ -152,8 +155,31 @@ impl Programs {
         t
     }
 
+    fn whole(&self, tp: usize) -> BTreeSet<TensorId> {
+        self.whole
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&tp).cloned())
+            .unwrap_or_default()
+    }
+
+    fn set_whole(&self, tp: usize, whole: BTreeSet<TensorId>) {
+        if let Ok(mut m) = self.whole.lock() {
+            if m.get(&tp) == Some(&whole) {
+                return;
+            }
+            m.insert(tp, whole);
+        }
+        if let Ok(mut m) = self.memo.lock() {
+            m.retain(|(t, _), _| *t != tp);
+        }
+    }
+
     fn build(&self, tp: usize, sp: bool) -> TpTable {
-        let mesh = Mesh::new(tp, sp);
+        let mesh = Mesh {
+            whole: self.whole(tp),
+            ..Mesh::new(tp, sp)
+        };
         let (program, unshardable) = match crate::sharded::build(&self.graph, &self.numel, &mesh) {
             Ok(p) => (p, None),
             // A replicated build has no failure path.
@@ -339,6 +365,17 @@ impl Ir {
     /// parallelism or not, as the cost model reads it (built once).
     pub fn tp_table(&self, tp: usize, sequence_parallel: bool) -> Arc<TpTable> {
         self.programs.table(tp, sequence_parallel)
+    }
+    /// The contractions (by output tensor) the program on degree `tp` runs
+    /// whole: the e-graph extraction's choice ([`Ir::set_whole`]), empty
+    /// until one is made.
+    pub fn whole(&self, tp: usize) -> BTreeSet<TensorId> {
+        self.programs.whole(tp)
+    }
+    /// Records the extraction's choice of whole contractions on degree
+    /// `tp`: every later [`Ir::tp_table`] on that degree builds with it.
+    pub fn set_whole(&self, tp: usize, whole: BTreeSet<TensorId>) {
+        self.programs.set_whole(tp, whole);
     }
     /// The index of [`Ir::body`] in `segments`.
     pub fn body_index(&self) -> Option<usize> {
@@ -577,6 +614,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
                 .map(|s| s.ops.iter().map(|o| o.output).collect())
                 .collect(),
             memo: Mutex::new(HashMap::new()),
+            whole: Mutex::new(HashMap::new()),
         },
         segments,
     })

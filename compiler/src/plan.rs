@@ -104,6 +104,12 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
     for (k, v) in overrides {
         pins.insert(k.clone(), v.clone());
     }
+    // The program at the pinned degree is the extraction's, as in search.
+    if let Some(Pin::Int(tp)) = pins.get("tp")
+        && *tp > 1
+    {
+        extract_layers(&ir, &hardware, &[*tp]);
+    }
     let ev = Evaluator {
         ir: &ir,
         hw: &hardware,
@@ -226,6 +232,94 @@ pub struct LayerPlan {
     pub reduce_scatters: usize,
     pub all_gathers: usize,
     pub term: String,
+    /// The contractions (output tensor ids) this extraction runs whole.
+    pub whole: Vec<u32>,
+}
+
+/// The e-graph's extraction of the repeated block on each degree.
+pub struct Extracted {
+    pub plans: Vec<LayerPlan>,
+    pub nodes: usize,
+    pub stop: String,
+}
+
+/// Saturates the repeated block of a training workload once and extracts
+/// it per tensor-parallel degree in `tps`, priced on `hardware`: the
+/// extraction's sequence-parallel choice is returned per degree, and the
+/// contractions it runs whole are recorded in the IR ([`Ir::set_whole`]),
+/// so that the cost model prices, and the runtime runs, the program built
+/// with them. Search and single-point evaluation both call it.
+pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
+    let mut out = Extracted {
+        plans: Vec::new(),
+        nodes: 0,
+        stop: "not run (no repeated block)".to_string(),
+    };
+    let (Some(body), Phase::Train { .. }) = (ir.body(), &ir.phase) else {
+        return out;
+    };
+    let ev = Evaluator {
+        ir,
+        hw: hardware,
+        prefill: None,
+    };
+    let probe = crate::point::DesignPoint {
+        dp: 1,
+        tp: 1,
+        pp: 1,
+        cp: 1,
+        ep: 1,
+        zero: 0,
+        recompute: crate::point::Recompute::None,
+        microbatch: 1,
+        virtual_stages: 1,
+        sequence_parallel: false,
+        batch: 1,
+    };
+    let block = crate::egraph::saturate(
+        body,
+        ev.body_op_times(&probe),
+        ir.tokens_per_sample * ir.hidden,
+        crate::egraph::Limits::default(),
+    );
+    out.nodes = block.nodes;
+    out.stop = block.stop_reason.clone();
+    // All-reduce seconds per element per sample, from the time of one
+    // hidden state on this mesh's tensor-parallel group.
+    let hidden = (ir.tokens_per_sample * ir.hidden).max(1.0);
+    for &tp in tps {
+        let ar = hardware.topo.time(
+            crate::collective::Collective::AllReduce,
+            tp as u64,
+            1,
+            hidden * ir.act_bytes,
+        ) / hidden;
+        let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
+        let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
+        let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);
+        let whole: std::collections::BTreeSet<gantry_lang::program::TensorId> = if tp > 1 {
+            crate::egraph::whole_ops(&term)
+                .into_iter()
+                .filter_map(|i| body.ops.get(i).map(|o| o.output))
+                .collect()
+        } else {
+            Default::default()
+        };
+        if let Ok(t) = usize::try_from(tp) {
+            ir.set_whole(t, whole.clone());
+        }
+        out.plans.push(LayerPlan {
+            tp,
+            seconds: cost,
+            sequence_parallel: uses_sp,
+            allreduces: ar_n,
+            reduce_scatters: rs_n,
+            all_gathers: ag_n,
+            term: term.to_string(),
+            whole: whole.iter().map(|t| t.0).collect(),
+        });
+    }
+    out
 }
 
 /// Searches the plan's space (its `search` domains, `fix` pins and
@@ -239,63 +333,14 @@ pub fn search(
     let (ir, hardware, prefill) = prepare(plan)?;
     let space = search::space(plan, &ir, overrides);
     space.check_size()?;
-    // Saturate the repeated block once; extract per tensor-parallel degree.
-    let mut layer_plans = Vec::new();
-    let mut sp_by_tp = BTreeMap::new();
-    let mut egraph_nodes = 0;
-    let mut egraph_stop = "not run (no repeated block)".to_string();
-    if let (Some(body), Phase::Train { .. }) = (ir.body(), &ir.phase) {
-        let ev = Evaluator {
-            ir: &ir,
-            hw: &hardware,
-            prefill: None,
-        };
-        let probe = crate::point::DesignPoint {
-            dp: 1,
-            tp: 1,
-            pp: 1,
-            cp: 1,
-            ep: 1,
-            zero: 0,
-            recompute: crate::point::Recompute::None,
-            microbatch: 1,
-            virtual_stages: 1,
-            sequence_parallel: false,
-            batch: 1,
-        };
-        let block = crate::egraph::saturate(
-            body,
-            ev.body_op_times(&probe),
-            ir.tokens_per_sample * ir.hidden,
-            crate::egraph::Limits::default(),
-        );
-        egraph_nodes = block.nodes;
-        egraph_stop = block.stop_reason.clone();
-        // All-reduce seconds per element per sample, from the time of one
-        // hidden state on this mesh's tensor-parallel group.
-        let hidden = (ir.tokens_per_sample * ir.hidden).max(1.0);
-        for &tp in &space.tp {
-            let ar = hardware.topo.time(
-                crate::collective::Collective::AllReduce,
-                tp as u64,
-                1,
-                hidden * ir.act_bytes,
-            ) / hidden;
-            let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
-            let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
-            let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);
-            sp_by_tp.insert(tp, uses_sp);
-            layer_plans.push(LayerPlan {
-                tp,
-                seconds: cost,
-                sequence_parallel: uses_sp,
-                allreduces: ar_n,
-                reduce_scatters: rs_n,
-                all_gathers: ag_n,
-                term: term.to_string(),
-            });
-        }
-    }
+    let extracted = extract_layers(&ir, &hardware, &space.tp);
+    let sp_by_tp: BTreeMap<i64, bool> = extracted
+        .plans
+        .iter()
+        .map(|l| (l.tp, l.sequence_parallel))
+        .collect();
+    let (layer_plans, egraph_nodes, egraph_stop) =
+        (extracted.plans, extracted.nodes, extracted.stop);
     let mut out = search::run(
         plan,
         &ir,

@@ -227,6 +227,10 @@ pub struct Mesh {
     /// accepts (it divides the attention heads), so head splits are not
     /// re-checked; key/value heads are replicated when fewer than `tp`.
     pub symbolic: bool,
+    /// Contractions (linear, matmul, attention; by output tensor) that
+    /// run whole on every rank: the e-graph's extraction found them
+    /// cheaper unsplit on this mesh (`crate::egraph::whole_ops`).
+    pub whole: BTreeSet<TensorId>,
 }
 
 impl Mesh {
@@ -236,6 +240,7 @@ impl Mesh {
             sp,
             rows_fit: None,
             symbolic: false,
+            whole: BTreeSet::new(),
         }
     }
     /// A degree standing for any the planner accepts (what is split, not
@@ -546,7 +551,7 @@ impl Builder<'_> {
                 let reads = ins.iter().map(|t| self.read(*t, lay, &mut comms)).collect();
                 (Strategy::Local, reads, lay)
             }
-            OpKind::Linear { .. } if self.whole_linears => {
+            OpKind::Linear { .. } if self.whole_linears || self.mesh.whole.contains(&op.output) => {
                 let r = self.read(ins[0], Layout::Rep, &mut comms);
                 (Strategy::Replicated, vec![r], Layout::Rep)
             }
@@ -563,7 +568,10 @@ impl Builder<'_> {
             }
             OpKind::MatMul => {
                 let (a, bt) = (ins[0], ins[1]);
-                if self.l(a) == Layout::Rep && matches!(self.l(bt), Layout::Cols { .. }) {
+                if self.l(a) == Layout::Rep
+                    && matches!(self.l(bt), Layout::Cols { .. })
+                    && !self.mesh.whole.contains(&op.output)
+                {
                     let bl = self.l(bt);
                     (Strategy::Column, vec![Layout::Rep, bl], bl)
                 } else {
@@ -577,6 +585,7 @@ impl Builder<'_> {
             } => {
                 let (q, k, v) = (ins[0], ins[1], ins[2]);
                 let split = self.l(q) == Layout::cols(tp)
+                    && !self.mesh.whole.contains(&op.output)
                     && (self.mesh.symbolic || (*heads as usize).is_multiple_of(tp));
                 if split {
                     // Keys and values are read split only in whole

@@ -176,6 +176,36 @@ pub fn uses_sequence_parallel(e: &RecExpr<Shard>) -> bool {
         .any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_) | Shard::RedSeq(_)))
 }
 
+/// The IR op indices of the contractions (linear, matmul, attention) an
+/// extracted block runs whole: present unsplit and never split. On a mesh
+/// where a split costs more than it saves (a small projection whose
+/// gather's latency exceeds its compute) this is the extraction's
+/// decision that the sharded program honours (`sharded::Mesh::whole`).
+pub fn whole_ops(e: &RecExpr<Shard>) -> std::collections::BTreeSet<usize> {
+    use std::collections::BTreeSet;
+    let index = |id: &Id| match &e[*id] {
+        Shard::Num(n) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    let mut whole = BTreeSet::new();
+    let mut split = BTreeSet::new();
+    for n in e.as_ref() {
+        match n {
+            Shard::Lin([i, _]) | Shard::Attn([i, ..]) | Shard::Mm([i, ..]) => {
+                whole.extend(index(i));
+            }
+            Shard::LinCol([i, _])
+            | Shard::LinRow([i, _])
+            | Shard::AttnHeads([i, ..])
+            | Shard::MmCol([i, ..]) => {
+                split.extend(index(i));
+            }
+            _ => {}
+        }
+    }
+    whole.difference(&split).copied().collect()
+}
+
 /// Counts collectives of each kind in an extracted block.
 pub fn collective_counts(e: &RecExpr<Shard>) -> (usize, usize, usize) {
     let mut ar = 0;

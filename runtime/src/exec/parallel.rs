@@ -37,6 +37,9 @@ pub struct Parallel {
     /// after them (norms, elementwise, residuals) run on the local rows;
     /// the rows are all-gathered before any other op reads them.
     pub sp: bool,
+    /// Contractions (by output tensor) the plan's extracted program runs
+    /// whole on every tensor-parallel rank (`sharded::Mesh::whole`).
+    pub whole: Vec<gantry_lang::program::TensorId>,
     /// ZeRO stage: with `zero >= 1` the optimizer state of a block shared
     /// by `R` devices is cut into `R` parts, one per device, and the step
     /// all-gathers the updated parts (see [`crate::optim`]).
@@ -75,6 +78,7 @@ impl Default for Parallel {
             microbatch: 1,
             stage_layers: Vec::new(),
             sp: false,
+            whole: Vec::new(),
             zero: 0,
             tables: Vec::new(),
         }
@@ -128,6 +132,8 @@ impl Parallel {
             microbatch,
             stage_layers,
             sp: p.sequence_parallel,
+            // Set by the caller from the plan's extraction.
+            whole: Vec::new(),
             zero: p.zero,
             tables: Vec::new(),
         })

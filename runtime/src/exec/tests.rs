@@ -67,6 +67,7 @@ workload w {
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: false,
+                whole: Vec::new(),
             };
             let r = run(&w, &par, &RunConfig::default()).expect("runs");
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {:?}", r);
@@ -108,6 +109,7 @@ workload w {
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: true,
+                whole: Vec::new(),
             };
             let r = run(&w, &par, &cfg).expect("runs");
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {r:?}");
@@ -148,6 +150,7 @@ workload w {
             microbatch: 2,
             stage_layers: vec![1, 1],
             sp: false,
+            whole: Vec::new(),
         };
         let cfg = RunConfig {
             fault: Some(att),
@@ -185,6 +188,7 @@ mod grad_tests {
             microbatch: mb,
             stage_layers: even_split(2, pp),
             sp,
+            whole: Vec::new(),
         }
     }
 
