@@ -547,3 +547,85 @@ fn efficiency_schema_matches_the_cost_model() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// One rule for the default plan (README, "Which plan runs"): without
+/// `--plan`, `plan` takes the plan declared first, not the alphabetically
+/// first; `study` runs every study in declaration order.
+#[test]
+fn default_plan_is_the_first_declared() {
+    let base = std::fs::read_to_string("tests/inputs/valid/plan.gantry").expect("input");
+    let body = base
+        .split("plan p on C")
+        .next()
+        .expect("declarations before the plan");
+    let plans = "plan zeta on C for pretrain {\n  fix tp = 8, pp = 1\n  objective maximize tokens_per_s\n}\n\nplan alpha on C for pretrain {\n  fix tp = 4, pp = 1\n  objective maximize tokens_per_s\n}\n";
+    let f = temp("two_plans.gantry", &format!("{body}{plans}"));
+    let (_, out, err) = gantry(&["plan", &f, "--fix", "zero=1"]);
+    assert!(out.starts_with("plan zeta:"), "{out}{err}");
+    let (_, out, err) = gantry(&["plan", &f, "--plan", "alpha", "--fix", "zero=1"]);
+    assert!(out.starts_with("plan alpha:"), "{out}{err}");
+    let (_, out, err) = gantry(&["plan", &f, "--top", "1"]);
+    assert!(out.starts_with("plan zeta:"), "{out}{err}");
+}
+
+/// Every diagnostic code written anywhere in the sources (`L0xx`, `C0xx`,
+/// `R0xx` in the `.rs` files of every crate) is known to `gantry explain`
+/// with its long text: a new code without a text fails here.
+#[test]
+fn explain_knows_every_code_in_the_sources() {
+    fn rs_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rs_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["src", "lang/src", "compiler/src", "runtime/src"] {
+        rs_files(std::path::Path::new(d), &mut files);
+    }
+    // A code: one of L, C, R, then three digits, not inside a longer word.
+    let mut codes = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("source");
+        let b = text.as_bytes();
+        for i in 0..b.len().saturating_sub(3) {
+            let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+            let word_end = b
+                .get(i + 4)
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+            if word_start
+                && word_end
+                && matches!(b[i], b'L' | b'C' | b'R')
+                && b[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+            {
+                codes.insert(text[i..i + 4].to_string());
+            }
+        }
+    }
+    assert!(codes.len() > 60, "found only {codes:?}");
+    for needed in ["L040", "C010", "R007"] {
+        assert!(codes.contains(needed), "{needed} not found in {codes:?}");
+    }
+    let (code, list, _) = gantry(&["explain"]);
+    assert_eq!(code, 0);
+    for c in &codes {
+        assert!(
+            list.lines().any(|l| l.starts_with(c.as_str())),
+            "`gantry explain` does not list {c}"
+        );
+        let (status, out, err) = gantry(&["explain", c]);
+        assert_eq!(status, 0, "gantry explain {c}: {err}");
+        let long = out.split_once("\n\n").map_or("", |(_, l)| l.trim());
+        assert!(
+            long.len() >= 60 && long.contains("Fix:"),
+            "gantry explain {c} has no long text (add one in src/explain.rs):\n{out}"
+        );
+    }
+    // Lowercase works; an unknown code is a usage error.
+    assert_eq!(gantry(&["explain", "r007"]).0, 0);
+    assert_eq!(gantry(&["explain", "X999"]).0, 2);
+}

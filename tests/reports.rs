@@ -37,7 +37,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "zero=1,recompute=full,microbatch=1,virtual_stages=1",
     ),
     ("llm_decode", "examples/llm_decode.gantry", "", ""),
-    ("llm_prefill", "examples/llm_prefill.gantry", "", ""),
+    (
+        "llm_prefill",
+        "examples/llm_prefill.gantry",
+        "llama3_70b_prefill_throughput",
+        "",
+    ),
     ("dlrm_train", "examples/dlrm_train.gantry", "", ""),
     ("dlrm_inference", "examples/dlrm_inference.gantry", "", ""),
     (
@@ -66,7 +71,7 @@ fn plan_reports() {
         let c = gantry::check_files(&[file.to_string()], &[]);
         assert!(!c.has_errors(), "{}", c.render(false));
         let p = if plan.is_empty() {
-            c.program.plans.values().next()
+            gantry::default_plan(&c.program)
         } else {
             c.program.plans.get(*plan)
         }

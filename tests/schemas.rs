@@ -1,0 +1,1 @@
+//! Placeholder while the schema test is written.
