@@ -595,15 +595,21 @@ fn search_cmd(
             j["top"] = serde_json::Value::Array(
                 s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
             );
-            pushln!(report, "{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            pushln!(
+                report,
+                "{}",
+                serde_json::to_string_pretty(&j).unwrap_or_default()
+            );
         }
         _ => {
-            push!(report, 
+            push!(
+                report,
                 "{}",
                 report::text(&s.best, format == ReportFormat::Markdown)
             );
             pushln!(report, "\nSearch");
-            pushln!(report, 
+            pushln!(
+                report,
                 "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible, {} redundant, {} set aside by the e-graph's sequence-parallel choice; {} in {:.3} s; optimality gap {} to {}",
                 s.space_size,
                 s.stats.evaluated,
@@ -619,7 +625,8 @@ fn search_cmd(
             );
             pushln!(report, "\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
-                pushln!(report, 
+                pushln!(
+                    report,
                     "  {:>2}. {:<110} {}",
                     i + 1,
                     e.point.to_string(),
@@ -627,13 +634,15 @@ fn search_cmd(
                 );
             }
             if !s.layer_plans.is_empty() {
-                pushln!(report, 
+                pushln!(
+                    report,
                     "\nRepeated block (e-graph: {} nodes, {})",
                     s.egraph_nodes,
                     s.egraph_stop
                 );
                 for l in &s.layer_plans {
-                    pushln!(report, 
+                    pushln!(
+                        report,
                         "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
                         l.tp,
                         if l.sequence_parallel {

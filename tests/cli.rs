@@ -629,3 +629,135 @@ fn explain_knows_every_code_in_the_sources() {
     assert_eq!(gantry(&["explain", "r007"]).0, 0);
     assert_eq!(gantry(&["explain", "X999"]).0, 2);
 }
+
+/// `gantry fmt DIR` formats every `.gantry` file beneath the folder and
+/// nothing else; comments at the end of a line (after code, after an
+/// opening or closing bracket) and at the end of the file stay where they
+/// were (tests/inputs/_fmt: the input and its expected output).
+#[test]
+fn fmt_formats_folders_and_keeps_trailing_comments() {
+    let src = std::fs::read_to_string("tests/inputs/_fmt/trailing_comments.gantry").expect("input");
+    let want = std::fs::read_to_string("tests/inputs/_fmt/trailing_comments.gantry.expected")
+        .expect("expected");
+    assert!(
+        !src.ends_with('\n'),
+        "the input ends in a comment without a newline"
+    );
+    let dir = std::env::temp_dir().join(format!("gantry-fmt-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nested")).expect("dir");
+    let a = dir.join("a.gantry");
+    let b = dir.join("nested/b.gantry");
+    let other = dir.join("notes.txt");
+    for p in [&a, &b, &other] {
+        std::fs::write(p, &src).expect("write");
+    }
+    let d = dir.to_string_lossy().into_owned();
+    let (code, _, err) = gantry(&["fmt", "--check", &d]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("a.gantry") && err.contains("b.gantry"),
+        "{err}"
+    );
+    let (code, _, err) = gantry(&["fmt", &d]);
+    assert_eq!(code, 0, "{err}");
+    for p in [&a, &b] {
+        assert_eq!(
+            std::fs::read_to_string(p).expect("read"),
+            want,
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&other).expect("read"), src);
+    assert_eq!(gantry(&["fmt", "--check", &d]).0, 0);
+    // Every comment survives, on a line with code where it trailed code.
+    for line in src.lines().filter(|l| l.contains("// after")) {
+        let comment = &line[line.find("//").expect("comment")..];
+        assert!(
+            want.lines()
+                .any(|l| l.ends_with(comment) && !l.trim_start().starts_with("//")),
+            "`{comment}` no longer trails its line:\n{want}"
+        );
+    }
+    // A folder without .gantry files is a usage error.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    assert_eq!(gantry(&["fmt", &empty.to_string_lossy()]).0, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--export` keeps stdout one document: with `--output FILE` the report
+/// (JSON here, so it must parse) is on stdout and the export in the file;
+/// without it, the export is on stdout and the report on stderr.
+#[test]
+fn export_output_keeps_stdout_one_document() {
+    let dir = std::env::temp_dir().join(format!("gantry-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = "examples/reference/b01_22b.gantry";
+    for (kind, marker) in [
+        ("megatron", "--tensor-model-parallel-size"),
+        ("trace", "traceEvents"),
+    ] {
+        let path = dir.join(format!("{kind}.out"));
+        let p = path.to_string_lossy().into_owned();
+        let (code, out, err) = gantry(&[
+            "plan",
+            file,
+            "--plan",
+            "b01_gpt_22b_sp_selective",
+            "--format",
+            "json",
+            "--export",
+            kind,
+            "--output",
+            &p,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+        assert_eq!(v["schema"], "gantry.plan/1");
+        let written = std::fs::read_to_string(&path).expect("export written");
+        assert!(written.contains(marker), "{written}");
+        assert!(!out.contains(marker));
+        // Without --output: only the export on stdout.
+        let (code, out, err) = gantry(&[
+            "plan",
+            file,
+            "--plan",
+            "b01_gpt_22b_sp_selective",
+            "--format",
+            "json",
+            "--export",
+            kind,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, written);
+        assert!(err.contains("\"schema\""), "{err}");
+    }
+    let torch = dir.join("torchrec.json");
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/dlrm_train.gantry",
+        "--export",
+        "torchrec",
+        "--output",
+        &torch.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("plan "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&torch).expect("written")).expect("json");
+    assert_eq!(v["schema"], "gantry.torchrec/1");
+    // --output needs --export; an unwritable path is a usage error.
+    assert_eq!(gantry(&["plan", file, "--output", "x.txt"]).0, 2);
+    let (code, _, _) = gantry(&[
+        "plan",
+        file,
+        "--export",
+        "megatron",
+        "--output",
+        "/nonexistent-dir/x.txt",
+    ]);
+    assert_eq!(code, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
