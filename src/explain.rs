@@ -371,7 +371,7 @@ Fix: none on the user's side; `--tolerance` only if the difference is rounding."
         "R002" => {
             "The plan does not fit the program being run: degrees, stages or batch that the \
 model at its simulated scale cannot take, a file with no plan and no workload, or a \
-`--plan-json` whose contents (the `gantry.plan/1` JSON) do not match the file.\n\
+`--plan-json` whose contents (the `gantry.plan/2` JSON) do not match the file.\n\
 Fix: pass pins that fit the simulated model, or the JSON of a plan of this file."
         }
         "R003" => {

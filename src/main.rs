@@ -580,7 +580,8 @@ fn search_cmd(
                 "egraph_nodes": s.egraph_nodes,
                 "egraph_stop_reason": s.egraph_stop,
                 "stop_reason": s.stop.name(),
-                "seconds": seconds,
+                "elapsed_s": seconds,
+                "objective_metric": metric,
                 "optimality_gap": s.optimality_gap,
                 "optimality_gap_to": s.stats.gap_to(),
             });
@@ -593,7 +594,7 @@ fn search_cmd(
                     .collect(),
             );
             j["top"] = serde_json::Value::Array(
-                s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
+                s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), "objective_value": e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
             );
             pushln!(
                 report,

@@ -113,7 +113,7 @@ fn plan_fix_json_and_errors() {
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(v["schema"], "gantry.plan/1");
+    assert_eq!(v["schema"], "gantry.plan/2");
     assert_eq!(v["parallelism"]["tp"], 8);
     // A contradictory pin is a diagnostic naming the knob, not a panic.
     let (code, _, err) = gantry(&["plan", "examples/reference/b01_22b.gantry", "--fix", "tp=3"]);
@@ -145,7 +145,7 @@ fn search_with_exports() {
         "pruned",
         "egraph_nodes",
         "stop_reason",
-        "seconds",
+        "elapsed_s",
         "optimality_gap",
     ] {
         assert!(v["search"].get(k).is_some(), "search.{k}");
@@ -715,7 +715,7 @@ fn export_output_keeps_stdout_one_document() {
         ]);
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON document");
-        assert_eq!(v["schema"], "gantry.plan/1");
+        assert_eq!(v["schema"], "gantry.plan/2");
         let written = std::fs::read_to_string(&path).expect("export written");
         assert!(written.contains(marker), "{written}");
         assert!(!out.contains(marker));

@@ -96,7 +96,7 @@ fn plan_reports() {
         ] {
             assert!(j.get(k).is_some(), "{name}: missing `{k}`");
         }
-        assert_eq!(j["schema"], "gantry.plan/1");
+        assert_eq!(j["schema"], gantry_compiler::report::SCHEMA);
         for k in [
             "dp",
             "tp",
@@ -117,8 +117,8 @@ fn plan_reports() {
             "step_time_s",
             "tokens_per_s",
             "samples_per_s",
-            "model_tflops_per_device",
-            "hardware_tflops_per_device",
+            "model_flops_per_s_per_device",
+            "hardware_flops_per_s_per_device",
             "mfu",
             "hfu",
             "memory_per_device_bytes",
