@@ -217,8 +217,7 @@ fn main() -> ExitCode {
                 plan.as_deref(),
                 pin.as_deref(),
                 top,
-                export,
-                output.as_deref(),
+                export.map(|k| (k, output.as_deref())),
                 format,
                 &lib,
             ),
@@ -541,8 +540,7 @@ fn search_cmd(
     plan: Option<&str>,
     pin: Option<&str>,
     top: usize,
-    export: Option<ExportKind>,
-    output: Option<&std::path::Path>,
+    export: Option<(ExportKind, Option<&std::path::Path>)>,
     format: ReportFormat,
     lib: &[PathBuf],
 ) -> ExitCode {
@@ -665,7 +663,7 @@ fn search_cmd(
             }
         }
     }
-    let Some(kind) = export else {
+    let Some((kind, output)) = export else {
         out!("{report}");
         return ExitCode::SUCCESS;
     };

@@ -733,6 +733,19 @@ mod tests {
     }
 
     #[test]
+    fn comments_after_brackets_stay_on_their_line() {
+        let src = "device D { // d\n  efficiency { // e\n    matmul = 0.5, // m\n    memory = 0.9 } // closed\n} // end\nlet w = [ // w\n  1,\n  2] // after\nlet z = 1 // no newline";
+        let out = fmt(src);
+        assert_eq!(
+            out,
+            "device D {  // d\n  efficiency {  // e\n    matmul = 0.5  // m\n    memory = 0.9\n  }  // closed\n}  // end\n\nlet w = [  // w\n  1,\n  2,\n]  // after\nlet z = 1  // no newline\n"
+        );
+        assert_eq!(fmt(&out), out, "not idempotent");
+        // An empty block with a comment after its brace keeps both.
+        assert_eq!(fmt("device D { // later\n}\n"), "device D {  // later\n}\n");
+    }
+
+    #[test]
     fn keyword_annotations_round_trip() {
         let src =
             "model M(tables: [table], d: int = 4) {\n  input t: i32[batch]\n  output y = t\n}\n";
