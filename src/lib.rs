@@ -37,6 +37,7 @@ pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
     }
 }
 
+pub mod explain;
 pub mod runtime_cli;
 
 /// Prints a pin or planner error and returns its exit code: 2 for `C006`
@@ -85,6 +86,32 @@ pub fn warn_overridden(
             "warning[C013]: {flag} {k}={cli} overrides the plan's `fix {k} = {plan}`\n  help: the command line wins; drop `{k}` from {flag} to use the plan's value"
         );
     }
+}
+
+/// The one rule for "the default plan", shared by `plan`, `run` and the
+/// tests (README, "Which plan runs"): without `--plan`, a command takes the
+/// plan declared first in source order, that is the first in the file
+/// named on the command line, or, when that file declares none, the first
+/// in its imports in the order they are loaded (depth first). Never the
+/// alphabetically first.
+pub fn default_plan(
+    program: &gantry_lang::program::Program,
+) -> Option<&gantry_lang::program::Plan> {
+    program
+        .plans
+        .values()
+        .min_by_key(|p| (p.span.file, p.span.start))
+}
+
+/// The workload `run` takes from a file without plans, by the same rule as
+/// [`default_plan`]: the first declared.
+pub fn default_workload(
+    program: &gantry_lang::program::Program,
+) -> Option<&gantry_lang::program::Workload> {
+    program
+        .workloads
+        .values()
+        .min_by_key(|w| (w.span.file, w.span.start))
 }
 
 use std::io::Read;

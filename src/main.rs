@@ -72,6 +72,7 @@ enum Command {
     },
     /// Format .gantry files canonically (in place, or check with --check).
     Fmt {
+        /// Files, or folders: a folder stands for every .gantry file beneath it.
         #[arg(required = true)]
         files: Vec<String>,
         /// Do not write; exit 1 if any file is not formatted.
@@ -84,7 +85,7 @@ enum Command {
     /// Evaluate a plan at one design point and report its cost.
     Plan {
         file: String,
-        /// Which plan of the file (default: the only one, or the first).
+        /// Which plan of the file (default: the first declared; README, "Which plan runs").
         #[arg(long)]
         plan: Option<String>,
         /// Evaluate this one design point instead of searching, e.g.
@@ -98,9 +99,14 @@ enum Command {
         /// How many of the best design points to list.
         #[arg(long, default_value_t = 5)]
         top: usize,
-        /// Also write an export of the best plan: megatron, torchrec or trace.
+        /// Also write an export of the best plan: megatron, torchrec or trace
+        /// (to --output FILE; without it, the export goes to stdout and the
+        /// report to stderr, so stdout is always one document).
         #[arg(long, value_enum)]
         export: Option<ExportKind>,
+        /// The file the export is written to (stdout keeps the report).
+        #[arg(long, short, requires = "export")]
+        output: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
         #[arg(long = "lib")]
@@ -122,7 +128,7 @@ enum Command {
         #[arg(default_value = "examples/reference")]
         dir: PathBuf,
     },
-    /// Explain a diagnostic code (e.g. `gantry explain L040`), or list them all.
+    /// Explain a diagnostic code (e.g. `gantry explain L040`, `C010`, `R007`), or list them all.
     Explain { code: Option<String> },
     /// Run a design point on simulated devices and compare with the reference interpreter.
     Run(gantry::runtime_cli::RunArgs),
@@ -201,6 +207,7 @@ fn main() -> ExitCode {
             pin,
             top,
             export,
+            output,
             format,
             lib,
         } => match fix {
@@ -210,7 +217,7 @@ fn main() -> ExitCode {
                 plan.as_deref(),
                 pin.as_deref(),
                 top,
-                export,
+                export.map(|k| (k, output.as_deref())),
                 format,
                 &lib,
             ),
@@ -223,22 +230,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `write!` into a `String` (the report is assembled before it is printed,
+/// to stdout or, when an export takes stdout, to stderr).
+macro_rules! push {
+    ($s:expr, $($t:tt)*) => {{
+        use std::fmt::Write;
+        let _ = write!($s, $($t)*);
+    }};
+}
+
+/// `writeln!` into a `String` (see [`push!`]).
+macro_rules! pushln {
+    ($s:expr, $($t:tt)*) => {{
+        use std::fmt::Write;
+        let _ = writeln!($s, $($t)*);
+    }};
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
 fn explain(code: Option<&str>) -> ExitCode {
-    let all = gantry_lang::diagnostic::Code::ALL;
     match code {
         None => {
-            for c in all {
-                outln!("{c}  {}", c.description());
+            for e in gantry::explain::all() {
+                outln!("{}  {}", e.code, e.summary);
             }
             ExitCode::SUCCESS
         }
-        Some(want) => match all.iter().find(|c| c.as_str().eq_ignore_ascii_case(want)) {
-            Some(c) => {
-                outln!("{c}: {}", c.description());
+        Some(want) => match gantry::explain::find(want) {
+            Some(e) => {
+                outln!("{}: {}\n\n{}", e.code, e.summary, e.long);
                 ExitCode::SUCCESS
             }
             None => {
@@ -249,9 +272,24 @@ fn explain(code: Option<&str>) -> ExitCode {
     }
 }
 
-fn fmt_files(files: &[String], check: bool, stdout: bool) -> ExitCode {
+fn fmt_files(args: &[String], check: bool, stdout: bool) -> ExitCode {
     let mut status = 0u8;
-    for f in files {
+    // A folder stands for every `.gantry` file beneath it, sorted.
+    let mut files = Vec::new();
+    for a in args {
+        let p = std::path::Path::new(a);
+        if p.is_dir() {
+            let found = gantry::gantry_files(p);
+            if found.is_empty() {
+                eprintln!("error: no .gantry files under `{a}`");
+                status = 2;
+            }
+            files.extend(found.iter().map(|f| f.to_string_lossy().into_owned()));
+        } else {
+            files.push(a.clone());
+        }
+    }
+    for f in &files {
         let limit = gantry_lang::check::MAX_FILE_BYTES as u64;
         let text = match gantry::read_bounded(std::path::Path::new(f), limit) {
             Ok(Ok(b)) => match String::from_utf8(b) {
@@ -475,7 +513,7 @@ fn load_plan(
     }
     let chosen = match plan {
         Some(name) => checked.program.plans.get(name),
-        None => checked.program.plans.values().next(),
+        None => gantry::default_plan(&checked.program),
     };
     match chosen {
         Some(p) => Ok(p.clone()),
@@ -502,7 +540,7 @@ fn search_cmd(
     plan: Option<&str>,
     pin: Option<&str>,
     top: usize,
-    export: Option<ExportKind>,
+    export: Option<(ExportKind, Option<&std::path::Path>)>,
     format: ReportFormat,
     lib: &[PathBuf],
 ) -> ExitCode {
@@ -524,6 +562,7 @@ fn search_cmd(
         Err(e) => return pin_error_with(&e, &pins),
     };
     let metric = &p.objective.1;
+    let mut report = String::new();
     let best = &s.best.estimate;
     match format {
         ReportFormat::Json => {
@@ -539,7 +578,8 @@ fn search_cmd(
                 "egraph_nodes": s.egraph_nodes,
                 "egraph_stop_reason": s.egraph_stop,
                 "stop_reason": s.stop.name(),
-                "seconds": seconds,
+                "elapsed_s": seconds,
+                "objective_metric": metric,
                 "optimality_gap": s.optimality_gap,
                 "optimality_gap_to": s.stats.gap_to(),
             });
@@ -552,17 +592,23 @@ fn search_cmd(
                     .collect(),
             );
             j["top"] = serde_json::Value::Array(
-                s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), metric.clone(): e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
+                s.top.iter().map(|e| serde_json::json!({ "point": e.point.to_string(), "objective_value": e.metric(metric), "step_time_s": e.time.step, "memory_per_device_bytes": e.memory.total() })).collect(),
             );
-            outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            pushln!(
+                report,
+                "{}",
+                serde_json::to_string_pretty(&j).unwrap_or_default()
+            );
         }
         _ => {
-            out!(
+            push!(
+                report,
                 "{}",
                 report::text(&s.best, format == ReportFormat::Markdown)
             );
-            outln!("\nSearch");
-            outln!(
+            pushln!(report, "\nSearch");
+            pushln!(
+                report,
                 "  {} design points in the space; {} evaluated, {} pruned by the memory bound, {} invalid, {} infeasible, {} redundant, {} set aside by the e-graph's sequence-parallel choice; {} in {:.3} s; optimality gap {} to {}",
                 s.space_size,
                 s.stats.evaluated,
@@ -576,9 +622,10 @@ fn search_cmd(
                 s.optimality_gap,
                 s.stats.gap_to()
             );
-            outln!("\nTop {} by {}", s.top.len(), metric);
+            pushln!(report, "\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
-                outln!(
+                pushln!(
+                    report,
                     "  {:>2}. {:<110} {}",
                     i + 1,
                     e.point.to_string(),
@@ -586,13 +633,15 @@ fn search_cmd(
                 );
             }
             if !s.layer_plans.is_empty() {
-                outln!(
+                pushln!(
+                    report,
                     "\nRepeated block (e-graph: {} nodes, {})",
                     s.egraph_nodes,
                     s.egraph_stop
                 );
                 for l in &s.layer_plans {
-                    outln!(
+                    pushln!(
+                        report,
                         "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
                         l.tp,
                         if l.sequence_parallel {
@@ -608,22 +657,40 @@ fn search_cmd(
                     );
                 }
             }
-            outln!("\nWhy");
+            pushln!(report, "\nWhy");
             for line in &s.explanation {
-                outln!("  {line}");
+                pushln!(report, "  {line}");
             }
         }
     }
-    if let Some(kind) = export {
-        let text = match kind {
-            ExportKind::Megatron => ex::megatron(best, &s.best.ir),
-            ExportKind::Torchrec => {
-                serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default()
+    let Some((kind, output)) = export else {
+        out!("{report}");
+        return ExitCode::SUCCESS;
+    };
+    let mut text = match kind {
+        ExportKind::Megatron => ex::megatron(best, &s.best.ir),
+        ExportKind::Torchrec => {
+            serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default()
+        }
+        ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    // stdout holds one document: the report, with the export in `--output`,
+    // or, without `--output`, the export, with the report on stderr.
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &text) {
+                eprintln!("error: cannot write `{}`: {e}", path.display());
+                return ExitCode::from(2);
             }
-            ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
-        };
-        eprintln!("--- export ---");
-        outln!("{text}");
+            out!("{report}");
+        }
+        None => {
+            eprint!("{report}");
+            out!("{text}");
+        }
     }
     ExitCode::SUCCESS
 }
@@ -634,12 +701,14 @@ fn study_cmd(file: &str, study: Option<&str>, lib: &[PathBuf]) -> ExitCode {
         eprint!("{}", checked.render(use_color(Color::Auto)));
         return ExitCode::from(1);
     }
-    let studies: Vec<_> = checked
+    // Every study (or the one named), in the order they are declared.
+    let mut studies: Vec<_> = checked
         .program
         .studies
         .values()
         .filter(|s| study.is_none_or(|n| s.name == n))
         .collect();
+    studies.sort_by_key(|s| (s.span.file, s.span.start));
     if studies.is_empty() {
         eprintln!(
             "error[C007]: {}",

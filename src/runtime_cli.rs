@@ -24,8 +24,8 @@ use crate::{FsLoader, check_files};
 pub struct TargetArgs {
     /// The .gantry file.
     pub file: String,
-    /// Which plan of the file (default: the first; a file without plans
-    /// runs its first workload).
+    /// Which plan of the file (default: the first declared; a file without
+    /// plans runs its first declared workload).
     #[arg(long)]
     pub plan: Option<String>,
     /// Pins, e.g. `dp=2,tp=2,pp=2,microbatch=1`.
@@ -293,12 +293,9 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             }
         },
         None => match (
-            // The first plan in the file (the map is alphabetical).
-            program
-                .plans
-                .values()
-                .min_by_key(|p| (p.span.file, p.span.start)),
-            program.workloads.values().next(),
+            // The first plan declared, else the first workload declared.
+            crate::default_plan(program),
+            crate::default_workload(program),
         ) {
             (Some(p), _) => p.clone(),
             (None, Some(w)) => Plan {

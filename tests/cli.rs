@@ -113,7 +113,7 @@ fn plan_fix_json_and_errors() {
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(v["schema"], "gantry.plan/1");
+    assert_eq!(v["schema"], "gantry.plan/2");
     assert_eq!(v["parallelism"]["tp"], 8);
     // A contradictory pin is a diagnostic naming the knob, not a panic.
     let (code, _, err) = gantry(&["plan", "examples/reference/b01_22b.gantry", "--fix", "tp=3"]);
@@ -145,7 +145,7 @@ fn search_with_exports() {
         "pruned",
         "egraph_nodes",
         "stop_reason",
-        "seconds",
+        "elapsed_s",
         "optimality_gap",
     ] {
         assert!(v["search"].get(k).is_some(), "search.{k}");
@@ -613,4 +613,218 @@ fn explain_knows_the_reliability_codes() {
         assert_eq!(code, 0, "{c}");
         assert!(out.starts_with(c), "{out}");
     }
+}
+
+/// One rule for the default plan (README, "Which plan runs"): without
+/// `--plan`, `plan` takes the plan declared first, not the alphabetically
+/// first; `study` runs every study in declaration order.
+#[test]
+fn default_plan_is_the_first_declared() {
+    let base = std::fs::read_to_string("tests/inputs/valid/plan.gantry").expect("input");
+    let body = base
+        .split("plan p on C")
+        .next()
+        .expect("declarations before the plan");
+    let plans = "plan zeta on C for pretrain {\n  fix tp = 8, pp = 1\n  objective maximize tokens_per_s\n}\n\nplan alpha on C for pretrain {\n  fix tp = 4, pp = 1\n  objective maximize tokens_per_s\n}\n";
+    let f = temp("two_plans.gantry", &format!("{body}{plans}"));
+    let (_, out, err) = gantry(&["plan", &f, "--fix", "zero=1"]);
+    assert!(out.starts_with("plan zeta:"), "{out}{err}");
+    let (_, out, err) = gantry(&["plan", &f, "--plan", "alpha", "--fix", "zero=1"]);
+    assert!(out.starts_with("plan alpha:"), "{out}{err}");
+    let (_, out, err) = gantry(&["plan", &f, "--top", "1"]);
+    assert!(out.starts_with("plan zeta:"), "{out}{err}");
+}
+
+/// Every diagnostic code written anywhere in the sources (`L0xx`, `C0xx`,
+/// `R0xx` in the `.rs` files of every crate) is known to `gantry explain`
+/// with its long text: a new code without a text fails here.
+#[test]
+fn explain_knows_every_code_in_the_sources() {
+    fn rs_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rs_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["src", "lang/src", "compiler/src", "runtime/src"] {
+        rs_files(std::path::Path::new(d), &mut files);
+    }
+    // A code: one of L, C, R, then three digits, not inside a longer word.
+    let mut codes = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("source");
+        let b = text.as_bytes();
+        for i in 0..b.len().saturating_sub(3) {
+            let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+            let word_end = b
+                .get(i + 4)
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+            if word_start
+                && word_end
+                && matches!(b[i], b'L' | b'C' | b'R')
+                && b[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+            {
+                codes.insert(text[i..i + 4].to_string());
+            }
+        }
+    }
+    assert!(codes.len() > 60, "found only {codes:?}");
+    for needed in ["L040", "C010", "R007"] {
+        assert!(codes.contains(needed), "{needed} not found in {codes:?}");
+    }
+    let (code, list, _) = gantry(&["explain"]);
+    assert_eq!(code, 0);
+    for c in &codes {
+        assert!(
+            list.lines().any(|l| l.starts_with(c.as_str())),
+            "`gantry explain` does not list {c}"
+        );
+        let (status, out, err) = gantry(&["explain", c]);
+        assert_eq!(status, 0, "gantry explain {c}: {err}");
+        let long = out.split_once("\n\n").map_or("", |(_, l)| l.trim());
+        assert!(
+            long.len() >= 60 && long.contains("Fix:"),
+            "gantry explain {c} has no long text (add one in src/explain.rs):\n{out}"
+        );
+    }
+    // Lowercase works; an unknown code is a usage error.
+    assert_eq!(gantry(&["explain", "r007"]).0, 0);
+    assert_eq!(gantry(&["explain", "X999"]).0, 2);
+}
+
+/// `gantry fmt DIR` formats every `.gantry` file beneath the folder and
+/// nothing else; comments at the end of a line (after code, after an
+/// opening or closing bracket) and at the end of the file stay where they
+/// were (tests/inputs/_fmt: the input and its expected output).
+#[test]
+fn fmt_formats_folders_and_keeps_trailing_comments() {
+    let src = std::fs::read_to_string("tests/inputs/_fmt/trailing_comments.gantry").expect("input");
+    let want = std::fs::read_to_string("tests/inputs/_fmt/trailing_comments.gantry.expected")
+        .expect("expected");
+    assert!(
+        !src.ends_with('\n'),
+        "the input ends in a comment without a newline"
+    );
+    let dir = std::env::temp_dir().join(format!("gantry-fmt-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nested")).expect("dir");
+    let a = dir.join("a.gantry");
+    let b = dir.join("nested/b.gantry");
+    let other = dir.join("notes.txt");
+    for p in [&a, &b, &other] {
+        std::fs::write(p, &src).expect("write");
+    }
+    let d = dir.to_string_lossy().into_owned();
+    let (code, _, err) = gantry(&["fmt", "--check", &d]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("a.gantry") && err.contains("b.gantry"),
+        "{err}"
+    );
+    let (code, _, err) = gantry(&["fmt", &d]);
+    assert_eq!(code, 0, "{err}");
+    for p in [&a, &b] {
+        assert_eq!(
+            std::fs::read_to_string(p).expect("read"),
+            want,
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&other).expect("read"), src);
+    assert_eq!(gantry(&["fmt", "--check", &d]).0, 0);
+    // Every comment survives, on a line with code where it trailed code.
+    for line in src.lines().filter(|l| l.contains("// after")) {
+        let comment = &line[line.find("//").expect("comment")..];
+        assert!(
+            want.lines()
+                .any(|l| l.ends_with(comment) && !l.trim_start().starts_with("//")),
+            "`{comment}` no longer trails its line:\n{want}"
+        );
+    }
+    // A folder without .gantry files is a usage error.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    assert_eq!(gantry(&["fmt", &empty.to_string_lossy()]).0, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--export` keeps stdout one document: with `--output FILE` the report
+/// (JSON here, so it must parse) is on stdout and the export in the file;
+/// without it, the export is on stdout and the report on stderr.
+#[test]
+fn export_output_keeps_stdout_one_document() {
+    let dir = std::env::temp_dir().join(format!("gantry-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = "examples/reference/b01_22b.gantry";
+    for (kind, marker) in [
+        ("megatron", "--tensor-model-parallel-size"),
+        ("trace", "traceEvents"),
+    ] {
+        let path = dir.join(format!("{kind}.out"));
+        let p = path.to_string_lossy().into_owned();
+        let (code, out, err) = gantry(&[
+            "plan",
+            file,
+            "--plan",
+            "b01_gpt_22b_sp_selective",
+            "--format",
+            "json",
+            "--export",
+            kind,
+            "--output",
+            &p,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+        assert_eq!(v["schema"], "gantry.plan/2");
+        let written = std::fs::read_to_string(&path).expect("export written");
+        assert!(written.contains(marker), "{written}");
+        assert!(!out.contains(marker));
+        // Without --output: only the export on stdout.
+        let (code, out, err) = gantry(&[
+            "plan",
+            file,
+            "--plan",
+            "b01_gpt_22b_sp_selective",
+            "--format",
+            "json",
+            "--export",
+            kind,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, written);
+        assert!(err.contains("\"schema\""), "{err}");
+    }
+    let torch = dir.join("torchrec.json");
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/dlrm_train.gantry",
+        "--export",
+        "torchrec",
+        "--output",
+        &torch.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("plan "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&torch).expect("written")).expect("json");
+    assert_eq!(v["schema"], "gantry.torchrec/1");
+    // --output needs --export; an unwritable path is a usage error.
+    assert_eq!(gantry(&["plan", file, "--output", "x.txt"]).0, 2);
+    let (code, _, _) = gantry(&[
+        "plan",
+        file,
+        "--export",
+        "megatron",
+        "--output",
+        "/nonexistent-dir/x.txt",
+    ]);
+    assert_eq!(code, 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

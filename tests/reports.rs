@@ -37,7 +37,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "zero=1,recompute=full,microbatch=1,virtual_stages=1",
     ),
     ("llm_decode", "examples/llm_decode.gantry", "", ""),
-    ("llm_prefill", "examples/llm_prefill.gantry", "", ""),
+    (
+        "llm_prefill",
+        "examples/llm_prefill.gantry",
+        "llama3_70b_prefill_throughput",
+        "",
+    ),
     ("dlrm_train", "examples/dlrm_train.gantry", "", ""),
     ("dlrm_inference", "examples/dlrm_inference.gantry", "", ""),
     (
@@ -66,7 +71,7 @@ fn plan_reports() {
         let c = gantry::check_files(&[file.to_string()], &[]);
         assert!(!c.has_errors(), "{}", c.render(false));
         let p = if plan.is_empty() {
-            c.program.plans.values().next()
+            gantry::default_plan(&c.program)
         } else {
             c.program.plans.get(*plan)
         }
@@ -91,7 +96,7 @@ fn plan_reports() {
         ] {
             assert!(j.get(k).is_some(), "{name}: missing `{k}`");
         }
-        assert_eq!(j["schema"], "gantry.plan/1");
+        assert_eq!(j["schema"], gantry_compiler::report::SCHEMA);
         for k in [
             "dp",
             "tp",
@@ -112,8 +117,8 @@ fn plan_reports() {
             "step_time_s",
             "tokens_per_s",
             "samples_per_s",
-            "model_tflops_per_device",
-            "hardware_tflops_per_device",
+            "model_flops_per_s_per_device",
+            "hardware_flops_per_s_per_device",
             "mfu",
             "hfu",
             "memory_per_device_bytes",

@@ -1,5 +1,5 @@
 //! Reports of an evaluated design point: text, markdown and the
-//! `gantry.plan/1` JSON contract. Only formatting lives here; every number
+//! `gantry.plan/2` JSON contract. Only formatting lives here; every number
 //! is a field or method of [`crate::cost::Estimate`].
 
 use gantry_lang::program::Phase;
@@ -14,7 +14,13 @@ fn opt(v: Option<f64>) -> Value {
         .map_or(Value::Null, |x| json!(x))
 }
 
-/// The `gantry.plan/1` JSON object.
+/// The version tag of [`json`]'s output; `schemas/gantry.plan.v2.json` is
+/// its JSON Schema (docs/SCHEMAS.md). A breaking change (a field renamed,
+/// removed or given another unit) bumps the number.
+pub const SCHEMA: &str = "gantry.plan/2";
+
+/// The `gantry.plan/2` JSON object: every figure in base units (seconds,
+/// bytes, FLOP, FLOP/s, watts, joules, US dollars), named with its unit.
 pub fn json(ev: &Evaluation) -> Value {
     let e = &ev.estimate;
     let p = &e.point;
@@ -31,13 +37,14 @@ pub fn json(ev: &Evaluation) -> Value {
         },
     );
     metrics.insert("samples_per_s".into(), json!(e.samples_per_s()));
+    // Base units, like every other figure (FLOP/s, not TFLOP/s).
     metrics.insert(
-        "model_tflops_per_device".into(),
-        json!(e.model_tflops_per_device()),
+        "model_flops_per_s_per_device".into(),
+        json!(e.model_tflops_per_device() * 1e12),
     );
     metrics.insert(
-        "hardware_tflops_per_device".into(),
-        json!(e.hardware_tflops_per_device()),
+        "hardware_flops_per_s_per_device".into(),
+        json!(e.hardware_tflops_per_device() * 1e12),
     );
     metrics.insert("mfu".into(), json!(e.mfu()));
     metrics.insert("hfu".into(), json!(e.hfu()));
@@ -73,7 +80,7 @@ pub fn json(ev: &Evaluation) -> Value {
         })
         .collect();
     json!({
-        "schema": "gantry.plan/1",
+        "schema": SCHEMA,
         "plan": ev.plan,
         "workload": ev.workload,
         "system": ev.system,

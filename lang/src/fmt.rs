@@ -100,10 +100,37 @@ impl Printer<'_> {
 
     /// Appends a comment that trails `end` on the same source line.
     fn trailing(&mut self, end: u32) {
+        self.trailing_before(end, u32::MAX);
+    }
+
+    /// [`Self::trailing`] for a comment that starts before `limit`: inside
+    /// brackets, the closing bracket, so a comment after `2)` in `f(1,\n2)
+    /// // c` trails the `)`, not the `2`.
+    fn trailing_before(&mut self, end: u32, limit: u32) {
         if let Some(c) = self.comments.get(self.next)
             && c.span.start >= end
+            && c.span.start < limit
             && !self.src[end as usize..c.span.start as usize].contains('\n')
             && !c.text.contains('\n')
+        {
+            let text = c.text.clone();
+            self.out.push_str("  ");
+            self.out.push_str(text.trim_end());
+            self.next += 1;
+        }
+    }
+
+    /// Appends a comment that trails an opening bracket (`device D { // c`,
+    /// `let w = [ // c`) on the same source line, if the next comment does
+    /// and starts before `before` (the first element), so it stays on the
+    /// bracket's line instead of moving to the next one.
+    fn trailing_open(&mut self, before: u32) {
+        if let Some(c) = self.comments.get(self.next)
+            && c.span.start < before
+            && !c.text.contains('\n')
+            && self.src[..c.span.start as usize]
+                .trim_end_matches([' ', '\t'])
+                .ends_with(['{', '[', '('])
         {
             let text = c.text.clone();
             self.out.push_str("  ");
@@ -241,7 +268,14 @@ impl Printer<'_> {
             self.out.push_str(" {}");
             return;
         }
-        self.out.push_str(" {\n");
+        self.out.push_str(" {");
+        let first = items
+            .iter()
+            .map(&span)
+            .find(|s| s.start != s.end)
+            .map_or(end, |s| s.start);
+        self.trailing_open(first);
+        self.out.push('\n');
         self.indent += 1;
         for (i, it) in items.iter().enumerate() {
             let s = span(it);
@@ -254,7 +288,7 @@ impl Printer<'_> {
             self.leading(s.start);
             self.line_start();
             print(self, it);
-            self.trailing(s.end);
+            self.trailing_before(s.end, end.saturating_sub(1));
             self.out.push('\n');
         }
         // Comments before the closing brace.
@@ -509,6 +543,7 @@ impl Printer<'_> {
             self.out.push(close_ch);
             return;
         }
+        self.trailing_open(items.first().map_or(close, |it| span(it).start));
         self.out.push('\n');
         self.indent += 1;
         for it in items {
@@ -517,7 +552,7 @@ impl Printer<'_> {
             self.line_start();
             print(self, it);
             self.out.push(',');
-            self.trailing_after_comma(s.end);
+            self.trailing_after_comma(s.end, close);
             self.out.push('\n');
         }
         self.leading(close);
@@ -540,14 +575,16 @@ impl Printer<'_> {
             self.out.push_str(if fs.is_empty() { "}" } else { " }" });
             return;
         }
-        self.out.push_str("{\n");
+        self.out.push('{');
+        self.trailing_open(fs.first().map_or(e.span.end, |f| f.name.span.start));
+        self.out.push('\n');
         self.indent += 1;
         for f in fs {
             self.leading(f.name.span.start);
             self.line_start();
             self.out.push_str(&format!("{} = ", f.name.name));
             self.expr(&f.value, 0);
-            self.trailing_after_comma(f.value.span.end);
+            self.trailing_after_comma(f.value.span.end, e.span.end.saturating_sub(1));
             self.out.push('\n');
         }
         self.leading(e.span.end.saturating_sub(1));
@@ -556,11 +593,11 @@ impl Printer<'_> {
         self.out.push('}');
     }
 
-    /// Like [`Self::trailing`], but skips a comma after the field.
-    fn trailing_after_comma(&mut self, end: u32) {
+    /// Like [`Self::trailing_before`], but skips a comma after the field.
+    fn trailing_after_comma(&mut self, end: u32, limit: u32) {
         let rest = &self.src[end as usize..];
         let skip = rest.len() - rest.trim_start_matches([' ', '\t', ',']).len();
-        self.trailing(end + skip as u32);
+        self.trailing_before(end + skip as u32, limit);
     }
 }
 
@@ -693,6 +730,19 @@ mod tests {
             fmt("device D {\n  // later\n}\n"),
             "device D {\n  // later\n}\n"
         );
+    }
+
+    #[test]
+    fn comments_after_brackets_stay_on_their_line() {
+        let src = "device D { // d\n  efficiency { // e\n    matmul = 0.5, // m\n    memory = 0.9 } // closed\n} // end\nlet w = [ // w\n  1,\n  2] // after\nlet z = 1 // no newline";
+        let out = fmt(src);
+        assert_eq!(
+            out,
+            "device D {  // d\n  efficiency {  // e\n    matmul = 0.5  // m\n    memory = 0.9\n  }  // closed\n}  // end\n\nlet w = [  // w\n  1,\n  2,\n]  // after\nlet z = 1  // no newline\n"
+        );
+        assert_eq!(fmt(&out), out, "not idempotent");
+        // An empty block with a comment after its brace keeps both.
+        assert_eq!(fmt("device D { // later\n}\n"), "device D {  // later\n}\n");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::fmt;
 pub enum RCode {
     /// The sharded execution diverges from the reference interpreter.
     R001,
-    /// The plan (design point or `gantry.plan/1` JSON) does not fit the program.
+    /// The plan (design point or `gantry.plan/2` JSON) does not fit the program.
     R002,
     /// An op, knob or graph shape the runtime does not execute.
     R003,

@@ -1,4 +1,4 @@
-//! Reading a design point from `gantry.plan/1` JSON (`gantry plan --format
+//! Reading a design point from `gantry.plan/2` (or `/1`) JSON (`gantry plan --format
 //! json`, compiler/src/report.rs).
 //!
 //! The file is untrusted input: every field is type-checked, degrees must
@@ -54,9 +54,12 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| mismatch(format!("plan JSON does not parse: {e}")))?;
     let schema = string(&v, "schema")?;
-    if schema != "gantry.plan/1" {
+    // Version 2 renamed metrics only; the fields read here are the same in
+    // version 1, which is still accepted.
+    if schema != gantry_compiler::report::SCHEMA && schema != "gantry.plan/1" {
         return Err(mismatch(format!(
-            "plan JSON has schema `{schema}`, expected `gantry.plan/1`"
+            "plan JSON has schema `{schema}`, expected `{}`",
+            gantry_compiler::report::SCHEMA
         )));
     }
     let plan = string(&v, "plan")?;
@@ -137,7 +140,7 @@ mod tests {
     use super::*;
     use crate::error::RCode;
 
-    const GOOD: &str = r#"{"schema": "gantry.plan/1", "plan": "p", "workload": "w", "devices": 8,
+    const GOOD: &str = r#"{"schema": "gantry.plan/2", "plan": "p", "workload": "w", "devices": 8,
       "parallelism": {"dp": 2, "tp": 2, "pp": 2, "cp": 1, "ep": 1, "zero": 0, "recompute": "none",
       "microbatch": 1, "virtual_stages": 1, "sequence_parallel": false, "batch": 8, "stage_layers": [1, 1]}}"#;
 
@@ -145,13 +148,15 @@ mod tests {
     fn valid_plan_parses_and_bad_ones_are_r002() {
         let p = parse(GOOD, "w").expect("parses");
         assert_eq!((p.point.dp, p.point.tp, p.point.pp), (2, 2, 2));
+        let v1 = GOOD.replace("gantry.plan/2", "gantry.plan/1");
+        assert_eq!(parse(&v1, "w").expect("version 1 parses"), p);
         for (from, to) in [
             ("\"devices\": 8", "\"devices\": 9"),
             ("\"workload\": \"w\"", "\"workload\": \"x\""),
             ("[1, 1]", "[2]"),
             ("\"tp\": 2", "\"tp\": -2"),
             ("\"tp\": 2", "\"tp\": \"two\""),
-            ("gantry.plan/1", "gantry.plan/9"),
+            ("gantry.plan/2", "gantry.plan/9"),
             ("\"recompute\": \"none\"", "\"recompute\": \"most\""),
             ("{\"schema\"", "[{\"schema\""),
         ] {

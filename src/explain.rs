@@ -1,0 +1,405 @@
+//! `gantry explain CODE`: the long text of every diagnostic code the tool
+//! can emit (front end `L0xx`, compiler `C0xx`, runtime `R0xx`).
+//!
+//! The one-line meaning of a code lives next to the code itself
+//! ([`gantry_lang::diagnostic::Code::description`],
+//! [`gantry_runtime::RCode::description`]); the longer text (what triggers
+//! it, a typical cause and what to do) lives here. `tests/cli.rs`
+//! (`explain_knows_every_code_in_the_sources`) greps the source tree for
+//! every code and fails when one has no long text here.
+
+/// One code as `gantry explain` shows it.
+pub struct Explained {
+    pub code: &'static str,
+    /// One line (the same as in the diagnostic tables of the docs).
+    pub summary: &'static str,
+    /// What triggers it, a typical cause and the fix; empty if none is
+    /// written (a test forbids that).
+    pub long: &'static str,
+}
+
+/// Every code the tool knows, front end first, then compiler, then runtime.
+pub fn all() -> Vec<Explained> {
+    let lang = gantry_lang::diagnostic::Code::ALL
+        .iter()
+        .map(|c| (c.as_str(), c.description()));
+    let runtime = gantry_runtime::RCode::ALL
+        .iter()
+        .map(|c| (c.as_str(), c.description()));
+    lang.chain(runtime)
+        .map(|(code, summary)| Explained {
+            code,
+            summary,
+            long: long_text(code).unwrap_or(""),
+        })
+        .collect()
+}
+
+/// The code named `want` (case-insensitive).
+pub fn find(want: &str) -> Option<Explained> {
+    all()
+        .into_iter()
+        .find(|e| e.code.eq_ignore_ascii_case(want.trim()))
+}
+
+/// The long text of a code, `None` if it has none.
+pub fn long_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "L001" => {
+            "The lexer met a character that starts no token: a non-ASCII character outside a \
+string or comment, a stray `#` (comments are `//` and `/* */`), or a `$` that is not \
+followed directly by an amount (`$2.50/h` is a price; `$ 2.50/h` and `$` alone are not).\n\
+Fix: delete the character, or write the comment or price in Gantry's syntax."
+        }
+        "L002" => {
+            "A string (`\"...\"`) is not closed on its line, or a block comment `/*` has no \
+closing `*/` (block comments do not nest: the first `*/` ends them). Everything after the \
+opening is dropped, so later declarations are not seen.\n\
+Fix: close the string or the comment."
+        }
+        "L003" => {
+            "A number literal cannot be read as a finite double, for example `1e999`. The value \
+is read as invalid and reported once; its uses stay quiet.\n\
+Fix: write a number in range, with a larger unit if needed (`1 PB` rather than `1e18 B`)."
+        }
+        "L004" => {
+            "A word after a number is not a unit Gantry knows. Common cases: `TFLOPS` (write \
+`TFLOP/s`), `Gbps` (write `Gb/s`), `KB` (write `kB` or `KiB`). The help line suggests the \
+closest unit. The unit table is in docs/LANGUAGE.md, section 3.\n\
+Fix: use the unit as the table spells it."
+        }
+        "L005" => {
+            "A file given on the command line or imported is not valid UTF-8 text (a binary file, \
+or text in another encoding).\n\
+Fix: point at the .gantry source, or convert it to UTF-8."
+        }
+        "L006" => {
+            "A file is larger than the 64 MiB limit on one source file (checked while reading, so \
+devices and pipes are bounded too).\n\
+Fix: split the file and import the parts."
+        }
+        "L010" => {
+            "The parser met a token it did not expect here, for example `:` where `=` belongs \
+(`compute: {...}`), a missing operator or an extra bracket. Recovery keeps what it can, so \
+one mistake gives one diagnostic and the rest of the file is still checked.\n\
+Fix: follow the label to the token and compare with the grammar in docs/LANGUAGE.md."
+        }
+        "L011" => {
+            "The file ended inside a declaration: usually an unclosed `{`, `(` or `[`.\n\
+Fix: close the bracket the label points at."
+        }
+        "L013" => {
+            "Brackets are nested more than 64 deep, or an expression more than 128 deep. The \
+limit keeps the parser and checker within a bounded stack on any input; the rest of the \
+file is dropped.\n\
+Fix: flatten the expression with `let` bindings."
+        }
+        "L014" => {
+            "A file has more than 50 syntax errors; the rest are not shown, since later errors \
+are usually consequences of the first ones (or the file is not Gantry source).\n\
+Fix: correct the errors shown and check again."
+        }
+        "L020" => {
+            "An import (or a file on the command line) cannot be found or read. Imports resolve \
+relative to the importing file, then against each folder above it (so `stdlib/...` works \
+from anywhere in a project with a `stdlib/`), then against `--lib` folders, then against \
+the bundled standard library.\n\
+Fix: check the path and its permissions, or pass the folder with `--lib`."
+        }
+        "L021" => {
+            "Files import each other in a cycle (`a` imports `b`, which imports `a`). The message \
+lists the cycle.\n\
+Fix: move the shared declarations into a third file that both import."
+        }
+        "L030" => {
+            "A name is used that no declaration, parameter, `let`, model input or built-in \
+defines (also an unknown function called outside a model). The help line suggests the \
+closest defined name.\n\
+Fix: correct the spelling, or import the file that declares it."
+        }
+        "L031" => {
+            "A name is defined twice: two top-level declarations with one name, a declaration \
+named like a built-in op or function, or two model outputs with one name.\n\
+Fix: rename one of them."
+        }
+        "L032" => {
+            "A declaration is used where another kind belongs: `node N x 4` where `N` is a \
+device, a model where a workload is expected, a plan used as a value.\n\
+Fix: refer to a declaration of the kind the field needs."
+        }
+        "L033" => {
+            "A named argument is not a parameter of the callee (or any named argument is given \
+to `min`, `max` or `len`).\n\
+Fix: use one of the parameters the help line lists."
+        }
+        "L034" => {
+            "A call leaves out a parameter that has no default.\n\
+Fix: pass the argument, or give the parameter a default in its declaration."
+        }
+        "L035" => {
+            "A call passes more positional arguments than the callee has parameters.\n\
+Fix: remove the extra arguments, or name them."
+        }
+        "L036" => {
+            "One argument is given twice, for example positionally and by name.\n\
+Fix: keep one of them."
+        }
+        "L037" => {
+            "A definition depends on itself: `let a = b` with `let b = a`, or an instance used \
+while it is being built.\n\
+Fix: break the cycle by giving one of the values directly."
+        }
+        "L040" => {
+            "An operation combines quantities of different dimensions: `80 GB + 3 GB/s` adds a \
+size to a bandwidth, or the two sides of a `subject to` constraint differ in unit. The \
+labels name each side's unit in base units.\n\
+Fix: convert one side (multiply or divide by a time, a count, ...) so both agree."
+        }
+        "L041" => {
+            "A field got a value of the wrong dimension: `power 700 GB`, a memory bandwidth in \
+FLOP/s, a count written with a unit, an `efficiency` factor with a unit it does not take.\n\
+Fix: write the value in a unit of the dimension the field expects (the message names it)."
+        }
+        "L042" => {
+            "A constant expression divides by zero.\n\
+Fix: correct the divisor."
+        }
+        "L043" => {
+            "A value of the wrong kind: a string where a number belongs, a record where a list \
+belongs, an item written in the wrong form, a positional argument after a named one.\n\
+Fix: write the value in the form the field takes (docs/LANGUAGE.md lists each)."
+        }
+        "L044" => {
+            "A range is empty or reversed, such as `4..2`; ranges include both ends.\n\
+Fix: write the smaller bound first."
+        }
+        "L045" => {
+            "A whole number is expected (a count, a layer count, a plan knob) but the value has \
+a fraction, such as `2.5`.\n\
+Fix: give a whole number."
+        }
+        "L046" => {
+            "A value is outside the range the field allows: a count below 1, a negative \
+quantity, `zero` above 3, `top_k` above the number of experts, an efficiency factor out of \
+its range (docs/LANGUAGE.md, section 5.2) or a knob value above 2^24.\n\
+Fix: give a value inside the range the message states."
+        }
+        "L050" => {
+            "The shapes of an op's operands do not agree, for example a `linear` whose input \
+width is not the layer's input width, or `interact` over vectors of unequal width. The \
+labels show both shapes with their symbols.\n\
+Fix: make the dimensions agree (reshape, or change the layer's width)."
+        }
+        "L051" => {
+            "A built-in op is called with the wrong arguments, or outside a model, or with an \
+empty `dims`, `tables` or `xs`. docs/LANGUAGE.md lists every op with its shape rule.\n\
+Fix: call the op as the reference shows."
+        }
+        "L052" => {
+            "A call inside a model names no built-in op and no declared model. The help line \
+suggests the closest op.\n\
+Fix: correct the name, or declare the model it refers to."
+        }
+        "L053" => {
+            "An op got an operand of the wrong rank (number of dimensions), e.g. a matrix op on \
+a vector.\n\
+Fix: reshape the operand to the rank the op takes."
+        }
+        "L054" => {
+            "An operand has the wrong element type, for example embedding ids that are not \
+integers.\n\
+Fix: declare the input with the element type the op needs."
+        }
+        "L055" => {
+            "A dimension does not divide evenly where the op needs it to: `heads` by `kv_heads` \
+in grouped-query attention, features by heads.\n\
+Fix: choose sizes that divide."
+        }
+        "L056" => {
+            "A `reshape` would change the number of elements.\n\
+Fix: make the product of the new dimensions equal the old one."
+        }
+        "L057" => {
+            "The body of a `repeat` changes the shape of a value it carries from one iteration \
+to the next, so the iterations cannot chain.\n\
+Fix: make the body return the carried value in the shape it received."
+        }
+        "L058" => {
+            "A model declares no `output`, so there is nothing to compute or price.\n\
+Fix: add an `output` line."
+        }
+        "L059" => {
+            "A model input has a symbolic dimension (such as `batch` or `seq`) that the workload \
+does not bind.\n\
+Fix: bind the symbol in the workload's phase (e.g. `train { seq = 2048 }`)."
+        }
+        "L060" => {
+            "A declaration has an item, record field, `host` name or `efficiency` factor its \
+kind does not know. The help line suggests the closest known name (`matmull` -> `matmul`).\n\
+Fix: correct the name, or remove the field."
+        }
+        "L061" => {
+            "A declaration leaves out a required item (a device's `compute` or `memory`, a \
+table's size, ...).\n\
+Fix: add the item the message names."
+        }
+        "L062" => {
+            "An item, record field, knob or objective is given twice (an error), or a set \
+repeats an element (a warning).\n\
+Fix: keep one of them."
+        }
+        "L063" => {
+            "A value that must be one of a fixed set of choices is not one of them: an element \
+type, optimizer, activation or `recompute` value. The help line lists the choices.\n\
+Fix: use one of the listed choices."
+        }
+        "L070" => {
+            "A workload declares no phase or several: it needs exactly one of `train`, \
+`prefill` and `decode`.\n\
+Fix: keep one phase per workload; declare several workloads for a mix."
+        }
+        "L071" => {
+            "A workload setting is unknown, or a required one is missing (for example `decode` \
+without `context` or `prompt`).\n\
+Fix: use the settings docs/LANGUAGE.md lists for the phase."
+        }
+        "L072" => {
+            "A plan or study searches, fixes or pins a knob the planner does not know. The help \
+line suggests the closest knob (`tp`, `pp`, `dp`, `cp`, `ep`, `zero`, `recompute`, \
+`microbatch`, `virtual_stages`, `sequence_parallel`, `batch`).\n\
+Fix: correct the knob's name."
+        }
+        "L073" => {
+            "A plan knob is contradictory: `fix` with a range or several values, or a pin \
+outside the domain the plan searches.\n\
+Fix: fix one value inside the searched domain, or widen the search."
+        }
+        "L074" => {
+            "An objective or constraint names a metric Gantry does not compute. The help line \
+suggests the closest metric.\n\
+Fix: use one of the metrics in docs/LANGUAGE.md."
+        }
+        "L075" => {
+            "Warning: the weights of a study's workload mix do not sum to 1, so the mix is not \
+a distribution and scores are scaled.\n\
+Fix: make the weights sum to 1."
+        }
+        "L080" => {
+            "Warning: a model computes a tensor that nothing uses (not an output, not an input \
+to another op). It is still priced.\n\
+Fix: use it, make it an output, or remove it."
+        }
+        "C001" => {
+            "The design point's degrees multiply to more devices than the system has: dp x tp x \
+pp x cp is larger than the cluster's device count. The message names the product and the \
+knobs given on the command line.\n\
+Fix: lower a degree, or plan on a larger system."
+        }
+        "C002" => {
+            "Tensor parallelism does not divide the attention heads (or key/value heads), or \
+sequence parallelism gets a microbatch whose rows do not divide by tp.\n\
+Fix: choose a tp that divides the heads (and the rows), or turn sequence parallelism off."
+        }
+        "C003" => {
+            "The global batch is not a multiple of dp x microbatch, so the replicas cannot take \
+whole microbatches.\n\
+Fix: choose dp and microbatch whose product divides the batch."
+        }
+        "C004" => {
+            "The pipeline stages do not fit the model: more stages (pp, or pp x \
+virtual_stages) than layers, or an interleaved schedule whose microbatches per replica are \
+not a multiple of pp.\n\
+Fix: lower pp or virtual_stages, or change the microbatch count."
+        }
+        "C005" => {
+            "Expert parallelism does not divide the experts of a mixture-of-experts model, so \
+the experts cannot be spread evenly over the expert-parallel ranks.\n\
+Fix: choose an ep among the divisors of the expert count."
+        }
+        "C006" => {
+            "A `--fix` or `--pin` argument is malformed or out of range: not `knob=value` pairs \
+separated by commas, an unknown knob, a value that is not a whole number, zero or \
+negative, or one so large that the product of the degrees overflows. Exit code 2 (usage), \
+whichever command finds it.\n\
+Fix: write pins like `dp=4,tp=8,pp=2,recompute=full,microbatch=1`."
+        }
+        "C007" => {
+            "`--plan` or `--study` names a plan or study the file does not declare, or the file \
+declares none. The help line lists the plans the file has. Without `--plan` the first plan \
+declared in the file is used (README, \"Which plan runs\").\n\
+Fix: use one of the listed names."
+        }
+        "C008" => {
+            "The workload cannot be lowered to the graph the cost model prices, usually because \
+a shape symbol of the model is not bound by the workload.\n\
+Fix: bind every shape symbol in the workload."
+        }
+        "C009" => {
+            "A device lacks a figure the plan needs: a compute rate for the workload's element \
+type, or a memory.\n\
+Fix: add the figure to the device (stdlib/hardware), or choose another dtype."
+        }
+        "C010" => {
+            "No design point of the plan's space is feasible: every point needs more memory \
+than the devices hold, or misses a `subject to` constraint. With `--fix` it means the \
+pinned point is infeasible; the point is still reported, marked INFEASIBLE, and the exit \
+code is 1.\n\
+Fix: widen the search, relax a constraint, or plan on more or larger devices."
+        }
+        "C011" => {
+            "The search space is too large: over 1,000,000 design points, or one knob over \
+65,536 values. The limit bounds the planner's time and memory on any input.\n\
+Fix: narrow the plan's `search` ranges, or pin knobs with --pin."
+        }
+        "C012" => {
+            "A pin names a knob the plan cannot use: `batch` on a training plan (the workload \
+fixes the global batch), `ep` > 1 on a dense model, or `nodes`.\n\
+Fix: remove the pin."
+        }
+        "C013" => {
+            "Warning: a command-line pin (`--fix` or `--pin`) overrides a different value in \
+the plan's `fix` block. The command line wins; the warning names both values.\n\
+Fix: drop the knob from the command line to use the plan's value, or change the plan."
+        }
+        "R001" => {
+            "`gantry run` found that the sharded execution differs from the reference \
+interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \
+names the first diverging op, device and microbatch. This is a runtime bug or a plan the \
+runtime executes wrongly: please report it with the command line.\n\
+Fix: none on the user's side; `--tolerance` only if the difference is rounding."
+        }
+        "R002" => {
+            "The plan does not fit the program being run: degrees, stages or batch that the \
+model at its simulated scale cannot take, a file with no plan and no workload, or a \
+`--plan-json` whose contents (the `gantry.plan/2` JSON) do not match the file.\n\
+Fix: pass pins that fit the simulated model, or the JSON of a plan of this file."
+        }
+        "R003" => {
+            "The runtime does not execute this op, knob or graph shape (the cost model may \
+still price it).\n\
+Fix: run another design point, or price the plan with `gantry plan` only."
+        }
+        "R004" => {
+            "A `--scale` override (or the plan's `simulate` line) cannot be applied: an unknown \
+key, a value that is not a whole number, or one the model does not take.\n\
+Fix: use keys the model has as parameters (e.g. `layers=2,d_model=64`)."
+        }
+        "R005" => {
+            "A JIT kernel failed to compile or got mismatched buffers. This is a runtime bug.\n\
+Fix: please report it with the command line."
+        }
+        "R006" => {
+            "A simulated device failed or a collective broke down (a device thread panicked, or \
+the devices disagreed on a message). The run is stopped.\n\
+Fix: please report it with the command line."
+        }
+        "R007" => {
+            "The simulated run would need more memory than `--max-memory` allows (default \
+4 GB): every parameter once for the reference and once per data- and context-parallel \
+replica, every op result twice, doubled with gradients. It is refused before anything is \
+allocated.\n\
+Fix: scale the model down with `--scale`, or raise `--max-memory`."
+        }
+        _ => return None,
+    })
+}
