@@ -361,6 +361,27 @@ Fix: remove the pin."
 the plan's `fix` block. The command line wins; the warning names both values.\n\
 Fix: drop the knob from the command line to use the plan's value, or change the plan."
         }
+        "C014" => {
+            "The design point sends traffic over a link its node does not declare: \
+tensor, context or expert parallelism (or a pipeline inside the node) needs the node's \
+scale-up `link`, and traffic between nodes needs its `nic`. Without the link the time \
+of that traffic would be infinite; the point is refused and named by its node.\n\
+Fix: declare the link (or `nic`) on the node, or pin the degree that needs it to 1."
+        }
+        "C015" => {
+            "A `subject to` constraint or the objective names a metric this plan's workload \
+does not have: `ttft` or `tpot` outside serving, a cost metric without a price. It used \
+to be treated as met; it is an error so that no constraint is silently ignored.\n\
+Fix: constrain a metric of the phase (`gantry explain` lists them in docs/LANGUAGE.md), \
+or add the missing figure (a `price`)."
+        }
+        "C016" => {
+            "A result is not a meaningful number: a step time or throughput that is zero, \
+negative, infinite or NaN, or a negative or non-finite memory, power or cost. The message \
+names the quantity, the point and the hardware figures involved; the result is never \
+printed or ranked.\n\
+Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency)."
+        }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \

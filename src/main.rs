@@ -588,7 +588,7 @@ fn search_cmd(
             j["layer_plans"] = serde_json::Value::Array(
                 s.layer_plans
                     .iter()
-                    .map(|l| serde_json::json!({ "tp": l.tp, "sequence_parallel": l.sequence_parallel, "allreduces": l.allreduces, "reduce_scatters": l.reduce_scatters, "all_gathers": l.all_gathers, "forward_s": l.seconds, "term": l.term }))
+                    .map(|l| serde_json::json!({ "tp": l.tp, "sequence_parallel": l.sequence_parallel, "allreduces": l.allreduces, "reduce_scatters": l.reduce_scatters, "all_gathers": l.all_gathers, "forward_s": l.seconds, "term": l.term, "whole": l.whole }))
                     .collect(),
             );
             j["top"] = serde_json::Value::Array(
@@ -642,7 +642,7 @@ fn search_cmd(
                 for l in &s.layer_plans {
                     pushln!(
                         report,
-                        "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}",
+                        "  tp={:<3} {:<22} all-reduce x{} reduce-scatter x{} all-gather x{}{}",
                         l.tp,
                         if l.sequence_parallel {
                             "sequence parallel"
@@ -653,7 +653,12 @@ fn search_cmd(
                         },
                         l.allreduces,
                         l.reduce_scatters,
-                        l.all_gathers
+                        l.all_gathers,
+                        if l.whole.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", whole: {}", l.whole.join(", "))
+                        }
                     );
                 }
             }

@@ -89,9 +89,23 @@ const SHARED_EXPERT: &str = "    h = rmsnorm(x)
 /// iteration split, so the body's linears run whole.
 const LINEAR_CARRY: &str = "    x = linear(relu(x), d, d)";
 
+/// A bottleneck adapter (down to 4 features and back up), the block where
+/// the extraction runs the up-projection whole on real hardware
+/// (`compiler/tests/search.rs`).
+const ADAPTER: &str = "    h = rmsnorm(x)
+    down = linear(h, d, 4)
+    up = linear(relu(down), 4, d)
+    x = x + up";
+
 /// The sharded program of the file's workload on `tp` ranks, and the
 /// names of its tensors.
 fn program(body: &str, tp: usize, sp: bool) -> (Program, Vec<String>) {
+    program_with(body, tp, sp, &[])
+}
+
+/// [`program`] with the contractions producing the tensors named `whole`
+/// run whole (the extraction's choice).
+fn program_with(body: &str, tp: usize, sp: bool, whole: &[&str]) -> (Program, Vec<String>) {
     let file = write(&format!("p{}", body.len()), body);
     let c = gantry::check_files(&[file], &[]);
     let w = c
@@ -109,7 +123,17 @@ fn program(body: &str, tp: usize, sp: bool) -> (Program, Vec<String>) {
         .iter()
         .map(|t| t.shape.numel().eval(&b).expect("bound") as f64)
         .collect();
-    let p = sharded::build(g, &numel, &Mesh::new(tp, sp)).expect("shardable");
+    let mesh = Mesh {
+        whole: g
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| whole.contains(&t.name.as_str()))
+            .map(|(i, _)| gantry_lang::program::TensorId(i as u32))
+            .collect(),
+        ..Mesh::new(tp, sp)
+    };
+    let p = sharded::build(g, &numel, &mesh).expect("shardable");
     (p, g.tensors.iter().map(|t| t.name.clone()).collect())
 }
 
@@ -135,6 +159,61 @@ const S: f64 = 8.0; // tokens per sample
 const D: f64 = 32.0;
 const F: f64 = 48.0;
 const V: f64 = 64.0;
+
+/// An up-projection the extraction runs whole reads its 4-feature input
+/// gathered, computes on every rank and leaves the residual stream whole:
+/// the all-reduce of d features per token that its row-parallel form
+/// needs becomes an all-gather of 4.
+#[test]
+fn a_contraction_run_whole_gathers_its_input() {
+    let c2 = Cols { groups: 2 };
+    let (split, _) = program(ADAPTER, 2, false);
+    let (p, _) = program_with(ADAPTER, 2, false, &["up"]);
+    let block = |p: &Program| shape_of(p)[1..6].to_vec();
+    assert_eq!(
+        block(&split),
+        vec![
+            ("rmsnorm", Replicated, Rep),
+            ("linear", Column, c2),
+            ("relu", Local, c2),
+            ("linear", Row, Rep),
+            ("add", Local, Rep),
+        ]
+    );
+    assert_eq!(
+        block(&p),
+        vec![
+            ("rmsnorm", Replicated, Rep),
+            ("linear", Column, c2),
+            ("relu", Local, c2),
+            ("linear", Replicated, Rep),
+            ("add", Local, Rep),
+        ]
+    );
+    // Forward: the embedding's all-reduce (d), the gather of the 4
+    // features (the split form all-reduces d instead).
+    let fwd: BTreeMap<Kind, f64> = [(AR, S * D), (AG, S * 4.0)].into();
+    assert_eq!(volume(&p, Pass::Forward), fwd);
+    assert_eq!(volume(&split, Pass::Forward), [(AR, S * D + S * D)].into());
+    // Backward: the partial gradients of the down-projection's and the
+    // head's inputs (d each), and the 4 features gathered again for the
+    // whole up-projection's weight gradient.
+    let bwd: BTreeMap<Kind, f64> = [(AR, 2.0 * S * D), (AG, S * 4.0)].into();
+    assert_eq!(volume(&p, Pass::Backward), bwd);
+    for tp in [2, 4] {
+        for sp in [false, true] {
+            let fix = format!("{POINT},tp={tp},sequence_parallel={sp}");
+            let whole = run_exact_with("adapter_whole", ADAPTER, &fix, &["up"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let both = run_exact_with("adapter_both", ADAPTER, &fix, &["up", "down"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The pin changes the program run and priced: with both
+            // projections whole the block has no collective at all.
+            assert!(both < whole, "{fix}: both {both} B, up {whole} B");
+            run_exact("adapter", ADAPTER, &fix).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
 
 #[test]
 fn layernorm_between_projections_is_gathered() {
@@ -358,7 +437,13 @@ fn args(name: &str, body: &str, fix: &str) -> TargetArgs {
 }
 
 fn run_exact(name: &str, body: &str, fix: &str) -> Result<(), String> {
-    let a = args(name, body, fix);
+    run_exact_with(name, body, fix, &[]).map(|_| ())
+}
+
+/// [`run_exact`] with `--whole` pins; the tensor bytes on success.
+fn run_exact_with(name: &str, body: &str, fix: &str, whole: &[&str]) -> Result<f64, String> {
+    let mut a = args(name, body, fix);
+    a.whole = whole.iter().map(|s| s.to_string()).collect();
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{name} {fix}: does not resolve"));
     let cfg = RunConfig {
         gradients: true,
@@ -377,7 +462,7 @@ fn run_exact(name: &str, body: &str, fix: &str) -> Result<(), String> {
             "{name} {fix}: tensor bytes: run {measured} B, model {model} B"
         ));
     }
-    Ok(())
+    Ok(measured)
 }
 
 const POINT: &str = "dp=1,pp=1,cp=1,zero=0,microbatch=1,virtual_stages=1";

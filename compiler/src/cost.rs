@@ -281,12 +281,21 @@ pub struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    fn op_time(&self, o: &IrOp, p: &DesignPoint, b: f64, backward: bool) -> (f64, f64) {
+    /// Time and FLOPs of one op; `sharded`: the program on this point's
+    /// degree divides its work ([`crate::ir::OpTp::sharded`]).
+    fn op_time(
+        &self,
+        o: &IrOp,
+        sharded: bool,
+        p: &DesignPoint,
+        b: f64,
+        backward: bool,
+    ) -> (f64, f64) {
         let hw = self.hw;
         let (t, c) = (p.tp as f64, p.cp as f64);
         let split = match o.class {
             Class::Matmul | Class::Attention => {
-                if o.tp_sharded {
+                if sharded {
                     t * c
                 } else {
                     c
@@ -294,7 +303,7 @@ impl Evaluator<'_> {
             }
             Class::Embedding => c,
             _ => {
-                if o.tp_sharded || p.sequence_parallel {
+                if sharded || p.sequence_parallel {
                     t * c
                 } else {
                     c
@@ -315,7 +324,7 @@ impl Evaluator<'_> {
         let mut bytes = o.bytes * mult * if backward { bwd_bytes } else { 1.0 };
         // Weights stream from HBM once per pass and microbatch.
         if o.class == Class::Matmul {
-            let wsplit = if o.tp_sharded { t } else { 1.0 }
+            let wsplit = if sharded { t } else { 1.0 }
                 * if o.experts.is_some() {
                     p.ep as f64
                 } else {
@@ -375,11 +384,12 @@ impl Evaluator<'_> {
         let tp_ops = table.ops.get(si).unwrap_or(&no_tp);
         for (j, o) in s.ops.iter().enumerate() {
             let otp = tp_ops.get(j);
-            let (tf, ff) = self.op_time(o, p, b, false);
+            let sharded = otp.is_some_and(|x| x.sharded);
+            let (tf, ff) = self.op_time(o, sharded, p, b, false);
             sc.fwd.add(o.class, tf);
             sc.flops += ff;
             if training {
-                let (tb, _) = self.op_time(o, p, b, true);
+                let (tb, _) = self.op_time(o, sharded, p, b, true);
                 sc.bwd.add(o.class, tb);
                 let recomputed = match p.recompute {
                     Recompute::Full => s.kind == SegmentKind::Body,
@@ -457,7 +467,7 @@ impl Evaluator<'_> {
                 sc.a2a_bytes += 2.0 * bytes;
                 sc.a2a += 2.0 * topo.time(Collective::AllToAll, p.ep, p.tp * p.cp, bytes);
             }
-            let held = memory::op_params(o, p);
+            let held = memory::op_params(o, sharded, p);
             sc.params += held;
             if o.experts.is_some() {
                 sc.expert_params += held;
@@ -492,7 +502,7 @@ impl Evaluator<'_> {
         q.sequence_parallel = false;
         body.ops
             .iter()
-            .map(|o| self.op_time(o, &q, p.microbatch as f64, false).0)
+            .map(|o| self.op_time(o, false, &q, p.microbatch as f64, false).0)
             .collect()
     }
 

@@ -88,6 +88,9 @@ pub struct OpTp {
     /// Its parameter gradients are partial sums over the tensor-parallel
     /// ranks (it ran on sequence rows): all-reduced once per step.
     pub param_reduce: bool,
+    /// Its work (and its parameters) are divided over the ranks; a
+    /// contraction the extraction runs whole is not.
+    pub sharded: bool,
 }
 
 /// The sharded program of the model on one tensor-parallel degree and
@@ -198,6 +201,7 @@ impl Programs {
                     .map(|t| {
                         program.op(*t).map_or_else(OpTp::default, |so| OpTp {
                             param_reduce: so.params_partial,
+                            sharded: tp > 1 && so.strategy.divides_work(so.layout),
                             comms: so
                                 .comms
                                 .iter()
@@ -243,9 +247,6 @@ pub struct IrOp {
     pub kv_bytes: f64,
     /// The dominant matrix product, for the shape-dependent efficiency.
     pub gemm: Option<Gemm>,
-    /// Splits across tensor-parallel ranks (else replicated on each), as
-    /// the sharded program divides it.
-    pub tp_sharded: bool,
     /// The graph tensor the op produces (its collectives are looked up by
     /// it in [`Ir::tp_table`]).
     pub output: TensorId,
@@ -289,7 +290,6 @@ impl IrOp {
             kv_bytes: 0.0,
             saved_probs: 0.0,
             gemm: None,
-            tp_sharded: false,
             output: TensorId(0),
             out_elems: 0.0,
             attention_core: false,
@@ -376,6 +376,20 @@ impl Ir {
     /// `tp`: every later [`Ir::tp_table`] on that degree builds with it.
     pub fn set_whole(&self, tp: usize, whole: BTreeSet<TensorId>) {
         self.programs.set_whole(tp, whole);
+    }
+    /// The name of tensor `t` in the model's source (`linear %7` for a
+    /// value the source does not name).
+    pub fn tensor_name(&self, t: TensorId) -> String {
+        let g = &self.programs.graph;
+        let name = &g.tensor(t).name;
+        if !name.is_empty() {
+            return name.clone();
+        }
+        let op = crate::sharded::ops_of(&g.body)
+            .into_iter()
+            .find(|o| o.output == t)
+            .map_or("value", |o| o.kind.name());
+        format!("{op} %{}", t.0)
     }
     /// The index of [`Ir::body`] in `segments`.
     pub fn body_index(&self) -> Option<usize> {
@@ -920,9 +934,6 @@ impl Lowering<'_> {
                 o
             }
         };
-        if let Some(so) = self.base.op(op.output) {
-            o.tp_sharded = so.strategy.divides_work(so.layout);
-        }
         o.output = op.output;
         o.out_elems = out_n;
         o.mult = mult;

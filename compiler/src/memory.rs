@@ -77,8 +77,28 @@ pub fn roles(ir: &Ir) -> Vec<Role> {
 /// Parameters of one op on one device: divided over the tensor-parallel
 /// ranks when the op's work is sharded (elementwise ops keep whole
 /// parameters), and experts over the expert-parallel ranks.
-pub fn op_params(o: &IrOp, p: &DesignPoint) -> f64 {
-    let psplit = if o.tp_sharded && o.class != Class::Elementwise {
+/// Parameters one device holds of segment `si` (only the experts' with
+/// `experts_only`), each op split as the program on `p.tp` splits it.
+fn segment_params(ir: &Ir, si: usize, p: &DesignPoint, experts_only: bool) -> f64 {
+    let table = ir.tp_table(p.tp as usize, false);
+    ir.segments[si]
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !experts_only || o.experts.is_some())
+        .map(|(j, o)| {
+            let sharded = table
+                .ops
+                .get(si)
+                .and_then(|s| s.get(j))
+                .is_some_and(|x| x.sharded);
+            op_params(o, sharded, p)
+        })
+        .sum()
+}
+
+pub fn op_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
+    let psplit = if sharded && o.class != Class::Elementwise {
         p.tp as f64
     } else {
         1.0
@@ -202,7 +222,8 @@ impl Evaluator<'_> {
             let params: f64 = ir
                 .segments
                 .iter()
-                .map(|s| s.ops.iter().map(|o| op_params(o, p)).sum::<f64>() * s.count as f64)
+                .enumerate()
+                .map(|(si, s)| segment_params(ir, si, p, false) * s.count as f64)
                 .sum();
             let mut m = self.state_memory(
                 Held {
@@ -221,17 +242,12 @@ impl Evaluator<'_> {
             layers.saturating_sub((pp - 1) * layers.div_ceil(pp)).max(1)
         } as f64;
         let (mut body, mut body_expert, mut pro, mut epi) = (0.0, 0.0, 0.0, 0.0);
-        for (s, role) in ir.segments.iter().zip(roles(ir)) {
-            let all: f64 = s.ops.iter().map(|o| op_params(o, p)).sum();
+        for (si, (s, role)) in ir.segments.iter().zip(roles(ir)).enumerate() {
+            let all = segment_params(ir, si, p, false);
             match role {
                 Role::Body => {
                     body = all;
-                    body_expert = s
-                        .ops
-                        .iter()
-                        .filter(|o| o.experts.is_some())
-                        .map(|o| op_params(o, p))
-                        .sum();
+                    body_expert = segment_params(ir, si, p, true);
                 }
                 Role::Prologue => pro += all * s.count as f64,
                 Role::Epilogue => epi += all * s.count as f64,

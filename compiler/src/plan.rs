@@ -232,8 +232,9 @@ pub struct LayerPlan {
     pub reduce_scatters: usize,
     pub all_gathers: usize,
     pub term: String,
-    /// The contractions (output tensor ids) this extraction runs whole.
-    pub whole: Vec<u32>,
+    /// The contractions this extraction runs whole (the names of the
+    /// tensors they produce), after the cost model's check.
+    pub whole: Vec<String>,
 }
 
 /// The e-graph's extraction of the repeated block on each degree.
@@ -296,8 +297,7 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
         ) / hidden;
         let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
         let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
-        let (ar_n, rs_n, ag_n) = crate::egraph::collective_counts(&term);
-        let whole: std::collections::BTreeSet<gantry_lang::program::TensorId> = if tp > 1 {
+        let mut whole: std::collections::BTreeSet<gantry_lang::program::TensorId> = if tp > 1 {
             crate::egraph::whole_ops(&term)
                 .into_iter()
                 .filter_map(|i| body.ops.get(i).map(|o| o.output))
@@ -306,7 +306,41 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
             Default::default()
         };
         if let Ok(t) = usize::try_from(tp) {
+            // The cost model has the last word: each contraction the
+            // extraction runs whole stays whole only if the layer
+            // (forward and backward, collectives included, on this degree)
+            // is faster with it whole than split, given the others.
+            let q = crate::point::DesignPoint {
+                tp: t as u64,
+                ..probe
+            };
+            let layer = |w: &std::collections::BTreeSet<_>| {
+                ir.set_whole(t, w.clone());
+                ev.layer_times(&q).map_or(f64::INFINITY, |(f, b)| f + b)
+            };
+            for op in whole.clone() {
+                let mut without = whole.clone();
+                without.remove(&op);
+                if layer(&without) <= layer(&whole) {
+                    whole = without;
+                }
+            }
             ir.set_whole(t, whole.clone());
+        }
+        // The forward collectives of one layer of the program priced (the
+        // extraction's, after the cost model's check).
+        let (mut ar_n, mut rs_n, mut ag_n) = (0, 0, 0);
+        if let (Ok(t), Some(bi)) = (usize::try_from(tp), ir.body_index()) {
+            let table = ir.tp_table(t, uses_sp);
+            for c in table.ops[bi].iter().flat_map(|o| o.comms.iter()) {
+                if c.pass == crate::sharded::Pass::Forward {
+                    match c.kind {
+                        crate::sharded::Kind::AllReduce => ar_n += 1,
+                        crate::sharded::Kind::ReduceScatter => rs_n += 1,
+                        crate::sharded::Kind::AllGather => ag_n += 1,
+                    }
+                }
+            }
         }
         out.plans.push(LayerPlan {
             tp,
@@ -316,7 +350,7 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
             reduce_scatters: rs_n,
             all_gathers: ag_n,
             term: term.to_string(),
-            whole: whole.iter().map(|t| t.0).collect(),
+            whole: whole.iter().map(|t| ir.tensor_name(*t)).collect(),
         });
     }
     out

@@ -416,3 +416,81 @@ fn search_snapshots() {
         });
     }
 }
+
+/// Extraction decides which contractions run whole, and the cost model
+/// has the last word: in a block with a bottleneck adapter the e-graph runs
+/// the adapter's up-projection (16 -> d) whole, which trades an all-reduce
+/// of d features per token for an all-gather of 16; the cost model keeps
+/// that choice at every degree and prices the program built with it (the
+/// up-projection's work and weights undivided, no reduction of its own),
+/// and the extraction's other whole choice (the attention output
+/// projection) is split again where the cost model finds it slower.
+#[test]
+fn extraction_runs_the_adapter_up_projection_whole() {
+    let p = common::plan("compiler/tests/inputs/adapter.gantry", None);
+    let s = search(&p, &BTreeMap::new(), 1).expect("search");
+    for l in s.layer_plans.iter().filter(|l| l.tp > 1) {
+        assert_eq!(l.whole, vec!["up".to_string()], "tp = {}: {}", l.tp, l.term);
+        // Forward: the attention output and MLP all-reduces, and the
+        // gather of the adapter's 16 features.
+        assert_eq!(
+            (l.allreduces, l.reduce_scatters, l.all_gathers),
+            (2, 0, 1),
+            "tp = {}",
+            l.tp
+        );
+    }
+    let ir = &s.best.ir;
+    let tp = s.best.estimate.point.tp as usize;
+    assert!(tp > 1, "{:?}", s.best.estimate.point);
+    let bi = ir.body_index().expect("body");
+    let body = &ir.segments[bi];
+    let table = ir.tp_table(tp, false);
+    let find = |name: &str| {
+        body.ops
+            .iter()
+            .position(|o| ir.tensor_name(o.output) == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let (up, down) = (find("up"), find("down"));
+    assert!(!table.ops[bi][up].sharded);
+    // Its only collectives: the gather of its 16-feature input, forward,
+    // and again in backward for its weight gradient.
+    let kinds: Vec<_> = table.ops[bi][up]
+        .comms
+        .iter()
+        .map(|c| (c.kind, c.pass, c.width))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                gantry_compiler::sharded::Kind::AllGather,
+                gantry_compiler::sharded::Pass::Forward,
+                16.0
+            ),
+            (
+                gantry_compiler::sharded::Kind::AllGather,
+                gantry_compiler::sharded::Pass::Backward,
+                16.0
+            )
+        ]
+    );
+    assert!(table.ops[bi][down].sharded);
+    // Without the choice the same point prices the split program: one
+    // more all-reduce of d per layer, in both passes.
+    let before = s.best.estimate.time.step;
+    ir.set_whole(tp, Default::default());
+    let split = Evaluator {
+        ir,
+        hw: &s.best.hardware,
+        prefill: None,
+    }
+    .evaluate(&s.best.estimate.point);
+    assert!(
+        split.time.step > before,
+        "split {} s vs whole {} s",
+        split.time.step,
+        before
+    );
+}

@@ -290,6 +290,31 @@ workload W { model Mixtral(layers = 2, d = 64, heads = 8, kv_heads = 2, f = 128,
         assert_eq!(b.stop_reason, "saturated");
     }
 
+    /// Extraction decides which contractions run whole: with collectives
+    /// free every linear of an MLP splits (Megatron's column then row);
+    /// with collectives far dearer than the compute a split saves, both
+    /// run whole and the block has no collective at all.
+    #[test]
+    fn extraction_runs_contractions_whole_when_a_split_costs_more() {
+        let src = "model M(l) {\n  input x0: f32[batch, seq, 16]\n  x = x0\n  repeat l {\n    x = x + linear(relu(linear(x, 16, 64)), 64, 16)\n  }\n  output y = x\n}\nworkload W { model M(l = 2)\n  train { seq = 8, global_batch = 4 } }";
+        let seg = body_of(src);
+        let linears: std::collections::BTreeSet<usize> = seg
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.op == "linear")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(linears.len(), 2);
+        let b = saturate(&seg, vec![1e-6; seg.ops.len()], 128.0, Limits::default());
+        let (_, cheap) = extract(&b, 4.0, 1e-15);
+        assert!(whole_ops(&cheap).is_empty(), "{cheap}");
+        assert!(cheap.to_string().contains("lin-row"), "{cheap}");
+        let (_, dear) = extract(&b, 4.0, 1.0);
+        assert_eq!(whole_ops(&dear), linears, "{dear}");
+        assert_eq!(collective_counts(&dear), (0, 0, 0), "{dear}");
+    }
+
     #[test]
     fn moe_is_its_own_op_with_split_experts() {
         let mx = body_of(MIXTRAL);
