@@ -375,8 +375,13 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         };
         let text = String::from_utf8_lossy(&bytes);
         let pp = plan_json::parse(&text, &workload.name).map_err(|e| fail(&e))?;
-        let par =
+        let mut par =
             Parallel::from_point(&pp.point, &workload, &pp.stage_layers).map_err(|e| fail(&e))?;
+        // The plan's program: its extraction's whole contractions.
+        par.whole = whole_tensors(&workload, &pp.whole)
+            .map_err(|e| fail(&e))?
+            .into_iter()
+            .collect();
         return Ok(Target {
             workload,
             par,
@@ -458,20 +463,44 @@ fn pin_whole(
     workload: &Workload,
     names: &[String],
 ) -> Result<(), RuntimeError> {
-    use gantry_lang::program::OpKind;
     if !matches!(workload.phase, Phase::Train { .. }) {
         return Err(RuntimeError::new(
             gantry_runtime::RCode::R002,
             "`--whole` pins a training plan's layouts; this workload does not train",
         ));
     }
+    let whole = whole_tensors(workload, names)?;
+    let tp = ev.estimate.point.tp as usize;
+    ev.ir.set_whole(tp, whole);
+    let priced = gantry_compiler::cost::Evaluator {
+        ir: &ev.ir,
+        hw: &ev.hardware,
+        prefill: None,
+    }
+    .evaluate(&ev.estimate.point);
+    ev.estimate = priced;
+    Ok(())
+}
+
+/// The output tensors of the contractions named `names` (tensor names as
+/// in the source, or `linear %7` for an unnamed one, as the planner
+/// prints them).
+fn whole_tensors(
+    workload: &Workload,
+    names: &[String],
+) -> Result<std::collections::BTreeSet<gantry_lang::program::TensorId>, RuntimeError> {
+    use gantry_lang::program::OpKind;
     let g = &workload.model.graph;
     let ops = gantry_compiler::sharded::ops_of(&g.body);
     let mut whole = std::collections::BTreeSet::new();
     for name in names {
         let found: Vec<_> = ops
             .iter()
-            .filter(|o| g.tensor(o.output).name == *name)
+            .filter(|o| {
+                let n = &g.tensor(o.output).name;
+                *n == *name
+                    || (n.is_empty() && *name == format!("{} %{}", o.kind.name(), o.output.0))
+            })
             .filter(|o| {
                 matches!(
                     o.kind,
@@ -491,16 +520,7 @@ fn pin_whole(
         }
         whole.extend(found);
     }
-    let tp = ev.estimate.point.tp as usize;
-    ev.ir.set_whole(tp, whole);
-    let priced = gantry_compiler::cost::Evaluator {
-        ir: &ev.ir,
-        hw: &ev.hardware,
-        prefill: None,
-    }
-    .evaluate(&ev.estimate.point);
-    ev.estimate = priced;
-    Ok(())
+    Ok(whole)
 }
 
 /// `gantry run`.

@@ -497,3 +497,41 @@ fn named_blocks_run_exactly_as_priced() {
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// `gantry run --plan-json` runs the plan's program: the contractions the
+/// JSON lists in `parallelism.whole_ops` (what `gantry plan` extracted)
+/// run whole, exactly as a `--whole` pin of the same names does.
+#[test]
+fn plan_json_runs_the_whole_ops_it_lists() {
+    let fix = format!("{POINT},tp=2,sequence_parallel=false");
+    let pinned = run_exact_with("adapter_pinned", ADAPTER, &fix, &["up", "down"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let json_run = |whole: &str| -> f64 {
+        let text = format!(
+            r#"{{"schema": "gantry.plan/2", "plan": "p", "workload": "w", "devices": 2,
+  "parallelism": {{"dp": 1, "tp": 2, "pp": 1, "cp": 1, "ep": 1, "zero": 0,
+  "recompute": "none", "microbatch": 1, "virtual_stages": 1,
+  "sequence_parallel": false, "batch": 4, "stage_layers": [2], "whole_ops": [{whole}]}}}}"#
+        );
+        let dir = std::env::temp_dir().join(format!("gantry-sharding-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(format!("plan{}.json", whole.len()));
+        std::fs::write(&path, text).expect("write");
+        let mut a = args("adapter_json", ADAPTER, "");
+        a.fix = None;
+        a.plan_json = Some(path);
+        let t = resolve_target(&a).unwrap_or_else(|_| panic!("plan JSON does not resolve"));
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert!(r.passed(), "{r:?}");
+        traffic_rows(&t, &r)
+            .iter()
+            .find(|r| r.label == "tensor")
+            .map_or(0.0, |r| r.measured)
+    };
+    assert_eq!(json_run(r#""up", "down""#), pinned);
+    assert_ne!(json_run(""), pinned);
+}

@@ -91,6 +91,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "recompute": p.recompute.name(), "microbatch": p.microbatch,
             "virtual_stages": p.virtual_stages, "sequence_parallel": p.sequence_parallel,
             "batch": p.batch, "stage_layers": e.stage_layers,
+            "whole_ops": ev.ir.whole(p.tp as usize).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
         "feasible": e.feasible,
         "metrics": metrics,

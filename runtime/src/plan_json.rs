@@ -18,6 +18,9 @@ pub struct PlanPoint {
     pub workload: String,
     pub point: DesignPoint,
     pub stage_layers: Vec<u64>,
+    /// Contractions the plan's extraction runs whole (tensor names);
+    /// empty in `gantry.plan/1`, which did not carry them.
+    pub whole: Vec<String>,
 }
 
 fn field<'a>(v: &'a Value, path: &str) -> Result<&'a Value, RuntimeError> {
@@ -109,6 +112,17 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
             })
         })
         .collect::<Result<Vec<u64>, _>>()?;
+    let whole = match v.pointer("/parallelism/whole_ops") {
+        None => Vec::new(),
+        Some(w) => w
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+            })
+            .ok_or_else(|| mismatch("plan JSON `parallelism.whole_ops` must be a list of names"))?,
+    };
     if layers.len() as u64 != pp {
         return Err(mismatch(format!(
             "plan JSON lists {} stage layer counts for pp = {pp}",
@@ -132,6 +146,7 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
             batch: p("batch")?,
         },
         stage_layers: layers,
+        whole,
     })
 }
 
