@@ -61,6 +61,32 @@ fn main() {
         n32,
         t126 / t32
     );
+    // Saturation of the repeated block (once per model) and extraction at
+    // every tensor-parallel degree of the plan's space.
+    for (file, plan) in [
+        ("examples/reference/a01_gpt_1p7b.gantry", None),
+        ("examples/llm_train.gantry", Some("llama3_405b_best")),
+        ("examples/moe_train.gantry", None),
+        ("compiler/tests/inputs/adapter.gantry", None),
+    ] {
+        let p = common::plan(file, plan);
+        let Ok(ir) = gantry_compiler::ir::lower(&p.workload) else {
+            continue;
+        };
+        let Ok(hw) = gantry_compiler::hardware::Hardware::new(&p.system, p.workload.dtype) else {
+            continue;
+        };
+        let t = Instant::now();
+        let x = gantry_compiler::plan::extract_layers(&ir, &hw, &[1, 2, 4, 8]);
+        println!(
+            "e-graph {} ({} ops): {} nodes, {}, saturation and 4 extractions {:.1} ms",
+            p.workload.model.name,
+            ir.body().map_or(0, |b| b.ops.len()),
+            x.nodes,
+            x.stop,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if let Some(kib) = peak_rss_kib() {
         println!(
             "peak resident memory of the process: {:.1} MiB",
