@@ -191,7 +191,7 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
             }
         }
     };
-    Ok(Evaluation {
+    let mut ev = Evaluation {
         plan: plan.name.clone(),
         workload: plan.workload.name.clone(),
         system: plan.system.name.clone(),
@@ -199,7 +199,46 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         ir,
         estimate,
         batch_candidates: candidates.len(),
-    })
+    };
+    let tables = table_placement(&ev, plan);
+    place_tables(&mut ev.estimate, &ev.ir, &tables);
+    Ok(ev)
+}
+
+/// Embedding-table memory per device from the placement the plan reports,
+/// not an even spread: the busiest rank's table-wise tables plus its share
+/// of the row-wise ones (with their optimizer state) are in HBM; host
+/// tables are spread over the devices' host memory. A table placed nowhere
+/// makes the point infeasible.
+pub fn place_tables(
+    e: &mut crate::cost::Estimate,
+    ir: &Ir,
+    tables: &[crate::placement::TablePlacement],
+) {
+    if tables.is_empty() {
+        return;
+    }
+    let states = 1.0 + crate::memory::optimizer(ir).map_or(0.0, crate::memory::optimizer_states);
+    let n = e.devices.max(1) as usize;
+    let mut hbm = vec![0.0f64; n];
+    let mut host = 0.0;
+    let mut unplaced = false;
+    for t in tables {
+        match t.sharding {
+            "table_wise" => {
+                if let Some(r) = t.ranks.first().and_then(|r| hbm.get_mut(*r as usize)) {
+                    *r += t.bytes;
+                }
+            }
+            "row_wise" => hbm.iter_mut().for_each(|r| *r += t.bytes / n as f64),
+            "host" => host += t.bytes,
+            _ => unplaced = true,
+        }
+    }
+    let busiest = hbm.iter().copied().fold(0.0, f64::max);
+    e.memory.embeddings = busiest * states;
+    e.memory.host_embeddings = host * states / n as f64;
+    e.feasible = e.feasible && !unplaced && e.memory.total() <= e.memory.capacity;
 }
 
 /// The result of searching a plan's design space.
@@ -470,6 +509,8 @@ pub fn search(
         batch_candidates: 0,
     };
     let tables = table_placement(&best, plan);
+    let mut best = best;
+    place_tables(&mut best.estimate, &best.ir, &tables);
     Ok(Searched {
         best,
         top,

@@ -494,3 +494,34 @@ fn extraction_runs_the_adapter_up_projection_whole() {
         before
     );
 }
+
+/// The memory a DLRM plan reports per device holds the embedding tables
+/// the placement puts on its busiest rank (table-wise tables whole,
+/// row-wise ones split), with their optimizer state; placement balances
+/// lookups, not bytes, so that is more than an even spread of the tables.
+#[test]
+fn dlrm_table_memory_is_the_busiest_rank_of_the_placement() {
+    let p = common::plan("examples/dlrm_train.gantry", None);
+    let ev = evaluate(&p, &BTreeMap::new()).expect("point");
+    let tables = gantry_compiler::plan::table_placement(&ev, &p);
+    let n = ev.estimate.devices as usize;
+    let mut mem = vec![0.0f64; n];
+    for t in &tables {
+        match t.sharding {
+            "table_wise" => mem[t.ranks[0] as usize] += t.bytes,
+            "row_wise" => mem.iter_mut().for_each(|m| *m += t.bytes / n as f64),
+            _ => {}
+        }
+    }
+    let states = 1.0
+        + gantry_compiler::memory::optimizer(&ev.ir)
+            .map_or(0.0, gantry_compiler::memory::optimizer_states);
+    let busiest = mem.iter().copied().fold(0.0, f64::max) * states;
+    let reported = ev.estimate.memory.embeddings;
+    assert!(
+        (reported - busiest).abs() <= 1e-9 * busiest,
+        "{reported} vs {busiest}"
+    );
+    let even = ev.ir.table_bytes() * states / n as f64;
+    assert!(reported > even, "{reported} vs an even {even}");
+}
