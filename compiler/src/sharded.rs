@@ -30,6 +30,10 @@
 //! - embeddings are vocab-parallel; `moe` splits every expert's width (an
 //!   all-reduce of the combined output); DLRM ops, `reshape` and `concat`
 //!   run replicated on gathered inputs.
+//! - a contraction the e-graph's extraction chose to run whole
+//!   ([`Mesh::whole`], checked by the cost model in `plan::extract_layers`)
+//!   is replicated: its inputs are read whole (gathered if split) and its
+//!   result is whole;
 //! - a carried value (a `repeat`'s residual stream) leaves an iteration in
 //!   the layout it entered with: the elementwise op producing it is asked
 //!   for that layout; a body where that cannot hold (a linear produces the
