@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use gantry_lang::program::{Activation, BinaryOp, Graph, OpKind, TensorId};
+use gantry_lang::program::{Activation, BinaryOp, Graph, Op, OpKind, TensorId};
 
 use super::device::{Dev, Local};
 use super::grad_ops;
@@ -209,12 +209,7 @@ impl Tape {
         s
     }
     /// Records the op producing `out` (its inputs are already bound).
-    pub(super) fn push(
-        &mut self,
-        op: &gantry_lang::program::Op,
-        path: &[u64],
-        out: &Local,
-    ) -> Result<(), RuntimeError> {
+    pub(super) fn push(&mut self, op: &Op, path: &[u64], out: &Local) -> Result<(), RuntimeError> {
         let ins = op
             .inputs
             .iter()
@@ -682,6 +677,10 @@ impl Dev<'_> {
 
     // ------------------------------------------------------------ ops
 
+    /// The gradient contributions of the op of tape entry `e` to its
+    /// inputs, given the gradient `dy` of its result; parameter gradients
+    /// are added to the device's blocks. Each op family's backward is a
+    /// function of its own below.
     fn op_backward(
         &mut self,
         tape: &Tape,
@@ -695,12 +694,10 @@ impl Dev<'_> {
         let path = e.path.as_slice();
         let lay = tape.values[e.out].layout;
         let val = |i: usize| &tape.values[e.ins[i]];
-        let ps = graph::params(&op.kind);
-        let slot = |i: usize| ps[i].slot;
         Ok(match &op.kind {
             OpKind::Dropout(_) => vec![(0, Grad::In(lay, dy))],
             OpKind::Activation(a) => {
-                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?;
+                let x = self.input_as(op, tape, e, 0, lay)?;
                 let dx = self.ew(&chain(*a), &[&dy, &x], dy.len())?;
                 vec![(0, Grad::In(lay, dx))]
             }
@@ -708,43 +705,7 @@ impl Dev<'_> {
                 let e = Expr::Unary(Unary::Scale((*c as f32).to_bits()), input(0));
                 vec![(0, Grad::In(lay, self.ew(&e, &[&dy], dy.len())?))]
             }
-            OpKind::Binary(b) => {
-                // Sums and differences need no forward values.
-                let reads = matches!(b, BinaryOp::Mul | BinaryOp::Div);
-                let (x, y) = if reads {
-                    (
-                        self.slot_as(op.inputs[0], e.ins[0], val(0), lay)?,
-                        self.slot_as(op.inputs[1], e.ins[1], val(1), lay)?,
-                    )
-                } else {
-                    (Vec::new(), Vec::new())
-                };
-                let n = dy.len();
-                let neg =
-                    |e: Box<Expr>| Box::new(Expr::Unary(Unary::Scale((-1.0f32).to_bits()), e));
-                let (dx, dyy) = match b {
-                    BinaryOp::Add => (dy.clone(), dy),
-                    BinaryOp::Sub => {
-                        let d = self.ew(&neg(input(0)), &[&dy], n)?;
-                        (dy, d)
-                    }
-                    BinaryOp::Mul => {
-                        let e = Expr::Binary(Binary::Mul, input(0), input(1));
-                        (self.ew(&e, &[&dy, &y], n)?, self.ew(&e, &[&dy, &x], n)?)
-                    }
-                    BinaryOp::Div => {
-                        let q = Expr::Binary(Binary::Div, input(0), input(1));
-                        // d(x/y)/dy = -dy * x / (y * y)
-                        let r = Expr::Binary(
-                            Binary::Div,
-                            Box::new(Expr::Binary(Binary::Mul, neg(input(0)), input(1))),
-                            Box::new(Expr::Binary(Binary::Mul, input(2), input(2))),
-                        );
-                        (self.ew(&q, &[&dy, &y], n)?, self.ew(&r, &[&dy, &x, &y], n)?)
-                    }
-                };
-                vec![(0, Grad::In(lay, dx)), (1, Grad::In(lay, dyy))]
-            }
+            OpKind::Binary(b) => self.binary_backward(op, tape, e, *b, dy)?,
             OpKind::Reshape => vec![(0, Grad::In(Layout::Rep, dy))],
             OpKind::Linear { d_in, d_out, bias } => self.linear_backward(
                 op,
@@ -758,29 +719,7 @@ impl Dev<'_> {
             )?,
             OpKind::MatMul => self.matmul_backward(op, val(0), val(1), dy)?,
             OpKind::Embedding { vocab, dim } => {
-                let (vocab, dim) = (*vocab as usize, *dim as usize);
-                let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
-                let ids = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
-                // Under sequence parallelism the output is row blocks.
-                let dy = self.convert(
-                    op.output,
-                    &Local {
-                        layout: lay,
-                        data: dy,
-                    },
-                    Layout::Rep,
-                )?;
-                let mut dw = vec![0.0; rows.len() * dim];
-                for (tok, id) in ids.iter().enumerate() {
-                    let r = clamp_id(*id, vocab as u64);
-                    if rows.contains(&r) {
-                        let o = (r - rows.start) * dim;
-                        for j in 0..dim {
-                            dw[o + j] += dy[tok * dim + j];
-                        }
-                    }
-                }
-                self.add_pgrad(op.output, path, slot(0), rows, 0..dim, dw, Reduce::Replicas);
+                self.embedding_backward(op, tape, e, dy, *vocab as usize, *dim as usize)?;
                 Vec::new()
             }
             OpKind::EmbeddingBag { .. } => {
@@ -788,148 +727,19 @@ impl Dev<'_> {
                 Vec::new()
             }
             OpKind::Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                ..
+                kv_heads, head_dim, ..
             } => {
-                let (mut spec, ql, kvl) = self.attention_plan(op)?;
-                let q = self.slot_as(op.inputs[0], e.ins[0], val(0), ql)?;
-                let mut k = self.slot_as(op.inputs[1], e.ins[1], val(1), kvl)?;
-                let mut v = self.slot_as(op.inputs[2], e.ins[2], val(2), kvl)?;
-                let b = self.shapes[op.inputs[0].0 as usize][0];
-                let n = self.cp_chunks(&spec);
-                if self.par.cp > 1 {
-                    spec.seq_kv *= n;
-                    k = self.cp_gather(&k, b, n)?;
-                    v = self.cp_gather(&v, b, n)?;
-                }
-                let (dq, mut dk, mut dv) = grad_ops::attention(&spec, b, &q, &k, &v, &dy);
-                if self.par.cp > 1 {
-                    // Keys and values of other chunks send their gradients home.
-                    dk = self.cp_scatter(&dk, b, n)?;
-                    dv = self.cp_scatter(&dv, b, n)?;
-                }
-                let mut out = vec![(0, Grad::In(ql, dq))];
-                // Keys and values split one block per rank are read only by
-                // that rank's query heads: their gradients are whole.
-                let own = matches!(kvl, Layout::Split { groups } if groups == self.par.tp);
-                if ql == Layout::Rep || own {
-                    out.push((1, Grad::In(kvl, dk)));
-                    out.push((2, Grad::In(kvl, dv)));
-                } else {
-                    // Each rank's query heads add to their key/value heads.
-                    let (kvh, hd) = (*kv_heads as usize, *head_dim as usize);
-                    let _ = heads;
-                    let rows = dk.len() / (spec.kv_heads * hd).max(1);
-                    let place = |local: &[f32]| {
-                        let mut full = vec![0.0; rows * kvh * hd];
-                        let w = spec.kv_heads * hd;
-                        for r in 0..rows {
-                            let o = r * kvh * hd + spec.kv_head_offset * hd;
-                            full[o..o + w].copy_from_slice(&local[r * w..(r + 1) * w]);
-                        }
-                        full
-                    };
-                    out.push((1, Grad::Partial(place(&dk))));
-                    out.push((2, Grad::Partial(place(&dv))));
-                }
-                out
+                self.attention_backward(op, tape, e, &dy, *kv_heads as usize, *head_dim as usize)?
             }
             OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Softmax => {
-                let rows_local = lay == Layout::Rows;
-                let x = if rows_local {
-                    self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rows)?
-                } else {
-                    self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?
-                };
-                // The result is row blocks or whole (the sharded program
-                // never keeps a row-wise op's result split by features).
-                let dyf = dy;
-                let dim = self.width(op.inputs[0]);
-                let mut dx = vec![0.0; x.len()];
-                let reduce = if rows_local {
-                    Reduce::TensorAndReplicas
-                } else {
-                    Reduce::Replicas
-                };
-                match op.kind {
-                    OpKind::RmsNorm { .. } => {
-                        let gain = ps[0].full(&self.init, op.output, path);
-                        let mut dg = vec![0.0; dim];
-                        self.jit
-                            .rmsnorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg)?;
-                        self.add_pgrad(op.output, path, slot(0), 0..1, 0..dim, dg, reduce);
-                    }
-                    OpKind::LayerNorm { .. } => {
-                        let gain = ps[0].full(&self.init, op.output, path);
-                        let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
-                        self.jit
-                            .layernorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg, &mut db)?;
-                        self.add_pgrad(op.output, path, slot(0), 0..1, 0..dim, dg, reduce);
-                        self.add_pgrad(op.output, path, slot(1), 0..1, 0..dim, db, reduce);
-                    }
-                    _ => {
-                        let mut y = vec![0.0; x.len()];
-                        self.jit.softmax(dim, &x, &mut y)?;
-                        self.jit.softmax_grad(dim, &y, &dyf, &mut dx)?;
-                    }
-                }
-                let l = if rows_local {
-                    Layout::Rows
-                } else {
-                    Layout::Rep
-                };
-                vec![(0, Grad::In(l, dx))]
+                self.rowwise_backward(op, tape, e, dy)?
             }
             OpKind::Mlp { dims, activation } => {
-                let widths = graph::mlp_widths(dims);
-                let x = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
-                let rows = x.len() / widths[0].max(1);
-                let ws: Vec<Vec<f32>> = (0..widths.len() - 1)
-                    .map(|l| ps[2 * l].full(&self.init, op.output, path))
-                    .collect();
-                // Recompute the layers' inputs and pre-activations.
-                let (mut hs, mut zs) = (vec![x], Vec::new());
-                for l in 0..widths.len() - 1 {
-                    let b = ps[2 * l + 1].full(&self.init, op.output, path);
-                    let packed = jit::pack_b(&ws[l], widths[l], widths[l + 1]);
-                    let z = self.mm(rows, widths[l], widths[l + 1], &hs[l], &packed, Some(&b))?;
-                    let act = Expr::Unary(super::elementwise::unary_of(*activation), input(0));
-                    hs.push(self.ew(&act, &[&z], z.len())?);
-                    zs.push(z);
-                }
-                let mut g = dy;
-                for l in (0..widths.len() - 1).rev() {
-                    let dz = self.ew(&chain(*activation), &[&g, &zs[l]], g.len())?;
-                    let (a, b) = (widths[l], widths[l + 1]);
-                    let dw = self.mm_tn(&hs[l], &dz, rows, a, b)?;
-                    let db = col_sums(&dz, b);
-                    self.add_pgrad(
-                        op.output,
-                        path,
-                        slot(2 * l),
-                        0..a,
-                        0..b,
-                        dw,
-                        Reduce::Replicas,
-                    );
-                    self.add_pgrad(
-                        op.output,
-                        path,
-                        slot(2 * l + 1),
-                        0..1,
-                        0..b,
-                        db,
-                        Reduce::Replicas,
-                    );
-                    g = self.mm_nt(&dz, &ws[l], rows, b, a)?;
-                }
-                vec![(0, Grad::In(Layout::Rep, g))]
+                self.mlp_backward(op, tape, e, dims, *activation, dy)?
             }
             OpKind::Interact { vectors, dim } => {
-                let dense = self.slot_as(op.inputs[0], e.ins[0], val(0), Layout::Rep)?;
-                let sparse = self.slot_as(op.inputs[1], e.ins[1], val(1), Layout::Rep)?;
+                let dense = self.input_as(op, tape, e, 0, Layout::Rep)?;
+                let sparse = self.input_as(op, tape, e, 1, Layout::Rep)?;
                 let b = self.shapes[op.inputs[0].0 as usize][0];
                 let n = (*vectors as usize).saturating_sub(1);
                 let (dd, ds) = grad_ops::interact(&dense, &sparse, &dy, b, n, *dim as usize);
@@ -970,10 +780,287 @@ impl Dev<'_> {
         })
     }
 
+    /// Input `i` of the op of tape entry `e` in layout `to`.
+    fn input_as(
+        &self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        i: usize,
+        to: Layout,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.slot_as(op.inputs[i], e.ins[i], &tape.values[e.ins[i]], to)
+    }
+
+    /// Both inputs' gradients of an elementwise binary op, in the
+    /// result's layout.
+    fn binary_backward(
+        &mut self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        b: BinaryOp,
+        dy: Vec<f32>,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let lay = tape.values[e.out].layout;
+        // Sums and differences need no forward values.
+        let reads = matches!(b, BinaryOp::Mul | BinaryOp::Div);
+        let (x, y) = if reads {
+            (
+                self.input_as(op, tape, e, 0, lay)?,
+                self.input_as(op, tape, e, 1, lay)?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let n = dy.len();
+        let neg = |e: Box<Expr>| Box::new(Expr::Unary(Unary::Scale((-1.0f32).to_bits()), e));
+        let (dx, dyy) = match b {
+            BinaryOp::Add => (dy.clone(), dy),
+            BinaryOp::Sub => {
+                let d = self.ew(&neg(input(0)), &[&dy], n)?;
+                (dy, d)
+            }
+            BinaryOp::Mul => {
+                let e = Expr::Binary(Binary::Mul, input(0), input(1));
+                (self.ew(&e, &[&dy, &y], n)?, self.ew(&e, &[&dy, &x], n)?)
+            }
+            BinaryOp::Div => {
+                let q = Expr::Binary(Binary::Div, input(0), input(1));
+                // d(x/y)/dy = -dy * x / (y * y)
+                let r = Expr::Binary(
+                    Binary::Div,
+                    Box::new(Expr::Binary(Binary::Mul, neg(input(0)), input(1))),
+                    Box::new(Expr::Binary(Binary::Mul, input(2), input(2))),
+                );
+                (self.ew(&q, &[&dy, &y], n)?, self.ew(&r, &[&dy, &x, &y], n)?)
+            }
+        };
+        Ok(vec![(0, Grad::In(lay, dx)), (1, Grad::In(lay, dyy))])
+    }
+
+    /// A vocab-parallel embedding's table gradient: each rank adds the
+    /// rows of its vocabulary block (the ids get no gradient).
+    fn embedding_backward(
+        &mut self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        dy: Vec<f32>,
+        vocab: usize,
+        dim: usize,
+    ) -> Result<(), RuntimeError> {
+        let lay = tape.values[e.out].layout;
+        let ps = graph::params(&op.kind);
+        let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
+        let ids = self.input_as(op, tape, e, 0, Layout::Rep)?;
+        // Under sequence parallelism the output is row blocks.
+        let dy = self.convert(
+            op.output,
+            &Local {
+                layout: lay,
+                data: dy,
+            },
+            Layout::Rep,
+        )?;
+        let mut dw = vec![0.0; rows.len() * dim];
+        for (tok, id) in ids.iter().enumerate() {
+            let r = clamp_id(*id, vocab as u64);
+            if rows.contains(&r) {
+                let o = (r - rows.start) * dim;
+                for j in 0..dim {
+                    dw[o + j] += dy[tok * dim + j];
+                }
+            }
+        }
+        let path = e.path.as_slice();
+        self.add_pgrad(
+            op.output,
+            path,
+            ps[0].slot,
+            rows,
+            0..dim,
+            dw,
+            Reduce::Replicas,
+        );
+        Ok(())
+    }
+
+    /// Attention's query, key and value gradients over the local heads;
+    /// under context parallelism the keys and values of every chunk are
+    /// gathered and their gradients scattered back to their chunks.
+    fn attention_backward(
+        &mut self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        dy: &[f32],
+        kvh: usize,
+        hd: usize,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let (mut spec, ql, kvl) = self.attention_plan(op)?;
+        let q = self.input_as(op, tape, e, 0, ql)?;
+        let mut k = self.input_as(op, tape, e, 1, kvl)?;
+        let mut v = self.input_as(op, tape, e, 2, kvl)?;
+        let b = self.shapes[op.inputs[0].0 as usize][0];
+        let n = self.cp_chunks(&spec);
+        if self.par.cp > 1 {
+            spec.seq_kv *= n;
+            k = self.cp_gather(&k, b, n)?;
+            v = self.cp_gather(&v, b, n)?;
+        }
+        let (dq, mut dk, mut dv) = grad_ops::attention(&spec, b, &q, &k, &v, dy);
+        if self.par.cp > 1 {
+            // Keys and values of other chunks send their gradients home.
+            dk = self.cp_scatter(&dk, b, n)?;
+            dv = self.cp_scatter(&dv, b, n)?;
+        }
+        let mut out = vec![(0, Grad::In(ql, dq))];
+        // Keys and values split one block per rank are read only by
+        // that rank's query heads: their gradients are whole.
+        let own = matches!(kvl, Layout::Split { groups } if groups == self.par.tp);
+        if ql == Layout::Rep || own {
+            out.push((1, Grad::In(kvl, dk)));
+            out.push((2, Grad::In(kvl, dv)));
+        } else {
+            // Each rank's query heads add to their key/value heads.
+            let rows = dk.len() / (spec.kv_heads * hd).max(1);
+            let place = |local: &[f32]| {
+                let mut full = vec![0.0; rows * kvh * hd];
+                let w = spec.kv_heads * hd;
+                for r in 0..rows {
+                    let o = r * kvh * hd + spec.kv_head_offset * hd;
+                    full[o..o + w].copy_from_slice(&local[r * w..(r + 1) * w]);
+                }
+                full
+            };
+            out.push((1, Grad::Partial(place(&dk))));
+            out.push((2, Grad::Partial(place(&dv))));
+        }
+        Ok(out)
+    }
+
+    /// The row-wise ops (RMS and layer norms, softmax): the input's
+    /// gradient and the gains' (and bias') gradients, on sequence-parallel
+    /// row blocks or whole rows.
+    fn rowwise_backward(
+        &mut self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        dy: Vec<f32>,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let path = e.path.as_slice();
+        let ps = graph::params(&op.kind);
+        let rows_local = tape.values[e.out].layout == Layout::Rows;
+        let x = if rows_local {
+            self.input_as(op, tape, e, 0, Layout::Rows)?
+        } else {
+            self.input_as(op, tape, e, 0, Layout::Rep)?
+        };
+        // The result is row blocks or whole (the sharded program
+        // never keeps a row-wise op's result split by features).
+        let dyf = dy;
+        let dim = self.width(op.inputs[0]);
+        let mut dx = vec![0.0; x.len()];
+        let reduce = if rows_local {
+            Reduce::TensorAndReplicas
+        } else {
+            Reduce::Replicas
+        };
+        match op.kind {
+            OpKind::RmsNorm { .. } => {
+                let gain = ps[0].full(&self.init, op.output, path);
+                let mut dg = vec![0.0; dim];
+                self.jit
+                    .rmsnorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg)?;
+                self.add_pgrad(op.output, path, ps[0].slot, 0..1, 0..dim, dg, reduce);
+            }
+            OpKind::LayerNorm { .. } => {
+                let gain = ps[0].full(&self.init, op.output, path);
+                let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
+                self.jit
+                    .layernorm_grad(dim, &x, &gain, &dyf, &mut dx, &mut dg, &mut db)?;
+                self.add_pgrad(op.output, path, ps[0].slot, 0..1, 0..dim, dg, reduce);
+                self.add_pgrad(op.output, path, ps[1].slot, 0..1, 0..dim, db, reduce);
+            }
+            _ => {
+                let mut y = vec![0.0; x.len()];
+                self.jit.softmax(dim, &x, &mut y)?;
+                self.jit.softmax_grad(dim, &y, &dyf, &mut dx)?;
+            }
+        }
+        let l = if rows_local {
+            Layout::Rows
+        } else {
+            Layout::Rep
+        };
+        Ok(vec![(0, Grad::In(l, dx))])
+    }
+
+    /// A replicated MLP: recomputes the layers' inputs and
+    /// pre-activations, then walks the layers back.
+    fn mlp_backward(
+        &mut self,
+        op: &Op,
+        tape: &Tape,
+        e: &Entry,
+        dims: &[u64],
+        activation: Activation,
+        dy: Vec<f32>,
+    ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
+        let path = e.path.as_slice();
+        let ps = graph::params(&op.kind);
+        let slot = |i: usize| ps[i].slot;
+        let widths = graph::mlp_widths(dims);
+        let x = self.input_as(op, tape, e, 0, Layout::Rep)?;
+        let rows = x.len() / widths[0].max(1);
+        let ws: Vec<Vec<f32>> = (0..widths.len() - 1)
+            .map(|l| ps[2 * l].full(&self.init, op.output, path))
+            .collect();
+        // Recompute the layers' inputs and pre-activations.
+        let (mut hs, mut zs) = (vec![x], Vec::new());
+        for l in 0..widths.len() - 1 {
+            let b = ps[2 * l + 1].full(&self.init, op.output, path);
+            let packed = jit::pack_b(&ws[l], widths[l], widths[l + 1]);
+            let z = self.mm(rows, widths[l], widths[l + 1], &hs[l], &packed, Some(&b))?;
+            let act = Expr::Unary(super::elementwise::unary_of(activation), input(0));
+            hs.push(self.ew(&act, &[&z], z.len())?);
+            zs.push(z);
+        }
+        let mut g = dy;
+        for l in (0..widths.len() - 1).rev() {
+            let dz = self.ew(&chain(activation), &[&g, &zs[l]], g.len())?;
+            let (a, b) = (widths[l], widths[l + 1]);
+            let dw = self.mm_tn(&hs[l], &dz, rows, a, b)?;
+            let db = col_sums(&dz, b);
+            self.add_pgrad(
+                op.output,
+                path,
+                slot(2 * l),
+                0..a,
+                0..b,
+                dw,
+                Reduce::Replicas,
+            );
+            self.add_pgrad(
+                op.output,
+                path,
+                slot(2 * l + 1),
+                0..1,
+                0..b,
+                db,
+                Reduce::Replicas,
+            );
+            g = self.mm_nt(&dz, &ws[l], rows, b, a)?;
+        }
+        Ok(vec![(0, Grad::In(Layout::Rep, g))])
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &mut self,
-        op: &gantry_lang::program::Op,
+        op: &Op,
         path: &[u64],
         (xs, x): (usize, &Local),
         out_layout: Layout,
@@ -1068,7 +1155,7 @@ impl Dev<'_> {
 
     fn matmul_backward(
         &mut self,
-        op: &gantry_lang::program::Op,
+        op: &Op,
         a: &Local,
         b: &Local,
         dy: Vec<f32>,
@@ -1113,7 +1200,7 @@ impl Dev<'_> {
     /// replica.
     fn embedding_bag_backward(
         &mut self,
-        op: &gantry_lang::program::Op,
+        op: &Op,
         path: &[u64],
         ids: &Local,
         dy: &[f32],
@@ -1199,10 +1286,13 @@ impl Dev<'_> {
     }
 
     /// MoE backward, recomputing the routing, the dispatch and the experts'
-    /// activations (activation recomputation of the whole layer).
+    /// activations (activation recomputation of the whole layer). The
+    /// phases: routing, the experts' forward pass, the gates' gradients,
+    /// the experts' gradients, then the inputs' gradients combined from
+    /// the owners' replies and the router's.
     fn moe_backward(
         &mut self,
-        op: &gantry_lang::program::Op,
+        op: &Op,
         path: &[u64],
         x: &Local,
         dy: &[f32],
@@ -1211,135 +1301,25 @@ impl Dev<'_> {
         let (tp, t, ep) = (self.par.tp, self.t, self.par.ep);
         let ps = graph::params(&op.kind);
         let fl = Layout::split(tp).range(f, tp, t);
-        let flen = fl.len();
         let local = crate::layout::block(experts, ep, self.d % ep);
         let x = self.convert(op.inputs[0], x, Layout::Rep)?;
         let tokens = x.len() / d.max(1);
         let router = ps[0].full(&self.init, op.output, path);
-        let saved = self
-            .moe_saved
-            .remove(&(self.mb, op.output.0, path.to_vec()));
-        let (choices, sent, received, saved_back) = match saved {
-            Some(s) => (s.choices, s.sent, s.received, Some(s.back)),
-            None => {
-                let logits = self.mm(
-                    tokens,
-                    d,
-                    experts,
-                    &x,
-                    &jit::pack_b(&router, d, experts),
-                    None,
-                )?;
-                let choices = route(&logits, experts, top_k);
-                let (sent, received) = self.moe_dispatch(&x, &choices, d, experts)?;
-                (choices, sent, received, None)
-            }
-        };
-        // Expert weights (local blocks) and the recomputed activations.
-        let mut ws = HashMap::new();
-        for e in local.clone() {
-            let w1 = ps[1 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
-            let w3 = ps[2 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
-            let w2 = ps[3 + 3 * e].block(&self.init, op.output, path, fl.clone(), 0..d);
-            ws.insert(e, [w1, w3, w2]);
-        }
-        // Every local expert has a gradient, zero when no token chose it
-        // here, so the replicas that reduce it hold the same blocks.
-        for e in local.clone() {
-            let red = Reduce::ExpertReplicas;
-            let zeros = vec![0.0; d * flen];
-            let p = op.output;
-            self.add_pgrad(
-                p,
-                path,
-                ps[1 + 3 * e].slot,
-                0..d,
-                fl.clone(),
-                zeros.clone(),
-                red,
-            );
-            self.add_pgrad(
-                p,
-                path,
-                ps[2 + 3 * e].slot,
-                0..d,
-                fl.clone(),
-                zeros.clone(),
-                red,
-            );
-            self.add_pgrad(p, path, ps[3 + 3 * e].slot, fl.clone(), 0..d, zeros, red);
-        }
-        let silu = |a: &[f32]| -> Vec<f32> { a.iter().map(|v| v / (1.0 + (-v).exp())).collect() };
-        struct Work {
-            e: usize,
-            rows: Vec<usize>,
-            xe: Vec<f32>,
-            a: Vec<f32>,
-            b: Vec<f32>,
-            h: Vec<f32>,
-        }
-        let mut work: Vec<Vec<Work>> = Vec::with_capacity(received.len());
-        let mut replies = Vec::with_capacity(received.len());
-        for msg in &received {
-            let recs = msg.len() / (d + 1);
-            let mut reply = vec![0.0; recs * d];
-            let mut mine = Vec::new();
-            for e in local.clone() {
-                let Some((rows, xe)) = super::moe::expert_rows(msg, d, e) else {
-                    continue;
-                };
-                let [w1, w3, w2] = &ws[&e];
-                let n = rows.len();
-                let a = self.mm(n, d, flen, &xe, &jit::pack_b(w1, d, flen), None)?;
-                let b = self.mm(n, d, flen, &xe, &jit::pack_b(w3, d, flen), None)?;
-                let h: Vec<f32> = silu(&a).iter().zip(&b).map(|(s, b)| s * b).collect();
-                let y = self.mm(n, flen, d, &h, &jit::pack_b(w2, flen, d), None)?;
-                for (i, r) in rows.iter().enumerate() {
-                    reply[r * d..(r + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
-                }
-                mine.push(Work {
-                    e,
-                    rows,
-                    xe,
-                    a,
-                    b,
-                    h,
-                });
-            }
-            work.push(mine);
-            replies.push(reply);
-        }
+        let Routing {
+            choices,
+            sent,
+            received,
+            back: saved_back,
+        } = self.moe_routing(op, path, &x, &router, [experts, top_k, d])?;
+        let ws = self.moe_expert_weights(op, path, local.clone(), d, &fl);
+        let (work, replies) = self.moe_recompute(&received, &ws, local, d, fl.len())?;
         // The experts' outputs, whole (they are partial sums over the
         // width shards), give the gates' gradients.
         let back = match saved_back {
             Some(b) => b,
             None => self.ep_exchange(replies)?,
         };
-        let mut flat: Vec<f32> = back.concat();
-        self.all_reduce_tp(&mut flat)?;
-        let mut y_of: HashMap<(usize, usize), usize> = HashMap::new();
-        let mut off = 0;
-        for recs in &sent {
-            for key in recs {
-                y_of.insert(*key, off);
-                off += d;
-            }
-        }
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        let mut dlogits = vec![0.0f32; tokens * experts];
-        for (tk, ch) in choices.iter().enumerate() {
-            let dyt = &dy[tk * d..(tk + 1) * d];
-            let dg: Vec<f32> = (0..ch.len())
-                .map(|c| {
-                    y_of.get(&(tk, c))
-                        .map_or(0.0, |o| dot(dyt, &flat[*o..o + d]))
-                })
-                .collect();
-            let mean: f32 = ch.iter().zip(&dg).map(|((_, g), x)| g * x).sum();
-            for (c, (e, g)) in ch.iter().enumerate() {
-                dlogits[tk * experts + e] = g * (dg[c] - mean);
-            }
-        }
+        let dlogits = self.moe_gate_grad(back, &sent, &choices, dy, [tokens, experts, d])?;
         // Gradients of the experts' outputs go back to the owners.
         let parts: Vec<Vec<f32>> = sent
             .iter()
@@ -1353,60 +1333,7 @@ impl Dev<'_> {
             })
             .collect();
         let dys = self.ep_exchange(parts)?;
-        let mut dx_replies = Vec::with_capacity(dys.len());
-        for (mine, dmsg) in work.iter().zip(&dys) {
-            let mut reply = vec![0.0; dmsg.len()];
-            for wk in mine {
-                let n = wk.rows.len();
-                let mut dye = Vec::with_capacity(n * d);
-                for r in &wk.rows {
-                    dye.extend_from_slice(&dmsg[r * d..(r + 1) * d]);
-                }
-                let [w1, w3, w2] = ws[&wk.e].clone();
-                let dh = self.mm_nt(&dye, &w2, n, d, flen)?;
-                let dw2 = self.mm_tn(&wk.h, &dye, n, flen, d)?;
-                // h = silu(a) * b
-                let (da, db) = grad_ops::swiglu_gate(&dh, &wk.a, &wk.b);
-                let dw1 = self.mm_tn(&wk.xe, &da, n, d, flen)?;
-                let dw3 = self.mm_tn(&wk.xe, &db, n, d, flen)?;
-                let mut dxe = self.mm_nt(&da, &w1, n, flen, d)?;
-                let dxe3 = self.mm_nt(&db, &w3, n, flen, d)?;
-                dxe.iter_mut().zip(dxe3).for_each(|(a, b)| *a += b);
-                for (i, r) in wk.rows.iter().enumerate() {
-                    reply[r * d..(r + 1) * d].copy_from_slice(&dxe[i * d..(i + 1) * d]);
-                }
-                let e = wk.e;
-                let red = Reduce::ExpertReplicas;
-                self.add_pgrad(
-                    op.output,
-                    path,
-                    ps[1 + 3 * e].slot,
-                    0..d,
-                    fl.clone(),
-                    dw1,
-                    red,
-                );
-                self.add_pgrad(
-                    op.output,
-                    path,
-                    ps[2 + 3 * e].slot,
-                    0..d,
-                    fl.clone(),
-                    dw3,
-                    red,
-                );
-                self.add_pgrad(
-                    op.output,
-                    path,
-                    ps[3 + 3 * e].slot,
-                    fl.clone(),
-                    0..d,
-                    dw2,
-                    red,
-                );
-            }
-            dx_replies.push(reply);
-        }
+        let dx_replies = self.moe_expert_grads(op, path, &work, &dys, &ws, d, &fl)?;
         let dxs = self.ep_exchange(dx_replies)?;
         let mut dx_experts = vec![0.0f32; x.len()];
         for (o, recs) in sent.iter().enumerate() {
@@ -1439,6 +1366,249 @@ impl Dev<'_> {
             ),
         ])
     }
+
+    /// The routing and dispatch the forward pass saved for this
+    /// microbatch, or recomputed (and dispatched again) when it saved none.
+    fn moe_routing(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        x: &[f32],
+        router: &[f32],
+        [experts, top_k, d]: [usize; 3],
+    ) -> Result<Routing, RuntimeError> {
+        let saved = self
+            .moe_saved
+            .remove(&(self.mb, op.output.0, path.to_vec()));
+        Ok(match saved {
+            Some(s) => Routing {
+                choices: s.choices,
+                sent: s.sent,
+                received: s.received,
+                back: Some(s.back),
+            },
+            None => {
+                let tokens = x.len() / d.max(1);
+                let logits = self.mm(
+                    tokens,
+                    d,
+                    experts,
+                    x,
+                    &jit::pack_b(router, d, experts),
+                    None,
+                )?;
+                let choices = route(&logits, experts, top_k);
+                let (sent, received) = self.moe_dispatch(x, &choices, d, experts)?;
+                Routing {
+                    choices,
+                    sent,
+                    received,
+                    back: None,
+                }
+            }
+        })
+    }
+
+    /// The local experts' weight blocks `[w1, w3, w2]`. Every local expert
+    /// has a gradient, zero when no token chose it here, so the replicas
+    /// that reduce it hold the same blocks.
+    fn moe_expert_weights(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        local: Range<usize>,
+        d: usize,
+        fl: &Range<usize>,
+    ) -> ExpertWeights {
+        let ps = graph::params(&op.kind);
+        let mut ws = HashMap::new();
+        for e in local.clone() {
+            let w1 = ps[1 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
+            let w3 = ps[2 + 3 * e].block(&self.init, op.output, path, 0..d, fl.clone());
+            let w2 = ps[3 + 3 * e].block(&self.init, op.output, path, fl.clone(), 0..d);
+            ws.insert(e, [w1, w3, w2]);
+        }
+        for e in local {
+            let zeros = vec![0.0; d * fl.len()];
+            self.add_expert_pgrads(op, path, e, d, fl, [zeros.clone(), zeros.clone(), zeros]);
+        }
+        ws
+    }
+
+    /// Adds expert `e`'s weight gradients `[dw1, dw3, dw2]`.
+    fn add_expert_pgrads(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        e: usize,
+        d: usize,
+        fl: &Range<usize>,
+        [dw1, dw3, dw2]: [Vec<f32>; 3],
+    ) {
+        let ps = graph::params(&op.kind);
+        let red = Reduce::ExpertReplicas;
+        let p = op.output;
+        self.add_pgrad(p, path, ps[1 + 3 * e].slot, 0..d, fl.clone(), dw1, red);
+        self.add_pgrad(p, path, ps[2 + 3 * e].slot, 0..d, fl.clone(), dw3, red);
+        self.add_pgrad(p, path, ps[3 + 3 * e].slot, fl.clone(), 0..d, dw2, red);
+    }
+
+    /// The local experts' forward pass over every received message: the
+    /// activations each expert's gradients need, and the replies (the
+    /// experts' outputs, partial sums over the width shards).
+    fn moe_recompute(
+        &mut self,
+        received: &[Vec<f32>],
+        ws: &ExpertWeights,
+        local: Range<usize>,
+        d: usize,
+        flen: usize,
+    ) -> Result<(Vec<Vec<ExpertWork>>, Messages), RuntimeError> {
+        let silu = |a: &[f32]| -> Vec<f32> { a.iter().map(|v| v / (1.0 + (-v).exp())).collect() };
+        let mut work: Vec<Vec<ExpertWork>> = Vec::with_capacity(received.len());
+        let mut replies = Vec::with_capacity(received.len());
+        for msg in received {
+            let recs = msg.len() / (d + 1);
+            let mut reply = vec![0.0; recs * d];
+            let mut mine = Vec::new();
+            for e in local.clone() {
+                let Some((rows, xe)) = super::moe::expert_rows(msg, d, e) else {
+                    continue;
+                };
+                let [w1, w3, w2] = &ws[&e];
+                let n = rows.len();
+                let a = self.mm(n, d, flen, &xe, &jit::pack_b(w1, d, flen), None)?;
+                let b = self.mm(n, d, flen, &xe, &jit::pack_b(w3, d, flen), None)?;
+                let h: Vec<f32> = silu(&a).iter().zip(&b).map(|(s, b)| s * b).collect();
+                let y = self.mm(n, flen, d, &h, &jit::pack_b(w2, flen, d), None)?;
+                for (i, r) in rows.iter().enumerate() {
+                    reply[r * d..(r + 1) * d].copy_from_slice(&y[i * d..(i + 1) * d]);
+                }
+                mine.push(ExpertWork {
+                    e,
+                    rows,
+                    xe,
+                    a,
+                    b,
+                    h,
+                });
+            }
+            work.push(mine);
+            replies.push(reply);
+        }
+        Ok((work, replies))
+    }
+
+    /// The router logits' gradients from the experts' outputs `back` (in
+    /// the order of the records `sent`), summed over the width shards
+    /// here: the softmax gradient over each token's chosen experts.
+    fn moe_gate_grad(
+        &self,
+        back: Vec<Vec<f32>>,
+        sent: &[Vec<(usize, usize)>],
+        choices: &[Vec<(usize, f32)>],
+        dy: &[f32],
+        [tokens, experts, d]: [usize; 3],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let mut flat: Vec<f32> = back.concat();
+        self.all_reduce_tp(&mut flat)?;
+        let mut y_of: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut off = 0;
+        for recs in sent {
+            for key in recs {
+                y_of.insert(*key, off);
+                off += d;
+            }
+        }
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let mut dlogits = vec![0.0f32; tokens * experts];
+        for (tk, ch) in choices.iter().enumerate() {
+            let dyt = &dy[tk * d..(tk + 1) * d];
+            let dg: Vec<f32> = (0..ch.len())
+                .map(|c| {
+                    y_of.get(&(tk, c))
+                        .map_or(0.0, |o| dot(dyt, &flat[*o..o + d]))
+                })
+                .collect();
+            let mean: f32 = ch.iter().zip(&dg).map(|((_, g), x)| g * x).sum();
+            for (c, (e, g)) in ch.iter().enumerate() {
+                dlogits[tk * experts + e] = g * (dg[c] - mean);
+            }
+        }
+        Ok(dlogits)
+    }
+
+    /// The local experts' weight gradients from the gradients `dys` of
+    /// their outputs (one message per sender, as received); returns the
+    /// replies: the gradients of the tokens each sender dispatched here.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_expert_grads(
+        &mut self,
+        op: &Op,
+        path: &[u64],
+        work: &[Vec<ExpertWork>],
+        dys: &[Vec<f32>],
+        ws: &ExpertWeights,
+        d: usize,
+        fl: &Range<usize>,
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let flen = fl.len();
+        let mut dx_replies = Vec::with_capacity(dys.len());
+        for (mine, dmsg) in work.iter().zip(dys) {
+            let mut reply = vec![0.0; dmsg.len()];
+            for wk in mine {
+                let n = wk.rows.len();
+                let mut dye = Vec::with_capacity(n * d);
+                for r in &wk.rows {
+                    dye.extend_from_slice(&dmsg[r * d..(r + 1) * d]);
+                }
+                let [w1, w3, w2] = ws[&wk.e].clone();
+                let dh = self.mm_nt(&dye, &w2, n, d, flen)?;
+                let dw2 = self.mm_tn(&wk.h, &dye, n, flen, d)?;
+                // h = silu(a) * b
+                let (da, db) = grad_ops::swiglu_gate(&dh, &wk.a, &wk.b);
+                let dw1 = self.mm_tn(&wk.xe, &da, n, d, flen)?;
+                let dw3 = self.mm_tn(&wk.xe, &db, n, d, flen)?;
+                let mut dxe = self.mm_nt(&da, &w1, n, flen, d)?;
+                let dxe3 = self.mm_nt(&db, &w3, n, flen, d)?;
+                dxe.iter_mut().zip(dxe3).for_each(|(a, b)| *a += b);
+                for (i, r) in wk.rows.iter().enumerate() {
+                    reply[r * d..(r + 1) * d].copy_from_slice(&dxe[i * d..(i + 1) * d]);
+                }
+                self.add_expert_pgrads(op, path, wk.e, d, fl, [dw1, dw3, dw2]);
+            }
+            dx_replies.push(reply);
+        }
+        Ok(dx_replies)
+    }
+}
+
+/// MoE's routing as the backward pass replays it: each token's choices,
+/// the `(token, choice)` records sent to each owner, the messages
+/// received and, when the forward pass kept them, the experts' outputs
+/// returned.
+struct Routing {
+    choices: Vec<Vec<(usize, f32)>>,
+    sent: Vec<Vec<(usize, usize)>>,
+    received: Vec<Vec<f32>>,
+    back: Option<Vec<Vec<f32>>>,
+}
+
+/// The local experts' weight blocks `[w1, w3, w2]`, by expert.
+type ExpertWeights = HashMap<usize, [Vec<f32>; 3]>;
+
+/// One message per rank of the expert-parallel group.
+type Messages = Vec<Vec<f32>>;
+
+/// One local expert's rows of one received message and its recomputed
+/// activations: `a = xe w1`, `b = xe w3`, `h = silu(a) * b`.
+struct ExpertWork {
+    e: usize,
+    rows: Vec<usize>,
+    xe: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    h: Vec<f32>,
 }
 
 /// The smallest scale a parameter's gradient is compared at, as a
@@ -1454,7 +1624,7 @@ pub fn check(
     devices: &[Vec<ParamGrad>],
     want: &Gradients,
 ) -> Result<GradCheck, RuntimeError> {
-    let ops: BTreeMap<TensorId, &gantry_lang::program::Op> = graph::ops(&g.body)
+    let ops: BTreeMap<TensorId, &Op> = graph::ops(&g.body)
         .into_iter()
         .map(|o| (o.output, o))
         .collect();
