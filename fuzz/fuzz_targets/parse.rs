@@ -23,9 +23,11 @@ fn stdlib() -> &'static MemLoader {
                 if p.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "gantry")
-                    && let (Ok(rel), Ok(text)) = (p.strip_prefix(&root), std::fs::read_to_string(&p))
+                    && let (Ok(rel), Ok(text)) =
+                        (p.strip_prefix(&root), std::fs::read_to_string(&p))
                 {
-                    l.files.insert(rel.to_string_lossy().replace('\\', "/"), text);
+                    l.files
+                        .insert(rel.to_string_lossy().replace('\\', "/"), text);
                 }
             }
         }
@@ -42,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     let c = check(&["input.gantry".to_string()], &l);
     for d in &c.diagnostics {
         for span in std::iter::once(d.span).chain(d.labels.iter().map(|l| l.span)) {
-            let file = c.sources.get(span.file).expect("a diagnostic points at a file");
+            let file = c
+                .sources
+                .get(span.file)
+                .expect("a diagnostic points at a file");
             assert!(span.start <= span.end && span.end as usize <= file.text.len());
         }
     }
