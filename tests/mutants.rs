@@ -537,10 +537,8 @@ fn number_spans(s: &str) -> Vec<(usize, usize)> {
                             .is_some_and(|c| c.is_ascii_digit() || *c == b'-')))
             {
                 i += 1;
-                if b[i - 1] == b'e' || b[i - 1] == b'E' {
-                    if b.get(i) == Some(&b'-') {
-                        i += 1;
-                    }
+                if (b[i - 1] == b'e' || b[i - 1] == b'E') && b.get(i) == Some(&b'-') {
+                    i += 1;
                 }
             }
             out.push((start, i));
