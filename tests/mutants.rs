@@ -771,9 +771,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(corpus: &[(String, String)]) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("gantry-planner-mutants-{}", std::process::id()));
+    fn new(corpus: &[(String, String)], seed: u64) -> Scratch {
+        // One per test: the two planner tests run at the same time.
+        let dir = std::env::temp_dir().join(format!(
+            "gantry-planner-mutants-{}-{seed:x}",
+            std::process::id()
+        ));
         for (name, text) in corpus {
             let p = dir.join(name);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("scratch dir");
@@ -940,18 +943,32 @@ fn plan_mutant(
     }
 }
 
+// Two halves of MIN_PLANNER_MUTANTS with different seeds, so the test
+// harness runs them beside the check mutants on two cores.
 #[test]
 fn valid_mutants_through_the_planner_and_runtime() {
+    planner_mutants(0x706c_616e_6e65, MIN_PLANNER_MUTANTS / 2);
+}
+
+#[test]
+fn valid_mutants_through_the_planner_and_runtime_2() {
+    planner_mutants(
+        0x7275_6e74_696d,
+        MIN_PLANNER_MUTANTS - MIN_PLANNER_MUTANTS / 2,
+    );
+}
+
+fn planner_mutants(default_seed: u64, wanted: usize) {
     let seed: u64 = std::env::var("GANTRY_MUTANT_SEED")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x706c_616e_6e65);
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(default_seed, |s| s ^ default_seed);
     let corpus = corpus();
     let mut loader = MemLoader::default();
     for (n, t) in &corpus {
         loader.files.insert(n.clone(), t.clone());
     }
-    let scratch = Scratch::new(&corpus);
+    let scratch = Scratch::new(&corpus, seed);
     let loader = TreeLoader(loader);
     // Each root with the files it reads (itself and its imports).
     let targets: Vec<(&Root, Vec<String>)> = ROOTS
@@ -967,9 +984,9 @@ fn valid_mutants_through_the_planner_and_runtime() {
     let mut tally = Tally::default();
     let started = Instant::now();
     let mut i = 0usize;
-    while tally.clean < MIN_PLANNER_MUTANTS {
+    while tally.clean < wanted {
         assert!(
-            tally.checked < 20 * MIN_PLANNER_MUTANTS,
+            tally.checked < 20 * wanted,
             "too few mutants check clean: {tally:?}"
         );
         // The study file's mutants cost a few searches each: fewer of them.
@@ -1031,7 +1048,7 @@ fn valid_mutants_through_the_planner_and_runtime() {
         tally.clean,
         started.elapsed().as_secs_f64()
     );
-    assert!(tally.fix >= MIN_PLANNER_MUTANTS / 2 && tally.search >= MIN_PLANNER_MUTANTS / 2);
+    assert!(tally.fix >= wanted / 2 && tally.search >= wanted / 2);
 }
 
 // ---------------------------------------------------------------------
