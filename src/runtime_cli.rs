@@ -496,11 +496,7 @@ fn whole_tensors(
     for name in names {
         let found: Vec<_> = ops
             .iter()
-            .filter(|o| {
-                let n = &g.tensor(o.output).name;
-                *n == *name
-                    || (n.is_empty() && *name == format!("{} %{}", o.kind.name(), o.output.0))
-            })
+            .filter(|o| gantry_compiler::sharded::op_label(g, o) == *name)
             .filter(|o| {
                 matches!(
                     o.kind,

@@ -407,7 +407,8 @@ impl Evaluator<'_> {
             if p.tp > 1 {
                 // The sharded program's collectives for this op: time on
                 // the tensor-parallel group, bytes as each rank sends them.
-                for comm in otp.map_or(&[][..], |x| &x.comms[..]) {
+                for tc in otp.map_or(&[][..], |x| &x.comms[..]) {
+                    let comm = &tc.comm;
                     let buffer = comm.elems * o.mult * b * beta / c;
                     let kind = match comm.kind {
                         Kind::AllReduce => Collective::AllReduce,
@@ -416,7 +417,7 @@ impl Evaluator<'_> {
                     };
                     // A value re-gathered for a weight gradient overlaps
                     // that GEMM (Korthikanti et al. 2022): bytes, no time.
-                    let time = if comm.overlapped {
+                    let time = if tc.overlapped() {
                         0.0
                     } else {
                         topo.time(kind, p.tp, 1, buffer)
@@ -424,9 +425,7 @@ impl Evaluator<'_> {
                     // The busiest rank's share, exact for uneven blocks.
                     let sent = o.mult
                         * beta
-                        * comm
-                            .comm
-                            .busiest_sent(comm.elems * b / c, comm.width, p.tp as usize);
+                        * comm.busiest_sent(comm.elems * b / c, tc.width, p.tp as usize);
                     match comm.pass {
                         Pass::Forward => {
                             sc.tp_fwd += time;
@@ -441,17 +440,18 @@ impl Evaluator<'_> {
             }
             if p.tp > 1 && otp.is_some_and(|x| x.param_reduce) {
                 sc.tp_param_elems += o.params * o.mult;
+                // One all-reduce per parameter tensor (a gain, a bias).
                 let tensors = o.tensors.max(1.0);
-                let ar = crate::sharded::Comm {
-                    kind: Kind::AllReduce,
-                    pass: Pass::Backward,
-                    tensor: o.output,
-                    elems: o.params / tensors,
-                    why: crate::sharded::Why::GradReduce,
-                    from: crate::sharded::Layout::Rep,
-                };
-                sc.tp_param_sent +=
-                    o.mult * tensors * ar.busiest_sent(o.params / tensors, 0.0, p.tp as usize);
+                let per = o.params / tensors;
+                sc.tp_param_sent += o.mult
+                    * tensors
+                    * crate::sharded::busiest_sent(
+                        Kind::AllReduce,
+                        crate::sharded::Layout::Rep,
+                        per,
+                        0.0,
+                        p.tp as usize,
+                    );
             }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's

@@ -66,18 +66,20 @@ pub struct Gemm {
 /// One tensor-parallel collective of an op, from the sharded program.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TpComm {
-    pub kind: crate::sharded::Kind,
-    pub pass: crate::sharded::Pass,
-    /// Elements per sample of the whole tensor.
-    pub elems: f64,
-    /// Hidden behind compute (a backward re-gather under the weight
-    /// gradient's GEMM).
-    pub overlapped: bool,
-    /// The collective as the program states it (for the busiest rank's
-    /// exact share, [`crate::sharded::Comm::busiest_sent`]).
+    /// The collective as the program states it: kind, pass, elements per
+    /// sample of the whole tensor.
     pub comm: crate::sharded::Comm,
-    /// Width of the tensor's last dimension (its rows' length).
+    /// Width of the tensor's last dimension (its rows' length), for the
+    /// busiest rank's share ([`crate::sharded::Comm::busiest_sent`]).
     pub width: f64,
+}
+
+impl TpComm {
+    /// Hidden behind compute: a backward re-gather under the weight
+    /// gradient's GEMM.
+    pub fn overlapped(&self) -> bool {
+        self.comm.why == crate::sharded::Why::Regather
+    }
 }
 
 /// An op's part of the sharded program on one concrete degree.
@@ -206,10 +208,6 @@ impl Programs {
                                 .comms
                                 .iter()
                                 .map(|c| TpComm {
-                                    kind: c.kind,
-                                    pass: c.pass,
-                                    elems: c.elems,
-                                    overlapped: c.why == crate::sharded::Why::Regather,
                                     comm: *c,
                                     width: width(c.tensor),
                                 })
@@ -381,15 +379,13 @@ impl Ir {
     /// value the source does not name).
     pub fn tensor_name(&self, t: TensorId) -> String {
         let g = &self.programs.graph;
-        let name = &g.tensor(t).name;
-        if !name.is_empty() {
-            return name.clone();
-        }
-        let op = crate::sharded::ops_of(&g.body)
+        crate::sharded::ops_of(&g.body)
             .into_iter()
             .find(|o| o.output == t)
-            .map_or("value", |o| o.kind.name());
-        format!("{op} %{}", t.0)
+            .map_or_else(
+                || g.tensor(t).name.clone(),
+                |o| crate::sharded::op_label(g, o),
+            )
     }
     /// The index of [`Ir::body`] in `segments`.
     pub fn body_index(&self) -> Option<usize> {
@@ -1027,7 +1023,7 @@ workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
             ir.tp_table(4, v == 1).ops[bi]
                 .iter()
                 .flat_map(|o| o.comms.iter())
-                .filter(|c| c.pass == pass && c.kind == kind)
+                .filter(|c| c.comm.pass == pass && c.comm.kind == kind)
                 .count()
         };
         // Megatron: two all-reduces per layer forward and two backward; with

@@ -188,17 +188,35 @@ pub fn tables(
     out
 }
 
-/// Lookup cost per rank of a placement, and the imbalance (max / mean - 1).
-pub fn balance(p: &[TablePlacement], devices: u64) -> (Vec<f64>, f64) {
+/// Per rank, the sum of `of(table)` over the tables it holds: table-wise
+/// tables whole on their rank, row-wise ones split over all ranks (host
+/// and unplaced tables on none).
+fn per_rank(p: &[TablePlacement], devices: u64, of: impl Fn(&TablePlacement) -> f64) -> Vec<f64> {
     let n = devices.max(1) as usize;
-    let mut load = vec![0.0; n];
+    let mut v = vec![0.0; n];
     for t in p {
         match t.sharding {
-            "table_wise" => load[t.ranks[0] as usize] += t.cost,
-            "row_wise" => load.iter_mut().for_each(|l| *l += t.cost / n as f64),
+            "table_wise" => {
+                if let Some(x) = t.ranks.first().and_then(|r| v.get_mut(*r as usize)) {
+                    *x += of(t);
+                }
+            }
+            "row_wise" => v.iter_mut().for_each(|x| *x += of(t) / n as f64),
             _ => {}
         }
     }
+    v
+}
+
+/// HBM bytes of embedding tables on each rank of a placement.
+pub fn bytes_per_rank(p: &[TablePlacement], devices: u64) -> Vec<f64> {
+    per_rank(p, devices, |t| t.bytes)
+}
+
+/// Lookup cost per rank of a placement, and the imbalance (max / mean - 1).
+pub fn balance(p: &[TablePlacement], devices: u64) -> (Vec<f64>, f64) {
+    let n = devices.max(1) as usize;
+    let load = per_rank(p, devices, |t| t.cost);
     let mean = load.iter().sum::<f64>() / n as f64;
     let max = load.iter().copied().fold(0.0, f64::max);
     let imb = if mean > 0.0 { max / mean - 1.0 } else { 0.0 };

@@ -220,22 +220,15 @@ pub fn place_tables(
     }
     let states = 1.0 + crate::memory::optimizer(ir).map_or(0.0, crate::memory::optimizer_states);
     let n = e.devices.max(1) as usize;
-    let mut hbm = vec![0.0f64; n];
-    let mut host = 0.0;
-    let mut unplaced = false;
-    for t in tables {
-        match t.sharding {
-            "table_wise" => {
-                if let Some(r) = t.ranks.first().and_then(|r| hbm.get_mut(*r as usize)) {
-                    *r += t.bytes;
-                }
-            }
-            "row_wise" => hbm.iter_mut().for_each(|r| *r += t.bytes / n as f64),
-            "host" => host += t.bytes,
-            _ => unplaced = true,
-        }
-    }
-    let busiest = hbm.iter().copied().fold(0.0, f64::max);
+    let busiest = crate::placement::bytes_per_rank(tables, e.devices)
+        .into_iter()
+        .fold(0.0, f64::max);
+    // (A fold from +0.0: an empty f64 `sum` is -0.0.)
+    let host = tables
+        .iter()
+        .filter(|t| t.sharding == "host")
+        .fold(0.0, |a, t| a + t.bytes);
+    let unplaced = tables.iter().any(|t| t.sharding == "unplaced");
     e.memory.embeddings = busiest * states;
     e.memory.host_embeddings = host * states / n as f64;
     e.feasible = e.feasible && !unplaced && e.memory.total() <= e.memory.capacity;
@@ -357,11 +350,14 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
                 ir.set_whole(t, w.clone());
                 ev.layer_times(&q).map_or(f64::INFINITY, |(f, b)| f + b)
             };
+            let mut current = if whole.is_empty() { 0.0 } else { layer(&whole) };
             for op in whole.clone() {
                 let mut without = whole.clone();
                 without.remove(&op);
-                if layer(&without) <= layer(&whole) {
+                let t_without = layer(&without);
+                if t_without <= current {
                     whole = without;
+                    current = t_without;
                 }
             }
             ir.set_whole(t, whole.clone());
@@ -372,8 +368,8 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
         if let (Ok(t), Some(bi)) = (usize::try_from(tp), ir.body_index()) {
             let table = ir.tp_table(t, uses_sp);
             for c in table.ops[bi].iter().flat_map(|o| o.comms.iter()) {
-                if c.pass == crate::sharded::Pass::Forward {
-                    match c.kind {
+                if c.comm.pass == crate::sharded::Pass::Forward {
+                    match c.comm.kind {
                         crate::sharded::Kind::AllReduce => ar_n += 1,
                         crate::sharded::Kind::ReduceScatter => rs_n += 1,
                         crate::sharded::Kind::AllGather => ag_n += 1,

@@ -155,20 +155,26 @@ impl Comm {
     /// blocks are even. A reduce-scatter's blocks are sequence rows, which
     /// are even by construction (sequence parallelism needs them to be).
     pub fn busiest_sent(&self, n: f64, width: f64, tp: usize) -> f64 {
-        let t = tp as f64;
-        if tp <= 1 {
-            return 0.0;
+        busiest_sent(self.kind, self.from, n, width, tp)
+    }
+}
+
+/// [`Comm::busiest_sent`] of a collective of `kind` whose ranks contribute
+/// blocks of layout `from`.
+pub fn busiest_sent(kind: Kind, from: Layout, n: f64, width: f64, tp: usize) -> f64 {
+    let t = tp as f64;
+    if tp <= 1 {
+        return 0.0;
+    }
+    // The last of `parts` blocks of `len`: len - floor((parts-1) len / parts).
+    let last = |len: f64, parts: f64| len - ((parts - 1.0) * len / parts).floor();
+    match (kind, from) {
+        (Kind::AllReduce, _) => n - last(n, t) + (t - 1.0) * last(n, t),
+        (Kind::ReduceScatter, _) => n - last(n, t),
+        (Kind::AllGather, Layout::Cols { groups }) if width > 0.0 => {
+            (t - 1.0) * (n / width) * last(width, groups as f64)
         }
-        // The last of `parts` blocks of `len`: len - floor((parts-1) len / parts).
-        let last = |len: f64, parts: f64| len - ((parts - 1.0) * len / parts).floor();
-        match (self.kind, self.from) {
-            (Kind::AllReduce, _) => n - last(n, t) + (t - 1.0) * last(n, t),
-            (Kind::ReduceScatter, _) => n - last(n, t),
-            (Kind::AllGather, Layout::Cols { groups }) if width > 0.0 => {
-                (t - 1.0) * (n / width) * last(width, groups as f64)
-            }
-            (Kind::AllGather, _) => (t - 1.0) * last(n, t),
-        }
+        (Kind::AllGather, _) => (t - 1.0) * last(n, t),
     }
 }
 
@@ -388,6 +394,17 @@ fn kv_blocks_fit(heads: u64, kv_heads: u64, groups: usize, tp: usize) -> bool {
         let block = t / (tp / g);
         q1 > q0 && block * per <= q0 / group && (q1 - 1) / group < (block + 1) * per
     })
+}
+
+/// How reports name the tensor an op produces: its name in the source, or
+/// `linear %7` (op and tensor id) for a value the source does not name.
+pub fn op_label(g: &Graph, op: &Op) -> String {
+    let name = &g.tensor(op.output).name;
+    if name.is_empty() {
+        format!("{} %{}", op.kind.name(), op.output.0)
+    } else {
+        name.clone()
+    }
 }
 
 /// Every op of a body, nested repeats included, in order.

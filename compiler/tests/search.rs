@@ -459,7 +459,7 @@ fn extraction_runs_the_adapter_up_projection_whole() {
     let kinds: Vec<_> = table.ops[bi][up]
         .comms
         .iter()
-        .map(|c| (c.kind, c.pass, c.width))
+        .map(|c| (c.comm.kind, c.comm.pass, c.width))
         .collect();
     assert_eq!(
         kinds,
