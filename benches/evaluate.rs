@@ -20,7 +20,7 @@ fn main() {
         .find(|p| p.system.devices() == 16_384)
         .expect("a 16,384-GPU plan");
     let ir = lower(&plan.workload).expect("lowers");
-    let hw = Hardware::new(&plan.system, plan.workload.dtype).expect("hardware");
+    let hw = Hardware::new(&plan.system, &plan.workload).expect("hardware");
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,

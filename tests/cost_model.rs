@@ -27,7 +27,7 @@ fn plan(file: &str, name: Option<&str>) -> Plan {
 fn setup(p: &Plan) -> (gantry_compiler::ir::Ir, Hardware) {
     (
         lower(&p.workload).expect("lowers"),
-        Hardware::new(&p.system, p.workload.dtype).expect("hardware"),
+        Hardware::new(&p.system, &p.workload).expect("hardware"),
     )
 }
 

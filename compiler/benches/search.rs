@@ -73,7 +73,7 @@ fn main() {
         let Ok(ir) = gantry_compiler::ir::lower(&p.workload) else {
             continue;
         };
-        let Ok(hw) = gantry_compiler::hardware::Hardware::new(&p.system, p.workload.dtype) else {
+        let Ok(hw) = gantry_compiler::hardware::Hardware::new(&p.system, &p.workload) else {
             continue;
         };
         let t = Instant::now();

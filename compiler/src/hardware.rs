@@ -7,7 +7,7 @@
 //! reserves), so an uncalibrated device gives an optimistic bound; the
 //! report lists which factors were declared.
 
-use gantry_lang::program::{Cluster, DType, Device};
+use gantry_lang::program::{Cluster, DType, Device, Phase, Workload};
 use gantry_lang::units::Dim;
 
 use crate::collective::Topology;
@@ -70,6 +70,9 @@ pub struct Hardware {
     pub price_per_device: Option<f64>,
     /// Declared factors, for the report.
     pub declared: Vec<String>,
+    /// The fit's leave-one-out band for this device and phase; `None`:
+    /// uncalibrated.
+    pub uncertainty: Option<Uncertainty>,
 }
 
 /// A figure the cost model needs and the stdlib does not give.
@@ -79,16 +82,44 @@ pub struct MissingFigure {
     pub what: String,
 }
 
-fn factor(d: &Device, k: &str, dim: Dim, default: f64) -> f64 {
+/// A factor for one phase: the phase's own record (`train.matmul`) if it
+/// declares it, else the device-wide one (`matmul`), else `default`.
+fn factor(d: &Device, phase: &str, k: &str, dim: Dim, default: f64) -> f64 {
     d.efficiency
-        .get(k)
+        .get(&format!("{phase}.{k}"))
+        .or_else(|| d.efficiency.get(k))
         .filter(|q| q.dim == dim)
         .map_or(default, |q| q.value)
 }
 
+/// The calibration key of a workload's phase: `train`, or `infer` for
+/// prefill and decode (they share kernels, not training's).
+pub fn phase_key(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Train { .. } => "train",
+        _ => "infer",
+    }
+}
+
+/// The leave-one-out error band `gantry calibrate --fit` recorded for a
+/// device and phase: every prediction of that pair carries it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Uncertainty {
+    /// Reference rows the factors were fitted on.
+    pub rows: u64,
+    /// Median and worst leave-one-out relative error (fractions).
+    pub median: f64,
+    pub max: f64,
+}
+
 impl Hardware {
-    pub fn new(c: &Cluster, dtype: DType) -> Result<Hardware, MissingFigure> {
+    /// The figures for workload `w` on cluster `c`: the peak of the
+    /// workload's precision and the factors calibrated for its phase.
+    pub fn new(c: &Cluster, w: &Workload) -> Result<Hardware, MissingFigure> {
+        let dtype = w.dtype;
+        let phase = phase_key(&w.phase);
         let d = &c.node.device;
+        let factor = |k: &str, dim: Dim, default: f64| factor(d, phase, k, dim, default);
         // TF32 runs fp32 storage on tensor cores; fall back to fp32 figures.
         let peak = d
             .compute
@@ -114,11 +145,11 @@ impl Hardware {
                 device: d.name.clone(),
                 what: "a memory".into(),
             })?;
-        let e_matmul = factor(d, "matmul", Dim::NONE, 1.0);
+        let e_matmul = factor("matmul", Dim::NONE, 1.0);
         let topo = Topology::new(
             c,
-            factor(d, "scaleup", Dim::NONE, 1.0),
-            factor(d, "scaleout", Dim::NONE, 1.0),
+            factor("scaleup", Dim::NONE, 1.0),
+            factor("scaleout", Dim::NONE, 1.0),
         );
         let per_node = c.node.devices_per_node.max(1);
         Ok(Hardware {
@@ -129,18 +160,35 @@ impl Hardware {
             hbm_bandwidth: hbm.bandwidth,
             host_bandwidth: c.node.host_memory.as_ref().map_or(0.0, |h| h.bandwidth),
             e_matmul,
-            matmul_knee: factor(d, "matmul_knee", Dim::FLOP, 0.0),
-            e_attention: factor(d, "attention", Dim::NONE, e_matmul),
-            e_memory: factor(d, "memory", Dim::NONE, 1.0),
-            kernel_overhead: factor(d, "kernel_overhead", Dim::TIME, 0.0),
-            step_overhead: factor(d, "step_overhead", Dim::TIME, 0.0),
-            reserve: factor(d, "reserve", Dim::BYTES, 0.0),
+            matmul_knee: factor("matmul_knee", Dim::FLOP, 0.0),
+            e_attention: factor("attention", Dim::NONE, e_matmul),
+            e_memory: factor("memory", Dim::NONE, 1.0),
+            kernel_overhead: factor("kernel_overhead", Dim::TIME, 0.0),
+            step_overhead: factor("step_overhead", Dim::TIME, 0.0),
+            reserve: factor("reserve", Dim::BYTES, 0.0),
             topo,
             device_power: d.power,
             node_power: c.node.power_overhead,
             devices_per_node: per_node,
             price_per_device: c.node.price.map(|p| p / per_node as f64).or(d.price),
-            declared: d.efficiency.keys().cloned().collect(),
+            declared: d
+                .efficiency
+                .keys()
+                .filter(|k| !k.contains('.') || k.starts_with(&format!("{phase}.")))
+                .cloned()
+                .collect(),
+            uncertainty: match (
+                d.efficiency.get(&format!("{phase}.fit_rows")),
+                d.efficiency.get(&format!("{phase}.loo_median")),
+                d.efficiency.get(&format!("{phase}.loo_max")),
+            ) {
+                (Some(r), Some(m), Some(x)) => Some(Uncertainty {
+                    rows: r.value as u64,
+                    median: m.value,
+                    max: x.value,
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -84,7 +84,7 @@ fn prepare(plan: &Plan) -> Result<(Ir, Hardware, Option<Ir>), PinError> {
             "bind every shape symbol in the workload",
         )
     })?;
-    let hardware = Hardware::new(&plan.system, plan.workload.dtype).map_err(|m| {
+    let hardware = Hardware::new(&plan.system, &plan.workload).map_err(|m| {
         error(
             Code::C009,
             "fix",

@@ -97,7 +97,7 @@ fn block_is_saturated_once_whatever_the_layer_count() {
 /// pruning: the brute-force optimum.
 fn brute_force(plan: &Plan) -> f64 {
     let ir = lower(&plan.workload).expect("ir");
-    let hw = Hardware::new(&plan.system, plan.workload.dtype).expect("hw");
+    let hw = Hardware::new(&plan.system, &plan.workload).expect("hw");
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,

@@ -61,7 +61,7 @@ fn models() -> &'static [Model] {
             for plan in c.program.plans.values() {
                 let (Ok(ir), Ok(hw)) = (
                     lower(&plan.workload),
-                    Hardware::new(&plan.system, plan.workload.dtype),
+                    Hardware::new(&plan.system, &plan.workload),
                 ) else {
                     continue;
                 };

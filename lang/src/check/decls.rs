@@ -111,7 +111,28 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("kernel_overhead", Dim::TIME, 1.0, "kernel_overhead = 5 us"),
     ("step_overhead", Dim::TIME, 3600.0, "step_overhead = 5 ms"),
     ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
+    // What `gantry calibrate --fit` records next to the factors it fitted:
+    // the rows it fitted them on and their leave-one-out relative errors
+    // (median and worst, as fractions), the band every prediction of this
+    // device and phase carries.
+    ("fit_rows", Dim::NONE, 1e6, "fit_rows = 16"),
+    ("loo_median", Dim::NONE, 100.0, "loo_median = 0.05"),
+    ("loo_max", Dim::NONE, 100.0, "loo_max = 0.12"),
 ];
+
+/// The phases an `efficiency` record may calibrate separately: a field
+/// `train = { ... }` or `infer = { ... }` overrides the record's factors
+/// for training, or for prefill and decode. The checked map holds them as
+/// `train.matmul`, `infer.step_overhead`.
+pub const EFFICIENCY_PHASES: &[&str] = &["train", "infer"];
+
+/// Whether an efficiency entry is a fraction of peak in (0, 1] (the
+/// factors without a unit) rather than a count or error figure.
+pub fn efficiency_is_fraction(name: &str) -> bool {
+    EFFICIENCY
+        .iter()
+        .any(|(n, d, max, _)| *n == name && d.is_none() && *max <= 1.0)
+}
 
 /// The physical range of a hardware figure (`L046` outside it): whether
 /// zero is allowed, and the largest accepted value in base units.
@@ -553,7 +574,17 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             if let Some(fields) = self.record(&v, it.value.span, "efficiency factors") {
                 for (name, nspan, fv, fspan) in fields {
-                    if let Some(q) = self.efficiency_factor(&name, nspan, &fv, fspan) {
+                    if EFFICIENCY_PHASES.contains(&name.as_str()) {
+                        let what = format!("`{name}` efficiency factors");
+                        let Some(inner) = self.record(&fv, fspan, &what) else {
+                            continue;
+                        };
+                        for (k, kspan, kv, kvspan) in inner {
+                            if let Some(q) = self.efficiency_factor(&k, kspan, &kv, kvspan) {
+                                dev.efficiency.insert(format!("{name}.{k}"), q);
+                            }
+                        }
+                    } else if let Some(q) = self.efficiency_factor(&name, nspan, &fv, fspan) {
                         dev.efficiency.insert(name, q);
                     }
                 }
@@ -609,7 +640,12 @@ impl Checker {
         fspan: Span,
     ) -> Option<Quantity> {
         let Some(&(_, dim, max, example)) = EFFICIENCY.iter().find(|(n, ..)| *n == name) else {
-            let known = || EFFICIENCY.iter().map(|(n, ..)| *n);
+            let known = || {
+                EFFICIENCY
+                    .iter()
+                    .map(|(n, ..)| *n)
+                    .chain(EFFICIENCY_PHASES.iter().copied())
+            };
             let mut d = Diagnostic::error(
                 Code::L060,
                 format!("unknown efficiency factor `{name}`"),
@@ -629,13 +665,14 @@ impl Checker {
         let what = format!("efficiency `{name}`");
         let value = self.quantity(fv, fspan, dim, &what, example)?;
         let q = Quantity::new(value, dim);
-        let bad = if dim.is_none() {
+        let fraction = efficiency_is_fraction(name);
+        let bad = if fraction {
             !(value > 0.0 && value <= 1.0)
         } else {
-            value > max
+            !(value >= 0.0 && value <= max)
         };
         if bad {
-            let (msg, help) = if dim.is_none() {
+            let (msg, help) = if fraction {
                 (
                     format!("{what} must be in (0, 1], got {q}"),
                     format!("efficiency factors are achieved / peak, e.g. `{example}`"),
@@ -653,7 +690,7 @@ impl Checker {
                 Diagnostic::error(Code::L046, msg, fspan)
                     .with_label(
                         fspan,
-                        if dim.is_none() {
+                        if fraction {
                             "a fraction of peak is expected"
                         } else {
                             "out of range"
