@@ -99,6 +99,10 @@ pub struct Memory {
     pub activations: f64,
     pub kv_cache: f64,
     pub embeddings: f64,
+    /// Transient buffers at the step's peak (training): one recomputed
+    /// layer's activations, ZeRO-3's gathered weights and unsharded
+    /// gradients, the loss's logits on the last pipeline stage.
+    pub working: f64,
     pub reserve: f64,
     pub capacity: f64,
     /// Embedding-table bytes per device kept in host memory (not in HBM).
@@ -113,6 +117,7 @@ impl Memory {
             + self.activations
             + self.kv_cache
             + self.embeddings
+            + self.working
             + self.reserve
     }
 }
@@ -206,6 +211,7 @@ impl Estimate {
     pub fn metric(&self, name: &str) -> Option<f64> {
         Some(match name {
             "tokens_per_s" => self.tokens_per_s(),
+            "tokens_per_s_per_device" => self.tokens_per_s() / self.devices.max(1) as f64,
             "samples_per_s" => self.samples_per_s(),
             "throughput" => {
                 if self.tokens_per_step > 0.0 {
@@ -268,6 +274,12 @@ struct SegCost {
     expert_params: f64,
     /// Activation bytes saved per microbatch under this point's settings.
     saved: f64,
+    /// Activation bytes one repetition saves without recomputation (what
+    /// a recomputed layer holds again during its backward).
+    saved_all: f64,
+    /// Largest output of one repetition per microbatch, bytes per element
+    /// excluded (elements on this rank): the logits, in a head.
+    widest_out: f64,
     flops: f64,
     recompute_flops: f64,
 }
@@ -320,7 +332,7 @@ impl Evaluator<'_> {
             Class::Attention => 1.3,
             _ => 1.0,
         };
-        let flops = o.flops * mult * if backward { 2.0 } else { 1.0 };
+        let flops = o.flops * mult * if backward { o.bwd_flops } else { 1.0 };
         let mut bytes = o.bytes * mult * if backward { bwd_bytes } else { 1.0 };
         // Weights stream from HBM once per pass and microbatch.
         if o.class == Class::Matmul {
@@ -343,23 +355,46 @@ impl Evaluator<'_> {
                 // products (heads, experts) per sample is split over samples.
                 let instances = if g.count > 1.0 { g.count * mult } else { 1.0 };
                 let per = flops / instances.max(1.0);
-                let base = if o.class == Class::Attention {
-                    hw.e_attention
+                let (base, peak) = if o.class == Class::Attention {
+                    (hw.e_attention, hw.peak)
+                } else if o.op == "linear" {
+                    (hw.e_matmul, hw.peak_matmul)
                 } else {
-                    hw.e_matmul
+                    (hw.e_matmul, hw.peak)
                 };
                 let e = base * per / (per + hw.matmul_knee);
-                flops / (hw.peak * e.max(1e-6))
+                flops / (peak * e.max(1e-6))
             }
             _ => 0.0,
         };
         let memory = bytes / (hw.hbm_bandwidth * hw.e_memory);
-        let launches = if o.class == Class::Layout && o.bytes == 0.0 {
+        let mut launches = if o.class == Class::Layout && o.bytes == 0.0 {
             0.0
         } else {
             o.mult * o.kernels
         };
-        (compute.max(memory) + launches * hw.kernel_overhead, flops)
+        // Casts to the matmul precision run as kernels of their own before
+        // the product: each reads the element, writes it in the narrower
+        // type and, unless compiled into the producer, first reads it once
+        // more for its scale (the absolute maximum).
+        let cast = if backward { o.cast_bwd } else { o.cast_fwd };
+        let mut cast_time = 0.0;
+        if cast > 0.0 {
+            let amax = if self.ir.kernels.compiled {
+                0.0
+            } else {
+                self.ir.act_bytes
+            };
+            let per = self.ir.act_bytes + hw.matmul_elem_bytes + amax;
+            let wsplit = if sharded { t } else { 1.0 };
+            let elems = cast * o.mult * b / split + o.params * o.mult / wsplit;
+            cast_time = elems * per / (hw.hbm_bandwidth * hw.e_memory);
+            launches += 2.0 * o.mult;
+        }
+        (
+            compute.max(memory) + cast_time + launches * hw.kernel_overhead,
+            flops,
+        )
     }
 
     fn segment(&self, si: usize, p: &DesignPoint, b: f64, training: bool) -> SegCost {
@@ -372,6 +407,7 @@ impl Evaluator<'_> {
         let mut saved_rep = 0.0;
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
+        let whole = self.ir.layers_recomputed(p.recompute);
         // Sequence parallelism cuts a microbatch's token rows into tp
         // blocks; rows that do not divide stay whole (the runtime's
         // program all-reduces them), which is the program without it.
@@ -391,15 +427,15 @@ impl Evaluator<'_> {
             if training {
                 let (tb, _) = self.op_time(o, sharded, p, b, true);
                 sc.bwd.add(o.class, tb);
-                let recomputed = match p.recompute {
-                    Recompute::Full => s.kind == SegmentKind::Body,
-                    Recompute::Selective => o.attention_core,
-                    Recompute::None => false,
+                let k = if s.kind == SegmentKind::Body && whole > 0.0 {
+                    whole
+                } else if p.recompute == Recompute::Selective && o.attention_core {
+                    1.0
+                } else {
+                    0.0
                 };
-                if recomputed {
-                    sc.recompute += tf;
-                    sc.recompute_flops += ff;
-                }
+                sc.recompute += k * tf;
+                sc.recompute_flops += k * ff;
             }
             if o.class == Class::Attention {
                 sc.attention_time += tf;
@@ -467,6 +503,12 @@ impl Evaluator<'_> {
                 sc.a2a_bytes += 2.0 * bytes;
                 sc.a2a += 2.0 * topo.time(Collective::AllToAll, p.ep, p.tp * p.cp, bytes);
             }
+            let on_rank = if sharded || p.sequence_parallel {
+                t * c
+            } else {
+                c
+            };
+            sc.widest_out = sc.widest_out.max(o.out_elems * o.mult * b / on_rank);
             let held = memory::op_params(o, sharded, p);
             sc.params += held;
             if o.experts.is_some() {
@@ -479,12 +521,13 @@ impl Evaluator<'_> {
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;
         let rep_div = if p.sequence_parallel { t * c } else { c };
+        let all = saved_rep / rep_div + saved_shard / shard_div;
+        sc.saved_all = b * all;
+        let input = self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div;
         sc.saved = b * match p.recompute {
-            Recompute::Full if s.kind == SegmentKind::Body => {
-                self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div
-            }
+            _ if s.kind == SegmentKind::Body && whole > 0.0 => whole * input + (1.0 - whole) * all,
             Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
-            _ => saved_rep / rep_div + saved_shard / shard_div,
+            _ => all,
         };
         sc
     }
@@ -512,16 +555,30 @@ impl Evaluator<'_> {
     pub fn layer_times(&self, p: &DesignPoint) -> Option<(f64, f64)> {
         let body = self.ir.body_index()?;
         let sc = self.segment(body, p, p.microbatch as f64, true);
-        let fwd = sc.fwd.total() + sc.tp_fwd;
+        let whole = self.ir.layers_recomputed(p.recompute);
+        let fwd = sc.fwd.total() + self.tp_exposed(&sc, false);
         let bwd = sc.bwd.total()
-            + sc.tp_bwd
+            + self.tp_exposed(&sc, true)
             + sc.recompute
-            + if p.recompute == Recompute::Full {
-                sc.tp_fwd
-            } else {
-                0.0
-            };
+            + whole * self.tp_exposed(&sc, false);
         Some((fwd, bwd))
+    }
+
+    /// Tensor-parallel collective time of one pass of a segment on the
+    /// critical path: all of it, or with `overlap = { tp = true }` (async
+    /// TP: each collective split and pipelined with the matrix products
+    /// around it) only what the pass's products cannot cover.
+    fn tp_exposed(&self, s: &SegCost, backward: bool) -> f64 {
+        let (comm, cover) = if backward {
+            (s.tp_bwd, s.bwd.matmul)
+        } else {
+            (s.tp_fwd, s.fwd.matmul)
+        };
+        if self.ir.kernels.overlap.tp {
+            (comm - cover).max(0.0)
+        } else {
+            comm
+        }
     }
 
     /// Evaluates one design point. `p` must come from [`crate::point::resolve`].
@@ -569,7 +626,6 @@ impl Evaluator<'_> {
 
         // Costs of each segment once, for one microbatch.
         let mut body = SegCost::default();
-        let mut layers = 0u64;
         let mut pro = SegCost::default();
         let mut epi = SegCost::default();
         for (si, role) in memory::roles(ir).into_iter().enumerate() {
@@ -578,24 +634,21 @@ impl Evaluator<'_> {
             match role {
                 Role::Body => {
                     body = sc;
-                    layers = s.count;
                 }
                 Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
                 Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
             }
         }
-        let tp_passes = 2.0
-            + if p.recompute == Recompute::Full {
-                1.0
-            } else {
-                0.0
-            };
+        // Forward passes per microbatch and layer: one, and the recomputed
+        // share again.
+        let whole = ir.layers_recomputed(p.recompute);
+        let fwd_passes = 1.0 + whole;
         let seg_time = |s: &SegCost, recompute: bool| {
             s.fwd.total()
                 + s.bwd.total()
                 + if recompute { s.recompute } else { 0.0 }
-                + s.tp_fwd * (tp_passes - 1.0)
-                + s.tp_bwd
+                + self.tp_exposed(s, false) * fwd_passes
+                + self.tp_exposed(s, true)
                 + (s.cp - s.attention_time * 3.0).max(0.0)
                 + s.a2a * 2.0
         };
@@ -623,7 +676,15 @@ impl Evaluator<'_> {
             0.0
         };
         let slots = m + (pp as f64 - 1.0) / v;
-        let slot = t_stage + if pp > 1 { 2.0 * v * t_send } else { 0.0 };
+        // Each slot sends 2 v messages; overlapped (`overlap = { pp = true
+        // }`) they hide behind the slot's compute up to its length.
+        let sends = if pp > 1 { 2.0 * v * t_send } else { 0.0 };
+        let t_send_exposed = if ir.kernels.overlap.pp {
+            (sends - t_stage).max(0.0)
+        } else {
+            sends
+        };
+        let slot = t_stage + t_send_exposed;
         let pipeline = slots * slot;
         let bubble = (pp as f64 - 1.0) / v * slot;
 
@@ -681,19 +742,39 @@ impl Evaluator<'_> {
                 // each paying the ring's latency over the whole dp group.
                 // They are on the critical path (fetches wait for compute
                 // to need them; measured ZeRO-3 runs scale that way).
-                let gathers = m * if p.recompute == Recompute::Full {
-                    3.0
-                } else {
-                    2.0
-                };
+                let overlap = ir.kernels.overlap.fsdp;
+                // Without overlap every recomputed forward gathers again;
+                // prefetching FSDP gathers once for the backward and its
+                // recomputation. Under pipeline parallelism FSDP keeps a
+                // stage's weights gathered and its gradients unsharded
+                // across the microbatches (torchtitan, Megatron-FSDP): one
+                // gather and one reduce-scatter per step.
+                let per_step = overlap && pp > 1;
+                let rounds = if per_step { 1.0 } else { m };
+                let gathers = rounds
+                    * if per_step {
+                        1.0
+                    } else if overlap {
+                        2.0
+                    } else {
+                        1.0 + fwd_passes
+                    };
                 let mut total = 0.0;
-                for s in &ir.segments {
-                    let reps = s.count as f64
-                        * if s.kind == SegmentKind::Body {
-                            sl / layers.max(1) as f64
-                        } else {
-                            1.0
-                        };
+                let mut exposed = 0.0;
+                let mut first_ag = None;
+                for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
+                    let (reps, cost) = match role {
+                        Role::Body => (sl, &body),
+                        Role::Prologue if slow == 0 => (1.0, &pro),
+                        Role::Epilogue if slow == n_stages - 1 => (1.0, &epi),
+                        _ => continue,
+                    };
+                    let reps = if role == Role::Body {
+                        reps
+                    } else {
+                        s.count as f64
+                    };
+                    let (mut ag, mut rs) = (0.0, 0.0);
                     for o in s
                         .ops
                         .iter()
@@ -701,12 +782,34 @@ impl Evaluator<'_> {
                     {
                         let n = (o.tensors * o.mult).max(1.0);
                         let bytes = o.params * o.mult * beta / p.tp as f64 / n;
-                        let t_ag = topo.time(Collective::AllGather, dp_group, dp_stride, bytes);
-                        let t_rs = topo.time(Collective::ReduceScatter, dp_group, dp_stride, bytes);
-                        total += reps * n * (gathers * t_ag + m * t_rs);
+                        ag += n * topo.time(Collective::AllGather, dp_group, dp_stride, bytes);
+                        rs += n * topo.time(Collective::ReduceScatter, dp_group, dp_stride, bytes);
                     }
+                    let unit = if role == Role::Body {
+                        1.0
+                    } else {
+                        1.0 / s.count.max(1) as f64
+                    };
+                    first_ag.get_or_insert(ag * unit);
+                    total += reps * (gathers * ag + rounds * rs);
+                    // Prefetched one layer ahead: a layer's gather runs
+                    // under the previous layer's pass, its gradient's
+                    // reduce-scatter under the next one's backward.
+                    let fwd = cost.fwd.total() * unit;
+                    let bwd = (cost.bwd.total() + cost.recompute) * unit;
+                    exposed += if per_step {
+                        // Hidden behind all microbatches' passes.
+                        reps * ((ag - m * fwd).max(0.0) + (rs - m * bwd).max(0.0))
+                    } else {
+                        reps * m * ((ag - fwd).max(0.0) + (ag + rs - bwd).max(0.0))
+                    };
                 }
-                dp_exposed = total;
+                dp_exposed = if overlap {
+                    // The first unit's gather has nothing to hide behind.
+                    exposed + rounds * first_ag.unwrap_or(0.0)
+                } else {
+                    total
+                };
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
                     collective: Collective::AllGather,
@@ -777,8 +880,10 @@ impl Evaluator<'_> {
             });
         }
         let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
-        // Forward all-reduces run once more under full recomputation.
-        let tp_of = |f: f64, b: f64| f * (tp_passes - 1.0) + b;
+        // Forward all-reduces run again in each recomputed forward.
+        let tp_of = |f: f64, b: f64| f * fwd_passes + b;
+        let tp_seg_exposed =
+            |s: &SegCost| self.tp_exposed(s, false) * fwd_passes + self.tp_exposed(s, true);
         // Once per step: the gradients of parameters used on sequence rows
         // (norm gains), all-reduced over the tensor-parallel ranks.
         let param_buffer =
@@ -792,6 +897,9 @@ impl Evaluator<'_> {
             + on_slow(tp_of(pro.tp_fwd, pro.tp_bwd), tp_of(epi.tp_fwd, epi.tp_bwd)))
             * m
             + tp_param_time;
+        let tp_comm_exposed =
+            (sl * tp_seg_exposed(&body) + on_slow(tp_seg_exposed(&pro), tp_seg_exposed(&epi))) * m
+                + tp_param_time;
         if tp_comm_step > 0.0 {
             // Bytes the busiest rank sends, summed over the sharded
             // program's collectives (ring factors applied per collective):
@@ -827,7 +935,7 @@ impl Evaluator<'_> {
                 algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
                 bytes,
                 time: tp_comm_step,
-                exposed: tp_comm_step,
+                exposed: tp_comm_exposed,
             });
         }
         if pp > 1 {
@@ -854,8 +962,8 @@ impl Evaluator<'_> {
                     } else {
                         p.tp as f64
                     },
-                time: slots * 2.0 * v * t_send,
-                exposed: slots * 2.0 * v * t_send,
+                time: slots * sends,
+                exposed: slots * t_send_exposed,
             });
         }
         if body.cp_bytes > 0.0 {
@@ -903,6 +1011,33 @@ impl Evaluator<'_> {
         };
         let mut memory = self.state_memory(held, p);
         memory.activations = stage_saved_layers * in_flight * interleave;
+        // Working buffers. A recomputed layer holds its full activations
+        // again while its backward runs.
+        let mut working = if whole > 0.0 { body.saved_all } else { 0.0 };
+        if p.zero >= 3 && dp_group > 1 {
+            if ir.kernels.overlap.fsdp && pp > 1 {
+                // The stage's weights stay gathered and its gradients
+                // unsharded for the whole step.
+                working += 2.0 * params_gpu * beta;
+            } else {
+                // The layer being computed and the one prefetched,
+                // gathered, and the layer's unsharded gradient before its
+                // reduce-scatter.
+                let layer = body.params * beta;
+                working += layer * if ir.kernels.overlap.fsdp { 3.0 } else { 2.0 };
+            }
+        }
+        // The loss reads the logits in the activation type, upcasts them to
+        // fp32 and writes an fp32 gradient, all on the last stage, which
+        // holds one microbatch's activations in flight.
+        let logits = epi.widest_out * (beta + 8.0);
+        let last = stage_layers[n_stages - 1] as f64 * body.saved;
+        working += if n_stages == 1 {
+            logits
+        } else {
+            (logits + last - memory.activations).max(0.0)
+        };
+        memory.working = working;
         // Tables that do not fit in HBM stay in host memory when the node
         // has it; their share of the lookups and sparse updates then
         // crosses the host link (host bandwidth split over the node's GPUs).
@@ -939,8 +1074,8 @@ impl Evaluator<'_> {
             )
             .scaled(m);
         let recompute = body.recompute * sl * m;
-        let tp_comm = tp_comm_step;
-        let pp_comm = if pp > 1 { m * 2.0 * v * t_send } else { 0.0 };
+        let tp_comm = tp_comm_exposed;
+        let pp_comm = m * t_send_exposed;
         let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
         let step = pipeline + dp_exposed + opt_time + a2a_emb + hw.step_overhead + host_lookups;
@@ -1136,6 +1271,8 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         params: a.params + s.params * k,
         expert_params: a.expert_params + s.expert_params * k,
         saved: a.saved + s.saved * k,
+        saved_all: a.saved_all + s.saved_all * k,
+        widest_out: a.widest_out.max(s.widest_out),
         flops: a.flops + s.flops * k,
         recompute_flops: a.recompute_flops + s.recompute_flops * k,
     }

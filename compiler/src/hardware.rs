@@ -44,6 +44,18 @@ pub const FACTORS: &[(&str, &str)] = &[
         "reserve",
         "HBM kept back for the runtime, allocator and fragmentation",
     ),
+    (
+        "fit_rows",
+        "reference rows `gantry calibrate --fit` fitted the factors on",
+    ),
+    (
+        "loo_median",
+        "median leave-one-out relative error of those rows (a fraction)",
+    ),
+    (
+        "loo_max",
+        "worst leave-one-out relative error of those rows (a fraction)",
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +64,11 @@ pub struct Hardware {
     /// The node's name, for diagnostics about its links.
     pub node: String,
     pub peak: f64,
+    /// Peak of the linear layers' matrix products: `peak` unless the
+    /// workload's `precision = { matmul = ... }` names another type.
+    pub peak_matmul: f64,
+    /// Bytes per element of that type (what a cast writes).
+    pub matmul_elem_bytes: f64,
     pub hbm_capacity: f64,
     pub hbm_bandwidth: f64,
     pub host_bandwidth: f64,
@@ -136,6 +153,19 @@ impl Hardware {
                 device: d.name.clone(),
                 what: format!("a `{}` compute rate", dtype.name()),
             })?;
+        let (peak_matmul, matmul_elem_bytes) = match w.kernels.matmul_dtype {
+            Some(m) => (
+                d.compute.get(&m).copied().ok_or_else(|| MissingFigure {
+                    device: d.name.clone(),
+                    what: format!(
+                        "a `{}` compute rate (the workload's matmul precision)",
+                        m.name()
+                    ),
+                })?,
+                m.bytes().unwrap_or(1) as f64,
+            ),
+            None => (peak, dtype.bytes().unwrap_or(2) as f64),
+        };
         let hbm = d
             .memories
             .iter()
@@ -156,6 +186,8 @@ impl Hardware {
             device: d.name.clone(),
             node: c.node.name.clone(),
             peak,
+            peak_matmul,
+            matmul_elem_bytes,
             hbm_capacity: hbm.capacity,
             hbm_bandwidth: hbm.bandwidth,
             host_bandwidth: c.node.host_memory.as_ref().map_or(0.0, |h| h.bandwidth),

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use gantry_lang::program::{DType, Graph, Item, OpKind, Phase, TensorId, Workload};
+use gantry_lang::program::{DType, Graph, Item, Kernels, OpKind, Phase, TensorId, Workload};
 
 use crate::sharded::{Layout, Mesh, Program};
 
@@ -273,6 +273,16 @@ pub struct IrOp {
     pub tensors: f64,
     /// Nested-repeat multiplicity inside its segment.
     pub mult: f64,
+    /// Backward FLOPs as a multiple of the forward's: 2 for products (the
+    /// input and the weight gradient), 2.5 for fused attention (its
+    /// backward recomputes the scores: five products against two).
+    pub bwd_flops: f64,
+    /// Activation elements per sample cast to the matrix-product precision
+    /// in a forward pass (the input of a `linear` under `precision = {
+    /// matmul = fp8 }`) and in a backward pass (the output gradient); the
+    /// weight is cast once per pass as well.
+    pub cast_fwd: f64,
+    pub cast_bwd: f64,
 }
 
 impl IrOp {
@@ -296,6 +306,9 @@ impl IrOp {
             heads: None,
             experts: None,
             tensors: 0.0,
+            bwd_flops: 2.0,
+            cast_fwd: 0.0,
+            cast_bwd: 0.0,
             args: Vec::new(),
             tables: Vec::new(),
             kernels: 1.0,
@@ -356,6 +369,8 @@ pub struct Ir {
     pub segments: Vec<Segment>,
     /// The sharded programs, built per degree on demand.
     pub programs: Programs,
+    /// How the framework runs the kernels and overlaps communication.
+    pub kernels: Kernels,
 }
 
 impl Ir {
@@ -413,21 +428,39 @@ impl Ir {
             .map(|s| s.totals().flops * s.count as f64)
             .sum()
     }
+    /// Of the main body's layers, the fraction recomputed whole: all of
+    /// them under `full`; under `selective` with fused attention (nothing
+    /// quadratic to drop) every second layer, as torchtitan's per-layer
+    /// selective checkpointing does; otherwise none.
+    pub fn layers_recomputed(&self, r: crate::point::Recompute) -> f64 {
+        use crate::point::Recompute;
+        match r {
+            Recompute::Full => 1.0,
+            Recompute::Selective if self.kernels.fused_attention => 0.5,
+            _ => 0.0,
+        }
+    }
+
     /// Forward FLOPs per sample that recomputation repeats.
     pub fn recompute_flops_per_sample(&self, r: crate::point::Recompute) -> f64 {
         use crate::point::Recompute;
+        let whole = self.layers_recomputed(r);
         self.segments
             .iter()
             .map(|s| {
                 let f: f64 = s
                     .ops
                     .iter()
-                    .filter(|o| match r {
-                        Recompute::Full => s.kind == SegmentKind::Body,
-                        Recompute::Selective => o.attention_core,
-                        Recompute::None => false,
+                    .map(|o| {
+                        let k = if s.kind == SegmentKind::Body && whole > 0.0 {
+                            whole
+                        } else if r == Recompute::Selective && o.attention_core {
+                            1.0
+                        } else {
+                            0.0
+                        };
+                        k * o.flops * o.mult
                     })
-                    .map(|o| o.flops * o.mult)
                     .sum();
                 f * s.count as f64
             })
@@ -498,6 +531,7 @@ struct Lowering<'a> {
     /// Index of the op producing each tensor within the current segment.
     producer: Vec<i64>,
     training: bool,
+    kernels: Kernels,
 }
 
 /// Closes the ops run so far (outside any `repeat`) into a segment: the
@@ -568,6 +602,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         producer: vec![-1; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
+        kernels: w.kernels,
     };
     let mut segments = Vec::new();
     let mut current = Vec::new();
@@ -591,6 +626,11 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         }
     }
     flush(&mut segments, &mut current, seen_body);
+    if w.kernels.compiled {
+        for s in &mut segments {
+            fuse_elementwise(&mut s.ops, beta);
+        }
+    }
     // The value between pipeline stages: the widest carried tensor of the
     // body, per token.
     let hidden = g
@@ -627,7 +667,47 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
             whole: Mutex::new(HashMap::new()),
         },
         segments,
+        kernels: w.kernels,
     })
+}
+
+/// Rows of a query block of a fused attention kernel (FlashAttention-2
+/// and -3 use 128): the granularity at which a causal kernel skips work.
+pub const FLASH_BLOCK: f64 = 128.0;
+
+/// `fusion = compiled`: an elementwise op whose only consumer is the next
+/// elementwise op of a chain hands its output over in registers. The
+/// producer no longer writes it and the consumer no longer reads it, and
+/// the two launch one kernel. What backward saves is unchanged (a
+/// compiler still stores the values backward needs).
+fn fuse_elementwise(ops: &mut [IrOp], beta: f64) {
+    let mut consumers = vec![0u32; ops.len()];
+    for o in ops.iter() {
+        for &a in &o.args {
+            if a >= 0 {
+                consumers[a as usize] += 1;
+            }
+        }
+    }
+    for j in 0..ops.len() {
+        if ops[j].class != Class::Elementwise {
+            continue;
+        }
+        for k in 0..ops[j].args.len() {
+            let a = ops[j].args[k];
+            if a < 0 || consumers[a as usize] != 1 {
+                continue;
+            }
+            let i = a as usize;
+            if ops[i].class != Class::Elementwise || ops[i].mult != ops[j].mult {
+                continue;
+            }
+            let handed = beta * ops[i].out_elems;
+            ops[i].bytes = (ops[i].bytes - handed).max(0.0);
+            ops[j].bytes = (ops[j].bytes - handed).max(0.0);
+            ops[i].kernels = 0.0;
+        }
+    }
 }
 
 impl Lowering<'_> {
@@ -692,6 +772,12 @@ impl Lowering<'_> {
                     k: di,
                     count: 1.0,
                 });
+                if self.kernels.matmul_dtype.is_some() {
+                    // Weights and input cast forward; the output gradient
+                    // and the transposed weight backward.
+                    o.cast_fwd = m * di;
+                    o.cast_bwd = m * dout;
+                }
                 o
             }
             OpKind::MatMul => {
@@ -717,7 +803,7 @@ impl Lowering<'_> {
                 kv_heads,
                 head_dim,
                 dropout,
-                ..
+                causal,
             } => {
                 let (h, hd) = (*heads as f64, *head_dim as f64);
                 let q_tokens = self.n(op.inputs[0]) / (h * hd);
@@ -726,13 +812,29 @@ impl Lowering<'_> {
                     .unwrap_or(self.n(op.inputs[1]) / (*kv_heads as f64 * hd));
                 let scores = h * q_tokens * kv_tokens;
                 let mut o = IrOp::new("attention", Class::Attention);
-                o.flops = 4.0 * scores * hd;
+                // Scores are materialized by the 2021-era training kernels
+                // (`attention = materialized`: write scores, softmax
+                // read/write, dropout, read for the weighted sum); fused
+                // kernels and every inference kernel keep them on chip.
+                let materialized =
+                    self.context.is_none() && self.is_training() && !self.kernels.fused_attention;
+                // A fused causal kernel skips the key blocks above the
+                // diagonal: of `n` query blocks of FLASH_BLOCK rows, it
+                // computes n (n + 1) / 2 of the n^2 block pairs (the
+                // diagonal ones whole). Decode's one query row sees the
+                // whole cache; dense kernels compute every score.
+                let work = if *causal && !materialized && self.context.is_none() {
+                    let n = (q_tokens / FLASH_BLOCK).ceil().max(1.0);
+                    (n + 1.0) / (2.0 * n)
+                } else {
+                    1.0
+                };
+                o.flops = 4.0 * scores * hd * work;
+                if !materialized && self.context.is_none() {
+                    o.bwd_flops = 2.5;
+                }
                 let kv_elems = 2.0 * kv_tokens * *kv_heads as f64 * hd;
                 let qo = self.n(op.inputs[0]) + out_n;
-                // Scores are materialized in training (Megatron-style kernels:
-                // write scores, softmax read/write, dropout, read for the
-                // weighted sum); inference kernels keep them on chip.
-                let materialized = self.context.is_none() && self.is_training();
                 // Forward passes over the score matrix: write scores, softmax
                 // read and write, (dropout read, write and a 1-byte mask),
                 // read by the weighted sum.
@@ -762,8 +864,14 @@ impl Lowering<'_> {
                         self.save(&mut o, i, beta);
                     }
                 }
-                o.saved_probs = probs * scores;
-                o.saved_shard += o.saved_probs;
+                if materialized {
+                    o.saved_probs = probs * scores;
+                    o.saved_shard += o.saved_probs;
+                } else if self.context.is_none() && self.is_training() {
+                    // A fused kernel keeps one fp32 log-sum-exp per query
+                    // row and head for its backward.
+                    o.saved_shard += 4.0 * h * q_tokens;
+                }
                 o.gemm = Some(Gemm {
                     m: q_tokens,
                     n: kv_tokens,
@@ -771,7 +879,9 @@ impl Lowering<'_> {
                     count: 2.0 * h,
                 });
                 o.heads = Some((*heads, *kv_heads));
-                o.attention_core = true;
+                // Selective recomputation of the attention core exists to
+                // drop the score matrix; a fused kernel never stores it.
+                o.attention_core = materialized;
                 o
             }
             OpKind::Embedding { vocab, dim } => {

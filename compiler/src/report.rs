@@ -118,7 +118,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "memory_bytes": {
                 "weights": m.weights, "gradients": m.gradients, "optimizer_states": m.optimizer,
                 "activations": m.activations, "kv_cache": m.kv_cache, "embedding_tables": m.embeddings,
-                "reserve": m.reserve, "total": m.total(), "capacity": m.capacity,
+                "working_buffers": m.working, "reserve": m.reserve, "total": m.total(), "capacity": m.capacity,
                 "host_embedding_tables": m.host_embeddings,
             },
             "communication": comms,
@@ -321,6 +321,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         ("activations", m.activations),
         ("KV cache", m.kv_cache),
         ("embedding tables", m.embeddings),
+        ("working buffers", m.working),
         ("reserve", m.reserve),
     ] {
         if v > 0.0 {

@@ -471,12 +471,69 @@ impl Phase {
     }
 }
 
+/// How the framework runs a workload's kernels and communication: the
+/// settings that change its cost but not its mathematics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Kernels {
+    /// `attention = fused` (default: FlashAttention-style, scores kept on
+    /// chip, causal blocks skipped) or `materialized` (the 2021-era kernels
+    /// that write the score matrix to HBM and compute it densely).
+    pub fused_attention: bool,
+    /// `fusion = compiled` (torch.compile, TensorRT: chains of elementwise
+    /// ops run as one kernel) or `eager` (default: one kernel per op).
+    pub compiled: bool,
+    /// `precision = { matmul = fp8 }`: the element type of the linear
+    /// layers' matrix products when it differs from the workload's
+    /// `dtype` (mixed precision as torchao/Transformer Engine do it).
+    pub matmul_dtype: Option<DType>,
+    /// `overlap = { ... }`: which communication the framework overlaps
+    /// with compute (training only).
+    pub overlap: Overlap,
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Kernels {
+            fused_attention: true,
+            compiled: false,
+            matmul_dtype: None,
+            overlap: Overlap::default(),
+        }
+    }
+}
+
+/// Communication hidden behind compute, per mechanism.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Overlap {
+    /// `fsdp`: ZeRO-3/FSDP parameter gathers prefetched one layer ahead and
+    /// gradient reduce-scatters issued as each layer's backward ends
+    /// (default true, FSDP2 and Megatron's distributed optimizer).
+    pub fsdp: bool,
+    /// `tp`: tensor-parallel collectives decomposed and overlapped with the
+    /// matrix products around them (async TP; default false).
+    pub tp: bool,
+    /// `pp`: pipeline sends and receives overlapped with the next
+    /// microbatch's compute (default false).
+    pub pp: bool,
+}
+
+impl Default for Overlap {
+    fn default() -> Self {
+        Overlap {
+            fsdp: true,
+            tp: false,
+            pp: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
     pub name: String,
     pub model: ModelInstance,
     pub phase: Phase,
     pub dtype: DType,
+    pub kernels: Kernels,
     /// Values of the model's shape symbols for one step (`batch`, `seq`).
     pub bindings: BTreeMap<String, i64>,
     pub span: Span,
@@ -859,6 +916,31 @@ fn write_workload(s: &mut String, w: &Workload) {
         w.dtype.name(),
         binds.join(" ")
     );
+    // Kernel settings, where they differ from the defaults.
+    let k = &w.kernels;
+    let d = Kernels::default();
+    let mut ks = Vec::new();
+    if k.fused_attention != d.fused_attention {
+        ks.push("attention=materialized".to_string());
+    }
+    if k.compiled {
+        ks.push("fusion=compiled".to_string());
+    }
+    if let Some(m) = k.matmul_dtype {
+        ks.push(format!("precision.matmul={}", m.name()));
+    }
+    for (name, on, default) in [
+        ("fsdp", k.overlap.fsdp, d.overlap.fsdp),
+        ("tp", k.overlap.tp, d.overlap.tp),
+        ("pp", k.overlap.pp, d.overlap.pp),
+    ] {
+        if on != default {
+            ks.push(format!("overlap.{name}={on}"));
+        }
+    }
+    if !ks.is_empty() {
+        let _ = writeln!(s, "  kernels {}", ks.join(" "));
+    }
     let g = &w.model.graph;
     for i in &g.inputs {
         let t = g.tensor(*i);

@@ -191,6 +191,7 @@ pub const MAX_LATENCY: FigureRange = FigureRange {
 pub fn metric_dim(name: &str) -> Option<Dim> {
     Some(match name {
         "tokens_per_s"
+        | "tokens_per_s_per_device"
         | "samples_per_s"
         | "mfu"
         | "hfu"
@@ -210,6 +211,7 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
 
 pub const METRICS: &[&str] = &[
     "tokens_per_s",
+    "tokens_per_s_per_device",
     "samples_per_s",
     "throughput",
     "step_time",
@@ -1316,7 +1318,7 @@ impl Checker {
             phase = self.phase(&it.key.name, &v, it.value.span);
         }
         self.leave(&key);
-        let (Some((model, mspan)), Some((phase, dtype, pspan))) = (model, phase) else {
+        let (Some((model, mspan)), Some((phase, dtype, kernels, pspan))) = (model, phase) else {
             self.memo_workloads.insert(key, None);
             return None;
         };
@@ -1374,6 +1376,7 @@ impl Checker {
             model,
             phase,
             dtype,
+            kernels,
             bindings,
             span: b.name.span,
         });
@@ -1384,12 +1387,42 @@ impl Checker {
         result
     }
 
-    fn phase(&mut self, name: &str, v: &Value, span: Span) -> Option<(Phase, DType, Span)> {
+    fn phase(
+        &mut self,
+        name: &str,
+        v: &Value,
+        span: Span,
+    ) -> Option<(Phase, DType, Kernels, Span)> {
         let fields = self.record(v, span, "phase settings")?;
         let allowed: &[&str] = match name {
-            "train" => &["seq", "global_batch", "dtype", "optimizer"],
-            "prefill" => &["batch", "prompt", "dtype"],
-            _ => &["batch", "context", "prompt", "generate", "dtype"],
+            "train" => &[
+                "seq",
+                "global_batch",
+                "dtype",
+                "optimizer",
+                "attention",
+                "fusion",
+                "precision",
+                "overlap",
+            ],
+            "prefill" => &[
+                "batch",
+                "prompt",
+                "dtype",
+                "attention",
+                "fusion",
+                "precision",
+            ],
+            _ => &[
+                "batch",
+                "context",
+                "prompt",
+                "generate",
+                "dtype",
+                "attention",
+                "fusion",
+                "precision",
+            ],
         };
         let mut got: BTreeMap<String, (Value, Span)> = BTreeMap::new();
         let mut ok = true;
@@ -1504,10 +1537,83 @@ impl Checker {
                 }
             }
         };
+        let kernels = self.kernels(&got);
         if !ok {
             return None;
         }
-        Some((phase, dtype?, span))
+        Some((phase, dtype?, kernels?, span))
+    }
+
+    /// The kernel and overlap settings of a phase record ([`Kernels`]).
+    fn kernels(&mut self, got: &BTreeMap<String, (Value, Span)>) -> Option<Kernels> {
+        let mut k = Kernels::default();
+        let mut ok = true;
+        if let Some((v, s)) = got.get("attention") {
+            match self.choice(v, *s, "attention kernel", &["fused", "materialized"]) {
+                Some(c) => k.fused_attention = c == "fused",
+                None => ok = false,
+            }
+        }
+        if let Some((v, s)) = got.get("fusion") {
+            match self.choice(v, *s, "fusion mode", &["eager", "compiled"]) {
+                Some(c) => k.compiled = c == "compiled",
+                None => ok = false,
+            }
+        }
+        if let Some((v, s)) = got.get("precision") {
+            for (name, ns, fv, fs) in self.record(v, *s, "precisions per op class")? {
+                if name != "matmul" {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L071,
+                            format!("`precision` has no op class `{name}`"),
+                            ns,
+                        )
+                        .with_label(ns, "unknown op class")
+                        .with_help("`precision` takes: matmul (the linear layers' products, e.g. `matmul = fp8`)"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                match self.dtype(&fv, fs) {
+                    Some(d) => k.matmul_dtype = Some(d),
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some((v, s)) = got.get("overlap") {
+            for (name, ns, fv, fs) in self.record(v, *s, "overlap settings")? {
+                let slot = match name.as_str() {
+                    "fsdp" => &mut k.overlap.fsdp,
+                    "tp" => &mut k.overlap.tp,
+                    "pp" => &mut k.overlap.pp,
+                    _ => {
+                        let mut d = Diagnostic::error(
+                            Code::L071,
+                            format!("`overlap` has no setting `{name}`"),
+                            ns,
+                        )
+                        .with_label(ns, "unknown setting");
+                        d = match suggest(&name, ["fsdp", "tp", "pp"].into_iter()) {
+                            Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                            None => d.with_help("`overlap` takes: fsdp, tp, pp"),
+                        };
+                        self.diags.push(d);
+                        ok = false;
+                        continue;
+                    }
+                };
+                match fv {
+                    Value::Bool(b) => *slot = b,
+                    Value::Error => ok = false,
+                    other => {
+                        self.type_error(&other, fs, "`true` or `false`");
+                        ok = false;
+                    }
+                }
+            }
+        }
+        ok.then_some(k)
     }
 
     // ------------------------------------------------------------ plans
