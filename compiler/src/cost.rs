@@ -391,8 +391,9 @@ impl Evaluator<'_> {
             cast_time = elems * per / (hw.hbm_bandwidth * hw.e_memory);
             launches += 2.0 * o.mult;
         }
+        let side = o.side_bytes * o.mult * b / split / (hw.hbm_bandwidth * hw.e_memory);
         (
-            compute.max(memory) + cast_time + launches * hw.kernel_overhead,
+            compute.max(memory) + cast_time + side + launches * hw.kernel_overhead,
             flops,
         )
     }

@@ -283,6 +283,11 @@ pub struct IrOp {
     /// weight is cast once per pass as well.
     pub cast_fwd: f64,
     pub cast_bwd: f64,
+    /// Bytes per sample that separate streaming kernels attached to this op
+    /// move in each pass (`fusion = eager`: rotary embeddings of the
+    /// queries and keys, run as PyTorch primitives); added to the op's
+    /// time, not overlapped with it.
+    pub side_bytes: f64,
 }
 
 impl IrOp {
@@ -309,6 +314,7 @@ impl IrOp {
             bwd_flops: 2.0,
             cast_fwd: 0.0,
             cast_bwd: 0.0,
+            side_bytes: 0.0,
             args: Vec::new(),
             tables: Vec::new(),
             kernels: 1.0,
@@ -835,6 +841,16 @@ impl Lowering<'_> {
                 }
                 let kv_elems = 2.0 * kv_tokens * *kv_heads as f64 * hd;
                 let qo = self.n(op.inputs[0]) + out_n;
+                if self.kernels.eager {
+                    // Rotary embeddings in PyTorch primitives on the
+                    // queries and the new keys: upcast to fp32 (read the
+                    // type, write 4 bytes), complex multiply (read and
+                    // write 8 bytes per pair, 4 per element each way),
+                    // downcast (read 4, write the type).
+                    let new_keys = self.n(op.inputs[1]);
+                    o.side_bytes =
+                        (self.n(op.inputs[0]) + new_keys) * (beta + 4.0 + 8.0 + 4.0 + beta);
+                }
                 // Forward passes over the score matrix: write scores, softmax
                 // read and write, (dropout read, write and a 1-byte mask),
                 // read by the weighted sum.
@@ -1004,6 +1020,16 @@ impl Lowering<'_> {
                     } else {
                         0.0
                     };
+                if self.kernels.eager && matches!(other, OpKind::RmsNorm { .. }) {
+                    // RMSNorm as PyTorch primitives, each a pass over the
+                    // tensor: upcast (read the type, write fp32), square
+                    // (read and write fp32), mean (read fp32), scale by
+                    // the reciprocal root (read and write fp32), downcast
+                    // (read fp32, write the type), gain (read and write
+                    // the type): 28 + 4 x type bytes per element.
+                    o.bytes = (28.0 + 4.0 * beta) * in_n;
+                    o.kernels = 6.0;
+                }
                 // What backward needs: norms and activations their input,
                 // softmax its output, dropout its 1-byte mask, products
                 // their inputs; sums and scalings nothing.

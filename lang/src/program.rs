@@ -480,8 +480,13 @@ pub struct Kernels {
     /// that write the score matrix to HBM and compute it densely).
     pub fused_attention: bool,
     /// `fusion = compiled` (torch.compile, TensorRT: chains of elementwise
-    /// ops run as one kernel) or `eager` (default: one kernel per op).
+    /// ops run as one kernel), `kernels` (default: one hand-written kernel
+    /// per op, as Megatron-LM's fused norms and activations), or `eager`
+    /// (PyTorch without compilation: an op written as a composite, such as
+    /// RMSNorm or rotary embeddings, runs as its primitive ops, each a
+    /// pass over memory).
     pub compiled: bool,
+    pub eager: bool,
     /// `precision = { matmul = fp8 }`: the element type of the linear
     /// layers' matrix products when it differs from the workload's
     /// `dtype` (mixed precision as torchao/Transformer Engine do it).
@@ -496,6 +501,7 @@ impl Default for Kernels {
         Kernels {
             fused_attention: true,
             compiled: false,
+            eager: false,
             matmul_dtype: None,
             overlap: Overlap::default(),
         }
@@ -925,6 +931,9 @@ fn write_workload(s: &mut String, w: &Workload) {
     }
     if k.compiled {
         ks.push("fusion=compiled".to_string());
+    }
+    if k.eager {
+        ks.push("fusion=eager".to_string());
     }
     if let Some(m) = k.matmul_dtype {
         ks.push(format!("precision.matmul={}", m.name()));

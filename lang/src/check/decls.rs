@@ -1555,8 +1555,11 @@ impl Checker {
             }
         }
         if let Some((v, s)) = got.get("fusion") {
-            match self.choice(v, *s, "fusion mode", &["eager", "compiled"]) {
-                Some(c) => k.compiled = c == "compiled",
+            match self.choice(v, *s, "fusion mode", &["eager", "kernels", "compiled"]) {
+                Some(c) => {
+                    k.compiled = c == "compiled";
+                    k.eager = c == "eager";
+                }
                 None => ok = false,
             }
         }
