@@ -408,6 +408,8 @@ impl Evaluator<'_> {
         let mut saved_rep = 0.0;
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
+        let mut cheap_rep = 0.0;
+        let mut cheap_shard = 0.0;
         let whole = self.ir.layers_recomputed(p.recompute);
         // Sequence parallelism cuts a microbatch's token rows into tp
         // blocks; rows that do not divide stay whole (the runtime's
@@ -430,8 +432,8 @@ impl Evaluator<'_> {
                 sc.bwd.add(o.class, tb);
                 let k = if s.kind == SegmentKind::Body && whole > 0.0 {
                     whole
-                } else if p.recompute == Recompute::Selective && o.attention_core {
-                    1.0
+                } else if p.recompute == Recompute::Selective && s.kind == SegmentKind::Body {
+                    self.ir.selective_recomputes(o)
                 } else {
                     0.0
                 };
@@ -518,6 +520,8 @@ impl Evaluator<'_> {
             saved_rep += o.saved_rep * o.mult;
             saved_shard += o.saved_shard * o.mult;
             saved_probs += o.saved_probs * o.mult;
+            cheap_rep += o.saved_cheap_rep * o.mult;
+            cheap_shard += o.saved_cheap_shard * o.mult;
         }
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;
@@ -527,6 +531,11 @@ impl Evaluator<'_> {
         let input = self.ir.hidden * self.ir.tokens_per_sample * beta / rep_div;
         sc.saved = b * match p.recompute {
             _ if s.kind == SegmentKind::Body && whole > 0.0 => whole * input + (1.0 - whole) * all,
+            Recompute::Selective
+                if s.kind == SegmentKind::Body && self.ir.kernels.fused_attention =>
+            {
+                (saved_rep - cheap_rep) / rep_div + (saved_shard - cheap_shard) / shard_div
+            }
             Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
             _ => all,
         };

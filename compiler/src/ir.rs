@@ -240,6 +240,11 @@ pub struct IrOp {
     /// Of `saved_shard`, the attention probabilities (and their dropout
     /// mask and output) that selective recomputation drops.
     pub saved_probs: f64,
+    /// Of `saved_rep` and `saved_shard`, the tensors an elementwise op
+    /// produced: what op-level selective checkpointing recomputes instead
+    /// of keeping (it keeps the outputs of products and attention).
+    pub saved_cheap_rep: f64,
+    pub saved_cheap_shard: f64,
     /// Attention: the bytes of its keys and values per sample (what
     /// context parallelism exchanges).
     pub kv_bytes: f64,
@@ -302,6 +307,8 @@ impl IrOp {
             saved_shard: 0.0,
             kv_bytes: 0.0,
             saved_probs: 0.0,
+            saved_cheap_rep: 0.0,
+            saved_cheap_shard: 0.0,
             gemm: None,
             output: TensorId(0),
             out_elems: 0.0,
@@ -435,15 +442,35 @@ impl Ir {
             .sum()
     }
     /// Of the main body's layers, the fraction recomputed whole: all of
-    /// them under `full`; under `selective` with fused attention (nothing
-    /// quadratic to drop) every second layer, as torchtitan's per-layer
-    /// selective checkpointing does; otherwise none.
+    /// them under `full`, none otherwise.
     pub fn layers_recomputed(&self, r: crate::point::Recompute) -> f64 {
         use crate::point::Recompute;
         match r {
             Recompute::Full => 1.0,
-            Recompute::Selective if self.kernels.fused_attention => 0.5,
             _ => 0.0,
+        }
+    }
+
+    /// How much of op `o` of a body `selective` recomputes: the
+    /// attention core when its scores are materialized (Korthikanti et
+    /// al.); with fused attention, which stores nothing quadratic, the
+    /// elementwise ops (op-level selective checkpointing as torchtitan and
+    /// Megatron-Core do it: keep what products and attention produce,
+    /// recompute the cheap ops in between, and, as torchtitan's policy
+    /// does, every second matrix product: half of each `linear`).
+    pub fn selective_recomputes(&self, o: &IrOp) -> f64 {
+        if self.kernels.fused_attention {
+            match o.class {
+                Class::Elementwise => 1.0,
+                // torchtitan's op policy also recomputes every second
+                // matrix product of a layer.
+                Class::Matmul if o.op == "linear" => 0.5,
+                _ => 0.0,
+            }
+        } else if o.attention_core {
+            1.0
+        } else {
+            0.0
         }
     }
 
@@ -460,8 +487,8 @@ impl Ir {
                     .map(|o| {
                         let k = if s.kind == SegmentKind::Body && whole > 0.0 {
                             whole
-                        } else if r == Recompute::Selective && o.attention_core {
-                            1.0
+                        } else if r == Recompute::Selective && s.kind == SegmentKind::Body {
+                            self.selective_recomputes(o)
                         } else {
                             0.0
                         };
@@ -536,6 +563,8 @@ struct Lowering<'a> {
     saved: Vec<bool>,
     /// Index of the op producing each tensor within the current segment.
     producer: Vec<i64>,
+    /// Whether an elementwise op produced each tensor.
+    cheap: Vec<bool>,
     training: bool,
     kernels: Kernels,
 }
@@ -606,6 +635,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         base,
         saved: vec![false; g.tensors.len()],
         producer: vec![-1; g.tensors.len()],
+        cheap: vec![false; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
         kernels: w.kernels,
@@ -735,10 +765,17 @@ impl Lowering<'_> {
         }
         self.saved[i] = true;
         let b = bytes_per * self.numel[i];
+        let cheap = self.cheap[i];
         if self.sharded(t) {
             o.saved_shard += b;
+            if cheap {
+                o.saved_cheap_shard += b;
+            }
         } else {
             o.saved_rep += b;
+            if cheap {
+                o.saved_cheap_rep += b;
+            }
         }
     }
 
@@ -746,6 +783,7 @@ impl Lowering<'_> {
     fn push(&mut self, op: &gantry_lang::program::Op, mult: f64, out: &mut Vec<IrOp>) {
         let o = self.op(op, mult);
         self.producer[op.output.0 as usize] = out.len() as i64;
+        self.cheap[op.output.0 as usize] = o.class == Class::Elementwise;
         out.push(o);
     }
 

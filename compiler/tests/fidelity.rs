@@ -1,0 +1,216 @@
+//! The physics of issue 10, each checked against the formula it claims:
+//! fused attention, mixed precision, fusion modes, overlap per mechanism,
+//! per-phase calibration and working memory.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use gantry_compiler::cost::Estimate;
+use gantry_compiler::ir::{Class, FLASH_BLOCK, Ir};
+use gantry_compiler::plan::evaluate;
+use gantry_compiler::point::parse_fix;
+use gantry_lang::check::check;
+use gantry_lang::program::Plan;
+use gantry_lang::source::{LoadError, Loader};
+
+/// The workspace plus one in-memory file, `test.gantry`.
+struct WithSource(String);
+
+impl Loader for WithSource {
+    fn resolve(&self, importer: &str, path: &str) -> Option<String> {
+        if path == "test.gantry" {
+            return Some(path.into());
+        }
+        common::Workspace.resolve(importer, path)
+    }
+    fn load(&self, name: &str) -> Result<String, LoadError> {
+        if name == "test.gantry" {
+            return Ok(self.0.clone());
+        }
+        common::Workspace.load(name)
+    }
+}
+
+/// A Llama-shaped block on 8 Grand Teton H100s (96 GB variant, calibrated
+/// for training), with `settings` added to the `train` record.
+fn plan(settings: &str, seq: u64) -> Plan {
+    let src = format!(
+        r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {{
+  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = 32000)
+  train {{ seq = {seq}, global_batch = 8, dtype = bf16, optimizer = adamw{settings} }}
+}}
+plan p on GrandTetonRoCE96(nodes = 1) for w {{
+  fix tp = 1, pp = 1, dp = 8, zero = 1, recompute = none, microbatch = 1
+}}
+"#
+    );
+    let c = check(&["test.gantry".to_string()], &WithSource(src));
+    assert!(!c.has_errors(), "{}", c.render(false));
+    c.program.plans.get("p").cloned().expect("plan p")
+}
+
+fn eval(settings: &str, seq: u64, fix: &str) -> (Ir, Estimate) {
+    let p = plan(settings, seq);
+    let pins = if fix.is_empty() {
+        BTreeMap::new()
+    } else {
+        parse_fix(fix).expect("pins")
+    };
+    let ev = evaluate(&p, &pins).expect("evaluates");
+    (ev.ir, ev.estimate)
+}
+
+fn attention_flops(ir: &Ir) -> f64 {
+    ir.segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .filter(|o| o.class == Class::Attention)
+        .map(|o| o.flops)
+        .sum()
+}
+
+#[test]
+fn fused_causal_attention_skips_the_blocks_above_the_diagonal() {
+    let seq = 4096;
+    let (fused, _) = eval("", seq, "");
+    let (dense, _) = eval(", attention = materialized", seq, "");
+    let n = (seq as f64 / FLASH_BLOCK).ceil();
+    let ratio = attention_flops(&fused) / attention_flops(&dense);
+    assert!(
+        (ratio - (n + 1.0) / (2.0 * n)).abs() < 1e-12,
+        "ratio {ratio}"
+    );
+}
+
+#[test]
+fn fused_attention_stores_no_score_matrix() {
+    // Activations grow linearly with the sequence under fused attention
+    // and faster than linearly when the scores are materialized.
+    let act = |settings: &str, seq| eval(settings, seq, "").1.memory.activations;
+    let fused = act("", 4096) / act("", 2048);
+    let dense = act(", attention = materialized", 4096) / act(", attention = materialized", 2048);
+    assert!((fused - 2.0).abs() < 1e-9, "fused grows {fused}x");
+    assert!(dense > 2.5, "materialized grows {dense}x");
+}
+
+#[test]
+fn fp8_linear_layers_are_faster_than_bf16_but_not_twice() {
+    let (_, bf16) = eval(", fusion = compiled", 2048, "");
+    let (_, fp8) = eval(
+        ", fusion = compiled, precision = { matmul = fp8 }",
+        2048,
+        "",
+    );
+    let (b, f) = (bf16.time.step, fp8.time.step);
+    assert!(f < b, "fp8 {f} s vs bf16 {b} s");
+    assert!(f > b / 2.0, "fp8 {f} s is at least half of bf16 {b} s");
+    // Only the linear layers change: attention time is the same.
+    assert_eq!(bf16.time.compute.attention, fp8.time.compute.attention);
+}
+
+#[test]
+fn fusion_modes_order_the_elementwise_time() {
+    let ew = |settings: &str| eval(settings, 2048, "").1.time.compute.elementwise;
+    let (eager, kernels, compiled) = (ew(", fusion = eager"), ew(""), ew(", fusion = compiled"));
+    assert!(eager > kernels, "eager {eager} vs kernels {kernels}");
+    assert!(
+        kernels > compiled,
+        "kernels {kernels} vs compiled {compiled}"
+    );
+}
+
+#[test]
+fn fsdp_prefetch_hides_gathers_behind_compute() {
+    let fix = "zero=3";
+    let (_, hidden) = eval("", 2048, fix);
+    let (_, exposed) = eval(", overlap = { fsdp = false }", 2048, fix);
+    let comm = |e: &Estimate| {
+        e.comms
+            .iter()
+            .find(|c| c.what.starts_with("ZeRO-3"))
+            .map(|c| (c.time, c.exposed))
+            .expect("ZeRO-3 traffic")
+    };
+    let (t_hidden, x_hidden) = comm(&hidden);
+    let (t_exposed, x_exposed) = comm(&exposed);
+    // Without overlap every gather is exposed, recomputation or not.
+    assert_eq!(t_exposed, x_exposed);
+    assert!(x_hidden < x_exposed, "{x_hidden} vs {x_exposed}");
+    // Prefetching gathers once per pass: no more traffic than without.
+    assert!(t_hidden <= t_exposed);
+    assert!(hidden.time.step < exposed.time.step);
+}
+
+#[test]
+fn async_tensor_parallelism_hides_collectives_behind_products() {
+    let fix = "tp=4,dp=2,sequence_parallel=true";
+    let (_, sync) = eval("", 2048, fix);
+    let (_, overlapped) = eval(", overlap = { tp = true }", 2048, fix);
+    assert!(sync.time.tp_comm > 0.0);
+    assert!(overlapped.time.tp_comm < sync.time.tp_comm);
+    // The traffic is the same; only what is exposed changes.
+    let bytes = |e: &Estimate| {
+        e.comms
+            .iter()
+            .find(|c| c.what.starts_with("tensor"))
+            .map(|c| c.bytes)
+            .expect("tp traffic")
+    };
+    assert_eq!(bytes(&sync), bytes(&overlapped));
+}
+
+#[test]
+fn factors_are_read_per_phase() {
+    use gantry_compiler::hardware::Hardware;
+    let train = plan("", 2048);
+    let hw = Hardware::new(&train.system, &train.workload).expect("hardware");
+    // H100_96GB declares training factors only: its fit band is read for
+    // training.
+    assert!(hw.e_matmul < 1.0);
+    // The H100-SXM declares inference factors only: training on it is
+    // uncalibrated (ideal factors, no band).
+    let c = common::checked("examples/reference/d01_llama31_70b_tp1_128_128.gantry");
+    let d = c.program.plans.values().next().expect("plan");
+    let infer = Hardware::new(&d.system, &d.workload).expect("hardware");
+    assert!(infer.e_matmul < 1.0);
+    let mut w = d.workload.clone();
+    w.phase = train.workload.phase.clone();
+    let untrained = Hardware::new(&d.system, &w).expect("hardware");
+    assert_eq!(untrained.e_matmul, 1.0);
+    assert_eq!(untrained.step_overhead, 0.0);
+    assert!(untrained.uncertainty.is_none());
+}
+
+#[test]
+fn the_loss_logits_are_working_memory_of_the_last_stage() {
+    // Doubling the vocabulary adds the logits' bytes per token:
+    // (dtype + 8) bytes per logit on the one pipeline stage.
+    let (_, base) = eval("", 2048, "");
+    let src_vocab = |v: u64| {
+        let src = format!(
+            r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {{
+  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = {v})
+  train {{ seq = 2048, global_batch = 8, dtype = bf16, optimizer = adamw }}
+}}
+plan p on GrandTetonRoCE96(nodes = 1) for w {{
+  fix tp = 1, pp = 1, dp = 8, zero = 1, recompute = none, microbatch = 1
+}}
+"#
+        );
+        let c = check(&["test.gantry".to_string()], &WithSource(src));
+        let p = c.program.plans.get("p").cloned().expect("plan");
+        evaluate(&p, &BTreeMap::new()).expect("evaluates").estimate
+    };
+    let wide = src_vocab(64000);
+    let extra = wide.memory.working - base.memory.working;
+    let expected = 2048.0 * 32000.0 * (2.0 + 8.0);
+    assert!(
+        (extra - expected).abs() / expected < 1e-9,
+        "{extra} vs {expected}"
+    );
+}
