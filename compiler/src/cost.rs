@@ -577,7 +577,8 @@ impl Evaluator<'_> {
     /// Tensor-parallel collective time of one pass of a segment on the
     /// critical path: all of it, or with `overlap = { tp = true }` (async
     /// TP: each collective split and pipelined with the matrix products
-    /// around it) only what the pass's products cannot cover.
+    /// around it) less the device's `tp_overlap` share of what the pass's
+    /// products could cover.
     fn tp_exposed(&self, s: &SegCost, backward: bool) -> f64 {
         let (comm, cover) = if backward {
             (s.tp_bwd, s.bwd.matmul)
@@ -585,7 +586,7 @@ impl Evaluator<'_> {
             (s.tp_fwd, s.fwd.matmul)
         };
         if self.ir.kernels.overlap.tp {
-            (comm - cover).max(0.0)
+            comm - self.hw.tp_overlap * comm.min(cover)
         } else {
             comm
         }

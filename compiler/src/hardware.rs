@@ -35,6 +35,10 @@ pub const FACTORS: &[(&str, &str)] = &[
         "fraction of scale-up link bandwidth collectives reach (bus bandwidth)",
     ),
     ("scaleout", "fraction of NIC bandwidth collectives reach"),
+    (
+        "tp_overlap",
+        "fraction of the tensor-parallel time that async TP could hide behind products that it does hide",
+    ),
     ("kernel_overhead", "fixed time per kernel launch"),
     (
         "step_overhead",
@@ -76,6 +80,8 @@ pub struct Hardware {
     pub matmul_knee: f64,
     pub e_attention: f64,
     pub e_memory: f64,
+    /// Of the tensor-parallel time async TP could hide, the part it does.
+    pub tp_overlap: f64,
     pub kernel_overhead: f64,
     pub step_overhead: f64,
     pub reserve: f64,
@@ -195,6 +201,7 @@ impl Hardware {
             matmul_knee: factor("matmul_knee", Dim::FLOP, 0.0),
             e_attention: factor("attention", Dim::NONE, e_matmul),
             e_memory: factor("memory", Dim::NONE, 1.0),
+            tp_overlap: factor("tp_overlap", Dim::NONE, 1.0),
             kernel_overhead: factor("kernel_overhead", Dim::TIME, 0.0),
             step_overhead: factor("step_overhead", Dim::TIME, 0.0),
             reserve: factor("reserve", Dim::BYTES, 0.0),

@@ -108,6 +108,7 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("memory", Dim::NONE, 1.0, "memory = 0.6"),
     ("scaleup", Dim::NONE, 1.0, "scaleup = 0.9"),
     ("scaleout", Dim::NONE, 1.0, "scaleout = 0.9"),
+    ("tp_overlap", Dim::NONE, 1.0, "tp_overlap = 0.3"),
     ("kernel_overhead", Dim::TIME, 1.0, "kernel_overhead = 5 us"),
     ("step_overhead", Dim::TIME, 3600.0, "step_overhead = 5 ms"),
     ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
