@@ -164,6 +164,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         }],
         power: 1.0,
         price: None,
+        cores: None,
         efficiency: BTreeMap::new(),
         span,
     };

@@ -362,7 +362,8 @@ impl Evaluator<'_> {
                 } else {
                     (hw.e_matmul, hw.peak)
                 };
-                let e = base * per / (per + hw.matmul_knee);
+                let e = base * per / (per + hw.matmul_knee)
+                    * wave_efficiency(g.k, per, instances, hw.cores);
                 flops / (peak * e.max(1e-6))
             }
             _ => 0.0,
@@ -1261,6 +1262,25 @@ impl Evaluator<'_> {
             tpot,
         }
     }
+}
+
+/// Output tile edge of a matrix-product kernel (cuBLAS, CUTLASS and
+/// Triton GEMMs tile the output in 128 x 128 blocks or multiples).
+pub const GEMM_TILE: f64 = 128.0;
+
+/// Wave quantisation: a product of `instances` independent outputs of
+/// `per / (2 k)` elements each runs `ceil(elements / 128^2)` output tiles
+/// per instance on the device's `cores`, in whole waves; the last wave's
+/// idle cores are lost. 1 when the device does not declare `cores`.
+pub fn wave_efficiency(k: f64, per: f64, instances: f64, cores: Option<u64>) -> f64 {
+    let Some(cores) = cores else {
+        return 1.0;
+    };
+    let cores = cores as f64;
+    let elements = per / (2.0 * k.max(1.0));
+    let tiles = (elements / (GEMM_TILE * GEMM_TILE)).ceil().max(1.0) * instances.max(1.0).round();
+    let waves = (tiles / cores).ceil();
+    tiles / (waves * cores)
 }
 
 fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {

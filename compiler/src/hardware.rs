@@ -68,6 +68,8 @@ pub struct Hardware {
     /// The node's name, for diagnostics about its links.
     pub node: String,
     pub peak: f64,
+    /// Streaming multiprocessors (compute units), for wave quantisation.
+    pub cores: Option<u64>,
     /// Peak of the linear layers' matrix products: `peak` unless the
     /// workload's `precision = { matmul = ... }` names another type.
     pub peak_matmul: f64,
@@ -192,6 +194,7 @@ impl Hardware {
             device: d.name.clone(),
             node: c.node.name.clone(),
             peak,
+            cores: d.cores,
             peak_matmul,
             matmul_elem_bytes,
             hbm_capacity: hbm.capacity,

@@ -104,6 +104,10 @@ pub struct Device {
     pub power: f64,
     /// Dollars per second (written per hour in the source).
     pub price: Option<f64>,
+    /// Streaming multiprocessors (compute units) that run a matrix
+    /// product's output tiles in waves (`cores 132`); absent, products
+    /// are not quantised into waves.
+    pub cores: Option<u64>,
     /// Calibration factors, shared by every run of this device. Mostly
     /// plain fractions; curve knees carry units (e.g. `matmul_knee = 1 GFLOP`).
     pub efficiency: BTreeMap<String, Quantity>,
@@ -798,6 +802,9 @@ fn write_device(s: &mut String, d: &Device, indent: &str) {
         );
     }
     let _ = writeln!(s, "{indent}  power {}", q(d.power, Dim::POWER));
+    if let Some(c) = d.cores {
+        let _ = writeln!(s, "{indent}  cores {c}");
+    }
     if let Some(p) = d.price {
         let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));
     }

@@ -46,6 +46,7 @@ const DEVICE_KEYS: &[Key] = &[
     key("memory", VN, true, true),
     key("power", VA, false, true),
     key("price", VA, false, false),
+    key("cores", VA, false, false),
     key("efficiency", VA, false, false),
 ];
 const NODE_KEYS: &[Key] = &[
@@ -508,6 +509,7 @@ impl Checker {
             memories: Vec::new(),
             power: 0.0,
             price: None,
+            cores: None,
             efficiency: BTreeMap::new(),
             span: b.name.span,
         };
@@ -562,6 +564,26 @@ impl Checker {
                     "700 W",
                 )
                 .unwrap_or(0.0);
+        }
+        if let Some(it) = g.get("cores").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            if let Some(n) = self.count(&v, it.value.span, "`cores`") {
+                if n > 1_000_000 {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L046,
+                            format!("`cores` must be at most 1000000, got {n}"),
+                            it.value.span,
+                        )
+                        .with_label(it.value.span, "out of range")
+                        .with_help(
+                            "the streaming multiprocessors or compute units, e.g. `cores 132`",
+                        ),
+                    );
+                } else {
+                    dev.cores = Some(n);
+                }
+            }
         }
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
