@@ -242,7 +242,7 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         }
     }
     let comment = format!(
-        "Written by `gantry calibrate --fit {}`: fit_rows figures, leave-one-out median and worst relative error; do not edit by hand.",
+        "Written by `gantry calibrate --fit {}`; do not edit by hand.",
         dir.display()
     );
     let mut status = ExitCode::SUCCESS;

@@ -197,6 +197,10 @@ pub struct Fit {
     /// Whether the last round's search kept every design point the round
     /// before chose (the discrete choices converged).
     pub stable: bool,
+    /// The largest relative difference between a search's figure and the
+    /// inner evaluation of its point with the same factors (0: holding the
+    /// choices reproduces the search exactly).
+    pub held_mismatch: f64,
     /// Full searches and inner evaluations run.
     pub searches: usize,
     pub evaluations: usize,
@@ -565,6 +569,7 @@ pub fn fit(refs: &[Reference]) -> Fit {
     let mut searches = 0;
     let mut evaluations = 0;
     let mut stable = true;
+    let mut held_mismatch = 0.0f64;
     let mut rows: Vec<FitRow> = Vec::new();
     let mut groups = Vec::new();
     let mut failed: Vec<Failed> = Vec::new();
@@ -609,6 +614,15 @@ pub fn fit(refs: &[Reference]) -> Fit {
         for round in 0..ROUNDS {
             let (c, _) = search_group(refs, &members, phase, &specs, &xs(&u), &mut searches);
             cases = c;
+            let x = xs(&u);
+            for c in cases.iter_mut() {
+                let held = c.predict(phase, &specs, &x, refs);
+                evaluations += 1;
+                for (h, f) in held.iter().zip(&c.figures) {
+                    let d = ((h - f) / f).abs();
+                    held_mismatch = held_mismatch.max(if d.is_nan() { f64::INFINITY } else { d });
+                }
+            }
             let points: Vec<(usize, DesignPoint)> =
                 cases.iter().map(|c| (c.reference, c.point)).collect();
             previous = Some(points);
@@ -744,6 +758,7 @@ pub fn fit(refs: &[Reference]) -> Fit {
         rows,
         failed,
         stable,
+        held_mismatch,
         searches,
         evaluations,
         seconds: started.elapsed().as_secs_f64(),
@@ -814,4 +829,69 @@ pub fn rewrite_record(
             d.len()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_to_three_significant_digits_as_read_back() {
+        assert_eq!(round_sig(0.78349), 0.783);
+        assert_eq!(round_sig(0.78351), 0.784);
+        assert_eq!(round_sig(5_163_456_789.0), 5.16e9);
+        assert_eq!(round_sig(0.003_481_2), 0.00348);
+        assert_eq!(round_sig(16.0), 16.0);
+        assert_eq!(round_sig(0.0), 0.0);
+        // What the lexer reads back from the written text.
+        assert_eq!(round_sig(0.0419_4), "0.0419".parse::<f64>().unwrap_or(0.0));
+    }
+
+    #[test]
+    fn solves_small_systems_and_refuses_singular_ones() {
+        let x = solve(vec![vec![2.0, 1.0, 5.0], vec![1.0, 3.0, 10.0]]).unwrap_or_default();
+        assert!((x[0] - 1.0).abs() < 1e-12 && (x[1] - 3.0).abs() < 1e-12, "{x:?}");
+        assert_eq!(solve(vec![vec![1.0, 2.0, 1.0], vec![2.0, 4.0, 2.0]]), None);
+    }
+
+    const DEVICE: &str = "// A device.\ndevice G {\n  compute { bf16 = 1 TFLOP/s }\n  // Calibration.\n  efficiency {\n    memory = 0.5  // streaming\n    train = {\n      // old comment\n      matmul = 0.7\n    }\n  }\n  power 1 W  // trailing\n}\n";
+
+    fn entries() -> Vec<(String, String)> {
+        vec![
+            ("matmul".into(), "0.731".into()),
+            ("step_overhead".into(), "3.48 ms".into()),
+            ("fit_rows".into(), "38".into()),
+        ]
+    }
+
+    #[test]
+    fn rewrites_the_phase_record_and_keeps_the_rest() {
+        let out = rewrite_record(DEVICE, "G", "train", &entries(), "written by a test")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(out.contains("    train = {\n      // written by a test\n      matmul = 0.731\n      step_overhead = 3.48 ms\n      fit_rows = 38\n    }\n"), "{out}");
+        assert!(!out.contains("old comment") && !out.contains("matmul = 0.7\n"), "{out}");
+        for kept in ["// A device.", "// Calibration.", "memory = 0.5  // streaming", "power 1 W  // trailing"] {
+            assert!(out.contains(kept), "{kept} lost:\n{out}");
+        }
+        assert_eq!(gantry_lang::fmt::format_source(&out).as_deref(), Ok(out.as_str()));
+        // A phase the record lacks is added; the other one stays.
+        let infer = rewrite_record(&out, "G", "infer", &entries(), "again")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(infer.contains("infer = {\n      // again\n"), "{infer}");
+        assert!(infer.contains("// written by a test"), "{infer}");
+        // Rewriting with the same values changes nothing.
+        let twice = rewrite_record(&infer, "G", "infer", &entries(), "again")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(twice, infer);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_rewrite() {
+        let e = |src: &str, dev: &str| rewrite_record(src, dev, "train", &entries(), "c").err();
+        assert!(e(DEVICE, "H").is_some_and(|e| e.0.contains("no device `H`")));
+        let bare = "device G {\n  compute { bf16 = 1 TFLOP/s }\n}\n";
+        assert!(e(bare, "G").is_some_and(|e| e.0.contains("no `efficiency`")));
+        assert!(e("device G {\n  efficiency = 0.5\n}\n", "G").is_some_and(|e| e.0.contains("not written as a record")));
+        assert!(e("device G {", "G").is_some_and(|e| e.0.contains("syntax")));
+    }
 }
