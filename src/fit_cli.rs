@@ -167,11 +167,7 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
             for f in &g.factors {
                 let now = gantry_lang::units::Quantity::new(f.current, f.dim).to_string();
                 let fitted_on = if f.is_fitted {
-                    format!(
-                        "{} figures ({} depend on it)",
-                        g.rows.len(),
-                        f.sensitive
-                    )
+                    format!("{} figures ({} depend on it)", g.rows.len(), f.sensitive)
                 } else {
                     "not fitted: no figure depends on it".to_string()
                 };

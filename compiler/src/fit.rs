@@ -477,7 +477,10 @@ impl Objective<'_> {
             let Some((v, rv, cv)) = accepted else {
                 return;
             };
-            let moved = v.iter().zip(u.iter()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let moved = v
+                .iter()
+                .zip(u.iter())
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             let gain = cost - cv;
             *u = v;
             r = rv;
@@ -542,7 +545,10 @@ fn search_group(
                 ir: ev.ir,
                 plan,
             }),
-            Err(error) => failed.push(Failed { reference: i, error }),
+            Err(error) => failed.push(Failed {
+                reference: i,
+                error,
+            }),
         }
     }
     (cases, failed)
@@ -556,8 +562,7 @@ fn searched_figures(
     x: &[f64],
 ) -> Result<Vec<f64>, PinError> {
     let ev = predict(&plan_at(r, phase, specs, x))?;
-    Ok(r
-        .expect
+    Ok(r.expect
         .iter()
         .map(|(m, _)| ev.estimate.metric(m).unwrap_or(f64::NAN))
         .collect())
@@ -671,8 +676,7 @@ pub fn fit(refs: &[Reference]) -> Fit {
             .map(|((s, x), n)| if *n > 0 { round_sig(*x) } else { s.current })
             .collect();
         // The in-sample predictions: a full search at the written values.
-        let (mut cases, bad) =
-            search_group(refs, &members, phase, &specs, &fitted, &mut searches);
+        let (mut cases, bad) = search_group(refs, &members, phase, &specs, &fitted, &mut searches);
         let points: Vec<(usize, DesignPoint)> =
             cases.iter().map(|c| (c.reference, c.point)).collect();
         stable = stable && previous.as_ref() == Some(&points);
@@ -850,7 +854,10 @@ mod tests {
     #[test]
     fn solves_small_systems_and_refuses_singular_ones() {
         let x = solve(vec![vec![2.0, 1.0, 5.0], vec![1.0, 3.0, 10.0]]).unwrap_or_default();
-        assert!((x[0] - 1.0).abs() < 1e-12 && (x[1] - 3.0).abs() < 1e-12, "{x:?}");
+        assert!(
+            (x[0] - 1.0).abs() < 1e-12 && (x[1] - 3.0).abs() < 1e-12,
+            "{x:?}"
+        );
         assert_eq!(solve(vec![vec![1.0, 2.0, 1.0], vec![2.0, 4.0, 2.0]]), None);
     }
 
@@ -869,11 +876,22 @@ mod tests {
         let out = rewrite_record(DEVICE, "G", "train", &entries(), "written by a test")
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(out.contains("    train = {\n      // written by a test\n      matmul = 0.731\n      step_overhead = 3.48 ms\n      fit_rows = 38\n    }\n"), "{out}");
-        assert!(!out.contains("old comment") && !out.contains("matmul = 0.7\n"), "{out}");
-        for kept in ["// A device.", "// Calibration.", "memory = 0.5  // streaming", "power 1 W  // trailing"] {
+        assert!(
+            !out.contains("old comment") && !out.contains("matmul = 0.7\n"),
+            "{out}"
+        );
+        for kept in [
+            "// A device.",
+            "// Calibration.",
+            "memory = 0.5  // streaming",
+            "power 1 W  // trailing",
+        ] {
             assert!(out.contains(kept), "{kept} lost:\n{out}");
         }
-        assert_eq!(gantry_lang::fmt::format_source(&out).as_deref(), Ok(out.as_str()));
+        assert_eq!(
+            gantry_lang::fmt::format_source(&out).as_deref(),
+            Ok(out.as_str())
+        );
         // A phase the record lacks is added; the other one stays.
         let infer = rewrite_record(&out, "G", "infer", &entries(), "again")
             .unwrap_or_else(|e| panic!("{e:?}"));
@@ -891,7 +909,10 @@ mod tests {
         assert!(e(DEVICE, "H").is_some_and(|e| e.0.contains("no device `H`")));
         let bare = "device G {\n  compute { bf16 = 1 TFLOP/s }\n}\n";
         assert!(e(bare, "G").is_some_and(|e| e.0.contains("no `efficiency`")));
-        assert!(e("device G {\n  efficiency = 0.5\n}\n", "G").is_some_and(|e| e.0.contains("not written as a record")));
+        assert!(
+            e("device G {\n  efficiency = 0.5\n}\n", "G")
+                .is_some_and(|e| e.0.contains("not written as a record"))
+        );
         assert!(e("device G {", "G").is_some_and(|e| e.0.contains("syntax")));
     }
 }
