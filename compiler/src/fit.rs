@@ -498,14 +498,15 @@ fn solve(mut m: Vec<Vec<f64>>) -> Option<Vec<f64>> {
     let n = m.len();
     for c in 0..n {
         let p = (c..n).max_by(|&a, &b| m[a][c].abs().total_cmp(&m[b][c].abs()))?;
-        if !(m[p][c].abs() > 0.0) || !m[p][c].is_finite() {
+        if m[p][c] == 0.0 || !m[p][c].is_finite() {
             return None;
         }
         m.swap(c, p);
-        for r in c + 1..n {
-            let f = m[r][c] / m[c][c];
-            for k in c..=n {
-                m[r][k] -= f * m[c][k];
+        let pivot = m[c].clone();
+        for row in m.iter_mut().skip(c + 1) {
+            let f = row[c] / pivot[c];
+            for (x, y) in row.iter_mut().zip(&pivot).skip(c) {
+                *x -= f * y;
             }
         }
     }
@@ -665,7 +666,11 @@ pub fn fit(refs: &[Reference]) -> Fit {
                 sensitive[j] += p
                     .iter()
                     .zip(b)
-                    .filter(|(p, b)| !(((*p - *b) / *b).abs() <= 1e-9))
+                    .filter(|(p, b)| {
+                        // A change, or a figure that is not a number.
+                        let d = ((*p - *b) / *b).abs();
+                        d.is_nan() || d > 1e-9
+                    })
                     .count();
             }
         }
