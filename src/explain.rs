@@ -382,6 +382,22 @@ names the quantity, the point and the hardware figures involved; the result is n
 printed or ranked.\n\
 Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency)."
         }
+        "C017" => {
+            "`gantry calibrate --fit DIR` or `gantry validate --cross DIR` was given a path \
+that is not a folder, or a folder whose `.gantry` files state no reference figure. A \
+reference row is a plan's `expect metric = value` line; the fit groups the rows by device \
+and phase, so without rows there is nothing to fit.\n\
+Fix: pass the folder of reference files (`examples/reference`), or add `expect` lines to \
+the plans of the folder."
+        }
+        "C018" => {
+            "`gantry calibrate --fit DIR --write` could not put a fitted record into the file \
+that declares the device: the file cannot be read or written, it no longer declares the \
+device, the device has no `efficiency { ... }` record, or the record is not written as a \
+record. Nothing is written to that file; other files are still written.\n\
+Fix: declare the device's factors as `efficiency { ... }` in its file (the fit only fits \
+factors the record declares), make the file writable, and run the command again."
+        }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \

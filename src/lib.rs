@@ -38,7 +38,16 @@ pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
 }
 
 pub mod explain;
+pub mod fit_cli;
 pub mod runtime_cli;
+
+/// A metric's value as reports write it: with its unit when it has one.
+pub fn fmt_metric(metric: &str, v: f64) -> String {
+    match gantry_lang::check::metric_dim(metric) {
+        Some(d) if !d.is_none() => gantry_lang::units::Quantity::new(v, d).to_string(),
+        _ => gantry_lang::units::format_number(v),
+    }
+}
 
 /// Prints a pin or planner error and returns its exit code: 2 for `C006`
 /// (a malformed or out-of-range `--fix`/`--pin`, a usage error), 1 for

@@ -122,11 +122,16 @@ enum Command {
         #[arg(long = "lib")]
         lib: Vec<PathBuf>,
     },
-    /// Compare predictions with the published figures in examples/reference.
+    /// Compare predictions with the published figures in examples/reference
+    /// (each plan's prediction is what `gantry plan` reports: its search's best point).
     Validate {
         /// Folder of reference files.
         #[arg(default_value = "examples/reference")]
         dir: PathBuf,
+        /// Also print each figure's leave-one-out error: its plan predicted
+        /// with factors fitted (as `gantry calibrate --fit` does) without it.
+        #[arg(long)]
+        cross: bool,
     },
     /// Explain a diagnostic code (e.g. `gantry explain L040`, `C010`, `R007`), or list them all.
     Explain { code: Option<String> },
@@ -134,7 +139,8 @@ enum Command {
     Run(gantry::runtime_cli::RunArgs),
     /// Print the JIT kernels of one device's shard (Cranelift IR).
     Kernels(gantry::runtime_cli::KernelsArgs),
-    /// Time the JIT kernels on this host and print a `device` declaration for it.
+    /// Time the JIT kernels on this host and print a `device` declaration for it,
+    /// or, with `--fit DIR`, fit the stdlib's efficiency factors to reference runs.
     Calibrate(gantry::runtime_cli::CalibrateArgs),
 }
 
@@ -222,7 +228,13 @@ fn main() -> ExitCode {
                 &lib,
             ),
         },
-        Command::Validate { dir } => validate_cmd(&dir),
+        Command::Validate { dir, cross } => {
+            if cross {
+                gantry::fit_cli::validate_cross_cmd(&dir)
+            } else {
+                validate_cmd(&dir)
+            }
+        }
         Command::Study { file, study, lib } => study_cmd(&file, study.as_deref(), &lib),
         Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
         Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
@@ -463,8 +475,8 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
                         "{:<44} {:<28} {:>14} {:>14} {:>+7.1}%{}",
                         format!("{}:{}", name.trim_end_matches(".gantry"), row.plan),
                         row.metric,
-                        fmt_metric(&row.metric, row.predicted),
-                        fmt_metric(&row.metric, row.published),
+                        gantry::fmt_metric(&row.metric, row.predicted),
+                        gantry::fmt_metric(&row.metric, row.published),
                         e,
                         if row.feasible { "" } else { "  (infeasible)" }
                     );
@@ -491,13 +503,6 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn fmt_metric(metric: &str, v: f64) -> String {
-    match gantry_lang::check::metric_dim(metric) {
-        Some(d) if !d.is_none() => gantry_lang::units::Quantity::new(v, d).to_string(),
-        _ => gantry_lang::units::format_number(v),
     }
 }
 

@@ -110,6 +110,16 @@ pub struct CalibrateArgs {
     /// Power to declare, in watts (cannot be measured from user space).
     #[arg(long, default_value_t = 100.0, value_parser = positive)]
     pub power: f64,
+    /// Instead of timing kernels: fit each device's efficiency factors to
+    /// the reference files in DIR (every plan's `expect` figures, grouped by
+    /// device and phase) by least squares, and print in-sample and
+    /// leave-one-out errors per section (docs/COST-MODEL.md, "Calibration").
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["quick", "name"])]
+    pub fit: Option<std::path::PathBuf>,
+    /// With --fit: rewrite each fitted device's `efficiency` record in its
+    /// stdlib file (the phase's `train = { ... }` or `infer = { ... }`).
+    #[arg(long, requires = "fit")]
+    pub write: bool,
 }
 
 /// A finite number at least 0 (`--tolerance`): NaN would pass every
@@ -797,6 +807,9 @@ pub fn measure(quick: bool, power: f64) -> Result<Measurements, RuntimeError> {
 
 /// `gantry calibrate`.
 pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
+    if let Some(dir) = &a.fit {
+        return crate::fit_cli::calibrate_fit_cmd(dir, a.write);
+    }
     let valid = a
         .name
         .chars()

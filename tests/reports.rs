@@ -91,6 +91,7 @@ fn plan_reports() {
             "devices",
             "parallelism",
             "feasible",
+            "uncertainty",
             "metrics",
             "breakdown",
         ] {
@@ -188,4 +189,57 @@ fn codesign_study_table() {
     insta::with_settings!({ snapshot_path => "report_snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("codesign_study_fleet_size", gantry_compiler::report::study_text(st, &rows));
     });
+}
+
+/// Every prediction carries the leave-one-out band recorded for its
+/// device and phase (`fit_rows`, `loo_median`, `loo_max` in the phase's
+/// `efficiency` record), in text, markdown and JSON, and "uncalibrated"
+/// for a phase without one; a study shows both per system.
+#[test]
+fn reports_carry_the_uncertainty_band() {
+    let file = "tests/inputs/_cli/calibrated.gantry";
+    let c = gantry::check_files(&[file.to_string()], &[]);
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let band = "\u{b1}5.0% median, 12.0% worst leave-one-out over 16 rows";
+    for (plan, calibrated) in [("train_plan", true), ("serve_plan", false)] {
+        let p = c.program.plans.get(plan).expect("plan");
+        let ev = evaluate(p, &BTreeMap::new()).unwrap_or_else(|e| panic!("{plan}: {}", e.message));
+        let j = json(&ev);
+        for markdown in [false, true] {
+            let t = text(&ev, markdown);
+            let line = t
+                .lines()
+                .find(|l| l.trim_start().starts_with("uncertainty: "))
+                .unwrap_or_else(|| panic!("{plan}: no uncertainty line in\n{t}"));
+            if calibrated {
+                assert!(
+                    line.contains(band) && line.contains("(Gpu training)"),
+                    "{line}"
+                );
+            } else {
+                assert!(
+                    line.contains("uncalibrated") && line.contains("Gpu inference"),
+                    "{line}"
+                );
+            }
+        }
+        if calibrated {
+            assert_eq!(
+                j["uncertainty"],
+                serde_json::json!({ "rows": 16, "loo_median": 0.05, "loo_max": 0.12 })
+            );
+        } else {
+            assert_eq!(j["uncertainty"], "uncalibrated");
+        }
+    }
+    let st = c.program.studies.get("both").expect("study");
+    let out = gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st));
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("uncertainty:")).collect();
+    assert_eq!(lines.len(), 2, "one per system:\n{out}");
+    for l in lines {
+        assert!(
+            l.contains(&format!("train {band}")) && l.contains("infer uncalibrated"),
+            "{l}"
+        );
+    }
 }

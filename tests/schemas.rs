@@ -321,6 +321,21 @@ fn every_json_output_matches_its_schema() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(plans >= 40, "only {plans} plans");
     assert_eq!(plan.documents, 2 * plans);
+    // No bundled device records a fit band yet: a device that does gives
+    // the `uncertainty` object (its training plan), its inference plan
+    // the "uncalibrated" form.
+    let calibrated = "tests/inputs/_cli/calibrated.gantry";
+    for (name, band) in [("train_plan", true), ("serve_plan", false)] {
+        for fix in [None, Some("tp=8,pp=1")] {
+            let mut args = vec!["plan", calibrated, "--plan", name, "--format", "json"];
+            args.extend(fix.map(|f| ["--fix", f]).into_iter().flatten());
+            let (code, out, err) = gantry(&args);
+            assert_eq!(code, 0, "{name}: {err}");
+            let v: Value = serde_json::from_str(&out).expect("JSON");
+            assert_eq!(v["uncertainty"].is_object(), band, "{name}: {out}");
+            plan.check(&format!("plan {calibrated} --plan {name} {fix:?}"), &v);
+        }
+    }
     for s in [&diagnostics, &plan, &trace, &torchrec] {
         assert!(s.documents > 0, "{}: nothing validated", s.name);
         s.assert_covered();

@@ -8,6 +8,7 @@ pub mod cost;
 pub mod egraph;
 pub mod explain;
 pub mod export;
+pub mod fit;
 pub mod hardware;
 pub mod ir;
 pub mod memory;

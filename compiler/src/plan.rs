@@ -54,8 +54,9 @@ fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinErro
     }
 }
 
-/// Lowers the decode workload's prompt as a prefill of the same batch.
-fn prefill_of(w: &Workload) -> Option<Ir> {
+/// Lowers the decode workload's prompt as a prefill of the same batch
+/// (what the evaluator prices as each decode step's prefill share).
+pub fn prefill_of(w: &Workload) -> Option<Ir> {
     let Phase::Decode {
         batch,
         prompt: Some(prompt),

@@ -7,7 +7,50 @@ use gantry_lang::units::{Dim, Quantity, format_number};
 use serde_json::{Map, Value, json};
 
 use crate::cost::Estimate;
+use crate::hardware::{Hardware, Uncertainty, phase_key};
 use crate::plan::Evaluation;
+
+/// The band every prediction of a device and phase carries: the
+/// leave-one-out errors `gantry calibrate --fit` recorded, in words.
+pub fn uncertainty_text(u: Option<Uncertainty>) -> String {
+    match u {
+        Some(u) => format!(
+            "\u{b1}{:.1}% median, {:.1}% worst leave-one-out over {} rows",
+            100.0 * u.median,
+            100.0 * u.max,
+            u.rows
+        ),
+        None => "uncalibrated".to_string(),
+    }
+}
+
+/// The band of a report: `{"rows", "loo_median", "loo_max"}` (fractions),
+/// or `"uncalibrated"`.
+pub fn uncertainty_json(u: Option<Uncertainty>) -> Value {
+    match u {
+        Some(u) => json!({ "rows": u.rows, "loo_median": u.median, "loo_max": u.max }),
+        None => json!("uncalibrated"),
+    }
+}
+
+/// "uncertainty: ..." for the report of `hw` on a workload of `phase`.
+fn uncertainty_line(hw: &Hardware, phase: &Phase) -> String {
+    let what = match phase_key(phase) {
+        "train" => "training",
+        _ => "inference",
+    };
+    match hw.uncertainty {
+        Some(_) => format!(
+            "uncertainty: {} ({} {what})",
+            uncertainty_text(hw.uncertainty),
+            hw.device
+        ),
+        None => format!(
+            "uncertainty: uncalibrated (no fit of {} {what} to reference runs)",
+            hw.device
+        ),
+    }
+}
 
 fn opt(v: Option<f64>) -> Value {
     v.filter(|x| x.is_finite())
@@ -94,6 +137,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "whole_ops": ev.ir.whole(p.tp as usize).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
         "feasible": e.feasible,
+        "uncertainty": uncertainty_json(ev.hardware.uncertainty),
         "metrics": metrics,
         "breakdown": {
             "time_s": {
@@ -214,6 +258,11 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         )
     };
     s.push_str(&format!("{}{feas}\n", if markdown { "" } else { "  " }));
+    s.push_str(&format!(
+        "{}{}\n",
+        if markdown { "" } else { "  " },
+        uncertainty_line(&ev.hardware, &ev.ir.phase)
+    ));
 
     h(&mut s, "Metrics");
     row(&mut s, "step time", q(t.step, Dim::TIME), String::new());
@@ -372,6 +421,15 @@ pub fn study_text(st: &gantry_lang::program::Study, rows: &[crate::study::Row]) 
             "  {:<44} {:>6} devices  score {:.3}\n",
             r.system, r.devices, r.score
         ));
+        // The band of each phase the mix runs on this system, once.
+        let mut bands: Vec<String> = Vec::new();
+        for c in &r.cells {
+            let b = format!("{} {}", c.phase, uncertainty_text(c.uncertainty));
+            if !bands.contains(&b) {
+                bands.push(b);
+            }
+        }
+        s.push_str(&format!("      uncertainty: {}\n", bands.join("; ")));
         for c in &r.cells {
             match &c.best {
                 Ok(e) => s.push_str(&format!(

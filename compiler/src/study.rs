@@ -26,6 +26,11 @@ pub struct Cell {
     pub value: Option<f64>,
     /// `value` relative to the best system for this workload.
     pub relative: f64,
+    /// The calibration key of the workload's phase (`train`, `infer`).
+    pub phase: &'static str,
+    /// The leave-one-out band of this system's device for that phase
+    /// (`None`: uncalibrated).
+    pub uncertainty: Option<crate::hardware::Uncertainty>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +93,10 @@ pub fn run(study: &Study) -> Vec<Row> {
                 best,
                 value,
                 relative: 0.0,
+                phase: crate::hardware::phase_key(&w.phase),
+                uncertainty: crate::hardware::Hardware::new(sys, w)
+                    .ok()
+                    .and_then(|h| h.uncertainty),
             });
         }
         rows.push(Row {

@@ -1,10 +1,15 @@
 //! Predicted versus published: every `expect` of every plan.
+//!
+//! A plan's prediction is what `gantry plan FILE --plan NAME` reports: the
+//! best point of the plan's search (its `fix` pins, `search` domains and
+//! objective), never the `--fix` defaults, so `validate`, `calibrate --fit`
+//! and `plan` cannot disagree on a file ([`predict`] is the one path).
 
 use std::collections::BTreeMap;
 
-use gantry_lang::program::Program;
+use gantry_lang::program::{Plan, Program};
 
-use crate::plan::evaluate;
+use crate::plan::{Evaluation, search};
 use crate::point::PinError;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -23,14 +28,21 @@ impl Row {
     }
 }
 
-/// Evaluates every plan of `program` that states an expected figure.
+/// What `gantry plan` reports for `plan` without `--fix` or `--pin`: the
+/// best point of its search (the placement of embedding tables applied).
+pub fn predict(plan: &Plan) -> Result<Evaluation, PinError> {
+    search(plan, &BTreeMap::new(), 1).map(|s| s.best)
+}
+
+/// Evaluates every plan of `program` that states an expected figure, as
+/// [`predict`] does.
 pub fn rows(program: &Program) -> Vec<Result<Row, (String, PinError)>> {
     let mut out = Vec::new();
     for plan in program.plans.values() {
         if plan.expect.is_empty() {
             continue;
         }
-        match evaluate(plan, &BTreeMap::new()) {
+        match predict(plan) {
             Ok(ev) => {
                 for (metric, q) in &plan.expect {
                     let predicted = ev.estimate.metric(metric).unwrap_or(f64::NAN);

@@ -104,6 +104,8 @@ codes! {
     C014 => "design point needs a link its node does not declare",
     C015 => "constraint or objective on a metric the plan does not have",
     C016 => "result is not a meaningful number",
+    C017 => "no reference rows to fit or validate",
+    C018 => "cannot write a fitted efficiency record",
 }
 
 impl fmt::Display for Code {

@@ -1,0 +1,366 @@
+//! `gantry calibrate --fit DIR [--write]` and `gantry validate --cross
+//! DIR`: the driver around [`gantry_compiler::fit`] (reading the reference
+//! files, printing the fit, rewriting device records in place).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use gantry_compiler::fit::{self, Fit, Reference, median_max, rel_error};
+
+use crate::check_files;
+
+/// Every reference figure under `dir`, or the exit code of why there is
+/// none: `C017` (exit 2) for a missing folder or one without reference
+/// rows, the check's diagnostics (exit 1) for a file that does not check.
+pub fn load(dir: &Path) -> Result<Vec<Reference>, ExitCode> {
+    if !dir.is_dir() {
+        eprintln!(
+            "error[C017]: `{}` is not a folder of reference files\n  help: pass the folder that holds them, e.g. `examples/reference`",
+            dir.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    let files = crate::gantry_files(dir);
+    let mut refs = Vec::new();
+    let mut broken = false;
+    for f in &files {
+        let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
+        if checked.has_errors() {
+            eprint!("{}", checked.render(false));
+            broken = true;
+            continue;
+        }
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        refs.extend(fit::references(&stem, &checked.program, &checked.sources));
+    }
+    if broken {
+        return Err(ExitCode::from(1));
+    }
+    if refs.is_empty() {
+        eprintln!(
+            "error[C017]: no reference rows under `{}`: {} .gantry file{} and no plan with an `expect` figure\n  help: a reference row is a plan's `expect metric = value` line (examples/reference)",
+            dir.display(),
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(refs)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// "median% / max%" of the absolute values, "-" for none.
+fn band(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let (m, x) = median_max(v);
+    format!("{} / {}", pct(m), pct(x))
+}
+
+/// Per section: (figures, in-sample errors, leave-one-out errors) of rows.
+fn by_section<'a>(
+    fit: &Fit,
+    refs: &[Reference],
+    rows: impl Iterator<Item = &'a usize>,
+    in_sample: impl Fn(&fit::FitRow) -> f64,
+) -> BTreeMap<char, (Vec<f64>, Vec<f64>)> {
+    let mut out: BTreeMap<char, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for &i in rows {
+        let r = &fit.rows[i];
+        let e = out.entry(refs[r.reference].section).or_default();
+        e.0.push(rel_error(in_sample(r), r.published));
+        if let Some(l) = r.loo {
+            e.1.push(rel_error(l, r.published));
+        }
+    }
+    out
+}
+
+fn section_table(s: &mut String, sections: &BTreeMap<char, (Vec<f64>, Vec<f64>)>, what: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "  {:<8} {:>7}  {:>22}  {:>26}",
+        "section",
+        "figures",
+        format!("{what} median / max"),
+        "leave-one-out median / max"
+    );
+    let (mut all_in, mut all_loo) = (Vec::new(), Vec::new());
+    for (sec, (ins, loo)) in sections {
+        let _ = writeln!(
+            s,
+            "  {:<8} {:>7}  {:>22}  {:>26}",
+            sec,
+            ins.len(),
+            band(ins),
+            band(loo)
+        );
+        all_in.extend(ins);
+        all_loo.extend(loo);
+    }
+    if sections.len() > 1 {
+        let _ = writeln!(
+            s,
+            "  {:<8} {:>7}  {:>22}  {:>26}",
+            "all",
+            all_in.len(),
+            band(&all_in),
+            band(&all_loo)
+        );
+    }
+}
+
+/// The fit as `gantry calibrate --fit` prints it.
+pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let plans = fit
+        .rows
+        .iter()
+        .map(|r| r.reference)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let _ = writeln!(
+        s,
+        "Efficiency factors fitted to {} figures of {} plans in {} (least squares on ln(predicted / published))",
+        fit.rows.len(),
+        plans,
+        dir.display()
+    );
+    for g in &fit.groups {
+        let gplans = g
+            .rows
+            .iter()
+            .map(|&i| fit.rows[i].reference)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let _ = writeln!(
+            s,
+            "\n{} {} ({}): {} figures of {} plans",
+            g.device,
+            g.phase,
+            g.device_file,
+            g.rows.len(),
+            gplans
+        );
+        if g.factors.is_empty() {
+            let _ = writeln!(
+                s,
+                "  the device declares no factor for {}: nothing fitted",
+                g.phase
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>14} {:>14}   fitted on",
+                "factor", "declared", "fitted"
+            );
+            for f in &g.factors {
+                let now = gantry_lang::units::Quantity::new(f.current, f.dim).to_string();
+                let fitted_on = if f.is_fitted {
+                    format!("{} figures ({} depend on it)", g.rows.len(), f.sensitive)
+                } else {
+                    "not fitted: no figure depends on it".to_string()
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:>14} {:>14}   {fitted_on}",
+                    f.name,
+                    now,
+                    f.text()
+                );
+            }
+        }
+        section_table(
+            &mut s,
+            &by_section(fit, refs, g.rows.iter(), |r| r.in_sample),
+            "in-sample",
+        );
+    }
+    if fit.groups.len() > 1 {
+        let _ = writeln!(s, "\nAll groups");
+        let all: Vec<usize> = (0..fit.rows.len()).collect();
+        section_table(
+            &mut s,
+            &by_section(fit, refs, all.iter(), |r| r.in_sample),
+            "in-sample",
+        );
+    }
+    for f in &fit.failed {
+        let r = &refs[f.reference];
+        let _ = writeln!(
+            s,
+            "\n{}:{}: left out: error[{}]: {}",
+            r.file, r.plan.name, f.error.code, f.error.message
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{} rounds of search and fit with the discrete choices held ({}); {} searches, {} evaluations; wall time {:.2} s",
+        fit::ROUNDS,
+        if fit.stable {
+            "the last search kept every choice"
+        } else {
+            "the last search changed some choices"
+        },
+        fit.searches,
+        fit.evaluations,
+        fit.seconds
+    );
+    s
+}
+
+/// `gantry calibrate --fit DIR [--write]`.
+pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
+    let refs = match load(dir) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let fit = fit::fit(&refs);
+    out!("{}", fit_text(&fit, &refs, dir));
+    if !write {
+        return ExitCode::SUCCESS;
+    }
+    // One file may hold several fitted groups (a device's train and infer).
+    let mut by_file: BTreeMap<&str, Vec<&fit::Group>> = BTreeMap::new();
+    for g in &fit.groups {
+        if !g.factors.is_empty() && !g.rows.is_empty() {
+            by_file.entry(g.device_file.as_str()).or_default().push(g);
+        }
+    }
+    let comment = format!(
+        "Written by `gantry calibrate --fit {}`; do not edit by hand.",
+        dir.display()
+    );
+    let mut status = ExitCode::SUCCESS;
+    for (file, groups) in by_file {
+        let mut text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error[C018]: cannot read `{file}`: {e}");
+                status = ExitCode::from(1);
+                continue;
+            }
+        };
+        let mut ok = true;
+        for g in &groups {
+            match fit::rewrite_record(&text, &g.device, g.phase, &g.record(), &comment) {
+                Ok(t) => text = t,
+                Err(e) => {
+                    eprintln!(
+                        "error[C018]: cannot write the {} factors of `{}` into `{file}`: {}",
+                        g.phase, g.device, e.0
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            status = ExitCode::from(1);
+            continue;
+        }
+        if let Err(e) = std::fs::write(file, &text) {
+            eprintln!("error[C018]: cannot write `{file}`: {e}");
+            status = ExitCode::from(1);
+            continue;
+        }
+        let names: Vec<String> = groups
+            .iter()
+            .map(|g| format!("{} {}", g.device, g.phase))
+            .collect();
+        outln!("wrote {file} ({})", names.join(", "));
+    }
+    status
+}
+
+/// `gantry validate --cross DIR`: every figure's prediction with the
+/// stdlib's factors (in-sample: what `gantry validate` prints) next to its
+/// leave-one-out prediction (factors fitted without that plan).
+pub fn validate_cross_cmd(dir: &Path) -> ExitCode {
+    let refs = match load(dir) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let fit = fit::fit(&refs);
+    outln!(
+        "{:<44} {:<28} {:>14} {:>14} {:>9} {:>14}",
+        "plan",
+        "metric",
+        "predicted",
+        "published",
+        "error",
+        "leave-one-out"
+    );
+    let mut order: Vec<usize> = (0..fit.rows.len()).collect();
+    order.sort_by_key(|&i| (fit.rows[i].reference, i));
+    for &i in &order {
+        let r = &fit.rows[i];
+        let rf = &refs[r.reference];
+        outln!(
+            "{:<44} {:<28} {:>14} {:>14} {:>+8.1}% {:>14}",
+            format!("{}:{}", rf.file, rf.plan.name),
+            r.metric,
+            crate::fmt_metric(&r.metric, r.current),
+            crate::fmt_metric(&r.metric, r.published),
+            100.0 * rel_error(r.current, r.published),
+            r.loo.map_or("-".to_string(), |l| format!(
+                "{:+.1}%",
+                100.0 * rel_error(l, r.published)
+            ))
+        );
+    }
+    let mut s = String::from("\n");
+    section_table(
+        &mut s,
+        &by_section(&fit, &refs, order.iter(), |r| r.current),
+        "in-sample",
+    );
+    out!("{s}");
+    let differ: Vec<String> = fit
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.factors
+                .iter()
+                .filter(|f| fit::round_sig(f.current) != f.fitted)
+                .map(move |f| {
+                    format!(
+                        "{} {} {}: {} (fit {})",
+                        g.device,
+                        g.phase,
+                        f.name,
+                        gantry_lang::units::Quantity::new(f.current, f.dim),
+                        f.text()
+                    )
+                })
+        })
+        .collect();
+    if !differ.is_empty() {
+        outln!(
+            "\nnote: the stdlib's factors are not the fit's output ({}); `gantry calibrate --fit {} --write` writes them",
+            differ.join("; "),
+            dir.display()
+        );
+    }
+    for f in &fit.failed {
+        let r = &refs[f.reference];
+        eprintln!(
+            "{}:{}: error[{}]: {}",
+            r.file, r.plan.name, f.error.code, f.error.message
+        );
+    }
+    if fit.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,406 @@
+//! Calibration end to end: `validate` predicts what `plan` reports, the
+//! fit (`gantry calibrate --fit`) holds the search's choices exactly, the
+//! stdlib's factors are the fit's output, `--write` rewrites a copy of the
+//! tree in place (formatted, idempotent), and bad arguments are `C017`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use gantry_compiler::fit::{self, Fit, Reference};
+
+fn gantry_in(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    c.args(args);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    let out = c.output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gantry(args: &[&str]) -> (i32, String, String) {
+    gantry_in(None, args)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gantry-calibration-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+/// Every reference figure of a folder, checked as the CLI checks it.
+fn references(dir: &Path) -> Vec<Reference> {
+    let mut refs = Vec::new();
+    for f in gantry::gantry_files(dir) {
+        let c = gantry::check_files(&[f.to_string_lossy().into_owned()], &[]);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        refs.extend(fit::references(&stem, &c.program, &c.sources));
+    }
+    refs
+}
+
+/// The fit of `examples/reference`, once per test binary.
+fn reference_fit() -> &'static (Vec<Reference>, Fit) {
+    static FIT: OnceLock<(Vec<Reference>, Fit)> = OnceLock::new();
+    FIT.get_or_init(|| {
+        let refs = references(Path::new("examples/reference"));
+        let f = fit::fit(&refs);
+        (refs, f)
+    })
+}
+
+/// The JSON key of `gantry plan --format json` for an `expect` metric
+/// (base units: FLOP/s, not TFLOP/s).
+fn json_key(metric: &str) -> &str {
+    match metric {
+        "iteration_time" | "step_time" => "step_time_s",
+        "hardware_tflops_per_device" => "hardware_flops_per_s_per_device",
+        "model_tflops_per_device" => "model_flops_per_s_per_device",
+        "ttft" => "ttft_s",
+        "tpot" => "tpot_s",
+        "memory" => "memory_per_device_bytes",
+        "power" => "power_w",
+        other => other,
+    }
+}
+
+/// Issue 10, item 6: for every reference file and plan, the figure
+/// `validate` predicts is the figure `gantry plan --plan NAME --format
+/// json` reports (the search's best point, not the `--fix` defaults).
+#[test]
+fn validate_predicts_what_plan_reports() {
+    let mut compared = 0;
+    for f in gantry::gantry_files(Path::new("examples/reference")) {
+        let file = f.to_string_lossy().into_owned();
+        let c = gantry::check_files(std::slice::from_ref(&file), &[]);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        for row in gantry_compiler::validate::rows(&c.program) {
+            let row = row.unwrap_or_else(|(p, e)| panic!("{file}:{p}: {}", e.message));
+            let (code, out, err) =
+                gantry(&["plan", &file, "--plan", &row.plan, "--format", "json"]);
+            assert_eq!(code, 0, "{file} {}: {err}", row.plan);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+            let key = json_key(&row.metric);
+            let reported = v["metrics"][key].as_f64().unwrap_or_else(|| {
+                panic!("{file}: no metric `{key}` for `{}` in {out}", row.metric)
+            });
+            assert!(
+                (row.predicted - reported).abs() <= 1e-12 * reported.abs(),
+                "{file} {} {}: validate {} vs plan {reported}",
+                row.plan,
+                row.metric,
+                row.predicted
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 40, "only {compared} figures");
+}
+
+/// Holding a search's choices and evaluating its point reproduces the
+/// search's figure exactly, so the inner loop fits what `plan` predicts;
+/// every reference figure is in the fit, and the last search kept the
+/// choices the factors were fitted with.
+#[test]
+fn the_fit_holds_the_search_exactly() {
+    let (refs, f) = reference_fit();
+    assert!(
+        f.held_mismatch <= 1e-12,
+        "held mismatch {}",
+        f.held_mismatch
+    );
+    let figures: usize = refs.iter().map(|r| r.expect.len()).sum();
+    assert!(f.failed.is_empty(), "{:?}", f.failed);
+    assert_eq!(f.rows.len(), figures);
+    assert!(f.stable, "the last search changed the fitted choices");
+    // Every group fits the factors its record declares, in (0, 1] for
+    // fractions; each figure has a leave-one-out prediction.
+    for g in &f.groups {
+        assert!(!g.factors.is_empty(), "{} {}", g.device, g.phase);
+        for x in &g.factors {
+            assert!(x.fitted >= 0.0 && x.fitted.is_finite(), "{x:?}");
+            if x.dim.is_none() {
+                assert!(x.fitted > 0.0 && x.fitted <= 1.0, "{x:?}");
+            }
+        }
+        assert!(g.loo.is_some());
+    }
+    assert!(f.rows.iter().all(|r| r.loo.is_some()));
+    // The per-figure in-sample prediction is the search at the written
+    // values: the same as the model's figure for a group whose factors
+    // are already the fit's (checked by the --write test below).
+    assert!(
+        f.rows
+            .iter()
+            .all(|r| r.in_sample.is_finite() && r.in_sample > 0.0)
+    );
+}
+
+/// Issue 10, item 6: the stdlib's factors are exactly the output of
+/// `gantry calibrate --fit examples/reference` (3 significant digits),
+/// with the fit's row count and leave-one-out band recorded next to them.
+/// Fails until `gantry calibrate --fit examples/reference --write` is run
+/// on the model's final physics.
+#[test]
+fn stdlib_factors_are_the_fit_output() {
+    let (refs, f) = reference_fit();
+    let mut differ = Vec::new();
+    for g in &f.groups {
+        let r = refs
+            .iter()
+            .find(|r| r.plan.system.node.device.name == g.device)
+            .expect("a reference of the group");
+        let eff = &r.plan.system.node.device.efficiency;
+        let declared = |k: &str| {
+            eff.get(&format!("{}.{k}", g.phase))
+                .map(|q| fit::round_sig(q.value))
+        };
+        let shown = |k: &str| {
+            eff.get(&format!("{}.{k}", g.phase))
+                .map_or("not in the phase record".to_string(), |q| q.to_string())
+        };
+        for x in &g.factors {
+            if declared(&x.name) != Some(x.fitted) {
+                differ.push(format!(
+                    "{} {}.{}: stdlib {}, fit {}",
+                    g.device,
+                    g.phase,
+                    x.name,
+                    shown(&x.name),
+                    x.text()
+                ));
+            }
+        }
+        let (m, w) = g.loo.unwrap_or_default();
+        for (k, v) in [
+            ("fit_rows", g.rows.len() as f64),
+            ("loo_median", fit::round_sig(m)),
+            ("loo_max", fit::round_sig(w)),
+        ] {
+            if declared(k) != Some(v) {
+                differ.push(format!(
+                    "{} {}.{k}: stdlib {}, fit {v}",
+                    g.device,
+                    g.phase,
+                    shown(k)
+                ));
+            }
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "the stdlib's factors are not the fit's output; run `gantry calibrate --fit examples/reference --write`:\n  {}",
+        differ.join("\n  ")
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for e in std::fs::read_dir(from).expect("read").flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).expect("copy");
+        }
+    }
+}
+
+/// `--write` on a copy of the tree (a few reference files of two devices
+/// and phases): each fitted record is rewritten in place and formatted,
+/// the rest of each file is kept, a second fit reproduces the written
+/// values (so the stdlib test above holds after one `--write`), `validate`
+/// then prints the fit's in-sample errors, and reports carry the band.
+#[test]
+fn write_rewrites_a_copy_in_place() {
+    let root = temp_dir("write");
+    copy_dir(Path::new("stdlib"), &root.join("stdlib"));
+    let refdir = root.join("examples/reference");
+    std::fs::create_dir_all(&refdir).expect("dir");
+    let picked = [
+        "c01_dlrm_small_1gpu",
+        "c03_dlrm_xl_8gpu",
+        "d01_llama31_70b_tp1_128_128",
+        "d06_llama31_70b_tp8_128_128",
+    ];
+    for stem in picked {
+        let name = format!("{stem}.gantry");
+        std::fs::copy(
+            Path::new("examples/reference").join(&name),
+            refdir.join(&name),
+        )
+        .expect("copy");
+    }
+    let before: Vec<(PathBuf, String)> = gantry::gantry_files(&root.join("stdlib"))
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).expect("read");
+            (p, t)
+        })
+        .collect();
+    let (code, out, err) = gantry_in(
+        Some(&root),
+        &["calibrate", "--fit", "examples/reference", "--write"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("wall time") && out.contains("leave-one-out"),
+        "{out}"
+    );
+    assert!(
+        out.contains("A100_SXM4_80GB train") && out.contains("H100_SXM infer"),
+        "{out}"
+    );
+    let mut written = Vec::new();
+    for (p, old) in &before {
+        let new = std::fs::read_to_string(p).expect("read");
+        if &new == old {
+            continue;
+        }
+        written.push(
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        assert!(
+            new.contains("// Written by `gantry calibrate --fit examples/reference`"),
+            "{new}"
+        );
+        assert!(
+            new.contains("fit_rows = ")
+                && new.contains("loo_median = ")
+                && new.contains("loo_max = "),
+            "{new}"
+        );
+        // Only the record changed: the text before `efficiency {` is kept.
+        let head = |t: &str| t.split("efficiency {").next().map(str::to_string);
+        assert_eq!(head(&new), head(old), "{}", p.display());
+        assert_eq!(
+            gantry_lang::fmt::format_source(&new).as_deref(),
+            Ok(new.as_str()),
+            "{} is not formatted",
+            p.display()
+        );
+    }
+    written.sort();
+    assert_eq!(written, ["a100.gantry", "h100.gantry"]);
+    assert!(out.contains("wrote stdlib/hardware/a100.gantry"), "{out}");
+    let (code, _, err) = gantry_in(Some(&root), &["fmt", "--check", "stdlib"]);
+    assert_eq!(code, 0, "{err}");
+    // A second fit starts from the written values and reproduces them.
+    // (Imports resolve from each file's folder up: the copy's stdlib.)
+    let second = fit::fit(&references(&refdir));
+    for g in &second.groups {
+        for x in &g.factors {
+            assert_eq!(
+                fit::round_sig(x.current),
+                x.fitted,
+                "{} {} {x:?}",
+                g.device,
+                g.phase
+            );
+        }
+        // `validate` (with the written values) predicts what the fit's
+        // in-sample column says.
+        for &i in &g.rows {
+            let r = &second.rows[i];
+            assert!(
+                (r.current - r.in_sample).abs() <= 1e-12 * r.in_sample,
+                "{r:?}"
+            );
+        }
+    }
+    // Every prediction of a fitted device and phase now carries its band.
+    let (code, out, err) = gantry_in(
+        Some(&root),
+        &[
+            "plan",
+            "examples/reference/d01_llama31_70b_tp1_128_128.gantry",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("uncertainty: \u{b1}")
+            && out.contains("leave-one-out over 2 rows (H100_SXM inference)"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `validate --cross` prints every figure's leave-one-out error next to
+/// its in-sample one, per row and per section.
+#[test]
+fn validate_cross_prints_leave_one_out() {
+    let root = temp_dir("cross");
+    for stem in [
+        "d01_llama31_70b_tp1_128_128",
+        "d02_llama31_70b_tp2_128_128",
+        "d06_llama31_70b_tp8_128_128",
+    ] {
+        let name = format!("{stem}.gantry");
+        std::fs::copy(
+            Path::new("examples/reference").join(&name),
+            root.join(&name),
+        )
+        .expect("copy");
+    }
+    let dir = root.to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&["validate", "--cross", &dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leave-one-out"), "{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("d0")).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for r in rows {
+        // in-sample error, then the leave-one-out error, both signed.
+        assert_eq!(r.matches('%').count(), 2, "{r}");
+    }
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("D ")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Bad arguments are `C017` with exit 2, never a panic; `--write` needs
+/// `--fit`.
+#[test]
+fn bad_arguments_are_c017() {
+    let empty = temp_dir("empty");
+    std::fs::write(
+        empty.join("no_rows.gantry"),
+        "device G {\n  compute { bf16 = 1 TFLOP/s }\n  memory hbm = 1 GB @ 1 GB/s\n  power 1 W\n}\n",
+    )
+    .expect("write");
+    let e = empty.to_string_lossy().into_owned();
+    for args in [
+        vec!["calibrate", "--fit", "/nonexistent/reference"],
+        vec!["calibrate", "--fit", "Cargo.toml"],
+        vec!["calibrate", "--fit", &e],
+        vec!["validate", "--cross", "/nonexistent/reference"],
+        vec!["validate", "--cross", &e],
+    ] {
+        let (code, out, err) = gantry(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("error[C017]") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = gantry(&["calibrate", "--write"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = gantry(&["explain", "C017"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("C017"), "{out}");
+    let _ = std::fs::remove_dir_all(&empty);
+}
