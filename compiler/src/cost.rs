@@ -1023,14 +1023,16 @@ impl Evaluator<'_> {
         };
         let mut memory = self.state_memory(held, p);
         memory.activations = stage_saved_layers * in_flight * interleave;
-        // Working buffers. A recomputed layer holds its full activations
-        // again while its backward runs.
-        let mut working = if whole > 0.0 { body.saved_all } else { 0.0 };
+        // Working buffers. A layer's backward holds the gradients of its
+        // activations (as many bytes as it saves without recomputation); a
+        // recomputed layer also holds its full activations again.
+        let mut working = body.saved_all * (1.0 + whole);
         if p.zero >= 3 && dp_group > 1 {
             if ir.kernels.overlap.fsdp && pp > 1 {
                 // The stage's weights stay gathered and its gradients
-                // unsharded for the whole step.
-                working += 2.0 * params_gpu * beta;
+                // unsharded (in fp32, FSDP's reduction type) for the
+                // whole step.
+                working += params_gpu * (beta + beta.max(4.0));
             } else {
                 // The layer being computed and the one prefetched,
                 // gathered, and the layer's unsharded gradient before its
