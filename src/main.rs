@@ -132,6 +132,11 @@ enum Command {
         /// with factors fitted (as `gantry calibrate --fit` does) without it.
         #[arg(long)]
         cross: bool,
+        /// Instead, for each training reference plan: the planner's pick with
+        /// every pin released, next to the published configuration, and why
+        /// the published one loses in the model.
+        #[arg(long, conflicts_with = "cross")]
+        picks: bool,
     },
     /// Explain a diagnostic code (e.g. `gantry explain L040`, `C010`, `R007`), or list them all.
     Explain { code: Option<String> },
@@ -228,8 +233,10 @@ fn main() -> ExitCode {
                 &lib,
             ),
         },
-        Command::Validate { dir, cross } => {
-            if cross {
+        Command::Validate { dir, cross, picks } => {
+            if picks {
+                picks_cmd(&dir)
+            } else if cross {
                 gantry::fit_cli::validate_cross_cmd(&dir)
             } else {
                 validate_cmd(&dir)
@@ -499,6 +506,62 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
             max
         );
     }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn picks_cmd(dir: &std::path::Path) -> ExitCode {
+    use gantry_compiler::validate;
+    let files = gantry::gantry_files(dir);
+    if files.is_empty() {
+        eprintln!("error[C017]: no .gantry files under {}", dir.display());
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    let (mut same, mut total) = (0, 0);
+    for f in &files {
+        let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
+        if checked.has_errors() {
+            eprint!("{}", checked.render(false));
+            failed = true;
+            continue;
+        }
+        for r in validate::picks(&checked.program) {
+            match r {
+                Ok(p) => {
+                    total += 1;
+                    let metric = |e: &gantry_compiler::cost::Estimate| {
+                        e.metric("throughput").unwrap_or(f64::NAN)
+                    };
+                    outln!("{}", p.plan);
+                    outln!("  published  {}", p.published.point);
+                    match &p.why {
+                        None => {
+                            same += 1;
+                            outln!("  pick       the published configuration");
+                        }
+                        Some(why) => {
+                            outln!(
+                                "  pick       {}  ({:+.1}% throughput)",
+                                p.pick.point,
+                                100.0 * (metric(&p.pick) / metric(&p.published) - 1.0)
+                            );
+                            outln!("  why        {why}");
+                        }
+                    }
+                }
+                Err((plan, e)) => {
+                    outln!("{plan}: error[{}]: {}", e.code, e.message);
+                    failed = true;
+                }
+            }
+        }
+    }
+    outln!();
+    outln!("{same} of {total} training plans: the planner picks the published configuration");
     if failed {
         ExitCode::from(1)
     } else {

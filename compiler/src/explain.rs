@@ -75,6 +75,11 @@ pub fn bottleneck(e: &Estimate, decode: bool) -> String {
 
 /// Why `b` (the runner-up) loses to `a`, in one sentence with numbers.
 pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
+    versus_named(a, b, metric, "the runner-up")
+}
+
+/// [`versus`], naming `b` as `who` ("the published configuration").
+pub fn versus_named(a: &Estimate, b: &Estimate, metric: &str, who: &str) -> String {
     let (ma, mb) = (
         a.metric(metric).unwrap_or(0.0),
         b.metric(metric).unwrap_or(0.0),
@@ -96,12 +101,12 @@ pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
     let knobs = diff_knobs(a, b);
     if worst.1 > 0.0 {
         format!(
-            "the runner-up ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step",
+            "{who} ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step",
             worst.0,
             s(worst.1)
         )
     } else {
-        format!("the runner-up ({knobs}) is {gap:.1}% worse on {metric}")
+        format!("{who} ({knobs}) is {gap:.1}% worse on {metric}")
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_lang::program::{Plan, Program};
+use gantry_lang::program::{Phase, Plan, Program};
 
 use crate::plan::{Evaluation, search};
 use crate::point::PinError;
@@ -57,6 +57,67 @@ pub fn rows(program: &Program) -> Vec<Result<Row, (String, PinError)>> {
             }
             Err(e) => out.push(Err((plan.name.clone(), e))),
         }
+    }
+    out
+}
+
+/// The planner's free choice next to the published configuration of one
+/// training reference plan.
+#[derive(Clone, Debug)]
+pub struct Pick {
+    pub plan: String,
+    /// The published configuration as the plan pins it (its prediction).
+    pub published: crate::cost::Estimate,
+    /// The best point with every pin and search domain of the plan
+    /// released: same workload, same system, same objective.
+    pub pick: crate::cost::Estimate,
+    /// Why the published point loses to the pick, in numbers
+    /// ([`crate::explain::versus`]); `None` when the pick is the published
+    /// configuration.
+    pub why: Option<String>,
+}
+
+/// For every training plan of `program` with an `expect`: what the
+/// planner picks when nothing is pinned, against the published point.
+pub fn picks(program: &Program) -> Vec<Result<Pick, (String, PinError)>> {
+    let mut out = Vec::new();
+    for plan in program.plans.values() {
+        if plan.expect.is_empty() || !matches!(plan.workload.phase, Phase::Train { .. }) {
+            continue;
+        }
+        let published = match predict(plan) {
+            Ok(ev) => ev.estimate,
+            Err(e) => {
+                out.push(Err((plan.name.clone(), e)));
+                continue;
+            }
+        };
+        let mut free = plan.clone();
+        free.fixed.clear();
+        free.search.clear();
+        // Context parallelism is searched only when a plan asks for it;
+        // a free pick may use it (powers of two up to 16).
+        free.search.insert(
+            "cp".into(),
+            gantry_lang::program::Domain::Ints(vec![1, 2, 4, 8, 16]),
+        );
+        let pick = match search(&free, &BTreeMap::new(), 1) {
+            Ok(s) => s.best.estimate,
+            Err(e) => {
+                out.push(Err((plan.name.clone(), e)));
+                continue;
+            }
+        };
+        let metric = &free.objective.1;
+        let why = (pick.point != published.point).then(|| {
+            crate::explain::versus_named(&pick, &published, metric, "the published configuration")
+        });
+        out.push(Ok(Pick {
+            plan: plan.name.clone(),
+            published,
+            pick,
+            why,
+        }));
     }
     out
 }
