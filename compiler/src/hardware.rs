@@ -48,18 +48,6 @@ pub const FACTORS: &[(&str, &str)] = &[
         "reserve",
         "HBM kept back for the runtime, allocator and fragmentation",
     ),
-    (
-        "fit_rows",
-        "reference rows `gantry calibrate --fit` fitted the factors on",
-    ),
-    (
-        "loo_median",
-        "median leave-one-out relative error of those rows (a fraction)",
-    ),
-    (
-        "loo_max",
-        "worst leave-one-out relative error of those rows (a fraction)",
-    ),
 ];
 
 #[derive(Clone, Debug, PartialEq)]

@@ -79,6 +79,14 @@ pub fn json(ev: &Evaluation) -> Value {
             Value::Null
         },
     );
+    metrics.insert(
+        "tokens_per_s_per_device".into(),
+        if e.tokens_per_step > 0.0 {
+            json!(e.tokens_per_s() / e.devices.max(1) as f64)
+        } else {
+            Value::Null
+        },
+    );
     metrics.insert("samples_per_s".into(), json!(e.samples_per_s()));
     // Base units, like every other figure (FLOP/s, not TFLOP/s).
     metrics.insert(
