@@ -656,9 +656,18 @@ impl Evaluator<'_> {
             stage_layers[0] as f64
         };
         let expert_params = (expert_layers * body.expert_params).min(dense_params);
+        // Adafactor's factored second moment: per-tensor shapes, read from
+        // the IR only for optimizers that keep one.
+        let (factored, expert_factored) = if memory::factored_states(optimizer) > 0.0 {
+            memory::held_factored(ir, p, &stage_layers, slow, expert_layers)
+        } else {
+            (0.0, 0.0)
+        };
         let held = Held {
             dense: dense_params - expert_params,
             expert: expert_params,
+            dense_factored: factored - expert_factored,
+            expert_factored,
         };
         let expert_bytes = held.expert * beta;
         let dense_bytes = held.dense * beta;
@@ -884,14 +893,13 @@ impl Evaluator<'_> {
         }
 
         // Optimizer: a streaming update over this rank's share of the states.
-        let bytes_per_param = match optimizer {
-            Optimizer::Adam | Optimizer::AdamW => 16.0 + 12.0 + beta,
-            Optimizer::Adagrad => 12.0 + 8.0 + beta,
-            Optimizer::Sgd => 8.0 + 4.0 + beta,
-        };
+        // Bytes per parameter and per factored value (memory::step_bytes).
+        let (bytes_per_param, bytes_per_factored) = memory::step_bytes(optimizer, beta);
         let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
         // Embedding tables are updated sparsely in their backward pass.
-        let opt_time = dense_params / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
+        let opt_time = (dense_params * bytes_per_param + factored * bytes_per_factored)
+            / shard
+            / (hw.hbm_bandwidth * hw.e_memory);
 
         // Memory of the most loaded stage (the first: it holds the most
         // microbatches in flight): its parameters' state, and activations.
@@ -1073,7 +1081,7 @@ impl Evaluator<'_> {
         let mut memory = self.state_memory(
             Held {
                 dense: params / pp,
-                expert: 0.0,
+                ..Held::default()
             },
             p,
         );

@@ -423,18 +423,44 @@ pub struct ModelInstance {
 pub enum Optimizer {
     Adam,
     AdamW,
+    /// Plain SGD: no state.
     Sgd,
+    /// SGD with a momentum buffer.
+    SgdMomentum,
     Adagrad,
+    /// Adam's moments plus a per-tensor trust ratio (You et al. 2019).
+    Lamb,
+    /// Factored second moment, no first moment (Shazeer and Stern 2018).
+    Adafactor,
 }
 
 impl Optimizer {
+    /// Every optimizer, in the order the language lists them.
+    pub const ALL: [Optimizer; 7] = [
+        Optimizer::Adam,
+        Optimizer::AdamW,
+        Optimizer::Sgd,
+        Optimizer::SgdMomentum,
+        Optimizer::Adagrad,
+        Optimizer::Lamb,
+        Optimizer::Adafactor,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Optimizer::Adam => "adam",
             Optimizer::AdamW => "adamw",
             Optimizer::Sgd => "sgd",
+            Optimizer::SgdMomentum => "sgd_momentum",
             Optimizer::Adagrad => "adagrad",
+            Optimizer::Lamb => "lamb",
+            Optimizer::Adafactor => "adafactor",
         }
+    }
+
+    /// The optimizer named `s` in the language.
+    pub fn parse(s: &str) -> Option<Optimizer> {
+        Optimizer::ALL.into_iter().find(|o| o.name() == s)
     }
 }
 
