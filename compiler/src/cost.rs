@@ -272,6 +272,38 @@ struct SegCost {
     recompute_flops: f64,
 }
 
+/// What [`Evaluator::segment`] reads of a training point, with the IR
+/// and hardware it prices (by address): tp, cp, ep, sequence
+/// parallelism, recomputation and the microbatch (its bits). A new
+/// dependency of `segment` on a knob must join this key
+/// (`compiler/tests/virtual_stages.rs` compares memoized and fresh
+/// evaluations over every knob).
+type SegKey = (usize, usize, u64, u64, u64, bool, Recompute, u64);
+
+thread_local! {
+    static SEGMENTS: std::cell::RefCell<Option<std::collections::HashMap<SegKey, (SegCost, u64, SegCost, SegCost)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, training evaluations on this thread keep the segment
+/// costs of every [`SegKey`] they price: a search prices many points that
+/// differ only in knobs the segments do not read (dp, pp, ZeRO, virtual
+/// stages), and the IR and hardware do not change during it. Dropping it
+/// forgets them.
+pub struct SegmentMemo(());
+
+/// Starts this thread's [`SegmentMemo`].
+pub fn memoize_segments() -> SegmentMemo {
+    SEGMENTS.with(|m| *m.borrow_mut() = Some(std::collections::HashMap::new()));
+    SegmentMemo(())
+}
+
+impl Drop for SegmentMemo {
+    fn drop(&mut self) {
+        SEGMENTS.with(|m| *m.borrow_mut() = None);
+    }
+}
+
 /// Evaluates design points of one workload on one system.
 pub struct Evaluator<'a> {
     pub ir: &'a Ir,
@@ -549,6 +581,50 @@ impl Evaluator<'_> {
         crate::point::stage_layers(self.ir.layers(), p.pp, times)
     }
 
+    /// The body's cost (one layer), its layer count, and the prologue's
+    /// and epilogue's costs, for one microbatch of `b` samples; from this
+    /// thread's memo while a [`SegmentMemo`] is alive.
+    fn train_segments(&self, p: &DesignPoint, b: f64) -> (SegCost, u64, SegCost, SegCost) {
+        let key: SegKey = (
+            self.ir as *const Ir as usize,
+            self.hw as *const Hardware as usize,
+            p.tp,
+            p.cp,
+            p.ep,
+            p.sequence_parallel,
+            p.recompute,
+            b.to_bits(),
+        );
+        if let Some(hit) = SEGMENTS.with(|m| m.borrow().as_ref().and_then(|m| m.get(&key).copied()))
+        {
+            return hit;
+        }
+        let ir = self.ir;
+        let mut body = SegCost::default();
+        let mut layers = 0u64;
+        let mut pro = SegCost::default();
+        let mut epi = SegCost::default();
+        for (si, role) in memory::roles(ir).into_iter().enumerate() {
+            let sc = self.segment(si, p, b, true);
+            let s = &ir.segments[si];
+            match role {
+                Role::Body => {
+                    body = sc;
+                    layers = s.count;
+                }
+                Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
+                Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
+            }
+        }
+        let out = (body, layers, pro, epi);
+        SEGMENTS.with(|m| {
+            if let Some(m) = m.borrow_mut().as_mut() {
+                m.insert(key, out);
+            }
+        });
+        out
+    }
+
     fn train(&self, p: &DesignPoint) -> Estimate {
         let ir = self.ir;
         let hw = self.hw;
@@ -568,22 +644,7 @@ impl Evaluator<'_> {
         let beta = ir.act_bytes;
 
         // Costs of each segment once, for one microbatch.
-        let mut body = SegCost::default();
-        let mut layers = 0u64;
-        let mut pro = SegCost::default();
-        let mut epi = SegCost::default();
-        for (si, role) in memory::roles(ir).into_iter().enumerate() {
-            let sc = self.segment(si, p, b, true);
-            let s = &ir.segments[si];
-            match role {
-                Role::Body => {
-                    body = sc;
-                    layers = s.count;
-                }
-                Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
-                Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
-            }
-        }
+        let (body, layers, pro, epi) = self.train_segments(p, b);
         let tp_passes = 2.0
             + if p.recompute == Recompute::Full {
                 1.0

@@ -34,9 +34,22 @@ pub struct Space {
     pub zero: Vec<i64>,
     pub recompute: Vec<&'static str>,
     pub microbatch: Option<Vec<i64>>,
-    pub virtual_stages: Vec<i64>,
+    /// `None`: `auto` (the default in training): on `pp` stages every `v`
+    /// with `v x pp <= layers` ([`max_virtual_stages`]), `v > 1` only where
+    /// the microbatches per replica are a multiple of `pp` (Megatron-LM's
+    /// interleaved schedule); other points are not in the space.
+    pub virtual_stages: Option<Vec<i64>>,
     pub sequence_parallel: Vec<bool>,
     pub batch: Option<Vec<i64>>,
+    /// Layers of the pipelined repeat (what bounds `auto` virtual stages).
+    pub layers: i64,
+}
+
+/// The most virtual stages `auto` tries on `pp` stages of `layers`
+/// layers: every chunk holds at least one layer (`v x pp <= layers`);
+/// without a pipeline there is nothing to interleave (1).
+pub fn max_virtual_stages(pp: i64, layers: i64) -> i64 {
+    if pp <= 1 { 1 } else { (layers / pp).max(1) }
 }
 
 /// The most design points a search space may hold: 1,000,000. The search
@@ -59,18 +72,42 @@ impl Space {
         [
             self.tp.len(),
             self.cp.len(),
-            self.pp.len(),
+            self.pipelines(),
             self.ep.len(),
             self.dp.as_ref().map_or(1, |v| v.len()),
             self.zero.len(),
             self.recompute.len(),
             self.microbatch.as_ref().map_or(4, |v| v.len()),
-            self.virtual_stages.len(),
             self.sequence_parallel.len(),
             self.batch.as_ref().map_or(1, |v| v.len()),
         ]
         .into_iter()
         .fold(1usize, |a, n| a.saturating_mul(n))
+    }
+
+    /// Pairs of pipeline stages and virtual stages (`auto`: at most
+    /// [`max_virtual_stages`] per `pp`; saturating).
+    fn pipelines(&self) -> usize {
+        match &self.virtual_stages {
+            Some(v) => self.pp.len().saturating_mul(v.len()),
+            None => self.pp.iter().fold(0usize, |a, &p| {
+                a.saturating_add(max_virtual_stages(p, self.layers) as usize)
+            }),
+        }
+    }
+
+    /// Values the `virtual_stages` knob takes (`auto`: the most on any
+    /// `pp` of the space).
+    fn virtual_stage_values(&self) -> usize {
+        match &self.virtual_stages {
+            Some(v) => v.len(),
+            None => self
+                .pp
+                .iter()
+                .map(|&p| max_virtual_stages(p, self.layers) as usize)
+                .max()
+                .unwrap_or(1),
+        }
     }
 
     /// Refuses a space over [`MAX_SPACE_POINTS`], or a knob over
@@ -81,7 +118,7 @@ impl Space {
             ("cp", self.cp.len()),
             ("pp", self.pp.len()),
             ("ep", self.ep.len()),
-            ("virtual_stages", self.virtual_stages.len()),
+            ("virtual_stages", self.virtual_stage_values()),
             ("dp", self.dp.as_ref().map_or(1, |v| v.len())),
             (
                 "microbatch",
@@ -232,15 +269,16 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![1])),
         },
-        virtual_stages: ints(
-            get("virtual_stages"),
-            if training { vec![1, 2, 4] } else { vec![1] },
-        ),
+        virtual_stages: match get("virtual_stages") {
+            Some(Domain::Auto) | None if training => None,
+            d => Some(ints(d, vec![1])),
+        },
         sequence_parallel,
         batch: match get("batch") {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![])),
         },
+        layers,
     }
 }
 
@@ -400,6 +438,9 @@ pub fn run(
     sp_by_tp: Option<&BTreeMap<i64, bool>>,
 ) -> Outcome {
     let ev = Evaluator { ir, hw, prefill };
+    // Segment costs are shared by the points that differ only in dp, pp,
+    // ZeRO or virtual stages.
+    let _memo = crate::cost::memoize_segments();
     let devices = plan.system.devices() as i64;
     let mut stats = Stats::default();
     let mut top: Vec<(f64, Estimate)> = Vec::new();
@@ -446,11 +487,31 @@ pub fn run(
                             v
                         }
                     };
+                    // Virtual stages per microbatch: `auto` leaves out what
+                    // the layers or Megatron-LM's interleaving rule forbid.
+                    let vss: Vec<Vec<i64>> = mbs
+                        .iter()
+                        .map(|&mb| match &sp.virtual_stages {
+                            Some(v) => v.clone(),
+                            None => {
+                                let per_step = dp.checked_mul(mb).filter(|x| *x > 0);
+                                let interleaves = per_step.is_some_and(|x| {
+                                    global % x == 0 && (global / x) % pp.max(1) == 0
+                                });
+                                let most = if interleaves {
+                                    max_virtual_stages(pp, sp.layers)
+                                } else {
+                                    1
+                                };
+                                (1..=most).collect()
+                            }
+                        })
+                        .collect();
                     for &ep in &sp.ep {
                         for &zero in &sp.zero {
                             for rc in &sp.recompute {
-                                for &mb in &mbs {
-                                    for &v in &sp.virtual_stages {
+                                for (&mb, vs) in mbs.iter().zip(&vss) {
+                                    for &v in vs {
                                         for &seqp in &sp.sequence_parallel {
                                             for b in &batches {
                                                 stats.space += 1;
