@@ -738,12 +738,31 @@ impl Evaluator<'_> {
         // parallelism), tensor-parallel ranks apart.
         let dp_group = p.dp * p.cp;
         let dp_stride = p.tp;
+        // ZeRO's group: `shard` ranks (all dp x cp unless HSDP), tp apart;
+        // HSDP's `replicas` of it all-reduce their gradient shards, tp x
+        // shard apart.
+        let (zgroup, replicas) = if p.zero >= 1 {
+            (p.shard.clamp(1, dp_group.max(1)), p.replicas())
+        } else {
+            (dp_group, 1)
+        };
+        let (zdense, zexpert) = memory::zero_groups(p);
+        let shard_bytes = dense_bytes / zdense + expert_bytes / zexpert;
+        let t_replicas = if replicas > 1 {
+            topo.time(
+                Collective::AllReduce,
+                replicas,
+                dp_stride * zgroup,
+                shard_bytes,
+            )
+        } else {
+            0.0
+        };
         // Bytes each member sends per byte of a ring collective's buffer.
         let ring = |n: u64| (n.max(1) - 1) as f64 / n.max(1) as f64;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
         let mut dp_exposed = 0.0;
         if dp_group > 1 {
-            let level = topo.level(dp_group, dp_stride);
             if p.zero >= 3 {
                 // ZeRO-3 gathers each parameter tensor before every forward
                 // (and recomputed forward) and backward use, and
@@ -771,8 +790,8 @@ impl Evaluator<'_> {
                     {
                         let n = (o.tensors * o.mult).max(1.0);
                         let bytes = o.params * o.mult * beta / p.tp as f64 / n;
-                        let t_ag = topo.time(Collective::AllGather, dp_group, dp_stride, bytes);
-                        let t_rs = topo.time(Collective::ReduceScatter, dp_group, dp_stride, bytes);
+                        let t_ag = topo.time(Collective::AllGather, zgroup, dp_stride, bytes);
+                        let t_rs = topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes);
                         total += reps * n * (gathers * t_ag + m * t_rs);
                     }
                 }
@@ -780,16 +799,35 @@ impl Evaluator<'_> {
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
                     collective: Collective::AllGather,
-                    group: dp_group,
-                    level,
-                    algorithm: topo.algorithm(Collective::AllGather, dp_group, dp_stride),
-                    bytes: (gathers + m) * grad_bytes * ring(dp_group),
+                    group: zgroup,
+                    level: topo.level(zgroup, dp_stride),
+                    algorithm: topo.algorithm(Collective::AllGather, zgroup, dp_stride),
+                    bytes: (gathers + m) * grad_bytes * ring(zgroup),
                     time: total,
                     exposed: dp_exposed,
                 });
+                // HSDP: each microbatch's gradient shards all-reduced over
+                // the replicas, on the critical path like the rest.
+                if replicas > 1 {
+                    dp_exposed += m * t_replicas;
+                    comms.push(Comm {
+                        what: "HSDP gradient-shard all-reduce over replicas",
+                        collective: Collective::AllReduce,
+                        group: replicas,
+                        level: topo.level(replicas, dp_stride * zgroup),
+                        algorithm: topo.algorithm(
+                            Collective::AllReduce,
+                            replicas,
+                            dp_stride * zgroup,
+                        ),
+                        bytes: m * 2.0 * shard_bytes * ring(replicas),
+                        time: m * t_replicas,
+                        exposed: m * t_replicas,
+                    });
+                }
             } else {
-                let expert_group = (dp_group / p.ep.max(1)).max(1);
-                let t_ar = topo.time(Collective::AllReduce, dp_group, dp_stride, dense_bytes)
+                let expert_group = (zgroup / p.ep.max(1)).max(1);
+                let t_ar = topo.time(Collective::AllReduce, zgroup, dp_stride, dense_bytes)
                     + if expert_bytes > 0.0 && expert_group > 1 {
                         topo.time(
                             Collective::AllReduce,
@@ -808,14 +846,35 @@ impl Evaluator<'_> {
                         "data-parallel gradient all-reduce"
                     },
                     collective: Collective::AllReduce,
-                    group: dp_group,
-                    level,
-                    algorithm: topo.algorithm(Collective::AllReduce, dp_group, dp_stride),
-                    bytes: 2.0 * dense_bytes * ring(dp_group)
+                    group: zgroup,
+                    level: topo.level(zgroup, dp_stride),
+                    algorithm: topo.algorithm(Collective::AllReduce, zgroup, dp_stride),
+                    bytes: 2.0 * dense_bytes * ring(zgroup)
                         + 2.0 * expert_bytes * ring(expert_group),
                     time: t_ar,
                     exposed: dp_exposed,
                 });
+                // HSDP: the gradient shards all-reduced over the replicas
+                // once per step, overlapping the last backward after the
+                // shard group's reduction.
+                if replicas > 1 {
+                    let exposed = (t_ar + t_replicas - t_bwd_last).max(0.0) - dp_exposed;
+                    dp_exposed += exposed;
+                    comms.push(Comm {
+                        what: "HSDP gradient-shard all-reduce over replicas",
+                        collective: Collective::AllReduce,
+                        group: replicas,
+                        level: topo.level(replicas, dp_stride * zgroup),
+                        algorithm: topo.algorithm(
+                            Collective::AllReduce,
+                            replicas,
+                            dp_stride * zgroup,
+                        ),
+                        bytes: 2.0 * shard_bytes * ring(replicas),
+                        time: t_replicas,
+                        exposed,
+                    });
+                }
             }
         }
         // Embedding-bag all-to-all (recommendation models): pooled lookups
@@ -956,10 +1015,17 @@ impl Evaluator<'_> {
         // Optimizer: a streaming update over this rank's share of the states.
         // Bytes per parameter and per factored value (memory::step_bytes).
         let (bytes_per_param, bytes_per_factored) = memory::step_bytes(optimizer, beta);
-        let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
+        // Under ZeRO each rank updates its share: dense state over the
+        // `shard` ranks (all dp x cp by default), experts' over `shard / ep`.
+        let (sd, se) = if p.zero >= 1 {
+            (zdense, zexpert)
+        } else {
+            (1.0, 1.0)
+        };
         // Embedding tables are updated sparsely in their backward pass.
-        let opt_time = (dense_params * bytes_per_param + factored * bytes_per_factored)
-            / shard
+        let opt_time = ((held.dense * bytes_per_param + held.dense_factored * bytes_per_factored)
+            / sd
+            + (held.expert * bytes_per_param + held.expert_factored * bytes_per_factored) / se)
             / (hw.hbm_bandwidth * hw.e_memory);
 
         // Memory of the most loaded stage (the first: it holds the most

@@ -66,6 +66,15 @@ pub fn optimizer(ir: &Ir) -> Option<Optimizer> {
     }
 }
 
+/// The ranks ZeRO shards state over: `shard` for dense parameters (every
+/// data x context parallel rank unless HSDP pins fewer), `shard / ep` for
+/// experts (the expert-parallel ranks lie within the shard group, as
+/// torchtitan's `dp_shard_mod_ep`), at least 1 each.
+pub fn zero_groups(p: &DesignPoint) -> (f64, f64) {
+    let s = p.shard.max(1);
+    (s as f64, (s / p.ep.max(1)).max(1) as f64)
+}
+
 /// Parameters one device holds on its pipeline stage, by how ZeRO shards
 /// them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -217,9 +226,10 @@ impl Evaluator<'_> {
     /// dtype is narrower), optimizer state with an fp32 master copy for
     /// narrow dtypes, the embedding tables with their optimizer state, and
     /// the reserve. ZeRO-1 shards the optimizer state, ZeRO-2 also the
-    /// gradients, ZeRO-3 also the weights, over the ranks that hold the
-    /// same parameters: `dp x cp` for dense ones, `dp x cp / ep` for
-    /// experts. Inference holds weights only.
+    /// gradients, ZeRO-3 also the weights, over the ranks of the ZeRO group
+    /// ([`zero_groups`]: `shard`, by default all `dp x cp` ranks that hold
+    /// the same parameters, for dense ones; `shard / ep` for experts).
+    /// Inference holds weights only.
     pub fn state_memory(&self, held: Held, p: &DesignPoint) -> Memory {
         let beta = self.ir.act_bytes;
         let mut m = Memory {
@@ -231,9 +241,7 @@ impl Evaluator<'_> {
             m.weights = (held.dense + held.expert) * beta;
             return m;
         };
-        let group = (p.dp * p.cp).max(1);
-        let dense_group = group as f64;
-        let expert_group = (group / p.ep.max(1)).max(1) as f64;
+        let (dense_group, expert_group) = zero_groups(p);
         // Bytes of `bytes_per_param` per held parameter, sharded from ZeRO
         // stage `stage` on.
         let sharded = |bytes_per_param: f64, stage: u8| {

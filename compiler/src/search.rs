@@ -43,6 +43,31 @@ pub struct Space {
     pub batch: Option<Vec<i64>>,
     /// Layers of the pipelined repeat (what bounds `auto` virtual stages).
     pub layers: i64,
+    /// The ZeRO group (`shard` knob): `None` is every dp x cp rank, the
+    /// default; with `shard_auto` every divisor of dp x cp (HSDP) where
+    /// ZeRO is on.
+    pub shard: Option<Vec<i64>>,
+    pub shard_auto: bool,
+    /// Devices of the system (bounds the `auto` shard count estimate).
+    pub devices: i64,
+}
+
+/// The divisors of `n`, ascending (`n >= 1`).
+fn divisors(n: i64) -> Vec<i64> {
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    let mut d = 1;
+    while d * d <= n {
+        if n % d == 0 {
+            small.push(d);
+            if d * d != n {
+                large.push(n / d);
+            }
+        }
+        d += 1;
+    }
+    small.extend(large.into_iter().rev());
+    small
 }
 
 /// The most virtual stages `auto` tries on `pp` stages of `layers`
@@ -80,6 +105,7 @@ impl Space {
             self.microbatch.as_ref().map_or(4, |v| v.len()),
             self.sequence_parallel.len(),
             self.batch.as_ref().map_or(1, |v| v.len()),
+            self.shard_values(),
         ]
         .into_iter()
         .fold(1usize, |a, n| a.saturating_mul(n))
@@ -93,6 +119,16 @@ impl Space {
             None => self.pp.iter().fold(0usize, |a, &p| {
                 a.saturating_add(max_virtual_stages(p, self.layers) as usize)
             }),
+        }
+    }
+
+    /// Values the `shard` knob takes (`auto`: the divisors of the device
+    /// count, an estimate: dp x cp is at most the devices).
+    fn shard_values(&self) -> usize {
+        match (&self.shard, self.shard_auto) {
+            (_, true) => divisors(self.devices.max(1)).len(),
+            (Some(v), _) => v.len(),
+            (None, _) => 1,
         }
     }
 
@@ -113,7 +149,8 @@ impl Space {
     /// Refuses a space over [`MAX_SPACE_POINTS`], or a knob over
     /// [`MAX_DOMAIN_VALUES`] values, naming the largest knob.
     pub fn check_size(&self) -> Result<(), PinError> {
-        let knobs: [(&'static str, usize); 8] = [
+        let knobs: [(&'static str, usize); 9] = [
+            ("shard", self.shard_values()),
             ("tp", self.tp.len()),
             ("cp", self.cp.len()),
             ("pp", self.pp.len()),
@@ -279,6 +316,12 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
             Some(d) => Some(ints(Some(d), vec![])),
         },
         layers,
+        shard: match get("shard") {
+            Some(Domain::Auto) | None => None,
+            Some(d) => Some(ints(Some(d), vec![])),
+        },
+        shard_auto: matches!(get("shard"), Some(Domain::Auto)) && training,
+        devices: plan.system.devices() as i64,
     }
 }
 
@@ -454,8 +497,9 @@ pub fn run(
         Some(v) => v.iter().map(|b| Some(*b)).collect(),
         None => vec![None],
     };
-    // The memory bound depends on (tp, pp, cp, dp, ep, zero) only.
-    let mut floors: BTreeMap<(u64, u64, u64, u64, u64, u8), f64> = BTreeMap::new();
+    // The memory bound depends on (tp, pp, cp, dp, ep, zero, shard) only.
+    type FloorKey = (u64, u64, u64, u64, u64, u8, u64);
+    let mut floors: BTreeMap<FloorKey, f64> = BTreeMap::new();
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
@@ -509,13 +553,32 @@ pub fn run(
                         .collect();
                     for &ep in &sp.ep {
                         for &zero in &sp.zero {
+                            // The ZeRO group sizes with each batch: every
+                            // dp x cp rank (the default), the plan's
+                            // values, or every divisor (`auto`, with ZeRO).
+                            let group = dp.saturating_mul(cp).max(1);
+                            let shards: Vec<Option<i64>> = match &sp.shard {
+                                _ if sp.shard_auto && zero >= 1 && fits && dp > 0 => {
+                                    divisors(group).into_iter().map(Some).collect()
+                                }
+                                Some(v) => v.iter().map(|x| Some(*x)).collect(),
+                                None => vec![None],
+                            };
+                            let batch_shards: Vec<(Option<i64>, Option<i64>)> = batches
+                                .iter()
+                                .flat_map(|b| shards.iter().map(move |s| (*b, *s)))
+                                .collect();
                             for rc in &sp.recompute {
                                 for (&mb, vs) in mbs.iter().zip(&vss) {
                                     for &v in vs {
                                         for &seqp in &sp.sequence_parallel {
-                                            for b in &batches {
+                                            for &(b, shard) in &batch_shards {
                                                 stats.space += 1;
-                                                if (v > 1 && pp == 1) || (seqp && tp == 1) {
+                                                if (v > 1 && pp == 1)
+                                                    || (seqp && tp == 1)
+                                                    || (zero == 0
+                                                        && shard.is_some_and(|s| s != group))
+                                                {
                                                     stats.redundant += 1;
                                                     continue;
                                                 }
@@ -545,7 +608,8 @@ pub fn run(
                                                             .unwrap_or(Recompute::None),
                                                     ),
                                                     sequence_parallel: Some(seqp),
-                                                    batch: *b,
+                                                    batch: b,
+                                                    shard,
                                                 };
                                                 let point = match crate::point::resolve_knobs(
                                                     &knobs,
@@ -563,8 +627,13 @@ pub fn run(
                                                 // memory with its activation terms at
                                                 // their minimum.
                                                 let key = (
-                                                    point.tp, point.pp, point.cp, point.dp,
-                                                    point.ep, point.zero,
+                                                    point.tp,
+                                                    point.pp,
+                                                    point.cp,
+                                                    point.dp,
+                                                    point.ep,
+                                                    point.zero,
+                                                    point.shard,
                                                 );
                                                 let bound =
                                                     *floors.entry(key).or_insert_with(|| {

@@ -90,6 +90,7 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("sequence_parallel", "bool"),
     ("nodes", "int"),
     ("batch", "int"),
+    ("shard", "int"),
 ];
 
 /// The largest value of any integer plan knob (in a `fix`, a `search`
