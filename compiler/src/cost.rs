@@ -707,7 +707,11 @@ impl Evaluator<'_> {
         // Data parallelism: gradient reduction and ZeRO traffic.
         let mut comms = Vec::new();
         // Embedding tables are model-parallel: only dense gradients are reduced.
-        let dense_params = params_gpu - memory::table_params(ir);
+        // A tied output projection shares the embedding's weight when one
+        // stage runs both; with a pipeline the last stage keeps a copy.
+        let tied = memory::tied_params(ir, p);
+        let dense_params =
+            params_gpu - memory::table_params(ir) - if n_stages == 1 { tied } else { 0.0 };
         let grad_bytes = dense_params * beta;
         // Expert weights live on `ep` ranks of the data-parallel group: their
         // gradients are reduced over the other `dp cp / ep` only.
@@ -876,6 +880,25 @@ impl Evaluator<'_> {
                     });
                 }
             }
+        }
+        // Tied embeddings across a pipeline: the first and last stages'
+        // copies sum their gradients once per step (Megatron-LM's
+        // embedding group), after the backward, before the optimizer.
+        if n_stages > 1 && tied > 0.0 {
+            let bytes = tied * beta;
+            let stride = stride_pp * (pp - 1);
+            let t = topo.time(Collective::AllReduce, 2, stride, bytes);
+            dp_exposed += t;
+            comms.push(Comm {
+                what: "tied embedding gradient all-reduce (first and last stage)",
+                collective: Collective::AllReduce,
+                group: 2,
+                level: topo.level(2, stride),
+                algorithm: topo.algorithm(Collective::AllReduce, 2, stride),
+                bytes: 2.0 * bytes * ring(2),
+                time: t,
+                exposed: t,
+            });
         }
         // Embedding-bag all-to-all (recommendation models): pooled lookups
         // are exchanged between the table owners and the data-parallel

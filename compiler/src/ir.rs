@@ -279,6 +279,10 @@ pub struct IrOp {
     /// The same for the embedding tables of an embedding bag, in bytes of
     /// the tables' dtype: `(rows + dim) x bytes` per table.
     pub table_factored: f64,
+    /// Of `params`, those shared with the token embedding (a tied output
+    /// projection's weight): held once when one stage runs both, a copy
+    /// on the last stage otherwise (Megatron-LM).
+    pub tied: f64,
     /// Nested-repeat multiplicity inside its segment.
     pub mult: f64,
 }
@@ -306,6 +310,7 @@ impl IrOp {
             tensors: 0.0,
             factored: 0.0,
             table_factored: 0.0,
+            tied: 0.0,
             args: Vec::new(),
             tables: Vec::new(),
             kernels: 1.0,
@@ -343,7 +348,8 @@ impl Segment {
         let mut t = Totals::default();
         for o in &self.ops {
             t.flops += o.flops * o.mult;
-            t.params += o.params * o.mult;
+            // A tied weight is the embedding's: counted once.
+            t.params += (o.params - o.tied) * o.mult;
             t.saved += (o.saved_rep + o.saved_shard) * o.mult;
             t.table_bytes += o.table_bytes * o.mult;
         }
@@ -687,7 +693,12 @@ impl Lowering<'_> {
         let out_n = self.n(op.output);
         let in_n: f64 = op.inputs.iter().map(|i| self.n(*i)).sum();
         let mut o = match &op.kind {
-            OpKind::Linear { d_in, d_out, bias } => {
+            OpKind::Linear {
+                d_in,
+                d_out,
+                bias,
+                tied,
+            } => {
                 let (di, dout) = (*d_in as f64, *d_out as f64);
                 let m = in_n / di;
                 let mut o = IrOp::new("linear", Class::Matmul);
@@ -695,6 +706,9 @@ impl Lowering<'_> {
                 o.params = di * dout + if *bias { dout } else { 0.0 };
                 o.tensors = if *bias { 2.0 } else { 1.0 };
                 o.factored = di + dout + if *bias { dout } else { 0.0 };
+                if *tied {
+                    o.tied = di * dout;
+                }
                 o.bytes = beta * (m * di + m * dout);
                 self.save(&mut o, op.inputs[0], beta);
                 o.gemm = Some(Gemm {

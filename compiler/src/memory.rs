@@ -210,6 +210,15 @@ pub fn held_factored(
     (all, (expert_layers * body_expert).min(all))
 }
 
+/// Tied weights ([`IrOp::tied`]) one device holds, split like their
+/// parameters: what a single pipeline stage, running both the embedding
+/// and the output projection, holds once instead of twice.
+pub fn tied_params(ir: &Ir, p: &DesignPoint) -> f64 {
+    (0..ir.segments.len())
+        .map(|si| segment_sum(ir, si, p, false, |o| o.tied) * ir.segments[si].count as f64)
+        .sum()
+}
+
 /// Parameters of the embedding tables (sharded over all devices, counted
 /// in [`Memory::embeddings`], not as dense parameters).
 pub fn table_params(ir: &Ir) -> f64 {
@@ -368,7 +377,15 @@ impl Evaluator<'_> {
                 Role::Epilogue => epi += all * s.count as f64,
             }
         }
-        let held = min_layers * body + pro + if pp == 1 { epi } else { 0.0 } - table_params(ir);
+        // One stage holds a tied weight once (as the evaluator counts it).
+        let held = min_layers * body
+            + pro
+            + if pp == 1 {
+                epi - tied_params(ir, p)
+            } else {
+                0.0
+            }
+            - table_params(ir);
         let expert = (min_layers * body_expert).min(held);
         // Factored values at the same layers: the first stage's with the
         // fewest layers (never above the larger of the first and slowest

@@ -236,6 +236,10 @@ pub enum OpKind {
         d_in: u64,
         d_out: u64,
         bias: bool,
+        /// The weight is the transpose of the model's `embedding` table of
+        /// `d_out` rows and `d_in` columns (tied embeddings): no weight of
+        /// its own.
+        tied: bool,
     },
     MatMul,
     Embedding {
@@ -313,9 +317,16 @@ impl OpKind {
     /// Attributes for the summary, in a fixed order.
     fn attrs(&self) -> String {
         match self {
-            OpKind::Linear { d_in, d_out, bias } => {
-                format!("{d_in}->{d_out}{}", if *bias { " +bias" } else { "" })
-            }
+            OpKind::Linear {
+                d_in,
+                d_out,
+                bias,
+                tied,
+            } => format!(
+                "{d_in}->{d_out}{}{}",
+                if *bias { " +bias" } else { "" },
+                if *tied { " tied" } else { "" }
+            ),
             OpKind::Embedding { vocab, dim } => format!("vocab={vocab} dim={dim}"),
             OpKind::EmbeddingBag { tables } => {
                 let rows: u64 = tables.iter().map(|t| t.rows).sum();

@@ -719,7 +719,9 @@ impl Dev<'_> {
             }
             OpKind::Binary(b) => self.binary_backward(op, tape, e, *b, dy)?,
             OpKind::Reshape => vec![(0, Grad::In(Layout::Rep, dy))],
-            OpKind::Linear { d_in, d_out, bias } => self.linear_backward(
+            OpKind::Linear {
+                d_in, d_out, bias, ..
+            } => self.linear_backward(
                 op,
                 path,
                 (e.ins[0], val(0)),
