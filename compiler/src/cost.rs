@@ -280,9 +280,14 @@ struct SegCost {
 /// evaluations over every knob).
 type SegKey = (usize, usize, u64, u64, u64, bool, Recompute, u64);
 
+/// The body's cost, its layer count, the prologue's and the epilogue's.
+type TrainSegments = (SegCost, u64, SegCost, SegCost);
+
+/// Training segment costs by [`SegKey`], while a [`SegmentMemo`] lives.
+type SegmentCache = std::cell::RefCell<Option<std::collections::HashMap<SegKey, TrainSegments>>>;
+
 thread_local! {
-    static SEGMENTS: std::cell::RefCell<Option<std::collections::HashMap<SegKey, (SegCost, u64, SegCost, SegCost)>>> =
-        const { std::cell::RefCell::new(None) };
+    static SEGMENTS: SegmentCache = const { std::cell::RefCell::new(None) };
 }
 
 /// While alive, training evaluations on this thread keep the segment
@@ -584,7 +589,7 @@ impl Evaluator<'_> {
     /// The body's cost (one layer), its layer count, and the prologue's
     /// and epilogue's costs, for one microbatch of `b` samples; from this
     /// thread's memo while a [`SegmentMemo`] is alive.
-    fn train_segments(&self, p: &DesignPoint, b: f64) -> (SegCost, u64, SegCost, SegCost) {
+    fn train_segments(&self, p: &DesignPoint, b: f64) -> TrainSegments {
         let key: SegKey = (
             self.ir as *const Ir as usize,
             self.hw as *const Hardware as usize,
