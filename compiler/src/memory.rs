@@ -214,6 +214,14 @@ pub fn held_factored(
 /// parameters: what a single pipeline stage, running both the embedding
 /// and the output projection, holds once instead of twice.
 pub fn tied_params(ir: &Ir, p: &DesignPoint) -> f64 {
+    // Most models tie nothing: skip the sharded program's lookup.
+    if !ir
+        .segments
+        .iter()
+        .any(|s| s.ops.iter().any(|o| o.tied > 0.0))
+    {
+        return 0.0;
+    }
     (0..ir.segments.len())
         .map(|si| segment_sum(ir, si, p, false, |o| o.tied) * ir.segments[si].count as f64)
         .sum()
