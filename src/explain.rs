@@ -266,7 +266,7 @@ Fix: use the settings docs/LANGUAGE.md lists for the phase."
         "L072" => {
             "A plan or study searches, fixes or pins a knob the planner does not know. The help \
 line suggests the closest knob (`tp`, `pp`, `dp`, `cp`, `ep`, `zero`, `recompute`, \
-`microbatch`, `virtual_stages`, `sequence_parallel`, `batch`).\n\
+`microbatch`, `virtual_stages`, `sequence_parallel`, `batch`, `shard`).\n\
 Fix: correct the knob's name."
         }
         "L073" => {
@@ -353,8 +353,9 @@ Fix: narrow the plan's `search` ranges, or pin knobs with --pin."
         }
         "C012" => {
             "A pin names a knob the plan cannot use: `batch` on a training plan (the workload \
-fixes the global batch), `ep` > 1 on a dense model, or `nodes`.\n\
-Fix: remove the pin."
+fixes the global batch), `ep` > 1 on a dense model, `nodes`, or a `shard` that does not divide \
+dp x cp or is pinned with zero = 0.\n\
+Fix: remove the pin (or choose a divisor of dp x cp with ZeRO on)."
         }
         "C013" => {
             "Warning: a command-line pin (`--fix` or `--pin`) overrides a different value in \

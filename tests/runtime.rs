@@ -335,6 +335,50 @@ fn data_parallel_gradients_match_reference() {
     }
 }
 
+/// LAMB and Adafactor update a tensor from its whole (a trust ratio, row
+/// and column statistics): the runtime steps them on whole blocks (here
+/// at dp = 2, tp = 2 without ZeRO: every block equals its replicated step
+/// and Adafactor holds rows + cols values per matrix block, fewer than
+/// LAMB's two moments) and refuses ZeRO's sharded step (R003).
+#[test]
+fn lamb_and_adafactor_step_whole() {
+    let mut held = Vec::new();
+    for opt in ["lamb", "adafactor"] {
+        let src = model_source(4, 2, 2, 2, 8, 16, 4, 4, None, opt);
+        let c = gantry_lang::check::check_source("p.gantry", &src);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = c.program.workloads["w"].clone();
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        let par = Parallel {
+            dp: 2,
+            tp: 2,
+            pp: 1,
+            cp: 1,
+            microbatch: 2,
+            ..Parallel::default()
+        };
+        let r = exec::run(&w, &par, &cfg).expect("runs");
+        assert!(r.passed(), "{opt}: {r:?}");
+        let s = r.step.as_ref().expect("a step");
+        assert_eq!(s.optimizer, opt);
+        assert!(s.blocks > 0 && s.mismatched.is_empty(), "{s:?}");
+        assert_eq!(s.state, s.state_unsharded);
+        held.push(s.state);
+        let zero = Parallel { zero: 1, ..par };
+        let e = exec::run(&w, &zero, &cfg).expect_err("ZeRO shards no LAMB or Adafactor step");
+        assert!(e.render().contains("R003"), "{}", e.render());
+    }
+    assert!(
+        held[1] < held[0] / 4,
+        "adafactor {} vs lamb {}",
+        held[1],
+        held[0]
+    );
+}
+
 /// A Llama-like model with the given sizes, trained with `optimizer`;
 /// with `extra = Some((count, before))` a second top-level `repeat` of
 /// `count` MLP blocks runs before (or after) the layers. The runtime
@@ -433,7 +477,9 @@ fn divisors(n: usize) -> Vec<usize> {
     (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
-const OPTIMIZERS: [&str; 4] = ["adam", "adamw", "sgd", "adagrad"];
+/// The optimizers whose step ZeRO shards (elementwise updates; LAMB and
+/// Adafactor are stepped whole, `lamb_and_adafactor_step_whole`).
+const OPTIMIZERS: [&str; 5] = ["adam", "adamw", "sgd", "sgd_momentum", "adagrad"];
 
 /// The most simulated devices a random design point uses (threads, each
 /// compiling its own kernels: the cost of a case in debug builds).
@@ -496,7 +542,8 @@ fn check_train(
     );
     prop_assert_eq!(s.zero, par.zero);
     prop_assert!(s.state <= s.state_unsharded, "{:?}", s);
-    if zero_shards {
+    // Plain SGD keeps no state to shard.
+    if zero_shards && s.state_unsharded > 0 {
         prop_assert!(s.state < s.state_unsharded, "{:?}\n{:?}", s, par);
     }
     Ok(())
@@ -514,7 +561,7 @@ proptest! {
     fn random_shardings_match_reference(
         (heads_log, kv_pick, d_head, layers, ff, vocab) in
             (0usize..3, 0usize..3, 1usize..7, 1usize..5, 1usize..16, 1usize..24),
-        (seq_pick, batch_pick, extra_pick, opt) in (0usize..5, 0usize..4, 0usize..8, 0usize..4),
+        (seq_pick, batch_pick, extra_pick, opt) in (0usize..5, 0usize..4, 0usize..8, 0usize..OPTIMIZERS.len()),
         (pipe, split_pick, tp_pick, cp_pick, dp_pick, mb_pick) in
             (0usize..3, 0usize..4, 0usize..3, 0usize..3, 0usize..3, 0usize..3),
         sp in any::<bool>(),
@@ -592,7 +639,7 @@ proptest! {
     fn random_table_shardings_match_reference(
         tables in prop::collection::vec((1usize..9, 1usize..4, 0usize..12), 1..5),
         (dim, dense, bottom, top) in (1usize..5, 1usize..5, 1usize..6, 1usize..6),
-        (bottom_act, top_act, opt) in (0usize..4, 0usize..3, 0usize..4),
+        (bottom_act, top_act, opt) in (0usize..4, 0usize..3, 0usize..OPTIMIZERS.len()),
         (batch_pick, dp_pick, tp_pick, mb_pick, listed) in (0usize..4, 0usize..4, 0usize..3, 0usize..3, 0usize..6),
         zero in 0u8..4,
     ) {

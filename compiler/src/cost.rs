@@ -284,6 +284,43 @@ struct SegCost {
     recompute_flops: f64,
 }
 
+/// What [`Evaluator::segment`] reads of a training point, with the IR
+/// and hardware it prices (by address): tp, cp, ep, sequence
+/// parallelism, recomputation and the microbatch (its bits). A new
+/// dependency of `segment` on a knob must join this key
+/// (`compiler/tests/virtual_stages.rs` compares memoized and fresh
+/// evaluations over every knob).
+type SegKey = (usize, usize, u64, u64, u64, bool, Recompute, u64);
+
+/// The body's cost, its layer count, the prologue's and the epilogue's.
+type TrainSegments = (SegCost, u64, SegCost, SegCost);
+
+/// Training segment costs by [`SegKey`], while a [`SegmentMemo`] lives.
+type SegmentCache = std::cell::RefCell<Option<std::collections::HashMap<SegKey, TrainSegments>>>;
+
+thread_local! {
+    static SEGMENTS: SegmentCache = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, training evaluations on this thread keep the segment
+/// costs of every [`SegKey`] they price: a search prices many points that
+/// differ only in knobs the segments do not read (dp, pp, ZeRO, virtual
+/// stages), and the IR and hardware do not change during it. Dropping it
+/// forgets them.
+pub struct SegmentMemo(());
+
+/// Starts this thread's [`SegmentMemo`].
+pub fn memoize_segments() -> SegmentMemo {
+    SEGMENTS.with(|m| *m.borrow_mut() = Some(std::collections::HashMap::new()));
+    SegmentMemo(())
+}
+
+impl Drop for SegmentMemo {
+    fn drop(&mut self) {
+        SEGMENTS.with(|m| *m.borrow_mut() = None);
+    }
+}
+
 /// Evaluates design points of one workload on one system.
 pub struct Evaluator<'a> {
     pub ir: &'a Ir,
@@ -618,6 +655,50 @@ impl Evaluator<'_> {
         crate::point::stage_layers(self.ir.layers(), p.pp, times)
     }
 
+    /// The body's cost (one layer), its layer count, and the prologue's
+    /// and epilogue's costs, for one microbatch of `b` samples; from this
+    /// thread's memo while a [`SegmentMemo`] is alive.
+    fn train_segments(&self, p: &DesignPoint, b: f64) -> TrainSegments {
+        let key: SegKey = (
+            self.ir as *const Ir as usize,
+            self.hw as *const Hardware as usize,
+            p.tp,
+            p.cp,
+            p.ep,
+            p.sequence_parallel,
+            p.recompute,
+            b.to_bits(),
+        );
+        if let Some(hit) = SEGMENTS.with(|m| m.borrow().as_ref().and_then(|m| m.get(&key).copied()))
+        {
+            return hit;
+        }
+        let ir = self.ir;
+        let mut body = SegCost::default();
+        let mut layers = 0u64;
+        let mut pro = SegCost::default();
+        let mut epi = SegCost::default();
+        for (si, role) in memory::roles(ir).into_iter().enumerate() {
+            let sc = self.segment(si, p, b, true);
+            let s = &ir.segments[si];
+            match role {
+                Role::Body => {
+                    body = sc;
+                    layers = s.count;
+                }
+                Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
+                Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
+            }
+        }
+        let out = (body, layers, pro, epi);
+        SEGMENTS.with(|m| {
+            if let Some(m) = m.borrow_mut().as_mut() {
+                m.insert(key, out);
+            }
+        });
+        out
+    }
+
     fn train(&self, p: &DesignPoint) -> Estimate {
         let ir = self.ir;
         let hw = self.hw;
@@ -637,20 +718,7 @@ impl Evaluator<'_> {
         let beta = ir.act_bytes;
 
         // Costs of each segment once, for one microbatch.
-        let mut body = SegCost::default();
-        let mut pro = SegCost::default();
-        let mut epi = SegCost::default();
-        for (si, role) in memory::roles(ir).into_iter().enumerate() {
-            let sc = self.segment(si, p, b, true);
-            let s = &ir.segments[si];
-            match role {
-                Role::Body => {
-                    body = sc;
-                }
-                Role::Prologue => pro = add_seg(&pro, &sc, s.count as f64),
-                Role::Epilogue => epi = add_seg(&epi, &sc, s.count as f64),
-            }
-        }
+        let (body, _layers, pro, epi) = self.train_segments(p, b);
         // Forward passes per microbatch and layer: one, and the recomputed
         // share again.
         let whole = ir.layers_recomputed(p.recompute);
@@ -719,7 +787,11 @@ impl Evaluator<'_> {
         // Data parallelism: gradient reduction and ZeRO traffic.
         let mut comms = Vec::new();
         // Embedding tables are model-parallel: only dense gradients are reduced.
-        let dense_params = params_gpu - memory::table_params(ir);
+        // A tied output projection shares the embedding's weight when one
+        // stage runs both; with a pipeline the last stage keeps a copy.
+        let tied = memory::tied_params(ir, p);
+        let dense_params =
+            params_gpu - memory::table_params(ir) - if n_stages == 1 { tied } else { 0.0 };
         let grad_bytes = dense_params * beta;
         // Expert weights live on `ep` ranks of the data-parallel group: their
         // gradients are reduced over the other `dp cp / ep` only.
@@ -729,9 +801,18 @@ impl Evaluator<'_> {
             stage_layers[0] as f64
         };
         let expert_params = (expert_layers * body.expert_params).min(dense_params);
+        // Adafactor's factored second moment: per-tensor shapes, read from
+        // the IR only for optimizers that keep one.
+        let (factored, expert_factored) = if memory::factored_states(optimizer) > 0.0 {
+            memory::held_factored(ir, p, &stage_layers, slow, expert_layers)
+        } else {
+            (0.0, 0.0)
+        };
         let held = Held {
             dense: dense_params - expert_params,
             expert: expert_params,
+            dense_factored: factored - expert_factored,
+            expert_factored,
         };
         let expert_bytes = held.expert * beta;
         let dense_bytes = held.dense * beta;
@@ -741,19 +822,38 @@ impl Evaluator<'_> {
         // parallelism), tensor-parallel ranks apart.
         let dp_group = p.dp * p.cp;
         let dp_stride = p.tp;
+        // ZeRO's group: `shard` ranks (all dp x cp unless HSDP), tp apart;
+        // HSDP's `replicas` of it all-reduce their gradient shards, tp x
+        // shard apart.
+        let (zgroup, replicas) = if p.zero >= 1 {
+            (p.shard.clamp(1, dp_group.max(1)), p.replicas())
+        } else {
+            (dp_group, 1)
+        };
+        let (zdense, zexpert) = memory::zero_groups(p);
+        let shard_bytes = dense_bytes / zdense + expert_bytes / zexpert;
+        let t_replicas = if replicas > 1 {
+            topo.time(
+                Collective::AllReduce,
+                replicas,
+                dp_stride * zgroup,
+                shard_bytes,
+            )
+        } else {
+            0.0
+        };
         // Bytes each member sends per byte of a ring collective's buffer.
         let ring = |n: u64| (n.max(1) - 1) as f64 / n.max(1) as f64;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
         let mut dp_exposed = 0.0;
         if dp_group > 1 {
-            let level = topo.level(dp_group, dp_stride);
             if p.zero >= 3 {
-                // ZeRO-3 gathers each parameter tensor before every forward
-                // (and recomputed forward) and backward use, and
-                // reduce-scatters its gradient: one collective per tensor,
-                // each paying the ring's latency over the whole dp group.
-                // They are on the critical path (fetches wait for compute
-                // to need them; measured ZeRO-3 runs scale that way).
+                // ZeRO-3 gathers each parameter tensor before its forward
+                // and backward use, and reduce-scatters its gradient: one
+                // collective per tensor, each paying the ring's latency
+                // over the shard group. `overlap = { fsdp = false }` puts
+                // them on the critical path (the 2021 ZeRO-3 of section A
+                // scales that way); by default they are prefetched.
                 let overlap = ir.kernels.overlap.fsdp;
                 // Without overlap every recomputed forward gathers again;
                 // prefetching FSDP gathers once for the backward and its
@@ -794,8 +894,8 @@ impl Evaluator<'_> {
                     {
                         let n = (o.tensors * o.mult).max(1.0);
                         let bytes = o.params * o.mult * beta / p.tp as f64 / n;
-                        ag += n * topo.time(Collective::AllGather, dp_group, dp_stride, bytes);
-                        rs += n * topo.time(Collective::ReduceScatter, dp_group, dp_stride, bytes);
+                        ag += n * topo.time(Collective::AllGather, zgroup, dp_stride, bytes);
+                        rs += n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes);
                     }
                     let unit = if role == Role::Body {
                         1.0
@@ -825,16 +925,35 @@ impl Evaluator<'_> {
                 comms.push(Comm {
                     what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
                     collective: Collective::AllGather,
-                    group: dp_group,
-                    level,
-                    algorithm: topo.algorithm(Collective::AllGather, dp_group, dp_stride),
-                    bytes: (gathers + m) * grad_bytes * ring(dp_group),
+                    group: zgroup,
+                    level: topo.level(zgroup, dp_stride),
+                    algorithm: topo.algorithm(Collective::AllGather, zgroup, dp_stride),
+                    bytes: (gathers + rounds) * grad_bytes * ring(zgroup),
                     time: total,
                     exposed: dp_exposed,
                 });
+                // HSDP: each microbatch's gradient shards all-reduced over
+                // the replicas, on the critical path like the rest.
+                if replicas > 1 {
+                    dp_exposed += m * t_replicas;
+                    comms.push(Comm {
+                        what: "HSDP gradient-shard all-reduce over replicas",
+                        collective: Collective::AllReduce,
+                        group: replicas,
+                        level: topo.level(replicas, dp_stride * zgroup),
+                        algorithm: topo.algorithm(
+                            Collective::AllReduce,
+                            replicas,
+                            dp_stride * zgroup,
+                        ),
+                        bytes: m * 2.0 * shard_bytes * ring(replicas),
+                        time: m * t_replicas,
+                        exposed: m * t_replicas,
+                    });
+                }
             } else {
-                let expert_group = (dp_group / p.ep.max(1)).max(1);
-                let t_ar = topo.time(Collective::AllReduce, dp_group, dp_stride, dense_bytes)
+                let expert_group = (zgroup / p.ep.max(1)).max(1);
+                let t_ar = topo.time(Collective::AllReduce, zgroup, dp_stride, dense_bytes)
                     + if expert_bytes > 0.0 && expert_group > 1 {
                         topo.time(
                             Collective::AllReduce,
@@ -853,15 +972,55 @@ impl Evaluator<'_> {
                         "data-parallel gradient all-reduce"
                     },
                     collective: Collective::AllReduce,
-                    group: dp_group,
-                    level,
-                    algorithm: topo.algorithm(Collective::AllReduce, dp_group, dp_stride),
-                    bytes: 2.0 * dense_bytes * ring(dp_group)
+                    group: zgroup,
+                    level: topo.level(zgroup, dp_stride),
+                    algorithm: topo.algorithm(Collective::AllReduce, zgroup, dp_stride),
+                    bytes: 2.0 * dense_bytes * ring(zgroup)
                         + 2.0 * expert_bytes * ring(expert_group),
                     time: t_ar,
                     exposed: dp_exposed,
                 });
+                // HSDP: the gradient shards all-reduced over the replicas
+                // once per step, overlapping the last backward after the
+                // shard group's reduction.
+                if replicas > 1 {
+                    let exposed = (t_ar + t_replicas - t_bwd_last).max(0.0) - dp_exposed;
+                    dp_exposed += exposed;
+                    comms.push(Comm {
+                        what: "HSDP gradient-shard all-reduce over replicas",
+                        collective: Collective::AllReduce,
+                        group: replicas,
+                        level: topo.level(replicas, dp_stride * zgroup),
+                        algorithm: topo.algorithm(
+                            Collective::AllReduce,
+                            replicas,
+                            dp_stride * zgroup,
+                        ),
+                        bytes: 2.0 * shard_bytes * ring(replicas),
+                        time: t_replicas,
+                        exposed,
+                    });
+                }
             }
+        }
+        // Tied embeddings across a pipeline: the first and last stages'
+        // copies sum their gradients once per step (Megatron-LM's
+        // embedding group), after the backward, before the optimizer.
+        if n_stages > 1 && tied > 0.0 {
+            let bytes = tied * beta;
+            let stride = stride_pp * (pp - 1);
+            let t = topo.time(Collective::AllReduce, 2, stride, bytes);
+            dp_exposed += t;
+            comms.push(Comm {
+                what: "tied embedding gradient all-reduce (first and last stage)",
+                collective: Collective::AllReduce,
+                group: 2,
+                level: topo.level(2, stride),
+                algorithm: topo.algorithm(Collective::AllReduce, 2, stride),
+                bytes: 2.0 * bytes * ring(2),
+                time: t,
+                exposed: t,
+            });
         }
         // Embedding-bag all-to-all (recommendation models): pooled lookups
         // are exchanged between the table owners and the data-parallel
@@ -1004,14 +1163,20 @@ impl Evaluator<'_> {
         }
 
         // Optimizer: a streaming update over this rank's share of the states.
-        let bytes_per_param = match optimizer {
-            Optimizer::Adam | Optimizer::AdamW => 16.0 + 12.0 + beta,
-            Optimizer::Adagrad => 12.0 + 8.0 + beta,
-            Optimizer::Sgd => 8.0 + 4.0 + beta,
+        // Bytes per parameter and per factored value (memory::step_bytes).
+        let (bytes_per_param, bytes_per_factored) = memory::step_bytes(optimizer, beta);
+        // Under ZeRO each rank updates its share: dense state over the
+        // `shard` ranks (all dp x cp by default), experts' over `shard / ep`.
+        let (sd, se) = if p.zero >= 1 {
+            (zdense, zexpert)
+        } else {
+            (1.0, 1.0)
         };
-        let shard = if p.zero >= 1 { p.dp as f64 } else { 1.0 };
         // Embedding tables are updated sparsely in their backward pass.
-        let opt_time = dense_params / shard * bytes_per_param / (hw.hbm_bandwidth * hw.e_memory);
+        let opt_time = ((held.dense * bytes_per_param + held.dense_factored * bytes_per_factored)
+            / sd
+            + (held.expert * bytes_per_param + held.expert_factored * bytes_per_factored) / se)
+            / (hw.hbm_bandwidth * hw.e_memory);
 
         // Memory of the most loaded stage (the first: it holds the most
         // microbatches in flight): its parameters' state, and activations.
@@ -1222,7 +1387,7 @@ impl Evaluator<'_> {
         let mut memory = self.state_memory(
             Held {
                 dense: params / pp,
-                expert: 0.0,
+                ..Held::default()
             },
             p,
         );

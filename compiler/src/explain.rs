@@ -130,6 +130,10 @@ fn diff_knobs(a: &Estimate, b: &Estimate) -> String {
     d!(virtual_stages, "virtual_stages");
     d!(sequence_parallel, "sequence_parallel");
     d!(batch, "batch");
+    // The ZeRO group follows dp x cp unless one point is HSDP.
+    if (p.replicas() > 1 || q.replicas() > 1) && p.shard != q.shard {
+        v.push(format!("shard={} instead of {}", q.shard, p.shard));
+    }
     if p.recompute != q.recompute {
         v.push(format!(
             "recompute={} instead of {}",

@@ -276,6 +276,18 @@ pub struct IrOp {
     /// Parameter tensors (a weight and a bias are two), for per-tensor
     /// collectives such as ZeRO-3 gathers.
     pub tensors: f64,
+    /// Values of a factored second moment (Adafactor) of the op's dense
+    /// parameters: `rows + cols` per weight matrix (per matrix of a stack
+    /// of experts), the whole size of a vector (bias, norm gain). Zero for
+    /// embedding tables, which keep theirs in [`IrOp::table_factored`].
+    pub factored: f64,
+    /// The same for the embedding tables of an embedding bag, in bytes of
+    /// the tables' dtype: `(rows + dim) x bytes` per table.
+    pub table_factored: f64,
+    /// Of `params`, those shared with the token embedding (a tied output
+    /// projection's weight): held once when one stage runs both, a copy
+    /// on the last stage otherwise (Megatron-LM).
+    pub tied: f64,
     /// Nested-repeat multiplicity inside its segment.
     pub mult: f64,
     /// Backward FLOPs as a multiple of the forward's: 2 for products (the
@@ -322,6 +334,9 @@ impl IrOp {
             cast_fwd: 0.0,
             cast_bwd: 0.0,
             side_bytes: 0.0,
+            factored: 0.0,
+            table_factored: 0.0,
+            tied: 0.0,
             args: Vec::new(),
             tables: Vec::new(),
             kernels: 1.0,
@@ -359,7 +374,8 @@ impl Segment {
         let mut t = Totals::default();
         for o in &self.ops {
             t.flops += o.flops * o.mult;
-            t.params += o.params * o.mult;
+            // A tied weight is the embedding's: counted once.
+            t.params += (o.params - o.tied) * o.mult;
             t.saved += (o.saved_rep + o.saved_shard) * o.mult;
             t.table_bytes += o.table_bytes * o.mult;
         }
@@ -801,13 +817,22 @@ impl Lowering<'_> {
         let out_n = self.n(op.output);
         let in_n: f64 = op.inputs.iter().map(|i| self.n(*i)).sum();
         let mut o = match &op.kind {
-            OpKind::Linear { d_in, d_out, bias } => {
+            OpKind::Linear {
+                d_in,
+                d_out,
+                bias,
+                tied,
+            } => {
                 let (di, dout) = (*d_in as f64, *d_out as f64);
                 let m = in_n / di;
                 let mut o = IrOp::new("linear", Class::Matmul);
                 o.flops = 2.0 * m * di * dout;
                 o.params = di * dout + if *bias { dout } else { 0.0 };
                 o.tensors = if *bias { 2.0 } else { 1.0 };
+                o.factored = di + dout + if *bias { dout } else { 0.0 };
+                if *tied {
+                    o.tied = di * dout;
+                }
                 o.bytes = beta * (m * di + m * dout);
                 self.save(&mut o, op.inputs[0], beta);
                 o.gemm = Some(Gemm {
@@ -942,6 +967,7 @@ impl Lowering<'_> {
                 let mut o = IrOp::new("embedding", Class::Embedding);
                 o.params = (*vocab * *dim) as f64;
                 o.tensors = 1.0;
+                o.factored = (*vocab + *dim) as f64;
                 o.bytes = beta * 2.0 * out_n;
                 o.lookup_bytes = beta * out_n;
                 o
@@ -952,6 +978,7 @@ impl Lowering<'_> {
                     let tb = t.dtype.bytes().unwrap_or(4) as f64;
                     o.params += (t.rows * t.dim) as f64;
                     o.table_bytes += (t.rows * t.dim) as f64 * tb;
+                    o.table_factored += (t.rows + t.dim) as f64 * tb;
                     o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
                     o.tables.push((
                         t.name.clone(),
@@ -973,6 +1000,7 @@ impl Lowering<'_> {
                     o.flops += 2.0 * m * a * b;
                     o.params += a * b + b;
                     o.tensors += 2.0;
+                    o.factored += a + b + b;
                     o.kernels += 2.0;
                     // Input of each layer and its activation are saved.
                     o.saved_rep += beta * m * (a + b);
@@ -1023,6 +1051,8 @@ impl Lowering<'_> {
                 o.flops = 2.0 * tokens * d * e + k * tokens * 6.0 * d * f;
                 o.params = d * e + e * 3.0 * d * f;
                 o.tensors = 1.0 + 3.0 * e;
+                // The router (d x e), then three d x f matrices per expert.
+                o.factored = d + e + 3.0 * e * (d + f);
                 o.bytes = beta * tokens * (2.0 * d + k * (2.0 * d + 3.0 * f));
                 o.saved_shard = beta * tokens * k * (d + 3.0 * f);
                 o.gemm = Some(Gemm {
@@ -1100,6 +1130,7 @@ impl Lowering<'_> {
                     };
                     o.params = *dim as f64 * n;
                     o.tensors = n;
+                    o.factored = o.params;
                 }
                 o
             }

@@ -19,15 +19,43 @@ use crate::cost::{Evaluator, Memory};
 use crate::ir::{Class, Ir, IrOp, SegmentKind};
 use crate::point::DesignPoint;
 
-/// Optimizer-state values per parameter, kept in fp32: Adam and AdamW two
-/// moments, Adagrad the sum of squared gradients, SGD none (plain SGD, as
-/// the DLRM references run it).
+/// Optimizer-state values per parameter, kept in fp32: Adam, AdamW and
+/// LAMB two moments, Adagrad the sum of squared gradients, SGD with
+/// momentum its buffer, plain SGD (as the DLRM references run it) and
+/// Adafactor (no first moment; its second moment is factored, see
+/// [`factored_states`]) none.
 pub fn optimizer_states(opt: Optimizer) -> f64 {
     match opt {
-        Optimizer::Adam | Optimizer::AdamW => 2.0,
-        Optimizer::Adagrad => 1.0,
-        Optimizer::Sgd => 0.0,
+        Optimizer::Adam | Optimizer::AdamW | Optimizer::Lamb => 2.0,
+        Optimizer::Adagrad | Optimizer::SgdMomentum => 1.0,
+        Optimizer::Sgd | Optimizer::Adafactor => 0.0,
     }
+}
+
+/// fp32 state values per factored value of the parameters
+/// ([`IrOp::factored`]: `rows + cols` per weight matrix, the whole of a
+/// vector): Adafactor's row and column statistics of the second moment,
+/// 1; every other optimizer keeps per-parameter state only, 0.
+pub fn factored_states(opt: Optimizer) -> f64 {
+    match opt {
+        Optimizer::Adafactor => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// HBM bytes one optimizer step moves, per parameter and per factored
+/// value ([`IrOp::factored`]), with `beta` bytes per element of the
+/// compute dtype. Every optimizer reads the fp32 master weight and the
+/// fp32 gradient, writes the master weight back and writes the
+/// compute-dtype copy (12 + beta); each fp32 state value is read and
+/// written (8 more per value). LAMB's trust ratio (one per tensor) reads
+/// the master weights and the update once more (8). Adafactor reads and
+/// writes its row and column statistics (8 per factored value) and forms
+/// each element's second moment from them on the fly.
+pub fn step_bytes(opt: Optimizer, beta: f64) -> (f64, f64) {
+    let per_param = 12.0 + beta + 8.0 * optimizer_states(opt);
+    let trust_ratio = if opt == Optimizer::Lamb { 8.0 } else { 0.0 };
+    (per_param + trust_ratio, 8.0 * factored_states(opt))
 }
 
 /// The workload's optimizer (`None` when it does not train).
@@ -36,6 +64,15 @@ pub fn optimizer(ir: &Ir) -> Option<Optimizer> {
         Phase::Train { optimizer, .. } => Some(optimizer),
         _ => None,
     }
+}
+
+/// The ranks ZeRO shards state over: `shard` for dense parameters (every
+/// data x context parallel rank unless HSDP pins fewer), `shard / ep` for
+/// experts (the expert-parallel ranks lie within the shard group, as
+/// torchtitan's `dp_shard_mod_ep`), at least 1 each.
+pub fn zero_groups(p: &DesignPoint) -> (f64, f64) {
+    let s = p.shard.max(1);
+    (s as f64, (s / p.ep.max(1)).max(1) as f64)
 }
 
 /// Parameters one device holds on its pipeline stage, by how ZeRO shards
@@ -48,6 +85,11 @@ pub struct Held {
     /// Expert parameters, already divided over `ep` (the same on the
     /// `dp x cp / ep` ranks that hold the same experts).
     pub expert: f64,
+    /// Factored second-moment values ([`IrOp::factored`]) of the dense
+    /// parameters held, split like them (read only for Adafactor).
+    pub dense_factored: f64,
+    /// The same of the expert parameters held.
+    pub expert_factored: f64,
 }
 
 /// What a segment is to the pipeline: the repeated body that is split into
@@ -74,12 +116,22 @@ pub fn roles(ir: &Ir) -> Vec<Role> {
         .collect()
 }
 
-/// Parameters of one op on one device: divided over the tensor-parallel
-/// ranks when the op's work is sharded (elementwise ops keep whole
-/// parameters), and experts over the expert-parallel ranks.
 /// Parameters one device holds of segment `si` (only the experts' with
 /// `experts_only`), each op split as the program on `p.tp` splits it.
 fn segment_params(ir: &Ir, si: usize, p: &DesignPoint, experts_only: bool) -> f64 {
+    segment_sum(ir, si, p, experts_only, |o| o.params)
+}
+
+/// `value` of each op of segment `si` (only the experts' with
+/// `experts_only`) on one device, split like the op's parameters
+/// ([`op_split`]).
+fn segment_sum(
+    ir: &Ir,
+    si: usize,
+    p: &DesignPoint,
+    experts_only: bool,
+    value: impl Fn(&IrOp) -> f64,
+) -> f64 {
     let table = ir.tp_table(p.tp as usize, false);
     ir.segments[si]
         .ops
@@ -92,12 +144,16 @@ fn segment_params(ir: &Ir, si: usize, p: &DesignPoint, experts_only: bool) -> f6
                 .get(si)
                 .and_then(|s| s.get(j))
                 .is_some_and(|x| x.sharded);
-            op_params(o, sharded, p)
+            value(o) * o.mult / op_split(o, sharded, p)
         })
         .sum()
 }
 
-pub fn op_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
+/// Into how many parts one op's parameters are split on one device:
+/// the tensor-parallel ranks when the op's work is sharded (elementwise
+/// ops keep whole parameters), times the expert-parallel ranks for
+/// experts.
+pub fn op_split(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
     let psplit = if sharded && o.class != Class::Elementwise {
         p.tp as f64
     } else {
@@ -108,7 +164,67 @@ pub fn op_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
     } else {
         1.0
     };
-    o.params * o.mult / psplit / esplit
+    psplit * esplit
+}
+
+/// Parameters of one op on one device ([`op_split`]).
+pub fn op_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
+    o.params * o.mult / op_split(o, sharded, p)
+}
+
+/// Factored second-moment values ([`IrOp::factored`]) one device holds,
+/// all and the experts', for the stage split `stage_layers`: like the
+/// parameters the evaluator charges ([`crate::cost`]: the larger of the
+/// slowest stage's and the first stage's), the larger of the two stages'
+/// values, and the experts' of `expert_layers` layers. A factored matrix
+/// split over tensor-parallel ranks counts `(rows + cols) / tp` per rank,
+/// split like its parameters (a rank factoring its own block holds
+/// `rows / tp + cols` or `rows + cols / tp`; the difference is a few
+/// values per row of a matrix, against the matrix's fp32 master copy).
+pub fn held_factored(
+    ir: &Ir,
+    p: &DesignPoint,
+    stage_layers: &[u64],
+    slow: usize,
+    expert_layers: f64,
+) -> (f64, f64) {
+    let (mut body, mut body_expert, mut pro, mut epi) = (0.0, 0.0, 0.0, 0.0);
+    for (si, (s, role)) in ir.segments.iter().zip(roles(ir)).enumerate() {
+        let all = segment_sum(ir, si, p, false, |o| o.factored);
+        match role {
+            Role::Body => {
+                body = all;
+                body_expert = segment_sum(ir, si, p, true, |o| o.factored);
+            }
+            Role::Prologue => pro += all * s.count as f64,
+            Role::Epilogue => epi += all * s.count as f64,
+        }
+    }
+    let n = stage_layers.len();
+    let stage = |i: usize| {
+        stage_layers.get(i).copied().unwrap_or(0) as f64 * body
+            + if i == 0 { pro } else { 0.0 }
+            + if i + 1 == n { epi } else { 0.0 }
+    };
+    let all = stage(slow).max(stage(0));
+    (all, (expert_layers * body_expert).min(all))
+}
+
+/// Tied weights ([`IrOp::tied`]) one device holds, split like their
+/// parameters: what a single pipeline stage, running both the embedding
+/// and the output projection, holds once instead of twice.
+pub fn tied_params(ir: &Ir, p: &DesignPoint) -> f64 {
+    // Most models tie nothing: skip the sharded program's lookup.
+    if !ir
+        .segments
+        .iter()
+        .any(|s| s.ops.iter().any(|o| o.tied > 0.0))
+    {
+        return 0.0;
+    }
+    (0..ir.segments.len())
+        .map(|si| segment_sum(ir, si, p, false, |o| o.tied) * ir.segments[si].count as f64)
+        .sum()
 }
 
 /// Parameters of the embedding tables (sharded over all devices, counted
@@ -127,9 +243,10 @@ impl Evaluator<'_> {
     /// dtype is narrower), optimizer state with an fp32 master copy for
     /// narrow dtypes, the embedding tables with their optimizer state, and
     /// the reserve. ZeRO-1 shards the optimizer state, ZeRO-2 also the
-    /// gradients, ZeRO-3 also the weights, over the ranks that hold the
-    /// same parameters: `dp x cp` for dense ones, `dp x cp / ep` for
-    /// experts. Inference holds weights only.
+    /// gradients, ZeRO-3 also the weights, over the ranks of the ZeRO group
+    /// ([`zero_groups`]: `shard`, by default all `dp x cp` ranks that hold
+    /// the same parameters, for dense ones; `shard / ep` for experts).
+    /// Inference holds weights only.
     pub fn state_memory(&self, held: Held, p: &DesignPoint) -> Memory {
         let beta = self.ir.act_bytes;
         let mut m = Memory {
@@ -141,9 +258,7 @@ impl Evaluator<'_> {
             m.weights = (held.dense + held.expert) * beta;
             return m;
         };
-        let group = (p.dp * p.cp).max(1);
-        let dense_group = group as f64;
-        let expert_group = (group / p.ep.max(1)).max(1) as f64;
+        let (dense_group, expert_group) = zero_groups(p);
         // Bytes of `bytes_per_param` per held parameter, sharded from ZeRO
         // stage `stage` on.
         let sharded = |bytes_per_param: f64, stage: u8| {
@@ -158,6 +273,15 @@ impl Evaluator<'_> {
         m.weights = sharded(beta, 3);
         m.gradients = sharded(beta.max(4.0), 2);
         m.optimizer = sharded(4.0 * optimizer_states(opt) + master, 1);
+        // Adafactor's row and column statistics, sharded like the rest of
+        // the optimizer state.
+        let (fd, fe) = if p.zero >= 1 {
+            (dense_group, expert_group)
+        } else {
+            (1.0, 1.0)
+        };
+        m.optimizer +=
+            4.0 * factored_states(opt) * (held.dense_factored / fd + held.expert_factored / fe);
         // Tables are sharded over all devices, with their optimizer state
         // (stored in their own dtype: no master copy).
         let tables: f64 = self
@@ -167,7 +291,15 @@ impl Evaluator<'_> {
             .flat_map(|s| s.ops.iter())
             .filter(|o| o.table_bytes > 0.0)
             .fold(0.0, |a, o| a + o.table_bytes * o.mult);
-        m.embeddings = tables * (1.0 + optimizer_states(opt)) / p.devices().max(1) as f64;
+        let table_factored: f64 = self
+            .ir
+            .segments
+            .iter()
+            .flat_map(|s| s.ops.iter())
+            .fold(0.0, |a, o| a + o.table_factored * o.mult);
+        m.embeddings = (tables * (1.0 + optimizer_states(opt))
+            + table_factored * factored_states(opt))
+            / p.devices().max(1) as f64;
         m
     }
 
@@ -228,7 +360,7 @@ impl Evaluator<'_> {
             let mut m = self.state_memory(
                 Held {
                     dense: params / pp as f64,
-                    expert: 0.0,
+                    ..Held::default()
                 },
                 p,
             );
@@ -253,12 +385,38 @@ impl Evaluator<'_> {
                 Role::Epilogue => epi += all * s.count as f64,
             }
         }
-        let held = min_layers * body + pro + if pp == 1 { epi } else { 0.0 } - table_params(ir);
+        // One stage holds a tied weight once (as the evaluator counts it).
+        let held = min_layers * body
+            + pro
+            + if pp == 1 {
+                epi - tied_params(ir, p)
+            } else {
+                0.0
+            }
+            - table_params(ir);
         let expert = (min_layers * body_expert).min(held);
+        // Factored values at the same layers: the first stage's with the
+        // fewest layers (never above the larger of the first and slowest
+        // stages' the evaluator charges).
+        let (factored, expert_factored) =
+            if factored_states(optimizer(ir).unwrap_or(Optimizer::Adam)) > 0.0 {
+                let split = if pp == 1 {
+                    vec![min_layers as u64]
+                } else {
+                    let mut v = vec![0; pp as usize];
+                    v[0] = min_layers as u64;
+                    v
+                };
+                held_factored(ir, p, &split, 0, min_layers)
+            } else {
+                (0.0, 0.0)
+            };
         let mut m = self.state_memory(
             Held {
                 dense: held - expert,
                 expert,
+                dense_factored: factored - expert_factored,
+                expert_factored,
             },
             p,
         );

@@ -309,6 +309,7 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
         virtual_stages: 1,
         sequence_parallel: false,
         batch: 1,
+        shard: 1,
     };
     let block = crate::egraph::saturate(
         body,

@@ -6,7 +6,8 @@
 //! recompute = none, microbatch = the per-replica batch without pipeline
 //! parallelism and 1 with it, virtual_stages = 1,
 //! sequence_parallel = false, batch = the workload's batch (for inference,
-//! per model replica: dp replicas serve dp times the batch).
+//! per model replica: dp replicas serve dp times the batch), shard = dp *
+//! cp (ZeRO over every data x context parallel rank; smaller is HSDP).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,11 +56,20 @@ pub struct DesignPoint {
     pub sequence_parallel: bool,
     /// Inference batch (decode/prefill); training uses the global batch.
     pub batch: u64,
+    /// Ranks one ZeRO/FSDP group spans (divides `dp x cp`; `dp x cp`
+    /// unless pinned): with fewer, `dp x cp / shard` replicas of the
+    /// sharded state (HSDP) all-reduce their gradient shards.
+    pub shard: u64,
 }
 
 impl DesignPoint {
     pub fn devices(&self) -> u64 {
         self.dp * self.tp * self.pp * self.cp
+    }
+    /// Replicas of the ZeRO-sharded state: `dp x cp / shard` (1 unless
+    /// HSDP).
+    pub fn replicas(&self) -> u64 {
+        (self.dp * self.cp / self.shard.max(1)).max(1)
     }
 }
 
@@ -67,7 +77,7 @@ impl fmt::Display for DesignPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sp={} batch={}",
+            "dp={} tp={} pp={} cp={} ep={} zero={} recompute={} microbatch={} virtual_stages={} sp={} batch={}{}",
             self.dp,
             self.tp,
             self.pp,
@@ -78,7 +88,13 @@ impl fmt::Display for DesignPoint {
             self.microbatch,
             self.virtual_stages,
             self.sequence_parallel,
-            self.batch
+            self.batch,
+            // Shown only for HSDP, so the usual points read as before.
+            if self.replicas() > 1 {
+                format!(" shard={}", self.shard)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -247,6 +263,7 @@ pub struct Knobs {
     pub zero: Option<i64>,
     pub recompute: Option<Recompute>,
     pub sequence_parallel: Option<bool>,
+    pub shard: Option<i64>,
 }
 
 impl Knobs {
@@ -267,6 +284,7 @@ impl Knobs {
             virtual_stages: int("virtual_stages"),
             batch: int("batch"),
             zero: int("zero"),
+            shard: int("shard"),
             recompute: match pins.get("recompute") {
                 Some(Pin::Choice(c)) => Some(Recompute::parse(c).unwrap_or(Recompute::None)),
                 _ => None,
@@ -290,6 +308,7 @@ impl Knobs {
             "virtual_stages" => self.virtual_stages,
             "batch" => self.batch,
             "zero" => self.zero,
+            "shard" => self.shard,
             _ => None,
         }
     }
@@ -319,6 +338,7 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
         "microbatch",
         "virtual_stages",
         "batch",
+        "shard",
     ] {
         if let Some(v) = knobs.int(k)
             && v < 1
@@ -375,6 +395,31 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
             "zero",
             format!("`zero` is a ZeRO stage 0-3, got {zero}"),
             "use 0, 1, 2 or 3",
+        ));
+    }
+    // The ZeRO/FSDP group: every data x context parallel rank unless
+    // pinned; a pinned one must divide them, and shards nothing without
+    // ZeRO.
+    let group = dp.saturating_mul(cp);
+    let shard = knobs.shard.unwrap_or(group);
+    if knobs.shard.is_some() && group % shard.max(1) != 0 {
+        return Err(err(
+            Code::C012,
+            "shard",
+            format!(
+                "shard = {shard} does not divide the dp x cp = {dp} x {cp} = {group} ranks holding the same parameters"
+            ),
+            format!(
+                "choose shard among the divisors of {group}; dp x cp / shard replicas of the sharded state all-reduce their gradients (HSDP)"
+            ),
+        ));
+    }
+    if shard != group && zero == 0 {
+        return Err(err(
+            Code::C012,
+            "shard",
+            format!("shard = {shard} but zero = 0: nothing is sharded"),
+            "pin zero = 1, 2 or 3 to shard optimizer state (and gradients, weights) over `shard` ranks, or leave `shard` out",
         ));
     }
     let recompute = knobs.recompute.unwrap_or(Recompute::None);
@@ -530,6 +575,7 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
         virtual_stages: virtual_stages as u64,
         sequence_parallel,
         batch: batch as u64,
+        shard: shard as u64,
     })
 }
 

@@ -141,7 +141,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "dp": p.dp, "tp": p.tp, "pp": p.pp, "cp": p.cp, "ep": p.ep, "zero": p.zero,
             "recompute": p.recompute.name(), "microbatch": p.microbatch,
             "virtual_stages": p.virtual_stages, "sequence_parallel": p.sequence_parallel,
-            "batch": p.batch, "stage_layers": e.stage_layers,
+            "batch": p.batch, "shard": p.shard, "stage_layers": e.stage_layers,
             "whole_ops": ev.ir.whole(p.tp as usize).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
         "feasible": e.feasible,
@@ -239,7 +239,8 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         p.microbatch,
         p.virtual_stages,
         p.sequence_parallel,
-        if matches!(ev.ir.phase, Phase::Train { .. }) { String::new() } else { format!(" batch={}", p.batch) },
+        if matches!(ev.ir.phase, Phase::Train { .. }) { String::new() } else { format!(" batch={}", p.batch) }
+            + &if p.replicas() > 1 { format!(" shard={} (HSDP: {} replicas)", p.shard, p.replicas()) } else { String::new() },
     ));
     if p.pp > 1 {
         let layers: Vec<String> = e.stage_layers.iter().map(|l| l.to_string()).collect();

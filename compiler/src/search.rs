@@ -34,9 +34,47 @@ pub struct Space {
     pub zero: Vec<i64>,
     pub recompute: Vec<&'static str>,
     pub microbatch: Option<Vec<i64>>,
-    pub virtual_stages: Vec<i64>,
+    /// `None`: `auto` (the default in training): on `pp` stages every `v`
+    /// with `v x pp <= layers` ([`max_virtual_stages`]), `v > 1` only where
+    /// the microbatches per replica are a multiple of `pp` (Megatron-LM's
+    /// interleaved schedule); other points are not in the space.
+    pub virtual_stages: Option<Vec<i64>>,
     pub sequence_parallel: Vec<bool>,
     pub batch: Option<Vec<i64>>,
+    /// Layers of the pipelined repeat (what bounds `auto` virtual stages).
+    pub layers: i64,
+    /// The ZeRO group (`shard` knob): `None` is every dp x cp rank, the
+    /// default; with `shard_auto` every divisor of dp x cp (HSDP) where
+    /// ZeRO is on.
+    pub shard: Option<Vec<i64>>,
+    pub shard_auto: bool,
+    /// Devices of the system (bounds the `auto` shard count estimate).
+    pub devices: i64,
+}
+
+/// The divisors of `n`, ascending (`n >= 1`).
+fn divisors(n: i64) -> Vec<i64> {
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    let mut d = 1;
+    while d * d <= n {
+        if n % d == 0 {
+            small.push(d);
+            if d * d != n {
+                large.push(n / d);
+            }
+        }
+        d += 1;
+    }
+    small.extend(large.into_iter().rev());
+    small
+}
+
+/// The most virtual stages `auto` tries on `pp` stages of `layers`
+/// layers: every chunk holds at least one layer (`v x pp <= layers`);
+/// without a pipeline there is nothing to interleave (1).
+pub fn max_virtual_stages(pp: i64, layers: i64) -> i64 {
+    if pp <= 1 { 1 } else { (layers / pp).max(1) }
 }
 
 /// The most design points a search space may hold: 1,000,000. The search
@@ -59,29 +97,65 @@ impl Space {
         [
             self.tp.len(),
             self.cp.len(),
-            self.pp.len(),
+            self.pipelines(),
             self.ep.len(),
             self.dp.as_ref().map_or(1, |v| v.len()),
             self.zero.len(),
             self.recompute.len(),
             self.microbatch.as_ref().map_or(4, |v| v.len()),
-            self.virtual_stages.len(),
             self.sequence_parallel.len(),
             self.batch.as_ref().map_or(1, |v| v.len()),
+            self.shard_values(),
         ]
         .into_iter()
         .fold(1usize, |a, n| a.saturating_mul(n))
     }
 
+    /// Pairs of pipeline stages and virtual stages (`auto`: at most
+    /// [`max_virtual_stages`] per `pp`; saturating).
+    fn pipelines(&self) -> usize {
+        match &self.virtual_stages {
+            Some(v) => self.pp.len().saturating_mul(v.len()),
+            None => self.pp.iter().fold(0usize, |a, &p| {
+                a.saturating_add(max_virtual_stages(p, self.layers) as usize)
+            }),
+        }
+    }
+
+    /// Values the `shard` knob takes (`auto`: the divisors of the device
+    /// count, an estimate: dp x cp is at most the devices).
+    fn shard_values(&self) -> usize {
+        match (&self.shard, self.shard_auto) {
+            (_, true) => divisors(self.devices.max(1)).len(),
+            (Some(v), _) => v.len(),
+            (None, _) => 1,
+        }
+    }
+
+    /// Values the `virtual_stages` knob takes (`auto`: the most on any
+    /// `pp` of the space).
+    fn virtual_stage_values(&self) -> usize {
+        match &self.virtual_stages {
+            Some(v) => v.len(),
+            None => self
+                .pp
+                .iter()
+                .map(|&p| max_virtual_stages(p, self.layers) as usize)
+                .max()
+                .unwrap_or(1),
+        }
+    }
+
     /// Refuses a space over [`MAX_SPACE_POINTS`], or a knob over
     /// [`MAX_DOMAIN_VALUES`] values, naming the largest knob.
     pub fn check_size(&self) -> Result<(), PinError> {
-        let knobs: [(&'static str, usize); 8] = [
+        let knobs: [(&'static str, usize); 9] = [
+            ("shard", self.shard_values()),
             ("tp", self.tp.len()),
             ("cp", self.cp.len()),
             ("pp", self.pp.len()),
             ("ep", self.ep.len()),
-            ("virtual_stages", self.virtual_stages.len()),
+            ("virtual_stages", self.virtual_stage_values()),
             ("dp", self.dp.as_ref().map_or(1, |v| v.len())),
             (
                 "microbatch",
@@ -232,15 +306,22 @@ pub fn space(plan: &Plan, ir: &Ir, overrides: &BTreeMap<String, Pin>) -> Space {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![1])),
         },
-        virtual_stages: ints(
-            get("virtual_stages"),
-            if training { vec![1, 2, 4] } else { vec![1] },
-        ),
+        virtual_stages: match get("virtual_stages") {
+            Some(Domain::Auto) | None if training => None,
+            d => Some(ints(d, vec![1])),
+        },
         sequence_parallel,
         batch: match get("batch") {
             Some(Domain::Auto) | None => None,
             Some(d) => Some(ints(Some(d), vec![])),
         },
+        layers,
+        shard: match get("shard") {
+            Some(Domain::Auto) | None => None,
+            Some(d) => Some(ints(Some(d), vec![])),
+        },
+        shard_auto: matches!(get("shard"), Some(Domain::Auto)) && training,
+        devices: plan.system.devices() as i64,
     }
 }
 
@@ -400,6 +481,9 @@ pub fn run(
     sp_by_tp: Option<&BTreeMap<i64, bool>>,
 ) -> Outcome {
     let ev = Evaluator { ir, hw, prefill };
+    // Segment costs are shared by the points that differ only in dp, pp,
+    // ZeRO or virtual stages.
+    let _memo = crate::cost::memoize_segments();
     let devices = plan.system.devices() as i64;
     let mut stats = Stats::default();
     let mut top: Vec<(f64, Estimate)> = Vec::new();
@@ -413,8 +497,9 @@ pub fn run(
         Some(v) => v.iter().map(|b| Some(*b)).collect(),
         None => vec![None],
     };
-    // The memory bound depends on (tp, pp, cp, dp, ep, zero) only.
-    let mut floors: BTreeMap<(u64, u64, u64, u64, u64, u8), f64> = BTreeMap::new();
+    // The memory bound depends on (tp, pp, cp, dp, ep, zero, shard) only.
+    type FloorKey = (u64, u64, u64, u64, u64, u8, u64);
+    let mut floors: BTreeMap<FloorKey, f64> = BTreeMap::new();
     for &tp in &sp.tp {
         for &cp in &sp.cp {
             for &pp in &sp.pp {
@@ -446,15 +531,54 @@ pub fn run(
                             v
                         }
                     };
+                    // Virtual stages per microbatch: `auto` leaves out what
+                    // the layers or Megatron-LM's interleaving rule forbid.
+                    let vss: Vec<Vec<i64>> = mbs
+                        .iter()
+                        .map(|&mb| match &sp.virtual_stages {
+                            Some(v) => v.clone(),
+                            None => {
+                                let per_step = dp.checked_mul(mb).filter(|x| *x > 0);
+                                let interleaves = per_step.is_some_and(|x| {
+                                    global % x == 0 && (global / x) % pp.max(1) == 0
+                                });
+                                let most = if interleaves {
+                                    max_virtual_stages(pp, sp.layers)
+                                } else {
+                                    1
+                                };
+                                (1..=most).collect()
+                            }
+                        })
+                        .collect();
                     for &ep in &sp.ep {
                         for &zero in &sp.zero {
+                            // The ZeRO group sizes with each batch: every
+                            // dp x cp rank (the default), the plan's
+                            // values, or every divisor (`auto`, with ZeRO).
+                            let group = dp.saturating_mul(cp).max(1);
+                            let shards: Vec<Option<i64>> = match &sp.shard {
+                                _ if sp.shard_auto && zero >= 1 && fits && dp > 0 => {
+                                    divisors(group).into_iter().map(Some).collect()
+                                }
+                                Some(v) => v.iter().map(|x| Some(*x)).collect(),
+                                None => vec![None],
+                            };
+                            let batch_shards: Vec<(Option<i64>, Option<i64>)> = batches
+                                .iter()
+                                .flat_map(|b| shards.iter().map(move |s| (*b, *s)))
+                                .collect();
                             for rc in &sp.recompute {
-                                for &mb in &mbs {
-                                    for &v in &sp.virtual_stages {
+                                for (&mb, vs) in mbs.iter().zip(&vss) {
+                                    for &v in vs {
                                         for &seqp in &sp.sequence_parallel {
-                                            for b in &batches {
+                                            for &(b, shard) in &batch_shards {
                                                 stats.space += 1;
-                                                if (v > 1 && pp == 1) || (seqp && tp == 1) {
+                                                if (v > 1 && pp == 1)
+                                                    || (seqp && tp == 1)
+                                                    || (zero == 0
+                                                        && shard.is_some_and(|s| s != group))
+                                                {
                                                     stats.redundant += 1;
                                                     continue;
                                                 }
@@ -484,7 +608,8 @@ pub fn run(
                                                             .unwrap_or(Recompute::None),
                                                     ),
                                                     sequence_parallel: Some(seqp),
-                                                    batch: *b,
+                                                    batch: b,
+                                                    shard,
                                                 };
                                                 let point = match crate::point::resolve_knobs(
                                                     &knobs,
@@ -502,8 +627,13 @@ pub fn run(
                                                 // memory with its activation terms at
                                                 // their minimum.
                                                 let key = (
-                                                    point.tp, point.pp, point.cp, point.dp,
-                                                    point.ep, point.zero,
+                                                    point.tp,
+                                                    point.pp,
+                                                    point.cp,
+                                                    point.dp,
+                                                    point.ep,
+                                                    point.zero,
+                                                    point.shard,
                                                 );
                                                 let bound =
                                                     *floors.entry(key).or_insert_with(|| {

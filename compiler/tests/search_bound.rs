@@ -118,7 +118,10 @@ fn draw(m: &Model, rng: &mut Rng) -> Option<DesignPoint> {
     let ep = with(sp.ep.clone(), &[1, 2, 4, 8]);
     let zero = with(sp.zero.clone(), if training { &[0, 1, 2, 3] } else { &[] });
     let mb = with(sp.microbatch.clone().unwrap_or_default(), &[1, 2, 4, 8]);
-    let vs = with(sp.virtual_stages.clone(), &[1, 2]);
+    let vs = with(
+        sp.virtual_stages.clone().unwrap_or_else(|| vec![1, 3]),
+        &[1, 2],
+    );
     let batch = with(sp.batch.clone().unwrap_or_default(), &[1, 8, 64]);
     for _ in 0..64 {
         let mut pins = BTreeMap::new();

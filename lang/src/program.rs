@@ -240,6 +240,10 @@ pub enum OpKind {
         d_in: u64,
         d_out: u64,
         bias: bool,
+        /// The weight is the transpose of the model's `embedding` table of
+        /// `d_out` rows and `d_in` columns (tied embeddings): no weight of
+        /// its own.
+        tied: bool,
     },
     MatMul,
     Embedding {
@@ -317,9 +321,16 @@ impl OpKind {
     /// Attributes for the summary, in a fixed order.
     fn attrs(&self) -> String {
         match self {
-            OpKind::Linear { d_in, d_out, bias } => {
-                format!("{d_in}->{d_out}{}", if *bias { " +bias" } else { "" })
-            }
+            OpKind::Linear {
+                d_in,
+                d_out,
+                bias,
+                tied,
+            } => format!(
+                "{d_in}->{d_out}{}{}",
+                if *bias { " +bias" } else { "" },
+                if *tied { " tied" } else { "" }
+            ),
             OpKind::Embedding { vocab, dim } => format!("vocab={vocab} dim={dim}"),
             OpKind::EmbeddingBag { tables } => {
                 let rows: u64 = tables.iter().map(|t| t.rows).sum();
@@ -427,18 +438,44 @@ pub struct ModelInstance {
 pub enum Optimizer {
     Adam,
     AdamW,
+    /// Plain SGD: no state.
     Sgd,
+    /// SGD with a momentum buffer.
+    SgdMomentum,
     Adagrad,
+    /// Adam's moments plus a per-tensor trust ratio (You et al. 2019).
+    Lamb,
+    /// Factored second moment, no first moment (Shazeer and Stern 2018).
+    Adafactor,
 }
 
 impl Optimizer {
+    /// Every optimizer, in the order the language lists them.
+    pub const ALL: [Optimizer; 7] = [
+        Optimizer::Adam,
+        Optimizer::AdamW,
+        Optimizer::Sgd,
+        Optimizer::SgdMomentum,
+        Optimizer::Adagrad,
+        Optimizer::Lamb,
+        Optimizer::Adafactor,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Optimizer::Adam => "adam",
             Optimizer::AdamW => "adamw",
             Optimizer::Sgd => "sgd",
+            Optimizer::SgdMomentum => "sgd_momentum",
             Optimizer::Adagrad => "adagrad",
+            Optimizer::Lamb => "lamb",
+            Optimizer::Adafactor => "adafactor",
         }
+    }
+
+    /// The optimizer named `s` in the language.
+    pub fn parse(s: &str) -> Option<Optimizer> {
+        Optimizer::ALL.into_iter().find(|o| o.name() == s)
     }
 }
 

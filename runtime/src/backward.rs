@@ -150,7 +150,9 @@ impl<'g> Tape<'g> {
         let x = &self.values[ins[0]];
         let sh = |k: usize| &self.shapes[op.inputs[k].0 as usize];
         Ok(match &op.kind {
-            OpKind::Linear { d_in, d_out, bias } => {
+            OpKind::Linear {
+                d_in, d_out, bias, ..
+            } => {
                 let b = bias.then(|| self.param(op, path, 1));
                 r::linear(
                     x,
@@ -414,7 +416,9 @@ fn op_grad(
     let sh = |k: usize| &tape.shapes[op.inputs[k].0 as usize];
     let row_len = |d: u64| (d as usize).max(1);
     Ok(match &op.kind {
-        OpKind::Linear { d_in, d_out, bias } => {
+        OpKind::Linear {
+            d_in, d_out, bias, ..
+        } => {
             let (di, dout) = (*d_in as usize, *d_out as usize);
             let rows = x.len() / di.max(1);
             let w = tape.param(op, &e.path, 0);

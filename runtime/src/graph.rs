@@ -118,7 +118,9 @@ fn fan(d: u64) -> f32 {
 ///   `w3 [d_model, d_ff]`, `w2 [d_ff, d_model]` (SwiGLU: `(silu(x w1) * x w3) w2`).
 pub fn params(kind: &OpKind) -> Vec<Param> {
     match kind {
-        OpKind::Linear { d_in, d_out, bias } => {
+        OpKind::Linear {
+            d_in, d_out, bias, ..
+        } => {
             let mut v = vec![Param::new(
                 0,
                 vec![*d_in as usize, *d_out as usize],

@@ -144,6 +144,13 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
             virtual_stages: p("virtual_stages")?,
             sequence_parallel: sp,
             batch: p("batch")?,
+            // Optional (plans written before HSDP): every dp x cp rank.
+            shard: match v.pointer("/parallelism/shard") {
+                None => dp * cp,
+                Some(x) => x.as_u64().filter(|s| *s >= 1).ok_or_else(|| {
+                    mismatch("plan JSON `parallelism.shard` must be a positive whole number")
+                })?,
+            },
         },
         stage_layers: layers,
         whole,

@@ -163,7 +163,9 @@ impl Interp<'_> {
         let x = ins.first().copied().unwrap_or(&[]);
         let last = |t: TensorId| *self.shape(t).last().unwrap_or(&1);
         Ok(match &op.kind {
-            OpKind::Linear { d_in, d_out, bias } => {
+            OpKind::Linear {
+                d_in, d_out, bias, ..
+            } => {
                 let b = if *bias { Some(w(1)) } else { None };
                 linear(x, &w(0), b.as_deref(), *d_in as usize, *d_out as usize)
             }

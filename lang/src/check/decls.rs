@@ -91,6 +91,7 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("sequence_parallel", "bool"),
     ("nodes", "int"),
     ("batch", "int"),
+    ("shard", "int"),
 ];
 
 /// The largest value of any integer plan knob (in a `fix`, a `search`
@@ -1504,13 +1505,9 @@ impl Checker {
                 let optimizer = match got.get("optimizer") {
                     Some((v, s)) => {
                         let (v, s) = (v.clone(), *s);
-                        self.choice(&v, s, "optimizer", &["adam", "adamw", "sgd", "adagrad"])
-                            .map(|o| match o.as_str() {
-                                "adamw" => Optimizer::AdamW,
-                                "sgd" => Optimizer::Sgd,
-                                "adagrad" => Optimizer::Adagrad,
-                                _ => Optimizer::Adam,
-                            })
+                        let names = Optimizer::ALL.map(Optimizer::name);
+                        self.choice(&v, s, "optimizer", &names)
+                            .map(|o| Optimizer::parse(&o).unwrap_or(Optimizer::Adam))
                     }
                     None => Some(Optimizer::Adam),
                 };

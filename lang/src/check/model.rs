@@ -102,6 +102,44 @@ impl Checker {
                 .with_help("add `output name = expression` to say what the model computes"),
             );
         }
+        // A tied output projection needs the embedding whose table it
+        // reuses: `d_out` rows of `d_in` features.
+        if self.error_count() == errors_before {
+            let mut embeddings = Vec::new();
+            let mut tied = Vec::new();
+            tied_ops(
+                g.blocks.first().map_or(&[][..], |b| &b[..]),
+                &mut embeddings,
+                &mut tied,
+            );
+            for (d_in, d_out, span) in tied {
+                if !embeddings.contains(&(d_out, d_in)) {
+                    let have = if embeddings.is_empty() {
+                        "the model has no `embedding`".to_string()
+                    } else {
+                        format!(
+                            "its embeddings are {}",
+                            embeddings
+                                .iter()
+                                .map(|(v, d)| format!("{v} x {d}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L050,
+                            format!(
+                                "`tied = true` reuses an `embedding` of {d_out} rows and {d_in} features, but {have}"
+                            ),
+                            span,
+                        )
+                        .with_label(span, format!("a {d_in} -> {d_out} projection"))
+                        .with_help("tie the output projection to the token embedding: `linear(x, dim, vocab, tied = true)` after `embedding(tokens, vocab, dim)`"),
+                    );
+                }
+            }
+        }
         let result = if self.error_count() > errors_before || self.broken(m.span) {
             None
         } else {
@@ -355,6 +393,26 @@ impl Checker {
             other => self
                 .count_in(&other, e.span, "a dimension", env)
                 .map(|n| Dim::known(n as i64)),
+        }
+    }
+}
+
+/// Embedding tables (vocab, dim) and tied linears (d_in, d_out, span) of
+/// a model body, `repeat`s included.
+fn tied_ops(items: &[Item], embeddings: &mut Vec<(u64, u64)>, tied: &mut Vec<(u64, u64, Span)>) {
+    for item in items {
+        match item {
+            Item::Op(op) => match op.kind {
+                OpKind::Embedding { vocab, dim } => embeddings.push((vocab, dim)),
+                OpKind::Linear {
+                    d_in,
+                    d_out,
+                    tied: true,
+                    ..
+                } => tied.push((d_in, d_out, op.span)),
+                _ => {}
+            },
+            Item::Repeat(r) => tied_ops(&r.body, embeddings, tied),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::span::Span;
 
 /// Parameters of each op, in positional order.
 const SIGS: &[(&str, &[&str], usize)] = &[
-    ("linear", &["x", "d_in", "d_out", "bias"], 3),
+    ("linear", &["x", "d_in", "d_out", "bias", "tied"], 3),
     ("matmul", &["a", "b"], 2),
     ("embedding", &["ids", "vocab", "dim"], 3),
     ("embedding_bag", &["ids", "tables"], 2),
@@ -330,6 +330,7 @@ impl Checker {
                 let d_in = self.int_arg(args, "d_in", env)?;
                 let d_out = self.int_arg(args, "d_out", env)?;
                 let bias = self.bool_arg(args, "bias", false)?;
+                let tied = self.bool_arg(args, "tied", false)?;
                 let Some(last) = xs.last() else {
                     return self.rank_error(name, "an input", &xs, "at least 1", xspan);
                 };
@@ -346,7 +347,12 @@ impl Checker {
                     );
                 }
                 Some(Out {
-                    kind: OpKind::Linear { d_in, d_out, bias },
+                    kind: OpKind::Linear {
+                        d_in,
+                        d_out,
+                        bias,
+                        tied,
+                    },
                     inputs: vec![x],
                     shape: xs.with_last(Dim::known(d_out as i64)),
                     dtype: act,

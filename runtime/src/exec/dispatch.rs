@@ -54,9 +54,9 @@ impl Dev<'_> {
         self.label("tensor");
         let out = match &op.kind {
             k if is_elementwise(k) => self.elementwise(op)?,
-            OpKind::Linear { d_in, d_out, bias } => {
-                self.linear(op, path, *d_in as usize, *d_out as usize, *bias)?
-            }
+            OpKind::Linear {
+                d_in, d_out, bias, ..
+            } => self.linear(op, path, *d_in as usize, *d_out as usize, *bias)?,
             OpKind::MatMul => self.matmul(op)?,
             OpKind::Embedding { vocab, dim } => {
                 self.embedding(op, path, *vocab as usize, *dim as usize)?

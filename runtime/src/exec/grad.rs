@@ -601,7 +601,6 @@ impl Dev<'_> {
         opt: gantry_lang::program::Optimizer,
     ) -> Result<StepCheck, RuntimeError> {
         let h = crate::optim::defaults(opt);
-        let per = crate::optim::state_per_param(opt);
         self.label("data");
         let mut check = StepCheck {
             optimizer: opt.name().to_string(),
@@ -639,12 +638,21 @@ impl Dev<'_> {
                     p.cols.clone(),
                 );
                 let mut whole = w0.clone();
-                crate::optim::first_step(opt, &h, &mut whole, &p.data);
+                let shape = (p.rows.len(), p.cols.len());
+                let state: usize = crate::optim::first_step(opt, &h, &mut whole, &p.data, shape)
+                    .iter()
+                    .map(Vec::len)
+                    .sum();
                 check.blocks += 1;
-                check.state_unsharded += per * w0.len();
+                check.state_unsharded += state;
                 let sharded = if self.par.zero == 0 || group.len() == 1 {
-                    check.state += per * w0.len();
+                    check.state += state;
                     whole.clone()
+                } else if !crate::optim::elementwise(opt) {
+                    return Err(unsupported(format!(
+                        "ZeRO's sharded step of `{}`: its update needs the whole tensor (a trust ratio or factored moment), and the runtime shards elementwise optimizers only",
+                        opt.name()
+                    )));
                 } else {
                     let mut me = group.iter().position(|r| *r == self.rank).unwrap_or(0);
                     if self.step_fault {
@@ -652,8 +660,12 @@ impl Dev<'_> {
                     }
                     let part = crate::layout::block(w0.len(), group.len(), me);
                     let mut mine = w0[part.clone()].to_vec();
-                    crate::optim::first_step(opt, &h, &mut mine, &p.data[part.clone()]);
-                    check.state += per * part.len();
+                    let shape = (1, part.len());
+                    check.state +=
+                        crate::optim::first_step(opt, &h, &mut mine, &p.data[part.clone()], shape)
+                            .iter()
+                            .map(Vec::len)
+                            .sum::<usize>();
                     self.endpoint()?.all_gather(&group, &mine)?.concat()
                 };
                 let same = sharded.len() == whole.len()
@@ -707,7 +719,9 @@ impl Dev<'_> {
             }
             OpKind::Binary(b) => self.binary_backward(op, tape, e, *b, dy)?,
             OpKind::Reshape => vec![(0, Grad::In(Layout::Rep, dy))],
-            OpKind::Linear { d_in, d_out, bias } => self.linear_backward(
+            OpKind::Linear {
+                d_in, d_out, bias, ..
+            } => self.linear_backward(
                 op,
                 path,
                 (e.ins[0], val(0)),

@@ -100,6 +100,13 @@ impl Parallel {
         workload: &Workload,
         stage_layers: &[u64],
     ) -> Result<Parallel, RuntimeError> {
+        if p.replicas() > 1 {
+            return Err(crate::error::unsupported(format!(
+                "shard = {} of dp x cp = {} ranks (HSDP): the runtime shards ZeRO state over every data x context parallel rank",
+                p.shard,
+                p.dp * p.cp
+            )));
+        }
         let layers =
             pipelined_repeat(&workload.model.graph.body).map_or(0, |(_, r)| r.count as usize);
         let pp = p.pp as usize;
