@@ -193,3 +193,32 @@ fn search_tries_every_shard_group_when_asked() {
     .expect("searches");
     assert!(s.top.iter().all(|e| e.point.shard == 8));
 }
+
+#[test]
+fn memory_bound_holds_under_hsdp() {
+    let plan = plan("");
+    let ir = gantry_compiler::ir::lower(&plan.workload).expect("lowers");
+    let hw = gantry_compiler::hardware::Hardware::new(&plan.system, plan.workload.dtype)
+        .expect("hardware");
+    let ev = gantry_compiler::cost::Evaluator {
+        ir: &ir,
+        hw: &hw,
+        prefill: None,
+    };
+    for fix in [
+        "dp=8,zero=1,shard=2",
+        "dp=4,cp=2,zero=3,shard=4",
+        "dp=8,zero=2,shard=1",
+    ] {
+        let p = gantry_compiler::point::resolve(&parse_fix(fix).expect("pins"), &ir, &plan.system)
+            .expect(fix);
+        let bound = ev.memory_floor(&p);
+        let got = ev.evaluate(&p).memory;
+        assert!(bound.total() <= got.total() * (1.0 + 1e-12), "{fix}");
+        // The bound shards the state over the same group.
+        assert!(
+            close(bound.optimizer, got.optimizer),
+            "{fix}: {bound:?} {got:?}"
+        );
+    }
+}
