@@ -189,8 +189,8 @@ fn adafactor_state_splits_with_tensor_and_pipeline_parallelism() {
 fn adafactor_memory_bound_stays_below_the_evaluated_memory() {
     let plan = plan("adafactor");
     let ir = gantry_compiler::ir::lower(&plan.workload).expect("lowers");
-    let hw = gantry_compiler::hardware::Hardware::new(&plan.system, plan.workload.dtype)
-        .expect("hardware");
+    let hw =
+        gantry_compiler::hardware::Hardware::new(&plan.system, &plan.workload).expect("hardware");
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,

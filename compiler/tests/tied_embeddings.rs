@@ -120,8 +120,8 @@ fn a_pipeline_keeps_a_copy_and_all_reduces_its_gradient() {
 fn memory_bound_stays_below_the_evaluated_memory() {
     let plan = plan(true);
     let ir = gantry_compiler::ir::lower(&plan.workload).expect("lowers");
-    let hw = gantry_compiler::hardware::Hardware::new(&plan.system, plan.workload.dtype)
-        .expect("hardware");
+    let hw =
+        gantry_compiler::hardware::Hardware::new(&plan.system, &plan.workload).expect("hardware");
     let ev = Evaluator {
         ir: &ir,
         hw: &hw,

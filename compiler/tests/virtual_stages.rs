@@ -135,7 +135,7 @@ fn memoized_segments_give_the_evaluators_figures() {
             c.program.plans[name].clone()
         };
         let ir = lower(&plan.workload).expect("lowers");
-        let hw = Hardware::new(&plan.system, plan.workload.dtype).expect("hardware");
+        let hw = Hardware::new(&plan.system, &plan.workload).expect("hardware");
         let ev = Evaluator {
             ir: &ir,
             hw: &hw,

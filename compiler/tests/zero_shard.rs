@@ -198,8 +198,8 @@ fn search_tries_every_shard_group_when_asked() {
 fn memory_bound_holds_under_hsdp() {
     let plan = plan("");
     let ir = gantry_compiler::ir::lower(&plan.workload).expect("lowers");
-    let hw = gantry_compiler::hardware::Hardware::new(&plan.system, plan.workload.dtype)
-        .expect("hardware");
+    let hw =
+        gantry_compiler::hardware::Hardware::new(&plan.system, &plan.workload).expect("hardware");
     let ev = gantry_compiler::cost::Evaluator {
         ir: &ir,
         hw: &hw,
