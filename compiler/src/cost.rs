@@ -846,6 +846,18 @@ impl Evaluator<'_> {
         let ring = |n: u64| (n.max(1) - 1) as f64 / n.max(1) as f64;
         let t_bwd_last = (stage_layers[slow] as f64) * body.bwd.total();
         let mut dp_exposed = 0.0;
+        // HSDP: the gradient shards all-reduced over the replicas, `rounds`
+        // times per step.
+        let hsdp = |rounds: f64, exposed: f64| Comm {
+            what: "HSDP gradient-shard all-reduce over replicas",
+            collective: Collective::AllReduce,
+            group: replicas,
+            level: topo.level(replicas, dp_stride * zgroup),
+            algorithm: topo.algorithm(Collective::AllReduce, replicas, dp_stride * zgroup),
+            bytes: rounds * 2.0 * shard_bytes * ring(replicas),
+            time: rounds * t_replicas,
+            exposed,
+        };
         if dp_group > 1 {
             if p.zero >= 3 {
                 // ZeRO-3 gathers each parameter tensor before its forward
@@ -936,20 +948,7 @@ impl Evaluator<'_> {
                 // the replicas, on the critical path like the rest.
                 if replicas > 1 {
                     dp_exposed += m * t_replicas;
-                    comms.push(Comm {
-                        what: "HSDP gradient-shard all-reduce over replicas",
-                        collective: Collective::AllReduce,
-                        group: replicas,
-                        level: topo.level(replicas, dp_stride * zgroup),
-                        algorithm: topo.algorithm(
-                            Collective::AllReduce,
-                            replicas,
-                            dp_stride * zgroup,
-                        ),
-                        bytes: m * 2.0 * shard_bytes * ring(replicas),
-                        time: m * t_replicas,
-                        exposed: m * t_replicas,
-                    });
+                    comms.push(hsdp(m, m * t_replicas));
                 }
             } else {
                 let expert_group = (zgroup / p.ep.max(1)).max(1);
@@ -986,20 +985,7 @@ impl Evaluator<'_> {
                 if replicas > 1 {
                     let exposed = (t_ar + t_replicas - t_bwd_last).max(0.0) - dp_exposed;
                     dp_exposed += exposed;
-                    comms.push(Comm {
-                        what: "HSDP gradient-shard all-reduce over replicas",
-                        collective: Collective::AllReduce,
-                        group: replicas,
-                        level: topo.level(replicas, dp_stride * zgroup),
-                        algorithm: topo.algorithm(
-                            Collective::AllReduce,
-                            replicas,
-                            dp_stride * zgroup,
-                        ),
-                        bytes: 2.0 * shard_bytes * ring(replicas),
-                        time: t_replicas,
-                        exposed,
-                    });
+                    comms.push(hsdp(1.0, exposed));
                 }
             }
         }

@@ -1182,7 +1182,7 @@ mod tests {
   output o = linear(layernorm(x), h, v)
 }
 workload W { model GPT(l = 4, h = 64, a = 4, v = 1000)
-  train { seq = 32, global_batch = 8 } }";
+  train { seq = 32, global_batch = 8, attention = materialized } }";
 
     #[test]
     fn gpt_flops_match_megatron_formula() {

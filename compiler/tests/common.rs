@@ -46,3 +46,21 @@ pub fn plan(file: &str, name: Option<&str>) -> Plan {
         None => c.program.plans.values().next().cloned().expect("a plan"),
     }
 }
+
+/// A `device Gpu` (100 TFLOP/s bf16, 80 GB at 2 TB/s) and a `node Box` of
+/// `gpus` of them on a 300 GB/s switch: the toy system of the planner's
+/// unit-size tests.
+pub fn gpu_box(gpus: u32) -> String {
+    format!(
+        "device Gpu {{
+  compute {{ bf16 = 100 TFLOP/s }}
+  memory hbm = 80 GB @ 2 TB/s
+  power 400 W
+}}
+node Box {{
+  device Gpu x {gpus}
+  link nvlink = switch(bandwidth = 300 GB/s)
+}}
+"
+    )
+}

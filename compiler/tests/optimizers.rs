@@ -3,6 +3,8 @@
 //! optimizer the language accepts, against the formulas of
 //! docs/COST-MODEL.md worked by hand.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use gantry_compiler::cost::Evaluator;
@@ -10,21 +12,13 @@ use gantry_compiler::plan::evaluate;
 use gantry_compiler::point::{Pin, parse_fix};
 use gantry_lang::program::{Optimizer, Plan};
 
-/// A 2-GPU node and a 4-layer model: an embedding, four MLP blocks (a
+/// A 4-GPU node and a 4-layer model: an embedding, four MLP blocks (a
 /// gain, a 64 x 256 linear with bias, a 256 x 64 linear without), a final
 /// gain and a 64 x 1000 head; bf16.
 fn source(optimizer: &str) -> String {
+    let gpu_box = common::gpu_box(4);
     format!(
-        "device Gpu {{
-  compute {{ bf16 = 100 TFLOP/s }}
-  memory hbm = 80 GB @ 2 TB/s
-  power 400 W
-}}
-node Box {{
-  device Gpu x 4
-  link nvlink = switch(bandwidth = 300 GB/s)
-}}
-model M(d = 64, ff = 256, vocab = 1000) {{
+        "{gpu_box}model M(d = 64, ff = 256, vocab = 1000) {{
   input tokens: i32[batch, seq]
   x = embedding(tokens, vocab, d)
   repeat 4 {{

@@ -5,6 +5,8 @@
 //! per step (Megatron-LM's embedding group). A tied projection without a
 //! matching embedding is `L050`.
 
+mod common;
+
 use gantry_compiler::cost::{Estimate, Evaluator};
 use gantry_compiler::plan::evaluate;
 use gantry_compiler::point::{parse_fix, resolve};
@@ -12,17 +14,9 @@ use gantry_lang::program::Plan;
 
 /// 2 GPUs, one node; an embedding, 4 MLP blocks and a head, tied or not.
 fn source(tied: &str, head: &str) -> String {
+    let gpu_box = common::gpu_box(2);
     format!(
-        "device Gpu {{
-  compute {{ bf16 = 100 TFLOP/s }}
-  memory hbm = 80 GB @ 2 TB/s
-  power 400 W
-}}
-node Box {{
-  device Gpu x 2
-  link nvlink = switch(bandwidth = 300 GB/s)
-}}
-model M(d = 64, ff = 256, vocab = 1000) {{
+        "{gpu_box}model M(d = 64, ff = 256, vocab = 1000) {{
   input tokens: i32[batch, seq]
   x = embedding(tokens, vocab, d)
   repeat 4 {{

@@ -20,17 +20,9 @@ use gantry_lang::program::Plan;
 /// A 13-layer model (13 = 3 x 4 + 1: stages of uneven size) on 4 GPUs,
 /// `batch` sequences per step, one replica, microbatch 1.
 fn plan(batch: u64, pp: u64) -> Plan {
+    let gpu_box = common::gpu_box(4);
     let src = format!(
-        "device Gpu {{
-  compute {{ bf16 = 100 TFLOP/s }}
-  memory hbm = 80 GB @ 2 TB/s
-  power 400 W
-}}
-node Box {{
-  device Gpu x 4
-  link nvlink = switch(bandwidth = 300 GB/s)
-}}
-model M(d = 256, ff = 1024, vocab = 1000) {{
+        "{gpu_box}model M(d = 256, ff = 1024, vocab = 1000) {{
   input tokens: i32[batch, seq]
   x = embedding(tokens, vocab, d)
   repeat 13 {{

@@ -4,6 +4,8 @@
 //! all-reduce their gradient shards. The `shard` knob in `fix`, `search`
 //! and `--fix`, with its pin errors.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_compiler::plan::{evaluate, search};
@@ -13,17 +15,9 @@ use gantry_lang::program::Plan;
 
 /// 8 GPUs on one node; a 4-layer MLP model (no experts, no tables).
 fn plan(extra: &str) -> Plan {
+    let gpu_box = common::gpu_box(8);
     let src = format!(
-        "device Gpu {{
-  compute {{ bf16 = 100 TFLOP/s }}
-  memory hbm = 80 GB @ 2 TB/s
-  power 400 W
-}}
-node Box {{
-  device Gpu x 8
-  link nvlink = switch(bandwidth = 300 GB/s)
-}}
-model M(d = 64, ff = 256, vocab = 1000) {{
+        "{gpu_box}model M(d = 64, ff = 256, vocab = 1000) {{
   input tokens: i32[batch, seq]
   x = embedding(tokens, vocab, d)
   repeat 4 {{
