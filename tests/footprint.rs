@@ -93,7 +93,8 @@ fn measure(file: &str, plan: Option<&str>, fix: &str, scale: Option<&str>) -> (f
         max_bytes: f64::INFINITY,
         ..RunConfig::default()
     };
-    let est = exec::footprint(&t.workload, &t.par, gradients).expect("estimate");
+    // The process's own baseline is not a run's allocation.
+    let est = exec::footprint(&t.workload, &t.par, gradients).expect("estimate") - exec::PER_RUN;
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let r = exec::run(&t.workload, &t.par, &cfg)
