@@ -433,9 +433,14 @@ Fix: please report it with the command line."
         }
         "R007" => {
             "The simulated run would need more memory than `--max-memory` allows (default \
-4 GB): every parameter once for the reference and once per data- and context-parallel \
-replica, every op result twice, doubled with gradients. It is refused before anything is \
-allocated.\n\
+4 GB). The estimate (`exec::footprint`) is an upper bound of what the run allocates, \
+from the same shapes, layouts and pipeline schedule the devices use: every device's \
+weights (its stage's ops, sharded or replicated over tp, tables by their placement), \
+with gradients the parameter gradients and one activation tape per microbatch in flight, \
+its current values and their conversions, its inputs; the reference interpreter's \
+values (with gradients its tape and gradients); the largest of the three phases \
+(reference forward, devices, reference backward), plus a fixed amount per device and \
+per process. It is refused before anything is allocated.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."
         }
         _ => return None,

@@ -27,7 +27,8 @@
 //! Modules, by concept:
 //! - `parallel`: the layout a run executes ([`Parallel`]), [`validate`], [`describe`].
 //! - `schedule`: 1F1B and interleaved schedules, [`chunk_layers`], [`even_split`].
-//! - `run`: [`run`], the decode step, [`kernels`], [`footprint`], locating a divergence, the report types.
+//! - `run`: [`run`], the decode step, [`kernels`], locating a divergence, the report types.
+//! - `footprint`: R007's memory estimate ([`footprint`]), an upper bound of what a run allocates.
 //! - `simulate`: one thread per device, cutting inputs and pasting outputs.
 //! - `device`: the device (`Dev`), its groups, layout conversions and tracing.
 //! - `pipeline`: one microbatch of a stage, send/recv at stage boundaries.
@@ -40,6 +41,7 @@ mod device;
 mod dispatch;
 mod elementwise;
 mod embedding;
+mod footprint;
 mod grad;
 mod grad_ops;
 mod linear;
@@ -52,10 +54,9 @@ mod simulate;
 #[cfg(test)]
 mod tests;
 
+pub use footprint::{DEVICE_HEAP, PER_DEVICE, PER_RUN, footprint};
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
 pub use parallel::{Parallel, TableShard, describe, validate};
 pub use pipeline::pipelined_repeat;
-pub use run::{
-    Divergence, MAX_DEVICES, OutputCheck, RunConfig, RunReport, footprint, kernels, run,
-};
+pub use run::{Divergence, MAX_DEVICES, OutputCheck, RunConfig, RunReport, kernels, run};
 pub use schedule::{Action, chunk_layers, even_split, one_f_one_b, schedule};

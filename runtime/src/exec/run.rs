@@ -8,15 +8,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use gantry_lang::program::{Item, Phase, TensorId, Workload};
+use gantry_lang::program::{Phase, TensorId, Workload};
 
 use crate::error::{RCode, RuntimeError, mismatch, unsupported};
-use crate::graph::{self, numel};
+use crate::graph;
 use crate::init::Init;
 use crate::jit::Jit;
 use crate::reference;
 
 use super::device::Dev;
+use super::footprint::footprint;
 use super::grad::{self, GradCheck, StepCheck};
 use super::parallel::{Parallel, validate};
 use super::simulate::{Part, cut, replica_of, simulate, simulate_devices};
@@ -241,45 +242,6 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
 
 /// The most simulated devices (threads) a run may use.
 pub const MAX_DEVICES: usize = 512;
-
-/// A generous estimate of a run's memory in bytes (f32), for refusing runs
-/// that cannot fit: every parameter once for the reference and once per
-/// device of a stage (replicated tables and tensor-parallel copies), every
-/// op result of the whole batch once for the reference and once per
-/// tensor-parallel rank (replicated values are held by each), and with
-/// gradients the tape and the gradients on top (three times in all).
-/// Measured peaks of reviewed runs were 1.4 to 3.2 times the previous,
-/// tighter estimate; this one counts those copies.
-pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, RuntimeError> {
-    fn walk(items: &[Item], shapes: &[Vec<usize>], mult: f64, acc: &mut (f64, f64)) {
-        for it in items {
-            match it {
-                Item::Op(op) => {
-                    let params: usize = graph::params(&op.kind)
-                        .iter()
-                        .map(|p| numel(&p.shape))
-                        .sum();
-                    acc.0 += mult * params as f64;
-                    acc.1 += mult * numel(&shapes[op.output.0 as usize]) as f64;
-                }
-                Item::Repeat(r) => walk(&r.body, shapes, mult * r.count as f64, acc),
-            }
-        }
-    }
-    let g = &w.model.graph;
-    let mut bindings = w.bindings.clone();
-    if let Phase::Decode { context, .. } = w.phase {
-        let seq = bindings.get("seq").copied().unwrap_or(1);
-        bindings.insert("seq".into(), seq + context as i64);
-    }
-    let shapes = graph::shapes(g, &bindings)?;
-    let mut acc = (0.0, 0.0);
-    walk(&g.body, &shapes, 1.0, &mut acc);
-    let (params, acts) = acc;
-    let copies = 1.0 + (par.dp * par.cp * par.tp) as f64;
-    let once = params * copies + (1.0 + par.tp as f64) * acts;
-    Ok(4.0 * once * if gradients { 3.0 } else { 1.0 })
-}
 
 /// A decode step with a KV cache. The reference runs the whole sequence
 /// (`context` prompt tokens and the step's `seq` new ones) with plain

@@ -1,0 +1,358 @@
+//! R007's memory estimate: an upper bound of what a run allocates, from
+//! the same shapes, layouts and schedule the devices use, so that a run
+//! that would exhaust memory is refused before anything is allocated.
+//!
+//! All counts are f32 elements (4 B each), summed over every simulated
+//! device, plus the reference interpreter's copies:
+//!
+//! - **Weights** (per device, prepared once and kept): every op instance
+//!   (a `repeat` body counts once per iteration) lives on the devices of
+//!   its pipeline stage (by [`chunk_layers`] of the stage split); each of
+//!   the `dp * cp` replicas holds it over its `tp` ranks: a sharded op
+//!   (column, row, heads, vocabulary, expert width) one copy cut `tp`
+//!   ways, a replicated one `tp` copies, each row padded to the gemm's
+//!   packing width ([`crate::jit::pack_b`]). `embedding_bag` tables follow
+//!   the placement: held by one device (table- or row-wise) or by every
+//!   device of the stage (replicated). With gradients the parameter
+//!   gradients are as large again, and each device's backward of an
+//!   `embedding_bag` makes a dense gradient of every table. The largest
+//!   op's weights count twice more (made, and cloned for each use).
+//! - **Activations** (per device, one microbatch): every op result in the
+//!   sharded program's layout ([`sharded_program`]) at the microbatch's
+//!   shapes, summed over the `tp` ranks (a replicated value `tp` times, a
+//!   split one once per copy; a `moe` also keeps the tokens it sent and
+//!   received, `top_k` copies each, and its experts' three `d_ff`-wide
+//!   activations). With gradients a device keeps one such tape
+//!   per microbatch in flight: the most tapes its own [`schedule`] has
+//!   outstanding, each as large as its virtual stage's values. On top,
+//!   the largest virtual stage's current values (the environment, every
+//!   tensor once) and either their conversions to other layouts (as large
+//!   again) or, with gradients, the backward's gradients (one tape).
+//! - **Inputs and outputs**: every device holds its replica's inputs for
+//!   all its microbatches (the whole batch over `tp * pp` devices of a
+//!   replica) and a copy per forward; the outputs are gathered whole.
+//! - **Reference**: the interpreter's values of every tensor once (the
+//!   whole batch), and with gradients its tape (every op result, every
+//!   iteration), as many gradients and the parameter gradients; twice the
+//!   largest op's weights (made while it runs the op).
+//! - **Phases**: the reference's forward, the devices, then the
+//!   reference's backward run one after the other, so the estimate is the
+//!   largest of (a) the inputs twice and the reference's forward, (b) the
+//!   inputs, the outputs and the devices, (c) the inputs and outputs
+//!   twice, the devices' parameter gradients and the reference's backward.
+//! - **Fixed**: [`DEVICE_HEAP`] bytes per device (JIT module, kernels,
+//!   endpoint, maps), and [`PER_DEVICE`] bytes per device (its thread's stack, the
+//!   JIT's executable pages, allocator slack: memory outside the counted
+//!   allocations) and [`PER_RUN`] once (the process itself).
+//!
+//! A decode step is estimated at its whole sequence (prompt and step),
+//! which bounds the prompt's KV cache. `tests/footprint.rs` counts the
+//! bytes a run allocates with a counting global allocator and checks
+//! `1.0 <= (estimate - fixed) / peak <= 1.5` over examples and design
+//! points; resident memory (`/usr/bin/time -v`) is compared with the
+//! whole estimate in docs/RUNTIME.md.
+
+use gantry_lang::program::{Item, OpKind, Phase, TensorId, Workload};
+
+use crate::error::RuntimeError;
+use crate::graph::{self, numel};
+use crate::layout::Layout;
+
+use gantry_compiler::sharded::Strategy;
+
+use super::device::{layout_of, sharded_program};
+use super::parallel::{Parallel, TableShard};
+use super::pipeline::pipelined_repeat;
+use super::schedule::{Action, chunk_layers, schedule};
+
+/// Bytes per simulated device that do not scale with the model and that
+/// the global allocator does not see: its thread's stack, the JIT's
+/// executable pages and the allocator's per-thread arena slack. Resident
+/// memory of small runs (8 devices, a few MB of tensors) grows by 0.8 to
+/// 1.5 MB per device over their counted allocations.
+pub const PER_DEVICE: f64 = 1e6;
+/// Bytes per simulated device that do not scale with the model and that
+/// the allocator does see: its JIT module and compiled kernels, endpoint
+/// and maps (fitted on the runs of `tests/footprint.rs`: 40 to 75 kB
+/// keeps every one of them within the bounds).
+pub const DEVICE_HEAP: f64 = 60e3;
+
+/// Bytes per run that the run's own allocations do not include: the
+/// process before the run (binary, libraries, the checked program), about
+/// 7.2 MB of resident memory for a run refused by R007.
+pub const PER_RUN: f64 = 8e6;
+
+/// The gemm's packing width: prepared weights are padded to it per row.
+const PACK: usize = 8;
+
+/// Per virtual stage: weights, one microbatch's values (every iteration)
+/// and its distinct values (a repeat body once).
+#[derive(Clone, Copy, Default)]
+struct Stage {
+    weights: f64,
+    tape: f64,
+    env: f64,
+    /// Dense table gradients made by a backward (per device).
+    dense: f64,
+    /// The largest op's weights (over `tp` ranks): made, then cloned for
+    /// each use while the kept copy stays.
+    largest: f64,
+}
+
+/// An upper bound of the bytes a run of `w` under `par` allocates (see
+/// the module note for the formula).
+pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, RuntimeError> {
+    let g = &w.model.graph;
+    let mut whole_b = w.bindings.clone();
+    if let Phase::Decode { context, .. } = w.phase {
+        let seq = whole_b.get("seq").copied().unwrap_or(1);
+        whole_b.insert("seq".into(), seq.saturating_add(context as i64));
+    }
+    let whole = graph::shapes(g, &whole_b)?;
+    let mut mb_b = whole_b.clone();
+    mb_b.insert("batch".into(), par.microbatch as i64);
+    if par.cp > 1
+        && let Some(seq) = mb_b.get_mut("seq")
+    {
+        *seq /= par.cp as i64;
+    }
+    let mb = graph::shapes(g, &mb_b)?;
+    let program = sharded_program(g, &mb, par)?;
+    let tp = par.tp.max(1);
+    let replicas = (par.dp * par.cp).max(1) as f64;
+    let stage_size = par.dp * par.cp * tp;
+    // A tensor's elements summed over the `tp` ranks of one replica.
+    let spread = |t: TensorId| -> f64 {
+        let n = numel(&mb[t.0 as usize]) as f64;
+        match layout_of(program.layout(t)) {
+            Layout::Rep => n * tp as f64,
+            Layout::Rows => n,
+            Layout::Split { groups } => n * (tp / groups.max(1)).max(1) as f64,
+        }
+    };
+    // An op's prepared weights over the `tp` ranks of one replica, and
+    // the dense gradient of its tables on one device.
+    let weights = |op: &gantry_lang::program::Op| -> (f64, f64) {
+        let params = graph::params(&op.kind);
+        if let OpKind::EmbeddingBag { .. } = &op.kind {
+            let mut held = 0.0;
+            let mut dense = 0.0;
+            for (i, p) in params.iter().enumerate() {
+                let n = numel(&p.shape) as f64;
+                dense += n;
+                held += match par.tables.get(i).copied() {
+                    Some(TableShard::Replicated) => n * stage_size as f64,
+                    // Table- or row-wise: one copy over the stage (a
+                    // row block rounds up by at most one row per device).
+                    _ => {
+                        n + (n / p.shape.first().copied().unwrap_or(1).max(1) as f64)
+                            * stage_size as f64
+                    }
+                };
+            }
+            // `held` already counts the whole stage: per replica.
+            return (held / replicas, dense);
+        }
+        let sharded = !matches!(
+            program.op(op.output).map(|o| o.strategy),
+            None | Some(Strategy::Replicated) | Some(Strategy::Local)
+        ) && tp > 1;
+        let mut sum = 0.0;
+        for p in &params {
+            let n = p.shape.last().copied().unwrap_or(1).max(1);
+            let rows = numel(&p.shape) / n;
+            let per_rank = if sharded {
+                let by_rows = rows.div_ceil(tp) * n.next_multiple_of(PACK);
+                let by_cols = rows * n.div_ceil(tp).next_multiple_of(PACK);
+                by_rows.max(by_cols)
+            } else {
+                rows * n.next_multiple_of(PACK)
+            };
+            sum += (per_rank * tp) as f64;
+        }
+        (sum, 0.0)
+    };
+    // Adds `items` (run `times` times; `distinct` once) to `st`.
+    fn add(
+        items: &[Item],
+        times: f64,
+        st: &mut Stage,
+        spread: &dyn Fn(TensorId) -> f64,
+        weights: &dyn Fn(&gantry_lang::program::Op) -> (f64, f64),
+    ) {
+        for it in items {
+            match it {
+                Item::Op(op) => {
+                    let (wt, dense) = weights(op);
+                    st.weights += times * wt;
+                    st.largest = st.largest.max(wt);
+                    st.dense += dense;
+                    st.tape += times * spread(op.output) * saved(&op.kind);
+                    st.env += spread(op.output);
+                }
+                Item::Repeat(r) => {
+                    let mut inner = Stage::default();
+                    add(&r.body, 1.0, &mut inner, spread, weights);
+                    let n = r.count as f64;
+                    st.weights += times * n * inner.weights;
+                    st.dense += inner.dense;
+                    st.largest = st.largest.max(inner.largest);
+                    st.tape += times * n * inner.tape;
+                    st.env += inner.env;
+                    for c in &r.carried {
+                        st.env += spread(c.result);
+                    }
+                }
+            }
+        }
+    }
+    let vp = par.vp.max(1);
+    let pp = par.pp.max(1);
+    let virtual_stages = pp * vp;
+    let mut stages = vec![Stage::default(); virtual_stages];
+    let inputs_rep: f64 = g.inputs.iter().map(|t| spread_rep(&mb, *t, tp)).sum();
+    match pipelined_repeat(&g.body).filter(|_| pp > 1) {
+        None => add(&g.body, 1.0, &mut stages[0], &spread, &weights),
+        Some((idx, rep)) => {
+            add(&g.body[..idx], 1.0, &mut stages[0], &spread, &weights);
+            add(
+                &g.body[idx + 1..],
+                1.0,
+                &mut stages[virtual_stages - 1],
+                &spread,
+                &weights,
+            );
+            let mut layer = Stage::default();
+            add(&rep.body, 1.0, &mut layer, &spread, &weights);
+            for (k, r) in chunk_layers(&par.stage_layers, vp).iter().enumerate() {
+                let n = r.len() as f64;
+                if let Some(s) = stages.get_mut(k) {
+                    s.weights += n * layer.weights;
+                    s.tape += n * layer.tape;
+                    s.env += layer.env;
+                    s.dense += layer.dense;
+                    s.largest = s.largest.max(layer.largest);
+                }
+            }
+        }
+    }
+    for s in &mut stages {
+        // Received and bound values: at most the inputs' size again.
+        s.tape += inputs_rep;
+        s.env += inputs_rep;
+    }
+    let per_replica = whole_b.get("batch").copied().unwrap_or(1).max(1) as usize / par.dp.max(1);
+    let m = per_replica / par.microbatch.max(1);
+    let mut devices = 0.0;
+    // What the devices hand back: their parameter gradients.
+    let mut kept = 0.0;
+    for s in 0..pp {
+        let chunk = |c: usize| stages[c * pp + s];
+        let mut w = 0.0;
+        let (mut env, mut tape, mut dense, mut largest) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for c in 0..vp {
+            w += chunk(c).weights;
+            env = env.max(chunk(c).env);
+            tape = tape.max(chunk(c).tape);
+            dense = dense.max(chunk(c).dense);
+            largest = largest.max(chunk(c).largest);
+        }
+        // The environment and its conversions; with gradients the
+        // backward's gradients of one tape instead of the conversions.
+        let work = env + if gradients { tape } else { env };
+        let mut tapes = 0.0;
+        if gradients {
+            let (mut live, mut most) = (0.0f64, 0.0f64);
+            let mut open = std::collections::HashMap::new();
+            for (a, c) in schedule(pp, vp, s, m) {
+                match a {
+                    Action::Forward(i) => {
+                        live += chunk(c).tape;
+                        open.insert((i, c), chunk(c).tape);
+                    }
+                    Action::Backward(i) => live -= open.remove(&(i, c)).unwrap_or(0.0),
+                }
+                most = most.max(live);
+            }
+            tapes = most;
+        }
+        let grads = if gradients { 2.0 } else { 1.0 };
+        devices += replicas * (grads * w + 2.0 * largest + tapes + work)
+            + if gradients {
+                dense * stage_size as f64
+            } else {
+                0.0
+            };
+        kept += replicas * if gradients { w } else { 0.0 };
+    }
+    // Inputs cut per replica for all its microbatches, on every device.
+    let inputs_whole: f64 = g
+        .inputs
+        .iter()
+        .map(|t| numel(&whole[t.0 as usize]) as f64)
+        .sum();
+    let outputs_whole: f64 = g
+        .outputs
+        .iter()
+        .map(|(_, t)| numel(&whole[t.0 as usize]) as f64)
+        .sum();
+    devices += inputs_whole * (tp * pp) as f64 + 2.0 * outputs_whole;
+    // The reference: its values once, or its tape, gradients and
+    // parameter gradients.
+    let mut r = Stage::default();
+    let spread_whole = |t: TensorId| numel(&whole[t.0 as usize]) as f64;
+    let params = |op: &gantry_lang::program::Op| -> (f64, f64) {
+        let n = graph::params(&op.kind)
+            .iter()
+            .map(|p| numel(&p.shape) as f64)
+            .sum();
+        (n, 0.0)
+    };
+    add(&g.body, 1.0, &mut r, &spread_whole, &params);
+    // The reference makes each op's weights while it runs it.
+    let transient = 2.0 * r.largest;
+    // Three phases, one after the other: the reference's forward, the
+    // devices (with the reference's outputs), the reference's backward
+    // (with the devices' parameter gradients).
+    let phases = [
+        2.0 * inputs_whole + r.env + transient,
+        inputs_whole + outputs_whole + devices,
+        if gradients {
+            2.0 * inputs_whole
+                + 2.0 * outputs_whole
+                + kept
+                + 2.0 * r.tape
+                + 2.0 * r.weights
+                + transient
+        } else {
+            0.0
+        },
+    ];
+    let most = phases.iter().copied().fold(0.0, f64::max);
+    let n = par.devices() as f64;
+    Ok(4.0 * most + (DEVICE_HEAP + PER_DEVICE) * n + PER_RUN)
+}
+
+/// What a device keeps of one op per microbatch for its backward, in
+/// multiples of its result: the result, and for `moe` the tokens sent to
+/// and received from the experts (`top_k` copies each) and the experts'
+/// activations `a`, `b`, `h` (`d_ff` wide).
+fn saved(kind: &OpKind) -> f64 {
+    match kind {
+        OpKind::Moe {
+            top_k,
+            d_model,
+            d_ff,
+            ..
+        } => {
+            let k = *top_k as f64;
+            1.0 + k * (2.0 + 3.0 * *d_ff as f64 / (*d_model).max(1) as f64)
+        }
+        _ => 1.0,
+    }
+}
+
+/// Elements of tensor `t` replicated over `tp` ranks.
+fn spread_rep(shapes: &[Vec<usize>], t: TensorId, tp: usize) -> f64 {
+    (numel(&shapes[t.0 as usize]) * tp) as f64
+}
