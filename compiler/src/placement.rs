@@ -99,6 +99,11 @@ pub fn tables(
             list.extend(o.tables.iter().cloned());
         }
     }
+    if list.is_empty() {
+        // Nothing to place: no per-rank state (a system may have millions
+        // of ranks).
+        return Vec::new();
+    }
     let n = devices.max(1) as usize;
     let mut load = vec![0.0f64; n];
     let mut mem = vec![0.0f64; n];

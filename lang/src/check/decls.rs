@@ -1076,6 +1076,25 @@ impl Checker {
             Some(it) => self.part(it, &mut env, DeclKind::Node, Self::node),
             None => (None, 1),
         };
+        // A system must be plannable: its device count bounds every
+        // parallel degree, which the planner caps at MAX_KNOB_VALUE.
+        if let (Some(n), Some(it)) = (&node, g.get("node").and_then(|v| v.first())) {
+            let devices = n.devices_per_node.saturating_mul(count);
+            if devices > MAX_KNOB_VALUE as u64 {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L046,
+                        format!(
+                            "cluster `{}` has {devices} devices, more than the {MAX_KNOB_VALUE} any plan can use",
+                            b.name.name
+                        ),
+                        it.value.span,
+                    )
+                    .with_label(it.value.span, "too many nodes")
+                    .with_help("the largest clusters built hold about 10^5 devices"),
+                );
+            }
+        }
         let mut fabric = None;
         if let Some(it) = g.get("fabric").and_then(|v| v.first()) {
             let name = it.name.as_ref().map_or(String::new(), |n| n.name.clone());
