@@ -205,6 +205,12 @@ impl Hardware {
                 .efficiency
                 .keys()
                 .filter(|k| !k.contains('.') || k.starts_with(&format!("{phase}.")))
+                // The fit's band is reported as the uncertainty, not as a
+                // factor.
+                .filter(|k| {
+                    let name = k.rsplit('.').next().unwrap_or(k);
+                    !matches!(name, "fit_rows" | "loo_median" | "loo_max")
+                })
                 .cloned()
                 .collect(),
             uncertainty: match (
