@@ -64,3 +64,20 @@ node Box {{
 "
     )
 }
+
+/// The 4-block MLP model `M` of the planner's unit-size tests (an
+/// embedding, four `x + linear(gelu(linear(rmsnorm(x))))` blocks, a head
+/// `linear(rmsnorm(x), head_args)`).
+pub fn mlp_model(head_args: &str) -> String {
+    format!(
+        "model M(d = 64, ff = 256, vocab = 1000) {{
+  input tokens: i32[batch, seq]
+  x = embedding(tokens, vocab, d)
+  repeat 4 {{
+    x = x + linear(gelu(linear(rmsnorm(x), d, ff, bias = true)), ff, d)
+  }}
+  output logits = linear(rmsnorm(x), {head_args})
+}}
+"
+    )
+}

@@ -17,16 +17,9 @@ use gantry_lang::program::{Optimizer, Plan};
 /// gain and a 64 x 1000 head; bf16.
 fn source(optimizer: &str) -> String {
     let gpu_box = common::gpu_box(4);
+    let mlp = common::mlp_model("d, vocab");
     format!(
-        "{gpu_box}model M(d = 64, ff = 256, vocab = 1000) {{
-  input tokens: i32[batch, seq]
-  x = embedding(tokens, vocab, d)
-  repeat 4 {{
-    x = x + linear(gelu(linear(rmsnorm(x), d, ff, bias = true)), ff, d)
-  }}
-  output logits = linear(rmsnorm(x), d, vocab)
-}}
-workload w {{
+        "{gpu_box}{mlp}workload w {{
   model M
   train {{ seq = 16, global_batch = 8, dtype = bf16, optimizer = {optimizer} }}
 }}

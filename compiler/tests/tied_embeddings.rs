@@ -15,16 +15,9 @@ use gantry_lang::program::Plan;
 /// 2 GPUs, one node; an embedding, 4 MLP blocks and a head, tied or not.
 fn source(tied: &str, head: &str) -> String {
     let gpu_box = common::gpu_box(2);
+    let mlp = common::mlp_model(&format!("{head}{tied}"));
     format!(
-        "{gpu_box}model M(d = 64, ff = 256, vocab = 1000) {{
-  input tokens: i32[batch, seq]
-  x = embedding(tokens, vocab, d)
-  repeat 4 {{
-    x = x + linear(gelu(linear(rmsnorm(x), d, ff, bias = true)), ff, d)
-  }}
-  output logits = linear(rmsnorm(x), {head}{tied})
-}}
-workload w {{
+        "{gpu_box}{mlp}workload w {{
   model M
   train {{ seq = 16, global_batch = 8, dtype = bf16, optimizer = adam }}
 }}
