@@ -77,6 +77,53 @@ impl Layout {
             Layout::Rows => "rows/tp".into(),
         }
     }
+    /// The block held by tensor-parallel rank `rank` of `tp`.
+    pub fn block_of(self, tp: usize, rank: usize) -> usize {
+        match self {
+            Layout::Rep => 0,
+            Layout::Cols { groups } => rank / (tp / groups).max(1),
+            Layout::Rows => rank,
+        }
+    }
+    /// The range of the last dimension (of length `len`) that `rank` of
+    /// `tp` holds (all of it for `Rep` and `Rows`).
+    pub fn range(self, len: usize, tp: usize, rank: usize) -> std::ops::Range<usize> {
+        match self {
+            Layout::Rep | Layout::Rows => 0..len,
+            Layout::Cols { groups } => block(len, groups, self.block_of(tp, rank)),
+        }
+    }
+    /// A number for messages: 0 for `Rep`, -1 for `Rows`, else the block
+    /// count.
+    pub fn code(self) -> f32 {
+        match self {
+            Layout::Rep => 0.0,
+            Layout::Rows => -1.0,
+            Layout::Cols { groups } => groups as f32,
+        }
+    }
+    /// The layout of a message's code (see [`Layout::code`]).
+    pub fn from_code(code: f32) -> Layout {
+        if code < 0.0 {
+            Layout::Rows
+        } else {
+            Layout::cols(code as usize)
+        }
+    }
+    /// Whether `rows` rows cut into `tp` row blocks fall on row boundaries
+    /// (so that [`Layout::Rows`] can hold them).
+    pub fn rows_fit(rows: usize, tp: usize) -> bool {
+        tp > 1 && rows.is_multiple_of(tp)
+    }
+}
+
+/// Block `i` of `len` cut into `parts` nearly equal contiguous blocks:
+/// `[i len / parts, (i + 1) len / parts)`. The one block rule of every
+/// split (features, rows, collective buffers); [`busiest_sent`] prices
+/// its largest (last) block.
+pub fn block(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
+    let parts = parts.max(1);
+    (i * len / parts)..((i + 1) * len / parts)
 }
 
 /// A collective over the tensor-parallel axis.

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 
-use gantry_compiler::sharded::{self};
 use gantry_lang::program::{Op, OpKind};
 
-use super::device::{Dev, Local, layout_of};
+use super::device::{Dev, Local};
 use crate::error::{RuntimeError, unsupported};
 use crate::jit::{AttentionSpec, KernelSpec};
 use crate::layout::Layout;
@@ -47,15 +46,7 @@ impl Dev<'_> {
         // The sharded program reads q split by heads (or whole) and k, v
         // split into their own blocks (or whole).
         let planned = self.planned(op.output)?;
-        let read = |i: usize| {
-            layout_of(
-                planned
-                    .reads
-                    .get(i)
-                    .copied()
-                    .unwrap_or(sharded::Layout::Rep),
-            )
-        };
+        let read = |i: usize| planned.reads.get(i).copied().unwrap_or(Layout::Rep);
         let (q_layout, kv_layout) = (read(0), read(1));
         let (hl, qoff) = if q_layout == Layout::Rep {
             (h, 0)
@@ -63,7 +54,7 @@ impl Dev<'_> {
             (h / tp, t * (h / tp))
         };
         let (kv_off, kv_local) = match kv_layout {
-            Layout::Split { groups } => {
+            Layout::Cols { groups } => {
                 let per = kvh / groups.max(1);
                 (kv_layout.block_of(tp, t) * per, per)
             }

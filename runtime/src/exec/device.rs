@@ -65,14 +65,6 @@ pub(super) fn sharded_program(
 }
 
 /// The runtime's form of a layout of the sharded program.
-pub(super) fn layout_of(l: sharded::Layout) -> Layout {
-    match l {
-        sharded::Layout::Rep => Layout::Rep,
-        sharded::Layout::Cols { groups } => Layout::split(groups),
-        sharded::Layout::Rows => Layout::Rows,
-    }
-}
-
 /// Prepared local weights of one op at one iteration.
 pub(super) type Weights = Vec<Vec<f32>>;
 
@@ -310,7 +302,7 @@ impl<'a> Dev<'a> {
                 .endpoint()?
                 .all_gather(&self.tp_group(), &x.data)?
                 .concat(),
-            Layout::Split { groups } => {
+            Layout::Cols { groups } => {
                 if self.dry {
                     Vec::new()
                 } else {
@@ -332,7 +324,7 @@ impl<'a> Dev<'a> {
         Ok(match to {
             Layout::Rep => full,
             _ if self.dry => Vec::new(),
-            _ => to.local_part(&full, width, self.par.tp, self.t),
+            _ => crate::layout::local_part(to, &full, width, self.par.tp, self.t),
         })
     }
 
@@ -342,7 +334,7 @@ impl<'a> Dev<'a> {
 
     /// The layout the sharded program stores `t` in.
     pub(super) fn layout(&self, t: TensorId) -> Layout {
-        layout_of(self.program.layout(t))
+        self.program.layout(t)
     }
 
     /// The sharded program's op producing `t`.

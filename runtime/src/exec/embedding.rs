@@ -21,7 +21,7 @@ impl Dev<'_> {
         vocab: usize,
         dim: usize,
     ) -> Result<Local, RuntimeError> {
-        let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
+        let rows = Layout::cols(self.par.tp).range(vocab, self.par.tp, self.t);
         let start = rows.start;
         let w = self.weights(op, path, |dev, ps| {
             vec![ps[0].block(&dev.init, op.output, path, rows.clone(), 0..dim)]

@@ -60,7 +60,7 @@ use crate::layout::Layout;
 
 use gantry_compiler::sharded::Strategy;
 
-use super::device::{layout_of, sharded_program};
+use super::device::sharded_program;
 use super::parallel::{Parallel, TableShard};
 use super::pipeline::pipelined_repeat;
 use super::schedule::{Action, chunk_layers, schedule};
@@ -124,10 +124,10 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
     // A tensor's elements summed over the `tp` ranks of one replica.
     let spread = |t: TensorId| -> f64 {
         let n = numel(&mb[t.0 as usize]) as f64;
-        match layout_of(program.layout(t)) {
+        match program.layout(t) {
             Layout::Rep => n * tp as f64,
             Layout::Rows => n,
-            Layout::Split { groups } => n * (tp / groups.max(1)).max(1) as f64,
+            Layout::Cols { groups } => n * (tp / groups.max(1)).max(1) as f64,
         }
     };
     // An op's prepared weights over the `tp` ranks of one replica, and

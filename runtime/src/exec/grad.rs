@@ -323,7 +323,7 @@ impl Dev<'_> {
                     Ok(if to == Layout::Rep {
                         full
                     } else {
-                        to.local_part(&full, self.width(t), self.par.tp, self.t)
+                        crate::layout::local_part(to, &full, self.width(t), self.par.tp, self.t)
                     })
                 }
             },
@@ -866,7 +866,7 @@ impl Dev<'_> {
     ) -> Result<(), RuntimeError> {
         let lay = tape.values[e.out].layout;
         let ps = graph::params(&op.kind);
-        let rows = Layout::split(self.par.tp).range(vocab, self.par.tp, self.t);
+        let rows = Layout::cols(self.par.tp).range(vocab, self.par.tp, self.t);
         let ids = self.input_as(op, tape, e, 0, Layout::Rep)?;
         // Under sequence parallelism the output is row blocks.
         let dy = self.convert(
@@ -932,7 +932,7 @@ impl Dev<'_> {
         let mut out = vec![(0, Grad::In(ql, dq))];
         // Keys and values split one block per rank are read only by
         // that rank's query heads: their gradients are whole.
-        let own = matches!(kvl, Layout::Split { groups } if groups == self.par.tp);
+        let own = matches!(kvl, Layout::Cols { groups } if groups == self.par.tp);
         if ql == Layout::Rep || own {
             out.push((1, Grad::In(kvl, dk)));
             out.push((2, Grad::In(kvl, dv)));
@@ -1088,7 +1088,7 @@ impl Dev<'_> {
         let rows = self.numel(op.inputs[0]) / d_in.max(1);
         if self.planned(op.output)?.strategy == gantry_compiler::sharded::Strategy::Row {
             // Row-parallel: the output (and its gradient) is whole.
-            let ks = Layout::split(tp).range(d_in, tp, t);
+            let ks = Layout::cols(tp).range(d_in, tp, t);
             let kl = ks.len();
             let dyf = self.convert(
                 op.output,
@@ -1127,7 +1127,7 @@ impl Dev<'_> {
         // Column-parallel: each rank's columns add to the whole input.
         let layout = self.layout(op.output);
         let groups = match layout {
-            Layout::Split { groups } => groups,
+            Layout::Cols { groups } => groups,
             _ => 1,
         };
         let cols = layout.range(d_out, tp, t);
@@ -1194,7 +1194,7 @@ impl Dev<'_> {
             db.extend(self.mm_tn(&av[i * m * k..(i + 1) * m * k], dyi, m, k, n)?);
         }
         Ok(match bl {
-            Layout::Split { groups } => {
+            Layout::Cols { groups } => {
                 if !self.t.is_multiple_of((self.par.tp / groups).max(1)) {
                     da.fill(0.0);
                 }
@@ -1314,7 +1314,7 @@ impl Dev<'_> {
     ) -> Result<Vec<(usize, Grad)>, RuntimeError> {
         let (tp, t, ep) = (self.par.tp, self.t, self.par.ep);
         let ps = graph::params(&op.kind);
-        let fl = Layout::split(tp).range(f, tp, t);
+        let fl = Layout::cols(tp).range(f, tp, t);
         let local = crate::layout::block(experts, ep, self.d % ep);
         let x = self.convert(op.inputs[0], x, Layout::Rep)?;
         let tokens = x.len() / d.max(1);

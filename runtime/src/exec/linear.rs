@@ -6,7 +6,7 @@
 use gantry_compiler::sharded::{self, Strategy};
 use gantry_lang::program::{Activation, Op};
 
-use super::device::{Dev, Local, Weights, layout_of};
+use super::device::{Dev, Local, Weights};
 use super::elementwise::unary_of;
 use crate::error::RuntimeError;
 use crate::graph::{self, Param, numel};
@@ -68,7 +68,7 @@ impl Dev<'_> {
         let row_parallel = self.planned(op.output)?.strategy == Strategy::Row;
         let rows = self.numel(op.inputs[0]) / d_in.max(1);
         if row_parallel {
-            let ks = Layout::split(tp).range(d_in, tp, t);
+            let ks = Layout::cols(tp).range(d_in, tp, t);
             let kl = ks.len();
             let with_bias = bias && t == 0;
             let w = self.weights(op, path, |dev, ps| {
@@ -141,14 +141,12 @@ impl Dev<'_> {
 
     pub(super) fn matmul(&mut self, op: &Op) -> Result<Local, RuntimeError> {
         let planned = self.planned(op.output)?;
-        let bl = layout_of(
-            planned
-                .reads
-                .get(1)
-                .copied()
-                .unwrap_or(sharded::Layout::Rep),
-        );
-        let layout = layout_of(planned.layout);
+        let bl = planned
+            .reads
+            .get(1)
+            .copied()
+            .unwrap_or(sharded::Layout::Rep);
+        let layout = planned.layout;
         let av = self.rep(op.inputs[0])?;
         let bv = self.as_layout(op.inputs[1], bl)?;
         let ashape = self.shapes[op.inputs[0].0 as usize].clone();

@@ -75,7 +75,7 @@ impl Dev<'_> {
         f: usize,
     ) -> Result<Local, RuntimeError> {
         let (tp, t, ep) = (self.par.tp, self.t, self.par.ep);
-        let fl = Layout::split(tp).range(f, tp, t);
+        let fl = Layout::cols(tp).range(f, tp, t);
         let flen = fl.len();
         let ep_rank = self.d % ep;
         let local_experts = block(experts, ep, ep_rank);

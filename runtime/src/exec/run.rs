@@ -394,7 +394,7 @@ pub(super) fn locate(
             }
             let want = cut(w, par, *id, gshape, want, Part { d, c, mb: *mb });
             let width = *gshape.last().unwrap_or(&1);
-            let want = layout.local_part(&want, width, par.tp, t);
+            let want = crate::layout::local_part(*layout, &want, width, par.tp, t);
             let (abs, rel) = graph::compare(data, &want);
             if rel > cfg.tolerance {
                 let idx = order
