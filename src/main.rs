@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gantry::check_files;
 
 use gantry::{out, outln, pin_error, pin_error_with};
+use gantry_compiler::sharded::Form;
 use gantry_lang::diagnostic;
 
 #[derive(Parser)]
@@ -656,7 +657,7 @@ fn search_cmd(
             j["layer_plans"] = serde_json::Value::Array(
                 s.layer_plans
                     .iter()
-                    .map(|l| serde_json::json!({ "tp": l.tp, "sequence_parallel": l.sequence_parallel, "allreduces": l.allreduces, "reduce_scatters": l.reduce_scatters, "all_gathers": l.all_gathers, "forward_s": l.seconds, "term": l.term, "whole": l.whole }))
+                    .map(|l| serde_json::json!({ "tp": l.tp, "sequence_parallel": l.sequence_parallel, "allreduces": l.allreduces, "reduce_scatters": l.reduce_scatters, "all_gathers": l.all_gathers, "forward_s": l.seconds, "term": l.term, "whole": l.pinned(Form::Whole), "column": l.pinned(Form::Column), "row": l.pinned(Form::Row) }))
                     .collect(),
             );
             j["top"] = serde_json::Value::Array(
@@ -722,11 +723,10 @@ fn search_cmd(
                         l.allreduces,
                         l.reduce_scatters,
                         l.all_gathers,
-                        if l.whole.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", whole: {}", l.whole.join(", "))
-                        }
+                        l.forms
+                            .iter()
+                            .map(|(n, f)| format!(", {n}: {}", f.name()))
+                            .collect::<String>()
                     );
                 }
             }

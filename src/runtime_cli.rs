@@ -51,6 +51,15 @@ pub struct TargetArgs {
     /// against (training plans).
     #[arg(long, value_delimiter = ',', conflicts_with = "plan_json")]
     pub whole: Vec<String>,
+    /// Linears to run column-parallel whatever their input's layout (a
+    /// split input is gathered first), by tensor name: a pinned form like
+    /// `--whole`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "plan_json")]
+    pub column: Vec<String>,
+    /// Linears to run row-parallel whatever their input's layout (a
+    /// replicated input is sliced locally), by tensor name.
+    #[arg(long, value_delimiter = ',', conflicts_with = "plan_json")]
+    pub row: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -388,11 +397,9 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         let pp = plan_json::parse(&text, &workload.name).map_err(|e| fail(&e))?;
         let mut par =
             Parallel::from_point(&pp.point, &workload, &pp.stage_layers).map_err(|e| fail(&e))?;
-        // The plan's program: its extraction's whole contractions.
-        par.whole = whole_tensors(&workload, &pp.whole)
-            .map_err(|e| fail(&e))?
-            .into_iter()
-            .collect();
+        // The plan's program: its extraction's contraction forms.
+        par.forms =
+            form_tensors(&workload, [&pp.whole, &pp.column, &pp.row]).map_err(|e| fail(&e))?;
         return Ok(Target {
             workload,
             par,
@@ -437,16 +444,17 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         Ok(ev) => ev,
         Err(e) => return Err(crate::pin_error_with(&e, &cli_pins)),
     };
-    if !a.whole.is_empty() {
-        pin_whole(&mut ev, &workload, &a.whole).map_err(|e| fail(&e))?;
+    if !(a.whole.is_empty() && a.column.is_empty() && a.row.is_empty()) {
+        pin_forms(&mut ev, &workload, [&a.whole, &a.column, &a.row]).map_err(|e| fail(&e))?;
     }
     let placement = gantry_compiler::plan::table_placement(&ev, &plan);
     let mut par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
         .map_err(|e| fail(&e))?
         .with_tables(&workload, &placement);
-    // The contractions the extraction runs whole (or `--whole` pins): the
-    // program the cost model priced is the one the devices run.
-    par.whole = ev.ir.whole(par.tp).into_iter().collect();
+    // The contraction forms the extraction pins (or `--whole`, `--column`
+    // and `--row` pin): the program the cost model priced is the one the
+    // devices run.
+    par.forms = ev.ir.forms(par.tp);
     if (par.devices() as u64) < devices {
         eprintln!(
             "note: the design point uses {} of the {devices} devices",
@@ -467,22 +475,23 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     })
 }
 
-/// Applies `--whole`: the named contractions run whole at the point's
-/// degree, and the point is priced again with that program.
-fn pin_whole(
+/// Applies `--whole`, `--column` and `--row`: the named contractions take
+/// that form at the point's degree, and the point is priced again with
+/// that program.
+fn pin_forms(
     ev: &mut gantry_compiler::plan::Evaluation,
     workload: &Workload,
-    names: &[String],
+    names: [&[String]; 3],
 ) -> Result<(), RuntimeError> {
     if !matches!(workload.phase, Phase::Train { .. }) {
         return Err(RuntimeError::new(
             gantry_runtime::RCode::R002,
-            "`--whole` pins a training plan's layouts; this workload does not train",
+            "`--whole`, `--column` and `--row` pin a training plan's layouts; this workload does not train",
         ));
     }
-    let whole = whole_tensors(workload, names)?;
+    let forms = form_tensors(workload, names)?;
     let tp = ev.estimate.point.tp as usize;
-    ev.ir.set_whole(tp, whole);
+    ev.ir.set_forms(tp, forms);
     let priced = gantry_compiler::cost::Evaluator {
         ir: &ev.ir,
         hw: &ev.hardware,
@@ -493,41 +502,65 @@ fn pin_whole(
     Ok(())
 }
 
-/// The output tensors of the contractions named `names` (tensor names as
-/// in the source, or `linear %7` for an unnamed one, as the planner
-/// prints them).
-fn whole_tensors(
+/// The forms of the contractions named in `names` (whole, column, row;
+/// tensor names as in the source, or `linear %7` for an unnamed one, as
+/// the planner prints them). Only a linear takes column or row.
+fn form_tensors(
     workload: &Workload,
-    names: &[String],
-) -> Result<std::collections::BTreeSet<gantry_lang::program::TensorId>, RuntimeError> {
+    names: [&[String]; 3],
+) -> Result<gantry_compiler::sharded::Forms, RuntimeError> {
+    use gantry_compiler::sharded::Form;
     use gantry_lang::program::OpKind;
     let g = &workload.model.graph;
     let ops = gantry_compiler::sharded::ops_of(&g.body);
-    let mut whole = std::collections::BTreeSet::new();
-    for name in names {
-        let found: Vec<_> = ops
-            .iter()
-            .filter(|o| gantry_compiler::sharded::op_label(g, o) == *name)
-            .filter(|o| {
-                matches!(
-                    o.kind,
-                    OpKind::Linear { .. } | OpKind::MatMul | OpKind::Attention { .. }
-                )
-            })
-            .map(|o| o.output)
-            .collect();
-        if found.is_empty() {
-            return Err(RuntimeError::new(
-                gantry_runtime::RCode::R002,
-                format!(
-                    "`--whole {name}`: no linear, matmul or attention of `{}` produces a tensor named `{name}`",
-                    workload.model.name
-                ),
-            ));
+    let mut forms = gantry_compiler::sharded::Forms::new();
+    for (form, list) in [Form::Whole, Form::Column, Form::Row]
+        .into_iter()
+        .zip(names)
+    {
+        for name in list {
+            let found: Vec<_> = ops
+                .iter()
+                .filter(|o| gantry_compiler::sharded::op_label(g, o) == *name)
+                .filter(|o| match o.kind {
+                    OpKind::Linear { .. } => true,
+                    OpKind::MatMul | OpKind::Attention { .. } => form == Form::Whole,
+                    _ => false,
+                })
+                .map(|o| o.output)
+                .collect();
+            if found.is_empty() {
+                let what = if form == Form::Whole {
+                    "linear, matmul or attention"
+                } else {
+                    "linear"
+                };
+                return Err(RuntimeError::new(
+                    gantry_runtime::RCode::R002,
+                    format!(
+                        "`--{} {name}`: no {what} of `{}` produces a tensor named `{name}`",
+                        form.name(),
+                        workload.model.name
+                    ),
+                ));
+            }
+            for t in found {
+                if let Some(prev) = forms.insert(t, form)
+                    && prev != form
+                {
+                    return Err(RuntimeError::new(
+                        gantry_runtime::RCode::R002,
+                        format!(
+                            "`{name}` is pinned both {} and {}",
+                            prev.name(),
+                            form.name()
+                        ),
+                    ));
+                }
+            }
         }
-        whole.extend(found);
     }
-    Ok(whole)
+    Ok(forms)
 }
 
 /// `gantry run`.

@@ -79,6 +79,8 @@ fn target(
         scale: scale.map(str::to_string),
         lib: Vec::new(),
         whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
     };
     match resolve_target(&a) {
         Ok(t) => t,

@@ -884,6 +884,8 @@ fn plan_mutant(
                 scale: Some(root.scale.into()),
                 lib: Vec::new(),
                 whole: Vec::new(),
+                column: Vec::new(),
+                row: Vec::new(),
             };
             tally.resolved += 1;
             if let Ok(t) = resolve_target(&a) {
@@ -1153,6 +1155,8 @@ proptest! {
                     scale: Some(LLM_SCALE.into()),
                     lib: Vec::new(),
                     whole: Vec::new(),
+                    column: Vec::new(),
+                    row: Vec::new(),
                 };
                 if let Err(c) = resolve_target(&a) {
                     assert!(

@@ -29,6 +29,8 @@ fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::run
         scale: Some(scale.into()),
         lib: Vec::new(),
         whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
     };
     match resolve_target(&a) {
         Ok(t) => t,
@@ -237,6 +239,8 @@ fn planner_points_run() {
             scale: Some(scale.into()),
             lib: Vec::new(),
             whole: Vec::new(),
+            column: Vec::new(),
+            row: Vec::new(),
         };
         let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file}: does not resolve"));
         let cfg = RunConfig {

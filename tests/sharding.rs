@@ -124,12 +124,17 @@ fn program_with(body: &str, tp: usize, sp: bool, whole: &[&str]) -> (Program, Ve
         .map(|t| t.shape.numel().eval(&b).expect("bound") as f64)
         .collect();
     let mesh = Mesh {
-        whole: g
+        forms: g
             .tensors
             .iter()
             .enumerate()
             .filter(|(_, t)| whole.contains(&t.name.as_str()))
-            .map(|(i, _)| gantry_lang::program::TensorId(i as u32))
+            .map(|(i, _)| {
+                (
+                    gantry_lang::program::TensorId(i as u32),
+                    gantry_compiler::sharded::Form::Whole,
+                )
+            })
             .collect(),
         ..Mesh::new(tp, sp)
     };
@@ -433,6 +438,8 @@ fn args(name: &str, body: &str, fix: &str) -> TargetArgs {
         scale: None,
         lib: Vec::new(),
         whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
     }
 }
 

@@ -10,7 +10,11 @@
 //! ZeRO 0, microbatch 1) and runs one training step on simulated devices:
 //! outputs and parameter gradients must match the reference interpreter,
 //! and the tensor-parallel bytes the busiest device sent must equal the
-//! cost model's exactly. The largest byte mismatch seen is printed.
+//! cost model's exactly. A third of the cases also pin random linears to
+//! a form the rule would not choose (whole, column-parallel on a gathered
+//! input, row-parallel on a sliced one), as the e-graph's extraction may:
+//! the pinned program must hold the same way. The largest byte mismatch
+//! seen is printed.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -439,6 +443,9 @@ struct Case {
     /// Steps after which an intermediate residual add is made.
     residuals: Vec<u16>,
     point: Point,
+    /// Per linear of the block, in order: 0 follows the rule, 1 pins it
+    /// whole, 2 column-parallel, 3 row-parallel (empty: no pins).
+    forms: Vec<u8>,
 }
 
 impl Case {
@@ -483,6 +490,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             1 => prop::collection::vec(step(), 12..=28),
         ],
         prop::collection::vec(any::<u16>(), 0..30),
+        prop_oneof![
+            2 => Just(Vec::new()),
+            1 => prop::collection::vec(0u8..4, 1..12),
+        ],
         tp_strategy(),
         any::<bool>(),
         (
@@ -491,11 +502,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             8usize..17,
         ),
     )
-        .prop_map(|(steps, residuals, tp, sp, (d, layers, vocab))| {
+        .prop_map(|(steps, residuals, forms, tp, sp, (d, layers, vocab))| {
             let ws = widths(tp);
             Case {
                 steps,
                 residuals,
+                forms,
                 point: Point {
                     tp,
                     sp,
@@ -519,6 +531,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
 /// The result of running one block at one point.
 #[derive(Debug)]
 struct Outcome {
+    /// Linears pinned to a form.
+    pins: usize,
     passed: bool,
     measured: f64,
     model: f64,
@@ -527,10 +541,39 @@ struct Outcome {
 
 /// Writes `src`, resolves it at `fix` and runs one training step.
 fn run_source(name: &str, src: &str, fix: &str) -> Result<Outcome, String> {
+    run_pinned(name, src, fix, &[])
+}
+
+/// The names of the linears `picks` pins (see [`Case::forms`]), as
+/// `[whole, column, row]` lists.
+fn pinned_names(file: &std::path::Path, picks: &[u8]) -> [Vec<String>; 3] {
+    let mut out: [Vec<String>; 3] = Default::default();
+    if picks.is_empty() {
+        return out;
+    }
+    let c = gantry::check_files(&[file.display().to_string()], &[]);
+    let Some(w) = c.program.workloads.values().next() else {
+        return out;
+    };
+    let g = &w.model.graph;
+    let linears = gantry_compiler::sharded::ops_of(&g.body)
+        .into_iter()
+        .filter(|o| matches!(o.kind, gantry_lang::program::OpKind::Linear { .. }));
+    for (o, pick) in linears.zip(picks.iter().cycle()) {
+        if let Some(k) = (*pick as usize).checked_sub(1).filter(|k| *k < 3) {
+            out[k].push(gantry_compiler::sharded::op_label(g, o));
+        }
+    }
+    out
+}
+
+/// [`run_source`] with the linears `picks` names pinned to a form.
+fn run_pinned(name: &str, src: &str, fix: &str, picks: &[u8]) -> Result<Outcome, String> {
     let dir = std::env::temp_dir().join(format!("gantry-sharding-prop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let file = dir.join(format!("{name}.gantry"));
     std::fs::write(&file, src).map_err(|e| e.to_string())?;
+    let [whole, column, row] = pinned_names(&file, picks);
     let a = TargetArgs {
         file: file.display().to_string(),
         plan: None,
@@ -539,23 +582,27 @@ fn run_source(name: &str, src: &str, fix: &str) -> Result<Outcome, String> {
         devices: None,
         scale: None,
         lib: Vec::new(),
-        whole: Vec::new(),
+        whole,
+        column,
+        row,
     };
+    let pins = format!("{:?}", [&a.whole, &a.column, &a.row]);
     let t = resolve_target(&a)
-        .map_err(|_| format!("does not resolve at {fix} (see stderr):\n{src}"))?;
+        .map_err(|_| format!("does not resolve at {fix} with forms {pins} (see stderr):\n{src}"))?;
     let cfg = RunConfig {
         gradients: true,
         ..RunConfig::default()
     };
     let r = exec::run(&t.workload, &t.par, &cfg)
-        .map_err(|e| format!("run fails at {fix}: {}\n{src}", e.render()))?;
+        .map_err(|e| format!("run fails at {fix}, forms {pins}: {}\n{src}", e.render()))?;
     let rows = traffic_rows(&t, &r);
     let tensor = rows.iter().find(|r| r.label == "tensor");
     Ok(Outcome {
+        pins: t.par.forms.len(),
         passed: r.passed(),
         measured: tensor.map_or(0.0, |r| r.measured),
         model: tensor.map_or(0.0, |r| r.model.iter().map(|(_, b)| b).sum()),
-        report: format!("{r:?}"),
+        report: format!("forms {pins}: {r:?}"),
     })
 }
 
@@ -569,8 +616,8 @@ fn check(o: &Outcome, fix: &str, src: &str) -> Result<(), String> {
     }
     if o.measured != o.model {
         return Err(format!(
-            "tensor bytes at {fix}: run {} B, model {} B\n{src}",
-            o.measured, o.model
+            "tensor bytes at {fix}: run {} B, model {} B ({})\n{src}",
+            o.measured, o.model, o.report
         ));
     }
     Ok(())
@@ -593,6 +640,7 @@ fn config() -> ProptestConfig {
 fn random_blocks_run_exactly_as_priced() {
     let worst = Mutex::new(0.0f64);
     let count = Mutex::new(0usize);
+    let pinned = Mutex::new((0usize, 0usize));
     let mut runner = TestRunner::new(config());
     let result = runner.run(&case_strategy(), |case| {
         let (body, ops) = case.block();
@@ -600,7 +648,7 @@ fn random_blocks_run_exactly_as_priced() {
         let src = p.source(&body);
         let fix = p.fix();
         let t0 = std::time::Instant::now();
-        let o = run_source("case", &src, &fix).map_err(TestCaseError::fail)?;
+        let o = run_pinned("case", &src, &fix, &case.forms).map_err(TestCaseError::fail)?;
         if std::env::var("GANTRY_PROP_TRACE").is_ok() {
             eprintln!(
                 "case tp={} sp={} ops={ops} layers={} seq={} d={}: {:.2}s, {} B",
@@ -617,17 +665,23 @@ fn random_blocks_run_exactly_as_priced() {
             let mut w = worst.lock().unwrap();
             *w = w.max((o.measured - o.model).abs());
             *count.lock().unwrap() += 1;
+            let mut p = pinned.lock().unwrap();
+            p.0 += usize::from(o.pins > 0);
+            p.1 += o.pins;
         }
         check(&o, &fix, &src).map_err(TestCaseError::fail)
     });
+    let (cases, pins) = *pinned.lock().unwrap();
     eprintln!(
-        "sharding_prop: {} runs, largest tensor byte mismatch {} B",
+        "sharding_prop: {} runs ({cases} with {pins} pinned forms), largest tensor byte mismatch {} B",
         count.lock().unwrap(),
         worst.lock().unwrap()
     );
     if let Err(e) = result {
         panic!("{e}");
     }
+    // The pinned forms are exercised, not drawn and dropped.
+    assert!(cases * 5 >= *count.lock().unwrap(), "{cases} cases pinned");
 }
 
 /// Runs the block in the file `GANTRY_PROP_BLOCK` at

@@ -23,6 +23,8 @@ fn rows_at(fix: &str, scale: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
         scale: Some(scale.into()),
         lib: Vec::new(),
         whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{fix}: does not resolve"));
     let cfg = RunConfig {
@@ -51,6 +53,8 @@ fn expert_traffic_is_the_cost_models() {
         scale: None,
         lib: Vec::new(),
         whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("does not resolve"));
     let cfg = RunConfig {

@@ -19,12 +19,12 @@
 //! and kept), so that key/value head grouping, uneven splits and heads
 //! that do not divide are priced as the runtime runs them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use gantry_lang::program::{DType, Graph, Item, Kernels, OpKind, Phase, TensorId, Workload};
 
-use crate::sharded::{Layout, Mesh, Program};
+use crate::sharded::{Form, Forms, Layout, Mesh, Program};
 
 /// What kind of hardware resource an op mostly uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,8 +115,8 @@ pub struct Programs {
     /// The output tensor of every op, per segment.
     outputs: Vec<Vec<TensorId>>,
     memo: Mutex<HashMap<(usize, bool), Arc<TpTable>>>,
-    /// Per degree, the contractions the e-graph's extraction runs whole.
-    whole: Mutex<HashMap<usize, BTreeSet<TensorId>>>,
+    /// Per degree, the contraction forms the e-graph's extraction pinned.
+    forms: Mutex<HashMap<usize, Forms>>,
 }
 
 impl Clone for Programs {
@@ -127,7 +127,7 @@ impl Clone for Programs {
             widths: self.widths.clone(),
             outputs: self.outputs.clone(),
             memo: Mutex::new(self.memo.lock().map(|m| m.clone()).unwrap_or_default()),
-            whole: Mutex::new(self.whole.lock().map(|m| m.clone()).unwrap_or_default()),
+            forms: Mutex::new(self.forms.lock().map(|m| m.clone()).unwrap_or_default()),
         }
     }
 }
@@ -160,20 +160,20 @@ impl Programs {
         t
     }
 
-    fn whole(&self, tp: usize) -> BTreeSet<TensorId> {
-        self.whole
+    fn forms(&self, tp: usize) -> Forms {
+        self.forms
             .lock()
             .ok()
             .and_then(|m| m.get(&tp).cloned())
             .unwrap_or_default()
     }
 
-    fn set_whole(&self, tp: usize, whole: BTreeSet<TensorId>) {
-        if let Ok(mut m) = self.whole.lock() {
-            if m.get(&tp) == Some(&whole) {
+    fn set_forms(&self, tp: usize, forms: Forms) {
+        if let Ok(mut m) = self.forms.lock() {
+            if m.get(&tp) == Some(&forms) {
                 return;
             }
-            m.insert(tp, whole);
+            m.insert(tp, forms);
         }
         if let Ok(mut m) = self.memo.lock() {
             m.retain(|(t, _), _| *t != tp);
@@ -182,7 +182,7 @@ impl Programs {
 
     fn build(&self, tp: usize, sp: bool) -> TpTable {
         let mesh = Mesh {
-            whole: self.whole(tp),
+            forms: self.forms(tp),
             ..Mesh::new(tp, sp)
         };
         let (program, unshardable) = match crate::sharded::build(&self.graph, &self.numel, &mesh) {
@@ -408,16 +408,35 @@ impl Ir {
     pub fn tp_table(&self, tp: usize, sequence_parallel: bool) -> Arc<TpTable> {
         self.programs.table(tp, sequence_parallel)
     }
-    /// The contractions (by output tensor) the program on degree `tp` runs
-    /// whole: the e-graph extraction's choice ([`Ir::set_whole`]), empty
-    /// until one is made.
-    pub fn whole(&self, tp: usize) -> BTreeSet<TensorId> {
-        self.programs.whole(tp)
+    /// The contraction forms (by output tensor) the program on degree
+    /// `tp` pins: the e-graph extraction's choice ([`Ir::set_forms`]),
+    /// empty until one is made.
+    pub fn forms(&self, tp: usize) -> Forms {
+        self.programs.forms(tp)
     }
-    /// Records the extraction's choice of whole contractions on degree
+    /// The strategy of every op of the program on degree `tp` as built now
+    /// (without sequence parallelism), by output tensor.
+    pub fn tp_strategies(&self, tp: usize) -> BTreeMap<TensorId, crate::sharded::Strategy> {
+        let mesh = Mesh {
+            forms: self.forms(tp),
+            ..Mesh::new(tp, false)
+        };
+        crate::sharded::build(&self.programs.graph, &self.programs.numel, &mesh)
+            .map(|p| p.ops.iter().map(|o| (o.output, o.strategy)).collect())
+            .unwrap_or_default()
+    }
+    /// The contractions pinned to `form` on degree `tp`.
+    pub fn pinned(&self, tp: usize, form: Form) -> Vec<TensorId> {
+        self.forms(tp)
+            .into_iter()
+            .filter(|(_, f)| *f == form)
+            .map(|(t, _)| t)
+            .collect()
+    }
+    /// Records the extraction's choice of contraction forms on degree
     /// `tp`: every later [`Ir::tp_table`] on that degree builds with it.
-    pub fn set_whole(&self, tp: usize, whole: BTreeSet<TensorId>) {
-        self.programs.set_whole(tp, whole);
+    pub fn set_forms(&self, tp: usize, forms: Forms) {
+        self.programs.set_forms(tp, forms);
     }
     /// The name of tensor `t` in the model's source (`linear %7` for a
     /// value the source does not name).
@@ -716,7 +735,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
                 .map(|s| s.ops.iter().map(|o| o.output).collect())
                 .collect(),
             memo: Mutex::new(HashMap::new()),
-            whole: Mutex::new(HashMap::new()),
+            forms: Mutex::new(HashMap::new()),
         },
         segments,
         kernels: w.kernels,

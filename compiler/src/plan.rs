@@ -265,9 +265,73 @@ pub struct LayerPlan {
     pub reduce_scatters: usize,
     pub all_gathers: usize,
     pub term: String,
-    /// The contractions this extraction runs whole (the names of the
-    /// tensors they produce), after the cost model's check.
-    pub whole: Vec<String>,
+    /// The contraction forms this extraction pins (by the names of the
+    /// tensors they produce), after the cost model's check: each differs
+    /// from what the rule would choose and makes the layer faster.
+    pub forms: Vec<(String, crate::sharded::Form)>,
+}
+
+impl LayerPlan {
+    /// The contractions pinned to `form`.
+    pub fn pinned(&self, form: crate::sharded::Form) -> Vec<String> {
+        self.forms
+            .iter()
+            .filter(|(_, f)| *f == form)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// The contraction forms of the extracted block `term` on degree `tp`
+/// that the program keeps, recorded in the IR ([`Ir::set_forms`]). A form
+/// is kept only where it changes the program (differs from the rule's
+/// choice) and the cost model has the last word: it stays only if one
+/// layer, forward and backward with its collectives on this degree, is
+/// faster with it than without, given the others.
+fn checked_forms(
+    ir: &Ir,
+    ev: &Evaluator,
+    body: &crate::ir::Segment,
+    probe: &crate::point::DesignPoint,
+    tp: usize,
+    term: &egg::RecExpr<crate::egraph::Shard>,
+) -> crate::sharded::Forms {
+    use crate::sharded::{Form, Forms, Strategy};
+    ir.set_forms(tp, Forms::new());
+    let rule = ir.tp_strategies(tp);
+    let mut forms: Forms = crate::egraph::forms(term)
+        .into_iter()
+        .filter_map(|(i, f)| body.ops.get(i).map(|o| (o.output, f)))
+        .filter(|(t, f)| {
+            let by_rule = rule.get(t).copied();
+            !matches!(
+                (f, by_rule),
+                (Form::Whole, Some(Strategy::Replicated))
+                    | (Form::Column, Some(Strategy::Column))
+                    | (Form::Row, Some(Strategy::Row))
+            )
+        })
+        .collect();
+    let q = crate::point::DesignPoint {
+        tp: tp as u64,
+        ..*probe
+    };
+    let layer = |f: &Forms| {
+        ir.set_forms(tp, f.clone());
+        ev.layer_times(&q).map_or(f64::INFINITY, |(f, b)| f + b)
+    };
+    let mut current = if forms.is_empty() { 0.0 } else { layer(&forms) };
+    for t in forms.keys().copied().collect::<Vec<_>>() {
+        let mut without = forms.clone();
+        without.remove(&t);
+        let t_without = layer(&without);
+        if t_without <= current {
+            forms = without;
+            current = t_without;
+        }
+    }
+    ir.set_forms(tp, forms.clone());
+    forms
 }
 
 /// The e-graph's extraction of the repeated block on each degree.
@@ -331,39 +395,11 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
         ) / hidden;
         let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
         let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
-        let mut whole: std::collections::BTreeSet<gantry_lang::program::TensorId> = if tp > 1 {
-            crate::egraph::whole_ops(&term)
-                .into_iter()
-                .filter_map(|i| body.ops.get(i).map(|o| o.output))
-                .collect()
+        let forms = if let (Ok(t), true) = (usize::try_from(tp), tp > 1) {
+            checked_forms(ir, &ev, body, &probe, t, &term)
         } else {
             Default::default()
         };
-        if let Ok(t) = usize::try_from(tp) {
-            // The cost model has the last word: each contraction the
-            // extraction runs whole stays whole only if the layer
-            // (forward and backward, collectives included, on this degree)
-            // is faster with it whole than split, given the others.
-            let q = crate::point::DesignPoint {
-                tp: t as u64,
-                ..probe
-            };
-            let layer = |w: &std::collections::BTreeSet<_>| {
-                ir.set_whole(t, w.clone());
-                ev.layer_times(&q).map_or(f64::INFINITY, |(f, b)| f + b)
-            };
-            let mut current = if whole.is_empty() { 0.0 } else { layer(&whole) };
-            for op in whole.clone() {
-                let mut without = whole.clone();
-                without.remove(&op);
-                let t_without = layer(&without);
-                if t_without <= current {
-                    whole = without;
-                    current = t_without;
-                }
-            }
-            ir.set_whole(t, whole.clone());
-        }
         // The forward collectives of one layer of the program priced (the
         // extraction's, after the cost model's check).
         let (mut ar_n, mut rs_n, mut ag_n) = (0, 0, 0);
@@ -387,7 +423,10 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
             reduce_scatters: rs_n,
             all_gathers: ag_n,
             term: term.to_string(),
-            whole: whole.iter().map(|t| ir.tensor_name(*t)).collect(),
+            forms: forms
+                .iter()
+                .map(|(t, f)| (ir.tensor_name(*t), *f))
+                .collect(),
         });
     }
     out

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::cost::Estimate;
 use crate::hardware::{Hardware, Uncertainty, phase_key};
 use crate::plan::Evaluation;
+use crate::sharded::Form;
 
 /// The band every prediction of a device and phase carries: the
 /// leave-one-out errors `gantry calibrate --fit` recorded, in words.
@@ -142,7 +143,9 @@ pub fn json(ev: &Evaluation) -> Value {
             "recompute": p.recompute.name(), "microbatch": p.microbatch,
             "virtual_stages": p.virtual_stages, "sequence_parallel": p.sequence_parallel,
             "batch": p.batch, "shard": p.shard, "stage_layers": e.stage_layers,
-            "whole_ops": ev.ir.whole(p.tp as usize).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
+            "whole_ops": ev.ir.pinned(p.tp as usize, Form::Whole).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
+            "column_ops": ev.ir.pinned(p.tp as usize, Form::Column).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
+            "row_ops": ev.ir.pinned(p.tp as usize, Form::Row).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
         "feasible": e.feasible,
         "uncertainty": uncertainty_json(ev.hardware.uncertainty),

@@ -30,10 +30,11 @@
 //! - embeddings are vocab-parallel; `moe` splits every expert's width (an
 //!   all-reduce of the combined output); DLRM ops, `reshape` and `concat`
 //!   run replicated on gathered inputs.
-//! - a contraction the e-graph's extraction chose to run whole
-//!   ([`Mesh::whole`], checked by the cost model in `plan::extract_layers`)
-//!   is replicated: its inputs are read whole (gathered if split) and its
-//!   result is whole;
+//! - a contraction whose form the e-graph's extraction pinned
+//!   ([`Mesh::forms`], checked by the cost model in
+//!   `plan::extract_layers`) takes that form: whole (inputs read whole,
+//!   gathered if split; result whole), or a linear column-parallel on a
+//!   gathered input, or row-parallel on a locally sliced one;
 //! - a carried value (a `repeat`'s residual stream) leaves an iteration in
 //!   the layout it entered with: the elementwise op producing it is asked
 //!   for that layout; a body where that cannot hold (a linear produces the
@@ -284,10 +285,38 @@ pub struct Mesh {
     /// accepts (it divides the attention heads), so head splits are not
     /// re-checked; key/value heads are replicated when fewer than `tp`.
     pub symbolic: bool,
-    /// Contractions (linear, matmul, attention; by output tensor) that
-    /// run whole on every rank: the e-graph's extraction found them
-    /// cheaper unsplit on this mesh (`crate::egraph::whole_ops`).
-    pub whole: BTreeSet<TensorId>,
+    /// The form the e-graph's extraction chose for a contraction (by
+    /// output tensor; `crate::egraph::forms`, checked by the cost model):
+    /// run whole, or a linear column- or row-parallel whatever layout its
+    /// input arrives in. A contraction not listed follows the rule.
+    pub forms: Forms,
+}
+
+/// Pinned contraction forms, by output tensor.
+pub type Forms = BTreeMap<TensorId, Form>;
+
+/// A contraction's form, when the extraction pins it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Form {
+    /// Unsplit on every rank: inputs read whole (gathered if split), the
+    /// result whole. Linear, matmul or attention.
+    Whole,
+    /// A linear reading its input whole (gathered if it arrives split)
+    /// and splitting its output features.
+    Column,
+    /// A linear reading its input split along its features (a local slice
+    /// of a replicated input) and reducing its partial sums.
+    Row,
+}
+
+impl Form {
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Whole => "whole",
+            Form::Column => "column",
+            Form::Row => "row",
+        }
+    }
 }
 
 impl Mesh {
@@ -297,8 +326,15 @@ impl Mesh {
             sp,
             rows_fit: None,
             symbolic: false,
-            whole: BTreeSet::new(),
+            forms: BTreeMap::new(),
         }
+    }
+    /// The pinned form of the contraction producing `t`, if any.
+    pub fn form(&self, t: TensorId) -> Option<Form> {
+        self.forms.get(&t).copied()
+    }
+    fn whole(&self, t: TensorId) -> bool {
+        self.form(t) == Some(Form::Whole)
     }
     /// A degree standing for any the planner accepts (what is split, not
     /// how much): head splits are not re-checked.
@@ -619,15 +655,21 @@ impl Builder<'_> {
                 let reads = ins.iter().map(|t| self.read(*t, lay, &mut comms)).collect();
                 (Strategy::Local, reads, lay)
             }
-            OpKind::Linear { .. } if self.whole_linears || self.mesh.whole.contains(&op.output) => {
+            OpKind::Linear { .. } if self.whole_linears || self.mesh.whole(op.output) => {
                 let r = self.read(ins[0], Layout::Rep, &mut comms);
                 (Strategy::Replicated, vec![r], Layout::Rep)
             }
             OpKind::Linear { .. } => {
                 let x = ins[0];
-                if self.l(x) == Layout::cols(tp) {
+                let row = match self.mesh.form(op.output) {
+                    Some(Form::Row) => true,
+                    Some(Form::Column) => false,
+                    _ => self.l(x) == Layout::cols(tp),
+                };
+                if row {
+                    let r = self.read(x, Layout::cols(tp), &mut comms);
                     let out = self.reduce(op.output, &mut comms);
-                    (Strategy::Row, vec![Layout::cols(tp)], out)
+                    (Strategy::Row, vec![r], out)
                 } else {
                     let r = self.read(x, Layout::Rep, &mut comms);
                     let groups = self.kv_groups.get(&op.output).copied().unwrap_or(tp);
@@ -638,7 +680,7 @@ impl Builder<'_> {
                 let (a, bt) = (ins[0], ins[1]);
                 if self.l(a) == Layout::Rep
                     && matches!(self.l(bt), Layout::Cols { .. })
-                    && !self.mesh.whole.contains(&op.output)
+                    && !self.mesh.whole(op.output)
                 {
                     let bl = self.l(bt);
                     (Strategy::Column, vec![Layout::Rep, bl], bl)
@@ -653,7 +695,7 @@ impl Builder<'_> {
             } => {
                 let (q, k, v) = (ins[0], ins[1], ins[2]);
                 let split = self.l(q) == Layout::cols(tp)
-                    && !self.mesh.whole.contains(&op.output)
+                    && !self.mesh.whole(op.output)
                     && (self.mesh.symbolic || (*heads as usize).is_multiple_of(tp));
                 if split {
                     // Keys and values are read split only in whole
@@ -866,6 +908,9 @@ fn contributions(
         }
         (OpKind::Scale(_) | OpKind::Dropout(_), _) => vec![(0, In(out))],
         (OpKind::Linear { .. }, Strategy::Row) => {
+            // The weight gradient reads the input split (free from a
+            // replicated or same split input).
+            reread(ins[0], Layout::cols(tp), comms);
             convert(op.output, out, Layout::Rep, comms);
             vec![(0, In(Layout::cols(tp)))]
         }

@@ -430,7 +430,13 @@ fn extraction_runs_the_adapter_up_projection_whole() {
     let p = common::plan("compiler/tests/inputs/adapter.gantry", None);
     let s = search(&p, &BTreeMap::new(), 1).expect("search");
     for l in s.layer_plans.iter().filter(|l| l.tp > 1) {
-        assert_eq!(l.whole, vec!["up".to_string()], "tp = {}: {}", l.tp, l.term);
+        assert_eq!(
+            l.forms,
+            vec![("up".to_string(), gantry_compiler::sharded::Form::Whole)],
+            "tp = {}: {}",
+            l.tp,
+            l.term
+        );
         // Forward: the attention output and MLP all-reduces, and the
         // gather of the adapter's 16 features.
         assert_eq!(
@@ -480,7 +486,7 @@ fn extraction_runs_the_adapter_up_projection_whole() {
     // Without the choice the same point prices the split program: one
     // more all-reduce of d per layer, in both passes.
     let before = s.best.estimate.time.step;
-    ir.set_whole(tp, Default::default());
+    ir.set_forms(tp, Default::default());
     let split = Evaluator {
         ir,
         hw: &s.best.hardware,

@@ -21,6 +21,10 @@ pub struct PlanPoint {
     /// Contractions the plan's extraction runs whole (tensor names);
     /// empty in `gantry.plan/1`, which did not carry them.
     pub whole: Vec<String>,
+    /// Linears it pins column-parallel (`column_ops`) and row-parallel
+    /// (`row_ops`); empty where the file does not carry them.
+    pub column: Vec<String>,
+    pub row: Vec<String>,
 }
 
 fn field<'a>(v: &'a Value, path: &str) -> Result<&'a Value, RuntimeError> {
@@ -112,17 +116,24 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
             })
         })
         .collect::<Result<Vec<u64>, _>>()?;
-    let whole = match v.pointer("/parallelism/whole_ops") {
-        None => Vec::new(),
-        Some(w) => w
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<Vec<String>>>()
-            })
-            .ok_or_else(|| mismatch("plan JSON `parallelism.whole_ops` must be a list of names"))?,
+    let names = |key: &str| -> Result<Vec<String>, RuntimeError> {
+        match v.pointer(&format!("/parallelism/{key}")) {
+            None => Ok(Vec::new()),
+            Some(w) => w
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().map(str::to_string))
+                        .collect::<Option<Vec<String>>>()
+                })
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "plan JSON `parallelism.{key}` must be a list of names"
+                    ))
+                }),
+        }
     };
+    let (whole, column, row) = (names("whole_ops")?, names("column_ops")?, names("row_ops")?);
     if layers.len() as u64 != pp {
         return Err(mismatch(format!(
             "plan JSON lists {} stage layer counts for pp = {pp}",
@@ -154,6 +165,8 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
         },
         stage_layers: layers,
         whole,
+        column,
+        row,
     })
 }
 

@@ -176,34 +176,56 @@ pub fn uses_sequence_parallel(e: &RecExpr<Shard>) -> bool {
         .any(|n| matches!(n, Shard::EwSeq(_) | Shard::Ew2Seq(_) | Shard::RedSeq(_)))
 }
 
-/// The IR op indices of the contractions (linear, matmul, attention) an
-/// extracted block runs whole: present unsplit and never split. On a mesh
-/// where a split costs more than it saves (a small projection whose
-/// gather's latency exceeds its compute) this is the extraction's
-/// decision that the sharded program honours (`sharded::Mesh::whole`).
-pub fn whole_ops(e: &RecExpr<Shard>) -> std::collections::BTreeSet<usize> {
-    use std::collections::BTreeSet;
+/// The form an extracted block gives each contraction, by IR op index:
+/// a linear is column- (`lin-col`) or row-parallel (`lin-row`), and a
+/// contraction present only unsplit (`lin`, `attn`, `mm`) runs whole. On
+/// a mesh where a split costs more than it saves (a small projection whose
+/// gather's latency exceeds its compute) or where gathering a linear's
+/// input beats reducing its partial sums, this is the extraction's
+/// decision that the sharded program honours (`sharded::Mesh::forms`,
+/// after the cost model's check in `plan::extract_layers`).
+pub fn forms(e: &RecExpr<Shard>) -> std::collections::BTreeMap<usize, crate::sharded::Form> {
+    use crate::sharded::Form;
+    use std::collections::{BTreeMap, BTreeSet};
     let index = |id: &Id| match &e[*id] {
         Shard::Num(n) => usize::try_from(*n).ok(),
         _ => None,
     };
-    let mut whole = BTreeSet::new();
+    let mut out = BTreeMap::new();
     let mut split = BTreeSet::new();
+    let mut whole = BTreeSet::new();
     for n in e.as_ref() {
         match n {
             Shard::Lin([i, _]) | Shard::Attn([i, ..]) | Shard::Mm([i, ..]) => {
                 whole.extend(index(i));
             }
-            Shard::LinCol([i, _])
-            | Shard::LinRow([i, _])
-            | Shard::AttnHeads([i, ..])
-            | Shard::MmCol([i, ..]) => {
+            Shard::LinCol([i, _]) => {
+                out.extend(index(i).map(|i| (i, Form::Column)));
+                split.extend(index(i));
+            }
+            Shard::LinRow([i, _]) => {
+                out.extend(index(i).map(|i| (i, Form::Row)));
+                split.extend(index(i));
+            }
+            Shard::AttnHeads([i, ..]) | Shard::MmCol([i, ..]) => {
                 split.extend(index(i));
             }
             _ => {}
         }
     }
-    whole.difference(&split).copied().collect()
+    for i in whole.difference(&split) {
+        out.insert(*i, Form::Whole);
+    }
+    out
+}
+
+/// The IR op indices of the contractions an extracted block runs whole.
+pub fn whole_ops(e: &RecExpr<Shard>) -> std::collections::BTreeSet<usize> {
+    forms(e)
+        .into_iter()
+        .filter(|(_, f)| *f == crate::sharded::Form::Whole)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Counts collectives of each kind in an extracted block.

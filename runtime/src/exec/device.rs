@@ -56,7 +56,7 @@ pub(super) fn sharded_program(
         sp: par.sp,
         rows_fit: Some(rows_fit),
         symbolic: false,
-        whole: par.whole.iter().copied().collect(),
+        forms: par.forms.clone(),
     };
     sharded::build(g, &elems, &mesh).map_err(|e| {
         unsupported(format!("tp = {}: {}", par.tp, e.reason))

@@ -1099,7 +1099,8 @@ impl Dev<'_> {
                 Layout::Rep,
             )?;
             let w = ps[0].block(&self.init, op.output, path, ks.clone(), 0..d_out);
-            let dw = self.mm_tn(&x.data, &dyf, rows, kl, d_out)?;
+            let xl = self.slot_as(op.inputs[0], xs, x, Layout::cols(tp))?;
+            let dw = self.mm_tn(&xl, &dyf, rows, kl, d_out)?;
             self.add_pgrad(
                 op.output,
                 path,
@@ -1122,7 +1123,7 @@ impl Dev<'_> {
                 );
             }
             let dx = self.mm_nt(&dyf, &w, rows, d_out, kl)?;
-            return Ok(vec![(0, Grad::In(x.layout, dx))]);
+            return Ok(vec![(0, Grad::In(Layout::cols(tp), dx))]);
         }
         // Column-parallel: each rank's columns add to the whole input.
         let layout = self.layout(op.output);

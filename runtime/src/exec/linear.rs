@@ -82,7 +82,9 @@ impl Dev<'_> {
                 }
                 v
             });
-            let xl = self.get(op.inputs[0])?.data.clone();
+            // The input split along its features: a local slice of a
+            // replicated input, gathered first from any other layout.
+            let xl = self.as_layout(op.inputs[0], Layout::cols(tp))?;
             let empty = Vec::new();
             let bias_v = if with_bias {
                 Some(w.get(1).unwrap_or(&empty).as_slice())

@@ -37,9 +37,10 @@ pub struct Parallel {
     /// after them (norms, elementwise, residuals) run on the local rows;
     /// the rows are all-gathered before any other op reads them.
     pub sp: bool,
-    /// Contractions (by output tensor) the plan's extracted program runs
-    /// whole on every tensor-parallel rank (`sharded::Mesh::whole`).
-    pub whole: Vec<gantry_lang::program::TensorId>,
+    /// Contraction forms (by output tensor) the plan's extracted program
+    /// pins: whole on every tensor-parallel rank, or a linear column- or
+    /// row-parallel whatever its input's layout (`sharded::Mesh::forms`).
+    pub forms: gantry_compiler::sharded::Forms,
     /// ZeRO stage: with `zero >= 1` the optimizer state of a block shared
     /// by `R` devices is cut into `R` parts, one per device, and the step
     /// all-gathers the updated parts (see [`crate::optim`]).
@@ -78,7 +79,7 @@ impl Default for Parallel {
             microbatch: 1,
             stage_layers: Vec::new(),
             sp: false,
-            whole: Vec::new(),
+            forms: Default::default(),
             zero: 0,
             tables: Vec::new(),
         }
@@ -140,7 +141,7 @@ impl Parallel {
             stage_layers,
             sp: p.sequence_parallel,
             // Set by the caller from the plan's extraction.
-            whole: Vec::new(),
+            forms: Default::default(),
             zero: p.zero,
             tables: Vec::new(),
         })

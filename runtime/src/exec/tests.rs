@@ -67,7 +67,7 @@ workload w {
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: false,
-                whole: Vec::new(),
+                forms: Default::default(),
             };
             let r = run(&w, &par, &RunConfig::default()).expect("runs");
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {:?}", r);
@@ -109,7 +109,7 @@ workload w {
                 microbatch: mb,
                 stage_layers: even_split(2, pp),
                 sp: true,
-                whole: Vec::new(),
+                forms: Default::default(),
             };
             let r = run(&w, &par, &cfg).expect("runs");
             assert!(r.passed(), "dp={dp} tp={tp} pp={pp}: {r:?}");
@@ -150,7 +150,7 @@ workload w {
             microbatch: 2,
             stage_layers: vec![1, 1],
             sp: false,
-            whole: Vec::new(),
+            forms: Default::default(),
         };
         let cfg = RunConfig {
             fault: Some(att),
@@ -188,7 +188,7 @@ mod grad_tests {
             microbatch: mb,
             stage_layers: even_split(2, pp),
             sp,
-            whole: Vec::new(),
+            forms: Default::default(),
         }
     }
 
