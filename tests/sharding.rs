@@ -106,6 +106,18 @@ fn program(body: &str, tp: usize, sp: bool) -> (Program, Vec<String>) {
 /// [`program`] with the contractions producing the tensors named `whole`
 /// run whole (the extraction's choice).
 fn program_with(body: &str, tp: usize, sp: bool, whole: &[&str]) -> (Program, Vec<String>) {
+    let forms: Vec<(&str, Form)> = whole.iter().map(|n| (*n, Form::Whole)).collect();
+    program_forms(body, tp, sp, &forms)
+}
+
+/// [`program`] with the contractions producing the named tensors pinned
+/// to a form.
+fn program_forms(
+    body: &str,
+    tp: usize,
+    sp: bool,
+    forms: &[(&str, Form)],
+) -> (Program, Vec<String>) {
     let file = write(&format!("p{}", body.len()), body);
     let c = gantry::check_files(&[file], &[]);
     let w = c
@@ -128,12 +140,9 @@ fn program_with(body: &str, tp: usize, sp: bool, whole: &[&str]) -> (Program, Ve
             .tensors
             .iter()
             .enumerate()
-            .filter(|(_, t)| whole.contains(&t.name.as_str()))
-            .map(|(i, _)| {
-                (
-                    gantry_lang::program::TensorId(i as u32),
-                    gantry_compiler::sharded::Form::Whole,
-                )
+            .filter_map(|(i, t)| {
+                let f = forms.iter().find(|(n, _)| *n == t.name)?.1;
+                Some((gantry_lang::program::TensorId(i as u32), f))
             })
             .collect(),
         ..Mesh::new(tp, sp)
@@ -159,6 +168,7 @@ fn volume(p: &Program, pass: Pass) -> BTreeMap<Kind, f64> {
 use Kind::{AllGather as AG, AllReduce as AR, ReduceScatter as RS};
 use Layout::{Cols, Rep, Rows};
 use Strategy::{Column, ExpertWidth, Heads, Local, Replicated, Row, Vocab};
+use gantry_compiler::sharded::Form;
 
 const S: f64 = 8.0; // tokens per sample
 const D: f64 = 32.0;
@@ -311,6 +321,73 @@ fn three_linears_alternate_column_and_row() {
     assert_eq!(volume(&p, Pass::Backward), expect_bwd);
 }
 
+/// Three projections named so they can be pinned.
+const THREE_NAMED: &str = "    h = rmsnorm(x)
+    a = linear(h, d, f)
+    b = linear(relu(a), f, f)
+    c = linear(relu(b), f, d)
+    x = x + c";
+
+/// The form the e-graph found for a three-linear MLP (column, gather,
+/// column, row) is a program of its own: with the middle projection
+/// pinned column-parallel, its split input is all-gathered (f per token)
+/// and the last projection is row-parallel, its all-reduce (d) leaving the
+/// residual stream whole. The rule's form instead all-reduces f after the
+/// middle projection and gathers d after the last. Written out by hand at
+/// tp = 2 (layouts: c2 = features in 2 blocks), then run exactly.
+#[test]
+fn three_linears_in_the_extractions_form() {
+    let c2 = Cols { groups: 2 };
+    let (p, _) = program_forms(
+        THREE_NAMED,
+        2,
+        false,
+        &[("b", Form::Column), ("c", Form::Row)],
+    );
+    assert_eq!(
+        shape_of(&p)[1..8].to_vec(),
+        vec![
+            ("rmsnorm", Replicated, Rep),
+            ("linear", Column, c2),
+            ("relu", Local, c2),
+            ("linear", Column, c2),
+            ("relu", Local, c2),
+            ("linear", Row, Rep),
+            ("add", Local, Rep),
+        ]
+    );
+    // Forward: the embedding's all-reduce (d), the gather of relu(a) for
+    // the pinned column-parallel b (f), c's all-reduce (d).
+    let fwd: BTreeMap<Kind, f64> = [(AR, S * D + S * D), (AG, S * F)].into();
+    assert_eq!(volume(&p, Pass::Forward), fwd);
+    // Backward: relu(a) gathered again for b's weight gradient (f); the
+    // partial input gradients of b (f, into relu(a)'s split: all-reduced),
+    // of a (d) and of the head (d).
+    let bwd: BTreeMap<Kind, f64> = [(AR, S * F + S * D + S * D), (AG, S * F)].into();
+    assert_eq!(volume(&p, Pass::Backward), bwd);
+    // A row-parallel pin on a replicated input slices it locally (no
+    // collective) and reduces its partial sums.
+    let (r, _) = program_forms(THREE_NAMED, 2, false, &[("a", Form::Row)]);
+    let a = r.ops.iter().find(|o| o.op == "linear").expect("a");
+    assert_eq!((a.strategy, a.reads[0], a.layout), (Row, c2, Rep));
+    assert!(
+        a.comms
+            .iter()
+            .all(|c| c.why != gantry_compiler::sharded::Why::Gather)
+    );
+    for tp in [2, 4] {
+        for sp in [false, true] {
+            let fix = format!("{POINT},tp={tp},sequence_parallel={sp}");
+            for (column, row) in [(&["b"][..], &["c"][..]), (&[][..], &["a", "c"][..])] {
+                let mut a = args("three_named", THREE_NAMED, &fix);
+                a.column = column.iter().map(|s| s.to_string()).collect();
+                a.row = row.iter().map(|s| s.to_string()).collect();
+                run_exact_args("three_named", &fix, a).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
+
 #[test]
 fn mixtral_experts_split_their_width() {
     let (p, _) = program(MIXTRAL, 2, false);
@@ -451,6 +528,11 @@ fn run_exact(name: &str, body: &str, fix: &str) -> Result<(), String> {
 fn run_exact_with(name: &str, body: &str, fix: &str, whole: &[&str]) -> Result<f64, String> {
     let mut a = args(name, body, fix);
     a.whole = whole.iter().map(|s| s.to_string()).collect();
+    run_exact_args(name, fix, a)
+}
+
+/// Resolves `a`, runs it with gradients and compares the tensor bytes.
+fn run_exact_args(name: &str, fix: &str, a: TargetArgs) -> Result<f64, String> {
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{name} {fix}: does not resolve"));
     let cfg = RunConfig {
         gradients: true,

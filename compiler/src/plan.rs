@@ -383,17 +383,18 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
     );
     out.nodes = block.nodes;
     out.stop = block.stop_reason.clone();
-    // All-reduce seconds per element per sample, from the time of one
-    // hidden state on this mesh's tensor-parallel group.
-    let hidden = (ir.tokens_per_sample * ir.hidden).max(1.0);
     for &tp in tps {
-        let ar = hardware.topo.time(
-            crate::collective::Collective::AllReduce,
-            tp as u64,
-            1,
-            hidden * ir.act_bytes,
-        ) / hidden;
-        let (cost, term) = crate::egraph::extract(&block, tp as f64, ar);
+        // The cost model's collective times on this degree's link, for a
+        // value of `n` elements per sample in one microbatch.
+        let collective = |k: usize, n: f64| {
+            let kind = [
+                crate::collective::Collective::AllReduce,
+                crate::collective::Collective::ReduceScatter,
+                crate::collective::Collective::AllGather,
+            ][k.min(2)];
+            hardware.topo.time(kind, tp as u64, 1, n * ir.act_bytes)
+        };
+        let (cost, term) = crate::egraph::extract(&block, tp as f64, &collective);
         let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
         let forms = if let (Ok(t), true) = (usize::try_from(tp), tp > 1) {
             checked_forms(ir, &ev, body, &probe, t, &term)

@@ -98,9 +98,11 @@ pub struct BlockCost<'a> {
     /// Elements per sample of each IR op's output (what a collective of
     /// that value moves).
     pub elems: &'a [f64],
-    /// Seconds per element of an all-reduce on this mesh (reduce-scatter
-    /// and all-gather move half as much).
-    pub allreduce_per_elem: f64,
+    /// Seconds of each collective of each IR op's output (then of the
+    /// block input) on this mesh, `[all-reduce, reduce-scatter,
+    /// all-gather]`: the cost model's collective time on the link of the
+    /// tensor-parallel axis for that value's bytes, latency included.
+    pub collective: &'a [[f64; 3]],
     /// Fraction of an elementwise op's time saved by fusing it into the
     /// previous one (the intermediate never round-trips HBM).
     pub fusion_saving: f64,
@@ -124,13 +126,11 @@ impl BlockCost<'_> {
             .copied()
             .unwrap_or(0.0)
     }
-    /// Seconds of an all-reduce of IR op `op`'s output.
-    fn allreduce(&self, op: Option<i64>) -> f64 {
-        let n = op
-            .and_then(|i| self.elems.get(i as usize))
-            .copied()
-            .unwrap_or(0.0);
-        n * self.allreduce_per_elem
+    /// Seconds of collective `k` (0 all-reduce, 1 reduce-scatter, 2
+    /// all-gather) of IR op `op`'s output.
+    fn collective(&self, op: Option<i64>, k: usize) -> f64 {
+        op.and_then(|i| self.collective.get(i as usize))
+            .map_or(0.0, |c| c[k])
     }
 }
 
@@ -166,10 +166,9 @@ impl BlockCost<'_> {
             // x's layout; its HBM round trip is saved.
             Shard::Fused(_) => (1.0 - self.fusion_saving) * t / self.tp,
             Shard::Recompute(_) => self.recompute_weight * child,
-            Shard::AllReduce(_) => self.allreduce(op),
-            Shard::ReduceScatter(_) | Shard::AllGather(_) | Shard::GatherFeat(_) => {
-                self.allreduce(op) / 2.0
-            }
+            Shard::AllReduce(_) => self.collective(op, 0),
+            Shard::ReduceScatter(_) => self.collective(op, 1),
+            Shard::AllGather(_) | Shard::GatherFeat(_) => self.collective(op, 2),
         }
     }
 

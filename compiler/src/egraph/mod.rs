@@ -146,16 +146,26 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limi
 }
 
 /// The cheapest distributed form of the block on a mesh of tensor-parallel
-/// degree `tp` whose all-reduces take `allreduce_per_elem` seconds per
-/// element per sample (each collective is priced by the size of the value
-/// it moves).
-pub fn extract(block: &Block, tp: f64, allreduce_per_elem: f64) -> (f64, RecExpr<Shard>) {
+/// degree `tp`, where `collective(k, elems)` is the cost model's time of
+/// collective `k` (0 all-reduce, 1 reduce-scatter, 2 all-gather) of a
+/// value of `elems` elements per sample on this mesh's link (each
+/// collective is priced by the size of the value it moves).
+pub fn extract(
+    block: &Block,
+    tp: f64,
+    collective: &dyn Fn(usize, f64) -> f64,
+) -> (f64, RecExpr<Shard>) {
+    let elems = &block.runner.egraph.analysis.elems;
+    let table: Vec<[f64; 3]> = elems
+        .iter()
+        .map(|&n| [0, 1, 2].map(|k| collective(k, n)))
+        .collect();
     let cost = BlockCost {
         egraph: &block.runner.egraph,
         tp,
         op_time: &block.op_time,
-        elems: &block.runner.egraph.analysis.elems,
-        allreduce_per_elem,
+        elems,
+        collective: &table,
         fusion_saving: 0.5,
         recompute_weight: 1.0,
         epsilon: 1e-12,
@@ -329,10 +339,10 @@ workload W { model Mixtral(layers = 2, d = 64, heads = 8, kv_heads = 2, f = 128,
             .collect();
         assert_eq!(linears.len(), 2);
         let b = saturate(&seg, vec![1e-6; seg.ops.len()], 128.0, Limits::default());
-        let (_, cheap) = extract(&b, 4.0, 1e-15);
+        let (_, cheap) = extract(&b, 4.0, &|k, n| n * 1e-15 / (1.0 + (k > 0) as u8 as f64));
         assert!(whole_ops(&cheap).is_empty(), "{cheap}");
         assert!(cheap.to_string().contains("lin-row"), "{cheap}");
-        let (_, dear) = extract(&b, 4.0, 1.0);
+        let (_, dear) = extract(&b, 4.0, &|k, n| n / (1.0 + (k > 0) as u8 as f64));
         assert_eq!(whole_ops(&dear), linears, "{dear}");
         assert_eq!(collective_counts(&dear), (0, 0, 0), "{dear}");
     }
@@ -343,7 +353,7 @@ workload W { model Mixtral(layers = 2, d = 64, heads = 8, kv_heads = 2, f = 128,
         let t = block_term(&mx, false).to_string();
         assert!(t.contains("(moe "), "{t}");
         let b = saturate(&mx, vec![1.0; mx.ops.len()], 1.0, Limits::default());
-        let (_, e) = extract(&b, 4.0, 1e-9);
+        let (_, e) = extract(&b, 4.0, &|k, n| n * 1e-9 / (1.0 + (k > 0) as u8 as f64));
         let s = e.to_string();
         assert!(s.contains("moe-width"), "{s}");
         // Norms never run on feature shards.
