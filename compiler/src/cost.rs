@@ -555,11 +555,15 @@ impl Evaluator<'_> {
             if o.experts.is_some() {
                 sc.expert_params += held;
             }
-            saved_rep += o.saved_rep * o.mult;
-            saved_shard += o.saved_shard * o.mult;
+            // The saved bytes as this program splits them (not the
+            // symbolic program the IR was lowered with).
+            let (to_rep, cheap_to_rep) =
+                otp.map_or((0.0, 0.0), |x| (x.saved_to_rep, x.cheap_to_rep));
+            saved_rep += (o.saved_rep + to_rep) * o.mult;
+            saved_shard += (o.saved_shard - to_rep) * o.mult;
             saved_probs += o.saved_probs * o.mult;
-            cheap_rep += o.saved_cheap_rep * o.mult;
-            cheap_shard += o.saved_cheap_shard * o.mult;
+            cheap_rep += (o.saved_cheap_rep + cheap_to_rep) * o.mult;
+            cheap_shard += (o.saved_cheap_shard - cheap_to_rep) * o.mult;
         }
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;

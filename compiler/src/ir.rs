@@ -93,6 +93,13 @@ pub struct OpTp {
     /// Its work (and its parameters) are divided over the ranks; a
     /// contraction the extraction runs whole is not.
     pub sharded: bool,
+    /// Saved bytes per sample (of `saved_shard`, or negative: of
+    /// `saved_rep`) that this program keeps whole although the symbolic
+    /// program the IR was lowered with splits them: the layouts of this
+    /// degree and its pinned forms decide what is split, not a symbolic
+    /// degree. `cheap_to_rep` is the part an elementwise op produced.
+    pub saved_to_rep: f64,
+    pub cheap_to_rep: f64,
 }
 
 /// The sharded program of the model on one tensor-parallel degree and
@@ -114,6 +121,11 @@ pub struct Programs {
     widths: Arc<[f64]>,
     /// The output tensor of every op, per segment.
     outputs: Vec<Vec<TensorId>>,
+    /// The symbolic program's layouts and strategies the IR's saved bytes
+    /// were classed with, and each op's classed tensors and own bytes
+    /// ([`IrOp::saved_tensors`], [`IrOp::saved_own`]), per segment.
+    base: Arc<Program>,
+    saved: Arc<[Vec<(Vec<(TensorId, f64, bool)>, f64)>]>,
     memo: Mutex<HashMap<(usize, bool), Arc<TpTable>>>,
     /// Per degree, the contraction forms the e-graph's extraction pinned.
     forms: Mutex<HashMap<usize, Forms>>,
@@ -126,6 +138,8 @@ impl Clone for Programs {
             numel: self.numel.clone(),
             widths: self.widths.clone(),
             outputs: self.outputs.clone(),
+            base: self.base.clone(),
+            saved: self.saved.clone(),
             memo: Mutex::new(self.memo.lock().map(|m| m.clone()).unwrap_or_default()),
             forms: Mutex::new(self.forms.lock().map(|m| m.clone()).unwrap_or_default()),
         }
@@ -180,6 +194,41 @@ impl Programs {
         }
     }
 
+    /// Bytes per sample op `j` of segment `si` saves that `program` keeps
+    /// whole but the symbolic program split (negative: the converse), and
+    /// of those the elementwise outputs. Sequence rows count as split,
+    /// as in the symbolic program under sequence parallelism.
+    fn reclassed(
+        &self,
+        program: &Program,
+        si: usize,
+        j: usize,
+        out: TensorId,
+        tp: usize,
+    ) -> (f64, f64) {
+        let Some((tensors, own)) = self.saved.get(si).and_then(|s| s.get(j)) else {
+            return (0.0, 0.0);
+        };
+        let split = |p: &Program, t: TensorId| tp > 1 && p.layout(t) != Layout::Rep;
+        let (mut all, mut cheap) = (0.0, 0.0);
+        for &(t, b, c) in tensors {
+            let d = match (split(&self.base, t), split(program, t)) {
+                (true, false) => b,
+                (false, true) => -b,
+                _ => 0.0,
+            };
+            all += d;
+            if c {
+                cheap += d;
+            }
+        }
+        let divides = |p: &Program| p.op(out).is_some_and(|o| o.strategy.divides_work(o.layout));
+        if *own > 0.0 && divides(&self.base) && !(tp > 1 && divides(program)) {
+            all += own;
+        }
+        (all, cheap)
+    }
+
     fn build(&self, tp: usize, sp: bool) -> TpTable {
         let mesh = Mesh {
             forms: self.forms(tp),
@@ -198,10 +247,15 @@ impl Programs {
         let ops = self
             .outputs
             .iter()
-            .map(|seg| {
+            .enumerate()
+            .map(|(si, seg)| {
                 seg.iter()
-                    .map(|t| {
+                    .enumerate()
+                    .map(|(j, t)| {
+                        let (to_rep, cheap_to_rep) = self.reclassed(&program, si, j, *t, tp);
                         program.op(*t).map_or_else(OpTp::default, |so| OpTp {
+                            saved_to_rep: to_rep,
+                            cheap_to_rep,
                             param_reduce: so.params_partial,
                             sharded: tp > 1 && so.strategy.divides_work(so.layout),
                             comms: so
@@ -248,6 +302,14 @@ pub struct IrOp {
     /// Attention: the bytes of its keys and values per sample (what
     /// context parallelism exchanges).
     pub kv_bytes: f64,
+    /// The tensors behind `saved_rep` and `saved_shard` that were classed
+    /// by their layout in the symbolic program: `(tensor, bytes per sample,
+    /// cheap)`. Each program re-classes them by its own layouts
+    /// ([`OpTp::saved_to_rep`]).
+    pub saved_tensors: Vec<(TensorId, f64, bool)>,
+    /// Of `saved_shard`, what the op keeps split by its own head split
+    /// (attention's probabilities or log-sum-exp), whole when it runs whole.
+    pub saved_own: f64,
     /// The dominant matrix product, for the shape-dependent efficiency.
     pub gemm: Option<Gemm>,
     /// The graph tensor the op produces (its collectives are looked up by
@@ -321,6 +383,8 @@ impl IrOp {
             saved_probs: 0.0,
             saved_cheap_rep: 0.0,
             saved_cheap_shard: 0.0,
+            saved_tensors: Vec::new(),
+            saved_own: 0.0,
             gemm: None,
             output: TensorId(0),
             out_elems: 0.0,
@@ -734,6 +798,17 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
                 .iter()
                 .map(|s| s.ops.iter().map(|o| o.output).collect())
                 .collect(),
+            base: Arc::new(l.base.clone()),
+            saved: segments
+                .iter()
+                .map(|s| {
+                    s.ops
+                        .iter()
+                        .map(|o| (o.saved_tensors.clone(), o.saved_own))
+                        .collect()
+                })
+                .collect::<Vec<_>>()
+                .into(),
             memo: Mutex::new(HashMap::new()),
             forms: Mutex::new(HashMap::new()),
         },
@@ -801,6 +876,7 @@ impl Lowering<'_> {
         self.saved[i] = true;
         let b = bytes_per * self.numel[i];
         let cheap = self.cheap[i];
+        o.saved_tensors.push((t, b, cheap));
         if self.sharded(t) {
             o.saved_shard += b;
             if cheap {
@@ -965,10 +1041,12 @@ impl Lowering<'_> {
                 if materialized {
                     o.saved_probs = probs * scores;
                     o.saved_shard += o.saved_probs;
+                    o.saved_own = o.saved_probs;
                 } else if self.context.is_none() && self.is_training() {
                     // A fused kernel keeps one fp32 log-sum-exp per query
                     // row and head for its backward.
                     o.saved_shard += 4.0 * h * q_tokens;
+                    o.saved_own = 4.0 * h * q_tokens;
                 }
                 o.gemm = Some(Gemm {
                     m: q_tokens,
@@ -1126,6 +1204,7 @@ impl Lowering<'_> {
                     }
                     OpKind::Softmax => self.save(&mut o, op.output, beta),
                     OpKind::Dropout(_) => {
+                        o.saved_tensors.push((op.output, out_n, false));
                         if self.sharded(op.output) {
                             o.saved_shard += out_n;
                         } else {

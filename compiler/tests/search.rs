@@ -499,6 +499,29 @@ fn extraction_runs_the_adapter_up_projection_whole() {
         split.time.step,
         before
     );
+    // What is saved for backward is split or whole as this program lays
+    // it out: pinning the MLP's up-projection (d -> f) whole leaves its
+    // output whole, so the GELU's saved input (f = 16,384 bf16 values
+    // per token, 4,096 tokens a sample) is no longer split by tp.
+    let gelu = body.ops.iter().position(|o| o.op == "gelu").expect("gelu");
+    let mlp_up = body.ops[gelu - 1].output;
+    assert_eq!(body.ops[gelu - 1].op, "linear");
+    assert_eq!(ir.tp_table(tp, false).ops[bi][gelu].saved_to_rep, 0.0);
+    ir.set_forms(tp, [(mlp_up, gantry_compiler::sharded::Form::Whole)].into());
+    let table = ir.tp_table(tp, false);
+    assert_eq!(table.ops[bi][gelu].saved_to_rep, 2.0 * 4096.0 * 16384.0);
+    let whole_up = Evaluator {
+        ir,
+        hw: &s.best.hardware,
+        prefill: None,
+    }
+    .evaluate(&s.best.estimate.point);
+    assert!(
+        whole_up.memory.activations > split.memory.activations,
+        "{} vs {}",
+        whole_up.memory.activations,
+        split.memory.activations
+    );
 }
 
 /// The memory a DLRM plan reports per device holds the embedding tables
