@@ -113,6 +113,11 @@ pub struct TpTable {
     pub ops: Vec<Vec<OpTp>>,
 }
 
+/// What one op saves for backward that a program re-classes: the tensors
+/// classed by layout ([`IrOp::saved_tensors`]) and its own split bytes
+/// ([`IrOp::saved_own`]).
+type SavedOf = (Vec<(TensorId, f64, bool)>, f64);
+
 /// What is needed to build the sharded program on any degree, and the
 /// programs built so far.
 pub struct Programs {
@@ -125,7 +130,7 @@ pub struct Programs {
     /// were classed with, and each op's classed tensors and own bytes
     /// ([`IrOp::saved_tensors`], [`IrOp::saved_own`]), per segment.
     base: Arc<Program>,
-    saved: Arc<[Vec<(Vec<(TensorId, f64, bool)>, f64)>]>,
+    saved: Arc<[Vec<SavedOf>]>,
     memo: Mutex<HashMap<(usize, bool), Arc<TpTable>>>,
     /// Per degree, the contraction forms the e-graph's extraction pinned.
     forms: Mutex<HashMap<usize, Forms>>,
