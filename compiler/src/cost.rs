@@ -167,7 +167,15 @@ pub struct Estimate {
     pub tokens_per_step: f64,
     pub model_flops: f64,
     pub hardware_flops: f64,
+    /// Peak FLOP/s per device at the activation dtype: what MFU is
+    /// measured against (as published runs quote it, FP8 runs included).
     pub peak: f64,
+    /// The peak the hardware FLOPs could run at, each at its own
+    /// precision: the FLOP-weighted harmonic mean of the matrix-product
+    /// peak (for `linear` FLOPs) and the dtype peak (for the rest). What
+    /// HFU is measured against, so that it stays at or under 100% when
+    /// products run in FP8. Equal to `peak` without a matmul precision.
+    pub hardware_peak: f64,
     pub power: f64,
     pub price_per_s: Option<f64>,
     pub ttft: Option<f64>,
@@ -194,7 +202,7 @@ impl Estimate {
         self.model_tflops_per_device() * 1e12 / self.peak
     }
     pub fn hfu(&self) -> f64 {
-        self.hardware_tflops_per_device() * 1e12 / self.peak
+        self.hardware_tflops_per_device() * 1e12 / self.hardware_peak
     }
     pub fn energy_per_step(&self) -> f64 {
         self.power * self.time.step
@@ -1267,6 +1275,9 @@ impl Evaluator<'_> {
         // Model FLOPs exclude recomputation, hardware FLOPs include it.
         let model_flops = 3.0 * ir.flops_per_sample() * samples;
         let hardware_flops = model_flops + ir.recompute_flops_per_sample(p.recompute) * samples;
+        let linear_flops = 3.0 * ir.linear_flops_per_sample() * samples
+            + ir.recompute_linear_flops_per_sample(p.recompute) * samples;
+        let hardware_peak = hw.hardware_peak(hardware_flops, linear_flops);
         Estimate {
             point: *p,
             devices,
@@ -1284,6 +1295,7 @@ impl Evaluator<'_> {
             model_flops,
             hardware_flops,
             peak: hw.peak,
+            hardware_peak,
             power: devices as f64 * hw.device_power
                 + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
             price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),
@@ -1412,6 +1424,7 @@ impl Evaluator<'_> {
             model_flops,
             hardware_flops: model_flops,
             peak: hw.peak,
+            hardware_peak: hw.hardware_peak(model_flops, ir.linear_flops_per_sample() * samples),
             power: devices as f64 * hw.device_power
                 + (devices as f64 / hw.devices_per_node as f64).ceil() * hw.node_power,
             price_per_s: hw.price_per_device.map(|pr| pr * devices as f64),

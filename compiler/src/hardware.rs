@@ -126,6 +126,23 @@ pub struct Uncertainty {
 }
 
 impl Hardware {
+    /// The FLOP-weighted harmonic mean of the peaks `flops` run at when
+    /// `linear` of them are matrix products at [`Hardware::peak_matmul`]
+    /// and the rest at [`Hardware::peak`]: `flops / (linear / peak_matmul
+    /// + (flops - linear) / peak)`. `peak` when there are no FLOPs.
+    pub fn hardware_peak(&self, flops: f64, linear: f64) -> f64 {
+        if self.peak_matmul == self.peak {
+            return self.peak;
+        }
+        let linear = linear.clamp(0.0, flops.max(0.0));
+        let t = linear / self.peak_matmul + (flops - linear) / self.peak;
+        if flops > 0.0 && t > 0.0 {
+            flops / t
+        } else {
+            self.peak
+        }
+    }
+
     /// The figures for workload `w` on cluster `c`: the peak of the
     /// workload's precision and the factors calibrated for its phase.
     pub fn new(c: &Cluster, w: &Workload) -> Result<Hardware, MissingFigure> {

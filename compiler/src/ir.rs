@@ -545,6 +545,21 @@ impl Ir {
             .map(|s| s.totals().flops * s.count as f64)
             .sum()
     }
+    /// Of [`Ir::flops_per_sample`], the FLOPs of `linear` ops: what runs
+    /// at the matrix-product precision (`precision = { matmul = fp8 }`).
+    pub fn linear_flops_per_sample(&self) -> f64 {
+        self.segments
+            .iter()
+            .map(|s| {
+                s.ops
+                    .iter()
+                    .filter(|o| o.op == "linear")
+                    .map(|o| o.flops * o.mult)
+                    .sum::<f64>()
+                    * s.count as f64
+            })
+            .sum()
+    }
     /// Of the main body's layers, the fraction recomputed whole: all of
     /// them under `full`, none otherwise.
     pub fn layers_recomputed(&self, r: crate::point::Recompute) -> f64 {
@@ -580,6 +595,17 @@ impl Ir {
 
     /// Forward FLOPs per sample that recomputation repeats.
     pub fn recompute_flops_per_sample(&self, r: crate::point::Recompute) -> f64 {
+        self.recompute_flops_where(r, |_| true)
+    }
+    /// Of [`Ir::recompute_flops_per_sample`], the FLOPs of `linear` ops.
+    pub fn recompute_linear_flops_per_sample(&self, r: crate::point::Recompute) -> f64 {
+        self.recompute_flops_where(r, |o| o.op == "linear")
+    }
+    fn recompute_flops_where(
+        &self,
+        r: crate::point::Recompute,
+        keep: impl Fn(&IrOp) -> bool,
+    ) -> f64 {
         use crate::point::Recompute;
         let whole = self.layers_recomputed(r);
         self.segments
@@ -588,6 +614,7 @@ impl Ir {
                 let f: f64 = s
                     .ops
                     .iter()
+                    .filter(|o| keep(o))
                     .map(|o| {
                         let k = if s.kind == SegmentKind::Body && whole > 0.0 {
                             whole

@@ -111,6 +111,50 @@ fn fp8_linear_layers_are_faster_than_bf16_but_not_twice() {
     assert_eq!(bf16.time.compute.attention, fp8.time.compute.attention);
 }
 
+/// HFU is measured against the peak each FLOP runs at: under FP8 matrix
+/// products the linear layers' FLOPs count at the FP8 peak, the rest at
+/// the BF16 peak, so HFU stays at or under 100%; MFU keeps the BF16 peak,
+/// as published FP8 runs quote it.
+#[test]
+fn hfu_counts_fp8_products_at_the_fp8_peak() {
+    let p = plan(", fusion = compiled, precision = { matmul = fp8 }", 2048);
+    let ev = evaluate(&p, &BTreeMap::new()).expect("evaluates");
+    let (ir, e, hw) = (&ev.ir, &ev.estimate, &ev.hardware);
+    assert!(
+        hw.peak_matmul > 1.9 * hw.peak,
+        "{} vs {}",
+        hw.peak_matmul,
+        hw.peak
+    );
+    // The linear layers' FLOPs, summed here from the ops: forward and
+    // backward (3x), eight samples, no recomputation.
+    let linear: f64 = ir
+        .segments
+        .iter()
+        .map(|s| {
+            s.ops
+                .iter()
+                .filter(|o| o.op == "linear")
+                .map(|o| o.flops * o.mult)
+                .sum::<f64>()
+                * s.count as f64
+        })
+        .sum::<f64>()
+        * 3.0
+        * 8.0;
+    let all = e.hardware_flops;
+    assert!(linear > 0.5 * all && linear < all, "{linear} of {all}");
+    let expect = all / (linear / hw.peak_matmul + (all - linear) / hw.peak);
+    assert!((e.hardware_peak - expect).abs() <= 1e-9 * expect);
+    assert!(e.hfu() <= 1.0 && e.hfu() > 0.0, "hfu {}", e.hfu());
+    assert!(
+        e.mfu() > e.hfu(),
+        "MFU at the BF16 peak exceeds HFU at the mixed peak"
+    );
+    let (_, bf16) = eval(", fusion = compiled", 2048, "");
+    assert_eq!(bf16.hardware_peak, bf16.peak);
+}
+
 #[test]
 fn fusion_modes_order_the_elementwise_time() {
     let ew = |settings: &str| eval(settings, 2048, "").1.time.compute.elementwise;
