@@ -126,22 +126,16 @@ fn hfu_counts_fp8_products_at_the_fp8_peak() {
         hw.peak_matmul,
         hw.peak
     );
-    // The linear layers' FLOPs, summed here from the ops: forward and
-    // backward (3x), eight samples, no recomputation.
-    let linear: f64 = ir
-        .segments
-        .iter()
-        .map(|s| {
-            s.ops
-                .iter()
-                .filter(|o| o.op == "linear")
-                .map(|o| o.flops * o.mult)
-                .sum::<f64>()
-                * s.count as f64
-        })
-        .sum::<f64>()
-        * 3.0
-        * 8.0;
+    // The linear layers' FLOPs by hand: per layer q and o (d x d), k and
+    // v (d x 512: 4 key/value heads of 128), gate, up and down (d x
+    // 5,632 each); four layers and the output head (d x 32,000); 2 FLOPs
+    // per weight and token, 2,048 tokens, eight samples, forward and
+    // backward (3x), no recomputation.
+    let d = 2048.0;
+    let per_layer = 2.0 * d * d + 2.0 * d * 512.0 + 3.0 * d * 5632.0;
+    let weights = 4.0 * per_layer + d * 32000.0;
+    let linear = 3.0 * 8.0 * 2.0 * 2048.0 * weights;
+    assert_eq!(3.0 * 8.0 * ir.linear_flops_per_sample(), linear);
     let all = e.hardware_flops;
     assert!(linear > 0.5 * all && linear < all, "{linear} of {all}");
     let expect = all / (linear / hw.peak_matmul + (all - linear) / hw.peak);
