@@ -831,3 +831,28 @@ fn export_output_keeps_stdout_one_document() {
     assert_eq!(code, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sources are cited by paper or upstream document, never by a path
+/// outside the repository (`shared/data/reference-runs.md` is not in it;
+/// issue 11). Covers the stdlib, the examples, the docs and the README.
+#[test]
+fn no_file_cites_a_path_outside_the_repository() {
+    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples"]
+        .iter()
+        .flat_map(|d| gantry::gantry_files(std::path::Path::new(d)))
+        .collect();
+    files.extend(
+        std::fs::read_dir("docs")
+            .expect("docs/")
+            .flatten()
+            .map(|e| e.path()),
+    );
+    files.push("README.md".into());
+    assert!(files.len() > 80, "{}", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("reads");
+        for bad in ["reference-runs.md", "/work/", "shared/data/"] {
+            assert!(!text.contains(bad), "{} cites `{bad}`", f.display());
+        }
+    }
+}
