@@ -856,3 +856,40 @@ fn no_file_cites_a_path_outside_the_repository() {
         }
     }
 }
+
+/// `--fix` honours the plan's constraints: the serving batch it picks
+/// meets them (it picked the largest batch that fit HBM, over the plan's
+/// `memory <= 0.9 * hbm` and `tpot <= 50 ms`, and exited 1), and a pinned
+/// point that misses one is INFEASIBLE in the text and `feasible: false`
+/// in the JSON, not only on stderr (issue 11).
+#[test]
+fn fixed_points_meet_or_report_the_plans_constraints() {
+    let decode = "examples/llm_decode.gantry";
+    let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\n  feasible\n") && !err.contains("C010"), "{out}{err}");
+    // The same batch as the search pinned to that mesh.
+    let (code, searched, err) = gantry(&["plan", decode, "--pin", "tp=8,pp=1"]);
+    assert_eq!(code, 0, "{err}");
+    let point = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("design point:"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert_eq!(point(&out), point(&searched));
+    // Fits HBM, misses `memory <= 0.9 * hbm` and `tpot <= 50 ms`.
+    let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1,batch=848"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C010") && err.contains("tpot <= 50 ms"), "{err}");
+    assert!(
+        out.contains("INFEASIBLE: misses `subject to memory <= (0.9 * hbm)`"),
+        "{out}"
+    );
+    let (code, json, _) = gantry(&[
+        "plan", decode, "--fix", "tp=8,pp=1,batch=848", "--format", "json",
+    ]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["feasible"], serde_json::Value::Bool(false), "{json}");
+}
