@@ -408,11 +408,7 @@ fn plan_cmd(
                     )
                 ));
             }
-            for c in &p.constraints {
-                if !gantry_compiler::search::meets(c, e).0 {
-                    misses.push(format!("misses `subject to {}`", constraint_text(c)));
-                }
-            }
+            misses.extend(ev.missed.iter().map(|c| format!("misses `subject to {c}`")));
             if misses.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -425,25 +421,6 @@ fn plan_cmd(
         }
         Err(e) => pin_error_with(&e, &pins),
     }
-}
-
-fn constraint_text(c: &gantry_lang::program::Constraint) -> String {
-    use gantry_lang::program::{Cmp, MetricExpr};
-    fn expr(m: &MetricExpr) -> String {
-        match m {
-            MetricExpr::Const(q) => q.to_string(),
-            MetricExpr::Metric(n) => n.clone(),
-            MetricExpr::Neg(a) => format!("-{}", expr(a)),
-            MetricExpr::Binary(op, a, b) => format!("({} {op} {})", expr(a), expr(b)),
-        }
-    }
-    let op = match c.cmp {
-        Cmp::Lt => "<",
-        Cmp::Le => "<=",
-        Cmp::Gt => ">",
-        Cmp::Ge => ">=",
-    };
-    format!("{} {op} {}", expr(&c.lhs), expr(&c.rhs))
 }
 
 fn validate_cmd(dir: &std::path::Path) -> ExitCode {

@@ -340,16 +340,21 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             }
         },
     };
-    // The plan's `simulate` scale, with `--scale` keys over it.
-    let from_file = plan.simulate.as_deref().map(Scale::parse).transpose();
-    let from_flag = a.scale.as_deref().map(Scale::parse).transpose();
-    let scale = match (
-        from_file.map_err(|e| fail(&e))?,
-        from_flag.map_err(|e| fail(&e))?,
-    ) {
-        (Some(f), Some(o)) => Some(f.overridden(&o)),
-        (f, o) => f.or(o),
-    };
+    // The workload's `simulate` scale, the plan's keys over it and
+    // `--scale` keys over both.
+    let mut scale: Option<Scale> = None;
+    for layer in [
+        plan.workload.simulate.as_deref(),
+        plan.simulate.as_deref(),
+        a.scale.as_deref(),
+    ] {
+        if let Some(s) = layer.map(Scale::parse).transpose().map_err(|e| fail(&e))? {
+            scale = Some(match scale {
+                Some(under) => under.overridden(&s),
+                None => s,
+            });
+        }
+    }
     // `seed=` is not a model argument: it picks the weights and inputs.
     let mut seed = None;
     let scale = match scale {

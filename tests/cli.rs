@@ -831,3 +831,65 @@ fn export_output_keeps_stdout_one_document() {
     assert_eq!(code, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sources are cited by paper or upstream document, never by a path
+/// outside the repository (`shared/data/reference-runs.md` is not in it;
+/// issue 11). Covers the stdlib, the examples, the docs and the README.
+#[test]
+fn no_file_cites_a_path_outside_the_repository() {
+    let mut files: Vec<std::path::PathBuf> = ["stdlib", "examples"]
+        .iter()
+        .flat_map(|d| gantry::gantry_files(std::path::Path::new(d)))
+        .collect();
+    files.extend(
+        std::fs::read_dir("docs")
+            .expect("docs/")
+            .flatten()
+            .map(|e| e.path()),
+    );
+    files.push("README.md".into());
+    assert!(files.len() > 80, "{}", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("reads");
+        for bad in ["reference-runs.md", "/work/", "shared/data/"] {
+            assert!(!text.contains(bad), "{} cites `{bad}`", f.display());
+        }
+    }
+}
+
+/// `--fix` honours the plan's constraints: the serving batch it picks
+/// meets them (it picked the largest batch that fit HBM, over the plan's
+/// `memory <= 0.9 * hbm` and `tpot <= 50 ms`, and exited 1), and a pinned
+/// point that misses one is INFEASIBLE in the text and `feasible: false`
+/// in the JSON, not only on stderr (issue 11).
+#[test]
+fn fixed_points_meet_or_report_the_plans_constraints() {
+    let decode = "examples/llm_decode.gantry";
+    let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\n  feasible\n") && !err.contains("C010"), "{out}{err}");
+    // The same batch as the search pinned to that mesh.
+    let (code, searched, err) = gantry(&["plan", decode, "--pin", "tp=8,pp=1"]);
+    assert_eq!(code, 0, "{err}");
+    let point = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("design point:"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert_eq!(point(&out), point(&searched));
+    // Fits HBM, misses `memory <= 0.9 * hbm` and `tpot <= 50 ms`.
+    let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1,batch=848"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C010") && err.contains("tpot <= 50 ms"), "{err}");
+    assert!(
+        out.contains("INFEASIBLE: misses `subject to memory <= (0.9 * hbm)`"),
+        "{out}"
+    );
+    let (code, json, _) = gantry(&[
+        "plan", decode, "--fix", "tp=8,pp=1,batch=848", "--format", "json",
+    ]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["feasible"], serde_json::Value::Bool(false), "{json}");
+}

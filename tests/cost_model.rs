@@ -190,6 +190,18 @@ fn contradictory_pins_are_diagnostics() {
     check("tp=3", Code::C002, "64 attention heads");
     check("tp=8,pp=2,dp=1", Code::C001, "16 devices");
     check("tp=8,dp=1,microbatch=3", Code::C003, "global batch 4");
+    // C003 names a knob that was pinned (it always named `microbatch`),
+    // and says where a dp nobody pinned came from.
+    let knob = |fix: &str| {
+        let e = resolve(&parse_fix(fix).expect("parses"), &ir, &p.system).expect_err(fix);
+        assert_eq!(e.code, Code::C003, "{fix}: {}", e.message);
+        (e.knob, e.message)
+    };
+    assert_eq!(knob("tp=8,dp=1,microbatch=3").0, "microbatch");
+    assert_eq!(knob("tp=1,pp=1,dp=8").0, "dp");
+    let (k, message) = knob("tp=1,pp=1");
+    assert_eq!(k, "dp");
+    assert!(message.contains("dp = 8: the 8 devices over tp x pp x cp = 1"), "{message}");
     check("tp=1,pp=8,dp=1,virtual_stages=7", Code::C004, "has 48");
     assert_eq!(parse_fix("tp=two").expect_err("bad").code, Code::C006);
     assert_eq!(parse_fix("tq=2").expect_err("bad").code, Code::C006);

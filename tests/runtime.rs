@@ -213,6 +213,38 @@ fn reference_examples_match_reference() {
     }
 }
 
+/// `gantry run FILE` with no flags succeeds on every bundled example
+/// (outside `reference/`): the plan's (or, in a file without plans, the
+/// first workload's) `simulate` scale is applied, the R007 estimate is
+/// under the default `--max-memory`, and outputs and gradients match
+/// (`codesign_study.gantry`, which has no plan, was refused by R007).
+#[test]
+fn every_example_runs_as_it_is() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: gantry::runtime_cli::RunArgs,
+    }
+    let files: Vec<String> = std::fs::read_dir("examples")
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gantry"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(files.len() >= 7, "{files:?}");
+    for file in files {
+        let cli = Cli::try_parse_from(["gantry-run", file.as_str()]).expect("parses");
+        let code = gantry::runtime_cli::run_cmd(&cli.run);
+        assert_eq!(
+            code,
+            std::process::ExitCode::SUCCESS,
+            "`gantry run {file}` failed (see stderr)"
+        );
+    }
+}
+
 /// Every example with a model runs the design point the planner picks
 /// for it on 8 simulated devices (scaled down), gradients included for
 /// training.

@@ -195,3 +195,40 @@ fn replicated_key_value_heads_traffic_is_the_cost_models() {
         assert_eq!(row.measured, model, "{fix}: tensor bytes run vs model");
     }
 }
+
+/// Inference: the tensor-parallel collectives of a prefill and a decode
+/// step are the cost model's bytes exactly, on the busiest pipeline stage
+/// (the cost model reported 0 B with a non-zero time, issue 11).
+#[test]
+fn inference_tensor_traffic_is_the_cost_models() {
+    for file in ["examples/llm_prefill.gantry", "examples/llm_decode.gantry"] {
+        for fix in [
+            "dp=1,tp=2,pp=1",
+            "dp=1,tp=2,pp=2",
+            "dp=1,tp=2,pp=1,sequence_parallel=true",
+        ] {
+            let a = TargetArgs {
+                file: file.into(),
+                plan: None,
+                fix: Some(fix.into()),
+                plan_json: None,
+                devices: None,
+                scale: None,
+                lib: Vec::new(),
+                whole: Vec::new(),
+            };
+            let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
+            let r = exec::run(&t.workload, &t.par, &RunConfig::default())
+                .unwrap_or_else(|e| panic!("{}", e.render()));
+            assert!(r.passed(), "{file} {fix}: {r:?}");
+            let rows = traffic_rows(&t, &r);
+            let row = rows
+                .iter()
+                .find(|r| r.label == "tensor")
+                .unwrap_or_else(|| panic!("{file} {fix}: no tensor traffic"));
+            let model: f64 = row.model.iter().map(|(_, b)| b).sum();
+            assert!(row.measured > 0.0, "{file} {fix}");
+            assert_eq!(row.measured, model, "{file} {fix}: run vs cost model");
+        }
+    }
+}

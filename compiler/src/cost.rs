@@ -1305,8 +1305,18 @@ impl Evaluator<'_> {
     }
 
     /// Forward-only time of one pass over all segments for `b` samples per
-    /// replica, summed over pipeline stages (a request crosses them all).
-    fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64) -> (ClassTimes, f64, f64, f64) {
+    /// replica, summed over pipeline stages (a request crosses them all),
+    /// and the tensor-parallel bytes the busiest rank sends in it: the
+    /// stage of `stage_layers` that sends most, its layers' collectives
+    /// plus the prologue's on the first stage and the epilogue's on the
+    /// last (as the training step counts them).
+    fn forward(
+        &self,
+        ir: &Ir,
+        p: &DesignPoint,
+        b: f64,
+        stage_layers: &[u64],
+    ) -> (ClassTimes, f64, f64, f64) {
         let ev = Evaluator {
             ir,
             hw: self.hw,
@@ -1314,16 +1324,30 @@ impl Evaluator<'_> {
         };
         let mut t = ClassTimes::default();
         let mut tp = 0.0;
-        let mut flops = 0.0;
         let mut params = 0.0;
-        for (si, s) in ir.segments.iter().enumerate() {
+        // Tensor-parallel bytes of the prologue, one body layer, the epilogue.
+        let (mut pro, mut layer, mut epi) = (0.0, 0.0, 0.0);
+        for (si, (s, role)) in ir.segments.iter().zip(memory::roles(ir)).enumerate() {
             let sc = ev.segment(si, p, b, false);
             t = t.plus(&sc.fwd.scaled(s.count as f64));
             tp += sc.tp_fwd * s.count as f64;
-            flops += sc.flops * s.count as f64;
             params += sc.params * s.count as f64;
+            match role {
+                Role::Body => layer = sc.tp_bytes_fwd,
+                Role::Prologue => pro += sc.tp_bytes_fwd * s.count as f64,
+                Role::Epilogue => epi += sc.tp_bytes_fwd * s.count as f64,
+            }
         }
-        (t, tp, flops, params)
+        let n = stage_layers.len().max(1);
+        let busiest = (0..n)
+            .map(|i| {
+                let layers = stage_layers.get(i).copied().unwrap_or(0) as f64;
+                layers * layer
+                    + if i == 0 { pro } else { 0.0 }
+                    + if i == n - 1 { epi } else { 0.0 }
+            })
+            .fold(0.0, f64::max);
+        (t, tp, busiest, params)
     }
 
     fn infer(&self, p: &DesignPoint) -> Estimate {
@@ -1332,7 +1356,8 @@ impl Evaluator<'_> {
         let topo = &hw.topo;
         // Inference batch is per replica.
         let b = (p.batch as f64).max(1.0);
-        let (classes, t_tp, _, params) = self.forward(ir, p, b);
+        let stage_layers = self.split_layers(p, 1.0, 0.0, 0.0);
+        let (classes, t_tp, tp_bytes, params) = self.forward(ir, p, b, &stage_layers);
         let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
@@ -1349,14 +1374,15 @@ impl Evaluator<'_> {
             _ => None,
         };
         let mut comms = Vec::new();
-        if t_tp > 0.0 {
+        if t_tp > 0.0 || tp_bytes > 0.0 {
             comms.push(Comm {
                 what: "tensor-parallel all-reduce",
                 collective: Collective::AllReduce,
                 group: p.tp,
                 level: topo.level(p.tp, 1),
                 algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
-                bytes: 0.0,
+                // One pass (the decode step, not its share of the prefill).
+                bytes: tp_bytes,
                 time: t_tp,
                 exposed: t_tp,
             });
@@ -1366,7 +1392,7 @@ impl Evaluator<'_> {
                 // Serving: every request's prompt is prefilled once and
                 // then `generate` tokens are decoded; in steady state each
                 // decode step also carries 1/generate of a batch's prefill.
-                let (tpf, ttp, _, _) = self.forward(pre, p, b);
+                let (tpf, ttp, _, _) = self.forward(pre, p, b, &stage_layers);
                 let t_pre = tpf.total() + ttp + (pp - 1.0) * t_send;
                 let g = generate.unwrap_or(1).max(1) as f64;
                 (
@@ -1412,7 +1438,7 @@ impl Evaluator<'_> {
             },
             memory,
             comms,
-            stage_layers: self.split_layers(p, 1.0, 0.0, 0.0),
+            stage_layers,
             samples_per_step: samples,
             tokens_per_step: if ir.tokens_per_sample > 1.0
                 || matches!(ir.phase, Phase::Decode { .. })

@@ -27,6 +27,17 @@ pub struct Evaluation {
     pub estimate: Estimate,
     /// Batch values tried when the plan searches the serving batch.
     pub batch_candidates: usize,
+    /// The plan's `subject to` constraints the point misses, as written
+    /// (a pinned point may miss them; a search's best never does). The
+    /// point is feasible when it fits in memory and this is empty.
+    pub missed: Vec<String>,
+}
+
+impl Evaluation {
+    /// Fits in memory and meets every constraint of the plan.
+    pub fn feasible(&self) -> bool {
+        self.estimate.feasible && self.missed.is_empty()
+    }
 }
 
 /// The embedding tables' placement for an evaluated point: what HBM is
@@ -157,9 +168,14 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
                 first_err = Some(err);
                 continue;
             }
+            // Feasible: fits and meets the plan's constraints (a batch
+            // over a `tpot` budget is no better than one over HBM).
+            let ok = |e: &Estimate| {
+                e.feasible && plan.constraints.iter().all(|c| crate::search::meets(c, e).0)
+            };
             let better = match &best {
                 None => true,
-                Some(cur) => match (e.feasible, cur.feasible) {
+                Some(cur) => match (ok(&e), ok(cur)) {
                     (true, false) => true,
                     (false, true) => false,
                     _ => {
@@ -200,9 +216,11 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         ir,
         estimate,
         batch_candidates: candidates.len(),
+        missed: Vec::new(),
     };
     let tables = table_placement(&ev, plan);
     place_tables(&mut ev.estimate, &ev.ir, &tables);
+    ev.missed = crate::search::missed(&plan.constraints, &ev.estimate);
     Ok(ev)
 }
 
@@ -545,10 +563,12 @@ pub fn search(
         ir,
         estimate: best,
         batch_candidates: 0,
+        missed: Vec::new(),
     };
     let tables = table_placement(&best, plan);
     let mut best = best;
     place_tables(&mut best.estimate, &best.ir, &tables);
+    best.missed = crate::search::missed(&plan.constraints, &best.estimate);
     Ok(Searched {
         best,
         top,

@@ -534,11 +534,30 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
             let gb = *global_batch as i64;
             let per_step = dp.checked_mul(microbatch).filter(|x| *x > 0);
             let Some(per_step) = per_step.filter(|x| gb % x == 0) else {
+                // Name a knob that was pinned: the microbatch, else dp, else
+                // the model-parallel degree whose devices left this dp.
+                let knob = if knobs.microbatch.is_some() {
+                    "microbatch"
+                } else if knobs.dp.is_some() {
+                    "dp"
+                } else {
+                    ["tp", "pp", "cp"]
+                        .into_iter()
+                        .filter(|k| knobs.int(k).is_some_and(|v| v > 1))
+                        .max_by_key(|k| int(k, 1))
+                        .unwrap_or("dp")
+                };
+                let derived = match (knobs.dp, model_par) {
+                    (None, Some(m)) => format!(
+                        " (dp = {dp}: the {devices} devices over tp x pp x cp = {m})"
+                    ),
+                    _ => String::new(),
+                };
                 return Err(err(
                     Code::C003,
-                    "microbatch",
+                    knob,
                     format!(
-                        "global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}",
+                        "global batch {gb} is not a multiple of dp x microbatch = {dp} x {microbatch} = {}{derived}",
                         per_step.map_or("more than 2^63".to_string(), |x| x.to_string())
                     ),
                     "choose a microbatch and dp whose product divides the global batch",

@@ -147,7 +147,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "column_ops": ev.ir.pinned(p.tp as usize, Form::Column).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
             "row_ops": ev.ir.pinned(p.tp as usize, Form::Row).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
-        "feasible": e.feasible,
+        "feasible": ev.feasible(),
         "uncertainty": uncertainty_json(ev.hardware.uncertainty),
         "metrics": metrics,
         "breakdown": {
@@ -260,14 +260,25 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
             ev.hardware.device
         ));
     }
-    let feas = if e.feasible {
+    let feas = if ev.feasible() {
         "feasible".to_string()
     } else {
-        format!(
-            "INFEASIBLE: needs {} per device, HBM holds {}",
-            q(m.total(), Dim::BYTES),
-            q(m.capacity, Dim::BYTES)
-        )
+        let mut why: Vec<String> = ev
+            .missed
+            .iter()
+            .map(|c| format!("misses `subject to {c}`"))
+            .collect();
+        if !e.feasible {
+            why.insert(
+                0,
+                format!(
+                    "needs {} per device, HBM holds {}",
+                    q(m.total(), Dim::BYTES),
+                    q(m.capacity, Dim::BYTES)
+                ),
+            );
+        }
+        format!("INFEASIBLE: {}", why.join("; "))
     };
     s.push_str(&format!("{}{feas}\n", if markdown { "" } else { "  " }));
     s.push_str(&format!(

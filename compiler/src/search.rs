@@ -451,6 +451,35 @@ pub fn meets(c: &Constraint, e: &Estimate) -> (bool, f64) {
     (ok, ratio)
 }
 
+/// The `subject to` text of each of `constraints` that `e` misses
+/// (`memory <= (0.9 * hbm)`), in declaration order.
+pub fn missed(constraints: &[Constraint], e: &Estimate) -> Vec<String> {
+    constraints
+        .iter()
+        .filter(|c| !meets(c, e).0)
+        .map(constraint_text)
+        .collect()
+}
+
+/// A constraint as the user wrote it, fully parenthesized.
+pub fn constraint_text(c: &Constraint) -> String {
+    fn expr(m: &MetricExpr) -> String {
+        match m {
+            MetricExpr::Const(q) => q.to_string(),
+            MetricExpr::Metric(n) => n.clone(),
+            MetricExpr::Neg(a) => format!("-{}", expr(a)),
+            MetricExpr::Binary(op, a, b) => format!("({} {op} {})", expr(a), expr(b)),
+        }
+    }
+    let op = match c.cmp {
+        Cmp::Lt => "<",
+        Cmp::Le => "<=",
+        Cmp::Gt => ">",
+        Cmp::Ge => ">=",
+    };
+    format!("{} {op} {}", expr(&c.lhs), expr(&c.rhs))
+}
+
 /// Objective value, oriented so that larger is better.
 pub fn score(plan: &Plan, e: &Estimate) -> f64 {
     let v = e.metric(&plan.objective.1).unwrap_or(f64::NAN);

@@ -583,6 +583,10 @@ pub struct Workload {
     pub kernels: Kernels,
     /// Values of the model's shape symbols for one step (`batch`, `seq`).
     pub bindings: BTreeMap<String, i64>,
+    /// The scale `gantry run` simulates the workload at when no plan of it
+    /// says (`simulate "layers=2, seq=16, batch=4"`; a plan's `simulate`
+    /// keys override these).
+    pub simulate: Option<String>,
     pub span: Span,
 }
 

@@ -69,6 +69,7 @@ const WORKLOAD_KEYS: &[Key] = &[
     key("train", VA, false, false),
     key("prefill", VA, false, false),
     key("decode", VA, false, false),
+    key("simulate", VA, false, false),
 ];
 const PLAN_KEYS: &[Key] = &[
     key("expect", N, true, false),
@@ -1360,6 +1361,7 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             phase = self.phase(&it.key.name, &v, it.value.span);
         }
+        let simulate = self.simulate(&g, &mut env);
         self.leave(&key);
         let (Some((model, mspan)), Some((phase, dtype, kernels, pspan))) = (model, phase) else {
             self.memo_workloads.insert(key, None);
@@ -1421,6 +1423,7 @@ impl Checker {
             dtype,
             kernels,
             bindings,
+            simulate,
             span: b.name.span,
         });
         if let Some(w) = &result {
@@ -1428,6 +1431,23 @@ impl Checker {
         }
         self.memo_workloads.insert(key, result.clone());
         result
+    }
+
+    /// The `simulate` string of a plan or workload (the scale `gantry run`
+    /// simulates it at), if declared.
+    fn simulate(&mut self, g: &BTreeMap<&'static str, Vec<&Item>>, env: &mut Env) -> Option<String> {
+        let it = g.get("simulate").and_then(|v| v.first())?;
+        match self.eval(&it.value, env) {
+            Value::Str(s) => Some(s),
+            other => {
+                self.type_error(
+                    &other,
+                    it.value.span,
+                    "a string such as \"layers=2, seq=16, batch=4\"",
+                );
+                None
+            }
+        }
     }
 
     fn phase(
@@ -1787,19 +1807,7 @@ impl Checker {
                 }
             }
         }
-        let mut simulate = None;
-        if let Some(it) = g.get("simulate").and_then(|v| v.first()) {
-            match self.eval(&it.value, &mut env) {
-                Value::Str(s) => simulate = Some(s),
-                other => {
-                    self.type_error(
-                        &other,
-                        it.value.span,
-                        "a string such as \"layers=2, seq=16, batch=4\"",
-                    );
-                }
-            }
-        }
+        let simulate = self.simulate(&g, &mut env);
         let objective = objective
             .map(|o| o.0)
             .unwrap_or((Goal::Maximize, "throughput".to_string()));
@@ -1848,6 +1856,21 @@ impl Checker {
                 );
             }
         } else {
+            if let Some(it) = g.get("simulate").and_then(|v| v.first()) {
+                // A study runs nothing on simulated devices: the scale
+                // belongs to a workload (or a plan) `gantry run` runs.
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L060,
+                        "a study has no `simulate` scale",
+                        it.key.span,
+                    )
+                    .with_label(it.key.span, "`simulate` is for workloads and plans")
+                    .with_help(
+                        "put `simulate \"...\"` in the workload it scales: `gantry run` on a file without plans runs its first workload at that scale",
+                    ),
+                );
+            }
             let systems = self.sweep_systems(&sv, p.system.span);
             let mut workloads = Vec::new();
             match g.get("workloads").and_then(|v| v.first()) {
