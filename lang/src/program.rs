@@ -610,10 +610,16 @@ pub enum Arrivals {
 pub enum Lengths {
     Fixed(u64),
     /// Whole numbers from `lo` to `hi` inclusive, equally likely.
-    Uniform { lo: u64, hi: u64 },
+    Uniform {
+        lo: u64,
+        hi: u64,
+    },
     /// A lognormal with this mean and `spread` (the standard deviation of
     /// the logarithm), rounded, at least 1.
-    LogNormal { mean: f64, spread: f64 },
+    LogNormal {
+        mean: f64,
+        spread: f64,
+    },
     /// The lengths of the trace's rows.
     Trace,
 }

@@ -87,7 +87,10 @@ impl Checker {
         let below = if open_lo { x <= lo } else { x < lo };
         let above = if open_hi { x >= hi } else { x > hi };
         if !x.is_finite() || below || above {
-            let (l, r) = (if open_lo { "(" } else { "[" }, if open_hi { ")" } else { "]" });
+            let (l, r) = (
+                if open_lo { "(" } else { "[" },
+                if open_hi { ")" } else { "]" },
+            );
             self.bad_serve(
                 span,
                 format!(
@@ -132,28 +135,16 @@ impl Checker {
             "poisson" => {
                 let a = self.ctor_args(name, args, &["rate"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
-                let rate = self.serve_number(
-                    &rv,
-                    rs,
-                    "`rate`",
-                    (0.0, 1e9),
-                    (true, false),
-                    rate_help,
-                )?;
+                let rate =
+                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help)?;
                 Some(Arrivals::Poisson { rate })
             }
             "gamma" => {
                 let a = self.ctor_args(name, args, &["rate", "cv"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
                 let (cv_v, cv_s) = self.ctor_required(name, &a, "cv", span)?;
-                let rate = self.serve_number(
-                    &rv,
-                    rs,
-                    "`rate`",
-                    (0.0, 1e9),
-                    (true, false),
-                    rate_help,
-                );
+                let rate =
+                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help);
                 let cv = self.serve_number(
                     &cv_v,
                     cv_s,
@@ -275,7 +266,11 @@ impl Checker {
     fn slo(&mut self, v: &Value, span: Span) -> Option<Slo> {
         let Value::Record(fields) = v else {
             if !matches!(v, Value::Error) {
-                self.type_error(v, span, "a record `{ ttft_p99 = 500 ms, tpot_p99 = 50 ms }`");
+                self.type_error(
+                    v,
+                    span,
+                    "a record `{ ttft_p99 = 500 ms, tpot_p99 = 50 ms }`",
+                );
             }
             return None;
         };
@@ -284,8 +279,9 @@ impl Checker {
         let names = ["ttft_p99", "tpot_p99", "e2e_p99"];
         for (k, ks, fv, fs) in fields {
             if !names.contains(&k.as_str()) {
-                let mut d = Diagnostic::error(Code::L071, format!("`slo` has no target `{k}`"), *ks)
-                    .with_label(*ks, "unknown target");
+                let mut d =
+                    Diagnostic::error(Code::L071, format!("`slo` has no target `{k}`"), *ks)
+                        .with_label(*ks, "unknown target");
                 d = match suggest(k, names.into_iter()) {
                     Some(x) => d.with_help(format!("did you mean `{x}`?")),
                     None => d.with_help("`slo` takes: ttft_p99, tpot_p99, e2e_p99"),
@@ -336,10 +332,12 @@ impl Checker {
         let mut ok = true;
         let mut read = |c: &mut Checker, k: &str, default: u64, max: u64| -> u64 {
             match got.get(k) {
-                Some((v, s)) => c.serve_count(v, *s, &format!("`{k}`"), max).unwrap_or_else(|| {
-                    ok = false;
-                    default
-                }),
+                Some((v, s)) => c
+                    .serve_count(v, *s, &format!("`{k}`"), max)
+                    .unwrap_or_else(|| {
+                        ok = false;
+                        default
+                    }),
                 None => default,
             }
         };
@@ -400,7 +398,11 @@ impl Checker {
         let seed = match got.get("seed") {
             Some((v, s)) => self.int(v, *s, "`seed`").and_then(|i| {
                 u64::try_from(i).ok().or_else(|| {
-                    self.bad_serve(*s, format!("`seed` must not be negative, got {i}"), "0 or more");
+                    self.bad_serve(
+                        *s,
+                        format!("`seed` must not be negative, got {i}"),
+                        "0 or more",
+                    );
                     None
                 })
             }),
@@ -417,7 +419,11 @@ impl Checker {
             }
             None => Some(Disaggregate::Auto),
         };
-        for x in [attainment.is_none(), prefix_hit.is_none(), requests.is_none()] {
+        for x in [
+            attainment.is_none(),
+            prefix_hit.is_none(),
+            requests.is_none(),
+        ] {
             ok &= !x;
         }
         if !ok {
@@ -438,8 +444,9 @@ impl Checker {
         let mut ok = true;
         for (k, ks, fv, fs) in fields {
             if !SERVE_SETTINGS.contains(&k.as_str()) {
-                let mut d = Diagnostic::error(Code::L071, format!("`serve` has no setting `{k}`"), ks)
-                    .with_label(ks, "unknown setting");
+                let mut d =
+                    Diagnostic::error(Code::L071, format!("`serve` has no setting `{k}`"), ks)
+                        .with_label(ks, "unknown setting");
                 d = match suggest(&k, SERVE_SETTINGS.iter().copied()) {
                     Some(x) => d.with_help(format!("did you mean `{x}`?")),
                     None => d.with_help(format!("`serve` takes: {}", SERVE_SETTINGS.join(", "))),
