@@ -37,3 +37,6 @@ pub fn run(d: &Deployment, reqs: &[Request], serve: &gantry_lang::program::Serve
     let o = simulate(d, reqs, (reqs.len() as u64 / 4).max(64));
     summarize(d, &o, &arrivals, &generate, serve)
 }
+
+#[cfg(test)]
+mod tests;
