@@ -131,34 +131,7 @@ impl Clock {
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
 /// outcome `aborted`, when more than `max_backlog` requests wait.
 pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
-    let mut reps: Vec<Replica> = Vec::new();
-    if d.disaggregated() {
-        for _ in 0..d.prefill {
-            reps.push(Replica::new(
-                Role::Prefill,
-                d.prefill_model,
-                d.limits,
-                d.kv_block,
-            ));
-        }
-        for _ in 0..d.decode {
-            reps.push(Replica::new(
-                Role::Decode,
-                d.decode_model,
-                d.limits,
-                d.kv_block,
-            ));
-        }
-    } else {
-        for _ in 0..d.colocated {
-            reps.push(Replica::new(
-                Role::Both,
-                d.prefill_model,
-                d.limits,
-                d.kv_block,
-            ));
-        }
-    }
+    let mut reps = replicas(d);
     let n = reqs.len();
     let mut o = Outcome {
         ttft: vec![f64::NAN; n],
@@ -285,7 +258,46 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             r.busy_until = Some(clock.now + dt);
         }
     }
-    for r in &reps {
+    tally(&mut o, &reps, reqs, &clock);
+    o
+}
+
+fn replicas(d: &Deployment) -> Vec<Replica> {
+    let mut reps: Vec<Replica> = Vec::new();
+    if d.disaggregated() {
+        for _ in 0..d.prefill {
+            reps.push(Replica::new(
+                Role::Prefill,
+                d.prefill_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+        for _ in 0..d.decode {
+            reps.push(Replica::new(
+                Role::Decode,
+                d.decode_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+    } else {
+        for _ in 0..d.colocated {
+            reps.push(Replica::new(
+                Role::Both,
+                d.prefill_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+    }
+    reps
+}
+
+/// The replicas' counters, and Little's law over the clock's window.
+fn tally(o: &mut Outcome, reps: &[Replica], reqs: &[Request], clock: &Clock) {
+    let (wa, wb) = clock.window;
+    for r in reps {
         o.preemptions += r.preemptions;
         o.iterations += r.iterations;
         o.batched_tokens += r.batched_tokens;
@@ -305,5 +317,4 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
         o.little_lambda = in_window.len() as f64 / (wb - wa);
         o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64;
     }
-    o
 }

@@ -482,11 +482,9 @@ impl Checker {
             None => Some(DType::Bf16),
         };
         let kernels = self.kernels(&got);
-        let (arrivals, input, output, slo, scheduler, options) =
-            (arrivals?, input?, output?, slo?, scheduler?, options?);
-        let traced = matches!(arrivals, Arrivals::Trace { .. });
+        let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
         for (l, name) in [(&input, "prompt"), (&output, "generate")] {
-            if matches!(l, Lengths::Trace) && !traced {
+            if matches!(l, Some(Lengths::Trace)) && arrivals.is_some() && !traced {
                 let s = got.get(name).map_or(span, |g| g.1);
                 self.bad_serve(
                     s,
@@ -496,6 +494,8 @@ impl Checker {
                 ok = false;
             }
         }
+        let (arrivals, input, output, slo, scheduler, options) =
+            (arrivals?, input?, output?, slo?, scheduler?, options?);
         if !ok {
             return None;
         }
