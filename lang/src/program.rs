@@ -1037,15 +1037,15 @@ fn serve_summary(sv: &Serve) -> String {
     };
     let k = &sv.scheduler;
     format!(
-        "arrivals={arrivals} prompt={} generate={} ttft_p99={}{} tpot_p99={} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={} prefix_hit={} requests={} seed={} disaggregate={:?}",
+        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={} prefix_hit={} requests={} seed={} disaggregate={}",
         lens(&sv.input),
         lens(&sv.output),
         q(sv.slo.ttft_p99, Dim::TIME),
+        q(sv.slo.tpot_p99, Dim::TIME),
         sv.slo
             .e2e_p99
             .map(|e| format!(" e2e_p99={}", q(e, Dim::TIME)))
             .unwrap_or_default(),
-        q(sv.slo.tpot_p99, Dim::TIME),
         format_number(sv.attainment),
         k.token_budget,
         k.max_seqs,
@@ -1054,7 +1054,11 @@ fn serve_summary(sv: &Serve) -> String {
         format_number(sv.prefix_hit),
         sv.requests,
         sv.seed,
-        sv.disaggregate
+        match sv.disaggregate {
+            Disaggregate::Auto => "auto",
+            Disaggregate::Yes => "true",
+            Disaggregate::No => "false",
+        }
     )
 }
 
