@@ -230,11 +230,14 @@ proptest! {
     }
 
     /// At a fixed rate, more replicas never raise P99 TTFT or E2E, and on
-    /// the same requests a higher rate never lowers them, by more than one
-    /// iteration (10 ms here): where an arrival falls within the running
-    /// iteration shifts its wait by less than that (seed 223 at 5 req/s
-    /// lowers P99 E2E by 0.08 ms at 7.5 req/s; without the allowance both
-    /// directions fail at 5 req/s, where P99 is one request's service).
+    /// the same requests on one replica a higher rate never lowers them,
+    /// by more than one iteration (10 ms here): where an arrival falls
+    /// within the running iteration shifts its wait by less than that
+    /// (seed 223 at 5 req/s lowers P99 E2E by 0.08 ms at 7.5 req/s).
+    /// The rate direction does not hold across replicas: least-loaded
+    /// routing of a compressed stream pairs other requests (seed 102 at
+    /// 68 req/s on 3 replicas: TTFT P99 56.3 ms, and 46.2 ms at 1.5 times
+    /// the rate), so it is checked on one.
     #[test]
     fn monotone_in_replicas_and_rate(rate in 5.0f64..80.0, seed in 0u64..1000, replicas in 1u64..4) {
         let s = serve(rate, 400, seed);
@@ -245,7 +248,7 @@ proptest! {
         prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
         prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
         let faster = requests(&s, Some(rate * 1.5), &[]);
-        let c = run(replicas, &faster);
+        let (a, c) = (run(1, &reqs), run(1, &faster));
         prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
     }
