@@ -116,7 +116,11 @@ pub struct Replica {
     /// this plus `decoding x step`.
     kv_base: i64,
     done_at: BinaryHeap<Due>,
-    grow_at: BinaryHeap<Due>,
+    /// Block crossings by step modulo the block size: a decoding
+    /// sequence crosses into a new block every `block` steps after its
+    /// first crossing (kept with the entry), so each step visits one
+    /// bucket (slot, generation, first crossing).
+    grow_at: Vec<Vec<(u32, u32, u64)>>,
     decoded: bool,
 }
 
@@ -154,7 +158,7 @@ impl Replica {
             decoding: 0,
             kv_base: 0,
             done_at: BinaryHeap::new(),
-            grow_at: BinaryHeap::new(),
+            grow_at: Vec::new(),
             decoded: false,
         }
     }
@@ -220,7 +224,10 @@ impl Replica {
         let done = step + (s.goal.saturating_sub(s.generated)) as u64;
         let grow = step + (s.blocks as u64 * block).saturating_sub(s.kv as u64);
         self.done_at.push(Reverse((done, slot, g)));
-        self.grow_at.push(Reverse((grow, slot, g)));
+        if self.grow_at.is_empty() {
+            self.grow_at = vec![Vec::new(); block as usize];
+        }
+        self.grow_at[(grow % block) as usize].push((slot, g, grow));
     }
 
     /// Takes `slot` out of the decoding set, its state brought to now.
@@ -326,21 +333,25 @@ impl Replica {
     /// block that block, preempting the most recently admitted sequence
     /// (itself last) while none is free.
     fn grow(&mut self) {
-        while let Some(&Reverse((at, slot, g))) = self.grow_at.peek() {
-            if at > self.step {
-                break;
-            }
-            self.grow_at.pop();
+        if self.grow_at.is_empty() {
+            return;
+        }
+        let b = (self.step % self.blocks.block) as usize;
+        let mut bucket = std::mem::take(&mut self.grow_at[b]);
+        let mut i = 0;
+        while i < bucket.len() {
+            let (slot, g, first) = bucket[i];
             if !self.alive(slot, g) || !self.slots[slot as usize].decoding {
+                bucket.swap_remove(i);
+                continue;
+            }
+            i += 1;
+            if first > self.step {
                 continue;
             }
             loop {
                 if self.blocks.take(1) {
-                    let block = self.blocks.block;
-                    let s = &mut self.slots[slot as usize];
-                    s.blocks += 1;
-                    let next = s.step0 + (s.blocks as u64 * block).saturating_sub(s.kv as u64);
-                    self.grow_at.push(Reverse((next, slot, g)));
+                    self.slots[slot as usize].blocks += 1;
                     break;
                 }
                 let Some(v) = self.last_admitted() else {
@@ -352,6 +363,10 @@ impl Replica {
                 }
             }
         }
+        // Sequences preempted above are dropped on the next visit.
+        let added = std::mem::take(&mut self.grow_at[b]);
+        bucket.extend(added);
+        self.grow_at[b] = bucket;
     }
 
     /// Forms the next iteration; returns its duration, or `None` when

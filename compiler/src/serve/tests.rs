@@ -231,9 +231,11 @@ proptest! {
 
     /// At a fixed rate, more replicas never raise P99 TTFT or E2E, and on
     /// the same requests on one replica a higher rate never lowers them,
-    /// by more than one iteration (10 ms here): where an arrival falls
-    /// within the running iteration shifts its wait by less than that
-    /// (seed 223 at 5 req/s lowers P99 E2E by 0.08 ms at 7.5 req/s).
+    /// by more than two iterations (20 ms here): where an arrival falls
+    /// within the running iteration, and where the prompt's end falls,
+    /// each shift a request by less than one (seed 223 at 5 req/s lowers
+    /// P99 E2E by 0.08 ms at 7.5 req/s; seed 93 at 74 req/s raises it by
+    /// 10.3 ms from 3 to 4 replicas).
     /// The rate direction does not hold across replicas: least-loaded
     /// routing of a compressed stream pairs other requests (seed 102 at
     /// 68 req/s on 3 replicas: TTFT P99 56.3 ms, and 46.2 ms at 1.5 times
@@ -244,7 +246,7 @@ proptest! {
         let reqs = requests(&s, None, &[]);
         let run = |r: u64, reqs: &[Request]| simulate(&colocated(small(), r, 512, 32), reqs, u64::MAX);
         let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
-        let slot = small().t_weights;
+        let slot = 2.0 * small().t_weights;
         prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
         prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
         let faster = requests(&s, Some(rate * 1.5), &[]);
