@@ -284,6 +284,15 @@ Fix: use one of the metrics in docs/LANGUAGE.md."
 a distribution and scores are scaled.\n\
 Fix: make the weights sum to 1."
         }
+        "L076" => {
+            "A setting of a `serve` workload is outside its range: an arrival `rate` or \
+`cv` not above 0, a length distribution with `lo > hi`, a lognormal `mean` below 1 token or \
+a `spread` above 3, an SLO target not above 0, an `attainment` outside (0, 1], a \
+`prefix_hit` outside [0, 1), a token budget, sequence limit or length above 2^24, more than \
+10 million `requests`, or `prompt = trace` / `generate = trace` without trace arrivals. \
+The label points at the value.\n\
+Fix: give a value in the stated range (docs/LANGUAGE.md §5.7, `serve`)."
+        }
         "L080" => {
             "Warning: a model computes a tensor that nothing uses (not an output, not an input \
 to another op). It is still priced.\n\
@@ -398,6 +407,22 @@ device, the device has no `efficiency { ... }` record, or the record is not writ
 record. Nothing is written to that file; other files are still written.\n\
 Fix: declare the device's factors as `efficiency { ... }` in its file (the fit only fits \
 factors the record declares), make the file writable, and run the command again."
+        }
+        "C019" => {
+            "No serving configuration the plan searches (tensor parallelism, replicas, \
+running-sequence limit, colocated or disaggregated pools) meets the workload's SLOs at the \
+required attainment, or every configuration is unstable (requests arrive faster than it \
+can serve them, so the queue grows without bound). The message names the closest \
+configuration and by how much each SLO fails there (its P99 against the target).\n\
+Fix: relax the SLOs or the rate, give the plan more devices (a larger system, `dp = auto`), \
+allow larger tensor parallelism, or lower `max_seqs` / `token_budget` to favour latency."
+        }
+        "C020" => {
+            "The request trace of a `serve` workload (`arrivals = trace(\"file.csv\")`) cannot \
+be read or parsed. Each line must be `arrival_s,prompt_tokens,generate_tokens` (a header \
+line is allowed), with arrival times finite, non-negative and non-decreasing and token \
+counts from 1 to 2^24. The message names the file and the first bad line.\n\
+Fix: correct the file, or give the path relative to the `.gantry` file that declares it."
         }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \

@@ -112,6 +112,11 @@ enum Command {
         format: ReportFormat,
         #[arg(long = "lib")]
         lib: Vec<PathBuf>,
+        /// For a `serve` workload: also simulate the chosen deployment at
+        /// these rates (requests per second, e.g. `1,2,4,8,16`): the
+        /// latency-versus-rate curve.
+        #[arg(long = "sweep-rate")]
+        sweep_rate: Option<String>,
     },
     /// Run the co-design studies of a file: every system of each sweep
     /// against its workload mix.
@@ -222,17 +227,34 @@ fn main() -> ExitCode {
             output,
             format,
             lib,
-        } => match fix {
-            Some(f) => plan_cmd(&file, plan.as_deref(), Some(&f), format, &lib),
-            None => search_cmd(
-                &file,
-                plan.as_deref(),
-                pin.as_deref(),
-                top,
-                export.map(|k| (k, output.as_deref())),
-                format,
-                &lib,
-            ),
+            sweep_rate,
+        } => match serve_plan(
+            &file,
+            plan.as_deref(),
+            fix.as_deref(),
+            pin.is_some() || export.is_some(),
+            top,
+            format,
+            sweep_rate.as_deref(),
+            &lib,
+        ) {
+            Some(code) => code,
+            None if sweep_rate.is_some() => {
+                eprintln!("error[C006]: --sweep-rate is for plans of `serve` workloads");
+                ExitCode::from(2)
+            }
+            None => match fix {
+                Some(f) => plan_cmd(&file, plan.as_deref(), Some(&f), format, &lib),
+                None => search_cmd(
+                    &file,
+                    plan.as_deref(),
+                    pin.as_deref(),
+                    top,
+                    export.map(|k| (k, output.as_deref())),
+                    format,
+                    &lib,
+                ),
+            },
         },
         Command::Validate { dir, cross, picks } => {
             if picks {
@@ -265,6 +287,58 @@ macro_rules! pushln {
         use std::fmt::Write;
         let _ = writeln!($s, $($t)*);
     }};
+}
+
+/// `gantry plan` on a plan of a `serve` workload (`None`: not one).
+#[allow(clippy::too_many_arguments)]
+fn serve_plan(
+    file: &str,
+    plan: Option<&str>,
+    fix: Option<&str>,
+    pin_or_export: bool,
+    top: usize,
+    format: ReportFormat,
+    sweep: Option<&str>,
+    lib: &[PathBuf],
+) -> Option<ExitCode> {
+    let checked = check_files(&[file.to_string()], lib);
+    let serving = match plan {
+        Some(n) => checked.program.plans.get(n),
+        None => gantry::default_plan(&checked.program),
+    }
+    .is_some_and(|p| p.workload.serve.is_some());
+    if checked.has_errors() || !serving {
+        return None;
+    }
+    let p = match load_plan(file, plan, lib) {
+        Ok(p) => p,
+        Err(code) => return Some(code),
+    };
+    if pin_or_export {
+        eprintln!(
+            "error[C006]: --pin and --export are not available for serving plans\n  help: search, or evaluate one deployment with --fix tp=..,dp=..,batch=.."
+        );
+        return Some(ExitCode::from(2));
+    }
+    let fix = match fix.map(gantry_compiler::point::parse_fix).transpose() {
+        Ok(f) => f,
+        Err(e) => return Some(pin_error(&e)),
+    };
+    let sweep = match sweep.map(gantry::serve_cli::parse_rates).transpose() {
+        Ok(s) => s,
+        Err(m) => {
+            eprintln!("error[C006]: --sweep-rate: {m}");
+            return Some(ExitCode::from(2));
+        }
+    };
+    let o = gantry::serve_cli::Options {
+        file,
+        fix,
+        top,
+        json: format == ReportFormat::Json,
+        sweep,
+    };
+    Some(gantry::serve_cli::serve_cmd(&p, &o))
 }
 
 fn plural(n: usize) -> &'static str {

@@ -893,3 +893,74 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     assert_eq!(v["feasible"], serde_json::Value::Bool(false), "{json}");
 }
+
+/// A serving plan replays a trace read beside its file; a bad trace is
+/// C020 naming the line; --sweep-rate gives one row per rate; a serving
+/// plan with `subject to` is C015.
+#[test]
+fn serving_plans_read_traces_and_sweep_rates() {
+    let root = std::env::current_dir().expect("cwd");
+    let source = |arrivals: &str, extra: &str| {
+        format!(
+            "import \"{}/stdlib/hardware/dgx_h100.gantry\"
+import \"{}/stdlib/models/llama.gantry\"
+
+workload w {{
+  model Llama(layers = 80, d_model = 8192, heads = 64, kv_heads = 8, d_ff = 28672, vocab = llama3_vocab)
+  serve {{
+    dtype = fp8
+    arrivals = {arrivals}
+    prompt = trace
+    generate = trace
+    slo = {{ ttft_p99 = 2 s, tpot_p99 = 100 ms }}
+  }}
+}}
+
+plan p on DGX_H100 for w {{
+  search tp in {{8}}
+  objective maximize throughput_per_dollar
+{extra}}}
+",
+            root.display(),
+            root.display()
+        )
+    };
+    let rows: String = (0..200)
+        .map(|i| format!("{},{},{}\n", i as f64 * 0.25, 100 + i, 20 + i % 7))
+        .collect();
+    temp(
+        "requests.csv",
+        &format!("arrival_s,prompt,generate\n{rows}"),
+    );
+    temp("bad.csv", "0,10,5\n0.5,ten,5\n");
+    let good = temp("trace_serve.gantry", &source("trace(\"requests.csv\")", ""));
+    let (code, out, err) = gantry(&["plan", &good, "--sweep-rate", "2,4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("200 requests at 4.000 req/s"), "{out}");
+    assert_eq!(
+        out.matches("\n  2.000 ").count() + out.matches("\n  4.000 ").count(),
+        2,
+        "{out}"
+    );
+    let bad = temp("bad_serve.gantry", &source("trace(\"bad.csv\")", ""));
+    let (code, _, err) = gantry(&["plan", &bad]);
+    assert_eq!(code, 1);
+    assert!(err.contains("C020") && err.contains("bad.csv:2"), "{err}");
+    let missing = temp(
+        "missing_serve.gantry",
+        &source("trace(\"nowhere.csv\")", ""),
+    );
+    let (code, _, err) = gantry(&["plan", &missing]);
+    assert!(code == 1 && err.contains("C020"), "{err}");
+    let constrained = temp(
+        "constrained_serve.gantry",
+        &source(
+            "trace(\"requests.csv\")",
+            "  subject to memory <= 0.9 * hbm\n",
+        ),
+    );
+    let (code, _, err) = gantry(&["plan", &constrained]);
+    assert!(code == 1 && err.contains("C015"), "{err}");
+    let (code, _, err) = gantry(&["plan", &good, "--sweep-rate", "0,nan"]);
+    assert!(code == 2 && err.contains("--sweep-rate"), "{err}");
+}

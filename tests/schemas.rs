@@ -242,6 +242,8 @@ fn every_json_output_matches_its_schema() {
     let mut plan = Schema::load("gantry.plan.v2");
     let mut trace = Schema::load("gantry.trace.v1");
     let mut torchrec = Schema::load("gantry.torchrec.v1");
+    let mut serve = Schema::load("gantry.serve.v1");
+    let mut serve_plans = 0;
     let examples = files("examples");
     assert!(examples.len() >= 30, "{examples:?}");
 
@@ -267,9 +269,38 @@ fn every_json_output_matches_its_schema() {
     for file in &examples {
         let checked = gantry::check_files(std::slice::from_ref(file), &[]);
         assert!(!checked.has_errors(), "{}", checked.render(false));
-        for name in checked.program.plans.keys() {
+        for (name, declared) in &checked.program.plans {
             plans += 1;
             let what = format!("{file} --plan {name}");
+            if declared.workload.serve.is_some() {
+                // A serving plan: `gantry.serve/1`, searched with a
+                // latency-versus-rate sweep, and its best deployment's
+                // tp with --fix.
+                serve_plans += 1;
+                let args = [
+                    "plan",
+                    file,
+                    "--plan",
+                    name,
+                    "--format",
+                    "json",
+                    "--sweep-rate",
+                    "1,4",
+                ];
+                let (code, out, err) = gantry(&args);
+                assert_eq!(code, 0, "{what}: {err}");
+                let searched: Value =
+                    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: {e}: {out}"));
+                serve.check(&format!("plan {what} --format json"), &searched);
+                let tp = format!("tp={}", searched["best"]["pools"][0]["tp"]);
+                let (code, out, err) = gantry(&[
+                    "plan", file, "--plan", name, "--format", "json", "--fix", &tp,
+                ]);
+                assert_eq!(code, 0, "{what} --fix {tp}: {err}");
+                let fixed: Value = serde_json::from_str(&out).expect("JSON");
+                serve.check(&format!("plan {what} --fix {tp} --format json"), &fixed);
+                continue;
+            }
             // The search; for the examples outside `reference/`, with its
             // trace export in a file. A trace has two events per microbatch
             // and stage: DLRM inference at microbatch 1 and some reference
@@ -320,7 +351,9 @@ fn every_json_output_matches_its_schema() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(plans >= 40, "only {plans} plans");
-    assert_eq!(plan.documents, 2 * plans);
+    assert!(serve_plans >= 1, "no serving plan among the examples");
+    assert_eq!(plan.documents, 2 * (plans - serve_plans));
+    assert_eq!(serve.documents, 2 * serve_plans);
     // No bundled device records a fit band yet: a device that does gives
     // the `uncertainty` object (its training plan), its inference plan
     // the "uncalibrated" form.
@@ -336,7 +369,7 @@ fn every_json_output_matches_its_schema() {
             plan.check(&format!("plan {calibrated} --plan {name} {fix:?}"), &v);
         }
     }
-    for s in [&diagnostics, &plan, &trace, &torchrec] {
+    for s in [&diagnostics, &plan, &trace, &torchrec, &serve] {
         assert!(s.documents > 0, "{}: nothing validated", s.name);
         s.assert_covered();
     }

@@ -216,6 +216,8 @@ fn inference_tensor_traffic_is_the_cost_models() {
                 scale: None,
                 lib: Vec::new(),
                 whole: Vec::new(),
+                column: Vec::new(),
+                row: Vec::new(),
             };
             let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
             let r = exec::run(&t.workload, &t.par, &RunConfig::default())

@@ -18,6 +18,7 @@ pub mod point;
 pub mod report;
 pub mod sanity;
 pub mod search;
+pub mod serve;
 pub mod sharded;
 pub mod study;
 pub mod validate;

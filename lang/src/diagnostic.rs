@@ -87,6 +87,7 @@ codes! {
     L073 => "contradictory plan knob",
     L074 => "unknown metric",
     L075 => "workload mix weights do not sum to 1",
+    L076 => "serving setting out of range",
     L080 => "unused value",
     C001 => "design point needs more devices than the system has",
     C002 => "tensor parallelism does not divide the attention heads",
@@ -106,6 +107,8 @@ codes! {
     C016 => "result is not a meaningful number",
     C017 => "no reference rows to fit or validate",
     C018 => "cannot write a fitted efficiency record",
+    C019 => "no serving configuration meets the SLOs",
+    C020 => "serving trace cannot be read",
 }
 
 impl fmt::Display for Code {

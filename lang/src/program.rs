@@ -588,6 +588,103 @@ pub struct Workload {
     /// keys override these).
     pub simulate: Option<String>,
     pub span: Span,
+    /// A `serve` workload's request stream, SLOs and scheduler; its
+    /// `phase` is then the decode step at `max_seqs` with the mean lengths
+    /// (what the static cost model, studies and the runtime read).
+    pub serve: Option<Box<Serve>>,
+}
+
+// ---------------------------------------------------------------- serving
+
+/// How requests arrive (`arrivals = ...` of a `serve` workload).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arrivals {
+    /// Exponential gaps at `rate` requests per second.
+    Poisson { rate: f64 },
+    /// Gamma-distributed gaps with mean `1 / rate` and coefficient of
+    /// variation `cv` (1 is Poisson, above 1 bursty).
+    Gamma { rate: f64, cv: f64 },
+    /// Rows of a CSV file (arrival time in seconds, input tokens, output
+    /// tokens), read by the command line relative to the declaring file.
+    Trace { path: String },
+}
+
+/// A distribution of token counts per request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lengths {
+    Fixed(u64),
+    /// Whole numbers from `lo` to `hi` inclusive, equally likely.
+    Uniform {
+        lo: u64,
+        hi: u64,
+    },
+    /// A lognormal with this mean and `spread` (the standard deviation of
+    /// the logarithm), rounded, at least 1.
+    LogNormal {
+        mean: f64,
+        spread: f64,
+    },
+    /// The lengths of the trace's rows.
+    Trace,
+}
+
+impl Lengths {
+    /// The mean token count (the trace's is not known to the checker: 1).
+    pub fn mean(&self) -> f64 {
+        match self {
+            Lengths::Fixed(n) => *n as f64,
+            Lengths::Uniform { lo, hi } => (*lo as f64 + *hi as f64) / 2.0,
+            Lengths::LogNormal { mean, .. } => *mean,
+            Lengths::Trace => 1.0,
+        }
+    }
+}
+
+/// Latency targets at the 99th percentile, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slo {
+    pub ttft_p99: f64,
+    pub tpot_p99: f64,
+    pub e2e_p99: Option<f64>,
+}
+
+/// The serving engine's iteration-level scheduler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scheduler {
+    /// Tokens one iteration may process (prefill chunks plus one per decode).
+    pub token_budget: u64,
+    /// Sequences running at once per replica.
+    pub max_seqs: u64,
+    pub chunked_prefill: bool,
+    /// Tokens per KV-cache block (paged attention).
+    pub kv_block: u64,
+}
+
+/// Whether the planner may split prefill and decode into separate pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disaggregate {
+    Auto,
+    Yes,
+    No,
+}
+
+/// A `serve` workload's settings (docs/LANGUAGE.md §5.7).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Serve {
+    pub arrivals: Arrivals,
+    pub input: Lengths,
+    pub output: Lengths,
+    pub slo: Slo,
+    /// Share of requests that must meet every SLO, in (0, 1].
+    pub attainment: f64,
+    pub scheduler: Scheduler,
+    /// Share of each prompt found in the prefix cache, in [0, 1).
+    pub prefix_hit: f64,
+    /// Requests simulated per configuration.
+    pub requests: u64,
+    pub seed: u64,
+    pub disaggregate: Disaggregate,
+    pub span: Span,
 }
 
 // ---------------------------------------------------------------- plans
@@ -922,6 +1019,53 @@ fn write_cluster(s: &mut String, c: &Cluster) {
     }
 }
 
+fn serve_summary(sv: &Serve) -> String {
+    let lens = |l: &Lengths| match l {
+        Lengths::Fixed(n) => format!("fixed({n})"),
+        Lengths::Uniform { lo, hi } => format!("uniform({lo}, {hi})"),
+        Lengths::LogNormal { mean, spread } => format!(
+            "lognormal(mean={}, spread={})",
+            format_number(*mean),
+            format_number(*spread)
+        ),
+        Lengths::Trace => "trace".to_string(),
+    };
+    let arrivals = match &sv.arrivals {
+        Arrivals::Poisson { rate } => format!("poisson(rate={})", format_number(*rate)),
+        Arrivals::Gamma { rate, cv } => format!(
+            "gamma(rate={}, cv={})",
+            format_number(*rate),
+            format_number(*cv)
+        ),
+        Arrivals::Trace { path } => format!("trace({path:?})"),
+    };
+    let k = &sv.scheduler;
+    format!(
+        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={} prefix_hit={} requests={} seed={} disaggregate={}",
+        lens(&sv.input),
+        lens(&sv.output),
+        q(sv.slo.ttft_p99, Dim::TIME),
+        q(sv.slo.tpot_p99, Dim::TIME),
+        sv.slo
+            .e2e_p99
+            .map(|e| format!(" e2e_p99={}", q(e, Dim::TIME)))
+            .unwrap_or_default(),
+        format_number(sv.attainment),
+        k.token_budget,
+        k.max_seqs,
+        k.chunked_prefill,
+        k.kv_block,
+        format_number(sv.prefix_hit),
+        sv.requests,
+        sv.seed,
+        match sv.disaggregate {
+            Disaggregate::Auto => "auto",
+            Disaggregate::Yes => "true",
+            Disaggregate::No => "false",
+        }
+    )
+}
+
 fn write_workload(s: &mut String, w: &Workload) {
     let args: Vec<String> = w
         .model
@@ -963,6 +1107,9 @@ fn write_workload(s: &mut String, w: &Workload) {
                 .unwrap_or_default()
         ),
     };
+    if let Some(sv) = &w.serve {
+        let _ = writeln!(s, "  serve {}", serve_summary(sv));
+    }
     let binds: Vec<String> = w.bindings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(
         s,

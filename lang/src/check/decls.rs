@@ -69,6 +69,7 @@ const WORKLOAD_KEYS: &[Key] = &[
     key("train", VA, false, false),
     key("prefill", VA, false, false),
     key("decode", VA, false, false),
+    key("serve", VA, false, false),
     key("simulate", VA, false, false),
 ];
 const PLAN_KEYS: &[Key] = &[
@@ -730,7 +731,7 @@ impl Checker {
         Some(q)
     }
 
-    fn record(
+    pub(crate) fn record(
         &mut self,
         v: &Value,
         span: Span,
@@ -789,7 +790,7 @@ impl Checker {
     /// Binds a constructor's arguments (`switch(450 GB/s, latency = 1 us)`)
     /// like a declaration's. `None` after an argument error: the error is
     /// reported, and what the constructor then lacks is not.
-    fn ctor_args(
+    pub(crate) fn ctor_args(
         &mut self,
         ctor: &str,
         args: &[(Option<String>, Value, Span)],
@@ -1263,7 +1264,7 @@ impl Checker {
         })
     }
 
-    fn dtype(&mut self, v: &Value, span: Span) -> Option<DType> {
+    pub(crate) fn dtype(&mut self, v: &Value, span: Span) -> Option<DType> {
         match v {
             Value::Sym(n, s) => match DType::parse(n) {
                 Some(d) => Some(d),
@@ -1334,18 +1335,19 @@ impl Checker {
                 model = self.build_model(&i).map(|m| (m, it.value.span));
             }
         }
-        let phases: Vec<&Item> = ["train", "prefill", "decode"]
+        let phases: Vec<&Item> = ["train", "prefill", "decode", "serve"]
             .iter()
             .filter_map(|p| g.get(p).and_then(|v| v.first().copied()))
             .collect();
         let mut phase = None;
+        let mut serve = None;
         if phases.is_empty() && self.broken(b.span) {
             // The phase is probably the line that did not parse.
         } else if phases.len() != 1 {
             let mut d = Diagnostic::error(
                 Code::L070,
                 format!(
-                    "workload `{}` needs exactly one phase (train, prefill or decode), found {}",
+                    "workload `{}` needs exactly one phase (train, prefill, decode or serve), found {}",
                     inst.name,
                     phases.len()
                 ),
@@ -1359,7 +1361,14 @@ impl Checker {
             self.diags.push(d);
         } else if let Some(it) = phases.first() {
             let v = self.eval(&it.value, &mut env);
-            phase = self.phase(&it.key.name, &v, it.value.span);
+            if it.key.name == "serve" {
+                phase = self.serve_phase(&v, it.value.span).map(|(p, d, k, s, sv)| {
+                    serve = Some(Box::new(sv));
+                    (p, d, k, s)
+                });
+            } else {
+                phase = self.phase(&it.key.name, &v, it.value.span);
+            }
         }
         let simulate = self.simulate(&g, &mut env);
         self.leave(&key);
@@ -1425,6 +1434,7 @@ impl Checker {
             bindings,
             simulate,
             span: b.name.span,
+            serve,
         });
         if let Some(w) = &result {
             self.program.workloads.insert(key.clone(), w.clone());
@@ -1604,7 +1614,7 @@ impl Checker {
     }
 
     /// The kernel and overlap settings of a phase record ([`Kernels`]).
-    fn kernels(&mut self, got: &BTreeMap<String, (Value, Span)>) -> Option<Kernels> {
+    pub(crate) fn kernels(&mut self, got: &BTreeMap<String, (Value, Span)>) -> Option<Kernels> {
         let mut k = Kernels::default();
         let mut ok = true;
         if let Some((v, s)) = got.get("attention") {

@@ -18,7 +18,7 @@ use crate::span::Span;
 use crate::units::{Dim, Quantity};
 
 /// Functions every file can call; top-level names may not shadow them.
-pub const BUILTIN_FUNCTIONS: [&str; 7] = [
+pub const BUILTIN_FUNCTIONS: [&str; 13] = [
     "len",
     "min",
     "max",
@@ -26,6 +26,12 @@ pub const BUILTIN_FUNCTIONS: [&str; 7] = [
     "mesh",
     "fat_tree",
     "rail_optimized",
+    "poisson",
+    "gamma",
+    "trace",
+    "fixed",
+    "uniform",
+    "lognormal",
 ];
 
 #[derive(Clone, Debug)]
@@ -359,7 +365,8 @@ impl Checker {
                 }
                 best.map_or(Value::Error, |(q, _)| Value::Num(q))
             }
-            "switch" | "mesh" | "fat_tree" | "rail_optimized" => Value::Ctor(
+            "switch" | "mesh" | "fat_tree" | "rail_optimized" | "poisson" | "gamma" | "trace"
+            | "fixed" | "uniform" | "lognormal" => Value::Ctor(
                 name.to_string(),
                 vals.into_iter()
                     .map(|a| (a.name.map(|n| n.0), a.value, a.span))

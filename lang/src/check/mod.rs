@@ -12,6 +12,7 @@ mod decls;
 mod eval;
 mod model;
 mod ops;
+mod serve;
 mod value;
 
 use std::collections::BTreeMap;

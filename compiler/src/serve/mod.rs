@@ -1,0 +1,42 @@
+//! Request-level simulation of LLM serving under latency SLOs.
+//!
+//! The static cost model prices one step; serving is a queue of requests
+//! whose latencies depend on how steps are shared. This module is a
+//! discrete-event simulator of one deployment, split by concept:
+//!
+//! - `sample`: the seeded request stream (arrivals, lengths, traces);
+//! - `timing`: one engine iteration's time, derived from the cost model
+//!   (docs/COST-MODEL.md §4a), the only place hardware reaches the
+//!   simulator;
+//! - `kv`: paged KV-cache blocks;
+//! - `scheduler`: one replica's continuous batching (chunked prefill,
+//!   admission, preemption with recomputation, prefix hits);
+//! - `sim`: the event loop over replicas, pools and KV transfers;
+//! - `report`: percentiles, goodput, utilisation, text and JSON;
+//! - `planner`: the cheapest deployment meeting the SLOs.
+//!
+//! Nothing here reads files or clocks: a trace arrives as parsed rows.
+
+pub mod kv;
+pub mod planner;
+pub mod report;
+pub mod sample;
+pub mod scheduler;
+pub mod sim;
+pub mod timing;
+
+pub use planner::{ServePlan, plan};
+pub use report::{Summary, summarize};
+pub use sample::{Request, parse_trace, requests};
+pub use sim::{Deployment, Outcome, simulate};
+
+/// Simulates `d` on `reqs` against `serve`'s SLOs (one `--sweep-rate` point).
+pub fn run(d: &Deployment, reqs: &[Request], serve: &gantry_lang::program::Serve) -> Summary {
+    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
+    let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
+    let o = simulate(d, reqs, (reqs.len() as u64 / 4).max(64));
+    summarize(d, &o, &arrivals, &generate, serve)
+}
+
+#[cfg(test)]
+mod tests;

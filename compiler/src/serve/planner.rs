@@ -1,0 +1,550 @@
+//! Planning a serving deployment: the cheapest configuration that meets
+//! the SLOs at the workload's rate.
+//!
+//! Candidates are colocated (tp, replicas, max_seqs) and disaggregated
+//! (prefill tp and replicas, decode tp and replicas, max_seqs) within the
+//! system's devices. Goodput never exceeds the arrival rate, so a
+//! candidate's goodput per dollar is at most `rate / price`: candidates are
+//! simulated in order of devices and price, and once one meets the SLOs,
+//! a candidate whose bound cannot beat it is never simulated. A candidate
+//! whose work cannot be done at the rate even with perfect batching
+//! (tokens times the per-token compute, decode iterations times the
+//! weight read) is unstable without simulation. Every simulation replays
+//! the same requests.
+
+use std::collections::BTreeMap;
+
+use gantry_lang::diagnostic::Code;
+use gantry_lang::program::{Disaggregate, Domain, Goal, Plan, Serve};
+
+use super::report::{Summary, describe, summarize};
+use super::sample::{Request, TraceRow, requests};
+use super::scheduler::Limits;
+use super::sim::{Deployment, simulate};
+use super::timing::{IterModel, build};
+use crate::point::PinError;
+
+/// The most simulations one plan runs (the rest are reported as skipped).
+pub const MAX_SIMULATIONS: usize = 400;
+
+fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinError {
+    PinError {
+        code,
+        knob,
+        message,
+        help: help.into(),
+    }
+}
+
+/// What the plan ranks deployments by (its objective, read as goodput).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    Goodput,
+    PerDollar,
+    PerWatt,
+}
+
+impl Rank {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rank::Goodput => "goodput",
+            Rank::PerDollar => "goodput per dollar",
+            Rank::PerWatt => "goodput per watt",
+        }
+    }
+    pub fn value(self, s: &Summary) -> f64 {
+        match self {
+            Rank::Goodput => s.goodput,
+            Rank::PerDollar => s.goodput_per_dollar.unwrap_or(0.0),
+            Rank::PerWatt => s.goodput / s.power.max(f64::MIN_POSITIVE),
+        }
+    }
+    /// An upper bound of [`Self::value`] for a deployment, before simulating.
+    fn bound(self, d: &Deployment, rate: f64) -> f64 {
+        let s = summarize_bound(d);
+        match self {
+            Rank::Goodput => rate,
+            Rank::PerDollar => s.0.map_or(0.0, |p| rate / p),
+            Rank::PerWatt => rate / s.1.max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+fn summarize_bound(d: &Deployment) -> (Option<f64>, f64) {
+    let (p, w) = if d.disaggregated() {
+        (
+            d.prefill_model
+                .price_per_s
+                .zip(d.decode_model.price_per_s)
+                .map(|(a, b)| d.prefill as f64 * a + d.decode as f64 * b),
+            d.prefill as f64 * d.prefill_model.power + d.decode as f64 * d.decode_model.power,
+        )
+    } else {
+        (
+            d.prefill_model.price_per_s.map(|a| d.colocated as f64 * a),
+            d.colocated as f64 * d.prefill_model.power,
+        )
+    };
+    (p.filter(|x| *x > 0.0), w)
+}
+
+/// A serving plan's result.
+#[derive(Clone, Debug)]
+pub struct ServePlan {
+    pub best: Summary,
+    /// The best few, best first.
+    pub top: Vec<Summary>,
+    pub rank: Rank,
+    pub candidates: usize,
+    pub simulated: usize,
+    pub unstable_unsimulated: usize,
+    pub pruned: usize,
+    pub requests: Vec<Request>,
+    /// Iteration models by tensor-parallel degree.
+    pub models: BTreeMap<u64, IterModel>,
+}
+
+fn ints(d: Option<&Domain>, auto: Vec<i64>) -> Vec<u64> {
+    let v = match d {
+        Some(Domain::Auto) | None => auto,
+        Some(d) => crate::search::domain_values(d).unwrap_or(auto),
+    };
+    let mut v: Vec<u64> = v
+        .into_iter()
+        .filter(|x| *x >= 1)
+        .map(|x| x as u64)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn domain<'a>(p: &'a Plan, k: &str) -> Option<&'a Domain> {
+    p.fixed.get(k).or_else(|| p.search.get(k))
+}
+
+/// The objective as a ranking; `subject to` is not for serving plans
+/// (their constraints are the workload's SLOs).
+fn rank_of(p: &Plan) -> Result<Rank, PinError> {
+    if let Some(c) = p.constraints.first() {
+        let _ = c;
+        return Err(error(
+            Code::C015,
+            "subject to",
+            format!(
+                "plan `{}` serves a `serve` workload: its constraints are the workload's SLOs, and `subject to` is not used",
+                p.name
+            ),
+            "state latency targets in the workload's `slo = { ... }` and remove `subject to`",
+        ));
+    }
+    match (p.objective.0, p.objective.1.as_str()) {
+        (Goal::Maximize, "throughput" | "samples_per_s") => Ok(Rank::Goodput),
+        (Goal::Maximize, "throughput_per_dollar") => Ok(Rank::PerDollar),
+        (Goal::Maximize, "throughput_per_watt") => Ok(Rank::PerWatt),
+        (g, m) => Err(error(
+            Code::C015,
+            "objective",
+            format!(
+                "plan `{}` serves a `serve` workload, which ranks by goodput: `{} {m}` is not one of its objectives",
+                p.name,
+                if g == Goal::Maximize {
+                    "maximize"
+                } else {
+                    "minimize"
+                }
+            ),
+            "use `objective maximize throughput_per_dollar` (goodput per dollar), `throughput` or `throughput_per_watt`",
+        )),
+    }
+}
+
+/// Seconds of work `d` must do for `reqs` at best, per replica of the
+/// busiest pool, with perfect batching: a lower bound of the run's length.
+fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
+    let (mut pre, mut gen_tokens, mut steps) = (0.0, 0.0, 0.0);
+    for r in reqs {
+        let cached = (hit * r.prompt as f64).floor().min(r.prompt as f64 - 1.0);
+        pre += r.prompt as f64 - cached;
+        gen_tokens += r.generate as f64;
+        steps += (r.generate as f64 - 1.0).max(0.0);
+    }
+    let ms = d.limits.max_seqs as f64;
+    let decode_time = |m: &IterModel, tokens: f64| {
+        (tokens * (m.c_token + m.c_comm)).max(steps / ms * (m.t_fixed + m.t_weights))
+    };
+    if d.disaggregated() {
+        let p = &d.prefill_model;
+        let tp = pre * (p.c_token + p.c_comm) / d.prefill as f64;
+        let td = decode_time(&d.decode_model, gen_tokens) / d.decode as f64;
+        tp.max(td)
+    } else {
+        let m = &d.prefill_model;
+        ((pre + gen_tokens) * (m.c_token + m.c_comm)).max(decode_time(m, gen_tokens))
+            / d.colocated as f64
+    }
+}
+
+/// The candidate deployments of `p` (unordered).
+fn candidates(
+    p: &Plan,
+    s: &Serve,
+    models: &BTreeMap<u64, IterModel>,
+    transfer: (f64, f64),
+) -> Vec<Deployment> {
+    let devices = p.system.devices();
+    let seqs = ints(domain(p, "batch"), vec![s.scheduler.max_seqs as i64]);
+    let reps = domain(p, "dp");
+    let limits = |ms: u64| Limits {
+        token_budget: s.scheduler.token_budget,
+        max_seqs: ms,
+        chunked_prefill: s.scheduler.chunked_prefill,
+        prefix_hit: s.prefix_hit,
+    };
+    let base = |m: IterModel| Deployment {
+        colocated: 0,
+        prefill: 0,
+        decode: 0,
+        prefill_model: m,
+        decode_model: m,
+        limits: limits(1),
+        kv_block: s.scheduler.kv_block,
+        transfer_per_byte: transfer.0,
+        transfer_latency: transfer.1,
+    };
+    let mut out = Vec::new();
+    for (&tp, m) in models {
+        let rs = ints(reps, (1..=(devices / tp) as i64).collect());
+        for &ms in &seqs {
+            if s.disaggregate != Disaggregate::Yes {
+                for &r in rs.iter().filter(|r| *r * tp <= devices) {
+                    out.push(Deployment {
+                        colocated: r,
+                        limits: limits(ms),
+                        ..base(*m)
+                    });
+                }
+            }
+            if s.disaggregate == Disaggregate::No {
+                continue;
+            }
+            for (&tpd, md) in models {
+                for np in 1..devices {
+                    for nd in 1..devices {
+                        if np * tp + nd * tpd > devices {
+                            break;
+                        }
+                        out.push(Deployment {
+                            prefill: np,
+                            decode: nd,
+                            decode_model: *md,
+                            limits: limits(ms),
+                            ..base(*m)
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Iteration models for every tensor-parallel degree the plan allows.
+fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
+    let per_node = p.system.node.devices_per_node.max(1) as i64;
+    let auto: Vec<i64> = (0..)
+        .map(|k| 1i64 << k)
+        .take_while(|t| *t <= per_node)
+        .collect();
+    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
+    let mut out = BTreeMap::new();
+    let mut first = None;
+    for tp in ints(domain(p, "tp"), auto) {
+        if tp > p.system.devices() {
+            continue;
+        }
+        match build(&p.workload, &p.system, tp, n, ctx) {
+            Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
+                out.insert(tp, m);
+            }
+            Ok(_) => {
+                first.get_or_insert(error(
+                    Code::C010,
+                    "tp",
+                    format!("at tp={tp} the weights leave no HBM for a KV cache"),
+                    "use larger tensor parallelism or devices with more HBM",
+                ));
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(first.unwrap_or_else(|| {
+            error(
+                Code::C010,
+                "tp",
+                "no tensor-parallel degree of the plan fits the system".into(),
+                "search tp over degrees that divide the heads and fit the devices",
+            )
+        }));
+    }
+    Ok(out)
+}
+
+/// KV transfer between pools: seconds per byte and latency. Pools
+/// spread over more than one node send over the scale-out fabric (a
+/// transfer uses the NICs of the smaller pool's devices); inside one
+/// node, over the scale-up link.
+fn transfer(p: &Plan, hw_topo: &crate::collective::Topology, tp: u64) -> (f64, f64) {
+    let out = p.system.nodes > 1;
+    let (bw, lat) = if out {
+        (hw_topo.out_bw * tp as f64, hw_topo.out_lat)
+    } else {
+        (hw_topo.up_bw * tp as f64, hw_topo.up_lat)
+    };
+    (if bw > 0.0 { 1.0 / bw } else { f64::INFINITY }, lat)
+}
+
+/// Searches `p` (a plan of a `serve` workload) at `rate` requests per
+/// second (the workload's when `None`), requests drawn from the workload
+/// or replayed from `trace`.
+pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan, PinError> {
+    let Some(s) = p.workload.serve.as_deref() else {
+        return Err(error(
+            Code::C008,
+            "fix",
+            format!("workload `{}` is not a `serve` workload", p.workload.name),
+            "declare the workload with `serve { ... }`",
+        ));
+    };
+    let rank = rank_of(p)?;
+    let models = models(p, s)?;
+    let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
+        error(
+            Code::C009,
+            "fix",
+            format!("device `{}` has no {}", m.device, m.what),
+            "add the figure to the device in stdlib",
+        )
+    })?;
+    let min_tp = models.keys().next().copied().unwrap_or(1);
+    let xfer = transfer(p, &hw.topo, min_tp);
+    let reqs = requests(s, rate, trace);
+    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
+    let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
+    let span = match (arrivals.first(), arrivals.last()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => 0.0,
+    };
+    let offered = if span > 0.0 {
+        reqs.len() as f64 / span
+    } else {
+        f64::INFINITY
+    };
+    let mut cands = candidates(p, s, &models, xfer);
+    let total = cands.len();
+    // Cheapest first; a deterministic order among equals.
+    cands.sort_by(|a, b| {
+        let (pa, pb) = (summarize_bound(a), summarize_bound(b));
+        a.devices()
+            .cmp(&b.devices())
+            .then(pa.0.unwrap_or(0.0).total_cmp(&pb.0.unwrap_or(0.0)))
+            .then_with(|| describe(a).cmp(&describe(b)))
+    });
+    let max_backlog = (reqs.len() as u64 / 4).max(64);
+    let mut done: Vec<Summary> = Vec::new();
+    let (mut best_value, mut unstable_unsim, mut pruned) = (None::<f64>, 0, 0);
+    for d in &cands {
+        if let Some(b) = best_value
+            && rank.bound(d, offered) < b
+        {
+            pruned += 1;
+            continue;
+        }
+        if span > 0.0 && work_bound(d, &reqs, s.prefix_hit) > span * 1.02 {
+            unstable_unsim += 1;
+            continue;
+        }
+        if done.len() >= MAX_SIMULATIONS {
+            pruned += 1;
+            continue;
+        }
+        let o = simulate(d, &reqs, max_backlog);
+        let sum = summarize(d, &o, &arrivals, &generate, s);
+        if sum.meets {
+            let v = rank.value(&sum);
+            if best_value.is_none_or(|b| v > b) {
+                best_value = Some(v);
+            }
+        }
+        done.push(sum);
+    }
+    let simulated = done.len();
+    let mut meeting: Vec<Summary> = done.iter().filter(|x| x.meets).cloned().collect();
+    meeting.sort_by(|a, b| {
+        rank.value(b)
+            .total_cmp(&rank.value(a))
+            .then(a.devices.cmp(&b.devices))
+            .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
+    });
+    let Some(best) = meeting.first().cloned() else {
+        return Err(no_deployment(p, s, &done, offered, unstable_unsim));
+    };
+    meeting.truncate(5);
+    Ok(ServePlan {
+        best,
+        top: meeting,
+        rank,
+        candidates: total,
+        simulated,
+        unstable_unsimulated: unstable_unsim,
+        pruned,
+        requests: reqs,
+        models,
+    })
+}
+
+/// C019: the closest deployment and how far each SLO is from its target.
+fn no_deployment(
+    p: &Plan,
+    s: &Serve,
+    done: &[Summary],
+    rate: f64,
+    unstable_unsim: usize,
+) -> PinError {
+    let worst = |x: &Summary| x.slos.iter().map(|c| c.ratio()).fold(0.0, f64::max);
+    let closest = done.iter().filter(|x| !x.unstable).min_by(|a, b| {
+        worst(a)
+            .total_cmp(&worst(b))
+            .then(a.devices.cmp(&b.devices))
+    });
+    let message = match closest {
+        Some(c) => {
+            let parts: Vec<String> = c
+                .slos
+                .iter()
+                .map(|k| {
+                    if k.achieved <= k.target {
+                        format!(
+                            "meets {} ({:.1} ms against {:.1} ms)",
+                            k.name,
+                            k.achieved * 1e3,
+                            k.target * 1e3
+                        )
+                    } else {
+                        format!(
+                            "misses {} by {:.0}% ({:.1} ms against {:.1} ms)",
+                            k.name,
+                            100.0 * (k.ratio() - 1.0),
+                            k.achieved * 1e3,
+                            k.target * 1e3
+                        )
+                    }
+                })
+                .collect();
+            format!(
+                "no serving configuration of plan `{}` meets the SLOs for {:.0}% of requests at {:.3} req/s: the closest, {}, {}; {:.2}% of its requests meet every SLO",
+                p.name,
+                100.0 * s.attainment,
+                rate,
+                describe(&c.deployment),
+                parts.join(", "),
+                100.0 * c.attainment
+            )
+        }
+        None => format!(
+            "no serving configuration of plan `{}` is stable at {:.3} req/s: the queue grows on all {} candidates ({} simulated, {} beyond capacity by their work alone)",
+            p.name,
+            rate,
+            done.len() + unstable_unsim,
+            done.len(),
+            unstable_unsim
+        ),
+    };
+    error(
+        Code::C019,
+        "search",
+        message,
+        "relax the SLOs or the rate, give the plan more devices, or allow other tp and max_seqs values",
+    )
+}
+
+/// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
+/// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
+/// holds, the workload's max_seqs), simulated at `rate` (`gantry plan
+/// --fix`).
+pub fn fixed(
+    p: &Plan,
+    pins: &BTreeMap<String, crate::point::Pin>,
+    trace: &[TraceRow],
+    rate: Option<f64>,
+) -> Result<Summary, PinError> {
+    use crate::point::Pin;
+    let Some(s) = p.workload.serve.as_deref() else {
+        return Err(error(
+            Code::C008,
+            "fix",
+            format!("workload `{}` is not a `serve` workload", p.workload.name),
+            "declare the workload with `serve { ... }`",
+        ));
+    };
+    for k in pins.keys() {
+        if !["tp", "dp", "batch"].contains(&k.as_str()) {
+            return Err(error(
+                Code::C012,
+                "fix",
+                format!("`{k}` is not a knob of a serving deployment"),
+                "pin tp, dp (replicas) and batch (max_seqs)",
+            ));
+        }
+    }
+    let int = |k: &str| match pins.get(k) {
+        Some(Pin::Int(v)) if *v >= 1 => Ok(Some(*v as u64)),
+        Some(_) => Err(error(
+            Code::C006,
+            "fix",
+            format!("`{k}` must be a whole number of at least 1"),
+            "e.g. --fix tp=8,dp=2,batch=256",
+        )),
+        None => Ok(None),
+    };
+    let tp = int("tp")?.unwrap_or(1);
+    let devices = p.system.devices();
+    let reps = int("dp")?.unwrap_or((devices / tp).max(1));
+    if tp.saturating_mul(reps) > devices {
+        return Err(error(
+            Code::C001,
+            "dp",
+            format!(
+                "{reps} replicas of tp={tp} need {} devices; the system has {devices}",
+                tp.saturating_mul(reps)
+            ),
+            "pin fewer replicas or a smaller tp",
+        ));
+    }
+    let ms = int("batch")?.unwrap_or(s.scheduler.max_seqs);
+    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
+    let m = build(&p.workload, &p.system, tp, n, ctx)?;
+    let d = Deployment {
+        colocated: reps,
+        prefill: 0,
+        decode: 0,
+        prefill_model: m,
+        decode_model: m,
+        limits: Limits {
+            token_budget: s.scheduler.token_budget,
+            max_seqs: ms,
+            chunked_prefill: s.scheduler.chunked_prefill,
+            prefix_hit: s.prefix_hit,
+        },
+        kv_block: s.scheduler.kv_block,
+        transfer_per_byte: 0.0,
+        transfer_latency: 0.0,
+    };
+    let reqs = requests(s, rate, trace);
+    Ok(super::run(&d, &reqs, s))
+}

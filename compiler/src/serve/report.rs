@@ -1,0 +1,431 @@
+//! Figures of one simulated deployment, and how they read.
+//!
+//! Everything here is computed from the per-request latencies and the
+//! counters of [`Outcome`]: percentiles by nearest rank, goodput as the
+//! requests that met every SLO per second of the run, utilisation as busy
+//! seconds over the run's seconds per replica. The text and JSON writers
+//! only format these fields; JSON writes base units (seconds, bytes,
+//! dollars) with the unit in the name, as `gantry.plan/2` does.
+
+use gantry_lang::program::{Serve, Slo};
+use serde_json::{Value, json};
+
+use super::sim::{Deployment, Outcome};
+
+/// P50, P90, P99 and the percentile at the attainment target.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    /// At the workload's attainment (what the SLO is checked against).
+    pub at_target: f64,
+}
+
+/// Nearest-rank percentile `q` in (0, 1] of sorted finite values (0 if none).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let k = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[k - 1]
+}
+
+fn percentiles(mut v: Vec<f64>, target: f64) -> Percentiles {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    Percentiles {
+        p50: percentile(&v, 0.5),
+        p90: percentile(&v, 0.9),
+        p99: percentile(&v, 0.99),
+        at_target: percentile(&v, target),
+    }
+}
+
+/// An SLO's target and the deployment's percentile at the attainment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SloCheck {
+    pub name: &'static str,
+    pub target: f64,
+    pub achieved: f64,
+}
+
+impl SloCheck {
+    pub fn ratio(&self) -> f64 {
+        self.achieved / self.target
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub deployment: Deployment,
+    /// The arrival rate simulated, requests per second (requests over the
+    /// arrival span).
+    pub rate: f64,
+    pub requests: u64,
+    pub completed: u64,
+    pub dropped: u64,
+    pub ttft: Percentiles,
+    pub tpot: Percentiles,
+    pub e2e: Percentiles,
+    /// Completed requests and generated tokens per second of the run.
+    pub throughput: f64,
+    pub tokens_per_s: f64,
+    /// Requests that met every SLO, per second of the run.
+    pub goodput: f64,
+    /// Share of all requests that met every SLO.
+    pub attainment: f64,
+    pub target_attainment: f64,
+    pub slos: Vec<SloCheck>,
+    pub unstable: bool,
+    pub meets: bool,
+    pub utilisation_prefill: f64,
+    pub utilisation_decode: f64,
+    /// Tokens per iteration, averaged over iterations.
+    pub mean_batch_tokens: f64,
+    pub preemptions: u64,
+    pub transfer_bytes: f64,
+    pub devices: u64,
+    pub price_per_s: Option<f64>,
+    pub power: f64,
+    pub goodput_per_dollar: Option<f64>,
+    pub kv_capacity_tokens: f64,
+    pub little: (f64, f64, f64),
+}
+
+/// Whether the queue grew: the run stopped on its backlog, or more than
+/// 2% of the requests (at least 8) waited at the last arrival and the
+/// backlog grew by half since the middle arrival.
+pub fn unstable(o: &Outcome, requests: usize) -> bool {
+    let floor = (0.02 * requests as f64).max(8.0);
+    o.aborted || (o.backlog_end as f64 > floor && o.backlog_end as f64 > 1.5 * o.backlog_mid as f64)
+}
+
+/// The figures of `o`, a run of `d` on requests with these `arrivals`
+/// and `generate` lengths, against `serve`'s SLOs.
+pub fn summarize(
+    d: &Deployment,
+    o: &Outcome,
+    arrivals: &[f64],
+    generate: &[u32],
+    serve: &Serve,
+) -> Summary {
+    let n = arrivals.len();
+    let target = serve.attainment;
+    let Slo {
+        ttft_p99,
+        tpot_p99,
+        e2e_p99,
+    } = serve.slo;
+    let tpot: Vec<f64> = o
+        .ttft
+        .iter()
+        .zip(&o.e2e)
+        .zip(generate)
+        .map(|((f, e), g)| {
+            if *g > 1 {
+                (e - f) / (*g - 1) as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let ok = o
+        .ttft
+        .iter()
+        .zip(&o.e2e)
+        .zip(&tpot)
+        .filter(|((f, e), t)| {
+            e.is_finite() && **f <= ttft_p99 && **t <= tpot_p99 && e2e_p99.is_none_or(|x| **e <= x)
+        })
+        .count() as u64;
+    let span = match (arrivals.first(), arrivals.last()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => 0.0,
+    };
+    let rate = if span > 0.0 {
+        (n - 1) as f64 / span
+    } else {
+        0.0
+    };
+    let run = o.makespan.max(span);
+    let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
+    let unstable = unstable(o, n);
+    let (ttft, tpot, e2e) = (
+        percentiles(o.ttft.clone(), target),
+        percentiles(tpot, target),
+        percentiles(o.e2e.clone(), target),
+    );
+    let mut slos = vec![
+        SloCheck {
+            name: "ttft_p99",
+            target: ttft_p99,
+            achieved: ttft.at_target,
+        },
+        SloCheck {
+            name: "tpot_p99",
+            target: tpot_p99,
+            achieved: tpot.at_target,
+        },
+    ];
+    if let Some(x) = e2e_p99 {
+        slos.push(SloCheck {
+            name: "e2e_p99",
+            target: x,
+            achieved: e2e.at_target,
+        });
+    }
+    let attainment = if n > 0 { ok as f64 / n as f64 } else { 0.0 };
+    let goodput = per_s(ok as f64);
+    let price_per_s = price(d);
+    let (pre_n, dec_n) = if d.disaggregated() {
+        (d.prefill, d.decode)
+    } else {
+        (d.colocated, 0)
+    };
+    let util = |busy: f64, k: u64| {
+        if k > 0 && run > 0.0 {
+            busy / (k as f64 * run)
+        } else {
+            0.0
+        }
+    };
+    Summary {
+        deployment: *d,
+        rate,
+        requests: n as u64,
+        completed: o.completed,
+        dropped: o.dropped,
+        ttft,
+        tpot,
+        e2e,
+        throughput: per_s(o.completed as f64),
+        tokens_per_s: per_s(o.tokens_generated as f64),
+        goodput,
+        attainment,
+        target_attainment: target,
+        meets: !unstable && attainment >= target,
+        slos,
+        unstable,
+        utilisation_prefill: util(o.busy_prefill, pre_n),
+        utilisation_decode: util(o.busy_decode, dec_n),
+        mean_batch_tokens: if o.iterations > 0 {
+            o.batched_tokens as f64 / o.iterations as f64
+        } else {
+            0.0
+        },
+        preemptions: o.preemptions,
+        transfer_bytes: o.transfer_bytes,
+        devices: d.devices(),
+        price_per_s,
+        power: power(d),
+        goodput_per_dollar: price_per_s.filter(|p| *p > 0.0).map(|p| goodput / p),
+        kv_capacity_tokens: d.decode_model.kv_capacity_tokens,
+        little: (o.little_l, o.little_lambda, o.little_w),
+    }
+}
+
+fn price(d: &Deployment) -> Option<f64> {
+    if d.disaggregated() {
+        Some(
+            d.prefill as f64 * d.prefill_model.price_per_s?
+                + d.decode as f64 * d.decode_model.price_per_s?,
+        )
+    } else {
+        Some(d.colocated as f64 * d.prefill_model.price_per_s?)
+    }
+}
+
+fn power(d: &Deployment) -> f64 {
+    if d.disaggregated() {
+        d.prefill as f64 * d.prefill_model.power + d.decode as f64 * d.decode_model.power
+    } else {
+        d.colocated as f64 * d.prefill_model.power
+    }
+}
+
+/// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
+pub fn describe(d: &Deployment) -> String {
+    if d.disaggregated() {
+        format!(
+            "disaggregated {} x tp{} prefill : {} x tp{} decode, max_seqs {}",
+            d.prefill, d.prefill_model.tp, d.decode, d.decode_model.tp, d.limits.max_seqs
+        )
+    } else {
+        format!(
+            "colocated {} x tp{}, max_seqs {}",
+            d.colocated, d.prefill_model.tp, d.limits.max_seqs
+        )
+    }
+}
+
+fn ms(x: f64) -> String {
+    format!("{:.1} ms", x * 1e3)
+}
+
+/// What limits a deployment: queueing when unstable, else the SLO
+/// closest to (or furthest past) its target, named by the resource it
+/// stresses.
+pub fn binding(s: &Summary) -> String {
+    if s.unstable {
+        return "queueing: requests arrive faster than the deployment serves them".into();
+    }
+    let Some(worst) = s.slos.iter().max_by(|a, b| a.ratio().total_cmp(&b.ratio())) else {
+        return "none".into();
+    };
+    let why = match worst.name {
+        "ttft_p99" if s.deployment.disaggregated() => "prefill pool compute and queueing",
+        "ttft_p99" => "prefill compute (chunks share iterations with decode)",
+        "tpot_p99" if s.preemptions > 0 => "KV-cache capacity (preemptions recompute)",
+        "tpot_p99" if s.deployment.disaggregated() && s.transfer_bytes > 0.0 => {
+            "decode bandwidth and KV transfer"
+        }
+        "tpot_p99" => "decode bandwidth (weights and KV cache read each iteration)",
+        _ => "end-to-end latency",
+    };
+    format!(
+        "{} at {:.0}% of its target ({} of {}): {why}",
+        worst.name,
+        100.0 * worst.ratio(),
+        ms(worst.achieved),
+        ms(worst.target)
+    )
+}
+
+/// The report's text (deterministic: no wall-clock figures).
+pub fn text(s: &Summary) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "Deployment  {}", describe(&s.deployment));
+    let _ = writeln!(
+        t,
+        "  {} devices; KV cache {:.0} tokens per replica",
+        s.devices, s.kv_capacity_tokens
+    );
+    let _ = writeln!(
+        t,
+        "Load        {} requests at {:.3} req/s; {} completed, {} dropped",
+        s.requests, s.rate, s.completed, s.dropped
+    );
+    if s.unstable {
+        let _ = writeln!(
+            t,
+            "UNSTABLE    the queue grows: the rate is above what this deployment serves; latencies are not reported"
+        );
+        return t;
+    }
+    let _ = writeln!(t, "Latency     P50         P90         P99");
+    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+        let _ = writeln!(
+            t,
+            "  {name:<9} {:<11} {:<11} {}",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99)
+        );
+    }
+    for c in &s.slos {
+        let _ = writeln!(
+            t,
+            "SLO         {} <= {}: {} at {:.1}% ({})",
+            c.name,
+            ms(c.target),
+            ms(c.achieved),
+            100.0 * s.target_attainment,
+            if c.achieved <= c.target {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+    let _ = writeln!(
+        t,
+        "Attainment  {:.2}% of requests meet every SLO (target {:.2}%): {}",
+        100.0 * s.attainment,
+        100.0 * s.target_attainment,
+        if s.meets { "met" } else { "missed" }
+    );
+    let _ = writeln!(
+        t,
+        "Throughput  {:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
+        s.throughput, s.tokens_per_s, s.goodput
+    );
+    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
+        let _ = writeln!(
+            t,
+            "Cost        ${:.2}/h; goodput per dollar {:.1} requests/$",
+            p * 3600.0,
+            g
+        );
+    }
+    let _ = writeln!(
+        t,
+        "Utilisation {:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions",
+        100.0 * s.utilisation_prefill,
+        if s.deployment.disaggregated() {
+            format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
+        } else {
+            " and decode".to_string()
+        },
+        s.mean_batch_tokens,
+        s.preemptions
+    );
+    if s.transfer_bytes > 0.0 {
+        let _ = writeln!(
+            t,
+            "KV transfer {:.1} MB per request",
+            s.transfer_bytes / s.completed.max(1) as f64 / 1e6
+        );
+    }
+    let _ = writeln!(t, "Binding     {}", binding(s));
+    t
+}
+
+fn pct(p: &Percentiles) -> Value {
+    json!({ "p50_s": p.p50, "p90_s": p.p90, "p99_s": p.p99, "at_attainment_s": p.at_target })
+}
+
+/// The `gantry.serve/1` fields of one deployment.
+pub fn json(s: &Summary) -> Value {
+    let d = &s.deployment;
+    let pools = if d.disaggregated() {
+        json!([
+            { "role": "prefill", "replicas": d.prefill, "tp": d.prefill_model.tp, "utilisation": s.utilisation_prefill },
+            { "role": "decode", "replicas": d.decode, "tp": d.decode_model.tp, "utilisation": s.utilisation_decode },
+        ])
+    } else {
+        json!([{ "role": "colocated", "replicas": d.colocated, "tp": d.prefill_model.tp, "utilisation": s.utilisation_prefill }])
+    };
+    json!({
+        "deployment": describe(d),
+        "disaggregated": d.disaggregated(),
+        "pools": pools,
+        "max_seqs": d.limits.max_seqs,
+        "token_budget": d.limits.token_budget,
+        "devices": s.devices,
+        "kv_capacity_tokens": s.kv_capacity_tokens,
+        "rate_per_s": s.rate,
+        "requests": s.requests,
+        "completed": s.completed,
+        "dropped": s.dropped,
+        "unstable": s.unstable,
+        "ttft": pct(&s.ttft),
+        "tpot": pct(&s.tpot),
+        "e2e": pct(&s.e2e),
+        "slos": s.slos.iter().map(|c| json!({ "name": c.name, "target_s": c.target, "achieved_s": c.achieved, "met": c.achieved <= c.target })).collect::<Vec<_>>(),
+        "attainment": s.attainment,
+        "target_attainment": s.target_attainment,
+        "meets_slos": s.meets,
+        "throughput_per_s": s.throughput,
+        "tokens_per_s": s.tokens_per_s,
+        "goodput_per_s": s.goodput,
+        "price_per_hour_usd": s.price_per_s.map(|p| p * 3600.0),
+        "goodput_per_usd": s.goodput_per_dollar,
+        "power_w": s.power,
+        "mean_batch_tokens": s.mean_batch_tokens,
+        "preemptions": s.preemptions,
+        "kv_transfer_bytes": s.transfer_bytes,
+        "binding": binding(s),
+    })
+}

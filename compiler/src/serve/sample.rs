@@ -1,0 +1,288 @@
+//! Drawing the request stream: arrival times and token counts.
+//!
+//! The generator is xoshiro256** seeded through splitmix64, written here
+//! (a dozen lines) so that a seed means the same requests on every
+//! platform and version, with no dependency whose stream could change.
+//! Requests are drawn once, before the simulation, into plain arrays: the
+//! planner replays the same stream on every configuration it compares, so
+//! differences between configurations are never sampling noise.
+
+use gantry_lang::program::{Arrivals, Lengths, Serve};
+
+/// xoshiro256** (Blackman and Vigna), seeded by splitmix64.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// Uniform in (0, 1]: never 0, so logarithms stay finite.
+    pub fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller, one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// Gamma with shape `k` and scale 1 (Marsaglia and Tsang 2000; shapes
+    /// below 1 through `G(k + 1) U^(1/k)`).
+    pub fn gamma(&mut self, k: f64) -> f64 {
+        if k < 1.0 {
+            let u = self.unit();
+            return self.gamma(k + 1.0) * u.powf(1.0 / k);
+        }
+        let d = k - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = self.unit();
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+}
+
+/// One request: when it arrives, its prompt and how many tokens it generates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Request {
+    pub arrival: f64,
+    pub prompt: u32,
+    pub generate: u32,
+}
+
+/// A row of a trace file (`arrival_s,prompt_tokens,generate_tokens`).
+pub type TraceRow = Request;
+
+/// The largest token count a request may have (the language's bound).
+const MAX_TOKENS: f64 = (1u64 << 24) as f64;
+
+fn draw_length(l: &Lengths, rng: &mut Rng) -> u32 {
+    let x = match l {
+        Lengths::Fixed(n) => *n as f64,
+        Lengths::Uniform { lo, hi } => {
+            let span = hi.saturating_sub(*lo) + 1;
+            (*lo + rng.next_u64() % span) as f64
+        }
+        Lengths::LogNormal { mean, spread } => {
+            // E[exp(mu + s Z)] = exp(mu + s^2 / 2) = mean.
+            let mu = mean.ln() - spread * spread / 2.0;
+            (mu + spread * rng.normal()).exp().round()
+        }
+        Lengths::Trace => 1.0,
+    };
+    x.clamp(1.0, MAX_TOKENS) as u32
+}
+
+/// `n` requests of `s` at `rate` requests per second (the workload's own
+/// rate when `None`), from `trace` rows when its arrivals are a trace.
+/// Deterministic for the workload's seed.
+pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request> {
+    let mut rng = Rng::new(s.seed);
+    let mut out = Vec::with_capacity(s.requests.min(1 << 24) as usize);
+    if let Arrivals::Trace { .. } = s.arrivals {
+        // Replayed in order; a rate scales time (rate / the trace's own).
+        let own = trace_rate(trace);
+        let k = match (rate, own) {
+            (Some(r), Some(o)) if r > 0.0 => o / r,
+            _ => 1.0,
+        };
+        let t0 = trace.first().map_or(0.0, |r| r.arrival);
+        for r in trace.iter().take(s.requests as usize) {
+            out.push(Request {
+                arrival: (r.arrival - t0) * k,
+                prompt: if matches!(s.input, Lengths::Trace) {
+                    r.prompt
+                } else {
+                    draw_length(&s.input, &mut rng)
+                },
+                generate: if matches!(s.output, Lengths::Trace) {
+                    r.generate
+                } else {
+                    draw_length(&s.output, &mut rng)
+                },
+            });
+        }
+        return out;
+    }
+    let (rate, cv) = match s.arrivals {
+        Arrivals::Poisson { rate: r } => (rate.unwrap_or(r), 1.0),
+        Arrivals::Gamma { rate: r, cv } => (rate.unwrap_or(r), cv),
+        Arrivals::Trace { .. } => (1.0, 1.0),
+    };
+    let rate = if rate > 0.0 && rate.is_finite() {
+        rate
+    } else {
+        1.0
+    };
+    // Gamma gaps of mean 1/rate and coefficient of variation cv: shape
+    // 1/cv^2, scale cv^2/rate (cv = 1 is the exponential).
+    let shape = 1.0 / (cv * cv);
+    let mut t = 0.0;
+    for i in 0..s.requests {
+        if i > 0 {
+            let gap = if cv == 1.0 {
+                -rng.unit().ln() / rate
+            } else {
+                rng.gamma(shape) / (shape * rate)
+            };
+            t += gap;
+        }
+        let prompt = draw_length(&s.input, &mut rng);
+        let generate = draw_length(&s.output, &mut rng);
+        out.push(Request {
+            arrival: t,
+            prompt,
+            generate,
+        });
+    }
+    out
+}
+
+/// The mean arrival rate of a trace (requests per second), if it spans time.
+pub fn trace_rate(rows: &[TraceRow]) -> Option<f64> {
+    let (a, b) = (rows.first()?, rows.last()?);
+    let span = b.arrival - a.arrival;
+    (rows.len() > 1 && span > 0.0).then(|| (rows.len() - 1) as f64 / span)
+}
+
+/// A trace file's error: the line (1-based) and what is wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceError {
+    pub line: usize,
+    pub what: String,
+}
+
+/// Parses `arrival_s,prompt_tokens,generate_tokens` lines (a first line
+/// that does not start with a number is a header; blank lines and `#`
+/// comments are skipped). Arrival times must not decrease.
+pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, TraceError> {
+    let mut rows: Vec<TraceRow> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+        let err = |what: String| TraceError { line: i + 1, what };
+        if rows.is_empty() && i == first_data_line(text) && fields[0].parse::<f64>().is_err() {
+            continue; // header
+        }
+        if fields.len() != 3 {
+            return Err(err(format!("expected 3 fields, found {}", fields.len())));
+        }
+        let t: f64 = fields[0]
+            .parse()
+            .map_err(|_| err(format!("`{}` is not a time in seconds", fields[0])))?;
+        if !t.is_finite() || t < 0.0 {
+            return Err(err(format!(
+                "arrival time {t} is not finite and non-negative"
+            )));
+        }
+        if let Some(prev) = rows.last()
+            && t < prev.arrival
+        {
+            return Err(err(format!(
+                "arrival time {t} is before the previous row's {}",
+                prev.arrival
+            )));
+        }
+        let count = |s: &str| -> Result<u32, TraceError> {
+            match s.parse::<u64>() {
+                Ok(n) if n >= 1 && (n as f64) <= MAX_TOKENS => Ok(n as u32),
+                _ => Err(err(format!(
+                    "`{s}` is not a token count from 1 to 16777216"
+                ))),
+            }
+        };
+        rows.push(TraceRow {
+            arrival: t,
+            prompt: count(fields[1])?,
+            generate: count(fields[2])?,
+        });
+    }
+    if rows.is_empty() {
+        return Err(TraceError {
+            line: 0,
+            what: "the trace has no rows".into(),
+        });
+    }
+    Ok(rows)
+}
+
+fn first_data_line(text: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#')
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_stream_and_moments() {
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        for _ in 0..100 {
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        let n = 200_000;
+        let mut r = Rng::new(3);
+        let g: f64 = (0..n).map(|_| r.gamma(0.25)).sum::<f64>() / n as f64;
+        assert!((g - 0.25).abs() < 0.01, "gamma mean {g}");
+        let e: f64 = (0..n).map(|_| -r.unit().ln()).sum::<f64>() / n as f64;
+        assert!((e - 1.0).abs() < 0.01, "exponential mean {e}");
+        let l = Lengths::LogNormal {
+            mean: 500.0,
+            spread: 0.5,
+        };
+        let m: f64 = (0..n).map(|_| draw_length(&l, &mut r) as f64).sum::<f64>() / n as f64;
+        assert!((m / 500.0 - 1.0).abs() < 0.01, "lognormal mean {m}");
+    }
+
+    #[test]
+    fn traces_parse_or_name_the_line() {
+        let ok = parse_trace("t,in,out\n0,10,5\n0.5, 20, 1\n").expect("parses");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].prompt, 20);
+        assert_eq!(parse_trace("0,10,5\n0.1,0,5").unwrap_err().line, 2);
+        assert_eq!(parse_trace("1,10,5\n0.5,1,5").unwrap_err().line, 2);
+        assert_eq!(parse_trace("1,10").unwrap_err().line, 1);
+        assert!(parse_trace("# nothing\n").is_err());
+        assert!(parse_trace("NaN,1,1").is_err());
+    }
+}

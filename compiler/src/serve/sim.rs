@@ -1,0 +1,320 @@
+//! The discrete-event loop of one deployment.
+//!
+//! Three kinds of event: a request arrives (it joins the least-loaded
+//! replica that prefills), an iteration ends (the replica advances its
+//! sequences and starts the next iteration at once if it has work), and,
+//! with disaggregated pools, a KV transfer ends (the sequence joins the
+//! least-loaded decode replica). Arrivals are a sorted array, iteration
+//! ends are one time per replica, transfers a heap; ties go iteration
+//! ends first, then transfers, then arrivals, so a run is a function of
+//! its inputs. Latencies are recorded per request; the report's figures
+//! are computed from them afterwards (`report.rs`).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use super::sample::Request;
+use super::scheduler::{Done, Limits, Replica, Role, Seq};
+use super::timing::IterModel;
+
+/// One deployment: colocated replicas, or a prefill and a decode pool.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Deployment {
+    /// Replicas running both phases (0 when disaggregated).
+    pub colocated: u64,
+    pub prefill: u64,
+    pub decode: u64,
+    pub prefill_model: IterModel,
+    pub decode_model: IterModel,
+    pub limits: Limits,
+    pub kv_block: u64,
+    /// KV transfer between pools: seconds per byte and per transfer.
+    pub transfer_per_byte: f64,
+    pub transfer_latency: f64,
+}
+
+impl Deployment {
+    pub fn disaggregated(&self) -> bool {
+        self.colocated == 0
+    }
+    pub fn devices(&self) -> u64 {
+        if self.disaggregated() {
+            self.prefill * self.prefill_model.tp + self.decode * self.decode_model.tp
+        } else {
+            self.colocated * self.prefill_model.tp
+        }
+    }
+}
+
+/// What one simulation measured, per request and in total.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Seconds from arrival to first token (NaN: none).
+    pub ttft: Vec<f64>,
+    /// Seconds from arrival to last token (NaN: not completed).
+    pub e2e: Vec<f64>,
+    pub completed: u64,
+    /// Requests whose prompt and output could never fit a replica's cache.
+    pub dropped: u64,
+    pub tokens_requested: u64,
+    pub tokens_generated: u64,
+    pub preemptions: u64,
+    pub transfers: u64,
+    pub transfer_bytes: f64,
+    /// First arrival to last completion, seconds.
+    pub makespan: f64,
+    /// Busy seconds per pool (colocated: all in `busy_prefill`).
+    pub busy_prefill: f64,
+    pub busy_decode: f64,
+    pub iterations: u64,
+    pub batched_tokens: u64,
+    /// Requests queued and not admitted, at the middle and at the last arrival.
+    pub backlog_mid: u64,
+    pub backlog_end: u64,
+    /// The run stopped early: more requests waited than `max_backlog`.
+    pub aborted: bool,
+    /// Little's law over the window of the middle half of arrivals: the
+    /// time-average number of requests in the system, the arrival rate in
+    /// the window and the mean end-to-end latency of those arrivals.
+    pub little_l: f64,
+    pub little_lambda: f64,
+    pub little_w: f64,
+}
+
+/// A transfer in flight, ordered by end time (then issue order).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Transfer {
+    at: f64,
+    n: u64,
+    seq: Seq,
+}
+impl Eq for Transfer {}
+impl PartialOrd for Transfer {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Transfer {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.total_cmp(&o.at).then(self.n.cmp(&o.n))
+    }
+}
+
+fn least_loaded(rs: &[Replica], role: Role) -> Option<usize> {
+    rs.iter()
+        .enumerate()
+        .filter(|(_, r)| r.role == role)
+        .min_by_key(|(i, r)| (r.load(), *i))
+        .map(|(i, _)| i)
+}
+
+struct Clock {
+    now: f64,
+    in_system: u64,
+    window: (f64, f64),
+    area: f64,
+}
+
+impl Clock {
+    /// Moves time to `t`, integrating requests in the system over the window.
+    fn advance(&mut self, t: f64) {
+        let (a, b) = self.window;
+        let lo = self.now.max(a);
+        let hi = t.min(b);
+        if hi > lo {
+            self.area += self.in_system as f64 * (hi - lo);
+        }
+        self.now = t;
+    }
+}
+
+/// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
+/// outcome `aborted`, when more than `max_backlog` requests wait.
+pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
+    let mut reps = replicas(d);
+    let n = reqs.len();
+    let mut o = Outcome {
+        ttft: vec![f64::NAN; n],
+        e2e: vec![f64::NAN; n],
+        ..Outcome::default()
+    };
+    if n == 0 || reps.is_empty() {
+        return o;
+    }
+    let entry = if d.disaggregated() {
+        Role::Prefill
+    } else {
+        Role::Both
+    };
+    // The smallest cache decides what can ever be served.
+    let smallest = reps
+        .iter()
+        .map(|r| r.blocks)
+        .min_by_key(|b| b.total)
+        .unwrap_or(super::kv::Blocks::new(0.0, 1));
+    let fits =
+        |r: &Request| smallest.for_tokens(r.prompt as u64 + r.generate as u64) <= smallest.total;
+    let t0 = reqs[0].arrival;
+    let (wa, wb) = (reqs[n / 4].arrival, reqs[(3 * n) / 4].arrival);
+    let mut clock = Clock {
+        now: t0,
+        in_system: 0,
+        window: (wa, wb),
+        area: 0.0,
+    };
+    let mut transfers: BinaryHeap<Reverse<Transfer>> = BinaryHeap::new();
+    let mut next = 0usize;
+    let mut done = Vec::new();
+    let mut issued = 0u64;
+    loop {
+        // The earliest event: iteration ends, then transfers, then arrivals.
+        let mut rep: Option<(usize, f64)> = None;
+        for (i, r) in reps.iter().enumerate() {
+            if let Some(t) = r.busy_until
+                && rep.is_none_or(|(_, b)| t < b)
+            {
+                rep = Some((i, t));
+            }
+        }
+        let xfer = transfers.peek().map(|t| t.0.at);
+        let arr = reqs.get(next).map(|r| r.arrival);
+        let t_rep = rep.map_or(f64::INFINITY, |r| r.1);
+        let t_x = xfer.unwrap_or(f64::INFINITY);
+        let t_a = arr.unwrap_or(f64::INFINITY);
+        let touched = if rep.is_some() && t_rep <= t_x && t_rep <= t_a {
+            let (i, t) = rep.unwrap_or((0, t_rep));
+            clock.advance(t);
+            reps[i].busy_until = None;
+            done.clear();
+            reps[i].finish(&mut done);
+            for ev in &done {
+                match *ev {
+                    Done::First(q) => o.ttft[q as usize] = t - reqs[q as usize].arrival,
+                    Done::Complete(q) => {
+                        o.e2e[q as usize] = t - reqs[q as usize].arrival;
+                        o.completed += 1;
+                        o.tokens_generated += reqs[q as usize].generate as u64;
+                        clock.in_system -= 1;
+                        o.makespan = t - t0;
+                    }
+                    Done::Handoff(s) => {
+                        let bytes = s.kv as f64 * d.prefill_model.kv_bytes_per_token_model;
+                        o.transfers += 1;
+                        o.transfer_bytes += bytes;
+                        issued += 1;
+                        transfers.push(Reverse(Transfer {
+                            at: t + d.transfer_latency + bytes * d.transfer_per_byte,
+                            n: issued,
+                            seq: s,
+                        }));
+                    }
+                }
+            }
+            i
+        } else if xfer.is_some() && t_x <= t_a {
+            let Some(Reverse(x)) = transfers.pop() else {
+                break;
+            };
+            clock.advance(x.at);
+            let Some(i) = least_loaded(&reps, Role::Decode) else {
+                break;
+            };
+            reps[i].waiting.push_back(x.seq);
+            i
+        } else if let Some(r) = reqs.get(next) {
+            clock.advance(r.arrival);
+            let q = next as u32;
+            next += 1;
+            if next == n / 2 + 1 || next == n {
+                let b: u64 = reps.iter().map(|r| r.waiting.len() as u64).sum();
+                if next == n {
+                    o.backlog_end = b;
+                } else {
+                    o.backlog_mid = b;
+                }
+            }
+            o.tokens_requested += r.generate as u64;
+            if !fits(r) {
+                o.dropped += 1;
+                continue;
+            }
+            clock.in_system += 1;
+            let Some(i) = least_loaded(&reps, entry) else {
+                break;
+            };
+            reps[i].waiting.push_back(Seq::new(q, r.prompt, r.generate));
+            if reps[i].waiting.len() as u64 > max_backlog {
+                o.aborted = true;
+                break;
+            }
+            i
+        } else {
+            break;
+        };
+        let r = &mut reps[touched];
+        if r.busy_until.is_none()
+            && let Some(dt) = r.start()
+        {
+            r.busy_until = Some(clock.now + dt);
+        }
+    }
+    tally(&mut o, &reps, reqs, &clock);
+    o
+}
+
+fn replicas(d: &Deployment) -> Vec<Replica> {
+    let mut reps: Vec<Replica> = Vec::new();
+    if d.disaggregated() {
+        for _ in 0..d.prefill {
+            reps.push(Replica::new(
+                Role::Prefill,
+                d.prefill_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+        for _ in 0..d.decode {
+            reps.push(Replica::new(
+                Role::Decode,
+                d.decode_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+    } else {
+        for _ in 0..d.colocated {
+            reps.push(Replica::new(
+                Role::Both,
+                d.prefill_model,
+                d.limits,
+                d.kv_block,
+            ));
+        }
+    }
+    reps
+}
+
+/// The replicas' counters, and Little's law over the clock's window.
+fn tally(o: &mut Outcome, reps: &[Replica], reqs: &[Request], clock: &Clock) {
+    let (wa, wb) = clock.window;
+    for r in reps {
+        o.preemptions += r.preemptions;
+        o.iterations += r.iterations;
+        o.batched_tokens += r.batched_tokens;
+        match r.role {
+            Role::Decode => o.busy_decode += r.busy_time,
+            _ => o.busy_prefill += r.busy_time,
+        }
+    }
+    let in_window: Vec<f64> = reqs
+        .iter()
+        .zip(&o.e2e)
+        .filter(|(r, _)| r.arrival >= wa && r.arrival < wb)
+        .map(|(_, e)| *e)
+        .collect();
+    if wb > wa && !in_window.is_empty() {
+        o.little_l = clock.area / (wb - wa);
+        o.little_lambda = in_window.len() as f64 / (wb - wa);
+        o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64;
+    }
+}

@@ -1,0 +1,257 @@
+//! Event-level and property tests of the simulator on synthetic iteration
+//! models (round numbers, so schedules can be computed by hand).
+
+use gantry_lang::program::{Arrivals, Disaggregate, Lengths, Scheduler, Serve, Slo};
+use proptest::prelude::*;
+
+use super::report::{percentile, unstable};
+use super::sample::{Request, requests};
+use super::scheduler::Limits;
+use super::sim::{Deployment, Outcome, simulate};
+use super::timing::IterModel;
+
+/// An iteration of `n` tokens takes `max(t_weights, n c_token)` seconds.
+fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
+    IterModel {
+        tp: 1,
+        t_fixed: 0.0,
+        t_weights,
+        c_token,
+        c_comm: 0.0,
+        c_kv: 0.0,
+        c_pair: 0.0,
+        kv_bytes_per_token: 1.0,
+        kv_bytes_per_token_model: 1.0,
+        kv_capacity_tokens: kv_tokens,
+        price_per_s: Some(1.0),
+        power: 1.0,
+    }
+}
+
+fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deployment {
+    Deployment {
+        colocated: replicas,
+        prefill: 0,
+        decode: 0,
+        prefill_model: m,
+        decode_model: m,
+        limits: Limits {
+            token_budget: budget,
+            max_seqs,
+            chunked_prefill: true,
+            prefix_hit: 0.0,
+        },
+        kv_block: 16,
+        transfer_per_byte: 0.0,
+        transfer_latency: 0.0,
+    }
+}
+
+fn req(arrival: f64, prompt: u32, generate: u32) -> Request {
+    Request {
+        arrival,
+        prompt,
+        generate,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// Budget 200 tokens, 2 sequences, 1 s per iteration of up to 100 tokens
+/// and 10 ms per token above. A (t=0, 100 in, 3 out), B (t=0.5, 300 in,
+/// 2 out), C (t=0.6, 50 in, 1 out):
+///
+/// - [0, 1]: A's prompt (100 tokens, 1 s). A's first token at 1.
+/// - [1, 3]: A decodes (1) + B's first chunk (199): 200 tokens, 2 s.
+///   C waits: two sequences run.
+/// - [3, 4.02]: A decodes + B's last 101 tokens: 102 tokens, 1.02 s. A
+///   completes (3 tokens), B's first token.
+/// - [4.02, 5.02]: B decodes + C's prompt (50): 1 s. B completes; C's
+///   first token is its last.
+#[test]
+fn three_requests_by_hand() {
+    let d = colocated(model(1.0, 0.01, 1e6), 1, 200, 2);
+    let reqs = [req(0.0, 100, 3), req(0.5, 300, 2), req(0.6, 50, 1)];
+    let o = simulate(&d, &reqs, 100);
+    let ttft = [1.0, 4.02 - 0.5, 5.02 - 0.6];
+    let e2e = [4.02, 5.02 - 0.5, 5.02 - 0.6];
+    for i in 0..3 {
+        assert!(close(o.ttft[i], ttft[i]), "ttft {i}: {:?}", o.ttft);
+        assert!(close(o.e2e[i], e2e[i]), "e2e {i}: {:?}", o.e2e);
+    }
+    assert_eq!((o.completed, o.tokens_generated, o.iterations), (3, 6, 4));
+    assert!(close(o.makespan, 5.02));
+    assert_eq!(o.batched_tokens, 100 + 200 + 102 + 51);
+}
+
+/// Two sequences that cannot both grow: the later one is preempted,
+/// recomputes, and every token is still generated once.
+#[test]
+fn preemption_recomputes_and_conserves_tokens() {
+    // 4 blocks of 16 tokens: two 20-token prompts take 2 blocks each and
+    // the first to cross 32 tokens needs a fifth.
+    let d = colocated(model(1.0, 0.0, 64.0), 1, 1000, 8);
+    let reqs = [req(0.0, 20, 30), req(0.0, 20, 30)];
+    let o = simulate(&d, &reqs, 100);
+    assert!(o.preemptions >= 1, "{o:?}");
+    assert_eq!(o.completed, 2);
+    assert_eq!(o.tokens_generated, 60);
+    assert!(o.e2e.iter().all(|e| e.is_finite()));
+}
+
+#[test]
+fn too_long_for_the_cache_is_dropped() {
+    let d = colocated(model(1.0, 0.0, 64.0), 1, 1000, 8);
+    let o = simulate(&d, &[req(0.0, 100, 10), req(1.0, 10, 10)], 100);
+    assert_eq!((o.dropped, o.completed, o.tokens_generated), (1, 1, 10));
+    assert_eq!(o.tokens_requested, 20);
+}
+
+/// Disaggregated: the prompt on the prefill pool, the transfer, then
+/// decode; TTFT is the prefill's end, the transfer delays the second token.
+#[test]
+fn disaggregated_hands_over_after_the_transfer() {
+    let m = model(1.0, 0.0, 1e6);
+    let d = Deployment {
+        colocated: 0,
+        prefill: 1,
+        decode: 1,
+        transfer_per_byte: 0.01,
+        transfer_latency: 0.5,
+        ..colocated(m, 1, 1000, 8)
+    };
+    // 100 prompt tokens x 1 byte per token: 1 s + 0.5 s of transfer.
+    let o = simulate(&d, &[req(0.0, 100, 3)], 100);
+    assert!(close(o.ttft[0], 1.0), "{:?}", o.ttft);
+    // Prefill ends at 1, transfer at 2.5, two decode iterations: 4.5.
+    assert!(close(o.e2e[0], 4.5), "{:?}", o.e2e);
+    assert_eq!((o.transfers, o.tokens_generated), (1, 3));
+}
+
+fn serve(rate: f64, n: u64, seed: u64) -> Serve {
+    Serve {
+        arrivals: Arrivals::Poisson { rate },
+        input: Lengths::LogNormal {
+            mean: 200.0,
+            spread: 0.5,
+        },
+        output: Lengths::Uniform { lo: 1, hi: 60 },
+        slo: Slo {
+            ttft_p99: 1.0,
+            tpot_p99: 0.1,
+            e2e_p99: None,
+        },
+        attainment: 0.99,
+        scheduler: Scheduler {
+            token_budget: 512,
+            max_seqs: 32,
+            chunked_prefill: true,
+            kv_block: 16,
+        },
+        prefix_hit: 0.0,
+        requests: n,
+        seed,
+        disaggregate: Disaggregate::No,
+        span: gantry_lang::span::Span::new(0, 0),
+    }
+}
+
+/// 10 ms per iteration up to 200 tokens, 50 us per token above: about
+/// 60 requests per second at most on one replica.
+fn small() -> IterModel {
+    model(0.01, 5e-5, 20_000.0)
+}
+
+fn p99(o: &Outcome, f: impl Fn(&Outcome) -> &Vec<f64>) -> f64 {
+    let mut v: Vec<f64> = f(o).iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.99)
+}
+
+#[test]
+fn littles_law_holds_at_steady_state() {
+    let s = serve(20.0, 20_000, 11);
+    let reqs = requests(&s, None, &[]);
+    let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 20_000);
+    assert!(!unstable(&o, reqs.len()));
+    let (l, lambda, w) = (o.little_l, o.little_lambda, o.little_w);
+    assert!(l > 1.0, "{l}");
+    assert!(
+        (l / (lambda * w) - 1.0).abs() < 0.02,
+        "L {l} vs lambda W {}",
+        lambda * w
+    );
+}
+
+#[test]
+fn a_rate_above_capacity_is_unstable() {
+    let s = serve(200.0, 4000, 5);
+    let reqs = requests(&s, None, &[]);
+    let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 1000);
+    assert!(
+        unstable(&o, reqs.len()),
+        "{:?}",
+        (o.backlog_mid, o.backlog_end)
+    );
+    let s = serve(10.0, 4000, 5);
+    let reqs = requests(&s, None, &[]);
+    let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 1000);
+    assert!(!unstable(&o, reqs.len()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every request completes or is dropped; tokens generated equal the
+    /// tokens requested by the requests not dropped; first tokens come
+    /// before last ones. On any load, cache size and pool shape.
+    #[test]
+    fn conservation(rate in 1.0f64..200.0, seed in 0u64..1000, kv in 64.0f64..40_000.0,
+                    max_seqs in 1u64..64, budget in 1u64..1024, disagg in any::<bool>(),
+                    chunked in any::<bool>()) {
+        let s = serve(rate, 300, seed);
+        let reqs = requests(&s, None, &[]);
+        let mut d = colocated(model(0.01, 5e-5, kv), 2, budget, max_seqs);
+        d.limits.chunked_prefill = chunked;
+        if disagg {
+            d = Deployment { colocated: 0, prefill: 1, decode: 2, transfer_per_byte: 1e-6, transfer_latency: 1e-3, ..d };
+        }
+        let o = simulate(&d, &reqs, u64::MAX);
+        prop_assert!(!o.aborted);
+        prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
+        let kept: u64 = reqs.iter().zip(&o.e2e).filter(|(_, e)| e.is_finite()).map(|(r, _)| r.generate as u64).sum();
+        prop_assert_eq!(o.tokens_generated, kept);
+        prop_assert_eq!(o.tokens_requested, reqs.iter().map(|r| r.generate as u64).sum::<u64>());
+        for (f, e) in o.ttft.iter().zip(&o.e2e) {
+            prop_assert!(e.is_nan() || (f.is_finite() && *f > 0.0 && f <= e));
+        }
+    }
+
+    /// At a fixed rate, more replicas never raise P99 TTFT or E2E, and on
+    /// the same requests on one replica a higher rate never lowers them,
+    /// by more than two iterations (20 ms here): where an arrival falls
+    /// within the running iteration, and where the prompt's end falls,
+    /// each shift a request by less than one (seed 223 at 5 req/s lowers
+    /// P99 E2E by 0.08 ms at 7.5 req/s; seed 93 at 74 req/s raises it by
+    /// 10.3 ms from 3 to 4 replicas).
+    /// The rate direction does not hold across replicas: least-loaded
+    /// routing of a compressed stream pairs other requests (seed 102 at
+    /// 68 req/s on 3 replicas: TTFT P99 56.3 ms, and 46.2 ms at 1.5 times
+    /// the rate), so it is checked on one.
+    #[test]
+    fn monotone_in_replicas_and_rate(rate in 5.0f64..80.0, seed in 0u64..1000, replicas in 1u64..4) {
+        let s = serve(rate, 400, seed);
+        let reqs = requests(&s, None, &[]);
+        let run = |r: u64, reqs: &[Request]| simulate(&colocated(small(), r, 512, 32), reqs, u64::MAX);
+        let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
+        let slot = 2.0 * small().t_weights;
+        prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
+        prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
+        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let (a, c) = (run(1, &reqs), run(1, &faster));
+        prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
+        prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
+    }
+}

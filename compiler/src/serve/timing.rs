@@ -1,0 +1,206 @@
+//! The time of one engine iteration, from the cost model.
+//!
+//! A continuous-batching iteration runs one forward pass over a mix of
+//! prefill chunks and one token of each decoding sequence. The cost model
+//! prices whole phases, so this module evaluates it on four probes of the
+//! deployment (a decode step of one sequence at context 1 and at context
+//! `C`, and a prefill of `n` tokens) and reads the terms off the
+//! estimates' own breakdown (docs/COST-MODEL.md §4a):
+//!
+//! ```text
+//! T(P, D, K, Q) = t_fixed + (P + D) c_comm + max(t_weights, (P + D) c_token)
+//!                 + K c_kv + Q c_pair
+//! ```
+//!
+//! `P` prefill tokens computed, `D` decoding sequences, `K` KV-cache tokens
+//! the decoding sequences read, `Q` query-key pairs of the prefill chunks'
+//! attention. Every coefficient is a difference or ratio of cost-model
+//! figures, so calibration, dtype, kernels and tensor parallelism reach the
+//! simulator through the cost model alone, and no hardware figure is read
+//! here. Built once per (deployment, tensor-parallel degree); the
+//! simulator then calls [`IterModel::time`], a handful of flops.
+
+use std::collections::BTreeMap;
+
+use gantry_lang::program::{Cluster, Phase, Workload};
+
+use crate::cost::{Estimate, Evaluator};
+use crate::hardware::Hardware;
+use crate::ir::lower;
+use crate::point::{DesignPoint, Pin, PinError};
+
+/// Per-iteration time coefficients and per-replica capacities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IterModel {
+    pub tp: u64,
+    /// Host overhead, collective latency and the attention of a
+    /// one-token context: paid by every iteration.
+    pub t_fixed: f64,
+    /// Streaming the weights once (linear layers at one token).
+    pub t_weights: f64,
+    /// Linear-layer compute per token when compute-bound.
+    pub c_token: f64,
+    /// Tensor-parallel collective seconds per token.
+    pub c_comm: f64,
+    /// Decode attention per KV-cache token read.
+    pub c_kv: f64,
+    /// Prefill attention per query-key pair.
+    pub c_pair: f64,
+    /// KV-cache bytes per token per device (`memory::kv_per_token`).
+    pub kv_bytes_per_token: f64,
+    /// KV-cache bytes per token of the whole model (what a transfer moves).
+    pub kv_bytes_per_token_model: f64,
+    /// Tokens the replica's KV cache holds: HBM minus weights, reserve and
+    /// the prefill's activations, per device, over the bytes per token.
+    pub kv_capacity_tokens: f64,
+    /// Dollars per second of one replica (`None`: no price declared).
+    pub price_per_s: Option<f64>,
+    /// Watts of one replica (devices only; node overhead shared).
+    pub power: f64,
+}
+
+impl IterModel {
+    /// Seconds of one iteration (formula above); 0 for an empty one.
+    #[inline]
+    pub fn time(&self, prefill: f64, decode: f64, kv: f64, pairs: f64) -> f64 {
+        let n = prefill + decode;
+        if n <= 0.0 {
+            return 0.0;
+        }
+        self.t_fixed
+            + n * self.c_comm
+            + self.t_weights.max(n * self.c_token)
+            + kv * self.c_kv
+            + pairs * self.c_pair
+    }
+}
+
+/// Query-key pairs of a causal prefill chunk of `c` tokens after `start`
+/// tokens already in the cache.
+#[inline]
+pub fn chunk_pairs(start: f64, c: f64) -> f64 {
+    c * start + c * c / 2.0
+}
+
+fn probe(w: &Workload, phase: Phase, seq: u64) -> Workload {
+    let mut v = w.clone();
+    v.serve = None;
+    v.phase = phase;
+    v.bindings.insert("batch".into(), 1);
+    v.bindings.insert("seq".into(), seq as i64);
+    v
+}
+
+fn linear(e: &Estimate) -> f64 {
+    let c = &e.time.compute;
+    c.matmul + c.elementwise + c.embedding + c.layout
+}
+
+/// Builds the iteration model of `w` at tensor parallelism `tp` on
+/// `system`, probing with a prefill of `n` tokens and a decode at context
+/// `ctx`. Errors are the cost model's (an unpriceable workload, a degree
+/// the heads or the system do not allow, a missing hardware figure).
+pub fn build(
+    w: &Workload,
+    system: &Cluster,
+    tp: u64,
+    n: u64,
+    ctx: u64,
+) -> Result<IterModel, PinError> {
+    let n = n.max(2);
+    let ctx = ctx.max(2);
+    let dec = |c: u64| {
+        probe(
+            w,
+            Phase::Decode {
+                batch: 1,
+                context: c,
+                generate: None,
+                prompt: None,
+            },
+            1,
+        )
+    };
+    let pre = probe(
+        w,
+        Phase::Prefill {
+            batch: 1,
+            prompt: Some(n),
+        },
+        n,
+    );
+    let err = |e: crate::ir::LowerError| PinError {
+        code: gantry_lang::diagnostic::Code::C008,
+        knob: "fix",
+        message: format!("cannot price `{}`: {e}", w.name),
+        help: "bind every shape symbol in the workload".into(),
+    };
+    let (ir1, irc, irp) = (
+        lower(&dec(1)).map_err(err)?,
+        lower(&dec(ctx)).map_err(err)?,
+        lower(&pre).map_err(err)?,
+    );
+    let hw = Hardware::new(system, &dec(1)).map_err(|m| PinError {
+        code: gantry_lang::diagnostic::Code::C009,
+        knob: "fix",
+        message: format!("device `{}` has no {}", m.device, m.what),
+        help: "add the figure to the device in stdlib, or choose another dtype".into(),
+    })?;
+    let mut pins = BTreeMap::new();
+    for (k, v) in [("tp", tp), ("pp", 1), ("dp", 1), ("batch", 1)] {
+        pins.insert(k.to_string(), Pin::Int(v as i64));
+    }
+    let point: DesignPoint = crate::point::resolve(&pins, &ir1, system)?;
+    let eval = |ir| {
+        let ev = Evaluator {
+            ir,
+            hw: &hw,
+            prefill: None,
+        };
+        let e = ev.evaluate(&point);
+        crate::sanity::verify(&e, &hw).map(|_| e)
+    };
+    let (e1, ec, ep) = (eval(&ir1)?, eval(&irc)?, eval(&irp)?);
+    let nf = n as f64;
+    let c_token = linear(&ep) / nf;
+    let c_comm = ((ep.time.tp_comm - e1.time.tp_comm) / (nf - 1.0)).max(0.0);
+    let c_kv =
+        ((ec.time.compute.attention - e1.time.compute.attention) / (ctx as f64 - 1.0)).max(0.0);
+    let c_pair = ep.time.compute.attention / chunk_pairs(0.0, nf);
+    let t_fixed =
+        e1.time.overhead + (e1.time.tp_comm - c_comm).max(0.0) + e1.time.compute.attention;
+    let kv_dev = Evaluator {
+        ir: &ir1,
+        hw: &hw,
+        prefill: None,
+    }
+    .kv_per_token(&point);
+    let kv_model = Evaluator {
+        ir: &ir1,
+        hw: &hw,
+        prefill: None,
+    }
+    .kv_per_token(&DesignPoint { tp: 1, ..point });
+    let m = &ep.memory;
+    let free = m.capacity - m.weights - m.reserve - m.activations;
+    let kv_capacity_tokens = if kv_dev > 0.0 {
+        (free / kv_dev).max(0.0).floor()
+    } else {
+        0.0
+    };
+    let devices = tp as f64;
+    Ok(IterModel {
+        tp,
+        t_fixed,
+        t_weights: linear(&e1),
+        c_token,
+        c_comm,
+        c_kv,
+        c_pair,
+        kv_bytes_per_token: kv_dev,
+        kv_bytes_per_token_model: kv_model,
+        kv_capacity_tokens,
+        price_per_s: hw.price_per_device.map(|p| p * devices),
+        power: hw.device_power * devices,
+    })
+}

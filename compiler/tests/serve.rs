@@ -1,0 +1,125 @@
+//! The serving simulator on the bundled example: the iteration model is
+//! the cost model's, the plan meets its SLOs, an SLO nobody meets is
+//! C019 naming the closest deployment, and the report is snapshotted.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use gantry_compiler::cost::Evaluator;
+use gantry_compiler::hardware::Hardware;
+use gantry_compiler::ir::lower;
+use gantry_compiler::point::{Pin, resolve};
+use gantry_compiler::serve::{self, report, timing};
+use gantry_lang::diagnostic::Code;
+use gantry_lang::program::Phase;
+
+const EXAMPLE: &str = "examples/llm_serve.gantry";
+
+/// `T(0, 1, 1, 0)` is the cost model's decode step at batch 1 and context
+/// 1 (plus one KV token's read), and `T(n, 0, 0, n^2/2)` its prefill of
+/// `n` tokens within 1%: the decomposition loses nothing.
+#[test]
+fn iteration_model_reproduces_the_cost_model() {
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    for tp in [2u64, 4, 8] {
+        let m = timing::build(&p.workload, &p.system, tp, 4096, 1280).expect("model");
+        let step = |phase: Phase, seq: i64| {
+            let mut w = p.workload.clone();
+            w.serve = None;
+            w.phase = phase;
+            w.bindings.insert("batch".into(), 1);
+            w.bindings.insert("seq".into(), seq);
+            let ir = lower(&w).expect("lowers");
+            let hw = Hardware::new(&p.system, &w).expect("hardware");
+            let mut pins = BTreeMap::new();
+            for (k, v) in [("tp", tp as i64), ("pp", 1), ("dp", 1), ("batch", 1)] {
+                pins.insert(k.to_string(), Pin::Int(v));
+            }
+            let point = resolve(&pins, &ir, &p.system).expect("point");
+            Evaluator {
+                ir: &ir,
+                hw: &hw,
+                prefill: None,
+            }
+            .evaluate(&point)
+            .time
+            .step
+        };
+        let decode = step(
+            Phase::Decode {
+                batch: 1,
+                context: 1,
+                generate: None,
+                prompt: None,
+            },
+            1,
+        );
+        let t = m.time(0.0, 1.0, 1.0, 0.0);
+        assert!(
+            (t - decode - m.c_kv).abs() <= 1e-12 * decode,
+            "tp{tp}: {t} vs {decode}"
+        );
+        let prefill = step(
+            Phase::Prefill {
+                batch: 1,
+                prompt: Some(4096),
+            },
+            4096,
+        );
+        let t = m.time(4096.0, 0.0, 0.0, timing::chunk_pairs(0.0, 4096.0));
+        assert!((t / prefill - 1.0).abs() < 0.01, "tp{tp}: {t} vs {prefill}");
+    }
+    // Weights split over tp: half the read at twice the degree.
+    let m4 = timing::build(&p.workload, &p.system, 4, 4096, 1280).expect("tp4");
+    let m8 = timing::build(&p.workload, &p.system, 8, 4096, 1280).expect("tp8");
+    assert!((m4.t_weights / m8.t_weights - 2.0).abs() < 0.1);
+    assert!(m8.kv_capacity_tokens > 2.0 * m4.kv_capacity_tokens);
+}
+
+#[test]
+fn the_example_plan_meets_its_slos_and_is_deterministic() {
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let a = serve::plan(&p, &[], None).expect("a deployment");
+    assert!(a.best.meets && !a.best.unstable);
+    assert_eq!(a.best.completed + a.best.dropped, a.best.requests);
+    for c in &a.best.slos {
+        assert!(c.achieved <= c.target, "{c:?}");
+    }
+    let b = serve::plan(&p, &[], None).expect("again");
+    assert_eq!(a.best, b.best);
+    // At four times the rate the same deployment is unstable or misses.
+    let s = p.workload.serve.as_deref().expect("serve");
+    let reqs = serve::requests(s, Some(4.0 * a.best.rate), &[]);
+    let hot = serve::run(&a.best.deployment, &reqs, s);
+    assert!(hot.unstable || !hot.meets);
+}
+
+#[test]
+fn an_slo_nobody_meets_names_the_closest_deployment() {
+    let p = common::plan("compiler/tests/inputs/serve_tight.gantry", None);
+    let e = serve::plan(&p, &[], None).expect_err("no deployment");
+    assert_eq!(e.code, Code::C019);
+    assert!(
+        e.message.contains("the closest, colocated"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("misses ttft_p99 by"), "{}", e.message);
+    assert!(e.message.contains("meets tpot_p99"), "{}", e.message);
+}
+
+#[test]
+fn serving_report_snapshot() {
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let mut out = report::text(&sp.best);
+    for s in &sp.top {
+        out.push_str(&format!(
+            "top: {} {:.3} requests/$\n",
+            report::describe(&s.deployment),
+            s.goodput_per_dollar.unwrap_or(0.0)
+        ));
+    }
+    insta::assert_snapshot!("llm_serve_h100_report", out);
+}

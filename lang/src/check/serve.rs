@@ -1,0 +1,527 @@
+//! The `serve` phase of a workload: a request stream, its length
+//! distributions, latency SLOs and the engine's scheduler limits.
+//!
+//! It is one record checked here, apart from `decls.rs`, because every
+//! setting has its own range (a rate above zero, an attainment in (0, 1],
+//! a hit rate below 1) and every violation is the one code `L076` with
+//! the setting's span. The checked [`Serve`] travels beside a decode
+//! [`Phase`] at `max_seqs` with the mean lengths, so every consumer that
+//! knows only static phases (studies, `--fix`, the runtime) still works.
+
+use std::collections::BTreeMap;
+
+use crate::check::Checker;
+use crate::check::suggest;
+use crate::check::value::Value;
+use crate::diagnostic::{Code, Diagnostic};
+use crate::program::{
+    Arrivals, DType, Disaggregate, Kernels, Lengths, Phase, Scheduler, Serve, Slo,
+};
+use crate::span::Span;
+use crate::units::Dim;
+
+/// The settings a `serve` record takes.
+pub const SERVE_SETTINGS: &[&str] = &[
+    "arrivals",
+    "prompt",
+    "generate",
+    "slo",
+    "attainment",
+    "token_budget",
+    "max_seqs",
+    "chunked_prefill",
+    "kv_block",
+    "prefix_hit",
+    "requests",
+    "seed",
+    "disaggregate",
+    "dtype",
+    "attention",
+    "fusion",
+    "precision",
+];
+
+/// The largest token count of a length distribution, a token budget or a
+/// sequence limit (the plan knobs' bound, `MAX_KNOB_VALUE`).
+const MAX_TOKENS: f64 = (1u64 << 24) as f64;
+/// The most requests one simulation may draw: a few seconds of wall time.
+const MAX_REQUESTS: u64 = 10_000_000;
+
+type Got = BTreeMap<String, (Value, Span)>;
+
+impl Checker {
+    fn bad_serve(&mut self, span: Span, msg: String, help: &str) {
+        self.diags.push(
+            Diagnostic::error(Code::L076, msg, span)
+                .with_label(span, "out of range")
+                .with_help(help.to_string()),
+        );
+    }
+
+    /// A plain number in `[lo, hi]` (with `open_lo` / `open_hi` bounds
+    /// excluded), `L076` outside.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_number(
+        &mut self,
+        v: &Value,
+        span: Span,
+        what: &str,
+        (lo, hi): (f64, f64),
+        (open_lo, open_hi): (bool, bool),
+        help: &str,
+    ) -> Option<f64> {
+        let q = self.num(v, span)?;
+        if !q.dim.is_none() {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L041,
+                    format!("{what} must be a plain number, not {}", q.dim.describe()),
+                    span,
+                )
+                .with_label(span, "a plain number here")
+                .with_help(help.to_string()),
+            );
+            return None;
+        }
+        let x = q.value;
+        let below = if open_lo { x <= lo } else { x < lo };
+        let above = if open_hi { x >= hi } else { x > hi };
+        if !x.is_finite() || below || above {
+            let (l, r) = (
+                if open_lo { "(" } else { "[" },
+                if open_hi { ")" } else { "]" },
+            );
+            self.bad_serve(
+                span,
+                format!(
+                    "{what} must lie in {l}{}, {}{r}, got {}",
+                    crate::units::format_number(lo),
+                    crate::units::format_number(hi),
+                    crate::units::format_number(x)
+                ),
+                help,
+            );
+            return None;
+        }
+        Some(x)
+    }
+
+    fn serve_count(&mut self, v: &Value, span: Span, what: &str, max: u64) -> Option<u64> {
+        let n = self.count(v, span, what)?;
+        if n > max {
+            self.bad_serve(
+                span,
+                format!("{what} must be at most {max}, got {n}"),
+                "a smaller value",
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn arrivals(&mut self, v: &Value, span: Span) -> Option<Arrivals> {
+        let Value::Ctor(name, args) = v else {
+            if !matches!(v, Value::Error) {
+                self.type_error(
+                    v,
+                    span,
+                    "`poisson(rate = 4)`, `gamma(rate = 4, cv = 2)` or `trace(\"file.csv\")`",
+                );
+            }
+            return None;
+        };
+        let rate_help = "a rate in requests per second, a plain number above 0: `rate = 4`";
+        match name.as_str() {
+            "poisson" => {
+                let a = self.ctor_args(name, args, &["rate"])?;
+                let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
+                let rate =
+                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help)?;
+                Some(Arrivals::Poisson { rate })
+            }
+            "gamma" => {
+                let a = self.ctor_args(name, args, &["rate", "cv"])?;
+                let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
+                let (cv_v, cv_s) = self.ctor_required(name, &a, "cv", span)?;
+                let rate =
+                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help);
+                let cv = self.serve_number(
+                    &cv_v,
+                    cv_s,
+                    "`cv`",
+                    (0.0, 100.0),
+                    (true, false),
+                    "the coefficient of variation of the gaps: 1 is Poisson, 2 bursty",
+                );
+                Some(Arrivals::Gamma {
+                    rate: rate?,
+                    cv: cv?,
+                })
+            }
+            "trace" => {
+                let a = self.ctor_args(name, args, &["file"])?;
+                let (fv, fs) = self.ctor_required(name, &a, "file", span)?;
+                match fv {
+                    Value::Str(path) if !path.is_empty() => Some(Arrivals::Trace { path }),
+                    Value::Error => None,
+                    other => {
+                        self.type_error(&other, fs, "a file name such as \"trace.csv\"");
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.type_error(v, span, "`poisson(...)`, `gamma(...)` or `trace(...)`");
+                None
+            }
+        }
+    }
+
+    fn ctor_required(
+        &mut self,
+        ctor: &str,
+        args: &BTreeMap<String, (Value, Span)>,
+        p: &str,
+        span: Span,
+    ) -> Option<(Value, Span)> {
+        match args.get(p) {
+            Some((v, s)) => Some((v.clone(), *s)),
+            None => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L034,
+                        format!("`{ctor}` needs its argument `{p}`"),
+                        span,
+                    )
+                    .with_label(span, format!("no `{p}`"))
+                    .with_help(format!("add `{p} = ...`")),
+                );
+                None
+            }
+        }
+    }
+
+    fn lengths(&mut self, v: &Value, span: Span, what: &str) -> Option<Lengths> {
+        let help = "a token count from 1 to 16777216";
+        match v {
+            Value::Num(_) => {
+                let n = self.serve_count(v, span, what, MAX_TOKENS as u64)?;
+                Some(Lengths::Fixed(n))
+            }
+            Value::Sym(s, _) if s == "trace" => Some(Lengths::Trace),
+            Value::Ctor(name, args) if name == "fixed" => {
+                let a = self.ctor_args(name, args, &["tokens"])?;
+                let (tv, ts) = self.ctor_required(name, &a, "tokens", span)?;
+                let n = self.serve_count(&tv, ts, what, MAX_TOKENS as u64)?;
+                Some(Lengths::Fixed(n))
+            }
+            Value::Ctor(name, args) if name == "uniform" => {
+                let a = self.ctor_args(name, args, &["lo", "hi"])?;
+                let (lv, ls) = self.ctor_required(name, &a, "lo", span)?;
+                let (hv, hs) = self.ctor_required(name, &a, "hi", span)?;
+                let lo = self.serve_count(&lv, ls, "`lo`", MAX_TOKENS as u64);
+                let hi = self.serve_count(&hv, hs, "`hi`", MAX_TOKENS as u64);
+                let (lo, hi) = (lo?, hi?);
+                if lo > hi {
+                    self.bad_serve(
+                        span,
+                        format!("{what}: `uniform` needs lo <= hi, got {lo} > {hi}"),
+                        "swap the bounds",
+                    );
+                    return None;
+                }
+                Some(Lengths::Uniform { lo, hi })
+            }
+            Value::Ctor(name, args) if name == "lognormal" => {
+                let a = self.ctor_args(name, args, &["mean", "spread"])?;
+                let (mv, ms) = self.ctor_required(name, &a, "mean", span)?;
+                let (sv, ss) = self.ctor_required(name, &a, "spread", span)?;
+                let mean =
+                    self.serve_number(&mv, ms, "`mean`", (1.0, MAX_TOKENS), (false, false), help);
+                let spread = self.serve_number(
+                    &sv,
+                    ss,
+                    "`spread`",
+                    (0.0, 3.0),
+                    (false, false),
+                    "the standard deviation of the lengths' logarithm, 0 to 3 (0.5 is typical)",
+                );
+                Some(Lengths::LogNormal {
+                    mean: mean?,
+                    spread: spread?,
+                })
+            }
+            Value::Error => None,
+            other => {
+                self.type_error(
+                    other,
+                    span,
+                    "a token count, `fixed(n)`, `uniform(lo, hi)`, `lognormal(mean, spread)` or `trace`",
+                );
+                None
+            }
+        }
+    }
+
+    fn slo(&mut self, v: &Value, span: Span) -> Option<Slo> {
+        let Value::Record(fields) = v else {
+            if !matches!(v, Value::Error) {
+                self.type_error(
+                    v,
+                    span,
+                    "a record `{ ttft_p99 = 500 ms, tpot_p99 = 50 ms }`",
+                );
+            }
+            return None;
+        };
+        let mut got: BTreeMap<String, f64> = BTreeMap::new();
+        let mut ok = true;
+        let names = ["ttft_p99", "tpot_p99", "e2e_p99"];
+        for (k, ks, fv, fs) in fields {
+            if !names.contains(&k.as_str()) {
+                let mut d =
+                    Diagnostic::error(Code::L071, format!("`slo` has no target `{k}`"), *ks)
+                        .with_label(*ks, "unknown target");
+                d = match suggest(k, names.into_iter()) {
+                    Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                    None => d.with_help("`slo` takes: ttft_p99, tpot_p99, e2e_p99"),
+                };
+                self.diags.push(d);
+                ok = false;
+                continue;
+            }
+            match self.quantity(fv, *fs, Dim::TIME, &format!("`{k}`"), "500 ms") {
+                Some(t) if t > 0.0 && t <= 86400.0 => {
+                    got.insert(k.clone(), t);
+                }
+                Some(t) => {
+                    self.bad_serve(
+                        *fs,
+                        format!(
+                            "`{k}` must lie in (0 s, 1 day], got {}",
+                            crate::units::Quantity::new(t, Dim::TIME)
+                        ),
+                        "a latency target above zero",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        for need in ["ttft_p99", "tpot_p99"] {
+            if ok && !got.contains_key(need) {
+                self.diags.push(
+                    Diagnostic::error(Code::L071, format!("`slo` needs target `{need}`"), span)
+                        .with_label(span, format!("`{need}` is missing"))
+                        .with_help(format!("add `{need} = ...`")),
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Slo {
+            ttft_p99: got["ttft_p99"],
+            tpot_p99: got["tpot_p99"],
+            e2e_p99: got.get("e2e_p99").copied(),
+        })
+    }
+
+    fn scheduler(&mut self, got: &Got) -> Option<Scheduler> {
+        let mut ok = true;
+        let mut read = |c: &mut Checker, k: &str, default: u64, max: u64| -> u64 {
+            match got.get(k) {
+                Some((v, s)) => c
+                    .serve_count(v, *s, &format!("`{k}`"), max)
+                    .unwrap_or_else(|| {
+                        ok = false;
+                        default
+                    }),
+                None => default,
+            }
+        };
+        let token_budget = read(self, "token_budget", 8192, MAX_TOKENS as u64);
+        let max_seqs = read(self, "max_seqs", 256, MAX_TOKENS as u64);
+        let kv_block = read(self, "kv_block", 16, 65536);
+        let chunked_prefill = match got.get("chunked_prefill") {
+            Some((Value::Bool(b), _)) => *b,
+            Some((Value::Error, _)) => {
+                ok = false;
+                true
+            }
+            Some((other, s)) => {
+                self.type_error(other, *s, "`true` or `false`");
+                ok = false;
+                true
+            }
+            None => true,
+        };
+        ok.then_some(Scheduler {
+            token_budget,
+            max_seqs,
+            chunked_prefill,
+            kv_block,
+        })
+    }
+
+    /// The optional settings with their defaults: attainment, prefix hit
+    /// rate, requests, seed, disaggregation.
+    fn serve_options(&mut self, got: &Got) -> Option<(f64, f64, u64, u64, Disaggregate)> {
+        let mut ok = true;
+        let attainment = match got.get("attainment") {
+            Some((v, s)) => self.serve_number(
+                v,
+                *s,
+                "`attainment`",
+                (0.0, 1.0),
+                (true, false),
+                "the share of requests that must meet every SLO, e.g. 0.99",
+            ),
+            None => Some(0.99),
+        };
+        let prefix_hit = match got.get("prefix_hit") {
+            Some((v, s)) => self.serve_number(
+                v,
+                *s,
+                "`prefix_hit`",
+                (0.0, 1.0),
+                (false, true),
+                "the share of each prompt found in the prefix cache, from 0 up to (not) 1",
+            ),
+            None => Some(0.0),
+        };
+        let requests = match got.get("requests") {
+            Some((v, s)) => self.serve_count(v, *s, "`requests`", MAX_REQUESTS),
+            None => Some(2000),
+        };
+        let seed = match got.get("seed") {
+            Some((v, s)) => self.int(v, *s, "`seed`").and_then(|i| {
+                u64::try_from(i).ok().or_else(|| {
+                    self.bad_serve(
+                        *s,
+                        format!("`seed` must not be negative, got {i}"),
+                        "0 or more",
+                    );
+                    None
+                })
+            }),
+            None => Some(1),
+        };
+        let disaggregate = match got.get("disaggregate") {
+            Some((Value::Bool(true), _)) => Some(Disaggregate::Yes),
+            Some((Value::Bool(false), _)) => Some(Disaggregate::No),
+            Some((Value::Sym(n, _), _)) if n == "auto" => Some(Disaggregate::Auto),
+            Some((Value::Error, _)) => None,
+            Some((other, s)) => {
+                self.type_error(other, *s, "`true`, `false` or `auto`");
+                None
+            }
+            None => Some(Disaggregate::Auto),
+        };
+        for x in [
+            attainment.is_none(),
+            prefix_hit.is_none(),
+            requests.is_none(),
+        ] {
+            ok &= !x;
+        }
+        if !ok {
+            return None;
+        }
+        Some((attainment?, prefix_hit?, requests?, seed?, disaggregate?))
+    }
+
+    /// A `serve { ... }` record: the decode phase the static cost model
+    /// reads, its element type and kernels, and the serving settings.
+    pub(crate) fn serve_phase(
+        &mut self,
+        v: &Value,
+        span: Span,
+    ) -> Option<(Phase, DType, Kernels, Span, Serve)> {
+        let fields = self.record(v, span, "serving settings")?;
+        let mut got: Got = BTreeMap::new();
+        let mut ok = true;
+        for (k, ks, fv, fs) in fields {
+            if !SERVE_SETTINGS.contains(&k.as_str()) {
+                let mut d =
+                    Diagnostic::error(Code::L071, format!("`serve` has no setting `{k}`"), ks)
+                        .with_label(ks, "unknown setting");
+                d = match suggest(&k, SERVE_SETTINGS.iter().copied()) {
+                    Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                    None => d.with_help(format!("`serve` takes: {}", SERVE_SETTINGS.join(", "))),
+                };
+                self.diags.push(d);
+                ok = false;
+                continue;
+            }
+            got.insert(k, (fv, fs));
+        }
+        let need = |c: &mut Checker, k: &str| -> Option<(Value, Span)> {
+            let r = got.get(k).cloned();
+            if r.is_none() {
+                c.diags.push(
+                    Diagnostic::error(Code::L071, format!("`serve` needs setting `{k}`"), span)
+                        .with_label(span, format!("`{k}` is missing"))
+                        .with_help(format!("add `{k} = ...`")),
+                );
+            }
+            r
+        };
+        let arrivals = need(self, "arrivals").and_then(|(v, s)| self.arrivals(&v, s));
+        let input = need(self, "prompt").and_then(|(v, s)| self.lengths(&v, s, "`prompt`"));
+        let output = need(self, "generate").and_then(|(v, s)| self.lengths(&v, s, "`generate`"));
+        let slo = need(self, "slo").and_then(|(v, s)| self.slo(&v, s));
+        let scheduler = self.scheduler(&got);
+        let options = self.serve_options(&got);
+        let dtype = match got.get("dtype") {
+            Some((v, s)) => {
+                let (v, s) = (v.clone(), *s);
+                self.dtype(&v, s)
+            }
+            None => Some(DType::Bf16),
+        };
+        let kernels = self.kernels(&got);
+        let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
+        for (l, name) in [(&input, "prompt"), (&output, "generate")] {
+            if matches!(l, Some(Lengths::Trace)) && arrivals.is_some() && !traced {
+                let s = got.get(name).map_or(span, |g| g.1);
+                self.bad_serve(
+                    s,
+                    format!("`{name} = trace` needs `arrivals = trace(\"file.csv\")`"),
+                    "give a distribution, or read the requests from a trace",
+                );
+                ok = false;
+            }
+        }
+        let (arrivals, input, output, slo, scheduler, options) =
+            (arrivals?, input?, output?, slo?, scheduler?, options?);
+        if !ok {
+            return None;
+        }
+        let (attainment, prefix_hit, requests, seed, disaggregate) = options;
+        // The static decode step: `max_seqs` sequences at the mean lengths.
+        let prompt = input.mean().round().max(1.0) as u64;
+        let generate = output.mean().round().max(1.0) as u64;
+        let phase = Phase::Decode {
+            batch: scheduler.max_seqs,
+            context: prompt + generate / 2,
+            generate: Some(generate),
+            prompt: Some(prompt),
+        };
+        let serve = Serve {
+            arrivals,
+            input,
+            output,
+            slo,
+            attainment,
+            scheduler,
+            prefix_hit,
+            requests,
+            seed,
+            disaggregate,
+            span,
+        };
+        Some((phase, dtype?, kernels?, span, serve))
+    }
+}

@@ -1,0 +1,252 @@
+//! `gantry plan` on a plan of a `serve` workload: the serving planner's
+//! search (or one `--fix` deployment), its report as text or
+//! `gantry.serve/1` JSON, and the latency-versus-rate curve of
+//! `--sweep-rate`. The trace file of trace arrivals is read here (the
+//! library crates do no I/O), relative to the plan's file.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use gantry_compiler::point::Pin;
+use gantry_compiler::serve::{self, Summary, report};
+use gantry_lang::program::{Arrivals, Plan};
+use serde_json::{Value, json};
+
+/// The JSON contract's name.
+pub const SCHEMA: &str = "gantry.serve/1";
+
+/// How `gantry plan` reports a serving plan.
+pub struct Options<'a> {
+    pub file: &'a str,
+    pub fix: Option<std::collections::BTreeMap<String, Pin>>,
+    pub top: usize,
+    pub json: bool,
+    /// Rates (requests per second) for the latency-versus-rate curve.
+    pub sweep: Option<Vec<f64>>,
+}
+
+/// Parses `--sweep-rate 1,2,4,8` (positive, finite rates).
+pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
+    let v: Result<Vec<f64>, String> = s
+        .split(',')
+        .map(|x| match x.trim().parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+            _ => Err(format!(
+                "`{}` is not a rate above 0 (requests per second)",
+                x.trim()
+            )),
+        })
+        .collect();
+    match v {
+        Ok(v) if v.is_empty() || v.len() > 64 => Err("give 1 to 64 rates".into()),
+        other => other,
+    }
+}
+
+fn trace_rows(file: &str, p: &Plan) -> Result<Vec<serve::sample::TraceRow>, ExitCode> {
+    let Some(Arrivals::Trace { path }) = p.workload.serve.as_ref().map(|s| &s.arrivals) else {
+        return Ok(Vec::new());
+    };
+    let full = Path::new(file)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(path);
+    let text = std::fs::read_to_string(&full).map_err(|e| {
+        eprintln!("error[C020]: cannot read the request trace {}: {e}\n  help: give the path relative to {file}", full.display());
+        ExitCode::from(1)
+    })?;
+    serve::parse_trace(&text).map_err(|e| {
+        eprintln!(
+            "error[C020]: {}:{}: {}\n  help: each line is `arrival_s,prompt_tokens,generate_tokens`",
+            full.display(),
+            e.line,
+            e.what
+        );
+        ExitCode::from(1)
+    })
+}
+
+fn head(p: &Plan) -> Value {
+    json!({
+        "schema": SCHEMA,
+        "plan": p.name,
+        "workload": p.workload.name,
+        "system": p.system.name,
+        "device": p.system.node.device.name,
+    })
+}
+
+fn sweep_rows(
+    p: &Plan,
+    best: &Summary,
+    rates: &[f64],
+    trace: &[serve::sample::TraceRow],
+) -> Vec<Summary> {
+    let Some(s) = p.workload.serve.as_deref() else {
+        return Vec::new();
+    };
+    rates
+        .iter()
+        .map(|r| serve::run(&best.deployment, &serve::requests(s, Some(*r), trace), s))
+        .collect()
+}
+
+fn sweep_text(rows: &[Summary]) -> String {
+    let mut t = String::from(
+        "\nLatency against rate (the deployment above)\n  rate/s    TTFT P50   TTFT P99   TPOT P50   TPOT P99   goodput/s  attainment\n",
+    );
+    for s in rows {
+        if s.unstable {
+            t.push_str(&format!("  {:<9.3} unstable: the queue grows\n", s.rate));
+        } else {
+            t.push_str(&format!(
+                "  {:<9.3} {:<10} {:<10} {:<10} {:<10} {:<10.3} {:.2}%\n",
+                s.rate,
+                format!("{:.1} ms", s.ttft.p50 * 1e3),
+                format!("{:.1} ms", s.ttft.p99 * 1e3),
+                format!("{:.1} ms", s.tpot.p50 * 1e3),
+                format!("{:.1} ms", s.tpot.p99 * 1e3),
+                s.goodput,
+                100.0 * s.attainment
+            ));
+        }
+    }
+    t
+}
+
+fn sweep_json(rows: &[Summary]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|s| {
+                json!({
+                    "rate_per_s": s.rate,
+                    "unstable": s.unstable,
+                    "ttft_p50_s": s.ttft.p50, "ttft_p99_s": s.ttft.p99,
+                    "tpot_p50_s": s.tpot.p50, "tpot_p99_s": s.tpot.p99,
+                    "goodput_per_s": s.goodput, "attainment": s.attainment,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `gantry plan` on a serving plan.
+pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
+    let trace = match trace_rows(o.file, p) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    if let Some(pins) = &o.fix {
+        return match serve::planner::fixed(p, pins, &trace, None) {
+            Ok(s) => {
+                let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &s, r, &trace));
+                if o.json {
+                    let mut j = head(p);
+                    j["best"] = report::json(&s);
+                    if let Some(r) = &rows {
+                        j["sweep"] = sweep_json(r);
+                    }
+                    outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+                } else {
+                    outln!(
+                        "Serving plan {} for {} on {} (--fix)",
+                        p.name,
+                        p.workload.name,
+                        p.system.name
+                    );
+                    out!("{}", report::text(&s));
+                    if let Some(r) = &rows {
+                        out!("{}", sweep_text(r));
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => crate::pin_error(&e),
+        };
+    }
+    let sp = match serve::plan(p, &trace, None) {
+        Ok(sp) => sp,
+        Err(e) => return crate::pin_error(&e),
+    };
+    let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &sp.best, r, &trace));
+    let top = &sp.top[..sp.top.len().min(o.top.max(1))];
+    if o.json {
+        let mut j = head(p);
+        j["objective"] = json!(sp.rank.name());
+        j["best"] = report::json(&sp.best);
+        j["top"] = Value::Array(
+            top.iter()
+                .map(|s| json!({ "deployment": report::describe(&s.deployment), "devices": s.devices, "goodput_per_s": s.goodput, "objective_value": sp.rank.value(s), "ttft_p99_s": s.ttft.p99, "tpot_p99_s": s.tpot.p99 }))
+                .collect(),
+        );
+        j["search"] = json!({
+            "candidates": sp.candidates,
+            "simulated": sp.simulated,
+            "unstable_by_work": sp.unstable_unsimulated,
+            "pruned_by_bound": sp.pruned,
+            "requests_per_simulation": sp.requests.len(),
+        });
+        j["iteration_model"] = Value::Array(
+            sp.models
+                .values()
+                .map(|m| json!({ "tp": m.tp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
+                .collect(),
+        );
+        if let Some(r) = &rows {
+            j["sweep"] = sweep_json(r);
+        }
+        outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    outln!(
+        "Serving plan {} for {} on {}",
+        p.name,
+        p.workload.name,
+        p.system.name
+    );
+    outln!("Objective   maximize {} under the SLOs", sp.rank.name());
+    out!("{}", report::text(&sp.best));
+    outln!("\nIteration model (docs/COST-MODEL.md §4a)");
+    for m in sp.models.values() {
+        outln!(
+            "  tp{:<3} fixed {:.3} ms, weights {:.3} ms, {:.2} us/token, {:.3} us/token comm, {:.4} us/KV token, {:.3} ns/pair; KV cache {:.0} tokens",
+            m.tp,
+            m.t_fixed * 1e3,
+            m.t_weights * 1e3,
+            m.c_token * 1e6,
+            m.c_comm * 1e6,
+            m.c_kv * 1e6,
+            m.c_pair * 1e9,
+            m.kv_capacity_tokens
+        );
+    }
+    outln!("\nBest deployments ({})", sp.rank.name());
+    for (i, s) in top.iter().enumerate() {
+        outln!(
+            "  {}. {}: {} devices, {:.4} {}, TTFT P99 {:.1} ms, TPOT P99 {:.1} ms",
+            i + 1,
+            report::describe(&s.deployment),
+            s.devices,
+            sp.rank.value(s),
+            match sp.rank {
+                serve::planner::Rank::PerDollar => "requests/$",
+                serve::planner::Rank::PerWatt => "req/s/W",
+                serve::planner::Rank::Goodput => "req/s",
+            },
+            s.ttft.p99 * 1e3,
+            s.tpot.p99 * 1e3
+        );
+    }
+    outln!(
+        "\nSearch      {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        sp.unstable_unsimulated,
+        sp.pruned
+    );
+    if let Some(r) = &rows {
+        out!("{}", sweep_text(r));
+    }
+    ExitCode::SUCCESS
+}
