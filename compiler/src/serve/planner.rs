@@ -128,8 +128,7 @@ fn domain<'a>(p: &'a Plan, k: &str) -> Option<&'a Domain> {
 /// The objective as a ranking; `subject to` is not for serving plans
 /// (their constraints are the workload's SLOs).
 fn rank_of(p: &Plan) -> Result<Rank, PinError> {
-    if let Some(c) = p.constraints.first() {
-        let _ = c;
+    if !p.constraints.is_empty() {
         return Err(error(
             Code::C015,
             "subject to",
