@@ -26,6 +26,8 @@ use crate::point::PinError;
 
 /// The most simulations one plan runs (the rest are reported as skipped).
 pub const MAX_SIMULATIONS: usize = 400;
+/// The most deployments one plan enumerates (C011 above).
+pub const MAX_CANDIDATES: usize = 100_000;
 
 fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinError {
     PinError {
@@ -126,8 +128,7 @@ fn domain<'a>(p: &'a Plan, k: &str) -> Option<&'a Domain> {
 /// The objective as a ranking; `subject to` is not for serving plans
 /// (their constraints are the workload's SLOs).
 fn rank_of(p: &Plan) -> Result<Rank, PinError> {
-    if let Some(c) = p.constraints.first() {
-        let _ = c;
+    if !p.constraints.is_empty() {
         return Err(error(
             Code::C015,
             "subject to",
@@ -185,15 +186,47 @@ fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
     }
 }
 
+/// Replica counts to try for a pool of at most `max` replicas: the
+/// plan's `dp` domain, or every count up to 16 and then powers of two
+/// and `max` (a domain of more than 32 values is thinned the same way),
+/// so that a large system does not make the disaggregated pairs explode.
+fn replica_counts(d: Option<&Domain>, max: u64) -> Vec<u64> {
+    let mut thin: Vec<u64> = (1..=max.min(16)).collect();
+    let mut k = 32;
+    while k < max {
+        thin.push(k);
+        k *= 2;
+    }
+    if max > 16 {
+        thin.push(max);
+    }
+    let v: Vec<u64> = match d {
+        Some(Domain::Auto) | None => thin.clone(),
+        Some(d) => ints(Some(d), Vec::new()),
+    };
+    let mut v: Vec<u64> = v.into_iter().filter(|r| *r <= max).collect();
+    if v.len() > 32 {
+        v.retain(|r| thin.contains(r));
+    }
+    v
+}
+
 /// The candidate deployments of `p` (unordered).
 fn candidates(
     p: &Plan,
     s: &Serve,
     models: &BTreeMap<u64, IterModel>,
     transfer: (f64, f64),
-) -> Vec<Deployment> {
+) -> Result<Vec<Deployment>, usize> {
     let devices = p.system.devices();
-    let seqs = ints(domain(p, "batch"), vec![s.scheduler.max_seqs as i64]);
+    let mut seqs = ints(domain(p, "batch"), vec![s.scheduler.max_seqs as i64]);
+    if seqs.len() > 16 {
+        // A wide domain: its powers of two, largest last.
+        let top = seqs.last().copied();
+        seqs.retain(|m| m.is_power_of_two());
+        seqs.extend(top);
+        seqs.dedup();
+    }
     let reps = domain(p, "dp");
     let limits = |ms: u64| Limits {
         token_budget: s.scheduler.token_budget,
@@ -212,9 +245,22 @@ fn candidates(
         transfer_per_byte: transfer.0,
         transfer_latency: transfer.1,
     };
+    // The space's size before building it (C011 above the limit).
+    let mut size = 0usize;
+    for &tp in models.keys() {
+        let n = replica_counts(reps, devices / tp).len();
+        let dis: usize = models
+            .keys()
+            .map(|t| replica_counts(reps, devices / t).len())
+            .sum();
+        size = size.saturating_add(seqs.len().saturating_mul(n + n * dis));
+    }
+    if size > MAX_CANDIDATES {
+        return Err(size);
+    }
     let mut out = Vec::new();
     for (&tp, m) in models {
-        let rs = ints(reps, (1..=(devices / tp) as i64).collect());
+        let rs = replica_counts(reps, devices / tp);
         for &ms in &seqs {
             if s.disaggregate != Disaggregate::Yes {
                 for &r in rs.iter().filter(|r| *r * tp <= devices) {
@@ -229,8 +275,9 @@ fn candidates(
                 continue;
             }
             for (&tpd, md) in models {
-                for np in 1..devices {
-                    for nd in 1..devices {
+                let nds = replica_counts(reps, devices / tpd);
+                for &np in &rs {
+                    for &nd in &nds {
                         if np * tp + nd * tpd > devices {
                             break;
                         }
@@ -246,7 +293,7 @@ fn candidates(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Iteration models for every tensor-parallel degree the plan allows.
@@ -260,10 +307,16 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let mut out = BTreeMap::new();
     let mut first = None;
-    for tp in ints(domain(p, "tp"), auto) {
-        if tp > p.system.devices() {
-            continue;
-        }
+    let mut tps: Vec<u64> = ints(domain(p, "tp"), auto)
+        .into_iter()
+        .filter(|t| *t <= p.system.devices())
+        .collect();
+    if tps.len() > 16 {
+        // A wide domain: its powers of two (each degree lowers the model).
+        tps.retain(|t| t.is_power_of_two());
+        tps.truncate(16);
+    }
+    for tp in tps {
         match build(&p.workload, &p.system, tp, n, ctx) {
             Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
                 out.insert(tp, m);
@@ -344,7 +397,17 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     } else {
         f64::INFINITY
     };
-    let mut cands = candidates(p, s, &models, xfer);
+    let mut cands = candidates(p, s, &models, xfer).map_err(|n| {
+        error(
+            Code::C011,
+            "search",
+            format!(
+                "plan `{}` would compare {n} serving deployments (the limit is {MAX_CANDIDATES})",
+                p.name
+            ),
+            "narrow `search tp`, `dp` or `batch`, or set `disaggregate = false`",
+        )
+    })?;
     let total = cands.len();
     // Cheapest first; a deterministic order among equals.
     cands.sort_by(|a, b| {
