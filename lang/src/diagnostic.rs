@@ -106,6 +106,7 @@ codes! {
     C016 => "result is not a meaningful number",
     C017 => "no reference rows to fit or validate",
     C018 => "cannot write a fitted efficiency record",
+    C019 => "export target the plan cannot satisfy",
 }
 
 impl fmt::Display for Code {
