@@ -74,7 +74,10 @@ impl std::fmt::Display for Megatron {
 fn not_transformer(why: impl Into<String>) -> ExportError {
     refuse(
         TARGET,
-        format!("the model is not a Megatron GPT-style transformer: {}", why.into()),
+        format!(
+            "the model is not a Megatron GPT-style transformer: {}",
+            why.into()
+        ),
         "Megatron-LM's GPT model needs one repeated transformer layer (attention, norms, an MLP or experts) between a token embedding and an output projection; export DLRM plans with `--export torchrec`",
     )
 }
@@ -299,10 +302,7 @@ fn dense_mlp<'a>(
 
 /// Megatron-LM arguments for a training design point of workload `w`.
 pub fn megatron(e: &Estimate, ir: &Ir, w: &Workload) -> Result<Megatron, ExportError> {
-    let Phase::Train {
-        seq, optimizer, ..
-    } = w.phase
-    else {
+    let Phase::Train { seq, optimizer, .. } = w.phase else {
         return Err(refuse(
             TARGET,
             format!(
@@ -314,9 +314,15 @@ pub fn megatron(e: &Estimate, ir: &Ir, w: &Workload) -> Result<Megatron, ExportE
         ));
     };
     let m = ModelFacts::of(w)?;
-    let seq = seq.or_else(|| w.bindings.get("seq").map(|s| *s as u64)).ok_or_else(|| {
-        refuse(TARGET, "the workload has no sequence length", "set `seq` in `train { ... }`")
-    })?;
+    let seq = seq
+        .or_else(|| w.bindings.get("seq").map(|s| *s as u64))
+        .ok_or_else(|| {
+            refuse(
+                TARGET,
+                "the workload has no sequence length",
+                "set `seq` in `train { ... }`",
+            )
+        })?;
     let mut args = model_args(&m, seq)?;
     args.extend(precision_args(w)?);
     args.extend(parallel_args(e, ir, &m)?);
@@ -449,7 +455,12 @@ fn parallel_args(e: &Estimate, ir: &Ir, m: &ModelFacts) -> Result<Vec<String>, E
     if p.sequence_parallel && p.tp > 1 {
         a.push("--sequence-parallel".into());
     }
-    a.extend(pipeline_split(m.layers, p.pp, p.virtual_stages, &e.stage_layers)?);
+    a.extend(pipeline_split(
+        m.layers,
+        p.pp,
+        p.virtual_stages,
+        &e.stage_layers,
+    )?);
     match p.recompute {
         // Every layer recomputed whole, one at a time.
         Recompute::Full => a.push(
@@ -500,12 +511,15 @@ pub(crate) fn pipeline_split(
     let accounted = v == 1
         && (layers + 2).is_multiple_of(pp)
         && stages.iter().enumerate().all(|(i, n)| {
-            *n == if i == 0 || i as u64 == pp - 1 { k - 1 } else { k }
+            *n == if i == 0 || i as u64 == pp - 1 {
+                k - 1
+            } else {
+                k
+            }
         });
     if accounted {
         return Ok(vec![
-            "--account-for-embedding-in-pipeline-split --account-for-loss-in-pipeline-split"
-                .into(),
+            "--account-for-embedding-in-pipeline-split --account-for-loss-in-pipeline-split".into(),
         ]);
     }
     let chunks: Vec<Vec<u64>> = stages
@@ -622,9 +636,7 @@ mod tests {
         let a = pipeline_split(30, 4, 2, &[7, 8, 8, 7]).expect("split");
         assert_eq!(
             a,
-            vec![
-                "--pipeline-model-parallel-layout \"Et*3|t*4|t*4|t*3|t*4|t*4|t*4|t*4L\""
-            ]
+            vec!["--pipeline-model-parallel-layout \"Et*3|t*4|t*4|t*3|t*4|t*4|t*4|t*4L\""]
         );
     }
 

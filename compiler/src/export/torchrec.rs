@@ -92,6 +92,7 @@ pub fn torchrec(
     let mut extras = Map::new();
     for t in tables {
         let (rows, dim) = shapes.get(&t.table).copied().unwrap_or((0, 0));
+        let name = table_name(&t.table);
         let (sharding, ranks, kernel) = match t.sharding {
             "table_wise" => ("table_wise", t.ranks.clone(), ""),
             "host" => ("row_wise", (0..devices.max(1)).collect(), "uvm"),
@@ -116,7 +117,7 @@ pub fn torchrec(
                 .collect()
         };
         params.insert(
-            t.table.clone(),
+            name.clone(),
             json!({
                 "sharding_type": sharding,
                 "compute_kernel": compute_kernel,
@@ -125,9 +126,10 @@ pub fn torchrec(
             }),
         );
         extras.insert(
-            t.table.clone(),
+            name.clone(),
             json!({
-                "parameter": format!("{MODULE}.embedding_bags.{}.weight", t.table),
+                "name": t.table,
+                "parameter": format!("{MODULE}.embedding_bags.{name}.weight"),
                 "rows": rows,
                 "dim": dim,
                 "bytes": t.bytes,
@@ -140,6 +142,20 @@ pub fn torchrec(
         "plan": { MODULE: params },
         "gantry": { "tables": extras },
     }))
+}
+
+/// A table's name as a TorchRec `EmbeddingBagConfig` name (a module key:
+/// letters, digits and `_`; Gantry's `CriteoTable#3` is `criteotable_3`).
+pub fn table_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn shard(offset: u64, rows: u64, dim: u64, rank: u64, local: u64) -> Value {

@@ -95,11 +95,19 @@ fn simulate(stages: usize, v: usize, m: usize, f: f64, b: f64) -> Option<Vec<Sli
                 done[usize::from(pass == Pass::B)][s][c][mb] = Some(end);
                 free[s] = end;
                 next[s] += 1;
-                let chunk = if v > 1 { format!(".{c}") } else { String::new() };
+                let chunk = if v > 1 {
+                    format!(".{c}")
+                } else {
+                    String::new()
+                };
                 out.push(Slice {
                     tid: s,
                     name: format!("{}{mb}{chunk}", if pass == Pass::F { "F" } else { "B" }),
-                    cat: if pass == Pass::F { "forward" } else { "backward" },
+                    cat: if pass == Pass::F {
+                        "forward"
+                    } else {
+                        "backward"
+                    },
                     start,
                     end,
                 });
@@ -144,7 +152,9 @@ pub fn trace(e: &Estimate, phase: &Phase) -> Value {
             .iter()
             .map(|s| s.to_string()),
     );
-    let mut events = vec![json!({ "name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": { "name": format!("gantry: {}", e.point) } })];
+    let mut events = vec![
+        json!({ "name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": { "name": format!("gantry: {}", e.point) } }),
+    ];
     for (tid, n) in names.iter().enumerate() {
         events.push(json!({ "name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": { "name": n } }));
         events.push(json!({ "name": "thread_sort_index", "ph": "M", "pid": 0, "tid": tid, "args": { "sort_index": tid } }));
@@ -237,8 +247,20 @@ fn tail(e: &Estimate, stages: usize, at: f64, out: &mut Vec<Slice>) -> f64 {
             *at += d;
         }
     };
-    push(stages, "gradient reduction (exposed)", "communication", t.dp_exposed, &mut at);
-    push(stages + 1, "optimizer step", "optimizer", t.optimizer, &mut at);
+    push(
+        stages,
+        "gradient reduction (exposed)",
+        "communication",
+        t.dp_exposed,
+        &mut at,
+    );
+    push(
+        stages + 1,
+        "optimizer step",
+        "optimizer",
+        t.optimizer,
+        &mut at,
+    );
     // What remains of the priced step: embedding all-to-all and host
     // lookups (training), the fixed overhead.
     let overhead = if e.slot > 0.0 {
@@ -254,4 +276,92 @@ fn tail(e: &Estimate, stages: usize, at: f64, out: &mut Vec<Slice>) -> f64 {
         &mut at,
     );
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pass, simulate, stage_order, us};
+
+    /// The simulated schedule ends where the cost model's formula does,
+    /// `(m v + pp - 1)` chunk slots, for 1F1B and interleaved schedules.
+    #[test]
+    fn schedule_length_is_the_priced_one() {
+        for (stages, v, m) in [
+            (1, 1, 5),
+            (4, 1, 8),
+            (4, 1, 2),
+            (8, 1, 64),
+            (4, 2, 8),
+            (4, 3, 12),
+            (8, 4, 16),
+            (3, 2, 6),
+        ] {
+            let (f, b) = (1.0, 2.0);
+            let s = simulate(stages, v, m, f, b).expect("no deadlock");
+            assert_eq!(s.len(), 2 * stages * v * m);
+            let end = s.iter().map(|x| x.end).fold(0.0, f64::max);
+            let priced = (m * v + stages - 1) as f64 * (f + b);
+            assert!(
+                (end - priced).abs() < 1e-9,
+                "pp={stages} v={v} m={m}: {end} vs {priced}"
+            );
+        }
+    }
+
+    /// 1F1B: stage `s` warms up with `pp - s - 1` forwards, so the stages
+    /// start their first backward at different times, the last stage
+    /// first, and each backward waits for the next stage's.
+    #[test]
+    fn one_f_one_b_backwards_start_in_stage_order() {
+        let order = stage_order(4, 0, 1, 8);
+        assert_eq!(
+            order[..4].iter().map(|o| o.0).collect::<Vec<_>>(),
+            [Pass::F; 4]
+        );
+        assert_eq!(order[4].0, Pass::B);
+        let s = simulate(4, 1, 8, 1.0, 2.0).expect("schedule");
+        let first_b = |st: usize| {
+            s.iter()
+                .filter(|x| x.tid == st && x.name == "B0")
+                .map(|x| x.start)
+                .next()
+                .expect("B0")
+        };
+        for st in 0..3 {
+            assert!(first_b(st) >= first_b(st + 1) + 2.0, "stage {st}");
+        }
+    }
+
+    /// Interleaved: stage 0 runs chunk 0 of microbatches 0..pp, then
+    /// chunk 1, as Megatron-LM orders it.
+    #[test]
+    fn interleaved_order_alternates_chunks() {
+        let names: Vec<_> = stage_order(2, 0, 2, 4).into_iter().take(4).collect();
+        assert_eq!(
+            names,
+            [
+                (Pass::F, 0, 0),
+                (Pass::F, 0, 1),
+                (Pass::F, 1, 0),
+                (Pass::F, 1, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn microseconds_give_back_the_nanoseconds() {
+        for ns in [
+            0i64,
+            1,
+            999,
+            1_234_567,
+            11_490_000_001,
+            19_484_566_381,
+            123_456_789_123,
+        ] {
+            let v = us(ns);
+            assert_eq!((v * 1000.0).trunc() as i64, ns);
+            assert_eq!((v * 1000.0).round() as i64, ns);
+        }
+    }
 }
