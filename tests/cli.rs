@@ -172,7 +172,7 @@ fn search_with_exports() {
     assert!(out.contains("--tensor-model-parallel-size"));
     let (code, out, _) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "torchrec"]);
     assert_eq!(code, 0);
-    assert!(out.contains("gantry.torchrec/1"));
+    assert!(out.contains("gantry.torchrec/2"));
 }
 
 #[test]
@@ -817,7 +817,7 @@ fn export_output_keeps_stdout_one_document() {
     assert!(out.starts_with("plan "), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&torch).expect("written")).expect("json");
-    assert_eq!(v["schema"], "gantry.torchrec/1");
+    assert_eq!(v["schema"], "gantry.torchrec/2");
     // --output needs --export; an unwritable path is a usage error.
     assert_eq!(gantry(&["plan", file, "--output", "x.txt"]).0, 2);
     let (code, _, _) = gantry(&[
