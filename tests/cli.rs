@@ -173,6 +173,26 @@ fn search_with_exports() {
     let (code, out, _) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "torchrec"]);
     assert_eq!(code, 0);
     assert!(out.contains("gantry.torchrec/2"));
+    // A target the plan cannot satisfy: exit 1, C019, no artifact.
+    let (code, out, err) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "megatron"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C019]") && !out.contains("--num-layers"),
+        "{err}"
+    );
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/reference/b01_22b.gantry",
+        "--plan",
+        "b01_gpt_22b_sp_selective",
+        "--export",
+        "torchrec",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C019]") && !out.contains("gantry.torchrec"),
+        "{err}"
+    );
 }
 
 #[test]
