@@ -424,6 +424,18 @@ line is allowed), with arrival times finite, non-negative and non-decreasing and
 counts from 1 to 2^24. The message names the file and the first bad line.\n\
 Fix: correct the file, or give the path relative to the `.gantry` file that declares it."
         }
+        "C021" => {
+            "`gantry plan --export TARGET` was asked for an artifact the chosen plan cannot be \
+written as: a Megatron-LM export of a model that is not transformer-shaped (a DLRM, a \
+block without exactly one attention, an activation Megatron has no flag for), of a serving \
+(prefill or decode) plan, or of a point Megatron cannot express (an optimizer it lacks, \
+ZeRO-2/3 with HSDP replicas); a TorchRec plan of a model without embedding-bag tables, or \
+with a table that fits nowhere (`unplaced`). The message names the reason; nothing is \
+written and the exit code is 1, so no empty or wrong artifact reaches a launcher.\n\
+Fix: export the plan to the framework that runs it (`megatron`/`trace` for transformers, \
+`torchrec` for embedding tables), or pin the knob the message names to a value the \
+framework supports."
+        }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \

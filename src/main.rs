@@ -791,12 +791,31 @@ fn search_cmd(
         out!("{report}");
         return ExitCode::SUCCESS;
     };
-    let mut text = match kind {
-        ExportKind::Megatron => ex::megatron(best, &s.best.ir),
-        ExportKind::Torchrec => {
-            serde_json::to_string_pretty(&ex::torchrec(&s.tables)).unwrap_or_default()
+    let exported = match kind {
+        ExportKind::Megatron => ex::megatron(best, &s.best.ir, &p.workload).map(|m| m.to_string()),
+        ExportKind::Torchrec => ex::torchrec(
+            &s.tables,
+            &p.workload,
+            best.devices,
+            p.system.node.devices_per_node,
+        )
+        .map(|j| serde_json::to_string_pretty(&j).unwrap_or_default()),
+        ExportKind::Trace => {
+            Ok(serde_json::to_string(&ex::trace(best, &p.workload.phase)).unwrap_or_default())
         }
-        ExportKind::Trace => serde_json::to_string(&ex::trace(best)).unwrap_or_default(),
+    };
+    let mut text = match exported {
+        Ok(t) => t,
+        Err(e) => {
+            // The report goes where it would have gone; no export is written.
+            if output.is_some() {
+                out!("{report}");
+            } else {
+                eprint!("{report}");
+            }
+            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            return ExitCode::from(1);
+        }
     };
     if !text.ends_with('\n') {
         text.push('\n');

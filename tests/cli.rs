@@ -172,7 +172,27 @@ fn search_with_exports() {
     assert!(out.contains("--tensor-model-parallel-size"));
     let (code, out, _) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "torchrec"]);
     assert_eq!(code, 0);
-    assert!(out.contains("gantry.torchrec/1"));
+    assert!(out.contains("gantry.torchrec/2"));
+    // A target the plan cannot satisfy: exit 1, C021, no artifact.
+    let (code, out, err) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "megatron"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C021]") && !out.contains("--num-layers"),
+        "{err}"
+    );
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/reference/b01_22b.gantry",
+        "--plan",
+        "b01_gpt_22b_sp_selective",
+        "--export",
+        "torchrec",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C021]") && !out.contains("gantry.torchrec"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -817,7 +837,7 @@ fn export_output_keeps_stdout_one_document() {
     assert!(out.starts_with("plan "), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&torch).expect("written")).expect("json");
-    assert_eq!(v["schema"], "gantry.torchrec/1");
+    assert_eq!(v["schema"], "gantry.torchrec/2");
     // --output needs --export; an unwritable path is a usage error.
     assert_eq!(gantry(&["plan", file, "--output", "x.txt"]).0, 2);
     let (code, _, _) = gantry(&[

@@ -7,7 +7,7 @@
 //!   every example, searched and at the found point with `--fix`;
 //! - `--export trace` (`gantry.trace.v1.json`) for the plans of the
 //!   top-level examples (not `reference/`, not DLRM inference) and
-//!   `--export torchrec` (`gantry.torchrec.v1.json`) for the DLRM plans.
+//!   `--export torchrec` (`gantry.torchrec.v2.json`) for the DLRM plans.
 //!
 //! The schemas forbid unknown fields (`additionalProperties: false`) and
 //! require every field that is always written, so a field added to an
@@ -241,7 +241,7 @@ fn every_json_output_matches_its_schema() {
     let mut diagnostics = Schema::load("gantry.diagnostics.v1");
     let mut plan = Schema::load("gantry.plan.v2");
     let mut trace = Schema::load("gantry.trace.v1");
-    let mut torchrec = Schema::load("gantry.torchrec.v1");
+    let mut torchrec = Schema::load("gantry.torchrec.v2");
     let mut serve = Schema::load("gantry.serve.v1");
     let mut serve_plans = 0;
     let examples = files("examples");

@@ -163,6 +163,13 @@ pub struct Estimate {
     pub comms: Vec<Comm>,
     /// Layers per pipeline stage.
     pub stage_layers: Vec<u64>,
+    /// Training: one pipeline slot of the slowest stage (one microbatch's
+    /// forward and backward, with its exposed sends), in seconds; the
+    /// pipeline runs `m + (pp - 1) / v` of them. 0 in inference.
+    pub slot: f64,
+    /// Of [`Estimate::slot`], the forward pass (its compute, exposed
+    /// tensor-parallel collectives and expert all-to-all).
+    pub slot_forward: f64,
     pub samples_per_step: f64,
     pub tokens_per_step: f64,
     pub model_flops: f64,
@@ -757,6 +764,16 @@ impl Evaluator<'_> {
         let (slow, t_stage) = (0..n_stages)
             .map(|i| (i, stage_time(i)))
             .fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
+        // The forward share of the slowest stage's slot (the trace export
+        // draws the slot as this forward and the rest as backward).
+        let fwd_time = |s: &SegCost| s.fwd.total() + self.tp_exposed(s, false) + s.a2a;
+        let t_stage_fwd = stage_layers[slow] as f64 * fwd_time(&body)
+            + if slow == 0 { fwd_time(&pro) } else { 0.0 }
+            + if slow == n_stages - 1 {
+                fwd_time(&epi)
+            } else {
+                0.0
+            };
 
         // Pipeline sends: the hidden state of one microbatch, split across
         // tensor-parallel ranks (Megatron's scatter/gather), each way.
@@ -1286,6 +1303,8 @@ impl Evaluator<'_> {
             memory,
             comms,
             stage_layers,
+            slot,
+            slot_forward: t_stage_fwd.min(slot),
             samples_per_step: samples,
             tokens_per_step: if ir.tokens_per_sample > 1.0 {
                 samples * ir.tokens_per_sample
@@ -1437,6 +1456,8 @@ impl Evaluator<'_> {
             memory,
             comms,
             stage_layers,
+            slot: 0.0,
+            slot_forward: 0.0,
             samples_per_step: samples,
             tokens_per_step: if ir.tokens_per_sample > 1.0
                 || matches!(ir.phase, Phase::Decode { .. })

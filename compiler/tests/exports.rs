@@ -1,0 +1,331 @@
+//! Exports: Megatron-LM arguments from the model graph and the design
+//! point, a TorchRec plan in TorchRec's structure, and the trace's
+//! invariants (ordering per stage, no overlap, total = step time), plus
+//! the C021 refusals. Every case is one evaluated point: fast.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use gantry_compiler::export;
+use gantry_compiler::ir::lower;
+use gantry_compiler::placement;
+use gantry_compiler::plan::{Evaluation, evaluate};
+use gantry_compiler::point::parse_fix;
+use gantry_lang::diagnostic::Code;
+use gantry_lang::program::Plan;
+use serde_json::Value;
+
+fn at(file: &str, plan: Option<&str>, fix: &str) -> (Plan, Evaluation) {
+    let p = common::plan(file, plan);
+    let pins = if fix.is_empty() {
+        BTreeMap::new()
+    } else {
+        parse_fix(fix).expect("pins")
+    };
+    let ev = evaluate(&p, &pins).expect("point");
+    (p, ev)
+}
+
+fn megatron(p: &Plan, ev: &Evaluation) -> String {
+    export::megatron(&ev.estimate, &ev.ir, &p.workload)
+        .expect("megatron")
+        .to_string()
+}
+
+fn has(args: &str, flags: &[&str]) {
+    for f in flags {
+        assert!(args.contains(f), "{f} missing from {args}");
+    }
+}
+
+#[test]
+fn megatron_gpt_has_the_model_and_the_point() {
+    let (p, ev) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "",
+    );
+    let a = megatron(&p, &ev);
+    has(
+        &a,
+        &[
+            "export CUDA_DEVICE_MAX_CONNECTIONS=1\n",
+            "--num-layers 96 ",
+            "--hidden-size 12288 ",
+            "--ffn-hidden-size 49152 ",
+            "--num-attention-heads 96 ",
+            "--seq-length 2048 ",
+            "--max-position-embeddings 2048 --position-embedding-type learned_absolute",
+            "--normalization LayerNorm",
+            "--attention-dropout 0.1 --hidden-dropout 0.1",
+            "--tokenizer-type NullTokenizer --vocab-size 51200",
+            "--bf16",
+            "--tensor-model-parallel-size 8",
+            "--pipeline-model-parallel-size 8",
+            "--sequence-parallel",
+            "--recompute-granularity selective",
+            "--micro-batch-size 1",
+            "--global-batch-size 64",
+            "--optimizer adam",
+        ],
+    );
+    for absent in [
+        "--swiglu",
+        "--disable-bias-linear",
+        "--group-query-attention",
+    ] {
+        assert!(!a.contains(absent), "{absent} in {a}");
+    }
+}
+
+/// Llama 3 405B on Meta's mesh: the cost model's split leaves the first
+/// and last stage one layer short, which is Megatron's split with the
+/// embedding and the loss counted as layers.
+#[test]
+fn megatron_llama_uneven_stages_and_zero() {
+    let fix = "tp=8,pp=16,cp=1,dp=128,zero=1,recompute=full,microbatch=1,virtual_stages=1";
+    let (p, ev) = at("examples/llm_train.gantry", Some("llama3_405b_meta"), fix);
+    assert_eq!(
+        ev.estimate.stage_layers[0], 7,
+        "{:?}",
+        ev.estimate.stage_layers
+    );
+    let a = megatron(&p, &ev);
+    has(
+        &a,
+        &[
+            "--group-query-attention --num-query-groups 8",
+            "--swiglu",
+            "--ffn-hidden-size 53248",
+            "--normalization RMSNorm",
+            "--position-embedding-type rope",
+            "--disable-bias-linear",
+            "--untie-embeddings-and-output-weights",
+            "--vocab-size 128256",
+            "--account-for-embedding-in-pipeline-split --account-for-loss-in-pipeline-split",
+            "--use-distributed-optimizer",
+            "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1",
+        ],
+    );
+    // ZeRO-2 and -3 are Megatron-FSDP, which refuses CUDA_DEVICE_MAX_CONNECTIONS=1.
+    for (z, strategy) in [(2, "optim_grads "), (3, "optim_grads_params ")] {
+        let fix = format!("tp=8,pp=16,cp=1,dp=128,zero={z},recompute=full,microbatch=1");
+        let (p, ev) = at("examples/llm_train.gantry", Some("llama3_405b_meta"), &fix);
+        let a = megatron(&p, &ev);
+        has(
+            &a,
+            &[
+                "--use-megatron-fsdp",
+                &format!("--data-parallel-sharding-strategy {strategy}"),
+            ],
+        );
+        assert!(
+            !a.contains("CUDA_DEVICE_MAX_CONNECTIONS")
+                && !a.contains("--use-distributed-optimizer")
+        );
+    }
+}
+
+#[test]
+fn megatron_mixtral_has_the_experts() {
+    let fix = "tp=2,pp=4,ep=8,dp=64,zero=1,recompute=selective,microbatch=1,sequence_parallel=true";
+    let (p, ev) = at(
+        "examples/moe_train.gantry",
+        Some("mixtral_8x7b_pretrain_512"),
+        fix,
+    );
+    let a = megatron(&p, &ev);
+    has(
+        &a,
+        &[
+            "--num-experts 8 --moe-router-topk 2 --moe-ffn-hidden-size 14336",
+            "--expert-model-parallel-size 8",
+            "--swiglu",
+        ],
+    );
+}
+
+/// The exports a plan cannot satisfy are C021 errors, not empty artifacts.
+#[test]
+fn wrong_targets_are_refused_with_c019() {
+    let (p, ev) = at("examples/dlrm_train.gantry", None, "");
+    let e = export::megatron(&ev.estimate, &ev.ir, &p.workload).expect_err("dlrm");
+    assert_eq!(e.code, Code::C021);
+    assert!(e.message.contains("not a Megatron"), "{}", e.message);
+    let (p, ev) = at("examples/llm_decode.gantry", None, "");
+    let e = export::megatron(&ev.estimate, &ev.ir, &p.workload).expect_err("decode");
+    assert!(e.message.contains("decode"), "{}", e.message);
+    let (p, ev) = at(
+        "examples/dlrm_train.gantry",
+        Some("dlrm_large_train_adagrad_a100"),
+        "",
+    );
+    assert!(export::megatron(&ev.estimate, &ev.ir, &p.workload).is_err());
+    let (p, _) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "",
+    );
+    let e = export::torchrec(&[], &p.workload, 64, 8).expect_err("no tables");
+    assert_eq!(e.code, Code::C021);
+}
+
+#[test]
+fn torchrec_plan_has_torchrecs_structure() {
+    let d = common::plan("examples/reference/c02_dlrm_large_8gpu.gantry", None);
+    let ir = lower(&d.workload).expect("ir");
+    let tables = placement::tables(&ir, 8, 70e9, false, 0.1);
+    let j = export::torchrec(&tables, &d.workload, 8, 8).expect("plan");
+    let plan = j["plan"]["sparse_arch.embedding_bag_collection"]
+        .as_object()
+        .expect("module");
+    assert_eq!(plan.len(), 26);
+    for (name, ps) in plan {
+        assert!(!name.contains('#'), "{name}");
+        let extra = &j["gantry"]["tables"][name];
+        let rows = extra["rows"].as_u64().expect("rows");
+        let spec = ps["sharding_spec"].as_array().expect("spec");
+        assert_eq!(spec.len(), ps["ranks"].as_array().expect("ranks").len());
+        let covered: u64 = spec
+            .iter()
+            .map(|s| s["shard_sizes"][0].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(covered, rows, "{name}");
+        assert_eq!(ps["compute_kernel"], "fused");
+        assert!(ps.get("bytes").is_none());
+        assert!(
+            extra["parameter"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&format!("embedding_bags.{name}.weight")))
+        );
+    }
+    // Too little HBM: with host memory the tables are row-wise with the UVM
+    // kernel on every rank; without, an error naming the table.
+    let tables = placement::tables(&ir, 8, 1e9, true, 0.1);
+    let j = export::torchrec(&tables, &d.workload, 8, 8).expect("plan");
+    let host: Vec<&Value> = j["plan"]["sparse_arch.embedding_bag_collection"]
+        .as_object()
+        .expect("module")
+        .values()
+        .filter(|t| t["compute_kernel"] == "fused_uvm")
+        .collect();
+    assert!(!host.is_empty());
+    assert!(
+        host.iter().all(|t| t["sharding_type"] == "row_wise"
+            && t["ranks"].as_array().is_some_and(|r| r.len() == 8))
+    );
+    let tables = placement::tables(&ir, 8, 1e9, false, 0.1);
+    let e = export::torchrec(&tables, &d.workload, 8, 8).expect_err("unplaced");
+    assert!(e.message.contains("fits in no rank"), "{}", e.message);
+}
+
+/// Slices per track in integer nanoseconds: (start, end, name).
+fn tracks(t: &Value) -> BTreeMap<u64, Vec<(i64, i64, String)>> {
+    let mut out: BTreeMap<u64, Vec<(i64, i64, String)>> = BTreeMap::new();
+    for e in t["traceEvents"].as_array().expect("events") {
+        if e["ph"] != "X" {
+            continue;
+        }
+        let ts = e["ts"].as_f64().expect("ts") * 1000.0;
+        let dur = e["dur"].as_f64().expect("dur") * 1000.0;
+        // Truncating (Perfetto's import) and rounding agree.
+        assert_eq!(ts.trunc(), ts.round(), "{e}");
+        assert_eq!(dur.trunc(), dur.round(), "{e}");
+        let name = e["name"].as_str().expect("name").to_string();
+        out.entry(e["tid"].as_u64().expect("tid"))
+            .or_default()
+            .push((ts as i64, (ts + dur).round() as i64, name));
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+fn check_trace(t: &Value, step: f64, stages: usize) -> BTreeMap<u64, Vec<(i64, i64, String)>> {
+    let tr = tracks(t);
+    for (tid, v) in &tr {
+        for w in v.windows(2) {
+            assert!(
+                w[0].1 <= w[1].0,
+                "track {tid}: {:?} overlaps {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    let end = tr
+        .values()
+        .flat_map(|v| v.iter().map(|s| s.1))
+        .max()
+        .expect("slices");
+    assert!(
+        (end - (step * 1e9).round() as i64).abs() <= 1,
+        "{end} vs {step}"
+    );
+    let names: Vec<&str> = t["traceEvents"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["ph"] == "M")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(names.contains(&"process_name"));
+    assert!(names.iter().filter(|n| **n == "thread_name").count() >= stages);
+    tr
+}
+
+/// 1F1B on 8 stages: no overlap, the step's length, each forward after
+/// the previous stage's and each backward after the next stage's; the
+/// stages start their first backward at different times.
+#[test]
+fn trace_is_the_priced_one_f_one_b() {
+    let (p, ev) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "virtual_stages=1",
+    );
+    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let tr = check_trace(&t, ev.estimate.time.step, 8);
+    let find = |s: u64, n: &str| {
+        tr[&s]
+            .iter()
+            .find(|x| x.2 == n)
+            .map(|x| (x.0, x.1))
+            .unwrap_or_else(|| panic!("{n} on stage {s}"))
+    };
+    for mb in [0, 17, 63] {
+        for s in 1..8 {
+            assert!(find(s, &format!("F{mb}")).0 >= find(s - 1, &format!("F{mb}")).1);
+            assert!(find(s - 1, &format!("B{mb}")).0 >= find(s, &format!("B{mb}")).1);
+        }
+    }
+    let first_b: Vec<i64> = (0..8).map(|s| find(s, "B0").0).collect();
+    assert!(first_b.windows(2).all(|w| w[0] > w[1]), "{first_b:?}");
+    assert_eq!(tr[&0].len(), 2 * 64);
+}
+
+/// Interleaved: chunks named, stage 0 runs chunk 0 of microbatches
+/// 0..pp before chunk 1; inference has no backward.
+#[test]
+fn trace_interleaved_and_inference() {
+    let (p, ev) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "virtual_stages=2",
+    );
+    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let tr = check_trace(&t, ev.estimate.time.step, 8);
+    let order: Vec<&str> = tr[&0].iter().take(10).map(|x| x.2.as_str()).collect();
+    assert_eq!(
+        &order[..9],
+        [
+            "F0.0", "F1.0", "F2.0", "F3.0", "F4.0", "F5.0", "F6.0", "F7.0", "F0.1"
+        ]
+    );
+    let (p, ev) = at("examples/llm_decode.gantry", None, "");
+    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let tr = check_trace(&t, ev.estimate.time.step, ev.estimate.point.pp as usize);
+    assert!(tr.values().flatten().all(|s| !s.2.starts_with('B')));
+}
