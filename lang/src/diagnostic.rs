@@ -109,6 +109,7 @@ codes! {
     C018 => "cannot write a fitted efficiency record",
     C019 => "no serving configuration meets the SLOs",
     C020 => "serving trace cannot be read",
+    C025 => "no fleet meets the demand",
 }
 
 impl fmt::Display for Code {
