@@ -22,6 +22,8 @@
 pub mod economics;
 pub mod reliability;
 pub mod report;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -316,6 +318,92 @@ fn fleet(choice: Vec<usize>, table: &[Vec<Result<Pool, String>>]) -> Option<Flee
     })
 }
 
+/// The fleets [`choose`] picks: systems by demand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    /// The cheapest pooled fleet within the cap, or the least provisioned
+    /// power any fleet meeting the demand needs (when none fits).
+    pub pooled: Result<Vec<usize>, f64>,
+    /// The system of the cheapest homogeneous fleet within the cap.
+    pub homogeneous: Option<usize>,
+}
+
+/// Total cost and provisioned power of a choice, if every pool exists.
+fn totals(costs: &[Vec<Option<(f64, f64)>>], choice: &[usize]) -> Option<(f64, f64)> {
+    choice
+        .iter()
+        .enumerate()
+        .try_fold((0.0, 0.0), |(c, p), (d, &s)| {
+            let (dc, dp) = costs[d][s]?;
+            Some((c + dc, p + dp))
+        })
+}
+
+/// Picks fleets from `costs[demand][system]` = (cost, provisioned power)
+/// of a pool meeting that demand on that system (None: it cannot) under
+/// the power cap `cap`. Pooled: each demand's cheapest system; if
+/// together they exceed the cap, every combination up to
+/// [`MAX_COMBINATIONS`]; and never more costly than the homogeneous
+/// fleet, which is among the choices. Arithmetic only, so the fleet
+/// properties are tested on random tables.
+pub fn choose(costs: &[Vec<Option<(f64, f64)>>], cap: f64) -> Choice {
+    let demands = costs.len();
+    let systems = costs.first().map_or(0, Vec::len);
+    let mut homogeneous: Option<(usize, f64)> = None;
+    for s in 0..systems {
+        if let Some((c, p)) = totals(costs, &vec![s; demands])
+            && p <= cap
+            && homogeneous.is_none_or(|h| c < h.1)
+        {
+            homogeneous = Some((s, c));
+        }
+    }
+    let cheapest: Vec<usize> = costs
+        .iter()
+        .map(|row| {
+            let cost = |i: usize| row[i].map_or(f64::INFINITY, |x| x.0);
+            (0..systems).fold(0, |b, s| if cost(s) < cost(b) { s } else { b })
+        })
+        .collect();
+    let mut pooled: Option<(Vec<usize>, f64)> = totals(costs, &cheapest)
+        .filter(|t| t.1 <= cap)
+        .map(|t| (cheapest, t.0));
+    let combinations = systems.checked_pow(demands as u32).unwrap_or(usize::MAX);
+    if pooled.is_none() && combinations <= MAX_COMBINATIONS {
+        for mut i in 0..combinations {
+            let mut choice = Vec::with_capacity(demands);
+            for _ in 0..demands {
+                choice.push(i % systems);
+                i /= systems;
+            }
+            if let Some((c, p)) = totals(costs, &choice)
+                && p <= cap
+                && pooled.as_ref().is_none_or(|b| c < b.1)
+            {
+                pooled = Some((choice, c));
+            }
+        }
+    }
+    if let Some((s, c)) = homogeneous
+        && pooled.as_ref().is_none_or(|b| c < b.1)
+    {
+        pooled = Some((vec![s; demands], c));
+    }
+    let least: f64 = costs
+        .iter()
+        .map(|row| {
+            row.iter()
+                .flatten()
+                .map(|x| x.1)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    Choice {
+        pooled: pooled.map(|p| p.0).ok_or(least),
+        homogeneous: homogeneous.map(|h| h.0),
+    }
+}
+
 /// Chooses the cheapest pooled and homogeneous fleets within the site's
 /// power cap from a table of sized pools (`table[demand][system]`).
 pub fn assemble(
@@ -323,95 +411,50 @@ pub fn assemble(
     site: &Site,
     table: Vec<Vec<Result<Pool, String>>>,
 ) -> Result<Answer, Unmet> {
-    let systems = table.first().map_or(0, Vec::len);
-    let cap = site.power_cap.unwrap_or(f64::INFINITY);
-    let fits = |f: &Fleet| f.provisioned <= cap;
-    // A workload no system can serve names each system's reason.
+    // A workload no system can serve names the first system's reason.
     for (d, row) in table.iter().enumerate() {
         if row.iter().all(Result::is_err) {
-            let why: Vec<String> = row
-                .iter()
-                .filter_map(|r| r.as_ref().err().cloned())
-                .collect();
+            let why = row.iter().find_map(|r| r.as_ref().err().cloned());
             return Err(Unmet {
                 message: format!(
                     "no system of the sweep meets the demand of `{}`: {}",
                     demand[d].workload,
-                    why.first().cloned().unwrap_or_default()
+                    why.unwrap_or_default()
                 ),
                 help: "add larger or faster systems to the sweep, relax the demand or its deadline, or widen the plan's search".into(),
             });
         }
     }
-    let better = |a: &Option<Fleet>, b: &Fleet| a.as_ref().is_none_or(|a| b.cost < a.cost);
-    let mut homogeneous: Option<Fleet> = None;
-    for s in 0..systems {
-        if let Some(f) = fleet(vec![s; demand.len()], &table)
-            && fits(&f)
-            && better(&homogeneous, &f)
-        {
-            homogeneous = Some(f);
-        }
-    }
-    // The cheapest pool per workload; the cap couples them only when
-    // together they exceed it.
-    let cheapest: Vec<usize> = table
+    let costs: Vec<Vec<Option<(f64, f64)>>> = table
         .iter()
         .map(|row| {
-            let mut best = 0;
-            for (s, p) in row.iter().enumerate() {
-                let cost = |i: usize| row[i].as_ref().map_or(f64::INFINITY, |p| p.tco.total);
-                if p.is_ok() && cost(s) < cost(best) {
-                    best = s;
-                }
-            }
-            best
+            row.iter()
+                .map(|p| {
+                    p.as_ref()
+                        .ok()
+                        .map(|p| (p.tco.total, p.tco.provisioned_power))
+                })
+                .collect()
         })
         .collect();
-    let mut pooled = fleet(cheapest, &table).filter(fits);
-    let combinations = systems
-        .checked_pow(demand.len() as u32)
-        .unwrap_or(usize::MAX);
-    if pooled.is_none() && combinations <= MAX_COMBINATIONS {
-        for mut i in 0..combinations {
-            let mut choice = Vec::with_capacity(demand.len());
-            for _ in 0..demand.len() {
-                choice.push(i % systems);
-                i /= systems;
-            }
-            if let Some(f) = fleet(choice, &table)
-                && fits(&f)
-                && better(&pooled, &f)
-            {
-                pooled = Some(f);
-            }
-        }
-    }
-    // Never worse than one system for all (also past the enumeration limit).
-    if let Some(h) = &homogeneous
-        && better(&pooled, h)
-    {
-        pooled = Some(h.clone());
-    }
-    let Some(pooled) = pooled else {
-        let least = fleet(
-            table
-                .iter()
-                .map(|row| {
-                    let p = |i: usize| {
-                        row[i]
-                            .as_ref()
-                            .map_or(f64::INFINITY, |p| p.tco.provisioned_power)
-                    };
-                    (0..systems)
-                        .min_by(|&a, &b| p(a).total_cmp(&p(b)))
-                        .unwrap_or(0)
-                })
-                .collect(),
-            &table,
-        );
-        let need = least.map_or(f64::INFINITY, |f| f.provisioned);
-        return Err(Unmet {
+    let cap = site.power_cap.unwrap_or(f64::INFINITY);
+    let choice = choose(&costs, cap);
+    let homogeneous = choice
+        .homogeneous
+        .and_then(|s| fleet(vec![s; demand.len()], &table));
+    match choice.pooled {
+        Ok(c) => match fleet(c, &table) {
+            Some(pooled) => Ok(Answer {
+                pooled,
+                homogeneous,
+                table,
+            }),
+            None => Err(Unmet {
+                message: "no fleet meets the demand".into(),
+                help: String::new(),
+            }),
+        },
+        Err(need) => Err(Unmet {
             message: format!(
                 "the site's power cap of {:.3} MW binds: the least power-hungry fleet meeting the demand provisions {:.3} MW, short by {:.3} MW",
                 cap / 1e6,
@@ -419,11 +462,6 @@ pub fn assemble(
                 (need - cap) / 1e6
             ),
             help: "raise `power_cap`, relax the demand, or sweep more efficient systems".into(),
-        });
-    };
-    Ok(Answer {
-        pooled,
-        homogeneous,
-        table,
-    })
+        }),
+    }
 }
