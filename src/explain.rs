@@ -436,6 +436,16 @@ Fix: export the plan to the framework that runs it (`megatron`/`trace` for trans
 `torchrec` for embedding tables), or pin the knob the message names to a value the \
 framework supports."
         }
+        "C025" => {
+            "A study's `demand` cannot be met: either no system of the sweep meets one \
+workload's demand (the message names the workload and the first system's reason: the most a \
+training job delivers after failures and its shortfall, a node over the site's rack power, a \
+workload that delivers no tokens), or every fleet that meets all demands provisions more power \
+than the site's `power_cap` (the message names the cap, the least power a fleet meeting the \
+demand provisions, and the shortfall in MW).\n\
+Fix: add larger or faster systems to the sweep, relax the demand or its deadline, raise the \
+site's `power_cap` or `rack_power`, or widen the plan's search."
+        }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \

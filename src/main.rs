@@ -861,11 +861,29 @@ fn study_cmd(file: &str, study: Option<&str>, lib: &[PathBuf]) -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    let mut code = ExitCode::SUCCESS;
     for st in studies {
+        if st.demand.is_empty() {
+            out!(
+                "{}",
+                gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st))
+            );
+            continue;
+        }
         out!(
-            "{}",
-            gantry_compiler::report::study_text(st, &gantry_compiler::study::run(st))
+            "study {}: {} systems x {} demands, the cheapest fleet meeting the demand\n",
+            st.name,
+            st.systems.len(),
+            st.demand.len()
         );
+        match gantry_compiler::fleet::run(st) {
+            Ok(Some(a)) => out!("{}", gantry_compiler::fleet::report::text(&a)),
+            Ok(None) => {}
+            Err(u) => {
+                eprintln!("error[C025]: {}\n  help: {}", u.message, u.help);
+                code = ExitCode::from(1);
+            }
+        }
     }
-    ExitCode::SUCCESS
+    code
 }

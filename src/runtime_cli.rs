@@ -185,6 +185,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         price: None,
         cores: None,
         efficiency: BTreeMap::new(),
+        own: Default::default(),
         span,
     };
     let node = Node {
@@ -204,6 +205,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         host_memory: None,
         power_overhead: 0.0,
         price: None,
+        own: Default::default(),
         span,
     };
     Cluster {

@@ -9,6 +9,7 @@ pub mod egraph;
 pub mod explain;
 pub mod export;
 pub mod fit;
+pub mod fleet;
 pub mod hardware;
 pub mod ir;
 pub mod memory;

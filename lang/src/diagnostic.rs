@@ -110,6 +110,7 @@ codes! {
     C019 => "no serving configuration meets the SLOs",
     C020 => "serving trace cannot be read",
     C021 => "export target the plan cannot satisfy",
+    C025 => "no fleet meets the demand",
 }
 
 impl fmt::Display for Code {

@@ -827,7 +827,7 @@ fn unit_help(w: &str) -> String {
     if lower.starts_with("gbps") || lower.ends_with("bps") {
         return "bandwidths are written `Gb/s` (bits) or `GB/s` (bytes)".into();
     }
-    "units are FLOP, B (bytes), b (bits), s, ms, us, ns, h, min, W, J and $, with prefixes k M G T P E or Ki Mi Gi Ti Pi, combined with `/`".into()
+    "units are FLOP, B (bytes), b (bits), s, ms, us, ns, h, min, day, yr, W, J, Wh and $, with prefixes k M G T P E or Ki Mi Gi Ti Pi, combined with `/`".into()
 }
 
 fn parse_number(text: &str) -> Option<f64> {

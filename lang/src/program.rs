@@ -111,7 +111,25 @@ pub struct Device {
     /// Calibration factors, shared by every run of this device. Mostly
     /// plain fractions; curve knees carry units (e.g. `matmul_knee = 1 GFLOP`).
     pub efficiency: BTreeMap<String, Quantity>,
+    /// Purchase price, idle power and failure rate (fleet studies).
+    pub own: Ownership,
     pub span: Span,
+}
+
+/// What a device or node costs to own, draws when idle and how often it
+/// interrupts a job: the inputs of a fleet study's economics and
+/// reliability (docs/COST-MODEL.md §9). Every field is optional; a study
+/// that needs one a part lacks says so.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ownership {
+    /// Purchase price in dollars (`purchase $30000`).
+    pub purchase: Option<f64>,
+    /// Seconds the purchase is amortised over (`amortization 4 yr`).
+    pub amortization: Option<f64>,
+    /// Watts when idle (a device's own, or a node's beyond its devices').
+    pub idle_power: Option<f64>,
+    /// Mean time between job-interrupting failures, seconds.
+    pub mtbf: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +164,8 @@ pub struct Node {
     pub power_overhead: f64,
     /// Dollars per second for the whole node, if declared.
     pub price: Option<f64>,
+    /// Purchase price, idle power and failure rate beyond the devices'.
+    pub own: Ownership,
     pub span: Span,
 }
 
@@ -764,7 +784,76 @@ pub struct Study {
     /// Published figures the study is expected to reproduce (`expect`).
     pub expect: BTreeMap<String, Quantity>,
     pub source: Option<String>,
+    /// The facility (`site { ... }`): what energy costs and what limits
+    /// the fleet. Required with `demand`.
+    pub site: Option<Site>,
+    /// What each workload must deliver (`demand { ... }`); empty for a
+    /// weighted-mix study.
+    pub demand: Vec<Demand>,
     pub span: Span,
+}
+
+/// A study's facility (docs/LANGUAGE.md §5.9, `site`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// Power usage effectiveness: facility power over IT power (>= 1).
+    pub pue: f64,
+    /// Dollars per joule (written `$0.08/kWh`).
+    pub energy_price: f64,
+    /// The site's power limit in watts (facility power, at full load).
+    pub power_cap: Option<f64>,
+    /// The power one rack may draw, watts.
+    pub rack_power: Option<f64>,
+    /// Bandwidth of the checkpoint store, bytes per second.
+    pub storage: Option<f64>,
+    /// Seconds from a failure to training again (detection, rescheduling,
+    /// loading the checkpoint).
+    pub restart: Option<f64>,
+    pub span: Span,
+}
+
+/// What one workload of a study must deliver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Demand {
+    pub workload: String,
+    pub kind: DemandKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DemandKind {
+    /// `tokens` (or `samples`, when `tokens` is false) of work to finish
+    /// `within` seconds.
+    Total {
+        amount: f64,
+        tokens: bool,
+        within: f64,
+    },
+    /// A sustained rate: tokens (or samples) per second.
+    Rate { per_s: f64, tokens: bool },
+    /// A `serve` workload's requests per second, under its own SLOs.
+    Requests { per_s: f64 },
+}
+
+impl DemandKind {
+    /// The throughput the pool must sustain, in the workload's unit per
+    /// second (requests for `Requests`).
+    pub fn rate(&self) -> f64 {
+        match *self {
+            DemandKind::Total { amount, within, .. } => amount / within,
+            DemandKind::Rate { per_s, .. } | DemandKind::Requests { per_s } => per_s,
+        }
+    }
+    /// `tokens`, `samples` or `requests`.
+    pub fn unit(&self) -> &'static str {
+        match *self {
+            DemandKind::Total { tokens: true, .. } | DemandKind::Rate { tokens: true, .. } => {
+                "tokens"
+            }
+            DemandKind::Requests { .. } => "requests",
+            _ => "samples",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -829,8 +918,43 @@ impl Program {
                 &st.constraints,
             );
             write_expect(&mut s, &st.expect, &st.source);
+            write_site(&mut s, st);
         }
         s
+    }
+}
+
+fn write_site(s: &mut String, st: &Study) {
+    if let Some(site) = &st.site {
+        let _ = writeln!(
+            s,
+            "  site pue {} energy {}",
+            format_number(site.pue),
+            q(site.energy_price, Dim::ENERGY_PRICE)
+        );
+        let opt = [
+            ("power_cap", site.power_cap, Dim::POWER),
+            ("rack_power", site.rack_power, Dim::POWER),
+            ("storage", site.storage, Dim::BANDWIDTH),
+            ("restart", site.restart, Dim::TIME),
+        ];
+        for (k, v, d) in opt {
+            if let Some(v) = v {
+                let _ = writeln!(s, "  site {k} {}", q(v, d));
+            }
+        }
+    }
+    for d in &st.demand {
+        let what = match d.kind {
+            DemandKind::Total { amount, within, .. } => format!(
+                "{} {} within {}",
+                format_number(amount),
+                d.kind.unit(),
+                q(within, Dim::TIME)
+            ),
+            k => format!("{} {}/s", format_number(k.rate()), k.unit()),
+        };
+        let _ = writeln!(s, "  demand {} {what}", d.workload);
     }
 }
 
@@ -949,6 +1073,22 @@ fn write_device(s: &mut String, d: &Device, indent: &str) {
     for (k, v) in &d.efficiency {
         let _ = writeln!(s, "{indent}  efficiency {k} = {v}");
     }
+    write_own(s, &d.own, indent);
+}
+
+fn write_own(s: &mut String, o: &Ownership, indent: &str) {
+    if let Some(p) = o.purchase {
+        let _ = writeln!(s, "{indent}  purchase {}", q(p, Dim::MONEY));
+    }
+    if let Some(t) = o.amortization {
+        let _ = writeln!(s, "{indent}  amortization {}", q(t, Dim::TIME));
+    }
+    if let Some(p) = o.idle_power {
+        let _ = writeln!(s, "{indent}  idle_power {}", q(p, Dim::POWER));
+    }
+    if let Some(t) = o.mtbf {
+        let _ = writeln!(s, "{indent}  mtbf {}", q(t, Dim::TIME));
+    }
 }
 
 fn write_node(s: &mut String, n: &Node, indent: &str) {
@@ -993,6 +1133,7 @@ fn write_node(s: &mut String, n: &Node, indent: &str) {
     if let Some(p) = n.price {
         let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));
     }
+    write_own(s, &n.own, indent);
 }
 
 fn write_cluster(s: &mut String, c: &Cluster) {

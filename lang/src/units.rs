@@ -33,6 +33,8 @@ impl Dim {
     pub const BANDWIDTH: Dim = Dim([0, 1, -1, 0, 0]);
     pub const POWER: Dim = Dim([0, 0, -1, 1, 0]);
     pub const PRICE_RATE: Dim = Dim([0, 0, -1, 0, 1]);
+    /// Dollars per joule, written and printed per kWh.
+    pub const ENERGY_PRICE: Dim = Dim([0, 0, 0, -1, 1]);
 
     pub fn times(self, o: Dim) -> Dim {
         let mut d = self.0;
@@ -64,6 +66,7 @@ impl Dim {
             Dim::BANDWIDTH => "a bandwidth (B/s)",
             Dim::POWER => "a power (W)",
             Dim::PRICE_RATE => "a price rate ($/h)",
+            Dim::ENERGY_PRICE => "an energy price ($/kWh)",
             _ => return format!("a quantity in {self}"),
         };
         name.to_string()
@@ -162,6 +165,7 @@ impl fmt::Display for Quantity {
             Dim::NONE => write!(f, "{}", format_number(v)),
             // Stored per second; printed per hour, as written.
             Dim::PRICE_RATE => write!(f, "{sign}${}/h", format_number((v * 3600.0).abs())),
+            Dim::ENERGY_PRICE => write!(f, "{sign}${}/kWh", format_number((v * 3.6e6).abs())),
             Dim::MONEY => write!(f, "{sign}${}", format_number(v.abs())),
             Dim::TIME => {
                 let a = v.abs();
@@ -309,11 +313,17 @@ pub fn unit_word(w: &str) -> Option<(f64, Dim)> {
     match w {
         "h" => return Some((3600.0, Dim::TIME)),
         "min" => return Some((60.0, Dim::TIME)),
+        // A day, and a Julian year (365.25 days): amortisation periods and
+        // training deadlines.
+        "day" => return Some((86_400.0, Dim::TIME)),
+        "yr" => return Some((31_557_600.0, Dim::TIME)),
         "$" => return Some((1.0, Dim::MONEY)),
         _ => {}
     }
-    const BASES: [(&str, f64, Dim); 6] = [
+    const BASES: [(&str, f64, Dim); 7] = [
         ("FLOP", 1.0, Dim::FLOP),
+        // Watt-hours (`kWh`, `MWh`), for energy prices (`$0.08/kWh`).
+        ("Wh", 3600.0, Dim::ENERGY),
         ("B", 1.0, Dim::BYTES),
         ("b", 0.125, Dim::BYTES),
         ("s", 1.0, Dim::TIME),
@@ -470,6 +480,23 @@ mod tests {
         assert_eq!(
             Quantity::new(30.0 / 3600.0, Dim::PRICE_RATE).to_string(),
             "$30/h"
+        );
+    }
+
+    #[test]
+    fn energy_prices_and_long_times() {
+        // 1 kWh = 3.6e6 J, so $0.08/kWh is 0.08 / 3.6e6 $ per joule.
+        assert_eq!(q("kWh"), (3.6e6, Dim::ENERGY));
+        assert_eq!(q("MWh"), (3.6e9, Dim::ENERGY));
+        let (f, d) = q("$/kWh");
+        assert!((f - 1.0 / 3.6e6).abs() < 1e-18);
+        assert_eq!(d, Dim::MONEY.per(Dim::ENERGY));
+        assert_eq!(q("day"), (86_400.0, Dim::TIME));
+        assert_eq!(q("yr"), (365.25 * 86_400.0, Dim::TIME));
+        assert!(parse_unit("kday").is_none() && parse_unit("Myr").is_none());
+        assert_eq!(
+            Quantity::new(0.08 / 3.6e6, Dim::ENERGY_PRICE).to_string(),
+            "$0.08/kWh"
         );
     }
 

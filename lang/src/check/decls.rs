@@ -48,6 +48,10 @@ const DEVICE_KEYS: &[Key] = &[
     key("price", VA, false, false),
     key("cores", VA, false, false),
     key("efficiency", VA, false, false),
+    key("purchase", VA, false, false),
+    key("amortization", VA, false, false),
+    key("idle_power", VA, false, false),
+    key("mtbf", VA, false, false),
 ];
 const NODE_KEYS: &[Key] = &[
     key("device", V, false, true),
@@ -56,6 +60,10 @@ const NODE_KEYS: &[Key] = &[
     key("host", N, false, false),
     key("power", VA, false, false),
     key("price", VA, false, false),
+    key("purchase", VA, false, false),
+    key("amortization", VA, false, false),
+    key("idle_power", VA, false, false),
+    key("mtbf", VA, false, false),
 ];
 const CLUSTER_KEYS: &[Key] = &[key("node", V, false, true), key("fabric", N, false, false)];
 const TABLE_KEYS: &[Key] = &[
@@ -77,6 +85,8 @@ const PLAN_KEYS: &[Key] = &[
     key("source", VA, false, false),
     key("simulate", VA, false, false),
     key("workloads", VA, false, false),
+    key("site", VA, false, false),
+    key("demand", VA, false, false),
 ];
 
 /// Plan knobs and the kind of value each takes.
@@ -465,7 +475,12 @@ impl Checker {
         }
     }
 
-    fn expect_kind(&mut self, v: &Value, span: Span, kind: DeclKind) -> Option<Instance> {
+    pub(crate) fn expect_kind(
+        &mut self,
+        v: &Value,
+        span: Span,
+        kind: DeclKind,
+    ) -> Option<Instance> {
         match v {
             Value::Decl(i) if i.kind == kind => Some(i.clone()),
             Value::Decl(i) => {
@@ -514,6 +529,7 @@ impl Checker {
             price: None,
             cores: None,
             efficiency: BTreeMap::new(),
+            own: Default::default(),
             span: b.name.span,
         };
         if let Some(it) = g.get("compute").and_then(|v| v.first()) {
@@ -618,6 +634,7 @@ impl Checker {
                 }
             }
         }
+        dev.own = self.ownership(&g, &mut env, dev.power, b.name.span);
         // A reserve that leaves no HBM would make every point infeasible
         // with a figure that does not say why.
         if let (Some(r), Some(hbm)) = (
@@ -1011,6 +1028,7 @@ impl Checker {
                 "$20/h",
             );
         }
+        let own = self.ownership(&g, &mut env, power_overhead, b.name.span);
         self.leave(&key);
         let result = match device {
             Some(device) if self.error_count() == before && !self.broken(b.span) => Some(Node {
@@ -1023,6 +1041,7 @@ impl Checker {
                 host_memory,
                 power_overhead,
                 price,
+                own,
                 span: b.name.span,
             }),
             _ => None,
@@ -1829,6 +1848,19 @@ impl Checker {
         let fixed: BTreeMap<String, Domain> = fixed.into_iter().map(|(k, v)| (k, v.0)).collect();
         if p.kind == DeclKind::Plan {
             let Some(wexpr) = &p.workload else { return };
+            for k in ["site", "demand"] {
+                if let Some(it) = g.get(k).and_then(|v| v.first()) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L060,
+                            format!("`{k}` is for studies, not plans"),
+                            it.key.span,
+                        )
+                        .with_label(it.key.span, "a plan sizes no fleet")
+                        .with_help("use `study NAME on SYSTEM { demand { ... } site { ... } }`"),
+                    );
+                }
+            }
             if g.contains_key("workloads") {
                 let it = g["workloads"][0];
                 self.diags.push(
@@ -1888,7 +1920,7 @@ impl Checker {
             let systems = self.sweep_systems(&sv, p.system.span);
             let mut workloads = Vec::new();
             match g.get("workloads").and_then(|v| v.first()) {
-                None if self.broken(p.span) => {}
+                None if self.broken(p.span) || g.contains_key("demand") => {}
                 None => {
                     self.diags.push(
                         Diagnostic::error(
@@ -1938,6 +1970,7 @@ impl Checker {
                     }
                 }
             }
+            let (site, demand) = self.study_fleet(&g, &mut env, &mut workloads, p.name.span);
             if self.error_count() == before && !systems.is_empty() && !self.broken(p.span) {
                 self.program.studies.insert(
                     p.name.name.clone(),
@@ -1951,6 +1984,8 @@ impl Checker {
                         constraints,
                         expect,
                         source,
+                        site,
+                        demand,
                         span: p.name.span,
                     },
                 );

@@ -10,6 +10,7 @@
 
 mod decls;
 mod eval;
+mod fleet;
 mod model;
 mod ops;
 mod serve;

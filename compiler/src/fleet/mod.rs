@@ -1,0 +1,467 @@
+//! Fleet studies: size one pool per demanded workload on every system of
+//! the sweep, then pick the cheapest fleet, pooled (each workload on its
+//! own system) and homogeneous (one system for all), within the site.
+//!
+//! Shaped in three steps so each is testable alone: [`size`] turns one
+//! (workload, system) into a [`Pool`] sized to its demand (or the reason it
+//! cannot be); [`economics`] and [`reliability`] are the pure formulas a
+//! pool's cost and goodput come from; [`assemble`] chooses fleets from the
+//! table of pools by arithmetic only, so the planner runs once per
+//! (workload, system) and the fleet properties (pooled never costs more
+//! than homogeneous, more systems never cost more) are properties of one
+//! small function.
+//!
+//! Sizing (docs/COST-MODEL.md §9): the workload's best plan on the system
+//! (the study's search and constraints, objective throughput). Inference
+//! pools are replicas of that plan: `ceil(demand / plan throughput)`
+//! copies. A training job is one job: if the plan on the system falls
+//! short of the demand after failures, the system is re-planned with its
+//! node count scaled by the shortfall (up to four times), so a pool's
+//! throughput is always a searched plan's, never an extrapolation.
+
+pub mod economics;
+pub mod reliability;
+pub mod report;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use gantry_lang::program::{Cluster, Demand, DemandKind, Goal, Phase, Plan, Site, Study, Workload};
+
+use crate::cost::Estimate;
+use economics::{Owned, Tco};
+use reliability::Goodput;
+
+/// One workload's pool on one system, sized to its demand.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    pub workload: String,
+    pub system: String,
+    /// The plan searched on the system (training: the one job; inference:
+    /// its data-parallel replicas are the pool's unit).
+    pub plan: Estimate,
+    /// Units in the pool: 1 training job, or inference replicas of
+    /// `unit_devices` each.
+    pub replicas: u64,
+    pub unit_devices: u64,
+    /// Raw throughput of the pool, in the demand's unit per second.
+    pub raw: f64,
+    /// Goodput after failures (training with `mtbf` and a site's storage
+    /// and restart figures), else `None` and the raw throughput counts.
+    pub goodput: Option<Goodput>,
+    /// What the pool delivers: raw times the goodput fraction.
+    pub delivered: f64,
+    pub demand: f64,
+    pub unit: &'static str,
+    pub tco: Tco,
+    /// Dollars per unit of demanded work (TCO rate / demand rate).
+    pub cost_per_unit: f64,
+}
+
+/// A fleet: one pool per demanded workload.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    /// Index of each pool's system in the sweep, by demand order.
+    pub choice: Vec<usize>,
+    pub pools: Vec<Pool>,
+    /// Dollars per second, facility watts at the modelled utilisation and
+    /// provisioned (full-load) facility watts of the whole fleet.
+    pub cost: f64,
+    pub power: f64,
+    pub provisioned: f64,
+}
+
+/// The study's fleet answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub pooled: Fleet,
+    /// The cheapest homogeneous fleet, if one system meets every demand.
+    pub homogeneous: Option<Fleet>,
+    /// `pools[d][s]`: demand `d` on system `s`, or why not.
+    pub table: Vec<Vec<Result<Pool, String>>>,
+}
+
+/// Demand that no fleet can meet: the binding limit and the shortfall.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unmet {
+    pub message: String,
+    pub help: String,
+}
+
+/// The most times a training pool is re-planned at a larger size.
+const RESIZES: usize = 4;
+
+/// Runs a study's fleet question. `Ok(None)` for a study without demand.
+pub fn run(study: &Study) -> Result<Option<Answer>, Unmet> {
+    let Some(site) = &study.site else {
+        return Ok(None);
+    };
+    if study.demand.is_empty() {
+        return Ok(None);
+    }
+    let mut table = Vec::new();
+    for d in &study.demand {
+        let w = study
+            .workloads
+            .iter()
+            .find(|(w, _)| w.name == d.workload)
+            .map(|(w, _)| w);
+        let row = study
+            .systems
+            .iter()
+            .map(|s| match w {
+                Some(w) => size(study, site, d, w, s),
+                None => Err(format!("no workload `{}`", d.workload)),
+            })
+            .collect();
+        table.push(row);
+    }
+    assemble(&study.demand, site, table).map(Some)
+}
+
+/// A plan of the study on one system for one workload.
+fn plan_for(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
+    Plan {
+        name: format!("{}:{}", study.name, w.name),
+        system: sys.clone(),
+        workload: w.clone(),
+        search: study.search.clone(),
+        fixed: study.fixed.clone(),
+        objective: (Goal::Maximize, "throughput".to_string()),
+        constraints: study.constraints.clone(),
+        expect: BTreeMap::new(),
+        source: None,
+        simulate: None,
+        span: study.span,
+    }
+}
+
+/// The plan's throughput in the demand's unit.
+fn throughput(e: &Estimate, kind: &DemandKind) -> f64 {
+    match kind.unit() {
+        "tokens" => e.tokens_per_s(),
+        _ => e.samples_per_s(),
+    }
+}
+
+/// The state one checkpoint writes: weights, fp32 master weights below
+/// 4-byte types, fp32 optimizer states, embedding tables.
+fn checkpoint_state(w: &Workload) -> Option<f64> {
+    let Phase::Train { optimizer, .. } = &w.phase else {
+        return None;
+    };
+    let ir = crate::ir::lower(w).ok()?;
+    let bytes = w.dtype.bytes().unwrap_or(4) as f64;
+    let master = if bytes < 4.0 { 4.0 } else { 0.0 };
+    let states = crate::memory::optimizer_states(*optimizer) * 4.0;
+    Some(ir.params() * (bytes + master + states) + ir.table_bytes())
+}
+
+/// Compute-busy fraction of a plan's devices: the hardware FLOP rate over
+/// the rate the device's matrix products reach (`hfu / efficiency.matmul`).
+fn busy(e: &Estimate, sys: &Cluster, w: &Workload) -> f64 {
+    let eff = crate::hardware::Hardware::new(sys, w).map_or(1.0, |h| h.e_matmul);
+    (e.hfu() / eff).clamp(0.0, 1.0)
+}
+
+/// Sizes one workload's pool on one system.
+pub fn size(
+    study: &Study,
+    site: &Site,
+    d: &Demand,
+    w: &Workload,
+    sys: &Cluster,
+) -> Result<Pool, String> {
+    let owned = Owned::of(sys)?;
+    if matches!(d.kind, DemandKind::Requests { .. }) {
+        return Err("`serve` demand is sized by `gantry plan` (serving simulator); fleet pools of serve workloads are not yet implemented".into());
+    }
+    let demand = d.kind.rate();
+    let search = |c: &Cluster| {
+        crate::plan::search(&plan_for(study, c, w), &BTreeMap::new(), 1)
+            .map(|s| s.best.estimate)
+            .map_err(|e| format!("error[{}]: {}", e.code, e.message))
+    };
+    let mut e = search(sys)?;
+    if throughput(&e, &d.kind) <= 0.0 {
+        return Err(format!(
+            "`{}` delivers no {} (demand it in samples)",
+            w.name,
+            d.kind.unit()
+        ));
+    }
+    let training = matches!(w.phase, Phase::Train { .. });
+    let per = owned.devices_per_node;
+    let goodput_of = |e: &Estimate| -> Option<Goodput> {
+        let dev = &sys.node.device;
+        let (mtbf, storage, restart) = (dev.own.mtbf?, site.storage?, site.restart?);
+        let nodes = e.devices.div_ceil(per);
+        let f = reliability::Failures {
+            devices: e.devices,
+            nodes,
+            device_mtbf: mtbf,
+            node_mtbf: sys.node.own.mtbf,
+        };
+        Some(reliability::goodput(
+            &f,
+            checkpoint_state(w)?,
+            storage,
+            restart,
+        ))
+    };
+    let fraction = |g: &Option<Goodput>| g.map_or(1.0, |g| g.fraction);
+    let (replicas, goodput) = if training {
+        let mut g = goodput_of(&e);
+        let mut c = sys.clone();
+        for _ in 0..RESIZES {
+            let got = throughput(&e, &d.kind) * fraction(&g);
+            // Re-plan at the node count the shortfall (or the surplus)
+            // calls for, with 5% to spare; keep it only if it still meets
+            // the demand (shrinking) or delivers more (growing).
+            let nodes = ((e.devices.div_ceil(per) as f64 * demand / got.max(f64::MIN_POSITIVE)
+                * 1.05)
+                .ceil()
+                .min(1e9) as u64)
+                .max(1);
+            let short = got < demand;
+            if (short && nodes * per > 1 << 24)
+                || nodes == c.nodes
+                || (!short && nodes >= e.devices.div_ceil(per))
+            {
+                break;
+            }
+            let mut next = c.clone();
+            next.nodes = if short { nodes.max(c.nodes + 1) } else { nodes };
+            let Ok(other) = search(&next) else { break };
+            let og = goodput_of(&other);
+            let ogot = throughput(&other, &d.kind) * fraction(&og);
+            let keep = if short { ogot > got } else { ogot >= demand };
+            if !keep {
+                break;
+            }
+            (e, g, c) = (other, og, next);
+        }
+        let got = throughput(&e, &d.kind) * fraction(&g);
+        if got < demand {
+            return Err(format!(
+                "training delivers at most {} {}/s on {} devices of `{}` ({} after failures), short of {} {}/s by {:.1}%",
+                fmt(throughput(&e, &d.kind)),
+                d.kind.unit(),
+                e.devices,
+                sys.name,
+                fmt(got),
+                fmt(demand),
+                d.kind.unit(),
+                (1.0 - got / demand) * 100.0
+            ));
+        }
+        (1, g)
+    } else {
+        // Inference replicas are the plan's data-parallel copies, each
+        // serving on its own: as many as the demand needs.
+        let dp = e.point.dp.max(1);
+        let one = throughput(&e, &d.kind) / dp as f64;
+        let k = (demand / one).ceil().max(1.0) as u64;
+        (k, None)
+    };
+    // One training job, or `replicas` copies of one data-parallel replica.
+    let (unit_devices, unit_rate) = if training {
+        (e.devices, throughput(&e, &d.kind))
+    } else {
+        let dp = e.point.dp.max(1);
+        (e.devices / dp, throughput(&e, &d.kind) / dp as f64)
+    };
+    let raw = unit_rate * replicas as f64;
+    let delivered = raw * fraction(&goodput);
+    let nodes = (unit_devices * replicas).div_ceil(per);
+    // Devices the plans leave unused idle; capacity beyond the demand idles.
+    let used = (unit_devices * replicas) as f64 / (nodes * per) as f64;
+    let load = (demand / delivered).min(1.0);
+    let tco = economics::tco(&owned, site, nodes, busy(&e, sys, w) * used * load)?;
+    Ok(Pool {
+        workload: w.name.clone(),
+        system: sys.name.clone(),
+        cost_per_unit: tco.total / demand,
+        plan: e,
+        replicas,
+        unit_devices,
+        raw,
+        goodput,
+        delivered,
+        demand,
+        unit: d.kind.unit(),
+        tco,
+    })
+}
+
+fn fmt(v: f64) -> String {
+    gantry_lang::units::format_number(v)
+}
+
+/// The most system combinations the pooled fleet enumerates when the
+/// cheapest pools together exceed the site's power cap.
+pub const MAX_COMBINATIONS: usize = 100_000;
+
+fn fleet(choice: Vec<usize>, table: &[Vec<Result<Pool, String>>]) -> Option<Fleet> {
+    let pools: Vec<Pool> = choice
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| table[d][s].as_ref().ok().cloned())
+        .collect::<Option<_>>()?;
+    Some(Fleet {
+        cost: pools.iter().map(|p| p.tco.total).sum(),
+        power: pools.iter().map(|p| p.tco.facility_power).sum(),
+        provisioned: pools.iter().map(|p| p.tco.provisioned_power).sum(),
+        choice,
+        pools,
+    })
+}
+
+/// The fleets [`choose`] picks: systems by demand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    /// The cheapest pooled fleet within the cap, or the least provisioned
+    /// power any fleet meeting the demand needs (when none fits).
+    pub pooled: Result<Vec<usize>, f64>,
+    /// The system of the cheapest homogeneous fleet within the cap.
+    pub homogeneous: Option<usize>,
+}
+
+/// Total cost and provisioned power of a choice, if every pool exists.
+fn totals(costs: &[Vec<Option<(f64, f64)>>], choice: &[usize]) -> Option<(f64, f64)> {
+    choice
+        .iter()
+        .enumerate()
+        .try_fold((0.0, 0.0), |(c, p), (d, &s)| {
+            let (dc, dp) = costs[d][s]?;
+            Some((c + dc, p + dp))
+        })
+}
+
+/// Picks fleets from `costs[demand][system]` = (cost, provisioned power)
+/// of a pool meeting that demand on that system (None: it cannot) under
+/// the power cap `cap`. Pooled: each demand's cheapest system; if
+/// together they exceed the cap, every combination up to
+/// [`MAX_COMBINATIONS`]; and never more costly than the homogeneous
+/// fleet, which is among the choices. Arithmetic only, so the fleet
+/// properties are tested on random tables.
+pub fn choose(costs: &[Vec<Option<(f64, f64)>>], cap: f64) -> Choice {
+    let demands = costs.len();
+    let systems = costs.first().map_or(0, Vec::len);
+    let mut homogeneous: Option<(usize, f64)> = None;
+    for s in 0..systems {
+        if let Some((c, p)) = totals(costs, &vec![s; demands])
+            && p <= cap
+            && homogeneous.is_none_or(|h| c < h.1)
+        {
+            homogeneous = Some((s, c));
+        }
+    }
+    let cheapest: Vec<usize> = costs
+        .iter()
+        .map(|row| {
+            let cost = |i: usize| row[i].map_or(f64::INFINITY, |x| x.0);
+            (0..systems).fold(0, |b, s| if cost(s) < cost(b) { s } else { b })
+        })
+        .collect();
+    let mut pooled: Option<(Vec<usize>, f64)> = totals(costs, &cheapest)
+        .filter(|t| t.1 <= cap)
+        .map(|t| (cheapest, t.0));
+    let combinations = systems.checked_pow(demands as u32).unwrap_or(usize::MAX);
+    if pooled.is_none() && combinations <= MAX_COMBINATIONS {
+        for mut i in 0..combinations {
+            let mut choice = Vec::with_capacity(demands);
+            for _ in 0..demands {
+                choice.push(i % systems);
+                i /= systems;
+            }
+            if let Some((c, p)) = totals(costs, &choice)
+                && p <= cap
+                && pooled.as_ref().is_none_or(|b| c < b.1)
+            {
+                pooled = Some((choice, c));
+            }
+        }
+    }
+    if let Some((s, c)) = homogeneous
+        && pooled.as_ref().is_none_or(|b| c < b.1)
+    {
+        pooled = Some((vec![s; demands], c));
+    }
+    let least: f64 = costs
+        .iter()
+        .map(|row| {
+            row.iter()
+                .flatten()
+                .map(|x| x.1)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .sum();
+    Choice {
+        pooled: pooled.map(|p| p.0).ok_or(least),
+        homogeneous: homogeneous.map(|h| h.0),
+    }
+}
+
+/// Chooses the cheapest pooled and homogeneous fleets within the site's
+/// power cap from a table of sized pools (`table[demand][system]`).
+pub fn assemble(
+    demand: &[Demand],
+    site: &Site,
+    table: Vec<Vec<Result<Pool, String>>>,
+) -> Result<Answer, Unmet> {
+    // A workload no system can serve names the first system's reason.
+    for (d, row) in table.iter().enumerate() {
+        if row.iter().all(Result::is_err) {
+            let why = row.iter().find_map(|r| r.as_ref().err().cloned());
+            return Err(Unmet {
+                message: format!(
+                    "no system of the sweep meets the demand of `{}`: {}",
+                    demand[d].workload,
+                    why.unwrap_or_default()
+                ),
+                help: "add larger or faster systems to the sweep, relax the demand or its deadline, or widen the plan's search".into(),
+            });
+        }
+    }
+    let costs: Vec<Vec<Option<(f64, f64)>>> = table
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|p| {
+                    p.as_ref()
+                        .ok()
+                        .map(|p| (p.tco.total, p.tco.provisioned_power))
+                })
+                .collect()
+        })
+        .collect();
+    let cap = site.power_cap.unwrap_or(f64::INFINITY);
+    let choice = choose(&costs, cap);
+    let homogeneous = choice
+        .homogeneous
+        .and_then(|s| fleet(vec![s; demand.len()], &table));
+    match choice.pooled {
+        Ok(c) => match fleet(c, &table) {
+            Some(pooled) => Ok(Answer {
+                pooled,
+                homogeneous,
+                table,
+            }),
+            None => Err(Unmet {
+                message: "no fleet meets the demand".into(),
+                help: String::new(),
+            }),
+        },
+        Err(need) => Err(Unmet {
+            message: format!(
+                "the site's power cap of {:.3} MW binds: the least power-hungry fleet meeting the demand provisions {:.3} MW, short by {:.3} MW",
+                cap / 1e6,
+                need / 1e6,
+                (need - cap) / 1e6
+            ),
+            help: "raise `power_cap`, relax the demand, or sweep more efficient systems".into(),
+        }),
+    }
+}
