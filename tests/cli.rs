@@ -867,7 +867,10 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
     let decode = "examples/llm_decode.gantry";
     let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("\n  feasible\n") && !err.contains("C010"), "{out}{err}");
+    assert!(
+        out.contains("\n  feasible\n") && !err.contains("C010"),
+        "{out}{err}"
+    );
     // The same batch as the search pinned to that mesh.
     let (code, searched, err) = gantry(&["plan", decode, "--pin", "tp=8,pp=1"]);
     assert_eq!(code, 0, "{err}");
@@ -881,13 +884,21 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
     // Fits HBM, misses `memory <= 0.9 * hbm` and `tpot <= 50 ms`.
     let (code, out, err) = gantry(&["plan", decode, "--fix", "tp=8,pp=1,batch=848"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("C010") && err.contains("tpot <= 50 ms"), "{err}");
+    assert!(
+        err.contains("C010") && err.contains("tpot <= 50 ms"),
+        "{err}"
+    );
     assert!(
         out.contains("INFEASIBLE: misses `subject to memory <= (0.9 * hbm)`"),
         "{out}"
     );
     let (code, json, _) = gantry(&[
-        "plan", decode, "--fix", "tp=8,pp=1,batch=848", "--format", "json",
+        "plan",
+        decode,
+        "--fix",
+        "tp=8,pp=1,batch=848",
+        "--format",
+        "json",
     ]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
@@ -908,7 +919,10 @@ fn plan_json_figures_the_run_does_not_take_are_noted() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|_| panic!("{err}"));
-    assert_eq!(v["parallelism"]["stage_layers"], serde_json::json!([63, 63]));
+    assert_eq!(
+        v["parallelism"]["stage_layers"],
+        serde_json::json!([63, 63])
+    );
     let path = temp("full_scale_plan.json", &json);
     let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--plan-json", &path]);
     assert_eq!(code, 0, "{err}");

@@ -201,7 +201,10 @@ fn contradictory_pins_are_diagnostics() {
     assert_eq!(knob("tp=1,pp=1,dp=8").0, "dp");
     let (k, message) = knob("tp=1,pp=1");
     assert_eq!(k, "dp");
-    assert!(message.contains("dp = 8: the 8 devices over tp x pp x cp = 1"), "{message}");
+    assert!(
+        message.contains("dp = 8: the 8 devices over tp x pp x cp = 1"),
+        "{message}"
+    );
     check("tp=1,pp=8,dp=1,virtual_stages=7", Code::C004, "has 48");
     assert_eq!(parse_fix("tp=two").expect_err("bad").code, Code::C006);
     assert_eq!(parse_fix("tq=2").expect_err("bad").code, Code::C006);

@@ -1326,9 +1326,7 @@ impl Evaluator<'_> {
         let busiest = (0..n)
             .map(|i| {
                 let layers = stage_layers.get(i).copied().unwrap_or(0) as f64;
-                layers * layer
-                    + if i == 0 { pro } else { 0.0 }
-                    + if i == n - 1 { epi } else { 0.0 }
+                layers * layer + if i == 0 { pro } else { 0.0 } + if i == n - 1 { epi } else { 0.0 }
             })
             .fold(0.0, f64::max);
         (t, tp, busiest, params)

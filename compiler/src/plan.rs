@@ -171,7 +171,11 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
             // Feasible: fits and meets the plan's constraints (a batch
             // over a `tpot` budget is no better than one over HBM).
             let ok = |e: &Estimate| {
-                e.feasible && plan.constraints.iter().all(|c| crate::search::meets(c, e).0)
+                e.feasible
+                    && plan
+                        .constraints
+                        .iter()
+                        .all(|c| crate::search::meets(c, e).0)
             };
             let better = match &best {
                 None => true,

@@ -548,9 +548,9 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
                         .unwrap_or("dp")
                 };
                 let derived = match (knobs.dp, model_par) {
-                    (None, Some(m)) => format!(
-                        " (dp = {dp}: the {devices} devices over tp x pp x cp = {m})"
-                    ),
+                    (None, Some(m)) => {
+                        format!(" (dp = {dp}: the {devices} devices over tp x pp x cp = {m})")
+                    }
                     _ => String::new(),
                 };
                 return Err(err(

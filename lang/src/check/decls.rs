@@ -1435,7 +1435,11 @@ impl Checker {
 
     /// The `simulate` string of a plan or workload (the scale `gantry run`
     /// simulates it at), if declared.
-    fn simulate(&mut self, g: &BTreeMap<&'static str, Vec<&Item>>, env: &mut Env) -> Option<String> {
+    fn simulate(
+        &mut self,
+        g: &BTreeMap<&'static str, Vec<&Item>>,
+        env: &mut Env,
+    ) -> Option<String> {
         let it = g.get("simulate").and_then(|v| v.first())?;
         match self.eval(&it.value, env) {
             Value::Str(s) => Some(s),
