@@ -404,6 +404,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         let pp = plan_json::parse(&text, &workload.name).map_err(|e| fail(&e))?;
         let mut par =
             Parallel::from_point(&pp.point, &workload, &pp.stage_layers).map_err(|e| fail(&e))?;
+        note_plan_json_scale(&pp, &workload, &par);
         // The plan's program: its extraction's contraction forms.
         par.forms =
             form_tensors(&workload, [&pp.whole, &pp.column, &pp.row]).map_err(|e| fail(&e))?;
@@ -486,6 +487,34 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             .map(|c| (c.what.to_string(), c.bytes))
             .collect(),
     })
+}
+
+/// Says which of the plan JSON's figures the run does not take as they
+/// are: a plan is usually written at full scale and run scaled down, so
+/// its `stage_layers` may not split the scaled model (the run splits it
+/// evenly) and its `batch` is the plan's, not the scale's.
+fn note_plan_json_scale(pp: &plan_json::PlanPoint, workload: &Workload, par: &Parallel) {
+    let used: Vec<u64> = par.stage_layers.iter().map(|x| *x as u64).collect();
+    if !pp.stage_layers.is_empty() && pp.stage_layers != used {
+        eprintln!(
+            "note: the plan JSON's stage_layers {:?} do not split the {} layers of `{}` at this scale; the run splits them {:?}",
+            pp.stage_layers,
+            used.iter().sum::<u64>(),
+            workload.name,
+            used
+        );
+    }
+    let bound = workload.bindings.get("batch").copied().unwrap_or(1).max(1) as u64;
+    let (runs, what) = match workload.phase {
+        Phase::Train { .. } => (bound, "global batch"),
+        _ => (bound / (par.dp as u64).max(1), "batch per replica"),
+    };
+    if pp.point.batch != runs {
+        eprintln!(
+            "note: the plan JSON's batch {} is the plan's; the run takes the {what} {runs} of `{}` at this scale",
+            pp.point.batch, workload.name
+        );
+    }
 }
 
 /// Applies `--whole`, `--column` and `--row`: the named contractions take

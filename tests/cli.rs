@@ -995,3 +995,35 @@ plan p on DGX_H100 for w {{
     let (code, _, err) = gantry(&["plan", &good, "--sweep-rate", "0,nan"]);
     assert!(code == 2 && err.contains("--sweep-rate"), "{err}");
 }
+
+/// A plan JSON written at full scale and run scaled down: its
+/// `stage_layers` and `batch` are not what the run uses, and the run says
+/// so instead of dropping them silently (issue 11).
+#[test]
+fn plan_json_figures_the_run_does_not_take_are_noted() {
+    let (_, json, err) = gantry(&[
+        "plan",
+        "examples/llm_train.gantry",
+        "--fix",
+        "tp=2,pp=2,dp=1,microbatch=1",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|_| panic!("{err}"));
+    assert_eq!(
+        v["parallelism"]["stage_layers"],
+        serde_json::json!([63, 63])
+    );
+    let path = temp("full_scale_plan.json", &json);
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--plan-json", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("stage_layers [63, 63] do not split the 4 layers")
+            && err.contains("the run splits them [2, 2]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("batch 2048 is the plan's; the run takes the global batch 8"),
+        "{err}"
+    );
+}

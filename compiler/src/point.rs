@@ -324,6 +324,23 @@ pub fn resolve(
     resolve_knobs(&Knobs::from_pins(pins), ir, system)
 }
 
+/// The knob a `C003` (global batch not a multiple of dp x microbatch)
+/// names: one that was pinned, the microbatch, else dp, else the largest
+/// model-parallel degree above 1, whose devices left the derived dp.
+fn batch_knob(knobs: &Knobs) -> &'static str {
+    if knobs.microbatch.is_some() {
+        "microbatch"
+    } else if knobs.dp.is_some() {
+        "dp"
+    } else {
+        ["tp", "pp", "cp"]
+            .into_iter()
+            .filter(|k| knobs.int(k).is_some_and(|v| v > 1))
+            .max_by_key(|k| knobs.int(k).unwrap_or(1))
+            .unwrap_or("dp")
+    }
+}
+
 /// [`resolve`] on typed knobs.
 pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignPoint, PinError> {
     use gantry_lang::diagnostic::Code;
@@ -534,19 +551,7 @@ pub fn resolve_knobs(knobs: &Knobs, ir: &Ir, system: &Cluster) -> Result<DesignP
             let gb = *global_batch as i64;
             let per_step = dp.checked_mul(microbatch).filter(|x| *x > 0);
             let Some(per_step) = per_step.filter(|x| gb % x == 0) else {
-                // Name a knob that was pinned: the microbatch, else dp, else
-                // the model-parallel degree whose devices left this dp.
-                let knob = if knobs.microbatch.is_some() {
-                    "microbatch"
-                } else if knobs.dp.is_some() {
-                    "dp"
-                } else {
-                    ["tp", "pp", "cp"]
-                        .into_iter()
-                        .filter(|k| knobs.int(k).is_some_and(|v| v > 1))
-                        .max_by_key(|k| int(k, 1))
-                        .unwrap_or("dp")
-                };
+                let knob = batch_knob(knobs);
                 let derived = match (knobs.dp, model_par) {
                     (None, Some(m)) => {
                         format!(" (dp = {dp}: the {devices} devices over tp x pp x cp = {m})")

@@ -195,6 +195,31 @@ fn pct(x: f64, of: f64) -> String {
     }
 }
 
+/// The report's status line: `feasible`, or `INFEASIBLE: ` and why (over
+/// HBM, each `subject to` the point misses).
+fn status_line(ev: &Evaluation) -> String {
+    let (e, m) = (&ev.estimate, &ev.estimate.memory);
+    if ev.feasible() {
+        return "feasible".to_string();
+    }
+    let mut why: Vec<String> = ev
+        .missed
+        .iter()
+        .map(|c| format!("misses `subject to {c}`"))
+        .collect();
+    if !e.feasible {
+        why.insert(
+            0,
+            format!(
+                "needs {} per device, HBM holds {}",
+                q(m.total(), Dim::BYTES),
+                q(m.capacity, Dim::BYTES)
+            ),
+        );
+    }
+    format!("INFEASIBLE: {}", why.join("; "))
+}
+
 /// A readable text report; `markdown` switches to tables.
 pub fn text(ev: &Evaluation, markdown: bool) -> String {
     let e: &Estimate = &ev.estimate;
@@ -260,26 +285,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
             ev.hardware.device
         ));
     }
-    let feas = if ev.feasible() {
-        "feasible".to_string()
-    } else {
-        let mut why: Vec<String> = ev
-            .missed
-            .iter()
-            .map(|c| format!("misses `subject to {c}`"))
-            .collect();
-        if !e.feasible {
-            why.insert(
-                0,
-                format!(
-                    "needs {} per device, HBM holds {}",
-                    q(m.total(), Dim::BYTES),
-                    q(m.capacity, Dim::BYTES)
-                ),
-            );
-        }
-        format!("INFEASIBLE: {}", why.join("; "))
-    };
+    let feas = status_line(ev);
     s.push_str(&format!("{}{feas}\n", if markdown { "" } else { "  " }));
     s.push_str(&format!(
         "{}{}\n",

@@ -1902,21 +1902,7 @@ impl Checker {
                 );
             }
         } else {
-            if let Some(it) = g.get("simulate").and_then(|v| v.first()) {
-                // A study runs nothing on simulated devices: the scale
-                // belongs to a workload (or a plan) `gantry run` runs.
-                self.diags.push(
-                    Diagnostic::error(
-                        Code::L060,
-                        "a study has no `simulate` scale",
-                        it.key.span,
-                    )
-                    .with_label(it.key.span, "`simulate` is for workloads and plans")
-                    .with_help(
-                        "put `simulate \"...\"` in the workload it scales: `gantry run` on a file without plans runs its first workload at that scale",
-                    ),
-                );
-            }
+            self.no_study_simulate(&g);
             let systems = self.sweep_systems(&sv, p.system.span);
             let mut workloads = Vec::new();
             match g.get("workloads").and_then(|v| v.first()) {
@@ -1991,6 +1977,21 @@ impl Checker {
                 );
             }
         }
+    }
+
+    /// A study's `simulate` line is an error (`L060`): a study runs nothing
+    /// on simulated devices, and the line used to be dropped silently.
+    fn no_study_simulate(&mut self, g: &BTreeMap<&'static str, Vec<&Item>>) {
+        let Some(it) = g.get("simulate").and_then(|v| v.first()) else {
+            return;
+        };
+        self.diags.push(
+            Diagnostic::error(Code::L060, "a study has no `simulate` scale", it.key.span)
+                .with_label(it.key.span, "`simulate` is for workloads and plans")
+                .with_help(
+                    "put `simulate \"...\"` in the workload it scales: `gantry run` on a file without plans runs its first workload at that scale",
+                ),
+        );
     }
 
     fn unknown_metric(&mut self, name: &str, span: Span) {
