@@ -46,27 +46,35 @@ pub struct Fronts {
     pub truncated: bool,
 }
 
-fn pools_front(row: &[Result<Pool, String>], with_throughput: bool) -> Vec<usize> {
+/// The systems whose pools are on a workload's (cost, delivered, power)
+/// front.
+fn pools_front(row: &[Result<Pool, String>]) -> Vec<usize> {
     let pts: Vec<Vec<f64>> = row
         .iter()
         .map(|p| match p {
-            Ok(p) if with_throughput => vec![p.tco.total, p.delivered, p.tco.facility_power],
-            Ok(p) => vec![p.tco.total, p.tco.facility_power],
-            Err(_) => vec![f64::NAN; if with_throughput { 3 } else { 2 }],
+            Ok(p) => vec![p.tco.total, p.delivered, p.tco.facility_power],
+            Err(_) => vec![f64::NAN; 3],
         })
         .collect();
-    if with_throughput {
-        front(&pts, &[Sense::Minimize, Sense::Maximize, Sense::Minimize])
-    } else {
-        front(&pts, &[Sense::Minimize, Sense::Minimize])
-    }
+    front(&pts, &[Sense::Minimize, Sense::Maximize, Sense::Minimize])
 }
 
-/// The fronts of a fleet answer under the site's power cap `cap` (watts
-/// of provisioned facility power; infinity without one).
-pub fn of(a: &Answer, cap: f64) -> Fronts {
-    let pools: Vec<Vec<usize>> = a.table.iter().map(|r| pools_front(r, true)).collect();
-    let axes: Vec<Vec<usize>> = a.table.iter().map(|r| pools_front(r, false)).collect();
+/// The fleets on the (cost, power) front from `costs[demand][system]` =
+/// (cost, power at load, provisioned power) of that pool (None: it
+/// cannot meet the demand), cheapest first; the candidates enumerated and
+/// whether the enumeration was truncated. Arithmetic only, so the pruning
+/// argument is checked against brute force on random tables.
+pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> (Vec<FleetPoint>, usize, bool) {
+    let axes: Vec<Vec<usize>> = costs
+        .iter()
+        .map(|row| {
+            let pts: Vec<Vec<f64>> = row
+                .iter()
+                .map(|c| c.map_or(vec![f64::NAN; 2], |c| vec![c[0], c[1]]))
+                .collect();
+            front(&pts, &[Sense::Minimize, Sense::Minimize])
+        })
+        .collect();
     let product = axes
         .iter()
         .try_fold(1usize, |n, ax| n.checked_mul(ax.len()))
@@ -79,32 +87,151 @@ pub fn of(a: &Answer, cap: f64) -> Fronts {
             choice.push(ax[i % ax.len()]);
             i /= ax.len();
         }
-        let (mut cost, mut power, mut provisioned) = (0.0, 0.0, 0.0);
+        let mut t = [0.0; 3];
         for (d, &s) in choice.iter().enumerate() {
-            if let Ok(p) = &a.table[d][s] {
-                cost += p.tco.total;
-                power += p.tco.facility_power;
-                provisioned += p.tco.provisioned_power;
+            if let Some(c) = costs[d][s] {
+                t = [t[0] + c[0], t[1] + c[1], t[2] + c[2]];
             }
         }
         points.push(FleetPoint {
             choice,
-            cost,
-            power,
-            provisioned,
-            within_cap: provisioned <= cap,
+            cost: t[0],
+            power: t[1],
+            provisioned: t[2],
+            within_cap: t[2] <= cap,
         });
     }
     let scores: Vec<Vec<f64>> = points.iter().map(|p| vec![p.cost, p.power]).collect();
-    let mut fleets: Vec<FleetPoint> = front(&scores, &[Sense::Minimize, Sense::Minimize])
+    let mut members: Vec<FleetPoint> = front(&scores, &[Sense::Minimize, Sense::Minimize])
         .into_iter()
         .map(|i| points[i].clone())
         .collect();
-    fleets.sort_by(|x, y| x.cost.total_cmp(&y.cost).then(x.choice.cmp(&y.choice)));
+    members.sort_by(|x, y| x.cost.total_cmp(&y.cost).then(x.choice.cmp(&y.choice)));
+    (members, candidates, product > MAX_COMBINATIONS)
+}
+
+/// The fronts of a fleet answer under the site's power cap `cap` (watts
+/// of provisioned facility power; infinity without one).
+pub fn of(a: &Answer, cap: f64) -> Fronts {
+    let pools: Vec<Vec<usize>> = a.table.iter().map(|r| pools_front(r)).collect();
+    let costs: Vec<Vec<Option<[f64; 3]>>> = a
+        .table
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|p| {
+                    p.as_ref()
+                        .ok()
+                        .map(|p| [p.tco.total, p.tco.facility_power, p.tco.provisioned_power])
+                })
+                .collect()
+        })
+        .collect();
+    let (fleets, candidates, truncated) = fleets(&costs, cap);
     Fronts {
         pools,
         fleets,
         candidates,
-        truncated: product > MAX_COMBINATIONS,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pareto::dominates;
+    use proptest::prelude::*;
+
+    /// Two workloads on three systems, by hand (cost, power, provisioned):
+    /// workload 0: s0 (1, 10, 20), s1 (2, 5, 8), s2 (3, 6, 9), s2 beaten
+    /// by s1; workload 1: s0 (4, 4, 5), s1 none, s2 (1, 9, 12). Fleets of
+    /// {s0, s1} x {s0, s2}: [0, 0] (5, 14, 25), [1, 0] (6, 9, 13),
+    /// [0, 2] (2, 19, 32), [1, 2] (3, 14, 20); [0, 0] is beaten by
+    /// [1, 2]. Under a cap of 20 W, [0, 2] (32 W) is over, [1, 2] (20 W)
+    /// and [1, 0] (13 W) within.
+    #[test]
+    fn two_workloads_by_hand() {
+        let t = vec![
+            vec![
+                Some([1.0, 10.0, 20.0]),
+                Some([2.0, 5.0, 8.0]),
+                Some([3.0, 6.0, 9.0]),
+            ],
+            vec![Some([4.0, 4.0, 5.0]), None, Some([1.0, 9.0, 12.0])],
+        ];
+        let (m, candidates, truncated) = fleets(&t, 20.0);
+        assert_eq!((candidates, truncated), (4, false));
+        let got: Vec<(Vec<usize>, f64, f64, bool)> = m
+            .iter()
+            .map(|f| (f.choice.clone(), f.cost, f.power, f.within_cap))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![0, 2], 2.0, 19.0, false),
+                (vec![1, 2], 3.0, 14.0, true),
+                (vec![1, 0], 6.0, 9.0, true),
+            ]
+        );
+    }
+
+    fn table() -> impl Strategy<Value = Vec<Vec<Option<[f64; 3]>>>> {
+        (1usize..4, 1usize..5)
+            .prop_flat_map(|(d, s)| {
+                prop::collection::vec(
+                    prop::collection::vec(
+                        prop::option::weighted(0.8, (1u8..20, 1u8..20, 1u8..40)),
+                        s,
+                    ),
+                    d,
+                )
+            })
+            .prop_map(|t| {
+                t.into_iter()
+                    .map(|r| {
+                        r.into_iter()
+                            .map(|c| c.map(|(a, b, p)| [f64::from(a), f64::from(b), f64::from(p)]))
+                            .collect()
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Enumerating only the per-workload fronts loses no fleet: the
+        /// (cost, power) figures of the front equal those of the front of
+        /// every combination.
+        #[test]
+        fn pruned_front_equals_brute_force(t in table()) {
+            let systems = t[0].len();
+            let mut all: Vec<Vec<f64>> = Vec::new();
+            for mut i in 0..systems.pow(t.len() as u32) {
+                let mut tot = Some([0.0, 0.0]);
+                for row in &t {
+                    tot = tot.zip(row[i % systems]).map(|(a, c)| [a[0] + c[0], a[1] + c[1]]);
+                    i /= systems;
+                }
+                if let Some(x) = tot {
+                    all.push(x.to_vec());
+                }
+            }
+            let mut want: Vec<(u64, u64)> = all
+                .iter()
+                .filter(|a| !all.iter().any(|b| dominates(b, a, &[Sense::Minimize, Sense::Minimize])))
+                .map(|a| (a[0] as u64, a[1] as u64))
+                .collect();
+            want.sort_unstable();
+            want.dedup();
+            let mut got: Vec<(u64, u64)> = fleets(&t, f64::INFINITY)
+                .0
+                .iter()
+                .map(|f| (f.cost as u64, f.power as u64))
+                .collect();
+            got.sort_unstable();
+            got.dedup();
+            prop_assert_eq!(got, want);
+        }
     }
 }
