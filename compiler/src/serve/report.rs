@@ -130,13 +130,16 @@ pub fn summarize(
             }
         })
         .collect();
-    let mut ok = 0u64;
-    for i in 0..n {
-        let (f, e, t) = (o.ttft[i], o.e2e[i], tpot[i]);
-        if e.is_finite() && f <= ttft_p99 && t <= tpot_p99 && e2e_p99.is_none_or(|x| e <= x) {
-            ok += 1;
-        }
-    }
+    let ok = o
+        .ttft
+        .iter()
+        .zip(&o.e2e)
+        .zip(&tpot)
+        .take(n)
+        .filter(|((f, e), t)| {
+            e.is_finite() && **f <= ttft_p99 && **t <= tpot_p99 && e2e_p99.is_none_or(|x| **e <= x)
+        })
+        .count() as u64;
     let span = match (arrivals.first(), arrivals.last()) {
         (Some(a), Some(b)) if b > a => b - a,
         _ => 0.0,
