@@ -391,3 +391,40 @@ fn weighted_study_formats_and_fronts() {
         "{md}"
     );
 }
+
+/// A linear sweep (`lo..hi step s`) over device, node and fabric figures:
+/// the points are the steps plus `hi`, and every point is planned on its
+/// own hardware (throughput grows with the NVLink bandwidth at a fixed
+/// HBM capacity and NIC rate).
+#[test]
+fn linear_sweep_points_are_planned_each() {
+    let file = "tests/inputs/valid/sweep_linear.gantry";
+    let (code, out, err) = gantry(&["study", file, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &doc["studies"][0];
+    let names: Vec<&str> = st["systems"]
+        .as_array()
+        .expect("systems")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 4 * 3 * 2, "{names:?}");
+    for hbm in ["hbm=40 GB", "hbm=60 GB", "hbm=80 GB", "hbm=100 GB"] {
+        assert_eq!(names.iter().filter(|n| n.contains(hbm)).count(), 6, "{hbm}");
+    }
+    for nv in ["nvlink=100 GB/s", "nvlink=250 GB/s", "nvlink=350 GB/s"] {
+        assert_eq!(names.iter().filter(|n| n.contains(nv)).count(), 8, "{nv}");
+    }
+    let rows = st["weighted"]["rows"].as_array().expect("rows");
+    let thr = |name: &str| {
+        rows.iter()
+            .find(|r| r["system"] == name)
+            .and_then(|r| r["cells"][0]["throughput_per_s"].as_f64())
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    for hbm in ["40 GB", "100 GB"] {
+        let at = |nv: &str| thr(&format!("Fleet(hbm={hbm}, nvlink={nv}, nic=50 GB/s)"));
+        assert!(at("100 GB/s") < at("250 GB/s") && at("250 GB/s") < at("350 GB/s"));
+    }
+}
