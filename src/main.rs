@@ -137,6 +137,11 @@ enum Command {
         /// studies: one row per system and workload).
         #[arg(long, value_enum, default_value_t = StudyFormat::Text)]
         format: StudyFormat,
+        /// Also write SVG plots into this folder (created if missing): for
+        /// each fleet study, `STUDY-pareto.svg`, its candidate fleets by
+        /// cost and power with the Pareto front.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         #[arg(long = "lib")]
         lib: Vec<PathBuf>,
     },
@@ -281,8 +286,9 @@ fn main() -> ExitCode {
             file,
             study,
             format,
+            plot,
             lib,
-        } => study_cmd(&file, study.as_deref(), format, &lib),
+        } => study_cmd(&file, study.as_deref(), format, plot.as_deref(), &lib),
         Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
         Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
         Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),
@@ -860,7 +866,33 @@ fn search_cmd(
     ExitCode::SUCCESS
 }
 
-fn study_cmd(file: &str, study: Option<&str>, format: StudyFormat, lib: &[PathBuf]) -> ExitCode {
+/// `--plot DIR`: one Pareto scatter per fleet study.
+fn write_plots(
+    dir: &std::path::Path,
+    outcomes: &[(
+        &gantry_lang::program::Study,
+        gantry_compiler::study_doc::Outcome,
+    )],
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    for (st, o) in outcomes {
+        if let gantry_compiler::study_doc::Outcome::Fleet(_, f) = o {
+            let svg = gantry::plot::fleet_pareto_svg(&st.name, f)?;
+            let path = dir.join(format!("{}-pareto.svg", st.name));
+            std::fs::write(&path, svg)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn study_cmd(
+    file: &str,
+    study: Option<&str>,
+    format: StudyFormat,
+    plot: Option<&std::path::Path>,
+    lib: &[PathBuf],
+) -> ExitCode {
     let checked = check_files(&[file.to_string()], lib);
     if checked.has_errors() {
         eprint!("{}", checked.render(use_color(Color::Auto)));
@@ -925,6 +957,12 @@ fn study_cmd(file: &str, study: Option<&str>, format: StudyFormat, lib: &[PathBu
             (*st, o)
         })
         .collect();
+    if let Some(dir) = plot
+        && let Err(e) = write_plots(dir, &outcomes)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match format {
         StudyFormat::Json => out!(
             "{}",

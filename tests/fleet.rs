@@ -428,3 +428,49 @@ fn linear_sweep_points_are_planned_each() {
         assert!(at("100 GB/s") < at("250 GB/s") && at("250 GB/s") < at("350 GB/s"));
     }
 }
+
+/// `--plot DIR` writes the fleet study's Pareto scatter: valid XML (parsed
+/// with roxmltree), one circle per candidate fleet, the front's in red,
+/// and along the front cost rises as power falls (x grows, and so does y,
+/// which points down in SVG).
+#[test]
+fn pareto_plot_is_svg_with_one_point_per_candidate() {
+    let dir = std::env::temp_dir().join(format!("gantry-plot-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--format",
+        "json",
+        "--plot",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let front = &doc["studies"][0]["fleet"]["pareto"]["fleets"];
+    let members = front["members"].as_array().expect("members").len();
+    let candidates = front["candidates"].as_u64().expect("candidates") as usize;
+    let text = std::fs::read_to_string(dir.join("fleet-pareto.svg")).expect("plot written");
+    let svg = roxmltree::Document::parse(&text).expect("valid XML");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    let circles: Vec<(f64, f64, String)> = svg
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .map(|n| {
+            let at = |k: &str| n.attribute(k).and_then(|v| v.parse().ok()).expect(k);
+            (
+                at("cx"),
+                at("cy"),
+                n.attribute("fill").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(circles.len(), candidates, "{text}");
+    let red: Vec<&(f64, f64, String)> = circles.iter().filter(|c| c.2 == "#D62728").collect();
+    assert_eq!(red.len(), members);
+    for w in red.windows(2) {
+        assert!(w[0].0 <= w[1].0 && w[0].1 <= w[1].1, "{red:?}");
+    }
+    assert!(text.contains("TCO ($/h)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

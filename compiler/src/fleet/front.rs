@@ -42,6 +42,9 @@ pub struct Fronts {
     pub fleets: Vec<FleetPoint>,
     /// Candidate fleets enumerated for the fleet front.
     pub candidates: usize,
+    /// (cost, power at load) of every enumerated candidate, in
+    /// enumeration order (what a Pareto scatter plots).
+    pub points: Vec<(f64, f64)>,
     /// The product of the per-workload fronts exceeded the limit.
     pub truncated: bool,
 }
@@ -64,7 +67,7 @@ fn pools_front(row: &[Result<Pool, String>]) -> Vec<usize> {
 /// cannot meet the demand), cheapest first; the candidates enumerated and
 /// whether the enumeration was truncated. Arithmetic only, so the pruning
 /// argument is checked against brute force on random tables.
-pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> (Vec<FleetPoint>, usize, bool) {
+pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
     let axes: Vec<Vec<usize>> = costs
         .iter()
         .map(|row| {
@@ -107,7 +110,22 @@ pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> (Vec<FleetPoint>, us
         .map(|i| points[i].clone())
         .collect();
     members.sort_by(|x, y| x.cost.total_cmp(&y.cost).then(x.choice.cmp(&y.choice)));
-    (members, candidates, product > MAX_COMBINATIONS)
+    FleetFront {
+        members,
+        points: points.iter().map(|p| (p.cost, p.power)).collect(),
+        truncated: product > MAX_COMBINATIONS,
+    }
+}
+
+/// What [`fleets`] finds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FleetFront {
+    /// The non-dominated fleets, cheapest first.
+    pub members: Vec<FleetPoint>,
+    /// (cost, power at load) of every candidate enumerated.
+    pub points: Vec<(f64, f64)>,
+    /// The product of the per-workload fronts exceeded the limit.
+    pub truncated: bool,
 }
 
 /// The fronts of a fleet answer under the site's power cap `cap` (watts
@@ -127,12 +145,13 @@ pub fn of(a: &Answer, cap: f64) -> Fronts {
                 .collect()
         })
         .collect();
-    let (fleets, candidates, truncated) = fleets(&costs, cap);
+    let f = fleets(&costs, cap);
     Fronts {
         pools,
-        fleets,
-        candidates,
-        truncated,
+        candidates: f.points.len(),
+        fleets: f.members,
+        points: f.points,
+        truncated: f.truncated,
     }
 }
 
@@ -159,8 +178,9 @@ mod tests {
             ],
             vec![Some([4.0, 4.0, 5.0]), None, Some([1.0, 9.0, 12.0])],
         ];
-        let (m, candidates, truncated) = fleets(&t, 20.0);
-        assert_eq!((candidates, truncated), (4, false));
+        let f = fleets(&t, 20.0);
+        assert_eq!((f.points.len(), f.truncated), (4, false));
+        let m = f.members;
         let got: Vec<(Vec<usize>, f64, f64, bool)> = m
             .iter()
             .map(|f| (f.choice.clone(), f.cost, f.power, f.within_cap))
@@ -225,7 +245,7 @@ mod tests {
             want.sort_unstable();
             want.dedup();
             let mut got: Vec<(u64, u64)> = fleets(&t, f64::INFINITY)
-                .0
+                .members
                 .iter()
                 .map(|f| (f.cost as u64, f.power as u64))
                 .collect();
