@@ -134,7 +134,8 @@ pub fn fronts_text(a: &Answer, f: &Fronts, markdown: bool) -> String {
     };
     let _ = writeln!(
         s,
-        "{h}Pareto front per workload (TCO, delivered throughput, power at load)"
+        "{h}Pareto front per workload (TCO, delivered throughput, power at load){}",
+        if markdown { "\n" } else { "" }
     );
     for (d, members) in f.pools.iter().enumerate() {
         let name = a.table[d]
@@ -203,17 +204,19 @@ fn fleet_table(s: &mut String, title: &str, f: &Fleet) {
         num(f.power / 1e6),
         num(f.provisioned / 1e6)
     );
-    s.push_str("| workload | system | nodes | devices | tp | pp | dp | demand /s | delivered /s | goodput | busy | power kW | TCO $/h | capital $/h | energy $/h |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| workload | system | nodes | devices | replicas | plan tp, pp, dp | demand /s | delivered /s | goodput | busy | power kW | TCO $/h | capital $/h | energy $/h |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for p in &f.pools {
         let (t, pt) = (&p.tco, &p.plan.point);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} {u} | {} {u} | {} | {:.1}% | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} x {} | {}, {}, {} | {} {u} | {} {u} | {} | {:.1}% | {} | {} | {} | {} |",
             p.workload,
             p.system,
             t.nodes,
             t.devices,
+            p.replicas,
+            p.unit_devices,
             pt.tp,
             pt.pp,
             pt.dp,
@@ -242,9 +245,14 @@ pub fn markdown(study: &str, a: &Answer, f: &Fronts) -> String {
             let extra = h.cost - a.pooled.cost;
             let _ = writeln!(
                 s,
-                "\nCost of homogeneity: ${}/h (${}M/yr).",
+                "\nCost of homogeneity: ${}/h (${}M/yr, {:.1}% over the pooled fleet).",
                 num(extra * HOUR),
-                num(extra * YEAR / 1e6)
+                num(extra * YEAR / 1e6),
+                if a.pooled.cost > 0.0 {
+                    extra / a.pooled.cost * 100.0
+                } else {
+                    0.0
+                }
             );
         }
         None => s.push_str(
