@@ -1,8 +1,8 @@
 //! SVG plots of study results, drawn with `plotters` (SVG backend only:
 //! no fonts are rasterised, text is SVG `<text>`).
 //!
-//! One plot today: a fleet study's Pareto scatter, every candidate fleet
-//! the front was taken over (`fleet::front`) at (TCO in $/h, facility
+//! One plot today: a fleet study's Pareto scatter, the candidate fleets
+//! (`fleet::front::FleetFront::points`) at (TCO in $/h, facility
 //! power at load in kW), the non-dominated ones in red joined by a line
 //! in cost order, the rest in grey. The plot is rendered into a string
 //! here; the CLI (`--plot DIR`) writes it to a file. Nothing is computed

@@ -8,16 +8,19 @@
 //!   (TCO rate: min, facility power at load: min). Every candidate meets
 //!   the demand, so throughput is not an objective here. Both objectives
 //!   are sums over pools, so a fleet using a pool that another pool of the
-//!   same workload beats on both cost and power is dominated by the swap:
-//!   only the product of the per-workload (cost, power) fronts is
-//!   enumerated, up to [`super::MAX_COMBINATIONS`] fleets (`truncated`
-//!   says when the product was larger and the front is of the first ones).
+//!   same workload beats on both cost and power is dominated by the swap;
+//!   likewise for the fleets of the first k workloads. So fleets are built
+//!   workload by workload, each step combining the front so far with the
+//!   next workload's own (cost, power) front and pruning back to the
+//!   front: exact, and small where the plain product of fronts is not.
+//!   A step with more than [`super::MAX_COMBINATIONS`] candidates is cut
+//!   there (`truncated`).
 //!
 //! The dominance rule is [`crate::pareto`]'s; this module only picks the
 //! candidates and their figures, all fields of [`Pool`].
 
 use super::{Answer, MAX_COMBINATIONS, Pool};
-use crate::pareto::{Sense, front};
+use crate::pareto::{Sense, front, front_2d};
 
 /// One fleet on the front: its system index per demand and totals.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,12 +43,12 @@ pub struct Fronts {
     pub pools: Vec<Vec<usize>>,
     /// The fleets on the (cost, power) front, cheapest first.
     pub fleets: Vec<FleetPoint>,
-    /// Candidate fleets enumerated for the fleet front.
+    /// Candidate fleets counted in `points` (see [`FleetFront::points`]).
     pub candidates: usize,
-    /// (cost, power at load) of every enumerated candidate, in
-    /// enumeration order (what a Pareto scatter plots).
+    /// (cost, power at load) of those candidates (what a Pareto scatter
+    /// plots).
     pub points: Vec<(f64, f64)>,
-    /// The product of the per-workload fronts exceeded the limit.
+    /// A step had more than the limit of candidates and was cut.
     pub truncated: bool,
 }
 
@@ -64,57 +67,88 @@ fn pools_front(row: &[Result<Pool, String>]) -> Vec<usize> {
 
 /// The fleets on the (cost, power) front from `costs[demand][system]` =
 /// (cost, power at load, provisioned power) of that pool (None: it
-/// cannot meet the demand), cheapest first; the candidates enumerated and
-/// whether the enumeration was truncated. Arithmetic only, so the pruning
-/// argument is checked against brute force on random tables.
+/// cannot meet the demand), cheapest first, with the last step's
+/// candidates. Arithmetic only, so the pruning argument is checked against
+/// brute force on random tables.
 pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
-    let axes: Vec<Vec<usize>> = costs
-        .iter()
-        .map(|row| {
-            let pts: Vec<Vec<f64>> = row
-                .iter()
-                .map(|c| c.map_or(vec![f64::NAN; 2], |c| vec![c[0], c[1]]))
-                .collect();
-            front(&pts, &[Sense::Minimize, Sense::Minimize])
-        })
-        .collect();
-    let product = axes
-        .iter()
-        .try_fold(1usize, |n, ax| n.checked_mul(ax.len()))
-        .unwrap_or(usize::MAX);
-    let candidates = product.min(MAX_COMBINATIONS);
-    let mut points: Vec<FleetPoint> = Vec::with_capacity(candidates);
-    for mut i in 0..candidates {
-        let mut choice = Vec::with_capacity(axes.len());
-        for ax in &axes {
-            choice.push(ax[i % ax.len()]);
-            i /= ax.len();
-        }
-        let mut t = [0.0; 3];
-        for (d, &s) in choice.iter().enumerate() {
-            if let Some(c) = costs[d][s] {
-                t = [t[0] + c[0], t[1] + c[1], t[2] + c[2]];
+    // Fleets of the first k workloads, pruned to their front at each step:
+    // front(A + B) is within front(A) + front(B) for sums of minimised
+    // figures, so the last step's front is the exact fleet front.
+    let mut partial: Vec<(Vec<usize>, [f64; 3])> = vec![(Vec::new(), [0.0; 3])];
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    let mut truncated = false;
+    for row in costs {
+        let own: Vec<(f64, f64)> = row
+            .iter()
+            .map(|c| c.map_or((f64::NAN, f64::NAN), |c| (c[0], c[1])))
+            .collect();
+        let axis = front_2d(&own);
+        let mut next: Vec<(Vec<usize>, [f64; 3])> = Vec::new();
+        'all: for (choice, t) in &partial {
+            for &s in &axis {
+                if next.len() >= MAX_COMBINATIONS {
+                    truncated = true;
+                    break 'all;
+                }
+                let Some(c) = row[s] else { continue };
+                let mut ch = choice.clone();
+                ch.push(s);
+                next.push((ch, [t[0] + c[0], t[1] + c[1], t[2] + c[2]]));
             }
         }
-        points.push(FleetPoint {
+        points = next.iter().map(|(_, t)| (t[0], t[1])).collect();
+        partial = front_2d(&points)
+            .into_iter()
+            .map(|i| next[i].clone())
+            .collect();
+    }
+    if costs.is_empty() {
+        partial.clear();
+    }
+    if let Some(all) = every_fleet(costs) {
+        points = all;
+    }
+    let mut members: Vec<FleetPoint> = partial
+        .into_iter()
+        .map(|(choice, t)| FleetPoint {
             choice,
             cost: t[0],
             power: t[1],
             provisioned: t[2],
             within_cap: t[2] <= cap,
-        });
-    }
-    let scores: Vec<Vec<f64>> = points.iter().map(|p| vec![p.cost, p.power]).collect();
-    let mut members: Vec<FleetPoint> = front(&scores, &[Sense::Minimize, Sense::Minimize])
-        .into_iter()
-        .map(|i| points[i].clone())
+        })
         .collect();
     members.sort_by(|x, y| x.cost.total_cmp(&y.cost).then(x.choice.cmp(&y.choice)));
     FleetFront {
         members,
-        points: points.iter().map(|p| (p.cost, p.power)).collect(),
-        truncated: product > MAX_COMBINATIONS,
+        points,
+        truncated,
     }
+}
+
+/// (cost, power at load) of every fleet of one possible pool per
+/// workload, if there are at most [`MAX_COMBINATIONS`].
+fn every_fleet(costs: &[Vec<Option<[f64; 3]>>]) -> Option<Vec<(f64, f64)>> {
+    let rows: Vec<Vec<[f64; 3]>> = costs
+        .iter()
+        .map(|r| r.iter().flatten().copied().collect())
+        .collect();
+    let n = rows
+        .iter()
+        .try_fold(1usize, |n, r| n.checked_mul(r.len()))
+        .filter(|&n| n <= MAX_COMBINATIONS)?;
+    let mut out = Vec::with_capacity(n);
+    for mut i in 0..n {
+        let (mut c, mut p) = (0.0, 0.0);
+        for r in &rows {
+            let x = r[i % r.len()];
+            i /= r.len();
+            c += x[0];
+            p += x[1];
+        }
+        out.push((c, p));
+    }
+    Some(out)
 }
 
 /// What [`fleets`] finds.
@@ -122,9 +156,12 @@ pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
 pub struct FleetFront {
     /// The non-dominated fleets, cheapest first.
     pub members: Vec<FleetPoint>,
-    /// (cost, power at load) of every candidate enumerated.
+    /// (cost, power at load) of every fleet of one possible pool per
+    /// workload when there are at most [`MAX_COMBINATIONS`], else of the
+    /// last step's candidates (the front of the other workloads' fleets
+    /// combined with the last workload's own front).
     pub points: Vec<(f64, f64)>,
-    /// The product of the per-workload fronts exceeded the limit.
+    /// A step had more than [`MAX_COMBINATIONS`] candidates and was cut.
     pub truncated: bool,
 }
 
@@ -179,7 +216,8 @@ mod tests {
             vec![Some([4.0, 4.0, 5.0]), None, Some([1.0, 9.0, 12.0])],
         ];
         let f = fleets(&t, 20.0);
-        assert_eq!((f.points.len(), f.truncated), (4, false));
+        // Every fleet of possible pools: 3 x 2.
+        assert_eq!((f.points.len(), f.truncated), (6, false));
         let m = f.members;
         let got: Vec<(Vec<usize>, f64, f64, bool)> = m
             .iter()
