@@ -81,8 +81,10 @@ fn reliability(p: &Pool) -> Value {
     }
 }
 
-/// One pool: its size, its plan and the terms of its cost and goodput.
-pub fn pool_json(p: &Pool, system: usize, site: &Site) -> Value {
+/// One pool: its size, its plan (`with_plan`; the candidates leave it
+/// out, as a sweep of a thousand systems would carry thousands) and the
+/// terms of its cost and goodput.
+pub fn pool_json(p: &Pool, system: usize, site: &Site, with_plan: bool) -> Value {
     json!({
         "workload": p.workload,
         "system": p.system,
@@ -96,7 +98,7 @@ pub fn pool_json(p: &Pool, system: usize, site: &Site) -> Value {
         "raw_per_s": p.raw,
         "delivered_per_s": p.delivered,
         "cost_per_unit_usd": p.cost_per_unit,
-        "plan": p.plan_json,
+        "plan": if with_plan { p.plan_json.clone() } else { Value::Null },
         "economics": economics(p, site),
         "reliability": reliability(p),
     })
@@ -108,7 +110,7 @@ fn fleet_json(f: &Fleet, site: &Site) -> Value {
         "cost_usd_per_s": f.cost,
         "power_w": f.power,
         "provisioned_power_w": f.provisioned,
-        "pools": f.pools.iter().zip(&f.choice).map(|(p, &s)| pool_json(p, s, site)).collect::<Vec<_>>(),
+        "pools": f.pools.iter().zip(&f.choice).map(|(p, &s)| pool_json(p, s, site, true)).collect::<Vec<_>>(),
     })
 }
 
@@ -123,7 +125,7 @@ pub fn json(a: &Answer, demand: &[Demand], site: &Site, fronts: &Fronts) -> Valu
             json!({
                 "workload": d.workload,
                 "pools": row.iter().enumerate().map(|(s, r)| match r {
-                    Ok(p) => json!({ "system_index": s, "pool": pool_json(p, s, site), "reason": null }),
+                    Ok(p) => json!({ "system_index": s, "pool": pool_json(p, s, site, false), "reason": null }),
                     Err(why) => json!({ "system_index": s, "pool": null, "reason": why }),
                 }).collect::<Vec<_>>(),
             })

@@ -13,6 +13,8 @@
 //!   workload by workload, each step combining the front so far with the
 //!   next workload's own (cost, power) front and pruning back to the
 //!   front: exact, and small where the plain product of fronts is not.
+//!   Of pools or fleets with identical (cost, power), the one with the
+//!   lowest system indices stands for all.
 //!   A step with more than [`super::MAX_COMBINATIONS`] candidates is cut
 //!   there (`truncated`).
 //!
@@ -82,7 +84,7 @@ pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
             .iter()
             .map(|c| c.map_or((f64::NAN, f64::NAN), |c| (c[0], c[1])))
             .collect();
-        let axis = front_2d(&own);
+        let axis = distinct(front_2d(&own), &own);
         let mut next: Vec<(Vec<usize>, [f64; 3])> = Vec::new();
         'all: for (choice, t) in &partial {
             for &s in &axis {
@@ -97,7 +99,7 @@ pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
             }
         }
         points = next.iter().map(|(_, t)| (t[0], t[1])).collect();
-        partial = front_2d(&points)
+        partial = distinct(front_2d(&points), &points)
             .into_iter()
             .map(|i| next[i].clone())
             .collect();
@@ -124,6 +126,19 @@ pub fn fleets(costs: &[Vec<Option<[f64; 3]>>], cap: f64) -> FleetFront {
         points,
         truncated,
     }
+}
+
+/// `members` less repeats of the same (cost, power): the first (lowest
+/// index, so lowest system indices) stands for all. Systems of a sweep
+/// often give identical pools (an inference pool's replicas do not depend
+/// on the cluster's size), and keeping every copy would multiply at each
+/// step.
+fn distinct(members: Vec<usize>, pts: &[(f64, f64)]) -> Vec<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    members
+        .into_iter()
+        .filter(|&i| seen.insert((pts[i].0.to_bits(), pts[i].1.to_bits())))
+        .collect()
 }
 
 /// (cost, power at load) of every fleet of one possible pool per
@@ -231,6 +246,19 @@ mod tests {
                 (vec![1, 0], 6.0, 9.0, true),
             ]
         );
+    }
+
+    /// Identical pools on several systems (a sweep of cluster sizes) give
+    /// one front member, the lowest system indices, not one per copy.
+    #[test]
+    fn identical_fleets_count_once() {
+        let same = Some([1.0, 2.0, 3.0]);
+        let t = vec![vec![same, same, same], vec![same, same]];
+        let f = fleets(&t, f64::INFINITY);
+        assert_eq!(f.members.len(), 1);
+        assert_eq!(f.members[0].choice, vec![0, 0]);
+        assert_eq!((f.members[0].cost, f.members[0].power), (2.0, 4.0));
+        assert_eq!(f.points.len(), 6);
     }
 
     fn table() -> impl Strategy<Value = Vec<Vec<Option<[f64; 3]>>>> {
