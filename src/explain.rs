@@ -184,6 +184,14 @@ quantity, `zero` above 3, `top_k` above the number of experts, an efficiency fac
 its range (docs/LANGUAGE.md, section 5.2) or a knob value above 2^24.\n\
 Fix: give a value inside the range the message states."
         }
+        "L047" => {
+            "A study's sweep is too large: the product of its swept arguments' points is above \
+10000 systems, or one linear range (`lo..hi step s`) has more than 10000 points (in a sweep \
+or a plan knob). It is reported while checking, before any system is built or planned, so \
+an oversized sweep costs nothing (docs/LANGUAGE.md, section 5.9). The label lists the \
+points per swept argument.\n\
+Fix: narrow the ranges, take larger steps, or list chosen points as a set."
+        }
         "L050" => {
             "The shapes of an op's operands do not agree, for example a `linear` whose input \
 width is not the layer's input width, or `interact` over vectors of unequal width. The \

@@ -134,3 +134,343 @@ fn ownership_figures_are_checked() {
         assert!(err.contains(want), "missing `{want}` in\n{err}");
     }
 }
+
+/// Is `a` no worse than `b` on every figure and better on one
+/// (`signs`: +1 minimised, -1 maximised)? Written here, not shared with
+/// the compiler's `pareto` module, so the fronts are checked independently.
+fn beats(a: &[f64], b: &[f64], signs: &[f64]) -> bool {
+    let k: Vec<(f64, f64)> = a
+        .iter()
+        .zip(b)
+        .zip(signs)
+        .map(|((x, y), s)| (x * s, y * s))
+        .collect();
+    k.iter().all(|(x, y)| x <= y) && k.iter().any(|(x, y)| x < y)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-30)
+}
+
+/// The example's `gantry.study/1` document: every pool's economics and
+/// reliability terms recompute from the inputs written next to them, the
+/// pooled fleet is the cheapest member of the fleet front, and each
+/// workload's front is exactly the non-dominated candidate pools.
+#[test]
+fn example_fleet_json_terms_and_fronts() {
+    let (code, out, err) = gantry(&["study", "examples/fleet_study.gantry", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["schema"], "gantry.study/1");
+    let f = &doc["studies"][0]["fleet"];
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut goodputs = 0;
+    for kind in ["pooled", "homogeneous"] {
+        let fleet = &f[kind];
+        let pools = fleet["pools"].as_array().expect("pools");
+        assert_eq!(pools.len(), 5);
+        let sum: f64 = pools
+            .iter()
+            .map(|p| num(&p["economics"]["total_usd_per_s"]))
+            .sum();
+        assert!(close(sum, num(&fleet["cost_usd_per_s"])), "{kind}");
+        for p in pools {
+            let e = &p["economics"];
+            assert!(num(&p["delivered_per_s"]) >= num(&p["demand_per_s"]));
+            assert!(close(
+                num(&e["facility_power_w"]),
+                num(&e["it_power_w"]) * num(&e["pue"])
+            ));
+            assert!(close(
+                num(&e["energy_usd_per_s"]),
+                num(&e["facility_power_w"]) * num(&e["energy_price_usd_per_j"])
+            ));
+            assert!(close(
+                num(&e["capital_usd_per_s"]),
+                num(&p["nodes"]) * num(&e["capital_per_node_usd_per_s"])
+            ));
+            assert!(close(
+                num(&e["total_usd_per_s"]),
+                num(&e["capital_usd_per_s"]) + num(&e["energy_usd_per_s"])
+            ));
+            let r = &p["reliability"];
+            if r.is_object() {
+                goodputs += 1;
+                let (d, m) = (num(&r["checkpoint_s"]), num(&r["pool_mtbf_s"]));
+                assert!(close(num(&r["interval_s"]), (2.0 * d * m).sqrt()), "{r}");
+                assert!(close(
+                    num(&r["checkpoint_s"]),
+                    num(&r["checkpoint_state_bytes"]) / num(&f["site"]["storage_bytes_per_s"])
+                ));
+                assert!(close(
+                    num(&p["delivered_per_s"]),
+                    num(&p["raw_per_s"]) * num(&r["goodput_fraction"])
+                ));
+            }
+        }
+    }
+    assert!(goodputs >= 2, "training pools carry their goodput terms");
+    assert!(num(&f["pooled"]["cost_usd_per_s"]) <= num(&f["homogeneous"]["cost_usd_per_s"]));
+    // Fleet front: cheapest member is the pooled fleet (it is within the
+    // cap), members are cheapest first and none beats another.
+    let members = f["pareto"]["fleets"]["members"]
+        .as_array()
+        .expect("members");
+    assert!(!members.is_empty());
+    assert_eq!(members[0]["systems"], f["pooled"]["systems"]);
+    let pts: Vec<Vec<f64>> = members
+        .iter()
+        .map(|m| vec![num(&m["cost_usd_per_s"]), num(&m["power_w"])])
+        .collect();
+    for (i, a) in pts.iter().enumerate() {
+        assert!(i == 0 || pts[i - 1][0] <= a[0]);
+        assert!(!pts.iter().any(|b| beats(b, a, &[1.0, 1.0])));
+    }
+    // Per workload: the front is exactly the candidates no other beats.
+    for (d, row) in f["candidates"].as_array().expect("rows").iter().enumerate() {
+        let pools: Vec<(u64, Vec<f64>)> = row["pools"]
+            .as_array()
+            .expect("pools")
+            .iter()
+            .filter(|c| c["pool"].is_object())
+            .map(|c| {
+                let p = &c["pool"];
+                (
+                    c["system_index"].as_u64().expect("index"),
+                    vec![
+                        num(&p["economics"]["total_usd_per_s"]),
+                        num(&p["delivered_per_s"]),
+                        num(&p["economics"]["facility_power_w"]),
+                    ],
+                )
+            })
+            .collect();
+        let want: Vec<u64> = pools
+            .iter()
+            .filter(|(_, a)| !pools.iter().any(|(_, b)| beats(b, a, &[1.0, -1.0, 1.0])))
+            .map(|(i, _)| *i)
+            .collect();
+        let got: Vec<u64> = f["pareto"]["pools"][d]["systems"]
+            .as_array()
+            .expect("front")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        assert_eq!(got, want, "front of demand {d}");
+    }
+}
+
+/// Splits one CSV line, honouring quoted fields.
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// CSV: a header and one row per (fleet kind, pool) with as many fields;
+/// Markdown: both fleet tables and the fronts; text: the fronts.
+#[test]
+fn example_fleet_csv_markdown_text() {
+    let (code, out, err) = gantry(&["study", "examples/fleet_study.gantry", "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Vec<String>> = out.lines().map(csv_fields).collect();
+    assert_eq!(lines.len(), 1 + 2 * 5, "{out}");
+    let header = &lines[0];
+    assert_eq!(header[1], "fleet");
+    for l in &lines[1..] {
+        assert_eq!(l.len(), header.len(), "{l:?}");
+        assert!(
+            l[3].starts_with("RoCERail("),
+            "system with its comma quoted: {l:?}"
+        );
+    }
+    let kinds: Vec<&str> = lines[1..].iter().map(|l| l[1].as_str()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "pooled").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| **k == "homogeneous").count(), 5);
+    let (code, md, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--format",
+        "markdown",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "### Pooled fleet",
+        "### Homogeneous fleet",
+        "| workload |",
+        "### Pareto front of fleets",
+        "Cost of homogeneity",
+    ] {
+        assert!(md.contains(want), "missing `{want}`:\n{md}");
+    }
+    let (code, text, err) = gantry(&["study", "examples/fleet_study.gantry"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("Pareto front per workload") && text.contains("Pareto front of fleets"));
+}
+
+/// A weighted study in every format: one CSV row per (system, workload),
+/// and each workload's front is the systems no other beats on (price,
+/// throughput, power), recomputed here from the JSON cells.
+#[test]
+fn weighted_study_formats_and_fronts() {
+    let file = "examples/codesign_study.gantry";
+    let (code, out, err) = gantry(&["study", file, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &doc["studies"][0];
+    assert_eq!(st["kind"], "weighted");
+    let rows = st["weighted"]["rows"].as_array().expect("rows");
+    let workloads = rows[0]["cells"].as_array().expect("cells").len();
+    for (j, front) in st["weighted"]["pareto"]
+        .as_array()
+        .expect("fronts")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            front["objectives"][0], "price_usd_per_s",
+            "the example's systems have prices"
+        );
+        let pts: Vec<Option<Vec<f64>>> = rows
+            .iter()
+            .map(|r| {
+                let c = &r["cells"][j];
+                Some(vec![
+                    c["price_usd_per_s"].as_f64()?,
+                    c["throughput_per_s"].as_f64()?,
+                    c["power_w"].as_f64()?,
+                ])
+            })
+            .collect();
+        let want: Vec<u64> = (0..pts.len())
+            .filter(|&i| {
+                pts[i]
+                    .as_ref()
+                    .is_some_and(|a| !pts.iter().flatten().any(|b| beats(b, a, &[1.0, -1.0, 1.0])))
+            })
+            .map(|i| i as u64)
+            .collect();
+        let got: Vec<u64> = front["systems"]
+            .as_array()
+            .expect("systems")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        assert_eq!(got, want, "front of workload {j}");
+    }
+    let (code, csv, err) = gantry(&["study", file, "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Vec<String>> = csv.lines().map(csv_fields).collect();
+    // One row per (system, workload) of every study in the file.
+    let cells: usize = doc["studies"]
+        .as_array()
+        .expect("studies")
+        .iter()
+        .flat_map(|s| s["weighted"]["rows"].as_array().into_iter().flatten())
+        .map(|r| r["cells"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(cells >= rows.len() * workloads);
+    assert_eq!(lines.len(), 1 + cells, "{csv}");
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()));
+    let (code, md, err) = gantry(&["study", file, "--format", "markdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        md.contains("| system | devices | score |") && md.contains("### Pareto front per workload"),
+        "{md}"
+    );
+}
+
+/// A linear sweep (`lo..hi step s`) over device, node and fabric figures:
+/// the points are the steps plus `hi`, and every point is planned on its
+/// own hardware (throughput grows with the NVLink bandwidth at a fixed
+/// HBM capacity and NIC rate).
+#[test]
+fn linear_sweep_points_are_planned_each() {
+    let file = "tests/inputs/valid/sweep_linear.gantry";
+    let (code, out, err) = gantry(&["study", file, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &doc["studies"][0];
+    let names: Vec<&str> = st["systems"]
+        .as_array()
+        .expect("systems")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 4 * 3 * 2, "{names:?}");
+    for hbm in ["hbm=40 GB", "hbm=60 GB", "hbm=80 GB", "hbm=100 GB"] {
+        assert_eq!(names.iter().filter(|n| n.contains(hbm)).count(), 6, "{hbm}");
+    }
+    for nv in ["nvlink=100 GB/s", "nvlink=250 GB/s", "nvlink=350 GB/s"] {
+        assert_eq!(names.iter().filter(|n| n.contains(nv)).count(), 8, "{nv}");
+    }
+    let rows = st["weighted"]["rows"].as_array().expect("rows");
+    let thr = |name: &str| {
+        rows.iter()
+            .find(|r| r["system"] == name)
+            .and_then(|r| r["cells"][0]["throughput_per_s"].as_f64())
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    for hbm in ["40 GB", "100 GB"] {
+        let at = |nv: &str| thr(&format!("Fleet(hbm={hbm}, nvlink={nv}, nic=50 GB/s)"));
+        assert!(at("100 GB/s") < at("250 GB/s") && at("250 GB/s") < at("350 GB/s"));
+    }
+}
+
+/// `--plot DIR` writes the fleet study's Pareto scatter: valid XML (parsed
+/// with roxmltree), one circle per candidate fleet, the front's in red,
+/// and along the front cost rises as power falls (x grows, and so does y,
+/// which points down in SVG).
+#[test]
+fn pareto_plot_is_svg_with_one_point_per_candidate() {
+    let dir = std::env::temp_dir().join(format!("gantry-plot-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--format",
+        "json",
+        "--plot",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let front = &doc["studies"][0]["fleet"]["pareto"]["fleets"];
+    let members = front["members"].as_array().expect("members").len();
+    let candidates = front["candidates"].as_u64().expect("candidates") as usize;
+    let text = std::fs::read_to_string(dir.join("fleet-pareto.svg")).expect("plot written");
+    let svg = roxmltree::Document::parse(&text).expect("valid XML");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    let circles: Vec<(f64, f64, String)> = svg
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .map(|n| {
+            let at = |k: &str| n.attribute(k).and_then(|v| v.parse().ok()).expect(k);
+            (
+                at("cx"),
+                at("cy"),
+                n.attribute("fill").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(circles.len(), candidates, "{text}");
+    let red: Vec<&(f64, f64, String)> = circles.iter().filter(|c| c.2 == "#D62728").collect();
+    assert_eq!(red.len(), members);
+    for w in red.windows(2) {
+        assert!(w[0].0 <= w[1].0 && w[0].1 <= w[1].1, "{red:?}");
+    }
+    assert!(text.contains("TCO ($/h)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -243,3 +243,29 @@ fn reports_carry_the_uncertainty_band() {
         );
     }
 }
+
+/// The fleet example's Markdown report (both fleets, the cost of
+/// homogeneity and the Pareto fronts) and its CSV, as snapshots: a change
+/// to any figure or column shows up as a reviewed diff.
+#[test]
+fn fleet_study_markdown_and_csv() {
+    let c = gantry::check_files(&["examples/fleet_study.gantry".to_string()], &[]);
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let st = c.program.studies.get("fleet").expect("study");
+    let a = gantry_compiler::fleet::run(st)
+        .expect("demand met")
+        .expect("a fleet study");
+    let cap = st
+        .site
+        .as_ref()
+        .and_then(|s| s.power_cap)
+        .unwrap_or(f64::INFINITY);
+    let f = gantry_compiler::fleet::front::of(&a, cap);
+    let md = gantry_compiler::fleet::report::markdown(&st.name, &a, &f);
+    let outcomes = [(st, gantry_compiler::study_doc::Outcome::Fleet(&a, &f))];
+    let csv = gantry_compiler::study_doc::csv(&outcomes);
+    insta::with_settings!({ snapshot_path => "report_snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("fleet_study.md", md);
+        insta::assert_snapshot!("fleet_study.csv", csv);
+    });
+}

@@ -7,7 +7,10 @@
 //!   every example, searched and at the found point with `--fix`;
 //! - `--export trace` (`gantry.trace.v1.json`) for the plans of the
 //!   top-level examples (not `reference/`, not DLRM inference) and
-//!   `--export torchrec` (`gantry.torchrec.v2.json`) for the DLRM plans.
+//!   `--export torchrec` (`gantry.torchrec.v2.json`) for the DLRM plans;
+//! - `gantry study --format json` (`gantry.study.v1.json`) for every
+//!   example that declares a study, and each fleet pool's embedded plan
+//!   against `gantry.plan.v2.json`.
 //!
 //! The schemas forbid unknown fields (`additionalProperties: false`) and
 //! require every field that is always written, so a field added to an
@@ -369,7 +372,31 @@ fn every_json_output_matches_its_schema() {
             plan.check(&format!("plan {calibrated} --plan {name} {fix:?}"), &v);
         }
     }
-    for s in [&diagnostics, &plan, &trace, &torchrec, &serve] {
+    let mut study = Schema::load("gantry.study.v1");
+    let mut studies = 0;
+    for file in &examples {
+        let checked = gantry::check_files(std::slice::from_ref(file), &[]);
+        if checked.program.studies.is_empty() {
+            continue;
+        }
+        let (code, out, err) = gantry(&["study", file, "--format", "json"]);
+        assert_eq!(code, 0, "study {file}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{file}: {e}: {out}"));
+        study.check(&format!("study {file} --format json"), &v);
+        let entries = v["studies"].as_array().expect("studies");
+        assert_eq!(entries.len(), checked.program.studies.len(), "{file}");
+        studies += entries.len();
+        // Each fleet pool's plan is a `gantry.plan/2` object.
+        for e in entries.iter().filter(|e| e["kind"] == "fleet") {
+            for kind in ["pooled", "homogeneous"] {
+                for p in e["fleet"][kind]["pools"].as_array().into_iter().flatten() {
+                    plan.check(&format!("study {file}: {kind} pool plan"), &p["plan"]);
+                }
+            }
+        }
+    }
+    assert!(studies >= 2, "only {studies} example studies");
+    for s in [&diagnostics, &plan, &trace, &torchrec, &serve, &study] {
         assert!(s.documents > 0, "{}: nothing validated", s.name);
         s.assert_covered();
     }

@@ -308,8 +308,8 @@ pub enum ExprKind {
     Name(String),
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    /// `lo..hi`, inclusive.
-    Range(Box<Expr>, Box<Expr>),
+    /// `lo..hi`, inclusive, or `lo..hi step s` (linear steps).
+    Range(Box<Expr>, Box<Expr>, Option<Box<Expr>>),
     /// `capacity @ bandwidth`
     At(Box<Expr>, Box<Expr>),
     Call(Box<Expr>, Vec<Arg>),
@@ -336,9 +336,10 @@ impl Expr {
     pub fn new(kind: ExprKind, span: Span) -> Expr {
         let depth = 1 + match &kind {
             ExprKind::Neg(a) | ExprKind::Member(a, _) => a.depth,
-            ExprKind::Binary(_, a, b) | ExprKind::Range(a, b) | ExprKind::At(a, b) => {
+            ExprKind::Binary(_, a, b) | ExprKind::Range(a, b, None) | ExprKind::At(a, b) => {
                 a.depth.max(b.depth)
             }
+            ExprKind::Range(a, b, Some(s)) => a.depth.max(b.depth).max(s.depth),
             ExprKind::Call(f, args) => args
                 .iter()
                 .map(|a| a.value.depth)

@@ -67,6 +67,7 @@ codes! {
     L044 => "empty or reversed range",
     L045 => "integer expected",
     L046 => "value out of range",
+    L047 => "sweep too large",
     L050 => "shape mismatch",
     L051 => "wrong arguments to a built-in op",
     L052 => "unknown op",

@@ -449,10 +449,14 @@ impl Printer<'_> {
                 self.out.push_str(&format!(" {} ", op.symbol()));
                 self.expr(b, r);
             }
-            ExprKind::Range(a, b) => {
+            ExprKind::Range(a, b, step) => {
                 self.expr(a, SUM);
                 self.out.push_str("..");
                 self.expr(b, SUM);
+                if let Some(s) = step {
+                    self.out.push_str(" step ");
+                    self.expr(s, SUM);
+                }
             }
             ExprKind::At(a, b) => {
                 self.expr(a, CMP);

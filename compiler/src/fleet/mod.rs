@@ -19,7 +19,9 @@
 //! node count scaled by the shortfall (up to four times), so a pool's
 //! throughput is always a searched plan's, never an extrapolation.
 
+pub mod doc;
 pub mod economics;
+pub mod front;
 pub mod reliability;
 pub mod report;
 #[cfg(test)]
@@ -41,6 +43,9 @@ pub struct Pool {
     /// The plan searched on the system (training: the one job; inference:
     /// its data-parallel replicas are the pool's unit).
     pub plan: Estimate,
+    /// That plan's `gantry.plan/2` object (the `--fix` form), so every
+    /// figure of a study's JSON traces back to a plan.
+    pub plan_json: serde_json::Value,
     /// Units in the pool: 1 training job, or inference replicas of
     /// `unit_devices` each.
     pub replicas: u64,
@@ -57,6 +62,10 @@ pub struct Pool {
     pub tco: Tco,
     /// Dollars per unit of demanded work (TCO rate / demand rate).
     pub cost_per_unit: f64,
+    /// The ownership and power figures the TCO was computed from.
+    pub owned: Owned,
+    /// The failure rates the goodput was computed from (with `goodput`).
+    pub failures: Option<reliability::Failures>,
 }
 
 /// A fleet: one pool per demanded workload.
@@ -180,10 +189,10 @@ pub fn size(
     let demand = d.kind.rate();
     let search = |c: &Cluster| {
         crate::plan::search(&plan_for(study, c, w), &BTreeMap::new(), 1)
-            .map(|s| s.best.estimate)
+            .map(|s| (crate::report::json(&s.best), s.best.estimate))
             .map_err(|e| format!("error[{}]: {}", e.code, e.message))
     };
-    let mut e = search(sys)?;
+    let (mut plan_json, mut e) = search(sys)?;
     if throughput(&e, &d.kind) <= 0.0 {
         return Err(format!(
             "`{}` delivers no {} (demand it in samples)",
@@ -193,16 +202,16 @@ pub fn size(
     }
     let training = matches!(w.phase, Phase::Train { .. });
     let per = owned.devices_per_node;
-    let goodput_of = |e: &Estimate| -> Option<Goodput> {
-        let dev = &sys.node.device;
-        let (mtbf, storage, restart) = (dev.own.mtbf?, site.storage?, site.restart?);
-        let nodes = e.devices.div_ceil(per);
-        let f = reliability::Failures {
+    let failures_of = |e: &Estimate| -> Option<reliability::Failures> {
+        Some(reliability::Failures {
             devices: e.devices,
-            nodes,
-            device_mtbf: mtbf,
+            nodes: e.devices.div_ceil(per),
+            device_mtbf: sys.node.device.own.mtbf?,
             node_mtbf: sys.node.own.mtbf,
-        };
+        })
+    };
+    let goodput_of = |e: &Estimate| -> Option<Goodput> {
+        let (f, storage, restart) = (failures_of(e)?, site.storage?, site.restart?);
         Some(reliability::goodput(
             &f,
             checkpoint_state(w)?,
@@ -233,14 +242,16 @@ pub fn size(
             }
             let mut next = c.clone();
             next.nodes = if short { nodes.max(c.nodes + 1) } else { nodes };
-            let Ok(other) = search(&next) else { break };
+            let Ok((other_json, other)) = search(&next) else {
+                break;
+            };
             let og = goodput_of(&other);
             let ogot = throughput(&other, &d.kind) * fraction(&og);
             let keep = if short { ogot > got } else { ogot >= demand };
             if !keep {
                 break;
             }
-            (e, g, c) = (other, og, next);
+            (e, g, c, plan_json) = (other, og, next, other_json);
         }
         let got = throughput(&e, &d.kind) * fraction(&g);
         if got < demand {
@@ -279,19 +290,23 @@ pub fn size(
     let used = (unit_devices * replicas) as f64 / (nodes * per) as f64;
     let load = (demand / delivered).min(1.0);
     let tco = economics::tco(&owned, site, nodes, busy(&e, sys, w) * used * load)?;
+    let failures = goodput.and_then(|_| failures_of(&e));
     Ok(Pool {
         workload: w.name.clone(),
         system: sys.name.clone(),
         cost_per_unit: tco.total / demand,
         plan: e,
+        plan_json,
         replicas,
         unit_devices,
         raw,
-        goodput,
         delivered,
         demand,
         unit: d.kind.unit(),
         tco,
+        failures,
+        goodput,
+        owned,
     })
 }
 

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use super::front::Fronts;
 use super::{Answer, Fleet, Pool};
 use gantry_lang::units::format_number as num;
 
@@ -109,5 +110,155 @@ pub fn text(a: &Answer) -> String {
             );
         }
     }
+    s
+}
+
+/// The system name of pool (`demand`, `system`) in the table.
+fn system_name(a: &Answer, d: usize, s: usize) -> &str {
+    a.table
+        .get(d)
+        .and_then(|r| r.get(s))
+        .and_then(|p| p.as_ref().ok())
+        .map_or("?", |p| p.system.as_str())
+}
+
+/// The Pareto fronts ([`super::front`]): per workload the pools on the
+/// (TCO, delivered, power) front, and the fleets on the (TCO, power)
+/// front. Markdown as a bulleted list and a table, text as indented lines.
+pub fn fronts_text(a: &Answer, f: &Fronts, markdown: bool) -> String {
+    let mut s = String::new();
+    let (h, bullet) = if markdown {
+        ("\n### ", "- ")
+    } else {
+        ("", "  ")
+    };
+    let _ = writeln!(
+        s,
+        "{h}Pareto front per workload (TCO, delivered throughput, power at load){}",
+        if markdown { "\n" } else { "" }
+    );
+    for (d, members) in f.pools.iter().enumerate() {
+        let name = a.table[d]
+            .iter()
+            .find_map(|p| p.as_ref().ok())
+            .map_or("?", |p| p.workload.as_str());
+        let systems: Vec<String> = members
+            .iter()
+            .filter_map(|&i| a.table[d][i].as_ref().ok())
+            .map(|p| {
+                format!(
+                    "{} (${}/h, {} {}/s, {} kW)",
+                    p.system,
+                    num(p.tco.total * HOUR),
+                    num(p.delivered),
+                    p.unit,
+                    num(p.tco.facility_power / 1e3)
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "{bullet}{name}: {}", systems.join("; "));
+    }
+    let _ = writeln!(
+        s,
+        "{h}Pareto front of fleets (TCO, power at load): {} of {} candidates{}",
+        f.fleets.len(),
+        f.candidates,
+        if f.truncated { " (truncated)" } else { "" }
+    );
+    if markdown {
+        s.push_str("\n| TCO $/h | power MW | provisioned MW | within cap | systems |\n|---:|---:|---:|---|---|\n");
+    }
+    for m in &f.fleets {
+        let systems: Vec<&str> = m
+            .choice
+            .iter()
+            .enumerate()
+            .map(|(d, &i)| system_name(a, d, i))
+            .collect();
+        let cells = [
+            num(m.cost * HOUR),
+            num(m.power / 1e6),
+            num(m.provisioned / 1e6),
+            if m.within_cap { "yes" } else { "no" }.to_string(),
+            systems.join(", "),
+        ];
+        if markdown {
+            let _ = writeln!(s, "| {} |", cells.join(" | "));
+        } else {
+            let _ = writeln!(
+                s,
+                "  ${}/h, {} MW at load, {} MW provisioned, within cap: {}; {}",
+                cells[0], cells[1], cells[2], cells[3], cells[4]
+            );
+        }
+    }
+    s
+}
+
+fn fleet_table(s: &mut String, title: &str, f: &Fleet) {
+    let _ = writeln!(
+        s,
+        "\n### {title}: TCO ${}/h (${}M/yr), {} MW at load, {} MW provisioned\n",
+        num(f.cost * HOUR),
+        num(f.cost * YEAR / 1e6),
+        num(f.power / 1e6),
+        num(f.provisioned / 1e6)
+    );
+    s.push_str("| workload | system | nodes | devices | replicas | plan tp, pp, dp | demand /s | delivered /s | goodput | busy | power kW | TCO $/h | capital $/h | energy $/h |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for p in &f.pools {
+        let (t, pt) = (&p.tco, &p.plan.point);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} x {} | {}, {}, {} | {} {u} | {} {u} | {} | {:.1}% | {} | {} | {} | {} |",
+            p.workload,
+            p.system,
+            t.nodes,
+            t.devices,
+            p.replicas,
+            p.unit_devices,
+            pt.tp,
+            pt.pp,
+            pt.dp,
+            num(p.demand),
+            num(p.delivered),
+            p.goodput
+                .map_or("-".to_string(), |g| format!("{:.2}%", g.fraction * 100.0)),
+            t.busy * 100.0,
+            num(t.facility_power / 1e3),
+            num(t.total * HOUR),
+            num(t.capital * HOUR),
+            num(t.energy * HOUR),
+            u = p.unit
+        );
+    }
+}
+
+/// The fleet answer as Markdown: one table per fleet, the cost of
+/// homogeneity and the fronts.
+pub fn markdown(study: &str, a: &Answer, f: &Fronts) -> String {
+    let mut s = format!("## Study `{study}`: the cheapest fleet meeting the demand\n");
+    fleet_table(&mut s, "Pooled fleet", &a.pooled);
+    match &a.homogeneous {
+        Some(h) => {
+            fleet_table(&mut s, "Homogeneous fleet", h);
+            let extra = h.cost - a.pooled.cost;
+            let _ = writeln!(
+                s,
+                "\nCost of homogeneity: ${}/h (${}M/yr, {:.1}% over the pooled fleet).",
+                num(extra * HOUR),
+                num(extra * YEAR / 1e6),
+                if a.pooled.cost > 0.0 {
+                    extra / a.pooled.cost * 100.0
+                } else {
+                    0.0
+                }
+            );
+        }
+        None => s.push_str(
+            "\nHomogeneous fleet: none (no single system meets every demand within the site).\n",
+        ),
+    }
+    s.push_str(&fronts_text(a, f, true));
     s
 }

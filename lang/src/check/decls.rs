@@ -35,6 +35,11 @@ const fn key(name: &'static str, forms: &'static [ItemForm], multi: bool, requir
     }
 }
 
+/// The most systems one study sweeps (and the most points one linear
+/// range gives, in a sweep or a plan knob): above it is `L047`, reported
+/// before any system is built (docs/LANGUAGE.md §5.9).
+pub const MAX_SWEEP: usize = 10_000;
+
 const V: &[ItemForm] = &[ItemForm::Value];
 const A: &[ItemForm] = &[ItemForm::Assign];
 const N: &[ItemForm] = &[ItemForm::Named];
@@ -2006,57 +2011,65 @@ impl Checker {
 
     /// Expands a system with set- or range-valued arguments into one system
     /// per point. Ranges step by doubling from the low end (`64..2048` is
-    /// 64, 128, ..., 2048); sets list their points.
+    /// 64, 128, ..., 2048), or linearly with `step` (`1..2 step 0.25`);
+    /// sets list their points. The size of the sweep is checked before any
+    /// system is built: more than [`MAX_SWEEP`] points is `L047`.
     fn sweep_systems(&mut self, v: &Value, span: Span) -> Vec<Cluster> {
         let Value::Decl(inst) = v else {
             return self.system(v, span).into_iter().collect();
         };
-        let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
         for (k, a) in &inst.args {
-            let options: Vec<Value> = match a {
+            let options = match a {
                 Value::Set(xs) => xs.iter().map(|(v, _)| v.clone()).collect(),
-                Value::Range(lo, hi) => {
-                    let mut out = Vec::new();
-                    let mut x = lo.value;
-                    if x <= 0.0 {
-                        self.diags.push(
-                            Diagnostic::error(
-                                Code::L046,
-                                format!("sweep of `{k}` must start above 0"),
-                                span,
-                            )
-                            .with_label(span, "ranges in sweeps step by doubling"),
-                        );
-                        return Vec::new();
-                    }
-                    while x <= hi.value && out.len() < 64 {
-                        out.push(Value::Num(Quantity::new(x, lo.dim)));
-                        x *= 2.0;
-                    }
-                    if out.last() != Some(&Value::Num(*hi)) {
-                        out.push(Value::Num(*hi));
-                    }
-                    out
-                }
+                Value::Range(lo, hi, step) => match self.range_points(k, *lo, *hi, *step, span) {
+                    Some(o) => o,
+                    None => return Vec::new(),
+                },
                 other => vec![other.clone()],
             };
-            let mut next = Vec::new();
+            axes.push((k.clone(), options));
+        }
+        // The product's size first, so an oversized sweep costs nothing.
+        let size = axes
+            .iter()
+            .try_fold(1usize, |n, (_, o)| n.checked_mul(o.len()))
+            .unwrap_or(usize::MAX);
+        if size > MAX_SWEEP {
+            let sizes: Vec<String> = axes
+                .iter()
+                .filter(|(_, o)| o.len() > 1)
+                .map(|(k, o)| format!("{k}: {}", o.len()))
+                .collect();
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L047,
+                    format!(
+                        "this sweep has {} systems, above the limit of {MAX_SWEEP}",
+                        if size == usize::MAX {
+                            "too many".to_string()
+                        } else {
+                            size.to_string()
+                        }
+                    ),
+                    span,
+                )
+                .with_label(span, format!("points per argument: {}", sizes.join(", ")))
+                .with_help("narrow the ranges, take larger steps, or use sets of chosen points"),
+            );
+            return Vec::new();
+        }
+        let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        for (k, options) in &axes {
+            let mut next = Vec::with_capacity(points.len() * options.len());
             for p in &points {
-                for o in &options {
+                for o in options {
                     let mut q = p.clone();
                     q.push((k.clone(), o.clone()));
                     next.push(q);
                 }
             }
             points = next;
-            if points.len() > 10_000 {
-                self.diags.push(
-                    Diagnostic::error(Code::L046, "this sweep has more than 10000 points", span)
-                        .with_label(span, "too many systems")
-                        .with_help("narrow the ranges or use sets of chosen points"),
-                );
-                return Vec::new();
-            }
         }
         let mut out = Vec::new();
         for args in points {
@@ -2070,6 +2083,74 @@ impl Checker {
             }
         }
         out
+    }
+
+    /// The points of one swept range: doubling from `lo` (above 0), or
+    /// `lo, lo + step, ...` up to `hi`; `hi` itself is added if the steps
+    /// miss it. A linear range of more than [`MAX_SWEEP`] points is `L047`
+    /// before any point is made.
+    fn range_points(
+        &mut self,
+        k: &str,
+        lo: Quantity,
+        hi: Quantity,
+        step: Option<Quantity>,
+        span: Span,
+    ) -> Option<Vec<Value>> {
+        let mut out = Vec::new();
+        match step {
+            Some(s) => {
+                let n = ((hi.value - lo.value) / s.value).floor();
+                if !(n.is_finite() && n < MAX_SWEEP as f64) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L047,
+                            format!(
+                                "the sweep of `{k}` from {lo} to {hi} in steps of {s} has more than {MAX_SWEEP} points"
+                            ),
+                            span,
+                        )
+                        .with_label(span, "too many points")
+                        .with_help("take a larger step or narrow the range"),
+                    );
+                    return None;
+                }
+                for i in 0..=(n as usize) {
+                    out.push(Value::Num(Quantity::new(
+                        lo.value + i as f64 * s.value,
+                        lo.dim,
+                    )));
+                }
+                // Within rounding of `hi`, the last step is `hi`.
+                let last = lo.value + n * s.value;
+                if (hi.value - last).abs() <= 1e-9 * hi.value.abs().max(s.value) {
+                    out.pop();
+                }
+            }
+            None => {
+                if lo.value <= 0.0 {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L046,
+                            format!("sweep of `{k}` must start above 0"),
+                            span,
+                        )
+                        .with_label(span, "ranges in sweeps step by doubling")
+                        .with_help("start above 0, or step linearly: `lo..hi step s`"),
+                    );
+                    return None;
+                }
+                let mut x = lo.value;
+                while x <= hi.value && out.len() < 64 {
+                    out.push(Value::Num(Quantity::new(x, lo.dim)));
+                    x *= 2.0;
+                }
+            }
+        }
+        if out.last() != Some(&Value::Num(hi)) {
+            out.push(Value::Num(hi));
+        }
+        Some(out)
     }
 
     fn knobs(&mut self, knobs: &[Knob], out: &mut BTreeMap<String, (Domain, Span)>, fixing: bool) {
@@ -2144,7 +2225,28 @@ impl Checker {
         }
         let elems: Vec<(Value, Span)> = match v {
             Value::Set(xs) => xs.clone(),
-            Value::Range(lo, hi) if kind == "int" => {
+            Value::Range(lo, hi, Some(step)) if kind == "int" => {
+                let n = ((hi.value - lo.value) / step.value).floor();
+                if !(n.is_finite() && n < MAX_SWEEP as f64) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L047,
+                            format!("the range of `{knob}` has more than {MAX_SWEEP} points"),
+                            span,
+                        )
+                        .with_label(span, "too many points")
+                        .with_help("take a larger step or narrow the range"),
+                    );
+                    return None;
+                }
+                (0..=n as usize)
+                    .map(|i| {
+                        let x = lo.value + i as f64 * step.value;
+                        (Value::Num(Quantity::new(x, lo.dim)), span)
+                    })
+                    .collect()
+            }
+            Value::Range(lo, hi, None) if kind == "int" => {
                 let (Some(a), Some(b)) = (Quantity::as_int(lo), Quantity::as_int(hi)) else {
                     self.diags.push(
                         Diagnostic::error(

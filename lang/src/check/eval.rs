@@ -125,7 +125,7 @@ impl Checker {
                 let vb = self.eval(b, env);
                 self.binary(*op, (va, a.span), (vb, b.span), span, env)
             }
-            ExprKind::Range(a, b) => {
+            ExprKind::Range(a, b, step) => {
                 let va = self.eval(a, env);
                 let vb = self.eval(b, env);
                 let (Some(lo), Some(hi)) = (self.num(&va, a.span), self.num(&vb, b.span)) else {
@@ -143,7 +143,31 @@ impl Checker {
                     );
                     return Value::Error;
                 }
-                Value::Range(lo, hi)
+                let step = match step {
+                    None => None,
+                    Some(s) => {
+                        let vs = self.eval(s, env);
+                        let Some(q) = self.num(&vs, s.span) else {
+                            return Value::Error;
+                        };
+                        if q.dim != lo.dim {
+                            return self.unit_mismatch("step", (lo, a.span), (q, s.span), span);
+                        }
+                        if !(q.value > 0.0 && q.value.is_finite()) {
+                            self.diags.push(
+                                Diagnostic::error(
+                                    Code::L046,
+                                    format!("a range's step must be above 0, not {q}"),
+                                    s.span,
+                                )
+                                .with_label(s.span, "not a positive step"),
+                            );
+                            return Value::Error;
+                        }
+                        Some(q)
+                    }
+                };
+                Value::Range(lo, hi, step)
             }
             ExprKind::At(a, b) => {
                 let va = self.eval(a, env);

@@ -36,7 +36,8 @@ pub enum Value {
     Sym(String, Span),
     List(Vec<(Value, Span)>),
     Set(Vec<(Value, Span)>),
-    Range(Quantity, Quantity),
+    /// `lo..hi` (doubling in sweeps) or `lo..hi step s` (linear).
+    Range(Quantity, Quantity, Option<Quantity>),
     Record(Vec<(String, Span, Value, Span)>),
     Pair(Box<(Value, Span)>, Box<(Value, Span)>),
     /// A call of a built-in constructor such as `switch(450 GB/s)`.
@@ -86,7 +87,8 @@ impl fmt::Display for Value {
             Value::Sym(n, _) => write!(f, "{n}"),
             Value::List(xs) => write!(f, "[{}]", list(xs)),
             Value::Set(xs) => write!(f, "{{{}}}", list(xs)),
-            Value::Range(a, b) => write!(f, "{a}..{b}"),
+            Value::Range(a, b, None) => write!(f, "{a}..{b}"),
+            Value::Range(a, b, Some(s)) => write!(f, "{a}..{b} step {s}"),
             Value::Record(fs) => {
                 let parts: Vec<String> = fs.iter().map(|(k, _, v, _)| format!("{k}={v}")).collect();
                 write!(f, "{{{}}}", parts.join(", "))
