@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_lang::program::{Goal, Plan, Study};
+use gantry_lang::program::{Cluster, Goal, Plan, Study, Workload};
 
 use crate::cost::Estimate;
 use crate::plan::search;
@@ -41,24 +41,30 @@ pub struct Row {
     pub score: f64,
 }
 
+/// The plan of one study cell: the study's search space, pins and
+/// constraints for workload `w` on system `sys`, maximizing throughput.
+pub fn cell_plan(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
+    Plan {
+        name: format!("{}:{}", study.name, w.name),
+        system: sys.clone(),
+        workload: w.clone(),
+        search: study.search.clone(),
+        fixed: study.fixed.clone(),
+        objective: (Goal::Maximize, "throughput".to_string()),
+        constraints: study.constraints.clone(),
+        expect: BTreeMap::new(),
+        source: None,
+        simulate: None,
+        span: study.span,
+    }
+}
+
 pub fn run(study: &Study) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     for sys in &study.systems {
         let mut cells = Vec::new();
         for (w, weight) in &study.workloads {
-            let plan = Plan {
-                name: format!("{}:{}", study.name, w.name),
-                system: sys.clone(),
-                workload: w.clone(),
-                search: study.search.clone(),
-                fixed: study.fixed.clone(),
-                objective: (Goal::Maximize, "throughput".to_string()),
-                constraints: study.constraints.clone(),
-                expect: BTreeMap::new(),
-                source: None,
-                simulate: None,
-                span: study.span,
-            };
+            let plan = cell_plan(study, sys, w);
             let best = search(&plan, &BTreeMap::new(), 1)
                 .map(|s| s.best.estimate)
                 .map_err(|e| format!("error[{}]: {}", e.code, e.message));

@@ -29,7 +29,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use gantry_lang::program::{Cluster, Demand, DemandKind, Goal, Phase, Plan, Site, Study, Workload};
+use gantry_lang::program::{Cluster, Demand, DemandKind, Phase, Plan, Site, Study, Workload};
 
 use crate::cost::Estimate;
 use economics::{Owned, Tco};
@@ -129,21 +129,10 @@ pub fn run(study: &Study) -> Result<Option<Answer>, Unmet> {
     assemble(&study.demand, site, table).map(Some)
 }
 
-/// A plan of the study on one system for one workload.
+/// A plan of the study on one system for one workload (the one rule
+/// weighted studies use too).
 fn plan_for(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
-    Plan {
-        name: format!("{}:{}", study.name, w.name),
-        system: sys.clone(),
-        workload: w.clone(),
-        search: study.search.clone(),
-        fixed: study.fixed.clone(),
-        objective: (Goal::Maximize, "throughput".to_string()),
-        constraints: study.constraints.clone(),
-        expect: BTreeMap::new(),
-        source: None,
-        simulate: None,
-        span: study.span,
-    }
+    crate::study::cell_plan(study, sys, w)
 }
 
 /// The plan's throughput in the demand's unit.
