@@ -116,6 +116,27 @@ fn bad_site_and_demand_are_diagnostics() {
     }
 }
 
+/// A demand states exactly one amount or rate: two (tokens and a rate)
+/// or none is L043, not a silent choice of one.
+#[test]
+fn demand_states_exactly_one_amount_or_rate() {
+    for (name, demand) in [
+        (
+            "two",
+            "fleet_llama3_70b_decode = { tokens_per_s = 100_000, samples_per_s = 5 }",
+        ),
+        ("none", "fleet_llama3_70b_decode = { within = 30 day }"),
+    ] {
+        let text = study_with("pue = 1.1, energy = $0.08/kWh", demand);
+        let (code, _, err) = run_text(&text, name);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains("must state exactly one amount or rate"),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn ownership_figures_are_checked() {
     let text = "device D {\n  compute { bf16 = 100 TFLOP/s }\n  memory 80 GB @ 2 TB/s\n  power 700 W\n  idle_power 900 W\n  purchase $0\n  mtbf 10 GB\n}\nnode N {\n  device D x 8\n  amortization 4 yr\n}\n";

@@ -39,6 +39,22 @@ fn has(args: &str, flags: &[&str]) {
     }
 }
 
+/// The vocabulary goes out as declared: without
+/// `--make-vocab-size-divisible-by 1` Megatron pads it to a multiple of
+/// 128 x tp (51,200 would stay, 128,256 would not).
+#[test]
+fn the_vocabulary_is_not_padded_to_128() {
+    let (p, ev) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "",
+    );
+    has(
+        &megatron(&p, &ev),
+        &["--vocab-size 51200 --make-vocab-size-divisible-by 1"],
+    );
+}
+
 #[test]
 fn megatron_gpt_has_the_model_and_the_point() {
     let (p, ev) = at(

@@ -386,8 +386,9 @@ fn model_args(m: &ModelFacts, seq: u64) -> Result<Vec<String>, ExportError> {
         "--attention-dropout {} --hidden-dropout {}",
         m.attention_dropout, m.hidden_dropout
     ));
-    // The vocabulary exactly: no padding beyond what tensor parallelism
-    // needs.
+    // The vocabulary as declared, with `--make-vocab-size-divisible-by 1`
+    // (Megatron then pads it only to a multiple of the tensor-parallel
+    // degree; `the_vocabulary_is_not_padded_to_128`).
     a.push(format!(
         "--tokenizer-type NullTokenizer --vocab-size {} --make-vocab-size-divisible-by 1",
         m.vocab
