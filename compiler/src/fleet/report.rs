@@ -96,11 +96,7 @@ pub fn text(a: &Answer) -> String {
                 "cost of homogeneity: ${}/h (${}M/yr, {:.1}% over the pooled fleet)",
                 num(extra * HOUR),
                 num(extra * YEAR / 1e6),
-                if a.pooled.cost > 0.0 {
-                    extra / a.pooled.cost * 100.0
-                } else {
-                    0.0
-                }
+                over_pooled(a, extra)
             );
         }
         None => {
@@ -248,11 +244,7 @@ pub fn markdown(study: &str, a: &Answer, f: &Fronts) -> String {
                 "\nCost of homogeneity: ${}/h (${}M/yr, {:.1}% over the pooled fleet).",
                 num(extra * HOUR),
                 num(extra * YEAR / 1e6),
-                if a.pooled.cost > 0.0 {
-                    extra / a.pooled.cost * 100.0
-                } else {
-                    0.0
-                }
+                over_pooled(a, extra)
             );
         }
         None => s.push_str(
@@ -261,4 +253,14 @@ pub fn markdown(study: &str, a: &Answer, f: &Fronts) -> String {
     }
     s.push_str(&fronts_text(a, f, true));
     s
+}
+
+/// `extra` (the homogeneous fleet's cost above the pooled one) as a
+/// percentage of the pooled fleet's cost; 0 for a free pooled fleet.
+fn over_pooled(a: &Answer, extra: f64) -> f64 {
+    if a.pooled.cost > 0.0 {
+        extra / a.pooled.cost * 100.0
+    } else {
+        0.0
+    }
 }
