@@ -306,6 +306,15 @@ Fix: give a value in the stated range (docs/LANGUAGE.md §5.7, `serve`)."
 to another op). It is still priced.\n\
 Fix: use it, make it an output, or remove it."
         }
+        "L093" => {
+            "An `efficiency` record borrows a phase's factors from another device \
+(`efficiency { train = H100_96GB }`), but that device declares no factors for the phase: \
+neither a `train = { ... }` (or `infer = { ... }`) record nor device-wide factors. \
+Borrowing nothing would leave this device at ideal efficiency while reports call it \
+calibrated.\n\
+Fix: borrow from a device that has a fitted record for the phase (`gantry calibrate --fit` \
+writes them), or write the factors here (docs/LANGUAGE.md §5.2, \"Borrowed factors\")."
+        }
         "C001" => {
             "The design point's degrees multiply to more devices than the system has: dp x tp x \
 pp x cp is larger than the cluster's device count. The message names the product and the \

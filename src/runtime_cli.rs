@@ -185,6 +185,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         price: None,
         cores: None,
         efficiency: BTreeMap::new(),
+        borrowed: BTreeMap::new(),
         own: Default::default(),
         span,
     };

@@ -116,13 +116,17 @@ pub fn phase_key(phase: &Phase) -> &'static str {
 
 /// The leave-one-out error band `gantry calibrate --fit` recorded for a
 /// device and phase: every prediction of that pair carries it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Uncertainty {
     /// Reference rows the factors were fitted on.
     pub rows: u64,
     /// Median and worst leave-one-out relative error (fractions).
     pub median: f64,
     pub max: f64,
+    /// The device the factors and this band were fitted on, when the
+    /// phase borrows them (`efficiency { train = H100_96GB }`): the band
+    /// is that device's, and the transfer to this one is not measured.
+    pub borrowed_from: Option<String>,
 }
 
 impl Hardware {
@@ -239,6 +243,7 @@ impl Hardware {
                     rows: r.value as u64,
                     median: m.value,
                     max: x.value,
+                    borrowed_from: d.borrowed.get(phase).cloned(),
                 }),
                 _ => None,
             },

@@ -13,13 +13,17 @@ use crate::sharded::Form;
 
 /// The band every prediction of a device and phase carries: the
 /// leave-one-out errors `gantry calibrate --fit` recorded, in words.
-pub fn uncertainty_text(u: Option<Uncertainty>) -> String {
+pub fn uncertainty_text(u: Option<&Uncertainty>) -> String {
     match u {
         Some(u) => format!(
-            "\u{b1}{:.1}% median, {:.1}% worst leave-one-out over {} rows",
+            "\u{b1}{:.1}% median, {:.1}% worst leave-one-out over {} rows{}",
             100.0 * u.median,
             100.0 * u.max,
-            u.rows
+            u.rows,
+            match &u.borrowed_from {
+                Some(d) => format!(" of {d} (borrowed; the transfer is not measured)"),
+                None => String::new(),
+            }
         ),
         None => "uncalibrated".to_string(),
     }
@@ -27,9 +31,15 @@ pub fn uncertainty_text(u: Option<Uncertainty>) -> String {
 
 /// The band of a report: `{"rows", "loo_median", "loo_max"}` (fractions),
 /// or `"uncalibrated"`.
-pub fn uncertainty_json(u: Option<Uncertainty>) -> Value {
+pub fn uncertainty_json(u: Option<&Uncertainty>) -> Value {
     match u {
-        Some(u) => json!({ "rows": u.rows, "loo_median": u.median, "loo_max": u.max }),
+        Some(u) => {
+            let mut v = json!({ "rows": u.rows, "loo_median": u.median, "loo_max": u.max });
+            if let Some(d) = &u.borrowed_from {
+                v["borrowed_from"] = json!(d);
+            }
+            v
+        }
         None => json!("uncalibrated"),
     }
 }
@@ -40,10 +50,18 @@ fn uncertainty_line(hw: &Hardware, phase: &Phase) -> String {
         "train" => "training",
         _ => "inference",
     };
-    match hw.uncertainty {
+    match &hw.uncertainty {
+        Some(u) if u.borrowed_from.is_some() => format!(
+            "uncertainty: \u{b1}{:.1}% median, {:.1}% worst leave-one-out over {} rows of {} {what}, whose factors {} borrows (the transfer is not measured)",
+            100.0 * u.median,
+            100.0 * u.max,
+            u.rows,
+            u.borrowed_from.as_deref().unwrap_or_default(),
+            hw.device
+        ),
         Some(_) => format!(
             "uncertainty: {} ({} {what})",
-            uncertainty_text(hw.uncertainty),
+            uncertainty_text(hw.uncertainty.as_ref()),
             hw.device
         ),
         None => format!(
@@ -148,7 +166,7 @@ pub fn json(ev: &Evaluation) -> Value {
             "row_ops": ev.ir.pinned(p.tp as usize, Form::Row).iter().map(|t| ev.ir.tensor_name(*t)).collect::<Vec<_>>(),
         },
         "feasible": ev.feasible(),
-        "uncertainty": uncertainty_json(ev.hardware.uncertainty),
+        "uncertainty": uncertainty_json(ev.hardware.uncertainty.as_ref()),
         "metrics": metrics,
         "breakdown": {
             "time_s": {
@@ -453,7 +471,7 @@ pub fn study_text(st: &gantry_lang::program::Study, rows: &[crate::study::Row]) 
         // The band of each phase the mix runs on this system, once.
         let mut bands: Vec<String> = Vec::new();
         for c in &r.cells {
-            let b = format!("{} {}", c.phase, uncertainty_text(c.uncertainty));
+            let b = format!("{} {}", c.phase, uncertainty_text(c.uncertainty.as_ref()));
             if !bands.contains(&b) {
                 bands.push(b);
             }

@@ -105,7 +105,7 @@ fn weighted_json(st: &Study, rows: &[Row]) -> Value {
                         "reason": c.best.as_ref().err(),
                         "objective_value": c.value.map_or(Value::Null, num),
                         "relative": c.relative,
-                        "uncertainty": crate::report::uncertainty_json(c.uncertainty),
+                        "uncertainty": crate::report::uncertainty_json(c.uncertainty.as_ref()),
                         "devices": e.map(|e| e.devices),
                         "parallelism": e.map_or(Value::Null, |e| point_json(&e.point)),
                         "throughput_per_s": e.and_then(|e| e.metric("throughput")).map_or(Value::Null, num),

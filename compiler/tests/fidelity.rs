@@ -208,18 +208,104 @@ fn factors_are_read_per_phase() {
     // H100_96GB declares training factors only: its fit band is read for
     // training.
     assert!(hw.e_matmul < 1.0);
-    // The H100-SXM declares inference factors only: training on it is
-    // uncalibrated (ideal factors, no band).
+    assert!(
+        hw.uncertainty
+            .as_ref()
+            .is_some_and(|u| u.borrowed_from.is_none())
+    );
+    // The H100-SXM has its own inference fit; its training borrows the
+    // 96 GB part's (`train = H100_96GB`): the same factors and band, with
+    // the lender named.
     let c = common::checked("examples/reference/d01_llama31_70b_tp1_128_128.gantry");
     let d = c.program.plans.values().next().expect("plan");
     let infer = Hardware::new(&d.system, &d.workload).expect("hardware");
     assert!(infer.e_matmul < 1.0);
+    assert!(infer.e_matmul != hw.e_matmul);
+    assert!(
+        infer
+            .uncertainty
+            .as_ref()
+            .is_some_and(|u| u.borrowed_from.is_none())
+    );
     let mut w = d.workload.clone();
     w.phase = train.workload.phase.clone();
-    let untrained = Hardware::new(&d.system, &w).expect("hardware");
-    assert_eq!(untrained.e_matmul, 1.0);
-    assert_eq!(untrained.step_overhead, 0.0);
-    assert!(untrained.uncertainty.is_none());
+    let borrowed = Hardware::new(&d.system, &w).expect("hardware");
+    assert_eq!(borrowed.device, "H100_SXM");
+    assert_eq!(
+        (borrowed.e_matmul, borrowed.e_attention, borrowed.e_memory),
+        (hw.e_matmul, hw.e_attention, hw.e_memory)
+    );
+    assert_eq!(borrowed.tp_overlap, hw.tp_overlap);
+    // The framework's time per step is not the silicon's: not lent.
+    assert!(hw.step_overhead > 0.0);
+    assert_eq!(borrowed.step_overhead, 0.0);
+    let band = borrowed.uncertainty.expect("a borrowed band");
+    let own = hw.uncertainty.expect("the lender's band");
+    assert_eq!(
+        (band.rows, band.median, band.max),
+        (own.rows, own.median, own.max)
+    );
+    assert_eq!(band.borrowed_from.as_deref(), Some("H100_96GB"));
+}
+
+#[test]
+fn borrowed_factors_follow_the_lender() {
+    // A borrower's factors are the lender's for that phase, whatever they
+    // are: change the lender and the borrower moves with it, and a chain
+    // names the device the band was measured on.
+    use gantry_compiler::hardware::Hardware;
+    let src = |matmul: f64| {
+        format!(
+            r#"import "stdlib/models/llama.gantry"
+device Lender {{
+  compute {{ bf16 = 100 TFLOP/s }}
+  memory hbm = 80 GB @ 2 TB/s
+  power 300 W
+  efficiency {{ memory = 0.5, train = {{ matmul = {matmul}, fit_rows = 3, loo_median = 0.04, loo_max = 0.09 }} }}
+}}
+device Middle {{
+  compute {{ bf16 = 200 TFLOP/s }}
+  memory hbm = 80 GB @ 2 TB/s
+  power 300 W
+  efficiency {{ train = Lender }}
+}}
+device Borrower {{
+  compute {{ bf16 = 400 TFLOP/s }}
+  memory hbm = 80 GB @ 4 TB/s
+  power 500 W
+  efficiency {{ train = Middle }}
+}}
+node N(gpus = 8) {{
+  device Borrower x gpus
+  link nvlink = switch(450 GB/s)
+}}
+cluster C(nodes = 1) {{
+  node N x nodes
+}}
+workload w {{
+  model Llama(layers = 2, d_model = 512, heads = 8, kv_heads = 8, d_ff = 1024, vocab = 1000)
+  train {{ seq = 512, global_batch = 8, dtype = bf16, optimizer = adamw }}
+}}
+plan p on C for w {{
+  fix tp = 1, pp = 1, dp = 8
+}}
+"#
+        )
+    };
+    let hw = |matmul: f64| {
+        let c = check(&["test.gantry".to_string()], &WithSource(src(matmul)));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let p = c.program.plans.get("p").expect("plan p");
+        Hardware::new(&p.system, &p.workload).expect("hardware")
+    };
+    let (a, b) = (hw(0.5), hw(0.8));
+    assert_eq!(a.device, "Borrower");
+    assert_eq!((a.e_matmul, b.e_matmul), (0.5, 0.8));
+    // The lender's device-wide factor is lent for the phase too.
+    assert_eq!(a.e_memory, 0.5);
+    let u = a.uncertainty.expect("band");
+    assert_eq!((u.rows, u.median, u.max), (3, 0.04, 0.09));
+    assert_eq!(u.borrowed_from.as_deref(), Some("Lender"));
 }
 
 #[test]

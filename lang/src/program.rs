@@ -111,6 +111,10 @@ pub struct Device {
     /// Calibration factors, shared by every run of this device. Mostly
     /// plain fractions; curve knees carry units (e.g. `matmul_knee = 1 GFLOP`).
     pub efficiency: BTreeMap<String, Quantity>,
+    /// Phases whose factors were borrowed from another device
+    /// (`efficiency { train = H100_96GB }`): phase -> the device the
+    /// factors were fitted on. Those entries are copied into `efficiency`.
+    pub borrowed: BTreeMap<String, String>,
     /// Purchase price, idle power and failure rate (fleet studies).
     pub own: Ownership,
     pub span: Span,
@@ -1072,6 +1076,9 @@ fn write_device(s: &mut String, d: &Device, indent: &str) {
     }
     for (k, v) in &d.efficiency {
         let _ = writeln!(s, "{indent}  efficiency {k} = {v}");
+    }
+    for (phase, from) in &d.borrowed {
+        let _ = writeln!(s, "{indent}  efficiency {phase} borrowed from {from}");
     }
     write_own(s, &d.own, indent);
 }

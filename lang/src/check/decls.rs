@@ -534,6 +534,7 @@ impl Checker {
             price: None,
             cores: None,
             efficiency: BTreeMap::new(),
+            borrowed: BTreeMap::new(),
             own: Default::default(),
             span: b.name.span,
         };
@@ -623,7 +624,11 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             if let Some(fields) = self.record(&v, it.value.span, "efficiency factors") {
                 for (name, nspan, fv, fspan) in fields {
-                    if EFFICIENCY_PHASES.contains(&name.as_str()) {
+                    if EFFICIENCY_PHASES.contains(&name.as_str())
+                        && let Value::Decl(inst) = &fv
+                    {
+                        self.borrow_phase(&mut dev, &name, inst, fspan);
+                    } else if EFFICIENCY_PHASES.contains(&name.as_str()) {
                         let what = format!("`{name}` efficiency factors");
                         let Some(inner) = self.record(&fv, fspan, &what) else {
                             continue;
@@ -675,6 +680,66 @@ impl Checker {
         }
         self.memo_devices.insert(key, result.clone());
         result
+    }
+
+    /// `efficiency { train = H100_96GB }`: the phase takes the kernel
+    /// factors another device holds for it (its phase record, else its
+    /// device-wide factors; all but `step_overhead` and `reserve`), fit
+    /// band included, and `dev.borrowed` records the lender
+    /// (the first one down a chain of borrowings), so every report can say
+    /// that the band was measured on another part. One copy of the fitted
+    /// numbers lives in the stdlib; a refit of the lender moves every
+    /// borrower. A lender that is not a device is `L032`; one with nothing
+    /// to lend for that phase is `L093`.
+    fn borrow_phase(&mut self, dev: &mut Device, phase: &str, inst: &Instance, span: Span) {
+        let Some(inst) = self.expect_kind(&Value::Decl(inst.clone()), span, DeclKind::Device)
+        else {
+            return;
+        };
+        let Some(lender) = self.device(&inst, span) else {
+            return;
+        };
+        let mut lent = 0;
+        // How the silicon and links run kernels, and the fit's band; not
+        // `step_overhead` (the framework's host time per step, fitted on
+        // the lender's software and workloads) nor `reserve` (a memory
+        // policy): those stay this device's own, ideal when undeclared.
+        for (k, ..) in EFFICIENCY
+            .iter()
+            .filter(|(k, ..)| !matches!(*k, "step_overhead" | "reserve"))
+        {
+            let q = lender
+                .efficiency
+                .get(&format!("{phase}.{k}"))
+                .or_else(|| lender.efficiency.get(*k));
+            if let Some(q) = q {
+                dev.efficiency.insert(format!("{phase}.{k}"), *q);
+                lent += 1;
+            }
+        }
+        if lent == 0 {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L093,
+                    format!(
+                        "`{}` has no `{phase}` efficiency factors to lend",
+                        lender.name
+                    ),
+                    span,
+                )
+                .with_label(span, "declares no factors for this phase")
+                .with_help(format!(
+                    "borrow from a device whose `efficiency` record has `{phase} = {{ ... }}` (fitted by `gantry calibrate --fit`), or write the factors here"
+                )),
+            );
+            return;
+        }
+        let origin = lender
+            .borrowed
+            .get(phase)
+            .cloned()
+            .unwrap_or_else(|| lender.name.clone());
+        dev.borrowed.insert(phase.to_string(), origin);
     }
 
     /// One field of a device's `efficiency` record, checked against
