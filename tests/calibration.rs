@@ -404,3 +404,31 @@ fn bad_arguments_are_c017() {
     assert!(out.starts_with("C017"), "{out}");
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+/// The H200 has the H100's compute die: its inference factors are the
+/// H100's fitted `infer` record, factor by factor (the fit's bookkeeping,
+/// `fit_rows` and `loo_*`, stays with the H100, whose rows it describes).
+/// A refit of the H100 that is not copied fails here.
+#[test]
+fn h200_takes_the_h100_inference_calibration() {
+    let c = gantry::check_files(
+        &[
+            "stdlib/hardware/h100.gantry".to_string(),
+            "stdlib/hardware/h200.gantry".to_string(),
+        ],
+        &[],
+    );
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let infer = |d: &str| -> Vec<(String, f64)> {
+        c.program.devices[d]
+            .efficiency
+            .iter()
+            .filter(|(k, _)| k.starts_with("infer."))
+            .filter(|(k, _)| !fit::RECORD_KEYS.iter().any(|r| k.ends_with(r)))
+            .map(|(k, q)| (k.clone(), q.value))
+            .collect()
+    };
+    let (h100, h200) = (infer("H100_SXM"), infer("H200_SXM"));
+    assert!(!h100.is_empty());
+    assert_eq!(h100, h200);
+}

@@ -582,6 +582,30 @@ pub fn fit(refs: &[Reference]) -> Fit {
     // The stdlib's predictions now (what `gantry validate` prints).
     let mut current: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for (i, r) in refs.iter().enumerate() {
+        if r.plan.workload.serve.is_some() {
+            // Serving rows are predicted by the simulator on the factors
+            // fitted elsewhere and fit nothing: every prediction is out of
+            // sample, so its leave-one-out figure is the prediction itself.
+            match crate::validate::figures(&r.plan) {
+                Ok((values, _)) => {
+                    for ((metric, published), v) in r.expect.iter().zip(values) {
+                        rows.push(FitRow {
+                            reference: i,
+                            metric: metric.clone(),
+                            published: *published,
+                            current: v,
+                            in_sample: v,
+                            loo: Some(v),
+                        });
+                    }
+                }
+                Err(error) => failed.push(Failed {
+                    reference: i,
+                    error,
+                }),
+            }
+            continue;
+        }
         searches += 1;
         match predict(&r.plan) {
             Ok(ev) => {

@@ -232,6 +232,7 @@ fn candidates(
         token_budget: s.scheduler.token_budget,
         max_seqs: ms,
         chunked_prefill: s.scheduler.chunked_prefill,
+        async_scheduling: s.scheduler.async_scheduling,
         prefix_hit: s.prefix_hit,
     };
     let base = |m: IterModel| Deployment {
@@ -535,6 +536,35 @@ fn no_deployment(
     )
 }
 
+/// What `gantry validate` compares with a serving reference row: a plan
+/// whose knobs are all pinned (`fix tp = 1, dp = 1, batch = 1024`, no
+/// `search`) is that one deployment simulated at the workload's rate, as
+/// `gantry plan --fix` reports it, whatever its SLOs; otherwise the
+/// search's best, as `gantry plan` reports it.
+pub fn predict(p: &Plan) -> Result<Summary, PinError> {
+    use crate::point::Pin;
+    if p.search.is_empty() {
+        let mut pins = BTreeMap::new();
+        for (k, d) in &p.fixed {
+            match d {
+                Domain::Ints(v) if v.len() == 1 => {
+                    pins.insert(k.clone(), Pin::Int(v[0]));
+                }
+                _ => {
+                    return Err(error(
+                        Code::C012,
+                        "fix",
+                        format!("a serving plan pins one whole number per knob; `{k}` is not one"),
+                        "pin tp, dp (replicas) and batch (max_seqs), e.g. `fix tp = 8, dp = 1, batch = 256`",
+                    ));
+                }
+            }
+        }
+        return fixed(p, &pins, &[], None);
+    }
+    plan(p, &[], None).map(|s| s.best)
+}
+
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
 /// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
 /// holds, the workload's max_seqs), simulated at `rate` (`gantry plan
@@ -602,6 +632,7 @@ pub fn fixed(
             token_budget: s.scheduler.token_budget,
             max_seqs: ms,
             chunked_prefill: s.scheduler.chunked_prefill,
+            async_scheduling: s.scheduler.async_scheduling,
             prefix_hit: s.prefix_hit,
         },
         kv_block: s.scheduler.kv_block,

@@ -93,6 +93,37 @@ pub struct Summary {
     pub little: (f64, f64, f64),
 }
 
+impl Summary {
+    /// The named figure, for `expect` (base units: seconds, requests or
+    /// tokens per second): `ttft_p50`, `tpot_p99`, `e2e_p90`, ...,
+    /// `throughput` (completed requests per second), `tokens_per_s`,
+    /// `goodput`, `devices`. `None` for a metric a serving run has not.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let pick = |p: &Percentiles, q: &str| match q {
+            "p50" => Some(p.p50),
+            "p90" => Some(p.p90),
+            "p99" => Some(p.p99),
+            _ => None,
+        };
+        if let Some((what, q)) = name.split_once('_') {
+            match what {
+                "ttft" => return pick(&self.ttft, q),
+                "tpot" => return pick(&self.tpot, q),
+                "e2e" => return pick(&self.e2e, q),
+                _ => {}
+            }
+        }
+        Some(match name {
+            "throughput" | "samples_per_s" => self.throughput,
+            "tokens_per_s" => self.tokens_per_s,
+            "goodput" => self.goodput,
+            "devices" => self.devices as f64,
+            "throughput_per_dollar" => self.goodput_per_dollar?,
+            _ => return None,
+        })
+    }
+}
+
 /// Whether the queue grew: the run stopped on its backlog, or more than
 /// 2% of the requests (at least 8) waited at the last arrival and the
 /// backlog grew by half since the middle arrival.

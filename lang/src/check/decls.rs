@@ -218,8 +218,12 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
         | "devices"
         | "throughput_per_dollar"
         | "throughput_per_watt"
-        | "throughput" => Dim::NONE,
+        | "throughput"
+        | "goodput" => Dim::NONE,
         "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
+        // A `serve` workload's latency percentiles (simulated requests).
+        "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99" | "e2e_p50"
+        | "e2e_p90" | "e2e_p99" => Dim::TIME,
         "memory" | "hbm" => Dim::BYTES,
         "power" => Dim::POWER,
         "energy_per_step" => Dim::ENERGY,
@@ -250,6 +254,16 @@ pub const METRICS: &[&str] = &[
     "model_tflops_per_device",
     "hardware_tflops_per_device",
     "devices",
+    "goodput",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p90",
+    "tpot_p99",
+    "e2e_p50",
+    "e2e_p90",
+    "e2e_p99",
 ];
 
 impl Checker {
