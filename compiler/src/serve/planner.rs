@@ -538,9 +538,11 @@ fn no_deployment(
 
 /// What `gantry validate` compares with a serving reference row: a plan
 /// whose knobs are all pinned (`fix tp = 1, dp = 1, batch = 1024`, no
-/// `search`) is that one deployment simulated at the workload's rate, as
-/// `gantry plan --fix` reports it, whatever its SLOs; otherwise the
-/// search's best, as `gantry plan` reports it.
+/// `search`) is that one deployment simulated at the workload's rate
+/// until every request is served, as a published benchmark runs its
+/// requests (above capacity the queue grows and the throughput is the
+/// deployment's capacity; the run is still flagged unstable); otherwise
+/// the search's best, as `gantry plan` reports it.
 pub fn predict(p: &Plan) -> Result<Summary, PinError> {
     use crate::point::Pin;
     if p.search.is_empty() {
@@ -560,7 +562,7 @@ pub fn predict(p: &Plan) -> Result<Summary, PinError> {
                 }
             }
         }
-        return fixed(p, &pins, &[], None);
+        return fixed_run(p, &pins, &[], None, Some(u64::MAX));
     }
     plan(p, &[], None).map(|s| s.best)
 }
@@ -574,6 +576,18 @@ pub fn fixed(
     pins: &BTreeMap<String, crate::point::Pin>,
     trace: &[TraceRow],
     rate: Option<f64>,
+) -> Result<Summary, PinError> {
+    fixed_run(p, pins, trace, rate, None)
+}
+
+/// [`fixed`], stopping once more than `max_backlog` requests wait (`None`:
+/// a quarter of the requests, as [`super::run`]).
+fn fixed_run(
+    p: &Plan,
+    pins: &BTreeMap<String, crate::point::Pin>,
+    trace: &[TraceRow],
+    rate: Option<f64>,
+    max_backlog: Option<u64>,
 ) -> Result<Summary, PinError> {
     use crate::point::Pin;
     let Some(s) = p.workload.serve.as_deref() else {
@@ -640,5 +654,6 @@ pub fn fixed(
         transfer_latency: 0.0,
     };
     let reqs = requests(s, rate, trace);
-    Ok(super::run(&d, &reqs, s))
+    let max_backlog = max_backlog.unwrap_or((reqs.len() as u64 / 4).max(64));
+    Ok(super::run_with(&d, &reqs, s, max_backlog))
 }
