@@ -21,6 +21,8 @@ pub struct Options<'a> {
     pub fix: Option<std::collections::BTreeMap<String, Pin>>,
     pub top: usize,
     pub json: bool,
+    /// Markdown tables instead of text (ignored with `json`).
+    pub markdown: bool,
     /// Rates (requests per second) for the latency-versus-rate curve.
     pub sweep: Option<Vec<f64>>,
 }
@@ -147,6 +149,20 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                         j["sweep"] = sweep_json(r);
                     }
                     outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+                } else if o.markdown {
+                    outln!(
+                        "## Serving plan `{}` (--fix)\n\n`{}` on `{}`.\n",
+                        p.name,
+                        p.workload.name,
+                        p.system.name
+                    );
+                    out!("{}", report::markdown(&s));
+                    if let Some(r) = &rows {
+                        out!(
+                            "\n### Latency against rate (the deployment above)\n\n{}",
+                            report::sweep_markdown(r)
+                        );
+                    }
                 } else {
                     outln!(
                         "Serving plan {} for {} on {} (--fix)",
@@ -196,6 +212,16 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             j["sweep"] = sweep_json(r);
         }
         outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if o.markdown {
+        out!("{}", report::plan_markdown(p, &sp, o.top));
+        if let Some(r) = &rows {
+            out!(
+                "\n### Latency against rate (the deployment above)\n\n{}",
+                report::sweep_markdown(r)
+            );
+        }
         return ExitCode::SUCCESS;
     }
     outln!(

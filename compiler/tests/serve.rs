@@ -159,3 +159,21 @@ fn section_b1_rows() {
         );
     }
 }
+
+/// `gantry plan --format markdown` on the example's H200 plan: the chosen
+/// deployment, the iteration model, the best deployments and the
+/// latency-versus-rate curve, as Markdown tables.
+#[test]
+fn serving_markdown_snapshot() {
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h200"));
+    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let s = p.workload.serve.as_deref().expect("serve");
+    let mut out = report::plan_markdown(&p, &sp, 3);
+    let rows: Vec<_> = [4.0, 16.0, 64.0]
+        .iter()
+        .map(|r| serve::run(&sp.best.deployment, &serve::requests(s, Some(*r), &[]), s))
+        .collect();
+    out.push_str(&report::sweep_markdown(&rows));
+    assert!(out.contains("| TTFT |") && out.contains("| binding |"));
+    insta::assert_snapshot!("llm_serve_h200_markdown", out);
+}

@@ -562,32 +562,21 @@ pub fn predict(p: &Plan) -> Result<Summary, PinError> {
                 }
             }
         }
-        return fixed_run(p, &pins, &[], None, Some(u64::MAX));
+        return fixed(p, &pins, &[], None);
     }
     plan(p, &[], None).map(|s| s.best)
 }
 
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
 /// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
-/// holds, the workload's max_seqs), simulated at `rate` (`gantry plan
-/// --fix`).
+/// holds, the workload's max_seqs), simulated at `rate` until every
+/// request is served (`gantry plan --fix`; above capacity the run is
+/// flagged unstable and its throughput is the deployment's capacity).
 pub fn fixed(
     p: &Plan,
     pins: &BTreeMap<String, crate::point::Pin>,
     trace: &[TraceRow],
     rate: Option<f64>,
-) -> Result<Summary, PinError> {
-    fixed_run(p, pins, trace, rate, None)
-}
-
-/// [`fixed`], stopping once more than `max_backlog` requests wait (`None`:
-/// a quarter of the requests, as [`super::run`]).
-fn fixed_run(
-    p: &Plan,
-    pins: &BTreeMap<String, crate::point::Pin>,
-    trace: &[TraceRow],
-    rate: Option<f64>,
-    max_backlog: Option<u64>,
 ) -> Result<Summary, PinError> {
     use crate::point::Pin;
     let Some(s) = p.workload.serve.as_deref() else {
@@ -654,6 +643,5 @@ fn fixed_run(
         transfer_latency: 0.0,
     };
     let reqs = requests(s, rate, trace);
-    let max_backlog = max_backlog.unwrap_or((reqs.len() as u64 / 4).max(64));
-    Ok(super::run_with(&d, &reqs, s, max_backlog))
+    Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }

@@ -460,3 +460,198 @@ pub fn json(s: &Summary) -> Value {
         "binding": binding(s),
     })
 }
+
+/// One deployment's report as Markdown tables (the figures of [`text`];
+/// deterministic, no wall-clock figures).
+pub fn markdown(s: &Summary) -> String {
+    use std::fmt::Write;
+    let d = &s.deployment;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| deployment | devices | KV cache per replica | token budget |\n|---|---:|---:|---:|\n| {} | {} | {:.0} tokens | {} |\n",
+        describe(d),
+        s.devices,
+        s.kv_capacity_tokens,
+        d.limits.token_budget
+    );
+    let _ = writeln!(
+        t,
+        "Load: {} requests at {:.3} req/s; {} completed, {} dropped.\n",
+        s.requests, s.rate, s.completed, s.dropped
+    );
+    if s.unstable {
+        let _ = writeln!(
+            t,
+            "**Unstable**: the queue grows; the rate is above what this deployment serves, so no latency is reported."
+        );
+        return t;
+    }
+    let _ = writeln!(t, "| latency | P50 | P90 | P99 |\n|---|---:|---:|---:|");
+    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} |",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n| SLO | target | at {:.1}% | |\n|---|---:|---:|---|",
+        100.0 * s.target_attainment
+    );
+    for c in &s.slos {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} |",
+            c.name,
+            ms(c.target),
+            ms(c.achieved),
+            if c.achieved <= c.target {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+    let _ = writeln!(t, "\n| figure | value |\n|---|---|");
+    let _ = writeln!(
+        t,
+        "| attainment | {:.2}% of requests meet every SLO (target {:.2}%): {} |",
+        100.0 * s.attainment,
+        100.0 * s.target_attainment,
+        if s.meets { "met" } else { "missed" }
+    );
+    let _ = writeln!(
+        t,
+        "| throughput | {:.3} req/s, {:.1} tokens/s |\n| goodput | {:.3} req/s |",
+        s.throughput, s.tokens_per_s, s.goodput
+    );
+    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
+        let _ = writeln!(
+            t,
+            "| cost | ${:.2}/h; goodput per dollar {:.1} requests/$ |",
+            p * 3600.0,
+            g
+        );
+    }
+    let _ = writeln!(
+        t,
+        "| utilisation | {:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions |",
+        100.0 * s.utilisation_prefill,
+        if d.disaggregated() {
+            format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
+        } else {
+            " and decode".to_string()
+        },
+        s.mean_batch_tokens,
+        s.preemptions
+    );
+    if s.transfer_bytes > 0.0 {
+        let _ = writeln!(
+            t,
+            "| KV transfer | {:.1} MB per request |",
+            s.transfer_bytes / s.completed.max(1) as f64 / 1e6
+        );
+    }
+    let _ = writeln!(t, "| binding | {} |", binding(s));
+    t
+}
+
+/// The latency-versus-rate curve as a Markdown table.
+pub fn sweep_markdown(rows: &[Summary]) -> String {
+    use std::fmt::Write;
+    let mut t = String::from(
+        "| rate/s | TTFT P50 | TTFT P99 | TPOT P50 | TPOT P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for s in rows {
+        if s.unstable {
+            let _ = writeln!(t, "| {:.3} | unstable: the queue grows | | | | | |", s.rate);
+        } else {
+            let _ = writeln!(
+                t,
+                "| {:.3} | {} | {} | {} | {} | {:.3} | {:.2}% |",
+                s.rate,
+                ms(s.ttft.p50),
+                ms(s.ttft.p99),
+                ms(s.tpot.p50),
+                ms(s.tpot.p99),
+                s.goodput,
+                100.0 * s.attainment
+            );
+        }
+    }
+    t
+}
+
+/// A serving plan's result as Markdown: the chosen deployment, the
+/// iteration model, the best `top` deployments and the search's counts.
+pub fn plan_markdown(
+    p: &gantry_lang::program::Plan,
+    sp: &super::planner::ServePlan,
+    top: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "## Serving plan `{}`\n\n`{}` on `{}`; objective: maximize {} under the SLOs.\n",
+        p.name,
+        p.workload.name,
+        p.system.name,
+        sp.rank.name()
+    );
+    t.push_str(&markdown(&sp.best));
+    let _ = writeln!(
+        t,
+        "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for m in sp.models.values() {
+        let _ = writeln!(
+            t,
+            "| {} | {:.3} ms | {:.3} ms | {:.2} us | {:.3} us | {:.4} us | {:.3} ns | {:.0} tokens |",
+            m.tp,
+            m.t_fixed * 1e3,
+            m.t_weights * 1e3,
+            m.c_token * 1e6,
+            m.c_comm * 1e6,
+            m.c_kv * 1e6,
+            m.c_pair * 1e9,
+            m.kv_capacity_tokens
+        );
+    }
+    let unit = match sp.rank {
+        super::planner::Rank::PerDollar => "requests/$",
+        super::planner::Rank::PerWatt => "req/s/W",
+        super::planner::Rank::Goodput => "req/s",
+    };
+    let _ = writeln!(
+        t,
+        "\n### Best deployments ({})\n\n| # | deployment | devices | {unit} | TTFT P99 | TPOT P99 |\n|---:|---|---:|---:|---:|---:|",
+        sp.rank.name()
+    );
+    for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.4} | {} | {} |",
+            i + 1,
+            describe(&s.deployment),
+            s.devices,
+            sp.rank.value(s),
+            ms(s.ttft.p99),
+            ms(s.tpot.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        sp.unstable_unsimulated,
+        sp.pruned
+    );
+    t
+}
