@@ -232,6 +232,15 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     );
     outln!("Objective   maximize {} under the SLOs", sp.rank.name());
     out!("{}", report::text(&sp.best));
+    if let Some(c) = &sp.cheaper {
+        outln!(
+            "Cheaper     {} ({} device{}) misses: {}",
+            report::describe(&c.deployment),
+            c.devices,
+            if c.devices == 1 { "" } else { "s" },
+            report::binding(c)
+        );
+    }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
     for m in sp.models.values() {
         outln!(

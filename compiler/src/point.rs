@@ -321,6 +321,19 @@ pub fn resolve(
     ir: &Ir,
     system: &Cluster,
 ) -> Result<DesignPoint, PinError> {
+    if let Some(k) = pins
+        .keys()
+        .find(|k| gantry_lang::check::SERVE_KNOBS.contains(&k.as_str()))
+    {
+        return Err(err(
+            gantry_lang::diagnostic::Code::C012,
+            "fix",
+            format!(
+                "`{k}` is a knob of the serving scheduler; this workload is not a `serve` workload"
+            ),
+            "remove it; only plans of `serve` workloads simulate a scheduler",
+        ));
+    }
     resolve_knobs(&Knobs::from_pins(pins), ir, system)
 }
 

@@ -104,6 +104,10 @@ pub struct ServePlan {
     pub requests: Vec<Request>,
     /// Iteration models by tensor-parallel degree.
     pub models: BTreeMap<u64, IterModel>,
+    /// Why nothing cheaper was chosen: of the simulated deployments on
+    /// fewer devices than the best that miss the SLOs (or are unstable),
+    /// the closest to meeting them (its `binding` names what fails).
+    pub cheaper: Option<Summary>,
 }
 
 fn ints(d: Option<&Domain>, auto: Vec<i64>) -> Vec<u64> {
@@ -211,6 +215,37 @@ fn replica_counts(d: Option<&Domain>, max: u64) -> Vec<u64> {
     v
 }
 
+/// Token budgets to try: the plan's `token_budget` domain (powers of two
+/// when wider than 16 values), else the workload's.
+fn budgets(p: &Plan, s: &Serve) -> Vec<u64> {
+    let mut v = ints(
+        domain(p, "token_budget"),
+        vec![s.scheduler.token_budget as i64],
+    );
+    if v.len() > 16 {
+        let top = v.last().copied();
+        v.retain(|b| b.is_power_of_two());
+        v.extend(top);
+        v.dedup();
+    }
+    v
+}
+
+/// Chunked prefill on, off or both: the plan's `chunked_prefill` domain
+/// (`auto`: both), else the workload's.
+fn chunking(p: &Plan, s: &Serve) -> Vec<bool> {
+    match domain(p, "chunked_prefill") {
+        Some(Domain::Bools(v)) if !v.is_empty() => {
+            let mut v = v.clone();
+            v.sort_unstable_by_key(|b| !*b);
+            v.dedup();
+            v
+        }
+        Some(Domain::Auto) => vec![true, false],
+        _ => vec![s.scheduler.chunked_prefill],
+    }
+}
+
 /// The candidate deployments of `p` (unordered).
 fn candidates(
     p: &Plan,
@@ -228,10 +263,16 @@ fn candidates(
         seqs.dedup();
     }
     let reps = domain(p, "dp");
-    let limits = |ms: u64| Limits {
-        token_budget: s.scheduler.token_budget,
+    let budgets = budgets(p, s);
+    let chunking = chunking(p, s);
+    let sched: Vec<(u64, bool)> = budgets
+        .iter()
+        .flat_map(|b| chunking.iter().map(move |c| (*b, *c)))
+        .collect();
+    let limits = |ms: u64, (tb, chunked): (u64, bool)| Limits {
+        token_budget: tb,
         max_seqs: ms,
-        chunked_prefill: s.scheduler.chunked_prefill,
+        chunked_prefill: chunked,
         async_scheduling: s.scheduler.async_scheduling,
         prefix_hit: s.prefix_hit,
     };
@@ -241,7 +282,7 @@ fn candidates(
         decode: 0,
         prefill_model: m,
         decode_model: m,
-        limits: limits(1),
+        limits: limits(1, (s.scheduler.token_budget, s.scheduler.chunked_prefill)),
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: transfer.0,
         transfer_latency: transfer.1,
@@ -254,7 +295,9 @@ fn candidates(
             .keys()
             .map(|t| replica_counts(reps, devices / t).len())
             .sum();
-        size = size.saturating_add(seqs.len().saturating_mul(n + n * dis));
+        size = size.saturating_add(
+            (seqs.len() * sched.len()).saturating_mul(n.saturating_add(n.saturating_mul(dis))),
+        );
     }
     if size > MAX_CANDIDATES {
         return Err(size);
@@ -262,12 +305,12 @@ fn candidates(
     let mut out = Vec::new();
     for (&tp, m) in models {
         let rs = replica_counts(reps, devices / tp);
-        for &ms in &seqs {
+        for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
             if s.disaggregate != Disaggregate::Yes {
                 for &r in rs.iter().filter(|r| *r * tp <= devices) {
                     out.push(Deployment {
                         colocated: r,
-                        limits: limits(ms),
+                        limits: limits(ms, k),
                         ..base(*m)
                     });
                 }
@@ -286,7 +329,7 @@ fn candidates(
                             prefill: np,
                             decode: nd,
                             decode_model: *md,
-                            limits: limits(ms),
+                            limits: limits(ms, k),
                             ..base(*m)
                         });
                     }
@@ -304,7 +347,11 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
         .map(|k| 1i64 << k)
         .take_while(|t| *t <= per_node)
         .collect();
-    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let n = budgets(p, s)
+        .last()
+        .copied()
+        .unwrap_or(s.scheduler.token_budget)
+        .clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let mut out = BTreeMap::new();
     let mut first = None;
@@ -458,7 +505,25 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         return Err(no_deployment(p, s, &done, offered, unstable_unsim));
     };
     meeting.truncate(5);
+    let worst = |x: &Summary| {
+        if x.unstable {
+            f64::INFINITY
+        } else {
+            x.slos.iter().map(|c| c.ratio()).fold(0.0, f64::max)
+        }
+    };
+    let cheaper = done
+        .iter()
+        .filter(|x| !x.meets && x.devices < best.devices)
+        .min_by(|a, b| {
+            worst(a)
+                .total_cmp(&worst(b))
+                .then(b.devices.cmp(&a.devices))
+                .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
+        })
+        .cloned();
     Ok(ServePlan {
+        cheaper,
         best,
         top: meeting,
         rank,
@@ -552,6 +617,9 @@ pub fn predict(p: &Plan) -> Result<Summary, PinError> {
                 Domain::Ints(v) if v.len() == 1 => {
                     pins.insert(k.clone(), Pin::Int(v[0]));
                 }
+                Domain::Bools(v) if v.len() == 1 => {
+                    pins.insert(k.clone(), Pin::Bool(v[0]));
+                }
                 _ => {
                     return Err(error(
                         Code::C012,
@@ -588,12 +656,12 @@ pub fn fixed(
         ));
     };
     for k in pins.keys() {
-        if !["tp", "dp", "batch"].contains(&k.as_str()) {
+        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str()) {
             return Err(error(
                 Code::C012,
                 "fix",
                 format!("`{k}` is not a knob of a serving deployment"),
-                "pin tp, dp (replicas) and batch (max_seqs)",
+                "pin tp, dp (replicas), batch (max_seqs), token_budget and chunked_prefill",
             ));
         }
     }
@@ -622,7 +690,20 @@ pub fn fixed(
         ));
     }
     let ms = int("batch")?.unwrap_or(s.scheduler.max_seqs);
-    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let budget = int("token_budget")?.unwrap_or(s.scheduler.token_budget);
+    let chunked = match pins.get("chunked_prefill") {
+        Some(Pin::Bool(b)) => *b,
+        Some(_) => {
+            return Err(error(
+                Code::C006,
+                "fix",
+                "`chunked_prefill` must be `true` or `false`".into(),
+                "e.g. --fix tp=8,chunked_prefill=false",
+            ));
+        }
+        None => s.scheduler.chunked_prefill,
+    };
+    let n = budget.clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let m = build(&p.workload, &p.system, tp, n, ctx)?;
     let d = Deployment {
@@ -632,9 +713,9 @@ pub fn fixed(
         prefill_model: m,
         decode_model: m,
         limits: Limits {
-            token_budget: s.scheduler.token_budget,
+            token_budget: budget,
             max_seqs: ms,
-            chunked_prefill: s.scheduler.chunked_prefill,
+            chunked_prefill: chunked,
             async_scheduling: s.scheduler.async_scheduling,
             prefix_hit: s.prefix_hit,
         },

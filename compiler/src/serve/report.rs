@@ -275,17 +275,37 @@ fn power(d: &Deployment) -> f64 {
     }
 }
 
+/// `max_seqs 256, budget 8192` (`, unchunked` without chunked prefill).
+fn scheduler(d: &Deployment) -> String {
+    format!(
+        "max_seqs {}, budget {}{}",
+        d.limits.max_seqs,
+        d.limits.token_budget,
+        if d.limits.chunked_prefill {
+            ""
+        } else {
+            ", unchunked"
+        }
+    )
+}
+
 /// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
 pub fn describe(d: &Deployment) -> String {
     if d.disaggregated() {
         format!(
-            "disaggregated {} x tp{} prefill : {} x tp{} decode, max_seqs {}",
-            d.prefill, d.prefill_model.tp, d.decode, d.decode_model.tp, d.limits.max_seqs
+            "disaggregated {} x tp{} prefill : {} x tp{} decode, {}",
+            d.prefill,
+            d.prefill_model.tp,
+            d.decode,
+            d.decode_model.tp,
+            scheduler(d)
         )
     } else {
         format!(
-            "colocated {} x tp{}, max_seqs {}",
-            d.colocated, d.prefill_model.tp, d.limits.max_seqs
+            "colocated {} x tp{}, {}",
+            d.colocated,
+            d.prefill_model.tp,
+            scheduler(d)
         )
     }
 }
@@ -306,6 +326,9 @@ pub fn binding(s: &Summary) -> String {
     };
     let why = match worst.name {
         "ttft_p99" if s.deployment.disaggregated() => "prefill pool compute and queueing",
+        "ttft_p99" if !s.deployment.limits.chunked_prefill => {
+            "prefill compute (whole prompts share iterations with decode)"
+        }
         "ttft_p99" => "prefill compute (chunks share iterations with decode)",
         "tpot_p99" if s.preemptions > 0 => "KV-cache capacity (preemptions recompute)",
         "tpot_p99" if s.deployment.disaggregated() && s.transfer_bytes > 0.0 => {
@@ -604,6 +627,16 @@ pub fn plan_markdown(
         sp.rank.name()
     );
     t.push_str(&markdown(&sp.best));
+    if let Some(c) = &sp.cheaper {
+        let _ = writeln!(
+            t,
+            "\nCheaper: {} ({} device{}) misses: {}.",
+            describe(&c.deployment),
+            c.devices,
+            if c.devices == 1 { "" } else { "s" },
+            binding(c)
+        );
+    }
     let _ = writeln!(
         t,
         "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
