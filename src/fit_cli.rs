@@ -336,7 +336,7 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
             m,
             errs.len(),
             band(errs),
-            serving_band(m).map_or("-".to_string(), |b| pct(b)),
+            serving_band(m).map_or("-".to_string(), pct),
             within
         );
     }

@@ -196,6 +196,11 @@ pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
 pub fn pins_from_plan(fixed: &BTreeMap<String, Domain>) -> BTreeMap<String, Pin> {
     let mut out = BTreeMap::new();
     for (k, d) in fixed {
+        // The serving scheduler's knobs pin no design point (a serve
+        // plan's step, as `gantry run` prices it, has no scheduler).
+        if gantry_lang::check::SERVE_KNOBS.contains(&k.as_str()) {
+            continue;
+        }
         let pin = match d {
             Domain::Ints(v) if v.len() == 1 => Pin::Int(v[0]),
             Domain::Choices(v) if v.len() == 1 => Pin::Choice(v[0].clone()),
