@@ -195,6 +195,9 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                 .map(|s| json!({ "deployment": report::describe(&s.deployment), "devices": s.devices, "goodput_per_s": s.goodput, "objective_value": sp.rank.value(s), "ttft_p99_s": s.ttft.p99, "tpot_p99_s": s.tpot.p99 }))
                 .collect(),
         );
+        j["cheaper"] = sp.cheaper.as_ref().map_or(Value::Null, |c| {
+            json!({ "deployment": report::describe(&c.deployment), "devices": c.devices, "binding": report::binding(c) })
+        });
         j["search"] = json!({
             "candidates": sp.candidates,
             "simulated": sp.simulated,

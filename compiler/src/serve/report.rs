@@ -457,6 +457,8 @@ pub fn json(s: &Summary) -> Value {
         "pools": pools,
         "max_seqs": d.limits.max_seqs,
         "token_budget": d.limits.token_budget,
+        "chunked_prefill": d.limits.chunked_prefill,
+        "async_scheduling": d.limits.async_scheduling,
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
