@@ -138,7 +138,18 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         Ok(t) => t,
         Err(c) => return c,
     };
-    if let Some(pins) = &o.fix {
+    // A plan that pins every knob and searches none is one deployment
+    // (a serving reference row): reported as `--fix` reports it, the SLOs
+    // checked but not required, as `gantry validate` predicts it.
+    let pinned = (o.fix.is_none() && p.search.is_empty())
+        .then(|| serve::planner::plan_pins(p))
+        .and_then(Result::ok);
+    if let Some(pins) = o.fix.as_ref().or(pinned.as_ref()) {
+        let label = if o.fix.is_some() {
+            "--fix"
+        } else {
+            "every knob pinned"
+        };
         return match serve::planner::fixed(p, pins, &trace, None) {
             Ok(s) => {
                 let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &s, r, &trace));
@@ -151,7 +162,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                     outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
                 } else if o.markdown {
                     outln!(
-                        "## Serving plan `{}` (--fix)\n\n`{}` on `{}`.\n",
+                        "## Serving plan `{}` ({label})\n\n`{}` on `{}`.\n",
                         p.name,
                         p.workload.name,
                         p.system.name
@@ -165,7 +176,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                     }
                 } else {
                     outln!(
-                        "Serving plan {} for {} on {} (--fix)",
+                        "Serving plan {} for {} on {} ({label})",
                         p.name,
                         p.workload.name,
                         p.system.name

@@ -609,30 +609,35 @@ fn no_deployment(
 /// deployment's capacity; the run is still flagged unstable); otherwise
 /// the search's best, as `gantry plan` reports it.
 pub fn predict(p: &Plan) -> Result<Summary, PinError> {
-    use crate::point::Pin;
     if p.search.is_empty() {
-        let mut pins = BTreeMap::new();
-        for (k, d) in &p.fixed {
-            match d {
-                Domain::Ints(v) if v.len() == 1 => {
-                    pins.insert(k.clone(), Pin::Int(v[0]));
-                }
-                Domain::Bools(v) if v.len() == 1 => {
-                    pins.insert(k.clone(), Pin::Bool(v[0]));
-                }
-                _ => {
-                    return Err(error(
-                        Code::C012,
-                        "fix",
-                        format!("a serving plan pins one whole number per knob; `{k}` is not one"),
-                        "pin tp, dp (replicas) and batch (max_seqs), e.g. `fix tp = 8, dp = 1, batch = 256`",
-                    ));
-                }
-            }
-        }
-        return fixed(p, &pins, &[], None);
+        return fixed(p, &plan_pins(p)?, &[], None);
     }
     plan(p, &[], None).map(|s| s.best)
+}
+
+/// The pins of a serving plan's `fix` (one value per knob).
+pub fn plan_pins(p: &Plan) -> Result<BTreeMap<String, crate::point::Pin>, PinError> {
+    use crate::point::Pin;
+    let mut pins = BTreeMap::new();
+    for (k, d) in &p.fixed {
+        match d {
+            Domain::Ints(v) if v.len() == 1 => {
+                pins.insert(k.clone(), Pin::Int(v[0]));
+            }
+            Domain::Bools(v) if v.len() == 1 => {
+                pins.insert(k.clone(), Pin::Bool(v[0]));
+            }
+            _ => {
+                return Err(error(
+                    Code::C012,
+                    "fix",
+                    format!("a serving plan pins one value per knob; `{k}` is not pinned to one"),
+                    "pin tp, dp (replicas) and batch (max_seqs), e.g. `fix tp = 8, dp = 1, batch = 256`",
+                ));
+            }
+        }
+    }
+    Ok(pins)
 }
 
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
