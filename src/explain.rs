@@ -315,6 +315,13 @@ calibrated.\n\
 Fix: borrow from a device that has a fitted record for the phase (`gantry calibrate --fit` \
 writes them), or write the factors here (docs/LANGUAGE.md §5.2, \"Borrowed factors\")."
         }
+        "L081" => {
+            "A plan searches or pins `token_budget` or `chunked_prefill`, the serving \
+scheduler's knobs, but its workload is not a `serve` workload (or the knob is in a study, \
+whose cells price one step, not a request stream). Only the serving planner simulates a \
+scheduler. The label points at the knob.\n\
+Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
+        }
         "C001" => {
             "The design point's degrees multiply to more devices than the system has: dp x tp x \
 pp x cp is larger than the cluster's device count. The message names the product and the \

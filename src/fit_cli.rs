@@ -282,6 +282,66 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
     status
 }
 
+/// The band for a serving figure: P50 latencies 15%, P99 25%,
+/// throughput 10% (`None`: no stated band).
+fn serving_band(metric: &str) -> Option<f64> {
+    if metric == "throughput" {
+        Some(0.10)
+    } else if metric.ends_with("_p50") {
+        Some(0.15)
+    } else if metric.ends_with("_p99") {
+        Some(0.25)
+    } else {
+        None
+    }
+}
+
+/// The serving rows by metric: their errors and how many are within the
+/// band. Serving rows fit no factor (the simulator runs on factors fitted
+/// to the cost model's rows), so leave-one-out equals in-sample there.
+fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
+    use std::fmt::Write;
+    let mut by_metric: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in &fit.rows {
+        if refs[r.reference].plan.workload.serve.is_some() {
+            by_metric
+                .entry(r.metric.as_str())
+                .or_default()
+                .push(rel_error(r.current, r.published));
+        }
+    }
+    if by_metric.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nServing figures by metric (simulated; no factor is fitted to them, so leave-one-out = in-sample)"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12} {:>7}  {:>22}  {:>6}  {:>13}",
+        "metric", "figures", "error median / max", "band", "within band"
+    );
+    for (m, errs) in &by_metric {
+        let within = serving_band(m).map_or("-".to_string(), |b| {
+            format!(
+                "{} of {}",
+                errs.iter().filter(|e| e.abs() <= b).count(),
+                errs.len()
+            )
+        });
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>7}  {:>22}  {:>6}  {:>13}",
+            m,
+            errs.len(),
+            band(errs),
+            serving_band(m).map_or("-".to_string(), pct),
+            within
+        );
+    }
+}
+
 /// `gantry validate --cross DIR`: every figure's prediction with the
 /// stdlib's factors (in-sample: what `gantry validate` prints) next to its
 /// leave-one-out prediction (factors fitted without that plan).
@@ -324,6 +384,7 @@ pub fn validate_cross_cmd(dir: &Path) -> ExitCode {
         &by_section(&fit, &refs, order.iter(), |r| r.current),
         "in-sample",
     );
+    serving_table(&mut s, &fit, &refs);
     out!("{s}");
     let differ: Vec<String> = fit
         .groups

@@ -360,6 +360,7 @@ fn serve_plan(
         fix,
         top,
         json: format == ReportFormat::Json,
+        markdown: format == ReportFormat::Markdown,
         sweep,
     };
     Some(gantry::serve_cli::serve_cmd(&p, &o))

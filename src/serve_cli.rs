@@ -21,6 +21,8 @@ pub struct Options<'a> {
     pub fix: Option<std::collections::BTreeMap<String, Pin>>,
     pub top: usize,
     pub json: bool,
+    /// Markdown tables instead of text (ignored with `json`).
+    pub markdown: bool,
     /// Rates (requests per second) for the latency-versus-rate curve.
     pub sweep: Option<Vec<f64>>,
 }
@@ -136,7 +138,18 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         Ok(t) => t,
         Err(c) => return c,
     };
-    if let Some(pins) = &o.fix {
+    // A plan that pins every knob and searches none is one deployment
+    // (a serving reference row): reported as `--fix` reports it, the SLOs
+    // checked but not required, as `gantry validate` predicts it.
+    let pinned = (o.fix.is_none() && p.search.is_empty())
+        .then(|| serve::planner::plan_pins(p))
+        .and_then(Result::ok);
+    if let Some(pins) = o.fix.as_ref().or(pinned.as_ref()) {
+        let label = if o.fix.is_some() {
+            "--fix"
+        } else {
+            "every knob pinned"
+        };
         return match serve::planner::fixed(p, pins, &trace, None) {
             Ok(s) => {
                 let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &s, r, &trace));
@@ -147,9 +160,23 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                         j["sweep"] = sweep_json(r);
                     }
                     outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+                } else if o.markdown {
+                    outln!(
+                        "## Serving plan `{}` ({label})\n\n`{}` on `{}`.\n",
+                        p.name,
+                        p.workload.name,
+                        p.system.name
+                    );
+                    out!("{}", report::markdown(&s));
+                    if let Some(r) = &rows {
+                        out!(
+                            "\n### Latency against rate (the deployment above)\n\n{}",
+                            report::sweep_markdown(r)
+                        );
+                    }
                 } else {
                     outln!(
-                        "Serving plan {} for {} on {} (--fix)",
+                        "Serving plan {} for {} on {} ({label})",
                         p.name,
                         p.workload.name,
                         p.system.name
@@ -179,6 +206,9 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                 .map(|s| json!({ "deployment": report::describe(&s.deployment), "devices": s.devices, "goodput_per_s": s.goodput, "objective_value": sp.rank.value(s), "ttft_p99_s": s.ttft.p99, "tpot_p99_s": s.tpot.p99 }))
                 .collect(),
         );
+        j["cheaper"] = sp.cheaper.as_ref().map_or(Value::Null, |c| {
+            json!({ "deployment": report::describe(&c.deployment), "devices": c.devices, "binding": report::binding(c) })
+        });
         j["search"] = json!({
             "candidates": sp.candidates,
             "simulated": sp.simulated,
@@ -198,6 +228,16 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    if o.markdown {
+        out!("{}", report::plan_markdown(p, &sp, o.top));
+        if let Some(r) = &rows {
+            out!(
+                "\n### Latency against rate (the deployment above)\n\n{}",
+                report::sweep_markdown(r)
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
     outln!(
         "Serving plan {} for {} on {}",
         p.name,
@@ -206,6 +246,15 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     );
     outln!("Objective   maximize {} under the SLOs", sp.rank.name());
     out!("{}", report::text(&sp.best));
+    if let Some(c) = &sp.cheaper {
+        outln!(
+            "Cheaper     {} ({} device{}) misses: {}",
+            report::describe(&c.deployment),
+            c.devices,
+            if c.devices == 1 { "" } else { "s" },
+            report::binding(c)
+        );
+    }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
     for m in sp.models.values() {
         outln!(

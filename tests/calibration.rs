@@ -74,6 +74,36 @@ fn json_key(metric: &str) -> &str {
     }
 }
 
+/// `--fix tp=..,dp=..,batch=..` of a serving plan's pins (`None` for a
+/// plan of another workload).
+fn serving_fix(p: &gantry_lang::program::Plan) -> Option<String> {
+    p.workload.serve.as_ref()?;
+    let pins: Vec<String> = p
+        .fixed
+        .iter()
+        .map(|(k, d)| match d {
+            gantry_lang::program::Domain::Ints(v) => format!("{k}={}", v[0]),
+            other => panic!("{}: `{k}` pinned to {other:?}", p.name),
+        })
+        .collect();
+    Some(pins.join(","))
+}
+
+/// A serving figure in a `gantry.serve/1` deployment object.
+fn serve_json(best: &serde_json::Value, metric: &str) -> Option<f64> {
+    if let Some((what, q)) = metric.split_once('_')
+        && ["ttft", "tpot", "e2e"].contains(&what)
+    {
+        return best[what][format!("{q}_s")].as_f64();
+    }
+    match metric {
+        "throughput" => best["throughput_per_s"].as_f64(),
+        "tokens_per_s" => best["tokens_per_s"].as_f64(),
+        "goodput" => best["goodput_per_s"].as_f64(),
+        _ => None,
+    }
+}
+
 /// Issue 10, item 6: for every reference file and plan, the figure
 /// `validate` predicts is the figure `gantry plan --plan NAME --format
 /// json` reports (the search's best point, not the `--fix` defaults).
@@ -86,12 +116,24 @@ fn validate_predicts_what_plan_reports() {
         assert!(!c.has_errors(), "{}", c.render(false));
         for row in gantry_compiler::validate::rows(&c.program) {
             let row = row.unwrap_or_else(|(p, e)| panic!("{file}:{p}: {}", e.message));
-            let (code, out, err) =
-                gantry(&["plan", &file, "--plan", &row.plan, "--format", "json"]);
+            // A serving reference pins its deployment: `gantry plan --fix`
+            // with those pins, read from `gantry.serve/1`.
+            let plan = &c.program.plans[&row.plan];
+            let fix = serving_fix(plan);
+            let mut args = vec!["plan", &file, "--plan", &row.plan, "--format", "json"];
+            if let Some(f) = &fix {
+                args.extend(["--fix", f.as_str()]);
+            }
+            let (code, out, err) = gantry(&args);
             assert_eq!(code, 0, "{file} {}: {err}", row.plan);
             let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
             let key = json_key(&row.metric);
-            let reported = v["metrics"][key].as_f64().unwrap_or_else(|| {
+            let found = if fix.is_some() {
+                serve_json(&v["best"], &row.metric)
+            } else {
+                v["metrics"][key].as_f64()
+            };
+            let reported = found.unwrap_or_else(|| {
                 panic!("{file}: no metric `{key}` for `{}` in {out}", row.metric)
             });
             assert!(
@@ -403,4 +445,43 @@ fn bad_arguments_are_c017() {
     assert_eq!(code, 0);
     assert!(out.starts_with("C017"), "{out}");
     let _ = std::fs::remove_dir_all(&empty);
+}
+
+/// The H200 has the H100's compute die: its inference factors are the
+/// H100's fitted `infer` record, factor by factor (the fit's bookkeeping,
+/// `fit_rows` and `loo_*`, stays with the H100, whose rows it describes).
+/// A refit of the H100 that is not copied fails here.
+#[test]
+fn h200_takes_the_h100_inference_calibration() {
+    let c = gantry::check_files(
+        &[
+            "stdlib/hardware/h100.gantry".to_string(),
+            "stdlib/hardware/h200.gantry".to_string(),
+        ],
+        &[],
+    );
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let infer = |d: &str| -> Vec<(String, f64)> {
+        c.program.devices[d]
+            .efficiency
+            .iter()
+            .filter(|(k, _)| k.starts_with("infer."))
+            .filter(|(k, _)| !fit::RECORD_KEYS.iter().any(|r| k.ends_with(r)))
+            // The framework's host time and the memory reserve are not
+            // lent (docs/LANGUAGE.md, "Borrowed factors").
+            .filter(|(k, _)| !k.ends_with("step_overhead") && !k.ends_with("reserve"))
+            .map(|(k, q)| (k.clone(), q.value))
+            .collect()
+    };
+    let (h100, h200) = (infer("H100_SXM"), infer("H200_SXM"));
+    assert!(!h100.is_empty());
+    assert_eq!(h100, h200);
+    // It is borrowed by name, so a refit of the H100 moves the H200.
+    assert_eq!(
+        c.program.devices["H200_SXM"]
+            .borrowed
+            .get("infer")
+            .map(String::as_str),
+        Some("H100_SXM")
+    );
 }

@@ -10,6 +10,7 @@ mod common;
 use std::time::Instant;
 
 use gantry_compiler::serve::{self, Deployment, scheduler::Limits, timing};
+use gantry_lang::program::Disaggregate;
 
 fn main() {
     let p = common::plan("examples/llm_serve.gantry", Some("llama3_70b_serve_h100"));
@@ -25,6 +26,7 @@ fn main() {
             token_budget: s.scheduler.token_budget,
             max_seqs: s.scheduler.max_seqs,
             chunked_prefill: true,
+            async_scheduling: false,
             prefix_hit: s.prefix_hit,
         },
         kv_block: s.scheduler.kv_block,
@@ -59,13 +61,54 @@ fn main() {
         best,
         reqs.len() as f64 / best / 1e6
     );
-    let t = Instant::now();
-    let sp = serve::plan(&p, &[], None).expect("plan");
+    // The full plan search of each example plan (tp, replicas, max_seqs,
+    // token budget, chunked prefill, colocated or disaggregated, P:D).
+    for name in ["llama3_70b_serve_h100", "llama3_70b_serve_h200"] {
+        let p = common::plan("examples/llm_serve.gantry", Some(name));
+        let t = Instant::now();
+        let sp = serve::plan(&p, &[], None).expect("plan");
+        println!(
+            "plan search {name}: {} candidates, {} simulated, best {}, in {:.3} s",
+            sp.candidates,
+            sp.simulated,
+            serve::report::describe(&sp.best.deployment),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // The plan chosen at three rates, colocated against disaggregated.
     println!(
-        "plan search: {} candidates, {} simulated, best {}, in {:.3} s",
-        sp.candidates,
-        sp.simulated,
-        serve::report::describe(&sp.best.deployment),
-        t.elapsed().as_secs_f64()
+        "\nsystem  rate/s  mode           plan (goodput per dollar, TTFT P99, TPOT P99)  search s"
     );
+    for name in ["llama3_70b_serve_h100", "llama3_70b_serve_h200"] {
+        for rate in [4.0, 16.0, 48.0] {
+            for mode in [Disaggregate::No, Disaggregate::Yes] {
+                let mut p = common::plan("examples/llm_serve.gantry", Some(name));
+                let mut w = p.workload.serve.as_deref().expect("serve").clone();
+                w.disaggregate = mode;
+                p.workload.serve = Some(Box::new(w));
+                let t = Instant::now();
+                let r = serve::plan(&p, &[], Some(rate));
+                let secs = t.elapsed().as_secs_f64();
+                let what = match r {
+                    Ok(sp) => format!(
+                        "{}: {:.0} requests/$, {:.0} ms, {:.1} ms",
+                        serve::report::describe(&sp.best.deployment),
+                        sp.best.goodput_per_dollar.unwrap_or(0.0),
+                        sp.best.ttft.p99 * 1e3,
+                        sp.best.tpot.p99 * 1e3
+                    ),
+                    Err(e) => format!("{}: {}", e.code, e.message),
+                };
+                println!(
+                    "{}  {rate:>5}  {:<13}  {what}  {secs:.3}",
+                    &name[17..],
+                    if mode == Disaggregate::No {
+                        "colocated"
+                    } else {
+                        "disaggregated"
+                    }
+                );
+            }
+        }
+    }
 }

@@ -196,6 +196,11 @@ pub fn parse_fix(s: &str) -> Result<BTreeMap<String, Pin>, PinError> {
 pub fn pins_from_plan(fixed: &BTreeMap<String, Domain>) -> BTreeMap<String, Pin> {
     let mut out = BTreeMap::new();
     for (k, d) in fixed {
+        // The serving scheduler's knobs pin no design point (a serve
+        // plan's step, as `gantry run` prices it, has no scheduler).
+        if gantry_lang::check::SERVE_KNOBS.contains(&k.as_str()) {
+            continue;
+        }
         let pin = match d {
             Domain::Ints(v) if v.len() == 1 => Pin::Int(v[0]),
             Domain::Choices(v) if v.len() == 1 => Pin::Choice(v[0].clone()),
@@ -321,6 +326,19 @@ pub fn resolve(
     ir: &Ir,
     system: &Cluster,
 ) -> Result<DesignPoint, PinError> {
+    if let Some(k) = pins
+        .keys()
+        .find(|k| gantry_lang::check::SERVE_KNOBS.contains(&k.as_str()))
+    {
+        return Err(err(
+            gantry_lang::diagnostic::Code::C012,
+            "fix",
+            format!(
+                "`{k}` is a knob of the serving scheduler; this workload is not a `serve` workload"
+            ),
+            "remove it; only plans of `serve` workloads simulate a scheduler",
+        ));
+    }
     resolve_knobs(&Knobs::from_pins(pins), ir, system)
 }
 

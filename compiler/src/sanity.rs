@@ -213,6 +213,10 @@ pub fn missing_metric(
     prefill: Option<&Ir>,
 ) -> Option<&'static str> {
     match metric {
+        "goodput" | "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99"
+        | "e2e_p50" | "e2e_p90" | "e2e_p99" => Some(
+            "only a `serve` workload has request latency percentiles and goodput (it simulates requests)",
+        ),
         "ttft" => match ir.phase {
             Phase::Train { .. } => Some("a training step has no time to first token"),
             Phase::Decode { .. } if prefill.is_none() => Some(

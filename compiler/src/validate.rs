@@ -34,24 +34,50 @@ pub fn predict(plan: &Plan) -> Result<Evaluation, PinError> {
     search(plan, &BTreeMap::new(), 1).map(|s| s.best)
 }
 
+/// The predicted value of each `expect` metric of `plan` (in its order)
+/// and whether the prediction fits in memory: the cost model's search
+/// ([`predict`]) for a phase workload, the serving simulator
+/// ([`crate::serve::planner::predict`]) for a `serve` workload, whose
+/// deployment fits whenever it is simulated (its KV cache is what the
+/// weights leave; a run above capacity is unstable, not infeasible, and
+/// is still compared, as the published benchmark served every request).
+/// NaN for a metric the prediction has not.
+pub fn figures(plan: &Plan) -> Result<(Vec<f64>, bool), PinError> {
+    if plan.workload.serve.is_some() {
+        let s = crate::serve::planner::predict(plan)?;
+        let v = plan
+            .expect
+            .keys()
+            .map(|m| s.metric(m).unwrap_or(f64::NAN))
+            .collect();
+        return Ok((v, true));
+    }
+    let ev = predict(plan)?;
+    let v = plan
+        .expect
+        .keys()
+        .map(|m| ev.estimate.metric(m).unwrap_or(f64::NAN))
+        .collect();
+    Ok((v, ev.estimate.feasible))
+}
+
 /// Evaluates every plan of `program` that states an expected figure, as
-/// [`predict`] does.
+/// [`figures`] does.
 pub fn rows(program: &Program) -> Vec<Result<Row, (String, PinError)>> {
     let mut out = Vec::new();
     for plan in program.plans.values() {
         if plan.expect.is_empty() {
             continue;
         }
-        match predict(plan) {
-            Ok(ev) => {
-                for (metric, q) in &plan.expect {
-                    let predicted = ev.estimate.metric(metric).unwrap_or(f64::NAN);
+        match figures(plan) {
+            Ok((values, feasible)) => {
+                for ((metric, q), predicted) in plan.expect.iter().zip(values) {
                     out.push(Ok(Row {
                         plan: plan.name.clone(),
                         metric: metric.clone(),
                         predicted,
                         published: q.value,
-                        feasible: ev.estimate.feasible,
+                        feasible,
                     }));
                 }
             }
@@ -82,7 +108,10 @@ pub struct Pick {
 pub fn picks(program: &Program) -> Vec<Result<Pick, (String, PinError)>> {
     let mut out = Vec::new();
     for plan in program.plans.values() {
-        if plan.expect.is_empty() || !matches!(plan.workload.phase, Phase::Train { .. }) {
+        if plan.expect.is_empty()
+            || plan.workload.serve.is_some()
+            || !matches!(plan.workload.phase, Phase::Train { .. })
+        {
             continue;
         }
         let published = match predict(plan) {

@@ -73,27 +73,9 @@ fn a_missing_link_is_named_by_its_node() {
     );
 }
 
-const METRICS: &[&str] = &[
-    "tokens_per_s",
-    "samples_per_s",
-    "throughput",
-    "step_time",
-    "iteration_time",
-    "ttft",
-    "tpot",
-    "mfu",
-    "hfu",
-    "memory",
-    "hbm",
-    "power",
-    "energy_per_step",
-    "cost_per_million_tokens",
-    "throughput_per_dollar",
-    "throughput_per_watt",
-    "model_tflops_per_device",
-    "hardware_tflops_per_device",
-    "devices",
-];
+/// Every metric the language accepts (the serving percentiles and
+/// goodput included: the static rule must say a phase workload lacks them).
+const METRICS: &[&str] = gantry_lang::check::METRICS;
 
 /// The static rule behind `C015` says a metric is missing exactly when the
 /// estimate has no value for it, for every phase, with and without a price.

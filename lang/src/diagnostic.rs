@@ -90,6 +90,7 @@ codes! {
     L075 => "workload mix weights do not sum to 1",
     L076 => "serving setting out of range",
     L080 => "unused value",
+    L081 => "serving knob on a workload that is not `serve`",
     L093 => "no efficiency factors to borrow",
     C001 => "design point needs more devices than the system has",
     C002 => "tensor parallelism does not divide the attention heads",

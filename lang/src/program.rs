@@ -682,6 +682,10 @@ pub struct Scheduler {
     pub chunked_prefill: bool,
     /// Tokens per KV-cache block (paged attention).
     pub kv_block: u64,
+    /// The scheduler forms iteration `k + 1` while iteration `k` runs
+    /// (vLLM's async scheduling): a request that arrives during a running
+    /// iteration joins the one after next.
+    pub async_scheduling: bool,
 }
 
 /// Whether the planner may split prefill and decode into separate pools.
@@ -1189,7 +1193,7 @@ fn serve_summary(sv: &Serve) -> String {
     };
     let k = &sv.scheduler;
     format!(
-        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={} prefix_hit={} requests={} seed={} disaggregate={}",
+        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={}{} prefix_hit={} requests={} seed={} disaggregate={}",
         lens(&sv.input),
         lens(&sv.output),
         q(sv.slo.ttft_p99, Dim::TIME),
@@ -1203,6 +1207,11 @@ fn serve_summary(sv: &Serve) -> String {
         k.max_seqs,
         k.chunked_prefill,
         k.kv_block,
+        if k.async_scheduling {
+            " async_scheduling=true"
+        } else {
+            ""
+        },
         format_number(sv.prefix_hit),
         sv.requests,
         sv.seed,

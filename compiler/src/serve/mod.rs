@@ -32,9 +32,20 @@ pub use sim::{Deployment, Outcome, simulate};
 
 /// Simulates `d` on `reqs` against `serve`'s SLOs (one `--sweep-rate` point).
 pub fn run(d: &Deployment, reqs: &[Request], serve: &gantry_lang::program::Serve) -> Summary {
+    run_with(d, reqs, serve, (reqs.len() as u64 / 4).max(64))
+}
+
+/// [`run`], stopping once more than `max_backlog` requests wait
+/// (`u64::MAX`: serve every request, as a finite benchmark does).
+pub fn run_with(
+    d: &Deployment,
+    reqs: &[Request],
+    serve: &gantry_lang::program::Serve,
+    max_backlog: u64,
+) -> Summary {
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
-    let o = simulate(d, reqs, (reqs.len() as u64 / 4).max(64));
+    let o = simulate(d, reqs, max_backlog);
     summarize(d, &o, &arrivals, &generate, serve)
 }
 

@@ -104,6 +104,10 @@ pub struct ServePlan {
     pub requests: Vec<Request>,
     /// Iteration models by tensor-parallel degree.
     pub models: BTreeMap<u64, IterModel>,
+    /// Why nothing cheaper was chosen: of the simulated deployments on
+    /// fewer devices than the best that miss the SLOs (or are unstable),
+    /// the closest to meeting them (its `binding` names what fails).
+    pub cheaper: Option<Summary>,
 }
 
 fn ints(d: Option<&Domain>, auto: Vec<i64>) -> Vec<u64> {
@@ -211,6 +215,37 @@ fn replica_counts(d: Option<&Domain>, max: u64) -> Vec<u64> {
     v
 }
 
+/// Token budgets to try: the plan's `token_budget` domain (powers of two
+/// when wider than 16 values), else the workload's.
+fn budgets(p: &Plan, s: &Serve) -> Vec<u64> {
+    let mut v = ints(
+        domain(p, "token_budget"),
+        vec![s.scheduler.token_budget as i64],
+    );
+    if v.len() > 16 {
+        let top = v.last().copied();
+        v.retain(|b| b.is_power_of_two());
+        v.extend(top);
+        v.dedup();
+    }
+    v
+}
+
+/// Chunked prefill on, off or both: the plan's `chunked_prefill` domain
+/// (`auto`: both), else the workload's.
+fn chunking(p: &Plan, s: &Serve) -> Vec<bool> {
+    match domain(p, "chunked_prefill") {
+        Some(Domain::Bools(v)) if !v.is_empty() => {
+            let mut v = v.clone();
+            v.sort_unstable_by_key(|b| !*b);
+            v.dedup();
+            v
+        }
+        Some(Domain::Auto) => vec![true, false],
+        _ => vec![s.scheduler.chunked_prefill],
+    }
+}
+
 /// The candidate deployments of `p` (unordered).
 fn candidates(
     p: &Plan,
@@ -228,10 +263,17 @@ fn candidates(
         seqs.dedup();
     }
     let reps = domain(p, "dp");
-    let limits = |ms: u64| Limits {
-        token_budget: s.scheduler.token_budget,
+    let budgets = budgets(p, s);
+    let chunking = chunking(p, s);
+    let sched: Vec<(u64, bool)> = budgets
+        .iter()
+        .flat_map(|b| chunking.iter().map(move |c| (*b, *c)))
+        .collect();
+    let limits = |ms: u64, (tb, chunked): (u64, bool)| Limits {
+        token_budget: tb,
         max_seqs: ms,
-        chunked_prefill: s.scheduler.chunked_prefill,
+        chunked_prefill: chunked,
+        async_scheduling: s.scheduler.async_scheduling,
         prefix_hit: s.prefix_hit,
     };
     let base = |m: IterModel| Deployment {
@@ -240,7 +282,7 @@ fn candidates(
         decode: 0,
         prefill_model: m,
         decode_model: m,
-        limits: limits(1),
+        limits: limits(1, (s.scheduler.token_budget, s.scheduler.chunked_prefill)),
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: transfer.0,
         transfer_latency: transfer.1,
@@ -253,7 +295,9 @@ fn candidates(
             .keys()
             .map(|t| replica_counts(reps, devices / t).len())
             .sum();
-        size = size.saturating_add(seqs.len().saturating_mul(n + n * dis));
+        size = size.saturating_add(
+            (seqs.len() * sched.len()).saturating_mul(n.saturating_add(n.saturating_mul(dis))),
+        );
     }
     if size > MAX_CANDIDATES {
         return Err(size);
@@ -261,12 +305,12 @@ fn candidates(
     let mut out = Vec::new();
     for (&tp, m) in models {
         let rs = replica_counts(reps, devices / tp);
-        for &ms in &seqs {
+        for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
             if s.disaggregate != Disaggregate::Yes {
                 for &r in rs.iter().filter(|r| *r * tp <= devices) {
                     out.push(Deployment {
                         colocated: r,
-                        limits: limits(ms),
+                        limits: limits(ms, k),
                         ..base(*m)
                     });
                 }
@@ -285,7 +329,7 @@ fn candidates(
                             prefill: np,
                             decode: nd,
                             decode_model: *md,
-                            limits: limits(ms),
+                            limits: limits(ms, k),
                             ..base(*m)
                         });
                     }
@@ -303,7 +347,11 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
         .map(|k| 1i64 << k)
         .take_while(|t| *t <= per_node)
         .collect();
-    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let n = budgets(p, s)
+        .last()
+        .copied()
+        .unwrap_or(s.scheduler.token_budget)
+        .clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let mut out = BTreeMap::new();
     let mut first = None;
@@ -457,7 +505,25 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         return Err(no_deployment(p, s, &done, offered, unstable_unsim));
     };
     meeting.truncate(5);
+    let worst = |x: &Summary| {
+        if x.unstable {
+            f64::INFINITY
+        } else {
+            x.slos.iter().map(|c| c.ratio()).fold(0.0, f64::max)
+        }
+    };
+    let cheaper = done
+        .iter()
+        .filter(|x| !x.meets && x.devices < best.devices)
+        .min_by(|a, b| {
+            worst(a)
+                .total_cmp(&worst(b))
+                .then(b.devices.cmp(&a.devices))
+                .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
+        })
+        .cloned();
     Ok(ServePlan {
+        cheaper,
         best,
         top: meeting,
         rank,
@@ -535,10 +601,50 @@ fn no_deployment(
     )
 }
 
+/// What `gantry validate` compares with a serving reference row: a plan
+/// whose knobs are all pinned (`fix tp = 1, dp = 1, batch = 1024`, no
+/// `search`) is that one deployment simulated at the workload's rate
+/// until every request is served, as a published benchmark runs its
+/// requests (above capacity the queue grows and the throughput is the
+/// deployment's capacity; the run is still flagged unstable); otherwise
+/// the search's best, as `gantry plan` reports it.
+pub fn predict(p: &Plan) -> Result<Summary, PinError> {
+    if p.search.is_empty() {
+        return fixed(p, &plan_pins(p)?, &[], None);
+    }
+    plan(p, &[], None).map(|s| s.best)
+}
+
+/// The pins of a serving plan's `fix` (one value per knob).
+pub fn plan_pins(p: &Plan) -> Result<BTreeMap<String, crate::point::Pin>, PinError> {
+    use crate::point::Pin;
+    let mut pins = BTreeMap::new();
+    for (k, d) in &p.fixed {
+        match d {
+            Domain::Ints(v) if v.len() == 1 => {
+                pins.insert(k.clone(), Pin::Int(v[0]));
+            }
+            Domain::Bools(v) if v.len() == 1 => {
+                pins.insert(k.clone(), Pin::Bool(v[0]));
+            }
+            _ => {
+                return Err(error(
+                    Code::C012,
+                    "fix",
+                    format!("a serving plan pins one value per knob; `{k}` is not pinned to one"),
+                    "pin tp, dp (replicas) and batch (max_seqs), e.g. `fix tp = 8, dp = 1, batch = 256`",
+                ));
+            }
+        }
+    }
+    Ok(pins)
+}
+
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
 /// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
-/// holds, the workload's max_seqs), simulated at `rate` (`gantry plan
-/// --fix`).
+/// holds, the workload's max_seqs), simulated at `rate` until every
+/// request is served (`gantry plan --fix`; above capacity the run is
+/// flagged unstable and its throughput is the deployment's capacity).
 pub fn fixed(
     p: &Plan,
     pins: &BTreeMap<String, crate::point::Pin>,
@@ -555,12 +661,12 @@ pub fn fixed(
         ));
     };
     for k in pins.keys() {
-        if !["tp", "dp", "batch"].contains(&k.as_str()) {
+        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str()) {
             return Err(error(
                 Code::C012,
                 "fix",
                 format!("`{k}` is not a knob of a serving deployment"),
-                "pin tp, dp (replicas) and batch (max_seqs)",
+                "pin tp, dp (replicas), batch (max_seqs), token_budget and chunked_prefill",
             ));
         }
     }
@@ -589,7 +695,20 @@ pub fn fixed(
         ));
     }
     let ms = int("batch")?.unwrap_or(s.scheduler.max_seqs);
-    let n = s.scheduler.token_budget.clamp(2, 8192);
+    let budget = int("token_budget")?.unwrap_or(s.scheduler.token_budget);
+    let chunked = match pins.get("chunked_prefill") {
+        Some(Pin::Bool(b)) => *b,
+        Some(_) => {
+            return Err(error(
+                Code::C006,
+                "fix",
+                "`chunked_prefill` must be `true` or `false`".into(),
+                "e.g. --fix tp=8,chunked_prefill=false",
+            ));
+        }
+        None => s.scheduler.chunked_prefill,
+    };
+    let n = budget.clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let m = build(&p.workload, &p.system, tp, n, ctx)?;
     let d = Deployment {
@@ -599,9 +718,10 @@ pub fn fixed(
         prefill_model: m,
         decode_model: m,
         limits: Limits {
-            token_budget: s.scheduler.token_budget,
+            token_budget: budget,
             max_seqs: ms,
-            chunked_prefill: s.scheduler.chunked_prefill,
+            chunked_prefill: chunked,
+            async_scheduling: s.scheduler.async_scheduling,
             prefix_hit: s.prefix_hit,
         },
         kv_block: s.scheduler.kv_block,
@@ -609,5 +729,5 @@ pub fn fixed(
         transfer_latency: 0.0,
     };
     let reqs = requests(s, rate, trace);
-    Ok(super::run(&d, &reqs, s))
+    Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }

@@ -93,6 +93,37 @@ pub struct Summary {
     pub little: (f64, f64, f64),
 }
 
+impl Summary {
+    /// The named figure, for `expect` (base units: seconds, requests or
+    /// tokens per second): `ttft_p50`, `tpot_p99`, `e2e_p90`, ...,
+    /// `throughput` (completed requests per second), `tokens_per_s`,
+    /// `goodput`, `devices`. `None` for a metric a serving run has not.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let pick = |p: &Percentiles, q: &str| match q {
+            "p50" => Some(p.p50),
+            "p90" => Some(p.p90),
+            "p99" => Some(p.p99),
+            _ => None,
+        };
+        if let Some((what, q)) = name.split_once('_') {
+            match what {
+                "ttft" => return pick(&self.ttft, q),
+                "tpot" => return pick(&self.tpot, q),
+                "e2e" => return pick(&self.e2e, q),
+                _ => {}
+            }
+        }
+        Some(match name {
+            "throughput" | "samples_per_s" => self.throughput,
+            "tokens_per_s" => self.tokens_per_s,
+            "goodput" => self.goodput,
+            "devices" => self.devices as f64,
+            "throughput_per_dollar" => self.goodput_per_dollar?,
+            _ => return None,
+        })
+    }
+}
+
 /// Whether the queue grew: the run stopped on its backlog, or more than
 /// 2% of the requests (at least 8) waited at the last arrival and the
 /// backlog grew by half since the middle arrival.
@@ -244,17 +275,37 @@ fn power(d: &Deployment) -> f64 {
     }
 }
 
+/// `max_seqs 256, budget 8192` (`, unchunked` without chunked prefill).
+fn scheduler(d: &Deployment) -> String {
+    format!(
+        "max_seqs {}, budget {}{}",
+        d.limits.max_seqs,
+        d.limits.token_budget,
+        if d.limits.chunked_prefill {
+            ""
+        } else {
+            ", unchunked"
+        }
+    )
+}
+
 /// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
 pub fn describe(d: &Deployment) -> String {
     if d.disaggregated() {
         format!(
-            "disaggregated {} x tp{} prefill : {} x tp{} decode, max_seqs {}",
-            d.prefill, d.prefill_model.tp, d.decode, d.decode_model.tp, d.limits.max_seqs
+            "disaggregated {} x tp{} prefill : {} x tp{} decode, {}",
+            d.prefill,
+            d.prefill_model.tp,
+            d.decode,
+            d.decode_model.tp,
+            scheduler(d)
         )
     } else {
         format!(
-            "colocated {} x tp{}, max_seqs {}",
-            d.colocated, d.prefill_model.tp, d.limits.max_seqs
+            "colocated {} x tp{}, {}",
+            d.colocated,
+            d.prefill_model.tp,
+            scheduler(d)
         )
     }
 }
@@ -275,6 +326,9 @@ pub fn binding(s: &Summary) -> String {
     };
     let why = match worst.name {
         "ttft_p99" if s.deployment.disaggregated() => "prefill pool compute and queueing",
+        "ttft_p99" if !s.deployment.limits.chunked_prefill => {
+            "prefill compute (whole prompts share iterations with decode)"
+        }
         "ttft_p99" => "prefill compute (chunks share iterations with decode)",
         "tpot_p99" if s.preemptions > 0 => "KV-cache capacity (preemptions recompute)",
         "tpot_p99" if s.deployment.disaggregated() && s.transfer_bytes > 0.0 => {
@@ -403,6 +457,8 @@ pub fn json(s: &Summary) -> Value {
         "pools": pools,
         "max_seqs": d.limits.max_seqs,
         "token_budget": d.limits.token_budget,
+        "chunked_prefill": d.limits.chunked_prefill,
+        "async_scheduling": d.limits.async_scheduling,
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
@@ -428,4 +484,209 @@ pub fn json(s: &Summary) -> Value {
         "kv_transfer_bytes": s.transfer_bytes,
         "binding": binding(s),
     })
+}
+
+/// One deployment's report as Markdown tables (the figures of [`text`];
+/// deterministic, no wall-clock figures).
+pub fn markdown(s: &Summary) -> String {
+    use std::fmt::Write;
+    let d = &s.deployment;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| deployment | devices | KV cache per replica | token budget |\n|---|---:|---:|---:|\n| {} | {} | {:.0} tokens | {} |\n",
+        describe(d),
+        s.devices,
+        s.kv_capacity_tokens,
+        d.limits.token_budget
+    );
+    let _ = writeln!(
+        t,
+        "Load: {} requests at {:.3} req/s; {} completed, {} dropped.\n",
+        s.requests, s.rate, s.completed, s.dropped
+    );
+    if s.unstable {
+        let _ = writeln!(
+            t,
+            "**Unstable**: the queue grows; the rate is above what this deployment serves, so no latency is reported."
+        );
+        return t;
+    }
+    let _ = writeln!(t, "| latency | P50 | P90 | P99 |\n|---|---:|---:|---:|");
+    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} |",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n| SLO | target | at {:.1}% | |\n|---|---:|---:|---|",
+        100.0 * s.target_attainment
+    );
+    for c in &s.slos {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} |",
+            c.name,
+            ms(c.target),
+            ms(c.achieved),
+            if c.achieved <= c.target {
+                "met"
+            } else {
+                "missed"
+            }
+        );
+    }
+    let _ = writeln!(t, "\n| figure | value |\n|---|---|");
+    let _ = writeln!(
+        t,
+        "| attainment | {:.2}% of requests meet every SLO (target {:.2}%): {} |",
+        100.0 * s.attainment,
+        100.0 * s.target_attainment,
+        if s.meets { "met" } else { "missed" }
+    );
+    let _ = writeln!(
+        t,
+        "| throughput | {:.3} req/s, {:.1} tokens/s |\n| goodput | {:.3} req/s |",
+        s.throughput, s.tokens_per_s, s.goodput
+    );
+    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
+        let _ = writeln!(
+            t,
+            "| cost | ${:.2}/h; goodput per dollar {:.1} requests/$ |",
+            p * 3600.0,
+            g
+        );
+    }
+    let _ = writeln!(
+        t,
+        "| utilisation | {:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions |",
+        100.0 * s.utilisation_prefill,
+        if d.disaggregated() {
+            format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
+        } else {
+            " and decode".to_string()
+        },
+        s.mean_batch_tokens,
+        s.preemptions
+    );
+    if s.transfer_bytes > 0.0 {
+        let _ = writeln!(
+            t,
+            "| KV transfer | {:.1} MB per request |",
+            s.transfer_bytes / s.completed.max(1) as f64 / 1e6
+        );
+    }
+    let _ = writeln!(t, "| binding | {} |", binding(s));
+    t
+}
+
+/// The latency-versus-rate curve as a Markdown table.
+pub fn sweep_markdown(rows: &[Summary]) -> String {
+    use std::fmt::Write;
+    let mut t = String::from(
+        "| rate/s | TTFT P50 | TTFT P99 | TPOT P50 | TPOT P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for s in rows {
+        if s.unstable {
+            let _ = writeln!(t, "| {:.3} | unstable: the queue grows | | | | | |", s.rate);
+        } else {
+            let _ = writeln!(
+                t,
+                "| {:.3} | {} | {} | {} | {} | {:.3} | {:.2}% |",
+                s.rate,
+                ms(s.ttft.p50),
+                ms(s.ttft.p99),
+                ms(s.tpot.p50),
+                ms(s.tpot.p99),
+                s.goodput,
+                100.0 * s.attainment
+            );
+        }
+    }
+    t
+}
+
+/// A serving plan's result as Markdown: the chosen deployment, the
+/// iteration model, the best `top` deployments and the search's counts.
+pub fn plan_markdown(
+    p: &gantry_lang::program::Plan,
+    sp: &super::planner::ServePlan,
+    top: usize,
+) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "## Serving plan `{}`\n\n`{}` on `{}`; objective: maximize {} under the SLOs.\n",
+        p.name,
+        p.workload.name,
+        p.system.name,
+        sp.rank.name()
+    );
+    t.push_str(&markdown(&sp.best));
+    if let Some(c) = &sp.cheaper {
+        let _ = writeln!(
+            t,
+            "\nCheaper: {} ({} device{}) misses: {}.",
+            describe(&c.deployment),
+            c.devices,
+            if c.devices == 1 { "" } else { "s" },
+            binding(c)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for m in sp.models.values() {
+        let _ = writeln!(
+            t,
+            "| {} | {:.3} ms | {:.3} ms | {:.2} us | {:.3} us | {:.4} us | {:.3} ns | {:.0} tokens |",
+            m.tp,
+            m.t_fixed * 1e3,
+            m.t_weights * 1e3,
+            m.c_token * 1e6,
+            m.c_comm * 1e6,
+            m.c_kv * 1e6,
+            m.c_pair * 1e9,
+            m.kv_capacity_tokens
+        );
+    }
+    let unit = match sp.rank {
+        super::planner::Rank::PerDollar => "requests/$",
+        super::planner::Rank::PerWatt => "req/s/W",
+        super::planner::Rank::Goodput => "req/s",
+    };
+    let _ = writeln!(
+        t,
+        "\n### Best deployments ({})\n\n| # | deployment | devices | {unit} | TTFT P99 | TPOT P99 |\n|---:|---|---:|---:|---:|---:|",
+        sp.rank.name()
+    );
+    for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.4} | {} | {} |",
+            i + 1,
+            describe(&s.deployment),
+            s.devices,
+            sp.rank.value(s),
+            ms(s.ttft.p99),
+            ms(s.tpot.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        sp.unstable_unsimulated,
+        sp.pruned
+    );
+    t
 }

@@ -52,6 +52,10 @@ pub struct Seq {
     pub sched: u32,
     pub decoding: bool,
     pub step0: u64,
+    /// When the scheduler first sees it (its arrival, or its transfer's
+    /// end); with async scheduling an iteration formed before this time
+    /// cannot admit it.
+    pub ready: f64,
 }
 
 impl Seq {
@@ -67,6 +71,7 @@ impl Seq {
             sched: 0,
             decoding: false,
             step0: 0,
+            ready: f64::NEG_INFINITY,
         }
     }
     #[inline]
@@ -81,6 +86,10 @@ pub struct Limits {
     pub token_budget: u64,
     pub max_seqs: u64,
     pub chunked_prefill: bool,
+    /// Iteration `k + 1` is formed when iteration `k` starts (vLLM's
+    /// async scheduling), so a request arriving while `k` runs waits for
+    /// `k + 2`; running sequences are unaffected.
+    pub async_scheduling: bool,
     /// Share of a fresh prompt served from the prefix cache.
     pub prefix_hit: f64,
 }
@@ -122,6 +131,9 @@ pub struct Replica {
     /// bucket (slot, generation, first crossing).
     grow_at: Vec<Vec<(u32, u32, u64)>>,
     decoded: bool,
+    /// Start and end of the last iteration (async scheduling's cutoff).
+    last_start: f64,
+    last_end: f64,
 }
 
 /// What an iteration finished.
@@ -160,6 +172,8 @@ impl Replica {
             done_at: BinaryHeap::new(),
             grow_at: Vec::new(),
             decoded: false,
+            last_start: f64::NEG_INFINITY,
+            last_end: f64::NEG_INFINITY,
         }
     }
 
@@ -289,12 +303,15 @@ impl Replica {
 
     /// Admits waiting sequences and schedules their first chunks within
     /// `budget`; returns the prefill tokens and query-key pairs added.
-    fn admit(&mut self, budget: &mut u64, mut p: u64) -> (u64, f64) {
+    fn admit(&mut self, budget: &mut u64, mut p: u64, cutoff: f64) -> (u64, f64) {
         let mut pairs = 0.0;
         while self.live < self.limits.max_seqs && (*budget > 0 || self.role == Role::Decode) {
             let Some(mut s) = self.waiting.front().copied() else {
                 break;
             };
+            if s.ready > cutoff {
+                break;
+            }
             if s.kv == 0 && s.generated == 0 && s.target == s.prompt {
                 // A fresh prompt: its cached prefix needs no compute.
                 let hit = (self.limits.prefix_hit * s.prompt as f64).floor() as u32;
@@ -369,12 +386,19 @@ impl Replica {
         self.grow_at[b] = bucket;
     }
 
-    /// Forms the next iteration; returns its duration, or `None` when
-    /// there is nothing to run.
-    pub fn start(&mut self) -> Option<f64> {
+    /// Forms the iteration starting at `now`; returns its duration, or
+    /// `None` when there is nothing to run. With async scheduling, an
+    /// iteration that follows another without a gap was formed when that
+    /// one started: it admits only what was ready by then.
+    pub fn start(&mut self, now: f64) -> Option<f64> {
+        let cutoff = if self.limits.async_scheduling && self.last_end >= now {
+            self.last_start
+        } else {
+            now
+        };
         let mut budget = self.limits.token_budget;
         if self.role == Role::Decode {
-            self.admit(&mut budget, 0);
+            self.admit(&mut budget, 0, cutoff);
             budget = self.limits.token_budget;
         }
         self.grow();
@@ -392,16 +416,24 @@ impl Replica {
             pairs += chunk_pairs(s.kv as f64, c as f64);
         }
         if self.role != Role::Decode {
-            let (ap, apairs) = self.admit(&mut budget, p);
+            let (ap, apairs) = self.admit(&mut budget, p, cutoff);
             p = ap;
             pairs += apairs;
         }
         if p + d == 0 {
+            if cutoff < now && !self.waiting.is_empty() {
+                // Nothing was formed ahead: the scheduler forms this
+                // iteration now (nothing ran above, as nothing was due).
+                self.last_end = f64::NEG_INFINITY;
+                return self.start(now);
+            }
             return None;
         }
         self.decoded = d > 0;
         let t = self.model.time(p as f64, d as f64, kv, pairs);
         self.iterations += 1;
+        self.last_start = now;
+        self.last_end = now + t;
         self.batched_tokens += p + d;
         self.busy_time += t;
         Some(t)

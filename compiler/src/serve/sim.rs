@@ -219,7 +219,9 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             let Some(i) = least_loaded(&reps, Role::Decode) else {
                 break;
             };
-            reps[i].waiting.push_back(x.seq);
+            let mut s = x.seq;
+            s.ready = x.at;
+            reps[i].waiting.push_back(s);
             i
         } else if let Some(r) = reqs.get(next) {
             clock.advance(r.arrival);
@@ -242,7 +244,9 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             let Some(i) = least_loaded(&reps, entry) else {
                 break;
             };
-            reps[i].waiting.push_back(Seq::new(q, r.prompt, r.generate));
+            let mut s = Seq::new(q, r.prompt, r.generate);
+            s.ready = r.arrival;
+            reps[i].waiting.push_back(s);
             if reps[i].waiting.len() as u64 > max_backlog {
                 o.aborted = true;
                 break;
@@ -253,7 +257,7 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
         };
         let r = &mut reps[touched];
         if r.busy_until.is_none()
-            && let Some(dt) = r.start()
+            && let Some(dt) = r.start(clock.now)
         {
             r.busy_until = Some(clock.now + dt);
         }

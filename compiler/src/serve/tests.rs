@@ -39,6 +39,7 @@ fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deploym
             token_budget: budget,
             max_seqs,
             chunked_prefill: true,
+            async_scheduling: false,
             prefix_hit: 0.0,
         },
         kv_block: 16,
@@ -84,6 +85,28 @@ fn three_requests_by_hand() {
     assert_eq!((o.completed, o.tokens_generated, o.iterations), (3, 6, 4));
     assert!(close(o.makespan, 5.02));
     assert_eq!(o.batched_tokens, 100 + 200 + 102 + 51);
+}
+
+/// Async scheduling, by hand (same model as above): A (t=0, 100 in, 3
+/// out), B (t=0.5, 300 in, 2 out).
+///
+/// - [0, 1]: the idle replica forms A's prefill at once. A's first token.
+/// - [1, 2]: formed at 0, before B arrived: A decodes alone (1 s).
+/// - [2, 4]: formed at 1: A decodes + B's first chunk (199): 2 s.
+/// - [4, 5.01]: A completes at 4 (3 tokens); B's last 101 tokens: 1.01 s,
+///   B's first token at 5.01.
+/// - [5.01, 6.01]: B decodes and completes.
+///
+/// Without the lag B's chunk would start at 1 (`three_requests_by_hand`).
+#[test]
+fn async_scheduling_by_hand() {
+    let mut d = colocated(model(1.0, 0.01, 1e6), 1, 200, 2);
+    d.limits.async_scheduling = true;
+    let o = simulate(&d, &[req(0.0, 100, 3), req(0.5, 300, 2)], 100);
+    assert!(close(o.ttft[0], 1.0) && close(o.e2e[0], 4.0), "{o:?}");
+    assert!(close(o.ttft[1], 5.01 - 0.5), "{:?}", o.ttft);
+    assert!(close(o.e2e[1], 6.01 - 0.5), "{:?}", o.e2e);
+    assert_eq!(o.iterations, 5);
 }
 
 /// Two sequences that cannot both grow: the later one is preempted,
@@ -149,6 +172,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
             max_seqs: 32,
             chunked_prefill: true,
             kv_block: 16,
+            async_scheduling: false,
         },
         prefix_hit: 0.0,
         requests: n,
@@ -210,11 +234,12 @@ proptest! {
     #[test]
     fn conservation(rate in 1.0f64..200.0, seed in 0u64..1000, kv in 64.0f64..40_000.0,
                     max_seqs in 1u64..64, budget in 1u64..1024, disagg in any::<bool>(),
-                    chunked in any::<bool>()) {
+                    chunked in any::<bool>(), lag in any::<bool>()) {
         let s = serve(rate, 300, seed);
         let reqs = requests(&s, None, &[]);
         let mut d = colocated(model(0.01, 5e-5, kv), 2, budget, max_seqs);
         d.limits.chunked_prefill = chunked;
+        d.limits.async_scheduling = lag;
         if disagg {
             d = Deployment { colocated: 0, prefill: 1, decode: 2, transfer_per_byte: 1e-6, transfer_latency: 1e-3, ..d };
         }
@@ -253,5 +278,69 @@ proptest! {
         let (a, c) = (run(1, &reqs), run(1, &faster));
         prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
+    }
+
+    /// Little's law on steady runs: the time-average number of requests
+    /// in the system over the middle half of the arrivals equals the
+    /// arrival rate there times their mean latency, within 2%, for any
+    /// stable load, replica count, scheduler lag and seed.
+    #[test]
+    fn littles_law_on_steady_runs(load in 0.1f64..0.6, seed in 0u64..1000, replicas in 1u64..4,
+                                  lag in any::<bool>()) {
+        // About 60 req/s per replica at most (`small`).
+        let s = serve(60.0 * load * replicas as f64, 8000, seed);
+        let reqs = requests(&s, None, &[]);
+        let mut d = colocated(small(), replicas, 512, 32);
+        d.limits.async_scheduling = lag;
+        let o = simulate(&d, &reqs, u64::MAX);
+        prop_assert!(!unstable(&o, reqs.len()));
+        let (l, lambda, w) = (o.little_l, o.little_lambda, o.little_w);
+        prop_assert!((l / (lambda * w) - 1.0).abs() < 0.02, "L {} vs lambda W {}", l, lambda * w);
+    }
+
+    /// With async scheduling too, more replicas never raise P99 TTFT or
+    /// E2E at a fixed rate beyond two iterations, and a higher rate on one
+    /// replica never lowers them beyond two iterations (the slack of
+    /// `monotone_in_replicas_and_rate`).
+    #[test]
+    fn monotone_with_async_scheduling(rate in 5.0f64..80.0, seed in 0u64..1000, replicas in 1u64..4) {
+        let s = serve(rate, 400, seed);
+        let reqs = requests(&s, None, &[]);
+        let run = |r: u64, reqs: &[Request]| {
+            let mut d = colocated(small(), r, 512, 32);
+            d.limits.async_scheduling = true;
+            simulate(&d, reqs, u64::MAX)
+        };
+        let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
+        let slot = 2.0 * small().t_weights;
+        prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
+        prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
+        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let (a, c) = (run(1, &reqs), run(1, &faster));
+        prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
+        prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
+    }
+
+    /// Async scheduling only delays admission: on the same requests, no
+    /// request's first token comes earlier than without it, by more than
+    /// the iteration it may shift (checked on P50 and P99 TTFT).
+    #[test]
+    fn async_scheduling_never_speeds_up_ttft(rate in 1.0f64..50.0, seed in 0u64..1000) {
+        let s = serve(rate, 400, seed);
+        let reqs = requests(&s, None, &[]);
+        let run = |lag: bool| {
+            let mut d = colocated(small(), 1, 512, 32);
+            d.limits.async_scheduling = lag;
+            simulate(&d, &reqs, u64::MAX)
+        };
+        let (sync, lagged) = (run(false), run(true));
+        let slot = 2.0 * small().t_weights;
+        let pct = |o: &Outcome, q: f64| {
+            let mut v: Vec<f64> = o.ttft.iter().copied().filter(|x| x.is_finite()).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, q)
+        };
+        prop_assert!(pct(&lagged, 0.5) >= pct(&sync, 0.5) - slot);
+        prop_assert!(pct(&lagged, 0.99) >= pct(&sync, 0.99) - slot);
     }
 }

@@ -109,7 +109,13 @@ pub const KNOBS: &[(&str, &str)] = &[
     ("nodes", "int"),
     ("batch", "int"),
     ("shard", "int"),
+    // The serving scheduler's (plans of `serve` workloads only, L081).
+    ("token_budget", "int"),
+    ("chunked_prefill", "bool"),
 ];
+
+/// Knobs only the serving planner reads.
+pub const SERVE_KNOBS: &[&str] = &["token_budget", "chunked_prefill"];
 
 /// The largest value of any integer plan knob (in a `fix`, a `search`
 /// domain or a `--fix`/`--pin`): 2^24 = 16,777,216. Far above the device
@@ -218,8 +224,12 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
         | "devices"
         | "throughput_per_dollar"
         | "throughput_per_watt"
-        | "throughput" => Dim::NONE,
+        | "throughput"
+        | "goodput" => Dim::NONE,
         "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
+        // A `serve` workload's latency percentiles (simulated requests).
+        "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99" | "e2e_p50"
+        | "e2e_p90" | "e2e_p99" => Dim::TIME,
         "memory" | "hbm" => Dim::BYTES,
         "power" => Dim::POWER,
         "energy_per_step" => Dim::ENERGY,
@@ -250,6 +260,16 @@ pub const METRICS: &[&str] = &[
     "model_tflops_per_device",
     "hardware_tflops_per_device",
     "devices",
+    "goodput",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p90",
+    "tpot_p99",
+    "e2e_p50",
+    "e2e_p90",
+    "e2e_p99",
 ];
 
 impl Checker {
@@ -1914,8 +1934,27 @@ impl Checker {
         let objective = objective
             .map(|o| o.0)
             .unwrap_or((Goal::Maximize, "throughput".to_string()));
+        let serve_knobs: Vec<(String, Span)> = search
+            .iter()
+            .chain(fixed.iter())
+            .filter(|(k, _)| SERVE_KNOBS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.1))
+            .collect();
         let search: BTreeMap<String, Domain> = search.into_iter().map(|(k, v)| (k, v.0)).collect();
         let fixed: BTreeMap<String, Domain> = fixed.into_iter().map(|(k, v)| (k, v.0)).collect();
+        let serving_knob = |c: &mut Self, why: &str| {
+            for (k, span) in &serve_knobs {
+                c.diags.push(
+                    Diagnostic::error(
+                        Code::L081,
+                        format!("`{k}` is a knob of the serving scheduler; {why}"),
+                        *span,
+                    )
+                    .with_label(*span, "a serving knob")
+                    .with_help("remove it, or plan a `serve` workload"),
+                );
+            }
+        };
         if p.kind == DeclKind::Plan {
             let Some(wexpr) = &p.workload else { return };
             for k in ["site", "demand"] {
@@ -1950,6 +1989,9 @@ impl Checker {
             let workload = self
                 .expect_kind(&wv, wexpr.span, DeclKind::Workload)
                 .and_then(|i| self.workload(&i, wexpr.span));
+            if workload.as_ref().is_some_and(|w| w.serve.is_none()) {
+                serving_knob(self, "this plan's workload is not a `serve` workload");
+            }
             if let (Some(system), Some(workload)) = (system, workload)
                 && self.error_count() == before
                 && !self.broken(p.span)
@@ -1972,6 +2014,10 @@ impl Checker {
                 );
             }
         } else {
+            serving_knob(
+                self,
+                "a study prices one step per cell, not a request stream",
+            );
             self.no_study_simulate(&g);
             let systems = self.sweep_systems(&sv, p.system.span);
             let mut workloads = Vec::new();

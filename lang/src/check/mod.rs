@@ -19,7 +19,9 @@ mod value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-pub use decls::{EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, metric_dim};
+pub use decls::{
+    EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, SERVE_KNOBS, metric_dim,
+};
 pub use ops::OP_NAMES;
 
 use crate::ast::{Decl, DeclKind, File};

@@ -30,6 +30,7 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "token_budget",
     "max_seqs",
     "chunked_prefill",
+    "async_scheduling",
     "kv_block",
     "prefix_hit",
     "requests",
@@ -344,24 +345,27 @@ impl Checker {
         let token_budget = read(self, "token_budget", 8192, MAX_TOKENS as u64);
         let max_seqs = read(self, "max_seqs", 256, MAX_TOKENS as u64);
         let kv_block = read(self, "kv_block", 16, 65536);
-        let chunked_prefill = match got.get("chunked_prefill") {
+        let mut flag = |c: &mut Self, k: &str, default: bool| match got.get(k) {
             Some((Value::Bool(b), _)) => *b,
             Some((Value::Error, _)) => {
                 ok = false;
-                true
+                default
             }
             Some((other, s)) => {
-                self.type_error(other, *s, "`true` or `false`");
+                c.type_error(other, *s, "`true` or `false`");
                 ok = false;
-                true
+                default
             }
-            None => true,
+            None => default,
         };
+        let chunked_prefill = flag(self, "chunked_prefill", true);
+        let async_scheduling = flag(self, "async_scheduling", false);
         ok.then_some(Scheduler {
             token_budget,
             max_seqs,
             chunked_prefill,
             kv_block,
+            async_scheduling,
         })
     }
 
