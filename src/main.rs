@@ -48,6 +48,7 @@ enum StudyFormat {
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum ExportKind {
     Megatron,
+    Torchtitan,
     Torchrec,
     Trace,
 }
@@ -108,7 +109,7 @@ enum Command {
         /// How many of the best design points to list.
         #[arg(long, default_value_t = 5)]
         top: usize,
-        /// Also write an export of the best plan: megatron, torchrec or trace
+        /// Also write an export of the best plan: megatron, torchtitan, torchrec or trace
         /// (to --output FILE; without it, the export goes to stdout and the
         /// report to stderr, so stdout is always one document).
         #[arg(long, value_enum)]
@@ -817,6 +818,13 @@ fn search_cmd(
     };
     let exported = match kind {
         ExportKind::Megatron => ex::megatron(best, &s.best.ir, &p.workload).map(|m| m.to_string()),
+        ExportKind::Torchtitan => ex::torchtitan(best, &s.best.ir, &p.workload).map(|t| {
+            format!(
+                "# torchtitan {} job config written by gantry (--job.config_file)\n{}",
+                ex::TORCHTITAN_VERSION,
+                toml::to_string(&t).unwrap_or_default()
+            )
+        }),
         ExportKind::Torchrec => ex::torchrec(
             &s.tables,
             &p.workload,

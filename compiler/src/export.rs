@@ -1,6 +1,7 @@
 //! Exports to the frameworks people run: Megatron-LM arguments
-//! ([`megatron`]), a TorchRec sharding plan ([`torchrec`]) and a Chrome
-//! trace of the step the cost model priced ([`trace`]).
+//! ([`megatron`]), a torchtitan job config ([`torchtitan`]), a TorchRec
+//! sharding plan ([`torchrec`]) and a Chrome trace of the step the cost
+//! model priced ([`trace`]).
 //!
 //! Each export is a complete artifact for the model in the file, or an
 //! [`ExportError`] (`C021`) naming why the plan cannot be written for that
@@ -10,10 +11,14 @@ use gantry_lang::diagnostic::Code;
 
 mod megatron;
 mod torchrec;
+mod torchtitan;
 mod trace;
 
 pub use megatron::{Megatron, ModelFacts, megatron};
 pub use torchrec::torchrec;
+pub use torchtitan::{
+    FLAVORS as TORCHTITAN_FLAVORS, VERSION as TORCHTITAN_VERSION, model_parts, torchtitan,
+};
 pub use trace::trace;
 
 /// An export the plan cannot be written as, with the reason.

@@ -345,3 +345,190 @@ fn trace_interleaved_and_inference() {
     let tr = check_trace(&t, ev.estimate.time.step, ev.estimate.point.pp as usize);
     assert!(tr.values().flatten().all(|s| !s.2.starts_with('B')));
 }
+
+fn torchtitan(p: &Plan, ev: &Evaluation) -> toml::Table {
+    let t = export::torchtitan(&ev.estimate, &ev.ir, &p.workload).expect("torchtitan");
+    // What the CLI writes parses back to the same table.
+    let text = toml::to_string(&t).expect("toml");
+    assert_eq!(toml::from_str::<toml::Table>(&text).expect("reparse"), t);
+    t
+}
+
+fn int(t: &toml::Table, section: &str, key: &str) -> i64 {
+    t[section][key]
+        .as_integer()
+        .unwrap_or_else(|| panic!("{section}.{key} in {t}"))
+}
+
+/// torchtitan's llama3 flavors: the SwiGLU widths its `FeedForward`
+/// computes from `dim`, `multiple_of` and `ffn_dim_multiplier` are Llama
+/// 3's published ones.
+#[test]
+fn torchtitan_flavors_have_llama3s_widths() {
+    let ffn: Vec<(&str, u64)> = export::TORCHTITAN_FLAVORS
+        .iter()
+        .map(|f| (f.name, f.ffn()))
+        .collect();
+    assert_eq!(
+        ffn,
+        [
+            ("debugmodel", 768),
+            ("8B", 14336),
+            ("70B", 28672),
+            ("405B", 53248)
+        ]
+    );
+}
+
+/// The published torchtitan run F15 (FSDP 8, TP 8 async, PP 8 1F1B,
+/// Float8, compiled): its flavor, a mesh whose product is the world, the
+/// pipeline split module by module as the cost model priced it.
+#[test]
+fn torchtitan_405b_is_the_run_it_came_from() {
+    let (p, ev) = at(
+        "examples/reference/f15_llama31_405b_512gpu.gantry",
+        None,
+        "",
+    );
+    let t = torchtitan(&p, &ev);
+    assert_eq!(t["model"]["name"].as_str(), Some("llama3"));
+    assert_eq!(t["model"]["flavor"].as_str(), Some("405B"));
+    assert_eq!(t["model"]["converters"][0].as_str(), Some("float8"));
+    assert_eq!(t["compile"]["enable"].as_bool(), Some(true));
+    assert_eq!(
+        t["parallelism"]["enable_async_tensor_parallel"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        t["parallelism"]["pipeline_parallel_schedule"].as_str(),
+        Some("1F1B")
+    );
+    assert_eq!(t["activation_checkpoint"]["mode"].as_str(), Some("full"));
+    assert_eq!(int(&t, "training", "seq_len"), 32768);
+    assert_eq!(int(&t, "training", "global_batch_size"), 64);
+    // Eight sequences per data-parallel rank, one per microbatch.
+    assert_eq!(int(&t, "training", "local_batch_size"), 8);
+    assert_eq!(
+        int(&t, "parallelism", "pipeline_parallel_microbatch_size"),
+        1
+    );
+    let world: i64 = [
+        "data_parallel_replicate_degree",
+        "data_parallel_shard_degree",
+        "context_parallel_degree",
+        "tensor_parallel_degree",
+        "pipeline_parallel_degree",
+    ]
+    .iter()
+    .map(|k| int(&t, "parallelism", k))
+    .product();
+    assert_eq!(world as u64, ev.estimate.devices);
+    assert_eq!(int(&t, "parallelism", "data_parallel_shard_degree"), 8);
+    check_parts(&t, 126, 8, 1, &ev.estimate.stage_layers);
+}
+
+/// Every layer once, in order, embedding first and norm and output last;
+/// virtual stage `k` on rank `k % pp` holds the cost model's share.
+fn check_parts(t: &toml::Table, layers: u64, pp: u64, v: u64, stages: &[u64]) {
+    let parts: Vec<Vec<String>> = t["parallelism"]["module_fqns_per_model_part"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|p| {
+            p.as_array()
+                .expect("part")
+                .iter()
+                .map(|s| s.as_str().expect("name").to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(parts.len() as u64, pp * v);
+    let flat: Vec<&String> = parts.iter().flatten().collect();
+    let mut want = vec!["tok_embeddings".to_string()];
+    want.extend((0..layers).map(|i| format!("layers.{i}")));
+    want.extend(["norm".to_string(), "output".to_string()]);
+    assert_eq!(flat, want.iter().collect::<Vec<_>>());
+    let mut per_rank = vec![0u64; pp as usize];
+    for (k, part) in parts.iter().enumerate() {
+        per_rank[k % pp as usize] +=
+            part.iter().filter(|s| s.starts_with("layers.")).count() as u64;
+    }
+    assert_eq!(per_rank, stages);
+}
+
+/// ZeRO as torchtitan runs it: 3 reshards after forward, 2 keeps the
+/// gathered parameters, a smaller group is HSDP, 1 is refused; the
+/// interleaved split is a looped schedule over `pp x v` parts.
+#[test]
+fn torchtitan_zero_stages_and_interleaving() {
+    let file = "examples/llm_train.gantry";
+    let plan = Some("llama3_405b_meta");
+    let base = "tp=8,pp=16,cp=1,dp=128,recompute=full,microbatch=1,sequence_parallel=true";
+    let (p, ev) = at(file, plan, &format!("{base},zero=3,virtual_stages=2"));
+    let t = torchtitan(&p, &ev);
+    assert_eq!(
+        t["parallelism"]["fsdp_reshard_after_forward"].as_str(),
+        Some("always")
+    );
+    assert_eq!(
+        t["parallelism"]["pipeline_parallel_schedule"].as_str(),
+        Some("Interleaved1F1B")
+    );
+    assert_eq!(int(&t, "training", "local_batch_size"), 16);
+    check_parts(&t, 126, 16, 2, &ev.estimate.stage_layers);
+    let (p, ev) = at(file, plan, &format!("{base},zero=2,virtual_stages=1"));
+    let t = torchtitan(&p, &ev);
+    assert_eq!(
+        t["parallelism"]["fsdp_reshard_after_forward"].as_str(),
+        Some("never")
+    );
+    let (p, ev) = at(file, plan, &format!("{base},zero=3,shard=8"));
+    let t = torchtitan(&p, &ev);
+    assert_eq!(int(&t, "parallelism", "data_parallel_shard_degree"), 8);
+    assert_eq!(int(&t, "parallelism", "data_parallel_replicate_degree"), 16);
+    let (p, ev) = at(file, plan, &format!("{base},zero=1"));
+    let e = export::torchtitan(&ev.estimate, &ev.ir, &p.workload).expect_err("zero-1");
+    assert_eq!(e.code, Code::C021);
+    assert!(e.message.contains("ZeRO-1"), "{}", e.message);
+    let (p, ev) = at(
+        file,
+        plan,
+        "tp=8,pp=16,cp=1,dp=128,zero=3,sequence_parallel=false",
+    );
+    let e = export::torchtitan(&ev.estimate, &ev.ir, &p.workload).expect_err("no sp");
+    assert!(e.message.contains("sequence parallel"), "{}", e.message);
+}
+
+/// Models torchtitan has no flavor for, serving plans and DLRMs are
+/// C021 errors naming torchtitan and the difference.
+#[test]
+fn torchtitan_refuses_what_it_cannot_build() {
+    let cases = [
+        (
+            "examples/reference/b02_175b.gantry",
+            Some("b02_gpt_175b_sp_selective"),
+            "not a Llama 3",
+        ),
+        ("examples/moe_train.gantry", None, "experts"),
+        ("examples/dlrm_train.gantry", None, "recommendation model"),
+        ("examples/llm_decode.gantry", None, "decode"),
+    ];
+    for (file, plan, why) in cases {
+        let (p, ev) = at(file, plan, "");
+        let e = export::torchtitan(&ev.estimate, &ev.ir, &p.workload).expect_err(file);
+        assert_eq!(e.code, Code::C021);
+        assert!(
+            e.message.starts_with("cannot export to torchtitan") && e.message.contains(why),
+            "{file}: {}",
+            e.message
+        );
+    }
+    // A Llama whose shapes are no registered flavor names the differences.
+    let (p, ev) = at("examples/reference/g04_l2_13b_none.gantry", None, "");
+    let e = export::torchtitan(&ev.estimate, &ev.ir, &p.workload).expect_err("llama 2");
+    assert!(
+        e.message.contains("matches no llama3 flavor"),
+        "{}",
+        e.message
+    );
+}
