@@ -437,10 +437,13 @@ Fix: correct the file, or give the path relative to the `.gantry` file that decl
 written as: a Megatron-LM export of a model that is not transformer-shaped (a DLRM, a \
 block without exactly one attention, an activation Megatron has no flag for), of a serving \
 (prefill or decode) plan, or of a point Megatron cannot express (an optimizer it lacks, \
-ZeRO-2/3 with HSDP replicas); a TorchRec plan of a model without embedding-bag tables, or \
+ZeRO-2/3 with HSDP replicas); a torchtitan job config of a model that is none of \
+torchtitan's registered llama3 flavors (debugmodel, 8B, 70B, 405B), or of a point torchtitan \
+cannot run (ZeRO-1, ZeRO-0 with model parallelism, tensor parallelism without sequence \
+parallelism, an optimizer other than Adam/AdamW, fp16); a TorchRec plan of a model without embedding-bag tables, or \
 with a table that fits nowhere (`unplaced`). The message names the reason; nothing is \
 written and the exit code is 1, so no empty or wrong artifact reaches a launcher.\n\
-Fix: export the plan to the framework that runs it (`megatron`/`trace` for transformers, \
+Fix: export the plan to the framework that runs it (`megatron`/`torchtitan`/`trace` for transformers, \
 `torchrec` for embedding tables), or pin the knob the message names to a value the \
 framework supports."
         }

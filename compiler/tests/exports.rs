@@ -532,3 +532,160 @@ fn torchtitan_refuses_what_it_cannot_build() {
         e.message
     );
 }
+
+/// The training plans whose Megatron and torchtitan exports the recorded
+/// clients' data is checked against: every reference file's first plan
+/// at its own point, plus pinned points that reach the other flags
+/// (interleaved layouts, ZeRO-1/2/3, HSDP, experts).
+fn training_exports() -> Vec<(String, Plan, Evaluation)> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(common::root().join("examples/reference"))
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gantry"))
+        .collect();
+    files.sort();
+    for f in files {
+        let name = format!(
+            "examples/reference/{}",
+            f.file_name().expect("name").to_string_lossy()
+        );
+        let (p, ev) = at(&name, None, "");
+        out.push((name, p, ev));
+    }
+    let llama = "tp=8,pp=16,cp=1,dp=128,recompute=full,microbatch=1,sequence_parallel=true";
+    for fix in [
+        format!("{llama},zero=1,virtual_stages=2"),
+        format!("{llama},zero=2,virtual_stages=1"),
+        format!("{llama},zero=3,shard=8"),
+    ] {
+        let (p, ev) = at("examples/llm_train.gantry", Some("llama3_405b_meta"), &fix);
+        out.push((fix, p, ev));
+    }
+    let fix = "tp=2,pp=4,ep=8,dp=64,zero=1,recompute=selective,microbatch=1,sequence_parallel=true";
+    let (p, ev) = at(
+        "examples/moe_train.gantry",
+        Some("mixtral_8x7b_pretrain_512"),
+        fix,
+    );
+    out.push((fix.to_string(), p, ev));
+    out
+}
+
+/// Splits an argument line as a POSIX shell would for the quoting the
+/// export uses (double quotes around a layout).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut any) = (false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+}
+
+/// Every flag of every Megatron export exists in Megatron-LM's parser as
+/// `tests/clients/check_exports.py --record` recorded it, takes a value
+/// exactly when the parser says so, and the value is one of its choices
+/// and of its type.
+#[test]
+fn megatron_flags_are_megatrons() {
+    let rec: Value = serde_json::from_str(include_str!("../../tests/clients/megatron_flags.json"))
+        .expect("json");
+    let flags = rec["flags"].as_object().expect("flags");
+    assert!(flags.len() > 500, "{} flags recorded", flags.len());
+    let mut checked = 0;
+    for (name, p, ev) in training_exports() {
+        let Ok(m) = export::megatron(&ev.estimate, &ev.ir, &p.workload) else {
+            continue;
+        };
+        let words = shell_words(&m.line());
+        let mut i = 0;
+        while i < words.len() {
+            let w = &words[i];
+            let f = flags
+                .get(w)
+                .unwrap_or_else(|| panic!("{name}: `{w}` is no Megatron flag"));
+            i += 1;
+            if !f["takes_value"].as_bool().expect("takes_value") {
+                continue;
+            }
+            let v = words
+                .get(i)
+                .unwrap_or_else(|| panic!("{name}: {w} needs a value"));
+            assert!(!v.starts_with("--"), "{name}: {w} needs a value, got {v}");
+            if let Some(c) = f["choices"].as_array() {
+                assert!(c.iter().any(|c| c == v), "{name}: {w} {v} not in {c:?}");
+            }
+            match f["type"].as_str() {
+                Some("int") => assert!(v.parse::<i64>().is_ok(), "{name}: {w} {v}"),
+                Some("float") => assert!(v.parse::<f64>().is_ok(), "{name}: {w} {v}"),
+                _ => {}
+            }
+            i += 1;
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked} values checked");
+}
+
+/// Every key of every torchtitan export is a field of torchtitan's
+/// `JobConfig` as recorded by `check_exports.py --record`, in its
+/// section, with a value of the field's type.
+#[test]
+fn torchtitan_keys_are_torchtitans() {
+    let rec: Value =
+        serde_json::from_str(include_str!("../../tests/clients/torchtitan_schema.json"))
+            .expect("json");
+    fn walk(t: &toml::Table, schema: &Value, at: &str, n: &mut usize) {
+        for (k, v) in t {
+            let s = schema
+                .get(k)
+                .unwrap_or_else(|| panic!("`{at}{k}` is no torchtitan JobConfig field"));
+            match v {
+                toml::Value::Table(sub) => walk(sub, s, &format!("{at}{k}."), n),
+                v => {
+                    let ty = s.as_str().expect("a field's type");
+                    let ok = match v {
+                        toml::Value::Integer(_) => ty.contains("int"),
+                        toml::Value::Boolean(_) => ty.contains("bool"),
+                        toml::Value::String(x) => {
+                            ty.contains("str") || ty.contains(&format!("'{x}'"))
+                        }
+                        toml::Value::Array(_) => ty.contains("list"),
+                        _ => false,
+                    };
+                    assert!(ok, "`{at}{k}` = {v} is not a {ty}");
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    let mut exports = 0;
+    for (_, p, ev) in training_exports() {
+        if let Ok(t) = export::torchtitan(&ev.estimate, &ev.ir, &p.workload) {
+            walk(&t, &rec["sections"], "", &mut n);
+            exports += 1;
+        }
+    }
+    assert!(exports >= 5 && n > 50, "{exports} exports, {n} keys");
+}
