@@ -306,6 +306,17 @@ Fix: give a value in the stated range (docs/LANGUAGE.md §5.7, `serve`)."
 to another op). It is still priced.\n\
 Fix: use it, make it an output, or remove it."
         }
+        "L089" => {
+            "A plan's `target` names a framework Gantry does not export to. The label points at \
+the string.\n\
+Fix: use one of \"megatron\", \"torchtitan\", \"torchrec\" or \"trace\" (docs/LANGUAGE.md §5.8), or \
+remove the line to search every point."
+        }
+        "L090" => {
+            "A study declares `target`. A study compares systems and fleets; the framework a run \
+is launched with belongs to a plan, whose search it restricts.\n\
+Fix: move `target \"...\"` into a plan of the workload."
+        }
         "C001" => {
             "The design point's degrees multiply to more devices than the system has: dp x tp x \
 pp x cp is larger than the cluster's device count. The message names the product and the \
@@ -446,6 +457,17 @@ written and the exit code is 1, so no empty or wrong artifact reaches a launcher
 Fix: export the plan to the framework that runs it (`megatron`/`torchtitan`/`trace` for transformers, \
 `torchrec` for embedding tables), or pin the knob the message names to a value the \
 framework supports."
+        }
+        "C024" => {
+            "The plan declares `target \"FRAMEWORK\"`, and that framework runs none of the plan's \
+feasible design points (or not the point pinned with `--fix`/`fix`). Whether a framework runs \
+a point is decided by its export (the reasons of `C021`): a DLRM or a serving plan for \
+Megatron-LM or torchtitan, a model that is no torchtitan llama3 flavor, ZeRO-1 or tensor \
+parallelism without sequence parallelism for torchtitan, ZeRO-2/3 with HSDP replicas for \
+Megatron-LM, a model without embedding tables for TorchRec. The message names the reason for \
+the first feasible point refused and that point.\n\
+Fix: widen the search to points the framework runs (the help names the knob), choose the \
+framework that runs the model, or drop `target` to see the best point of any framework."
         }
         "C025" => {
             "A study's `demand` cannot be met: either no system of the sweep meets one \

@@ -717,6 +717,7 @@ fn search_cmd(
                 "pruned": s.stats.pruned,
                 "invalid": s.stats.invalid,
                 "infeasible": s.stats.infeasible,
+                "off_target": s.stats.off_target,
                 "redundant": s.stats.redundant,
                 "egraph_sequence_parallel": s.stats.egraph,
                 "space": s.space_size,
@@ -767,6 +768,13 @@ fn search_cmd(
                 s.optimality_gap,
                 s.stats.gap_to()
             );
+            if let Some(t) = &p.target {
+                pushln!(
+                    report,
+                    "  target \"{t}\": {} feasible points set aside that it cannot run",
+                    s.stats.off_target
+                );
+            }
             pushln!(report, "\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
                 pushln!(

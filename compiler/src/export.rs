@@ -8,6 +8,10 @@
 //! framework: never an empty or partial artifact. One module per target.
 
 use gantry_lang::diagnostic::Code;
+use gantry_lang::program::Workload;
+
+use crate::cost::Estimate;
+use crate::ir::Ir;
 
 mod megatron;
 mod torchrec;
@@ -20,6 +24,22 @@ pub use torchtitan::{
     FLAVORS as TORCHTITAN_FLAVORS, VERSION as TORCHTITAN_VERSION, model_parts, torchtitan,
 };
 pub use trace::trace;
+
+/// Whether the framework `target` (one of
+/// [`gantry_lang::program::TARGETS`]) runs the evaluated point `e`: the
+/// export itself, so the search proposes exactly the points whose export
+/// succeeds. TorchRec needs embedding-bag tables (their placement is
+/// decided after the search; a table placed nowhere is still refused by
+/// the export); a trace can be drawn of any point.
+pub fn runs(target: &str, e: &Estimate, ir: &Ir, w: &Workload) -> Result<(), ExportError> {
+    match target {
+        "megatron" => megatron(e, ir, w).map(drop),
+        "torchtitan" => torchtitan(e, ir, w).map(drop),
+        "torchrec" if torchrec::has_tables(w) => Ok(()),
+        "torchrec" => torchrec(&[], w, e.devices, 1).map(drop),
+        _ => Ok(()),
+    }
+}
 
 /// An export the plan cannot be written as, with the reason.
 #[derive(Clone, Debug, PartialEq)]

@@ -689,3 +689,57 @@ fn torchtitan_keys_are_torchtitans() {
     }
     assert!(exports >= 5 && n > 50, "{exports} exports, {n} keys");
 }
+
+/// A plan that declares `target` searches only the points that framework
+/// runs: on Meta's 405B mesh with ZeRO 0 to 3 and sequence parallelism
+/// open, the best point for torchtitan is the first point of the
+/// unrestricted ranking that torchtitan runs, and points were excluded;
+/// with only ZeRO 0 and 1 searched, nothing is left, which is `C024`
+/// naming torchtitan's reason.
+#[test]
+fn a_plan_target_restricts_the_search() {
+    use gantry_compiler::plan::search;
+    use gantry_lang::program::Domain;
+    let mut p = common::plan("examples/llm_train.gantry", Some("llama3_405b_meta"));
+    p.search
+        .insert("zero".into(), Domain::Ints(vec![0, 1, 2, 3]));
+    p.search
+        .insert("sequence_parallel".into(), Domain::Bools(vec![false, true]));
+    let free = search(&p, &BTreeMap::new(), 10_000).expect("search");
+    let runs = |e: &gantry_compiler::cost::Estimate| {
+        export::torchtitan(e, &free.best.ir, &p.workload).is_ok()
+    };
+    let first_runnable = free.top.iter().find(|e| runs(e)).expect("a runnable point");
+    assert!(free.top.iter().any(|e| !runs(e)), "nothing to exclude");
+    p.target = Some("torchtitan".into());
+    let s = search(&p, &BTreeMap::new(), 1).expect("search");
+    let best = &s.best.estimate;
+    assert!(runs(best), "{}", best.point);
+    assert_eq!(best.point, first_runnable.point);
+    assert!(s.stats.off_target > 0);
+
+    p.search.insert("zero".into(), Domain::Ints(vec![0, 1]));
+    let Err(e) = search(&p, &BTreeMap::new(), 1) else {
+        panic!("a point torchtitan runs with ZeRO 0 or 1")
+    };
+    assert_eq!(e.code, Code::C024);
+    assert!(
+        e.message.contains("target \"torchtitan\"") && e.message.contains("ZeRO"),
+        "{}",
+        e.message
+    );
+    // A pinned point the target cannot run is the same error.
+    let fix = parse_fix("zero=1,recompute=full,microbatch=1").expect("pins");
+    let Err(e) = evaluate(&p, &fix) else {
+        panic!("a pinned ZeRO-1 point torchtitan runs")
+    };
+    assert_eq!(e.code, Code::C024);
+    // A DLRM plan for Megatron: no point at all.
+    let mut d = common::plan("examples/dlrm_train.gantry", None);
+    d.target = Some("megatron".into());
+    let Err(e) = search(&d, &BTreeMap::new(), 1) else {
+        panic!("a DLRM point Megatron runs")
+    };
+    assert_eq!(e.code, Code::C024);
+    assert!(e.message.contains("recommendation model"), "{}", e.message);
+}

@@ -90,6 +90,8 @@ codes! {
     L075 => "workload mix weights do not sum to 1",
     L076 => "serving setting out of range",
     L080 => "unused value",
+    L089 => "unknown target framework",
+    L090 => "`target` outside a plan",
     C001 => "design point needs more devices than the system has",
     C002 => "tensor parallelism does not divide the attention heads",
     C003 => "microbatches do not divide the batch",
@@ -111,6 +113,7 @@ codes! {
     C019 => "no serving configuration meets the SLOs",
     C020 => "serving trace cannot be read",
     C021 => "export target the plan cannot satisfy",
+    C024 => "no design point the target framework runs",
     C025 => "no fleet meets the demand",
 }
 
