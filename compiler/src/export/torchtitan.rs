@@ -220,7 +220,10 @@ pub fn torchtitan(e: &Estimate, ir: &Ir, w: &Workload) -> Result<Table, ExportEr
     };
     // The graph is read as Megatron reads it; its refusal names Megatron.
     let m = ModelFacts::of(w).map_err(|e| ExportError {
-        message: e.message.replacen("Megatron-LM", TARGET, 1),
+        message: e
+            .message
+            .replacen("Megatron-LM", TARGET, 1)
+            .replacen("a Megatron GPT-style", "a GPT-style", 1),
         help: "torchtitan runs Llama 3 transformers from registered flavors; export DLRM plans with `--export torchrec`".into(),
         ..e
     })?;
