@@ -322,6 +322,17 @@ whose cells price one step, not a request stream). Only the serving planner simu
 scheduler. The label points at the knob.\n\
 Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
         }
+        "L089" => {
+            "A plan's `target` names a framework Gantry does not export to. The label points at \
+the string.\n\
+Fix: use one of \"megatron\", \"torchtitan\", \"torchrec\" or \"trace\" (docs/LANGUAGE.md §5.8), or \
+remove the line to search every point."
+        }
+        "L090" => {
+            "A study declares `target`. A study compares systems and fleets; the framework a run \
+is launched with belongs to a plan, whose search it restricts.\n\
+Fix: move `target \"...\"` into a plan of the workload."
+        }
         "C001" => {
             "The design point's degrees multiply to more devices than the system has: dp x tp x \
 pp x cp is larger than the cluster's device count. The message names the product and the \
@@ -453,12 +464,26 @@ Fix: correct the file, or give the path relative to the `.gantry` file that decl
 written as: a Megatron-LM export of a model that is not transformer-shaped (a DLRM, a \
 block without exactly one attention, an activation Megatron has no flag for), of a serving \
 (prefill or decode) plan, or of a point Megatron cannot express (an optimizer it lacks, \
-ZeRO-2/3 with HSDP replicas); a TorchRec plan of a model without embedding-bag tables, or \
+ZeRO-2/3 with HSDP replicas); a torchtitan job config of a model that is none of \
+torchtitan's registered llama3 flavors (debugmodel, 8B, 70B, 405B), or of a point torchtitan \
+cannot run (ZeRO-1, ZeRO-0 with model parallelism, tensor parallelism without sequence \
+parallelism, an optimizer other than Adam/AdamW, fp16); a TorchRec plan of a model without embedding-bag tables, or \
 with a table that fits nowhere (`unplaced`). The message names the reason; nothing is \
 written and the exit code is 1, so no empty or wrong artifact reaches a launcher.\n\
-Fix: export the plan to the framework that runs it (`megatron`/`trace` for transformers, \
+Fix: export the plan to the framework that runs it (`megatron`/`torchtitan`/`trace` for transformers, \
 `torchrec` for embedding tables), or pin the knob the message names to a value the \
 framework supports."
+        }
+        "C024" => {
+            "The plan declares `target \"FRAMEWORK\"`, and that framework runs none of the plan's \
+feasible design points (or not the point pinned with `--fix`/`fix`). Whether a framework runs \
+a point is decided by its export (the reasons of `C021`): a DLRM or a serving plan for \
+Megatron-LM or torchtitan, a model that is no torchtitan llama3 flavor, ZeRO-1 or tensor \
+parallelism without sequence parallelism for torchtitan, ZeRO-2/3 with HSDP replicas for \
+Megatron-LM, a model without embedding tables for TorchRec. The message names the reason for \
+the first feasible point refused and that point.\n\
+Fix: widen the search to points the framework runs (the help names the knob), choose the \
+framework that runs the model, or drop `target` to see the best point of any framework."
         }
         "C025" => {
             "A study's `demand` cannot be met: either no system of the sweep meets one \

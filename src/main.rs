@@ -48,6 +48,7 @@ enum StudyFormat {
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum ExportKind {
     Megatron,
+    Torchtitan,
     Torchrec,
     Trace,
 }
@@ -108,7 +109,7 @@ enum Command {
         /// How many of the best design points to list.
         #[arg(long, default_value_t = 5)]
         top: usize,
-        /// Also write an export of the best plan: megatron, torchrec or trace
+        /// Also write an export of the best plan: megatron, torchtitan, torchrec or trace
         /// (to --output FILE; without it, the export goes to stdout and the
         /// report to stderr, so stdout is always one document).
         #[arg(long, value_enum)]
@@ -717,6 +718,7 @@ fn search_cmd(
                 "pruned": s.stats.pruned,
                 "invalid": s.stats.invalid,
                 "infeasible": s.stats.infeasible,
+                "off_target": s.stats.off_target,
                 "redundant": s.stats.redundant,
                 "egraph_sequence_parallel": s.stats.egraph,
                 "space": s.space_size,
@@ -767,6 +769,13 @@ fn search_cmd(
                 s.optimality_gap,
                 s.stats.gap_to()
             );
+            if let Some(t) = &p.target {
+                pushln!(
+                    report,
+                    "  target \"{t}\": {} feasible points set aside that it cannot run",
+                    s.stats.off_target
+                );
+            }
             pushln!(report, "\nTop {} by {}", s.top.len(), metric);
             for (i, e) in s.top.iter().enumerate() {
                 pushln!(
@@ -818,6 +827,13 @@ fn search_cmd(
     };
     let exported = match kind {
         ExportKind::Megatron => ex::megatron(best, &s.best.ir, &p.workload).map(|m| m.to_string()),
+        ExportKind::Torchtitan => ex::torchtitan(best, &s.best.ir, &p.workload).map(|t| {
+            format!(
+                "# torchtitan {} job config written by gantry (--job.config_file)\n{}",
+                ex::TORCHTITAN_VERSION,
+                toml::to_string(&t).unwrap_or_default()
+            )
+        }),
         ExportKind::Torchrec => ex::torchrec(
             &s.tables,
             &p.workload,

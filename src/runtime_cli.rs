@@ -332,6 +332,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
                 expect: BTreeMap::new(),
                 source: None,
                 simulate: None,
+                target: None,
                 span: w.span,
             },
             (None, None) => {

@@ -170,6 +170,26 @@ fn search_with_exports() {
     ]);
     assert_eq!(code, 0);
     assert!(out.contains("--tensor-model-parallel-size"));
+    // torchtitan: a TOML job config that parses, for the llama3 405B flavor.
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/reference/f15_llama31_405b_512gpu.gantry",
+        "--export",
+        "torchtitan",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let t: toml::Table = toml::from_str(&out).expect("toml");
+    assert_eq!(t["model"]["flavor"].as_str(), Some("405B"));
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/reference/b01_22b.gantry",
+        "--plan",
+        "b01_gpt_22b_sp_selective",
+        "--export",
+        "torchtitan",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[C021]") && out.is_empty(), "{err}");
     let (code, out, _) = gantry(&["plan", "examples/dlrm_train.gantry", "--export", "torchrec"]);
     assert_eq!(code, 0);
     assert!(out.contains("gantry.torchrec/2"));

@@ -65,6 +65,31 @@ fn error(code: Code, knob: &'static str, message: String, help: &str) -> PinErro
     }
 }
 
+/// `C024`: the plan's `target` framework runs none of the `n` feasible
+/// points; `e` is the first, refused for `why`.
+fn off_target(plan: &Plan, e: &Estimate, why: &crate::export::ExportError, n: usize) -> PinError {
+    let target = plan.target.as_deref().unwrap_or("");
+    error(
+        Code::C024,
+        "target",
+        format!(
+            "`target \"{target}\"` runs {} of `{}`: {} ({})",
+            match n {
+                0 => "no design point".to_string(),
+                1 => "none of the 1 feasible design point".to_string(),
+                n => format!("none of the {n} feasible design points"),
+            },
+            plan.name,
+            why.message,
+            e.point
+        ),
+        &format!(
+            "{}; or widen the search, or drop `target` to see the best point of any framework",
+            why.help
+        ),
+    )
+}
+
 /// Lowers the decode workload's prompt as a prefill of the same batch
 /// (what the evaluator prices as each decode step's prefill share).
 pub fn prefill_of(w: &Workload) -> Option<Ir> {
@@ -225,6 +250,13 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
     let tables = table_placement(&ev, plan);
     place_tables(&mut ev.estimate, &ev.ir, &tables);
     ev.missed = crate::search::missed(&plan.constraints, &ev.estimate);
+    // A pinned point the plan's framework cannot run is the same error as
+    // a search that finds none.
+    if let Some(t) = &plan.target
+        && let Err(why) = crate::export::runs(t, &ev.estimate, &ev.ir, &plan.workload)
+    {
+        return Err(off_target(plan, &ev.estimate, &why, 0));
+    }
     Ok(ev)
 }
 
@@ -491,6 +523,9 @@ pub fn search(
             .take_if(|e| crate::sanity::is_result_error(e.code))
         {
             return Err(e);
+        }
+        if let Some((e, why)) = &out.off_target {
+            return Err(off_target(plan, e, why, out.stats.off_target));
         }
         if let Some(t) = &out.tightest {
             let p = &t.estimate.point;

@@ -365,6 +365,9 @@ pub struct Stats {
     /// (where the plan leaves it open); not bounded, so the answer is
     /// exact only with the e-graph's choice.
     pub egraph: usize,
+    /// Of `evaluated`, feasible but not run by the plan's `target`
+    /// framework (its export refuses the point).
+    pub off_target: usize,
 }
 
 impl Stats {
@@ -412,6 +415,9 @@ pub struct Outcome {
     pub stop: StopReason,
     pub tightest: Option<Tightest>,
     pub first_error: Option<PinError>,
+    /// The first feasible point the plan's `target` framework cannot run,
+    /// with the export's reason (counted in [`Stats::off_target`]).
+    pub off_target: Option<(Estimate, crate::export::ExportError)>,
 }
 
 fn metric_value(m: &MetricExpr, e: &Estimate) -> Option<f64> {
@@ -518,6 +524,7 @@ pub fn run(
     let mut top: Vec<(f64, Estimate)> = Vec::new();
     let mut tightest: Option<Tightest> = None;
     let mut first_error = None;
+    let mut off_target = None;
     let mut pruned_closest: Option<PrunedMesh> = None;
     let mut per_mesh: BTreeMap<Mesh, (f64, Estimate)> = BTreeMap::new();
     let global = ir.samples_per_step() as i64;
@@ -736,6 +743,20 @@ pub fn run(
                                                     }
                                                     continue;
                                                 }
+                                                if let Some(t) = &plan.target
+                                                    && let Err(why) = crate::export::runs(
+                                                        t,
+                                                        &e,
+                                                        ir,
+                                                        &plan.workload,
+                                                    )
+                                                {
+                                                    stats.off_target += 1;
+                                                    if off_target.is_none() {
+                                                        off_target = Some((e, why));
+                                                    }
+                                                    continue;
+                                                }
                                                 let s = score(plan, &e);
                                                 if !s.is_finite() {
                                                     continue;
@@ -786,5 +807,6 @@ pub fn run(
         stop: StopReason::Exhausted,
         tightest,
         first_error,
+        off_target,
     }
 }

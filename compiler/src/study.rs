@@ -55,6 +55,7 @@ pub fn cell_plan(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
         expect: BTreeMap::new(),
         source: None,
         simulate: None,
+        target: None,
         span: study.span,
     }
 }

@@ -92,6 +92,8 @@ codes! {
     L080 => "unused value",
     L081 => "serving knob on a workload that is not `serve`",
     L093 => "no efficiency factors to borrow",
+    L089 => "unknown target framework",
+    L090 => "`target` outside a plan",
     C001 => "design point needs more devices than the system has",
     C002 => "tensor parallelism does not divide the attention heads",
     C003 => "microbatches do not divide the batch",
@@ -113,6 +115,7 @@ codes! {
     C019 => "no serving configuration meets the SLOs",
     C020 => "serving trace cannot be read",
     C021 => "export target the plan cannot satisfy",
+    C024 => "no design point the target framework runs",
     C025 => "no fleet meets the demand",
 }
 

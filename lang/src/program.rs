@@ -775,8 +775,14 @@ pub struct Plan {
     /// (`simulate "layers=2, d_model=256, seq=16, batch=4"`, the syntax of
     /// `--scale`, whose keys override it).
     pub simulate: Option<String>,
+    /// The framework the plan is for (`target "megatron"`): the search
+    /// proposes only points that framework runs (one of [`TARGETS`]).
+    pub target: Option<String>,
     pub span: Span,
 }
+
+/// The frameworks a plan may declare as its `target` (the export names).
+pub const TARGETS: &[&str] = &["megatron", "torchtitan", "torchrec", "trace"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Study {
@@ -908,6 +914,9 @@ impl Program {
                 p.workload.name
             );
             write_search(&mut s, &p.search, &p.fixed, &p.objective, &p.constraints);
+            if let Some(t) = &p.target {
+                let _ = writeln!(s, "  target {t:?}");
+            }
             write_expect(&mut s, &p.expect, &p.source);
         }
         for st in self.studies.values() {

@@ -42,6 +42,11 @@ fn table_shapes(w: &Workload) -> std::collections::BTreeMap<String, (u64, u64)> 
     out
 }
 
+/// Whether the workload's model has embedding-bag tables to shard.
+pub fn has_tables(w: &Workload) -> bool {
+    !table_shapes(w).is_empty()
+}
+
 /// TorchRec's row-wise split of `rows` over `n` ranks: `(offset, size)`.
 pub fn row_blocks(rows: u64, n: u64) -> Vec<(u64, u64)> {
     let n = n.max(1);

@@ -89,6 +89,7 @@ const PLAN_KEYS: &[Key] = &[
     key("expect", N, true, false),
     key("source", VA, false, false),
     key("simulate", VA, false, false),
+    key("target", VA, false, false),
     key("workloads", VA, false, false),
     key("site", VA, false, false),
     key("demand", VA, false, false),
@@ -1931,6 +1932,7 @@ impl Checker {
             }
         }
         let simulate = self.simulate(&g, &mut env);
+        let target = self.target(&g, &mut env, p.kind == DeclKind::Plan);
         let objective = objective
             .map(|o| o.0)
             .unwrap_or((Goal::Maximize, "throughput".to_string()));
@@ -2009,6 +2011,7 @@ impl Checker {
                         expect,
                         source,
                         simulate,
+                        target,
                         span: p.name.span,
                     },
                 );
@@ -2091,6 +2094,51 @@ impl Checker {
                         span: p.name.span,
                     },
                 );
+            }
+        }
+    }
+
+    /// A plan's `target "FRAMEWORK"` (one of [`TARGETS`], else `L089`); in
+    /// a study it is `L090`: a study compares systems, not launchers.
+    fn target(
+        &mut self,
+        g: &BTreeMap<&'static str, Vec<&Item>>,
+        env: &mut Env,
+        plan: bool,
+    ) -> Option<String> {
+        let it = g.get("target").and_then(|v| v.first())?;
+        if !plan {
+            self.diags.push(
+                Diagnostic::error(Code::L090, "a study has no `target` framework", it.key.span)
+                    .with_label(it.key.span, "`target` is for plans")
+                    .with_help("declare `target \"...\"` in a plan: its search then proposes only points that framework runs"),
+            );
+            return None;
+        }
+        match self.eval(&it.value, env) {
+            Value::Str(s) if TARGETS.contains(&s.as_str()) => Some(s),
+            Value::Str(s) => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L089,
+                        format!("unknown target framework `{s}`"),
+                        it.value.span,
+                    )
+                    .with_label(it.value.span, "not a framework Gantry exports to")
+                    .with_help(format!(
+                        "one of {}",
+                        TARGETS
+                            .iter()
+                            .map(|t| format!("\"{t}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                );
+                None
+            }
+            other => {
+                self.type_error(&other, it.value.span, "a string such as \"megatron\"");
+                None
             }
         }
     }
