@@ -336,6 +336,12 @@ pub fn csv_rows(st: &Study, table: &Table) -> Vec<Vec<String>> {
 /// resource or the search failed.
 pub fn text(st: &Study, table: &Table, markdown: bool) -> String {
     let cols: Vec<&str> = Resource::ALL.iter().map(|r| r.label()).collect();
+    let width = st
+        .workloads
+        .iter()
+        .map(|(w, _)| w.name.len() + 1)
+        .max()
+        .unwrap_or(0);
     let mut s = if markdown {
         format!(
             "\n### Sensitivity: elasticity of the best plan's throughput to +{:.0}% of each resource (* binding)\n\n| system | workload | {} | binding |\n|---|---|{}---|\n",
@@ -345,8 +351,9 @@ pub fn text(st: &Study, table: &Table, markdown: bool) -> String {
         )
     } else {
         format!(
-            "Sensitivity: elasticity of the best plan's throughput to +{:.0}% of each resource (* binding)\n  {}\n",
+            "Sensitivity: elasticity of the best plan's throughput to +{:.0}% of each resource (* binding)\n    {:width$}{}\n",
             STEP * 100.0,
+            "",
             cols.iter().map(|c| format!("{c:>10}")).collect::<String>()
         )
     };
@@ -386,8 +393,8 @@ pub fn text(st: &Study, table: &Table, markdown: bool) -> String {
                 ));
             } else {
                 s.push_str(&format!(
-                    "    {}: {} binding: {}\n",
-                    w.name,
+                    "    {:width$}{} binding: {}\n",
+                    format!("{}:", w.name),
                     vals.iter().map(|v| format!("{v:>10}")).collect::<String>(),
                     binding
                 ));
