@@ -39,6 +39,7 @@ pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
 
 pub mod explain;
 pub mod fit_cli;
+pub mod html;
 pub mod plot;
 pub mod runtime_cli;
 pub mod serve_cli;

@@ -1,6 +1,6 @@
 //! `gantry study`: runs a file's studies and writes their results (text,
 //! Markdown, `gantry.study/1` JSON, CSV), the SVG plots of `--plot` and
-//! the HTML report of `--report`.
+//! the HTML report of `--report` (src/html.rs).
 //!
 //! The CLI owns what the library crates do not do: files, the rayon pool
 //! the studies run on (`--jobs`, all cores by default) and the progress
@@ -49,6 +49,11 @@ pub struct StudyArgs {
     /// `STUDY-sensitivity.svg` (bars) and `STUDY-profile.svg` (radar).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also write `DIR/report.html` (created if missing): one
+    /// self-contained page with every study's tables (the Markdown form)
+    /// and its plots inline; nothing is fetched when it is opened.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Re-plan every (system, workload) cell with +10% of each resource
     /// (compute, HBM bandwidth and capacity, scale-up and scale-out
     /// bandwidth, host memory): elasticities and the binding resource
@@ -190,7 +195,20 @@ fn plots(st: &Study, ran: &Ran, sens: Option<&sensitivity::Table>) -> Result<Vec
     Ok(v)
 }
 
-fn write_plots(dir: &Path, svgs: &[Svg]) -> Result<(), String> {
+/// A study's Markdown form: its tables and, with `--sensitivity`, the
+/// sensitivity table.
+fn markdown(st: &Study, o: &Outcome, sens: Option<&sensitivity::Table>) -> String {
+    let mut s = match o {
+        Outcome::Weighted(rows) => study_doc::weighted_markdown(st, rows),
+        Outcome::Fleet(a, f) => fleet::report::markdown(&st.name, a, f),
+    };
+    if let Some(t) = sens {
+        s.push_str(&sensitivity::text(st, t, true));
+    }
+    s
+}
+
+fn write_plots(dir: &Path, svgs: &[&Svg]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     for s in svgs {
         let path = dir.join(&s.name);
@@ -297,15 +315,41 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
             (*st, o)
         })
         .collect();
-    if let Some(dir) = &a.plot {
-        let svgs: Result<Vec<Svg>, String> = ran
+    if a.plot.is_some() || a.report.is_some() {
+        let svgs = match ran
             .iter()
             .map(|(st, r, s)| plots(st, r, s.as_ref()))
             .collect::<Result<Vec<_>, _>>()
-            .map(|v| v.into_iter().flatten().collect());
-        if let Err(e) = svgs.and_then(|s| write_plots(dir, &s)) {
+        {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(dir) = &a.plot
+            && let Err(e) = write_plots(dir, &svgs.iter().flatten().collect::<Vec<_>>())
+        {
             eprintln!("error: {e}");
             return ExitCode::from(2);
+        }
+        if let Some(dir) = &a.report {
+            let sections: Vec<crate::html::Section> = outcomes
+                .iter()
+                .zip(&ran)
+                .zip(svgs)
+                .map(|(((st, o), (_, _, sens)), svgs)| crate::html::Section {
+                    name: st.name.clone(),
+                    markdown: markdown(st, o, sens.as_ref()),
+                    plots: svgs.into_iter().map(|s| (s.title, s.text)).collect(),
+                })
+                .collect();
+            let page = crate::html::report(&format!("Gantry studies of {}", a.file), &sections);
+            let path = dir.join("report.html");
+            if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, page)) {
+                eprintln!("error: cannot write `{}`: {e}", path.display());
+                return ExitCode::from(2);
+            }
         }
     }
     match a.format {
@@ -338,18 +382,16 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
         StudyFormat::Text | StudyFormat::Markdown => {
             let md = a.format == StudyFormat::Markdown;
             for ((st, o), (_, _, sens)) in outcomes.iter().zip(&ran) {
+                if md {
+                    out!("{}", markdown(st, o, sens.as_ref()));
+                    continue;
+                }
                 match o {
-                    Outcome::Weighted(rows) if md => {
-                        out!("{}", study_doc::weighted_markdown(st, rows))
-                    }
                     Outcome::Weighted(rows) => out!(
                         "{}{}",
                         report::study_text(st, rows),
                         study_doc::weighted_fronts_text(st, rows, false)
                     ),
-                    Outcome::Fleet(a, f) if md => {
-                        out!("{}", fleet::report::markdown(&st.name, a, f))
-                    }
                     Outcome::Fleet(a, f) => out!(
                         "study {}: {} systems x {} demands, the cheapest fleet meeting the demand\n{}{}",
                         st.name,
@@ -360,7 +402,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
                     ),
                 }
                 if let Some(t) = sens {
-                    out!("{}", sensitivity::text(st, t, md));
+                    out!("{}", sensitivity::text(st, t, false));
                 }
             }
         }

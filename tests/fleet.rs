@@ -640,3 +640,87 @@ fn sensitivity_plots_are_svg_bars_and_radar() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--report DIR`: one self-contained page. It parses (it is well-formed
+/// XML as well as HTML5), fetches nothing (no `src`/`href` outside the
+/// page, no script, no stylesheet link), inlines every plot `--plot`
+/// writes as an `<svg>`, and its tables hold every pool of both fleets and
+/// a sensitivity row per (system, workload).
+#[test]
+fn html_report_is_one_self_contained_page() {
+    let dir = std::env::temp_dir().join(format!("gantry-report-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let plots = dir.join("plots");
+    let p = plots.to_string_lossy().into_owned();
+    let (code, _, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--sensitivity",
+        "--report",
+        &d,
+        "--plot",
+        &p,
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().collect();
+    assert_eq!(files.len(), 2, "report.html and plots/ only");
+    let page = std::fs::read_to_string(dir.join("report.html")).expect("report");
+    let doc = roxmltree::Document::parse_with_options(
+        &page,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("well-formed");
+    assert_eq!(doc.root_element().tag_name().name(), "html");
+    for n in doc.descendants().filter(|n| n.is_element()) {
+        let tag = n.tag_name().name();
+        assert!(
+            !["script", "link", "img", "iframe", "object"].contains(&tag),
+            "{tag}"
+        );
+        for a in ["src", "href"] {
+            assert!(
+                n.attribute(a).is_none_or(|v| v.starts_with('#')),
+                "{tag} {a}"
+            );
+        }
+    }
+    let svgs = doc.descendants().filter(|n| n.has_tag_name("svg")).count();
+    let written = std::fs::read_dir(&plots).expect("plots").count();
+    assert_eq!(svgs, written, "one inline svg per plot");
+    assert_eq!(written, 3);
+    // Table cells' text, to find pools and sensitivity rows in.
+    let rows: Vec<Vec<String>> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("tr"))
+        .map(|r| {
+            r.children()
+                .filter(|c| c.has_tag_name("td"))
+                .map(|c| {
+                    c.descendants()
+                        .filter(|t| t.is_text())
+                        .filter_map(|t| t.text())
+                        .collect::<String>()
+                })
+                .collect()
+        })
+        .collect();
+    let (_, out, _) = gantry(&["study", "examples/fleet_study.gantry", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &v["studies"][0];
+    for kind in ["pooled", "homogeneous"] {
+        for pool in st["fleet"][kind]["pools"].as_array().expect("pools") {
+            let w = pool["workload"].as_str().expect("workload");
+            assert!(rows.iter().any(|r| r.iter().any(|c| c == w)), "{w}");
+        }
+    }
+    let systems = st["systems"].as_array().expect("systems").len();
+    let workloads = 5;
+    let sens = rows.iter().filter(|r| r.len() == 9).count();
+    assert_eq!(sens, systems * workloads, "sensitivity rows");
+    let _ = std::fs::remove_dir_all(&dir);
+}
