@@ -39,9 +39,11 @@ pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
 
 pub mod explain;
 pub mod fit_cli;
+pub mod html;
 pub mod plot;
 pub mod runtime_cli;
 pub mod serve_cli;
+pub mod study_cli;
 
 /// A metric's value as reports write it: with its unit when it has one.
 pub fn fmt_metric(metric: &str, v: f64) -> String {

@@ -38,14 +38,6 @@ enum ReportFormat {
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
-enum StudyFormat {
-    Text,
-    Markdown,
-    Json,
-    Csv,
-}
-
-#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum ExportKind {
     Megatron,
     Torchtitan,
@@ -129,24 +121,7 @@ enum Command {
     },
     /// Run the co-design studies of a file: every system of each sweep
     /// against its workload mix.
-    Study {
-        file: String,
-        /// Which study (default: all of them).
-        #[arg(long)]
-        study: Option<String>,
-        /// text, markdown, json (`gantry.study/1`, docs/SCHEMAS.md) or csv
-        /// (fleet studies: one row per fleet kind and pool; weighted
-        /// studies: one row per system and workload).
-        #[arg(long, value_enum, default_value_t = StudyFormat::Text)]
-        format: StudyFormat,
-        /// Also write SVG plots into this folder (created if missing): for
-        /// each fleet study, `STUDY-pareto.svg`, its candidate fleets by
-        /// cost and power with the Pareto front.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        #[arg(long = "lib")]
-        lib: Vec<PathBuf>,
-    },
+    Study(gantry::study_cli::StudyArgs),
     /// Compare predictions with the published figures in examples/reference
     /// (each plan's prediction is what `gantry plan` reports: its search's best point).
     Validate {
@@ -284,13 +259,7 @@ fn main() -> ExitCode {
                 validate_cmd(&dir)
             }
         }
-        Command::Study {
-            file,
-            study,
-            format,
-            plot,
-            lib,
-        } => study_cmd(&file, study.as_deref(), format, plot.as_deref(), &lib),
+        Command::Study(a) => gantry::study_cli::study_cmd(&a),
         Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
         Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
         Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),
@@ -877,137 +846,4 @@ fn search_cmd(
         }
     }
     ExitCode::SUCCESS
-}
-
-/// `--plot DIR`: one Pareto scatter per fleet study.
-fn write_plots(
-    dir: &std::path::Path,
-    outcomes: &[(
-        &gantry_lang::program::Study,
-        gantry_compiler::study_doc::Outcome,
-    )],
-) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-    for (st, o) in outcomes {
-        if let gantry_compiler::study_doc::Outcome::Fleet(_, f) = o {
-            let svg = gantry::plot::fleet_pareto_svg(&st.name, f)?;
-            let path = dir.join(format!("{}-pareto.svg", st.name));
-            std::fs::write(&path, svg)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn study_cmd(
-    file: &str,
-    study: Option<&str>,
-    format: StudyFormat,
-    plot: Option<&std::path::Path>,
-    lib: &[PathBuf],
-) -> ExitCode {
-    let checked = check_files(&[file.to_string()], lib);
-    if checked.has_errors() {
-        eprint!("{}", checked.render(use_color(Color::Auto)));
-        return ExitCode::from(1);
-    }
-    // Every study (or the one named), in the order they are declared.
-    let mut studies: Vec<_> = checked
-        .program
-        .studies
-        .values()
-        .filter(|s| study.is_none_or(|n| s.name == n))
-        .collect();
-    studies.sort_by_key(|s| (s.span.file, s.span.start));
-    if studies.is_empty() {
-        eprintln!(
-            "error[C007]: {}",
-            study.map_or("the file declares no study".to_string(), |n| format!(
-                "no study named `{n}`"
-            ))
-        );
-        return ExitCode::from(1);
-    }
-    use gantry_compiler::study_doc::{self, Outcome};
-    use gantry_compiler::{fleet, report};
-    // Run every study first; a fleet study whose demand cannot be met
-    // (`C025`) is reported on stderr and left out of the output.
-    enum Ran {
-        Weighted(Vec<gantry_compiler::study::Row>),
-        Fleet(Box<fleet::Answer>, fleet::front::Fronts),
-    }
-    let mut code = ExitCode::SUCCESS;
-    let mut ran = Vec::new();
-    for st in studies {
-        if st.demand.is_empty() {
-            ran.push((st, Ran::Weighted(gantry_compiler::study::run(st))));
-            continue;
-        }
-        match fleet::run(st) {
-            Ok(Some(a)) => {
-                let cap = st
-                    .site
-                    .as_ref()
-                    .and_then(|s| s.power_cap)
-                    .unwrap_or(f64::INFINITY);
-                let f = fleet::front::of(&a, cap);
-                ran.push((st, Ran::Fleet(Box::new(a), f)));
-            }
-            Ok(None) => {}
-            Err(u) => {
-                eprintln!("error[C025]: {}\n  help: {}", u.message, u.help);
-                code = ExitCode::from(1);
-            }
-        }
-    }
-    let outcomes: Vec<(&gantry_lang::program::Study, Outcome)> = ran
-        .iter()
-        .map(|(st, r)| {
-            let o = match r {
-                Ran::Weighted(rows) => Outcome::Weighted(rows),
-                Ran::Fleet(a, f) => Outcome::Fleet(a, f),
-            };
-            (*st, o)
-        })
-        .collect();
-    if let Some(dir) = plot
-        && let Err(e) = write_plots(dir, &outcomes)
-    {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    match format {
-        StudyFormat::Json => out!(
-            "{}",
-            serde_json::to_string_pretty(&study_doc::json(&outcomes)).unwrap_or_default()
-        ),
-        StudyFormat::Csv => out!("{}", study_doc::csv(&outcomes)),
-        StudyFormat::Text | StudyFormat::Markdown => {
-            let md = format == StudyFormat::Markdown;
-            for (st, o) in &outcomes {
-                match o {
-                    Outcome::Weighted(rows) if md => {
-                        out!("{}", study_doc::weighted_markdown(st, rows))
-                    }
-                    Outcome::Weighted(rows) => out!(
-                        "{}{}",
-                        report::study_text(st, rows),
-                        study_doc::weighted_fronts_text(st, rows, false)
-                    ),
-                    Outcome::Fleet(a, f) if md => {
-                        out!("{}", fleet::report::markdown(&st.name, a, f))
-                    }
-                    Outcome::Fleet(a, f) => out!(
-                        "study {}: {} systems x {} demands, the cheapest fleet meeting the demand\n{}{}",
-                        st.name,
-                        st.systems.len(),
-                        st.demand.len(),
-                        fleet::report::text(a),
-                        fleet::report::fronts_text(a, f, false)
-                    ),
-                }
-            }
-        }
-    }
-    code
 }

@@ -495,3 +495,232 @@ fn pareto_plot_is_svg_with_one_point_per_candidate() {
     assert!(text.contains("TCO ($/h)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--sensitivity`: every elasticity is `(T'/T - 1) / step` of the
+/// figures the document holds, the binding resource is the largest one
+/// at or above the floor, a system without host memory has no figure for
+/// it, and the physics shows: doubling the NIC rate lowers the
+/// elasticity to scale-out bandwidth, and a faster NVLink lowers the
+/// elasticity to scale-up bandwidth.
+#[test]
+fn sensitivity_elasticities_follow_the_perturbed_plans() {
+    let file = "tests/inputs/valid/sweep_linear.gantry";
+    let (code, out, err) = gantry(&["study", file, "--sensitivity", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let s = &doc["studies"][0]["sensitivity"];
+    let step = s["step"].as_f64().expect("step");
+    let floor = s["binding_floor"].as_f64().expect("floor");
+    assert!((step - 0.1).abs() < 1e-12);
+    let cells = s["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 24);
+    let mut by_system = std::collections::BTreeMap::new();
+    for c in cells {
+        let base = c["base_throughput_per_s"].as_f64().expect("base");
+        let mut best: Option<(&str, f64)> = None;
+        let mut el = std::collections::BTreeMap::new();
+        for r in c["resources"].as_array().expect("resources") {
+            let name = r["resource"].as_str().expect("name");
+            match (r["throughput_per_s"].as_f64(), r["elasticity"].as_f64()) {
+                (Some(t), Some(e)) => {
+                    assert!(close(e, (t / base - 1.0) / step), "{r}");
+                    if e >= floor && best.is_none_or(|b| e > b.1) {
+                        best = Some((name, e));
+                    }
+                    el.insert(name.to_string(), e);
+                }
+                (None, None) => assert!(r["reason"].is_string(), "{r}"),
+                _ => panic!("half a figure: {r}"),
+            }
+        }
+        assert!(!el.contains_key("host_memory"), "no host memory declared");
+        assert_eq!(c["binding"].as_str(), best.map(|b| b.0), "{c}");
+        by_system.insert(c["system"].as_str().expect("system").to_string(), el);
+    }
+    let e = |sys: &str, r: &str| by_system[sys][r];
+    for hbm in ["40 GB", "100 GB"] {
+        for nv in ["100 GB/s", "250 GB/s", "350 GB/s"] {
+            let at = |nic: &str| format!("Fleet(hbm={hbm}, nvlink={nv}, nic={nic})");
+            assert!(
+                e(&at("50 GB/s"), "scale_out_bandwidth") < e(&at("25 GB/s"), "scale_out_bandwidth"),
+                "{hbm} {nv}"
+            );
+        }
+        let at = |nv: &str| format!("Fleet(hbm={hbm}, nvlink={nv}, nic=50 GB/s)");
+        assert!(
+            e(&at("350 GB/s"), "scale_up_bandwidth") < e(&at("100 GB/s"), "scale_up_bandwidth")
+        );
+    }
+}
+
+/// The cells run on rayon's pool: one thread and two give the same bytes
+/// in every output form (with sensitivity, the most cells).
+#[test]
+fn parallel_study_output_is_byte_identical_to_serial() {
+    for format in ["json", "csv"] {
+        let run = |jobs: &str| {
+            let (code, out, err) = gantry(&[
+                "study",
+                "examples/fleet_study.gantry",
+                "--sensitivity",
+                "--format",
+                format,
+                "--jobs",
+                jobs,
+            ]);
+            assert_eq!(code, 0, "{err}");
+            out
+        };
+        let serial = run("1");
+        assert!(serial.contains("hbm_bandwidth"), "{format}: {serial}");
+        assert_eq!(serial, run("2"), "{format}");
+    }
+}
+
+/// The sensitivity bars and the radar are SVG: one bar per elasticity of
+/// each workload's pooled cell (plus six legend swatches), one closed
+/// polygon per workload (plus the legend's lines).
+#[test]
+fn sensitivity_plots_are_svg_bars_and_radar() {
+    let dir = std::env::temp_dir().join(format!("gantry-sens-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--sensitivity",
+        "--format",
+        "json",
+        "--plot",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &doc["studies"][0];
+    // The pooled fleet's (workload, system) cells and their elasticities.
+    let pools = st["fleet"]["pooled"]["pools"].as_array().expect("pools");
+    let cells = st["sensitivity"]["cells"].as_array().expect("cells");
+    let mut figures = 0;
+    for p in pools {
+        let c = cells
+            .iter()
+            .find(|c| c["workload"] == p["workload"] && c["system"] == p["system"])
+            .expect("a cell per pool");
+        figures += c["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter(|r| r["elasticity"].is_number())
+            .count();
+    }
+    let colors = [
+        "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B",
+    ];
+    let text = std::fs::read_to_string(dir.join("fleet-sensitivity.svg")).expect("bars");
+    let svg = roxmltree::Document::parse(&text).expect("valid XML");
+    let bars = svg
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && colors.contains(&n.attribute("fill").unwrap_or("")))
+        .count();
+    assert_eq!(bars, figures + colors.len(), "{text}");
+    let text = std::fs::read_to_string(dir.join("fleet-profile.svg")).expect("radar");
+    let svg = roxmltree::Document::parse(&text).expect("valid XML");
+    let closed = svg
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .filter_map(|n| n.attribute("points"))
+        .filter(|p| {
+            let pts: Vec<&str> = p.split_whitespace().collect();
+            pts.len() == 7 && pts.first() == pts.last()
+        })
+        .count();
+    // Four grey rings are closed hexagons too.
+    assert_eq!(closed, pools.len() + 4, "{text}");
+    for p in pools {
+        assert!(text.contains(p["workload"].as_str().expect("name")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--report DIR`: one self-contained page. It parses (it is well-formed
+/// XML as well as HTML5), fetches nothing (no `src`/`href` outside the
+/// page, no script, no stylesheet link), inlines every plot `--plot`
+/// writes as an `<svg>`, and its tables hold every pool of both fleets and
+/// a sensitivity row per (system, workload).
+#[test]
+fn html_report_is_one_self_contained_page() {
+    let dir = std::env::temp_dir().join(format!("gantry-report-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let plots = dir.join("plots");
+    let p = plots.to_string_lossy().into_owned();
+    let (code, _, err) = gantry(&[
+        "study",
+        "examples/fleet_study.gantry",
+        "--sensitivity",
+        "--report",
+        &d,
+        "--plot",
+        &p,
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().collect();
+    assert_eq!(files.len(), 2, "report.html and plots/ only");
+    let page = std::fs::read_to_string(dir.join("report.html")).expect("report");
+    let doc = roxmltree::Document::parse_with_options(
+        &page,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("well-formed");
+    assert_eq!(doc.root_element().tag_name().name(), "html");
+    for n in doc.descendants().filter(|n| n.is_element()) {
+        let tag = n.tag_name().name();
+        assert!(
+            !["script", "link", "img", "iframe", "object"].contains(&tag),
+            "{tag}"
+        );
+        for a in ["src", "href"] {
+            assert!(
+                n.attribute(a).is_none_or(|v| v.starts_with('#')),
+                "{tag} {a}"
+            );
+        }
+    }
+    let svgs = doc.descendants().filter(|n| n.has_tag_name("svg")).count();
+    let written = std::fs::read_dir(&plots).expect("plots").count();
+    assert_eq!(svgs, written, "one inline svg per plot");
+    assert_eq!(written, 3);
+    // Table cells' text, to find pools and sensitivity rows in.
+    let rows: Vec<Vec<String>> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("tr"))
+        .map(|r| {
+            r.children()
+                .filter(|c| c.has_tag_name("td"))
+                .map(|c| {
+                    c.descendants()
+                        .filter(|t| t.is_text())
+                        .filter_map(|t| t.text())
+                        .collect::<String>()
+                })
+                .collect()
+        })
+        .collect();
+    let (_, out, _) = gantry(&["study", "examples/fleet_study.gantry", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let st = &v["studies"][0];
+    for kind in ["pooled", "homogeneous"] {
+        for pool in st["fleet"][kind]["pools"].as_array().expect("pools") {
+            let w = pool["workload"].as_str().expect("workload");
+            assert!(rows.iter().any(|r| r.iter().any(|c| c == w)), "{w}");
+        }
+    }
+    let systems = st["systems"].as_array().expect("systems").len();
+    let workloads = 5;
+    let sens = rows.iter().filter(|r| r.len() == 9).count();
+    assert_eq!(sens, systems * workloads, "sensitivity rows");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -396,6 +396,17 @@ fn every_json_output_matches_its_schema() {
         }
     }
     assert!(studies >= 2, "only {studies} example studies");
+    // `--sensitivity` adds a member to a weighted and to a fleet entry.
+    for file in [
+        "tests/inputs/valid/sweep_linear.gantry",
+        "examples/fleet_study.gantry",
+    ] {
+        let (code, out, err) = gantry(&["study", file, "--sensitivity", "--format", "json"]);
+        assert_eq!(code, 0, "study {file} --sensitivity: {err}");
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        assert!(v["studies"][0]["sensitivity"]["cells"].is_array(), "{file}");
+        study.check(&format!("study {file} --sensitivity --format json"), &v);
+    }
     for s in [&diagnostics, &plan, &trace, &torchrec, &serve, &study] {
         assert!(s.documents > 0, "{}: nothing validated", s.name);
         s.assert_covered();

@@ -20,6 +20,7 @@ pub mod point;
 pub mod report;
 pub mod sanity;
 pub mod search;
+pub mod sensitivity;
 pub mod serve;
 pub mod sharded;
 pub mod study;

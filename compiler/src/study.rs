@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use gantry_lang::program::{Cluster, Goal, Plan, Study, Workload};
 
+use rayon::prelude::*;
+
 use crate::cost::Estimate;
 use crate::plan::search;
 
@@ -61,10 +63,15 @@ pub fn cell_plan(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
 }
 
 pub fn run(study: &Study) -> Vec<Row> {
-    let mut rows: Vec<Row> = Vec::new();
-    for sys in &study.systems {
-        let mut cells = Vec::new();
-        for (w, weight) in &study.workloads {
+    run_with(study, &|| {})
+}
+
+/// [`run`], calling `tick` once per (system, workload) cell. Cells are
+/// planned on the rayon pool and collected in order, so the rows do not
+/// depend on the thread count.
+pub fn run_with(study: &Study, tick: &(dyn Fn() + Sync)) -> Vec<Row> {
+    let mut rows: Vec<Row> = study.systems.par_iter().map(|sys| {
+        let cells = study.workloads.par_iter().map(|(w, weight)| {
             let plan = cell_plan(study, sys, w);
             let best = search(&plan, &BTreeMap::new(), 1)
                 .map(|s| s.best.estimate)
@@ -94,7 +101,8 @@ pub fn run(study: &Study) -> Vec<Row> {
                 },
                 Err(e) => (Err(e), None),
             };
-            cells.push(Cell {
+            tick();
+            Cell {
                 workload: w.name.clone(),
                 weight: *weight,
                 best,
@@ -104,15 +112,15 @@ pub fn run(study: &Study) -> Vec<Row> {
                 uncertainty: crate::hardware::Hardware::new(sys, w)
                     .ok()
                     .and_then(|h| h.uncertainty),
-            });
-        }
-        rows.push(Row {
+            }
+        }).collect();
+        Row {
             system: sys.name.clone(),
             devices: sys.devices(),
             cells,
             score: 0.0,
-        });
-    }
+        }
+    }).collect();
     // Normalise per workload by the best system, oriented by the goal.
     let n = study.workloads.len();
     for j in 0..n {

@@ -176,6 +176,11 @@ fn field(s: &str) -> String {
     }
 }
 
+/// One CSV line of `cells`, quoted as needed.
+pub fn csv_line(cells: &[String]) -> String {
+    line(cells)
+}
+
 fn line(cells: &[String]) -> String {
     let mut s = cells.iter().map(|c| field(c)).collect::<Vec<_>>().join(",");
     s.push('\n');

@@ -31,6 +31,8 @@ use std::collections::BTreeMap;
 
 use gantry_lang::program::{Cluster, Demand, DemandKind, Phase, Plan, Site, Study, Workload};
 
+use rayon::prelude::*;
+
 use crate::cost::Estimate;
 use economics::{Owned, Tco};
 use reliability::Goodput;
@@ -103,29 +105,42 @@ const RESIZES: usize = 4;
 
 /// Runs a study's fleet question. `Ok(None)` for a study without demand.
 pub fn run(study: &Study) -> Result<Option<Answer>, Unmet> {
+    run_with(study, &|| {})
+}
+
+/// [`run`], calling `tick` once per (demand, system) pool. Pools are
+/// sized on the rayon pool and collected in order, so the answer does not
+/// depend on the thread count.
+pub fn run_with(study: &Study, tick: &(dyn Fn() + Sync)) -> Result<Option<Answer>, Unmet> {
     let Some(site) = &study.site else {
         return Ok(None);
     };
     if study.demand.is_empty() {
         return Ok(None);
     }
-    let mut table = Vec::new();
-    for d in &study.demand {
-        let w = study
-            .workloads
-            .iter()
-            .find(|(w, _)| w.name == d.workload)
-            .map(|(w, _)| w);
-        let row = study
-            .systems
-            .iter()
-            .map(|s| match w {
-                Some(w) => size(study, site, d, w, s),
-                None => Err(format!("no workload `{}`", d.workload)),
-            })
-            .collect();
-        table.push(row);
-    }
+    let table = study
+        .demand
+        .par_iter()
+        .map(|d| {
+            let w = study
+                .workloads
+                .iter()
+                .find(|(w, _)| w.name == d.workload)
+                .map(|(w, _)| w);
+            study
+                .systems
+                .par_iter()
+                .map(|s| {
+                    let p = match w {
+                        Some(w) => size(study, site, d, w, s),
+                        None => Err(format!("no workload `{}`", d.workload)),
+                    };
+                    tick();
+                    p
+                })
+                .collect()
+        })
+        .collect();
     assemble(&study.demand, site, table).map(Some)
 }
 
