@@ -5,7 +5,11 @@
 //! the stdlib, shared by every run of that device. A factor a device does
 //! not declare defaults to the ideal (1.0, or 0 for knees, overheads and
 //! reserves), so an uncalibrated device gives an optimistic bound; the
-//! report lists which factors were declared.
+//! report lists which factors were declared. A device may borrow a phase's
+//! kernel factors from another (`efficiency { train = H100_96GB }`): the
+//! checker copies them in and records the lender, which
+//! [`Uncertainty::borrowed_from`] carries into every report, so one fitted
+//! record prices every part of the same silicon.
 
 use gantry_lang::program::{Cluster, DType, Device, Phase, Workload};
 use gantry_lang::units::Dim;
