@@ -393,47 +393,73 @@ pub fn text(s: &Summary) -> String {
             }
         );
     }
-    let _ = writeln!(
-        t,
-        "Attainment  {:.2}% of requests meet every SLO (target {:.2}%): {}",
-        100.0 * s.attainment,
-        100.0 * s.target_attainment,
-        if s.meets { "met" } else { "missed" }
-    );
-    let _ = writeln!(
-        t,
-        "Throughput  {:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
-        s.throughput, s.tokens_per_s, s.goodput
-    );
-    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
-        let _ = writeln!(
-            t,
-            "Cost        ${:.2}/h; goodput per dollar {:.1} requests/$",
-            p * 3600.0,
-            g
-        );
+    for (label, _, value) in figures(s) {
+        let _ = writeln!(t, "{label:<11} {value}");
     }
-    let _ = writeln!(
-        t,
-        "Utilisation {:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions",
-        100.0 * s.utilisation_prefill,
-        if s.deployment.disaggregated() {
-            format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
-        } else {
-            " and decode".to_string()
-        },
-        s.mean_batch_tokens,
-        s.preemptions
-    );
-    if s.transfer_bytes > 0.0 {
-        let _ = writeln!(
-            t,
-            "KV transfer {:.1} MB per request",
-            s.transfer_bytes / s.completed.max(1) as f64 / 1e6
-        );
-    }
-    let _ = writeln!(t, "Binding     {}", binding(s));
     t
+}
+
+/// The summary's figures after the latency table, as (text label,
+/// Markdown label, value): one list for both renderings.
+fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
+    let mut rows = vec![
+        (
+            "Attainment",
+            "attainment",
+            format!(
+                "{:.2}% of requests meet every SLO (target {:.2}%): {}",
+                100.0 * s.attainment,
+                100.0 * s.target_attainment,
+                if s.meets { "met" } else { "missed" }
+            ),
+        ),
+        (
+            "Throughput",
+            "throughput",
+            format!(
+                "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
+                s.throughput, s.tokens_per_s, s.goodput
+            ),
+        ),
+    ];
+    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
+        rows.push((
+            "Cost",
+            "cost",
+            format!(
+                "${:.2}/h; goodput per dollar {:.1} requests/$",
+                p * 3600.0,
+                g
+            ),
+        ));
+    }
+    rows.push((
+        "Utilisation",
+        "utilisation",
+        format!(
+            "{:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions",
+            100.0 * s.utilisation_prefill,
+            if s.deployment.disaggregated() {
+                format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
+            } else {
+                " and decode".to_string()
+            },
+            s.mean_batch_tokens,
+            s.preemptions
+        ),
+    ));
+    if s.transfer_bytes > 0.0 {
+        rows.push((
+            "KV transfer",
+            "KV transfer",
+            format!(
+                "{:.1} MB per request",
+                s.transfer_bytes / s.completed.max(1) as f64 / 1e6
+            ),
+        ));
+    }
+    rows.push(("Binding", "binding", binding(s)));
+    rows
 }
 
 fn pct(p: &Percentiles) -> Value {
@@ -542,46 +568,9 @@ pub fn markdown(s: &Summary) -> String {
         );
     }
     let _ = writeln!(t, "\n| figure | value |\n|---|---|");
-    let _ = writeln!(
-        t,
-        "| attainment | {:.2}% of requests meet every SLO (target {:.2}%): {} |",
-        100.0 * s.attainment,
-        100.0 * s.target_attainment,
-        if s.meets { "met" } else { "missed" }
-    );
-    let _ = writeln!(
-        t,
-        "| throughput | {:.3} req/s, {:.1} tokens/s |\n| goodput | {:.3} req/s |",
-        s.throughput, s.tokens_per_s, s.goodput
-    );
-    if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
-        let _ = writeln!(
-            t,
-            "| cost | ${:.2}/h; goodput per dollar {:.1} requests/$ |",
-            p * 3600.0,
-            g
-        );
+    for (_, label, value) in figures(s) {
+        let _ = writeln!(t, "| {label} | {value} |");
     }
-    let _ = writeln!(
-        t,
-        "| utilisation | {:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions |",
-        100.0 * s.utilisation_prefill,
-        if d.disaggregated() {
-            format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
-        } else {
-            " and decode".to_string()
-        },
-        s.mean_batch_tokens,
-        s.preemptions
-    );
-    if s.transfer_bytes > 0.0 {
-        let _ = writeln!(
-            t,
-            "| KV transfer | {:.1} MB per request |",
-            s.transfer_bytes / s.completed.max(1) as f64 / 1e6
-        );
-    }
-    let _ = writeln!(t, "| binding | {} |", binding(s));
     t
 }
 
