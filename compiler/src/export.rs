@@ -58,6 +58,19 @@ impl std::fmt::Display for ExportError {
 impl std::error::Error for ExportError {}
 
 /// A `C021` error for `target`.
+/// A training workload's sequence length: its `train { seq }`, else the
+/// bound `seq` symbol, else a refusal naming `target`.
+fn train_seq(target: &str, seq: Option<u64>, w: &Workload) -> Result<u64, ExportError> {
+    seq.or_else(|| w.bindings.get("seq").map(|s| *s as u64))
+        .ok_or_else(|| {
+            refuse(
+                target,
+                "the workload has no sequence length",
+                "set `seq` in `train { ... }`",
+            )
+        })
+}
+
 fn refuse(target: &str, why: impl Into<String>, help: &str) -> ExportError {
     ExportError {
         code: Code::C021,

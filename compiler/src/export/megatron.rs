@@ -16,7 +16,7 @@ use gantry_lang::program::{
     Activation, BinaryOp, DType, Graph, Item, Op, OpKind, Optimizer, Phase, TensorId, Workload,
 };
 
-use super::{ExportError, refuse};
+use super::{ExportError, refuse, train_seq};
 use crate::cost::Estimate;
 use crate::ir::Ir;
 use crate::point::{Recompute, StageTimes, stage_layers};
@@ -71,13 +71,20 @@ impl std::fmt::Display for Megatron {
     }
 }
 
-fn not_transformer(why: impl Into<String>) -> ExportError {
+/// Why a graph is not a GPT-style transformer ([`ModelFacts::of`]): the
+/// reason only, so each export names its own framework and help.
+#[derive(Clone, Debug)]
+pub struct NotTransformer(pub String);
+
+fn not_transformer(why: impl Into<String>) -> NotTransformer {
+    NotTransformer(why.into())
+}
+
+/// Megatron-LM's refusal of a graph that is not a transformer.
+fn megatron_refusal(n: NotTransformer) -> ExportError {
     refuse(
         TARGET,
-        format!(
-            "the model is not a Megatron GPT-style transformer: {}",
-            why.into()
-        ),
+        format!("the model is not a Megatron GPT-style transformer: {}", n.0),
         "Megatron-LM's GPT model needs one repeated transformer layer (attention, norms, an MLP or experts) between a token embedding and an output projection; export DLRM plans with `--export torchrec`",
     )
 }
@@ -92,7 +99,7 @@ fn ops(items: &[Item]) -> impl Iterator<Item = &Op> {
 
 impl ModelFacts {
     /// Reads the transformer from the graph, or says why it is not one.
-    pub fn of(w: &Workload) -> Result<ModelFacts, ExportError> {
+    pub fn of(w: &Workload) -> Result<ModelFacts, NotTransformer> {
         let g = &w.model.graph;
         let all = all_ops(&g.body);
         if let Some(o) = all.iter().find(|o| {
@@ -169,7 +176,7 @@ fn all_ops(items: &[Item]) -> Vec<&Op> {
 }
 
 /// Attention, norms, biases, dropout and the MLP of one layer.
-fn layer_facts(g: &Graph, body: &[&Op]) -> Result<ModelFacts, ExportError> {
+fn layer_facts(g: &Graph, body: &[&Op]) -> Result<ModelFacts, NotTransformer> {
     let producer = |t: TensorId| body.iter().find(|o| o.output == t).copied();
     let attn: Vec<_> = body
         .iter()
@@ -266,7 +273,7 @@ fn dense_mlp<'a>(
     g: &Graph,
     body: &[&Op],
     producer: &dyn Fn(TensorId) -> Option<&'a Op>,
-) -> Result<(u64, bool), ExportError> {
+) -> Result<(u64, bool), NotTransformer> {
     for o in body {
         let OpKind::Linear { d_in, .. } = o.kind else {
             continue;
@@ -313,16 +320,8 @@ pub fn megatron(e: &Estimate, ir: &Ir, w: &Workload) -> Result<Megatron, ExportE
             "export serving plans as a trace (`--export trace`)",
         ));
     };
-    let m = ModelFacts::of(w)?;
-    let seq = seq
-        .or_else(|| w.bindings.get("seq").map(|s| *s as u64))
-        .ok_or_else(|| {
-            refuse(
-                TARGET,
-                "the workload has no sequence length",
-                "set `seq` in `train { ... }`",
-            )
-        })?;
+    let m = ModelFacts::of(w).map_err(megatron_refusal)?;
+    let seq = train_seq(TARGET, seq, w)?;
     let mut args = model_args(&m, seq)?;
     args.extend(precision_args(w)?);
     args.extend(parallel_args(e, ir, &m)?);

@@ -38,7 +38,7 @@ use gantry_lang::program::{DType, Optimizer, Phase, Workload};
 use toml::{Table, Value};
 
 use super::megatron::ModelFacts;
-use super::{ExportError, refuse};
+use super::{ExportError, refuse, train_seq};
 use crate::cost::Estimate;
 use crate::ir::Ir;
 use crate::point::{Recompute, StageTimes, stage_layers};
@@ -218,25 +218,15 @@ pub fn torchtitan(e: &Estimate, ir: &Ir, w: &Workload) -> Result<Table, ExportEr
             "export serving plans as a trace (`--export trace`)",
         ));
     };
-    // The graph is read as Megatron reads it; its refusal names Megatron.
-    let m = ModelFacts::of(w).map_err(|e| ExportError {
-        message: e
-            .message
-            .replacen("Megatron-LM", TARGET, 1)
-            .replacen("a Megatron GPT-style", "a GPT-style", 1),
-        help: "torchtitan runs Llama 3 transformers from registered flavors; export DLRM plans with `--export torchrec`".into(),
-        ..e
+    let m = ModelFacts::of(w).map_err(|n| {
+        refuse(
+            TARGET,
+            format!("the model is not a GPT-style transformer: {}", n.0),
+            "torchtitan runs Llama 3 transformers from registered flavors; export DLRM plans with `--export torchrec`",
+        )
     })?;
     let f = flavor(&m)?;
-    let seq = seq
-        .or_else(|| w.bindings.get("seq").map(|s| *s as u64))
-        .ok_or_else(|| {
-            refuse(
-                TARGET,
-                "the workload has no sequence length",
-                "set `seq` in `train { ... }`",
-            )
-        })?;
+    let seq = train_seq(TARGET, seq, w)?;
     let p = &e.point;
     debug_assert_eq!(global_batch, ir.samples_per_step());
 
