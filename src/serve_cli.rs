@@ -256,7 +256,18 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         );
     }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
+    let batched = sp.best.deployment.limits.window.is_some();
     for m in sp.models.values() {
+        if batched {
+            outln!(
+                "  one device: fixed {:.3} ms, one item {:.3} ms, {:.3} us per item at the largest batch; at most {:.0} items per batch",
+                m.t_fixed * 1e3,
+                m.t_weights * 1e3,
+                m.c_token * 1e6,
+                m.kv_capacity_tokens
+            );
+            continue;
+        }
         outln!(
             "  tp{:<3} fixed {:.3} ms, weights {:.3} ms, {:.2} us/token, {:.3} us/token comm, {:.4} us/KV token, {:.3} ns/pair; KV cache {:.0} tokens",
             m.tp,
@@ -271,6 +282,22 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     }
     outln!("\nBest deployments ({})", sp.rank.name());
     for (i, s) in top.iter().enumerate() {
+        if batched {
+            outln!(
+                "  {}. {}: {} devices, {:.4} {}, latency P99 {:.3} ms",
+                i + 1,
+                report::describe(&s.deployment),
+                s.devices,
+                sp.rank.value(s),
+                match sp.rank {
+                    serve::planner::Rank::PerDollar => "requests/$",
+                    serve::planner::Rank::PerWatt => "req/s/W",
+                    serve::planner::Rank::Goodput => "req/s",
+                },
+                s.e2e.p99 * 1e3
+            );
+            continue;
+        }
         outln!(
             "  {}. {}: {} devices, {:.4} {}, TTFT P99 {:.1} ms, TPOT P99 {:.1} ms",
             i + 1,

@@ -28,6 +28,7 @@ fn main() {
             chunked_prefill: true,
             async_scheduling: false,
             prefix_hit: s.prefix_hit,
+            window: None,
         },
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: 0.0,

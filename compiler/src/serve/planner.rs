@@ -11,17 +11,22 @@
 //! (tokens times the per-token compute, decode iterations times the
 //! weight read) is unstable without simulation. Every simulation replays
 //! the same requests.
+//!
+//! A workload with a batching window (recommendation inference) has its
+//! own candidates: replicas of one device, the largest batch and the
+//! window (the workload's `max_wait`, half, a quarter, none), priced by
+//! [`build_batched`] and simulated and ranked by the same loop.
 
 use std::collections::BTreeMap;
 
 use gantry_lang::diagnostic::Code;
-use gantry_lang::program::{Disaggregate, Domain, Goal, Plan, Serve};
+use gantry_lang::program::{Batching, Disaggregate, Domain, Goal, Plan, Serve};
 
 use super::report::{Summary, describe, summarize};
 use super::sample::{Request, TraceRow, requests};
 use super::scheduler::Limits;
-use super::sim::{Deployment, simulate};
-use super::timing::{IterModel, build};
+use super::sim::Deployment;
+use super::timing::{IterModel, build, build_batched};
 use crate::point::PinError;
 
 /// The most simulations one plan runs (the rest are reported as skipped).
@@ -167,6 +172,16 @@ fn rank_of(p: &Plan) -> Result<Rank, PinError> {
 /// Seconds of work `d` must do for `reqs` at best, per replica of the
 /// busiest pool, with perfect batching: a lower bound of the run's length.
 fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
+    if d.limits.window.is_some() {
+        // Batches of at most `token_budget` items, each paying the fixed
+        // time and at least max(weights, items x per item):
+        // sum >= k t_fixed + max(k t_weights, items c_token), k >= items / budget.
+        let m = &d.prefill_model;
+        let items: f64 = reqs.iter().map(|r| r.prompt as f64).sum();
+        let k = (items / d.limits.token_budget.max(1) as f64).ceil();
+        return (k * m.t_fixed + (k * m.t_weights).max(items * m.c_token))
+            / d.colocated.max(1) as f64;
+    }
     let (mut pre, mut gen_tokens, mut steps) = (0.0, 0.0, 0.0);
     for r in reqs {
         let cached = (hit * r.prompt as f64).floor().min(r.prompt as f64 - 1.0);
@@ -275,6 +290,7 @@ fn candidates(
         chunked_prefill: chunked,
         async_scheduling: s.scheduler.async_scheduling,
         prefix_hit: s.prefix_hit,
+        window: None,
     };
     let base = |m: IterModel| Deployment {
         colocated: 0,
@@ -422,17 +438,35 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         ));
     };
     let rank = rank_of(p)?;
-    let models = models(p, s)?;
-    let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
-        error(
-            Code::C009,
-            "fix",
-            format!("device `{}` has no {}", m.device, m.what),
-            "add the figure to the device in stdlib",
-        )
-    })?;
-    let min_tp = models.keys().next().copied().unwrap_or(1);
-    let xfer = transfer(p, &hw.topo, min_tp);
+    let (models, cands) = match s.batching {
+        Some(b) => batched_candidates(p, s, b)?,
+        None => {
+            let models = models(p, s)?;
+            let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
+                error(
+                    Code::C009,
+                    "fix",
+                    format!("device `{}` has no {}", m.device, m.what),
+                    "add the figure to the device in stdlib",
+                )
+            })?;
+            let min_tp = models.keys().next().copied().unwrap_or(1);
+            let xfer = transfer(p, &hw.topo, min_tp);
+            let cands = candidates(p, s, &models, xfer).map_err(|n| {
+                error(
+                    Code::C011,
+                    "search",
+                    format!(
+                        "plan `{}` would compare {n} serving deployments (the limit is {MAX_CANDIDATES})",
+                        p.name
+                    ),
+                    "narrow `search tp`, `dp` or `batch`, or set `disaggregate = false`",
+                )
+            })?;
+            (models, cands)
+        }
+    };
+    let mut cands = cands;
     let reqs = requests(s, rate, trace);
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
@@ -445,17 +479,6 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     } else {
         f64::INFINITY
     };
-    let mut cands = candidates(p, s, &models, xfer).map_err(|n| {
-        error(
-            Code::C011,
-            "search",
-            format!(
-                "plan `{}` would compare {n} serving deployments (the limit is {MAX_CANDIDATES})",
-                p.name
-            ),
-            "narrow `search tp`, `dp` or `batch`, or set `disaggregate = false`",
-        )
-    })?;
     let total = cands.len();
     // Cheapest first; a deterministic order among equals.
     cands.sort_by(|a, b| {
@@ -483,8 +506,8 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
             pruned += 1;
             continue;
         }
-        let o = simulate(d, &reqs, max_backlog);
-        let sum = summarize(d, &o, &arrivals, &generate, s);
+        let o = super::outcome(d, &reqs, s, max_backlog);
+        let sum = summarize(d, &o, &o.arrivals, &generate, s);
         if sum.meets {
             let v = rank.value(&sum);
             if best_value.is_none_or(|b| v > b) {
@@ -660,6 +683,9 @@ pub fn fixed(
             "declare the workload with `serve { ... }`",
         ));
     };
+    if let Some(b) = s.batching {
+        return fixed_batched(p, s, b, pins, trace, rate);
+    }
     for k in pins.keys() {
         if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str()) {
             return Err(error(
@@ -723,11 +749,171 @@ pub fn fixed(
             chunked_prefill: chunked,
             async_scheduling: s.scheduler.async_scheduling,
             prefix_hit: s.prefix_hit,
+            window: None,
         },
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: 0.0,
         transfer_latency: 0.0,
     };
+    let reqs = requests(s, rate, trace);
+    Ok(super::run_with(&d, &reqs, s, u64::MAX))
+}
+
+/// Knobs a batching-window plan cannot take (`C031`): a replica is one
+/// device, and the window replaces the token scheduler.
+fn batched_knobs(p: &Plan) -> Result<(), PinError> {
+    for (k, d) in p.fixed.iter().chain(p.search.iter()) {
+        let one = matches!(d, Domain::Ints(v) if v == &[1]);
+        let bad = match k.as_str() {
+            "tp" | "pp" => !one,
+            "token_budget" | "chunked_prefill" => true,
+            _ => false,
+        };
+        if bad {
+            return Err(error(
+                Code::C031,
+                "search",
+                format!(
+                    "plan `{}` serves `{}` with a batching window, which has no `{k}` knob",
+                    p.name, p.workload.name
+                ),
+                "a batching-window plan searches `dp` (replicas, one device each) and `batch` (the largest batch, in items)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The largest batches a batching-window plan tries: its `batch` domain
+/// (powers of two when wider than 16 values), else the workload's.
+fn max_batches(p: &Plan, b: Batching) -> Vec<u64> {
+    let mut v = ints(domain(p, "batch"), vec![b.max_batch as i64]);
+    if v.len() > 16 {
+        let top = v.last().copied();
+        v.retain(|x| x.is_power_of_two());
+        v.extend(top);
+        v.dedup();
+    }
+    v
+}
+
+/// The windows tried: the workload's `max_wait` (the longest allowed)
+/// and a half, a quarter and none of it.
+fn windows(b: Batching) -> Vec<f64> {
+    let mut v = vec![0.0, b.max_wait / 4.0, b.max_wait / 2.0, b.max_wait];
+    v.dedup();
+    v
+}
+
+/// The iteration model and candidates of a batching-window plan.
+fn batched_candidates(
+    p: &Plan,
+    s: &Serve,
+    b: Batching,
+) -> Result<(BTreeMap<u64, IterModel>, Vec<Deployment>), PinError> {
+    batched_knobs(p)?;
+    let batches = max_batches(p, b);
+    let n = batches.last().copied().unwrap_or(b.max_batch);
+    let m = build_batched(&p.workload, &p.system, n)?;
+    let reps = replica_counts(domain(p, "dp"), p.system.devices());
+    let wins = windows(b);
+    let size = reps.len() * batches.len() * wins.len();
+    if size > MAX_CANDIDATES {
+        return Err(error(
+            Code::C011,
+            "search",
+            format!(
+                "plan `{}` would compare {size} serving deployments (the limit is {MAX_CANDIDATES})",
+                p.name
+            ),
+            "narrow `search dp` or `batch`",
+        ));
+    }
+    let mut out = Vec::with_capacity(size);
+    for &r in &reps {
+        for &mb in &batches {
+            for &w in &wins {
+                out.push(batched_deployment(s, m, r, mb, w));
+            }
+        }
+    }
+    Ok((BTreeMap::from([(1, m)]), out))
+}
+
+fn batched_deployment(s: &Serve, m: IterModel, replicas: u64, batch: u64, wait: f64) -> Deployment {
+    Deployment {
+        colocated: replicas,
+        prefill: 0,
+        decode: 0,
+        prefill_model: m,
+        decode_model: m,
+        limits: Limits {
+            token_budget: batch,
+            max_seqs: batch,
+            chunked_prefill: false,
+            async_scheduling: false,
+            prefix_hit: 0.0,
+            window: Some(wait),
+        },
+        kv_block: s.scheduler.kv_block,
+        transfer_per_byte: 0.0,
+        transfer_latency: 0.0,
+    }
+}
+
+/// One batching-window deployment pinned by `pins` (`dp` replicas,
+/// `batch` the largest batch; unpinned: every device a replica, the
+/// workload's `max_batch`), with the workload's window.
+fn fixed_batched(
+    p: &Plan,
+    s: &Serve,
+    b: Batching,
+    pins: &BTreeMap<String, crate::point::Pin>,
+    trace: &[TraceRow],
+    rate: Option<f64>,
+) -> Result<Summary, PinError> {
+    use crate::point::Pin;
+    for (k, v) in pins {
+        let ok = match k.as_str() {
+            "dp" | "batch" => true,
+            "tp" => matches!(v, Pin::Int(1)),
+            _ => false,
+        };
+        if !ok {
+            return Err(error(
+                Code::C031,
+                "fix",
+                format!(
+                    "`{k}` is not a knob of a batching-window deployment (`{}`)",
+                    p.workload.name
+                ),
+                "pin dp (replicas, one device each) and batch (the largest batch, in items)",
+            ));
+        }
+    }
+    let int = |k: &str| match pins.get(k) {
+        Some(Pin::Int(v)) if *v >= 1 => Ok(Some(*v as u64)),
+        Some(_) => Err(error(
+            Code::C006,
+            "fix",
+            format!("`{k}` must be a whole number of at least 1"),
+            "e.g. --fix dp=2,batch=1024",
+        )),
+        None => Ok(None),
+    };
+    let devices = p.system.devices();
+    let reps = int("dp")?.unwrap_or(devices.max(1));
+    if reps > devices {
+        return Err(error(
+            Code::C001,
+            "dp",
+            format!("{reps} replicas need {reps} devices; the system has {devices}"),
+            "pin fewer replicas",
+        ));
+    }
+    let batch = int("batch")?.unwrap_or(b.max_batch);
+    let m = build_batched(&p.workload, &p.system, batch)?;
+    let d = batched_deployment(s, m, reps, batch, b.max_wait);
     let reqs = requests(s, rate, trace);
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }

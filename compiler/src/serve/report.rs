@@ -71,6 +71,9 @@ pub struct Summary {
     /// Completed requests and generated tokens per second of the run.
     pub throughput: f64,
     pub tokens_per_s: f64,
+    /// Prompt tokens (a batching window's items) of completed requests
+    /// per second.
+    pub items_per_s: f64,
     /// Requests that met every SLO, per second of the run.
     pub goodput: f64,
     /// Share of all requests that met every SLO.
@@ -143,6 +146,12 @@ pub fn summarize(
 ) -> Summary {
     let n = arrivals.len();
     let target = serve.attainment;
+    // A batching window serves whole requests: one target, the latency.
+    let batched = d.limits.window.is_some();
+    let closed = matches!(
+        serve.arrivals,
+        gantry_lang::program::Arrivals::Closed { .. }
+    );
     let Slo {
         ttft_p99,
         tpot_p99,
@@ -167,7 +176,9 @@ pub fn summarize(
         .zip(&o.e2e)
         .zip(&tpot)
         .filter(|((f, e), t)| {
-            e.is_finite() && **f <= ttft_p99 && **t <= tpot_p99 && e2e_p99.is_none_or(|x| **e <= x)
+            e.is_finite()
+                && (batched || (**f <= ttft_p99 && **t <= tpot_p99))
+                && e2e_p99.is_none_or(|x| **e <= x)
         })
         .count() as u64;
     let span = match (arrivals.first(), arrivals.last()) {
@@ -181,13 +192,17 @@ pub fn summarize(
     };
     let run = o.makespan.max(span);
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
-    let unstable = unstable(o, n);
+    // A closed loop's queue is bounded by its clients: never unstable.
+    let unstable = !closed && unstable(o, n);
     let (ttft, tpot, e2e) = (
         percentiles(o.ttft.clone(), target),
         percentiles(tpot, target),
         percentiles(o.e2e.clone(), target),
     );
-    let mut slos = vec![
+    let mut slos = if batched {
+        Vec::new()
+    } else {
+        vec![
         SloCheck {
             name: "ttft_p99",
             target: ttft_p99,
@@ -198,10 +213,11 @@ pub fn summarize(
             target: tpot_p99,
             achieved: tpot.at_target,
         },
-    ];
+    ]
+    };
     if let Some(x) = e2e_p99 {
         slos.push(SloCheck {
-            name: "e2e_p99",
+            name: if batched { "latency_p99" } else { "e2e_p99" },
             target: x,
             achieved: e2e.at_target,
         });
@@ -232,6 +248,7 @@ pub fn summarize(
         e2e,
         throughput: per_s(o.completed as f64),
         tokens_per_s: per_s(o.tokens_generated as f64),
+        items_per_s: per_s(o.items_completed as f64),
         goodput,
         attainment,
         target_attainment: target,
@@ -291,6 +308,15 @@ fn scheduler(d: &Deployment) -> String {
 
 /// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
 pub fn describe(d: &Deployment) -> String {
+    if let Some(w) = d.limits.window {
+        return format!(
+            "{} x tp{}, batch {} items, window {:.0} us",
+            d.colocated,
+            d.prefill_model.tp,
+            d.limits.token_budget,
+            w * 1e6
+        );
+    }
     if d.disaggregated() {
         format!(
             "disaggregated {} x tp{} prefill : {} x tp{} decode, {}",
@@ -314,6 +340,16 @@ fn ms(x: f64) -> String {
     format!("{:.1} ms", x * 1e3)
 }
 
+/// [`ms`], or microseconds below a millisecond (a batching window's
+/// latencies are often that short).
+fn lat(s: &Summary, x: f64) -> String {
+    if batched(s) && x < 1e-3 {
+        format!("{:.1} us", x * 1e6)
+    } else {
+        ms(x)
+    }
+}
+
 /// What limits a deployment: queueing when unstable, else the SLO
 /// closest to (or furthest past) its target, named by the resource it
 /// stresses.
@@ -335,13 +371,17 @@ pub fn binding(s: &Summary) -> String {
             "decode bandwidth and KV transfer"
         }
         "tpot_p99" => "decode bandwidth (weights and KV cache read each iteration)",
+        "latency_p99" if s.utilisation_prefill > 0.8 => {
+            "batch compute (the replicas are busy; batches queue)"
+        }
+        "latency_p99" => "the batching window and one batch's time",
         _ => "end-to-end latency",
     };
     format!(
         "{} at {:.0}% of its target ({} of {}): {why}",
         worst.name,
         100.0 * worst.ratio(),
-        ms(worst.achieved),
+        lat(s, worst.achieved),
         ms(worst.target)
     )
 }
@@ -351,11 +391,19 @@ pub fn text(s: &Summary) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "Deployment  {}", describe(&s.deployment));
-    let _ = writeln!(
-        t,
-        "  {} devices; KV cache {:.0} tokens per replica",
-        s.devices, s.kv_capacity_tokens
-    );
+    if batched(s) {
+        let _ = writeln!(
+            t,
+            "  {} devices; at most {:.0} items in flight per replica",
+            s.devices, s.kv_capacity_tokens
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "  {} devices; KV cache {:.0} tokens per replica",
+            s.devices, s.kv_capacity_tokens
+        );
+    }
     let _ = writeln!(
         t,
         "Load        {} requests at {:.3} req/s; {} completed, {} dropped",
@@ -369,13 +417,13 @@ pub fn text(s: &Summary) -> String {
         return t;
     }
     let _ = writeln!(t, "Latency     P50         P90         P99");
-    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+    for (name, p) in latencies(s) {
         let _ = writeln!(
             t,
             "  {name:<9} {:<11} {:<11} {}",
-            ms(p.p50),
-            ms(p.p90),
-            ms(p.p99)
+            lat(s, p.p50),
+            lat(s, p.p90),
+            lat(s, p.p99)
         );
     }
     for c in &s.slos {
@@ -384,7 +432,7 @@ pub fn text(s: &Summary) -> String {
             "SLO         {} <= {}: {} at {:.1}% ({})",
             c.name,
             ms(c.target),
-            ms(c.achieved),
+            lat(s, c.achieved),
             100.0 * s.target_attainment,
             if c.achieved <= c.target {
                 "met"
@@ -397,6 +445,20 @@ pub fn text(s: &Summary) -> String {
         let _ = writeln!(t, "{label:<11} {value}");
     }
     t
+}
+
+fn batched(s: &Summary) -> bool {
+    s.deployment.limits.window.is_some()
+}
+
+/// The latency rows: TTFT, TPOT and end to end, or a batching window's
+/// one request latency.
+fn latencies(s: &Summary) -> Vec<(&'static str, &Percentiles)> {
+    if batched(s) {
+        vec![("Request", &s.e2e)]
+    } else {
+        vec![("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)]
+    }
 }
 
 /// The summary's figures after the latency table, as (text label,
@@ -416,10 +478,17 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
         (
             "Throughput",
             "throughput",
-            format!(
-                "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
-                s.throughput, s.tokens_per_s, s.goodput
-            ),
+            if batched(s) {
+                format!(
+                    "{:.3} req/s, {:.1} items/s; goodput {:.3} req/s",
+                    s.throughput, s.items_per_s, s.goodput
+                )
+            } else {
+                format!(
+                    "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
+                    s.throughput, s.tokens_per_s, s.goodput
+                )
+            },
         ),
     ];
     if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
@@ -432,6 +501,19 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
                 g
             ),
         ));
+    }
+    if batched(s) {
+        rows.push((
+            "Utilisation",
+            "utilisation",
+            format!(
+                "{:.1}% busy; {:.1} items per batch",
+                100.0 * s.utilisation_prefill,
+                s.mean_batch_tokens
+            ),
+        ));
+        rows.push(("Binding", "binding", binding(s)));
+        return rows;
     }
     rows.push((
         "Utilisation",
@@ -484,7 +566,10 @@ pub fn json(s: &Summary) -> Value {
         "max_seqs": d.limits.max_seqs,
         "token_budget": d.limits.token_budget,
         "chunked_prefill": d.limits.chunked_prefill,
+        "batching_window_s": d.limits.window,
+        "items_per_s": s.items_per_s,
         "async_scheduling": d.limits.async_scheduling,
+        "request_latency": if batched(s) { pct(&s.e2e) } else { Value::Null },
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
@@ -539,13 +624,13 @@ pub fn markdown(s: &Summary) -> String {
         return t;
     }
     let _ = writeln!(t, "| latency | P50 | P90 | P99 |\n|---|---:|---:|---:|");
-    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+    for (name, p) in latencies(s) {
         let _ = writeln!(
             t,
             "| {name} | {} | {} | {} |",
-            ms(p.p50),
-            ms(p.p90),
-            ms(p.p99)
+            lat(s, p.p50),
+            lat(s, p.p90),
+            lat(s, p.p99)
         );
     }
     let _ = writeln!(
@@ -559,7 +644,7 @@ pub fn markdown(s: &Summary) -> String {
             "| {} | {} | {} | {} |",
             c.name,
             ms(c.target),
-            ms(c.achieved),
+            lat(s, c.achieved),
             if c.achieved <= c.target {
                 "met"
             } else {

@@ -41,6 +41,7 @@ fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deploym
             chunked_prefill: true,
             async_scheduling: false,
             prefix_hit: 0.0,
+            window: None,
         },
         kv_block: 16,
         transfer_per_byte: 0.0,
@@ -178,6 +179,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
         requests: n,
         seed,
         disaggregate: Disaggregate::No,
+        batching: None,
         span: gantry_lang::span::Span::new(0, 0),
     }
 }
