@@ -18,6 +18,8 @@ pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    /// The mean of the finite values (genai-perf and `vllm bench` print it).
+    pub mean: f64,
     /// At the workload's attainment (what the SLO is checked against).
     pub at_target: f64,
 }
@@ -35,6 +37,11 @@ fn percentiles(mut v: Vec<f64>, target: f64) -> Percentiles {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
     Percentiles {
+        mean: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        },
         p50: percentile(&v, 0.5),
         p90: percentile(&v, 0.9),
         p99: percentile(&v, 0.99),
@@ -106,6 +113,7 @@ impl Summary {
             "p50" => Some(p.p50),
             "p90" => Some(p.p90),
             "p99" => Some(p.p99),
+            "mean" => Some(p.mean),
             _ => None,
         };
         if let Some((what, q)) = name.split_once('_') {
@@ -545,7 +553,7 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
 }
 
 fn pct(p: &Percentiles) -> Value {
-    json!({ "p50_s": p.p50, "p90_s": p.p90, "p99_s": p.p99, "at_attainment_s": p.at_target })
+    json!({ "mean_s": p.mean, "p50_s": p.p50, "p90_s": p.p90, "p99_s": p.p99, "at_attainment_s": p.at_target })
 }
 
 /// The `gantry.serve/1` fields of one deployment.

@@ -230,7 +230,7 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
         "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
         // A `serve` workload's latency percentiles (simulated requests).
         "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99" | "e2e_p50"
-        | "e2e_p90" | "e2e_p99" => Dim::TIME,
+        | "e2e_p90" | "e2e_p99" | "ttft_mean" | "tpot_mean" | "e2e_mean" => Dim::TIME,
         "memory" | "hbm" => Dim::BYTES,
         "power" => Dim::POWER,
         "energy_per_step" => Dim::ENERGY,
@@ -271,6 +271,9 @@ pub const METRICS: &[&str] = &[
     "e2e_p50",
     "e2e_p90",
     "e2e_p99",
+    "ttft_mean",
+    "tpot_mean",
+    "e2e_mean",
 ];
 
 impl Checker {
