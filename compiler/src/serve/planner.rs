@@ -261,6 +261,10 @@ fn chunking(p: &Plan, s: &Serve) -> Vec<bool> {
     }
 }
 
+/// Knobs of the disaggregated pools: each pool's tensor parallelism and
+/// replicas (`dp` then sizes colocated deployments only).
+const POOL_KNOBS: [&str; 4] = ["prefill_tp", "prefill_dp", "decode_tp", "decode_dp"];
+
 /// The candidate deployments of `p` (unordered).
 fn candidates(
     p: &Plan,
@@ -318,12 +322,19 @@ fn candidates(
     if size > MAX_CANDIDATES {
         return Err(size);
     }
+    // Pool knobs restrict the disaggregated pools and leave out
+    // colocated deployments.
+    let pools = POOL_KNOBS.iter().any(|k| domain(p, k).is_some());
+    let allowed = |k: &str, x: u64| {
+        domain(p, k).is_none_or(|d| ints(Some(d), Vec::new()).contains(&x))
+    };
     let mut out = Vec::new();
     for (&tp, m) in models {
-        let rs = replica_counts(reps, devices / tp);
+        let rs = replica_counts(domain(p, "prefill_dp").or(reps), devices / tp);
+        let colocated_reps = replica_counts(reps, devices / tp);
         for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
-            if s.disaggregate != Disaggregate::Yes {
-                for &r in rs.iter().filter(|r| *r * tp <= devices) {
+            if s.disaggregate != Disaggregate::Yes && !pools {
+                for &r in colocated_reps.iter().filter(|r| *r * tp <= devices) {
                     out.push(Deployment {
                         colocated: r,
                         limits: limits(ms, k),
@@ -334,8 +345,14 @@ fn candidates(
             if s.disaggregate == Disaggregate::No {
                 continue;
             }
+            if !allowed("prefill_tp", tp) {
+                continue;
+            }
             for (&tpd, md) in models {
-                let nds = replica_counts(reps, devices / tpd);
+                if !allowed("decode_tp", tpd) {
+                    continue;
+                }
+                let nds = replica_counts(domain(p, "decode_dp").or(reps), devices / tpd);
                 for &np in &rs {
                     for &nd in &nds {
                         if np * tp + nd * tpd > devices {
@@ -380,6 +397,16 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
         tps.retain(|t| t.is_power_of_two());
         tps.truncate(16);
     }
+    // The pools' own degrees (`prefill_tp`, `decode_tp`), when given.
+    for k in ["prefill_tp", "decode_tp"] {
+        if let Some(d) = domain(p, k) {
+            let mut v = ints(Some(d), Vec::new());
+            v.retain(|t| *t <= p.system.devices());
+            tps.extend(v);
+        }
+    }
+    tps.sort_unstable();
+    tps.dedup();
     for tp in tps {
         match build(&p.workload, &p.system, tp, n, ctx) {
             Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
@@ -665,7 +692,9 @@ pub fn plan_pins(p: &Plan) -> Result<BTreeMap<String, crate::point::Pin>, PinErr
 
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
 /// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
-/// holds, the workload's max_seqs), simulated at `rate` until every
+/// holds, the workload's max_seqs), or with any of `prefill_tp`,
+/// `prefill_dp`, `decode_tp`, `decode_dp` a disaggregated one (each
+/// unpinned one 1), simulated at `rate` until every
 /// request is served (`gantry plan --fix`; above capacity the run is
 /// flagged unstable and its throughput is the deployment's capacity).
 pub fn fixed(
@@ -687,12 +716,14 @@ pub fn fixed(
         return fixed_batched(p, s, b, pins, trace, rate);
     }
     for k in pins.keys() {
-        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str()) {
+        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str())
+            && !POOL_KNOBS.contains(&k.as_str())
+        {
             return Err(error(
                 Code::C012,
                 "fix",
                 format!("`{k}` is not a knob of a serving deployment"),
-                "pin tp, dp (replicas), batch (max_seqs), token_budget and chunked_prefill",
+                "pin tp, dp (replicas), batch (max_seqs), token_budget, chunked_prefill, or the pools' prefill_tp, prefill_dp, decode_tp and decode_dp",
             ));
         }
     }
@@ -708,8 +739,41 @@ pub fn fixed(
     };
     let tp = int("tp")?.unwrap_or(1);
     let devices = p.system.devices();
+    let pools = POOL_KNOBS.iter().any(|k| pins.contains_key(*k));
+    // Disaggregated pools (each unpinned figure 1): tp and dp are then
+    // not used.
+    let (ptp, pdp, dtp, ddp) = (
+        int("prefill_tp")?.unwrap_or(1),
+        int("prefill_dp")?.unwrap_or(1),
+        int("decode_tp")?.unwrap_or(1),
+        int("decode_dp")?.unwrap_or(1),
+    );
+    if pools {
+        if s.disaggregate == Disaggregate::No {
+            return Err(error(
+                Code::C012,
+                "fix",
+                format!(
+                    "the pools' knobs pin a disaggregated deployment, and `{}` declares `disaggregate = false`",
+                    p.workload.name
+                ),
+                "remove `disaggregate = false`, or pin tp and dp for a colocated deployment",
+            ));
+        }
+        let need = ptp.saturating_mul(pdp).saturating_add(dtp.saturating_mul(ddp));
+        if need > devices {
+            return Err(error(
+                Code::C001,
+                "dp",
+                format!(
+                    "{pdp} prefill replicas of tp={ptp} and {ddp} decode replicas of tp={dtp} need {need} devices; the system has {devices}"
+                ),
+                "pin fewer replicas or smaller degrees",
+            ));
+        }
+    }
     let reps = int("dp")?.unwrap_or((devices / tp).max(1));
-    if tp.saturating_mul(reps) > devices {
+    if !pools && tp.saturating_mul(reps) > devices {
         return Err(error(
             Code::C001,
             "dp",
@@ -736,13 +800,30 @@ pub fn fixed(
     };
     let n = budget.clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
-    let m = build(&p.workload, &p.system, tp, n, ctx)?;
+    let (m, md, xfer) = if pools {
+        let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
+            error(
+                Code::C009,
+                "fix",
+                format!("device `{}` has no {}", m.device, m.what),
+                "add the figure to the device in stdlib",
+            )
+        })?;
+        (
+            build(&p.workload, &p.system, ptp, n, ctx)?,
+            build(&p.workload, &p.system, dtp, n, ctx)?,
+            transfer(p, &hw.topo, ptp.min(dtp)),
+        )
+    } else {
+        let m = build(&p.workload, &p.system, tp, n, ctx)?;
+        (m, m, (0.0, 0.0))
+    };
     let d = Deployment {
-        colocated: reps,
-        prefill: 0,
-        decode: 0,
+        colocated: if pools { 0 } else { reps },
+        prefill: if pools { pdp } else { 0 },
+        decode: if pools { ddp } else { 0 },
         prefill_model: m,
-        decode_model: m,
+        decode_model: md,
         limits: Limits {
             token_budget: budget,
             max_seqs: ms,
@@ -752,8 +833,8 @@ pub fn fixed(
             window: None,
         },
         kv_block: s.scheduler.kv_block,
-        transfer_per_byte: 0.0,
-        transfer_latency: 0.0,
+        transfer_per_byte: xfer.0,
+        transfer_latency: xfer.1,
     };
     let reqs = requests(s, rate, trace);
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
@@ -767,6 +848,7 @@ fn batched_knobs(p: &Plan) -> Result<(), PinError> {
         let bad = match k.as_str() {
             "tp" | "pp" => !one,
             "token_budget" | "chunked_prefill" => true,
+            k if POOL_KNOBS.contains(&k) => true,
             _ => false,
         };
         if bad {

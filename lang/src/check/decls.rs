@@ -113,10 +113,22 @@ pub const KNOBS: &[(&str, &str)] = &[
     // The serving scheduler's (plans of `serve` workloads only, L081).
     ("token_budget", "int"),
     ("chunked_prefill", "bool"),
+    // Disaggregated pools: each pool's tensor parallelism and replicas.
+    ("prefill_tp", "int"),
+    ("prefill_dp", "int"),
+    ("decode_tp", "int"),
+    ("decode_dp", "int"),
 ];
 
 /// Knobs only the serving planner reads.
-pub const SERVE_KNOBS: &[&str] = &["token_budget", "chunked_prefill"];
+pub const SERVE_KNOBS: &[&str] = &[
+    "token_budget",
+    "chunked_prefill",
+    "prefill_tp",
+    "prefill_dp",
+    "decode_tp",
+    "decode_dp",
+];
 
 /// The largest value of any integer plan knob (in a `fix`, a `search`
 /// domain or a `--fix`/`--pin`): 2^24 = 16,777,216. Far above the device
