@@ -323,7 +323,7 @@ scheduler. The label points at the knob.\n\
 Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
         }
         "L085" => {
-            "A `serve` record mixes the two kinds of serving. With `batching = window(...)` \
+            "A `serve` record mixes the two kinds of serving. With `batching = batch_window(...)` \
 (recommendation inference: whole requests scored in batched forward passes) the LLM settings \
 `prompt`, `generate`, `token_budget`, `max_seqs`, `chunked_prefill`, `async_scheduling`, \
 `kv_block`, `prefix_hit` and `disaggregate` have no meaning; without a window, `items` has none. \

@@ -692,7 +692,7 @@ pub struct Scheduler {
     pub async_scheduling: bool,
 }
 
-/// A batching window (`batching = window(max_batch = 512, max_wait = 2
+/// A batching window (`batching = batch_window(max_batch = 512, max_wait = 2
 /// ms)`): requests served whole in batched forward passes, as
 /// recommendation inference servers do (one pass scores a batch of
 /// samples; no prefill/decode split, no KV cache). A replica starts a
@@ -1254,7 +1254,7 @@ fn serve_summary(sv: &Serve) -> String {
         },
         sv.batching
             .map(|b| format!(
-                " batching=window(max_batch={}, max_wait={})",
+                " batching=batch_window(max_batch={}, max_wait={})",
                 b.max_batch,
                 q(b.max_wait, Dim::TIME)
             ))

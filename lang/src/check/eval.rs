@@ -33,7 +33,7 @@ pub const BUILTIN_FUNCTIONS: [&str; 15] = [
     "uniform",
     "lognormal",
     "closed",
-    "window",
+    "batch_window",
 ];
 
 #[derive(Clone, Debug)]
@@ -392,7 +392,7 @@ impl Checker {
                 best.map_or(Value::Error, |(q, _)| Value::Num(q))
             }
             "switch" | "mesh" | "fat_tree" | "rail_optimized" | "poisson" | "gamma" | "trace"
-            | "fixed" | "uniform" | "lognormal" | "closed" | "window" => Value::Ctor(
+            | "fixed" | "uniform" | "lognormal" | "closed" | "batch_window" => Value::Ctor(
                 name.to_string(),
                 vals.into_iter()
                     .map(|a| (a.name.map(|n| n.0), a.value, a.span))

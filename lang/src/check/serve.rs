@@ -311,7 +311,7 @@ impl Checker {
                     .with_help(if batched {
                         "write `slo = { latency_p99 = 10 ms }`"
                     } else {
-                        "use `ttft_p99`, `tpot_p99` and `e2e_p99`, or declare `batching = window(...)`"
+                        "use `ttft_p99`, `tpot_p99` and `e2e_p99`, or declare `batching = batch_window(...)`"
                     }),
                 );
                 ok = false;
@@ -382,16 +382,16 @@ impl Checker {
         })
     }
 
-    /// `window(max_batch = 512, max_wait = 2 ms)`.
+    /// `batch_window(max_batch = 512, max_wait = 2 ms)`.
     fn batching(&mut self, v: &Value, span: Span) -> Option<Batching> {
-        let want = "`window(max_batch = 512, max_wait = 2 ms)`";
+        let want = "`batch_window(max_batch = 512, max_wait = 2 ms)`";
         let Value::Ctor(name, args) = v else {
             if !matches!(v, Value::Error) {
                 self.type_error(v, span, want);
             }
             return None;
         };
-        if name != "window" {
+        if name != "batch_window" {
             self.type_error(v, span, want);
             return None;
         }
@@ -601,7 +601,7 @@ impl Checker {
                         if batched {
                             format!("`{k}` is a setting of LLM continuous batching; a workload with a batching window does not take it")
                         } else {
-                            format!("`{k}` needs a batching window (`batching = window(...)`)")
+                            format!("`{k}` needs a batching window (`batching = batch_window(...)`)")
                         },
                         *ks,
                     )
@@ -609,7 +609,7 @@ impl Checker {
                     .with_help(if batched {
                         "a batching-window workload takes arrivals, items, batching, slo, attainment, requests, seed and the kernel settings"
                     } else {
-                        "declare `batching = window(max_batch = ..., max_wait = ...)`, or remove `items`"
+                        "declare `batching = batch_window(max_batch = ..., max_wait = ...)`, or remove `items`"
                     }),
                 );
                 ok = false;
