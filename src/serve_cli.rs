@@ -214,6 +214,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             "simulated": sp.simulated,
             "unstable_by_work": sp.unstable_unsimulated,
             "pruned_by_bound": sp.pruned,
+            "pruned_by_prefill_pool": sp.prefill_pruned,
             "requests_per_simulation": sp.requests.len(),
         });
         j["iteration_model"] = Value::Array(
@@ -314,12 +315,13 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         );
     }
     outln!(
-        "\nSearch      {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound",
+        "\nSearch      {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound, {} by a prefill pool already seen to miss",
         sp.candidates,
         sp.simulated,
         sp.requests.len(),
         sp.unstable_unsimulated,
-        sp.pruned
+        sp.pruned,
+        sp.prefill_pruned
     );
     if let Some(r) = &rows {
         out!("{}", sweep_text(r));

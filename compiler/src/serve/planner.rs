@@ -17,7 +17,7 @@
 //! window (the workload's `max_wait`, half, a quarter, none), priced by
 //! [`build_batched`] and simulated and ranked by the same loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use gantry_lang::diagnostic::Code;
 use gantry_lang::program::{Batching, Disaggregate, Domain, Goal, Plan, Serve};
@@ -106,6 +106,9 @@ pub struct ServePlan {
     pub simulated: usize,
     pub unstable_unsimulated: usize,
     pub pruned: usize,
+    /// Disaggregated deployments not simulated because their prefill
+    /// pool was already seen to miss the TTFT target or overflow.
+    pub prefill_pruned: usize,
     pub requests: Vec<Request>,
     /// Iteration models by tensor-parallel degree.
     pub models: BTreeMap<u64, IterModel>,
@@ -518,11 +521,20 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     let max_backlog = (reqs.len() as u64 / 4).max(64);
     let mut done: Vec<Summary> = Vec::new();
     let (mut best_value, mut unstable_unsim, mut pruned) = (None::<f64>, 0, 0);
+    // Prefill pools already seen to miss the TTFT target or overflow.
+    let open = !matches!(s.arrivals, gantry_lang::program::Arrivals::Closed { .. });
+    let mut failed_prefill: HashSet<PrefillKey> = HashSet::new();
+    let mut prefill_pruned = 0;
     for d in &cands {
         if let Some(b) = best_value
             && rank.bound(d, offered) < b
         {
             pruned += 1;
+            continue;
+        }
+        let key = prefill_key(d).filter(|_| open);
+        if key.is_some_and(|k| failed_prefill.contains(&k)) {
+            prefill_pruned += 1;
             continue;
         }
         if span > 0.0 && work_bound(d, &reqs, s.prefix_hit) > span * 1.02 {
@@ -535,6 +547,15 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         }
         let o = super::outcome(d, &reqs, s, max_backlog);
         let sum = summarize(d, &o, &o.arrivals, &generate, s);
+        let ttft_missed = sum
+            .slos
+            .iter()
+            .any(|c| c.name == "ttft_p99" && c.achieved > c.target);
+        if let Some(k) = key
+            && (o.aborted || ttft_missed)
+        {
+            failed_prefill.insert(k);
+        }
         if sum.meets {
             let v = rank.value(&sum);
             if best_value.is_none_or(|b| v > b) {
@@ -581,9 +602,39 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         simulated,
         unstable_unsimulated: unstable_unsim,
         pruned,
+        prefill_pruned,
         requests: reqs,
         models,
     })
+}
+
+/// What a disaggregated deployment's prefill pool sees, all of it: the
+/// pool's degree and replicas, the scheduler limits and the smallest
+/// cache of the deployment (which requests are dropped). With open-loop
+/// arrivals the prefill pool never hears from the decode pool (requests
+/// enter there, leave by transfer, and only arrivals can abort a run),
+/// so its first tokens, and whether the run overflows, are the same for
+/// every decode pool: a prefill pool that once missed the TTFT target or
+/// overflowed misses it with any decode pool, and is not simulated again.
+type PrefillKey = (u64, u64, u64, u64, bool, u64);
+
+fn prefill_key(d: &Deployment) -> Option<PrefillKey> {
+    if !d.disaggregated() {
+        return None;
+    }
+    let block = d.kv_block.max(1) as f64;
+    let smallest = d
+        .prefill_model
+        .kv_capacity_tokens
+        .min(d.decode_model.kv_capacity_tokens);
+    Some((
+        d.prefill_model.tp,
+        d.prefill,
+        d.limits.token_budget,
+        d.limits.max_seqs,
+        d.limits.chunked_prefill,
+        (smallest.max(0.0) / block).floor() as u64,
+    ))
 }
 
 /// C019: the closest deployment and how far each SLO is from its target.

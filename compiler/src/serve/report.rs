@@ -763,12 +763,13 @@ pub fn plan_markdown(
     }
     let _ = writeln!(
         t,
-        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound, {} by a prefill pool already seen to miss.",
         sp.candidates,
         sp.simulated,
         sp.requests.len(),
         sp.unstable_unsimulated,
-        sp.pruned
+        sp.pruned,
+        sp.prefill_pruned
     );
     t
 }

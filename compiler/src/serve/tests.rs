@@ -508,3 +508,36 @@ fn closed_loop_keeps_its_clients_busy() {
     let l = sum / o.makespan;
     assert!((l / 24.0 - 1.0).abs() < 0.02, "L = {l}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// With open-loop arrivals a disaggregated deployment's prefill pool
+    /// never hears from its decode pool: every first token, and whether
+    /// the run overflows, are the same for any decode pool (of the same
+    /// smallest cache). The planner's prefill-pool pruning rests on this.
+    #[test]
+    fn first_tokens_do_not_depend_on_the_decode_pool(rate in 1.0f64..200.0, seed in 0u64..1000,
+                                                     prefill in 1u64..3, a in 1u64..4, b in 1u64..4,
+                                                     decode_speed in 0.2f64..5.0) {
+        let s = serve(rate, 300, seed);
+        let reqs = requests(&s, None, &[]);
+        let pool = |decode: u64, speed: f64| {
+            let mut d = colocated(model(0.01, 5e-5, 20_000.0), 1, 512, 32);
+            d.colocated = 0;
+            d.prefill = prefill;
+            d.decode = decode;
+            d.decode_model = model(0.01 * speed, 5e-5 * speed, 20_000.0);
+            d.transfer_per_byte = 1e-6;
+            d.transfer_latency = 1e-3;
+            d
+        };
+        let (x, y) = (simulate(&pool(a, 1.0), &reqs, 100), simulate(&pool(b, decode_speed), &reqs, 100));
+        prop_assert_eq!(x.aborted, y.aborted);
+        if !x.aborted {
+            for (f, g) in x.ttft.iter().zip(&y.ttft) {
+                prop_assert!(f == g || (f.is_nan() && g.is_nan()));
+            }
+        }
+    }
+}
