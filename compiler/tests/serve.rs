@@ -243,6 +243,7 @@ fn recsys_plan_meets_its_latency_slo() {
     );
     let text = report::text(b);
     assert!(text.contains("items/s") && !text.contains("TTFT"), "{text}");
+    insta::assert_snapshot!("recsys_serve_h100_report", text);
     let again = serve::plan(&p, &[], None).expect("again");
     assert_eq!(again.best, sp.best);
     let mut q = p.clone();
