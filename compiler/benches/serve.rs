@@ -76,6 +76,18 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    // The recommendation-inference example (batching window).
+    let p = common::plan("examples/recsys_serve.gantry", None);
+    let t = Instant::now();
+    let sp = serve::plan(&p, &[], None).expect("plan");
+    println!(
+        "plan search dlrm_small_serve_h100: {} candidates, {} simulated ({} requests each), best {}, in {:.3} s",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        serve::report::describe(&sp.best.deployment),
+        t.elapsed().as_secs_f64()
+    );
     // The plan chosen at three rates, colocated against disaggregated.
     println!(
         "\nsystem  rate/s  mode           plan (goodput per dollar, TTFT P99, TPOT P99)  search s"
@@ -92,11 +104,13 @@ fn main() {
                 let secs = t.elapsed().as_secs_f64();
                 let what = match r {
                     Ok(sp) => format!(
-                        "{}: {:.0} requests/$, {:.0} ms, {:.1} ms",
+                        "{}: {:.0} requests/$, {:.0} ms, {:.1} ms [{} simulated, {} skipped by their prefill pool]",
                         serve::report::describe(&sp.best.deployment),
                         sp.best.goodput_per_dollar.unwrap_or(0.0),
                         sp.best.ttft.p99 * 1e3,
-                        sp.best.tpot.p99 * 1e3
+                        sp.best.tpot.p99 * 1e3,
+                        sp.simulated,
+                        sp.prefill_pruned
                     ),
                     Err(e) => format!("{}: {}", e.code, e.message),
                 };

@@ -247,10 +247,8 @@ fn recsys_plan_meets_its_latency_slo() {
     let again = serve::plan(&p, &[], None).expect("again");
     assert_eq!(again.best, sp.best);
     let mut q = p.clone();
-    q.search.insert(
-        "tp".into(),
-        gantry_lang::program::Domain::Ints(vec![1, 2]),
-    );
+    q.search
+        .insert("tp".into(), gantry_lang::program::Domain::Ints(vec![1, 2]));
     let e = serve::plan(&q, &[], None).expect_err("tp is not a knob");
     assert_eq!(e.code, Code::C031);
 }

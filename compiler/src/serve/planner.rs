@@ -328,9 +328,8 @@ fn candidates(
     // Pool knobs restrict the disaggregated pools and leave out
     // colocated deployments.
     let pools = POOL_KNOBS.iter().any(|k| domain(p, k).is_some());
-    let allowed = |k: &str, x: u64| {
-        domain(p, k).is_none_or(|d| ints(Some(d), Vec::new()).contains(&x))
-    };
+    let allowed =
+        |k: &str, x: u64| domain(p, k).is_none_or(|d| ints(Some(d), Vec::new()).contains(&x));
     let mut out = Vec::new();
     for (&tp, m) in models {
         let rs = replica_counts(domain(p, "prefill_dp").or(reps), devices / tp);
@@ -811,7 +810,9 @@ pub fn fixed(
                 "remove `disaggregate = false`, or pin tp and dp for a colocated deployment",
             ));
         }
-        let need = ptp.saturating_mul(pdp).saturating_add(dtp.saturating_mul(ddp));
+        let need = ptp
+            .saturating_mul(pdp)
+            .saturating_add(dtp.saturating_mul(ddp));
         if need > devices {
             return Err(error(
                 Code::C001,

@@ -211,17 +211,17 @@ pub fn summarize(
         Vec::new()
     } else {
         vec![
-        SloCheck {
-            name: "ttft_p99",
-            target: ttft_p99,
-            achieved: ttft.at_target,
-        },
-        SloCheck {
-            name: "tpot_p99",
-            target: tpot_p99,
-            achieved: tpot.at_target,
-        },
-    ]
+            SloCheck {
+                name: "ttft_p99",
+                target: ttft_p99,
+                achieved: ttft.at_target,
+            },
+            SloCheck {
+                name: "tpot_p99",
+                target: tpot_p99,
+                achieved: tpot.at_target,
+            },
+        ]
     };
     if let Some(x) = e2e_p99 {
         slos.push(SloCheck {
