@@ -1,7 +1,9 @@
 //! Serving simulator speed: simulated requests per second of wall time
 //! for Llama 3 70B (fp8) on 2 x tp8 H100 replicas at a steady Poisson
 //! rate with lognormal lengths (examples/llm_serve.gantry), and the full
-//! plan search of that example. Run with `cargo bench -p gantry-compiler
+//! plan search of that example (with the simulations each ran and the
+//! disaggregated candidates skipped by their prefill pool) and of the
+//! recommendation example (examples/recsys_serve.gantry). Run with `cargo bench -p gantry-compiler
 //! --bench serve`; prints figures, asserts nothing.
 
 #[path = "../tests/common.rs"]
