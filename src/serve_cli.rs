@@ -94,6 +94,31 @@ fn sweep_rows(
 }
 
 fn sweep_text(rows: &[Summary]) -> String {
+    if rows
+        .first()
+        .is_some_and(|s| s.deployment.limits.window.is_some())
+    {
+        // A batching window: the request latency, in microseconds.
+        let mut t = String::from(
+            "\nLatency against rate (the deployment above)\n  rate/s      latency P50  latency P90  latency P99  goodput/s     attainment\n",
+        );
+        for s in rows {
+            if s.unstable {
+                t.push_str(&format!("  {:<11.1} unstable: the queue grows\n", s.rate));
+            } else {
+                t.push_str(&format!(
+                    "  {:<11.1} {:<12} {:<12} {:<12} {:<13.1} {:.2}%\n",
+                    s.rate,
+                    format!("{:.1} us", s.e2e.p50 * 1e6),
+                    format!("{:.1} us", s.e2e.p90 * 1e6),
+                    format!("{:.1} us", s.e2e.p99 * 1e6),
+                    s.goodput,
+                    100.0 * s.attainment
+                ));
+            }
+        }
+        return t;
+    }
     let mut t = String::from(
         "\nLatency against rate (the deployment above)\n  rate/s    TTFT P50   TTFT P99   TPOT P50   TPOT P99   goodput/s  attainment\n",
     );

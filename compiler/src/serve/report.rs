@@ -667,9 +667,77 @@ pub fn markdown(s: &Summary) -> String {
     t
 }
 
+/// [`plan_markdown`]'s tail for a batching window: the batch model and
+/// the best deployments by their request latency.
+fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usize) -> String {
+    use std::fmt::Write;
+    let _ = writeln!(
+        t,
+        "\n### Batch model (docs/COST-MODEL.md §4a)\n\n| fixed | one item | per item | items per batch at most |\n|---:|---:|---:|---:|"
+    );
+    for m in sp.models.values() {
+        let _ = writeln!(
+            t,
+            "| {:.3} ms | {:.3} ms | {:.3} us | {:.0} |",
+            m.t_fixed * 1e3,
+            m.t_weights * 1e3,
+            m.c_token * 1e6,
+            m.kv_capacity_tokens
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n### Best deployments ({})\n\n| # | deployment | devices | value | latency P99 |\n|---:|---|---:|---:|---:|",
+        sp.rank.name()
+    );
+    for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.4} | {} |",
+            i + 1,
+            describe(&s.deployment),
+            s.devices,
+            sp.rank.value(s),
+            lat(s, s.e2e.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        sp.unstable_unsimulated,
+        sp.pruned
+    );
+    t
+}
+
 /// The latency-versus-rate curve as a Markdown table.
 pub fn sweep_markdown(rows: &[Summary]) -> String {
     use std::fmt::Write;
+    if rows.first().is_some_and(batched) {
+        let mut t = String::from(
+            "| rate/s | latency P50 | latency P90 | latency P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for s in rows {
+            if s.unstable {
+                let _ = writeln!(t, "| {:.1} | unstable: the queue grows | | | | |", s.rate);
+            } else {
+                let _ = writeln!(
+                    t,
+                    "| {:.1} | {} | {} | {} | {:.1} | {:.2}% |",
+                    s.rate,
+                    lat(s, s.e2e.p50),
+                    lat(s, s.e2e.p90),
+                    lat(s, s.e2e.p99),
+                    s.goodput,
+                    100.0 * s.attainment
+                );
+            }
+        }
+        return t;
+    }
     let mut t = String::from(
         "| rate/s | TTFT P50 | TTFT P99 | TPOT P50 | TPOT P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -720,6 +788,9 @@ pub fn plan_markdown(
             if c.devices == 1 { "" } else { "s" },
             binding(c)
         );
+    }
+    if batched(&sp.best) {
+        return plan_markdown_batched(t, sp, top);
     }
     let _ = writeln!(
         t,
