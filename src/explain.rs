@@ -322,6 +322,22 @@ whose cells price one step, not a request stream). Only the serving planner simu
 scheduler. The label points at the knob.\n\
 Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
         }
+        "L085" => {
+            "A `serve` record mixes the two kinds of serving. With `batching = batch_window(...)` \
+(recommendation inference: whole requests scored in batched forward passes) the LLM settings \
+`prompt`, `generate`, `token_budget`, `max_seqs`, `chunked_prefill`, `async_scheduling`, \
+`kv_block`, `prefix_hit` and `disaggregate` have no meaning; without a window, `items` has none. \
+The label points at the setting.\n\
+Fix: remove the setting, or declare (or remove) the batching window (docs/LANGUAGE.md §5.7, \
+\"Batching window\")."
+        }
+        "L086" => {
+            "An SLO target of the other kind of serving: a batching-window workload answers each \
+request whole, so its one target is `latency_p99` (`ttft_p99`, `tpot_p99` and `e2e_p99` are \
+token-streaming targets); a token-streaming workload has no `latency_p99`. The label points at \
+the target.\n\
+Fix: write `slo = { latency_p99 = 10 ms }` with a window, or `ttft_p99`/`tpot_p99` without one."
+        }
         "L089" => {
             "A plan's `target` names a framework Gantry does not export to. The label points at \
 the string.\n\
@@ -494,6 +510,19 @@ than the site's `power_cap` (the message names the cap, the least power a fleet 
 demand provisions, and the shortfall in MW).\n\
 Fix: add larger or faster systems to the sweep, relax the demand or its deadline, raise the \
 site's `power_cap` or `rack_power`, or widen the plan's search."
+        }
+        "C030" => {
+            "A batching-window serving workload (recommendation inference) runs each replica on \
+one device, and the model's weights, embedding tables and the device's reserve do not fit that \
+device's memory at a batch of one item. The message gives both sizes.\n\
+Fix: use devices with more memory, or a smaller model or tables."
+        }
+        "C031" => {
+            "A batching-window serving plan (or `--fix`) names a knob such a deployment has not: \
+a replica is one device (`tp` and `pp` other than 1), and the batching window replaces the \
+token scheduler (`token_budget`, `chunked_prefill`). The plan searches `dp` (replicas) and \
+`batch` (the largest batch, in items), and the window from the workload's `max_wait`.\n\
+Fix: remove the knob (docs/LANGUAGE.md §5.7, \"Batching window\")."
         }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \

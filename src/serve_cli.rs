@@ -94,6 +94,31 @@ fn sweep_rows(
 }
 
 fn sweep_text(rows: &[Summary]) -> String {
+    if rows
+        .first()
+        .is_some_and(|s| s.deployment.limits.window.is_some())
+    {
+        // A batching window: the request latency, in microseconds.
+        let mut t = String::from(
+            "\nLatency against rate (the deployment above)\n  rate/s      latency P50  latency P90  latency P99  goodput/s     attainment\n",
+        );
+        for s in rows {
+            if s.unstable {
+                t.push_str(&format!("  {:<11.1} unstable: the queue grows\n", s.rate));
+            } else {
+                t.push_str(&format!(
+                    "  {:<11.1} {:<12} {:<12} {:<12} {:<13.1} {:.2}%\n",
+                    s.rate,
+                    format!("{:.1} us", s.e2e.p50 * 1e6),
+                    format!("{:.1} us", s.e2e.p90 * 1e6),
+                    format!("{:.1} us", s.e2e.p99 * 1e6),
+                    s.goodput,
+                    100.0 * s.attainment
+                ));
+            }
+        }
+        return t;
+    }
     let mut t = String::from(
         "\nLatency against rate (the deployment above)\n  rate/s    TTFT P50   TTFT P99   TPOT P50   TPOT P99   goodput/s  attainment\n",
     );
@@ -214,6 +239,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             "simulated": sp.simulated,
             "unstable_by_work": sp.unstable_unsimulated,
             "pruned_by_bound": sp.pruned,
+            "pruned_by_prefill_pool": sp.prefill_pruned,
             "requests_per_simulation": sp.requests.len(),
         });
         j["iteration_model"] = Value::Array(
@@ -256,7 +282,18 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         );
     }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
+    let batched = sp.best.deployment.limits.window.is_some();
     for m in sp.models.values() {
+        if batched {
+            outln!(
+                "  one device: fixed {:.3} ms, one item {:.3} ms, {:.3} us per item at the largest batch; at most {:.0} items per batch",
+                m.t_fixed * 1e3,
+                m.t_weights * 1e3,
+                m.c_token * 1e6,
+                m.kv_capacity_tokens
+            );
+            continue;
+        }
         outln!(
             "  tp{:<3} fixed {:.3} ms, weights {:.3} ms, {:.2} us/token, {:.3} us/token comm, {:.4} us/KV token, {:.3} ns/pair; KV cache {:.0} tokens",
             m.tp,
@@ -271,6 +308,22 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     }
     outln!("\nBest deployments ({})", sp.rank.name());
     for (i, s) in top.iter().enumerate() {
+        if batched {
+            outln!(
+                "  {}. {}: {} devices, {:.4} {}, latency P99 {:.3} ms",
+                i + 1,
+                report::describe(&s.deployment),
+                s.devices,
+                sp.rank.value(s),
+                match sp.rank {
+                    serve::planner::Rank::PerDollar => "requests/$",
+                    serve::planner::Rank::PerWatt => "req/s/W",
+                    serve::planner::Rank::Goodput => "req/s",
+                },
+                s.e2e.p99 * 1e3
+            );
+            continue;
+        }
         outln!(
             "  {}. {}: {} devices, {:.4} {}, TTFT P99 {:.1} ms, TPOT P99 {:.1} ms",
             i + 1,
@@ -287,12 +340,13 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         );
     }
     outln!(
-        "\nSearch      {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound",
+        "\nSearch      {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound, {} by a prefill pool already seen to miss",
         sp.candidates,
         sp.simulated,
         sp.requests.len(),
         sp.unstable_unsimulated,
-        sp.pruned
+        sp.pruned,
+        sp.prefill_pruned
     );
     if let Some(r) = &rows {
         out!("{}", sweep_text(r));

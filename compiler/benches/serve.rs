@@ -1,7 +1,9 @@
 //! Serving simulator speed: simulated requests per second of wall time
 //! for Llama 3 70B (fp8) on 2 x tp8 H100 replicas at a steady Poisson
 //! rate with lognormal lengths (examples/llm_serve.gantry), and the full
-//! plan search of that example. Run with `cargo bench -p gantry-compiler
+//! plan search of that example (with the simulations each ran and the
+//! disaggregated candidates skipped by their prefill pool) and of the
+//! recommendation example (examples/recsys_serve.gantry). Run with `cargo bench -p gantry-compiler
 //! --bench serve`; prints figures, asserts nothing.
 
 #[path = "../tests/common.rs"]
@@ -28,6 +30,7 @@ fn main() {
             chunked_prefill: true,
             async_scheduling: false,
             prefix_hit: s.prefix_hit,
+            window: None,
         },
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: 0.0,
@@ -75,6 +78,18 @@ fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    // The recommendation-inference example (batching window).
+    let p = common::plan("examples/recsys_serve.gantry", None);
+    let t = Instant::now();
+    let sp = serve::plan(&p, &[], None).expect("plan");
+    println!(
+        "plan search dlrm_small_serve_h100: {} candidates, {} simulated ({} requests each), best {}, in {:.3} s",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        serve::report::describe(&sp.best.deployment),
+        t.elapsed().as_secs_f64()
+    );
     // The plan chosen at three rates, colocated against disaggregated.
     println!(
         "\nsystem  rate/s  mode           plan (goodput per dollar, TTFT P99, TPOT P99)  search s"
@@ -91,11 +106,13 @@ fn main() {
                 let secs = t.elapsed().as_secs_f64();
                 let what = match r {
                     Ok(sp) => format!(
-                        "{}: {:.0} requests/$, {:.0} ms, {:.1} ms",
+                        "{}: {:.0} requests/$, {:.0} ms, {:.1} ms [{} simulated, {} skipped by their prefill pool]",
                         serve::report::describe(&sp.best.deployment),
                         sp.best.goodput_per_dollar.unwrap_or(0.0),
                         sp.best.ttft.p99 * 1e3,
-                        sp.best.tpot.p99 * 1e3
+                        sp.best.tpot.p99 * 1e3,
+                        sp.simulated,
+                        sp.prefill_pruned
                     ),
                     Err(e) => format!("{}: {}", e.code, e.message),
                 };

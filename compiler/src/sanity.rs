@@ -214,7 +214,7 @@ pub fn missing_metric(
 ) -> Option<&'static str> {
     match metric {
         "goodput" | "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99"
-        | "e2e_p50" | "e2e_p90" | "e2e_p99" => Some(
+        | "e2e_p50" | "e2e_p90" | "e2e_p99" | "ttft_mean" | "tpot_mean" | "e2e_mean" => Some(
             "only a `serve` workload has request latency percentiles and goodput (it simulates requests)",
         ),
         "ttft" => match ir.phase {

@@ -181,3 +181,74 @@ fn serving_markdown_snapshot() {
     assert!(out.contains("| TTFT |") && out.contains("| binding |"));
     insta::assert_snapshot!("llm_serve_h200_markdown", out);
 }
+
+const RECSYS: &str = "examples/recsys_serve.gantry";
+
+/// A batching window's iteration model is the cost model's DLRM step at
+/// batch 1 and at the probed batch exactly (`timing::build_batched`).
+#[test]
+fn batched_iteration_model_reproduces_the_cost_model() {
+    let p = common::plan(RECSYS, None);
+    let n = 8192u64;
+    let m = timing::build_batched(&p.workload, &p.system, n).expect("model");
+    let step = |b: u64| {
+        let mut w = p.workload.clone();
+        w.serve = None;
+        w.phase = Phase::Prefill {
+            batch: n,
+            prompt: None,
+        };
+        w.bindings.insert("batch".into(), n as i64);
+        let ir = lower(&w).expect("lowers");
+        let hw = Hardware::new(&p.system, &w).expect("hardware");
+        let mut pins = BTreeMap::new();
+        for (k, v) in [("tp", 1), ("pp", 1), ("dp", 1), ("batch", b as i64)] {
+            pins.insert(k.to_string(), Pin::Int(v));
+        }
+        let point = resolve(&pins, &ir, &p.system).expect("point");
+        Evaluator {
+            ir: &ir,
+            hw: &hw,
+            prefill: None,
+        }
+        .evaluate(&point)
+        .time
+        .step
+    };
+    let (one, full) = (step(1), step(n));
+    assert!(full > one, "{one} {full}");
+    for (items, want) in [(1.0, one), (n as f64, full)] {
+        let t = m.time(items, 0.0, 0.0, 0.0);
+        assert!((t / want - 1.0).abs() < 1e-9, "{items}: {t} vs {want}");
+    }
+}
+
+/// The recommendation example plans a deployment meeting its latency
+/// SLO, on the same requests every time; its report speaks of requests
+/// and items, not tokens; a plan with a `tp` knob is C031.
+#[test]
+fn recsys_plan_meets_its_latency_slo() {
+    let p = common::plan(RECSYS, None);
+    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let b = &sp.best;
+    assert!(b.meets && !b.unstable, "{}", report::text(b));
+    assert_eq!(b.slos.len(), 1);
+    assert_eq!(b.slos[0].name, "latency_p99");
+    assert!(b.e2e.p99 <= 5e-3 && b.e2e.p50 <= b.e2e.p90 && b.e2e.p90 <= b.e2e.p99);
+    assert_eq!(b.completed, sp.requests.len() as u64);
+    let items: u64 = sp.requests.iter().map(|r| r.prompt as u64).sum();
+    assert!(
+        (b.items_per_s / b.throughput - items as f64 / sp.requests.len() as f64).abs() < 1e-6,
+        "items per request"
+    );
+    let text = report::text(b);
+    assert!(text.contains("items/s") && !text.contains("TTFT"), "{text}");
+    insta::assert_snapshot!("recsys_serve_h100_report", text);
+    let again = serve::plan(&p, &[], None).expect("again");
+    assert_eq!(again.best, sp.best);
+    let mut q = p.clone();
+    q.search
+        .insert("tp".into(), gantry_lang::program::Domain::Ints(vec![1, 2]));
+    let e = serve::plan(&q, &[], None).expect_err("tp is not a knob");
+    assert_eq!(e.code, Code::C031);
+}

@@ -92,6 +92,8 @@ codes! {
     L080 => "unused value",
     L081 => "serving knob on a workload that is not `serve`",
     L093 => "no efficiency factors to borrow",
+    L085 => "serving setting of the other kind of serving (batching window or token streaming)",
+    L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",
     L090 => "`target` outside a plan",
     C001 => "design point needs more devices than the system has",
@@ -117,6 +119,8 @@ codes! {
     C021 => "export target the plan cannot satisfy",
     C024 => "no design point the target framework runs",
     C025 => "no fleet meets the demand",
+    C030 => "batching-window serving cannot be priced on one device",
+    C031 => "serving plan knob a batching-window workload does not have",
 }
 
 impl fmt::Display for Code {

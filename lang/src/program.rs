@@ -631,6 +631,10 @@ pub enum Arrivals {
     /// Rows of a CSV file (arrival time in seconds, input tokens, output
     /// tokens), read by the command line relative to the declaring file.
     Trace { path: String },
+    /// A closed loop of `concurrency` clients (genai-perf's fixed
+    /// concurrency): each sends its next request the moment its previous
+    /// one completes, so the rate is what the deployment serves.
+    Closed { concurrency: u64 },
 }
 
 /// A distribution of token counts per request.
@@ -688,6 +692,20 @@ pub struct Scheduler {
     pub async_scheduling: bool,
 }
 
+/// A batching window (`batching = batch_window(max_batch = 512, max_wait = 2
+/// ms)`): requests served whole in batched forward passes, as
+/// recommendation inference servers do (one pass scores a batch of
+/// samples; no prefill/decode split, no KV cache). A replica starts a
+/// batch when `max_batch` items wait or the oldest has waited `max_wait`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Batching {
+    /// Items (samples scored) one forward pass takes at most.
+    pub max_batch: u64,
+    /// The longest the oldest waiting request is held for a fuller batch,
+    /// seconds; the planner tries this and shorter windows.
+    pub max_wait: f64,
+}
+
 /// Whether the planner may split prefill and decode into separate pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disaggregate {
@@ -712,6 +730,10 @@ pub struct Serve {
     pub requests: u64,
     pub seed: u64,
     pub disaggregate: Disaggregate,
+    /// A batching window: requests are scored whole in batches (`prompt`
+    /// is the items per request, `generate` 1, every SLO the request
+    /// latency). `None`: LLM continuous batching.
+    pub batching: Option<Batching>,
     pub span: Span,
 }
 
@@ -1199,10 +1221,11 @@ fn serve_summary(sv: &Serve) -> String {
             format_number(*cv)
         ),
         Arrivals::Trace { path } => format!("trace({path:?})"),
+        Arrivals::Closed { concurrency } => format!("closed(concurrency={concurrency})"),
     };
     let k = &sv.scheduler;
     format!(
-        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={}{} prefix_hit={} requests={} seed={} disaggregate={}",
+        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={}{} prefix_hit={} requests={} seed={} disaggregate={}{}",
         lens(&sv.input),
         lens(&sv.output),
         q(sv.slo.ttft_p99, Dim::TIME),
@@ -1228,7 +1251,14 @@ fn serve_summary(sv: &Serve) -> String {
             Disaggregate::Auto => "auto",
             Disaggregate::Yes => "true",
             Disaggregate::No => "false",
-        }
+        },
+        sv.batching
+            .map(|b| format!(
+                " batching=batch_window(max_batch={}, max_wait={})",
+                b.max_batch,
+                q(b.max_wait, Dim::TIME)
+            ))
+            .unwrap_or_default()
     )
 }
 

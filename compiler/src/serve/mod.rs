@@ -28,7 +28,7 @@ pub mod timing;
 pub use planner::{ServePlan, plan};
 pub use report::{Summary, summarize};
 pub use sample::{Request, parse_trace, requests};
-pub use sim::{Deployment, Outcome, simulate};
+pub use sim::{Deployment, Outcome, simulate, simulate_closed};
 
 /// Simulates `d` on `reqs` against `serve`'s SLOs (one `--sweep-rate` point).
 pub fn run(d: &Deployment, reqs: &[Request], serve: &gantry_lang::program::Serve) -> Summary {
@@ -43,10 +43,25 @@ pub fn run_with(
     serve: &gantry_lang::program::Serve,
     max_backlog: u64,
 ) -> Summary {
-    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
-    let o = simulate(d, reqs, max_backlog);
-    summarize(d, &o, &arrivals, &generate, serve)
+    let o = outcome(d, reqs, serve, max_backlog);
+    summarize(d, &o, &o.arrivals, &generate, serve)
+}
+
+/// Simulates `d` on `reqs` as `serve` sends them: at their arrival
+/// times, or from a closed loop of clients (`arrivals = closed(...)`).
+pub fn outcome(
+    d: &Deployment,
+    reqs: &[Request],
+    serve: &gantry_lang::program::Serve,
+    max_backlog: u64,
+) -> Outcome {
+    match serve.arrivals {
+        gantry_lang::program::Arrivals::Closed { concurrency } => {
+            simulate_closed(d, reqs, concurrency)
+        }
+        _ => simulate(d, reqs, max_backlog),
+    }
 }
 
 #[cfg(test)]

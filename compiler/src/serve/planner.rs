@@ -11,17 +11,22 @@
 //! (tokens times the per-token compute, decode iterations times the
 //! weight read) is unstable without simulation. Every simulation replays
 //! the same requests.
+//!
+//! A workload with a batching window (recommendation inference) has its
+//! own candidates: replicas of one device, the largest batch and the
+//! window (the workload's `max_wait`, half, a quarter, none), priced by
+//! [`build_batched`] and simulated and ranked by the same loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use gantry_lang::diagnostic::Code;
-use gantry_lang::program::{Disaggregate, Domain, Goal, Plan, Serve};
+use gantry_lang::program::{Batching, Disaggregate, Domain, Goal, Plan, Serve};
 
 use super::report::{Summary, describe, summarize};
 use super::sample::{Request, TraceRow, requests};
 use super::scheduler::Limits;
-use super::sim::{Deployment, simulate};
-use super::timing::{IterModel, build};
+use super::sim::Deployment;
+use super::timing::{IterModel, build, build_batched};
 use crate::point::PinError;
 
 /// The most simulations one plan runs (the rest are reported as skipped).
@@ -101,6 +106,9 @@ pub struct ServePlan {
     pub simulated: usize,
     pub unstable_unsimulated: usize,
     pub pruned: usize,
+    /// Disaggregated deployments not simulated because their prefill
+    /// pool was already seen to miss the TTFT target or overflow.
+    pub prefill_pruned: usize,
     pub requests: Vec<Request>,
     /// Iteration models by tensor-parallel degree.
     pub models: BTreeMap<u64, IterModel>,
@@ -167,6 +175,16 @@ fn rank_of(p: &Plan) -> Result<Rank, PinError> {
 /// Seconds of work `d` must do for `reqs` at best, per replica of the
 /// busiest pool, with perfect batching: a lower bound of the run's length.
 fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
+    if d.limits.window.is_some() {
+        // Batches of at most `token_budget` items, each paying the fixed
+        // time and at least max(weights, items x per item):
+        // sum >= k t_fixed + max(k t_weights, items c_token), k >= items / budget.
+        let m = &d.prefill_model;
+        let items: f64 = reqs.iter().map(|r| r.prompt as f64).sum();
+        let k = (items / d.limits.token_budget.max(1) as f64).ceil();
+        return (k * m.t_fixed + (k * m.t_weights).max(items * m.c_token))
+            / d.colocated.max(1) as f64;
+    }
     let (mut pre, mut gen_tokens, mut steps) = (0.0, 0.0, 0.0);
     for r in reqs {
         let cached = (hit * r.prompt as f64).floor().min(r.prompt as f64 - 1.0);
@@ -246,6 +264,10 @@ fn chunking(p: &Plan, s: &Serve) -> Vec<bool> {
     }
 }
 
+/// Knobs of the disaggregated pools: each pool's tensor parallelism and
+/// replicas (`dp` then sizes colocated deployments only).
+const POOL_KNOBS: [&str; 4] = ["prefill_tp", "prefill_dp", "decode_tp", "decode_dp"];
+
 /// The candidate deployments of `p` (unordered).
 fn candidates(
     p: &Plan,
@@ -275,6 +297,7 @@ fn candidates(
         chunked_prefill: chunked,
         async_scheduling: s.scheduler.async_scheduling,
         prefix_hit: s.prefix_hit,
+        window: None,
     };
     let base = |m: IterModel| Deployment {
         colocated: 0,
@@ -302,12 +325,18 @@ fn candidates(
     if size > MAX_CANDIDATES {
         return Err(size);
     }
+    // Pool knobs restrict the disaggregated pools and leave out
+    // colocated deployments.
+    let pools = POOL_KNOBS.iter().any(|k| domain(p, k).is_some());
+    let allowed =
+        |k: &str, x: u64| domain(p, k).is_none_or(|d| ints(Some(d), Vec::new()).contains(&x));
     let mut out = Vec::new();
     for (&tp, m) in models {
-        let rs = replica_counts(reps, devices / tp);
+        let rs = replica_counts(domain(p, "prefill_dp").or(reps), devices / tp);
+        let colocated_reps = replica_counts(reps, devices / tp);
         for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
-            if s.disaggregate != Disaggregate::Yes {
-                for &r in rs.iter().filter(|r| *r * tp <= devices) {
+            if s.disaggregate != Disaggregate::Yes && !pools {
+                for &r in colocated_reps.iter().filter(|r| *r * tp <= devices) {
                     out.push(Deployment {
                         colocated: r,
                         limits: limits(ms, k),
@@ -318,8 +347,14 @@ fn candidates(
             if s.disaggregate == Disaggregate::No {
                 continue;
             }
+            if !allowed("prefill_tp", tp) {
+                continue;
+            }
             for (&tpd, md) in models {
-                let nds = replica_counts(reps, devices / tpd);
+                if !allowed("decode_tp", tpd) {
+                    continue;
+                }
+                let nds = replica_counts(domain(p, "decode_dp").or(reps), devices / tpd);
                 for &np in &rs {
                     for &nd in &nds {
                         if np * tp + nd * tpd > devices {
@@ -364,6 +399,16 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
         tps.retain(|t| t.is_power_of_two());
         tps.truncate(16);
     }
+    // The pools' own degrees (`prefill_tp`, `decode_tp`), when given.
+    for k in ["prefill_tp", "decode_tp"] {
+        if let Some(d) = domain(p, k) {
+            let mut v = ints(Some(d), Vec::new());
+            v.retain(|t| *t <= p.system.devices());
+            tps.extend(v);
+        }
+    }
+    tps.sort_unstable();
+    tps.dedup();
     for tp in tps {
         match build(&p.workload, &p.system, tp, n, ctx) {
             Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
@@ -422,17 +467,35 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         ));
     };
     let rank = rank_of(p)?;
-    let models = models(p, s)?;
-    let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
-        error(
-            Code::C009,
-            "fix",
-            format!("device `{}` has no {}", m.device, m.what),
-            "add the figure to the device in stdlib",
-        )
-    })?;
-    let min_tp = models.keys().next().copied().unwrap_or(1);
-    let xfer = transfer(p, &hw.topo, min_tp);
+    let (models, cands) = match s.batching {
+        Some(b) => batched_candidates(p, s, b)?,
+        None => {
+            let models = models(p, s)?;
+            let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
+                error(
+                    Code::C009,
+                    "fix",
+                    format!("device `{}` has no {}", m.device, m.what),
+                    "add the figure to the device in stdlib",
+                )
+            })?;
+            let min_tp = models.keys().next().copied().unwrap_or(1);
+            let xfer = transfer(p, &hw.topo, min_tp);
+            let cands = candidates(p, s, &models, xfer).map_err(|n| {
+                error(
+                    Code::C011,
+                    "search",
+                    format!(
+                        "plan `{}` would compare {n} serving deployments (the limit is {MAX_CANDIDATES})",
+                        p.name
+                    ),
+                    "narrow `search tp`, `dp` or `batch`, or set `disaggregate = false`",
+                )
+            })?;
+            (models, cands)
+        }
+    };
+    let mut cands = cands;
     let reqs = requests(s, rate, trace);
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
@@ -445,17 +508,6 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     } else {
         f64::INFINITY
     };
-    let mut cands = candidates(p, s, &models, xfer).map_err(|n| {
-        error(
-            Code::C011,
-            "search",
-            format!(
-                "plan `{}` would compare {n} serving deployments (the limit is {MAX_CANDIDATES})",
-                p.name
-            ),
-            "narrow `search tp`, `dp` or `batch`, or set `disaggregate = false`",
-        )
-    })?;
     let total = cands.len();
     // Cheapest first; a deterministic order among equals.
     cands.sort_by(|a, b| {
@@ -468,11 +520,20 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     let max_backlog = (reqs.len() as u64 / 4).max(64);
     let mut done: Vec<Summary> = Vec::new();
     let (mut best_value, mut unstable_unsim, mut pruned) = (None::<f64>, 0, 0);
+    // Prefill pools already seen to miss the TTFT target or overflow.
+    let open = !matches!(s.arrivals, gantry_lang::program::Arrivals::Closed { .. });
+    let mut failed_prefill: HashSet<PrefillKey> = HashSet::new();
+    let mut prefill_pruned = 0;
     for d in &cands {
         if let Some(b) = best_value
             && rank.bound(d, offered) < b
         {
             pruned += 1;
+            continue;
+        }
+        let key = prefill_key(d).filter(|_| open);
+        if key.is_some_and(|k| failed_prefill.contains(&k)) {
+            prefill_pruned += 1;
             continue;
         }
         if span > 0.0 && work_bound(d, &reqs, s.prefix_hit) > span * 1.02 {
@@ -483,8 +544,17 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
             pruned += 1;
             continue;
         }
-        let o = simulate(d, &reqs, max_backlog);
-        let sum = summarize(d, &o, &arrivals, &generate, s);
+        let o = super::outcome(d, &reqs, s, max_backlog);
+        let sum = summarize(d, &o, &o.arrivals, &generate, s);
+        let ttft_missed = sum
+            .slos
+            .iter()
+            .any(|c| c.name == "ttft_p99" && c.achieved > c.target);
+        if let Some(k) = key
+            && (o.aborted || ttft_missed)
+        {
+            failed_prefill.insert(k);
+        }
         if sum.meets {
             let v = rank.value(&sum);
             if best_value.is_none_or(|b| v > b) {
@@ -531,9 +601,39 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         simulated,
         unstable_unsimulated: unstable_unsim,
         pruned,
+        prefill_pruned,
         requests: reqs,
         models,
     })
+}
+
+/// What a disaggregated deployment's prefill pool sees, all of it: the
+/// pool's degree and replicas, the scheduler limits and the smallest
+/// cache of the deployment (which requests are dropped). With open-loop
+/// arrivals the prefill pool never hears from the decode pool (requests
+/// enter there, leave by transfer, and only arrivals can abort a run),
+/// so its first tokens, and whether the run overflows, are the same for
+/// every decode pool: a prefill pool that once missed the TTFT target or
+/// overflowed misses it with any decode pool, and is not simulated again.
+type PrefillKey = (u64, u64, u64, u64, bool, u64);
+
+fn prefill_key(d: &Deployment) -> Option<PrefillKey> {
+    if !d.disaggregated() {
+        return None;
+    }
+    let block = d.kv_block.max(1) as f64;
+    let smallest = d
+        .prefill_model
+        .kv_capacity_tokens
+        .min(d.decode_model.kv_capacity_tokens);
+    Some((
+        d.prefill_model.tp,
+        d.prefill,
+        d.limits.token_budget,
+        d.limits.max_seqs,
+        d.limits.chunked_prefill,
+        (smallest.max(0.0) / block).floor() as u64,
+    ))
 }
 
 /// C019: the closest deployment and how far each SLO is from its target.
@@ -642,7 +742,9 @@ pub fn plan_pins(p: &Plan) -> Result<BTreeMap<String, crate::point::Pin>, PinErr
 
 /// One colocated deployment pinned by `pins` (`tp`, `dp` replicas,
 /// `batch` as max_seqs; unpinned: tp 1, as many replicas as the system
-/// holds, the workload's max_seqs), simulated at `rate` until every
+/// holds, the workload's max_seqs), or with any of `prefill_tp`,
+/// `prefill_dp`, `decode_tp`, `decode_dp` a disaggregated one (each
+/// unpinned one 1), simulated at `rate` until every
 /// request is served (`gantry plan --fix`; above capacity the run is
 /// flagged unstable and its throughput is the deployment's capacity).
 pub fn fixed(
@@ -660,13 +762,18 @@ pub fn fixed(
             "declare the workload with `serve { ... }`",
         ));
     };
+    if let Some(b) = s.batching {
+        return fixed_batched(p, s, b, pins, trace, rate);
+    }
     for k in pins.keys() {
-        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str()) {
+        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str())
+            && !POOL_KNOBS.contains(&k.as_str())
+        {
             return Err(error(
                 Code::C012,
                 "fix",
                 format!("`{k}` is not a knob of a serving deployment"),
-                "pin tp, dp (replicas), batch (max_seqs), token_budget and chunked_prefill",
+                "pin tp, dp (replicas), batch (max_seqs), token_budget, chunked_prefill, or the pools' prefill_tp, prefill_dp, decode_tp and decode_dp",
             ));
         }
     }
@@ -682,8 +789,43 @@ pub fn fixed(
     };
     let tp = int("tp")?.unwrap_or(1);
     let devices = p.system.devices();
+    let pools = POOL_KNOBS.iter().any(|k| pins.contains_key(*k));
+    // Disaggregated pools (each unpinned figure 1): tp and dp are then
+    // not used.
+    let (ptp, pdp, dtp, ddp) = (
+        int("prefill_tp")?.unwrap_or(1),
+        int("prefill_dp")?.unwrap_or(1),
+        int("decode_tp")?.unwrap_or(1),
+        int("decode_dp")?.unwrap_or(1),
+    );
+    if pools {
+        if s.disaggregate == Disaggregate::No {
+            return Err(error(
+                Code::C012,
+                "fix",
+                format!(
+                    "the pools' knobs pin a disaggregated deployment, and `{}` declares `disaggregate = false`",
+                    p.workload.name
+                ),
+                "remove `disaggregate = false`, or pin tp and dp for a colocated deployment",
+            ));
+        }
+        let need = ptp
+            .saturating_mul(pdp)
+            .saturating_add(dtp.saturating_mul(ddp));
+        if need > devices {
+            return Err(error(
+                Code::C001,
+                "dp",
+                format!(
+                    "{pdp} prefill replicas of tp={ptp} and {ddp} decode replicas of tp={dtp} need {need} devices; the system has {devices}"
+                ),
+                "pin fewer replicas or smaller degrees",
+            ));
+        }
+    }
     let reps = int("dp")?.unwrap_or((devices / tp).max(1));
-    if tp.saturating_mul(reps) > devices {
+    if !pools && tp.saturating_mul(reps) > devices {
         return Err(error(
             Code::C001,
             "dp",
@@ -710,24 +852,202 @@ pub fn fixed(
     };
     let n = budget.clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
-    let m = build(&p.workload, &p.system, tp, n, ctx)?;
+    let (m, md, xfer) = if pools {
+        let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
+            error(
+                Code::C009,
+                "fix",
+                format!("device `{}` has no {}", m.device, m.what),
+                "add the figure to the device in stdlib",
+            )
+        })?;
+        (
+            build(&p.workload, &p.system, ptp, n, ctx)?,
+            build(&p.workload, &p.system, dtp, n, ctx)?,
+            transfer(p, &hw.topo, ptp.min(dtp)),
+        )
+    } else {
+        let m = build(&p.workload, &p.system, tp, n, ctx)?;
+        (m, m, (0.0, 0.0))
+    };
     let d = Deployment {
-        colocated: reps,
-        prefill: 0,
-        decode: 0,
+        colocated: if pools { 0 } else { reps },
+        prefill: if pools { pdp } else { 0 },
+        decode: if pools { ddp } else { 0 },
         prefill_model: m,
-        decode_model: m,
+        decode_model: md,
         limits: Limits {
             token_budget: budget,
             max_seqs: ms,
             chunked_prefill: chunked,
             async_scheduling: s.scheduler.async_scheduling,
             prefix_hit: s.prefix_hit,
+            window: None,
+        },
+        kv_block: s.scheduler.kv_block,
+        transfer_per_byte: xfer.0,
+        transfer_latency: xfer.1,
+    };
+    let reqs = requests(s, rate, trace);
+    Ok(super::run_with(&d, &reqs, s, u64::MAX))
+}
+
+/// Knobs a batching-window plan cannot take (`C031`): a replica is one
+/// device, and the window replaces the token scheduler.
+fn batched_knobs(p: &Plan) -> Result<(), PinError> {
+    for (k, d) in p.fixed.iter().chain(p.search.iter()) {
+        let one = matches!(d, Domain::Ints(v) if v == &[1]);
+        let bad = match k.as_str() {
+            "tp" | "pp" => !one,
+            "token_budget" | "chunked_prefill" => true,
+            k if POOL_KNOBS.contains(&k) => true,
+            _ => false,
+        };
+        if bad {
+            return Err(error(
+                Code::C031,
+                "search",
+                format!(
+                    "plan `{}` serves `{}` with a batching window, which has no `{k}` knob",
+                    p.name, p.workload.name
+                ),
+                "a batching-window plan searches `dp` (replicas, one device each) and `batch` (the largest batch, in items)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The largest batches a batching-window plan tries: its `batch` domain
+/// (powers of two when wider than 16 values), else the workload's.
+fn max_batches(p: &Plan, b: Batching) -> Vec<u64> {
+    let mut v = ints(domain(p, "batch"), vec![b.max_batch as i64]);
+    if v.len() > 16 {
+        let top = v.last().copied();
+        v.retain(|x| x.is_power_of_two());
+        v.extend(top);
+        v.dedup();
+    }
+    v
+}
+
+/// The windows tried: the workload's `max_wait` (the longest allowed)
+/// and a half, a quarter and none of it.
+fn windows(b: Batching) -> Vec<f64> {
+    let mut v = vec![0.0, b.max_wait / 4.0, b.max_wait / 2.0, b.max_wait];
+    v.dedup();
+    v
+}
+
+/// The iteration model and candidates of a batching-window plan.
+fn batched_candidates(
+    p: &Plan,
+    s: &Serve,
+    b: Batching,
+) -> Result<(BTreeMap<u64, IterModel>, Vec<Deployment>), PinError> {
+    batched_knobs(p)?;
+    let batches = max_batches(p, b);
+    let n = batches.last().copied().unwrap_or(b.max_batch);
+    let m = build_batched(&p.workload, &p.system, n)?;
+    let reps = replica_counts(domain(p, "dp"), p.system.devices());
+    let wins = windows(b);
+    let size = reps.len() * batches.len() * wins.len();
+    if size > MAX_CANDIDATES {
+        return Err(error(
+            Code::C011,
+            "search",
+            format!(
+                "plan `{}` would compare {size} serving deployments (the limit is {MAX_CANDIDATES})",
+                p.name
+            ),
+            "narrow `search dp` or `batch`",
+        ));
+    }
+    let mut out = Vec::with_capacity(size);
+    for &r in &reps {
+        for &mb in &batches {
+            for &w in &wins {
+                out.push(batched_deployment(s, m, r, mb, w));
+            }
+        }
+    }
+    Ok((BTreeMap::from([(1, m)]), out))
+}
+
+fn batched_deployment(s: &Serve, m: IterModel, replicas: u64, batch: u64, wait: f64) -> Deployment {
+    Deployment {
+        colocated: replicas,
+        prefill: 0,
+        decode: 0,
+        prefill_model: m,
+        decode_model: m,
+        limits: Limits {
+            token_budget: batch,
+            max_seqs: batch,
+            chunked_prefill: false,
+            async_scheduling: false,
+            prefix_hit: 0.0,
+            window: Some(wait),
         },
         kv_block: s.scheduler.kv_block,
         transfer_per_byte: 0.0,
         transfer_latency: 0.0,
+    }
+}
+
+/// One batching-window deployment pinned by `pins` (`dp` replicas,
+/// `batch` the largest batch; unpinned: every device a replica, the
+/// workload's `max_batch`), with the workload's window.
+fn fixed_batched(
+    p: &Plan,
+    s: &Serve,
+    b: Batching,
+    pins: &BTreeMap<String, crate::point::Pin>,
+    trace: &[TraceRow],
+    rate: Option<f64>,
+) -> Result<Summary, PinError> {
+    use crate::point::Pin;
+    for (k, v) in pins {
+        let ok = match k.as_str() {
+            "dp" | "batch" => true,
+            "tp" => matches!(v, Pin::Int(1)),
+            _ => false,
+        };
+        if !ok {
+            return Err(error(
+                Code::C031,
+                "fix",
+                format!(
+                    "`{k}` is not a knob of a batching-window deployment (`{}`)",
+                    p.workload.name
+                ),
+                "pin dp (replicas, one device each) and batch (the largest batch, in items)",
+            ));
+        }
+    }
+    let int = |k: &str| match pins.get(k) {
+        Some(Pin::Int(v)) if *v >= 1 => Ok(Some(*v as u64)),
+        Some(_) => Err(error(
+            Code::C006,
+            "fix",
+            format!("`{k}` must be a whole number of at least 1"),
+            "e.g. --fix dp=2,batch=1024",
+        )),
+        None => Ok(None),
     };
+    let devices = p.system.devices();
+    let reps = int("dp")?.unwrap_or(devices.max(1));
+    if reps > devices {
+        return Err(error(
+            Code::C001,
+            "dp",
+            format!("{reps} replicas need {reps} devices; the system has {devices}"),
+            "pin fewer replicas",
+        ));
+    }
+    let batch = int("batch")?.unwrap_or(b.max_batch);
+    let m = build_batched(&p.workload, &p.system, batch)?;
+    let d = batched_deployment(s, m, reps, batch, b.max_wait);
     let reqs = requests(s, rate, trace);
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }

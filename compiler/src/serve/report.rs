@@ -18,6 +18,8 @@ pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    /// The mean of the finite values (genai-perf and `vllm bench` print it).
+    pub mean: f64,
     /// At the workload's attainment (what the SLO is checked against).
     pub at_target: f64,
 }
@@ -35,6 +37,11 @@ fn percentiles(mut v: Vec<f64>, target: f64) -> Percentiles {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
     Percentiles {
+        mean: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        },
         p50: percentile(&v, 0.5),
         p90: percentile(&v, 0.9),
         p99: percentile(&v, 0.99),
@@ -71,6 +78,9 @@ pub struct Summary {
     /// Completed requests and generated tokens per second of the run.
     pub throughput: f64,
     pub tokens_per_s: f64,
+    /// Prompt tokens (a batching window's items) of completed requests
+    /// per second.
+    pub items_per_s: f64,
     /// Requests that met every SLO, per second of the run.
     pub goodput: f64,
     /// Share of all requests that met every SLO.
@@ -103,6 +113,7 @@ impl Summary {
             "p50" => Some(p.p50),
             "p90" => Some(p.p90),
             "p99" => Some(p.p99),
+            "mean" => Some(p.mean),
             _ => None,
         };
         if let Some((what, q)) = name.split_once('_') {
@@ -143,6 +154,12 @@ pub fn summarize(
 ) -> Summary {
     let n = arrivals.len();
     let target = serve.attainment;
+    // A batching window serves whole requests: one target, the latency.
+    let batched = d.limits.window.is_some();
+    let closed = matches!(
+        serve.arrivals,
+        gantry_lang::program::Arrivals::Closed { .. }
+    );
     let Slo {
         ttft_p99,
         tpot_p99,
@@ -167,7 +184,9 @@ pub fn summarize(
         .zip(&o.e2e)
         .zip(&tpot)
         .filter(|((f, e), t)| {
-            e.is_finite() && **f <= ttft_p99 && **t <= tpot_p99 && e2e_p99.is_none_or(|x| **e <= x)
+            e.is_finite()
+                && (batched || (**f <= ttft_p99 && **t <= tpot_p99))
+                && e2e_p99.is_none_or(|x| **e <= x)
         })
         .count() as u64;
     let span = match (arrivals.first(), arrivals.last()) {
@@ -181,27 +200,32 @@ pub fn summarize(
     };
     let run = o.makespan.max(span);
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
-    let unstable = unstable(o, n);
+    // A closed loop's queue is bounded by its clients: never unstable.
+    let unstable = !closed && unstable(o, n);
     let (ttft, tpot, e2e) = (
         percentiles(o.ttft.clone(), target),
         percentiles(tpot, target),
         percentiles(o.e2e.clone(), target),
     );
-    let mut slos = vec![
-        SloCheck {
-            name: "ttft_p99",
-            target: ttft_p99,
-            achieved: ttft.at_target,
-        },
-        SloCheck {
-            name: "tpot_p99",
-            target: tpot_p99,
-            achieved: tpot.at_target,
-        },
-    ];
+    let mut slos = if batched {
+        Vec::new()
+    } else {
+        vec![
+            SloCheck {
+                name: "ttft_p99",
+                target: ttft_p99,
+                achieved: ttft.at_target,
+            },
+            SloCheck {
+                name: "tpot_p99",
+                target: tpot_p99,
+                achieved: tpot.at_target,
+            },
+        ]
+    };
     if let Some(x) = e2e_p99 {
         slos.push(SloCheck {
-            name: "e2e_p99",
+            name: if batched { "latency_p99" } else { "e2e_p99" },
             target: x,
             achieved: e2e.at_target,
         });
@@ -232,6 +256,7 @@ pub fn summarize(
         e2e,
         throughput: per_s(o.completed as f64),
         tokens_per_s: per_s(o.tokens_generated as f64),
+        items_per_s: per_s(o.items_completed as f64),
         goodput,
         attainment,
         target_attainment: target,
@@ -291,6 +316,15 @@ fn scheduler(d: &Deployment) -> String {
 
 /// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
 pub fn describe(d: &Deployment) -> String {
+    if let Some(w) = d.limits.window {
+        return format!(
+            "{} x tp{}, batch {} items, window {:.0} us",
+            d.colocated,
+            d.prefill_model.tp,
+            d.limits.token_budget,
+            w * 1e6
+        );
+    }
     if d.disaggregated() {
         format!(
             "disaggregated {} x tp{} prefill : {} x tp{} decode, {}",
@@ -314,6 +348,16 @@ fn ms(x: f64) -> String {
     format!("{:.1} ms", x * 1e3)
 }
 
+/// [`ms`], or microseconds below a millisecond (a batching window's
+/// latencies are often that short).
+fn lat(s: &Summary, x: f64) -> String {
+    if batched(s) && x < 1e-3 {
+        format!("{:.1} us", x * 1e6)
+    } else {
+        ms(x)
+    }
+}
+
 /// What limits a deployment: queueing when unstable, else the SLO
 /// closest to (or furthest past) its target, named by the resource it
 /// stresses.
@@ -335,13 +379,17 @@ pub fn binding(s: &Summary) -> String {
             "decode bandwidth and KV transfer"
         }
         "tpot_p99" => "decode bandwidth (weights and KV cache read each iteration)",
+        "latency_p99" if s.utilisation_prefill > 0.8 => {
+            "batch compute (the replicas are busy; batches queue)"
+        }
+        "latency_p99" => "the batching window and one batch's time",
         _ => "end-to-end latency",
     };
     format!(
         "{} at {:.0}% of its target ({} of {}): {why}",
         worst.name,
         100.0 * worst.ratio(),
-        ms(worst.achieved),
+        lat(s, worst.achieved),
         ms(worst.target)
     )
 }
@@ -351,11 +399,19 @@ pub fn text(s: &Summary) -> String {
     use std::fmt::Write;
     let mut t = String::new();
     let _ = writeln!(t, "Deployment  {}", describe(&s.deployment));
-    let _ = writeln!(
-        t,
-        "  {} devices; KV cache {:.0} tokens per replica",
-        s.devices, s.kv_capacity_tokens
-    );
+    if batched(s) {
+        let _ = writeln!(
+            t,
+            "  {} devices; at most {:.0} items in flight per replica",
+            s.devices, s.kv_capacity_tokens
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "  {} devices; KV cache {:.0} tokens per replica",
+            s.devices, s.kv_capacity_tokens
+        );
+    }
     let _ = writeln!(
         t,
         "Load        {} requests at {:.3} req/s; {} completed, {} dropped",
@@ -369,13 +425,13 @@ pub fn text(s: &Summary) -> String {
         return t;
     }
     let _ = writeln!(t, "Latency     P50         P90         P99");
-    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+    for (name, p) in latencies(s) {
         let _ = writeln!(
             t,
             "  {name:<9} {:<11} {:<11} {}",
-            ms(p.p50),
-            ms(p.p90),
-            ms(p.p99)
+            lat(s, p.p50),
+            lat(s, p.p90),
+            lat(s, p.p99)
         );
     }
     for c in &s.slos {
@@ -384,7 +440,7 @@ pub fn text(s: &Summary) -> String {
             "SLO         {} <= {}: {} at {:.1}% ({})",
             c.name,
             ms(c.target),
-            ms(c.achieved),
+            lat(s, c.achieved),
             100.0 * s.target_attainment,
             if c.achieved <= c.target {
                 "met"
@@ -397,6 +453,20 @@ pub fn text(s: &Summary) -> String {
         let _ = writeln!(t, "{label:<11} {value}");
     }
     t
+}
+
+fn batched(s: &Summary) -> bool {
+    s.deployment.limits.window.is_some()
+}
+
+/// The latency rows: TTFT, TPOT and end to end, or a batching window's
+/// one request latency.
+fn latencies(s: &Summary) -> Vec<(&'static str, &Percentiles)> {
+    if batched(s) {
+        vec![("Request", &s.e2e)]
+    } else {
+        vec![("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)]
+    }
 }
 
 /// The summary's figures after the latency table, as (text label,
@@ -416,10 +486,17 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
         (
             "Throughput",
             "throughput",
-            format!(
-                "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
-                s.throughput, s.tokens_per_s, s.goodput
-            ),
+            if batched(s) {
+                format!(
+                    "{:.3} req/s, {:.1} items/s; goodput {:.3} req/s",
+                    s.throughput, s.items_per_s, s.goodput
+                )
+            } else {
+                format!(
+                    "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
+                    s.throughput, s.tokens_per_s, s.goodput
+                )
+            },
         ),
     ];
     if let (Some(p), Some(g)) = (s.price_per_s, s.goodput_per_dollar) {
@@ -432,6 +509,19 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
                 g
             ),
         ));
+    }
+    if batched(s) {
+        rows.push((
+            "Utilisation",
+            "utilisation",
+            format!(
+                "{:.1}% busy; {:.1} items per batch",
+                100.0 * s.utilisation_prefill,
+                s.mean_batch_tokens
+            ),
+        ));
+        rows.push(("Binding", "binding", binding(s)));
+        return rows;
     }
     rows.push((
         "Utilisation",
@@ -463,7 +553,7 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
 }
 
 fn pct(p: &Percentiles) -> Value {
-    json!({ "p50_s": p.p50, "p90_s": p.p90, "p99_s": p.p99, "at_attainment_s": p.at_target })
+    json!({ "mean_s": p.mean, "p50_s": p.p50, "p90_s": p.p90, "p99_s": p.p99, "at_attainment_s": p.at_target })
 }
 
 /// The `gantry.serve/1` fields of one deployment.
@@ -484,7 +574,10 @@ pub fn json(s: &Summary) -> Value {
         "max_seqs": d.limits.max_seqs,
         "token_budget": d.limits.token_budget,
         "chunked_prefill": d.limits.chunked_prefill,
+        "batching_window_s": d.limits.window,
+        "items_per_s": s.items_per_s,
         "async_scheduling": d.limits.async_scheduling,
+        "request_latency": if batched(s) { pct(&s.e2e) } else { Value::Null },
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
@@ -539,13 +632,13 @@ pub fn markdown(s: &Summary) -> String {
         return t;
     }
     let _ = writeln!(t, "| latency | P50 | P90 | P99 |\n|---|---:|---:|---:|");
-    for (name, p) in [("TTFT", &s.ttft), ("TPOT", &s.tpot), ("E2E", &s.e2e)] {
+    for (name, p) in latencies(s) {
         let _ = writeln!(
             t,
             "| {name} | {} | {} | {} |",
-            ms(p.p50),
-            ms(p.p90),
-            ms(p.p99)
+            lat(s, p.p50),
+            lat(s, p.p90),
+            lat(s, p.p99)
         );
     }
     let _ = writeln!(
@@ -559,7 +652,7 @@ pub fn markdown(s: &Summary) -> String {
             "| {} | {} | {} | {} |",
             c.name,
             ms(c.target),
-            ms(c.achieved),
+            lat(s, c.achieved),
             if c.achieved <= c.target {
                 "met"
             } else {
@@ -574,9 +667,77 @@ pub fn markdown(s: &Summary) -> String {
     t
 }
 
+/// [`plan_markdown`]'s tail for a batching window: the batch model and
+/// the best deployments by their request latency.
+fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usize) -> String {
+    use std::fmt::Write;
+    let _ = writeln!(
+        t,
+        "\n### Batch model (docs/COST-MODEL.md §4a)\n\n| fixed | one item | per item | items per batch at most |\n|---:|---:|---:|---:|"
+    );
+    for m in sp.models.values() {
+        let _ = writeln!(
+            t,
+            "| {:.3} ms | {:.3} ms | {:.3} us | {:.0} |",
+            m.t_fixed * 1e3,
+            m.t_weights * 1e3,
+            m.c_token * 1e6,
+            m.kv_capacity_tokens
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\n### Best deployments ({})\n\n| # | deployment | devices | value | latency P99 |\n|---:|---|---:|---:|---:|",
+        sp.rank.name()
+    );
+    for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.4} | {} |",
+            i + 1,
+            describe(&s.deployment),
+            s.devices,
+            sp.rank.value(s),
+            lat(s, s.e2e.p99)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        sp.candidates,
+        sp.simulated,
+        sp.requests.len(),
+        sp.unstable_unsimulated,
+        sp.pruned
+    );
+    t
+}
+
 /// The latency-versus-rate curve as a Markdown table.
 pub fn sweep_markdown(rows: &[Summary]) -> String {
     use std::fmt::Write;
+    if rows.first().is_some_and(batched) {
+        let mut t = String::from(
+            "| rate/s | latency P50 | latency P90 | latency P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for s in rows {
+            if s.unstable {
+                let _ = writeln!(t, "| {:.1} | unstable: the queue grows | | | | |", s.rate);
+            } else {
+                let _ = writeln!(
+                    t,
+                    "| {:.1} | {} | {} | {} | {:.1} | {:.2}% |",
+                    s.rate,
+                    lat(s, s.e2e.p50),
+                    lat(s, s.e2e.p90),
+                    lat(s, s.e2e.p99),
+                    s.goodput,
+                    100.0 * s.attainment
+                );
+            }
+        }
+        return t;
+    }
     let mut t = String::from(
         "| rate/s | TTFT P50 | TTFT P99 | TPOT P50 | TPOT P99 | goodput/s | attainment |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -628,6 +789,9 @@ pub fn plan_markdown(
             binding(c)
         );
     }
+    if batched(&sp.best) {
+        return plan_markdown_batched(t, sp, top);
+    }
     let _ = writeln!(
         t,
         "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -670,12 +834,13 @@ pub fn plan_markdown(
     }
     let _ = writeln!(
         t,
-        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound.",
+        "\nSearch: {} candidates; {} simulated ({} requests each), {} unstable by their work alone, {} pruned by the goodput bound, {} by a prefill pool already seen to miss.",
         sp.candidates,
         sp.simulated,
         sp.requests.len(),
         sp.unstable_unsimulated,
-        sp.pruned
+        sp.pruned,
+        sp.prefill_pruned
     );
     t
 }

@@ -10,6 +10,13 @@
 //! A replica has a role: both phases (colocated), prefill only (it hands a
 //! sequence over when its prompt is done) or decode only.
 //!
+//! With a batching window (recommendation inference) a replica runs
+//! whole requests: an idle replica waits until its batch is full or its
+//! oldest request has waited the window (`wake_at`, an event of the
+//! simulator's loop), then admits in arrival order what the budget
+//! takes; the prefill path does the rest, as each request's one output
+//! is its first token.
+//!
 //! Decoding sequences all advance by one token per iteration, so their
 //! state is kept relative to the replica's decode-step counter: a
 //! sequence's context is its context when it started decoding plus the
@@ -92,6 +99,12 @@ pub struct Limits {
     pub async_scheduling: bool,
     /// Share of a fresh prompt served from the prefix cache.
     pub prefix_hit: f64,
+    /// A batching window (recommendation inference): an idle replica
+    /// holds its queue until `token_budget` items or `max_seqs` requests
+    /// wait, or the oldest has waited this many seconds; a request then
+    /// runs whole in one iteration and holds no cache after it (a block
+    /// per item while it runs). `None`: continuous batching.
+    pub window: Option<f64>,
 }
 
 /// A heap entry: (decode step, slot, slot generation).
@@ -106,6 +119,11 @@ pub struct Replica {
     pub waiting: VecDeque<Seq>,
     /// End of the running iteration; `None` when idle.
     pub busy_until: Option<f64>,
+    /// With a batching window, when an idle replica holding requests
+    /// starts its batch unless it fills first; `None` otherwise.
+    pub wake_at: Option<f64>,
+    /// Prompt tokens (items) of the waiting queue.
+    queued: u64,
     pub busy_time: f64,
     pub iterations: u64,
     pub batched_tokens: u64,
@@ -156,6 +174,8 @@ impl Replica {
             blocks: Blocks::new(model.kv_capacity_tokens, block),
             waiting: VecDeque::new(),
             busy_until: None,
+            wake_at: None,
+            queued: 0,
             busy_time: 0.0,
             iterations: 0,
             batched_tokens: 0,
@@ -175,6 +195,12 @@ impl Replica {
             last_start: f64::NEG_INFINITY,
             last_end: f64::NEG_INFINITY,
         }
+    }
+
+    /// Queues `s` behind the waiting requests.
+    pub fn enqueue(&mut self, s: Seq) {
+        self.queued += s.target as u64;
+        self.waiting.push_back(s);
     }
 
     /// Requests this replica holds (queued or running).
@@ -286,6 +312,7 @@ impl Replica {
         s.kv = 0;
         s.sched = 0;
         self.release(slot);
+        self.queued += s.target as u64;
         self.waiting.push_front(s);
         self.preemptions += 1;
     }
@@ -317,11 +344,15 @@ impl Replica {
                 let hit = (self.limits.prefix_hit * s.prompt as f64).floor() as u32;
                 s.kv = hit.min(s.prompt.saturating_sub(1));
             }
-            let need = self.blocks.for_tokens(s.target as u64 + 1);
+            // Blocks for the prompt and the first token (a window's
+            // request runs whole: its items only).
+            let first = u64::from(self.limits.window.is_none());
+            let need = self.blocks.for_tokens(s.target as u64 + first);
             if !self.blocks.take(need) {
                 break;
             }
             self.waiting.pop_front();
+            self.queued = self.queued.saturating_sub(s.target as u64);
             s.blocks = need as u32;
             if self.role == Role::Decode && s.prefilled() {
                 let slot = self.alloc(s);
@@ -391,6 +422,24 @@ impl Replica {
     /// iteration that follows another without a gap was formed when that
     /// one started: it admits only what was ready by then.
     pub fn start(&mut self, now: f64) -> Option<f64> {
+        if let Some(w) = self.limits.window
+            && self.live == 0
+        {
+            // A batching window: start when the batch is full or the
+            // oldest request's wait is up, else sleep until then.
+            let Some(oldest) = self.waiting.front() else {
+                self.wake_at = None;
+                return None;
+            };
+            let due = oldest.ready + w;
+            let full = self.queued >= self.limits.token_budget
+                || self.waiting.len() as u64 >= self.limits.max_seqs;
+            if !full && now < due {
+                self.wake_at = Some(due);
+                return None;
+            }
+            self.wake_at = None;
+        }
         let cutoff = if self.limits.async_scheduling && self.last_end >= now {
             self.last_start
         } else {

@@ -4,10 +4,17 @@
 //! replica that prefills), an iteration ends (the replica advances its
 //! sequences and starts the next iteration at once if it has work), and,
 //! with disaggregated pools, a KV transfer ends (the sequence joins the
-//! least-loaded decode replica). Arrivals are a sorted array, iteration
-//! ends are one time per replica, transfers a heap; ties go iteration
-//! ends first, then transfers, then arrivals, so a run is a function of
-//! its inputs. Latencies are recorded per request; the report's figures
+//! least-loaded decode replica). A replica with a batching window adds a
+//! fourth, its wake-up (the window of its oldest request ends), handled
+//! as an iteration end with nothing to finish. Arrivals are a sorted
+//! array, iteration ends and wake-ups one time per replica, transfers a
+//! heap; ties go iteration ends first, then transfers, then arrivals, so
+//! a run is a function of its inputs.
+//!
+//! A closed loop of `C` clients ([`simulate_closed`]) is the same loop
+//! with arrival times written as it runs: the first `C` requests arrive
+//! at the start, and each completion (or drop) releases the next request
+//! at that moment, so the arrivals stay sorted. Latencies are recorded per request; the report's figures
 //! are computed from them afterwards (`report.rs`).
 
 use std::cmp::Reverse;
@@ -58,6 +65,8 @@ pub struct Outcome {
     pub dropped: u64,
     pub tokens_requested: u64,
     pub tokens_generated: u64,
+    /// Prompt tokens (a batching window's items) of completed requests.
+    pub items_completed: u64,
     pub preemptions: u64,
     pub transfers: u64,
     pub transfer_bytes: f64,
@@ -79,6 +88,9 @@ pub struct Outcome {
     pub little_l: f64,
     pub little_lambda: f64,
     pub little_w: f64,
+    /// Each request's arrival time as simulated (a closed loop's are
+    /// only known once it ran).
+    pub arrivals: Vec<f64>,
 }
 
 /// A transfer in flight, ordered by end time (then issue order).
@@ -131,6 +143,18 @@ impl Clock {
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
 /// outcome `aborted`, when more than `max_backlog` requests wait.
 pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
+    run(d, reqs, max_backlog, None)
+}
+
+/// Simulates `reqs` (lengths only: arrival times are ignored) sent by
+/// `clients` clients in a closed loop: each sends its next request when
+/// its previous one completes. No Little's-law window (the number in the
+/// system is `clients` by construction).
+pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcome {
+    run(d, reqs, u64::MAX, Some(clients.max(1)))
+}
+
+fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) -> Outcome {
     let mut reps = replicas(d);
     let n = reqs.len();
     let mut o = Outcome {
@@ -138,9 +162,18 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
         e2e: vec![f64::NAN; n],
         ..Outcome::default()
     };
+    // Arrival times, and how many are known (a closed loop releases one
+    // per completion).
+    let mut arr: Vec<f64> = match closed {
+        None => reqs.iter().map(|r| r.arrival).collect(),
+        Some(_) => vec![0.0; n],
+    };
+    let mut released = closed.map_or(n, |c| (c as usize).min(n));
     if n == 0 || reps.is_empty() {
+        o.arrivals = arr;
         return o;
     }
+    let window = d.limits.window.is_some();
     let entry = if d.disaggregated() {
         Role::Prefill
     } else {
@@ -152,10 +185,20 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
         .map(|r| r.blocks)
         .min_by_key(|b| b.total)
         .unwrap_or(super::kv::Blocks::new(0.0, 1));
-    let fits =
-        |r: &Request| smallest.for_tokens(r.prompt as u64 + r.generate as u64) <= smallest.total;
-    let t0 = reqs[0].arrival;
-    let (wa, wb) = (reqs[n / 4].arrival, reqs[(3 * n) / 4].arrival);
+    let fits = |r: &Request| {
+        let tokens = if window {
+            r.prompt as u64
+        } else {
+            r.prompt as u64 + r.generate as u64
+        };
+        smallest.for_tokens(tokens) <= smallest.total
+    };
+    let t0 = arr[0];
+    let (wa, wb) = if closed.is_some() {
+        (f64::INFINITY, f64::INFINITY)
+    } else {
+        (arr[n / 4], arr[(3 * n) / 4])
+    };
     let mut clock = Clock {
         now: t0,
         in_system: 0,
@@ -170,32 +213,41 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
         // The earliest event: iteration ends, then transfers, then arrivals.
         let mut rep: Option<(usize, f64)> = None;
         for (i, r) in reps.iter().enumerate() {
-            if let Some(t) = r.busy_until
+            if let Some(t) = r.busy_until.or(r.wake_at)
                 && rep.is_none_or(|(_, b)| t < b)
             {
                 rep = Some((i, t));
             }
         }
         let xfer = transfers.peek().map(|t| t.0.at);
-        let arr = reqs.get(next).map(|r| r.arrival);
+        let arrival = (next < released).then(|| arr[next]);
         let t_rep = rep.map_or(f64::INFINITY, |r| r.1);
         let t_x = xfer.unwrap_or(f64::INFINITY);
-        let t_a = arr.unwrap_or(f64::INFINITY);
+        let t_a = arrival.unwrap_or(f64::INFINITY);
         let touched = if rep.is_some() && t_rep <= t_x && t_rep <= t_a {
             let (i, t) = rep.unwrap_or((0, t_rep));
             clock.advance(t);
-            reps[i].busy_until = None;
             done.clear();
-            reps[i].finish(&mut done);
+            if reps[i].busy_until.take().is_some() {
+                reps[i].finish(&mut done);
+            } else {
+                // A batching window's wake-up: nothing to finish.
+                reps[i].wake_at = None;
+            }
             for ev in &done {
                 match *ev {
-                    Done::First(q) => o.ttft[q as usize] = t - reqs[q as usize].arrival,
+                    Done::First(q) => o.ttft[q as usize] = t - arr[q as usize],
                     Done::Complete(q) => {
-                        o.e2e[q as usize] = t - reqs[q as usize].arrival;
+                        o.e2e[q as usize] = t - arr[q as usize];
                         o.completed += 1;
                         o.tokens_generated += reqs[q as usize].generate as u64;
+                        o.items_completed += reqs[q as usize].prompt as u64;
                         clock.in_system -= 1;
                         o.makespan = t - t0;
+                        if released < n {
+                            arr[released] = t;
+                            released += 1;
+                        }
                     }
                     Done::Handoff(s) => {
                         let bytes = s.kv as f64 * d.prefill_model.kv_bytes_per_token_model;
@@ -221,10 +273,10 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             };
             let mut s = x.seq;
             s.ready = x.at;
-            reps[i].waiting.push_back(s);
+            reps[i].enqueue(s);
             i
-        } else if let Some(r) = reqs.get(next) {
-            clock.advance(r.arrival);
+        } else if let (Some(r), Some(at)) = (reqs.get(next), arrival) {
+            clock.advance(at);
             let q = next as u32;
             next += 1;
             if next == n / 2 + 1 || next == n {
@@ -238,6 +290,10 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             o.tokens_requested += r.generate as u64;
             if !fits(r) {
                 o.dropped += 1;
+                if released < n {
+                    arr[released] = at;
+                    released += 1;
+                }
                 continue;
             }
             clock.in_system += 1;
@@ -245,8 +301,8 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
                 break;
             };
             let mut s = Seq::new(q, r.prompt, r.generate);
-            s.ready = r.arrival;
-            reps[i].waiting.push_back(s);
+            s.ready = at;
+            reps[i].enqueue(s);
             if reps[i].waiting.len() as u64 > max_backlog {
                 o.aborted = true;
                 break;
@@ -262,7 +318,8 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
             r.busy_until = Some(clock.now + dt);
         }
     }
-    tally(&mut o, &reps, reqs, &clock);
+    tally(&mut o, &reps, &arr, &clock);
+    o.arrivals = arr;
     o
 }
 
@@ -299,7 +356,7 @@ fn replicas(d: &Deployment) -> Vec<Replica> {
 }
 
 /// The replicas' counters, and Little's law over the clock's window.
-fn tally(o: &mut Outcome, reps: &[Replica], reqs: &[Request], clock: &Clock) {
+fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock) {
     let (wa, wb) = clock.window;
     for r in reps {
         o.preemptions += r.preemptions;
@@ -310,10 +367,10 @@ fn tally(o: &mut Outcome, reps: &[Replica], reqs: &[Request], clock: &Clock) {
             _ => o.busy_prefill += r.busy_time,
         }
     }
-    let in_window: Vec<f64> = reqs
+    let in_window: Vec<f64> = arrivals
         .iter()
         .zip(&o.e2e)
-        .filter(|(r, _)| r.arrival >= wa && r.arrival < wb)
+        .filter(|(a, _)| **a >= wa && **a < wb)
         .map(|(_, e)| *e)
         .collect();
     if wb > wa && !in_window.is_empty() {

@@ -41,6 +41,7 @@ fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deploym
             chunked_prefill: true,
             async_scheduling: false,
             prefix_hit: 0.0,
+            window: None,
         },
         kv_block: 16,
         transfer_per_byte: 0.0,
@@ -178,6 +179,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
         requests: n,
         seed,
         disaggregate: Disaggregate::No,
+        batching: None,
         span: gantry_lang::span::Span::new(0, 0),
     }
 }
@@ -342,5 +344,200 @@ proptest! {
         };
         prop_assert!(pct(&lagged, 0.5) >= pct(&sync, 0.5) - slot);
         prop_assert!(pct(&lagged, 0.99) >= pct(&sync, 0.99) - slot);
+    }
+}
+
+/// A batching-window replica: every batch takes `max(1 s, 0.01 s x
+/// items)`, at most 4 items, a window of 0.5 s.
+fn windowed(replicas: u64, budget: u64, wait: f64) -> Deployment {
+    let mut d = colocated(model(1.0, 0.01, 1e6), replicas, budget, budget);
+    d.limits.chunked_prefill = false;
+    d.limits.window = Some(wait);
+    d.kv_block = 1;
+    d
+}
+
+/// By hand: A (t=0, 1 item), B (0.2, 2 items), C (0.3, 1 item), D (0.4,
+/// 3 items), E (3.0, 1 item); at most 4 items a batch, window 0.5 s,
+/// 1 s a batch.
+///
+/// - t=0: A waits (1 item); the replica sleeps until 0.5.
+/// - t=0.3: C fills the batch (1 + 2 + 1 = 4): A, B, C run [0.3, 1.3].
+/// - t=0.4: D waits behind the running batch; at 1.3 its window (0.9)
+///   has passed: D runs alone [1.3, 2.3].
+/// - t=3.0: E waits its whole window: [3.5, 4.5].
+#[test]
+fn batching_window_by_hand() {
+    let d = windowed(1, 4, 0.5);
+    let reqs = [
+        req(0.0, 1, 1),
+        req(0.2, 2, 1),
+        req(0.3, 1, 1),
+        req(0.4, 3, 1),
+        req(3.0, 1, 1),
+    ];
+    let o = simulate(&d, &reqs, 100);
+    let e2e = [1.3, 1.1, 1.0, 1.9, 1.5];
+    for (i, want) in e2e.iter().enumerate() {
+        assert!(close(o.e2e[i], *want), "e2e {i}: {:?}", o.e2e);
+        assert!(close(o.ttft[i], *want), "ttft {i}: {:?}", o.ttft);
+    }
+    assert_eq!((o.completed, o.iterations, o.items_completed), (5, 3, 8));
+    assert_eq!(o.batched_tokens, 8);
+    assert!(close(o.makespan, 4.5));
+    // Busy 3 s of 4.5.
+    assert!(close(o.busy_prefill, 3.0));
+}
+
+/// A closed loop by hand: 2 clients, 1 s per iteration (prompt 50, one
+/// token). An idle replica starts on the first event, and a request
+/// released by a completion arrives after the iteration that starts at
+/// that moment was formed (as a client's next request reaches a running
+/// engine), so here the two clients alternate:
+///
+/// - 0 and 1 arrive at 0; 0 runs [0, 1];
+/// - 0 completes at 1 and releases 2; 1 runs [1, 2];
+/// - 1 completes at 2, releases 3; 2 runs [2, 3]; then 3 [3, 4], 4 [4, 5].
+#[test]
+fn closed_loop_by_hand() {
+    let d = colocated(model(1.0, 0.0, 1e6), 1, 1000, 8);
+    let reqs: Vec<Request> = (0..5).map(|_| req(0.0, 50, 1)).collect();
+    let o = super::sim::simulate_closed(&d, &reqs, 2);
+    assert_eq!(o.arrivals, vec![0.0, 0.0, 1.0, 2.0, 3.0]);
+    let e2e = [1.0, 2.0, 2.0, 2.0, 2.0];
+    for (i, want) in e2e.iter().enumerate() {
+        assert!(close(o.e2e[i], *want), "e2e {i}: {:?}", o.e2e);
+    }
+    assert!(close(o.makespan, 5.0));
+    assert_eq!(o.completed, 5);
+}
+
+fn windowed_serve(rate: f64, n: u64, seed: u64) -> Serve {
+    Serve {
+        input: Lengths::LogNormal {
+            mean: 8.0,
+            spread: 0.8,
+        },
+        output: Lengths::Fixed(1),
+        ..serve(rate, n, seed)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Batching windows and closed loops conserve requests and items:
+    /// every request completes or is dropped, the items scored are those
+    /// of the completed requests, each answer is its first token, and a
+    /// closed loop never has more than its clients in flight (arrivals
+    /// sorted, the k-th after the (k - clients)-th completion).
+    #[test]
+    fn windows_and_closed_loops_conserve(rate in 1.0f64..40.0, seed in 0u64..1000,
+                                         budget in 1u64..64, wait in 0.0f64..2.0,
+                                         replicas in 1u64..4, clients in 1u64..16,
+                                         closed in any::<bool>()) {
+        let s = windowed_serve(rate, 300, seed);
+        let reqs = requests(&s, None, &[]);
+        let d = windowed(replicas, budget, wait);
+        let o = if closed {
+            super::sim::simulate_closed(&d, &reqs, clients)
+        } else {
+            simulate(&d, &reqs, u64::MAX)
+        };
+        prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
+        let kept: u64 = reqs.iter().zip(&o.e2e).filter(|(_, e)| e.is_finite()).map(|(r, _)| r.prompt as u64).sum();
+        prop_assert_eq!(o.items_completed, kept);
+        for (f, e) in o.ttft.iter().zip(&o.e2e) {
+            prop_assert!(e.is_nan() || f == e);
+        }
+        prop_assert!(o.arrivals.windows(2).all(|w| w[0] <= w[1]));
+        if closed {
+            let mut ends: Vec<f64> = o.arrivals.iter().zip(&o.e2e).map(|(a, e)| a + e).collect();
+            ends.sort_by(f64::total_cmp);
+            for k in clients as usize..reqs.len() {
+                prop_assert!(close(o.arrivals[k], ends[k - clients as usize]));
+            }
+        }
+    }
+
+    /// Without a window (each batch starts as soon as a replica is free),
+    /// more replicas never raise the P99 latency at a fixed rate, and a
+    /// higher rate on one replica never lowers it, beyond two batches'
+    /// time (1 s each here; where an arrival falls in the running batch).
+    /// With a window neither holds: a lone request waits its window, so
+    /// spreading requests over more replicas, or sending fewer, makes
+    /// batches fill later (`a_window_is_not_monotone`).
+    #[test]
+    fn no_window_is_monotone(rate in 0.2f64..4.0, seed in 0u64..1000, replicas in 1u64..4) {
+        let s = windowed_serve(rate, 300, seed);
+        let reqs = requests(&s, None, &[]);
+        let run = |r: u64, reqs: &[Request]| simulate(&windowed(r, 64, 0.0), reqs, u64::MAX);
+        let slot = 2.0;
+        let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
+        prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
+        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let (a, c) = (run(1, &reqs), run(1, &faster));
+        prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
+    }
+}
+
+/// With a window, a lone request waits it out: at a low rate the P99
+/// latency is the window plus a batch, and a higher rate that fills
+/// batches before the window ends lowers it.
+#[test]
+fn a_window_is_not_monotone() {
+    // 1 s a batch, at most 4 items a batch, a window of 5 s.
+    let d = windowed(1, 4, 5.0);
+    let slow: Vec<Request> = (0..40).map(|i| req(i as f64 * 20.0, 1, 1)).collect();
+    let fast: Vec<Request> = (0..40).map(|i| req(i as f64 * 0.3, 1, 1)).collect();
+    let (a, b) = (simulate(&d, &slow, 100), simulate(&d, &fast, 100));
+    assert!(close(p99(&a, |o| &o.e2e), 6.0), "{:?}", a.e2e);
+    assert!(p99(&b, |o| &o.e2e) < 3.0, "{:?}", b.e2e);
+}
+
+/// Little's law in a closed loop: the time-average number in the system
+/// over the run is the clients while every client waits, so the
+/// throughput times the mean latency is the concurrency (within 2%: the
+/// last requests drain with fewer in flight).
+#[test]
+fn closed_loop_keeps_its_clients_busy() {
+    let s = serve(1.0, 4000, 7);
+    let reqs = requests(&s, None, &[]);
+    let o = super::sim::simulate_closed(&colocated(small(), 2, 512, 32), &reqs, 24);
+    let sum: f64 = o.e2e.iter().sum();
+    let l = sum / o.makespan;
+    assert!((l / 24.0 - 1.0).abs() < 0.02, "L = {l}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// With open-loop arrivals a disaggregated deployment's prefill pool
+    /// never hears from its decode pool: every first token, and whether
+    /// the run overflows, are the same for any decode pool (of the same
+    /// smallest cache). The planner's prefill-pool pruning rests on this.
+    #[test]
+    fn first_tokens_do_not_depend_on_the_decode_pool(rate in 1.0f64..200.0, seed in 0u64..1000,
+                                                     prefill in 1u64..3, a in 1u64..4, b in 1u64..4,
+                                                     decode_speed in 0.2f64..5.0) {
+        let s = serve(rate, 300, seed);
+        let reqs = requests(&s, None, &[]);
+        let pool = |decode: u64, speed: f64| {
+            let mut d = colocated(model(0.01, 5e-5, 20_000.0), 1, 512, 32);
+            d.colocated = 0;
+            d.prefill = prefill;
+            d.decode = decode;
+            d.decode_model = model(0.01 * speed, 5e-5 * speed, 20_000.0);
+            d.transfer_per_byte = 1e-6;
+            d.transfer_latency = 1e-3;
+            d
+        };
+        let (x, y) = (simulate(&pool(a, 1.0), &reqs, 100), simulate(&pool(b, decode_speed), &reqs, 100));
+        prop_assert_eq!(x.aborted, y.aborted);
+        if !x.aborted {
+            for (f, g) in x.ttft.iter().zip(&y.ttft) {
+                prop_assert!(f == g || (f.is_nan() && g.is_nan()));
+            }
+        }
     }
 }

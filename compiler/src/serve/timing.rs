@@ -204,3 +204,97 @@ pub fn build(
         power: hw.device_power * devices,
     })
 }
+
+/// The iteration model of a batching-window workload (recommendation
+/// inference: one forward pass scores a batch of items, no sequence and
+/// no KV cache) on one device, from two cost-model probes of the
+/// workload's own step: a batch of one item and a batch of `n`. With
+/// `e(b)` the estimate at batch `b` and `o` its fixed host overhead,
+///
+/// ```text
+/// T(p) = o + max(e(1) - o, p (e(n) - o) / n)
+/// ```
+///
+/// (the same form as [`IterModel::time`] with no decode, KV or attention
+/// terms): one item pays the weight and table traffic of a whole pass;
+/// a full batch the cost model's own step. The replica's capacity in
+/// items (`kv_capacity_tokens`, a block per item) is the HBM the
+/// weights, tables and reserve leave over the activations per item, so
+/// a batch that does not fit is never formed. `C030` when the model
+/// does not fit one device at batch 1.
+pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel, PinError> {
+    let n = n.max(2);
+    let err = |e: crate::ir::LowerError| PinError {
+        code: gantry_lang::diagnostic::Code::C008,
+        knob: "fix",
+        message: format!("cannot price `{}`: {e}", w.name),
+        help: "bind every shape symbol in the workload".into(),
+    };
+    let mut v = w.clone();
+    v.serve = None;
+    v.phase = Phase::Prefill {
+        batch: n,
+        prompt: None,
+    };
+    v.bindings.insert("batch".into(), n as i64);
+    let ir = lower(&v).map_err(err)?;
+    let hw = Hardware::new(system, &v).map_err(|m| PinError {
+        code: gantry_lang::diagnostic::Code::C009,
+        knob: "fix",
+        message: format!("device `{}` has no {}", m.device, m.what),
+        help: "add the figure to the device in stdlib, or choose another dtype".into(),
+    })?;
+    let at = |b: u64| -> Result<Estimate, PinError> {
+        let mut pins = BTreeMap::new();
+        for (k, x) in [("tp", 1), ("pp", 1), ("dp", 1), ("batch", b)] {
+            pins.insert(k.to_string(), Pin::Int(x as i64));
+        }
+        let point: DesignPoint = crate::point::resolve(&pins, &ir, system)?;
+        let e = Evaluator {
+            ir: &ir,
+            hw: &hw,
+            prefill: None,
+        }
+        .evaluate(&point);
+        crate::sanity::verify(&e, &hw).map(|_| e)
+    };
+    let (e1, en) = (at(1)?, at(n)?);
+    let m = &e1.memory;
+    let fixed = m.weights + m.embeddings + m.reserve;
+    let per_item = (en.memory.activations / n as f64).max(0.0);
+    let free = m.capacity - fixed - m.activations;
+    if free < 0.0 {
+        return Err(PinError {
+            code: gantry_lang::diagnostic::Code::C030,
+            knob: "fix",
+            message: format!(
+                "`{}` does not fit one device of `{}` at batch 1: {:.1} GB of weights, tables and reserve against {:.1} GB",
+                w.name,
+                system.name,
+                (fixed + m.activations) / 1e9,
+                m.capacity / 1e9
+            ),
+            help: "a batching-window replica is one device: use devices with more memory, or keep tables in host memory".into(),
+        });
+    }
+    let capacity = if per_item > 0.0 {
+        (1.0 + free / per_item).floor()
+    } else {
+        n as f64
+    };
+    let o = e1.time.overhead;
+    Ok(IterModel {
+        tp: 1,
+        t_fixed: o,
+        t_weights: (e1.time.step - o).max(0.0),
+        c_token: ((en.time.step - o) / n as f64).max(0.0),
+        c_comm: 0.0,
+        c_kv: 0.0,
+        c_pair: 0.0,
+        kv_bytes_per_token: 0.0,
+        kv_bytes_per_token_model: 0.0,
+        kv_capacity_tokens: capacity,
+        price_per_s: hw.price_per_device,
+        power: hw.device_power,
+    })
+}

@@ -113,10 +113,22 @@ pub const KNOBS: &[(&str, &str)] = &[
     // The serving scheduler's (plans of `serve` workloads only, L081).
     ("token_budget", "int"),
     ("chunked_prefill", "bool"),
+    // Disaggregated pools: each pool's tensor parallelism and replicas.
+    ("prefill_tp", "int"),
+    ("prefill_dp", "int"),
+    ("decode_tp", "int"),
+    ("decode_dp", "int"),
 ];
 
 /// Knobs only the serving planner reads.
-pub const SERVE_KNOBS: &[&str] = &["token_budget", "chunked_prefill"];
+pub const SERVE_KNOBS: &[&str] = &[
+    "token_budget",
+    "chunked_prefill",
+    "prefill_tp",
+    "prefill_dp",
+    "decode_tp",
+    "decode_dp",
+];
 
 /// The largest value of any integer plan knob (in a `fix`, a `search`
 /// domain or a `--fix`/`--pin`): 2^24 = 16,777,216. Far above the device
@@ -230,7 +242,7 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
         "step_time" | "ttft" | "tpot" | "iteration_time" => Dim::TIME,
         // A `serve` workload's latency percentiles (simulated requests).
         "ttft_p50" | "ttft_p90" | "ttft_p99" | "tpot_p50" | "tpot_p90" | "tpot_p99" | "e2e_p50"
-        | "e2e_p90" | "e2e_p99" => Dim::TIME,
+        | "e2e_p90" | "e2e_p99" | "ttft_mean" | "tpot_mean" | "e2e_mean" => Dim::TIME,
         "memory" | "hbm" => Dim::BYTES,
         "power" => Dim::POWER,
         "energy_per_step" => Dim::ENERGY,
@@ -271,6 +283,9 @@ pub const METRICS: &[&str] = &[
     "e2e_p50",
     "e2e_p90",
     "e2e_p99",
+    "ttft_mean",
+    "tpot_mean",
+    "e2e_mean",
 ];
 
 impl Checker {

@@ -15,7 +15,7 @@ use crate::check::suggest;
 use crate::check::value::Value;
 use crate::diagnostic::{Code, Diagnostic};
 use crate::program::{
-    Arrivals, DType, Disaggregate, Kernels, Lengths, Phase, Scheduler, Serve, Slo,
+    Arrivals, Batching, DType, Disaggregate, Kernels, Lengths, Phase, Scheduler, Serve, Slo,
 };
 use crate::span::Span;
 use crate::units::Dim;
@@ -36,6 +36,8 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "requests",
     "seed",
     "disaggregate",
+    "batching",
+    "items",
     "dtype",
     "attention",
     "fusion",
@@ -126,7 +128,7 @@ impl Checker {
                 self.type_error(
                     v,
                     span,
-                    "`poisson(rate = 4)`, `gamma(rate = 4, cv = 2)` or `trace(\"file.csv\")`",
+                    "`poisson(rate = 4)`, `gamma(rate = 4, cv = 2)`, `closed(concurrency = 32)` or `trace(\"file.csv\")`",
                 );
             }
             return None;
@@ -171,8 +173,18 @@ impl Checker {
                     }
                 }
             }
+            "closed" => {
+                let a = self.ctor_args(name, args, &["concurrency"])?;
+                let (cv, cs) = self.ctor_required(name, &a, "concurrency", span)?;
+                let concurrency = self.serve_count(&cv, cs, "`concurrency`", 1 << 20)?;
+                Some(Arrivals::Closed { concurrency })
+            }
             _ => {
-                self.type_error(v, span, "`poisson(...)`, `gamma(...)` or `trace(...)`");
+                self.type_error(
+                    v,
+                    span,
+                    "`poisson(...)`, `gamma(...)`, `closed(...)` or `trace(...)`",
+                );
                 None
             }
         }
@@ -264,7 +276,7 @@ impl Checker {
         }
     }
 
-    fn slo(&mut self, v: &Value, span: Span) -> Option<Slo> {
+    fn slo(&mut self, v: &Value, span: Span, batched: bool) -> Option<Slo> {
         let Value::Record(fields) = v else {
             if !matches!(v, Value::Error) {
                 self.type_error(
@@ -279,7 +291,33 @@ impl Checker {
         let mut ok = true;
         let names = ["ttft_p99", "tpot_p99", "e2e_p99"];
         for (k, ks, fv, fs) in fields {
-            if !names.contains(&k.as_str()) {
+            let other_kind = if batched {
+                names.contains(&k.as_str())
+            } else {
+                k == "latency_p99"
+            };
+            if other_kind {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L086,
+                        if batched {
+                            format!("`{k}` is a token-latency target; a workload with a batching window is served whole and its one target is `latency_p99`")
+                        } else {
+                            format!("`{k}` is the target of a workload with a batching window; this one streams tokens")
+                        },
+                        *ks,
+                    )
+                    .with_label(*ks, "not a target of this workload")
+                    .with_help(if batched {
+                        "write `slo = { latency_p99 = 10 ms }`"
+                    } else {
+                        "use `ttft_p99`, `tpot_p99` and `e2e_p99`, or declare `batching = batch_window(...)`"
+                    }),
+                );
+                ok = false;
+                continue;
+            }
+            if !names.contains(&k.as_str()) && k != "latency_p99" {
                 let mut d =
                     Diagnostic::error(Code::L071, format!("`slo` has no target `{k}`"), *ks)
                         .with_label(*ks, "unknown target");
@@ -309,7 +347,12 @@ impl Checker {
                 None => ok = false,
             }
         }
-        for need in ["ttft_p99", "tpot_p99"] {
+        let needed: &[&str] = if batched {
+            &["latency_p99"]
+        } else {
+            &["ttft_p99", "tpot_p99"]
+        };
+        for &need in needed {
             if ok && !got.contains_key(need) {
                 self.diags.push(
                     Diagnostic::error(Code::L071, format!("`slo` needs target `{need}`"), span)
@@ -322,10 +365,58 @@ impl Checker {
         if !ok {
             return None;
         }
+        if batched {
+            // A request's first token is its last: every target is the
+            // request latency (TPOT is 0 for one-item answers).
+            let l = got["latency_p99"];
+            return Some(Slo {
+                ttft_p99: l,
+                tpot_p99: l,
+                e2e_p99: Some(l),
+            });
+        }
         Some(Slo {
             ttft_p99: got["ttft_p99"],
             tpot_p99: got["tpot_p99"],
             e2e_p99: got.get("e2e_p99").copied(),
+        })
+    }
+
+    /// `batch_window(max_batch = 512, max_wait = 2 ms)`.
+    fn batching(&mut self, v: &Value, span: Span) -> Option<Batching> {
+        let want = "`batch_window(max_batch = 512, max_wait = 2 ms)`";
+        let Value::Ctor(name, args) = v else {
+            if !matches!(v, Value::Error) {
+                self.type_error(v, span, want);
+            }
+            return None;
+        };
+        if name != "batch_window" {
+            self.type_error(v, span, want);
+            return None;
+        }
+        let a = self.ctor_args(name, args, &["max_batch", "max_wait"])?;
+        let (bv, bs) = self.ctor_required(name, &a, "max_batch", span)?;
+        let (wv, ws) = self.ctor_required(name, &a, "max_wait", span)?;
+        let max_batch = self.serve_count(&bv, bs, "`max_batch`", MAX_TOKENS as u64);
+        let max_wait = match self.quantity(&wv, ws, Dim::TIME, "`max_wait`", "2 ms") {
+            Some(t) if (0.0..=3600.0).contains(&t) => Some(t),
+            Some(t) => {
+                self.bad_serve(
+                    ws,
+                    format!(
+                        "`max_wait` must lie in [0 s, 1 h], got {}",
+                        crate::units::Quantity::new(t, Dim::TIME)
+                    ),
+                    "the longest a request is held for a fuller batch, e.g. `max_wait = 2 ms`",
+                );
+                None
+            }
+            None => None,
+        };
+        Some(Batching {
+            max_batch: max_batch?,
+            max_wait: max_wait?,
         })
     }
 
@@ -472,10 +563,75 @@ impl Checker {
             }
             r
         };
+        let batching = match got.get("batching") {
+            Some((v, s)) => {
+                let (v, s) = (v.clone(), *s);
+                match self.batching(&v, s) {
+                    Some(b) => Some(b),
+                    None => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let batched = got.contains_key("batching");
+        // Settings of the other kind of serving (L085).
+        let foreign: &[&str] = if batched {
+            &[
+                "prompt",
+                "generate",
+                "token_budget",
+                "max_seqs",
+                "chunked_prefill",
+                "async_scheduling",
+                "kv_block",
+                "prefix_hit",
+                "disaggregate",
+            ]
+        } else {
+            &["items"]
+        };
+        for k in foreign {
+            if let Some((_, ks)) = got.get(*k) {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L085,
+                        if batched {
+                            format!("`{k}` is a setting of LLM continuous batching; a workload with a batching window does not take it")
+                        } else {
+                            format!("`{k}` needs a batching window (`batching = batch_window(...)`)")
+                        },
+                        *ks,
+                    )
+                    .with_label(*ks, "not a setting of this workload")
+                    .with_help(if batched {
+                        "a batching-window workload takes arrivals, items, batching, slo, attainment, requests, seed and the kernel settings"
+                    } else {
+                        "declare `batching = batch_window(max_batch = ..., max_wait = ...)`, or remove `items`"
+                    }),
+                );
+                ok = false;
+            }
+        }
         let arrivals = need(self, "arrivals").and_then(|(v, s)| self.arrivals(&v, s));
-        let input = need(self, "prompt").and_then(|(v, s)| self.lengths(&v, s, "`prompt`"));
-        let output = need(self, "generate").and_then(|(v, s)| self.lengths(&v, s, "`generate`"));
-        let slo = need(self, "slo").and_then(|(v, s)| self.slo(&v, s));
+        let (input, output) = if batched {
+            let items = match got.get("items") {
+                Some((v, s)) => {
+                    let (v, s) = (v.clone(), *s);
+                    self.lengths(&v, s, "`items`")
+                }
+                None => Some(Lengths::Fixed(1)),
+            };
+            (items, Some(Lengths::Fixed(1)))
+        } else {
+            (
+                need(self, "prompt").and_then(|(v, s)| self.lengths(&v, s, "`prompt`")),
+                need(self, "generate").and_then(|(v, s)| self.lengths(&v, s, "`generate`")),
+            )
+        };
+        let slo = need(self, "slo").and_then(|(v, s)| self.slo(&v, s, batched));
         let scheduler = self.scheduler(&got);
         let options = self.serve_options(&got);
         let dtype = match got.get("dtype") {
@@ -487,7 +643,10 @@ impl Checker {
         };
         let kernels = self.kernels(&got);
         let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
-        for (l, name) in [(&input, "prompt"), (&output, "generate")] {
+        for (l, name) in [
+            (&input, if batched { "items" } else { "prompt" }),
+            (&output, "generate"),
+        ] {
             if matches!(l, Some(Lengths::Trace)) && arrivals.is_some() && !traced {
                 let s = got.get(name).map_or(span, |g| g.1);
                 self.bad_serve(
@@ -503,15 +662,39 @@ impl Checker {
         if !ok {
             return None;
         }
-        let (attainment, prefix_hit, requests, seed, disaggregate) = options;
-        // The static decode step: `max_seqs` sequences at the mean lengths.
-        let prompt = input.mean().round().max(1.0) as u64;
-        let generate = output.mean().round().max(1.0) as u64;
-        let phase = Phase::Decode {
-            batch: scheduler.max_seqs,
-            context: prompt + generate / 2,
-            generate: Some(generate),
-            prompt: Some(prompt),
+        let (attainment, prefix_hit, requests, seed, mut disaggregate) = options;
+        let (phase, scheduler) = if let Some(b) = batching {
+            // The static step: one forward pass of a full batch (a model
+            // without a sequence, as `prefill { batch }` declares it).
+            // The scheduler runs whole requests: a budget of `max_batch`
+            // items, unchunked, a block per item (no KV cache).
+            disaggregate = Disaggregate::No;
+            (
+                Phase::Prefill {
+                    batch: b.max_batch,
+                    prompt: None,
+                },
+                Scheduler {
+                    token_budget: b.max_batch,
+                    max_seqs: b.max_batch,
+                    chunked_prefill: false,
+                    kv_block: 1,
+                    async_scheduling: false,
+                },
+            )
+        } else {
+            // The static decode step: `max_seqs` sequences at the mean lengths.
+            let prompt = input.mean().round().max(1.0) as u64;
+            let generate = output.mean().round().max(1.0) as u64;
+            (
+                Phase::Decode {
+                    batch: scheduler.max_seqs,
+                    context: prompt + generate / 2,
+                    generate: Some(generate),
+                    prompt: Some(prompt),
+                },
+                scheduler,
+            )
         };
         let serve = Serve {
             arrivals,
@@ -524,6 +707,7 @@ impl Checker {
             requests,
             seed,
             disaggregate,
+            batching,
             span,
         };
         Some((phase, dtype?, kernels?, span, serve))
