@@ -310,8 +310,9 @@ plan p on C for w {{
 
 #[test]
 fn the_loss_logits_are_working_memory_of_the_last_stage() {
-    // Doubling the vocabulary adds the logits' bytes per token:
-    // (dtype + 8) bytes per logit on the one pipeline stage.
+    // Doubling the vocabulary adds the logits' bytes per token: the loss's
+    // fp32 log-softmax and its two fp32 gradients, 12 bytes per logit on
+    // the one pipeline stage.
     let (_, base) = eval("", 2048, "");
     let src_vocab = |v: u64| {
         let src = format!(
@@ -332,7 +333,7 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {{
     };
     let wide = src_vocab(64000);
     let extra = wide.memory.working - base.memory.working;
-    let expected = 2048.0 * 32000.0 * (2.0 + 8.0);
+    let expected = 2048.0 * 32000.0 * 12.0;
     assert!(
         (extra - expected).abs() / expected < 1e-9,
         "{extra} vs {expected}"
