@@ -339,3 +339,49 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {{
         "{extra} vs {expected}"
     );
 }
+
+#[test]
+fn selective_keeps_torchtitans_op_policy_set() {
+    // Op-level selective keeps, per token and layer, the layer's input,
+    // attention's output and fp32 log-sum-exp, and the outputs of the
+    // first and third ... linear (wq, wv, w1, w2); full keeps the input:
+    // the difference is 2 (d + kv + ff + d + d) + 4 heads bytes.
+    let seq = 2048;
+    let (_, sel) = eval(", fusion = compiled", seq, "recompute=selective");
+    let (_, full) = eval(", fusion = compiled", seq, "recompute=full");
+    let (d, kv, ff, heads, layers) = (2048.0, 4.0 * 128.0, 5632.0, 16.0, 4.0);
+    let per_token = 2.0 * (d + kv + ff + d + d) + 4.0 * heads;
+    let expected = layers * seq as f64 * per_token;
+    let got = sel.memory.activations - full.memory.activations;
+    assert!((got - expected).abs() / expected < 1e-9, "{got} vs {expected}");
+}
+
+#[test]
+fn an_eager_rmsnorm_keeps_its_fp32_upcast_and_normalized_output() {
+    // Eager, each RMSNorm (two per layer and the final one) keeps 4 + 2
+    // bytes per element where a fused one keeps its 2-byte input.
+    let seq = 2048;
+    let (_, eager) = eval(", fusion = eager", seq, "");
+    let (_, compiled) = eval(", fusion = compiled", seq, "");
+    let norms = 2.0 * 4.0 + 1.0;
+    let expected = norms * seq as f64 * 2048.0 * 4.0;
+    let got = eager.memory.activations - compiled.memory.activations;
+    assert!((got - expected).abs() / expected < 1e-9, "{got} vs {expected}");
+}
+
+#[test]
+fn pipeline_in_flight_follows_the_schedules_warm_up() {
+    use gantry_compiler::cost::pipeline_in_flight;
+    // 1F1B: min(m, pp) microbatches.
+    assert_eq!(pipeline_in_flight(8.0, 1.0, 8.0), 8.0);
+    assert_eq!(pipeline_in_flight(8.0, 1.0, 3.0), 3.0);
+    // Interleaved, m = pp: every chunk forward is warm-up, the same
+    // activations as 1F1B (torchtitan's 405B runs, 8 microbatches).
+    assert_eq!(pipeline_in_flight(8.0, 2.0, 8.0), 8.0);
+    // Many microbatches: Korthikanti et al.'s pp (1 + (pp - 1) / (pp v)).
+    let v = 2.0;
+    assert_eq!(
+        pipeline_in_flight(8.0, v, 64.0),
+        8.0 * (1.0 + 7.0 / (8.0 * v))
+    );
+}

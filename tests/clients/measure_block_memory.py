@@ -22,8 +22,7 @@ Counted:
   matrix product and of attention, recompute the rest): the block input plus the
   outputs of the kept ops, read from a dispatch-mode trace of the forward;
 - full AC: the block input.
-The backward's transient (a recomputed block's saved tensors plus their
-gradients) is what a full-AC block holds again while its backward runs.
+Also the loss's peak bytes per logit (Gantry's `LOSS_BYTES_PER_LOGIT`).
 """
 
 import math
@@ -99,6 +98,8 @@ def freqs_cis(hd, s):
 
 
 def eager_saved(block, x, freqs, params):
+    # The rotary table is one constant buffer of the model, not a layer's.
+    params = params | {freqs.untyped_storage().data_ptr()}
     seen = {}
 
     def pack(t):
@@ -145,7 +146,7 @@ def sac_saved(block, x, freqs):
     return kept + x.nbytes
 
 
-def compiled_saved(block, x, freqs):
+def compiled_saved(block, x, freqs, tokens_dim):
     from functorch.compile import aot_module, min_cut_rematerialization_partition
 
     saved = {}
@@ -153,14 +154,24 @@ def compiled_saved(block, x, freqs):
     def fw(gm, example_inputs):
         out = [n for n in gm.graph.nodes if n.op == "output"][0]
         vals = out.args[0]
-        # Outputs beyond the block's own result are what backward reads.
-        b = 0
+        # Outputs beyond the block's own result are what backward reads;
+        # activations are the ones with a token dimension (weights and the
+        # rotary table have none), each storage once (views of the same
+        # node, such as a detach of attention's output, are not new bytes).
+        b, seen = 0, set()
         for n in vals[1:]:
             v = n.meta.get("val") if hasattr(n, "meta") else None
-            if isinstance(v, torch.Tensor) and n.op != "placeholder":
-                b += v.numel() * v.element_size()
-            elif isinstance(v, torch.Tensor) and n.op == "placeholder" and n.name.startswith("primals") and v.dtype == DT and v.dim() == 3:
-                b += v.numel() * v.element_size()  # the block input
+            if not isinstance(v, torch.Tensor) or v.is_complex():
+                continue
+            if tokens_dim not in v.shape:
+                continue
+            base = n
+            while base.op == "call_function" and str(base.target) in ("aten.detach.default", "aten.t.default"):
+                base = base.args[0]
+            if base.name in seen:
+                continue
+            seen.add(base.name)
+            b += v.numel() * v.element_size()
         saved["bytes"] = b
         return gm
 
@@ -171,6 +182,27 @@ def compiled_saved(block, x, freqs):
     y = m(x, freqs)
     y.sum().backward()
     return saved["bytes"]
+
+
+def loss_peak_bytes_per_logit():
+    """Peak bytes per logit of torchtitan's loss: logits upcast to fp32,
+    cross-entropy, `del pred`, backward (MemTracker of torch.distributed;
+    it tracks CPU tensors too)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tokens, d, vocab = 4096, 64, 32000
+    out = torch.nn.Linear(d, vocab, bias=False, dtype=DT)
+    h = torch.randn(1, tokens, d, dtype=DT, requires_grad=True)
+    labels = torch.randint(0, vocab, (1, tokens))
+    mt = MemTracker()
+    mt.track_external(out, h, labels)
+    with mt:
+        pred = out(h).float()
+        loss = F.cross_entropy(pred.flatten(0, 1).float(), labels.flatten(0, 1))
+        del pred
+        loss.backward()
+    peak = {str(k).split(".")[-1]: v for _, snap in mt.get_tracker_snapshot("peak").items() for k, v in snap.items()}
+    return (peak["ACT"] + peak["TEMP"]) / (tokens * vocab)
 
 
 def main():
@@ -188,7 +220,7 @@ def main():
     sac = sac_saved(block, x.detach(), freqs)
     full = x.nbytes
     try:
-        comp = compiled_saved(block, x, freqs)
+        comp = compiled_saved(block, x, freqs, s)
     except Exception as e:  # noqa: BLE001
         print("compiled: failed:", e, file=sys.stderr)
         comp = math.nan
@@ -198,6 +230,12 @@ def main():
     # per head, SwiGLU's three ff-wide tensors and w2's input; bf16.
     lse = 4 * heads
     gantry = 2 * (d + d + d + d + 2 * kvd + d + d) + lse + 2 * 4 * ff
+    # With `fusion = eager` each of the two RMSNorms keeps the fp32 upcast
+    # and the normalized output (4 + 2 bytes) instead of the input (2).
+    gantry_eager = gantry + 2 * 4 * d
+    # Op-level selective: the input, attention's output and log-sum-exp, and
+    # the outputs of the first, third, ... linear (wq, wv, w1, w2).
+    gantry_sac = 2 * (d + d + d + kvd + ff + d) + lse
     print(f"Llama 3 block, d_model {d}, heads {heads}, kv_heads {kv_heads}, d_ff {ff}, {tokens} tokens, bf16")
     print("bytes kept for backward per token per layer, and in units of d_model bytes (bytes / d):")
     for name, b in [
@@ -205,9 +243,12 @@ def main():
         ("compiled (min-cut), recompute none", comp),
         ("op-level selective AC (torchtitan)", sac),
         ("full AC (block input)", full),
-        ("Gantry's accounting, recompute none", gantry * tokens),
+        ("Gantry, recompute none, fusion = eager", gantry_eager * tokens),
+        ("Gantry, recompute none, fusion = compiled", gantry * tokens),
+        ("Gantry, recompute selective", gantry_sac * tokens),
     ]:
         print(f"  {name:40s} {b / tokens:10.1f} B/token  {b / tokens / d:6.2f} d")
+    print(f"loss (fp32 cross-entropy) peak: {loss_peak_bytes_per_logit():.2f} bytes per logit (Gantry: 12)")
 
 
 if __name__ == "__main__":
