@@ -1231,29 +1231,6 @@ impl Lowering<'_> {
                 // softmax its output, dropout its 1-byte mask, products
                 // their inputs; sums and scalings nothing.
                 match other {
-                    OpKind::RmsNorm { .. } if self.kernels.eager => {
-                        // As PyTorch primitives (torchtitan's RMSNorm) the
-                        // norm keeps the fp32 upcast of its input (the input
-                        // itself when it is fp32) and its normalized output
-                        // before the gain, in the type: 4 + type bytes per
-                        // element where a fused norm keeps the input
-                        // (`tests/clients/measure_block_memory.py`: 50 d_model
-                        // bytes per token for an eager Llama 3 block, 8 more
-                        // than fused).
-                        let t = op.inputs[0];
-                        let mut private = beta * in_n;
-                        if beta < 4.0 {
-                            private += 4.0 * in_n;
-                        } else {
-                            self.save(&mut o, t, beta);
-                        }
-                        o.saved_tensors.push((t, private, false));
-                        if self.sharded(t) {
-                            o.saved_shard += private;
-                        } else {
-                            o.saved_rep += private;
-                        }
-                    }
                     OpKind::RmsNorm { .. } | OpKind::LayerNorm { .. } | OpKind::Activation(_) => {
                         self.save(&mut o, op.inputs[0], beta)
                     }
