@@ -353,7 +353,10 @@ fn selective_keeps_torchtitans_op_policy_set() {
     let per_token = 2.0 * (d + kv + ff + d + d) + 4.0 * heads;
     let expected = layers * seq as f64 * per_token;
     let got = sel.memory.activations - full.memory.activations;
-    assert!((got - expected).abs() / expected < 1e-9, "{got} vs {expected}");
+    assert!(
+        (got - expected).abs() / expected < 1e-9,
+        "{got} vs {expected}"
+    );
 }
 
 #[test]
@@ -370,5 +373,24 @@ fn pipeline_in_flight_follows_the_schedules_warm_up() {
     assert_eq!(
         pipeline_in_flight(8.0, v, 64.0),
         8.0 * (1.0 + 7.0 / (8.0 * v))
+    );
+}
+
+#[test]
+fn the_memory_margin_is_said_when_the_pick_needs_more_hbm() {
+    use gantry_compiler::explain::memory_margin;
+    let (_, none) = eval("", 4096, "recompute=none");
+    let (_, full) = eval("", 4096, "recompute=full");
+    assert!(none.memory.total() > full.memory.total());
+    let said = memory_margin(&none, &full, "the published configuration").expect("said");
+    assert!(
+        said.contains("recompute=none") && said.contains("recompute=full"),
+        "{said}"
+    );
+    // A pick that needs less HBM than the published run has no memory
+    // side to tell.
+    assert_eq!(
+        memory_margin(&full, &none, "the published configuration"),
+        None
     );
 }
