@@ -461,8 +461,14 @@ impl Evaluator<'_> {
         let mut saved_rep = 0.0;
         let mut saved_shard = 0.0;
         let mut saved_probs = 0.0;
-        let mut cheap_rep = 0.0;
-        let mut cheap_shard = 0.0;
+        // What torchtitan's op-level selective checkpointing keeps of a
+        // layer with fused attention: the outputs of attention (with its
+        // log-sum-exp) and of every second matrix product, the first,
+        // third, ... in program order (`tests/clients/measure_block_memory.py`
+        // measures 15.5 d_model bytes per token for a Llama 3 block, as
+        // here).
+        let mut sac = 0.0;
+        let mut linears = 0usize;
         let whole = self.ir.layers_recomputed(p.recompute);
         // Sequence parallelism cuts a microbatch's token rows into tp
         // blocks; rows that do not divide stay whole (the runtime's
@@ -565,6 +571,17 @@ impl Evaluator<'_> {
                 c
             };
             sc.widest_out = sc.widest_out.max(o.out_elems * o.mult * b / on_rank);
+            let kept = match o.class {
+                Class::Attention => true,
+                Class::Matmul if o.op == "linear" => {
+                    linears += 1;
+                    linears % 2 == 1
+                }
+                _ => false,
+            };
+            if kept {
+                sac += (o.out_elems * beta / on_rank + o.saved_own / (t * c)) * o.mult;
+            }
             let held = memory::op_params(o, sharded, p);
             sc.params += held;
             if o.experts.is_some() {
@@ -572,13 +589,10 @@ impl Evaluator<'_> {
             }
             // The saved bytes as this program splits them (not the
             // symbolic program the IR was lowered with).
-            let (to_rep, cheap_to_rep) =
-                otp.map_or((0.0, 0.0), |x| (x.saved_to_rep, x.cheap_to_rep));
+            let to_rep = otp.map_or(0.0, |x| x.saved_to_rep);
             saved_rep += (o.saved_rep + to_rep) * o.mult;
             saved_shard += (o.saved_shard - to_rep) * o.mult;
             saved_probs += o.saved_probs * o.mult;
-            cheap_rep += (o.saved_cheap_rep + cheap_to_rep) * o.mult;
-            cheap_shard += (o.saved_cheap_shard - cheap_to_rep) * o.mult;
         }
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;
@@ -591,7 +605,9 @@ impl Evaluator<'_> {
             Recompute::Selective
                 if s.kind == SegmentKind::Body && self.ir.kernels.fused_attention =>
             {
-                (saved_rep - cheap_rep) / rep_div + (saved_shard - cheap_shard) / shard_div
+                // The layer's input (the checkpoint's) and what the
+                // policy keeps, never more than recompute none keeps.
+                (input + sac).min(all)
             }
             Recompute::Selective => saved_rep / rep_div + (saved_shard - saved_probs) / shard_div,
             _ => all,
@@ -1195,18 +1211,12 @@ impl Evaluator<'_> {
 
         // Memory of the most loaded stage (the first: it holds the most
         // microbatches in flight): its parameters' state, and activations.
-        let in_flight = (pp as f64).min(m);
-        let interleave = if v > 1.0 {
-            1.0 + (pp as f64 - 1.0) / (pp as f64 * m)
-        } else {
-            1.0
-        };
         let mut memory = self.state_memory(held, p);
-        memory.activations = stage_saved_layers * in_flight * interleave;
+        memory.activations = stage_saved_layers * pipeline_in_flight(pp as f64, v, m);
         // Working buffers. A layer's backward holds the gradients of its
-        // activations (as many bytes as it saves without recomputation); a
-        // recomputed layer also holds its full activations again.
-        let mut working = body.saved_all * (1.0 + whole);
+        // activations (as many bytes as it saves without recomputation),
+        // and what recomputation rebuilds of it (all it did not keep).
+        let mut working = body.saved_all + (body.saved_all - body.saved).max(0.0);
         if p.zero >= 3 && dp_group > 1 {
             if ir.kernels.overlap.fsdp && pp > 1 {
                 // The stage's weights stay gathered and its gradients
@@ -1221,10 +1231,13 @@ impl Evaluator<'_> {
                 working += layer * if ir.kernels.overlap.fsdp { 3.0 } else { 2.0 };
             }
         }
-        // The loss reads the logits in the activation type, upcasts them to
-        // fp32 and writes an fp32 gradient, all on the last stage, which
+        // The loss upcasts the logits to fp32 and keeps its log-softmax
+        // (fp32); at the start of backward that output, the gradient it
+        // receives and the one it passes on (fp32 each) coexist: 12 bytes
+        // per logit (`tests/clients/measure_block_memory.py` measures
+        // 12.04 for torch's cross-entropy), all on the last stage, which
         // holds one microbatch's activations in flight.
-        let logits = epi.widest_out * (beta + 8.0);
+        let logits = epi.widest_out * LOSS_BYTES_PER_LOGIT;
         let last = stage_layers[n_stages - 1] as f64 * body.saved;
         working += if n_stages == 1 {
             logits
@@ -1482,6 +1495,29 @@ impl Evaluator<'_> {
 /// Output tile edge of a matrix-product kernel (cuBLAS, CUTLASS and
 /// Triton GEMMs tile the output in 128 x 128 blocks or multiples).
 pub const GEMM_TILE: f64 = 128.0;
+
+/// Bytes per logit at the loss's peak: the fp32 log-softmax output it
+/// keeps, the fp32 gradient it receives and the fp32 gradient it passes
+/// on (the activation-type logits are freed once upcast).
+pub const LOSS_BYTES_PER_LOGIT: f64 = 3.0 * 4.0;
+
+/// Microbatches' activations the first pipeline stage holds at its peak,
+/// in units of one microbatch through all of the stage's layers, for `pp`
+/// stages, `v` virtual stages (model chunks) per device and `m`
+/// microbatches. 1F1B runs `pp - 1` warm-up forwards before its first
+/// backward: `min(m, pp)` in flight. The interleaved schedule (Megatron-LM,
+/// torch's `ScheduleInterleaved1F1B`) runs `2 (pp - 1) + (v - 1) pp`
+/// warm-up chunk forwards on the first stage, so `min(m v, 2 (pp - 1) +
+/// (v - 1) pp + 1)` chunks of `1 / v` of the layers are in flight: for
+/// large `m` this is Korthikanti et al.'s `pp (1 + (pp - 1) / (pp v))`,
+/// where the paper's `m` is the number of model chunks.
+pub fn pipeline_in_flight(pp: f64, v: f64, m: f64) -> f64 {
+    if v <= 1.0 {
+        pp.min(m)
+    } else {
+        (m * v).min(2.0 * (pp - 1.0) + (v - 1.0) * pp + 1.0) / v
+    }
+}
 
 /// Wave quantisation: a product of `instances` independent outputs of
 /// `per / (2 k)` elements each runs `ceil(elements / 128^2)` output tiles

@@ -73,6 +73,31 @@ pub fn bottleneck(e: &Estimate, decode: bool) -> String {
     out
 }
 
+/// The memory side of choosing `a` over `b`: both points' peak HBM
+/// against capacity, said when `a` needs more of it (as a pick that
+/// recomputes less does), `None` otherwise. A pick nearer the capacity
+/// than the published run has less margin for what the memory model
+/// leaves out (the caching allocator's reserve beyond the peak, NCCL and
+/// compile workspaces).
+pub fn memory_margin(a: &Estimate, b: &Estimate, who: &str) -> Option<String> {
+    let (ma, mb) = (a.memory.total(), b.memory.total());
+    if ma <= mb || a.memory.capacity <= 0.0 {
+        return None;
+    }
+    let gb = |v: f64| Quantity::new(v, Dim::BYTES);
+    let pct = |v: f64| 100.0 * v / a.memory.capacity;
+    Some(format!(
+        "the pick needs {} of {} HBM ({:.0}%) with recompute={}, {who} {} ({:.0}%) with recompute={}",
+        gb(ma),
+        gb(a.memory.capacity),
+        pct(ma),
+        a.point.recompute.name(),
+        gb(mb),
+        pct(mb),
+        b.point.recompute.name()
+    ))
+}
+
 /// Why `b` (the runner-up) loses to `a`, in one sentence with numbers.
 pub fn versus(a: &Estimate, b: &Estimate, metric: &str) -> String {
     versus_named(a, b, metric, "the runner-up")

@@ -138,8 +138,14 @@ pub fn picks(program: &Program) -> Vec<Result<Pick, (String, PinError)>> {
             }
         };
         let metric = &free.objective.1;
+        let who = "the published configuration";
         let why = (pick.point != published.point).then(|| {
-            crate::explain::versus_named(&pick, &published, metric, "the published configuration")
+            let mut why = crate::explain::versus_named(&pick, &published, metric, who);
+            if let Some(m) = crate::explain::memory_margin(&pick, &published, who) {
+                why.push_str("; ");
+                why.push_str(&m);
+            }
+            why
         });
         out.push(Ok(Pick {
             plan: plan.name.clone(),

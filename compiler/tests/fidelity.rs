@@ -310,8 +310,9 @@ plan p on C for w {{
 
 #[test]
 fn the_loss_logits_are_working_memory_of_the_last_stage() {
-    // Doubling the vocabulary adds the logits' bytes per token:
-    // (dtype + 8) bytes per logit on the one pipeline stage.
+    // Doubling the vocabulary adds the logits' bytes per token: the loss's
+    // fp32 log-softmax and its two fp32 gradients, 12 bytes per logit on
+    // the one pipeline stage.
     let (_, base) = eval("", 2048, "");
     let src_vocab = |v: u64| {
         let src = format!(
@@ -332,9 +333,64 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {{
     };
     let wide = src_vocab(64000);
     let extra = wide.memory.working - base.memory.working;
-    let expected = 2048.0 * 32000.0 * (2.0 + 8.0);
+    let expected = 2048.0 * 32000.0 * 12.0;
     assert!(
         (extra - expected).abs() / expected < 1e-9,
         "{extra} vs {expected}"
+    );
+}
+
+#[test]
+fn selective_keeps_torchtitans_op_policy_set() {
+    // Op-level selective keeps, per token and layer, the layer's input,
+    // attention's output and fp32 log-sum-exp, and the outputs of the
+    // first and third ... linear (wq, wv, w1, w2); full keeps the input:
+    // the difference is 2 (d + kv + ff + d + d) + 4 heads bytes.
+    let seq = 2048;
+    let (_, sel) = eval(", fusion = compiled", seq, "recompute=selective");
+    let (_, full) = eval(", fusion = compiled", seq, "recompute=full");
+    let (d, kv, ff, heads, layers) = (2048.0, 4.0 * 128.0, 5632.0, 16.0, 4.0);
+    let per_token = 2.0 * (d + kv + ff + d + d) + 4.0 * heads;
+    let expected = layers * seq as f64 * per_token;
+    let got = sel.memory.activations - full.memory.activations;
+    assert!(
+        (got - expected).abs() / expected < 1e-9,
+        "{got} vs {expected}"
+    );
+}
+
+#[test]
+fn pipeline_in_flight_follows_the_schedules_warm_up() {
+    use gantry_compiler::cost::pipeline_in_flight;
+    // 1F1B: min(m, pp) microbatches.
+    assert_eq!(pipeline_in_flight(8.0, 1.0, 8.0), 8.0);
+    assert_eq!(pipeline_in_flight(8.0, 1.0, 3.0), 3.0);
+    // Interleaved, m = pp: every chunk forward is warm-up, the same
+    // activations as 1F1B (torchtitan's 405B runs, 8 microbatches).
+    assert_eq!(pipeline_in_flight(8.0, 2.0, 8.0), 8.0);
+    // Many microbatches: Korthikanti et al.'s pp (1 + (pp - 1) / (pp v)).
+    let v = 2.0;
+    assert_eq!(
+        pipeline_in_flight(8.0, v, 64.0),
+        8.0 * (1.0 + 7.0 / (8.0 * v))
+    );
+}
+
+#[test]
+fn the_memory_margin_is_said_when_the_pick_needs_more_hbm() {
+    use gantry_compiler::explain::memory_margin;
+    let (_, none) = eval("", 4096, "recompute=none");
+    let (_, full) = eval("", 4096, "recompute=full");
+    assert!(none.memory.total() > full.memory.total());
+    let said = memory_margin(&none, &full, "the published configuration").expect("said");
+    assert!(
+        said.contains("recompute=none") && said.contains("recompute=full"),
+        "{said}"
+    );
+    // A pick that needs less HBM than the published run has no memory
+    // side to tell.
+    assert_eq!(
+        memory_margin(&full, &none, "the published configuration"),
+        None
     );
 }
