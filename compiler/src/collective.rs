@@ -15,9 +15,10 @@
 //! follows NCCL's algorithms: rings take one step per rank, all-reduce
 //! across nodes uses trees (logarithmic).
 
+use serde::{Deserialize, Serialize};
 use gantry_lang::program::Cluster;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Collective {
     AllReduce,
     ReduceScatter,
@@ -39,7 +40,7 @@ impl Collective {
 }
 
 /// The outermost level of the topology a group crosses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Level {
     Device,
     ScaleUp,

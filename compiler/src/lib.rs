@@ -21,6 +21,7 @@ pub mod report;
 pub mod sanity;
 pub mod search;
 pub mod sensitivity;
+pub mod shard;
 pub mod serve;
 pub mod sharded;
 pub mod study;

@@ -22,10 +22,11 @@
 //!   P_max + nodes * P_node_max, times PUE;
 //! - racks = ceil(nodes / floor(rack_power / node full-load power)).
 
+use serde::{Deserialize, Serialize};
 use gantry_lang::program::{Cluster, Site};
 
 /// The ownership figures of one system's node and devices, in base units.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Owned {
     pub devices_per_node: u64,
     /// Full-load and idle watts of one device.
@@ -87,7 +88,7 @@ impl Owned {
 }
 
 /// What a pool of `nodes` costs and draws.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tco {
     pub nodes: u64,
     pub devices: u64,
