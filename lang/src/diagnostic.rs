@@ -117,6 +117,8 @@ codes! {
     C021 => "export target the plan cannot satisfy",
     C024 => "no design point the target framework runs",
     C025 => "no fleet meets the demand",
+    C032 => "invalid --shard, or a shard that cannot be written exactly",
+    C033 => "shard files that do not merge",
 }
 
 impl fmt::Display for Code {
