@@ -228,9 +228,9 @@ fn bad_shard_sets_are_c033_and_bad_specs_c032() {
 
 #[test]
 fn sharded_sensitivity_merges_to_the_single_run_bytes() {
-    // The weighted study with --sensitivity: cells carry their
-    // sensitivities, which reuse the cell's search as their base.
-    let study = "examples/codesign_study.gantry";
+    // The fleet study with --sensitivity: pools carry their workload's
+    // sensitivity, which reuses the pool's first search as its base.
+    let study = STUDY;
     let dir = scratch("sens-shards");
     for i in 0..4 {
         let s = format!("{i}/4");
