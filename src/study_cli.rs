@@ -9,6 +9,11 @@
 //! any `--jobs` (tests/fleet.rs compares one thread with two). The bar
 //! (indicatif) is drawn on stderr only when stderr is a terminal and only
 //! once the run has taken a second, so short runs and pipes see nothing.
+//!
+//! `--shard I/N` and `gantry merge` (compiler/src/shard.rs) split the run
+//! over processes: a run is one job list, a shard runs a slice of it and
+//! writes the results, a merge reads every slice back; both the single
+//! run and the merge end in [`emit`], so their outputs are the same bytes.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -256,7 +261,10 @@ fn write_plots(dir: &Path, svgs: &[&Svg]) -> Result<(), String> {
 
 /// The studies of a checked program to run, in declaration order: all,
 /// or the one named (`C007` if there is none).
-fn select<'a>(program: &'a gantry_lang::program::Program, name: Option<&str>) -> Option<Vec<&'a Study>> {
+fn select<'a>(
+    program: &'a gantry_lang::program::Program,
+    name: Option<&str>,
+) -> Option<Vec<&'a Study>> {
     let mut studies: Vec<&Study> = program
         .studies
         .values()
@@ -297,16 +305,22 @@ fn shard_spec(spec: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<(usize
             let count = var("SLURM_ARRAY_TASK_COUNT")
                 .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?;
             let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|| "0".into());
-            let (id, min) = (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_MIN", &min)?);
-            let i = id
-                .checked_sub(min)
-                .ok_or(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+            let (id, min) = (
+                num("SLURM_ARRAY_TASK_ID", &id)?,
+                num("SLURM_ARRAY_TASK_MIN", &min)?,
+            );
+            let i = id.checked_sub(min).ok_or(format!(
+                "SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"
+            ))?;
             (i, num("SLURM_ARRAY_TASK_COUNT", &count)?)
         } else if let Some(id) = var("JOB_COMPLETION_INDEX") {
             let count = var("GANTRY_SHARDS").ok_or(
                 "JOB_COMPLETION_INDEX is set but GANTRY_SHARDS (the Job's `completions`) is not",
             )?;
-            (num("JOB_COMPLETION_INDEX", &id)?, num("GANTRY_SHARDS", &count)?)
+            (
+                num("JOB_COMPLETION_INDEX", &id)?,
+                num("GANTRY_SHARDS", &count)?,
+            )
         } else {
             return Err("`--shard env` found neither SLURM_ARRAY_TASK_ID (a Slurm job array) nor JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)".into());
         }
@@ -341,11 +355,17 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     let Some(studies) = select(&checked.program, a.study.as_deref()) else {
         return ExitCode::from(1);
     };
-    let shard = match a.shard.as_deref().map(|s| shard_spec(s, &|v| std::env::var(v).ok())) {
+    let shard = match a
+        .shard
+        .as_deref()
+        .map(|s| shard_spec(s, &|v| std::env::var(v).ok()))
+    {
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(m)) => {
-            eprintln!("error[C032]: {m}\n  help: `--shard 0/4` .. `--shard 3/4` run a study in four slices; `gantry merge` puts them together");
+            eprintln!(
+                "error[C032]: {m}\n  help: `--shard 0/4` .. `--shard 3/4` run a study in four slices; `gantry merge` puts them together"
+            );
             return ExitCode::from(2);
         }
     };
@@ -369,7 +389,11 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     if shard.is_some() {
         let run = shard::RunId {
             source: a.file.clone(),
-            lib: a.lib.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+            lib: a
+                .lib
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
             study: a.study.clone(),
             sensitivity: a.sensitivity,
             fingerprint: shard::fingerprint(&studies, a.sensitivity),
@@ -385,7 +409,9 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
             None => out!("{text}"),
             Some(dir) => {
                 let path = dir.join(format!("shard-{index}-of-{count}.json"));
-                if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, text)) {
+                if let Err(e) =
+                    std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, text))
+                {
                     eprintln!("error: cannot write `{}`: {e}", path.display());
                     return ExitCode::from(2);
                 }
@@ -414,7 +440,11 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
 /// can be wrong is `C033` (exit 1).
 pub fn merge_cmd(a: &MergeArgs) -> ExitCode {
     let fail = |b: shard::Bad| {
-        let at = if b.file.is_empty() { String::new() } else { format!("{}: ", b.file) };
+        let at = if b.file.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", b.file)
+        };
         eprintln!("error[C033]: {at}{}\n  help: {}", b.message, b.help);
         ExitCode::from(1)
     };

@@ -90,7 +90,10 @@ fn slurm_array_shards_merge_to_the_single_run_bytes() {
     }
     let (code, merged, err) = merge(&files, &["--format", "json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(merged == single_json(), "merged JSON differs from the single run's");
+    assert!(
+        merged == single_json(),
+        "merged JSON differs from the single run's"
+    );
     // The other forms come from the same results too.
     let (code, text, _) = merge(&files, &[]);
     let (_, single_text, _) = gantry(&["study", STUDY]);
@@ -122,7 +125,10 @@ fn k8s_command() -> (Vec<String>, usize) {
         .trim_matches('"')
         .parse::<usize>()
         .expect("a number");
-    assert_eq!(shards_var, completions, "GANTRY_SHARDS must equal completions");
+    assert_eq!(
+        shards_var, completions,
+        "GANTRY_SHARDS must equal completions"
+    );
     let command: Vec<String> = serde_json::from_str(&field("command:")).expect("a list");
     (command, completions)
 }
@@ -158,7 +164,10 @@ fn kubernetes_indexed_job_shards_merge_to_the_single_run_bytes() {
     reversed.reverse();
     let (code, merged, err) = merge(&reversed, &["--format", "json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(merged == single_json(), "merged JSON differs from the single run's");
+    assert!(
+        merged == single_json(),
+        "merged JSON differs from the single run's"
+    );
 }
 
 #[test]
@@ -168,7 +177,14 @@ fn bad_shard_sets_are_c033_and_bad_specs_c032() {
     let study = "examples/codesign_study.gantry";
     for i in 0..3 {
         let s = format!("{i}/3");
-        let (code, _, err) = gantry(&["study", study, "--shard", &s, "--out", dir.to_str().expect("utf-8")]);
+        let (code, _, err) = gantry(&[
+            "study",
+            study,
+            "--shard",
+            &s,
+            "--out",
+            dir.to_str().expect("utf-8"),
+        ]);
         assert_eq!(code, 0, "{err}");
     }
     let files = shard_files(&dir);
@@ -180,43 +196,85 @@ fn bad_shard_sets_are_c033_and_bad_specs_c032() {
         assert!(!err.contains("panicked"), "{err}");
     };
     expect_c033(&files[..2], &[], "shard 2 of 3 missing");
-    let twice = vec![files[0].clone(), files[1].clone(), files[1].clone(), files[2].clone()];
+    let twice = vec![
+        files[0].clone(),
+        files[1].clone(),
+        files[1].clone(),
+        files[2].clone(),
+    ];
     expect_c033(&twice, &[], "given twice");
     // Truncated, not JSON, another document, edited figures.
     let text = std::fs::read_to_string(&files[1]).expect("read");
     let bad = dir.join("bad.json");
     let with = |t: &str| {
         std::fs::write(&bad, t).expect("write");
-        vec![files[0].clone(), bad.display().to_string(), files[2].clone()]
+        vec![
+            files[0].clone(),
+            bad.display().to_string(),
+            files[2].clone(),
+        ]
     };
     expect_c033(&with(&text[..text.len() / 2]), &[], "not a shard's JSON");
     expect_c033(&with("garbage"), &[], "not a shard's JSON");
     let (_, study_doc, _) = gantry(&["study", study, "--format", "json"]);
     expect_c033(&with(&study_doc), &[], "not `gantry.shard/1`");
-    expect_c033(&with(&text.replacen("\"Ok\"", "\"Fine\"", 1)), &[], "malformed");
-    expect_c033(&with(&text.replacen("\"shards\":3", "\"shards\":2", 1)), &[], "shard count");
+    expect_c033(
+        &with(&text.replacen("\"Ok\"", "\"Fine\"", 1)),
+        &[],
+        "malformed",
+    );
+    expect_c033(
+        &with(&text.replacen("\"shards\":3", "\"shards\":2", 1)),
+        &[],
+        "shard count",
+    );
     // A shard of another run, and the source changed since the shards ran.
     let other = scratch("other-shards");
-    let (code, _, err) = gantry(&["study", STUDY, "--shard", "1/3", "--out", other.to_str().expect("utf-8")]);
+    let (code, _, err) = gantry(&[
+        "study",
+        STUDY,
+        "--shard",
+        "1/3",
+        "--out",
+        other.to_str().expect("utf-8"),
+    ]);
     assert_eq!(code, 0, "{err}");
-    let mixed = vec![files[0].clone(), shard_files(&other)[0].clone(), files[2].clone()];
+    let mixed = vec![
+        files[0].clone(),
+        shard_files(&other)[0].clone(),
+        files[2].clone(),
+    ];
     expect_c033(&mixed, &[], "another run");
     expect_c033(&files, &["--source", STUDY], "not those the shards ran");
     let (code, _, err) = merge(&[dir.join("absent.json").display().to_string()], &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("error[C033]") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("error[C033]") && err.contains("cannot read"),
+        "{err}"
+    );
     // Bad `--shard`.
-    for (spec, want) in [("3/3", "does not exist"), ("a/3", "not a whole number"), ("1", "I/N"), ("0/0", "does not exist")] {
+    for (spec, want) in [
+        ("3/3", "does not exist"),
+        ("a/3", "not a whole number"),
+        ("1", "I/N"),
+        ("0/0", "does not exist"),
+    ] {
         let (code, _, err) = gantry(&["study", study, "--shard", spec]);
         assert_eq!(code, 2, "{spec}: {err}");
-        assert!(err.contains("error[C032]") && err.contains(want), "{spec}: {err}");
+        assert!(
+            err.contains("error[C032]") && err.contains(want),
+            "{spec}: {err}"
+        );
     }
     let (code, _, err) = run(Command::new(BIN)
         .args(["study", study, "--shard", "env"])
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX"));
     assert_eq!(code, 2);
-    assert!(err.contains("error[C032]") && err.contains("SLURM_ARRAY_TASK_ID"), "{err}");
+    assert!(
+        err.contains("error[C032]") && err.contains("SLURM_ARRAY_TASK_ID"),
+        "{err}"
+    );
     let (code, _, err) = run(Command::new(BIN)
         .args(["study", study, "--shard", "env"])
         .env_remove("SLURM_ARRAY_TASK_ID")
@@ -234,13 +292,24 @@ fn sharded_sensitivity_merges_to_the_single_run_bytes() {
     let dir = scratch("sens-shards");
     for i in 0..4 {
         let s = format!("{i}/4");
-        let (code, _, err) = gantry(&["study", study, "--sensitivity", "--shard", &s, "--out", dir.to_str().expect("utf-8")]);
+        let (code, _, err) = gantry(&[
+            "study",
+            study,
+            "--sensitivity",
+            "--shard",
+            &s,
+            "--out",
+            dir.to_str().expect("utf-8"),
+        ]);
         assert_eq!(code, 0, "{err}");
     }
     let (code, merged, err) = merge(&shard_files(&dir), &["--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let (code, single, err) = gantry(&["study", study, "--sensitivity", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(merged == single, "merged JSON differs from the single run's");
+    assert!(
+        merged == single,
+        "merged JSON differs from the single run's"
+    );
     assert!(single.contains("\"sensitivity\""));
 }

@@ -15,8 +15,8 @@
 //! follows NCCL's algorithms: rings take one step per rank, all-reduce
 //! across nodes uses trees (logarithmic).
 
-use serde::{Deserialize, Serialize};
 use gantry_lang::program::Cluster;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Collective {

@@ -885,7 +885,9 @@ impl Evaluator<'_> {
             collective: Collective::AllReduce,
             group: replicas,
             level: topo.level(replicas, dp_stride * zgroup),
-            algorithm: topo.algorithm(Collective::AllReduce, replicas, dp_stride * zgroup).into(),
+            algorithm: topo
+                .algorithm(Collective::AllReduce, replicas, dp_stride * zgroup)
+                .into(),
             bytes: rounds * 2.0 * shard_bytes * ring(replicas),
             time: rounds * t_replicas,
             exposed,
@@ -971,7 +973,9 @@ impl Evaluator<'_> {
                     collective: Collective::AllGather,
                     group: zgroup,
                     level: topo.level(zgroup, dp_stride),
-                    algorithm: topo.algorithm(Collective::AllGather, zgroup, dp_stride).into(),
+                    algorithm: topo
+                        .algorithm(Collective::AllGather, zgroup, dp_stride)
+                        .into(),
                     bytes: (gathers + rounds) * grad_bytes * ring(zgroup),
                     time: total,
                     exposed: dp_exposed,
@@ -1005,7 +1009,9 @@ impl Evaluator<'_> {
                     collective: Collective::AllReduce,
                     group: zgroup,
                     level: topo.level(zgroup, dp_stride),
-                    algorithm: topo.algorithm(Collective::AllReduce, zgroup, dp_stride).into(),
+                    algorithm: topo
+                        .algorithm(Collective::AllReduce, zgroup, dp_stride)
+                        .into(),
                     bytes: 2.0 * dense_bytes * ring(zgroup)
                         + 2.0 * expert_bytes * ring(expert_group),
                     time: t_ar,

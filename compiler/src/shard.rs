@@ -104,11 +104,7 @@ pub fn jobs(studies: &[&Study], sensitivity: bool) -> Vec<Job> {
         }
         let index = |name: &str| st.workloads.iter().position(|(w, _)| w.name == name);
         // Each workload's sensitivity rides on its first demand's pools.
-        let first = |w: usize| {
-            st.demand
-                .iter()
-                .position(|d| index(&d.workload) == Some(w))
-        };
+        let first = |w: usize| st.demand.iter().position(|d| index(&d.workload) == Some(w));
         for (demand, d) in st.demand.iter().enumerate() {
             let carried = index(&d.workload).filter(|&w| sensitivity && first(w) == Some(demand));
             for system in 0..systems {
@@ -148,7 +144,7 @@ pub struct Done {
 /// A cell's result: a weighted cell's best plan, or a fleet pool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Cell {
-    Weighted(Result<Estimate, String>),
+    Weighted(Box<Result<Estimate, String>>),
     Fleet(Box<Result<Pool, String>>),
 }
 
@@ -168,7 +164,7 @@ pub fn run_job(studies: &[&Study], job: Job, tick: &(dyn Fn() + Sync)) -> Done {
             let sens = sensitivity
                 .then(|| sensitivity::around(st, sys, w, sensitivity::base_of(&best), tick));
             Done {
-                cell: Some(Cell::Weighted(best)),
+                cell: Some(Cell::Weighted(Box::new(best))),
                 sensitivity: sens,
             }
         }
@@ -278,7 +274,11 @@ pub fn assemble<'a>(
     let mut sens: Vec<Slot<Result<Sensitivity, String>>> = Vec::new();
     for st in studies {
         let (s, w) = (st.systems.len(), st.workloads.len());
-        cells.push(if st.demand.is_empty() { grid(s, w) } else { Vec::new() });
+        cells.push(if st.demand.is_empty() {
+            grid(s, w)
+        } else {
+            Vec::new()
+        });
         pools.push(grid(st.demand.len(), s));
         sens.push(grid(s, w));
     }
@@ -304,7 +304,7 @@ pub fn assemble<'a>(
                 if d.sensitivity.is_some() != sensitivity {
                     return Err(wrong(k));
                 }
-                cells[study][system][workload] = Some(e);
+                cells[study][system][workload] = Some(*e);
                 (study, system, Some(workload))
             }
             Job::Fleet {
@@ -395,7 +395,7 @@ pub fn fingerprint(studies: &[&Study], sensitivity: bool) -> String {
     }
     let mut h = Fnv(fnv::FnvHasher::default());
     for st in studies {
-        let _ = write!(h, "{st:?}\n");
+        let _ = writeln!(h, "{st:?}");
     }
     let _ = write!(h, "sensitivity={sensitivity}");
     format!("{:016x}", h.0.finish())
@@ -650,10 +650,7 @@ pub fn collect(parts: Vec<(String, Partial)>) -> Result<Vec<Done>, Bad> {
         if let Some(k) = expected.next() {
             return Err(bad(
                 &file,
-                format!(
-                    "shard {}/{} lacks the result of job {k}",
-                    p.shard, p.shards
-                ),
+                format!("shard {}/{} lacks the result of job {k}", p.shard, p.shards),
                 "rerun that shard: its file is incomplete",
             ));
         }

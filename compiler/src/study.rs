@@ -100,7 +100,13 @@ pub fn search_cell(study: &Study, sys: &Cluster, w: &Workload) -> Result<Estimat
 /// One cell from its search result: the study's objective on the best
 /// point, the phase and the calibration band (cheap; `relative` is set
 /// by [`rows`]).
-fn cell(study: &Study, sys: &Cluster, w: &Workload, weight: f64, best: Result<Estimate, String>) -> Cell {
+fn cell(
+    study: &Study,
+    sys: &Cluster,
+    w: &Workload,
+    weight: f64,
+    best: Result<Estimate, String>,
+) -> Cell {
     // The study's objective on the best point: a metric the point
     // does not have (`C015`) or that is not a meaningful number
     // (`C016`) makes the cell an error, not a silent zero.

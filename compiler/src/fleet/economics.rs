@@ -22,8 +22,8 @@
 //!   P_max + nodes * P_node_max, times PUE;
 //! - racks = ceil(nodes / floor(rack_power / node full-load power)).
 
-use serde::{Deserialize, Serialize};
 use gantry_lang::program::{Cluster, Site};
+use serde::{Deserialize, Serialize};
 
 /// The ownership figures of one system's node and devices, in base units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -31,7 +31,10 @@ fn sens(base: f64) -> Done {
 
 /// Shard `i` of `n` over `jobs` jobs, each result's base its job index.
 fn shard(i: usize, n: usize, jobs: usize) -> (String, Partial) {
-    let results = (i..jobs).step_by(n).map(|k| (k, sens(k as f64 + 0.1))).collect();
+    let results = (i..jobs)
+        .step_by(n)
+        .map(|k| (k, sens(k as f64 + 0.1)))
+        .collect();
     let text = Partial::of(&run_id("ab"), i, n, jobs, results).expect("writes");
     let name = format!("shard-{i}.json");
     let p = parse(&name, &text).expect("reads back");
@@ -71,11 +74,19 @@ fn a_shard_holding_another_shards_job_or_missing_one_is_refused() {
     let b = shard(1, 2, 6);
     a.1.results[1].job = 3;
     let e = collect(vec![a, b.clone()]).expect_err("refused");
-    assert!(e.message.contains("job 3 is not the next job of shard 0/2"), "{}", e.message);
+    assert!(
+        e.message.contains("job 3 is not the next job of shard 0/2"),
+        "{}",
+        e.message
+    );
     let mut a = shard(0, 2, 6);
     a.1.results.pop();
     let e = collect(vec![a, b]).expect_err("refused");
-    assert!(e.message.contains("lacks the result of job 4"), "{}", e.message);
+    assert!(
+        e.message.contains("lacks the result of job 4"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -83,7 +94,11 @@ fn malformed_documents_are_refused_with_a_position() {
     let e = parse("x.json", "{\"schema\": \"gantry.shard/1\",\n \"shard\": ").expect_err("refused");
     assert!(e.file.starts_with("x.json:2:"), "{}", e.file);
     let e = parse("x.json", r#"{"schema":"gantry.study/1","studies":[]}"#).expect_err("refused");
-    assert!(e.message.contains("`gantry.study/1`, not `gantry.shard/1`"), "{}", e.message);
+    assert!(
+        e.message.contains("`gantry.study/1`, not `gantry.shard/1`"),
+        "{}",
+        e.message
+    );
     let (_, p) = shard(0, 1, 2);
     let mut v = serde_json::to_value(&p).expect("value");
     v["results"][0]["done"]["sensitivity"]["Ok"]["base"] = "fast".into();
@@ -92,18 +107,32 @@ fn malformed_documents_are_refused_with_a_position() {
     v = serde_json::to_value(&p).expect("value");
     v["shard"] = 4.into();
     let e = parse("x.json", &v.to_string()).expect_err("refused");
-    assert!(e.message.contains("shard 4 of 1 is not a shard"), "{}", e.message);
+    assert!(
+        e.message.contains("shard 4 of 1 is not a shard"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn a_figure_that_would_not_read_back_is_not_written() {
-    let e = Partial::of(&run_id("ab"), 0, 1, 1, vec![(0, sens(f64::INFINITY))]).expect_err("refused");
+    let e =
+        Partial::of(&run_id("ab"), 0, 1, 1, vec![(0, sens(f64::INFINITY))]).expect_err("refused");
     assert!(e.contains("not finite"), "{e}");
     // Awkward but finite figures read back to the same bits.
-    for x in [0.1 + 0.2, 1.0 / 3.0, 5e-324, 1.7976931348623157e308, 123456789.123456789e-300] {
+    for x in [
+        0.1 + 0.2,
+        1.0 / 3.0,
+        5e-324,
+        1.7976931348623157e308,
+        1.234_567_891_234_568e-292,
+        2.0_f64.powi(-1070) * 3.0,
+    ] {
         let t = Partial::of(&run_id("ab"), 0, 1, 1, vec![(0, sens(x))]).expect("writes");
         let p = parse("x", &t).expect("reads");
-        let Some(Ok(s)) = &p.results[0].done.sensitivity else { panic!("no sensitivity") };
+        let Some(Ok(s)) = &p.results[0].done.sensitivity else {
+            panic!("no sensitivity")
+        };
         assert_eq!(s.base.to_bits(), x.to_bits());
     }
 }
