@@ -21,7 +21,7 @@ fn sens(base: f64) -> Done {
         sensitivity: Some(Ok(Sensitivity {
             base,
             perturbed: vec![
-                (Resource::Compute, Some(Ok(base * 1.0625))),
+                (Resource::Compute, Some(Ok(base * 0.9375))),
                 (Resource::HostMemory, None),
                 (Resource::ScaleUp, Some(Err("no plan".into()))),
             ],
