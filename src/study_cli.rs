@@ -62,7 +62,7 @@ pub struct StudyArgs {
     /// Re-plan every (system, workload) cell with +10% of each resource
     /// (compute, HBM bandwidth and capacity, scale-up and scale-out
     /// bandwidth, host memory): elasticities and the binding resource
-    /// (docs/COST-MODEL.md §10). Seven searches per cell.
+    /// (docs/COST-MODEL.md §10). Six searches per cell beyond the cell's own.
     #[arg(long)]
     pub sensitivity: bool,
     /// Threads to evaluate cells on (0: one per core). The output does
