@@ -524,6 +524,28 @@ token scheduler (`token_budget`, `chunked_prefill`). The plan searches `dp` (rep
 `batch` (the largest batch, in items), and the window from the workload's `max_wait`.\n\
 Fix: remove the knob (docs/LANGUAGE.md §5.7, \"Batching window\")."
         }
+        "C032" => {
+            "`gantry study --shard SPEC` cannot run: SPEC is not `I/N` with whole numbers and \
+I below N (shards are numbered from 0), or it is `env` and neither a Slurm job array's \
+SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT (SLURM_ARRAY_TASK_MIN is subtracted) nor a \
+Kubernetes Indexed Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS is set. Also reported when a \
+shard's results would not read back from JSON as the same numbers (a figure that is not \
+finite), since its merge would then differ from the single run. Exit code 2 for the \
+arguments, 1 for the results.\n\
+Fix: pass `--shard 0/4` .. `--shard 3/4` (or `env` under a launcher, \
+examples/launch), and set GANTRY_SHARDS to the Job's `completions`."
+        }
+        "C033" => {
+            "`gantry merge` was given files that are not every shard of one run exactly once: \
+a file that cannot be read or is not JSON (the message gives its line and column), another \
+document (a merged `gantry.study/1`), a `gantry.shard/1` document with unknown or missing \
+fields, a shard of another run (another source file, `--lib`, `--study`, `--sensitivity`, \
+shard count or studies), a shard given twice or missing, a shard holding results that are \
+not its own, or a source file whose studies changed since the shards ran (their fingerprint \
+differs). Nothing is written and the exit code is 1.\n\
+Fix: pass every file of one `gantry study --shard I/N` run, unedited; rerun the shards the \
+message names; merge with the file the shards ran (`--source` when it moved)."
+        }
         "R001" => {
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \

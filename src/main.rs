@@ -122,6 +122,9 @@ enum Command {
     /// Run the co-design studies of a file: every system of each sweep
     /// against its workload mix.
     Study(gantry::study_cli::StudyArgs),
+    /// Put the shards of one `gantry study --shard I/N` run together: the
+    /// output is the same bytes as the single run's.
+    Merge(gantry::study_cli::MergeArgs),
     /// Compare predictions with the published figures in examples/reference
     /// (each plan's prediction is what `gantry plan` reports: its search's best point).
     Validate {
@@ -260,6 +263,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Study(a) => gantry::study_cli::study_cmd(&a),
+        Command::Merge(a) => gantry::study_cli::merge_cmd(&a),
         Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
         Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
         Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),

@@ -9,6 +9,11 @@
 //! any `--jobs` (tests/fleet.rs compares one thread with two). The bar
 //! (indicatif) is drawn on stderr only when stderr is a terminal and only
 //! once the run has taken a second, so short runs and pipes see nothing.
+//!
+//! `--shard I/N` and `gantry merge` (compiler/src/shard.rs) split the run
+//! over processes: a run is one job list, a shard runs a slice of it and
+//! writes the results, a merge reads every slice back; both the single
+//! run and the merge end in [`emit`], so their outputs are the same bytes.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use gantry_compiler::sensitivity::{self, Sensitivity};
 use gantry_compiler::study_doc::{self, Outcome};
-use gantry_compiler::{fleet, report};
+use gantry_compiler::{fleet, report, shard};
 use gantry_lang::program::Study;
 
 use crate::check_files;
@@ -57,15 +62,51 @@ pub struct StudyArgs {
     /// Re-plan every (system, workload) cell with +10% of each resource
     /// (compute, HBM bandwidth and capacity, scale-up and scale-out
     /// bandwidth, host memory): elasticities and the binding resource
-    /// (docs/COST-MODEL.md §10). Seven searches per cell.
+    /// (docs/COST-MODEL.md §10). Six searches per cell beyond the cell's own.
     #[arg(long)]
     pub sensitivity: bool,
     /// Threads to evaluate cells on (0: one per core). The output does
     /// not depend on it.
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
+    /// Evaluate only shard I of N (`I/N`, I from 0 to N-1; `env`: from
+    /// Slurm's SLURM_ARRAY_TASK_ID/_MIN/_COUNT or a Kubernetes Indexed
+    /// Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS) and write its
+    /// partial JSON (`gantry.shard/1`) for `gantry merge`: a fixed slice
+    /// of the run's cells, every N-th one.
+    #[arg(long, value_name = "I/N|env", conflicts_with_all = ["format", "plot", "report"])]
+    pub shard: Option<String>,
+    /// With `--shard`: write the partial JSON to `DIR/shard-I-of-N.json`
+    /// (DIR created if missing) instead of stdout.
+    #[arg(long, value_name = "DIR", requires = "shard")]
+    pub out: Option<PathBuf>,
     #[arg(long = "lib")]
     pub lib: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The partial JSON files (`gantry.shard/1`) of one `gantry study
+    /// --shard` run: every shard once, in any order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The `.gantry` file the shards ran, when it is not at the path
+    /// they recorded (it must hold the same studies).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// As `gantry study --format`: the merged result is the same bytes
+    /// as the single run's.
+    #[arg(long, value_enum, default_value_t = StudyFormat::Text)]
+    pub format: StudyFormat,
+    /// As `gantry study --plot`.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// As `gantry study --report`.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Threads to assemble on (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
 }
 
 /// A progress bar that stays hidden until the run has taken a second,
@@ -218,6 +259,92 @@ fn write_plots(dir: &Path, svgs: &[&Svg]) -> Result<(), String> {
     Ok(())
 }
 
+/// The studies of a checked program to run, in declaration order: all,
+/// or the one named (`C007` if there is none).
+fn select<'a>(
+    program: &'a gantry_lang::program::Program,
+    name: Option<&str>,
+) -> Option<Vec<&'a Study>> {
+    let mut studies: Vec<&Study> = program
+        .studies
+        .values()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .collect();
+    studies.sort_by_key(|s| (s.span.file, s.span.start));
+    if studies.is_empty() {
+        eprintln!(
+            "error[C007]: {}",
+            name.map_or("the file declares no study".to_string(), |n| format!(
+                "no study named `{n}`"
+            ))
+        );
+        return None;
+    }
+    Some(studies)
+}
+
+fn thread_pool(jobs: usize) -> Result<rayon::ThreadPool, ExitCode> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start {jobs} threads: {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// `--shard I/N` or `--shard env` as (I, N), or the `C032` message.
+fn shard_spec(spec: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<(usize, usize), String> {
+    let num = |what: &str, v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{what} `{v}` is not a whole number"))
+    };
+    let (i, n) = if spec == "env" {
+        if let Some(id) = var("SLURM_ARRAY_TASK_ID") {
+            let count = var("SLURM_ARRAY_TASK_COUNT")
+                .ok_or("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")?;
+            let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|| "0".into());
+            let (id, min) = (
+                num("SLURM_ARRAY_TASK_ID", &id)?,
+                num("SLURM_ARRAY_TASK_MIN", &min)?,
+            );
+            let i = id.checked_sub(min).ok_or(format!(
+                "SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"
+            ))?;
+            (i, num("SLURM_ARRAY_TASK_COUNT", &count)?)
+        } else if let Some(id) = var("JOB_COMPLETION_INDEX") {
+            let count = var("GANTRY_SHARDS").ok_or(
+                "JOB_COMPLETION_INDEX is set but GANTRY_SHARDS (the Job's `completions`) is not",
+            )?;
+            (
+                num("JOB_COMPLETION_INDEX", &id)?,
+                num("GANTRY_SHARDS", &count)?,
+            )
+        } else {
+            return Err("`--shard env` found neither SLURM_ARRAY_TASK_ID (a Slurm job array) nor JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)".into());
+        }
+    } else {
+        let (i, n) = spec
+            .split_once('/')
+            .ok_or(format!("`--shard {spec}` is not of the form I/N"))?;
+        (num("the shard", i)?, num("the shard count", n)?)
+    };
+    if n == 0 || i >= n {
+        return Err(format!(
+            "shard {i} of {n} does not exist: shards are numbered 0 to N-1"
+        ));
+    }
+    Ok((i, n))
+}
+
+/// How the results are written.
+struct Outputs<'a> {
+    format: StudyFormat,
+    plot: Option<&'a Path>,
+    report: Option<&'a Path>,
+}
+
 pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     let checked = check_files(std::slice::from_ref(&a.file), &a.lib);
     if checked.has_errors() {
@@ -225,86 +352,200 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
         eprint!("{}", checked.render(color));
         return ExitCode::from(1);
     }
-    // Every study (or the one named), in the order they are declared.
-    let mut studies: Vec<&Study> = checked
-        .program
-        .studies
-        .values()
-        .filter(|s| a.study.as_deref().is_none_or(|n| s.name == n))
-        .collect();
-    studies.sort_by_key(|s| (s.span.file, s.span.start));
-    if studies.is_empty() {
-        eprintln!(
-            "error[C007]: {}",
-            a.study
-                .as_deref()
-                .map_or("the file declares no study".to_string(), |n| format!(
-                    "no study named `{n}`"
-                ))
-        );
+    let Some(studies) = select(&checked.program, a.study.as_deref()) else {
         return ExitCode::from(1);
-    }
-    let pool = match rayon::ThreadPoolBuilder::new().num_threads(a.jobs).build() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: cannot start {} threads: {e}", a.jobs);
+    };
+    let shard = match a
+        .shard
+        .as_deref()
+        .map(|s| shard_spec(s, &|v| std::env::var(v).ok()))
+    {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(m)) => {
+            eprintln!(
+                "error[C032]: {m}\n  help: `--shard 0/4` .. `--shard 3/4` run a study in four slices; `gantry merge` puts them together"
+            );
             return ExitCode::from(2);
         }
     };
-    let total: u64 = studies
+    let pool = match thread_pool(a.jobs) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let jobs = shard::jobs(&studies, a.sensitivity);
+    let (index, count) = shard.unwrap_or((0, 1));
+    let mine = |k: usize| k % count == index;
+    let total: u64 = jobs
         .iter()
-        .map(|st| {
-            let systems = st.systems.len() as u64;
-            let cells = if st.demand.is_empty() {
-                st.workloads.len() as u64
-            } else {
-                st.demand.len() as u64
-            } * systems;
-            let sens = if a.sensitivity {
-                st.workloads.len() as u64 * systems * sensitivity::SEARCHES_PER_CELL
-            } else {
-                0
-            };
-            cells + sens
-        })
+        .enumerate()
+        .filter(|(k, _)| mine(*k))
+        .map(|(_, j)| j.searches())
         .sum();
     let progress = Progress::new(total);
     let tick = || progress.tick();
-    // Run every study first; a fleet study whose demand cannot be met
-    // (`C025`) is reported on stderr and left out of the output.
-    let mut code = ExitCode::SUCCESS;
-    let ran: Vec<(&Study, Ran, Option<sensitivity::Table>)> = pool.install(|| {
-        let mut ran = Vec::new();
-        for st in &studies {
-            let r = if st.demand.is_empty() {
-                Ran::Weighted(gantry_compiler::study::run_with(st, &tick))
-            } else {
-                match fleet::run_with(st, &tick) {
-                    Ok(Some(ans)) => {
-                        let cap = st
-                            .site
-                            .as_ref()
-                            .and_then(|s| s.power_cap)
-                            .unwrap_or(f64::INFINITY);
-                        let f = fleet::front::of(&ans, cap);
-                        Ran::Fleet(Box::new(ans), f)
-                    }
-                    Ok(None) => continue,
-                    Err(u) => {
-                        progress.bar.suspend(|| {
-                            eprintln!("error[C025]: {}\n  help: {}", u.message, u.help)
-                        });
-                        code = ExitCode::from(1);
-                        continue;
-                    }
-                }
-            };
-            let sens = a.sensitivity.then(|| sensitivity::study(st, &tick));
-            ran.push((*st, r, sens));
-        }
-        ran
-    });
+    let results = pool.install(|| shard::run(&studies, &jobs, &mine, &tick));
     progress.bar.finish_and_clear();
+    if shard.is_some() {
+        let run = shard::RunId {
+            source: a.file.clone(),
+            lib: a
+                .lib
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            study: a.study.clone(),
+            sensitivity: a.sensitivity,
+            fingerprint: shard::fingerprint(&studies, a.sensitivity),
+        };
+        let text = match shard::Partial::of(&run, index, count, jobs.len(), results) {
+            Ok(t) => t,
+            Err(m) => {
+                eprintln!("error[C032]: shard {index}/{count} cannot be written exactly: {m}");
+                return ExitCode::from(1);
+            }
+        };
+        match &a.out {
+            None => out!("{text}"),
+            Some(dir) => {
+                let path = dir.join(format!("shard-{index}-of-{count}.json"));
+                if let Err(e) =
+                    std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, text))
+                {
+                    eprintln!("error: cannot write `{}`: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let done = results.into_iter().map(|(_, d)| d).collect();
+    let answered = match shard::assemble(&studies, a.sensitivity, &jobs, done) {
+        Ok(v) => v,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let outs = Outputs {
+        format: a.format,
+        plot: a.plot.as_deref(),
+        report: a.report.as_deref(),
+    };
+    pool.install(|| emit(&a.file, &outs, answered))
+}
+
+/// `gantry merge`: the shards of one `gantry study --shard` run put
+/// together, written as the single run writes it. Every way the files
+/// can be wrong is `C033` (exit 1).
+pub fn merge_cmd(a: &MergeArgs) -> ExitCode {
+    let fail = |b: shard::Bad| {
+        let at = if b.file.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", b.file)
+        };
+        eprintln!("error[C033]: {at}{}\n  help: {}", b.message, b.help);
+        ExitCode::from(1)
+    };
+    let mut parts = Vec::new();
+    for f in &a.files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                return fail(shard::Bad {
+                    file: name,
+                    message: format!("cannot read the file: {e}"),
+                    help: "pass the files `gantry study --shard` wrote".into(),
+                });
+            }
+        };
+        match shard::parse(&name, &text) {
+            Ok(p) => parts.push((name, p)),
+            Err(b) => return fail(b),
+        }
+    }
+    if let Err(b) = shard::check_set(&parts) {
+        return fail(b);
+    }
+    let run = parts[0].1.run();
+    let source = a.source.clone().unwrap_or_else(|| run.source.clone());
+    let lib: Vec<PathBuf> = run.lib.iter().map(PathBuf::from).collect();
+    let checked = check_files(std::slice::from_ref(&source), &lib);
+    if checked.has_errors() {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        eprint!("{}", checked.render(color));
+        return ExitCode::from(1);
+    }
+    let Some(studies) = select(&checked.program, run.study.as_deref()) else {
+        return ExitCode::from(1);
+    };
+    let fingerprint = shard::fingerprint(&studies, run.sensitivity);
+    let jobs = shard::jobs(&studies, run.sensitivity);
+    if fingerprint != run.fingerprint || jobs.len() != parts[0].1.jobs {
+        return fail(shard::Bad {
+            file: parts[0].0.clone(),
+            message: format!(
+                "the studies of `{source}` are not those the shards ran (fingerprint {fingerprint}, the shards' {}): the file, an import or the stdlib changed since",
+                run.fingerprint
+            ),
+            help: "rerun the shards on the file as it is now, or merge with the file they ran (`--source`)".into(),
+        });
+    }
+    let done = match shard::collect(parts) {
+        Ok(d) => d,
+        Err(b) => return fail(b),
+    };
+    let answered = match shard::assemble(&studies, run.sensitivity, &jobs, done) {
+        Ok(v) => v,
+        Err(m) => {
+            return fail(shard::Bad {
+                file: String::new(),
+                message: m,
+                help: "pass the files `gantry study --shard` wrote, unedited, by the same Gantry version".into(),
+            });
+        }
+    };
+    let pool = match thread_pool(a.jobs) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let outs = Outputs {
+        format: a.format,
+        plot: a.plot.as_deref(),
+        report: a.report.as_deref(),
+    };
+    pool.install(|| emit(&run.source, &outs, answered))
+}
+
+/// Writes the studies' results: the one path of a single run and of a
+/// merge, so the two are the same bytes. A fleet study whose demand
+/// cannot be met (`C025`) is reported on stderr and left out.
+fn emit(file: &str, a: &Outputs, answered: Vec<shard::Answered>) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    let mut ran: Vec<(&Study, Ran, Option<sensitivity::Table>)> = Vec::new();
+    for an in answered {
+        let st = an.study;
+        let r = match an.outcome {
+            Ok(shard::Studied::Weighted(rows)) => Ran::Weighted(rows),
+            Ok(shard::Studied::Fleet(ans)) => {
+                let cap = st
+                    .site
+                    .as_ref()
+                    .and_then(|s| s.power_cap)
+                    .unwrap_or(f64::INFINITY);
+                let f = fleet::front::of(&ans, cap);
+                Ran::Fleet(ans, f)
+            }
+            Err(u) => {
+                eprintln!("error[C025]: {}\n  help: {}", u.message, u.help);
+                code = ExitCode::from(1);
+                continue;
+            }
+        };
+        ran.push((st, r, an.sensitivity));
+    }
     let outcomes: Vec<(&Study, Outcome)> = ran
         .iter()
         .map(|(st, r, _)| {
@@ -344,7 +585,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
                     plots: svgs.into_iter().map(|s| (s.title, s.text)).collect(),
                 })
                 .collect();
-            let page = crate::html::report(&format!("Gantry studies of {}", a.file), &sections);
+            let page = crate::html::report(&format!("Gantry studies of {file}"), &sections);
             let path = dir.join("report.html");
             if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, page)) {
                 eprintln!("error: cannot write `{}`: {e}", path.display());

@@ -8,6 +8,7 @@
 //! - `--export trace` (`gantry.trace.v1.json`) for the plans of the
 //!   top-level examples (not `reference/`, not DLRM inference) and
 //!   `--export torchrec` (`gantry.torchrec.v2.json`) for the DLRM plans;
+//! - `gantry study --shard` (`gantry.shard.v1.json`), two slices;
 //! - `gantry study --format json` (`gantry.study.v1.json`) for every
 //!   example that declares a study, and each fleet pool's embedded plan
 //!   against `gantry.plan.v2.json`.
@@ -407,7 +408,29 @@ fn every_json_output_matches_its_schema() {
         assert!(v["studies"][0]["sensitivity"]["cells"].is_array(), "{file}");
         study.check(&format!("study {file} --sensitivity --format json"), &v);
     }
-    for s in [&diagnostics, &plan, &trace, &torchrec, &serve, &study] {
+    // A shard's partial JSON, of a weighted study and of a fleet study
+    // with sensitivities (one slice of eight keeps it quick).
+    let mut shard = Schema::load("gantry.shard.v1");
+    for (file, extra) in [
+        ("examples/codesign_study.gantry", None),
+        ("examples/fleet_study.gantry", Some("--sensitivity")),
+    ] {
+        let mut args = vec!["study", file, "--shard", "1/8"];
+        args.extend(extra);
+        let (code, out, err) = gantry(&args);
+        assert_eq!(code, 0, "study {file} --shard: {err}");
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        shard.check(&format!("study {file} --shard 1/8"), &v);
+    }
+    for s in [
+        &diagnostics,
+        &plan,
+        &trace,
+        &torchrec,
+        &serve,
+        &study,
+        &shard,
+    ] {
         assert!(s.documents > 0, "{}: nothing validated", s.name);
         s.assert_covered();
     }

@@ -16,8 +16,9 @@
 //! across nodes uses trees (logarithmic).
 
 use gantry_lang::program::Cluster;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Collective {
     AllReduce,
     ReduceScatter,
@@ -39,7 +40,7 @@ impl Collective {
 }
 
 /// The outermost level of the topology a group crosses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Level {
     Device,
     ScaleUp,

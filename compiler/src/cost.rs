@@ -23,7 +23,10 @@
 //! string work on the hot path except the small communication list, so the
 //! search can call it millions of times.
 
+use std::borrow::Cow;
+
 use gantry_lang::program::{Optimizer, Phase};
+use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
@@ -33,7 +36,7 @@ use crate::point::{DesignPoint, Recompute};
 use crate::sharded::{Kind, Pass};
 
 /// Time of one forward (or backward) pass over some ops, split by class.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClassTimes {
     pub matmul: f64,
     pub attention: f64,
@@ -76,13 +79,13 @@ impl ClassTimes {
 }
 
 /// One kind of communication in a step.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comm {
-    pub what: &'static str,
+    pub what: Cow<'static, str>,
     pub collective: Collective,
     pub group: u64,
     pub level: Level,
-    pub algorithm: &'static str,
+    pub algorithm: Cow<'static, str>,
     /// Bytes per device per step.
     pub bytes: f64,
     /// Seconds per step if nothing overlapped.
@@ -91,7 +94,7 @@ pub struct Comm {
     pub exposed: f64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     pub weights: f64,
     pub gradients: f64,
@@ -123,7 +126,7 @@ impl Memory {
 }
 
 /// The step time, split so that the parts add up to `step`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTime {
     /// Compute of all microbatches on the slowest stage, by op class
     /// (forward, backward and recomputation together).
@@ -153,7 +156,7 @@ pub struct StepTime {
     pub step: f64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     pub point: DesignPoint,
     pub devices: u64,
@@ -894,11 +897,13 @@ impl Evaluator<'_> {
         // HSDP: the gradient shards all-reduced over the replicas, `rounds`
         // times per step.
         let hsdp = |rounds: f64, exposed: f64| Comm {
-            what: "HSDP gradient-shard all-reduce over replicas",
+            what: "HSDP gradient-shard all-reduce over replicas".into(),
             collective: Collective::AllReduce,
             group: replicas,
             level: topo.level(replicas, dp_stride * zgroup),
-            algorithm: topo.algorithm(Collective::AllReduce, replicas, dp_stride * zgroup),
+            algorithm: topo
+                .algorithm(Collective::AllReduce, replicas, dp_stride * zgroup)
+                .into(),
             bytes: rounds * 2.0 * shard_bytes * ring(replicas),
             time: rounds * t_replicas,
             exposed,
@@ -980,11 +985,13 @@ impl Evaluator<'_> {
                     total
                 };
                 comms.push(Comm {
-                    what: "ZeRO-3 parameter gathers and gradient reduce-scatters",
+                    what: "ZeRO-3 parameter gathers and gradient reduce-scatters".into(),
                     collective: Collective::AllGather,
                     group: zgroup,
                     level: topo.level(zgroup, dp_stride),
-                    algorithm: topo.algorithm(Collective::AllGather, zgroup, dp_stride),
+                    algorithm: topo
+                        .algorithm(Collective::AllGather, zgroup, dp_stride)
+                        .into(),
                     bytes: (gathers + rounds) * grad_bytes * ring(zgroup),
                     time: total,
                     exposed: dp_exposed,
@@ -1010,15 +1017,17 @@ impl Evaluator<'_> {
                     };
                 dp_exposed = (t_ar - t_bwd_last).max(0.0);
                 comms.push(Comm {
-                    what: if p.zero >= 1 {
+                    what: Cow::Borrowed(if p.zero >= 1 {
                         "gradient reduce-scatter + parameter all-gather (ZeRO)"
                     } else {
                         "data-parallel gradient all-reduce"
-                    },
+                    }),
                     collective: Collective::AllReduce,
                     group: zgroup,
                     level: topo.level(zgroup, dp_stride),
-                    algorithm: topo.algorithm(Collective::AllReduce, zgroup, dp_stride),
+                    algorithm: topo
+                        .algorithm(Collective::AllReduce, zgroup, dp_stride)
+                        .into(),
                     bytes: 2.0 * dense_bytes * ring(zgroup)
                         + 2.0 * expert_bytes * ring(expert_group),
                     time: t_ar,
@@ -1043,11 +1052,11 @@ impl Evaluator<'_> {
             let t = topo.time(Collective::AllReduce, 2, stride, bytes);
             dp_exposed += t;
             comms.push(Comm {
-                what: "tied embedding gradient all-reduce (first and last stage)",
+                what: "tied embedding gradient all-reduce (first and last stage)".into(),
                 collective: Collective::AllReduce,
                 group: 2,
                 level: topo.level(2, stride),
-                algorithm: topo.algorithm(Collective::AllReduce, 2, stride),
+                algorithm: topo.algorithm(Collective::AllReduce, 2, stride).into(),
                 bytes: 2.0 * bytes * ring(2),
                 time: t,
                 exposed: t,
@@ -1071,11 +1080,11 @@ impl Evaluator<'_> {
         }
         if a2a_emb_bytes > 0.0 {
             comms.push(Comm {
-                what: "pooled embedding all-to-all",
+                what: "pooled embedding all-to-all".into(),
                 collective: Collective::AllToAll,
                 group: devices,
                 level: topo.level(devices, 1),
-                algorithm: topo.algorithm(Collective::AllToAll, devices, 1),
+                algorithm: topo.algorithm(Collective::AllToAll, devices, 1).into(),
                 bytes: a2a_emb_bytes * ring(devices),
                 time: a2a_emb,
                 exposed: a2a_emb,
@@ -1126,15 +1135,15 @@ impl Evaluator<'_> {
                 })
                 .fold(0.0, f64::max);
             comms.push(Comm {
-                what: if p.sequence_parallel {
+                what: Cow::Borrowed(if p.sequence_parallel {
                     "tensor/sequence-parallel reduce-scatter + all-gather"
                 } else {
                     "tensor-parallel all-reduce"
-                },
+                }),
                 collective: Collective::AllReduce,
                 group: p.tp,
                 level: topo.level(p.tp, 1),
-                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
+                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1).into(),
                 bytes,
                 time: tp_comm_step,
                 exposed: tp_comm_exposed,
@@ -1142,11 +1151,11 @@ impl Evaluator<'_> {
         }
         if pp > 1 {
             comms.push(Comm {
-                what: "pipeline activations and gradients",
+                what: "pipeline activations and gradients".into(),
                 collective: Collective::SendRecv,
                 group: 2,
                 level: topo.level(2, stride_pp),
-                algorithm: topo.algorithm(Collective::SendRecv, 2, stride_pp),
+                algorithm: topo.algorithm(Collective::SendRecv, 2, stride_pp).into(),
                 // Sent by the busiest device: a middle stage sends each
                 // chunk's activations forward and gradients back (2 v
                 // messages per microbatch) and receives as many; with two
@@ -1170,11 +1179,11 @@ impl Evaluator<'_> {
         }
         if body.cp_bytes > 0.0 {
             comms.push(Comm {
-                what: "context-parallel K/V ring",
+                what: "context-parallel K/V ring".into(),
                 collective: Collective::SendRecv,
                 group: p.cp,
                 level: topo.level(p.cp, p.tp),
-                algorithm: "ring",
+                algorithm: "ring".into(),
                 bytes: 3.0 * body.cp_bytes * sl * m,
                 time: 3.0 * body.cp * sl * m,
                 exposed: (body.cp - body.attention_time).max(0.0) * 3.0 * sl * m,
@@ -1182,11 +1191,11 @@ impl Evaluator<'_> {
         }
         if body.a2a_bytes > 0.0 {
             comms.push(Comm {
-                what: "expert all-to-all (dispatch and combine)",
+                what: "expert all-to-all (dispatch and combine)".into(),
                 collective: Collective::AllToAll,
                 group: p.ep,
                 level: topo.level(p.ep, p.tp * p.cp),
-                algorithm: "pairwise",
+                algorithm: "pairwise".into(),
                 bytes: 2.0 * body.a2a_bytes * sl * m * ring(p.ep),
                 time: 2.0 * body.a2a * sl * m,
                 exposed: 2.0 * body.a2a * sl * m,
@@ -1406,11 +1415,11 @@ impl Evaluator<'_> {
         let mut comms = Vec::new();
         if t_tp > 0.0 || tp_bytes > 0.0 {
             comms.push(Comm {
-                what: "tensor-parallel all-reduce",
+                what: "tensor-parallel all-reduce".into(),
                 collective: Collective::AllReduce,
                 group: p.tp,
                 level: topo.level(p.tp, 1),
-                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1),
+                algorithm: topo.algorithm(Collective::AllReduce, p.tp, 1).into(),
                 // One pass (the decode step, not its share of the prefill).
                 bytes: tp_bytes,
                 time: t_tp,

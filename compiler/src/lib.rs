@@ -22,6 +22,7 @@ pub mod sanity;
 pub mod search;
 pub mod sensitivity;
 pub mod serve;
+pub mod shard;
 pub mod sharded;
 pub mod study;
 pub mod study_doc;

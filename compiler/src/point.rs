@@ -9,6 +9,7 @@
 //! per model replica: dp replicas serve dp times the batch), shard = dp *
 //! cp (ZeRO over every data x context parallel rank; smaller is HSDP).
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -17,7 +18,7 @@ use gantry_lang::program::{Cluster, Domain, Phase};
 
 use crate::ir::Ir;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Recompute {
     None,
     Selective,
@@ -42,7 +43,7 @@ impl Recompute {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DesignPoint {
     pub dp: u64,
     pub tp: u64,

@@ -436,7 +436,7 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         for c in &e.comms {
             row(
                 &mut s,
-                c.what,
+                &c.what,
                 format!("{} in {}", q(c.bytes, Dim::BYTES), q(c.time, Dim::TIME)),
                 format!(
                     "{} over {} ({}, {}), exposed {}",

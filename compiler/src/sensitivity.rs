@@ -23,7 +23,7 @@
 //! Cells are independent and run on the rayon pool in order-preserving
 //! `collect`s, so the result does not depend on the thread count.
 
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
 
 use gantry_lang::program::{Cluster, Study, Workload};
 use rayon::prelude::*;
@@ -35,7 +35,7 @@ pub const STEP: f64 = 0.10;
 pub const BINDING_FLOOR: f64 = 0.01;
 
 /// A resource a system can have more of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Resource {
     /// Peak FLOP/s of every precision of the device.
     Compute,
@@ -138,7 +138,7 @@ pub fn perturb(c: &Cluster, r: Resource, factor: f64) -> Option<Cluster> {
 }
 
 /// One workload's sensitivity on one system.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sensitivity {
     /// The best plan's throughput (tokens or samples per second) on the
     /// system as declared.
@@ -175,10 +175,16 @@ impl Sensitivity {
 
 /// The throughput of the study's best plan for `w` on `sys`.
 fn best(study: &Study, sys: &Cluster, w: &Workload) -> Result<f64, String> {
-    let plan = crate::study::cell_plan(study, sys, w);
-    crate::plan::search(&plan, &BTreeMap::new(), 1)
-        .map(|s| s.best.estimate.metric("throughput").unwrap_or(0.0))
-        .map_err(|e| format!("error[{}]: {}", e.code, e.message))
+    base_of(&crate::study::search_cell(study, sys, w))
+}
+
+/// The base throughput of a cell from the study's own search of it, so
+/// a study that has searched the cell already does not search it again.
+pub fn base_of(searched: &Result<crate::cost::Estimate, String>) -> Result<f64, String> {
+    searched
+        .as_ref()
+        .map(|e| e.metric("throughput").unwrap_or(0.0))
+        .map_err(Clone::clone)
 }
 
 /// The sensitivity of workload `w` on system `sys`; `tick` is called
@@ -191,7 +197,19 @@ pub fn of(
 ) -> Result<Sensitivity, String> {
     let base = best(study, sys, w);
     tick();
-    let base = base?;
+    around(study, sys, w, base, tick)
+}
+
+/// [`of`] with the base throughput already known (the cell's own search,
+/// [`base_of`]): only the [`PERTURBED_SEARCHES`] perturbed searches run.
+pub fn around(
+    study: &Study,
+    sys: &Cluster,
+    w: &Workload,
+    base: Result<f64, String>,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Sensitivity, String> {
+    let base = base.inspect_err(|_| (0..PERTURBED_SEARCHES).for_each(|_| tick()))?;
     let perturbed = Resource::ALL
         .par_iter()
         .map(|&r| {
@@ -202,6 +220,9 @@ pub fn of(
         .collect();
     Ok(Sensitivity { base, perturbed })
 }
+
+/// Searches beyond the base one a cell's sensitivity costs.
+pub const PERTURBED_SEARCHES: u64 = Resource::ALL.len() as u64;
 
 /// Searches one cell costs: the base and one per resource.
 pub const SEARCHES_PER_CELL: u64 = 1 + Resource::ALL.len() as u64;

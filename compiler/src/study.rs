@@ -70,57 +70,102 @@ pub fn run(study: &Study) -> Vec<Row> {
 /// planned on the rayon pool and collected in order, so the rows do not
 /// depend on the thread count.
 pub fn run_with(study: &Study, tick: &(dyn Fn() + Sync)) -> Vec<Row> {
-    let mut rows: Vec<Row> = study.systems.par_iter().map(|sys| {
-        let cells = study.workloads.par_iter().map(|(w, weight)| {
-            let plan = cell_plan(study, sys, w);
-            let best = search(&plan, &BTreeMap::new(), 1)
-                .map(|s| s.best.estimate)
-                .map_err(|e| format!("error[{}]: {}", e.code, e.message));
-            // The study's objective on the best point: a metric the point
-            // does not have (`C015`) or that is not a meaningful number
-            // (`C016`) makes the cell an error, not a silent zero.
-            let obj = &study.objective.1;
-            let (best, value) = match best {
-                Ok(e) => match e.metric(obj) {
-                    Some(v) if v.is_finite() && v >= 0.0 => (Ok(e), Some(v)),
-                    Some(v) => (
-                        Err(format!(
-                            "error[C016]: the study's objective `{obj}` is {} on the best point of `{}`",
-                            gantry_lang::units::format_number(v),
-                            w.name
-                        )),
-                        None,
-                    ),
-                    None => (
-                        Err(format!(
-                            "error[C015]: the study's objective `{obj}` has no value for `{}` on `{}` (a metric of another phase, or no `price`)",
-                            w.name, sys.name
-                        )),
-                        None,
-                    ),
-                },
-                Err(e) => (Err(e), None),
-            };
-            tick();
-            Cell {
-                workload: w.name.clone(),
-                weight: *weight,
-                best,
-                value,
-                relative: 0.0,
-                phase: crate::hardware::phase_key(&w.phase),
-                uncertainty: crate::hardware::Hardware::new(sys, w)
-                    .ok()
-                    .and_then(|h| h.uncertainty),
-            }
-        }).collect();
-        Row {
+    let searched: Vec<Vec<Result<Estimate, String>>> = study
+        .systems
+        .par_iter()
+        .map(|sys| {
+            study
+                .workloads
+                .par_iter()
+                .map(|(w, _)| {
+                    let best = search_cell(study, sys, w);
+                    tick();
+                    best
+                })
+                .collect()
+        })
+        .collect();
+    rows(study, searched)
+}
+
+/// The expensive part of one cell: the best plan of workload `w` on
+/// `sys` (what a shard of `gantry study --shard` computes and writes).
+pub fn search_cell(study: &Study, sys: &Cluster, w: &Workload) -> Result<Estimate, String> {
+    let plan = cell_plan(study, sys, w);
+    search(&plan, &BTreeMap::new(), 1)
+        .map(|s| s.best.estimate)
+        .map_err(|e| format!("error[{}]: {}", e.code, e.message))
+}
+
+/// One cell from its search result: the study's objective on the best
+/// point, the phase and the calibration band (cheap; `relative` is set
+/// by [`rows`]).
+fn cell(
+    study: &Study,
+    sys: &Cluster,
+    w: &Workload,
+    weight: f64,
+    best: Result<Estimate, String>,
+) -> Cell {
+    // The study's objective on the best point: a metric the point
+    // does not have (`C015`) or that is not a meaningful number
+    // (`C016`) makes the cell an error, not a silent zero.
+    let obj = &study.objective.1;
+    let (best, value) = match best {
+        Ok(e) => match e.metric(obj) {
+            Some(v) if v.is_finite() && v >= 0.0 => (Ok(e), Some(v)),
+            Some(v) => (
+                Err(format!(
+                    "error[C016]: the study's objective `{obj}` is {} on the best point of `{}`",
+                    gantry_lang::units::format_number(v),
+                    w.name
+                )),
+                None,
+            ),
+            None => (
+                Err(format!(
+                    "error[C015]: the study's objective `{obj}` has no value for `{}` on `{}` (a metric of another phase, or no `price`)",
+                    w.name, sys.name
+                )),
+                None,
+            ),
+        },
+        Err(e) => (Err(e), None),
+    };
+    Cell {
+        workload: w.name.clone(),
+        weight,
+        best,
+        value,
+        relative: 0.0,
+        phase: crate::hardware::phase_key(&w.phase),
+        uncertainty: crate::hardware::Hardware::new(sys, w)
+            .ok()
+            .and_then(|h| h.uncertainty),
+    }
+}
+
+/// The study's rows from every cell's search result (`searched[system]
+/// [workload]`, in sweep order): objective values, normalised per
+/// workload by the best system, and weighted scores. Arithmetic only, so
+/// a merged run (`gantry merge`) and a single one agree.
+pub fn rows(study: &Study, searched: Vec<Vec<Result<Estimate, String>>>) -> Vec<Row> {
+    let mut rows: Vec<Row> = study
+        .systems
+        .iter()
+        .zip(searched)
+        .map(|(sys, row)| Row {
             system: sys.name.clone(),
             devices: sys.devices(),
-            cells,
+            cells: study
+                .workloads
+                .iter()
+                .zip(row)
+                .map(|((w, weight), best)| cell(study, sys, w, *weight, best))
+                .collect(),
             score: 0.0,
-        }
-    }).collect();
+        })
+        .collect();
     // Normalise per workload by the best system, oriented by the goal.
     let n = study.workloads.len();
     for j in 0..n {

@@ -121,6 +121,8 @@ codes! {
     C025 => "no fleet meets the demand",
     C030 => "batching-window serving cannot be priced on one device",
     C031 => "serving plan knob a batching-window workload does not have",
+    C032 => "invalid --shard, or a shard that cannot be written exactly",
+    C033 => "shard files that do not merge",
 }
 
 impl fmt::Display for Code {

@@ -23,9 +23,10 @@
 //! - racks = ceil(nodes / floor(rack_power / node full-load power)).
 
 use gantry_lang::program::{Cluster, Site};
+use serde::{Deserialize, Serialize};
 
 /// The ownership figures of one system's node and devices, in base units.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Owned {
     pub devices_per_node: u64,
     /// Full-load and idle watts of one device.
@@ -87,7 +88,7 @@ impl Owned {
 }
 
 /// What a pool of `nodes` costs and draws.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tco {
     pub nodes: u64,
     pub devices: u64,

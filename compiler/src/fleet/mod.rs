@@ -32,13 +32,16 @@ use std::collections::BTreeMap;
 use gantry_lang::program::{Cluster, Demand, DemandKind, Phase, Plan, Site, Study, Workload};
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::cost::Estimate;
 use economics::{Owned, Tco};
 use reliability::Goodput;
 
-/// One workload's pool on one system, sized to its demand.
-#[derive(Clone, Debug)]
+/// One workload's pool on one system, sized to its demand. Serialized
+/// whole into a shard's partial JSON (`gantry study --shard`) and read
+/// back by `gantry merge`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub workload: String,
     pub system: String,
@@ -60,7 +63,7 @@ pub struct Pool {
     /// What the pool delivers: raw times the goodput fraction.
     pub delivered: f64,
     pub demand: f64,
-    pub unit: &'static str,
+    pub unit: String,
     pub tco: Tco,
     /// Dollars per unit of demanded work (TCO rate / demand rate).
     pub cost_per_unit: f64,
@@ -122,19 +125,11 @@ pub fn run_with(study: &Study, tick: &(dyn Fn() + Sync)) -> Result<Option<Answer
         .demand
         .par_iter()
         .map(|d| {
-            let w = study
-                .workloads
-                .iter()
-                .find(|(w, _)| w.name == d.workload)
-                .map(|(w, _)| w);
             study
                 .systems
                 .par_iter()
                 .map(|s| {
-                    let p = match w {
-                        Some(w) => size(study, site, d, w, s),
-                        None => Err(format!("no workload `{}`", d.workload)),
-                    };
+                    let p = pool(study, site, d, s);
                     tick();
                     p
                 })
@@ -142,6 +137,15 @@ pub fn run_with(study: &Study, tick: &(dyn Fn() + Sync)) -> Result<Option<Answer
         })
         .collect();
     assemble(&study.demand, site, table).map(Some)
+}
+
+/// The pool of demand `d` on system `sys` of the study: the unit of work
+/// of a fleet study (one of a shard's cells, `gantry study --shard`).
+pub fn pool(study: &Study, site: &Site, d: &Demand, sys: &Cluster) -> Result<Pool, String> {
+    match study.workloads.iter().find(|(w, _)| w.name == d.workload) {
+        Some((w, _)) => size(study, site, d, w, sys),
+        None => Err(format!("no workload `{}`", d.workload)),
+    }
 }
 
 /// A plan of the study on one system for one workload (the one rule
@@ -186,17 +190,42 @@ pub fn size(
     w: &Workload,
     sys: &Cluster,
 ) -> Result<Pool, String> {
+    size_from(study, site, d, w, sys, None)
+}
+
+/// The study's search of `w` on `c`: the best plan's `gantry.plan/2`
+/// object and its estimate (a pool's first search, and the base of the
+/// cell's sensitivity).
+pub fn search(
+    study: &Study,
+    c: &Cluster,
+    w: &Workload,
+) -> Result<(serde_json::Value, Estimate), String> {
+    crate::plan::search(&plan_for(study, c, w), &BTreeMap::new(), 1)
+        .map(|s| (crate::report::json(&s.best), s.best.estimate))
+        .map_err(|e| format!("error[{}]: {}", e.code, e.message))
+}
+
+/// [`size`], with the first search on `sys` already done (`first`, the
+/// result of [`search`]) when a sensitivity of the cell needed it too.
+pub fn size_from(
+    study: &Study,
+    site: &Site,
+    d: &Demand,
+    w: &Workload,
+    sys: &Cluster,
+    first: Option<Result<(serde_json::Value, Estimate), String>>,
+) -> Result<Pool, String> {
     let owned = Owned::of(sys)?;
     if matches!(d.kind, DemandKind::Requests { .. }) {
         return Err("`serve` demand is sized by `gantry plan` (serving simulator); fleet pools of serve workloads are not yet implemented".into());
     }
     let demand = d.kind.rate();
-    let search = |c: &Cluster| {
-        crate::plan::search(&plan_for(study, c, w), &BTreeMap::new(), 1)
-            .map(|s| (crate::report::json(&s.best), s.best.estimate))
-            .map_err(|e| format!("error[{}]: {}", e.code, e.message))
+    let search = |c: &Cluster| search(study, c, w);
+    let (mut plan_json, mut e) = match first {
+        Some(f) => f?,
+        None => search(sys)?,
     };
-    let (mut plan_json, mut e) = search(sys)?;
     if throughput(&e, &d.kind) <= 0.0 {
         return Err(format!(
             "`{}` delivers no {} (demand it in samples)",
@@ -306,7 +335,7 @@ pub fn size(
         raw,
         delivered,
         demand,
-        unit: d.kind.unit(),
+        unit: d.kind.unit().into(),
         tco,
         failures,
         goodput,

@@ -17,8 +17,10 @@
 //!   least 0 (a pool that fails faster than it can checkpoint does nothing
 //!   useful).
 
+use serde::{Deserialize, Serialize};
+
 /// The failure figures a pool needs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failures {
     pub devices: u64,
     pub nodes: u64,
@@ -29,7 +31,7 @@ pub struct Failures {
 }
 
 /// A training pool's goodput terms.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Goodput {
     /// Mean time between interruptions of the whole pool, seconds.
     pub mtbf: f64,
