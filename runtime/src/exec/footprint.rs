@@ -28,6 +28,10 @@
 //!   the largest virtual stage's current values (the environment, every
 //!   tensor once) and either their conversions to other layouts (as large
 //!   again) or, with gradients, the backward's gradients (one tape).
+//!   Sends between stages wait in the receiver's queue: every
+//!   microbatch's boundary values (and, with gradients, their gradients
+//!   going back) may be queued at once when a stage runs ahead, which a
+//!   forward-only run's first stage does.
 //! - **Inputs and outputs**: every device holds its replica's inputs for
 //!   all its microbatches (the whole batch over `tp * pp` devices of a
 //!   replica) and a copy per forward; the outputs are gathered whole.
@@ -62,7 +66,7 @@ use gantry_compiler::sharded::Strategy;
 
 use super::device::sharded_program;
 use super::parallel::{Parallel, TableShard};
-use super::pipeline::pipelined_repeat;
+use super::pipeline::{boundary_live, pipelined_repeat};
 use super::schedule::{Action, chunk_layers, schedule};
 
 /// Bytes per simulated device that do not scale with the model and that
@@ -211,9 +215,15 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
     let virtual_stages = pp * vp;
     let mut stages = vec![Stage::default(); virtual_stages];
     let inputs_rep: f64 = g.inputs.iter().map(|t| spread_rep(&mb, *t, tp)).sum();
+    // One microbatch's values crossing a stage boundary (the pipelined
+    // repeat's carried values and what travels with them, over the `tp`
+    // ranks of one replica).
+    let mut boundary = 0.0;
     match pipelined_repeat(&g.body).filter(|_| pp > 1) {
         None => add(&g.body, 1.0, &mut stages[0], &spread, &weights),
         Some((idx, rep)) => {
+            boundary = rep.carried.iter().map(|c| spread(c.result)).sum::<f64>()
+                + boundary_live(g, idx).into_iter().map(&spread).sum::<f64>();
             add(&g.body[..idx], 1.0, &mut stages[0], &spread, &weights);
             add(
                 &g.body[idx + 1..],
@@ -276,8 +286,21 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
             }
             tapes = most;
         }
+        // Sends wait in the receiver's queue until it takes them: a
+        // stage that runs ahead (every forward-only run, the warm-up of a
+        // training schedule) can leave every microbatch's boundary values
+        // queued at the next stage, and with gradients every gradient at
+        // the previous one.
+        let queued = boundary
+            * (m * vp) as f64
+            * (f64::from(u8::from(s > 0 || vp > 1))
+                + if gradients {
+                    f64::from(u8::from(s + 1 < pp || vp > 1))
+                } else {
+                    0.0
+                });
         let grads = if gradients { 2.0 } else { 1.0 };
-        devices += replicas * (grads * w + 2.0 * largest + tapes + work)
+        devices += replicas * (grads * w + 2.0 * largest + tapes + work + queued)
             + if gradients {
                 dense * stage_size as f64
             } else {
