@@ -97,9 +97,8 @@ pub struct OpTp {
     /// `saved_rep`) that this program keeps whole although the symbolic
     /// program the IR was lowered with splits them: the layouts of this
     /// degree and its pinned forms decide what is split, not a symbolic
-    /// degree. `cheap_to_rep` is the part an elementwise op produced.
+    /// degree.
     pub saved_to_rep: f64,
-    pub cheap_to_rep: f64,
 }
 
 /// The sharded program of the model on one tensor-parallel degree and
@@ -116,7 +115,7 @@ pub struct TpTable {
 /// What one op saves for backward that a program re-classes: the tensors
 /// classed by layout ([`IrOp::saved_tensors`]) and its own split bytes
 /// ([`IrOp::saved_own`]).
-type SavedOf = (Vec<(TensorId, f64, bool)>, f64);
+type SavedOf = (Vec<(TensorId, f64)>, f64);
 
 /// What is needed to build the sharded program on any degree, and the
 /// programs built so far.
@@ -200,38 +199,28 @@ impl Programs {
     }
 
     /// Bytes per sample op `j` of segment `si` saves that `program` keeps
-    /// whole but the symbolic program split (negative: the converse), and
-    /// of those the elementwise outputs. Sequence rows count as split,
+    /// whole but the symbolic program split (negative: the converse).
+    /// Sequence rows count as split,
     /// as in the symbolic program under sequence parallelism.
-    fn reclassed(
-        &self,
-        program: &Program,
-        si: usize,
-        j: usize,
-        out: TensorId,
-        tp: usize,
-    ) -> (f64, f64) {
+    fn reclassed(&self, program: &Program, si: usize, j: usize, out: TensorId, tp: usize) -> f64 {
         let Some((tensors, own)) = self.saved.get(si).and_then(|s| s.get(j)) else {
-            return (0.0, 0.0);
+            return 0.0;
         };
         let split = |p: &Program, t: TensorId| tp > 1 && p.layout(t) != Layout::Rep;
-        let (mut all, mut cheap) = (0.0, 0.0);
-        for &(t, b, c) in tensors {
+        let mut all = 0.0;
+        for &(t, b) in tensors {
             let d = match (split(&self.base, t), split(program, t)) {
                 (true, false) => b,
                 (false, true) => -b,
                 _ => 0.0,
             };
             all += d;
-            if c {
-                cheap += d;
-            }
         }
         let divides = |p: &Program| p.op(out).is_some_and(|o| o.strategy.divides_work(o.layout));
         if *own > 0.0 && divides(&self.base) && !(tp > 1 && divides(program)) {
             all += own;
         }
-        (all, cheap)
+        all
     }
 
     fn build(&self, tp: usize, sp: bool) -> TpTable {
@@ -257,10 +246,9 @@ impl Programs {
                 seg.iter()
                     .enumerate()
                     .map(|(j, t)| {
-                        let (to_rep, cheap_to_rep) = self.reclassed(&program, si, j, *t, tp);
+                        let to_rep = self.reclassed(&program, si, j, *t, tp);
                         program.op(*t).map_or_else(OpTp::default, |so| OpTp {
                             saved_to_rep: to_rep,
-                            cheap_to_rep,
                             param_reduce: so.params_partial,
                             sharded: tp > 1 && so.strategy.divides_work(so.layout),
                             comms: so
@@ -299,19 +287,14 @@ pub struct IrOp {
     /// Of `saved_shard`, the attention probabilities (and their dropout
     /// mask and output) that selective recomputation drops.
     pub saved_probs: f64,
-    /// Of `saved_rep` and `saved_shard`, the tensors an elementwise op
-    /// produced: what op-level selective checkpointing recomputes instead
-    /// of keeping (it keeps the outputs of products and attention).
-    pub saved_cheap_rep: f64,
-    pub saved_cheap_shard: f64,
     /// Attention: the bytes of its keys and values per sample (what
     /// context parallelism exchanges).
     pub kv_bytes: f64,
     /// The tensors behind `saved_rep` and `saved_shard` that were classed
-    /// by their layout in the symbolic program: `(tensor, bytes per sample,
-    /// cheap)`. Each program re-classes them by its own layouts
+    /// by their layout in the symbolic program: `(tensor, bytes per
+    /// sample)`. Each program re-classes them by its own layouts
     /// ([`OpTp::saved_to_rep`]).
-    pub saved_tensors: Vec<(TensorId, f64, bool)>,
+    pub saved_tensors: Vec<(TensorId, f64)>,
     /// Of `saved_shard`, what the op keeps split by its own head split
     /// (attention's probabilities or log-sum-exp), whole when it runs whole.
     pub saved_own: f64,
@@ -386,8 +369,6 @@ impl IrOp {
             saved_shard: 0.0,
             kv_bytes: 0.0,
             saved_probs: 0.0,
-            saved_cheap_rep: 0.0,
-            saved_cheap_shard: 0.0,
             saved_tensors: Vec::new(),
             saved_own: 0.0,
             gemm: None,
@@ -694,8 +675,6 @@ struct Lowering<'a> {
     saved: Vec<bool>,
     /// Index of the op producing each tensor within the current segment.
     producer: Vec<i64>,
-    /// Whether an elementwise op produced each tensor.
-    cheap: Vec<bool>,
     training: bool,
     kernels: Kernels,
 }
@@ -766,7 +745,6 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         base,
         saved: vec![false; g.tensors.len()],
         producer: vec![-1; g.tensors.len()],
-        cheap: vec![false; g.tensors.len()],
         numel,
         training: matches!(w.phase, Phase::Train { .. }),
         kernels: w.kernels,
@@ -907,18 +885,11 @@ impl Lowering<'_> {
         }
         self.saved[i] = true;
         let b = bytes_per * self.numel[i];
-        let cheap = self.cheap[i];
-        o.saved_tensors.push((t, b, cheap));
+        o.saved_tensors.push((t, b));
         if self.sharded(t) {
             o.saved_shard += b;
-            if cheap {
-                o.saved_cheap_shard += b;
-            }
         } else {
             o.saved_rep += b;
-            if cheap {
-                o.saved_cheap_rep += b;
-            }
         }
     }
 
@@ -926,7 +897,6 @@ impl Lowering<'_> {
     fn push(&mut self, op: &gantry_lang::program::Op, mult: f64, out: &mut Vec<IrOp>) {
         let o = self.op(op, mult);
         self.producer[op.output.0 as usize] = out.len() as i64;
-        self.cheap[op.output.0 as usize] = o.class == Class::Elementwise;
         out.push(o);
     }
 
@@ -1236,7 +1206,7 @@ impl Lowering<'_> {
                     }
                     OpKind::Softmax => self.save(&mut o, op.output, beta),
                     OpKind::Dropout(_) => {
-                        o.saved_tensors.push((op.output, out_n, false));
+                        o.saved_tensors.push((op.output, out_n));
                         if self.sharded(op.output) {
                             o.saved_shard += out_n;
                         } else {

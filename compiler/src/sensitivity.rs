@@ -224,9 +224,6 @@ pub fn around(
 /// Searches beyond the base one a cell's sensitivity costs.
 pub const PERTURBED_SEARCHES: u64 = Resource::ALL.len() as u64;
 
-/// Searches one cell costs: the base and one per resource.
-pub const SEARCHES_PER_CELL: u64 = 1 + Resource::ALL.len() as u64;
-
 /// `table[system][workload]` of a study's sweep (workloads in the
 /// study's order).
 pub type Table = Vec<Vec<Result<Sensitivity, String>>>;
