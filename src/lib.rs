@@ -44,6 +44,7 @@ pub mod plot;
 pub mod runtime_cli;
 pub mod serve_cli;
 pub mod study_cli;
+pub mod test_cli;
 
 /// A metric's value as reports write it: with its unit when it has one.
 pub fn fmt_metric(metric: &str, v: f64) -> String {

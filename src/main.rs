@@ -125,6 +125,11 @@ enum Command {
     /// Put the shards of one `gantry study --shard I/N` run together: the
     /// output is the same bytes as the single run's.
     Merge(gantry::study_cli::MergeArgs),
+    /// Test .gantry files: every `expect` of their plans and studies
+    /// (within its `tolerance`, or the model's stated uncertainty) and each
+    /// study's report against the snapshot beside the file. Exit 0 when all
+    /// hold, 1 when one fails, 2 on a usage error.
+    Test(gantry::test_cli::TestArgs),
     /// Compare predictions with the published figures in examples/reference
     /// (each plan's prediction is what `gantry plan` reports: its search's best point).
     Validate {
@@ -264,6 +269,7 @@ fn main() -> ExitCode {
         }
         Command::Study(a) => gantry::study_cli::study_cmd(&a),
         Command::Merge(a) => gantry::study_cli::merge_cmd(&a),
+        Command::Test(a) => gantry::test_cli::test_cmd(&a),
         Command::Run(a) => gantry::runtime_cli::run_cmd(&a),
         Command::Kernels(a) => gantry::runtime_cli::kernels_cmd(&a),
         Command::Calibrate(a) => gantry::runtime_cli::calibrate_cmd(&a),

@@ -330,6 +330,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
                 objective: (Goal::Maximize, "samples_per_s".into()),
                 constraints: Vec::new(),
                 expect: BTreeMap::new(),
+                tolerance: Default::default(),
                 source: None,
                 simulate: None,
                 target: None,

@@ -435,6 +435,54 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     pool.install(|| emit(&a.file, &outs, answered))
 }
 
+/// One study's text report, as `gantry study` prints it (and `gantry
+/// test` snapshots it).
+pub fn text(st: &Study, o: &Outcome, sens: Option<&sensitivity::Table>) -> String {
+    let mut s = match o {
+        Outcome::Weighted(rows) => format!(
+            "{}{}",
+            report::study_text(st, rows),
+            study_doc::weighted_fronts_text(st, rows, false)
+        ),
+        Outcome::Fleet(a, f) => format!(
+            "study {}: {} systems x {} demands, the cheapest fleet meeting the demand\n{}{}",
+            st.name,
+            st.systems.len(),
+            st.demand.len(),
+            fleet::report::text(a),
+            fleet::report::fronts_text(a, f, false)
+        ),
+    };
+    if let Some(t) = sens {
+        s.push_str(&sensitivity::text(st, t, false));
+    }
+    s
+}
+
+/// Runs `studies` in this process on the current rayon pool, without
+/// sensitivity (what `gantry test` compares): each study's answer.
+pub fn run_all<'a>(studies: &[&'a Study]) -> Result<Vec<shard::Answered<'a>>, String> {
+    let jobs = shard::jobs(studies, false);
+    let done = shard::run(studies, &jobs, &|_| true, &|| {})
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    shard::assemble(studies, false, &jobs, done)
+}
+
+/// The pooled-fleet figure `metric` of a study's answer (a
+/// [`gantry_lang::program::STUDY_METRICS`] name), in base units.
+pub fn fleet_figure(a: &fleet::Answer, metric: &str) -> Option<f64> {
+    let f = &a.pooled;
+    match metric {
+        "cost" => Some(f.cost),
+        "power" => Some(f.power),
+        // Devices bought: whole nodes (what the report's pool lines count).
+        "devices" => Some(f.pools.iter().map(|p| p.tco.devices as f64).sum()),
+        _ => None,
+    }
+}
+
 /// `gantry merge`: the shards of one `gantry study --shard` run put
 /// together, written as the single run writes it. Every way the files
 /// can be wrong is `C033` (exit 1).
@@ -627,24 +675,7 @@ fn emit(file: &str, a: &Outputs, answered: Vec<shard::Answered>) -> ExitCode {
                     out!("{}", markdown(st, o, sens.as_ref()));
                     continue;
                 }
-                match o {
-                    Outcome::Weighted(rows) => out!(
-                        "{}{}",
-                        report::study_text(st, rows),
-                        study_doc::weighted_fronts_text(st, rows, false)
-                    ),
-                    Outcome::Fleet(a, f) => out!(
-                        "study {}: {} systems x {} demands, the cheapest fleet meeting the demand\n{}{}",
-                        st.name,
-                        st.systems.len(),
-                        st.demand.len(),
-                        fleet::report::text(a),
-                        fleet::report::fronts_text(a, f, false)
-                    ),
-                }
-                if let Some(t) = sens {
-                    out!("{}", sensitivity::text(st, t, false));
-                }
+                out!("{}", text(st, o, sens.as_ref()));
             }
         }
     }

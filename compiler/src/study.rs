@@ -55,6 +55,7 @@ pub fn cell_plan(study: &Study, sys: &Cluster, w: &Workload) -> Plan {
         objective: (Goal::Maximize, "throughput".to_string()),
         constraints: study.constraints.clone(),
         expect: BTreeMap::new(),
+        tolerance: Default::default(),
         source: None,
         simulate: None,
         target: None,

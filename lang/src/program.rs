@@ -792,6 +792,9 @@ pub struct Plan {
     pub constraints: Vec<Constraint>,
     /// Published figures this plan is expected to reproduce (`expect`).
     pub expect: BTreeMap<String, Quantity>,
+    /// How far a prediction may lie from each `expect` before `gantry
+    /// test` fails it (`tolerance`).
+    pub tolerance: Tolerance,
     pub source: Option<String>,
     /// The small scale `gantry run` instantiates the workload at
     /// (`simulate "layers=2, d_model=256, seq=16, batch=4"`, the syntax of
@@ -802,6 +805,27 @@ pub struct Plan {
     pub target: Option<String>,
     pub span: Span,
 }
+
+/// The relative tolerances of a plan's or study's `expect` figures:
+/// `tolerance = 0.1` for every figure, `tolerance step_time = 0.05` for
+/// one (which wins). Fractions in (0, 1].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tolerance {
+    pub all: Option<f64>,
+    pub per: BTreeMap<String, f64>,
+}
+
+impl Tolerance {
+    /// The stated tolerance of `metric`, if any.
+    pub fn of(&self, metric: &str) -> Option<f64> {
+        self.per.get(metric).copied().or(self.all)
+    }
+}
+
+/// The pooled-fleet figures a study's `expect` may name: `cost` (a price
+/// rate, e.g. `$150/h`), `power` (facility power at the modelled
+/// utilisation) and `devices`.
+pub const STUDY_METRICS: &[&str] = &["cost", "power", "devices"];
 
 /// The frameworks a plan may declare as its `target` (the export names).
 pub const TARGETS: &[&str] = &["megatron", "torchtitan", "torchrec", "trace"];
@@ -817,8 +841,11 @@ pub struct Study {
     pub fixed: BTreeMap<String, Domain>,
     pub objective: (Goal, String),
     pub constraints: Vec<Constraint>,
-    /// Published figures the study is expected to reproduce (`expect`).
+    /// Figures of the pooled fleet the study is expected to reproduce
+    /// (`expect cost = ...`, `power`, `devices`; [`STUDY_METRICS`]).
     pub expect: BTreeMap<String, Quantity>,
+    /// How far each fleet figure may lie from its `expect` (`tolerance`).
+    pub tolerance: Tolerance,
     pub source: Option<String>,
     /// The facility (`site { ... }`): what energy costs and what limits
     /// the fleet. Required with `demand`.
@@ -939,7 +966,7 @@ impl Program {
             if let Some(t) = &p.target {
                 let _ = writeln!(s, "  target {t:?}");
             }
-            write_expect(&mut s, &p.expect, &p.source);
+            write_expect(&mut s, &p.expect, &p.tolerance, &p.source);
         }
         for st in self.studies.values() {
             let _ = writeln!(s, "study {} over {} systems", st.name, st.systems.len());
@@ -956,7 +983,7 @@ impl Program {
                 &st.objective,
                 &st.constraints,
             );
-            write_expect(&mut s, &st.expect, &st.source);
+            write_expect(&mut s, &st.expect, &st.tolerance, &st.source);
             write_site(&mut s, st);
         }
         s
@@ -1016,9 +1043,20 @@ fn write_search(
     }
 }
 
-fn write_expect(s: &mut String, expect: &BTreeMap<String, Quantity>, source: &Option<String>) {
+fn write_expect(
+    s: &mut String,
+    expect: &BTreeMap<String, Quantity>,
+    tolerance: &Tolerance,
+    source: &Option<String>,
+) {
     for (k, v) in expect {
         let _ = writeln!(s, "  expect {k} = {v}");
+    }
+    if let Some(t) = tolerance.all {
+        let _ = writeln!(s, "  tolerance = {}", format_number(t));
+    }
+    for (k, t) in &tolerance.per {
+        let _ = writeln!(s, "  tolerance {k} = {}", format_number(*t));
     }
     if let Some(src) = source {
         let _ = writeln!(s, "  source {src:?}");

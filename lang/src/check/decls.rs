@@ -45,6 +45,7 @@ const A: &[ItemForm] = &[ItemForm::Assign];
 const N: &[ItemForm] = &[ItemForm::Named];
 const VN: &[ItemForm] = &[ItemForm::Value, ItemForm::Named];
 const VA: &[ItemForm] = &[ItemForm::Value, ItemForm::Assign];
+const AN: &[ItemForm] = &[ItemForm::Assign, ItemForm::Named];
 
 const DEVICE_KEYS: &[Key] = &[
     key("compute", VA, false, true),
@@ -87,6 +88,7 @@ const WORKLOAD_KEYS: &[Key] = &[
 ];
 const PLAN_KEYS: &[Key] = &[
     key("expect", N, true, false),
+    key("tolerance", AN, true, false),
     key("source", VA, false, false),
     key("simulate", VA, false, false),
     key("target", VA, false, false),
@@ -248,6 +250,16 @@ pub fn metric_dim(name: &str) -> Option<Dim> {
         "energy_per_step" => Dim::ENERGY,
         "cost_per_million_tokens" => Dim::MONEY,
         "model_tflops_per_device" | "hardware_tflops_per_device" => Dim::FLOP_RATE,
+        _ => return None,
+    })
+}
+
+/// Figures of a study's pooled fleet usable in its `expect`.
+pub fn study_metric_dim(name: &str) -> Option<Dim> {
+    Some(match name {
+        "cost" => Dim::PRICE_RATE,
+        "power" => Dim::POWER,
+        "devices" => Dim::NONE,
         _ => return None,
     })
 }
@@ -1922,8 +1934,17 @@ impl Checker {
         let mut expect = BTreeMap::new();
         for it in g.get("expect").into_iter().flatten() {
             let Some(n) = &it.name else { continue };
-            let Some(dim) = metric_dim(&n.name) else {
-                self.unknown_metric(&n.name, n.span);
+            let dim = if p.kind == DeclKind::Plan {
+                metric_dim(&n.name)
+            } else {
+                study_metric_dim(&n.name)
+            };
+            let Some(dim) = dim else {
+                if p.kind == DeclKind::Plan {
+                    self.unknown_metric(&n.name, n.span);
+                } else {
+                    self.unknown_study_metric(&n.name, n.span);
+                }
                 continue;
             };
             let v = self.eval(&it.value, &mut env);
@@ -1936,6 +1957,21 @@ impl Checker {
             ) {
                 expect.insert(n.name.clone(), Quantity::new(q, dim));
             }
+        }
+        let tolerance = self.tolerance(&g, &expect, &mut env, kind);
+        if p.kind == DeclKind::Study
+            && !g.contains_key("demand")
+            && let Some(it) = g.get("expect").and_then(|v| v.first())
+        {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L084,
+                    "a weighted-mix study has no fleet figure to expect",
+                    it.key.span,
+                )
+                .with_label(it.key.span, "`expect` needs a `demand` study")
+                .with_help("`expect cost`, `power` and `devices` are figures of the pooled fleet a `demand { ... }` study sizes; `gantry test` snapshots a weighted study's ranking instead"),
+            );
         }
         let mut source = None;
         if let Some(it) = g.get("source").and_then(|v| v.first()) {
@@ -2024,6 +2060,7 @@ impl Checker {
                         objective,
                         constraints,
                         expect,
+                        tolerance,
                         source,
                         simulate,
                         target,
@@ -2103,6 +2140,7 @@ impl Checker {
                         objective,
                         constraints,
                         expect,
+                        tolerance,
                         source,
                         site,
                         demand,
@@ -2171,6 +2209,89 @@ impl Checker {
                     "put `simulate \"...\"` in the workload it scales: `gantry run` on a file without plans runs its first workload at that scale",
                 ),
         );
+    }
+
+    fn unknown_study_metric(&mut self, name: &str, span: Span) {
+        let mut d = Diagnostic::error(Code::L074, format!("unknown fleet figure `{name}`"), span)
+            .with_label(span, "not a figure of a study's pooled fleet");
+        d = match suggest(name, STUDY_METRICS.iter().copied()) {
+            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+            None => d.with_help(format!(
+                "a study expects figures of its pooled fleet: {}",
+                STUDY_METRICS.join(", ")
+            )),
+        };
+        self.diags.push(d);
+    }
+
+    /// A plan's or study's `tolerance` items: `tolerance = 0.1` (every
+    /// expected figure, once) and `tolerance METRIC = 0.05` (one figure,
+    /// which must be expected: `L083`); each a fraction in (0, 1] (`L082`).
+    fn tolerance(
+        &mut self,
+        g: &BTreeMap<&'static str, Vec<&Item>>,
+        expect: &BTreeMap<String, Quantity>,
+        env: &mut Env,
+        kind: &str,
+    ) -> Tolerance {
+        let mut t = Tolerance::default();
+        let mut seen_all: Option<Span> = None;
+        for it in g.get("tolerance").into_iter().flatten() {
+            let v = self.eval(&it.value, env);
+            let Some(q) = self.num(&v, it.value.span) else {
+                continue;
+            };
+            if !q.dim.is_none() || !(q.value > 0.0 && q.value <= 1.0) {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L082,
+                        "a tolerance is a fraction in (0, 1]",
+                        it.value.span,
+                    )
+                    .with_label(it.value.span, format!("{q}"))
+                    .with_help("write the relative error allowed, e.g. `tolerance = 0.1` for 10%"),
+                );
+                continue;
+            }
+            match &it.name {
+                None => {
+                    if let Some(first) = seen_all {
+                        self.diags.push(
+                            Diagnostic::error(Code::L082, "`tolerance` is given twice", it.span)
+                                .with_label(it.span, "again here")
+                                .with_label(first, "first here")
+                                .with_help("one `tolerance = x` for every figure; `tolerance METRIC = x` for one"),
+                        );
+                        continue;
+                    }
+                    seen_all = Some(it.span);
+                    t.all = Some(q.value);
+                }
+                Some(n) => {
+                    if !expect.contains_key(&n.name) {
+                        let mut d = Diagnostic::error(
+                            Code::L083,
+                            format!(
+                                "tolerance for `{}`, which this {kind} does not expect",
+                                n.name
+                            ),
+                            n.span,
+                        )
+                        .with_label(n.span, "no `expect` of this figure");
+                        d = match suggest(&n.name, expect.keys().map(|k| k.as_str())) {
+                            Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                            None => {
+                                d.with_help("add `expect METRIC = value`, or remove the tolerance")
+                            }
+                        };
+                        self.diags.push(d);
+                        continue;
+                    }
+                    t.per.insert(n.name.clone(), q.value);
+                }
+            }
+        }
+        t
     }
 
     fn unknown_metric(&mut self, name: &str, span: Span) {

@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 pub use decls::{
     EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, SERVE_KNOBS, metric_dim,
+    study_metric_dim,
 };
 pub use ops::OP_NAMES;
 
