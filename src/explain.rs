@@ -335,9 +335,10 @@ tolerance would apply to nothing (often a misspelt metric). The label points at 
 Fix: correct the name, add `expect METRIC = value`, or remove the tolerance."
         }
         "L084" => {
-            "A study without `demand` (a weighted workload mix) states an `expect`. Its answer is \
-a ranking of systems, not one fleet, so it has no single figure to compare; `cost`, `power` \
-and `devices` are figures of the pooled fleet a `demand { ... }` study sizes.\n\
+            "Warning: a study without `demand` (a weighted workload mix) states an `expect`. Its \
+answer is a ranking of systems, not one fleet, so it has no single figure to compare, and the \
+`expect` is not read; `cost`, `power` and `devices` are figures of the pooled fleet a \
+`demand { ... }` study sizes.\n\
 Fix: remove the `expect` (`gantry test` compares a weighted study's whole report with its \
 snapshot), or give the study a `demand` and a `site`."
         }

@@ -201,8 +201,13 @@ fn studies_text(
     if studies.is_empty() {
         return None;
     }
+    // The file's own name, not the path it was reached by, so the
+    // snapshot is the same from any working folder.
+    let name = Path::new(root)
+        .file_name()
+        .map_or_else(|| root.to_string(), |n| n.to_string_lossy().into_owned());
     let mut s = format!(
-        "# gantry test snapshot: the report of `gantry study {root}`.\n# Update with `gantry test --accept {root}` after reading the diff.\n"
+        "# gantry test snapshot: the report of `gantry study {name}`.\n# Update with `gantry test --accept {name}` after reading the diff.\n"
     );
     let mut exps = Vec::new();
     match crate::study_cli::run_all(&studies) {

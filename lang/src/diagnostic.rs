@@ -93,7 +93,7 @@ codes! {
     L081 => "serving knob on a workload that is not `serve`",
     L082 => "tolerance is not a fraction in (0, 1], or is given twice",
     L083 => "tolerance for a figure that is not expected",
-    L084 => "`expect` in a weighted-mix study",
+    L084 => "`expect` in a weighted-mix study (not checked)",
     L093 => "no efficiency factors to borrow",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",

@@ -1932,7 +1932,22 @@ impl Checker {
             self.broken(p.span),
         );
         let mut expect = BTreeMap::new();
+        // A weighted-mix study sizes no fleet: its `expect` (accepted and
+        // ignored before fleet studies existed) is a warning, not read.
+        let weighted = p.kind == DeclKind::Study && !g.contains_key("demand");
         for it in g.get("expect").into_iter().flatten() {
+            if weighted {
+                self.diags.push(
+                    Diagnostic::warning(
+                        Code::L084,
+                        "a weighted-mix study has no fleet figure to expect; this `expect` is not checked",
+                        it.span,
+                    )
+                    .with_label(it.key.span, "ignored")
+                    .with_help("`expect cost`, `power` and `devices` are figures of the pooled fleet a `demand { ... }` study sizes; `gantry test` compares a weighted study's whole report with its snapshot"),
+                );
+                continue;
+            }
             let Some(n) = &it.name else { continue };
             let dim = if p.kind == DeclKind::Plan {
                 metric_dim(&n.name)
@@ -1959,20 +1974,6 @@ impl Checker {
             }
         }
         let tolerance = self.tolerance(&g, &expect, &mut env, kind);
-        if p.kind == DeclKind::Study
-            && !g.contains_key("demand")
-            && let Some(it) = g.get("expect").and_then(|v| v.first())
-        {
-            self.diags.push(
-                Diagnostic::error(
-                    Code::L084,
-                    "a weighted-mix study has no fleet figure to expect",
-                    it.key.span,
-                )
-                .with_label(it.key.span, "`expect` needs a `demand` study")
-                .with_help("`expect cost`, `power` and `devices` are figures of the pooled fleet a `demand { ... }` study sizes; `gantry test` snapshots a weighted study's ranking instead"),
-            );
-        }
         let mut source = None;
         if let Some(it) = g.get("source").and_then(|v| v.first()) {
             match self.eval(&it.value, &mut env) {
@@ -2241,7 +2242,7 @@ impl Checker {
             let Some(q) = self.num(&v, it.value.span) else {
                 continue;
             };
-            if !q.dim.is_none() || !(q.value > 0.0 && q.value <= 1.0) {
+            if !(q.dim.is_none() && q.value > 0.0 && q.value <= 1.0) {
                 self.diags.push(
                     Diagnostic::error(
                         Code::L082,
