@@ -322,19 +322,19 @@ whose cells price one step, not a request stream). Only the serving planner simu
 scheduler. The label points at the knob.\n\
 Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
         }
-        "L082" => {
+        "L087" => {
             "A `tolerance` of a plan or study is not a fraction in (0, 1] (`tolerance = 10` \
 where `0.1` was meant, a negative or zero value, a value with a unit), or `tolerance = x` is \
 written twice. The label points at the value.\n\
 Fix: write the relative error `gantry test` allows, e.g. `tolerance = 0.1` for 10% on every \
 expected figure, or `tolerance step_time = 0.05` for one (docs/LANGUAGE.md, `expect`)."
         }
-        "L083" => {
+        "L088" => {
             "`tolerance METRIC = x` names a figure the plan or study has no `expect` of, so the \
 tolerance would apply to nothing (often a misspelt metric). The label points at the name.\n\
 Fix: correct the name, add `expect METRIC = value`, or remove the tolerance."
         }
-        "L084" => {
+        "L091" => {
             "Warning: a study without `demand` (a weighted workload mix) states an `expect`. Its \
 answer is a ranking of systems, not one fleet, so it has no single figure to compare, and the \
 `expect` is not read; `cost`, `power` and `devices` are figures of the pooled fleet a \

@@ -1939,7 +1939,7 @@ impl Checker {
             if weighted {
                 self.diags.push(
                     Diagnostic::warning(
-                        Code::L084,
+                        Code::L091,
                         "a weighted-mix study has no fleet figure to expect; this `expect` is not checked",
                         it.span,
                     )
@@ -2227,7 +2227,7 @@ impl Checker {
 
     /// A plan's or study's `tolerance` items: `tolerance = 0.1` (every
     /// expected figure, once) and `tolerance METRIC = 0.05` (one figure,
-    /// which must be expected: `L083`); each a fraction in (0, 1] (`L082`).
+    /// which must be expected: `L088`); each a fraction in (0, 1] (`L087`).
     fn tolerance(
         &mut self,
         g: &BTreeMap<&'static str, Vec<&Item>>,
@@ -2245,7 +2245,7 @@ impl Checker {
             if !(q.dim.is_none() && q.value > 0.0 && q.value <= 1.0) {
                 self.diags.push(
                     Diagnostic::error(
-                        Code::L082,
+                        Code::L087,
                         "a tolerance is a fraction in (0, 1]",
                         it.value.span,
                     )
@@ -2258,7 +2258,7 @@ impl Checker {
                 None => {
                     if let Some(first) = seen_all {
                         self.diags.push(
-                            Diagnostic::error(Code::L082, "`tolerance` is given twice", it.span)
+                            Diagnostic::error(Code::L087, "`tolerance` is given twice", it.span)
                                 .with_label(it.span, "again here")
                                 .with_label(first, "first here")
                                 .with_help("one `tolerance = x` for every figure; `tolerance METRIC = x` for one"),
@@ -2271,7 +2271,7 @@ impl Checker {
                 Some(n) => {
                     if !expect.contains_key(&n.name) {
                         let mut d = Diagnostic::error(
-                            Code::L083,
+                            Code::L088,
                             format!(
                                 "tolerance for `{}`, which this {kind} does not expect",
                                 n.name
