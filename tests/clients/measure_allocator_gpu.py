@@ -116,6 +116,11 @@ def run_one(cfg):
 
 
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--summarize":
+        # The table again from a run's printed JSON lines (a run cut short).
+        with open(sys.argv[2]) as f:
+            summarize([json.loads(line) for line in f if line.startswith("{")])
+        return
     if len(sys.argv) > 1:
         print(json.dumps(run_one(json.loads(sys.argv[1]))))
         return
@@ -132,6 +137,10 @@ def main():
                 row = json.loads(r.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    summarize(rows)
+
+
+def summarize(rows):
     print()
     print(f"{rows[0]['gpu']}, torch {rows[0]['torch']}; Llama 3.1 8B widths, bf16; GiB")
     print(f"{'allocator':26s} {'recompute':10s} {'batch':>5s} {'seq':>6s} {'L':>2s} {'base':>7s} {'step peak':>9s} {'reserved':>9s} {'res-alloc':>9s}")
