@@ -18,7 +18,11 @@ pub mod lang;
 pub mod pipeline;
 pub mod sharding;
 
-use egg::{Extractor, Id, RecExpr, Runner};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+
+use egg::{EGraph, Extractor, Id, RecExpr, Runner};
 
 pub use lang::{BlockCost, Info, Shard, ShardAnalysis};
 
@@ -47,7 +51,9 @@ impl Default for Limits {
 
 /// A saturated block, ready for per-mesh extraction.
 pub struct Block {
-    pub runner: Runner<Shard, ShardAnalysis>,
+    /// The saturated e-graph, shared by every system the same model body
+    /// is planned on ([`saturate`] keeps it).
+    pub egraph: Arc<EGraph<Shard, ShardAnalysis>>,
     /// The block with a replicated boundary, and with a sequence-sharded one.
     pub roots: [Id; 2],
     pub stop_reason: String,
@@ -107,7 +113,34 @@ pub fn block_term(seg: &Segment, sequence_boundary: bool) -> RecExpr<Shard> {
     e
 }
 
-/// Saturates the block's e-graph once with every rule family.
+/// What saturation produced, without the hardware's op times.
+struct Saturated {
+    egraph: Arc<EGraph<Shard, ShardAnalysis>>,
+    roots: [Id; 2],
+    stop_reason: String,
+    nodes: usize,
+}
+
+/// Saturated e-graphs by what saturation reads (the two block terms, the
+/// ops' output sizes, the limits): the same model body planned on a
+/// thousand systems is saturated once, and the first thread to ask does
+/// the work while the others wait for it ([`OnceLock`]). Bounded: past
+/// [`SATURATED_KEPT`] blocks the map starts again.
+type SaturatedMap = Mutex<HashMap<u64, Arc<OnceLock<Saturated>>>>;
+
+static SATURATED: LazyLock<SaturatedMap> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The most saturated blocks [`SATURATED`] keeps.
+const SATURATED_KEPT: usize = 64;
+
+/// How many times [`saturate`] has run the rewrites in this process (a
+/// test reads it to see that a sweep saturates each model once).
+pub static SATURATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Saturates the block's e-graph with every rule family, once per
+/// distinct block: saturation reads the block's structure and sizes, never
+/// the hardware (the op times are only carried to the extraction), so a
+/// block saturated before is reused.
 pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limits) -> Block {
     let replicated = block_term(seg, false);
     let sequence = block_term(seg, true);
@@ -115,6 +148,39 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limi
     // output stands in for the residual stream it carries).
     let mut elems: Vec<f64> = seg.ops.iter().map(|o| o.out_elems.max(0.0)).collect();
     elems.push(input_elems);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    replicated.to_string().hash(&mut h);
+    sequence.to_string().hash(&mut h);
+    for e in &elems {
+        e.to_bits().hash(&mut h);
+    }
+    (limits.nodes, limits.iterations, limits.seconds.to_bits()).hash(&mut h);
+    let key = h.finish();
+    let cell = {
+        let mut map = SATURATED.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SATURATED_KEPT && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.entry(key).or_default().clone()
+    };
+    let sat = cell.get_or_init(|| run_rules(&replicated, &sequence, elems, limits));
+    Block {
+        egraph: sat.egraph.clone(),
+        roots: sat.roots,
+        stop_reason: sat.stop_reason.clone(),
+        nodes: sat.nodes,
+        op_time,
+    }
+}
+
+/// One saturation run of both block terms.
+fn run_rules(
+    replicated: &RecExpr<Shard>,
+    sequence: &RecExpr<Shard>,
+    elems: Vec<f64>,
+    limits: Limits,
+) -> Saturated {
+    SATURATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut rules = sharding::rules();
     rules.extend(collectives::rules());
     rules.extend(fusion::rules());
@@ -123,8 +189,8 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limi
         .with_node_limit(limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(std::time::Duration::from_secs_f64(limits.seconds))
-        .with_expr(&replicated)
-        .with_expr(&sequence)
+        .with_expr(replicated)
+        .with_expr(sequence)
         .run(&rules);
     let stop_reason = match &runner.stop_reason {
         Some(egg::StopReason::Saturated) => "saturated".to_string(),
@@ -136,12 +202,11 @@ pub fn saturate(seg: &Segment, op_time: Vec<f64>, input_elems: f64, limits: Limi
     };
     let roots = [runner.roots[0], runner.roots[1]];
     let nodes = runner.egraph.total_number_of_nodes();
-    Block {
-        runner,
+    Saturated {
+        egraph: Arc::new(runner.egraph),
         roots,
         stop_reason,
         nodes,
-        op_time,
     }
 }
 
@@ -155,13 +220,13 @@ pub fn extract(
     tp: f64,
     collective: &dyn Fn(usize, f64) -> f64,
 ) -> (f64, RecExpr<Shard>) {
-    let elems = &block.runner.egraph.analysis.elems;
+    let elems = &block.egraph.analysis.elems;
     let table: Vec<[f64; 3]> = elems
         .iter()
         .map(|&n| [0, 1, 2].map(|k| collective(k, n)))
         .collect();
     let cost = BlockCost {
-        egraph: &block.runner.egraph,
+        egraph: &block.egraph,
         tp,
         op_time: &block.op_time,
         elems,
@@ -170,7 +235,7 @@ pub fn extract(
         recompute_weight: 1.0,
         epsilon: 1e-12,
     };
-    let ex = Extractor::new(&block.runner.egraph, cost.clone());
+    let ex = Extractor::new(&block.egraph, cost.clone());
     let (_, ta) = ex.find_best(block.roots[0]);
     let (_, tb) = ex.find_best(block.roots[1]);
     // Compare the two boundary layouts by their true (shared) cost.
