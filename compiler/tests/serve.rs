@@ -55,7 +55,7 @@ fn iteration_model_reproduces_the_cost_model() {
             },
             1,
         );
-        let t = m.time(0.0, 1.0, 1.0, 0.0);
+        let t = m.time(0.0, 1.0, 1.0, 0.0, 1.0);
         assert!(
             (t - decode - m.c_kv).abs() <= 1e-12 * decode,
             "tp{tp}: {t} vs {decode}"
@@ -67,7 +67,7 @@ fn iteration_model_reproduces_the_cost_model() {
             },
             4096,
         );
-        let t = m.time(4096.0, 0.0, 0.0, timing::chunk_pairs(0.0, 4096.0));
+        let t = m.time(4096.0, 0.0, 0.0, timing::chunk_pairs(0.0, 4096.0), 1.0);
         assert!((t / prefill - 1.0).abs() < 0.01, "tp{tp}: {t} vs {prefill}");
     }
     // Weights split over tp: half the read at twice the degree.
@@ -218,7 +218,7 @@ fn batched_iteration_model_reproduces_the_cost_model() {
     let (one, full) = (step(1), step(n));
     assert!(full > one, "{one} {full}");
     for (items, want) in [(1.0, one), (n as f64, full)] {
-        let t = m.time(items, 0.0, 0.0, 0.0);
+        let t = m.time(items, 0.0, 0.0, 0.0, 0.0);
         assert!((t / want - 1.0).abs() < 1e-9, "{items}: {t} vs {want}");
     }
 }

@@ -149,6 +149,9 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("tp_overlap", Dim::NONE, 1.0, "tp_overlap = 0.3"),
     ("kernel_overhead", Dim::TIME, 1.0, "kernel_overhead = 5 us"),
     ("step_overhead", Dim::TIME, 3600.0, "step_overhead = 5 ms"),
+    // Inference only: the serving engine's host time per sequence in one
+    // iteration (scheduling, sampling, detokenisation, bookkeeping).
+    ("seq_overhead", Dim::TIME, 1.0, "seq_overhead = 20 us"),
     ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
     // What `gantry calibrate --fit` records next to the factors it fitted:
     // the rows it fitted them on and their leave-one-out relative errors
@@ -736,7 +739,10 @@ impl Checker {
             return;
         };
         let mut lent = 0;
-        // How the silicon and links run kernels, and the fit's band; not
+        // How the silicon and links run kernels, the serving engine's
+        // per-sequence host time (`seq_overhead`: the only measurement of
+        // it, fitted on the lender's serving rows; the band says the
+        // transfer is not measured), and the fit's band; not
         // `step_overhead` (the framework's host time per step, fitted on
         // the lender's software and workloads) nor `reserve` (a memory
         // policy): those stay this device's own, ideal when undeclared.
