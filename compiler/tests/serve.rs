@@ -77,6 +77,80 @@ fn iteration_model_reproduces_the_cost_model() {
     assert!(m8.kv_capacity_tokens > 2.0 * m4.kv_capacity_tokens);
 }
 
+/// The engine's host time per sequence (`seq_overhead`, COST-MODEL §4):
+/// a decode step of `b` sequences pays it `b` times, the iteration model
+/// reads it off the cost model as `c_seq` (not into `t_fixed`) and an
+/// iteration of `S` sequences pays `S c_seq`.
+#[test]
+fn the_per_sequence_host_time_is_paid_per_sequence() {
+    use gantry_lang::units::{Dim, Quantity};
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let per_seq = 20e-6;
+    let mut with = p.system.clone();
+    with.node.device.efficiency.insert(
+        "infer.seq_overhead".into(),
+        Quantity::new(per_seq, Dim::TIME),
+    );
+    let decode = |system: &gantry_lang::program::Cluster, b: i64| {
+        let mut w = p.workload.clone();
+        w.serve = None;
+        w.phase = Phase::Decode {
+            batch: b as u64,
+            context: 512,
+            generate: None,
+            prompt: None,
+        };
+        w.bindings.insert("batch".into(), b);
+        w.bindings.insert("seq".into(), 1);
+        let ir = lower(&w).expect("lowers");
+        let hw = Hardware::new(system, &w).expect("hardware");
+        let mut pins = BTreeMap::new();
+        for (k, v) in [("tp", 4), ("pp", 1), ("dp", 1), ("batch", b)] {
+            pins.insert(k.to_string(), Pin::Int(v));
+        }
+        let point = resolve(&pins, &ir, system).expect("point");
+        Evaluator {
+            ir: &ir,
+            hw: &hw,
+            prefill: None,
+        }
+        .evaluate(&point)
+        .time
+    };
+    for b in [1i64, 64, 1024] {
+        let (t0, t1) = (decode(&p.system, b), decode(&with, b));
+        let extra = b as f64 * per_seq;
+        assert!(((t1.step - t0.step) - extra).abs() <= 1e-12, "b {b}");
+        assert!((t1.host_seq - extra).abs() <= 1e-15 && t0.host_seq == 0.0);
+        assert!(((t1.overhead - t0.overhead) - extra).abs() <= 1e-15);
+    }
+    let m0 = timing::build(&p.workload, &p.system, 4, 4096, 1280).expect("model");
+    let m1 = timing::build(&p.workload, &with, 4, 4096, 1280).expect("model");
+    assert_eq!(m0.c_seq, 0.0);
+    assert!((m1.c_seq - per_seq).abs() <= 1e-15, "{}", m1.c_seq);
+    assert!((m1.t_fixed - m0.t_fixed).abs() <= 1e-15);
+    for (d, s) in [(1.0, 1.0), (32.0, 40.0), (500.0, 503.0)] {
+        let gap = m1.time(64.0, d, 512.0 * d, 0.0, s) - m0.time(64.0, d, 512.0 * d, 0.0, s);
+        assert!((gap - s * per_seq).abs() <= 1e-12, "{d} {s}: {gap}");
+    }
+}
+
+/// `seq_overhead` is the lender's engine's host time, not its silicon's:
+/// a device that borrows a phase's factors does not take it (nor
+/// `step_overhead`), so it stays ideal unless the device declares it.
+#[test]
+fn the_per_sequence_host_time_is_not_lent() {
+    let src = "device L {\n  compute { bf16 = 1 TFLOP/s }\n  memory hbm = 80 GB @ 1 TB/s\n  efficiency {\n    infer = { matmul = 0.5, seq_overhead = 20 us, step_overhead = 1 ms }\n  }\n  power 1 W\n}\n\ndevice B {\n  compute { bf16 = 1 TFLOP/s }\n  memory hbm = 80 GB @ 1 TB/s\n  efficiency { infer = L }\n  power 1 W\n}\n";
+    let c = gantry_lang::check::check_source("lend.gantry", src);
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let (l, b) = (&c.program.devices["L"], &c.program.devices["B"]);
+    assert!(l.efficiency.contains_key("infer.seq_overhead"));
+    assert_eq!(b.efficiency.get("infer.matmul").map(|q| q.value), Some(0.5));
+    for k in ["infer.seq_overhead", "infer.step_overhead"] {
+        assert!(!b.efficiency.contains_key(k), "{k} lent");
+    }
+}
+
 #[test]
 fn the_example_plan_meets_its_slos_and_is_deterministic() {
     let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));

@@ -162,6 +162,11 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("loo_max", Dim::NONE, 100.0, "loo_max = 0.12"),
 ];
 
+/// The `efficiency` factors a borrowing device does not take from its
+/// lender (`efficiency { infer = H100_SXM }`): host times of the lender's
+/// software, and its memory policy.
+pub const NOT_LENT: &[&str] = &["step_overhead", "seq_overhead", "reserve"];
+
 /// The phases an `efficiency` record may calibrate separately: a field
 /// `train = { ... }` or `infer = { ... }` overrides the record's factors
 /// for training, or for prefill and decode. The checked map holds them as
@@ -723,7 +728,7 @@ impl Checker {
 
     /// `efficiency { train = H100_96GB }`: the phase takes the kernel
     /// factors another device holds for it (its phase record, else its
-    /// device-wide factors; all but `step_overhead` and `reserve`), fit
+    /// device-wide factors; all but [`NOT_LENT`]), fit
     /// band included, and `dev.borrowed` records the lender
     /// (the first one down a chain of borrowings), so every report can say
     /// that the band was measured on another part. One copy of the fitted
@@ -739,17 +744,14 @@ impl Checker {
             return;
         };
         let mut lent = 0;
-        // How the silicon and links run kernels, the serving engine's
-        // per-sequence host time (`seq_overhead`: the only measurement of
-        // it, fitted on the lender's serving rows; the band says the
-        // transfer is not measured), and the fit's band; not
-        // `step_overhead` (the framework's host time per step, fitted on
-        // the lender's software and workloads) nor `reserve` (a memory
-        // policy): those stay this device's own, ideal when undeclared.
-        for (k, ..) in EFFICIENCY
-            .iter()
-            .filter(|(k, ..)| !matches!(*k, "step_overhead" | "reserve"))
-        {
+        // How the silicon and links run kernels, and the fit's band; not
+        // `step_overhead` nor `seq_overhead` (the framework's host time
+        // per step and the serving engine's per sequence, fitted on the
+        // lender's software and workloads: TensorRT-LLM's per-sequence
+        // time does not price vLLM's, docs/COST-MODEL.md §4) nor `reserve`
+        // (a memory policy): those stay this device's own, ideal when
+        // undeclared.
+        for (k, ..) in EFFICIENCY.iter().filter(|(k, ..)| !NOT_LENT.contains(k)) {
             let q = lender
                 .efficiency
                 .get(&format!("{phase}.{k}"))
