@@ -467,9 +467,13 @@ fn h200_takes_the_h100_inference_calibration() {
             .iter()
             .filter(|(k, _)| k.starts_with("infer."))
             .filter(|(k, _)| !fit::RECORD_KEYS.iter().any(|r| k.ends_with(r)))
-            // The framework's host time and the memory reserve are not
-            // lent (docs/LANGUAGE.md, "Borrowed factors").
-            .filter(|(k, _)| !k.ends_with("step_overhead") && !k.ends_with("reserve"))
+            // The framework's and the engine's host times and the memory
+            // reserve are not lent (docs/LANGUAGE.md, "Borrowed factors").
+            .filter(|(k, _)| {
+                !gantry_lang::check::NOT_LENT
+                    .iter()
+                    .any(|n| k.rsplit('.').next() == Some(*n))
+            })
             .map(|(k, q)| (k.clone(), q.value))
             .collect()
     };

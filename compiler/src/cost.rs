@@ -149,8 +149,14 @@ pub struct StepTime {
     pub optimizer: f64,
     /// Prefill share per generated token when serving (decode only).
     pub prefill: f64,
-    /// Fixed host-side time per step (the device's `step_overhead`).
+    /// Host-side time per step: the device's `step_overhead`, plus in
+    /// inference over token sequences [`StepTime::host_seq`].
     pub overhead: f64,
+    /// Of `overhead`, the serving engine's per-sequence host time: the
+    /// device's `seq_overhead` times the sequences in the pass (0 in
+    /// training and for workloads that are not token sequences).
+    #[serde(default)]
+    pub host_seq: f64,
     /// Embedding lookups and updates served from host memory.
     pub host_lookups: f64,
     pub step: f64,
@@ -1307,6 +1313,7 @@ impl Evaluator<'_> {
             optimizer: opt_time,
             prefill: 0.0,
             overhead: hw.step_overhead,
+            host_seq: 0.0,
             host_lookups,
             step,
         };
@@ -1406,7 +1413,15 @@ impl Evaluator<'_> {
         } else {
             0.0
         };
-        let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead;
+        // The engine's host work per sequence (scheduling, sampling,
+        // detokenisation): once per sequence in the pass, for workloads
+        // that are token sequences (not a recommender's items).
+        let host_seq = if matches!(ir.phase, Phase::Decode { .. }) || ir.tokens_per_sample > 1.0 {
+            b * hw.seq_overhead
+        } else {
+            0.0
+        };
+        let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead + host_seq;
         let devices = p.devices();
         let generate = match ir.phase {
             Phase::Decode { generate, .. } => generate,
@@ -1471,7 +1486,8 @@ impl Evaluator<'_> {
                 tp_comm: t_tp,
                 pp_comm: (pp - 1.0) * t_send,
                 prefill: prefill_share,
-                overhead: hw.step_overhead,
+                overhead: hw.step_overhead + host_seq,
+                host_seq,
                 step,
                 ..StepTime::default()
             },

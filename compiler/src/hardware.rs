@@ -49,6 +49,10 @@ pub const FACTORS: &[(&str, &str)] = &[
         "fixed host-side time per step (framework, synchronisation, input pipeline)",
     ),
     (
+        "seq_overhead",
+        "host time per sequence per inference iteration (scheduling, sampling, detokenisation)",
+    ),
+    (
         "reserve",
         "HBM kept back for the runtime, allocator and fragmentation",
     ),
@@ -78,6 +82,8 @@ pub struct Hardware {
     pub tp_overlap: f64,
     pub kernel_overhead: f64,
     pub step_overhead: f64,
+    /// Inference: the engine's host time per sequence in one iteration.
+    pub seq_overhead: f64,
     pub reserve: f64,
     pub topo: Topology,
     pub device_power: f64,
@@ -220,6 +226,7 @@ impl Hardware {
             tp_overlap: factor("tp_overlap", Dim::NONE, 1.0),
             kernel_overhead: factor("kernel_overhead", Dim::TIME, 0.0),
             step_overhead: factor("step_overhead", Dim::TIME, 0.0),
+            seq_overhead: factor("seq_overhead", Dim::TIME, 0.0),
             reserve: factor("reserve", Dim::BYTES, 0.0),
             topo,
             device_power: d.power,

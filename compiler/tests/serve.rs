@@ -55,7 +55,7 @@ fn iteration_model_reproduces_the_cost_model() {
             },
             1,
         );
-        let t = m.time(0.0, 1.0, 1.0, 0.0);
+        let t = m.time(0.0, 1.0, 1.0, 0.0, 1.0);
         assert!(
             (t - decode - m.c_kv).abs() <= 1e-12 * decode,
             "tp{tp}: {t} vs {decode}"
@@ -67,7 +67,7 @@ fn iteration_model_reproduces_the_cost_model() {
             },
             4096,
         );
-        let t = m.time(4096.0, 0.0, 0.0, timing::chunk_pairs(0.0, 4096.0));
+        let t = m.time(4096.0, 0.0, 0.0, timing::chunk_pairs(0.0, 4096.0), 1.0);
         assert!((t / prefill - 1.0).abs() < 0.01, "tp{tp}: {t} vs {prefill}");
     }
     // Weights split over tp: half the read at twice the degree.
@@ -75,6 +75,90 @@ fn iteration_model_reproduces_the_cost_model() {
     let m8 = timing::build(&p.workload, &p.system, 8, 4096, 1280).expect("tp8");
     assert!((m4.t_weights / m8.t_weights - 2.0).abs() < 0.1);
     assert!(m8.kv_capacity_tokens > 2.0 * m4.kv_capacity_tokens);
+}
+
+/// The engine's host time per sequence (`seq_overhead`, COST-MODEL §4):
+/// a decode step of `b` sequences pays it `b` times, the iteration model
+/// reads it off the cost model as `c_seq` (not into `t_fixed`) and an
+/// iteration of `S` sequences pays `S c_seq`.
+#[test]
+fn the_per_sequence_host_time_is_paid_per_sequence() {
+    use gantry_lang::units::{Dim, Quantity};
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let per_seq = 20e-6;
+    // The example's device may declare its own: set both explicitly.
+    let at = |v: f64| {
+        let mut c = p.system.clone();
+        c.node
+            .device
+            .efficiency
+            .insert("infer.seq_overhead".into(), Quantity::new(v, Dim::TIME));
+        c
+    };
+    let (without, with) = (at(0.0), at(per_seq));
+    let decode = |system: &gantry_lang::program::Cluster, b: i64| {
+        let mut w = p.workload.clone();
+        w.serve = None;
+        w.phase = Phase::Decode {
+            batch: b as u64,
+            context: 512,
+            generate: None,
+            prompt: None,
+        };
+        w.bindings.insert("batch".into(), b);
+        w.bindings.insert("seq".into(), 1);
+        let ir = lower(&w).expect("lowers");
+        let hw = Hardware::new(system, &w).expect("hardware");
+        let mut pins = BTreeMap::new();
+        for (k, v) in [("tp", 4), ("pp", 1), ("dp", 1), ("batch", b)] {
+            pins.insert(k.to_string(), Pin::Int(v));
+        }
+        let point = resolve(&pins, &ir, system).expect("point");
+        Evaluator {
+            ir: &ir,
+            hw: &hw,
+            prefill: None,
+        }
+        .evaluate(&point)
+        .time
+    };
+    for b in [1i64, 64, 1024] {
+        let (t0, t1) = (decode(&without, b), decode(&with, b));
+        let extra = b as f64 * per_seq;
+        assert!(
+            ((t1.step - t0.step) - extra).abs() <= 1e-9 * t0.step,
+            "b {b}: {} vs {}",
+            t1.step - t0.step,
+            extra
+        );
+        assert!((t1.host_seq - extra).abs() <= 1e-15 && t0.host_seq == 0.0);
+        assert!(((t1.overhead - t0.overhead) - extra).abs() <= 1e-15);
+    }
+    let m0 = timing::build(&p.workload, &without, 4, 4096, 1280).expect("model");
+    let m1 = timing::build(&p.workload, &with, 4, 4096, 1280).expect("model");
+    assert_eq!(m0.c_seq, 0.0);
+    assert!((m1.c_seq - per_seq).abs() <= 1e-15, "{}", m1.c_seq);
+    assert!((m1.t_fixed - m0.t_fixed).abs() <= 1e-15);
+    for (d, s) in [(1.0, 1.0), (32.0, 40.0), (500.0, 503.0)] {
+        let gap = m1.time(64.0, d, 512.0 * d, 0.0, s) - m0.time(64.0, d, 512.0 * d, 0.0, s);
+        assert!((gap - s * per_seq).abs() <= 1e-12, "{d} {s}: {gap}");
+    }
+}
+
+/// `seq_overhead` is the lender's engine's host time, not its silicon's:
+/// a device that borrows a phase's factors does not take it (nor
+/// `step_overhead`), so it stays ideal unless the device declares it.
+#[test]
+fn the_per_sequence_host_time_is_not_lent() {
+    let src = "device L {\n  compute { bf16 = 1 TFLOP/s }\n  memory hbm = 80 GB @ 1 TB/s\n  efficiency {\n    infer = { matmul = 0.5, seq_overhead = 20 us, step_overhead = 1 ms }\n  }\n  power 1 W\n}\n\ndevice B {\n  compute { bf16 = 1 TFLOP/s }\n  memory hbm = 80 GB @ 1 TB/s\n  efficiency { infer = L }\n  power 1 W\n}\n";
+    let c = gantry_lang::check::check_source("lend.gantry", src);
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let (l, b) = (&c.program.devices["L"], &c.program.devices["B"]);
+    assert!(l.efficiency.contains_key("infer.seq_overhead"));
+    assert_eq!(b.efficiency.get("infer.matmul").map(|q| q.value), Some(0.5));
+    for k in ["infer.seq_overhead", "infer.step_overhead"] {
+        assert!(!b.efficiency.contains_key(k), "{k} lent");
+    }
 }
 
 #[test]
@@ -218,7 +302,7 @@ fn batched_iteration_model_reproduces_the_cost_model() {
     let (one, full) = (step(1), step(n));
     assert!(full > one, "{one} {full}");
     for (items, want) in [(1.0, one), (n as f64, full)] {
-        let t = m.time(items, 0.0, 0.0, 0.0);
+        let t = m.time(items, 0.0, 0.0, 0.0, 0.0);
         assert!((t / want - 1.0).abs() < 1e-9, "{items}: {t} vs {want}");
     }
 }

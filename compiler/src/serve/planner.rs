@@ -193,8 +193,11 @@ fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
         steps += (r.generate as f64 - 1.0).max(0.0);
     }
     let ms = d.limits.max_seqs as f64;
+    // Every decode step is one sequence of one iteration, each paying
+    // `c_seq` (the first token's prefill iteration is not counted).
     let decode_time = |m: &IterModel, tokens: f64| {
-        (tokens * (m.c_token + m.c_comm)).max(steps / ms * (m.t_fixed + m.t_weights))
+        steps * m.c_seq
+            + (tokens * (m.c_token + m.c_comm)).max(steps / ms * (m.t_fixed + m.t_weights))
     };
     if d.disaggregated() {
         let p = &d.prefill_model;

@@ -794,14 +794,15 @@ pub fn plan_markdown(
     }
     let _ = writeln!(
         t,
-        "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | per sequence | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for m in sp.models.values() {
         let _ = writeln!(
             t,
-            "| {} | {:.3} ms | {:.3} ms | {:.2} us | {:.3} us | {:.4} us | {:.3} ns | {:.0} tokens |",
+            "| {} | {:.3} ms | {:.2} us | {:.3} ms | {:.2} us | {:.3} us | {:.4} us | {:.3} ns | {:.0} tokens |",
             m.tp,
             m.t_fixed * 1e3,
+            m.c_seq * 1e6,
             m.t_weights * 1e3,
             m.c_token * 1e6,
             m.c_comm * 1e6,

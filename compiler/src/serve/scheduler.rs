@@ -479,7 +479,16 @@ impl Replica {
             return None;
         }
         self.decoded = d > 0;
-        let t = self.model.time(p as f64, d as f64, kv, pairs);
+        // Sequences in the iteration: the decoding ones and every one with
+        // a prefill chunk scheduled (each costs the engine host work).
+        let chunked = self
+            .prefilling
+            .iter()
+            .filter(|&&slot| self.slots[slot as usize].sched > 0)
+            .count() as u64;
+        let t = self
+            .model
+            .time(p as f64, d as f64, kv, pairs, (d + chunked) as f64);
         self.iterations += 1;
         self.last_start = now;
         self.last_end = now + t;

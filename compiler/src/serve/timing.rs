@@ -8,13 +8,15 @@
 //! estimates' own breakdown (docs/COST-MODEL.md §4a):
 //!
 //! ```text
-//! T(P, D, K, Q) = t_fixed + (P + D) c_comm + max(t_weights, (P + D) c_token)
-//!                 + K c_kv + Q c_pair
+//! T(P, D, K, Q, S) = t_fixed + (P + D) c_comm + max(t_weights, (P + D) c_token)
+//!                    + K c_kv + Q c_pair + S c_seq
 //! ```
 //!
 //! `P` prefill tokens computed, `D` decoding sequences, `K` KV-cache tokens
 //! the decoding sequences read, `Q` query-key pairs of the prefill chunks'
-//! attention. Every coefficient is a difference or ratio of cost-model
+//! attention, `S` sequences scheduled (the decoding ones and those with a
+//! prefill chunk): the engine's host work per sequence is paid per
+//! sequence, not per token, so it is its own term. Every coefficient is a difference or ratio of cost-model
 //! figures, so calibration, dtype, kernels and tensor parallelism reach the
 //! simulator through the cost model alone, and no hardware figure is read
 //! here. Built once per (deployment, tensor-parallel degree); the
@@ -36,6 +38,8 @@ pub struct IterModel {
     /// Host overhead, collective latency and the attention of a
     /// one-token context: paid by every iteration.
     pub t_fixed: f64,
+    /// The engine's host time per scheduled sequence (`seq_overhead`).
+    pub c_seq: f64,
     /// Streaming the weights once (linear layers at one token).
     pub t_weights: f64,
     /// Linear-layer compute per token when compute-bound.
@@ -60,9 +64,10 @@ pub struct IterModel {
 }
 
 impl IterModel {
-    /// Seconds of one iteration (formula above); 0 for an empty one.
+    /// Seconds of one iteration (formula above) of `seqs` scheduled
+    /// sequences; 0 for an empty one.
     #[inline]
-    pub fn time(&self, prefill: f64, decode: f64, kv: f64, pairs: f64) -> f64 {
+    pub fn time(&self, prefill: f64, decode: f64, kv: f64, pairs: f64, seqs: f64) -> f64 {
         let n = prefill + decode;
         if n <= 0.0 {
             return 0.0;
@@ -72,6 +77,7 @@ impl IterModel {
             + self.t_weights.max(n * self.c_token)
             + kv * self.c_kv
             + pairs * self.c_pair
+            + seqs * self.c_seq
     }
 }
 
@@ -167,8 +173,12 @@ pub fn build(
     let c_kv =
         ((ec.time.compute.attention - e1.time.compute.attention) / (ctx as f64 - 1.0)).max(0.0);
     let c_pair = ep.time.compute.attention / chunk_pairs(0.0, nf);
-    let t_fixed =
-        e1.time.overhead + (e1.time.tp_comm - c_comm).max(0.0) + e1.time.compute.attention;
+    // The probes are of one sequence: their per-sequence host time is
+    // `c_seq`, the rest of their overhead is paid per iteration.
+    let c_seq = e1.time.host_seq;
+    let t_fixed = (e1.time.overhead - c_seq)
+        + (e1.time.tp_comm - c_comm).max(0.0)
+        + e1.time.compute.attention;
     let kv_dev = Evaluator {
         ir: &ir1,
         hw: &hw,
@@ -192,6 +202,7 @@ pub fn build(
     Ok(IterModel {
         tp,
         t_fixed,
+        c_seq,
         t_weights: linear(&e1),
         c_token,
         c_comm,
@@ -286,6 +297,8 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
     Ok(IterModel {
         tp: 1,
         t_fixed: o,
+        // Items, not sequences: no per-sequence host work.
+        c_seq: 0.0,
         t_weights: (e1.time.step - o).max(0.0),
         c_token: ((en.time.step - o) / n as f64).max(0.0),
         c_comm: 0.0,

@@ -151,6 +151,9 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("tp_overlap", Dim::NONE, 1.0, "tp_overlap = 0.3"),
     ("kernel_overhead", Dim::TIME, 1.0, "kernel_overhead = 5 us"),
     ("step_overhead", Dim::TIME, 3600.0, "step_overhead = 5 ms"),
+    // Inference only: the serving engine's host time per sequence in one
+    // iteration (scheduling, sampling, detokenisation, bookkeeping).
+    ("seq_overhead", Dim::TIME, 1.0, "seq_overhead = 20 us"),
     ("reserve", Dim::BYTES, 1e15, "reserve = 2 GB"),
     // What `gantry calibrate --fit` records next to the factors it fitted:
     // the rows it fitted them on and their leave-one-out relative errors
@@ -160,6 +163,11 @@ pub const EFFICIENCY: &[(&str, Dim, f64, &str)] = &[
     ("loo_median", Dim::NONE, 100.0, "loo_median = 0.05"),
     ("loo_max", Dim::NONE, 100.0, "loo_max = 0.12"),
 ];
+
+/// The `efficiency` factors a borrowing device does not take from its
+/// lender (`efficiency { infer = H100_SXM }`): host times of the lender's
+/// software, and its memory policy.
+pub const NOT_LENT: &[&str] = &["step_overhead", "seq_overhead", "reserve"];
 
 /// The phases an `efficiency` record may calibrate separately: a field
 /// `train = { ... }` or `infer = { ... }` overrides the record's factors
@@ -732,7 +740,7 @@ impl Checker {
 
     /// `efficiency { train = H100_96GB }`: the phase takes the kernel
     /// factors another device holds for it (its phase record, else its
-    /// device-wide factors; all but `step_overhead` and `reserve`), fit
+    /// device-wide factors; all but [`NOT_LENT`]), fit
     /// band included, and `dev.borrowed` records the lender
     /// (the first one down a chain of borrowings), so every report can say
     /// that the band was measured on another part. One copy of the fitted
@@ -749,13 +757,13 @@ impl Checker {
         };
         let mut lent = 0;
         // How the silicon and links run kernels, and the fit's band; not
-        // `step_overhead` (the framework's host time per step, fitted on
-        // the lender's software and workloads) nor `reserve` (a memory
-        // policy): those stay this device's own, ideal when undeclared.
-        for (k, ..) in EFFICIENCY
-            .iter()
-            .filter(|(k, ..)| !matches!(*k, "step_overhead" | "reserve"))
-        {
+        // `step_overhead` nor `seq_overhead` (the framework's host time
+        // per step and the serving engine's per sequence, fitted on the
+        // lender's software and workloads: TensorRT-LLM's per-sequence
+        // time does not price vLLM's, docs/COST-MODEL.md §4) nor `reserve`
+        // (a memory policy): those stay this device's own, ideal when
+        // undeclared.
+        for (k, ..) in EFFICIENCY.iter().filter(|(k, ..)| !NOT_LENT.contains(k)) {
             let q = lender
                 .efficiency
                 .get(&format!("{phase}.{k}"))

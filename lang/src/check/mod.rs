@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 pub use decls::{
-    EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, SERVE_KNOBS, metric_dim,
-    study_metric_dim,
+    EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, NOT_LENT, SERVE_KNOBS,
+    metric_dim, study_metric_dim,
 };
 pub use ops::OP_NAMES;
 
