@@ -137,6 +137,12 @@ const SATURATED_KEPT: usize = 64;
 /// test reads it to see that a sweep saturates each model once).
 pub static SATURATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Forgets every saturated block (benchmarks clear it so that each timed
+/// run pays for its own saturations).
+pub fn forget_saturated() {
+    SATURATED.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// Saturates the block's e-graph with every rule family, once per
 /// distinct block: saturation reads the block's structure and sizes, never
 /// the hardware (the op times are only carried to the extraction), so a
