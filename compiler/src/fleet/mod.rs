@@ -38,6 +38,60 @@ use crate::cost::Estimate;
 use economics::{Owned, Tco};
 use reliability::Goodput;
 
+/// What a pool was sized from: a phase workload's searched plan, or a
+/// `serve` workload's deployment from the serving planner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Sizing {
+    /// The plan searched on the system (training: the one job; inference:
+    /// its data-parallel replicas are the pool's unit).
+    Phase(Box<Estimate>),
+    /// The cheapest deployment on the system meeting the workload's SLOs
+    /// at the demanded rate (`serve::planner::plan`).
+    Serve(Box<Served>),
+}
+
+impl Sizing {
+    /// The phase plan's estimate (`None` for a serve pool).
+    pub fn estimate(&self) -> Option<&Estimate> {
+        match self {
+            Sizing::Phase(e) => Some(e),
+            Sizing::Serve(_) => None,
+        }
+    }
+}
+
+/// One serving pool of a deployment: colocated, prefill or decode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServeRole {
+    pub role: String,
+    pub replicas: u64,
+    pub tp: u64,
+}
+
+/// The figures of a serve pool's deployment the reports print; the whole
+/// simulated report is the pool's `gantry.serve/1` object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// `colocated 2 x tp8, ...` or `disaggregated ...` (`serve::report::describe`).
+    pub deployment: String,
+    pub disaggregated: bool,
+    pub roles: Vec<ServeRole>,
+    /// Devices of one deployment.
+    pub devices: u64,
+    /// The arrival rate simulated (requests over the arrival span).
+    pub rate: f64,
+    /// Requests per second that met every SLO, and their share.
+    pub goodput: f64,
+    pub attainment: f64,
+    pub target_attainment: f64,
+    /// Each SLO: name, target and the percentile at the attainment, seconds.
+    pub slos: Vec<(String, f64, f64)>,
+    /// Compute-busy share of the deployment's device-seconds (simulated).
+    pub compute_busy: f64,
+    /// KV bytes sent from prefill to decode per completed request.
+    pub kv_transfer_per_request: f64,
+}
+
 /// One workload's pool on one system, sized to its demand. Serialized
 /// whole into a shard's partial JSON (`gantry study --shard`) and read
 /// back by `gantry merge`.
@@ -45,14 +99,14 @@ use reliability::Goodput;
 pub struct Pool {
     pub workload: String,
     pub system: String,
-    /// The plan searched on the system (training: the one job; inference:
-    /// its data-parallel replicas are the pool's unit).
-    pub plan: Estimate,
-    /// That plan's `gantry.plan/2` object (the `--fix` form), so every
-    /// figure of a study's JSON traces back to a plan.
+    /// The plan or deployment the pool is made of.
+    pub plan: Sizing,
+    /// That plan's `gantry.plan/2` object (the `--fix` form), or a serve
+    /// pool's `gantry.serve/1` document, so every figure of a study's
+    /// JSON traces back to a plan.
     pub plan_json: serde_json::Value,
-    /// Units in the pool: 1 training job, or inference replicas of
-    /// `unit_devices` each.
+    /// Units in the pool: 1 training job, inference replicas of
+    /// `unit_devices` each, or 1 serving deployment.
     pub replicas: u64,
     pub unit_devices: u64,
     /// Raw throughput of the pool, in the demand's unit per second.
@@ -217,8 +271,8 @@ pub fn size_from(
     first: Option<Result<(serde_json::Value, Estimate), String>>,
 ) -> Result<Pool, String> {
     let owned = Owned::of(sys)?;
-    if matches!(d.kind, DemandKind::Requests { .. }) {
-        return Err("`serve` demand is sized by `gantry plan` (serving simulator); fleet pools of serve workloads are not yet implemented".into());
+    if let DemandKind::Requests { per_s } = d.kind {
+        return size_serve(study, site, w, sys, owned, per_s);
     }
     let demand = d.kind.rate();
     let search = |c: &Cluster| search(study, c, w);
@@ -328,7 +382,7 @@ pub fn size_from(
         workload: w.name.clone(),
         system: sys.name.clone(),
         cost_per_unit: tco.total / demand,
-        plan: e,
+        plan: Sizing::Phase(Box::new(e)),
         plan_json,
         replicas,
         unit_devices,
@@ -339,6 +393,136 @@ pub fn size_from(
         tco,
         failures,
         goodput,
+        owned,
+    })
+}
+
+/// The study's knobs a serving plan takes: tensor parallelism, the
+/// scheduler's and the disaggregated pools'. `dp` and `batch` mean data
+/// parallelism and the batch in a phase study, so a serve pool leaves
+/// replicas and `max_seqs` to the planner and the workload.
+const SERVE_KNOBS: [&str; 7] = [
+    "tp",
+    "token_budget",
+    "chunked_prefill",
+    "prefill_tp",
+    "prefill_dp",
+    "decode_tp",
+    "decode_dp",
+];
+
+/// The serving plan of `w` on `sys` in a fleet study: the study's serving
+/// knobs, no `subject to` (a serving plan's constraints are the workload's
+/// SLOs), ranked by goodput per dollar with each node priced at the
+/// fleet's capital rate (`owned`), so the planner's cheapest deployment is
+/// the one with the least capital.
+pub fn serve_plan_for(study: &Study, sys: &Cluster, w: &Workload, owned: &Owned) -> Plan {
+    let mut c = sys.clone();
+    c.node.price = Some(owned.capital_per_node);
+    let mut p = plan_for(study, &c, w);
+    p.search.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
+    p.fixed.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
+    p.constraints.clear();
+    p.objective = (gantry_lang::program::Goal::Maximize, "throughput_per_dollar".into());
+    p
+}
+
+/// Sizes a `serve` workload's pool on one system: the serving planner's
+/// cheapest deployment meeting the SLOs at `rate` requests per second on
+/// the system's devices, its power at the simulated compute-busy share.
+fn size_serve(
+    study: &Study,
+    site: &Site,
+    w: &Workload,
+    sys: &Cluster,
+    owned: Owned,
+    rate: f64,
+) -> Result<Pool, String> {
+    use gantry_lang::program::Arrivals;
+    use crate::serve::report as sr;
+    let Some(s) = w.serve.as_deref() else {
+        return Err(format!("`{}` is not a `serve` workload", w.name));
+    };
+    match s.arrivals {
+        Arrivals::Poisson { .. } | Arrivals::Gamma { .. } => {}
+        Arrivals::Trace { .. } => {
+            return Err(format!(
+                "`{}` replays a trace: a fleet pool is sized at the demanded rate from drawn arrivals (give it `poisson` or `gamma` arrivals)",
+                w.name
+            ));
+        }
+        Arrivals::Closed { .. } => {
+            return Err(format!(
+                "`{}` is a closed loop of clients, whose rate is what the deployment serves: a requests_per_s demand needs open arrivals (`poisson` or `gamma`)",
+                w.name
+            ));
+        }
+    }
+    let p = serve_plan_for(study, sys, w, &owned);
+    let sp = crate::serve::planner::plan(&p, &[], Some(rate))
+        .map_err(|e| format!("error[{}]: {}", e.code, e.message))?;
+    let b = &sp.best;
+    let d = &b.deployment;
+    let roles = if d.disaggregated() {
+        vec![
+            ServeRole {
+                role: "prefill".into(),
+                replicas: d.prefill,
+                tp: d.prefill_model.tp,
+            },
+            ServeRole {
+                role: "decode".into(),
+                replicas: d.decode,
+                tp: d.decode_model.tp,
+            },
+        ]
+    } else {
+        vec![ServeRole {
+            role: "colocated".into(),
+            replicas: d.colocated,
+            tp: d.prefill_model.tp,
+        }]
+    };
+    let served = Served {
+        deployment: sr::describe(d),
+        disaggregated: d.disaggregated(),
+        roles,
+        devices: b.devices,
+        rate: b.rate,
+        goodput: b.goodput,
+        attainment: b.attainment,
+        target_attainment: b.target_attainment,
+        slos: b
+            .slos
+            .iter()
+            .map(|c| (c.name.to_string(), c.target, c.achieved))
+            .collect(),
+        compute_busy: b.compute_busy,
+        kv_transfer_per_request: b.transfer_bytes / b.completed.max(1) as f64,
+    };
+    let per = owned.devices_per_node;
+    let nodes = b.devices.div_ceil(per);
+    // Devices the deployment leaves unused on its last node idle.
+    let used = b.devices as f64 / (nodes * per) as f64;
+    let tco = economics::tco(&owned, site, nodes, b.compute_busy * used)?;
+    Ok(Pool {
+        workload: w.name.clone(),
+        system: sys.name.clone(),
+        cost_per_unit: tco.total / rate,
+        plan_json: sr::plan_json(&p, &sp, 5),
+        plan: Sizing::Serve(Box::new(served)),
+        replicas: 1,
+        unit_devices: b.devices,
+        // The planner simulated the demanded rate and the deployment met
+        // the SLOs for the workload's attainment with a stable queue: it
+        // serves the demand (its goodput and attainment are in `plan`).
+        raw: rate,
+        delivered: rate,
+        demand: rate,
+        unit: "requests".into(),
+        tco,
+        failures: None,
+        goodput: None,
         owned,
     })
 }
