@@ -106,7 +106,8 @@ pub struct Pool {
     /// JSON traces back to a plan.
     pub plan_json: serde_json::Value,
     /// Units in the pool: 1 training job, inference replicas of
-    /// `unit_devices` each, or 1 serving deployment.
+    /// `unit_devices` each, or copies of a serving deployment (each
+    /// serving an equal share of the requests).
     pub replicas: u64,
     pub unit_devices: u64,
     /// Raw throughput of the pool, in the demand's unit per second.
@@ -397,6 +398,10 @@ pub fn size_from(
     })
 }
 
+/// The most copies of a system one serve pool splits its demand over
+/// (each a deployment of the serving planner at an equal share).
+pub const MAX_COPIES: u64 = 16;
+
 /// The study's knobs a serving plan takes: tensor parallelism, the
 /// scheduler's and the disaggregated pools'. `dp` and `batch` mean data
 /// parallelism and the batch in a phase study, so a serve pool leaves
@@ -459,8 +464,32 @@ fn size_serve(
         }
     }
     let p = serve_plan_for(study, sys, w, &owned);
-    let sp = crate::serve::planner::plan(&p, &[], Some(rate))
-        .map_err(|e| format!("error[{}]: {}", e.code, e.message))?;
+    // The demand on one copy of the system; more copies, each serving an
+    // equal share, when one copy meets no SLO at the whole rate. Poisson
+    // arrivals routed at random to `k` copies are `k` Poisson streams at
+    // `rate / k`, so each copy's simulation is exact; a gamma stream
+    // thinned is not a gamma stream, so it is never split.
+    let poisson = matches!(s.arrivals, Arrivals::Poisson { .. });
+    let mut copies = 1u64;
+    let sp = loop {
+        match crate::serve::planner::plan(&p, &[], Some(rate / copies as f64)) {
+            Ok(sp) => break sp,
+            Err(e) if e.code == gantry_lang::diagnostic::Code::C019
+                && poisson
+                && copies < MAX_COPIES =>
+            {
+                copies *= 2;
+            }
+            Err(e) => {
+                let split = if copies > 1 {
+                    format!(" (split over {copies} copies of the system at {} req/s each)", fmt(rate / copies as f64))
+                } else {
+                    String::new()
+                };
+                return Err(format!("error[{}]: {}{split}", e.code, e.message));
+            }
+        }
+    };
     let b = &sp.best;
     let d = &b.deployment;
     let roles = if d.disaggregated() {
@@ -501,9 +530,9 @@ fn size_serve(
         kv_transfer_per_request: b.transfer_bytes / b.completed.max(1) as f64,
     };
     let per = owned.devices_per_node;
-    let nodes = b.devices.div_ceil(per);
-    // Devices the deployment leaves unused on its last node idle.
-    let used = b.devices as f64 / (nodes * per) as f64;
+    let nodes = (b.devices * copies).div_ceil(per);
+    // Devices the deployments leave unused on the last node idle.
+    let used = (b.devices * copies) as f64 / (nodes * per) as f64;
     let tco = economics::tco(&owned, site, nodes, b.compute_busy * used)?;
     Ok(Pool {
         workload: w.name.clone(),
@@ -511,11 +540,12 @@ fn size_serve(
         cost_per_unit: tco.total / rate,
         plan_json: sr::plan_json(&p, &sp, 5),
         plan: Sizing::Serve(Box::new(served)),
-        replicas: 1,
+        replicas: copies,
         unit_devices: b.devices,
-        // The planner simulated the demanded rate and the deployment met
-        // the SLOs for the workload's attainment with a stable queue: it
-        // serves the demand (its goodput and attainment are in `plan`).
+        // The planner simulated each copy's share of the demanded rate
+        // and the deployment met the SLOs for the workload's attainment
+        // with a stable queue: the copies serve the demand (goodput and
+        // attainment are in `plan`).
         raw: rate,
         delivered: rate,
         demand: rate,

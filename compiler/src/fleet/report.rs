@@ -57,11 +57,10 @@ fn pool_lines(s: &mut String, p: &Pool) {
             .collect();
         let _ = writeln!(
             s,
-            "    SLOs met at {} req/s simulated: {:.2}% of requests meet every SLO (target {:.2}%), goodput {} req/s; {}",
+            "    SLOs met at {} req/s per deployment (simulated): {:.2}% of requests meet every SLO (target {:.2}%); {}",
             num(v.rate),
             v.attainment * 100.0,
             v.target_attainment * 100.0,
-            num(v.goodput),
             slos.join(", ")
         );
     }
