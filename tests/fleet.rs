@@ -185,11 +185,11 @@ fn example_fleet_json_terms_and_fronts() {
     assert_eq!(doc["schema"], "gantry.study/1");
     let f = &doc["studies"][0]["fleet"];
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let mut goodputs = 0;
+    let (mut goodputs, mut serves) = (0, 0);
     for kind in ["pooled", "homogeneous"] {
         let fleet = &f[kind];
         let pools = fleet["pools"].as_array().expect("pools");
-        assert_eq!(pools.len(), 5);
+        assert_eq!(pools.len(), 6);
         let sum: f64 = pools
             .iter()
             .map(|p| num(&p["economics"]["total_usd_per_s"]))
@@ -214,6 +214,10 @@ fn example_fleet_json_terms_and_fronts() {
                 num(&e["total_usd_per_s"]),
                 num(&e["capital_usd_per_s"]) + num(&e["energy_usd_per_s"])
             ));
+            if p["unit"] == "requests" {
+                serves += 1;
+                check_serve_pool(p);
+            }
             let r = &p["reliability"];
             if r.is_object() {
                 goodputs += 1;
@@ -231,6 +235,7 @@ fn example_fleet_json_terms_and_fronts() {
         }
     }
     assert!(goodputs >= 2, "training pools carry their goodput terms");
+    assert_eq!(serves, 2, "the chat service's pool in each fleet");
     assert!(num(&f["pooled"]["cost_usd_per_s"]) <= num(&f["homogeneous"]["cost_usd_per_s"]));
     // Fleet front: cheapest member is the pooled fleet (it is within the
     // cap), members are cheapest first and none beats another.
@@ -281,6 +286,39 @@ fn example_fleet_json_terms_and_fronts() {
     }
 }
 
+/// A serve pool of a study's JSON: its plan is the serving planner's
+/// `gantry.serve/1` document at the demanded rate per copy, whose best
+/// deployment met the SLOs; the pool holds that deployment's devices on
+/// whole nodes, busy at the simulated compute-busy share of the devices.
+fn check_serve_pool(p: &serde_json::Value) {
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let (plan, serve) = (&p["plan"], &p["serve"]);
+    assert_eq!(plan["schema"], "gantry.serve/1", "{p}");
+    let best = &plan["best"];
+    assert_eq!(best["meets_slos"], true, "{best}");
+    assert!(num(&best["attainment"]) >= num(&best["target_attainment"]));
+    assert!(best["slos"].as_array().expect("slos").iter().all(|c| c["met"] == true));
+    assert_eq!(best["deployment"], serve["deployment"]);
+    assert_eq!(best["devices"], serve["devices"]);
+    assert_eq!(p["unit_devices"], serve["devices"]);
+    // The demand split over the copies is what each simulated.
+    let copies = num(&p["replicas"]);
+    let share = num(&p["demand_per_s"]) / copies;
+    assert!(
+        (num(&best["rate_per_s"]) - share).abs() <= 0.1 * share,
+        "simulated {} req/s for a share of {share}",
+        best["rate_per_s"]
+    );
+    let per = num(&p["devices"]) / num(&p["nodes"]);
+    let need = num(&serve["devices"]) * copies;
+    assert!(close(num(&p["nodes"]), (need / per).ceil()), "{p}");
+    assert!(close(
+        num(&p["economics"]["busy"]),
+        num(&serve["compute_busy"]) * need / num(&p["devices"])
+    ));
+    assert!(num(&serve["compute_busy"]) > 0.0 && num(&serve["compute_busy"]) <= 1.0);
+}
+
 /// Splits one CSV line, honouring quoted fields.
 fn csv_fields(line: &str) -> Vec<String> {
     let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
@@ -307,7 +345,7 @@ fn example_fleet_csv_markdown_text() {
     let (code, out, err) = gantry(&["study", "examples/fleet_study.gantry", "--format", "csv"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<Vec<String>> = out.lines().map(csv_fields).collect();
-    assert_eq!(lines.len(), 1 + 2 * 5, "{out}");
+    assert_eq!(lines.len(), 1 + 2 * 6, "{out}");
     let header = &lines[0];
     assert_eq!(header[1], "fleet");
     for l in &lines[1..] {
@@ -318,8 +356,21 @@ fn example_fleet_csv_markdown_text() {
         );
     }
     let kinds: Vec<&str> = lines[1..].iter().map(|l| l[1].as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "pooled").count(), 5);
-    assert_eq!(kinds.iter().filter(|k| **k == "homogeneous").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| **k == "pooled").count(), 6);
+    assert_eq!(kinds.iter().filter(|k| **k == "homogeneous").count(), 6);
+    // A serve pool names its deployment in the last cell, and has no
+    // phase plan's parallelism.
+    let chat = lines
+        .iter()
+        .find(|l| l[2] == "fleet_llama3_70b_chat")
+        .expect("the serve pool's row");
+    let last = header.len() - 1;
+    assert_eq!(header[last], "deployment");
+    assert!(
+        chat[last].starts_with("colocated ") || chat[last].starts_with("disaggregated "),
+        "{chat:?}"
+    );
+    assert_eq!(chat[8], "", "{chat:?}");
     let (code, md, err) = gantry(&[
         "study",
         "examples/fleet_study.gantry",
@@ -719,7 +770,7 @@ fn html_report_is_one_self_contained_page() {
         }
     }
     let systems = st["systems"].as_array().expect("systems").len();
-    let workloads = 5;
+    let workloads = 6;
     let sens = rows.iter().filter(|r| r.len() == 9).count();
     assert_eq!(sens, systems * workloads, "sensitivity rows");
     let _ = std::fs::remove_dir_all(&dir);
