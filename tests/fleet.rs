@@ -82,6 +82,76 @@ fn run_text(text: &str, name: &str) -> (i32, String, String) {
     gantry(&["study", &p, "--lib", &lib])
 }
 
+/// A fleet study of the example's workloads on `servers` (`nodes` each).
+fn study_on(servers: &str, nodes: u64, demand: &str) -> String {
+    let base = std::fs::read_to_string("examples/fleet_study.gantry").expect("example");
+    let start = base.find("study fleet").expect("study");
+    format!(
+        "{}study small on RoCERail(server = {{{servers}}}, nodes = {nodes}) {{\n  demand {{ {demand} }}\n  site {{ pue = 1.1, energy = $0.08/kWh }}\n}}\n",
+        &base[..start]
+    )
+}
+
+fn run_json(text: &str, name: &str) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("gantry-fleet-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("f.gantry");
+    std::fs::write(&path, text).expect("write");
+    let lib = std::env::current_dir().expect("cwd").to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        &path.to_string_lossy(),
+        "--lib",
+        &lib,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{name}: {err}");
+    serde_json::from_str(&out).expect("JSON")
+}
+
+/// A serve demand one node cannot serve is split over copies of it, each
+/// simulated at its share; sweeping a second server never makes the
+/// pooled fleet dearer; a serve pool is a pool like the others in the
+/// pooled-versus-homogeneous choice.
+#[test]
+fn serve_pools_split_and_never_worsen_with_more_systems() {
+    let demand = "fleet_llama3_70b_chat = { requests_per_s = 80 }, fleet_llama3_70b_decode = { tokens_per_s = 20_000 }";
+    let one = run_json(&study_on("GrandTeton", 1, demand), "serve-one");
+    let two = run_json(&study_on("GrandTeton, HGX_B200", 1, demand), "serve-two");
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let f1 = &one["studies"][0]["fleet"];
+    let chat = &f1["pooled"]["pools"][0];
+    assert_eq!(chat["unit"], "requests");
+    check_serve_pool(chat);
+    // 80 req/s of a 70B model do not fit 8 GPUs: split over copies.
+    assert!(num(&chat["replicas"]) >= 2.0, "{chat}");
+    let f2 = &two["studies"][0]["fleet"];
+    assert!(num(&f2["pooled"]["cost_usd_per_s"]) <= num(&f1["pooled"]["cost_usd_per_s"]));
+    assert!(num(&f2["pooled"]["cost_usd_per_s"]) <= num(&f2["homogeneous"]["cost_usd_per_s"]));
+    for p in f2["pooled"]["pools"].as_array().expect("pools") {
+        if p["unit"] == "requests" {
+            check_serve_pool(p);
+        }
+    }
+}
+
+/// A serve workload whose arrivals are a closed loop or a trace has no
+/// rate to size at: L082 at the demand, before any planning.
+#[test]
+fn serve_pool_needs_open_arrivals() {
+    for (name, arrivals) in [
+        ("closed", "arrivals = closed(concurrency = 8)"),
+        ("trace", "arrivals = trace(\"t.csv\")"),
+    ] {
+        let text = study_on("GrandTeton", 1, "fleet_llama3_70b_chat = { requests_per_s = 4 }")
+            .replace("arrivals = poisson(rate = 8)", arrivals);
+        let (code, out, err) = run_text(&text, name);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("error[L082]") && err.contains("requests_per_s"), "{name}: {err}");
+    }
+}
+
 #[test]
 fn power_cap_no_fleet_fits_is_c025_with_shortfall() {
     let text = study_with(

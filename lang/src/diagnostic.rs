@@ -91,6 +91,7 @@ codes! {
     L076 => "serving setting out of range",
     L080 => "unused value",
     L081 => "serving knob on a workload that is not `serve`",
+    L082 => "request-rate demand of a `serve` workload without open arrivals",
     L093 => "no efficiency factors to borrow",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
