@@ -148,7 +148,7 @@ fn serve_pool_needs_open_arrivals() {
             .replace("arrivals = poisson(rate = 8)", arrivals);
         let (code, out, err) = run_text(&text, name);
         assert_eq!(code, 1, "{out}{err}");
-        assert!(err.contains("error[L082]") && err.contains("requests_per_s"), "{name}: {err}");
+        assert!(err.contains("[L082]") && err.contains("requests_per_s"), "{name}: {err}");
     }
 }
 
