@@ -97,7 +97,10 @@ fn run_json(text: &str, name: &str) -> serde_json::Value {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("f.gantry");
     std::fs::write(&path, text).expect("write");
-    let lib = std::env::current_dir().expect("cwd").to_string_lossy().into_owned();
+    let lib = std::env::current_dir()
+        .expect("cwd")
+        .to_string_lossy()
+        .into_owned();
     let (code, out, err) = gantry(&[
         "study",
         &path.to_string_lossy(),
@@ -144,11 +147,18 @@ fn serve_pool_needs_open_arrivals() {
         ("closed", "arrivals = closed(concurrency = 8)"),
         ("trace", "arrivals = trace(\"t.csv\")"),
     ] {
-        let text = study_on("GrandTeton", 1, "fleet_llama3_70b_chat = { requests_per_s = 4 }")
-            .replace("arrivals = poisson(rate = 8)", arrivals);
+        let text = study_on(
+            "GrandTeton",
+            1,
+            "fleet_llama3_70b_chat = { requests_per_s = 4 }",
+        )
+        .replace("arrivals = poisson(rate = 8)", arrivals);
         let (code, out, err) = run_text(&text, name);
         assert_eq!(code, 1, "{out}{err}");
-        assert!(err.contains("[L082]") && err.contains("requests_per_s"), "{name}: {err}");
+        assert!(
+            err.contains("[L082]") && err.contains("requests_per_s"),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -367,7 +377,13 @@ fn check_serve_pool(p: &serde_json::Value) {
     let best = &plan["best"];
     assert_eq!(best["meets_slos"], true, "{best}");
     assert!(num(&best["attainment"]) >= num(&best["target_attainment"]));
-    assert!(best["slos"].as_array().expect("slos").iter().all(|c| c["met"] == true));
+    assert!(
+        best["slos"]
+            .as_array()
+            .expect("slos")
+            .iter()
+            .all(|c| c["met"] == true)
+    );
     assert_eq!(best["deployment"], serve["deployment"]);
     assert_eq!(best["devices"], serve["devices"]);
     assert_eq!(p["unit_devices"], serve["devices"]);

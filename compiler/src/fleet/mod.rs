@@ -428,7 +428,10 @@ pub fn serve_plan_for(study: &Study, sys: &Cluster, w: &Workload, owned: &Owned)
     p.search.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
     p.fixed.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
     p.constraints.clear();
-    p.objective = (gantry_lang::program::Goal::Maximize, "throughput_per_dollar".into());
+    p.objective = (
+        gantry_lang::program::Goal::Maximize,
+        "throughput_per_dollar".into(),
+    );
     p
 }
 
@@ -443,8 +446,8 @@ fn size_serve(
     owned: Owned,
     rate: f64,
 ) -> Result<Pool, String> {
-    use gantry_lang::program::Arrivals;
     use crate::serve::report as sr;
+    use gantry_lang::program::Arrivals;
     let Some(s) = w.serve.as_deref() else {
         return Err(format!("`{}` is not a `serve` workload", w.name));
     };
@@ -474,15 +477,19 @@ fn size_serve(
     let sp = loop {
         match crate::serve::planner::plan(&p, &[], Some(rate / copies as f64)) {
             Ok(sp) => break sp,
-            Err(e) if e.code == gantry_lang::diagnostic::Code::C019
-                && poisson
-                && copies < MAX_COPIES =>
+            Err(e)
+                if e.code == gantry_lang::diagnostic::Code::C019
+                    && poisson
+                    && copies < MAX_COPIES =>
             {
                 copies *= 2;
             }
             Err(e) => {
                 let split = if copies > 1 {
-                    format!(" (split over {copies} copies of the system at {} req/s each)", fmt(rate / copies as f64))
+                    format!(
+                        " (split over {copies} copies of the system at {} req/s each)",
+                        fmt(rate / copies as f64)
+                    )
                 } else {
                     String::new()
                 };

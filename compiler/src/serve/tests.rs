@@ -113,7 +113,11 @@ fn compute_busy_by_hand() {
         ..colocated(m, 1, 1000, 8)
     };
     let s = super::run_with(&d, &[req(0.0, 100, 3)], &serve(1.0, 1, 1), 100);
-    assert!(close(s.compute_busy, (1.0 + 2.0 * 0.01 * 2.0) / (3.0 * 4.5)), "{}", s.compute_busy);
+    assert!(
+        close(s.compute_busy, (1.0 + 2.0 * 0.01 * 2.0) / (3.0 * 4.5)),
+        "{}",
+        s.compute_busy
+    );
 }
 
 /// Async scheduling, by hand (same model as above): A (t=0, 100 in, 3

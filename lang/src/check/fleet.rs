@@ -395,7 +395,10 @@ impl Checker {
         // A request rate is simulated from drawn arrivals: a closed loop
         // has no rate of its own, and a trace is read by `gantry plan`.
         if let Some(sv) = w.serve.as_deref()
-            && matches!(sv.arrivals, Arrivals::Closed { .. } | Arrivals::Trace { .. })
+            && matches!(
+                sv.arrivals,
+                Arrivals::Closed { .. } | Arrivals::Trace { .. }
+            )
         {
             let s = got[*amount].1;
             self.diags.push(
