@@ -18,6 +18,16 @@
 //! short of the demand after failures, the system is re-planned with its
 //! node count scaled by the shortfall (up to four times), so a pool's
 //! throughput is always a searched plan's, never an extrapolation.
+//!
+//! A `serve` workload's demand is a request rate under its SLOs, which
+//! no static plan answers: its pool is the serving planner's cheapest
+//! deployment on the system at that rate ([`size_serve`], a simulation),
+//! split over copies of the system only when one copy cannot serve it.
+//! The pool keeps the same shape as the others ([`Sizing`] says which it
+//! is, `plan_json` holds the `gantry.serve/1` document), so [`assemble`]
+//! and the fleet properties hold for it unchanged. Its prefill and decode
+//! pools share one system; putting them on two systems of the sweep would
+//! need pair columns in the table (see docs/COST-MODEL.md §9).
 
 pub mod doc;
 pub mod economics;
