@@ -21,7 +21,7 @@
 //!
 //! A `serve` workload's demand is a request rate under its SLOs, which
 //! no static plan answers: its pool is the serving planner's cheapest
-//! deployment on the system at that rate ([`size_serve`], a simulation),
+//! deployment on the system at that rate (`size_serve`, a simulation),
 //! split over copies of the system only when one copy cannot serve it.
 //! The pool keeps the same shape as the others ([`Sizing`] says which it
 //! is, `plan_json` holds the `gantry.serve/1` document), so [`assemble`]
