@@ -387,14 +387,16 @@ fn check_serve_pool(p: &serde_json::Value) {
     assert_eq!(best["deployment"], serve["deployment"]);
     assert_eq!(best["devices"], serve["devices"]);
     assert_eq!(p["unit_devices"], serve["devices"]);
-    // The demand split over the copies is what each simulated.
+    // The demand split over the copies is what each simulated: the
+    // drawn arrivals' rate over their span, exactly.
     let copies = num(&p["replicas"]);
     let share = num(&p["demand_per_s"]) / copies;
     assert!(
-        (num(&best["rate_per_s"]) - share).abs() <= 0.1 * share,
+        (num(&best["rate_per_s"]) - share).abs() <= 1e-9 * share,
         "simulated {} req/s for a share of {share}",
         best["rate_per_s"]
     );
+    assert!(close(num(&serve["rate_per_s"]), share));
     let per = num(&p["devices"]) / num(&p["nodes"]);
     let need = num(&serve["devices"]) * copies;
     assert!(close(num(&p["nodes"]), (need / per).ceil()), "{p}");

@@ -445,6 +445,23 @@ pub fn serve_plan_for(study: &Study, sys: &Cluster, w: &Workload, owned: &Owned)
     p
 }
 
+/// The rate to draw a serve workload's arrivals at so that the drawn
+/// requests arrive at `rate` over their span (`(n - 1) / span`, the rate
+/// a serving report states): a finite draw at `rate` arrives a little
+/// faster or slower, and a pool sized on a slower draw would be sized
+/// below its demand. For a fixed seed the draw's gaps scale as `1 / rate`,
+/// so one draw measures the factor.
+fn drawn_rate(s: &gantry_lang::program::Serve, rate: f64) -> f64 {
+    let reqs = crate::serve::requests(s, Some(rate), &[]);
+    match (reqs.first(), reqs.last()) {
+        (Some(a), Some(b)) if b.arrival > a.arrival => {
+            let measured = (reqs.len() - 1) as f64 / (b.arrival - a.arrival);
+            rate * rate / measured
+        }
+        _ => rate,
+    }
+}
+
 /// Sizes a `serve` workload's pool on one system: the serving planner's
 /// cheapest deployment meeting the SLOs at `rate` requests per second on
 /// the system's devices, its power at the simulated compute-busy share.
@@ -485,7 +502,8 @@ fn size_serve(
     let poisson = matches!(s.arrivals, Arrivals::Poisson { .. });
     let mut copies = 1u64;
     let sp = loop {
-        match crate::serve::planner::plan(&p, &[], Some(rate / copies as f64)) {
+        let draw = drawn_rate(s, rate / copies as f64);
+        match crate::serve::planner::plan(&p, &[], Some(draw)) {
             Ok(sp) => break sp,
             Err(e)
                 if e.code == gantry_lang::diagnostic::Code::C019
