@@ -322,6 +322,14 @@ whose cells price one step, not a request stream). Only the serving planner simu
 scheduler. The label points at the knob.\n\
 Fix: remove the knob, or plan a `serve` workload (docs/LANGUAGE.md §5.7)."
         }
+        "L082" => {
+            "A fleet study demands `requests_per_s` of a `serve` workload whose arrivals are \
+`closed(...)` (a closed loop of clients, whose rate is whatever the deployment serves) or \
+`trace(...)` (replayed from a file the study does not read). A serve pool is sized by the \
+serving planner at the demanded rate from drawn arrivals. The label points at the demand.\n\
+Fix: give the workload `poisson(...)` or `gamma(...)` arrivals, or size it with `gantry plan` \
+(docs/LANGUAGE.md, \"Fleet studies\")."
+        }
         "L087" => {
             "A `tolerance` of a plan or study is not a fraction in (0, 1] (`tolerance = 10` \
 where `0.1` was meant, a negative or zero value, a value with a unit), or `tolerance = x` is \

@@ -13,7 +13,7 @@ use gantry_lang::program::{Arrivals, Plan};
 use serde_json::{Value, json};
 
 /// The JSON contract's name.
-pub const SCHEMA: &str = "gantry.serve/1";
+pub const SCHEMA: &str = report::SCHEMA;
 
 /// How `gantry plan` reports a serving plan.
 pub struct Options<'a> {
@@ -69,13 +69,7 @@ fn trace_rows(file: &str, p: &Plan) -> Result<Vec<serve::sample::TraceRow>, Exit
 }
 
 fn head(p: &Plan) -> Value {
-    json!({
-        "schema": SCHEMA,
-        "plan": p.name,
-        "workload": p.workload.name,
-        "system": p.system.name,
-        "device": p.system.node.device.name,
-    })
+    report::plan_head(p)
 }
 
 fn sweep_rows(
@@ -223,31 +217,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &sp.best, r, &trace));
     let top = &sp.top[..sp.top.len().min(o.top.max(1))];
     if o.json {
-        let mut j = head(p);
-        j["objective"] = json!(sp.rank.name());
-        j["best"] = report::json(&sp.best);
-        j["top"] = Value::Array(
-            top.iter()
-                .map(|s| json!({ "deployment": report::describe(&s.deployment), "devices": s.devices, "goodput_per_s": s.goodput, "objective_value": sp.rank.value(s), "ttft_p99_s": s.ttft.p99, "tpot_p99_s": s.tpot.p99 }))
-                .collect(),
-        );
-        j["cheaper"] = sp.cheaper.as_ref().map_or(Value::Null, |c| {
-            json!({ "deployment": report::describe(&c.deployment), "devices": c.devices, "binding": report::binding(c) })
-        });
-        j["search"] = json!({
-            "candidates": sp.candidates,
-            "simulated": sp.simulated,
-            "unstable_by_work": sp.unstable_unsimulated,
-            "pruned_by_bound": sp.pruned,
-            "pruned_by_prefill_pool": sp.prefill_pruned,
-            "requests_per_simulation": sp.requests.len(),
-        });
-        j["iteration_model"] = Value::Array(
-            sp.models
-                .values()
-                .map(|m| json!({ "tp": m.tp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
-                .collect(),
-        );
+        let mut j = report::plan_json(p, &sp, o.top);
         if let Some(r) = &rows {
             j["sweep"] = sweep_json(r);
         }

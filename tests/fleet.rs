@@ -82,6 +82,86 @@ fn run_text(text: &str, name: &str) -> (i32, String, String) {
     gantry(&["study", &p, "--lib", &lib])
 }
 
+/// A fleet study of the example's workloads on `servers` (`nodes` each).
+fn study_on(servers: &str, nodes: u64, demand: &str) -> String {
+    let base = std::fs::read_to_string("examples/fleet_study.gantry").expect("example");
+    let start = base.find("study fleet").expect("study");
+    format!(
+        "{}study small on RoCERail(server = {{{servers}}}, nodes = {nodes}) {{\n  demand {{ {demand} }}\n  site {{ pue = 1.1, energy = $0.08/kWh }}\n}}\n",
+        &base[..start]
+    )
+}
+
+fn run_json(text: &str, name: &str) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("gantry-fleet-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("f.gantry");
+    std::fs::write(&path, text).expect("write");
+    let lib = std::env::current_dir()
+        .expect("cwd")
+        .to_string_lossy()
+        .into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        &path.to_string_lossy(),
+        "--lib",
+        &lib,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{name}: {err}");
+    serde_json::from_str(&out).expect("JSON")
+}
+
+/// A serve demand one node cannot serve is split over copies of it, each
+/// simulated at its share; sweeping a second server never makes the
+/// pooled fleet dearer; a serve pool is a pool like the others in the
+/// pooled-versus-homogeneous choice.
+#[test]
+fn serve_pools_split_and_never_worsen_with_more_systems() {
+    let demand = "fleet_llama3_70b_chat = { requests_per_s = 80 }, fleet_llama3_70b_decode = { tokens_per_s = 20_000 }";
+    let one = run_json(&study_on("GrandTeton", 1, demand), "serve-one");
+    let two = run_json(&study_on("GrandTeton, HGX_B200", 1, demand), "serve-two");
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let f1 = &one["studies"][0]["fleet"];
+    let chat = &f1["pooled"]["pools"][0];
+    assert_eq!(chat["unit"], "requests");
+    check_serve_pool(chat);
+    // 80 req/s of a 70B model do not fit 8 GPUs: split over copies.
+    assert!(num(&chat["replicas"]) >= 2.0, "{chat}");
+    let f2 = &two["studies"][0]["fleet"];
+    assert!(num(&f2["pooled"]["cost_usd_per_s"]) <= num(&f1["pooled"]["cost_usd_per_s"]));
+    assert!(num(&f2["pooled"]["cost_usd_per_s"]) <= num(&f2["homogeneous"]["cost_usd_per_s"]));
+    for p in f2["pooled"]["pools"].as_array().expect("pools") {
+        if p["unit"] == "requests" {
+            check_serve_pool(p);
+        }
+    }
+}
+
+/// A serve workload whose arrivals are a closed loop or a trace has no
+/// rate to size at: L082 at the demand, before any planning.
+#[test]
+fn serve_pool_needs_open_arrivals() {
+    for (name, arrivals) in [
+        ("closed", "arrivals = closed(concurrency = 8)"),
+        ("trace", "arrivals = trace(\"t.csv\")"),
+    ] {
+        let text = study_on(
+            "GrandTeton",
+            1,
+            "fleet_llama3_70b_chat = { requests_per_s = 4 }",
+        )
+        .replace("arrivals = poisson(rate = 8)", arrivals);
+        let (code, out, err) = run_text(&text, name);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("[L082]") && err.contains("requests_per_s"),
+            "{name}: {err}"
+        );
+    }
+}
+
 #[test]
 fn power_cap_no_fleet_fits_is_c025_with_shortfall() {
     let text = study_with(
@@ -185,11 +265,11 @@ fn example_fleet_json_terms_and_fronts() {
     assert_eq!(doc["schema"], "gantry.study/1");
     let f = &doc["studies"][0]["fleet"];
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let mut goodputs = 0;
+    let (mut goodputs, mut serves) = (0, 0);
     for kind in ["pooled", "homogeneous"] {
         let fleet = &f[kind];
         let pools = fleet["pools"].as_array().expect("pools");
-        assert_eq!(pools.len(), 5);
+        assert_eq!(pools.len(), 6);
         let sum: f64 = pools
             .iter()
             .map(|p| num(&p["economics"]["total_usd_per_s"]))
@@ -214,6 +294,10 @@ fn example_fleet_json_terms_and_fronts() {
                 num(&e["total_usd_per_s"]),
                 num(&e["capital_usd_per_s"]) + num(&e["energy_usd_per_s"])
             ));
+            if p["unit"] == "requests" {
+                serves += 1;
+                check_serve_pool(p);
+            }
             let r = &p["reliability"];
             if r.is_object() {
                 goodputs += 1;
@@ -231,6 +315,7 @@ fn example_fleet_json_terms_and_fronts() {
         }
     }
     assert!(goodputs >= 2, "training pools carry their goodput terms");
+    assert_eq!(serves, 2, "the chat service's pool in each fleet");
     assert!(num(&f["pooled"]["cost_usd_per_s"]) <= num(&f["homogeneous"]["cost_usd_per_s"]));
     // Fleet front: cheapest member is the pooled fleet (it is within the
     // cap), members are cheapest first and none beats another.
@@ -281,6 +366,47 @@ fn example_fleet_json_terms_and_fronts() {
     }
 }
 
+/// A serve pool of a study's JSON: its plan is the serving planner's
+/// `gantry.serve/1` document at the demanded rate per copy, whose best
+/// deployment met the SLOs; the pool holds that deployment's devices on
+/// whole nodes, busy at the simulated compute-busy share of the devices.
+fn check_serve_pool(p: &serde_json::Value) {
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let (plan, serve) = (&p["plan"], &p["serve"]);
+    assert_eq!(plan["schema"], "gantry.serve/1", "{p}");
+    let best = &plan["best"];
+    assert_eq!(best["meets_slos"], true, "{best}");
+    assert!(num(&best["attainment"]) >= num(&best["target_attainment"]));
+    assert!(
+        best["slos"]
+            .as_array()
+            .expect("slos")
+            .iter()
+            .all(|c| c["met"] == true)
+    );
+    assert_eq!(best["deployment"], serve["deployment"]);
+    assert_eq!(best["devices"], serve["devices"]);
+    assert_eq!(p["unit_devices"], serve["devices"]);
+    // The demand split over the copies is what each simulated: the
+    // drawn arrivals' rate over their span, exactly.
+    let copies = num(&p["replicas"]);
+    let share = num(&p["demand_per_s"]) / copies;
+    assert!(
+        (num(&best["rate_per_s"]) - share).abs() <= 1e-9 * share,
+        "simulated {} req/s for a share of {share}",
+        best["rate_per_s"]
+    );
+    assert!(close(num(&serve["rate_per_s"]), share));
+    let per = num(&p["devices"]) / num(&p["nodes"]);
+    let need = num(&serve["devices"]) * copies;
+    assert!(close(num(&p["nodes"]), (need / per).ceil()), "{p}");
+    assert!(close(
+        num(&p["economics"]["busy"]),
+        num(&serve["compute_busy"]) * need / num(&p["devices"])
+    ));
+    assert!(num(&serve["compute_busy"]) > 0.0 && num(&serve["compute_busy"]) <= 1.0);
+}
+
 /// Splits one CSV line, honouring quoted fields.
 fn csv_fields(line: &str) -> Vec<String> {
     let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
@@ -307,7 +433,7 @@ fn example_fleet_csv_markdown_text() {
     let (code, out, err) = gantry(&["study", "examples/fleet_study.gantry", "--format", "csv"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<Vec<String>> = out.lines().map(csv_fields).collect();
-    assert_eq!(lines.len(), 1 + 2 * 5, "{out}");
+    assert_eq!(lines.len(), 1 + 2 * 6, "{out}");
     let header = &lines[0];
     assert_eq!(header[1], "fleet");
     for l in &lines[1..] {
@@ -318,8 +444,21 @@ fn example_fleet_csv_markdown_text() {
         );
     }
     let kinds: Vec<&str> = lines[1..].iter().map(|l| l[1].as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "pooled").count(), 5);
-    assert_eq!(kinds.iter().filter(|k| **k == "homogeneous").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| **k == "pooled").count(), 6);
+    assert_eq!(kinds.iter().filter(|k| **k == "homogeneous").count(), 6);
+    // A serve pool names its deployment in the last cell, and has no
+    // phase plan's parallelism.
+    let chat = lines
+        .iter()
+        .find(|l| l[2] == "fleet_llama3_70b_chat")
+        .expect("the serve pool's row");
+    let last = header.len() - 1;
+    assert_eq!(header[last], "deployment");
+    assert!(
+        chat[last].starts_with("colocated ") || chat[last].starts_with("disaggregated "),
+        "{chat:?}"
+    );
+    assert_eq!(chat[8], "", "{chat:?}");
     let (code, md, err) = gantry(&[
         "study",
         "examples/fleet_study.gantry",
@@ -719,7 +858,7 @@ fn html_report_is_one_self_contained_page() {
         }
     }
     let systems = st["systems"].as_array().expect("systems").len();
-    let workloads = 5;
+    let workloads = 6;
     let sens = rows.iter().filter(|r| r.len() == 9).count();
     assert_eq!(sens, systems * workloads, "sensitivity rows");
     let _ = std::fs::remove_dir_all(&dir);

@@ -375,6 +375,7 @@ fn every_json_output_matches_its_schema() {
     }
     let mut study = Schema::load("gantry.study.v1");
     let mut studies = 0;
+    let mut fleet_serve_plans = 0;
     for file in &examples {
         let checked = gantry::check_files(std::slice::from_ref(file), &[]);
         if checked.program.studies.is_empty() {
@@ -387,16 +388,24 @@ fn every_json_output_matches_its_schema() {
         let entries = v["studies"].as_array().expect("studies");
         assert_eq!(entries.len(), checked.program.studies.len(), "{file}");
         studies += entries.len();
-        // Each fleet pool's plan is a `gantry.plan/2` object.
+        // Each fleet pool's plan is a `gantry.plan/2` object, or a serve
+        // pool's `gantry.serve/1` document.
         for e in entries.iter().filter(|e| e["kind"] == "fleet") {
             for kind in ["pooled", "homogeneous"] {
                 for p in e["fleet"][kind]["pools"].as_array().into_iter().flatten() {
-                    plan.check(&format!("study {file}: {kind} pool plan"), &p["plan"]);
+                    let what = format!("study {file}: {kind} pool plan");
+                    if p["plan"]["schema"] == "gantry.serve/1" {
+                        serve.check(&what, &p["plan"]);
+                        fleet_serve_plans += 1;
+                    } else {
+                        plan.check(&what, &p["plan"]);
+                    }
                 }
             }
         }
     }
     assert!(studies >= 2, "only {studies} example studies");
+    assert!(fleet_serve_plans >= 2, "a fleet example's serve pools");
     // `--sensitivity` adds a member to a weighted and to a fleet entry.
     for file in [
         "tests/inputs/valid/sweep_linear.gantry",

@@ -91,6 +91,7 @@ codes! {
     L076 => "serving setting out of range",
     L080 => "unused value",
     L081 => "serving knob on a workload that is not `serve`",
+    L082 => "request-rate demand of a `serve` workload without open arrivals",
     L087 => "tolerance is not a fraction in (0, 1], or is given twice",
     L088 => "tolerance for a figure that is not expected",
     L091 => "`expect` in a weighted-mix study (not checked)",

@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use super::front::Fronts;
-use super::{Answer, Fleet, Pool};
+use super::{Answer, Fleet, Pool, Sizing};
 use gantry_lang::program::{Demand, Site};
 
 /// `null` for a figure that is not finite (JSON has no infinity).
@@ -81,6 +81,28 @@ fn reliability(p: &Pool) -> Value {
     }
 }
 
+/// A serve pool's deployment and how it met its SLOs (null for a phase
+/// pool): the figures of its `gantry.serve/1` plan that the candidates,
+/// which leave the plan out, still need.
+fn serve(p: &Pool) -> Value {
+    let Sizing::Serve(v) = &p.plan else {
+        return Value::Null;
+    };
+    json!({
+        "deployment": v.deployment,
+        "disaggregated": v.disaggregated,
+        "pools": v.roles.iter().map(|r| json!({ "role": r.role, "replicas": r.replicas, "tp": r.tp })).collect::<Vec<_>>(),
+        "devices": v.devices,
+        "rate_per_s": v.rate,
+        "goodput_per_s": v.goodput,
+        "attainment": v.attainment,
+        "target_attainment": v.target_attainment,
+        "slos": v.slos.iter().map(|(n, t, a)| json!({ "name": n, "target_s": t, "achieved_s": a, "met": a <= t })).collect::<Vec<_>>(),
+        "compute_busy": v.compute_busy,
+        "kv_transfer_bytes_per_request": v.kv_transfer_per_request,
+    })
+}
+
 /// One pool: its size, its plan (`with_plan`; the candidates leave it
 /// out, as a sweep of a thousand systems would carry thousands) and the
 /// terms of its cost and goodput.
@@ -99,6 +121,7 @@ pub fn pool_json(p: &Pool, system: usize, site: &Site, with_plan: bool) -> Value
         "delivered_per_s": p.delivered,
         "cost_per_unit_usd": p.cost_per_unit,
         "plan": if with_plan { p.plan_json.clone() } else { Value::Null },
+        "serve": serve(p),
         "economics": economics(p, site),
         "reliability": reliability(p),
     })
@@ -194,6 +217,7 @@ pub const CSV_HEADER: &[&str] = &[
     "energy_usd_per_s",
     "total_usd_per_s",
     "cost_per_unit_usd",
+    "deployment",
 ];
 
 /// One row per (fleet kind, workload pool): the pooled fleet's pools,
@@ -206,7 +230,16 @@ pub fn csv_rows(study: &str, a: &Answer) -> Vec<Vec<String>> {
     ];
     for (kind, fleet) in kinds {
         for p in fleet.map(|f| f.pools.as_slice()).unwrap_or_default() {
-            let pt = &p.plan.point;
+            // A serve pool has no phase plan: its parallelism cells are
+            // empty and its deployment is the last cell.
+            let pt = p.plan.estimate().map(|e| e.point);
+            let cell = |f: &dyn Fn(&crate::point::DesignPoint) -> u64| {
+                pt.as_ref().map_or(String::new(), |pt| f(pt).to_string())
+            };
+            let deployment = match &p.plan {
+                Sizing::Serve(v) => v.deployment.clone(),
+                Sizing::Phase(_) => String::new(),
+            };
             let t = &p.tco;
             rows.push(vec![
                 study.to_string(),
@@ -217,11 +250,11 @@ pub fn csv_rows(study: &str, a: &Answer) -> Vec<Vec<String>> {
                 t.devices.to_string(),
                 p.replicas.to_string(),
                 p.unit_devices.to_string(),
-                pt.dp.to_string(),
-                pt.tp.to_string(),
-                pt.pp.to_string(),
-                pt.cp.to_string(),
-                pt.ep.to_string(),
+                cell(&|pt| pt.dp),
+                cell(&|pt| pt.tp),
+                cell(&|pt| pt.pp),
+                cell(&|pt| pt.cp),
+                cell(&|pt| pt.ep),
                 p.unit.to_string(),
                 p.demand.to_string(),
                 p.raw.to_string(),
@@ -234,6 +267,7 @@ pub fn csv_rows(study: &str, a: &Answer) -> Vec<Vec<String>> {
                 t.energy.to_string(),
                 t.total.to_string(),
                 p.cost_per_unit.to_string(),
+                deployment,
             ]);
         }
     }

@@ -18,6 +18,16 @@
 //! short of the demand after failures, the system is re-planned with its
 //! node count scaled by the shortfall (up to four times), so a pool's
 //! throughput is always a searched plan's, never an extrapolation.
+//!
+//! A `serve` workload's demand is a request rate under its SLOs, which
+//! no static plan answers: its pool is the serving planner's cheapest
+//! deployment on the system at that rate (`size_serve`, a simulation),
+//! split over copies of the system only when one copy cannot serve it.
+//! The pool keeps the same shape as the others ([`Sizing`] says which it
+//! is, `plan_json` holds the `gantry.serve/1` document), so [`assemble`]
+//! and the fleet properties hold for it unchanged. Its prefill and decode
+//! pools share one system; putting them on two systems of the sweep would
+//! need pair columns in the table (see docs/COST-MODEL.md §9).
 
 pub mod doc;
 pub mod economics;
@@ -38,6 +48,60 @@ use crate::cost::Estimate;
 use economics::{Owned, Tco};
 use reliability::Goodput;
 
+/// What a pool was sized from: a phase workload's searched plan, or a
+/// `serve` workload's deployment from the serving planner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Sizing {
+    /// The plan searched on the system (training: the one job; inference:
+    /// its data-parallel replicas are the pool's unit).
+    Phase(Box<Estimate>),
+    /// The cheapest deployment on the system meeting the workload's SLOs
+    /// at the demanded rate (`serve::planner::plan`).
+    Serve(Box<Served>),
+}
+
+impl Sizing {
+    /// The phase plan's estimate (`None` for a serve pool).
+    pub fn estimate(&self) -> Option<&Estimate> {
+        match self {
+            Sizing::Phase(e) => Some(e),
+            Sizing::Serve(_) => None,
+        }
+    }
+}
+
+/// One serving pool of a deployment: colocated, prefill or decode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServeRole {
+    pub role: String,
+    pub replicas: u64,
+    pub tp: u64,
+}
+
+/// The figures of a serve pool's deployment the reports print; the whole
+/// simulated report is the pool's `gantry.serve/1` object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// `colocated 2 x tp8, ...` or `disaggregated ...` (`serve::report::describe`).
+    pub deployment: String,
+    pub disaggregated: bool,
+    pub roles: Vec<ServeRole>,
+    /// Devices of one deployment.
+    pub devices: u64,
+    /// The arrival rate simulated (requests over the arrival span).
+    pub rate: f64,
+    /// Requests per second that met every SLO, and their share.
+    pub goodput: f64,
+    pub attainment: f64,
+    pub target_attainment: f64,
+    /// Each SLO: name, target and the percentile at the attainment, seconds.
+    pub slos: Vec<(String, f64, f64)>,
+    /// Compute-busy share of the deployment's device-seconds (simulated).
+    pub compute_busy: f64,
+    /// KV bytes sent from prefill to decode per completed request.
+    pub kv_transfer_per_request: f64,
+}
+
 /// One workload's pool on one system, sized to its demand. Serialized
 /// whole into a shard's partial JSON (`gantry study --shard`) and read
 /// back by `gantry merge`.
@@ -45,14 +109,15 @@ use reliability::Goodput;
 pub struct Pool {
     pub workload: String,
     pub system: String,
-    /// The plan searched on the system (training: the one job; inference:
-    /// its data-parallel replicas are the pool's unit).
-    pub plan: Estimate,
-    /// That plan's `gantry.plan/2` object (the `--fix` form), so every
-    /// figure of a study's JSON traces back to a plan.
+    /// The plan or deployment the pool is made of.
+    pub plan: Sizing,
+    /// That plan's `gantry.plan/2` object (the `--fix` form), or a serve
+    /// pool's `gantry.serve/1` document, so every figure of a study's
+    /// JSON traces back to a plan.
     pub plan_json: serde_json::Value,
-    /// Units in the pool: 1 training job, or inference replicas of
-    /// `unit_devices` each.
+    /// Units in the pool: 1 training job, inference replicas of
+    /// `unit_devices` each, or copies of a serving deployment (each
+    /// serving an equal share of the requests).
     pub replicas: u64,
     pub unit_devices: u64,
     /// Raw throughput of the pool, in the demand's unit per second.
@@ -217,8 +282,8 @@ pub fn size_from(
     first: Option<Result<(serde_json::Value, Estimate), String>>,
 ) -> Result<Pool, String> {
     let owned = Owned::of(sys)?;
-    if matches!(d.kind, DemandKind::Requests { .. }) {
-        return Err("`serve` demand is sized by `gantry plan` (serving simulator); fleet pools of serve workloads are not yet implemented".into());
+    if let DemandKind::Requests { per_s } = d.kind {
+        return size_serve(study, site, w, sys, owned, per_s);
     }
     let demand = d.kind.rate();
     let search = |c: &Cluster| search(study, c, w);
@@ -328,7 +393,7 @@ pub fn size_from(
         workload: w.name.clone(),
         system: sys.name.clone(),
         cost_per_unit: tco.total / demand,
-        plan: e,
+        plan: Sizing::Phase(Box::new(e)),
         plan_json,
         replicas,
         unit_devices,
@@ -339,6 +404,190 @@ pub fn size_from(
         tco,
         failures,
         goodput,
+        owned,
+    })
+}
+
+/// The most copies of a system one serve pool splits its demand over
+/// (each a deployment of the serving planner at an equal share).
+pub const MAX_COPIES: u64 = 16;
+
+/// The study's knobs a serving plan takes: tensor parallelism, the
+/// scheduler's and the disaggregated pools'. `dp` and `batch` mean data
+/// parallelism and the batch in a phase study, so a serve pool leaves
+/// replicas and `max_seqs` to the planner and the workload.
+const SERVE_KNOBS: [&str; 7] = [
+    "tp",
+    "token_budget",
+    "chunked_prefill",
+    "prefill_tp",
+    "prefill_dp",
+    "decode_tp",
+    "decode_dp",
+];
+
+/// The serving plan of `w` on `sys` in a fleet study: the study's serving
+/// knobs, no `subject to` (a serving plan's constraints are the workload's
+/// SLOs), ranked by goodput per dollar with each node priced at the
+/// fleet's capital rate (`owned`), so the planner's cheapest deployment is
+/// the one with the least capital.
+pub fn serve_plan_for(study: &Study, sys: &Cluster, w: &Workload, owned: &Owned) -> Plan {
+    let mut c = sys.clone();
+    c.node.price = Some(owned.capital_per_node);
+    let mut p = plan_for(study, &c, w);
+    p.search.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
+    p.fixed.retain(|k, _| SERVE_KNOBS.contains(&k.as_str()));
+    p.constraints.clear();
+    p.objective = (
+        gantry_lang::program::Goal::Maximize,
+        "throughput_per_dollar".into(),
+    );
+    p
+}
+
+/// The rate to draw a serve workload's arrivals at so that the drawn
+/// requests arrive at `rate` over their span (`(n - 1) / span`, the rate
+/// a serving report states): a finite draw at `rate` arrives a little
+/// faster or slower, and a pool sized on a slower draw would be sized
+/// below its demand. For a fixed seed the draw's gaps scale as `1 / rate`,
+/// so one draw measures the factor.
+fn drawn_rate(s: &gantry_lang::program::Serve, rate: f64) -> f64 {
+    let reqs = crate::serve::requests(s, Some(rate), &[]);
+    match (reqs.first(), reqs.last()) {
+        (Some(a), Some(b)) if b.arrival > a.arrival => {
+            let measured = (reqs.len() - 1) as f64 / (b.arrival - a.arrival);
+            rate * rate / measured
+        }
+        _ => rate,
+    }
+}
+
+/// Sizes a `serve` workload's pool on one system: the serving planner's
+/// cheapest deployment meeting the SLOs at `rate` requests per second on
+/// the system's devices, its power at the simulated compute-busy share.
+fn size_serve(
+    study: &Study,
+    site: &Site,
+    w: &Workload,
+    sys: &Cluster,
+    owned: Owned,
+    rate: f64,
+) -> Result<Pool, String> {
+    use crate::serve::report as sr;
+    use gantry_lang::program::Arrivals;
+    let Some(s) = w.serve.as_deref() else {
+        return Err(format!("`{}` is not a `serve` workload", w.name));
+    };
+    match s.arrivals {
+        Arrivals::Poisson { .. } | Arrivals::Gamma { .. } => {}
+        Arrivals::Trace { .. } => {
+            return Err(format!(
+                "`{}` replays a trace: a fleet pool is sized at the demanded rate from drawn arrivals (give it `poisson` or `gamma` arrivals)",
+                w.name
+            ));
+        }
+        Arrivals::Closed { .. } => {
+            return Err(format!(
+                "`{}` is a closed loop of clients, whose rate is what the deployment serves: a requests_per_s demand needs open arrivals (`poisson` or `gamma`)",
+                w.name
+            ));
+        }
+    }
+    let p = serve_plan_for(study, sys, w, &owned);
+    // The demand on one copy of the system; more copies, each serving an
+    // equal share, when one copy meets no SLO at the whole rate. Poisson
+    // arrivals routed at random to `k` copies are `k` Poisson streams at
+    // `rate / k`, so each copy's simulation is exact; a gamma stream
+    // thinned is not a gamma stream, so it is never split.
+    let poisson = matches!(s.arrivals, Arrivals::Poisson { .. });
+    let mut copies = 1u64;
+    let sp = loop {
+        let draw = drawn_rate(s, rate / copies as f64);
+        match crate::serve::planner::plan(&p, &[], Some(draw)) {
+            Ok(sp) => break sp,
+            Err(e)
+                if e.code == gantry_lang::diagnostic::Code::C019
+                    && poisson
+                    && copies < MAX_COPIES =>
+            {
+                copies *= 2;
+            }
+            Err(e) => {
+                let split = if copies > 1 {
+                    format!(
+                        " (split over {copies} copies of the system at {} req/s each)",
+                        fmt(rate / copies as f64)
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(format!("error[{}]: {}{split}", e.code, e.message));
+            }
+        }
+    };
+    let b = &sp.best;
+    let d = &b.deployment;
+    let roles = if d.disaggregated() {
+        vec![
+            ServeRole {
+                role: "prefill".into(),
+                replicas: d.prefill,
+                tp: d.prefill_model.tp,
+            },
+            ServeRole {
+                role: "decode".into(),
+                replicas: d.decode,
+                tp: d.decode_model.tp,
+            },
+        ]
+    } else {
+        vec![ServeRole {
+            role: "colocated".into(),
+            replicas: d.colocated,
+            tp: d.prefill_model.tp,
+        }]
+    };
+    let served = Served {
+        deployment: sr::describe(d),
+        disaggregated: d.disaggregated(),
+        roles,
+        devices: b.devices,
+        rate: b.rate,
+        goodput: b.goodput,
+        attainment: b.attainment,
+        target_attainment: b.target_attainment,
+        slos: b
+            .slos
+            .iter()
+            .map(|c| (c.name.to_string(), c.target, c.achieved))
+            .collect(),
+        compute_busy: b.compute_busy,
+        kv_transfer_per_request: b.transfer_bytes / b.completed.max(1) as f64,
+    };
+    let per = owned.devices_per_node;
+    let nodes = (b.devices * copies).div_ceil(per);
+    // Devices the deployments leave unused on the last node idle.
+    let used = (b.devices * copies) as f64 / (nodes * per) as f64;
+    let tco = economics::tco(&owned, site, nodes, b.compute_busy * used)?;
+    Ok(Pool {
+        workload: w.name.clone(),
+        system: sys.name.clone(),
+        cost_per_unit: tco.total / rate,
+        plan_json: sr::plan_json(&p, &sp, 5),
+        plan: Sizing::Serve(Box::new(served)),
+        replicas: copies,
+        unit_devices: b.devices,
+        // The planner simulated each copy's share of the demanded rate
+        // and the deployment met the SLOs for the workload's attainment
+        // with a stable queue: the copies serve the demand (goodput and
+        // attainment are in `plan`).
+        raw: rate,
+        delivered: rate,
+        demand: rate,
+        unit: "requests".into(),
+        tco,
+        failures: None,
+        goodput: None,
         owned,
     })
 }

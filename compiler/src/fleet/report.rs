@@ -7,27 +7,37 @@
 use std::fmt::Write as _;
 
 use super::front::Fronts;
-use super::{Answer, Fleet, Pool};
+use super::{Answer, Fleet, Pool, Sizing};
 use gantry_lang::units::format_number as num;
 
 const HOUR: f64 = 3600.0;
 const YEAR: f64 = 365.25 * 86_400.0;
 
+/// How a pool is made: its plan's parallelism, or its serving deployment.
+fn made_of(p: &Pool) -> String {
+    match &p.plan {
+        Sizing::Phase(e) => {
+            let pt = &e.point;
+            format!(
+                "plan on {} devices: tp {} pp {} dp {}",
+                e.devices, pt.tp, pt.pp, pt.dp
+            )
+        }
+        Sizing::Serve(v) => format!("deployment: {}", v.deployment),
+    }
+}
+
 fn pool_lines(s: &mut String, p: &Pool) {
-    let pt = &p.plan.point;
     let _ = writeln!(
         s,
-        "  {} on {}: {} nodes, {} devices; {} x {} devices (plan on {} devices: tp {} pp {} dp {})",
+        "  {} on {}: {} nodes, {} devices; {} x {} devices ({})",
         p.workload,
         p.system,
         p.tco.nodes,
         p.tco.devices,
         p.replicas,
         p.unit_devices,
-        p.plan.devices,
-        pt.tp,
-        pt.pp,
-        pt.dp
+        made_of(p)
     );
     let _ = writeln!(
         s,
@@ -37,6 +47,23 @@ fn pool_lines(s: &mut String, p: &Pool) {
         num(p.delivered),
         u = p.unit
     );
+    if let Sizing::Serve(v) = &p.plan {
+        let slos: Vec<String> = v
+            .slos
+            .iter()
+            .map(|(name, target, got)| {
+                format!("{name} {:.1} ms of {:.1} ms", got * 1e3, target * 1e3)
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "    SLOs met at {} req/s per deployment (simulated): {:.2}% of requests meet every SLO (target {:.2}%); {}",
+            num(v.rate),
+            v.attainment * 100.0,
+            v.target_attainment * 100.0,
+            slos.join(", ")
+        );
+    }
     if let Some(g) = &p.goodput {
         let _ = writeln!(
             s,
@@ -200,26 +227,32 @@ fn fleet_table(s: &mut String, title: &str, f: &Fleet) {
         num(f.power / 1e6),
         num(f.provisioned / 1e6)
     );
-    s.push_str("| workload | system | nodes | devices | replicas | plan tp, pp, dp | demand /s | delivered /s | goodput | busy | power kW | TCO $/h | capital $/h | energy $/h |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| workload | system | nodes | devices | replicas | plan or deployment | demand /s | delivered /s | goodput | busy | power kW | TCO $/h | capital $/h | energy $/h |\n");
+    s.push_str("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for p in &f.pools {
-        let (t, pt) = (&p.tco, &p.plan.point);
+        let t = &p.tco;
+        let made = match &p.plan {
+            Sizing::Phase(e) => format!("tp {}, pp {}, dp {}", e.point.tp, e.point.pp, e.point.dp),
+            Sizing::Serve(v) => v.deployment.clone(),
+        };
+        let goodput = match (&p.plan, &p.goodput) {
+            (_, Some(g)) => format!("{:.2}%", g.fraction * 100.0),
+            (Sizing::Serve(v), None) => format!("{:.2}% meet SLOs", v.attainment * 100.0),
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} x {} | {}, {}, {} | {} {u} | {} {u} | {} | {:.1}% | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} x {} | {} | {} {u} | {} {u} | {} | {:.1}% | {} | {} | {} | {} |",
             p.workload,
             p.system,
             t.nodes,
             t.devices,
             p.replicas,
             p.unit_devices,
-            pt.tp,
-            pt.pp,
-            pt.dp,
+            made,
             num(p.demand),
             num(p.delivered),
-            p.goodput
-                .map_or("-".to_string(), |g| format!("{:.2}%", g.fraction * 100.0)),
+            goodput,
             t.busy * 100.0,
             num(t.facility_power / 1e3),
             num(t.total * HOUR),

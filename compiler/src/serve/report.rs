@@ -91,6 +91,12 @@ pub struct Summary {
     pub meets: bool,
     pub utilisation_prefill: f64,
     pub utilisation_decode: f64,
+    /// Compute-busy share of the deployment's device-seconds: the tokens
+    /// each pool batched times its linear layers' compute per token
+    /// (`c_token`, on all `tp` devices of a replica), over devices times
+    /// the run's seconds (what a fleet pool's power is priced at;
+    /// docs/COST-MODEL.md §9).
+    pub compute_busy: f64,
     /// Tokens per iteration, averaged over iterations.
     pub mean_batch_tokens: f64,
     pub preemptions: u64,
@@ -245,6 +251,15 @@ pub fn summarize(
             0.0
         }
     };
+    let (pm, dm) = (&d.prefill_model, &d.decode_model);
+    let compute = o.batched_prefill as f64 * pm.c_token * pm.tp as f64
+        + o.batched_tokens.saturating_sub(o.batched_prefill) as f64 * dm.c_token * dm.tp as f64;
+    let device_seconds = d.devices() as f64 * run;
+    let compute_busy = if device_seconds > 0.0 {
+        (compute / device_seconds).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     Summary {
         deployment: *d,
         rate,
@@ -265,6 +280,7 @@ pub fn summarize(
         unstable,
         utilisation_prefill: util(o.busy_prefill, pre_n),
         utilisation_decode: util(o.busy_decode, dec_n),
+        compute_busy,
         mean_batch_tokens: if o.iterations > 0 {
             o.batched_tokens as f64 / o.iterations as f64
         } else {
@@ -603,6 +619,58 @@ pub fn json(s: &Summary) -> Value {
         "kv_transfer_bytes": s.transfer_bytes,
         "binding": binding(s),
     })
+}
+
+/// The JSON contract's name of a serving report (`gantry plan` on a
+/// plan of a `serve` workload; a fleet study's serve pool carries one).
+pub const SCHEMA: &str = "gantry.serve/1";
+
+/// The head of a `gantry.serve/1` document: the plan, workload, system.
+pub fn plan_head(p: &gantry_lang::program::Plan) -> Value {
+    json!({
+        "schema": SCHEMA,
+        "plan": p.name,
+        "workload": p.workload.name,
+        "system": p.system.name,
+        "device": p.system.node.device.name,
+    })
+}
+
+/// The `gantry.serve/1` document of a serving plan's search (without a
+/// rate sweep): the best deployment, the `top` best, the closest cheaper
+/// one, the search's counts and the iteration models.
+pub fn plan_json(
+    p: &gantry_lang::program::Plan,
+    sp: &super::planner::ServePlan,
+    top: usize,
+) -> Value {
+    let top = &sp.top[..sp.top.len().min(top.max(1))];
+    let mut j = plan_head(p);
+    j["objective"] = json!(sp.rank.name());
+    j["best"] = json(&sp.best);
+    j["top"] = Value::Array(
+        top.iter()
+            .map(|s| json!({ "deployment": describe(&s.deployment), "devices": s.devices, "goodput_per_s": s.goodput, "objective_value": sp.rank.value(s), "ttft_p99_s": s.ttft.p99, "tpot_p99_s": s.tpot.p99 }))
+            .collect(),
+    );
+    j["cheaper"] = sp.cheaper.as_ref().map_or(Value::Null, |c| {
+        json!({ "deployment": describe(&c.deployment), "devices": c.devices, "binding": binding(c) })
+    });
+    j["search"] = json!({
+        "candidates": sp.candidates,
+        "simulated": sp.simulated,
+        "unstable_by_work": sp.unstable_unsimulated,
+        "pruned_by_bound": sp.pruned,
+        "pruned_by_prefill_pool": sp.prefill_pruned,
+        "requests_per_simulation": sp.requests.len(),
+    });
+    j["iteration_model"] = Value::Array(
+        sp.models
+            .values()
+            .map(|m| json!({ "tp": m.tp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
+            .collect(),
+    );
+    j
 }
 
 /// One deployment's report as Markdown tables (the figures of [`text`];

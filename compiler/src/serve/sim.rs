@@ -77,6 +77,9 @@ pub struct Outcome {
     pub busy_decode: f64,
     pub iterations: u64,
     pub batched_tokens: u64,
+    /// Of `batched_tokens`, those batched by prefill (or colocated)
+    /// replicas; the decode pool's are the rest.
+    pub batched_prefill: u64,
     /// Requests queued and not admitted, at the middle and at the last arrival.
     pub backlog_mid: u64,
     pub backlog_end: u64,
@@ -364,7 +367,10 @@ fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock) {
         o.batched_tokens += r.batched_tokens;
         match r.role {
             Role::Decode => o.busy_decode += r.busy_time,
-            _ => o.busy_prefill += r.busy_time,
+            _ => {
+                o.busy_prefill += r.busy_time;
+                o.batched_prefill += r.batched_tokens;
+            }
         }
     }
     let in_window: Vec<f64> = arrivals

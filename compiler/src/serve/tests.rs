@@ -89,6 +89,38 @@ fn three_requests_by_hand() {
     assert_eq!(o.batched_tokens, 100 + 200 + 102 + 51);
 }
 
+/// The compute-busy share a fleet prices power at, by hand on the three
+/// requests above: 453 tokens x 10 ms of linear-layer compute is 4.53 s
+/// of a 5.02 s run on one device (the last iteration, 51 tokens, is
+/// bound by its 1 s weight read, not by compute).
+#[test]
+fn compute_busy_by_hand() {
+    let d = colocated(model(1.0, 0.01, 1e6), 1, 200, 2);
+    let reqs = [req(0.0, 100, 3), req(0.5, 300, 2), req(0.6, 50, 1)];
+    let s = super::run_with(&d, &reqs, &serve(1.0, 3, 1), 100);
+    assert!(close(s.compute_busy, 4.53 / 5.02), "{}", s.compute_busy);
+    // Disaggregated, the decode pool's replica at tp 2: the prefill pool
+    // batches the prompt (100 tokens x 10 ms on 1 device), the decode
+    // pool its 2 further tokens (2 x 10 ms on 2 devices), over 3 devices
+    // for the 4.5 s run (1 s prefill, 1.5 s transfer, 2 s of decode).
+    let m = model(1.0, 0.01, 1e6);
+    let d = Deployment {
+        colocated: 0,
+        prefill: 1,
+        decode: 1,
+        decode_model: IterModel { tp: 2, ..m },
+        transfer_per_byte: 0.01,
+        transfer_latency: 0.5,
+        ..colocated(m, 1, 1000, 8)
+    };
+    let s = super::run_with(&d, &[req(0.0, 100, 3)], &serve(1.0, 1, 1), 100);
+    assert!(
+        close(s.compute_busy, (1.0 + 2.0 * 0.01 * 2.0) / (3.0 * 4.5)),
+        "{}",
+        s.compute_busy
+    );
+}
+
 /// Async scheduling, by hand (same model as above): A (t=0, 100 in, 3
 /// out), B (t=0.5, 300 in, 2 out).
 ///

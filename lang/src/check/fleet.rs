@@ -16,7 +16,7 @@ use crate::check::decls::FigureRange;
 use crate::check::eval::Env;
 use crate::check::value::Value;
 use crate::diagnostic::{Code, Diagnostic};
-use crate::program::{Demand, DemandKind, Ownership, Site, Workload};
+use crate::program::{Arrivals, Demand, DemandKind, Ownership, Site, Workload};
 use crate::span::Span;
 use crate::units::{Dim, Quantity};
 
@@ -389,6 +389,30 @@ impl Checker {
                 } else {
                     "`requests_per_s` is for `serve` workloads; write `tokens_per_s` or `samples_per_s`"
                 }),
+            );
+            return None;
+        }
+        // A request rate is simulated from drawn arrivals: a closed loop
+        // has no rate of its own, and a trace is read by `gantry plan`.
+        if let Some(sv) = w.serve.as_deref()
+            && matches!(
+                sv.arrivals,
+                Arrivals::Closed { .. } | Arrivals::Trace { .. }
+            )
+        {
+            let s = got[*amount].1;
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L082,
+                    format!(
+                        "`{}` has {} arrivals: a `requests_per_s` demand is simulated from `poisson` or `gamma` arrivals",
+                        w.name,
+                        if matches!(sv.arrivals, Arrivals::Closed { .. }) { "closed-loop" } else { "trace" }
+                    ),
+                    s,
+                )
+                .with_label(s, "sized by the serving planner at this rate")
+                .with_help("give the workload `arrivals = poisson(rate = ..)` or `gamma(rate = .., cv = ..)`, or size it with `gantry plan`"),
             );
             return None;
         }
