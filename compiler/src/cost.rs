@@ -1254,9 +1254,10 @@ impl Evaluator<'_> {
             } else {
                 // The layer being computed and the one prefetched,
                 // gathered, and the layer's unsharded gradient before its
-                // reduce-scatter.
-                let layer = body.params * beta;
-                working += layer * if ir.kernels.overlap.fsdp { 3.0 } else { 2.0 };
+                // reduce-scatter, in FSDP's reduction type (fp32, as the
+                // stage's gradients above).
+                let gathered = if ir.kernels.overlap.fsdp { 2.0 } else { 1.0 };
+                working += body.params * (gathered * beta + beta.max(4.0));
             }
         }
         // Pipeline receive buffers: torch.distributed.pipelining allocates,
