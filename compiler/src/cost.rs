@@ -1260,14 +1260,17 @@ impl Evaluator<'_> {
                 working += body.params * (gathered * beta + beta.max(4.0));
             }
         }
-        // Pipeline receive buffers: torch.distributed.pipelining allocates,
-        // when its schedule starts, a buffer for every microbatch each of
-        // a rank's chunks receives, and keeps them for the step: the
-        // activations of each chunk after the first stage and the
-        // gradients of each chunk before the last, `(2 v - 1) m` buffers
-        // of one stage-boundary tensor on the first rank (as many on the
-        // last, whose chunks receive the mirror).
-        if pp > 1 {
+        // Pipeline receive buffers of a PyTorch-native pipeline (`fusion =
+        // compiled` or `eager`: torch.distributed.pipelining, as torchtitan
+        // runs it): the stage allocates, when its schedule starts, a buffer
+        // for every microbatch each of a rank's chunks receives, and keeps
+        // them for the step: the activations of each chunk after the first
+        // stage and the gradients of each chunk before the last, `(2 v - 1)
+        // m` buffers of one stage-boundary tensor on the first rank (as
+        // many on the last, whose chunks receive the mirror). Megatron-LM
+        // (`fusion = kernels`) receives into the in-flight microbatches'
+        // tensors, which the activations already count.
+        if pp > 1 && (ir.kernels.compiled || ir.kernels.eager) {
             working += (2.0 * v - 1.0) * m * p2p_bytes;
         }
         // The loss upcasts the logits to fp32 and keeps its log-softmax
