@@ -1061,7 +1061,10 @@ fn plan_picks_next_to_the_published_configuration() {
     let picks = gantry_compiler::validate::picks(&c.program);
     assert_eq!(picks.len(), 1);
     let p = picks[0].as_ref().expect("pick");
-    let why = p.why.as_deref().expect("f01's pick differs from its published point");
+    let why = p
+        .why
+        .as_deref()
+        .expect("f01's pick differs from its published point");
     // The kinds name what the sentence turns on.
     assert!(!p.kinds.is_empty());
     for k in &p.kinds {

@@ -152,9 +152,8 @@ pub fn pick(plan: &Plan, published: crate::cost::Estimate) -> Result<Pick, PinEr
         (None, Vec::new())
     } else {
         let mut why = crate::explain::versus_named(&pick, &published, metric, who);
-        let mut kinds = vec![
-            crate::explain::worst_part(&pick, &published).unwrap_or("objective only"),
-        ];
+        let mut kinds =
+            vec![crate::explain::worst_part(&pick, &published).unwrap_or("objective only")];
         if let Some(m) = crate::explain::memory_margin(&pick, &published, who) {
             why.push_str("; ");
             why.push_str(&m);

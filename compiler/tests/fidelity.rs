@@ -404,7 +404,11 @@ fn sequence_parallel_backward_holds_a_gathered_input_and_its_gradient_whole() {
     // reduce-scatter, tokens x d_model each, less their 1 / t share:
     // working(t) = B / t + W (1 - 1 / t), W = 2 x 2 bytes x tokens x d.
     let fix = |t: u32| {
-        format!("tp={t},dp={},sequence_parallel={},recompute=full", 8 / t, t > 1)
+        format!(
+            "tp={t},dp={},sequence_parallel={},recompute=full",
+            8 / t,
+            t > 1
+        )
     };
     let seq = 2048;
     let w = |t: u32| eval("", seq, &fix(t)).1.memory.working;
