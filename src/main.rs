@@ -692,6 +692,12 @@ fn search_cmd(
     // the pick with its pins released, next to it ([`validate::pick`],
     // the path `gantry validate --picks` takes). The published point is
     // the plan's own prediction: this search's best unless `--pin` moved it.
+    if picks && !gantry_compiler::validate::records_published(&p) {
+        eprintln!(
+            "note: --picks: plan `{}` records no published training configuration (no `expect` on a training workload)",
+            p.name
+        );
+    }
     let pick = (picks && gantry_compiler::validate::records_published(&p))
         .then(|| {
             let published = if pins.is_empty() {
