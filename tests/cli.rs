@@ -1100,5 +1100,8 @@ fn plan_picks_next_to_the_published_configuration() {
     let (code, other, err) = gantry(&["plan", "examples/llm_train.gantry", "--picks"]);
     assert_eq!(code, 0, "{err}");
     assert!(!other.contains("Published configuration"), "{other}");
-    assert!(err.contains("records no published training configuration"), "{err}");
+    assert!(
+        err.contains("records no published training configuration"),
+        "{err}"
+    );
 }
