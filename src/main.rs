@@ -113,6 +113,12 @@ enum Command {
         format: ReportFormat,
         #[arg(long = "lib")]
         lib: Vec<PathBuf>,
+        /// On a plan that records a published training configuration (a
+        /// reference plan: `fix` pins and `expect` figures), also search
+        /// with every pin released and say why that pick differs from the
+        /// published configuration (as `gantry validate --picks`).
+        #[arg(long, conflicts_with = "fix")]
+        picks: bool,
         /// For a `serve` workload: also simulate the chosen deployment at
         /// these rates (requests per second, e.g. `1,2,4,8,16`): the
         /// latency-versus-rate curve.
@@ -230,6 +236,7 @@ fn main() -> ExitCode {
             format,
             lib,
             sweep_rate,
+            picks,
         } => match serve_plan(
             &file,
             plan.as_deref(),
@@ -252,6 +259,7 @@ fn main() -> ExitCode {
                     plan.as_deref(),
                     pin.as_deref(),
                     top,
+                    picks,
                     export.map(|k| (k, output.as_deref())),
                     format,
                     &lib,
@@ -579,6 +587,7 @@ fn picks_cmd(dir: &std::path::Path) -> ExitCode {
     }
     let mut failed = false;
     let (mut same, mut total) = (0, 0);
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     for f in &files {
         let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
         if checked.has_errors() {
@@ -590,25 +599,14 @@ fn picks_cmd(dir: &std::path::Path) -> ExitCode {
             match r {
                 Ok(p) => {
                     total += 1;
-                    let metric = |e: &gantry_compiler::cost::Estimate| {
-                        e.metric("throughput").unwrap_or(f64::NAN)
-                    };
-                    outln!("{}", p.plan);
-                    outln!("  published  {}", p.published.point);
-                    match &p.why {
-                        None => {
-                            same += 1;
-                            outln!("  pick       the published configuration");
-                        }
-                        Some(why) => {
-                            outln!(
-                                "  pick       {}  ({:+.1}% throughput)",
-                                p.pick.point,
-                                100.0 * (metric(&p.pick) / metric(&p.published) - 1.0)
-                            );
-                            outln!("  why        {why}");
-                        }
+                    if p.why.is_none() {
+                        same += 1;
                     }
+                    for k in &p.kinds {
+                        *kinds.entry(*k).or_insert(0usize) += 1;
+                    }
+                    outln!("{}", p.plan);
+                    out!("{}", gantry_compiler::report::pick_lines(&p, false));
                 }
                 Err((plan, e)) => {
                     outln!("{plan}: error[{}]: {}", e.code, e.message);
@@ -618,6 +616,11 @@ fn picks_cmd(dir: &std::path::Path) -> ExitCode {
         }
     }
     outln!();
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (k, n) in kinds {
+        outln!("why: {k} in {n} of {total}");
+    }
     outln!("{same} of {total} training plans: the planner picks the published configuration");
     if failed {
         ExitCode::from(1)
@@ -660,11 +663,13 @@ fn load_plan(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn search_cmd(
     file: &str,
     plan: Option<&str>,
     pin: Option<&str>,
     top: usize,
+    picks: bool,
     export: Option<(ExportKind, Option<&std::path::Path>)>,
     format: ReportFormat,
     lib: &[PathBuf],
@@ -689,6 +694,34 @@ fn search_cmd(
     let metric = &p.objective.1;
     let mut report = String::new();
     let best = &s.best.estimate;
+    // A plan that records a published configuration (a reference plan):
+    // the pick with its pins released, next to it ([`validate::pick`],
+    // the path `gantry validate --picks` takes). The published point is
+    // the plan's own prediction: this search's best unless `--pin` moved it.
+    if picks && !gantry_compiler::validate::records_published(&p) {
+        eprintln!(
+            "note: --picks: plan `{}` records no published training configuration (no `expect` on a training workload)",
+            p.name
+        );
+    }
+    let pick = (picks && gantry_compiler::validate::records_published(&p))
+        .then(|| {
+            let published = if pins.is_empty() {
+                Ok(best.clone())
+            } else {
+                gantry_compiler::validate::predict(&p).map(|e| e.estimate)
+            };
+            published.and_then(|e| gantry_compiler::validate::pick(&p, e))
+        })
+        .and_then(|r| {
+            r.map_err(|e| {
+                eprintln!(
+                    "warning: no pick with the pins released: error[{}]: {}",
+                    e.code, e.message
+                )
+            })
+            .ok()
+        });
     match format {
         ReportFormat::Json => {
             let mut j = report::json(&s.best);
@@ -711,6 +744,9 @@ fn search_cmd(
             });
             j["placement"] = placement::json(best, &p.system, &s.best.hardware.topo);
             j["explanation"] = serde_json::json!(s.explanation);
+            if let Some(pk) = &pick {
+                j["published"] = report::pick_json(pk);
+            }
             j["layer_plans"] = serde_json::Value::Array(
                 s.layer_plans
                     .iter()
@@ -797,6 +833,13 @@ fn search_cmd(
             pushln!(report, "\nWhy");
             for line in &s.explanation {
                 pushln!(report, "  {line}");
+            }
+            if let Some(pk) = &pick {
+                push!(
+                    report,
+                    "{}",
+                    report::pick_text(pk, format == ReportFormat::Markdown)
+                );
             }
         }
     }

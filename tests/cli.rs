@@ -1047,3 +1047,61 @@ fn plan_json_figures_the_run_does_not_take_are_noted() {
         "{err}"
     );
 }
+
+/// `gantry plan --picks` on a reference plan prints the pick with every pin
+/// released next to the published configuration, in text, markdown and
+/// JSON, with the words `gantry validate --picks` computes for that plan
+/// (`validate::pick` is the one path); without `--picks` the section is
+/// absent, and a plan that records no published run has none.
+#[test]
+fn plan_picks_next_to_the_published_configuration() {
+    let file = "examples/reference/f01_llama31_8b_8gpu.gantry";
+    let c = gantry::check_files(&[file.to_string()], &[]);
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let picks = gantry_compiler::validate::picks(&c.program);
+    assert_eq!(picks.len(), 1);
+    let p = picks[0].as_ref().expect("pick");
+    let why = p
+        .why
+        .as_deref()
+        .expect("f01's pick differs from its published point");
+    // The kinds name what the sentence turns on.
+    assert!(!p.kinds.is_empty());
+    for k in &p.kinds {
+        let said = if *k == gantry_compiler::explain::MEMORY_MARGIN {
+            "HBM"
+        } else {
+            k
+        };
+        assert!(why.contains(said), "{k} not in: {why}");
+    }
+    let (code, text, err) = gantry(&["plan", file, "--picks"]);
+    assert_eq!(code, 0, "{err}");
+    let section = text
+        .split("\nPublished configuration\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section in\n{text}"));
+    assert!(section.contains(&format!("published  {}", p.published.point)));
+    assert!(section.contains(&format!("pick       {}", p.pick.point)));
+    assert!(section.contains(&format!("why        {why}")), "{section}");
+    let (code, md, _) = gantry(&["plan", file, "--picks", "--format", "markdown"]);
+    assert_eq!(code, 0);
+    assert!(md.contains("### Published configuration"), "{md}");
+    assert!(md.contains(&format!("- why        {why}")), "{md}");
+    let (code, js, _) = gantry(&["plan", file, "--picks", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&js).expect("JSON");
+    assert_eq!(v["published"]["why"], why);
+    assert_eq!(v["published"]["pick"]["point"], p.pick.point.to_string());
+    assert!(v["published"]["gain_pct"].as_f64().expect("gain") > 0.0);
+    // Gated: without the flag, and on a plan with no published run.
+    let (_, plain, _) = gantry(&["plan", file]);
+    assert!(!plain.contains("Published configuration"), "{plain}");
+    let (code, other, err) = gantry(&["plan", "examples/llm_train.gantry", "--picks"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!other.contains("Published configuration"), "{other}");
+    assert!(
+        err.contains("records no published training configuration"),
+        "{err}"
+    );
+}

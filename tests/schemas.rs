@@ -373,6 +373,20 @@ fn every_json_output_matches_its_schema() {
             plan.check(&format!("plan {calibrated} --plan {name} {fix:?}"), &v);
         }
     }
+    // With `--picks`, a reference plan carries the `published` object:
+    // one whose free pick differs (with a memory margin), one whose pick
+    // is the published configuration. Two cheap 8-GPU plans: the released
+    // search costs seconds per plan in a debug build.
+    for (file, same) in [
+        ("examples/reference/f01_llama31_8b_8gpu.gantry", false),
+        ("examples/reference/f14_llama31_8b_8gpu.gantry", true),
+    ] {
+        let (code, out, err) = gantry(&["plan", file, "--format", "json", "--picks"]);
+        assert_eq!(code, 0, "{file} --picks: {err}");
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(v["published"]["same"], json!(same), "{file}: {out}");
+        plan.check(&format!("plan {file} --picks --format json"), &v);
+    }
     let mut study = Schema::load("gantry.study.v1");
     let mut studies = 0;
     let mut fleet_serve_plans = 0;

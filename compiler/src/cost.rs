@@ -304,6 +304,14 @@ struct SegCost {
     /// Largest output of one repetition per microbatch, bytes per element
     /// excluded (elements on this rank): the logits, in a head.
     widest_out: f64,
+    /// Bytes per microbatch that the backward of a tensor-parallel op
+    /// holds whole on each rank although the layer's saved bytes count
+    /// them split over `tp`: the largest tensor the sharded program
+    /// all-gathers in backward (sequence parallelism's re-gathered input
+    /// of a column-parallel linear, which its weight gradient reads) plus
+    /// the largest it reduce-scatters in backward (that input's gradient,
+    /// whole until scattered), each less its `1 / tp` share.
+    tp_whole: f64,
     flops: f64,
     recompute_flops: f64,
 }
@@ -478,6 +486,7 @@ impl Evaluator<'_> {
         // here).
         let mut sac = 0.0;
         let mut linears = 0usize;
+        let (mut gathered, mut scattered) = (0.0f64, 0.0f64);
         let whole = self.ir.layers_recomputed(p.recompute);
         // Sequence parallelism cuts a microbatch's token rows into tp
         // blocks; rows that do not divide stay whole (the runtime's
@@ -541,6 +550,15 @@ impl Evaluator<'_> {
                         Pass::Backward => {
                             sc.tp_bwd += time;
                             sc.tp_bytes_bwd += sent;
+                            // One op's backward at a time: the largest
+                            // gathered input and the largest gradient
+                            // before its scatter, whole on the rank.
+                            let whole = comm.elems * b * beta / c * (1.0 - 1.0 / t);
+                            match comm.kind {
+                                Kind::AllGather => gathered = gathered.max(whole),
+                                Kind::ReduceScatter => scattered = scattered.max(whole),
+                                Kind::AllReduce => {}
+                            }
                         }
                     }
                 }
@@ -603,6 +621,7 @@ impl Evaluator<'_> {
             saved_shard += (o.saved_shard - to_rep) * o.mult;
             saved_probs += o.saved_probs * o.mult;
         }
+        sc.tp_whole = gathered + scattered;
         // Activation memory per microbatch for this segment.
         let shard_div = t * c;
         let rep_div = if p.sequence_parallel { t * c } else { c };
@@ -1231,7 +1250,7 @@ impl Evaluator<'_> {
         // Working buffers. A layer's backward holds the gradients of its
         // activations (as many bytes as it saves without recomputation),
         // and what recomputation rebuilds of it (all it did not keep).
-        let mut working = body.saved_all + (body.saved_all - body.saved).max(0.0);
+        let mut working = body.saved_all + (body.saved_all - body.saved).max(0.0) + body.tp_whole;
         if p.zero >= 3 && dp_group > 1 {
             if ir.kernels.overlap.fsdp && pp > 1 {
                 // The stage's weights stay gathered and its gradients
@@ -1241,10 +1260,24 @@ impl Evaluator<'_> {
             } else {
                 // The layer being computed and the one prefetched,
                 // gathered, and the layer's unsharded gradient before its
-                // reduce-scatter.
-                let layer = body.params * beta;
-                working += layer * if ir.kernels.overlap.fsdp { 3.0 } else { 2.0 };
+                // reduce-scatter, in FSDP's reduction type (fp32, as the
+                // stage's gradients above).
+                let gathered = if ir.kernels.overlap.fsdp { 2.0 } else { 1.0 };
+                working += body.params * (gathered * beta + beta.max(4.0));
             }
+        }
+        // Pipeline receive buffers of a PyTorch-native pipeline (`fusion =
+        // compiled` or `eager`: torch.distributed.pipelining, as torchtitan
+        // runs it): the stage allocates, when its schedule starts, a buffer
+        // for every microbatch each of a rank's chunks receives, and keeps
+        // them for the step: the activations of each chunk after the first
+        // stage and the gradients of each chunk before the last, `(2 v - 1)
+        // m` buffers of one stage-boundary tensor on the first rank (as
+        // many on the last, whose chunks receive the mirror). Megatron-LM
+        // (`fusion = kernels`) receives into the in-flight microbatches'
+        // tensors, which the activations already count.
+        if pp > 1 && (ir.kernels.compiled || ir.kernels.eager) {
+            working += (2.0 * v - 1.0) * m * p2p_bytes;
         }
         // The loss upcasts the logits to fp32 and keeps its log-softmax
         // (fp32); at the start of backward that output, the gradient it
@@ -1580,6 +1613,7 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         saved: a.saved + s.saved * k,
         saved_all: a.saved_all + s.saved_all * k,
         widest_out: a.widest_out.max(s.widest_out),
+        tp_whole: a.tp_whole.max(s.tp_whole),
         flops: a.flops + s.flops * k,
         recompute_flops: a.recompute_flops + s.recompute_flops * k,
     }

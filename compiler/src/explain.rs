@@ -114,25 +114,37 @@ pub fn versus_named(a: &Estimate, b: &Estimate, metric: &str, who: &str) -> Stri
     } else {
         0.0
     };
+    let knobs = diff_knobs(a, b);
+    match worst(a, b) {
+        Some((part, extra)) => format!(
+            "{who} ({knobs}) is {gap:.1}% worse on {metric}: its {part} takes {} longer per step",
+            s(extra)
+        ),
+        None => format!("{who} ({knobs}) is {gap:.1}% worse on {metric}"),
+    }
+}
+
+/// The kind [`memory_margin`] adds to an explanation, as tallies name it.
+pub const MEMORY_MARGIN: &str = "memory margin";
+
+/// The part of a step ([`parts`]) in which `b` spends the most time more
+/// than `a`, with that extra time; `None` if `b` spends no more in any.
+fn worst(a: &Estimate, b: &Estimate) -> Option<(&'static str, f64)> {
     let pa = parts(a);
-    let pb = parts(b);
-    let mut worst = ("", 0.0f64);
-    for (n, tb) in &pb {
-        let ta = pa.iter().find(|(x, _)| x == n).map_or(0.0, |x| x.1);
-        if tb - ta > worst.1 {
-            worst = (n, tb - ta);
+    let mut out: Option<(&'static str, f64)> = None;
+    for (n, tb) in parts(b) {
+        let ta = pa.iter().find(|(x, _)| *x == n).map_or(0.0, |x| x.1);
+        if tb - ta > out.map_or(0.0, |o| o.1) {
+            out = Some((n, tb - ta));
         }
     }
-    let knobs = diff_knobs(a, b);
-    if worst.1 > 0.0 {
-        format!(
-            "{who} ({knobs}) is {gap:.1}% worse on {metric}: its {} takes {} longer per step",
-            worst.0,
-            s(worst.1)
-        )
-    } else {
-        format!("{who} ({knobs}) is {gap:.1}% worse on {metric}")
-    }
+    out
+}
+
+/// The name of the step part [`versus_named`] blames on `b` (what its
+/// explanation turns on), `None` when `b` is slower in no part.
+pub fn worst_part(a: &Estimate, b: &Estimate) -> Option<&'static str> {
+    worst(a, b).map(|w| w.0)
 }
 
 fn diff_knobs(a: &Estimate, b: &Estimate) -> String {

@@ -498,3 +498,59 @@ pub fn study_text(st: &gantry_lang::program::Study, rows: &[crate::study::Row]) 
     }
     s
 }
+
+/// The section of `gantry plan` (text or markdown) on a plan that records
+/// a published configuration: [`pick_lines`] under a heading.
+pub fn pick_text(p: &crate::validate::Pick, markdown: bool) -> String {
+    let head = if markdown {
+        "\n### Published configuration\n\n"
+    } else {
+        "\nPublished configuration\n"
+    };
+    format!("{head}{}", pick_lines(p, markdown))
+}
+
+/// The planner's pick with the plan's pins released next to the published
+/// configuration the plan records ([`crate::validate::pick`]): the body of
+/// [`pick_text`] and the lines `gantry validate --picks` prints per plan,
+/// so both say the same words.
+pub fn pick_lines(p: &crate::validate::Pick, markdown: bool) -> String {
+    let mut s = String::new();
+    let (pre, code) = if markdown { ("- ", "`") } else { ("  ", "") };
+    s.push_str(&format!(
+        "{pre}published  {code}{}{code}\n",
+        p.published.point
+    ));
+    match &p.why {
+        None => s.push_str(&format!(
+            "{pre}pick       the published configuration (every pin released)\n"
+        )),
+        Some(why) => {
+            s.push_str(&format!(
+                "{pre}pick       {code}{}{code}  ({:+.1}% {}, every pin released)\n",
+                p.pick.point,
+                p.gain_pct(),
+                p.metric
+            ));
+            s.push_str(&format!("{pre}why        {why}\n"));
+        }
+    }
+    s
+}
+
+/// [`pick_text`] as the `published` object of `gantry plan --format json`.
+pub fn pick_json(p: &crate::validate::Pick) -> Value {
+    json!({
+        "point": p.published.point.to_string(),
+        "objective_value": p.published.metric(&p.metric),
+        "pick": {
+            "point": p.pick.point.to_string(),
+            "objective_value": p.pick.metric(&p.metric),
+            "memory_per_device_bytes": p.pick.memory.total(),
+        },
+        "same": p.why.is_none(),
+        "gain_pct": if p.why.is_none() { 0.0 } else { p.gain_pct() },
+        "why": p.why,
+        "kinds": p.kinds,
+    })
+}

@@ -101,60 +101,90 @@ pub struct Pick {
     /// ([`crate::explain::versus`]); `None` when the pick is the published
     /// configuration.
     pub why: Option<String>,
+    /// What the explanation turns on, for tallies: the step part the
+    /// published point spends most extra time in
+    /// ([`crate::explain::worst_part`]), then
+    /// [`crate::explain::MEMORY_MARGIN`] when the pick needs more HBM.
+    /// Empty when the pick is the published configuration.
+    pub kinds: Vec<&'static str>,
+    /// The objective both points are ranked by.
+    pub metric: String,
 }
 
-/// For every training plan of `program` with an `expect`: what the
-/// planner picks when nothing is pinned, against the published point.
-pub fn picks(program: &Program) -> Vec<Result<Pick, (String, PinError)>> {
-    let mut out = Vec::new();
-    for plan in program.plans.values() {
-        if plan.expect.is_empty()
-            || plan.workload.serve.is_some()
-            || !matches!(plan.workload.phase, Phase::Train { .. })
-        {
-            continue;
-        }
-        let published = match predict(plan) {
-            Ok(ev) => ev.estimate,
-            Err(e) => {
-                out.push(Err((plan.name.clone(), e)));
-                continue;
-            }
-        };
-        let mut free = plan.clone();
-        free.fixed.clear();
-        free.search.clear();
-        // Context parallelism is searched only when a plan asks for it;
-        // a free pick may use it (powers of two up to 16).
-        free.search.insert(
-            "cp".into(),
-            gantry_lang::program::Domain::Ints(vec![1, 2, 4, 8, 16]),
-        );
-        let pick = match search(&free, &BTreeMap::new(), 1) {
-            Ok(s) => s.best.estimate,
-            Err(e) => {
-                out.push(Err((plan.name.clone(), e)));
-                continue;
-            }
-        };
-        let metric = &free.objective.1;
-        let who = "the published configuration";
-        let why = (pick.point != published.point).then(|| {
-            let mut why = crate::explain::versus_named(&pick, &published, metric, who);
-            if let Some(m) = crate::explain::memory_margin(&pick, &published, who) {
-                why.push_str("; ");
-                why.push_str(&m);
-            }
-            why
-        });
-        out.push(Ok(Pick {
-            plan: plan.name.clone(),
-            published,
-            pick,
-            why,
-        }));
+impl Pick {
+    /// The pick's objective relative to the published point's, in percent
+    /// (positive: the pick is better on a metric to maximise).
+    pub fn gain_pct(&self) -> f64 {
+        let m = |e: &crate::cost::Estimate| e.metric(&self.metric).unwrap_or(f64::NAN);
+        100.0 * (m(&self.pick) / m(&self.published) - 1.0)
     }
-    out
+}
+
+/// Whether `plan` records a published training configuration: a training
+/// workload (not `serve`) with at least one `expect` figure, the plan's
+/// `fix` pins being the published run's knobs. `gantry plan` and
+/// `gantry validate --picks` show the released pick of exactly these.
+pub fn records_published(plan: &Plan) -> bool {
+    !plan.expect.is_empty()
+        && plan.workload.serve.is_none()
+        && matches!(plan.workload.phase, Phase::Train { .. })
+}
+
+/// The planner's free choice for `plan` next to `published`, the plan's
+/// own prediction ([`predict`], which `gantry plan` has already searched):
+/// the same workload, system and objective with every `fix` pin and
+/// `search` domain released. This is the one path `gantry plan` and
+/// `gantry validate --picks` take.
+pub fn pick(plan: &Plan, published: crate::cost::Estimate) -> Result<Pick, PinError> {
+    let mut free = plan.clone();
+    free.fixed.clear();
+    free.search.clear();
+    // Context parallelism is searched only when a plan asks for it;
+    // a free pick may use it (powers of two up to 16).
+    free.search.insert(
+        "cp".into(),
+        gantry_lang::program::Domain::Ints(vec![1, 2, 4, 8, 16]),
+    );
+    let pick = search(&free, &BTreeMap::new(), 1)?.best.estimate;
+    let metric = &free.objective.1;
+    let who = "the published configuration";
+    let (why, kinds) = if pick.point == published.point {
+        (None, Vec::new())
+    } else {
+        let mut why = crate::explain::versus_named(&pick, &published, metric, who);
+        let mut kinds =
+            vec![crate::explain::worst_part(&pick, &published).unwrap_or("objective only")];
+        if let Some(m) = crate::explain::memory_margin(&pick, &published, who) {
+            why.push_str("; ");
+            why.push_str(&m);
+            kinds.push(crate::explain::MEMORY_MARGIN);
+        }
+        (Some(why), kinds)
+    };
+    Ok(Pick {
+        plan: plan.name.clone(),
+        metric: metric.clone(),
+        published,
+        pick,
+        why,
+        kinds,
+    })
+}
+
+/// For every training plan of `program` with an `expect`
+/// ([`records_published`]): what the planner picks when nothing is
+/// pinned ([`pick`]), against the published point.
+pub fn picks(program: &Program) -> Vec<Result<Pick, (String, PinError)>> {
+    program
+        .plans
+        .values()
+        .filter(|p| records_published(p))
+        .map(|plan| {
+            predict(plan)
+                .and_then(|ev| pick(plan, ev.estimate))
+                .map_err(|e| (plan.name.clone(), e))
+        })
+        .collect()
 }
 
 /// Median of absolute errors (percent).

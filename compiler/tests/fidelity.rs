@@ -394,3 +394,56 @@ fn the_memory_margin_is_said_when_the_pick_needs_more_hbm() {
         None
     );
 }
+
+#[test]
+fn sequence_parallel_backward_holds_a_gathered_input_and_its_gradient_whole() {
+    // Under sequence parallelism every saved byte (and the loss's logits)
+    // is split over tp, so a layer's working buffers are B / t, plus what
+    // the backward of a column-parallel linear holds whole: its re-gathered
+    // input (for the weight gradient) and that input's gradient before its
+    // reduce-scatter, tokens x d_model each, less their 1 / t share:
+    // working(t) = B / t + W (1 - 1 / t), W = 2 x 2 bytes x tokens x d.
+    let fix = |t: u32| {
+        format!(
+            "tp={t},dp={},sequence_parallel={},recompute=full",
+            8 / t,
+            t > 1
+        )
+    };
+    let seq = 2048;
+    let w = |t: u32| eval("", seq, &fix(t)).1.memory.working;
+    let (w1, w2, w4) = (w(1), w(2), w(4));
+    let expected = 2.0 * 2.0 * seq as f64 * 2048.0;
+    for (t, wt) in [(2.0, w2), (4.0, w4)] {
+        let got = (t * wt - w1) / (t - 1.0);
+        assert!(
+            (got - expected).abs() / expected < 1e-9,
+            "tp={t}: {got} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn pipeline_receive_buffers_are_held_for_every_microbatch() {
+    // torchtitan's 405B runs F09 (1F1B) and F10 (interleaved, 2 chunks per
+    // rank) differ only in the chunks: the first rank receives the
+    // gradient of each of its 2 chunks and the activations of its second
+    // for all 8 microbatches, 3 x 8 buffers against 1 x 8, of one
+    // stage-boundary tensor each (4 x 8192 tokens x 16384 x 2 bytes / tp 8).
+    let load = |file: &str| {
+        let c = gantry_lang::check::check(&[file.to_string()], &common::Workspace);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let p = c.program.plans.values().next().cloned().expect("plan");
+        evaluate(&p, &BTreeMap::new()).expect("evaluates").estimate
+    };
+    let a = load("examples/reference/f09_llama31_405b_512gpu.gantry");
+    let b = load("examples/reference/f10_llama31_405b_512gpu.gantry");
+    assert_eq!(a.memory.activations, b.memory.activations);
+    let boundary = 4.0 * 8192.0 * 16384.0 * 2.0 / 8.0;
+    let expected = (3.0 - 1.0) * 8.0 * boundary;
+    let got = b.memory.working - a.memory.working;
+    assert!(
+        (got - expected).abs() / expected < 1e-9,
+        "{got} vs {expected}"
+    );
+}
