@@ -20,8 +20,8 @@ pub struct Section {
     pub plots: Vec<(String, String)>,
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}\
-table{border-collapse:collapse;margin:1em 0;font-size:0.85em}\
+const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1560px;padding:0 1em;color:#222}\
+table{border-collapse:collapse;margin:1em 0;font-size:0.8em;display:block;overflow-x:auto}\
 th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:left}\
 th{background:#f4f4f4}figure{margin:1.5em 0}figcaption{font-size:0.9em;color:#555}\
 svg{max-width:100%;height:auto}";

@@ -48,7 +48,7 @@ rm -f "$png"
 timeout 120 "$browser" --headless --no-sandbox --disable-gpu \
     --disable-background-networking --disable-component-update \
     --disable-sync --no-first-run --hide-scrollbars \
-    --user-data-dir="$profile" --window-size=1280,2000 \
+    --user-data-dir="$profile" --window-size=1600,2400 \
     --screenshot="$PWD/$png" "file://$PWD/$out/report/report.html" \
     >/dev/null 2>&1 || true
 if [[ ! -s $png ]] || [[ $(head -c 8 "$png" | od -An -tx1 | tr -d ' \n') != 89504e470d0a1a0a ]]; then
