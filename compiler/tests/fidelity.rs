@@ -447,3 +447,79 @@ fn pipeline_receive_buffers_are_held_for_every_microbatch() {
         "{got} vs {expected}"
     );
 }
+
+/// The model's saved bytes per token and layer at the Llama 3.1 8B widths
+/// (d 4096, 32 heads, 8 KV heads, d_ff 14336), in units of d bytes: what
+/// four layers save over two, halved, on one device with one microbatch
+/// of 2 x 8192 tokens (the measurement's step).
+fn saved_per_layer_8b(recompute: &str) -> f64 {
+    let at = |layers: u32| {
+        let src = format!(
+            r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {{
+  model Llama(layers = {layers}, d_model = 4096, heads = 32, kv_heads = 8, d_ff = 14336, vocab = 128256)
+  train {{ seq = 8192, global_batch = 16, dtype = bf16, optimizer = adamw, fusion = compiled }}
+}}
+plan p on GrandTetonRoCE96(nodes = 1) for w {{
+  fix tp = 1, pp = 1, dp = 8, zero = 1, recompute = {recompute}, microbatch = 2
+}}
+"#
+        );
+        let c = check(&["test.gantry".to_string()], &WithSource(src));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let p = c.program.plans.get("p").cloned().expect("plan");
+        evaluate(&p, &BTreeMap::new())
+            .expect("evaluates")
+            .estimate
+            .memory
+            .activations
+    };
+    (at(4) - at(2)) / 2.0 / (2.0 * 8192.0) / 4096.0
+}
+
+#[test]
+fn the_gpu_measurement_agrees_with_the_saved_sets_and_the_loss() {
+    // tests/clients/measure_allocator_gpu.txt: a torchtitan-style Llama 3
+    // trained on an H200 (torch's own allocator counts, not a model); its
+    // per-layer lines read "per layer X GiB (  Y d)" and "(Z B per logit)".
+    let txt = include_str!("../../tests/clients/measure_allocator_gpu.txt");
+    let figure = |line: &str, after: &str, unit: &str| -> f64 {
+        let rest = &line[line.find(after).expect("field") + after.len()..];
+        let end = rest.find(unit).expect("unit");
+        rest[..end].trim().parse().expect("number")
+    };
+    let mut seen = 0;
+    for line in txt
+        .lines()
+        .filter(|l| l.contains("per layer ") && l.contains(" d)"))
+    {
+        let measured = figure(line, "GiB (", " d)");
+        let recompute = if line.contains("selective") {
+            "selective"
+        } else {
+            "full"
+        };
+        if line.contains("seq 8192") {
+            let model = saved_per_layer_8b(recompute);
+            assert!(
+                (model - measured).abs() / measured < 0.005,
+                "{recompute}: model {model:.3} d vs measured {measured} d"
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "{seen} measured lines");
+    // The loss: 12 bytes per logit in the model, 12.26 measured (the
+    // step's fixed part, which also holds the embedding's and the final
+    // norm's few bytes per token).
+    for line in txt.lines().filter(|l| l.contains(" B per logit)")) {
+        let rest = &line[line.find("fixed").expect("fixed")..];
+        let measured = figure(rest, "GiB (", " B per logit)");
+        let model = gantry_compiler::cost::LOSS_BYTES_PER_LOGIT;
+        assert!(
+            (model - measured).abs() / measured < 0.03,
+            "loss: model {model} vs measured {measured} bytes per logit"
+        );
+    }
+}
