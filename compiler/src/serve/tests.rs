@@ -555,13 +555,10 @@ fn a_burst_is_every_request_at_zero() {
     let reqs = requests(&s, None, &[]);
     assert_eq!(reqs.len(), 400);
     assert!(reqs.iter().all(|r| r.arrival == 0.0));
-    // The lengths are the open loop's (same seed, same draws).
-    let open = requests(&serve(1.0, 400, 3), None, &[]);
-    assert!(
-        reqs.iter()
-            .zip(&open)
-            .all(|(a, b)| (a.prompt, a.generate) == (b.prompt, b.generate))
-    );
+    // The requests are those of a closed loop (same seed, same draws).
+    let mut c = serve(1.0, 400, 3);
+    c.arrivals = Arrivals::Closed { concurrency: 400 };
+    assert_eq!(reqs, requests(&c, None, &[]));
     let d = colocated(small(), 1, 512, 32);
     let o = super::outcome(&d, &reqs, &s, 100);
     let c = super::sim::simulate_closed(&d, &reqs, 400);
