@@ -635,6 +635,23 @@ pub enum Arrivals {
     /// concurrency): each sends its next request the moment its previous
     /// one completes, so the rate is what the deployment serves.
     Closed { concurrency: u64 },
+    /// Every request at time 0 (vLLM `benchmark_serving.py --request-rate
+    /// inf`): a batch of `requests`, served as a closed loop with as many
+    /// clients as requests.
+    Burst,
+}
+
+impl Arrivals {
+    /// The clients of a closed loop: `concurrency` for `closed(...)`, all
+    /// `requests` for a burst (each arrives at 0 and nothing follows),
+    /// `None` for open-loop arrivals.
+    pub fn clients(&self, requests: u64) -> Option<u64> {
+        match self {
+            Arrivals::Closed { concurrency } => Some(*concurrency),
+            Arrivals::Burst => Some(requests),
+            _ => None,
+        }
+    }
 }
 
 /// A distribution of token counts per request.
@@ -1260,6 +1277,7 @@ fn serve_summary(sv: &Serve) -> String {
         ),
         Arrivals::Trace { path } => format!("trace({path:?})"),
         Arrivals::Closed { concurrency } => format!("closed(concurrency={concurrency})"),
+        Arrivals::Burst => "burst()".to_string(),
     };
     let k = &sv.scheduler;
     format!(

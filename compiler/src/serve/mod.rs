@@ -56,11 +56,11 @@ pub fn outcome(
     serve: &gantry_lang::program::Serve,
     max_backlog: u64,
 ) -> Outcome {
-    match serve.arrivals {
-        gantry_lang::program::Arrivals::Closed { concurrency } => {
-            simulate_closed(d, reqs, concurrency)
-        }
-        _ => simulate(d, reqs, max_backlog),
+    // A burst (every request at 0) is a closed loop of as many clients as
+    // requests: all are released at once and none follows.
+    match serve.arrivals.clients(reqs.len() as u64) {
+        Some(clients) => simulate_closed(d, reqs, clients),
+        None => simulate(d, reqs, max_backlog),
     }
 }
 

@@ -524,7 +524,7 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
     let mut done: Vec<Summary> = Vec::new();
     let (mut best_value, mut unstable_unsim, mut pruned) = (None::<f64>, 0, 0);
     // Prefill pools already seen to miss the TTFT target or overflow.
-    let open = !matches!(s.arrivals, gantry_lang::program::Arrivals::Closed { .. });
+    let open = s.arrivals.clients(s.requests).is_none();
     let mut failed_prefill: HashSet<PrefillKey> = HashSet::new();
     let mut prefill_pruned = 0;
     for d in &cands {

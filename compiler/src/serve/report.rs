@@ -162,10 +162,7 @@ pub fn summarize(
     let target = serve.attainment;
     // A batching window serves whole requests: one target, the latency.
     let batched = d.limits.window.is_some();
-    let closed = matches!(
-        serve.arrivals,
-        gantry_lang::program::Arrivals::Closed { .. }
-    );
+    let closed = serve.arrivals.clients(n as u64).is_some();
     let Slo {
         ttft_p99,
         tpot_p99,
@@ -206,7 +203,8 @@ pub fn summarize(
     };
     let run = o.makespan.max(span);
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
-    // A closed loop's queue is bounded by its clients: never unstable.
+    // A closed loop's queue is bounded by its clients, a burst's by its
+    // requests: never unstable.
     let unstable = !closed && unstable(o, n);
     let (ttft, tpot, e2e) = (
         percentiles(o.ttft.clone(), target),

@@ -107,7 +107,8 @@ fn draw_length(l: &Lengths, rng: &mut Rng) -> u32 {
 /// `n` requests of `s` at `rate` requests per second (the workload's own
 /// rate when `None`), from `trace` rows when its arrivals are a trace.
 /// A closed loop's requests all arrive at 0 here: the simulator writes
-/// their times as clients are released ([`super::sim::simulate_closed`]).
+/// their times as clients are released ([`super::sim::simulate_closed`]);
+/// a burst's all arrive at 0 and stay there.
 /// Deterministic for the workload's seed.
 pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request> {
     let mut rng = Rng::new(s.seed);
@@ -140,9 +141,9 @@ pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request
     let (rate, cv) = match s.arrivals {
         Arrivals::Poisson { rate: r } => (rate.unwrap_or(r), 1.0),
         Arrivals::Gamma { rate: r, cv } => (rate.unwrap_or(r), cv),
-        Arrivals::Trace { .. } | Arrivals::Closed { .. } => (1.0, 1.0),
+        Arrivals::Trace { .. } | Arrivals::Closed { .. } | Arrivals::Burst => (1.0, 1.0),
     };
-    let closed = matches!(s.arrivals, Arrivals::Closed { .. });
+    let closed = s.arrivals.clients(s.requests).is_some();
     let rate = if rate > 0.0 && rate.is_finite() {
         rate
     } else {

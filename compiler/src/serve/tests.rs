@@ -574,3 +574,34 @@ proptest! {
         }
     }
 }
+
+/// A burst (`arrivals = burst()`, vLLM's `--request-rate inf`) sends every
+/// request at 0: the sampled requests all arrive at 0, the run is the
+/// closed loop with as many clients as requests, and an overloaded burst
+/// is served to the end and never flagged unstable (its queue is bounded
+/// by its requests), where the same requests at an open-loop rate far
+/// above capacity are.
+#[test]
+fn a_burst_is_every_request_at_zero() {
+    let mut s = serve(1.0, 400, 3);
+    s.arrivals = Arrivals::Burst;
+    let reqs = requests(&s, None, &[]);
+    assert_eq!(reqs.len(), 400);
+    assert!(reqs.iter().all(|r| r.arrival == 0.0));
+    // The requests are those of a closed loop (same seed, same draws).
+    let mut c = serve(1.0, 400, 3);
+    c.arrivals = Arrivals::Closed { concurrency: 400 };
+    assert_eq!(reqs, requests(&c, None, &[]));
+    let d = colocated(small(), 1, 512, 32);
+    let o = super::outcome(&d, &reqs, &s, 100);
+    let c = super::sim::simulate_closed(&d, &reqs, 400);
+    assert_eq!(o.completed, 400);
+    assert_eq!(o.e2e, c.e2e);
+    assert_eq!(o.ttft, c.ttft);
+    let sum = super::run_with(&d, &reqs, &s, 100);
+    assert!(!sum.unstable);
+    assert_eq!(sum.completed, 400);
+    let flood = serve(1e6, 400, 3);
+    let f = super::run_with(&d, &requests(&flood, None, &[]), &flood, 100);
+    assert!(f.unstable, "an open loop far above capacity is unstable");
+}

@@ -18,7 +18,7 @@ use crate::span::Span;
 use crate::units::{Dim, Quantity};
 
 /// Functions every file can call; top-level names may not shadow them.
-pub const BUILTIN_FUNCTIONS: [&str; 15] = [
+pub const BUILTIN_FUNCTIONS: [&str; 16] = [
     "len",
     "min",
     "max",
@@ -33,6 +33,7 @@ pub const BUILTIN_FUNCTIONS: [&str; 15] = [
     "uniform",
     "lognormal",
     "closed",
+    "burst",
     "batch_window",
 ];
 
@@ -392,12 +393,14 @@ impl Checker {
                 best.map_or(Value::Error, |(q, _)| Value::Num(q))
             }
             "switch" | "mesh" | "fat_tree" | "rail_optimized" | "poisson" | "gamma" | "trace"
-            | "fixed" | "uniform" | "lognormal" | "closed" | "batch_window" => Value::Ctor(
-                name.to_string(),
-                vals.into_iter()
-                    .map(|a| (a.name.map(|n| n.0), a.value, a.span))
-                    .collect(),
-            ),
+            | "fixed" | "uniform" | "lognormal" | "closed" | "burst" | "batch_window" => {
+                Value::Ctor(
+                    name.to_string(),
+                    vals.into_iter()
+                        .map(|a| (a.name.map(|n| n.0), a.value, a.span))
+                        .collect(),
+                )
+            }
             _ => {
                 let mut known: Vec<&str> = self.decls.keys().map(|s| s.as_str()).collect();
                 known.extend(crate::check::ops::OP_NAMES);

@@ -128,7 +128,7 @@ impl Checker {
                 self.type_error(
                     v,
                     span,
-                    "`poisson(rate = 4)`, `gamma(rate = 4, cv = 2)`, `closed(concurrency = 32)` or `trace(\"file.csv\")`",
+                    "`poisson(rate = 4)`, `gamma(rate = 4, cv = 2)`, `closed(concurrency = 32)`, `burst()` or `trace(\"file.csv\")`",
                 );
             }
             return None;
@@ -179,11 +179,15 @@ impl Checker {
                 let concurrency = self.serve_count(&cv, cs, "`concurrency`", 1 << 20)?;
                 Some(Arrivals::Closed { concurrency })
             }
+            "burst" => {
+                self.ctor_args(name, args, &[])?;
+                Some(Arrivals::Burst)
+            }
             _ => {
                 self.type_error(
                     v,
                     span,
-                    "`poisson(...)`, `gamma(...)`, `closed(...)` or `trace(...)`",
+                    "`poisson(...)`, `gamma(...)`, `closed(...)`, `burst()` or `trace(...)`",
                 );
                 None
             }
