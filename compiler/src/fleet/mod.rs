@@ -486,6 +486,12 @@ fn size_serve(
                 w.name
             ));
         }
+        Arrivals::Burst => {
+            return Err(format!(
+                "`{}` sends every request at once: a requests_per_s demand needs open arrivals (`poisson` or `gamma`)",
+                w.name
+            ));
+        }
         Arrivals::Closed { .. } => {
             return Err(format!(
                 "`{}` is a closed loop of clients, whose rate is what the deployment serves: a requests_per_s demand needs open arrivals (`poisson` or `gamma`)",

@@ -397,7 +397,7 @@ impl Checker {
         if let Some(sv) = w.serve.as_deref()
             && matches!(
                 sv.arrivals,
-                Arrivals::Closed { .. } | Arrivals::Trace { .. }
+                Arrivals::Closed { .. } | Arrivals::Trace { .. } | Arrivals::Burst
             )
         {
             let s = got[*amount].1;
@@ -407,7 +407,11 @@ impl Checker {
                     format!(
                         "`{}` has {} arrivals: a `requests_per_s` demand is simulated from `poisson` or `gamma` arrivals",
                         w.name,
-                        if matches!(sv.arrivals, Arrivals::Closed { .. }) { "closed-loop" } else { "trace" }
+                        match sv.arrivals {
+                            Arrivals::Closed { .. } => "closed-loop",
+                            Arrivals::Burst => "burst",
+                            _ => "trace",
+                        }
                     ),
                     s,
                 )
