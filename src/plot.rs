@@ -1,7 +1,9 @@
 //! SVG plots of study results, drawn with `plotters` (SVG backend only:
 //! no fonts are rasterised, text is SVG `<text>`).
 //!
-//! Three plots. A fleet study's Pareto scatter, the candidate fleets
+//! Four plots. A weighted study's per-system breakdown
+//! ([`per_system_svg`]: one bar per system, segments per workload). A
+//! fleet study's Pareto scatter, the candidate fleets
 //! (`fleet::front::FleetFront::points`) at (TCO in $/h, facility
 //! power at load in kW), the non-dominated ones in red joined by a line
 //! in cost order, the rest in grey. The plot is rendered into a string
@@ -247,6 +249,93 @@ pub fn profile_svg(title: &str, cells: &[(String, &Sensitivity)]) -> Result<Stri
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Workload colours of the per-system breakdown (cycled).
+const WORKLOAD_COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+];
+
+/// A weighted study's per-system breakdown: one horizontal bar per system
+/// (best score on top), split into each workload's share of the score
+/// (`weight x relative`, [`gantry_compiler::study::Row`]), so the bar's
+/// length is the system's weighted score and its segments say which
+/// workload makes it. Nothing is computed here but the stacking.
+pub fn per_system_svg(title: &str, rows: &[gantry_compiler::study::Row]) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let n = rows.len().max(1);
+        let height = (140 + 26 * n as u32).max(320);
+        let root = SVGBackend::with_string(&mut svg, (1100, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(10)
+            .build_cartesian_2d(0.0..1.0f64, 0.0..n as f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(0)
+            .x_desc("weighted score (1 = best on every workload)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let workloads: Vec<&str> = rows
+            .first()
+            .map(|r| r.cells.iter().map(|c| c.workload.as_str()).collect())
+            .unwrap_or_default();
+        for (j, w) in workloads.iter().enumerate() {
+            let color = WORKLOAD_COLORS[j % WORKLOAD_COLORS.len()];
+            let bars: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .filter_map(|(k, r)| {
+                    let before: f64 = r.cells[..j].iter().map(|c| c.weight * c.relative).sum();
+                    let c = r.cells.get(j)?;
+                    let y = (n - 1 - k) as f64;
+                    Some(Rectangle::new(
+                        [
+                            (before, y + 0.15),
+                            (before + c.weight * c.relative, y + 0.85),
+                        ],
+                        color.filled(),
+                    ))
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(|e| e.to_string())?
+                .label(*w)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
+        chart
+            .draw_series(rows.iter().enumerate().map(|(k, r)| {
+                Text::new(
+                    format!("{}  {:.3}", r.system, r.score),
+                    (0.01, (n - 1 - k) as f64 + 0.62),
+                    ("sans-serif", 12).into_font().color(&WHITE),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.9))
             .draw()

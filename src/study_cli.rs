@@ -211,6 +211,17 @@ pub struct Svg {
 
 fn plots(st: &Study, ran: &Ran, sens: Option<&sensitivity::Table>) -> Result<Vec<Svg>, String> {
     let mut v = Vec::new();
+    if let Ran::Weighted(rows) = ran {
+        let title = format!(
+            "{}: weighted score per system, by workload ({})",
+            st.name, st.objective.1
+        );
+        v.push(Svg {
+            name: format!("{}-systems.svg", st.name),
+            text: crate::plot::per_system_svg(&title, rows)?,
+            title,
+        });
+    }
     if let Ran::Fleet(_, f) = ran {
         v.push(Svg {
             name: format!("{}-pareto.svg", st.name),

@@ -863,3 +863,71 @@ fn html_report_is_one_self_contained_page() {
     assert_eq!(sens, systems * workloads, "sensitivity rows");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--plot DIR` on a weighted study writes its per-system breakdown: valid
+/// XML, one bar per system (top to bottom in rank order) made of one
+/// segment per workload, each bar as long as the system's weighted score
+/// in the JSON (the best system's bar is the reference).
+#[test]
+fn per_system_breakdown_bars_are_the_weighted_scores() {
+    let dir = std::env::temp_dir().join(format!("gantry-bars-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let (code, out, err) = gantry(&[
+        "study",
+        "examples/codesign_study.gantry",
+        "--study",
+        "fleet_size",
+        "--format",
+        "json",
+        "--plot",
+        &d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let rows = doc["studies"][0]["weighted"]["rows"]
+        .as_array()
+        .expect("rows");
+    let scores: Vec<f64> = rows
+        .iter()
+        .map(|r| r["score"].as_f64().expect("score"))
+        .collect();
+    let workloads = rows[0]["cells"].as_array().expect("cells").len();
+    let text = std::fs::read_to_string(dir.join("fleet_size-systems.svg")).expect("plot written");
+    let svg = roxmltree::Document::parse(&text).expect("valid XML");
+    // Bars: the filled rectangles below the caption, grouped by their top.
+    let mut bars: std::collections::BTreeMap<i64, (f64, usize)> = Default::default();
+    for n in svg.descendants().filter(|n| n.has_tag_name("rect")) {
+        let at = |k: &str| {
+            n.attribute(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // The workloads' colours (src/plot.rs), not the background, the
+        // legend's box or its swatches (under 20 px high).
+        let fill = n.attribute("fill").unwrap_or("");
+        let workload_colour = [
+            "#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2",
+        ]
+        .contains(&fill);
+        if !workload_colour || at("height") < 20.0 {
+            continue;
+        }
+        let e = bars.entry(at("y") as i64).or_default();
+        e.0 += at("width");
+        e.1 += 1;
+    }
+    assert_eq!(bars.len(), scores.len(), "{text}");
+    let lengths: Vec<f64> = bars.values().map(|b| b.0).collect();
+    for (b, _) in bars.values().map(|b| (b.1, ())) {
+        assert!(b <= workloads, "a bar has more segments than workloads");
+    }
+    for (k, (len, score)) in lengths.iter().zip(&scores).enumerate() {
+        let want = lengths[0] * score / scores[0];
+        // Segment ends are rounded to pixels: one per segment.
+        assert!(
+            (len - want).abs() <= workloads as f64 + 0.5,
+            "bar {k}: {len} px against {want} px for score {score}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
