@@ -3,19 +3,8 @@
 //! no fleet fits is `C025` naming the cap and the shortfall, and bad
 //! `site`/`demand`/ownership input is a diagnostic.
 
-use std::process::Command;
-
-fn gantry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::gantry;
 
 /// `$X/h` after `key` on a line.
 fn dollars_per_hour(line: &str, key: &str) -> f64 {

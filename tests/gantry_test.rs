@@ -4,19 +4,9 @@
 //! figure is unchecked unless `--strict`, and the exit codes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn gantry(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::gantry;
 
 /// A fresh folder for one test.
 fn dir(name: &str) -> PathBuf {
