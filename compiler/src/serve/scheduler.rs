@@ -400,10 +400,14 @@ impl Replica {
         let mut i = 0;
         while i < bucket.len() {
             let (slot, g, first) = bucket[i];
-            if !self.alive(slot, g) || !self.slots[slot as usize].decoding {
+            // A sequence stops decoding only to be released (done or
+            // preempted), which bumps its slot's generation: an entry that
+            // is alive is decoding.
+            if !self.alive(slot, g) {
                 bucket.swap_remove(i);
                 continue;
             }
+            debug_assert!(self.slots[slot as usize].decoding);
             i += 1;
             if first > self.step {
                 continue;
