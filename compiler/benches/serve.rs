@@ -64,6 +64,30 @@ fn main() {
         best,
         reqs.len() as f64 / best / 1e6
     );
+    // A fingerprint of every simulated figure (latency bits and counters):
+    // an optimisation of the simulator must leave it unchanged.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
+    for (a, b) in o.ttft.iter().zip(&o.e2e) {
+        mix(a.to_bits());
+        mix(b.to_bits());
+    }
+    for x in [
+        o.completed,
+        o.dropped,
+        o.preemptions,
+        o.iterations,
+        o.batched_tokens,
+        o.backlog_mid,
+        o.backlog_end,
+        o.makespan.to_bits(),
+        o.busy_prefill.to_bits(),
+        o.little_l.to_bits(),
+        o.little_w.to_bits(),
+    ] {
+        mix(x);
+    }
+    println!("simulate fingerprint: {h:016x}");
     // The full plan search of each example plan (tp, replicas, max_seqs,
     // token budget, chunked prefill, colocated or disaggregated, P:D).
     for name in ["llama3_70b_serve_h100", "llama3_70b_serve_h200"] {

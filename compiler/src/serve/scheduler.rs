@@ -138,6 +138,9 @@ pub struct Replica {
     /// Slots still prefilling, in admission order.
     prefilling: Vec<u32>,
     step: u64,
+    /// `step` modulo the block size (the grow bucket of this step), kept
+    /// as `step` advances: no division per iteration.
+    step_mod: u64,
     decoding: u64,
     /// Sum over decoding sequences of `kv - step0`: their context now is
     /// this plus `decoding x step`.
@@ -187,6 +190,7 @@ impl Replica {
             order: Vec::new(),
             prefilling: Vec::new(),
             step: 0,
+            step_mod: 0,
             decoding: 0,
             kv_base: 0,
             done_at: BinaryHeap::new(),
@@ -330,8 +334,10 @@ impl Replica {
 
     /// Admits waiting sequences and schedules their first chunks within
     /// `budget`; returns the prefill tokens and query-key pairs added.
-    fn admit(&mut self, budget: &mut u64, mut p: u64, cutoff: f64) -> (u64, f64) {
+    fn admit(&mut self, budget: &mut u64, mut p: u64, cutoff: f64) -> (u64, f64, u64) {
         let mut pairs = 0.0;
+        // Sequences given a prefill chunk (sched > 0).
+        let mut chunked = 0;
         while self.live < self.limits.max_seqs && (*budget > 0 || self.role == Role::Decode) {
             let Some(mut s) = self.waiting.front().copied() else {
                 break;
@@ -340,8 +346,11 @@ impl Replica {
                 break;
             }
             if s.kv == 0 && s.generated == 0 && s.target == s.prompt {
-                // A fresh prompt: its cached prefix needs no compute.
-                let hit = (self.limits.prefix_hit * s.prompt as f64).floor() as u32;
+                // A fresh prompt: its cached prefix needs no compute. The
+                // cast truncates and saturates: for a non-negative product
+                // that is its floor, and a negative one (floor at most -1)
+                // gives 0 either way, so no libm `floor` call is needed.
+                let hit = (self.limits.prefix_hit * s.prompt as f64) as u32;
                 s.kv = hit.min(s.prompt.saturating_sub(1));
             }
             // Blocks for the prompt and the first token (a window's
@@ -365,6 +374,7 @@ impl Replica {
                 self.chunk((s.target - s.kv) as u64, *budget, p)
             };
             s.sched = c as u32;
+            chunked += u64::from(s.sched > 0);
             *budget = budget.saturating_sub(c);
             p += c;
             pairs += chunk_pairs(s.kv as f64, c as f64);
@@ -374,7 +384,7 @@ impl Replica {
                 break;
             }
         }
-        (p, pairs)
+        (p, pairs, chunked)
     }
 
     /// Gives every decoding sequence whose next token crosses into a new
@@ -384,15 +394,20 @@ impl Replica {
         if self.grow_at.is_empty() {
             return;
         }
-        let b = (self.step % self.blocks.block) as usize;
+        debug_assert_eq!(self.step_mod, self.step % self.blocks.block);
+        let b = self.step_mod as usize;
         let mut bucket = std::mem::take(&mut self.grow_at[b]);
         let mut i = 0;
         while i < bucket.len() {
             let (slot, g, first) = bucket[i];
-            if !self.alive(slot, g) || !self.slots[slot as usize].decoding {
+            // A sequence stops decoding only to be released (done or
+            // preempted), which bumps its slot's generation: an entry that
+            // is alive is decoding.
+            if !self.alive(slot, g) {
                 bucket.swap_remove(i);
                 continue;
             }
+            debug_assert!(self.slots[slot as usize].decoding);
             i += 1;
             if first > self.step {
                 continue;
@@ -446,7 +461,7 @@ impl Replica {
             now
         };
         let mut budget = self.limits.token_budget;
-        if self.role == Role::Decode {
+        if self.role == Role::Decode && !self.waiting.is_empty() {
             self.admit(&mut budget, 0, cutoff);
             budget = self.limits.token_budget;
         }
@@ -454,20 +469,27 @@ impl Replica {
         let d = self.decoding;
         let kv = (self.kv_base + (d * self.step) as i64) as f64;
         budget = budget.saturating_sub(d);
-        let (mut p, mut pairs) = (0u64, 0.0);
+        // Sequences in the iteration: the decoding ones and every one with
+        // a prefill chunk scheduled (each costs the engine host work),
+        // counted as the chunks are set.
+        let (mut p, mut pairs, mut chunked) = (0u64, 0.0, 0u64);
         for i in 0..self.prefilling.len() {
             let slot = self.prefilling[i];
             let s = self.slots[slot as usize];
             let c = self.chunk((s.target - s.kv) as u64, budget, p);
             self.slots[slot as usize].sched = c as u32;
+            chunked += u64::from(c as u32 > 0);
             budget = budget.saturating_sub(c);
             p += c;
             pairs += chunk_pairs(s.kv as f64, c as f64);
         }
-        if self.role != Role::Decode {
-            let (ap, apairs) = self.admit(&mut budget, p, cutoff);
+        // With nothing waiting, `admit` would add nothing (pairs + 0.0 is
+        // pairs: the sum starts at +0 and its terms are never negative).
+        if self.role != Role::Decode && !self.waiting.is_empty() {
+            let (ap, apairs, achunked) = self.admit(&mut budget, p, cutoff);
             p = ap;
             pairs += apairs;
+            chunked += achunked;
         }
         if p + d == 0 {
             if cutoff < now && !self.waiting.is_empty() {
@@ -479,13 +501,6 @@ impl Replica {
             return None;
         }
         self.decoded = d > 0;
-        // Sequences in the iteration: the decoding ones and every one with
-        // a prefill chunk scheduled (each costs the engine host work).
-        let chunked = self
-            .prefilling
-            .iter()
-            .filter(|&&slot| self.slots[slot as usize].sched > 0)
-            .count() as u64;
         let t = self
             .model
             .time(p as f64, d as f64, kv, pairs, (d + chunked) as f64);
@@ -502,6 +517,10 @@ impl Replica {
     pub fn finish(&mut self, out: &mut Vec<Done>) {
         if std::mem::take(&mut self.decoded) {
             self.step += 1;
+            self.step_mod += 1;
+            if self.step_mod == self.blocks.block {
+                self.step_mod = 0;
+            }
             while let Some(&Reverse((at, slot, g))) = self.done_at.peek() {
                 if at > self.step {
                     break;
