@@ -200,6 +200,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
             kind: LinkKind::Switch,
             bandwidth: 1e12,
             latency: 0.0,
+            launch: 0.0,
         }],
         nic_bandwidth: 0.0,
         nics: 0,

@@ -69,6 +69,9 @@ pub struct Topology {
     /// Scale-up bytes/s per GPU per direction, after efficiency.
     pub up_bw: f64,
     pub up_lat: f64,
+    /// Fixed seconds per collective (the link's `launch`: the library's
+    /// base latency), paid once by every collective of two or more ranks.
+    pub launch: f64,
     /// Scale-out bytes/s per GPU per direction, after efficiency.
     pub out_bw: f64,
     pub out_lat: f64,
@@ -84,8 +87,8 @@ impl Topology {
         let link = n
             .links
             .iter()
-            .map(|l| (l.bandwidth, l.latency))
-            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+            .map(|l| (l.bandwidth, l.latency, l.launch))
+            .fold((0.0, 0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
         let per_node = n.devices_per_node.max(1);
         // The fabric's `bandwidth` is per switch port: a NIC faster than
         // its port runs at the port's rate (docs/COST-MODEL.md, §5).
@@ -103,6 +106,7 @@ impl Topology {
             nodes: c.nodes,
             up_bw: link.0 * e_up,
             up_lat: link.1,
+            launch: link.2,
             out_bw: nic_per_gpu * e_out,
             out_lat: lat,
             rack_nodes: rack.max(1),
@@ -180,39 +184,41 @@ impl Topology {
         };
         let ring_lat = (g - 1.0) * hop;
         let tree_lat = 2.0 * g.log2().ceil() * hop;
-        match c {
-            Collective::AllReduce => {
-                2.0 * (ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw))
-                    + if go > 1.0 { tree_lat } else { 2.0 * ring_lat }
-            }
-            Collective::ReduceScatter | Collective::AllGather => {
-                ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat
-            }
-            Collective::AllToAll => {
-                // A level the group does not use costs nothing, even where
-                // the node lacks it (0 / 0 would be NaN).
-                let inside = if gi > 1.0 {
-                    bytes * (gi - 1.0) / g / self.up_bw
-                } else {
-                    0.0
-                };
-                let outside = if g > gi {
-                    bytes * (g - gi) / g / out_bw
-                } else {
-                    0.0
-                };
-                inside
-                    + outside
-                    + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
-            }
-            Collective::SendRecv => {
-                if stride < self.per_node {
-                    bytes / self.up_bw + self.up_lat
-                } else {
-                    bytes / out_bw + self.out_lat
+        let launch = self.launch;
+        launch
+            + match c {
+                Collective::AllReduce => {
+                    2.0 * (ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw))
+                        + if go > 1.0 { tree_lat } else { 2.0 * ring_lat }
+                }
+                Collective::ReduceScatter | Collective::AllGather => {
+                    ring(gi, bytes, self.up_bw) + ring(go, bytes / gi, out_bw) + ring_lat
+                }
+                Collective::AllToAll => {
+                    // A level the group does not use costs nothing, even where
+                    // the node lacks it (0 / 0 would be NaN).
+                    let inside = if gi > 1.0 {
+                        bytes * (gi - 1.0) / g / self.up_bw
+                    } else {
+                        0.0
+                    };
+                    let outside = if g > gi {
+                        bytes * (g - gi) / g / out_bw
+                    } else {
+                        0.0
+                    };
+                    inside
+                        + outside
+                        + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
+                }
+                Collective::SendRecv => {
+                    if stride < self.per_node {
+                        bytes / self.up_bw + self.up_lat
+                    } else {
+                        bytes / out_bw + self.out_lat
+                    }
                 }
             }
-        }
     }
 
     pub fn algorithm(&self, c: Collective, size: u64, stride: u64) -> &'static str {
@@ -236,6 +242,7 @@ mod tests {
             nodes: 64,
             up_bw: 300e9,
             up_lat: 0.0,
+            launch: 0.0,
             out_bw: 25e9,
             out_lat: 0.0,
             rack_nodes: 2,
@@ -303,6 +310,30 @@ mod tests {
         };
         let x = t.time(Collective::AllToAll, 8, 1, 8e9);
         assert!(x.is_finite() && x > 0.0, "{x}");
+    }
+
+    #[test]
+    fn launch_and_ring_steps_follow_the_nccl_model() {
+        // NCCL's tuning model for a ring all-reduce inside one node: base
+        // latency + 2 (n - 1) steps, plus bytes over bandwidth. A 1-byte
+        // all-reduce over 8 GPUs with 0.6 us steps and 6.6 us launch costs
+        // 6.6 + 14 x 0.6 = 15.0 us (+ 1.75 B / 300 GB/s).
+        let t = Topology {
+            up_lat: 0.6e-6,
+            launch: 6.6e-6,
+            ..topo()
+        };
+        let ar = t.time(Collective::AllReduce, 8, 1, 1.0);
+        let want = 6.6e-6 + 14.0 * 0.6e-6 + 2.0 * 7.0 / 8.0 / 300e9;
+        assert!((ar - want).abs() < 1e-15, "{ar} vs {want}");
+        // Reduce-scatter: launch once, n - 1 steps.
+        let rs = t.time(Collective::ReduceScatter, 8, 1, 1.0);
+        assert!((rs - (6.6e-6 + 7.0 * 0.6e-6 + 7.0 / 8.0 / 300e9)).abs() < 1e-15);
+        // Launch is paid once per collective, never for a lone rank.
+        assert_eq!(t.time(Collective::AllReduce, 1, 1, 1e9), 0.0);
+        let big = t.time(Collective::AllReduce, 8, 1, 1e9);
+        let no_launch = Topology { launch: 0.0, ..t }.time(Collective::AllReduce, 8, 1, 1e9);
+        assert!((big - no_launch - 6.6e-6).abs() < 1e-12);
     }
 
     #[test]

@@ -150,8 +150,12 @@ pub struct Link {
     pub kind: LinkKind,
     /// Bytes per second per device, each direction.
     pub bandwidth: f64,
-    /// Seconds.
+    /// Seconds per step of a ring (one hop).
     pub latency: f64,
+    /// Seconds every collective on the link pays once, whatever its size
+    /// and rank count: the collective library's launch and protocol
+    /// set-up (NCCL's base latency).
+    pub launch: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1197,11 +1201,12 @@ fn write_node(s: &mut String, n: &Node, indent: &str) {
     for l in &n.links {
         let _ = writeln!(
             s,
-            "{indent}  link {} {:?} {} latency {}",
+            "{indent}  link {} {:?} {} latency {} launch {}",
             l.name,
             l.kind,
             q(l.bandwidth, Dim::BANDWIDTH),
-            q(l.latency, Dim::TIME)
+            q(l.latency, Dim::TIME),
+            q(l.launch, Dim::TIME)
         );
     }
     if n.nics > 0 {

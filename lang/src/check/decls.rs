@@ -1060,7 +1060,8 @@ impl Checker {
             let v = self.eval(&it.value, &mut env);
             match v {
                 Value::Ctor(c, args) if c == "switch" || c == "mesh" => {
-                    let Some(a) = self.ctor_args(&c, &args, &["bandwidth", "latency"]) else {
+                    let Some(a) = self.ctor_args(&c, &args, &["bandwidth", "latency", "launch"])
+                    else {
                         continue;
                     };
                     let bw = self.ctor_quantity(
@@ -1077,7 +1078,14 @@ impl Checker {
                         Some(0.0),
                         (&c, it.value.span),
                     );
-                    if let (Some(bandwidth), Some(latency)) = (bw, lat) {
+                    let launch = self.ctor_quantity(
+                        &a,
+                        "launch",
+                        (Dim::TIME, MAX_LATENCY, "6.6 us"),
+                        Some(0.0),
+                        (&c, it.value.span),
+                    );
+                    if let (Some(bandwidth), Some(latency), Some(launch)) = (bw, lat, launch) {
                         links.push(Link {
                             name,
                             kind: if c == "switch" {
@@ -1087,6 +1095,7 @@ impl Checker {
                             },
                             bandwidth,
                             latency,
+                            launch,
                         });
                     }
                 }
