@@ -17,7 +17,7 @@ use gantry_lang::program::Disaggregate;
 fn main() {
     let p = common::plan("examples/llm_serve.gantry", Some("llama3_70b_serve_h100"));
     let mut s = p.workload.serve.as_deref().expect("serve workload").clone();
-    let m = timing::build(&p.workload, &p.system, 8, 8192, 1280).expect("iteration model");
+    let m = timing::build(&p.workload, &p.system, 8, 1, 8192, 1280).expect("iteration model");
     let d = Deployment {
         colocated: 2,
         prefill: 0,

@@ -413,7 +413,7 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
     tps.sort_unstable();
     tps.dedup();
     for tp in tps {
-        match build(&p.workload, &p.system, tp, n, ctx) {
+        match build(&p.workload, &p.system, tp, 1, n, ctx) {
             Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
                 out.insert(tp, m);
             }
@@ -769,14 +769,14 @@ pub fn fixed(
         return fixed_batched(p, s, b, pins, trace, rate);
     }
     for k in pins.keys() {
-        if !["tp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str())
+        if !["tp", "pp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str())
             && !POOL_KNOBS.contains(&k.as_str())
         {
             return Err(error(
                 Code::C012,
                 "fix",
                 format!("`{k}` is not a knob of a serving deployment"),
-                "pin tp, dp (replicas), batch (max_seqs), token_budget, chunked_prefill, or the pools' prefill_tp, prefill_dp, decode_tp and decode_dp",
+                "pin tp, pp, dp (replicas), batch (max_seqs), token_budget, chunked_prefill, or the pools' prefill_tp, prefill_dp, decode_tp and decode_dp",
             ));
         }
     }
@@ -827,16 +827,26 @@ pub fn fixed(
             ));
         }
     }
-    let reps = int("dp")?.unwrap_or((devices / tp).max(1));
-    if !pools && tp.saturating_mul(reps) > devices {
+    let pp = int("pp")?.unwrap_or(1);
+    if pools && pp > 1 {
+        return Err(error(
+            Code::C012,
+            "fix",
+            "pipeline parallelism is simulated for colocated deployments only; the pools' knobs pin a disaggregated one".into(),
+            "pin tp, pp and dp for a colocated deployment, or drop pp",
+        ));
+    }
+    let width = tp.saturating_mul(pp);
+    let reps = int("dp")?.unwrap_or((devices / width).max(1));
+    if !pools && width.saturating_mul(reps) > devices {
         return Err(error(
             Code::C001,
             "dp",
             format!(
-                "{reps} replicas of tp={tp} need {} devices; the system has {devices}",
-                tp.saturating_mul(reps)
+                "{reps} replicas of tp={tp} x pp={pp} need {} devices; the system has {devices}",
+                width.saturating_mul(reps)
             ),
-            "pin fewer replicas or a smaller tp",
+            "pin fewer replicas or smaller degrees",
         ));
     }
     let ms = int("batch")?.unwrap_or(s.scheduler.max_seqs);
@@ -865,16 +875,17 @@ pub fn fixed(
             )
         })?;
         (
-            build(&p.workload, &p.system, ptp, n, ctx)?,
-            build(&p.workload, &p.system, dtp, n, ctx)?,
+            build(&p.workload, &p.system, ptp, 1, n, ctx)?,
+            build(&p.workload, &p.system, dtp, 1, n, ctx)?,
             transfer(p, &hw.topo, ptp.min(dtp)),
         )
     } else {
-        let m = build(&p.workload, &p.system, tp, n, ctx)?;
+        let m = build(&p.workload, &p.system, tp, pp, n, ctx)?;
         (m, m, (0.0, 0.0))
     };
     let d = Deployment {
-        colocated: if pools { 0 } else { reps },
+        // A pipeline of `pp` stages is `pp` virtual engines.
+        colocated: if pools { 0 } else { reps * pp },
         prefill: if pools { pdp } else { 0 },
         decode: if pools { ddp } else { 0 },
         prefill_model: m,

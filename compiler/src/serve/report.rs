@@ -351,12 +351,19 @@ pub fn describe(d: &Deployment) -> String {
             scheduler(d)
         )
     } else {
-        format!(
-            "colocated {} x tp{}, {}",
-            d.colocated,
-            d.prefill_model.tp,
-            scheduler(d)
-        )
+        let m = &d.prefill_model;
+        if m.pp > 1 {
+            format!(
+                "colocated {} x tp{} pp{} ({} virtual engines), {}",
+                d.colocated / m.pp,
+                m.tp,
+                m.pp,
+                d.colocated,
+                scheduler(d)
+            )
+        } else {
+            format!("colocated {} x tp{}, {}", d.colocated, m.tp, scheduler(d))
+        }
     }
 }
 
@@ -581,7 +588,13 @@ pub fn json(s: &Summary) -> Value {
             { "role": "decode", "replicas": d.decode, "tp": d.decode_model.tp, "utilisation": s.utilisation_decode },
         ])
     } else {
-        json!([{ "role": "colocated", "replicas": d.colocated, "tp": d.prefill_model.tp, "utilisation": s.utilisation_prefill }])
+        let m = &d.prefill_model;
+        let mut pool = json!({ "role": "colocated", "replicas": d.colocated / m.pp.max(1), "tp": m.tp, "utilisation": s.utilisation_prefill });
+        // Pipelined: `pp` stages, run as `pp` virtual engines per replica.
+        if m.pp > 1 {
+            pool["pp"] = json!(m.pp);
+        }
+        json!([pool])
     };
     json!({
         "deployment": describe(d),
@@ -667,7 +680,7 @@ pub fn plan_json(
     j["iteration_model"] = Value::Array(
         sp.models
             .values()
-            .map(|m| json!({ "tp": m.tp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
+            .map(|m| json!({ "tp": m.tp, "pp": m.pp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
             .collect(),
     );
     j

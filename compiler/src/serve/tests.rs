@@ -14,6 +14,7 @@ use super::timing::IterModel;
 fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
     IterModel {
         tp: 1,
+        pp: 1,
         t_fixed: 0.0,
         c_seq: 0.0,
         t_weights,

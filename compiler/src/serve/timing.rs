@@ -35,6 +35,14 @@ use crate::point::{DesignPoint, Pin, PinError};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IterModel {
     pub tp: u64,
+    /// Pipeline stages. A pipelined deployment runs as `pp` virtual
+    /// engines (vLLM's V0 engine with pipeline parallelism), each a
+    /// replica of the simulator with this model: an iteration crosses
+    /// every stage (its time is the sum of the stages and the hand-offs),
+    /// and each virtual engine owns a `pp`-th of the KV cache and is
+    /// charged `tp` devices, so the `pp` of them cost the pipeline's
+    /// `tp x pp`.
+    pub pp: u64,
     /// Host overhead, collective latency and the attention of a
     /// one-token context: paid by every iteration.
     pub t_fixed: f64,
@@ -44,7 +52,7 @@ pub struct IterModel {
     pub t_weights: f64,
     /// Linear-layer compute per token when compute-bound.
     pub c_token: f64,
-    /// Tensor-parallel collective seconds per token.
+    /// Tensor-parallel collective and pipeline hand-off seconds per token.
     pub c_comm: f64,
     /// Decode attention per KV-cache token read.
     pub c_kv: f64,
@@ -102,17 +110,20 @@ fn linear(e: &Estimate) -> f64 {
     c.matmul + c.elementwise + c.embedding + c.layout
 }
 
-/// Builds the iteration model of `w` at tensor parallelism `tp` on
-/// `system`, probing with a prefill of `n` tokens and a decode at context
-/// `ctx`. Errors are the cost model's (an unpriceable workload, a degree
-/// the heads or the system do not allow, a missing hardware figure).
+/// Builds the iteration model of `w` at tensor parallelism `tp` and
+/// `pp` pipeline stages on `system`, probing with a prefill of `n`
+/// tokens and a decode at context `ctx`. Errors are the cost model's (an
+/// unpriceable workload, a degree the heads, layers or the system do not
+/// allow, a missing hardware figure).
 pub fn build(
     w: &Workload,
     system: &Cluster,
     tp: u64,
+    pp: u64,
     n: u64,
     ctx: u64,
 ) -> Result<IterModel, PinError> {
+    let pp = pp.max(1);
     let n = n.max(2);
     let ctx = ctx.max(2);
     let dec = |c: u64| {
@@ -153,7 +164,7 @@ pub fn build(
         help: "add the figure to the device in stdlib, or choose another dtype".into(),
     })?;
     let mut pins = BTreeMap::new();
-    for (k, v) in [("tp", tp), ("pp", 1), ("dp", 1), ("batch", 1)] {
+    for (k, v) in [("tp", tp), ("pp", pp), ("dp", 1), ("batch", 1)] {
         pins.insert(k.to_string(), Pin::Int(v as i64));
     }
     let point: DesignPoint = crate::point::resolve(&pins, &ir1, system)?;
@@ -169,38 +180,49 @@ pub fn build(
     let (e1, ec, ep) = (eval(&ir1)?, eval(&irc)?, eval(&irp)?);
     let nf = n as f64;
     let c_token = linear(&ep) / nf;
-    let c_comm = ((ep.time.tp_comm - e1.time.tp_comm) / (nf - 1.0)).max(0.0);
+    // Communication: tensor-parallel collectives and, pipelined, the
+    // activation hand-offs between stages (0 at pp 1).
+    let comm = |e: &Estimate| e.time.tp_comm + e.time.pp_comm;
+    let c_comm = ((comm(&ep) - comm(&e1)) / (nf - 1.0)).max(0.0);
     let c_kv =
         ((ec.time.compute.attention - e1.time.compute.attention) / (ctx as f64 - 1.0)).max(0.0);
     let c_pair = ep.time.compute.attention / chunk_pairs(0.0, nf);
     // The probes are of one sequence: their per-sequence host time is
     // `c_seq`, the rest of their overhead is paid per iteration.
     let c_seq = e1.time.host_seq;
-    let t_fixed = (e1.time.overhead - c_seq)
-        + (e1.time.tp_comm - c_comm).max(0.0)
-        + e1.time.compute.attention;
+    let t_fixed =
+        (e1.time.overhead - c_seq) + (comm(&e1) - c_comm).max(0.0) + e1.time.compute.attention;
+    // Per device: a stage holds its layers' share.
     let kv_dev = Evaluator {
         ir: &ir1,
         hw: &hw,
         prefill: None,
     }
-    .kv_per_token(&point);
+    .kv_per_token(&point)
+        / pp as f64;
     let kv_model = Evaluator {
         ir: &ir1,
         hw: &hw,
         prefill: None,
     }
-    .kv_per_token(&DesignPoint { tp: 1, ..point });
+    .kv_per_token(&DesignPoint {
+        tp: 1,
+        pp: 1,
+        ..point
+    });
     let m = &ep.memory;
     let free = m.capacity - m.weights - m.reserve - m.activations;
+    // A stage's devices hold its layers' KV for every virtual engine:
+    // each engine gets a `pp`-th of the tokens.
     let kv_capacity_tokens = if kv_dev > 0.0 {
-        (free / kv_dev).max(0.0).floor()
+        (free / kv_dev / pp as f64).max(0.0).floor()
     } else {
         0.0
     };
     let devices = tp as f64;
     Ok(IterModel {
         tp,
+        pp,
         t_fixed,
         c_seq,
         t_weights: linear(&e1),
@@ -296,6 +318,7 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
     let o = e1.time.overhead;
     Ok(IterModel {
         tp: 1,
+        pp: 1,
         t_fixed: o,
         // Items, not sequences: no per-sequence host work.
         c_seq: 0.0,
