@@ -253,7 +253,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
     let batched = sp.best.deployment.limits.window.is_some();
-    for m in sp.models.values() {
+    for m in sp.models.values().chain(sp.pipelines.values()) {
         if batched {
             outln!(
                 "  one device: fixed {:.3} ms, one item {:.3} ms, {:.3} us per item at the largest batch; at most {:.0} items per batch",
@@ -266,7 +266,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         }
         outln!(
             "  tp{:<3} fixed {:.3} ms, weights {:.3} ms, {:.2} us/token, {:.3} us/token comm, {:.4} us/KV token, {:.3} ns/pair; KV cache {:.0} tokens",
-            m.tp,
+            report::degrees(m),
             m.t_fixed * 1e3,
             m.t_weights * 1e3,
             m.c_token * 1e6,

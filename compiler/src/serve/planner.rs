@@ -112,6 +112,9 @@ pub struct ServePlan {
     pub requests: Vec<Request>,
     /// Iteration models by tensor-parallel degree.
     pub models: BTreeMap<u64, IterModel>,
+    /// Pipelined iteration models by (tp, pp), pp above 1: the plan's
+    /// `pp` domain (colocated deployments only; empty without one).
+    pub pipelines: BTreeMap<(u64, u64), IterModel>,
     /// Why nothing cheaper was chosen: of the simulated deployments on
     /// fewer devices than the best that miss the SLOs (or are unstable),
     /// the closest to meeting them (its `binding` names what fails).
@@ -135,6 +138,11 @@ fn ints(d: Option<&Domain>, auto: Vec<i64>) -> Vec<u64> {
 
 fn domain<'a>(p: &'a Plan, k: &str) -> Option<&'a Domain> {
     p.fixed.get(k).or_else(|| p.search.get(k))
+}
+
+/// Pipeline degrees the plan allows: its `pp` domain (`auto`: 1), else 1.
+fn pp_degrees(p: &Plan) -> Vec<u64> {
+    ints(domain(p, "pp"), vec![1])
 }
 
 /// The objective as a ranking; `subject to` is not for serving plans
@@ -276,8 +284,11 @@ fn candidates(
     p: &Plan,
     s: &Serve,
     models: &BTreeMap<u64, IterModel>,
+    pipelines: &BTreeMap<(u64, u64), IterModel>,
     transfer: (f64, f64),
 ) -> Result<Vec<Deployment>, usize> {
+    // Without pp 1 in the plan's domain, only pipelines are candidates.
+    let flat = pp_degrees(p).contains(&1);
     let devices = p.system.devices();
     let mut seqs = ints(domain(p, "batch"), vec![s.scheduler.max_seqs as i64]);
     if seqs.len() > 16 {
@@ -325,6 +336,10 @@ fn candidates(
             (seqs.len() * sched.len()).saturating_mul(n.saturating_add(n.saturating_mul(dis))),
         );
     }
+    for &(tp, pp) in pipelines.keys() {
+        let n = replica_counts(reps, devices / (tp * pp)).len();
+        size = size.saturating_add((seqs.len() * sched.len()).saturating_mul(n));
+    }
     if size > MAX_CANDIDATES {
         return Err(size);
     }
@@ -334,7 +349,25 @@ fn candidates(
     let allowed =
         |k: &str, x: u64| domain(p, k).is_none_or(|d| ints(Some(d), Vec::new()).contains(&x));
     let mut out = Vec::new();
+    // Pipelines: `r` of them are `r x pp` virtual engines, colocated.
+    for (&(tp, pp), m) in pipelines {
+        if s.disaggregate == Disaggregate::Yes || pools {
+            break;
+        }
+        for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
+            for &r in replica_counts(reps, devices / (tp * pp)).iter() {
+                out.push(Deployment {
+                    colocated: r * pp,
+                    limits: limits(ms, k),
+                    ..base(*m)
+                });
+            }
+        }
+    }
     for (&tp, m) in models {
+        if !flat {
+            break;
+        }
         let rs = replica_counts(domain(p, "prefill_dp").or(reps), devices / tp);
         let colocated_reps = replica_counts(reps, devices / tp);
         for (&ms, &k) in seqs.iter().flat_map(|m| sched.iter().map(move |k| (m, k))) {
@@ -378,13 +411,10 @@ fn candidates(
     Ok(out)
 }
 
-/// Iteration models for every tensor-parallel degree the plan allows.
-fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
-    let per_node = p.system.node.devices_per_node.max(1) as i64;
-    let auto: Vec<i64> = (0..)
-        .map(|k| 1i64 << k)
-        .take_while(|t| *t <= per_node)
-        .collect();
+/// Pipelined iteration models for every (tp, pp) of the plan with pp
+/// above 1 and tp one of `tps`; degrees whose stages leave no KV cache
+/// or that the cost model refuses (layers, devices) are left out.
+fn pipelines(p: &Plan, s: &Serve, tps: &[u64]) -> BTreeMap<(u64, u64), IterModel> {
     let n = budgets(p, s)
         .last()
         .copied()
@@ -392,7 +422,29 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
         .clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
     let mut out = BTreeMap::new();
-    let mut first = None;
+    for pp in pp_degrees(p).into_iter().filter(|pp| *pp > 1) {
+        for &tp in tps {
+            if tp.saturating_mul(pp) > p.system.devices() {
+                continue;
+            }
+            if let Ok(m) = build(&p.workload, &p.system, tp, pp, n, ctx)
+                && m.kv_capacity_tokens >= s.scheduler.kv_block as f64
+            {
+                out.insert((tp, pp), m);
+            }
+        }
+    }
+    out
+}
+
+/// Tensor-parallel degrees the plan allows (`auto`: powers of two up to
+/// a node), the pools' own included.
+fn tp_degrees(p: &Plan) -> Vec<u64> {
+    let per_node = p.system.node.devices_per_node.max(1) as i64;
+    let auto: Vec<i64> = (0..)
+        .map(|k| 1i64 << k)
+        .take_while(|t| *t <= per_node)
+        .collect();
     let mut tps: Vec<u64> = ints(domain(p, "tp"), auto)
         .into_iter()
         .filter(|t| *t <= p.system.devices())
@@ -412,6 +464,20 @@ fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
     }
     tps.sort_unstable();
     tps.dedup();
+    tps
+}
+
+/// Iteration models for every tensor-parallel degree the plan allows.
+fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
+    let n = budgets(p, s)
+        .last()
+        .copied()
+        .unwrap_or(s.scheduler.token_budget)
+        .clamp(2, 8192);
+    let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
+    let mut out = BTreeMap::new();
+    let mut first = None;
+    let tps = tp_degrees(p);
     for tp in tps {
         match build(&p.workload, &p.system, tp, 1, n, ctx) {
             Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
@@ -470,10 +536,17 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         ));
     };
     let rank = rank_of(p)?;
+    let mut pipes = BTreeMap::new();
     let (models, cands) = match s.batching {
         Some(b) => batched_candidates(p, s, b)?,
         None => {
-            let models = models(p, s)?;
+            // A pipeline may fit where no single-stage replica does.
+            pipes = pipelines(p, s, &tp_degrees(p));
+            let models = match models(p, s) {
+                Ok(m) => m,
+                Err(_) if !pipes.is_empty() => BTreeMap::new(),
+                Err(e) => return Err(e),
+            };
             let hw = crate::hardware::Hardware::new(&p.system, &p.workload).map_err(|m| {
                 error(
                     Code::C009,
@@ -484,7 +557,7 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
             })?;
             let min_tp = models.keys().next().copied().unwrap_or(1);
             let xfer = transfer(p, &hw.topo, min_tp);
-            let cands = candidates(p, s, &models, xfer).map_err(|n| {
+            let cands = candidates(p, s, &models, &pipes, xfer).map_err(|n| {
                 error(
                     Code::C011,
                     "search",
@@ -607,6 +680,7 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         prefill_pruned,
         requests: reqs,
         models,
+        pipelines: pipes,
     })
 }
 

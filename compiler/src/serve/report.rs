@@ -11,6 +11,7 @@ use gantry_lang::program::{Serve, Slo};
 use serde_json::{Value, json};
 
 use super::sim::{Deployment, Outcome};
+use super::timing::IterModel;
 
 /// P50, P90, P99 and the percentile at the attainment target.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -328,6 +329,15 @@ fn scheduler(d: &Deployment) -> String {
             ", unchunked"
         }
     )
+}
+
+/// `8` or, pipelined, `4 x pp2`: an iteration model's degrees.
+pub fn degrees(m: &IterModel) -> String {
+    if m.pp > 1 {
+        format!("{} x pp{}", m.tp, m.pp)
+    } else {
+        m.tp.to_string()
+    }
 }
 
 /// `colocated 2 x tp8` or `disaggregated 3 x tp4 prefill : 2 x tp8 decode`.
@@ -680,7 +690,14 @@ pub fn plan_json(
     j["iteration_model"] = Value::Array(
         sp.models
             .values()
-            .map(|m| json!({ "tp": m.tp, "pp": m.pp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens }))
+            .chain(sp.pipelines.values())
+            .map(|m| {
+                let mut o = json!({ "tp": m.tp, "fixed_s": m.t_fixed, "weights_s": m.t_weights, "per_token_s": m.c_token, "comm_per_token_s": m.c_comm, "per_kv_token_s": m.c_kv, "per_pair_s": m.c_pair, "kv_bytes_per_token": m.kv_bytes_per_token, "kv_capacity_tokens": m.kv_capacity_tokens });
+                if m.pp > 1 {
+                    o["pp"] = json!(m.pp);
+                }
+                o
+            })
             .collect(),
     );
     j
@@ -877,11 +894,11 @@ pub fn plan_markdown(
         t,
         "\n### Iteration model (docs/COST-MODEL.md §4a)\n\n| tp | fixed | per sequence | weights | per token | comm per token | per KV token | per pair | KV cache |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for m in sp.models.values() {
+    for m in sp.models.values().chain(sp.pipelines.values()) {
         let _ = writeln!(
             t,
             "| {} | {:.3} ms | {:.2} us | {:.3} ms | {:.2} us | {:.3} us | {:.4} us | {:.3} ns | {:.0} tokens |",
-            m.tp,
+            degrees(m),
             m.t_fixed * 1e3,
             m.c_seq * 1e6,
             m.t_weights * 1e3,
