@@ -186,7 +186,49 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
             "in-sample",
         );
     }
-    if fit.groups.len() > 1 {
+    for g in &fit.engines {
+        let _ = writeln!(
+            s,
+            "\nengine {} ({}): {} figures of {} serving plans (rows), mean |ln error| {:.3} ideal -> {:.3} fitted",
+            g.engine,
+            g.engine_file,
+            g.rows.len(),
+            g.plans,
+            g.objective_ideal,
+            g.objective
+        );
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>12} {:>12}   fitted on",
+            "term", "declared", "fitted"
+        );
+        for t in &g.terms {
+            let now = if t.dim.is_none() {
+                gantry_lang::units::format_number(t.current)
+            } else {
+                gantry_lang::units::Quantity::new(t.current, t.dim).to_string()
+            };
+            let how = if t.selected {
+                format!(
+                    "{} rows (lowers the objective by {:.3})",
+                    g.plans, t.gain
+                )
+            } else {
+                format!(
+                    "not identified by the rows (would lower it by {:.3}); left ideal",
+                    t.gain
+                )
+            };
+            let _ = writeln!(s, "  {:<20} {:>12} {:>12}   {how}", t.name, now, t.text());
+        }
+        section_table(
+            &mut s,
+            &by_section(fit, refs, g.rows.iter(), |r| r.in_sample),
+            "in-sample",
+        );
+        let _ = writeln!(s, "  ({} simulations)", g.simulations);
+    }
+    if fit.groups.len() + fit.engines.len() > 1 {
         let _ = writeln!(s, "\nAll groups");
         let all: Vec<usize> = (0..fit.rows.len()).collect();
         section_table(
@@ -242,6 +284,49 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         dir.display()
     );
     let mut status = ExitCode::SUCCESS;
+    // Engines: one file may declare several.
+    let mut engine_files: BTreeMap<&str, Vec<&gantry_compiler::engine_fit::EngineGroup>> =
+        BTreeMap::new();
+    for g in &fit.engines {
+        if !g.rows.is_empty() && !g.engine_file.is_empty() {
+            engine_files.entry(g.engine_file.as_str()).or_default().push(g);
+        }
+    }
+    for (file, groups) in engine_files {
+        let mut text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error[C034]: cannot read `{file}`: {e}");
+                status = ExitCode::from(1);
+                continue;
+            }
+        };
+        let mut ok = true;
+        for g in &groups {
+            match gantry_compiler::engine_fit::rewrite_engine(&text, &g.engine, &g.record(), &comment)
+            {
+                Ok(t) => text = t,
+                Err(e) => {
+                    eprintln!(
+                        "error[C034]: cannot write the terms of engine `{}` into `{file}`: {}",
+                        g.engine, e.0
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            status = ExitCode::from(1);
+            continue;
+        }
+        if let Err(e) = std::fs::write(file, &text) {
+            eprintln!("error[C034]: cannot write `{file}`: {e}");
+            status = ExitCode::from(1);
+            continue;
+        }
+        let names: Vec<String> = groups.iter().map(|g| format!("engine {}", g.engine)).collect();
+        outln!("wrote {file} ({})", names.join(", "));
+    }
     for (file, groups) in by_file {
         let mut text = match std::fs::read_to_string(file) {
             Ok(t) => t,
