@@ -189,10 +189,13 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
     for g in &fit.engines {
         let _ = writeln!(
             s,
-            "\nengine {} ({}): {} figures of {} serving plans (rows), mean |ln error| {:.3} ideal -> {:.3} fitted",
+            "\nengine {} ({}): {} figures of {} serving plans (rows) fitted, mean |ln error| {:.3} ideal -> {:.3} fitted",
             g.engine,
             g.engine_file,
-            g.rows.len(),
+            g.rows
+                .iter()
+                .filter(|&&i| !g.left_out.iter().any(|(r, _)| *r == fit.rows[i].reference))
+                .count(),
             g.plans,
             g.objective_ideal,
             g.objective
@@ -226,6 +229,16 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
             &by_section(fit, refs, g.rows.iter(), |r| r.in_sample),
             "in-sample",
         );
+        for (r, miss) in &g.left_out {
+            let r = &refs[*r];
+            let _ = writeln!(
+                s,
+                "  left out of the fit: {}:{} (its published throughput x mean latency misses the closed loop's clients by {:.0}%, Little's law; reported, not fitted)",
+                r.file,
+                r.plan.name,
+                100.0 * miss
+            );
+        }
         let _ = writeln!(s, "  ({} simulations)", g.simulations);
     }
     if fit.groups.len() + fit.engines.len() > 1 {
