@@ -74,6 +74,16 @@ pub const ENGINE_KEYS: &[&str] = &[
 ];
 
 impl Checker {
+    /// A number of `dim` (`L041` for another unit, through the shared
+    /// check); its range is the caller's (`L094`).
+    fn engine_number(&mut self, v: &Value, span: Span, dim: Dim, what: &str, example: &str) -> Option<f64> {
+        let q = self.num(v, span)?;
+        if q.dim != dim {
+            return self.quantity(v, span, dim, what, example);
+        }
+        Some(q.value)
+    }
+
     fn bad_engine(&mut self, span: Span, msg: String, label: &str, help: String) {
         self.diags.push(
             Diagnostic::error(Code::L094, msg, span)
@@ -143,7 +153,7 @@ impl Checker {
                 ENGINE_TERMS.iter().find(|(n, ..)| *n == name)
             {
                 let what = format!("engine `{name}`");
-                let Some(x) = self.quantity(&v, vs, dim, &what, example) else {
+                let Some(x) = self.engine_number(&v, vs, dim, &what, example) else {
                     continue;
                 };
                 let fraction = dim.is_none();
@@ -179,7 +189,7 @@ impl Checker {
                 ENGINE_RECORD_KEYS.iter().find(|(n, ..)| *n == name)
             {
                 let what = format!("engine `{name}`");
-                let Some(x) = self.quantity(&v, vs, Dim::NONE, &what, example) else {
+                let Some(x) = self.engine_number(&v, vs, Dim::NONE, &what, example) else {
                     continue;
                 };
                 let whole = name != "fit_rows" || x.fract() == 0.0;
