@@ -177,7 +177,34 @@ fn the_fit_holds_the_search_exactly() {
         }
         assert!(g.loo.is_some());
     }
-    assert!(f.rows.iter().all(|r| r.loo.is_some()));
+    // Each figure has a leave-one-out prediction, but those of the serving
+    // rows an engine fit leaves out (published figures that miss Little's
+    // law: reported, not fitted).
+    for r in &f.rows {
+        let left_out = f
+            .engines
+            .iter()
+            .any(|g| g.left_out.iter().any(|(i, _)| *i == r.reference));
+        assert_eq!(r.loo.is_none(), left_out, "{}", refs[r.reference].plan.name);
+    }
+    // The engine fit's in-sample figures are `validate`'s (what the
+    // simulator predicts with the written terms), and it identified at
+    // least one term of every engine or said why not.
+    for g in &f.engines {
+        assert!(g.objective <= g.objective_ideal, "{}", g.engine);
+        assert!(g.loo.is_some(), "{}", g.engine);
+        for &i in &g.rows {
+            let r = &f.rows[i];
+            assert!(
+                (r.in_sample - r.current).abs() <= 1e-12 * r.current.abs(),
+                "{} {}: fit {} vs stdlib {}",
+                g.engine,
+                r.metric,
+                r.in_sample,
+                r.current
+            );
+        }
+    }
     // The per-figure in-sample prediction is the search at the written
     // values: the same as the model's figure for a group whose factors
     // are already the fit's (checked by the --write test below).
@@ -237,6 +264,43 @@ fn stdlib_factors_are_the_fit_output() {
                     shown(k)
                 ));
             }
+        }
+    }
+    // The serving engines (stdlib/engines/): the selected terms as
+    // fitted, the others undeclared (ideal), and the fit's record.
+    assert!(!f.engines.is_empty(), "no engine was fitted");
+    for g in &f.engines {
+        let Some(e) = refs
+            .iter()
+            .filter_map(|r| r.plan.workload.serve.as_ref()?.engine.as_ref())
+            .find(|e| e.name == g.engine)
+        else {
+            differ.push(format!("engine {}: not declared by any reference", g.engine));
+            continue;
+        };
+        for t in &g.terms {
+            let value = match t.name {
+                "iteration_overhead" => e.iteration_overhead,
+                "seq_overhead" => e.seq_overhead,
+                _ => e.kv_efficiency,
+            };
+            let declared = e.declared.iter().any(|d| d == t.name);
+            if declared != t.selected || fit::round_sig(value) != t.fitted {
+                differ.push(format!(
+                    "engine {} {}: stdlib {value} (declared: {declared}), fit {} (selected: {})",
+                    g.engine,
+                    t.name,
+                    t.text(),
+                    t.selected
+                ));
+            }
+        }
+        let loo = g.loo.map(|(m, x)| (fit::round_sig(m), fit::round_sig(x)));
+        if e.fit_rows != Some(g.plans as u64) || e.loo != loo {
+            differ.push(format!(
+                "engine {}: stdlib fit_rows {:?} loo {:?}, fit {} {:?}",
+                g.engine, e.fit_rows, e.loo, g.plans, loo
+            ));
         }
     }
     assert!(

@@ -77,6 +77,68 @@ fn iteration_model_reproduces_the_cost_model() {
     assert!(m8.kv_capacity_tokens > 2.0 * m4.kv_capacity_tokens);
 }
 
+/// A declared engine (`engine = E` in `serve`) reaches the iteration time
+/// by the formula of COST-MODEL §4a, term by term: `t_fixed +
+/// iteration_overhead`, `c_seq + seq_overhead`, `c_kv / kv_efficiency`, and
+/// nothing else moves. Each term alone changes `T(P, D, K, Q, S)` by exactly
+/// its own part (so dropping any one fails), and the ideal engine changes
+/// nothing, bit for bit.
+#[test]
+fn each_engine_term_reaches_the_iteration_time() {
+    use gantry_lang::program::Engine;
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let build = |e: Option<Engine>| {
+        let mut w = p.workload.clone();
+        if let Some(s) = w.serve.as_deref_mut() {
+            s.engine = e;
+        }
+        timing::build(&w, &p.system, 4, 4096, 1280).expect("model")
+    };
+    let base = build(None);
+    assert_eq!(build(Some(Engine::ideal("I"))), base);
+    let (io, so, eff) = (3e-3, 50e-6, 0.25);
+    let (pre, dec, kv, pairs, seqs) = (512.0, 64.0, 64.0 * 2000.0, 1.0e5, 66.0);
+    let t0 = base.time(pre, dec, kv, pairs, seqs);
+    let one = |iteration_overhead, seq_overhead, kv_efficiency| {
+        let mut e = Engine::ideal("E");
+        e.iteration_overhead = iteration_overhead;
+        e.seq_overhead = seq_overhead;
+        e.kv_efficiency = kv_efficiency;
+        build(Some(e))
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * t0;
+    let m = one(io, 0.0, 1.0);
+    assert!(close(m.time(pre, dec, kv, pairs, seqs) - t0, io));
+    assert_eq!((m.c_seq, m.c_kv), (base.c_seq, base.c_kv));
+    let m = one(0.0, so, 1.0);
+    assert!(close(m.time(pre, dec, kv, pairs, seqs) - t0, seqs * so));
+    assert_eq!((m.t_fixed, m.c_kv), (base.t_fixed, base.c_kv));
+    let m = one(0.0, 0.0, eff);
+    assert!(base.c_kv > 0.0);
+    assert!(close(
+        m.time(pre, dec, kv, pairs, seqs) - t0,
+        kv * base.c_kv * (1.0 / eff - 1.0)
+    ));
+    assert_eq!((m.t_fixed, m.c_seq), (base.t_fixed, base.c_seq));
+    // All three together: the sum of the parts.
+    let m = one(io, so, eff);
+    assert!(close(
+        m.time(pre, dec, kv, pairs, seqs) - t0,
+        io + seqs * so + kv * base.c_kv * (1.0 / eff - 1.0)
+    ));
+    // What the engine does not touch stays.
+    assert_eq!(
+        (m.t_weights, m.c_token, m.c_comm, m.c_pair, m.kv_capacity_tokens),
+        (
+            base.t_weights,
+            base.c_token,
+            base.c_comm,
+            base.c_pair,
+            base.kv_capacity_tokens
+        )
+    );
+}
+
 /// The engine's host time per sequence (`seq_overhead`, COST-MODEL §4):
 /// a decode step of `b` sequences pays it `b` times, the iteration model
 /// reads it off the cost model as `c_seq` (not into `t_fixed`) and an
