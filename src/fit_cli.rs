@@ -394,18 +394,21 @@ fn serving_band(metric: &str) -> Option<f64> {
     }
 }
 
-/// The serving rows by metric: their errors and how many are within the
-/// band. Serving rows fit no factor (the simulator runs on factors fitted
-/// to the cost model's rows), so leave-one-out equals in-sample there.
+/// The serving rows by metric: their errors in sample (the stdlib's
+/// engine terms) and left out (each row predicted with its engine's terms
+/// fitted without it; a row on no fitted engine fits nothing, so its
+/// leave-one-out figure is its prediction), and how many are within the
+/// band.
 fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     use std::fmt::Write;
-    let mut by_metric: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut by_metric: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for r in &fit.rows {
         if refs[r.reference].plan.workload.serve.is_some() {
-            by_metric
-                .entry(r.metric.as_str())
-                .or_default()
-                .push(rel_error(r.current, r.published));
+            let e = by_metric.entry(r.metric.as_str()).or_default();
+            e.0.push(rel_error(r.current, r.published));
+            if let Some(l) = r.loo {
+                e.1.push(rel_error(l, r.published));
+            }
         }
     }
     if by_metric.is_empty() {
@@ -413,27 +416,36 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     }
     let _ = writeln!(
         s,
-        "\nServing figures by metric (simulated; no factor is fitted to them, so leave-one-out = in-sample)"
+        "\nServing figures by metric (simulated with the engines' fitted terms; leave-one-out: each row's engine refitted without it)"
     );
     let _ = writeln!(
         s,
-        "  {:<12} {:>7}  {:>22}  {:>6}  {:>13}",
-        "metric", "figures", "error median / max", "band", "within band"
+        "  {:<12} {:>7}  {:>22}  {:>26}  {:>6}  {:>22}",
+        "metric",
+        "figures",
+        "in-sample median / max",
+        "leave-one-out median / max",
+        "band",
+        "within (in / left out)"
     );
-    for (m, errs) in &by_metric {
+    for (m, (ins, loo)) in &by_metric {
         let within = serving_band(m).map_or("-".to_string(), |b| {
+            let n = |v: &Vec<f64>| v.iter().filter(|e| e.abs() <= b).count();
             format!(
-                "{} of {}",
-                errs.iter().filter(|e| e.abs() <= b).count(),
-                errs.len()
+                "{} / {} of {} / {}",
+                n(ins),
+                n(loo),
+                ins.len(),
+                loo.len()
             )
         });
         let _ = writeln!(
             s,
-            "  {:<12} {:>7}  {:>22}  {:>6}  {:>13}",
+            "  {:<12} {:>7}  {:>22}  {:>26}  {:>6}  {:>22}",
             m,
-            errs.len(),
-            band(errs),
+            ins.len(),
+            band(ins),
+            band(loo),
             serving_band(m).map_or("-".to_string(), pct),
             within
         );
