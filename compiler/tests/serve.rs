@@ -272,7 +272,8 @@ fn serving_report_snapshot() {
 
 /// Section B1 of the published serving runs as `gantry validate` reads
 /// it (examples/reference/s01_b1_h200_sharegpt.gantry: 1 x H200, Llama 3.1
-/// 70B FP8, ShareGPT, Poisson 0.5 to 3 req/s; nothing fitted to it). The
+/// 70B FP8, ShareGPT, Poisson 0.5 to 3 req/s; only its engine's
+/// iteration host time is fitted to it, with B2's rows). The
 /// source says the server is not saturated at 3 req/s: every rate must be
 /// stable. Throughput and TPOT are held to the targets (10%; P50
 /// 15%, P99 25%); TTFT to 20% (P50) and 30% (P99): the simulator's TTFT
@@ -313,21 +314,21 @@ fn section_b1_rows() {
 /// Section A1 of the published serving runs as `gantry validate` reads
 /// it (examples/reference/s05_a_a100_tp8.gantry: 8 x A100-40GB, TP 8,
 /// Llama 3.3 70B BF16, vLLM 0.8.3, 200 ShareGPT prompts at QPS 1, 4, 16
-/// and `inf`; nothing fitted to it). Every row serves its 200 requests
+/// and `inf`; only its engine's terms are fitted to it). Every row serves its 200 requests
 /// and none is unstable; the `inf` row is a burst whose TTFT queues
 /// behind the whole batch, so it is the largest of the sweep as
 /// published (360 ms against 50-65 ms). The errors are printed
 /// (`--nocapture`) with the iteration model.
 ///
-/// The bands (throughput 10%, P50 15%, P99 25%) hold for the
-/// QPS-1 throughput only: the A100's inference factors are borrowed from
-/// the H100-SXM (TensorRT-LLM rows), and the simulated TP8 decode step
-/// (weights streamed in `t_weights`, collectives in `t_fixed`) is about
-/// 17 ms against 24.5 ms published at QPS 1, so TPOT is 30-45% fast on
-/// every row and the makespan-bound throughput 10-30% high above QPS 1
-/// (docs/COST-MODEL.md §4a, section A). Until the A100's inference is
-/// calibrated the other figures are held to a 70% gross-error guard,
-/// which a broken device record, burst or length model would break.
+/// The rows run on engine `vLLM_0_8_3` (stdlib/engines/vllm.gantry), whose
+/// iteration and per-sequence host times `gantry calibrate --fit` fits on
+/// these four rows (docs/COST-MODEL.md §4a): without it the simulated TP8
+/// decode step is about 17 ms against 24.5 ms published and TPOT is 30-45%
+/// fast on every row. With it the QPS-1 to QPS-16 TPOT figures and the
+/// QPS-1 and QPS-4 throughput are within the bands; every figure
+/// is held to a 45% gross-error guard (the worst, QPS-16 TTFT P99, is
+/// -41%), which a dropped engine term, a broken device record, burst or
+/// length model would break.
 #[test]
 fn section_a1_rows() {
     let c = common::checked("examples/reference/s05_a_a100_tp8.gantry");
@@ -363,8 +364,11 @@ fn section_a1_rows() {
         let e = r.error_pct();
         println!("{} {:<10} {:+.1}%", r.plan, r.metric, e);
         let band = match (r.plan.as_str(), r.metric.as_str()) {
-            ("s05_a1_1_plan", "throughput") => 10.0,
-            _ => 70.0,
+            ("s05_a1_1_plan" | "s05_a1_2_plan", "throughput") => 10.0,
+            ("s05_a1_4_plan", _) => 45.0,
+            (_, "tpot_p50") => 15.0,
+            (_, "tpot_p99") => 25.0,
+            _ => 45.0,
         };
         assert!(
             e.abs() <= band,
