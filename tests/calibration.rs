@@ -285,7 +285,7 @@ fn stdlib_factors_are_the_fit_output() {
                 _ => e.kv_efficiency,
             };
             let declared = e.declared.iter().any(|d| d == t.name);
-            if declared != t.selected || fit::round_sig(value) != t.fitted {
+            if declared != t.selected || value != t.fitted {
                 differ.push(format!(
                     "engine {} {}: stdlib {value} (declared: {declared}), fit {} (selected: {})",
                     g.engine,

@@ -72,6 +72,21 @@ fn terms(t: &Theta) -> EngineTerms {
 
 const IDEAL: Theta = [0.0, 0.0, 1.0];
 
+/// A term's value as the language writes it.
+fn term_text(x: f64, dim: Dim) -> String {
+    if dim.is_none() {
+        gantry_lang::units::format_number(x)
+    } else {
+        Quantity::new(x, dim).to_string()
+    }
+}
+
+/// The value the checker reads from `text` (a number with its unit).
+pub fn read_back(text: &str) -> Option<f64> {
+    let c = gantry_lang::check::check_source("read_back.gantry", &format!("let v = {text}\n"));
+    c.program.constants.get("v").map(|q| q.value)
+}
+
 /// One term of a fitted engine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Term {
@@ -92,11 +107,7 @@ pub struct Term {
 impl Term {
     /// The fitted value as the language writes it.
     pub fn text(&self) -> String {
-        if self.dim.is_none() {
-            gantry_lang::units::format_number(self.fitted)
-        } else {
-            Quantity::new(self.fitted, self.dim).to_string()
-        }
+        term_text(self.fitted, self.dim)
     }
 }
 
@@ -456,10 +467,13 @@ fn fit_one(
             break;
         }
     }
-    // Written values: 3 significant digits; unselected terms ideal.
+    // Written values: 3 significant digits, as the checker reads the
+    // written text back (`470 us` is 470 x 1e-6, not 4.7e-4 to the last
+    // bit); unselected terms ideal.
     let mut fitted = IDEAL;
     for &j in &on {
-        fitted[j] = round_sig(t[j]);
+        let x = round_sig(t[j]);
+        fitted[j] = read_back(&term_text(x, TERMS[j].1)).unwrap_or(x);
     }
     let objective = p.objective(&fitted, None);
     // Leave one row out: refine the selected terms on the others.
@@ -611,7 +625,11 @@ mod tests {
         );
         let checked = gantry_lang::check::check_source("e.gantry", &f);
         assert!(!checked.has_errors(), "{}", checked.render(false));
-        assert_eq!(checked.program.engines["F"].seq_overhead, 40e-6);
+        assert_eq!(
+            Some(checked.program.engines["F"].seq_overhead),
+            read_back("40 us")
+        );
+        assert!((checked.program.engines["F"].seq_overhead - 40e-6).abs() < 1e-18);
         assert!(rewrite_engine(SRC, "G", &entries, "c").is_err());
         assert!(rewrite_engine("engine E {", "E", &entries, "c").is_err());
     }
