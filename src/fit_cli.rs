@@ -212,10 +212,7 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
                 gantry_lang::units::Quantity::new(t.current, t.dim).to_string()
             };
             let how = if t.selected {
-                format!(
-                    "{} rows (lowers the objective by {:.3})",
-                    g.plans, t.gain
-                )
+                format!("{} rows (lowers the objective by {:.3})", g.plans, t.gain)
             } else {
                 format!(
                     "not identified by the rows (would lower it by {:.3}); left ideal",
@@ -302,7 +299,10 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         BTreeMap::new();
     for g in &fit.engines {
         if !g.rows.is_empty() && !g.engine_file.is_empty() {
-            engine_files.entry(g.engine_file.as_str()).or_default().push(g);
+            engine_files
+                .entry(g.engine_file.as_str())
+                .or_default()
+                .push(g);
         }
     }
     for (file, groups) in engine_files {
@@ -316,8 +316,12 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         };
         let mut ok = true;
         for g in &groups {
-            match gantry_compiler::engine_fit::rewrite_engine(&text, &g.engine, &g.record(), &comment)
-            {
+            match gantry_compiler::engine_fit::rewrite_engine(
+                &text,
+                &g.engine,
+                &g.record(),
+                &comment,
+            ) {
                 Ok(t) => text = t,
                 Err(e) => {
                     eprintln!(
@@ -337,7 +341,10 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
             status = ExitCode::from(1);
             continue;
         }
-        let names: Vec<String> = groups.iter().map(|g| format!("engine {}", g.engine)).collect();
+        let names: Vec<String> = groups
+            .iter()
+            .map(|g| format!("engine {}", g.engine))
+            .collect();
         outln!("wrote {file} ({})", names.join(", "));
     }
     for (file, groups) in by_file {
@@ -431,13 +438,7 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     for (m, (ins, loo)) in &by_metric {
         let within = serving_band(m).map_or("-".to_string(), |b| {
             let n = |v: &Vec<f64>| v.iter().filter(|e| e.abs() <= b).count();
-            format!(
-                "{} / {} of {} / {}",
-                n(ins),
-                n(loo),
-                ins.len(),
-                loo.len()
-            )
+            format!("{} / {} of {} / {}", n(ins), n(loo), ins.len(), loo.len())
         });
         let _ = writeln!(
             s,

@@ -275,7 +275,10 @@ fn stdlib_factors_are_the_fit_output() {
             .filter_map(|r| r.plan.workload.serve.as_ref()?.engine.as_ref())
             .find(|e| e.name == g.engine)
         else {
-            differ.push(format!("engine {}: not declared by any reference", g.engine));
+            differ.push(format!(
+                "engine {}: not declared by any reference",
+                g.engine
+            ));
             continue;
         };
         for t in &g.terms {

@@ -62,6 +62,9 @@ const TERMS: [(&str, Dim, f64, f64); 3] = [
 
 type Theta = [f64; 3];
 
+/// Figures by (case, the terms' bits).
+type Memo = HashMap<(usize, [u64; 3]), Vec<f64>>;
+
 fn terms(t: &Theta) -> EngineTerms {
     EngineTerms {
         iteration_overhead: t[0],
@@ -194,7 +197,7 @@ fn residual(predicted: f64, published: f64) -> f64 {
 /// The cases of one engine and a memo of their figures by terms.
 struct Problem {
     cases: Vec<Case>,
-    memo: Mutex<HashMap<(usize, [u64; 3]), Vec<f64>>>,
+    memo: Mutex<Memo>,
 }
 
 impl Problem {
@@ -334,8 +337,7 @@ fn case(i: usize, r: &Reference) -> Result<Case, PinError> {
     serve.engine = None;
     let serve = serve.clone();
     let pins = crate::serve::planner::plan_pins(&plan)?;
-    let (deployment, requests) =
-        crate::serve::planner::fixed_deployment(&plan, &pins, &[], None)?;
+    let (deployment, requests) = crate::serve::planner::fixed_deployment(&plan, &pins, &[], None)?;
     Ok(Case {
         reference: i,
         deployment,
@@ -409,7 +411,10 @@ pub fn fit_engines(refs: &[Reference], members: &[usize]) -> EngineFit {
             continue;
         };
         let declared = engine_of(&refs[first.reference]).cloned();
-        let engine_file = refs[first.reference].engine_file.clone().unwrap_or_default();
+        let engine_file = refs[first.reference]
+            .engine_file
+            .clone()
+            .unwrap_or_default();
         let problem = Problem {
             cases,
             memo: Mutex::new(HashMap::new()),
@@ -441,7 +446,7 @@ fn fit_one(
     let first_step = (0.1f64.ln() - 1e-6f64.ln()) / (SCAN_POINTS - 1) as f64 / 2.0;
     loop {
         let mut best: Option<(usize, Theta, f64)> = None;
-        for j in 0..TERMS.len() {
+        for (j, gain) in gains.iter_mut().enumerate() {
             if on.contains(&j) {
                 continue;
             }
@@ -449,7 +454,7 @@ fn fit_one(
             let mut with = on.clone();
             with.push(j);
             let (v, c) = p.refine(&s, &with, first_step, None);
-            gains[j] = j_now - c;
+            *gain = j_now - c;
             if best.as_ref().is_none_or(|b| c < b.2) {
                 best = Some((j, v, c));
             }
@@ -538,7 +543,12 @@ fn fit_one(
             .cases
             .iter()
             .filter(|c| !c.fitted)
-            .map(|c| (c.reference, little_miss(&refs[c.reference].plan).unwrap_or(0.0)))
+            .map(|c| {
+                (
+                    c.reference,
+                    little_miss(&refs[c.reference].plan).unwrap_or(0.0),
+                )
+            })
             .collect(),
     };
     (group, rows)
@@ -576,7 +586,9 @@ pub fn rewrite_engine(
         .get(from..end)
         .and_then(|t| t.find('{'))
         .map(|o| from + o + 1);
-    let close = end.checked_sub(1).filter(|c| src.as_bytes().get(*c) == Some(&b'}'));
+    let close = end
+        .checked_sub(1)
+        .filter(|c| src.as_bytes().get(*c) == Some(&b'}'));
     let (Some(open), Some(close)) = (open, close) else {
         return fail(format!("cannot find the body of engine `{engine}`"));
     };
@@ -611,14 +623,19 @@ mod tests {
         let out = rewrite_engine(SRC, "E", &entries, "written by a test")
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(
-            out.contains("engine E {\n  // written by a test\n  seq_overhead = 40 us\n  fit_rows = 4\n}\n"),
+            out.contains(
+                "engine E {\n  // written by a test\n  seq_overhead = 40 us\n  fit_rows = 4\n}\n"
+            ),
             "{out}"
         );
         assert!(!out.contains("iteration_overhead"), "{out}");
         assert!(out.contains("// The one.\nengine E") && out.contains("engine F {"));
         // An empty engine takes its first record; a rewrite is idempotent.
         let f = rewrite_engine(&out, "F", &entries, "again").unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(f.contains("engine F {\n  // again\n  seq_overhead = 40 us\n"), "{f}");
+        assert!(
+            f.contains("engine F {\n  // again\n  seq_overhead = 40 us\n"),
+            "{f}"
+        );
         assert_eq!(
             rewrite_engine(&f, "F", &entries, "again").as_deref(),
             Ok(f.as_str())

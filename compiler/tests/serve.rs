@@ -128,7 +128,13 @@ fn each_engine_term_reaches_the_iteration_time() {
     ));
     // What the engine does not touch stays.
     assert_eq!(
-        (m.t_weights, m.c_token, m.c_comm, m.c_pair, m.kv_capacity_tokens),
+        (
+            m.t_weights,
+            m.c_token,
+            m.c_comm,
+            m.c_pair,
+            m.kv_capacity_tokens
+        ),
         (
             base.t_weights,
             base.c_token,

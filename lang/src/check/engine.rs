@@ -76,7 +76,14 @@ pub const ENGINE_KEYS: &[&str] = &[
 impl Checker {
     /// A number of `dim` (`L041` for another unit, through the shared
     /// check); its range is the caller's (`L094`).
-    fn engine_number(&mut self, v: &Value, span: Span, dim: Dim, what: &str, example: &str) -> Option<f64> {
+    fn engine_number(
+        &mut self,
+        v: &Value,
+        span: Span,
+        dim: Dim,
+        what: &str,
+        example: &str,
+    ) -> Option<f64> {
         let q = self.num(v, span)?;
         if q.dim != dim {
             return self.quantity(v, span, dim, what, example);
@@ -170,10 +177,7 @@ impl Checker {
                     };
                     self.bad_engine(
                         vs,
-                        format!(
-                            "{what} must lie in {range}, got {}",
-                            Quantity::new(x, dim)
-                        ),
+                        format!("{what} must lie in {range}, got {}", Quantity::new(x, dim)),
                         "out of range",
                         format!("write it like `{example}`"),
                     );
