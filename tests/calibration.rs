@@ -556,3 +556,55 @@ fn h200_takes_the_h100_inference_calibration() {
         Some("H100_SXM")
     );
 }
+
+/// `--write` on a copy of the tree whose `vLLM_0_8_3` engine declares
+/// nothing (the ideal engine), with only that engine's reference file
+/// (section A1): the fit writes back exactly the record the stdlib holds
+/// (an engine is fitted on its own rows only, from the ideal engine, so
+/// the rows decide it and nothing else), the device records are untouched
+/// (serving rows fit no device factor), and the output names the engine,
+/// its terms and what the rows do not identify.
+#[test]
+fn write_fits_an_engine_into_a_copy() {
+    let root = temp_dir("engine");
+    copy_dir(Path::new("stdlib"), &root.join("stdlib"));
+    let refdir = root.join("examples/reference");
+    std::fs::create_dir_all(&refdir).expect("dir");
+    let name = "s05_a_a100_tp8.gantry";
+    std::fs::copy(
+        Path::new("examples/reference").join(name),
+        refdir.join(name),
+    )
+    .expect("copy");
+    let file = root.join("stdlib/engines/vllm.gantry");
+    let fitted = std::fs::read_to_string(&file).expect("read");
+    let start = fitted.find("engine vLLM_0_8_3 {").expect("the engine");
+    let end = start + fitted[start..].find('}').expect("its end");
+    let ideal = format!(
+        "{}engine vLLM_0_8_3 {{\n{}",
+        &fitted[..start],
+        &fitted[end..]
+    );
+    std::fs::write(&file, &ideal).expect("write");
+    let hardware = |root: &Path| -> Vec<String> {
+        gantry::gantry_files(&root.join("stdlib/hardware"))
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p).expect("read"))
+            .collect()
+    };
+    let before = hardware(&root);
+    let (code, out, err) = gantry_in(
+        Some(&root),
+        &["calibrate", "--fit", "examples/reference", "--write"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("engine vLLM_0_8_3"), "{out}");
+    assert!(out.contains("not identified by the rows"), "{out}");
+    assert!(
+        out.contains("wrote stdlib/engines/vllm.gantry (engine vLLM_0_8_3)"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), fitted);
+    assert_eq!(hardware(&root), before);
+    let _ = std::fs::remove_dir_all(&root);
+}
