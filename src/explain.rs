@@ -315,6 +315,24 @@ calibrated.\n\
 Fix: borrow from a device that has a fitted record for the phase (`gantry calibrate --fit` \
 writes them), or write the factors here (docs/LANGUAGE.md §5.2, \"Borrowed factors\")."
         }
+        "L094" => {
+            "An `engine NAME { ... }` declaration has a term the serving iteration model does \
+not read (the help names the closest one), or a value outside its range: \
+`iteration_overhead` and `seq_overhead` are times from 0 to 1 s, `kv_efficiency` a \
+fraction in (0, 1] (the engine's decode attention relative to the device's `infer` \
+factors), `fit_rows` a whole number and `loo_median` / `loo_max` fractions from 0 to 100 \
+(what `gantry calibrate --fit` records). A unit that is not the term's is `L041`. The \
+label points at the key or the value.\n\
+Fix: spell the term as listed, or give a value in its range (docs/LANGUAGE.md §5.10)."
+        }
+        "L095" => {
+            "A `serve` workload's `engine = NAME` does not name an engine declaration: no \
+declaration has that name (the help names the closest declared engine), or the name is a \
+declaration of another kind (a device, a workload). The label points at the name.\n\
+Fix: name an engine declared with `engine NAME { ... }` and import its file \
+(stdlib/engines/vllm.gantry), or leave `engine` out for an ideal engine (docs/LANGUAGE.md \
+§5.10)."
+        }
         "L081" => {
             "A plan searches or pins `token_budget` or `chunked_prefill`, the serving \
 scheduler's knobs, but its workload is not a `serve` workload (or the knob is in a study, \
@@ -486,6 +504,15 @@ device, the device has no `efficiency { ... }` record, or the record is not writ
 record. Nothing is written to that file; other files are still written.\n\
 Fix: declare the device's factors as `efficiency { ... }` in its file (the fit only fits \
 factors the record declares), make the file writable, and run the command again."
+        }
+        "C034" => {
+            "`gantry calibrate --fit DIR` could not fit or write a serving engine's terms: \
+a serving reference plan that declares the engine searches its deployment (an engine is \
+fitted on plans that pin tp, dp and batch, as the published runs did), or, with `--write`, \
+the file that declares the engine cannot be read or written, or no longer declares it. \
+Nothing is written to that file; other files are still written.\n\
+Fix: pin the plan's deployment with `fix`, make the engine's file writable, and run the \
+command again."
         }
         "C019" => {
             "No serving configuration the plan searches (tensor parallelism, replicas, \

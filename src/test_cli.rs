@@ -6,8 +6,10 @@
 //!   when the prediction lies within the plan's `tolerance`, or, where the
 //!   file states none, within the model's own stated uncertainty for that
 //!   device and phase (the worst leave-one-out error of the fit,
-//!   [`gantry_compiler::hardware::Uncertainty::max`]). With neither (an
-//!   uncalibrated device, a serving simulation) the figure is *unchecked*
+//!   [`gantry_compiler::hardware::Uncertainty::max`]; for a serving
+//!   simulation, the worst leave-one-out error of its engine's fit). With
+//!   neither (an uncalibrated device, a serving workload on no fitted
+//!   engine) the figure is *unchecked*
 //!   and counted as such; `--strict` fails it. An `expect` of a study
 //!   names a figure of its pooled fleet (`cost`, `power`, `devices`) and
 //!   needs a `tolerance`, else it is unchecked too.
@@ -110,12 +112,21 @@ pub fn judge(predicted: f64, published: f64, stated: Option<f64>, band: Option<f
 
 /// The `expect` figures of one plan, judged.
 pub fn plan_expectations(plan: &Plan) -> Vec<Expectation> {
-    let band = Hardware::new(&plan.system, &plan.workload)
-        .ok()
-        .and_then(|h| h.uncertainty)
-        .map(|u| u.max)
-        // A serving simulation is not what the phase fit's band measured.
-        .filter(|_| plan.workload.serve.is_none());
+    let band = match plan.workload.serve.as_deref() {
+        // A serving simulation is not what the phase fit's band measured:
+        // it carries its engine's leave-one-out band (the engine's terms
+        // fitted on section S), if the engine was fitted.
+        // A row whose published figures miss Little's law is not fitted
+        // and stays unchecked.
+        Some(s) if !gantry_compiler::engine_fit::inexpressible(plan) => {
+            s.engine.as_ref().and_then(|e| e.loo).map(|(_, max)| max)
+        }
+        Some(_) => None,
+        None => Hardware::new(&plan.system, &plan.workload)
+            .ok()
+            .and_then(|h| h.uncertainty)
+            .map(|u| u.max),
+    };
     let mk = |metric: &str, predicted: f64, published: f64, verdict| Expectation {
         owner: format!("plan {}", plan.name),
         metric: metric.to_string(),

@@ -177,7 +177,34 @@ fn the_fit_holds_the_search_exactly() {
         }
         assert!(g.loo.is_some());
     }
-    assert!(f.rows.iter().all(|r| r.loo.is_some()));
+    // Each figure has a leave-one-out prediction, but those of the serving
+    // rows an engine fit leaves out (published figures that miss Little's
+    // law: reported, not fitted).
+    for r in &f.rows {
+        let left_out = f
+            .engines
+            .iter()
+            .any(|g| g.left_out.iter().any(|(i, _)| *i == r.reference));
+        assert_eq!(r.loo.is_none(), left_out, "{}", refs[r.reference].plan.name);
+    }
+    // The engine fit's in-sample figures are `validate`'s (what the
+    // simulator predicts with the written terms), and it identified at
+    // least one term of every engine or said why not.
+    for g in &f.engines {
+        assert!(g.objective <= g.objective_ideal, "{}", g.engine);
+        assert!(g.loo.is_some(), "{}", g.engine);
+        for &i in &g.rows {
+            let r = &f.rows[i];
+            assert!(
+                (r.in_sample - r.current).abs() <= 1e-12 * r.current.abs(),
+                "{} {}: fit {} vs stdlib {}",
+                g.engine,
+                r.metric,
+                r.in_sample,
+                r.current
+            );
+        }
+    }
     // The per-figure in-sample prediction is the search at the written
     // values: the same as the model's figure for a group whose factors
     // are already the fit's (checked by the --write test below).
@@ -237,6 +264,46 @@ fn stdlib_factors_are_the_fit_output() {
                     shown(k)
                 ));
             }
+        }
+    }
+    // The serving engines (stdlib/engines/): the selected terms as
+    // fitted, the others undeclared (ideal), and the fit's record.
+    assert!(!f.engines.is_empty(), "no engine was fitted");
+    for g in &f.engines {
+        let Some(e) = refs
+            .iter()
+            .filter_map(|r| r.plan.workload.serve.as_ref()?.engine.as_ref())
+            .find(|e| e.name == g.engine)
+        else {
+            differ.push(format!(
+                "engine {}: not declared by any reference",
+                g.engine
+            ));
+            continue;
+        };
+        for t in &g.terms {
+            let value = match t.name {
+                "iteration_overhead" => e.iteration_overhead,
+                "seq_overhead" => e.seq_overhead,
+                _ => e.kv_efficiency,
+            };
+            let declared = e.declared.iter().any(|d| d == t.name);
+            if declared != t.selected || value != t.fitted {
+                differ.push(format!(
+                    "engine {} {}: stdlib {value} (declared: {declared}), fit {} (selected: {})",
+                    g.engine,
+                    t.name,
+                    t.text(),
+                    t.selected
+                ));
+            }
+        }
+        let loo = g.loo.map(|(m, x)| (fit::round_sig(m), fit::round_sig(x)));
+        if e.fit_rows != Some(g.plans as u64) || e.loo != loo {
+            differ.push(format!(
+                "engine {}: stdlib fit_rows {:?} loo {:?}, fit {} {:?}",
+                g.engine, e.fit_rows, e.loo, g.plans, loo
+            ));
         }
     }
     assert!(
@@ -488,4 +555,56 @@ fn h200_takes_the_h100_inference_calibration() {
             .map(String::as_str),
         Some("H100_SXM")
     );
+}
+
+/// `--write` on a copy of the tree whose `vLLM_0_8_3` engine declares
+/// nothing (the ideal engine), with only that engine's reference file
+/// (section A1): the fit writes back exactly the record the stdlib holds
+/// (an engine is fitted on its own rows only, from the ideal engine, so
+/// the rows decide it and nothing else), the device records are untouched
+/// (serving rows fit no device factor), and the output names the engine,
+/// its terms and what the rows do not identify.
+#[test]
+fn write_fits_an_engine_into_a_copy() {
+    let root = temp_dir("engine");
+    copy_dir(Path::new("stdlib"), &root.join("stdlib"));
+    let refdir = root.join("examples/reference");
+    std::fs::create_dir_all(&refdir).expect("dir");
+    let name = "s05_a_a100_tp8.gantry";
+    std::fs::copy(
+        Path::new("examples/reference").join(name),
+        refdir.join(name),
+    )
+    .expect("copy");
+    let file = root.join("stdlib/engines/vllm.gantry");
+    let fitted = std::fs::read_to_string(&file).expect("read");
+    let start = fitted.find("engine vLLM_0_8_3 {").expect("the engine");
+    let end = start + fitted[start..].find('}').expect("its end");
+    let ideal = format!(
+        "{}engine vLLM_0_8_3 {{\n{}",
+        &fitted[..start],
+        &fitted[end..]
+    );
+    std::fs::write(&file, &ideal).expect("write");
+    let hardware = |root: &Path| -> Vec<String> {
+        gantry::gantry_files(&root.join("stdlib/hardware"))
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p).expect("read"))
+            .collect()
+    };
+    let before = hardware(&root);
+    let (code, out, err) = gantry_in(
+        Some(&root),
+        &["calibrate", "--fit", "examples/reference", "--write"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("engine vLLM_0_8_3"), "{out}");
+    assert!(out.contains("not identified by the rows"), "{out}");
+    assert!(
+        out.contains("wrote stdlib/engines/vllm.gantry (engine vLLM_0_8_3)"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), fitted);
+    assert_eq!(hardware(&root), before);
+    let _ = std::fs::remove_dir_all(&root);
 }

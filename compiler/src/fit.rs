@@ -81,6 +81,9 @@ pub struct Reference {
     pub expect: Vec<(String, f64)>,
     /// The file that declares the plan's device (for `--write`).
     pub device_file: String,
+    /// The file that declares the serving engine the plan's workload runs
+    /// on, if any (for `--write`).
+    pub engine_file: Option<String>,
 }
 
 /// Every plan of `program` that states an expected figure, in name order
@@ -101,6 +104,12 @@ pub fn references(
             plan: p.clone(),
             expect: p.expect.iter().map(|(m, q)| (m.clone(), q.value)).collect(),
             device_file: sources.name(p.system.node.device.span.file).to_string(),
+            engine_file: p
+                .workload
+                .serve
+                .as_ref()
+                .and_then(|s| s.engine.as_ref())
+                .map(|e| sources.name(e.span.file).to_string()),
         })
         .collect()
 }
@@ -199,6 +208,8 @@ pub struct Failed {
 #[derive(Clone, Debug)]
 pub struct Fit {
     pub groups: Vec<Group>,
+    /// The serving engines' fits (section S rows that declare an engine).
+    pub engines: Vec<crate::engine_fit::EngineGroup>,
     pub rows: Vec<FitRow>,
     pub failed: Vec<Failed>,
     /// Whether the last round's search kept every design point the round
@@ -588,7 +599,13 @@ pub fn fit(refs: &[Reference]) -> Fit {
     let mut failed: Vec<Failed> = Vec::new();
     // The stdlib's predictions now (what `gantry validate` prints).
     let mut current: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut engine_refs = Vec::new();
     for (i, r) in refs.iter().enumerate() {
+        if crate::engine_fit::engine_of(r).is_some() {
+            // Fitted below, on the engine's own rows.
+            engine_refs.push(i);
+            continue;
+        }
         if r.plan.workload.serve.is_some() {
             // Serving rows are predicted by the simulator on the factors
             // fitted elsewhere and fit nothing: every prediction is out of
@@ -791,10 +808,28 @@ pub fn fit(refs: &[Reference]) -> Fit {
             loo,
         });
     }
+    let ef = crate::engine_fit::fit_engines(refs, &engine_refs);
+    let base = rows.len();
+    rows.extend(ef.rows);
+    let engines = ef
+        .groups
+        .into_iter()
+        .map(|mut g| {
+            for r in g.rows.iter_mut() {
+                *r += base;
+            }
+            g
+        })
+        .collect();
+    failed.extend(ef.failed.into_iter().map(|f| Failed {
+        reference: f.reference,
+        error: f.error,
+    }));
     failed.sort_by_key(|f| f.reference);
     failed.dedup_by_key(|f| f.reference);
     Fit {
         groups,
+        engines,
         rows,
         failed,
         stable,

@@ -6,6 +6,7 @@
 pub mod collective;
 pub mod cost;
 pub mod egraph;
+pub mod engine_fit;
 pub mod explain;
 pub mod export;
 pub mod fit;

@@ -77,6 +77,74 @@ fn iteration_model_reproduces_the_cost_model() {
     assert!(m8.kv_capacity_tokens > 2.0 * m4.kv_capacity_tokens);
 }
 
+/// A declared engine (`engine = E` in `serve`) reaches the iteration time
+/// by the formula of COST-MODEL §4a, term by term: `t_fixed +
+/// iteration_overhead`, `c_seq + seq_overhead`, `c_kv / kv_efficiency`, and
+/// nothing else moves. Each term alone changes `T(P, D, K, Q, S)` by exactly
+/// its own part (so dropping any one fails), and the ideal engine changes
+/// nothing, bit for bit.
+#[test]
+fn each_engine_term_reaches_the_iteration_time() {
+    use gantry_lang::program::Engine;
+    let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
+    let build = |e: Option<Engine>| {
+        let mut w = p.workload.clone();
+        if let Some(s) = w.serve.as_deref_mut() {
+            s.engine = e;
+        }
+        timing::build(&w, &p.system, 4, 4096, 1280).expect("model")
+    };
+    let base = build(None);
+    assert_eq!(build(Some(Engine::ideal("I"))), base);
+    let (io, so, eff) = (3e-3, 50e-6, 0.25);
+    let (pre, dec, kv, pairs, seqs) = (512.0, 64.0, 64.0 * 2000.0, 1.0e5, 66.0);
+    let t0 = base.time(pre, dec, kv, pairs, seqs);
+    let one = |iteration_overhead, seq_overhead, kv_efficiency| {
+        let mut e = Engine::ideal("E");
+        e.iteration_overhead = iteration_overhead;
+        e.seq_overhead = seq_overhead;
+        e.kv_efficiency = kv_efficiency;
+        build(Some(e))
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * t0;
+    let m = one(io, 0.0, 1.0);
+    assert!(close(m.time(pre, dec, kv, pairs, seqs) - t0, io));
+    assert_eq!((m.c_seq, m.c_kv), (base.c_seq, base.c_kv));
+    let m = one(0.0, so, 1.0);
+    assert!(close(m.time(pre, dec, kv, pairs, seqs) - t0, seqs * so));
+    assert_eq!((m.t_fixed, m.c_kv), (base.t_fixed, base.c_kv));
+    let m = one(0.0, 0.0, eff);
+    assert!(base.c_kv > 0.0);
+    assert!(close(
+        m.time(pre, dec, kv, pairs, seqs) - t0,
+        kv * base.c_kv * (1.0 / eff - 1.0)
+    ));
+    assert_eq!((m.t_fixed, m.c_seq), (base.t_fixed, base.c_seq));
+    // All three together: the sum of the parts.
+    let m = one(io, so, eff);
+    assert!(close(
+        m.time(pre, dec, kv, pairs, seqs) - t0,
+        io + seqs * so + kv * base.c_kv * (1.0 / eff - 1.0)
+    ));
+    // What the engine does not touch stays.
+    assert_eq!(
+        (
+            m.t_weights,
+            m.c_token,
+            m.c_comm,
+            m.c_pair,
+            m.kv_capacity_tokens
+        ),
+        (
+            base.t_weights,
+            base.c_token,
+            base.c_comm,
+            base.c_pair,
+            base.kv_capacity_tokens
+        )
+    );
+}
+
 /// The engine's host time per sequence (`seq_overhead`, COST-MODEL §4):
 /// a decode step of `b` sequences pays it `b` times, the iteration model
 /// reads it off the cost model as `c_seq` (not into `t_fixed`) and an
@@ -210,7 +278,8 @@ fn serving_report_snapshot() {
 
 /// Section B1 of the published serving runs as `gantry validate` reads
 /// it (examples/reference/s01_b1_h200_sharegpt.gantry: 1 x H200, Llama 3.1
-/// 70B FP8, ShareGPT, Poisson 0.5 to 3 req/s; nothing fitted to it). The
+/// 70B FP8, ShareGPT, Poisson 0.5 to 3 req/s; only its engine's
+/// iteration host time is fitted to it, with B2's rows). The
 /// source says the server is not saturated at 3 req/s: every rate must be
 /// stable. Throughput and TPOT are held to the targets (10%; P50
 /// 15%, P99 25%); TTFT to 20% (P50) and 30% (P99): the simulator's TTFT
@@ -251,21 +320,21 @@ fn section_b1_rows() {
 /// Section A1 of the published serving runs as `gantry validate` reads
 /// it (examples/reference/s05_a_a100_tp8.gantry: 8 x A100-40GB, TP 8,
 /// Llama 3.3 70B BF16, vLLM 0.8.3, 200 ShareGPT prompts at QPS 1, 4, 16
-/// and `inf`; nothing fitted to it). Every row serves its 200 requests
+/// and `inf`; only its engine's terms are fitted to it). Every row serves its 200 requests
 /// and none is unstable; the `inf` row is a burst whose TTFT queues
 /// behind the whole batch, so it is the largest of the sweep as
 /// published (360 ms against 50-65 ms). The errors are printed
 /// (`--nocapture`) with the iteration model.
 ///
-/// The bands (throughput 10%, P50 15%, P99 25%) hold for the
-/// QPS-1 throughput only: the A100's inference factors are borrowed from
-/// the H100-SXM (TensorRT-LLM rows), and the simulated TP8 decode step
-/// (weights streamed in `t_weights`, collectives in `t_fixed`) is about
-/// 17 ms against 24.5 ms published at QPS 1, so TPOT is 30-45% fast on
-/// every row and the makespan-bound throughput 10-30% high above QPS 1
-/// (docs/COST-MODEL.md §4a, section A). Until the A100's inference is
-/// calibrated the other figures are held to a 70% gross-error guard,
-/// which a broken device record, burst or length model would break.
+/// The rows run on engine `vLLM_0_8_3` (stdlib/engines/vllm.gantry), whose
+/// iteration and per-sequence host times `gantry calibrate --fit` fits on
+/// these four rows (docs/COST-MODEL.md §4a): without it the simulated TP8
+/// decode step is about 17 ms against 24.5 ms published and TPOT is 30-45%
+/// fast on every row. With it the QPS-1 to QPS-16 TPOT figures and the
+/// QPS-1 and QPS-4 throughput are within the bands; every figure
+/// is held to a 45% gross-error guard (the worst, QPS-16 TTFT P99, is
+/// -41%), which a dropped engine term, a broken device record, burst or
+/// length model would break.
 #[test]
 fn section_a1_rows() {
     let c = common::checked("examples/reference/s05_a_a100_tp8.gantry");
@@ -301,8 +370,11 @@ fn section_a1_rows() {
         let e = r.error_pct();
         println!("{} {:<10} {:+.1}%", r.plan, r.metric, e);
         let band = match (r.plan.as_str(), r.metric.as_str()) {
-            ("s05_a1_1_plan", "throughput") => 10.0,
-            _ => 70.0,
+            ("s05_a1_1_plan" | "s05_a1_2_plan", "throughput") => 10.0,
+            ("s05_a1_4_plan", _) => 45.0,
+            (_, "tpot_p50") => 15.0,
+            (_, "tpot_p99") => 25.0,
+            _ => 45.0,
         };
         assert!(
             e.abs() <= band,

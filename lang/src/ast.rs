@@ -32,6 +32,8 @@ pub enum DeclKind {
     Model,
     Plan,
     Study,
+    /// A serving engine's fitted host and kernel terms (`engine NAME { ... }`).
+    Engine,
     Let,
 }
 
@@ -46,6 +48,7 @@ impl DeclKind {
             DeclKind::Model => "model",
             DeclKind::Plan => "plan",
             DeclKind::Study => "study",
+            DeclKind::Engine => "engine",
             DeclKind::Let => "let",
         }
     }

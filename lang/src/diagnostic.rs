@@ -96,6 +96,8 @@ codes! {
     L088 => "tolerance for a figure that is not expected",
     L091 => "`expect` in a weighted-mix study (not checked)",
     L093 => "no efficiency factors to borrow",
+    L094 => "unknown engine term, or an engine term out of range",
+    L095 => "`engine` names no declared engine",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",
@@ -127,6 +129,7 @@ codes! {
     C031 => "serving plan knob a batching-window workload does not have",
     C032 => "invalid --shard, or a shard that cannot be written exactly",
     C033 => "shard files that do not merge",
+    C034 => "cannot fit or write a serving engine's terms",
 }
 
 impl fmt::Display for Code {

@@ -363,6 +363,31 @@ mod tests {
             .collect()
     }
 
+    /// `engine` is a contextual keyword: it starts a declaration at the
+    /// top level and stays an ordinary name elsewhere (a `let`, a record
+    /// field, a value); any other name in its place is `L010`.
+    #[test]
+    fn engine_is_a_contextual_keyword() {
+        let src = "engine E {\n  seq_overhead = 1 us\n}\nlet engine = 3\nworkload w {\n  serve { engine = E }\n}\n";
+        let parsed = parse(src, FileId(0));
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        let kinds: Vec<_> = parsed
+            .file
+            .decls
+            .iter()
+            .map(|d| match d {
+                Decl::Block(b) => b.kind.keyword(),
+                Decl::Let { .. } => "let",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["engine", "let", "workload"]);
+        assert_eq!(
+            errors("engin E {\n}\n"),
+            vec![(Code::L010, "unexpected name `engin`".to_string())]
+        );
+    }
+
     #[test]
     fn parses_hardware() {
         let p = parse(

@@ -755,7 +755,55 @@ pub struct Serve {
     /// is the items per request, `generate` 1, every SLO the request
     /// latency). `None`: LLM continuous batching.
     pub batching: Option<Batching>,
+    /// The serving engine the workload runs on (`engine = vLLM_0_8`):
+    /// its host time and decode-attention efficiency reach the iteration
+    /// model (docs/COST-MODEL.md §4a). `None`: an ideal engine (no host
+    /// time, the device's kernels).
+    pub engine: Option<Engine>,
     pub span: Span,
+}
+
+/// A serving engine (`engine NAME { ... }`): the software between the
+/// requests and the device, as fitted by `gantry calibrate --fit` on the
+/// serving reference rows that declare it. Every term defaults to an
+/// ideal engine, so a workload without one is priced as before.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Engine {
+    pub name: String,
+    /// Host time of every iteration (scheduling, batch assembly, the
+    /// Python around the forward pass), in seconds.
+    pub iteration_overhead: f64,
+    /// Host time per scheduled sequence per iteration (sampling,
+    /// detokenisation, bookkeeping), in seconds.
+    pub seq_overhead: f64,
+    /// The engine's decode-attention (KV-cache read) speed relative to the
+    /// device's `infer` factors, in (0, 1]: the per-KV-token attention
+    /// time is divided by it.
+    pub kv_efficiency: f64,
+    /// The terms the engine declares (the others are the ideal defaults):
+    /// what the fit fits.
+    pub declared: Vec<String>,
+    /// What the fit recorded: rows (plans) fitted on and the leave-one-out
+    /// |relative error| median and worst.
+    pub fit_rows: Option<u64>,
+    pub loo: Option<(f64, f64)>,
+    pub span: Span,
+}
+
+impl Engine {
+    /// The ideal engine: no host time, the device's kernels.
+    pub fn ideal(name: &str) -> Engine {
+        Engine {
+            name: name.to_string(),
+            iteration_overhead: 0.0,
+            seq_overhead: 0.0,
+            kv_efficiency: 1.0,
+            declared: Vec::new(),
+            fit_rows: None,
+            loo: None,
+            span: Span::new(0, 0),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- plans
@@ -943,6 +991,8 @@ impl DemandKind {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Program {
     pub devices: BTreeMap<String, Device>,
+    /// Serving engines (`engine NAME { ... }`).
+    pub engines: BTreeMap<String, Engine>,
     pub nodes: BTreeMap<String, Node>,
     pub clusters: BTreeMap<String, Cluster>,
     pub workloads: BTreeMap<String, Workload>,
@@ -967,6 +1017,9 @@ impl Program {
         }
         for n in self.nodes.values() {
             write_node(&mut s, n, "");
+        }
+        for e in self.engines.values() {
+            write_engine(&mut s, e);
         }
         for c in self.clusters.values() {
             write_cluster(&mut s, c);
@@ -1320,7 +1373,31 @@ fn serve_summary(sv: &Serve) -> String {
                 q(b.max_wait, Dim::TIME)
             ))
             .unwrap_or_default()
-    )
+    ) + &sv
+        .engine
+        .as_ref()
+        .map(|e| format!(" engine={}", e.name))
+        .unwrap_or_default()
+}
+
+fn write_engine(s: &mut String, e: &Engine) {
+    let _ = writeln!(
+        s,
+        "engine {}: iteration_overhead {} seq_overhead {} kv_efficiency {}{}",
+        e.name,
+        q(e.iteration_overhead, Dim::TIME),
+        q(e.seq_overhead, Dim::TIME),
+        format_number(e.kv_efficiency),
+        match (e.fit_rows, e.loo) {
+            (Some(n), Some((m, x))) => format!(
+                " (fit on {n} rows, leave-one-out {} / {})",
+                format_number(m),
+                format_number(x)
+            ),
+            (Some(n), None) => format!(" (fit on {n} rows)"),
+            _ => String::new(),
+        }
+    );
 }
 
 fn write_workload(s: &mut String, w: &Workload) {

@@ -830,7 +830,6 @@ pub fn fixed(
     trace: &[TraceRow],
     rate: Option<f64>,
 ) -> Result<Summary, PinError> {
-    use crate::point::Pin;
     let Some(s) = p.workload.serve.as_deref() else {
         return Err(error(
             Code::C008,
@@ -842,6 +841,28 @@ pub fn fixed(
     if let Some(b) = s.batching {
         return fixed_batched(p, s, b, pins, trace, rate);
     }
+    let (d, reqs) = fixed_deployment(p, pins, trace, rate)?;
+    Ok(super::run_with(&d, &reqs, s, u64::MAX))
+}
+
+/// The deployment and requests [`fixed`] simulates for an LLM `serve`
+/// workload (`C008` for another kind): what the engine fit
+/// ([`crate::engine_fit`]) re-simulates under other engine terms.
+pub fn fixed_deployment(
+    p: &Plan,
+    pins: &BTreeMap<String, crate::point::Pin>,
+    trace: &[TraceRow],
+    rate: Option<f64>,
+) -> Result<(Deployment, Vec<super::Request>), PinError> {
+    use crate::point::Pin;
+    let Some(s) = p.workload.serve.as_deref().filter(|s| s.batching.is_none()) else {
+        return Err(error(
+            Code::C008,
+            "fix",
+            format!("workload `{}` is not a `serve` workload", p.workload.name),
+            "declare the workload with `serve { ... }` and continuous batching",
+        ));
+    };
     for k in pins.keys() {
         if !["tp", "pp", "dp", "batch", "token_budget", "chunked_prefill"].contains(&k.as_str())
             && !POOL_KNOBS.contains(&k.as_str())
@@ -976,8 +997,7 @@ pub fn fixed(
         transfer_per_byte: xfer.0,
         transfer_latency: xfer.1,
     };
-    let reqs = requests(s, rate, trace);
-    Ok(super::run_with(&d, &reqs, s, u64::MAX))
+    Ok((d, requests(s, rate, trace)))
 }
 
 /// Knobs a batching-window plan cannot take (`C031`): a replica is one

@@ -214,6 +214,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
         seed,
         disaggregate: Disaggregate::No,
         batching: None,
+        engine: None,
         span: gantry_lang::span::Span::new(0, 0),
     }
 }

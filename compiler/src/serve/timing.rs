@@ -46,7 +46,8 @@ pub struct IterModel {
     /// Host overhead, collective latency and the attention of a
     /// one-token context: paid by every iteration.
     pub t_fixed: f64,
-    /// The engine's host time per scheduled sequence (`seq_overhead`).
+    /// Host time per scheduled sequence: the device's `seq_overhead` plus
+    /// the serving engine's.
     pub c_seq: f64,
     /// Streaming the weights once (linear layers at one token).
     pub t_weights: f64,
@@ -86,6 +87,50 @@ impl IterModel {
             + kv * self.c_kv
             + pairs * self.c_pair
             + seqs * self.c_seq
+    }
+}
+
+/// The terms a serving engine adds to the iteration model (`engine NAME
+/// { ... }`, docs/COST-MODEL.md §4a): its host time per iteration and per
+/// scheduled sequence, and its decode-attention speed relative to the
+/// device's factors. [`EngineTerms::IDEAL`] changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EngineTerms {
+    pub iteration_overhead: f64,
+    pub seq_overhead: f64,
+    pub kv_efficiency: f64,
+}
+
+impl EngineTerms {
+    /// No host time, the device's kernels.
+    pub const IDEAL: EngineTerms = EngineTerms {
+        iteration_overhead: 0.0,
+        seq_overhead: 0.0,
+        kv_efficiency: 1.0,
+    };
+
+    /// The terms of a declared engine (`None`: the ideal one).
+    pub fn of(e: Option<&gantry_lang::program::Engine>) -> EngineTerms {
+        e.map_or(EngineTerms::IDEAL, |e| EngineTerms {
+            iteration_overhead: e.iteration_overhead,
+            seq_overhead: e.seq_overhead,
+            kv_efficiency: e.kv_efficiency,
+        })
+    }
+}
+
+impl IterModel {
+    /// This model run by engine `e`: `t_fixed + iteration_overhead`,
+    /// `c_seq + seq_overhead`, `c_kv / kv_efficiency`. The ideal engine
+    /// returns the model unchanged, bit for bit.
+    pub fn with_engine(mut self, e: EngineTerms) -> IterModel {
+        if e == EngineTerms::IDEAL {
+            return self;
+        }
+        self.t_fixed += e.iteration_overhead;
+        self.c_seq += e.seq_overhead;
+        self.c_kv /= e.kv_efficiency;
+        self
     }
 }
 
@@ -220,6 +265,7 @@ pub fn build(
         0.0
     };
     let devices = tp as f64;
+    let engine = EngineTerms::of(w.serve.as_ref().and_then(|s| s.engine.as_ref()));
     Ok(IterModel {
         tp,
         pp,
@@ -235,7 +281,8 @@ pub fn build(
         kv_capacity_tokens,
         price_per_s: hw.price_per_device.map(|p| p * devices),
         power: hw.device_power * devices,
-    })
+    }
+    .with_engine(engine))
 }
 
 /// The iteration model of a batching-window workload (recommendation
@@ -332,5 +379,11 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
         kv_capacity_tokens: capacity,
         price_per_s: hw.price_per_device,
         power: hw.device_power,
-    })
+    }
+    // A batching window scores items, not sequences: only the engine's
+    // per-iteration host time applies.
+    .with_engine(EngineTerms {
+        seq_overhead: 0.0,
+        ..EngineTerms::of(w.serve.as_ref().and_then(|s| s.engine.as_ref()))
+    }))
 }

@@ -513,7 +513,7 @@ impl Checker {
 
     /// Starts building an instance of a block declaration: its syntax, the
     /// error count before it, and its parameters bound; `None` on a cycle.
-    fn open(
+    pub(crate) fn open(
         &mut self,
         inst: &Instance,
         key: &str,

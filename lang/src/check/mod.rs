@@ -9,6 +9,7 @@
 //! checker never stops at the first one.
 
 mod decls;
+mod engine;
 mod eval;
 mod fleet;
 mod model;
@@ -23,6 +24,7 @@ pub use decls::{
     EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, NOT_LENT, SERVE_KNOBS,
     metric_dim, study_metric_dim,
 };
+pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
 pub use ops::OP_NAMES;
 
 use crate::ast::{Decl, DeclKind, File};
@@ -82,6 +84,7 @@ pub(crate) struct Checker {
     pub memo_nodes: BTreeMap<String, Option<Node>>,
     pub memo_clusters: BTreeMap<String, Option<Cluster>>,
     pub memo_workloads: BTreeMap<String, Option<Workload>>,
+    pub memo_engines: BTreeMap<String, Option<Engine>>,
     /// Instances being built, to report cyclic definitions.
     in_progress: Vec<String>,
     /// Loaded files, each after the files it imports (depth-first post
@@ -107,6 +110,7 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         memo_nodes: BTreeMap::new(),
         memo_clusters: BTreeMap::new(),
         memo_workloads: BTreeMap::new(),
+        memo_engines: BTreeMap::new(),
         in_progress: Vec::new(),
         load_order: Vec::new(),
         syntax_errors: Vec::new(),
@@ -398,6 +402,9 @@ impl Checker {
                         }
                         DeclKind::Table => {
                             self.table(&inst, b.name.span);
+                        }
+                        DeclKind::Engine => {
+                            self.engine(&inst, b.name.span);
                         }
                         _ => {}
                     }

@@ -42,6 +42,7 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "attention",
     "fusion",
     "precision",
+    "engine",
 ];
 
 /// The largest token count of a length distribution, a token budget or a
@@ -646,6 +647,19 @@ impl Checker {
             None => Some(DType::Bf16),
         };
         let kernels = self.kernels(&got);
+        let engine = match got.get("engine") {
+            Some((v, s)) => {
+                let (v, s) = (v.clone(), *s);
+                match self.serve_engine(&v, s) {
+                    Some(e) => Some(e),
+                    None => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
         for (l, name) in [
             (&input, if batched { "items" } else { "prompt" }),
@@ -712,6 +726,7 @@ impl Checker {
             seed,
             disaggregate,
             batching,
+            engine,
             span,
         };
         Some((phase, dtype?, kernels?, span, serve))

@@ -1,0 +1,653 @@
+//! Fitting serving engines' terms to the serving reference rows
+//! (`gantry calibrate --fit`, section S), and rewriting an `engine NAME {
+//! ... }` record (`--write`).
+//!
+//! An engine's terms (docs/COST-MODEL.md §4a: host time per iteration and
+//! per scheduled sequence, decode-attention efficiency) are fitted on the
+//! serving rows whose workload declares that engine, one plan (one
+//! reference-file entry) per row. The device factors stay the cost model's
+//! fit (`fit.rs`); only the engine moves, so the serving rows never bend
+//! the offline ones.
+//!
+//! The simulator is not linear (nor smooth: a request moves between
+//! iterations) in the terms, so the fit is a deterministic derivative-free
+//! search on the mean |ln(predicted / published)| over the engine's
+//! figures (robust to the few rows the data file flags): forward selection
+//! from the ideal engine, adding at each step the term whose grid scan and
+//! pattern-search refinement lowers the objective most, while that lowers
+//! it by at least [`MIN_GAIN`] (half a percent of mean |ln error|); a term
+//! that does not is not identified by the rows and is left at its ideal
+//! default (and not written). Each plan's deployment and
+//! requests are built once with the cost model's probes; an evaluation
+//! applies the terms to the iteration model ([`IterModel::with_engine`],
+//! the formula `timing::build` applies) and re-simulates, and evaluations
+//! are memoised by the terms' bits, so the leave-one-out refits, which
+//! start from the full fit, share their first steps.
+//!
+//! Leave-one-out leaves out one row (plan) at a time: the selected terms
+//! are refined on the engine's other rows from the full fit and the row is
+//! predicted with them. The term selection is made once, on all rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use gantry_lang::program::{Engine, Serve};
+use gantry_lang::units::{Dim, Quantity};
+use rayon::prelude::*;
+
+use crate::fit::{FitRow, Reference, round_sig};
+use crate::point::PinError;
+use crate::serve::Request;
+use crate::serve::sim::Deployment;
+use crate::serve::timing::EngineTerms;
+
+/// The least absolute drop of the objective (mean |ln error|) a term must
+/// bring to be selected.
+pub const MIN_GAIN: f64 = 0.005;
+/// The refinement stops below this multiplicative step (ln 1.01).
+const MIN_STEP: f64 = 0.01;
+/// A residual for a prediction that is not a positive finite number.
+const BAD_RESIDUAL: f64 = 30.0;
+/// Points of each term's scan besides its default.
+const SCAN_POINTS: usize = 13;
+
+/// The terms, in the order the language lists them, with the log-space
+/// range the search explores (`lo`, `hi`) and whether 0 is the default
+/// (host times) or 1 (an efficiency).
+const TERMS: [(&str, Dim, f64, f64); 3] = [
+    ("iteration_overhead", Dim::TIME, 1e-6, 0.1),
+    ("seq_overhead", Dim::TIME, 1e-7, 0.01),
+    ("kv_efficiency", Dim::NONE, 0.01, 1.0),
+];
+
+type Theta = [f64; 3];
+
+/// Figures by (case, the terms' bits).
+type Memo = HashMap<(usize, [u64; 3]), Vec<f64>>;
+
+fn terms(t: &Theta) -> EngineTerms {
+    EngineTerms {
+        iteration_overhead: t[0],
+        seq_overhead: t[1],
+        kv_efficiency: t[2],
+    }
+}
+
+const IDEAL: Theta = [0.0, 0.0, 1.0];
+
+/// A term's value as the language writes it.
+fn term_text(x: f64, dim: Dim) -> String {
+    if dim.is_none() {
+        gantry_lang::units::format_number(x)
+    } else {
+        Quantity::new(x, dim).to_string()
+    }
+}
+
+/// The value the checker reads from `text` (a number with its unit).
+pub fn read_back(text: &str) -> Option<f64> {
+    let c = gantry_lang::check::check_source("read_back.gantry", &format!("let v = {text}\n"));
+    c.program.constants.get("v").map(|q| q.value)
+}
+
+/// One term of a fitted engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Term {
+    pub name: &'static str,
+    pub dim: Dim,
+    /// The value the engine declares now (its default when it does not).
+    pub current: f64,
+    /// The fit's value, rounded to 3 significant digits (the default when
+    /// not selected).
+    pub fitted: f64,
+    /// Whether the rows identify it (selected by the forward selection).
+    pub selected: bool,
+    /// The drop of the objective when it was added (0: not selected; for
+    /// an unselected term, the drop it would have brought).
+    pub gain: f64,
+}
+
+impl Term {
+    /// The fitted value as the language writes it.
+    pub fn text(&self) -> String {
+        term_text(self.fitted, self.dim)
+    }
+}
+
+/// The fit of one engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineGroup {
+    pub engine: String,
+    /// The file that declares the engine (for `--write`).
+    pub engine_file: String,
+    pub terms: Vec<Term>,
+    /// Indices into [`crate::fit::Fit::rows`].
+    pub rows: Vec<usize>,
+    /// Plans (rows of the fit) and the leave-one-out |relative error|
+    /// median and worst over their figures.
+    pub plans: usize,
+    pub loo: Option<(f64, f64)>,
+    /// The objective (mean |ln error|) at the ideal engine and at the fit.
+    pub objective_ideal: f64,
+    pub objective: f64,
+    /// Simulations run (memoised ones counted once).
+    pub simulations: usize,
+    /// References (indices) of the engine's rows left out of the fit
+    /// because their published figures miss Little's law
+    /// ([`inexpressible`]), with the miss; their figures are in `rows`
+    /// (in-sample = predicted with the fit) without a leave-one-out one.
+    pub left_out: Vec<(usize, f64)>,
+}
+
+impl EngineGroup {
+    /// The entries `--write` puts in the record: the selected terms, then
+    /// `fit_rows`, `loo_median`, `loo_max`.
+    pub fn record(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .terms
+            .iter()
+            .filter(|t| t.selected)
+            .map(|t| (t.name.to_string(), t.text()))
+            .collect();
+        out.push(("fit_rows".into(), self.plans.to_string()));
+        if let Some((m, x)) = self.loo {
+            let f = |v: f64| gantry_lang::units::format_number(round_sig(v));
+            out.push(("loo_median".into(), f(m)));
+            out.push(("loo_max".into(), f(x)));
+        }
+        out
+    }
+}
+
+/// One plan with its deployment and requests built once.
+struct Case {
+    reference: usize,
+    deployment: Deployment,
+    requests: Vec<Request>,
+    serve: Serve,
+    metrics: Vec<String>,
+    published: Vec<f64>,
+    /// False for a row left out of the fit ([`inexpressible`]).
+    fitted: bool,
+}
+
+impl Case {
+    fn figures(&self, t: &Theta) -> Vec<f64> {
+        let e = terms(t);
+        let mut d = self.deployment;
+        d.prefill_model = d.prefill_model.with_engine(e);
+        d.decode_model = d.decode_model.with_engine(e);
+        let s = crate::serve::run_with(&d, &self.requests, &self.serve, u64::MAX);
+        self.metrics
+            .iter()
+            .map(|m| s.metric(m).unwrap_or(f64::NAN))
+            .collect()
+    }
+}
+
+fn residual(predicted: f64, published: f64) -> f64 {
+    let r = (predicted / published).ln();
+    if r.is_finite() {
+        r.abs().min(BAD_RESIDUAL)
+    } else {
+        BAD_RESIDUAL
+    }
+}
+
+/// The cases of one engine and a memo of their figures by terms.
+struct Problem {
+    cases: Vec<Case>,
+    memo: Mutex<Memo>,
+}
+
+impl Problem {
+    fn figures(&self, k: usize, t: &Theta) -> Vec<f64> {
+        let key = (k, t.map(f64::to_bits));
+        if let Some(v) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return v;
+        }
+        let v = self.cases[k].figures(t);
+        if let Ok(mut m) = self.memo.lock() {
+            m.insert(key, v.clone());
+        }
+        v
+    }
+
+    /// Mean |ln(predicted / published)| over the figures of every case
+    /// but `skip` (cases simulated in parallel, summed in order).
+    fn objective(&self, t: &Theta, skip: Option<usize>) -> f64 {
+        let per: Vec<(f64, usize)> = (0..self.cases.len())
+            .into_par_iter()
+            .filter(|k| Some(*k) != skip && self.cases[*k].fitted)
+            .map(|k| {
+                let f = self.figures(k, t);
+                let c = &self.cases[k];
+                (
+                    f.iter()
+                        .zip(&c.published)
+                        .map(|(p, q)| residual(*p, *q))
+                        .sum::<f64>(),
+                    f.len(),
+                )
+            })
+            .collect();
+        let (s, n) = per
+            .iter()
+            .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
+        if n == 0 { 0.0 } else { s / n as f64 }
+    }
+
+    /// The best value of term `j` on its grid (and its default), the
+    /// others held; the first of equals.
+    fn scan(&self, t: &Theta, j: usize, skip: Option<usize>) -> (Theta, f64) {
+        let (_, _, lo, hi) = TERMS[j];
+        let mut best = (*t, self.objective(t, skip));
+        let mut cands = vec![IDEAL[j]];
+        for i in 0..SCAN_POINTS {
+            let f = i as f64 / (SCAN_POINTS - 1) as f64;
+            cands.push(lo * (hi / lo).powf(f));
+        }
+        for x in cands {
+            let mut v = *t;
+            v[j] = x;
+            let c = self.objective(&v, skip);
+            if c < best.1 {
+                best = (v, c);
+            }
+        }
+        best
+    }
+
+    /// Pattern search in log space over the terms `on` from `t`: each
+    /// term is multiplied and divided by `e^step` in turn and a move kept
+    /// when it lowers the objective; the step halves when no move does.
+    fn refine(&self, t: &Theta, on: &[usize], step: f64, skip: Option<usize>) -> (Theta, f64) {
+        let mut t = *t;
+        let mut best = self.objective(&t, skip);
+        let mut step = step;
+        while step >= MIN_STEP && !on.is_empty() {
+            let mut moved = false;
+            for &j in on {
+                let (_, _, lo, hi) = TERMS[j];
+                for dir in [1.0, -1.0] {
+                    let x = if t[j] > 0.0 { t[j] } else { lo };
+                    let mut v = t;
+                    v[j] = (x * (dir * step).exp()).clamp(lo, hi);
+                    if v == t {
+                        continue;
+                    }
+                    let c = self.objective(&v, skip);
+                    if c < best {
+                        t = v;
+                        best = c;
+                        moved = true;
+                        break;
+                    }
+                }
+            }
+            if !moved {
+                step /= 2.0;
+            }
+        }
+        (t, best)
+    }
+
+    fn simulations(&self) -> usize {
+        self.memo.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// A plan of an engine's rows that could not be simulated.
+#[derive(Clone, Debug)]
+pub struct EngineFailed {
+    pub reference: usize,
+    pub error: PinError,
+}
+
+/// What [`fit_engines`] returns: the groups (engine name order), their
+/// rows (the group's `rows` index into these, offset by the caller) and
+/// the plans left out.
+pub struct EngineFit {
+    pub groups: Vec<EngineGroup>,
+    pub rows: Vec<FitRow>,
+    pub failed: Vec<EngineFailed>,
+}
+
+fn unpinned(r: &Reference) -> PinError {
+    PinError {
+        code: gantry_lang::diagnostic::Code::C034,
+        knob: "search",
+        message: format!(
+            "plan `{}` searches its deployment; an engine is fitted on serving plans that pin it (`fix tp = ..., dp = ..., batch = ...`)",
+            r.plan.name
+        ),
+        help: "pin the deployment the published run used".into(),
+    }
+}
+
+fn case(i: usize, r: &Reference) -> Result<Case, PinError> {
+    if !r.plan.search.is_empty() {
+        return Err(unpinned(r));
+    }
+    // The deployment without the engine: the fit applies its terms.
+    let mut plan = r.plan.clone();
+    let Some(serve) = plan.workload.serve.as_deref_mut() else {
+        return Err(unpinned(r));
+    };
+    serve.engine = None;
+    let serve = serve.clone();
+    let pins = crate::serve::planner::plan_pins(&plan)?;
+    let (deployment, requests) = crate::serve::planner::fixed_deployment(&plan, &pins, &[], None)?;
+    Ok(Case {
+        reference: i,
+        deployment,
+        requests,
+        serve,
+        metrics: r.expect.iter().map(|(m, _)| m.clone()).collect(),
+        published: r.expect.iter().map(|(_, v)| *v).collect(),
+        fitted: !inexpressible(&r.plan),
+    })
+}
+
+/// How far a closed loop's published figures may miss Little's law
+/// (`clients = throughput x mean latency`) before the row is left out of
+/// the fit: the simulator conserves it, so no engine term can match a row
+/// that does not (section C's 8k disaggregated rows miss it by 24% and
+/// 33%, the others by at most 3%; ../shared/data/serving-runs.md).
+pub const LITTLE_TOLERANCE: f64 = 0.1;
+
+/// The relative miss of Little's law by a closed-loop serving plan's
+/// published `throughput` and `e2e_mean` (`None`: not a closed loop, or
+/// not both figures published).
+pub fn little_miss(plan: &gantry_lang::program::Plan) -> Option<f64> {
+    let s = plan.workload.serve.as_deref()?;
+    let clients = match s.arrivals {
+        gantry_lang::program::Arrivals::Closed { concurrency } => concurrency as f64,
+        _ => return None,
+    };
+    let thr = plan.expect.get("throughput")?.value;
+    let e2e = plan.expect.get("e2e_mean")?.value;
+    Some((thr * e2e / clients - 1.0).abs())
+}
+
+/// Whether a serving plan's published figures contradict the simulator's
+/// conservation (Little's law beyond [`LITTLE_TOLERANCE`]): such a row is
+/// reported, not fitted, and `gantry test` leaves it unchecked.
+pub fn inexpressible(plan: &gantry_lang::program::Plan) -> bool {
+    little_miss(plan).is_some_and(|m| m > LITTLE_TOLERANCE)
+}
+
+/// The engine a reference's workload declares.
+pub fn engine_of(r: &Reference) -> Option<&Engine> {
+    r.plan.workload.serve.as_ref()?.engine.as_ref()
+}
+
+/// Fits every engine that the serving references `members` (indices into
+/// `refs`) declare (see the module docs).
+pub fn fit_engines(refs: &[Reference], members: &[usize]) -> EngineFit {
+    let mut by_engine: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &i in members {
+        if let Some(e) = engine_of(&refs[i]) {
+            by_engine.entry(e.name.clone()).or_default().push(i);
+        }
+    }
+    let mut out = EngineFit {
+        groups: Vec::new(),
+        rows: Vec::new(),
+        failed: Vec::new(),
+    };
+    for (name, idx) in by_engine {
+        let mut cases = Vec::new();
+        for &i in &idx {
+            match case(i, &refs[i]) {
+                Ok(c) => cases.push(c),
+                Err(error) => out.failed.push(EngineFailed {
+                    reference: i,
+                    error,
+                }),
+            }
+        }
+        let Some(first) = cases.first() else {
+            continue;
+        };
+        let declared = engine_of(&refs[first.reference]).cloned();
+        let engine_file = refs[first.reference]
+            .engine_file
+            .clone()
+            .unwrap_or_default();
+        let problem = Problem {
+            cases,
+            memo: Mutex::new(HashMap::new()),
+        };
+        let (group, rows) = fit_one(&problem, &name, engine_file, declared.as_ref(), refs);
+        let base = out.rows.len();
+        out.groups.push(EngineGroup {
+            rows: (base..base + rows.len()).collect(),
+            ..group
+        });
+        out.rows.extend(rows);
+    }
+    out
+}
+
+fn fit_one(
+    p: &Problem,
+    name: &str,
+    engine_file: String,
+    declared: Option<&Engine>,
+    refs: &[Reference],
+) -> (EngineGroup, Vec<FitRow>) {
+    let objective_ideal = p.objective(&IDEAL, None);
+    // Forward selection from the ideal engine.
+    let mut t = IDEAL;
+    let mut j_now = objective_ideal;
+    let mut on: Vec<usize> = Vec::new();
+    let mut gains = [0.0f64; 3];
+    let first_step = (0.1f64.ln() - 1e-6f64.ln()) / (SCAN_POINTS - 1) as f64 / 2.0;
+    loop {
+        let mut best: Option<(usize, Theta, f64)> = None;
+        for (j, gain) in gains.iter_mut().enumerate() {
+            if on.contains(&j) {
+                continue;
+            }
+            let (s, _) = p.scan(&t, j, None);
+            let mut with = on.clone();
+            with.push(j);
+            let (v, c) = p.refine(&s, &with, first_step, None);
+            *gain = j_now - c;
+            if best.as_ref().is_none_or(|b| c < b.2) {
+                best = Some((j, v, c));
+            }
+        }
+        let Some((j, v, c)) = best else {
+            break;
+        };
+        let gain = j_now - c;
+        if gain >= MIN_GAIN {
+            on.push(j);
+            on.sort_unstable();
+            t = v;
+            j_now = c;
+        } else {
+            break;
+        }
+    }
+    // Written values: 3 significant digits, as the checker reads the
+    // written text back (`470 us` is 470 x 1e-6, not 4.7e-4 to the last
+    // bit); unselected terms ideal.
+    let mut fitted = IDEAL;
+    for &j in &on {
+        let x = round_sig(t[j]);
+        fitted[j] = read_back(&term_text(x, TERMS[j].1)).unwrap_or(x);
+    }
+    let objective = p.objective(&fitted, None);
+    // Leave one row out: refine the selected terms on the others.
+    let n = p.cases.iter().filter(|c| c.fitted).count();
+    let loo: Vec<Option<Vec<f64>>> = (0..p.cases.len())
+        .map(|k| {
+            (n > 1 && p.cases[k].fitted).then(|| {
+                let (v, _) = p.refine(&fitted, &on, first_step / 2.0, Some(k));
+                p.cases[k].figures(&v)
+            })
+        })
+        .collect();
+    let current = EngineTerms::of(declared);
+    let current_t: Theta = [
+        current.iteration_overhead,
+        current.seq_overhead,
+        current.kv_efficiency,
+    ];
+    let mut rows = Vec::new();
+    let mut loo_err = Vec::new();
+    for (k, c) in p.cases.iter().enumerate() {
+        let now = p.figures(k, &current_t);
+        let ins = p.figures(k, &fitted);
+        for (m, metric) in c.metrics.iter().enumerate() {
+            let l = loo[k].as_ref().map(|f| f[m]);
+            if let Some(l) = l {
+                loo_err.push(crate::fit::rel_error(l, c.published[m]));
+            }
+            rows.push(FitRow {
+                reference: c.reference,
+                metric: metric.clone(),
+                published: c.published[m],
+                current: now[m],
+                in_sample: ins[m],
+                loo: l,
+            });
+        }
+    }
+    let terms = TERMS
+        .iter()
+        .enumerate()
+        .map(|(j, (name, dim, ..))| Term {
+            name,
+            dim: *dim,
+            current: current_t[j],
+            fitted: fitted[j],
+            selected: on.contains(&j),
+            gain: gains[j].max(0.0),
+        })
+        .collect();
+    let group = EngineGroup {
+        engine: name.to_string(),
+        engine_file,
+        terms,
+        rows: Vec::new(),
+        plans: n,
+        loo: (!loo_err.is_empty()).then(|| crate::fit::median_max(&loo_err)),
+        objective_ideal,
+        objective,
+        simulations: p.simulations(),
+        left_out: p
+            .cases
+            .iter()
+            .filter(|c| !c.fitted)
+            .map(|c| {
+                (
+                    c.reference,
+                    little_miss(&refs[c.reference].plan).unwrap_or(0.0),
+                )
+            })
+            .collect(),
+    };
+    (group, rows)
+}
+
+/// Why an engine's record could not be rewritten (`C034`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RewriteError(pub String);
+
+/// Rewrites the body of `engine NAME { ... }` in `src` to hold `entries`
+/// (name, value as written) under a `// comment` line; the rest of the
+/// file, comments above the declaration included, is kept, and the result
+/// is formatted with the project's formatter.
+pub fn rewrite_engine(
+    src: &str,
+    engine: &str,
+    entries: &[(String, String)],
+    comment: &str,
+) -> Result<String, RewriteError> {
+    use gantry_lang::ast::{Decl, DeclKind};
+    let fail = |m: String| Err(RewriteError(m));
+    let parsed = gantry_lang::parser::parse(src, gantry_lang::span::FileId(0));
+    if parsed.diagnostics.iter().any(|d| d.is_error()) {
+        return fail("the file has syntax errors".into());
+    }
+    let Some(block) = parsed.file.decls.iter().find_map(|d| match d {
+        Decl::Block(b) if b.kind == DeclKind::Engine && b.name.name == engine => Some(b),
+        _ => None,
+    }) else {
+        return fail(format!("the file declares no engine `{engine}`"));
+    };
+    let from = block.name.span.end as usize;
+    let end = block.span.end as usize;
+    let open = src
+        .get(from..end)
+        .and_then(|t| t.find('{'))
+        .map(|o| from + o + 1);
+    let close = end
+        .checked_sub(1)
+        .filter(|c| src.as_bytes().get(*c) == Some(&b'}'));
+    let (Some(open), Some(close)) = (open, close) else {
+        return fail(format!("cannot find the body of engine `{engine}`"));
+    };
+    let mut body = format!("\n// {comment}\n");
+    for (k, v) in entries {
+        body.push_str(&format!("{k} = {v}\n"));
+    }
+    let (Some(before), Some(after)) = (src.get(..open), src.get(close..)) else {
+        return fail("the engine's span is not on character boundaries".into());
+    };
+    let text = format!("{before}{body}{after}");
+    gantry_lang::fmt::format_source(&text).or_else(|d| {
+        fail(format!(
+            "the rewritten file does not parse ({} syntax errors)",
+            d.len()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = "// Engines.\n\n// The one.\nengine E {\n  iteration_overhead = 1 ms\n  fit_rows = 2\n}\n\nengine F {\n}\n";
+
+    #[test]
+    fn rewrites_the_engine_body_and_keeps_the_rest() {
+        let entries = vec![
+            ("seq_overhead".to_string(), "40 us".to_string()),
+            ("fit_rows".to_string(), "4".to_string()),
+        ];
+        let out = rewrite_engine(SRC, "E", &entries, "written by a test")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            out.contains(
+                "engine E {\n  // written by a test\n  seq_overhead = 40 us\n  fit_rows = 4\n}\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("iteration_overhead"), "{out}");
+        assert!(out.contains("// The one.\nengine E") && out.contains("engine F {"));
+        // An empty engine takes its first record; a rewrite is idempotent.
+        let f = rewrite_engine(&out, "F", &entries, "again").unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            f.contains("engine F {\n  // again\n  seq_overhead = 40 us\n"),
+            "{f}"
+        );
+        assert_eq!(
+            rewrite_engine(&f, "F", &entries, "again").as_deref(),
+            Ok(f.as_str())
+        );
+        let checked = gantry_lang::check::check_source("e.gantry", &f);
+        assert!(!checked.has_errors(), "{}", checked.render(false));
+        assert_eq!(
+            Some(checked.program.engines["F"].seq_overhead),
+            read_back("40 us")
+        );
+        assert!((checked.program.engines["F"].seq_overhead - 40e-6).abs() < 1e-18);
+        assert!(rewrite_engine(SRC, "G", &entries, "c").is_err());
+        assert!(rewrite_engine("engine E {", "E", &entries, "c").is_err());
+    }
+}
