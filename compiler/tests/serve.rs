@@ -92,7 +92,7 @@ fn each_engine_term_reaches_the_iteration_time() {
         if let Some(s) = w.serve.as_deref_mut() {
             s.engine = e;
         }
-        timing::build(&w, &p.system, 4, 4096, 1280).expect("model")
+        timing::build(&w, &p.system, 4, 1, 4096, 1280).expect("model")
     };
     let base = build(None);
     assert_eq!(build(Some(Engine::ideal("I"))), base);
