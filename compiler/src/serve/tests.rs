@@ -30,6 +30,16 @@ fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
     }
 }
 
+/// A proptest configuration with a fixed seed, so that a run (and CI) is
+/// a function of the code: `cases` cases from the same stream every time.
+fn fixed(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e57_0001),
+        ..ProptestConfig::default()
+    }
+}
+
 fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deployment {
     Deployment {
         colocated: replicas,
@@ -263,7 +273,7 @@ fn a_rate_above_capacity_is_unstable() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(fixed(48))]
 
     /// Every request completes or is dropped; tokens generated equal the
     /// tokens requested by the requests not dropped; first tokens come
@@ -358,9 +368,12 @@ proptest! {
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
     }
 
-    /// Async scheduling only delays admission: on the same requests, no
-    /// request's first token comes earlier than without it, by more than
-    /// the iteration it may shift (checked on P50 and P99 TTFT).
+    /// Async scheduling only delays admission: on the same requests the
+    /// median first token comes no earlier than without it, by more than
+    /// the iteration it may shift. The tail is not held to it: near
+    /// saturation a lagged admission gathers the queue into fewer, larger
+    /// prefills (rate 49.23, seed 309: P99 TTFT 124.4 ms without, 102.8 ms
+    /// with async scheduling, more than the 20 ms allowance).
     #[test]
     fn async_scheduling_never_speeds_up_ttft(rate in 1.0f64..50.0, seed in 0u64..1000) {
         let s = serve(rate, 400, seed);
@@ -378,7 +391,6 @@ proptest! {
             percentile(&v, q)
         };
         prop_assert!(pct(&lagged, 0.5) >= pct(&sync, 0.5) - slot);
-        prop_assert!(pct(&lagged, 0.99) >= pct(&sync, 0.99) - slot);
     }
 }
 
@@ -459,7 +471,7 @@ fn windowed_serve(rate: f64, n: u64, seed: u64) -> Serve {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(fixed(48))]
 
     /// Batching windows and closed loops conserve requests and items:
     /// every request completes or is dropped, the items scored are those
@@ -545,7 +557,7 @@ fn closed_loop_keeps_its_clients_busy() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(fixed(32))]
 
     /// With open-loop arrivals a disaggregated deployment's prefill pool
     /// never hears from its decode pool: every first token, and whether
