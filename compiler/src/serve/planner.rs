@@ -411,16 +411,23 @@ fn candidates(
     Ok(out)
 }
 
-/// Pipelined iteration models for every (tp, pp) of the plan with pp
-/// above 1 and tp one of `tps`; degrees whose stages leave no KV cache
-/// or that the cost model refuses (layers, devices) are left out.
-fn pipelines(p: &Plan, s: &Serve, tps: &[u64]) -> BTreeMap<(u64, u64), IterModel> {
+/// The iteration models' probes: a prefill of the plan's largest token
+/// budget and a decode at the mean request's context.
+fn probe_sizes(p: &Plan, s: &Serve) -> (u64, u64) {
     let n = budgets(p, s)
         .last()
         .copied()
         .unwrap_or(s.scheduler.token_budget)
         .clamp(2, 8192);
     let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
+    (n, ctx)
+}
+
+/// Pipelined iteration models for every (tp, pp) of the plan with pp
+/// above 1 and tp one of `tps`; degrees whose stages leave no KV cache
+/// or that the cost model refuses (layers, devices) are left out.
+fn pipelines(p: &Plan, s: &Serve, tps: &[u64]) -> BTreeMap<(u64, u64), IterModel> {
+    let (n, ctx) = probe_sizes(p, s);
     let mut out = BTreeMap::new();
     for pp in pp_degrees(p).into_iter().filter(|pp| *pp > 1) {
         for &tp in tps {
@@ -469,12 +476,7 @@ fn tp_degrees(p: &Plan) -> Vec<u64> {
 
 /// Iteration models for every tensor-parallel degree the plan allows.
 fn models(p: &Plan, s: &Serve) -> Result<BTreeMap<u64, IterModel>, PinError> {
-    let n = budgets(p, s)
-        .last()
-        .copied()
-        .unwrap_or(s.scheduler.token_budget)
-        .clamp(2, 8192);
-    let ctx = (s.input.mean() + s.output.mean()).clamp(2.0, 1e6) as u64;
+    let (n, ctx) = probe_sizes(p, s);
     let mut out = BTreeMap::new();
     let mut first = None;
     let tps = tp_degrees(p);
