@@ -1333,7 +1333,16 @@ impl Evaluator<'_> {
         let pp_comm = m * t_send_exposed;
         let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
-        let step = pipeline + dp_exposed + opt_time + a2a_emb + hw.step_overhead + host_lookups;
+        // The norm gains' gradient all-reduce runs once, after the last
+        // backward (`tp_param_time`, reported in the tensor-parallel part):
+        // on the critical path.
+        let step = pipeline
+            + dp_exposed
+            + opt_time
+            + a2a_emb
+            + hw.step_overhead
+            + host_lookups
+            + tp_param_time;
         let time = StepTime {
             compute,
             recompute,
