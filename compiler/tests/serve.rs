@@ -80,9 +80,9 @@ fn iteration_model_reproduces_the_cost_model() {
 /// A declared engine (`engine = E` in `serve`) reaches the iteration time
 /// by the formula of COST-MODEL §4a, term by term: `t_fixed +
 /// iteration_overhead`, `c_seq + seq_overhead`, `c_kv / kv_efficiency`, and
-/// nothing else moves. Each term alone changes `T(P, D, K, Q, S)` by exactly
-/// its own part (so dropping any one fails), and the ideal engine changes
-/// nothing, bit for bit.
+/// nothing else moves. Each term alone changes `T(P, D, K, Q, S)` by its
+/// own part, to within 1e-12 of `T` (so dropping any one fails), and the
+/// ideal engine leaves the model equal, field for field.
 #[test]
 fn each_engine_term_reaches_the_iteration_time() {
     use gantry_lang::program::Engine;
