@@ -554,9 +554,9 @@ fn fit_one(
     (group, rows)
 }
 
-/// Why an engine's record could not be rewritten (`C034`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct RewriteError(pub String);
+/// Why an engine's record could not be rewritten (`C034`): the device
+/// records' error type.
+pub use crate::fit::RewriteError;
 
 /// Rewrites the body of `engine NAME { ... }` in `src` to hold `entries`
 /// (name, value as written) under a `// comment` line; the rest of the
@@ -568,18 +568,9 @@ pub fn rewrite_engine(
     entries: &[(String, String)],
     comment: &str,
 ) -> Result<String, RewriteError> {
-    use gantry_lang::ast::{Decl, DeclKind};
+    use gantry_lang::ast::DeclKind;
     let fail = |m: String| Err(RewriteError(m));
-    let parsed = gantry_lang::parser::parse(src, gantry_lang::span::FileId(0));
-    if parsed.diagnostics.iter().any(|d| d.is_error()) {
-        return fail("the file has syntax errors".into());
-    }
-    let Some(block) = parsed.file.decls.iter().find_map(|d| match d {
-        Decl::Block(b) if b.kind == DeclKind::Engine && b.name.name == engine => Some(b),
-        _ => None,
-    }) else {
-        return fail(format!("the file declares no engine `{engine}`"));
-    };
+    let block = crate::fit::declared_block(src, DeclKind::Engine, "engine", engine)?;
     let from = block.name.span.end as usize;
     let end = block.span.end as usize;
     let open = src

@@ -844,6 +844,30 @@ pub fn fit(refs: &[Reference]) -> Fit {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RewriteError(pub String);
 
+/// The `kind` declaration named `name` in `src` (`what` names the kind in
+/// the error), for the record rewriters: the file must parse cleanly.
+pub(crate) fn declared_block(
+    src: &str,
+    kind: gantry_lang::ast::DeclKind,
+    what: &str,
+    name: &str,
+) -> Result<gantry_lang::ast::BlockDecl, RewriteError> {
+    use gantry_lang::ast::Decl;
+    let parsed = gantry_lang::parser::parse(src, gantry_lang::span::FileId(0));
+    if parsed.diagnostics.iter().any(|d| d.is_error()) {
+        return Err(RewriteError("the file has syntax errors".into()));
+    }
+    parsed
+        .file
+        .decls
+        .into_iter()
+        .find_map(|d| match d {
+            Decl::Block(b) if b.kind == kind && b.name.name == name => Some(b),
+            _ => None,
+        })
+        .ok_or_else(|| RewriteError(format!("the file declares no {what} `{name}`")))
+}
+
 /// Rewrites the `phase = { ... }` field of device `device`'s `efficiency`
 /// record in `src` to hold `entries` (name, value as written) under a
 /// `// comment` line, adding the field when the record has none; the rest
@@ -856,18 +880,9 @@ pub fn rewrite_record(
     entries: &[(String, String)],
     comment: &str,
 ) -> Result<String, RewriteError> {
-    use gantry_lang::ast::{Decl, DeclKind, ExprKind};
+    use gantry_lang::ast::{DeclKind, ExprKind};
     let fail = |m: String| Err(RewriteError(m));
-    let parsed = gantry_lang::parser::parse(src, gantry_lang::span::FileId(0));
-    if parsed.diagnostics.iter().any(|d| d.is_error()) {
-        return fail("the file has syntax errors".into());
-    }
-    let Some(block) = parsed.file.decls.iter().find_map(|d| match d {
-        Decl::Block(b) if b.kind == DeclKind::Device && b.name.name == device => Some(b),
-        _ => None,
-    }) else {
-        return fail(format!("the file declares no device `{device}`"));
-    };
+    let block = declared_block(src, DeclKind::Device, "device", device)?;
     let Some(item) = block.items.iter().find(|i| i.key.name == "efficiency") else {
         return fail(format!("device `{device}` has no `efficiency` record"));
     };
