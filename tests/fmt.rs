@@ -4,6 +4,8 @@
 //! twice changes nothing, the formatted file checks to the same program with
 //! the same diagnostics, and every comment survives.
 
+mod common;
+
 use std::path::Path;
 
 use gantry_lang::check::check;
@@ -133,7 +135,7 @@ fn program() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+    #![proptest_config(common::seeded::seeded(256, 0xf3a7_0001))]
 
     #[test]
     fn fmt_round_trips_generated_programs(src in program()) {

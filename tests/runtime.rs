@@ -2,8 +2,11 @@
 //! several design points, against the reference interpreter; a property
 //! test over random small models and shardings; snapshots of kernel IR.
 
+mod common;
+
 use gantry::runtime_cli::{TargetArgs, resolve_target};
-use gantry_lang::program::Phase;
+use gantry_lang::program::{Phase, Workload};
+use std::collections::HashSet;
 use gantry_runtime::backward;
 use gantry_runtime::exec::{self, Parallel, RunConfig, even_split};
 use gantry_runtime::jit::{Expr, Jit, KernelSpec, Unary};
@@ -39,10 +42,41 @@ fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::run
 }
 
 fn check(file: &str, plan: Option<&str>, fixes: &[&str], scale: &str) {
+    check_distinct(file, plan, fixes, scale, &mut HashSet::new());
+}
+
+/// What a run computes: the scaled workload without its name, span and
+/// `simulate` scale (which name the file, not the mathematics), and the
+/// parallel layout. Two targets with equal keys run the same kernels on
+/// the same numbers.
+fn run_key(t: &gantry::runtime_cli::Target) -> String {
+    let w = Workload {
+        name: String::new(),
+        span: gantry_lang::span::Span::new(0, 0),
+        simulate: None,
+        ..t.workload.clone()
+    };
+    format!("{w:?} {:?}", t.par)
+}
+
+/// [`check`], skipping a point whose run (by [`run_key`]) is in `seen`:
+/// returns how many points ran.
+fn check_distinct(
+    file: &str,
+    plan: Option<&str>,
+    fixes: &[&str],
+    scale: &str,
+    seen: &mut HashSet<String>,
+) -> usize {
+    let mut ran = 0;
     // DLRM's output saturates (a ReLU on the last width-1 layer, then a
     // sigmoid): compare every op there, not only the outputs.
     for fix in fixes {
         let t = target(file, plan, fix, scale);
+        if !seen.insert(run_key(&t)) {
+            continue;
+        }
+        ran += 1;
         // Training workloads also check the gradients of one step.
         let train = matches!(t.workload.phase, Phase::Train { .. });
         let cfg = RunConfig {
@@ -73,6 +107,7 @@ fn check(file: &str, plan: Option<&str>, fixes: &[&str], scale: &str) {
         }
         assert_eq!(r.gradients.is_some(), train, "{file} {fix}");
     }
+    ran
 }
 
 const LLAMA: &str = "layers=4,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=6,batch=4";
@@ -196,23 +231,36 @@ fn dlrm_table_shardings_match_reference() {
 
 #[test]
 fn reference_examples_match_reference() {
+    // Scaled down, many reference files are the same run (section A's
+    // GPT-3 rows differ in widths, which the scale replaces, and in pins,
+    // which the points replace): each distinct run once, and every file
+    // that declares a run of its own is run.
+    let mut seen = HashSet::new();
+    let (mut files, mut ran) = (0, 0);
     for f in gantry::gantry_files(std::path::Path::new("examples/reference")) {
         let f = f.to_string_lossy().into_owned();
         let name = f.rsplit('/').next().unwrap_or_default();
-        match name.chars().next() {
-            Some('a' | 'b') => check(&f, None, GPT_POINTS, GPT),
-            Some('c') => check(&f, None, &DLRM_POINTS[..3], DLRM),
-            Some('d') => check(&f, None, &LLAMA_POINTS[..3], LLAMA),
+        files += 1;
+        ran += match name.chars().next() {
+            Some('a' | 'b') => check_distinct(&f, None, GPT_POINTS, GPT, &mut seen),
+            Some('c') => check_distinct(&f, None, &DLRM_POINTS[..3], DLRM, &mut seen),
+            Some('d') => check_distinct(&f, None, &LLAMA_POINTS[..3], LLAMA, &mut seen),
             // Sections F and G are the Llama graph of section D with kernel
             // settings (fused attention, fusion, fp8 products, overlap)
             // that change the cost, not the numbers computed: D's runs
             // cover their mathematics.
             // Section S (serving rows) is section D's Llama graph under
             // the serving simulator: D's runs cover its mathematics.
-            Some('f' | 'g' | 's') => {}
+            Some('f' | 'g' | 's') => 0,
             _ => panic!("unexpected reference file {f}"),
-        }
+        };
     }
+    eprintln!("reference files: {files}, distinct runs: {ran}");
+    // Sections A to D give at least one distinct run per distinct point.
+    assert!(
+        ran >= GPT_POINTS.len() + 3 + 3 && seen.len() == ran,
+        "{ran} runs"
+    );
 }
 
 /// `gantry run FILE` with no flags succeeds on every bundled example
@@ -532,14 +580,9 @@ const MAX_RANDOM_DEVICES: usize = 12;
 /// `GANTRY_PROPTEST_CASES` and `GANTRY_PROPTEST_SEED` override both, to
 /// explore further by hand.
 fn random_config(cases: u32, seed: u64) -> ProptestConfig {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let cases = env("GANTRY_PROPTEST_CASES").map_or(cases, |c| c as u32);
-    let seed = env("GANTRY_PROPTEST_SEED").unwrap_or(seed);
     ProptestConfig {
-        cases,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         failure_persistence: None,
-        ..ProptestConfig::default()
+        ..common::seeded::seeded(cases, seed)
     }
 }
 

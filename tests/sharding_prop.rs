@@ -16,13 +16,15 @@
 //! the pinned program must hold the same way. The largest byte mismatch
 //! seen is printed.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use gantry::runtime_cli::{TargetArgs, resolve_target, traffic_rows};
 use gantry_runtime::exec::{self, RunConfig};
 use proptest::prelude::*;
-use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 /// Feature widths drawn for projections, experts and the residual stream:
 /// tiny, odd and even.
@@ -626,13 +628,10 @@ fn check(o: &Outcome, fix: &str, src: &str) -> Result<(), String> {
 /// Cases per run; `GANTRY_PROPTEST_CASES` and `GANTRY_PROPTEST_SEED`
 /// override the count and the fixed seed.
 fn config() -> ProptestConfig {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     ProptestConfig {
-        cases: env("GANTRY_PROPTEST_CASES").map_or(200, |c| c as u32),
-        rng_seed: RngSeed::Fixed(env("GANTRY_PROPTEST_SEED").unwrap_or(0x5a4d_0001)),
         failure_persistence: None,
         max_shrink_iters: 200,
-        ..ProptestConfig::default()
+        ..common::seeded::seeded(200, 0x5a4d_0001)
     }
 }
 

@@ -21,6 +21,9 @@ pub mod point;
 pub mod report;
 pub mod sanity;
 pub mod search;
+#[cfg(test)]
+#[path = "../../tests/common/seeded.rs"]
+pub(crate) mod seeded;
 pub mod sensitivity;
 pub mod serve;
 pub mod shard;

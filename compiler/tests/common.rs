@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../tests/common/seeded.rs"]
+pub mod seeded;
+
 use std::path::PathBuf;
 
 use gantry_lang::check::{Checked, check};

@@ -2,7 +2,11 @@
 //! built `gantry` binary. A folder module (`tests/common/mod.rs`), so cargo
 //! does not take it for a test binary of its own.
 
+#![allow(dead_code)]
+
 use std::process::Command;
+
+pub mod seeded;
 
 /// Runs the `gantry` binary this package builds with `args`: (exit code,
 /// stdout, stderr).

@@ -33,11 +33,7 @@ fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
 /// A proptest configuration with a fixed seed, so that a run (and CI) is
 /// a function of the code: `cases` cases from the same stream every time.
 fn fixed(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e57_0001),
-        ..ProptestConfig::default()
-    }
+    crate::seeded::seeded(cases, 0x5e57_0001)
 }
 
 fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deployment {
