@@ -214,8 +214,16 @@ fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
         tp.max(td)
     } else {
         let m = &d.prefill_model;
-        ((pre + gen_tokens) * (m.c_token + m.c_comm)).max(decode_time(m, gen_tokens))
-            / d.colocated as f64
+        let own = ((pre + gen_tokens) * (m.c_token + m.c_comm)).max(decode_time(m, gen_tokens))
+            / d.colocated as f64;
+        if m.pp > 1 {
+            // A pipeline's virtual engines take turns on its one host
+            // (`sim.rs`): its host parts alone, per pipeline.
+            let pipelines = d.colocated as f64 / m.pp as f64;
+            own.max((steps * m.host_seq + steps / ms * m.host_fixed) / pipelines)
+        } else {
+            own
+        }
     }
 }
 

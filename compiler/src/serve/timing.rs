@@ -41,7 +41,8 @@ pub struct IterModel {
     /// every stage (its time is the sum of the stages and the hand-offs),
     /// and each virtual engine owns a `pp`-th of the KV cache and is
     /// charged `tp` devices, so the `pp` of them cost the pipeline's
-    /// `tp x pp`.
+    /// `tp x pp`. The engines' host parts ([`IterModel::host`]) take
+    /// turns on the pipeline's one host process (`sim.rs`).
     pub pp: u64,
     /// Host overhead, collective latency and the attention of a
     /// one-token context: paid by every iteration.
