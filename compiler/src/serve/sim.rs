@@ -92,6 +92,9 @@ pub struct Outcome {
     pub busy_prefill: f64,
     pub busy_decode: f64,
     pub iterations: u64,
+    /// Seconds virtual engines holding requests waited for their
+    /// pipeline's host (summed over engines; 0 without a shared host).
+    pub host_wait: f64,
     pub batched_tokens: u64,
     /// Of `batched_tokens`, those batched by prefill (or colocated)
     /// replicas; the decode pool's are the rest.
@@ -173,7 +176,10 @@ struct Host {
 struct Hosts {
     hosts: Vec<Host>,
     of: Vec<Option<usize>>,
-    queued: Vec<bool>,
+    /// When each replica joined its host's queue (`None`: not queued).
+    queued: Vec<Option<f64>>,
+    /// Seconds replicas waited in the queues.
+    wait: f64,
 }
 
 impl Hosts {
@@ -196,7 +202,8 @@ impl Hosts {
                 })
                 .collect(),
             of,
-            queued: vec![false; replicas],
+            queued: vec![None; replicas],
+            wait: 0.0,
         }
     }
 
@@ -225,7 +232,7 @@ impl Hosts {
             }
             return;
         };
-        if self.queued[i] {
+        if self.queued[i].is_some() {
             return;
         }
         let host = &mut self.hosts[h];
@@ -236,7 +243,7 @@ impl Hosts {
             }
         } else if r.has_work() {
             host.queue.push_back(i);
-            self.queued[i] = true;
+            self.queued[i] = Some(now);
         }
     }
 
@@ -247,7 +254,9 @@ impl Hosts {
         while host.free_at <= now
             && let Some(i) = host.queue.pop_front()
         {
-            self.queued[i] = false;
+            if let Some(since) = self.queued[i].take() {
+                self.wait += now - since;
+            }
             let r = &mut reps[i];
             if let Some(dt) = r.start(now) {
                 r.busy_until = Some(now + dt);
@@ -442,6 +451,7 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         hosts.launch(&mut reps, touched, clock.now);
     }
     tally(&mut o, &reps, &arr, &clock);
+    o.host_wait = hosts.wait;
     o.arrivals = arr;
     o
 }

@@ -249,11 +249,18 @@ fn virtual_engines_share_the_pipeline_host_by_hand() {
     assert_eq!((o.completed, o.iterations), (3, 7));
     assert!(close(o.makespan, 7.7), "{}", o.makespan);
     // Each engine busy from its host part's start to its device part's
-    // end: 7 iterations of 1.5 s, two of them 1.6 s (two sequences).
+    // end: five iterations of 1.5 s and two of 1.6 s (two sequences).
     assert!(
         close(o.busy_prefill, 5.0 * 1.5 + 2.0 * 1.6),
         "{}",
         o.busy_prefill
+    );
+    // Waits: E1 [0, 1], [2.5, 3.1], [4.6, 5.2]; E0 [1.5, 2], [3.6, 4.1],
+    // [5.7, 6.2].
+    assert!(
+        close(o.host_wait, 1.0 + 2.0 * 0.6 + 3.0 * 0.5),
+        "{}",
+        o.host_wait
     );
     // Own hosts (one stage each): A and B never wait.
     let o = simulate(
@@ -265,6 +272,7 @@ fn virtual_engines_share_the_pipeline_host_by_hand() {
         assert!(close(o.ttft[i], 1.5), "{:?}", o.ttft);
         assert!(close(o.e2e[i], 4.5), "{:?}", o.e2e);
     }
+    assert_eq!(o.host_wait, 0.0);
 }
 
 /// The host is shared only where there is a pipeline and an engine with
