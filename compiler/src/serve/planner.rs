@@ -182,7 +182,7 @@ fn rank_of(p: &Plan) -> Result<Rank, PinError> {
 
 /// Seconds of work `d` must do for `reqs` at best, per replica of the
 /// busiest pool, with perfect batching: a lower bound of the run's length.
-fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
+pub(super) fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
     if d.limits.window.is_some() {
         // Batches of at most `token_budget` items, each paying the fixed
         // time and at least max(weights, items x per item):

@@ -275,6 +275,23 @@ fn virtual_engines_share_the_pipeline_host_by_hand() {
     assert_eq!(o.host_wait, 0.0);
 }
 
+/// The planner's lower bound of a run counts a pipeline's host: by hand
+/// on the requests above, 6 decode steps at 0.1 s of host each and at
+/// least 6 / 4 iterations (4 sequences at most) at 0.9 s, 1.95 s on the
+/// one host, above the engines' own bound (each of the two: half of 6 x
+/// 0.1 s + 1.5 x 1.4 s, 1.35 s); both below the 7.7 s the run takes.
+#[test]
+fn the_work_bound_counts_the_pipeline_host() {
+    let m = model(0.5, 0.01, 1e6);
+    let reqs = [req(0.0, 40, 3), req(0.0, 40, 3), req(1.7, 40, 3)];
+    let shared = colocated(hosted(m, 0.9, 0.1, 2), 2, 200, 4);
+    let own = colocated(hosted(m, 0.9, 0.1, 1), 2, 200, 4);
+    let bound = |d: &Deployment| super::planner::work_bound(d, &reqs, 0.0);
+    assert!(close(bound(&own), 1.35), "{}", bound(&own));
+    assert!(close(bound(&shared), 1.95), "{}", bound(&shared));
+    assert!(bound(&shared) <= simulate(&shared, &reqs, 100).makespan);
+}
+
 /// The host is shared only where there is a pipeline and an engine with
 /// host time: without a pipeline the host split changes nothing, and a
 /// pipeline without the engine's host terms (the device's own overhead
