@@ -182,7 +182,7 @@ fn rank_of(p: &Plan) -> Result<Rank, PinError> {
 
 /// Seconds of work `d` must do for `reqs` at best, per replica of the
 /// busiest pool, with perfect batching: a lower bound of the run's length.
-fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
+pub(super) fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
     if d.limits.window.is_some() {
         // Batches of at most `token_budget` items, each paying the fixed
         // time and at least max(weights, items x per item):
@@ -214,8 +214,16 @@ fn work_bound(d: &Deployment, reqs: &[Request], hit: f64) -> f64 {
         tp.max(td)
     } else {
         let m = &d.prefill_model;
-        ((pre + gen_tokens) * (m.c_token + m.c_comm)).max(decode_time(m, gen_tokens))
-            / d.colocated as f64
+        let own = ((pre + gen_tokens) * (m.c_token + m.c_comm)).max(decode_time(m, gen_tokens))
+            / d.colocated as f64;
+        if m.pp > 1 {
+            // A pipeline's virtual engines take turns on its one host
+            // (`sim.rs`): its host parts alone, per pipeline.
+            let pipelines = d.colocated as f64 / m.pp as f64;
+            own.max((steps * m.host_seq + steps / ms * m.host_fixed) / pipelines)
+        } else {
+            own
+        }
     }
 }
 

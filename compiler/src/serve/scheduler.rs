@@ -119,6 +119,9 @@ pub struct Replica {
     pub waiting: VecDeque<Seq>,
     /// End of the running iteration; `None` when idle.
     pub busy_until: Option<f64>,
+    /// Seconds of the running (last formed) iteration that run on the
+    /// engine's host process ([`IterModel::host`]), its first part.
+    pub host: f64,
     /// With a batching window, when an idle replica holding requests
     /// starts its batch unless it fills first; `None` otherwise.
     pub wake_at: Option<f64>,
@@ -177,6 +180,7 @@ impl Replica {
             blocks: Blocks::new(model.kv_capacity_tokens, block),
             waiting: VecDeque::new(),
             busy_until: None,
+            host: 0.0,
             wake_at: None,
             queued: 0,
             busy_time: 0.0,
@@ -210,6 +214,11 @@ impl Replica {
     /// Requests this replica holds (queued or running).
     pub fn load(&self) -> usize {
         self.waiting.len() + self.live as usize
+    }
+
+    /// Whether it holds any request (an iteration may be formed).
+    pub fn has_work(&self) -> bool {
+        self.live > 0 || !self.waiting.is_empty()
     }
 
     fn alloc(&mut self, s: Seq) -> u32 {
@@ -501,9 +510,9 @@ impl Replica {
             return None;
         }
         self.decoded = d > 0;
-        let t = self
-            .model
-            .time(p as f64, d as f64, kv, pairs, (d + chunked) as f64);
+        let seqs = (d + chunked) as f64;
+        let t = self.model.time(p as f64, d as f64, kv, pairs, seqs);
+        self.host = self.model.host(seqs);
         self.iterations += 1;
         self.last_start = now;
         self.last_end = now + t;

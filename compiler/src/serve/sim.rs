@@ -16,9 +16,25 @@
 //! at the start, and each completion (or drop) releases the next request
 //! at that moment, so the arrivals stay sorted. Latencies are recorded per request; the report's figures
 //! are computed from them afterwards (`report.rs`).
+//!
+//! A pipeline's virtual engines share one host process (vLLM schedules
+//! them from one process: V0's virtual engines in one asyncio loop, V1's
+//! batch queue in one engine core). An iteration is then two parts in
+//! order: its host part ([`IterModel::host`], the engine's host terms:
+//! scheduling this iteration and processing the last one's outputs),
+//! which runs only while the pipeline's host is free and keeps it busy,
+//! then its device part (the rest of [`IterModel::time`]), which overlaps
+//! the other engines' parts (each stage is its own GPUs). An engine with
+//! work that finds the host busy (or others already waiting for it) waits
+//! in the host's first-come queue; when the host frees (a fifth event,
+//! ordered after iteration ends and before transfers), the engine at the
+//! head forms its iteration then, with what has arrived by then. The
+//! tokens of an iteration are out at the end of its device part. Without
+//! a pipeline, or with an engine without host terms, no engine ever
+//! waits and the loop is the one above, bit for bit.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use super::sample::Request;
 use super::scheduler::{Done, Limits, Replica, Role, Seq};
@@ -76,6 +92,9 @@ pub struct Outcome {
     pub busy_prefill: f64,
     pub busy_decode: f64,
     pub iterations: u64,
+    /// Seconds virtual engines holding requests waited for their
+    /// pipeline's host (summed over engines; 0 without a shared host).
+    pub host_wait: f64,
     pub batched_tokens: u64,
     /// Of `batched_tokens`, those batched by prefill (or colocated)
     /// replicas; the decode pool's are the rest.
@@ -143,6 +162,110 @@ impl Clock {
     }
 }
 
+/// The host process a pipeline's virtual engines share.
+#[derive(Debug, Default)]
+struct Host {
+    /// When the running host part ends.
+    free_at: f64,
+    /// Engines (replica indices) waiting for the host, first come first.
+    queue: VecDeque<usize>,
+}
+
+/// The pipelines' hosts, and which one each replica uses (`None`: the
+/// replica's host is its own, never contended).
+struct Hosts {
+    hosts: Vec<Host>,
+    of: Vec<Option<usize>>,
+    /// When each replica joined its host's queue (`None`: not queued).
+    queued: Vec<Option<f64>>,
+    /// Seconds replicas waited in the queues.
+    wait: f64,
+}
+
+impl Hosts {
+    /// One host per pipeline of `pp` colocated virtual engines (replicas
+    /// `k pp .. (k + 1) pp`) when the engine has host terms; none else.
+    fn new(d: &Deployment, replicas: usize) -> Hosts {
+        let m = d.prefill_model;
+        let shared = !d.disaggregated()
+            && m.pp > 1
+            && (m.host_fixed > 0.0 || m.host_seq > 0.0)
+            && d.limits.window.is_none();
+        let pp = m.pp.max(1) as usize;
+        let of: Vec<Option<usize>> = (0..replicas).map(|i| shared.then_some(i / pp)).collect();
+        let n = if shared { replicas.div_ceil(pp) } else { 0 };
+        Hosts {
+            hosts: (0..n)
+                .map(|_| Host {
+                    free_at: f64::NEG_INFINITY,
+                    queue: VecDeque::new(),
+                })
+                .collect(),
+            of,
+            queued: vec![None; replicas],
+            wait: 0.0,
+        }
+    }
+
+    /// The earliest host that frees with engines waiting: (host, time).
+    fn next(&self) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for (h, x) in self.hosts.iter().enumerate() {
+            if !x.queue.is_empty() && best.is_none_or(|(_, b)| x.free_at < b) {
+                best = Some((h, x.free_at));
+            }
+        }
+        best
+    }
+
+    /// Starts replica `i`'s next iteration at `now` if it is idle: at
+    /// once when its host is its own, or free with no engine waiting;
+    /// else, if it holds requests, it joins its host's queue.
+    fn launch(&mut self, reps: &mut [Replica], i: usize, now: f64) {
+        let r = &mut reps[i];
+        if r.busy_until.is_some() {
+            return;
+        }
+        let Some(h) = self.of[i] else {
+            if let Some(dt) = r.start(now) {
+                r.busy_until = Some(now + dt);
+            }
+            return;
+        };
+        if self.queued[i].is_some() {
+            return;
+        }
+        let host = &mut self.hosts[h];
+        if host.queue.is_empty() && host.free_at <= now {
+            if let Some(dt) = r.start(now) {
+                r.busy_until = Some(now + dt);
+                host.free_at = now + r.host.min(dt);
+            }
+        } else if r.has_work() {
+            host.queue.push_back(i);
+            self.queued[i] = Some(now);
+        }
+    }
+
+    /// Host `h` is free at `now`: the engines at the head of its queue
+    /// form their iterations, until one holds the host again.
+    fn serve(&mut self, reps: &mut [Replica], h: usize, now: f64) {
+        let host = &mut self.hosts[h];
+        while host.free_at <= now
+            && let Some(i) = host.queue.pop_front()
+        {
+            if let Some(since) = self.queued[i].take() {
+                self.wait += now - since;
+            }
+            let r = &mut reps[i];
+            if let Some(dt) = r.start(now) {
+                r.busy_until = Some(now + dt);
+                host.free_at = now + r.host.min(dt);
+            }
+        }
+    }
+}
+
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
 /// outcome `aborted`, when more than `max_backlog` requests wait.
 pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
@@ -159,6 +282,7 @@ pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcom
 
 fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) -> Outcome {
     let mut reps = replicas(d);
+    let mut hosts = Hosts::new(d, reps.len());
     let n = reqs.len();
     let mut o = Outcome {
         ttft: vec![f64::NAN; n],
@@ -213,7 +337,8 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
     let mut done = Vec::new();
     let mut issued = 0u64;
     loop {
-        // The earliest event: iteration ends, then transfers, then arrivals.
+        // The earliest event: iteration ends, then hosts freeing, then
+        // transfers, then arrivals.
         let mut rep: Option<(usize, f64)> = None;
         for (i, r) in reps.iter().enumerate() {
             if let Some(t) = r.busy_until.or(r.wake_at)
@@ -224,10 +349,12 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         }
         let xfer = transfers.peek().map(|t| t.0.at);
         let arrival = (next < released).then(|| arr[next]);
+        let host = hosts.next();
         let t_rep = rep.map_or(f64::INFINITY, |r| r.1);
+        let t_h = host.map_or(f64::INFINITY, |h| h.1);
         let t_x = xfer.unwrap_or(f64::INFINITY);
         let t_a = arrival.unwrap_or(f64::INFINITY);
-        let touched = if rep.is_some() && t_rep <= t_x && t_rep <= t_a {
+        let touched = if rep.is_some() && t_rep <= t_h && t_rep <= t_x && t_rep <= t_a {
             let (i, t) = rep.unwrap_or((0, t_rep));
             clock.advance(t);
             done.clear();
@@ -266,6 +393,13 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
                 }
             }
             i
+        } else if let Some((h, t)) = host
+            && t <= t_x
+            && t <= t_a
+        {
+            clock.advance(t);
+            hosts.serve(&mut reps, h, t);
+            continue;
         } else if xfer.is_some() && t_x <= t_a {
             let Some(Reverse(x)) = transfers.pop() else {
                 break;
@@ -314,14 +448,10 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         } else {
             break;
         };
-        let r = &mut reps[touched];
-        if r.busy_until.is_none()
-            && let Some(dt) = r.start(clock.now)
-        {
-            r.busy_until = Some(clock.now + dt);
-        }
+        hosts.launch(&mut reps, touched, clock.now);
     }
     tally(&mut o, &reps, &arr, &clock);
+    o.host_wait = hosts.wait;
     o.arrivals = arr;
     o
 }

@@ -17,6 +17,8 @@ fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
         pp: 1,
         t_fixed: 0.0,
         c_seq: 0.0,
+        host_fixed: 0.0,
+        host_seq: 0.0,
         t_weights,
         c_token,
         c_comm: 0.0,
@@ -192,6 +194,138 @@ fn disaggregated_hands_over_after_the_transfer() {
     // Prefill ends at 1, transfer at 2.5, two decode iterations: 4.5.
     assert!(close(o.e2e[0], 4.5), "{:?}", o.e2e);
     assert_eq!((o.transfers, o.tokens_generated), (1, 3));
+}
+
+/// `m` run by an engine of `fixed` seconds of host time per iteration
+/// and `seq` per scheduled sequence (as `IterModel::with_engine` adds
+/// them), in a pipeline of `pp` stages.
+fn hosted(m: IterModel, fixed: f64, seq: f64, pp: u64) -> IterModel {
+    IterModel {
+        pp,
+        t_fixed: m.t_fixed + fixed,
+        c_seq: m.c_seq + seq,
+        host_fixed: fixed,
+        host_seq: seq,
+        ..m
+    }
+}
+
+/// Two virtual engines of one pipeline share its host, by hand: 0.9 s of
+/// host time per iteration and 0.1 s per sequence, a device part of
+/// max(0.5 s, 10 ms per token). A (t=0) and B (t=0), 40-token prompts, 3
+/// tokens out; C (t=1.7, 40 in, 3 out) goes to engine 0 (a tie of loads).
+///
+/// - 0: E0 forms A's prefill: host [0, 1], device [1, 1.5]. B reaches E1
+///   at 0 with the host busy: E1 waits.
+/// - 1: E1 forms B's prefill: host [1, 2], device [2, 2.5].
+/// - 1.5: A's first token; E0 waits for the host (busy to 2).
+/// - 2: E0 forms A's decode and C's prefill (C arrived while it waited;
+///   2 sequences): host [2, 3.1], device [3.1, 3.6].
+/// - 2.5: B's first token; E1 waits. 3.1: E1 forms B's decode: host
+///   [3.1, 4.1], device [4.1, 4.6].
+/// - 3.6: A's second token, C's first; 4.1: E0 forms both decodes: host
+///   [4.1, 5.2], device [5.2, 5.7].
+/// - 4.6: B's second token; 5.2: E1: host [5.2, 6.2], device [6.2, 6.7].
+/// - 5.7: A completes; 6.2: E0 forms C's decode: host [6.2, 7.2], device
+///   [7.2, 7.7]. 6.7: B completes; 7.7: C completes.
+///
+/// As two replicas with their own hosts every iteration would start when
+/// the last ended: A and B take 1.5 s per iteration, done at 4.5.
+#[test]
+fn virtual_engines_share_the_pipeline_host_by_hand() {
+    let m = model(0.5, 0.01, 1e6);
+    let reqs = [req(0.0, 40, 3), req(0.0, 40, 3), req(1.7, 40, 3)];
+    let o = simulate(&colocated(hosted(m, 0.9, 0.1, 2), 2, 200, 4), &reqs, 100);
+    let ttft = [1.5, 2.5, 3.6 - 1.7];
+    let e2e = [5.7, 6.7, 7.7 - 1.7];
+    for i in 0..3 {
+        assert!(close(o.ttft[i], ttft[i]), "ttft {i}: {:?}", o.ttft);
+        assert!(close(o.e2e[i], e2e[i]), "e2e {i}: {:?}", o.e2e);
+    }
+    assert_eq!((o.completed, o.iterations), (3, 7));
+    assert!(close(o.makespan, 7.7), "{}", o.makespan);
+    // Each engine busy from its host part's start to its device part's
+    // end: five iterations of 1.5 s and two of 1.6 s (two sequences).
+    assert!(
+        close(o.busy_prefill, 5.0 * 1.5 + 2.0 * 1.6),
+        "{}",
+        o.busy_prefill
+    );
+    // Waits: E1 [0, 1], [2.5, 3.1], [4.6, 5.2]; E0 [1.5, 2], [3.6, 4.1],
+    // [5.7, 6.2].
+    assert!(
+        close(o.host_wait, 1.0 + 2.0 * 0.6 + 3.0 * 0.5),
+        "{}",
+        o.host_wait
+    );
+    // Own hosts (one stage each): A and B never wait.
+    let o = simulate(
+        &colocated(hosted(m, 0.9, 0.1, 1), 2, 200, 4),
+        &reqs[..2],
+        100,
+    );
+    for i in 0..2 {
+        assert!(close(o.ttft[i], 1.5), "{:?}", o.ttft);
+        assert!(close(o.e2e[i], 4.5), "{:?}", o.e2e);
+    }
+    assert_eq!(o.host_wait, 0.0);
+}
+
+/// The planner's lower bound of a run counts a pipeline's host: by hand
+/// on the requests above, 6 decode steps at 0.1 s of host each and at
+/// least 6 / 4 iterations (4 sequences at most) at 0.9 s, 1.95 s on the
+/// one host, above the engines' own bound (each of the two: half of 6 x
+/// 0.1 s + 1.5 x 1.4 s, 1.35 s); both below the 7.7 s the run takes.
+#[test]
+fn the_work_bound_counts_the_pipeline_host() {
+    let m = model(0.5, 0.01, 1e6);
+    let reqs = [req(0.0, 40, 3), req(0.0, 40, 3), req(1.7, 40, 3)];
+    let shared = colocated(hosted(m, 0.9, 0.1, 2), 2, 200, 4);
+    let own = colocated(hosted(m, 0.9, 0.1, 1), 2, 200, 4);
+    let bound = |d: &Deployment| super::planner::work_bound(d, &reqs, 0.0);
+    assert!(close(bound(&own), 1.35), "{}", bound(&own));
+    assert!(close(bound(&shared), 1.95), "{}", bound(&shared));
+    assert!(bound(&shared) <= simulate(&shared, &reqs, 100).makespan);
+}
+
+/// The host is shared only where there is a pipeline and an engine with
+/// host time: without a pipeline the host split changes nothing, and a
+/// pipeline without the engine's host terms (the device's own overhead
+/// included) runs as independent replicas, bit for bit; with both,
+/// under load, the shared host slows the run.
+#[test]
+fn only_a_pipeline_with_host_terms_shares_its_host() {
+    let s = serve(40.0, 2_000, 7);
+    let reqs = requests(&s, None, &[]);
+    let bits = |o: &Outcome| format!("{o:?}");
+    let base = IterModel {
+        t_fixed: 0.003,
+        c_seq: 2e-4,
+        ..small()
+    };
+    let run = |m: IterModel| simulate(&colocated(m, 4, 512, 32), &reqs, 20_000);
+    // No pipeline: the engine's time as host part or as device time.
+    let host = run(hosted(base, 0.02, 2e-4, 1));
+    let in_device = IterModel {
+        t_fixed: base.t_fixed + 0.02,
+        c_seq: base.c_seq + 2e-4,
+        ..base
+    };
+    let device = run(in_device);
+    assert_eq!(bits(&host), bits(&device));
+    // A pipeline without the engine's host terms.
+    assert_eq!(bits(&run(IterModel { pp: 2, ..base })), bits(&run(base)));
+    assert_eq!(bits(&run(IterModel { pp: 4, ..in_device })), bits(&device));
+    // Both: the virtual engines wait for one another's host parts.
+    let shared = run(hosted(base, 0.02, 2e-4, 2));
+    assert!(!unstable(&shared, reqs.len()) && !unstable(&host, reqs.len()));
+    let mean = |o: &Outcome| o.e2e.iter().sum::<f64>() / o.e2e.len() as f64;
+    assert!(
+        mean(&shared) > 1.1 * mean(&host),
+        "{} vs {}",
+        mean(&shared),
+        mean(&host)
+    );
 }
 
 fn serve(rate: f64, n: u64, seed: u64) -> Serve {

@@ -41,7 +41,8 @@ pub struct IterModel {
     /// every stage (its time is the sum of the stages and the hand-offs),
     /// and each virtual engine owns a `pp`-th of the KV cache and is
     /// charged `tp` devices, so the `pp` of them cost the pipeline's
-    /// `tp x pp`.
+    /// `tp x pp`. The engines' host parts ([`IterModel::host`]) take
+    /// turns on the pipeline's one host process (`sim.rs`).
     pub pp: u64,
     /// Host overhead, collective latency and the attention of a
     /// one-token context: paid by every iteration.
@@ -49,6 +50,14 @@ pub struct IterModel {
     /// Host time per scheduled sequence: the device's `seq_overhead` plus
     /// the serving engine's.
     pub c_seq: f64,
+    /// The serving engine's host time per iteration and per scheduled
+    /// sequence (its `iteration_overhead` and `seq_overhead`, already in
+    /// `t_fixed` and `c_seq`): the part of an iteration that runs on the
+    /// engine's host process, [`IterModel::host`]. A pipeline's virtual
+    /// engines share that process (`sim.rs`); the rest of the iteration
+    /// is the device's.
+    pub host_fixed: f64,
+    pub host_seq: f64,
     /// Streaming the weights once (linear layers at one token).
     pub t_weights: f64,
     /// Linear-layer compute per token when compute-bound.
@@ -88,6 +97,14 @@ impl IterModel {
             + pairs * self.c_pair
             + seqs * self.c_seq
     }
+
+    /// Seconds of an iteration of `seqs` scheduled sequences that run on
+    /// the engine's host process (the engine's terms; part of
+    /// [`IterModel::time`], which is never less).
+    #[inline]
+    pub fn host(&self, seqs: f64) -> f64 {
+        self.host_fixed + seqs * self.host_seq
+    }
 }
 
 /// The terms a serving engine adds to the iteration model (`engine NAME
@@ -121,7 +138,8 @@ impl EngineTerms {
 
 impl IterModel {
     /// This model run by engine `e`: `t_fixed + iteration_overhead`,
-    /// `c_seq + seq_overhead`, `c_kv / kv_efficiency`. The ideal engine
+    /// `c_seq + seq_overhead`, `c_kv / kv_efficiency`; the two host terms
+    /// are also the model's host part (`host_fixed`, `host_seq`). The ideal engine
     /// returns the model unchanged, bit for bit.
     pub fn with_engine(mut self, e: EngineTerms) -> IterModel {
         if e == EngineTerms::IDEAL {
@@ -129,6 +147,8 @@ impl IterModel {
         }
         self.t_fixed += e.iteration_overhead;
         self.c_seq += e.seq_overhead;
+        self.host_fixed += e.iteration_overhead;
+        self.host_seq += e.seq_overhead;
         self.c_kv /= e.kv_efficiency;
         self
     }
@@ -271,6 +291,8 @@ pub fn build(
         pp,
         t_fixed,
         c_seq,
+        host_fixed: 0.0,
+        host_seq: 0.0,
         t_weights: linear(&e1),
         c_token,
         c_comm,
@@ -369,6 +391,8 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
         t_fixed: o,
         // Items, not sequences: no per-sequence host work.
         c_seq: 0.0,
+        host_fixed: 0.0,
+        host_seq: 0.0,
         t_weights: (e1.time.step - o).max(0.0),
         c_token: ((en.time.step - o) / n as f64).max(0.0),
         c_comm: 0.0,
