@@ -6,11 +6,11 @@ mod common;
 
 use gantry::runtime_cli::{TargetArgs, resolve_target};
 use gantry_lang::program::{Phase, Workload};
-use std::collections::HashSet;
 use gantry_runtime::backward;
 use gantry_runtime::exec::{self, Parallel, RunConfig, even_split};
 use gantry_runtime::jit::{Expr, Jit, KernelSpec, Unary};
 use proptest::prelude::*;
+use std::collections::HashSet;
 
 fn target(file: &str, plan: Option<&str>, fix: &str, scale: &str) -> gantry::runtime_cli::Target {
     let a = TargetArgs {
