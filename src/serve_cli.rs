@@ -181,10 +181,11 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                     outln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
                 } else if o.markdown {
                     outln!(
-                        "## Serving plan `{}` ({label})\n\n`{}` on `{}`.\n",
+                        "## Serving plan `{}` ({label})\n\n`{}` on `{}`.\n\nEngine: {}.\n",
                         p.name,
                         p.workload.name,
-                        p.system.name
+                        p.system.name,
+                        report::engine_text(p)
                     );
                     out!("{}", report::markdown(&s));
                     if let Some(r) = &rows {
@@ -200,6 +201,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                         p.workload.name,
                         p.system.name
                     );
+                    outln!("Engine      {}", report::engine_text(p));
                     out!("{}", report::text(&s));
                     if let Some(r) = &rows {
                         out!("{}", sweep_text(r));
@@ -252,24 +254,8 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         );
     }
     outln!("\nIteration model (docs/COST-MODEL.md §4a)");
-    if let Some(e) = p.workload.serve.as_ref().and_then(|s| s.engine.as_ref()) {
-        // The engine's terms are inside the figures below.
-        outln!(
-            "  engine {}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's{}",
-            e.name,
-            e.iteration_overhead * 1e3,
-            e.seq_overhead * 1e6,
-            gantry_lang::units::format_number(1.0 / e.kv_efficiency),
-            match (e.fit_rows, e.loo) {
-                (Some(n), Some((m, x))) => format!(
-                    " (fitted on {n} serving rows; leave-one-out |error| median {:.1}%, worst {:.1}%)",
-                    100.0 * m,
-                    100.0 * x
-                ),
-                _ => " (not fitted)".to_string(),
-            }
-        );
-    }
+    // The engine's terms are inside the figures below.
+    outln!("  engine {}", report::engine_text(p));
     let batched = sp.best.deployment.limits.window.is_some();
     for m in sp.models.values().chain(sp.pipelines.values()) {
         if batched {

@@ -348,6 +348,21 @@ fn every_json_output_matches_its_schema() {
     assert!(serve_plans >= 1, "no serving plan among the examples");
     assert_eq!(plan.documents, 2 * (plans - serve_plans));
     assert_eq!(serve.documents, 2 * serve_plans);
+    // A serving plan on a declared engine names it and its terms (the
+    // reference row A1.1, every knob pinned, on vLLM 0.8.3).
+    let (code, out, err) = gantry(&[
+        "plan",
+        "examples/reference/s05_a_a100_tp8.gantry",
+        "--plan",
+        "s05_a1_1_plan",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("serve JSON");
+    serve.check("plan s05_a1_1_plan --format json", &v);
+    assert_eq!(v["engine"]["name"], "vLLM_0_8_3", "{v}");
+    assert!(v["engine"]["iteration_overhead_s"].as_f64().unwrap_or(0.0) > 0.0);
     // No bundled device records a fit band yet: a device that does gives
     // the `uncertainty` object (its training plan), its inference plan
     // the "uncalibrated" form.

@@ -291,29 +291,6 @@ fn section_b1_rows() {
     let c = common::checked("examples/reference/s01_b1_h200_sharegpt.gantry");
     for p in c.program.plans.values() {
         let s = serve::planner::predict(p).expect("a prediction");
-        // The two virtual engines share one host: what they waited for it.
-        let (d, reqs) = serve::planner::fixed_deployment(
-            p,
-            &serve::planner::plan_pins(p).expect("pins"),
-            &[],
-            None,
-        )
-        .expect("the deployment");
-        let sv = p.workload.serve.as_deref().expect("serve");
-        let o = serve::outcome(&d, &reqs, sv, u64::MAX);
-        let m = d.prefill_model;
-        // The fitted engine has host time, so the engines do wait for
-        // one another at times, and never longer than they ran.
-        assert!(m.host_fixed > 0.0 && o.host_wait > 0.0, "{}", p.name);
-        assert!(o.host_wait < 2.0 * o.makespan, "{}", p.name);
-        println!(
-            "{}: host {:.2} ms + {:.3} ms/seq; waited {:.3} s of {:.1} s x 2 engines",
-            p.name,
-            m.host_fixed * 1e3,
-            m.host_seq * 1e3,
-            o.host_wait,
-            o.makespan
-        );
         assert!(!s.unstable, "{}: unstable", p.name);
         assert_eq!(s.completed, 300);
     }
@@ -364,44 +341,6 @@ fn section_a1_rows() {
     let mut ttft_mean = Vec::new();
     for p in c.program.plans.values() {
         let s = serve::planner::predict(p).expect("a prediction");
-        // The two virtual engines share one host: what they waited for it.
-        let (d, reqs) = serve::planner::fixed_deployment(
-            p,
-            &serve::planner::plan_pins(p).expect("pins"),
-            &[],
-            None,
-        )
-        .expect("the deployment");
-        let sv = p.workload.serve.as_deref().expect("serve");
-        let o = serve::outcome(&d, &reqs, sv, u64::MAX);
-        let m = d.prefill_model;
-        // The fitted engine has host time, so the engines do wait for
-        // one another at times, and never longer than they ran.
-        assert!(m.host_fixed > 0.0 && o.host_wait > 0.0, "{}", p.name);
-        assert!(o.host_wait < 2.0 * o.makespan, "{}", p.name);
-        println!(
-            "{}: host {:.2} ms + {:.3} ms/seq; waited {:.3} s of {:.1} s x 2 engines",
-            p.name,
-            m.host_fixed * 1e3,
-            m.host_seq * 1e3,
-            o.host_wait,
-            o.makespan
-        );
-        for (io, so) in [(0.0198, 148e-6), (0.015, 400e-6)] {
-            let mut e = d;
-            let t = timing::EngineTerms {
-                iteration_overhead: io - m.host_fixed,
-                seq_overhead: so - m.host_seq,
-                kv_efficiency: 1.0,
-            };
-            e.prefill_model = m.with_engine(t);
-            e.decode_model = e.prefill_model;
-            let o = serve::outcome(&e, &reqs, sv, u64::MAX);
-            println!(
-                "   at {io} s + {so} s/seq: waited {:.3} s of {:.1} s",
-                o.host_wait, o.makespan
-            );
-        }
         assert!(!s.unstable, "{}: unstable", p.name);
         assert_eq!(s.completed, 200, "{}", p.name);
         ttft_mean.push((p.name.clone(), s.ttft.mean));

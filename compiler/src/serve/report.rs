@@ -650,13 +650,54 @@ pub const SCHEMA: &str = "gantry.serve/1";
 
 /// The head of a `gantry.serve/1` document: the plan, workload, system.
 pub fn plan_head(p: &gantry_lang::program::Plan) -> Value {
-    json!({
+    let mut j = json!({
         "schema": SCHEMA,
         "plan": p.name,
         "workload": p.workload.name,
         "system": p.system.name,
         "device": p.system.node.device.name,
-    })
+    });
+    if let Some(e) = engine(p) {
+        j["engine"] = json!({
+            "name": e.name,
+            "iteration_overhead_s": e.iteration_overhead,
+            "seq_overhead_s": e.seq_overhead,
+            "kv_efficiency": e.kv_efficiency,
+            "fit_rows": e.fit_rows,
+            "loo_median": e.loo.map(|l| l.0),
+            "loo_max": e.loo.map(|l| l.1),
+        });
+    }
+    j
+}
+
+/// The serving engine the plan's workload declares (`engine = NAME`).
+fn engine(p: &gantry_lang::program::Plan) -> Option<&gantry_lang::program::Engine> {
+    p.workload.serve.as_ref().and_then(|s| s.engine.as_ref())
+}
+
+/// The engine a serving plan's figures include, in words: its terms
+/// (docs/COST-MODEL.md §4a) and what its fit recorded, or the ideal
+/// engine when the workload declares none.
+pub fn engine_text(p: &gantry_lang::program::Plan) -> String {
+    let Some(e) = engine(p) else {
+        return "ideal (none declared: no host time, the device's kernels)".to_string();
+    };
+    format!(
+        "{}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's{}",
+        e.name,
+        e.iteration_overhead * 1e3,
+        e.seq_overhead * 1e6,
+        gantry_lang::units::format_number(1.0 / e.kv_efficiency),
+        match (e.fit_rows, e.loo) {
+            (Some(n), Some((m, x))) => format!(
+                " (fitted on {n} serving rows; leave-one-out |error| median {:.1}%, worst {:.1}%)",
+                100.0 * m,
+                100.0 * x
+            ),
+            _ => " (not fitted)".to_string(),
+        }
+    )
 }
 
 /// The `gantry.serve/1` document of a serving plan's search (without a
@@ -876,6 +917,7 @@ pub fn plan_markdown(
         p.system.name,
         sp.rank.name()
     );
+    let _ = writeln!(t, "Engine: {}.\n", engine_text(p));
     t.push_str(&markdown(&sp.best));
     if let Some(c) = &sp.cheaper {
         let _ = writeln!(
