@@ -350,16 +350,7 @@ fn every_json_output_matches_its_schema() {
     assert_eq!(serve.documents, 2 * serve_plans);
     // A serving plan on a declared engine names it and its terms (the
     // reference row A1.1, every knob pinned, on vLLM 0.8.3).
-    let (code, out, err) = gantry(&[
-        "plan",
-        "examples/reference/s05_a_a100_tp8.gantry",
-        "--plan",
-        "s05_a1_1_plan",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let v: Value = serde_json::from_str(&out).expect("serve JSON");
+    let v = plan_json("examples/reference/s05_a_a100_tp8.gantry", "s05_a1_1_plan");
     serve.check("plan s05_a1_1_plan --format json", &v);
     assert_eq!(v["engine"]["name"], "vLLM_0_8_3", "{v}");
     assert!(v["engine"]["iteration_overhead_s"].as_f64().unwrap_or(0.0) > 0.0);
@@ -464,21 +455,22 @@ fn every_json_output_matches_its_schema() {
     }
 }
 
+/// `gantry plan FILE --plan PLAN --format json`, which must succeed.
+fn plan_json(file: &str, plan: &str) -> Value {
+    let (code, out, err) = gantry(&["plan", file, "--plan", plan, "--format", "json"]);
+    assert_eq!(code, 0, "{file} {plan}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{file} {plan}: {e}"))
+}
+
 /// The schemas are strict: a field added to or removed from an output,
 /// or a figure of the wrong type, fails validation.
 #[test]
 fn schemas_reject_added_removed_and_mistyped_fields() {
     let plan = Schema::load("gantry.plan.v2");
-    let (code, out, err) = gantry(&[
-        "plan",
+    let good = plan_json(
         "examples/reference/b01_22b.gantry",
-        "--plan",
         "b01_gpt_22b_sp_selective",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let good: Value = serde_json::from_str(&out).expect("JSON");
+    );
     assert!(plan.validator.is_valid(&good));
     let mut added = good.clone();
     added["metrics"]["hardware_tflops_per_device"] = json!(163.9);
