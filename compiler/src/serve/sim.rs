@@ -17,9 +17,9 @@
 //! at that moment, so the arrivals stay sorted. Latencies are recorded per request; the report's figures
 //! are computed from them afterwards (`report.rs`).
 //!
-//! A pipeline's virtual engines share one host process (vLLM schedules
-//! them from one process: V0's virtual engines in one asyncio loop, V1's
-//! batch queue in one engine core). An iteration is then two parts in
+//! A pipeline's virtual engines share one host process (vLLM's V0 runs
+//! them in one asyncio loop; V1, by our reading, from one engine core).
+//! An iteration is then two parts in
 //! order: its host part ([`IterModel::host`], the engine's host terms:
 //! scheduling this iteration and processing the last one's outputs),
 //! which runs only while the pipeline's host is free and keeps it busy,
@@ -30,8 +30,10 @@
 //! ordered after iteration ends and before transfers), the engine at the
 //! head forms its iteration then, with what has arrived by then. The
 //! tokens of an iteration are out at the end of its device part. Without
-//! a pipeline, or with an engine without host terms, no engine ever
-//! waits and the loop is the one above, bit for bit.
+//! a pipeline, or with an engine without host terms, there is no shared
+//! host and no engine waits: the test
+//! `only_a_pipeline_with_host_terms_shares_its_host` holds such runs,
+//! bit for bit, to the same time charged to the device and to `pp = 1`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -227,9 +229,7 @@ impl Hosts {
             return;
         }
         let Some(h) = self.of[i] else {
-            if let Some(dt) = r.start(now) {
-                r.busy_until = Some(now + dt);
-            }
+            begin(r, now);
             return;
         };
         if self.queued[i].is_some() {
@@ -237,9 +237,8 @@ impl Hosts {
         }
         let host = &mut self.hosts[h];
         if host.queue.is_empty() && host.free_at <= now {
-            if let Some(dt) = r.start(now) {
-                r.busy_until = Some(now + dt);
-                host.free_at = now + r.host.min(dt);
+            if let Some(held) = begin(r, now) {
+                host.free_at = now + held;
             }
         } else if r.has_work() {
             host.queue.push_back(i);
@@ -257,13 +256,19 @@ impl Hosts {
             if let Some(since) = self.queued[i].take() {
                 self.wait += now - since;
             }
-            let r = &mut reps[i];
-            if let Some(dt) = r.start(now) {
-                r.busy_until = Some(now + dt);
-                host.free_at = now + r.host.min(dt);
+            if let Some(held) = begin(&mut reps[i], now) {
+                host.free_at = now + held;
             }
         }
     }
+}
+
+/// Forms `r`'s next iteration at `now`, if it has one to run: how long
+/// that iteration holds the host (its host part, within its time).
+fn begin(r: &mut Replica, now: f64) -> Option<f64> {
+    let dt = r.start(now)?;
+    r.busy_until = Some(now + dt);
+    Some(r.host.min(dt))
 }
 
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
