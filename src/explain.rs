@@ -296,7 +296,7 @@ Fix: make the weights sum to 1."
             "A setting of a `serve` workload is outside its range: an arrival `rate` or \
 `cv` not above 0, a length distribution with `lo > hi`, a lognormal `mean` below 1 token or \
 a `spread` above 3, an SLO target not above 0, an `attainment` outside (0, 1], a \
-`prefix_hit` outside [0, 1), a token budget, sequence limit or length above 2^24, more than \
+`prefix_hit` outside [0, 1), a `memory_utilization` outside (0, 1], a token budget, sequence limit or length above 2^24, more than \
 10 million `requests`, or `prompt = trace` / `generate = trace` without trace arrivals. \
 The label points at the value.\n\
 Fix: give a value in the stated range (docs/LANGUAGE.md §5.7, `serve`)."
@@ -372,7 +372,7 @@ snapshot), or give the study a `demand` and a `site`."
             "A `serve` record mixes the two kinds of serving. With `batching = batch_window(...)` \
 (recommendation inference: whole requests scored in batched forward passes) the LLM settings \
 `prompt`, `generate`, `token_budget`, `max_seqs`, `chunked_prefill`, `async_scheduling`, \
-`kv_block`, `prefix_hit` and `disaggregate` have no meaning; without a window, `items` has none. \
+`kv_block`, `prefix_hit`, `memory_utilization` and `disaggregate` have no meaning; without a window, `items` has none. \
 The label points at the setting.\n\
 Fix: remove the setting, or declare (or remove) the batching window (docs/LANGUAGE.md §5.7, \
 \"Batching window\")."

@@ -747,6 +747,10 @@ pub struct Serve {
     pub scheduler: Scheduler,
     /// Share of each prompt found in the prefix cache, in [0, 1).
     pub prefix_hit: f64,
+    /// Share of each device's HBM the server may use, in (0, 1] (vLLM's
+    /// `--gpu-memory-utilization`): the KV cache gets what this share
+    /// leaves after the weights and activations. 1: the whole HBM.
+    pub memory_utilization: f64,
     /// Requests simulated per configuration.
     pub requests: u64,
     pub seed: u64,
@@ -1339,7 +1343,7 @@ fn serve_summary(sv: &Serve) -> String {
     };
     let k = &sv.scheduler;
     format!(
-        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={}{} prefix_hit={} requests={} seed={} disaggregate={}{}",
+        "arrivals={arrivals} prompt={} generate={} ttft_p99={} tpot_p99={}{} attainment={} token_budget={} max_seqs={} chunked_prefill={} kv_block={}{} prefix_hit={}{} requests={} seed={} disaggregate={}{}",
         lens(&sv.input),
         lens(&sv.output),
         q(sv.slo.ttft_p99, Dim::TIME),
@@ -1359,6 +1363,14 @@ fn serve_summary(sv: &Serve) -> String {
             ""
         },
         format_number(sv.prefix_hit),
+        if sv.memory_utilization < 1.0 {
+            format!(
+                " memory_utilization={}",
+                format_number(sv.memory_utilization)
+            )
+        } else {
+            String::new()
+        },
         sv.requests,
         sv.seed,
         match sv.disaggregate {

@@ -350,6 +350,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
             async_scheduling: false,
         },
         prefix_hit: 0.0,
+        memory_utilization: 1.0,
         requests: n,
         seed,
         disaggregate: Disaggregate::No,

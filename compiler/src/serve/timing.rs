@@ -72,8 +72,9 @@ pub struct IterModel {
     pub kv_bytes_per_token: f64,
     /// KV-cache bytes per token of the whole model (what a transfer moves).
     pub kv_bytes_per_token_model: f64,
-    /// Tokens the replica's KV cache holds: HBM minus weights, reserve and
-    /// the prefill's activations, per device, over the bytes per token.
+    /// Tokens the replica's KV cache holds: the server's share of HBM
+    /// (`memory_utilization`) minus weights, reserve and the prefill's
+    /// activations, per device, over the bytes per token.
     pub kv_capacity_tokens: f64,
     /// Dollars per second of one replica (`None`: no price declared).
     pub price_per_s: Option<f64>,
@@ -276,7 +277,9 @@ pub fn build(
         ..point
     });
     let m = &ep.memory;
-    let free = m.capacity - m.weights - m.reserve - m.activations;
+    // The server's share of HBM (vLLM's `--gpu-memory-utilization`).
+    let util = w.serve.as_ref().map_or(1.0, |s| s.memory_utilization);
+    let free = util * m.capacity - m.weights - m.reserve - m.activations;
     // A stage's devices hold its layers' KV for every virtual engine:
     // each engine gets a `pp`-th of the tokens.
     let kv_capacity_tokens = if kv_dev > 0.0 {

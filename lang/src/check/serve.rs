@@ -33,6 +33,7 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "async_scheduling",
     "kv_block",
     "prefix_hit",
+    "memory_utilization",
     "requests",
     "seed",
     "disaggregate",
@@ -467,7 +468,7 @@ impl Checker {
 
     /// The optional settings with their defaults: attainment, prefix hit
     /// rate, requests, seed, disaggregation.
-    fn serve_options(&mut self, got: &Got) -> Option<(f64, f64, u64, u64, Disaggregate)> {
+    fn serve_options(&mut self, got: &Got) -> Option<(f64, f64, f64, u64, u64, Disaggregate)> {
         let mut ok = true;
         let attainment = match got.get("attainment") {
             Some((v, s)) => self.serve_number(
@@ -490,6 +491,17 @@ impl Checker {
                 "the share of each prompt found in the prefix cache, from 0 up to (not) 1",
             ),
             None => Some(0.0),
+        };
+        let memory_utilization = match got.get("memory_utilization") {
+            Some((v, s)) => self.serve_number(
+                v,
+                *s,
+                "`memory_utilization`",
+                (0.0, 1.0),
+                (false, true),
+                "the share of each device's HBM the server may use, above 0 and at most 1 (vLLM's default is 0.9)",
+            ),
+            None => Some(1.0),
         };
         let requests = match got.get("requests") {
             Some((v, s)) => self.serve_count(v, *s, "`requests`", MAX_REQUESTS),
@@ -522,6 +534,7 @@ impl Checker {
         for x in [
             attainment.is_none(),
             prefix_hit.is_none(),
+            memory_utilization.is_none(),
             requests.is_none(),
         ] {
             ok &= !x;
@@ -529,7 +542,14 @@ impl Checker {
         if !ok {
             return None;
         }
-        Some((attainment?, prefix_hit?, requests?, seed?, disaggregate?))
+        Some((
+            attainment?,
+            prefix_hit?,
+            memory_utilization?,
+            requests?,
+            seed?,
+            disaggregate?,
+        ))
     }
 
     /// A `serve { ... }` record: the decode phase the static cost model
@@ -593,6 +613,7 @@ impl Checker {
                 "async_scheduling",
                 "kv_block",
                 "prefix_hit",
+                "memory_utilization",
                 "disaggregate",
             ]
         } else {
@@ -680,7 +701,8 @@ impl Checker {
         if !ok {
             return None;
         }
-        let (attainment, prefix_hit, requests, seed, mut disaggregate) = options;
+        let (attainment, prefix_hit, memory_utilization, requests, seed, mut disaggregate) =
+            options;
         let (phase, scheduler) = if let Some(b) = batching {
             // The static step: one forward pass of a full batch (a model
             // without a sequence, as `prefill { batch }` declares it).
@@ -722,6 +744,7 @@ impl Checker {
             attainment,
             scheduler,
             prefix_hit,
+            memory_utilization,
             requests,
             seed,
             disaggregate,
