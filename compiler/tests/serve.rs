@@ -477,6 +477,15 @@ fn section_a2_a3_pipeline_rows() {
             "{}",
             report::describe(&s.deployment)
         );
+        // The report names the replica's whole cache and each virtual
+        // engine's half of it.
+        let text = report::text(&s);
+        let line = format!(
+            "KV cache {:.0} tokens per replica, {:.0} for each of its 2 virtual engines",
+            2.0 * s.kv_capacity_tokens,
+            s.kv_capacity_tokens
+        );
+        assert!(text.contains(&line), "{}: {text}", p.name);
     }
     let rows = gantry_compiler::validate::rows(&c.program);
     assert_eq!(rows.len(), 8 * 7);

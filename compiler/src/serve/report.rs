@@ -438,6 +438,16 @@ pub fn text(s: &Summary) -> String {
             "  {} devices; at most {:.0} items in flight per replica",
             s.devices, s.kv_capacity_tokens
         );
+    } else if s.deployment.decode_model.pp > 1 {
+        // A pipeline's virtual engines each hold a `pp`-th of the cache.
+        let pp = s.deployment.decode_model.pp;
+        let _ = writeln!(
+            t,
+            "  {} devices; KV cache {:.0} tokens per replica, {:.0} for each of its {pp} virtual engines",
+            s.devices,
+            s.kv_capacity_tokens * pp as f64,
+            s.kv_capacity_tokens
+        );
     } else {
         let _ = writeln!(
             t,
@@ -755,7 +765,8 @@ pub fn markdown(s: &Summary) -> String {
         "| deployment | devices | KV cache per replica | token budget |\n|---|---:|---:|---:|\n| {} | {} | {:.0} tokens | {} |\n",
         describe(d),
         s.devices,
-        s.kv_capacity_tokens,
+        // A pipeline's replica holds a cache per virtual engine.
+        s.kv_capacity_tokens * d.decode_model.pp.max(1) as f64,
         d.limits.token_budget
     );
     let _ = writeln!(
