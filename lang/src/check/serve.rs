@@ -467,7 +467,7 @@ impl Checker {
     }
 
     /// The optional settings with their defaults: attainment, prefix hit
-    /// rate, requests, seed, disaggregation.
+    /// rate, memory utilization, requests, seed, disaggregation.
     fn serve_options(&mut self, got: &Got) -> Option<(f64, f64, f64, u64, u64, Disaggregate)> {
         let mut ok = true;
         let attainment = match got.get("attainment") {
@@ -498,7 +498,7 @@ impl Checker {
                 *s,
                 "`memory_utilization`",
                 (0.0, 1.0),
-                (false, true),
+                (true, false),
                 "the share of each device's HBM the server may use, above 0 and at most 1 (vLLM's default is 0.9)",
             ),
             None => Some(1.0),
