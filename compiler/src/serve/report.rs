@@ -113,6 +113,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Tokens a (decode) replica's KV cache holds: under a pipeline, its
+    /// `pp` virtual engines' caches together (`kv_capacity_tokens` is one
+    /// engine's).
+    pub fn kv_tokens_per_replica(&self) -> f64 {
+        self.kv_capacity_tokens * self.deployment.decode_model.pp.max(1) as f64
+    }
+
     /// The named figure, for `expect` (base units: seconds, requests or
     /// tokens per second): `ttft_p50`, `tpot_p99`, `e2e_p90`, ...,
     /// `throughput` (completed requests per second), `tokens_per_s`,
@@ -439,14 +446,13 @@ pub fn text(s: &Summary) -> String {
             s.devices, s.kv_capacity_tokens
         );
     } else if s.deployment.decode_model.pp > 1 {
-        // A pipeline's virtual engines each hold a `pp`-th of the cache.
-        let pp = s.deployment.decode_model.pp;
         let _ = writeln!(
             t,
-            "  {} devices; KV cache {:.0} tokens per replica, {:.0} for each of its {pp} virtual engines",
+            "  {} devices; KV cache {:.0} tokens per replica, {:.0} for each of its {} virtual engines",
             s.devices,
-            s.kv_capacity_tokens * pp as f64,
-            s.kv_capacity_tokens
+            s.kv_tokens_per_replica(),
+            s.kv_capacity_tokens,
+            s.deployment.decode_model.pp
         );
     } else {
         let _ = writeln!(
@@ -765,8 +771,7 @@ pub fn markdown(s: &Summary) -> String {
         "| deployment | devices | KV cache per replica | token budget |\n|---|---:|---:|---:|\n| {} | {} | {:.0} tokens | {} |\n",
         describe(d),
         s.devices,
-        // A pipeline's replica holds a cache per virtual engine.
-        s.kv_capacity_tokens * d.decode_model.pp.max(1) as f64,
+        s.kv_tokens_per_replica(),
         d.limits.token_budget
     );
     let _ = writeln!(

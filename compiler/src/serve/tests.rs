@@ -291,7 +291,8 @@ fn the_work_bound_counts_the_pipeline_host() {
 /// The host is shared only where there is a pipeline and an engine with
 /// host time: without a pipeline the host split changes nothing, and a
 /// pipeline without the engine's host terms (the device's own overhead
-/// included) runs as independent replicas, bit for bit; with both,
+/// included) runs exactly as at `pp = 1` (the whole outcome's `Debug`
+/// output compared); with both,
 /// under load, the shared host slows the run.
 #[test]
 fn only_a_pipeline_with_host_terms_shares_its_host() {
