@@ -7,7 +7,8 @@
 //!   file states none, within the model's own stated uncertainty for that
 //!   device and phase (the worst leave-one-out error of the fit,
 //!   [`gantry_compiler::hardware::Uncertainty::max`]; for a serving
-//!   simulation, the worst leave-one-out error of its engine's fit). With
+//!   simulation, its engine fit's `loo_max`, which also covers the
+//!   fitted rows' in-sample errors). With
 //!   neither (an uncalibrated device, a serving workload on no fitted
 //!   engine) the figure is *unchecked*
 //!   and counted as such; `--strict` fails it. An `expect` of a study

@@ -254,7 +254,7 @@ fn stdlib_factors_are_the_fit_output() {
         for (k, v) in [
             ("fit_rows", g.rows.len() as f64),
             ("loo_median", fit::round_sig(m)),
-            ("loo_max", fit::round_sig(w)),
+            ("loo_max", fit::round_sig_up(w)),
         ] {
             if declared(k) != Some(v) {
                 differ.push(format!(
@@ -298,7 +298,9 @@ fn stdlib_factors_are_the_fit_output() {
                 ));
             }
         }
-        let loo = g.loo.map(|(m, x)| (fit::round_sig(m), fit::round_sig(x)));
+        let loo = g
+            .loo
+            .map(|(m, x)| (fit::round_sig(m), fit::round_sig_up(x)));
         if e.fit_rows != Some(g.plans as u64) || e.loo != loo {
             differ.push(format!(
                 "engine {}: stdlib fit_rows {:?} loo {:?}, fit {} {:?}",
@@ -614,11 +616,22 @@ fn write_fits_an_engine_into_a_copy() {
 /// server log (vLLM 0.14.1, one H200, FP8 KV): "GPU KV cache size:
 /// 348,304 tokens". Section A3's (vLLM 0.8.3 V0, TP 4 PP 2 on A100-40GB):
 /// "Maximum concurrency for 131072 tokens per request: 3.12x", 3.12 x
-/// 131072 tokens over the pipeline's virtual engines. Without the
-/// utilization the simulator's caches were 23% (B) and 48% (A3) larger.
-/// A3 keeps 22% more than its log: about 3.5 GiB per GPU that V0 holds
-/// outside the weights and the KV cache (CUDA context, NCCL, the
-/// profiling run's peak) is not modelled.
+/// 131072 tokens over the pipeline's virtual engines.
+///
+/// The simulator leaves out memory the servers hold, so its caches must
+/// be at least the logged ones (checked), and larger by what is left out:
+/// - B (+13%): the H200's runtime total is 139.81 GiB, so the server's
+///   share is 125.83 GiB; less the logged 67.7 GiB of weights and 53.15
+///   GiB of KV that leaves 4.98 GiB for the profiling run's activation
+///   peak, the sampler's dry run and non-torch memory, none of it
+///   modelled; and the model prices the checkpoint's bf16 embedding and
+///   output layer at fp8 (1.96 GiB less than the logged weights).
+///   Before the stdlib's capacities were the runtime totals (141e9 B for
+///   the H200, 7.6 GiB of the server's share less) these errors
+///   cancelled to -1.3%.
+/// - A3 (+22%): about 3.5 GiB per GPU that V0 holds outside the weights
+///   and the KV cache (NCCL and custom all-reduce buffers for TP 4 PP 2,
+///   the profiling run's peak).
 #[test]
 fn kv_caches_match_the_serving_logs() {
     let cases = [
@@ -626,13 +639,13 @@ fn kv_caches_match_the_serving_logs() {
             "examples/reference/s01_b1_h200_sharegpt.gantry",
             "s01_b1_1_plan",
             348_304.0,
-            0.05,
+            0.15,
         ),
         (
             "examples/reference/s02_b2_h200_multiturn.gantry",
             "s02_b2_1_plan",
             348_304.0,
-            0.05,
+            0.15,
         ),
         (
             "examples/reference/s06_a_a100_tp4_pp2.gantry",
@@ -654,7 +667,11 @@ fn kv_caches_match_the_serving_logs() {
         let tokens = per_engine * pp;
         let err = tokens / logged - 1.0;
         assert!(
-            err.abs() <= tol,
+            err >= 0.0,
+            "{plan}: {tokens} KV tokens, below the {logged} logged although the model leaves memory out"
+        );
+        assert!(
+            err <= tol,
             "{plan}: {tokens} KV tokens against {logged} logged ({:+.1}%, allowed {:.0}%)",
             100.0 * err,
             100.0 * tol

@@ -35,7 +35,7 @@ use gantry_lang::program::{Engine, Serve};
 use gantry_lang::units::{Dim, Quantity};
 use rayon::prelude::*;
 
-use crate::fit::{FitRow, Reference, round_sig};
+use crate::fit::{FitRow, Reference, round_sig, round_sig_up};
 use crate::point::PinError;
 use crate::serve::Request;
 use crate::serve::sim::Deployment;
@@ -124,7 +124,9 @@ pub struct EngineGroup {
     /// Indices into [`crate::fit::Fit::rows`].
     pub rows: Vec<usize>,
     /// Plans (rows of the fit) and the leave-one-out |relative error|
-    /// median and worst over their figures.
+    /// median and worst over their figures; the worst is at least the
+    /// worst in-sample error of those figures (the band bounds the rows
+    /// it was fitted on).
     pub plans: usize,
     pub loo: Option<(f64, f64)>,
     /// The objective (mean |ln error|) at the ideal engine and at the fit.
@@ -151,9 +153,9 @@ impl EngineGroup {
             .collect();
         out.push(("fit_rows".into(), self.plans.to_string()));
         if let Some((m, x)) = self.loo {
-            let f = |v: f64| gantry_lang::units::format_number(round_sig(v));
-            out.push(("loo_median".into(), f(m)));
-            out.push(("loo_max".into(), f(x)));
+            let f = |v: f64| gantry_lang::units::format_number(v);
+            out.push(("loo_median".into(), f(round_sig(m))));
+            out.push(("loo_max".into(), f(round_sig_up(x))));
         }
         out
     }
@@ -499,6 +501,8 @@ fn fit_one(
     ];
     let mut rows = Vec::new();
     let mut loo_err = Vec::new();
+    // The worst in-sample error of the figures that have a left-out one.
+    let mut ins_worst = 0.0f64;
     for (k, c) in p.cases.iter().enumerate() {
         let now = p.figures(k, &current_t);
         let ins = p.figures(k, &fitted);
@@ -506,6 +510,7 @@ fn fit_one(
             let l = loo[k].as_ref().map(|f| f[m]);
             if let Some(l) = l {
                 loo_err.push(crate::fit::rel_error(l, c.published[m]));
+                ins_worst = ins_worst.max(crate::fit::rel_error(ins[m], c.published[m]).abs());
             }
             rows.push(FitRow {
                 reference: c.reference,
@@ -535,7 +540,13 @@ fn fit_one(
         terms,
         rows: Vec::new(),
         plans: n,
-        loo: (!loo_err.is_empty()).then(|| crate::fit::median_max(&loo_err)),
+        // The band's worst covers the fitted rows' own errors too: a
+        // refit without a row can land nearer it than the fit with it,
+        // and `gantry test` holds those rows to this band.
+        loo: (!loo_err.is_empty()).then(|| {
+            let (median, worst) = crate::fit::median_max(&loo_err);
+            (median, worst.max(ins_worst))
+        }),
         objective_ideal,
         objective,
         simulations: p.simulations(),

@@ -191,7 +191,10 @@ impl Group {
         out.push(("fit_rows".into(), self.rows.len().to_string()));
         if let Some((m, x)) = self.loo {
             out.push(("loo_median".into(), fmt_sig(m)));
-            out.push(("loo_max".into(), fmt_sig(x)));
+            out.push((
+                "loo_max".into(),
+                gantry_lang::units::format_number(round_sig_up(x)),
+            ));
         }
         out
     }
@@ -240,6 +243,20 @@ pub fn round_sig(x: f64) -> f64 {
         let s = 10f64.powi(-k);
         (x / s).round() * s
     }
+}
+
+/// Rounds a band's worst error *up* to [`DIGITS`] significant digits: the
+/// written `loo_max` is a bound (`gantry test` holds the reference rows of
+/// a fitted engine to it), and rounding it to the nearest value could put
+/// it below the error it bounds.
+pub fn round_sig_up(x: f64) -> f64 {
+    let r = round_sig(x);
+    if r >= x || !x.is_finite() || x <= 0.0 {
+        return r;
+    }
+    // The next value up at the same number of digits.
+    let e = r.abs().log10().floor() as i32;
+    round_sig(r + 10f64.powi(e - (DIGITS - 1)))
 }
 
 fn fmt_sig(x: f64) -> String {
@@ -932,6 +949,11 @@ mod tests {
         assert_eq!(round_sig(5_163_456_789.0), 5.16e9);
         assert_eq!(round_sig(0.003_481_2), 0.00348);
         assert_eq!(round_sig(16.0), 16.0);
+        assert_eq!(round_sig_up(0.42749), 0.428);
+        assert_eq!(round_sig_up(0.427), 0.427);
+        assert_eq!(round_sig_up(0.0999), 0.0999);
+        assert_eq!(round_sig_up(0.09991), 0.1);
+        assert_eq!(round_sig_up(2.3801), 2.39);
         assert_eq!(round_sig(0.0), 0.0);
         // What the lexer reads back from the written text.
         assert_eq!(round_sig(0.0419_4), "0.0419".parse::<f64>().unwrap_or(0.0));

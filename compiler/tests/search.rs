@@ -252,7 +252,7 @@ fn empty_feasible_set_names_the_tightest_constraint() {
     assert_eq!(err.code, gantry_lang::diagnostic::Code::C010);
     assert!(
         err.message.contains("need")
-            && err.message.contains("HBM is 80 GiB")
+            && err.message.contains("HBM is 79.25 GiB")
             && err.message.contains("tp=8"),
         "{}",
         err.message
