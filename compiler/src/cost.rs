@@ -165,6 +165,11 @@ pub struct StepTime {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     pub point: DesignPoint,
+    /// Inference: bytes one sequence's sampling holds (its full-vocabulary
+    /// logits, [`SAMPLING_BYTES_PER_LOGIT`] over the activation type's);
+    /// 0 in training. A server's profiling run samples `max_seqs` at once.
+    #[serde(default)]
+    pub sampling_bytes_per_seq: f64,
     pub devices: u64,
     pub feasible: bool,
     pub time: StepTime,
@@ -304,6 +309,10 @@ struct SegCost {
     /// Largest output of one repetition per microbatch, bytes per element
     /// excluded (elements on this rank): the logits, in a head.
     widest_out: f64,
+    /// The same output whole (before any tensor-parallel split, elements
+    /// on this rank's context-parallel share): the full-vocabulary logits
+    /// a sampler gathers.
+    widest_whole: f64,
     /// Bytes per microbatch that the backward of a tensor-parallel op
     /// holds whole on each rank although the layer's saved bytes count
     /// them split over `tp`: the largest tensor the sharded program
@@ -598,6 +607,7 @@ impl Evaluator<'_> {
                 c
             };
             sc.widest_out = sc.widest_out.max(o.out_elems * o.mult * b / on_rank);
+            sc.widest_whole = sc.widest_whole.max(o.out_elems * o.mult * b / c);
             let kept = match o.class {
                 Class::Attention => true,
                 Class::Matmul if o.op == "linear" => {
@@ -1367,6 +1377,7 @@ impl Evaluator<'_> {
             + ir.recompute_linear_flops_per_sample(p.recompute) * samples;
         let hardware_peak = hw.hardware_peak(hardware_flops, linear_flops);
         Estimate {
+            sampling_bytes_per_seq: 0.0,
             point: *p,
             devices,
             feasible: memory.total() <= memory.capacity,
@@ -1400,13 +1411,7 @@ impl Evaluator<'_> {
     /// stage of `stage_layers` that sends most, its layers' collectives
     /// plus the prologue's on the first stage and the epilogue's on the
     /// last (as the training step counts them).
-    fn forward(
-        &self,
-        ir: &Ir,
-        p: &DesignPoint,
-        b: f64,
-        stage_layers: &[u64],
-    ) -> (ClassTimes, f64, f64, f64) {
+    fn forward(&self, ir: &Ir, p: &DesignPoint, b: f64, stage_layers: &[u64]) -> Forward {
         let ev = Evaluator {
             ir,
             hw: self.hw,
@@ -1417,8 +1422,13 @@ impl Evaluator<'_> {
         let mut params = 0.0;
         // Tensor-parallel bytes of the prologue, one body layer, the epilogue.
         let (mut pro, mut layer, mut epi) = (0.0, 0.0, 0.0);
+        let (mut widest_layer, mut logits) = (0.0f64, 0.0f64);
         for (si, (s, role)) in ir.segments.iter().zip(memory::roles(ir)).enumerate() {
             let sc = ev.segment(si, p, b, false);
+            match role {
+                Role::Epilogue => logits = logits.max(sc.widest_whole),
+                _ => widest_layer = widest_layer.max(sc.widest_out),
+            }
             t = t.plus(&sc.fwd.scaled(s.count as f64));
             tp += sc.tp_fwd * s.count as f64;
             params += sc.params * s.count as f64;
@@ -1435,7 +1445,22 @@ impl Evaluator<'_> {
                 layers * layer + if i == 0 { pro } else { 0.0 } + if i == n - 1 { epi } else { 0.0 }
             })
             .fold(0.0, f64::max);
-        (t, tp, busiest, params)
+        // What a pass without autograd holds at its widest op: that op's
+        // output and the input (or sibling) of the same width it is
+        // computed from or with (an activation's input, a gated unit's
+        // other half), and the residual stream with its normalised copy.
+        // Logits: the sampled token's of each sequence (engines compute
+        // the head on those rows only), gathered whole for sampling.
+        let rows = b * ir.tokens_per_sample / p.cp as f64;
+        let beta = ir.act_bytes;
+        Forward {
+            compute: t,
+            tp_time: tp,
+            tp_bytes: busiest,
+            params,
+            transient: beta * (2.0 * widest_layer + 2.0 * rows * ir.hidden),
+            sampled_logits: logits / ir.tokens_per_sample.max(1.0),
+        }
     }
 
     fn infer(&self, p: &DesignPoint) -> Estimate {
@@ -1445,7 +1470,9 @@ impl Evaluator<'_> {
         // Inference batch is per replica.
         let b = (p.batch as f64).max(1.0);
         let stage_layers = self.split_layers(p, 1.0, 0.0, 0.0);
-        let (classes, t_tp, tp_bytes, params) = self.forward(ir, p, b, &stage_layers);
+        let fwd = self.forward(ir, p, b, &stage_layers);
+        let (classes, t_tp, tp_bytes, params) =
+            (fwd.compute, fwd.tp_time, fwd.tp_bytes, fwd.params);
         let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
@@ -1488,8 +1515,8 @@ impl Evaluator<'_> {
                 // Serving: every request's prompt is prefilled once and
                 // then `generate` tokens are decoded; in steady state each
                 // decode step also carries 1/generate of a batch's prefill.
-                let (tpf, ttp, _, _) = self.forward(pre, p, b, &stage_layers);
-                let t_pre = tpf.total() + ttp + (pp - 1.0) * t_send;
+                let pre_fwd = self.forward(pre, p, b, &stage_layers);
+                let t_pre = pre_fwd.compute.total() + pre_fwd.tp_time + (pp - 1.0) * t_send;
                 let g = generate.unwrap_or(1).max(1) as f64;
                 (
                     pass + t_pre / g,
@@ -1517,9 +1544,20 @@ impl Evaluator<'_> {
         );
         // KV cache: keys and values of every layer for the whole context.
         memory.kv_cache = self.kv_per_token(p) * self.max_context() * b / pp;
+        // The pass's transient activations or its sampling, whichever is
+        // larger (they do not coexist: the head runs after the layers).
+        // Only token sequences are sampled (a recommender scores items).
+        let sampled = matches!(ir.phase, Phase::Decode { .. }) || ir.tokens_per_sample > 1.0;
+        let sampling_bytes_per_seq = if sampled {
+            fwd.sampled_logits / b * (ir.act_bytes + SAMPLING_BYTES_PER_LOGIT)
+        } else {
+            0.0
+        };
+        memory.working = fwd.transient.max(sampling_bytes_per_seq * b);
         let samples = b * p.dp as f64;
         let model_flops = ir.flops_per_sample() * samples;
         Estimate {
+            sampling_bytes_per_seq,
             point: *p,
             devices,
             feasible: memory.total() <= memory.capacity,
@@ -1558,6 +1596,23 @@ impl Evaluator<'_> {
         }
     }
 }
+
+/// One inference pass of the cost model (`Evaluator::forward`).
+struct Forward {
+    compute: ClassTimes,
+    tp_time: f64,
+    /// Tensor-parallel bytes the busiest stage sends.
+    tp_bytes: f64,
+    params: f64,
+    /// Bytes the pass holds at its widest op beyond weights and KV.
+    transient: f64,
+    /// Full-vocabulary logits of the sampled tokens (one per sequence).
+    sampled_logits: f64,
+}
+
+/// Bytes per logit a sampling pass holds beyond the activation type's
+/// copy: the fp32 upcast and the fp32 probabilities of its softmax.
+pub const SAMPLING_BYTES_PER_LOGIT: f64 = 4.0 + 4.0;
 
 /// Output tile edge of a matrix-product kernel (cuBLAS, CUTLASS and
 /// Triton GEMMs tile the output in 128 x 128 blocks or multiples).
@@ -1622,6 +1677,7 @@ fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {
         saved: a.saved + s.saved * k,
         saved_all: a.saved_all + s.saved_all * k,
         widest_out: a.widest_out.max(s.widest_out),
+        widest_whole: a.widest_whole.max(s.widest_whole),
         tp_whole: a.tp_whole.max(s.tp_whole),
         flops: a.flops + s.flops * k,
         recompute_flops: a.recompute_flops + s.recompute_flops * k,

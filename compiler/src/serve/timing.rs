@@ -279,7 +279,12 @@ pub fn build(
     let m = &ep.memory;
     // The server's share of HBM (vLLM's `--gpu-memory-utilization`).
     let util = w.serve.as_ref().map_or(1.0, |s| s.memory_utilization);
-    let free = util * m.capacity - m.weights - m.reserve - m.activations;
+    // What the server holds back before sizing its cache: the peak of its
+    // profiling run, a forward pass at the token budget (the prefill
+    // probe's transient) and a sampling pass over `max_seqs` sequences.
+    let max_seqs = w.serve.as_ref().map_or(1, |s| s.scheduler.max_seqs) as f64;
+    let profile = m.working.max(ep.sampling_bytes_per_seq * max_seqs);
+    let free = util * m.capacity - m.weights - m.reserve - m.activations - profile;
     // A stage's devices hold its layers' KV for every virtual engine:
     // each engine gets a `pp`-th of the tokens.
     let kv_capacity_tokens = if kv_dev > 0.0 {
