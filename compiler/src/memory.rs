@@ -246,7 +246,8 @@ impl Evaluator<'_> {
     /// gradients, ZeRO-3 also the weights, over the ranks of the ZeRO group
     /// ([`zero_groups`]: `shard`, by default all `dp x cp` ranks that hold
     /// the same parameters, for dense ones; `shard / ep` for experts).
-    /// Inference holds weights only.
+    /// Inference holds weights only here; `cost::Evaluator::infer` adds
+    /// the KV cache and the pass's working buffers.
     pub fn state_memory(&self, held: Held, p: &DesignPoint) -> Memory {
         let beta = self.ir.act_bytes;
         let mut m = Memory {
