@@ -102,9 +102,11 @@ pub struct Memory {
     pub activations: f64,
     pub kv_cache: f64,
     pub embeddings: f64,
-    /// Transient buffers at the step's peak (training): one recomputed
+    /// Transient buffers at the step's peak. Training: one recomputed
     /// layer's activations, ZeRO-3's gathered weights and unsharded
-    /// gradients, the loss's logits on the last pipeline stage.
+    /// gradients, the loss's logits on the last pipeline stage. Inference:
+    /// the larger of the pass's transient at its widest op and its
+    /// sampling.
     pub working: f64,
     pub reserve: f64,
     pub capacity: f64,
@@ -1459,7 +1461,9 @@ impl Evaluator<'_> {
             tp_bytes: busiest,
             params,
             transient: beta * (2.0 * widest_layer + 2.0 * rows * ir.hidden),
-            sampled_logits: logits / ir.tokens_per_sample.max(1.0),
+            // `widest_whole` is a context-parallel share; the rank that
+            // holds a sequence's last token holds its whole vocabulary.
+            sampled_logits: logits * p.cp as f64 / ir.tokens_per_sample.max(1.0),
         }
     }
 

@@ -89,3 +89,22 @@ fn prefill_holds_its_widest_transient() {
     let m = &two.estimate.memory;
     assert!((m.total() - (m.weights + m.kv_cache + m.working + m.reserve)).abs() < 1.0);
 }
+
+#[test]
+fn context_parallel_prefill_samples_the_whole_vocabulary() {
+    // Under context parallelism the rank holding a sequence's last token
+    // samples its whole vocabulary, whatever share of the prompt it holds.
+    let pins = |cp| vec![("tp", 2), ("cp", cp), ("dp", 1), ("pp", 1), ("batch", 4)];
+    let file = "examples/llm_prefill.gantry";
+    let one = at(file, "llama3_70b_prefill_ttft", &pins(1));
+    let two = at(file, "llama3_70b_prefill_ttft", &pins(2));
+    let per_seq = LLAMA3_VOCAB * (one.ir.act_bytes + SAMPLING_BYTES_PER_LOGIT);
+    for ev in [&one, &two] {
+        assert!(
+            (ev.estimate.sampling_bytes_per_seq / per_seq - 1.0).abs() < 1e-9,
+            "cp {}: {} bytes per sequence, expected {per_seq}",
+            ev.estimate.point.cp,
+            ev.estimate.sampling_bytes_per_seq
+        );
+    }
+}
