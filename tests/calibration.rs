@@ -578,6 +578,11 @@ fn write_fits_an_engine_into_a_copy() {
         refdir.join(name),
     )
     .expect("copy");
+    // Its rows replay the runs' recorded lengths.
+    copy_dir(
+        Path::new("examples/reference/lengths"),
+        &refdir.join("lengths"),
+    );
     let file = root.join("stdlib/engines/vllm.gantry");
     let fitted = std::fs::read_to_string(&file).expect("read");
     let start = fitted.find("engine vLLM_0_8_3 {").expect("the engine");

@@ -332,11 +332,13 @@ fn section_b1_rows() {
 /// decode step is about 17 ms against 24.5 ms published and TPOT is 30-45%
 /// fast on every row. With it the QPS-4 and QPS-16 TPOT figures and the
 /// QPS-1 and QPS-4 throughput are within the bands, and QPS-1's
-/// TPOT P50 within 16% (+15.1% since inference holds its sampling memory
-/// and the engine was refitted with it; +12.7% before); every figure
-/// is held to a 45% gross-error guard (the worst, QPS-16 TTFT P99, is
-/// -41%), which a dropped engine term, a broken device record, burst or
-/// length model would break.
+/// TPOT P50 within 16% (+15.5%); every figure is held to a 45%
+/// gross-error guard (the worst, QPS-16 TTFT P99, is -41.6%), which a
+/// dropped engine term, a broken device record, burst or length model
+/// would break. The burst's throughput (200 requests over the slowest
+/// one's time) is held to 12% (-9.8%): each row replays its run's
+/// recorded lengths, and with lognormal draws of the published mean and
+/// maximum (a 931-token output against the run's 780) it was -20%.
 #[test]
 fn section_a1_rows() {
     let c = common::checked("examples/reference/s05_a_a100_tp8.gantry");
@@ -373,6 +375,7 @@ fn section_a1_rows() {
         println!("{} {:<10} {:+.1}%", r.plan, r.metric, e);
         let band = match (r.plan.as_str(), r.metric.as_str()) {
             ("s05_a1_1_plan" | "s05_a1_2_plan", "throughput") => 10.0,
+            ("s05_a1_4_plan", "throughput") => 12.0,
             ("s05_a1_4_plan", _) => 45.0,
             ("s05_a1_1_plan", "tpot_p50") => 16.0,
             (_, "tpot_p50") => 15.0,

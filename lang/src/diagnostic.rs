@@ -98,6 +98,7 @@ codes! {
     L093 => "no efficiency factors to borrow",
     L094 => "unknown engine term, or an engine term out of range",
     L095 => "`engine` names no declared engine",
+    L096 => "a `trace(\"file.csv\")` lengths file cannot be read or parsed",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",

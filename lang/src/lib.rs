@@ -15,4 +15,5 @@ pub mod program;
 pub mod shape;
 pub mod source;
 pub mod span;
+pub mod trace;
 pub mod units;

@@ -675,16 +675,27 @@ pub enum Lengths {
     },
     /// The lengths of the trace's rows.
     Trace,
+    /// A file's column replayed in order (`trace("file.csv")`): request
+    /// `i` takes row `i` (from the first again past the last), whatever
+    /// the arrivals. `path` as written; the rows as the checker read them.
+    Replay {
+        path: String,
+        rows: std::sync::Arc<Vec<u32>>,
+    },
 }
 
 impl Lengths {
-    /// The mean token count (the trace's is not known to the checker: 1).
+    /// The mean token count (the trace's is not known to the checker: 1;
+    /// a replayed file's is its rows' mean).
     pub fn mean(&self) -> f64 {
         match self {
             Lengths::Fixed(n) => *n as f64,
             Lengths::Uniform { lo, hi } => (*lo as f64 + *hi as f64) / 2.0,
             Lengths::LogNormal { mean, .. } => *mean,
             Lengths::Trace => 1.0,
+            Lengths::Replay { rows, .. } => {
+                rows.iter().map(|&n| n as f64).sum::<f64>() / rows.len().max(1) as f64
+            }
         }
     }
 }
@@ -1329,6 +1340,11 @@ fn serve_summary(sv: &Serve) -> String {
             format_number(*spread)
         ),
         Lengths::Trace => "trace".to_string(),
+        Lengths::Replay { path, rows } => format!(
+            "trace({path:?}: {} rows, mean {})",
+            rows.len(),
+            format_number(l.mean())
+        ),
     };
     let arrivals = match &sv.arrivals {
         Arrivals::Poisson { rate } => format!("poisson(rate={})", format_number(*rate)),

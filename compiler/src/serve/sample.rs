@@ -85,9 +85,11 @@ pub struct Request {
 pub type TraceRow = Request;
 
 /// The largest token count a request may have (the language's bound).
-const MAX_TOKENS: f64 = (1u64 << 24) as f64;
+const MAX_TOKENS: f64 = gantry_lang::trace::MAX_TOKENS as f64;
 
-fn draw_length(l: &Lengths, rng: &mut Rng) -> u32 {
+/// Request `i`'s length: drawn from `rng`, or row `i` of a replayed file
+/// (from its first row again past its last), which draws nothing.
+fn draw_length(l: &Lengths, i: usize, rng: &mut Rng) -> u32 {
     let x = match l {
         Lengths::Fixed(n) => *n as f64,
         Lengths::Uniform { lo, hi } => {
@@ -100,6 +102,7 @@ fn draw_length(l: &Lengths, rng: &mut Rng) -> u32 {
             (mu + spread * rng.normal()).exp().round()
         }
         Lengths::Trace => 1.0,
+        Lengths::Replay { rows, .. } => rows.get(i % rows.len().max(1)).map_or(1.0, |&n| n as f64),
     };
     x.clamp(1.0, MAX_TOKENS) as u32
 }
@@ -121,18 +124,18 @@ pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request
             _ => 1.0,
         };
         let t0 = trace.first().map_or(0.0, |r| r.arrival);
-        for r in trace.iter().take(s.requests as usize) {
+        for (i, r) in trace.iter().take(s.requests as usize).enumerate() {
             out.push(Request {
                 arrival: (r.arrival - t0) * k,
                 prompt: if matches!(s.input, Lengths::Trace) {
                     r.prompt
                 } else {
-                    draw_length(&s.input, &mut rng)
+                    draw_length(&s.input, i, &mut rng)
                 },
                 generate: if matches!(s.output, Lengths::Trace) {
                     r.generate
                 } else {
-                    draw_length(&s.output, &mut rng)
+                    draw_length(&s.output, i, &mut rng)
                 },
             });
         }
@@ -162,8 +165,8 @@ pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request
             };
             t += gap;
         }
-        let prompt = draw_length(&s.input, &mut rng);
-        let generate = draw_length(&s.output, &mut rng);
+        let prompt = draw_length(&s.input, i as usize, &mut rng);
+        let generate = draw_length(&s.output, i as usize, &mut rng);
         out.push(Request {
             arrival: t,
             prompt,
@@ -222,12 +225,12 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, TraceError> {
             )));
         }
         let count = |s: &str| -> Result<u32, TraceError> {
-            match s.parse::<u64>() {
-                Ok(n) if n >= 1 && (n as f64) <= MAX_TOKENS => Ok(n as u32),
-                _ => Err(err(format!(
-                    "`{s}` is not a token count from 1 to 16777216"
-                ))),
-            }
+            gantry_lang::trace::token_count(s).ok_or_else(|| {
+                err(format!(
+                    "`{s}` is not a token count from 1 to {}",
+                    gantry_lang::trace::MAX_TOKENS
+                ))
+            })
         };
         rows.push(TraceRow {
             arrival: t,
@@ -274,7 +277,10 @@ mod tests {
             mean: 500.0,
             spread: 0.5,
         };
-        let m: f64 = (0..n).map(|_| draw_length(&l, &mut r) as f64).sum::<f64>() / n as f64;
+        let m: f64 = (0..n)
+            .map(|_| draw_length(&l, 0, &mut r) as f64)
+            .sum::<f64>()
+            / n as f64;
         assert!((m / 500.0 - 1.0).abs() < 0.01, "lognormal mean {m}");
     }
 

@@ -751,3 +751,31 @@ fn a_burst_is_every_request_at_zero() {
     let f = super::run_with(&d, &requests(&flood, None, &[]), &flood, 100);
     assert!(f.unstable, "an open loop far above capacity is unstable");
 }
+
+/// `trace("file.csv")` lengths: request `i` takes row `i` of the file,
+/// from the first row again past the last, and the arrivals are the ones
+/// the same workload draws with fixed lengths (a replayed length draws
+/// nothing from the stream, so it cannot shift the arrival times).
+#[test]
+fn replayed_lengths_follow_the_rows_and_leave_arrivals_alone() {
+    let rows = |v: &[u32]| Lengths::Replay {
+        path: "lengths.csv".into(),
+        rows: std::sync::Arc::new(v.to_vec()),
+    };
+    let mut s = serve(4.0, 7, 11);
+    s.input = rows(&[13, 329, 933]);
+    s.output = rows(&[120, 1, 780]);
+    let reqs = requests(&s, None, &[]);
+    let prompts: Vec<u32> = reqs.iter().map(|r| r.prompt).collect();
+    let outputs: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
+    assert_eq!(prompts, vec![13, 329, 933, 13, 329, 933, 13]);
+    assert_eq!(outputs, vec![120, 1, 780, 120, 1, 780, 120]);
+    let mut f = serve(4.0, 7, 11);
+    f.input = Lengths::Fixed(1);
+    f.output = Lengths::Fixed(1);
+    let fixed_arrivals: Vec<f64> = requests(&f, None, &[]).iter().map(|r| r.arrival).collect();
+    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
+    assert_eq!(arrivals, fixed_arrivals);
+    assert!(arrivals.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(s.input.mean(), (13.0 + 329.0 + 933.0) / 3.0);
+}

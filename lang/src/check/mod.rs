@@ -27,7 +27,7 @@ pub use decls::{
 pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
 pub use ops::OP_NAMES;
 
-use crate::ast::{Decl, DeclKind, File};
+use crate::ast::{Decl, DeclKind, Expr, ExprKind, File};
 use crate::diagnostic::{self, Code, Diagnostic};
 use crate::parser;
 use crate::program::*;
@@ -94,6 +94,11 @@ pub(crate) struct Checker {
     /// Where the lexer and parser reported errors, so the checker can stay
     /// quiet about what a syntax error already explains.
     syntax_errors: Vec<Span>,
+    /// Files named by `trace("file.csv")` in each source file, read when
+    /// that file is loaded (the loader is gone by evaluation): keyed by
+    /// the naming file and the path as written; the text, or why it could
+    /// not be read.
+    pub data: BTreeMap<(FileId, String), Result<String, String>>,
 }
 
 /// Checks the given root files and everything they import.
@@ -114,6 +119,7 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         in_progress: Vec::new(),
         load_order: Vec::new(),
         syntax_errors: Vec::new(),
+        data: BTreeMap::new(),
     };
     let mut files = Vec::new();
     let mut loaded: BTreeMap<String, FileId> = BTreeMap::new();
@@ -139,6 +145,47 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         program,
         diagnostics: diags,
         sources: c.sources,
+    }
+}
+
+/// The string arguments of `trace(...)` calls in `e`: the data files a
+/// `serve` workload's lengths may name (an arrivals trace is read too,
+/// harmlessly: the command line reads it again for the arrivals).
+fn replay_paths(e: &Expr, out: &mut Vec<String>) {
+    match &e.kind {
+        ExprKind::Call(callee, args) => {
+            if let ExprKind::Name(n) = &callee.kind
+                && n == "trace"
+                && let Some(ExprKind::Str(path)) = args.first().map(|a| &a.value.kind)
+                && !out.contains(path)
+            {
+                out.push(path.clone());
+            }
+            replay_paths(callee, out);
+            for a in args {
+                replay_paths(&a.value, out);
+            }
+        }
+        ExprKind::Neg(a) | ExprKind::Member(a, _) => replay_paths(a, out),
+        ExprKind::Binary(_, a, b) | ExprKind::At(a, b) => {
+            replay_paths(a, out);
+            replay_paths(b, out);
+        }
+        ExprKind::Range(a, b, c) => {
+            replay_paths(a, out);
+            replay_paths(b, out);
+            if let Some(c) = c {
+                replay_paths(c, out);
+            }
+        }
+        ExprKind::List(v) | ExprKind::Set(v) => v.iter().for_each(|x| replay_paths(x, out)),
+        ExprKind::Record(fields) => fields.iter().for_each(|f| replay_paths(&f.value, out)),
+        ExprKind::Number(..)
+        | ExprKind::Quantity(..)
+        | ExprKind::Str(_)
+        | ExprKind::Bool(_)
+        | ExprKind::Name(_)
+        | ExprKind::Error => {}
     }
 }
 
@@ -251,6 +298,32 @@ impl Checker {
                 _ => None,
             })
             .collect();
+        let mut named = Vec::new();
+        for d in &file.decls {
+            match d {
+                Decl::Let { value, .. } => replay_paths(value, &mut named),
+                Decl::Block(b) => {
+                    for it in &b.items {
+                        replay_paths(&it.value, &mut named);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for path in named {
+            let read = match loader.resolve(name, &path) {
+                None => Err("not found (paths are relative to the file that names them)".into()),
+                Some(full) => loader.load(&full).map_err(|e| match e {
+                    LoadError::NotFound => "not found".to_string(),
+                    LoadError::NotUtf8 => "not UTF-8 text".to_string(),
+                    LoadError::TooLarge(n) => {
+                        format!("{n} bytes, more than the {MAX_FILE_BYTES} byte limit")
+                    }
+                    LoadError::Other(m) => m,
+                }),
+            };
+            self.data.insert((id, path), read);
+        }
         let index = files.len();
         files.push(file);
         loaded.insert(name.to_string(), id);

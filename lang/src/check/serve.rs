@@ -63,6 +63,59 @@ impl Checker {
         );
     }
 
+    /// The column of a `trace("file.csv")` lengths file that `what`
+    /// names (`generate`: the second; `prompt` or `items`: the first),
+    /// read when the naming file was loaded (`Checker::data`); `L096`
+    /// when it cannot be read or a row is malformed.
+    fn replay_rows(&mut self, path: &str, span: Span, what: &str) -> Option<Lengths> {
+        let read = self
+            .data
+            .get(&(span.file, path.to_string()))
+            .or_else(|| {
+                self.data
+                    .iter()
+                    .find(|((_, p), _)| p == path)
+                    .map(|(_, r)| r)
+            })
+            .cloned()
+            .unwrap_or_else(|| Err("not found".into()));
+        let parsed = read.and_then(|text| {
+            crate::trace::parse_lengths(&text).map_err(|e| {
+                if e.line == 0 {
+                    e.what
+                } else {
+                    format!("line {}: {}", e.line, e.what)
+                }
+            })
+        });
+        match parsed {
+            Ok(rows) => {
+                let col: Vec<u32> = rows
+                    .iter()
+                    .map(|&(p, g)| if what == "`generate`" { g } else { p })
+                    .collect();
+                Some(Lengths::Replay {
+                    path: path.to_string(),
+                    rows: std::sync::Arc::new(col),
+                })
+            }
+            Err(why) => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L096,
+                        format!("{what}: cannot replay `{path}`: {why}"),
+                        span,
+                    )
+                    .with_label(span, "this lengths file")
+                    .with_help(
+                        "one request per line, `prompt_tokens,generate_tokens` (a header line allowed), relative to this file",
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// A plain number in `[lo, hi]` (with `open_lo` / `open_hi` bounds
     /// excluded), `L076` outside.
     #[allow(clippy::too_many_arguments)]
@@ -228,6 +281,19 @@ impl Checker {
                 Some(Lengths::Fixed(n))
             }
             Value::Sym(s, _) if s == "trace" => Some(Lengths::Trace),
+            Value::Ctor(name, args) if name == "trace" => {
+                let a = self.ctor_args(name, args, &["file"])?;
+                let (fv, fs) = self.ctor_required(name, &a, "file", span)?;
+                let path = match fv {
+                    Value::Str(path) if !path.is_empty() => path,
+                    Value::Error => return None,
+                    other => {
+                        self.type_error(&other, fs, "a file name such as \"lengths.csv\"");
+                        return None;
+                    }
+                };
+                self.replay_rows(&path, fs, what)
+            }
             Value::Ctor(name, args) if name == "fixed" => {
                 let a = self.ctor_args(name, args, &["tokens"])?;
                 let (tv, ts) = self.ctor_required(name, &a, "tokens", span)?;
@@ -275,7 +341,7 @@ impl Checker {
                 self.type_error(
                     other,
                     span,
-                    "a token count, `fixed(n)`, `uniform(lo, hi)`, `lognormal(mean, spread)` or `trace`",
+                    "a token count, `fixed(n)`, `uniform(lo, hi)`, `lognormal(mean, spread)`, `trace` or `trace(\"lengths.csv\")`",
                 );
                 None
             }
