@@ -535,11 +535,12 @@ Fix: relax the SLOs or the rate, give the plan more devices (a larger system, `d
 allow larger tensor parallelism, or lower `max_seqs` / `token_budget` to favour latency."
         }
         "C020" => {
-            "The request trace of a `serve` workload (`arrivals = trace(\"file.csv\")`) cannot \
-be read or parsed. Each line must be `arrival_s,prompt_tokens,generate_tokens` (a header \
-line is allowed), with arrival times finite, non-negative and non-decreasing and token \
-counts from 1 to 2^24. The message names the file and the first bad line.\n\
-Fix: correct the file, or give the path relative to the `.gantry` file that declares it."
+            "Retired. The command line used to read a `serve` workload's request trace \
+(`arrivals = trace(\"file.csv\")`) and reported an unreadable or malformed one as C020; \
+the checker now reads every `trace(\"file.csv\")` file as it reads imports, so the rows \
+are part of the checked program that `plan`, `validate` and `calibrate` all evaluate, and \
+a bad file is L096 with a source span.\n\
+Fix: see `gantry explain L096`."
         }
         "C021" => {
             "`gantry plan --export TARGET` was asked for an artifact the chosen plan cannot be \

@@ -1,15 +1,15 @@
 //! `gantry plan` on a plan of a `serve` workload: the serving planner's
 //! search (or one `--fix` deployment), its report as text or
 //! `gantry.serve/1` JSON, and the latency-versus-rate curve of
-//! `--sweep-rate`. The trace file of trace arrivals is read here (the
-//! library crates do no I/O), relative to the plan's file.
+//! `--sweep-rate`. A trace's rows are part of the checked program (the
+//! checker reads `trace("file.csv")` files as it reads imports), so
+//! nothing here reads a file.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use gantry_compiler::point::Pin;
 use gantry_compiler::serve::{self, Summary, report};
-use gantry_lang::program::{Arrivals, Plan};
+use gantry_lang::program::Plan;
 use serde_json::{Value, json};
 
 /// The JSON contract's name.
@@ -45,45 +45,17 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
     }
 }
 
-fn trace_rows(file: &str, p: &Plan) -> Result<Vec<serve::sample::TraceRow>, ExitCode> {
-    let Some(Arrivals::Trace { path }) = p.workload.serve.as_ref().map(|s| &s.arrivals) else {
-        return Ok(Vec::new());
-    };
-    let full = Path::new(file)
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(path);
-    let text = std::fs::read_to_string(&full).map_err(|e| {
-        eprintln!("error[C020]: cannot read the request trace {}: {e}\n  help: give the path relative to {file}", full.display());
-        ExitCode::from(1)
-    })?;
-    serve::parse_trace(&text).map_err(|e| {
-        eprintln!(
-            "error[C020]: {}:{}: {}\n  help: each line is `arrival_s,prompt_tokens,generate_tokens`",
-            full.display(),
-            e.line,
-            e.what
-        );
-        ExitCode::from(1)
-    })
-}
-
 fn head(p: &Plan) -> Value {
     report::plan_head(p)
 }
 
-fn sweep_rows(
-    p: &Plan,
-    best: &Summary,
-    rates: &[f64],
-    trace: &[serve::sample::TraceRow],
-) -> Vec<Summary> {
+fn sweep_rows(p: &Plan, best: &Summary, rates: &[f64]) -> Vec<Summary> {
     let Some(s) = p.workload.serve.as_deref() else {
         return Vec::new();
     };
     rates
         .iter()
-        .map(|r| serve::run(&best.deployment, &serve::requests(s, Some(*r), trace), s))
+        .map(|r| serve::run(&best.deployment, &serve::requests(s, Some(*r)), s))
         .collect()
 }
 
@@ -153,10 +125,6 @@ fn sweep_json(rows: &[Summary]) -> Value {
 
 /// `gantry plan` on a serving plan.
 pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
-    let trace = match trace_rows(o.file, p) {
-        Ok(t) => t,
-        Err(c) => return c,
-    };
     // A plan that pins every knob and searches none is one deployment
     // (a serving reference row): reported as `--fix` reports it, the SLOs
     // checked but not required, as `gantry validate` predicts it.
@@ -169,9 +137,9 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         } else {
             "every knob pinned"
         };
-        return match serve::planner::fixed(p, pins, &trace, None) {
+        return match serve::planner::fixed(p, pins, None) {
             Ok(s) => {
-                let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &s, r, &trace));
+                let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &s, r));
                 if o.json {
                     let mut j = head(p);
                     j["best"] = report::json(&s);
@@ -212,11 +180,11 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             Err(e) => crate::pin_error(&e),
         };
     }
-    let sp = match serve::plan(p, &trace, None) {
+    let sp = match serve::plan(p, None) {
         Ok(sp) => sp,
         Err(e) => return crate::pin_error(&e),
     };
-    let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &sp.best, r, &trace));
+    let rows = o.sweep.as_ref().map(|r| sweep_rows(p, &sp.best, r));
     let top = &sp.top[..sp.top.len().min(o.top.max(1))];
     if o.json {
         let mut j = report::plan_json(p, &sp, o.top);

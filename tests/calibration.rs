@@ -578,10 +578,10 @@ fn write_fits_an_engine_into_a_copy() {
         refdir.join(name),
     )
     .expect("copy");
-    // Its rows replay the runs' recorded lengths.
+    // Its rows replay the runs' recorded requests.
     copy_dir(
-        Path::new("examples/reference/lengths"),
-        &refdir.join("lengths"),
+        Path::new("examples/reference/requests"),
+        &refdir.join("requests"),
     );
     let file = root.join("stdlib/engines/vllm.gantry");
     let fitted = std::fs::read_to_string(&file).expect("read");

@@ -937,7 +937,7 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
 }
 
 /// A serving plan replays a trace read beside its file; a bad trace is
-/// C020 naming the line; --sweep-rate gives one row per rate; a serving
+/// the checker's L096 naming the file and the line (a missing one too); --sweep-rate gives one row per rate; a serving
 /// plan with `subject to` is C015.
 #[test]
 fn serving_plans_read_traces_and_sweep_rates() {
@@ -987,13 +987,19 @@ plan p on DGX_H100 for w {{
     let bad = temp("bad_serve.gantry", &source("trace(\"bad.csv\")", ""));
     let (code, _, err) = gantry(&["plan", &bad]);
     assert_eq!(code, 1);
-    assert!(err.contains("C020") && err.contains("bad.csv:2"), "{err}");
+    assert!(
+        err.contains("L096") && err.contains("`bad.csv`: line 2:"),
+        "{err}"
+    );
     let missing = temp(
         "missing_serve.gantry",
         &source("trace(\"nowhere.csv\")", ""),
     );
     let (code, _, err) = gantry(&["plan", &missing]);
-    assert!(code == 1 && err.contains("C020"), "{err}");
+    assert!(
+        code == 1 && err.contains("L096") && err.contains("nowhere.csv"),
+        "{err}"
+    );
     let constrained = temp(
         "constrained_serve.gantry",
         &source(

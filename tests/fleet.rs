@@ -142,6 +142,11 @@ fn serve_pool_needs_open_arrivals() {
             "fleet_llama3_70b_chat = { requests_per_s = 4 }",
         )
         .replace("arrivals = poisson(rate = 8)", arrivals);
+        // The checker reads the trace beside the study (`run_text`'s
+        // folder): a readable one, so that the demand is what fails.
+        let dir = std::env::temp_dir().join(format!("gantry-fleet-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("t.csv"), "0,100,10\n0.5,200,20\n").expect("trace");
         let (code, out, err) = run_text(&text, name);
         assert_eq!(code, 1, "{out}{err}");
         assert!(

@@ -38,7 +38,7 @@ fn main() {
     };
     // 70% of the deployment's capacity (about 60 req/s): a steady queue.
     s.requests = 1_000_000;
-    let reqs = serve::requests(&s, Some(40.0), &[]);
+    let reqs = serve::requests(&s, Some(40.0));
     let mut best = f64::INFINITY;
     let mut last = None;
     for _ in 0..3 {
@@ -93,7 +93,7 @@ fn main() {
     for name in ["llama3_70b_serve_h100", "llama3_70b_serve_h200"] {
         let p = common::plan("examples/llm_serve.gantry", Some(name));
         let t = Instant::now();
-        let sp = serve::plan(&p, &[], None).expect("plan");
+        let sp = serve::plan(&p, None).expect("plan");
         println!(
             "plan search {name}: {} candidates, {} simulated, best {}, in {:.3} s",
             sp.candidates,
@@ -105,7 +105,7 @@ fn main() {
     // The recommendation-inference example (batching window).
     let p = common::plan("examples/recsys_serve.gantry", None);
     let t = Instant::now();
-    let sp = serve::plan(&p, &[], None).expect("plan");
+    let sp = serve::plan(&p, None).expect("plan");
     println!(
         "plan search dlrm_small_serve_h100: {} candidates, {} simulated ({} requests each), best {}, in {:.3} s",
         sp.candidates,
@@ -126,7 +126,7 @@ fn main() {
                 w.disaggregate = mode;
                 p.workload.serve = Some(Box::new(w));
                 let t = Instant::now();
-                let r = serve::plan(&p, &[], Some(rate));
+                let r = serve::plan(&p, Some(rate));
                 let secs = t.elapsed().as_secs_f64();
                 let what = match r {
                     Ok(sp) => format!(

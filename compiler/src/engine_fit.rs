@@ -339,7 +339,7 @@ fn case(i: usize, r: &Reference) -> Result<Case, PinError> {
     serve.engine = None;
     let serve = serve.clone();
     let pins = crate::serve::planner::plan_pins(&plan)?;
-    let (deployment, requests) = crate::serve::planner::fixed_deployment(&plan, &pins, &[], None)?;
+    let (deployment, requests) = crate::serve::planner::fixed_deployment(&plan, &pins, None)?;
     Ok(Case {
         reference: i,
         deployment,

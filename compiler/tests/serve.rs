@@ -232,17 +232,17 @@ fn the_per_sequence_host_time_is_not_lent() {
 #[test]
 fn the_example_plan_meets_its_slos_and_is_deterministic() {
     let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
-    let a = serve::plan(&p, &[], None).expect("a deployment");
+    let a = serve::plan(&p, None).expect("a deployment");
     assert!(a.best.meets && !a.best.unstable);
     assert_eq!(a.best.completed + a.best.dropped, a.best.requests);
     for c in &a.best.slos {
         assert!(c.achieved <= c.target, "{c:?}");
     }
-    let b = serve::plan(&p, &[], None).expect("again");
+    let b = serve::plan(&p, None).expect("again");
     assert_eq!(a.best, b.best);
     // At four times the rate the same deployment is unstable or misses.
     let s = p.workload.serve.as_deref().expect("serve");
-    let reqs = serve::requests(s, Some(4.0 * a.best.rate), &[]);
+    let reqs = serve::requests(s, Some(4.0 * a.best.rate));
     let hot = serve::run(&a.best.deployment, &reqs, s);
     assert!(hot.unstable || !hot.meets);
 }
@@ -250,7 +250,7 @@ fn the_example_plan_meets_its_slos_and_is_deterministic() {
 #[test]
 fn an_slo_nobody_meets_names_the_closest_deployment() {
     let p = common::plan("compiler/tests/inputs/serve_tight.gantry", None);
-    let e = serve::plan(&p, &[], None).expect_err("no deployment");
+    let e = serve::plan(&p, None).expect_err("no deployment");
     assert_eq!(e.code, Code::C019);
     assert!(
         e.message.contains("the closest, colocated"),
@@ -264,7 +264,7 @@ fn an_slo_nobody_meets_names_the_closest_deployment() {
 #[test]
 fn serving_report_snapshot() {
     let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h100"));
-    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let sp = serve::plan(&p, None).expect("a deployment");
     let mut out = report::text(&sp.best);
     for s in &sp.top {
         out.push_str(&format!(
@@ -332,12 +332,12 @@ fn section_b1_rows() {
 /// decode step is about 17 ms against 24.5 ms published and TPOT is 30-45%
 /// fast on every row. With it the QPS-4 and QPS-16 TPOT figures and the
 /// QPS-1 and QPS-4 throughput are within the bands, and QPS-1's
-/// TPOT P50 within 16% (+15.5%); every figure is held to a 45%
-/// gross-error guard (the worst, QPS-16 TTFT P99, is -41.6%), which a
+/// TPOT P50 within 16% (+8.8%); every figure is held to a 45%
+/// gross-error guard (the worst, QPS-16 TTFT P99, is -42.6%), which a
 /// dropped engine term, a broken device record, burst or length model
 /// would break. The burst's throughput (200 requests over the slowest
-/// one's time) is held to 12% (-9.8%): each row replays its run's
-/// recorded lengths, and with lognormal draws of the published mean and
+/// one's time) is held to 12% (-7.0%): each row replays its run's
+/// recorded requests, and with lognormal draws of the published mean and
 /// maximum (a 931-token output against the run's 780) it was -20%.
 #[test]
 fn section_a1_rows() {
@@ -437,13 +437,9 @@ fn section_a2_a3_pipeline_rows() {
         );
         let s = serve::planner::predict(p).expect("a prediction");
         // The two virtual engines share one host: what they waited for it.
-        let (d, reqs) = serve::planner::fixed_deployment(
-            p,
-            &serve::planner::plan_pins(p).expect("pins"),
-            &[],
-            None,
-        )
-        .expect("the deployment");
+        let (d, reqs) =
+            serve::planner::fixed_deployment(p, &serve::planner::plan_pins(p).expect("pins"), None)
+                .expect("the deployment");
         let sv = p.workload.serve.as_deref().expect("serve");
         let o = serve::outcome(&d, &reqs, sv, u64::MAX);
         let m = d.prefill_model;
@@ -515,15 +511,15 @@ fn pipeline_pins_are_checked() {
             .map(|(k, v)| (k.to_string(), Pin::Int(*v)))
             .collect()
     };
-    let e = serve::planner::fixed(p, &pins(&[("tp", 4), ("pp", 2), ("dp", 2)]), &[], None)
+    let e = serve::planner::fixed(p, &pins(&[("tp", 4), ("pp", 2), ("dp", 2)]), None)
         .expect_err("16 devices on 8");
     assert_eq!(e.code, Code::C001);
     assert!(e.message.contains("tp=4 x pp=2"), "{}", e.message);
-    let e = serve::planner::fixed(p, &pins(&[("pp", 2), ("prefill_tp", 2)]), &[], None)
+    let e = serve::planner::fixed(p, &pins(&[("pp", 2), ("prefill_tp", 2)]), None)
         .expect_err("pp with pools");
     assert_eq!(e.code, Code::C012);
     // Unpinned replicas fill the system: 8 / (2 x 2) = 2 pipelines.
-    let s = serve::planner::fixed(p, &pins(&[("tp", 2), ("pp", 2)]), &[], None).expect("fits");
+    let s = serve::planner::fixed(p, &pins(&[("tp", 2), ("pp", 2)]), None).expect("fits");
     assert_eq!((s.devices, s.deployment.colocated), (8, 4));
 }
 
@@ -533,12 +529,12 @@ fn pipeline_pins_are_checked() {
 #[test]
 fn serving_markdown_snapshot() {
     let p = common::plan(EXAMPLE, Some("llama3_70b_serve_h200"));
-    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let sp = serve::plan(&p, None).expect("a deployment");
     let s = p.workload.serve.as_deref().expect("serve");
     let mut out = report::plan_markdown(&p, &sp, 3);
     let rows: Vec<_> = [4.0, 16.0, 64.0]
         .iter()
-        .map(|r| serve::run(&sp.best.deployment, &serve::requests(s, Some(*r), &[]), s))
+        .map(|r| serve::run(&sp.best.deployment, &serve::requests(s, Some(*r)), s))
         .collect();
     out.push_str(&report::sweep_markdown(&rows));
     assert!(out.contains("| TTFT |") && out.contains("| binding |"));
@@ -592,7 +588,7 @@ fn batched_iteration_model_reproduces_the_cost_model() {
 #[test]
 fn recsys_plan_meets_its_latency_slo() {
     let p = common::plan(RECSYS, None);
-    let sp = serve::plan(&p, &[], None).expect("a deployment");
+    let sp = serve::plan(&p, None).expect("a deployment");
     let b = &sp.best;
     assert!(b.meets && !b.unstable, "{}", report::text(b));
     assert_eq!(b.slos.len(), 1);
@@ -607,11 +603,11 @@ fn recsys_plan_meets_its_latency_slo() {
     let text = report::text(b);
     assert!(text.contains("items/s") && !text.contains("TTFT"), "{text}");
     insta::assert_snapshot!("recsys_serve_h100_report", text);
-    let again = serve::plan(&p, &[], None).expect("again");
+    let again = serve::plan(&p, None).expect("again");
     assert_eq!(again.best, sp.best);
     let mut q = p.clone();
     q.search
         .insert("tp".into(), gantry_lang::program::Domain::Ints(vec![1, 2]));
-    let e = serve::plan(&q, &[], None).expect_err("tp is not a knob");
+    let e = serve::plan(&q, None).expect_err("tp is not a knob");
     assert_eq!(e.code, Code::C031);
 }

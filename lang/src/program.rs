@@ -633,8 +633,12 @@ pub enum Arrivals {
     /// variation `cv` (1 is Poisson, above 1 bursty).
     Gamma { rate: f64, cv: f64 },
     /// Rows of a CSV file (arrival time in seconds, input tokens, output
-    /// tokens), read by the command line relative to the declaring file.
-    Trace { path: String },
+    /// tokens), read by the checker relative to the declaring file
+    /// (`crate::trace`): `path` as written, the rows as read.
+    Trace {
+        path: String,
+        rows: std::sync::Arc<Vec<crate::trace::TraceRow>>,
+    },
     /// A closed loop of `concurrency` clients (genai-perf's fixed
     /// concurrency): each sends its next request the moment its previous
     /// one completes, so the rate is what the deployment serves.
@@ -1353,7 +1357,7 @@ fn serve_summary(sv: &Serve) -> String {
             format_number(*rate),
             format_number(*cv)
         ),
-        Arrivals::Trace { path } => format!("trace({path:?})"),
+        Arrivals::Trace { path, rows } => format!("trace({path:?}: {} rows)", rows.len()),
         Arrivals::Closed { concurrency } => format!("closed(concurrency={concurrency})"),
         Arrivals::Burst => "burst()".to_string(),
     };

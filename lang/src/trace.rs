@@ -1,14 +1,16 @@
 //! Request files: the rows a `serve` workload replays.
 //!
-//! Two kinds of file feed the serving simulator: an arrivals trace
-//! (`arrival_s,prompt_tokens,generate_tokens`, read by the command line,
-//! `compiler::serve::parse_trace`) and a lengths file for `prompt =
-//! trace("file.csv")` / `generate = trace("file.csv")` (read by the
-//! checker, here), whose rows give each request's token counts in order
-//! while the arrivals come from the workload's own process. A lengths file
-//! may also be an arrivals trace: with three fields per row the first (the
-//! arrival time) is ignored. Both parsers share [`token_count`], so a
-//! count means the same thing in either file.
+//! `trace("file.csv")` names a file of recorded requests in two places: as
+//! the arrivals (`arrivals = trace("file.csv")`, rows `arrival_s,
+//! prompt_tokens,generate_tokens`, each request at its time) and as the
+//! lengths (`prompt = trace("file.csv")`, `generate = trace("file.csv")`,
+//! rows `prompt_tokens,generate_tokens` or a whole trace whose times are
+//! ignored, replayed in request order under the workload's own arrivals).
+//! The checker reads both through the loader that reads imports, when the
+//! naming file is loaded, so the rows are part of the checked program:
+//! `plan`, `validate`, `calibrate` and studies see the same requests and
+//! none reads a file of its own. Both parsers share the row reader and
+//! [`token_count`], so a line means the same thing in either file.
 
 /// The largest token count a request may have (2^24), as for the
 /// distributions' lengths.
@@ -22,54 +24,126 @@ pub fn token_count(s: &str) -> Option<u32> {
     }
 }
 
-/// A malformed row: its 1-based line and what is wrong.
+/// One recorded request: when it arrived (seconds), its prompt and how
+/// many tokens it generated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TraceRow {
+    pub arrival: f64,
+    pub prompt: u32,
+    pub generate: u32,
+}
+
+/// A malformed row: its 1-based line (0: the file as a whole) and what is
+/// wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowError {
     pub line: usize,
     pub what: String,
 }
 
-/// Parses a lengths file: one request per line, `prompt_tokens,
-/// generate_tokens` (or `arrival_s,prompt_tokens,generate_tokens`, the
-/// arrival ignored); a first line that is not numbers is a header; blank
-/// lines and lines starting with `#` are skipped. At least one row.
-pub fn parse_lengths(text: &str) -> Result<Vec<(u32, u32)>, RowError> {
-    let mut rows = Vec::new();
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.what)
+        } else {
+            write!(f, "line {}: {}", self.line, self.what)
+        }
+    }
+}
+
+/// The data rows of `text`, each with its 1-based line and its
+/// comma-separated fields: blank lines and lines starting with `#` are
+/// skipped, and so is a first row whose fields are none of them numbers
+/// (a header).
+fn rows(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
     let mut first = true;
-    for (i, line) in text.lines().enumerate() {
+    text.lines().enumerate().filter_map(move |(i, line)| {
         let l = line.trim();
         if l.is_empty() || l.starts_with('#') {
-            continue;
+            return None;
         }
         let fields: Vec<&str> = l.split(',').map(str::trim).collect();
         let header = first && fields.iter().all(|f| f.parse::<f64>().is_err());
         first = false;
-        if header {
-            continue;
-        }
-        let err = |what: String| RowError { line: i + 1, what };
-        let counts = match fields.len() {
-            2 => &fields[..],
-            3 => &fields[1..],
-            n => {
-                return Err(err(format!(
-                    "expected 2 fields (prompt_tokens,generate_tokens), found {n}"
-                )));
-            }
-        };
-        let count = |s: &str| {
-            token_count(s)
-                .ok_or_else(|| err(format!("`{s}` is not a token count from 1 to {MAX_TOKENS}")))
-        };
-        rows.push((count(counts[0])?, count(counts[1])?));
+        (!header).then_some((i + 1, fields))
+    })
+}
+
+fn count(line: usize, s: &str) -> Result<u32, RowError> {
+    token_count(s).ok_or_else(|| RowError {
+        line,
+        what: format!("`{s}` is not a token count from 1 to {MAX_TOKENS}"),
+    })
+}
+
+fn no_rows() -> RowError {
+    RowError {
+        line: 0,
+        what: "the file has no rows".into(),
     }
-    if rows.is_empty() {
-        return Err(RowError {
-            line: 0,
-            what: "the file has no rows".into(),
+}
+
+/// Parses an arrivals trace: `arrival_s,prompt_tokens,generate_tokens`
+/// per line, times finite, non-negative and not decreasing.
+pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, RowError> {
+    let mut out: Vec<TraceRow> = Vec::new();
+    for (line, f) in rows(text) {
+        let err = |what: String| RowError { line, what };
+        if f.len() != 3 {
+            return Err(err(format!(
+                "expected 3 fields (arrival_s,prompt_tokens,generate_tokens), found {}",
+                f.len()
+            )));
+        }
+        let t: f64 = f[0]
+            .parse()
+            .map_err(|_| err(format!("`{}` is not a time in seconds", f[0])))?;
+        if !t.is_finite() || t < 0.0 {
+            return Err(err(format!(
+                "arrival time {t} is not finite and non-negative"
+            )));
+        }
+        if let Some(prev) = out.last()
+            && t < prev.arrival
+        {
+            return Err(err(format!(
+                "arrival time {t} is before the previous row's {}",
+                prev.arrival
+            )));
+        }
+        out.push(TraceRow {
+            arrival: t,
+            prompt: count(line, f[1])?,
+            generate: count(line, f[2])?,
         });
     }
-    Ok(rows)
+    if out.is_empty() {
+        return Err(no_rows());
+    }
+    Ok(out)
+}
+
+/// Parses a lengths file: `prompt_tokens,generate_tokens` per line, or an
+/// arrivals trace's three fields (the time ignored).
+pub fn parse_lengths(text: &str) -> Result<Vec<(u32, u32)>, RowError> {
+    let mut out = Vec::new();
+    for (line, f) in rows(text) {
+        let counts = match f.len() {
+            2 => &f[..],
+            3 => &f[1..],
+            n => {
+                return Err(RowError {
+                    line,
+                    what: format!("expected 2 fields (prompt_tokens,generate_tokens), found {n}"),
+                });
+            }
+        };
+        out.push((count(line, counts[0])?, count(line, counts[1])?));
+    }
+    if out.is_empty() {
+        return Err(no_rows());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -82,6 +156,9 @@ mod tests {
         assert_eq!(two, vec![(10, 5), (20, 1)]);
         let three = parse_lengths("0.0,7,3\n0.5,8,4\n").unwrap();
         assert_eq!(three, vec![(7, 3), (8, 4)]);
+        let t = parse_trace("t,in,out\n0,10,5\n0.5, 20, 1\n").expect("parses");
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[1].arrival, t[1].prompt, t[1].generate), (0.5, 20, 1));
     }
 
     #[test]
@@ -91,6 +168,12 @@ mod tests {
         assert_eq!(parse_lengths("1,2,3,4\n").unwrap_err().line, 1);
         assert_eq!(parse_lengths("10,5\n10,16777217\n").unwrap_err().line, 2);
         assert_eq!(parse_lengths("x,y\n").unwrap_err().line, 0);
+        assert_eq!(parse_trace("0,10,5\n0.1,0,5").unwrap_err().line, 2);
+        assert_eq!(parse_trace("1,10,5\n0.5,1,5").unwrap_err().line, 2);
+        assert_eq!(parse_trace("1,10").unwrap_err().line, 1);
+        assert_eq!(parse_trace("# nothing\n").unwrap_err().line, 0);
+        assert!(parse_trace("NaN,1,1").is_err());
+        assert!(parse_trace("-1,1,1").is_err());
         assert_eq!(token_count("16777216"), Some(1 << 24));
         assert_eq!(token_count("-1"), None);
     }

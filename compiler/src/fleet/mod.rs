@@ -452,7 +452,7 @@ pub fn serve_plan_for(study: &Study, sys: &Cluster, w: &Workload, owned: &Owned)
 /// below its demand. For a fixed seed the draw's gaps scale as `1 / rate`,
 /// so one draw measures the factor.
 fn drawn_rate(s: &gantry_lang::program::Serve, rate: f64) -> f64 {
-    let reqs = crate::serve::requests(s, Some(rate), &[]);
+    let reqs = crate::serve::requests(s, Some(rate));
     match (reqs.first(), reqs.last()) {
         (Some(a), Some(b)) if b.arrival > a.arrival => {
             let measured = (reqs.len() - 1) as f64 / (b.arrival - a.arrival);
@@ -509,7 +509,7 @@ fn size_serve(
     let mut copies = 1u64;
     let sp = loop {
         let draw = drawn_rate(s, rate / copies as f64);
-        match crate::serve::planner::plan(&p, &[], Some(draw)) {
+        match crate::serve::planner::plan(&p, Some(draw)) {
             Ok(sp) => break sp,
             Err(e)
                 if e.code == gantry_lang::diagnostic::Code::C019

@@ -27,7 +27,7 @@ pub mod timing;
 
 pub use planner::{ServePlan, plan};
 pub use report::{Summary, summarize};
-pub use sample::{Request, parse_trace, requests};
+pub use sample::{Request, requests};
 pub use sim::{Deployment, Outcome, simulate, simulate_closed};
 
 /// Simulates `d` on `reqs` against `serve`'s SLOs (one `--sweep-rate` point).

@@ -23,7 +23,7 @@ use gantry_lang::diagnostic::Code;
 use gantry_lang::program::{Batching, Disaggregate, Domain, Goal, Plan, Serve};
 
 use super::report::{Summary, describe, summarize};
-use super::sample::{Request, TraceRow, requests};
+use super::sample::{Request, requests};
 use super::scheduler::Limits;
 use super::sim::Deployment;
 use super::timing::{IterModel, build, build_batched};
@@ -535,8 +535,8 @@ fn transfer(p: &Plan, hw_topo: &crate::collective::Topology, tp: u64) -> (f64, f
 
 /// Searches `p` (a plan of a `serve` workload) at `rate` requests per
 /// second (the workload's when `None`), requests drawn from the workload
-/// or replayed from `trace`.
-pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan, PinError> {
+/// or replayed from its trace.
+pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
     let Some(s) = p.workload.serve.as_deref() else {
         return Err(error(
             Code::C008,
@@ -582,7 +582,7 @@ pub fn plan(p: &Plan, trace: &[TraceRow], rate: Option<f64>) -> Result<ServePlan
         }
     };
     let mut cands = cands;
-    let reqs = requests(s, rate, trace);
+    let reqs = requests(s, rate);
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
     let span = match (arrivals.first(), arrivals.last()) {
@@ -797,9 +797,9 @@ fn no_deployment(
 /// the search's best, as `gantry plan` reports it.
 pub fn predict(p: &Plan) -> Result<Summary, PinError> {
     if p.search.is_empty() {
-        return fixed(p, &plan_pins(p)?, &[], None);
+        return fixed(p, &plan_pins(p)?, None);
     }
-    plan(p, &[], None).map(|s| s.best)
+    plan(p, None).map(|s| s.best)
 }
 
 /// The pins of a serving plan's `fix` (one value per knob).
@@ -837,7 +837,6 @@ pub fn plan_pins(p: &Plan) -> Result<BTreeMap<String, crate::point::Pin>, PinErr
 pub fn fixed(
     p: &Plan,
     pins: &BTreeMap<String, crate::point::Pin>,
-    trace: &[TraceRow],
     rate: Option<f64>,
 ) -> Result<Summary, PinError> {
     let Some(s) = p.workload.serve.as_deref() else {
@@ -849,9 +848,9 @@ pub fn fixed(
         ));
     };
     if let Some(b) = s.batching {
-        return fixed_batched(p, s, b, pins, trace, rate);
+        return fixed_batched(p, s, b, pins, rate);
     }
-    let (d, reqs) = fixed_deployment(p, pins, trace, rate)?;
+    let (d, reqs) = fixed_deployment(p, pins, rate)?;
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }
 
@@ -861,7 +860,6 @@ pub fn fixed(
 pub fn fixed_deployment(
     p: &Plan,
     pins: &BTreeMap<String, crate::point::Pin>,
-    trace: &[TraceRow],
     rate: Option<f64>,
 ) -> Result<(Deployment, Vec<super::Request>), PinError> {
     use crate::point::Pin;
@@ -1007,7 +1005,7 @@ pub fn fixed_deployment(
         transfer_per_byte: xfer.0,
         transfer_latency: xfer.1,
     };
-    Ok((d, requests(s, rate, trace)))
+    Ok((d, requests(s, rate)))
 }
 
 /// Knobs a batching-window plan cannot take (`C031`): a replica is one
@@ -1121,7 +1119,6 @@ fn fixed_batched(
     s: &Serve,
     b: Batching,
     pins: &BTreeMap<String, crate::point::Pin>,
-    trace: &[TraceRow],
     rate: Option<f64>,
 ) -> Result<Summary, PinError> {
     use crate::point::Pin;
@@ -1166,6 +1163,6 @@ fn fixed_batched(
     let batch = int("batch")?.unwrap_or(b.max_batch);
     let m = build_batched(&p.workload, &p.system, batch)?;
     let d = batched_deployment(s, m, reps, batch, b.max_wait);
-    let reqs = requests(s, rate, trace);
+    let reqs = requests(s, rate);
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
 }

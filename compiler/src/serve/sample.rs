@@ -8,6 +8,7 @@
 //! differences between configurations are never sampling noise.
 
 use gantry_lang::program::{Arrivals, Lengths, Serve};
+use gantry_lang::trace::TraceRow;
 
 /// xoshiro256** (Blackman and Vigna), seeded by splitmix64.
 #[derive(Clone, Debug)]
@@ -81,9 +82,6 @@ pub struct Request {
     pub generate: u32,
 }
 
-/// A row of a trace file (`arrival_s,prompt_tokens,generate_tokens`).
-pub type TraceRow = Request;
-
 /// The largest token count a request may have (the language's bound).
 const MAX_TOKENS: f64 = gantry_lang::trace::MAX_TOKENS as f64;
 
@@ -108,15 +106,17 @@ fn draw_length(l: &Lengths, i: usize, rng: &mut Rng) -> u32 {
 }
 
 /// `n` requests of `s` at `rate` requests per second (the workload's own
-/// rate when `None`), from `trace` rows when its arrivals are a trace.
+/// rate when `None`), from the trace's rows when its arrivals are a
+/// trace (read by the checker).
 /// A closed loop's requests all arrive at 0 here: the simulator writes
 /// their times as clients are released ([`super::sim::simulate_closed`]);
 /// a burst's all arrive at 0 and stay there.
 /// Deterministic for the workload's seed.
-pub fn requests(s: &Serve, rate: Option<f64>, trace: &[TraceRow]) -> Vec<Request> {
+pub fn requests(s: &Serve, rate: Option<f64>) -> Vec<Request> {
     let mut rng = Rng::new(s.seed);
     let mut out = Vec::with_capacity(s.requests.min(1 << 24) as usize);
-    if let Arrivals::Trace { .. } = s.arrivals {
+    if let Arrivals::Trace { rows, .. } = &s.arrivals {
+        let trace: &[TraceRow] = rows;
         // Replayed in order; a rate scales time (rate / the trace's own).
         let own = trace_rate(trace);
         let k = match (rate, own) {
@@ -183,79 +183,6 @@ pub fn trace_rate(rows: &[TraceRow]) -> Option<f64> {
     (rows.len() > 1 && span > 0.0).then(|| (rows.len() - 1) as f64 / span)
 }
 
-/// A trace file's error: the line (1-based) and what is wrong.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TraceError {
-    pub line: usize,
-    pub what: String,
-}
-
-/// Parses `arrival_s,prompt_tokens,generate_tokens` lines (a first line
-/// that does not start with a number is a header; blank lines and `#`
-/// comments are skipped). Arrival times must not decrease.
-pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, TraceError> {
-    let mut rows: Vec<TraceRow> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = l.split(',').map(str::trim).collect();
-        let err = |what: String| TraceError { line: i + 1, what };
-        if rows.is_empty() && i == first_data_line(text) && fields[0].parse::<f64>().is_err() {
-            continue; // header
-        }
-        if fields.len() != 3 {
-            return Err(err(format!("expected 3 fields, found {}", fields.len())));
-        }
-        let t: f64 = fields[0]
-            .parse()
-            .map_err(|_| err(format!("`{}` is not a time in seconds", fields[0])))?;
-        if !t.is_finite() || t < 0.0 {
-            return Err(err(format!(
-                "arrival time {t} is not finite and non-negative"
-            )));
-        }
-        if let Some(prev) = rows.last()
-            && t < prev.arrival
-        {
-            return Err(err(format!(
-                "arrival time {t} is before the previous row's {}",
-                prev.arrival
-            )));
-        }
-        let count = |s: &str| -> Result<u32, TraceError> {
-            gantry_lang::trace::token_count(s).ok_or_else(|| {
-                err(format!(
-                    "`{s}` is not a token count from 1 to {}",
-                    gantry_lang::trace::MAX_TOKENS
-                ))
-            })
-        };
-        rows.push(TraceRow {
-            arrival: t,
-            prompt: count(fields[1])?,
-            generate: count(fields[2])?,
-        });
-    }
-    if rows.is_empty() {
-        return Err(TraceError {
-            line: 0,
-            what: "the trace has no rows".into(),
-        });
-    }
-    Ok(rows)
-}
-
-fn first_data_line(text: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.trim();
-            !l.is_empty() && !l.starts_with('#')
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,17 +209,5 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!((m / 500.0 - 1.0).abs() < 0.01, "lognormal mean {m}");
-    }
-
-    #[test]
-    fn traces_parse_or_name_the_line() {
-        let ok = parse_trace("t,in,out\n0,10,5\n0.5, 20, 1\n").expect("parses");
-        assert_eq!(ok.len(), 2);
-        assert_eq!(ok[1].prompt, 20);
-        assert_eq!(parse_trace("0,10,5\n0.1,0,5").unwrap_err().line, 2);
-        assert_eq!(parse_trace("1,10,5\n0.5,1,5").unwrap_err().line, 2);
-        assert_eq!(parse_trace("1,10").unwrap_err().line, 1);
-        assert!(parse_trace("# nothing\n").is_err());
-        assert!(parse_trace("NaN,1,1").is_err());
     }
 }

@@ -297,7 +297,7 @@ fn the_work_bound_counts_the_pipeline_host() {
 #[test]
 fn only_a_pipeline_with_host_terms_shares_its_host() {
     let s = serve(40.0, 2_000, 7);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let bits = |o: &Outcome| format!("{o:?}");
     let base = IterModel {
         t_fixed: 0.003,
@@ -376,7 +376,7 @@ fn p99(o: &Outcome, f: impl Fn(&Outcome) -> &Vec<f64>) -> f64 {
 #[test]
 fn littles_law_holds_at_steady_state() {
     let s = serve(20.0, 20_000, 11);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 20_000);
     assert!(!unstable(&o, reqs.len()));
     let (l, lambda, w) = (o.little_l, o.little_lambda, o.little_w);
@@ -391,7 +391,7 @@ fn littles_law_holds_at_steady_state() {
 #[test]
 fn a_rate_above_capacity_is_unstable() {
     let s = serve(200.0, 4000, 5);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 1000);
     assert!(
         unstable(&o, reqs.len()),
@@ -399,7 +399,7 @@ fn a_rate_above_capacity_is_unstable() {
         (o.backlog_mid, o.backlog_end)
     );
     let s = serve(10.0, 4000, 5);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let o = simulate(&colocated(small(), 1, 512, 32), &reqs, 1000);
     assert!(!unstable(&o, reqs.len()));
 }
@@ -415,7 +415,7 @@ proptest! {
                     max_seqs in 1u64..64, budget in 1u64..1024, disagg in any::<bool>(),
                     chunked in any::<bool>(), lag in any::<bool>()) {
         let s = serve(rate, 300, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let mut d = colocated(model(0.01, 5e-5, kv), 2, budget, max_seqs);
         d.limits.chunked_prefill = chunked;
         d.limits.async_scheduling = lag;
@@ -447,13 +447,13 @@ proptest! {
     #[test]
     fn monotone_in_replicas_and_rate(rate in 5.0f64..80.0, seed in 0u64..1000, replicas in 1u64..4) {
         let s = serve(rate, 400, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let run = |r: u64, reqs: &[Request]| simulate(&colocated(small(), r, 512, 32), reqs, u64::MAX);
         let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
         let slot = 2.0 * small().t_weights;
         prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
         prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
-        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let faster = requests(&s, Some(rate * 1.5));
         let (a, c) = (run(1, &reqs), run(1, &faster));
         prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
@@ -468,7 +468,7 @@ proptest! {
                                   lag in any::<bool>()) {
         // About 60 req/s per replica at most (`small`).
         let s = serve(60.0 * load * replicas as f64, 8000, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let mut d = colocated(small(), replicas, 512, 32);
         d.limits.async_scheduling = lag;
         let o = simulate(&d, &reqs, u64::MAX);
@@ -484,7 +484,7 @@ proptest! {
     #[test]
     fn monotone_with_async_scheduling(rate in 5.0f64..80.0, seed in 0u64..1000, replicas in 1u64..4) {
         let s = serve(rate, 400, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let run = |r: u64, reqs: &[Request]| {
             let mut d = colocated(small(), r, 512, 32);
             d.limits.async_scheduling = true;
@@ -494,7 +494,7 @@ proptest! {
         let slot = 2.0 * small().t_weights;
         prop_assert!(p99(&b, |o| &o.ttft) <= p99(&a, |o| &o.ttft) + slot);
         prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
-        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let faster = requests(&s, Some(rate * 1.5));
         let (a, c) = (run(1, &reqs), run(1, &faster));
         prop_assert!(p99(&c, |o| &o.ttft) >= p99(&a, |o| &o.ttft) - slot);
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
@@ -509,7 +509,7 @@ proptest! {
     #[test]
     fn async_scheduling_never_speeds_up_ttft(rate in 1.0f64..50.0, seed in 0u64..1000) {
         let s = serve(rate, 400, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let run = |lag: bool| {
             let mut d = colocated(small(), 1, 512, 32);
             d.limits.async_scheduling = lag;
@@ -616,7 +616,7 @@ proptest! {
                                          replicas in 1u64..4, clients in 1u64..16,
                                          closed in any::<bool>()) {
         let s = windowed_serve(rate, 300, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let d = windowed(replicas, budget, wait);
         let o = if closed {
             super::sim::simulate_closed(&d, &reqs, clients)
@@ -649,12 +649,12 @@ proptest! {
     #[test]
     fn no_window_is_monotone(rate in 0.2f64..4.0, seed in 0u64..1000, replicas in 1u64..4) {
         let s = windowed_serve(rate, 300, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let run = |r: u64, reqs: &[Request]| simulate(&windowed(r, 64, 0.0), reqs, u64::MAX);
         let slot = 2.0;
         let (a, b) = (run(replicas, &reqs), run(replicas + 1, &reqs));
         prop_assert!(p99(&b, |o| &o.e2e) <= p99(&a, |o| &o.e2e) + slot);
-        let faster = requests(&s, Some(rate * 1.5), &[]);
+        let faster = requests(&s, Some(rate * 1.5));
         let (a, c) = (run(1, &reqs), run(1, &faster));
         prop_assert!(p99(&c, |o| &o.e2e) >= p99(&a, |o| &o.e2e) - slot);
     }
@@ -681,7 +681,7 @@ fn a_window_is_not_monotone() {
 #[test]
 fn closed_loop_keeps_its_clients_busy() {
     let s = serve(1.0, 4000, 7);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let o = super::sim::simulate_closed(&colocated(small(), 2, 512, 32), &reqs, 24);
     let sum: f64 = o.e2e.iter().sum();
     let l = sum / o.makespan;
@@ -700,7 +700,7 @@ proptest! {
                                                      prefill in 1u64..3, a in 1u64..4, b in 1u64..4,
                                                      decode_speed in 0.2f64..5.0) {
         let s = serve(rate, 300, seed);
-        let reqs = requests(&s, None, &[]);
+        let reqs = requests(&s, None);
         let pool = |decode: u64, speed: f64| {
             let mut d = colocated(model(0.01, 5e-5, 20_000.0), 1, 512, 32);
             d.colocated = 0;
@@ -731,13 +731,13 @@ proptest! {
 fn a_burst_is_every_request_at_zero() {
     let mut s = serve(1.0, 400, 3);
     s.arrivals = Arrivals::Burst;
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     assert_eq!(reqs.len(), 400);
     assert!(reqs.iter().all(|r| r.arrival == 0.0));
     // The requests are those of a closed loop (same seed, same draws).
     let mut c = serve(1.0, 400, 3);
     c.arrivals = Arrivals::Closed { concurrency: 400 };
-    assert_eq!(reqs, requests(&c, None, &[]));
+    assert_eq!(reqs, requests(&c, None));
     let d = colocated(small(), 1, 512, 32);
     let o = super::outcome(&d, &reqs, &s, 100);
     let c = super::sim::simulate_closed(&d, &reqs, 400);
@@ -748,7 +748,7 @@ fn a_burst_is_every_request_at_zero() {
     assert!(!sum.unstable);
     assert_eq!(sum.completed, 400);
     let flood = serve(1e6, 400, 3);
-    let f = super::run_with(&d, &requests(&flood, None, &[]), &flood, 100);
+    let f = super::run_with(&d, &requests(&flood, None), &flood, 100);
     assert!(f.unstable, "an open loop far above capacity is unstable");
 }
 
@@ -765,7 +765,7 @@ fn replayed_lengths_follow_the_rows_and_leave_arrivals_alone() {
     let mut s = serve(4.0, 7, 11);
     s.input = rows(&[13, 329, 933]);
     s.output = rows(&[120, 1, 780]);
-    let reqs = requests(&s, None, &[]);
+    let reqs = requests(&s, None);
     let prompts: Vec<u32> = reqs.iter().map(|r| r.prompt).collect();
     let outputs: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
     assert_eq!(prompts, vec![13, 329, 933, 13, 329, 933, 13]);
@@ -773,7 +773,7 @@ fn replayed_lengths_follow_the_rows_and_leave_arrivals_alone() {
     let mut f = serve(4.0, 7, 11);
     f.input = Lengths::Fixed(1);
     f.output = Lengths::Fixed(1);
-    let fixed_arrivals: Vec<f64> = requests(&f, None, &[]).iter().map(|r| r.arrival).collect();
+    let fixed_arrivals: Vec<f64> = requests(&f, None).iter().map(|r| r.arrival).collect();
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     assert_eq!(arrivals, fixed_arrivals);
     assert!(arrivals.windows(2).all(|w| w[0] < w[1]));

@@ -63,11 +63,28 @@ impl Checker {
         );
     }
 
-    /// The column of a `trace("file.csv")` lengths file that `what`
-    /// names (`generate`: the second; `prompt` or `items`: the first),
-    /// read when the naming file was loaded (`Checker::data`); `L096`
-    /// when it cannot be read or a row is malformed.
-    fn replay_rows(&mut self, path: &str, span: Span, what: &str) -> Option<Lengths> {
+    /// The file name of a `trace(...)` argument.
+    fn trace_path(&mut self, v: Value, span: Span) -> Option<String> {
+        match v {
+            Value::Str(path) if !path.is_empty() => Some(path),
+            Value::Error => None,
+            other => {
+                self.type_error(&other, span, "a file name such as \"requests.csv\"");
+                None
+            }
+        }
+    }
+
+    /// The rows of the `trace("path")` file named at `span` (read when the
+    /// naming file was loaded, `Checker::data`), parsed by `parse`;
+    /// `L096` when it cannot be read or a row is malformed.
+    fn trace_file<T>(
+        &mut self,
+        path: &str,
+        span: Span,
+        what: &str,
+        parse: fn(&str) -> Result<T, crate::trace::RowError>,
+    ) -> Option<T> {
         let read = self
             .data
             .get(&(span.file, path.to_string()))
@@ -79,37 +96,24 @@ impl Checker {
             })
             .cloned()
             .unwrap_or_else(|| Err("not found".into()));
-        let parsed = read.and_then(|text| {
-            crate::trace::parse_lengths(&text).map_err(|e| {
-                if e.line == 0 {
-                    e.what
-                } else {
-                    format!("line {}: {}", e.line, e.what)
-                }
-            })
-        });
-        match parsed {
-            Ok(rows) => {
-                let col: Vec<u32> = rows
-                    .iter()
-                    .map(|&(p, g)| if what == "`generate`" { g } else { p })
-                    .collect();
-                Some(Lengths::Replay {
-                    path: path.to_string(),
-                    rows: std::sync::Arc::new(col),
-                })
-            }
+        match read.and_then(|text| parse(&text).map_err(|e| e.to_string())) {
+            Ok(rows) => Some(rows),
             Err(why) => {
+                let form = if what == "`arrivals`" {
+                    "`arrival_s,prompt_tokens,generate_tokens`"
+                } else {
+                    "`prompt_tokens,generate_tokens`"
+                };
                 self.diags.push(
                     Diagnostic::error(
                         Code::L096,
-                        format!("{what}: cannot replay `{path}`: {why}"),
+                        format!("{what}: cannot read the trace `{path}`: {why}"),
                         span,
                     )
-                    .with_label(span, "this lengths file")
-                    .with_help(
-                        "one request per line, `prompt_tokens,generate_tokens` (a header line allowed), relative to this file",
-                    ),
+                    .with_label(span, "this file")
+                    .with_help(format!(
+                        "one request per line, {form} (a header line allowed), relative to this file"
+                    )),
                 );
                 None
             }
@@ -219,14 +223,12 @@ impl Checker {
             "trace" => {
                 let a = self.ctor_args(name, args, &["file"])?;
                 let (fv, fs) = self.ctor_required(name, &a, "file", span)?;
-                match fv {
-                    Value::Str(path) if !path.is_empty() => Some(Arrivals::Trace { path }),
-                    Value::Error => None,
-                    other => {
-                        self.type_error(&other, fs, "a file name such as \"trace.csv\"");
-                        None
-                    }
-                }
+                let path = self.trace_path(fv, fs)?;
+                let rows = self.trace_file(&path, fs, "`arrivals`", crate::trace::parse_trace)?;
+                Some(Arrivals::Trace {
+                    path,
+                    rows: std::sync::Arc::new(rows),
+                })
             }
             "closed" => {
                 let a = self.ctor_args(name, args, &["concurrency"])?;
@@ -284,15 +286,18 @@ impl Checker {
             Value::Ctor(name, args) if name == "trace" => {
                 let a = self.ctor_args(name, args, &["file"])?;
                 let (fv, fs) = self.ctor_required(name, &a, "file", span)?;
-                let path = match fv {
-                    Value::Str(path) if !path.is_empty() => path,
-                    Value::Error => return None,
-                    other => {
-                        self.type_error(&other, fs, "a file name such as \"lengths.csv\"");
-                        return None;
-                    }
-                };
-                self.replay_rows(&path, fs, what)
+                let path = self.trace_path(fv, fs)?;
+                let rows = self.trace_file(&path, fs, what, crate::trace::parse_lengths)?;
+                // `prompt` (and `items`) read the first column, `generate`
+                // the second.
+                let col = rows
+                    .iter()
+                    .map(|&(p, g)| if what == "`generate`" { g } else { p })
+                    .collect();
+                Some(Lengths::Replay {
+                    path,
+                    rows: std::sync::Arc::new(col),
+                })
             }
             Value::Ctor(name, args) if name == "fixed" => {
                 let a = self.ctor_args(name, args, &["tokens"])?;
