@@ -318,7 +318,7 @@ writes them), or write the factors here (docs/LANGUAGE.md §5.2, \"Borrowed fact
         "L094" => {
             "An `engine NAME { ... }` declaration has a term the serving iteration model does \
 not read (the help names the closest one), or a value outside its range: \
-`iteration_overhead` and `seq_overhead` are times from 0 to 1 s, `kv_efficiency` a \
+`iteration_overhead`, `seq_overhead` and `request_overhead` are times from 0 to 1 s, `kv_efficiency` a \
 fraction in (0, 1] (the engine's decode attention relative to the device's `infer` \
 factors), `fit_rows` a whole number and `loo_median` / `loo_max` fractions from 0 to 100 \
 (what `gantry calibrate --fit` records). A unit that is not the term's is `L041`. The \

@@ -213,6 +213,11 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
             };
             let how = if t.selected {
                 format!("{} rows (lowers the objective by {:.3})", g.plans, t.gain)
+            } else if t.at_edge {
+                format!(
+                    "not identified by the rows (would lower it by {:.3} only at an end of its search range, a stand-in); left ideal",
+                    t.gain
+                )
             } else {
                 format!(
                     "not identified by the rows (would lower it by {:.3}); left ideal",

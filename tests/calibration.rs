@@ -285,7 +285,9 @@ fn stdlib_factors_are_the_fit_output() {
             let value = match t.name {
                 "iteration_overhead" => e.iteration_overhead,
                 "seq_overhead" => e.seq_overhead,
-                _ => e.kv_efficiency,
+                "request_overhead" => e.request_overhead,
+                "kv_efficiency" => e.kv_efficiency,
+                other => panic!("an engine term this test does not know: {other}"),
             };
             let declared = e.declared.iter().any(|d| d == t.name);
             if declared != t.selected || value != t.fitted {

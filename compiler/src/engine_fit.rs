@@ -15,9 +15,10 @@
 //! figures (robust to the few rows the data file flags): forward selection
 //! from the ideal engine, adding at each step the term whose grid scan and
 //! pattern-search refinement lowers the objective most, while that lowers
-//! it by at least [`MIN_GAIN`] (half a percent of mean |ln error|); a term
-//! that does not is not identified by the rows and is left at its ideal
-//! default (and not written). Each plan's deployment and
+//! it by at least [`MIN_GAIN`] (half a percent of mean |ln error|) and
+//! no selected term ends at an end of its search range; a term that does
+//! not is not identified by the rows and is left at its ideal default
+//! (and not written). Each plan's deployment and
 //! requests are built once with the cost model's probes; an evaluation
 //! applies the terms to the iteration model ([`IterModel::with_engine`],
 //! the formula `timing::build` applies) and re-simulates, and evaluations
@@ -54,26 +55,37 @@ const SCAN_POINTS: usize = 13;
 /// The terms, in the order the language lists them, with the log-space
 /// range the search explores (`lo`, `hi`) and whether 0 is the default
 /// (host times) or 1 (an efficiency).
-const TERMS: [(&str, Dim, f64, f64); 3] = [
+const TERMS: [(&str, Dim, f64, f64); 4] = [
     ("iteration_overhead", Dim::TIME, 1e-6, 0.1),
     ("seq_overhead", Dim::TIME, 1e-7, 0.01),
     ("kv_efficiency", Dim::NONE, 0.01, 1.0),
+    ("request_overhead", Dim::TIME, 1e-5, 0.1),
 ];
 
-type Theta = [f64; 3];
+type Theta = [f64; 4];
 
 /// Figures by (case, the terms' bits).
-type Memo = HashMap<(usize, [u64; 3]), Vec<f64>>;
+type Memo = HashMap<(usize, [u64; 4]), Vec<f64>>;
 
 fn terms(t: &Theta) -> EngineTerms {
     EngineTerms {
         iteration_overhead: t[0],
         seq_overhead: t[1],
         kv_efficiency: t[2],
+        request_overhead: t[3],
     }
 }
 
-const IDEAL: Theta = [0.0, 0.0, 1.0];
+const IDEAL: Theta = [0.0, 0.0, 1.0, 0.0];
+
+/// Whether any of the terms `on` sits at an end of its range in `t` (an
+/// efficiency left at its default 1, the top of its range, does not).
+fn at_edge(t: &Theta, on: &[usize]) -> bool {
+    on.iter().any(|&j| {
+        let (_, _, lo, hi) = TERMS[j];
+        t[j] != IDEAL[j] && (t[j] >= hi * (1.0 - 1e-9) || (t[j] > 0.0 && t[j] <= lo * (1.0 + 1e-9)))
+    })
+}
 
 /// A term's value as the language writes it.
 fn term_text(x: f64, dim: Dim) -> String {
@@ -105,6 +117,9 @@ pub struct Term {
     /// The drop of the objective when it was added (0: not selected; for
     /// an unselected term, the drop it would have brought).
     pub gain: f64,
+    /// Not selected because its best value lies at an end of its search
+    /// range (the rows ask for more than any value identifies).
+    pub at_edge: bool,
 }
 
 impl Term {
@@ -444,7 +459,8 @@ fn fit_one(
     let mut t = IDEAL;
     let mut j_now = objective_ideal;
     let mut on: Vec<usize> = Vec::new();
-    let mut gains = [0.0f64; 3];
+    let mut gains = [0.0f64; 4];
+    let mut edge = [false; 4];
     let first_step = (0.1f64.ln() - 1e-6f64.ln()) / (SCAN_POINTS - 1) as f64 / 2.0;
     loop {
         let mut best: Option<(usize, Theta, f64)> = None;
@@ -457,6 +473,14 @@ fn fit_one(
             with.push(j);
             let (v, c) = p.refine(&s, &with, first_step, None);
             *gain = j_now - c;
+            // A term that lands on an end of its range says only "more"
+            // (or "less"): the rows do not identify it, and a value the
+            // range's end sets would stand in for what the model lacks.
+            if at_edge(&v, &with) {
+                edge[j] = true;
+                continue;
+            }
+            edge[j] = false;
             if best.as_ref().is_none_or(|b| c < b.2) {
                 best = Some((j, v, c));
             }
@@ -498,6 +522,7 @@ fn fit_one(
         current.iteration_overhead,
         current.seq_overhead,
         current.kv_efficiency,
+        current.request_overhead,
     ];
     let mut rows = Vec::new();
     let mut loo_err = Vec::new();
@@ -532,6 +557,7 @@ fn fit_one(
             fitted: fitted[j],
             selected: on.contains(&j),
             gain: gains[j].max(0.0),
+            at_edge: edge[j] && !on.contains(&j),
         })
         .collect();
     let group = EngineGroup {
@@ -612,6 +638,21 @@ pub fn rewrite_engine(
 
 #[cfg(test)]
 mod tests {
+    /// A term whose best value is an end of its search range is a
+    /// stand-in, not a measurement: `at_edge` says so for either end, for
+    /// any selected term, and not for an efficiency left at its default.
+    #[test]
+    fn a_term_at_an_end_of_its_range_is_not_identified() {
+        assert!(at_edge(&[0.1, 0.0, 1.0, 0.0], &[0]));
+        assert!(!at_edge(&[0.01, 0.0, 1.0, 0.0], &[0]));
+        assert!(at_edge(&[1e-6, 0.0, 1.0, 0.0], &[0]));
+        assert!(at_edge(&[0.0, 0.0, 1.0, 0.1], &[3]));
+        assert!(!at_edge(&[0.0, 0.0, 1.0, 0.0085], &[0, 3]));
+        assert!(at_edge(&[0.005, 0.0, 1.0, 0.1], &[0, 3]));
+        assert!(!at_edge(&IDEAL, &[2]));
+        assert!(at_edge(&[0.0, 0.0, 0.01, 0.0], &[2]));
+    }
+
     use super::*;
 
     const SRC: &str = "// Engines.\n\n// The one.\nengine E {\n  iteration_overhead = 1 ms\n  fit_rows = 2\n}\n\nengine F {\n}\n";

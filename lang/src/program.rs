@@ -799,6 +799,10 @@ pub struct Engine {
     /// device's `infer` factors, in (0, 1]: the per-KV-token attention
     /// time is divided by it.
     pub kv_efficiency: f64,
+    /// Seconds from a request's arrival to the engine's scheduler (the
+    /// API server's HTTP handling, tokenisation and hand-off), paid once
+    /// per request before it can be scheduled.
+    pub request_overhead: f64,
     /// The terms the engine declares (the others are the ideal defaults):
     /// what the fit fits.
     pub declared: Vec<String>,
@@ -817,6 +821,7 @@ impl Engine {
             iteration_overhead: 0.0,
             seq_overhead: 0.0,
             kv_efficiency: 1.0,
+            request_overhead: 0.0,
             declared: Vec::new(),
             fit_rows: None,
             loo: None,
@@ -1415,11 +1420,16 @@ fn serve_summary(sv: &Serve) -> String {
 fn write_engine(s: &mut String, e: &Engine) {
     let _ = writeln!(
         s,
-        "engine {}: iteration_overhead {} seq_overhead {} kv_efficiency {}{}",
+        "engine {}: iteration_overhead {} seq_overhead {} kv_efficiency {}{}{}",
         e.name,
         q(e.iteration_overhead, Dim::TIME),
         q(e.seq_overhead, Dim::TIME),
         format_number(e.kv_efficiency),
+        if e.request_overhead > 0.0 {
+            format!(" request_overhead {}", q(e.request_overhead, Dim::TIME))
+        } else {
+            String::new()
+        },
         match (e.fit_rows, e.loo) {
             (Some(n), Some((m, x))) => format!(
                 " (fit on {n} rows, leave-one-out {} / {})",

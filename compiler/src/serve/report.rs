@@ -679,6 +679,7 @@ pub fn plan_head(p: &gantry_lang::program::Plan) -> Value {
             "iteration_overhead_s": e.iteration_overhead,
             "seq_overhead_s": e.seq_overhead,
             "kv_efficiency": e.kv_efficiency,
+            "request_overhead_s": e.request_overhead,
             "fit_rows": e.fit_rows,
             "loo_median": e.loo.map(|l| l.0),
             "loo_max": e.loo.map(|l| l.1),
@@ -700,11 +701,12 @@ pub fn engine_text(p: &gantry_lang::program::Plan) -> String {
         return "ideal (none declared: no host time, the device's kernels)".to_string();
     };
     format!(
-        "{}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's{}",
+        "{}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's, {:.3} ms per request before scheduling{}",
         e.name,
         e.iteration_overhead * 1e3,
         e.seq_overhead * 1e6,
         gantry_lang::units::format_number(1.0 / e.kv_efficiency),
+        e.request_overhead * 1e3,
         match (e.fit_rows, e.loo) {
             (Some(n), Some((m, x))) => format!(
                 " (fitted on {n} serving rows; leave-one-out |error| median {:.1}%, worst {:.1}%)",

@@ -108,7 +108,8 @@ pub struct Outcome {
     pub aborted: bool,
     /// Little's law over the window of the middle half of arrivals: the
     /// time-average number of requests in the system, the arrival rate in
-    /// the window and the mean end-to-end latency of those arrivals.
+    /// the window and the mean end-to-end latency of those arrivals, from
+    /// when each reached the scheduler (less the engine's admission time).
     pub little_l: f64,
     pub little_lambda: f64,
     pub little_w: f64,
@@ -288,6 +289,7 @@ pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcom
 fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) -> Outcome {
     let mut reps = replicas(d);
     let mut hosts = Hosts::new(d, reps.len());
+    let admit = d.prefill_model.admission;
     let n = reqs.len();
     let mut o = Outcome {
         ttft: vec![f64::NAN; n],
@@ -353,7 +355,10 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
             }
         }
         let xfer = transfers.peek().map(|t| t.0.at);
-        let arrival = (next < released).then(|| arr[next]);
+        // A request reaches the scheduler the engine's `request_overhead`
+        // after it arrives (`IterModel::admission`); its latencies count
+        // from the arrival.
+        let arrival = (next < released).then(|| arr[next] + admit);
         let host = hosts.next();
         let t_rep = rep.map_or(f64::INFINITY, |r| r.1);
         let t_h = host.map_or(f64::INFINITY, |h| h.1);
@@ -455,7 +460,7 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         };
         hosts.launch(&mut reps, touched, clock.now);
     }
-    tally(&mut o, &reps, &arr, &clock);
+    tally(&mut o, &reps, &arr, &clock, admit);
     o.host_wait = hosts.wait;
     o.arrivals = arr;
     o
@@ -494,7 +499,11 @@ fn replicas(d: &Deployment) -> Vec<Replica> {
 }
 
 /// The replicas' counters, and Little's law over the clock's window.
-fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock) {
+/// `admit`: the seconds each request spends before the scheduler
+/// (`IterModel::admission`), which the time-average count of requests in
+/// the system (from admission) does not hold, so Little's `W` leaves them
+/// out too.
+fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock, admit: f64) {
     let (wa, wb) = clock.window;
     for r in reps {
         o.preemptions += r.preemptions;
@@ -517,6 +526,6 @@ fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock) {
     if wb > wa && !in_window.is_empty() {
         o.little_l = clock.area / (wb - wa);
         o.little_lambda = in_window.len() as f64 / (wb - wa);
-        o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64;
+        o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64 - admit;
     }
 }

@@ -24,6 +24,7 @@ fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
         c_comm: 0.0,
         c_kv: 0.0,
         c_pair: 0.0,
+        admission: 0.0,
         kv_bytes_per_token: 1.0,
         kv_bytes_per_token_model: 1.0,
         kv_capacity_tokens: kv_tokens,
@@ -778,4 +779,43 @@ fn replayed_lengths_follow_the_rows_and_leave_arrivals_alone() {
     assert_eq!(arrivals, fixed_arrivals);
     assert!(arrivals.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(s.input.mean(), (13.0 + 329.0 + 933.0) / 3.0);
+}
+
+/// An engine's `request_overhead` (`IterModel::admission`) delays each
+/// request's admission by exactly that long: on requests spaced far
+/// apart (each finds the deployment idle) every TTFT and end-to-end
+/// latency grows by `d` and nothing else moves, and Little's law, counted
+/// from admission, still holds on a loaded run.
+#[test]
+fn request_overhead_delays_admission_by_exactly_its_time() {
+    let d = 0.0085;
+    let spaced: Vec<Request> = (0..6)
+        .map(|i| Request {
+            arrival: 10.0 * i as f64,
+            prompt: 100 + 37 * i,
+            generate: 5 + i,
+        })
+        .collect();
+    let m = small();
+    let run = |m: IterModel, reqs: &[Request]| simulate(&colocated(m, 1, 512, 32), reqs, 1000);
+    let base = run(m, &spaced);
+    let late = run(IterModel { admission: d, ..m }, &spaced);
+    for i in 0..spaced.len() {
+        assert!((late.ttft[i] - base.ttft[i] - d).abs() < 1e-12, "ttft {i}");
+        assert!((late.e2e[i] - base.e2e[i] - d).abs() < 1e-12, "e2e {i}");
+    }
+    assert_eq!(late.completed, base.completed);
+    assert_eq!(late.iterations, base.iterations);
+    // Loaded: Little's law from admission.
+    let s = serve(60.0, 4_000, 5);
+    let reqs = requests(&s, None);
+    let o = run(IterModel { admission: d, ..m }, &reqs);
+    assert_eq!(o.completed, 4_000);
+    let lw = o.little_lambda * o.little_w;
+    assert!(
+        (o.little_l - lw).abs() <= 0.02 * lw,
+        "L {} vs lambda W {}",
+        o.little_l,
+        lw
+    );
 }

@@ -68,6 +68,10 @@ pub struct IterModel {
     pub c_kv: f64,
     /// Prefill attention per query-key pair.
     pub c_pair: f64,
+    /// Seconds from a request's arrival until the scheduler can take it
+    /// (the engine's `request_overhead`): the request waits it out before
+    /// it is queued, and its TTFT and end-to-end latency count it.
+    pub admission: f64,
     /// KV-cache bytes per token per device (`memory::kv_per_token`).
     pub kv_bytes_per_token: f64,
     /// KV-cache bytes per token of the whole model (what a transfer moves).
@@ -117,6 +121,7 @@ pub struct EngineTerms {
     pub iteration_overhead: f64,
     pub seq_overhead: f64,
     pub kv_efficiency: f64,
+    pub request_overhead: f64,
 }
 
 impl EngineTerms {
@@ -125,6 +130,7 @@ impl EngineTerms {
         iteration_overhead: 0.0,
         seq_overhead: 0.0,
         kv_efficiency: 1.0,
+        request_overhead: 0.0,
     };
 
     /// The terms of a declared engine (`None`: the ideal one).
@@ -133,15 +139,17 @@ impl EngineTerms {
             iteration_overhead: e.iteration_overhead,
             seq_overhead: e.seq_overhead,
             kv_efficiency: e.kv_efficiency,
+            request_overhead: e.request_overhead,
         })
     }
 }
 
 impl IterModel {
     /// This model run by engine `e`: `t_fixed + iteration_overhead`,
-    /// `c_seq + seq_overhead`, `c_kv / kv_efficiency`; the two host terms
-    /// are also the model's host part (`host_fixed`, `host_seq`). The ideal engine
-    /// returns the model unchanged, bit for bit.
+    /// `c_seq + seq_overhead`, `c_kv / kv_efficiency`, `admission +
+    /// request_overhead`; the two host terms are also the model's host
+    /// part (`host_fixed`, `host_seq`). The ideal engine returns the model
+    /// unchanged, bit for bit.
     pub fn with_engine(mut self, e: EngineTerms) -> IterModel {
         if e == EngineTerms::IDEAL {
             return self;
@@ -151,6 +159,7 @@ impl IterModel {
         self.host_fixed += e.iteration_overhead;
         self.host_seq += e.seq_overhead;
         self.c_kv /= e.kv_efficiency;
+        self.admission += e.request_overhead;
         self
     }
 }
@@ -306,6 +315,7 @@ pub fn build(
         c_comm,
         c_kv,
         c_pair,
+        admission: 0.0,
         kv_bytes_per_token: kv_dev,
         kv_bytes_per_token_model: kv_model,
         kv_capacity_tokens,
@@ -406,6 +416,7 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
         c_comm: 0.0,
         c_kv: 0.0,
         c_pair: 0.0,
+        admission: 0.0,
         kv_bytes_per_token: 0.0,
         kv_bytes_per_token_model: 0.0,
         kv_capacity_tokens: capacity,

@@ -53,6 +53,16 @@ pub const ENGINE_TERMS: &[(&str, Dim, f64, f64, f64, &str)] = &[
         1.0,
         "kv_efficiency = 0.5",
     ),
+    // Time from a request's arrival to the scheduler (the API server:
+    // HTTP, tokenisation, the hand-off to the engine core).
+    (
+        "request_overhead",
+        Dim::TIME,
+        0.0,
+        1.0,
+        0.0,
+        "request_overhead = 5 ms",
+    ),
 ];
 
 /// What `gantry calibrate --fit` records next to the terms it fitted: the
@@ -68,6 +78,7 @@ pub const ENGINE_KEYS: &[&str] = &[
     "iteration_overhead",
     "seq_overhead",
     "kv_efficiency",
+    "request_overhead",
     "fit_rows",
     "loo_median",
     "loo_max",
@@ -186,6 +197,7 @@ impl Checker {
                 match name {
                     "iteration_overhead" => e.iteration_overhead = x,
                     "seq_overhead" => e.seq_overhead = x,
+                    "request_overhead" => e.request_overhead = x,
                     _ => e.kv_efficiency = x,
                 }
                 e.declared.push(name.to_string());
