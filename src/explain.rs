@@ -334,13 +334,14 @@ Fix: name an engine declared with `engine NAME { ... }` and import its file \
 §5.10)."
         }
         "L096" => {
-            "A `serve` workload's `prompt = trace(\"file.csv\")` or `generate = \
-trace(\"file.csv\")` (a recorded run's lengths, replayed in request order) names a lengths file that cannot be read (not found relative to the \
-file that names it, not UTF-8, too large) or has a malformed row: each row is \
-`prompt_tokens,generate_tokens` (or an arrivals trace's `arrival_s,prompt_tokens,\
-generate_tokens`), whole numbers from 1 to 16777216; a first line that is not numbers is a \
-header; `#` lines are comments. The message names the line; the label points at the file \
-name.\n\
+            "A `serve` workload names a request file with `trace(\"file.csv\")` that cannot be \
+read (not found relative to the file that names it, not UTF-8, more than 64 MiB) or has a \
+malformed row. As `arrivals` each row is `arrival_s,prompt_tokens,generate_tokens`, times \
+finite, non-negative and not decreasing; as `prompt` or `generate` (a recorded run's \
+lengths, replayed in request order) each row is `prompt_tokens,generate_tokens`, or an \
+arrivals trace's three fields with the time ignored. Token counts are whole numbers from 1 \
+to 16777216; a first line that is not numbers is a header; `#` lines are comments. The \
+message names the line; the label points at the file name.\n\
 Fix: give the path relative to the `.gantry` file, or correct the row (docs/LANGUAGE.md \
 §5.7)."
         }
