@@ -161,6 +161,38 @@ mod tests {
         assert_eq!((t[1].arrival, t[1].prompt, t[1].generate), (0.5, 20, 1));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x7ace),
+            ..proptest::test_runner::Config::default()
+        })]
+        /// Untrusted files: any text (digits, separators, signs, exponents,
+        /// NaN and junk in any order) parses or is an error naming a line
+        /// of the text (0 for the file as a whole), never a panic; what
+        /// parses holds counts in range and times that do not decrease.
+        #[test]
+        fn any_text_parses_or_names_a_line(
+            text in "([0-9]{0,9}|[-+.eE,#\n ]|NaN|inf|x){0,40}"
+        ) {
+            let lines = text.lines().count();
+            match parse_trace(&text) {
+                Ok(rows) => {
+                    proptest::prop_assert!(rows.windows(2).all(|w| w[0].arrival <= w[1].arrival));
+                    proptest::prop_assert!(rows.iter().all(|r| r.arrival.is_finite()
+                        && r.arrival >= 0.0
+                        && r.prompt >= 1
+                        && r.generate >= 1));
+                }
+                Err(e) => proptest::prop_assert!(e.line <= lines),
+            }
+            match parse_lengths(&text) {
+                Ok(rows) => proptest::prop_assert!(rows.iter().all(|&(p, g)| p >= 1 && g >= 1)),
+                Err(e) => proptest::prop_assert!(e.line <= lines),
+            }
+        }
+    }
+
     #[test]
     fn bad_rows_name_their_line() {
         assert_eq!(parse_lengths("10,5\n10,0\n").unwrap_err().line, 2);
