@@ -148,10 +148,9 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
     }
 }
 
-/// The string arguments of `trace(...)` calls in `e`: the data files a
-/// `serve` workload's lengths may name (an arrivals trace is read too,
-/// harmlessly: the command line reads it again for the arrivals).
-fn replay_paths(e: &Expr, out: &mut Vec<String>) {
+/// The string arguments of `trace(...)` calls in `e`: the request files a
+/// `serve` workload's arrivals or lengths may name (`crate::trace`).
+fn trace_paths(e: &Expr, out: &mut Vec<String>) {
     match &e.kind {
         ExprKind::Call(callee, args) => {
             if let ExprKind::Name(n) = &callee.kind
@@ -161,25 +160,25 @@ fn replay_paths(e: &Expr, out: &mut Vec<String>) {
             {
                 out.push(path.clone());
             }
-            replay_paths(callee, out);
+            trace_paths(callee, out);
             for a in args {
-                replay_paths(&a.value, out);
+                trace_paths(&a.value, out);
             }
         }
-        ExprKind::Neg(a) | ExprKind::Member(a, _) => replay_paths(a, out),
+        ExprKind::Neg(a) | ExprKind::Member(a, _) => trace_paths(a, out),
         ExprKind::Binary(_, a, b) | ExprKind::At(a, b) => {
-            replay_paths(a, out);
-            replay_paths(b, out);
+            trace_paths(a, out);
+            trace_paths(b, out);
         }
         ExprKind::Range(a, b, c) => {
-            replay_paths(a, out);
-            replay_paths(b, out);
+            trace_paths(a, out);
+            trace_paths(b, out);
             if let Some(c) = c {
-                replay_paths(c, out);
+                trace_paths(c, out);
             }
         }
-        ExprKind::List(v) | ExprKind::Set(v) => v.iter().for_each(|x| replay_paths(x, out)),
-        ExprKind::Record(fields) => fields.iter().for_each(|f| replay_paths(&f.value, out)),
+        ExprKind::List(v) | ExprKind::Set(v) => v.iter().for_each(|x| trace_paths(x, out)),
+        ExprKind::Record(fields) => fields.iter().for_each(|f| trace_paths(&f.value, out)),
         ExprKind::Number(..)
         | ExprKind::Quantity(..)
         | ExprKind::Str(_)
@@ -301,10 +300,10 @@ impl Checker {
         let mut named = Vec::new();
         for d in &file.decls {
             match d {
-                Decl::Let { value, .. } => replay_paths(value, &mut named),
+                Decl::Let { value, .. } => trace_paths(value, &mut named),
                 Decl::Block(b) => {
                     for it in &b.items {
-                        replay_paths(&it.value, &mut named);
+                        trace_paths(&it.value, &mut named);
                     }
                 }
                 _ => {}
