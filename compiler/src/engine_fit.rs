@@ -62,10 +62,10 @@ const TERMS: [(&str, Dim, f64, f64); 4] = [
     ("request_overhead", Dim::TIME, 1e-5, 0.1),
 ];
 
-type Theta = [f64; 4];
+type Theta = [f64; TERMS.len()];
 
 /// Figures by (case, the terms' bits).
-type Memo = HashMap<(usize, [u64; 4]), Vec<f64>>;
+type Memo = HashMap<(usize, [u64; TERMS.len()]), Vec<f64>>;
 
 fn terms(t: &Theta) -> EngineTerms {
     EngineTerms {
@@ -459,8 +459,8 @@ fn fit_one(
     let mut t = IDEAL;
     let mut j_now = objective_ideal;
     let mut on: Vec<usize> = Vec::new();
-    let mut gains = [0.0f64; 4];
-    let mut edge = [false; 4];
+    let mut gains = [0.0f64; TERMS.len()];
+    let mut edge = [false; TERMS.len()];
     let first_step = (0.1f64.ln() - 1e-6f64.ln()) / (SCAN_POINTS - 1) as f64 / 2.0;
     loop {
         let mut best: Option<(usize, Theta, f64)> = None;
@@ -566,13 +566,7 @@ fn fit_one(
         terms,
         rows: Vec::new(),
         plans: n,
-        // The band's worst covers the fitted rows' own errors too: a
-        // refit without a row can land nearer it than the fit with it,
-        // and `gantry test` holds those rows to this band.
-        loo: (!loo_err.is_empty()).then(|| {
-            let (median, worst) = crate::fit::median_max(&loo_err);
-            (median, worst.max(ins_worst))
-        }),
+        loo: crate::fit::band(&loo_err, ins_worst),
         objective_ideal,
         objective,
         simulations: p.simulations(),

@@ -164,6 +164,18 @@ pub fn median_max(v: &[f64]) -> (f64, f64) {
     (crate::validate::median(v), max)
 }
 
+/// A fitted record's band: the leave-one-out errors' median, and a worst
+/// that also covers the fitted rows' own worst in-sample error
+/// (`in_sample_worst`), since a refit without a row can land nearer it
+/// than the fit with it and `gantry test` holds those rows to the band.
+/// `None` without a left-out error.
+pub fn band(loo_errors: &[f64], in_sample_worst: f64) -> Option<(f64, f64)> {
+    (!loo_errors.is_empty()).then(|| {
+        let (median, worst) = median_max(loo_errors);
+        (median, worst.max(in_sample_worst))
+    })
+}
+
 /// The fit of one (device, phase) group.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
@@ -806,12 +818,7 @@ pub fn fit(refs: &[Reference]) -> Fit {
                 });
             }
         }
-        // The band's worst covers the fitted rows' own errors too (as an
-        // engine's, `engine_fit`): `gantry test` holds those rows to it.
-        let loo = (!loo_errors.is_empty()).then(|| {
-            let (median, worst) = median_max(&loo_errors);
-            (median, worst.max(ins_worst))
-        });
+        let loo = band(&loo_errors, ins_worst);
         groups.push(Group {
             device,
             phase,

@@ -28,17 +28,15 @@ fn at(file: &str, plan: &str, pins: &[(&str, i64)]) -> Evaluation {
 fn decode_holds_its_batch_of_sampled_logits() {
     // A decode step samples one token per sequence: at a large batch the
     // logits outweigh the layer's transient, and grow with the batch.
-    let pins = |b| vec![("tp", 4), ("dp", 1), ("pp", 1), ("batch", b)];
-    let small = at(
-        "examples/llm_decode.gantry",
-        "llama3_70b_decode_h100",
-        &pins(64),
-    );
-    let large = at(
-        "examples/llm_decode.gantry",
-        "llama3_70b_decode_h100",
-        &pins(256),
-    );
+    let batch = |b| {
+        let pins = [("tp", 4), ("dp", 1), ("pp", 1), ("batch", b)];
+        at(
+            "examples/llm_decode.gantry",
+            "llama3_70b_decode_h100",
+            &pins,
+        )
+    };
+    let (small, large) = (batch(64), batch(256));
     let beta = large.ir.act_bytes;
     let per_seq = LLAMA3_VOCAB * (beta + SAMPLING_BYTES_PER_LOGIT);
     for (ev, b) in [(&small, 64.0), (&large, 256.0)] {
@@ -62,17 +60,15 @@ fn prefill_holds_its_widest_transient() {
     // A prefill of b prompts holds, at its widest op, activations that
     // grow with its tokens: twice the batch, twice the buffers, and more
     // than its eight sequences' logits.
-    let pins = |b| vec![("tp", 8), ("dp", 1), ("pp", 1), ("batch", b)];
-    let one = at(
-        "examples/llm_prefill.gantry",
-        "llama3_70b_prefill_ttft",
-        &pins(4),
-    );
-    let two = at(
-        "examples/llm_prefill.gantry",
-        "llama3_70b_prefill_ttft",
-        &pins(8),
-    );
+    let batch = |b| {
+        let pins = [("tp", 8), ("dp", 1), ("pp", 1), ("batch", b)];
+        at(
+            "examples/llm_prefill.gantry",
+            "llama3_70b_prefill_ttft",
+            &pins,
+        )
+    };
+    let (one, two) = (batch(4), batch(8));
     let (w1, w2) = (one.estimate.memory.working, two.estimate.memory.working);
     assert!(w1 > 0.0, "no transient");
     assert!((w2 / w1 - 2.0).abs() < 1e-9, "{w1} -> {w2}");

@@ -85,18 +85,18 @@ impl Checker {
         what: &str,
         parse: fn(&str) -> Result<T, crate::trace::RowError>,
     ) -> Option<T> {
-        let read = self
-            .data
-            .get(&(span.file, path.to_string()))
-            .or_else(|| {
-                self.data
-                    .iter()
-                    .find(|((_, p), _)| p == path)
-                    .map(|(_, r)| r)
-            })
-            .cloned()
-            .unwrap_or_else(|| Err("not found".into()));
-        match read.and_then(|text| parse(&text).map_err(|e| e.to_string())) {
+        // Parsed in place: the text (up to 64 MiB) is not copied.
+        let parsed = match self.data.get(&(span.file, path.to_string())).or_else(|| {
+            self.data
+                .iter()
+                .find(|((_, p), _)| p == path)
+                .map(|(_, r)| r)
+        }) {
+            Some(Ok(text)) => parse(text).map_err(|e| e.to_string()),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("not found".into()),
+        };
+        match parsed {
             Ok(rows) => Some(rows),
             Err(why) => {
                 let form = if what == "`arrivals`" {
