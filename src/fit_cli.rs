@@ -66,26 +66,51 @@ fn band(v: &[f64]) -> String {
 }
 
 /// Per section: (figures, in-sample errors, leave-one-out errors) of rows.
+/// The errors of `rows` by section, in sample and left out, over the
+/// figures the fit fitted (those with a leave-one-out prediction); the
+/// figures of rows left out of the fit (Little's law) are counted apart.
+struct Sections {
+    by: BTreeMap<char, (Vec<f64>, Vec<f64>)>,
+    unfitted: usize,
+}
+
 fn by_section<'a>(
     fit: &Fit,
     refs: &[Reference],
     rows: impl Iterator<Item = &'a usize>,
     in_sample: impl Fn(&fit::FitRow) -> f64,
-) -> BTreeMap<char, (Vec<f64>, Vec<f64>)> {
-    let mut out: BTreeMap<char, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+) -> Sections {
+    let mut out = Sections {
+        by: BTreeMap::new(),
+        unfitted: 0,
+    };
     for &i in rows {
         let r = &fit.rows[i];
-        let e = out.entry(refs[r.reference].section).or_default();
+        let Some(l) = r.loo else {
+            out.unfitted += 1;
+            continue;
+        };
+        let e = out.by.entry(refs[r.reference].section).or_default();
         e.0.push(rel_error(in_sample(r), r.published));
-        if let Some(l) = r.loo {
-            e.1.push(rel_error(l, r.published));
-        }
+        e.1.push(rel_error(l, r.published));
     }
     out
 }
 
-fn section_table(s: &mut String, sections: &BTreeMap<char, (Vec<f64>, Vec<f64>)>, what: &str) {
+/// The line that says how many figures a table leaves out, if any.
+fn unfitted_line(s: &mut String, n: usize) {
     use std::fmt::Write;
+    if n > 0 {
+        let _ = writeln!(
+            s,
+            "  (not counted: {n} figures of rows left out of the fit, whose published figures miss Little's law; listed with their errors above)"
+        );
+    }
+}
+
+fn section_table(s: &mut String, sections: &Sections, what: &str) {
+    use std::fmt::Write;
+    let (sections, unfitted) = (&sections.by, sections.unfitted);
     let _ = writeln!(
         s,
         "  {:<8} {:>7}  {:>22}  {:>26}",
@@ -117,6 +142,7 @@ fn section_table(s: &mut String, sections: &BTreeMap<char, (Vec<f64>, Vec<f64>)>
             band(&all_loo)
         );
     }
+    unfitted_line(s, unfitted);
 }
 
 /// The fit as `gantry calibrate --fit` prints it.
@@ -212,7 +238,20 @@ pub fn fit_text(fit: &Fit, refs: &[Reference], dir: &Path) -> String {
                 gantry_lang::units::Quantity::new(t.current, t.dim).to_string()
             };
             let how = if t.selected {
-                format!("{} rows (lowers the objective by {:.3})", g.plans, t.gain)
+                match t.loo_gain {
+                    Some(l) => format!(
+                        "{} rows (lowers the objective by {:.3}, left out by {:.3})",
+                        g.plans, t.gain, l
+                    ),
+                    None => format!("{} rows (lowers the objective by {:.3})", g.plans, t.gain),
+                }
+            } else if let Some(l) = t.loo_gain {
+                format!(
+                    "not selected: lowers the objective by {:.3} but the left-out rows' by {:.3} (under {}), fitting the rows' noise; left ideal",
+                    t.gain,
+                    l,
+                    gantry_compiler::engine_fit::MIN_GAIN
+                )
             } else if t.at_edge {
                 format!(
                     "not identified by the rows (would lower it by {:.3} only at an end of its search range, a stand-in); left ideal",
@@ -414,13 +453,16 @@ fn serving_band(metric: &str) -> Option<f64> {
 fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     use std::fmt::Write;
     let mut by_metric: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    let mut unfitted = 0;
     for r in &fit.rows {
         if refs[r.reference].plan.workload.serve.is_some() {
+            let Some(l) = r.loo else {
+                unfitted += 1;
+                continue;
+            };
             let e = by_metric.entry(r.metric.as_str()).or_default();
             e.0.push(rel_error(r.current, r.published));
-            if let Some(l) = r.loo {
-                e.1.push(rel_error(l, r.published));
-            }
+            e.1.push(rel_error(l, r.published));
         }
     }
     if by_metric.is_empty() {
@@ -443,7 +485,7 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     for (m, (ins, loo)) in &by_metric {
         let within = serving_band(m).map_or("-".to_string(), |b| {
             let n = |v: &Vec<f64>| v.iter().filter(|e| e.abs() <= b).count();
-            format!("{} / {} of {} / {}", n(ins), n(loo), ins.len(), loo.len())
+            format!("{} / {} of {}", n(ins), n(loo), ins.len())
         });
         let _ = writeln!(
             s,
@@ -456,6 +498,7 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
             within
         );
     }
+    unfitted_line(s, unfitted);
 }
 
 /// `gantry validate --cross DIR`: every figure's prediction with the

@@ -193,6 +193,21 @@ fn the_fit_holds_the_search_exactly() {
     for g in &f.engines {
         assert!(g.objective <= g.objective_ideal, "{}", g.engine);
         assert!(g.loo.is_some(), "{}", g.engine);
+        // A selected term lowered the leave-one-out objective by the
+        // selection's least gain, not only the fitted rows' (a term that
+        // fits the rows' noise is not selected).
+        for t in &g.terms {
+            if t.selected {
+                assert!(
+                    t.loo_gain
+                        .is_some_and(|l| l >= gantry_compiler::engine_fit::MIN_GAIN),
+                    "{} {}: {:?}",
+                    g.engine,
+                    t.name,
+                    t.loo_gain
+                );
+            }
+        }
         for &i in &g.rows {
             let r = &f.rows[i];
             assert!(

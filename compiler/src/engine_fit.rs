@@ -13,12 +13,16 @@
 //! iterations) in the terms, so the fit is a deterministic derivative-free
 //! search on the mean |ln(predicted / published)| over the engine's
 //! figures (robust to the few rows the data file flags): forward selection
-//! from the ideal engine, adding at each step the term whose grid scan and
-//! pattern-search refinement lowers the objective most, while that lowers
-//! it by at least [`MIN_GAIN`] (half a percent of mean |ln error|) and
-//! no selected term ends at an end of its search range; a term that does
-//! not is not identified by the rows and is left at its ideal default
-//! (and not written). Each plan's deployment and
+//! from the ideal engine. At each step every term not yet selected is
+//! scanned on a grid and refined with the selected ones by a pattern
+//! search; the candidates that lower the objective by at least
+//! [`MIN_GAIN`] (half a percent of mean |ln error|) with no selected term
+//! at an end of its search range are tried in order of the objective they
+//! reach, and the first that also lowers the leave-one-out objective
+//! ([`Problem::loo_objective`]) by [`MIN_GAIN`] is selected: a term that
+//! fits the rows better but predicts a left-out row no better is fitting
+//! their noise. A term that is not selected is not identified by the rows
+//! and is left at its ideal default (and not written). Each plan's deployment and
 //! requests are built once with the cost model's probes; an evaluation
 //! applies the terms to the iteration model ([`IterModel::with_engine`],
 //! the formula `timing::build` applies) and re-simulates, and evaluations
@@ -27,7 +31,9 @@
 //!
 //! Leave-one-out leaves out one row (plan) at a time: the selected terms
 //! are refined on the engine's other rows from the full fit and the row is
-//! predicted with them. The term selection is made once, on all rows.
+//! predicted with them. The term selection is made once, on all rows (its
+//! leave-one-out test sees every row, so the reported band is not a
+//! nested cross-validation's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -120,6 +126,10 @@ pub struct Term {
     /// Not selected because its best value lies at an end of its search
     /// range (the rows ask for more than any value identifies).
     pub at_edge: bool,
+    /// The drop of the leave-one-out objective when the term was last
+    /// tried ([`Problem::loo_objective`]); `None` when it never was (its
+    /// in-sample drop was below [`MIN_GAIN`], or it sat at an edge).
+    pub loo_gain: Option<f64>,
 }
 
 impl Term {
@@ -309,6 +319,39 @@ impl Problem {
         (t, best)
     }
 
+    /// The leave-one-out objective of the terms `on` from `t`: each fitted
+    /// case left out in turn, the terms refined on the others from `t`
+    /// (as the reported leave-one-out does), and the mean |ln error| of
+    /// the left-out case's figures over all of them. With fewer than two
+    /// fitted cases nothing can be left out: the in-sample objective.
+    fn loo_objective(&self, t: &Theta, on: &[usize], step: f64) -> f64 {
+        let ks: Vec<usize> = (0..self.cases.len())
+            .filter(|&k| self.cases[k].fitted)
+            .collect();
+        if ks.len() < 2 || on.is_empty() {
+            return self.objective(t, None);
+        }
+        let per: Vec<(f64, usize)> = ks
+            .par_iter()
+            .map(|&k| {
+                let (v, _) = self.refine(t, on, step, Some(k));
+                let f = self.figures(k, &v);
+                let c = &self.cases[k];
+                (
+                    f.iter()
+                        .zip(&c.published)
+                        .map(|(p, q)| residual(*p, *q))
+                        .sum::<f64>(),
+                    f.len(),
+                )
+            })
+            .collect();
+        let (s, n) = per
+            .iter()
+            .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
+        if n == 0 { 0.0 } else { s / n as f64 }
+    }
+
     fn simulations(&self) -> usize {
         self.memo.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -455,15 +498,19 @@ fn fit_one(
     refs: &[Reference],
 ) -> (EngineGroup, Vec<FitRow>) {
     let objective_ideal = p.objective(&IDEAL, None);
-    // Forward selection from the ideal engine.
+    // Forward selection from the ideal engine: candidates in order of the
+    // in-sample objective they reach; the first whose leave-one-out
+    // objective is lower by MIN_GAIN too is taken.
     let mut t = IDEAL;
     let mut j_now = objective_ideal;
+    let mut loo_now = objective_ideal;
     let mut on: Vec<usize> = Vec::new();
     let mut gains = [0.0f64; TERMS.len()];
+    let mut loo_gains: [Option<f64>; TERMS.len()] = [None; TERMS.len()];
     let mut edge = [false; TERMS.len()];
     let first_step = (0.1f64.ln() - 1e-6f64.ln()) / (SCAN_POINTS - 1) as f64 / 2.0;
     loop {
-        let mut best: Option<(usize, Theta, f64)> = None;
+        let mut cands: Vec<(usize, Theta, f64)> = Vec::new();
         for (j, gain) in gains.iter_mut().enumerate() {
             if on.contains(&j) {
                 continue;
@@ -476,25 +523,31 @@ fn fit_one(
             // A term that lands on an end of its range says only "more"
             // (or "less"): the rows do not identify it, and a value the
             // range's end sets would stand in for what the model lacks.
-            if at_edge(&v, &with) {
-                edge[j] = true;
-                continue;
-            }
-            edge[j] = false;
-            if best.as_ref().is_none_or(|b| c < b.2) {
-                best = Some((j, v, c));
+            edge[j] = at_edge(&v, &with);
+            if !edge[j] && j_now - c >= MIN_GAIN {
+                cands.push((j, v, c));
             }
         }
-        let Some((j, v, c)) = best else {
-            break;
-        };
-        let gain = j_now - c;
-        if gain >= MIN_GAIN {
-            on.push(j);
-            on.sort_unstable();
-            t = v;
-            j_now = c;
-        } else {
+        cands.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
+        let mut taken = false;
+        for (j, v, c) in cands {
+            // A term that fits the rows better but predicts a left-out
+            // row no better is fitting the rows' noise.
+            let mut with = on.clone();
+            with.push(j);
+            with.sort_unstable();
+            let l = p.loo_objective(&v, &with, first_step / 2.0);
+            loo_gains[j] = Some(loo_now - l);
+            if loo_now - l >= MIN_GAIN {
+                on = with;
+                t = v;
+                j_now = c;
+                loo_now = l;
+                taken = true;
+                break;
+            }
+        }
+        if !taken {
             break;
         }
     }
@@ -558,6 +611,7 @@ fn fit_one(
             selected: on.contains(&j),
             gain: gains[j].max(0.0),
             at_edge: edge[j] && !on.contains(&j),
+            loo_gain: loo_gains[j],
         })
         .collect();
     let group = EngineGroup {
