@@ -318,7 +318,7 @@ writes them), or write the factors here (docs/LANGUAGE.md §5.2, \"Borrowed fact
         "L094" => {
             "An `engine NAME { ... }` declaration has a term the serving iteration model does \
 not read (the help names the closest one), or a value outside its range: \
-`iteration_overhead`, `seq_overhead` and `request_overhead` are times from 0 to 1 s, `kv_efficiency` a \
+`iteration_overhead`, `seq_overhead`, `request_overhead` and `frontend_time` are times from 0 to 1 s, `kv_efficiency` a \
 fraction in (0, 1] (the engine's decode attention relative to the device's `infer` \
 factors), `fit_rows` a whole number and `loo_median` / `loo_max` fractions from 0 to 100 \
 (what `gantry calibrate --fit` records). A unit that is not the term's is `L041`. The \
@@ -344,6 +344,19 @@ to 16777216; a first line that is not numbers is a header; `#` lines are comment
 message names the line; the label points at the file name.\n\
 Fix: give the path relative to the `.gantry` file, or correct the row (docs/LANGUAGE.md \
 §5.7)."
+        }
+        "L097" => {
+            "A `serve` workload's `after = NAME` does not name an LLM serving workload: no \
+workload has that name, or NAME is a training, prefill or decode workload, or a serving \
+workload with a batching window (which keeps no prompts). Or the chain of earlier runs \
+(NAME's own `after`, and so on) is longer than 16. `after` says this server ran NAME \
+before this workload, on the same requests (request i of each is the same prompt, as \
+when a benchmark re-runs one dataset with one seed): the simulator replays NAME's \
+requests first on this workload's deployment, unmeasured, and each replica keeps the \
+prompts it served in its free KV blocks. A chain that names itself is L037. The label \
+points at the name.\n\
+Fix: name the `serve` workload that ran before this one on the same server, or leave \
+`after` out for a cold server (docs/LANGUAGE.md §5.7)."
         }
         "L081" => {
             "A plan searches or pins `token_budget` or `chunked_prefill`, the serving \

@@ -53,6 +53,9 @@ use crate::serve::timing::EngineTerms;
 pub const MIN_GAIN: f64 = 0.005;
 /// The refinement stops below this multiplicative step (ln 1.01).
 const MIN_STEP: f64 = 0.01;
+/// The re-fit of the selected terms at each point of a scan stops below
+/// this step (about 10%).
+const COARSE_STEP: f64 = 0.1;
 /// A residual for a prediction that is not a positive finite number.
 const BAD_RESIDUAL: f64 = 30.0;
 /// Points of each term's scan besides its default.
@@ -61,11 +64,12 @@ const SCAN_POINTS: usize = 13;
 /// The terms, in the order the language lists them, with the log-space
 /// range the search explores (`lo`, `hi`) and whether 0 is the default
 /// (host times) or 1 (an efficiency).
-const TERMS: [(&str, Dim, f64, f64); 4] = [
+const TERMS: [(&str, Dim, f64, f64); 5] = [
     ("iteration_overhead", Dim::TIME, 1e-6, 0.1),
     ("seq_overhead", Dim::TIME, 1e-7, 0.01),
     ("kv_efficiency", Dim::NONE, 0.01, 1.0),
     ("request_overhead", Dim::TIME, 1e-5, 0.1),
+    ("frontend_time", Dim::TIME, 1e-5, 0.1),
 ];
 
 type Theta = [f64; TERMS.len()];
@@ -79,10 +83,11 @@ fn terms(t: &Theta) -> EngineTerms {
         seq_overhead: t[1],
         kv_efficiency: t[2],
         request_overhead: t[3],
+        frontend_time: t[4],
     }
 }
 
-const IDEAL: Theta = [0.0, 0.0, 1.0, 0.0];
+const IDEAL: Theta = [0.0, 0.0, 1.0, 0.0, 0.0];
 
 /// Whether any of the terms `on` sits at an end of its range in `t` (an
 /// efficiency left at its default 1, the top of its range, does not).
@@ -265,10 +270,13 @@ impl Problem {
     }
 
     /// The best value of term `j` on its grid (and its default), the
-    /// others held; the first of equals.
-    fn scan(&self, t: &Theta, j: usize, skip: Option<usize>) -> (Theta, f64) {
+    /// selected terms `on` re-fitted at each value by a coarse pattern
+    /// search from `t` (a term that only helps when the others move with
+    /// it, as a per-sequence time that a smaller fixed time makes room
+    /// for, is found); the first of equals.
+    fn scan(&self, t: &Theta, j: usize, on: &[usize], step: f64) -> (Theta, f64) {
         let (_, _, lo, hi) = TERMS[j];
-        let mut best = (*t, self.objective(t, skip));
+        let mut best = (*t, self.objective(t, None));
         let mut cands = vec![IDEAL[j]];
         for i in 0..SCAN_POINTS {
             let f = i as f64 / (SCAN_POINTS - 1) as f64;
@@ -277,7 +285,7 @@ impl Problem {
         for x in cands {
             let mut v = *t;
             v[j] = x;
-            let c = self.objective(&v, skip);
+            let (v, c) = self.refine_to(&v, on, step, COARSE_STEP, None);
             if c < best.1 {
                 best = (v, c);
             }
@@ -289,10 +297,22 @@ impl Problem {
     /// term is multiplied and divided by `e^step` in turn and a move kept
     /// when it lowers the objective; the step halves when no move does.
     fn refine(&self, t: &Theta, on: &[usize], step: f64, skip: Option<usize>) -> (Theta, f64) {
+        self.refine_to(t, on, step, MIN_STEP, skip)
+    }
+
+    /// [`Problem::refine`], stopping below the step `min_step`.
+    fn refine_to(
+        &self,
+        t: &Theta,
+        on: &[usize],
+        step: f64,
+        min_step: f64,
+        skip: Option<usize>,
+    ) -> (Theta, f64) {
         let mut t = *t;
         let mut best = self.objective(&t, skip);
         let mut step = step;
-        while step >= MIN_STEP && !on.is_empty() {
+        while step >= min_step && !on.is_empty() {
             let mut moved = false;
             for &j in on {
                 let (_, _, lo, hi) = TERMS[j];
@@ -515,7 +535,7 @@ fn fit_one(
             if on.contains(&j) {
                 continue;
             }
-            let (s, _) = p.scan(&t, j, None);
+            let (s, _) = p.scan(&t, j, &on, first_step);
             let mut with = on.clone();
             with.push(j);
             let (v, c) = p.refine(&s, &with, first_step, None);
@@ -576,6 +596,7 @@ fn fit_one(
         current.seq_overhead,
         current.kv_efficiency,
         current.request_overhead,
+        current.frontend_time,
     ];
     let mut rows = Vec::new();
     let mut loo_err = Vec::new();
@@ -691,14 +712,15 @@ mod tests {
     /// any selected term, and not for an efficiency left at its default.
     #[test]
     fn a_term_at_an_end_of_its_range_is_not_identified() {
-        assert!(at_edge(&[0.1, 0.0, 1.0, 0.0], &[0]));
-        assert!(!at_edge(&[0.01, 0.0, 1.0, 0.0], &[0]));
-        assert!(at_edge(&[1e-6, 0.0, 1.0, 0.0], &[0]));
-        assert!(at_edge(&[0.0, 0.0, 1.0, 0.1], &[3]));
-        assert!(!at_edge(&[0.0, 0.0, 1.0, 0.0085], &[0, 3]));
-        assert!(at_edge(&[0.005, 0.0, 1.0, 0.1], &[0, 3]));
+        assert!(at_edge(&[0.1, 0.0, 1.0, 0.0, 0.0], &[0]));
+        assert!(!at_edge(&[0.01, 0.0, 1.0, 0.0, 0.0], &[0]));
+        assert!(at_edge(&[1e-6, 0.0, 1.0, 0.0, 0.0], &[0]));
+        assert!(at_edge(&[0.0, 0.0, 1.0, 0.1, 0.0], &[3]));
+        assert!(!at_edge(&[0.0, 0.0, 1.0, 0.0085, 0.0], &[0, 3]));
+        assert!(at_edge(&[0.005, 0.0, 1.0, 0.1, 0.0], &[0, 3]));
         assert!(!at_edge(&IDEAL, &[2]));
-        assert!(at_edge(&[0.0, 0.0, 0.01, 0.0], &[2]));
+        assert!(at_edge(&[0.0, 0.0, 0.01, 0.0, 0.0], &[2]));
+        assert!(at_edge(&[0.0, 0.0, 1.0, 0.0, 0.1], &[4]));
     }
 
     use super::*;

@@ -459,6 +459,7 @@ fn section_a2_a3_pipeline_rows() {
             let mut e = d;
             let t = timing::EngineTerms {
                 request_overhead: 0.0,
+                frontend_time: 0.0,
                 iteration_overhead: io - m.host_fixed,
                 seq_overhead: so - m.host_seq,
                 kv_efficiency: 1.0,

@@ -99,6 +99,7 @@ codes! {
     L094 => "unknown engine term, or an engine term out of range",
     L095 => "`engine` names no declared engine",
     L096 => "a `trace(\"file.csv\")` request file cannot be read or parsed",
+    L097 => "`after` names no LLM serving workload, or its chain is too long",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",

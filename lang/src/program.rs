@@ -779,6 +779,14 @@ pub struct Serve {
     /// model (docs/COST-MODEL.md §4a). `None`: an ideal engine (no host
     /// time, the device's kernels).
     pub engine: Option<Engine>,
+    /// The serving runs this server made before this one, oldest first
+    /// (`after = NAME`: NAME's own chain, then NAME; each with an empty
+    /// `after`). Their requests are simulated first on this workload's
+    /// deployment, unmeasured; with them each replica keeps a prefix cache
+    /// of the prompts it served, request `i` of every run being the same
+    /// prompt (a benchmark re-run on one server: same dataset, same seed).
+    /// Empty: a cold server, and no cache by prompt.
+    pub after: Vec<Serve>,
     pub span: Span,
 }
 
@@ -803,6 +811,10 @@ pub struct Engine {
     /// API server's HTTP handling, tokenisation and hand-off), paid once
     /// per request before it can be scheduled.
     pub request_overhead: f64,
+    /// Seconds the front end (the API server's one process) is busy with
+    /// each request; requests take turns, so a burst queues there before
+    /// `request_overhead`.
+    pub frontend_time: f64,
     /// The terms the engine declares (the others are the ideal defaults):
     /// what the fit fits.
     pub declared: Vec<String>,
@@ -822,6 +834,7 @@ impl Engine {
             seq_overhead: 0.0,
             kv_efficiency: 1.0,
             request_overhead: 0.0,
+            frontend_time: 0.0,
             declared: Vec::new(),
             fit_rows: None,
             loo: None,
@@ -1420,13 +1433,18 @@ fn serve_summary(sv: &Serve) -> String {
 fn write_engine(s: &mut String, e: &Engine) {
     let _ = writeln!(
         s,
-        "engine {}: iteration_overhead {} seq_overhead {} kv_efficiency {}{}{}",
+        "engine {}: iteration_overhead {} seq_overhead {} kv_efficiency {}{}{}{}",
         e.name,
         q(e.iteration_overhead, Dim::TIME),
         q(e.seq_overhead, Dim::TIME),
         format_number(e.kv_efficiency),
         if e.request_overhead > 0.0 {
             format!(" request_overhead {}", q(e.request_overhead, Dim::TIME))
+        } else {
+            String::new()
+        },
+        if e.frontend_time > 0.0 {
+            format!(" frontend_time {}", q(e.frontend_time, Dim::TIME))
         } else {
             String::new()
         },

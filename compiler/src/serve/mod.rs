@@ -8,7 +8,8 @@
 //! - `timing`: one engine iteration's time, derived from the cost model
 //!   (docs/COST-MODEL.md §4a), the only place hardware reaches the
 //!   simulator;
-//! - `kv`: paged KV-cache blocks;
+//! - `kv`: paged KV-cache blocks, and the prefix cache by prompt that a
+//!   run `after` earlier ones starts with;
 //! - `scheduler`: one replica's continuous batching (chunked prefill,
 //!   admission, preemption with recomputation, prefix hits);
 //! - `sim`: the event loop over replicas, pools and KV transfers;
@@ -58,10 +59,23 @@ pub fn outcome(
 ) -> Outcome {
     // A burst (every request at 0) is a closed loop of as many clients as
     // requests: all are released at once and none follows.
-    match serve.arrivals.clients(reqs.len() as u64) {
-        Some(clients) => simulate_closed(d, reqs, clients),
-        None => simulate(d, reqs, max_backlog),
+    if serve.after.is_empty() {
+        return match serve.arrivals.clients(reqs.len() as u64) {
+            Some(clients) => simulate_closed(d, reqs, clients),
+            None => simulate(d, reqs, max_backlog),
+        };
     }
+    // The runs before this one, on this deployment: their requests as
+    // their own settings send them, served to the end and not measured;
+    // what they leave is each replica's prefix cache.
+    let mut caches = sim::fresh_caches(d);
+    for before in &serve.after {
+        let r = requests(before, None);
+        let closed = before.arrivals.clients(r.len() as u64);
+        sim::simulate_cached(d, &r, u64::MAX, closed, &mut caches);
+    }
+    let closed = serve.arrivals.clients(reqs.len() as u64);
+    sim::simulate_cached(d, reqs, max_backlog, closed, &mut caches)
 }
 
 #[cfg(test)]

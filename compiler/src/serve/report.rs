@@ -110,6 +110,9 @@ pub struct Summary {
     pub goodput_per_dollar: Option<f64>,
     pub kv_capacity_tokens: f64,
     pub little: (f64, f64, f64),
+    /// With prefix caches by prompt (`after`): the share of the fresh
+    /// prompts' tokens found cached. `None` without them.
+    pub prefix_cached: Option<f64>,
 }
 
 impl Summary {
@@ -302,6 +305,8 @@ pub fn summarize(
         goodput_per_dollar: price_per_s.filter(|p| *p > 0.0).map(|p| goodput / p),
         kv_capacity_tokens: d.decode_model.kv_capacity_tokens,
         little: (o.little_l, o.little_lambda, o.little_w),
+        prefix_cached: (!serve.after.is_empty() && o.prefix_looked_up > 0)
+            .then(|| o.prefix_found as f64 / o.prefix_looked_up as f64),
     }
 }
 
@@ -587,6 +592,16 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
             s.preemptions
         ),
     ));
+    if let Some(c) = s.prefix_cached {
+        rows.push((
+            "Prefix cache",
+            "prefix cache",
+            format!(
+                "{:.1}% of the prompt tokens found cached (the prompts the earlier runs named by `after` left in each replica's cache)",
+                100.0 * c
+            ),
+        ));
+    }
     if s.transfer_bytes > 0.0 {
         rows.push((
             "KV transfer",
@@ -656,6 +671,7 @@ pub fn json(s: &Summary) -> Value {
         "mean_batch_tokens": s.mean_batch_tokens,
         "preemptions": s.preemptions,
         "kv_transfer_bytes": s.transfer_bytes,
+        "prefix_cached_share": s.prefix_cached,
         "binding": binding(s),
     })
 }
@@ -680,6 +696,7 @@ pub fn plan_head(p: &gantry_lang::program::Plan) -> Value {
             "seq_overhead_s": e.seq_overhead,
             "kv_efficiency": e.kv_efficiency,
             "request_overhead_s": e.request_overhead,
+            "frontend_time_s": e.frontend_time,
             "fit_rows": e.fit_rows,
             "loo_median": e.loo.map(|l| l.0),
             "loo_max": e.loo.map(|l| l.1),
@@ -701,12 +718,13 @@ pub fn engine_text(p: &gantry_lang::program::Plan) -> String {
         return "ideal (none declared: no host time, the device's kernels)".to_string();
     };
     format!(
-        "{}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's, {:.3} ms per request before scheduling{}",
+        "{}: iteration {:.3} ms, {:.1} us per sequence, decode attention time x{} the device's, {:.3} ms per request before scheduling after {:.3} ms of the front end's one process{}",
         e.name,
         e.iteration_overhead * 1e3,
         e.seq_overhead * 1e6,
         gantry_lang::units::format_number(1.0 / e.kv_efficiency),
         e.request_overhead * 1e3,
+        e.frontend_time * 1e3,
         match (e.fit_rows, e.loo) {
             (Some(n), Some((m, x))) => format!(
                 " (fitted on {n} serving rows; leave-one-out |error| median {:.1}%, worst {:.1}%)",

@@ -30,7 +30,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use super::kv::Blocks;
+use super::kv::{Blocks, PrefixCache};
 use super::timing::{IterModel, chunk_pairs};
 
 /// What a replica runs.
@@ -158,6 +158,9 @@ pub struct Replica {
     /// Start and end of the last iteration (async scheduling's cutoff).
     last_start: f64,
     last_end: f64,
+    /// The prompts its freed blocks hold, by request index (a server
+    /// re-run on the same requests, `after`); `None`: no cache by prompt.
+    pub cache: Option<PrefixCache>,
 }
 
 /// What an iteration finished.
@@ -202,6 +205,16 @@ impl Replica {
             decoded: false,
             last_start: f64::NEG_INFINITY,
             last_end: f64::NEG_INFINITY,
+            cache: None,
+        }
+    }
+
+    /// Request `s` left this replica: its prompt's whole blocks stay in
+    /// the prefix cache, if it keeps one.
+    fn cache_put(&mut self, s: &Seq) {
+        let (block, free) = (self.blocks.block, self.blocks.free);
+        if let Some(c) = self.cache.as_mut() {
+            c.put(s.req, s.prompt, block, free);
         }
     }
 
@@ -354,12 +367,18 @@ impl Replica {
             if s.ready > cutoff {
                 break;
             }
-            if s.kv == 0 && s.generated == 0 && s.target == s.prompt {
+            let fresh = s.kv == 0 && s.generated == 0 && s.target == s.prompt;
+            if fresh {
                 // A fresh prompt: its cached prefix needs no compute. The
                 // cast truncates and saturates: for a non-negative product
                 // that is its floor, and a negative one (floor at most -1)
                 // gives 0 either way, so no libm `floor` call is needed.
-                let hit = (self.limits.prefix_hit * s.prompt as f64) as u32;
+                // A prompt this replica served before finds its whole
+                // blocks, if they were not evicted.
+                let mut hit = (self.limits.prefix_hit * s.prompt as f64) as u32;
+                if let Some(c) = &self.cache {
+                    hit = hit.max(c.peek(s.req));
+                }
                 s.kv = hit.min(s.prompt.saturating_sub(1));
             }
             // Blocks for the prompt and the first token (a window's
@@ -368,6 +387,13 @@ impl Replica {
             let need = self.blocks.for_tokens(s.target as u64 + first);
             if !self.blocks.take(need) {
                 break;
+            }
+            if fresh {
+                let (block, free) = (self.blocks.block, self.blocks.free);
+                if let Some(c) = self.cache.as_mut() {
+                    c.admit(s.req, s.prompt, s.kv, block);
+                    c.fit(block, free);
+                }
             }
             self.waiting.pop_front();
             self.queued = self.queued.saturating_sub(s.target as u64);
@@ -541,6 +567,7 @@ impl Replica {
                 let s = self.stop_decoding(slot);
                 out.push(Done::Complete(s.req));
                 self.blocks.give(s.blocks as u64);
+                self.cache_put(&s);
                 self.release(slot);
             }
         }
@@ -563,9 +590,11 @@ impl Replica {
             if s.generated >= s.goal {
                 out.push(Done::Complete(s.req));
                 self.blocks.give(s.blocks as u64);
+                self.cache_put(&s);
                 self.release(slot);
             } else if self.role == Role::Prefill {
                 self.blocks.give(s.blocks as u64);
+                self.cache_put(&s);
                 let mut h = s;
                 h.blocks = 0;
                 out.push(Done::Handoff(h));

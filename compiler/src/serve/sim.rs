@@ -17,6 +17,13 @@
 //! at that moment, so the arrivals stay sorted. Latencies are recorded per request; the report's figures
 //! are computed from them afterwards (`report.rs`).
 //!
+//! A request first passes its front end (the API server; one per
+//! pipeline of entry replicas), which takes requests one at a time for
+//! the engine's `frontend_time` each, then reaches the scheduler the
+//! engine's `request_overhead` later: a burst queues at the front end.
+//! A run can start with the prefix caches earlier runs of the same
+//! requests left in its replicas ([`simulate_cached`], `after`).
+//!
 //! A pipeline's virtual engines share one host process (vLLM's V0 runs
 //! them in one asyncio loop; V1, by our reading, from one engine core).
 //! An iteration is then two parts in
@@ -38,6 +45,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::kv::PrefixCache;
 use super::sample::Request;
 use super::scheduler::{Done, Limits, Replica, Role, Seq};
 use super::timing::IterModel;
@@ -116,6 +124,10 @@ pub struct Outcome {
     /// Each request's arrival time as simulated (a closed loop's are
     /// only known once it ran).
     pub arrivals: Vec<f64>,
+    /// With prefix caches by prompt (`after`): prompt tokens of fresh
+    /// prompts admitted by this run, and of them those found cached.
+    pub prefix_looked_up: u64,
+    pub prefix_found: u64,
 }
 
 /// A transfer in flight, ordered by end time (then issue order).
@@ -275,7 +287,7 @@ fn begin(r: &mut Replica, now: f64) -> Option<f64> {
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
 /// outcome `aborted`, when more than `max_backlog` requests wait.
 pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
-    run(d, reqs, max_backlog, None)
+    run(d, reqs, max_backlog, None, &mut Vec::new())
 }
 
 /// Simulates `reqs` (lengths only: arrival times are ignored) sent by
@@ -283,13 +295,75 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
 /// its previous one completes. No Little's-law window (the number in the
 /// system is `clients` by construction).
 pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcome {
-    run(d, reqs, u64::MAX, Some(clients.max(1)))
+    run(d, reqs, u64::MAX, Some(clients.max(1)), &mut Vec::new())
 }
 
-fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) -> Outcome {
+/// Empty prefix caches by prompt, one per replica of `d` that prefills
+/// (a decode pool's replicas receive their prompts' KV, and keep none).
+pub fn fresh_caches(d: &Deployment) -> Vec<PrefixCache> {
+    vec![PrefixCache::default(); replicas(d).len()]
+}
+
+/// [`simulate`] (`closed`: `None`) or [`simulate_closed`] on a server
+/// whose replicas hold the prefix caches `caches` (as [`fresh_caches`]
+/// makes them), which the run updates: a run after earlier ones on the
+/// same requests. Everything else starts idle and empty, as a benchmark
+/// starts its next run once the last one completed.
+pub fn simulate_cached(
+    d: &Deployment,
+    reqs: &[Request],
+    max_backlog: u64,
+    closed: Option<u64>,
+    caches: &mut Vec<PrefixCache>,
+) -> Outcome {
+    run(d, reqs, max_backlog, closed.map(|c| c.max(1)), caches)
+}
+
+fn run(
+    d: &Deployment,
+    reqs: &[Request],
+    max_backlog: u64,
+    closed: Option<u64>,
+    caches: &mut Vec<PrefixCache>,
+) -> Outcome {
     let mut reps = replicas(d);
+    if caches.len() == reps.len() {
+        for (r, mut c) in reps.iter_mut().zip(caches.drain(..)) {
+            if r.role != Role::Decode {
+                // This run's lookups only.
+                c.looked_up = 0;
+                c.found = 0;
+                r.cache = Some(c);
+            }
+        }
+    }
+    let result = run_on(d, reqs, max_backlog, closed, &mut reps);
+    if caches.is_empty() && reps.iter().any(|r| r.cache.is_some()) {
+        caches.extend(reps.iter_mut().map(|r| r.cache.take().unwrap_or_default()));
+    }
+    result
+}
+
+fn run_on(
+    d: &Deployment,
+    reqs: &[Request],
+    max_backlog: u64,
+    closed: Option<u64>,
+    reps: &mut [Replica],
+) -> Outcome {
     let mut hosts = Hosts::new(d, reps.len());
     let admit = d.prefill_model.admission;
+    // The front ends (API servers): one per pipeline of entry replicas
+    // (a pipeline's virtual engines share one server process). Each is
+    // busy `frontend` seconds per request (the engine's `frontend_time`:
+    // HTTP, tokenisation, the hand-off), one request at a time, so a
+    // burst queues there; a request goes to the front end that frees
+    // first, and reaches the scheduler `admit` after it leaves it.
+    let busy = d.prefill_model.frontend;
+    let pp = d.prefill_model.pp.max(1) as usize;
+    let entries = reps.iter().filter(|r| r.role != Role::Decode).count();
+    let mut fronts = vec![f64::NEG_INFINITY; entries.div_ceil(pp).max(1)];
+    let mut admitted = vec![f64::NAN; reqs.len()];
     let n = reqs.len();
     let mut o = Outcome {
         ttft: vec![f64::NAN; n],
@@ -358,7 +432,13 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         // A request reaches the scheduler the engine's `request_overhead`
         // after it arrives (`IterModel::admission`); its latencies count
         // from the arrival.
-        let arrival = (next < released).then(|| arr[next] + admit);
+        let (front, front_free) = fronts
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+            .map_or((0, f64::NEG_INFINITY), |(i, t)| (i, *t));
+        let leave = (next < released).then(|| arr[next].max(front_free) + busy);
+        let arrival = leave.map(|l| l + admit);
         let host = hosts.next();
         let t_rep = rep.map_or(f64::INFINITY, |r| r.1);
         let t_h = host.map_or(f64::INFINITY, |h| h.1);
@@ -408,14 +488,14 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
             && t <= t_a
         {
             clock.advance(t);
-            hosts.serve(&mut reps, h, t);
+            hosts.serve(reps, h, t);
             continue;
         } else if xfer.is_some() && t_x <= t_a {
             let Some(Reverse(x)) = transfers.pop() else {
                 break;
             };
             clock.advance(x.at);
-            let Some(i) = least_loaded(&reps, Role::Decode) else {
+            let Some(i) = least_loaded(reps, Role::Decode) else {
                 break;
             };
             let mut s = x.seq;
@@ -424,7 +504,9 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
             i
         } else if let (Some(r), Some(at)) = (reqs.get(next), arrival) {
             clock.advance(at);
+            fronts[front] = leave.unwrap_or(at);
             let q = next as u32;
+            admitted[next] = at;
             next += 1;
             if next == n / 2 + 1 || next == n {
                 let b: u64 = reps.iter().map(|r| r.waiting.len() as u64).sum();
@@ -444,7 +526,7 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
                 continue;
             }
             clock.in_system += 1;
-            let Some(i) = least_loaded(&reps, entry) else {
+            let Some(i) = least_loaded(reps, entry) else {
                 break;
             };
             let mut s = Seq::new(q, r.prompt, r.generate);
@@ -458,9 +540,9 @@ fn run(d: &Deployment, reqs: &[Request], max_backlog: u64, closed: Option<u64>) 
         } else {
             break;
         };
-        hosts.launch(&mut reps, touched, clock.now);
+        hosts.launch(reps, touched, clock.now);
     }
-    tally(&mut o, &reps, &arr, &clock, admit);
+    tally(&mut o, reps, &arr, &admitted, &clock);
     o.host_wait = hosts.wait;
     o.arrivals = arr;
     o
@@ -499,13 +581,17 @@ fn replicas(d: &Deployment) -> Vec<Replica> {
 }
 
 /// The replicas' counters, and Little's law over the clock's window.
-/// `admit`: the seconds each request spends before the scheduler
-/// (`IterModel::admission`), which the time-average count of requests in
-/// the system (from admission) does not hold, so Little's `W` leaves them
-/// out too.
-fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock, admit: f64) {
+/// `admitted`: when each request reached the scheduler (its front end's
+/// `request_overhead`, `IterModel::admission`, after it arrived or after
+/// the requests before it): the time-average count of requests in the
+/// system counts from admission, so Little's `W` does too.
+fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], admitted: &[f64], clock: &Clock) {
     let (wa, wb) = clock.window;
     for r in reps {
+        if let Some(c) = &r.cache {
+            o.prefix_looked_up += c.looked_up;
+            o.prefix_found += c.found;
+        }
         o.preemptions += r.preemptions;
         o.iterations += r.iterations;
         o.batched_tokens += r.batched_tokens;
@@ -520,12 +606,13 @@ fn tally(o: &mut Outcome, reps: &[Replica], arrivals: &[f64], clock: &Clock, adm
     let in_window: Vec<f64> = arrivals
         .iter()
         .zip(&o.e2e)
-        .filter(|(a, _)| **a >= wa && **a < wb)
-        .map(|(_, e)| *e)
+        .zip(admitted)
+        .filter(|((a, _), _)| **a >= wa && **a < wb)
+        .map(|((a, e), s)| a + e - s)
         .collect();
     if wb > wa && !in_window.is_empty() {
         o.little_l = clock.area / (wb - wa);
         o.little_lambda = in_window.len() as f64 / (wb - wa);
-        o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64 - admit;
+        o.little_w = in_window.iter().sum::<f64>() / in_window.len() as f64;
     }
 }

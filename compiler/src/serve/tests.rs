@@ -25,6 +25,7 @@ fn model(t_weights: f64, c_token: f64, kv_tokens: f64) -> IterModel {
         c_kv: 0.0,
         c_pair: 0.0,
         admission: 0.0,
+        frontend: 0.0,
         kv_bytes_per_token: 1.0,
         kv_bytes_per_token_model: 1.0,
         kv_capacity_tokens: kv_tokens,
@@ -358,6 +359,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
         disaggregate: Disaggregate::No,
         batching: None,
         engine: None,
+        after: Vec::new(),
         span: gantry_lang::span::Span::new(0, 0),
     }
 }
@@ -818,4 +820,110 @@ fn request_overhead_delays_admission_by_exactly_its_time() {
         o.little_l,
         lw
     );
+}
+
+/// An engine's `frontend_time` (`IterModel::frontend`) is one process's
+/// work per request: a burst of `n` requests reaches the scheduler one
+/// every `f` seconds (request `k` at `(k + 1) f` after its arrival at 0),
+/// spaced requests each pay `f` and nothing else moves, and Little's law,
+/// counted from admission, holds on a loaded run.
+#[test]
+fn frontend_time_serves_one_request_at_a_time() {
+    let f = 0.004;
+    let m = small();
+    let run = |m: IterModel, reqs: &[Request]| simulate(&colocated(m, 1, 512, 32), reqs, 1000);
+    // Spaced: a delay of exactly f.
+    let spaced: Vec<Request> = (0..6)
+        .map(|i| req(10.0 * i as f64, 100 + 37 * i, 5 + i))
+        .collect();
+    let base = run(m, &spaced);
+    let late = run(IterModel { frontend: f, ..m }, &spaced);
+    for i in 0..spaced.len() {
+        assert!((late.ttft[i] - base.ttft[i] - f).abs() < 1e-12, "ttft {i}");
+    }
+    // A burst on a model whose iterations take no time: request k's
+    // first token is its admission, (k + 1) f.
+    let instant = model(0.0, 0.0, 1e9);
+    let burst: Vec<Request> = (0..20).map(|_| req(0.0, 64, 1)).collect();
+    let o = run(
+        IterModel {
+            frontend: f,
+            ..instant
+        },
+        &burst,
+    );
+    for (k, t) in o.ttft.iter().enumerate() {
+        assert!(close(*t, (k + 1) as f64 * f), "request {k}: {t}");
+    }
+    // Loaded, with the front end a third busy: Little's law from admission.
+    let s = serve(60.0, 4_000, 5);
+    let reqs = requests(&s, None);
+    let o = run(
+        IterModel {
+            frontend: 0.005,
+            admission: 0.002,
+            ..m
+        },
+        &reqs,
+    );
+    assert_eq!(o.completed, 4_000);
+    let lw = o.little_lambda * o.little_w;
+    assert!(
+        (o.little_l - lw).abs() <= 0.02 * lw,
+        "L {} vs lambda W {}",
+        o.little_l,
+        lw
+    );
+}
+
+/// A run `after` earlier runs of the same requests (`sim::simulate_cached`
+/// with the caches they left): one replica with room for every prompt
+/// finds each prompt's whole 16-token blocks, never its last token, and
+/// the first run finds none; a cache with room for few prompts finds
+/// fewer, since the least recently used leave first.
+#[test]
+fn a_rerun_finds_the_whole_blocks_of_its_prompts() {
+    let m = small();
+    let reqs: Vec<Request> = (0..40)
+        .map(|i| req(0.05 * i as f64, 7 + 29 * (i % 11), 3 + i % 4))
+        .collect();
+    let whole: u64 = reqs
+        .iter()
+        .map(|r| ((r.prompt as u64 / 16) * 16).min(r.prompt as u64 - 1))
+        .sum();
+    let tokens: u64 = reqs.iter().map(|r| r.prompt as u64).sum();
+    let d = colocated(m, 1, 512, 32);
+    let mut caches = super::sim::fresh_caches(&d);
+    let first = super::sim::simulate_cached(&d, &reqs, u64::MAX, None, &mut caches);
+    assert_eq!((first.prefix_looked_up, first.prefix_found), (tokens, 0));
+    let second = super::sim::simulate_cached(&d, &reqs, u64::MAX, None, &mut caches);
+    assert_eq!(
+        (second.prefix_looked_up, second.prefix_found),
+        (tokens, whole)
+    );
+    // Less prefill: the first tokens come sooner on average.
+    let mean = |o: &Outcome| o.ttft.iter().sum::<f64>() / o.ttft.len() as f64;
+    assert!(
+        mean(&second) < mean(&first),
+        "{} vs {}",
+        mean(&second),
+        mean(&first)
+    );
+    // Room for about 12 blocks of cache beside the running requests.
+    let small_cache = IterModel {
+        kv_capacity_tokens: 16.0 * 40.0,
+        ..m
+    };
+    let d = colocated(small_cache, 1, 512, 32);
+    let mut caches = super::sim::fresh_caches(&d);
+    super::sim::simulate_cached(&d, &reqs, u64::MAX, None, &mut caches);
+    let again = super::sim::simulate_cached(&d, &reqs, u64::MAX, None, &mut caches);
+    assert!(
+        again.prefix_found < whole,
+        "{} of {whole}",
+        again.prefix_found
+    );
+    // Without caches, nothing is looked up.
+    let plain = simulate(&d, &reqs, u64::MAX);
+    assert_eq!((plain.prefix_looked_up, plain.prefix_found), (0, 0));
 }

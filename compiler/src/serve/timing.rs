@@ -72,6 +72,9 @@ pub struct IterModel {
     /// (the engine's `request_overhead`): the request waits it out before
     /// it is queued, and its TTFT and end-to-end latency count it.
     pub admission: f64,
+    /// Seconds a front end (API server) is busy per request (the engine's
+    /// `frontend_time`): requests take turns there, before `admission`.
+    pub frontend: f64,
     /// KV-cache bytes per token per device (`memory::kv_per_token`).
     pub kv_bytes_per_token: f64,
     /// KV-cache bytes per token of the whole model (what a transfer moves).
@@ -122,6 +125,7 @@ pub struct EngineTerms {
     pub seq_overhead: f64,
     pub kv_efficiency: f64,
     pub request_overhead: f64,
+    pub frontend_time: f64,
 }
 
 impl EngineTerms {
@@ -131,6 +135,7 @@ impl EngineTerms {
         seq_overhead: 0.0,
         kv_efficiency: 1.0,
         request_overhead: 0.0,
+        frontend_time: 0.0,
     };
 
     /// The terms of a declared engine (`None`: the ideal one).
@@ -140,6 +145,7 @@ impl EngineTerms {
             seq_overhead: e.seq_overhead,
             kv_efficiency: e.kv_efficiency,
             request_overhead: e.request_overhead,
+            frontend_time: e.frontend_time,
         })
     }
 }
@@ -160,6 +166,7 @@ impl IterModel {
         self.host_seq += e.seq_overhead;
         self.c_kv /= e.kv_efficiency;
         self.admission += e.request_overhead;
+        self.frontend += e.frontend_time;
         self
     }
 }
@@ -316,6 +323,7 @@ pub fn build(
         c_kv,
         c_pair,
         admission: 0.0,
+        frontend: 0.0,
         kv_bytes_per_token: kv_dev,
         kv_bytes_per_token_model: kv_model,
         kv_capacity_tokens,
@@ -417,6 +425,7 @@ pub fn build_batched(w: &Workload, system: &Cluster, n: u64) -> Result<IterModel
         c_kv: 0.0,
         c_pair: 0.0,
         admission: 0.0,
+        frontend: 0.0,
         kv_bytes_per_token: 0.0,
         kv_bytes_per_token_model: 0.0,
         kv_capacity_tokens: capacity,

@@ -63,6 +63,17 @@ pub const ENGINE_TERMS: &[(&str, Dim, f64, f64, f64, &str)] = &[
         0.0,
         "request_overhead = 5 ms",
     ),
+    // Seconds the front end's one process is busy per request (HTTP,
+    // tokenisation, the hand-off): requests take turns, so a burst
+    // queues there.
+    (
+        "frontend_time",
+        Dim::TIME,
+        0.0,
+        1.0,
+        0.0,
+        "frontend_time = 2 ms",
+    ),
 ];
 
 /// What `gantry calibrate --fit` records next to the terms it fitted: the
@@ -79,6 +90,7 @@ pub const ENGINE_KEYS: &[&str] = &[
     "seq_overhead",
     "kv_efficiency",
     "request_overhead",
+    "frontend_time",
     "fit_rows",
     "loo_median",
     "loo_max",
@@ -198,6 +210,7 @@ impl Checker {
                     "iteration_overhead" => e.iteration_overhead = x,
                     "seq_overhead" => e.seq_overhead = x,
                     "request_overhead" => e.request_overhead = x,
+                    "frontend_time" => e.frontend_time = x,
                     _ => e.kv_efficiency = x,
                 }
                 e.declared.push(name.to_string());

@@ -44,7 +44,11 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "fusion",
     "precision",
     "engine",
+    "after",
 ];
+
+/// The longest `after` chain (runs simulated before the measured one).
+pub const MAX_AFTER: usize = 16;
 
 /// The largest token count of a length distribution, a token budget or a
 /// sequence limit (the plan knobs' bound, `MAX_KNOB_VALUE`).
@@ -686,6 +690,7 @@ impl Checker {
                 "prefix_hit",
                 "memory_utilization",
                 "disaggregate",
+                "after",
             ]
         } else {
             &["items"]
@@ -751,6 +756,19 @@ impl Checker {
                 }
             }
             None => None,
+        };
+        let after = match got.get("after") {
+            Some((v, s)) if !batched => {
+                let (v, s) = (v.clone(), *s);
+                match self.serve_after(&v, s) {
+                    Some(a) => a,
+                    None => {
+                        ok = false;
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
         };
         let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
         for (l, name) in [
@@ -821,8 +839,72 @@ impl Checker {
             disaggregate,
             batching,
             engine,
+            after,
             span,
         };
         Some((phase, dtype?, kernels?, span, serve))
+    }
+
+    /// The `after = NAME` setting: NAME's chain of earlier runs, then
+    /// NAME's own serving settings (with an empty `after`); `L097` when
+    /// NAME is not an LLM serving workload or the chain is longer than
+    /// [`MAX_AFTER`]. A cycle is the declaration cycle error of `open`.
+    fn serve_after(&mut self, v: &Value, span: Span) -> Option<Vec<Serve>> {
+        let bad = |this: &mut Self, msg: String, label: &str, help: String| {
+            this.diags.push(
+                Diagnostic::error(Code::L097, msg, span)
+                    .with_label(span, label.to_string())
+                    .with_help(help),
+            );
+            None
+        };
+        let inst = match v {
+            Value::Decl(i) if i.kind == crate::ast::DeclKind::Workload => i.clone(),
+            Value::Error => return None,
+            Value::Sym(n, _) => {
+                return bad(
+                    self,
+                    format!("`after` names `{n}`, which is not a declared workload"),
+                    "no workload of this name",
+                    "name the serving workload this server ran before this one".into(),
+                );
+            }
+            other => {
+                return bad(
+                    self,
+                    format!("`after` names a serving workload, not {}", other.describe()),
+                    "expected a workload's name",
+                    "name the serving workload this server ran before this one".into(),
+                );
+            }
+        };
+        let w = self.workload(&inst, span)?;
+        let Some(s) = w.serve.filter(|s| s.batching.is_none()) else {
+            return bad(
+                self,
+                format!(
+                    "`after` names `{}`, which is not an LLM serving workload",
+                    inst.name
+                ),
+                "not a `serve` workload with prompts",
+                "name a `serve` workload without a batching window: its requests run first on this deployment".into(),
+            );
+        };
+        let mut chain = s.after.clone();
+        let mut me = *s;
+        me.after = Vec::new();
+        chain.push(me);
+        if chain.len() > MAX_AFTER {
+            return bad(
+                self,
+                format!(
+                    "`after` chains {} earlier runs, more than {MAX_AFTER}",
+                    chain.len()
+                ),
+                "too long a chain",
+                format!("start the chain at most {MAX_AFTER} runs before this one"),
+            );
+        }
+        Some(chain)
     }
 }
