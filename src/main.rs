@@ -319,6 +319,14 @@ fn serve_plan(
         None => gantry::default_plan(&checked.program),
     }
     .is_some_and(|p| p.workload.serve.is_some());
+    if checked.has_errors() && sweep.is_some() {
+        // The file's own errors, not that --sweep-rate needs a serving
+        // plan (which it may well name).
+        return Some(match load_plan(file, plan, lib) {
+            Err(code) => code,
+            Ok(_) => ExitCode::from(1),
+        });
+    }
     if checked.has_errors() || !serving {
         return None;
     }

@@ -32,9 +32,11 @@ pub fn parse_rates(s: &str) -> Result<Vec<f64>, String> {
     let v: Result<Vec<f64>, String> = s
         .split(',')
         .map(|x| match x.trim().parse::<f64>() {
-            Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+            Ok(r) if (gantry_lang::check::MIN_RATE..=gantry_lang::check::MAX_RATE).contains(&r) => {
+                Ok(r)
+            }
             _ => Err(format!(
-                "`{}` is not a rate above 0 (requests per second)",
+                "`{}` is not a rate from 0.000001 to 1e9 (requests per second)",
                 x.trim()
             )),
         })

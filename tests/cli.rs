@@ -1102,3 +1102,51 @@ fn plan_picks_next_to_the_published_configuration() {
         "{err}"
     );
 }
+
+/// Serving inputs past the front end that once printed nonsense: a plan
+/// whose only pipeline is deeper than the model (C004, not "the queue
+/// grows on all 0 candidates"); requests that never fit the KV cache
+/// (their SLOs missed, the dropped requests named, never "met at 0 ms");
+/// a trace whose arrivals span no time (a burst: served, not "unstable at
+/// inf req/s"); and --sweep-rate on a file with errors (the file's
+/// diagnostics, not C006).
+#[test]
+fn serving_edge_inputs_get_their_causes() {
+    let dir = "tests/inputs/_cli";
+    let (code, _, err) = gantry(&["plan", &format!("{dir}/serve_pp_beyond_layers.gantry")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C004") && err.contains("2 layers"), "{err}");
+    let all_dropped = format!("{dir}/serve_all_dropped.gantry");
+    let (code, _, err) = gantry(&["plan", &all_dropped]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("C019") && err.contains("200 of its 200 requests were dropped"),
+        "{err}"
+    );
+    assert!(!err.contains("meets ttft_p99"), "{err}");
+    let (code, out, err) = gantry(&["plan", &all_dropped, "--fix", "tp=2,dp=1"]);
+    assert!(
+        out.contains("0 completed, 200 dropped"),
+        "{code} {out} {err}"
+    );
+    assert!(!out.contains("(met)"), "{out}");
+    let (code, out, err) = gantry(&["plan", &format!("{dir}/serve_burst_trace.gantry")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("3 completed, 0 dropped"), "{out}");
+    let (code, _, err) = gantry(&[
+        "plan",
+        &format!("{dir}/serve_prompt_zero.gantry"),
+        "--sweep-rate",
+        "1,2",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("L046") && !err.contains("C006"), "{err}");
+    // Rates below the floor are refused on the command line too.
+    let (code, _, err) = gantry(&[
+        "plan",
+        &format!("{dir}/serve_burst_trace.gantry"),
+        "--sweep-rate",
+        "1e-12",
+    ]);
+    assert_eq!(code, 2, "{err}");
+}

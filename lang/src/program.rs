@@ -651,12 +651,21 @@ pub enum Arrivals {
 
 impl Arrivals {
     /// The clients of a closed loop: `concurrency` for `closed(...)`, all
-    /// `requests` for a burst (each arrives at 0 and nothing follows),
-    /// `None` for open-loop arrivals.
+    /// `requests` for a burst (each arrives at 0 and nothing follows) and
+    /// for a trace whose arrivals span less than a microsecond (a burst
+    /// written as a trace: a rate over no time is none), `None` for
+    /// open-loop arrivals.
     pub fn clients(&self, requests: u64) -> Option<u64> {
         match self {
             Arrivals::Closed { concurrency } => Some(*concurrency),
             Arrivals::Burst => Some(requests),
+            Arrivals::Trace { rows, .. } => {
+                let span = match (rows.first(), rows.last()) {
+                    (Some(a), Some(b)) => b.arrival - a.arrival,
+                    _ => 0.0,
+                };
+                (span < 1e-6).then_some(requests)
+            }
             _ => None,
         }
     }

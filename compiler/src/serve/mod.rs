@@ -74,8 +74,15 @@ pub fn outcome(
         let closed = before.arrivals.clients(r.len() as u64);
         sim::simulate_cached(d, &r, u64::MAX, closed, &mut caches);
     }
+    // A closed loop's queue is bounded by its clients: served to its end,
+    // as `simulate_closed` serves it.
     let closed = serve.arrivals.clients(reqs.len() as u64);
-    sim::simulate_cached(d, reqs, max_backlog, closed, &mut caches)
+    let backlog = if closed.is_some() {
+        u64::MAX
+    } else {
+        max_backlog
+    };
+    sim::simulate_cached(d, reqs, backlog, closed, &mut caches)
 }
 
 #[cfg(test)]

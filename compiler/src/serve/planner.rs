@@ -433,23 +433,54 @@ fn probe_sizes(p: &Plan, s: &Serve) -> (u64, u64) {
 
 /// Pipelined iteration models for every (tp, pp) of the plan with pp
 /// above 1 and tp one of `tps`; degrees whose stages leave no KV cache
-/// or that the cost model refuses (layers, devices) are left out.
-fn pipelines(p: &Plan, s: &Serve, tps: &[u64]) -> BTreeMap<(u64, u64), IterModel> {
+/// or that the cost model refuses (layers, devices) are left out, the
+/// first refusal kept to say why when nothing else is left.
+fn pipelines(
+    p: &Plan,
+    s: &Serve,
+    tps: &[u64],
+) -> (BTreeMap<(u64, u64), IterModel>, Option<PinError>) {
     let (n, ctx) = probe_sizes(p, s);
     let mut out = BTreeMap::new();
+    let mut first = None;
     for pp in pp_degrees(p).into_iter().filter(|pp| *pp > 1) {
         for &tp in tps {
             if tp.saturating_mul(pp) > p.system.devices() {
+                first.get_or_insert_with(|| {
+                    error(
+                        Code::C001,
+                        "pp",
+                        format!(
+                            "tp={tp} x pp={pp} needs {} devices; the system has {}",
+                            tp.saturating_mul(pp),
+                            p.system.devices()
+                        ),
+                        "search smaller tp and pp, or give the plan more devices",
+                    )
+                });
                 continue;
             }
-            if let Ok(m) = build(&p.workload, &p.system, tp, pp, n, ctx)
-                && m.kv_capacity_tokens >= s.scheduler.kv_block as f64
-            {
-                out.insert((tp, pp), m);
+            match build(&p.workload, &p.system, tp, pp, n, ctx) {
+                Ok(m) if m.kv_capacity_tokens >= s.scheduler.kv_block as f64 => {
+                    out.insert((tp, pp), m);
+                }
+                Ok(_) => {
+                    first.get_or_insert_with(|| {
+                        error(
+                            Code::C010,
+                            "pp",
+                            format!("at tp={tp} pp={pp} the weights leave no HBM for a KV cache"),
+                            "use more devices per stage or devices with more HBM",
+                        )
+                    });
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
     }
-    out
+    (out, first)
 }
 
 /// Tensor-parallel degrees the plan allows (`auto`: powers of two up to
@@ -547,11 +578,14 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
     };
     let rank = rank_of(p)?;
     let mut pipes = BTreeMap::new();
+    let mut pipe_refused = None;
     let (models, cands) = match s.batching {
         Some(b) => batched_candidates(p, s, b)?,
         None => {
             // A pipeline may fit where no single-stage replica does.
-            pipes = pipelines(p, s, &tp_degrees(p));
+            let (found, refused) = pipelines(p, s, &tp_degrees(p));
+            pipes = found;
+            pipe_refused = refused;
             let models = match models(p, s) {
                 Ok(m) => m,
                 Err(_) if !pipes.is_empty() => BTreeMap::new(),
@@ -581,12 +615,26 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             (models, cands)
         }
     };
+    if cands.is_empty() {
+        // Nothing to simulate: say why (a pipeline deeper than the
+        // layers, degrees beyond the devices), not that queues grow.
+        return Err(pipe_refused.unwrap_or_else(|| {
+            error(
+                Code::C011,
+                "search",
+                format!("plan `{}` leaves no serving deployment to compare", p.name),
+                "allow other tp, pp and dp values",
+            )
+        }));
+    }
     let mut cands = cands;
     let reqs = requests(s, rate);
     let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
     let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
+    // A closed loop (or a burst) has no offered rate: what it serves is
+    // its rate.
     let span = match (arrivals.first(), arrivals.last()) {
-        (Some(a), Some(b)) if b > a => b - a,
+        (Some(a), Some(b)) if b > a && s.arrivals.clients(s.requests).is_none() => b - a,
         _ => 0.0,
     };
     let offered = if span > 0.0 {
@@ -743,7 +791,13 @@ fn no_deployment(
                 .slos
                 .iter()
                 .map(|k| {
-                    if k.achieved <= k.target {
+                    if !k.achieved.is_finite() {
+                        format!(
+                            "misses {} (fewer than {:.0}% of its requests complete)",
+                            k.name,
+                            100.0 * s.attainment
+                        )
+                    } else if k.achieved <= k.target {
                         format!(
                             "meets {} ({:.1} ms against {:.1} ms)",
                             k.name,
@@ -761,8 +815,18 @@ fn no_deployment(
                     }
                 })
                 .collect();
+            let dropped = if c.dropped > 0 {
+                format!(
+                    "; {} of its {} requests were dropped: their prompt and output exceed a replica's KV cache of {:.0} tokens",
+                    c.dropped,
+                    c.requests,
+                    c.kv_tokens_per_replica()
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "no serving configuration of plan `{}` meets the SLOs for {:.0}% of requests at {:.3} req/s: the closest, {}, {}; {:.2}% of its requests meet every SLO",
+                "no serving configuration of plan `{}` meets the SLOs for {:.0}% of requests at {:.3} req/s: the closest, {}, {}; {:.2}% of its requests meet every SLO{dropped}",
                 p.name,
                 100.0 * s.attainment,
                 rate,

@@ -34,21 +34,33 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[k - 1]
 }
 
+/// The percentiles of the completed requests' latencies `v` (what a
+/// benchmark prints), and the one at `target` over every request, one not
+/// completed (dropped, or never served) counting as never: the SLO check.
+/// With no request completed every figure is infinite.
 fn percentiles(mut v: Vec<f64>, target: f64) -> Percentiles {
+    let all = v.len();
     v.retain(|x| x.is_finite());
     // Unstable is the same order: values equal under `total_cmp` have
     // the same bits. The mean sums in this order.
     v.sort_unstable_by(f64::total_cmp);
+    if v.is_empty() {
+        return Percentiles {
+            mean: f64::INFINITY,
+            p50: f64::INFINITY,
+            p90: f64::INFINITY,
+            p99: f64::INFINITY,
+            at_target: f64::INFINITY,
+        };
+    }
+    // The rank among all requests; past the completed ones, never.
+    let k = ((target * all as f64).ceil() as usize).clamp(1, all.max(1));
     Percentiles {
-        mean: if v.is_empty() {
-            0.0
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        },
+        mean: v.iter().sum::<f64>() / v.len() as f64,
         p50: percentile(&v, 0.5),
         p90: percentile(&v, 0.9),
         p99: percentile(&v, 0.99),
-        at_target: percentile(&v, target),
+        at_target: v.get(k - 1).copied().unwrap_or(f64::INFINITY),
     }
 }
 
@@ -1043,18 +1055,39 @@ mod tests {
             .collect();
         v.push(f64::INFINITY);
         let got = percentiles(v.clone(), 0.97);
+        // The SLO's rank is over every request, an unfinished one never.
+        let mut every: Vec<f64> = v
+            .iter()
+            .map(|x| if x.is_finite() { *x } else { f64::INFINITY })
+            .collect();
+        every.sort_by(f64::total_cmp);
+        assert_eq!(got.at_target.to_bits(), percentile(&every, 0.97).to_bits());
         let mut s = v;
         s.retain(|x| x.is_finite());
         s.sort_by(f64::total_cmp);
         let mean = s.iter().sum::<f64>() / s.len() as f64;
         assert_eq!(got.mean.to_bits(), mean.to_bits());
-        for (q, x) in [
-            (0.5, got.p50),
-            (0.9, got.p90),
-            (0.99, got.p99),
-            (0.97, got.at_target),
-        ] {
+        for (q, x) in [(0.5, got.p50), (0.9, got.p90), (0.99, got.p99)] {
             assert_eq!(x.to_bits(), percentile(&s, q).to_bits(), "q {q}");
         }
+        // Finite values only: the SLO's percentile is the completed ones'.
+        let fast = percentiles(s.clone(), 0.97);
+        assert_eq!(fast.at_target.to_bits(), percentile(&s, 0.97).to_bits());
+    }
+
+    /// Requests that never complete (dropped: their prompt and output do
+    /// not fit the cache) count against the SLO: 2 of 100 dropped miss a
+    /// 99% target however fast the others are, and with none completed
+    /// every figure is infinite (never "met at 0 ms").
+    #[test]
+    fn unfinished_requests_miss_the_slo() {
+        let mut v = vec![0.001; 98];
+        v.extend([f64::NAN, f64::NAN]);
+        let p = percentiles(v.clone(), 0.99);
+        assert_eq!(p.p99, 0.001);
+        assert!(p.at_target.is_infinite());
+        assert_eq!(percentiles(v, 0.98).at_target, 0.001);
+        let none = percentiles(vec![f64::NAN; 5], 0.5);
+        assert!(none.p50.is_infinite() && none.at_target.is_infinite());
     }
 }

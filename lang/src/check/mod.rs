@@ -26,6 +26,7 @@ pub use decls::{
 };
 pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
 pub use ops::OP_NAMES;
+pub use serve::{MAX_RATE, MIN_CV, MIN_RATE};
 
 use crate::ast::{Decl, DeclKind, Expr, ExprKind, File};
 use crate::diagnostic::{self, Code, Diagnostic};

@@ -49,6 +49,15 @@ pub const SERVE_SETTINGS: &[&str] = &[
 
 /// The longest `after` chain (runs simulated before the measured one).
 pub const MAX_AFTER: usize = 16;
+/// Arrival rates, requests per second: below a request in about 12 days
+/// the arrival times (up to 10^7 requests) lose the precision latencies
+/// need (a double's step at 10^13 s is 2 ms).
+pub const MIN_RATE: f64 = 1e-6;
+pub const MAX_RATE: f64 = 1e9;
+/// Coefficients of variation of gamma gaps: below 0.01 the gaps are
+/// regular to 1% (write `poisson` or a trace), and the gamma's shape
+/// (1 / cv^2) would leave the sampler's range.
+pub const MIN_CV: f64 = 0.01;
 
 /// The largest token count of a length distribution, a token budget or a
 /// sequence limit (the plan knobs' bound, `MAX_KNOB_VALUE`).
@@ -196,28 +205,41 @@ impl Checker {
             }
             return None;
         };
-        let rate_help = "a rate in requests per second, a plain number above 0: `rate = 4`";
+        let rate_help =
+            "a rate in requests per second, a plain number from 0.000001 to 1e9: `rate = 4`";
         match name.as_str() {
             "poisson" => {
                 let a = self.ctor_args(name, args, &["rate"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
-                let rate =
-                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help)?;
+                let rate = self.serve_number(
+                    &rv,
+                    rs,
+                    "`rate`",
+                    (MIN_RATE, MAX_RATE),
+                    (false, false),
+                    rate_help,
+                )?;
                 Some(Arrivals::Poisson { rate })
             }
             "gamma" => {
                 let a = self.ctor_args(name, args, &["rate", "cv"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
                 let (cv_v, cv_s) = self.ctor_required(name, &a, "cv", span)?;
-                let rate =
-                    self.serve_number(&rv, rs, "`rate`", (0.0, 1e9), (true, false), rate_help);
+                let rate = self.serve_number(
+                    &rv,
+                    rs,
+                    "`rate`",
+                    (MIN_RATE, MAX_RATE),
+                    (false, false),
+                    rate_help,
+                );
                 let cv = self.serve_number(
                     &cv_v,
                     cv_s,
                     "`cv`",
-                    (0.0, 100.0),
-                    (true, false),
-                    "the coefficient of variation of the gaps: 1 is Poisson, 2 bursty",
+                    (MIN_CV, 100.0),
+                    (false, false),
+                    "the coefficient of variation of the gaps, from 0.01 to 100: 1 is Poisson, 2 bursty",
                 );
                 Some(Arrivals::Gamma {
                     rate: rate?,
