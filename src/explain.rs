@@ -594,7 +594,7 @@ Fix: remove the knob (docs/LANGUAGE.md §5.7, \"Batching window\")."
         }
         "C032" => {
             "`gantry study --shard SPEC` cannot run: SPEC is not `I/N` with whole numbers and \
-I below N (shards are numbered from 0), or it is `env` and neither a Slurm job array's \
+I below N (shards are numbered from 0) and N at most 2^20 (1048576), or it is `env` and neither a Slurm job array's \
 SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT (SLURM_ARRAY_TASK_MIN is subtracted) nor a \
 Kubernetes Indexed Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS is set. Also reported when a \
 shard's results would not read back from JSON as the same numbers (a figure that is not \
@@ -607,7 +607,7 @@ examples/launch), and set GANTRY_SHARDS to the Job's `completions`."
             "`gantry merge` was given files that are not every shard of one run exactly once: \
 a file that cannot be read or is not JSON (the message gives its line and column), another \
 document (a merged `gantry.study/1`), a `gantry.shard/1` document with unknown or missing \
-fields, a shard of another run (another source file, `--lib`, `--study`, `--sensitivity`, \
+fields, a shard count above 2^20, a shard of another run (another source file, `--lib`, `--study`, `--sensitivity`, \
 shard count or studies), a shard given twice or missing, a shard holding results that are \
 not its own, or a source file whose studies changed since the shards ran (their fingerprint \
 differs). Nothing is written and the exit code is 1.\n\

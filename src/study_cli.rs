@@ -69,7 +69,7 @@ pub struct StudyArgs {
     /// not depend on it.
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
-    /// Evaluate only shard I of N (`I/N`, I from 0 to N-1; `env`: from
+    /// Evaluate only shard I of N (`I/N`, I from 0 to N-1, N at most 2^20; `env`: from
     /// Slurm's SLURM_ARRAY_TASK_ID/_MIN/_COUNT or a Kubernetes Indexed
     /// Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS) and write its
     /// partial JSON (`gantry.shard/1`) for `gantry merge`: a fixed slice
@@ -344,6 +344,12 @@ fn shard_spec(spec: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<(usize
     if n == 0 || i >= n {
         return Err(format!(
             "shard {i} of {n} does not exist: shards are numbered 0 to N-1"
+        ));
+    }
+    if n > shard::MAX_SHARDS {
+        return Err(format!(
+            "{n} shards are too many: a run is split into at most {} (`gantry merge` reads them all back)",
+            shard::MAX_SHARDS
         ));
     }
     Ok((i, n))
