@@ -517,6 +517,29 @@ fn runtime_flags_are_validated() {
     }
 }
 
+/// `--jobs` starts that many threads: above 256 it is a usage error, not
+/// a run that spends minutes (or forever) starting threads.
+#[test]
+fn thread_counts_are_bounded() {
+    let f = "examples/codesign_study.gantry";
+    for n in ["257", "100000", "18446744073709551615"] {
+        for args in [
+            &["study", f, "--jobs", n][..],
+            &["merge", "absent-shard.json", "--jobs", n],
+        ] {
+            let (code, _, err) = gantry(args);
+            no_panic(code, &err);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains("at most 256 threads"), "{args:?}: {err}");
+        }
+    }
+    let (code, out, err) = gantry(&["study", f, "--jobs", "256"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, serial, err) = gantry(&["study", f, "--jobs", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, serial);
+}
+
 /// Spawns gantry with stdout piped, reads at most one line (or none) and
 /// closes the pipe: the process must end quietly (exit 0, no panic).
 fn closed_pipe(args: &[&str], read_first_line: bool) {
