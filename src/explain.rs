@@ -655,7 +655,9 @@ with gradients the parameter gradients and one activation tape per microbatch in
 its current values and their conversions, its inputs; the reference interpreter's \
 values (with gradients its tape and gradients); the largest of the three phases \
 (reference forward, devices, reference backward), plus a fixed amount per device and \
-per process. It is refused before anything is allocated.\n\
+per process. It is refused before anything is allocated. A tensor whose element count \
+overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
+refused the same way, before any size is computed from it.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."
         }
         _ => return None,

@@ -278,6 +278,25 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert!(!out.contains("gradients of one step"), "{out}");
 }
 
+/// Sizes whose element counts overflow 64 bits are refused (R007), not
+/// wrapped to a tiny estimate that let the run start and panic.
+#[test]
+fn run_refuses_sizes_that_overflow() {
+    for scale in [
+        "seq=4294967296,batch=4294967296",
+        "seq=4294967295,batch=4294967296",
+        "seq=65536,batch=281474976710656",
+    ] {
+        let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{scale}: {err}");
+        assert!(
+            err.contains("error[R007]") && err.contains("more than any memory holds"),
+            "{scale}: {err}"
+        );
+    }
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use gantry_lang::program::{Graph, Item, OpKind, TensorId};
 use gantry_lang::shape::Shape;
 
-use crate::error::{RuntimeError, unsupported};
+use crate::error::{RCode, RuntimeError, unsupported};
 use crate::init::{Init, Key};
 
 /// Norm epsilon (both `rmsnorm` and `layernorm`).
@@ -45,12 +45,46 @@ pub fn shapes(
                         t.name
                     ))
                 })
+                .and_then(|dims| match checked_numel(&dims) {
+                    Some(_) => Ok(dims),
+                    None => Err(too_many_elements(&t.name, &dims)),
+                })
         })
         .collect()
 }
 
+/// R007 for a tensor whose element count overflows (or exceeds
+/// [`MAX_ELEMENTS`]): refused before any size computed from it wraps.
+fn too_many_elements(name: &str, dims: &[usize]) -> RuntimeError {
+    RuntimeError::new(
+        RCode::R007,
+        format!(
+            "tensor `{name}` has shape {dims:?} under the binding: more than {:.3e} elements, more than any memory holds",
+            MAX_ELEMENTS as f64
+        ),
+    )
+    .with_help("scale the workload down with --scale (e.g. seq=16,batch=4)")
+}
+
+/// The most elements a tensor may have: its f32 values (4 B each) must
+/// fit in one allocation (`isize::MAX` bytes).
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 4;
+
+/// The elements of a shape, or `None` when they overflow or exceed
+/// [`MAX_ELEMENTS`]. [`shapes`] checks every tensor with it, so the
+/// products of a bound graph's dimensions do not wrap.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// The elements of a shape, saturating at `usize::MAX`: a size that
+/// overflows stays enormous (and is refused by the memory estimate)
+/// instead of wrapping to a small one.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 /// A parameter owned by an op: its shape and initializer
@@ -341,4 +375,24 @@ pub fn compare_at(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
         0.0
     };
     (abs, rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_counts_do_not_wrap() {
+        let big = 1usize << 32;
+        assert_eq!(checked_numel(&[big, big]), None);
+        assert_eq!(checked_numel(&[big, big / 2, 2]), None);
+        assert_eq!(checked_numel(&[MAX_ELEMENTS, 2]), None);
+        assert_eq!(checked_numel(&[MAX_ELEMENTS]), Some(MAX_ELEMENTS));
+        assert_eq!(checked_numel(&[3, 5]), Some(15));
+        assert_eq!(checked_numel(&[]), Some(1));
+        // 2^64 * 256 wrapped to 0.
+        assert_eq!(numel(&[big, big, 256]), usize::MAX);
+        assert_eq!(numel(&[3, 0, 5]), 0);
+        assert_eq!(numel(&[4, 5]), 20);
+    }
 }
