@@ -657,7 +657,9 @@ values (with gradients its tape and gradients); the largest of the three phases 
 (reference forward, devices, reference backward), plus a fixed amount per device and \
 per process. It is refused before anything is allocated. A tensor whose element count \
 overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
-refused the same way, before any size is computed from it.\n\
+refused the same way, before any size is computed from it, and so is a run that would \
+execute more than 10^6 op instances (every iteration of every `repeat`, nested repeats \
+multiplied, once per microbatch), which memory does not bound.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."
         }
         _ => return None,

@@ -297,6 +297,40 @@ fn run_refuses_sizes_that_overflow() {
     }
 }
 
+/// Nested repeats run every iteration: more than 10^6 op instances is
+/// R007 before anything runs (this ran 10^9 relus and never ended).
+#[test]
+fn run_refuses_unbounded_nested_repeats() {
+    let f = temp(
+        "nested_repeat.gantry",
+        "model M {
+  input x: f32[batch, 4]
+  y = x
+  repeat 1000 {
+    repeat 1000 {
+      repeat 1000 {
+        y = relu(y)
+      }
+    }
+  }
+  output o = y
+}
+workload w {
+  model M
+  prefill { batch = 8 }
+  simulate \"batch=4\"
+}
+",
+    );
+    let (code, _, err) = gantry(&["run", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("op instances"),
+        "{err}"
+    );
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");

@@ -365,6 +365,32 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
     Ok(4.0 * most + (DEVICE_HEAP + PER_DEVICE) * n + PER_RUN)
 }
 
+/// The most op instances a run may execute ([`op_instances`]): about a
+/// second of the interpreter's and the devices' per-op work in a release
+/// build; a full-size model at `layers=126` is a few thousand.
+pub const MAX_OP_INSTANCES: f64 = 1e6;
+
+/// The op instances a run of `w` under `par` executes on each replica:
+/// every op of the graph once per iteration of every `repeat` around it
+/// (nested repeats multiply), once per microbatch. Memory does not bound
+/// this: `repeat 1000 { repeat 1000 { repeat 1000 { y = relu(y) } } }`
+/// allocates nothing new and runs 10^9 ops.
+pub fn op_instances(w: &Workload, par: &Parallel) -> f64 {
+    fn count(items: &[Item]) -> f64 {
+        items.iter().fold(0.0, |n, it| {
+            n + match it {
+                Item::Op(_) => 1.0,
+                Item::Repeat(r) => r.count as f64 * count(&r.body),
+            }
+        })
+    }
+    let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as f64;
+    let microbatches = (batch / (par.dp.max(1) * par.microbatch.max(1)) as f64)
+        .floor()
+        .max(1.0);
+    count(&w.model.graph.body) * microbatches
+}
+
 /// What a device keeps of one op per microbatch for its backward, in
 /// multiples of its result: the result, and for `moe` the tokens sent to
 /// and received from the experts (`top_k` copies each) and the experts'

@@ -17,7 +17,7 @@ use crate::jit::Jit;
 use crate::reference;
 
 use super::device::Dev;
-use super::footprint::footprint;
+use super::footprint::{MAX_OP_INSTANCES, footprint, op_instances};
 use super::grad::{self, GradCheck, StepCheck};
 use super::parallel::{Parallel, validate};
 use super::simulate::{Part, cut, replica_of, simulate, simulate_devices};
@@ -184,6 +184,17 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             ),
         )
         .with_help("scale the workload down with --scale (e.g. layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4, or rows=10000 for DLRM tables), or raise --max-memory"));
+    }
+    let ops = op_instances(w, par);
+    if ops > MAX_OP_INSTANCES {
+        return Err(RuntimeError::new(
+            RCode::R007,
+            format!(
+                "running `{}` at this scale executes about {ops:.3e} op instances (every iteration of every `repeat`, nested repeats multiplied, per microbatch); the runtime runs at most {MAX_OP_INSTANCES:.0e}",
+                w.name
+            ),
+        )
+        .with_help("scale the repeat counts down with --scale (e.g. layers=2), or use fewer microbatches (a larger `microbatch` in --fix)"));
     }
     if let Phase::Decode { context, .. } = w.phase {
         return run_decode(w, par, cfg, context as usize);
