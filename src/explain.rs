@@ -659,7 +659,9 @@ per process. It is refused before anything is allocated. A tensor whose element 
 overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
 refused the same way, before any size is computed from it, and so is a run that would \
 execute more than 10^6 op instances (every iteration of every `repeat`, nested repeats \
-multiplied, once per microbatch), which memory does not bound.\n\
+multiplied, once per microbatch), which memory does not bound. A `--max-memory` above the \
+machine's memory is capped at it (with a note): past it an allocation failure would abort \
+the process.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."
         }
         _ => return None,

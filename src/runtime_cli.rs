@@ -80,6 +80,7 @@ pub struct RunArgs {
     pub grad: Grads,
     /// Largest simulated memory in GB (all devices and the reference);
     /// a bigger run is refused with R007 before anything is allocated.
+    /// At most the machine's memory (a larger value is capped, with a note).
     #[arg(long = "max-memory", default_value_t = 4.0, value_parser = positive)]
     pub max_memory: f64,
 }
@@ -659,16 +660,43 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         Grads::Off => false,
         Grads::Auto => matches!(t.workload.phase, Phase::Train { .. }),
     };
+    // Past the machine's memory the guard guards nothing: an allocation
+    // failure aborts the process instead of R007.
+    let mut max_bytes = a.max_memory * 1e9;
+    let capped = match exec::host_memory() {
+        Some(host) if max_bytes > host => {
+            let asked = if a.max_memory < 1e6 {
+                format!("{}", a.max_memory)
+            } else {
+                format!("{:e}", a.max_memory)
+            };
+            eprintln!(
+                "note: --max-memory {asked} GB is more than this machine's {:.3} GB of memory; the run is limited to {:.3} GB",
+                host / 1e9,
+                host / 1e9
+            );
+            max_bytes = host;
+            true
+        }
+        _ => false,
+    };
     let cfg = RunConfig {
         seed: a.seed.or(t.seed).unwrap_or(0),
         tolerance: a.tolerance,
         gradients,
-        max_bytes: a.max_memory * 1e9,
+        max_bytes,
         ..RunConfig::default()
     };
     let report = match exec::run(&t.workload, &t.par, &cfg) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(mut e) => {
+            if capped && e.code == gantry_runtime::RCode::R007 {
+                e.help = Some(
+                    "scale the workload down with --scale: a run cannot use more than this machine's memory".into(),
+                );
+            }
+            return fail(&e);
+        }
     };
     crate::outln!(
         "  {} microbatches per replica, {} kernels compiled over all devices",

@@ -297,6 +297,28 @@ fn run_refuses_sizes_that_overflow() {
     }
 }
 
+/// `--max-memory` above the machine's memory is capped at it: the run is
+/// refused with R007 instead of aborting on an allocation failure.
+#[cfg(target_os = "linux")]
+#[test]
+fn max_memory_is_capped_at_the_machines_memory() {
+    let (code, _, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--max-memory",
+        "1e300",
+        "--scale",
+        "d_model=1048576",
+    ]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("note: --max-memory 1e300 GB is more than this machine's")
+            && err.contains("error[R007]"),
+        "{err}"
+    );
+}
+
 /// Nested repeats run every iteration: more than 10^6 op instances is
 /// R007 before anything runs (this ran 10^9 relus and never ended).
 #[test]
