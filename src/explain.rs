@@ -618,7 +618,10 @@ message names; merge with the file the shards ran (`--source` when it moved)."
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \
 names the first diverging op, device and microbatch. This is a runtime bug or a plan the \
-runtime executes wrongly: please report it with the command line.\n\
+runtime executes wrongly: please report it with the command line. Values that overflow f32 \
+to the same infinity on both sides are no difference (the run warns that the reference's \
+output is not finite); where the reference's output is not finite the help says so instead, \
+since the model overflows f32 at this scale.\n\
 Fix: none on the user's side; `--tolerance` only if the difference is rounding."
         }
         "R002" => {

@@ -711,6 +711,12 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             o.max_abs,
             o.max_rel
         );
+        if o.non_finite > 0 {
+            eprintln!(
+                "warning: {} values of the reference's `{}` are not finite (the model overflows f32 at this scale): the devices agree with it there, which checks little",
+                o.non_finite, o.name
+            );
+        }
     }
     if let Some(g) = &report.gradients {
         crate::outln!(

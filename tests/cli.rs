@@ -353,6 +353,36 @@ workload w {
     );
 }
 
+/// An output that overflows f32 on the devices and in the reference alike
+/// is not a runtime bug (it was R001 with an infinite error): the run
+/// passes and warns that the reference's output is not finite.
+#[test]
+fn an_output_overflowing_f32_on_both_sides_is_a_warning_not_r001() {
+    let f = temp(
+        "overflow.gantry",
+        "model M {
+  input x: f32[batch, 4]
+  output y = x * 1e39
+}
+workload w {
+  model M
+  prefill { batch = 8 }
+  simulate \"batch=4\"
+}
+",
+    );
+    for fix in ["tp=1,dp=1", "tp=1,dp=2"] {
+        let (code, out, err) = gantry(&["run", &f, "--fix", fix]);
+        no_panic(code, &err);
+        assert_eq!(code, 0, "{fix}: {out}{err}");
+        assert!(!err.contains("R001"), "{fix}: {err}");
+        assert!(
+            err.contains("warning: 16 values of the reference's `y` are not finite"),
+            "{fix}: {err}"
+        );
+    }
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");

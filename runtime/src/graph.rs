@@ -351,14 +351,21 @@ pub fn compare(got: &[f32], want: &[f32]) -> (f64, f64) {
 }
 
 /// [`compare`] with the scale of the relative error at least `floor`; any
-/// NaN or length mismatch is infinite.
+/// NaN, infinity on one side only or length mismatch is infinite. Equal infinities agree (a value
+/// that overflows f32 on both sides is no difference; `inf - inf` was
+/// NaN and read as an infinite error) and do not set the scale.
 pub fn compare_at(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
     let mut abs = 0.0f64;
     let mut scale = floor;
     let mut bad = got.len() != want.len();
     for (g, w) in got.iter().zip(want) {
+        if g == w && w.is_infinite() {
+            continue;
+        }
         let d = (f64::from(*g) - f64::from(*w)).abs();
-        if d.is_nan() {
+        // NaN, or an infinity on one side only (whose relative error
+        // came out as inf / inf = NaN, which no tolerance refuses).
+        if !d.is_finite() {
             bad = true;
         }
         abs = abs.max(d);
@@ -394,5 +401,16 @@ mod tests {
         assert_eq!(numel(&[big, big, 256]), usize::MAX);
         assert_eq!(numel(&[3, 0, 5]), 0);
         assert_eq!(numel(&[4, 5]), 20);
+    }
+
+    #[test]
+    fn equal_infinities_agree_and_others_do_not() {
+        let inf = f32::INFINITY;
+        assert_eq!(compare(&[inf, -inf, 2.0], &[inf, -inf, 2.0]), (0.0, 0.0));
+        // The finite elements still set the error and its scale.
+        assert_eq!(compare(&[inf, 1.0], &[inf, 2.0]), (1.0, 0.5));
+        for (g, w) in [(inf, -inf), (1.0, inf), (inf, 1.0), (f32::NAN, f32::NAN)] {
+            assert_eq!(compare(&[g], &[w]).1, f64::INFINITY, "{g} {w}");
+        }
     }
 }

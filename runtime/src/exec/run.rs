@@ -76,6 +76,10 @@ pub struct OutputCheck {
     pub shape: Vec<usize>,
     pub max_abs: f64,
     pub max_rel: f64,
+    /// Values of the reference's output that are not finite (the model
+    /// overflows f32 at this scale): where the devices agree, the
+    /// comparison says only that.
+    pub non_finite: usize,
 }
 
 /// The first op whose result on some device differs from the reference.
@@ -151,9 +155,23 @@ impl RunReport {
             ),
             None => String::new(),
         };
+        let help = if bad.non_finite > 0 {
+            format!(
+                "{} values of the reference's `{}` are not finite: the model overflows f32 at this scale, so the two cannot be compared there; scale it down or change the model",
+                bad.non_finite, bad.name
+            )
+        } else {
+            "this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line".into()
+        };
         Some(
-            RuntimeError::new(RCode::R001, format!("output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}", bad.name, bad.max_rel, self.tolerance))
-                .with_help("this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line"),
+            RuntimeError::new(
+                RCode::R001,
+                format!(
+                    "output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}",
+                    bad.name, bad.max_rel, self.tolerance
+                ),
+            )
+            .with_help(help),
         )
     }
 }
@@ -242,6 +260,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             shape: shape.clone(),
             max_abs: abs,
             max_rel: rel,
+            non_finite: want.iter().filter(|v| !v.is_finite()).count(),
         });
     }
     let outputs_ok = report.outputs.iter().all(|o| o.max_rel <= cfg.tolerance);
@@ -342,6 +361,7 @@ pub(super) fn run_decode(
             shape,
             max_abs: abs,
             max_rel: rel,
+            non_finite: want.iter().filter(|v| !v.is_finite()).count(),
         });
     }
     Ok(report)
