@@ -498,8 +498,11 @@ or add the missing figure (a `price`)."
             "A result is not a meaningful number: a step time or throughput that is zero, \
 negative, infinite or NaN, or a negative or non-finite memory, power or cost. The message \
 names the quantity, the point and the hardware figures involved; the result is never \
-printed or ranked.\n\
-Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency)."
+printed or ranked. A model that does no work at all (no arithmetic and no data moved, \
+e.g. `output y = x`) has a step time of 0 s on a device without a `step_overhead`, and the \
+message says so.\n\
+Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency); for a \
+model without work, give it an op that computes or the device a `step_overhead`."
         }
         "C017" => {
             "`gantry calibrate --fit DIR` or `gantry validate --cross DIR` was given a path \

@@ -383,6 +383,47 @@ workload w {
     }
 }
 
+/// A model with no arithmetic: its FLOP figures are 0, not -0.0 (the
+/// empty f64 sum), and a step with no work at all is a C016 that says
+/// so, not one that calls itself a bug.
+#[test]
+fn a_model_without_arithmetic_prints_zero_and_says_it_does_no_work() {
+    let model = |phase: &str| {
+        format!(
+            "import \"stdlib/hardware/dgx_h100.gantry\"
+model M() {{
+  input x: f32[batch, 4]
+  output y = x
+}}
+workload w {{
+  model M
+  prefill {{ {phase} }}
+}}
+plan p on DGX_H100 for w {{
+  search tp in {{1, 2}}, dp = auto
+}}
+"
+        )
+    };
+    let f = temp("identity_prompt.gantry", &model("batch = 8, prompt = 16"));
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MFU / HFU") && !out.contains("-0.0"), "{out}");
+    let (code, out, err) = gantry(&["plan", &f, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let mfu = v["metrics"]["mfu"].as_f64().expect("mfu");
+    assert!(mfu == 0.0 && mfu.is_sign_positive(), "{out}");
+    let f = temp("identity.gantry", &model("batch = 8"));
+    let (code, _, err) = gantry(&["plan", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C016]") && err.contains("does no work") && !err.contains("bug"),
+        "{err}"
+    );
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");
