@@ -111,13 +111,15 @@ pub struct KernelsArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CalibrateArgs {
-    /// Name of the declared device.
+    /// Name of the declared device (not a reserved word or a built-in
+    /// name: the declaration is checked before anything is measured).
     #[arg(long, default_value = "HostCpu")]
     pub name: String,
     /// Smaller problems and fewer repetitions (seconds instead of a minute).
     #[arg(long)]
     pub quick: bool,
-    /// Power to declare, in watts (cannot be measured from user space).
+    /// Power to declare, in watts (cannot be measured from user space; at
+    /// most 1 MW, as the checker takes a device's power).
     #[arg(long, default_value_t = 100.0, value_parser = positive)]
     pub power: f64,
     /// Instead of timing kernels: fit each device's efficiency factors to
@@ -936,6 +938,12 @@ pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
             "error: `{}` is not a device name (letters, digits and `_`, starting with a letter)",
             a.name
         );
+        return ExitCode::from(2);
+    }
+    // A reserved word or built-in name, or a power beyond the checker's
+    // range, would print a declaration that `gantry check` refuses.
+    if let Some(e) = calibrate::declaration_error(&a.name, a.power) {
+        eprintln!("error: the device declaration (`--name`, `--power`) would not check: {e}");
         return ExitCode::from(2);
     }
     match measure(a.quick, a.power) {

@@ -424,6 +424,25 @@ plan p on DGX_H100 for w {{
     );
 }
 
+/// `gantry calibrate` prints only declarations `gantry check` takes: a
+/// reserved word or built-in name, or a power above 1 MW, is a usage
+/// error before anything is measured.
+#[test]
+fn calibrate_refuses_declarations_the_checker_would_refuse() {
+    for (args, code_wanted) in [
+        (&["--name", "plan"][..], "[L010]"),
+        (&["--name", "len"], "[L031]"),
+        (&["--power", "1e308"], "[L046]"),
+    ] {
+        let mut all = vec!["calibrate", "--quick"];
+        all.extend_from_slice(args);
+        let (code, out, err) = gantry(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(code_wanted), "{args:?}: {err}");
+    }
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");
