@@ -511,8 +511,11 @@ or add the missing figure (a `price`)."
             "A result is not a meaningful number: a step time or throughput that is zero, \
 negative, infinite or NaN, or a negative or non-finite memory, power or cost. The message \
 names the quantity, the point and the hardware figures involved; the result is never \
-printed or ranked.\n\
-Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency)."
+printed or ranked. A model that does no work at all (no arithmetic and no data moved, \
+e.g. `output y = x`) has a step time of 0 s on a device without a `step_overhead`, and the \
+message says so.\n\
+Fix: correct the hardware figure the message names (a bandwidth, rate or efficiency); for a \
+model without work, give it an op that computes or the device a `step_overhead`."
         }
         "C017" => {
             "`gantry calibrate --fit DIR` or `gantry validate --cross DIR` was given a path \
@@ -607,7 +610,7 @@ Fix: remove the knob (docs/LANGUAGE.md §5.7, \"Batching window\")."
         }
         "C032" => {
             "`gantry study --shard SPEC` cannot run: SPEC is not `I/N` with whole numbers and \
-I below N (shards are numbered from 0), or it is `env` and neither a Slurm job array's \
+I below N (shards are numbered from 0) and N at most 2^20 (1048576), or it is `env` and neither a Slurm job array's \
 SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT (SLURM_ARRAY_TASK_MIN is subtracted) nor a \
 Kubernetes Indexed Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS is set. Also reported when a \
 shard's results would not read back from JSON as the same numbers (a figure that is not \
@@ -620,7 +623,7 @@ examples/launch), and set GANTRY_SHARDS to the Job's `completions`."
             "`gantry merge` was given files that are not every shard of one run exactly once: \
 a file that cannot be read or is not JSON (the message gives its line and column), another \
 document (a merged `gantry.study/1`), a `gantry.shard/1` document with unknown or missing \
-fields, a shard of another run (another source file, `--lib`, `--study`, `--sensitivity`, \
+fields, a shard count above 2^20, a shard of another run (another source file, `--lib`, `--study`, `--sensitivity`, \
 shard count or studies), a shard given twice or missing, a shard holding results that are \
 not its own, or a source file whose studies changed since the shards ran (their fingerprint \
 differs). Nothing is written and the exit code is 1.\n\
@@ -631,7 +634,10 @@ message names; merge with the file the shards ran (`--source` when it moved)."
             "`gantry run` found that the sharded execution differs from the reference \
 interpreter by more than the tolerance (`--tolerance`, default 1e-4 relative). The message \
 names the first diverging op, device and microbatch. This is a runtime bug or a plan the \
-runtime executes wrongly: please report it with the command line.\n\
+runtime executes wrongly: please report it with the command line. Values that overflow f32 \
+to the same infinity on both sides are no difference (the run warns that the reference's \
+output is not finite); where the reference's output is not finite the help says so instead, \
+since the model overflows f32 at this scale.\n\
 Fix: none on the user's side; `--tolerance` only if the difference is rounding."
         }
         "R002" => {
@@ -668,7 +674,13 @@ with gradients the parameter gradients and one activation tape per microbatch in
 its current values and their conversions, its inputs; the reference interpreter's \
 values (with gradients its tape and gradients); the largest of the three phases \
 (reference forward, devices, reference backward), plus a fixed amount per device and \
-per process. It is refused before anything is allocated.\n\
+per process. It is refused before anything is allocated. A tensor whose element count \
+overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
+refused the same way, before any size is computed from it, and so is a run that would \
+execute more than 10^6 op instances (every iteration of every `repeat`, nested repeats \
+multiplied, once per microbatch), which memory does not bound. A `--max-memory` above the \
+machine's memory is capped at it (with a note): past it an allocation failure would abort \
+the process.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."
         }
         _ => return None,

@@ -80,6 +80,7 @@ pub struct RunArgs {
     pub grad: Grads,
     /// Largest simulated memory in GB (all devices and the reference);
     /// a bigger run is refused with R007 before anything is allocated.
+    /// At most the machine's memory (a larger value is capped, with a note).
     #[arg(long = "max-memory", default_value_t = 4.0, value_parser = positive)]
     pub max_memory: f64,
 }
@@ -110,13 +111,15 @@ pub struct KernelsArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CalibrateArgs {
-    /// Name of the declared device.
+    /// Name of the declared device (not a reserved word or a built-in
+    /// name: the declaration is checked before anything is measured).
     #[arg(long, default_value = "HostCpu")]
     pub name: String,
     /// Smaller problems and fewer repetitions (seconds instead of a minute).
     #[arg(long)]
     pub quick: bool,
-    /// Power to declare, in watts (cannot be measured from user space).
+    /// Power to declare, in watts (cannot be measured from user space; at
+    /// most 1 MW, as the checker takes a device's power).
     #[arg(long, default_value_t = 100.0, value_parser = positive)]
     pub power: f64,
     /// Instead of timing kernels: fit each device's efficiency factors to
@@ -659,16 +662,43 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         Grads::Off => false,
         Grads::Auto => matches!(t.workload.phase, Phase::Train { .. }),
     };
+    // Past the machine's memory the guard guards nothing: an allocation
+    // failure aborts the process instead of R007.
+    let mut max_bytes = a.max_memory * 1e9;
+    let capped = match exec::host_memory() {
+        Some(host) if max_bytes > host => {
+            let asked = if a.max_memory < 1e6 {
+                format!("{}", a.max_memory)
+            } else {
+                format!("{:e}", a.max_memory)
+            };
+            eprintln!(
+                "note: --max-memory {asked} GB is more than this machine's {:.3} GB of memory; the run is limited to {:.3} GB",
+                host / 1e9,
+                host / 1e9
+            );
+            max_bytes = host;
+            true
+        }
+        _ => false,
+    };
     let cfg = RunConfig {
         seed: a.seed.or(t.seed).unwrap_or(0),
         tolerance: a.tolerance,
         gradients,
-        max_bytes: a.max_memory * 1e9,
+        max_bytes,
         ..RunConfig::default()
     };
     let report = match exec::run(&t.workload, &t.par, &cfg) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(mut e) => {
+            if capped && e.code == gantry_runtime::RCode::R007 {
+                e.help = Some(
+                    "scale the workload down with --scale: a run cannot use more than this machine's memory".into(),
+                );
+            }
+            return fail(&e);
+        }
     };
     crate::outln!(
         "  {} microbatches per replica, {} kernels compiled over all devices",
@@ -683,6 +713,12 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             o.max_abs,
             o.max_rel
         );
+        if o.non_finite > 0 {
+            eprintln!(
+                "warning: {} values of the reference's `{}` are not finite (the model overflows f32 at this scale): the devices agree with it there, which checks little",
+                o.non_finite, o.name
+            );
+        }
     }
     if let Some(g) = &report.gradients {
         crate::outln!(
@@ -902,6 +938,12 @@ pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
             "error: `{}` is not a device name (letters, digits and `_`, starting with a letter)",
             a.name
         );
+        return ExitCode::from(2);
+    }
+    // A reserved word or built-in name, or a power beyond the checker's
+    // range, would print a declaration that `gantry check` refuses.
+    if let Some(e) = calibrate::declaration_error(&a.name, a.power) {
+        eprintln!("error: the device declaration (`--name`, `--power`) would not check: {e}");
         return ExitCode::from(2);
     }
     match measure(a.quick, a.power) {

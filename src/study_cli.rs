@@ -65,11 +65,11 @@ pub struct StudyArgs {
     /// (docs/COST-MODEL.md §10). Six searches per cell beyond the cell's own.
     #[arg(long)]
     pub sensitivity: bool,
-    /// Threads to evaluate cells on (0: one per core). The output does
-    /// not depend on it.
-    #[arg(long, default_value_t = 0)]
+    /// Threads to evaluate cells on (0: one per core; at most 256). The
+    /// output does not depend on it.
+    #[arg(long, default_value_t = 0, value_parser = jobs)]
     pub jobs: usize,
-    /// Evaluate only shard I of N (`I/N`, I from 0 to N-1; `env`: from
+    /// Evaluate only shard I of N (`I/N`, I from 0 to N-1, N at most 2^20; `env`: from
     /// Slurm's SLURM_ARRAY_TASK_ID/_MIN/_COUNT or a Kubernetes Indexed
     /// Job's JOB_COMPLETION_INDEX with GANTRY_SHARDS) and write its
     /// partial JSON (`gantry.shard/1`) for `gantry merge`: a fixed slice
@@ -104,9 +104,28 @@ pub struct MergeArgs {
     /// As `gantry study --report`.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Threads to assemble on (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Threads to assemble on (0: one per core; at most 256).
+    #[arg(long, default_value_t = 0, value_parser = jobs)]
     pub jobs: usize,
+}
+
+/// The most threads `--jobs` starts. Each is an OS thread with its own
+/// stack, and the pool starts them all whatever the work: 10,000 took
+/// 38 s to start and stop on a two-core machine and 2^64-1 never ended.
+pub const MAX_JOBS: usize = 256;
+
+/// `--jobs`: a whole number from 0 (one thread per core) to [`MAX_JOBS`].
+fn jobs(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (a whole number of threads, 0 for one per core)"))?;
+    if n > MAX_JOBS {
+        return Err(format!(
+            "at most {MAX_JOBS} threads, got {n} (0: one per core)"
+        ));
+    }
+    Ok(n)
 }
 
 /// A progress bar that stays hidden until the run has taken a second,
@@ -344,6 +363,12 @@ fn shard_spec(spec: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<(usize
     if n == 0 || i >= n {
         return Err(format!(
             "shard {i} of {n} does not exist: shards are numbered 0 to N-1"
+        ));
+    }
+    if n > shard::MAX_SHARDS {
+        return Err(format!(
+            "{n} shards are too many: a run is split into at most {} (`gantry merge` reads them all back)",
+            shard::MAX_SHARDS
         ));
     }
     Ok((i, n))

@@ -191,6 +191,8 @@ pub enum Snapshot {
     Written,
     /// `--accept` could not write it.
     Unwritable(String),
+    /// There, but it cannot be read (not UTF-8 text, a folder): why.
+    Unreadable(String),
 }
 
 /// The snapshot file of `file`: `NAME.snap` beside `NAME.gantry`.
@@ -301,27 +303,61 @@ pub fn test_file(path: &Path, lib: &[PathBuf], accept: bool) -> FileResult {
         r.expectations.extend(exps);
         r.studies = n;
         let snap = snapshot_path(path);
-        let stored = std::fs::read_to_string(&snap).ok();
+        // A file that is there but cannot be read (not UTF-8, a folder)
+        // is not a missing one.
+        let stored = match std::fs::read_to_string(&snap) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        };
         r.snapshot = Some(match stored {
-            Some(old) if old == now => Snapshot::Same,
-            old if accept => match std::fs::write(&snap, &now) {
-                Ok(()) => {
-                    let _ = old;
-                    Snapshot::Written
-                }
+            Ok(Some(old)) if old == now => Snapshot::Same,
+            _ if accept => match std::fs::write(&snap, &now) {
+                Ok(()) => Snapshot::Written,
                 Err(e) => Snapshot::Unwritable(e.to_string()),
             },
-            Some(old) => Snapshot::Drifted(
-                similar::TextDiff::from_lines(&old, &now)
-                    .unified_diff()
-                    .context_radius(2)
-                    .header(&format!("{} (stored)", snap.display()), "now")
-                    .to_string(),
-            ),
-            None => Snapshot::Missing,
+            Ok(Some(old)) => Snapshot::Drifted(drift(&old, &now, &snap)),
+            Ok(None) => Snapshot::Missing,
+            Err(e) => Snapshot::Unreadable(e),
         });
     }
     r
+}
+
+/// The most lines (stored and now together) a drifted snapshot is diffed
+/// over: the diff's time grows with the product of the two sizes (a
+/// 200,000-line stale snapshot took 39 s), so past this the report names
+/// the sizes and the first differing line instead.
+pub const MAX_DIFF_LINES: usize = 10_000;
+
+/// How a drifted snapshot is shown: the unified diff (stored → now), or
+/// past [`MAX_DIFF_LINES`] the sizes and the first line that differs.
+fn drift(old: &str, now: &str, snap: &Path) -> String {
+    let (a, b) = (old.lines().count(), now.lines().count());
+    if a + b <= MAX_DIFF_LINES {
+        return similar::TextDiff::from_lines(old, now)
+            .unified_diff()
+            .context_radius(2)
+            .header(&format!("{} (stored)", snap.display()), "now")
+            .to_string();
+    }
+    let (mut o, mut n) = (old.lines(), now.lines());
+    let mut line = 1;
+    let (first_old, first_now) = loop {
+        match (o.next(), n.next()) {
+            // Only the line endings differ.
+            (None, None) => break (None, None),
+            (x, y) if x != y => break (x, y),
+            _ => line += 1,
+        }
+    };
+    let show = |l: Option<&str>| l.unwrap_or("(end of file)").to_string();
+    format!(
+        "--- {} (stored): {a} lines\n+++ now: {b} lines\ntoo many lines to diff (more than {MAX_DIFF_LINES}); the first difference is line {line}:\n-{}\n+{}\n",
+        snap.display(),
+        show(first_old),
+        show(first_now)
+    )
 }
 
 /// The `.gantry` files `paths` stand for, sorted and without repeats;
@@ -485,6 +521,15 @@ pub fn test_cmd(a: &TestArgs) -> ExitCode {
                 snaps_bad += 1;
                 file_failed = true;
                 lines.push(format!("  FAIL cannot write {}: {e}", snap.display()));
+            }
+            Some(Snapshot::Unreadable(e)) => {
+                snaps_bad += 1;
+                file_failed = true;
+                lines.push(format!(
+                    "  FAIL cannot read {}: {e} (`gantry test --accept {}` replaces it)",
+                    snap.display(),
+                    f.display()
+                ));
             }
         }
         let n_exp = r.expectations.len();

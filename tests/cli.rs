@@ -278,6 +278,171 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert!(!out.contains("gradients of one step"), "{out}");
 }
 
+/// Sizes whose element counts overflow 64 bits are refused (R007), not
+/// wrapped to a tiny estimate that let the run start and panic.
+#[test]
+fn run_refuses_sizes_that_overflow() {
+    for scale in [
+        "seq=4294967296,batch=4294967296",
+        "seq=4294967295,batch=4294967296",
+        "seq=65536,batch=281474976710656",
+    ] {
+        let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{scale}: {err}");
+        assert!(
+            err.contains("error[R007]") && err.contains("more than any memory holds"),
+            "{scale}: {err}"
+        );
+    }
+}
+
+/// `--max-memory` above the machine's memory is capped at it: the run is
+/// refused with R007 instead of aborting on an allocation failure.
+#[cfg(target_os = "linux")]
+#[test]
+fn max_memory_is_capped_at_the_machines_memory() {
+    let (code, _, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--max-memory",
+        "1e300",
+        "--scale",
+        "d_model=1048576",
+    ]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("note: --max-memory 1e300 GB is more than this machine's")
+            && err.contains("error[R007]"),
+        "{err}"
+    );
+}
+
+/// Nested repeats run every iteration: more than 10^6 op instances is
+/// R007 before anything runs (this ran 10^9 relus and never ended).
+#[test]
+fn run_refuses_unbounded_nested_repeats() {
+    let f = temp(
+        "nested_repeat.gantry",
+        "model M {
+  input x: f32[batch, 4]
+  y = x
+  repeat 1000 {
+    repeat 1000 {
+      repeat 1000 {
+        y = relu(y)
+      }
+    }
+  }
+  output o = y
+}
+workload w {
+  model M
+  prefill { batch = 8 }
+  simulate \"batch=4\"
+}
+",
+    );
+    let (code, _, err) = gantry(&["run", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("op instances"),
+        "{err}"
+    );
+}
+
+/// An output that overflows f32 on the devices and in the reference alike
+/// is not a runtime bug (it was R001 with an infinite error): the run
+/// passes and warns that the reference's output is not finite.
+#[test]
+fn an_output_overflowing_f32_on_both_sides_is_a_warning_not_r001() {
+    let f = temp(
+        "overflow.gantry",
+        "model M {
+  input x: f32[batch, 4]
+  output y = x * 1e39
+}
+workload w {
+  model M
+  prefill { batch = 8 }
+  simulate \"batch=4\"
+}
+",
+    );
+    for fix in ["tp=1,dp=1", "tp=1,dp=2"] {
+        let (code, out, err) = gantry(&["run", &f, "--fix", fix]);
+        no_panic(code, &err);
+        assert_eq!(code, 0, "{fix}: {out}{err}");
+        assert!(!err.contains("R001"), "{fix}: {err}");
+        assert!(
+            err.contains("warning: 16 values of the reference's `y` are not finite"),
+            "{fix}: {err}"
+        );
+    }
+}
+
+/// A model with no arithmetic: its FLOP figures are 0, not -0.0 (the
+/// empty f64 sum), and a step with no work at all is a C016 that says
+/// so, not one that calls itself a bug.
+#[test]
+fn a_model_without_arithmetic_prints_zero_and_says_it_does_no_work() {
+    let model = |phase: &str| {
+        format!(
+            "import \"stdlib/hardware/dgx_h100.gantry\"
+model M() {{
+  input x: f32[batch, 4]
+  output y = x
+}}
+workload w {{
+  model M
+  prefill {{ {phase} }}
+}}
+plan p on DGX_H100 for w {{
+  search tp in {{1, 2}}, dp = auto
+}}
+"
+        )
+    };
+    let f = temp("identity_prompt.gantry", &model("batch = 8, prompt = 16"));
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MFU / HFU") && !out.contains("-0.0"), "{out}");
+    let (code, out, err) = gantry(&["plan", &f, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let mfu = v["metrics"]["mfu"].as_f64().expect("mfu");
+    assert!(mfu == 0.0 && mfu.is_sign_positive(), "{out}");
+    let f = temp("identity.gantry", &model("batch = 8"));
+    let (code, _, err) = gantry(&["plan", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C016]") && err.contains("does no work") && !err.contains("bug"),
+        "{err}"
+    );
+}
+
+/// `gantry calibrate` prints only declarations `gantry check` takes: a
+/// reserved word or built-in name, or a power above 1 MW, is a usage
+/// error before anything is measured.
+#[test]
+fn calibrate_refuses_declarations_the_checker_would_refuse() {
+    for (args, code_wanted) in [
+        (&["--name", "plan"][..], "[L010]"),
+        (&["--name", "len"], "[L031]"),
+        (&["--power", "1e308"], "[L046]"),
+    ] {
+        let mut all = vec!["calibrate", "--quick"];
+        all.extend_from_slice(args);
+        let (code, out, err) = gantry(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(code_wanted), "{args:?}: {err}");
+    }
+}
+
 /// No panic, whatever the command: a panic exits 101 and says "panicked".
 fn no_panic(code: i32, err: &str) {
     assert!(code != 101 && !err.contains("panicked"), "{code}: {err}");
@@ -515,6 +680,29 @@ fn runtime_flags_are_validated() {
             "{other:?}: {err}"
         );
     }
+}
+
+/// `--jobs` starts that many threads: above 256 it is a usage error, not
+/// a run that spends minutes (or forever) starting threads.
+#[test]
+fn thread_counts_are_bounded() {
+    let f = "examples/codesign_study.gantry";
+    for n in ["257", "100000", "18446744073709551615"] {
+        for args in [
+            &["study", f, "--jobs", n][..],
+            &["merge", "absent-shard.json", "--jobs", n],
+        ] {
+            let (code, _, err) = gantry(args);
+            no_panic(code, &err);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains("at most 256 threads"), "{args:?}: {err}");
+        }
+    }
+    let (code, out, err) = gantry(&["study", f, "--jobs", "256"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, serial, err) = gantry(&["study", f, "--jobs", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, serial);
 }
 
 /// Spawns gantry with stdout piped, reads at most one line (or none) and

@@ -120,6 +120,53 @@ fn a_drifted_snapshot_fails_with_a_diff_until_accepted() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A huge stale snapshot is not diffed line by line (that took time
+/// quadratic in its size: 39 s for 200,000 lines); an unreadable one is
+/// reported as such, not as missing.
+#[test]
+fn huge_and_unreadable_snapshots_are_reported_quickly() {
+    let d = dir("huge");
+    let file = d.join("mix.gantry");
+    std::fs::write(
+        &file,
+        format!(
+            "{BASE}\nstudy mix on Box {{\n  workloads {{ tiny_train = 1.0 }}\n  objective maximize throughput\n}}\n"
+        ),
+    )
+    .expect("write");
+    let snap = d.join("mix.snap");
+    let junk: String = (0..200_000).map(|i| format!("junk line {i}\n")).collect();
+    std::fs::write(&snap, &junk).expect("write");
+    let start = std::time::Instant::now();
+    let (code, out, _) = gantry(&["test", &s(&file)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("too many lines to diff") && out.contains("200000 lines"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the first difference is line 1:\n-junk line 0\n"),
+        "{out}"
+    );
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+
+    std::fs::write(&snap, b"\xff\xfe not UTF-8\n").expect("write");
+    let (code, out, _) = gantry(&["test", &s(&file)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot read") && !out.contains("no snapshot"),
+        "{out}"
+    );
+    std::fs::remove_file(&snap).expect("remove");
+    std::fs::create_dir(&snap).expect("dir");
+    let (code, out, _) = gantry(&["test", &s(&file)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot read") && !out.contains("no snapshot"),
+        "{out}"
+    );
+}
+
 /// The plan's predicted step time, from `gantry plan --format json`.
 fn predicted_step_time(file: &Path) -> f64 {
     let (code, out, err) = gantry(&["plan", &s(file), "--format", "json"]);

@@ -228,6 +228,12 @@ fn bad_shard_sets_are_c033_and_bad_specs_c032() {
         &[],
         "shard count",
     );
+    // A huge shard count is refused, not allocated (it aborted).
+    for huge in ["1099511627776", "18446744073709551615"] {
+        let edited = text.replacen("\"shards\":3", &format!("\"shards\":{huge}"), 1);
+        assert_ne!(edited, text);
+        expect_c033(&with(&edited), &[], "at most 1048576");
+    }
     // A shard of another run, and the source changed since the shards ran.
     let other = scratch("other-shards");
     let (code, _, err) = gantry(&[
@@ -258,6 +264,8 @@ fn bad_shard_sets_are_c033_and_bad_specs_c032() {
         ("a/3", "not a whole number"),
         ("1", "I/N"),
         ("0/0", "does not exist"),
+        ("1/18446744073709551615", "too many"),
+        ("0/1048577", "too many"),
     ] {
         let (code, _, err) = gantry(&["study", study, "--shard", spec]);
         assert_eq!(code, 2, "{spec}: {err}");

@@ -520,11 +520,13 @@ impl Ir {
         self.body().map_or(0, |b| b.count)
     }
     /// Forward FLOPs per sample of the whole model.
+    // The sums over segments start at +0.0: `Iterator::sum` of no f64
+    // is -0.0, which a model without segments printed as "-0.0 TFLOP/s".
     pub fn flops_per_sample(&self) -> f64 {
         self.segments
             .iter()
             .map(|s| s.totals().flops * s.count as f64)
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
     /// Of [`Ir::flops_per_sample`], the FLOPs of `linear` ops: what runs
     /// at the matrix-product precision (`precision = { matmul = fp8 }`).
@@ -539,7 +541,7 @@ impl Ir {
                     .sum::<f64>()
                     * s.count as f64
             })
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
     /// Of the main body's layers, the fraction recomputed whole: all of
     /// them under `full`, none otherwise.
@@ -609,19 +611,19 @@ impl Ir {
                     .sum();
                 f * s.count as f64
             })
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
     pub fn params(&self) -> f64 {
         self.segments
             .iter()
             .map(|s| s.totals().params * s.count as f64)
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
     pub fn table_bytes(&self) -> f64 {
         self.segments
             .iter()
             .map(|s| s.totals().table_bytes * s.count as f64)
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
     /// Samples processed by one step of the workload.
     pub fn samples_per_step(&self) -> u64 {

@@ -135,6 +135,17 @@ pub fn verify(e: &Estimate, hw: &Hardware) -> Result<(), PinError> {
             "check the hardware figures the result divides by; this is a bug if they are all in range",
         )
     };
+    if t.step == 0.0 && e.model_flops == 0.0 {
+        // Not a bug and no figure out of range: nothing to price.
+        return Err(err(
+            Code::C016,
+            format!(
+                "at {} the step does no work: the model has no arithmetic and moves no data (an output that is an input, say), so its step time is 0 s and it has no throughput",
+                e.point
+            ),
+            "give the model an op that computes, or declare the device's fixed cost per step (`efficiency { step_overhead = 10 us }`)",
+        ));
+    }
     if !step_ok {
         return Err(bad("step time", t.step, Dim::TIME));
     }

@@ -39,6 +39,16 @@ use crate::study::Row;
 /// The version tag of a shard's partial JSON.
 pub const SCHEMA: &str = "gantry.shard/1";
 
+/// The most shards one run may be split into (`--shard I/N` and a shard
+/// file's `shards`): 2^20, far beyond any job array, and small enough
+/// that a merge's bookkeeping of N shards stays cheap. A shard file is
+/// untrusted input, so a larger count is refused (`C033`), not allocated.
+pub const MAX_SHARDS: usize = 1 << 20;
+
+/// How many missing shards a `C033` message names before it counts the
+/// rest.
+const MISSING_NAMED: usize = 10;
+
 /// One unit of work of a run. Indices are into the run's study list and
 /// that study's `systems`, `workloads` and `demand`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -554,6 +564,16 @@ pub fn parse(file: &str, text: &str) -> Result<Partial, Bad> {
             "shards are numbered from 0 to n-1",
         ));
     }
+    if p.shards > MAX_SHARDS {
+        return Err(bad(
+            file,
+            format!(
+                "a run of {} shards: at most {MAX_SHARDS} are allowed",
+                p.shards
+            ),
+            "pass the files `gantry study --shard` wrote, unedited, by the same Gantry version",
+        ));
+    }
     Ok(p)
 }
 
@@ -569,7 +589,9 @@ pub fn check_set(parts: &[(String, Partial)]) -> Result<(), Bad> {
         ));
     };
     let run = first.run();
-    let mut seen: Vec<Option<&str>> = vec![None; first.shards];
+    // Keyed by shard number: the count comes from the (untrusted) file,
+    // so nothing is sized by it.
+    let mut seen: std::collections::BTreeMap<usize, &str> = std::collections::BTreeMap::new();
     for (file, p) in parts {
         let other = p.run();
         let field = if other.source != run.source {
@@ -596,7 +618,7 @@ pub fn check_set(parts: &[(String, Partial)]) -> Result<(), Bad> {
                 "merge the shards of one `gantry study --shard i/n` run, all with the same file and flags",
             ));
         }
-        if let Some(prev) = seen[p.shard] {
+        if let Some(prev) = seen.get(&p.shard) {
             return Err(bad(
                 file,
                 format!(
@@ -606,19 +628,26 @@ pub fn check_set(parts: &[(String, Partial)]) -> Result<(), Bad> {
                 "pass each shard's file once",
             ));
         }
-        seen[p.shard] = Some(file);
+        seen.insert(p.shard, file);
     }
-    let missing: Vec<String> = (0..first.shards)
-        .filter(|&i| seen[i].is_none())
-        .map(|i| i.to_string())
-        .collect();
-    if !missing.is_empty() {
+    // Every shard seen is distinct and below the count, so this many are
+    // missing; the first few are named.
+    let count = first.shards.saturating_sub(seen.len());
+    if count > 0 {
+        let mut named: Vec<String> = (0..first.shards)
+            .filter(|i| !seen.contains_key(i))
+            .take(MISSING_NAMED)
+            .map(|i| i.to_string())
+            .collect();
+        if count > named.len() {
+            named.push(format!("and {} more", count - named.len()));
+        }
         return Err(bad(
             first_file,
             format!(
                 "shard{} {} of {} missing",
-                if missing.len() == 1 { "" } else { "s" },
-                missing.join(", "),
+                if count == 1 { "" } else { "s" },
+                named.join(", "),
                 first.shards
             ),
             "rerun the missing shards (`--shard i/n`) and pass every file",

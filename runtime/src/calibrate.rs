@@ -49,8 +49,45 @@ fn round3(x: f64) -> f64 {
     (x / mag).round() * mag
 }
 
+/// [`round3`] as the declaration writes it: three significant digits and
+/// no binary noise (`84.1`, not `84.10000000000001`).
+fn fig(x: f64) -> String {
+    let r = round3(x);
+    if r <= 0.0 {
+        return "0".into();
+    }
+    let decimals = (2.0 - r.log10().floor()).max(0.0) as usize;
+    format!("{r:.decimals$}")
+}
+
 fn clamp_fraction(x: f64) -> f64 {
     (x.clamp(0.01, 1.0) * 1000.0).round() / 1000.0
+}
+
+/// Why `gantry calibrate --name NAME --power W` would print a declaration
+/// that does not check (a reserved word or a built-in name, a power out
+/// of the checker's range), as `[CODE] message`: the declaration is
+/// checked with typical figures before anything is measured.
+pub fn declaration_error(name: &str, power_w: f64) -> Option<String> {
+    let probe = Measurements {
+        matmul: vec![MatmulTiming {
+            m: 256,
+            k: 256,
+            n: 256,
+            flops_per_s: 40e9,
+        }],
+        elementwise_bw: 9e9,
+        gather_bw: 4e9,
+        copy_bw: 10e9,
+        memory_bytes: 16e9,
+        power_w,
+    };
+    let text = device_decl(name, &probe);
+    let c = gantry_lang::check::check_source("calibrate.gantry", &text);
+    c.diagnostics
+        .iter()
+        .find(|d| d.severity == gantry_lang::diagnostic::Severity::Error)
+        .map(|d| format!("[{}] {}", d.code, d.message))
 }
 
 /// The `device` declaration for `name` (a valid Gantry identifier).
@@ -90,18 +127,18 @@ pub fn device_decl(name: &str, m: &Measurements) -> String {
         m.copy_bw / 1e9
     );
     let _ = writeln!(s, "device {name} {{");
-    let _ = writeln!(s, "  compute {{ fp32 = {} GFLOP/s }}", round3(peak / 1e9));
+    let _ = writeln!(s, "  compute {{ fp32 = {} GFLOP/s }}", fig(peak / 1e9));
     let _ = writeln!(
         s,
         "  memory hbm = {} GB @ {} GB/s",
-        round3(m.memory_bytes.max(1e9) / 1e9),
-        round3(copy / 1e9)
+        fig(m.memory_bytes.max(1e9) / 1e9),
+        fig(copy / 1e9)
     );
     let _ = writeln!(
         s,
         "  // Assumption, not a measurement: power cannot be read from user space."
     );
-    let _ = writeln!(s, "  power {} W", round3(m.power_w.max(1.0)));
+    let _ = writeln!(s, "  power {} W", fig(m.power_w.max(1.0)));
     let _ = writeln!(
         s,
         "  efficiency {{ matmul = {}, memory = {} }}",
@@ -148,5 +185,29 @@ mod tests {
             text.contains("efficiency { matmul = 0.717, memory = 0.875 }"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn figures_print_without_binary_noise() {
+        assert_eq!(fig(84.1), "84.1");
+        assert_eq!(fig(84.123), "84.1");
+        assert_eq!(fig(49.900000000000006), "49.9");
+        assert_eq!(fig(25.3), "25.3");
+        assert_eq!(fig(1234.0), "1230");
+        assert_eq!(fig(0.012345), "0.0123");
+        assert_eq!(fig(100.0), "100");
+        assert_eq!(fig(0.0), "0");
+    }
+
+    #[test]
+    fn names_and_powers_the_checker_refuses_are_found_first() {
+        assert_eq!(declaration_error("HostCpu", 100.0), None);
+        assert_eq!(declaration_error("host_cpu_2", 1e6), None);
+        for name in ["plan", "device", "len", "min"] {
+            let e = declaration_error(name, 100.0).unwrap_or_default();
+            assert!(e.starts_with("[L0"), "{name}: {e}");
+        }
+        let e = declaration_error("HostCpu", 1e308).unwrap_or_default();
+        assert!(e.starts_with("[L046]"), "{e}");
     }
 }

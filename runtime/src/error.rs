@@ -22,7 +22,7 @@ pub enum RCode {
     R005,
     /// A simulated device failed or a collective broke down.
     R006,
-    /// The simulated run would need more memory than allowed.
+    /// The simulated run would need more memory (or ops) than allowed.
     R007,
 }
 
@@ -59,7 +59,9 @@ impl RCode {
             RCode::R004 => "a --scale override cannot be applied",
             RCode::R005 => "a kernel failed to compile (a runtime bug)",
             RCode::R006 => "a simulated device failed or a collective broke down",
-            RCode::R007 => "the simulated run would need more memory than allowed (scale it down)",
+            RCode::R007 => {
+                "the simulated run would need more memory or work than allowed (scale it down)"
+            }
         }
     }
 }

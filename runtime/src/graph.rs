@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use gantry_lang::program::{Graph, Item, OpKind, TensorId};
 use gantry_lang::shape::Shape;
 
-use crate::error::{RuntimeError, unsupported};
+use crate::error::{RCode, RuntimeError, unsupported};
 use crate::init::{Init, Key};
 
 /// Norm epsilon (both `rmsnorm` and `layernorm`).
@@ -45,12 +45,46 @@ pub fn shapes(
                         t.name
                     ))
                 })
+                .and_then(|dims| match checked_numel(&dims) {
+                    Some(_) => Ok(dims),
+                    None => Err(too_many_elements(&t.name, &dims)),
+                })
         })
         .collect()
 }
 
+/// R007 for a tensor whose element count overflows (or exceeds
+/// [`MAX_ELEMENTS`]): refused before any size computed from it wraps.
+fn too_many_elements(name: &str, dims: &[usize]) -> RuntimeError {
+    RuntimeError::new(
+        RCode::R007,
+        format!(
+            "tensor `{name}` has shape {dims:?} under the binding: more than {:.3e} elements, more than any memory holds",
+            MAX_ELEMENTS as f64
+        ),
+    )
+    .with_help("scale the workload down with --scale (e.g. seq=16,batch=4)")
+}
+
+/// The most elements a tensor may have: its f32 values (4 B each) must
+/// fit in one allocation (`isize::MAX` bytes).
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 4;
+
+/// The elements of a shape, or `None` when they overflow or exceed
+/// [`MAX_ELEMENTS`]. [`shapes`] checks every tensor with it, so the
+/// products of a bound graph's dimensions do not wrap.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// The elements of a shape, saturating at `usize::MAX`: a size that
+/// overflows stays enormous (and is refused by the memory estimate)
+/// instead of wrapping to a small one.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 /// A parameter owned by an op: its shape and initializer
@@ -317,14 +351,21 @@ pub fn compare(got: &[f32], want: &[f32]) -> (f64, f64) {
 }
 
 /// [`compare`] with the scale of the relative error at least `floor`; any
-/// NaN or length mismatch is infinite.
+/// NaN, infinity on one side only or length mismatch is infinite. Equal infinities agree (a value
+/// that overflows f32 on both sides is no difference; `inf - inf` was
+/// NaN and read as an infinite error) and do not set the scale.
 pub fn compare_at(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
     let mut abs = 0.0f64;
     let mut scale = floor;
     let mut bad = got.len() != want.len();
     for (g, w) in got.iter().zip(want) {
+        if g == w && w.is_infinite() {
+            continue;
+        }
         let d = (f64::from(*g) - f64::from(*w)).abs();
-        if d.is_nan() {
+        // NaN, or an infinity on one side only (whose relative error
+        // came out as inf / inf = NaN, which no tolerance refuses).
+        if !d.is_finite() {
             bad = true;
         }
         abs = abs.max(d);
@@ -341,4 +382,35 @@ pub fn compare_at(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
         0.0
     };
     (abs, rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn element_counts_do_not_wrap() {
+        let big = 1usize << 32;
+        assert_eq!(checked_numel(&[big, big]), None);
+        assert_eq!(checked_numel(&[big, big / 2, 2]), None);
+        assert_eq!(checked_numel(&[MAX_ELEMENTS, 2]), None);
+        assert_eq!(checked_numel(&[MAX_ELEMENTS]), Some(MAX_ELEMENTS));
+        assert_eq!(checked_numel(&[3, 5]), Some(15));
+        assert_eq!(checked_numel(&[]), Some(1));
+        // 2^64 * 256 wrapped to 0.
+        assert_eq!(numel(&[big, big, 256]), usize::MAX);
+        assert_eq!(numel(&[3, 0, 5]), 0);
+        assert_eq!(numel(&[4, 5]), 20);
+    }
+
+    #[test]
+    fn equal_infinities_agree_and_others_do_not() {
+        let inf = f32::INFINITY;
+        assert_eq!(compare(&[inf, -inf, 2.0], &[inf, -inf, 2.0]), (0.0, 0.0));
+        // The finite elements still set the error and its scale.
+        assert_eq!(compare(&[inf, 1.0], &[inf, 2.0]), (1.0, 0.5));
+        for (g, w) in [(inf, -inf), (1.0, inf), (inf, 1.0), (f32::NAN, f32::NAN)] {
+            assert_eq!(compare(&[g], &[w]).1, f64::INFINITY, "{g} {w}");
+        }
+    }
 }

@@ -352,7 +352,8 @@ pub fn size_from(
             (e, g, c, plan_json) = (other, og, next, other_json);
         }
         let got = throughput(&e, &d.kind) * fraction(&g);
-        if got < demand {
+        // A rate that is not a number meets no demand.
+        if got.is_nan() || got < demand {
             return Err(format!(
                 "training delivers at most {} {}/s on {} devices of `{}` ({} after failures), short of {} {}/s by {:.1}%",
                 fmt(throughput(&e, &d.kind)),

@@ -69,6 +69,10 @@ pub fn goodput(f: &Failures, state: f64, storage: f64, restart: f64) -> Goodput 
     let interval = young_interval(checkpoint, mtbf);
     let fraction = if mtbf.is_infinite() {
         1.0
+    } else if !checkpoint.is_finite() || !interval.is_finite() {
+        // A checkpoint that never finishes (storage too slow for the
+        // state): every interruption loses all the work since the start.
+        0.0
     } else if interval > 0.0 {
         let period = interval + checkpoint;
         interval / period * (1.0 - (restart + period / 2.0) / mtbf)
@@ -82,7 +86,13 @@ pub fn goodput(f: &Failures, state: f64, storage: f64, restart: f64) -> Goodput 
         checkpoint,
         interval,
         restart,
-        fraction: fraction.clamp(0.0, 1.0),
+        // NaN (a pool that fails continually, 0 / 0) is no useful work;
+        // `clamp` would keep it.
+        fraction: if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        },
     }
 }
 
@@ -125,6 +135,32 @@ mod tests {
         assert!((g.checkpoint - 100.0).abs() < 1e-9);
         assert!((g.interval - 2_000.0).abs() < 1e-9);
         assert!((g.fraction - 0.888095).abs() < 1e-6, "{}", g.fraction);
+    }
+
+    #[test]
+    fn storage_too_slow_or_failures_too_fast_is_no_goodput_not_nan() {
+        let f = Failures {
+            devices: 16,
+            nodes: 2,
+            device_mtbf: 80_000.0 * 3600.0,
+            node_mtbf: Some(50_000.0 * 3600.0),
+        };
+        // 1.4 GB at 1e-300 B/s: an infinite checkpoint (inf / inf was NaN).
+        for storage in [1e-300, 0.0, f64::MIN_POSITIVE] {
+            let g = goodput(&f, 1.4e9, storage, 600.0);
+            assert_eq!(g.fraction, 0.0, "{storage}: {g:?}");
+        }
+        // A pool failing continually (MTBF 0) does nothing useful.
+        let always = Failures {
+            devices: 1,
+            nodes: 1,
+            device_mtbf: 5e-324,
+            node_mtbf: None,
+        };
+        for restart in [0.0, 600.0] {
+            let g = goodput(&always, 1.4e9, 1e9, restart);
+            assert_eq!(g.fraction, 0.0, "{restart}: {g:?}");
+        }
     }
 
     #[test]

@@ -136,3 +136,35 @@ fn a_figure_that_would_not_read_back_is_not_written() {
         assert_eq!(s.base.to_bits(), x.to_bits());
     }
 }
+
+#[test]
+fn a_huge_shard_count_is_refused_not_allocated() {
+    // The count is untrusted: above MAX_SHARDS it is refused on reading.
+    let (_, p) = shard(0, 1, 2);
+    let mut v = serde_json::to_value(&p).expect("value");
+    v["shards"] = serde_json::Value::from(u64::MAX);
+    let e = parse("x.json", &v.to_string()).expect_err("refused");
+    assert!(e.message.contains("at most"), "{}", e.message);
+    v["shards"] = serde_json::Value::from(MAX_SHARDS as u64 + 1);
+    assert!(parse("x.json", &v.to_string()).is_err());
+    // check_set sizes nothing by the count, and names only a few of the
+    // missing shards.
+    let mut one = shard(0, 2, 2);
+    one.1.shards = usize::MAX;
+    let m = check_set(&[one]).expect_err("refused").message;
+    assert!(m.contains("1, 2, 3"), "{m}");
+    assert!(
+        m.contains(&format!("and {} more", usize::MAX - 1 - MISSING_NAMED)),
+        "{m}"
+    );
+    assert!(m.len() < 300, "{m}");
+    // At the bound, one file of many shards is reported the same way.
+    let (_, p) = shard(0, 1, 2);
+    let mut v = serde_json::to_value(&p).expect("value");
+    v["shards"] = serde_json::Value::from(MAX_SHARDS as u64);
+    let p = parse("x.json", &v.to_string()).expect("at the bound");
+    let m = check_set(&[("x.json".into(), p)])
+        .expect_err("refused")
+        .message;
+    assert!(m.contains(&format!("of {MAX_SHARDS} missing")), "{m}");
+}

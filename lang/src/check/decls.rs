@@ -191,6 +191,10 @@ pub struct FigureRange {
     /// above zero (a zero one makes a step time or a price infinite);
     /// latencies and a node's power overhead may be zero.
     pub positive: bool,
+    /// The smallest accepted value in base units (0: none beyond
+    /// `positive`): a figure so small that what divides by it comes out
+    /// infinite or meaningless.
+    pub min: f64,
     pub max: f64,
 }
 
@@ -198,41 +202,48 @@ pub struct FigureRange {
 /// densest figure in the stdlib, B200 fp8, is 4.5e15).
 pub const MAX_FLOP_RATE: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e18,
 };
 /// Memory, link, NIC and fabric bandwidths, in B/s: at most 1e18 (1 EB/s;
 /// on-chip SRAM reaches about 1e14).
 pub const MAX_BANDWIDTH: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e18,
 };
 /// Memory capacities (HBM, other memories, host memory), in B: at most
 /// 1e15 (1 PB, as the `reserve` bound; a node's host memory is about 2e12).
 pub const MAX_CAPACITY: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e15,
 };
 /// A device's power, in W: above zero, at most 1e6 (1 MW; a GPU draws
 /// about 1e3).
 pub const DEVICE_POWER: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e6,
 };
 /// A node's power beyond its devices', in W: zero or more, at most 1e6.
 pub const NODE_POWER: FigureRange = FigureRange {
     positive: false,
+    min: 0.0,
     max: 1e6,
 };
 /// Prices, in $/s: above zero, at most $1,000,000/h (a device costs a few
 /// $/h, a node a few tens).
 pub const MAX_PRICE: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e6 / 3600.0,
 };
 /// Link and fabric latencies, in s: zero or more, at most 1 s (real ones
 /// are microseconds).
 pub const MAX_LATENCY: FigureRange = FigureRange {
     positive: false,
+    min: 0.0,
     max: 1.0,
 };
 
@@ -479,6 +490,14 @@ impl Checker {
             (
                 format!("{what} must be above zero, got {q}"),
                 "a zero figure makes every time or price that divides by it infinite",
+            )
+        } else if value < range.min {
+            (
+                format!(
+                    "{what} must be at least {}, got {q}",
+                    Quantity::new(range.min, dim)
+                ),
+                "far below any real hardware or site (docs/LANGUAGE.md, §5.2 \"Hardware figures\")",
             )
         } else if value > range.max {
             (

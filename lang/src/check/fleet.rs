@@ -24,6 +24,7 @@ use crate::units::{Dim, Quantity};
 /// hundred thousand dollars).
 pub const MAX_PURCHASE: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e9,
 };
 /// An amortisation period or a mean time between failures: above zero, at
@@ -31,27 +32,41 @@ pub const MAX_PURCHASE: FigureRange = FigureRange {
 /// decades).
 pub const MAX_PERIOD: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e12,
 };
 /// A site's power cap or a rack's power: above zero, at most 1e10 W (10 GW).
 pub const MAX_SITE_POWER: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e10,
 };
 /// An energy price in $/J: above zero, at most $1000/kWh.
 pub const MAX_ENERGY_PRICE: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1000.0 / 3.6e6,
 };
 /// Restart time after a failure: zero or more, at most one day.
 pub const MAX_RESTART: FigureRange = FigureRange {
     positive: false,
+    min: 0.0,
     max: 86_400.0,
 };
 /// A demanded amount or rate: above zero, at most 1e24.
 pub const MAX_DEMAND: FigureRange = FigureRange {
     positive: true,
+    min: 0.0,
     max: 1e24,
+};
+
+/// A checkpoint store's bandwidth, in B/s: at least 1 MB/s (below it a
+/// checkpoint of any real model takes days, and a tiny value made the
+/// checkpoint time infinite and the goodput NaN), at most 1e18 (1 EB/s).
+pub const MIN_STORAGE: FigureRange = FigureRange {
+    positive: true,
+    min: 1e6,
+    max: 1e18,
 };
 
 /// The fields of a study's `site` record: name, dimension, range, example,
@@ -62,6 +77,7 @@ const SITE_FIELDS: &[(&str, Dim, FigureRange, &str, bool)] = &[
         Dim::NONE,
         FigureRange {
             positive: true,
+            min: 0.0,
             max: 10.0,
         },
         "pue = 1.2",
@@ -91,10 +107,7 @@ const SITE_FIELDS: &[(&str, Dim, FigureRange, &str, bool)] = &[
     (
         "storage",
         Dim::BANDWIDTH,
-        FigureRange {
-            positive: true,
-            max: 1e18,
-        },
+        MIN_STORAGE,
         "storage = 1 TB/s",
         false,
     ),
@@ -137,6 +150,7 @@ impl Checker {
         own.mtbf = read(self, "mtbf", Dim::TIME, MAX_PERIOD, "mtbf 80000 h").map(|x| x.0);
         let idle_range = FigureRange {
             positive: false,
+            min: 0.0,
             max: 1e6,
         };
         if let Some((p, span)) = read(

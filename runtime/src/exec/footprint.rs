@@ -365,6 +365,53 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
     Ok(4.0 * most + (DEVICE_HEAP + PER_DEVICE) * n + PER_RUN)
 }
 
+/// This machine's physical memory in bytes (`MemTotal` of
+/// `/proc/meminfo`), or `None` where it cannot be read. A run whose
+/// estimate exceeds it would die on an allocation failure (an abort, not
+/// an error), so the CLI caps `--max-memory` at it.
+pub fn host_memory() -> Option<f64> {
+    mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in bytes.
+fn mem_total(meminfo: &str) -> Option<f64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: f64 = words.next()?.parse().ok()?;
+    let scale = match words.next() {
+        Some("kB") => 1024.0,
+        None => 1.0,
+        Some(_) => return None,
+    };
+    Some(n * scale).filter(|b| b.is_finite() && *b > 0.0)
+}
+
+/// The most op instances a run may execute ([`op_instances`]): about a
+/// second of the interpreter's and the devices' per-op work in a release
+/// build; a full-size model at `layers=126` is a few thousand.
+pub const MAX_OP_INSTANCES: f64 = 1e6;
+
+/// The op instances a run of `w` under `par` executes on each replica:
+/// every op of the graph once per iteration of every `repeat` around it
+/// (nested repeats multiply), once per microbatch. Memory does not bound
+/// this: `repeat 1000 { repeat 1000 { repeat 1000 { y = relu(y) } } }`
+/// allocates nothing new and runs 10^9 ops.
+pub fn op_instances(w: &Workload, par: &Parallel) -> f64 {
+    fn count(items: &[Item]) -> f64 {
+        items.iter().fold(0.0, |n, it| {
+            n + match it {
+                Item::Op(_) => 1.0,
+                Item::Repeat(r) => r.count as f64 * count(&r.body),
+            }
+        })
+    }
+    let batch = w.bindings.get("batch").copied().unwrap_or(1).max(1) as f64;
+    let microbatches = (batch / (par.dp.max(1) * par.microbatch.max(1)) as f64)
+        .floor()
+        .max(1.0);
+    count(&w.model.graph.body) * microbatches
+}
+
 /// What a device keeps of one op per microbatch for its backward, in
 /// multiples of its result: the result, and for `moe` the tokens sent to
 /// and received from the experts (`top_k` copies each) and the experts'
@@ -387,4 +434,19 @@ fn saved(kind: &OpKind) -> f64 {
 /// Elements of tensor `t` replicated over `tp` ranks.
 fn spread_rep(shapes: &[Vec<usize>], t: TensorId, tp: usize) -> f64 {
     (numel(&shapes[t.0 as usize]) * tp) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_reads_meminfo() {
+        let text = "MemTotal:       24522740 kB\nMemFree:        21000000 kB\n";
+        assert_eq!(mem_total(text), Some(24522740.0 * 1024.0));
+        assert_eq!(mem_total("MemFree: 3 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: 0 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: many kB\n"), None);
+        assert_eq!(mem_total("MemTotal: 3 MB\n"), None);
+    }
 }

@@ -54,7 +54,9 @@ mod simulate;
 #[cfg(test)]
 mod tests;
 
-pub use footprint::{DEVICE_HEAP, PER_DEVICE, PER_RUN, footprint};
+pub use footprint::{
+    DEVICE_HEAP, MAX_OP_INSTANCES, PER_DEVICE, PER_RUN, footprint, host_memory, op_instances,
+};
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
 pub use parallel::{Parallel, TableShard, describe, validate};
 pub use pipeline::pipelined_repeat;

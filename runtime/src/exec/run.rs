@@ -17,7 +17,7 @@ use crate::jit::Jit;
 use crate::reference;
 
 use super::device::Dev;
-use super::footprint::footprint;
+use super::footprint::{MAX_OP_INSTANCES, footprint, op_instances};
 use super::grad::{self, GradCheck, StepCheck};
 use super::parallel::{Parallel, validate};
 use super::simulate::{Part, cut, replica_of, simulate, simulate_devices};
@@ -76,6 +76,10 @@ pub struct OutputCheck {
     pub shape: Vec<usize>,
     pub max_abs: f64,
     pub max_rel: f64,
+    /// Values of the reference's output that are not finite (the model
+    /// overflows f32 at this scale): where the devices agree, the
+    /// comparison says only that.
+    pub non_finite: usize,
 }
 
 /// The first op whose result on some device differs from the reference.
@@ -151,9 +155,23 @@ impl RunReport {
             ),
             None => String::new(),
         };
+        let help = if bad.non_finite > 0 {
+            format!(
+                "{} values of the reference's `{}` are not finite: the model overflows f32 at this scale, so the two cannot be compared there; scale it down or change the model",
+                bad.non_finite, bad.name
+            )
+        } else {
+            "this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line".into()
+        };
         Some(
-            RuntimeError::new(RCode::R001, format!("output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}", bad.name, bad.max_rel, self.tolerance))
-                .with_help("this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line"),
+            RuntimeError::new(
+                RCode::R001,
+                format!(
+                    "output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}",
+                    bad.name, bad.max_rel, self.tolerance
+                ),
+            )
+            .with_help(help),
         )
     }
 }
@@ -184,6 +202,17 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             ),
         )
         .with_help("scale the workload down with --scale (e.g. layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4, or rows=10000 for DLRM tables), or raise --max-memory"));
+    }
+    let ops = op_instances(w, par);
+    if ops > MAX_OP_INSTANCES {
+        return Err(RuntimeError::new(
+            RCode::R007,
+            format!(
+                "running `{}` at this scale executes about {ops:.3e} op instances (every iteration of every `repeat`, nested repeats multiplied, per microbatch); the runtime runs at most {MAX_OP_INSTANCES:.0e}",
+                w.name
+            ),
+        )
+        .with_help("scale the repeat counts down with --scale (e.g. layers=2), or use fewer microbatches (a larger `microbatch` in --fix)"));
     }
     if let Phase::Decode { context, .. } = w.phase {
         return run_decode(w, par, cfg, context as usize);
@@ -231,6 +260,7 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             shape: shape.clone(),
             max_abs: abs,
             max_rel: rel,
+            non_finite: want.iter().filter(|v| !v.is_finite()).count(),
         });
     }
     let outputs_ok = report.outputs.iter().all(|o| o.max_rel <= cfg.tolerance);
@@ -331,6 +361,7 @@ pub(super) fn run_decode(
             shape,
             max_abs: abs,
             max_rel: rel,
+            non_finite: want.iter().filter(|v| !v.is_finite()).count(),
         });
     }
     Ok(report)

@@ -74,6 +74,63 @@ workload w {
         }
     }
 
+    /// Memory does not bound the work of nested repeats: a run that
+    /// would execute more than MAX_OP_INSTANCES ops is R007 before
+    /// anything runs (this one ran 10^9 relus and never finished).
+    #[test]
+    fn nested_repeats_beyond_the_op_bound_are_refused() {
+        let src = |n: u64| {
+            format!(
+                "model M {{
+  input x: fp32[batch, 4]
+  y = x
+  repeat {n} {{
+    repeat 1000 {{
+      repeat 1000 {{
+        y = relu(y)
+      }}
+    }}
+  }}
+  output o = y
+}}
+workload w {{
+  model M
+  prefill {{ batch = 4 }}
+}}
+"
+            )
+        };
+        let par = |microbatch: usize| Parallel {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            ep: 1,
+            cp: 1,
+            vp: 1,
+            tables: Vec::new(),
+            zero: 0,
+            microbatch,
+            stage_layers: vec![1],
+            sp: false,
+            forms: Default::default(),
+        };
+        let c = gantry_lang::check::check_source("t.gantry", &src(1000));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let w = &c.program.workloads["w"];
+        // One relu per innermost iteration, once per microbatch.
+        assert_eq!(super::super::op_instances(w, &par(4)), 1e9);
+        assert_eq!(super::super::op_instances(w, &par(1)), 4e9);
+        let e = run(w, &par(4), &RunConfig::default()).expect_err("refused");
+        assert_eq!(e.code, RCode::R007, "{e:?}");
+        assert!(e.message.contains("op instances"), "{}", e.message);
+        // The SRC model: an embedding; in each of 2 layers rmsnorm, 3
+        // linears, attention, linear, add, layernorm, 2 linears, silu,
+        // mul, linear, add (14); then rmsnorm and a linear: 31.
+        let w = workload();
+        assert_eq!(super::super::op_instances(&w, &par(4)), 31.0);
+        assert_eq!(super::super::op_instances(&w, &par(1)), 124.0);
+    }
+
     #[test]
     fn sequence_parallel_runs_match_reference_op_by_op() {
         let w = workload();
