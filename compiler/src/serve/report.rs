@@ -125,6 +125,26 @@ pub struct Summary {
     /// With prefix caches by prompt (`after`): the share of the fresh
     /// prompts' tokens found cached. `None` without them.
     pub prefix_cached: Option<f64>,
+    /// The clients of a closed loop (all the requests for a burst);
+    /// `None` for open-loop arrivals, whose `rate` is offered.
+    pub clients: Option<u64>,
+}
+
+impl Summary {
+    /// How the requests came, in words: at the offered rate, or from a
+    /// closed loop (whose rate is what the deployment served).
+    pub fn load_text(&self) -> String {
+        match self.clients {
+            Some(c) if c >= self.requests => {
+                format!("{} requests sent at once (a burst)", self.requests)
+            }
+            Some(c) => format!(
+                "{} requests from a closed loop of {c} clients",
+                self.requests
+            ),
+            None => format!("{} requests at {:.3} req/s", self.requests, self.rate),
+        }
+    }
 }
 
 impl Summary {
@@ -319,6 +339,7 @@ pub fn summarize(
         little: (o.little_l, o.little_lambda, o.little_w),
         prefix_cached: (!serve.after.is_empty() && o.prefix_looked_up > 0)
             .then(|| o.prefix_found as f64 / o.prefix_looked_up as f64),
+        clients: serve.arrivals.clients(n as u64),
     }
 }
 
@@ -480,8 +501,10 @@ pub fn text(s: &Summary) -> String {
     }
     let _ = writeln!(
         t,
-        "Load        {} requests at {:.3} req/s; {} completed, {} dropped",
-        s.requests, s.rate, s.completed, s.dropped
+        "Load        {}; {} completed, {} dropped",
+        s.load_text(),
+        s.completed,
+        s.dropped
     );
     if s.unstable {
         let _ = writeln!(
@@ -808,8 +831,10 @@ pub fn markdown(s: &Summary) -> String {
     );
     let _ = writeln!(
         t,
-        "Load: {} requests at {:.3} req/s; {} completed, {} dropped.\n",
-        s.requests, s.rate, s.completed, s.dropped
+        "Load: {}; {} completed, {} dropped.\n",
+        s.load_text(),
+        s.completed,
+        s.dropped
     );
     if s.unstable {
         let _ = writeln!(
