@@ -217,6 +217,14 @@ impl Case {
     }
 }
 
+/// The mean over cases' (sum, count) pairs, summed in order (0 if none).
+fn mean_of(per: &[(f64, usize)]) -> f64 {
+    let (s, n) = per
+        .iter()
+        .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
+    if n == 0 { 0.0 } else { s / n as f64 }
+}
+
 fn residual(predicted: f64, published: f64) -> f64 {
     let r = (predicted / published).ln();
     if r.is_finite() {
@@ -251,22 +259,20 @@ impl Problem {
         let per: Vec<(f64, usize)> = (0..self.cases.len())
             .into_par_iter()
             .filter(|k| Some(*k) != skip && self.cases[*k].fitted)
-            .map(|k| {
-                let f = self.figures(k, t);
-                let c = &self.cases[k];
-                (
-                    f.iter()
-                        .zip(&c.published)
-                        .map(|(p, q)| residual(*p, *q))
-                        .sum::<f64>(),
-                    f.len(),
-                )
-            })
+            .map(|k| self.residuals(k, t))
             .collect();
-        let (s, n) = per
+        mean_of(&per)
+    }
+
+    /// The sum of case `k`'s |ln error| at `t`, and its figures.
+    fn residuals(&self, k: usize, t: &Theta) -> (f64, usize) {
+        let f = self.figures(k, t);
+        let sum = f
             .iter()
-            .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
-        if n == 0 { 0.0 } else { s / n as f64 }
+            .zip(&self.cases[k].published)
+            .map(|(p, q)| residual(*p, *q))
+            .sum::<f64>();
+        (sum, f.len())
     }
 
     /// The best value of term `j` on its grid (and its default), the
@@ -355,21 +361,10 @@ impl Problem {
             .par_iter()
             .map(|&k| {
                 let (v, _) = self.refine(t, on, step, Some(k));
-                let f = self.figures(k, &v);
-                let c = &self.cases[k];
-                (
-                    f.iter()
-                        .zip(&c.published)
-                        .map(|(p, q)| residual(*p, *q))
-                        .sum::<f64>(),
-                    f.len(),
-                )
+                self.residuals(k, &v)
             })
             .collect();
-        let (s, n) = per
-            .iter()
-            .fold((0.0, 0usize), |(s, n), (a, b)| (s + a, n + b));
-        if n == 0 { 0.0 } else { s / n as f64 }
+        mean_of(&per)
     }
 
     fn simulations(&self) -> usize {

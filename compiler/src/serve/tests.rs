@@ -370,6 +370,17 @@ fn small() -> IterModel {
     model(0.01, 5e-5, 20_000.0)
 }
 
+/// Little's law within 2% over the outcome's window: `L = lambda W`.
+fn assert_little(o: &Outcome) {
+    let lw = o.little_lambda * o.little_w;
+    assert!(
+        (o.little_l - lw).abs() <= 0.02 * lw,
+        "L {} vs lambda W {}",
+        o.little_l,
+        lw
+    );
+}
+
 fn p99(o: &Outcome, f: impl Fn(&Outcome) -> &Vec<f64>) -> f64 {
     let mut v: Vec<f64> = f(o).iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
@@ -813,13 +824,7 @@ fn request_overhead_delays_admission_by_exactly_its_time() {
     let reqs = requests(&s, None);
     let o = run(IterModel { admission: d, ..m }, &reqs);
     assert_eq!(o.completed, 4_000);
-    let lw = o.little_lambda * o.little_w;
-    assert!(
-        (o.little_l - lw).abs() <= 0.02 * lw,
-        "L {} vs lambda W {}",
-        o.little_l,
-        lw
-    );
+    assert_little(&o);
 }
 
 /// An engine's `frontend_time` (`IterModel::frontend`) is one process's
@@ -867,13 +872,7 @@ fn frontend_time_serves_one_request_at_a_time() {
         &reqs,
     );
     assert_eq!(o.completed, 4_000);
-    let lw = o.little_lambda * o.little_w;
-    assert!(
-        (o.little_l - lw).abs() <= 0.02 * lw,
-        "L {} vs lambda W {}",
-        o.little_l,
-        lw
-    );
+    assert_little(&o);
 }
 
 /// A run `after` earlier runs of the same requests (`sim::simulate_cached`

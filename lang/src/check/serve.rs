@@ -205,34 +205,28 @@ impl Checker {
             }
             return None;
         };
-        let rate_help =
-            "a rate in requests per second, a plain number from 0.000001 to 1e9: `rate = 4`";
+        let rate_of = |this: &mut Self, rv: &Value, rs: Span| {
+            this.serve_number(
+                rv,
+                rs,
+                "`rate`",
+                (MIN_RATE, MAX_RATE),
+                (false, false),
+                "a rate in requests per second, a plain number from 0.000001 to 1e9: `rate = 4`",
+            )
+        };
         match name.as_str() {
             "poisson" => {
                 let a = self.ctor_args(name, args, &["rate"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
-                let rate = self.serve_number(
-                    &rv,
-                    rs,
-                    "`rate`",
-                    (MIN_RATE, MAX_RATE),
-                    (false, false),
-                    rate_help,
-                )?;
+                let rate = rate_of(self, &rv, rs)?;
                 Some(Arrivals::Poisson { rate })
             }
             "gamma" => {
                 let a = self.ctor_args(name, args, &["rate", "cv"])?;
                 let (rv, rs) = self.ctor_required(name, &a, "rate", span)?;
                 let (cv_v, cv_s) = self.ctor_required(name, &a, "cv", span)?;
-                let rate = self.serve_number(
-                    &rv,
-                    rs,
-                    "`rate`",
-                    (MIN_RATE, MAX_RATE),
-                    (false, false),
-                    rate_help,
-                );
+                let rate = rate_of(self, &rv, rs);
                 let cv = self.serve_number(
                     &cv_v,
                     cv_s,
