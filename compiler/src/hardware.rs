@@ -102,6 +102,8 @@ pub struct Hardware {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MissingFigure {
     pub device: String,
+    /// What is missing, without an article: the messages read "device `D`
+    /// has no {what}" (`bf16` compute rate, memory).
     pub what: String,
 }
 
@@ -178,14 +180,14 @@ impl Hardware {
             .copied()
             .ok_or_else(|| MissingFigure {
                 device: d.name.clone(),
-                what: format!("a `{}` compute rate", dtype.name()),
+                what: format!("`{}` compute rate", dtype.name()),
             })?;
         let (peak_matmul, matmul_elem_bytes) = match w.kernels.matmul_dtype {
             Some(m) => (
                 d.compute.get(&m).copied().ok_or_else(|| MissingFigure {
                     device: d.name.clone(),
                     what: format!(
-                        "a `{}` compute rate (the workload's matmul precision)",
+                        "`{}` compute rate (the workload's matmul precision)",
                         m.name()
                     ),
                 })?,
@@ -200,7 +202,7 @@ impl Hardware {
             .or(d.memories.first())
             .ok_or_else(|| MissingFigure {
                 device: d.name.clone(),
-                what: "a memory".into(),
+                what: "memory".into(),
             })?;
         let e_matmul = factor("matmul", Dim::NONE, 1.0);
         let topo = Topology::new(

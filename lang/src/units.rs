@@ -175,8 +175,12 @@ impl fmt::Display for Quantity {
                     (1e-3, "m")
                 } else if a >= 1e-6 {
                     (1e-6, "u")
-                } else {
+                } else if a >= 1e-12 {
                     (1e-9, "n")
+                } else {
+                    // Far below a nanosecond: `1.000e-300 s`, not
+                    // `1.000e-291 ns`.
+                    (1.0, "")
                 };
                 write!(f, "{} {prefix}s", format_number(v / scale))
             }

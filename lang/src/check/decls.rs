@@ -198,18 +198,23 @@ pub struct FigureRange {
     pub max: f64,
 }
 
-/// Compute rates per device, in FLOP/s: at most 1e18 (1 EFLOP/s; the
+/// Compute rates per device, in FLOP/s: at least 1e6 (1 MFLOP/s, what a
+/// 1980s microprocessor with an FPU managed; the slowest figure in the
+/// stdlib is tens of TFLOP/s, and at 1e-300 FLOP/s a step took an
+/// infinite time, C016 "this is a bug"), at most 1e18 (1 EFLOP/s; the
 /// densest figure in the stdlib, B200 fp8, is 4.5e15).
 pub const MAX_FLOP_RATE: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 1e6,
     max: 1e18,
 };
-/// Memory, link, NIC and fabric bandwidths, in B/s: at most 1e18 (1 EB/s;
-/// on-chip SRAM reaches about 1e14).
+/// Memory, link, NIC and fabric bandwidths, in B/s: at least 1e3 (1 kB/s
+/// = 8 kb/s, below a dial-up modem's 56 kb/s; real memories and links run
+/// at GB/s, and at 1e-300 B/s a transfer took an infinite time, C016), at
+/// most 1e18 (1 EB/s; on-chip SRAM reaches about 1e14).
 pub const MAX_BANDWIDTH: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 1e3,
     max: 1e18,
 };
 /// Memory capacities (HBM, other memories, host memory), in B: at most
@@ -219,11 +224,13 @@ pub const MAX_CAPACITY: FigureRange = FigureRange {
     min: 0.0,
     max: 1e15,
 };
-/// A device's power, in W: above zero, at most 1e6 (1 MW; a GPU draws
-/// about 1e3).
+/// A device's power, in W: at least 1e-3 (1 mW, a microcontroller's
+/// draw; an accelerator draws hundreds of watts, and at 1e-300 W the
+/// energy per step and throughput per watt were absurd), at most 1e6
+/// (1 MW; a GPU draws about 1e3).
 pub const DEVICE_POWER: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 1e-3,
     max: 1e6,
 };
 /// A node's power beyond its devices', in W: zero or more, at most 1e6.
@@ -232,11 +239,13 @@ pub const NODE_POWER: FigureRange = FigureRange {
     min: 0.0,
     max: 1e6,
 };
-/// Prices, in $/s: above zero, at most $1,000,000/h (a device costs a few
-/// $/h, a node a few tens).
+/// Prices, in $/s: at least $0.001/h (a tenth of a cent an hour, below
+/// the cheapest cloud vCPU; at $1e-300/h the throughput per dollar was
+/// infinite and every design point invalid, C010), at most $1,000,000/h
+/// (a device costs a few $/h, a node a few tens).
 pub const MAX_PRICE: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 0.001 / 3600.0,
     max: 1e6 / 3600.0,
 };
 /// Link and fabric latencies, in s: zero or more, at most 1 s (real ones
@@ -497,7 +506,7 @@ impl Checker {
                     "{what} must be at least {}, got {q}",
                     Quantity::new(range.min, dim)
                 ),
-                "far below any real hardware or site (docs/LANGUAGE.md, §5.2 \"Hardware figures\")",
+                "far below any real hardware, site or demand (docs/LANGUAGE.md, §5.2 \"Hardware figures\")",
             )
         } else if value > range.max {
             (
@@ -510,10 +519,18 @@ impl Checker {
         } else {
             return Some(value);
         };
+        let max = Quantity::new(range.max, dim);
+        let accepted = if range.min > 0.0 {
+            format!("{} to {max}", Quantity::new(range.min, dim))
+        } else if range.positive {
+            format!("above zero, at most {max}")
+        } else {
+            format!("0 to {max}")
+        };
         self.diags.push(
             Diagnostic::error(Code::L046, msg, span)
                 .with_label(span, label)
-                .with_help(format!("write it like `{example}`")),
+                .with_help(format!("accepted: {accepted}; write it like `{example}`")),
         );
         None
     }
@@ -653,17 +670,20 @@ impl Checker {
                 dev.memories.push(m);
             }
         }
+        // The full-load power `idle_power` may not exceed: unbounded when
+        // `power` itself is out of range (its own L046 says so).
+        let mut full_power = 0.0;
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            dev.power = self
-                .figure(
-                    &v,
-                    it.value.span,
-                    (Dim::POWER, DEVICE_POWER),
-                    "power",
-                    "700 W",
-                )
-                .unwrap_or(0.0);
+            let p = self.figure(
+                &v,
+                it.value.span,
+                (Dim::POWER, DEVICE_POWER),
+                "power",
+                "700 W",
+            );
+            dev.power = p.unwrap_or(0.0);
+            full_power = p.unwrap_or(f64::INFINITY);
         }
         if let Some(it) = g.get("cores").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
@@ -719,7 +739,7 @@ impl Checker {
                 }
             }
         }
-        dev.own = self.ownership(&g, &mut env, dev.power, b.name.span);
+        dev.own = self.ownership(&g, &mut env, full_power, b.name.span);
         // A reserve that leaves no HBM would make every point infeasible
         // with a figure that does not say why.
         if let (Some(r), Some(hbm)) = (
@@ -1159,17 +1179,18 @@ impl Checker {
             }
         }
         let mut power_overhead = 0.0;
+        let mut full_power = 0.0;
         if let Some(it) = g.get("power").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
-            power_overhead = self
-                .figure(
-                    &v,
-                    it.value.span,
-                    (Dim::POWER, NODE_POWER),
-                    "node power overhead",
-                    "1500 W",
-                )
-                .unwrap_or(0.0);
+            let p = self.figure(
+                &v,
+                it.value.span,
+                (Dim::POWER, NODE_POWER),
+                "node power overhead",
+                "1500 W",
+            );
+            power_overhead = p.unwrap_or(0.0);
+            full_power = p.unwrap_or(f64::INFINITY);
         }
         let mut price = None;
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
@@ -1182,7 +1203,7 @@ impl Checker {
                 "$20/h",
             );
         }
-        let own = self.ownership(&g, &mut env, power_overhead, b.name.span);
+        let own = self.ownership(&g, &mut env, full_power, b.name.span);
         self.leave(&key);
         let result = match device {
             Some(device) if self.error_count() == before && !self.broken(b.span) => Some(Node {

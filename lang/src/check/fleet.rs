@@ -27,12 +27,14 @@ pub const MAX_PURCHASE: FigureRange = FigureRange {
     min: 0.0,
     max: 1e9,
 };
-/// An amortisation period or a mean time between failures: above zero, at
-/// most 1e12 s (about 31,700 years; real ones are years and days to
-/// decades).
+/// An amortisation period, a mean time between failures or a demand's
+/// deadline (`within`): at least 1 s (real ones are years, thousands of
+/// hours and days; at 1e-300 s an amortisation made the capital cost
+/// infinite, C016, and a deadline the demanded rate infinite, C025 "short
+/// of inf tokens/s"), at most 1e12 s (about 31,700 years).
 pub const MAX_PERIOD: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 1.0,
     max: 1e12,
 };
 /// A site's power cap or a rack's power: above zero, at most 1e10 W (10 GW).
@@ -53,10 +55,22 @@ pub const MAX_RESTART: FigureRange = FigureRange {
     min: 0.0,
     max: 86_400.0,
 };
-/// A demanded amount or rate: above zero, at most 1e24.
+/// A demanded amount (`tokens`, `samples`): at least 1 (a fraction of a
+/// token is no demand; at 1e-300 tokens the cost per million tokens came
+/// out as $1.7e308), at most 1e24.
 pub const MAX_DEMAND: FigureRange = FigureRange {
     positive: true,
-    min: 0.0,
+    min: 1.0,
+    max: 1e24,
+};
+/// A demanded rate (`tokens_per_s`, `samples_per_s`, `requests_per_s`):
+/// at least 1e-6 per second (one every 11.6 days; the floor of a `serve`
+/// workload's arrival rate, `check::serve::MIN_RATE`; at 1e-300 per second
+/// the cost per million tokens or requests came out as $1.4e303), at most
+/// 1e24.
+pub const MAX_DEMAND_RATE: FigureRange = FigureRange {
+    positive: true,
+    min: super::serve::MIN_RATE,
     max: 1e24,
 };
 
@@ -296,15 +310,18 @@ impl Checker {
                 ok = false;
                 continue;
             }
-            let (dim, example) = if name == "within" {
-                (Dim::TIME, "within = 90 day")
-            } else {
-                (Dim::NONE, "tokens = 1.5e13")
+            let (dim, example) = match name.as_str() {
+                "within" => (Dim::TIME, "within = 90 day"),
+                "tokens" => (Dim::NONE, "tokens = 1.5e13"),
+                "samples" => (Dim::NONE, "samples = 2e10"),
+                "tokens_per_s" => (Dim::NONE, "tokens_per_s = 400_000"),
+                "samples_per_s" => (Dim::NONE, "samples_per_s = 2e6"),
+                _ => (Dim::NONE, "requests_per_s = 40"),
             };
-            let range = if name == "within" {
-                MAX_PERIOD
-            } else {
-                MAX_DEMAND
+            let range = match name.as_str() {
+                "within" => MAX_PERIOD,
+                "tokens" | "samples" => MAX_DEMAND,
+                _ => MAX_DEMAND_RATE,
             };
             match self.figure(
                 &fv,
