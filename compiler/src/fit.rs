@@ -59,8 +59,9 @@ pub const RECORD_KEYS: [&str; 3] = ["fit_rows", "loo_median", "loo_max"];
 /// Significant digits of every written value.
 pub const DIGITS: i32 = 3;
 
-/// The smallest fraction the fit tries.
-const FRACTION_FLOOR: f64 = 1e-3;
+/// The smallest fraction the fit tries: the language's floor, so every
+/// value `--write` writes is one the checker accepts.
+const FRACTION_FLOOR: f64 = gantry_lang::check::MIN_EFFICIENCY;
 /// The smallest value of a factor with a unit, relative to its maximum;
 /// a fit at this floor is written as 0.
 const QUANTITY_FLOOR: f64 = 1e-12;

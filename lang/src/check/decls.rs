@@ -175,7 +175,13 @@ pub const NOT_LENT: &[&str] = &["step_overhead", "seq_overhead", "reserve"];
 /// `train.matmul`, `infer.step_overhead`.
 pub const EFFICIENCY_PHASES: &[&str] = &["train", "infer"];
 
-/// Whether an efficiency entry is a fraction of peak in (0, 1] (the
+/// The smallest efficiency fraction: below 0.1% of peak a factor stands
+/// in for a missing figure rather than measuring one (a `matmul` of
+/// 1e-300 priced a step at 1e298 s). `gantry calibrate --fit` searches
+/// fractions down to it, so every value it writes is accepted.
+pub const MIN_EFFICIENCY: f64 = 1e-3;
+
+/// Whether an efficiency entry is a fraction of peak in [0.001, 1] (the
 /// factors without a unit) rather than a count or error figure.
 pub fn efficiency_is_fraction(name: &str) -> bool {
     EFFICIENCY
@@ -877,15 +883,17 @@ impl Checker {
         let q = Quantity::new(value, dim);
         let fraction = efficiency_is_fraction(name);
         let bad = if fraction {
-            !(value > 0.0 && value <= 1.0)
+            !(MIN_EFFICIENCY..=1.0).contains(&value)
         } else {
             !(value >= 0.0 && value <= max)
         };
         if bad {
             let (msg, help) = if fraction {
                 (
-                    format!("{what} must be in (0, 1], got {q}"),
-                    format!("efficiency factors are achieved / peak, e.g. `{example}`"),
+                    format!("{what} must be in [0.001, 1], got {q}"),
+                    format!(
+                        "efficiency factors are achieved / peak, at least 0.1% of it, e.g. `{example}`"
+                    ),
                 )
             } else {
                 (

@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 pub use decls::{
-    EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, NOT_LENT, SERVE_KNOBS,
-    metric_dim, study_metric_dim,
+    EFFICIENCY, EFFICIENCY_PHASES, KNOBS, MAX_KNOB_VALUE, METRICS, MIN_EFFICIENCY, NOT_LENT,
+    SERVE_KNOBS, metric_dim, study_metric_dim,
 };
 pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
 pub use ops::OP_NAMES;
