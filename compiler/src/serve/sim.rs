@@ -301,7 +301,12 @@ pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcom
 /// Empty prefix caches by prompt, one per replica of `d` that prefills
 /// (a decode pool's replicas receive their prompts' KV, and keep none).
 pub fn fresh_caches(d: &Deployment) -> Vec<PrefixCache> {
-    vec![PrefixCache::default(); replicas(d).len()]
+    let n = if d.disaggregated() {
+        d.prefill + d.decode
+    } else {
+        d.colocated
+    };
+    vec![PrefixCache::default(); n as usize]
 }
 
 /// [`simulate`] (`closed`: `None`) or [`simulate_closed`] on a server
@@ -429,14 +434,21 @@ fn run_on(
             }
         }
         let xfer = transfers.peek().map(|t| t.0.at);
-        // A request reaches the scheduler the engine's `request_overhead`
-        // after it arrives (`IterModel::admission`); its latencies count
-        // from the arrival.
-        let (front, front_free) = fronts
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
-            .map_or((0, f64::NEG_INFINITY), |(i, t)| (i, *t));
+        // The next request leaves the front end that frees first (after
+        // the requests before it there, `busy` each) and reaches the
+        // scheduler the engine's `request_overhead` later
+        // (`IterModel::admission`); its latencies count from the arrival.
+        // Without front-end time no front end is ever busy past an
+        // arrival (arrivals are sorted), so there is nothing to scan.
+        let (front, front_free) = if busy > 0.0 && next < released {
+            fronts
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(&b.0)))
+                .map_or((0, f64::NEG_INFINITY), |(i, t)| (i, *t))
+        } else {
+            (0, f64::NEG_INFINITY)
+        };
         let leave = (next < released).then(|| arr[next].max(front_free) + busy);
         let arrival = leave.map(|l| l + admit);
         let host = hosts.next();

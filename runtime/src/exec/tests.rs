@@ -101,18 +101,9 @@ workload w {{
             )
         };
         let par = |microbatch: usize| Parallel {
-            dp: 1,
-            tp: 1,
-            pp: 1,
-            ep: 1,
-            cp: 1,
-            vp: 1,
-            tables: Vec::new(),
-            zero: 0,
             microbatch,
             stage_layers: vec![1],
-            sp: false,
-            forms: Default::default(),
+            ..Parallel::default()
         };
         let c = gantry_lang::check::check_source("t.gantry", &src(1000));
         assert!(!c.has_errors(), "{}", c.render(false));
