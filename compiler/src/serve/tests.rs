@@ -845,7 +845,10 @@ fn frontend_time_serves_one_request_at_a_time() {
     let late = run(IterModel { frontend: f, ..m }, &spaced);
     for i in 0..spaced.len() {
         assert!((late.ttft[i] - base.ttft[i] - f).abs() < 1e-12, "ttft {i}");
+        assert!((late.e2e[i] - base.e2e[i] - f).abs() < 1e-12, "e2e {i}");
     }
+    assert_eq!(late.completed, base.completed);
+    assert_eq!(late.iterations, base.iterations);
     // A burst on a model whose iterations take no time: request k's
     // first token is its admission, (k + 1) f.
     let instant = model(0.0, 0.0, 1e9);
