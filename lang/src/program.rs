@@ -796,7 +796,27 @@ pub struct Serve {
     /// prompt (a benchmark re-run on one server: same dataset, same seed).
     /// Empty: a cold server, and no cache by prompt.
     pub after: Vec<Serve>,
+    /// A multi-turn dataset (`conversations = N, turns = K`): `prompt` is
+    /// each turn's user message and `generate` its answer; turn `k`'s
+    /// request sends the conversation's opening document (if any), the
+    /// first `k - 1` turns' messages and answers, and its own message.
+    /// The requests are drawn without replacement from the `N x K`
+    /// entries in a seeded shuffle. Each replica then keeps a prefix
+    /// cache by document and conversation, whose blocks running requests
+    /// share. `None`: every request is its own prompt.
+    pub conversations: Option<Conversations>,
     pub span: Span,
+}
+
+/// A dataset of conversations with accumulated history (`conversations =
+/// 100, turns = 5`): entry `(c, k)` is conversation `c`'s first `k` turns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conversations {
+    pub count: u64,
+    pub turns: u64,
+    /// `documents = M, document = LENGTHS`: each conversation opens with
+    /// one of `M` shared documents (drawn uniformly), of these lengths.
+    pub documents: Option<(u64, Lengths)>,
 }
 
 /// A serving engine (`engine NAME { ... }`): the software between the
@@ -1433,10 +1453,21 @@ fn serve_summary(sv: &Serve) -> String {
             ))
             .unwrap_or_default()
     ) + &sv
-        .engine
+        .conversations
         .as_ref()
-        .map(|e| format!(" engine={}", e.name))
+        .map(|c| {
+            format!(" conversations={} turns={}", c.count, c.turns)
+                + &c.documents
+                    .as_ref()
+                    .map(|(m, l)| format!(" documents={m} document={}", lens(l)))
+                    .unwrap_or_default()
+        })
         .unwrap_or_default()
+        + &sv
+            .engine
+            .as_ref()
+            .map(|e| format!(" engine={}", e.name))
+            .unwrap_or_default()
 }
 
 fn write_engine(s: &mut String, e: &Engine) {

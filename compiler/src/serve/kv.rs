@@ -2,14 +2,20 @@
 //!
 //! Only counts are kept (which block holds what does not change any
 //! time), so admission, growth and preemption are integer arithmetic. A
-//! sequence holds `ceil(tokens / block)` blocks; cached prefix tokens are
-//! counted as the sequence's own (shared blocks are not deduplicated: an
-//! upper bound on the memory a hit rate needs).
+//! sequence holds `ceil(tokens / block)` blocks. Without a prefix cache
+//! by key, a declared hit rate's cached tokens are counted as the
+//! sequence's own (shared blocks are not deduplicated: an upper bound on
+//! the memory a hit rate needs).
 //!
-//! A [`PrefixCache`] keeps, per replica, the prompts whose requests have
-//! left it (by request index: request `i` of every run of a server is
-//! the same prompt), in the blocks their requests freed, until new
-//! admissions need those blocks (least recently used first out).
+//! A [`PrefixCache`] keeps, per replica, prompt prefixes by key: a
+//! conversation of a multi-turn dataset, whose turns' prompts are
+//! prefixes of one another, or a request index (request `i` of every run
+//! of a server is the same prompt, `after`). Of a key it knows the whole
+//! blocks present, and the whole prompt blocks of each running sequence
+//! of the key: those blocks are shared (held once, by the longest), as an
+//! engine's block table shares hashed blocks among sequences. Blocks no
+//! running sequence holds are free blocks that still hold their tokens,
+//! until admissions need them (least recently used key first out).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -56,19 +62,41 @@ impl Blocks {
     }
 }
 
-/// The prompts a replica's freed blocks still hold (vLLM's and SGLang's
-/// automatic prefix caching, keyed by prompt): whole blocks only, as an
-/// engine hashes them. The entries' blocks are free blocks: admissions
-/// evict the least recently used entries so that the entries never hold
-/// more blocks than are free.
+/// One key's prefix: whole blocks present, and the whole prompt blocks
+/// of each running sequence of the key (the longest holds them all).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Entry {
+    cached: u64,
+    running: Vec<u64>,
+    /// Its place in the eviction order (0: not there, nothing free).
+    used: u64,
+}
+
+impl Entry {
+    /// Blocks running sequences hold (shared).
+    fn resident(&self) -> u64 {
+        self.running.iter().copied().max().unwrap_or(0)
+    }
+    /// Blocks present that no running sequence holds (free blocks). A
+    /// sequence still prefilling holds blocks not yet computed (not
+    /// cached).
+    fn idle(&self) -> u64 {
+        self.cached.saturating_sub(self.resident())
+    }
+}
+
+/// The prompt prefixes a replica's blocks hold, by key (vLLM's and
+/// SGLang's automatic prefix caching: whole blocks only, as an engine
+/// hashes them). Blocks no running sequence holds are free blocks:
+/// admissions evict the least recently used keys' idle blocks so that
+/// they never exceed the free blocks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PrefixCache {
-    /// Prompt (request index) -> (cached tokens, last use).
-    entries: HashMap<u32, (u32, u64)>,
-    /// Last use -> prompt: the eviction order.
-    order: BTreeMap<u64, u32>,
+    entries: HashMap<u64, Entry>,
+    /// Last use -> key: the eviction order of keys with idle blocks.
+    order: BTreeMap<u64, u64>,
     clock: u64,
-    /// Blocks the entries hold.
+    /// Idle blocks over all keys.
     blocks: u64,
     /// Prompt tokens of fresh prompts admitted, and of them those found.
     pub looked_up: u64,
@@ -76,55 +104,101 @@ pub struct PrefixCache {
 }
 
 impl PrefixCache {
-    /// Cached tokens of prompt `id` (0 if none).
-    pub fn peek(&self, id: u32) -> u32 {
-        self.entries.get(&id).map_or(0, |e| e.0)
+    /// Whole blocks of `key`'s prefix present (running or idle).
+    pub fn peek(&self, key: u64) -> u64 {
+        self.entries.get(&key).map_or(0, |e| e.cached)
     }
 
-    /// Prompt `id` is admitted with `prompt` tokens, `found` of them from
-    /// the cache: its entry leaves the cache (its blocks are the
-    /// sequence's again).
-    pub fn admit(&mut self, id: u32, prompt: u32, found: u32, block: u64) {
-        self.looked_up += prompt as u64;
-        self.found += found as u64;
-        if let Some((tokens, used)) = self.entries.remove(&id) {
-            self.order.remove(&used);
-            self.blocks -= tokens as u64 / block;
+    /// Blocks a sequence of `key` whose prompt has `whole` whole blocks
+    /// must take for them: those beyond what running sequences of the
+    /// key hold (idle blocks it reuses leave the free blocks too).
+    pub fn extra(&self, key: u64, whole: u64) -> u64 {
+        whole.saturating_sub(self.entries.get(&key).map_or(0, Entry::resident))
+    }
+
+    /// Re-files `e`'s place in the eviction order after a change of its
+    /// idle blocks from `before`.
+    fn refile(&mut self, key: u64, before: u64) {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let after = e.idle();
+        self.blocks = self.blocks - before + after;
+        if e.used != 0 {
+            self.order.remove(&e.used);
+            e.used = 0;
         }
-    }
-
-    /// Prompt `id` of `prompt` tokens left the replica: its whole blocks
-    /// are cached, then entries are evicted until they fit in `free`.
-    pub fn put(&mut self, id: u32, prompt: u32, block: u64, free: u64) {
-        let whole = prompt as u64 / block;
-        if whole > 0 {
-            if let Some((tokens, used)) = self.entries.remove(&id) {
-                self.order.remove(&used);
-                self.blocks -= tokens as u64 / block;
-            }
+        if after > 0 {
             self.clock += 1;
-            self.entries
-                .insert(id, ((whole * block) as u32, self.clock));
-            self.order.insert(self.clock, id);
-            self.blocks += whole;
+            e.used = self.clock;
+            self.order.insert(self.clock, key);
+        } else if e.cached == 0 && e.running.is_empty() {
+            self.entries.remove(&key);
         }
-        self.fit(block, free);
     }
 
-    /// Evicts the least recently used entries until they hold at most
-    /// `free` blocks.
-    pub fn fit(&mut self, block: u64, free: u64) {
+    /// A sequence of `key` is admitted, its prompt's `whole` whole blocks
+    /// held from now (shared with the key's running sequences).
+    pub fn admit(&mut self, key: u64, whole: u64) {
+        let e = self.entries.entry(key).or_default();
+        let before = e.idle();
+        e.running.push(whole);
+        self.refile(key, before);
+    }
+
+    /// A running sequence of `key` finished its prefill: its prompt's
+    /// `whole` whole blocks are computed, and found by later prompts.
+    pub fn computed(&mut self, key: u64, whole: u64) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            let before = e.idle();
+            e.cached = e.cached.max(whole);
+            self.refile(key, before);
+        }
+    }
+
+    /// A sequence of `key` holding `whole` prompt blocks left (done,
+    /// handed over or preempted): returns the blocks no running sequence
+    /// holds any more, which stay cached as idle free blocks.
+    pub fn release(&mut self, key: u64, whole: u64) -> u64 {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return 0;
+        };
+        let (before, held) = (e.idle(), e.resident());
+        if let Some(i) = e.running.iter().position(|w| *w == whole) {
+            e.running.swap_remove(i);
+        }
+        let freed = held - e.resident();
+        self.refile(key, before);
+        freed
+    }
+
+    /// Evicts the least recently used keys' idle blocks until they are
+    /// at most `free`.
+    pub fn fit(&mut self, free: u64) {
         while self.blocks > free {
-            let Some((_, id)) = self.order.pop_first() else {
+            let Some((_, key)) = self.order.pop_first() else {
                 break;
             };
-            if let Some((tokens, _)) = self.entries.remove(&id) {
-                self.blocks -= tokens as u64 / block;
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.used = 0;
+                let idle = e.idle();
+                e.cached -= idle;
+                self.blocks -= idle;
+                if e.cached == 0 && e.running.is_empty() {
+                    self.entries.remove(&key);
+                }
             }
         }
     }
 
-    /// Blocks the entries hold.
+    /// A fresh prompt of `prompt` tokens was admitted, `found` of them
+    /// from the cache (the report's share).
+    pub fn count(&mut self, prompt: u32, found: u32) {
+        self.looked_up += prompt as u64;
+        self.found += found as u64;
+    }
+
+    /// Idle blocks (free blocks that hold cached prefixes).
     pub fn blocks(&self) -> u64 {
         self.blocks
     }
@@ -134,29 +208,45 @@ impl PrefixCache {
 mod tests {
     use super::*;
 
-    /// Whole blocks only, found once and then held by the sequence, put
-    /// back when it leaves, and the least recently used out first when
-    /// the free blocks shrink.
+    /// A key's running sequences share their prompts' whole blocks (the
+    /// longest holds them); what none holds stays cached, idle, and the
+    /// least recently used key's idle blocks go first.
     #[test]
-    fn the_prefix_cache_keeps_whole_blocks_and_evicts_the_oldest() {
+    fn running_sequences_share_a_keys_blocks_and_idle_ones_are_evicted_oldest_first() {
         let mut c = PrefixCache::default();
-        c.put(1, 40, 16, 100);
-        assert_eq!((c.peek(1), c.blocks()), (32, 2));
-        c.put(2, 15, 16, 100);
-        assert_eq!(c.peek(2), 0);
-        c.put(3, 64, 16, 100);
-        assert_eq!(c.blocks(), 6);
-        c.admit(1, 40, 32, 16);
-        assert_eq!(
-            (c.peek(1), c.blocks(), c.looked_up, c.found),
-            (0, 4, 40, 32)
-        );
-        c.put(1, 40, 16, 100);
-        // 1 is now the most recent: shrinking to 3 free blocks evicts 3.
-        c.fit(16, 3);
-        assert_eq!((c.peek(3), c.peek(1), c.blocks()), (0, 32, 2));
-        c.fit(16, 0);
+        c.admit(1, 2);
+        c.count(40, 0);
+        // Not found before its prefill is computed.
         assert_eq!((c.peek(1), c.blocks()), (0, 0));
+        c.computed(1, 2);
+        assert_eq!((c.peek(1), c.blocks()), (2, 0));
+        // A longer turn of the same conversation takes one block more.
+        assert_eq!(c.extra(1, 3), 1);
+        assert_eq!(c.extra(1, 1), 0);
+        c.admit(1, 3);
+        c.count(50, 32);
+        c.computed(1, 3);
+        assert_eq!((c.looked_up, c.found), (90, 32));
+        // The longer leaves first: its third block is no longer held.
+        assert_eq!(c.release(1, 3), 1);
+        assert_eq!((c.peek(1), c.blocks()), (3, 1));
+        assert_eq!(c.release(1, 2), 2);
+        assert_eq!((c.peek(1), c.blocks()), (3, 3));
+        // A second key, idle later: the first is evicted first.
+        c.admit(2, 4);
+        c.computed(2, 4);
+        assert_eq!(c.release(2, 4), 4);
+        assert_eq!(c.blocks(), 7);
+        c.fit(5);
+        assert_eq!((c.peek(1), c.peek(2), c.blocks()), (0, 4, 4));
+        // Held blocks are never evicted; a preempted prefill (never
+        // computed) leaves nothing cached.
+        c.admit(2, 4);
+        c.admit(3, 5);
+        c.fit(0);
+        assert_eq!((c.peek(2), c.blocks()), (4, 0));
+        assert_eq!(c.release(3, 5), 5);
+        assert_eq!((c.peek(3), c.blocks()), (0, 0));
     }
 
     #[test]

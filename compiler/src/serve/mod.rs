@@ -8,8 +8,9 @@
 //! - `timing`: one engine iteration's time, derived from the cost model
 //!   (docs/COST-MODEL.md §4a), the only place hardware reaches the
 //!   simulator;
-//! - `kv`: paged KV-cache blocks, and the prefix cache by prompt that a
-//!   run `after` earlier ones starts with;
+//! - `kv`: paged KV-cache blocks, and the prefix cache by key (a
+//!   conversation's turns share their history's blocks; a run `after`
+//!   earlier ones starts with theirs);
 //! - `scheduler`: one replica's continuous batching (chunked prefill,
 //!   admission, preemption with recomputation, prefix hits);
 //! - `sim`: the event loop over replicas, pools and KV transfers;
@@ -58,8 +59,9 @@ pub fn outcome(
     max_backlog: u64,
 ) -> Outcome {
     // A burst (every request at 0) is a closed loop of as many clients as
-    // requests: all are released at once and none follows.
-    if serve.after.is_empty() {
+    // requests: all are released at once and none follows. Without
+    // earlier runs or conversations no replica keeps a cache by prompt.
+    if serve.after.is_empty() && serve.conversations.is_none() {
         return match serve.arrivals.clients(reqs.len() as u64) {
             Some(clients) => simulate_closed(d, reqs, clients),
             None => simulate(d, reqs, max_backlog),

@@ -122,9 +122,11 @@ pub struct Summary {
     pub goodput_per_dollar: Option<f64>,
     pub kv_capacity_tokens: f64,
     pub little: (f64, f64, f64),
-    /// With prefix caches by prompt (`after`): the share of the fresh
+    /// With prefix caches (`after`, `conversations`): the share of the fresh
     /// prompts' tokens found cached. `None` without them.
     pub prefix_cached: Option<f64>,
+    /// The requests are a multi-turn dataset's entries (`conversations`).
+    pub conversations: bool,
     /// The clients of a closed loop (all the requests for a burst);
     /// `None` for open-loop arrivals, whose `rate` is offered.
     pub clients: Option<u64>,
@@ -337,7 +339,9 @@ pub fn summarize(
         goodput_per_dollar: price_per_s.filter(|p| *p > 0.0).map(|p| goodput / p),
         kv_capacity_tokens: d.decode_model.kv_capacity_tokens,
         little: (o.little_l, o.little_lambda, o.little_w),
-        prefix_cached: (!serve.after.is_empty() && o.prefix_looked_up > 0)
+        conversations: serve.conversations.is_some(),
+        prefix_cached: ((!serve.after.is_empty() || serve.conversations.is_some())
+            && o.prefix_looked_up > 0)
             .then(|| o.prefix_found as f64 / o.prefix_looked_up as f64),
         clients: serve.arrivals.clients(n as u64),
     }
@@ -632,8 +636,13 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
             "Prefix cache",
             "prefix cache",
             format!(
-                "{:.1}% of the prompt tokens found cached (the prompts the earlier runs named by `after` left in each replica's cache)",
-                100.0 * c
+                "{:.1}% of the prompt tokens found cached ({})",
+                100.0 * c,
+                if s.conversations {
+                    "each replica's cache by document and conversation: earlier turns' prompts and shared documents"
+                } else {
+                    "the prompts the earlier runs named by `after` left in each replica's cache"
+                }
             ),
         ));
     }

@@ -7,7 +7,7 @@
 //! planner replays the same stream on every configuration it compares, so
 //! differences between configurations are never sampling noise.
 
-use gantry_lang::program::{Arrivals, Lengths, Serve};
+use gantry_lang::program::{Arrivals, Conversations, Lengths, Serve};
 use gantry_lang::trace::TraceRow;
 
 /// xoshiro256** (Blackman and Vigna), seeded by splitmix64.
@@ -83,12 +83,19 @@ impl Rng {
     }
 }
 
-/// One request: when it arrives, its prompt and how many tokens it generates.
+/// One request: when it arrives, its prompt and how many tokens it
+/// generates, and its prompt's keys in a prefix cache: its conversation
+/// in a multi-turn dataset, whose turns' prompts extend one another (else
+/// its own index, as request `i` of every run is the same prompt), and
+/// the shared document its prompt opens with, if any.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Request {
     pub arrival: f64,
     pub prompt: u32,
     pub generate: u32,
+    pub key: u32,
+    /// The opening document: (document, its tokens); `None`: none.
+    pub doc: Option<(u32, u32)>,
 }
 
 /// The largest token count a request may have (the language's bound).
@@ -135,6 +142,8 @@ pub fn requests(s: &Serve, rate: Option<f64>) -> Vec<Request> {
         let t0 = trace.first().map_or(0.0, |r| r.arrival);
         for (i, r) in trace.iter().take(s.requests as usize).enumerate() {
             out.push(Request {
+                key: i as u32,
+                doc: None,
                 arrival: (r.arrival - t0) * k,
                 prompt: if matches!(s.input, Lengths::Trace) {
                     r.prompt
@@ -165,6 +174,10 @@ pub fn requests(s: &Serve, rate: Option<f64>) -> Vec<Request> {
     // 1/cv^2, scale cv^2/rate (cv = 1 is the exponential).
     let shape = 1.0 / (cv * cv);
     let mut t = 0.0;
+    let mut turns = s
+        .conversations
+        .as_ref()
+        .map(|c| Dataset::new(c, &s.input, &s.output, &mut rng));
     for i in 0..s.requests {
         if i > 0 && !closed {
             let gap = if cv == 1.0 {
@@ -177,15 +190,99 @@ pub fn requests(s: &Serve, rate: Option<f64>) -> Vec<Request> {
             };
             t += gap;
         }
-        let prompt = draw_length(&s.input, i as usize, &mut rng);
-        let generate = draw_length(&s.output, i as usize, &mut rng);
+        let (prompt, generate, key, doc) = match turns.as_mut() {
+            Some(d) => d.next(&mut rng),
+            None => (
+                draw_length(&s.input, i as usize, &mut rng),
+                draw_length(&s.output, i as usize, &mut rng),
+                i as u32,
+                None,
+            ),
+        };
         out.push(Request {
             arrival: t,
             prompt,
             generate,
+            key,
+            doc,
         });
     }
     out
+}
+
+/// A multi-turn dataset: each conversation's opening document, its
+/// turns' messages and answers (drawn from the workload's `document`,
+/// `prompt` and `generate` lengths), and its entries `(c, k)` in a seeded
+/// shuffle, as a benchmark client samples a dataset file: without
+/// replacement, then again from a fresh shuffle once all were sent.
+struct Dataset {
+    /// Per conversation: its document (id, tokens), and per turn the
+    /// prompt (document, earlier messages and answers, its message) and
+    /// the answer.
+    convs: Vec<(Option<(u32, u32)>, Vec<(u32, u32)>)>,
+    order: Vec<(u32, u32)>,
+    next: usize,
+}
+
+impl Dataset {
+    fn new(c: &Conversations, message: &Lengths, answer: &Lengths, rng: &mut Rng) -> Dataset {
+        let docs: Vec<u32> = match &c.documents {
+            Some((m, l)) => (0..*m as usize).map(|i| draw_length(l, i, rng)).collect(),
+            None => Vec::new(),
+        };
+        let convs = (0..c.count)
+            .map(|i| {
+                let doc = (!docs.is_empty()).then(|| {
+                    let d = (rng.next_u64() % docs.len() as u64) as u32;
+                    (d, docs[d as usize])
+                });
+                let mut history = doc.map_or(0u64, |d| d.1 as u64);
+                let turns = (0..c.turns)
+                    .map(|k| {
+                        let entry = (i * c.turns + k) as usize;
+                        let m = draw_length(message, entry, rng) as u64;
+                        let a = draw_length(answer, entry, rng);
+                        let prompt = (history + m).min(MAX_TOKENS as u64) as u32;
+                        history += m + a as u64;
+                        (prompt, a)
+                    })
+                    .collect();
+                (doc, turns)
+            })
+            .collect();
+        let order = (0..c.count as u32)
+            .flat_map(|i| (0..c.turns as u32).map(move |k| (i, k)))
+            .collect();
+        let mut d = Dataset {
+            convs,
+            order,
+            next: 0,
+        };
+        d.shuffle(rng);
+        d
+    }
+
+    /// Fisher-Yates.
+    fn shuffle(&mut self, rng: &mut Rng) {
+        for i in (1..self.order.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            self.order.swap(i, j);
+        }
+        self.next = 0;
+    }
+
+    /// The next entry: its prompt, answer, conversation and document.
+    #[allow(clippy::type_complexity)]
+    fn next(&mut self, rng: &mut Rng) -> (u32, u32, u32, Option<(u32, u32)>) {
+        if self.next == self.order.len() {
+            self.shuffle(rng);
+        }
+        let (c, k) = self.order[self.next];
+        self.next += 1;
+        let (doc, turns) = &self.convs[c as usize];
+        let (prompt, answer) = turns[k as usize];
+        (prompt, answer, c, *doc)
+    }
 }
 
 /// The mean arrival rate of a trace (requests per second), if it spans time.

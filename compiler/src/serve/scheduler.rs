@@ -46,6 +46,11 @@ pub enum Role {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Seq {
     pub req: u32,
+    /// Its prompt's key in a prefix cache: its conversation, or its
+    /// request index.
+    pub key: u32,
+    /// The shared document its prompt opens with: (document, tokens).
+    pub doc: Option<(u32, u32)>,
     /// Tokens whose keys and values are in the cache.
     pub kv: u32,
     /// Tokens the prefill must bring into the cache (the prompt, or what
@@ -69,6 +74,8 @@ impl Seq {
     pub fn new(req: u32, prompt: u32, goal: u32) -> Seq {
         Seq {
             req,
+            key: req,
+            doc: None,
             kv: 0,
             target: prompt,
             generated: 0,
@@ -209,12 +216,42 @@ impl Replica {
         }
     }
 
-    /// Request `s` left this replica: its prompt's whole blocks stay in
-    /// the prefix cache, if it keeps one.
-    fn cache_put(&mut self, s: &Seq) {
-        let (block, free) = (self.blocks.block, self.blocks.free);
+    /// The prefix-cache levels of `s`'s prompt, (key, whole blocks): its
+    /// document's whole blocks (shared by every conversation opening
+    /// with it), then its other whole blocks under its own key; `n` of
+    /// the two are used.
+    fn levels(&self, s: &Seq) -> ([(u64, u64); 2], usize) {
+        let block = self.blocks.block;
+        let whole = s.prompt as u64 / block;
+        match s.doc {
+            Some((d, tokens)) => {
+                let doc = (tokens.min(s.prompt) as u64 / block).min(whole);
+                (
+                    [((1 << 32) | d as u64, doc), (s.key as u64, whole - doc)],
+                    2,
+                )
+            }
+            None => ([(s.key as u64, whole), (0, 0)], 1),
+        }
+    }
+
+    /// Request `s` left this replica (done, handed over or preempted):
+    /// its own blocks are free again, and with a prefix cache its
+    /// prompt's whole blocks once no running sequence of its key holds
+    /// them (they stay cached until admissions need them).
+    fn leave(&mut self, s: &Seq) {
+        let mut freed = s.blocks as u64;
+        let (levels, n) = self.levels(s);
         if let Some(c) = self.cache.as_mut() {
-            c.put(s.req, s.prompt, block, free);
+            // Its own key first: a document is used at least as recently
+            // as the conversations that open with it.
+            for &(key, whole) in levels[..n].iter().rev() {
+                freed += c.release(key, whole);
+            }
+        }
+        self.blocks.give(freed);
+        if let Some(c) = self.cache.as_mut() {
+            c.fit(self.blocks.free);
         }
     }
 
@@ -328,7 +365,7 @@ impl Replica {
             self.prefilling.retain(|x| *x != slot);
             self.slots[slot as usize]
         };
-        self.blocks.give(s.blocks as u64);
+        self.leave(&s);
         s.blocks = 0;
         // A decoding sequence recomputes what it had; a partial prefill
         // restarts its target.
@@ -377,27 +414,57 @@ impl Replica {
                 // blocks, if they were not evicted.
                 let mut hit = (self.limits.prefix_hit * s.prompt as f64) as u32;
                 if let Some(c) = &self.cache {
-                    hit = hit.max(c.peek(s.req));
+                    // Each level's whole blocks computed so far, up to its
+                    // own, a level only after the one before it whole.
+                    let (levels, n) = self.levels(&s);
+                    let mut found = 0;
+                    for &(key, whole) in &levels[..n] {
+                        let f = c.peek(key).min(whole);
+                        found += f;
+                        if f < whole {
+                            break;
+                        }
+                    }
+                    hit = hit.max((found * self.blocks.block) as u32);
                 }
                 s.kv = hit.min(s.prompt.saturating_sub(1));
             }
             // Blocks for the prompt and the first token (a window's
-            // request runs whole: its items only).
+            // request runs whole: its items only). With a prefix cache
+            // the prompt's whole blocks are its key's, shared with the
+            // key's running sequences: only those beyond theirs are taken.
             let first = u64::from(self.limits.window.is_none());
             let need = self.blocks.for_tokens(s.target as u64 + first);
-            if !self.blocks.take(need) {
+            let (levels, n) = self.levels(&s);
+            let whole = (s.prompt as u64 / self.blocks.block).min(need);
+            let take = match &self.cache {
+                Some(c) => {
+                    need - whole
+                        + levels[..n]
+                            .iter()
+                            .map(|&(key, w)| c.extra(key, w))
+                            .sum::<u64>()
+                }
+                None => need,
+            };
+            if !self.blocks.take(take) {
                 break;
             }
-            if fresh {
-                let (block, free) = (self.blocks.block, self.blocks.free);
-                if let Some(c) = self.cache.as_mut() {
-                    c.admit(s.req, s.prompt, s.kv, block);
-                    c.fit(block, free);
+            let own = if let Some(c) = self.cache.as_mut() {
+                for &(key, w) in levels[..n].iter().rev() {
+                    c.admit(key, w);
                 }
-            }
+                if fresh {
+                    c.count(s.prompt, s.kv);
+                }
+                c.fit(self.blocks.free);
+                need - whole
+            } else {
+                need
+            };
             self.waiting.pop_front();
             self.queued = self.queued.saturating_sub(s.target as u64);
-            s.blocks = need as u32;
+            s.blocks = own as u32;
             if self.role == Role::Decode && s.prefilled() {
                 let slot = self.alloc(s);
                 self.start_decoding(slot);
@@ -566,8 +633,7 @@ impl Replica {
                 }
                 let s = self.stop_decoding(slot);
                 out.push(Done::Complete(s.req));
-                self.blocks.give(s.blocks as u64);
-                self.cache_put(&s);
+                self.leave(&s);
                 self.release(slot);
             }
         }
@@ -587,14 +653,18 @@ impl Replica {
                 out.push(Done::First(s.req));
             }
             let s = *s;
+            let (levels, n) = self.levels(&s);
+            if let Some(c) = self.cache.as_mut() {
+                for &(key, w) in levels[..n].iter().rev() {
+                    c.computed(key, w);
+                }
+            }
             if s.generated >= s.goal {
                 out.push(Done::Complete(s.req));
-                self.blocks.give(s.blocks as u64);
-                self.cache_put(&s);
+                self.leave(&s);
                 self.release(slot);
             } else if self.role == Role::Prefill {
-                self.blocks.give(s.blocks as u64);
-                self.cache_put(&s);
+                self.leave(&s);
                 let mut h = s;
                 h.blocks = 0;
                 out.push(Done::Handoff(h));

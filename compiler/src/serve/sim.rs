@@ -542,6 +542,8 @@ fn run_on(
                 break;
             };
             let mut s = Seq::new(q, r.prompt, r.generate);
+            s.key = r.key;
+            s.doc = r.doc;
             s.ready = at;
             reps[i].enqueue(s);
             if reps[i].waiting.len() as u64 > max_backlog {
@@ -554,6 +556,15 @@ fn run_on(
         };
         hosts.launch(reps, touched, clock.now);
     }
+    // Every block comes back: a replica that holds no request holds no
+    // block (its cache's idle blocks are free blocks).
+    debug_assert!(
+        o.aborted
+            || reps
+                .iter()
+                .all(|r| r.has_work() || r.blocks.free == r.blocks.total),
+        "KV blocks leaked"
+    );
     tally(&mut o, reps, &arr, &admitted, &clock);
     o.host_wait = hosts.wait;
     o.arrivals = arr;

@@ -61,11 +61,15 @@ fn colocated(m: IterModel, replicas: u64, budget: u64, max_seqs: u64) -> Deploym
     }
 }
 
+/// A request (its prompt's key, read only by a prefix cache by key, is 0:
+/// a test with caches sets its own).
 fn req(arrival: f64, prompt: u32, generate: u32) -> Request {
     Request {
         arrival,
         prompt,
         generate,
+        key: 0,
+        doc: None,
     }
 }
 
@@ -360,6 +364,7 @@ fn serve(rate: f64, n: u64, seed: u64) -> Serve {
         batching: None,
         engine: None,
         after: Vec::new(),
+        conversations: None,
         span: gantry_lang::span::Span::new(0, 0),
     }
 }
@@ -807,6 +812,8 @@ fn request_overhead_delays_admission_by_exactly_its_time() {
             arrival: 10.0 * i as f64,
             prompt: 100 + 37 * i,
             generate: 5 + i,
+            key: i,
+            doc: None,
         })
         .collect();
     let m = small();
@@ -878,6 +885,116 @@ fn frontend_time_serves_one_request_at_a_time() {
     assert_little(&o);
 }
 
+/// Two turns of one conversation share their common prompt blocks: in
+/// a cache of 10 blocks of 16 tokens, prompts of 6 and 7 whole blocks run
+/// side by side (7 + 2 blocks taken), where two unrelated prompts of the
+/// same lengths (7 + 8 blocks) take turns. A turn finds the longest
+/// computed earlier prompt's whole blocks, up to its own.
+#[test]
+fn turns_of_one_conversation_share_their_blocks() {
+    let m = IterModel {
+        kv_capacity_tokens: 160.0,
+        ..small()
+    };
+    let d = colocated(m, 1, 512, 32);
+    let pair = |same: bool| {
+        let reqs = [
+            Request {
+                key: 0,
+                ..req(0.0, 96, 3)
+            },
+            Request {
+                key: u32::from(!same),
+                ..req(0.0, 112, 3)
+            },
+            Request {
+                key: 0,
+                ..req(1.0, 128, 3)
+            },
+        ];
+        let mut caches = super::sim::fresh_caches(&d);
+        super::sim::simulate_cached(&d, &reqs, u64::MAX, None, &mut caches)
+    };
+    let shared = pair(true);
+    let apart = pair(false);
+    assert_eq!(shared.completed, 3);
+    assert_eq!(apart.completed, 3);
+    // Shared, the second prompt's first token comes before the first
+    // request is done (the second arrives as the first's iteration has
+    // started, and joins the next); apart, only after.
+    assert!(
+        shared.ttft[1] < shared.e2e[0],
+        "{} vs {}",
+        shared.ttft[1],
+        shared.e2e[0]
+    );
+    assert!(
+        apart.ttft[1] > apart.e2e[0],
+        "{} vs {}",
+        apart.ttft[1],
+        apart.e2e[0]
+    );
+    // The second turn joins once the first's prefill is done: it finds
+    // those 6 blocks, and the third the second's 7.
+    assert_eq!(
+        (shared.prefix_looked_up, shared.prefix_found),
+        (96 + 112 + 128, 96 + 112)
+    );
+    // Apart, the second prompt's 8 blocks leave 2 free: the first's 6
+    // idle blocks are evicted, and the third finds nothing.
+    assert_eq!(apart.prefix_found, 0);
+}
+
+/// A multi-turn dataset sends each of its entries once per shuffle, and
+/// turn k + 1's prompt is turn k's prompt, its answer and one more
+/// message, after the conversation's document.
+#[test]
+fn a_multi_turn_dataset_sends_each_entry_once_with_its_history() {
+    use gantry_lang::program::{Conversations, Lengths};
+    let s = Serve {
+        input: Lengths::Uniform { lo: 10, hi: 50 },
+        output: Lengths::Uniform { lo: 100, hi: 200 },
+        conversations: Some(Conversations {
+            count: 4,
+            turns: 5,
+            documents: Some((2, Lengths::Fixed(1000))),
+        }),
+        ..serve(5.0, 60, 3)
+    };
+    let r = requests(&s, None);
+    assert_eq!(r.len(), 60);
+    let entries = |c: &[Request]| {
+        let mut v: Vec<(u32, u32, u32)> = c.iter().map(|r| (r.key, r.prompt, r.generate)).collect();
+        v.sort();
+        v
+    };
+    let first = entries(&r[..20]);
+    assert!(first.windows(2).all(|w| w[0] != w[1]), "{first:?}");
+    assert_eq!(entries(&r[20..40]), first);
+    assert_eq!(entries(&r[40..]), first);
+    assert_ne!(
+        r[..20].iter().map(|x| x.prompt).collect::<Vec<_>>(),
+        r[20..40].iter().map(|x| x.prompt).collect::<Vec<_>>(),
+        "a fresh shuffle"
+    );
+    for c in 0..4u32 {
+        let turns: Vec<(u32, u32)> = first
+            .iter()
+            .filter(|e| e.0 == c)
+            .map(|e| (e.1, e.2))
+            .collect();
+        assert_eq!(turns.len(), 5);
+        assert!((1010..=1050).contains(&turns[0].0), "{turns:?}");
+        for w in turns.windows(2) {
+            let message = w[1].0 - w[0].0 - w[0].1;
+            assert!((10..=50).contains(&message), "{turns:?}");
+        }
+        let doc = r.iter().find(|x| x.key == c).and_then(|x| x.doc);
+        assert!(matches!(doc, Some((0 | 1, 1000))), "{doc:?}");
+        assert!(r.iter().filter(|x| x.key == c).all(|x| x.doc == doc));
+    }
+}
+
 /// A run `after` earlier runs of the same requests (`sim::simulate_cached`
 /// with the caches they left): one replica with room for every prompt
 /// finds each prompt's whole 16-token blocks, never its last token, and
@@ -887,7 +1004,10 @@ fn frontend_time_serves_one_request_at_a_time() {
 fn a_rerun_finds_the_whole_blocks_of_its_prompts() {
     let m = small();
     let reqs: Vec<Request> = (0..40)
-        .map(|i| req(0.05 * i as f64, 7 + 29 * (i % 11), 3 + i % 4))
+        .map(|i| Request {
+            key: i,
+            ..req(0.05 * i as f64, 7 + 29 * (i % 11), 3 + i % 4)
+        })
         .collect();
     let whole: u64 = reqs
         .iter()
@@ -939,6 +1059,48 @@ proptest! {
     /// completed requests), finds no more prompt tokens than it looks up
     /// and none past each prompt's whole blocks, and is a function of its
     /// inputs (two runs give the same outcome, bit for bit).
+    /// A multi-turn dataset on replicas whose caches share documents and
+    /// conversations: every request completes or is dropped, the tokens
+    /// generated are the completed requests', nothing past each prompt's
+    /// whole blocks is found, every block comes back (the simulator's
+    /// debug check), and two runs agree bit for bit.
+    #[test]
+    fn conversations_conserve(rate in 2.0f64..40.0, seed in 0u64..1000,
+                              replicas in 1u64..4, count in 1u64..30, turns in 1u64..6,
+                              documents in 0u64..4, kv in 2_000.0f64..40_000.0) {
+        use gantry_lang::program::{Conversations, Lengths};
+        let s = Serve {
+            input: Lengths::LogNormal { mean: 60.0, spread: 0.8 },
+            output: Lengths::LogNormal { mean: 40.0, spread: 0.8 },
+            conversations: Some(Conversations {
+                count,
+                turns,
+                documents: (documents > 0).then_some((documents, Lengths::Uniform { lo: 20, hi: 400 })),
+            }),
+            ..serve(rate, 300, seed)
+        };
+        let reqs = requests(&s, None);
+        let m = IterModel { kv_capacity_tokens: kv, ..small() };
+        let d = colocated(m, replicas, 512, 32);
+        let o = super::outcome(&d, &reqs, &s, u64::MAX);
+        prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
+        let done: u64 = reqs
+            .iter()
+            .zip(&o.e2e)
+            .filter(|(_, e)| e.is_finite())
+            .map(|(r, _)| r.generate as u64)
+            .sum();
+        prop_assert_eq!(o.tokens_generated, done);
+        let whole: u64 = reqs
+            .iter()
+            .map(|r| ((r.prompt as u64 / 16) * 16).min(r.prompt as u64 - 1))
+            .sum();
+        prop_assert!(o.prefix_found <= o.prefix_looked_up);
+        prop_assert!(o.prefix_found <= whole);
+        let again = super::outcome(&d, &reqs, &s, u64::MAX);
+        prop_assert_eq!(format!("{o:?}"), format!("{again:?}"));
+    }
+
     #[test]
     fn runs_after_runs_conserve(rate in 2.0f64..40.0, seed in 0u64..1000,
                                 replicas in 1u64..4, earlier in 1usize..4,

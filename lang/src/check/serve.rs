@@ -15,7 +15,8 @@ use crate::check::suggest;
 use crate::check::value::Value;
 use crate::diagnostic::{Code, Diagnostic};
 use crate::program::{
-    Arrivals, Batching, DType, Disaggregate, Kernels, Lengths, Phase, Scheduler, Serve, Slo,
+    Arrivals, Batching, Conversations, DType, Disaggregate, Kernels, Lengths, Phase, Scheduler,
+    Serve, Slo,
 };
 use crate::span::Span;
 use crate::units::Dim;
@@ -45,6 +46,10 @@ pub const SERVE_SETTINGS: &[&str] = &[
     "precision",
     "engine",
     "after",
+    "conversations",
+    "turns",
+    "documents",
+    "document",
 ];
 
 /// The longest `after` chain (runs simulated before the measured one).
@@ -64,6 +69,8 @@ pub const MIN_CV: f64 = 0.01;
 const MAX_TOKENS: f64 = (1u64 << 24) as f64;
 /// The most requests one simulation may draw: a few seconds of wall time.
 const MAX_REQUESTS: u64 = 10_000_000;
+/// The most turns a conversation of a multi-turn dataset may have.
+const MAX_TURNS: u64 = 4096;
 
 type Got = BTreeMap<String, (Value, Span)>;
 
@@ -72,6 +79,15 @@ impl Checker {
         self.diags.push(
             Diagnostic::error(Code::L076, msg, span)
                 .with_label(span, "out of range")
+                .with_help(help.to_string()),
+        );
+    }
+
+    /// `L076` for a setting declared without the one it goes with.
+    fn lone_serve(&mut self, span: Span, msg: String, label: String, help: &str) {
+        self.diags.push(
+            Diagnostic::error(Code::L076, msg, span)
+                .with_label(span, label)
                 .with_help(help.to_string()),
         );
     }
@@ -479,6 +495,105 @@ impl Checker {
         })
     }
 
+    /// `conversations = N, turns = K` (both or neither): a multi-turn
+    /// dataset of `N x K` entries whose prompts are drawn turn by turn
+    /// (not from a trace's prompt column); `Err` after a diagnostic.
+    fn conversations(
+        &mut self,
+        got: &Got,
+        span: Span,
+        input: &Option<Lengths>,
+    ) -> Result<Option<Conversations>, ()> {
+        let (c, t) = (got.get("conversations"), got.get("turns"));
+        if c.is_none() && t.is_none() {
+            if let Some((_, s)) = got.get("documents").or_else(|| got.get("document")) {
+                self.lone_serve(
+                    *s,
+                    "shared documents open the conversations of a multi-turn dataset: declare `conversations` and `turns`".into(),
+                    "no conversations".into(),
+                    "e.g. `conversations = 100, turns = 5, documents = 10, document = fixed(4000)`",
+                );
+                return Err(());
+            }
+            return Ok(None);
+        }
+        let (Some((cv, cs)), Some((tv, ts))) = (c, t) else {
+            let (have, missing) = if c.is_some() {
+                ("conversations", "turns")
+            } else {
+                ("turns", "conversations")
+            };
+            let s = got.get(have).map_or(span, |g| g.1);
+            self.lone_serve(
+                s,
+                format!("`{have}` needs `{missing}`: a multi-turn dataset declares both"),
+                format!("`{missing}` is missing"),
+                "e.g. `conversations = 100, turns = 5`: 500 entries, entry (c, k) sending conversation c's first k turns",
+            );
+            return Err(());
+        };
+        let count = self.serve_count(cv, *cs, "`conversations`", MAX_REQUESTS);
+        let turns = self.serve_count(tv, *ts, "`turns`", MAX_TURNS);
+        let (Some(count), Some(turns)) = (count, turns) else {
+            return Err(());
+        };
+        if count.saturating_mul(turns) > MAX_REQUESTS {
+            self.bad_serve(
+                *cs,
+                format!(
+                    "`conversations` x `turns` must be at most {MAX_REQUESTS} entries, got {count} x {turns}"
+                ),
+                "a dataset of fewer conversations or turns",
+            );
+            return Err(());
+        }
+        if matches!(input, Some(Lengths::Trace)) {
+            let s = got.get("prompt").map_or(span, |g| g.1);
+            self.bad_serve(
+                s,
+                "a multi-turn dataset draws each turn's message: `prompt = trace` gives whole prompts".into(),
+                "give a turn's user message as a distribution, e.g. `prompt = lognormal(mean = 200, spread = 0.5)`",
+            );
+            return Err(());
+        }
+        let documents = match (got.get("documents"), got.get("document")) {
+            (None, None) => None,
+            (Some((mv, ms)), Some((lv, ls))) => {
+                let m = self.serve_count(mv, *ms, "`documents`", MAX_REQUESTS);
+                let l = self.lengths(lv, *ls, "`document`");
+                if matches!(l, Some(Lengths::Trace)) {
+                    self.bad_serve(
+                        *ls,
+                        "`document = trace` needs a trace of whole requests; give the documents' lengths as a distribution".into(),
+                        "e.g. `document = fixed(4000)`",
+                    );
+                    return Err(());
+                }
+                Some((m.ok_or(())?, l.ok_or(())?))
+            }
+            (one, _) => {
+                let (have, missing) = if one.is_some() {
+                    ("documents", "document")
+                } else {
+                    ("document", "documents")
+                };
+                let s = got.get(have).map_or(span, |g| g.1);
+                self.lone_serve(
+                    s,
+                    format!("`{have}` needs `{missing}`: shared opening documents declare how many and how long"),
+                    format!("`{missing}` is missing"),
+                    "e.g. `documents = 10, document = fixed(4000)`",
+                );
+                return Err(());
+            }
+        };
+        Ok(Some(Conversations {
+            count,
+            turns,
+            documents,
+        }))
+    }
+
     /// `batch_window(max_batch = 512, max_wait = 2 ms)`.
     fn batching(&mut self, v: &Value, span: Span) -> Option<Batching> {
         let want = "`batch_window(max_batch = 512, max_wait = 2 ms)`";
@@ -707,6 +822,10 @@ impl Checker {
                 "memory_utilization",
                 "disaggregate",
                 "after",
+                "conversations",
+                "turns",
+                "documents",
+                "document",
             ]
         } else {
             &["items"]
@@ -786,6 +905,17 @@ impl Checker {
             }
             _ => Vec::new(),
         };
+        let conversations = if batched {
+            None
+        } else {
+            match self.conversations(&got, span, &input) {
+                Ok(c) => c,
+                Err(()) => {
+                    ok = false;
+                    None
+                }
+            }
+        };
         let traced = matches!(arrivals, Some(Arrivals::Trace { .. }));
         for (l, name) in [
             (&input, if batched { "items" } else { "prompt" }),
@@ -828,8 +958,20 @@ impl Checker {
                 },
             )
         } else {
-            // The static decode step: `max_seqs` sequences at the mean lengths.
-            let prompt = input.mean().round().max(1.0) as u64;
+            // The static decode step: `max_seqs` sequences at the mean
+            // lengths (of a multi-turn dataset, the mean entry: turn k
+            // sends the document, k messages and k - 1 answers, for k =
+            // 1..K equally often).
+            let prompt = conversations
+                .as_ref()
+                .map_or(input.mean(), |c| {
+                    let k = (c.turns as f64 + 1.0) / 2.0;
+                    c.documents.as_ref().map_or(0.0, |d| d.1.mean())
+                        + k * input.mean()
+                        + (k - 1.0) * output.mean()
+                })
+                .round()
+                .clamp(1.0, MAX_TOKENS) as u64;
             let generate = output.mean().round().max(1.0) as u64;
             (
                 Phase::Decode {
@@ -856,6 +998,7 @@ impl Checker {
             batching,
             engine,
             after,
+            conversations,
             span,
         };
         Some((phase, dtype?, kernels?, span, serve))
