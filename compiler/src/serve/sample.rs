@@ -215,11 +215,14 @@ pub fn requests(s: &Serve, rate: Option<f64>) -> Vec<Request> {
 /// `prompt` and `generate` lengths), and its entries `(c, k)` in a seeded
 /// shuffle, as a benchmark client samples a dataset file: without
 /// replacement, then again from a fresh shuffle once all were sent.
+/// A document: (id, tokens).
+type Doc = Option<(u32, u32)>;
+
 struct Dataset {
-    /// Per conversation: its document (id, tokens), and per turn the
-    /// prompt (document, earlier messages and answers, its message) and
-    /// the answer.
-    convs: Vec<(Option<(u32, u32)>, Vec<(u32, u32)>)>,
+    /// Per conversation: its document, and per turn the prompt
+    /// (document, earlier messages and answers, its message) and the
+    /// answer.
+    convs: Vec<(Doc, Vec<(u32, u32)>)>,
     order: Vec<(u32, u32)>,
     next: usize,
 }
@@ -272,8 +275,7 @@ impl Dataset {
     }
 
     /// The next entry: its prompt, answer, conversation and document.
-    #[allow(clippy::type_complexity)]
-    fn next(&mut self, rng: &mut Rng) -> (u32, u32, u32, Option<(u32, u32)>) {
+    fn next(&mut self, rng: &mut Rng) -> (u32, u32, u32, Doc) {
         if self.next == self.order.len() {
             self.shuffle(rng);
         }

@@ -241,6 +241,10 @@ impl Replica {
     /// them (they stay cached until admissions need them).
     fn leave(&mut self, s: &Seq) {
         let mut freed = s.blocks as u64;
+        if self.cache.is_none() {
+            self.blocks.give(freed);
+            return;
+        }
         let (levels, n) = self.levels(s);
         if let Some(c) = self.cache.as_mut() {
             // Its own key first: a document is used at least as recently
@@ -248,9 +252,7 @@ impl Replica {
             for &(key, whole) in levels[..n].iter().rev() {
                 freed += c.release(key, whole);
             }
-        }
-        self.blocks.give(freed);
-        if let Some(c) = self.cache.as_mut() {
+            self.blocks.give(freed);
             c.fit(self.blocks.free);
         }
     }
@@ -653,10 +655,12 @@ impl Replica {
                 out.push(Done::First(s.req));
             }
             let s = *s;
-            let (levels, n) = self.levels(&s);
-            if let Some(c) = self.cache.as_mut() {
-                for &(key, w) in levels[..n].iter().rev() {
-                    c.computed(key, w);
+            if self.cache.is_some() {
+                let (levels, n) = self.levels(&s);
+                if let Some(c) = self.cache.as_mut() {
+                    for &(key, w) in levels[..n].iter().rev() {
+                        c.computed(key, w);
+                    }
                 }
             }
             if s.generated >= s.goal {
