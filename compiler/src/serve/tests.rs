@@ -1050,20 +1050,42 @@ fn a_rerun_finds_the_whole_blocks_of_its_prompts() {
     assert_eq!((plain.prefix_looked_up, plain.prefix_found), (0, 0));
 }
 
+/// What a run with prefix caches keeps: every request completes or is
+/// dropped, the tokens generated are those of the completed requests, it
+/// finds no more prompt tokens than it looks up and none past each
+/// prompt's whole 16-token blocks (never its last token), and it is a
+/// function of its inputs (two runs agree bit for bit).
+fn cached_runs_conserve(
+    d: &Deployment,
+    reqs: &[Request],
+    s: &Serve,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let o = super::outcome(d, reqs, s, u64::MAX);
+    prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
+    let done: u64 = reqs
+        .iter()
+        .zip(&o.e2e)
+        .filter(|(_, e)| e.is_finite())
+        .map(|(r, _)| r.generate as u64)
+        .sum();
+    prop_assert_eq!(o.tokens_generated, done);
+    let whole: u64 = reqs
+        .iter()
+        .map(|r| ((r.prompt as u64 / 16) * 16).min(r.prompt as u64 - 1))
+        .sum();
+    prop_assert!(o.prefix_found <= o.prefix_looked_up);
+    prop_assert!(o.prefix_found <= whole);
+    let again = super::outcome(d, reqs, s, u64::MAX);
+    prop_assert_eq!(format!("{o:?}"), format!("{again:?}"));
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(fixed(24))]
 
-    /// A run after earlier runs of the same requests (`outcome` with an
-    /// `after` chain) conserves as a cold one does (every request
-    /// completes or is dropped, the tokens generated are those of the
-    /// completed requests), finds no more prompt tokens than it looks up
-    /// and none past each prompt's whole blocks, and is a function of its
-    /// inputs (two runs give the same outcome, bit for bit).
     /// A multi-turn dataset on replicas whose caches share documents and
-    /// conversations: every request completes or is dropped, the tokens
-    /// generated are the completed requests', nothing past each prompt's
-    /// whole blocks is found, every block comes back (the simulator's
-    /// debug check), and two runs agree bit for bit.
+    /// conversations keeps what [`cached_runs_conserve`] checks, and
+    /// every block comes back (the simulator's debug check).
     #[test]
     fn conversations_conserve(rate in 2.0f64..40.0, seed in 0u64..1000,
                               replicas in 1u64..4, count in 1u64..30, turns in 1u64..6,
@@ -1082,25 +1104,11 @@ proptest! {
         let reqs = requests(&s, None);
         let m = IterModel { kv_capacity_tokens: kv, ..small() };
         let d = colocated(m, replicas, 512, 32);
-        let o = super::outcome(&d, &reqs, &s, u64::MAX);
-        prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
-        let done: u64 = reqs
-            .iter()
-            .zip(&o.e2e)
-            .filter(|(_, e)| e.is_finite())
-            .map(|(r, _)| r.generate as u64)
-            .sum();
-        prop_assert_eq!(o.tokens_generated, done);
-        let whole: u64 = reqs
-            .iter()
-            .map(|r| ((r.prompt as u64 / 16) * 16).min(r.prompt as u64 - 1))
-            .sum();
-        prop_assert!(o.prefix_found <= o.prefix_looked_up);
-        prop_assert!(o.prefix_found <= whole);
-        let again = super::outcome(&d, &reqs, &s, u64::MAX);
-        prop_assert_eq!(format!("{o:?}"), format!("{again:?}"));
+        cached_runs_conserve(&d, &reqs, &s)?;
     }
 
+    /// A run after earlier runs of the same requests (`outcome` with an
+    /// `after` chain) keeps what [`cached_runs_conserve`] checks.
     #[test]
     fn runs_after_runs_conserve(rate in 2.0f64..40.0, seed in 0u64..1000,
                                 replicas in 1u64..4, earlier in 1usize..4,
@@ -1110,22 +1118,6 @@ proptest! {
         let m = IterModel { kv_capacity_tokens: kv, ..small() };
         let d = colocated(m, replicas, 512, 32);
         let warm = Serve { after: vec![serve(rate / 2.0, 400, seed); earlier], ..s.clone() };
-        let o = super::outcome(&d, &reqs, &warm, u64::MAX);
-        prop_assert_eq!(o.completed + o.dropped, reqs.len() as u64);
-        let done: u64 = reqs
-            .iter()
-            .zip(&o.e2e)
-            .filter(|(_, e)| e.is_finite())
-            .map(|(r, _)| r.generate as u64)
-            .sum();
-        prop_assert_eq!(o.tokens_generated, done);
-        let whole: u64 = reqs
-            .iter()
-            .map(|r| ((r.prompt as u64 / 16) * 16).min(r.prompt as u64 - 1))
-            .sum();
-        prop_assert!(o.prefix_found <= o.prefix_looked_up);
-        prop_assert!(o.prefix_found <= whole);
-        let again = super::outcome(&d, &reqs, &warm, u64::MAX);
-        prop_assert_eq!(format!("{o:?}"), format!("{again:?}"));
+        cached_runs_conserve(&d, &reqs, &warm)?;
     }
 }
