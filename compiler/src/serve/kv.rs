@@ -67,7 +67,9 @@ impl Blocks {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Entry {
     cached: u64,
-    running: Vec<u64>,
+    /// Whole prompt blocks -> running sequences with that many (a
+    /// document's are all alike: one element however many run).
+    running: BTreeMap<u64, u32>,
     /// Its place in the eviction order (0: not there, nothing free).
     used: u64,
 }
@@ -75,7 +77,7 @@ struct Entry {
 impl Entry {
     /// Blocks running sequences hold (shared).
     fn resident(&self) -> u64 {
-        self.running.iter().copied().max().unwrap_or(0)
+        self.running.last_key_value().map_or(0, |(w, _)| *w)
     }
     /// Blocks present that no running sequence holds (free blocks). A
     /// sequence still prefilling holds blocks not yet computed (not
@@ -142,7 +144,7 @@ impl PrefixCache {
     pub fn admit(&mut self, key: u64, whole: u64) {
         let e = self.entries.entry(key).or_default();
         let before = e.idle();
-        e.running.push(whole);
+        *e.running.entry(whole).or_default() += 1;
         self.refile(key, before);
     }
 
@@ -164,8 +166,11 @@ impl PrefixCache {
             return 0;
         };
         let (before, held) = (e.idle(), e.resident());
-        if let Some(i) = e.running.iter().position(|w| *w == whole) {
-            e.running.swap_remove(i);
+        if let Some(n) = e.running.get_mut(&whole) {
+            *n -= 1;
+            if *n == 0 {
+                e.running.remove(&whole);
+            }
         }
         let freed = held - e.resident();
         self.refile(key, before);

@@ -437,7 +437,10 @@ impl Replica {
             // key's running sequences: only those beyond theirs are taken.
             let first = u64::from(self.limits.window.is_none());
             let need = self.blocks.for_tokens(s.target as u64 + first);
-            let (levels, n) = self.levels(&s);
+            let (levels, n) = match self.cache {
+                Some(_) => self.levels(&s),
+                None => ([(0, 0); 2], 0),
+            };
             let whole = (s.prompt as u64 / self.blocks.block).min(need);
             let take = match &self.cache {
                 Some(c) => {

@@ -287,7 +287,7 @@ fn begin(r: &mut Replica, now: f64) -> Option<f64> {
 /// Simulates `reqs` (sorted by arrival) on `d`. Stops early, marking the
 /// outcome `aborted`, when more than `max_backlog` requests wait.
 pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
-    run(d, reqs, max_backlog, None, &mut Vec::new())
+    simulate_cached(d, reqs, max_backlog, None, &mut Vec::new())
 }
 
 /// Simulates `reqs` (lengths only: arrival times are ignored) sent by
@@ -295,7 +295,7 @@ pub fn simulate(d: &Deployment, reqs: &[Request], max_backlog: u64) -> Outcome {
 /// its previous one completes. No Little's-law window (the number in the
 /// system is `clients` by construction).
 pub fn simulate_closed(d: &Deployment, reqs: &[Request], clients: u64) -> Outcome {
-    run(d, reqs, u64::MAX, Some(clients.max(1)), &mut Vec::new())
+    simulate_cached(d, reqs, u64::MAX, Some(clients), &mut Vec::new())
 }
 
 /// Empty prefix caches by prompt, one per replica of `d` that prefills
@@ -321,16 +321,7 @@ pub fn simulate_cached(
     closed: Option<u64>,
     caches: &mut Vec<PrefixCache>,
 ) -> Outcome {
-    run(d, reqs, max_backlog, closed.map(|c| c.max(1)), caches)
-}
-
-fn run(
-    d: &Deployment,
-    reqs: &[Request],
-    max_backlog: u64,
-    closed: Option<u64>,
-    caches: &mut Vec<PrefixCache>,
-) -> Outcome {
+    let closed = closed.map(|c| c.max(1));
     let mut reps = replicas(d);
     if caches.len() == reps.len() {
         for (r, mut c) in reps.iter_mut().zip(caches.drain(..)) {

@@ -72,7 +72,9 @@ const MAX_REQUESTS: u64 = 10_000_000;
 /// The most turns a conversation of a multi-turn dataset may have.
 const MAX_TURNS: u64 = 4096;
 
-type Got = BTreeMap<String, (Value, Span)>;
+/// A declared setting: its value and span.
+type Setting = (Value, Span);
+type Got = BTreeMap<String, Setting>;
 
 impl Checker {
     fn bad_serve(&mut self, span: Span, msg: String, help: &str) {
@@ -90,6 +92,36 @@ impl Checker {
                 .with_label(span, label)
                 .with_help(help.to_string()),
         );
+    }
+
+    /// Settings `a` and `b`, declared both or neither: `Ok(None)` for
+    /// neither, `Err` after an `L076` at the one declared alone (`why`
+    /// says why they go together).
+    fn serve_pair<'g>(
+        &mut self,
+        got: &'g Got,
+        (a, b): (&str, &str),
+        why: &str,
+        help: &str,
+    ) -> Result<Option<(&'g Setting, &'g Setting)>, ()> {
+        match (got.get(a), got.get(b)) {
+            (None, None) => Ok(None),
+            (Some(x), Some(y)) => Ok(Some((x, y))),
+            (one, other) => {
+                let ((have, s), missing) = match (one, other) {
+                    (Some(x), _) => ((a, x.1), b),
+                    (_, Some(y)) => ((b, y.1), a),
+                    _ => unreachable!("one of the two is declared"),
+                };
+                self.lone_serve(
+                    s,
+                    format!("`{have}` needs `{missing}`: {why}"),
+                    format!("`{missing}` is missing"),
+                    help,
+                );
+                Err(())
+            }
+        }
     }
 
     /// The file name of a `trace(...)` argument.
@@ -504,8 +536,7 @@ impl Checker {
         span: Span,
         input: &Option<Lengths>,
     ) -> Result<Option<Conversations>, ()> {
-        let (c, t) = (got.get("conversations"), got.get("turns"));
-        if c.is_none() && t.is_none() {
+        if !got.contains_key("conversations") && !got.contains_key("turns") {
             if let Some((_, s)) = got.get("documents").or_else(|| got.get("document")) {
                 self.lone_serve(
                     *s,
@@ -517,20 +548,14 @@ impl Checker {
             }
             return Ok(None);
         }
-        let (Some((cv, cs)), Some((tv, ts))) = (c, t) else {
-            let (have, missing) = if c.is_some() {
-                ("conversations", "turns")
-            } else {
-                ("turns", "conversations")
-            };
-            let s = got.get(have).map_or(span, |g| g.1);
-            self.lone_serve(
-                s,
-                format!("`{have}` needs `{missing}`: a multi-turn dataset declares both"),
-                format!("`{missing}` is missing"),
-                "e.g. `conversations = 100, turns = 5`: 500 entries, entry (c, k) sending conversation c's first k turns",
-            );
-            return Err(());
+        let Some(((cv, cs), (tv, ts))) = self.serve_pair(
+            got,
+            ("conversations", "turns"),
+            "a multi-turn dataset declares both",
+            "e.g. `conversations = 100, turns = 5`: 500 entries, entry (c, k) sending conversation c's first k turns",
+        )?
+        else {
+            return Ok(None);
         };
         let count = self.serve_count(cv, *cs, "`conversations`", MAX_REQUESTS);
         let turns = self.serve_count(tv, *ts, "`turns`", MAX_TURNS);
@@ -556,9 +581,14 @@ impl Checker {
             );
             return Err(());
         }
-        let documents = match (got.get("documents"), got.get("document")) {
-            (None, None) => None,
-            (Some((mv, ms)), Some((lv, ls))) => {
+        let documents = match self.serve_pair(
+            got,
+            ("documents", "document"),
+            "shared opening documents declare how many and how long",
+            "e.g. `documents = 10, document = fixed(4000)`",
+        )? {
+            None => None,
+            Some(((mv, ms), (lv, ls))) => {
                 let m = self.serve_count(mv, *ms, "`documents`", MAX_REQUESTS);
                 let l = self.lengths(lv, *ls, "`document`");
                 if matches!(l, Some(Lengths::Trace)) {
@@ -570,21 +600,6 @@ impl Checker {
                     return Err(());
                 }
                 Some((m.ok_or(())?, l.ok_or(())?))
-            }
-            (one, _) => {
-                let (have, missing) = if one.is_some() {
-                    ("documents", "document")
-                } else {
-                    ("document", "documents")
-                };
-                let s = got.get(have).map_or(span, |g| g.1);
-                self.lone_serve(
-                    s,
-                    format!("`{have}` needs `{missing}`: shared opening documents declare how many and how long"),
-                    format!("`{missing}` is missing"),
-                    "e.g. `documents = 10, document = fixed(4000)`",
-                );
-                return Err(());
             }
         };
         Ok(Some(Conversations {
