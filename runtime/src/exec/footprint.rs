@@ -51,10 +51,13 @@
 //!
 //! A decode step is estimated at its whole sequence (prompt and step),
 //! which bounds the prompt's KV cache. `tests/footprint.rs` counts the
-//! bytes a run allocates with a counting global allocator and checks
-//! `1.0 <= (estimate - fixed) / peak <= 1.5` over examples and design
-//! points; resident memory (`/usr/bin/time -v`) is compared with the
-//! whole estimate in docs/RUNTIME.md.
+//! bytes a run allocates with a counting global allocator, and per
+//! thread the bytes it allocated, and checks over examples and design
+//! points that `estimate - fixed` is at least the run's peak and at least
+//! the devices' threads' own worsts summed (any interleaving of them),
+//! and at most 1.5 times every thread's own worst summed; resident memory
+//! (`/usr/bin/time -v`) is compared with the whole estimate in
+//! docs/RUNTIME.md.
 
 use gantry_lang::program::{Item, OpKind, Phase, TensorId, Workload};
 
@@ -79,16 +82,18 @@ pub const PER_DEVICE: f64 = 1e6;
 /// the allocator does see: its JIT module and compiled kernels, endpoint
 /// and maps, and the compile working set of a kernel the device compiles
 /// while its tensors are live (kernels are compiled when first run).
-/// Measured on the runs of `tests/footprint.rs` (2026-12-04): the peak
-/// exceeds the rest of the estimate by at most 55 kB per device
-/// (`llm_decode` tp 2 dp 2), and the peaks of one run move by up to 20%
-/// from one thread interleaving to the next (`llm_prefill` tp 2 pp 2 dp 2:
-/// 3.0 to 3.75 MB, the most of three runs each time). At 60 kB the decode
-/// run's estimate/peak ratio came down to 1.00; at 100 kB it was 1.05 to
-/// 1.21 over four runs (1.04 against the highest decode peak seen, 4.65
-/// MB), and the prefill run's, the one nearest the test's 1.5x ceiling
-/// at this figure, at most 1.36.
-pub const DEVICE_HEAP: f64 = 100e3;
+/// Measured on the runs of `tests/footprint.rs` (2026-12-05), per device
+/// thread: the bytes it allocated that were live at its own worst, less
+/// the rest of its estimate, are 97 kB (`llm_decode` tp 2 dp 2), 224 to
+/// 268 kB (`llm_prefill` tp 2 pp 2 dp 2), 224 to 355 kB (`llm_train` tp 2
+/// pp 2 dp 2) and 330 to 494 kB (`llm_train` tp 4 pp 2, 2 virtual
+/// stages). On the prefill devices 240 to 260 kB of that are seven
+/// buffers of sizes no tensor has (91, 65, 36, 23 kB, ...), which
+/// Cranelift's compile contexts keep for the largest kernel compiled. At
+/// 100 kB the devices' worst, all at once, exceeded the estimate on the
+/// prefill run (5.15 MB against 4.12 MB), which one interleaving in ten
+/// or so reached (a peak of 4.28 MB).
+pub const DEVICE_HEAP: f64 = 500e3;
 
 /// Bytes per run that the run's own allocations do not include: the
 /// process before the run (binary, libraries, the checked program), about
