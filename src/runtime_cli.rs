@@ -468,7 +468,18 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     if !(a.whole.is_empty() && a.column.is_empty() && a.row.is_empty()) {
         pin_forms(&mut ev, &workload, [&a.whole, &a.column, &a.row]).map_err(|e| fail(&e))?;
     }
-    let placement = gantry_compiler::plan::table_placement(&ev, &plan);
+    let placement = gantry_compiler::plan::table_placement(&ev);
+    if let Some(t) = placement.iter().find(|t| t.sharding == "column_wise") {
+        return Err(fail(&RuntimeError::new(
+            gantry_runtime::RCode::R003,
+            format!(
+                "table `{}` is cut by columns (`embeddings = {{ placement = memory_balanced }}`): \
+             the runtime executes tables whole, by rows or replicated, not column slices; \
+             run it with `placement = cost_balanced` (or a `column_slice` above its size)",
+                t.table
+            ),
+        )));
+    }
     let mut par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
         .map_err(|e| fail(&e))?
         .with_tables(&workload, &placement);

@@ -32,6 +32,7 @@ use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
 use crate::ir::{Class, Ir, IrOp, SegmentKind};
 use crate::memory::{self, Held, Role};
+use crate::placement::Skew;
 use crate::point::{DesignPoint, Recompute};
 use crate::sharded::{Kind, Pass};
 
@@ -1099,34 +1100,6 @@ impl Evaluator<'_> {
                 exposed: t,
             });
         }
-        // Embedding-bag all-to-all (recommendation models): pooled lookups
-        // are exchanged between the table owners and the data-parallel
-        // ranks, forward and backward, every microbatch.
-        let mut a2a_emb = 0.0;
-        let mut a2a_emb_bytes = 0.0;
-        let devices = p.devices();
-        for s in &ir.segments {
-            for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
-                if devices > 1 {
-                    let out_bytes = o.bytes - o.lookup_bytes;
-                    let bytes = out_bytes * b;
-                    a2a_emb_bytes += 2.0 * m * bytes;
-                    a2a_emb += 2.0 * m * topo.time(Collective::AllToAll, devices, 1, bytes);
-                }
-            }
-        }
-        if a2a_emb_bytes > 0.0 {
-            comms.push(Comm {
-                what: "pooled embedding all-to-all".into(),
-                collective: Collective::AllToAll,
-                group: devices,
-                level: topo.level(devices, 1),
-                algorithm: topo.algorithm(Collective::AllToAll, devices, 1).into(),
-                bytes: a2a_emb_bytes * ring(devices),
-                time: a2a_emb,
-                exposed: a2a_emb,
-            });
-        }
         let on_slow = |first: f64, last: f64| if slow == 0 { first } else { 0.0 } + if slow == n_stages - 1 { last } else { 0.0 };
         // Forward all-reduces run again in each recomputed forward.
         let tp_of = |f: f64, b: f64| f * fwd_passes + b;
@@ -1305,26 +1278,24 @@ impl Evaluator<'_> {
             (logits + last - memory.activations).max(0.0)
         };
         memory.working = working;
-        // Tables that do not fit in HBM stay in host memory when the node
-        // has it; their share of the lookups and sparse updates then
-        // crosses the host link (host bandwidth split over the node's GPUs).
-        let mut host_lookups = 0.0;
-        if memory.total() > memory.capacity && memory.embeddings > 0.0 && hw.host_bandwidth > 0.0 {
-            let room = (memory.capacity - (memory.total() - memory.embeddings)).max(0.0);
-            let host = memory.embeddings - room;
-            let fraction = host / memory.embeddings;
-            memory.host_embeddings = host;
-            memory.embeddings = room;
-            let lookups: f64 = ir
-                .segments
-                .iter()
-                .flat_map(|s| s.ops.iter())
-                .map(|o| o.lookup_bytes * o.mult)
-                .sum();
-            // Forward reads, backward read and write of the looked-up rows.
-            let bytes = 3.0 * lookups * b * m * fraction;
-            host_lookups = bytes / (hw.host_bandwidth / hw.devices_per_node as f64);
+        // The embedding tables as the framework places them, in what HBM
+        // the rest leaves: the busiest rank's lookups and its share of the
+        // pooled all-to-all set the time (docs/COST-MODEL.md, "Embedding
+        // tables").
+        let devices = p.devices();
+        let (skew, placed) = self.place_tables(p, &mut memory);
+        // Pooled lookups are exchanged between the table owners and the
+        // data-parallel ranks, forward and backward, every microbatch.
+        let (a2a_emb, a2a_emb_bytes) = self.embedding_exchange(p, b, skew.exchange);
+        let (a2a_emb, a2a_emb_bytes) = (2.0 * m * a2a_emb, 2.0 * m * a2a_emb_bytes);
+        if a2a_emb_bytes > 0.0 {
+            comms.push(self.exchange_comm(p, a2a_emb, a2a_emb_bytes));
         }
+        // Tables in host memory: their share of the lookups and sparse
+        // updates crosses the host link (host bandwidth split over the
+        // node's GPUs): forward reads, backward read and write.
+        let host_lookups = 3.0 * self.lookup_bytes() * b * m * skew.host
+            / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
         let compute = body
             .fwd
             .plus(&body.bwd)
@@ -1340,6 +1311,11 @@ impl Evaluator<'_> {
                     .scaled(if slow == n_stages - 1 { 1.0 } else { 0.0 }),
             )
             .scaled(m);
+        // The busiest rank's lookups beyond an even share (the pipeline
+        // priced an even share); on the critical path.
+        let lookup_skew = compute.embedding * (skew.lookups - 1.0);
+        let mut compute = compute;
+        compute.embedding += lookup_skew;
         let recompute = body.recompute * sl * m;
         let tp_comm = tp_comm_exposed;
         let pp_comm = m * t_send_exposed;
@@ -1349,6 +1325,7 @@ impl Evaluator<'_> {
         // backward (`tp_param_time`, reported in the tensor-parallel part):
         // on the critical path.
         let step = pipeline
+            + lookup_skew
             + dp_exposed
             + opt_time
             + a2a_emb
@@ -1382,7 +1359,7 @@ impl Evaluator<'_> {
             sampling_bytes_per_seq: 0.0,
             point: *p,
             devices,
-            feasible: memory.total() <= memory.capacity,
+            feasible: placed && memory.total() <= memory.capacity,
             time,
             memory,
             comms,
@@ -1405,6 +1382,88 @@ impl Evaluator<'_> {
             ttft: None,
             tpot: None,
         }
+    }
+
+    /// Places the embedding tables ([`crate::placement::of_point`]) in
+    /// what `memory` leaves of HBM and sets its table bytes: the busiest
+    /// rank's tables with their optimizer state, and host tables spread
+    /// over the devices' host memory. Returns the placement's skew and
+    /// whether every table found a place (a table placed nowhere makes
+    /// the point infeasible; its memory then counts at least an even
+    /// share of every table).
+    fn place_tables(&self, p: &DesignPoint, memory: &mut Memory) -> (Skew, bool) {
+        let devices = p.devices().max(1);
+        let host = self.hw.host_bandwidth > 0.0;
+        let placed = crate::placement::of_point(self.ir, devices, memory, host);
+        if placed.is_empty() {
+            return (Skew::default(), true);
+        }
+        let states = crate::placement::table_states(self.ir);
+        let busiest = crate::placement::bytes_per_rank(&placed, devices)
+            .into_iter()
+            .fold(0.0, f64::max);
+        let sum = |f: &dyn Fn(&crate::placement::TablePlacement) -> bool| {
+            placed.iter().filter(|t| f(t)).fold(0.0, |a, t| a + t.bytes)
+        };
+        let all = sum(&|_| true);
+        let on_host = sum(&|t| t.sharding == "host");
+        let unplaced = placed.iter().any(|t| t.sharding == "unplaced");
+        let n = devices as f64;
+        memory.embeddings = if unplaced {
+            busiest.max(all / n)
+        } else {
+            busiest
+        } * states;
+        memory.host_embeddings = on_host * states / n;
+        (crate::placement::skew(&placed, devices), !unplaced)
+    }
+
+    /// One pass's pooled-embedding all-to-all over all devices for `b`
+    /// samples per device: its time and the bytes the busiest rank moves,
+    /// `exchange` times an even spread's ([`Skew::exchange`]).
+    fn embedding_exchange(&self, p: &DesignPoint, b: f64, exchange: f64) -> (f64, f64) {
+        let devices = p.devices();
+        if devices <= 1 {
+            return (0.0, 0.0);
+        }
+        let topo = &self.hw.topo;
+        let mut time = 0.0;
+        let mut bytes = 0.0;
+        for s in &self.ir.segments {
+            for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
+                // The pooled vectors of `b` samples, in the activation type.
+                let out = (o.bytes - o.lookup_bytes) * b * exchange;
+                bytes += out;
+                time += topo.time(Collective::AllToAll, devices, 1, out);
+            }
+        }
+        (time, bytes)
+    }
+
+    /// The report line of the pooled-embedding all-to-all.
+    fn exchange_comm(&self, p: &DesignPoint, time: f64, bytes: f64) -> Comm {
+        let (topo, devices) = (&self.hw.topo, p.devices());
+        Comm {
+            what: "pooled embedding all-to-all (busiest rank)".into(),
+            collective: Collective::AllToAll,
+            group: devices,
+            level: topo.level(devices, 1),
+            algorithm: topo.algorithm(Collective::AllToAll, devices, 1).into(),
+            bytes: bytes * (devices.max(1) - 1) as f64 / devices.max(1) as f64,
+            time,
+            exposed: time,
+        }
+    }
+
+    /// Bytes of table rows looked up per sample.
+    fn lookup_bytes(&self) -> f64 {
+        self.ir
+            .segments
+            .iter()
+            .flat_map(|s| s.ops.iter())
+            .filter(|o| o.op == "embedding_bag")
+            .map(|o| o.lookup_bytes * o.mult)
+            .sum()
     }
 
     /// Forward-only time of one pass over all segments for `b` samples per
@@ -1475,10 +1534,36 @@ impl Evaluator<'_> {
         let b = (p.batch as f64).max(1.0);
         let stage_layers = self.split_layers(p, 1.0, 0.0, 0.0);
         let fwd = self.forward(ir, p, b, &stage_layers);
-        let (classes, t_tp, tp_bytes, params) =
+        let (mut classes, t_tp, tp_bytes, params) =
             (fwd.compute, fwd.tp_time, fwd.tp_bytes, fwd.params);
-        let t_fwd = classes.total();
         let pp = p.pp.max(1) as f64;
+        let mut memory = self.state_memory(
+            Held {
+                dense: params / pp,
+                ..Held::default()
+            },
+            p,
+        );
+        // KV cache: keys and values of every layer for the whole context.
+        memory.kv_cache = self.kv_per_token(p) * self.max_context() * b / pp;
+        // The pass's transient activations or its sampling, whichever is
+        // larger (they do not coexist: the head runs after the layers).
+        // Only token sequences are sampled (a recommender scores items).
+        let sampled = matches!(ir.phase, Phase::Decode { .. }) || ir.tokens_per_sample > 1.0;
+        let sampling_bytes_per_seq = if sampled {
+            fwd.sampled_logits / b * (ir.act_bytes + SAMPLING_BYTES_PER_LOGIT)
+        } else {
+            0.0
+        };
+        memory.working = fwd.transient.max(sampling_bytes_per_seq * b);
+        // Embedding tables as placed: the busiest rank's lookups, the
+        // pooled all-to-all and host lookups (forward only).
+        let (skew, placed) = self.place_tables(p, &mut memory);
+        classes.embedding *= skew.lookups;
+        let (t_a2a, a2a_bytes) = self.embedding_exchange(p, b, skew.exchange);
+        let host_lookups = self.lookup_bytes() * b * skew.host
+            / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
+        let t_fwd = classes.total();
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
         let stride_pp = p.tp * p.cp * p.dp;
         let t_send = if p.pp > 1 {
@@ -1494,7 +1579,8 @@ impl Evaluator<'_> {
         } else {
             0.0
         };
-        let pass = t_fwd + t_tp + (pp - 1.0) * t_send + hw.step_overhead + host_seq;
+        let pass =
+            t_fwd + t_tp + (pp - 1.0) * t_send + t_a2a + host_lookups + hw.step_overhead + host_seq;
         let devices = p.devices();
         let generate = match ir.phase {
             Phase::Decode { generate, .. } => generate,
@@ -1513,6 +1599,9 @@ impl Evaluator<'_> {
                 time: t_tp,
                 exposed: t_tp,
             });
+        }
+        if a2a_bytes > 0.0 {
+            comms.push(self.exchange_comm(p, t_a2a, a2a_bytes));
         }
         let (step, ttft, tpot, prefill_share, tokens_per_step) = match (&ir.phase, self.prefill) {
             (Phase::Decode { .. }, Some(pre)) => {
@@ -1539,36 +1628,19 @@ impl Evaluator<'_> {
                 b * p.dp as f64 * ir.tokens_per_sample,
             ),
         };
-        let mut memory = self.state_memory(
-            Held {
-                dense: params / pp,
-                ..Held::default()
-            },
-            p,
-        );
-        // KV cache: keys and values of every layer for the whole context.
-        memory.kv_cache = self.kv_per_token(p) * self.max_context() * b / pp;
-        // The pass's transient activations or its sampling, whichever is
-        // larger (they do not coexist: the head runs after the layers).
-        // Only token sequences are sampled (a recommender scores items).
-        let sampled = matches!(ir.phase, Phase::Decode { .. }) || ir.tokens_per_sample > 1.0;
-        let sampling_bytes_per_seq = if sampled {
-            fwd.sampled_logits / b * (ir.act_bytes + SAMPLING_BYTES_PER_LOGIT)
-        } else {
-            0.0
-        };
-        memory.working = fwd.transient.max(sampling_bytes_per_seq * b);
         let samples = b * p.dp as f64;
         let model_flops = ir.flops_per_sample() * samples;
         Estimate {
             sampling_bytes_per_seq,
             point: *p,
             devices,
-            feasible: memory.total() <= memory.capacity,
+            feasible: placed && memory.total() <= memory.capacity,
             time: StepTime {
                 compute: classes,
                 tp_comm: t_tp,
                 pp_comm: (pp - 1.0) * t_send,
+                all_to_all: t_a2a,
+                host_lookups,
                 prefill: prefill_share,
                 overhead: hw.step_overhead + host_seq,
                 host_seq,

@@ -268,6 +268,30 @@ impl Programs {
     }
 }
 
+/// One embedding table of an `embedding_bag`, as [`crate::placement`]
+/// places it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IrTable {
+    pub name: String,
+    pub rows: u64,
+    pub dim: u64,
+    /// Bytes per element (the table's dtype).
+    pub elem_bytes: f64,
+    /// Rows looked up and pooled per sample.
+    pub pooling: f64,
+}
+
+impl IrTable {
+    /// Bytes of the table.
+    pub fn bytes(&self) -> f64 {
+        (self.rows * self.dim) as f64 * self.elem_bytes
+    }
+    /// Bytes of rows looked up per sample (the lookup cost).
+    pub fn lookup_bytes(&self) -> f64 {
+        self.pooling * self.dim as f64 * self.elem_bytes
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct IrOp {
     pub op: &'static str,
@@ -318,8 +342,8 @@ pub struct IrOp {
     /// Producers of this op's tensor inputs within its segment (index into
     /// the segment's ops), or -1 for a value from outside the segment.
     pub args: Vec<i64>,
-    /// Embedding tables of an embedding bag: name, bytes, lookup bytes per sample.
-    pub tables: Vec<(String, f64, f64)>,
+    /// Embedding tables of an embedding bag, in declaration order.
+    pub tables: Vec<IrTable>,
     /// Kernels launched per forward pass (an embedding bag launches one
     /// lookup per table, an MLP a GEMM and an activation per layer).
     pub kernels: f64,
@@ -1081,11 +1105,13 @@ impl Lowering<'_> {
                     o.table_bytes += (t.rows * t.dim) as f64 * tb;
                     o.table_factored += (t.rows + t.dim) as f64 * tb;
                     o.lookup_bytes += (t.pooling * t.dim) as f64 * tb;
-                    o.tables.push((
-                        t.name.clone(),
-                        (t.rows * t.dim) as f64 * tb,
-                        (t.pooling * t.dim) as f64 * tb,
-                    ));
+                    o.tables.push(IrTable {
+                        name: t.name.clone(),
+                        rows: t.rows,
+                        dim: t.dim,
+                        elem_bytes: tb,
+                        pooling: t.pooling as f64,
+                    });
                 }
                 o.bytes = o.lookup_bytes + beta * out_n;
                 o.kernels = tables.len() as f64;

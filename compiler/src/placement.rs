@@ -11,8 +11,9 @@ use gantry_lang::program::Cluster;
 use serde_json::{Value, json};
 
 use crate::collective::Topology;
-use crate::cost::Estimate;
-use crate::ir::Ir;
+use crate::cost::{Estimate, Memory};
+use crate::ir::{Ir, IrTable};
+use gantry_lang::program::TableSharding;
 
 /// Most ranks listed one by one in the JSON plan; beyond it the rank
 /// formula in `axes` describes the rest.
@@ -68,42 +69,57 @@ pub fn json(e: &Estimate, c: &Cluster, topo: &Topology) -> Value {
     })
 }
 
-/// One embedding table's placement.
+/// One embedding table's placement, or one column slice of a table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TablePlacement {
     pub table: String,
-    /// `table_wise` (one rank holds it), `row_wise` (rows split over all
-    /// ranks), or `host` (kept in host memory).
+    /// `table_wise` (one rank holds it), `column_wise` (one rank holds
+    /// these columns of it), `row_wise` (rows split over all ranks),
+    /// `host` (kept in host memory) or `unplaced` (fits nowhere).
     pub sharding: &'static str,
     pub ranks: Vec<u64>,
+    /// The columns this entry holds, `start..end` (`0..dim` but for a
+    /// column slice).
+    pub columns: (u64, u64),
     pub bytes: f64,
-    /// Relative lookup cost (pooling x dim x bytes).
+    /// Relative lookup cost (pooling x columns x bytes).
     pub cost: f64,
 }
 
-/// Places embedding tables on `devices` ranks: largest lookup cost first
-/// onto the least loaded rank that has room (table-wise); when the most
-/// loaded rank exceeds the mean by more than `tolerance`, the costliest
-/// table-wise tables are split row-wise over all ranks until balanced;
-/// tables that fit nowhere go to host memory if the node has it.
-pub fn tables(
-    ir: &Ir,
-    devices: u64,
-    capacity_per_rank: f64,
-    host: bool,
-    tolerance: f64,
-) -> Vec<TablePlacement> {
-    let mut list: Vec<(String, f64, f64)> = Vec::new();
-    for s in &ir.segments {
-        for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
-            list.extend(o.tables.iter().cloned());
-        }
-    }
+/// The cost-balanced placement stops splitting tables by rows once the
+/// busiest rank's lookup cost is within this share of the mean.
+pub const COST_BALANCE_TOLERANCE: f64 = 0.10;
+
+/// Places the embedding tables of `ir` on `devices` ranks, each with
+/// `room` bytes for tables, as the workload's `embeddings = { placement =
+/// ... }` says ([`TableSharding`]); tables that fit nowhere go to host
+/// memory if `host`, else are `unplaced`.
+pub fn tables(ir: &Ir, devices: u64, room: f64, host: bool) -> Vec<TablePlacement> {
+    let list: Vec<&IrTable> = ir
+        .segments
+        .iter()
+        .flat_map(|s| s.ops.iter())
+        .filter(|o| o.op == "embedding_bag")
+        .flat_map(|o| o.tables.iter())
+        .collect();
     if list.is_empty() {
         // Nothing to place: no per-rank state (a system may have millions
         // of ranks).
         return Vec::new();
     }
+    match ir.kernels.tables {
+        TableSharding::CostBalanced => cost_balanced(&list, devices, room, host),
+        TableSharding::MemoryBalanced { column_slice } => {
+            memory_balanced(&list, devices, room, host, column_slice)
+        }
+    }
+}
+
+/// `cost_balanced`: largest lookup cost first onto the least loaded rank
+/// that has room (table-wise); when the most loaded rank exceeds the mean
+/// by more than [`COST_BALANCE_TOLERANCE`], the costliest table-wise
+/// tables are split row-wise over all ranks until balanced.
+fn cost_balanced(list: &[&IrTable], devices: u64, room: f64, host: bool) -> Vec<TablePlacement> {
     let n = devices.max(1) as usize;
     let mut load = vec![0.0f64; n];
     let mut mem = vec![0.0f64; n];
@@ -111,50 +127,38 @@ pub fn tables(
     let mut order: Vec<usize> = (0..list.len()).collect();
     order.sort_by(|&a, &b| {
         list[b]
-            .2
-            .total_cmp(&list[a].2)
-            .then(list[b].1.total_cmp(&list[a].1))
+            .lookup_bytes()
+            .total_cmp(&list[a].lookup_bytes())
+            .then(list[b].bytes().total_cmp(&list[a].bytes()))
     });
     for i in order {
-        let (name, bytes, cost) = &list[i];
+        let t = list[i];
+        let (bytes, cost) = (t.bytes(), t.lookup_bytes());
+        let entry = |sharding, ranks| TablePlacement {
+            table: t.name.clone(),
+            sharding,
+            ranks,
+            columns: (0, t.dim),
+            bytes,
+            cost,
+        };
         let best = (0..n)
-            .filter(|r| mem[*r] + bytes <= capacity_per_rank)
+            .filter(|r| mem[*r] + bytes <= room)
             .min_by(|a, b| load[*a].total_cmp(&load[*b]));
         match best {
             Some(r) => {
                 load[r] += cost;
                 mem[r] += bytes;
-                out.push(TablePlacement {
-                    table: name.clone(),
-                    sharding: "table_wise",
-                    ranks: vec![r as u64],
-                    bytes: *bytes,
-                    cost: *cost,
-                });
+                out.push(entry("table_wise", vec![r as u64]));
             }
-            None if mem
-                .iter()
-                .all(|m| m + bytes / n as f64 <= capacity_per_rank) =>
-            {
+            None if mem.iter().all(|m| m + bytes / n as f64 <= room) => {
                 for r in 0..n {
                     load[r] += cost / n as f64;
                     mem[r] += bytes / n as f64;
                 }
-                out.push(TablePlacement {
-                    table: name.clone(),
-                    sharding: "row_wise",
-                    ranks: (0..n as u64).collect(),
-                    bytes: *bytes,
-                    cost: *cost,
-                });
+                out.push(entry("row_wise", (0..n as u64).collect()));
             }
-            None => out.push(TablePlacement {
-                table: name.clone(),
-                sharding: if host { "host" } else { "unplaced" },
-                ranks: vec![],
-                bytes: *bytes,
-                cost: *cost,
-            }),
+            None => out.push(entry(if host { "host" } else { "unplaced" }, vec![])),
         }
     }
     // Rebalance: move the costliest table-wise table of the busiest rank to
@@ -166,7 +170,7 @@ pub fn tables(
             .copied()
             .enumerate()
             .fold((0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
-        if mean <= 0.0 || max <= mean * (1.0 + tolerance) {
+        if mean <= 0.0 || max <= mean * (1.0 + COST_BALANCE_TOLERANCE) {
             break;
         }
         let Some(t) = out
@@ -176,9 +180,11 @@ pub fn tables(
         else {
             break;
         };
-        if !mem.iter().enumerate().all(|(r, m)| {
-            m + t.bytes / n as f64 - if r == busiest { t.bytes } else { 0.0 } <= capacity_per_rank
-        }) {
+        if !mem
+            .iter()
+            .enumerate()
+            .all(|(r, m)| m + t.bytes / n as f64 - if r == busiest { t.bytes } else { 0.0 } <= room)
+        {
             break;
         }
         load[busiest] -= t.cost;
@@ -193,6 +199,105 @@ pub fn tables(
     out
 }
 
+/// `memory_balanced`, as NVIDIA distributed-embeddings places tables
+/// (`DistEmbeddingStrategy`, `strategy = "memory_balanced"`): a table of
+/// more than `column_slice` elements is cut by columns into the fewest
+/// power-of-two slices under it, at most one per rank and column (the
+/// first `dim % slices` slices one column wider); without `column_slice`
+/// and with fewer tables than ranks, the largest is halved until there
+/// are as many as ranks. The slices, sorted by size (largest first, a
+/// later table first among equals), are dealt back and forth: rank `i`
+/// of `n` takes the `i`-th and `(2n - 1 - i)`-th of every `2n`. A rank
+/// whose slices exceed `room` sends its largest to host memory (or
+/// leaves them unplaced) until the rest fit.
+fn memory_balanced(
+    list: &[&IrTable],
+    devices: u64,
+    room: f64,
+    host: bool,
+    column_slice: Option<u64>,
+) -> Vec<TablePlacement> {
+    let n = devices.max(1) as usize;
+    let elements = |t: &IrTable| t.rows.saturating_mul(t.dim);
+    let threshold = match column_slice {
+        Some(c) => Some(c),
+        None if n > list.len() => {
+            let mut sizes: Vec<u64> = list.iter().map(|t| elements(t)).collect();
+            let mut thr = None;
+            while n > sizes.len() {
+                sizes.sort_unstable();
+                let max = sizes.pop().unwrap_or(0);
+                thr = Some(max.saturating_sub(1));
+                sizes.extend([max / 2, max / 2]);
+            }
+            thr
+        }
+        None => None,
+    };
+    // (table index, columns, elements) of every slice, in table order.
+    let mut slices: Vec<(usize, (u64, u64), u64)> = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let mut k: u64 = 1;
+        if let Some(thr) = threshold {
+            let mut size = elements(t) as f64;
+            while size > thr as f64 {
+                k = k.saturating_mul(2);
+                size /= 2.0;
+            }
+        }
+        let k = k.min(n as u64).min(t.dim.max(1));
+        let (per, extra) = (t.dim / k, t.dim % k);
+        let mut start = 0;
+        for j in 0..k {
+            let w = per + u64::from(j < extra);
+            slices.push((i, (start, start + w), t.rows.saturating_mul(w)));
+            start += w;
+        }
+    }
+    let mut order: Vec<usize> = (0..slices.len()).collect();
+    order.sort_by(|&a, &b| (slices[b].2, slices[b].0).cmp(&(slices[a].2, slices[a].0)));
+    let mut rank_of = vec![0usize; slices.len()];
+    for (pos, &si) in order.iter().enumerate() {
+        let at = pos % (2 * n);
+        rank_of[si] = if at < n { at } else { 2 * n - 1 - at };
+    }
+    let mut out: Vec<TablePlacement> = slices
+        .iter()
+        .zip(&rank_of)
+        .map(|((i, cols, _), r)| {
+            let t = list[*i];
+            let w = (cols.1 - cols.0) as f64;
+            TablePlacement {
+                table: t.name.clone(),
+                sharding: if cols.1 - cols.0 == t.dim {
+                    "table_wise"
+                } else {
+                    "column_wise"
+                },
+                ranks: vec![*r as u64],
+                columns: *cols,
+                bytes: t.rows as f64 * w * t.elem_bytes,
+                cost: t.pooling * w * t.elem_bytes,
+            }
+        })
+        .collect();
+    // Ranks over their room give up their largest slices.
+    for r in 0..n as u64 {
+        let mut mine: Vec<usize> = (0..out.len()).filter(|k| out[*k].ranks == [r]).collect();
+        mine.sort_by(|a, b| out[*b].bytes.total_cmp(&out[*a].bytes));
+        let mut held: f64 = mine.iter().map(|k| out[*k].bytes).sum();
+        for k in mine {
+            if held <= room {
+                break;
+            }
+            held -= out[k].bytes;
+            out[k].sharding = if host { "host" } else { "unplaced" };
+            out[k].ranks.clear();
+        }
+    }
+    out
+}
+
 /// Per rank, the sum of `of(table)` over the tables it holds: table-wise
 /// tables whole on their rank, row-wise ones split over all ranks (host
 /// and unplaced tables on none).
@@ -201,7 +306,7 @@ fn per_rank(p: &[TablePlacement], devices: u64, of: impl Fn(&TablePlacement) -> 
     let mut v = vec![0.0; n];
     for t in p {
         match t.sharding {
-            "table_wise" => {
+            "table_wise" | "column_wise" => {
                 if let Some(x) = t.ranks.first().and_then(|r| v.get_mut(*r as usize)) {
                     *x += of(t);
                 }
@@ -226,4 +331,264 @@ pub fn balance(p: &[TablePlacement], devices: u64) -> (Vec<f64>, f64) {
     let max = load.iter().copied().fold(0.0, f64::max);
     let imb = if mean > 0.0 { max / mean - 1.0 } else { 0.0 };
     (load, imb)
+}
+
+/// Bytes per rank left for embedding tables: HBM after everything else
+/// the rank holds at its peak (reserve, weights, gradients, optimizer
+/// state, activations, KV cache, working buffers).
+pub fn room(m: &Memory) -> f64 {
+    m.capacity - (m.total() - m.embeddings)
+}
+
+/// The placement of a design point whose memory without tables is `m`:
+/// the room [`room`] leaves, in table bytes with their optimizer state
+/// (each table row keeps its optimizer's states beside it). The cost
+/// model prices this placement and `plan` reports and exports it.
+pub fn of_point(ir: &Ir, devices: u64, m: &Memory, host: bool) -> Vec<TablePlacement> {
+    tables(ir, devices, room(m) / table_states(ir), host)
+}
+
+/// Bytes a table keeps per byte of table: itself and its optimizer's
+/// states.
+pub fn table_states(ir: &Ir) -> f64 {
+    1.0 + crate::memory::optimizer(ir).map_or(0.0, crate::memory::optimizer_states)
+}
+
+/// What a placement asks of its busiest rank, against the same tables
+/// spread evenly over the ranks (1 when even).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Skew {
+    /// The busiest rank's lookup cost over the mean.
+    pub lookups: f64,
+    /// The pooled-embedding all-to-all's busiest rank over an even
+    /// spread's. A rank holding `w` of the `W` pooled columns sends
+    /// them for the other ranks' samples, `(n - 1) w` per local sample,
+    /// and receives the `W - w` it does not hold; evenly both are
+    /// `W (n - 1) / n`. So `max_r max(n w_r, (W - w_r) n / (n - 1)) / W`.
+    pub exchange: f64,
+    /// Share of the lookup cost served from host memory.
+    pub host: f64,
+}
+
+impl Default for Skew {
+    fn default() -> Self {
+        Skew {
+            lookups: 1.0,
+            exchange: 1.0,
+            host: 0.0,
+        }
+    }
+}
+
+/// The [`Skew`] of placement `p` on `devices` ranks. Row-wise, host and
+/// unplaced tables count as spread evenly (their lookups and pooled
+/// columns split over every rank).
+pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
+    let n = devices.max(1) as usize;
+    let total: f64 = p.iter().map(|t| t.cost).sum();
+    if p.is_empty() || total <= 0.0 {
+        return Skew::default();
+    }
+    let width = |t: &TablePlacement| (t.columns.1 - t.columns.0) as f64;
+    let spread = |of: &dyn Fn(&TablePlacement) -> f64| {
+        let mut v = vec![0.0; n];
+        for t in p {
+            match (t.sharding, t.ranks.first()) {
+                ("table_wise" | "column_wise", Some(r)) => {
+                    if let Some(x) = v.get_mut(*r as usize) {
+                        *x += of(t);
+                    }
+                }
+                _ => v.iter_mut().for_each(|x| *x += of(t) / n as f64),
+            }
+        }
+        v
+    };
+    let load = spread(&|t: &TablePlacement| t.cost);
+    let cols = spread(&width);
+    let w_all: f64 = cols.iter().sum();
+    let nf = n as f64;
+    let lookups = load.iter().copied().fold(0.0, f64::max) / (total / nf);
+    let exchange = if n > 1 && w_all > 0.0 {
+        cols.iter()
+            .map(|w| (nf * w).max((w_all - w) * nf / (nf - 1.0)))
+            .fold(0.0, f64::max)
+            / w_all
+    } else {
+        1.0
+    };
+    let host = p
+        .iter()
+        .filter(|t| t.sharding == "host")
+        .map(|t| t.cost)
+        .sum::<f64>()
+        / total;
+    Skew {
+        lookups,
+        exchange,
+        host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Criteo tables as DLE declares them: dim 128, fp32, one-hot.
+    fn criteo(rows: &[u64]) -> Vec<IrTable> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| IrTable {
+                name: format!("t{i}"),
+                rows: *r,
+                dim: 128,
+                elem_bytes: 4.0,
+                pooling: 1.0,
+            })
+            .collect()
+    }
+
+    fn columns_per_rank(p: &[TablePlacement], n: usize) -> Vec<u64> {
+        let mut v = vec![0; n];
+        for t in p {
+            v[t.ranks[0] as usize] += t.columns.1 - t.columns.0;
+        }
+        v
+    }
+
+    /// DLE's large Criteo variant (doc/DLRM.md cardinalities) on 8 GPUs
+    /// with its default `column_slice_threshold` of 5e9 elements: the
+    /// three tables above it (48.9M, 45.8M and 40.1M rows) are cut in two
+    /// 64-column halves, and dealing the 29 slices back and forth leaves
+    /// ranks 0 to 7 with these pooled columns (worked by hand from
+    /// `DistEmbeddingStrategy.apply_strategy`).
+    #[test]
+    fn memory_balanced_deals_dle_large_as_distributed_embeddings() {
+        let rows = [
+            45_833_188, 36_747, 1_572_176, 345_139, 11, 2_209, 11_268, 128, 4, 975, 15, 48_937_457,
+            17_246, 11_316_796, 40_094_537, 452_104, 12_607, 105, 36, 7_414, 20_244, 4, 7_115,
+            1_442, 63, 29_275_261,
+        ];
+        let t = criteo(&rows);
+        let refs: Vec<&IrTable> = t.iter().collect();
+        let p = memory_balanced(&refs, 8, f64::INFINITY, false, Some(5_000_000_000));
+        assert_eq!(p.len(), 29);
+        assert_eq!(p.iter().filter(|t| t.sharding == "column_wise").count(), 6);
+        assert!(
+            p.iter()
+                .filter(|t| t.sharding == "column_wise")
+                .all(|t| t.columns.1 - t.columns.0 == 64)
+        );
+        assert_eq!(
+            columns_per_rank(&p, 8),
+            [384, 320, 320, 448, 448, 448, 448, 512]
+        );
+        let s = skew(&p, 8);
+        assert!((s.lookups - 512.0 / 416.0).abs() < 1e-12, "{s:?}");
+        // The busiest sender: 8 x 512 of 3328 columns.
+        assert!((s.exchange - 8.0 * 512.0 / 3328.0).abs() < 1e-12, "{s:?}");
+        assert_eq!(s.host, 0.0);
+    }
+
+    /// The extra-large variant: 292.8M, 227.6M and 187.2M rows go to 8
+    /// slices of 16 columns, 130.2M rows to 4 of 32, 40.8M to 2 of 64.
+    #[test]
+    fn memory_balanced_deals_dle_extra_large_as_distributed_embeddings() {
+        let rows = [
+            227_605_432,
+            39_061,
+            3_067_956,
+            405_283,
+            11,
+            2_209,
+            11_939,
+            155,
+            4,
+            977,
+            15,
+            292_775_614,
+            17_296,
+            40_790_948,
+            187_188_510,
+            590_152,
+            12_974,
+            109,
+            37,
+            7_425,
+            20_266,
+            4,
+            7_123,
+            1_544,
+            64,
+            130_229_467,
+        ];
+        let t = criteo(&rows);
+        let refs: Vec<&IrTable> = t.iter().collect();
+        let p = memory_balanced(&refs, 8, f64::INFINITY, false, Some(5_000_000_000));
+        assert_eq!(p.len(), 51);
+        let slices = |table: &str| {
+            let mut w: Vec<u64> = p
+                .iter()
+                .filter(|t| t.table == table)
+                .map(|t| t.columns.1 - t.columns.0)
+                .collect();
+            w.sort_unstable();
+            w
+        };
+        assert_eq!(slices("t11"), [16; 8]);
+        assert_eq!(slices("t25"), [32; 4]);
+        assert_eq!(slices("t13"), [64; 2]);
+        assert_eq!(
+            columns_per_rank(&p, 8),
+            [560, 560, 496, 368, 336, 336, 336, 336]
+        );
+        // The columns of a cut table tile it exactly.
+        let mut cols: Vec<(u64, u64)> = p
+            .iter()
+            .filter(|t| t.table == "t11")
+            .map(|t| t.columns)
+            .collect();
+        cols.sort_unstable();
+        assert!(cols.windows(2).all(|w| w[0].1 == w[1].0) && cols[0].0 == 0 && cols[7].1 == 128);
+    }
+
+    /// Without `column_slice` and with fewer tables than ranks, the
+    /// largest tables are halved until there are as many as ranks.
+    #[test]
+    fn memory_balanced_halves_the_largest_tables_for_spare_ranks() {
+        let t = criteo(&[100_000, 100_000, 1_000]);
+        let refs: Vec<&IrTable> = t.iter().collect();
+        let p = memory_balanced(&refs, 4, f64::INFINITY, false, None);
+        assert_eq!(columns_per_rank(&p, 4), [64, 64, 64, 192]);
+        // One rank for one whole table of three: nothing to cut.
+        let q = memory_balanced(&refs, 2, f64::INFINITY, false, None);
+        assert!(q.iter().all(|t| t.sharding == "table_wise"));
+    }
+
+    /// A rank over its room sends its largest slices to host memory,
+    /// or leaves them unplaced without it; evenly dealt equal tables have
+    /// no skew.
+    #[test]
+    fn memory_balanced_offloads_the_largest_over_room_and_even_tables_have_no_skew() {
+        let t = criteo(&[1_000, 1_000, 1_000, 1_000]);
+        let refs: Vec<&IrTable> = t.iter().collect();
+        let p = memory_balanced(&refs, 4, f64::INFINITY, false, None);
+        assert_eq!(skew(&p, 4), Skew::default());
+        let t = criteo(&[3_000, 1_000, 1_000]);
+        let refs: Vec<&IrTable> = t.iter().collect();
+        // Rank 0 holds the 3,000-row table, rank 1 the two others: room
+        // for 2,400 rows.
+        let room = 2_400.0 * 128.0 * 4.0;
+        let host = memory_balanced(&refs, 2, room, true, None);
+        let on_host: Vec<&str> = host
+            .iter()
+            .filter(|t| t.sharding == "host")
+            .map(|t| t.table.as_str())
+            .collect();
+        assert_eq!(on_host, ["t0"]);
+        // A third of the lookups (one of three one-hot tables).
+        assert!((skew(&host, 2).host - 1.0 / 3.0).abs() < 1e-12);
+        let none = memory_balanced(&refs, 2, room, false, None);
+        assert!(none.iter().any(|t| t.sharding == "unplaced"));
+    }
 }

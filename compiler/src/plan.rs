@@ -40,19 +40,14 @@ impl Evaluation {
     }
 }
 
-/// The embedding tables' placement for an evaluated point: what HBM is
-/// left after weights, gradients, optimizer state and activations holds
-/// tables ([`crate::placement::tables`], balanced within 10%).
-pub fn table_placement(ev: &Evaluation, plan: &Plan) -> Vec<crate::placement::TablePlacement> {
-    let (h, m) = (&ev.hardware, &ev.estimate.memory);
-    let per_rank =
-        h.hbm_capacity - h.reserve - m.weights - m.gradients - m.optimizer - m.activations;
-    crate::placement::tables(
+/// The embedding tables' placement of an evaluated point: the one its
+/// cost was priced on ([`crate::placement::of_point`]).
+pub fn table_placement(ev: &Evaluation) -> Vec<crate::placement::TablePlacement> {
+    crate::placement::of_point(
         &ev.ir,
         ev.estimate.devices,
-        per_rank,
-        plan.system.node.host_memory.is_some(),
-        0.10,
+        &ev.estimate.memory,
+        ev.hardware.host_bandwidth > 0.0,
     )
 }
 
@@ -247,8 +242,6 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         batch_candidates: candidates.len(),
         missed: Vec::new(),
     };
-    let tables = table_placement(&ev, plan);
-    place_tables(&mut ev.estimate, &ev.ir, &tables);
     ev.missed = crate::search::missed(&plan.constraints, &ev.estimate);
     // A pinned point the plan's framework cannot run is the same error as
     // a search that finds none.
@@ -258,35 +251,6 @@ pub fn evaluate(plan: &Plan, overrides: &BTreeMap<String, Pin>) -> Result<Evalua
         return Err(off_target(plan, &ev.estimate, &why, 0));
     }
     Ok(ev)
-}
-
-/// Embedding-table memory per device from the placement the plan reports,
-/// not an even spread: the busiest rank's table-wise tables plus its share
-/// of the row-wise ones (with their optimizer state) are in HBM; host
-/// tables are spread over the devices' host memory. A table placed nowhere
-/// makes the point infeasible.
-pub fn place_tables(
-    e: &mut crate::cost::Estimate,
-    ir: &Ir,
-    tables: &[crate::placement::TablePlacement],
-) {
-    if tables.is_empty() {
-        return;
-    }
-    let states = 1.0 + crate::memory::optimizer(ir).map_or(0.0, crate::memory::optimizer_states);
-    let n = e.devices.max(1) as usize;
-    let busiest = crate::placement::bytes_per_rank(tables, e.devices)
-        .into_iter()
-        .fold(0.0, f64::max);
-    // (A fold from +0.0: an empty f64 `sum` is -0.0.)
-    let host = tables
-        .iter()
-        .filter(|t| t.sharding == "host")
-        .fold(0.0, |a, t| a + t.bytes);
-    let unplaced = tables.iter().any(|t| t.sharding == "unplaced");
-    e.memory.embeddings = busiest * states;
-    e.memory.host_embeddings = host * states / n as f64;
-    e.feasible = e.feasible && !unplaced && e.memory.total() <= e.memory.capacity;
 }
 
 /// The result of searching a plan's design space.
@@ -604,10 +568,9 @@ pub fn search(
         batch_candidates: 0,
         missed: Vec::new(),
     };
-    let tables = table_placement(&best, plan);
     let mut best = best;
-    place_tables(&mut best.estimate, &best.ir, &tables);
     best.missed = crate::search::missed(&plan.constraints, &best.estimate);
+    let tables = table_placement(&best);
     Ok(Searched {
         best,
         top,

@@ -563,6 +563,26 @@ pub struct Kernels {
     /// `overlap = { ... }`: which communication the framework overlaps
     /// with compute (training only).
     pub overlap: Overlap,
+    /// `embeddings = { ... }`: how the framework places `embedding_bag`
+    /// tables on the devices.
+    pub tables: TableSharding,
+}
+
+/// How a framework places embedding tables (`embeddings = { placement =
+/// ... }`); docs/COST-MODEL.md, "Embedding tables".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableSharding {
+    /// `cost_balanced` (default): the costliest lookups first onto the
+    /// least loaded device that has room, whole tables, then tables split
+    /// by rows until the busiest device is within 10% of the mean (as
+    /// TorchRec's planner balances).
+    CostBalanced,
+    /// `memory_balanced` (NVIDIA distributed-embeddings, the TensorFlow 2
+    /// DLRM of DeepLearningExamples): tables of more than `column_slice`
+    /// elements are cut by columns into the fewest power-of-two slices
+    /// under it (at most one per device and column), and the slices,
+    /// largest first, are dealt to the devices back and forth.
+    MemoryBalanced { column_slice: Option<u64> },
 }
 
 impl Default for Kernels {
@@ -573,6 +593,7 @@ impl Default for Kernels {
             eager: false,
             matmul_dtype: None,
             overlap: Overlap::default(),
+            tables: TableSharding::CostBalanced,
         }
     }
 }
@@ -1566,6 +1587,12 @@ fn write_workload(s: &mut String, w: &Workload) {
     }
     if let Some(m) = k.matmul_dtype {
         ks.push(format!("precision.matmul={}", m.name()));
+    }
+    if let TableSharding::MemoryBalanced { column_slice } = k.tables {
+        ks.push(match column_slice {
+            Some(n) => format!("embeddings.placement=memory_balanced column_slice={n}"),
+            None => "embeddings.placement=memory_balanced".to_string(),
+        });
     }
     for (name, on, default) in [
         ("fsdp", k.overlap.fsdp, d.overlap.fsdp),

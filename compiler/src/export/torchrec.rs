@@ -7,6 +7,8 @@
 //! own figures (bytes, the parameter's state-dict name) are under a
 //! separate `gantry` key. Row-wise shards follow TorchRec's block split
 //! (`ceil(rows / ranks)` rows per rank, the last ones short or empty).
+//! A table cut by columns (`placement = memory_balanced`) is
+//! `column_wise`, one shard per slice at its column offset.
 //! Tables Gantry keeps in host memory are row-wise over every rank with
 //! the UVM kernel (`fused_uvm`, `quant_uvm` in inference): the cost model
 //! prices their lookups over the host link on every device.
@@ -95,10 +97,38 @@ pub fn torchrec(
     let local = |r: u64| r % devices_per_node.max(1);
     let mut params = Map::new();
     let mut extras = Map::new();
+    // A table cut by columns is several entries of one name: one
+    // column-wise parameter with a shard per slice.
+    let mut groups: Vec<(&str, Vec<&TablePlacement>)> = Vec::new();
     for t in tables {
-        let (rows, dim) = shapes.get(&t.table).copied().unwrap_or((0, 0));
-        let name = table_name(&t.table);
+        match groups.iter_mut().find(|(n, _)| *n == t.table) {
+            Some((_, g)) => g.push(t),
+            None => groups.push((&t.table, vec![t])),
+        }
+    }
+    for (table, mut group) in groups {
+        let (rows, dim) = shapes.get(table).copied().unwrap_or((0, 0));
+        let name = table_name(table);
+        let t = group[0];
+        let bytes: f64 = group.iter().map(|t| t.bytes).sum();
+        let sliced = group.iter().any(|t| t.sharding == "column_wise");
+        if sliced && group.iter().any(|t| t.sharding != "column_wise") {
+            return Err(refuse(
+                TARGET,
+                format!("table `{table}` is cut by columns and part of it is in host memory"),
+                "give the devices room for every slice (more devices, or a larger `column_slice`)",
+            ));
+        }
+        group.sort_by_key(|t| t.columns.0);
         let (sharding, ranks, kernel) = match t.sharding {
+            "column_wise" => (
+                "column_wise",
+                group
+                    .iter()
+                    .filter_map(|t| t.ranks.first().copied())
+                    .collect(),
+                "",
+            ),
             "table_wise" => ("table_wise", t.ranks.clone(), ""),
             "host" => ("row_wise", (0..devices.max(1)).collect(), "uvm"),
             other => (other, t.ranks.clone(), ""),
@@ -109,17 +139,24 @@ pub fn torchrec(
             (false, "") => "quant",
             (false, _) => "quant_uvm",
         };
-        let shards: Vec<Value> = if sharding == "row_wise" {
-            row_blocks(rows, ranks.len() as u64)
+        let shards: Vec<Value> = match sharding {
+            "row_wise" => row_blocks(rows, ranks.len() as u64)
                 .into_iter()
                 .zip(&ranks)
-                .map(|((off, size), r)| shard(off, size, dim, *r, local(*r)))
-                .collect()
-        } else {
-            ranks
+                .map(|((off, size), r)| shard([off, 0], [size, dim], *r, local(*r)))
+                .collect(),
+            "column_wise" => group
                 .iter()
-                .map(|r| shard(0, rows, dim, *r, local(*r)))
-                .collect()
+                .zip(&ranks)
+                .map(|(t, r)| {
+                    let (c0, c1) = t.columns;
+                    shard([0, c0], [rows, c1 - c0], *r, local(*r))
+                })
+                .collect(),
+            _ => ranks
+                .iter()
+                .map(|r| shard([0, 0], [rows, dim], *r, local(*r)))
+                .collect(),
         };
         params.insert(
             name.clone(),
@@ -133,11 +170,11 @@ pub fn torchrec(
         extras.insert(
             name.clone(),
             json!({
-                "name": t.table,
+                "name": table,
                 "parameter": format!("{MODULE}.embedding_bags.{name}.weight"),
                 "rows": rows,
                 "dim": dim,
-                "bytes": t.bytes,
+                "bytes": bytes,
                 "memory": if t.sharding == "host" { "host" } else { "hbm" },
             }),
         );
@@ -163,10 +200,10 @@ pub fn table_name(name: &str) -> String {
         .collect()
 }
 
-fn shard(offset: u64, rows: u64, dim: u64, rank: u64, local: u64) -> Value {
+fn shard(offsets: [u64; 2], sizes: [u64; 2], rank: u64, local: u64) -> Value {
     json!({
-        "shard_offsets": [offset, 0],
-        "shard_sizes": [rows, dim],
+        "shard_offsets": offsets,
+        "shard_sizes": sizes,
         "placement": format!("rank:{rank}/cuda:{local}"),
     })
 }

@@ -1683,6 +1683,7 @@ impl Checker {
                 "fusion",
                 "precision",
                 "overlap",
+                "embeddings",
             ],
             "prefill" => &[
                 "batch",
@@ -1691,6 +1692,7 @@ impl Checker {
                 "attention",
                 "fusion",
                 "precision",
+                "embeddings",
             ],
             _ => &[
                 "batch",
@@ -1701,6 +1703,7 @@ impl Checker {
                 "attention",
                 "fusion",
                 "precision",
+                "embeddings",
             ],
         };
         let mut got: BTreeMap<String, (Value, Span)> = BTreeMap::new();
@@ -1891,7 +1894,76 @@ impl Checker {
                 }
             }
         }
+        if let Some((v, s)) = got.get("embeddings") {
+            match self.table_sharding(v, *s) {
+                Some(t) => k.tables = t,
+                None => ok = false,
+            }
+        }
         ok.then_some(k)
+    }
+
+    /// `embeddings = { placement = cost_balanced | memory_balanced,
+    /// column_slice = N }` ([`TableSharding`]).
+    fn table_sharding(&mut self, v: &Value, span: Span) -> Option<TableSharding> {
+        const KEYS: [&str; 2] = ["placement", "column_slice"];
+        let mut placement = None;
+        let mut slice: Option<(u64, Span)> = None;
+        let mut ok = true;
+        for (name, ns, fv, fs) in self.record(v, span, "embedding settings")? {
+            match name.as_str() {
+                "placement" => {
+                    match self.choice(
+                        &fv,
+                        fs,
+                        "table placement",
+                        &["cost_balanced", "memory_balanced"],
+                    ) {
+                        Some(c) => placement = Some(c),
+                        None => ok = false,
+                    }
+                }
+                "column_slice" => match self.count(&fv, fs, "`column_slice`") {
+                    Some(n) => slice = Some((n, fs)),
+                    None => ok = false,
+                },
+                _ => {
+                    let mut d = Diagnostic::error(
+                        Code::L071,
+                        format!("`embeddings` has no setting `{name}`"),
+                        ns,
+                    )
+                    .with_label(ns, "unknown setting");
+                    d = match suggest(&name, KEYS.into_iter()) {
+                        Some(x) => d.with_help(format!("did you mean `{x}`?")),
+                        None => d.with_help("`embeddings` takes: placement, column_slice"),
+                    };
+                    self.diags.push(d);
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        match (placement.as_deref(), slice) {
+            (Some("memory_balanced"), s) => Some(TableSharding::MemoryBalanced {
+                column_slice: s.map(|(n, _)| n),
+            }),
+            (_, Some((_, s))) => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L071,
+                        "`column_slice` applies to `placement = memory_balanced`",
+                        s,
+                    )
+                    .with_label(s, "the cost-balanced placement cuts no columns")
+                    .with_help("add `placement = memory_balanced`, or remove `column_slice`"),
+                );
+                None
+            }
+            _ => Some(TableSharding::CostBalanced),
+        }
     }
 
     // ------------------------------------------------------------ plans
