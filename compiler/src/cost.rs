@@ -1462,8 +1462,8 @@ impl Evaluator<'_> {
             .iter()
             .flat_map(|s| s.ops.iter())
             .filter(|o| o.op == "embedding_bag")
-            .map(|o| o.lookup_bytes * o.mult)
-            .sum()
+            // (A fold from +0.0: an empty f64 `sum` is -0.0.)
+            .fold(0.0, |a, o| a + o.lookup_bytes * o.mult)
     }
 
     /// Forward-only time of one pass over all segments for `b` samples per

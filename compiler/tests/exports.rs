@@ -191,7 +191,7 @@ fn wrong_targets_are_refused_with_c019() {
 fn torchrec_plan_has_torchrecs_structure() {
     let d = common::plan("examples/reference/c02_dlrm_large_8gpu.gantry", None);
     let ir = lower(&d.workload).expect("ir");
-    let tables = placement::tables(&ir, 8, 70e9, false, 0.1);
+    let tables = placement::tables(&ir, 8, 70e9, false);
     let j = export::torchrec(&tables, &d.workload, 8, 8).expect("plan");
     let plan = j["plan"]["sparse_arch.embedding_bag_collection"]
         .as_object()
@@ -203,11 +203,22 @@ fn torchrec_plan_has_torchrecs_structure() {
         let rows = extra["rows"].as_u64().expect("rows");
         let spec = ps["sharding_spec"].as_array().expect("spec");
         assert_eq!(spec.len(), ps["ranks"].as_array().expect("ranks").len());
+        // Row-wise shards tile the rows; column-wise ones (DLE's
+        // memory-balanced placement cuts three tables in two) the columns.
+        let (axis, whole) = if ps["sharding_type"] == "column_wise" {
+            assert!(
+                spec.iter()
+                    .all(|s| s["shard_sizes"][0].as_u64() == Some(rows))
+            );
+            (1, extra["dim"].as_u64().expect("dim"))
+        } else {
+            (0, rows)
+        };
         let covered: u64 = spec
             .iter()
-            .map(|s| s["shard_sizes"][0].as_u64().unwrap_or(0))
+            .map(|s| s["shard_sizes"][axis].as_u64().unwrap_or(0))
             .sum();
-        assert_eq!(covered, rows, "{name}");
+        assert_eq!(covered, whole, "{name}");
         assert_eq!(ps["compute_kernel"], "fused");
         assert!(ps.get("bytes").is_none());
         assert!(
@@ -218,7 +229,7 @@ fn torchrec_plan_has_torchrecs_structure() {
     }
     // Too little HBM: with host memory the tables are row-wise with the UVM
     // kernel on every rank; without, an error naming the table.
-    let tables = placement::tables(&ir, 8, 1e9, true, 0.1);
+    let tables = placement::tables(&ir, 8, 1e9, true);
     let j = export::torchrec(&tables, &d.workload, 8, 8).expect("plan");
     let host: Vec<&Value> = j["plan"]["sparse_arch.embedding_bag_collection"]
         .as_object()
@@ -231,7 +242,7 @@ fn torchrec_plan_has_torchrecs_structure() {
         host.iter().all(|t| t["sharding_type"] == "row_wise"
             && t["ranks"].as_array().is_some_and(|r| r.len() == 8))
     );
-    let tables = placement::tables(&ir, 8, 1e9, false, 0.1);
+    let tables = placement::tables(&ir, 8, 1e9, false);
     let e = export::torchrec(&tables, &d.workload, 8, 8).expect_err("unplaced");
     assert!(e.message.contains("fits in no rank"), "{}", e.message);
 }
