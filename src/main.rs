@@ -891,7 +891,7 @@ fn search_cmd(
         ExportKind::Torchrec => ex::torchrec(
             &s.tables,
             &p.workload,
-            best.devices,
+            s.table_group,
             p.system.node.devices_per_node,
         )
         .map(|j| serde_json::to_string_pretty(&j).unwrap_or_default()),

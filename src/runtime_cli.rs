@@ -468,7 +468,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     if !(a.whole.is_empty() && a.column.is_empty() && a.row.is_empty()) {
         pin_forms(&mut ev, &workload, [&a.whole, &a.column, &a.row]).map_err(|e| fail(&e))?;
     }
-    let placement = gantry_compiler::plan::table_placement(&ev);
+    let (_, placement) = gantry_compiler::plan::table_placement(&ev);
     if let Some(t) = placement.iter().find(|t| t.sharding == "column_wise") {
         return Err(fail(&RuntimeError::new(
             gantry_runtime::RCode::R003,

@@ -1283,13 +1283,13 @@ impl Evaluator<'_> {
         // pooled all-to-all set the time (docs/COST-MODEL.md, "Embedding
         // tables").
         let devices = p.devices();
-        let (skew, placed) = self.place_tables(p, &mut memory);
+        let (skew, placed, group) = self.place_tables(p, &mut memory);
         // Pooled lookups are exchanged between the table owners and the
         // data-parallel ranks, forward and backward, every microbatch.
-        let (a2a_emb, a2a_emb_bytes) = self.embedding_exchange(p, b, skew.exchange);
+        let (a2a_emb, a2a_emb_bytes) = self.embedding_exchange(group, b, skew.exchange);
         let (a2a_emb, a2a_emb_bytes) = (2.0 * m * a2a_emb, 2.0 * m * a2a_emb_bytes);
         if a2a_emb_bytes > 0.0 {
-            comms.push(self.exchange_comm(p, a2a_emb, a2a_emb_bytes));
+            comms.push(self.exchange_comm(group, a2a_emb, a2a_emb_bytes));
         }
         // Tables in host memory: their share of the lookups and sparse
         // updates crosses the host link (host bandwidth split over the
@@ -1391,15 +1391,14 @@ impl Evaluator<'_> {
     /// whether every table found a place (a table placed nowhere makes
     /// the point infeasible; its memory then counts at least an even
     /// share of every table).
-    fn place_tables(&self, p: &DesignPoint, memory: &mut Memory) -> (Skew, bool) {
-        let devices = p.devices().max(1);
+    fn place_tables(&self, p: &DesignPoint, memory: &mut Memory) -> (Skew, bool, u64) {
         let host = self.hw.host_bandwidth > 0.0;
-        let placed = crate::placement::of_point(self.ir, devices, memory, host);
+        let (group, placed) = crate::placement::of_point(self.ir, p.devices().max(1), memory, host);
         if placed.is_empty() {
-            return (Skew::default(), true);
+            return (Skew::default(), true, group);
         }
         let states = crate::placement::table_states(self.ir);
-        let busiest = crate::placement::bytes_per_rank(&placed, devices)
+        let busiest = crate::placement::bytes_per_rank(&placed, group)
             .into_iter()
             .fold(0.0, f64::max);
         let sum = |f: &dyn Fn(&crate::placement::TablePlacement) -> bool| {
@@ -1408,22 +1407,22 @@ impl Evaluator<'_> {
         let all = sum(&|_| true);
         let on_host = sum(&|t| t.sharding == "host");
         let unplaced = placed.iter().any(|t| t.sharding == "unplaced");
-        let n = devices as f64;
+        let n = group as f64;
         memory.embeddings = if unplaced {
             busiest.max(all / n)
         } else {
             busiest
         } * states;
         memory.host_embeddings = on_host * states / n;
-        (crate::placement::skew(&placed, devices), !unplaced)
+        (crate::placement::skew(&placed, group), !unplaced, group)
     }
 
-    /// One pass's pooled-embedding all-to-all over all devices for `b`
-    /// samples per device: its time and the bytes the busiest rank moves,
-    /// `exchange` times an even spread's ([`Skew::exchange`]).
-    fn embedding_exchange(&self, p: &DesignPoint, b: f64, exchange: f64) -> (f64, f64) {
-        let devices = p.devices();
-        if devices <= 1 {
+    /// One pass's pooled-embedding all-to-all over the `group` devices
+    /// that hold one copy of the tables, for `b` samples per device: its
+    /// time and the bytes the busiest rank moves, `exchange` times an
+    /// even spread's ([`Skew::exchange`]).
+    fn embedding_exchange(&self, group: u64, b: f64, exchange: f64) -> (f64, f64) {
+        if group <= 1 {
             return (0.0, 0.0);
         }
         let topo = &self.hw.topo;
@@ -1434,15 +1433,15 @@ impl Evaluator<'_> {
                 // The pooled vectors of `b` samples, in the activation type.
                 let out = (o.bytes - o.lookup_bytes) * b * exchange;
                 bytes += out;
-                time += topo.time(Collective::AllToAll, devices, 1, out);
+                time += topo.time(Collective::AllToAll, group, 1, out);
             }
         }
         (time, bytes)
     }
 
     /// The report line of the pooled-embedding all-to-all.
-    fn exchange_comm(&self, p: &DesignPoint, time: f64, bytes: f64) -> Comm {
-        let (topo, devices) = (&self.hw.topo, p.devices());
+    fn exchange_comm(&self, devices: u64, time: f64, bytes: f64) -> Comm {
+        let topo = &self.hw.topo;
         Comm {
             what: "pooled embedding all-to-all (busiest rank)".into(),
             collective: Collective::AllToAll,
@@ -1537,9 +1536,10 @@ impl Evaluator<'_> {
         let (mut classes, t_tp, tp_bytes, params) =
             (fwd.compute, fwd.tp_time, fwd.tp_bytes, fwd.params);
         let pp = p.pp.max(1) as f64;
+        // Embedding tables are held as placed (below), not as weights.
         let mut memory = self.state_memory(
             Held {
-                dense: params / pp,
+                dense: (params - memory::table_params(ir)).max(0.0) / pp,
                 ..Held::default()
             },
             p,
@@ -1558,9 +1558,9 @@ impl Evaluator<'_> {
         memory.working = fwd.transient.max(sampling_bytes_per_seq * b);
         // Embedding tables as placed: the busiest rank's lookups, the
         // pooled all-to-all and host lookups (forward only).
-        let (skew, placed) = self.place_tables(p, &mut memory);
+        let (skew, placed, group) = self.place_tables(p, &mut memory);
         classes.embedding *= skew.lookups;
-        let (t_a2a, a2a_bytes) = self.embedding_exchange(p, b, skew.exchange);
+        let (t_a2a, a2a_bytes) = self.embedding_exchange(group, b, skew.exchange);
         let host_lookups = self.lookup_bytes() * b * skew.host
             / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
         let t_fwd = classes.total();
@@ -1601,7 +1601,7 @@ impl Evaluator<'_> {
             });
         }
         if a2a_bytes > 0.0 {
-            comms.push(self.exchange_comm(p, t_a2a, a2a_bytes));
+            comms.push(self.exchange_comm(group, t_a2a, a2a_bytes));
         }
         let (step, ttft, tpot, prefill_share, tokens_per_step) = match (&ir.phase, self.prefill) {
             (Phase::Decode { .. }, Some(pre)) => {

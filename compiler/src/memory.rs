@@ -360,7 +360,7 @@ impl Evaluator<'_> {
                 .sum();
             let mut m = self.state_memory(
                 Held {
-                    dense: params / pp as f64,
+                    dense: (params - table_params(ir)).max(0.0) / pp as f64,
                     ..Held::default()
                 },
                 p,

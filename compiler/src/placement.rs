@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::collective::Topology;
 use crate::cost::{Estimate, Memory};
 use crate::ir::{Ir, IrTable};
-use gantry_lang::program::TableSharding;
+use gantry_lang::program::{Phase, TableSharding};
 
 /// Most ranks listed one by one in the JSON plan; beyond it the rank
 /// formula in `axes` describes the rest.
@@ -340,12 +340,32 @@ pub fn room(m: &Memory) -> f64 {
     m.capacity - (m.total() - m.embeddings)
 }
 
-/// The placement of a design point whose memory without tables is `m`:
-/// the room [`room`] leaves, in table bytes with their optimizer state
-/// (each table row keeps its optimizer's states beside it). The cost
-/// model prices this placement and `plan` reports and exports it.
-pub fn of_point(ir: &Ir, devices: u64, m: &Memory, host: bool) -> Vec<TablePlacement> {
-    tables(ir, devices, room(m) / table_states(ir), host)
+/// The placement of a design point whose memory without tables is `m`,
+/// and the devices one copy of the tables is spread over: the room
+/// [`room`] leaves, in table bytes with their optimizer state (each table
+/// row keeps its optimizer's states beside it). Training spreads one copy
+/// over all devices (each row's sparse update stays with its owner).
+/// Inference spreads it over the fewest devices, a power of two dividing
+/// `devices`, whose placement puts every table in HBM, and replicates it
+/// over the other groups, so lookups stay in the group (as TorchRec
+/// inference shards within a host); over all devices if no group holds
+/// them. The cost model prices this placement and `plan` reports and
+/// exports it.
+pub fn of_point(ir: &Ir, devices: u64, m: &Memory, host: bool) -> (u64, Vec<TablePlacement>) {
+    let room = room(m) / table_states(ir);
+    if !matches!(ir.phase, Phase::Train { .. }) {
+        let mut g = 1;
+        while g < devices {
+            if devices % g == 0 {
+                let t = tables(ir, g, room, false);
+                if t.iter().all(|t| t.sharding != "unplaced") {
+                    return (g, t);
+                }
+            }
+            g *= 2;
+        }
+    }
+    (devices, tables(ir, devices, room, host))
 }
 
 /// Bytes a table keeps per byte of table: itself and its optimizer's
@@ -417,11 +437,11 @@ pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
     } else {
         1.0
     };
+    // (A fold from +0.0: an empty f64 `sum` is -0.0.)
     let host = p
         .iter()
         .filter(|t| t.sharding == "host")
-        .map(|t| t.cost)
-        .sum::<f64>()
+        .fold(0.0, |a, t| a + t.cost)
         / total;
     Skew {
         lookups,

@@ -40,9 +40,10 @@ impl Evaluation {
     }
 }
 
-/// The embedding tables' placement of an evaluated point: the one its
-/// cost was priced on ([`crate::placement::of_point`]).
-pub fn table_placement(ev: &Evaluation) -> Vec<crate::placement::TablePlacement> {
+/// The embedding tables' placement of an evaluated point, and the devices
+/// one copy spans: the one its cost was priced on
+/// ([`crate::placement::of_point`]).
+pub fn table_placement(ev: &Evaluation) -> (u64, Vec<crate::placement::TablePlacement>) {
     crate::placement::of_point(
         &ev.ir,
         ev.estimate.devices,
@@ -266,6 +267,8 @@ pub struct Searched {
     /// The winner's bottleneck and why the runner-up loses.
     pub explanation: Vec<String>,
     pub tables: Vec<crate::placement::TablePlacement>,
+    /// The devices one copy of `tables` spans (all but in inference).
+    pub table_group: u64,
     /// The e-graph's best form of the repeated block per tensor-parallel degree.
     pub layer_plans: Vec<LayerPlan>,
     pub egraph_nodes: usize,
@@ -570,7 +573,7 @@ pub fn search(
     };
     let mut best = best;
     best.missed = crate::search::missed(&plan.constraints, &best.estimate);
-    let tables = table_placement(&best);
+    let (table_group, tables) = table_placement(&best);
     Ok(Searched {
         best,
         top,
@@ -580,6 +583,7 @@ pub fn search(
         stop: out.stop,
         explanation,
         tables,
+        table_group,
         layer_plans,
         egraph_nodes,
         egraph_stop,

@@ -512,7 +512,7 @@ fn extraction_runs_the_adapter_up_projection_whole() {
 fn dlrm_table_memory_is_the_busiest_rank_of_the_placement() {
     let p = common::plan("examples/dlrm_train.gantry", None);
     let ev = evaluate(&p, &BTreeMap::new()).expect("point");
-    let tables = gantry_compiler::plan::table_placement(&ev);
+    let (_, tables) = gantry_compiler::plan::table_placement(&ev);
     let n = ev.estimate.devices as usize;
     let mut mem = vec![0.0f64; n];
     for t in &tables {
@@ -548,7 +548,7 @@ fn dlrm_prices_the_placement_it_reports() {
         Some("c02_dlrm_large_mixed_plan"),
     );
     let ev = evaluate(&p, &BTreeMap::new()).expect("point");
-    let tables = gantry_compiler::plan::table_placement(&ev);
+    let (_, tables) = gantry_compiler::plan::table_placement(&ev);
     assert!(tables.iter().any(|t| t.sharding == "column_wise"));
     let n = ev.estimate.devices as usize;
     let nf = n as f64;
