@@ -5,7 +5,11 @@
 //! one NVLink domain when they fit, pipeline neighbours are the next nodes
 //! on the same rails, and data-parallel replicas spread across racks and
 //! pods, where only the overlapped gradient reduction crosses the
-//! oversubscribed layer. Embedding tables are placed by [`tables`].
+//! oversubscribed layer. Embedding tables are placed by [`tables`], as
+//! the workload's framework places them (cost- or memory-balanced); one
+//! function, [`of_point`], gives the placement the cost model prices
+//! (through [`Skew`], what the busiest rank does beyond an even share)
+//! and the one `plan` reports and exports, so they cannot disagree.
 
 use gantry_lang::program::Cluster;
 use serde_json::{Value, json};
@@ -611,4 +615,29 @@ mod tests {
         let none = memory_balanced(&refs, 2, room, false, None);
         assert!(none.iter().any(|t| t.sharding == "unplaced"));
     }
+}
+
+/// A placement's figures for reports: the workload's placement, the
+/// devices one copy spans, how many entries of each kind, and its skew.
+pub fn summary(ir: &Ir, group: u64, p: &[TablePlacement]) -> Option<Value> {
+    if p.is_empty() {
+        return None;
+    }
+    let count = |kind: &str| p.iter().filter(|t| t.sharding == kind).count();
+    let (placement, slice) = match ir.kernels.tables {
+        TableSharding::CostBalanced => ("cost_balanced", None),
+        TableSharding::MemoryBalanced { column_slice } => ("memory_balanced", column_slice),
+    };
+    let s = skew(p, group);
+    Some(json!({
+        "placement": placement,
+        "column_slice": slice,
+        "devices": group,
+        "table_wise": count("table_wise"),
+        "column_slices": count("column_wise"),
+        "row_wise": count("row_wise"),
+        "host": count("host"),
+        "lookup_skew": s.lookups,
+        "exchange_skew": s.exchange,
+    }))
 }

@@ -149,7 +149,7 @@ pub fn json(ev: &Evaluation) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut j = json!({
         "schema": SCHEMA,
         "plan": ev.plan,
         "workload": ev.workload,
@@ -198,7 +198,12 @@ pub fn json(ev: &Evaluation) -> Value {
             "flops_per_step": { "model": e.model_flops, "hardware": e.hardware_flops },
             "calibration": ev.hardware.declared,
         },
-    })
+    });
+    let (group, tables) = crate::plan::table_placement(ev);
+    if let Some(t) = crate::placement::summary(&ev.ir, group, &tables) {
+        j["breakdown"]["embedding_placement"] = t;
+    }
+    j
 }
 
 fn q(v: f64, d: Dim) -> String {
@@ -448,6 +453,38 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
                 ),
             );
         }
+    }
+    let (group, tables) = crate::plan::table_placement(ev);
+    if let Some(t) = crate::placement::summary(&ev.ir, group, &tables) {
+        h(&mut s, "Embedding tables (the placement priced)");
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        let placement = match t["column_slice"].as_u64() {
+            Some(c) => format!("{} (column_slice {c})", t["placement"].as_str().unwrap_or("")),
+            None => t["placement"].as_str().unwrap_or("").to_string(),
+        };
+        row(&mut s, "placement", format!("{placement} over {group} devices"), String::new());
+        row(
+            &mut s,
+            "shards",
+            format!(
+                "{} whole, {} column slices, {} row-wise, {} in host memory",
+                n("table_wise"),
+                n("column_slices"),
+                n("row_wise"),
+                n("host")
+            ),
+            String::new(),
+        );
+        row(
+            &mut s,
+            "busiest device vs an even spread",
+            format!(
+                "lookups x{:.3}, all-to-all x{:.3}",
+                t["lookup_skew"].as_f64().unwrap_or(1.0),
+                t["exchange_skew"].as_f64().unwrap_or(1.0)
+            ),
+            String::new(),
+        );
     }
     s
 }
