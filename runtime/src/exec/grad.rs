@@ -30,9 +30,9 @@
 //! where the forward ran on sequence-parallel rows (norm gains), over the
 //! replicas that hold the same experts, and not at all for embedding
 //! tables sharded table-, row- or column-wise (the holder of a block
-//! already received every sample's gradient through the all-to-all). [`check`] compares every device's
-//! blocks with the reference gradients and checks that the blocks cover
-//! every parameter.
+//! already received every sample's gradient through the all-to-all).
+//! [`check`] compares every device's blocks with the reference gradients
+//! and checks that the blocks cover every parameter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;

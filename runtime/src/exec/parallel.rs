@@ -269,7 +269,7 @@ fn uncovered(table: &str, dim: usize, given: &[(usize, std::ops::Range<usize>)])
             .join(", ")
     };
     unsupported(format!(
-        "the column slices of table `{table}` ({slices}) do not cover its {dim} columns once each: the runtime executes column slices held by devices, not in host memory"
+        "the column slices of table `{table}` ({slices}) do not cover its {dim} columns once each: the runtime executes the slices devices hold (a slice in host memory or unplaced leaves its columns to none)"
     ))
     .with_help(
         "run it with `placement = cost_balanced`, a `column_slice` above the table's size, or more memory for the tables",
