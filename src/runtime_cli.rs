@@ -469,17 +469,6 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
         pin_forms(&mut ev, &workload, [&a.whole, &a.column, &a.row]).map_err(|e| fail(&e))?;
     }
     let (_, placement) = gantry_compiler::plan::table_placement(&ev);
-    if let Some(t) = placement.iter().find(|t| t.sharding == "column_wise") {
-        return Err(fail(&RuntimeError::new(
-            gantry_runtime::RCode::R003,
-            format!(
-                "table `{}` is cut by columns (`embeddings = {{ placement = memory_balanced }}`): \
-             the runtime executes tables whole, by rows or replicated, not column slices; \
-             run it with `placement = cost_balanced` (or a `column_slice` above its size)",
-                t.table
-            ),
-        )));
-    }
     let mut par = Parallel::from_point(&ev.estimate.point, &workload, &ev.estimate.stage_layers)
         .map_err(|e| fail(&e))?
         .with_tables(&workload, &placement);
@@ -662,9 +651,10 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
     if !t.par.tables.is_empty() {
         let count = |f: fn(&exec::TableShard) -> bool| t.par.tables.iter().filter(|s| f(s)).count();
         crate::outln!(
-            "  embedding tables: {} table-wise, {} row-wise, {} replicated (the planner's placement)",
+            "  embedding tables: {} table-wise, {} row-wise, {} column-wise, {} replicated (the planner's placement)",
             count(|s| matches!(s, exec::TableShard::Table(_))),
             count(|s| matches!(s, exec::TableShard::Row)),
+            count(|s| matches!(s, exec::TableShard::Column)),
             count(|s| matches!(s, exec::TableShard::Replicated)),
         );
     }

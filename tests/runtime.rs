@@ -229,6 +229,123 @@ fn dlrm_table_shardings_match_reference() {
     }
 }
 
+/// A small DLRM whose tables the planner cuts by columns
+/// (`placement = memory_balanced`), 4 devices: see the file.
+const COLUMNS: &str = "tests/inputs/_runtime/dlrm_columns.gantry";
+
+fn columns_target(plan: &str, fix: Option<&str>) -> gantry::runtime_cli::Target {
+    let a = TargetArgs {
+        file: COLUMNS.into(),
+        plan: Some(plan.into()),
+        fix: fix.map(str::to_string),
+        plan_json: None,
+        devices: None,
+        scale: None,
+        lib: Vec::new(),
+        whole: Vec::new(),
+        column: Vec::new(),
+        row: Vec::new(),
+    };
+    resolve_target(&a).unwrap_or_else(|_| panic!("{plan} {fix:?}: does not resolve (see stderr)"))
+}
+
+/// One training step of `par` checked against the single-device
+/// reference: every op's result, every parameter's gradient blocks
+/// (covering every parameter, none zero) and the optimizer step.
+fn check_columns_run(t: &gantry::runtime_cli::Target, par: &Parallel, what: &str) {
+    let cfg = RunConfig {
+        check_all: true,
+        gradients: true,
+        ..RunConfig::default()
+    };
+    let r = exec::run(&t.workload, par, &cfg).unwrap_or_else(|e| panic!("{what}: {}", e.render()));
+    assert!(
+        r.passed(),
+        "{what}: {r:?}\n{}",
+        r.error().map(|e| e.render()).unwrap_or_default()
+    );
+    assert!(r.outputs.iter().all(|o| o.max_rel <= r.tolerance), "{what}");
+    let g = r.gradients.as_ref().expect("gradients");
+    assert!(g.uncovered.is_none() && g.zero_params == 0, "{what}: {g:?}");
+    let s = r.step.as_ref().expect("a step");
+    assert!(s.blocks > 0 && s.mismatched.is_empty(), "{what}: {s:?}");
+    assert!(
+        r.traffic.get("embedding").is_some_and(|t| t.1 > 0),
+        "{what}"
+    );
+}
+
+/// Tables cut by columns (`column_wise` slices of the planner's
+/// memory-balanced placement) run as slices, forward and backward, and
+/// match the reference: halves on 4 devices (also under tp = 2), quarters
+/// with `column_slice` (a device holds two slices of one table that are
+/// not adjacent, and two adjacent ones of another), and halves mapped onto
+/// a 2-device stage (two slices of a table on one device, merged).
+#[test]
+fn column_wise_tables_match_reference() {
+    use gantry_runtime::exec::TableShard::{Column, Table};
+    let slices = |par: &Parallel, i: usize| {
+        let size = par.dp * par.cp * par.tp;
+        exec::column_slices(par, i, size, 7, "t").expect("the slices tile the columns")
+    };
+    let halves = columns_target("halved", None);
+    // The planner's placement, not a replicated run: the two 40-row
+    // tables in halves of 4 and 3 columns on ranks 1, 3 and 0, 2.
+    assert_eq!(halves.par.tables, [Column, Column, Table(3)]);
+    assert_eq!(slices(&halves.par, 0), [(1, 0..4), (3, 4..7)]);
+    assert_eq!(slices(&halves.par, 1), [(0, 0..4), (2, 4..7)]);
+    check_columns_run(&halves, &halves.par, "halves, dp=4");
+    let tp = columns_target("halved", Some("dp=2,tp=2,pp=1,microbatch=2"));
+    assert_eq!(tp.par.tables, halves.par.tables);
+    assert_eq!(tp.par.column_slices, halves.par.column_slices);
+    check_columns_run(&tp, &tp.par, "halves, dp=2 tp=2");
+    let quarters = columns_target("sliced", None);
+    assert_eq!(quarters.par.tables, [Column, Column, Table(1)]);
+    assert_eq!(slices(&quarters.par, 0), [(3, 0..4), (2, 4..6), (0, 6..7)]);
+    assert_eq!(
+        slices(&quarters.par, 1),
+        [(0, 0..2), (1, 2..4), (2, 4..6), (0, 6..7)]
+    );
+    check_columns_run(&quarters, &quarters.par, "quarters, dp=4");
+    // The halves' 4-rank placement on a stage of 2 devices: ranks 1 and
+    // 3 are device 1, which then holds all of table 0.
+    let two = Parallel {
+        dp: 2,
+        ..halves.par.clone()
+    };
+    assert_eq!(slices(&two, 0), [(1, 0..7)]);
+    check_columns_run(&halves, &two, "halves on 2 devices");
+}
+
+/// A column-wise table whose slices do not cover its columns (one in
+/// host memory, or overlapping) is R003 before anything runs; `gantry
+/// run` executes the column-wise placement and says so.
+#[test]
+fn column_wise_tables_must_cover_their_columns() {
+    let t = columns_target("halved", None);
+    let mut host = t.par.clone();
+    host.column_slices[0].pop();
+    let e = exec::run(&t.workload, &host, &RunConfig::default()).expect_err("a slice is missing");
+    assert_eq!(e.code, gantry_runtime::RCode::R003, "{}", e.render());
+    assert!(
+        e.render().contains("do not cover its 7 columns"),
+        "{}",
+        e.render()
+    );
+    let mut overlap = t.par.clone();
+    overlap.column_slices[1][1].1.start = 3;
+    let e = exec::run(&t.workload, &overlap, &RunConfig::default()).expect_err("overlapping");
+    assert_eq!(e.code, gantry_runtime::RCode::R003, "{}", e.render());
+    for plan in ["halved", "sliced"] {
+        let (code, out, err) = common::gantry(&["run", COLUMNS, "--plan", plan]);
+        assert_eq!(code, 0, "{plan}: {out}{err}");
+        assert!(
+            out.contains("embedding tables: 1 table-wise, 0 row-wise, 2 column-wise, 0 replicated"),
+            "{plan}: {out}"
+        );
+    }
+}
+
 #[test]
 fn reference_examples_match_reference() {
     // Scaled down, many reference files are the same run (section A's

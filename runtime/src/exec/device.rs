@@ -105,7 +105,9 @@ pub(super) struct Dev<'a> {
     pub(super) grad: bool,
     pub(super) tape: Option<Tape>,
     pub(super) tapes: HashMap<(usize, usize), Tape>,
-    pub(super) pgrads: std::collections::BTreeMap<crate::backward::ParamKey, ParamGrad>,
+    /// Keyed by parameter and first column (a device may hold several
+    /// column blocks of a column-wise table).
+    pub(super) pgrads: std::collections::BTreeMap<(crate::backward::ParamKey, usize), ParamGrad>,
     pub(super) grad_fault: Option<TensorId>,
     pub(super) step_fault: bool,
     /// Decode: record every attention's local keys and values (the

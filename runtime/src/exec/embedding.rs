@@ -1,14 +1,15 @@
 //! Embeddings: the vocab-parallel `embedding` and the `embedding_bag`
-//! tables placed over a stage's devices (table-wise, row-wise or
-//! replicated, [`super::TableShard`]).
+//! tables placed over a stage's devices (table-wise, row-wise,
+//! column-wise or replicated, [`super::TableShard`]).
 //!
 //! A module of its own because the bag's placement helpers (who holds a
-//! table, which rows) are shared with its backward pass in `grad.rs`.
+//! table, which rows and columns) are shared with its backward pass in
+//! `grad.rs`.
 
 use gantry_lang::program::{Op, OpKind};
 
 use super::device::{Dev, Local};
-use super::parallel::TableShard;
+use super::parallel::{TableShard, column_slices};
 use crate::error::{RuntimeError, unsupported};
 use crate::jit::KernelSpec;
 use crate::layout::{Layout, block};
@@ -76,13 +77,23 @@ impl Dev<'_> {
         }
     }
 
-    /// The tables device `o` of the stage serves to others (held whole or
-    /// by rows), in table order.
+    /// Whether device `o` of the stage holds a slice of column-wise table
+    /// `i` (slices' ranks map to devices `rank mod size`).
+    fn holds_columns(&self, i: usize, size: usize, o: usize) -> bool {
+        self.par
+            .column_slices
+            .get(i)
+            .is_some_and(|v| v.iter().any(|(r, _)| r % size.max(1) == o))
+    }
+
+    /// The tables device `o` of the stage serves to others (held whole, by
+    /// rows or by columns), in table order.
     pub(super) fn served_by(&self, o: usize, n: usize, size: usize) -> Vec<usize> {
         (0..n)
             .filter(|i| match self.table_shard(*i, size) {
                 TableShard::Table(owner) => owner == o,
                 TableShard::Row => true,
+                TableShard::Column => self.holds_columns(*i, size, o),
                 TableShard::Replicated => false,
             })
             .collect()
@@ -99,8 +110,31 @@ impl Dev<'_> {
         match self.table_shard(i, size) {
             TableShard::Row => block(rows, size, me),
             TableShard::Table(o) if o != me => 0..0,
+            TableShard::Column if !self.holds_columns(i, size, me) => 0..0,
             _ => 0..rows,
         }
+    }
+
+    /// The columns of table `i` (of `dim`) device `me` holds, in column
+    /// order: its slices of a column-wise table (adjacent ones merged;
+    /// none, or several ranges), or every column.
+    pub(super) fn held_cols(
+        &self,
+        i: usize,
+        dim: usize,
+        size: usize,
+        me: usize,
+    ) -> Vec<std::ops::Range<usize>> {
+        if self.table_shard(i, size) != TableShard::Column {
+            return std::iter::once(0..dim).collect();
+        }
+        // Checked by `validate` (R003): the slices tile the columns.
+        column_slices(self.par, i, size, dim, "")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(d, _)| *d == me)
+            .map(|(_, c)| c)
+            .collect()
     }
 
     pub(super) fn embedding_bag(&mut self, op: &Op, path: &[u64]) -> Result<Local, RuntimeError> {
@@ -115,40 +149,87 @@ impl Dev<'_> {
         let held: Vec<std::ops::Range<usize>> = (0..n)
             .map(|i| self.held_rows(i, tables[i].rows as usize, size, me))
             .collect();
+        let held_cols: Vec<Vec<std::ops::Range<usize>>> =
+            (0..n).map(|i| self.held_cols(i, dim, size, me)).collect();
+        // Each table's block `[rows, columns]`: the held rows, and the held
+        // columns side by side (a device's column slices of a table).
         let w = self.weights(op, path, |dev, ps| {
             (0..n)
-                .map(|i| ps[i].block(&dev.init, op.output, path, held[i].clone(), 0..dim))
+                .map(|i| {
+                    let blocks: Vec<Vec<f32>> = held_cols[i]
+                        .iter()
+                        .map(|c| {
+                            ps[i].block(&dev.init, op.output, path, held[i].clone(), c.clone())
+                        })
+                        .collect();
+                    if blocks.len() == 1 {
+                        return blocks.into_iter().next().unwrap_or_default();
+                    }
+                    let mut w = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
+                    for r in 0..held[i].len() {
+                        for (c, b) in held_cols[i].iter().zip(&blocks) {
+                            w.extend_from_slice(&b[r * c.len()..(r + 1) * c.len()]);
+                        }
+                    }
+                    w
+                })
                 .collect()
         });
         let ids = self.rep(op.inputs[0])?;
         let b = self.shapes[op.inputs[0].0 as usize][0];
-        // Pooled (partial, for row-wise tables) vectors of `cols` for ids
-        // laid out `[samples, cols.len()]`: `[samples, cols.len(), dim]`.
+        // Pooled (partial, for row- and column-wise tables) vectors of
+        // `cols` for ids laid out `[samples, cols.len()]`: per sample, the
+        // columns this device holds of each table in turn (`[samples,
+        // cols.len(), dim]` where it holds every column). A device's
+        // column slices of a table are pooled together at their width.
         let pool =
             |dev: &mut Self, ids: &[f32], cols: &[usize]| -> Result<Vec<f32>, RuntimeError> {
                 let stride = cols.len();
                 let samples = ids.len().checked_div(stride).unwrap_or(0);
-                let mut out = vec![0.0; if dev.dry { 0 } else { samples * stride * dim }];
-                for (j, ti) in cols.iter().enumerate() {
+                let widths: Vec<usize> = cols
+                    .iter()
+                    .map(|ti| held_cols[*ti].iter().map(|c| c.len()).sum())
+                    .collect();
+                let row: usize = widths.iter().sum();
+                let whole = widths.iter().all(|x| *x == dim);
+                let mut out = vec![0.0; if dev.dry { 0 } else { samples * row }];
+                let mut at = 0;
+                for ((j, ti), width) in cols.iter().enumerate().zip(widths) {
                     let t = &tables[*ti];
+                    let (from, to) = (at, at + width);
+                    at = to;
+                    if width == 0 {
+                        continue;
+                    }
                     if dev.dry {
                         dev.jit.prepare(&KernelSpec::Gather {
-                            dim,
+                            dim: width,
                             pooling: t.pooling as usize,
                             stride,
                         })?;
+                        continue;
+                    }
+                    let mut part = if whole {
+                        Vec::new()
                     } else {
-                        dev.jit.gather(
-                            dim,
-                            t.pooling as usize,
-                            stride,
-                            j,
-                            ids,
-                            &w[*ti],
-                            t.rows as usize,
-                            held[*ti].start,
-                            &mut out,
-                        )?;
+                        vec![0.0; samples * stride * width]
+                    };
+                    dev.jit.gather(
+                        width,
+                        t.pooling as usize,
+                        stride,
+                        j,
+                        ids,
+                        &w[*ti],
+                        t.rows as usize,
+                        held[*ti].start,
+                        if whole { &mut out } else { &mut part },
+                    )?;
+                    if !whole {
+                        for s in 0..samples {
+                            out[s * row + from..s * row + to]
+                                .copy_from_slice(&part[(s * stride + j) * width..][..width]);
+                        }
                     }
                 }
                 Ok(out)
@@ -200,13 +281,22 @@ impl Dev<'_> {
             replies.push(pool(self, ids_q, &served[me])?);
         }
         let pooled = self.endpoint()?.all_to_all(&group, replies)?;
+        // Each server's reply carries the columns it holds of its tables
+        // (all of them but for column-wise tables): summed into place.
         for (o, p) in pooled.iter().enumerate() {
-            let cols = &served[o];
+            let held_o: Vec<Vec<std::ops::Range<usize>>> = served[o]
+                .iter()
+                .map(|ti| self.held_cols(*ti, dim, size, o))
+                .collect();
+            let mut at = 0;
             for s in 0..b {
-                for (j, c) in cols.iter().enumerate() {
-                    let src = &p[(s * cols.len() + j) * dim..][..dim];
-                    for (a, x) in out[(s * n + c) * dim..][..dim].iter_mut().zip(src) {
-                        *a += x;
+                for (ti, cs) in served[o].iter().zip(&held_o) {
+                    let row = &mut out[(s * n + ti) * dim..][..dim];
+                    for c in cs {
+                        for (a, x) in row[c.clone()].iter_mut().zip(&p[at..at + c.len()]) {
+                            *a += x;
+                        }
+                        at += c.len();
                     }
                 }
             }

@@ -12,8 +12,8 @@
 //!   (column, row, heads, vocabulary, expert width) one copy cut `tp`
 //!   ways, a replicated one `tp` copies, each row padded to the gemm's
 //!   packing width ([`crate::jit::pack_b`]). `embedding_bag` tables follow
-//!   the placement: held by one device (table- or row-wise) or by every
-//!   device of the stage (replicated). With gradients the parameter
+//!   the placement: one copy over the stage (table-, row- or
+//!   column-wise) or one on every device of the stage (replicated). With gradients the parameter
 //!   gradients are as large again, and each device's backward of an
 //!   `embedding_bag` makes a dense gradient of every table. The largest
 //!   op's weights count twice more (made, and cloned for each use).
@@ -160,6 +160,9 @@ pub fn footprint(w: &Workload, par: &Parallel, gradients: bool) -> Result<f64, R
                 dense += n;
                 held += match par.tables.get(i).copied() {
                     Some(TableShard::Replicated) => n * stage_size as f64,
+                    // Column-wise: one copy over the stage, the slices
+                    // tiling the columns (`validate`).
+                    Some(TableShard::Column) => n,
                     // Table- or row-wise: one copy over the stage (a
                     // row block rounds up by at most one row per device).
                     _ => {

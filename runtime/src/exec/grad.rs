@@ -28,11 +28,11 @@
 //! against). Parameter gradients are summed over the microbatches and then
 //! reduced: over data-parallel replicas, over tensor-parallel ranks too
 //! where the forward ran on sequence-parallel rows (norm gains), over the
-//! replicas that hold the same experts, and not at all for table-wise
-//! sharded embedding tables (the owner already received every sample's
-//! gradient through the all-to-all). [`check`] compares every device's
-//! blocks with the reference gradients and checks that the blocks cover
-//! every parameter.
+//! replicas that hold the same experts, and not at all for embedding
+//! tables sharded table-, row- or column-wise (the holder of a block
+//! already received every sample's gradient through the all-to-all).
+//! [`check`] compares every device's blocks with the reference gradients
+//! and checks that the blocks cover every parameter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -369,11 +369,14 @@ impl Dev<'_> {
         reduce: Reduce,
     ) {
         let key = (op, path.to_vec(), slot);
-        match self.pgrads.get_mut(&key) {
+        // A device may hold several column blocks of one parameter (a
+        // column-wise table's slices): they are told apart by their first
+        // column.
+        match self.pgrads.get_mut(&(key.clone(), cols.start)) {
             Some(p) => p.data.iter_mut().zip(data).for_each(|(a, b)| *a += b),
             None => {
                 self.pgrads.insert(
-                    key.clone(),
+                    (key.clone(), cols.start),
                     ParamGrad {
                         key,
                         rows,
@@ -1209,10 +1212,12 @@ impl Dev<'_> {
     }
 
     /// Table gradients: replicated tables from this device's own samples
-    /// (summed over the replicas later); served tables (whole or by rows)
-    /// from every requester's pooled gradients, sent back along the
-    /// reverse of the forward all-to-all by one tensor-parallel rank per
-    /// replica.
+    /// (summed over the replicas later); served tables (whole, by rows or
+    /// by columns) from every requester's pooled gradients (of the
+    /// columns the server holds), sent back along the reverse of the
+    /// forward all-to-all by one tensor-parallel rank per replica. Each
+    /// holder keeps the gradient of the blocks it holds (a column slice:
+    /// every row, its columns).
     fn embedding_bag_backward(
         &mut self,
         op: &Op,
@@ -1265,36 +1270,79 @@ impl Dev<'_> {
         if local.len() < n {
             let served: Vec<Vec<usize>> = (0..size).map(|o| self.served_by(o, n, size)).collect();
             let ids_out: Vec<Vec<f32>> = served.iter().map(|c| pick(&ids, c, 1)).collect();
-            let grads_out: Vec<Vec<f32>> = served
-                .iter()
-                .map(|c| {
-                    if self.t == 0 {
-                        pick(dy, c, dim)
-                    } else {
-                        Vec::new()
-                    }
+            // The columns server `o` holds of each table it serves: the
+            // pooled gradients it gets (all but for column-wise tables).
+            let held_by: Vec<Vec<Vec<Range<usize>>>> = (0..size)
+                .map(|o| {
+                    served[o]
+                        .iter()
+                        .map(|ti| self.held_cols(*ti, dim, size, o))
+                        .collect()
                 })
                 .collect();
+            let mut grads_out: Vec<Vec<f32>> = vec![Vec::new(); size];
+            if self.t == 0 {
+                for (o, out) in grads_out.iter_mut().enumerate() {
+                    for s in 0..b {
+                        for (ti, cs) in served[o].iter().zip(&held_by[o]) {
+                            let row = &dy[(s * n + ti) * dim..][..dim];
+                            for c in cs {
+                                out.extend_from_slice(&row[c.clone()]);
+                            }
+                        }
+                    }
+                }
+            }
             let ep = self.endpoint()?;
             ep.label("embedding");
             let ids_in = ep.all_to_all(&group, ids_out)?;
             let grads_in = ep.all_to_all(&group, grads_out)?;
+            let mine = &held_by[me];
+            let stride = served[me].len();
+            let row: usize = mine.iter().flatten().map(|c| c.len()).sum();
             for (q, dq) in ids_in.iter().zip(&grads_in) {
-                if !dq.is_empty() {
-                    scatter(q, dq, &served[me]);
+                if dq.is_empty() || row == 0 {
+                    continue;
                 }
+                if row == stride * dim {
+                    scatter(q, dq, &served[me]);
+                    continue;
+                }
+                // Full width, zeros in the columns held elsewhere.
+                let samples = dq.len() / row;
+                let mut full = vec![0.0; samples * stride * dim];
+                let mut at = 0;
+                for s in 0..samples {
+                    for (j, cs) in mine.iter().enumerate() {
+                        let to = &mut full[(s * stride + j) * dim..][..dim];
+                        for c in cs {
+                            to[c.clone()].copy_from_slice(&dq[at..at + c.len()]);
+                            at += c.len();
+                        }
+                    }
+                }
+                scatter(q, &full, &served[me]);
             }
         }
         for (i, t) in tables.iter().enumerate() {
             let rows = self.held_rows(i, t.rows as usize, size, me);
-            let (reduce, held) = match self.table_shard(i, size) {
-                TableShard::Replicated => (Reduce::Replicas, true),
-                TableShard::Row => (Reduce::Owner, true),
-                TableShard::Table(o) => (Reduce::Owner, o == me),
+            let reduce = match self.table_shard(i, size) {
+                TableShard::Replicated => Reduce::Replicas,
+                TableShard::Table(o) if o != me => continue,
+                _ => Reduce::Owner,
             };
-            if held {
-                let g = dtab[i][rows.start * dim..rows.end * dim].to_vec();
-                self.add_pgrad(op.output, path, ps[i].slot, rows, 0..dim, g, reduce);
+            // The gradient of each held block: rows `rows`, columns `c` of
+            // the row-major `[rows, dim]` table gradient.
+            for c in self.held_cols(i, dim, size, me) {
+                let g = if c.len() == dim {
+                    dtab[i][rows.start * dim..rows.end * dim].to_vec()
+                } else {
+                    rows.clone()
+                        .flat_map(|r| &dtab[i][r * dim + c.start..r * dim + c.end])
+                        .copied()
+                        .collect()
+                };
+                self.add_pgrad(op.output, path, ps[i].slot, rows.clone(), c, g, reduce);
             }
         }
         Ok(())

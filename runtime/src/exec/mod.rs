@@ -17,7 +17,8 @@
 //! - Pipeline parallelism splits the largest top-level `repeat` into the
 //!   stages' layer counts, in the order of [`schedule`] (1F1B or
 //!   Megatron's interleaved 1F1B).
-//! - `embedding_bag` tables follow the planner's placement; `moe` experts
+//! - `embedding_bag` tables follow the planner's placement (whole on one
+//!   device, by rows, by columns or replicated); `moe` experts
 //!   are split over `ep` data-parallel ranks and their width over `tp`.
 //! - A decode step first runs its prompt, keeping a KV cache, then the step.
 //!
@@ -58,7 +59,7 @@ pub use footprint::{
     DEVICE_HEAP, MAX_OP_INSTANCES, PER_DEVICE, PER_RUN, footprint, host_memory, op_instances,
 };
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
-pub use parallel::{Parallel, TableShard, describe, validate};
+pub use parallel::{Parallel, TableShard, column_slices, describe, validate};
 pub use pipeline::pipelined_repeat;
 pub use run::{Divergence, MAX_DEVICES, OutputCheck, RunConfig, RunReport, kernels, run};
 pub use schedule::{Action, chunk_layers, even_split, one_f_one_b, schedule};

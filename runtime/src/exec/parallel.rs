@@ -49,6 +49,12 @@ pub struct Parallel {
     /// stage, in table order (the planner's placement); tables past the
     /// end are table-wise on device `table mod devices`.
     pub tables: Vec<TableShard>,
+    /// Per table (same order), the column slices of a
+    /// [`TableShard::Column`] table: `(rank, columns)`, the rank as the
+    /// placement gives it (a device of the stage is `rank mod` the stage's
+    /// devices, as for [`TableShard::Table`]); empty for other tables.
+    /// [`column_slices`] maps them onto a stage.
+    pub column_slices: Vec<Vec<(usize, std::ops::Range<usize>)>>,
 }
 
 /// The sharding of one embedding table over the devices of a stage.
@@ -64,6 +70,11 @@ pub enum TableShard {
     /// every device reads) and looks up its own samples; gradients are
     /// summed over the replicas.
     Replicated,
+    /// Columns cut into slices, each held by one device (the ranges are
+    /// in [`Parallel::column_slices`]); a device pools the columns it
+    /// holds (every row of them) and sends those columns back, which the
+    /// requester puts in place (summing, as for [`TableShard::Row`]).
+    Column,
 }
 
 impl Default for Parallel {
@@ -82,6 +93,7 @@ impl Default for Parallel {
             forms: Default::default(),
             zero: 0,
             tables: Vec::new(),
+            column_slices: Vec::new(),
         }
     }
 }
@@ -144,6 +156,7 @@ impl Parallel {
             forms: Default::default(),
             zero: p.zero,
             tables: Vec::new(),
+            column_slices: Vec::new(),
         })
     }
 }
@@ -152,8 +165,12 @@ impl Parallel {
     /// The planner's embedding-table placement
     /// ([`gantry_compiler::placement::tables`]) as shardings of the
     /// workload's `embedding_bag` tables, matched by name: table-wise on
-    /// the given device, row-wise, or replicated for tables kept in host
-    /// memory (every device reads the host copy).
+    /// the given device, row-wise, column-wise (every `column_wise` entry
+    /// of the table is one slice, [`Parallel::column_slices`]), or
+    /// replicated for tables kept in host memory (every device reads the
+    /// host copy). A table some of whose column slices are in host memory
+    /// (or unplaced) keeps the slices on devices only, which [`validate`]
+    /// refuses (R003): they do not cover its columns.
     pub fn with_tables(
         mut self,
         w: &Workload,
@@ -168,22 +185,95 @@ impl Parallel {
                 _ => None,
             })
             .unwrap_or_default();
+        let slices = |name: &str| -> Vec<(usize, std::ops::Range<usize>)> {
+            placement
+                .iter()
+                .filter(|p| p.table == name && p.sharding == "column_wise")
+                .map(|p| {
+                    (
+                        p.ranks.first().copied().unwrap_or(0) as usize,
+                        p.columns.0 as usize..p.columns.1 as usize,
+                    )
+                })
+                .collect()
+        };
+        self.column_slices = names.iter().map(|name| slices(name)).collect();
         self.tables = names
             .iter()
             .enumerate()
-            .map(
-                |(i, name)| match placement.iter().find(|p| p.table == *name) {
+            .map(|(i, name)| {
+                if !self.column_slices[i].is_empty() {
+                    return TableShard::Column;
+                }
+                match placement.iter().find(|p| p.table == *name) {
                     Some(p) if p.sharding == "table_wise" => {
                         TableShard::Table(p.ranks.first().copied().unwrap_or(0) as usize)
                     }
                     Some(p) if p.sharding == "row_wise" => TableShard::Row,
                     Some(_) => TableShard::Replicated,
                     None => TableShard::Table(i),
-                },
-            )
+                }
+            })
             .collect();
         self
     }
+}
+
+/// The column slices of column-wise table `i` (of `dim` columns, named
+/// `table` in messages) on a stage of `size` devices: `(device, columns)`
+/// in column order, a slice's device `rank mod size` as for
+/// [`TableShard::Table`], and adjacent slices on one device merged. A
+/// device may hold several ranges (the memory-balanced deal gives a rank
+/// slices `j` and `j + 3` of a table at its turn). R003 unless the slices
+/// tile `0..dim` exactly: some in host memory (or unplaced) leave columns
+/// to no device.
+pub fn column_slices(
+    par: &Parallel,
+    i: usize,
+    size: usize,
+    dim: usize,
+    table: &str,
+) -> Result<Vec<(usize, std::ops::Range<usize>)>, RuntimeError> {
+    let given = par.column_slices.get(i).map_or(&[][..], |v| v.as_slice());
+    let mut sorted: Vec<(usize, std::ops::Range<usize>)> = given
+        .iter()
+        .map(|(r, c)| (r % size.max(1), c.clone()))
+        .collect();
+    sorted.sort_by_key(|(_, c)| (c.start, c.end));
+    let mut out: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(sorted.len());
+    let mut end = 0;
+    for (d, c) in sorted {
+        if c.start != end || c.end <= c.start || c.end > dim {
+            return Err(uncovered(table, dim, given));
+        }
+        end = c.end;
+        match out.last_mut() {
+            Some((o, last)) if *o == d => last.end = c.end,
+            _ => out.push((d, c)),
+        }
+    }
+    if end != dim {
+        return Err(uncovered(table, dim, given));
+    }
+    Ok(out)
+}
+
+fn uncovered(table: &str, dim: usize, given: &[(usize, std::ops::Range<usize>)]) -> RuntimeError {
+    let slices = if given.is_empty() {
+        "none on a device".to_string()
+    } else {
+        given
+            .iter()
+            .map(|(r, c)| format!("{}..{} on rank {r}", c.start, c.end))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    unsupported(format!(
+        "the column slices of table `{table}` ({slices}) do not cover its {dim} columns once each: the runtime executes the slices devices hold (a slice in host memory or unplaced leaves its columns to none)"
+    ))
+    .with_help(
+        "run it with `placement = cost_balanced`, a `column_slice` above the table's size, or more memory for the tables",
+    )
 }
 
 /// Checks that `par` fits the workload's graph (R002 / R003).
@@ -324,7 +414,8 @@ fn validate_context(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
 }
 
 /// Expert-parallel groups, attention heads and experts split as the
-/// degrees ask.
+/// degrees ask, and column-wise tables' slices cover their columns
+/// ([`column_slices`]).
 fn validate_ops(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
     let g = &w.model.graph;
     if par.ep > 1 && !par.dp.is_multiple_of(par.ep) {
@@ -353,6 +444,14 @@ fn validate_ops(w: &Workload, par: &Parallel) -> Result<(), RuntimeError> {
                     "ep = {} does not divide the {experts} experts",
                     par.ep
                 )));
+            }
+            OpKind::EmbeddingBag { tables } => {
+                let size = par.dp * par.cp * par.tp;
+                for (i, t) in tables.iter().enumerate() {
+                    if size > 1 && par.tables.get(i) == Some(&TableShard::Column) {
+                        column_slices(par, i, size, t.dim as usize, &t.name)?;
+                    }
+                }
             }
             _ => {}
         }
