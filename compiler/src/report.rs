@@ -459,10 +459,18 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         h(&mut s, "Embedding tables (the placement priced)");
         let n = |k: &str| t[k].as_u64().unwrap_or(0);
         let placement = match t["column_slice"].as_u64() {
-            Some(c) => format!("{} (column_slice {c})", t["placement"].as_str().unwrap_or("")),
+            Some(c) => format!(
+                "{} (column_slice {c})",
+                t["placement"].as_str().unwrap_or("")
+            ),
             None => t["placement"].as_str().unwrap_or("").to_string(),
         };
-        row(&mut s, "placement", format!("{placement} over {group} devices"), String::new());
+        row(
+            &mut s,
+            "placement",
+            format!("{placement} over {group} devices"),
+            String::new(),
+        );
         row(
             &mut s,
             "shards",

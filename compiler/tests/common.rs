@@ -36,6 +36,24 @@ impl Loader for Workspace {
     }
 }
 
+/// The workspace plus one in-memory file, `test.gantry`.
+pub struct WithSource(pub String);
+
+impl Loader for WithSource {
+    fn resolve(&self, importer: &str, path: &str) -> Option<String> {
+        if path == "test.gantry" {
+            return Some(path.into());
+        }
+        Workspace.resolve(importer, path)
+    }
+    fn load(&self, name: &str) -> Result<String, LoadError> {
+        if name == "test.gantry" {
+            return Ok(self.0.clone());
+        }
+        Workspace.load(name)
+    }
+}
+
 pub fn checked(file: &str) -> Checked {
     let c = check(&[file.to_string()], &Workspace);
     assert!(!c.has_errors(), "{}", c.render(false));

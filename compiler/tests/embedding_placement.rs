@@ -10,25 +10,8 @@ use std::collections::BTreeMap;
 use gantry_compiler::plan::{evaluate, table_placement};
 use gantry_lang::check::check;
 use gantry_lang::program::Plan;
-use gantry_lang::source::{LoadError, Loader};
 
-/// The workspace plus one in-memory file, `test.gantry`.
-struct WithSource(String);
-
-impl Loader for WithSource {
-    fn resolve(&self, importer: &str, path: &str) -> Option<String> {
-        if path == "test.gantry" {
-            return Some(path.into());
-        }
-        common::Workspace.resolve(importer, path)
-    }
-    fn load(&self, name: &str) -> Result<String, LoadError> {
-        if name == "test.gantry" {
-            return Ok(self.0.clone());
-        }
-        common::Workspace.load(name)
-    }
-}
+use common::WithSource;
 
 /// DLE's DLRM with `tables` on one DGX A100 (8 x 80 GB), phase record
 /// `phase`, data-parallel over the 8 GPUs.

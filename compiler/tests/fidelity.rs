@@ -12,25 +12,8 @@ use gantry_compiler::plan::evaluate;
 use gantry_compiler::point::parse_fix;
 use gantry_lang::check::check;
 use gantry_lang::program::Plan;
-use gantry_lang::source::{LoadError, Loader};
 
-/// The workspace plus one in-memory file, `test.gantry`.
-struct WithSource(String);
-
-impl Loader for WithSource {
-    fn resolve(&self, importer: &str, path: &str) -> Option<String> {
-        if path == "test.gantry" {
-            return Some(path.into());
-        }
-        common::Workspace.resolve(importer, path)
-    }
-    fn load(&self, name: &str) -> Result<String, LoadError> {
-        if name == "test.gantry" {
-            return Ok(self.0.clone());
-        }
-        common::Workspace.load(name)
-    }
-}
+use common::WithSource;
 
 /// A Llama-shaped block on 8 Grand Teton H100s (96 GB variant, calibrated
 /// for training), with `settings` added to the `train` record.
