@@ -360,7 +360,7 @@ pub fn of_point(ir: &Ir, devices: u64, m: &Memory, host: bool) -> (u64, Vec<Tabl
     if !matches!(ir.phase, Phase::Train { .. }) {
         let mut g = 1;
         while g < devices {
-            if devices % g == 0 {
+            if devices.is_multiple_of(g) {
                 let t = tables(ir, g, room, false);
                 if t.iter().all(|t| t.sharding != "unplaced") {
                     return (g, t);

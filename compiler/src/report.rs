@@ -468,7 +468,10 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         row(
             &mut s,
             "placement",
-            format!("{placement} over {group} devices"),
+            format!(
+                "{placement} over {group} {}",
+                if group == 1 { "device" } else { "devices" }
+            ),
             String::new(),
         );
         row(
