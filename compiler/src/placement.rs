@@ -454,6 +454,31 @@ pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
     }
 }
 
+/// A placement's figures for reports: the workload's placement, the
+/// devices one copy spans, how many entries of each kind, and its skew.
+pub fn summary(ir: &Ir, group: u64, p: &[TablePlacement]) -> Option<Value> {
+    if p.is_empty() {
+        return None;
+    }
+    let count = |kind: &str| p.iter().filter(|t| t.sharding == kind).count();
+    let (placement, slice) = match ir.kernels.tables {
+        TableSharding::CostBalanced => ("cost_balanced", None),
+        TableSharding::MemoryBalanced { column_slice } => ("memory_balanced", column_slice),
+    };
+    let s = skew(p, group);
+    Some(json!({
+        "placement": placement,
+        "column_slice": slice,
+        "devices": group,
+        "table_wise": count("table_wise"),
+        "column_slices": count("column_wise"),
+        "row_wise": count("row_wise"),
+        "host": count("host"),
+        "lookup_skew": s.lookups,
+        "exchange_skew": s.exchange,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,29 +640,4 @@ mod tests {
         let none = memory_balanced(&refs, 2, room, false, None);
         assert!(none.iter().any(|t| t.sharding == "unplaced"));
     }
-}
-
-/// A placement's figures for reports: the workload's placement, the
-/// devices one copy spans, how many entries of each kind, and its skew.
-pub fn summary(ir: &Ir, group: u64, p: &[TablePlacement]) -> Option<Value> {
-    if p.is_empty() {
-        return None;
-    }
-    let count = |kind: &str| p.iter().filter(|t| t.sharding == kind).count();
-    let (placement, slice) = match ir.kernels.tables {
-        TableSharding::CostBalanced => ("cost_balanced", None),
-        TableSharding::MemoryBalanced { column_slice } => ("memory_balanced", column_slice),
-    };
-    let s = skew(p, group);
-    Some(json!({
-        "placement": placement,
-        "column_slice": slice,
-        "devices": group,
-        "table_wise": count("table_wise"),
-        "column_slices": count("column_wise"),
-        "row_wise": count("row_wise"),
-        "host": count("host"),
-        "lookup_skew": s.lookups,
-        "exchange_skew": s.exchange,
-    }))
 }
