@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use gantry_lang::program::{Optimizer, Phase};
+use gantry_lang::program::{Optimizer, Phase, TableSharding};
 use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collective, Level, Topology};
@@ -1287,7 +1287,12 @@ impl Evaluator<'_> {
         // Pooled lookups are exchanged between the table owners and the
         // data-parallel ranks, forward and backward, every microbatch.
         let (a2a_emb, a2a_emb_bytes) = self.embedding_exchange(group, b, skew.exchange);
-        let (a2a_emb, a2a_emb_bytes) = (2.0 * m * a2a_emb, 2.0 * m * a2a_emb_bytes);
+        // Ids travel once, before the forward lookups.
+        let (a2a_ids, a2a_ids_bytes) = self.id_exchange(group, b, &skew);
+        let (a2a_emb, a2a_emb_bytes) = (
+            m * (2.0 * a2a_emb + a2a_ids),
+            m * (2.0 * a2a_emb_bytes + a2a_ids_bytes),
+        );
         if a2a_emb_bytes > 0.0 {
             comms.push(self.exchange_comm(group, a2a_emb, a2a_emb_bytes));
         }
@@ -1439,11 +1444,33 @@ impl Evaluator<'_> {
         (time, bytes)
     }
 
+    /// The input all-to-all of one forward pass for `b` samples per
+    /// device: under the cost-balanced placement (TorchRec's input
+    /// distribution) each rank sends the ids of its samples to the ranks
+    /// that serve their tables, [`ID_BYTES`] per id and [`LENGTH_BYTES`]
+    /// per sample and table entry, as [`Skew::ids`] and
+    /// [`Skew::lengths`] count them. The memory-balanced placement
+    /// models model-parallel input (DLE's loader reads each rank's
+    /// features of the whole batch): no exchange. Time and bytes.
+    fn id_exchange(&self, group: u64, b: f64, skew: &Skew) -> (f64, f64) {
+        if group <= 1
+            || !matches!(self.ir.kernels.tables, TableSharding::CostBalanced)
+            || skew.ids <= 0.0
+        {
+            return (0.0, 0.0);
+        }
+        let bytes = b * (skew.ids * ID_BYTES + skew.lengths * LENGTH_BYTES);
+        (
+            self.hw.topo.time(Collective::AllToAll, group, 1, bytes),
+            bytes,
+        )
+    }
+
     /// The report line of the pooled-embedding all-to-all.
     fn exchange_comm(&self, devices: u64, time: f64, bytes: f64) -> Comm {
         let topo = &self.hw.topo;
         Comm {
-            what: "pooled embedding all-to-all (busiest rank)".into(),
+            what: "embedding all-to-all (busiest rank)".into(),
             collective: Collective::AllToAll,
             group: devices,
             level: topo.level(devices, 1),
@@ -1561,6 +1588,8 @@ impl Evaluator<'_> {
         let (skew, placed, group) = self.place_tables(p, &mut memory);
         classes.embedding *= skew.lookups;
         let (t_a2a, a2a_bytes) = self.embedding_exchange(group, b, skew.exchange);
+        let (t_ids, ids_bytes) = self.id_exchange(group, b, &skew);
+        let (t_a2a, a2a_bytes) = (t_a2a + t_ids, a2a_bytes + ids_bytes);
         let host_lookups = self.lookup_bytes() * b * skew.host
             / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
         let t_fwd = classes.total();
@@ -1685,6 +1714,13 @@ struct Forward {
     /// Full-vocabulary logits of the sampled tokens (one per sequence).
     sampled_logits: f64,
 }
+
+/// Bytes of one looked-up id in TorchRec's input all-to-all (a
+/// `KeyedJaggedTensor`'s values are int64).
+pub const ID_BYTES: f64 = 8.0;
+
+/// Bytes of one per-sample length in that all-to-all (int32 lengths).
+pub const LENGTH_BYTES: f64 = 4.0;
 
 /// Bytes per logit a sampling pass holds beyond the activation type's
 /// copy: the fp32 upcast and the fp32 probabilities of its softmax.

@@ -88,6 +88,9 @@ pub struct TablePlacement {
     pub bytes: f64,
     /// Relative lookup cost (pooling x columns x bytes).
     pub cost: f64,
+    /// Ids looked up per sample (the table's pooling; every column slice
+    /// of a table looks up all of them).
+    pub pooling: f64,
 }
 
 /// The cost-balanced placement stops splitting tables by rows once the
@@ -145,6 +148,7 @@ fn cost_balanced(list: &[&IrTable], devices: u64, room: f64, host: bool) -> Vec<
             columns: (0, t.dim),
             bytes,
             cost,
+            pooling: t.pooling,
         };
         let best = (0..n)
             .filter(|r| mem[*r] + bytes <= room)
@@ -282,6 +286,7 @@ fn memory_balanced(
                 columns: *cols,
                 bytes: t.rows as f64 * w * t.elem_bytes,
                 cost: t.pooling * w * t.elem_bytes,
+                pooling: t.pooling,
             }
         })
         .collect();
@@ -392,6 +397,15 @@ pub struct Skew {
     pub exchange: f64,
     /// Share of the lookup cost served from host memory.
     pub host: f64,
+    /// Ids per local sample the input all-to-all's busiest rank moves,
+    /// over `n / (n - 1)` (so that its bytes price like an even
+    /// exchange's): a rank whose entries look up `c` of the `C` ids per
+    /// sample receives `c` from each of the `n - 1` others and sends the
+    /// `C - c` it does not serve, `max_r max((n - 1) c_r, C - c_r) n / (n
+    /// - 1)`. A column-sliced table's ids go to every slice.
+    pub ids: f64,
+    /// The same for the per-sample lengths (one per table entry).
+    pub lengths: f64,
 }
 
 impl Default for Skew {
@@ -400,6 +414,8 @@ impl Default for Skew {
             lookups: 1.0,
             exchange: 1.0,
             host: 0.0,
+            ids: 0.0,
+            lengths: 0.0,
         }
     }
 }
@@ -428,10 +444,24 @@ pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
         }
         v
     };
+    let nf = n as f64;
     let load = spread(&|t: &TablePlacement| t.cost);
     let cols = spread(&width);
+    // The input all-to-all's busiest rank, in `per`-entry units.
+    let input = |per: &dyn Fn(&TablePlacement) -> f64| {
+        if n == 1 {
+            return 0.0;
+        }
+        let served = spread(per);
+        let all: f64 = served.iter().sum();
+        served
+            .iter()
+            .map(|c| ((nf - 1.0) * c).max(all - c))
+            .fold(0.0, f64::max)
+            * nf
+            / (nf - 1.0)
+    };
     let w_all: f64 = cols.iter().sum();
-    let nf = n as f64;
     let lookups = load.iter().copied().fold(0.0, f64::max) / (total / nf);
     let exchange = if n > 1 && w_all > 0.0 {
         cols.iter()
@@ -451,6 +481,8 @@ pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
         lookups,
         exchange,
         host,
+        ids: input(&|t: &TablePlacement| t.pooling),
+        lengths: input(&|_: &TablePlacement| 1.0),
     }
 }
 
@@ -622,7 +654,11 @@ mod tests {
         let t = criteo(&[1_000, 1_000, 1_000, 1_000]);
         let refs: Vec<&IrTable> = t.iter().collect();
         let p = memory_balanced(&refs, 4, f64::INFINITY, false, None);
-        assert_eq!(skew(&p, 4), Skew::default());
+        let even = skew(&p, 4);
+        assert_eq!((even.lookups, even.exchange, even.host), (1.0, 1.0, 0.0));
+        // Each rank serves one of four one-hot tables: it receives 1 id
+        // from each of 3 others and sends 3, an even exchange of 4 ids.
+        assert_eq!((even.ids, even.lengths), (4.0, 4.0));
         let t = criteo(&[3_000, 1_000, 1_000]);
         let refs: Vec<&IrTable> = t.iter().collect();
         // Rank 0 holds the 3,000-row table, rank 1 the two others: room

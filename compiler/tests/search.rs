@@ -584,3 +584,59 @@ fn dlrm_prices_the_placement_it_reports() {
     let held = bytes.iter().copied().fold(0.0, f64::max);
     assert_eq!(ev.estimate.memory.embeddings, held, "sgd keeps no state");
 }
+
+/// Under the cost-balanced placement (TorchRec's input distribution) the
+/// all-to-all also carries the ids to the ranks that serve their tables,
+/// once per microbatch before the lookups: 8 bytes per id and 4 per
+/// sample and table, counted here from the reported placement (row-wise
+/// tables' ids split over every rank).
+#[test]
+fn torchrec_placement_also_moves_the_ids() {
+    let p = common::plan("examples/dlrm_train.gantry", None);
+    let ev = evaluate(&p, &BTreeMap::new()).expect("point");
+    let (group, tables) = gantry_compiler::plan::table_placement(&ev);
+    let n = group as usize;
+    let nf = n as f64;
+    let (mut cols, mut ids, mut entries) = (vec![0.0f64; n], vec![0.0f64; n], vec![0.0f64; n]);
+    for t in &tables {
+        let w = (t.columns.1 - t.columns.0) as f64;
+        match t.sharding {
+            "row_wise" => {
+                for r in 0..n {
+                    cols[r] += w / nf;
+                    ids[r] += t.pooling / nf;
+                    entries[r] += 1.0 / nf;
+                }
+            }
+            _ => {
+                let r = t.ranks[0] as usize;
+                cols[r] += w;
+                ids[r] += t.pooling;
+                entries[r] += 1.0;
+            }
+        }
+    }
+    assert!(tables.iter().any(|t| t.sharding == "row_wise"));
+    let busiest = |v: &[f64]| {
+        let all: f64 = v.iter().sum();
+        v.iter()
+            .map(|c| (c * (nf - 1.0)).max(all - c))
+            .fold(0.0, f64::max)
+    };
+    let b = ev.estimate.point.microbatch as f64;
+    let m = ev.estimate.samples_per_step / (ev.estimate.point.dp as f64 * b);
+    let act = ev.ir.act_bytes;
+    let expect =
+        m * b * (2.0 * busiest(&cols) * act + 8.0 * busiest(&ids) + 4.0 * busiest(&entries));
+    let comm = ev
+        .estimate
+        .comms
+        .iter()
+        .find(|c| c.what.contains("embedding all-to-all"))
+        .expect("the embedding all-to-all");
+    assert!(
+        (comm.bytes - expect).abs() <= 1e-9 * expect,
+        "{} vs {expect}",
+        comm.bytes
+    );
+}
