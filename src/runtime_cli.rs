@@ -20,7 +20,7 @@ use gantry_runtime::{RuntimeError, plan_json};
 use crate::{FsLoader, check_files};
 
 /// Which workload, design point and scale to run.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct TargetArgs {
     /// The .gantry file.
     pub file: String,

@@ -238,13 +238,7 @@ fn columns_target(plan: &str, fix: Option<&str>) -> gantry::runtime_cli::Target 
         file: COLUMNS.into(),
         plan: Some(plan.into()),
         fix: fix.map(str::to_string),
-        plan_json: None,
-        devices: None,
-        scale: None,
-        lib: Vec::new(),
-        whole: Vec::new(),
-        column: Vec::new(),
-        row: Vec::new(),
+        ..TargetArgs::default()
     };
     resolve_target(&a).unwrap_or_else(|_| panic!("{plan} {fix:?}: does not resolve (see stderr)"))
 }
