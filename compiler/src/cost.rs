@@ -1283,25 +1283,20 @@ impl Evaluator<'_> {
         // pooled all-to-all set the time (docs/COST-MODEL.md, "Embedding
         // tables").
         let devices = p.devices();
-        let (skew, placed, group) = self.place_tables(p, &mut memory);
+        let tc = self.table_costs(p, b, &mut memory);
         // Pooled lookups are exchanged between the table owners and the
-        // data-parallel ranks, forward and backward, every microbatch.
-        let (a2a_emb, a2a_emb_bytes) = self.embedding_exchange(group, b, skew.exchange);
-        // Ids travel once, before the forward lookups.
-        let (a2a_ids, a2a_ids_bytes) = self.id_exchange(group, b, &skew);
+        // data-parallel ranks, forward and backward, and the ids once,
+        // before the forward lookups, every microbatch.
         let (a2a_emb, a2a_emb_bytes) = (
-            m * (2.0 * a2a_emb + a2a_ids),
-            m * (2.0 * a2a_emb_bytes + a2a_ids_bytes),
+            m * (2.0 * tc.pooled.0 + tc.ids.0),
+            m * (2.0 * tc.pooled.1 + tc.ids.1),
         );
         if a2a_emb_bytes > 0.0 {
-            comms.push(self.exchange_comm(group, a2a_emb, a2a_emb_bytes));
+            comms.push(self.exchange_comm(tc.group, a2a_emb, a2a_emb_bytes));
         }
-        // Tables in host memory: their share of the lookups and sparse
-        // updates crosses the host link (host bandwidth split over the
-        // node's GPUs): forward reads, backward read and write.
-        let host_lookups = 3.0 * self.lookup_bytes() * b * m * skew.host
-            / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
-        let compute = body
+        // Host tables: forward reads, backward read and write.
+        let host_lookups = 3.0 * m * tc.host_read;
+        let mut compute = body
             .fwd
             .plus(&body.bwd)
             .scaled(sl)
@@ -1318,8 +1313,7 @@ impl Evaluator<'_> {
             .scaled(m);
         // The busiest rank's lookups beyond an even share (the pipeline
         // priced an even share); on the critical path.
-        let lookup_skew = compute.embedding * (skew.lookups - 1.0);
-        let mut compute = compute;
+        let lookup_skew = compute.embedding * (tc.skew.lookups - 1.0);
         compute.embedding += lookup_skew;
         let recompute = body.recompute * sl * m;
         let tp_comm = tp_comm_exposed;
@@ -1364,7 +1358,7 @@ impl Evaluator<'_> {
             sampling_bytes_per_seq: 0.0,
             point: *p,
             devices,
-            feasible: placed && memory.total() <= memory.capacity,
+            feasible: tc.placed && memory.total() <= memory.capacity,
             time,
             memory,
             comms,
@@ -1389,81 +1383,84 @@ impl Evaluator<'_> {
         }
     }
 
-    /// Places the embedding tables ([`crate::placement::of_point`]) in
-    /// what `memory` leaves of HBM and sets its table bytes: the busiest
-    /// rank's tables with their optimizer state, and host tables spread
-    /// over the devices' host memory. Returns the placement's skew and
-    /// whether every table found a place (a table placed nowhere makes
-    /// the point infeasible; its memory then counts at least an even
-    /// share of every table).
-    fn place_tables(&self, p: &DesignPoint, memory: &mut Memory) -> (Skew, bool, u64) {
-        let host = self.hw.host_bandwidth > 0.0;
-        let (group, placed) = crate::placement::of_point(self.ir, p.devices().max(1), memory, host);
+    /// The embedding tables of point `p` as placed
+    /// ([`crate::placement::of_point`]) in what `memory` leaves of HBM,
+    /// and what one forward pass of `b` samples per device pays for them.
+    /// Sets `memory`'s table bytes: the busiest rank's tables with their
+    /// optimizer state, and host tables spread over the devices' host
+    /// memory (a table placed nowhere makes the point infeasible; its
+    /// memory then counts at least an even share of every table).
+    fn table_costs(&self, p: &DesignPoint, b: f64, memory: &mut Memory) -> TableCosts {
+        let hw = self.hw;
+        let (group, placed) = crate::placement::of_point(
+            self.ir,
+            p.devices().max(1),
+            memory,
+            hw.host_bandwidth > 0.0,
+        );
+        let mut tc = TableCosts {
+            skew: Skew::default(),
+            placed: true,
+            group,
+            pooled: (0.0, 0.0),
+            ids: (0.0, 0.0),
+            host_read: 0.0,
+        };
         if placed.is_empty() {
-            return (Skew::default(), true, group);
+            return tc;
         }
         let states = crate::placement::table_states(self.ir);
         let busiest = crate::placement::bytes_per_rank(&placed, group)
             .into_iter()
             .fold(0.0, f64::max);
-        let sum = |f: &dyn Fn(&crate::placement::TablePlacement) -> bool| {
-            placed.iter().filter(|t| f(t)).fold(0.0, |a, t| a + t.bytes)
+        let bytes = |kind: Option<&str>| {
+            placed
+                .iter()
+                .filter(|t| kind.is_none_or(|k| t.sharding == k))
+                .fold(0.0, |a, t| a + t.bytes)
         };
-        let all = sum(&|_| true);
-        let on_host = sum(&|t| t.sharding == "host");
-        let unplaced = placed.iter().any(|t| t.sharding == "unplaced");
         let n = group as f64;
-        memory.embeddings = if unplaced {
-            busiest.max(all / n)
-        } else {
+        tc.placed = placed.iter().all(|t| t.sharding != "unplaced");
+        memory.embeddings = if tc.placed {
             busiest
+        } else {
+            busiest.max(bytes(None) / n)
         } * states;
-        memory.host_embeddings = on_host * states / n;
-        (crate::placement::skew(&placed, group), !unplaced, group)
-    }
-
-    /// One pass's pooled-embedding all-to-all over the `group` devices
-    /// that hold one copy of the tables, for `b` samples per device: its
-    /// time and the bytes the busiest rank moves, `exchange` times an
-    /// even spread's ([`Skew::exchange`]).
-    fn embedding_exchange(&self, group: u64, b: f64, exchange: f64) -> (f64, f64) {
-        if group <= 1 {
-            return (0.0, 0.0);
-        }
-        let topo = &self.hw.topo;
-        let mut time = 0.0;
-        let mut bytes = 0.0;
-        for s in &self.ir.segments {
-            for o in s.ops.iter().filter(|o| o.op == "embedding_bag") {
-                // The pooled vectors of `b` samples, in the activation type.
-                let out = (o.bytes - o.lookup_bytes) * b * exchange;
-                bytes += out;
-                time += topo.time(Collective::AllToAll, group, 1, out);
+        memory.host_embeddings = bytes(Some("host")) * states / n;
+        tc.skew = crate::placement::skew(&placed, group);
+        let topo = &hw.topo;
+        let mut lookup = 0.0;
+        for o in self.ir.segments.iter().flat_map(|s| s.ops.iter()) {
+            if o.op != "embedding_bag" {
+                continue;
+            }
+            lookup += o.lookup_bytes * o.mult;
+            if group > 1 {
+                // The pooled vectors of `b` samples, in the activation
+                // type, `exchange` times an even spread's.
+                let out = (o.bytes - o.lookup_bytes) * b * tc.skew.exchange;
+                tc.pooled.0 += topo.time(Collective::AllToAll, group, 1, out);
+                tc.pooled.1 += out;
             }
         }
-        (time, bytes)
-    }
-
-    /// The input all-to-all of one forward pass for `b` samples per
-    /// device: under the cost-balanced placement (TorchRec's input
-    /// distribution) each rank sends the ids of its samples to the ranks
-    /// that serve their tables, [`ID_BYTES`] per id and [`LENGTH_BYTES`]
-    /// per sample and table entry, as [`Skew::ids`] and
-    /// [`Skew::lengths`] count them. The memory-balanced placement
-    /// models model-parallel input (DLE's loader reads each rank's
-    /// features of the whole batch): no exchange. Time and bytes.
-    fn id_exchange(&self, group: u64, b: f64, skew: &Skew) -> (f64, f64) {
-        if group <= 1
-            || !matches!(self.ir.kernels.tables, TableSharding::CostBalanced)
-            || skew.ids <= 0.0
-        {
-            return (0.0, 0.0);
+        // The ids: under the cost-balanced placement (TorchRec's input
+        // distribution) each rank sends the ids of its samples to the
+        // ranks that serve their tables, [`ID_BYTES`] per id and
+        // [`LENGTH_BYTES`] per sample and table entry, as [`Skew::ids`]
+        // and [`Skew::lengths`] count them. The memory-balanced placement
+        // models model-parallel input (DLE's loader reads each rank's
+        // features of the whole batch): no exchange.
+        if group > 1 && matches!(self.ir.kernels.tables, TableSharding::CostBalanced) {
+            let ids = b * (tc.skew.ids * ID_BYTES + tc.skew.lengths * LENGTH_BYTES);
+            tc.ids = (topo.time(Collective::AllToAll, group, 1, ids), ids);
         }
-        let bytes = b * (skew.ids * ID_BYTES + skew.lengths * LENGTH_BYTES);
-        (
-            self.hw.topo.time(Collective::AllToAll, group, 1, bytes),
-            bytes,
-        )
+        // Host tables' share of the rows looked up crosses the host link
+        // (host bandwidth split over the node's GPUs).
+        if tc.skew.host > 0.0 {
+            tc.host_read =
+                lookup * b * tc.skew.host / (hw.host_bandwidth / hw.devices_per_node as f64);
+        }
+        tc
     }
 
     /// The report line of the pooled-embedding all-to-all.
@@ -1479,17 +1476,6 @@ impl Evaluator<'_> {
             time,
             exposed: time,
         }
-    }
-
-    /// Bytes of table rows looked up per sample.
-    fn lookup_bytes(&self) -> f64 {
-        self.ir
-            .segments
-            .iter()
-            .flat_map(|s| s.ops.iter())
-            .filter(|o| o.op == "embedding_bag")
-            // (A fold from +0.0: an empty f64 `sum` is -0.0.)
-            .fold(0.0, |a, o| a + o.lookup_bytes * o.mult)
     }
 
     /// Forward-only time of one pass over all segments for `b` samples per
@@ -1584,14 +1570,11 @@ impl Evaluator<'_> {
         };
         memory.working = fwd.transient.max(sampling_bytes_per_seq * b);
         // Embedding tables as placed: the busiest rank's lookups, the
-        // pooled all-to-all and host lookups (forward only).
-        let (skew, placed, group) = self.place_tables(p, &mut memory);
-        classes.embedding *= skew.lookups;
-        let (t_a2a, a2a_bytes) = self.embedding_exchange(group, b, skew.exchange);
-        let (t_ids, ids_bytes) = self.id_exchange(group, b, &skew);
-        let (t_a2a, a2a_bytes) = (t_a2a + t_ids, a2a_bytes + ids_bytes);
-        let host_lookups = self.lookup_bytes() * b * skew.host
-            / (hw.host_bandwidth / hw.devices_per_node as f64).max(f64::MIN_POSITIVE);
+        // all-to-alls and host lookups (forward only).
+        let tc = self.table_costs(p, b, &mut memory);
+        classes.embedding *= tc.skew.lookups;
+        let (t_a2a, a2a_bytes) = (tc.pooled.0 + tc.ids.0, tc.pooled.1 + tc.ids.1);
+        let host_lookups = tc.host_read;
         let t_fwd = classes.total();
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
         let stride_pp = p.tp * p.cp * p.dp;
@@ -1630,7 +1613,7 @@ impl Evaluator<'_> {
             });
         }
         if a2a_bytes > 0.0 {
-            comms.push(self.exchange_comm(group, t_a2a, a2a_bytes));
+            comms.push(self.exchange_comm(tc.group, t_a2a, a2a_bytes));
         }
         let (step, ttft, tpot, prefill_share, tokens_per_step) = match (&ir.phase, self.prefill) {
             (Phase::Decode { .. }, Some(pre)) => {
@@ -1663,7 +1646,7 @@ impl Evaluator<'_> {
             sampling_bytes_per_seq,
             point: *p,
             devices,
-            feasible: placed && memory.total() <= memory.capacity,
+            feasible: tc.placed && memory.total() <= memory.capacity,
             time: StepTime {
                 compute: classes,
                 tp_comm: t_tp,
@@ -1713,6 +1696,23 @@ struct Forward {
     transient: f64,
     /// Full-vocabulary logits of the sampled tokens (one per sequence).
     sampled_logits: f64,
+}
+
+/// What a pass pays for its embedding tables ([`Evaluator::table_costs`]).
+struct TableCosts {
+    /// The placement's busiest rank against an even spread.
+    skew: Skew,
+    /// Every table found a place.
+    placed: bool,
+    /// Devices one copy of the tables spans.
+    group: u64,
+    /// The pooled-vector all-to-all of one pass: time and the busiest
+    /// rank's bytes.
+    pooled: (f64, f64),
+    /// The ids' all-to-all of one forward pass: time and bytes.
+    ids: (f64, f64),
+    /// One read of the host tables' rows looked up in a pass: time.
+    host_read: f64,
 }
 
 /// Bytes of one looked-up id in TorchRec's input all-to-all (a

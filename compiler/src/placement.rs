@@ -308,9 +308,15 @@ fn memory_balanced(
 }
 
 /// Per rank, the sum of `of(table)` over the tables it holds: table-wise
-/// tables whole on their rank, row-wise ones split over all ranks (host
-/// and unplaced tables on none).
-fn per_rank(p: &[TablePlacement], devices: u64, of: impl Fn(&TablePlacement) -> f64) -> Vec<f64> {
+/// tables and column slices whole on their rank, row-wise ones split over
+/// all ranks; host and unplaced tables on none, or, with `spread_rest`,
+/// split over all ranks too (their lookups are still served everywhere).
+fn per_rank(
+    p: &[TablePlacement],
+    devices: u64,
+    spread_rest: bool,
+    of: impl Fn(&TablePlacement) -> f64,
+) -> Vec<f64> {
     let n = devices.max(1) as usize;
     let mut v = vec![0.0; n];
     for t in p {
@@ -321,6 +327,7 @@ fn per_rank(p: &[TablePlacement], devices: u64, of: impl Fn(&TablePlacement) -> 
                 }
             }
             "row_wise" => v.iter_mut().for_each(|x| *x += of(t) / n as f64),
+            _ if spread_rest => v.iter_mut().for_each(|x| *x += of(t) / n as f64),
             _ => {}
         }
     }
@@ -329,13 +336,13 @@ fn per_rank(p: &[TablePlacement], devices: u64, of: impl Fn(&TablePlacement) -> 
 
 /// HBM bytes of embedding tables on each rank of a placement.
 pub fn bytes_per_rank(p: &[TablePlacement], devices: u64) -> Vec<f64> {
-    per_rank(p, devices, |t| t.bytes)
+    per_rank(p, devices, false, |t| t.bytes)
 }
 
 /// Lookup cost per rank of a placement, and the imbalance (max / mean - 1).
 pub fn balance(p: &[TablePlacement], devices: u64) -> (Vec<f64>, f64) {
     let n = devices.max(1) as usize;
-    let load = per_rank(p, devices, |t| t.cost);
+    let load = per_rank(p, devices, false, |t| t.cost);
     let mean = load.iter().sum::<f64>() / n as f64;
     let max = load.iter().copied().fold(0.0, f64::max);
     let imb = if mean > 0.0 { max / mean - 1.0 } else { 0.0 };
@@ -425,64 +432,44 @@ impl Default for Skew {
 /// columns split over every rank).
 pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
     let n = devices.max(1) as usize;
-    let total: f64 = p.iter().map(|t| t.cost).sum();
+    let nf = n as f64;
+    let total = p.iter().fold(0.0, |a, t| a + t.cost);
     if p.is_empty() || total <= 0.0 {
         return Skew::default();
     }
-    let width = |t: &TablePlacement| (t.columns.1 - t.columns.0) as f64;
-    let spread = |of: &dyn Fn(&TablePlacement) -> f64| {
-        let mut v = vec![0.0; n];
-        for t in p {
-            match (t.sharding, t.ranks.first()) {
-                ("table_wise" | "column_wise", Some(r)) => {
-                    if let Some(x) = v.get_mut(*r as usize) {
-                        *x += of(t);
-                    }
-                }
-                _ => v.iter_mut().for_each(|x| *x += of(t) / n as f64),
-            }
-        }
-        v
-    };
-    let nf = n as f64;
-    let load = spread(&|t: &TablePlacement| t.cost);
-    let cols = spread(&width);
-    // The input all-to-all's busiest rank, in `per`-entry units.
-    let input = |per: &dyn Fn(&TablePlacement) -> f64| {
-        if n == 1 {
-            return 0.0;
-        }
-        let served = spread(per);
-        let all: f64 = served.iter().sum();
-        served
-            .iter()
-            .map(|c| ((nf - 1.0) * c).max(all - c))
+    // An all-to-all's busiest rank in units of an even one's: the rank
+    // serving `v_r` of `V` per sample receives `(n - 1) v_r` and sends `V
+    // - v_r` (or the reverse); evenly both are `V (n - 1) / n`.
+    let busiest = |v: &[f64]| {
+        let all: f64 = v.iter().sum();
+        v.iter()
+            .map(|x| ((nf - 1.0) * x).max(all - x))
             .fold(0.0, f64::max)
             * nf
             / (nf - 1.0)
     };
+    let load = per_rank(p, devices, true, |t| t.cost);
+    let cols = per_rank(p, devices, true, |t| (t.columns.1 - t.columns.0) as f64);
     let w_all: f64 = cols.iter().sum();
-    let lookups = load.iter().copied().fold(0.0, f64::max) / (total / nf);
-    let exchange = if n > 1 && w_all > 0.0 {
-        cols.iter()
-            .map(|w| (nf * w).max((w_all - w) * nf / (nf - 1.0)))
-            .fold(0.0, f64::max)
-            / w_all
+    let (exchange, ids, lengths) = if n > 1 && w_all > 0.0 {
+        (
+            busiest(&cols) / w_all,
+            busiest(&per_rank(p, devices, true, |t| t.pooling)),
+            busiest(&per_rank(p, devices, true, |_| 1.0)),
+        )
     } else {
-        1.0
+        (1.0, 0.0, 0.0)
     };
-    // (A fold from +0.0: an empty f64 `sum` is -0.0.)
-    let host = p
-        .iter()
-        .filter(|t| t.sharding == "host")
-        .fold(0.0, |a, t| a + t.cost)
-        / total;
     Skew {
-        lookups,
+        lookups: load.iter().copied().fold(0.0, f64::max) / (total / nf),
         exchange,
-        host,
-        ids: input(&|t: &TablePlacement| t.pooling),
-        lengths: input(&|_: &TablePlacement| 1.0),
+        host: p
+            .iter()
+            .filter(|t| t.sharding == "host")
+            .fold(0.0, |a, t| a + t.cost)
+            / total,
+        ids,
+        lengths,
     }
 }
 

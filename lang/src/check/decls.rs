@@ -1710,14 +1710,7 @@ impl Checker {
         let mut ok = true;
         for (k, ks, fv, fs) in fields {
             if !allowed.contains(&k.as_str()) {
-                let mut d =
-                    Diagnostic::error(Code::L071, format!("`{name}` has no setting `{k}`"), ks)
-                        .with_label(ks, "unknown setting");
-                d = match suggest(&k, allowed.iter().copied()) {
-                    Some(x) => d.with_help(format!("did you mean `{x}`?")),
-                    None => d.with_help(format!("`{name}` takes: {}", allowed.join(", "))),
-                };
-                self.diags.push(d);
+                self.unknown_setting(name, &k, ks, allowed);
                 ok = false;
                 continue;
             }
@@ -1869,17 +1862,7 @@ impl Checker {
                     "tp" => &mut k.overlap.tp,
                     "pp" => &mut k.overlap.pp,
                     _ => {
-                        let mut d = Diagnostic::error(
-                            Code::L071,
-                            format!("`overlap` has no setting `{name}`"),
-                            ns,
-                        )
-                        .with_label(ns, "unknown setting");
-                        d = match suggest(&name, ["fsdp", "tp", "pp"].into_iter()) {
-                            Some(x) => d.with_help(format!("did you mean `{x}`?")),
-                            None => d.with_help("`overlap` takes: fsdp, tp, pp"),
-                        };
-                        self.diags.push(d);
+                        self.unknown_setting("overlap", &name, ns, &["fsdp", "tp", "pp"]);
                         ok = false;
                         continue;
                     }
@@ -1903,10 +1886,25 @@ impl Checker {
         ok.then_some(k)
     }
 
+    /// `L071`: record `record` has no setting `name`; a did-you-mean from
+    /// `keys`, or the list of them.
+    fn unknown_setting(&mut self, record: &str, name: &str, span: Span, keys: &[&str]) {
+        let mut d = Diagnostic::error(
+            Code::L071,
+            format!("`{record}` has no setting `{name}`"),
+            span,
+        )
+        .with_label(span, "unknown setting");
+        d = match suggest(name, keys.iter().copied()) {
+            Some(x) => d.with_help(format!("did you mean `{x}`?")),
+            None => d.with_help(format!("`{record}` takes: {}", keys.join(", "))),
+        };
+        self.diags.push(d);
+    }
+
     /// `embeddings = { placement = cost_balanced | memory_balanced,
     /// column_slice = N }` ([`TableSharding`]).
     fn table_sharding(&mut self, v: &Value, span: Span) -> Option<TableSharding> {
-        const KEYS: [&str; 2] = ["placement", "column_slice"];
         let mut placement = None;
         let mut slice: Option<(u64, Span)> = None;
         let mut ok = true;
@@ -1928,17 +1926,7 @@ impl Checker {
                     None => ok = false,
                 },
                 _ => {
-                    let mut d = Diagnostic::error(
-                        Code::L071,
-                        format!("`embeddings` has no setting `{name}`"),
-                        ns,
-                    )
-                    .with_label(ns, "unknown setting");
-                    d = match suggest(&name, KEYS.into_iter()) {
-                        Some(x) => d.with_help(format!("did you mean `{x}`?")),
-                        None => d.with_help("`embeddings` takes: placement, column_slice"),
-                    };
-                    self.diags.push(d);
+                    self.unknown_setting("embeddings", &name, ns, &["placement", "column_slice"]);
                     ok = false;
                 }
             }
