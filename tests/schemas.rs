@@ -371,13 +371,22 @@ fn every_json_output_matches_its_schema() {
     }
     // With `--picks`, a reference plan carries the `published` object:
     // one whose free pick differs (with a memory margin), one whose pick
-    // is the published configuration. Two cheap 8-GPU plans: the released
-    // search costs seconds per plan in a debug build.
-    for (file, same) in [
-        ("examples/reference/f01_llama31_8b_8gpu.gantry", false),
-        ("examples/reference/f14_llama31_8b_8gpu.gantry", true),
+    // is the published configuration. Two cheap plans (8 GPUs and 1): the
+    // released search costs seconds per plan in a debug build.
+    for (file, name, same) in [
+        (
+            "examples/reference/f01_llama31_8b_8gpu.gantry",
+            "f01_llama31_8b_8gpu_plan",
+            false,
+        ),
+        (
+            "examples/reference/c01_dlrm_small_1gpu.gantry",
+            "c01_dlrm_small_mixed_plan",
+            true,
+        ),
     ] {
-        let (code, out, err) = gantry(&["plan", file, "--format", "json", "--picks"]);
+        let (code, out, err) =
+            gantry(&["plan", file, "--plan", name, "--format", "json", "--picks"]);
         assert_eq!(code, 0, "{file} --picks: {err}");
         let v: Value = serde_json::from_str(&out).expect("JSON");
         assert_eq!(v["published"]["same"], json!(same), "{file}: {out}");

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collective::{Collective, Level, Topology};
 use crate::hardware::Hardware;
-use crate::ir::{Class, Ir, IrOp, SegmentKind};
+use crate::ir::{Class, FLASH_BLOCK, Ir, IrOp, SegmentKind};
 use crate::memory::{self, Held, Role};
 use crate::placement::Skew;
 use crate::point::{DesignPoint, Recompute};
@@ -443,17 +443,34 @@ impl Evaluator<'_> {
                 } else {
                     (hw.e_matmul, hw.peak)
                 };
-                let e = base * per / (per + hw.matmul_knee)
-                    * wave_efficiency(g.k, per, instances, hw.cores);
+                let e = if o.flash {
+                    // One kernel call per ring step of context
+                    // parallelism, over this rank's query rows and heads
+                    // and one step's keys (the causal share of them).
+                    let heads = g.count / 2.0 / if sharded { t } else { 1.0 };
+                    let work = o.flops / (2.0 * g.count * g.m * g.n * g.k).max(f64::MIN_POSITIVE);
+                    base * flash_efficiency(
+                        g.n * work / c,
+                        (g.m / c / FLASH_BLOCK).ceil() * heads * b,
+                        self.ir.act_bytes,
+                        peak,
+                        hw.hbm_bandwidth,
+                        hw.cores,
+                    )
+                } else {
+                    base * per / (per + hw.matmul_knee)
+                        * wave_efficiency(g.k, per, instances, hw.cores)
+                };
                 flops / (peak * e.max(1e-6))
             }
             _ => 0.0,
         };
         let memory = bytes / (hw.hbm_bandwidth * hw.e_memory);
+        // A fused attention kernel runs once per ring step.
         let mut launches = if o.class == Class::Layout && o.bytes == 0.0 {
             0.0
         } else {
-            o.mult * o.kernels
+            o.mult * o.kernels * if o.flash { c } else { 1.0 }
         };
         // Casts to the matmul precision run as kernels of their own before
         // the product: each reads the element, writes it in the narrower
@@ -1753,19 +1770,47 @@ pub fn pipeline_in_flight(pp: f64, v: f64, m: f64) -> f64 {
     }
 }
 
+/// Fused attention's efficiency before the fitted factor. A call runs a
+/// thread block per `FLASH_BLOCK` query rows and head (`blocks` in all):
+/// it loads its queries, loops over `keys` keys on average (a block of
+/// `FLASH_BLOCK` keys costs `4 FLASH_BLOCK^2 d` FLOPs at the core's share
+/// of `peak`) and writes its output (`2 FLASH_BLOCK d beta` bytes at the
+/// core's share of `bandwidth`). The load and the store cost as much as
+/// `L0 = beta peak / (2 bandwidth)` keys of the loop, whatever the block
+/// and head sizes, so a call runs at `keys / (keys + L0)`, in whole waves
+/// of blocks on the device's `cores` (docs/COST-MODEL.md, "Fused
+/// attention").
+pub fn flash_efficiency(
+    keys: f64,
+    blocks: f64,
+    beta: f64,
+    peak: f64,
+    bandwidth: f64,
+    cores: Option<u64>,
+) -> f64 {
+    let l0 = beta * peak / (2.0 * bandwidth);
+    let keys = keys.max(1.0);
+    keys / (keys + l0) * whole_waves(blocks.max(1.0).round(), cores)
+}
+
+/// The share of `cores` busy over the whole waves that run `tiles`
+/// independent tiles (1 when the device does not declare `cores`).
+fn whole_waves(tiles: f64, cores: Option<u64>) -> f64 {
+    let Some(cores) = cores else {
+        return 1.0;
+    };
+    let cores = cores as f64;
+    tiles / ((tiles / cores).ceil() * cores)
+}
+
 /// Wave quantisation: a product of `instances` independent outputs of
 /// `per / (2 k)` elements each runs `ceil(elements / 128^2)` output tiles
 /// per instance on the device's `cores`, in whole waves; the last wave's
 /// idle cores are lost. 1 when the device does not declare `cores`.
 pub fn wave_efficiency(k: f64, per: f64, instances: f64, cores: Option<u64>) -> f64 {
-    let Some(cores) = cores else {
-        return 1.0;
-    };
-    let cores = cores as f64;
     let elements = per / (2.0 * k.max(1.0));
     let tiles = (elements / (GEMM_TILE * GEMM_TILE)).ceil().max(1.0) * instances.max(1.0).round();
-    let waves = (tiles / cores).ceil();
-    tiles / (waves * cores)
+    whole_waves(tiles, cores)
 }
 
 fn add_seg(a: &SegCost, s: &SegCost, k: f64) -> SegCost {

@@ -379,6 +379,10 @@ pub struct IrOp {
     /// queries and keys, run as PyTorch primitives); added to the op's
     /// time, not overlapped with it.
     pub side_bytes: f64,
+    /// A fused (flash) attention kernel over the sequence it is given (not
+    /// a cache): its efficiency follows its key loop and its grid of query
+    /// blocks ([`crate::cost::flash_efficiency`]), not the products' knee.
+    pub flash: bool,
 }
 
 impl IrOp {
@@ -408,6 +412,7 @@ impl IrOp {
             cast_fwd: 0.0,
             cast_bwd: 0.0,
             side_bytes: 0.0,
+            flash: false,
             factored: 0.0,
             table_factored: 0.0,
             tied: 0.0,
@@ -1024,6 +1029,7 @@ impl Lowering<'_> {
                 o.flops = 4.0 * scores * hd * work;
                 if !materialized && self.context.is_none() {
                     o.bwd_flops = 2.5;
+                    o.flash = true;
                 }
                 let kv_elems = 2.0 * kv_tokens * *kv_heads as f64 * hd;
                 let qo = self.n(op.inputs[0]) + out_n;

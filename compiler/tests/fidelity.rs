@@ -69,6 +69,48 @@ fn fused_causal_attention_skips_the_blocks_above_the_diagonal() {
 }
 
 #[test]
+fn flash_attention_efficiency_halves_at_the_device_balance() {
+    use gantry_compiler::cost::flash_efficiency;
+    // An H100 SXM in bf16: L0 = 2 x 989.4 / (2 x 3.35) = 295.3 keys.
+    let (peak, bw) = (989.4e12, 3.35e12);
+    let l0 = 2.0 * peak / (2.0 * bw);
+    let e = |keys: f64, blocks: f64| flash_efficiency(keys, blocks, 2.0, peak, bw, Some(132));
+    assert!((e(l0, 132.0) - 0.5).abs() < 1e-12);
+    assert!((e(3.0 * l0, 264.0) - 0.75).abs() < 1e-12);
+    // One block more than two waves: the third wave runs 1 of 132.
+    assert!((e(l0, 265.0) - 0.5 * 265.0 / 396.0).abs() < 1e-12);
+    // Without declared cores, no wave term.
+    assert!((flash_efficiency(l0, 7.0, 2.0, peak, bw, None) - 0.5).abs() < 1e-12);
+}
+
+/// Ring context parallelism runs one fused kernel per step over the
+/// rank's `s / c` queries and one step's `s / c` keys: the same work in
+/// shorter loops. At 8,192 tokens on eight GPUs, `cp = 8` against `dp = 8`
+/// (one sample per rank either way) charges attention the ratio of the two
+/// calls' efficiencies, `f(L1) / f(L8)` with `f(L) = L / (L + L0)`.
+#[test]
+fn ring_attention_runs_one_short_kernel_per_step() {
+    let seq = 8192;
+    let (ir, whole) = eval("", seq, "dp=8,cp=1");
+    let (_, ring) = eval("", seq, "dp=1,cp=8");
+    let ev = evaluate(&plan("", seq), &BTreeMap::new()).expect("evaluates");
+    let hw = &ev.hardware;
+    let l0 = ir.act_bytes * hw.peak / (2.0 * hw.hbm_bandwidth);
+    let n = (seq as f64 / FLASH_BLOCK).ceil();
+    let keys = seq as f64 * (n + 1.0) / (2.0 * n);
+    let f = |l: f64| l / (l + l0);
+    // Both grids are 1,024 and 128 blocks (64 or 8 query blocks x 16
+    // heads): the same share of 132 cores, so only the loop differs.
+    let expected = f(keys) / f(keys / 8.0);
+    let ratio = ring.time.compute.attention / whole.time.compute.attention;
+    assert!(
+        (ratio - expected).abs() < 1e-9 * expected,
+        "ratio {ratio}, expected {expected}"
+    );
+    assert!(expected > 1.5, "{expected}");
+}
+
+#[test]
 fn fused_attention_stores_no_score_matrix() {
     // Activations grow linearly with the sequence under fused attention
     // and faster than linearly when the scores are materialized.

@@ -325,31 +325,46 @@ pub fn size_from(
             let got = throughput(&e, &d.kind) * fraction(&g);
             // Re-plan at the node count the shortfall (or the surplus)
             // calls for, with 5% to spare; keep it only if it still meets
-            // the demand (shrinking) or delivers more (growing).
-            let nodes = ((e.devices.div_ceil(per) as f64 * demand / got.max(f64::MIN_POSITIVE)
-                * 1.05)
-                .ceil()
-                .min(1e9) as u64)
-                .max(1);
+            // the demand (shrinking) or delivers more (growing). A
+            // shrink whose spare count does not (its devices may not
+            // divide the batch) tries the count without the spare.
             let short = got < demand;
-            if (short && nodes * per > 1 << 24)
-                || nodes == c.nodes
-                || (!short && nodes >= e.devices.div_ceil(per))
-            {
-                break;
+            let at = |spare: f64| {
+                ((e.devices.div_ceil(per) as f64 * demand / got.max(f64::MIN_POSITIVE) * spare)
+                    .ceil()
+                    .min(1e9) as u64)
+                    .max(1)
+            };
+            let tries = if short {
+                vec![at(1.05)]
+            } else {
+                vec![at(1.05), at(1.0)]
+            };
+            let mut kept = None;
+            for (i, &nodes) in tries.iter().enumerate() {
+                if (short && nodes * per > 1 << 24)
+                    || nodes == c.nodes
+                    || (!short && nodes >= e.devices.div_ceil(per))
+                    || (i > 0 && nodes == tries[i - 1])
+                {
+                    continue;
+                }
+                let mut next = c.clone();
+                next.nodes = if short { nodes.max(c.nodes + 1) } else { nodes };
+                let Ok((other_json, other)) = search(&next) else {
+                    continue;
+                };
+                let og = goodput_of(&other);
+                let ogot = throughput(&other, &d.kind) * fraction(&og);
+                if if short { ogot > got } else { ogot >= demand } {
+                    kept = Some((other, og, next, other_json));
+                    break;
+                }
             }
-            let mut next = c.clone();
-            next.nodes = if short { nodes.max(c.nodes + 1) } else { nodes };
-            let Ok((other_json, other)) = search(&next) else {
+            let Some(k) = kept else {
                 break;
             };
-            let og = goodput_of(&other);
-            let ogot = throughput(&other, &d.kind) * fraction(&og);
-            let keep = if short { ogot > got } else { ogot >= demand };
-            if !keep {
-                break;
-            }
-            (e, g, c, plan_json) = (other, og, next, other_json);
+            (e, g, c, plan_json) = k;
         }
         let got = throughput(&e, &d.kind) * fraction(&g);
         // A rate that is not a number meets no demand.
