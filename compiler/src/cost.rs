@@ -6,7 +6,9 @@
 //! * an op's time is its roofline, `max(FLOPs / (peak x e), bytes / (HBM x
 //!   e_mem))`, where `e` for a matrix product follows the device's
 //!   saturating curve `e_matmul x F / (F + knee)` in the product's size `F`,
-//!   plus a kernel launch overhead;
+//!   and for a fused attention kernel its key loop against the query load
+//!   and output store (`flash_efficiency`: a call per ring step of context
+//!   parallelism), plus a kernel launch overhead;
 //! * backward costs twice the forward for products and twice the traffic
 //!   for elementwise ops; recomputation adds forward passes (all of a layer
 //!   for `full`, the attention core for `selective`);
