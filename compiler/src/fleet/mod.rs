@@ -247,6 +247,29 @@ fn busy(e: &Estimate, sys: &Cluster, w: &Workload) -> f64 {
     (e.hfu() / eff).clamp(0.0, 1.0)
 }
 
+/// The node counts a training pool of `nodes` nodes delivering `got`
+/// tries next for `demand`, in order: the count the shortfall or the
+/// surplus calls for with 5% to spare, and, when shrinking, the count
+/// without the spare (the spare count's devices may not divide the
+/// batch). Shrinks stay below `nodes`.
+fn resize_tries(nodes: u64, demand: f64, got: f64) -> Vec<u64> {
+    let at = |spare: f64| {
+        ((nodes as f64 * demand / got.max(f64::MIN_POSITIVE) * spare)
+            .ceil()
+            .min(1e9) as u64)
+            .max(1)
+    };
+    if got < demand {
+        return vec![at(1.05)];
+    }
+    let mut tries: Vec<u64> = [at(1.05), at(1.0)]
+        .into_iter()
+        .filter(|&n| n < nodes)
+        .collect();
+    tries.dedup();
+    tries
+}
+
 /// Sizes one workload's pool on one system.
 pub fn size(
     study: &Study,
@@ -329,24 +352,9 @@ pub fn size_from(
             // shrink whose spare count does not (its devices may not
             // divide the batch) tries the count without the spare.
             let short = got < demand;
-            let at = |spare: f64| {
-                ((e.devices.div_ceil(per) as f64 * demand / got.max(f64::MIN_POSITIVE) * spare)
-                    .ceil()
-                    .min(1e9) as u64)
-                    .max(1)
-            };
-            let tries = if short {
-                vec![at(1.05)]
-            } else {
-                vec![at(1.05), at(1.0)]
-            };
             let mut kept = None;
-            for (i, &nodes) in tries.iter().enumerate() {
-                if (short && nodes * per > 1 << 24)
-                    || nodes == c.nodes
-                    || (!short && nodes >= e.devices.div_ceil(per))
-                    || (i > 0 && nodes == tries[i - 1])
-                {
+            for nodes in resize_tries(e.devices.div_ceil(per), demand, got) {
+                if (short && nodes * per > 1 << 24) || nodes == c.nodes {
                     continue;
                 }
                 let mut next = c.clone();

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 
-use super::{Choice, choose, totals};
+use super::{Choice, choose, resize_tries, totals};
 
 fn table() -> impl Strategy<Value = Vec<Vec<Option<(f64, f64)>>>> {
     (1usize..5, 1usize..6).prop_flat_map(|(d, s)| {
@@ -94,4 +94,17 @@ fn cap_forces_a_dearer_mix_and_reports_the_least_power() {
             homogeneous: None
         }
     );
+}
+
+/// A pool of 16 nodes delivering 1.5987 M tokens/s against a demand of
+/// 771,605 (the 8B pool of `examples/fleet_study.gantry` on MI300X): 9
+/// nodes with 5% to spare, then 8 without (72 devices do not divide the
+/// batch of 512; 64 do). Growing tries only the spare count, and a pool
+/// at its count tries nothing smaller.
+#[test]
+fn a_shrink_tries_the_count_without_the_spare() {
+    assert_eq!(resize_tries(16, 771_605.0, 1_598_705.0), vec![9, 8]);
+    assert_eq!(resize_tries(8, 771_605.0, 700_000.0), vec![10]);
+    assert_eq!(resize_tries(8, 771_605.0, 799_353.0), Vec::<u64>::new());
+    assert_eq!(resize_tries(4, 100.0, 400.0), vec![2, 1]);
 }
