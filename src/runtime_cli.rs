@@ -280,6 +280,8 @@ fn comm_label(what: &str) -> &'static str {
         "pipeline"
     } else if what.contains("expert") {
         "expert"
+    } else if what.contains("embedding ids") {
+        "embedding ids"
     } else if what.contains("embedding") {
         "embedding"
     } else {
@@ -773,7 +775,10 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                 "    {:<10} {:>13}   {}",
                 r.label,
                 human_bytes(r.measured),
-                if model.is_empty() {
+                if r.label == "input" {
+                    "(ids each server's loader reads under model-parallel input: not network traffic)"
+                        .to_string()
+                } else if model.is_empty() {
                     "(not in the cost model)".to_string()
                 } else {
                     model.join("; ")

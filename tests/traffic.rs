@@ -234,3 +234,63 @@ fn inference_tensor_traffic_is_the_cost_models() {
         }
     }
 }
+
+/// The embedding all-to-all of `tests/inputs/_runtime/dlrm_columns.gantry`
+/// (three tables of width 7 on four devices) under each placement: the
+/// pooled vectors forward and their gradients backward that the busiest
+/// device sends equal the cost model's bytes for the placement it prices,
+/// whole tables and column slices (memory-balanced: halves, quarters) and
+/// row-wise tables (cost-balanced: every rank sends its partial sums of
+/// all columns to the others). The ids travel as TorchRec's input
+/// all-to-all under the cost-balanced placement, in both; under the
+/// memory-balanced one each server's loader reads them (model-parallel
+/// input), which the run hands over as `input` and the model does not
+/// price.
+#[test]
+fn embedding_traffic_is_the_cost_models() {
+    for (plan, ids) in [("halved", false), ("sliced", false), ("balanced", true)] {
+        let a = TargetArgs {
+            file: "tests/inputs/_runtime/dlrm_columns.gantry".into(),
+            plan: Some(plan.into()),
+            ..TargetArgs::default()
+        };
+        let t = resolve_target(&a).unwrap_or_else(|_| panic!("{plan}: does not resolve"));
+        let cfg = RunConfig {
+            gradients: true,
+            ..RunConfig::default()
+        };
+        let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
+        assert!(r.passed(), "{plan}: {r:?}");
+        let rows = traffic_rows(&t, &r);
+        let row = |label: &str| rows.iter().find(|r| r.label == label);
+        let pooled = row("embedding").unwrap_or_else(|| panic!("{plan}: {rows:?}"));
+        let model: f64 = pooled.model.iter().map(|(_, b)| b).sum();
+        eprintln!(
+            "{plan}: embedding run {} B, model {model} B",
+            pooled.measured
+        );
+        assert!(pooled.measured > 0.0, "{plan}");
+        assert!(
+            (pooled.measured - model).abs() <= 1e-9 * model,
+            "{plan}: run {} B, model {model} B",
+            pooled.measured
+        );
+        let priced = row("embedding ids").is_some_and(|r| !r.model.is_empty());
+        let sent = row("embedding ids").is_some_and(|r| r.measured > 0.0);
+        assert_eq!((priced, sent), (ids, ids), "{plan}: {rows:?}");
+        assert_eq!(
+            row("input").is_some_and(|r| r.measured > 0.0),
+            !ids,
+            "{plan}"
+        );
+        if ids {
+            // The run sends one id element per sample and table to each
+            // rank that serves it: the three row-wise tables to the three
+            // other ranks, one sample per microbatch, two microbatches,
+            // once (the servers keep them for the backward pass): 18
+            // elements of 4 bytes. (The model prices TorchRec's int64 ids
+            // and int32 lengths, 144 B.)
+            assert_eq!(row("embedding ids").map(|r| r.measured), Some(72.0));
+        }
+    }
+}

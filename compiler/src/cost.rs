@@ -1306,13 +1306,13 @@ impl Evaluator<'_> {
         // Pooled lookups are exchanged between the table owners and the
         // data-parallel ranks, forward and backward, and the ids once,
         // before the forward lookups, every microbatch.
-        let (a2a_emb, a2a_emb_bytes) = (
-            m * (2.0 * tc.pooled.0 + tc.ids.0),
-            m * (2.0 * tc.pooled.1 + tc.ids.1),
+        let a2a_emb = m * (2.0 * tc.pooled.0 + tc.ids.0);
+        self.exchange_comms(
+            tc.group,
+            (m * 2.0 * tc.pooled.0, m * tc.pooled.1 * tc.skew.sent_step),
+            (m * tc.ids.0, m * tc.ids.1),
+            &mut comms,
         );
-        if a2a_emb_bytes > 0.0 {
-            comms.push(self.exchange_comm(tc.group, a2a_emb, a2a_emb_bytes));
-        }
         // Host tables: forward reads, backward read and write.
         let host_lookups = 3.0 * m * tc.host_read;
         let mut compute = body
@@ -1456,9 +1456,9 @@ impl Evaluator<'_> {
             lookup += o.lookup_bytes * o.mult;
             if group > 1 {
                 // The pooled vectors of `b` samples, in the activation
-                // type, `exchange` times an even spread's.
-                let out = (o.bytes - o.lookup_bytes) * b * tc.skew.exchange;
-                tc.pooled.0 += topo.time(Collective::AllToAll, group, 1, out);
+                // type: the time is `exchange` times an even spread's.
+                let out = (o.bytes - o.lookup_bytes) * b;
+                tc.pooled.0 += topo.time(Collective::AllToAll, group, 1, out * tc.skew.exchange);
                 tc.pooled.1 += out;
             }
         }
@@ -1471,7 +1471,8 @@ impl Evaluator<'_> {
         // features of the whole batch): no exchange.
         if group > 1 && matches!(self.ir.kernels.tables, TableSharding::CostBalanced) {
             let ids = b * (tc.skew.ids * ID_BYTES + tc.skew.lengths * LENGTH_BYTES);
-            tc.ids = (topo.time(Collective::AllToAll, group, 1, ids), ids);
+            let sent = b * tc.skew.ids_sent;
+            tc.ids = (topo.time(Collective::AllToAll, group, 1, ids), sent);
         }
         // Host tables' share of the rows looked up crosses the host link
         // (host bandwidth split over the node's GPUs).
@@ -1482,18 +1483,33 @@ impl Evaluator<'_> {
         tc
     }
 
-    /// The report line of the pooled-embedding all-to-all.
-    fn exchange_comm(&self, devices: u64, time: f64, bytes: f64) -> Comm {
+    /// The report lines of the embedding all-to-alls: the pooled vectors
+    /// (and their gradients) and, when they travel, the ids; `bytes` are
+    /// what the busiest rank sends, `time` prices its larger direction.
+    fn exchange_comms(
+        &self,
+        devices: u64,
+        pooled: (f64, f64),
+        ids: (f64, f64),
+        comms: &mut Vec<Comm>,
+    ) {
         let topo = &self.hw.topo;
-        Comm {
-            what: "embedding all-to-all (busiest rank)".into(),
-            collective: Collective::AllToAll,
-            group: devices,
-            level: topo.level(devices, 1),
-            algorithm: topo.algorithm(Collective::AllToAll, devices, 1).into(),
-            bytes: bytes * (devices.max(1) - 1) as f64 / devices.max(1) as f64,
-            time,
-            exposed: time,
+        for (what, (time, bytes)) in [
+            ("embedding all-to-all (busiest rank)", pooled),
+            ("embedding ids all-to-all (busiest rank)", ids),
+        ] {
+            if bytes > 0.0 {
+                comms.push(Comm {
+                    what: what.into(),
+                    collective: Collective::AllToAll,
+                    group: devices,
+                    level: topo.level(devices, 1),
+                    algorithm: topo.algorithm(Collective::AllToAll, devices, 1).into(),
+                    bytes,
+                    time,
+                    exposed: time,
+                });
+            }
         }
     }
 
@@ -1592,7 +1608,7 @@ impl Evaluator<'_> {
         // all-to-alls and host lookups (forward only).
         let tc = self.table_costs(p, b, &mut memory);
         classes.embedding *= tc.skew.lookups;
-        let (t_a2a, a2a_bytes) = (tc.pooled.0 + tc.ids.0, tc.pooled.1 + tc.ids.1);
+        let t_a2a = tc.pooled.0 + tc.ids.0;
         let host_lookups = tc.host_read;
         let t_fwd = classes.total();
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
@@ -1631,9 +1647,12 @@ impl Evaluator<'_> {
                 exposed: t_tp,
             });
         }
-        if a2a_bytes > 0.0 {
-            comms.push(self.exchange_comm(tc.group, t_a2a, a2a_bytes));
-        }
+        self.exchange_comms(
+            tc.group,
+            (tc.pooled.0, tc.pooled.1 * tc.skew.sent_forward),
+            tc.ids,
+            &mut comms,
+        );
         let (step, ttft, tpot, prefill_share, tokens_per_step) = match (&ir.phase, self.prefill) {
             (Phase::Decode { .. }, Some(pre)) => {
                 // Serving: every request's prompt is prefilled once and
@@ -1725,21 +1744,18 @@ struct TableCosts {
     placed: bool,
     /// Devices one copy of the tables spans.
     group: u64,
-    /// The pooled-vector all-to-all of one pass: time and the busiest
-    /// rank's bytes.
+    /// The pooled-vector all-to-all of one pass: time, and the pooled
+    /// bytes of the local samples (`W x beta x b`, which the skew's
+    /// `sent_*` scale to what the busiest rank sends).
     pooled: (f64, f64),
-    /// The ids' all-to-all of one forward pass: time and bytes.
+    /// The ids' all-to-all of one forward pass: time and the bytes the
+    /// busiest rank sends.
     ids: (f64, f64),
     /// One read of the host tables' rows looked up in a pass: time.
     host_read: f64,
 }
 
-/// Bytes of one looked-up id in TorchRec's input all-to-all (a
-/// `KeyedJaggedTensor`'s values are int64).
-pub const ID_BYTES: f64 = 8.0;
-
-/// Bytes of one per-sample length in that all-to-all (int32 lengths).
-pub const LENGTH_BYTES: f64 = 4.0;
+pub use crate::placement::{ID_BYTES, LENGTH_BYTES};
 
 /// Bytes per logit a sampling pass holds beyond the activation type's
 /// copy: the fp32 upcast and the fp32 probabilities of its softmax.

@@ -397,23 +397,48 @@ pub struct Skew {
     /// The busiest rank's lookup cost over the mean.
     pub lookups: f64,
     /// The pooled-embedding all-to-all's busiest rank over an even
-    /// spread's. A rank holding `w` of the `W` pooled columns sends
-    /// them for the other ranks' samples, `(n - 1) w` per local sample,
-    /// and receives the `W - w` it does not hold; evenly both are
-    /// `W (n - 1) / n`. So `max_r max(n w_r, (W - w_r) n / (n - 1)) / W`.
+    /// spread's, by the larger of what it sends and receives in a pass
+    /// (per local sample, of `W` pooled columns; evenly both are
+    /// `W (n - 1) / n`). A rank holding `w` columns of whole or column-sliced
+    /// tables sends them for the other ranks' samples, `(n - 1) w`, and
+    /// receives the columns it does not hold; every rank of a row-wise
+    /// table sends its partial sums of all `d` columns to the `n - 1`
+    /// others and receives theirs, `(n - 1) d` each way (TorchRec's
+    /// reduce-scatter of pooled embeddings); host tables are read by each
+    /// rank for its own samples and move nothing. Backward mirrors the
+    /// forward (the gradients go back to the holders).
     pub exchange: f64,
     /// Share of the lookup cost served from host memory.
     pub host: f64,
-    /// Ids per local sample the input all-to-all's busiest rank moves,
-    /// over `n / (n - 1)` (so that its bytes price like an even
-    /// exchange's): a rank whose entries look up `c` of the `C` ids per
-    /// sample receives `c` from each of the `n - 1` others and sends the
-    /// `C - c` it does not serve, `max_r max((n - 1) c_r, C - c_r) n / (n
-    /// - 1)`. A column-sliced table's ids go to every slice.
+    /// Ids per local sample the input all-to-all's busiest rank moves
+    /// (the larger direction), times `n / (n - 1)` (so that its bytes
+    /// price like an even exchange's): a table entry's ids, `pooling` per
+    /// sample, go from every other rank to its holder (to every slice of
+    /// a column-sliced table; bucketized by rows over all ranks for a
+    /// row-wise one).
     pub ids: f64,
-    /// The same for the per-sample lengths (one per table entry).
+    /// The same for the per-sample lengths: one per entry to its holder,
+    /// one to every rank for a row-wise entry (each bucket carries the
+    /// lengths of every sample).
     pub lengths: f64,
+    /// Bytes the busiest rank *sends* (what `gantry run` measures; the
+    /// fields above price time, where a rank's larger direction counts),
+    /// per local sample, over the `W` pooled columns: forward only, and a
+    /// training step's forward and backward (where a rank sends what it
+    /// received forward).
+    pub sent_forward: f64,
+    pub sent_step: f64,
+    /// Bytes of ids and lengths the busiest rank sends per local sample
+    /// ([`ID_BYTES`] per id, [`LENGTH_BYTES`] per length).
+    pub ids_sent: f64,
 }
+
+/// Bytes of one looked-up id in TorchRec's input all-to-all (a
+/// `KeyedJaggedTensor`'s values are int64).
+pub const ID_BYTES: f64 = 8.0;
+
+/// Bytes of one per-sample length in that all-to-all (int32 lengths).
+pub const LENGTH_BYTES: f64 = 4.0;
 
 impl Default for Skew {
     fn default() -> Self {
@@ -423,6 +448,9 @@ impl Default for Skew {
             host: 0.0,
             ids: 0.0,
             lengths: 0.0,
+            sent_forward: 0.0,
+            sent_step: 0.0,
+            ids_sent: 0.0,
         }
     }
 }
@@ -437,40 +465,78 @@ pub fn skew(p: &[TablePlacement], devices: u64) -> Skew {
     if p.is_empty() || total <= 0.0 {
         return Skew::default();
     }
-    // An all-to-all's busiest rank in units of an even one's: the rank
-    // serving `v_r` of `V` per sample receives `(n - 1) v_r` and sends `V
-    // - v_r` (or the reverse); evenly both are `V (n - 1) / n`.
-    let busiest = |v: &[f64]| {
-        let all: f64 = v.iter().sum();
-        v.iter()
-            .map(|x| ((nf - 1.0) * x).max(all - x))
-            .fold(0.0, f64::max)
-            * nf
-            / (nf - 1.0)
-    };
     let load = per_rank(p, devices, true, |t| t.cost);
-    let cols = per_rank(p, devices, true, |t| (t.columns.1 - t.columns.0) as f64);
-    let w_all: f64 = cols.iter().sum();
-    let (exchange, ids, lengths) = if n > 1 && w_all > 0.0 {
-        (
-            busiest(&cols) / w_all,
-            busiest(&per_rank(p, devices, true, |t| t.pooling)),
-            busiest(&per_rank(p, devices, true, |_| 1.0)),
-        )
-    } else {
-        (1.0, 0.0, 0.0)
+    // Per rank, what it sends and receives per local sample in a forward
+    // pass: pooled columns, ids and lengths.
+    let (mut send, mut recv) = (vec![[0.0f64; 3]; n], vec![[0.0f64; 3]; n]);
+    let mut w_all = 0.0;
+    for t in p {
+        let w = (t.columns.1 - t.columns.0) as f64;
+        w_all += w;
+        let per = [w, t.pooling, 1.0];
+        match t.sharding {
+            "table_wise" | "column_wise" => {
+                let Some(h) = t.ranks.first().map(|r| *r as usize).filter(|h| *h < n) else {
+                    continue;
+                };
+                for q in (0..n).filter(|q| *q != h) {
+                    // The holder's columns for q's samples; q's ids to it.
+                    send[h][0] += w;
+                    recv[q][0] += w;
+                    send[q][1] += per[1];
+                    send[q][2] += 1.0;
+                    recv[h][1] += per[1];
+                    recv[h][2] += 1.0;
+                }
+            }
+            "row_wise" => {
+                for r in 0..n {
+                    send[r][0] += (nf - 1.0) * w;
+                    recv[r][0] += (nf - 1.0) * w;
+                    send[r][1] += per[1] * (nf - 1.0) / nf;
+                    recv[r][1] += per[1] * (nf - 1.0) / nf;
+                    send[r][2] += nf - 1.0;
+                    recv[r][2] += nf - 1.0;
+                }
+            }
+            "host" => {}
+            _ => {
+                // Not placed: spread evenly, as if row-sliced by columns.
+                for r in 0..n {
+                    for k in 0..3 {
+                        send[r][k] += per[k] * (nf - 1.0) / nf;
+                        recv[r][k] += per[k] * (nf - 1.0) / nf;
+                    }
+                }
+            }
+        }
+    }
+    let most = |k: usize, f: &dyn Fn(f64, f64) -> f64| {
+        (0..n)
+            .map(|r| f(send[r][k], recv[r][k]))
+            .fold(0.0, f64::max)
     };
-    Skew {
+    let mut skew = Skew {
         lookups: load.iter().copied().fold(0.0, f64::max) / (total / nf),
-        exchange,
         host: p
             .iter()
             .filter(|t| t.sharding == "host")
             .fold(0.0, |a, t| a + t.cost)
             / total,
-        ids,
-        lengths,
+        ..Skew::default()
+    };
+    if n > 1 && w_all > 0.0 {
+        let even = w_all * (nf - 1.0) / nf;
+        skew.exchange = most(0, &f64::max) / even;
+        skew.sent_forward = most(0, &|s, _| s) / w_all;
+        skew.sent_step = most(0, &|s, r| s + r) / w_all;
+        skew.ids = most(1, &f64::max) * nf / (nf - 1.0);
+        skew.lengths = most(2, &f64::max) * nf / (nf - 1.0);
+        skew.ids_sent = (0..n)
+            .map(|r| send[r][1] * ID_BYTES + send[r][2] * LENGTH_BYTES)
+            .fold(0.0, f64::max);
     }
+    skew
 }
 
 /// A placement's figures for reports: the workload's placement, the

@@ -537,10 +537,9 @@ fn dlrm_table_memory_is_the_busiest_rank_of_the_placement() {
 
 /// The cost model prices the placement `plan` reports: on DLE's large
 /// DLRM (`placement = memory_balanced`, tables cut by columns), the
-/// pooled all-to-all the estimate charges moves the bytes of the rank
-/// that sends or receives most under the reported placement, counted
-/// here from that placement's columns, and the tables' memory is its
-/// busiest rank's.
+/// pooled all-to-all's bytes are what the busiest rank sends forward and
+/// backward under the reported placement, counted here from that
+/// placement's columns, and the tables' memory is its busiest rank's.
 #[test]
 fn dlrm_prices_the_placement_it_reports() {
     let p = common::plan(
@@ -560,16 +559,16 @@ fn dlrm_prices_the_placement_it_reports() {
     }
     let all: f64 = cols.iter().sum();
     assert_eq!(all, 26.0 * 128.0);
-    // Per local sample a rank sends its columns to n - 1 others and
-    // receives the columns it does not hold.
+    // Per local sample a rank sends its columns to n - 1 others forward
+    // and the gradients of the columns it does not hold backward.
     let busiest = cols
         .iter()
-        .map(|w| (w * (nf - 1.0)).max(all - w))
+        .map(|w| w * (nf - 1.0) + all - w)
         .fold(0.0, f64::max);
     let b = ev.estimate.point.microbatch as f64;
     let act = 2.0; // fp16 pooled vectors
     let m = 65_536.0 / (nf * b);
-    let expect = 2.0 * m * b * busiest * act; // forward and backward
+    let expect = m * b * busiest * act;
     let comm = ev
         .estimate
         .comms
@@ -586,10 +585,14 @@ fn dlrm_prices_the_placement_it_reports() {
 }
 
 /// Under the cost-balanced placement (TorchRec's input distribution) the
-/// all-to-all also carries the ids to the ranks that serve their tables,
-/// once per microbatch before the lookups: 8 bytes per id and 4 per
-/// sample and table, counted here from the reported placement (row-wise
-/// tables' ids split over every rank).
+/// ids travel too, in their own all-to-all, once per microbatch before
+/// the lookups: 8 bytes per id and 4 per sample and table. Counted here
+/// from the reported placement, per rank and local sample, what it sends:
+/// a whole table's holder its columns to the n - 1 others forward and the
+/// gradients of the columns it does not hold backward, every rank of a
+/// row-wise table its partial sums of all columns to the others and their
+/// gradients back; the ids of the entries it does not serve (a row-wise
+/// table's bucketized over all ranks, its lengths to every rank).
 #[test]
 fn torchrec_placement_also_moves_the_ids() {
     let p = common::plan("examples/dlrm_train.gantry", None);
@@ -597,46 +600,55 @@ fn torchrec_placement_also_moves_the_ids() {
     let (group, tables) = gantry_compiler::plan::table_placement(&ev);
     let n = group as usize;
     let nf = n as f64;
-    let (mut cols, mut ids, mut entries) = (vec![0.0f64; n], vec![0.0f64; n], vec![0.0f64; n]);
+    let (mut pooled, mut ids) = (vec![0.0f64; n], vec![0.0f64; n]);
+    let all: f64 = tables
+        .iter()
+        .map(|t| (t.columns.1 - t.columns.0) as f64)
+        .sum();
     for t in &tables {
         let w = (t.columns.1 - t.columns.0) as f64;
         match t.sharding {
             "row_wise" => {
                 for r in 0..n {
-                    cols[r] += w / nf;
-                    ids[r] += t.pooling / nf;
-                    entries[r] += 1.0 / nf;
+                    pooled[r] += 2.0 * (nf - 1.0) * w;
+                    ids[r] += 8.0 * t.pooling * (nf - 1.0) / nf + 4.0 * (nf - 1.0);
                 }
             }
             _ => {
-                let r = t.ranks[0] as usize;
-                cols[r] += w;
-                ids[r] += t.pooling;
-                entries[r] += 1.0;
+                let h = t.ranks[0] as usize;
+                for r in 0..n {
+                    if r == h {
+                        pooled[r] += (nf - 1.0) * w;
+                    } else {
+                        pooled[r] += w;
+                        ids[r] += 8.0 * t.pooling + 4.0;
+                    }
+                }
             }
         }
     }
     assert!(tables.iter().any(|t| t.sharding == "row_wise"));
-    let busiest = |v: &[f64]| {
-        let all: f64 = v.iter().sum();
-        v.iter()
-            .map(|c| (c * (nf - 1.0)).max(all - c))
-            .fold(0.0, f64::max)
-    };
+    assert!(all > 0.0);
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let b = ev.estimate.point.microbatch as f64;
     let m = ev.estimate.samples_per_step / (ev.estimate.point.dp as f64 * b);
     let act = ev.ir.act_bytes;
-    let expect =
-        m * b * (2.0 * busiest(&cols) * act + 8.0 * busiest(&ids) + 4.0 * busiest(&entries));
-    let comm = ev
-        .estimate
-        .comms
-        .iter()
-        .find(|c| c.what.contains("embedding all-to-all"))
-        .expect("the embedding all-to-all");
-    assert!(
-        (comm.bytes - expect).abs() <= 1e-9 * expect,
-        "{} vs {expect}",
-        comm.bytes
-    );
+    let bytes = |what: &str| {
+        ev.estimate
+            .comms
+            .iter()
+            .find(|c| c.what.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what}"))
+            .bytes
+    };
+    for (what, expect) in [
+        ("embedding all-to-all", m * b * max(&pooled) * act),
+        ("embedding ids all-to-all", m * b * max(&ids)),
+    ] {
+        let got = bytes(what);
+        assert!(
+            (got - expect).abs() <= 1e-9 * expect,
+            "{what}: {got} vs {expect}"
+        );
+    }
 }

@@ -116,6 +116,10 @@ pub(super) struct Dev<'a> {
     pub(super) kv_cache: KvCache,
     /// MoE forward state per (microbatch, op, iterations), for backward.
     pub(super) moe_saved: HashMap<(usize, u32, Vec<u64>), MoeSaved>,
+    /// Embedding-bag forward state per (microbatch, op, iterations), for
+    /// backward: the ids each requester sent this server (a server keeps
+    /// them, as TorchRec's sharded modules do; they are not sent again).
+    pub(super) emb_ids: HashMap<(usize, u32, Vec<u64>), Vec<Vec<f32>>>,
     /// Dry runs of a decode step: the cached prompt length.
     pub(super) dry_context: usize,
 }
@@ -194,6 +198,7 @@ impl<'a> Dev<'a> {
             kv_record: false,
             kv_cache: HashMap::new(),
             moe_saved: HashMap::new(),
+            emb_ids: HashMap::new(),
             dry_context: 0,
         })
     }

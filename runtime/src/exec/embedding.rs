@@ -272,14 +272,25 @@ impl Dev<'_> {
                 data: Vec::new(),
             });
         }
-        // Ids out to the devices serving each table, pooled vectors back.
+        // Ids out to the devices serving each table (TorchRec's input
+        // all-to-all; under model-parallel input each server's loader
+        // reads them, handed over here as `input`), pooled vectors back.
         let parts: Vec<Vec<f32>> = served.iter().map(|cols| pick(&ids, cols)).collect();
-        self.label("embedding");
+        self.label(if self.par.model_parallel_input {
+            "input"
+        } else {
+            "embedding ids"
+        });
         let received = self.endpoint()?.all_to_all(&group, parts)?;
         let mut replies = Vec::with_capacity(size);
         for ids_q in &received {
             replies.push(pool(self, ids_q, &served[me])?);
         }
+        if self.grad {
+            self.emb_ids
+                .insert((self.mb, op.output.0, path.to_vec()), received);
+        }
+        self.label("embedding");
         let pooled = self.endpoint()?.all_to_all(&group, replies)?;
         // Each server's reply carries the columns it holds of its tables
         // (all of them but for column-wise tables): summed into place.

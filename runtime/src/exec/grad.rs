@@ -1293,9 +1293,22 @@ impl Dev<'_> {
                     }
                 }
             }
+            // The ids each requester sent in the forward pass, kept by
+            // this server (sent again only when the forward kept none).
+            let kept = self.emb_ids.remove(&(self.mb, op.output.0, path.to_vec()));
             let ep = self.endpoint()?;
+            let ids_in = match kept {
+                Some(k) => k,
+                None => {
+                    ep.label(if self.par.model_parallel_input {
+                        "input"
+                    } else {
+                        "embedding ids"
+                    });
+                    ep.all_to_all(&group, ids_out)?
+                }
+            };
             ep.label("embedding");
-            let ids_in = ep.all_to_all(&group, ids_out)?;
             let grads_in = ep.all_to_all(&group, grads_out)?;
             let mine = &held_by[me];
             let stride = served[me].len();

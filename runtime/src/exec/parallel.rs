@@ -55,6 +55,13 @@ pub struct Parallel {
     /// devices, as for [`TableShard::Table`]); empty for other tables.
     /// [`column_slices`] maps them onto a stage.
     pub column_slices: Vec<Vec<(usize, std::ops::Range<usize>)>>,
+    /// Model-parallel input (`embeddings = { placement = memory_balanced
+    /// }`, NVIDIA distributed-embeddings): each device's loader reads the
+    /// ids of the tables it serves for every sample of the stage, so no
+    /// id crosses the network. The simulation still hands them over
+    /// through the endpoint, as traffic labelled `input` (the loader's
+    /// read), not `embedding ids` (TorchRec's input all-to-all).
+    pub model_parallel_input: bool,
 }
 
 /// The sharding of one embedding table over the devices of a stage.
@@ -94,6 +101,7 @@ impl Default for Parallel {
             zero: 0,
             tables: Vec::new(),
             column_slices: Vec::new(),
+            model_parallel_input: false,
         }
     }
 }
@@ -157,6 +165,10 @@ impl Parallel {
             zero: p.zero,
             tables: Vec::new(),
             column_slices: Vec::new(),
+            model_parallel_input: matches!(
+                workload.kernels.tables,
+                gantry_lang::program::TableSharding::MemoryBalanced { .. }
+            ),
         })
     }
 }
