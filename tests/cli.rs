@@ -653,6 +653,28 @@ fn unbounded_inputs_are_refused() {
     assert!(err.contains("R002") && err.contains("byte limit"), "{err}");
 }
 
+/// A long chain of constants (`let a1 = a0 + 1`, ...) is evaluated one
+/// inside the next: 3,000 links overflowed the stack and aborted the
+/// process; now it is `L013`, in either order of definition.
+#[test]
+fn long_constant_chains_are_l013_not_a_stack_overflow() {
+    let n = 20_000;
+    let up: String = std::iter::once("let a0 = 1\n".to_string())
+        .chain((1..=n).map(|i| format!("let a{i} = a{} + 1\n", i - 1)))
+        .collect();
+    let down: String = (0..n)
+        .map(|i| format!("let a{i} = a{} + 1\n", i + 1))
+        .chain(std::iter::once(format!("let a{n} = 1\n")))
+        .collect();
+    for (name, text) in [("chain_up.gantry", up), ("chain_down.gantry", down)] {
+        let f = temp(name, &text);
+        let (code, _, err) = gantry(&["check", &f]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("L013") && err.contains("1 error"), "{name}: {err}");
+    }
+}
+
 /// Flags that were silently ignored or disabled a check are usage errors.
 #[test]
 fn runtime_flags_are_validated() {
