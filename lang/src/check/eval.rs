@@ -854,6 +854,23 @@ impl Checker {
         }
         match q.as_int() {
             Some(i) => Some(i),
+            // A whole number too large for a double to count in steps of
+            // one (2^53 and up): `1e18` is whole, and "must be a whole
+            // number" misled.
+            None if q.value.is_finite() && q.value.fract() == 0.0 => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L046,
+                        format!(
+                            "{what} must be below 2^53 = 9007199254740992 in magnitude, got {q}"
+                        ),
+                        span,
+                    )
+                    .with_label(span, "too large for a whole number")
+                    .with_help("whole numbers (counts, sizes, seeds) are exact only below 2^53"),
+                );
+                None
+            }
             None => {
                 self.diags.push(
                     Diagnostic::error(
