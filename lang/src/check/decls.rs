@@ -2226,12 +2226,15 @@ impl Checker {
                             let w = self.workload(&i, nspan);
                             let weight = self.num(&wv, ws);
                             if let (Some(w), Some(q)) = (w, weight) {
-                                if !q.dim.is_none() || q.value <= 0.0 {
+                                // A fraction of the fleet's time: above 1 it
+                                // is no fraction, and `1e300` printed a
+                                // 300-digit score.
+                                if !q.dim.is_none() || q.value <= 0.0 || q.value > 1.0 {
                                     self.diags.push(
                                         Diagnostic::error(
                                             Code::L046,
                                             format!(
-                                                "weight of `{name}` must be a positive fraction"
+                                                "weight of `{name}` must be a fraction in (0, 1]"
                                             ),
                                             ws,
                                         )
