@@ -1627,6 +1627,41 @@ impl Checker {
                 }
             }
         }
+        // Every tensor's element count must stay a 64-bit integer under the
+        // workload's sizes: `seq = 1e15` made the cost model report a
+        // bound symbol as "not bound by the workload" (C008), naming no
+        // tensor.
+        if self.error_count() == before
+            && let Some(t) = model.graph.tensors.iter().find(|t| {
+                let n = t.shape.numel();
+                n.coef == i64::MAX
+                    || (n.syms.iter().all(|s| bindings.contains_key(s))
+                        && n.eval(&bindings).is_none())
+            })
+        {
+            let sizes: Vec<String> = bindings.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let name = if t.name.is_empty() {
+                String::new()
+            } else {
+                format!(" `{}`", t.name)
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L046,
+                    format!(
+                        "model `{}` under these `{}` settings has a tensor{name} of {} with more than 2^63 elements ({})",
+                        model.name,
+                        phase.name(),
+                        t.shape,
+                        sizes.join(", ")
+                    ),
+                    pspan,
+                )
+                .with_label(pspan, "sizes too large")
+                .with_label(mspan, "the model")
+                .with_help("no device holds 2^63 elements; use smaller sizes"),
+            );
+        }
         let result = (self.error_count() == before && !self.broken(b.span)).then(|| Workload {
             name: key.clone(),
             model,
