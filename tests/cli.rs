@@ -278,8 +278,10 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert!(!out.contains("gradients of one step"), "{out}");
 }
 
-/// Sizes whose element counts overflow 64 bits are refused (R007), not
-/// wrapped to a tiny estimate that let the run start and panic.
+/// Sizes whose element counts overflow 64 bits are refused, not wrapped
+/// to a tiny estimate that let the run start and panic: past 2^63
+/// elements the scaled workload no longer checks (R004 with the
+/// checker's L046), past 2^61 the runtime's memory guard refuses it (R007).
 #[test]
 fn run_refuses_sizes_that_overflow() {
     for scale in [
@@ -291,10 +293,18 @@ fn run_refuses_sizes_that_overflow() {
         no_panic(code, &err);
         assert_eq!(code, 1, "{scale}: {err}");
         assert!(
-            err.contains("error[R007]") && err.contains("more than any memory holds"),
+            err.contains("error[R004]") && err.contains("L046") && err.contains("2^63 elements"),
             "{scale}: {err}"
         );
     }
+    let scale = "seq=134217728,batch=134217728";
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{scale}: {err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("more than any memory holds"),
+        "{scale}: {err}"
+    );
 }
 
 /// `--max-memory` above the machine's memory is capped at it: the run is
