@@ -714,6 +714,19 @@ fn runtime_flags_are_validated() {
     }
 }
 
+/// `--top 0` listed one design point (or deployment) anyway: a setting
+/// silently changed. It is a usage error now, in either kind of plan.
+#[test]
+fn top_zero_is_a_usage_error() {
+    for f in ["examples/llm_train.gantry", "examples/llm_serve.gantry"] {
+        for bad in ["0", "-1", "x"] {
+            let (code, out, err) = gantry(&["plan", f, &format!("--top={bad}")]);
+            assert_eq!(code, 2, "{f} --top {bad}: {err}");
+            assert!(out.is_empty() && err.contains("--top"), "{f} --top {bad}: {err}");
+        }
+    }
+}
+
 /// `--jobs` starts that many threads: above 256 it is a usage error, not
 /// a run that spends minutes (or forever) starting threads.
 #[test]
