@@ -1169,6 +1169,85 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
     assert_eq!(v["feasible"], serde_json::Value::Bool(false), "{json}");
 }
 
+/// C019 under arrivals that offer no rate (a burst, a closed loop) says
+/// how the requests came: the offered rate is infinite there and printed
+/// as "at inf req/s".
+#[test]
+fn c019_without_an_offered_rate_names_the_burst_or_the_loop() {
+    let root = std::env::current_dir().expect("cwd");
+    for (arrivals, words) in [
+        ("burst()", "in a burst of 50 requests"),
+        ("closed(concurrency = 8)", "from a closed loop of 8 clients"),
+    ] {
+        let f = temp(
+            &format!("c019_{}.gantry", &arrivals[..5]),
+            &format!(
+                "import \"{root}/stdlib/hardware/dgx_h100.gantry\"
+import \"{root}/stdlib/models/llama.gantry\"
+
+workload w {{
+  model Llama(layers = 2, d_model = 1024, heads = 8, kv_heads = 8, d_ff = 4096, vocab = 32000)
+  serve {{
+    arrivals = {arrivals}
+    prompt = 512
+    generate = 64
+    slo = {{ ttft_p99 = 1 us, tpot_p99 = 1 us }}
+    requests = 50
+  }}
+}}
+
+plan p on DGX_H100 for w {{
+  search tp in {{1}}, dp = auto
+  objective maximize throughput_per_dollar
+}}
+",
+                root = root.display()
+            ),
+        );
+        let (code, _, err) = gantry(&["plan", &f]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{arrivals}: {err}");
+        assert!(err.contains("C019") && err.contains(words), "{arrivals}: {err}");
+        assert!(!err.contains("inf req/s"), "{arrivals}: {err}");
+        // The 1 us targets print in us, not as "0.0 ms".
+        assert!(
+            err.contains("against 1.0 us") && !err.contains("0.0 ms"),
+            "{arrivals}: {err}"
+        );
+    }
+}
+
+/// An inference workload whose batch cannot fit is not said to need
+/// "gradients and optimizer state" (it keeps none) but its KV cache.
+#[test]
+fn inference_that_cannot_fit_names_the_kv_cache_not_gradients() {
+    let root = std::env::current_dir().expect("cwd");
+    let f = temp(
+        "decode_too_long.gantry",
+        &format!(
+            "import \"{root}/stdlib/hardware/dgx_h100.gantry\"
+import \"{root}/stdlib/models/llama.gantry\"
+
+workload w {{
+  model Llama(layers = 32, d_model = 4096, heads = 32, kv_heads = 8, d_ff = 14336, vocab = 128256)
+  decode {{ batch = 64, prompt = 1e12, generate = 512, dtype = fp8 }}
+}}
+
+plan p on DGX_H100 for w {{
+  search tp in {{1, 2, 4, 8}}, dp = auto
+  objective maximize throughput_per_dollar
+}}
+",
+            root = root.display()
+        ),
+    );
+    let (code, _, err) = gantry(&["plan", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C010") && err.contains("KV cache"), "{err}");
+    assert!(!err.contains("gradients"), "{err}");
+}
+
 /// A serving plan replays a trace read beside its file; a bad trace is
 /// the checker's L096 naming the file and the line (a missing one too); --sweep-rate gives one row per rate; a serving
 /// plan with `subject to` is C015.
