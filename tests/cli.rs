@@ -681,7 +681,10 @@ fn long_constant_chains_are_l013_not_a_stack_overflow() {
         let (code, _, err) = gantry(&["check", &f]);
         no_panic(code, &err);
         assert_eq!(code, 1, "{name}: {err}");
-        assert!(err.contains("L013") && err.contains("1 error"), "{name}: {err}");
+        assert!(
+            err.contains("L013") && err.contains("1 error"),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -722,7 +725,10 @@ fn top_zero_is_a_usage_error() {
         for bad in ["0", "-1", "x"] {
             let (code, out, err) = gantry(&["plan", f, &format!("--top={bad}")]);
             assert_eq!(code, 2, "{f} --top {bad}: {err}");
-            assert!(out.is_empty() && err.contains("--top"), "{f} --top {bad}: {err}");
+            assert!(
+                out.is_empty() && err.contains("--top"),
+                "{f} --top {bad}: {err}"
+            );
         }
     }
 }
@@ -1207,7 +1213,10 @@ plan p on DGX_H100 for w {{
         let (code, _, err) = gantry(&["plan", &f]);
         no_panic(code, &err);
         assert_eq!(code, 1, "{arrivals}: {err}");
-        assert!(err.contains("C019") && err.contains(words), "{arrivals}: {err}");
+        assert!(
+            err.contains("C019") && err.contains(words),
+            "{arrivals}: {err}"
+        );
         assert!(!err.contains("inf req/s"), "{arrivals}: {err}");
         // The 1 us targets print in us, not as "0.0 ms".
         assert!(

@@ -25,8 +25,8 @@ pub use decls::{
     SERVE_KNOBS, metric_dim, study_metric_dim,
 };
 pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
-pub use ops::OP_NAMES;
 pub use eval::MAX_EVAL_DEPTH;
+pub use ops::OP_NAMES;
 pub use serve::{MAX_RATE, MIN_CV, MIN_RATE};
 
 use crate::ast::{Decl, DeclKind, Expr, ExprKind, File};
