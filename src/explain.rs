@@ -89,10 +89,13 @@ Fix: follow the label to the token and compare with the grammar in docs/LANGUAGE
 Fix: close the bracket the label points at."
         }
         "L013" => {
-            "Brackets are nested more than 64 deep, or an expression more than 128 deep. The \
-limit keeps the parser and checker within a bounded stack on any input; the rest of the \
-file is dropped.\n\
-Fix: flatten the expression with `let` bindings."
+            "Brackets are nested more than 64 deep, or an expression more than 128 deep (the \
+rest of the file is dropped), or evaluating a value goes more than 512 levels deep through \
+a chain of constants or calls (`let a2 = a1 + 1`, `let a3 = a2 + 1`, ... thousands long: \
+each constant is evaluated inside the one that uses it). The limits keep the parser and \
+checker within a bounded stack on any input.\n\
+Fix: flatten the expression with `let` bindings; shorten a chain of constants by writing \
+an intermediate value as a number."
         }
         "L014" => {
             "A file has more than 50 syntax errors; the rest are not shown, since later errors \

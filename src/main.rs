@@ -98,8 +98,8 @@ enum Command {
         /// Pins that narrow the search without stopping it (same syntax as --fix).
         #[arg(long)]
         pin: Option<String>,
-        /// How many of the best design points to list.
-        #[arg(long, default_value_t = 5)]
+        /// How many of the best design points to list (at least 1).
+        #[arg(long, default_value_t = 5, value_parser = top_count)]
         top: usize,
         /// Also write an export of the best plan: megatron, torchtitan, torchrec or trace
         /// (to --output FILE; without it, the export goes to stdout and the
@@ -168,6 +168,16 @@ fn use_color(c: Color) -> bool {
         Color::Always => true,
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
+}
+
+/// `--top`: a whole number of at least 1. `--top 0` listed one point
+/// anyway (the search keeps the best), a setting silently changed.
+fn top_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("at least 1 (the best design point is always listed)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (a whole number of design points, at least 1)")),
     }
 }
 

@@ -278,8 +278,10 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert!(!out.contains("gradients of one step"), "{out}");
 }
 
-/// Sizes whose element counts overflow 64 bits are refused (R007), not
-/// wrapped to a tiny estimate that let the run start and panic.
+/// Sizes whose element counts overflow 64 bits are refused, not wrapped
+/// to a tiny estimate that let the run start and panic: past 2^63
+/// elements the scaled workload no longer checks (R004 with the
+/// checker's L046), past 2^61 the runtime's memory guard refuses it (R007).
 #[test]
 fn run_refuses_sizes_that_overflow() {
     for scale in [
@@ -291,10 +293,18 @@ fn run_refuses_sizes_that_overflow() {
         no_panic(code, &err);
         assert_eq!(code, 1, "{scale}: {err}");
         assert!(
-            err.contains("error[R007]") && err.contains("more than any memory holds"),
+            err.contains("error[R004]") && err.contains("L046") && err.contains("2^63 elements"),
             "{scale}: {err}"
         );
     }
+    let scale = "seq=134217728,batch=134217728";
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{scale}: {err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("more than any memory holds"),
+        "{scale}: {err}"
+    );
 }
 
 /// `--max-memory` above the machine's memory is capped at it: the run is
@@ -653,6 +663,31 @@ fn unbounded_inputs_are_refused() {
     assert!(err.contains("R002") && err.contains("byte limit"), "{err}");
 }
 
+/// A long chain of constants (`let a1 = a0 + 1`, ...) is evaluated one
+/// inside the next: 3,000 links overflowed the stack and aborted the
+/// process; now it is `L013`, in either order of definition.
+#[test]
+fn long_constant_chains_are_l013_not_a_stack_overflow() {
+    let n = 20_000;
+    let up: String = std::iter::once("let a0 = 1\n".to_string())
+        .chain((1..=n).map(|i| format!("let a{i} = a{} + 1\n", i - 1)))
+        .collect();
+    let down: String = (0..n)
+        .map(|i| format!("let a{i} = a{} + 1\n", i + 1))
+        .chain(std::iter::once(format!("let a{n} = 1\n")))
+        .collect();
+    for (name, text) in [("chain_up.gantry", up), ("chain_down.gantry", down)] {
+        let f = temp(name, &text);
+        let (code, _, err) = gantry(&["check", &f]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains("L013") && err.contains("1 error"),
+            "{name}: {err}"
+        );
+    }
+}
+
 /// Flags that were silently ignored or disabled a check are usage errors.
 #[test]
 fn runtime_flags_are_validated() {
@@ -679,6 +714,22 @@ fn runtime_flags_are_validated() {
             err.contains("--plan-json") && err.contains(other[0]),
             "{other:?}: {err}"
         );
+    }
+}
+
+/// `--top 0` listed one design point (or deployment) anyway: a setting
+/// silently changed. It is a usage error now, in either kind of plan.
+#[test]
+fn top_zero_is_a_usage_error() {
+    for f in ["examples/llm_train.gantry", "examples/llm_serve.gantry"] {
+        for bad in ["0", "-1", "x"] {
+            let (code, out, err) = gantry(&["plan", f, &format!("--top={bad}")]);
+            assert_eq!(code, 2, "{f} --top {bad}: {err}");
+            assert!(
+                out.is_empty() && err.contains("--top"),
+                "{f} --top {bad}: {err}"
+            );
+        }
     }
 }
 
@@ -1122,6 +1173,88 @@ fn fixed_points_meet_or_report_the_plans_constraints() {
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     assert_eq!(v["feasible"], serde_json::Value::Bool(false), "{json}");
+}
+
+/// C019 under arrivals that offer no rate (a burst, a closed loop) says
+/// how the requests came: the offered rate is infinite there and printed
+/// as "at inf req/s".
+#[test]
+fn c019_without_an_offered_rate_names_the_burst_or_the_loop() {
+    let root = std::env::current_dir().expect("cwd");
+    for (arrivals, words) in [
+        ("burst()", "in a burst of 50 requests"),
+        ("closed(concurrency = 8)", "from a closed loop of 8 clients"),
+    ] {
+        let f = temp(
+            &format!("c019_{}.gantry", &arrivals[..5]),
+            &format!(
+                "import \"{root}/stdlib/hardware/dgx_h100.gantry\"
+import \"{root}/stdlib/models/llama.gantry\"
+
+workload w {{
+  model Llama(layers = 2, d_model = 1024, heads = 8, kv_heads = 8, d_ff = 4096, vocab = 32000)
+  serve {{
+    arrivals = {arrivals}
+    prompt = 512
+    generate = 64
+    slo = {{ ttft_p99 = 1 us, tpot_p99 = 1 us }}
+    requests = 50
+  }}
+}}
+
+plan p on DGX_H100 for w {{
+  search tp in {{1}}, dp = auto
+  objective maximize throughput_per_dollar
+}}
+",
+                root = root.display()
+            ),
+        );
+        let (code, _, err) = gantry(&["plan", &f]);
+        no_panic(code, &err);
+        assert_eq!(code, 1, "{arrivals}: {err}");
+        assert!(
+            err.contains("C019") && err.contains(words),
+            "{arrivals}: {err}"
+        );
+        assert!(!err.contains("inf req/s"), "{arrivals}: {err}");
+        // The 1 us targets print in us, not as "0.0 ms".
+        assert!(
+            err.contains("against 1.0 us") && !err.contains("0.0 ms"),
+            "{arrivals}: {err}"
+        );
+    }
+}
+
+/// An inference workload whose batch cannot fit is not said to need
+/// "gradients and optimizer state" (it keeps none) but its KV cache.
+#[test]
+fn inference_that_cannot_fit_names_the_kv_cache_not_gradients() {
+    let root = std::env::current_dir().expect("cwd");
+    let f = temp(
+        "decode_too_long.gantry",
+        &format!(
+            "import \"{root}/stdlib/hardware/dgx_h100.gantry\"
+import \"{root}/stdlib/models/llama.gantry\"
+
+workload w {{
+  model Llama(layers = 32, d_model = 4096, heads = 32, kv_heads = 8, d_ff = 14336, vocab = 128256)
+  decode {{ batch = 64, prompt = 1e12, generate = 512, dtype = fp8 }}
+}}
+
+plan p on DGX_H100 for w {{
+  search tp in {{1, 2, 4, 8}}, dp = auto
+  objective maximize throughput_per_dollar
+}}
+",
+            root = root.display()
+        ),
+    );
+    let (code, _, err) = gantry(&["plan", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("C010") && err.contains("KV cache"), "{err}");
+    assert!(!err.contains("gradients"), "{err}");
 }
 
 /// A serving plan replays a trace read beside its file; a bad trace is

@@ -518,11 +518,20 @@ pub fn search(
             ));
         }
         if let Some(m) = &out.pruned_closest {
+            // What the floor holds beside the weights: inference keeps no
+            // gradients or optimizer state (a decode with a long prompt
+            // was said to need them), but the batch's KV cache.
+            let with = match ir.phase {
+                Phase::Train { .. } => "with their gradients and optimizer state",
+                Phase::Prefill { .. } | Phase::Decode { .. } => {
+                    "with the batch's KV cache and activations"
+                }
+            };
             return Err(error(
                 Code::C010,
                 "search",
                 format!(
-                    "no design point fits: {} of {} parameters with their gradients and optimizer state need at least {} per device (reserve included) even at tp={} pp={} cp={} (dp={}); HBM is {}",
+                    "no design point fits: {} of {} parameters {with} need at least {} per device (reserve included) even at tp={} pp={} cp={} (dp={}); HBM is {}",
                     ir.model,
                     gantry_lang::units::format_number((ir.params() / 1e9 * 10.0).round() / 10.0)
                         + "B",

@@ -16,6 +16,11 @@
 /// distributions' lengths.
 pub const MAX_TOKENS: u64 = 1 << 24;
 
+/// The latest arrival time a trace may hold, in seconds (about 317 years:
+/// Unix timestamps fit). A double's step at 1e10 s is 2 us; at 1e13 s it is
+/// 2 ms and at 1e300 s a request's whole latency vanished (TTFT 0.0 ms).
+pub const MAX_ARRIVAL: f64 = 1e10;
+
 /// Parses one token count: a whole number from 1 to [`MAX_TOKENS`].
 pub fn token_count(s: &str) -> Option<u32> {
     match s.trim().parse::<u64>() {
@@ -103,6 +108,11 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, RowError> {
                 "arrival time {t} is not finite and non-negative"
             )));
         }
+        if t > MAX_ARRIVAL {
+            return Err(err(format!(
+                "arrival time {t:e} s is past {MAX_ARRIVAL:e} s: times that large lose the precision latencies need"
+            )));
+        }
         if let Some(prev) = out.last()
             && t < prev.arrival
         {
@@ -181,6 +191,7 @@ mod tests {
                     proptest::prop_assert!(rows.windows(2).all(|w| w[0].arrival <= w[1].arrival));
                     proptest::prop_assert!(rows.iter().all(|r| r.arrival.is_finite()
                         && r.arrival >= 0.0
+                        && r.arrival <= MAX_ARRIVAL
                         && r.prompt >= 1
                         && r.generate >= 1));
                 }
@@ -191,6 +202,14 @@ mod tests {
                 Err(e) => proptest::prop_assert!(e.line <= lines),
             }
         }
+    }
+
+    #[test]
+    fn arrival_times_past_the_limit_are_refused() {
+        assert!(parse_trace("0,1,1\n1e10,1,1\n").is_ok());
+        let e = parse_trace("0,1,1\n1e300,1,1\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.what.contains("precision"), "{e}");
     }
 
     #[test]

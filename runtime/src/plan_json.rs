@@ -134,6 +134,22 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
         }
     };
     let (whole, column, row) = (names("whole_ops")?, names("column_ops")?, names("row_ops")?);
+    // Optional (plans written before HSDP): every dp x cp rank. It must
+    // divide them, as `--fix shard=` must (C012): a larger one made
+    // `replicas()` round to 1 and the run went ahead as if it were absent.
+    let ranks = dp * cp;
+    let shard = match v.pointer("/parallelism/shard") {
+        None => ranks,
+        Some(x) => x.as_u64().filter(|s| *s >= 1).ok_or_else(|| {
+            mismatch("plan JSON `parallelism.shard` must be a positive whole number")
+        })?,
+    };
+    if ranks % shard != 0 {
+        return Err(mismatch(format!(
+            "plan JSON `parallelism.shard` = {shard} does not divide the dp x cp = {dp} x {cp} = {ranks} ranks holding the same parameters"
+        ))
+        .with_help(format!("shard is one of the divisors of {ranks}")));
+    }
     if layers.len() as u64 != pp {
         return Err(mismatch(format!(
             "plan JSON lists {} stage layer counts for pp = {pp}",
@@ -155,13 +171,7 @@ pub fn parse(text: &str, workload: &str) -> Result<PlanPoint, RuntimeError> {
             virtual_stages: p("virtual_stages")?,
             sequence_parallel: sp,
             batch: p("batch")?,
-            // Optional (plans written before HSDP): every dp x cp rank.
-            shard: match v.pointer("/parallelism/shard") {
-                None => dp * cp,
-                Some(x) => x.as_u64().filter(|s| *s >= 1).ok_or_else(|| {
-                    mismatch("plan JSON `parallelism.shard` must be a positive whole number")
-                })?,
-            },
+            shard,
         },
         stage_layers: layers,
         whole,
@@ -194,6 +204,10 @@ mod tests {
             ("gantry.plan/2", "gantry.plan/9"),
             ("\"recompute\": \"none\"", "\"recompute\": \"most\""),
             ("{\"schema\"", "[{\"schema\""),
+            // shard must divide dp x cp = 2 (it was accepted and ignored).
+            ("\"batch\": 8,", "\"batch\": 8, \"shard\": 1099511627776,"),
+            ("\"batch\": 8,", "\"batch\": 8, \"shard\": 3,"),
+            ("\"batch\": 8,", "\"batch\": 8, \"shard\": 0,"),
         ] {
             let bad = GOOD.replace(from, to);
             let e = parse(&bad, "w").unwrap_err();

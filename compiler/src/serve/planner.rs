@@ -706,7 +706,8 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
     });
     let Some(best) = meeting.first().cloned() else {
-        return Err(no_deployment(p, s, &done, offered, unstable_unsim));
+        let load = load_words(s, reqs.len(), offered);
+        return Err(no_deployment(p, s, &done, &load, unstable_unsim));
     };
     meeting.truncate(5);
     let worst = |x: &Summary| {
@@ -771,12 +772,34 @@ fn prefill_key(d: &Deployment) -> Option<PrefillKey> {
     ))
 }
 
+/// How `n` requests came, for C019: at the offered rate, or (a burst, a
+/// closed loop, a trace whose arrivals span less than a microsecond) with
+/// no offered rate, which printed as "at inf req/s".
+fn load_words(s: &Serve, n: usize, offered: f64) -> String {
+    match s.arrivals.clients(s.requests) {
+        Some(c) if c >= n as u64 => format!("in a burst of {n} requests"),
+        Some(c) => format!("from a closed loop of {c} clients"),
+        None if offered.is_finite() => format!("at {offered:.3} req/s"),
+        None => format!("in a burst of {n} requests"),
+    }
+}
+
+/// A latency for C019, in ms to 0.1 ms, or in us below 0.1 ms: a target
+/// of 1 us printed as "0.0 ms".
+fn latency(s: f64) -> String {
+    if s < 1e-4 {
+        format!("{:.1} us", s * 1e6)
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
 /// C019: the closest deployment and how far each SLO is from its target.
 fn no_deployment(
     p: &Plan,
     s: &Serve,
     done: &[Summary],
-    rate: f64,
+    load: &str,
     unstable_unsim: usize,
 ) -> PinError {
     let worst = |x: &Summary| x.slos.iter().map(|c| c.ratio()).fold(0.0, f64::max);
@@ -799,18 +822,18 @@ fn no_deployment(
                         )
                     } else if k.achieved <= k.target {
                         format!(
-                            "meets {} ({:.1} ms against {:.1} ms)",
+                            "meets {} ({} against {})",
                             k.name,
-                            k.achieved * 1e3,
-                            k.target * 1e3
+                            latency(k.achieved),
+                            latency(k.target)
                         )
                     } else {
                         format!(
-                            "misses {} by {:.0}% ({:.1} ms against {:.1} ms)",
+                            "misses {} by {:.0}% ({} against {})",
                             k.name,
                             100.0 * (k.ratio() - 1.0),
-                            k.achieved * 1e3,
-                            k.target * 1e3
+                            latency(k.achieved),
+                            latency(k.target)
                         )
                     }
                 })
@@ -826,19 +849,17 @@ fn no_deployment(
                 String::new()
             };
             format!(
-                "no serving configuration of plan `{}` meets the SLOs for {:.0}% of requests at {:.3} req/s: the closest, {}, {}; {:.2}% of its requests meet every SLO{dropped}",
+                "no serving configuration of plan `{}` meets the SLOs for {:.0}% of requests {load}: the closest, {}, {}; {:.2}% of its requests meet every SLO{dropped}",
                 p.name,
                 100.0 * s.attainment,
-                rate,
                 describe(&c.deployment),
                 parts.join(", "),
                 100.0 * c.attainment
             )
         }
         None => format!(
-            "no serving configuration of plan `{}` is stable at {:.3} req/s: the queue grows on all {} candidates ({} simulated, {} beyond capacity by their work alone)",
+            "no serving configuration of plan `{}` is stable {load}: the queue grows on all {} candidates ({} simulated, {} beyond capacity by their work alone)",
             p.name,
-            rate,
             done.len() + unstable_unsim,
             done.len(),
             unstable_unsim

@@ -1627,6 +1627,41 @@ impl Checker {
                 }
             }
         }
+        // Every tensor's element count must stay a 64-bit integer under the
+        // workload's sizes: `seq = 1e15` made the cost model report a
+        // bound symbol as "not bound by the workload" (C008), naming no
+        // tensor.
+        if self.error_count() == before
+            && let Some(t) = model.graph.tensors.iter().find(|t| {
+                let n = t.shape.numel();
+                n.coef == i64::MAX
+                    || (n.syms.iter().all(|s| bindings.contains_key(s))
+                        && n.eval(&bindings).is_none())
+            })
+        {
+            let sizes: Vec<String> = bindings.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let name = if t.name.is_empty() {
+                String::new()
+            } else {
+                format!(" `{}`", t.name)
+            };
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L046,
+                    format!(
+                        "model `{}` under these `{}` settings has a tensor{name} of {} with more than 2^63 elements ({})",
+                        model.name,
+                        phase.name(),
+                        t.shape,
+                        sizes.join(", ")
+                    ),
+                    pspan,
+                )
+                .with_label(pspan, "sizes too large")
+                .with_label(mspan, "the model")
+                .with_help("no device holds 2^63 elements; use smaller sizes"),
+            );
+        }
         let result = (self.error_count() == before && !self.broken(b.span)).then(|| Workload {
             name: key.clone(),
             model,
@@ -2226,12 +2261,15 @@ impl Checker {
                             let w = self.workload(&i, nspan);
                             let weight = self.num(&wv, ws);
                             if let (Some(w), Some(q)) = (w, weight) {
-                                if !q.dim.is_none() || q.value <= 0.0 {
+                                // A fraction of the fleet's time: above 1 it
+                                // is no fraction, and `1e300` printed a
+                                // 300-digit score.
+                                if !q.dim.is_none() || q.value <= 0.0 || q.value > 1.0 {
                                     self.diags.push(
                                         Diagnostic::error(
                                             Code::L046,
                                             format!(
-                                                "weight of `{name}` must be a positive fraction"
+                                                "weight of `{name}` must be a fraction in (0, 1]"
                                             ),
                                             ws,
                                         )

@@ -98,8 +98,45 @@ pub struct ArgVal {
     pub span: Span,
 }
 
+/// How deep evaluation may nest across definitions: a name that is a
+/// `let` evaluates that constant's expression (lazily, inside the current
+/// one), a call instantiates its declaration, so a chain of constants
+/// (`let a2 = a1 + 1`, `let a3 = a2 + 1`, ...) nests one evaluation per
+/// link. Each expression is at most [`crate::ast::MAX_EXPR_DEPTH`] deep,
+/// but a chain is as long as the file: 3,000 links overflowed the stack
+/// (an abort, not a diagnostic). 512 nested evaluations (a few hundred
+/// KB of stack) is far beyond any real file (the stdlib's deepest chain is
+/// under 20) and leaves room on a 2 MB thread.
+pub const MAX_EVAL_DEPTH: usize = 512;
+
 impl Checker {
+    /// Evaluates `e`; past [`MAX_EVAL_DEPTH`] nested evaluations, `L013`
+    /// (once per check) and an error value.
     pub(crate) fn eval(&mut self, e: &Expr, env: &mut Env) -> Value {
+        if self.eval_depth >= MAX_EVAL_DEPTH {
+            if !self.eval_too_deep {
+                self.eval_too_deep = true;
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L013,
+                        format!(
+                            "evaluation nested deeper than {MAX_EVAL_DEPTH} levels: a chain of constants or calls too long to follow"
+                        ),
+                        e.span,
+                    )
+                    .with_label(e.span, "too deep to evaluate here")
+                    .with_help("shorten the chain of `let` constants (write an intermediate value as a number)"),
+                );
+            }
+            return Value::Error;
+        }
+        self.eval_depth += 1;
+        let v = self.eval_inner(e, env);
+        self.eval_depth -= 1;
+        v
+    }
+
+    fn eval_inner(&mut self, e: &Expr, env: &mut Env) -> Value {
         let span = e.span;
         match &e.kind {
             ExprKind::Number(v, _) => Value::Num(Quantity::plain(*v)),
@@ -817,6 +854,23 @@ impl Checker {
         }
         match q.as_int() {
             Some(i) => Some(i),
+            // A whole number too large for a double to count in steps of
+            // one (2^53 and up): `1e18` is whole, and "must be a whole
+            // number" misled.
+            None if q.value.is_finite() && q.value.fract() == 0.0 => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L046,
+                        format!(
+                            "{what} must be below 2^53 = 9007199254740992 in magnitude, got {q}"
+                        ),
+                        span,
+                    )
+                    .with_label(span, "too large for a whole number")
+                    .with_help("whole numbers (counts, sizes, seeds) are exact only below 2^53"),
+                );
+                None
+            }
             None => {
                 self.diags.push(
                     Diagnostic::error(

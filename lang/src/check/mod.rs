@@ -25,6 +25,7 @@ pub use decls::{
     SERVE_KNOBS, metric_dim, study_metric_dim,
 };
 pub use engine::{ENGINE_KEYS, ENGINE_RECORD_KEYS, ENGINE_TERMS};
+pub use eval::MAX_EVAL_DEPTH;
 pub use ops::OP_NAMES;
 pub use serve::{MAX_RATE, MIN_CV, MIN_RATE};
 
@@ -88,6 +89,10 @@ pub(crate) struct Checker {
     pub memo_engines: BTreeMap<String, Option<Engine>>,
     /// Instances being built, to report cyclic definitions.
     in_progress: Vec<String>,
+    /// Nested [`Checker::eval`] calls now, and whether `L013` already said
+    /// that they went too deep ([`eval::MAX_EVAL_DEPTH`]).
+    eval_depth: usize,
+    eval_too_deep: bool,
     /// Loaded files, each after the files it imports (depth-first post
     /// order): the order declarations are indexed in, so that of two
     /// declarations with one name the imported one counts as the first.
@@ -118,6 +123,8 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         memo_workloads: BTreeMap::new(),
         memo_engines: BTreeMap::new(),
         in_progress: Vec::new(),
+        eval_depth: 0,
+        eval_too_deep: false,
         load_order: Vec::new(),
         syntax_errors: Vec::new(),
         data: BTreeMap::new(),

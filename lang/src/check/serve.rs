@@ -59,6 +59,11 @@ pub const MAX_AFTER: usize = 16;
 /// need (a double's step at 10^13 s is 2 ms).
 pub const MIN_RATE: f64 = 1e-6;
 pub const MAX_RATE: f64 = 1e9;
+/// SLO targets (`ttft_p99`, `tpot_p99`, `e2e_p99`, `latency_p99`), in
+/// seconds: from a microsecond (below it no engine iteration finishes,
+/// and a miss came out as a 300-digit percentage for `1e-300 s`) to a day.
+pub const MIN_SLO: f64 = 1e-6;
+pub const MAX_SLO: f64 = 86_400.0;
 /// Coefficients of variation of gamma gaps: below 0.01 the gaps are
 /// regular to 1% (write `poisson` or a trace), and the gamma's shape
 /// (1 / cv^2) would leave the sampler's range.
@@ -475,17 +480,17 @@ impl Checker {
                 continue;
             }
             match self.quantity(fv, *fs, Dim::TIME, &format!("`{k}`"), "500 ms") {
-                Some(t) if t > 0.0 && t <= 86400.0 => {
+                Some(t) if (MIN_SLO..=MAX_SLO).contains(&t) => {
                     got.insert(k.clone(), t);
                 }
                 Some(t) => {
                     self.bad_serve(
                         *fs,
                         format!(
-                            "`{k}` must lie in (0 s, 1 day], got {}",
+                            "`{k}` must lie in [1 us, 1 day], got {}",
                             crate::units::Quantity::new(t, Dim::TIME)
                         ),
-                        "a latency target above zero",
+                        "a latency target from 1 us to 1 day",
                     );
                     ok = false;
                 }
