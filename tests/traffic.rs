@@ -27,13 +27,19 @@ fn rows_at(fix: &str, scale: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
         row: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("{fix}: does not resolve"));
+    run_rows(&t, fix)
+}
+
+/// One training step of the target (gradients on), checked to pass, and
+/// its traffic next to the cost model's.
+fn run_rows(t: &gantry::runtime_cli::Target, what: &str) -> Vec<gantry::runtime_cli::TrafficRow> {
     let cfg = RunConfig {
         gradients: true,
         ..RunConfig::default()
     };
     let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
-    assert!(r.passed(), "{fix}: {r:?}");
-    traffic_rows(&t, &r)
+    assert!(r.passed(), "{what}: {r:?}");
+    traffic_rows(t, &r)
 }
 
 /// Expert parallelism (tensor-parallel degree 1): the dispatch records
@@ -57,13 +63,7 @@ fn expert_traffic_is_the_cost_models() {
         row: Vec::new(),
     };
     let t = resolve_target(&a).unwrap_or_else(|_| panic!("does not resolve"));
-    let cfg = RunConfig {
-        gradients: true,
-        ..RunConfig::default()
-    };
-    let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
-    assert!(r.passed(), "{r:?}");
-    for row in traffic_rows(&t, &r) {
+    for row in run_rows(&t, "experts") {
         let model: f64 = row.model.iter().map(|(_, b)| b).sum();
         eprintln!("{}: run {} B, model {model} B", row.label, row.measured);
         assert!(model > 0.0, "{} missing from the cost model", row.label);
@@ -255,13 +255,7 @@ fn embedding_traffic_is_the_cost_models() {
             ..TargetArgs::default()
         };
         let t = resolve_target(&a).unwrap_or_else(|_| panic!("{plan}: does not resolve"));
-        let cfg = RunConfig {
-            gradients: true,
-            ..RunConfig::default()
-        };
-        let r = exec::run(&t.workload, &t.par, &cfg).unwrap_or_else(|e| panic!("{}", e.render()));
-        assert!(r.passed(), "{plan}: {r:?}");
-        let rows = traffic_rows(&t, &r);
+        let rows = run_rows(&t, plan);
         let row = |label: &str| rows.iter().find(|r| r.label == label);
         let pooled = row("embedding").unwrap_or_else(|| panic!("{plan}: {rows:?}"));
         let model: f64 = pooled.model.iter().map(|(_, b)| b).sum();
