@@ -1446,6 +1446,10 @@ impl Evaluator<'_> {
             busiest.max(bytes(None) / n)
         } * states;
         memory.host_embeddings = bytes(Some("host")) * states / n;
+        // The host tables of a node's devices must fit its host memory.
+        if memory.host_embeddings * hw.devices_per_node as f64 > hw.host_capacity {
+            tc.placed = false;
+        }
         tc.skew = crate::placement::skew(&placed, group);
         let topo = &hw.topo;
         let mut lookup = 0.0;

@@ -74,6 +74,9 @@ pub struct Hardware {
     pub hbm_capacity: f64,
     pub hbm_bandwidth: f64,
     pub host_bandwidth: f64,
+    /// The node's host memory, bytes (0 without one): the room for the
+    /// embedding tables placed in host memory, shared by its devices.
+    pub host_capacity: f64,
     pub e_matmul: f64,
     pub matmul_knee: f64,
     pub e_attention: f64,
@@ -221,6 +224,7 @@ impl Hardware {
             hbm_capacity: hbm.capacity,
             hbm_bandwidth: hbm.bandwidth,
             host_bandwidth: c.node.host_memory.as_ref().map_or(0.0, |h| h.bandwidth),
+            host_capacity: c.node.host_memory.as_ref().map_or(0.0, |h| h.capacity),
             e_matmul,
             matmul_knee: factor("matmul_knee", Dim::FLOP, 0.0),
             e_attention: factor("attention", Dim::NONE, e_matmul),

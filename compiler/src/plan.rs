@@ -497,11 +497,26 @@ pub fn search(
         if let Some(t) = &out.tightest {
             let p = &t.estimate.point;
             let m = &t.estimate.memory;
+            let q = |b: f64| gantry_lang::units::Quantity::new(b, gantry_lang::units::Dim::BYTES);
+            let (need, has) = if t.what == crate::search::HOST_TABLES {
+                (
+                    format!("{} per device", q(m.host_embeddings)),
+                    format!(
+                        "its share of the host is {}",
+                        q(m.host_embeddings / t.ratio)
+                    ),
+                )
+            } else {
+                (
+                    format!("{} per device", q(m.total())),
+                    format!("HBM is {}", q(m.capacity)),
+                )
+            };
             return Err(error(
                 Code::C010,
                 "search",
                 format!(
-                    "no design point fits: the closest, tp={} pp={} cp={} dp={} zero={} recompute={} microbatch={}, misses {} by {:.0}% (needs {} per device; HBM is {})",
+                    "no design point fits: the closest, tp={} pp={} cp={} dp={} zero={} recompute={} microbatch={}, misses {} by {:.0}% (needs {need}; {has})",
                     p.tp,
                     p.pp,
                     p.cp,
@@ -511,8 +526,6 @@ pub fn search(
                     p.microbatch,
                     t.what,
                     100.0 * (t.ratio - 1.0),
-                    gantry_lang::units::Quantity::new(m.total(), gantry_lang::units::Dim::BYTES),
-                    gantry_lang::units::Quantity::new(m.capacity, gantry_lang::units::Dim::BYTES),
                 ),
                 "widen the search (more devices, deeper pipelines, ZeRO-3, full recomputation) or relax the constraints",
             ));

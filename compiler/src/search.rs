@@ -382,6 +382,10 @@ impl Stats {
 }
 
 /// The tightest reason nothing fitted, for the empty-set diagnostic.
+/// [`Tightest::what`] when the embedding tables placed in host memory
+/// exceed the node's host memory.
+pub const HOST_TABLES: &str = "host memory (the embedding tables placed there)";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tightest {
     pub estimate: Estimate,
@@ -711,10 +715,23 @@ pub fn run(
                                                 // Feasibility: HBM, then the plan's constraints.
                                                 let mut worst: Option<(f64, String)> = None;
                                                 if !e.feasible {
-                                                    worst = Some((
-                                                        e.memory.total() / e.memory.capacity,
-                                                        "memory per device exceeds HBM".into(),
-                                                    ));
+                                                    // The tables a node's devices keep in
+                                                    // host memory, or the device's HBM.
+                                                    let host = e.memory.host_embeddings
+                                                        * hw.devices_per_node as f64;
+                                                    worst = Some(if host > hw.host_capacity {
+                                                        (
+                                                            host / hw
+                                                                .host_capacity
+                                                                .max(f64::MIN_POSITIVE),
+                                                            HOST_TABLES.into(),
+                                                        )
+                                                    } else {
+                                                        (
+                                                            e.memory.total() / e.memory.capacity,
+                                                            "memory per device exceeds HBM".into(),
+                                                        )
+                                                    });
                                                 }
                                                 for c in &plan.constraints {
                                                     let (ok, ratio) = meets(c, &e);

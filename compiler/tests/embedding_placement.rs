@@ -85,3 +85,33 @@ fn inference_spreads_the_tables_over_the_fewest_devices_that_hold_them() {
     assert_eq!(table_placement(&ev).0, 8);
     assert_eq!(exchange_group(&train), Some(8));
 }
+
+/// Tables that fit nowhere in HBM go to host memory, which has a size:
+/// a 1e12-row table (512 TB in fp32) on one DGX A100 (2 TiB of host
+/// memory) is infeasible, and the search says it is the host that is
+/// short, by how much, per device. The same model with a 3e9-row table
+/// (1.5 TB, beyond the 640 GB of HBM, host-resident) fits.
+#[test]
+fn host_tables_must_fit_the_host_memory() {
+    let table = |rows: &str| format!("[CriteoTable(rows = {rows}), CriteoTable(rows = 1000)]");
+    let phase = "train { global_batch = 65_536, dtype = fp16, optimizer = sgd }";
+    let fits = plan(&table("3e9"), phase);
+    let ev = evaluate(&fits, &BTreeMap::new()).expect("point");
+    assert!(ev.estimate.memory.host_embeddings > 0.0);
+    assert!(ev.estimate.feasible, "1.5 TB of host tables fit 2 TiB");
+    let huge = plan(&table("1e12"), phase);
+    let ev = evaluate(&huge, &BTreeMap::new()).expect("point");
+    assert!(!ev.estimate.feasible, "512 TB do not fit 2 TiB");
+    let err = gantry_compiler::plan::search(&huge, &BTreeMap::new(), 1)
+        .err()
+        .expect("no feasible point");
+    assert_eq!(err.code, gantry_lang::diagnostic::Code::C010);
+    // 512e12 B / 8 devices against 2 TiB / 8: 232.8 times, +23,183%.
+    assert!(
+        err.message.contains("misses host memory")
+            && err.message.contains("by 23183%")
+            && err.message.contains("its share of the host is 256 GiB"),
+        "{}",
+        err.message
+    );
+}
