@@ -1446,8 +1446,9 @@ impl Evaluator<'_> {
             busiest.max(bytes(None) / n)
         } * states;
         memory.host_embeddings = bytes(Some("host")) * states / n;
-        // The host tables of a node's devices must fit its host memory.
-        if memory.host_embeddings * hw.devices_per_node as f64 > hw.host_capacity {
+        // The host tables of the point's devices on a node must fit its
+        // host memory.
+        if memory.host_embeddings * p.devices().min(hw.devices_per_node) as f64 > hw.host_capacity {
             tc.placed = false;
         }
         tc.skew = crate::placement::skew(&placed, group);

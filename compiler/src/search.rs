@@ -718,7 +718,7 @@ pub fn run(
                                                     // The tables a node's devices keep in
                                                     // host memory, or the device's HBM.
                                                     let host = e.memory.host_embeddings
-                                                        * hw.devices_per_node as f64;
+                                                        * e.devices.min(hw.devices_per_node) as f64;
                                                     worst = Some(if host > hw.host_capacity {
                                                         (
                                                             host / hw
