@@ -445,14 +445,13 @@ impl Evaluator<'_> {
                 } else {
                     (hw.e_matmul, hw.peak)
                 };
-                let e = if o.flash {
+                let e = if let Some(keys) = o.flash {
                     // One kernel call per ring step of context
                     // parallelism, over this rank's query rows and heads
                     // and one step's keys (the causal share of them).
                     let heads = g.count / 2.0 / if sharded { t } else { 1.0 };
-                    let work = o.flops / (2.0 * g.count * g.m * g.n * g.k).max(f64::MIN_POSITIVE);
                     base * flash_efficiency(
-                        g.n * work / c,
+                        keys / c,
                         (g.m / c / FLASH_BLOCK).ceil() * heads * b,
                         self.ir.act_bytes,
                         peak,
@@ -472,7 +471,7 @@ impl Evaluator<'_> {
         let mut launches = if o.class == Class::Layout && o.bytes == 0.0 {
             0.0
         } else {
-            o.mult * o.kernels * if o.flash { c } else { 1.0 }
+            o.mult * o.kernels * if o.flash.is_some() { c } else { 1.0 }
         };
         // Casts to the matmul precision run as kernels of their own before
         // the product: each reads the element, writes it in the narrower
@@ -1446,9 +1445,7 @@ impl Evaluator<'_> {
             busiest.max(bytes(None) / n)
         } * states;
         memory.host_embeddings = bytes(Some("host")) * states / n;
-        // The host tables of the point's devices on a node must fit its
-        // host memory.
-        if memory.host_embeddings * p.devices().min(hw.devices_per_node) as f64 > hw.host_capacity {
+        if host_tables_per_node(memory, p.devices(), hw) > hw.host_capacity {
             tc.placed = false;
         }
         tc.skew = crate::placement::skew(&placed, group);
@@ -1793,6 +1790,13 @@ pub fn pipeline_in_flight(pp: f64, v: f64, m: f64) -> f64 {
     }
 }
 
+/// Bytes of embedding tables that a point of `devices` devices keeps in
+/// one node's host memory: the shares of its devices on the node. Over
+/// the node's `host_capacity`, the point does not fit.
+pub fn host_tables_per_node(memory: &Memory, devices: u64, hw: &Hardware) -> f64 {
+    memory.host_embeddings * devices.min(hw.devices_per_node) as f64
+}
+
 /// Fused attention's efficiency before the fitted factor. A call runs a
 /// thread block per `FLASH_BLOCK` query rows and head (`blocks` in all):
 /// it loads its queries, loops over `keys` keys on average (a block of
@@ -1816,8 +1820,8 @@ pub fn flash_efficiency(
     keys / (keys + l0) * whole_waves(blocks.max(1.0).round(), cores)
 }
 
-/// The share of `cores` busy over the whole waves that run `tiles`
-/// independent tiles (1 when the device does not declare `cores`).
+/// The share of `cores` busy over the whole waves that run `tiles` tiles
+/// of equal work (1 when the device does not declare `cores`).
 fn whole_waves(tiles: f64, cores: Option<u64>) -> f64 {
     let Some(cores) = cores else {
         return 1.0;

@@ -380,9 +380,11 @@ pub struct IrOp {
     /// time, not overlapped with it.
     pub side_bytes: f64,
     /// A fused (flash) attention kernel over the sequence it is given (not
-    /// a cache): its efficiency follows its key loop and its grid of query
-    /// blocks ([`crate::cost::flash_efficiency`]), not the products' knee.
-    pub flash: bool,
+    /// a cache): the keys a block of its queries loops over on average
+    /// (all of them, or the causal share). Its efficiency follows that loop
+    /// and its grid of query blocks ([`crate::cost::flash_efficiency`]),
+    /// not the products' knee.
+    pub flash: Option<f64>,
 }
 
 impl IrOp {
@@ -412,7 +414,7 @@ impl IrOp {
             cast_fwd: 0.0,
             cast_bwd: 0.0,
             side_bytes: 0.0,
-            flash: false,
+            flash: None,
             factored: 0.0,
             table_factored: 0.0,
             tied: 0.0,
@@ -1029,7 +1031,7 @@ impl Lowering<'_> {
                 o.flops = 4.0 * scores * hd * work;
                 if !materialized && self.context.is_none() {
                     o.bwd_flops = 2.5;
-                    o.flash = true;
+                    o.flash = Some(kv_tokens * work);
                 }
                 let kv_elems = 2.0 * kv_tokens * *kv_heads as f64 * hd;
                 let qo = self.n(op.inputs[0]) + out_n;

@@ -717,8 +717,9 @@ pub fn run(
                                                 if !e.feasible {
                                                     // The tables a node's devices keep in
                                                     // host memory, or the device's HBM.
-                                                    let host = e.memory.host_embeddings
-                                                        * e.devices.min(hw.devices_per_node) as f64;
+                                                    let host = crate::cost::host_tables_per_node(
+                                                        &e.memory, e.devices, hw,
+                                                    );
                                                     worst = Some(if host > hw.host_capacity {
                                                         (
                                                             host / hw

@@ -867,7 +867,7 @@ impl Checker {
                         span,
                     )
                     .with_label(span, "too large for a whole number")
-                    .with_help("whole numbers (counts, sizes, seeds) are exact only below 2^53"),
+                    .with_help("counts, sizes and seeds must be whole numbers below 2^53"),
                 );
                 None
             }

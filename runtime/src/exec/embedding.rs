@@ -276,11 +276,7 @@ impl Dev<'_> {
         // all-to-all; under model-parallel input each server's loader
         // reads them, handed over here as `input`), pooled vectors back.
         let parts: Vec<Vec<f32>> = served.iter().map(|cols| pick(&ids, cols)).collect();
-        self.label(if self.par.model_parallel_input {
-            "input"
-        } else {
-            "embedding ids"
-        });
+        self.label(self.par.ids_label());
         let received = self.endpoint()?.all_to_all(&group, parts)?;
         let mut replies = Vec::with_capacity(size);
         for ids_q in &received {

@@ -1269,7 +1269,6 @@ impl Dev<'_> {
         }
         if local.len() < n {
             let served: Vec<Vec<usize>> = (0..size).map(|o| self.served_by(o, n, size)).collect();
-            let ids_out: Vec<Vec<f32>> = served.iter().map(|c| pick(&ids, c, 1)).collect();
             // The columns server `o` holds of each table it serves: the
             // pooled gradients it gets (all but for column-wise tables).
             let held_by: Vec<Vec<Vec<Range<usize>>>> = (0..size)
@@ -1300,11 +1299,8 @@ impl Dev<'_> {
             let ids_in = match kept {
                 Some(k) => k,
                 None => {
-                    ep.label(if self.par.model_parallel_input {
-                        "input"
-                    } else {
-                        "embedding ids"
-                    });
+                    ep.label(self.par.ids_label());
+                    let ids_out = served.iter().map(|c| pick(&ids, c, 1)).collect();
                     ep.all_to_all(&group, ids_out)?
                 }
             };

@@ -174,6 +174,17 @@ impl Parallel {
 }
 
 impl Parallel {
+    /// The traffic label of the ids sent to the devices serving their
+    /// tables: `input` under model-parallel input (each server's loader
+    /// reads them on the system), else `embedding ids`.
+    pub fn ids_label(&self) -> &'static str {
+        if self.model_parallel_input {
+            "input"
+        } else {
+            "embedding ids"
+        }
+    }
+
     /// The planner's embedding-table placement
     /// ([`gantry_compiler::placement::tables`]) as shardings of the
     /// workload's `embedding_bag` tables, matched by name: table-wise on
