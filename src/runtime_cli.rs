@@ -187,6 +187,7 @@ fn simulated_system(n: u64, span: gantry_lang::span::Span) -> Cluster {
         power: 1.0,
         price: None,
         cores: None,
+        sfu: None,
         efficiency: BTreeMap::new(),
         borrowed: BTreeMap::new(),
         own: Default::default(),

@@ -8,7 +8,9 @@
 //!   saturating curve `e_matmul x F / (F + knee)` in the product's size `F`,
 //!   and for a fused attention kernel its key loop against the query load
 //!   and output store (`flash_efficiency`: a call per ring step of context
-//!   parallelism), plus a kernel launch overhead;
+//!   parallelism) with its softmax's exponentials in series on the
+//!   special-function units (`softmax_exponentials` over the device's
+//!   `sfu`), plus a kernel launch overhead;
 //! * backward costs twice the forward for products and twice the traffic
 //!   for elementwise ops; recomputation adds forward passes (all of a layer
 //!   for `full`, the attention core for `selective`);
@@ -462,7 +464,19 @@ impl Evaluator<'_> {
                     base * per / (per + hw.matmul_knee)
                         * wave_efficiency(g.k, per, instances, hw.cores)
                 };
-                flops / (peak * e.max(1e-6))
+                // In series with the products under FlashAttention-2's
+                // schedule, which training's PyTorch-native kernels run;
+                // the serving engines' Hopper kernels (FlashAttention-3,
+                // TensorRT-LLM's) overlap the softmax with them.
+                let series = matches!(self.ir.phase, Phase::Train { .. });
+                let softmax = match (o.flash, hw.sfu) {
+                    (Some(_), Some(sfu)) if series => {
+                        let pass = if backward { o.bwd_flops } else { 1.0 };
+                        softmax_exponentials(flops / pass, g.k) / sfu
+                    }
+                    _ => 0.0,
+                };
+                flops / (peak * e.max(1e-6)) + softmax
             }
             _ => 0.0,
         };
@@ -1818,6 +1832,17 @@ pub fn flash_efficiency(
     let l0 = beta * peak / (2.0 * bandwidth);
     let keys = keys.max(1.0);
     keys / (keys + l0) * whole_waves(blocks.max(1.0).round(), cores)
+}
+
+/// Exponentials of a fused attention pass whose forward computes
+/// `forward_flops` with head dim `head_dim`: one per score, `4 d` FLOPs of
+/// products per score (`q k` and `p v`), in the forward and again in the
+/// backward, which recomputes the probabilities from the saved log-sum-exp
+/// (FlashAttention-2). They run on the special-function units, in series
+/// with the products inside a warp group (docs/COST-MODEL.md §2, "Fused
+/// attention").
+pub fn softmax_exponentials(forward_flops: f64, head_dim: f64) -> f64 {
+    forward_flops / (4.0 * head_dim.max(1.0))
 }
 
 /// The share of `cores` busy over the whole waves that run `tiles` tiles

@@ -66,6 +66,9 @@ pub struct Hardware {
     pub peak: f64,
     /// Streaming multiprocessors (compute units), for wave quantisation.
     pub cores: Option<u64>,
+    /// Special-function results per second (the device's `sfu`), which
+    /// fused attention's exponentials run at; `None`: not charged.
+    pub sfu: Option<f64>,
     /// Peak of the linear layers' matrix products: `peak` unless the
     /// workload's `precision = { matmul = ... }` names another type.
     pub peak_matmul: f64,
@@ -219,6 +222,7 @@ impl Hardware {
             node: c.node.name.clone(),
             peak,
             cores: d.cores,
+            sfu: d.sfu,
             peak_matmul,
             matmul_elem_bytes,
             hbm_capacity: hbm.capacity,

@@ -83,16 +83,27 @@ fn flash_attention_efficiency_halves_at_the_device_balance() {
     assert!((flash_efficiency(l0, 7.0, 2.0, peak, bw, None) - 0.5).abs() < 1e-12);
 }
 
+/// `eval` on the plan with the device's special-function rate replaced
+/// (`None`: undeclared, the softmax's exponentials cost nothing).
+fn eval_sfu(seq: u64, fix: &str, sfu: Option<f64>) -> (Ir, Estimate) {
+    let mut p = plan("", seq);
+    p.system.node.device.sfu = sfu;
+    let ev = evaluate(&p, &parse_fix(fix).expect("pins")).expect("evaluates");
+    (ev.ir, ev.estimate)
+}
+
 /// Ring context parallelism runs one fused kernel per step over the
 /// rank's `s / c` queries and one step's `s / c` keys: the same work in
 /// shorter loops. At 8,192 tokens on eight GPUs, `cp = 8` against `dp = 8`
-/// (one sample per rank either way) charges attention the ratio of the two
-/// calls' efficiencies, `f(L1) / f(L8)` with `f(L) = L / (L + L0)`.
+/// (one sample per rank either way) charges attention's products the
+/// ratio of the two calls' efficiencies, `f(L1) / f(L8)` with `f(L) = L /
+/// (L + L0)` (the device's `sfu` left out here: its exponentials are the
+/// same in both and do not depend on the loop).
 #[test]
 fn ring_attention_runs_one_short_kernel_per_step() {
     let seq = 8192;
-    let (ir, whole) = eval("", seq, "dp=8,cp=1");
-    let (_, ring) = eval("", seq, "dp=1,cp=8");
+    let (ir, whole) = eval_sfu(seq, "dp=8,cp=1", None);
+    let (_, ring) = eval_sfu(seq, "dp=1,cp=8", None);
     let ev = evaluate(&plan("", seq), &BTreeMap::new()).expect("evaluates");
     let hw = &ev.hardware;
     let l0 = ir.act_bytes * hw.peak / (2.0 * hw.hbm_bandwidth);
@@ -108,6 +119,94 @@ fn ring_attention_runs_one_short_kernel_per_step() {
         "ratio {ratio}, expected {expected}"
     );
     assert!(expected > 1.5, "{expected}");
+}
+
+/// The softmax's exponentials run on the special-function units, in
+/// series with the products: one per score in the forward and one in the
+/// backward (which recomputes the probabilities), `F / (4 d)` per pass for
+/// a pass of `F` FLOPs of products at head dim `d`. Declaring the device's
+/// `sfu` adds exactly `2 F / (4 d sfu)` to a step without recomputation;
+/// halving the head dim at the same FLOPs doubles it.
+#[test]
+fn softmax_exponentials_run_on_the_special_function_units() {
+    let seq = 4096;
+    let sfu = 3.26e12;
+    let (ir, without) = eval_sfu(seq, "", None);
+    let (_, with) = eval_sfu(seq, "", Some(sfu));
+    // One sample per rank and step (dp = 8, batch 8, microbatch 1).
+    let forward: f64 = ir
+        .segments
+        .iter()
+        .flat_map(|s| s.ops.iter().map(move |o| (s.count as f64, o)))
+        .filter(|(_, o)| o.class == Class::Attention)
+        .map(|(n, o)| n * o.flops * o.mult)
+        .sum();
+    let head_dim = 2048.0 / 16.0;
+    let expected = 2.0 * forward / (4.0 * head_dim) / sfu;
+    let added = with.time.compute.attention - without.time.compute.attention;
+    assert!(
+        (added - expected).abs() < 1e-9 * expected,
+        "added {added}, expected {expected}"
+    );
+    // The same FLOPs at half the head dim (32 heads of 64): twice the
+    // exponentials. The products' time moves too (more, narrower calls),
+    // so compare what the exponentials add at each width.
+    let narrow = |sfu: Option<f64>| {
+        let text = r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {
+  model Llama(layers = 4, d_model = 2048, heads = 32, kv_heads = 8, d_ff = 5632, vocab = 32000)
+  train { seq = 4096, global_batch = 8, dtype = bf16, optimizer = adamw }
+}
+plan p on GrandTetonRoCE96(nodes = 1) for w {
+  fix tp = 1, pp = 1, dp = 8, zero = 1, recompute = none, microbatch = 1
+}
+"#;
+        let c = check(&["test.gantry".to_string()], &WithSource(text.to_string()));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let mut p = c.program.plans["p"].clone();
+        p.system.node.device.sfu = sfu;
+        evaluate(&p, &BTreeMap::new())
+            .expect("evaluates")
+            .estimate
+            .time
+            .compute
+            .attention
+    };
+    let added_narrow = narrow(Some(sfu)) - narrow(None);
+    assert!(
+        (added_narrow / added - 2.0).abs() < 1e-9,
+        "d = 64 adds {added_narrow}, d = 128 adds {added}"
+    );
+    // Prefill is not charged: the serving engines' kernels overlap the
+    // softmax with the products.
+    let prefill = |sfu: Option<f64>| {
+        let text = r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {
+  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = 32000)
+  prefill { batch = 8, prompt = 4096, dtype = bf16 }
+}
+plan p on GrandTetonRoCE96(nodes = 1) for w {
+  fix tp = 1, pp = 1, dp = 8
+}
+"#;
+        let c = check(&["test.gantry".to_string()], &WithSource(text.to_string()));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let mut p = c.program.plans["p"].clone();
+        p.system.node.device.sfu = sfu;
+        evaluate(&p, &BTreeMap::new())
+            .expect("evaluates")
+            .estimate
+            .time
+            .compute
+            .attention
+    };
+    let (a, b) = (prefill(Some(sfu)), prefill(None));
+    assert!(
+        a > 0.0 && a == b,
+        "prefill attention {a} with sfu, {b} without"
+    );
 }
 
 #[test]

@@ -108,6 +108,11 @@ pub struct Device {
     /// product's output tiles in waves (`cores 132`); absent, products
     /// are not quantised into waves.
     pub cores: Option<u64>,
+    /// Special-function unit results per second (`sfu 3.87 TFLOP/s`: the
+    /// exponentials of a fused attention kernel's softmax run there, one
+    /// per score and training pass); absent, they cost nothing beyond the
+    /// products.
+    pub sfu: Option<f64>,
     /// Calibration factors, shared by every run of this device. Mostly
     /// plain fractions; curve knees carry units (e.g. `matmul_knee = 1 GFLOP`).
     pub efficiency: BTreeMap<String, Quantity>,
@@ -1304,6 +1309,9 @@ fn write_device(s: &mut String, d: &Device, indent: &str) {
     let _ = writeln!(s, "{indent}  power {}", q(d.power, Dim::POWER));
     if let Some(c) = d.cores {
         let _ = writeln!(s, "{indent}  cores {c}");
+    }
+    if let Some(r) = d.sfu {
+        let _ = writeln!(s, "{indent}  sfu {}", q(r, Dim::FLOP_RATE));
     }
     if let Some(p) = d.price {
         let _ = writeln!(s, "{indent}  price {}", q(p, Dim::PRICE_RATE));

@@ -53,6 +53,7 @@ const DEVICE_KEYS: &[Key] = &[
     key("power", VA, false, true),
     key("price", VA, false, false),
     key("cores", VA, false, false),
+    key("sfu", VA, false, false),
     key("efficiency", VA, false, false),
     key("purchase", VA, false, false),
     key("amortization", VA, false, false),
@@ -631,6 +632,7 @@ impl Checker {
             power: 0.0,
             price: None,
             cores: None,
+            sfu: None,
             efficiency: BTreeMap::new(),
             borrowed: BTreeMap::new(),
             own: Default::default(),
@@ -710,6 +712,16 @@ impl Checker {
                     dev.cores = Some(n);
                 }
             }
+        }
+        if let Some(it) = g.get("sfu").and_then(|v| v.first()) {
+            let v = self.eval(&it.value, &mut env);
+            dev.sfu = self.figure(
+                &v,
+                it.value.span,
+                (Dim::FLOP_RATE, MAX_FLOP_RATE),
+                "sfu",
+                "3.87 TFLOP/s",
+            );
         }
         if let Some(it) = g.get("price").and_then(|v| v.first()) {
             let v = self.eval(&it.value, &mut env);
