@@ -980,10 +980,13 @@ impl Evaluator<'_> {
         };
         if dp_group > 1 {
             if p.zero >= 3 {
-                // ZeRO-3 gathers each parameter tensor before its forward
-                // and backward use, and reduce-scatters its gradient: one
-                // collective per tensor, each paying the ring's latency
-                // over the shard group. `overlap = { fsdp = false }` puts
+                // ZeRO-3 gathers the parameters before their forward and
+                // backward use, and reduce-scatters their gradients, each
+                // collective paying the ring's latency over the shard
+                // group: one per module (DeepSpeed fetches a sub-module's
+                // parameters together), or one per layer block under the
+                // PyTorch-native fusions (FSDP wraps each transformer
+                // block, `per_block`). `overlap = { fsdp = false }` puts
                 // them on the critical path (the 2021 ZeRO-3 of section A
                 // scales that way); by default they are prefetched.
                 let overlap = ir.kernels.overlap.fsdp;
@@ -1006,6 +1009,7 @@ impl Evaluator<'_> {
                 let mut total = 0.0;
                 let mut exposed = 0.0;
                 let mut first_ag = None;
+                let per_block = ir.kernels.compiled || ir.kernels.eager;
                 for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
                     let (reps, cost) = match role {
                         Role::Body => (sl, &body),
@@ -1019,15 +1023,25 @@ impl Evaluator<'_> {
                         s.count as f64
                     };
                     let (mut ag, mut rs) = (0.0, 0.0);
+                    let mut unit_bytes = 0.0;
                     for o in s
                         .ops
                         .iter()
                         .filter(|o| o.params > 0.0 && o.table_bytes == 0.0)
                     {
-                        let n = (o.tensors * o.mult).max(1.0);
-                        let bytes = o.params * o.mult * beta / p.tp as f64 / n;
-                        ag += n * topo.time(Collective::AllGather, zgroup, dp_stride, bytes);
-                        rs += n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes);
+                        let bytes = o.params * o.mult * beta / p.tp as f64;
+                        if per_block {
+                            unit_bytes += bytes;
+                            continue;
+                        }
+                        let n = o.mult.max(1.0);
+                        ag += n * topo.time(Collective::AllGather, zgroup, dp_stride, bytes / n);
+                        rs +=
+                            n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes / n);
+                    }
+                    if per_block {
+                        ag = topo.time(Collective::AllGather, zgroup, dp_stride, unit_bytes);
+                        rs = topo.time(Collective::ReduceScatter, zgroup, dp_stride, unit_bytes);
                     }
                     let unit = if role == Role::Body {
                         1.0

@@ -348,7 +348,8 @@ pub struct IrOp {
     /// lookup per table, an MLP a GEMM and an activation per layer).
     pub kernels: f64,
     /// Parameter tensors (a weight and a bias are two), for per-tensor
-    /// collectives such as ZeRO-3 gathers.
+    /// collectives: the tensor-parallel all-reduce of a replicated gain's
+    /// or bias's gradient. (ZeRO-3 gathers a module's tensors together.)
     pub tensors: f64,
     /// Values of a factored second moment (Adafactor) of the op's dense
     /// parameters: `rows + cols` per weight matrix (per matrix of a stack

@@ -647,3 +647,93 @@ fn the_gpu_measurement_agrees_with_the_saved_sets_and_the_loss() {
         );
     }
 }
+
+/// ZeRO-3's collectives, each paying the ring's latency once: one per
+/// module under `fusion = kernels` (DeepSpeed fetches a sub-module's
+/// weight and bias together), one per layer block under `compiled` and
+/// `eager` (FSDP wraps each block). A layer of two biased `linear`s over
+/// 128 ranks on 16 nodes, with `overlap = { fsdp = false }` (everything on
+/// the critical path) and no recomputation: each layer gathers twice
+/// (forward, backward) and reduce-scatters once. Per tensor the latency
+/// would be paid four times per pass (fails both).
+#[test]
+fn zero3_collectives_are_one_per_module_or_per_block() {
+    use gantry_compiler::collective::Collective;
+    let run = |fusion: &str| {
+        let src = format!(
+            r#"device Gpu {{
+  compute {{ bf16 = 989 TFLOP/s }}
+  memory hbm = 80 GB @ 3.35 TB/s
+  power 700 W
+}}
+node HGX {{
+  device Gpu x 8
+  link nvlink = switch(450 GB/s)
+  nic 400 Gb/s x 8
+}}
+cluster C {{
+  node HGX x 16
+  fabric ib = rail_optimized(bandwidth = 400 Gb/s, latency = 5 us)
+}}
+model M(d = 1024, layers = 4) {{
+  input x: bf16[batch, seq, d]
+  repeat layers {{
+    x = x + linear(relu(linear(x, d, 4 * d, bias = true)), 4 * d, d, bias = true)
+  }}
+  output y = x
+}}
+workload w {{
+  model M
+  train {{ seq = 2048, global_batch = 128, dtype = bf16, fusion = {fusion}, overlap = {{ fsdp = false }} }}
+}}
+plan p on C for w {{
+  fix tp = 1, pp = 1, dp = 128, zero = 3, recompute = none, microbatch = 1
+}}
+"#
+        );
+        let c = check(&["test.gantry".to_string()], &WithSource(src));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let ev = evaluate(&c.program.plans["p"], &BTreeMap::new()).expect("evaluates");
+        let zero3 = ev
+            .estimate
+            .comms
+            .iter()
+            .find(|c| c.what.starts_with("ZeRO-3"))
+            .expect("ZeRO-3 comm")
+            .time;
+        let topo = ev.hardware.topo;
+        let beta = ev.ir.act_bytes;
+        let modules: Vec<f64> = ev
+            .ir
+            .segments
+            .iter()
+            .flat_map(|s| s.ops.iter())
+            .filter(|o| o.params > 0.0)
+            .map(|o| o.params * o.mult * beta)
+            .collect();
+        let pass = move |bytes: &[f64]| {
+            bytes
+                .iter()
+                .map(|b| {
+                    2.0 * topo.time(Collective::AllGather, 128, 1, *b)
+                        + topo.time(Collective::ReduceScatter, 128, 1, *b)
+                })
+                .sum::<f64>()
+        };
+        (zero3, modules, pass)
+    };
+    let (kernels, modules, pass) = run("kernels");
+    assert_eq!(modules.len(), 2, "two biased linears per layer");
+    let per_module = 4.0 * pass(&modules);
+    assert!(
+        (kernels - per_module).abs() < 1e-9 * per_module,
+        "kernels: {kernels} s, per module {per_module} s"
+    );
+    let (compiled, modules, pass) = run("compiled");
+    let per_block = 4.0 * pass(&[modules.iter().sum()]);
+    assert!(
+        (compiled - per_block).abs() < 1e-9 * per_block,
+        "compiled: {compiled} s, per block {per_block} s"
+    );
+    assert!(per_block < per_module);
+}
