@@ -1040,8 +1040,17 @@ impl Evaluator<'_> {
                             n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes / n);
                     }
                     if per_block {
+                        // FSDP reduce-scatters in its reduction type,
+                        // fp32 under torchtitan's mixed precision (the
+                        // unsharded gradient the working memory holds).
+                        let reduce = beta.max(4.0) / beta;
                         ag = topo.time(Collective::AllGather, zgroup, dp_stride, unit_bytes);
-                        rs = topo.time(Collective::ReduceScatter, zgroup, dp_stride, unit_bytes);
+                        rs = topo.time(
+                            Collective::ReduceScatter,
+                            zgroup,
+                            dp_stride,
+                            unit_bytes * reduce,
+                        );
                     }
                     let unit = if role == Role::Body {
                         1.0
@@ -1076,7 +1085,9 @@ impl Evaluator<'_> {
                     algorithm: topo
                         .algorithm(Collective::AllGather, zgroup, dp_stride)
                         .into(),
-                    bytes: (gathers + rounds) * grad_bytes * ring(zgroup),
+                    bytes: (gathers + rounds * if per_block { beta.max(4.0) / beta } else { 1.0 })
+                        * grad_bytes
+                        * ring(zgroup),
                     time: total,
                     exposed: dp_exposed,
                 });
