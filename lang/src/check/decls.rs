@@ -59,6 +59,11 @@ const DEVICE_KEYS: &[Key] = &[
     key("idle_power", VA, false, false),
     key("mtbf", VA, false, false),
 ];
+/// The one device memory tier the cost model reads (`memory hbm = ...`, or
+/// the value form `memory 80 GB @ 3.35 TB/s`, which is named `hbm`). Other
+/// named tiers are `L098`.
+pub const MODELLED_MEMORY: &str = "hbm";
+
 const NODE_KEYS: &[Key] = &[
     key("device", V, false, true),
     key("link", N, true, false),
@@ -666,15 +671,65 @@ impl Checker {
                 }
             }
         }
+        // The cost model reads one memory tier, `hbm` (the value form's
+        // name); the node's `host memory` is the other. Another tier
+        // (`memory sram = 40 MiB @ 10 TB/s`) is kept in the program but
+        // priced nowhere, so it is `L098` (a warning), a second `hbm` is
+        // `L062` and a device without one `L061`: none is silently read as
+        // the device memory or silently dropped.
+        let mut hbm_span: Option<Span> = None;
+        let mut any_memory = false;
         for it in g.get("memory").into_iter().flatten() {
+            any_memory = true;
             let name = it
                 .name
                 .as_ref()
                 .map_or("hbm".to_string(), |n| n.name.clone());
+            let name_span = it.name.as_ref().map_or(it.key.span, |n| n.span);
+            if name == MODELLED_MEMORY {
+                if let Some(first) = hbm_span {
+                    self.diags.push(
+                        Diagnostic::error(Code::L062, "memory `hbm` is given twice", name_span)
+                            .with_label(name_span, "given again here")
+                            .with_label(first, "first given here")
+                            .with_help("a device has one HBM; remove one of them"),
+                    );
+                    continue;
+                }
+                hbm_span = Some(name_span);
+            } else {
+                self.diags.push(
+                    Diagnostic::warning(
+                        Code::L098,
+                        format!("memory `{name}` is not modelled: the cost model reads only `hbm`"),
+                        name_span,
+                    )
+                    .with_label(name_span, "no cost, capacity or bandwidth is read from this tier")
+                    .with_help(
+                        "the modelled memories are the device's `hbm` (`memory hbm = 80 GB @ 3.35 TB/s`, \
+                         or `memory 80 GB @ 3.35 TB/s`) and the node's `host memory`; remove this \
+                         tier, or name it `hbm` if it is the device memory",
+                    ),
+                );
+            }
             let v = self.eval(&it.value, &mut env);
             if let Some(m) = self.memory(&name, &v, it.value.span) {
                 dev.memories.push(m);
             }
+        }
+        if any_memory && hbm_span.is_none() {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L061,
+                    format!("device `{}` has no `hbm` memory", inst.name),
+                    b.name.span,
+                )
+                .with_label(b.name.span, "needs `memory hbm = capacity @ bandwidth`")
+                .with_help(
+                    "the cost model prices the device memory named `hbm` (the form \
+                     `memory 80 GB @ 3.35 TB/s` names it `hbm`); other tiers are not modelled",
+                ),
+            );
         }
         // The full-load power `idle_power` may not exceed: unbounded when
         // `power` itself is out of range (its own L046 says so).
