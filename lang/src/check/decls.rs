@@ -548,7 +548,7 @@ impl Checker {
 
     fn decl_env(&mut self, inst: &Instance, params: &[crate::ast::Param]) -> Env {
         let mut env = Env::new();
-        for (k, v) in &inst.args {
+        for (k, v) in inst.args.iter() {
             let span = params
                 .iter()
                 .find(|p| p.name.name == *k)
@@ -563,11 +563,10 @@ impl Checker {
     pub(crate) fn open(
         &mut self,
         inst: &Instance,
-        key: &str,
         use_span: Span,
     ) -> Option<(crate::ast::BlockDecl, usize, Env)> {
         let b = self.block_decl(&inst.name)?;
-        if !self.enter(key, use_span) {
+        if !self.enter(inst, use_span) {
             return None;
         }
         let before = self.error_count();
@@ -621,7 +620,7 @@ impl Checker {
         if let Some(d) = self.memo_devices.get(&key) {
             return d.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("device `{}`", inst.name),
             b.name.span,
@@ -630,7 +629,7 @@ impl Checker {
             self.broken(b.span),
         );
         let mut dev = Device {
-            name: key.clone(),
+            name: inst.label(),
             compute: BTreeMap::new(),
             memories: Vec::new(),
             power: 0.0,
@@ -832,7 +831,7 @@ impl Checker {
         let ok = self.error_count() == before && !self.broken(b.span);
         let result = ok.then_some(dev);
         if let Some(d) = &result {
-            self.program.devices.insert(key.clone(), d.clone());
+            self.program.devices.insert(inst.label(), d.clone());
         }
         self.memo_devices.insert(key, result.clone());
         result
@@ -1144,7 +1143,7 @@ impl Checker {
         if let Some(n) = self.memo_nodes.get(&key) {
             return n.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("node `{}`", inst.name),
             b.name.span,
@@ -1270,7 +1269,7 @@ impl Checker {
         self.leave(&key);
         let result = match device {
             Some(device) if self.error_count() == before && !self.broken(b.span) => Some(Node {
-                name: key.clone(),
+                name: inst.label(),
                 device,
                 devices_per_node: per_node,
                 links,
@@ -1285,7 +1284,7 @@ impl Checker {
             _ => None,
         };
         if let Some(n) = &result {
-            self.program.nodes.insert(key.clone(), n.clone());
+            self.program.nodes.insert(inst.label(), n.clone());
         }
         self.memo_nodes.insert(key, result.clone());
         result
@@ -1323,7 +1322,7 @@ impl Checker {
         if let Some(c) = self.memo_clusters.get(&key) {
             return c.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("cluster `{}`", inst.name),
             b.name.span,
@@ -1363,7 +1362,7 @@ impl Checker {
         self.leave(&key);
         let result = match node {
             Some(node) if self.error_count() == before && !self.broken(b.span) => Some(Cluster {
-                name: key.clone(),
+                name: inst.label(),
                 node,
                 nodes: count,
                 fabric,
@@ -1372,7 +1371,7 @@ impl Checker {
             _ => None,
         };
         if let Some(c) = &result {
-            self.program.clusters.insert(key.clone(), c.clone());
+            self.program.clusters.insert(inst.label(), c.clone());
         }
         self.memo_clusters.insert(key, result.clone());
         result
@@ -1460,7 +1459,7 @@ impl Checker {
     pub(crate) fn table(&mut self, inst: &Instance, use_span: Span) -> Option<EmbeddingTable> {
         let b = self.block_decl(&inst.name)?;
         let key = inst.key();
-        if !self.enter(&key, use_span) {
+        if !self.enter(inst, use_span) {
             return None;
         }
         let mut env = self.decl_env(inst, &b.params);
@@ -1577,7 +1576,7 @@ impl Checker {
         if let Some(w) = self.memo_workloads.get(&key) {
             return w.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("workload `{}`", inst.name),
             b.name.span,
@@ -1718,7 +1717,7 @@ impl Checker {
             );
         }
         let result = (self.error_count() == before && !self.broken(b.span)).then(|| Workload {
-            name: key.clone(),
+            name: inst.label(),
             model,
             phase,
             dtype,
@@ -1729,7 +1728,7 @@ impl Checker {
             serve,
         });
         if let Some(w) = &result {
-            self.program.workloads.insert(key.clone(), w.clone());
+            self.program.workloads.insert(inst.label(), w.clone());
         }
         self.memo_workloads.insert(key, result.clone());
         result
@@ -2533,7 +2532,7 @@ impl Checker {
             return self.system(v, span).into_iter().collect();
         };
         let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
-        for (k, a) in &inst.args {
+        for (k, a) in inst.args.iter() {
             let options = match a {
                 Value::Set(xs) => xs.iter().map(|(v, _)| v.clone()).collect(),
                 Value::Range(lo, hi, step) => match self.range_points(k, *lo, *hi, *step, span) {
@@ -2587,11 +2586,7 @@ impl Checker {
         }
         let mut out = Vec::new();
         for args in points {
-            let i = Instance {
-                kind: inst.kind,
-                name: inst.name.clone(),
-                args,
-            };
+            let i = Instance::new(inst.kind, inst.name.clone(), args);
             if let Some(c) = self.system(&Value::Decl(i), span) {
                 out.push(c);
             }
