@@ -1475,3 +1475,32 @@ fn serving_edge_inputs_get_their_causes() {
     ]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `gantry.serve/1` says what its `rate_per_s` is: a burst's (every request
+/// at time 0) was a bare `0.0`, read as a deployment that received nothing.
+/// `arrivals` gives the kind (open, closed, burst) and a closed loop's or
+/// burst's clients.
+#[test]
+fn serve_json_says_how_the_requests_came() {
+    let best = |file: &str, plan: &str| {
+        let (code, out, err) = gantry(&["plan", file, "--plan", plan, "--format", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["best"].clone()
+    };
+    let burst = best("examples/reference/s05_a_a100_tp8.gantry", "s05_a1_4_plan");
+    assert_eq!(burst["arrivals"]["kind"], "burst", "{burst}");
+    assert_eq!(burst["arrivals"]["clients"], 200);
+    assert_eq!(burst["rate_per_s"], 0.0);
+    let closed = best(
+        "examples/reference/s03_c_b200_closed_loop.gantry",
+        "s03_c1_3_plan",
+    );
+    assert_eq!(closed["arrivals"]["kind"], "closed", "{closed}");
+    assert_eq!(closed["arrivals"]["clients"], 16);
+    assert!(closed["rate_per_s"].as_f64().is_some_and(|r| r > 0.0));
+    let open = best("examples/reference/s05_a_a100_tp8.gantry", "s05_a1_1_plan");
+    assert_eq!(open["arrivals"]["kind"], "open", "{open}");
+    assert!(open["arrivals"]["clients"].is_null());
+    assert!(open["rate_per_s"].as_f64().is_some_and(|r| r > 0.0));
+}

@@ -132,19 +132,50 @@ pub struct Summary {
     pub clients: Option<u64>,
 }
 
+/// How the requests of a run came: `gantry.serve/1`'s `arrivals.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Open-loop arrivals (drawn or a trace's times): `rate` is offered.
+    Open,
+    /// A closed loop of fewer clients than requests: `rate` is what the
+    /// clients sent at, which is what the deployment served.
+    Closed(u64),
+    /// Every request at time 0 (`burst()`, a closed loop with a client per
+    /// request, a trace whose times span no time): there is no arrival
+    /// span, so `rate` is 0.
+    Burst(u64),
+}
+
+impl Load {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Load::Open => "open",
+            Load::Closed(_) => "closed",
+            Load::Burst(_) => "burst",
+        }
+    }
+}
+
 impl Summary {
+    /// How the requests came: offered, from a closed loop, or all at once.
+    pub fn load(&self) -> Load {
+        match self.clients {
+            Some(c) if c >= self.requests => Load::Burst(c),
+            Some(c) => Load::Closed(c),
+            None => Load::Open,
+        }
+    }
+
     /// How the requests came, in words: at the offered rate, or from a
     /// closed loop (whose rate is what the deployment served).
     pub fn load_text(&self) -> String {
-        match self.clients {
-            Some(c) if c >= self.requests => {
-                format!("{} requests sent at once (a burst)", self.requests)
-            }
-            Some(c) => format!(
+        match self.load() {
+            Load::Burst(_) => format!("{} requests sent at once (a burst)", self.requests),
+            Load::Closed(c) => format!(
                 "{} requests from a closed loop of {c} clients",
                 self.requests
             ),
-            None => format!("{} requests at {:.3} req/s", self.requests, self.rate),
+            Load::Open => format!("{} requests at {:.3} req/s", self.requests, self.rate),
         }
     }
 }
@@ -695,6 +726,15 @@ pub fn json(s: &Summary) -> Value {
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
+        // What `rate_per_s` is: offered (open), the closed loop's, or 0
+        // for a burst, whose requests all arrive at 0 (no arrival span).
+        "arrivals": {
+            "kind": s.load().kind(),
+            "clients": match s.load() {
+                Load::Open => None,
+                Load::Closed(c) | Load::Burst(c) => Some(c),
+            },
+        },
         "requests": s.requests,
         "completed": s.completed,
         "dropped": s.dropped,
