@@ -1504,3 +1504,72 @@ fn serve_json_says_how_the_requests_came() {
     assert!(open["arrivals"]["clients"].is_null());
     assert!(open["rate_per_s"].as_f64().is_some_and(|r| r > 0.0));
 }
+
+/// A `serve` workload of one request under Poisson arrivals read `1
+/// requests at 0.000 req/s` (`rate_per_s` 0 with open arrivals): one
+/// arrival has no gap to measure a rate over. It is the workload's rate.
+#[test]
+fn one_drawn_request_is_offered_at_the_workloads_rate() {
+    let f = temp(
+        "one_request.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("requests = 2000", "requests = 1")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&[
+        "plan",
+        &f,
+        "--fix",
+        "tp=8,dp=1,batch=64,token_budget=2048",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["best"]["arrivals"]["kind"], "open", "{out}");
+    assert_eq!(v["best"]["rate_per_s"], 8.0, "{out}");
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 requests at 8.000 req/s"), "{out}");
+}
+
+/// A request too long for any KV cache is dropped; when the attainment's
+/// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
+/// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
+/// the JSON wrote `null` where its schema said a number.
+#[test]
+fn a_dropped_request_is_never_not_inf() {
+    temp("one_huge.csv", "0,10,10\n1,16777216,16777216\n");
+    let f = temp(
+        "one_huge.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "trace(\"one_huge.csv\")")
+            .replace("lognormal(mean = 1024, spread = 0.6)", "trace")
+            .replace("lognormal(mean = 256, spread = 0.6)", "trace")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 completed, 1 dropped"), "{out}");
+    assert!(!out.contains("inf"), "{out}");
+    assert!(out.contains("tpot_p99 <= 50.0 ms: never"), "{out}");
+    assert!(
+        out.contains("fewer than 99% of the requests complete (1 of 2 dropped"),
+        "{out}"
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for slo in v["best"]["slos"].as_array().expect("slos") {
+        assert!(slo["achieved_s"].is_null() && slo["met"] == false, "{slo}");
+    }
+}

@@ -7,7 +7,7 @@
 //! only format these fields; JSON writes base units (seconds, bytes,
 //! dollars) with the unit in the name, as `gantry.plan/2` does.
 
-use gantry_lang::program::{Serve, Slo};
+use gantry_lang::program::{Arrivals, Serve, Slo};
 use serde_json::{Value, json};
 
 use super::sim::{Deployment, Outcome};
@@ -277,7 +277,13 @@ pub fn summarize(
     let rate = if span > 0.0 {
         (n - 1) as f64 / span
     } else {
-        0.0
+        // One drawn open arrival has no gap to measure a rate over: it was
+        // offered at the workload's rate (it read `1 requests at 0.000
+        // req/s`). A burst's requests all arrive at 0: no rate (`Load`).
+        match serve.arrivals {
+            Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => rate,
+            _ => 0.0,
+        }
     };
     let run = o.makespan.max(span);
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
@@ -464,7 +470,11 @@ fn ms(x: f64) -> String {
 /// [`ms`], or microseconds below a millisecond (a batching window's
 /// latencies are often that short).
 fn lat(s: &Summary, x: f64) -> String {
-    if batched(s) && x < 1e-3 {
+    if !x.is_finite() {
+        // The percentile falls on requests that never completed (dropped:
+        // too long for the KV cache): it read `inf ms`.
+        "never".into()
+    } else if batched(s) && x < 1e-3 {
         format!("{:.1} us", x * 1e6)
     } else {
         ms(x)
@@ -498,6 +508,16 @@ pub fn binding(s: &Summary) -> String {
         "latency_p99" => "the batching window and one batch's time",
         _ => "end-to-end latency",
     };
+    if !worst.achieved.is_finite() {
+        // It read `tpot_p99 at inf% of its target (inf ms of 50.0 ms)`.
+        return format!(
+            "{}: fewer than {:.0}% of the requests complete ({} of {} dropped, too long for the KV cache)",
+            worst.name,
+            100.0 * s.target_attainment,
+            s.dropped,
+            s.requests
+        );
+    }
     format!(
         "{} at {:.0}% of its target ({} of {}): {why}",
         worst.name,
