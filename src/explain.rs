@@ -364,6 +364,15 @@ points at the name.\n\
 Fix: name the `serve` workload that ran before this one on the same server, or leave \
 `after` out for a cold server (docs/LANGUAGE.md §5.7)."
         }
+        "L098" => {
+            "A device declares a memory tier other than `hbm` (`memory sram = 40 MiB @ 10 TB/s`, \
+`memory hbm3e = ...`). The cost model reads one device memory, the tier named `hbm` (the \
+value form `memory 80 GB @ 3.35 TB/s` is named `hbm`), and the node's `host memory`; any \
+other tier is kept in the program but priced nowhere: no capacity, bandwidth or cost is \
+read from it. A warning. A device with no `hbm` at all is L061, a second `hbm` L062. The \
+label points at the tier's name.\n\
+Fix: remove the tier, or name it `hbm` if it is the device memory (docs/LANGUAGE.md §5.2)."
+        }
         "L081" => {
             "A plan searches or pins `token_budget` or `chunked_prefill`, the serving \
 scheduler's knobs, but its workload is not a `serve` workload (or the knob is in a study, \

@@ -665,7 +665,10 @@ fn unbounded_inputs_are_refused() {
 
 /// A long chain of constants (`let a1 = a0 + 1`, ...) is evaluated one
 /// inside the next: 3,000 links overflowed the stack and aborted the
-/// process; now it is `L013`, in either order of definition.
+/// process; now it is `L013` when each constant names a later one.
+/// Declarations are evaluated in the order declared, so a chain whose
+/// constants each name an earlier one is one level deep per link: checked
+/// (it was `L013` too, the names sorting `a10000` before `a2`).
 #[test]
 fn long_constant_chains_are_l013_not_a_stack_overflow() {
     let n = 20_000;
@@ -676,16 +679,17 @@ fn long_constant_chains_are_l013_not_a_stack_overflow() {
         .map(|i| format!("let a{i} = a{} + 1\n", i + 1))
         .chain(std::iter::once(format!("let a{n} = 1\n")))
         .collect();
-    for (name, text) in [("chain_up.gantry", up), ("chain_down.gantry", down)] {
-        let f = temp(name, &text);
-        let (code, _, err) = gantry(&["check", &f]);
-        no_panic(code, &err);
-        assert_eq!(code, 1, "{name}: {err}");
-        assert!(
-            err.contains("L013") && err.contains("1 error"),
-            "{name}: {err}"
-        );
-    }
+    let f = temp("chain_up.gantry", &up);
+    let (code, _, err) = gantry(&["check", &f]);
+    assert_eq!(code, 0, "chain_up.gantry: {err}");
+    let f = temp("chain_down.gantry", &down);
+    let (code, _, err) = gantry(&["check", &f]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "chain_down.gantry: {err}");
+    assert!(
+        err.contains("L013") && err.contains("1 error"),
+        "chain_down.gantry: {err}"
+    );
 }
 
 /// Flags that were silently ignored or disabled a check are usage errors.
@@ -1470,4 +1474,102 @@ fn serving_edge_inputs_get_their_causes() {
         "1e-12",
     ]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// `gantry.serve/1` says what its `rate_per_s` is: a burst's (every request
+/// at time 0) was a bare `0.0`, read as a deployment that received nothing.
+/// `arrivals` gives the kind (open, closed, burst) and a closed loop's or
+/// burst's clients.
+#[test]
+fn serve_json_says_how_the_requests_came() {
+    let best = |file: &str, plan: &str| {
+        let (code, out, err) = gantry(&["plan", file, "--plan", plan, "--format", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["best"].clone()
+    };
+    let burst = best("examples/reference/s05_a_a100_tp8.gantry", "s05_a1_4_plan");
+    assert_eq!(burst["arrivals"]["kind"], "burst", "{burst}");
+    assert_eq!(burst["arrivals"]["clients"], 200);
+    assert_eq!(burst["rate_per_s"], 0.0);
+    let closed = best(
+        "examples/reference/s03_c_b200_closed_loop.gantry",
+        "s03_c1_3_plan",
+    );
+    assert_eq!(closed["arrivals"]["kind"], "closed", "{closed}");
+    assert_eq!(closed["arrivals"]["clients"], 16);
+    assert!(closed["rate_per_s"].as_f64().is_some_and(|r| r > 0.0));
+    let open = best("examples/reference/s05_a_a100_tp8.gantry", "s05_a1_1_plan");
+    assert_eq!(open["arrivals"]["kind"], "open", "{open}");
+    assert!(open["arrivals"]["clients"].is_null());
+    assert!(open["rate_per_s"].as_f64().is_some_and(|r| r > 0.0));
+}
+
+/// A `serve` workload of one request under Poisson arrivals read `1
+/// requests at 0.000 req/s` (`rate_per_s` 0 with open arrivals): one
+/// arrival has no gap to measure a rate over. It is the workload's rate.
+#[test]
+fn one_drawn_request_is_offered_at_the_workloads_rate() {
+    let f = temp(
+        "one_request.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("requests = 2000", "requests = 1")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&[
+        "plan",
+        &f,
+        "--fix",
+        "tp=8,dp=1,batch=64,token_budget=2048",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["best"]["arrivals"]["kind"], "open", "{out}");
+    assert_eq!(v["best"]["rate_per_s"], 8.0, "{out}");
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 requests at 8.000 req/s"), "{out}");
+}
+
+/// A request too long for any KV cache is dropped; when the attainment's
+/// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
+/// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
+/// the JSON wrote `null` where its schema said a number.
+#[test]
+fn a_dropped_request_is_never_not_inf() {
+    temp("one_huge.csv", "0,10,10\n1,16777216,16777216\n");
+    let f = temp(
+        "one_huge.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "trace(\"one_huge.csv\")")
+            .replace("lognormal(mean = 1024, spread = 0.6)", "trace")
+            .replace("lognormal(mean = 256, spread = 0.6)", "trace")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 completed, 1 dropped"), "{out}");
+    assert!(!out.contains("inf"), "{out}");
+    assert!(out.contains("tpot_p99 <= 50.0 ms: never"), "{out}");
+    assert!(
+        out.contains("fewer than 99% of the requests complete (1 of 2 dropped"),
+        "{out}"
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for slo in v["best"]["slos"].as_array().expect("slos") {
+        assert!(slo["achieved_s"].is_null() && slo["met"] == false, "{slo}");
+    }
 }

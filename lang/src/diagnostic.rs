@@ -100,6 +100,7 @@ codes! {
     L095 => "`engine` names no declared engine",
     L096 => "a `trace(\"file.csv\")` request file cannot be read or parsed",
     L097 => "`after` names no LLM serving workload, or its chain is too long",
+    L098 => "device memory tier other than `hbm` (not modelled)",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",

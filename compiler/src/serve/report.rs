@@ -7,7 +7,7 @@
 //! only format these fields; JSON writes base units (seconds, bytes,
 //! dollars) with the unit in the name, as `gantry.plan/2` does.
 
-use gantry_lang::program::{Serve, Slo};
+use gantry_lang::program::{Arrivals, Serve, Slo};
 use serde_json::{Value, json};
 
 use super::sim::{Deployment, Outcome};
@@ -132,19 +132,50 @@ pub struct Summary {
     pub clients: Option<u64>,
 }
 
+/// How the requests of a run came: `gantry.serve/1`'s `arrivals.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Open-loop arrivals (drawn or a trace's times): `rate` is offered.
+    Open,
+    /// A closed loop of fewer clients than requests: `rate` is what the
+    /// clients sent at, which is what the deployment served.
+    Closed(u64),
+    /// Every request at time 0 (`burst()`, a closed loop with a client per
+    /// request, a trace whose times span no time): there is no arrival
+    /// span, so `rate` is 0.
+    Burst(u64),
+}
+
+impl Load {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Load::Open => "open",
+            Load::Closed(_) => "closed",
+            Load::Burst(_) => "burst",
+        }
+    }
+}
+
 impl Summary {
+    /// How the requests came: offered, from a closed loop, or all at once.
+    pub fn load(&self) -> Load {
+        match self.clients {
+            Some(c) if c >= self.requests => Load::Burst(c),
+            Some(c) => Load::Closed(c),
+            None => Load::Open,
+        }
+    }
+
     /// How the requests came, in words: at the offered rate, or from a
     /// closed loop (whose rate is what the deployment served).
     pub fn load_text(&self) -> String {
-        match self.clients {
-            Some(c) if c >= self.requests => {
-                format!("{} requests sent at once (a burst)", self.requests)
-            }
-            Some(c) => format!(
+        match self.load() {
+            Load::Burst(_) => format!("{} requests sent at once (a burst)", self.requests),
+            Load::Closed(c) => format!(
                 "{} requests from a closed loop of {c} clients",
                 self.requests
             ),
-            None => format!("{} requests at {:.3} req/s", self.requests, self.rate),
+            Load::Open => format!("{} requests at {:.3} req/s", self.requests, self.rate),
         }
     }
 }
@@ -246,7 +277,13 @@ pub fn summarize(
     let rate = if span > 0.0 {
         (n - 1) as f64 / span
     } else {
-        0.0
+        // One drawn open arrival has no gap to measure a rate over: it was
+        // offered at the workload's rate (it read `1 requests at 0.000
+        // req/s`). A burst's requests all arrive at 0: no rate (`Load`).
+        match serve.arrivals {
+            Arrivals::Poisson { rate } | Arrivals::Gamma { rate, .. } => rate,
+            _ => 0.0,
+        }
     };
     let run = o.makespan.max(span);
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
@@ -433,7 +470,11 @@ fn ms(x: f64) -> String {
 /// [`ms`], or microseconds below a millisecond (a batching window's
 /// latencies are often that short).
 fn lat(s: &Summary, x: f64) -> String {
-    if batched(s) && x < 1e-3 {
+    if !x.is_finite() {
+        // The percentile falls on requests that never completed (dropped:
+        // too long for the KV cache): it read `inf ms`.
+        "never".into()
+    } else if batched(s) && x < 1e-3 {
         format!("{:.1} us", x * 1e6)
     } else {
         ms(x)
@@ -467,6 +508,16 @@ pub fn binding(s: &Summary) -> String {
         "latency_p99" => "the batching window and one batch's time",
         _ => "end-to-end latency",
     };
+    if !worst.achieved.is_finite() {
+        // It read `tpot_p99 at inf% of its target (inf ms of 50.0 ms)`.
+        return format!(
+            "{}: fewer than {:.0}% of the requests complete ({} of {} dropped, too long for the KV cache)",
+            worst.name,
+            100.0 * s.target_attainment,
+            s.dropped,
+            s.requests
+        );
+    }
     format!(
         "{} at {:.0}% of its target ({} of {}): {why}",
         worst.name,
@@ -695,6 +746,15 @@ pub fn json(s: &Summary) -> Value {
         "devices": s.devices,
         "kv_capacity_tokens": s.kv_capacity_tokens,
         "rate_per_s": s.rate,
+        // What `rate_per_s` is: offered (open), the closed loop's, or 0
+        // for a burst, whose requests all arrive at 0 (no arrival span).
+        "arrivals": {
+            "kind": s.load().kind(),
+            "clients": match s.load() {
+                Load::Open => None,
+                Load::Closed(c) | Load::Burst(c) => Some(c),
+            },
+        },
         "requests": s.requests,
         "completed": s.completed,
         "dropped": s.dropped,

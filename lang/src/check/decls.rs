@@ -60,6 +60,11 @@ const DEVICE_KEYS: &[Key] = &[
     key("idle_power", VA, false, false),
     key("mtbf", VA, false, false),
 ];
+/// The one device memory tier the cost model reads (`memory hbm = ...`, or
+/// the value form `memory 80 GB @ 3.35 TB/s`, which is named `hbm`). Other
+/// named tiers are `L098`.
+pub const MODELLED_MEMORY: &str = "hbm";
+
 const NODE_KEYS: &[Key] = &[
     key("device", V, false, true),
     key("link", N, true, false),
@@ -544,7 +549,7 @@ impl Checker {
 
     fn decl_env(&mut self, inst: &Instance, params: &[crate::ast::Param]) -> Env {
         let mut env = Env::new();
-        for (k, v) in &inst.args {
+        for (k, v) in inst.args.iter() {
             let span = params
                 .iter()
                 .find(|p| p.name.name == *k)
@@ -559,11 +564,10 @@ impl Checker {
     pub(crate) fn open(
         &mut self,
         inst: &Instance,
-        key: &str,
         use_span: Span,
     ) -> Option<(crate::ast::BlockDecl, usize, Env)> {
         let b = self.block_decl(&inst.name)?;
-        if !self.enter(key, use_span) {
+        if !self.enter(inst, use_span) {
             return None;
         }
         let before = self.error_count();
@@ -617,7 +621,7 @@ impl Checker {
         if let Some(d) = self.memo_devices.get(&key) {
             return d.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("device `{}`", inst.name),
             b.name.span,
@@ -626,7 +630,7 @@ impl Checker {
             self.broken(b.span),
         );
         let mut dev = Device {
-            name: key.clone(),
+            name: inst.label(),
             compute: BTreeMap::new(),
             memories: Vec::new(),
             power: 0.0,
@@ -668,15 +672,65 @@ impl Checker {
                 }
             }
         }
+        // The cost model reads one memory tier, `hbm` (the value form's
+        // name); the node's `host memory` is the other. Another tier
+        // (`memory sram = 40 MiB @ 10 TB/s`) is kept in the program but
+        // priced nowhere, so it is `L098` (a warning), a second `hbm` is
+        // `L062` and a device without one `L061`: none is silently read as
+        // the device memory or silently dropped.
+        let mut hbm_span: Option<Span> = None;
+        let mut any_memory = false;
         for it in g.get("memory").into_iter().flatten() {
+            any_memory = true;
             let name = it
                 .name
                 .as_ref()
                 .map_or("hbm".to_string(), |n| n.name.clone());
+            let name_span = it.name.as_ref().map_or(it.key.span, |n| n.span);
+            if name == MODELLED_MEMORY {
+                if let Some(first) = hbm_span {
+                    self.diags.push(
+                        Diagnostic::error(Code::L062, "memory `hbm` is given twice", name_span)
+                            .with_label(name_span, "given again here")
+                            .with_label(first, "first given here")
+                            .with_help("a device has one HBM; remove one of them"),
+                    );
+                    continue;
+                }
+                hbm_span = Some(name_span);
+            } else {
+                self.diags.push(
+                    Diagnostic::warning(
+                        Code::L098,
+                        format!("memory `{name}` is not modelled: the cost model reads only `hbm`"),
+                        name_span,
+                    )
+                    .with_label(name_span, "no cost, capacity or bandwidth is read from this tier")
+                    .with_help(
+                        "the modelled memories are the device's `hbm` (`memory hbm = 80 GB @ 3.35 TB/s`, \
+                         or `memory 80 GB @ 3.35 TB/s`) and the node's `host memory`; remove this \
+                         tier, or name it `hbm` if it is the device memory",
+                    ),
+                );
+            }
             let v = self.eval(&it.value, &mut env);
             if let Some(m) = self.memory(&name, &v, it.value.span) {
                 dev.memories.push(m);
             }
+        }
+        if any_memory && hbm_span.is_none() {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::L061,
+                    format!("device `{}` has no `hbm` memory", inst.name),
+                    b.name.span,
+                )
+                .with_label(b.name.span, "needs `memory hbm = capacity @ bandwidth`")
+                .with_help(
+                    "the cost model prices the device memory named `hbm` (the form \
+                     `memory 80 GB @ 3.35 TB/s` names it `hbm`); other tiers are not modelled",
+                ),
+            );
         }
         // The full-load power `idle_power` may not exceed: unbounded when
         // `power` itself is out of range (its own L046 says so).
@@ -789,7 +843,7 @@ impl Checker {
         let ok = self.error_count() == before && !self.broken(b.span);
         let result = ok.then_some(dev);
         if let Some(d) = &result {
-            self.program.devices.insert(key.clone(), d.clone());
+            self.program.devices.insert(inst.label(), d.clone());
         }
         self.memo_devices.insert(key, result.clone());
         result
@@ -1101,7 +1155,7 @@ impl Checker {
         if let Some(n) = self.memo_nodes.get(&key) {
             return n.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("node `{}`", inst.name),
             b.name.span,
@@ -1227,7 +1281,7 @@ impl Checker {
         self.leave(&key);
         let result = match device {
             Some(device) if self.error_count() == before && !self.broken(b.span) => Some(Node {
-                name: key.clone(),
+                name: inst.label(),
                 device,
                 devices_per_node: per_node,
                 links,
@@ -1242,7 +1296,7 @@ impl Checker {
             _ => None,
         };
         if let Some(n) = &result {
-            self.program.nodes.insert(key.clone(), n.clone());
+            self.program.nodes.insert(inst.label(), n.clone());
         }
         self.memo_nodes.insert(key, result.clone());
         result
@@ -1280,7 +1334,7 @@ impl Checker {
         if let Some(c) = self.memo_clusters.get(&key) {
             return c.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("cluster `{}`", inst.name),
             b.name.span,
@@ -1320,7 +1374,7 @@ impl Checker {
         self.leave(&key);
         let result = match node {
             Some(node) if self.error_count() == before && !self.broken(b.span) => Some(Cluster {
-                name: key.clone(),
+                name: inst.label(),
                 node,
                 nodes: count,
                 fabric,
@@ -1329,7 +1383,7 @@ impl Checker {
             _ => None,
         };
         if let Some(c) = &result {
-            self.program.clusters.insert(key.clone(), c.clone());
+            self.program.clusters.insert(inst.label(), c.clone());
         }
         self.memo_clusters.insert(key, result.clone());
         result
@@ -1417,7 +1471,7 @@ impl Checker {
     pub(crate) fn table(&mut self, inst: &Instance, use_span: Span) -> Option<EmbeddingTable> {
         let b = self.block_decl(&inst.name)?;
         let key = inst.key();
-        if !self.enter(&key, use_span) {
+        if !self.enter(inst, use_span) {
             return None;
         }
         let mut env = self.decl_env(inst, &b.params);
@@ -1534,7 +1588,7 @@ impl Checker {
         if let Some(w) = self.memo_workloads.get(&key) {
             return w.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
+        let (b, before, mut env) = self.open(inst, use_span)?;
         let g = self.group(
             &format!("workload `{}`", inst.name),
             b.name.span,
@@ -1675,7 +1729,7 @@ impl Checker {
             );
         }
         let result = (self.error_count() == before && !self.broken(b.span)).then(|| Workload {
-            name: key.clone(),
+            name: inst.label(),
             model,
             phase,
             dtype,
@@ -1686,7 +1740,7 @@ impl Checker {
             serve,
         });
         if let Some(w) = &result {
-            self.program.workloads.insert(key.clone(), w.clone());
+            self.program.workloads.insert(inst.label(), w.clone());
         }
         self.memo_workloads.insert(key, result.clone());
         result
@@ -2490,7 +2544,7 @@ impl Checker {
             return self.system(v, span).into_iter().collect();
         };
         let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
-        for (k, a) in &inst.args {
+        for (k, a) in inst.args.iter() {
             let options = match a {
                 Value::Set(xs) => xs.iter().map(|(v, _)| v.clone()).collect(),
                 Value::Range(lo, hi, step) => match self.range_points(k, *lo, *hi, *step, span) {
@@ -2544,11 +2598,7 @@ impl Checker {
         }
         let mut out = Vec::new();
         for args in points {
-            let i = Instance {
-                kind: inst.kind,
-                name: inst.name.clone(),
-                args,
-            };
+            let i = Instance::new(inst.kind, inst.name.clone(), args);
             if let Some(c) = self.system(&Value::Decl(i), span) {
                 out.push(c);
             }

@@ -128,8 +128,8 @@ impl Checker {
         if let Some(e) = self.memo_engines.get(&key) {
             return e.clone();
         }
-        let (b, before, mut env) = self.open(inst, &key, use_span)?;
-        let mut e = Engine::ideal(&key);
+        let (b, before, mut env) = self.open(inst, use_span)?;
+        let mut e = Engine::ideal(&inst.label());
         e.span = b.name.span;
         let mut seen: Vec<(String, Span)> = Vec::new();
         let (mut loo_median, mut loo_max) = (None, None);

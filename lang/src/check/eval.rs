@@ -127,6 +127,8 @@ impl Checker {
                     .with_label(e.span, "too deep to evaluate here")
                     .with_help("shorten the chain of `let` constants (write an intermediate value as a number)"),
                 );
+            } else {
+                self.depth_failures += 1;
             }
             return Value::Error;
         }
@@ -496,7 +498,17 @@ impl Checker {
             };
         }
         if let Some(d) = self.decls.get(name).cloned() {
-            return self.instantiate_call(&d, name, Vec::new(), span, span);
+            // A bare declaration is its instance with the default
+            // arguments, the same wherever it is named: made once. A chain
+            // of declarations whose defaults each name the one before
+            // (`device D2(prev = D1)`) is then one level deep per link, not
+            // as deep as the chain.
+            if let Some(v) = self.bare_decls.get(name) {
+                return v.clone();
+            }
+            let v = self.instantiate_call(&d, name, Vec::new(), span, span);
+            self.bare_decls.insert(name.to_string(), v.clone());
+            return v;
         }
         Value::Sym(name.to_string(), span)
     }
@@ -701,11 +713,7 @@ impl Checker {
             _ => &[],
         };
         match self.bind_params(name, params, args, call_span) {
-            Some(args) => Value::Decl(Instance {
-                kind: decl.kind,
-                name: name.to_string(),
-                args,
-            }),
+            Some(args) => Value::Decl(Instance::new(decl.kind, name, args)),
             None => Value::Error,
         }
     }

@@ -78,6 +78,9 @@ pub(crate) struct Checker {
     pub sources: SourceMap,
     pub files: Rc<Vec<File>>,
     pub decls: BTreeMap<String, DeclRef>,
+    /// The names of `decls` in the order they were indexed (load order,
+    /// then declaration order): the order `evaluate` visits them in.
+    decl_order: Vec<String>,
     pub lets: BTreeMap<String, LetState>,
     pub diags: Vec<Diagnostic>,
     pub program: Program,
@@ -87,12 +90,19 @@ pub(crate) struct Checker {
     pub memo_clusters: BTreeMap<String, Option<Cluster>>,
     pub memo_workloads: BTreeMap<String, Option<Workload>>,
     pub memo_engines: BTreeMap<String, Option<Engine>>,
+    /// Each declaration named bare, as a value: its instance with the
+    /// default arguments (`Checker::lookup_global`).
+    pub bare_decls: BTreeMap<String, Value>,
     /// Instances being built, to report cyclic definitions.
     in_progress: Vec<String>,
     /// Nested [`Checker::eval`] calls now, and whether `L013` already said
     /// that they went too deep ([`eval::MAX_EVAL_DEPTH`]).
     eval_depth: usize,
     eval_too_deep: bool,
+    /// Evaluations and builds refused for depth after the one `L013`: each
+    /// counts as an error, so what contains it fails (is memoized as
+    /// failed) rather than passing with a part quietly missing.
+    depth_failures: usize,
     /// Loaded files, each after the files it imports (depth-first post
     /// order): the order declarations are indexed in, so that of two
     /// declarations with one name the imported one counts as the first.
@@ -107,12 +117,20 @@ pub(crate) struct Checker {
     pub data: BTreeMap<(FileId, String), Result<String, String>>,
 }
 
+/// The most instances built inside one another (a cluster builds its node,
+/// the node its device, a device the device it borrows factors from, ...):
+/// real files nest under 10; a chain past it is `L013`, not a stack
+/// overflow (each level is a few KB of stack in a debug build, and checks
+/// run on 2 MB threads).
+pub const MAX_BUILD_DEPTH: usize = 128;
+
 /// Checks the given root files and everything they import.
 pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
     let mut c = Checker {
         sources: SourceMap::default(),
         files: Rc::new(Vec::new()),
         decls: BTreeMap::new(),
+        decl_order: Vec::new(),
         lets: BTreeMap::new(),
         diags: Vec::new(),
         program: Program::default(),
@@ -122,9 +140,11 @@ pub fn check(roots: &[String], loader: &dyn Loader) -> Checked {
         memo_clusters: BTreeMap::new(),
         memo_workloads: BTreeMap::new(),
         memo_engines: BTreeMap::new(),
+        bare_decls: BTreeMap::new(),
         in_progress: Vec::new(),
         eval_depth: 0,
         eval_too_deep: false,
+        depth_failures: 0,
         load_order: Vec::new(),
         syntax_errors: Vec::new(),
         data: BTreeMap::new(),
@@ -205,7 +225,7 @@ pub fn check_source(name: &str, text: &str) -> Checked {
 
 impl Checker {
     pub(crate) fn error_count(&self) -> usize {
-        self.diags.iter().filter(|d| d.is_error()).count()
+        self.diags.iter().filter(|d| d.is_error()).count() + self.depth_failures
     }
 
     /// True if a lexer or parser error lies inside `span` (a declaration, an
@@ -415,6 +435,7 @@ impl Checker {
                     );
                     continue;
                 }
+                self.decl_order.push(name.name.clone());
                 self.decls.insert(
                     name.name.clone(),
                     DeclRef {
@@ -433,10 +454,14 @@ impl Checker {
     }
 
     fn evaluate(&mut self) {
+        // In the order declared (imports first): a declaration that names
+        // an earlier one finds it already made, so a chain of declarations
+        // each naming the one before is evaluated one level deep per link
+        // whatever the names (`D9`, `D10`, ... sort out of chain order).
         let decls: Vec<(String, DeclRef)> = self
-            .decls
+            .decl_order
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|k| Some((k.clone(), self.decls.get(k)?.clone())))
             .collect();
         let files = self.files.clone();
         for (name, d) in &decls {
@@ -462,11 +487,7 @@ impl Checker {
                     else {
                         continue;
                     };
-                    let inst = Instance {
-                        kind: b.kind,
-                        name: name.clone(),
-                        args,
-                    };
+                    let inst = Instance::new(b.kind, name.clone(), args);
                     match b.kind {
                         DeclKind::Device => {
                             self.device(&inst, b.name.span);
@@ -494,11 +515,7 @@ impl Checker {
                         && let Some(args) =
                             self.bind_params(name, &m.params, Vec::new(), m.name.span)
                     {
-                        let inst = Instance {
-                            kind: DeclKind::Model,
-                            name: name.clone(),
-                            args,
-                        };
+                        let inst = Instance::new(DeclKind::Model, name.clone(), args);
                         self.build_model(&inst);
                     }
                 }
@@ -511,20 +528,44 @@ impl Checker {
         }
     }
 
-    /// Marks an instance as being built; false (and a diagnostic) on a cycle.
-    pub(crate) fn enter(&mut self, key: &str, span: Span) -> bool {
-        if self.in_progress.iter().any(|k| k == key) {
+    /// Marks an instance as being built; false (and a diagnostic) on a
+    /// cycle, or past [`MAX_BUILD_DEPTH`] instances built inside one another
+    /// (`L013`, once per check): a device that borrows its factors from one
+    /// that borrows from another, and so on, builds each lender inside the
+    /// borrower, and 5,000 such links overflowed the stack (an abort).
+    pub(crate) fn enter(&mut self, inst: &Instance, span: Span) -> bool {
+        let key = inst.key();
+        if self.in_progress.contains(&key) {
             self.diags.push(
                 Diagnostic::error(
                     Code::L037,
-                    format!("`{key}` is defined in terms of itself"),
+                    format!("`{}` is defined in terms of itself", inst.label()),
                     span,
                 )
                 .with_label(span, "used here while it is being built"),
             );
             return false;
         }
-        self.in_progress.push(key.to_string());
+        if self.in_progress.len() >= MAX_BUILD_DEPTH {
+            if !self.eval_too_deep {
+                self.eval_too_deep = true;
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::L013,
+                        format!(
+                            "declarations built inside one another deeper than {MAX_BUILD_DEPTH} levels: a chain of declarations too long to follow"
+                        ),
+                        span,
+                    )
+                    .with_label(span, "too deep to build here")
+                    .with_help("shorten the chain (e.g. of devices each borrowing `efficiency` from the next): borrow from the device that declares the factors"),
+                );
+            } else {
+                self.depth_failures += 1;
+            }
+            return false;
+        }
+        self.in_progress.push(key);
         true
     }
 
@@ -615,5 +656,82 @@ mod tests {
             suggest("bxtch", ["axtch", "batch"].into_iter()),
             Some("batch".into())
         );
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    /// One device per link, each borrowing its training factors from the
+    /// one before through a parameter's default (`D7(prev = D6)`); the
+    /// names sort out of chain order (`D10` before `D2`).
+    fn chain(links: usize, reversed: bool) -> String {
+        let dev = |name: String, eff: String| {
+            format!(
+                "device {name} {{ compute {{ bf16 = 100 TFLOP/s }}; memory 1 GB @ 1 TB/s; power 100 W; efficiency {eff} }}\n"
+            )
+        };
+        let mut s = String::new();
+        if reversed {
+            // Each borrows from the next, declared after it: building D0
+            // builds D1 inside it, which builds D2, ...
+            for k in 0..links {
+                s.push_str(&dev(format!("D{k}"), format!("{{ train = D{} }}", k + 1)));
+            }
+            s.push_str(&dev(format!("D{links}"), "{ matmul = 0.7 }".into()));
+        } else {
+            s.push_str(&dev("D0".into(), "{ matmul = 0.7 }".into()));
+            for k in 1..=links {
+                s.push_str(&dev(
+                    format!("D{k}(prev = D{})", k - 1),
+                    "{ train = prev }".into(),
+                ));
+            }
+        }
+        s
+    }
+
+    /// 20,000 devices, each derived from the one before: every instance key
+    /// spelled out the whole chain, so checking took time and memory
+    /// quadratic in its length (5,000 links: minutes and gigabytes), and
+    /// the defaults were evaluated as deep as the chain (L013 past 512).
+    /// Now each link is made once, one level deep, with a short key.
+    #[test]
+    fn a_long_chain_of_derived_devices_is_checked_link_by_link() {
+        let n = 20_000;
+        let c = check_source("chain.gantry", &chain(n, false));
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics.first());
+        assert_eq!(c.program.devices.len(), n + 1);
+        let last = c
+            .program
+            .devices
+            .values()
+            .find(|d| d.name.starts_with(&format!("D{n}(")))
+            .expect("the last link is in the program");
+        // The factors come down the whole chain from D0, and the band
+        // names the device they were fitted on.
+        assert_eq!(
+            last.efficiency.get("train.matmul").map(|q| q.value),
+            Some(0.7)
+        );
+        assert_eq!(last.borrowed.get("train").map(String::as_str), Some("D0"));
+        // Its name spells out the nearest links and elides the rest.
+        assert!(
+            last.name
+                .starts_with(&format!("D{n}(prev=D{}(prev=", n - 1))
+        );
+        assert!(last.name.len() < 400, "{}", last.name);
+    }
+
+    /// A chain of devices each borrowing from the next, built inside one
+    /// another: 5,000 links overflowed the stack (an abort). Now past
+    /// `MAX_BUILD_DEPTH` it is one `L013`, and the borrowers of the device
+    /// refused fail with it rather than pass without factors (`L093`).
+    #[test]
+    fn a_chain_built_inside_one_another_too_deep_is_l013() {
+        let c = check_source("deep.gantry", &chain(2_000, true));
+        let codes: Vec<Code> = c.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, vec![Code::L013], "{}", c.render(false));
     }
 }

@@ -76,7 +76,7 @@ impl Checker {
         };
         let errors_before = self.error_count();
         let mut env = Env::new();
-        for (k, v) in &inst.args {
+        for (k, v) in inst.args.iter() {
             let span = m
                 .params
                 .iter()

@@ -1,6 +1,7 @@
 //! Values of the checker's evaluator.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::ast::DeclKind;
 use crate::program::TensorId;
@@ -8,21 +9,134 @@ use crate::span::Span;
 use crate::units::Quantity;
 
 /// A declaration applied to arguments (all parameters bound).
-#[derive(Clone, Debug, PartialEq)]
+///
+/// An argument may itself be an instance (`D(prev = C(prev = B))`), so a
+/// chain of instances, each derived from the one before, nests. Nothing
+/// here walks the chain: the arguments are shared (`Arc`, so a clone is
+/// O(1)), the memo key and the display label are computed once, when the
+/// instance is made, from the nested instances' own (already bounded)
+/// keys and labels, and an instance is dropped without recursion. A chain
+/// of N links costs O(N), where the keys that spelled out every link made
+/// it O(N^2) in time and memory (5,000 links: minutes and gigabytes).
+#[derive(Clone, Debug)]
 pub struct Instance {
     pub kind: DeclKind,
     pub name: String,
-    pub args: Vec<(String, Value)>,
+    pub args: Arc<Vec<(String, Value)>>,
+    /// The memo key: equal for equal instances, and short (see [`Self::new`]).
+    key: Arc<str>,
+    /// What messages and the program print: `Name(a=1, b=2)`.
+    label: Arc<str>,
 }
 
+/// Longest nested key or label written out in full inside another's; a
+/// longer one is written as its declaration's name and a hash of its key
+/// (in the key) or elided (in the label). Real nestings (a cluster of a
+/// node: `RoCERail(server=GrandTeton(gpus=8), nodes=2048)`) are far below.
+const SPELLED_OUT: usize = 160;
+
 impl Instance {
-    /// `Name` or `Name(a=1, b=2)`: the key for memoization and display.
-    pub fn key(&self) -> String {
-        if self.args.is_empty() {
-            return self.name.clone();
+    pub fn new(kind: DeclKind, name: impl Into<String>, args: Vec<(String, Value)>) -> Instance {
+        let name = name.into();
+        let (key, label) = if args.is_empty() {
+            (name.clone(), name.clone())
+        } else {
+            let mut key = format!("{name}(");
+            let mut label = key.clone();
+            for (i, (k, v)) in args.iter().enumerate() {
+                if i > 0 {
+                    key.push_str(", ");
+                    label.push_str(", ");
+                }
+                match v {
+                    Value::Decl(inner) => {
+                        if inner.key.len() <= SPELLED_OUT {
+                            key.push_str(&format!("{k}={}", inner.key));
+                        } else {
+                            key.push_str(&format!(
+                                "{k}={}#{:032x}",
+                                inner.name,
+                                digest(&inner.key)
+                            ));
+                        }
+                        if inner.label.len() <= SPELLED_OUT {
+                            label.push_str(&format!("{k}={}", inner.label));
+                        } else {
+                            label.push_str(&format!("{k}={}(...)", inner.name));
+                        }
+                    }
+                    v => {
+                        let text = format!("{k}={v}");
+                        key.push_str(&text);
+                        label.push_str(&text);
+                    }
+                }
+            }
+            key.push(')');
+            label.push(')');
+            (key, label)
+        };
+        Instance {
+            kind,
+            name,
+            args: Arc::new(args),
+            key: key.into(),
+            label: label.into(),
         }
-        let args: Vec<String> = self.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{}({})", self.name, args.join(", "))
+    }
+
+    /// The memo key: `Name` or `Name(a=1, b=2)`, with a nested instance
+    /// whose own key is long written as `Name#hash` (so the key stays short
+    /// however long the chain of instances it ends).
+    pub fn key(&self) -> String {
+        self.key.to_string()
+    }
+
+    /// `Name` or `Name(a=1, b=2)` for messages and the program; a long
+    /// nested instance is written `Name(...)`.
+    pub fn label(&self) -> String {
+        self.label.to_string()
+    }
+}
+
+/// A 128-bit FNV-1a digest of a key (deterministic across runs and
+/// platforms, unlike `std`'s randomly seeded hasher), so two different
+/// chains do not share a memo key.
+fn digest(s: &str) -> u128 {
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in s.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    h
+}
+
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.key == other.key
+    }
+}
+
+impl Drop for Instance {
+    /// Unlinks a chain of instances iteratively: the derived drop would
+    /// recurse once per link and overflow the stack on a long chain.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.args) > 1 {
+            return;
+        }
+        let take = |i: &mut Instance| std::mem::replace(&mut i.args, Arc::new(Vec::new()));
+        let mut stack = vec![take(self)];
+        while let Some(args) = stack.pop() {
+            if let Ok(args) = Arc::try_unwrap(args) {
+                for (_, v) in args {
+                    if let Value::Decl(mut inner) = v
+                        && Arc::strong_count(&inner.args) == 1
+                    {
+                        stack.push(take(&mut inner));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -104,7 +218,7 @@ impl fmt::Display for Value {
                     .collect();
                 write!(f, "{n}({})", parts.join(", "))
             }
-            Value::Decl(i) => write!(f, "{}", i.key()),
+            Value::Decl(i) => f.write_str(&i.label),
             Value::Tensor(t) => write!(f, "%{}", t.0),
             Value::Dim(d) => write!(f, "{d}"),
             Value::Error => write!(f, "<error>"),
