@@ -212,13 +212,29 @@ impl Topology {
                         + (g - 1.0).min(64.0) * if go > 1.0 { self.out_lat } else { self.up_lat }
                 }
                 Collective::SendRecv => {
-                    if stride < self.per_node {
-                        bytes / self.up_bw + self.up_lat
-                    } else {
+                    // Every member sends to its neighbour at once (a
+                    // pipeline's pair, a context-parallel ring of `size`):
+                    // a group that leaves the node waits for its hops over
+                    // the NICs, however many of its hops stay inside.
+                    if go > 1.0 {
                         bytes / out_bw + self.out_lat
+                    } else {
+                        bytes / self.up_bw + self.up_lat
                     }
                 }
             }
+    }
+
+    /// The stride of a pipeline's slowest stage boundary: `stages` stages
+    /// `stride` ranks apart that span more than one node have a boundary
+    /// between nodes (with 4-rank stages on 8-GPU nodes, stages 0 and 1
+    /// share a node, 1 and 2 do not), and the schedule waits for it.
+    pub fn pipeline_hop(&self, stages: u64, stride: u64) -> u64 {
+        if stages > 1 && stages.saturating_mul(stride) > self.per_node {
+            stride.max(self.per_node)
+        } else {
+            stride
+        }
     }
 
     pub fn algorithm(&self, c: Collective, size: u64, stride: u64) -> &'static str {
@@ -334,6 +350,28 @@ mod tests {
         let big = t.time(Collective::AllReduce, 8, 1, 1e9);
         let no_launch = Topology { launch: 0.0, ..t }.time(Collective::AllReduce, 8, 1, 1e9);
         assert!((big - no_launch - 6.6e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn send_recv_leaves_the_node_when_its_group_does() {
+        let t = topo();
+        let (nvlink, nic) = (1e9 / 300e9, 1e9 / 25e9);
+        // A pipeline pair 4 ranks apart shares a node of 8.
+        assert!((t.time(Collective::SendRecv, 2, 4, 1e9) - nvlink).abs() < 1e-15);
+        // A ring of 4 ranks 4 apart (cp = 4 over tp = 4) spans two nodes:
+        // its steps wait for the hops between them.
+        assert!((t.time(Collective::SendRecv, 4, 4, 1e9) - nic).abs() < 1e-15);
+        // A pair 6 apart on 8-GPU nodes is split by a node boundary.
+        assert!((t.time(Collective::SendRecv, 2, 6, 1e9) - nic).abs() < 1e-15);
+        // A ring of 4 ranks 2 apart stays inside the node.
+        assert!((t.time(Collective::SendRecv, 4, 2, 1e9) - nvlink).abs() < 1e-15);
+        // A pipeline of two 4-rank stages fits a node; of four, its middle
+        // boundary is between nodes, and the schedule waits for it.
+        assert_eq!(t.pipeline_hop(2, 4), 4);
+        let hop = t.pipeline_hop(4, 4);
+        assert!((t.time(Collective::SendRecv, 2, hop, 1e9) - nic).abs() < 1e-15);
+        // Stages of whole nodes are unchanged.
+        assert_eq!(t.pipeline_hop(8, 16), 16);
     }
 
     #[test]

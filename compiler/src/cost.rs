@@ -624,10 +624,12 @@ impl Evaluator<'_> {
             }
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
-                // K/V shard; backward sends K, V and their gradients.
+                // K/V shard; backward sends K, V and their gradients. Each
+                // step waits for the ring's slowest hop: the NICs once the
+                // c ranks, `tp` apart, span more than one node.
                 let bytes = o.kv_bytes * o.mult * b / (t * c) * (c - 1.0);
                 sc.cp_bytes += bytes;
-                sc.cp += topo.time(Collective::SendRecv, 2, p.tp, bytes);
+                sc.cp += topo.time(Collective::SendRecv, p.cp, p.tp, bytes);
             }
             if let Some((_, dispatch)) = o.experts
                 && p.ep > 1
@@ -867,7 +869,7 @@ impl Evaluator<'_> {
         // Pipeline sends: the hidden state of one microbatch, split across
         // tensor-parallel ranks (Megatron's scatter/gather), each way.
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * beta / (p.tp * p.cp) as f64;
-        let stride_pp = p.tp * p.cp * p.dp;
+        let stride_pp = topo.pipeline_hop(pp, p.tp * p.cp * p.dp);
         let t_send = if pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
         } else {
@@ -1143,7 +1145,7 @@ impl Evaluator<'_> {
         // embedding group), after the backward, before the optimizer.
         if n_stages > 1 && tied > 0.0 {
             let bytes = tied * beta;
-            let stride = stride_pp * (pp - 1);
+            let stride = p.tp * p.cp * p.dp * (pp - 1);
             let t = topo.time(Collective::AllReduce, 2, stride, bytes);
             dp_exposed += t;
             comms.push(Comm {
@@ -1653,7 +1655,7 @@ impl Evaluator<'_> {
         let host_lookups = tc.host_read;
         let t_fwd = classes.total();
         let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
-        let stride_pp = p.tp * p.cp * p.dp;
+        let stride_pp = topo.pipeline_hop(p.pp, p.tp * p.cp * p.dp);
         let t_send = if p.pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
         } else {

@@ -732,3 +732,46 @@ plan p on C for w {{
     );
     assert!(per_block < per_module);
 }
+
+/// A context-parallel ring moves at its slowest hop. On two 8-GPU nodes,
+/// `cp = 4` over `tp = 4` puts ranks 0, 4, 8, 12 in one ring, across the
+/// node boundary, while `cp = 4` over `tp = 2` keeps ranks 0, 2, 4, 6 in
+/// one node: the same bytes per step must then take at least the ratio of
+/// the link's to the NIC's effective bandwidth longer (each step paid the
+/// link's rate whatever the ring spanned before, so the ratio was about 1).
+#[test]
+fn a_context_parallel_ring_across_nodes_waits_for_the_nics() {
+    let src = r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {
+  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = 32000)
+  train { seq = 16384, global_batch = 4, dtype = bf16, optimizer = adamw }
+}
+plan p on GrandTetonRoCE96(nodes = 2) for w {
+  fix pp = 1, zero = 1, recompute = none, microbatch = 1
+}
+"#;
+    let c = check(&["test.gantry".to_string()], &WithSource(src.to_string()));
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let p = c.program.plans.get("p").cloned().expect("plan p");
+    let ring = |fix: &str| {
+        let ev = evaluate(&p, &parse_fix(fix).expect("pins")).expect("evaluates");
+        let comm = ev
+            .estimate
+            .comms
+            .iter()
+            .find(|c| c.what == "context-parallel K/V ring")
+            .cloned()
+            .expect("a K/V ring");
+        let topo = ev.hardware.topo;
+        (comm.time / comm.bytes, topo.up_bw / topo.out_bw)
+    };
+    let (across, link_over_nic) = ring("tp=4,cp=4,dp=1");
+    let (inside, _) = ring("tp=2,cp=4,dp=2");
+    assert!(link_over_nic > 3.0, "{link_over_nic}");
+    let ratio = across / inside;
+    assert!(
+        ratio > 0.9 * link_over_nic,
+        "seconds per byte across / inside {ratio}, link / NIC {link_over_nic}"
+    );
+}
