@@ -121,6 +121,39 @@ fn ring_attention_runs_one_short_kernel_per_step() {
     assert!(expected > 1.5, "{expected}");
 }
 
+/// Attention seconds of a 4-layer Llama block (`heads` as given) on 8
+/// Grand Teton H100s at `dp = 8` and `fix` pins, for phase record `phase`,
+/// with the device's `sfu` replaced.
+fn attention_with_sfu(heads: &str, phase: &str, fix: &str, sfu: Option<f64>) -> f64 {
+    let fix = if fix.is_empty() {
+        String::new()
+    } else {
+        format!(", {fix}")
+    };
+    let text = format!(
+        r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {{
+  model Llama(layers = 4, d_model = 2048, {heads}, d_ff = 5632, vocab = 32000)
+  {phase}
+}}
+plan p on GrandTetonRoCE96(nodes = 1) for w {{
+  fix tp = 1, pp = 1, dp = 8{fix}
+}}
+"#
+    );
+    let c = check(&["test.gantry".to_string()], &WithSource(text));
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let mut p = c.program.plans["p"].clone();
+    p.system.node.device.sfu = sfu;
+    evaluate(&p, &BTreeMap::new())
+        .expect("evaluates")
+        .estimate
+        .time
+        .compute
+        .attention
+}
+
 /// The softmax's exponentials run on the special-function units, in
 /// series with the products: one per score in the forward and one in the
 /// backward (which recomputes the probabilities), `F / (4 d)` per pass for
@@ -151,27 +184,13 @@ fn softmax_exponentials_run_on_the_special_function_units() {
     // The same FLOPs at half the head dim (32 heads of 64): twice the
     // exponentials. The products' time moves too (more, narrower calls),
     // so compare what the exponentials add at each width.
-    let narrow = |sfu: Option<f64>| {
-        let text = r#"import "stdlib/clusters/grand_teton_roce.gantry"
-import "stdlib/models/llama.gantry"
-workload w {
-  model Llama(layers = 4, d_model = 2048, heads = 32, kv_heads = 8, d_ff = 5632, vocab = 32000)
-  train { seq = 4096, global_batch = 8, dtype = bf16, optimizer = adamw }
-}
-plan p on GrandTetonRoCE96(nodes = 1) for w {
-  fix tp = 1, pp = 1, dp = 8, zero = 1, recompute = none, microbatch = 1
-}
-"#;
-        let c = check(&["test.gantry".to_string()], &WithSource(text.to_string()));
-        assert!(!c.has_errors(), "{}", c.render(false));
-        let mut p = c.program.plans["p"].clone();
-        p.system.node.device.sfu = sfu;
-        evaluate(&p, &BTreeMap::new())
-            .expect("evaluates")
-            .estimate
-            .time
-            .compute
-            .attention
+    let narrow = |sfu| {
+        attention_with_sfu(
+            "heads = 32, kv_heads = 8",
+            "train { seq = 4096, global_batch = 8, dtype = bf16, optimizer = adamw }",
+            "zero = 1, recompute = none, microbatch = 1",
+            sfu,
+        )
     };
     let added_narrow = narrow(Some(sfu)) - narrow(None);
     assert!(
@@ -180,27 +199,13 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {
     );
     // Prefill is not charged: the serving engines' kernels overlap the
     // softmax with the products.
-    let prefill = |sfu: Option<f64>| {
-        let text = r#"import "stdlib/clusters/grand_teton_roce.gantry"
-import "stdlib/models/llama.gantry"
-workload w {
-  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = 32000)
-  prefill { batch = 8, prompt = 4096, dtype = bf16 }
-}
-plan p on GrandTetonRoCE96(nodes = 1) for w {
-  fix tp = 1, pp = 1, dp = 8
-}
-"#;
-        let c = check(&["test.gantry".to_string()], &WithSource(text.to_string()));
-        assert!(!c.has_errors(), "{}", c.render(false));
-        let mut p = c.program.plans["p"].clone();
-        p.system.node.device.sfu = sfu;
-        evaluate(&p, &BTreeMap::new())
-            .expect("evaluates")
-            .estimate
-            .time
-            .compute
-            .attention
+    let prefill = |sfu| {
+        attention_with_sfu(
+            "heads = 16, kv_heads = 4",
+            "prefill { batch = 8, prompt = 4096, dtype = bf16 }",
+            "",
+            sfu,
+        )
     };
     let (a, b) = (prefill(Some(sfu)), prefill(None));
     assert!(

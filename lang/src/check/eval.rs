@@ -114,22 +114,14 @@ impl Checker {
     /// (once per check) and an error value.
     pub(crate) fn eval(&mut self, e: &Expr, env: &mut Env) -> Value {
         if self.eval_depth >= MAX_EVAL_DEPTH {
-            if !self.eval_too_deep {
-                self.eval_too_deep = true;
-                self.diags.push(
-                    Diagnostic::error(
-                        Code::L013,
-                        format!(
-                            "evaluation nested deeper than {MAX_EVAL_DEPTH} levels: a chain of constants or calls too long to follow"
-                        ),
-                        e.span,
-                    )
-                    .with_label(e.span, "too deep to evaluate here")
-                    .with_help("shorten the chain of `let` constants (write an intermediate value as a number)"),
-                );
-            } else {
-                self.depth_failures += 1;
-            }
+            self.too_deep(
+                e.span,
+                format!(
+                    "evaluation nested deeper than {MAX_EVAL_DEPTH} levels: a chain of constants or calls too long to follow"
+                ),
+                "too deep to evaluate here",
+                "shorten the chain of `let` constants (write an intermediate value as a number)",
+            );
             return Value::Error;
         }
         self.eval_depth += 1;

@@ -528,6 +528,21 @@ impl Checker {
         }
     }
 
+    /// `L013` for a nesting past its limit, once per check; later ones are
+    /// only counted (`depth_failures`).
+    pub(crate) fn too_deep(&mut self, span: Span, message: String, label: &str, help: &str) {
+        if self.eval_too_deep {
+            self.depth_failures += 1;
+            return;
+        }
+        self.eval_too_deep = true;
+        self.diags.push(
+            Diagnostic::error(Code::L013, message, span)
+                .with_label(span, label)
+                .with_help(help),
+        );
+    }
+
     /// Marks an instance as being built; false (and a diagnostic) on a
     /// cycle, or past [`MAX_BUILD_DEPTH`] instances built inside one another
     /// (`L013`, once per check): a device that borrows its factors from one
@@ -547,22 +562,14 @@ impl Checker {
             return false;
         }
         if self.in_progress.len() >= MAX_BUILD_DEPTH {
-            if !self.eval_too_deep {
-                self.eval_too_deep = true;
-                self.diags.push(
-                    Diagnostic::error(
-                        Code::L013,
-                        format!(
-                            "declarations built inside one another deeper than {MAX_BUILD_DEPTH} levels: a chain of declarations too long to follow"
-                        ),
-                        span,
-                    )
-                    .with_label(span, "too deep to build here")
-                    .with_help("shorten the chain (e.g. of devices each borrowing `efficiency` from the next): borrow from the device that declares the factors"),
-                );
-            } else {
-                self.depth_failures += 1;
-            }
+            self.too_deep(
+                span,
+                format!(
+                    "declarations built inside one another deeper than {MAX_BUILD_DEPTH} levels: a chain of declarations too long to follow"
+                ),
+                "too deep to build here",
+                "shorten the chain (e.g. of devices each borrowing `efficiency` from the next): borrow from the device that declares the factors",
+            );
             return false;
         }
         self.in_progress.push(key);
