@@ -516,6 +516,7 @@ impl Evaluator<'_> {
         let s = &self.ir.segments[si];
         let mut sc = SegCost::default();
         let beta = self.ir.act_bytes;
+        let stream = self.ir.stream_bytes;
         let t = p.tp as f64;
         let c = p.cp as f64;
         let topo = &self.hw.topo;
@@ -569,7 +570,7 @@ impl Evaluator<'_> {
                 // the tensor-parallel group, bytes as each rank sends them.
                 for tc in otp.map_or(&[][..], |x| &x.comms[..]) {
                     let comm = &tc.comm;
-                    let buffer = comm.elems * o.mult * b * beta / c;
+                    let buffer = comm.elems * o.mult * b * stream / c;
                     let kind = match comm.kind {
                         Kind::AllReduce => Collective::AllReduce,
                         Kind::ReduceScatter => Collective::ReduceScatter,
@@ -584,7 +585,7 @@ impl Evaluator<'_> {
                     };
                     // The busiest rank's share, exact for uneven blocks.
                     let sent = o.mult
-                        * beta
+                        * stream
                         * comm.busiest_sent(comm.elems * b / c, tc.width, p.tp as usize);
                     match comm.pass {
                         Pass::Forward => {
@@ -597,7 +598,7 @@ impl Evaluator<'_> {
                             // One op's backward at a time: the largest
                             // gathered input and the largest gradient
                             // before its scatter, whole on the rank.
-                            let whole = comm.elems * b * beta / c * (1.0 - 1.0 / t);
+                            let whole = comm.elems * b * stream / c * (1.0 - 1.0 / t);
                             match comm.kind {
                                 Kind::AllGather => gathered = gathered.max(whole),
                                 Kind::ReduceScatter => scattered = scattered.max(whole),
@@ -868,7 +869,8 @@ impl Evaluator<'_> {
 
         // Pipeline sends: the hidden state of one microbatch, split across
         // tensor-parallel ranks (Megatron's scatter/gather), each way.
-        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * beta / (p.tp * p.cp) as f64;
+        let p2p_bytes =
+            b * ir.tokens_per_sample * ir.hidden * ir.stream_bytes / (p.tp * p.cp) as f64;
         let stride_pp = topo.pipeline_hop(pp, p.tp * p.cp * p.dp);
         let t_send = if pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
@@ -1654,7 +1656,7 @@ impl Evaluator<'_> {
         let t_a2a = tc.pooled.0 + tc.ids.0;
         let host_lookups = tc.host_read;
         let t_fwd = classes.total();
-        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.act_bytes / p.tp as f64;
+        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.stream_bytes / p.tp as f64;
         let stride_pp = topo.pipeline_hop(p.pp, p.tp * p.cp * p.dp);
         let t_send = if p.pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)

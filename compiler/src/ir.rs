@@ -473,6 +473,13 @@ pub struct Ir {
     /// Activation / compute element type and its size.
     pub dtype: DType,
     pub act_bytes: f64,
+    /// Element size of the residual stream between layers: what tensor
+    /// (and sequence) parallel collectives and pipeline sends move. An
+    /// fp8 workload quantises the weights, the KV cache and the products'
+    /// inputs, but its engines keep the stream in 16 bits (TensorRT-LLM's
+    /// and vLLM's all-reduces and hand-offs run in bf16/fp16), so it is
+    /// never narrower than 2 bytes.
+    pub stream_bytes: f64,
     /// Tokens per sample in one step (the sequence, or 1 when decoding).
     pub tokens_per_sample: f64,
     /// Width of the value passed between pipeline stages, per token.
@@ -832,6 +839,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         phase: w.phase.clone(),
         dtype: act,
         act_bytes: beta,
+        stream_bytes: beta.max(2.0),
         tokens_per_sample,
         hidden,
         programs: Programs {

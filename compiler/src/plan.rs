@@ -413,7 +413,7 @@ pub fn extract_layers(ir: &Ir, hardware: &Hardware, tps: &[i64]) -> Extracted {
                 crate::collective::Collective::ReduceScatter,
                 crate::collective::Collective::AllGather,
             ][k.min(2)];
-            hardware.topo.time(kind, tp as u64, 1, n * ir.act_bytes)
+            hardware.topo.time(kind, tp as u64, 1, n * ir.stream_bytes)
         };
         let (cost, term) = crate::egraph::extract(&block, tp as f64, &collective);
         let uses_sp = tp > 1 && crate::egraph::uses_sequence_parallel(&term);
