@@ -373,6 +373,17 @@ read from it. A warning. A device with no `hbm` at all is L061, a second `hbm` L
 label points at the tier's name.\n\
 Fix: remove the tier, or name it `hbm` if it is the device memory (docs/LANGUAGE.md §5.2)."
         }
+        "L099" => {
+            "A device borrows its training factors (`efficiency { train = H100_96GB }`) from a \
+device that declares `sfu`, its special-function units' rate, but declares none \
+itself. The lender's `attention` factor was fitted with each training pass's softmax \
+priced on those units, one exponential per score (docs/COST-MODEL.md §2, \"Fused \
+attention\"); the borrower gets the factor and, without `sfu`, a softmax that costs \
+nothing, so its fused attention is priced faster than the factor means. A warning. The \
+label points at the borrowing.\n\
+Fix: declare the device's rate, `sfu 3.87 TFLOP/s` (SMs x 16 results per clock x the \
+clock of its bf16 peak) (docs/LANGUAGE.md §5.2)."
+        }
         "L081" => {
             "A plan searches or pins `token_budget` or `chunked_prefill`, the serving \
 scheduler's knobs, but its workload is not a `serve` workload (or the knob is in a study, \

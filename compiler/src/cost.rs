@@ -332,6 +332,17 @@ struct SegCost {
     recompute_flops: f64,
 }
 
+impl SegCost {
+    /// Seconds of the context-parallel ring not hidden by attention, per
+    /// microbatch: the ring runs in the forward pass and twice in the
+    /// backward (blocks, then blocks and their gradients), each pass
+    /// overlapped with that pass's attention (`cp` and `attention_time`
+    /// are one forward's). The step and the report both read this.
+    fn cp_exposed(&self) -> f64 {
+        3.0 * (self.cp - self.attention_time).max(0.0)
+    }
+}
+
 /// What [`Evaluator::segment`] reads of a training point, with the IR
 /// and hardware it prices (by address): tp, cp, ep, sequence
 /// parallelism, recomputation and the microbatch (its bits). A new
@@ -626,11 +637,12 @@ impl Evaluator<'_> {
             if o.class == Class::Attention && p.cp > 1 {
                 // Ring exchange of K/V blocks: (c - 1) steps of this rank's
                 // K/V shard; backward sends K, V and their gradients. Each
-                // step waits for the ring's slowest hop: the NICs once the
-                // c ranks, `tp` apart, span more than one node.
-                let bytes = o.kv_bytes * o.mult * b / (t * c) * (c - 1.0);
-                sc.cp_bytes += bytes;
-                sc.cp += topo.time(Collective::SendRecv, p.cp, p.tp, bytes);
+                // step is a send to the next rank, with its launch and
+                // latency, and waits for the ring's slowest hop: the NICs
+                // once the c ranks, `tp` apart, span more than one node.
+                let block = o.kv_bytes * o.mult * b / (t * c);
+                sc.cp_bytes += block * (c - 1.0);
+                sc.cp += (c - 1.0) * topo.time(Collective::SendRecv, p.cp, p.tp, block);
             }
             if let Some((_, dispatch)) = o.experts
                 && p.ep > 1
@@ -840,7 +852,7 @@ impl Evaluator<'_> {
                 + if recompute { s.recompute } else { 0.0 }
                 + self.tp_exposed(s, false) * fwd_passes
                 + self.tp_exposed(s, true)
-                + (s.cp - s.attention_time * 3.0).max(0.0)
+                + s.cp_exposed()
                 + s.a2a * 2.0
         };
         let t_layer = seg_time(&body, true);
@@ -1013,7 +1025,7 @@ impl Evaluator<'_> {
                 let mut total = 0.0;
                 let mut exposed = 0.0;
                 let mut first_ag = None;
-                let per_block = ir.kernels.compiled || ir.kernels.eager;
+                let per_block = ir.kernels.pytorch_native();
                 for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
                     let (reps, cost) = match role {
                         Role::Body => (sl, &body),
@@ -1257,7 +1269,7 @@ impl Evaluator<'_> {
                 algorithm: "ring".into(),
                 bytes: 3.0 * body.cp_bytes * sl * m,
                 time: 3.0 * body.cp * sl * m,
-                exposed: (body.cp - body.attention_time).max(0.0) * 3.0 * sl * m,
+                exposed: body.cp_exposed() * sl * m,
             });
         }
         if body.a2a_bytes > 0.0 {
@@ -1298,18 +1310,25 @@ impl Evaluator<'_> {
         // and what recomputation rebuilds of it (all it did not keep).
         let mut working = body.saved_all + (body.saved_all - body.saved).max(0.0) + body.tp_whole;
         if p.zero >= 3 && dp_group > 1 {
+            // Unsharded gradients wait for their reduce-scatter in its
+            // type: fp32 under FSDP (`fusion = compiled` or `eager`, its
+            // reduce dtype for bf16 mixed precision), the model's under
+            // DeepSpeed (`kernels`), as the reduce-scatters' time above.
+            let grad = if ir.kernels.pytorch_native() {
+                beta.max(4.0)
+            } else {
+                beta
+            };
             if ir.kernels.overlap.fsdp && pp > 1 {
                 // The stage's weights stay gathered and its gradients
-                // unsharded (in fp32, FSDP's reduction type) for the
-                // whole step.
-                working += params_gpu * (beta + beta.max(4.0));
+                // unsharded for the whole step.
+                working += params_gpu * (beta + grad);
             } else {
                 // The layer being computed and the one prefetched,
                 // gathered, and the layer's unsharded gradient before its
-                // reduce-scatter, in FSDP's reduction type (fp32, as the
-                // stage's gradients above).
+                // reduce-scatter.
                 let gathered = if ir.kernels.overlap.fsdp { 2.0 } else { 1.0 };
-                working += body.params * (gathered * beta + beta.max(4.0));
+                working += body.params * (gathered * beta + grad);
             }
         }
         // Pipeline receive buffers of a PyTorch-native pipeline (`fusion =
@@ -1322,7 +1341,7 @@ impl Evaluator<'_> {
         // many on the last, whose chunks receive the mirror). Megatron-LM
         // (`fusion = kernels`) receives into the in-flight microbatches'
         // tensors, which the activations already count.
-        if pp > 1 && (ir.kernels.compiled || ir.kernels.eager) {
+        if pp > 1 && ir.kernels.pytorch_native() {
             working += (2.0 * v - 1.0) * m * p2p_bytes;
         }
         // The loss upcasts the logits to fp32 and keeps its log-softmax
@@ -1379,7 +1398,7 @@ impl Evaluator<'_> {
         let recompute = body.recompute * sl * m;
         let tp_comm = tp_comm_exposed;
         let pp_comm = m * t_send_exposed;
-        let cp_comm = (body.cp - body.attention_time * 3.0).max(0.0) * sl * m;
+        let cp_comm = body.cp_exposed() * sl * m;
         let a2a = body.a2a * 2.0 * sl * m + a2a_emb;
         // The norm gains' gradient all-reduce runs once, after the last
         // backward (`tp_param_time`, reported in the tensor-parallel part):

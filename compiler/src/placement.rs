@@ -1,11 +1,12 @@
 //! Placement: mesh axes on the topology, and what each rank holds.
 //!
 //! Ranks are numbered with tensor parallelism innermost, then context,
-//! pipeline and data parallelism outermost: tensor-parallel groups sit in
-//! one NVLink domain when they fit, pipeline neighbours are the next nodes
-//! on the same rails, and data-parallel replicas spread across racks and
-//! pods, where only the overlapped gradient reduction crosses the
-//! oversubscribed layer. Embedding tables are placed by [`tables`], as
+//! data and pipeline parallelism outermost (Megatron-LM's order, the one
+//! the cost model's groups and the runtime's threads use): tensor-parallel
+//! groups sit in one NVLink domain when they fit, the data-parallel (and
+//! ZeRO) groups next to them, and each pipeline stage is a block of
+//! `tp x cp x dp` consecutive ranks, whose neighbour is the next block.
+//! Embedding tables are placed by [`tables`], as
 //! the workload's framework places them (cost- or memory-balanced); one
 //! function, [`of_point`], gives the placement the cost model prices
 //! (through [`Skew`], what the busiest rank does beyond an even share)
@@ -29,8 +30,8 @@ pub fn axes(e: &Estimate) -> [(&'static str, u64, u64); 4] {
     [
         ("tp", p.tp, 1),
         ("cp", p.cp, p.tp),
-        ("pp", p.pp, p.tp * p.cp),
-        ("dp", p.dp, p.tp * p.cp * p.pp),
+        ("dp", p.dp, p.tp * p.cp),
+        ("pp", p.pp, p.tp * p.cp * p.dp),
     ]
 }
 
@@ -57,14 +58,14 @@ pub fn json(e: &Estimate, c: &Cluster, topo: &Topology) -> Value {
         .map(|r| {
             let tp = r % p.tp;
             let cp = (r / p.tp) % p.cp;
-            let pp = (r / (p.tp * p.cp)) % p.pp;
-            let dp = r / (p.tp * p.cp * p.pp);
+            let dp = (r / (p.tp * p.cp)) % p.dp;
+            let pp = r / (p.tp * p.cp * p.dp);
             json!({ "rank": r, "node": r / per_node, "tp": tp, "cp": cp, "pp": pp, "dp": dp, "stage": pp })
         })
         .collect();
     json!({
-        "order": ["tp", "cp", "pp", "dp"],
-        "rank_formula": "rank = tp + tp_size * (cp + cp_size * (pp + pp_size * dp)); node = rank / devices_per_node",
+        "order": ["tp", "cp", "dp", "pp"],
+        "rank_formula": "rank = tp + tp_size * (cp + cp_size * (dp + dp_size * pp)); node = rank / devices_per_node",
         "devices_per_node": per_node,
         "axes": axes_json,
         "stages": stages,

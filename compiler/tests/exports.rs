@@ -754,3 +754,40 @@ fn a_plan_target_restricts_the_search() {
     assert_eq!(e.code, Code::C024);
     assert!(e.message.contains("recommendation model"), "{}", e.message);
 }
+
+/// The exported placement numbers ranks as the cost model prices them and
+/// `gantry run` runs them (tp, cp, dp, pp: a stage is a block of `tp x cp
+/// x dp` consecutive ranks, `runtime::exec` `rank_of`). It listed pp
+/// inside dp, so a plan priced with its pipeline crossing nodes was
+/// exported with stages on neighbouring GPUs.
+#[test]
+fn the_placement_numbers_ranks_as_the_cost_model_prices_them() {
+    let (p, ev) = at(
+        "examples/reference/b02_175b.gantry",
+        Some("b02_gpt_175b_sp_selective"),
+        "tp=2,pp=4,dp=8,virtual_stages=1",
+    );
+    let e = &ev.estimate;
+    let (tp, cp, dp, pp) = (e.point.tp, e.point.cp, e.point.dp, e.point.pp);
+    let v = placement::json(e, &p.system, &ev.hardware.topo);
+    let axes = v["axes"].as_array().expect("axes");
+    let stride = |axis: &str| {
+        axes.iter()
+            .find(|a| a["axis"] == axis)
+            .and_then(|a| a["stride"].as_u64())
+            .expect("axis")
+    };
+    assert_eq!(stride("dp"), tp * cp);
+    assert_eq!(stride("pp"), tp * cp * dp);
+    let ranks = v["ranks"].as_array().expect("ranks");
+    assert_eq!(ranks.len() as u64, tp * cp * dp * pp);
+    for r in ranks {
+        let rank = r["rank"].as_u64().expect("rank");
+        let coord = |k: &str| r[k].as_u64().expect("coordinate");
+        assert_eq!(
+            rank,
+            ((coord("pp") * dp + coord("dp")) * cp + coord("cp")) * tp + coord("tp"),
+            "{r}"
+        );
+    }
+}

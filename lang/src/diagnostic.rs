@@ -101,6 +101,7 @@ codes! {
     L096 => "a `trace(\"file.csv\")` request file cannot be read or parsed",
     L097 => "`after` names no LLM serving workload, or its chain is too long",
     L098 => "device memory tier other than `hbm` (not modelled)",
+    L099 => "training factors borrowed from a device with special-function units, without `sfu`",
     L085 => "serving setting of the other kind of serving (batching window or token streaming)",
     L086 => "SLO target of the other kind of serving",
     L089 => "unknown target framework",

@@ -590,6 +590,16 @@ pub enum TableSharding {
     MemoryBalanced { column_slice: Option<u64> },
 }
 
+impl Kernels {
+    /// A PyTorch-native framework (`fusion = compiled` or `eager`:
+    /// torchtitan, FSDP, torch.distributed.pipelining) rather than
+    /// Megatron-LM/DeepSpeed's hand-written kernels: it decides how ZeRO-3
+    /// groups and types its collectives and how a pipeline receives.
+    pub fn pytorch_native(&self) -> bool {
+        self.compiled || self.eager
+    }
+}
+
 impl Default for Kernels {
     fn default() -> Self {
         Kernels {

@@ -901,6 +901,26 @@ impl Checker {
             );
             return;
         }
+        // The lender's training `attention` was fitted with its softmax
+        // priced on its special-function units (docs/COST-MODEL.md §2);
+        // a borrower without `sfu` would get those factors and a free
+        // softmax.
+        if phase == "train" && lender.sfu.is_some() && dev.sfu.is_none() {
+            self.diags.push(
+                Diagnostic::warning(
+                    Code::L099,
+                    format!(
+                        "`{}` borrows training factors from `{}`, whose attention was fitted beside its softmax on the special-function units, but declares no `sfu`: its softmax would cost nothing",
+                        dev.name, lender.name
+                    ),
+                    span,
+                )
+                .with_label(span, "borrowed here")
+                .with_help(
+                    "declare the device's special-function rate, e.g. `sfu 3.87 TFLOP/s` (SMs x 16 results per clock x clock)",
+                ),
+            );
+        }
         let origin = lender
             .borrowed
             .get(phase)
