@@ -1537,6 +1537,48 @@ fn one_drawn_request_is_offered_at_the_workloads_rate() {
     assert!(out.contains("1 requests at 8.000 req/s"), "{out}");
 }
 
+/// A serving plan ranked by goodput per dollar on hardware without a
+/// `price` printed every deployment at `0.0000 requests/$` and picked one
+/// arbitrarily; it is `C015`, as for a training plan.
+#[test]
+fn a_serving_plan_per_dollar_without_a_price_is_c015() {
+    let f = temp(
+        "serve_no_price.gantry",
+        &format!(
+            "import \"{}/tests/inputs/_common/base.gantry\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            r#"
+workload w {
+  model Decoder(layers = 2, d_model = 512, heads = 8, d_ff = 1536, vocab = 32000)
+  serve {
+    arrivals = poisson(rate = 4)
+    prompt = 100
+    generate = 20
+    slo = { ttft_p99 = 1 s, tpot_p99 = 100 ms }
+    requests = 50
+  }
+}
+plan p on Box for w {
+  search tp in {1, 2}, dp = auto
+  objective maximize throughput_per_dollar
+}
+"#
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("C015") && err.contains("`price`"), "{err}");
+    assert!(!out.contains("requests/$"), "{out}");
+    let g = temp(
+        "serve_no_price_goodput.gantry",
+        &std::fs::read_to_string(&f)
+            .expect("written")
+            .replace("throughput_per_dollar", "throughput"),
+    );
+    let (code, _, err) = gantry(&["plan", &g]);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and

@@ -577,6 +577,23 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
         ));
     };
     let rank = rank_of(p)?;
+    // As for a training plan (`sanity::check_metrics`): without a price
+    // every deployment's goodput per dollar is 0 and the ranking is
+    // arbitrary.
+    if rank == Rank::PerDollar
+        && crate::hardware::Hardware::new(&p.system, &p.workload)
+            .is_ok_and(|h| h.price_per_device.is_none())
+    {
+        return Err(error(
+            Code::C015,
+            "objective",
+            format!(
+                "plan `{}` optimizes `throughput_per_dollar`, which it does not have: neither the device nor the node declares a `price`",
+                p.name
+            ),
+            "declare a `price`, or use `objective maximize throughput` (goodput) or `throughput_per_watt`",
+        ));
+    }
     let mut pipes = BTreeMap::new();
     let mut pipe_refused = None;
     let (models, cands) = match s.batching {
