@@ -1579,6 +1579,32 @@ plan p on Box for w {
     assert_eq!(code, 0, "{err}");
 }
 
+/// The lowest rate a `serve` accepts, `poisson(rate = 0.000001)`, read
+/// `3 requests at 0.000 req/s`, `goodput 0.000 req/s`, `0.0 tokens/s` and
+/// `goodput per dollar 0.0 requests/$` (and zeros in the `--sweep-rate`
+/// table): now to four significant figures.
+#[test]
+fn the_lowest_rate_is_not_printed_as_zero() {
+    let f = temp(
+        "serve_slow.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "poisson(rate = 0.000001)")
+            .replace("requests = 2000", "requests = 3")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "0.000002"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(" 0.000 ") && !out.contains(" 0.0 "), "{out}");
+    assert!(out.contains("3 requests at 2.093e-6 req/s"), "{out}");
+    assert!(out.contains("goodput 3.140e-6 req/s"), "{out}");
+    assert!(out.contains("\n  4.187e-6  "), "{out}");
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and

@@ -796,7 +796,7 @@ fn load_words(s: &Serve, n: usize, offered: f64) -> String {
     match s.arrivals.clients(s.requests) {
         Some(c) if c >= n as u64 => format!("in a burst of {n} requests"),
         Some(c) => format!("from a closed loop of {c} clients"),
-        None if offered.is_finite() => format!("at {offered:.3} req/s"),
+        None if offered.is_finite() => format!("at {} req/s", super::report::rate(offered, 3)),
         None => format!("in a burst of {n} requests"),
     }
 }
