@@ -28,6 +28,7 @@
 //! exist). Files run one after another; the work inside a file runs on
 //! the rayon pool, so the output is the same for any core count.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -364,6 +365,7 @@ fn drift(old: &str, now: &str, snap: &Path) -> String {
 /// `Err` names a path that does not exist.
 pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     let roots: Vec<String> = if paths.is_empty() {
         vec![".".into()]
     } else {
@@ -372,7 +374,7 @@ pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     for p in &roots {
         let path = Path::new(p);
         if path.is_dir() {
-            walk(path, &mut out);
+            walk(path, &mut out, &mut seen);
         } else if path.is_file() {
             out.push(path.to_path_buf());
         } else {
@@ -384,7 +386,10 @@ pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) {
+    if !crate::first_visit(dir, seen) {
+        return;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -394,7 +399,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = name.to_string_lossy();
         if p.is_dir() {
             if !name.starts_with('.') && name != "target" {
-                walk(&p, out);
+                walk(&p, out, seen);
             }
         } else if p.extension().is_some_and(|x| x == "gantry") {
             out.push(p);

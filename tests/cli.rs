@@ -1605,6 +1605,51 @@ fn the_lowest_rate_is_not_printed_as_zero() {
     assert!(out.contains("\n  4.187e-6  "), "{out}");
 }
 
+/// A folder holding symbolic links to folders above it (`a/up -> ..`,
+/// `a/again -> ../a`): `gantry test`, `fmt --check` and `validate` walked
+/// it for ever, each turn down a longer path (two links: exponentially
+/// many), and printed nothing. Each folder is now walked once.
+#[cfg(unix)]
+#[test]
+fn folders_linked_in_a_loop_are_walked_once() {
+    let dir = std::env::temp_dir().join(format!("gantry-cli-loop-{}", std::process::id()));
+    let a = dir.join("a");
+    std::fs::create_dir_all(&a).expect("dir");
+    std::fs::write(a.join("one.gantry"), "let x = 1\n").expect("write");
+    for (name, to) in [("up", ".."), ("again", "../a")] {
+        let link = a.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(to, &link).expect("symlink");
+    }
+    let d = dir.to_string_lossy().into_owned();
+    for args in [
+        vec!["test", d.as_str()],
+        vec!["fmt", "--check", d.as_str()],
+        vec!["validate", d.as_str()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("waits").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("`gantry {}` still walking after 60 s", args.join(" "));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
+        if args[0] == "test" {
+            assert!(stdout.contains("1 files"), "{stdout}");
+        }
+    }
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
