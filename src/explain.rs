@@ -693,7 +693,10 @@ per process. It is refused before anything is allocated. A tensor whose element 
 overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
 refused the same way, before any size is computed from it, and so is a run that would \
 execute more than 10^6 op instances (every iteration of every `repeat`, nested repeats \
-multiplied, once per microbatch), which memory does not bound. A `--max-memory` above the \
+multiplied, once per microbatch), which memory does not bound, or more than 10^10 \
+multiply-adds in a forward pass (products and attention pairs, every `repeat` iteration: \
+about a minute; a fused attention at `seq=1000000` keeps no scores, so memory does not \
+bound it either). A `--max-memory` above the \
 machine's memory is capped at it (with a note): past it an allocation failure would abort \
 the process.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."

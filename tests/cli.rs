@@ -363,6 +363,22 @@ workload w {
     );
 }
 
+/// A fused attention keeps no scores, so a long sequence at a tiny width
+/// passed the memory guard: `seq=1000000` compared 10^12 pairs of rows
+/// and ran for days in 41 MB. More than 10^10 multiply-adds per forward
+/// pass is R007 before anything runs.
+#[test]
+fn run_refuses_work_that_memory_does_not_bound() {
+    let scale = "layers=1,d_model=4,heads=1,kv_heads=1,d_ff=4,vocab=4,seq=1000000,batch=1";
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("multiply-adds"),
+        "{err}"
+    );
+}
+
 /// An output that overflows f32 on the devices and in the reference alike
 /// is not a runtime bug (it was R001 with an infinite error): the run
 /// passes and warns that the reference's output is not finite.
