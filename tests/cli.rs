@@ -1666,6 +1666,36 @@ fn folders_linked_in_a_loop_are_walked_once() {
     }
 }
 
+/// C019 named the rate as `n / span` (three requests at 0, 1 and 2 s:
+/// `at 1.500 req/s`), while every report of the same requests (and a
+/// fleet's demand it was drawn for) states `(n - 1) / span`, 1.000.
+#[test]
+fn c019_states_the_rate_the_reports_state() {
+    temp("three_a_second.csv", "0,16000,10\n1,16000,10\n2,16000,10\n");
+    let f = temp(
+        "three_a_second.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "trace(\"three_a_second.csv\")")
+            .replace("lognormal(mean = 1024, spread = 0.6)", "trace")
+            .replace("lognormal(mean = 256, spread = 0.6)", "trace")
+            .replace("ttft_p99 = 500 ms", "ttft_p99 = 1 us")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("3 requests at 1.000 req/s"), "{out}");
+    let (code, _, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C019]") && err.contains("at 1.000 req/s"),
+        "{err}"
+    );
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and

@@ -723,7 +723,14 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
     });
     let Some(best) = meeting.first().cloned() else {
-        let load = load_words(s, reqs.len(), offered);
+        // At the rate a serving report states, `n - 1` gaps over the
+        // span (`offered`, `n / span`, bounds goodput, which counts `n`).
+        let stated = if span > 0.0 {
+            (reqs.len() - 1) as f64 / span
+        } else {
+            offered
+        };
+        let load = load_words(s, reqs.len(), stated);
         return Err(no_deployment(p, s, &done, &load, unstable_unsim));
     };
     meeting.truncate(5);
