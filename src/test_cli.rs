@@ -305,9 +305,17 @@ pub fn test_file(path: &Path, lib: &[PathBuf], accept: bool) -> FileResult {
         r.studies = n;
         let snap = snapshot_path(path);
         // A file that is there but cannot be read (not UTF-8, a folder)
-        // is not a missing one.
-        let stored = match std::fs::read_to_string(&snap) {
-            Ok(t) => Ok(Some(t)),
+        // is not a missing one. The read is bounded (a link to
+        // `/dev/zero` was read until memory ran out): a file longer than
+        // the report by more than a source may be cannot match it.
+        let limit = now.len() as u64 + gantry_lang::check::MAX_FILE_BYTES as u64;
+        let stored = match crate::read_bounded(&snap, limit) {
+            Ok(Ok(b)) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| "stream did not contain valid UTF-8".to_string()),
+            Ok(Err(_)) => Err(format!(
+                "it is more than {limit} bytes, far longer than the report"
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.to_string()),
         };

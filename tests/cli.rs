@@ -1696,6 +1696,40 @@ fn c019_states_the_rate_the_reports_state() {
     );
 }
 
+/// A study's snapshot that is a link to `/dev/zero` was read whole:
+/// `gantry test` ran until memory ran out. It is read only as far as it
+/// could match the report, then reported unreadable.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_snapshot_without_end_is_unreadable_not_read_for_ever() {
+    let f = temp(
+        "endless_snapshot.gantry",
+        &format!(
+            "import \"{}/tests/inputs/_common/base.gantry\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            r#"
+cluster Fleet(n = 1) {
+  node Box x n
+  fabric ib = fat_tree(bandwidth = 400 Gb/s, latency = 5 us)
+}
+study s on Fleet(n = {1}) {
+  workloads { tiny_train = 1 }
+  search dp = auto
+}
+"#
+        ),
+    );
+    let snap = f.replace(".gantry", ".snap");
+    let _ = std::fs::remove_file(&snap);
+    std::os::unix::fs::symlink("/dev/zero", &snap).expect("symlink");
+    let (code, out, err) = gantry(&["test", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("cannot read") && out.contains("far longer than the report"),
+        "{out}"
+    );
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
