@@ -103,10 +103,10 @@ fn sweep_text(rows: &[Summary]) -> String {
             t.push_str(&format!(
                 "  {:<9} {:<10} {:<10} {:<10} {:<10} {:<10} {:.2}%\n",
                 report::rate(s.rate, 3),
-                format!("{:.1} ms", s.ttft.p50 * 1e3),
-                format!("{:.1} ms", s.ttft.p99 * 1e3),
-                format!("{:.1} ms", s.tpot.p50 * 1e3),
-                format!("{:.1} ms", s.tpot.p99 * 1e3),
+                report::ms(s.ttft.p50),
+                report::ms(s.ttft.p99),
+                report::ms(s.tpot.p50),
+                report::ms(s.tpot.p99),
                 report::rate(s.goodput, 3),
                 100.0 * s.attainment
             ));
@@ -275,7 +275,7 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             continue;
         }
         outln!(
-            "  {}. {}: {} devices, {} {}, TTFT P99 {:.1} ms, TPOT P99 {:.1} ms",
+            "  {}. {}: {} devices, {} {}, TTFT P99 {}, TPOT P99 {}",
             i + 1,
             report::describe(&s.deployment),
             s.devices,
@@ -285,8 +285,8 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
                 serve::planner::Rank::PerWatt => "req/s/W",
                 serve::planner::Rank::Goodput => "req/s",
             },
-            s.ttft.p99 * 1e3,
-            s.tpot.p99 * 1e3
+            report::ms(s.ttft.p99),
+            report::ms(s.tpot.p99)
         );
     }
     outln!(

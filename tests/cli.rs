@@ -1730,6 +1730,28 @@ study s on Fleet(n = {1}) {
     );
 }
 
+/// Serving latencies and SLO targets under 0.1 ms printed as `0.0 ms`
+/// (`tpot_p99 = 1 us`: `SLO tpot_p99 <= 0.0 ms`); they are written in
+/// microseconds, as C019 writes them.
+#[test]
+fn a_microsecond_slo_is_not_zero_milliseconds() {
+    let f = temp(
+        "serve_us_slo.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("tpot_p99 = 50 ms", "tpot_p99 = 1 us")
+            .replace("requests = 2000", "requests = 20")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SLO         tpot_p99 <= 1.0 us: "), "{out}");
+    assert!(!out.contains(" 0.0 ms"), "{out}");
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and

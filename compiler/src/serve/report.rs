@@ -475,8 +475,14 @@ pub fn rate(x: f64, decimals: usize) -> String {
     }
 }
 
-fn ms(x: f64) -> String {
-    format!("{:.1} ms", x * 1e3)
+/// Milliseconds to one decimal, or microseconds below 0.1 ms (as C019
+/// writes them): a `tpot_p99 = 1 us` target read `tpot_p99 <= 0.0 ms`.
+pub fn ms(x: f64) -> String {
+    if x < 1e-4 {
+        format!("{:.1} us", x * 1e6)
+    } else {
+        format!("{:.1} ms", x * 1e3)
+    }
 }
 
 /// [`ms`], or microseconds below a millisecond (a batching window's
