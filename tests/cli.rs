@@ -1752,6 +1752,47 @@ fn a_microsecond_slo_is_not_zero_milliseconds() {
     assert!(!out.contains(" 0.0 ms"), "{out}");
 }
 
+/// `calibrate --fit` and `validate --cross` on a folder of one training
+/// plan (no other plan to leave it out against) said its figures were
+/// "rows left out of the fit, whose published figures miss Little's law",
+/// a serving reason, and left the section table empty without saying why.
+#[test]
+fn a_plan_alone_in_a_fit_is_not_blamed_on_littles_law() {
+    let dir = std::env::temp_dir().join(format!("gantry-cli-fit-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("one.gantry"),
+        format!(
+            "import \"{root}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{root}/tests/inputs/_common/base.gantry\"\n{}",
+            r#"
+workload lm {
+  model Decoder(layers = 2, d_model = 1024, heads = 8, d_ff = 4096, vocab = 32000)
+  train { seq = 1024, global_batch = 64 }
+}
+plan p on DGX_H100 for lm {
+  fix tp = 1, dp = 8, pp = 1
+  expect step_time = 300 ms
+}
+"#,
+            root = env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write");
+    let d = dir.to_string_lossy().into_owned();
+    for args in [
+        ["calibrate", "--fit", d.as_str()],
+        ["validate", "--cross", d.as_str()],
+    ] {
+        let (code, out, err) = gantry(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.contains("Little's law"), "{args:?}: {out}");
+        assert!(
+            out.contains("(not counted: 1 figures with no leave-one-out prediction"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
