@@ -465,7 +465,9 @@ Fix: choose an ep among the divisors of the expert count."
         "C006" => {
             "A `--fix` or `--pin` argument is malformed or out of range: not `knob=value` pairs \
 separated by commas, an unknown knob, a value that is not a whole number, zero or \
-negative, or one so large that the product of the degrees overflows. Exit code 2 (usage), \
+negative, or one so large that the product of the degrees overflows. Also a `--sweep-rate` \
+list that is not 1 to 64 rates from 0.000001 to 1e9, or one given for a `serve` workload with \
+closed-loop or burst arrivals, which offer no rate to sweep. Exit code 2 (usage), \
 whichever command finds it.\n\
 Fix: write pins like `dp=4,tp=8,pp=2,recompute=full,microbatch=1`."
         }

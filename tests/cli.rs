@@ -1793,6 +1793,37 @@ plan p on DGX_H100 for lm {
     }
 }
 
+/// `--sweep-rate` on a closed loop (or a burst) ran the same closed
+/// simulation once per rate and printed identical rows under the rate it
+/// served (`rate/s 9544.618` for `--sweep-rate 1,2`): it offers no rate
+/// to sweep, and is C006.
+#[test]
+fn sweep_rate_on_a_closed_loop_is_c006() {
+    for (from, to) in [
+        ("poisson(rate = 8)", "closed(concurrency = 4)"),
+        ("poisson(rate = 8)", "burst()"),
+    ] {
+        let f = temp(
+            "closed_sweep.gantry",
+            &std::fs::read_to_string("examples/llm_serve.gantry")
+                .expect("example")
+                .replace(from, to)
+                .replace("requests = 2000", "requests = 20")
+                .replace(
+                    "import \"stdlib/",
+                    &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+                ),
+        );
+        let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+        let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "1,2"]);
+        assert_eq!(code, 2, "{to}: {out}");
+        assert!(
+            err.contains("error[C006]: --sweep-rate") && err.contains("not a rate to sweep"),
+            "{to}: {err}"
+        );
+    }
+}
+
 /// A request too long for any KV cache is dropped; when the attainment's
 /// percentile falls on it, the report read `tpot_p99 <= 50.0 ms: inf ms`
 /// and `Binding tpot_p99 at inf% of its target (inf ms of 50.0 ms)`, and
