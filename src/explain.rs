@@ -187,7 +187,8 @@ quantity, `zero` above 3, `top_k` above the number of experts, an efficiency fac
 its range (a fraction of peak below 0.001 or above 1; docs/LANGUAGE.md, section 5.2), a knob value above 2^24, or a hardware or fleet \
 figure outside its physical range: zero, or far below or above any real part, site or demand \
 (`compute` under 1 MFLOP/s, a bandwidth under 1 kB/s, a demand's `within` under 1 s; \
-docs/LANGUAGE.md, section 5.2 \"Hardware figures\").\n\
+docs/LANGUAGE.md, section 5.2 \"Hardware figures\"), or an `expect` figure of zero (it is \
+compared by relative error, which divides by it).\n\
 Fix: give a value inside the range the message and its help state."
         }
         "L047" => {
