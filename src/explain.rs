@@ -187,7 +187,8 @@ quantity, `zero` above 3, `top_k` above the number of experts, an efficiency fac
 its range (a fraction of peak below 0.001 or above 1; docs/LANGUAGE.md, section 5.2), a knob value above 2^24, or a hardware or fleet \
 figure outside its physical range: zero, or far below or above any real part, site or demand \
 (`compute` under 1 MFLOP/s, a bandwidth under 1 kB/s, a demand's `within` under 1 s; \
-docs/LANGUAGE.md, section 5.2 \"Hardware figures\").\n\
+docs/LANGUAGE.md, section 5.2 \"Hardware figures\"), or an `expect` figure of zero (it is \
+compared by relative error, which divides by it).\n\
 Fix: give a value inside the range the message and its help state."
         }
         "L047" => {
@@ -476,7 +477,9 @@ Fix: choose an ep among the divisors of the expert count."
         "C006" => {
             "A `--fix` or `--pin` argument is malformed or out of range: not `knob=value` pairs \
 separated by commas, an unknown knob, a value that is not a whole number, zero or \
-negative, or one so large that the product of the degrees overflows. Exit code 2 (usage), \
+negative, or one so large that the product of the degrees overflows. Also a `--sweep-rate` \
+list that is not 1 to 64 rates from 0.000001 to 1e9, or one given for a `serve` workload with \
+closed-loop or burst arrivals, which offer no rate to sweep. Exit code 2 (usage), \
 whichever command finds it.\n\
 Fix: write pins like `dp=4,tp=8,pp=2,recompute=full,microbatch=1`."
         }
@@ -704,7 +707,10 @@ per process. It is refused before anything is allocated. A tensor whose element 
 overflows (more than 2^61 elements, e.g. `--scale seq=4294967296,batch=4294967296`) is \
 refused the same way, before any size is computed from it, and so is a run that would \
 execute more than 10^6 op instances (every iteration of every `repeat`, nested repeats \
-multiplied, once per microbatch), which memory does not bound. A `--max-memory` above the \
+multiplied, once per microbatch), which memory does not bound, or more than 10^10 \
+multiply-adds in a forward pass (products and attention pairs, every `repeat` iteration: \
+about a minute; a fused attention at `seq=1000000` keeps no scores, so memory does not \
+bound it either). A `--max-memory` above the \
 machine's memory is capped at it (with a note): past it an allocation failure would abort \
 the process.\n\
 Fix: scale the model down with `--scale`, or raise `--max-memory`."

@@ -71,7 +71,30 @@ fn band(v: &[f64]) -> String {
 /// figures of rows left out of the fit (Little's law) are counted apart.
 struct Sections {
     by: BTreeMap<char, (Vec<f64>, Vec<f64>)>,
-    unfitted: usize,
+    unfitted: Unfitted,
+}
+
+/// Figures with no leave-one-out prediction: of serving rows an engine
+/// fit left out (Little's law), and of plans alone in their group or that
+/// the refit without them could not predict.
+#[derive(Default)]
+struct Unfitted {
+    little: usize,
+    alone: usize,
+}
+
+impl Unfitted {
+    fn add(&mut self, fit: &Fit, reference: usize) {
+        let little = fit
+            .engines
+            .iter()
+            .any(|g| g.left_out.iter().any(|(r, _)| *r == reference));
+        if little {
+            self.little += 1;
+        } else {
+            self.alone += 1;
+        }
+    }
 }
 
 fn by_section<'a>(
@@ -82,12 +105,12 @@ fn by_section<'a>(
 ) -> Sections {
     let mut out = Sections {
         by: BTreeMap::new(),
-        unfitted: 0,
+        unfitted: Unfitted::default(),
     };
     for &i in rows {
         let r = &fit.rows[i];
         let Some(l) = r.loo else {
-            out.unfitted += 1;
+            out.unfitted.add(fit, r.reference);
             continue;
         };
         let e = out.by.entry(refs[r.reference].section).or_default();
@@ -98,19 +121,29 @@ fn by_section<'a>(
 }
 
 /// The line that says how many figures a table leaves out, if any.
-fn unfitted_line(s: &mut String, n: usize) {
+fn unfitted_line(s: &mut String, n: &Unfitted) {
     use std::fmt::Write;
-    if n > 0 {
+    if n.little > 0 {
         let _ = writeln!(
             s,
-            "  (not counted: {n} figures of rows left out of the fit, whose published figures miss Little's law; listed with their errors above)"
+            "  (not counted: {} figures of rows left out of the fit, whose published figures miss Little's law; listed with their errors above)",
+            n.little
+        );
+    }
+    // It read as the Little's law line above for every such figure, a
+    // training plan's too.
+    if n.alone > 0 {
+        let _ = writeln!(
+            s,
+            "  (not counted: {} figures with no leave-one-out prediction: their plan is the only one of its group (device and phase, or engine), or the refit without it could not predict it)",
+            n.alone
         );
     }
 }
 
 fn section_table(s: &mut String, sections: &Sections, what: &str) {
     use std::fmt::Write;
-    let (sections, unfitted) = (&sections.by, sections.unfitted);
+    let (sections, unfitted) = (&sections.by, &sections.unfitted);
     let _ = writeln!(
         s,
         "  {:<8} {:>7}  {:>22}  {:>26}",
@@ -453,11 +486,11 @@ fn serving_band(metric: &str) -> Option<f64> {
 fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
     use std::fmt::Write;
     let mut by_metric: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    let mut unfitted = 0;
+    let mut unfitted = Unfitted::default();
     for r in &fit.rows {
         if refs[r.reference].plan.workload.serve.is_some() {
             let Some(l) = r.loo else {
-                unfitted += 1;
+                unfitted.add(fit, r.reference);
                 continue;
             };
             let e = by_metric.entry(r.metric.as_str()).or_default();
@@ -498,7 +531,7 @@ fn serving_table(s: &mut String, fit: &Fit, refs: &[Reference]) {
             within
         );
     }
-    unfitted_line(s, unfitted);
+    unfitted_line(s, &unfitted);
 }
 
 /// `gantry validate --cross DIR`: every figure's prediction with the

@@ -237,11 +237,22 @@ pub fn check_files(paths: &[String], lib_dirs: &[PathBuf]) -> Checked {
     check::check(&roots, &loader)
 }
 
+/// Whether folder `d` is walked for the first time: each folder once, by
+/// its canonical path, so a symbolic link to a folder above it (a loop;
+/// two made every walk exponential in the path length) is walked once.
+pub fn first_visit(d: &Path, seen: &mut std::collections::HashSet<PathBuf>) -> bool {
+    std::fs::canonicalize(d).is_ok_and(|c| seen.insert(c))
+}
+
 /// Every `.gantry` file under a folder, sorted (for tests and `validate`).
 pub fn gantry_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        if !first_visit(&d, &mut seen) {
+            continue;
+        }
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };

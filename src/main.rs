@@ -361,6 +361,24 @@ fn serve_plan(
             return Some(ExitCode::from(2));
         }
     };
+    // A closed loop or a burst offers no rate to vary: every row of the
+    // table was the same run, labelled with the rate it served.
+    if sweep.is_some()
+        && let Some(s) = p.workload.serve.as_deref()
+        && let Some(c) = s.arrivals.clients(s.requests)
+    {
+        let how = match s.arrivals {
+            gantry_lang::program::Arrivals::Closed { .. } => {
+                format!("a closed loop of {c} clients")
+            }
+            _ => format!("a burst of {c} requests"),
+        };
+        eprintln!(
+            "error[C006]: --sweep-rate: workload `{}` is {how}: its rate is what the deployment serves, not a rate to sweep\n  help: give it `poisson(rate = ..)` or `gamma(rate = .., cv = ..)` arrivals to sweep the offered rate",
+            p.workload.name
+        );
+        return Some(ExitCode::from(2));
+    }
     let o = gantry::serve_cli::Options {
         file,
         fix,

@@ -72,15 +72,18 @@ fn sweep_text(rows: &[Summary]) -> String {
         );
         for s in rows {
             if s.unstable {
-                t.push_str(&format!("  {:<11.1} unstable: the queue grows\n", s.rate));
+                t.push_str(&format!(
+                    "  {:<11} unstable: the queue grows\n",
+                    report::rate(s.rate, 1)
+                ));
             } else {
                 t.push_str(&format!(
-                    "  {:<11.1} {:<12} {:<12} {:<12} {:<13.1} {:.2}%\n",
-                    s.rate,
+                    "  {:<11} {:<12} {:<12} {:<12} {:<13} {:.2}%\n",
+                    report::rate(s.rate, 1),
                     format!("{:.1} us", s.e2e.p50 * 1e6),
                     format!("{:.1} us", s.e2e.p90 * 1e6),
                     format!("{:.1} us", s.e2e.p99 * 1e6),
-                    s.goodput,
+                    report::rate(s.goodput, 1),
                     100.0 * s.attainment
                 ));
             }
@@ -92,16 +95,19 @@ fn sweep_text(rows: &[Summary]) -> String {
     );
     for s in rows {
         if s.unstable {
-            t.push_str(&format!("  {:<9.3} unstable: the queue grows\n", s.rate));
+            t.push_str(&format!(
+                "  {:<9} unstable: the queue grows\n",
+                report::rate(s.rate, 3)
+            ));
         } else {
             t.push_str(&format!(
-                "  {:<9.3} {:<10} {:<10} {:<10} {:<10} {:<10.3} {:.2}%\n",
-                s.rate,
-                format!("{:.1} ms", s.ttft.p50 * 1e3),
-                format!("{:.1} ms", s.ttft.p99 * 1e3),
-                format!("{:.1} ms", s.tpot.p50 * 1e3),
-                format!("{:.1} ms", s.tpot.p99 * 1e3),
-                s.goodput,
+                "  {:<9} {:<10} {:<10} {:<10} {:<10} {:<10} {:.2}%\n",
+                report::rate(s.rate, 3),
+                report::ms(s.ttft.p50),
+                report::ms(s.ttft.p99),
+                report::ms(s.tpot.p50),
+                report::ms(s.tpot.p99),
+                report::rate(s.goodput, 3),
                 100.0 * s.attainment
             ));
         }
@@ -254,11 +260,11 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     for (i, s) in top.iter().enumerate() {
         if batched {
             outln!(
-                "  {}. {}: {} devices, {:.4} {}, latency P99 {:.3} ms",
+                "  {}. {}: {} devices, {} {}, latency P99 {:.3} ms",
                 i + 1,
                 report::describe(&s.deployment),
                 s.devices,
-                sp.rank.value(s),
+                report::rate(sp.rank.value(s), 4),
                 match sp.rank {
                     serve::planner::Rank::PerDollar => "requests/$",
                     serve::planner::Rank::PerWatt => "req/s/W",
@@ -269,18 +275,18 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
             continue;
         }
         outln!(
-            "  {}. {}: {} devices, {:.4} {}, TTFT P99 {:.1} ms, TPOT P99 {:.1} ms",
+            "  {}. {}: {} devices, {} {}, TTFT P99 {}, TPOT P99 {}",
             i + 1,
             report::describe(&s.deployment),
             s.devices,
-            sp.rank.value(s),
+            report::rate(sp.rank.value(s), 4),
             match sp.rank {
                 serve::planner::Rank::PerDollar => "requests/$",
                 serve::planner::Rank::PerWatt => "req/s/W",
                 serve::planner::Rank::Goodput => "req/s",
             },
-            s.ttft.p99 * 1e3,
-            s.tpot.p99 * 1e3
+            report::ms(s.ttft.p99),
+            report::ms(s.tpot.p99)
         );
     }
     outln!(

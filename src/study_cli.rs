@@ -535,8 +535,35 @@ pub fn merge_cmd(a: &MergeArgs) -> ExitCode {
     let mut parts = Vec::new();
     for f in &a.files {
         let name = f.display().to_string();
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
+        // A regular file by its length, without reading it; a device or
+        // pipe (length 0) by a bounded read.
+        let len = std::fs::metadata(f).map_or(0, |m| m.len());
+        let read = if len > shard::MAX_SHARD_BYTES {
+            Ok(Err(len))
+        } else {
+            crate::read_bounded(f, shard::MAX_SHARD_BYTES)
+        };
+        let text = match read {
+            Ok(Ok(b)) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    return fail(shard::Bad {
+                        file: name,
+                        message: "cannot read the file: it is not UTF-8 text".into(),
+                        help: "pass the files `gantry study --shard` wrote".into(),
+                    });
+                }
+            },
+            Ok(Err(_)) => {
+                return fail(shard::Bad {
+                    file: name,
+                    message: format!(
+                        "the file is larger than {} bytes, more than any shard's JSON",
+                        shard::MAX_SHARD_BYTES
+                    ),
+                    help: "pass the files `gantry study --shard` wrote".into(),
+                });
+            }
             Err(e) => {
                 return fail(shard::Bad {
                     file: name,

@@ -28,6 +28,7 @@
 //! exist). Files run one after another; the work inside a file runs on
 //! the rayon pool, so the output is the same for any core count.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -304,9 +305,17 @@ pub fn test_file(path: &Path, lib: &[PathBuf], accept: bool) -> FileResult {
         r.studies = n;
         let snap = snapshot_path(path);
         // A file that is there but cannot be read (not UTF-8, a folder)
-        // is not a missing one.
-        let stored = match std::fs::read_to_string(&snap) {
-            Ok(t) => Ok(Some(t)),
+        // is not a missing one. The read is bounded (a link to
+        // `/dev/zero` was read until memory ran out): a file longer than
+        // the report by more than a source may be cannot match it.
+        let limit = now.len() as u64 + gantry_lang::check::MAX_FILE_BYTES as u64;
+        let stored = match crate::read_bounded(&snap, limit) {
+            Ok(Ok(b)) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| "stream did not contain valid UTF-8".to_string()),
+            Ok(Err(_)) => Err(format!(
+                "it is more than {limit} bytes, far longer than the report"
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.to_string()),
         };
@@ -364,6 +373,7 @@ fn drift(old: &str, now: &str, snap: &Path) -> String {
 /// `Err` names a path that does not exist.
 pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     let roots: Vec<String> = if paths.is_empty() {
         vec![".".into()]
     } else {
@@ -372,7 +382,7 @@ pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     for p in &roots {
         let path = Path::new(p);
         if path.is_dir() {
-            walk(path, &mut out);
+            walk(path, &mut out, &mut seen);
         } else if path.is_file() {
             out.push(path.to_path_buf());
         } else {
@@ -384,7 +394,10 @@ pub fn collect(paths: &[String]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) {
+    if !crate::first_visit(dir, seen) {
+        return;
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -394,7 +407,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = name.to_string_lossy();
         if p.is_dir() {
             if !name.starts_with('.') && name != "target" {
-                walk(&p, out);
+                walk(&p, out, seen);
             }
         } else if p.extension().is_some_and(|x| x == "gantry") {
             out.push(p);

@@ -363,6 +363,22 @@ workload w {
     );
 }
 
+/// A fused attention keeps no scores, so a long sequence at a tiny width
+/// passed the memory guard: `seq=1000000` compared 10^12 pairs of rows
+/// and ran for days in 41 MB. More than 10^10 multiply-adds per forward
+/// pass is R007 before anything runs.
+#[test]
+fn run_refuses_work_that_memory_does_not_bound() {
+    let scale = "layers=1,d_model=4,heads=1,kv_heads=1,d_ff=4,vocab=4,seq=1000000,batch=1";
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--scale", scale]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]") && err.contains("multiply-adds"),
+        "{err}"
+    );
+}
+
 /// An output that overflows f32 on the devices and in the reference alike
 /// is not a runtime bug (it was R001 with an infinite error): the run
 /// passes and warns that the reference's output is not finite.
@@ -1535,6 +1551,277 @@ fn one_drawn_request_is_offered_at_the_workloads_rate() {
     let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1 requests at 8.000 req/s"), "{out}");
+}
+
+/// A serving plan ranked by goodput per dollar on hardware without a
+/// `price` printed every deployment at `0.0000 requests/$` and picked one
+/// arbitrarily; it is `C015`, as for a training plan.
+#[test]
+fn a_serving_plan_per_dollar_without_a_price_is_c015() {
+    let f = temp(
+        "serve_no_price.gantry",
+        &format!(
+            "import \"{}/tests/inputs/_common/base.gantry\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            r#"
+workload w {
+  model Decoder(layers = 2, d_model = 512, heads = 8, d_ff = 1536, vocab = 32000)
+  serve {
+    arrivals = poisson(rate = 4)
+    prompt = 100
+    generate = 20
+    slo = { ttft_p99 = 1 s, tpot_p99 = 100 ms }
+    requests = 50
+  }
+}
+plan p on Box for w {
+  search tp in {1, 2}, dp = auto
+  objective maximize throughput_per_dollar
+}
+"#
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("C015") && err.contains("`price`"), "{err}");
+    assert!(!out.contains("requests/$"), "{out}");
+    let g = temp(
+        "serve_no_price_goodput.gantry",
+        &std::fs::read_to_string(&f)
+            .expect("written")
+            .replace("throughput_per_dollar", "throughput"),
+    );
+    let (code, _, err) = gantry(&["plan", &g]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// The lowest rate a `serve` accepts, `poisson(rate = 0.000001)`, read
+/// `3 requests at 0.000 req/s`, `goodput 0.000 req/s`, `0.0 tokens/s` and
+/// `goodput per dollar 0.0 requests/$` (and zeros in the `--sweep-rate`
+/// table): now to four significant figures.
+#[test]
+fn the_lowest_rate_is_not_printed_as_zero() {
+    let f = temp(
+        "serve_slow.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "poisson(rate = 0.000001)")
+            .replace("requests = 2000", "requests = 3")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "0.000002"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(" 0.000 ") && !out.contains(" 0.0 "), "{out}");
+    assert!(out.contains("3 requests at 2.093e-6 req/s"), "{out}");
+    assert!(out.contains("goodput 3.140e-6 req/s"), "{out}");
+    assert!(out.contains("\n  4.187e-6  "), "{out}");
+}
+
+/// A folder holding symbolic links to folders above it (`a/up -> ..`,
+/// `a/again -> ../a`): `gantry test`, `fmt --check` and `validate` walked
+/// it for ever, each turn down a longer path (two links: exponentially
+/// many), and printed nothing. Each folder is now walked once.
+#[cfg(unix)]
+#[test]
+fn folders_linked_in_a_loop_are_walked_once() {
+    let dir = std::env::temp_dir().join(format!("gantry-cli-loop-{}", std::process::id()));
+    let a = dir.join("a");
+    std::fs::create_dir_all(&a).expect("dir");
+    std::fs::write(a.join("one.gantry"), "let x = 1\n").expect("write");
+    for (name, to) in [("up", ".."), ("again", "../a")] {
+        let link = a.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(to, &link).expect("symlink");
+    }
+    let d = dir.to_string_lossy().into_owned();
+    for args in [
+        vec!["test", d.as_str()],
+        vec!["fmt", "--check", d.as_str()],
+        vec!["validate", d.as_str()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("waits").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("`gantry {}` still walking after 60 s", args.join(" "));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
+        if args[0] == "test" {
+            assert!(stdout.contains("1 files"), "{stdout}");
+        }
+    }
+}
+
+/// C019 named the rate as `n / span` (three requests at 0, 1 and 2 s:
+/// `at 1.500 req/s`), while every report of the same requests (and a
+/// fleet's demand it was drawn for) states `(n - 1) / span`, 1.000.
+#[test]
+fn c019_states_the_rate_the_reports_state() {
+    temp("three_a_second.csv", "0,16000,10\n1,16000,10\n2,16000,10\n");
+    let f = temp(
+        "three_a_second.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("poisson(rate = 8)", "trace(\"three_a_second.csv\")")
+            .replace("lognormal(mean = 1024, spread = 0.6)", "trace")
+            .replace("lognormal(mean = 256, spread = 0.6)", "trace")
+            .replace("ttft_p99 = 500 ms", "ttft_p99 = 1 us")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("3 requests at 1.000 req/s"), "{out}");
+    let (code, _, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[C019]") && err.contains("at 1.000 req/s"),
+        "{err}"
+    );
+}
+
+/// A study's snapshot that is a link to `/dev/zero` was read whole:
+/// `gantry test` ran until memory ran out. It is read only as far as it
+/// could match the report, then reported unreadable.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_snapshot_without_end_is_unreadable_not_read_for_ever() {
+    let f = temp(
+        "endless_snapshot.gantry",
+        &format!(
+            "import \"{}/tests/inputs/_common/base.gantry\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            r#"
+cluster Fleet(n = 1) {
+  node Box x n
+  fabric ib = fat_tree(bandwidth = 400 Gb/s, latency = 5 us)
+}
+study s on Fleet(n = {1}) {
+  workloads { tiny_train = 1 }
+  search dp = auto
+}
+"#
+        ),
+    );
+    let snap = f.replace(".gantry", ".snap");
+    let _ = std::fs::remove_file(&snap);
+    std::os::unix::fs::symlink("/dev/zero", &snap).expect("symlink");
+    let (code, out, err) = gantry(&["test", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        out.contains("cannot read") && out.contains("far longer than the report"),
+        "{out}"
+    );
+}
+
+/// Serving latencies and SLO targets under 0.1 ms printed as `0.0 ms`
+/// (`tpot_p99 = 1 us`: `SLO tpot_p99 <= 0.0 ms`); they are written in
+/// microseconds, as C019 writes them.
+#[test]
+fn a_microsecond_slo_is_not_zero_milliseconds() {
+    let f = temp(
+        "serve_us_slo.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("tpot_p99 = 50 ms", "tpot_p99 = 1 us")
+            .replace("requests = 2000", "requests = 20")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--fix", "tp=8,dp=1,batch=64,token_budget=2048"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SLO         tpot_p99 <= 1.0 us: "), "{out}");
+    assert!(!out.contains(" 0.0 ms"), "{out}");
+}
+
+/// `calibrate --fit` and `validate --cross` on a folder of one training
+/// plan (no other plan to leave it out against) said its figures were
+/// "rows left out of the fit, whose published figures miss Little's law",
+/// a serving reason, and left the section table empty without saying why.
+#[test]
+fn a_plan_alone_in_a_fit_is_not_blamed_on_littles_law() {
+    let dir = std::env::temp_dir().join(format!("gantry-cli-fit-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("one.gantry"),
+        format!(
+            "import \"{root}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{root}/tests/inputs/_common/base.gantry\"\n{}",
+            r#"
+workload lm {
+  model Decoder(layers = 2, d_model = 1024, heads = 8, d_ff = 4096, vocab = 32000)
+  train { seq = 1024, global_batch = 64 }
+}
+plan p on DGX_H100 for lm {
+  fix tp = 1, dp = 8, pp = 1
+  expect step_time = 300 ms
+}
+"#,
+            root = env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .expect("write");
+    let d = dir.to_string_lossy().into_owned();
+    for args in [
+        ["calibrate", "--fit", d.as_str()],
+        ["validate", "--cross", d.as_str()],
+    ] {
+        let (code, out, err) = gantry(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.contains("Little's law"), "{args:?}: {out}");
+        assert!(
+            out.contains("(not counted: 1 figures with no leave-one-out prediction"),
+            "{args:?}: {out}"
+        );
+    }
+}
+
+/// `--sweep-rate` on a closed loop (or a burst) ran the same closed
+/// simulation once per rate and printed identical rows under the rate it
+/// served (`rate/s 9544.618` for `--sweep-rate 1,2`): it offers no rate
+/// to sweep, and is C006.
+#[test]
+fn sweep_rate_on_a_closed_loop_is_c006() {
+    for (from, to) in [
+        ("poisson(rate = 8)", "closed(concurrency = 4)"),
+        ("poisson(rate = 8)", "burst()"),
+    ] {
+        let f = temp(
+            "closed_sweep.gantry",
+            &std::fs::read_to_string("examples/llm_serve.gantry")
+                .expect("example")
+                .replace(from, to)
+                .replace("requests = 2000", "requests = 20")
+                .replace(
+                    "import \"stdlib/",
+                    &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+                ),
+        );
+        let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+        let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "1,2"]);
+        assert_eq!(code, 2, "{to}: {out}");
+        assert!(
+            err.contains("error[C006]: --sweep-rate") && err.contains("not a rate to sweep"),
+            "{to}: {err}"
+        );
+    }
 }
 
 /// A request too long for any KV cache is dropped; when the attainment's

@@ -321,3 +321,23 @@ fn sharded_sensitivity_merges_to_the_single_run_bytes() {
     );
     assert!(single.contains("\"sensitivity\""));
 }
+
+/// A file no shard could be (a 2 GiB checkpoint passed by mistake,
+/// `/dev/zero`) was read whole: `gantry merge /dev/zero` held 17 GB after
+/// 11 s and ran on until memory ran out. Files over 1 GiB are C033.
+#[test]
+fn a_file_too_large_for_a_shard_is_c033_unread() {
+    let dir = scratch("huge-shard");
+    let big = dir.join("shard-0-of-1.json");
+    std::fs::File::create(&big)
+        .expect("create")
+        .set_len(2 << 30)
+        .expect("sparse file");
+    let (code, out, err) = merge(&[big.display().to_string()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("error[C033]") && err.contains("larger than 1073741824 bytes"),
+        "{err}"
+    );
+}

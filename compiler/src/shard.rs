@@ -45,6 +45,11 @@ pub const SCHEMA: &str = "gantry.shard/1";
 /// untrusted input, so a larger count is refused (`C033`), not allocated.
 pub const MAX_SHARDS: usize = 1 << 20;
 
+/// The largest shard file `gantry merge` reads (1 GiB): a shard of a
+/// study's largest sweep is a few hundred MB; a file passed by mistake (a
+/// checkpoint, `/dev/zero`) was read whole until memory ran out.
+pub const MAX_SHARD_BYTES: u64 = 1 << 30;
+
 /// How many missing shards a `C033` message names before it counts the
 /// rest.
 const MISSING_NAMED: usize = 10;

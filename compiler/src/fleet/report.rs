@@ -52,7 +52,11 @@ fn pool_lines(s: &mut String, p: &Pool) {
             .slos
             .iter()
             .map(|(name, target, got)| {
-                format!("{name} {:.1} ms of {:.1} ms", got * 1e3, target * 1e3)
+                format!(
+                    "{name} {} of {}",
+                    crate::serve::report::ms(*got),
+                    crate::serve::report::ms(*target)
+                )
             })
             .collect();
         let _ = writeln!(

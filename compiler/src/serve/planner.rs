@@ -577,6 +577,23 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
         ));
     };
     let rank = rank_of(p)?;
+    // As for a training plan (`sanity::check_metrics`): without a price
+    // every deployment's goodput per dollar is 0 and the ranking is
+    // arbitrary.
+    if rank == Rank::PerDollar
+        && crate::hardware::Hardware::new(&p.system, &p.workload)
+            .is_ok_and(|h| h.price_per_device.is_none())
+    {
+        return Err(error(
+            Code::C015,
+            "objective",
+            format!(
+                "plan `{}` optimizes `throughput_per_dollar`, which it does not have: neither the device nor the node declares a `price`",
+                p.name
+            ),
+            "declare a `price`, or use `objective maximize throughput` (goodput) or `throughput_per_watt`",
+        ));
+    }
     let mut pipes = BTreeMap::new();
     let mut pipe_refused = None;
     let (models, cands) = match s.batching {
@@ -706,7 +723,14 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             .then_with(|| describe(&a.deployment).cmp(&describe(&b.deployment)))
     });
     let Some(best) = meeting.first().cloned() else {
-        let load = load_words(s, reqs.len(), offered);
+        // At the rate a serving report states, `n - 1` gaps over the
+        // span (`offered`, `n / span`, bounds goodput, which counts `n`).
+        let stated = if span > 0.0 {
+            (reqs.len() - 1) as f64 / span
+        } else {
+            offered
+        };
+        let load = load_words(s, reqs.len(), stated);
         return Err(no_deployment(p, s, &done, &load, unstable_unsim));
     };
     meeting.truncate(5);
@@ -779,7 +803,7 @@ fn load_words(s: &Serve, n: usize, offered: f64) -> String {
     match s.arrivals.clients(s.requests) {
         Some(c) if c >= n as u64 => format!("in a burst of {n} requests"),
         Some(c) => format!("from a closed loop of {c} clients"),
-        None if offered.is_finite() => format!("at {offered:.3} req/s"),
+        None if offered.is_finite() => format!("at {} req/s", super::report::rate(offered, 3)),
         None => format!("in a burst of {n} requests"),
     }
 }

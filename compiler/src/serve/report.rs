@@ -175,7 +175,7 @@ impl Summary {
                 "{} requests from a closed loop of {c} clients",
                 self.requests
             ),
-            Load::Open => format!("{} requests at {:.3} req/s", self.requests, self.rate),
+            Load::Open => format!("{} requests at {} req/s", self.requests, rate(self.rate, 3)),
         }
     }
 }
@@ -463,8 +463,26 @@ pub fn describe(d: &Deployment) -> String {
     }
 }
 
-fn ms(x: f64) -> String {
-    format!("{:.1} ms", x * 1e3)
+/// A rate (requests or items per second) to `decimals` places, or to four
+/// significant figures where those places would show none of it (the
+/// lowest rate a `serve` accepts, `poisson(rate = 0.000001)`, read
+/// `0.000 req/s`).
+pub fn rate(x: f64, decimals: usize) -> String {
+    if x == 0.0 || x.abs() >= 0.1f64.powi(decimals as i32) {
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// Milliseconds to one decimal, or microseconds below 0.1 ms (as C019
+/// writes them): a `tpot_p99 = 1 us` target read `tpot_p99 <= 0.0 ms`.
+pub fn ms(x: f64) -> String {
+    if x < 1e-4 {
+        format!("{:.1} us", x * 1e6)
+    } else {
+        format!("{:.1} ms", x * 1e3)
+    }
 }
 
 /// [`ms`], or microseconds below a millisecond (a batching window's
@@ -632,13 +650,17 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
             "throughput",
             if batched(s) {
                 format!(
-                    "{:.3} req/s, {:.1} items/s; goodput {:.3} req/s",
-                    s.throughput, s.items_per_s, s.goodput
+                    "{} req/s, {} items/s; goodput {} req/s",
+                    rate(s.throughput, 3),
+                    rate(s.items_per_s, 1),
+                    rate(s.goodput, 3)
                 )
             } else {
                 format!(
-                    "{:.3} req/s, {:.1} tokens/s; goodput {:.3} req/s",
-                    s.throughput, s.tokens_per_s, s.goodput
+                    "{} req/s, {} tokens/s; goodput {} req/s",
+                    rate(s.throughput, 3),
+                    rate(s.tokens_per_s, 1),
+                    rate(s.goodput, 3)
                 )
             },
         ),
@@ -648,9 +670,9 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
             "Cost",
             "cost",
             format!(
-                "${:.2}/h; goodput per dollar {:.1} requests/$",
+                "${:.2}/h; goodput per dollar {} requests/$",
                 p * 3600.0,
-                g
+                rate(g, 1)
             ),
         ));
     }
@@ -974,11 +996,11 @@ fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usi
     for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.4} | {} |",
+            "| {} | {} | {} | {} | {} |",
             i + 1,
             describe(&s.deployment),
             s.devices,
-            sp.rank.value(s),
+            rate(sp.rank.value(s), 4),
             lat(s, s.e2e.p99)
         );
     }
@@ -1003,16 +1025,20 @@ pub fn sweep_markdown(rows: &[Summary]) -> String {
         );
         for s in rows {
             if s.unstable {
-                let _ = writeln!(t, "| {:.1} | unstable: the queue grows | | | | |", s.rate);
+                let _ = writeln!(
+                    t,
+                    "| {} | unstable: the queue grows | | | | |",
+                    rate(s.rate, 1)
+                );
             } else {
                 let _ = writeln!(
                     t,
-                    "| {:.1} | {} | {} | {} | {:.1} | {:.2}% |",
-                    s.rate,
+                    "| {} | {} | {} | {} | {} | {:.2}% |",
+                    rate(s.rate, 1),
                     lat(s, s.e2e.p50),
                     lat(s, s.e2e.p90),
                     lat(s, s.e2e.p99),
-                    s.goodput,
+                    rate(s.goodput, 1),
                     100.0 * s.attainment
                 );
             }
@@ -1024,17 +1050,21 @@ pub fn sweep_markdown(rows: &[Summary]) -> String {
     );
     for s in rows {
         if s.unstable {
-            let _ = writeln!(t, "| {:.3} | unstable: the queue grows | | | | | |", s.rate);
+            let _ = writeln!(
+                t,
+                "| {} | unstable: the queue grows | | | | | |",
+                rate(s.rate, 3)
+            );
         } else {
             let _ = writeln!(
                 t,
-                "| {:.3} | {} | {} | {} | {} | {:.3} | {:.2}% |",
-                s.rate,
+                "| {} | {} | {} | {} | {} | {} | {:.2}% |",
+                rate(s.rate, 3),
                 ms(s.ttft.p50),
                 ms(s.ttft.p99),
                 ms(s.tpot.p50),
                 ms(s.tpot.p99),
-                s.goodput,
+                rate(s.goodput, 3),
                 100.0 * s.attainment
             );
         }
@@ -1106,11 +1136,11 @@ pub fn plan_markdown(
     for (i, s) in sp.top.iter().take(top.max(1)).enumerate() {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.4} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             i + 1,
             describe(&s.deployment),
             s.devices,
-            sp.rank.value(s),
+            rate(sp.rank.value(s), 4),
             ms(s.ttft.p99),
             ms(s.tpot.p99)
         );

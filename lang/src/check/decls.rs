@@ -2216,6 +2216,18 @@ impl Checker {
                 &format!("expected `{}`", n.name),
                 &example_for(dim),
             ) {
+                if q == 0.0 {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::L046,
+                            format!("expected `{}` must be above zero", n.name),
+                            it.value.span,
+                        )
+                        .with_label(it.value.span, "zero")
+                        .with_help("`gantry test` and `gantry validate` compare a prediction with the expected figure by their relative error, which divides by it; state the published figure"),
+                    );
+                    continue;
+                }
                 expect.insert(n.name.clone(), Quantity::new(q, dim));
             }
         }
@@ -2518,6 +2530,16 @@ impl Checker {
                     t.all = Some(q.value);
                 }
                 Some(n) => {
+                    // An `expect` of the figure that was refused has its
+                    // own error.
+                    let written = g
+                        .get("expect")
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e.name.as_ref().is_some_and(|m| m.name == n.name));
+                    if written && !expect.contains_key(&n.name) {
+                        continue;
+                    }
                     if !expect.contains_key(&n.name) {
                         let mut d = Diagnostic::error(
                             Code::L088,

@@ -420,6 +420,75 @@ pub fn op_instances(w: &Workload, par: &Parallel) -> f64 {
     count(&w.model.graph.body) * microbatches
 }
 
+/// The most arithmetic a run may do ([`work`]): about a minute of the
+/// reference interpreter's and the devices' forward and backward in a
+/// release build (`layers=2, d_model=1024, d_ff=1024, seq=64, batch=8` is
+/// 4.3e9 and took 45 s on two shared cores). Memory does not bound it: a
+/// fused attention keeps no scores, so `seq=1000000` at `d_model=1` fits
+/// in 41 MB and compares 10^12 pairs of rows (days).
+pub const MAX_WORK: f64 = 1e10;
+
+/// Multiply-adds of one forward pass of `w` over its whole batch (the
+/// reference's; the devices split it), every `repeat` iteration counted:
+/// a product's output elements times its reduction length, an
+/// attention's query-key pairs times `head_dim` plus the softmax's work
+/// per pair (counted as 32), a `moe`'s tokens times `top_k` times its
+/// three expert products, any other op its output's elements. A decode
+/// step counts its whole sequence, as [`footprint`] does.
+pub fn work(w: &Workload) -> Result<f64, RuntimeError> {
+    let g = &w.model.graph;
+    let mut b = w.bindings.clone();
+    if let Phase::Decode { context, .. } = w.phase {
+        let seq = b.get("seq").copied().unwrap_or(1);
+        b.insert("seq".into(), seq.saturating_add(context as i64));
+    }
+    let shapes = graph::shapes(g, &b)?;
+    let n = |t: TensorId| numel(&shapes[t.0 as usize]) as f64;
+    let dim = |t: TensorId, i: usize| shapes[t.0 as usize].get(i).copied().unwrap_or(1) as f64;
+    let op_work = |op: &gantry_lang::program::Op| -> f64 {
+        let out = n(op.output);
+        match &op.kind {
+            OpKind::Linear { d_in, .. } => out * *d_in as f64,
+            OpKind::MatMul => {
+                let a = &shapes[op.inputs[0].0 as usize];
+                out * a.last().copied().unwrap_or(1) as f64
+            }
+            OpKind::Attention { head_dim, .. } => {
+                // q is [batch, seq, heads * head_dim]; k is [batch, kv_seq, ..].
+                let pairs = out / (*head_dim).max(1) as f64 * dim(op.inputs[1], 1);
+                pairs * (*head_dim as f64 + 32.0)
+            }
+            OpKind::Mlp { dims, .. } => {
+                let rows = n(op.inputs[0]) / dims.first().copied().unwrap_or(1).max(1) as f64;
+                rows * dims.windows(2).map(|d| (d[0] * d[1]) as f64).sum::<f64>()
+            }
+            OpKind::Moe {
+                top_k,
+                d_model,
+                d_ff,
+                ..
+            } => {
+                let tokens = n(op.inputs[0]) / (*d_model).max(1) as f64;
+                tokens * *top_k as f64 * 3.0 * (*d_model * *d_ff) as f64
+            }
+            OpKind::Interact { vectors, dim } => {
+                let rows = n(op.inputs[0]) / (*dim).max(1) as f64;
+                rows * (*vectors * *dim) as f64
+            }
+            _ => out,
+        }
+    };
+    fn count(items: &[Item], op_work: &dyn Fn(&gantry_lang::program::Op) -> f64) -> f64 {
+        items.iter().fold(0.0, |acc, it| {
+            acc + match it {
+                Item::Op(op) => op_work(op),
+                Item::Repeat(r) => r.count as f64 * count(&r.body, op_work),
+            }
+        })
+    }
+    Ok(count(&g.body, &op_work))
+}
+
 /// What a device keeps of one op per microbatch for its backward, in
 /// multiples of its result: the result, and for `moe` the tokens sent to
 /// and received from the experts (`top_k` copies each) and the experts'

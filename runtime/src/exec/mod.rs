@@ -56,7 +56,8 @@ mod simulate;
 mod tests;
 
 pub use footprint::{
-    DEVICE_HEAP, MAX_OP_INSTANCES, PER_DEVICE, PER_RUN, footprint, host_memory, op_instances,
+    DEVICE_HEAP, MAX_OP_INSTANCES, MAX_WORK, PER_DEVICE, PER_RUN, footprint, host_memory,
+    op_instances, work,
 };
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
 pub use parallel::{Parallel, TableShard, column_slices, describe, validate};

@@ -17,7 +17,7 @@ use crate::jit::Jit;
 use crate::reference;
 
 use super::device::Dev;
-use super::footprint::{MAX_OP_INSTANCES, footprint, op_instances};
+use super::footprint::{MAX_OP_INSTANCES, MAX_WORK, footprint, op_instances, work};
 use super::grad::{self, GradCheck, StepCheck};
 use super::parallel::{Parallel, validate};
 use super::simulate::{Part, cut, replica_of, simulate, simulate_devices};
@@ -213,6 +213,17 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
             ),
         )
         .with_help("scale the repeat counts down with --scale (e.g. layers=2), or use fewer microbatches (a larger `microbatch` in --fix)"));
+    }
+    let work = work(w)?;
+    if work > MAX_WORK {
+        return Err(RuntimeError::new(
+            RCode::R007,
+            format!(
+                "running `{}` at this scale does about {work:.3e} multiply-adds per forward pass (products, attention pairs, every `repeat` iteration); the runtime runs at most {MAX_WORK:.0e}, about a minute",
+                w.name
+            ),
+        )
+        .with_help("scale the workload down with --scale (e.g. layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4)"));
     }
     if let Phase::Decode { context, .. } = w.phase {
         return run_decode(w, par, cfg, context as usize);
