@@ -313,6 +313,11 @@ pub fn lex(src: &str) -> Lexed {
     let mut out = Lexed::default();
     let mut raw: Vec<(usize, Raw, usize)> = Vec::new();
     let mut lexer = Raw::lexer(src);
+    // A byte-order mark (editors on Windows write one) marks the encoding,
+    // not the program: skipped, so spans still index the file as read.
+    if src.starts_with('\u{FEFF}') {
+        lexer.bump('\u{FEFF}'.len_utf8());
+    }
     let mut bad_run: Option<(usize, usize)> = None;
     let flush_bad = |out: &mut Lexed, run: &mut Option<(usize, usize)>| {
         if let Some((s, e)) = run.take() {
@@ -971,6 +976,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_spans_index_the_file() {
+        let src = "\u{FEFF}let x = 1";
+        let l = lex(src);
+        assert!(l.diagnostics.is_empty(), "{:?}", l.diagnostics);
+        assert_eq!(l.tokens[0].1, Tok::Let);
+        assert_eq!(&src[l.tokens[0].0..l.tokens[0].2], "let");
+        // Only at the start: elsewhere it is still not a token (L001).
+        assert_eq!(lex("let x = 1 \u{FEFF}").diagnostics.len(), 1);
     }
 
     #[test]
