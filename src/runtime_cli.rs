@@ -249,6 +249,9 @@ pub struct TrafficRow {
 /// The run's traffic next to the cost model's, by purpose.
 pub fn traffic_rows(t: &Target, report: &exec::RunReport) -> Vec<TrafficRow> {
     let bytes = t.workload.dtype.bytes().unwrap_or(4) as f64;
+    // Tensor-parallel collectives and pipeline sends move the residual
+    // stream, 16-bit for an fp8 workload, as the cost model prices them.
+    let stream = gantry_compiler::ir::stream_bytes(bytes);
     let mut labels: Vec<String> = report.traffic.keys().cloned().collect();
     for (what, _) in &t.comms {
         let l = comm_label(what).to_string();
@@ -259,7 +262,12 @@ pub fn traffic_rows(t: &Target, report: &exec::RunReport) -> Vec<TrafficRow> {
     labels
         .into_iter()
         .map(|l| TrafficRow {
-            measured: report.traffic.get(&l).map_or(0, |v| v.0) as f64 * bytes,
+            measured: report.traffic.get(&l).map_or(0, |v| v.0) as f64
+                * if l == "tensor" || l == "pipeline" {
+                    stream
+                } else {
+                    bytes
+                },
             model: t
                 .comms
                 .iter()

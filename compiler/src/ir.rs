@@ -698,6 +698,13 @@ fn elem_bytes(d: DType, act: DType) -> f64 {
     }
 }
 
+/// Bytes per element of the residual stream for a workload whose elements
+/// take `act_bytes` ([`Ir::stream_bytes`]): never below 16 bits, the type
+/// fp8 engines keep between layers.
+pub fn stream_bytes(act_bytes: f64) -> f64 {
+    act_bytes.max(2.0)
+}
+
 /// Compute dtype of a workload: TF32 runs on tensor cores but stores fp32.
 fn act_dtype(d: DType) -> DType {
     d
@@ -839,7 +846,7 @@ pub fn lower(w: &Workload) -> Result<Ir, LowerError> {
         phase: w.phase.clone(),
         dtype: act,
         act_bytes: beta,
-        stream_bytes: beta.max(2.0),
+        stream_bytes: stream_bytes(beta),
         tokens_per_sample,
         hidden,
         programs: Programs {
