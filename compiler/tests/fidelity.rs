@@ -755,18 +755,7 @@ plan p on C for w {{
 fn a_context_parallel_ring_across_nodes_waits_for_the_nics() {
     // Long enough that each send's launch and latency are under 1% of it.
     let p = two_nodes("heads = 16, kv_heads = 4", 1 << 20, 4);
-    let ring = |fix: &str| {
-        let ev = evaluate(&p, &parse_fix(fix).expect("pins")).expect("evaluates");
-        let comm = ev
-            .estimate
-            .comms
-            .iter()
-            .find(|c| c.what == "context-parallel K/V ring")
-            .cloned()
-            .expect("a K/V ring");
-        let topo = ev.hardware.topo;
-        (comm.time / comm.bytes, topo.up_bw / topo.out_bw)
-    };
+    let ring = |fix: &str| seconds_per_byte(&p, fix, "context-parallel K/V ring");
     let (across, link_over_nic) = ring("tp=4,cp=4,dp=1");
     let (inside, _) = ring("tp=2,cp=4,dp=2");
     assert!(link_over_nic > 3.0, "{link_over_nic}");
@@ -838,18 +827,7 @@ fn the_exposed_context_parallel_ring_is_what_the_report_says() {
 fn a_pipeline_across_nodes_waits_for_its_slowest_boundary() {
     // Long enough that each send's launch and latency are under 1% of it.
     let p = two_nodes("heads = 16, kv_heads = 4", 1 << 18, 4);
-    let sends = |fix: &str| {
-        let ev = evaluate(&p, &parse_fix(fix).expect("pins")).expect("evaluates");
-        let comm = ev
-            .estimate
-            .comms
-            .iter()
-            .find(|c| c.what == "pipeline activations and gradients")
-            .cloned()
-            .expect("pipeline sends");
-        let topo = ev.hardware.topo;
-        (comm.time / comm.bytes, topo.up_bw / topo.out_bw)
-    };
+    let sends = |fix: &str| seconds_per_byte(&p, fix, "pipeline activations and gradients");
     // Sequence parallel: each rank sends its own share (without it the
     // report counts the tp-fold re-gather as well).
     let (across, link_over_nic) = sends("tp=4,pp=4,dp=1,virtual_stages=1,sequence_parallel=true");
@@ -859,4 +837,18 @@ fn a_pipeline_across_nodes_waits_for_its_slowest_boundary() {
         (ratio / link_over_nic - 1.0).abs() < 0.02,
         "seconds per byte across / inside {ratio}, link / NIC {link_over_nic}"
     );
+}
+
+/// Seconds per reported byte of the communication `what` at point `fix`,
+/// and the link's effective bandwidth over the NIC's.
+fn seconds_per_byte(p: &Plan, fix: &str, what: &str) -> (f64, f64) {
+    let ev = evaluate(p, &parse_fix(fix).expect("pins")).expect("evaluates");
+    let comm = ev
+        .estimate
+        .comms
+        .iter()
+        .find(|c| c.what == what)
+        .unwrap_or_else(|| panic!("no {what} at {fix}"));
+    let topo = ev.hardware.topo;
+    (comm.time / comm.bytes, topo.up_bw / topo.out_bw)
 }
