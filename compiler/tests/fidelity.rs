@@ -852,3 +852,41 @@ fn seconds_per_byte(p: &Plan, fix: &str, what: &str) -> (f64, f64) {
     let topo = ev.hardware.topo;
     (comm.time / comm.bytes, topo.up_bw / topo.out_bw)
 }
+
+/// An fp8 decode moves its residual stream in 16 bits: its
+/// tensor-parallel collectives send as many bytes as the bf16 decode's,
+/// while its weights take half the memory (`Ir::stream_bytes`; one byte
+/// per element before, half the bf16 figure).
+#[test]
+fn an_fp8_decode_all_reduces_its_stream_in_16_bits() {
+    let decode = |dtype: &str| {
+        let src = format!(
+            r#"import "stdlib/clusters/grand_teton_roce.gantry"
+import "stdlib/models/llama.gantry"
+workload w {{
+  model Llama(layers = 4, d_model = 2048, heads = 16, kv_heads = 4, d_ff = 5632, vocab = 32000)
+  decode {{ batch = 8, prompt = 128, generate = 128, dtype = {dtype} }}
+}}
+plan p on GrandTetonRoCE96(nodes = 1) for w {{
+  fix tp = 2, pp = 1, dp = 1
+}}
+"#
+        );
+        let c = check(&["test.gantry".to_string()], &WithSource(src));
+        assert!(!c.has_errors(), "{}", c.render(false));
+        let ev = evaluate(&c.program.plans["p"], &BTreeMap::new()).expect("evaluates");
+        let tp: f64 = ev
+            .estimate
+            .comms
+            .iter()
+            .filter(|c| c.what.contains("tensor"))
+            .map(|c| c.bytes)
+            .sum();
+        (tp, ev.estimate.memory.weights)
+    };
+    let (tp8, w8) = decode("fp8");
+    let (tp16, w16) = decode("bf16");
+    assert!(tp16 > 0.0);
+    assert_eq!(tp8, tp16);
+    assert!((w16 / w8 - 2.0).abs() < 1e-9, "weights {w16} vs {w8}");
+}
