@@ -1056,10 +1056,9 @@ impl Evaluator<'_> {
                             n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes / n);
                     }
                     if per_block {
-                        // FSDP reduce-scatters in its reduction type,
-                        // fp32 under torchtitan's mixed precision (the
-                        // unsharded gradient the working memory holds).
-                        let reduce = beta.max(4.0) / beta;
+                        // FSDP reduce-scatters in its reduction type
+                        // (`zero3_grad_bytes`).
+                        let reduce = zero3_grad_bytes(ir) / beta;
                         ag = topo.time(Collective::AllGather, zgroup, dp_stride, unit_bytes);
                         rs = topo.time(
                             Collective::ReduceScatter,
@@ -1101,7 +1100,7 @@ impl Evaluator<'_> {
                     algorithm: topo
                         .algorithm(Collective::AllGather, zgroup, dp_stride)
                         .into(),
-                    bytes: (gathers + rounds * if per_block { beta.max(4.0) / beta } else { 1.0 })
+                    bytes: (gathers + rounds * zero3_grad_bytes(ir) / beta)
                         * grad_bytes
                         * ring(zgroup),
                     time: total,
@@ -1311,14 +1310,8 @@ impl Evaluator<'_> {
         let mut working = body.saved_all + (body.saved_all - body.saved).max(0.0) + body.tp_whole;
         if p.zero >= 3 && dp_group > 1 {
             // Unsharded gradients wait for their reduce-scatter in its
-            // type: fp32 under FSDP (`fusion = compiled` or `eager`, its
-            // reduce dtype for bf16 mixed precision), the model's under
-            // DeepSpeed (`kernels`), as the reduce-scatters' time above.
-            let grad = if ir.kernels.pytorch_native() {
-                beta.max(4.0)
-            } else {
-                beta
-            };
+            // type, as the reduce-scatters' time above.
+            let grad = zero3_grad_bytes(ir);
             if ir.kernels.overlap.fsdp && pp > 1 {
                 // The stage's weights stay gathered and its gradients
                 // unsharded for the whole step.
@@ -1849,6 +1842,19 @@ pub fn pipeline_in_flight(pp: f64, v: f64, m: f64) -> f64 {
         pp.min(m)
     } else {
         (m * v).min(2.0 * (pp - 1.0) + (v - 1.0) * pp + 1.0) / v
+    }
+}
+
+/// Bytes per element of a ZeRO-3 gradient before its reduce-scatter (the
+/// reduce-scatter's bytes and the unsharded gradient the working memory
+/// holds): fp32 under FSDP (`fusion = compiled` or `eager`; its reduce
+/// dtype for bf16 mixed precision, torchtitan's), the model's type under
+/// DeepSpeed (`kernels`).
+fn zero3_grad_bytes(ir: &Ir) -> f64 {
+    if ir.kernels.pytorch_native() {
+        ir.act_bytes.max(4.0)
+    } else {
+        ir.act_bytes
     }
 }
 
