@@ -1255,8 +1255,12 @@ impl Evaluator<'_> {
                     } else {
                         p.tp as f64
                     },
-                time: slots * sends,
-                exposed: slots * t_send_exposed,
+                // The m microbatches' sends, as the step counts them
+                // (`pp_comm`); those of the (p - 1) / v warm-up and
+                // drain slots lie on the critical path inside the
+                // bubble, which the step reports as its own part.
+                time: m * sends,
+                exposed: m * t_send_exposed,
             });
         }
         if body.cp_bytes > 0.0 {

@@ -818,6 +818,42 @@ fn the_exposed_context_parallel_ring_is_what_the_report_says() {
     );
 }
 
+/// The step charges what the report says of the pipeline's sends: the
+/// `m` microbatches' exposed sends are the step's `pipeline sends`, and
+/// those of the `(p - 1) / v` warm-up and drain slots are inside its
+/// bubble. (The report counted the bubble's sends as well, `m + (p - 1) /
+/// v` slots of them: 165.9 ms against the step's 155.5 ms on
+/// examples/llm_train.gantry.)
+#[test]
+fn the_exposed_pipeline_sends_are_what_the_report_says() {
+    let p = two_nodes("heads = 16, kv_heads = 4", 1 << 14, 8);
+    let ev = evaluate(
+        &p,
+        &parse_fix("tp=4,pp=4,dp=1,virtual_stages=1,sequence_parallel=true").expect("pins"),
+    )
+    .expect("evaluates");
+    let sends = ev
+        .estimate
+        .comms
+        .iter()
+        .find(|c| c.what == "pipeline activations and gradients")
+        .expect("pipeline sends");
+    let step = ev.estimate.time.pp_comm;
+    assert!(step > 0.0, "no pipeline time in the step");
+    assert!(
+        (step - sends.exposed).abs() <= 1e-12 * step,
+        "step {step}, report {}",
+        sends.exposed
+    );
+    // Not overlapped (the default): all of the sends' time is exposed.
+    assert!(
+        (sends.time - sends.exposed).abs() <= 1e-12 * step,
+        "time {}, exposed {}",
+        sends.time,
+        sends.exposed
+    );
+}
+
 /// A pipeline whose stages span two nodes waits for the boundary between
 /// them: four 4-rank stages on two 8-GPU nodes (stages 1 and 2 on
 /// different nodes) send at the NIC's rate, four 2-rank stages in one node
