@@ -269,3 +269,75 @@ fn fleet_study_markdown_and_csv() {
         insta::assert_snapshot!("fleet_study.csv", csv);
     });
 }
+
+/// The communication table says what the step charges: for every
+/// training plan of the examples and the reference runs, at its pinned
+/// point, the exposed time of the tensor-parallel collectives, the
+/// pipeline's sends and the context-parallel ring each equal the step's
+/// part of that name, and the exposed times of every communication
+/// together equal the step's communication parts (tensor, context and
+/// pipeline parallel, all-to-all, exposed data-parallel). (The pipeline's
+/// row counted its sends in the bubble as well.)
+#[test]
+fn the_communication_table_is_what_the_step_charges() {
+    let mut files: Vec<String> = Vec::new();
+    for dir in ["examples", "examples/reference"] {
+        for e in std::fs::read_dir(dir).expect("examples").flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "gantry") {
+                files.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    let mut checked = 0;
+    for file in &files {
+        let c = gantry::check_files(std::slice::from_ref(file), &[]);
+        assert!(!c.has_errors(), "{}", c.render(false));
+        for (name, p) in &c.program.plans {
+            if !matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. })
+                || p.workload.serve.is_some()
+            {
+                continue;
+            }
+            let Ok(ev) = evaluate(p, &BTreeMap::new()) else {
+                continue;
+            };
+            let (e, t) = (&ev.estimate, &ev.estimate.time);
+            let exposed = |f: &dyn Fn(&str) -> bool| {
+                e.comms
+                    .iter()
+                    .filter(|c| f(&c.what))
+                    .map(|c| c.exposed)
+                    .sum::<f64>()
+            };
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12);
+            let tp = exposed(&|w| w.starts_with("tensor"));
+            let pp = exposed(&|w| w.starts_with("pipeline"));
+            let cp = exposed(&|w| w.starts_with("context-parallel"));
+            let all = exposed(&|_| true);
+            assert!(
+                close(tp, t.tp_comm),
+                "{file} {name}: tensor-parallel {tp} vs step {}",
+                t.tp_comm
+            );
+            assert!(
+                close(pp, t.pp_comm),
+                "{file} {name}: pipeline {pp} vs step {}",
+                t.pp_comm
+            );
+            assert!(
+                close(cp, t.cp_comm),
+                "{file} {name}: context-parallel {cp} vs step {}",
+                t.cp_comm
+            );
+            let parts = t.tp_comm + t.pp_comm + t.cp_comm + t.all_to_all + t.dp_exposed;
+            assert!(
+                close(all, parts),
+                "{file} {name}: table {all} vs step {parts}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "only {checked} training plans checked");
+}
