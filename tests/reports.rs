@@ -295,9 +295,7 @@ fn the_communication_table_is_what_the_step_charges() {
         let c = gantry::check_files(std::slice::from_ref(file), &[]);
         assert!(!c.has_errors(), "{}", c.render(false));
         for (name, p) in &c.program.plans {
-            if !matches!(p.workload.phase, gantry_lang::program::Phase::Train { .. })
-                || p.workload.serve.is_some()
-            {
+            if p.workload.serve.is_some() {
                 continue;
             }
             let Ok(ev) = evaluate(p, &BTreeMap::new()) else {
@@ -339,5 +337,23 @@ fn the_communication_table_is_what_the_step_charges() {
             checked += 1;
         }
     }
-    assert!(checked >= 60, "only {checked} training plans checked");
+    assert!(checked >= 60, "only {checked} plans checked");
+    // Pipelined inference (no example pins one): the pass's sends.
+    for file in ["examples/llm_prefill.gantry", "examples/llm_decode.gantry"] {
+        let c = gantry::check_files(&[file.to_string()], &[]);
+        let p = gantry::default_plan(&c.program).expect("plan");
+        let ev = evaluate(p, &parse_fix("dp=1,tp=2,pp=4").expect("pins")).expect("evaluates");
+        let pp: f64 = ev
+            .estimate
+            .comms
+            .iter()
+            .filter(|c| c.what.starts_with("pipeline"))
+            .map(|c| c.exposed)
+            .sum();
+        let step = ev.estimate.time.pp_comm;
+        assert!(
+            step > 0.0 && (pp - step).abs() <= 1e-9 * step,
+            "{file}: pipeline {pp} vs step {step}"
+        );
+    }
 }

@@ -288,3 +288,42 @@ fn embedding_traffic_is_the_cost_models() {
         }
     }
 }
+
+/// Inference: the pipeline sends of a prefill and a decode pass, on the
+/// busiest device, are the cost model's bytes exactly: each stage's
+/// tensor-parallel ranks send their blocks and, without sequence
+/// parallelism, the next stage all-gathers them (two stages: one or the
+/// other per device; more: both on a middle stage), and a decode
+/// microbatch of one sequence, whose single row does not divide over the
+/// ranks, goes whole. (The cost model had no row for them: `gantry run`
+/// printed "not in the cost model".)
+#[test]
+fn inference_pipeline_traffic_is_the_cost_models() {
+    for file in ["examples/llm_prefill.gantry", "examples/llm_decode.gantry"] {
+        for fix in [
+            "dp=1,tp=1,pp=2",
+            "dp=1,tp=2,pp=2",
+            "dp=1,tp=4,pp=2",
+            "dp=1,tp=2,pp=4",
+            "dp=1,tp=2,pp=2,sequence_parallel=true",
+        ] {
+            let a = TargetArgs {
+                file: file.into(),
+                fix: Some(fix.into()),
+                ..TargetArgs::default()
+            };
+            let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
+            let r = exec::run(&t.workload, &t.par, &RunConfig::default())
+                .unwrap_or_else(|e| panic!("{}", e.render()));
+            assert!(r.passed(), "{file} {fix}: {r:?}");
+            let rows = traffic_rows(&t, &r);
+            let row = rows
+                .iter()
+                .find(|r| r.label == "pipeline")
+                .unwrap_or_else(|| panic!("{file} {fix}: no pipeline traffic"));
+            let model: f64 = row.model.iter().map(|(_, b)| b).sum();
+            assert!(row.measured > 0.0, "{file} {fix}");
+            assert_eq!(row.measured, model, "{file} {fix}: run vs cost model");
+        }
+    }
+}

@@ -1708,6 +1708,38 @@ impl Evaluator<'_> {
                 exposed: t_tp,
             });
         }
+        if p.pp > 1 {
+            comms.push(Comm {
+                what: "pipeline activations".into(),
+                collective: Collective::SendRecv,
+                group: 2,
+                level: topo.level(2, stride_pp),
+                algorithm: topo.algorithm(Collective::SendRecv, 2, stride_pp).into(),
+                // One pass (as the tensor-parallel row), sent by the
+                // busiest device: each tensor-parallel rank of a stage
+                // sends its 1/t block of the output (Megatron-LM's
+                // scatter); without sequence parallelism the next stage
+                // all-gathers the blocks, (t - 1) more. A middle stage
+                // does both; with two stages the first only sends and the
+                // last only gathers. The pass waits for the p - 1 sends
+                // in turn (the gathers run inside the node). A block
+                // needs the rows of a message (a microbatch's tokens) to
+                // divide by t; else the whole state goes, as `gantry run`
+                // sends a decode microbatch of one sequence.
+                bytes: p2p_bytes
+                    * if (p.microbatch.max(1) as f64 * ir.tokens_per_sample) % p.tp as f64 != 0.0 {
+                        p.tp as f64
+                    } else if p.sequence_parallel || p.tp == 1 {
+                        1.0
+                    } else if p.pp == 2 {
+                        (p.tp - 1) as f64
+                    } else {
+                        p.tp as f64
+                    },
+                time: (pp - 1.0) * t_send,
+                exposed: (pp - 1.0) * t_send,
+            });
+        }
         self.exchange_comms(
             tc.group,
             (tc.pooled.0, tc.pooled.1 * tc.skew.sent_forward),
