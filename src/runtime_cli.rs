@@ -789,6 +789,14 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                         .to_string()
                 } else if model.is_empty() {
                     "(not in the cost model)".to_string()
+                } else if r.label == "data"
+                    && t.par.zero >= 3
+                    && r.measured != r.model.iter().map(|(_, b)| b).sum::<f64>()
+                {
+                    format!(
+                        "{} (the run steps ZeRO-3 as ZeRO-2: it does not gather parameters before each pass, docs/RUNTIME.md)",
+                        model.join("; ")
+                    )
                 } else {
                     model.join("; ")
                 }

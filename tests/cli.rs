@@ -278,6 +278,35 @@ fn run_refuses_full_scale_and_checks_gradients() {
     assert!(!out.contains("gradients of one step"), "{out}");
 }
 
+/// A ZeRO-3 run says why its data-parallel bytes are not the cost
+/// model's: the model prices the parameter gathers before each pass, the
+/// run steps as ZeRO-2 (docs/RUNTIME.md); a ZeRO-2 run's bytes agree and
+/// carry no such note.
+#[test]
+fn run_says_why_zero3_traffic_differs() {
+    let scale = "layers=2,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=4";
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--fix",
+        "dp=4,tp=1,pp=1,zero=3",
+        "--scale",
+        scale,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("steps ZeRO-3 as ZeRO-2"), "{out}");
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/llm_train.gantry",
+        "--fix",
+        "dp=4,tp=1,pp=1,zero=2",
+        "--scale",
+        scale,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("ZeRO-2:"), "{out}");
+}
+
 /// Sizes whose element counts overflow 64 bits are refused, not wrapped
 /// to a tiny estimate that let the run start and panic: past 2^63
 /// elements the scaled workload no longer checks (R004 with the
