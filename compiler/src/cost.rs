@@ -438,8 +438,10 @@ impl Evaluator<'_> {
                 } else {
                     1.0
                 };
-            bytes +=
-                o.params * o.mult * self.ir.act_bytes / wsplit * if backward { 2.0 } else { 1.0 };
+            bytes += ((o.params - o.replicated) / wsplit + o.replicated)
+                * o.mult
+                * self.ir.act_bytes
+                * if backward { 2.0 } else { 1.0 };
         }
         if o.class == Class::Embedding {
             // Lookups (and, backward, the sparse update) are random row reads.
@@ -669,11 +671,8 @@ impl Evaluator<'_> {
             if kept {
                 sac += (o.out_elems * beta / on_rank + o.saved_own / (t * c)) * o.mult;
             }
-            let held = memory::op_params(o, sharded, p);
-            sc.params += held;
-            if o.experts.is_some() {
-                sc.expert_params += held;
-            }
+            sc.params += memory::op_params(o, sharded, p);
+            sc.expert_params += memory::op_expert_params(o, sharded, p);
             // The saved bytes as this program splits them (not the
             // symbolic program the IR was lowered with).
             let to_rep = otp.map_or(0.0, |x| x.saved_to_rep);

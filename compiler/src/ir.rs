@@ -302,6 +302,12 @@ pub struct IrOp {
     pub bytes: f64,
     /// Parameters.
     pub params: f64,
+    /// Of `params`, those every rank of the op holds whole, split neither
+    /// over the tensor- nor the expert-parallel ranks: a mixture's router
+    /// (`d x experts`), replicated beside its experts as Megatron-LM and
+    /// `gantry run` hold it, so its gradient is reduced with the dense
+    /// parameters'.
+    pub replicated: f64,
     /// Bytes of activations kept for the backward pass, per sample, that
     /// are replicated across tensor-parallel ranks (sharded only by
     /// sequence parallelism). A tensor saved by several ops counts once.
@@ -396,6 +402,7 @@ impl IrOp {
             flops: 0.0,
             bytes: 0.0,
             params: 0.0,
+            replicated: 0.0,
             saved_rep: 0.0,
             saved_shard: 0.0,
             kv_bytes: 0.0,
@@ -1201,6 +1208,7 @@ impl Lowering<'_> {
                 // Router, then top_k gated (SwiGLU) experts per token.
                 o.flops = 2.0 * tokens * d * e + k * tokens * 6.0 * d * f;
                 o.params = d * e + e * 3.0 * d * f;
+                o.replicated = d * e;
                 o.tensors = 1.0 + 3.0 * e;
                 // The router (d x e), then three d x f matrices per expert.
                 o.factored = d + e + 3.0 * e * (d + f);

@@ -119,7 +119,18 @@ pub fn roles(ir: &Ir) -> Vec<Role> {
 /// Parameters one device holds of segment `si` (only the experts' with
 /// `experts_only`), each op split as the program on `p.tp` splits it.
 fn segment_params(ir: &Ir, si: usize, p: &DesignPoint, experts_only: bool) -> f64 {
-    segment_sum(ir, si, p, experts_only, |o| o.params)
+    // An expert op's replicated part (its router) is held whole and is
+    // not the experts'.
+    segment_sum(ir, si, p, experts_only, |o| o.params - o.replicated)
+        + if experts_only {
+            0.0
+        } else {
+            ir.segments[si]
+                .ops
+                .iter()
+                .map(|o| o.replicated * o.mult)
+                .sum::<f64>()
+        }
 }
 
 /// `value` of each op of segment `si` (only the experts' with
@@ -169,7 +180,17 @@ pub fn op_split(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
 
 /// Parameters of one op on one device ([`op_split`]).
 pub fn op_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
-    o.params * o.mult / op_split(o, sharded, p)
+    ((o.params - o.replicated) / op_split(o, sharded, p) + o.replicated) * o.mult
+}
+
+/// Of [`op_params`], the experts' (an expert op's parameters but its
+/// replicated router).
+pub fn op_expert_params(o: &IrOp, sharded: bool, p: &DesignPoint) -> f64 {
+    if o.experts.is_some() {
+        (o.params - o.replicated) * o.mult / op_split(o, sharded, p)
+    } else {
+        0.0
+    }
 }
 
 /// Factored second-moment values ([`IrOp::factored`]) one device holds,
