@@ -797,6 +797,12 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                         "{} (the run steps ZeRO-3 as ZeRO-2: it does not gather parameters before each pass, docs/RUNTIME.md)",
                         model.join("; ")
                     )
+                } else if r.label == "expert" && t.par.tp > 1 {
+                    format!(
+                        "{} (each of the {} tensor-parallel ranks dispatches every token here; the cost model prices Megatron-LM's 1/tp share per rank, docs/RUNTIME.md)",
+                        model.join("; "),
+                        t.par.tp
+                    )
                 } else {
                     model.join("; ")
                 }

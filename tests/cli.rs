@@ -307,6 +307,33 @@ fn run_says_why_zero3_traffic_differs() {
     assert!(!out.contains("ZeRO-2:"), "{out}");
 }
 
+/// A run with expert and tensor parallelism says why its expert bytes
+/// are not the cost model's (each tensor-parallel rank dispatches every
+/// token; the model prices Megatron-LM's 1/tp share); without tensor
+/// parallelism no note.
+#[test]
+fn run_says_why_expert_traffic_differs() {
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/moe_train.gantry",
+        "--fix",
+        "dp=2,tp=2,pp=1,ep=2",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dispatches every token here"), "{out}");
+    let (code, out, err) = gantry(&[
+        "run",
+        "examples/moe_train.gantry",
+        "--fix",
+        "dp=2,tp=1,pp=1,ep=2",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("expert all-to-all") && !out.contains("dispatches every token"),
+        "{out}"
+    );
+}
+
 /// Sizes whose element counts overflow 64 bits are refused, not wrapped
 /// to a tiny estimate that let the run start and panic: past 2^63
 /// elements the scaled workload no longer checks (R004 with the
