@@ -233,6 +233,9 @@ pub struct Target {
     /// The cost model's communication of this point at this scale: what,
     /// bytes per device per step (empty for `--plan-json`).
     pub comms: Vec<(String, f64)>,
+    /// Whether the point recomputes whole layers (the cost model counts
+    /// the recomputed forward's collectives; the run does not recompute).
+    pub recompute_full: bool,
 }
 
 /// One row of the traffic comparison: a purpose, the bytes the busiest
@@ -277,6 +280,30 @@ pub fn traffic_rows(t: &Target, report: &exec::RunReport) -> Vec<TrafficRow> {
             label: l,
         })
         .collect()
+}
+
+/// Why a row of the traffic table differs from the cost model's bytes,
+/// where the run executes the point differently from what the model
+/// prices (docs/RUNTIME.md); `None` when the bytes agree or no known
+/// difference explains them.
+pub fn why_traffic_differs(t: &Target, r: &TrafficRow) -> Option<String> {
+    if r.measured == r.model.iter().map(|(_, b)| b).sum::<f64>() {
+        return None;
+    }
+    match r.label.as_str() {
+        "data" if t.par.zero >= 3 => Some(
+            "the run steps ZeRO-3 as ZeRO-2: it does not gather parameters before each pass".into(),
+        ),
+        "expert" if t.par.tp > 1 => Some(format!(
+            "each of the {} tensor-parallel ranks dispatches every token here; the cost model prices Megatron-LM's 1/tp share per rank",
+            t.par.tp
+        )),
+        "tensor" if t.recompute_full => Some(
+            "the run does not recompute; the cost model counts the recomputed forward's collectives again"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// The runtime's traffic label of a cost-model communication.
@@ -432,6 +459,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             plan: pp.plan,
             seed,
             comms: Vec::new(),
+            recompute_full: false,
         });
     }
     let mut pins = match a.fix.as_deref().map(point::parse_fix).transpose() {
@@ -504,6 +532,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             .iter()
             .map(|c| (c.what.to_string(), c.bytes))
             .collect(),
+        recompute_full: ev.estimate.point.recompute == point::Recompute::Full,
     })
 }
 
@@ -789,22 +818,11 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
                         .to_string()
                 } else if model.is_empty() {
                     "(not in the cost model)".to_string()
-                } else if r.label == "data"
-                    && t.par.zero >= 3
-                    && r.measured != r.model.iter().map(|(_, b)| b).sum::<f64>()
-                {
-                    format!(
-                        "{} (the run steps ZeRO-3 as ZeRO-2: it does not gather parameters before each pass, docs/RUNTIME.md)",
-                        model.join("; ")
-                    )
-                } else if r.label == "expert" && t.par.tp > 1 {
-                    format!(
-                        "{} (each of the {} tensor-parallel ranks dispatches every token here; the cost model prices Megatron-LM's 1/tp share per rank, docs/RUNTIME.md)",
-                        model.join("; "),
-                        t.par.tp
-                    )
                 } else {
-                    model.join("; ")
+                    match why_traffic_differs(&t, &r) {
+                        Some(why) => format!("{} ({why}, docs/RUNTIME.md)", model.join("; ")),
+                        None => model.join("; "),
+                    }
                 }
             );
         }

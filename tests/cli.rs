@@ -312,7 +312,7 @@ fn run_says_why_zero3_traffic_differs() {
 /// token; the model prices Megatron-LM's 1/tp share); without tensor
 /// parallelism no note.
 #[test]
-fn run_says_why_expert_traffic_differs() {
+fn run_says_why_expert_and_recomputed_traffic_differs() {
     let (code, out, err) = gantry(&[
         "run",
         "examples/moe_train.gantry",
@@ -332,6 +332,28 @@ fn run_says_why_expert_traffic_differs() {
         out.contains("expert all-to-all") && !out.contains("dispatches every token"),
         "{out}"
     );
+    // Full recomputation: the model counts the recomputed forward's
+    // collectives, the run does not recompute.
+    let scale = "layers=2,d_model=32,heads=4,kv_heads=2,d_ff=48,vocab=40,seq=8,batch=4";
+    for (fix, note) in [
+        ("dp=1,tp=2,pp=1,recompute=full", true),
+        ("dp=1,tp=2,pp=1,recompute=selective", false),
+    ] {
+        let (code, out, err) = gantry(&[
+            "run",
+            "examples/llm_train.gantry",
+            "--fix",
+            fix,
+            "--scale",
+            scale,
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.contains("the run does not recompute"),
+            note,
+            "{fix}: {out}"
+        );
+    }
 }
 
 /// Sizes whose element counts overflow 64 bits are refused, not wrapped
