@@ -285,7 +285,15 @@ pub fn summarize(
             _ => 0.0,
         }
     };
-    let run = o.makespan.max(span);
+    // `n` requests at the stated rate (`n - 1` gaps over the span) take
+    // `n` gaps: the run lasts at least that long, so throughput and
+    // goodput never exceed the rate (two requests 1e10 s apart served at
+    // once read 2e-10 req/s against 1e-10 offered).
+    let run = if span > 0.0 {
+        o.makespan.max(span * n as f64 / (n - 1) as f64)
+    } else {
+        o.makespan
+    };
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
     // A closed loop's queue is bounded by its clients, a burst's by its
     // requests: never unstable.
