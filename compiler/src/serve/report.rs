@@ -896,6 +896,7 @@ pub fn plan_json(
         "unstable_by_work": sp.unstable_unsimulated,
         "pruned_by_bound": sp.pruned,
         "pruned_by_prefill_pool": sp.prefill_pruned,
+        "not_simulated_by_limit": sp.limited,
         "requests_per_simulation": sp.requests.len(),
     });
     j["iteration_model"] = Value::Array(
@@ -1021,6 +1022,13 @@ fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usi
         sp.unstable_unsimulated,
         sp.pruned
     );
+    if sp.limited > 0 {
+        let _ = writeln!(
+            t,
+            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
+            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+        );
+    }
     t
 }
 
@@ -1163,6 +1171,13 @@ pub fn plan_markdown(
         sp.pruned,
         sp.prefill_pruned
     );
+    if sp.limited > 0 {
+        let _ = writeln!(
+            t,
+            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
+            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+        );
+    }
     t
 }
 
