@@ -329,6 +329,21 @@ fn max_memory_is_capped_at_the_machines_memory() {
     );
 }
 
+/// A tiny `--max-memory` is printed with significant figures in R007
+/// (`1e-300` read `more than the 0.000 GB allowed`).
+#[test]
+fn a_tiny_max_memory_is_printed_with_its_digits() {
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--max-memory", "1e-300"]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]")
+            && err.contains("more than the 1.000e-300 GB allowed")
+            && !err.contains("0.000 GB"),
+        "{err}"
+    );
+}
+
 /// Nested repeats run every iteration: more than 10^6 op instances is
 /// R007 before anything runs (this ran 10^9 relus and never ended).
 #[test]
