@@ -344,6 +344,36 @@ fn a_tiny_max_memory_is_printed_with_its_digits() {
     );
 }
 
+/// `--tolerance 0` (or any value below float32's epsilon) is a usage
+/// error naming the floor: no run is bit-exact, and R001 called the
+/// rounding a runtime bug. A tolerance tighter than the default that is
+/// missed says so instead of calling it a bug.
+#[test]
+fn a_tolerance_below_float_rounding_is_a_usage_error() {
+    let f = "examples/llm_train.gantry";
+    for t in ["0", "1e-9", "0.0000001"] {
+        let (code, out, err) = gantry(&["run", f, &format!("--tolerance={t}")]);
+        assert_eq!(code, 2, "{t}: {err}");
+        assert!(
+            out.is_empty() && err.contains("float32's epsilon"),
+            "{t}: {err}"
+        );
+    }
+    let (code, _, err) = gantry(&["run", f, "--tolerance=2e-7"]);
+    no_panic(code, &err);
+    if code == 1 {
+        assert!(
+            err.contains("error[R001]")
+                && err.contains("> 2e-7")
+                && err.contains("tighter than the default 1e-4")
+                && !err.contains("runtime bug unless"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
 /// Nested repeats run every iteration: more than 10^6 op instances is
 /// R007 before anything runs (this ran 10^9 relus and never ended).
 #[test]
