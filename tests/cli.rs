@@ -329,6 +329,31 @@ fn max_memory_is_capped_at_the_machines_memory() {
     );
 }
 
+/// A step shorter than the trace's nanosecond is C021 naming it, not a
+/// trace without a slice (a one-wide Llama prefill prices 0.3 ns).
+#[test]
+fn a_trace_of_a_sub_nanosecond_step_is_refused() {
+    let root = std::fs::canonicalize(".").expect("root");
+    let f = temp(
+        "tiny_step.gantry",
+        &format!(
+            "import \"{0}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{0}/stdlib/models/llama.gantry\"\n\
+             workload W {{\n  model Llama(layers = 1, d_model = 1, heads = 1, d_ff = 1, vocab = 1)\n  prefill {{ batch = 1, prompt = 1, dtype = bf16 }}\n}}\n\
+             plan P on DGX_H100 for W {{\n  fix tp = 1, pp = 1, dp = 1\n}}\n",
+            root.display()
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--export", "trace"]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.is_empty()
+            && err.contains("error[C021]")
+            && err.contains("shorter than the trace's resolution of 1 ns"),
+        "{out}{err}"
+    );
+}
+
 /// A tiny `--max-memory` is printed with significant figures in R007
 /// (`1e-300` read `more than the 0.000 GB allowed`).
 #[test]
