@@ -354,6 +354,33 @@ fn a_trace_of_a_sub_nanosecond_step_is_refused() {
     );
 }
 
+/// A one-wide Llama's figures keep their digits: cost per million
+/// samples, MFU and TFLOP/s per device read `$0.000`, `0.0% / 0.0%` and
+/// `0.0`, which are nonzero.
+#[test]
+fn tiny_figures_are_printed_with_significant_digits() {
+    let root = std::fs::canonicalize(".").expect("root");
+    let f = temp(
+        "tiny_figures.gantry",
+        &format!(
+            "import \"{0}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{0}/stdlib/models/llama.gantry\"\n\
+             workload W {{\n  model Llama(layers = 1, d_model = 1, heads = 1, d_ff = 1, vocab = 1)\n  prefill {{ batch = 1, prompt = 1, dtype = bf16 }}\n}}\n\
+             plan P on DGX_H100 for W {{\n  fix tp = 1, pp = 1, dp = 1\n}}\n",
+            root.display()
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 0, "{err}");
+    for nonsense in ["$0.000 ", "0.0% / 0.0%"] {
+        assert!(!out.contains(nonsense), "{nonsense}: {out}");
+    }
+    let cost = out
+        .lines()
+        .find(|l| l.contains("cost per million samples"))
+        .expect("cost row");
+    assert!(cost.contains('e'), "{cost}");
+}
+
 /// A tiny `--max-memory` is printed with significant figures in R007
 /// (`1e-300` read `more than the 0.000 GB allowed`).
 #[test]
