@@ -597,7 +597,8 @@ ZeRO-2/3 with HSDP replicas); a torchtitan job config of a model that is none of
 torchtitan's registered llama3 flavors (debugmodel, 8B, 70B, 405B), or of a point torchtitan \
 cannot run (ZeRO-1, ZeRO-0 with model parallelism, tensor parallelism without sequence \
 parallelism, an optimizer other than Adam/AdamW, fp16); a TorchRec plan of a model without embedding-bag tables, or \
-with a table that fits nowhere (`unplaced`). The message names the reason; nothing is \
+with a table that fits nowhere (`unplaced`); a Chrome trace of a step shorter than its 1 ns \
+resolution (no slice would remain). The message names the reason; nothing is \
 written and the exit code is 1, so no empty or wrong artifact reaches a launcher.\n\
 Fix: export the plan to the framework that runs it (`megatron`/`torchtitan`/`trace` for transformers, \
 `torchrec` for embedding tables), or pin the knob the message names to a value the \

@@ -923,9 +923,8 @@ fn search_cmd(
             p.system.node.devices_per_node,
         )
         .map(|j| serde_json::to_string_pretty(&j).unwrap_or_default()),
-        ExportKind::Trace => {
-            Ok(serde_json::to_string(&ex::trace(best, &p.workload.phase)).unwrap_or_default())
-        }
+        ExportKind::Trace => ex::trace(best, &p.workload.phase)
+            .map(|t| serde_json::to_string(&t).unwrap_or_default()),
     };
     let mut text = match exported {
         Ok(t) => t,

@@ -71,8 +71,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Largest accepted relative error per output and per parameter
-    /// gradient.
-    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
+    /// gradient, at least float32's epsilon (1.2e-7).
+    #[arg(long, default_value_t = gantry_runtime::exec::DEFAULT_TOLERANCE, value_parser = tolerance)]
     pub tolerance: f64,
     /// Gradients of one step: `auto` (training workloads), `on` (any
     /// workload; the loss is the sum of the outputs) or `off`.
@@ -134,12 +134,21 @@ pub struct CalibrateArgs {
     pub write: bool,
 }
 
-/// A finite number at least 0 (`--tolerance`): NaN would pass every
-/// comparison and infinity every result.
-fn non_negative(s: &str) -> Result<f64, String> {
+/// A finite number at least float32's epsilon (`--tolerance`): NaN would
+/// pass every comparison and infinity every result, and below one
+/// rounding (0 included) only a bit-exact run passes, which sums taken in
+/// another order are not: R001 reported the rounding as a runtime bug.
+fn tolerance(s: &str) -> Result<f64, String> {
+    let min = f64::from(f32::EPSILON);
     match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
-        Ok(x) => Err(format!("must be a finite number at least 0, got {x}")),
+        Ok(x) if x.is_finite() && x >= min => Ok(x),
+        Ok(x) if x.is_finite() && x >= 0.0 => Err(format!(
+            "must be at least float32's epsilon, {min:.2e} (got {x}): the devices and the reference round sums taken in different orders, so no run agrees more closely than that; the default is {:e}",
+            gantry_runtime::exec::DEFAULT_TOLERANCE
+        )),
+        Ok(x) => Err(format!(
+            "must be a finite number at least {min:.2e}, got {x}"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -831,7 +840,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
         Some(e) => fail(&e),
         None => {
             crate::outln!(
-                "ok: every output{} within {:.0e} (relative) of the reference interpreter",
+                "ok: every output{} within {:e} (relative) of the reference interpreter",
                 if report.gradients.is_some() {
                     " and parameter gradient"
                 } else {

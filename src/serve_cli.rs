@@ -298,6 +298,12 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
         sp.pruned,
         sp.prefill_pruned
     );
+    if sp.limited > 0 {
+        outln!(
+            "Note        {}; a better one may be among them: lower `requests` or narrow `search`",
+            serve::planner::limit_words(sp.limited, sp.requests.len() as u64)
+        );
+    }
     if let Some(r) = &rows {
         out!("{}", sweep_text(r));
     }

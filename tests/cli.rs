@@ -407,6 +407,103 @@ fn max_memory_is_capped_at_the_machines_memory() {
     );
 }
 
+/// A step shorter than the trace's nanosecond is C021 naming it, not a
+/// trace without a slice (a one-wide Llama prefill prices 0.3 ns).
+#[test]
+fn a_trace_of_a_sub_nanosecond_step_is_refused() {
+    let root = std::fs::canonicalize(".").expect("root");
+    let f = temp(
+        "tiny_step.gantry",
+        &format!(
+            "import \"{0}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{0}/stdlib/models/llama.gantry\"\n\
+             workload W {{\n  model Llama(layers = 1, d_model = 1, heads = 1, d_ff = 1, vocab = 1)\n  prefill {{ batch = 1, prompt = 1, dtype = bf16 }}\n}}\n\
+             plan P on DGX_H100 for W {{\n  fix tp = 1, pp = 1, dp = 1\n}}\n",
+            root.display()
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f, "--export", "trace"]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.is_empty()
+            && err.contains("error[C021]")
+            && err.contains("shorter than the trace's resolution of 1 ns"),
+        "{out}{err}"
+    );
+}
+
+/// A one-wide Llama's figures keep their digits: cost per million
+/// samples, MFU and TFLOP/s per device read `$0.000`, `0.0% / 0.0%` and
+/// `0.0`, which are nonzero.
+#[test]
+fn tiny_figures_are_printed_with_significant_digits() {
+    let root = std::fs::canonicalize(".").expect("root");
+    let f = temp(
+        "tiny_figures.gantry",
+        &format!(
+            "import \"{0}/stdlib/hardware/dgx_h100.gantry\"\nimport \"{0}/stdlib/models/llama.gantry\"\n\
+             workload W {{\n  model Llama(layers = 1, d_model = 1, heads = 1, d_ff = 1, vocab = 1)\n  prefill {{ batch = 1, prompt = 1, dtype = bf16 }}\n}}\n\
+             plan P on DGX_H100 for W {{\n  fix tp = 1, pp = 1, dp = 1\n}}\n",
+            root.display()
+        ),
+    );
+    let (code, out, err) = gantry(&["plan", &f]);
+    assert_eq!(code, 0, "{err}");
+    for nonsense in ["$0.000 ", "0.0% / 0.0%"] {
+        assert!(!out.contains(nonsense), "{nonsense}: {out}");
+    }
+    let cost = out
+        .lines()
+        .find(|l| l.contains("cost per million samples"))
+        .expect("cost row");
+    assert!(cost.contains('e'), "{cost}");
+}
+
+/// A tiny `--max-memory` is printed with significant figures in R007
+/// (`1e-300` read `more than the 0.000 GB allowed`).
+#[test]
+fn a_tiny_max_memory_is_printed_with_its_digits() {
+    let (code, _, err) = gantry(&["run", "examples/llm_train.gantry", "--max-memory", "1e-300"]);
+    no_panic(code, &err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R007]")
+            && err.contains("more than the 1.000e-300 GB allowed")
+            && !err.contains("0.000 GB"),
+        "{err}"
+    );
+}
+
+/// `--tolerance 0` (or any value below float32's epsilon) is a usage
+/// error naming the floor: no run is bit-exact, and R001 called the
+/// rounding a runtime bug. A tolerance tighter than the default that is
+/// missed says so instead of calling it a bug.
+#[test]
+fn a_tolerance_below_float_rounding_is_a_usage_error() {
+    let f = "examples/llm_train.gantry";
+    for t in ["0", "1e-9", "0.0000001"] {
+        let (code, out, err) = gantry(&["run", f, &format!("--tolerance={t}")]);
+        assert_eq!(code, 2, "{t}: {err}");
+        assert!(
+            out.is_empty() && err.contains("float32's epsilon"),
+            "{t}: {err}"
+        );
+    }
+    let (code, _, err) = gantry(&["run", f, "--tolerance=2e-7"]);
+    no_panic(code, &err);
+    if code == 1 {
+        assert!(
+            err.contains("error[R001]")
+                && err.contains("> 2e-7")
+                && err.contains("tighter than the default 1e-4")
+                && !err.contains("runtime bug unless"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(code, 0, "{err}");
+    }
+}
+
 /// Nested repeats run every iteration: more than 10^6 op instances is
 /// R007 before anything runs (this ran 10^9 relus and never ended).
 #[test]
@@ -1695,8 +1792,11 @@ fn the_lowest_rate_is_not_printed_as_zero() {
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(" 0.000 ") && !out.contains(" 0.0 "), "{out}");
     assert!(out.contains("3 requests at 2.093e-6 req/s"), "{out}");
-    assert!(out.contains("goodput 3.140e-6 req/s"), "{out}");
+    // Three requests at the stated rate take three gaps: goodput is the
+    // rate (it read 3.140e-6 req/s, above the 2.093e-6 offered).
+    assert!(out.contains("goodput 2.093e-6 req/s"), "{out}");
     assert!(out.contains("\n  4.187e-6  "), "{out}");
+    assert!(out.contains(" 4.187e-6   100.00%"), "{out}");
 }
 
 /// A folder holding symbolic links to folders above it (`a/up -> ..`,

@@ -30,13 +30,15 @@ pub use trace::trace;
 /// export itself, so the search proposes exactly the points whose export
 /// succeeds. TorchRec needs embedding-bag tables (their placement is
 /// decided after the search; a table placed nowhere is still refused by
-/// the export); a trace can be drawn of any point.
+/// the export); a trace can be drawn of any point whose step takes at
+/// least its resolution, a nanosecond.
 pub fn runs(target: &str, e: &Estimate, ir: &Ir, w: &Workload) -> Result<(), ExportError> {
     match target {
         "megatron" => megatron(e, ir, w).map(drop),
         "torchtitan" => torchtitan(e, ir, w).map(drop),
         "torchrec" if torchrec::has_tables(w) => Ok(()),
         "torchrec" => torchrec(&[], w, e.devices, 1).map(drop),
+        "trace" => trace(e, &w.phase).map(drop),
         _ => Ok(()),
     }
 }

@@ -206,6 +206,17 @@ pub fn json(ev: &Evaluation) -> Value {
     j
 }
 
+/// `x` to `decimals` places, or to three significant figures where those
+/// places would print a nonzero figure as zero (a one-wide model's
+/// `$0.000` per million samples, `0.0%` MFU).
+fn fixed(x: f64, decimals: usize) -> String {
+    if x != 0.0 && x.is_finite() && x.abs() < 0.5 * 10f64.powi(-(decimals as i32)) {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
 fn q(v: f64, d: Dim) -> String {
     Quantity::new(v, d).to_string()
 }
@@ -335,19 +346,23 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
     row(
         &mut s,
         "model TFLOP/s per device",
-        format!("{:.1}", e.model_tflops_per_device()),
+        fixed(e.model_tflops_per_device(), 1),
         String::new(),
     );
     row(
         &mut s,
         "hardware TFLOP/s per device",
-        format!("{:.1}", e.hardware_tflops_per_device()),
+        fixed(e.hardware_tflops_per_device(), 1),
         String::new(),
     );
     row(
         &mut s,
         "MFU / HFU",
-        format!("{:.1}% / {:.1}%", 100.0 * e.mfu(), 100.0 * e.hfu()),
+        format!(
+            "{}% / {}%",
+            fixed(100.0 * e.mfu(), 1),
+            fixed(100.0 * e.hfu(), 1)
+        ),
         String::new(),
     );
     if let Some(x) = e.ttft {
@@ -377,14 +392,14 @@ pub fn text(ev: &Evaluation, markdown: bool) -> String {
         row(
             &mut s,
             "cost per million tokens",
-            format!("${:.3}", c),
+            format!("${}", fixed(c, 3)),
             String::new(),
         );
     } else if let Some(c) = e.cost_per_million_samples() {
         row(
             &mut s,
             "cost per million samples",
-            format!("${:.3}", c),
+            format!("${}", fixed(c, 3)),
             String::new(),
         );
     }

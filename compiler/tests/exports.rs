@@ -313,7 +313,7 @@ fn trace_is_the_priced_one_f_one_b() {
         Some("b02_gpt_175b_sp_selective"),
         "virtual_stages=1",
     );
-    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let t = export::trace(&ev.estimate, &p.workload.phase).expect("trace");
     let tr = check_trace(&t, ev.estimate.time.step, 8);
     let find = |s: u64, n: &str| {
         tr[&s]
@@ -342,7 +342,7 @@ fn trace_interleaved_and_inference() {
         Some("b02_gpt_175b_sp_selective"),
         "virtual_stages=2",
     );
-    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let t = export::trace(&ev.estimate, &p.workload.phase).expect("trace");
     let tr = check_trace(&t, ev.estimate.time.step, 8);
     let order: Vec<&str> = tr[&0].iter().take(10).map(|x| x.2.as_str()).collect();
     assert_eq!(
@@ -352,7 +352,7 @@ fn trace_interleaved_and_inference() {
         ]
     );
     let (p, ev) = at("examples/llm_decode.gantry", None, "");
-    let t = export::trace(&ev.estimate, &p.workload.phase);
+    let t = export::trace(&ev.estimate, &p.workload.phase).expect("trace");
     let tr = check_trace(&t, ev.estimate.time.step, ev.estimate.point.pp as usize);
     assert!(tr.values().flatten().all(|s| !s.2.starts_with('B')));
 }

@@ -376,7 +376,7 @@ fn search_snapshots() {
                 export::megatron(&s.best.estimate, &s.best.ir, &p.workload)
                     .map_or_else(|e| e.to_string(), |m| m.to_string())
             ));
-            let trace = export::trace(&s.best.estimate, &p.workload.phase);
+            let trace = export::trace(&s.best.estimate, &p.workload.phase).expect("trace");
             out.push_str(&format!(
                 "trace events: {}\n",
                 trace["traceEvents"].as_array().map_or(0, |a| a.len())

@@ -160,13 +160,17 @@ impl Quantity {
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.value;
+        // `{:.9}` prints 9 significant digits (labels that must tell two
+        // close values apart); the default is 6.
+        let sig = f.precision().unwrap_or(6);
+        let num = |x: f64| format_number_digits(x, sig);
         let sign = if v < 0.0 { "-" } else { "" };
         match self.dim {
-            Dim::NONE => write!(f, "{}", format_number(v)),
+            Dim::NONE => write!(f, "{}", num(v)),
             // Stored per second; printed per hour, as written.
-            Dim::PRICE_RATE => write!(f, "{sign}${}/h", format_number((v * 3600.0).abs())),
-            Dim::ENERGY_PRICE => write!(f, "{sign}${}/kWh", format_number((v * 3.6e6).abs())),
-            Dim::MONEY => write!(f, "{sign}${}", format_number(v.abs())),
+            Dim::PRICE_RATE => write!(f, "{sign}${}/h", num((v * 3600.0).abs())),
+            Dim::ENERGY_PRICE => write!(f, "{sign}${}/kWh", num((v * 3.6e6).abs())),
+            Dim::MONEY => write!(f, "{sign}${}", num(v.abs())),
             Dim::TIME => {
                 let a = v.abs();
                 let (scale, prefix) = if a >= 1.0 || a == 0.0 || !a.is_finite() {
@@ -182,14 +186,14 @@ impl fmt::Display for Quantity {
                     // `1.000e-291 ns`.
                     (1.0, "")
                 };
-                write!(f, "{} {prefix}s", format_number(v / scale))
+                write!(f, "{} {prefix}s", num(v / scale))
             }
             dim => {
                 let unit = dim.to_string();
                 let prefixable = ["FLOP", "B", "J", "W"].iter().any(|b| unit.starts_with(b))
                     && !unit.contains(['^', '*', '$']);
                 if !prefixable {
-                    return write!(f, "{} {unit}", format_number(v));
+                    return write!(f, "{} {unit}", num(v));
                 }
                 let (scale, prefix) = si_scale(v);
                 // A size exact with a binary prefix prints with it, unless
@@ -201,7 +205,7 @@ impl fmt::Display for Quantity {
                         return write!(f, "{text} {bprefix}{unit}");
                     }
                 }
-                write!(f, "{} {prefix}{unit}", format_number(v / scale))
+                write!(f, "{} {prefix}{unit}", num(v / scale))
             }
         }
     }
@@ -261,13 +265,20 @@ fn binary_text(v: f64) -> Option<(String, &'static str)> {
 /// Prints a number with at most 6 significant digits and no trailing zeros,
 /// so reports and snapshots stay stable across platforms.
 pub fn format_number(v: f64) -> String {
+    format_number_digits(v, 6)
+}
+
+/// [`format_number`] with at most `digits` significant digits (at least
+/// 6; a number below 0.001 gets `digits - 3` decimals in its mantissa).
+pub fn format_number_digits(v: f64, digits: usize) -> String {
+    let sig = digits.clamp(6, 17);
     if !v.is_finite() {
         // `inf`, `-inf`, `NaN`: the digit count below needs a finite log.
         return format!("{v}");
     }
     if v.abs() >= 1e21 {
         // Past any figure a report holds (`1e308`, not 309 digits).
-        let s = format!("{v:.5e}");
+        let s = format!("{v:.*e}", sig - 1);
         let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
         let m = m.trim_end_matches('0').trim_end_matches('.');
         return format!("{m}e{e}");
@@ -276,10 +287,10 @@ pub fn format_number(v: f64) -> String {
         return format!("{}", v as i64);
     }
     let s = if v.abs() >= 1e-3 {
-        let digits = 6usize.saturating_sub(v.abs().log10().floor().max(0.0) as usize + 1);
+        let digits = sig.saturating_sub(v.abs().log10().floor().max(0.0) as usize + 1);
         format!("{v:.digits$}")
     } else {
-        format!("{v:.3e}")
+        format!("{v:.*e}", sig - 3)
     };
     if s.contains('.') && !s.contains('e') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()

@@ -136,8 +136,20 @@ fn ns(s: f64) -> i64 {
     (s * 1e9).round() as i64
 }
 
-/// The trace of estimate `e` (phase from `phase`).
-pub fn trace(e: &Estimate, phase: &Phase) -> Value {
+/// The trace of estimate `e` (phase from `phase`), or `C021` when the
+/// priced step is shorter than the trace's resolution of 1 ns: every
+/// slice would round to nothing (a 0.3 ns step wrote an empty trace).
+pub fn trace(e: &Estimate, phase: &Phase) -> Result<Value, super::ExportError> {
+    if ns(e.time.step) < 1 {
+        return Err(super::refuse(
+            "trace",
+            format!(
+                "the priced step ({:.3e} s) is shorter than the trace's resolution of 1 ns (Perfetto reads times as whole nanoseconds), so the trace would hold no slice",
+                e.time.step
+            ),
+            "trace a workload whose step takes at least a nanosecond (a larger batch or model)",
+        ));
+    }
     let stages = e.point.pp.max(1) as usize;
     let (mut slices, t) = if matches!(phase, Phase::Train { .. }) {
         train_slices(e, stages)
@@ -166,7 +178,9 @@ pub fn trace(e: &Estimate, phase: &Phase) -> Value {
         }
         events.push(json!({ "name": s.name, "cat": s.cat, "ph": "X", "pid": 0, "tid": s.tid, "ts": us(a), "dur": us(b - a) }));
     }
-    json!({ "traceEvents": events, "displayTimeUnit": "ms", "otherData": { "step_time_ns": ns(e.time.step) } })
+    Ok(
+        json!({ "traceEvents": events, "displayTimeUnit": "ms", "otherData": { "step_time_ns": ns(e.time.step) } }),
+    )
 }
 
 /// The pipeline of one training step; the time it ends.

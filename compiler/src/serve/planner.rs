@@ -29,8 +29,17 @@ use super::sim::Deployment;
 use super::timing::{IterModel, build, build_batched};
 use crate::point::PinError;
 
-/// The most simulations one plan runs (the rest are reported as skipped).
+/// The most simulations one plan runs (the rest are reported as not
+/// simulated).
 pub const MAX_SIMULATIONS: usize = 400;
+/// The most requests one plan simulates over all its deployments (the
+/// rest are reported as not simulated): a simulation takes 0.5 to 2 us
+/// per request (release, one core), so about a minute at most. A
+/// workload's own `requests` go up to 10^7 (5 to 17 s and 750 MB per
+/// simulation): such a plan simulates its 4 cheapest stable deployments,
+/// where 400 of them took hours; the default 2000 leave the 400
+/// simulations unbounded by it.
+pub const MAX_SIMULATED_REQUESTS: u64 = 40_000_000;
 /// The most deployments one plan enumerates (C011 above).
 pub const MAX_CANDIDATES: usize = 100_000;
 
@@ -106,6 +115,9 @@ pub struct ServePlan {
     pub simulated: usize,
     pub unstable_unsimulated: usize,
     pub pruned: usize,
+    /// Deployments not simulated because the plan reached
+    /// [`MAX_SIMULATIONS`] or [`MAX_SIMULATED_REQUESTS`].
+    pub limited: usize,
     /// Disaggregated deployments not simulated because their prefill
     /// pool was already seen to miss the TTFT target or overflow.
     pub prefill_pruned: usize,
@@ -670,7 +682,8 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
     });
     let max_backlog = (reqs.len() as u64 / 4).max(64);
     let mut done: Vec<Summary> = Vec::new();
-    let (mut best_value, mut unstable_unsim, mut pruned) = (None::<f64>, 0, 0);
+    let (mut best_value, mut unstable_unsim, mut pruned, mut limited) = (None::<f64>, 0, 0, 0);
+    let per_simulation = reqs.len().max(1) as u64;
     // Prefill pools already seen to miss the TTFT target or overflow.
     let open = s.arrivals.clients(s.requests).is_none();
     let mut failed_prefill: HashSet<PrefillKey> = HashSet::new();
@@ -691,8 +704,8 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             unstable_unsim += 1;
             continue;
         }
-        if done.len() >= MAX_SIMULATIONS {
-            pruned += 1;
+        if !may_simulate(done.len(), per_simulation) {
+            limited += 1;
             continue;
         }
         let o = super::outcome(d, &reqs, s, max_backlog);
@@ -731,7 +744,7 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
             offered
         };
         let load = load_words(s, reqs.len(), stated);
-        return Err(no_deployment(p, s, &done, &load, unstable_unsim));
+        return Err(no_deployment(p, s, &done, &load, unstable_unsim, limited));
     };
     meeting.truncate(5);
     let worst = |x: &Summary| {
@@ -760,6 +773,7 @@ pub fn plan(p: &Plan, rate: Option<f64>) -> Result<ServePlan, PinError> {
         simulated,
         unstable_unsimulated: unstable_unsim,
         pruned,
+        limited,
         prefill_pruned,
         requests: reqs,
         models,
@@ -818,6 +832,25 @@ fn latency(s: f64) -> String {
     }
 }
 
+/// Whether a plan that has run `done` simulations of `per_simulation`
+/// requests each may run one more ([`MAX_SIMULATIONS`],
+/// [`MAX_SIMULATED_REQUESTS`]; the first always runs).
+fn may_simulate(done: usize, per_simulation: u64) -> bool {
+    done == 0
+        || (done < MAX_SIMULATIONS
+            && (done as u64 + 1).saturating_mul(per_simulation) <= MAX_SIMULATED_REQUESTS)
+}
+
+/// What the plan's simulation limits left out, in words (a report's note,
+/// C019): `n` deployments, `requests` per simulation.
+pub fn limit_words(n: usize, requests: u64) -> String {
+    format!(
+        "{n} deployment{} not simulated: a plan simulates at most {MAX_SIMULATIONS} deployments and {MAX_SIMULATED_REQUESTS:.0e} requests in all ({} at {requests} requests each), cheapest first",
+        if n == 1 { " was" } else { "s were" },
+        (MAX_SIMULATED_REQUESTS / requests.max(1)).min(MAX_SIMULATIONS as u64),
+    )
+}
+
 /// C019: the closest deployment and how far each SLO is from its target.
 fn no_deployment(
     p: &Plan,
@@ -825,6 +858,7 @@ fn no_deployment(
     done: &[Summary],
     load: &str,
     unstable_unsim: usize,
+    limited: usize,
 ) -> PinError {
     let worst = |x: &Summary| x.slos.iter().map(|c| c.ratio()).fold(0.0, f64::max);
     let closest = done.iter().filter(|x| !x.unstable).min_by(|a, b| {
@@ -888,6 +922,11 @@ fn no_deployment(
             done.len(),
             unstable_unsim
         ),
+    };
+    let message = if limited > 0 {
+        format!("{message}; {}", limit_words(limited, s.requests))
+    } else {
+        message
     };
     error(
         Code::C019,
@@ -1274,4 +1313,32 @@ fn fixed_batched(
     let d = batched_deployment(s, m, reps, batch, b.max_wait);
     let reqs = requests(s, rate);
     Ok(super::run_with(&d, &reqs, s, u64::MAX))
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::{MAX_SIMULATED_REQUESTS, MAX_SIMULATIONS, limit_words, may_simulate};
+
+    /// A plan of 10^7 requests per simulation stops after 4 simulations
+    /// (it ran up to 400 at 5-17 s each); the default 2000 requests still
+    /// allow all 400; the first simulation always runs.
+    #[test]
+    fn simulated_requests_per_plan_are_bounded() {
+        assert_eq!(MAX_SIMULATED_REQUESTS, 40_000_000);
+        let runs = |per: u64| {
+            (0..=MAX_SIMULATIONS)
+                .take_while(|d| may_simulate(*d, per))
+                .count()
+        };
+        assert_eq!(runs(10_000_000), 4);
+        assert_eq!(runs(1_000_000), 40);
+        assert_eq!(runs(2000), MAX_SIMULATIONS);
+        assert_eq!(runs(u64::MAX), 1);
+        let w = limit_words(1064, 1_000_000);
+        assert!(
+            w.contains("1064 deployments were not simulated")
+                && w.contains("(40 at 1000000 requests each)"),
+            "{w}"
+        );
+    }
 }

@@ -285,7 +285,15 @@ pub fn summarize(
             _ => 0.0,
         }
     };
-    let run = o.makespan.max(span);
+    // `n` requests at the stated rate (`n - 1` gaps over the span) take
+    // `n` gaps: the run lasts at least that long, so throughput and
+    // goodput never exceed the rate (two requests 1e10 s apart served at
+    // once read 2e-10 req/s against 1e-10 offered).
+    let run = if span > 0.0 {
+        o.makespan.max(span * n as f64 / (n - 1) as f64)
+    } else {
+        o.makespan
+    };
     let per_s = |x: f64| if run > 0.0 { x / run } else { 0.0 };
     // A closed loop's queue is bounded by its clients, a burst's by its
     // requests: never unstable.
@@ -888,6 +896,7 @@ pub fn plan_json(
         "unstable_by_work": sp.unstable_unsimulated,
         "pruned_by_bound": sp.pruned,
         "pruned_by_prefill_pool": sp.prefill_pruned,
+        "not_simulated_by_limit": sp.limited,
         "requests_per_simulation": sp.requests.len(),
     });
     j["iteration_model"] = Value::Array(
@@ -1013,6 +1022,13 @@ fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usi
         sp.unstable_unsimulated,
         sp.pruned
     );
+    if sp.limited > 0 {
+        let _ = writeln!(
+            t,
+            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
+            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+        );
+    }
     t
 }
 
@@ -1155,6 +1171,13 @@ pub fn plan_markdown(
         sp.pruned,
         sp.prefill_pruned
     );
+    if sp.limited > 0 {
+        let _ = writeln!(
+            t,
+            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
+            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+        );
+    }
     t
 }
 

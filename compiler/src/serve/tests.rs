@@ -1121,3 +1121,39 @@ proptest! {
         cached_runs_conserve(&d, &reqs, &warm)?;
     }
 }
+
+/// Two requests 1e10 s apart, each served in a second: the stated rate
+/// is one gap over the span (1e-10 req/s), and throughput and goodput
+/// may not exceed it (they read 2e-10 req/s: two completions over a run
+/// one gap long). With many requests the run's own length still wins.
+#[test]
+fn throughput_never_exceeds_the_stated_rate() {
+    let s = serve(1.0, 2, 1);
+    let reqs = [req(0.0, 100, 2), req(1e10, 100, 2)];
+    let d = colocated(model(0.5, 1e-6, 1e6), 1, 512, 32);
+    let o = simulate(&d, &reqs, 100);
+    assert_eq!(o.completed, 2);
+    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
+    let sum = super::summarize(&d, &o, &arrivals, &[2, 2], &s);
+    assert!(close(sum.rate * 1e10, 1.0), "{}", sum.rate);
+    assert!(
+        sum.throughput <= sum.rate,
+        "{} > {}",
+        sum.throughput,
+        sum.rate
+    );
+    assert!(sum.goodput <= sum.rate, "{} > {}", sum.goodput, sum.rate);
+    let s = serve(20.0, 2000, 3);
+    let reqs = requests(&s, None);
+    let o = simulate(&d, &reqs, 2000);
+    let arrivals: Vec<f64> = reqs.iter().map(|r| r.arrival).collect();
+    let generate: Vec<u32> = reqs.iter().map(|r| r.generate).collect();
+    let sum = super::summarize(&d, &o, &arrivals, &generate, &s);
+    assert!(
+        sum.throughput <= sum.rate,
+        "{} > {}",
+        sum.throughput,
+        sum.rate
+    );
+    assert!(close(sum.throughput * o.makespan, o.completed as f64));
+}

@@ -2638,9 +2638,23 @@ impl Checker {
             }
             points = next;
         }
+        // Labels name the systems in reports: points closer than 6
+        // significant digits (`80 GB`, `80.0000001 GB`) get more digits,
+        // up to the 17 that tell any two doubles apart (a repeated point
+        // is the same system).
+        let digits = (6..=17)
+            .find(|d| {
+                let mut seen = std::collections::HashMap::new();
+                points.iter().all(|args| {
+                    let i = Instance::with_digits(inst.kind, inst.name.clone(), args.clone(), *d);
+                    let key = i.key();
+                    seen.entry(i.label()).or_insert_with(|| key.clone()) == &key
+                })
+            })
+            .unwrap_or(17);
         let mut out = Vec::new();
         for args in points {
-            let i = Instance::new(inst.kind, inst.name.clone(), args);
+            let i = Instance::with_digits(inst.kind, inst.name.clone(), args, digits);
             if let Some(c) = self.system(&Value::Decl(i), span) {
                 out.push(c);
             }

@@ -742,3 +742,46 @@ mod chain_tests {
         assert_eq!(codes, vec![Code::L013], "{}", c.render(false));
     }
 }
+
+#[cfg(test)]
+mod sweep_label_tests {
+    use super::*;
+
+    /// A sweep's points closer than 6 significant digits printed the same
+    /// name (`Pod(hbm=80 GB)` twice) and shared an instance key, so the
+    /// second system was the first. Their names now carry the digits that
+    /// tell them apart, their memory is each its own, and a sweep of
+    /// points 6 digits tell apart keeps its short names.
+    #[test]
+    fn close_sweep_points_get_distinct_names_and_systems() {
+        let src = |points: &str| {
+            format!(
+                "device D(hbm = 80 GB) {{ compute {{ bf16 = 100 TFLOP/s }}; memory hbm = hbm @ 1 TB/s; power 100 W }}\n\
+                 node N(hbm = 80 GB) {{ device D(hbm = hbm) x 1 }}\n\
+                 cluster Pod(hbm = 80 GB) {{ node N(hbm = hbm) x 1 }}\n\
+                 model M(d) {{ input t: i32[batch, seq]; x = embedding(t, 16, d); output y = linear(x, d, d) }}\n\
+                 workload W {{ model M(d = 8); train {{ global_batch = 1, seq = 4, dtype = bf16, optimizer = adamw }} }}\n\
+                 study S on Pod(hbm = {points}) {{ workloads {{ W = 1 }}; objective maximize throughput }}\n"
+            )
+        };
+        let c = check_source("sweep.gantry", &src("{80 GB, 80.0000001 GB, 96 GB}"));
+        assert!(!c.has_errors(), "{:?}", c.diagnostics);
+        let systems = &c.program.studies["S"].systems;
+        let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["Pod(hbm=80 GB)", "Pod(hbm=80.0000001 GB)", "Pod(hbm=96 GB)"]
+        );
+        assert_ne!(
+            systems[0].node.device.memories[0].capacity,
+            systems[1].node.device.memories[0].capacity
+        );
+        let c = check_source("sweep.gantry", &src("{80 GB, 80.5 GB}"));
+        let names: Vec<&str> = c.program.studies["S"]
+            .systems
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["Pod(hbm=80 GB)", "Pod(hbm=80.5 GB)"]);
+    }
+}

@@ -37,6 +37,17 @@ const SPELLED_OUT: usize = 160;
 
 impl Instance {
     pub fn new(kind: DeclKind, name: impl Into<String>, args: Vec<(String, Value)>) -> Instance {
+        Instance::with_digits(kind, name, args, 6)
+    }
+
+    /// [`Self::new`], its label's numbers printed to `digits` significant
+    /// digits (a sweep's points closer than 6 digits).
+    pub fn with_digits(
+        kind: DeclKind,
+        name: impl Into<String>,
+        args: Vec<(String, Value)>,
+        digits: usize,
+    ) -> Instance {
         let name = name.into();
         let (key, label) = if args.is_empty() {
             (name.clone(), name.clone())
@@ -66,9 +77,12 @@ impl Instance {
                         }
                     }
                     v => {
-                        let text = format!("{k}={v}");
-                        key.push_str(&text);
-                        label.push_str(&text);
+                        // The key tells every two numbers apart (17
+                        // digits: `80 GB` and `80.0000001 GB` shared one
+                        // key, so the second was the first); the label
+                        // prints `digits`.
+                        key.push_str(&format!("{k}={v:.17}"));
+                        label.push_str(&format!("{k}={v:.digits$}"));
                     }
                 }
             }
@@ -195,7 +209,8 @@ impl fmt::Display for Value {
                 .join(", ")
         };
         match self {
-            Value::Num(q) => write!(f, "{q}"),
+            // The formatter's precision passes on (`{:.17}`: more digits).
+            Value::Num(q) => fmt::Display::fmt(q, f),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Str(s) => write!(f, "{s:?}"),
             Value::Sym(n, _) => write!(f, "{n}"),

@@ -423,7 +423,10 @@ pub fn op_instances(w: &Workload, par: &Parallel) -> f64 {
 /// The most arithmetic a run may do ([`work`]): about a minute of the
 /// reference interpreter's and the devices' forward and backward in a
 /// release build (`layers=2, d_model=1024, d_ff=1024, seq=64, batch=8` is
-/// 4.3e9 and took 45 s on two shared cores). Memory does not bound it: a
+/// 4.3e9 and took 45 s on two shared cores, 78 s when measured again;
+/// `layers=2, d_model=2048, seq=64, batch=8` at `llm_train`'s simulate
+/// scale is 1.4e10, some 3 to 4 minutes at that rate, so the bound stays).
+/// Memory does not bound it: a
 /// fused attention keeps no scores, so `seq=1000000` at `d_model=1` fits
 /// in 41 MB and compares 10^12 pairs of rows (days).
 pub const MAX_WORK: f64 = 1e10;

@@ -114,11 +114,11 @@ impl GradCheck {
             RuntimeError::new(
                 RCode::R001,
                 format!(
-                    "the gradient of {} differs from the reference: max rel error {:.3e} > {:.0e}",
-                    self.worst, self.max_rel, tolerance
+                    "the gradient of {} differs from the reference: max rel error {:.3e} > {tolerance:e}",
+                    self.worst, self.max_rel
                 ),
             )
-            .with_help("this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line")
+            .with_help(super::run::divergence_help(tolerance))
         })
     }
 }

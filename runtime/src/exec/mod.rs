@@ -62,5 +62,7 @@ pub use footprint::{
 pub use grad::{GradCheck, ParamGrad, Reduce, StepCheck};
 pub use parallel::{Parallel, TableShard, column_slices, describe, validate};
 pub use pipeline::pipelined_repeat;
-pub use run::{Divergence, MAX_DEVICES, OutputCheck, RunConfig, RunReport, kernels, run};
+pub use run::{
+    DEFAULT_TOLERANCE, Divergence, MAX_DEVICES, OutputCheck, RunConfig, RunReport, kernels, run,
+};
 pub use schedule::{Action, chunk_layers, even_split, one_f_one_b, schedule};

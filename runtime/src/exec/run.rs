@@ -57,7 +57,7 @@ impl Default for RunConfig {
     fn default() -> RunConfig {
         RunConfig {
             seed: 0,
-            tolerance: 1e-4,
+            tolerance: DEFAULT_TOLERANCE,
             timeout: Duration::from_secs(120),
             fault: None,
             check_all: false,
@@ -143,10 +143,10 @@ impl RunReport {
             return Some(RuntimeError::new(
                 RCode::R001,
                 format!(
-                    "{} on device {} (microbatch {}) differs from the reference: max rel error {:.3e} > {:.0e}, although every output is within it",
+                    "{} on device {} (microbatch {}) differs from the reference: max rel error {:.3e} > {:e}, although every output is within it",
                     d.op, d.device, d.microbatch, d.max_rel, self.tolerance
                 ),
-            ));
+            ).with_help(divergence_help(self.tolerance)));
         };
         let at = match &self.divergence {
             Some(d) => format!(
@@ -161,18 +161,45 @@ impl RunReport {
                 bad.non_finite, bad.name
             )
         } else {
-            "this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line".into()
+            divergence_help(self.tolerance)
         };
         Some(
             RuntimeError::new(
                 RCode::R001,
                 format!(
-                    "output `{}` differs from the reference: max rel error {:.3e} > {:.0e}{at}",
+                    "output `{}` differs from the reference: max rel error {:.3e} > {:e}{at}",
                     bad.name, bad.max_rel, self.tolerance
                 ),
             )
             .with_help(help),
         )
+    }
+}
+
+/// The default `--tolerance`: float32 rounding of sums the devices and
+/// the reference take in different orders stays far below it.
+pub const DEFAULT_TOLERANCE: f64 = 1e-4;
+
+/// The help of an R001 divergence at `tolerance`: a bug at the default,
+/// possibly float32 rounding at a tighter one.
+pub fn divergence_help(tolerance: f64) -> String {
+    if tolerance < DEFAULT_TOLERANCE {
+        format!(
+            "the tolerance {tolerance:e} is tighter than the default {DEFAULT_TOLERANCE:e}: the devices and the reference round float32 sums taken in different orders, which can differ by more than that; rerun with the default before reporting a bug"
+        )
+    } else {
+        "this is a runtime bug unless the model is numerically unstable at this scale; please report it with the command line".into()
+    }
+}
+
+/// `bytes` in GB: three decimals, or three significant figures below
+/// 0.001 GB (`--max-memory 1e-300` read `0.000 GB allowed`).
+pub fn gigabytes(bytes: f64) -> String {
+    let gb = bytes / 1e9;
+    if gb >= 1e-3 || gb == 0.0 {
+        format!("{gb:.3}")
+    } else {
+        format!("{gb:.3e}")
     }
 }
 
@@ -195,10 +222,10 @@ pub fn run(w: &Workload, par: &Parallel, cfg: &RunConfig) -> Result<RunReport, R
         return Err(RuntimeError::new(
             RCode::R007,
             format!(
-                "running `{}` at this scale needs about {:.3} GB of simulated memory (weights on every replica, activations, the reference), more than the {:.3} GB allowed",
+                "running `{}` at this scale needs about {} GB of simulated memory (weights on every replica, activations, the reference), more than the {} GB allowed",
                 w.name,
-                need / 1e9,
-                cfg.max_bytes / 1e9
+                gigabytes(need),
+                gigabytes(cfg.max_bytes)
             ),
         )
         .with_help("scale the workload down with --scale (e.g. layers=2,d_model=256,heads=4,kv_heads=2,d_ff=512,vocab=1000,seq=16,batch=4, or rows=10000 for DLRM tables), or raise --max-memory"));
