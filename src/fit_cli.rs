@@ -15,7 +15,7 @@ use crate::check_files;
 /// rows, the check's diagnostics (exit 1) for a file that does not check.
 pub fn load(dir: &Path) -> Result<Vec<Reference>, ExitCode> {
     if !dir.is_dir() {
-        eprintln!(
+        crate::errln!(
             "error[C017]: `{}` is not a folder of reference files\n  help: pass the folder that holds them, e.g. `examples/reference`",
             dir.display()
         );
@@ -27,7 +27,7 @@ pub fn load(dir: &Path) -> Result<Vec<Reference>, ExitCode> {
     for f in &files {
         let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
         if checked.has_errors() {
-            eprint!("{}", checked.render(false));
+            crate::errprint!("{}", checked.render(false));
             broken = true;
             continue;
         }
@@ -41,7 +41,7 @@ pub fn load(dir: &Path) -> Result<Vec<Reference>, ExitCode> {
         return Err(ExitCode::from(1));
     }
     if refs.is_empty() {
-        eprintln!(
+        crate::errln!(
             "error[C017]: no reference rows under `{}`: {} .gantry file{} and no plan with an `expect` figure\n  help: a reference row is a plan's `expect metric = value` line (examples/reference)",
             dir.display(),
             files.len(),
@@ -386,7 +386,7 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         let mut text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error[C034]: cannot read `{file}`: {e}");
+                crate::errln!("error[C034]: cannot read `{file}`: {e}");
                 status = ExitCode::from(1);
                 continue;
             }
@@ -401,9 +401,10 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
             ) {
                 Ok(t) => text = t,
                 Err(e) => {
-                    eprintln!(
+                    crate::errln!(
                         "error[C034]: cannot write the terms of engine `{}` into `{file}`: {}",
-                        g.engine, e.0
+                        g.engine,
+                        e.0
                     );
                     ok = false;
                 }
@@ -414,7 +415,7 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
             continue;
         }
         if let Err(e) = std::fs::write(file, &text) {
-            eprintln!("error[C034]: cannot write `{file}`: {e}");
+            crate::errln!("error[C034]: cannot write `{file}`: {e}");
             status = ExitCode::from(1);
             continue;
         }
@@ -428,7 +429,7 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
         let mut text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error[C018]: cannot read `{file}`: {e}");
+                crate::errln!("error[C018]: cannot read `{file}`: {e}");
                 status = ExitCode::from(1);
                 continue;
             }
@@ -438,9 +439,11 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
             match fit::rewrite_record(&text, &g.device, g.phase, &g.record(), &comment) {
                 Ok(t) => text = t,
                 Err(e) => {
-                    eprintln!(
+                    crate::errln!(
                         "error[C018]: cannot write the {} factors of `{}` into `{file}`: {}",
-                        g.phase, g.device, e.0
+                        g.phase,
+                        g.device,
+                        e.0
                     );
                     ok = false;
                 }
@@ -451,7 +454,7 @@ pub fn calibrate_fit_cmd(dir: &Path, write: bool) -> ExitCode {
             continue;
         }
         if let Err(e) = std::fs::write(file, &text) {
-            eprintln!("error[C018]: cannot write `{file}`: {e}");
+            crate::errln!("error[C018]: cannot write `{file}`: {e}");
             status = ExitCode::from(1);
             continue;
         }
@@ -606,9 +609,12 @@ pub fn validate_cross_cmd(dir: &Path) -> ExitCode {
     }
     for f in &fit.failed {
         let r = &refs[f.reference];
-        eprintln!(
+        crate::errln!(
             "{}:{}: error[{}]: {}",
-            r.file, r.plan.name, f.error.code, f.error.message
+            r.file,
+            r.plan.name,
+            f.error.code,
+            f.error.message
         );
     }
     if fit.failed.is_empty() {

@@ -28,6 +28,27 @@ macro_rules! outln {
     }};
 }
 
+/// `eprint!` to stderr that never panics: when stderr's reader has gone
+/// away (`gantry check DIR 2>&1 | head -1`) the diagnostic is dropped and
+/// the command still ends with its own exit code (`eprint!` panicked,
+/// exit 101).
+#[macro_export]
+macro_rules! errprint {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` to stderr that never panics (see [`errprint!`]).
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 /// Ends the process quietly (exit 0) when stdout's reader has gone away.
 pub fn exit_on_closed_pipe(r: std::io::Result<()>) {
     if let Err(e) = r
@@ -80,7 +101,7 @@ pub fn pin_error_with(
         }
         k => format!(" (knob `{k}`)"),
     };
-    eprintln!("error[{}]: {}{knob}\n  help: {}", e.code, e.message, e.help);
+    crate::errln!("error[{}]: {}{knob}\n  help: {}", e.code, e.message, e.help);
     std::process::ExitCode::from(if e.code == gantry_lang::diagnostic::Code::C006 {
         2
     } else {
@@ -96,7 +117,7 @@ pub fn warn_overridden(
     fixed: &std::collections::BTreeMap<String, gantry_lang::program::Domain>,
 ) {
     for (k, cli, plan) in gantry_compiler::point::overridden(pins, fixed) {
-        eprintln!(
+        crate::errln!(
             "warning[C013]: {flag} {k}={cli} overrides the plan's `fix {k} = {plan}`\n  help: the command line wins; drop `{k}` from {flag} to use the plan's value"
         );
     }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use gantry::check_files;
 
-use gantry::{out, outln, pin_error, pin_error_with};
+use gantry::{errln, errprint, out, outln, pin_error, pin_error_with};
 use gantry_compiler::sharded::Form;
 use gantry_lang::diagnostic;
 
@@ -208,14 +208,14 @@ fn main() -> ExitCode {
                     );
                 }
                 Format::Text => {
-                    eprint!("{}", checked.render(use_color(color)));
+                    errprint!("{}", checked.render(use_color(color)));
                     if verbose && !checked.has_errors() {
                         out!("{}", checked.program.summary());
                     }
                     let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
                     let warnings = checked.diagnostics.len() - errors;
                     if errors > 0 || warnings > 0 {
-                        eprintln!(
+                        errln!(
                             "{errors} error{}, {warnings} warning{}",
                             plural(errors),
                             plural(warnings)
@@ -259,7 +259,7 @@ fn main() -> ExitCode {
         ) {
             Some(code) => code,
             None if sweep_rate.is_some() => {
-                eprintln!("error[C006]: --sweep-rate is for plans of `serve` workloads");
+                errln!("error[C006]: --sweep-rate is for plans of `serve` workloads");
                 ExitCode::from(2)
             }
             None => match fix {
@@ -345,7 +345,7 @@ fn serve_plan(
         Err(code) => return Some(code),
     };
     if pin_or_export {
-        eprintln!(
+        errln!(
             "error[C006]: --pin and --export are not available for serving plans\n  help: search, or evaluate one deployment with --fix tp=..,dp=..,batch=.."
         );
         return Some(ExitCode::from(2));
@@ -357,7 +357,7 @@ fn serve_plan(
     let sweep = match sweep.map(gantry::serve_cli::parse_rates).transpose() {
         Ok(s) => s,
         Err(m) => {
-            eprintln!("error[C006]: --sweep-rate: {m}");
+            errln!("error[C006]: --sweep-rate: {m}");
             return Some(ExitCode::from(2));
         }
     };
@@ -373,11 +373,27 @@ fn serve_plan(
             }
             _ => format!("a burst of {c} requests"),
         };
-        eprintln!(
+        errln!(
             "error[C006]: --sweep-rate: workload `{}` is {how}: its rate is what the deployment serves, not a rate to sweep\n  help: give it `poisson(rate = ..)` or `gamma(rate = .., cv = ..)` arrivals to sweep the offered rate",
             p.workload.name
         );
         return Some(ExitCode::from(2));
+    }
+    // Each rate simulates every request once more: bounded like a plan's
+    // search (`MAX_SIMULATED_REQUESTS`).
+    if let Some(rates) = &sweep
+        && let Some(s) = p.workload.serve.as_deref()
+    {
+        let limit = gantry_compiler::serve::planner::MAX_SIMULATED_REQUESTS;
+        let total = (rates.len() as u64).saturating_mul(s.requests);
+        if total > limit {
+            errln!(
+                "error[C006]: --sweep-rate: {} rates of {} requests each would simulate {total} requests, over the {limit:.0e} a command simulates\n  help: sweep fewer rates, or give the workload fewer `requests`",
+                rates.len(),
+                s.requests
+            );
+            return Some(ExitCode::from(2));
+        }
     }
     let o = gantry::serve_cli::Options {
         file,
@@ -408,7 +424,7 @@ fn explain(code: Option<&str>) -> ExitCode {
                 ExitCode::SUCCESS
             }
             None => {
-                eprintln!("error: unknown diagnostic code `{want}`; `gantry explain` lists them");
+                errln!("error: unknown diagnostic code `{want}`; `gantry explain` lists them");
                 ExitCode::from(2)
             }
         },
@@ -424,7 +440,7 @@ fn fmt_files(args: &[String], check: bool, stdout: bool) -> ExitCode {
         if p.is_dir() {
             let found = gantry::gantry_files(p);
             if found.is_empty() {
-                eprintln!("error: no .gantry files under `{a}`");
+                errln!("error: no .gantry files under `{a}`");
                 status = 2;
             }
             files.extend(found.iter().map(|f| f.to_string_lossy().into_owned()));
@@ -438,18 +454,18 @@ fn fmt_files(args: &[String], check: bool, stdout: bool) -> ExitCode {
             Ok(Ok(b)) => match String::from_utf8(b) {
                 Ok(t) => t,
                 Err(_) => {
-                    eprintln!("error[L005]: `{f}` is not UTF-8 text");
+                    errln!("error[L005]: `{f}` is not UTF-8 text");
                     status = status.max(1);
                     continue;
                 }
             },
             Ok(Err(_)) => {
-                eprintln!("error[L006]: `{f}` is more than the {limit} byte limit");
+                errln!("error[L006]: `{f}` is more than the {limit} byte limit");
                 status = status.max(1);
                 continue;
             }
             Err(e) => {
-                eprintln!("error: cannot read `{f}`: {e}");
+                errln!("error: cannot read `{f}`: {e}");
                 status = 2;
                 continue;
             }
@@ -460,13 +476,13 @@ fn fmt_files(args: &[String], check: bool, stdout: bool) -> ExitCode {
                     out!("{out}");
                 } else if check {
                     if out != text {
-                        eprintln!("{f}: not formatted");
+                        errln!("{f}: not formatted");
                         status = status.max(1);
                     }
                 } else if out != text
                     && let Err(e) = std::fs::write(f, &out)
                 {
-                    eprintln!("error: cannot write `{f}`: {e}");
+                    errln!("error: cannot write `{f}`: {e}");
                     status = 2;
                 }
             }
@@ -474,11 +490,11 @@ fn fmt_files(args: &[String], check: bool, stdout: bool) -> ExitCode {
                 let mut sources = gantry_lang::source::SourceMap::default();
                 let id = sources.add(f.clone(), text.clone());
                 let diags: Vec<_> = diags.into_iter().map(|d| d.in_file(id)).collect();
-                eprint!(
+                errprint!(
                     "{}",
                     diagnostic::render(&diags, &sources, use_color(Color::Auto))
                 );
-                eprintln!("{f}: not formatted because it has syntax errors");
+                errln!("{f}: not formatted because it has syntax errors");
                 status = status.max(1);
             }
         }
@@ -535,7 +551,7 @@ fn plan_cmd(
             if misses.is_empty() {
                 ExitCode::SUCCESS
             } else {
-                eprintln!(
+                errln!(
                     "error[C010]: the pinned design point is INFEASIBLE: {}\n  help: pin other knobs, or search without --fix",
                     misses.join("; ")
                 );
@@ -550,7 +566,7 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
     use gantry_compiler::validate;
     let files = gantry::gantry_files(dir);
     if files.is_empty() {
-        eprintln!("error: no .gantry files under {}", dir.display());
+        errln!("error: no .gantry files under {}", dir.display());
         return ExitCode::from(2);
     }
     let mut by_section: std::collections::BTreeMap<char, Vec<f64>> = Default::default();
@@ -574,7 +590,7 @@ fn validate_cmd(dir: &std::path::Path) -> ExitCode {
         let section = name.chars().next().unwrap_or('?').to_ascii_uppercase();
         let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
         if checked.has_errors() {
-            eprint!("{}", checked.render(false));
+            errprint!("{}", checked.render(false));
             failed = true;
             continue;
         }
@@ -642,7 +658,7 @@ fn picks_cmd(dir: &std::path::Path) -> ExitCode {
     use gantry_compiler::validate;
     let files = gantry::gantry_files(dir);
     if files.is_empty() {
-        eprintln!("error[C017]: no .gantry files under {}", dir.display());
+        errln!("error[C017]: no .gantry files under {}", dir.display());
         return ExitCode::from(2);
     }
     let mut failed = false;
@@ -651,7 +667,7 @@ fn picks_cmd(dir: &std::path::Path) -> ExitCode {
     for f in &files {
         let checked = check_files(&[f.to_string_lossy().into_owned()], &[]);
         if checked.has_errors() {
-            eprint!("{}", checked.render(false));
+            errprint!("{}", checked.render(false));
             failed = true;
             continue;
         }
@@ -696,7 +712,7 @@ fn load_plan(
 ) -> Result<gantry_lang::program::Plan, ExitCode> {
     let checked = check_files(&[file.to_string()], lib);
     if checked.has_errors() {
-        eprint!("{}", checked.render(use_color(Color::Auto)));
+        errprint!("{}", checked.render(use_color(Color::Auto)));
         return Err(ExitCode::from(1));
     }
     let chosen = match plan {
@@ -707,7 +723,7 @@ fn load_plan(
         Some(p) => Ok(p.clone()),
         None => {
             let names: Vec<&str> = checked.program.plans.keys().map(|s| s.as_str()).collect();
-            eprintln!(
+            errln!(
                 "error[C007]: {}\n  help: plans in this file: {}",
                 plan.map_or("the file declares no plan".to_string(), |n| format!(
                     "no plan named `{n}`"
@@ -759,7 +775,7 @@ fn search_cmd(
     // the path `gantry validate --picks` takes). The published point is
     // the plan's own prediction: this search's best unless `--pin` moved it.
     if picks && !gantry_compiler::validate::records_published(&p) {
-        eprintln!(
+        errln!(
             "note: --picks: plan `{}` records no published training configuration (no `expect` on a training workload)",
             p.name
         );
@@ -775,9 +791,10 @@ fn search_cmd(
         })
         .and_then(|r| {
             r.map_err(|e| {
-                eprintln!(
+                errln!(
                     "warning: no pick with the pins released: error[{}]: {}",
-                    e.code, e.message
+                    e.code,
+                    e.message
                 )
             })
             .ok()
@@ -933,9 +950,9 @@ fn search_cmd(
             if output.is_some() {
                 out!("{report}");
             } else {
-                eprint!("{report}");
+                errprint!("{report}");
             }
-            eprintln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
+            errln!("error[{}]: {}\n  help: {}", e.code, e.message, e.help);
             return ExitCode::from(1);
         }
     };
@@ -947,13 +964,13 @@ fn search_cmd(
     match output {
         Some(path) => {
             if let Err(e) = std::fs::write(path, &text) {
-                eprintln!("error: cannot write `{}`: {e}", path.display());
+                errln!("error: cannot write `{}`: {e}", path.display());
                 return ExitCode::from(2);
             }
             out!("{report}");
         }
         None => {
-            eprint!("{report}");
+            errprint!("{report}");
             out!("{text}");
         }
     }

@@ -164,7 +164,7 @@ fn positive(s: &str) -> Result<f64, String> {
 }
 
 fn fail(e: &RuntimeError) -> ExitCode {
-    eprintln!("{}", e.render());
+    crate::errln!("{}", e.render());
     ExitCode::from(1)
 }
 
@@ -346,7 +346,7 @@ fn pin_int(pins: &BTreeMap<String, Pin>, k: &str) -> Option<u64> {
 pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     let checked = check_files(std::slice::from_ref(&a.file), &a.lib);
     if checked.has_errors() {
-        eprint!("{}", checked.render(false));
+        crate::errprint!("{}", checked.render(false));
         return Err(ExitCode::from(1));
     }
     let program = &checked.program;
@@ -355,7 +355,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
             Some(p) => p.clone(),
             None => {
                 let names: Vec<&str> = program.plans.keys().map(|s| s.as_str()).collect();
-                eprintln!(
+                crate::errln!(
                     "error[C007]: no plan named `{name}`\n  help: plans in this file: {}",
                     if names.is_empty() {
                         "none".into()
@@ -388,7 +388,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
                 span: w.span,
             },
             (None, None) => {
-                eprintln!(
+                crate::errln!(
                     "error[R002]: `{}` declares no plan and no workload to run",
                     a.file
                 );
@@ -450,7 +450,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
                 )));
             }
             Err(e) => {
-                eprintln!("error: cannot read `{}`: {e}", path.display());
+                crate::errln!("error: cannot read `{}`: {e}", path.display());
                 return Err(ExitCode::from(2));
             }
         };
@@ -525,7 +525,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
     // devices run.
     par.forms = ev.ir.forms(par.tp);
     if (par.devices() as u64) < devices {
-        eprintln!(
+        crate::errln!(
             "note: the design point uses {} of the {devices} devices",
             par.devices()
         );
@@ -552,7 +552,7 @@ pub fn resolve_target(a: &TargetArgs) -> Result<Target, ExitCode> {
 fn note_plan_json_scale(pp: &plan_json::PlanPoint, workload: &Workload, par: &Parallel) {
     let used: Vec<u64> = par.stage_layers.iter().map(|x| *x as u64).collect();
     if !pp.stage_layers.is_empty() && pp.stage_layers != used {
-        eprintln!(
+        crate::errln!(
             "note: the plan JSON's stage_layers {:?} do not split the {} layers of `{}` at this scale; the run splits them {:?}",
             pp.stage_layers,
             used.iter().sum::<u64>(),
@@ -566,9 +566,10 @@ fn note_plan_json_scale(pp: &plan_json::PlanPoint, workload: &Workload, par: &Pa
         _ => (bound / (par.dp as u64).max(1), "batch per replica"),
     };
     if pp.point.batch != runs {
-        eprintln!(
+        crate::errln!(
             "note: the plan JSON's batch {} is the plan's; the run takes the {what} {runs} of `{}` at this scale",
-            pp.point.batch, workload.name
+            pp.point.batch,
+            workload.name
         );
     }
 }
@@ -722,7 +723,7 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             } else {
                 format!("{:e}", a.max_memory)
             };
-            eprintln!(
+            crate::errln!(
                 "note: --max-memory {asked} GB is more than this machine's {:.3} GB of memory; the run is limited to {:.3} GB",
                 host / 1e9,
                 host / 1e9
@@ -764,9 +765,10 @@ pub fn run_cmd(a: &RunArgs) -> ExitCode {
             o.max_rel
         );
         if o.non_finite > 0 {
-            eprintln!(
+            crate::errln!(
                 "warning: {} values of the reference's `{}` are not finite (the model overflows f32 at this scale): the devices agree with it there, which checks little",
-                o.non_finite, o.name
+                o.non_finite,
+                o.name
             );
         }
     }
@@ -990,7 +992,7 @@ pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        eprintln!(
+        crate::errln!(
             "error: `{}` is not a device name (letters, digits and `_`, starting with a letter)",
             a.name
         );
@@ -999,7 +1001,7 @@ pub fn calibrate_cmd(a: &CalibrateArgs) -> ExitCode {
     // A reserved word or built-in name, or a power beyond the checker's
     // range, would print a declaration that `gantry check` refuses.
     if let Some(e) = calibrate::declaration_error(&a.name, a.power) {
-        eprintln!("error: the device declaration (`--name`, `--power`) would not check: {e}");
+        crate::errln!("error: the device declaration (`--name`, `--power`) would not check: {e}");
         return ExitCode::from(2);
     }
     match measure(a.quick, a.power) {

@@ -302,7 +302,7 @@ fn select<'a>(
         .collect();
     studies.sort_by_key(|s| (s.span.file, s.span.start));
     if studies.is_empty() {
-        eprintln!(
+        crate::errln!(
             "error[C007]: {}",
             name.map_or("the file declares no study".to_string(), |n| format!(
                 "no study named `{n}`"
@@ -318,7 +318,7 @@ fn thread_pool(jobs: usize) -> Result<rayon::ThreadPool, ExitCode> {
         .num_threads(jobs)
         .build()
         .map_err(|e| {
-            eprintln!("error: cannot start {jobs} threads: {e}");
+            crate::errln!("error: cannot start {jobs} threads: {e}");
             ExitCode::from(2)
         })
 }
@@ -385,7 +385,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     let checked = check_files(std::slice::from_ref(&a.file), &a.lib);
     if checked.has_errors() {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        eprint!("{}", checked.render(color));
+        crate::errprint!("{}", checked.render(color));
         return ExitCode::from(1);
     }
     let Some(studies) = select(&checked.program, a.study.as_deref()) else {
@@ -399,7 +399,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(m)) => {
-            eprintln!(
+            crate::errln!(
                 "error[C032]: {m}\n  help: `--shard 0/4` .. `--shard 3/4` run a study in four slices; `gantry merge` puts them together"
             );
             return ExitCode::from(2);
@@ -437,7 +437,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
         let text = match shard::Partial::of(&run, index, count, jobs.len(), results) {
             Ok(t) => t,
             Err(m) => {
-                eprintln!("error[C032]: shard {index}/{count} cannot be written exactly: {m}");
+                crate::errln!("error[C032]: shard {index}/{count} cannot be written exactly: {m}");
                 return ExitCode::from(1);
             }
         };
@@ -448,7 +448,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
                 if let Err(e) =
                     std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, text))
                 {
-                    eprintln!("error: cannot write `{}`: {e}", path.display());
+                    crate::errln!("error: cannot write `{}`: {e}", path.display());
                     return ExitCode::from(2);
                 }
             }
@@ -459,7 +459,7 @@ pub fn study_cmd(a: &StudyArgs) -> ExitCode {
     let answered = match shard::assemble(&studies, a.sensitivity, &jobs, done) {
         Ok(v) => v,
         Err(m) => {
-            eprintln!("error: {m}");
+            crate::errln!("error: {m}");
             return ExitCode::from(2);
         }
     };
@@ -529,7 +529,7 @@ pub fn merge_cmd(a: &MergeArgs) -> ExitCode {
         } else {
             format!("{}: ", b.file)
         };
-        eprintln!("error[C033]: {at}{}\n  help: {}", b.message, b.help);
+        crate::errln!("error[C033]: {at}{}\n  help: {}", b.message, b.help);
         ExitCode::from(1)
     };
     let mut parts = Vec::new();
@@ -586,7 +586,7 @@ pub fn merge_cmd(a: &MergeArgs) -> ExitCode {
     let checked = check_files(std::slice::from_ref(&source), &lib);
     if checked.has_errors() {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        eprint!("{}", checked.render(color));
+        crate::errprint!("{}", checked.render(color));
         return ExitCode::from(1);
     }
     let Some(studies) = select(&checked.program, run.study.as_deref()) else {
@@ -650,7 +650,7 @@ fn emit(file: &str, a: &Outputs, answered: Vec<shard::Answered>) -> ExitCode {
                 Ran::Fleet(ans, f)
             }
             Err(u) => {
-                eprintln!("error[C025]: {}\n  help: {}", u.message, u.help);
+                crate::errln!("error[C025]: {}\n  help: {}", u.message, u.help);
                 code = ExitCode::from(1);
                 continue;
             }
@@ -675,14 +675,14 @@ fn emit(file: &str, a: &Outputs, answered: Vec<shard::Answered>) -> ExitCode {
         {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::errln!("error: {e}");
                 return ExitCode::from(2);
             }
         };
         if let Some(dir) = &a.plot
             && let Err(e) = write_plots(dir, &svgs.iter().flatten().collect::<Vec<_>>())
         {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return ExitCode::from(2);
         }
         if let Some(dir) = &a.report {
@@ -699,7 +699,7 @@ fn emit(file: &str, a: &Outputs, answered: Vec<shard::Answered>) -> ExitCode {
             let page = crate::html::report(&format!("Gantry studies of {file}"), &sections);
             let path = dir.join("report.html");
             if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, page)) {
-                eprintln!("error: cannot write `{}`: {e}", path.display());
+                crate::errln!("error: cannot write `{}`: {e}", path.display());
                 return ExitCode::from(2);
             }
         }

@@ -439,7 +439,7 @@ pub fn test_cmd(a: &TestArgs) -> ExitCode {
     let files = match collect(&a.paths) {
         Ok(f) => f,
         Err(m) => {
-            eprintln!("error: {m}");
+            crate::errln!("error: {m}");
             return ExitCode::from(2);
         }
     };

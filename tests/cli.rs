@@ -356,6 +356,27 @@ fn run_says_why_expert_and_recomputed_traffic_differs() {
     }
 }
 
+/// With stderr's reader gone (`gantry check DIR 2>&1 | head -1`), a
+/// failing command still ends with its own exit code: the diagnostic is
+/// dropped, not a panic (exit 101 from `eprint!` on a closed pipe).
+#[test]
+fn a_closed_stderr_keeps_the_exit_code() {
+    for args in [
+        &["check", "/tmp"][..],
+        &["check", "no-such-file.gantry"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .expect("runs");
+        assert_eq!(status.code(), Some(1), "{args:?}");
+    }
+}
+
 /// Sizes whose element counts overflow 64 bits are refused, not wrapped
 /// to a tiny estimate that let the run start and panic: past 2^63
 /// elements the scaled workload no longer checks (R004 with the
@@ -1791,6 +1812,8 @@ fn the_lowest_rate_is_not_printed_as_zero() {
     let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "0.000002"]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(" 0.000 ") && !out.contains(" 0.0 "), "{out}");
+    // Nor the utilisation (it read `0.0% prefill and decode`).
+    assert!(!out.contains(" 0.0%"), "{out}");
     assert!(out.contains("3 requests at 2.093e-6 req/s"), "{out}");
     // Three requests at the stated rate take three gaps: goodput is the
     // rate (it read 3.140e-6 req/s, above the 2.093e-6 offered).
@@ -2000,6 +2023,31 @@ fn sweep_rate_on_a_closed_loop_is_c006() {
             "{to}: {err}"
         );
     }
+}
+
+/// `--sweep-rate` is bounded like a plan's search: 64 rates of 10^7
+/// requests each (6.4e8 simulated requests, minutes) is C006 before
+/// anything runs; two rates of 2,000 run.
+#[test]
+fn sweep_rate_over_the_simulation_bound_is_c006() {
+    let f = temp(
+        "big_sweep.gantry",
+        &std::fs::read_to_string("examples/llm_serve.gantry")
+            .expect("example")
+            .replace("requests = 2000", "requests = 10000000")
+            .replace(
+                "import \"stdlib/",
+                &format!("import \"{}/stdlib/", env!("CARGO_MANIFEST_DIR")),
+            ),
+    );
+    let rates: Vec<String> = (1..=64).map(|r| r.to_string()).collect();
+    let fix = "tp=8,dp=1,batch=64,token_budget=2048";
+    let (code, out, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", &rates.join(",")]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("error[C006]: --sweep-rate: 64 rates of 10000000 requests"),
+        "{err}"
+    );
 }
 
 /// A request too long for any KV cache is dropped; when the attainment's

@@ -209,7 +209,7 @@ pub fn json(ev: &Evaluation) -> Value {
 /// `x` to `decimals` places, or to three significant figures where those
 /// places would print a nonzero figure as zero (a one-wide model's
 /// `$0.000` per million samples, `0.0%` MFU).
-fn fixed(x: f64, decimals: usize) -> String {
+pub fn fixed(x: f64, decimals: usize) -> String {
     if x != 0.0 && x.is_finite() && x.abs() < 0.5 * 10f64.powi(-(decimals as i32)) {
         format!("{x:.2e}")
     } else {

@@ -689,8 +689,8 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
             "Utilisation",
             "utilisation",
             format!(
-                "{:.1}% busy; {:.1} items per batch",
-                100.0 * s.utilisation_prefill,
+                "{}% busy; {:.1} items per batch",
+                crate::report::fixed(100.0 * s.utilisation_prefill, 1),
                 s.mean_batch_tokens
             ),
         ));
@@ -701,10 +701,13 @@ fn figures(s: &Summary) -> Vec<(&'static str, &'static str, String)> {
         "Utilisation",
         "utilisation",
         format!(
-            "{:.1}% prefill{}; {:.1} tokens per iteration; {} preemptions",
-            100.0 * s.utilisation_prefill,
+            "{}% prefill{}; {:.1} tokens per iteration; {} preemptions",
+            crate::report::fixed(100.0 * s.utilisation_prefill, 1),
             if s.deployment.disaggregated() {
-                format!(", {:.1}% decode", 100.0 * s.utilisation_decode)
+                format!(
+                    ", {}% decode",
+                    crate::report::fixed(100.0 * s.utilisation_decode, 1)
+                )
             } else {
                 " and decode".to_string()
             },
