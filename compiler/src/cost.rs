@@ -1025,7 +1025,13 @@ impl Evaluator<'_> {
                 let mut exposed = 0.0;
                 let mut first_ag = None;
                 let per_block = ir.kernels.pytorch_native();
-                for (s, role) in ir.segments.iter().zip(memory::roles(ir)) {
+                // Each op's parameters as this device holds them (split as
+                // the program on `tp` splits it, experts over `ep`), as the
+                // reported bytes count them.
+                let held_table = ir.tp_table(p.tp as usize, false);
+                let no_ops = Vec::new();
+                for (si, (s, role)) in ir.segments.iter().zip(memory::roles(ir)).enumerate() {
+                    let sharded_ops = held_table.ops.get(si).unwrap_or(&no_ops);
                     let (reps, cost) = match role {
                         Role::Body => (sl, &body),
                         Role::Prologue if slow == 0 => (1.0, &pro),
@@ -1039,12 +1045,14 @@ impl Evaluator<'_> {
                     };
                     let (mut ag, mut rs) = (0.0, 0.0);
                     let mut unit_bytes = 0.0;
-                    for o in s
+                    for (j, o) in s
                         .ops
                         .iter()
-                        .filter(|o| o.params > 0.0 && o.table_bytes == 0.0)
+                        .enumerate()
+                        .filter(|(_, o)| o.params > 0.0 && o.table_bytes == 0.0)
                     {
-                        let bytes = o.params * o.mult * beta / p.tp as f64;
+                        let sharded = sharded_ops.get(j).is_some_and(|x| x.sharded);
+                        let bytes = memory::op_params(o, sharded, p) * beta;
                         if per_block {
                             unit_bytes += bytes;
                             continue;

@@ -926,3 +926,51 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {{
     assert_eq!(tp8, tp16);
     assert!((w16 / w8 - 2.0).abs() < 1e-9, "weights {w16} vs {w8}");
 }
+
+/// ZeRO-3 gathers and reduce-scatters each op's parameters as the device
+/// holds them: a mixture's experts split over the expert-parallel ranks
+/// (their router whole), so the time per reported byte is the same with
+/// and without expert parallelism, up to the latency. (The time counted
+/// every expert whole while the reported bytes split them: at `ep = 8`
+/// the time per byte was 6.4 times the `ep = 1` figure; it is 1.05.)
+#[test]
+fn zero3_traffic_times_the_parameters_each_device_holds() {
+    // Experts only (one large collective per layer: its latency, about
+    // 80 us, is under 5% of the smaller one's time), sharded over two
+    // 8-GPU nodes.
+    let src = r#"import "stdlib/clusters/grand_teton_roce.gantry"
+model M(d = 4096, layers = 4) {
+  input x: bf16[batch, seq, d]
+  repeat layers {
+    x = x + moe(x, experts = 8, top_k = 2, d_ff = 14336)
+  }
+  output y = x
+}
+workload w {
+  model M
+  train { seq = 4096, global_batch = 16, dtype = bf16, optimizer = adamw }
+}
+plan p on GrandTetonRoCE96(nodes = 2) for w {
+  fix tp = 1, pp = 1, dp = 16, zero = 3, recompute = full, microbatch = 1
+}
+"#;
+    let c = check(&["test.gantry".to_string()], &WithSource(src.to_string()));
+    assert!(!c.has_errors(), "{}", c.render(false));
+    let p = c.program.plans.get("p").cloned().expect("plan p");
+    let per_byte = |ep: u64| {
+        let fix = format!("ep={ep}");
+        let ev = evaluate(&p, &parse_fix(&fix).expect("pins")).expect("evaluates");
+        let z = ev
+            .estimate
+            .comms
+            .iter()
+            .find(|c| c.what.starts_with("ZeRO-3"))
+            .expect("ZeRO-3 traffic");
+        z.time / z.bytes
+    };
+    let (dense, experts) = (per_byte(1), per_byte(8));
+    assert!(
+        (experts / dense - 1.0).abs() < 0.1,
+        "seconds per byte: ep = 8 {experts:e}, ep = 1 {dense:e}"
+    );
+}
