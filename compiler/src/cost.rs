@@ -925,7 +925,6 @@ impl Evaluator<'_> {
         let tied = memory::tied_params(ir, p);
         let dense_params =
             params_gpu - memory::table_params(ir) - if n_stages == 1 { tied } else { 0.0 };
-        let grad_bytes = dense_params * beta;
         // Expert weights live on `ep` ranks of the data-parallel group: their
         // gradients are reduced over the other `dp cp / ep` only.
         let expert_layers = if stage_params >= first_params {
@@ -1029,6 +1028,15 @@ impl Evaluator<'_> {
                 // the program on `tp` splits it, experts over `ep`), as the
                 // reported bytes count them.
                 let held_table = ir.tp_table(p.tp as usize, false);
+                // Dense parameters are sharded over the `zgroup` ranks;
+                // experts over the `zgroup / ep` that hold the same
+                // experts, `ep` data-parallel ranks apart (as their
+                // gradients are reduced without ZeRO-3).
+                let zexpert_group = (zgroup / p.ep.max(1)).max(1);
+                let zgroups = [
+                    (zgroup, dp_stride),
+                    (zexpert_group, dp_stride * p.ep.max(1)),
+                ];
                 let no_ops = Vec::new();
                 for (si, (s, role)) in ir.segments.iter().zip(memory::roles(ir)).enumerate() {
                     let sharded_ops = held_table.ops.get(si).unwrap_or(&no_ops);
@@ -1044,7 +1052,8 @@ impl Evaluator<'_> {
                         s.count as f64
                     };
                     let (mut ag, mut rs) = (0.0, 0.0);
-                    let mut unit_bytes = 0.0;
+                    // Dense and expert bytes of a block (`per_block`).
+                    let mut block_bytes = [0.0, 0.0];
                     for (j, o) in s
                         .ops
                         .iter()
@@ -1052,27 +1061,35 @@ impl Evaluator<'_> {
                         .filter(|(_, o)| o.params > 0.0 && o.table_bytes == 0.0)
                     {
                         let sharded = sharded_ops.get(j).is_some_and(|x| x.sharded);
-                        let bytes = memory::op_params(o, sharded, p) * beta;
+                        let experts = memory::op_expert_params(o, sharded, p) * beta;
+                        let dense = memory::op_params(o, sharded, p) * beta - experts;
                         if per_block {
-                            unit_bytes += bytes;
+                            block_bytes[0] += dense;
+                            block_bytes[1] += experts;
                             continue;
                         }
                         let n = o.mult.max(1.0);
-                        ag += n * topo.time(Collective::AllGather, zgroup, dp_stride, bytes / n);
-                        rs +=
-                            n * topo.time(Collective::ReduceScatter, zgroup, dp_stride, bytes / n);
+                        for (k, bytes) in [dense, experts].into_iter().enumerate() {
+                            if bytes > 0.0 {
+                                let (g, stride) = zgroups[k];
+                                ag += n * topo.time(Collective::AllGather, g, stride, bytes / n);
+                                rs +=
+                                    n * topo.time(Collective::ReduceScatter, g, stride, bytes / n);
+                            }
+                        }
                     }
                     if per_block {
                         // FSDP reduce-scatters in its reduction type
                         // (`zero3_grad_bytes`).
                         let reduce = zero3_grad_bytes(ir) / beta;
-                        ag = topo.time(Collective::AllGather, zgroup, dp_stride, unit_bytes);
-                        rs = topo.time(
-                            Collective::ReduceScatter,
-                            zgroup,
-                            dp_stride,
-                            unit_bytes * reduce,
-                        );
+                        for (k, bytes) in block_bytes.into_iter().enumerate() {
+                            if bytes > 0.0 {
+                                let (g, stride) = zgroups[k];
+                                ag += topo.time(Collective::AllGather, g, stride, bytes);
+                                rs +=
+                                    topo.time(Collective::ReduceScatter, g, stride, bytes * reduce);
+                            }
+                        }
                     }
                     let unit = if role == Role::Body {
                         1.0
@@ -1108,8 +1125,7 @@ impl Evaluator<'_> {
                         .algorithm(Collective::AllGather, zgroup, dp_stride)
                         .into(),
                     bytes: (gathers + rounds * zero3_grad_bytes(ir) / beta)
-                        * grad_bytes
-                        * ring(zgroup),
+                        * (dense_bytes * ring(zgroup) + expert_bytes * ring(zexpert_group)),
                     time: total,
                     exposed: dp_exposed,
                 });

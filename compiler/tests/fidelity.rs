@@ -928,16 +928,17 @@ plan p on GrandTetonRoCE96(nodes = 1) for w {{
 }
 
 /// ZeRO-3 gathers and reduce-scatters each op's parameters as the device
-/// holds them: a mixture's experts split over the expert-parallel ranks
-/// (their router whole), so the time per reported byte is the same with
-/// and without expert parallelism, up to the latency. (The time counted
-/// every expert whole while the reported bytes split them: at `ep = 8`
-/// the time per byte was 6.4 times the `ep = 1` figure; it is 1.05.)
+/// holds them, over the ranks that shard them: a mixture's experts split
+/// over the expert-parallel ranks and sharded over the `dp / ep` ranks
+/// holding the same experts (`ep` apart), its router whole and sharded
+/// over all `dp`. Four expert-only layers on two 8-GPU nodes at `dp = 16,
+/// ep = 8`: each layer gathers twice (forward, backward) and
+/// reduce-scatters once, the router over 16 ranks and the experts over 2
+/// ranks 8 apart (across the nodes). (The time counted every expert
+/// whole, over all 16 ranks: 6.4 times the seconds per reported byte.)
 #[test]
 fn zero3_traffic_times_the_parameters_each_device_holds() {
-    // Experts only (one large collective per layer: its latency, about
-    // 80 us, is under 5% of the smaller one's time), sharded over two
-    // 8-GPU nodes.
+    use gantry_compiler::collective::Collective;
     let src = r#"import "stdlib/clusters/grand_teton_roce.gantry"
 model M(d = 4096, layers = 4) {
   input x: bf16[batch, seq, d]
@@ -948,29 +949,38 @@ model M(d = 4096, layers = 4) {
 }
 workload w {
   model M
-  train { seq = 4096, global_batch = 16, dtype = bf16, optimizer = adamw }
+  train { seq = 4096, global_batch = 16, dtype = bf16, optimizer = adamw, fusion = kernels }
 }
 plan p on GrandTetonRoCE96(nodes = 2) for w {
-  fix tp = 1, pp = 1, dp = 16, zero = 3, recompute = full, microbatch = 1
+  fix tp = 1, pp = 1, dp = 16, ep = 8, zero = 3, recompute = full, microbatch = 1
 }
 "#;
     let c = check(&["test.gantry".to_string()], &WithSource(src.to_string()));
     assert!(!c.has_errors(), "{}", c.render(false));
-    let p = c.program.plans.get("p").cloned().expect("plan p");
-    let per_byte = |ep: u64| {
-        let fix = format!("ep={ep}");
-        let ev = evaluate(&p, &parse_fix(&fix).expect("pins")).expect("evaluates");
-        let z = ev
-            .estimate
-            .comms
-            .iter()
-            .find(|c| c.what.starts_with("ZeRO-3"))
-            .expect("ZeRO-3 traffic");
-        z.time / z.bytes
-    };
-    let (dense, experts) = (per_byte(1), per_byte(8));
+    let ev = evaluate(&c.program.plans["p"], &BTreeMap::new()).expect("evaluates");
+    let z = ev
+        .estimate
+        .comms
+        .iter()
+        .find(|c| c.what.starts_with("ZeRO-3"))
+        .expect("ZeRO-3 traffic");
+    let topo = ev.hardware.topo;
+    let (d, f, e) = (4096.0, 14336.0, 8.0);
+    let router = d * e * 2.0;
+    let experts = 3.0 * d * f * (e / 8.0) * 2.0;
+    let both = |c: Collective| topo.time(c, 16, 1, router) + topo.time(c, 2, 8, experts);
+    let want = 4.0 * (2.0 * both(Collective::AllGather) + both(Collective::ReduceScatter));
     assert!(
-        (experts / dense - 1.0).abs() < 0.1,
-        "seconds per byte: ep = 8 {experts:e}, ep = 1 {dense:e}"
+        (z.time - want).abs() <= 1e-9 * want,
+        "ZeRO-3 time {} s, want {want} s",
+        z.time
+    );
+    // The bytes: each ring's (n - 1) / n of its buffer, three passes of
+    // four layers.
+    let bytes = 4.0 * 3.0 * (router * 15.0 / 16.0 + experts / 2.0);
+    assert!(
+        (z.bytes - bytes).abs() <= 1e-9 * bytes,
+        "bytes {} want {bytes}",
+        z.bytes
     );
 }
