@@ -136,10 +136,10 @@ fn ns(s: f64) -> i64 {
     (s * 1e9).round() as i64
 }
 
-/// The trace of estimate `e` (phase from `phase`), or `C021` when the
-/// priced step is shorter than the trace's resolution of 1 ns: every
-/// slice would round to nothing (a 0.3 ns step wrote an empty trace).
-pub fn trace(e: &Estimate, phase: &Phase) -> Result<Value, super::ExportError> {
+/// Whether a trace of `e` can be drawn, without drawing it (what the
+/// search asks of every point under `target "trace"`): `C021` when the
+/// priced step is shorter than the trace's resolution of 1 ns.
+pub fn drawable(e: &Estimate) -> Result<(), super::ExportError> {
     if ns(e.time.step) < 1 {
         return Err(super::refuse(
             "trace",
@@ -150,6 +150,14 @@ pub fn trace(e: &Estimate, phase: &Phase) -> Result<Value, super::ExportError> {
             "trace a workload whose step takes at least a nanosecond (a larger batch or model)",
         ));
     }
+    Ok(())
+}
+
+/// The trace of estimate `e` (phase from `phase`), or `C021` when the
+/// priced step is shorter than the trace's resolution of 1 ns: every
+/// slice would round to nothing (a 0.3 ns step wrote an empty trace).
+pub fn trace(e: &Estimate, phase: &Phase) -> Result<Value, super::ExportError> {
+    drawable(e)?;
     let stages = e.point.pp.max(1) as usize;
     let (mut slices, t) = if matches!(phase, Phase::Train { .. }) {
         train_slices(e, stages)
