@@ -196,6 +196,27 @@ fn replicated_key_value_heads_traffic_is_the_cost_models() {
     }
 }
 
+/// One inference step of `file` at `fix` (checked to pass) and its
+/// traffic row `label`: (bytes the run's busiest device sent, the cost
+/// model's).
+fn inference_row(file: &str, fix: &str, label: &str) -> (f64, f64) {
+    let a = TargetArgs {
+        file: file.into(),
+        fix: Some(fix.into()),
+        ..TargetArgs::default()
+    };
+    let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
+    let r = exec::run(&t.workload, &t.par, &RunConfig::default())
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    assert!(r.passed(), "{file} {fix}: {r:?}");
+    let rows = traffic_rows(&t, &r);
+    let row = rows
+        .iter()
+        .find(|r| r.label == label)
+        .unwrap_or_else(|| panic!("{file} {fix}: no {label} traffic"));
+    (row.measured, row.model.iter().map(|(_, b)| b).sum())
+}
+
 /// Inference: the tensor-parallel collectives of a prefill and a decode
 /// step are the cost model's bytes exactly, on the busiest pipeline stage
 /// (the cost model reported 0 B with a non-zero time, issue 11).
@@ -207,30 +228,9 @@ fn inference_tensor_traffic_is_the_cost_models() {
             "dp=1,tp=2,pp=2",
             "dp=1,tp=2,pp=1,sequence_parallel=true",
         ] {
-            let a = TargetArgs {
-                file: file.into(),
-                plan: None,
-                fix: Some(fix.into()),
-                plan_json: None,
-                devices: None,
-                scale: None,
-                lib: Vec::new(),
-                whole: Vec::new(),
-                column: Vec::new(),
-                row: Vec::new(),
-            };
-            let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
-            let r = exec::run(&t.workload, &t.par, &RunConfig::default())
-                .unwrap_or_else(|e| panic!("{}", e.render()));
-            assert!(r.passed(), "{file} {fix}: {r:?}");
-            let rows = traffic_rows(&t, &r);
-            let row = rows
-                .iter()
-                .find(|r| r.label == "tensor")
-                .unwrap_or_else(|| panic!("{file} {fix}: no tensor traffic"));
-            let model: f64 = row.model.iter().map(|(_, b)| b).sum();
-            assert!(row.measured > 0.0, "{file} {fix}");
-            assert_eq!(row.measured, model, "{file} {fix}: run vs cost model");
+            let (measured, model) = inference_row(file, fix, "tensor");
+            assert!(measured > 0.0, "{file} {fix}");
+            assert_eq!(measured, model, "{file} {fix}: run vs cost model");
         }
     }
 }
@@ -295,35 +295,29 @@ fn embedding_traffic_is_the_cost_models() {
 /// parallelism, the next stage all-gathers them (two stages: one or the
 /// other per device; more: both on a middle stage), and a decode
 /// microbatch of one sequence, whose single row does not divide over the
-/// ranks, goes whole. (The cost model had no row for them: `gantry run`
-/// printed "not in the cost model".)
+/// ranks, goes whole; a context-parallel rank hands on its `1/cp` of the
+/// tokens. (The cost model had no row for them: `gantry run` printed "not
+/// in the cost model"; the first row ignored `cp`, twice the run's bytes.)
 #[test]
 fn inference_pipeline_traffic_is_the_cost_models() {
-    for file in ["examples/llm_prefill.gantry", "examples/llm_decode.gantry"] {
-        for fix in [
-            "dp=1,tp=1,pp=2",
-            "dp=1,tp=2,pp=2",
-            "dp=1,tp=4,pp=2",
-            "dp=1,tp=2,pp=4",
-            "dp=1,tp=2,pp=2,sequence_parallel=true",
-        ] {
-            let a = TargetArgs {
-                file: file.into(),
-                fix: Some(fix.into()),
-                ..TargetArgs::default()
-            };
-            let t = resolve_target(&a).unwrap_or_else(|_| panic!("{file} {fix}: does not resolve"));
-            let r = exec::run(&t.workload, &t.par, &RunConfig::default())
-                .unwrap_or_else(|e| panic!("{}", e.render()));
-            assert!(r.passed(), "{file} {fix}: {r:?}");
-            let rows = traffic_rows(&t, &r);
-            let row = rows
-                .iter()
-                .find(|r| r.label == "pipeline")
-                .unwrap_or_else(|| panic!("{file} {fix}: no pipeline traffic"));
-            let model: f64 = row.model.iter().map(|(_, b)| b).sum();
-            assert!(row.measured > 0.0, "{file} {fix}");
-            assert_eq!(row.measured, model, "{file} {fix}: run vs cost model");
+    let both = ["examples/llm_prefill.gantry", "examples/llm_decode.gantry"];
+    let cases: &[(&str, &[&str])] = &[
+        ("dp=1,tp=1,pp=2", &both),
+        ("dp=1,tp=2,pp=2", &both),
+        ("dp=1,tp=4,pp=2", &both),
+        ("dp=1,tp=2,pp=3", &both),
+        ("dp=1,tp=2,pp=4", &both),
+        ("dp=1,tp=2,pp=2,sequence_parallel=true", &both),
+        ("dp=1,tp=4,pp=3,sequence_parallel=true", &both),
+        // Context parallelism: each rank hands on its 1/cp of the tokens.
+        ("dp=1,tp=2,pp=2,cp=2", &["examples/llm_prefill.gantry"]),
+        ("dp=1,tp=1,pp=2,cp=2", &["examples/llm_prefill.gantry"]),
+    ];
+    for (fix, files) in cases {
+        for file in *files {
+            let (measured, model) = inference_row(file, fix, "pipeline");
+            assert!(measured > 0.0, "{file} {fix}");
+            assert_eq!(measured, model, "{file} {fix}: run vs cost model");
         }
     }
 }

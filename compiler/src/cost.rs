@@ -1695,7 +1695,19 @@ impl Evaluator<'_> {
         let t_a2a = tc.pooled.0 + tc.ids.0;
         let host_lookups = tc.host_read;
         let t_fwd = classes.total();
-        let p2p_bytes = b * ir.tokens_per_sample * ir.hidden * ir.stream_bytes / p.tp as f64;
+        // What each rank sends a stage on: a context-parallel rank holds
+        // `1/cp` of the tokens, and a tensor-parallel rank its `1/tp`
+        // block of them (Megatron-LM's scatter) when a microbatch's rows
+        // there divide by `tp`; else the whole state (`gantry run` sends a
+        // decode microbatch of one sequence whole).
+        // (Bytes per rank and whether scattered, for `tokens` per sample.)
+        let hand_off = |tokens: f64| {
+            let state = b * tokens * ir.hidden * ir.stream_bytes / p.cp as f64;
+            let rows = p.microbatch.max(1) as f64 * tokens / p.cp as f64;
+            let scatter = rows.fract() == 0.0 && (rows as u64).is_multiple_of(p.tp.max(1));
+            (if scatter { state / p.tp as f64 } else { state }, scatter)
+        };
+        let (p2p_bytes, scatter) = hand_off(ir.tokens_per_sample);
         let stride_pp = topo.pipeline_hop(p.pp, p.tp * p.cp * p.dp);
         let t_send = if p.pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
@@ -1745,14 +1757,10 @@ impl Evaluator<'_> {
                 // all-gathers the blocks, (t - 1) more. A middle stage
                 // does both; with two stages the first only sends and the
                 // last only gathers. The pass waits for the p - 1 sends
-                // in turn (the gathers run inside the node). A block
-                // needs the rows of a message (a microbatch's tokens) to
-                // divide by t; else the whole state goes, as `gantry run`
-                // sends a decode microbatch of one sequence.
+                // in turn (the gathers run inside the node). Unscattered
+                // (above), the whole state goes and nothing is gathered.
                 bytes: p2p_bytes
-                    * if (p.microbatch.max(1) as f64 * ir.tokens_per_sample) % p.tp as f64 != 0.0 {
-                        p.tp as f64
-                    } else if p.sequence_parallel || p.tp == 1 {
+                    * if !scatter || p.sequence_parallel || p.tp == 1 {
                         1.0
                     } else if p.pp == 2 {
                         (p.tp - 1) as f64
@@ -1775,7 +1783,18 @@ impl Evaluator<'_> {
                 // then `generate` tokens are decoded; in steady state each
                 // decode step also carries 1/generate of a batch's prefill.
                 let pre_fwd = self.forward(pre, p, b, &stage_layers);
-                let t_pre = pre_fwd.compute.total() + pre_fwd.tp_time + (pp - 1.0) * t_send;
+                // The prompt's hand-offs carry its tokens, not one each.
+                let t_send_pre = if p.pp > 1 {
+                    topo.time(
+                        Collective::SendRecv,
+                        2,
+                        stride_pp,
+                        hand_off(pre.tokens_per_sample).0,
+                    )
+                } else {
+                    0.0
+                };
+                let t_pre = pre_fwd.compute.total() + pre_fwd.tp_time + (pp - 1.0) * t_send_pre;
                 let g = generate.unwrap_or(1).max(1) as f64;
                 (
                     pass + t_pre / g,
