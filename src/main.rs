@@ -388,7 +388,7 @@ fn serve_plan(
         let total = (rates.len() as u64).saturating_mul(s.requests);
         if total > limit {
             errln!(
-                "error[C006]: --sweep-rate: {} rates of {} requests each would simulate {total} requests, over the {limit:.0e} a command simulates\n  help: sweep fewer rates, or give the workload fewer `requests`",
+                "error[C006]: --sweep-rate: {} rates of {} requests each would simulate {total} requests, over the {limit:.0e} a sweep may simulate\n  help: sweep fewer rates, or give the workload fewer `requests`",
                 rates.len(),
                 s.requests
             );

@@ -307,6 +307,13 @@ pub fn why_traffic_differs(t: &Target, r: &TrafficRow) -> Option<String> {
             "each of the {} tensor-parallel ranks dispatches every token here; the cost model prices Megatron-LM's 1/tp share per rank",
             t.par.tp
         )),
+        "pipeline"
+            if t.par.tp > 1 && matches!(t.workload.phase, gantry_lang::program::Phase::Decode { .. }) =>
+        {
+            Some(
+                "the run sends a decode microbatch, one row per sequence, whole where its rows do not divide over the tensor-parallel ranks; the cost model prices the flattened state split over them, as Megatron-LM and vLLM send it".into(),
+            )
+        }
         "tensor" if t.recompute_full => Some(
             "the run does not recompute; the cost model counts the recomputed forward's collectives again"
                 .into(),

@@ -510,19 +510,17 @@ fn a_tolerance_below_float_rounding_is_a_usage_error() {
             "{t}: {err}"
         );
     }
+    // Deterministic: this run's rounding (4.6e-7) exceeds 2e-7.
     let (code, _, err) = gantry(&["run", f, "--tolerance=2e-7"]);
     no_panic(code, &err);
-    if code == 1 {
-        assert!(
-            err.contains("error[R001]")
-                && err.contains("> 2e-7")
-                && err.contains("tighter than the default 1e-4")
-                && !err.contains("runtime bug unless"),
-            "{err}"
-        );
-    } else {
-        assert_eq!(code, 0, "{err}");
-    }
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[R001]")
+            && err.contains("> 2e-7")
+            && err.contains("tighter than the default 1e-4")
+            && !err.contains("runtime bug unless"),
+        "{err}"
+    );
 }
 
 /// Nested repeats run every iteration: more than 10^6 op instances is
@@ -2027,7 +2025,9 @@ fn sweep_rate_on_a_closed_loop_is_c006() {
 
 /// `--sweep-rate` is bounded like a plan's search: 64 rates of 10^7
 /// requests each (6.4e8 simulated requests, minutes) is C006 before
-/// anything runs; two rates of 2,000 run.
+/// anything runs, and so are 5 rates of 10^7 (just over 4e7); 4 rates
+/// of 10^7 would run (checked by the bound's arithmetic, not run here:
+/// minutes).
 #[test]
 fn sweep_rate_over_the_simulation_bound_is_c006() {
     let f = temp(
@@ -2048,6 +2048,10 @@ fn sweep_rate_over_the_simulation_bound_is_c006() {
         err.contains("error[C006]: --sweep-rate: 64 rates of 10000000 requests"),
         "{err}"
     );
+    let (code, _, err) = gantry(&["plan", &f, "--fix", fix, "--sweep-rate", "1,2,3,4,5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("5 rates of 10000000 requests"), "{err}");
+    const { assert!(4 * 10_000_000 <= gantry_compiler::serve::planner::MAX_SIMULATED_REQUESTS) };
 }
 
 /// A request too long for any KV cache is dropped; when the attainment's

@@ -1695,19 +1695,13 @@ impl Evaluator<'_> {
         let t_a2a = tc.pooled.0 + tc.ids.0;
         let host_lookups = tc.host_read;
         let t_fwd = classes.total();
-        // What each rank sends a stage on: a context-parallel rank holds
-        // `1/cp` of the tokens, and a tensor-parallel rank its `1/tp`
-        // block of them (Megatron-LM's scatter) when a microbatch's rows
-        // there divide by `tp`; else the whole state (`gantry run` sends a
-        // decode microbatch of one sequence whole).
-        // (Bytes per rank and whether scattered, for `tokens` per sample.)
-        let hand_off = |tokens: f64| {
-            let state = b * tokens * ir.hidden * ir.stream_bytes / p.cp as f64;
-            let rows = p.microbatch.max(1) as f64 * tokens / p.cp as f64;
-            let scatter = rows.fract() == 0.0 && (rows as u64).is_multiple_of(p.tp.max(1));
-            (if scatter { state / p.tp as f64 } else { state }, scatter)
-        };
-        let (p2p_bytes, scatter) = hand_off(ir.tokens_per_sample);
+        // What each rank sends a stage on, for `tokens` per sample: a
+        // context-parallel rank holds `1/cp` of the tokens, and a
+        // tensor-parallel rank sends its `1/tp` of that state, flattened
+        // (Megatron-LM's scatter and vLLM's both split the flat tensor).
+        let hand_off =
+            |tokens: f64| b * tokens * ir.hidden * ir.stream_bytes / (p.cp * p.tp) as f64;
+        let p2p_bytes = hand_off(ir.tokens_per_sample);
         let stride_pp = topo.pipeline_hop(p.pp, p.tp * p.cp * p.dp);
         let t_send = if p.pp > 1 {
             topo.time(Collective::SendRecv, 2, stride_pp, p2p_bytes)
@@ -1757,10 +1751,9 @@ impl Evaluator<'_> {
                 // all-gathers the blocks, (t - 1) more. A middle stage
                 // does both; with two stages the first only sends and the
                 // last only gathers. The pass waits for the p - 1 sends
-                // in turn (the gathers run inside the node). Unscattered
-                // (above), the whole state goes and nothing is gathered.
+                // in turn (the gathers run inside the node).
                 bytes: p2p_bytes
-                    * if !scatter || p.sequence_parallel || p.tp == 1 {
+                    * if p.sequence_parallel || p.tp == 1 {
                         1.0
                     } else if p.pp == 2 {
                         (p.tp - 1) as f64
@@ -1789,7 +1782,7 @@ impl Evaluator<'_> {
                         Collective::SendRecv,
                         2,
                         stride_pp,
-                        hand_off(pre.tokens_per_sample).0,
+                        hand_off(pre.tokens_per_sample),
                     )
                 } else {
                     0.0

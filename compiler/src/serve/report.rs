@@ -288,8 +288,10 @@ pub fn summarize(
     // `n` requests at the stated rate (`n - 1` gaps over the span) take
     // `n` gaps: the run lasts at least that long, so throughput and
     // goodput never exceed the rate (two requests 1e10 s apart served at
-    // once read 2e-10 req/s against 1e-10 offered).
-    let run = if span > 0.0 {
+    // once read 2e-10 req/s against 1e-10 offered). Open arrivals only:
+    // a closed loop's arrivals follow its completions, and its rate is
+    // what it served.
+    let run = if span > 0.0 && !closed {
         o.makespan.max(span * n as f64 / (n - 1) as f64)
     } else {
         o.makespan
