@@ -300,8 +300,8 @@ pub fn serve_cmd(p: &Plan, o: &Options) -> ExitCode {
     );
     if sp.limited > 0 {
         outln!(
-            "Note        {}; a better one may be among them: lower `requests` or narrow `search`",
-            serve::planner::limit_words(sp.limited, sp.requests.len() as u64)
+            "Note        {}",
+            serve::planner::limit_note(sp.limited, sp.requests.len() as u64)
         );
     }
     if let Some(r) = &rows {

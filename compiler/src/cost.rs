@@ -513,8 +513,9 @@ impl Evaluator<'_> {
                 self.ir.act_bytes
             };
             let per = self.ir.act_bytes + hw.matmul_elem_bytes + amax;
-            let wsplit = if sharded { t } else { 1.0 };
-            let elems = cast * o.mult * b / split + o.params * o.mult / wsplit;
+            // The weights this device holds (experts over `ep`, a
+            // router whole), cast once per pass.
+            let elems = cast * o.mult * b / split + memory::op_params(o, sharded, p);
             cast_time = elems * per / (hw.hbm_bandwidth * hw.e_memory);
             launches += 2.0 * o.mult;
         }

@@ -851,6 +851,15 @@ pub fn limit_words(n: usize, requests: u64) -> String {
     )
 }
 
+/// The reports' note on deployments the limits left unsimulated
+/// ([`limit_words`] and what to do about it).
+pub fn limit_note(n: usize, requests: u64) -> String {
+    format!(
+        "{}; a better one may be among them: lower `requests` or narrow `search`",
+        limit_words(n, requests)
+    )
+}
+
 /// C019: the closest deployment and how far each SLO is from its target.
 fn no_deployment(
     p: &Plan,

@@ -1030,8 +1030,8 @@ fn plan_markdown_batched(mut t: String, sp: &super::planner::ServePlan, top: usi
     if sp.limited > 0 {
         let _ = writeln!(
             t,
-            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
-            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+            "\n**Note**: {}.",
+            super::planner::limit_note(sp.limited, sp.requests.len() as u64)
         );
     }
     t
@@ -1179,8 +1179,8 @@ pub fn plan_markdown(
     if sp.limited > 0 {
         let _ = writeln!(
             t,
-            "\n**Note**: {}; a better one may be among them: lower `requests` or narrow `search`.",
-            super::planner::limit_words(sp.limited, sp.requests.len() as u64)
+            "\n**Note**: {}.",
+            super::planner::limit_note(sp.limited, sp.requests.len() as u64)
         );
     }
     t
