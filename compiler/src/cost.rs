@@ -1033,7 +1033,7 @@ impl Evaluator<'_> {
                 // experts over the `zgroup / ep` that hold the same
                 // experts, `ep` data-parallel ranks apart (as their
                 // gradients are reduced without ZeRO-3).
-                let zexpert_group = (zgroup / p.ep.max(1)).max(1);
+                let zexpert_group = zexpert as u64;
                 let zgroups = [
                     (zgroup, dp_stride),
                     (zexpert_group, dp_stride * p.ep.max(1)),
