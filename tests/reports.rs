@@ -270,6 +270,15 @@ fn fleet_study_markdown_and_csv() {
     });
 }
 
+/// Exposed seconds of the communications whose `what` passes `f`.
+fn exposed_of(e: &gantry_compiler::cost::Estimate, f: &dyn Fn(&str) -> bool) -> f64 {
+    e.comms
+        .iter()
+        .filter(|c| f(&c.what))
+        .map(|c| c.exposed)
+        .sum()
+}
+
 /// The communication table says what the step charges: for every
 /// training plan of the examples and the reference runs, at its pinned
 /// point, the exposed time of the tensor-parallel collectives, the
@@ -302,13 +311,7 @@ fn the_communication_table_is_what_the_step_charges() {
                 continue;
             };
             let (e, t) = (&ev.estimate, &ev.estimate.time);
-            let exposed = |f: &dyn Fn(&str) -> bool| {
-                e.comms
-                    .iter()
-                    .filter(|c| f(&c.what))
-                    .map(|c| c.exposed)
-                    .sum::<f64>()
-            };
+            let exposed = |f: &dyn Fn(&str) -> bool| exposed_of(e, f);
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12);
             let tp = exposed(&|w| w.starts_with("tensor"));
             let pp = exposed(&|w| w.starts_with("pipeline"));
@@ -343,13 +346,7 @@ fn the_communication_table_is_what_the_step_charges() {
         let c = gantry::check_files(&[file.to_string()], &[]);
         let p = gantry::default_plan(&c.program).expect("plan");
         let ev = evaluate(p, &parse_fix("dp=1,tp=2,pp=4").expect("pins")).expect("evaluates");
-        let pp: f64 = ev
-            .estimate
-            .comms
-            .iter()
-            .filter(|c| c.what.starts_with("pipeline"))
-            .map(|c| c.exposed)
-            .sum();
+        let pp = exposed_of(&ev.estimate, &|w| w.starts_with("pipeline"));
         let step = ev.estimate.time.pp_comm;
         assert!(
             step > 0.0 && (pp - step).abs() <= 1e-9 * step,
